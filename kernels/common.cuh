@@ -1,0 +1,158 @@
+/*
+ * Helpers shared by every kernel family: dtype load/store, 128-bit vector access, the online-softmax
+ * statistic, and deterministic block reductions.
+ *
+ * Every kernel computes in fp32 whatever the storage dtype (f32, f16, bf16): loads upcast, stores round to
+ * nearest. Reductions use a fixed tree (warp butterflies, then one warp over the warp results), never
+ * order-dependent float atomics, so a launch with the same grid gives bitwise identical results run to run.
+ */
+#ifndef KD_KERNELS_COMMON_CUH
+#define KD_KERNELS_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math_constants.h>
+#include <stdint.h>
+
+#include "params.h"
+
+namespace kd {
+
+constexpr int kBlockThreads = 256;
+constexpr int kWarps = kBlockThreads / 32;
+constexpr float kLn2 = 0.693147180559945309f;
+
+// ---------------------------------------------------------------------------------------------------------
+// dtype conversion
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 128-bit vector access: 4 f32 or 8 f16/bf16 per load, the widest single transaction a thread can issue.
+
+template <typename T> struct Vec {
+    static constexpr int kLen = 16 / sizeof(T);
+};
+
+template <typename T>
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, float (&out)[Vec<T>::kLen]) {
+    // Inputs are read once or twice per launch and never written: the non-coherent path is legal.
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < Vec<T>::kLen; ++i) out[i] = to_float(e[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[Vec<T>::kLen]) {
+    uint4 raw;
+    T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < Vec<T>::kLen; ++i) e[i] = from_float<T>(in[i]);
+    *reinterpret_cast<uint4*>(p) = raw;
+}
+
+// Elements before the first 16-byte boundary at or after `p`, so that the main loop can use vector access.
+template <typename T> __device__ __forceinline__ int64_t elems_to_alignment(const T* p) {
+    const uintptr_t misalign = reinterpret_cast<uintptr_t>(p) & 15u;
+    return misalign == 0 ? 0 : static_cast<int64_t>((16u - misalign) / sizeof(T));
+}
+
+// True when `a` and `b` sit at the same offset from a 16-byte boundary, so one split of a range aligns both.
+template <typename T> __device__ __forceinline__ bool same_alignment(const T* a, const T* b) {
+    return ((reinterpret_cast<uintptr_t>(a) ^ reinterpret_cast<uintptr_t>(b)) & 15u) == 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Online softmax statistic in base 2: m = max z, s = sum 2^(z - m). LSE_2 = m + log2(s).
+// Working in base 2 with z = x * log2(e)/tau turns every exponential into one exp2f.
+
+struct SoftmaxStat {
+    float m;
+    float s;
+};
+
+__device__ __forceinline__ SoftmaxStat softmax_stat_empty() { return {-CUDART_INF_F, 0.f}; }
+
+__device__ __forceinline__ SoftmaxStat merge(SoftmaxStat a, SoftmaxStat b) {
+    const float m = fmaxf(a.m, b.m);
+    if (m == -CUDART_INF_F) return softmax_stat_empty();  // both empty: avoid (-inf) - (-inf)
+    return {m, a.s * exp2f(a.m - m) + b.s * exp2f(b.m - m)};
+}
+
+__device__ __forceinline__ float log2_sum_exp2(SoftmaxStat st) { return st.m + log2f(st.s); }
+
+// ---------------------------------------------------------------------------------------------------------
+// Deterministic reductions.
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Sum over the block; the result is valid in thread 0. Fixed order: lanes, then warps.
+template <typename F> __device__ __forceinline__ F block_sum(F v) {
+    __shared__ F warp_totals[kWarps];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) warp_totals[warp] = v;
+    __syncthreads();
+    F total = 0;
+    if (warp == 0) {
+        total = warp_sum(lane < kWarps ? warp_totals[lane] : F(0));
+    }
+    __syncthreads();  // warp_totals may be reused by a later call
+    return total;
+}
+
+// Sums `count` floats that other blocks of this grid wrote, in a fixed order (thread-strided, then the
+// block tree), in double. Reads bypass L1 (ld.global.cg): the values were written by other SMs.
+__device__ __forceinline__ double block_sum_of_partials(const float* partials, int64_t count) {
+    double acc = 0.0;
+    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) acc += static_cast<double>(__ldcg(partials + i));
+    return block_sum(acc);
+}
+
+// "Last block done" detection (CUDA threadFenceReduction sample): every participating block publishes its
+// partial, then takes a ticket; the block that takes the last ticket sees every partial and reduces them.
+// The counter only elects the block, it accumulates nothing, so the result does not depend on which block
+// finishes last. That block resets the counter to 0 for the next launch.
+__device__ __forceinline__ bool is_last_block_done(unsigned int* counter, unsigned int participants) {
+    __shared__ bool last;
+    __threadfence();  // publish this block's partial before taking a ticket
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned int ticket = atomicAdd(counter, 1u);
+        last = (ticket == participants - 1);
+        if (last) *counter = 0u;
+    }
+    __syncthreads();
+    if (last) __threadfence();  // order the partials' reads after the ticket
+    return last;
+}
+
+}  // namespace kd
+
+// extern "C" entry points named {op}_{dtype}, as candle-kernels does, one per storage type.
+#define KD_FOR_EACH_DTYPE(MACRO) \
+    MACRO(float, f32)            \
+    MACRO(__half, f16)           \
+    MACRO(__nv_bfloat16, bf16)
+
+#endif  // KD_KERNELS_COMMON_CUH

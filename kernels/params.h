@@ -1,0 +1,53 @@
+/*
+ * Parameter blocks of every kernel, declared once in C.
+ *
+ * The kernels take these structs by value; build.rs runs bindgen on this header to generate the Rust
+ * #[repr(C)] twins (src/ffi/params_bindings.rs), so the two sides cannot drift: a field added here
+ * without the Rust side following fails the build. Keep this header plain C (no templates, no CUDA
+ * qualifiers) so bindgen and nvcc read it the same way, and order fields from widest to narrowest so the
+ * layout has no padding that could differ between compilers.
+ */
+#ifndef KD_KERNELS_PARAMS_H
+#define KD_KERNELS_PARAMS_H
+
+#include <stdint.h>
+
+/* What a launch must produce; the same bits for every loss family. */
+enum KdOutputFlags {
+    KD_WANT_LOSS = 1,          /* write the scalar loss */
+    KD_WANT_GRAD_STUDENT = 2,  /* write d loss / d student */
+    KD_WANT_GRAD_TEACHER = 4,  /* write d loss / d teacher (CWD only) */
+    KD_SCALE_BY_UPSTREAM = 8   /* multiply gradients by the device scalar `upstream` (backward) */
+};
+
+/*
+ * Channel-wise distillation: rows are the N*C (n, c) pairs, each a softmax over the H*W positions.
+ * A row is split into `chunks` pieces of `chunk_len` elements so that few, long rows still fill the GPU.
+ */
+typedef struct KdCwdParams {
+    int64_t rows;           /* N*C */
+    int64_t row_len;        /* H*W */
+    int64_t chunk_len;      /* elements of a row one block reduces; a multiple of 8 */
+    int32_t chunks;         /* chunks per row: ceil(row_len / chunk_len) */
+    int32_t flags;          /* KdOutputFlags */
+    float log2e_over_tau;   /* log2(e) / tau: the kernels work in base 2 (exp2f) */
+    float loss_scale;       /* loss_weight * tau^2 / (N*C) */
+    float grad_scale;       /* loss_weight * tau / (N*C): d loss / d logit per (p_S - p_T) */
+    float reserved;         /* keeps the struct a multiple of 8 bytes */
+} KdCwdParams;
+
+/*
+ * Pixel-wise KD: one softmax over the C channels of each of the N*H*W pixels.
+ */
+typedef struct KdPixelKdParams {
+    int64_t pixels;           /* N*H*W */
+    int64_t plane;            /* H*W: the stride between two channels of one pixel */
+    int32_t channels;         /* C */
+    int32_t flags;            /* KdOutputFlags */
+    float log2e_over_tau;     /* log2(e) / tau */
+    float loss_scale;         /* loss_weight * [tau^2] / divisor of the reduction */
+    float grad_scale;         /* loss_scale / tau */
+    float reserved;
+} KdPixelKdParams;
+
+#endif /* KD_KERNELS_PARAMS_H */

@@ -1,0 +1,195 @@
+"""Benchmark the PyTorch baselines the `kd-kernels` CUDA kernels are compared against.
+
+Times forward + backward (`loss.backward()` with respect to the student) of
+  * CWD, mmrazor form, tau 4, loss_weight 3 (the paper setting), and
+  * pixel KD, `mean` reduction, tau 1 (the official TorchDistiller / AICSD setting),
+in PyTorch eager mode and under `torch.compile` (default mode), for f32 and bf16 inputs
+(bf16 is upcast inside the loss with `.float()`, as the crate upcasts in its kernels).
+
+In the same run it times a device-to-device copy of a buffer the size of student + teacher,
+so every result can be read against the copy bandwidth actually reachable on that machine.
+
+`gbps` counts minimal traffic only: student and teacher read once and the gradient written
+once, in the input dtype (3 * numel * itemsize bytes). PyTorch moves more than that; the
+number is an effective bandwidth, comparable with the crate's own benchmark.
+
+Output: one JSON object per line on stdout (and in `--out FILE` if given).
+
+    .venv-torch/bin/python python-reference/bench_torch.py                # CUDA if present
+    .venv-torch/bin/python python-reference/bench_torch.py --device cpu --quick   # smoke test
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+# No __pycache__ next to the sources: the repo .gitignore does not cover this folder.
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kd_reference import cwd_mmrazor, pixel_kd  # noqa: E402
+
+# `KLDivLoss` 'mean' (divide by numel) is the official pixel-KD reduction being measured, so
+# PyTorch's advice to switch to 'batchmean' is noise here (dynamo would repeat it per trace).
+warnings.filterwarnings("ignore", message=".*reduction: 'mean' divides the total loss.*")
+
+DEFAULT_SHAPES = ["8x19x64x128", "8x19x512x1024", "8x256x64x128"]
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
+
+
+def cwd_bench_loss(s, t):
+    # Upcast inside the loss so bf16 inputs are accumulated in fp32 (no-op for f32).
+    return cwd_mmrazor(s.float(), t.float(), tau=4.0, loss_weight=3.0)
+
+
+def pixel_kd_bench_loss(s, t):
+    return pixel_kd(s.float(), t.float(), tau=1.0, loss_weight=1.0, reduction="mean", scale_tau2=False)
+
+
+LOSSES = {"cwd": cwd_bench_loss, "pixel_kd": pixel_kd_bench_loss}
+
+
+def parse_shape(text):
+    dims = tuple(int(d) for d in text.lower().split("x"))
+    if len(dims) != 4:
+        raise argparse.ArgumentTypeError(f"shape must be NxCxHxW, got {text!r}")
+    return dims
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(step, device, warmup, iters):
+    """Median wall time of `step` in milliseconds.
+
+    On CUDA each iteration is bracketed by its own pair of events (device time, not
+    Python time); on CPU perf_counter is the only clock and the work is synchronous anyway.
+    """
+    for _ in range(warmup):
+        step()
+    sync(device)
+    if device.type == "cuda":
+        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+        for start, end in pairs:
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [start.elapsed_time(end) for start, end in pairs]
+    else:
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def main():
+    parser = argparse.ArgumentParser(description="PyTorch eager / torch.compile baselines for CWD and pixel KD.")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--quick", action="store_true", help="few iterations, for a smoke test")
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES])
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=list(LOSSES))
+    parser.add_argument("--impls", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
+    args = parser.parse_args()
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.quick:
+        warmup, iters = 1, 3
+    elif device.type == "cuda":
+        warmup, iters = 10, 50
+    else:
+        warmup, iters = 2, 10
+    warmup = args.warmup if args.warmup is not None else warmup
+    iters = args.iters if args.iters is not None else iters
+
+    common = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out_file = args.out.open("w") if args.out else None
+
+    def emit(record):
+        line = json.dumps({**record, **common})
+        print(line, flush=True)
+        if out_file:
+            out_file.write(line + "\n")
+            out_file.flush()
+
+    compile_broken = None  # first torch.compile failure; later attempts would fail the same way
+    for shape in args.shapes:
+        numel = shape[0] * shape[1] * shape[2] * shape[3]
+        for dtype_name in args.dtypes:
+            dtype = DTYPES[dtype_name]
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            # Generate on the CPU with a fixed seed so every device times the same values.
+            student = (torch.randn(shape, generator=gen) * 3).to(device=device, dtype=dtype)
+            teacher = (torch.randn(shape, generator=gen) * 3).to(device=device, dtype=dtype)
+
+            # Copy bandwidth: read + write of a buffer as large as student + teacher.
+            src = torch.cat([student.reshape(-1), teacher.reshape(-1)])
+            dst = torch.empty_like(src)
+            copy_ms = median_ms(lambda: dst.copy_(src), device, warmup, iters)
+            copy_gbps = 2 * src.numel() * itemsize / (copy_ms * 1e-3) / 1e9
+            emit({"loss": "copy", "shape": list(shape), "dtype": dtype_name, "impl": "copy",
+                  "median_ms": copy_ms, "gbps": copy_gbps, "iters": iters})
+            del src, dst
+
+            minimal_bytes = 3 * numel * itemsize
+            for loss_name in args.losses:
+                for impl in args.impls:
+                    fn = LOSSES[loss_name]
+                    if impl == "compile":
+                        if compile_broken:
+                            continue
+                        # Start from a clean cache so each configuration gets its own static-shape
+                        # compile, instead of dynamo switching to dynamic shapes on the 2nd shape.
+                        torch._dynamo.reset()
+                        fn = torch.compile(fn)
+                    s = student.detach().clone().requires_grad_(True)
+
+                    def step():
+                        s.grad = None  # a fresh gradient each time: the kernel writes it once
+                        fn(s, teacher).backward()
+
+                    try:
+                        ms = median_ms(step, device, warmup, iters)
+                    except Exception as exc:  # noqa: BLE001 - any compile failure means "skip"
+                        if impl != "compile":
+                            raise
+                        compile_broken = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                        print(f"skipping torch.compile on {device.type}: {compile_broken}", file=sys.stderr)
+                        continue
+                    emit({"loss": loss_name, "shape": list(shape), "dtype": dtype_name, "impl": impl,
+                          "median_ms": ms, "gbps": minimal_bytes / (ms * 1e-3) / 1e9,
+                          "copy_gbps": copy_gbps, "iters": iters})
+            del student, teacher
+
+    if out_file:
+        out_file.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+//! What every GPU loss shares: the probe for a driver, module loading, the reusable workspace, and the
+//! checked conversion of caller buffers into kernel arguments.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
+
+use crate::dtype::{DType, KdFloat};
+use crate::error::{KdError, Result};
+
+/// Threads per block of every kernel (`kd::kBlockThreads` in `kernels/common.cuh`).
+pub(crate) const BLOCK_THREADS: u32 = 256;
+
+/// Whether this build carries compiled kernels (nvcc was found by build.rs).
+pub const KERNELS_COMPILED: bool = cfg!(kd_kernels_compiled);
+
+#[cfg(kd_kernels_compiled)]
+mod fatbins {
+    include!(concat!(env!("OUT_DIR"), "/fatbins.rs"));
+}
+
+/// The kernel families, one `kernels/*.cu` each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Family {
+    Cwd,
+    PixelKd,
+}
+
+fn fatbin(family: Family) -> Result<&'static [u8]> {
+    #[cfg(kd_kernels_compiled)]
+    {
+        Ok(match family {
+            Family::Cwd => fatbins::CWD,
+            Family::PixelKd => fatbins::PIXEL_KD,
+        })
+    }
+    #[cfg(not(kd_kernels_compiled))]
+    {
+        let _ = family;
+        Err(KdError::KernelsUnavailable)
+    }
+}
+
+/// Checks, without panicking, that this build has kernels and that a CUDA driver with a device is present.
+///
+/// cudarc panics when it cannot load libcuda, so this looks for the library first.
+pub fn probe() -> Result<()> {
+    if !KERNELS_COMPILED {
+        return Err(KdError::KernelsUnavailable);
+    }
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(KdError::CudaUnavailable { reason: "no CUDA driver library (libcuda.so) could be loaded".into() });
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err(KdError::CudaUnavailable { reason: "the CUDA driver reports no device".into() }),
+        Err(e) => Err(KdError::CudaUnavailable { reason: format!("the CUDA driver failed to initialise: {e}") }),
+    }
+}
+
+/// Probes, then opens device `ordinal` and returns its default stream: the short way to get a stream
+/// for the losses when the caller has none yet.
+pub fn default_stream(ordinal: usize) -> Result<Arc<CudaStream>> {
+    probe()?;
+    let count = CudaContext::device_count().map_err(|e| KdError::cuda("cuDeviceGetCount", e))?;
+    if ordinal >= count as usize {
+        return Err(KdError::CudaUnavailable { reason: format!("device {ordinal} requested, {count} present") });
+    }
+    let ctx = CudaContext::new(ordinal).map_err(|e| KdError::cuda("cuCtxCreate", e))?;
+    Ok(ctx.default_stream())
+}
+
+/// The entry points of one family for every dtype, loaded into one context.
+#[derive(Debug)]
+pub(crate) struct Kernels {
+    /// `functions[op][dtype]`.
+    functions: Vec<[CudaFunction; 3]>,
+    pub(crate) sm_count: u32,
+}
+
+fn dtype_index(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => 2,
+    }
+}
+
+impl Kernels {
+    /// Loads `{op}_{dtype}` for every op in `ops` from the family's fatbin.
+    pub(crate) fn load(stream: &Arc<CudaStream>, family: Family, ops: &[&str]) -> Result<Self> {
+        probe()?;
+        let image = fatbin(family)?;
+        let ctx = stream.context();
+        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec())).map_err(|e| {
+            KdError::cuda("cuModuleLoadData (does the GPU's architecture match the build's KD_KERNELS_CUDA_ARCHS?)", e)
+        })?;
+        let mut functions = Vec::with_capacity(ops.len());
+        for op in ops {
+            let load = |dtype: DType| {
+                module
+                    .load_function(&format!("{op}_{}", dtype.name()))
+                    .map_err(|e| KdError::cuda("cuModuleGetFunction", e))
+            };
+            functions.push([load(DType::F32)?, load(DType::F16)?, load(DType::BF16)?]);
+        }
+        let sm_count = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| KdError::cuda("cuDeviceGetAttribute", e))?
+            .max(1) as u32;
+        Ok(Kernels { functions, sm_count })
+    }
+
+    pub(crate) fn get(&self, op: usize, dtype: DType) -> &CudaFunction {
+        &self.functions[op][dtype_index(dtype)]
+    }
+}
+
+/// Device scratch owned by one loss object: fp32 partial results and the "last block done" counter.
+/// It grows to the largest shape seen and is reused, so steady-state calls allocate nothing.
+#[derive(Debug)]
+pub(crate) struct Workspace {
+    floats: Option<CudaSlice<f32>>,
+    counter: CudaSlice<u32>,
+}
+
+impl Workspace {
+    pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Self> {
+        // Zeroed once; every kernel that takes a ticket resets it to 0 before it returns.
+        let counter = stream.alloc_zeros::<u32>(1).map_err(|e| KdError::cuda("cuMemAlloc (workspace)", e))?;
+        Ok(Workspace { floats: None, counter })
+    }
+
+    /// Makes sure at least `len` floats exist and returns the scratch pointers with their sync guards.
+    pub(crate) fn floats_and_counter<'a>(
+        &'a mut self,
+        stream: &'a Arc<CudaStream>,
+        len: usize,
+        guards: &mut Vec<SyncOnDrop<'a>>,
+    ) -> Result<(u64, u64)> {
+        if self.floats.as_ref().is_none_or(|f| f.len() < len) {
+            // SAFETY: every float is written by a kernel before it is read within the same call.
+            let fresh =
+                unsafe { stream.alloc::<f32>(len.max(1)) }.map_err(|e| KdError::cuda("cuMemAlloc (workspace)", e))?;
+            self.floats = Some(fresh);
+        }
+        let floats = self.floats.as_mut().expect("allocated above");
+        let (f, g1) = floats.device_ptr_mut(stream);
+        let (c, g2) = self.counter.device_ptr_mut(stream);
+        guards.push(g1);
+        guards.push(g2);
+        Ok((f, c))
+    }
+}
+
+fn same_context(stream: &CudaStream, other: &CudaStream) -> bool {
+    stream.context().cu_ctx() == other.context().cu_ctx()
+}
+
+/// Validates an input buffer (length, context) and returns its device address.
+pub(crate) fn input<'a, T>(
+    what: &'static str,
+    buffer: &'a dyn DevicePtr<T>,
+    needed: usize,
+    stream: &'a CudaStream,
+    guards: &mut Vec<SyncOnDrop<'a>>,
+) -> Result<u64> {
+    check_buffer(what, buffer.len(), buffer.stream(), needed, stream)?;
+    let (ptr, guard) = buffer.device_ptr(stream);
+    guards.push(guard);
+    Ok(ptr)
+}
+
+/// Validates an output buffer (length, context) and returns its device address.
+pub(crate) fn output<'a, T>(
+    what: &'static str,
+    buffer: &'a mut dyn DevicePtrMut<T>,
+    needed: usize,
+    stream: &'a CudaStream,
+    guards: &mut Vec<SyncOnDrop<'a>>,
+) -> Result<u64> {
+    check_buffer(what, buffer.len(), buffer.stream(), needed, stream)?;
+    let (ptr, guard) = buffer.device_ptr_mut(stream);
+    guards.push(guard);
+    Ok(ptr)
+}
+
+fn check_buffer(what: &'static str, len: usize, owner: &CudaStream, needed: usize, stream: &CudaStream) -> Result<()> {
+    if !same_context(owner, stream) {
+        return Err(KdError::ContextMismatch { what });
+    }
+    if len < needed {
+        return Err(KdError::BufferTooSmall { what, needed, len });
+    }
+    Ok(())
+}
+
+/// Validates the (student, teacher) pair every loss takes and returns their addresses.
+pub(crate) fn input_pair<'a, T: KdFloat>(
+    student: &'a dyn DevicePtr<T>,
+    teacher: &'a dyn DevicePtr<T>,
+    numel: usize,
+    stream: &'a CudaStream,
+    guards: &mut Vec<SyncOnDrop<'a>>,
+) -> Result<(u64, u64)> {
+    let s = input("student", student, numel, stream, guards)?;
+    let t = input("teacher", teacher, numel, stream, guards)?;
+    Ok((s, t))
+}
+
+/// Blocks of a 1-D grid, checked against the hardware limit.
+pub(crate) fn grid_blocks(what: &'static str, blocks: usize) -> Result<u32> {
+    if blocks == 0 || blocks > i32::MAX as usize {
+        return Err(KdError::TooLarge { what, detail: format!("needs {blocks} thread blocks; the limit is 2^31 - 1") });
+    }
+    Ok(blocks as u32)
+}

@@ -1,0 +1,63 @@
+//! Channel-wise distillation (CWD; Shu et al., ICCV 2021).
+//!
+//! Each channel of each image is turned into a distribution over its H*W spatial positions by a softmax
+//! of `x / tau`, and the student is pulled towards the teacher by the KL divergence of those rows:
+//!
+//! ```text
+//! KL_r   = sum_i pT_i (log pT_i - log pS_i)                       r = (n, c), i over H*W
+//! loss   = loss_weight * tau^2 / (N*C) * sum_r KL_r
+//! dL/dS  = loss_weight * tau   / (N*C) * (pS - pT)
+//! dL/dT  = loss_weight * tau   / (N*C) * pT (log pT - log pS - KL_r)      (only with `teacher_grad`)
+//! ```
+//!
+//! This is mmrazor's `ChannelWiseDivergence` and, wherever it is finite, the official TorchDistiller
+//! `CriterionCWD` (`norm_type='channel'`, `divergence='kl'`). `log p` is computed as `z - LSE(z)`, so the loss
+//! stays finite where a student probability underflows in fp32 (TorchDistiller's `log(softmax)` gives NaN
+//! there). See `shared/spec/losses.md` section 1.
+//!
+//! [`CwdCpu`] is the f64 reference; [`CwdCuda`] runs the fused kernels of `kernels/cwd.cu`.
+
+mod cpu;
+mod cuda;
+
+pub use cpu::CwdCpu;
+pub use cuda::CwdCuda;
+
+use crate::error::Result;
+use crate::validate;
+
+/// CWD's parameters. The default is the paper's Cityscapes setting (`exp_cwd.sh channel kl 3 4`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CwdConfig {
+    /// Softmax temperature; finite and > 0. Default 4 (paper); the mm* configs use 1.
+    pub tau: f64,
+    /// Weight `lambda` of the loss; finite. Default 3 (paper); the mm* configs use 5 or 10.
+    pub loss_weight: f64,
+    /// Also produce the gradient with respect to the teacher (data-free or online distillation). Off in
+    /// every official config, where the teacher is frozen.
+    pub teacher_grad: bool,
+}
+
+impl Default for CwdConfig {
+    fn default() -> Self {
+        CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false }
+    }
+}
+
+impl CwdConfig {
+    /// Checks every field; the loss objects call this on construction.
+    pub fn validate(&self) -> Result<()> {
+        validate::temperature(self.tau)?;
+        validate::finite("loss_weight", self.loss_weight)
+    }
+
+    /// `loss_weight * tau^2 / (N*C)`: the factor on the summed row KLs.
+    pub(crate) fn loss_scale(&self, rows: usize) -> f64 {
+        self.loss_weight * self.tau * self.tau / rows as f64
+    }
+
+    /// `loss_weight * tau / (N*C)`: the factor on `pS - pT` in the gradient.
+    pub(crate) fn grad_scale(&self, rows: usize) -> f64 {
+        self.loss_weight * self.tau / rows as f64
+    }
+}

@@ -1,0 +1,54 @@
+//! # kd-kernels
+//!
+//! Fused CUDA kernels, with forward and backward passes, for the knowledge-distillation losses of dense
+//! prediction (semantic segmentation, detection), wrapped in safe Rust on [`cudarc`] buffers, and a CPU
+//! reference in f64 with the same surface.
+//!
+//! | loss | GPU | CPU reference | spec |
+//! |---|---|---|---|
+//! | channel-wise distillation (CWD) | [`cwd::CwdCuda`] | [`cwd::CwdCpu`] | `losses.md` 1 |
+//! | pixel-wise KD | [`pixel_kd::PixelKdCuda`] | [`pixel_kd::PixelKdCpu`] | `losses.md` 1.7, 2.5 |
+//!
+//! GPU entry points work on caller-owned device buffers (`f32`, `half::f16`, `half::bf16`) in NCHW layout,
+//! on the caller's stream, write the loss as a device f32 scalar and the gradients in the input dtype,
+//! never synchronise with the host, and accumulate in fp32. They are deterministic: the same inputs on the
+//! same device give bitwise identical outputs.
+//!
+//! Without nvcc at build time the crate is CPU-only and GPU constructors return
+//! [`KdError::KernelsUnavailable`]; without a driver at run time they return [`KdError::CudaUnavailable`].
+//! Nothing panics on bad input: see [`KdError`].
+//!
+//! ```
+//! use kd_kernels::cwd::{CwdConfig, CwdCpu};
+//! use ndarray::Array4;
+//!
+//! let student = Array4::<f32>::from_shape_fn((2, 3, 4, 5), |(n, c, h, w)| (n + 2 * c + h * w) as f32 * 0.1);
+//! let teacher = Array4::<f32>::from_shape_fn((2, 3, 4, 5), |(n, c, h, w)| (n + c * h + w) as f32 * 0.1);
+//! let cwd = CwdCpu::new(CwdConfig { tau: 1.0, loss_weight: 1.0, teacher_grad: false })?;
+//! let out = cwd.forward_backward(student.view(), teacher.view())?;
+//! assert!(out.loss > 0.0);
+//! # Ok::<(), kd_kernels::KdError>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod cpu;
+pub mod cuda;
+pub mod cwd;
+pub mod dtype;
+pub mod error;
+mod ffi;
+pub mod fixture;
+pub mod pixel_kd;
+pub mod shape;
+pub mod tolerance;
+mod validate;
+
+pub use cpu::CpuOutput;
+pub use dtype::{DType, KdFloat};
+pub use error::{KdError, Result};
+pub use shape::Nchw;
+
+/// Re-exported so callers use the same version of the crates the API is written in.
+pub use cudarc;
+pub use half;
+pub use ndarray;
