@@ -24,22 +24,33 @@ pub struct KdCwdParams {
 const _: () = {
     ["Size of KdCwdParams"][::core::mem::size_of::<KdCwdParams>() - 48usize];
     ["Alignment of KdCwdParams"][::core::mem::align_of::<KdCwdParams>() - 8usize];
-    ["Offset of field: KdCwdParams::rows"][::core::mem::offset_of!(KdCwdParams, rows) - 0usize];
-    ["Offset of field: KdCwdParams::row_len"]
-        [::core::mem::offset_of!(KdCwdParams, row_len) - 8usize];
-    ["Offset of field: KdCwdParams::chunk_len"]
-        [::core::mem::offset_of!(KdCwdParams, chunk_len) - 16usize];
-    ["Offset of field: KdCwdParams::chunks"]
-        [::core::mem::offset_of!(KdCwdParams, chunks) - 24usize];
-    ["Offset of field: KdCwdParams::flags"][::core::mem::offset_of!(KdCwdParams, flags) - 28usize];
-    ["Offset of field: KdCwdParams::log2e_over_tau"]
-        [::core::mem::offset_of!(KdCwdParams, log2e_over_tau) - 32usize];
-    ["Offset of field: KdCwdParams::loss_scale"]
-        [::core::mem::offset_of!(KdCwdParams, loss_scale) - 36usize];
-    ["Offset of field: KdCwdParams::grad_scale"]
-        [::core::mem::offset_of!(KdCwdParams, grad_scale) - 40usize];
-    ["Offset of field: KdCwdParams::reserved"]
-        [::core::mem::offset_of!(KdCwdParams, reserved) - 44usize];
+    [
+        "Offset of field: KdCwdParams::rows",
+    ][::core::mem::offset_of!(KdCwdParams, rows) - 0usize];
+    [
+        "Offset of field: KdCwdParams::row_len",
+    ][::core::mem::offset_of!(KdCwdParams, row_len) - 8usize];
+    [
+        "Offset of field: KdCwdParams::chunk_len",
+    ][::core::mem::offset_of!(KdCwdParams, chunk_len) - 16usize];
+    [
+        "Offset of field: KdCwdParams::chunks",
+    ][::core::mem::offset_of!(KdCwdParams, chunks) - 24usize];
+    [
+        "Offset of field: KdCwdParams::flags",
+    ][::core::mem::offset_of!(KdCwdParams, flags) - 28usize];
+    [
+        "Offset of field: KdCwdParams::log2e_over_tau",
+    ][::core::mem::offset_of!(KdCwdParams, log2e_over_tau) - 32usize];
+    [
+        "Offset of field: KdCwdParams::loss_scale",
+    ][::core::mem::offset_of!(KdCwdParams, loss_scale) - 36usize];
+    [
+        "Offset of field: KdCwdParams::grad_scale",
+    ][::core::mem::offset_of!(KdCwdParams, grad_scale) - 40usize];
+    [
+        "Offset of field: KdCwdParams::reserved",
+    ][::core::mem::offset_of!(KdCwdParams, reserved) - 44usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -56,21 +67,31 @@ pub struct KdPixelKdParams {
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     ["Size of KdPixelKdParams"][::core::mem::size_of::<KdPixelKdParams>() - 40usize];
-    ["Alignment of KdPixelKdParams"][::core::mem::align_of::<KdPixelKdParams>() - 8usize];
-    ["Offset of field: KdPixelKdParams::pixels"]
-        [::core::mem::offset_of!(KdPixelKdParams, pixels) - 0usize];
-    ["Offset of field: KdPixelKdParams::plane"]
-        [::core::mem::offset_of!(KdPixelKdParams, plane) - 8usize];
-    ["Offset of field: KdPixelKdParams::channels"]
-        [::core::mem::offset_of!(KdPixelKdParams, channels) - 16usize];
-    ["Offset of field: KdPixelKdParams::flags"]
-        [::core::mem::offset_of!(KdPixelKdParams, flags) - 20usize];
-    ["Offset of field: KdPixelKdParams::log2e_over_tau"]
-        [::core::mem::offset_of!(KdPixelKdParams, log2e_over_tau) - 24usize];
-    ["Offset of field: KdPixelKdParams::loss_scale"]
-        [::core::mem::offset_of!(KdPixelKdParams, loss_scale) - 28usize];
-    ["Offset of field: KdPixelKdParams::grad_scale"]
-        [::core::mem::offset_of!(KdPixelKdParams, grad_scale) - 32usize];
-    ["Offset of field: KdPixelKdParams::reserved"]
-        [::core::mem::offset_of!(KdPixelKdParams, reserved) - 36usize];
+    [
+        "Alignment of KdPixelKdParams",
+    ][::core::mem::align_of::<KdPixelKdParams>() - 8usize];
+    [
+        "Offset of field: KdPixelKdParams::pixels",
+    ][::core::mem::offset_of!(KdPixelKdParams, pixels) - 0usize];
+    [
+        "Offset of field: KdPixelKdParams::plane",
+    ][::core::mem::offset_of!(KdPixelKdParams, plane) - 8usize];
+    [
+        "Offset of field: KdPixelKdParams::channels",
+    ][::core::mem::offset_of!(KdPixelKdParams, channels) - 16usize];
+    [
+        "Offset of field: KdPixelKdParams::flags",
+    ][::core::mem::offset_of!(KdPixelKdParams, flags) - 20usize];
+    [
+        "Offset of field: KdPixelKdParams::log2e_over_tau",
+    ][::core::mem::offset_of!(KdPixelKdParams, log2e_over_tau) - 24usize];
+    [
+        "Offset of field: KdPixelKdParams::loss_scale",
+    ][::core::mem::offset_of!(KdPixelKdParams, loss_scale) - 28usize];
+    [
+        "Offset of field: KdPixelKdParams::grad_scale",
+    ][::core::mem::offset_of!(KdPixelKdParams, grad_scale) - 32usize];
+    [
+        "Offset of field: KdPixelKdParams::reserved",
+    ][::core::mem::offset_of!(KdPixelKdParams, reserved) - 36usize];
 };
