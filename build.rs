@@ -45,6 +45,9 @@ fn main() {
     }
     generate_param_bindings(&manifest, &out);
 
+    #[cfg(feature = "emulator")]
+    build_emulator(&manifest);
+
     match find_nvcc(&manifest) {
         Some(nvcc) => {
             compile_kernels(&nvcc, &manifest, &sources, &out);
@@ -252,4 +255,23 @@ fn run_bindgen(header: &Path) -> Option<String> {
     });
     std::panic::set_hook(previous_hook);
     result.ok().flatten()
+}
+
+/// Compiles the kernels' source for the host with the CUDA emulation of kernels/emulator (tests only).
+#[cfg(feature = "emulator")]
+fn build_emulator(manifest: &Path) {
+    let dir = manifest.join("kernels/emulator");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++20")
+        .opt_level(2)
+        .warnings_into_errors(true)
+        .flag_if_supported("-Wno-unknown-pragmas")
+        // CUDA code reinterprets 128-bit loads as arrays of elements; nvcc allows it, g++ -O2 needs this.
+        .flag("-fno-strict-aliasing")
+        .include(manifest.join("kernels"))
+        .file(dir.join("emulate_cwd.cpp"))
+        .file(dir.join("emulate_pixel_kd.cpp"))
+        .compile("kd_kernels_emulator");
+    println!("cargo::rustc-link-lib=pthread");
 }

@@ -9,9 +9,13 @@
 #ifndef KD_KERNELS_COMMON_CUH
 #define KD_KERNELS_COMMON_CUH
 
+#ifdef KD_EMULATE
+#include "emulator/cuda_emulation.h"  // the same source, run on the host by the tests (see that file)
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math_constants.h>
+#endif
 #include <stdint.h>
 
 #include "params.h"
@@ -73,8 +77,11 @@ template <typename T> __device__ __forceinline__ bool same_alignment(const T* a,
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Online softmax statistic in base 2: m = max z, s = sum 2^(z - m). LSE_2 = m + log2(s).
-// Working in base 2 with z = x * log2(e)/tau turns every exponential into one exp2f.
+// Online softmax statistic of z = k * x with k = log2(e) / tau: m = max x (in input units), s = sum 2^(k (x - m)).
+// log2 p_i = k (x_i - m) - log2(s).
+// The max is kept in input units and subtracted before scaling, as PyTorch's log_softmax does: for logits
+// of large magnitude (|x| ~ 1e4) k * x would already lose the low bits that the softmax depends on.
+// Base 2 turns every exponential into one exp2f.
 
 struct SoftmaxStat {
     float m;
@@ -83,13 +90,11 @@ struct SoftmaxStat {
 
 __device__ __forceinline__ SoftmaxStat softmax_stat_empty() { return {-CUDART_INF_F, 0.f}; }
 
-__device__ __forceinline__ SoftmaxStat merge(SoftmaxStat a, SoftmaxStat b) {
+__device__ __forceinline__ SoftmaxStat merge(SoftmaxStat a, SoftmaxStat b, float k) {
     const float m = fmaxf(a.m, b.m);
     if (m == -CUDART_INF_F) return softmax_stat_empty();  // both empty: avoid (-inf) - (-inf)
-    return {m, a.s * exp2f(a.m - m) + b.s * exp2f(b.m - m)};
+    return {m, a.s * exp2f((a.m - m) * k) + b.s * exp2f((b.m - m) * k)};
 }
-
-__device__ __forceinline__ float log2_sum_exp2(SoftmaxStat st) { return st.m + log2f(st.s); }
 
 // ---------------------------------------------------------------------------------------------------------
 // Deterministic reductions.

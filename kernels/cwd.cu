@@ -8,16 +8,19 @@
  *
  * What is fused, and why it is legal:
  *   1. `cwd_stats_*` reads S and T once and produces, per chunk of a row, the online-softmax statistics of
- *      both (max, sum of exp) and A = sum_i 2^(zT_i - mT) (zT_i - zS_i). KL needs nothing else:
- *          KL_r = ln2 * (A / sT - LSE2_T + LSE2_S),
- *      because sum_i pT_i (lpT_i - lpS_i) = sum_i pT_i (zT_i - zS_i) - LSE_T + LSE_S and sum_i pT_i = 1.
- *      Rescaling A together with sT when the running max moves keeps this a single pass.
+ *      both (max m and sum s of 2^(k (x - m)), k = log2(e)/tau) and A = sum_i 2^(k (T_i - mT)) (T_i - S_i).
+ *      KL needs nothing else:
+ *          KL_r / ln2 = k (A / sT - (mT - mS)) + log2(sS) - log2(sT),
+ *      because sum_i pT_i (log pT_i - log pS_i) = sum_i pT_i (zT_i - zS_i) - LSE_T + LSE_S and sum_i pT_i = 1.
+ *      Every term is a difference of inputs, never an absolute logit, so large logits (|x| ~ 1e4) lose no
+ *      accuracy, and a one-element row or S == T gives exactly 0. Rescaling A together with sT when the
+ *      running max moves keeps this a single pass.
  *   2. `cwd_finish_*` merges a row's chunk statistics (few, in chunk order), then writes the gradient of its
  *      chunk (second and last read of S and T) and, for the loss, publishes KL_r; the last block to finish
  *      sums the N*C row values in a fixed order. The gradient needs the row's final LSE, which only exists
  *      after pass 1: two launches is the minimum for a row split across blocks.
- * log p is always z - LSE(z), never log(softmax(z)): finite where a probability underflows to 0 in fp32
- * (TorchDistiller's form gives NaN there, losses.md 1.5).
+ * log p is always k (x - m) - log2(s) (times ln2), never log(softmax(z)): finite where a probability
+ * underflows to 0 in fp32 (TorchDistiller's form gives NaN there, losses.md 1.5).
  *
  * Grid: one block per (row, chunk), flattened into x (rows can exceed gridDim.y's 65535). Rows are few and
  * long (N*C ~ 150, H*W up to 512*1024), so a row is split into chunks to fill every SM.
@@ -30,26 +33,26 @@ using kd::kBlockThreads;
 using kd::kLn2;
 using kd::SoftmaxStat;
 
-// Per-thread, then per-block, statistic of one chunk of one row (base 2).
+// Per-thread, then per-block, statistic of one chunk of one row.
 struct CwdStat {
     SoftmaxStat student;
     SoftmaxStat teacher;
-    float a;  // sum 2^(zT - teacher.m) * (zT - zS)
+    float a;  // sum 2^(k (T - teacher.m)) * (T - S)
 };
 
 __device__ __forceinline__ CwdStat cwd_stat_empty() {
     return {kd::softmax_stat_empty(), kd::softmax_stat_empty(), 0.f};
 }
 
-__device__ __forceinline__ CwdStat merge(CwdStat x, CwdStat y) {
+__device__ __forceinline__ CwdStat merge(CwdStat x, CwdStat y, float k) {
     CwdStat r;
-    r.student = kd::merge(x.student, y.student);
+    r.student = kd::merge(x.student, y.student, k);
     const float m = fmaxf(x.teacher.m, y.teacher.m);
     if (m == -CUDART_INF_F) {
         r.teacher = kd::softmax_stat_empty();
         r.a = 0.f;
     } else {
-        const float fx = exp2f(x.teacher.m - m), fy = exp2f(y.teacher.m - m);
+        const float fx = exp2f((x.teacher.m - m) * k), fy = exp2f((y.teacher.m - m) * k);
         r.teacher = {m, x.teacher.s * fx + y.teacher.s * fy};
         r.a = x.a * fx + y.a * fy;
     }
@@ -58,29 +61,27 @@ __device__ __forceinline__ CwdStat merge(CwdStat x, CwdStat y) {
 
 // Folds K values in with one rescale: the max of the K values first, then one exp2f per value.
 template <int K>
-__device__ __forceinline__ void accumulate(CwdStat& st, const float (&zs)[K], const float (&zt)[K]) {
-    float ms = zs[0], mt = zt[0];
+__device__ __forceinline__ void accumulate(CwdStat& st, const float (&xs)[K], const float (&xt)[K], float k) {
+    float ms = st.student.m, mt = st.teacher.m;
 #pragma unroll
-    for (int i = 1; i < K; ++i) {
-        ms = fmaxf(ms, zs[i]);
-        mt = fmaxf(mt, zt[i]);
+    for (int i = 0; i < K; ++i) {
+        ms = fmaxf(ms, xs[i]);
+        mt = fmaxf(mt, xt[i]);
     }
-    ms = fmaxf(ms, st.student.m);
-    mt = fmaxf(mt, st.teacher.m);
-    float ss = st.student.s * exp2f(st.student.m - ms);  // exp2f(-inf) = 0 on the first call
-    const float ft = exp2f(st.teacher.m - mt);
+    float ss = st.student.s * exp2f((st.student.m - ms) * k);  // exp2f(-inf) = 0 on the first call
+    const float ft = exp2f((st.teacher.m - mt) * k);
     float sT = st.teacher.s * ft, a = st.a * ft;
 #pragma unroll
     for (int i = 0; i < K; ++i) {
-        ss += exp2f(zs[i] - ms);
-        const float e = exp2f(zt[i] - mt);
+        ss += exp2f((xs[i] - ms) * k);
+        const float e = exp2f((xt[i] - mt) * k);
         sT += e;
-        a = fmaf(e, zt[i] - zs[i], a);
+        a = fmaf(e, xt[i] - xs[i], a);
     }
     st = {{ms, ss}, {mt, sT}, a};
 }
 
-__device__ __forceinline__ CwdStat block_merge(CwdStat v) {
+__device__ __forceinline__ CwdStat block_merge(CwdStat v, float k) {
     // Butterfly over the warp, then warp 0 over the warp results: a fixed combination order.
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
@@ -91,7 +92,7 @@ __device__ __forceinline__ CwdStat block_merge(CwdStat v) {
         o.teacher.s = __shfl_xor_sync(0xffffffffu, v.teacher.s, offset);
         o.a = __shfl_xor_sync(0xffffffffu, v.a, offset);
         // Combine lower lane first so both partners compute the identical value.
-        v = (threadIdx.x & offset) ? merge(o, v) : merge(v, o);
+        v = (threadIdx.x & offset) ? merge(o, v, k) : merge(v, o, k);
     }
     __shared__ CwdStat warp_stats[kd::kWarps];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -99,7 +100,7 @@ __device__ __forceinline__ CwdStat block_merge(CwdStat v) {
     __syncthreads();
     CwdStat total = cwd_stat_empty();
     if (threadIdx.x == 0) {
-        for (int w = 0; w < kd::kWarps; ++w) total = merge(total, warp_stats[w]);
+        for (int w = 0; w < kd::kWarps; ++w) total = merge(total, warp_stats[w], k);
     }
     return total;  // valid in thread 0
 }
@@ -128,21 +129,16 @@ template <typename T> struct StatsBody {
     float k;  // log2(e) / tau
     CwdStat st;
     __device__ __forceinline__ void scalar(int64_t i) {
-        const float zs[1] = {kd::to_float(s[i]) * k};
-        const float zt[1] = {kd::to_float(t[i]) * k};
-        accumulate<1>(st, zs, zt);
+        const float xs[1] = {kd::to_float(s[i])};
+        const float xt[1] = {kd::to_float(t[i])};
+        accumulate<1>(st, xs, xt, k);
     }
     __device__ __forceinline__ void vector(int64_t i) {
         constexpr int V = kd::Vec<T>::kLen;
-        float zs[V], zt[V];
-        kd::load_vec(s + i, zs);
-        kd::load_vec(t + i, zt);
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            zs[j] *= k;
-            zt[j] *= k;
-        }
-        accumulate<V>(st, zs, zt);
+        float xs[V], xt[V];
+        kd::load_vec(s + i, xs);
+        kd::load_vec(t + i, xt);
+        accumulate<V>(st, xs, xt, k);
     }
 };
 
@@ -160,7 +156,7 @@ __device__ void cwd_stats(const T* __restrict__ student, const T* __restrict__ t
     const T* t = teacher + row * p.row_len;
     StatsBody<T> body{s, t, p.log2e_over_tau, cwd_stat_empty()};
     for_chunk(s, begin, end, kd::same_alignment(s, t), body);
-    const CwdStat total = block_merge(body.st);
+    const CwdStat total = block_merge(body.st, p.log2e_over_tau);
     if (threadIdx.x == 0) {
         float* out = partials + (row * p.chunks + chunk) * kPartialFloats;
         out[0] = total.student.m;
@@ -176,9 +172,12 @@ template <typename T> struct GradBody {
     const T* t;
     T* gs;  // may be null
     T* gt;  // may be null
-    float k, lse_s, lse_t, kl, scale;
+    float k;
+    SoftmaxStat student, teacher;  // the row's final statistics
+    float log2_ss, log2_st, kl, scale;
     __device__ __forceinline__ void point(float xs, float xt, float& g_s, float& g_t) const {
-        const float ls = xs * k - lse_s, lt = xt * k - lse_t;  // log2 of the probabilities
+        const float ls = (xs - student.m) * k - log2_ss;  // log2 of the probabilities
+        const float lt = (xt - teacher.m) * k - log2_st;
         const float ps = exp2f(ls), pt = exp2f(lt);
         g_s = scale * (ps - pt);
         g_t = scale * pt * (kLn2 * (lt - ls) - kl);
@@ -212,16 +211,19 @@ __device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ 
     const int64_t row = blockIdx.x / launched_chunks;
     const int64_t chunk = blockIdx.x % launched_chunks;
 
-    __shared__ float row_lse_s, row_lse_t, row_kl_value;
+    __shared__ CwdStat row_stat;
+    __shared__ float row_kl_value;
+    const float k = p.log2e_over_tau;
     if (threadIdx.x == 0) {
         CwdStat st = cwd_stat_empty();
         const float* in = partials + row * p.chunks * kPartialFloats;
         for (int c = 0; c < p.chunks; ++c, in += kPartialFloats) {
-            st = merge(st, CwdStat{{in[0], in[1]}, {in[2], in[3]}, in[4]});
+            st = merge(st, CwdStat{{in[0], in[1]}, {in[2], in[3]}, in[4]}, k);
         }
-        row_lse_s = kd::log2_sum_exp2(st.student);
-        row_lse_t = kd::log2_sum_exp2(st.teacher);
-        row_kl_value = kLn2 * (st.a / st.teacher.s - row_lse_t + row_lse_s);
+        row_stat = st;
+        const float kl2 = k * (st.a / st.teacher.s - (st.teacher.m - st.student.m)) + log2f(st.student.s) -
+                          log2f(st.teacher.s);
+        row_kl_value = kLn2 * kl2;
     }
     __syncthreads();
 
@@ -237,7 +239,9 @@ __device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ 
         bool aligned = kd::same_alignment(s, t);
         if (gs) aligned = aligned && kd::same_alignment(s, gs);
         if (gt) aligned = aligned && kd::same_alignment(s, gt);
-        GradBody<T> body{s, t, gs, gt, p.log2e_over_tau, row_lse_s, row_lse_t, row_kl_value, p.grad_scale * up};
+        const CwdStat st = row_stat;
+        GradBody<T> body{s,  t, gs, gt, k, st.student, st.teacher, log2f(st.student.s), log2f(st.teacher.s),
+                         row_kl_value, p.grad_scale * up};
         for_chunk(s, begin, end, aligned, body);
     }
 

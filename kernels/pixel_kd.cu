@@ -42,36 +42,38 @@ __device__ void pixel_kd(const T* __restrict__ student, const T* __restrict__ te
         const T* s = student + base;
         const T* t = teacher + base;
 
-        // Online statistics in base 2; a = sum 2^(zT - mT) (zT - zS), rescaled with sT.
+        // Online statistics (common.cuh): maxima in input units, sums of 2^(k (x - m)), and
+        // a = sum 2^(k (T - mT)) (T - S), rescaled with sT. KL_p / ln2 = k (a/sT - (mT - mS)) + log2(sS/sT):
+        // differences of inputs only, exactly 0 when S == T or C == 1.
         float ms = -CUDART_INF_F, ss = 0.f, mt = -CUDART_INF_F, st = 0.f, a = 0.f;
         for (int c = 0; c < p.channels; ++c) {
-            const float zs = kd::to_float(s[c * plane]) * k;
-            const float zt = kd::to_float(t[c * plane]) * k;
-            if (zs > ms) {
-                ss = ss * exp2f(ms - zs) + 1.f;
-                ms = zs;
+            const float xs = kd::to_float(s[c * plane]);
+            const float xt = kd::to_float(t[c * plane]);
+            if (xs > ms) {
+                ss = ss * exp2f((ms - xs) * k) + 1.f;
+                ms = xs;
             } else {
-                ss += exp2f(zs - ms);
+                ss += exp2f((xs - ms) * k);
             }
-            if (zt > mt) {
-                const float f = exp2f(mt - zt);
+            if (xt > mt) {
+                const float f = exp2f((mt - xt) * k);
                 st = st * f + 1.f;
-                a = fmaf(a, f, zt - zs);
-                mt = zt;
+                a = fmaf(a, f, xt - xs);
+                mt = xt;
             } else {
-                const float e = exp2f(zt - mt);
+                const float e = exp2f((xt - mt) * k);
                 st += e;
-                a = fmaf(e, zt - zs, a);
+                a = fmaf(e, xt - xs, a);
             }
         }
-        const float lse_s = ms + log2f(ss), lse_t = mt + log2f(st);
-        kl_sum += kLn2 * (a / st - lse_t + lse_s);
+        const float log2_ss = log2f(ss), log2_st = log2f(st);
+        kl_sum += kLn2 * (k * (a / st - (mt - ms)) + log2_ss - log2_st);
 
         if (want_grad) {
             T* g = grad_student + base;
             for (int c = 0; c < p.channels; ++c) {
-                const float ps = exp2f(kd::to_float(s[c * plane]) * k - lse_s);
-                const float pt = exp2f(kd::to_float(t[c * plane]) * k - lse_t);
+                const float ps = exp2f((kd::to_float(s[c * plane]) - ms) * k - log2_ss);
+                const float pt = exp2f((kd::to_float(t[c * plane]) - mt) * k - log2_st);
                 g[c * plane] = kd::from_float<T>(grad_scale * (ps - pt));
             }
         }

@@ -35,9 +35,12 @@ pub mod cpu;
 pub mod cuda;
 pub mod cwd;
 pub mod dtype;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod error;
 mod ffi;
 pub mod fixture;
+mod outputs;
 pub mod pixel_kd;
 pub mod shape;
 pub mod tolerance;

@@ -6,42 +6,15 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop};
 
-use super::CwdConfig;
+use super::{plan, CwdConfig};
 use crate::cuda::{self, Family, Kernels, Workspace, BLOCK_THREADS};
 use crate::dtype::KdFloat;
 use crate::error::{KdError, Result};
-use crate::ffi::{self, KdCwdParams};
+use crate::outputs::OutputSet;
 use crate::shape::Nchw;
-use crate::validate;
 
 const OP_STATS: usize = 0;
 const OP_FINISH: usize = 1;
-/// Floats per (row, chunk) statistic: student max and sum, teacher max and sum, and `a` (see cwd.cu).
-const PARTIAL_FLOATS: usize = 5;
-/// A block reduces at least this many elements of a row: below it, the merge and launch costs dominate.
-const MIN_CHUNK_ELEMS: usize = 4096;
-/// More chunks than this only lengthens the serial merge in `cwd_finish`.
-const MAX_CHUNKS: usize = 256;
-/// Resident 256-thread blocks per SM to aim for (2048 threads per SM on sm_80..sm_90).
-const BLOCKS_PER_SM: usize = 8;
-
-/// How rows are split across blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Split {
-    pub chunks: usize,
-    pub chunk_len: usize,
-}
-
-/// Splits rows so the grid has about `sm_count * BLOCKS_PER_SM` blocks, with chunks of at least
-/// `MIN_CHUNK_ELEMS` elements, rounded to a multiple of 8 (one 128-bit vector of 16-bit values).
-pub(crate) fn split_rows(rows: usize, row_len: usize, sm_count: usize) -> Split {
-    let target_blocks = sm_count * BLOCKS_PER_SM;
-    let wanted = target_blocks.div_ceil(rows).max(1);
-    let useful = row_len.div_ceil(MIN_CHUNK_ELEMS).max(1);
-    let chunks = wanted.min(useful).min(MAX_CHUNKS);
-    let chunk_len = row_len.div_ceil(chunks).next_multiple_of(8);
-    Split { chunks: row_len.div_ceil(chunk_len), chunk_len }
-}
 
 /// CWD on the GPU, with the same surface as [`super::CwdCpu`].
 ///
@@ -151,41 +124,15 @@ impl CwdCuda {
                 }
             });
         }
-        let rows = shape.n * shape.c;
-        let row_len = shape.plane();
-        let numel = shape.numel();
-        let split = split_rows(rows, row_len, self.kernels.sm_count as usize);
-        let stats_blocks = cuda::grid_blocks("student", rows.saturating_mul(split.chunks))?;
-        let finish_blocks = if wants_grad { stats_blocks } else { cuda::grid_blocks("student", rows)? };
-        let loss_scale = self.config.loss_scale(rows);
-        let grad_scale = self.config.grad_scale(rows);
-        validate::representable_f32("loss_weight * tau^2 / (N*C)", loss_scale)?;
-        validate::representable_f32("loss_weight * tau / (N*C)", grad_scale)?;
-
-        let mut flags = 0;
-        if loss.is_some() {
-            flags |= ffi::KdOutputFlags_KD_WANT_LOSS;
-        }
-        if wants_grad {
-            flags |= ffi::KdOutputFlags_KD_WANT_GRAD_STUDENT;
-        }
-        if grad_teacher.is_some() {
-            flags |= ffi::KdOutputFlags_KD_WANT_GRAD_TEACHER;
-        }
-        if upstream.is_some() {
-            flags |= ffi::KdOutputFlags_KD_SCALE_BY_UPSTREAM;
-        }
-        let params = KdCwdParams {
-            rows: rows as i64,
-            row_len: row_len as i64,
-            chunk_len: split.chunk_len as i64,
-            chunks: split.chunks as i32,
-            flags: flags as i32,
-            log2e_over_tau: (std::f64::consts::LOG2_E / self.config.tau) as f32,
-            loss_scale: loss_scale as f32,
-            grad_scale: grad_scale as f32,
-            reserved: 0.0,
+        let outputs = OutputSet {
+            loss: loss.is_some(),
+            grad_student: wants_grad,
+            grad_teacher: grad_teacher.is_some(),
+            upstream: upstream.is_some(),
         };
+        let plan = plan::plan(&self.config, &shape, self.kernels.sm_count as usize, outputs)?;
+        let params = plan.params;
+        let numel = shape.numel();
 
         let stream = &self.stream;
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(10);
@@ -206,10 +153,8 @@ impl CwdCuda {
             Some(u) => cuda::input("upstream", u, 1, stream, &mut guards)?,
             None => 0,
         };
-        let partial_floats = rows * split.chunks * PARTIAL_FLOATS;
-        let (ws, counter) = self.workspace.floats_and_counter(stream, partial_floats + rows, &mut guards)?;
-        let partials = ws;
-        let row_kl = ws + (partial_floats * std::mem::size_of::<f32>()) as u64;
+        let (partials, counter) = self.workspace.floats_and_counter(stream, plan.workspace_floats, &mut guards)?;
+        let row_kl = partials + plan.row_kl_offset_bytes;
 
         let cfg = |blocks: u32| LaunchConfig {
             grid_dim: (blocks, 1, 1),
@@ -228,7 +173,7 @@ impl CwdCuda {
                 .arg(&t)
                 .arg(&partials)
                 .arg(&params)
-                .launch(cfg(stats_blocks))
+                .launch(cfg(plan.stats_blocks))
                 .map_err(|e| KdError::cuda("launch cwd_stats", e))?;
             stream
                 .launch_builder(finish)
@@ -242,32 +187,10 @@ impl CwdCuda {
                 .arg(&gt)
                 .arg(&up)
                 .arg(&params)
-                .launch(cfg(finish_blocks))
+                .launch(cfg(plan.finish_blocks))
                 .map_err(|e| KdError::cuda("launch cwd_finish", e))?;
         }
         drop(guards);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn split_covers_rows_with_aligned_chunks() {
-        for &(rows, len, sms) in &[(152, 524_288, 132), (2048, 8192, 132), (1, 35, 132), (3, 4097, 8), (1, 1, 1)] {
-            let split = split_rows(rows, len, sms);
-            assert!(split.chunks >= 1 && split.chunks <= MAX_CHUNKS);
-            assert_eq!(split.chunk_len % 8, 0);
-            assert!(split.chunks * split.chunk_len >= len, "chunks must cover the row");
-            assert!((split.chunks - 1) * split.chunk_len < len, "no empty chunk");
-        }
-    }
-
-    #[test]
-    fn long_rows_are_split_to_fill_the_gpu() {
-        let split = split_rows(152, 524_288, 132);
-        assert!(152 * split.chunks >= 132 * BLOCKS_PER_SM, "{split:?}");
     }
 }

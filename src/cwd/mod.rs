@@ -19,6 +19,7 @@
 
 mod cpu;
 mod cuda;
+pub(crate) mod plan;
 
 pub use cpu::CwdCpu;
 pub use cuda::CwdCuda;

@@ -4,22 +4,14 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop};
 
-use super::PixelKdConfig;
+use super::{plan, PixelKdConfig};
 use crate::cuda::{self, Family, Kernels, Workspace, BLOCK_THREADS};
 use crate::dtype::KdFloat;
 use crate::error::{KdError, Result};
-use crate::ffi::{self, KdPixelKdParams};
+use crate::outputs::OutputSet;
 use crate::shape::Nchw;
-use crate::validate;
 
 const OP_PIXEL_KD: usize = 0;
-/// One wave of resident 256-thread blocks per SM; threads then stride over the remaining pixels.
-const BLOCKS_PER_SM: usize = 8;
-
-/// Blocks for `pixels` pixels: one pixel per thread up to one full wave of the GPU.
-pub(crate) fn grid_for(pixels: usize, sm_count: usize) -> usize {
-    pixels.div_ceil(BLOCK_THREADS as usize).clamp(1, sm_count * BLOCKS_PER_SM)
-}
 
 /// Pixel KD on the GPU, with the same surface as [`super::PixelKdCpu`].
 #[derive(Debug)]
@@ -94,41 +86,15 @@ impl PixelKdCuda {
         upstream: Option<&dyn DevicePtr<f32>>,
     ) -> Result<()> {
         let shape = Nchw::from_dims("student", shape)?;
-        if shape.c > i32::MAX as usize {
-            return Err(KdError::TooLarge {
-                what: "student",
-                detail: format!("{} channels; at most 2^31 - 1", shape.c),
-            });
-        }
-        let numel = shape.numel();
-        let pixels = shape.n * shape.plane();
-        let blocks = grid_for(pixels, self.kernels.sm_count as usize);
-        let grid = cuda::grid_blocks("student", blocks)?;
-        let loss_scale = self.config.loss_scale(&shape);
-        let grad_scale = self.config.grad_scale(&shape);
-        validate::representable_f32("loss_weight * [tau^2] / divisor", loss_scale)?;
-        validate::representable_f32("loss_weight * [tau^2] / divisor / tau", grad_scale)?;
-
-        let mut flags = 0;
-        if loss.is_some() {
-            flags |= ffi::KdOutputFlags_KD_WANT_LOSS;
-        }
-        if grad_student.is_some() {
-            flags |= ffi::KdOutputFlags_KD_WANT_GRAD_STUDENT;
-        }
-        if upstream.is_some() {
-            flags |= ffi::KdOutputFlags_KD_SCALE_BY_UPSTREAM;
-        }
-        let params = KdPixelKdParams {
-            pixels: pixels as i64,
-            plane: shape.plane() as i64,
-            channels: shape.c as i32,
-            flags: flags as i32,
-            log2e_over_tau: (std::f64::consts::LOG2_E / self.config.tau) as f32,
-            loss_scale: loss_scale as f32,
-            grad_scale: grad_scale as f32,
-            reserved: 0.0,
+        let outputs = OutputSet {
+            loss: loss.is_some(),
+            grad_student: grad_student.is_some(),
+            grad_teacher: false,
+            upstream: upstream.is_some(),
         };
+        let plan = plan::plan(&self.config, &shape, self.kernels.sm_count as usize, outputs)?;
+        let params = plan.params;
+        let numel = shape.numel();
 
         let stream = &self.stream;
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(8);
@@ -145,9 +111,9 @@ impl PixelKdCuda {
             Some(u) => cuda::input("upstream", u, 1, stream, &mut guards)?,
             None => 0,
         };
-        let (block_totals, counter) = self.workspace.floats_and_counter(stream, blocks, &mut guards)?;
+        let (block_totals, counter) = self.workspace.floats_and_counter(stream, plan.workspace_floats, &mut guards)?;
         let function = self.kernels.get(OP_PIXEL_KD, T::DTYPE);
-        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: (plan.blocks, 1, 1), block_dim: (BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: the argument list matches `pixel_kd_*` in kernels/pixel_kd.cu; every pointer was checked to
         // hold the elements the kernel touches; null pointers only for outputs the flags turn off.
         unsafe {

@@ -15,6 +15,7 @@
 
 mod cpu;
 mod cuda;
+pub(crate) mod plan;
 
 pub use cpu::PixelKdCpu;
 pub use cuda::PixelKdCuda;

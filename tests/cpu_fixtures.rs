@@ -1,0 +1,624 @@
+//! The recorded PyTorch fixtures on the CPU reference, and the verifier's contract (`shared/spec/fixtures.md`):
+//! JSON lines with the documented keys, exit 0 / 1 / 2, a clear `"error"` line for every unusable file.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use kd_kernels::fixture::{verify, Backend, Fixture, LossKind};
+use kd_kernels::DType;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+// ---------------------------------------------------------------------------------------------------------
+// A minimal JSON reader for the verifier's flat objects (strings, numbers, booleans, null).
+
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+    Null,
+}
+
+impl Json {
+    fn str(&self) -> Option<&str> {
+        match self {
+            Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn num(&self) -> Option<f64> {
+        match self {
+            Json::Num(x) => Some(*x),
+            _ => None,
+        }
+    }
+}
+
+struct Reader<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Reader<'_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
+            self.i += 1;
+        }
+    }
+    fn expect(&mut self, c: u8) -> Result<(), String> {
+        self.ws();
+        if self.s.get(self.i) == Some(&c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(format!("expected `{}` at byte {}", c as char, self.i))
+        }
+    }
+    fn string(&mut self) -> Result<String, String> {
+        self.expect(b'"')?;
+        let mut out = Vec::new();
+        loop {
+            let c = *self.s.get(self.i).ok_or("unterminated string")?;
+            self.i += 1;
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    let e = *self.s.get(self.i).ok_or("unterminated escape")?;
+                    self.i += 1;
+                    match e {
+                        b'"' | b'\\' | b'/' => out.push(e),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
+                        b'b' => out.push(8),
+                        b'f' => out.push(12),
+                        b'u' => {
+                            let hex = std::str::from_utf8(self.s.get(self.i..self.i + 4).ok_or("short \\u escape")?)
+                                .map_err(|e| e.to_string())?;
+                            let code = u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
+                            let ch = char::from_u32(code).ok_or("bad \\u escape")?;
+                            out.extend(ch.to_string().as_bytes());
+                            self.i += 4;
+                        }
+                        other => return Err(format!("bad escape \\{}", other as char)),
+                    }
+                }
+                c if c < 0x20 => return Err("raw control character in a string".into()),
+                c => out.push(c),
+            }
+        }
+        String::from_utf8(out).map_err(|e| e.to_string())
+    }
+    fn value(&mut self) -> Result<Json, String> {
+        self.ws();
+        let rest = &self.s[self.i..];
+        if rest.starts_with(b"\"") {
+            return self.string().map(Json::Str);
+        }
+        for (word, v) in [("true", Json::Bool(true)), ("false", Json::Bool(false)), ("null", Json::Null)] {
+            if rest.starts_with(word.as_bytes()) {
+                self.i += word.len();
+                return Ok(v);
+            }
+        }
+        let len = rest.iter().take_while(|c| c.is_ascii_digit() || b"+-.eE".contains(c)).count();
+        let text = std::str::from_utf8(&rest[..len]).map_err(|e| e.to_string())?;
+        // JSON numbers: optional '-', then a digit (no '+', no leading '.', no "inf"/"NaN").
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        if !digits.starts_with(|c: char| c.is_ascii_digit()) || digits.ends_with('.') || digits.contains(".e") {
+            return Err(format!("not a JSON value at byte {}: {text:?}", self.i));
+        }
+        let x = text.parse::<f64>().map_err(|e| format!("bad number {text:?}: {e}"))?;
+        self.i += len;
+        Ok(Json::Num(x))
+    }
+}
+
+/// Parses one line holding a flat JSON object.
+fn parse_object(line: &str) -> Result<BTreeMap<String, Json>, String> {
+    let mut r = Reader { s: line.as_bytes(), i: 0 };
+    r.expect(b'{')?;
+    let mut map = BTreeMap::new();
+    r.ws();
+    if r.s.get(r.i) == Some(&b'}') {
+        r.i += 1;
+    } else {
+        loop {
+            r.ws();
+            let key = r.string()?;
+            r.expect(b':')?;
+            let v = r.value()?;
+            if map.insert(key.clone(), v).is_some() {
+                return Err(format!("duplicate key {key}"));
+            }
+            r.ws();
+            match r.s.get(r.i) {
+                Some(b',') => r.i += 1,
+                Some(b'}') => {
+                    r.i += 1;
+                    break;
+                }
+                _ => return Err(format!("expected `,` or `}}` at byte {}", r.i)),
+            }
+        }
+    }
+    r.ws();
+    if r.i != r.s.len() {
+        return Err(format!("trailing characters after the object at byte {}", r.i));
+    }
+    Ok(map)
+}
+
+#[test]
+fn json_reader_accepts_json_and_rejects_garbage() {
+    let m = parse_object(r#"{"a": "x\"y", "b": 1.5e-3, "c": true, "d": null, "e": -2e0}"#).unwrap();
+    assert_eq!(m["a"], Json::Str("x\"y".into()));
+    assert_eq!(m["b"], Json::Num(1.5e-3));
+    assert_eq!(m["c"], Json::Bool(true));
+    assert_eq!(m["d"], Json::Null);
+    assert_eq!(m["e"], Json::Num(-2.0));
+    for bad in [r#"{"a": NaN}"#, r#"{"a": inf}"#, r#"{"a": 1} x"#, r#"{"a" 1}"#, r#"{"a": .5}"#, "", "{"] {
+        assert!(parse_object(bad).is_err(), "accepted {bad:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Running the verifier.
+
+/// Runs the verifier on the CPU backend only; returns the exit status and every output line, parsed.
+fn run_verify(args: &[&Path]) -> (u8, Vec<BTreeMap<String, Json>>, String) {
+    let args: Vec<String> = args.iter().map(|p| p.display().to_string()).collect();
+    let mut out = Vec::new();
+    let code = verify::run(&args, &[Backend::Cpu], &mut out);
+    let text = String::from_utf8(out).expect("the verifier writes UTF-8");
+    let lines = text
+        .lines()
+        .map(|l| parse_object(l).unwrap_or_else(|e| panic!("not a JSON object line: {l:?}: {e}")))
+        .collect();
+    (code, lines, text)
+}
+
+const CHECK_KEYS: [&str; 9] =
+    ["file", "loss", "backend", "dtype", "output", "max_abs_err", "max_rel_err", "ref_max_abs", "pass"];
+
+/// Asserts a check line has every key of fixtures.md with the right JSON type and consistent values.
+fn assert_check_line(line: &BTreeMap<String, Json>) {
+    for key in CHECK_KEYS {
+        assert!(line.contains_key(key), "check line lacks `{key}`: {line:?}");
+    }
+    for key in ["file", "loss", "backend", "dtype", "output"] {
+        assert!(line[key].str().is_some(), "`{key}` is not a string: {line:?}");
+    }
+    assert!(["cwd", "pixel_kd"].contains(&line["loss"].str().unwrap()), "{line:?}");
+    assert!(["cpu", "cuda"].contains(&line["backend"].str().unwrap()), "{line:?}");
+    assert!(["f32", "f16", "bf16"].contains(&line["dtype"].str().unwrap()), "{line:?}");
+    assert!(["loss", "grad.student", "grad.teacher"].contains(&line["output"].str().unwrap()), "{line:?}");
+    let Json::Bool(pass) = line["pass"] else { panic!("`pass` is not a boolean: {line:?}") };
+    let (abs, rel, refmax) = (line["max_abs_err"].num(), line["max_rel_err"].num(), line["ref_max_abs"].num());
+    let refmax = refmax.unwrap_or_else(|| panic!("`ref_max_abs` is not a number: {line:?}"));
+    match (abs, rel) {
+        (Some(abs), Some(rel)) => {
+            let expect = abs / refmax.max(kd_kernels::tolerance::TINY);
+            assert!((rel - expect).abs() <= 1e-12 * expect.abs().max(1e-300), "max_rel_err != abs/ref: {line:?}");
+            if let Some(tol) = line.get("tolerance").and_then(Json::num) {
+                assert_eq!(pass, rel <= tol, "`pass` disagrees with max_rel_err <= tolerance: {line:?}");
+            }
+        }
+        _ => assert!(!pass, "a NaN error (null) must not pass: {line:?}"),
+    }
+}
+
+/// Asserts the lines are exactly one error line about `file`, whose message contains `needle`.
+fn assert_single_error(case: &str, code: u8, lines: &[BTreeMap<String, Json>], file: &Path, needle: &str) {
+    assert_eq!(code, 2, "{case}: exit status");
+    assert_eq!(lines.len(), 1, "{case}: expected exactly one line, got {lines:?}");
+    let line = &lines[0];
+    assert_eq!(line.get("file").and_then(Json::str), Some(file.display().to_string().as_str()), "{case}: {line:?}");
+    let msg = line.get("error").and_then(Json::str).unwrap_or_else(|| panic!("{case}: no `error`: {line:?}"));
+    assert!(!msg.trim().is_empty(), "{case}: empty error message");
+    assert!(msg.contains(needle), "{case}: error {msg:?} does not mention {needle:?}");
+    assert!(!line.contains_key("pass"), "{case}: an error line is not a check: {line:?}");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Editable copies of fixture files.
+
+#[derive(Debug, Clone)]
+struct Tensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+struct OwnedFile {
+    metadata: HashMap<String, String>,
+    tensors: BTreeMap<String, Tensor>,
+}
+
+impl OwnedFile {
+    fn read(path: &Path) -> Self {
+        let bytes = std::fs::read(path).expect("read fixture");
+        let (_, header) = SafeTensors::read_metadata(&bytes).expect("fixture header");
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let st = SafeTensors::deserialize(&bytes).expect("fixture");
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(name, v)| (name, Tensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() }))
+            .collect();
+        OwnedFile { metadata, tensors }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let views: Vec<(String, TensorView<'_>)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), TensorView::new(t.dtype, t.shape.clone(), &t.data).expect("valid view")))
+            .collect();
+        safetensors::serialize(views, Some(self.metadata.clone())).expect("serialize")
+    }
+
+    fn write(&self, path: &Path) {
+        std::fs::write(path, self.bytes()).expect("write temp fixture");
+    }
+
+    fn set_meta(mut self, key: &str, value: &str) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    fn without_meta(mut self, key: &str) -> Self {
+        self.metadata.remove(key);
+        self
+    }
+
+    fn without_tensor(mut self, name: &str) -> Self {
+        assert!(self.tensors.remove(name).is_some(), "{name} not in the base fixture");
+        self
+    }
+
+    fn with_tensor(mut self, name: &str, tensor: Tensor) -> Self {
+        self.tensors.insert(name.into(), tensor);
+        self
+    }
+
+    fn f32_values(&self, name: &str) -> Vec<f32> {
+        let t = &self.tensors[name];
+        assert_eq!(t.dtype, Dtype::F32);
+        t.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    fn set_f32_values(&mut self, name: &str, values: &[f32]) {
+        let t = self.tensors.get_mut(name).unwrap();
+        assert_eq!(t.dtype, Dtype::F32);
+        t.data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    }
+}
+
+fn f32_tensor(shape: &[usize], values: &[f32]) -> Tensor {
+    assert_eq!(shape.iter().product::<usize>(), values.len());
+    Tensor { dtype: Dtype::F32, shape: shape.to_vec(), data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+}
+
+fn base_cwd() -> OwnedFile {
+    OwnedFile::read(&common::fixture_dir().join("cwd_f32_1x3x5x7_tau1_w1.safetensors"))
+}
+
+fn base_pixel_kd() -> OwnedFile {
+    OwnedFile::read(&common::fixture_dir().join("pixel_kd_f32_2x5x7x3_tau4_sum_w1.safetensors"))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The fixtures themselves.
+
+#[test]
+fn every_fixture_passes_on_the_cpu_reference() {
+    let mut failures = Vec::new();
+    for path in common::fixture_files() {
+        let fixture = Fixture::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let checks = fixture.check(&Backend::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // Every reference output the file holds is checked, and nothing else.
+        let candidates: &[&str] = match fixture.loss {
+            LossKind::Cwd => &["loss", "grad.student", "grad.teacher"],
+            _ => &["loss", "grad.student"],
+        };
+        let present: Vec<&str> = candidates.iter().copied().filter(|n| fixture.tensors.contains_key(*n)).collect();
+        let checked: Vec<&str> = checks.iter().map(|c| c.output.as_str()).collect();
+        assert_eq!(checked, present, "{}: outputs checked", path.display());
+        for c in &checks {
+            if !c.pass() {
+                failures.push(format!(
+                    "{} {}: {:?} (tolerance {})",
+                    path.display(),
+                    c.output,
+                    c.comparison,
+                    c.tolerance
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "fixtures failing on the CPU reference:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn fixtures_cover_both_losses_all_dtypes_and_the_teacher_gradient() {
+    let (mut losses, mut dtypes, mut teacher_grad) = (Vec::new(), Vec::new(), 0);
+    let mut combos = Vec::new();
+    for path in common::fixture_files() {
+        let f = Fixture::load(&path).unwrap();
+        let dtype = f.tensors["student"].dtype.expect("a float student");
+        losses.push(f.loss);
+        dtypes.push(dtype);
+        combos.push((f.loss, dtype));
+        teacher_grad += f.tensors.contains_key("grad.teacher") as usize;
+    }
+    for loss in [LossKind::Cwd, LossKind::PixelKd] {
+        assert!(losses.contains(&loss), "no fixture for {loss:?}");
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            assert!(combos.contains(&(loss, dtype)), "no {loss:?} fixture in {dtype}");
+        }
+    }
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        assert!(dtypes.contains(&dtype), "no {dtype} fixture");
+    }
+    assert!(teacher_grad >= 1, "no fixture has grad.teacher");
+}
+
+#[test]
+fn fixture_from_bytes_equals_load() {
+    let path = common::fixture_dir().join("cwd_f32_2x5x9x11_tau4_w3_teachergrad.safetensors");
+    let a = Fixture::load(&path).unwrap();
+    let b = Fixture::from_bytes(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(a.loss, b.loss);
+    assert_eq!(a.metadata, b.metadata);
+    assert_eq!(a.tensors.keys().collect::<Vec<_>>(), b.tensors.keys().collect::<Vec<_>>());
+    assert!(a.tensors.contains_key("grad.teacher"));
+}
+
+#[test]
+fn rewritten_fixture_still_passes() {
+    // Guards the helpers the error tests build on: an unmodified round trip must verify cleanly.
+    let dir = common::temp_dir("roundtrip");
+    for (name, base) in [("cwd.safetensors", base_cwd()), ("pkd.safetensors", base_pixel_kd())] {
+        let path = dir.join(name);
+        base.write(&path);
+        let (code, lines, text) = run_verify(&[&path]);
+        assert_eq!(code, 0, "{text}");
+        assert_eq!(lines.len(), 2, "{text}");
+        lines.iter().for_each(assert_check_line);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The verifier's contract.
+
+#[test]
+fn verify_fixture_dir_on_cpu_exits_0_with_one_line_per_output() {
+    let dir = common::fixture_dir();
+    let (code, lines, text) = run_verify(&[&dir]);
+    assert_eq!(code, 0, "{text}");
+    let mut expected_lines = 0;
+    let mut files_seen = std::collections::BTreeSet::new();
+    for path in common::fixture_files() {
+        let f = Fixture::load(&path).unwrap();
+        expected_lines +=
+            ["loss", "grad.student", "grad.teacher"].iter().filter(|n| f.tensors.contains_key(**n)).count();
+        files_seen.insert(path.display().to_string());
+    }
+    assert_eq!(lines.len(), expected_lines, "{text}");
+    for line in &lines {
+        assert_check_line(line);
+        assert_eq!(line["backend"], Json::Str("cpu".into()));
+        assert_eq!(line["pass"], Json::Bool(true), "{line:?}");
+        assert!(files_seen.contains(line["file"].str().unwrap()), "unknown file in {line:?}");
+        // The dtype reported is the one in the file name.
+        let file = line["file"].str().unwrap();
+        assert!(file.contains(&format!("_{}_", line["dtype"].str().unwrap())), "{line:?}");
+        assert!(Path::new(file).file_name().unwrap().to_str().unwrap().starts_with(line["loss"].str().unwrap()));
+    }
+}
+
+#[test]
+fn verify_exit_2_for_every_unusable_file() {
+    let dir = common::temp_dir("bad");
+    let cwd = base_cwd();
+    let pkd = base_pixel_kd();
+    let grad_dims = cwd.tensors["grad.student"].shape.clone();
+    let numel: usize = grad_dims.iter().product();
+    let zeros = vec![0.0f32; numel];
+
+    enum Content {
+        Bytes(Vec<u8>),
+        Missing,
+    }
+    let text_file = Content::Bytes(b"this is not a safetensors file\n".to_vec());
+    let full = cwd.bytes();
+    let truncated = Content::Bytes(full[..full.len() / 2].to_vec());
+    let f = |o: OwnedFile| Content::Bytes(o.bytes());
+
+    let mut student_f16 = cwd.tensors["teacher"].clone();
+    student_f16.dtype = Dtype::F16;
+    student_f16.data.truncate(student_f16.data.len() / 2);
+    let mut student_i32 = cwd.tensors["student"].clone();
+    student_i32.dtype = Dtype::I32;
+
+    let cases: Vec<(&str, Content, &str)> = vec![
+        ("not safetensors", text_file, "not a safetensors file"),
+        ("empty file", Content::Bytes(Vec::new()), "not a safetensors file"),
+        ("truncated", truncated, "not a safetensors file"),
+        ("missing file", Content::Missing, "cannot read"),
+        ("no loss entry", f(cwd.clone().without_meta("loss")), "loss"),
+        ("unknown loss", f(cwd.clone().set_meta("loss", "fitnet")), "unknown loss `fitnet`"),
+        ("no format_version", f(cwd.clone().without_meta("format_version")), "format_version"),
+        ("format_version 2", f(cwd.clone().set_meta("format_version", "2")), "format_version `2`"),
+        ("missing student", f(cwd.clone().without_tensor("student")), "missing tensor `student`"),
+        ("missing teacher", f(pkd.clone().without_tensor("teacher")), "missing tensor `teacher`"),
+        (
+            "grad.student mis-shaped",
+            f(cwd.clone().with_tensor(
+                "grad.student",
+                f32_tensor(&[grad_dims[0], grad_dims[1], numel / (grad_dims[0] * grad_dims[1]), 1], &zeros),
+            )),
+            "grad.student",
+        ),
+        ("grad.student flat", f(cwd.clone().with_tensor("grad.student", f32_tensor(&[numel], &zeros))), "grad.student"),
+        ("loss not a scalar", f(cwd.clone().with_tensor("loss", f32_tensor(&[2], &[1.0, 2.0]))), "loss"),
+        ("tau abc", f(cwd.clone().set_meta("tau", "abc")), "tau"),
+        ("tau -1", f(cwd.clone().set_meta("tau", "-1")), "tau"),
+        ("tau 0", f(pkd.clone().set_meta("tau", "0")), "tau"),
+        ("tau inf", f(pkd.clone().set_meta("tau", "inf")), "tau"),
+        ("tau NaN", f(cwd.clone().set_meta("tau", "NaN")), "tau"),
+        ("loss_weight nan", f(pkd.clone().set_meta("loss_weight", "nan")), "loss_weight"),
+        ("loss_weight empty", f(cwd.clone().set_meta("loss_weight", "")), "loss_weight"),
+        ("reduction bogus", f(pkd.clone().set_meta("reduction", "average")), "reduction"),
+        ("scale_tau2 yes", f(pkd.clone().set_meta("scale_tau2", "yes")), "scale_tau2"),
+        ("icsd", f(cwd.clone().set_meta("loss", "icsd")), "not implemented yet"),
+        ("semckd", f(cwd.clone().set_meta("loss", "semckd")), "not implemented yet"),
+        ("cwt", f(pkd.clone().set_meta("loss", "cwt")), "not implemented yet"),
+        ("teacher shape differs", f(cwd.clone().with_tensor("teacher", f32_tensor(&[numel], &zeros))), "teacher"),
+        ("student rank 3", f(cwd.clone().with_tensor("student", f32_tensor(&[1, 3, 35], &zeros))), "rank"),
+        ("teacher f16, student f32", f(cwd.clone().with_tensor("teacher", student_f16)), "teacher"),
+        (
+            "student i32",
+            f(cwd.clone().with_tensor("student", student_i32.clone()).with_tensor("teacher", student_i32)),
+            "student",
+        ),
+        (
+            "student empty",
+            f(pkd
+                .clone()
+                .with_tensor("student", f32_tensor(&[2, 0, 7, 3], &[]))
+                .with_tensor("teacher", f32_tensor(&[2, 0, 7, 3], &[]))),
+            "zero dimension",
+        ),
+        (
+            "no reference output",
+            f(cwd.clone().without_tensor("loss").without_tensor("grad.student")),
+            "no reference output",
+        ),
+    ];
+
+    let mut every_bad = Vec::new();
+    for (i, (case, content, needle)) in cases.into_iter().enumerate() {
+        let path = dir.join(format!("case{i:02}.safetensors"));
+        if let Content::Bytes(b) = content {
+            std::fs::write(&path, b).unwrap();
+        }
+        let (code, lines, _) = run_verify(&[&path]);
+        assert_single_error(case, code, &lines, &path, needle);
+        every_bad.push(path);
+    }
+
+    // All of them at once: one error line each, in order, and still exit 2.
+    let refs: Vec<&Path> = every_bad.iter().map(PathBuf::as_path).collect();
+    let (code, lines, text) = run_verify(&refs);
+    assert_eq!(code, 2);
+    assert_eq!(lines.len(), every_bad.len(), "{text}");
+    for (line, path) in lines.iter().zip(&every_bad) {
+        assert_eq!(line["file"].str(), Some(path.display().to_string().as_str()));
+        assert!(line.contains_key("error"));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn verify_exit_2_without_arguments_or_with_an_empty_directory() {
+    let mut out = Vec::new();
+    assert_eq!(verify::run(&[], &[Backend::Cpu], &mut out), 2);
+    let text = String::from_utf8(out).unwrap();
+    let line = parse_object(text.trim()).unwrap();
+    assert!(line.contains_key("error"), "{text}");
+
+    let dir = common::temp_dir("empty");
+    let (code, lines, text) = run_verify(&[&dir]);
+    assert_eq!(code, 2, "{text}");
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0]["error"].str().unwrap().contains("no *.safetensors"), "{text}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn verify_exit_1_when_a_reference_is_perturbed() {
+    let dir = common::temp_dir("perturbed");
+
+    // The loss 1% off: the loss check fails, the gradient check still passes.
+    let mut bad_loss = base_cwd();
+    let loss = bad_loss.f32_values("loss");
+    bad_loss.set_f32_values("loss", &[loss[0] * 1.01]);
+    let p1 = dir.join("bad_loss.safetensors");
+    bad_loss.write(&p1);
+    let (code, lines, text) = run_verify(&[&p1]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(lines.len(), 2, "{text}");
+    lines.iter().for_each(assert_check_line);
+    let by_output: HashMap<&str, &Json> = lines.iter().map(|l| (l["output"].str().unwrap(), &l["pass"])).collect();
+    assert_eq!(by_output["loss"], &Json::Bool(false), "{text}");
+    assert_eq!(by_output["grad.student"], &Json::Bool(true), "{text}");
+
+    // One gradient element off by 1e-3 of the gradient's max: a relative error the f32 row (1e-4) rejects.
+    let mut bad_grad = base_pixel_kd();
+    let mut g = bad_grad.f32_values("grad.student");
+    let gmax = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let mid = g.len() / 2;
+    g[mid] += 1e-3 * gmax;
+    bad_grad.set_f32_values("grad.student", &g);
+    let p2 = dir.join("bad_grad.safetensors");
+    bad_grad.write(&p2);
+    let (code, lines, text) = run_verify(&[&p2]);
+    assert_eq!(code, 1, "{text}");
+    let failing: Vec<&str> =
+        lines.iter().filter(|l| l["pass"] == Json::Bool(false)).map(|l| l["output"].str().unwrap()).collect();
+    assert_eq!(failing, ["grad.student"], "{text}");
+
+    // A NaN in the reference never passes.
+    let mut nan_grad = base_cwd();
+    let mut g = nan_grad.f32_values("grad.student");
+    g[0] = f32::NAN;
+    nan_grad.set_f32_values("grad.student", &g);
+    let p3 = dir.join("nan_grad.safetensors");
+    nan_grad.write(&p3);
+    let (code, lines, text) = run_verify(&[&p3]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        lines.iter().any(|l| l["output"].str() == Some("grad.student") && l["pass"] == Json::Bool(false)),
+        "{text}"
+    );
+
+    // A good file next to a failing one: 1; next to an unusable one as well: 2 wins, and the good and
+    // failing files are still checked.
+    let good = common::fixture_dir().join("cwd_f32_1x3x5x7_tau4_w3.safetensors");
+    let (code, _, text) = run_verify(&[&good, &p1]);
+    assert_eq!(code, 1, "{text}");
+    let unusable = dir.join("unusable.safetensors");
+    std::fs::write(&unusable, b"garbage").unwrap();
+    let (code, lines, text) = run_verify(&[&good, &unusable, &p1]);
+    assert_eq!(code, 2, "{text}");
+    assert_eq!(lines.len(), 2 + 1 + 2, "{text}");
+    assert!(lines[2].contains_key("error"), "{text}");
+    assert_eq!(lines[3]["output"], Json::Str("loss".into()), "{text}");
+    assert_eq!(lines[3]["pass"], Json::Bool(false), "{text}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn verify_skip_line_and_available_backends() {
+    let line = parse_object(&verify::skip_line("cuda", "no \"driver\"\nhere")).unwrap();
+    assert_eq!(line["backend"], Json::Str("cuda".into()));
+    assert_eq!(line["skipped"], Json::Bool(true));
+    assert_eq!(line["reason"], Json::Str("no \"driver\"\nhere".into()));
+
+    let (backends, skipped) = verify::available_backends();
+    assert_eq!(backends[0].name(), "cpu");
+    match skipped {
+        Some(reason) => {
+            assert_eq!(backends.len(), 1);
+            assert!(!reason.is_empty());
+        }
+        None => assert_eq!(backends.iter().map(Backend::name).collect::<Vec<_>>(), ["cpu", "cuda"]),
+    }
+}

@@ -1,0 +1,244 @@
+//! The kernels' own CUDA source, run on the CPU through `kernels/emulator` (feature `emulator`), against
+//! the f64 CPU reference: every dtype, every entry point, odd shapes, rows split into many chunks,
+//! misaligned buffers, extreme logits. This is how the kernels' logic is tested on machines without a GPU;
+//! `tests/gpu` runs the same comparisons on a real device.
+#![cfg(feature = "emulator")]
+
+mod common;
+
+use common::{logits, to_dtype, widen, SplitMix64};
+use half::{bf16, f16};
+use kd_kernels::cpu::CpuOutput;
+use kd_kernels::cwd::{CwdConfig, CwdCpu};
+use kd_kernels::emulator::{self, EmulatedOutput, Mode};
+use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, Reduction};
+use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::KdFloat;
+use ndarray::ArrayView4;
+
+/// An H100 has 132 SMs: the plans the GPU would use.
+const H100_SMS: usize = 132;
+
+fn check_close(what: &str, got: &[f64], reference: &[f64], tol: f64) {
+    assert_eq!(got.len(), reference.len(), "{what}: length");
+    let c = Comparison::of(got.iter().copied(), reference.iter().copied());
+    assert!(c.passes(tol), "{what}: max_rel_err {:e} > {tol:e} ({c:?})", c.max_rel_err);
+}
+
+fn compare<T: KdFloat>(what: &str, emulated: &EmulatedOutput<T>, reference: &CpuOutput, mode: Mode) {
+    let dtype = T::DTYPE;
+    match mode {
+        Mode::Backward { .. } => assert!(emulated.loss.is_none(), "{what}: backward must not write the loss"),
+        _ => check_close(
+            &format!("{what} loss"),
+            &[emulated.loss.expect("loss") as f64],
+            &[reference.loss],
+            tolerance(dtype, OutputKind::Loss),
+        ),
+    }
+    if mode == Mode::Forward {
+        assert!(emulated.grad_student.is_none());
+        return;
+    }
+    let grad = widen(emulated.grad_student.as_ref().expect("grad_student"));
+    let reference_grad: Vec<f64> = reference.grad_student.iter().copied().collect();
+    check_close(&format!("{what} grad.student"), &grad, &reference_grad, tolerance(dtype, OutputKind::Tensor));
+    if let Some(reference_teacher) = &reference.grad_teacher {
+        let got = widen(emulated.grad_teacher.as_ref().expect("grad_teacher"));
+        let reference: Vec<f64> = reference_teacher.iter().copied().collect();
+        check_close(&format!("{what} grad.teacher"), &got, &reference, tolerance(dtype, OutputKind::Tensor));
+    }
+}
+
+fn cpu_reference<T: KdFloat>(
+    run: impl Fn(ArrayView4<'_, T>, ArrayView4<'_, T>, f64) -> CpuOutput,
+    dims: [usize; 4],
+    student: &[T],
+    teacher: &[T],
+    mode: Mode,
+) -> CpuOutput {
+    let numel: usize = dims.iter().product();
+    let s = ArrayView4::from_shape(dims, &student[..numel]).unwrap();
+    let t = ArrayView4::from_shape(dims, &teacher[..numel]).unwrap();
+    let upstream = match mode {
+        Mode::Backward { upstream } => upstream as f64,
+        _ => 1.0,
+    };
+    run(s, t, upstream)
+}
+
+const MODES: [Mode; 3] = [Mode::Forward, Mode::ForwardBackward, Mode::Backward { upstream: 2.5 }];
+
+fn cwd_case<T: KdFloat>(dims: [usize; 4], config: CwdConfig, scale: f64, offset: usize, sm_count: usize, seed: u64) {
+    let numel: usize = dims.iter().product();
+    let mut rng = SplitMix64::new(seed);
+    // `offset` leading elements shift the data off the 16-byte alignment the vector path wants.
+    let student: Vec<T> = to_dtype(&logits(&mut rng, numel + offset, scale, numel / 50 + 1));
+    let teacher: Vec<T> = to_dtype(&logits(&mut rng, numel + offset, scale, numel / 50 + 1));
+    let (s, t) = (&student[offset..], &teacher[offset..]);
+    let cpu = CwdCpu::new(config).unwrap();
+    for mode in MODES {
+        let emulated = emulator::cwd(&config, &dims, s, t, mode, sm_count).unwrap();
+        let reference = cpu_reference(|s, t, up| cpu.backward(s, t, up).unwrap(), dims, s, t, mode);
+        let what = format!("cwd {:?} {dims:?} {config:?} offset {offset} sms {sm_count} {mode:?}", T::DTYPE);
+        compare(&what, &emulated, &reference, mode);
+    }
+}
+
+fn pixel_case<T: KdFloat>(
+    dims: [usize; 4],
+    config: PixelKdConfig,
+    scale: f64,
+    offset: usize,
+    sm_count: usize,
+    seed: u64,
+) {
+    let numel: usize = dims.iter().product();
+    let mut rng = SplitMix64::new(seed);
+    let student: Vec<T> = to_dtype(&logits(&mut rng, numel + offset, scale, numel / 50 + 1));
+    let teacher: Vec<T> = to_dtype(&logits(&mut rng, numel + offset, scale, numel / 50 + 1));
+    let (s, t) = (&student[offset..], &teacher[offset..]);
+    let cpu = PixelKdCpu::new(config).unwrap();
+    for mode in MODES {
+        let emulated = emulator::pixel_kd(&config, &dims, s, t, mode, sm_count).unwrap();
+        let reference = cpu_reference(|s, t, up| cpu.backward(s, t, up).unwrap(), dims, s, t, mode);
+        let what = format!("pixel_kd {:?} {dims:?} {config:?} offset {offset} sms {sm_count} {mode:?}", T::DTYPE);
+        compare(&what, &emulated, &reference, mode);
+    }
+}
+
+const SHAPES: [[usize; 4]; 6] =
+    [[1, 1, 1, 1], [1, 3, 5, 7], [2, 4, 17, 33], [3, 2, 1, 1001], [2, 19, 8, 16], [1, 2, 64, 129]];
+
+fn cwd_all_shapes<T: KdFloat>() {
+    for (i, dims) in SHAPES.into_iter().enumerate() {
+        for (tau, teacher_grad) in [(1.0, false), (4.0, true)] {
+            let config = CwdConfig { tau, loss_weight: 3.0, teacher_grad };
+            cwd_case::<T>(dims, config, 3.0, 0, H100_SMS, 10 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn cwd_matches_the_reference_f32() {
+    cwd_all_shapes::<f32>();
+}
+
+#[test]
+fn cwd_matches_the_reference_f16() {
+    cwd_all_shapes::<f16>();
+}
+
+#[test]
+fn cwd_matches_the_reference_bf16() {
+    cwd_all_shapes::<bf16>();
+}
+
+#[test]
+fn cwd_rows_split_into_many_chunks() {
+    // 1 x 2 rows of 40000: with 1000 SMs the plan asks for many chunks per row, and the merge of the
+    // chunk statistics in cwd_finish is what is tested.
+    let config = CwdConfig { tau: 2.0, loss_weight: 1.0, teacher_grad: true };
+    cwd_case::<f32>([1, 2, 200, 200], config, 4.0, 0, 1000, 7);
+    cwd_case::<bf16>([1, 2, 200, 200], config, 4.0, 0, 1000, 8);
+}
+
+#[test]
+fn cwd_misaligned_buffers_take_the_scalar_paths() {
+    let config = CwdConfig { tau: 1.0, loss_weight: 1.0, teacher_grad: true };
+    for offset in 1..4 {
+        cwd_case::<f32>([2, 3, 9, 31], config, 2.0, offset, 4, 20 + offset as u64);
+        cwd_case::<f16>([2, 3, 9, 31], config, 2.0, offset, 4, 30 + offset as u64);
+    }
+}
+
+#[test]
+fn cwd_large_logits_keep_their_accuracy() {
+    // Logits near 1e4 with a spread of a few units: only differences of inputs may enter the softmax, so
+    // the result must be as accurate as for logits near 0. (Student and teacher far apart from each other,
+    // e.g. +1e4 against -1e4, is a documented fp32 limit: see the README's numerics notes.)
+    let dims = [1, 2, 6, 7];
+    let mut rng = SplitMix64::new(99);
+    let student: Vec<f32> = logits(&mut rng, 84, 2.0, 0).iter().map(|v| v + 10_000.0).collect();
+    let teacher: Vec<f32> = logits(&mut rng, 84, 2.0, 0).iter().map(|v| v + 10_000.0).collect();
+    let config = CwdConfig { tau: 1.0, loss_weight: 1.0, teacher_grad: false };
+    let emulated = emulator::cwd(&config, &dims, &student, &teacher, Mode::ForwardBackward, H100_SMS).unwrap();
+    let reference = cpu_reference(
+        |s, t, up| CwdCpu::new(config).unwrap().backward(s, t, up).unwrap(),
+        dims,
+        &student,
+        &teacher,
+        Mode::ForwardBackward,
+    );
+    compare("cwd large logits", &emulated, &reference, Mode::ForwardBackward);
+}
+
+#[test]
+fn cwd_identical_inputs_give_exactly_zero() {
+    let dims = [2, 3, 5, 7];
+    let mut rng = SplitMix64::new(5);
+    let x: Vec<f32> = logits(&mut rng, 210, 5.0, 3);
+    let config = CwdConfig::default();
+    let out = emulator::cwd(&config, &dims, &x, &x, Mode::ForwardBackward, H100_SMS).unwrap();
+    assert_eq!(out.loss, Some(0.0));
+    assert!(out.grad_student.unwrap().iter().all(|&g| g == 0.0));
+}
+
+#[test]
+fn cwd_is_bitwise_deterministic() {
+    let dims = [2, 5, 33, 65];
+    let mut rng = SplitMix64::new(3);
+    let s: Vec<f32> = logits(&mut rng, 21450, 3.0, 10);
+    let t: Vec<f32> = logits(&mut rng, 21450, 3.0, 10);
+    let config = CwdConfig { tau: 1.0, loss_weight: 1.0, teacher_grad: true };
+    let a = emulator::cwd(&config, &dims, &s, &t, Mode::ForwardBackward, 64).unwrap();
+    let b = emulator::cwd(&config, &dims, &s, &t, Mode::ForwardBackward, 64).unwrap();
+    assert_eq!(a.loss.unwrap().to_bits(), b.loss.unwrap().to_bits());
+    assert_eq!(a.grad_student, b.grad_student);
+    assert_eq!(a.grad_teacher, b.grad_teacher);
+}
+
+fn pixel_all_shapes<T: KdFloat>() {
+    let reductions = [Reduction::Mean, Reduction::BatchMean, Reduction::Sum, Reduction::PixelMean];
+    for (i, dims) in SHAPES.into_iter().enumerate() {
+        let config = PixelKdConfig {
+            tau: 1.0 + i as f64,
+            loss_weight: 2.0,
+            reduction: reductions[i % 4],
+            scale_tau2: i % 2 == 0,
+        };
+        pixel_case::<T>(dims, config, 3.0, 0, H100_SMS, 40 + i as u64);
+    }
+}
+
+#[test]
+fn pixel_kd_matches_the_reference_f32() {
+    pixel_all_shapes::<f32>();
+}
+
+#[test]
+fn pixel_kd_matches_the_reference_f16() {
+    pixel_all_shapes::<f16>();
+}
+
+#[test]
+fn pixel_kd_matches_the_reference_bf16() {
+    pixel_all_shapes::<bf16>();
+}
+
+#[test]
+fn pixel_kd_threads_stride_over_many_pixels() {
+    // One SM: a grid of 8 blocks, so each thread takes several pixels.
+    let config = PixelKdConfig::default();
+    pixel_case::<f32>([3, 19, 31, 29], config, 4.0, 1, 1, 77);
+}
+
+#[test]
+fn pixel_kd_identical_inputs_give_exactly_zero() {
+    let dims = [2, 7, 5, 3];
+    let mut rng = SplitMix64::new(6);
+    let x: Vec<bf16> = to_dtype(&logits(&mut rng, 210, 5.0, 3));
+    let out = emulator::pixel_kd(&PixelKdConfig::default(), &dims, &x, &x, Mode::ForwardBackward, H100_SMS).unwrap();
+    assert_eq!(out.loss, Some(0.0));
+    assert!(out.grad_student.unwrap().iter().all(|&g| g.to_f64() == 0.0));
+}
