@@ -31,54 +31,58 @@ namespace {
 
 using kd::kBlockThreads;
 using kd::kLn2;
-using kd::SoftmaxStat;
 
-// Per-thread, then per-block, statistic of one chunk of one row.
+// Per-thread, then per-block, statistic of one chunk of one row. Maxima in input units (float), sums in
+// double: the KL of a student close to its teacher is a small difference of log2(sS) and log2(sT), and fp32
+// sums over thousands of terms would leave it a relative error of ~1e-3 (exp2f itself stays in fp32, so the
+// cost is three double adds per element, far below the memory time).
 struct CwdStat {
-    SoftmaxStat student;
-    SoftmaxStat teacher;
-    float a;  // sum 2^(k (T - teacher.m)) * (T - S)
+    float ms;   // student max
+    float mt;   // teacher max
+    double ss;  // sum 2^(k (S - ms))
+    double st;  // sum 2^(k (T - mt))
+    double a;   // sum 2^(k (T - mt)) * (T - S)
 };
 
-__device__ __forceinline__ CwdStat cwd_stat_empty() {
-    return {kd::softmax_stat_empty(), kd::softmax_stat_empty(), 0.f};
-}
+__device__ __forceinline__ CwdStat cwd_stat_empty() { return {-CUDART_INF_F, -CUDART_INF_F, 0.0, 0.0, 0.0}; }
 
 __device__ __forceinline__ CwdStat merge(CwdStat x, CwdStat y, float k) {
     CwdStat r;
-    r.student = kd::merge(x.student, y.student, k);
-    const float m = fmaxf(x.teacher.m, y.teacher.m);
-    if (m == -CUDART_INF_F) {
-        r.teacher = kd::softmax_stat_empty();
-        r.a = 0.f;
+    r.ms = fmaxf(x.ms, y.ms);
+    r.ss = r.ms == -CUDART_INF_F ? 0.0 : x.ss * exp2f((x.ms - r.ms) * k) + y.ss * exp2f((y.ms - r.ms) * k);
+    r.mt = fmaxf(x.mt, y.mt);
+    if (r.mt == -CUDART_INF_F) {  // both empty: avoid (-inf) - (-inf)
+        r.st = 0.0;
+        r.a = 0.0;
     } else {
-        const float fx = exp2f((x.teacher.m - m) * k), fy = exp2f((y.teacher.m - m) * k);
-        r.teacher = {m, x.teacher.s * fx + y.teacher.s * fy};
+        const double fx = exp2f((x.mt - r.mt) * k), fy = exp2f((y.mt - r.mt) * k);
+        r.st = x.st * fx + y.st * fy;
         r.a = x.a * fx + y.a * fy;
     }
     return r;
 }
 
-// Folds K values in with one rescale: the max of the K values first, then one exp2f per value.
+// Folds K values in with one rescale: the max of the K values first, then one exp2f per value. The
+// rescale factor is exactly 1 whenever the running max does not move.
 template <int K>
 __device__ __forceinline__ void accumulate(CwdStat& st, const float (&xs)[K], const float (&xt)[K], float k) {
-    float ms = st.student.m, mt = st.teacher.m;
+    float ms = st.ms, mt = st.mt;
 #pragma unroll
     for (int i = 0; i < K; ++i) {
         ms = fmaxf(ms, xs[i]);
         mt = fmaxf(mt, xt[i]);
     }
-    float ss = st.student.s * exp2f((st.student.m - ms) * k);  // exp2f(-inf) = 0 on the first call
-    const float ft = exp2f((st.teacher.m - mt) * k);
-    float sT = st.teacher.s * ft, a = st.a * ft;
+    double ss = st.ss * exp2f((st.ms - ms) * k);  // exp2f(-inf) = 0 on the first call
+    const double ft = exp2f((st.mt - mt) * k);
+    double sT = st.st * ft, a = st.a * ft;
 #pragma unroll
     for (int i = 0; i < K; ++i) {
         ss += exp2f((xs[i] - ms) * k);
         const float e = exp2f((xt[i] - mt) * k);
         sT += e;
-        a = fmaf(e, xt[i] - xs[i], a);
+        a = fma(static_cast<double>(e), static_cast<double>(xt[i] - xs[i]), a);
     }
-    st = {{ms, ss}, {mt, sT}, a};
+    st = {ms, mt, ss, sT, a};
 }
 
 __device__ __forceinline__ CwdStat block_merge(CwdStat v, float k) {
@@ -86,10 +90,10 @@ __device__ __forceinline__ CwdStat block_merge(CwdStat v, float k) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
         CwdStat o;
-        o.student.m = __shfl_xor_sync(0xffffffffu, v.student.m, offset);
-        o.student.s = __shfl_xor_sync(0xffffffffu, v.student.s, offset);
-        o.teacher.m = __shfl_xor_sync(0xffffffffu, v.teacher.m, offset);
-        o.teacher.s = __shfl_xor_sync(0xffffffffu, v.teacher.s, offset);
+        o.ms = __shfl_xor_sync(0xffffffffu, v.ms, offset);
+        o.mt = __shfl_xor_sync(0xffffffffu, v.mt, offset);
+        o.ss = __shfl_xor_sync(0xffffffffu, v.ss, offset);
+        o.st = __shfl_xor_sync(0xffffffffu, v.st, offset);
         o.a = __shfl_xor_sync(0xffffffffu, v.a, offset);
         // Combine lower lane first so both partners compute the identical value.
         v = (threadIdx.x & offset) ? merge(o, v, k) : merge(v, o, k);
@@ -142,12 +146,12 @@ template <typename T> struct StatsBody {
     }
 };
 
-// Each partial is 5 floats: student m, s; teacher m, s; a.
-constexpr int kPartialFloats = 5;
+// Each partial is 5 doubles: ms, mt, ss, st, a (10 floats of the workspace).
+constexpr int kPartialDoubles = 5;
 
 template <typename T>
 __device__ void cwd_stats(const T* __restrict__ student, const T* __restrict__ teacher,
-                          float* __restrict__ partials, const KdCwdParams p) {
+                          double* __restrict__ partials, const KdCwdParams p) {
     const int64_t row = blockIdx.x / p.chunks;
     const int64_t chunk = blockIdx.x % p.chunks;
     const int64_t begin = chunk * p.chunk_len;
@@ -158,11 +162,11 @@ __device__ void cwd_stats(const T* __restrict__ student, const T* __restrict__ t
     for_chunk(s, begin, end, kd::same_alignment(s, t), body);
     const CwdStat total = block_merge(body.st, p.log2e_over_tau);
     if (threadIdx.x == 0) {
-        float* out = partials + (row * p.chunks + chunk) * kPartialFloats;
-        out[0] = total.student.m;
-        out[1] = total.student.s;
-        out[2] = total.teacher.m;
-        out[3] = total.teacher.s;
+        double* out = partials + (row * p.chunks + chunk) * kPartialDoubles;
+        out[0] = total.ms;
+        out[1] = total.mt;
+        out[2] = total.ss;
+        out[3] = total.st;
         out[4] = total.a;
     }
 }
@@ -173,11 +177,11 @@ template <typename T> struct GradBody {
     T* gs;  // may be null
     T* gt;  // may be null
     float k;
-    SoftmaxStat student, teacher;  // the row's final statistics
+    float ms, mt;  // the row's maxima
     float log2_ss, log2_st, kl, scale;
     __device__ __forceinline__ void point(float xs, float xt, float& g_s, float& g_t) const {
-        const float ls = (xs - student.m) * k - log2_ss;  // log2 of the probabilities
-        const float lt = (xt - teacher.m) * k - log2_st;
+        const float ls = (xs - ms) * k - log2_ss;  // log2 of the probabilities
+        const float lt = (xt - mt) * k - log2_st;
         const float ps = exp2f(ls), pt = exp2f(lt);
         g_s = scale * (ps - pt);
         g_t = scale * pt * (kLn2 * (lt - ls) - kl);
@@ -202,7 +206,7 @@ template <typename T> struct GradBody {
 
 template <typename T>
 __device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ teacher,
-                           const float* __restrict__ partials, float* __restrict__ row_kl,
+                           const double* __restrict__ partials, float* __restrict__ row_kl,
                            unsigned int* __restrict__ counter, float* __restrict__ loss,
                            T* __restrict__ grad_student, T* __restrict__ grad_teacher,
                            const float* __restrict__ upstream, const KdCwdParams p) {
@@ -216,14 +220,13 @@ __device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ 
     const float k = p.log2e_over_tau;
     if (threadIdx.x == 0) {
         CwdStat st = cwd_stat_empty();
-        const float* in = partials + row * p.chunks * kPartialFloats;
-        for (int c = 0; c < p.chunks; ++c, in += kPartialFloats) {
-            st = merge(st, CwdStat{{in[0], in[1]}, {in[2], in[3]}, in[4]}, k);
+        const double* in = partials + row * p.chunks * kPartialDoubles;
+        for (int c = 0; c < p.chunks; ++c, in += kPartialDoubles) {
+            st = merge(st, CwdStat{static_cast<float>(in[0]), static_cast<float>(in[1]), in[2], in[3], in[4]}, k);
         }
         row_stat = st;
-        const float kl2 = k * (st.a / st.teacher.s - (st.teacher.m - st.student.m)) + log2f(st.student.s) -
-                          log2f(st.teacher.s);
-        row_kl_value = kLn2 * kl2;
+        const double kl2 = k * (st.a / st.st - static_cast<double>(st.mt - st.ms)) + log2(st.ss) - log2(st.st);
+        row_kl_value = static_cast<float>(kLn2 * kl2);
     }
     __syncthreads();
 
@@ -240,8 +243,8 @@ __device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ 
         if (gs) aligned = aligned && kd::same_alignment(s, gs);
         if (gt) aligned = aligned && kd::same_alignment(s, gt);
         const CwdStat st = row_stat;
-        GradBody<T> body{s,  t, gs, gt, k, st.student, st.teacher, log2f(st.student.s), log2f(st.teacher.s),
-                         row_kl_value, p.grad_scale * up};
+        GradBody<T> body{s,     t,     gs, gt, k, st.ms, st.mt, static_cast<float>(log2(st.ss)),
+                         static_cast<float>(log2(st.st)), row_kl_value, p.grad_scale * up};
         for_chunk(s, begin, end, aligned, body);
     }
 
@@ -258,11 +261,11 @@ __device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ 
 
 #define KD_CWD_ENTRY_POINTS(T, NAME)                                                                       \
     extern "C" __global__ void __launch_bounds__(kBlockThreads)                                           \
-        cwd_stats_##NAME(const T* student, const T* teacher, float* partials, KdCwdParams p) {            \
+        cwd_stats_##NAME(const T* student, const T* teacher, double* partials, KdCwdParams p) {           \
         cwd_stats<T>(student, teacher, partials, p);                                                       \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(kBlockThreads) cwd_finish_##NAME(                        \
-        const T* student, const T* teacher, const float* partials, float* row_kl, unsigned int* counter,   \
+        const T* student, const T* teacher, const double* partials, float* row_kl, unsigned int* counter,  \
         float* loss, T* grad_student, T* grad_teacher, const float* upstream, KdCwdParams p) {             \
         cwd_finish<T>(student, teacher, partials, row_kl, counter, loss, grad_student, grad_teacher,       \
                       upstream, p);                                                                        \

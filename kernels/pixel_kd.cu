@@ -34,7 +34,7 @@ __device__ void pixel_kd(const T* __restrict__ student, const T* __restrict__ te
     const bool want_grad = (p.flags & KD_WANT_GRAD_STUDENT) != 0;
     const float grad_scale = p.grad_scale * ((p.flags & KD_SCALE_BY_UPSTREAM) ? *upstream : 1.f);
 
-    float kl_sum = 0.f;
+    double kl_sum = 0.0;
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
     for (int64_t pix = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; pix < p.pixels; pix += stride) {
         const int64_t n = pix / plane;
@@ -45,43 +45,45 @@ __device__ void pixel_kd(const T* __restrict__ student, const T* __restrict__ te
         // Online statistics (common.cuh): maxima in input units, sums of 2^(k (x - m)), and
         // a = sum 2^(k (T - mT)) (T - S), rescaled with sT. KL_p / ln2 = k (a/sT - (mT - mS)) + log2(sS/sT):
         // differences of inputs only, exactly 0 when S == T or C == 1.
-        float ms = -CUDART_INF_F, ss = 0.f, mt = -CUDART_INF_F, st = 0.f, a = 0.f;
+        // Sums in double: see cwd.cu (the KL of a close student is a small difference of two log-sums).
+        float ms = -CUDART_INF_F, mt = -CUDART_INF_F;
+        double ss = 0.0, st = 0.0, a = 0.0;
         for (int c = 0; c < p.channels; ++c) {
             const float xs = kd::to_float(s[c * plane]);
             const float xt = kd::to_float(t[c * plane]);
             if (xs > ms) {
-                ss = ss * exp2f((ms - xs) * k) + 1.f;
+                ss = ss * exp2f((ms - xs) * k) + 1.0;
                 ms = xs;
             } else {
                 ss += exp2f((xs - ms) * k);
             }
             if (xt > mt) {
-                const float f = exp2f((mt - xt) * k);
-                st = st * f + 1.f;
-                a = fmaf(a, f, xt - xs);
+                const double f = exp2f((mt - xt) * k);
+                st = st * f + 1.0;
+                a = fma(a, f, static_cast<double>(xt - xs));
                 mt = xt;
             } else {
-                const float e = exp2f((xt - mt) * k);
+                const double e = exp2f((xt - mt) * k);
                 st += e;
-                a = fmaf(e, xt - xs, a);
+                a = fma(e, static_cast<double>(xt - xs), a);
             }
         }
-        const float log2_ss = log2f(ss), log2_st = log2f(st);
-        kl_sum += kLn2 * (k * (a / st - (mt - ms)) + log2_ss - log2_st);
+        const double log2_ss = log2(ss), log2_st = log2(st);
+        kl_sum += kLn2 * (k * (a / st - static_cast<double>(mt - ms)) + log2_ss - log2_st);
 
         if (want_grad) {
             T* g = grad_student + base;
             for (int c = 0; c < p.channels; ++c) {
-                const float ps = exp2f((kd::to_float(s[c * plane]) - ms) * k - log2_ss);
-                const float pt = exp2f((kd::to_float(t[c * plane]) - mt) * k - log2_st);
+                const float ps = exp2f((kd::to_float(s[c * plane]) - ms) * k - static_cast<float>(log2_ss));
+                const float pt = exp2f((kd::to_float(t[c * plane]) - mt) * k - static_cast<float>(log2_st));
                 g[c * plane] = kd::from_float<T>(grad_scale * (ps - pt));
             }
         }
     }
 
     if (p.flags & KD_WANT_LOSS) {
-        const float block_total = kd::block_sum(kl_sum);
-        if (threadIdx.x == 0) block_totals[blockIdx.x] = block_total;
+        const double block_total = kd::block_sum(kl_sum);
+        if (threadIdx.x == 0) block_totals[blockIdx.x] = static_cast<float>(block_total);
         if (kd::is_last_block_done(counter, gridDim.x)) {
             const double total = kd::block_sum_of_partials(block_totals, gridDim.x);
             if (threadIdx.x == 0) *loss = static_cast<float>(static_cast<double>(p.loss_scale) * total);

@@ -18,12 +18,12 @@ use crate::pixel_kd::PixelKdConfig;
 use crate::shape::Nchw;
 use crate::{cwd, pixel_kd};
 
-type CwdStats = unsafe extern "C" fn(u32, *const c_void, *const c_void, *mut f32, KdCwdParams);
+type CwdStats = unsafe extern "C" fn(u32, *const c_void, *const c_void, *mut f64, KdCwdParams);
 type CwdFinish = unsafe extern "C" fn(
     u32,
     *const c_void,
     *const c_void,
-    *const f32,
+    *const f64,
     *mut f32,
     *mut u32,
     *mut f32,
@@ -45,14 +45,14 @@ type PixelKd = unsafe extern "C" fn(
 );
 
 extern "C" {
-    fn kd_emu_cwd_stats_f32(grid: u32, s: *const c_void, t: *const c_void, partials: *mut f32, p: KdCwdParams);
-    fn kd_emu_cwd_stats_f16(grid: u32, s: *const c_void, t: *const c_void, partials: *mut f32, p: KdCwdParams);
-    fn kd_emu_cwd_stats_bf16(grid: u32, s: *const c_void, t: *const c_void, partials: *mut f32, p: KdCwdParams);
+    fn kd_emu_cwd_stats_f32(grid: u32, s: *const c_void, t: *const c_void, partials: *mut f64, p: KdCwdParams);
+    fn kd_emu_cwd_stats_f16(grid: u32, s: *const c_void, t: *const c_void, partials: *mut f64, p: KdCwdParams);
+    fn kd_emu_cwd_stats_bf16(grid: u32, s: *const c_void, t: *const c_void, partials: *mut f64, p: KdCwdParams);
     fn kd_emu_cwd_finish_f32(
         grid: u32,
         s: *const c_void,
         t: *const c_void,
-        partials: *const f32,
+        partials: *const f64,
         row_kl: *mut f32,
         counter: *mut u32,
         loss: *mut f32,
@@ -65,7 +65,7 @@ extern "C" {
         grid: u32,
         s: *const c_void,
         t: *const c_void,
-        partials: *const f32,
+        partials: *const f64,
         row_kl: *mut f32,
         counter: *mut u32,
         loss: *mut f32,
@@ -78,7 +78,7 @@ extern "C" {
         grid: u32,
         s: *const c_void,
         t: *const c_void,
-        partials: *const f32,
+        partials: *const f64,
         row_kl: *mut f32,
         counter: *mut u32,
         loss: *mut f32,
@@ -152,7 +152,8 @@ struct Buffers<T> {
     loss: f32,
     grad_student: Vec<T>,
     grad_teacher: Vec<T>,
-    workspace: Vec<f32>,
+    /// f32 workspace, allocated as f64 so that it is 8-byte aligned like the GPU's (CWD keeps doubles in it).
+    workspace: Vec<f64>,
     counter: u32,
 }
 
@@ -163,7 +164,7 @@ impl<T: KdFloat> Buffers<T> {
             loss: f32::NAN,
             grad_student: vec![sentinel; numel],
             grad_teacher: if teacher_grad { vec![sentinel; numel] } else { Vec::new() },
-            workspace: vec![f32::NAN; workspace.max(1)],
+            workspace: vec![f64::NAN; workspace.div_ceil(2).max(1)],
             counter: 0,
         }
     }
@@ -218,16 +219,17 @@ pub fn cwd<T: KdFloat>(
     };
     let upstream = upstream_of(mode);
     let row_kl_offset = plan.row_kl_offset_bytes as usize / std::mem::size_of::<f32>();
-    let ws = b.workspace.as_mut_ptr();
+    let ws = b.workspace.as_mut_ptr().cast::<f32>();
     // SAFETY: the same argument lists, element counts and null-for-disabled-output convention as the CUDA
     // wrapper (cwd/cuda.rs); every buffer holds what the plan says the kernels touch.
     unsafe {
-        stats(plan.stats_blocks, student.as_ptr().cast(), teacher.as_ptr().cast(), ws, plan.params);
+        // The statistics are doubles at the start of the (8-byte aligned) f32 workspace, as on the GPU.
+        stats(plan.stats_blocks, student.as_ptr().cast(), teacher.as_ptr().cast(), ws.cast(), plan.params);
         finish(
             plan.finish_blocks,
             student.as_ptr().cast(),
             teacher.as_ptr().cast(),
-            ws,
+            ws.cast(),
             ws.add(row_kl_offset),
             &mut b.counter,
             if outputs.loss { &mut b.loss } else { std::ptr::null_mut() },
@@ -272,7 +274,7 @@ pub fn pixel_kd<T: KdFloat>(
             plan.blocks,
             student.as_ptr().cast(),
             teacher.as_ptr().cast(),
-            b.workspace.as_mut_ptr(),
+            b.workspace.as_mut_ptr().cast::<f32>(),
             &mut b.counter,
             if outputs.loss { &mut b.loss } else { std::ptr::null_mut() },
             if outputs.grad_student { b.grad_student.as_mut_ptr().cast() } else { std::ptr::null_mut() },

@@ -5,13 +5,13 @@
 
 #define KD_EMU_CWD(T, NAME)                                                                                  \
     extern "C" void kd_emu_cwd_stats_##NAME(unsigned grid, const void* student, const void* teacher,        \
-                                            float* partials, KdCwdParams p) {                                \
+                                            double* partials, KdCwdParams p) {                               \
         kd_emu::launch(grid, kd::kBlockThreads, [&] {                                                        \
             cwd_stats_##NAME(static_cast<const T*>(student), static_cast<const T*>(teacher), partials, p);  \
         });                                                                                                  \
     }                                                                                                        \
     extern "C" void kd_emu_cwd_finish_##NAME(unsigned grid, const void* student, const void* teacher,       \
-                                             const float* partials, float* row_kl, unsigned int* counter,    \
+                                             const double* partials, float* row_kl, unsigned int* counter,   \
                                              float* loss, void* grad_student, void* grad_teacher,            \
                                              const float* upstream, KdCwdParams p) {                         \
         kd_emu::launch(grid, kd::kBlockThreads, [&] {                                                        \

@@ -9,8 +9,8 @@ use crate::outputs::OutputSet;
 use crate::shape::Nchw;
 use crate::validate;
 
-/// Floats per (row, chunk) statistic: student max and sum, teacher max and sum, and `a` (see cwd.cu).
-const PARTIAL_FLOATS: usize = 5;
+/// Workspace floats per (row, chunk) statistic: five doubles (maxima, sums and `a`; see cwd.cu).
+const PARTIAL_FLOATS: usize = 10;
 /// A block reduces at least this many elements of a row: below it, the merge and launch costs dominate.
 const MIN_CHUNK_ELEMS: usize = 4096;
 /// More chunks than this only lengthens the serial merge in `cwd_finish`.
