@@ -118,7 +118,8 @@ impl Kernels {
     }
 }
 
-/// Device scratch owned by one loss object: fp32 partial results and the "last block done" counter.
+/// Device scratch owned by one loss object: partial results (f32 words; CWD keeps f64 statistics in them, the
+/// allocation being 256-byte aligned) and the "last block done" counter.
 /// It grows to the largest shape seen and is reused, so steady-state calls allocate nothing.
 #[derive(Debug)]
 pub(crate) struct Workspace {
@@ -185,6 +186,28 @@ pub(crate) fn output<'a, T>(
     let (ptr, guard) = buffer.device_ptr_mut(stream);
     guards.push(guard);
     Ok(ptr)
+}
+
+/// [`output`] for an optional buffer: the null address when absent (the kernels' flags then skip it).
+pub(crate) fn optional_output<'a, 'b: 'a, T>(
+    what: &'static str,
+    buffer: Option<&'a mut (dyn DevicePtrMut<T> + 'b)>,
+    needed: usize,
+    stream: &'a CudaStream,
+    guards: &mut Vec<SyncOnDrop<'a>>,
+) -> Result<u64> {
+    buffer.map_or(Ok(0), |b| output(what, b, needed, stream, guards))
+}
+
+/// [`input`] for an optional buffer: the null address when absent.
+pub(crate) fn optional_input<'a, 'b: 'a, T>(
+    what: &'static str,
+    buffer: Option<&'a (dyn DevicePtr<T> + 'b)>,
+    needed: usize,
+    stream: &'a CudaStream,
+    guards: &mut Vec<SyncOnDrop<'a>>,
+) -> Result<u64> {
+    buffer.map_or(Ok(0), |b| input(what, b, needed, stream, guards))
 }
 
 fn check_buffer(what: &'static str, len: usize, owner: &CudaStream, needed: usize, stream: &CudaStream) -> Result<()> {

@@ -19,6 +19,7 @@ use crate::shape::Nchw;
 use crate::{cwd, pixel_kd};
 
 type CwdStats = unsafe extern "C" fn(u32, *const c_void, *const c_void, *mut f64, KdCwdParams);
+/// (grid, student, teacher, partials, row_kl, counter, loss, grad_student, grad_teacher, upstream, params)
 type CwdFinish = unsafe extern "C" fn(
     u32,
     *const c_void,
@@ -32,6 +33,7 @@ type CwdFinish = unsafe extern "C" fn(
     *const f32,
     KdCwdParams,
 );
+/// (grid, student, teacher, block_totals, counter, loss, grad_student, upstream, params)
 type PixelKd = unsafe extern "C" fn(
     u32,
     *const c_void,
@@ -44,83 +46,41 @@ type PixelKd = unsafe extern "C" fn(
     KdPixelKdParams,
 );
 
-extern "C" {
-    fn kd_emu_cwd_stats_f32(grid: u32, s: *const c_void, t: *const c_void, partials: *mut f64, p: KdCwdParams);
-    fn kd_emu_cwd_stats_f16(grid: u32, s: *const c_void, t: *const c_void, partials: *mut f64, p: KdCwdParams);
-    fn kd_emu_cwd_stats_bf16(grid: u32, s: *const c_void, t: *const c_void, partials: *mut f64, p: KdCwdParams);
-    fn kd_emu_cwd_finish_f32(
-        grid: u32,
-        s: *const c_void,
-        t: *const c_void,
-        partials: *const f64,
-        row_kl: *mut f32,
-        counter: *mut u32,
-        loss: *mut f32,
-        gs: *mut c_void,
-        gt: *mut c_void,
-        upstream: *const f32,
-        p: KdCwdParams,
-    );
-    fn kd_emu_cwd_finish_f16(
-        grid: u32,
-        s: *const c_void,
-        t: *const c_void,
-        partials: *const f64,
-        row_kl: *mut f32,
-        counter: *mut u32,
-        loss: *mut f32,
-        gs: *mut c_void,
-        gt: *mut c_void,
-        upstream: *const f32,
-        p: KdCwdParams,
-    );
-    fn kd_emu_cwd_finish_bf16(
-        grid: u32,
-        s: *const c_void,
-        t: *const c_void,
-        partials: *const f64,
-        row_kl: *mut f32,
-        counter: *mut u32,
-        loss: *mut f32,
-        gs: *mut c_void,
-        gt: *mut c_void,
-        upstream: *const f32,
-        p: KdCwdParams,
-    );
-    fn kd_emu_pixel_kd_f32(
-        grid: u32,
-        s: *const c_void,
-        t: *const c_void,
-        totals: *mut f32,
-        counter: *mut u32,
-        loss: *mut f32,
-        gs: *mut c_void,
-        upstream: *const f32,
-        p: KdPixelKdParams,
-    );
-    fn kd_emu_pixel_kd_f16(
-        grid: u32,
-        s: *const c_void,
-        t: *const c_void,
-        totals: *mut f32,
-        counter: *mut u32,
-        loss: *mut f32,
-        gs: *mut c_void,
-        upstream: *const f32,
-        p: KdPixelKdParams,
-    );
-    fn kd_emu_pixel_kd_bf16(
-        grid: u32,
-        s: *const c_void,
-        t: *const c_void,
-        totals: *mut f32,
-        counter: *mut u32,
-        loss: *mut f32,
-        gs: *mut c_void,
-        upstream: *const f32,
-        p: KdPixelKdParams,
-    );
+/// Declares the C launchers of kernels/emulator/emulate_*.cpp that share one parameter list, one per dtype.
+macro_rules! launchers {
+    ($params:tt => $($name:ident),+) => {
+        extern "C" {
+            $(fn $name $params;)+
+        }
+    };
 }
+
+launchers!((grid: u32, s: *const c_void, t: *const c_void, partials: *mut f64, p: KdCwdParams)
+    => kd_emu_cwd_stats_f32, kd_emu_cwd_stats_f16, kd_emu_cwd_stats_bf16);
+launchers!((
+        grid: u32,
+        s: *const c_void,
+        t: *const c_void,
+        partials: *const f64,
+        row_kl: *mut f32,
+        counter: *mut u32,
+        loss: *mut f32,
+        gs: *mut c_void,
+        gt: *mut c_void,
+        upstream: *const f32,
+        p: KdCwdParams,
+    ) => kd_emu_cwd_finish_f32, kd_emu_cwd_finish_f16, kd_emu_cwd_finish_bf16);
+launchers!((
+        grid: u32,
+        s: *const c_void,
+        t: *const c_void,
+        totals: *mut f32,
+        counter: *mut u32,
+        loss: *mut f32,
+        gs: *mut c_void,
+        upstream: *const f32,
+        p: KdPixelKdParams,
+    ) => kd_emu_pixel_kd_f32, kd_emu_pixel_kd_f16, kd_emu_pixel_kd_bf16);
 
 /// Which entry point of the CUDA wrappers to mirror.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -137,22 +137,10 @@ impl CwdCuda {
         let stream = &self.stream;
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(10);
         let (s, t) = cuda::input_pair(student, teacher, numel, stream, &mut guards)?;
-        let loss_ptr = match loss {
-            Some(l) => cuda::output("loss", l, 1, stream, &mut guards)?,
-            None => 0,
-        };
-        let gs = match grad_student {
-            Some(g) => cuda::output("grad_student", g, numel, stream, &mut guards)?,
-            None => 0,
-        };
-        let gt = match grad_teacher {
-            Some(g) => cuda::output("grad_teacher", g, numel, stream, &mut guards)?,
-            None => 0,
-        };
-        let up = match upstream {
-            Some(u) => cuda::input("upstream", u, 1, stream, &mut guards)?,
-            None => 0,
-        };
+        let loss_ptr = cuda::optional_output("loss", loss, 1, stream, &mut guards)?;
+        let gs = cuda::optional_output("grad_student", grad_student, numel, stream, &mut guards)?;
+        let gt = cuda::optional_output("grad_teacher", grad_teacher, numel, stream, &mut guards)?;
+        let up = cuda::optional_input("upstream", upstream, 1, stream, &mut guards)?;
         let (partials, counter) = self.workspace.floats_and_counter(stream, plan.workspace_floats, &mut guards)?;
         let row_kl = partials + plan.row_kl_offset_bytes;
 

@@ -99,18 +99,9 @@ impl PixelKdCuda {
         let stream = &self.stream;
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(8);
         let (s, t) = cuda::input_pair(student, teacher, numel, stream, &mut guards)?;
-        let loss_ptr = match loss {
-            Some(l) => cuda::output("loss", l, 1, stream, &mut guards)?,
-            None => 0,
-        };
-        let gs = match grad_student {
-            Some(g) => cuda::output("grad_student", g, numel, stream, &mut guards)?,
-            None => 0,
-        };
-        let up = match upstream {
-            Some(u) => cuda::input("upstream", u, 1, stream, &mut guards)?,
-            None => 0,
-        };
+        let loss_ptr = cuda::optional_output("loss", loss, 1, stream, &mut guards)?;
+        let gs = cuda::optional_output("grad_student", grad_student, numel, stream, &mut guards)?;
+        let up = cuda::optional_input("upstream", upstream, 1, stream, &mut guards)?;
         let (block_totals, counter) = self.workspace.floats_and_counter(stream, plan.workspace_floats, &mut guards)?;
         let function = self.kernels.get(OP_PIXEL_KD, T::DTYPE);
         let cfg = LaunchConfig { grid_dim: (plan.blocks, 1, 1), block_dim: (BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
