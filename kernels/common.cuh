@@ -1,8 +1,9 @@
 /*
- * Helpers shared by every kernel family: dtype load/store, 128-bit vector access, the online-softmax
- * statistic, and deterministic block reductions.
+ * Helpers shared by every kernel family: dtype load/store, 128-bit vector access, the softmax conventions,
+ * and deterministic block reductions.
  *
- * Every kernel computes in fp32 whatever the storage dtype (f32, f16, bf16): loads upcast, stores round to
+ * Every kernel computes in fp32 (sums of exponentials in double) whatever the storage dtype (f32, f16, bf16):
+ * loads upcast, stores round to
  * nearest. Reductions use a fixed tree (warp butterflies, then one warp over the warp results), never
  * order-dependent float atomics, so a launch with the same grid gives bitwise identical results run to run.
  */
@@ -77,24 +78,10 @@ template <typename T> __device__ __forceinline__ bool same_alignment(const T* a,
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Online softmax statistic of z = k * x with k = log2(e) / tau: m = max x (in input units), s = sum 2^(k (x - m)).
-// log2 p_i = k (x_i - m) - log2(s).
-// The max is kept in input units and subtracted before scaling, as PyTorch's log_softmax does: for logits
-// of large magnitude (|x| ~ 1e4) k * x would already lose the low bits that the softmax depends on.
-// Base 2 turns every exponential into one exp2f.
-
-struct SoftmaxStat {
-    float m;
-    float s;
-};
-
-__device__ __forceinline__ SoftmaxStat softmax_stat_empty() { return {-CUDART_INF_F, 0.f}; }
-
-__device__ __forceinline__ SoftmaxStat merge(SoftmaxStat a, SoftmaxStat b, float k) {
-    const float m = fmaxf(a.m, b.m);
-    if (m == -CUDART_INF_F) return softmax_stat_empty();  // both empty: avoid (-inf) - (-inf)
-    return {m, a.s * exp2f((a.m - m) * k) + b.s * exp2f((b.m - m) * k)};
-}
+// Softmax conventions shared by the kernels: z = k * x with k = log2(e) / tau; maxima m are kept in input units
+// and subtracted before scaling (2^(k (x - m))), as PyTorch's log_softmax does, because for logits of large
+// magnitude (|x| ~ 1e4) k * x would already have lost the low bits the softmax depends on; base 2 makes every
+// exponential one exp2f; sums of exponentials are accumulated in double (see cwd.cu).
 
 // ---------------------------------------------------------------------------------------------------------
 // Deterministic reductions.
