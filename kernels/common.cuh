@@ -3,8 +3,9 @@
  * and deterministic block reductions.
  *
  * Every kernel computes in fp32 (sums of exponentials in double) whatever the storage dtype (f32, f16, bf16):
- * loads upcast, stores round to nearest. Reductions use a fixed tree (warp butterflies, then one warp over the warp results), never
- * order-dependent float atomics, so a launch with the same grid gives bitwise identical results run to run.
+ * loads upcast, stores round to nearest. Reductions use a fixed tree (warp butterflies, then one warp over the
+ * warp results), never order-dependent float atomics, so a launch with the same grid gives bitwise identical
+ * results run to run.
  */
 #ifndef KD_KERNELS_COMMON_CUH
 #define KD_KERNELS_COMMON_CUH
