@@ -13,6 +13,8 @@
 
 use std::error::Error;
 use std::fmt::Write as _;
+
+use kd_kernels::fixture::verify::json_string;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -374,22 +376,6 @@ impl GpuRecord {
         );
         out
     }
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn json_number(x: f64) -> String {
