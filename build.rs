@@ -270,6 +270,7 @@ fn build_emulator(manifest: &Path) {
         // CUDA code reinterprets 128-bit loads as arrays of elements; nvcc allows it, g++ -O2 needs this.
         .flag("-fno-strict-aliasing")
         .include(manifest.join("kernels"))
+        .file(dir.join("fibers.cpp"))
         .file(dir.join("emulate_cwd.cpp"))
         .file(dir.join("emulate_pixel_kd.cpp"))
         .compile("kd_kernels_emulator");

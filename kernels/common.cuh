@@ -16,6 +16,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math_constants.h>
+// Block-shared memory is declared through these, so that the host emulation can give every concurrently
+// running block its own copy (a `__shared__` variable becomes per-block state there, see cuda_emulation.h).
+#define KD_SHARED(type, name) __shared__ type name
+#define KD_SHARED_ARRAY(type, name, len) __shared__ type name[len]
+#define KD_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
 #include <stdint.h>
 
@@ -23,7 +28,7 @@
 
 namespace kd {
 
-constexpr int kBlockThreads = 256;
+constexpr int kBlockThreads = KD_BLOCK_THREADS;
 constexpr int kWarps = kBlockThreads / 32;
 constexpr float kLn2 = 0.693147180559945309f;
 
@@ -57,13 +62,63 @@ __device__ __forceinline__ void load_vec(const T* __restrict__ p, float (&out)[V
     for (int i = 0; i < Vec<T>::kLen; ++i) out[i] = to_float(e[i]);
 }
 
+
+// The bits of an element, to move it through integer registers.
+template <typename T> struct Bits;
+template <> struct Bits<float> {
+    __device__ __forceinline__ static unsigned int of(float x) { return __float_as_uint(x); }
+    __device__ __forceinline__ static float from(unsigned int u) { return __uint_as_float(u); }
+};
+template <> struct Bits<__half> {
+    __device__ __forceinline__ static unsigned int of(__half x) { return __half_as_ushort(x); }
+    __device__ __forceinline__ static __half from(unsigned int u) {
+        return __ushort_as_half(static_cast<unsigned short>(u));
+    }
+};
+template <> struct Bits<__nv_bfloat16> {
+    __device__ __forceinline__ static unsigned int of(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+    __device__ __forceinline__ static __nv_bfloat16 from(unsigned int u) {
+        return __ushort_as_bfloat16(static_cast<unsigned short>(u));
+    }
+};
+
+// Sixteen bytes of elements kept in registers (the single-pass kernels hold their data this way), as four
+// 32-bit words, so that element access is shifts and moves: taking a T* into a uint4 of 16-bit values would
+// send it to local memory. Indices must be compile-time constants after unrolling.
+template <typename T> struct Packed {
+    static constexpr int kLen = Vec<T>::kLen;
+    static constexpr int kPerWord = 4 / static_cast<int>(sizeof(T));
+    unsigned int w[4];
+
+    __device__ __forceinline__ static Packed zero() { return {{0u, 0u, 0u, 0u}}; }
+    // An aligned 16-byte load through the read-only path (inputs are never written by the kernels).
+    __device__ __forceinline__ static Packed load(const T* p) {
+        const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+        return {{raw.x, raw.y, raw.z, raw.w}};
+    }
+    __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<uint4*>(p) = uint4{w[0], w[1], w[2], w[3]}; }
+    __device__ __forceinline__ float get(int i) const {
+        if constexpr (kPerWord == 1) {
+            return to_float(Bits<T>::from(w[i]));
+        } else {
+            return to_float(Bits<T>::from(w[i / 2] >> (16 * (i % 2))));
+        }
+    }
+    __device__ __forceinline__ void set(int i, T x) {
+        if constexpr (kPerWord == 1) {
+            w[i] = Bits<T>::of(x);
+        } else {
+            w[i / 2] = (w[i / 2] & (0xffff0000u >> (16 * (i % 2)))) | (Bits<T>::of(x) << (16 * (i % 2)));
+        }
+    }
+};
+
 template <typename T>
 __device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[Vec<T>::kLen]) {
-    uint4 raw;
-    T* e = reinterpret_cast<T*>(&raw);
+    Packed<T> out = Packed<T>::zero();
 #pragma unroll
-    for (int i = 0; i < Vec<T>::kLen; ++i) e[i] = from_float<T>(in[i]);
-    *reinterpret_cast<uint4*>(p) = raw;
+    for (int i = 0; i < Vec<T>::kLen; ++i) out.set(i, from_float<T>(in[i]));
+    out.store(p);
 }
 
 // Elements before the first 16-byte boundary at or after `p`, so that the main loop can use vector access.
@@ -100,7 +155,7 @@ __device__ __forceinline__ double warp_sum(double v) {
 
 // Sum over the block; the result is valid in thread 0. Fixed order: lanes, then warps.
 template <typename F> __device__ __forceinline__ F block_sum(F v) {
-    __shared__ F warp_totals[kWarps];
+    KD_SHARED_ARRAY(F, warp_totals, kWarps);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     v = warp_sum(v);
     if (lane == 0) warp_totals[warp] = v;
@@ -111,6 +166,58 @@ template <typename F> __device__ __forceinline__ F block_sum(F v) {
     }
     __syncthreads();  // warp_totals may be reused by a later call
     return total;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// The maxima of `a` and of `b` over the block, in every thread.
+__device__ __forceinline__ void block_max2(float& a, float& b) {
+    KD_SHARED_ARRAY(float, warp_a, kWarps);
+    KD_SHARED_ARRAY(float, warp_b, kWarps);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    a = warp_max(a);
+    b = warp_max(b);
+    if (lane == 0) {
+        warp_a[warp] = a;
+        warp_b[warp] = b;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+        a = fmaxf(a, warp_a[w]);
+        b = fmaxf(b, warp_b[w]);
+    }
+    __syncthreads();  // the arrays may be reused by a later call
+}
+
+// The sums of x, y and z over the block, in every thread, bitwise the same in each: the butterfly gives
+// every lane of a warp the same sum (a + b == b + a exactly), then every thread adds the warp sums in order.
+__device__ __forceinline__ void block_sum3(double& x, double& y, double& z) {
+    KD_SHARED_ARRAY(double, warp_x, kWarps);
+    KD_SHARED_ARRAY(double, warp_y, kWarps);
+    KD_SHARED_ARRAY(double, warp_z, kWarps);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    x = warp_sum(x);
+    y = warp_sum(y);
+    z = warp_sum(z);
+    if (lane == 0) {
+        warp_x[warp] = x;
+        warp_y[warp] = y;
+        warp_z[warp] = z;
+    }
+    __syncthreads();
+    x = y = z = 0.0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+        x += warp_x[w];
+        y += warp_y[w];
+        z += warp_z[w];
+    }
+    __syncthreads();  // the arrays may be reused by a later call
 }
 
 // Sums `count` floats that other blocks of this grid wrote, in a fixed order (thread-strided, then the
@@ -126,7 +233,7 @@ __device__ __forceinline__ double block_sum_of_partials(const float* partials, i
 // The counter only elects the block, it accumulates nothing, so the result does not depend on which block
 // finishes last. That block resets the counter to 0 for the next launch.
 __device__ __forceinline__ bool is_last_block_done(unsigned int* counter, unsigned int participants) {
-    __shared__ bool last;
+    KD_SHARED(bool, last);
     __threadfence();  // publish this block's partial before taking a ticket
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -137,6 +244,29 @@ __device__ __forceinline__ bool is_last_block_done(unsigned int* counter, unsign
     __syncthreads();
     if (last) __threadfence();  // order the partials' reads after the ticket
     return last;
+}
+
+// Reads a counter that other blocks advance with atomicAdd after a __threadfence(), with acquire semantics:
+// what those blocks wrote before their increment is visible to this thread afterwards.
+__device__ __forceinline__ unsigned int load_acquire(const unsigned int* p) {
+#ifdef KD_EMULATE
+    return kd_emu::load_acquire(p);
+#else
+    unsigned int v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+#endif
+}
+
+// Thread 0 waits until `*counter` reaches `target`, then the whole block continues; what the blocks that
+// advanced the counter wrote before their increment is then visible to every thread of this block through
+// L2 (read it with __ldcg: L1 is not coherent across SMs). Only legal when every block the wait depends on
+// is resident or already done: the single-pass kernels are launched cooperatively for that reason.
+__device__ __forceinline__ void block_wait_at_least(const unsigned int* counter, unsigned int target) {
+    if (threadIdx.x == 0) {
+        while (load_acquire(counter) < target) __nanosleep(32);
+    }
+    __syncthreads();
 }
 
 }  // namespace kd

@@ -1,29 +1,45 @@
 /*
- * Channel-wise distillation (Shu et al., ICCV 2021), forward and backward in two launches.
+ * Channel-wise distillation (Shu et al., ICCV 2021), forward and backward.
  *
  * Each row r = (n, c) is a softmax over the H*W spatial positions of z = x / tau, and
  *     KL_r = sum_i pT_i (log pT_i - log pS_i),   loss = lambda * tau^2 / (N*C) * sum_r KL_r,
  *     d loss / d S_i = lambda * tau / (N*C) * (pS_i - pT_i)      (teacher constant),
  *     d loss / d T_i = lambda * tau / (N*C) * pT_i (log pT_i - log pS_i - KL_r).
  *
- * What is fused, and why it is legal:
- *   1. `cwd_stats_*` reads S and T once and produces, per chunk of a row, the online-softmax statistics of
- *      both (max m and sum s of 2^(k (x - m)), k = log2(e)/tau) and A = sum_i 2^(k (T_i - mT)) (T_i - S_i).
- *      KL needs nothing else:
- *          KL_r / ln2 = k (A / sT - (mT - mS)) + log2(sS) - log2(sT),
- *      because sum_i pT_i (log pT_i - log pS_i) = sum_i pT_i (zT_i - zS_i) - LSE_T + LSE_S and sum_i pT_i = 1.
- *      Every term is a difference of inputs, never an absolute logit, so large logits (|x| ~ 1e4) lose no
- *      accuracy, and a one-element row or S == T gives exactly 0. Rescaling A together with sT when the
- *      running max moves keeps this a single pass.
- *   2. `cwd_finish_*` merges a row's chunk statistics (few, in chunk order), then writes the gradient of its
- *      chunk (second and last read of S and T) and, for the loss, publishes KL_r; the last block to finish
- *      sums the N*C row values in a fixed order. The gradient needs the row's final LSE, which only exists
- *      after pass 1: two launches is the minimum for a row split across blocks.
- * log p is always k (x - m) - log2(s) (times ln2), never log(softmax(z)): finite where a probability
- * underflows to 0 in fp32 (TorchDistiller's form gives NaN there, losses.md 1.5).
+ * The statistic everything rests on: per row, the maxima mS, mT (input units), the sums
+ * sS = sum_i 2^(k (S_i - mS)) and sT likewise (k = log2(e)/tau), and A = sum_i 2^(k (T_i - mT)) (T_i - S_i).
+ * KL needs nothing else:
+ *     KL_r / ln2 = k (A / sT - (mT - mS)) + log2(sS) - log2(sT),
+ * because sum_i pT_i (log pT_i - log pS_i) = sum_i pT_i (zT_i - zS_i) - LSE_T + LSE_S and sum_i pT_i = 1.
+ * Every term is a difference of inputs, never an absolute logit, so large logits (|x| ~ 1e4) lose no
+ * accuracy, and a one-element row or S == T gives exactly 0. Statistics of two parts of a row merge exactly
+ * (rescale sums and A by 2^(k (m_part - m_merged))), so a row can be split across blocks. log p is always
+ * k (x - m) - log2(s) (times ln2), never log(softmax(z)): finite where a probability underflows to 0 in
+ * fp32 (TorchDistiller's form gives NaN there, losses.md 1.5).
  *
- * Grid: one block per (row, chunk), flattened into x (rows can exceed gridDim.y's 65535). Rows are few and
- * long (N*C ~ 150, H*W up to 512*1024), so a row is split into chunks to fill every SM.
+ * Two implementations of the same arithmetic:
+ *
+ * 1. `cwd_fused_*`, single pass, one launch (the default when it applies). Rows are few and long (N*C ~ 150,
+ *    H*W up to 512*1024), so each row is split into chunks of KD_BLOCK_THREADS * KD_CWD_FUSED_VECS 16-byte
+ *    vectors, and a block keeps its chunk of S and T *in registers* while the blocks of the same row exchange
+ *    their chunk statistics through global memory and wait for each other; each block then merges the row's
+ *    statistics (the same fixed order in every block, so every block gets bitwise the same row values) and
+ *    writes its chunk's gradient from the registers. S and T are read from DRAM once and the gradient written
+ *    once: the minimal traffic. Waiting for other blocks is only legal when they are resident, so the kernel
+ *    is launched cooperatively with at most as many blocks as fit on the GPU at once, as a persistent grid:
+ *    block b takes work items b, b + grid, ... (item = row * chunks + chunk). The grid is a multiple of the
+ *    chunks per row, so a block keeps one chunk index and the blocks of a row move from row to row together;
+ *    and every item a waiting block depends on belongs to the same row, whose other items are either earlier
+ *    (done) or held by blocks that reach them without waiting on anything later, so the wait always ends.
+ *    Applies when a row's chunks fit in the resident grid (rows of up to ~2M f32 elements on an H100).
+ *
+ * 2. `cwd_stats_*` then `cwd_finish_*`, two launches, for rows too long for the resident grid (or when the
+ *    device cannot launch cooperatively). The first reads S and T once and writes each chunk's statistics;
+ *    the second merges them per row and writes the gradient of its chunk (a second read of S and T).
+ *
+ * The loss: the row's KL is published by its chunk-0 block; the last block to finish (a ticket counter, no
+ * float atomics) sums the N*C row values in a fixed order, in double. Deterministic: bitwise the same
+ * results run to run for the same inputs, grid and path.
  */
 #include "common.cuh"
 
@@ -32,10 +48,9 @@ namespace {
 using kd::kBlockThreads;
 using kd::kLn2;
 
-// Per-thread, then per-block, statistic of one chunk of one row. Maxima in input units (float), sums in
-// double: the KL of a student close to its teacher is a small difference of log2(sS) and log2(sT), and fp32
-// sums over thousands of terms would leave it a relative error of ~1e-3 (exp2f itself stays in fp32, so the
-// cost is three double adds per element, far below the memory time).
+// Statistic of a part of a row (see above). Maxima in input units (float); sums in double, because the KL
+// of a student close to its teacher is a small difference of log2(sS) and log2(sT), which float sums over
+// many terms would leave with a relative error of ~1e-3 (tests/emulator.rs, *_close_student_*).
 struct CwdStat {
     float ms;   // student max
     float mt;   // teacher max
@@ -43,6 +58,9 @@ struct CwdStat {
     double st;  // sum 2^(k (T - mt))
     double a;   // sum 2^(k (T - mt)) * (T - S)
 };
+
+// Each statistic is stored in the workspace as 5 doubles: ms, mt, ss, st, a.
+constexpr int kStatDoubles = 5;
 
 __device__ __forceinline__ CwdStat cwd_stat_empty() { return {-CUDART_INF_F, -CUDART_INF_F, 0.0, 0.0, 0.0}; }
 
@@ -60,6 +78,20 @@ __device__ __forceinline__ CwdStat merge(CwdStat x, CwdStat y, float k) {
         r.a = x.a * fx + y.a * fy;
     }
     return r;
+}
+
+__device__ __forceinline__ void store_stat(double* out, const CwdStat& st) {
+    out[0] = st.ms;
+    out[1] = st.mt;
+    out[2] = st.ss;
+    out[3] = st.st;
+    out[4] = st.a;
+}
+
+// Reads a statistic another block wrote (through L2: L1 is not coherent across SMs).
+__device__ __forceinline__ CwdStat load_stat(const double* in) {
+    return {static_cast<float>(__ldcg(in)), static_cast<float>(__ldcg(in + 1)), __ldcg(in + 2), __ldcg(in + 3),
+            __ldcg(in + 4)};
 }
 
 // Folds K values in with one rescale: the max of the K values first, then one exp2f per value. The
@@ -85,8 +117,9 @@ __device__ __forceinline__ void accumulate(CwdStat& st, const float (&xs)[K], co
     st = {ms, mt, ss, sT, a};
 }
 
+// Merges the statistics of every thread of the block; the result is valid in thread 0. Butterfly over the
+// warp, then thread 0 over the warp results: a fixed combination order.
 __device__ __forceinline__ CwdStat block_merge(CwdStat v, float k) {
-    // Butterfly over the warp, then warp 0 over the warp results: a fixed combination order.
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
         CwdStat o;
@@ -98,7 +131,7 @@ __device__ __forceinline__ CwdStat block_merge(CwdStat v, float k) {
         // Combine lower lane first so both partners compute the identical value.
         v = (threadIdx.x & offset) ? merge(o, v, k) : merge(v, o, k);
     }
-    __shared__ CwdStat warp_stats[kd::kWarps];
+    KD_SHARED_ARRAY(CwdStat, warp_stats, kd::kWarps);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) warp_stats[warp] = v;
     __syncthreads();
@@ -106,8 +139,223 @@ __device__ __forceinline__ CwdStat block_merge(CwdStat v, float k) {
     if (threadIdx.x == 0) {
         for (int w = 0; w < kd::kWarps; ++w) total = merge(total, warp_stats[w], k);
     }
-    return total;  // valid in thread 0
+    __syncthreads();  // warp_stats may be reused by the next call
+    return total;
 }
+
+// What the gradient of a row needs, once its statistic is complete.
+struct RowValues {
+    float ms, mt;            // the row's maxima
+    float log2_ss, log2_st;  // log2 of its sums
+    float kl;                // KL_r (natural log)
+};
+
+__device__ __forceinline__ RowValues row_values(const CwdStat& st, float k) {
+    const double kl2 = k * (st.a / st.st - static_cast<double>(st.mt - st.ms)) + log2(st.ss) - log2(st.st);
+    return {st.ms, st.mt, static_cast<float>(log2(st.ss)), static_cast<float>(log2(st.st)),
+            static_cast<float>(kLn2 * kl2)};
+}
+
+// d loss / d S and d loss / d T at one position, `scale` = lambda * tau / (N*C) (times the upstream gradient).
+__device__ __forceinline__ void grad_point(const RowValues& r, float k, float scale, float xs, float xt, float& g_s,
+                                           float& g_t) {
+    const float ls = (xs - r.ms) * k - r.log2_ss;  // log2 of the probabilities
+    const float lt = (xt - r.mt) * k - r.log2_st;
+    const float ps = exp2f(ls), pt = exp2f(lt);
+    g_s = scale * (ps - pt);
+    g_t = scale * pt * (kLn2 * (lt - ls) - r.kl);
+}
+
+__device__ __forceinline__ float gradient_scale(const KdCwdParams& p, const float* upstream) {
+    return p.grad_scale * ((p.flags & KD_SCALE_BY_UPSTREAM) ? *upstream : 1.f);
+}
+
+// The loss from the per-row KL values: the row's chunk-0 block publishes KL_r, and the last of the N*C
+// publishers sums them in row order. Called by every thread of a chunk-0 block when the loss is wanted.
+__device__ __forceinline__ void publish_row_kl(float kl, int64_t row, float* row_kl, unsigned int* counter,
+                                               float* loss, const KdCwdParams& p) {
+    if (threadIdx.x == 0) row_kl[row] = kl;
+    if (kd::is_last_block_done(counter, static_cast<unsigned int>(p.rows))) {
+        const double total = kd::block_sum_of_partials(row_kl, p.rows);
+        if (threadIdx.x == 0) *loss = static_cast<float>(static_cast<double>(p.loss_scale) * total);
+    }
+}
+
+// =========================================================================================================
+// 1. Single pass.
+
+template <typename T> struct Fused {
+    static constexpr int V = kd::Vec<T>::kLen;                // elements per 16-byte vector
+    static constexpr int kVecs = KD_CWD_FUSED_VECS;           // vectors per thread and tensor
+    static constexpr int kStride = kBlockThreads * V;         // between a thread's consecutive vectors
+    static constexpr int kChunk = kStride * kVecs;            // elements per block
+
+    // Of the vector at chunk position q0, the elements [lo, hi) lie in the row, whose part in this chunk is
+    // the positions [begin, end).
+    static __device__ __forceinline__ int lo(int begin, int q0) { return clamp_to_vec(begin - q0); }
+    static __device__ __forceinline__ int hi(int end, int q0) { return clamp_to_vec(end - q0); }
+    static __device__ __forceinline__ int clamp_to_vec(int x) { return x <= 0 ? 0 : (x >= V ? V : x); }
+};
+
+// Loads the V elements at `p`, of which [lo, hi) exist (zeros elsewhere): one aligned vector load where the
+// whole vector exists and the pointers allow it.
+template <typename T>
+__device__ __forceinline__ kd::Packed<T> load_group(const T* p, int lo, int hi, bool vector_ok) {
+    constexpr int V = kd::Vec<T>::kLen;
+    if (vector_ok && lo == 0 && hi == V) return kd::Packed<T>::load(p);
+    kd::Packed<T> packed = kd::Packed<T>::zero();
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+        if (i >= lo && i < hi) packed.set(i, p[i]);
+    }
+    return packed;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_group(T* p, int lo, int hi, bool vector_ok, const float (&g)[kd::Vec<T>::kLen]) {
+    constexpr int V = kd::Vec<T>::kLen;
+    if (vector_ok && lo == 0 && hi == V) {
+        kd::store_vec(p, g);
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+        if (i >= lo && i < hi) p[i] = kd::from_float<T>(g[i]);
+    }
+}
+
+// Workspace: `partials` holds rows * chunks statistics; `row_sync` two counters per row (blocks arrived with
+// their statistic, blocks done reading them), both zero between launches.
+template <typename T>
+__device__ void cwd_fused(const T* __restrict__ student, const T* __restrict__ teacher, double* __restrict__ partials,
+                          float* __restrict__ row_kl, unsigned int* __restrict__ counter,
+                          unsigned int* __restrict__ row_sync, float* __restrict__ loss, T* __restrict__ grad_student,
+                          T* __restrict__ grad_teacher, const float* __restrict__ upstream, const KdCwdParams p) {
+    using F = Fused<T>;
+    constexpr int V = F::V;
+    const float k = p.log2e_over_tau;
+    const int64_t items = p.rows * p.chunks;
+    const bool want_gs = (p.flags & KD_WANT_GRAD_STUDENT) != 0, want_gt = (p.flags & KD_WANT_GRAD_TEACHER) != 0;
+
+    for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+        const int64_t r = item / p.chunks;
+        const int64_t chunk = item - r * p.chunks;
+        const int64_t offset = r * p.row_len;
+        bool vector_ok = kd::same_alignment(student + offset, teacher + offset);
+        if (want_gs) vector_ok = vector_ok && kd::same_alignment(student + offset, grad_student + offset);
+        if (want_gt) vector_ok = vector_ok && kd::same_alignment(student + offset, grad_teacher + offset);
+        // Chunks tile the row padded in front to the 16-byte boundary at or below its start, so that every
+        // vector of every thread is aligned: `lead` padding positions precede the row. Chunk position q is
+        // row element chunk * kChunk - lead + q; the row occupies the positions [begin, end) of this chunk.
+        const int lead = vector_ok ? static_cast<int>((reinterpret_cast<uintptr_t>(student + offset) & 15u) / sizeof(T)) : 0;
+        const int64_t chunk_first = chunk * F::kChunk - lead;  // row element at chunk position 0
+        const int begin = chunk == 0 ? lead : 0;
+        const int end = static_cast<int>(min(static_cast<int64_t>(F::kChunk), p.row_len - chunk_first));
+        const int64_t base = offset + chunk_first;  // tensor element at chunk position 0
+        const int q_thread = static_cast<int>(threadIdx.x) * V;
+
+        // Load the chunk once; it stays in registers until its gradient is written.
+        kd::Packed<T> xs[F::kVecs], xt[F::kVecs];
+#pragma unroll
+        for (int g = 0; g < F::kVecs; ++g) {
+            const int q0 = q_thread + g * F::kStride;
+            const int lo = F::lo(begin, q0), hi = F::hi(end, q0);
+            xs[g] = load_group(student + base + q0, lo, hi, vector_ok);
+            xt[g] = load_group(teacher + base + q0, lo, hi, vector_ok);
+        }
+
+        // The chunk's statistic, from registers: its maxima, then its sums relative to them (per thread in
+        // float over at most KD_CWD_FUSED_VECS * V terms, then over the block in double).
+        float ms = -CUDART_INF_F, mt = -CUDART_INF_F;
+#pragma unroll
+        for (int g = 0; g < F::kVecs; ++g) {
+            const int q0 = q_thread + g * F::kStride;
+            const int lo = F::lo(begin, q0), hi = F::hi(end, q0);
+#pragma unroll
+            for (int i = 0; i < V; ++i) {
+                if (i >= lo && i < hi) {
+                    ms = fmaxf(ms, xs[g].get(i));
+                    mt = fmaxf(mt, xt[g].get(i));
+                }
+            }
+        }
+        kd::block_max2(ms, mt);
+        float ts = 0.f, tt = 0.f, ta = 0.f;
+#pragma unroll
+        for (int g = 0; g < F::kVecs; ++g) {
+            const int q0 = q_thread + g * F::kStride;
+            const int lo = F::lo(begin, q0), hi = F::hi(end, q0);
+#pragma unroll
+            for (int i = 0; i < V; ++i) {
+                if (i >= lo && i < hi) {
+                    const float vs = xs[g].get(i), vt = xt[g].get(i);
+                    ts += exp2f((vs - ms) * k);
+                    const float e = exp2f((vt - mt) * k);
+                    tt += e;
+                    ta = fmaf(e, vt - vs, ta);
+                }
+            }
+        }
+        double ss = ts, st = tt, a = ta;
+        kd::block_sum3(ss, st, a);
+
+        // Publish it, wait for the row's other chunks, and merge all of them: the row's maxima, then the
+        // chunks' sums rescaled to them, in the same order in every block of the row.
+        unsigned int* arrived = row_sync + 2 * r;
+        unsigned int* departed = arrived + 1;
+        if (threadIdx.x == 0) {
+            store_stat(partials + item * kStatDoubles, CwdStat{ms, mt, ss, st, a});
+            __threadfence();  // the statistic before the ticket
+            atomicAdd(arrived, 1u);
+        }
+        kd::block_wait_at_least(arrived, static_cast<unsigned int>(p.chunks));
+        const double* row_partials = partials + r * p.chunks * kStatDoubles;
+        float rms = -CUDART_INF_F, rmt = -CUDART_INF_F;
+        for (int64_t c = threadIdx.x; c < p.chunks; c += kBlockThreads) {
+            rms = fmaxf(rms, static_cast<float>(__ldcg(row_partials + c * kStatDoubles)));
+            rmt = fmaxf(rmt, static_cast<float>(__ldcg(row_partials + c * kStatDoubles + 1)));
+        }
+        kd::block_max2(rms, rmt);
+        double rss = 0.0, rst = 0.0, ra = 0.0;
+        for (int64_t c = threadIdx.x; c < p.chunks; c += kBlockThreads) {
+            const CwdStat part = load_stat(row_partials + c * kStatDoubles);
+            // An empty chunk (max -inf, sums 0) adds nothing; exp2f(-inf) = 0 keeps it so.
+            rss += part.ss * exp2f((part.ms - rms) * k);
+            const double f = exp2f((part.mt - rmt) * k);
+            rst += part.st * f;
+            ra += part.a * f;
+        }
+        kd::block_sum3(rss, rst, ra);
+        const RowValues rv = row_values(CwdStat{rms, rmt, rss, rst, ra}, k);  // the same in every thread
+        if (threadIdx.x == 0) {
+            // The last block of the row to get here resets its counters for the next launch: every block of
+            // the row has passed its wait by then.
+            if (atomicAdd(departed, 1u) == static_cast<unsigned int>(p.chunks) - 1u) {
+                *arrived = 0u;
+                *departed = 0u;
+            }
+        }
+
+        if (want_gs || want_gt) {
+            const float scale = gradient_scale(p, upstream);
+#pragma unroll
+            for (int g = 0; g < F::kVecs; ++g) {
+                const int q0 = q_thread + g * F::kStride;
+                const int lo = F::lo(begin, q0), hi = F::hi(end, q0);
+                float g_s[V], g_t[V];
+#pragma unroll
+                for (int i = 0; i < V; ++i) grad_point(rv, k, scale, xs[g].get(i), xt[g].get(i), g_s[i], g_t[i]);
+                if (want_gs) store_group(grad_student + base + q0, lo, hi, vector_ok, g_s);
+                if (want_gt) store_group(grad_teacher + base + q0, lo, hi, vector_ok, g_t);
+            }
+        }
+
+        if ((p.flags & KD_WANT_LOSS) && chunk == 0) publish_row_kl(rv.kl, r, row_kl, counter, loss, p);
+    }
+}
+
+// =========================================================================================================
+// 2. Two passes.
 
 // Calls body.template vector<...>(i) on 16-byte aligned groups and body.scalar(i) on the ragged ends of
 // [begin, end), with the block's threads striding. `aligned_ok` is false when the pointers cannot be
@@ -146,9 +394,6 @@ template <typename T> struct StatsBody {
     }
 };
 
-// Each partial is 5 doubles: ms, mt, ss, st, a (10 floats of the workspace).
-constexpr int kPartialDoubles = 5;
-
 template <typename T>
 __device__ void cwd_stats(const T* __restrict__ student, const T* __restrict__ teacher,
                           double* __restrict__ partials, const KdCwdParams p) {
@@ -161,14 +406,7 @@ __device__ void cwd_stats(const T* __restrict__ student, const T* __restrict__ t
     StatsBody<T> body{s, t, p.log2e_over_tau, cwd_stat_empty()};
     for_chunk(s, begin, end, kd::same_alignment(s, t), body);
     const CwdStat total = block_merge(body.st, p.log2e_over_tau);
-    if (threadIdx.x == 0) {
-        double* out = partials + (row * p.chunks + chunk) * kPartialDoubles;
-        out[0] = total.ms;
-        out[1] = total.mt;
-        out[2] = total.ss;
-        out[3] = total.st;
-        out[4] = total.a;
-    }
+    if (threadIdx.x == 0) store_stat(partials + (row * p.chunks + chunk) * kStatDoubles, total);
 }
 
 template <typename T> struct GradBody {
@@ -177,18 +415,11 @@ template <typename T> struct GradBody {
     T* gs;  // may be null
     T* gt;  // may be null
     float k;
-    float ms, mt;  // the row's maxima
-    float log2_ss, log2_st, kl, scale;
-    __device__ __forceinline__ void point(float xs, float xt, float& g_s, float& g_t) const {
-        const float ls = (xs - ms) * k - log2_ss;  // log2 of the probabilities
-        const float lt = (xt - mt) * k - log2_st;
-        const float ps = exp2f(ls), pt = exp2f(lt);
-        g_s = scale * (ps - pt);
-        g_t = scale * pt * (kLn2 * (lt - ls) - kl);
-    }
+    RowValues row;
+    float scale;
     __device__ __forceinline__ void scalar(int64_t i) {
         float g_s, g_t;
-        point(kd::to_float(s[i]), kd::to_float(t[i]), g_s, g_t);
+        grad_point(row, k, scale, kd::to_float(s[i]), kd::to_float(t[i]), g_s, g_t);
         if (gs) gs[i] = kd::from_float<T>(g_s);
         if (gt) gt[i] = kd::from_float<T>(g_t);
     }
@@ -198,7 +429,7 @@ template <typename T> struct GradBody {
         kd::load_vec(s + i, xs);
         kd::load_vec(t + i, xt);
 #pragma unroll
-        for (int j = 0; j < V; ++j) point(xs[j], xt[j], g_s[j], g_t[j]);
+        for (int j = 0; j < V; ++j) grad_point(row, k, scale, xs[j], xt[j], g_s[j], g_t[j]);
         if (gs) kd::store_vec(gs + i, g_s);
         if (gt) kd::store_vec(gt + i, g_t);
     }
@@ -212,29 +443,27 @@ __device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ 
                            const float* __restrict__ upstream, const KdCwdParams p) {
     // Launched with p.chunks blocks per row when a gradient is wanted, else one block per row.
     const int64_t launched_chunks = (p.flags & (KD_WANT_GRAD_STUDENT | KD_WANT_GRAD_TEACHER)) ? p.chunks : 1;
-    const int64_t row = blockIdx.x / launched_chunks;
+    const int64_t r = blockIdx.x / launched_chunks;
     const int64_t chunk = blockIdx.x % launched_chunks;
 
-    __shared__ CwdStat row_stat;
-    __shared__ float row_kl_value;
+    KD_SHARED(RowValues, row);
     const float k = p.log2e_over_tau;
     if (threadIdx.x == 0) {
+        // Written by the previous launch: plain loads are coherent.
         CwdStat st = cwd_stat_empty();
-        const double* in = partials + row * p.chunks * kPartialDoubles;
-        for (int c = 0; c < p.chunks; ++c, in += kPartialDoubles) {
+        const double* in = partials + r * p.chunks * kStatDoubles;
+        for (int c = 0; c < p.chunks; ++c, in += kStatDoubles) {
             st = merge(st, CwdStat{static_cast<float>(in[0]), static_cast<float>(in[1]), in[2], in[3], in[4]}, k);
         }
-        row_stat = st;
-        const double kl2 = k * (st.a / st.st - static_cast<double>(st.mt - st.ms)) + log2(st.ss) - log2(st.st);
-        row_kl_value = static_cast<float>(kLn2 * kl2);
+        row = row_values(st, k);
     }
     __syncthreads();
+    const RowValues rv = row;
 
     if (p.flags & (KD_WANT_GRAD_STUDENT | KD_WANT_GRAD_TEACHER)) {
-        const float up = (p.flags & KD_SCALE_BY_UPSTREAM) ? *upstream : 1.f;
         const int64_t begin = chunk * p.chunk_len;
         const int64_t end = min(begin + p.chunk_len, p.row_len);
-        const int64_t offset = row * p.row_len;
+        const int64_t offset = r * p.row_len;
         const T* s = student + offset;
         const T* t = teacher + offset;
         T* gs = (p.flags & KD_WANT_GRAD_STUDENT) ? grad_student + offset : nullptr;
@@ -242,33 +471,37 @@ __device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ 
         bool aligned = kd::same_alignment(s, t);
         if (gs) aligned = aligned && kd::same_alignment(s, gs);
         if (gt) aligned = aligned && kd::same_alignment(s, gt);
-        const CwdStat st = row_stat;
-        GradBody<T> body{s,     t,     gs, gt, k, st.ms, st.mt, static_cast<float>(log2(st.ss)),
-                         static_cast<float>(log2(st.st)), row_kl_value, p.grad_scale * up};
+        GradBody<T> body{s, t, gs, gt, k, rv, gradient_scale(p, upstream)};
         for_chunk(s, begin, end, aligned, body);
     }
 
-    if ((p.flags & KD_WANT_LOSS) && chunk == 0) {
-        if (threadIdx.x == 0) row_kl[row] = row_kl_value;
-        if (kd::is_last_block_done(counter, static_cast<unsigned int>(p.rows))) {
-            const double total = kd::block_sum_of_partials(row_kl, p.rows);
-            if (threadIdx.x == 0) *loss = static_cast<float>(static_cast<double>(p.loss_scale) * total);
-        }
-    }
+    if ((p.flags & KD_WANT_LOSS) && chunk == 0) publish_row_kl(rv.kl, r, row_kl, counter, loss, p);
 }
 
 }  // namespace
 
-#define KD_CWD_ENTRY_POINTS(T, NAME)                                                                       \
-    extern "C" __global__ void __launch_bounds__(kBlockThreads)                                           \
-        cwd_stats_##NAME(const T* student, const T* teacher, double* partials, KdCwdParams p) {           \
-        cwd_stats<T>(student, teacher, partials, p);                                                       \
-    }                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(kBlockThreads) cwd_finish_##NAME(                        \
-        const T* student, const T* teacher, const double* partials, float* row_kl, unsigned int* counter,  \
-        float* loss, T* grad_student, T* grad_teacher, const float* upstream, KdCwdParams p) {             \
-        cwd_finish<T>(student, teacher, partials, row_kl, counter, loss, grad_student, grad_teacher,       \
-                      upstream, p);                                                                        \
+// The single-pass kernel asks for 3 resident blocks per SM (at most 85 registers a thread): its chunk lives
+// in registers, and more resident blocks both hide the wait of one row behind the loads of another and
+// allow longer rows (a row's chunks must all be resident).
+constexpr int kFusedMinBlocksPerSm = 3;
+
+#define KD_CWD_ENTRY_POINTS(T, NAME)                                                                           \
+    extern "C" __global__ void __launch_bounds__(kBlockThreads, kFusedMinBlocksPerSm) cwd_fused_##NAME(       \
+        const T* student, const T* teacher, double* partials, float* row_kl, unsigned int* counter,            \
+        unsigned int* row_sync, float* loss, T* grad_student, T* grad_teacher, const float* upstream,          \
+        KdCwdParams p) {                                                                                       \
+        cwd_fused<T>(student, teacher, partials, row_kl, counter, row_sync, loss, grad_student, grad_teacher,  \
+                     upstream, p);                                                                             \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(kBlockThreads)                                               \
+        cwd_stats_##NAME(const T* student, const T* teacher, double* partials, KdCwdParams p) {               \
+        cwd_stats<T>(student, teacher, partials, p);                                                           \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(kBlockThreads) cwd_finish_##NAME(                            \
+        const T* student, const T* teacher, const double* partials, float* row_kl, unsigned int* counter,      \
+        float* loss, T* grad_student, T* grad_teacher, const float* upstream, KdCwdParams p) {                 \
+        cwd_finish<T>(student, teacher, partials, row_kl, counter, loss, grad_student, grad_teacher, upstream, \
+                      p);                                                                                      \
     }
 
 KD_FOR_EACH_DTYPE(KD_CWD_ENTRY_POINTS)

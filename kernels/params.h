@@ -12,6 +12,16 @@
 
 #include <stdint.h>
 
+/* Threads per block of every kernel. */
+#define KD_BLOCK_THREADS 256
+
+/*
+ * The single-pass CWD kernel (cwd_fused) keeps, per thread, KD_CWD_FUSED_VECS 16-byte vectors of the
+ * student and as many of the teacher in registers: one block holds a chunk of
+ * KD_BLOCK_THREADS * KD_CWD_FUSED_VECS * (16 / sizeof(element)) elements of a row.
+ */
+#define KD_CWD_FUSED_VECS 4
+
 /* What a launch must produce; the same bits for every loss family. */
 enum KdOutputFlags {
     KD_WANT_LOSS = 1,          /* write the scalar loss */
@@ -23,12 +33,14 @@ enum KdOutputFlags {
 /*
  * Channel-wise distillation: rows are the N*C (n, c) pairs, each a softmax over the H*W positions.
  * A row is split into `chunks` pieces of `chunk_len` elements so that few, long rows still fill the GPU.
+ * The two-pass kernels (cwd_stats, cwd_finish) chunk the row itself; the single-pass kernel (cwd_fused)
+ * chunks the row padded in front to a 16-byte boundary, with its fixed register chunk as chunk_len.
  */
 typedef struct KdCwdParams {
     int64_t rows;           /* N*C */
     int64_t row_len;        /* H*W */
-    int64_t chunk_len;      /* elements of a row one block reduces; a multiple of 8 */
-    int32_t chunks;         /* chunks per row: ceil(row_len / chunk_len) */
+    int64_t chunk_len;      /* elements of a row one block handles; a multiple of 8 */
+    int32_t chunks;         /* chunks per row */
     int32_t flags;          /* KdOutputFlags */
     float log2e_over_tau;   /* log2(e) / tau: the kernels work in base 2 (exp2f) */
     float loss_scale;       /* loss_weight * tau^2 / (N*C) */

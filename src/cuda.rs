@@ -8,9 +8,10 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
+use crate::ffi;
 
-/// Threads per block of every kernel (`kd::kBlockThreads` in `kernels/common.cuh`).
-pub(crate) const BLOCK_THREADS: u32 = 256;
+/// Threads per block of every kernel (`KD_BLOCK_THREADS` in `kernels/params.h`).
+pub(crate) const BLOCK_THREADS: u32 = ffi::KD_BLOCK_THREADS;
 
 /// Whether this build carries compiled kernels (nvcc was found by build.rs).
 pub const KERNELS_COMPILED: bool = cfg!(kd_kernels_compiled);
@@ -77,7 +78,11 @@ pub fn default_stream(ordinal: usize) -> Result<Arc<CudaStream>> {
 pub(crate) struct Kernels {
     /// `functions[op][dtype]`.
     functions: Vec<[CudaFunction; 3]>,
+    /// `resident[op][dtype]`: blocks of that function the device holds at once (occupancy times SMs).
+    resident: Vec<[u32; 3]>,
     pub(crate) sm_count: u32,
+    /// Whether the device supports cooperative launches (a grid whose blocks may wait for each other).
+    pub(crate) cooperative: bool,
 }
 
 fn dtype_index(dtype: DType) -> usize {
@@ -97,61 +102,77 @@ impl Kernels {
         let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec())).map_err(|e| {
             KdError::cuda("cuModuleLoadData (does the GPU's architecture match the build's KD_KERNELS_CUDA_ARCHS?)", e)
         })?;
+        let attribute =
+            |attr: CUdevice_attribute| ctx.attribute(attr).map_err(|e| KdError::cuda("cuDeviceGetAttribute", e));
+        let sm_count = attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32;
+        let cooperative = attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)? != 0;
         let mut functions = Vec::with_capacity(ops.len());
+        let mut resident = Vec::with_capacity(ops.len());
         for op in ops {
             let load = |dtype: DType| {
                 module
                     .load_function(&format!("{op}_{}", dtype.name()))
                     .map_err(|e| KdError::cuda("cuModuleGetFunction", e))
             };
-            functions.push([load(DType::F32)?, load(DType::F16)?, load(DType::BF16)?]);
+            let fs = [load(DType::F32)?, load(DType::F16)?, load(DType::BF16)?];
+            let mut blocks = [0u32; 3];
+            for (b, f) in blocks.iter_mut().zip(&fs) {
+                let per_sm = f
+                    .occupancy_max_active_blocks_per_multiprocessor(BLOCK_THREADS, 0, None)
+                    .map_err(|e| KdError::cuda("cuOccupancyMaxActiveBlocksPerMultiprocessor", e))?;
+                *b = per_sm.saturating_mul(sm_count);
+            }
+            functions.push(fs);
+            resident.push(blocks);
         }
-        let sm_count = ctx
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| KdError::cuda("cuDeviceGetAttribute", e))?
-            .max(1) as u32;
-        Ok(Kernels { functions, sm_count })
+        Ok(Kernels { functions, resident, sm_count, cooperative })
     }
 
     pub(crate) fn get(&self, op: usize, dtype: DType) -> &CudaFunction {
         &self.functions[op][dtype_index(dtype)]
     }
+
+    /// Blocks of `op` for `dtype` that can be resident on the device at once.
+    pub(crate) fn resident_blocks(&self, op: usize, dtype: DType) -> u32 {
+        self.resident[op][dtype_index(dtype)]
+    }
 }
 
 /// Device scratch owned by one loss object: partial results (f32 words; CWD keeps f64 statistics in them, the
-/// allocation being 256-byte aligned) and the "last block done" counter.
+/// allocation being 256-byte aligned) and counters (the "last block done" ticket, CWD's per-row
+/// arrival counters), which every kernel leaves at zero when it returns.
 /// It grows to the largest shape seen and is reused, so steady-state calls allocate nothing.
 #[derive(Debug)]
 pub(crate) struct Workspace {
     floats: Option<CudaSlice<f32>>,
-    counter: CudaSlice<u32>,
+    counters: CudaSlice<u32>,
 }
 
 impl Workspace {
     pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Self> {
-        // Zeroed once; every kernel that takes a ticket resets it to 0 before it returns.
-        let counter = stream.alloc_zeros::<u32>(1).map_err(|e| KdError::cuda("cuMemAlloc (workspace)", e))?;
-        Ok(Workspace { floats: None, counter })
+        let counters = stream.alloc_zeros::<u32>(1).map_err(|e| KdError::cuda("cuMemAlloc (workspace)", e))?;
+        Ok(Workspace { floats: None, counters })
     }
 
-    /// Makes sure at least `len` floats exist and returns the scratch pointers with their sync guards.
-    pub(crate) fn floats_and_counter<'a>(
-        &'a mut self,
-        stream: &'a Arc<CudaStream>,
-        len: usize,
-        guards: &mut Vec<SyncOnDrop<'a>>,
-    ) -> Result<(u64, u64)> {
-        if self.floats.as_ref().is_none_or(|f| f.len() < len) {
+    /// Makes sure at least `floats` floats and `counters` zeroed counters exist and returns their addresses.
+    ///
+    /// The workspace is only ever used on the loss's own stream, in stream order (allocation, zeroing, the
+    /// kernels, and cudarc's stream-ordered free when it grows), so no event tracking is kept for it.
+    pub(crate) fn prepare(&mut self, stream: &Arc<CudaStream>, floats: usize, counters: usize) -> Result<(u64, u64)> {
+        if self.floats.as_ref().is_none_or(|f| f.len() < floats) {
             // SAFETY: every float is written by a kernel before it is read within the same call.
-            let fresh =
-                unsafe { stream.alloc::<f32>(len.max(1)) }.map_err(|e| KdError::cuda("cuMemAlloc (workspace)", e))?;
+            let fresh = unsafe { stream.alloc::<f32>(floats.max(1)) }
+                .map_err(|e| KdError::cuda("cuMemAlloc (workspace)", e))?;
             self.floats = Some(fresh);
         }
+        if self.counters.len() < counters {
+            // Zeroed once; every kernel leaves the counters it uses at zero.
+            self.counters =
+                stream.alloc_zeros::<u32>(counters).map_err(|e| KdError::cuda("cuMemAlloc (workspace)", e))?;
+        }
         let floats = self.floats.as_mut().expect("allocated above");
-        let (f, g1) = floats.device_ptr_mut(stream);
-        let (c, g2) = self.counter.device_ptr_mut(stream);
-        guards.push(g1);
-        guards.push(g2);
+        let (f, _) = floats.device_ptr_mut(stream);
+        let (c, _) = self.counters.device_ptr_mut(stream);
         Ok((f, c))
     }
 }

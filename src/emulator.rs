@@ -9,18 +9,41 @@
 
 use std::ffi::c_void;
 
-use crate::cwd::CwdConfig;
+use crate::cwd::plan::{self as cwd_plan, Launches};
+use crate::cwd::{CwdConfig, CwdPath};
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
 use crate::ffi::{KdCwdParams, KdPixelKdParams};
 use crate::outputs::OutputSet;
-use crate::pixel_kd::PixelKdConfig;
+use crate::pixel_kd::{self, PixelKdConfig};
 use crate::shape::Nchw;
-use crate::{cwd, pixel_kd};
 
-type CwdStats = unsafe extern "C" fn(u32, *const c_void, *const c_void, *mut f64, KdCwdParams);
-/// (grid, student, teacher, partials, row_kl, counter, loss, grad_student, grad_teacher, upstream, params)
+/// Blocks the emulation runs at once for ordinary (non-cooperative) launches: enough for blocks to race
+/// for the "last block done" ticket, few enough to keep the thread count small. Results do not depend on it.
+const CONCURRENT_BLOCKS: u32 = 3;
+
+/// (grid, resident, student, teacher, partials, row_kl, counter, row_sync, loss, grad_student, grad_teacher,
+/// upstream, params)
+type CwdFused = unsafe extern "C" fn(
+    u32,
+    u32,
+    *const c_void,
+    *const c_void,
+    *mut f64,
+    *mut f32,
+    *mut u32,
+    *mut u32,
+    *mut f32,
+    *mut c_void,
+    *mut c_void,
+    *const f32,
+    KdCwdParams,
+);
+type CwdStats = unsafe extern "C" fn(u32, u32, *const c_void, *const c_void, *mut f64, KdCwdParams);
+/// (grid, resident, student, teacher, partials, row_kl, counter, loss, grad_student, grad_teacher, upstream,
+/// params)
 type CwdFinish = unsafe extern "C" fn(
+    u32,
     u32,
     *const c_void,
     *const c_void,
@@ -33,8 +56,9 @@ type CwdFinish = unsafe extern "C" fn(
     *const f32,
     KdCwdParams,
 );
-/// (grid, student, teacher, block_totals, counter, loss, grad_student, upstream, params)
+/// (grid, resident, student, teacher, block_totals, counter, loss, grad_student, upstream, params)
 type PixelKd = unsafe extern "C" fn(
+    u32,
     u32,
     *const c_void,
     *const c_void,
@@ -55,10 +79,26 @@ macro_rules! launchers {
     };
 }
 
-launchers!((grid: u32, s: *const c_void, t: *const c_void, partials: *mut f64, p: KdCwdParams)
+launchers!((
+        grid: u32,
+        resident: u32,
+        s: *const c_void,
+        t: *const c_void,
+        partials: *mut f64,
+        row_kl: *mut f32,
+        counter: *mut u32,
+        row_sync: *mut u32,
+        loss: *mut f32,
+        gs: *mut c_void,
+        gt: *mut c_void,
+        upstream: *const f32,
+        p: KdCwdParams,
+    ) => kd_emu_cwd_fused_f32, kd_emu_cwd_fused_f16, kd_emu_cwd_fused_bf16);
+launchers!((grid: u32, resident: u32, s: *const c_void, t: *const c_void, partials: *mut f64, p: KdCwdParams)
     => kd_emu_cwd_stats_f32, kd_emu_cwd_stats_f16, kd_emu_cwd_stats_bf16);
 launchers!((
         grid: u32,
+        resident: u32,
         s: *const c_void,
         t: *const c_void,
         partials: *const f64,
@@ -72,6 +112,7 @@ launchers!((
     ) => kd_emu_cwd_finish_f32, kd_emu_cwd_finish_f16, kd_emu_cwd_finish_bf16);
 launchers!((
         grid: u32,
+        resident: u32,
         s: *const c_void,
         t: *const c_void,
         totals: *mut f32,
@@ -81,6 +122,22 @@ launchers!((
         upstream: *const f32,
         p: KdPixelKdParams,
     ) => kd_emu_pixel_kd_f32, kd_emu_pixel_kd_f16, kd_emu_pixel_kd_bf16);
+
+/// The GPU an emulated call is planned for: what the CUDA wrappers would read from the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmulatedGpu {
+    /// Streaming multiprocessors: sets CWD's two-pass split and the pixel-KD grid.
+    pub sm_count: usize,
+    /// Blocks of CWD's single-pass kernel resident at once (occupancy times SMs; 0: no cooperative launch).
+    /// The emulation runs all of them at once as 256 OS threads each, so keep it to tens.
+    pub single_pass_resident: usize,
+}
+
+impl EmulatedGpu {
+    /// An H100's 132 SMs, with a small cooperative grid (the emulation's thread count, not the H100's
+    /// 396 blocks): the two-pass plans the H100 would use, and single-pass rows of up to 6 chunks.
+    pub const H100_SMALL_GRID: EmulatedGpu = EmulatedGpu { sm_count: 132, single_pass_resident: 6 };
+}
 
 /// Which entry point of the CUDA wrappers to mirror.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -118,13 +175,14 @@ struct Buffers<T> {
 }
 
 impl<T: KdFloat> Buffers<T> {
-    fn new(numel: usize, teacher_grad: bool, workspace: usize) -> Self {
+    /// Outputs of `numel` elements; the workspace is sized once the call is planned.
+    fn new(numel: usize, teacher_grad: bool) -> Self {
         let sentinel = T::from_f32(f32::NAN);
         Buffers {
             loss: f32::NAN,
             grad_student: vec![sentinel; numel],
             grad_teacher: if teacher_grad { vec![sentinel; numel] } else { Vec::new() },
-            workspace: vec![f64::NAN; workspace.div_ceil(2).max(1)],
+            workspace: Vec::new(),
             counter: 0,
         }
     }
@@ -157,49 +215,98 @@ fn upstream_of(mode: Mode) -> f32 {
     }
 }
 
-/// Runs CWD through the emulated kernels, planned for a GPU with `sm_count` SMs (which sets how rows
-/// are split into chunks: use a large count to exercise many chunks on small inputs).
+/// Runs CWD through the emulated kernels, planned as [`crate::cwd::CwdCuda`] plans for `gpu` and `path`.
 pub fn cwd<T: KdFloat>(
     config: &CwdConfig,
+    path: CwdPath,
     shape: &[usize],
     student: &[T],
     teacher: &[T],
     mode: Mode,
-    sm_count: usize,
+    gpu: EmulatedGpu,
 ) -> Result<EmulatedOutput<T>> {
     config.validate()?;
     let shape = check_inputs(shape, student, teacher)?;
     let outputs = outputs_for(mode, config.teacher_grad);
-    let plan = cwd::plan::plan(config, &shape, sm_count, outputs)?;
-    let mut b = Buffers::<T>::new(shape.numel(), outputs.grad_teacher, plan.workspace_floats);
-    let (stats, finish): (CwdStats, CwdFinish) = match T::DTYPE {
-        DType::F32 => (kd_emu_cwd_stats_f32, kd_emu_cwd_finish_f32),
-        DType::F16 => (kd_emu_cwd_stats_f16, kd_emu_cwd_finish_f16),
-        DType::BF16 => (kd_emu_cwd_stats_bf16, kd_emu_cwd_finish_bf16),
+    let device = cwd_plan::Device { sm_count: gpu.sm_count, single_pass_resident: gpu.single_pass_resident };
+    // The plan depends on where the buffers sit (the single pass pads rows to 16-byte boundaries), so the
+    // outputs are allocated first, with room for the workspace the largest plan could need.
+    let mut b = Buffers::<T>::new(shape.numel(), outputs.grad_teacher);
+    let addresses: Vec<u64> = [
+        Some(student.as_ptr() as u64),
+        Some(teacher.as_ptr() as u64),
+        outputs.grad_student.then(|| b.grad_student.as_ptr() as u64),
+        outputs.grad_teacher.then(|| b.grad_teacher.as_ptr() as u64),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let lead = cwd_plan::single_pass_lead(&addresses, shape.plane(), T::DTYPE);
+    let plan = cwd_plan::plan(config, &shape, T::DTYPE, device, path, outputs, lead)?;
+    b.workspace = vec![f64::NAN; plan.workspace_floats.div_ceil(2).max(1)];
+    let mut counters = vec![0u32; plan.counters];
+    let (fused, stats, finish): (CwdFused, CwdStats, CwdFinish) = match T::DTYPE {
+        DType::F32 => (kd_emu_cwd_fused_f32, kd_emu_cwd_stats_f32, kd_emu_cwd_finish_f32),
+        DType::F16 => (kd_emu_cwd_fused_f16, kd_emu_cwd_stats_f16, kd_emu_cwd_finish_f16),
+        DType::BF16 => (kd_emu_cwd_fused_bf16, kd_emu_cwd_stats_bf16, kd_emu_cwd_finish_bf16),
     };
     let upstream = upstream_of(mode);
     let row_kl_offset = plan.row_kl_offset_bytes as usize / std::mem::size_of::<f32>();
     let ws = b.workspace.as_mut_ptr().cast::<f32>();
+    let s = student.as_ptr().cast();
+    let t = teacher.as_ptr().cast();
+    let loss = if outputs.loss { &mut b.loss as *mut f32 } else { std::ptr::null_mut() };
+    let gs = if outputs.grad_student { b.grad_student.as_mut_ptr().cast() } else { std::ptr::null_mut() };
+    let gt = if outputs.grad_teacher { b.grad_teacher.as_mut_ptr().cast() } else { std::ptr::null_mut() };
+    let up = if outputs.upstream { &upstream as *const f32 } else { std::ptr::null() };
+    let counter = counters.as_mut_ptr();
     // SAFETY: the same argument lists, element counts and null-for-disabled-output convention as the CUDA
-    // wrapper (cwd/cuda.rs); every buffer holds what the plan says the kernels touch.
+    // wrapper (cwd/cuda.rs); every buffer holds what the plan says the kernels touch. The statistics are
+    // doubles at the start of the (8-byte aligned) f32 workspace, as on the GPU.
     unsafe {
-        // The statistics are doubles at the start of the (8-byte aligned) f32 workspace, as on the GPU.
-        stats(plan.stats_blocks, student.as_ptr().cast(), teacher.as_ptr().cast(), ws.cast(), plan.params);
-        finish(
-            plan.finish_blocks,
-            student.as_ptr().cast(),
-            teacher.as_ptr().cast(),
-            ws.cast(),
-            ws.add(row_kl_offset),
-            &mut b.counter,
-            if outputs.loss { &mut b.loss } else { std::ptr::null_mut() },
-            if outputs.grad_student { b.grad_student.as_mut_ptr().cast() } else { std::ptr::null_mut() },
-            if outputs.grad_teacher { b.grad_teacher.as_mut_ptr().cast() } else { std::ptr::null_mut() },
-            if outputs.upstream { &upstream } else { std::ptr::null() },
-            plan.params,
-        );
+        match plan.launches {
+            Launches::SinglePass { blocks } => {
+                // A cooperative launch: every block resident at once.
+                let row_sync = counter.add(1);
+                fused(
+                    blocks,
+                    blocks,
+                    s,
+                    t,
+                    ws.cast(),
+                    ws.add(row_kl_offset),
+                    counter,
+                    row_sync,
+                    loss,
+                    gs,
+                    gt,
+                    up,
+                    plan.params,
+                );
+            }
+            Launches::TwoPass { stats_blocks, finish_blocks } => {
+                stats(stats_blocks, CONCURRENT_BLOCKS, s, t, ws.cast(), plan.params);
+                let (partials, row_kl) = (ws.cast(), ws.add(row_kl_offset));
+                finish(
+                    finish_blocks,
+                    CONCURRENT_BLOCKS,
+                    s,
+                    t,
+                    partials,
+                    row_kl,
+                    counter,
+                    loss,
+                    gs,
+                    gt,
+                    up,
+                    plan.params,
+                );
+            }
+        }
     }
-    debug_assert_eq!(b.counter, 0, "the last block must reset the counter");
+    if counters.iter().any(|&c| c != 0) {
+        return Err(KdError::Cuda { op: "emulated cwd", error: format!("counters left non-zero: {counters:?}") });
+    }
     Ok(EmulatedOutput {
         loss: outputs.loss.then_some(b.loss),
         grad_student: outputs.grad_student.then_some(b.grad_student),
@@ -221,7 +328,8 @@ pub fn pixel_kd<T: KdFloat>(
     let shape = check_inputs(shape, student, teacher)?;
     let outputs = outputs_for(mode, false);
     let plan = pixel_kd::plan::plan(config, &shape, sm_count, outputs)?;
-    let mut b = Buffers::<T>::new(shape.numel(), false, plan.workspace_floats);
+    let mut b = Buffers::<T>::new(shape.numel(), false);
+    b.workspace = vec![f64::NAN; plan.workspace_floats.div_ceil(2).max(1)];
     let kernel: PixelKd = match T::DTYPE {
         DType::F32 => kd_emu_pixel_kd_f32,
         DType::F16 => kd_emu_pixel_kd_f16,
@@ -232,6 +340,7 @@ pub fn pixel_kd<T: KdFloat>(
     unsafe {
         kernel(
             plan.blocks,
+            CONCURRENT_BLOCKS,
             student.as_ptr().cast(),
             teacher.as_ptr().cast(),
             b.workspace.as_mut_ptr().cast::<f32>(),
@@ -242,7 +351,9 @@ pub fn pixel_kd<T: KdFloat>(
             plan.params,
         );
     }
-    debug_assert_eq!(b.counter, 0, "the last block must reset the counter");
+    if b.counter != 0 {
+        return Err(KdError::Cuda { op: "emulated pixel_kd", error: format!("counter left at {}", b.counter) });
+    }
     Ok(EmulatedOutput {
         loss: outputs.loss.then_some(b.loss),
         grad_student: outputs.grad_student.then_some(b.grad_student),

@@ -79,6 +79,14 @@ pub enum KdError {
         /// Which argument.
         what: &'static str,
     },
+    /// A requested way of computing does not apply to this input or device (e.g. forcing CWD's single-pass
+    /// kernel on rows too long for it).
+    Unsupported {
+        /// What was requested.
+        what: &'static str,
+        /// Why it does not apply, and what to use instead.
+        detail: String,
+    },
     /// The crate was built without nvcc, so it carries no GPU kernels.
     KernelsUnavailable,
     /// No usable CUDA driver or device at run time.
@@ -125,6 +133,7 @@ impl fmt::Display for KdError {
                 f,
                 "{what}: the buffer belongs to another CUDA context than the loss's stream; allocate it on that stream's context"
             ),
+            KdError::Unsupported { what, detail } => write!(f, "{what} does not apply here: {detail}"),
             KdError::KernelsUnavailable => write!(
                 f,
                 "kd-kernels was built without nvcc, so it has no GPU kernels; run scripts/install-nvcc \

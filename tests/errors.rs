@@ -189,6 +189,10 @@ fn every_error_message_is_non_empty_and_says_what_to_fix() {
             &["teacher", "f32", "f16"],
         ),
         (KdError::ContextMismatch { what: "student" }, &["student", "context"]),
+        (
+            KdError::Unsupported { what: "CwdPath::SinglePass", detail: "rows too long; use Auto".into() },
+            &["SinglePass", "does not apply", "use Auto"],
+        ),
         (KdError::KernelsUnavailable, &["nvcc", "CPU reference"]),
         (KdError::CudaUnavailable { reason: "no driver".into() }, &["no driver"]),
         (KdError::Cuda { op: "launch", error: "boom".into() }, &["launch", "boom"]),

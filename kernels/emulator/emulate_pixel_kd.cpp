@@ -4,10 +4,11 @@
 #include "../pixel_kd.cu"
 
 #define KD_EMU_PIXEL_KD(T, NAME)                                                                             \
-    extern "C" void kd_emu_pixel_kd_##NAME(unsigned grid, const void* student, const void* teacher,         \
-                                           float* block_totals, unsigned int* counter, float* loss,          \
-                                           void* grad_student, const float* upstream, KdPixelKdParams p) {   \
-        kd_emu::launch(grid, kd::kBlockThreads, [&] {                                                        \
+    extern "C" void kd_emu_pixel_kd_##NAME(unsigned grid, unsigned resident, const void* student,           \
+                                           const void* teacher, float* block_totals, unsigned int* counter,  \
+                                           float* loss, void* grad_student, const float* upstream,           \
+                                           KdPixelKdParams p) {                                              \
+        kd_emu::launch(grid, kd::kBlockThreads, resident, 0, [&] {                                           \
             pixel_kd_##NAME(static_cast<const T*>(student), static_cast<const T*>(teacher), block_totals,   \
                             counter, loss, static_cast<T*>(grad_student), upstream, p);                      \
         });                                                                                                  \

@@ -15,7 +15,8 @@
 //! stays finite where a student probability underflows in fp32 (TorchDistiller's `log(softmax)` gives NaN
 //! there). See `shared/spec/losses.md` section 1.
 //!
-//! [`CwdCpu`] is the f64 reference; [`CwdCuda`] runs the fused kernels of `kernels/cwd.cu`.
+//! [`CwdCpu`] is the f64 reference; [`CwdCuda`] runs the kernels of `kernels/cwd.cu`: by default a single
+//! pass that reads the logits once (see [`CwdPath`]).
 
 mod cpu;
 mod cuda;
@@ -23,6 +24,22 @@ pub(crate) mod plan;
 
 pub use cpu::CwdCpu;
 pub use cuda::CwdCuda;
+
+/// Which kernels [`CwdCuda`] runs. The results agree to the tolerance table either way; only speed differs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum CwdPath {
+    /// The single pass wherever it applies, else the two passes. The default.
+    #[default]
+    Auto,
+    /// `cwd_fused`: one cooperative launch that reads the student and the teacher once, keeping each row's
+    /// chunks in registers while the row's blocks exchange statistics. Applies when the device launches
+    /// cooperatively and a row's chunks fit on it at once (H*W up to about 1.6M
+    /// f32 or 3.2M f16/bf16 elements on an H100; [`CwdCuda::single_pass_max_row_len`] tells); forcing it elsewhere
+    /// is [`crate::KdError::Unsupported`].
+    SinglePass,
+    /// `cwd_stats` then `cwd_finish`: two launches, the second reading the logits again. Any row length.
+    TwoPass,
+}
 
 use crate::error::Result;
 use crate::validate;

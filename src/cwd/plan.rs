@@ -1,24 +1,62 @@
-//! Launch geometry of the CWD kernels: how rows are split across blocks, the parameter block, the grid
-//! sizes and the workspace layout. Shared by the CUDA wrapper and the host emulation of the kernels.
+//! Launch geometry of the CWD kernels: which path a call takes, how rows are split across blocks, the
+//! parameter block, the grid sizes and the workspace layout. Shared by the CUDA wrapper and the host
+//! emulation of the kernels.
 
-use super::CwdConfig;
-use crate::cuda;
-use crate::error::Result;
-use crate::ffi::KdCwdParams;
+use super::{CwdConfig, CwdPath};
+use crate::cuda::{self, BLOCK_THREADS};
+use crate::dtype::DType;
+use crate::error::{KdError, Result};
+use crate::ffi::{self, KdCwdParams};
 use crate::outputs::OutputSet;
 use crate::shape::Nchw;
 use crate::validate;
 
 /// Workspace floats per (row, chunk) statistic: five doubles (maxima, sums and `a`; see cwd.cu).
 const PARTIAL_FLOATS: usize = 10;
-/// A block reduces at least this many elements of a row: below it, the merge and launch costs dominate.
+/// A block of the two-pass kernels reduces at least this many elements of a row: below it, the merge and
+/// launch costs dominate.
 const MIN_CHUNK_ELEMS: usize = 4096;
 /// More chunks than this only lengthens the serial merge in `cwd_finish`.
 const MAX_CHUNKS: usize = 256;
-/// Resident 256-thread blocks per SM to aim for (2048 threads per SM on sm_80..sm_90).
+/// Resident 256-thread blocks per SM the two-pass split aims for (2048 threads per SM on sm_80..sm_90).
 const BLOCKS_PER_SM: usize = 8;
 
-/// How rows are split across blocks.
+/// Elements of a row one block of the single-pass kernel holds in registers: `KD_BLOCK_THREADS *
+/// KD_CWD_FUSED_VECS` 16-byte vectors (4096 f32 or 8192 f16/bf16 elements).
+pub(crate) fn single_pass_chunk_len(dtype: DType) -> usize {
+    BLOCK_THREADS as usize * ffi::KD_CWD_FUSED_VECS as usize * (16 / dtype.size())
+}
+
+/// Chunks per row of the single-pass kernel: the row padded in front to the 16-byte boundary at or below its
+/// start (`lead` elements at most, see [`single_pass_lead`]) and cut into register chunks.
+pub(crate) fn single_pass_chunks(row_len: usize, lead: usize, dtype: DType) -> usize {
+    (row_len + lead).div_ceil(single_pass_chunk_len(dtype))
+}
+
+/// The most padding elements any row needs in front in the single-pass kernel, from the buffers' device
+/// addresses (`addresses[0]` the student's; absent outputs left out), as the kernel computes it per row: the
+/// row start's distance above a 16-byte boundary where every buffer sits at the same distance (vector
+/// path), else 0 (scalar path).
+pub(crate) fn single_pass_lead(addresses: &[u64], row_len: usize, dtype: DType) -> usize {
+    let size = dtype.size();
+    let vector = 16 / size;
+    let same_alignment = addresses.iter().all(|&a| (a ^ addresses[0]) & 15 == 0);
+    if !same_alignment {
+        0
+    } else if (row_len * size) % 16 == 0 {
+        (addresses[0] & 15) as usize / size // every row starts where the first does
+    } else {
+        vector - 1
+    }
+}
+
+/// The longest row the single-pass kernel takes when `resident_blocks` blocks fit on the device at once
+/// (for 16-byte aligned buffers; a misaligned start can cost one element a vector less).
+pub(crate) fn single_pass_max_row_len(dtype: DType, resident_blocks: usize) -> usize {
+    resident_blocks * single_pass_chunk_len(dtype)
+}
+
+/// How rows are split across blocks by the two-pass kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Split {
     pub chunks: usize,
@@ -36,53 +74,127 @@ pub(crate) fn split_rows(rows: usize, row_len: usize, sm_count: usize) -> Split 
     Split { chunks: row_len.div_ceil(chunk_len), chunk_len }
 }
 
-/// Everything a CWD launch pair needs besides the buffers.
+/// The launches of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Launches {
+    /// `cwd_fused`, launched cooperatively with `blocks` blocks, all resident at once.
+    SinglePass { blocks: u32 },
+    /// `cwd_stats` then `cwd_finish`.
+    TwoPass { stats_blocks: u32, finish_blocks: u32 },
+}
+
+/// Everything a CWD call needs besides the buffers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CwdPlan {
     pub params: KdCwdParams,
-    pub stats_blocks: u32,
-    pub finish_blocks: u32,
+    pub launches: Launches,
     /// Workspace floats: the (row, chunk) statistics, then one KL value per row.
     pub workspace_floats: usize,
     /// Byte offset of the per-row KL values in the workspace.
     pub row_kl_offset_bytes: u64,
+    /// Workspace counters: the loss's ticket, then (single pass) two per row.
+    pub counters: usize,
 }
 
-/// Plans the two launches for `shape` on a GPU with `sm_count` SMs.
-pub(crate) fn plan(config: &CwdConfig, shape: &Nchw, sm_count: usize, outputs: OutputSet) -> Result<CwdPlan> {
+/// What the device offers the planner.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Device {
+    pub sm_count: usize,
+    /// Blocks of the single-pass kernel (for the dtype at hand) that fit on the device at once; 0 when it
+    /// cannot be launched cooperatively.
+    pub single_pass_resident: usize,
+}
+
+/// Plans a call: the single-pass kernel where `path` allows it and a row's chunks fit in the resident grid,
+/// else the two passes. `CwdPath::SinglePass` where the single pass does not apply is an error. `lead` is
+/// [`single_pass_lead`] of the call's buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan(
+    config: &CwdConfig,
+    shape: &Nchw,
+    dtype: DType,
+    device: Device,
+    path: CwdPath,
+    outputs: OutputSet,
+    lead: usize,
+) -> Result<CwdPlan> {
     let rows = shape.n * shape.c;
     let row_len = shape.plane();
-    let split = split_rows(rows, row_len, sm_count);
-    let stats_blocks = cuda::grid_blocks("student", rows.saturating_mul(split.chunks))?;
-    let finish_blocks = if outputs.any_grad() { stats_blocks } else { cuda::grid_blocks("student", rows)? };
     let loss_scale = config.loss_scale(rows);
     let grad_scale = config.grad_scale(rows);
     validate::representable_f32("loss_weight * tau^2 / (N*C)", loss_scale)?;
     validate::representable_f32("loss_weight * tau / (N*C)", grad_scale)?;
-    let partial_floats = rows * split.chunks * PARTIAL_FLOATS;
-    let params = KdCwdParams {
+    let mut params = KdCwdParams {
         rows: rows as i64,
         row_len: row_len as i64,
-        chunk_len: split.chunk_len as i64,
-        chunks: split.chunks as i32,
+        chunk_len: 0,
+        chunks: 0,
         flags: outputs.flags(),
         log2e_over_tau: (std::f64::consts::LOG2_E / config.tau) as f32,
         loss_scale: loss_scale as f32,
         grad_scale: grad_scale as f32,
         reserved: 0.0,
     };
+
+    let single_chunks = single_pass_chunks(row_len, lead, dtype);
+    let single_fits = single_chunks <= device.single_pass_resident;
+    let (chunks, chunk_len, launches, counters) = match path {
+        CwdPath::SinglePass if !single_fits => {
+            return Err(single_pass_refusal(dtype, row_len, device.single_pass_resident));
+        }
+        CwdPath::Auto | CwdPath::SinglePass if single_fits => {
+            // A grid that is a multiple of the chunks per row, so that rows never straddle two rounds of the
+            // persistent grid (see cwd.cu), and no larger than the work.
+            let rows_per_round = (device.single_pass_resident / single_chunks).min(rows);
+            let blocks = cuda::grid_blocks("student", rows_per_round * single_chunks)?;
+            (single_chunks, single_pass_chunk_len(dtype), Launches::SinglePass { blocks }, 1 + 2 * rows)
+        }
+        _ => {
+            let split = split_rows(rows, row_len, device.sm_count);
+            let stats_blocks = cuda::grid_blocks("student", rows.saturating_mul(split.chunks))?;
+            let finish_blocks = if outputs.any_grad() { stats_blocks } else { cuda::grid_blocks("student", rows)? };
+            (split.chunks, split.chunk_len, Launches::TwoPass { stats_blocks, finish_blocks }, 1)
+        }
+    };
+    params.chunks = i32::try_from(chunks).map_err(|_| KdError::TooLarge {
+        what: "student",
+        detail: format!("rows of {row_len} elements need {chunks} chunks; at most 2^31 - 1"),
+    })?;
+    params.chunk_len = chunk_len as i64;
+    let partial_floats = rows * chunks * PARTIAL_FLOATS;
     Ok(CwdPlan {
         params,
-        stats_blocks,
-        finish_blocks,
+        launches,
         workspace_floats: partial_floats + rows,
         row_kl_offset_bytes: (partial_floats * std::mem::size_of::<f32>()) as u64,
+        counters,
     })
+}
+
+fn single_pass_refusal(dtype: DType, row_len: usize, resident: usize) -> KdError {
+    if resident == 0 {
+        return KdError::Unsupported {
+            what: "CwdPath::SinglePass",
+            detail: "this device cannot launch cooperatively (or refused the grid); use CwdPath::Auto or TwoPass"
+                .into(),
+        };
+    }
+    KdError::Unsupported {
+        what: "CwdPath::SinglePass",
+        detail: format!(
+            "rows of {row_len} {dtype} elements are longer than the single-pass kernel takes on this device \
+             ({} elements: {resident} resident blocks of {}); use CwdPath::Auto or TwoPass",
+            single_pass_max_row_len(dtype, resident),
+            single_pass_chunk_len(dtype)
+        ),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ALL: OutputSet = OutputSet { loss: true, grad_student: true, grad_teacher: false, upstream: false };
 
     #[test]
     fn split_covers_rows_with_aligned_chunks() {
@@ -99,5 +211,98 @@ mod tests {
     fn long_rows_are_split_to_fill_the_gpu() {
         let split = split_rows(152, 524_288, 132);
         assert!(152 * split.chunks >= 132 * BLOCKS_PER_SM, "{split:?}");
+    }
+
+    #[test]
+    fn single_pass_chunks_cover_the_padded_row() {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let chunk = single_pass_chunk_len(dtype);
+            let vector = 16 / dtype.size();
+            for len in [1, 2, vector, chunk - vector + 1, chunk, chunk + 1, 524_288, 4_000_037] {
+                for lead in 0..vector {
+                    let chunks = single_pass_chunks(len, lead, dtype);
+                    assert!(chunks * chunk >= len + lead, "{dtype} {len} {lead}: the padded row must fit");
+                    assert!((chunks - 1) * chunk < len + lead, "{dtype} {len} {lead}: no chunk beyond the padded row");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lead_follows_the_kernel() {
+        let f32_rows_aligned = 1024; // 4096 bytes: every row starts at the first row's alignment
+        assert_eq!(single_pass_lead(&[0x1000, 0x2000, 0x3000], f32_rows_aligned, DType::F32), 0);
+        assert_eq!(single_pass_lead(&[0x1004, 0x2004], f32_rows_aligned, DType::F32), 1);
+        assert_eq!(single_pass_lead(&[0x100c, 0x200c, 0x300c], f32_rows_aligned, DType::F32), 3);
+        assert_eq!(single_pass_lead(&[0x1006, 0x2006], 64, DType::BF16), 3);
+        // Rows whose byte length is not a multiple of 16 start at every distance: the worst is a vector less one.
+        assert_eq!(single_pass_lead(&[0x1000, 0x2000], 35, DType::F32), 3);
+        assert_eq!(single_pass_lead(&[0x1000, 0x2000], 35, DType::F16), 7);
+        // Buffers at different distances take the scalar path, which needs no padding.
+        assert_eq!(single_pass_lead(&[0x1004, 0x2008], 35, DType::F32), 0);
+        assert_eq!(single_pass_lead(&[0x1000, 0x2000, 0x3002], 64, DType::BF16), 0);
+    }
+
+    #[test]
+    fn single_pass_grid_is_whole_rows_of_resident_blocks() {
+        let config = CwdConfig::default();
+        let device = Device { sm_count: 132, single_pass_resident: 396 };
+        for (dims, dtype) in
+            [([8, 19, 512, 1024], DType::F32), ([8, 19, 64, 128], DType::BF16), ([8, 256, 64, 128], DType::F32)]
+        {
+            let shape = Nchw::from_dims("student", &dims).unwrap();
+            let plan = plan(&config, &shape, dtype, device, CwdPath::Auto, ALL, 0).unwrap();
+            let Launches::SinglePass { blocks } = plan.launches else { panic!("{dims:?}: expected the single pass") };
+            let chunks = plan.params.chunks as u32;
+            assert_eq!(blocks % chunks, 0, "{dims:?}");
+            assert!(blocks as usize <= device.single_pass_resident && blocks >= chunks);
+            assert_eq!(plan.counters, 1 + 2 * dims[0] * dims[1]);
+        }
+        // The H100 case of the issue: 152 rows of 2^19 f32 elements, 128 chunks each, 3 rows per round.
+        let shape = Nchw::from_dims("student", &[8, 19, 512, 1024]).unwrap();
+        let plan = plan(&config, &shape, DType::F32, device, CwdPath::Auto, ALL, 0).unwrap();
+        assert_eq!(plan.params.chunks, 128);
+        assert_eq!(plan.launches, Launches::SinglePass { blocks: 384 });
+    }
+
+    #[test]
+    fn rows_too_long_for_the_resident_grid_take_two_passes() {
+        let config = CwdConfig::default();
+        let device = Device { sm_count: 132, single_pass_resident: 10 };
+        let shape = Nchw::from_dims("student", &[1, 2, 256, 256]).unwrap();
+        let auto = plan(&config, &shape, DType::F32, device, CwdPath::Auto, ALL, 0).unwrap();
+        assert!(matches!(auto.launches, Launches::TwoPass { .. }));
+        let forced = plan(&config, &shape, DType::F32, device, CwdPath::SinglePass, ALL, 0);
+        assert!(matches!(forced, Err(KdError::Unsupported { .. })), "{forced:?}");
+        let none = Device { sm_count: 132, single_pass_resident: 0 };
+        let small = Nchw::from_dims("student", &[1, 2, 3, 4]).unwrap();
+        assert!(matches!(
+            plan(&config, &small, DType::F32, none, CwdPath::Auto, ALL, 3).unwrap().launches,
+            Launches::TwoPass { .. }
+        ));
+        assert!(matches!(
+            plan(&config, &small, DType::F32, none, CwdPath::SinglePass, ALL, 3),
+            Err(KdError::Unsupported { .. })
+        ));
+        let two = plan(
+            &config,
+            &small,
+            DType::F32,
+            Device { sm_count: 132, single_pass_resident: 396 },
+            CwdPath::TwoPass,
+            ALL,
+            3,
+        );
+        assert!(matches!(two.unwrap().launches, Launches::TwoPass { .. }));
+    }
+
+    #[test]
+    fn max_row_len_is_the_boundary() {
+        for dtype in [DType::F32, DType::BF16] {
+            let resident = 37;
+            let max = single_pass_max_row_len(dtype, resident);
+            assert!(single_pass_chunks(max, 0, dtype) <= resident);
+            assert!(single_pass_chunks(max + 1, 0, dtype) > resident);
+        }
     }
 }

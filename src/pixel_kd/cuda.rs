@@ -102,7 +102,7 @@ impl PixelKdCuda {
         let loss_ptr = cuda::optional_output("loss", loss, 1, stream, &mut guards)?;
         let gs = cuda::optional_output("grad_student", grad_student, numel, stream, &mut guards)?;
         let up = cuda::optional_input("upstream", upstream, 1, stream, &mut guards)?;
-        let (block_totals, counter) = self.workspace.floats_and_counter(stream, plan.workspace_floats, &mut guards)?;
+        let (block_totals, counter) = self.workspace.prepare(stream, plan.workspace_floats, 1)?;
         let function = self.kernels.get(OP_PIXEL_KD, T::DTYPE);
         let cfg = LaunchConfig { grid_dim: (plan.blocks, 1, 1), block_dim: (BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: the argument list matches `pixel_kd_*` in kernels/pixel_kd.cu; every pointer was checked to
