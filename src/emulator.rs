@@ -235,8 +235,8 @@ pub fn cwd<T: KdFloat>(
     let addresses: Vec<u64> = [
         Some(student.as_ptr() as u64),
         Some(teacher.as_ptr() as u64),
-        outputs.grad_student.then(|| b.grad_student.as_ptr() as u64),
-        outputs.grad_teacher.then(|| b.grad_teacher.as_ptr() as u64),
+        outputs.grad_student.then_some(b.grad_student.as_ptr() as u64),
+        outputs.grad_teacher.then_some(b.grad_teacher.as_ptr() as u64),
     ]
     .into_iter()
     .flatten()

@@ -57,6 +57,8 @@ pub fn numel(shape: &[usize; 4]) -> usize {
 pub enum Pass {
     /// `forward_backward`: loss and gradient, the training-step call.
     ForwardBackward,
+    /// `forward_backward` on CWD's two-pass kernels (`CwdPath::TwoPass`), for comparison with the default.
+    TwoPassForwardBackward,
     /// `forward`: the loss alone.
     Forward,
 }
@@ -65,6 +67,7 @@ impl Pass {
     pub fn name(self) -> &'static str {
         match self {
             Pass::ForwardBackward => "forward_backward",
+            Pass::TwoPassForwardBackward => "forward_backward_two_pass",
             Pass::Forward => "forward",
         }
     }
@@ -72,7 +75,7 @@ impl Pass {
     /// `3 * numel * size` for the training call, `2 * numel * size` for the loss alone.
     pub fn minimal_bytes(self, numel: usize, dtype: DType) -> u64 {
         let tensors = match self {
-            Pass::ForwardBackward => 3,
+            Pass::ForwardBackward | Pass::TwoPassForwardBackward => 3,
             Pass::Forward => 2,
         };
         (tensors * numel * dtype.size()) as u64

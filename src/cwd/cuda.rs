@@ -93,6 +93,19 @@ impl CwdCuda {
         plan::single_pass_max_row_len(dtype, self.device(dtype).single_pass_resident)
     }
 
+    /// The kernels a call on `shape` with 16-byte aligned `dtype` buffers runs: [`CwdPath::SinglePass`] or
+    /// [`CwdPath::TwoPass`] (never `Auto`), or the error such a call would return for its configuration.
+    pub fn resolved_path(&self, shape: &[usize], dtype: DType) -> Result<CwdPath> {
+        let shape = Nchw::from_dims("student", shape)?;
+        let outputs =
+            OutputSet { loss: true, grad_student: true, grad_teacher: self.config.teacher_grad, upstream: false };
+        let plan = plan::plan(&self.config, &shape, dtype, self.device(dtype), self.path, outputs, 0)?;
+        Ok(match plan.launches {
+            Launches::SinglePass { .. } => CwdPath::SinglePass,
+            Launches::TwoPass { .. } => CwdPath::TwoPass,
+        })
+    }
+
     /// Writes the loss into `loss[0]` (f32).
     pub fn forward<T: KdFloat>(
         &mut self,

@@ -12,13 +12,14 @@ mod common;
 
 use std::fmt::Debug;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::SplitMix64;
 use half::{bf16, f16};
 use kd_kernels::cpu::CpuOutput;
 use kd_kernels::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda};
+use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath};
 use kd_kernels::fixture::{verify, Backend, Fixture};
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
@@ -32,6 +33,7 @@ type TestFn = fn(&Stream) -> TestResult;
 const TESTS: &[(&str, TestFn)] = &[
     ("fixtures_pass_on_cuda", fixtures_pass_on_cuda),
     ("verify_runs_both_backends", verify_runs_both_backends),
+    ("cwd_paths_on_this_device", cwd_paths_on_this_device),
     ("cwd_matches_cpu_f32", cwd_matches_cpu::<f32>),
     ("cwd_matches_cpu_f16", cwd_matches_cpu::<f16>),
     ("cwd_matches_cpu_bf16", cwd_matches_cpu::<bf16>),
@@ -45,6 +47,8 @@ const TESTS: &[(&str, TestFn)] = &[
     ("forward_loss_equals_forward_backward_loss", forward_loss_equals_forward_backward_loss),
     ("backward_scales_by_device_upstream", backward_scales_by_device_upstream),
     ("f16_gradients_with_amp_loss_scale", f16_gradients_with_amp_loss_scale),
+    ("cwd_long_rows_take_two_passes", cwd_long_rows_take_two_passes),
+    ("cwd_many_calls_in_a_row", cwd_many_calls_in_a_row),
     ("misaligned_views_cwd", misaligned_views_cwd),
     ("misaligned_views_pixel_kd", misaligned_views_pixel_kd),
     ("error_paths_cwd", error_paths_cwd),
@@ -66,7 +70,10 @@ fn main() {
         }
     };
     let (mut passed, mut failed) = (0, 0);
+    let running = Arc::new(Mutex::new((String::new(), Instant::now())));
+    watchdog(running.clone());
     for (name, test) in TESTS {
+        *running.lock().unwrap() = (name.to_string(), Instant::now());
         let outcome = match catch_unwind(AssertUnwindSafe(|| test(&stream))) {
             Ok(result) => result,
             Err(panic) => Err(format!(
@@ -93,6 +100,22 @@ fn main() {
     if failed > 0 {
         std::process::exit(1);
     }
+}
+
+/// A test that runs longer than this has hung (a kernel whose blocks wait for each other would hang, not
+/// fail, if they were not all resident): the watchdog reports it and ends the run as a failure.
+const TEST_TIME_LIMIT: Duration = Duration::from_secs(300);
+
+fn watchdog(running: Arc<Mutex<(String, Instant)>>) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(5));
+        let (name, since) = running.lock().map(|r| r.clone()).unwrap_or_else(|p| p.into_inner().clone());
+        if since.elapsed() > TEST_TIME_LIMIT {
+            println!("test {name} ... FAILED: still running after {} s (hung?)", TEST_TIME_LIMIT.as_secs());
+            println!("gpu: the run was stopped by the watchdog");
+            std::process::exit(1);
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -262,6 +285,8 @@ const SHAPES: [[usize; 4]; 7] = [
     [1, 2, 512, 1024],
 ];
 const BIG: [usize; 4] = [1, 2, 512, 1024];
+/// Both CWD kernels, forced (every shape of [`SHAPES`] fits the single pass on a data-centre GPU).
+const CWD_PATHS: [CwdPath; 2] = [CwdPath::SinglePass, CwdPath::TwoPass];
 const REDUCTIONS: [Reduction; 4] = [Reduction::Mean, Reduction::BatchMean, Reduction::Sum, Reduction::PixelMean];
 
 // ---------------------------------------------------------------------------------------------------------
@@ -313,14 +338,18 @@ fn cwd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
             let (s, t) = case.views()?;
             let cpu = CwdCpu::new(config).or_msg("CwdCpu::new")?.forward_backward(s, t).or_msg("CwdCpu")?;
             for teacher_grad in [false, true] {
-                let mut cwd =
-                    CwdCuda::new(stream.clone(), CwdConfig { teacher_grad, ..config }).or_msg("CwdCuda::new")?;
-                let gpu = cwd_gpu(stream, &mut cwd, &case)?;
-                if gpu.gt.is_some() != teacher_grad {
-                    failures.push(format!("{}: teacher gradient presence", case.name()));
+                for path in CWD_PATHS {
+                    let mut cwd = CwdCuda::new(stream.clone(), CwdConfig { teacher_grad, ..config })
+                        .or_msg("CwdCuda::new")?
+                        .with_path(path);
+                    let gpu = cwd_gpu(stream, &mut cwd, &case)?;
+                    if gpu.gt.is_some() != teacher_grad {
+                        failures.push(format!("{}: teacher gradient presence", case.name()));
+                    }
+                    let what =
+                        format!("cwd {path:?} {} tau={tau} lw={loss_weight} teacher_grad={teacher_grad}", case.name());
+                    compare(&what, &gpu, &cpu, &mut failures);
                 }
-                let what = format!("cwd {} tau={tau} lw={loss_weight} teacher_grad={teacher_grad}", case.name());
-                compare(&what, &gpu, &cpu, &mut failures);
             }
         }
     }
@@ -459,20 +488,20 @@ fn same_bits<T: KdFloat>(what: &str, a: &GpuOut<T>, b: &GpuOut<T>) -> TestResult
 fn deterministic_bitwise(stream: &Stream) -> TestResult {
     let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
     let small = Case::<f32>::random(4000, [2, 19, 17, 33]);
-    for dims in [BIG, [1, 3, 129, 257]] {
+    for (dims, path) in [BIG, [1, 3, 129, 257]].into_iter().flat_map(|d| CWD_PATHS.map(|p| (d, p))) {
         let case = Case::<f32>::random(4001, dims);
-        let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
+        let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
         let first = cwd_gpu(stream, &mut cwd, &case)?;
         let again = cwd_gpu(stream, &mut cwd, &case)?;
-        same_bits(&format!("cwd {} twice", case.name()), &first, &again)?;
+        same_bits(&format!("cwd {path:?} {} twice", case.name()), &first, &again)?;
         // A smaller shape in between (the workspace keeps its size) and a fresh object.
         cwd_gpu(stream, &mut cwd, &small)?;
         let after = cwd_gpu(stream, &mut cwd, &case)?;
-        same_bits(&format!("cwd {} after another shape", case.name()), &first, &after)?;
-        let mut fresh = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
+        same_bits(&format!("cwd {path:?} {} after another shape", case.name()), &first, &after)?;
+        let mut fresh = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
         cwd_gpu(stream, &mut fresh, &small)?; // the workspace grows on the next call
         let grown = cwd_gpu(stream, &mut fresh, &case)?;
-        same_bits(&format!("cwd {} fresh object", case.name()), &first, &grown)?;
+        same_bits(&format!("cwd {path:?} {} fresh object", case.name()), &first, &grown)?;
     }
     let config = PixelKdConfig { tau: 4.0, loss_weight: 10.0, reduction: Reduction::Mean, scale_tau2: true };
     for dims in [BIG, [2, 19, 64, 64]] {
@@ -601,6 +630,99 @@ fn f16_gradients_with_amp_loss_scale(stream: &Stream) -> TestResult {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// The two CWD paths.
+
+/// On a data-centre GPU the single pass applies to every benchmarked shape; `Auto` takes it there, and the
+/// two paths agree with each other as well as with the CPU reference.
+fn cwd_paths_on_this_device(stream: &Stream) -> TestResult {
+    let cwd = CwdCuda::new(stream.clone(), CwdConfig::default()).or_msg("CwdCuda::new")?;
+    let mut failures = Vec::new();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let max = cwd.single_pass_max_row_len(dtype);
+        println!("    single pass: rows of up to {max} {dtype} elements on this device");
+        for dims in [[8, 19, 64, 128], [8, 19, 512, 1024], [8, 256, 64, 128]] {
+            match cwd.resolved_path(&dims, dtype) {
+                Ok(CwdPath::SinglePass) => {}
+                other => failures.push(format!("{dtype} {dims:?}: Auto resolves to {other:?}, not the single pass")),
+            }
+        }
+    }
+    let config = CwdConfig { tau: 2.0, loss_weight: 1.0, teacher_grad: true };
+    let case = Case::<bf16>::random(4500, [2, 19, 97, 101]);
+    let mut one = CwdCuda::new(stream.clone(), config).or_msg("new")?.with_path(CwdPath::SinglePass);
+    let mut two = CwdCuda::new(stream.clone(), config).or_msg("new")?.with_path(CwdPath::TwoPass);
+    let (a, b) = (cwd_gpu(stream, &mut one, &case)?, cwd_gpu(stream, &mut two, &case)?);
+    let loss = Comparison::of([a.loss as f64], [b.loss as f64]);
+    if !loss.passes(tolerance(DType::BF16, OutputKind::Loss)) {
+        failures.push(format!("single vs two passes: loss {:e} vs {:e}", a.loss, b.loss));
+    }
+    let grad = Comparison::of(common::widen(&a.gs), common::widen(&b.gs));
+    if !grad.passes(tolerance(DType::BF16, OutputKind::Tensor)) {
+        failures.push(format!("single vs two passes: grad.student {grad:?}"));
+    }
+    verdict(failures)
+}
+
+/// Rows longer than the single pass takes on this device: `Auto` runs the two passes and matches the CPU
+/// reference, a forced single pass is a typed error.
+fn cwd_long_rows_take_two_passes(stream: &Stream) -> TestResult {
+    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false };
+    let mut auto = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
+    let row = auto.single_pass_max_row_len(DType::F32) + 4099;
+    let dims = [1, 2, 1, row];
+    ensure(auto.resolved_path(&dims, DType::F32) == Ok(CwdPath::TwoPass), || format!("{dims:?}: not two passes"))?;
+    let case = Case::<f32>::random(4600, dims);
+    let (s, t) = case.views()?;
+    let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(s, t).or_msg("cpu")?;
+    let gpu = cwd_gpu(stream, &mut auto, &case)?;
+    let mut failures = Vec::new();
+    compare(&format!("cwd Auto {}", case.name()), &gpu, &cpu, &mut failures);
+    let mut forced = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(CwdPath::SinglePass);
+    match cwd_gpu(stream, &mut forced, &case) {
+        Err(e) if e.contains("Unsupported") => {}
+        other => failures.push(format!("forced single pass on rows of {row}: {:?}", other.map(|o| o.loss))),
+    }
+    verdict(failures)
+}
+
+/// Hundreds of calls in a row on one object, shapes and entry points interleaved: the single pass's per-row
+/// counters and the loss ticket must return to zero after every launch, or a later call would compute
+/// from stale counts (or hang). Every repeat of a case must give the first result's bits.
+fn cwd_many_calls_in_a_row(stream: &Stream) -> TestResult {
+    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
+    let cases = [
+        Case::<f32>::random(4700, [2, 19, 64, 128]),
+        Case::<f32>::random(4701, [1, 3, 129, 257]),
+        Case::<f32>::random(4702, [8, 19, 8, 8]),
+    ];
+    for path in CWD_PATHS {
+        let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
+        let firsts: Vec<GpuOut<f32>> = cases.iter().map(|c| cwd_gpu(stream, &mut cwd, c)).collect::<Result<_, _>>()?;
+        let case = &cases[0];
+        let s = upload(stream, &case.s)?;
+        let t = upload(stream, &case.t)?;
+        let up = upload(stream, &[1.0f32])?;
+        let mut loss = upload(stream, &[0.0f32])?;
+        let mut gs = nan_buffer::<f32>(stream, case.numel())?;
+        let mut gt = nan_buffer::<f32>(stream, case.numel())?;
+        for _ in 0..100 {
+            cwd.forward(&case.dims, &s, &t, &mut loss).or_msg("forward")?;
+            cwd.backward(&case.dims, &s, &t, &up, &mut gs, Some(&mut gt)).or_msg("backward")?;
+            cwd.forward_backward(&case.dims, &s, &t, &mut loss, &mut gs, Some(&mut gt)).or_msg("forward_backward")?;
+        }
+        stream.synchronize().or_msg("synchronize")?;
+        for (i, c) in cases.iter().enumerate() {
+            let again = cwd_gpu(stream, &mut cwd, c)?;
+            same_bits(&format!("cwd {path:?} {} after 300 calls", c.name()), &firsts[i], &again)?;
+        }
+        let last =
+            GpuOut { loss: download(stream, &loss)?[0], gs: download(stream, &gs)?, gt: Some(download(stream, &gt)?) };
+        same_bits(&format!("cwd {path:?} {} the 300th call", case.name()), &firsts[0], &last)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Misaligned views: offsets of one element make the 16-byte vector loads start after a scalar head.
 
 /// Uploads `values` at element offset `offset` of a longer buffer (NaN around it).
@@ -621,8 +743,8 @@ fn misaligned_cwd_case<T: KdFloat>(stream: &Stream, dims: [usize; 4], failures: 
     let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
     let (sv, tv) = case.views()?;
     let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
-    for [os, ot, ogs, ogt] in OFFSETS {
+    for (path, [os, ot, ogs, ogt]) in CWD_PATHS.into_iter().flat_map(|p| OFFSETS.map(|o| (p, o))) {
+        let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
         let s = upload_at(stream, &case.s, os)?;
         let t = upload_at(stream, &case.t, ot)?;
         let mut gs = nan_buffer::<T>(stream, n + ogs + 3)?;
@@ -640,7 +762,7 @@ fn misaligned_cwd_case<T: KdFloat>(stream: &Stream, dims: [usize; 4], failures: 
         let gs_all = download(stream, &gs)?;
         let gt_all = download(stream, &gt)?;
         let outside_untouched = |all: &[T], o: usize| all[..o].iter().chain(&all[o + n..]).all(|v| v.to_f64().is_nan());
-        let what = format!("cwd {} offsets {:?}", case.name(), [os, ot, ogs, ogt]);
+        let what = format!("cwd {path:?} {} offsets {:?}", case.name(), [os, ot, ogs, ogt]);
         if !outside_untouched(&gs_all, ogs) || !outside_untouched(&gt_all, ogt) {
             failures.push(format!("{what}: wrote outside the gradient views"));
         }
