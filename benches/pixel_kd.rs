@@ -17,16 +17,17 @@ mod common;
 use common::{Harness, Inputs, Pass};
 use kd_kernels::half::bf16;
 use kd_kernels::ndarray::Array4;
-use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, Reduction};
+use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, Reduction};
 use kd_kernels::KdFloat;
 
-const GPU_PASSES: [Pass; 1] = [Pass::ForwardBackward];
+const GPU_PASSES: [Pass; 2] = [Pass::ForwardBackward, Pass::PerPixelForwardBackward];
 
 fn main() {
     // bench_torch.py's `pixel_kd_bench_loss`. The weight does not change the work done.
     let config = PixelKdConfig { tau: 1.0, loss_weight: 1.0, reduction: Reduction::Mean, scale_tau2: false };
     let mut h = Harness::new("pixel_kd");
     let mut cuda = h.open_gpu(|stream| PixelKdCuda::new(stream, config));
+    let mut per_pixel = h.open_gpu(|stream| Ok(PixelKdCuda::new(stream, config)?.with_path(PixelKdPath::PerPixel)));
     let cpu = PixelKdCpu::new(config).expect("a valid configuration");
     for &shape in h.args.shapes() {
         if !h.wants_shape(&shape, &GPU_PASSES) {
@@ -34,10 +35,10 @@ fn main() {
         }
         let inputs = Inputs::generate(shape);
         let (student, teacher) = (&inputs.student, &inputs.teacher);
-        run::<f32>(&mut h, cuda.as_mut(), &cpu, shape, student, teacher);
+        run::<f32>(&mut h, cuda.as_mut(), per_pixel.as_mut(), &cpu, shape, student, teacher);
         let (student, teacher) = inputs.to_dtype::<bf16>();
         drop(inputs);
-        run::<bf16>(&mut h, cuda.as_mut(), &cpu, shape, &student, &teacher);
+        run::<bf16>(&mut h, cuda.as_mut(), per_pixel.as_mut(), &cpu, shape, &student, &teacher);
     }
     h.finish();
 }
@@ -45,13 +46,14 @@ fn main() {
 fn run<T: KdFloat>(
     h: &mut Harness,
     cuda: Option<&mut PixelKdCuda>,
+    per_pixel: Option<&mut PixelKdCuda>,
     cpu: &PixelKdCpu,
     shape: [usize; 4],
     student: &Array4<T>,
     teacher: &Array4<T>,
 ) {
-    if let Some(cuda) = cuda {
-        if let Err(e) = run_gpu(h, cuda, shape, student, teacher) {
+    if let (Some(cuda), Some(per_pixel)) = (cuda, per_pixel) {
+        if let Err(e) = run_gpu(h, cuda, per_pixel, shape, student, teacher) {
             println!("pixel_kd {} {}: GPU benches failed: {e}", T::DTYPE, common::shape_name(&shape));
         }
     }
@@ -61,11 +63,12 @@ fn run<T: KdFloat>(
 fn run_gpu<T: KdFloat>(
     h: &mut Harness,
     cuda: &mut PixelKdCuda,
+    per_pixel: &mut PixelKdCuda,
     shape: [usize; 4],
     student: &Array4<T>,
     teacher: &Array4<T>,
 ) -> common::Res<()> {
-    if !h.wants("gpu", Pass::ForwardBackward, &shape, T::DTYPE) {
+    if !GPU_PASSES.iter().any(|&p| h.wants("gpu", p, &shape, T::DTYPE)) {
         return Ok(());
     }
     let stream = h.stream().expect("a PixelKdCuda exists only with a GPU").clone();
@@ -74,6 +77,9 @@ fn run_gpu<T: KdFloat>(
     let mut grad = stream.alloc_zeros::<T>(s.len())?;
     let mut loss = stream.alloc_zeros::<f32>(1)?;
     h.gpu_bench::<T>(Pass::ForwardBackward, shape, || cuda.forward_backward(&shape, &s, &t, &mut loss, &mut grad));
+    h.gpu_bench::<T>(Pass::PerPixelForwardBackward, shape, || {
+        per_pixel.forward_backward(&shape, &s, &t, &mut loss, &mut grad)
+    });
     stream.synchronize()?;
     Ok(())
 }

@@ -50,6 +50,8 @@ typedef struct KdCwdParams {
 
 /*
  * Pixel-wise KD: one softmax over the C channels of each of the N*H*W pixels.
+ * The tiled kernel (pixel_kd_tiled) stages tiles of `tile_pixels` consecutive pixels of one image, all C
+ * channels, in shared memory; the per-pixel kernel (pixel_kd) ignores `tile_pixels`.
  */
 typedef struct KdPixelKdParams {
     int64_t pixels;           /* N*H*W */
@@ -59,7 +61,7 @@ typedef struct KdPixelKdParams {
     float log2e_over_tau;     /* log2(e) / tau */
     float loss_scale;         /* loss_weight * [tau^2] / divisor of the reduction */
     float grad_scale;         /* loss_scale / tau */
-    float reserved;
+    int32_t tile_pixels;      /* pixels per tile: 32, 64, 128 or 256 (a divisor of KD_BLOCK_THREADS) */
 } KdPixelKdParams;
 
 #endif /* KD_KERNELS_PARAMS_H */

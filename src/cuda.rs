@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
 use crate::dtype::{DType, KdFloat};
@@ -135,6 +135,37 @@ impl Kernels {
     /// Blocks of `op` for `dtype` that can be resident on the device at once.
     pub(crate) fn resident_blocks(&self, op: usize, dtype: DType) -> u32 {
         self.resident[op][dtype_index(dtype)]
+    }
+
+    /// Lets every dtype's `op` have as much dynamic shared memory as the device allows a block (beyond the
+    /// default 48 KiB, CUDA needs this opt-in per function), and returns that amount: the opt-in limit less
+    /// the function's static shared memory, the smallest over the dtypes.
+    pub(crate) fn allow_max_dynamic_smem(&self, stream: &Arc<CudaStream>, op: usize) -> Result<usize> {
+        let optin = stream
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| KdError::cuda("cuDeviceGetAttribute", e))?
+            .max(0) as usize;
+        let mut allowed = optin;
+        for f in &self.functions[op] {
+            let fixed = f.shared_size_bytes().map_err(|e| KdError::cuda("cuFuncGetAttribute", e))?.max(0) as usize;
+            allowed = allowed.min(optin.saturating_sub(fixed));
+        }
+        for f in &self.functions[op] {
+            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, allowed as i32)
+                .map_err(|e| KdError::cuda("cuFuncSetAttribute", e))?;
+        }
+        Ok(allowed)
+    }
+
+    /// Blocks of `op` for `dtype` with `dynamic_smem` bytes of dynamic shared memory that the device holds
+    /// at once.
+    pub(crate) fn resident_blocks_with_smem(&self, op: usize, dtype: DType, dynamic_smem: usize) -> Result<u32> {
+        let per_sm = self
+            .get(op, dtype)
+            .occupancy_max_active_blocks_per_multiprocessor(BLOCK_THREADS, dynamic_smem, None)
+            .map_err(|e| KdError::cuda("cuOccupancyMaxActiveBlocksPerMultiprocessor", e))?;
+        Ok(per_sm.saturating_mul(self.sm_count))
     }
 }
 

@@ -15,7 +15,8 @@ use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
 use crate::ffi::{KdCwdParams, KdPixelKdParams};
 use crate::outputs::OutputSet;
-use crate::pixel_kd::{self, PixelKdConfig};
+use crate::pixel_kd::plan::{self as pixel_plan, Kernel};
+use crate::pixel_kd::{PixelKdConfig, PixelKdPath};
 use crate::shape::Nchw;
 
 /// Blocks the emulation runs at once for ordinary (non-cooperative) launches: enough for blocks to race
@@ -56,8 +57,9 @@ type CwdFinish = unsafe extern "C" fn(
     *const f32,
     KdCwdParams,
 );
-/// (grid, resident, student, teacher, block_totals, counter, loss, grad_student, upstream, params)
+/// (grid, resident, dynamic_smem, student, teacher, block_totals, counter, loss, grad_student, upstream, params)
 type PixelKd = unsafe extern "C" fn(
+    u32,
     u32,
     u32,
     *const c_void,
@@ -113,6 +115,7 @@ launchers!((
 launchers!((
         grid: u32,
         resident: u32,
+        dynamic_smem: u32,
         s: *const c_void,
         t: *const c_void,
         totals: *mut f32,
@@ -121,22 +124,27 @@ launchers!((
         gs: *mut c_void,
         upstream: *const f32,
         p: KdPixelKdParams,
-    ) => kd_emu_pixel_kd_f32, kd_emu_pixel_kd_f16, kd_emu_pixel_kd_bf16);
+    ) => kd_emu_pixel_kd_f32, kd_emu_pixel_kd_f16, kd_emu_pixel_kd_bf16,
+         kd_emu_pixel_kd_tiled_f32, kd_emu_pixel_kd_tiled_f16, kd_emu_pixel_kd_tiled_bf16);
 
 /// The GPU an emulated call is planned for: what the CUDA wrappers would read from the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EmulatedGpu {
-    /// Streaming multiprocessors: sets CWD's two-pass split and the pixel-KD grid.
+    /// Streaming multiprocessors: sets CWD's two-pass split and the per-pixel KD kernel's grid.
     pub sm_count: usize,
-    /// Blocks of CWD's single-pass kernel resident at once (occupancy times SMs; 0: no cooperative launch).
-    /// The emulation runs all of them at once as 256 OS threads each, so keep it to tens.
-    pub single_pass_resident: usize,
+    /// Blocks of CWD's single-pass kernel, and of the tiled pixel-KD kernel, resident at once (occupancy
+    /// times SMs): the grids of those kernels. 0 for CWD means no cooperative launch.
+    pub resident_blocks: usize,
+    /// The most dynamic shared memory a block may have (sets the pixel-KD tile).
+    pub max_dynamic_smem: usize,
 }
 
 impl EmulatedGpu {
-    /// An H100's 132 SMs, with a small cooperative grid (the emulation's thread count, not the H100's
-    /// 396 blocks): the two-pass plans the H100 would use, and single-pass rows of up to 6 chunks.
-    pub const H100_SMALL_GRID: EmulatedGpu = EmulatedGpu { sm_count: 132, single_pass_resident: 6 };
+    /// An H100's 132 SMs and shared memory (227 KiB a block, less the tiled kernel's static 8 KiB), with a
+    /// small resident grid (the emulation's cost, not the H100's hundreds of blocks): the two-pass plans
+    /// the H100 would use, single-pass CWD rows of up to 6 chunks, pixel-KD tiles striding over 6 blocks.
+    pub const H100_SMALL_GRID: EmulatedGpu =
+        EmulatedGpu { sm_count: 132, resident_blocks: 6, max_dynamic_smem: 227 * 1024 - 8272 };
 }
 
 /// Which entry point of the CUDA wrappers to mirror.
@@ -228,7 +236,7 @@ pub fn cwd<T: KdFloat>(
     config.validate()?;
     let shape = check_inputs(shape, student, teacher)?;
     let outputs = outputs_for(mode, config.teacher_grad);
-    let device = cwd_plan::Device { sm_count: gpu.sm_count, single_pass_resident: gpu.single_pass_resident };
+    let device = cwd_plan::Device { sm_count: gpu.sm_count, single_pass_resident: gpu.resident_blocks };
     // The plan depends on where the buffers sit (the single pass pads rows to 16-byte boundaries), so the
     // outputs are allocated first, with room for the workspace the largest plan could need.
     let mut b = Buffers::<T>::new(shape.numel(), outputs.grad_teacher);
@@ -314,26 +322,31 @@ pub fn cwd<T: KdFloat>(
     })
 }
 
-/// Runs pixel KD through the emulated kernel, planned for a GPU with `sm_count` SMs (which sets the grid
-/// size: a small count makes every thread stride over several pixels).
+/// Runs pixel KD through the emulated kernels, planned as [`crate::pixel_kd::PixelKdCuda`] plans for `gpu`
+/// and `path`.
 pub fn pixel_kd<T: KdFloat>(
     config: &PixelKdConfig,
+    path: PixelKdPath,
     shape: &[usize],
     student: &[T],
     teacher: &[T],
     mode: Mode,
-    sm_count: usize,
+    gpu: EmulatedGpu,
 ) -> Result<EmulatedOutput<T>> {
     config.validate()?;
     let shape = check_inputs(shape, student, teacher)?;
     let outputs = outputs_for(mode, false);
-    let plan = pixel_kd::plan::plan(config, &shape, sm_count, outputs)?;
+    let device = pixel_plan::Device { sm_count: gpu.sm_count, max_dynamic_smem: gpu.max_dynamic_smem };
+    let plan = pixel_plan::plan(config, &shape, T::DTYPE, device, path, outputs, |_| gpu.resident_blocks)?;
     let mut b = Buffers::<T>::new(shape.numel(), false);
     b.workspace = vec![f64::NAN; plan.workspace_floats.div_ceil(2).max(1)];
-    let kernel: PixelKd = match T::DTYPE {
-        DType::F32 => kd_emu_pixel_kd_f32,
-        DType::F16 => kd_emu_pixel_kd_f16,
-        DType::BF16 => kd_emu_pixel_kd_bf16,
+    let (kernel, dynamic_smem): (PixelKd, u32) = match (plan.kernel, T::DTYPE) {
+        (Kernel::Tiled { dynamic_smem }, DType::F32) => (kd_emu_pixel_kd_tiled_f32, dynamic_smem),
+        (Kernel::Tiled { dynamic_smem }, DType::F16) => (kd_emu_pixel_kd_tiled_f16, dynamic_smem),
+        (Kernel::Tiled { dynamic_smem }, DType::BF16) => (kd_emu_pixel_kd_tiled_bf16, dynamic_smem),
+        (Kernel::PerPixel, DType::F32) => (kd_emu_pixel_kd_f32, 0),
+        (Kernel::PerPixel, DType::F16) => (kd_emu_pixel_kd_f16, 0),
+        (Kernel::PerPixel, DType::BF16) => (kd_emu_pixel_kd_bf16, 0),
     };
     let upstream = upstream_of(mode);
     // SAFETY: as for `cwd` above, mirroring pixel_kd/cuda.rs.
@@ -341,6 +354,7 @@ pub fn pixel_kd<T: KdFloat>(
         kernel(
             plan.blocks,
             CONCURRENT_BLOCKS,
+            dynamic_smem,
             student.as_ptr().cast(),
             teacher.as_ptr().cast(),
             b.workspace.as_mut_ptr().cast::<f32>(),

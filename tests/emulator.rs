@@ -11,13 +11,11 @@ use half::{bf16, f16};
 use kd_kernels::cpu::CpuOutput;
 use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdPath};
 use kd_kernels::emulator::{self, EmulatedGpu, EmulatedOutput, Mode};
-use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, Reduction};
+use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdPath, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{KdError, KdFloat};
 use ndarray::ArrayView4;
 
-/// An H100 has 132 SMs: the two-pass plans and pixel-KD grids the GPU would use.
-const H100_SMS: usize = 132;
 const H100: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
 
 fn check_close(what: &str, got: &[f64], reference: &[f64], tol: f64) {
@@ -137,7 +135,8 @@ fn cwd_two_pass_rows_split_into_many_chunks() {
     // 1 x 2 rows of 40000: with 1000 SMs the plan asks for many chunks per row, and the merge of the
     // chunk statistics in cwd_finish is what is tested.
     let config = CwdConfig { tau: 2.0, loss_weight: 1.0, teacher_grad: true };
-    let run = CwdRun { gpu: EmulatedGpu { sm_count: 1000, single_pass_resident: 0 }, ..CwdRun::on(CwdPath::TwoPass) };
+    let run =
+        CwdRun { gpu: EmulatedGpu { sm_count: 1000, resident_blocks: 0, ..H100 }, ..CwdRun::on(CwdPath::TwoPass) };
     cwd_case::<f32>([1, 2, 200, 200], config, 4.0, run, 7);
     cwd_case::<bf16>([1, 2, 200, 200], config, 4.0, run, 8);
 }
@@ -148,7 +147,7 @@ fn cwd_single_pass_rows_of_many_chunks_over_many_rounds() {
     // of the 20 resident blocks: blocks wait for the rest of their row, move on to later rows, and the
     // per-row counters are reused across rounds.
     let config = CwdConfig { tau: 2.0, loss_weight: 1.0, teacher_grad: true };
-    let gpu = EmulatedGpu { sm_count: 132, single_pass_resident: 20 };
+    let gpu = EmulatedGpu { resident_blocks: 20, ..H100 };
     let run = CwdRun { gpu, ..CwdRun::on(CwdPath::SinglePass) };
     cwd_case::<f32>([3, 5, 200, 200], config, 4.0, run, 17);
     cwd_case::<bf16>([3, 5, 200, 200], config, 4.0, run, 18);
@@ -186,7 +185,7 @@ fn cwd_auto_takes_two_passes_where_rows_outgrow_the_resident_grid() {
     // 3 resident blocks hold rows of up to 3 f32 chunks: longer rows go through the two passes under Auto,
     // and forcing the single pass is a typed error.
     let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false };
-    let gpu = EmulatedGpu { sm_count: 4, single_pass_resident: 3 };
+    let gpu = EmulatedGpu { sm_count: 4, resident_blocks: 3, ..H100 };
     cwd_case::<f32>([2, 2, 100, 150], config, 3.0, CwdRun { gpu, ..CwdRun::on(CwdPath::Auto) }, 50);
     let x = vec![0.0f32; 2 * 2 * 100 * 150];
     let forced = emulator::cwd(&config, CwdPath::SinglePass, &[2, 2, 100, 150], &x, &x, Mode::Forward, gpu);
@@ -237,7 +236,7 @@ fn cwd_is_bitwise_deterministic() {
     let s: Vec<f32> = logits(&mut rng, numel, 3.0, 10);
     let t: Vec<f32> = logits(&mut rng, numel, 3.0, 10);
     let config = CwdConfig { tau: 1.0, loss_weight: 1.0, teacher_grad: true };
-    let gpu = EmulatedGpu { sm_count: 64, single_pass_resident: 9 };
+    let gpu = EmulatedGpu { sm_count: 64, resident_blocks: 9, ..H100 };
     for path in CWD_PATHS {
         let a = emulator::cwd(&config, path, &dims, &s, &t, Mode::ForwardBackward, gpu).unwrap();
         let b = emulator::cwd(&config, path, &dims, &s, &t, Mode::ForwardBackward, gpu).unwrap();
@@ -247,24 +246,25 @@ fn cwd_is_bitwise_deterministic() {
     }
 }
 
+const PIXEL_PATHS: [PixelKdPath; 2] = [PixelKdPath::Tiled, PixelKdPath::PerPixel];
+
 fn pixel_case<T: KdFloat>(
     dims: [usize; 4],
     config: PixelKdConfig,
     scale: f64,
-    offset: usize,
-    sm_count: usize,
+    path: PixelKdPath,
+    gpu: EmulatedGpu,
     seed: u64,
 ) {
     let numel: usize = dims.iter().product();
     let mut rng = SplitMix64::new(seed);
-    let student: Vec<T> = to_dtype(&logits(&mut rng, numel + offset, scale, numel / 50 + 1));
-    let teacher: Vec<T> = to_dtype(&logits(&mut rng, numel + offset, scale, numel / 50 + 1));
-    let (s, t) = (&student[offset..], &teacher[offset..]);
+    let student: Vec<T> = to_dtype(&logits(&mut rng, numel, scale, numel / 50 + 1));
+    let teacher: Vec<T> = to_dtype(&logits(&mut rng, numel, scale, numel / 50 + 1));
     let cpu = PixelKdCpu::new(config).unwrap();
     for mode in MODES {
-        let emulated = emulator::pixel_kd(&config, &dims, s, t, mode, sm_count).unwrap();
-        let reference = cpu_reference(|s, t, up| cpu.backward(s, t, up).unwrap(), dims, s, t, mode);
-        let what = format!("pixel_kd {:?} {dims:?} {config:?} offset {offset} sms {sm_count} {mode:?}", T::DTYPE);
+        let emulated = emulator::pixel_kd(&config, path, &dims, &student, &teacher, mode, gpu).unwrap();
+        let reference = cpu_reference(|s, t, up| cpu.backward(s, t, up).unwrap(), dims, &student, &teacher, mode);
+        let what = format!("pixel_kd {:?} {dims:?} {config:?} {path:?} {gpu:?} {mode:?}", T::DTYPE);
         compare(&what, &emulated, &reference, mode);
     }
 }
@@ -278,7 +278,9 @@ fn pixel_all_shapes<T: KdFloat>() {
             reduction: reductions[i % 4],
             scale_tau2: i % 2 == 0,
         };
-        pixel_case::<T>(dims, config, 3.0, 0, H100_SMS, 40 + i as u64);
+        for path in PIXEL_PATHS {
+            pixel_case::<T>(dims, config, 3.0, path, H100, 40 + i as u64);
+        }
     }
 }
 
@@ -299,9 +301,32 @@ fn pixel_kd_matches_the_reference_bf16() {
 
 #[test]
 fn pixel_kd_threads_stride_over_many_pixels() {
-    // One SM: a grid of 8 blocks, so each thread takes several pixels.
+    // One SM: a grid of 8 blocks, so each thread of the per-pixel kernel takes several pixels.
+    let gpu = EmulatedGpu { sm_count: 1, ..H100 };
+    pixel_case::<f32>([3, 19, 31, 29], PixelKdConfig::default(), 4.0, PixelKdPath::PerPixel, gpu, 77);
+}
+
+#[test]
+fn pixel_kd_tiles_of_every_width() {
+    // Channel counts that give tiles of 256, 128, 64 and 32 pixels (1, 2, 4, 8 threads per pixel), planes that
+    // end in a partial tile, and more tiles than the 6 resident blocks, so blocks stride over several.
+    let config = PixelKdConfig { tau: 2.0, loss_weight: 3.0, reduction: Reduction::Sum, scale_tau2: true };
+    for (dims, seed) in [([2, 19, 23, 29], 80), ([2, 60, 9, 31], 81), ([1, 150, 17, 9], 82), ([2, 256, 7, 11], 83)] {
+        pixel_case::<f32>(dims, config, 3.0, PixelKdPath::Tiled, H100, seed);
+        pixel_case::<bf16>(dims, config, 3.0, PixelKdPath::Tiled, H100, seed + 10);
+    }
+    // Beyond 48 KiB: 300 f32 channels need 76.8 KiB for the narrowest tile, which an H100 allows a block.
+    pixel_case::<f32>([1, 300, 5, 13], config, 3.0, PixelKdPath::Tiled, H100, 84);
+}
+
+#[test]
+fn pixel_kd_auto_falls_back_to_the_per_pixel_kernel_for_many_channels() {
+    // 1000 f32 channels: a 32-pixel tile needs 256,000 bytes, more than an H100 allows a block.
     let config = PixelKdConfig::default();
-    pixel_case::<f32>([3, 19, 31, 29], config, 4.0, 1, 1, 77);
+    pixel_case::<f32>([1, 1000, 3, 5], config, 3.0, PixelKdPath::Auto, H100, 90);
+    let x = vec![0.0f32; 1000 * 15];
+    let forced = emulator::pixel_kd(&config, PixelKdPath::Tiled, &[1, 1000, 3, 5], &x, &x, Mode::Forward, H100);
+    assert!(matches!(forced, Err(KdError::Unsupported { .. })), "{forced:?}");
 }
 
 #[test]
@@ -309,9 +334,28 @@ fn pixel_kd_identical_inputs_give_exactly_zero() {
     let dims = [2, 7, 5, 3];
     let mut rng = SplitMix64::new(6);
     let x: Vec<bf16> = to_dtype(&logits(&mut rng, 210, 5.0, 3));
-    let out = emulator::pixel_kd(&PixelKdConfig::default(), &dims, &x, &x, Mode::ForwardBackward, H100_SMS).unwrap();
-    assert_eq!(out.loss, Some(0.0));
-    assert!(out.grad_student.unwrap().iter().all(|&g| g.to_f64() == 0.0));
+    for path in PIXEL_PATHS {
+        let out =
+            emulator::pixel_kd(&PixelKdConfig::default(), path, &dims, &x, &x, Mode::ForwardBackward, H100).unwrap();
+        assert_eq!(out.loss, Some(0.0), "{path:?}");
+        assert!(out.grad_student.unwrap().iter().all(|&g| g.to_f64() == 0.0), "{path:?}");
+    }
+}
+
+#[test]
+fn pixel_kd_is_bitwise_deterministic() {
+    let dims = [3, 40, 21, 19];
+    let mut rng = SplitMix64::new(7);
+    let numel = dims.iter().product();
+    let s: Vec<f16> = to_dtype(&logits(&mut rng, numel, 3.0, 10));
+    let t: Vec<f16> = to_dtype(&logits(&mut rng, numel, 3.0, 10));
+    let config = PixelKdConfig { tau: 2.0, ..PixelKdConfig::default() };
+    for path in PIXEL_PATHS {
+        let a = emulator::pixel_kd(&config, path, &dims, &s, &t, Mode::ForwardBackward, H100).unwrap();
+        let b = emulator::pixel_kd(&config, path, &dims, &s, &t, Mode::ForwardBackward, H100).unwrap();
+        assert_eq!(a.loss.unwrap().to_bits(), b.loss.unwrap().to_bits(), "{path:?}");
+        assert_eq!(a.grad_student, b.grad_student, "{path:?}");
+    }
 }
 
 /// Student = teacher + small noise (late training): the KL is tiny next to log(H*W), the case where
@@ -326,7 +370,7 @@ fn close_student(numel: usize, seed: u64, noise: f64) -> (Vec<f32>, Vec<f32>) {
 #[test]
 fn cwd_close_student_loss_is_accurate() {
     // [1, 2, 256, 512]: rows of 32 f32 chunks, on a cooperative grid of 64 blocks for the single pass.
-    let gpu = EmulatedGpu { sm_count: H100_SMS, single_pass_resident: 64 };
+    let gpu = EmulatedGpu { resident_blocks: 64, ..H100 };
     for dims in [[2, 19, 17, 33], [1, 2, 256, 512]] {
         let numel: usize = dims.iter().product();
         let (s, t) = close_student(numel, 11, 0.1);
@@ -350,13 +394,15 @@ fn pixel_kd_close_student_loss_is_accurate() {
     let dims = [4, 256, 9, 9];
     let (s, t) = close_student(dims.iter().product(), 12, 0.03);
     let config = PixelKdConfig { tau: 4.0, ..PixelKdConfig::default() };
-    let emulated = emulator::pixel_kd(&config, &dims, &s, &t, Mode::ForwardBackward, H100_SMS).unwrap();
-    let reference = cpu_reference(
-        |s, t, up| PixelKdCpu::new(config).unwrap().backward(s, t, up).unwrap(),
-        dims,
-        &s,
-        &t,
-        Mode::ForwardBackward,
-    );
-    compare("pixel_kd close student", &emulated, &reference, Mode::ForwardBackward);
+    for path in PIXEL_PATHS {
+        let emulated = emulator::pixel_kd(&config, path, &dims, &s, &t, Mode::ForwardBackward, H100).unwrap();
+        let reference = cpu_reference(
+            |s, t, up| PixelKdCpu::new(config).unwrap().backward(s, t, up).unwrap(),
+            dims,
+            &s,
+            &t,
+            Mode::ForwardBackward,
+        );
+        compare(&format!("pixel_kd close student {path:?}"), &emulated, &reference, Mode::ForwardBackward);
+    }
 }

@@ -59,6 +59,8 @@ pub enum Pass {
     ForwardBackward,
     /// `forward_backward` on CWD's two-pass kernels (`CwdPath::TwoPass`), for comparison with the default.
     TwoPassForwardBackward,
+    /// `forward_backward` on pixel KD's per-pixel kernel (`PixelKdPath::PerPixel`), likewise.
+    PerPixelForwardBackward,
     /// `forward`: the loss alone.
     Forward,
 }
@@ -68,6 +70,7 @@ impl Pass {
         match self {
             Pass::ForwardBackward => "forward_backward",
             Pass::TwoPassForwardBackward => "forward_backward_two_pass",
+            Pass::PerPixelForwardBackward => "forward_backward_per_pixel",
             Pass::Forward => "forward",
         }
     }
@@ -75,7 +78,7 @@ impl Pass {
     /// `3 * numel * size` for the training call, `2 * numel * size` for the loss alone.
     pub fn minimal_bytes(self, numel: usize, dtype: DType) -> u64 {
         let tensors = match self {
-            Pass::ForwardBackward | Pass::TwoPassForwardBackward => 3,
+            Pass::ForwardBackward | Pass::TwoPassForwardBackward | Pass::PerPixelForwardBackward => 3,
             Pass::Forward => 2,
         };
         (tensors * numel * dtype.size()) as u64

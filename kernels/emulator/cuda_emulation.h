@@ -107,6 +107,7 @@ struct BlockContext {
     std::vector<char> done;
     FiberContext home;                    // the slot's OS thread, between blocks
     unsigned current = 0, live = 0;
+    uint64_t rng = 0;                     // xorshift state of the fiber scheduler
     FiberBarrier block_barrier;
     std::vector<FiberBarrier> warp_barriers;
     std::vector<std::array<double, 32>> shuffle_slots[2];  // two sets of one exchange slot per lane, per warp
@@ -117,12 +118,18 @@ struct BlockContext {
 
 inline thread_local BlockContext* context = nullptr;
 
-// Switches from the running fiber to the next one not done, round robin.
+// Switches from the running fiber to another one not done, chosen pseudo-randomly: the kernels must be
+// right in any order their threads reach and leave barriers, and a fixed round robin would try only one.
 inline void switch_to_next_fiber() {
     BlockContext& b = *context;
     const unsigned from = b.current;
-    for (unsigned step = 1; step < b.threads; ++step) {
-        const unsigned next = (from + step) % b.threads;
+    b.rng ^= b.rng << 13;
+    b.rng ^= b.rng >> 7;
+    b.rng ^= b.rng << 17;
+    const unsigned start = static_cast<unsigned>(b.rng % b.threads);
+    for (unsigned step = 0; step < b.threads; ++step) {
+        const unsigned next = (start + step) % b.threads;
+        if (next == from) continue;
         if (!b.done[next]) {
             b.current = next;
             threadIdx.x = next;
@@ -172,6 +179,7 @@ inline void run_block(BlockContext& b, unsigned block) {
     }
     b.live = b.threads;
     b.current = 0;
+    b.rng = 0x9e3779b97f4a7c15ull * (block + 1) ^ 0xd1b54a32d192ed03ull;  // a fixed schedule per block
     threadIdx = dim3{0, 1, 1};
     fiber_switch(b.home, b.fibers[0]);
 }

@@ -64,7 +64,7 @@ pub struct KdPixelKdParams {
     pub log2e_over_tau: f32,
     pub loss_scale: f32,
     pub grad_scale: f32,
-    pub reserved: f32,
+    pub tile_pixels: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -94,6 +94,6 @@ const _: () = {
         "Offset of field: KdPixelKdParams::grad_scale",
     ][::core::mem::offset_of!(KdPixelKdParams, grad_scale) - 32usize];
     [
-        "Offset of field: KdPixelKdParams::reserved",
-    ][::core::mem::offset_of!(KdPixelKdParams, reserved) - 36usize];
+        "Offset of field: KdPixelKdParams::tile_pixels",
+    ][::core::mem::offset_of!(KdPixelKdParams, tile_pixels) - 36usize];
 };

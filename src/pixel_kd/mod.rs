@@ -20,6 +20,23 @@ pub(crate) mod plan;
 pub use cpu::PixelKdCpu;
 pub use cuda::PixelKdCuda;
 
+/// Which kernel [`PixelKdCuda`] runs. The results agree to the tolerance table either way; only speed
+/// differs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum PixelKdPath {
+    /// The tiled kernel wherever its tile fits in shared memory, else the per-pixel one. The default.
+    #[default]
+    Auto,
+    /// `pixel_kd_tiled`: tiles of 32 to 256 pixels of one image, every channel kept in shared memory between
+    /// the statistics and the gradient, so the logits are read once. Applies while a tile of 32 pixels fits
+    /// (up to 384 f32 or 768 f16/bf16 channels in 48 KiB, about 850 or 1700 with the ~220 KiB an H100
+    /// allows a block); forcing it beyond is [`crate::KdError::Unsupported`].
+    Tiled,
+    /// `pixel_kd`: a thread per pixel that reads its channels twice (the second time from cache, when they
+    /// are still there). Any channel count.
+    PerPixel,
+}
+
 use crate::error::{KdError, Result};
 use crate::shape::Nchw;
 use crate::validate;

@@ -1,39 +1,84 @@
-//! Launch geometry of the pixel-KD kernel: the parameter block, the grid and the workspace. Shared by the
-//! CUDA wrapper and the host emulation of the kernels.
+//! Launch geometry of the pixel-KD kernels: which kernel a call takes, its tile, the parameter block, the
+//! grid and the workspace. Shared by the CUDA wrapper and the host emulation of the kernels.
 
-use super::PixelKdConfig;
+use super::{PixelKdConfig, PixelKdPath};
 use crate::cuda::{self, BLOCK_THREADS};
+use crate::dtype::DType;
 use crate::error::{KdError, Result};
 use crate::ffi::KdPixelKdParams;
 use crate::outputs::OutputSet;
 use crate::shape::Nchw;
 use crate::validate;
 
-/// One wave of resident 256-thread blocks per SM; threads then stride over the remaining pixels.
+/// One wave of resident 256-thread blocks per SM for the per-pixel kernel; threads then stride over the
+/// remaining pixels.
 const BLOCKS_PER_SM: usize = 8;
+/// The tiled kernel takes the widest tile (most pixels, up to 256) whose staged values fit in this much
+/// shared memory, which needs no opt-in and leaves room for several blocks per SM...
+const TILE_BYTES_TARGET: usize = 48 * 1024;
+/// ...else the narrowest tile, whatever the device allows a block (opt-in).
+const NARROWEST_TILE: usize = 32;
+
+/// The kernel a call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// `pixel_kd_tiled` with `dynamic_smem` bytes of staged values per block.
+    Tiled { dynamic_smem: u32 },
+    /// `pixel_kd`.
+    PerPixel,
+}
 
 /// Everything a pixel-KD launch needs besides the buffers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PixelKdPlan {
     pub params: KdPixelKdParams,
+    pub kernel: Kernel,
     pub blocks: u32,
     /// Workspace floats: one partial sum per block.
     pub workspace_floats: usize,
 }
 
-/// Plans the launch for `shape` on a GPU with `sm_count` SMs: one pixel per thread, up to one full wave.
-pub(crate) fn plan(config: &PixelKdConfig, shape: &Nchw, sm_count: usize, outputs: OutputSet) -> Result<PixelKdPlan> {
+/// What the device offers the planner.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Device {
+    pub sm_count: usize,
+    /// The most dynamic shared memory one block of the tiled kernel may have (opt-in limit less its static
+    /// shared memory).
+    pub max_dynamic_smem: usize,
+}
+
+/// The tile of the tiled kernel for `channels` channels of `dtype`: pixels per tile and bytes of shared
+/// memory, or `None` when even the narrowest tile does not fit.
+pub(crate) fn tile(channels: usize, dtype: DType, max_dynamic_smem: usize) -> Option<(usize, usize)> {
+    let bytes = |pixels: usize| 2 * channels * pixels * dtype.size();
+    [256, 128, 64, 32]
+        .into_iter()
+        .find(|&p| bytes(p) <= TILE_BYTES_TARGET.min(max_dynamic_smem))
+        .or((bytes(NARROWEST_TILE) <= max_dynamic_smem).then_some(NARROWEST_TILE))
+        .map(|p| (p, bytes(p)))
+}
+
+/// Plans a call on `device`: the tiled kernel where `path` allows it and a tile fits, else the per-pixel
+/// kernel. `tiled_resident(bytes)` is how many blocks of the tiled kernel with `bytes` of dynamic shared
+/// memory the device holds at once (its grid).
+pub(crate) fn plan(
+    config: &PixelKdConfig,
+    shape: &Nchw,
+    dtype: DType,
+    device: Device,
+    path: PixelKdPath,
+    outputs: OutputSet,
+    tiled_resident: impl FnOnce(usize) -> usize,
+) -> Result<PixelKdPlan> {
     if shape.c > i32::MAX as usize {
         return Err(KdError::TooLarge { what: "student", detail: format!("{} channels; at most 2^31 - 1", shape.c) });
     }
-    let pixels = shape.n * shape.plane();
-    let blocks = pixels.div_ceil(BLOCK_THREADS as usize).clamp(1, sm_count.max(1) * BLOCKS_PER_SM);
-    let grid = cuda::grid_blocks("student", blocks)?;
     let loss_scale = config.loss_scale(shape);
     let grad_scale = config.grad_scale(shape);
     validate::representable_f32("loss_weight * [tau^2] / divisor", loss_scale)?;
     validate::representable_f32("loss_weight * [tau^2] / divisor / tau", grad_scale)?;
-    let params = KdPixelKdParams {
+    let pixels = shape.n * shape.plane();
+    let mut params = KdPixelKdParams {
         pixels: pixels as i64,
         plane: shape.plane() as i64,
         channels: shape.c as i32,
@@ -41,7 +86,79 @@ pub(crate) fn plan(config: &PixelKdConfig, shape: &Nchw, sm_count: usize, output
         log2e_over_tau: (std::f64::consts::LOG2_E / config.tau) as f32,
         loss_scale: loss_scale as f32,
         grad_scale: grad_scale as f32,
-        reserved: 0.0,
+        tile_pixels: 0,
     };
-    Ok(PixelKdPlan { params, blocks: grid, workspace_floats: blocks })
+    let tile = match path {
+        PixelKdPath::PerPixel => None,
+        PixelKdPath::Auto => tile(shape.c, dtype, device.max_dynamic_smem),
+        PixelKdPath::Tiled => {
+            Some(tile(shape.c, dtype, device.max_dynamic_smem).ok_or_else(|| KdError::Unsupported {
+                what: "PixelKdPath::Tiled",
+                detail: format!(
+                    "{} {dtype} channels do not fit the narrowest tile ({NARROWEST_TILE} pixels, {} bytes of shared \
+                 memory; the device allows {}); use PixelKdPath::Auto or PerPixel",
+                    shape.c,
+                    2 * shape.c * NARROWEST_TILE * dtype.size(),
+                    device.max_dynamic_smem
+                ),
+            })?)
+        }
+    };
+    let (kernel, blocks) = match tile {
+        Some((tile_pixels, bytes)) => {
+            params.tile_pixels = tile_pixels as i32;
+            let tiles = shape.n * shape.plane().div_ceil(tile_pixels);
+            let blocks = tiles.clamp(1, tiled_resident(bytes).max(1));
+            (Kernel::Tiled { dynamic_smem: bytes as u32 }, blocks)
+        }
+        None => {
+            let blocks = pixels.div_ceil(BLOCK_THREADS as usize).clamp(1, device.sm_count.max(1) * BLOCKS_PER_SM);
+            (Kernel::PerPixel, blocks)
+        }
+    };
+    let grid = cuda::grid_blocks("student", blocks)?;
+    Ok(PixelKdPlan { params, kernel, blocks: grid, workspace_floats: blocks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H100_SMEM: usize = 227 * 1024 - 8272;
+
+    #[test]
+    fn tiles_fit_the_channels() {
+        assert_eq!(tile(19, DType::F32, H100_SMEM), Some((256, 2 * 19 * 256 * 4)));
+        assert_eq!(tile(19, DType::BF16, H100_SMEM), Some((256, 2 * 19 * 256 * 2)));
+        assert_eq!(tile(150, DType::F32, H100_SMEM), Some((32, 2 * 150 * 32 * 4))); // ADE20K
+        assert_eq!(tile(256, DType::F32, H100_SMEM), Some((32, 65536))); // above 48 KiB: opt-in
+        assert_eq!(tile(256, DType::BF16, H100_SMEM), Some((32, 32768)));
+        assert_eq!(tile(1, DType::F32, H100_SMEM), Some((256, 2048)));
+        assert_eq!(tile(1000, DType::F32, H100_SMEM), None);
+        assert_eq!(tile(1000, DType::BF16, H100_SMEM), Some((32, 128_000)));
+        assert_eq!(tile(256, DType::F32, 48 * 1024), None);
+    }
+
+    #[test]
+    fn kernels_follow_the_path() {
+        let config = PixelKdConfig::default();
+        let device = Device { sm_count: 132, max_dynamic_smem: H100_SMEM };
+        let outputs = OutputSet { loss: true, grad_student: true, grad_teacher: false, upstream: false };
+        let shape = Nchw { n: 8, c: 19, h: 64, w: 128 };
+        let auto = plan(&config, &shape, DType::F32, device, PixelKdPath::Auto, outputs, |_| 660).unwrap();
+        assert_eq!(auto.kernel, Kernel::Tiled { dynamic_smem: 2 * 19 * 256 * 4 });
+        assert_eq!(auto.params.tile_pixels, 256);
+        assert_eq!(auto.blocks, 256); // 8 images x 32 tiles, fewer than the resident blocks
+        let per_pixel = plan(&config, &shape, DType::F32, device, PixelKdPath::PerPixel, outputs, |_| 660).unwrap();
+        assert_eq!(per_pixel.kernel, Kernel::PerPixel);
+        let wide = Nchw { n: 2, c: 1000, h: 8, w: 8 };
+        let fallback = plan(&config, &wide, DType::F32, device, PixelKdPath::Auto, outputs, |_| 660).unwrap();
+        assert_eq!(fallback.kernel, Kernel::PerPixel);
+        let forced = plan(&config, &wide, DType::F32, device, PixelKdPath::Tiled, outputs, |_| 660);
+        assert!(matches!(forced, Err(KdError::Unsupported { .. })), "{forced:?}");
+        let big = Nchw { n: 8, c: 19, h: 512, w: 1024 };
+        let grid = plan(&config, &big, DType::BF16, device, PixelKdPath::Auto, outputs, |_| 660).unwrap();
+        assert_eq!(grid.blocks, 660, "as many blocks as are resident, striding over the tiles");
+        assert_eq!(grid.workspace_floats, 660);
+    }
 }

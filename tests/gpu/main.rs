@@ -21,7 +21,7 @@ use kd_kernels::cpu::CpuOutput;
 use kd_kernels::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath};
 use kd_kernels::fixture::{verify, Backend, Fixture};
-use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, Reduction};
+use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, KdError, KdFloat};
 use ndarray::ArrayView4;
@@ -37,6 +37,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("cwd_matches_cpu_f32", cwd_matches_cpu::<f32>),
     ("cwd_matches_cpu_f16", cwd_matches_cpu::<f16>),
     ("cwd_matches_cpu_bf16", cwd_matches_cpu::<bf16>),
+    ("pixel_kd_paths_on_this_device", pixel_kd_paths_on_this_device),
     ("pixel_kd_matches_cpu_f32", pixel_kd_matches_cpu::<f32>),
     ("pixel_kd_matches_cpu_f16", pixel_kd_matches_cpu::<f16>),
     ("pixel_kd_matches_cpu_bf16", pixel_kd_matches_cpu::<bf16>),
@@ -287,6 +288,8 @@ const SHAPES: [[usize; 4]; 7] = [
 const BIG: [usize; 4] = [1, 2, 512, 1024];
 /// Both CWD kernels, forced (every shape of [`SHAPES`] fits the single pass on a data-centre GPU).
 const CWD_PATHS: [CwdPath; 2] = [CwdPath::SinglePass, CwdPath::TwoPass];
+/// Both pixel-KD kernels, forced (every channel count of [`SHAPES`] fits a tile).
+const PIXEL_PATHS: [PixelKdPath; 2] = [PixelKdPath::Tiled, PixelKdPath::PerPixel];
 const REDUCTIONS: [Reduction; 4] = [Reduction::Mean, Reduction::BatchMean, Reduction::Sum, Reduction::PixelMean];
 
 // ---------------------------------------------------------------------------------------------------------
@@ -382,10 +385,12 @@ fn pixel_kd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
                 let config = PixelKdConfig { tau, loss_weight, reduction, scale_tau2 };
                 let (s, t) = case.views()?;
                 let cpu = PixelKdCpu::new(config).or_msg("PixelKdCpu::new")?.forward_backward(s, t).or_msg("cpu")?;
-                let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
-                let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
-                let what = format!("pixel_kd {} {config:?}", case.name());
-                compare(&what, &gpu, &cpu, &mut failures);
+                for path in PIXEL_PATHS {
+                    let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
+                    let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
+                    let what = format!("pixel_kd {path:?} {} {config:?}", case.name());
+                    compare(&what, &gpu, &cpu, &mut failures);
+                }
             }
         }
     }
@@ -504,17 +509,17 @@ fn deterministic_bitwise(stream: &Stream) -> TestResult {
         same_bits(&format!("cwd {path:?} {} fresh object", case.name()), &first, &grown)?;
     }
     let config = PixelKdConfig { tau: 4.0, loss_weight: 10.0, reduction: Reduction::Mean, scale_tau2: true };
-    for dims in [BIG, [2, 19, 64, 64]] {
+    for (dims, path) in [BIG, [2, 19, 64, 64], [2, 256, 33, 17]].into_iter().flat_map(|d| PIXEL_PATHS.map(|p| (d, p))) {
         let case = Case::<bf16>::random(4002, dims);
-        let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
+        let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
         let first = pixel_kd_gpu(stream, &mut pkd, &case)?;
         let again = pixel_kd_gpu(stream, &mut pkd, &case)?;
-        same_bits(&format!("pixel_kd {} twice", case.name()), &first, &again)?;
-        let mut fresh = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
+        same_bits(&format!("pixel_kd {path:?} {} twice", case.name()), &first, &again)?;
+        let mut fresh = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
         let other = pixel_kd_gpu(stream, &mut fresh, &Case::<bf16>::random(4003, [1, 3, 5, 7]))?;
         ensure(other.loss.is_finite(), || "pixel_kd small case".into())?;
         let fresh_out = pixel_kd_gpu(stream, &mut fresh, &case)?;
-        same_bits(&format!("pixel_kd {} fresh object", case.name()), &first, &fresh_out)?;
+        same_bits(&format!("pixel_kd {path:?} {} fresh object", case.name()), &first, &fresh_out)?;
     }
     Ok(())
 }
@@ -663,6 +668,33 @@ fn cwd_paths_on_this_device(stream: &Stream) -> TestResult {
     verdict(failures)
 }
 
+/// The tiled pixel-KD kernel applies to every benchmarked shape (19 classes, 256 feature channels), and to
+/// 1000 bf16 channels with the shared memory a data-centre GPU allows a block; `Auto` takes it there.
+fn pixel_kd_paths_on_this_device(stream: &Stream) -> TestResult {
+    let pkd = PixelKdCuda::new(stream.clone(), PixelKdConfig::default()).or_msg("PixelKdCuda::new")?;
+    let mut failures = Vec::new();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for dims in [[8, 19, 64, 128], [8, 19, 512, 1024], [8, 256, 64, 128], [2, 150, 64, 64]] {
+            match pkd.resolved_path(&dims, dtype) {
+                Ok(PixelKdPath::Tiled) => {}
+                other => failures.push(format!("{dtype} {dims:?}: Auto resolves to {other:?}, not the tiled kernel")),
+            }
+        }
+    }
+    if pkd.resolved_path(&[1, 1000, 8, 8], DType::BF16) != Ok(PixelKdPath::Tiled) {
+        failures.push("1000 bf16 channels: expected the tiled kernel (a 32-pixel tile is 128,000 bytes)".into());
+    }
+    let case = Case::<f32>::random(4550, [2, 1000, 5, 7]);
+    let (s, t) = case.views()?;
+    let config = PixelKdConfig { tau: 2.0, loss_weight: 1.0, reduction: Reduction::Sum, scale_tau2: false };
+    let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(s, t).or_msg("cpu")?;
+    let mut auto = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
+    println!("    1000 f32 channels: Auto takes {:?}", auto.resolved_path(&case.dims, DType::F32));
+    let gpu = pixel_kd_gpu(stream, &mut auto, &case)?;
+    compare(&format!("pixel_kd Auto {}", case.name()), &gpu, &cpu, &mut failures);
+    verdict(failures)
+}
+
 /// Rows longer than the single pass takes on this device: `Auto` runs the two passes and matches the CPU
 /// reference, a forced single pass is a typed error.
 fn cwd_long_rows_take_two_passes(stream: &Stream) -> TestResult {
@@ -792,8 +824,8 @@ fn misaligned_pixel_kd_case<T: KdFloat>(stream: &Stream, dims: [usize; 4], failu
     let config = PixelKdConfig { tau: 2.0, loss_weight: 1.0, reduction: Reduction::Sum, scale_tau2: true };
     let (sv, tv) = case.views()?;
     let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
-    for [os, ot, ogs, _] in OFFSETS {
+    for (path, [os, ot, ogs, _]) in PIXEL_PATHS.into_iter().flat_map(|p| OFFSETS.map(|o| (p, o))) {
+        let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
         let s = upload_at(stream, &case.s, os)?;
         let t = upload_at(stream, &case.t, ot)?;
         let mut gs = nan_buffer::<T>(stream, n + ogs + 3)?;
@@ -807,7 +839,7 @@ fn misaligned_pixel_kd_case<T: KdFloat>(stream: &Stream, dims: [usize; 4], failu
         )
         .or_msg("PixelKdCuda::forward_backward on views")?;
         let all = download(stream, &gs)?;
-        let what = format!("pixel_kd {} offsets {:?}", case.name(), [os, ot, ogs]);
+        let what = format!("pixel_kd {path:?} {} offsets {:?}", case.name(), [os, ot, ogs]);
         if !all[..ogs].iter().chain(&all[ogs + n..]).all(|v| v.to_f64().is_nan()) {
             failures.push(format!("{what}: wrote outside the gradient view"));
         }
