@@ -16,7 +16,7 @@ use kd_kernels::cudarc::driver::CudaStream;
 use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda};
 use kd_kernels::ndarray::Array4;
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda};
-use kd_kernels::CpuOutput;
+use kd_kernels::{CpuOutput, DType};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -67,7 +67,7 @@ fn main() -> Res<()> {
     };
     println!();
     println!(
-        "{:<26} {:<14} {:<9} {:>12} {:>12} {:>10} {:>8} {:>9} {:>9}",
+        "{:<26} {:<14} {:<9} {:>12} {:>12} {:>10} {:>8} {:>9} {:>9}  kernel",
         "loss", "shape", "backend", "loss value", "|grad|_2", "ms/call", "GB/s", "grad err", "loss err"
     );
 
@@ -76,13 +76,13 @@ fn main() -> Res<()> {
         // The minimal traffic of one training call, in f32.
         let bytes = 3.0 * student.len() as f64 * 4.0;
         let shape = format!("{}x{}x{}x{}", case.shape[0], case.shape[1], case.shape[2], case.shape[3]);
-        let row = |backend: &str, loss: f64, grad_norm: f64, secs: f64, errors: Option<(f64, f64)>| {
+        let row = |backend: &str, loss: f64, grad_norm: f64, secs: f64, errors: Option<(f64, f64)>, kernel: &str| {
             let (grad_err, loss_err) = match errors {
                 Some((g, l)) => (format!("{g:.1e}"), format!("{l:.1e}")),
                 None => ("-".into(), "-".into()),
             };
             println!(
-                "{:<26} {:<14} {:<9} {:>12.6} {:>12.4e} {:>10.3} {:>8.1} {:>9} {:>9}",
+                "{:<26} {:<14} {:<9} {:>12.6} {:>12.4e} {:>10.3} {:>8.1} {:>9} {:>9}  {kernel}",
                 case.label,
                 shape,
                 backend,
@@ -109,9 +109,10 @@ fn main() -> Res<()> {
             let max_err =
                 gpu.grad.iter().zip(cpu.grad_student.iter()).fold(0.0f64, |m, (&g, c)| m.max((f64::from(g) - c).abs()));
             let loss_err = (f64::from(gpu.loss) - cpu.loss).abs() / cpu.loss.abs().max(f64::MIN_POSITIVE);
-            row("cuda f32", f64::from(gpu.loss), gpu_norm, gpu.secs_per_call, Some((max_err / max_grad, loss_err)));
+            let errors = Some((max_err / max_grad, loss_err));
+            row("cuda f32", f64::from(gpu.loss), gpu_norm, gpu.secs_per_call, errors, &gpu.kernel);
         }
-        row("cpu f64", cpu.loss, cpu_norm, cpu_secs, None);
+        row("cpu f64", cpu.loss, cpu_norm, cpu_secs, None, "reference");
     }
     if stream.is_some() {
         println!();
@@ -141,6 +142,8 @@ struct GpuResult {
     loss: f32,
     grad: Vec<f32>,
     secs_per_call: f64,
+    /// Which of the loss's kernels ran (`Auto` picks the one that reads the logits once where it applies).
+    kernel: String,
 }
 
 fn run_gpu(stream: &Arc<CudaStream>, case: &Case, student: &Array4<f32>, teacher: &Array4<f32>) -> Res<GpuResult> {
@@ -154,15 +157,17 @@ fn run_gpu(stream: &Arc<CudaStream>, case: &Case, student: &Array4<f32>, teacher
 
     // Build a loss object once and reuse it: construction loads the kernels, and the object keeps a device
     // workspace, so steady-state calls allocate nothing.
-    let secs_per_call = match case.loss {
+    let (secs_per_call, kernel) = match case.loss {
         Loss::Cwd(config) => {
             let mut cwd = CwdCuda::new(stream.clone(), config)?;
+            let kernel = format!("{:?}", cwd.resolved_path(&shape, DType::F32)?);
             // `None`: no teacher gradient, as `config.teacher_grad` is off (a frozen teacher).
-            time_gpu(stream, || cwd.forward_backward(&shape, &s, &t, &mut loss, &mut grad, None))?
+            (time_gpu(stream, || cwd.forward_backward(&shape, &s, &t, &mut loss, &mut grad, None))?, kernel)
         }
         Loss::PixelKd(config) => {
             let mut kd = PixelKdCuda::new(stream.clone(), config)?;
-            time_gpu(stream, || kd.forward_backward(&shape, &s, &t, &mut loss, &mut grad))?
+            let kernel = format!("{:?}", kd.resolved_path(&shape, DType::F32)?);
+            (time_gpu(stream, || kd.forward_backward(&shape, &s, &t, &mut loss, &mut grad))?, kernel)
         }
     };
 
@@ -171,7 +176,7 @@ fn run_gpu(stream: &Arc<CudaStream>, case: &Case, student: &Array4<f32>, teacher
     let loss = stream.clone_dtoh(&loss)?;
     let grad = stream.clone_dtoh(&grad)?;
     stream.synchronize()?;
-    Ok(GpuResult { loss: loss[0], grad, secs_per_call })
+    Ok(GpuResult { loss: loss[0], grad, secs_per_call, kernel })
 }
 
 /// Mean seconds per call. The calls only queue work on the stream, so the clock is read after a synchronize.
