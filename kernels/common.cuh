@@ -246,6 +246,18 @@ __device__ __forceinline__ bool is_last_block_done(unsigned int* counter, unsign
     return last;
 }
 
+// The loss of a launch, summed deterministically over the grid: each of `participants` blocks publishes its
+// `value` (read from thread 0) at `partials[index]`; the last block to publish sums all of them in index
+// order, in double, and writes `scale * total` to `*loss`. Every thread of a participating block calls it.
+__device__ __forceinline__ void sum_into_loss(float value, int64_t index, unsigned int participants, float* partials,
+                                              unsigned int* counter, float* loss, float scale) {
+    if (threadIdx.x == 0) partials[index] = value;
+    if (is_last_block_done(counter, participants)) {
+        const double total = block_sum_of_partials(partials, participants);
+        if (threadIdx.x == 0) *loss = static_cast<float>(static_cast<double>(scale) * total);
+    }
+}
+
 // Reads a counter that other blocks advance with atomicAdd after a __threadfence(), with acquire semantics:
 // what those blocks wrote before their increment is visible to this thread afterwards.
 __device__ __forceinline__ unsigned int load_acquire(const unsigned int* p) {

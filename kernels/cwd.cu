@@ -170,17 +170,6 @@ __device__ __forceinline__ float gradient_scale(const KdCwdParams& p, const floa
     return p.grad_scale * ((p.flags & KD_SCALE_BY_UPSTREAM) ? *upstream : 1.f);
 }
 
-// The loss from the per-row KL values: the row's chunk-0 block publishes KL_r, and the last of the N*C
-// publishers sums them in row order. Called by every thread of a chunk-0 block when the loss is wanted.
-__device__ __forceinline__ void publish_row_kl(float kl, int64_t row, float* row_kl, unsigned int* counter,
-                                               float* loss, const KdCwdParams& p) {
-    if (threadIdx.x == 0) row_kl[row] = kl;
-    if (kd::is_last_block_done(counter, static_cast<unsigned int>(p.rows))) {
-        const double total = kd::block_sum_of_partials(row_kl, p.rows);
-        if (threadIdx.x == 0) *loss = static_cast<float>(static_cast<double>(p.loss_scale) * total);
-    }
-}
-
 // =========================================================================================================
 // 1. Single pass.
 
@@ -264,38 +253,34 @@ __device__ void cwd_fused(const T* __restrict__ student, const T* __restrict__ t
             xt[g] = load_group(teacher + base + q0, lo, hi, vector_ok);
         }
 
+        // Calls f(s, t) on every element of the chunk this thread holds that lies in the row.
+        const auto for_each_held = [&](auto&& f) {
+#pragma unroll
+            for (int g = 0; g < F::kVecs; ++g) {
+                const int q0 = q_thread + g * F::kStride;
+                const int lo = F::lo(begin, q0), hi = F::hi(end, q0);
+#pragma unroll
+                for (int i = 0; i < V; ++i) {
+                    if (i >= lo && i < hi) f(xs[g].get(i), xt[g].get(i));
+                }
+            }
+        };
+
         // The chunk's statistic, from registers: its maxima, then its sums relative to them (per thread in
         // float over at most KD_CWD_FUSED_VECS * V terms, then over the block in double).
         float ms = -CUDART_INF_F, mt = -CUDART_INF_F;
-#pragma unroll
-        for (int g = 0; g < F::kVecs; ++g) {
-            const int q0 = q_thread + g * F::kStride;
-            const int lo = F::lo(begin, q0), hi = F::hi(end, q0);
-#pragma unroll
-            for (int i = 0; i < V; ++i) {
-                if (i >= lo && i < hi) {
-                    ms = fmaxf(ms, xs[g].get(i));
-                    mt = fmaxf(mt, xt[g].get(i));
-                }
-            }
-        }
+        for_each_held([&](float vs, float vt) {
+            ms = fmaxf(ms, vs);
+            mt = fmaxf(mt, vt);
+        });
         kd::block_max2(ms, mt);
         float ts = 0.f, tt = 0.f, ta = 0.f;
-#pragma unroll
-        for (int g = 0; g < F::kVecs; ++g) {
-            const int q0 = q_thread + g * F::kStride;
-            const int lo = F::lo(begin, q0), hi = F::hi(end, q0);
-#pragma unroll
-            for (int i = 0; i < V; ++i) {
-                if (i >= lo && i < hi) {
-                    const float vs = xs[g].get(i), vt = xt[g].get(i);
-                    ts += exp2f((vs - ms) * k);
-                    const float e = exp2f((vt - mt) * k);
-                    tt += e;
-                    ta = fmaf(e, vt - vs, ta);
-                }
-            }
-        }
+        for_each_held([&](float vs, float vt) {
+            ts += exp2f((vs - ms) * k);
+            const float e = exp2f((vt - mt) * k);
+            tt += e;
+            ta = fmaf(e, vt - vs, ta);
+        });
         double ss = ts, st = tt, a = ta;
         kd::block_sum3(ss, st, a);
 
@@ -350,7 +335,10 @@ __device__ void cwd_fused(const T* __restrict__ student, const T* __restrict__ t
             }
         }
 
-        if ((p.flags & KD_WANT_LOSS) && chunk == 0) publish_row_kl(rv.kl, r, row_kl, counter, loss, p);
+        // The row's chunk-0 block publishes KL_r; the last of the N*C rows sums them into the loss.
+        if ((p.flags & KD_WANT_LOSS) && chunk == 0) {
+            kd::sum_into_loss(rv.kl, r, static_cast<unsigned int>(p.rows), row_kl, counter, loss, p.loss_scale);
+        }
     }
 }
 
@@ -475,7 +463,9 @@ __device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ 
         for_chunk(s, begin, end, aligned, body);
     }
 
-    if ((p.flags & KD_WANT_LOSS) && chunk == 0) publish_row_kl(rv.kl, r, row_kl, counter, loss, p);
+    if ((p.flags & KD_WANT_LOSS) && chunk == 0) {
+        kd::sum_into_loss(rv.kl, r, static_cast<unsigned int>(p.rows), row_kl, counter, loss, p.loss_scale);
+    }
 }
 
 }  // namespace

@@ -94,12 +94,9 @@ __device__ void pixel_kd(const T* __restrict__ student, const T* __restrict__ te
     }
 
     if (p.flags & KD_WANT_LOSS) {
-        const double block_total = kd::block_sum(kl_sum);
-        if (threadIdx.x == 0) block_totals[blockIdx.x] = static_cast<float>(block_total);
-        if (kd::is_last_block_done(counter, gridDim.x)) {
-            const double total = kd::block_sum_of_partials(block_totals, gridDim.x);
-            if (threadIdx.x == 0) *loss = static_cast<float>(static_cast<double>(p.loss_scale) * total);
-        }
+        const double block_total = kd::block_sum(kl_sum);  // in thread 0
+        kd::sum_into_loss(static_cast<float>(block_total), blockIdx.x, gridDim.x, block_totals, counter, loss,
+                          p.loss_scale);
     }
 }
 
@@ -201,12 +198,9 @@ __device__ void pixel_kd_tiled(const T* __restrict__ student, const T* __restric
     }
 
     if (p.flags & KD_WANT_LOSS) {
-        const double block_total = kd::block_sum(kl_sum);
-        if (threadIdx.x == 0) block_totals[blockIdx.x] = static_cast<float>(block_total);
-        if (kd::is_last_block_done(counter, gridDim.x)) {
-            const double total = kd::block_sum_of_partials(block_totals, gridDim.x);
-            if (threadIdx.x == 0) *loss = static_cast<float>(static_cast<double>(p.loss_scale) * total);
-        }
+        const double block_total = kd::block_sum(kl_sum);  // in thread 0
+        kd::sum_into_loss(static_cast<float>(block_total), blockIdx.x, gridDim.x, block_totals, counter, loss,
+                          p.loss_scale);
     }
 }
 

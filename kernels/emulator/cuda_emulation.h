@@ -280,26 +280,16 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     return __nv_bfloat16{static_cast<uint16_t>((bits + rounding) >> 16)};
 }
 
-inline unsigned int __float_as_uint(float f) {
-    unsigned int u;
-    std::memcpy(&u, &f, sizeof u);
-    return u;
+template <typename To, typename From> inline To kd_emu_bit_cast(From from) {
+    static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+    To to;
+    std::memcpy(&to, &from, sizeof to);
+    return to;
 }
-inline float __uint_as_float(unsigned int u) {
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    return f;
-}
-inline unsigned short __half_as_ushort(__half h) {
-    unsigned short u;
-    std::memcpy(&u, &h, sizeof u);
-    return u;
-}
-inline __half __ushort_as_half(unsigned short u) {
-    __half h;
-    std::memcpy(&h, &u, sizeof h);
-    return h;
-}
+inline unsigned int __float_as_uint(float f) { return kd_emu_bit_cast<unsigned int>(f); }
+inline float __uint_as_float(unsigned int u) { return kd_emu_bit_cast<float>(u); }
+inline unsigned short __half_as_ushort(__half h) { return kd_emu_bit_cast<unsigned short>(h); }
+inline __half __ushort_as_half(unsigned short u) { return kd_emu_bit_cast<__half>(u); }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat16{u}; }
 
