@@ -54,6 +54,8 @@ const TESTS: &[(&str, TestFn)] = &[
     ("misaligned_views_pixel_kd", misaligned_views_pixel_kd),
     ("error_paths_cwd", error_paths_cwd),
     ("error_paths_pixel_kd", error_paths_pixel_kd),
+    // Last: it turns off cudarc's event tracking and adds a second stream to the context.
+    ("graph_capture_replays", graph_capture_replays),
 ];
 
 fn main() {
@@ -1016,4 +1018,57 @@ fn error_paths_pixel_kd(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
     compare("pixel_kd after errors", &gpu, &cpu, &mut failures);
     verdict(failures)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// CUDA graphs: training stacks capture the loss step once and replay it. A replay must give the bits of the
+// captured call every time, which also needs every kernel to leave its counters at zero.
+
+/// One loss call on (loss, grad_student) buffers, as captured into a graph.
+type LossCall<'a> = dyn FnMut(&mut CudaSlice<f32>, &mut CudaSlice<bf16>) -> Result<(), KdError> + 'a;
+
+fn graph_capture_replays(stream: &Stream) -> TestResult {
+    use kd_kernels::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let ctx = stream.context().clone();
+    // SAFETY: the buffers of this test are used on one stream; cudarc's cross-stream events are not needed, and
+    // waits on events recorded before a capture began are not allowed inside it.
+    unsafe { ctx.disable_event_tracking() };
+    let capture = ctx.new_stream().or_msg("new_stream")?; // the legacy default stream cannot be captured
+    let case = Case::<bf16>::random(9500, [2, 19, 64, 96]);
+    let s = upload(&capture, &case.s)?;
+    let t = upload(&capture, &case.t)?;
+    let mut loss = upload(&capture, &[f32::NAN])?;
+    let mut gs = nan_buffer::<bf16>(&capture, case.numel())?;
+
+    let mut replay = |what: String, call: &mut LossCall<'_>| -> TestResult {
+        // Outside the capture first: the workspace grows on the first call, and allocations cannot be captured.
+        call(&mut loss, &mut gs).or_msg(&format!("{what}: first call"))?;
+        capture.synchronize().or_msg("synchronize")?;
+        let expected = GpuOut { loss: download(&capture, &loss)?[0], gs: download(&capture, &gs)?, gt: None };
+        capture.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).or_msg("begin_capture")?;
+        let captured = call(&mut loss, &mut gs);
+        let graph = capture.end_capture(CUgraphInstantiate_flags(0)).or_msg(&format!("{what}: end_capture"));
+        captured.or_msg(&format!("{what}: the call under capture"))?;
+        let graph = graph?.ok_or_else(|| format!("{what}: the capture recorded nothing"))?;
+        for i in 0..5 {
+            capture.memset_zeros(&mut loss).or_msg("memset")?;
+            capture.memset_zeros(&mut gs).or_msg("memset")?;
+            graph.launch().or_msg("graph launch")?;
+            capture.synchronize().or_msg("synchronize")?;
+            let got = GpuOut { loss: download(&capture, &loss)?[0], gs: download(&capture, &gs)?, gt: None };
+            same_bits(&format!("{what}: replay {i}"), &expected, &got)?;
+        }
+        Ok(())
+    };
+    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false };
+    for path in CWD_PATHS {
+        let mut cwd = CwdCuda::new(capture.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
+        replay(format!("cwd {path:?}"), &mut |loss, gs| cwd.forward_backward(&case.dims, &s, &t, loss, gs, None))?;
+    }
+    for path in PIXEL_PATHS {
+        let mut pkd =
+            PixelKdCuda::new(capture.clone(), PixelKdConfig::default()).or_msg("PixelKdCuda::new")?.with_path(path);
+        replay(format!("pixel_kd {path:?}"), &mut |loss, gs| pkd.forward_backward(&case.dims, &s, &t, loss, gs))?;
+    }
+    Ok(())
 }
