@@ -96,7 +96,11 @@ template <typename T> struct Packed {
         const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
         return {{raw.x, raw.y, raw.z, raw.w}};
     }
-    __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<uint4*>(p) = uint4{w[0], w[1], w[2], w[3]}; }
+    // An aligned 16-byte store. Through the intrinsic, because a plain uint4 assignment that shares its block
+    // with a scalar alternative gets split into four 32-bit stores (seen in the PTX of cwd_fused).
+    __device__ __forceinline__ void store(T* p) const {
+        __stwb(reinterpret_cast<uint4*>(p), make_uint4(w[0], w[1], w[2], w[3]));
+    }
     __device__ __forceinline__ float get(int i) const {
         if constexpr (kPerWord == 1) {
             return to_float(Bits<T>::from(w[i]));
@@ -232,17 +236,20 @@ __device__ __forceinline__ double block_sum_of_partials(const float* partials, i
 // partial, then takes a ticket; the block that takes the last ticket sees every partial and reduces them.
 // The counter only elects the block, it accumulates nothing, so the result does not depend on which block
 // finishes last. That block resets the counter to 0 for the next launch.
+// The block's partial must have been written by its thread 0 (which then also takes the ticket), and the
+// last block reads the others' partials through L2 (__ldcg) after this returns.
 __device__ __forceinline__ bool is_last_block_done(unsigned int* counter, unsigned int participants) {
     KD_SHARED(bool, last);
-    __threadfence();  // publish this block's partial before taking a ticket
-    __syncthreads();
     if (threadIdx.x == 0) {
+        __threadfence();  // publish this block's partial before taking a ticket
         const unsigned int ticket = atomicAdd(counter, 1u);
         last = (ticket == participants - 1);
-        if (last) *counter = 0u;
+        if (last) {
+            __threadfence();  // order the partials' reads (after the barrier below) after the ticket
+            *counter = 0u;
+        }
     }
     __syncthreads();
-    if (last) __threadfence();  // order the partials' reads after the ticket
     return last;
 }
 

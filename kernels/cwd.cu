@@ -222,6 +222,8 @@ __device__ void cwd_fused(const T* __restrict__ student, const T* __restrict__ t
                           T* __restrict__ grad_teacher, const float* __restrict__ upstream, const KdCwdParams p) {
     using F = Fused<T>;
     constexpr int V = F::V;
+    // The waits below end only for a grid of whole rows (see the top of this file): stop rather than hang.
+    if (gridDim.x % p.chunks != 0) __trap();
     const float k = p.log2e_over_tau;
     const int64_t items = p.rows * p.chunks;
     const bool want_gs = (p.flags & KD_WANT_GRAD_STUDENT) != 0, want_gt = (p.flags & KD_WANT_GRAD_TEACHER) != 0;

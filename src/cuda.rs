@@ -1,7 +1,7 @@
 //! What every GPU loss shares: the probe for a driver, module loading, the reusable workspace, and the
 //! checked conversion of caller buffers into kernel arguments.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
@@ -73,6 +73,9 @@ pub fn default_stream(ordinal: usize) -> Result<Arc<CudaStream>> {
     Ok(ctx.default_stream())
 }
 
+/// (op, dtype index, bytes of dynamic shared memory).
+type SmemKey = (usize, usize, usize);
+
 /// The entry points of one family for every dtype, loaded into one context.
 #[derive(Debug)]
 pub(crate) struct Kernels {
@@ -83,6 +86,9 @@ pub(crate) struct Kernels {
     pub(crate) sm_count: u32,
     /// Whether the device supports cooperative launches (a grid whose blocks may wait for each other).
     pub(crate) cooperative: bool,
+    context: Arc<CudaContext>,
+    /// Resident blocks already asked of the driver, by (op, dtype index, dynamic shared memory).
+    resident_with_smem: Mutex<Vec<(SmemKey, u32)>>,
 }
 
 fn dtype_index(dtype: DType) -> usize {
@@ -125,7 +131,14 @@ impl Kernels {
             functions.push(fs);
             resident.push(blocks);
         }
-        Ok(Kernels { functions, resident, sm_count, cooperative })
+        Ok(Kernels {
+            functions,
+            resident,
+            sm_count,
+            cooperative,
+            context: ctx.clone(),
+            resident_with_smem: Mutex::new(Vec::new()),
+        })
     }
 
     pub(crate) fn get(&self, op: usize, dtype: DType) -> &CudaFunction {
@@ -159,13 +172,22 @@ impl Kernels {
     }
 
     /// Blocks of `op` for `dtype` with `dynamic_smem` bytes of dynamic shared memory that the device holds
-    /// at once.
+    /// at once. Asked of the driver once per (op, dtype, size), then remembered.
     pub(crate) fn resident_blocks_with_smem(&self, op: usize, dtype: DType, dynamic_smem: usize) -> Result<u32> {
-        let per_sm = self
-            .get(op, dtype)
+        let key = (op, dtype_index(dtype), dynamic_smem);
+        let mut cache = self.resident_with_smem.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(&(_, blocks)) = cache.iter().find(|(k, _)| *k == key) {
+            return Ok(blocks);
+        }
+        let function = self.get(op, dtype);
+        // The occupancy query does not make the context current on this thread itself.
+        self.context.bind_to_thread().map_err(|e| KdError::cuda("cuCtxSetCurrent", e))?;
+        let per_sm = function
             .occupancy_max_active_blocks_per_multiprocessor(BLOCK_THREADS, dynamic_smem, None)
             .map_err(|e| KdError::cuda("cuOccupancyMaxActiveBlocksPerMultiprocessor", e))?;
-        Ok(per_sm.saturating_mul(self.sm_count))
+        let blocks = per_sm.saturating_mul(self.sm_count);
+        cache.push((key, blocks));
+        Ok(blocks)
     }
 }
 

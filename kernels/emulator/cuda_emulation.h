@@ -230,6 +230,9 @@ inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
 }
 
 template <typename T> inline T __ldg(const T* p) { return *p; }
+inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return uint4{x, y, z, w}; }
+inline void __stwb(uint4* p, uint4 v) { *p = v; }
+[[noreturn]] inline void __trap() { kd_emu::fail("__trap() in a kernel"); }
 
 // Loads of values other blocks wrote: atomic here, so that the emulation has no data race where the GPU
 // relies on its memory model (a fence before the writer's ticket, an acquiring read of the ticket).

@@ -47,13 +47,15 @@ pub(crate) struct Device {
     pub max_dynamic_smem: usize,
 }
 
-/// The tile of the tiled kernel for `channels` channels of `dtype`: pixels per tile and bytes of shared
-/// memory, or `None` when even the narrowest tile does not fit.
-pub(crate) fn tile(channels: usize, dtype: DType, max_dynamic_smem: usize) -> Option<(usize, usize)> {
+/// The tile of the tiled kernel for `channels` channels of `dtype` on planes of `plane` pixels: pixels per
+/// tile and bytes of shared memory, or `None` when even the narrowest tile does not fit. A tile is no wider
+/// than the plane needs (a narrower tile gives a pixel more threads instead of leaving threads idle).
+pub(crate) fn tile(channels: usize, plane: usize, dtype: DType, max_dynamic_smem: usize) -> Option<(usize, usize)> {
     let bytes = |pixels: usize| 2 * channels * pixels * dtype.size();
+    let widest_useful = plane.next_power_of_two().max(NARROWEST_TILE);
     [256, 128, 64, 32]
         .into_iter()
-        .find(|&p| bytes(p) <= TILE_BYTES_TARGET.min(max_dynamic_smem))
+        .find(|&p| p <= widest_useful && bytes(p) <= TILE_BYTES_TARGET.min(max_dynamic_smem))
         .or((bytes(NARROWEST_TILE) <= max_dynamic_smem).then_some(NARROWEST_TILE))
         .map(|p| (p, bytes(p)))
 }
@@ -90,9 +92,9 @@ pub(crate) fn plan(
     };
     let tile = match path {
         PixelKdPath::PerPixel => None,
-        PixelKdPath::Auto => tile(shape.c, dtype, device.max_dynamic_smem),
+        PixelKdPath::Auto => tile(shape.c, shape.plane(), dtype, device.max_dynamic_smem),
         PixelKdPath::Tiled => {
-            Some(tile(shape.c, dtype, device.max_dynamic_smem).ok_or_else(|| KdError::Unsupported {
+            Some(tile(shape.c, shape.plane(), dtype, device.max_dynamic_smem).ok_or_else(|| KdError::Unsupported {
                 what: "PixelKdPath::Tiled",
                 detail: format!(
                     "{} {dtype} channels do not fit the narrowest tile ({NARROWEST_TILE} pixels, {} bytes of shared \
@@ -128,15 +130,24 @@ mod tests {
 
     #[test]
     fn tiles_fit_the_channels() {
-        assert_eq!(tile(19, DType::F32, H100_SMEM), Some((256, 2 * 19 * 256 * 4)));
-        assert_eq!(tile(19, DType::BF16, H100_SMEM), Some((256, 2 * 19 * 256 * 2)));
-        assert_eq!(tile(150, DType::F32, H100_SMEM), Some((32, 2 * 150 * 32 * 4))); // ADE20K
-        assert_eq!(tile(256, DType::F32, H100_SMEM), Some((32, 65536))); // above 48 KiB: opt-in
-        assert_eq!(tile(256, DType::BF16, H100_SMEM), Some((32, 32768)));
-        assert_eq!(tile(1, DType::F32, H100_SMEM), Some((256, 2048)));
-        assert_eq!(tile(1000, DType::F32, H100_SMEM), None);
-        assert_eq!(tile(1000, DType::BF16, H100_SMEM), Some((32, 128_000)));
-        assert_eq!(tile(256, DType::F32, 48 * 1024), None);
+        let plane = 64 * 128;
+        assert_eq!(tile(19, plane, DType::F32, H100_SMEM), Some((256, 2 * 19 * 256 * 4)));
+        assert_eq!(tile(19, plane, DType::BF16, H100_SMEM), Some((256, 2 * 19 * 256 * 2)));
+        assert_eq!(tile(150, plane, DType::F32, H100_SMEM), Some((32, 2 * 150 * 32 * 4))); // ADE20K
+        assert_eq!(tile(256, plane, DType::F32, H100_SMEM), Some((32, 65536))); // above 48 KiB: opt-in
+        assert_eq!(tile(256, plane, DType::BF16, H100_SMEM), Some((32, 32768)));
+        assert_eq!(tile(1, plane, DType::F32, H100_SMEM), Some((256, 2048)));
+        assert_eq!(tile(1000, plane, DType::F32, H100_SMEM), None);
+        assert_eq!(tile(1000, plane, DType::BF16, H100_SMEM), Some((32, 128_000)));
+        assert_eq!(tile(256, plane, DType::F32, 48 * 1024), None);
+    }
+
+    #[test]
+    fn tiles_are_no_wider_than_the_plane() {
+        assert_eq!(tile(19, 81, DType::F32, H100_SMEM).map(|t| t.0), Some(128)); // 9x9: 2 threads a pixel
+        assert_eq!(tile(19, 64, DType::F32, H100_SMEM).map(|t| t.0), Some(64));
+        assert_eq!(tile(19, 1, DType::F32, H100_SMEM).map(|t| t.0), Some(32)); // the narrowest tile
+        assert_eq!(tile(19, 257, DType::F32, H100_SMEM).map(|t| t.0), Some(256));
     }
 
     #[test]
