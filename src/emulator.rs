@@ -1,11 +1,12 @@
 //! The kernels' own CUDA source, compiled for the host and run on the CPU (feature `emulator`).
 //!
-//! `kernels/emulator/cuda_emulation.h` emulates the CUDA features the kernels use (threads, barriers, warp
-//! shuffles, shared memory, the "last block done" atomic); `build.rs` compiles `kernels/*.cu` against it
-//! with the host C++ compiler. The functions here run one loss call through it with the launch plans the
-//! CUDA wrappers use (`cwd::plan`, `pixel_kd::plan`), on host slices, so a machine without a GPU can test
-//! the kernels' indexing, splitting, vector/scalar paths, reductions and output flags against the CPU
-//! reference. What only a GPU shows (memory model across SMs, speed) is left to the GPU tests.
+//! `kernels/emulator/cuda_emulation.h` emulates the CUDA features the kernels use (blocks running at once,
+//! threads as fibers meeting at barriers and warp shuffles, per-block shared memory, atomics and fences);
+//! `build.rs` compiles `kernels/*.cu` against it with the host C++ compiler. The functions here run one loss
+//! call through it with the launch plans the CUDA wrappers use (`cwd::plan`, `pixel_kd::plan`) for an
+//! [`EmulatedGpu`], on host slices, so a machine without a GPU can test the kernels' indexing, splitting,
+//! vector/scalar paths, reductions, blocks waiting for each other, and output flags against the CPU
+//! reference. What only a GPU shows (its memory model, occupancy, speed) is left to the GPU tests.
 
 use std::ffi::c_void;
 
