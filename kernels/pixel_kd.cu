@@ -206,20 +206,17 @@ __device__ void pixel_kd_tiled(const T* __restrict__ student, const T* __restric
 
 }  // namespace
 
-#define KD_PIXEL_KD_ENTRY_POINT(T, NAME)                                                                   \
-    extern "C" __global__ void __launch_bounds__(kBlockThreads)                                           \
-        pixel_kd_##NAME(const T* student, const T* teacher, float* block_totals, unsigned int* counter,   \
-                        float* loss, T* grad_student, const float* upstream, KdPixelKdParams p) {          \
-        pixel_kd<T>(student, teacher, block_totals, counter, loss, grad_student, upstream, p);            \
-    }
-
-KD_FOR_EACH_DTYPE(KD_PIXEL_KD_ENTRY_POINT)
-
-#define KD_PIXEL_KD_TILED_ENTRY_POINT(T, NAME)                                                                 \
+// Both kernels take the same arguments; the host picks one (src/pixel_kd/plan.rs).
+#define KD_PIXEL_KD_ENTRY_POINTS(T, NAME)                                                                      \
     extern "C" __global__ void __launch_bounds__(kBlockThreads)                                               \
         pixel_kd_tiled_##NAME(const T* student, const T* teacher, float* block_totals, unsigned int* counter, \
                               float* loss, T* grad_student, const float* upstream, KdPixelKdParams p) {        \
         pixel_kd_tiled<T>(student, teacher, block_totals, counter, loss, grad_student, upstream, p);          \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(kBlockThreads)                                               \
+        pixel_kd_##NAME(const T* student, const T* teacher, float* block_totals, unsigned int* counter,       \
+                        float* loss, T* grad_student, const float* upstream, KdPixelKdParams p) {              \
+        pixel_kd<T>(student, teacher, block_totals, counter, loss, grad_student, upstream, p);                \
     }
 
-KD_FOR_EACH_DTYPE(KD_PIXEL_KD_TILED_ENTRY_POINT)
+KD_FOR_EACH_DTYPE(KD_PIXEL_KD_ENTRY_POINTS)
