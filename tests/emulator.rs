@@ -101,6 +101,23 @@ fn cwd_case<T: KdFloat>(dims: [usize; 4], config: CwdConfig, scale: f64, run: Cw
     }
 }
 
+/// One `forward_backward` through the emulated kernels of `path`, against the CPU reference.
+fn cwd_forward_backward_matches(
+    what: &str,
+    config: CwdConfig,
+    path: CwdPath,
+    dims: [usize; 4],
+    student: &[f32],
+    teacher: &[f32],
+    gpu: EmulatedGpu,
+) {
+    let emulated = emulator::cwd(&config, path, &dims, student, teacher, Mode::ForwardBackward, gpu).unwrap();
+    let cpu = CwdCpu::new(config).unwrap();
+    let reference =
+        cpu_reference(|s, t, up| cpu.backward(s, t, up).unwrap(), dims, student, teacher, Mode::ForwardBackward);
+    compare(what, &emulated, &reference, Mode::ForwardBackward);
+}
+
 const SHAPES: [[usize; 4]; 6] =
     [[1, 1, 1, 1], [1, 3, 5, 7], [2, 4, 17, 33], [3, 2, 1, 1001], [2, 19, 8, 16], [1, 2, 64, 129]];
 
@@ -203,15 +220,15 @@ fn cwd_large_logits_keep_their_accuracy() {
     let teacher: Vec<f32> = logits(&mut rng, 84, 2.0, 0).iter().map(|v| v + 10_000.0).collect();
     let config = CwdConfig { tau: 1.0, loss_weight: 1.0, teacher_grad: false };
     for path in CWD_PATHS {
-        let emulated = emulator::cwd(&config, path, &dims, &student, &teacher, Mode::ForwardBackward, H100).unwrap();
-        let reference = cpu_reference(
-            |s, t, up| CwdCpu::new(config).unwrap().backward(s, t, up).unwrap(),
+        cwd_forward_backward_matches(
+            &format!("cwd large logits {path:?}"),
+            config,
+            path,
             dims,
             &student,
             &teacher,
-            Mode::ForwardBackward,
+            H100,
         );
-        compare(&format!("cwd large logits {path:?}"), &emulated, &reference, Mode::ForwardBackward);
     }
 }
 
@@ -376,15 +393,15 @@ fn cwd_close_student_loss_is_accurate() {
         let (s, t) = close_student(numel, 11, 0.1);
         let config = CwdConfig { tau: 4.0, loss_weight: 1.0, teacher_grad: false };
         for path in CWD_PATHS {
-            let emulated = emulator::cwd(&config, path, &dims, &s, &t, Mode::ForwardBackward, gpu).unwrap();
-            let reference = cpu_reference(
-                |s, t, up| CwdCpu::new(config).unwrap().backward(s, t, up).unwrap(),
+            cwd_forward_backward_matches(
+                &format!("cwd close student {dims:?} {path:?}"),
+                config,
+                path,
                 dims,
                 &s,
                 &t,
-                Mode::ForwardBackward,
+                gpu,
             );
-            compare(&format!("cwd close student {dims:?} {path:?}"), &emulated, &reference, Mode::ForwardBackward);
         }
     }
 }
