@@ -125,6 +125,33 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[V
     out.store(p);
 }
 
+// Gradient stores honour KD_ACCUMULATE_GRAD: with it, the value already in the buffer is read (a plain
+// load: the buffer is written by this kernel, so the read-only path is not legal) and the new one added
+// in fp32 before rounding to T once.
+template <typename T> __device__ __forceinline__ void store_grad(T* p, float g, bool accumulate) {
+    *p = from_float<T>(accumulate ? to_float(*p) + g : g);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_grad_vec(T* __restrict__ p, float (&g)[Vec<T>::kLen], bool accumulate) {
+    if (accumulate) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(p);
+        const Packed<T> old{{raw.x, raw.y, raw.z, raw.w}};
+#pragma unroll
+        for (int i = 0; i < Vec<T>::kLen; ++i) g[i] += old.get(i);
+    }
+    store_vec(p, g);
+}
+
+// A device address of the argument block as a typed pointer.
+template <typename P> __device__ __forceinline__ P* ptr(uint64_t address) { return reinterpret_cast<P*>(address); }
+
+// The factor on a launch's gradients: the host-folded scale, times the device scalar d total / d loss when
+// the launch was asked to scale by it.
+__device__ __forceinline__ float grad_factor(float host_scale, int flags, uint64_t upstream) {
+    return host_scale * ((flags & KD_SCALE_BY_UPSTREAM) ? *ptr<const float>(upstream) : 1.f);
+}
+
 // Elements before the first 16-byte boundary at or after `p`, so that the main loop can use vector access.
 template <typename T> __device__ __forceinline__ int64_t elems_to_alignment(const T* p) {
     const uintptr_t misalign = reinterpret_cast<uintptr_t>(p) & 15u;
@@ -295,5 +322,18 @@ __device__ __forceinline__ void block_wait_at_least(const unsigned int* counter,
     MACRO(float, f32)            \
     MACRO(__half, f16)           \
     MACRO(__nv_bfloat16, bf16)
+
+// Declares an entry point NAME taking the argument block ARGS (params.h) as `a`; the rest are its
+// __launch_bounds__. On the GPU it is an extern "C" kernel; in the host emulation the same body becomes a
+// function registered under NAME, which the emulator's launcher finds by the name the driver would use.
+#ifdef KD_EMULATE
+#define KD_ENTRY(NAME, ARGS, ...)                                                                     \
+    static void NAME(const ARGS& a);                                                                  \
+    static const kd_emu::Registration NAME##_registration(                                            \
+        #NAME, [](const void* args) { NAME(*static_cast<const ARGS*>(args)); });                      \
+    static void NAME(const ARGS& a)
+#else
+#define KD_ENTRY(NAME, ARGS, ...) extern "C" __global__ void __launch_bounds__(__VA_ARGS__) NAME(const ARGS a)
+#endif
 
 #endif  // KD_KERNELS_COMMON_CUH

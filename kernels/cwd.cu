@@ -42,123 +42,15 @@
  * float atomics) sums the N*C row values in a fixed order, in double. Deterministic: bitwise the same
  * results run to run for the same inputs, grid and path.
  */
-#include "common.cuh"
+#include "softmax_kl.cuh"
 
 namespace {
 
 using kd::kBlockThreads;
 using kd::kLn2;
 
-// Statistic of a part of a row (see above). Maxima in input units (float); sums in double, because the KL
-// of a student close to its teacher is a small difference of log2(sS) and log2(sT), which float sums over
-// many terms would leave with a relative error of ~1e-3 (tests/emulator.rs, *_close_student_*).
-struct CwdStat {
-    float ms;   // student max
-    float mt;   // teacher max
-    double ss;  // sum 2^(k (S - ms))
-    double st;  // sum 2^(k (T - mt))
-    double a;   // sum 2^(k (T - mt)) * (T - S)
-};
-
-// Each statistic is stored in the workspace as 5 doubles: ms, mt, ss, st, a.
-constexpr int kStatDoubles = 5;
-
-__device__ __forceinline__ CwdStat cwd_stat_empty() { return {-CUDART_INF_F, -CUDART_INF_F, 0.0, 0.0, 0.0}; }
-
-__device__ __forceinline__ CwdStat merge(CwdStat x, CwdStat y, float k) {
-    CwdStat r;
-    r.ms = fmaxf(x.ms, y.ms);
-    r.ss = r.ms == -CUDART_INF_F ? 0.0 : x.ss * exp2f((x.ms - r.ms) * k) + y.ss * exp2f((y.ms - r.ms) * k);
-    r.mt = fmaxf(x.mt, y.mt);
-    if (r.mt == -CUDART_INF_F) {  // both empty: avoid (-inf) - (-inf)
-        r.st = 0.0;
-        r.a = 0.0;
-    } else {
-        const double fx = exp2f((x.mt - r.mt) * k), fy = exp2f((y.mt - r.mt) * k);
-        r.st = x.st * fx + y.st * fy;
-        r.a = x.a * fx + y.a * fy;
-    }
-    return r;
-}
-
-__device__ __forceinline__ void store_stat(double* out, const CwdStat& st) {
-    out[0] = st.ms;
-    out[1] = st.mt;
-    out[2] = st.ss;
-    out[3] = st.st;
-    out[4] = st.a;
-}
-
-// Reads a statistic another block wrote (through L2: L1 is not coherent across SMs).
-__device__ __forceinline__ CwdStat load_stat(const double* in) {
-    return {static_cast<float>(__ldcg(in)), static_cast<float>(__ldcg(in + 1)), __ldcg(in + 2), __ldcg(in + 3),
-            __ldcg(in + 4)};
-}
-
-// Folds K values in with one rescale: the max of the K values first, then one exp2f per value. The
-// rescale factor is exactly 1 whenever the running max does not move.
-template <int K>
-__device__ __forceinline__ void accumulate(CwdStat& st, const float (&xs)[K], const float (&xt)[K], float k) {
-    float ms = st.ms, mt = st.mt;
-#pragma unroll
-    for (int i = 0; i < K; ++i) {
-        ms = fmaxf(ms, xs[i]);
-        mt = fmaxf(mt, xt[i]);
-    }
-    double ss = st.ss * exp2f((st.ms - ms) * k);  // exp2f(-inf) = 0 on the first call
-    const double ft = exp2f((st.mt - mt) * k);
-    double sT = st.st * ft, a = st.a * ft;
-#pragma unroll
-    for (int i = 0; i < K; ++i) {
-        ss += exp2f((xs[i] - ms) * k);
-        const float e = exp2f((xt[i] - mt) * k);
-        sT += e;
-        a = fma(static_cast<double>(e), static_cast<double>(xt[i] - xs[i]), a);
-    }
-    st = {ms, mt, ss, sT, a};
-}
-
-// Merges the statistics of every thread of the block; the result is valid in thread 0. Butterfly over the
-// warp, then thread 0 over the warp results: a fixed combination order.
-__device__ __forceinline__ CwdStat block_merge(CwdStat v, float k) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        CwdStat o;
-        o.ms = __shfl_xor_sync(0xffffffffu, v.ms, offset);
-        o.mt = __shfl_xor_sync(0xffffffffu, v.mt, offset);
-        o.ss = __shfl_xor_sync(0xffffffffu, v.ss, offset);
-        o.st = __shfl_xor_sync(0xffffffffu, v.st, offset);
-        o.a = __shfl_xor_sync(0xffffffffu, v.a, offset);
-        // Combine lower lane first so both partners compute the identical value.
-        v = (threadIdx.x & offset) ? merge(o, v, k) : merge(v, o, k);
-    }
-    KD_SHARED_ARRAY(CwdStat, warp_stats, kd::kWarps);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) warp_stats[warp] = v;
-    __syncthreads();
-    CwdStat total = cwd_stat_empty();
-    if (threadIdx.x == 0) {
-        for (int w = 0; w < kd::kWarps; ++w) total = merge(total, warp_stats[w], k);
-    }
-    __syncthreads();  // warp_stats may be reused by the next call
-    return total;
-}
-
-// What the gradient of a row needs, once its statistic is complete.
-struct RowValues {
-    float ms, mt;            // the row's maxima
-    float log2_ss, log2_st;  // log2 of its sums
-    float kl;                // KL_r (natural log)
-};
-
-__device__ __forceinline__ RowValues row_values(const CwdStat& st, float k) {
-    const double kl2 = k * (st.a / st.st - static_cast<double>(st.mt - st.ms)) + log2(st.ss) - log2(st.st);
-    return {st.ms, st.mt, static_cast<float>(log2(st.ss)), static_cast<float>(log2(st.st)),
-            static_cast<float>(kLn2 * kl2)};
-}
-
 // d loss / d S and d loss / d T at one position, `scale` = lambda * tau / (N*C) (times the upstream gradient).
-__device__ __forceinline__ void grad_point(const RowValues& r, float k, float scale, float xs, float xt, float& g_s,
+__device__ __forceinline__ void grad_point(const kd::SoftmaxKlValues& r, float k, float scale, float xs, float xt, float& g_s,
                                            float& g_t) {
     const float ls = (xs - r.ms) * k - r.log2_ss;  // log2 of the probabilities
     const float lt = (xt - r.mt) * k - r.log2_st;
@@ -167,9 +59,6 @@ __device__ __forceinline__ void grad_point(const RowValues& r, float k, float sc
     g_t = scale * pt * (kLn2 * (lt - ls) - r.kl);
 }
 
-__device__ __forceinline__ float gradient_scale(const KdCwdParams& p, const float* upstream) {
-    return p.grad_scale * ((p.flags & KD_SCALE_BY_UPSTREAM) ? *upstream : 1.f);
-}
 
 // =========================================================================================================
 // 1. Single pass.
@@ -202,25 +91,29 @@ __device__ __forceinline__ kd::Packed<T> load_group(const T* p, int lo, int hi, 
 }
 
 template <typename T>
-__device__ __forceinline__ void store_group(T* p, int lo, int hi, bool vector_ok, const float (&g)[kd::Vec<T>::kLen]) {
+__device__ __forceinline__ void store_group(T* p, int lo, int hi, bool vector_ok, float (&g)[kd::Vec<T>::kLen],
+                                            bool accumulate) {
     constexpr int V = kd::Vec<T>::kLen;
     if (vector_ok && lo == 0 && hi == V) {
-        kd::store_vec(p, g);
+        kd::store_grad_vec(p, g, accumulate);
         return;
     }
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-        if (i >= lo && i < hi) p[i] = kd::from_float<T>(g[i]);
+        if (i >= lo && i < hi) kd::store_grad(p + i, g[i], accumulate);
     }
 }
 
 // Workspace: `partials` holds rows * chunks statistics; `row_sync` two counters per row (blocks arrived with
 // their statistic, blocks done reading them), both zero between launches.
-template <typename T>
-__device__ void cwd_fused(const T* __restrict__ student, const T* __restrict__ teacher, double* __restrict__ partials,
-                          float* __restrict__ row_kl, unsigned int* __restrict__ counter,
-                          unsigned int* __restrict__ row_sync, float* __restrict__ loss, T* __restrict__ grad_student,
-                          T* __restrict__ grad_teacher, const float* __restrict__ upstream, const KdCwdParams p) {
+template <typename T> __device__ void cwd_fused(const KdCwdArgs& args) {
+    const T* __restrict__ student = kd::ptr<const T>(args.student);
+    const T* __restrict__ teacher = kd::ptr<const T>(args.teacher);
+    T* __restrict__ grad_student = kd::ptr<T>(args.grad_student);
+    T* __restrict__ grad_teacher = kd::ptr<T>(args.grad_teacher);
+    double* __restrict__ partials = kd::ptr<double>(args.partials);
+    unsigned int* __restrict__ row_sync = kd::ptr<unsigned int>(args.row_sync);
+    const KdCwdParams& p = args.p;
     using F = Fused<T>;
     constexpr int V = F::V;
     // The waits below end only for a grid of whole rows (see the top of this file): stop rather than hang.
@@ -228,6 +121,7 @@ __device__ void cwd_fused(const T* __restrict__ student, const T* __restrict__ t
     const float k = p.log2e_over_tau;
     const int64_t items = p.rows * p.chunks;
     const bool want_gs = (p.flags & KD_WANT_GRAD_STUDENT) != 0, want_gt = (p.flags & KD_WANT_GRAD_TEACHER) != 0;
+    const bool accumulate = (p.flags & KD_ACCUMULATE_GRAD) != 0;
 
     for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
         const int64_t r = item / p.chunks;
@@ -292,21 +186,21 @@ __device__ void cwd_fused(const T* __restrict__ student, const T* __restrict__ t
         unsigned int* arrived = row_sync + 2 * r;
         unsigned int* departed = arrived + 1;
         if (threadIdx.x == 0) {
-            store_stat(partials + item * kStatDoubles, CwdStat{ms, mt, ss, st, a});
+            kd::store_stat(partials + item * kd::kStatDoubles, kd::SoftmaxKl{ms, mt, ss, st, a});
             __threadfence();  // the statistic before the ticket
             atomicAdd(arrived, 1u);
         }
         kd::block_wait_at_least(arrived, static_cast<unsigned int>(p.chunks));
-        const double* row_partials = partials + r * p.chunks * kStatDoubles;
+        const double* row_partials = partials + r * p.chunks * kd::kStatDoubles;
         float rms = -CUDART_INF_F, rmt = -CUDART_INF_F;
         for (int64_t c = threadIdx.x; c < p.chunks; c += kBlockThreads) {
-            rms = fmaxf(rms, static_cast<float>(__ldcg(row_partials + c * kStatDoubles)));
-            rmt = fmaxf(rmt, static_cast<float>(__ldcg(row_partials + c * kStatDoubles + 1)));
+            rms = fmaxf(rms, static_cast<float>(__ldcg(row_partials + c * kd::kStatDoubles)));
+            rmt = fmaxf(rmt, static_cast<float>(__ldcg(row_partials + c * kd::kStatDoubles + 1)));
         }
         kd::block_max2(rms, rmt);
         double rss = 0.0, rst = 0.0, ra = 0.0;
         for (int64_t c = threadIdx.x; c < p.chunks; c += kBlockThreads) {
-            const CwdStat part = load_stat(row_partials + c * kStatDoubles);
+            const kd::SoftmaxKl part = kd::load_stat(row_partials + c * kd::kStatDoubles);
             // An empty chunk (max -inf, sums 0) adds nothing; exp2f(-inf) = 0 keeps it so.
             rss += part.ss * exp2f((part.ms - rms) * k);
             const double f = exp2f((part.mt - rmt) * k);
@@ -314,7 +208,7 @@ __device__ void cwd_fused(const T* __restrict__ student, const T* __restrict__ t
             ra += part.a * f;
         }
         kd::block_sum3(rss, rst, ra);
-        const RowValues rv = row_values(CwdStat{rms, rmt, rss, rst, ra}, k);  // the same in every thread
+        const kd::SoftmaxKlValues rv = kd::softmax_kl_values(kd::SoftmaxKl{rms, rmt, rss, rst, ra}, k);  // the same in every thread
         if (threadIdx.x == 0) {
             // The last block of the row to get here resets its counters for the next launch: every block of
             // the row has passed its wait by then.
@@ -325,7 +219,7 @@ __device__ void cwd_fused(const T* __restrict__ student, const T* __restrict__ t
         }
 
         if (want_gs || want_gt) {
-            const float scale = gradient_scale(p, upstream);
+            const float scale = kd::grad_factor(p.grad_scale, p.flags, args.upstream);
 #pragma unroll
             for (int g = 0; g < F::kVecs; ++g) {
                 const int q0 = q_thread + g * F::kStride;
@@ -333,14 +227,15 @@ __device__ void cwd_fused(const T* __restrict__ student, const T* __restrict__ t
                 float g_s[V], g_t[V];
 #pragma unroll
                 for (int i = 0; i < V; ++i) grad_point(rv, k, scale, xs[g].get(i), xt[g].get(i), g_s[i], g_t[i]);
-                if (want_gs) store_group(grad_student + base + q0, lo, hi, vector_ok, g_s);
-                if (want_gt) store_group(grad_teacher + base + q0, lo, hi, vector_ok, g_t);
+                if (want_gs) store_group(grad_student + base + q0, lo, hi, vector_ok, g_s, accumulate);
+                if (want_gt) store_group(grad_teacher + base + q0, lo, hi, vector_ok, g_t, accumulate);
             }
         }
 
         // The row's chunk-0 block publishes KL_r; the last of the N*C rows sums them into the loss.
         if ((p.flags & KD_WANT_LOSS) && chunk == 0) {
-            kd::sum_into_loss(rv.kl, r, static_cast<unsigned int>(p.rows), row_kl, counter, loss, p.loss_scale);
+            kd::sum_into_loss(rv.kl, r, static_cast<unsigned int>(p.rows), kd::ptr<float>(args.row_kl),
+                          kd::ptr<unsigned int>(args.counter), kd::ptr<float>(args.loss), p.loss_scale);
         }
     }
 }
@@ -370,34 +265,36 @@ template <typename T> struct StatsBody {
     const T* s;
     const T* t;
     float k;  // log2(e) / tau
-    CwdStat st;
+    kd::SoftmaxKl st;
     __device__ __forceinline__ void scalar(int64_t i) {
         const float xs[1] = {kd::to_float(s[i])};
         const float xt[1] = {kd::to_float(t[i])};
-        accumulate<1>(st, xs, xt, k);
+        kd::accumulate<1>(st, xs, xt, k);
     }
     __device__ __forceinline__ void vector(int64_t i) {
         constexpr int V = kd::Vec<T>::kLen;
         float xs[V], xt[V];
         kd::load_vec(s + i, xs);
         kd::load_vec(t + i, xt);
-        accumulate<V>(st, xs, xt, k);
+        kd::accumulate<V>(st, xs, xt, k);
     }
 };
 
-template <typename T>
-__device__ void cwd_stats(const T* __restrict__ student, const T* __restrict__ teacher,
-                          double* __restrict__ partials, const KdCwdParams p) {
+template <typename T> __device__ void cwd_stats(const KdCwdArgs& args) {
+    const T* __restrict__ student = kd::ptr<const T>(args.student);
+    const T* __restrict__ teacher = kd::ptr<const T>(args.teacher);
+    double* __restrict__ partials = kd::ptr<double>(args.partials);
+    const KdCwdParams& p = args.p;
     const int64_t row = blockIdx.x / p.chunks;
     const int64_t chunk = blockIdx.x % p.chunks;
     const int64_t begin = chunk * p.chunk_len;
     const int64_t end = min(begin + p.chunk_len, p.row_len);
     const T* s = student + row * p.row_len;
     const T* t = teacher + row * p.row_len;
-    StatsBody<T> body{s, t, p.log2e_over_tau, cwd_stat_empty()};
+    StatsBody<T> body{s, t, p.log2e_over_tau, kd::softmax_kl_empty()};
     for_chunk(s, begin, end, kd::same_alignment(s, t), body);
-    const CwdStat total = block_merge(body.st, p.log2e_over_tau);
-    if (threadIdx.x == 0) store_stat(partials + (row * p.chunks + chunk) * kStatDoubles, total);
+    const kd::SoftmaxKl total = kd::block_merge(body.st, p.log2e_over_tau);
+    if (threadIdx.x == 0) kd::store_stat(partials + (row * p.chunks + chunk) * kd::kStatDoubles, total);
 }
 
 template <typename T> struct GradBody {
@@ -406,13 +303,14 @@ template <typename T> struct GradBody {
     T* gs;  // may be null
     T* gt;  // may be null
     float k;
-    RowValues row;
+    kd::SoftmaxKlValues row;
     float scale;
+    bool accumulate;
     __device__ __forceinline__ void scalar(int64_t i) {
         float g_s, g_t;
         grad_point(row, k, scale, kd::to_float(s[i]), kd::to_float(t[i]), g_s, g_t);
-        if (gs) gs[i] = kd::from_float<T>(g_s);
-        if (gt) gt[i] = kd::from_float<T>(g_t);
+        if (gs) kd::store_grad(gs + i, g_s, accumulate);
+        if (gt) kd::store_grad(gt + i, g_t, accumulate);
     }
     __device__ __forceinline__ void vector(int64_t i) {
         constexpr int V = kd::Vec<T>::kLen;
@@ -421,35 +319,36 @@ template <typename T> struct GradBody {
         kd::load_vec(t + i, xt);
 #pragma unroll
         for (int j = 0; j < V; ++j) grad_point(row, k, scale, xs[j], xt[j], g_s[j], g_t[j]);
-        if (gs) kd::store_vec(gs + i, g_s);
-        if (gt) kd::store_vec(gt + i, g_t);
+        if (gs) kd::store_grad_vec(gs + i, g_s, accumulate);
+        if (gt) kd::store_grad_vec(gt + i, g_t, accumulate);
     }
 };
 
-template <typename T>
-__device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ teacher,
-                           const double* __restrict__ partials, float* __restrict__ row_kl,
-                           unsigned int* __restrict__ counter, float* __restrict__ loss,
-                           T* __restrict__ grad_student, T* __restrict__ grad_teacher,
-                           const float* __restrict__ upstream, const KdCwdParams p) {
+template <typename T> __device__ void cwd_finish(const KdCwdArgs& args) {
+    const T* __restrict__ student = kd::ptr<const T>(args.student);
+    const T* __restrict__ teacher = kd::ptr<const T>(args.teacher);
+    const double* __restrict__ partials = kd::ptr<const double>(args.partials);
+    T* __restrict__ grad_student = kd::ptr<T>(args.grad_student);
+    T* __restrict__ grad_teacher = kd::ptr<T>(args.grad_teacher);
+    const KdCwdParams& p = args.p;
     // Launched with p.chunks blocks per row when a gradient is wanted, else one block per row.
     const int64_t launched_chunks = (p.flags & (KD_WANT_GRAD_STUDENT | KD_WANT_GRAD_TEACHER)) ? p.chunks : 1;
     const int64_t r = blockIdx.x / launched_chunks;
     const int64_t chunk = blockIdx.x % launched_chunks;
 
-    KD_SHARED(RowValues, row);
+    KD_SHARED(kd::SoftmaxKlValues, row);
     const float k = p.log2e_over_tau;
     if (threadIdx.x == 0) {
         // Written by the previous launch: plain loads are coherent.
-        CwdStat st = cwd_stat_empty();
-        const double* in = partials + r * p.chunks * kStatDoubles;
-        for (int c = 0; c < p.chunks; ++c, in += kStatDoubles) {
-            st = merge(st, CwdStat{static_cast<float>(in[0]), static_cast<float>(in[1]), in[2], in[3], in[4]}, k);
+        kd::SoftmaxKl st = kd::softmax_kl_empty();
+        const double* in = partials + r * p.chunks * kd::kStatDoubles;
+        for (int c = 0; c < p.chunks; ++c, in += kd::kStatDoubles) {
+            st = kd::merge(st, kd::SoftmaxKl{static_cast<float>(in[0]), static_cast<float>(in[1]), in[2], in[3], in[4]}, k);
         }
-        row = row_values(st, k);
+        row = kd::softmax_kl_values(st, k);
     }
     __syncthreads();
-    const RowValues rv = row;
+    const kd::SoftmaxKlValues rv = row;
 
     if (p.flags & (KD_WANT_GRAD_STUDENT | KD_WANT_GRAD_TEACHER)) {
         const int64_t begin = chunk * p.chunk_len;
@@ -462,12 +361,14 @@ __device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ 
         bool aligned = kd::same_alignment(s, t);
         if (gs) aligned = aligned && kd::same_alignment(s, gs);
         if (gt) aligned = aligned && kd::same_alignment(s, gt);
-        GradBody<T> body{s, t, gs, gt, k, rv, gradient_scale(p, upstream)};
+        GradBody<T> body{s, t, gs, gt, k, rv, kd::grad_factor(p.grad_scale, p.flags, args.upstream),
+                         (p.flags & KD_ACCUMULATE_GRAD) != 0};
         for_chunk(s, begin, end, aligned, body);
     }
 
     if ((p.flags & KD_WANT_LOSS) && chunk == 0) {
-        kd::sum_into_loss(rv.kl, r, static_cast<unsigned int>(p.rows), row_kl, counter, loss, p.loss_scale);
+        kd::sum_into_loss(rv.kl, r, static_cast<unsigned int>(p.rows), kd::ptr<float>(args.row_kl),
+                          kd::ptr<unsigned int>(args.counter), kd::ptr<float>(args.loss), p.loss_scale);
     }
 }
 
@@ -478,23 +379,9 @@ __device__ void cwd_finish(const T* __restrict__ student, const T* __restrict__ 
 // allow longer rows (a row's chunks must all be resident).
 constexpr int kFusedMinBlocksPerSm = 3;
 
-#define KD_CWD_ENTRY_POINTS(T, NAME)                                                                           \
-    extern "C" __global__ void __launch_bounds__(kBlockThreads, kFusedMinBlocksPerSm) cwd_fused_##NAME(       \
-        const T* student, const T* teacher, double* partials, float* row_kl, unsigned int* counter,            \
-        unsigned int* row_sync, float* loss, T* grad_student, T* grad_teacher, const float* upstream,          \
-        KdCwdParams p) {                                                                                       \
-        cwd_fused<T>(student, teacher, partials, row_kl, counter, row_sync, loss, grad_student, grad_teacher,  \
-                     upstream, p);                                                                             \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(kBlockThreads)                                               \
-        cwd_stats_##NAME(const T* student, const T* teacher, double* partials, KdCwdParams p) {               \
-        cwd_stats<T>(student, teacher, partials, p);                                                           \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(kBlockThreads) cwd_finish_##NAME(                            \
-        const T* student, const T* teacher, const double* partials, float* row_kl, unsigned int* counter,      \
-        float* loss, T* grad_student, T* grad_teacher, const float* upstream, KdCwdParams p) {                 \
-        cwd_finish<T>(student, teacher, partials, row_kl, counter, loss, grad_student, grad_teacher, upstream, \
-                      p);                                                                                      \
-    }
+#define KD_CWD_ENTRY_POINTS(T, NAME)                                                                    \
+    KD_ENTRY(cwd_fused_##NAME, KdCwdArgs, kBlockThreads, kFusedMinBlocksPerSm) { cwd_fused<T>(a); } \
+    KD_ENTRY(cwd_stats_##NAME, KdCwdArgs, kBlockThreads) { cwd_stats<T>(a); }                       \
+    KD_ENTRY(cwd_finish_##NAME, KdCwdArgs, kBlockThreads) { cwd_finish<T>(a); }
 
 KD_FOR_EACH_DTYPE(KD_CWD_ENTRY_POINTS)

@@ -27,8 +27,16 @@ enum KdOutputFlags {
     KD_WANT_LOSS = 1,          /* write the scalar loss */
     KD_WANT_GRAD_STUDENT = 2,  /* write d loss / d student */
     KD_WANT_GRAD_TEACHER = 4,  /* write d loss / d teacher (CWD only) */
-    KD_SCALE_BY_UPSTREAM = 8   /* multiply gradients by the device scalar `upstream` (backward) */
+    KD_SCALE_BY_UPSTREAM = 8,  /* multiply gradients by the device scalar `upstream` (d total / d loss) */
+    KD_ACCUMULATE_GRAD = 16    /* add the gradients into their buffers instead of overwriting (cuBLAS beta = 1) */
 };
+
+/*
+ * Every kernel takes exactly one argument: its family's `Kd*Args` block, by value. The block holds the
+ * device addresses of the buffers (as uint64_t: a CUdeviceptr on the GPU, a host address in the emulation;
+ * 0 for an output the flags turn off) and then the family's parameter block `p`. The argument list is
+ * therefore written once, here, and bindgen gives Rust the same layout.
+ */
 
 /*
  * Channel-wise distillation: rows are the N*C (n, c) pairs, each a softmax over the H*W positions.
@@ -48,6 +56,24 @@ typedef struct KdCwdParams {
     float reserved;         /* keeps the struct a multiple of 8 bytes */
 } KdCwdParams;
 
+/* The argument block of cwd_fused, cwd_stats and cwd_finish (each reads the fields it needs). */
+typedef struct KdCwdArgs {
+    uint64_t student;       /* const T*: [rows, row_len] */
+    uint64_t teacher;       /* const T*: [rows, row_len] */
+    uint64_t grad_student;  /* T* */
+    uint64_t grad_teacher;  /* T* */
+    uint64_t loss;          /* float*: one value */
+    uint64_t upstream;      /* const float*: one value, with KD_SCALE_BY_UPSTREAM */
+    uint64_t partials;      /* double*: workspace, one statistic (KD_CWD_STAT_DOUBLES) per (row, chunk) */
+    uint64_t row_kl;        /* float*: workspace, one KL per row */
+    uint64_t counter;       /* unsigned int*: the loss's "last block done" ticket, 0 between launches */
+    uint64_t row_sync;      /* unsigned int*: two per row (cwd_fused), 0 between launches */
+    KdCwdParams p;
+} KdCwdArgs;
+
+/* Doubles per (row, chunk) statistic in the CWD workspace: maxima of S and T, their sums, and A. */
+#define KD_CWD_STAT_DOUBLES 5
+
 /*
  * Pixel-wise KD: one softmax over the C channels of each of the N*H*W pixels.
  * The tiled kernel (pixel_kd_tiled) stages tiles of `tile_pixels` consecutive pixels of one image, all C
@@ -63,5 +89,17 @@ typedef struct KdPixelKdParams {
     float grad_scale;         /* loss_scale / tau */
     int32_t tile_pixels;      /* pixels per tile: 32, 64, 128 or 256 (a divisor of KD_BLOCK_THREADS) */
 } KdPixelKdParams;
+
+/* The argument block of pixel_kd_tiled and pixel_kd. */
+typedef struct KdPixelKdArgs {
+    uint64_t student;       /* const T*: [N, C, H, W] */
+    uint64_t teacher;       /* const T*: [N, C, H, W] */
+    uint64_t grad_student;  /* T* */
+    uint64_t loss;          /* float*: one value */
+    uint64_t upstream;      /* const float*: one value, with KD_SCALE_BY_UPSTREAM */
+    uint64_t block_totals;  /* float*: workspace, one partial sum per block */
+    uint64_t counter;       /* unsigned int*: the loss's ticket, 0 between launches */
+    KdPixelKdParams p;
+} KdPixelKdArgs;
 
 #endif /* KD_KERNELS_PARAMS_H */

@@ -35,16 +35,17 @@ namespace {
 using kd::kBlockThreads;
 using kd::kLn2;
 
-template <typename T>
-__device__ void pixel_kd(const T* __restrict__ student, const T* __restrict__ teacher,
-                         float* __restrict__ block_totals, unsigned int* __restrict__ counter,
-                         float* __restrict__ loss, T* __restrict__ grad_student,
-                         const float* __restrict__ upstream, const KdPixelKdParams p) {
+template <typename T> __device__ void pixel_kd(const KdPixelKdArgs& args) {
+    const T* __restrict__ student = kd::ptr<const T>(args.student);
+    const T* __restrict__ teacher = kd::ptr<const T>(args.teacher);
+    T* __restrict__ grad_student = kd::ptr<T>(args.grad_student);
+    const KdPixelKdParams& p = args.p;
     const float k = p.log2e_over_tau;
     const int64_t plane = p.plane;
     const int64_t image = plane * p.channels;
     const bool want_grad = (p.flags & KD_WANT_GRAD_STUDENT) != 0;
-    const float grad_scale = p.grad_scale * ((p.flags & KD_SCALE_BY_UPSTREAM) ? *upstream : 1.f);
+    const float grad_scale = kd::grad_factor(p.grad_scale, p.flags, args.upstream);
+    const bool accumulate = (p.flags & KD_ACCUMULATE_GRAD) != 0;
 
     double kl_sum = 0.0;
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -88,25 +89,25 @@ __device__ void pixel_kd(const T* __restrict__ student, const T* __restrict__ te
             for (int c = 0; c < p.channels; ++c) {
                 const float ps = exp2f((kd::to_float(s[c * plane]) - ms) * k - static_cast<float>(log2_ss));
                 const float pt = exp2f((kd::to_float(t[c * plane]) - mt) * k - static_cast<float>(log2_st));
-                g[c * plane] = kd::from_float<T>(grad_scale * (ps - pt));
+                kd::store_grad(g + c * plane, grad_scale * (ps - pt), accumulate);
             }
         }
     }
 
     if (p.flags & KD_WANT_LOSS) {
         const double block_total = kd::block_sum(kl_sum);  // in thread 0
-        kd::sum_into_loss(static_cast<float>(block_total), blockIdx.x, gridDim.x, block_totals, counter, loss,
-                          p.loss_scale);
+        kd::sum_into_loss(static_cast<float>(block_total), blockIdx.x, gridDim.x, kd::ptr<float>(args.block_totals),
+                          kd::ptr<unsigned int>(args.counter), kd::ptr<float>(args.loss), p.loss_scale);
     }
 }
 
 // Shared-memory tiles of P pixels x C channels of S and of T, channel-major ([c][pixel]): the values a
 // thread holds between its two uses of them (a register array cannot have a run-time length).
-template <typename T>
-__device__ void pixel_kd_tiled(const T* __restrict__ student, const T* __restrict__ teacher,
-                               float* __restrict__ block_totals, unsigned int* __restrict__ counter,
-                               float* __restrict__ loss, T* __restrict__ grad_student,
-                               const float* __restrict__ upstream, const KdPixelKdParams p) {
+template <typename T> __device__ void pixel_kd_tiled(const KdPixelKdArgs& args) {
+    const T* __restrict__ student = kd::ptr<const T>(args.student);
+    const T* __restrict__ teacher = kd::ptr<const T>(args.teacher);
+    T* __restrict__ grad_student = kd::ptr<T>(args.grad_student);
+    const KdPixelKdParams& p = args.p;
     KD_DYNAMIC_SHARED(tile_bytes);
     // Per-thread partial statistics, exchanged between the threads of a pixel: entry `threadIdx.x`.
     KD_SHARED_ARRAY(float, part_ms, kBlockThreads);
@@ -123,7 +124,8 @@ __device__ void pixel_kd_tiled(const T* __restrict__ student, const T* __restric
     T* tile_t = tile_s + static_cast<int64_t>(C) * P;
     const float k = p.log2e_over_tau;
     const bool want_grad = (p.flags & KD_WANT_GRAD_STUDENT) != 0;
-    const float grad_scale = p.grad_scale * ((p.flags & KD_SCALE_BY_UPSTREAM) ? *upstream : 1.f);
+    const float grad_scale = kd::grad_factor(p.grad_scale, p.flags, args.upstream);
+    const bool accumulate = (p.flags & KD_ACCUMULATE_GRAD) != 0;
     const int64_t plane = p.plane;
     const int64_t image_elems = plane * C;
     const int64_t tiles_per_image = (plane + P - 1) / P;
@@ -190,7 +192,7 @@ __device__ void pixel_kd_tiled(const T* __restrict__ student, const T* __restric
             for (int c = sub; c < C; c += per_pixel) {
                 const float ps = exp2f((kd::to_float(tile_s[c * P + px]) - ms) * k - static_cast<float>(log2_ss));
                 const float pt = exp2f((kd::to_float(tile_t[c * P + px]) - mt) * k - static_cast<float>(log2_st));
-                g[static_cast<int64_t>(c) * plane] = kd::from_float<T>(grad_scale * (ps - pt));
+                kd::store_grad(g + static_cast<int64_t>(c) * plane, grad_scale * (ps - pt), accumulate);
             }
         }
         // No barrier before the next tile: a thread reads back only the values it staged itself, and each
@@ -199,24 +201,16 @@ __device__ void pixel_kd_tiled(const T* __restrict__ student, const T* __restric
 
     if (p.flags & KD_WANT_LOSS) {
         const double block_total = kd::block_sum(kl_sum);  // in thread 0
-        kd::sum_into_loss(static_cast<float>(block_total), blockIdx.x, gridDim.x, block_totals, counter, loss,
-                          p.loss_scale);
+        kd::sum_into_loss(static_cast<float>(block_total), blockIdx.x, gridDim.x, kd::ptr<float>(args.block_totals),
+                          kd::ptr<unsigned int>(args.counter), kd::ptr<float>(args.loss), p.loss_scale);
     }
 }
 
 }  // namespace
 
-// Both kernels take the same arguments; the host picks one (src/pixel_kd/plan.rs).
-#define KD_PIXEL_KD_ENTRY_POINTS(T, NAME)                                                                      \
-    extern "C" __global__ void __launch_bounds__(kBlockThreads)                                               \
-        pixel_kd_tiled_##NAME(const T* student, const T* teacher, float* block_totals, unsigned int* counter, \
-                              float* loss, T* grad_student, const float* upstream, KdPixelKdParams p) {        \
-        pixel_kd_tiled<T>(student, teacher, block_totals, counter, loss, grad_student, upstream, p);          \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(kBlockThreads)                                               \
-        pixel_kd_##NAME(const T* student, const T* teacher, float* block_totals, unsigned int* counter,       \
-                        float* loss, T* grad_student, const float* upstream, KdPixelKdParams p) {              \
-        pixel_kd<T>(student, teacher, block_totals, counter, loss, grad_student, upstream, p);                \
-    }
+// Both kernels take the same argument block; the host picks one (src/pixel_kd/plan.rs).
+#define KD_PIXEL_KD_ENTRY_POINTS(T, NAME)                                                          \
+    KD_ENTRY(pixel_kd_tiled_##NAME, KdPixelKdArgs, kBlockThreads) { pixel_kd_tiled<T>(a); } \
+    KD_ENTRY(pixel_kd_##NAME, KdPixelKdArgs, kBlockThreads) { pixel_kd<T>(a); }
 
 KD_FOR_EACH_DTYPE(KD_PIXEL_KD_ENTRY_POINTS)

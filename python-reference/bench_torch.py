@@ -1,10 +1,18 @@
 """Benchmark the PyTorch baselines the `kd-kernels` CUDA kernels are compared against.
 
 Times forward + backward (`loss.backward()` with respect to the student) of
-  * CWD, mmrazor form, tau 4, loss_weight 3 (the paper setting), and
-  * pixel KD, `mean` reduction, tau 1 (the official TorchDistiller / AICSD setting),
+  * CWD, mmrazor form, tau 4, loss_weight 3 (the paper setting),
+  * pixel KD, `mean` reduction, tau 1 (the official TorchDistiller / AICSD setting), and
+  * ICSD (`--losses icsd`, not run by default), official variant, tau 1, loss_weight 9500:
+    impl `official_loop` is the official AICSD `lo_loss` pair loop (eager), `eager` and
+    `compile` are the closed form `icsd_official_vectorized`,
 in PyTorch eager mode and under `torch.compile` (default mode), for f32 and bf16 inputs
 (bf16 is upcast inside the loss with `.float()`, as the crate upcasts in its kernels).
+
+Without `--shapes`, CWD and pixel KD run on 8x19x64x128, 8x19x512x1024 and 8x256x64x128, and
+ICSD on 2x21x65x65, 6x21x513x513 (the official Pascal VOC setting) and 8x19x512x1024 (only
+2x21x65x65 with `--device cpu --quick`). Without `--impls`, CWD and pixel KD run `eager` and
+`compile`, ICSD also `official_loop`; `official_loop` exists only for ICSD.
 
 In the same run it times a device-to-device copy of a buffer the size of student + teacher,
 so every result can be read against the copy bandwidth actually reachable on that machine.
@@ -34,6 +42,7 @@ import torch
 # No __pycache__ next to the sources: the repo .gitignore does not cover this folder.
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from icsd_reference import icsd_official_loop, icsd_official_vectorized  # noqa: E402
 from kd_reference import cwd_mmrazor, pixel_kd  # noqa: E402
 
 # `KLDivLoss` 'mean' (divide by numel) is the official pixel-KD reduction being measured, so
@@ -41,6 +50,11 @@ from kd_reference import cwd_mmrazor, pixel_kd  # noqa: E402
 warnings.filterwarnings("ignore", message=".*reduction: 'mean' divides the total loss.*")
 
 DEFAULT_SHAPES = ["8x19x64x128", "8x19x512x1024", "8x256x64x128"]
+ICSD_DEFAULT_SHAPES = ["2x21x65x65", "6x21x513x513", "8x19x512x1024"]
+ICSD_QUICK_CPU_SHAPES = ["2x21x65x65"]
+DEFAULT_LOSSES = ["cwd", "pixel_kd"]
+DEFAULT_IMPLS = ["eager", "compile"]
+ICSD_DEFAULT_IMPLS = ["official_loop", "eager", "compile"]
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -53,7 +67,20 @@ def pixel_kd_bench_loss(s, t):
     return pixel_kd(s.float(), t.float(), tau=1.0, loss_weight=1.0, reduction="mean", scale_tau2=False)
 
 
-LOSSES = {"cwd": cwd_bench_loss, "pixel_kd": pixel_kd_bench_loss}
+def icsd_bench_loss(s, t):
+    # The official variant in closed form (what the crate implements); tau 1, weight 9500.
+    return icsd_official_vectorized(s.float(), t.float(), tau=1.0, loss_weight=9500.0)
+
+
+def icsd_official_loop_bench_loss(s, t):
+    # The official `lo_loss` pair loop, as AICSD runs it (eager only).
+    return icsd_official_loop(s.float(), t.float(), tau=1.0, loss_weight=9500.0)
+
+
+LOSSES = {"cwd": cwd_bench_loss, "pixel_kd": pixel_kd_bench_loss, "icsd": icsd_bench_loss}
+# Implementations other than eager/compile of LOSSES[name], by loss.
+EXTRA_IMPLS = {"icsd": {"official_loop": icsd_official_loop_bench_loss}}
+ALL_IMPLS = ["official_loop", "eager", "compile"]
 
 
 def parse_shape(text):
@@ -101,19 +128,48 @@ def device_name(device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="PyTorch eager / torch.compile baselines for CWD and pixel KD.")
+    parser = argparse.ArgumentParser(description="PyTorch eager / torch.compile baselines for CWD, pixel KD and ICSD.")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="few iterations, for a smoke test")
-    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES])
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=None,
+                        help="NxCxHxW for every loss (default: each loss's own shapes)")
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
-    parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=list(LOSSES))
-    parser.add_argument("--impls", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
+    parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=DEFAULT_LOSSES)
+    parser.add_argument("--impls", nargs="+", choices=ALL_IMPLS, default=None,
+                        help="default: eager compile (ICSD also official_loop); official_loop is ICSD only")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
     args = parser.parse_args()
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def default_shapes(loss_name):
+        if loss_name != "icsd":
+            return DEFAULT_SHAPES
+        return ICSD_QUICK_CPU_SHAPES if (args.quick and device.type == "cpu") else ICSD_DEFAULT_SHAPES
+
+    # Which losses run on which shape, in first-seen shape order.
+    plan = {}
+    for loss_name in args.losses:
+        shapes = args.shapes if args.shapes is not None else [parse_shape(s) for s in default_shapes(loss_name)]
+        for shape in shapes:
+            if loss_name not in plan.setdefault(shape, []):
+                plan[shape].append(loss_name)
+
+    def impls_for(loss_name):
+        wanted = args.impls
+        if wanted is None:
+            wanted = ICSD_DEFAULT_IMPLS if loss_name == "icsd" else DEFAULT_IMPLS
+        usable = [i for i in wanted if i in ("eager", "compile") or i in EXTRA_IMPLS.get(loss_name, {})]
+        for i in wanted:
+            if i not in usable and (loss_name, i) not in skipped_impls:
+                skipped_impls.add((loss_name, i))
+                print(f"skipping impl {i} for {loss_name}: it exists only for "
+                      f"{', '.join(k for k, v in EXTRA_IMPLS.items() if i in v)}", file=sys.stderr)
+        return usable
+
+    skipped_impls = set()
     if args.quick:
         warmup, iters = 1, 3
     elif device.type == "cuda":
@@ -138,7 +194,7 @@ def main():
             out_file.flush()
 
     compile_broken = None  # first torch.compile failure; later attempts would fail the same way
-    for shape in args.shapes:
+    for shape, shape_losses in plan.items():
         numel = shape[0] * shape[1] * shape[2] * shape[3]
         for dtype_name in args.dtypes:
             dtype = DTYPES[dtype_name]
@@ -158,9 +214,9 @@ def main():
             del src, dst
 
             minimal_bytes = 3 * numel * itemsize
-            for loss_name in args.losses:
-                for impl in args.impls:
-                    fn = LOSSES[loss_name]
+            for loss_name in shape_losses:
+                for impl in impls_for(loss_name):
+                    fn = EXTRA_IMPLS.get(loss_name, {}).get(impl, LOSSES[loss_name])
                     if impl == "compile":
                         if compile_broken:
                             continue

@@ -98,3 +98,19 @@ impl KdFloat for bf16 {
         bf16::from_f32(v)
     }
 }
+
+/// Code generic over the element type, run for a dtype known only at run time: [`dispatch`] calls
+/// `run::<f32>`, `run::<f16>` or `run::<bf16>`.
+pub(crate) trait PerDtype {
+    type Out;
+    fn run<T: KdFloat>(self) -> Self::Out;
+}
+
+/// Runs `job` for the element type of `dtype`.
+pub(crate) fn dispatch<P: PerDtype>(dtype: DType, job: P) -> P::Out {
+    match dtype {
+        DType::F32 => job.run::<f32>(),
+        DType::F16 => job.run::<f16>(),
+        DType::BF16 => job.run::<bf16>(),
+    }
+}

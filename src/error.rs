@@ -87,6 +87,14 @@ pub enum KdError {
         /// Why it does not apply, and what to use instead.
         detail: String,
     },
+    /// A call needs a larger workspace while its stream is being captured into a CUDA graph, where growing
+    /// it would leave the graph pointing at freed memory.
+    WorkspaceTooSmall {
+        /// What the call needs.
+        needed: String,
+        /// What the loss object holds.
+        have: String,
+    },
     /// The crate was built without nvcc, so it carries no GPU kernels.
     KernelsUnavailable,
     /// No usable CUDA driver or device at run time.
@@ -134,6 +142,12 @@ impl fmt::Display for KdError {
                 "{what}: the buffer belongs to another CUDA context than the loss's stream; allocate it on that stream's context"
             ),
             KdError::Unsupported { what, detail } => write!(f, "{what} does not apply here: {detail}"),
+            KdError::WorkspaceTooSmall { needed, have } => write!(
+                f,
+                "the call needs a workspace of {needed} but the loss holds {have}, and its stream is being \
+                 captured into a CUDA graph, where it cannot grow; call `reserve(shape, dtype)` on the loss with \
+                 the largest shape before capturing"
+            ),
             KdError::KernelsUnavailable => write!(
                 f,
                 "kd-kernels was built without nvcc, so it has no GPU kernels; run scripts/install-nvcc \

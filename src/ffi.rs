@@ -2,7 +2,3 @@
 #![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code, missing_docs)]
 
 include!(concat!(env!("OUT_DIR"), "/params.rs"));
-
-// SAFETY: plain `#[repr(C)]` structs of integers and floats, passed to kernels by value.
-unsafe impl cudarc::driver::DeviceRepr for KdCwdParams {}
-unsafe impl cudarc::driver::DeviceRepr for KdPixelKdParams {}

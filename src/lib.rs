@@ -40,7 +40,8 @@ pub mod emulator;
 pub mod error;
 mod ffi;
 pub mod fixture;
-mod outputs;
+pub mod grad;
+mod launch;
 pub mod pixel_kd;
 pub mod shape;
 pub mod tolerance;
@@ -49,6 +50,7 @@ mod validate;
 pub use cpu::CpuOutput;
 pub use dtype::{DType, KdFloat};
 pub use error::{KdError, Result};
+pub use grad::GradOptions;
 pub use shape::Nchw;
 
 /// Re-exported so callers use the same version of the crates the API is written in.

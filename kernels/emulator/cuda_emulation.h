@@ -37,6 +37,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -297,6 +298,21 @@ inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat16{u}; }
 
 namespace kd_emu {
+
+// Every entry point of every kernel file registers itself here under the name the CUDA driver would use
+// (`cwd_fused_f32`, ...): KD_ENTRY (common.cuh) declares the registration, so no launcher is written by hand.
+using EntryPoint = void (*)(const void* args);
+
+inline std::unordered_map<std::string, EntryPoint>& registry() {
+    static std::unordered_map<std::string, EntryPoint> entries;  // built before main, by static initialisers
+    return entries;
+}
+
+struct Registration {
+    Registration(const char* name, EntryPoint entry) {
+        if (!registry().emplace(name, entry).second) fail("an entry point is registered twice");
+    }
+};
 
 // One launch at a time in the whole process: gridDim and blockDim are process-wide, and the test harness
 // calls from several threads.

@@ -1,24 +1,21 @@
 //! CWD on the GPU: by default one cooperative launch of `cwd_fused_{dtype}`, else `cwd_stats_{dtype}` then
-//! `cwd_finish_{dtype}` (kernels/cwd.cu; see [`CwdPath`]), on the caller's stream, reading and writing
-//! caller-owned buffers. No host synchronisation; no allocation once the workspace has grown to the
-//! largest shape seen.
+//! `cwd_finish_{dtype}` (kernels/cwd.cu; see [`CwdPath`]). The typed API checks cudarc buffers and calls the
+//! raw layer ([`CwdCuda::launch_raw`]), which plans and launches through [`super::driver`].
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUresult;
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop};
+use cudarc::driver::sys::CUstream;
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 
-use super::plan::{self, CwdPlan, Device, Launches};
+use super::driver::{self, CwdRawBuffers};
+use super::plan::{self, Device};
 use super::{CwdConfig, CwdPath};
-use crate::cuda::{self, Family, Kernels, Workspace, BLOCK_THREADS};
+use crate::cuda::{self, CudaLauncher, Guards, KernelModule, Workspace};
 use crate::dtype::{DType, KdFloat};
-use crate::error::{KdError, Result};
-use crate::outputs::OutputSet;
+use crate::error::Result;
+use crate::grad::GradOptions;
+use crate::launch::OutputSet;
 use crate::shape::Nchw;
-
-const OP_FUSED: usize = 0;
-const OP_STATS: usize = 1;
-const OP_FINISH: usize = 2;
 
 /// CWD on the GPU, with the same surface as [`super::CwdCpu`].
 ///
@@ -41,30 +38,17 @@ pub struct CwdCuda {
     config: CwdConfig,
     path: CwdPath,
     stream: Arc<CudaStream>,
-    kernels: Kernels,
+    module: KernelModule,
     workspace: Workspace,
-    /// Set when the driver refused a cooperative launch (e.g. under MPS with fewer SMs than the device
-    /// reports): from then on `Auto` takes the two passes.
-    cooperative_refused: bool,
-}
-
-/// Device addresses of one call's buffers (0 for the absent ones).
-struct Buffers {
-    student: u64,
-    teacher: u64,
-    loss: u64,
-    grad_student: u64,
-    grad_teacher: u64,
-    upstream: u64,
 }
 
 impl CwdCuda {
     /// Validates `config`, probes for a driver, and loads the kernels into `stream`'s context.
     pub fn new(stream: Arc<CudaStream>, config: CwdConfig) -> Result<Self> {
         config.validate()?;
-        let kernels = Kernels::load(&stream, Family::Cwd, &["cwd_fused", "cwd_stats", "cwd_finish"])?;
+        let module = KernelModule::load(&stream, "cwd", &plan::KERNELS, &[])?;
         let workspace = Workspace::new(&stream)?;
-        Ok(CwdCuda { config, path: CwdPath::Auto, stream, kernels, workspace, cooperative_refused: false })
+        Ok(CwdCuda { config, path: CwdPath::Auto, stream, module, workspace })
     }
 
     /// The same loss, computed by the kernels `path` selects (default [`CwdPath::Auto`]).
@@ -83,27 +67,39 @@ impl CwdCuda {
         self.path
     }
 
-    /// The stream every launch goes to.
+    /// The stream the typed calls launch on (and the workspace is allocated on).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
 
     /// The longest row (H*W) the single-pass kernel takes on this device for `dtype`; 0 where it cannot run.
     pub fn single_pass_max_row_len(&self, dtype: DType) -> usize {
-        plan::single_pass_max_row_len(dtype, self.device(dtype).single_pass_resident)
+        let resident = Device::of(&self.module, dtype).map_or(0, |d| d.single_pass_resident);
+        plan::single_pass_max_row_len(dtype, resident)
     }
 
     /// The kernels a call on `shape` with 16-byte aligned `dtype` buffers runs: [`CwdPath::SinglePass`] or
     /// [`CwdPath::TwoPass`] (never `Auto`), or the error such a call would return for its configuration.
     pub fn resolved_path(&self, shape: &[usize], dtype: DType) -> Result<CwdPath> {
         let shape = Nchw::from_dims("student", shape)?;
-        let outputs =
-            OutputSet { loss: true, grad_student: true, grad_teacher: self.config.teacher_grad, upstream: false };
-        let plan = plan::plan(&self.config, &shape, dtype, self.device(dtype), self.path, outputs, 0)?;
-        Ok(match plan.launches {
-            Launches::SinglePass { .. } => CwdPath::SinglePass,
-            Launches::TwoPass { .. } => CwdPath::TwoPass,
-        })
+        let outputs = OutputSet {
+            loss: true,
+            grad_student: true,
+            grad_teacher: self.config.teacher_grad,
+            ..OutputSet::default()
+        };
+        let device = Device::of(&self.module, dtype)?;
+        Ok(plan::plan(&self.config, &shape, dtype, device, self.path, outputs, 1.0, 0)?.path)
+    }
+
+    /// Sizes the workspace for calls on `shape` in `dtype` (any path), so that later calls allocate nothing.
+    /// Call it before capturing the stream into a CUDA graph: a call that would have to grow the workspace
+    /// during a capture returns [`crate::KdError::WorkspaceTooSmall`] instead.
+    pub fn reserve(&mut self, shape: &[usize], dtype: DType) -> Result<()> {
+        let shape = Nchw::from_dims("student", shape)?;
+        let device = Device::of(&self.module, dtype)?;
+        let (floats, counters) = driver::workspace_bound(&self.config, &shape, dtype, device)?;
+        self.workspace.reserve(floats, counters)
     }
 
     /// Writes the loss into `loss[0]` (f32).
@@ -114,7 +110,7 @@ impl CwdCuda {
         teacher: &dyn DevicePtr<T>,
         loss: &mut dyn DevicePtrMut<f32>,
     ) -> Result<()> {
-        self.launch(shape, student, teacher, Some(loss), None, None, None)
+        self.launch(shape, student, teacher, Some(loss), None, None, None, GradOptions::OVERWRITE)
     }
 
     /// The training-step call: the loss into `loss[0]` and d loss / d student into `grad_student`, in one
@@ -129,7 +125,23 @@ impl CwdCuda {
         grad_student: &mut dyn DevicePtrMut<T>,
         grad_teacher: Option<&mut dyn DevicePtrMut<T>>,
     ) -> Result<()> {
-        self.launch(shape, student, teacher, Some(loss), Some(grad_student), grad_teacher, None)
+        self.forward_backward_with(shape, student, teacher, loss, grad_student, grad_teacher, GradOptions::OVERWRITE)
+    }
+
+    /// [`Self::forward_backward`] with the gradients scaled by `options.scale` and, with
+    /// `options.accumulate`, added into `grad_student` (and `grad_teacher`) instead of overwriting them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_with<T: KdFloat>(
+        &mut self,
+        shape: &[usize],
+        student: &dyn DevicePtr<T>,
+        teacher: &dyn DevicePtr<T>,
+        loss: &mut dyn DevicePtrMut<f32>,
+        grad_student: &mut dyn DevicePtrMut<T>,
+        grad_teacher: Option<&mut dyn DevicePtrMut<T>>,
+        options: GradOptions,
+    ) -> Result<()> {
+        self.launch(shape, student, teacher, Some(loss), Some(grad_student), grad_teacher, None, options)
     }
 
     /// Gradients times the upstream gradient `upstream[0]` (a device f32, d total / d loss), without
@@ -143,14 +155,59 @@ impl CwdCuda {
         grad_student: &mut dyn DevicePtrMut<T>,
         grad_teacher: Option<&mut dyn DevicePtrMut<T>>,
     ) -> Result<()> {
-        self.launch(shape, student, teacher, None, Some(grad_student), grad_teacher, Some(upstream))
+        self.backward_with(shape, student, teacher, upstream, grad_student, grad_teacher, GradOptions::OVERWRITE)
     }
 
-    fn device(&self, dtype: DType) -> Device {
-        let cooperative = self.kernels.cooperative && !self.cooperative_refused;
-        Device {
-            sm_count: self.kernels.sm_count as usize,
-            single_pass_resident: if cooperative { self.kernels.resident_blocks(OP_FUSED, dtype) as usize } else { 0 },
+    /// [`Self::backward`] with [`GradOptions`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with<T: KdFloat>(
+        &mut self,
+        shape: &[usize],
+        student: &dyn DevicePtr<T>,
+        teacher: &dyn DevicePtr<T>,
+        upstream: &dyn DevicePtr<f32>,
+        grad_student: &mut dyn DevicePtrMut<T>,
+        grad_teacher: Option<&mut dyn DevicePtrMut<T>>,
+        options: GradOptions,
+    ) -> Result<()> {
+        self.launch(shape, student, teacher, None, Some(grad_student), grad_teacher, Some(upstream), options)
+    }
+
+    /// The raw layer under the typed calls, for stacks whose buffers are not cudarc slices (burn's raw
+    /// device pointers, a C ABI): one call on device addresses, launched on `stream`. What it writes follows
+    /// from which addresses are non-zero (see [`CwdRawBuffers`]). Checks the shape and the configuration as
+    /// the typed calls do; it cannot check the buffers.
+    ///
+    /// # Safety
+    /// `stream` is a live stream of the context this loss was created in. Every non-zero address points to
+    /// device memory of that context holding, for `shape` = [N, C, H, W] and `dtype`: N*C*H*W elements of
+    /// `dtype` (student, teacher, gradients; contiguous NCHW), one f32 (loss, upstream). Inputs are not
+    /// written; outputs are written (or read and written, with `options.accumulate`) by kernels queued on
+    /// `stream` and must not be used by other streams until those finish. Calls of one loss object share
+    /// its workspace: order calls on different streams (as with a cuBLAS handle's workspace).
+    pub unsafe fn launch_raw(
+        &mut self,
+        stream: CUstream,
+        shape: &[usize],
+        dtype: DType,
+        buffers: &CwdRawBuffers,
+        options: GradOptions,
+    ) -> Result<CwdPath> {
+        let shape = Nchw::from_dims("student", shape)?;
+        let mut launcher = CudaLauncher { module: &self.module, stream };
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            driver::run(
+                &self.config,
+                self.path,
+                &shape,
+                dtype,
+                buffers,
+                options,
+                &self.module,
+                &mut self.workspace,
+                &mut launcher,
+            )
         }
     }
 
@@ -164,154 +221,23 @@ impl CwdCuda {
         grad_student: Option<&mut dyn DevicePtrMut<T>>,
         grad_teacher: Option<&mut dyn DevicePtrMut<T>>,
         upstream: Option<&dyn DevicePtr<f32>>,
+        options: GradOptions,
     ) -> Result<()> {
-        let shape = Nchw::from_dims("student", shape)?;
-        let wants_grad = grad_student.is_some();
-        if wants_grad && grad_teacher.is_some() != self.config.teacher_grad {
-            return Err(if self.config.teacher_grad {
-                KdError::OutputMismatch {
-                    what: "grad_teacher",
-                    fix: "config.teacher_grad is set: pass a buffer for the teacher's gradient",
-                }
-            } else {
-                KdError::OutputMismatch {
-                    what: "grad_teacher",
-                    fix: "a buffer was passed but config.teacher_grad is off: set it, or pass None",
-                }
-            });
-        }
-        let outputs = OutputSet {
-            loss: loss.is_some(),
-            grad_student: wants_grad,
-            grad_teacher: grad_teacher.is_some(),
-            upstream: upstream.is_some(),
-        };
-        let numel = shape.numel();
-
+        let numel = Nchw::from_dims("student", shape)?.numel();
         let stream = self.stream.clone();
-        let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(8);
-        let (s, t) = cuda::input_pair(student, teacher, numel, &stream, &mut guards)?;
-        let buffers = Buffers {
-            student: s,
-            teacher: t,
+        let mut guards: Guards<'_> = Vec::with_capacity(6);
+        let buffers = CwdRawBuffers {
+            student: cuda::input("student", student, numel, &stream, &mut guards)?,
+            teacher: cuda::input("teacher", teacher, numel, &stream, &mut guards)?,
             loss: cuda::optional_output("loss", loss, 1, &stream, &mut guards)?,
             grad_student: cuda::optional_output("grad_student", grad_student, numel, &stream, &mut guards)?,
             grad_teacher: cuda::optional_output("grad_teacher", grad_teacher, numel, &stream, &mut guards)?,
             upstream: cuda::optional_input("upstream", upstream, 1, &stream, &mut guards)?,
         };
-        let addresses: Vec<u64> = [buffers.student, buffers.teacher, buffers.grad_student, buffers.grad_teacher]
-            .into_iter()
-            .filter(|&a| a != 0)
-            .collect();
-        let lead = plan::single_pass_lead(&addresses, shape.plane(), T::DTYPE);
-        let plan = plan::plan(&self.config, &shape, T::DTYPE, self.device(T::DTYPE), self.path, outputs, lead)?;
-        match self.enqueue::<T>(&plan, &buffers) {
-            Err(Enqueue::CooperativeRefused(e)) => {
-                // The driver would not keep the planned grid resident (fewer SMs than reported, e.g. MPS). With
-                // `Auto`, take the two passes from now on; a forced single pass reports it.
-                if self.path == CwdPath::SinglePass {
-                    return Err(KdError::cuda("cuLaunchCooperativeKernel (cwd_fused)", e));
-                }
-                self.cooperative_refused = true;
-                let plan = plan::plan(&self.config, &shape, T::DTYPE, self.device(T::DTYPE), self.path, outputs, lead)?;
-                self.enqueue::<T>(&plan, &buffers).map_err(Enqueue::into_error)?;
-            }
-            other => other.map_err(Enqueue::into_error)?,
-        }
+        // SAFETY: every buffer was checked to live in this stream's context and to hold what the shape needs;
+        // the guards keep cudarc's ordering of the buffers across streams until the launches are queued.
+        unsafe { self.launch_raw(stream.cu_stream(), shape, T::DTYPE, &buffers, options)? };
         drop(guards);
         Ok(())
-    }
-
-    /// Queues the launches of `plan` on the loss's stream.
-    fn enqueue<T: KdFloat>(&mut self, plan: &CwdPlan, b: &Buffers) -> Result<(), Enqueue> {
-        let stream = &self.stream;
-        let (workspace, counters) =
-            self.workspace.prepare(stream, plan.workspace_floats, plan.counters).map_err(Enqueue::Kd)?;
-        let partials = workspace;
-        let row_kl = workspace + plan.row_kl_offset_bytes;
-        let counter = counters;
-        let row_sync = counters + std::mem::size_of::<u32>() as u64;
-        let params = plan.params;
-        let cfg = |blocks: u32| LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (BLOCK_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let launch_error = |op: &'static str| move |e| Enqueue::Kd(KdError::cuda(op, e));
-        // SAFETY (all launches): the argument lists match `cwd_fused_*`, `cwd_stats_*` and `cwd_finish_*` in
-        // kernels/cwd.cu; every pointer was checked to hold the elements the kernels touch (numel inputs and
-        // gradients, one loss and upstream value, the workspace sized by the plan); null pointers are only
-        // passed for outputs the flags turn off.
-        match plan.launches {
-            Launches::SinglePass { blocks } => {
-                let fused = self.kernels.get(OP_FUSED, T::DTYPE);
-                let mut builder = stream.launch_builder(fused);
-                builder
-                    .arg(&b.student)
-                    .arg(&b.teacher)
-                    .arg(&partials)
-                    .arg(&row_kl)
-                    .arg(&counter)
-                    .arg(&row_sync)
-                    .arg(&b.loss)
-                    .arg(&b.grad_student)
-                    .arg(&b.grad_teacher)
-                    .arg(&b.upstream)
-                    .arg(&params);
-                // Cooperative: the driver guarantees every block is resident at once (or refuses), which the
-                // blocks of a row waiting for each other require.
-                match unsafe { builder.launch_cooperative(cfg(blocks)) } {
-                    Ok(_) => {}
-                    Err(e) if e.0 == CUresult::CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE => {
-                        return Err(Enqueue::CooperativeRefused(e))
-                    }
-                    Err(e) => return Err(Enqueue::Kd(KdError::cuda("cuLaunchCooperativeKernel (cwd_fused)", e))),
-                }
-            }
-            Launches::TwoPass { stats_blocks, finish_blocks } => {
-                let stats = self.kernels.get(OP_STATS, T::DTYPE);
-                let finish = self.kernels.get(OP_FINISH, T::DTYPE);
-                unsafe {
-                    stream
-                        .launch_builder(stats)
-                        .arg(&b.student)
-                        .arg(&b.teacher)
-                        .arg(&partials)
-                        .arg(&params)
-                        .launch(cfg(stats_blocks))
-                        .map_err(launch_error("launch cwd_stats"))?;
-                    stream
-                        .launch_builder(finish)
-                        .arg(&b.student)
-                        .arg(&b.teacher)
-                        .arg(&partials)
-                        .arg(&row_kl)
-                        .arg(&counter)
-                        .arg(&b.loss)
-                        .arg(&b.grad_student)
-                        .arg(&b.grad_teacher)
-                        .arg(&b.upstream)
-                        .arg(&params)
-                        .launch(cfg(finish_blocks))
-                        .map_err(launch_error("launch cwd_finish"))?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Why queuing failed: a refused cooperative grid (recoverable with the two passes) or anything else.
-enum Enqueue {
-    CooperativeRefused(cudarc::driver::DriverError),
-    Kd(KdError),
-}
-
-impl Enqueue {
-    fn into_error(self) -> KdError {
-        match self {
-            Enqueue::CooperativeRefused(e) => KdError::cuda("cuLaunchCooperativeKernel (cwd_fused)", e),
-            Enqueue::Kd(e) => e,
-        }
     }
 }

@@ -20,10 +20,13 @@
 
 mod cpu;
 mod cuda;
+pub(crate) mod driver;
+pub(crate) mod fixture;
 pub(crate) mod plan;
 
 pub use cpu::CwdCpu;
 pub use cuda::CwdCuda;
+pub use driver::CwdRawBuffers;
 
 /// Which kernels [`CwdCuda`] runs. The results agree to the tolerance table either way; only speed differs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

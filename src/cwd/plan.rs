@@ -3,16 +3,21 @@
 //! emulation of the kernels.
 
 use super::{CwdConfig, CwdPath};
-use crate::cuda::{self, BLOCK_THREADS};
 use crate::dtype::DType;
 use crate::error::{KdError, Result};
 use crate::ffi::{self, KdCwdParams};
-use crate::outputs::OutputSet;
+use crate::launch::{self, DeviceInfo, Launch, OutputSet, BLOCK_THREADS};
 use crate::shape::Nchw;
 use crate::validate;
 
-/// Workspace floats per (row, chunk) statistic: five doubles (maxima, sums and `a`; see cwd.cu).
-const PARTIAL_FLOATS: usize = 10;
+/// The entry points of kernels/cwd.cu.
+pub(crate) const FUSED: &str = "cwd_fused";
+pub(crate) const STATS: &str = "cwd_stats";
+pub(crate) const FINISH: &str = "cwd_finish";
+pub(crate) const KERNELS: [&str; 3] = [FUSED, STATS, FINISH];
+
+/// Workspace floats per (row, chunk) statistic: `KD_CWD_STAT_DOUBLES` doubles.
+const PARTIAL_FLOATS: usize = 2 * ffi::KD_CWD_STAT_DOUBLES as usize;
 /// A block of the two-pass kernels reduces at least this many elements of a row: below it, the merge and
 /// launch costs dominate.
 const MIN_CHUNK_ELEMS: usize = 4096;
@@ -74,20 +79,14 @@ pub(crate) fn split_rows(rows: usize, row_len: usize, sm_count: usize) -> Split 
     Split { chunks: row_len.div_ceil(chunk_len), chunk_len }
 }
 
-/// The launches of one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Launches {
-    /// `cwd_fused`, launched cooperatively with `blocks` blocks, all resident at once.
-    SinglePass { blocks: u32 },
-    /// `cwd_stats` then `cwd_finish`.
-    TwoPass { stats_blocks: u32, finish_blocks: u32 },
-}
-
 /// Everything a CWD call needs besides the buffers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct CwdPlan {
     pub params: KdCwdParams,
-    pub launches: Launches,
+    /// [`CwdPath::SinglePass`] or [`CwdPath::TwoPass`], never `Auto`.
+    pub path: CwdPath,
+    /// `cwd_fused` (cooperative), or `cwd_stats` then `cwd_finish`.
+    pub launches: Vec<Launch>,
     /// Workspace floats: the (row, chunk) statistics, then one KL value per row.
     pub workspace_floats: usize,
     /// Byte offset of the per-row KL values in the workspace.
@@ -105,6 +104,13 @@ pub(crate) struct Device {
     pub single_pass_resident: usize,
 }
 
+impl Device {
+    pub(crate) fn of(info: &dyn DeviceInfo, dtype: DType) -> Result<Self> {
+        let single_pass_resident = if info.cooperative() { info.resident_blocks(FUSED, dtype, 0)? } else { 0 };
+        Ok(Device { sm_count: info.sm_count(), single_pass_resident })
+    }
+}
+
 /// Plans a call: the single-pass kernel where `path` allows it and a row's chunks fit in the resident grid,
 /// else the two passes. `CwdPath::SinglePass` where the single pass does not apply is an error. `lead` is
 /// [`single_pass_lead`] of the call's buffers.
@@ -116,14 +122,15 @@ pub(crate) fn plan(
     device: Device,
     path: CwdPath,
     outputs: OutputSet,
+    grad_factor: f64,
     lead: usize,
 ) -> Result<CwdPlan> {
     let rows = shape.n * shape.c;
     let row_len = shape.plane();
     let loss_scale = config.loss_scale(rows);
-    let grad_scale = config.grad_scale(rows);
+    let grad_scale = config.grad_scale(rows) * grad_factor;
     validate::representable_f32("loss_weight * tau^2 / (N*C)", loss_scale)?;
-    validate::representable_f32("loss_weight * tau / (N*C)", grad_scale)?;
+    validate::representable_f32("loss_weight * tau / (N*C) * GradOptions::scale", grad_scale)?;
     let mut params = KdCwdParams {
         rows: rows as i64,
         row_len: row_len as i64,
@@ -138,7 +145,7 @@ pub(crate) fn plan(
 
     let single_chunks = single_pass_chunks(row_len, lead, dtype);
     let single_fits = single_chunks <= device.single_pass_resident;
-    let (chunks, chunk_len, launches, counters) = match path {
+    let (chunks, chunk_len, resolved, launches, counters) = match path {
         CwdPath::SinglePass if !single_fits => {
             return Err(single_pass_refusal(dtype, row_len, device.single_pass_resident));
         }
@@ -146,14 +153,16 @@ pub(crate) fn plan(
             // A grid that is a multiple of the chunks per row, so that rows never straddle two rounds of the
             // persistent grid (see cwd.cu), and no larger than the work.
             let rows_per_round = (device.single_pass_resident / single_chunks).min(rows);
-            let blocks = cuda::grid_blocks("student", rows_per_round * single_chunks)?;
-            (single_chunks, single_pass_chunk_len(dtype), Launches::SinglePass { blocks }, 1 + 2 * rows)
+            let blocks = launch::grid_blocks("student", rows_per_round * single_chunks)?;
+            let fused = Launch { cooperative: true, ..Launch::new(FUSED, blocks) };
+            (single_chunks, single_pass_chunk_len(dtype), CwdPath::SinglePass, vec![fused], 1 + 2 * rows)
         }
         _ => {
             let split = split_rows(rows, row_len, device.sm_count);
-            let stats_blocks = cuda::grid_blocks("student", rows.saturating_mul(split.chunks))?;
-            let finish_blocks = if outputs.any_grad() { stats_blocks } else { cuda::grid_blocks("student", rows)? };
-            (split.chunks, split.chunk_len, Launches::TwoPass { stats_blocks, finish_blocks }, 1)
+            let stats_blocks = launch::grid_blocks("student", rows.saturating_mul(split.chunks))?;
+            let finish_blocks = if outputs.any_grad() { stats_blocks } else { launch::grid_blocks("student", rows)? };
+            let launches = vec![Launch::new(STATS, stats_blocks), Launch::new(FINISH, finish_blocks)];
+            (split.chunks, split.chunk_len, CwdPath::TwoPass, launches, 1)
         }
     };
     params.chunks = i32::try_from(chunks).map_err(|_| KdError::TooLarge {
@@ -164,6 +173,7 @@ pub(crate) fn plan(
     let partial_floats = rows * chunks * PARTIAL_FLOATS;
     Ok(CwdPlan {
         params,
+        path: resolved,
         launches,
         workspace_floats: partial_floats + rows,
         row_kl_offset_bytes: (partial_floats * std::mem::size_of::<f32>()) as u64,
@@ -194,7 +204,8 @@ fn single_pass_refusal(dtype: DType, row_len: usize, resident: usize) -> KdError
 mod tests {
     use super::*;
 
-    const ALL: OutputSet = OutputSet { loss: true, grad_student: true, grad_teacher: false, upstream: false };
+    const ALL: OutputSet =
+        OutputSet { loss: true, grad_student: true, grad_teacher: false, device_upstream: false, accumulate: false };
 
     #[test]
     fn split_covers_rows_with_aligned_chunks() {
@@ -251,8 +262,10 @@ mod tests {
             [([8, 19, 512, 1024], DType::F32), ([8, 19, 64, 128], DType::BF16), ([8, 256, 64, 128], DType::F32)]
         {
             let shape = Nchw::from_dims("student", &dims).unwrap();
-            let plan = plan(&config, &shape, dtype, device, CwdPath::Auto, ALL, 0).unwrap();
-            let Launches::SinglePass { blocks } = plan.launches else { panic!("{dims:?}: expected the single pass") };
+            let plan = plan(&config, &shape, dtype, device, CwdPath::Auto, ALL, 1.0, 0).unwrap();
+            assert_eq!(plan.path, CwdPath::SinglePass, "{dims:?}: expected the single pass");
+            assert!(plan.launches[0].cooperative);
+            let blocks = plan.launches[0].grid;
             let chunks = plan.params.chunks as u32;
             assert_eq!(blocks % chunks, 0, "{dims:?}");
             assert!(blocks as usize <= device.single_pass_resident && blocks >= chunks);
@@ -260,9 +273,9 @@ mod tests {
         }
         // The H100 case of the issue: 152 rows of 2^19 f32 elements, 128 chunks each, 3 rows per round.
         let shape = Nchw::from_dims("student", &[8, 19, 512, 1024]).unwrap();
-        let plan = plan(&config, &shape, DType::F32, device, CwdPath::Auto, ALL, 0).unwrap();
+        let plan = plan(&config, &shape, DType::F32, device, CwdPath::Auto, ALL, 1.0, 0).unwrap();
         assert_eq!(plan.params.chunks, 128);
-        assert_eq!(plan.launches, Launches::SinglePass { blocks: 384 });
+        assert_eq!(plan.launches, vec![Launch { cooperative: true, ..Launch::new(FUSED, 384) }]);
     }
 
     #[test]
@@ -270,18 +283,15 @@ mod tests {
         let config = CwdConfig::default();
         let device = Device { sm_count: 132, single_pass_resident: 10 };
         let shape = Nchw::from_dims("student", &[1, 2, 256, 256]).unwrap();
-        let auto = plan(&config, &shape, DType::F32, device, CwdPath::Auto, ALL, 0).unwrap();
-        assert!(matches!(auto.launches, Launches::TwoPass { .. }));
-        let forced = plan(&config, &shape, DType::F32, device, CwdPath::SinglePass, ALL, 0);
+        let auto = plan(&config, &shape, DType::F32, device, CwdPath::Auto, ALL, 1.0, 0).unwrap();
+        assert_eq!(auto.path, CwdPath::TwoPass);
+        let forced = plan(&config, &shape, DType::F32, device, CwdPath::SinglePass, ALL, 1.0, 0);
         assert!(matches!(forced, Err(KdError::Unsupported { .. })), "{forced:?}");
         let none = Device { sm_count: 132, single_pass_resident: 0 };
         let small = Nchw::from_dims("student", &[1, 2, 3, 4]).unwrap();
+        assert_eq!(plan(&config, &small, DType::F32, none, CwdPath::Auto, ALL, 1.0, 3).unwrap().path, CwdPath::TwoPass);
         assert!(matches!(
-            plan(&config, &small, DType::F32, none, CwdPath::Auto, ALL, 3).unwrap().launches,
-            Launches::TwoPass { .. }
-        ));
-        assert!(matches!(
-            plan(&config, &small, DType::F32, none, CwdPath::SinglePass, ALL, 3),
+            plan(&config, &small, DType::F32, none, CwdPath::SinglePass, ALL, 1.0, 3),
             Err(KdError::Unsupported { .. })
         ));
         let two = plan(
@@ -291,9 +301,10 @@ mod tests {
             Device { sm_count: 132, single_pass_resident: 396 },
             CwdPath::TwoPass,
             ALL,
+            1.0,
             3,
         );
-        assert!(matches!(two.unwrap().launches, Launches::TwoPass { .. }));
+        assert_eq!(two.unwrap().path, CwdPath::TwoPass);
     }
 
     #[test]

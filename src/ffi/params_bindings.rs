@@ -4,10 +4,12 @@
 
 pub const KD_BLOCK_THREADS: u32 = 256;
 pub const KD_CWD_FUSED_VECS: u32 = 4;
+pub const KD_CWD_STAT_DOUBLES: u32 = 5;
 pub const KdOutputFlags_KD_WANT_LOSS: KdOutputFlags = 1;
 pub const KdOutputFlags_KD_WANT_GRAD_STUDENT: KdOutputFlags = 2;
 pub const KdOutputFlags_KD_WANT_GRAD_TEACHER: KdOutputFlags = 4;
 pub const KdOutputFlags_KD_SCALE_BY_UPSTREAM: KdOutputFlags = 8;
+pub const KdOutputFlags_KD_ACCUMULATE_GRAD: KdOutputFlags = 16;
 pub type KdOutputFlags = ::core::ffi::c_uint;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -56,6 +58,57 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
+pub struct KdCwdArgs {
+    pub student: u64,
+    pub teacher: u64,
+    pub grad_student: u64,
+    pub grad_teacher: u64,
+    pub loss: u64,
+    pub upstream: u64,
+    pub partials: u64,
+    pub row_kl: u64,
+    pub counter: u64,
+    pub row_sync: u64,
+    pub p: KdCwdParams,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdCwdArgs"][::core::mem::size_of::<KdCwdArgs>() - 128usize];
+    ["Alignment of KdCwdArgs"][::core::mem::align_of::<KdCwdArgs>() - 8usize];
+    [
+        "Offset of field: KdCwdArgs::student",
+    ][::core::mem::offset_of!(KdCwdArgs, student) - 0usize];
+    [
+        "Offset of field: KdCwdArgs::teacher",
+    ][::core::mem::offset_of!(KdCwdArgs, teacher) - 8usize];
+    [
+        "Offset of field: KdCwdArgs::grad_student",
+    ][::core::mem::offset_of!(KdCwdArgs, grad_student) - 16usize];
+    [
+        "Offset of field: KdCwdArgs::grad_teacher",
+    ][::core::mem::offset_of!(KdCwdArgs, grad_teacher) - 24usize];
+    [
+        "Offset of field: KdCwdArgs::loss",
+    ][::core::mem::offset_of!(KdCwdArgs, loss) - 32usize];
+    [
+        "Offset of field: KdCwdArgs::upstream",
+    ][::core::mem::offset_of!(KdCwdArgs, upstream) - 40usize];
+    [
+        "Offset of field: KdCwdArgs::partials",
+    ][::core::mem::offset_of!(KdCwdArgs, partials) - 48usize];
+    [
+        "Offset of field: KdCwdArgs::row_kl",
+    ][::core::mem::offset_of!(KdCwdArgs, row_kl) - 56usize];
+    [
+        "Offset of field: KdCwdArgs::counter",
+    ][::core::mem::offset_of!(KdCwdArgs, counter) - 64usize];
+    [
+        "Offset of field: KdCwdArgs::row_sync",
+    ][::core::mem::offset_of!(KdCwdArgs, row_sync) - 72usize];
+    ["Offset of field: KdCwdArgs::p"][::core::mem::offset_of!(KdCwdArgs, p) - 80usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
 pub struct KdPixelKdParams {
     pub pixels: i64,
     pub plane: i64,
@@ -96,4 +149,45 @@ const _: () = {
     [
         "Offset of field: KdPixelKdParams::tile_pixels",
     ][::core::mem::offset_of!(KdPixelKdParams, tile_pixels) - 36usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdPixelKdArgs {
+    pub student: u64,
+    pub teacher: u64,
+    pub grad_student: u64,
+    pub loss: u64,
+    pub upstream: u64,
+    pub block_totals: u64,
+    pub counter: u64,
+    pub p: KdPixelKdParams,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdPixelKdArgs"][::core::mem::size_of::<KdPixelKdArgs>() - 96usize];
+    ["Alignment of KdPixelKdArgs"][::core::mem::align_of::<KdPixelKdArgs>() - 8usize];
+    [
+        "Offset of field: KdPixelKdArgs::student",
+    ][::core::mem::offset_of!(KdPixelKdArgs, student) - 0usize];
+    [
+        "Offset of field: KdPixelKdArgs::teacher",
+    ][::core::mem::offset_of!(KdPixelKdArgs, teacher) - 8usize];
+    [
+        "Offset of field: KdPixelKdArgs::grad_student",
+    ][::core::mem::offset_of!(KdPixelKdArgs, grad_student) - 16usize];
+    [
+        "Offset of field: KdPixelKdArgs::loss",
+    ][::core::mem::offset_of!(KdPixelKdArgs, loss) - 24usize];
+    [
+        "Offset of field: KdPixelKdArgs::upstream",
+    ][::core::mem::offset_of!(KdPixelKdArgs, upstream) - 32usize];
+    [
+        "Offset of field: KdPixelKdArgs::block_totals",
+    ][::core::mem::offset_of!(KdPixelKdArgs, block_totals) - 40usize];
+    [
+        "Offset of field: KdPixelKdArgs::counter",
+    ][::core::mem::offset_of!(KdPixelKdArgs, counter) - 48usize];
+    [
+        "Offset of field: KdPixelKdArgs::p",
+    ][::core::mem::offset_of!(KdPixelKdArgs, p) - 56usize];
 };

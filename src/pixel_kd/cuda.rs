@@ -1,20 +1,20 @@
 //! Pixel KD on the GPU: one launch of `pixel_kd_tiled_{dtype}` or `pixel_kd_{dtype}` (kernels/pixel_kd.cu;
-//! see [`PixelKdPath`]) on the caller's stream.
+//! see [`PixelKdPath`]) on the caller's stream. The typed API checks cudarc buffers and calls the raw layer
+//! ([`PixelKdCuda::launch_raw`]), which plans and launches through [`super::driver`].
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop};
+use cudarc::driver::sys::CUstream;
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 
-use super::plan::{self, Device, Kernel};
-use super::{PixelKdConfig, PixelKdPath};
-use crate::cuda::{self, Family, Kernels, Workspace, BLOCK_THREADS};
+use super::driver::{self, PixelKdRawBuffers};
+use super::{plan, PixelKdConfig, PixelKdPath};
+use crate::cuda::{self, CudaLauncher, Guards, KernelModule, Workspace};
 use crate::dtype::{DType, KdFloat};
-use crate::error::{KdError, Result};
-use crate::outputs::OutputSet;
+use crate::error::Result;
+use crate::grad::GradOptions;
+use crate::launch::OutputSet;
 use crate::shape::Nchw;
-
-const OP_TILED: usize = 0;
-const OP_PER_PIXEL: usize = 1;
 
 /// Pixel KD on the GPU, with the same surface as [`super::PixelKdCpu`].
 #[derive(Debug)]
@@ -22,9 +22,7 @@ pub struct PixelKdCuda {
     config: PixelKdConfig,
     path: PixelKdPath,
     stream: Arc<CudaStream>,
-    kernels: Kernels,
-    /// The most dynamic shared memory a block of the tiled kernel may use on this device.
-    max_dynamic_smem: usize,
+    module: KernelModule,
     workspace: Workspace,
 }
 
@@ -32,10 +30,9 @@ impl PixelKdCuda {
     /// Validates `config`, probes for a driver, and loads the kernels into `stream`'s context.
     pub fn new(stream: Arc<CudaStream>, config: PixelKdConfig) -> Result<Self> {
         config.validate()?;
-        let kernels = Kernels::load(&stream, Family::PixelKd, &["pixel_kd_tiled", "pixel_kd"])?;
-        let max_dynamic_smem = kernels.allow_max_dynamic_smem(&stream, OP_TILED)?;
+        let module = KernelModule::load(&stream, "pixel_kd", &plan::KERNELS, &[plan::TILED])?;
         let workspace = Workspace::new(&stream)?;
-        Ok(PixelKdCuda { config, path: PixelKdPath::Auto, stream, kernels, max_dynamic_smem, workspace })
+        Ok(PixelKdCuda { config, path: PixelKdPath::Auto, stream, module, workspace })
     }
 
     /// The same loss, computed by the kernel `path` selects (default [`PixelKdPath::Auto`]).
@@ -54,7 +51,7 @@ impl PixelKdCuda {
         self.path
     }
 
-    /// The stream every launch goes to.
+    /// The stream the typed calls launch on (and the workspace is allocated on).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
@@ -63,11 +60,23 @@ impl PixelKdCuda {
     /// [`PixelKdPath::PerPixel`] (never `Auto`), or the error such a call would return for its configuration.
     pub fn resolved_path(&self, shape: &[usize], dtype: DType) -> Result<PixelKdPath> {
         let shape = Nchw::from_dims("student", shape)?;
-        let outputs = OutputSet { loss: true, grad_student: true, grad_teacher: false, upstream: false };
-        Ok(match self.plan(&shape, dtype, outputs)?.kernel {
-            Kernel::Tiled { .. } => PixelKdPath::Tiled,
-            Kernel::PerPixel => PixelKdPath::PerPixel,
-        })
+        let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
+        Ok(driver::plan_on(&self.config, self.path, &shape, dtype, outputs, 1.0, &self.module)?.path)
+    }
+
+    /// Sizes the workspace for calls on `shape` in `dtype`, so that later calls allocate nothing. Call it
+    /// before capturing the stream into a CUDA graph: a call that would have to grow the workspace during a
+    /// capture returns [`crate::KdError::WorkspaceTooSmall`] instead.
+    pub fn reserve(&mut self, shape: &[usize], dtype: DType) -> Result<()> {
+        let shape = Nchw::from_dims("student", shape)?;
+        let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
+        let mut floats = 0;
+        for path in [PixelKdPath::Tiled, PixelKdPath::PerPixel] {
+            if let Ok(p) = driver::plan_on(&self.config, path, &shape, dtype, outputs, 1.0, &self.module) {
+                floats = floats.max(p.workspace_floats);
+            }
+        }
+        self.workspace.reserve(floats, 1)
     }
 
     /// Writes the loss into `loss[0]` (f32).
@@ -78,7 +87,7 @@ impl PixelKdCuda {
         teacher: &dyn DevicePtr<T>,
         loss: &mut dyn DevicePtrMut<f32>,
     ) -> Result<()> {
-        self.launch(shape, student, teacher, Some(loss), None, None)
+        self.launch(shape, student, teacher, Some(loss), None, None, GradOptions::OVERWRITE)
     }
 
     /// The training-step call: loss and d loss / d student in one launch.
@@ -90,7 +99,21 @@ impl PixelKdCuda {
         loss: &mut dyn DevicePtrMut<f32>,
         grad_student: &mut dyn DevicePtrMut<T>,
     ) -> Result<()> {
-        self.launch(shape, student, teacher, Some(loss), Some(grad_student), None)
+        self.forward_backward_with(shape, student, teacher, loss, grad_student, GradOptions::OVERWRITE)
+    }
+
+    /// [`Self::forward_backward`] with the gradient scaled by `options.scale` and, with
+    /// `options.accumulate`, added into `grad_student` instead of overwriting it.
+    pub fn forward_backward_with<T: KdFloat>(
+        &mut self,
+        shape: &[usize],
+        student: &dyn DevicePtr<T>,
+        teacher: &dyn DevicePtr<T>,
+        loss: &mut dyn DevicePtrMut<f32>,
+        grad_student: &mut dyn DevicePtrMut<T>,
+        options: GradOptions,
+    ) -> Result<()> {
+        self.launch(shape, student, teacher, Some(loss), Some(grad_student), None, options)
     }
 
     /// d loss / d student times the upstream gradient `upstream[0]` (a device f32), without the loss.
@@ -102,20 +125,58 @@ impl PixelKdCuda {
         upstream: &dyn DevicePtr<f32>,
         grad_student: &mut dyn DevicePtrMut<T>,
     ) -> Result<()> {
-        self.launch(shape, student, teacher, None, Some(grad_student), Some(upstream))
+        self.backward_with(shape, student, teacher, upstream, grad_student, GradOptions::OVERWRITE)
     }
 
-    fn plan(&self, shape: &Nchw, dtype: DType, outputs: OutputSet) -> Result<plan::PixelKdPlan> {
-        let device = Device { sm_count: self.kernels.sm_count as usize, max_dynamic_smem: self.max_dynamic_smem };
-        let mut resident = Ok(0);
-        let plan = plan::plan(&self.config, shape, dtype, device, self.path, outputs, |bytes| {
-            resident = self.kernels.resident_blocks_with_smem(OP_TILED, dtype, bytes);
-            *resident.as_ref().unwrap_or(&0) as usize
-        })?;
-        resident?;
-        Ok(plan)
+    /// [`Self::backward`] with [`GradOptions`].
+    pub fn backward_with<T: KdFloat>(
+        &mut self,
+        shape: &[usize],
+        student: &dyn DevicePtr<T>,
+        teacher: &dyn DevicePtr<T>,
+        upstream: &dyn DevicePtr<f32>,
+        grad_student: &mut dyn DevicePtrMut<T>,
+        options: GradOptions,
+    ) -> Result<()> {
+        self.launch(shape, student, teacher, None, Some(grad_student), Some(upstream), options)
     }
 
+    /// The raw layer under the typed calls, for stacks whose buffers are not cudarc slices: one call on
+    /// device addresses, launched on `stream`. What it writes follows from which addresses are non-zero (see
+    /// [`PixelKdRawBuffers`]). Checks the shape and the configuration as the typed calls do; it cannot check
+    /// the buffers.
+    ///
+    /// # Safety
+    /// As for [`crate::cwd::CwdCuda::launch_raw`]: `stream` belongs to this loss's context, and every
+    /// non-zero address holds N*C*H*W elements of `dtype` (student, teacher, gradient) or one f32 (loss,
+    /// upstream) of that context's device memory, not used by other streams until the launch finishes.
+    pub unsafe fn launch_raw(
+        &mut self,
+        stream: CUstream,
+        shape: &[usize],
+        dtype: DType,
+        buffers: &PixelKdRawBuffers,
+        options: GradOptions,
+    ) -> Result<PixelKdPath> {
+        let shape = Nchw::from_dims("student", shape)?;
+        let mut launcher = CudaLauncher { module: &self.module, stream };
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            driver::run(
+                &self.config,
+                self.path,
+                &shape,
+                dtype,
+                buffers,
+                options,
+                &self.module,
+                &mut self.workspace,
+                &mut launcher,
+            )
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn launch<T: KdFloat>(
         &mut self,
         shape: &[usize],
@@ -124,48 +185,20 @@ impl PixelKdCuda {
         loss: Option<&mut dyn DevicePtrMut<f32>>,
         grad_student: Option<&mut dyn DevicePtrMut<T>>,
         upstream: Option<&dyn DevicePtr<f32>>,
+        options: GradOptions,
     ) -> Result<()> {
-        let shape = Nchw::from_dims("student", shape)?;
-        let outputs = OutputSet {
-            loss: loss.is_some(),
-            grad_student: grad_student.is_some(),
-            grad_teacher: false,
-            upstream: upstream.is_some(),
+        let numel = Nchw::from_dims("student", shape)?.numel();
+        let stream = self.stream.clone();
+        let mut guards: Guards<'_> = Vec::with_capacity(5);
+        let buffers = PixelKdRawBuffers {
+            student: cuda::input("student", student, numel, &stream, &mut guards)?,
+            teacher: cuda::input("teacher", teacher, numel, &stream, &mut guards)?,
+            loss: cuda::optional_output("loss", loss, 1, &stream, &mut guards)?,
+            grad_student: cuda::optional_output("grad_student", grad_student, numel, &stream, &mut guards)?,
+            upstream: cuda::optional_input("upstream", upstream, 1, &stream, &mut guards)?,
         };
-        let plan = self.plan(&shape, T::DTYPE, outputs)?;
-        let params = plan.params;
-        let numel = shape.numel();
-
-        let stream = &self.stream;
-        let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(8);
-        let (s, t) = cuda::input_pair(student, teacher, numel, stream, &mut guards)?;
-        let loss_ptr = cuda::optional_output("loss", loss, 1, stream, &mut guards)?;
-        let gs = cuda::optional_output("grad_student", grad_student, numel, stream, &mut guards)?;
-        let up = cuda::optional_input("upstream", upstream, 1, stream, &mut guards)?;
-        let (block_totals, counter) = self.workspace.prepare(stream, plan.workspace_floats, 1)?;
-        let (op, shared_mem_bytes) = match plan.kernel {
-            Kernel::Tiled { dynamic_smem } => (OP_TILED, dynamic_smem),
-            Kernel::PerPixel => (OP_PER_PIXEL, 0),
-        };
-        let function = self.kernels.get(op, T::DTYPE);
-        let cfg = LaunchConfig { grid_dim: (plan.blocks, 1, 1), block_dim: (BLOCK_THREADS, 1, 1), shared_mem_bytes };
-        // SAFETY: both kernels take this argument list (kernels/pixel_kd.cu); every pointer was checked to hold
-        // the elements the kernel touches; null pointers only for outputs the flags turn off; the tiled
-        // kernel's dynamic shared memory is what its tile needs, within what the function was allowed.
-        unsafe {
-            stream
-                .launch_builder(function)
-                .arg(&s)
-                .arg(&t)
-                .arg(&block_totals)
-                .arg(&counter)
-                .arg(&loss_ptr)
-                .arg(&gs)
-                .arg(&up)
-                .arg(&params)
-                .launch(cfg)
-                .map_err(|e| KdError::cuda("launch pixel_kd", e))?;
-        }
+        // SAFETY: every buffer was checked to live in this stream's context and to hold what the shape needs.
+        unsafe { self.launch_raw(stream.cu_stream(), shape, T::DTYPE, &buffers, options)? };
         drop(guards);
         Ok(())
     }

@@ -15,10 +15,13 @@
 
 mod cpu;
 mod cuda;
+pub(crate) mod driver;
+pub(crate) mod fixture;
 pub(crate) mod plan;
 
 pub use cpu::PixelKdCpu;
 pub use cuda::PixelKdCuda;
+pub use driver::PixelKdRawBuffers;
 
 /// Which kernel [`PixelKdCuda`] runs. The results agree to the tolerance table either way; only speed
 /// differs.

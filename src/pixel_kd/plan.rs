@@ -2,13 +2,17 @@
 //! grid and the workspace. Shared by the CUDA wrapper and the host emulation of the kernels.
 
 use super::{PixelKdConfig, PixelKdPath};
-use crate::cuda::{self, BLOCK_THREADS};
 use crate::dtype::DType;
 use crate::error::{KdError, Result};
 use crate::ffi::KdPixelKdParams;
-use crate::outputs::OutputSet;
+use crate::launch::{self, DeviceInfo, Launch, OutputSet, BLOCK_THREADS};
 use crate::shape::Nchw;
 use crate::validate;
+
+/// The entry points of kernels/pixel_kd.cu.
+pub(crate) const TILED: &str = "pixel_kd_tiled";
+pub(crate) const PER_PIXEL: &str = "pixel_kd";
+pub(crate) const KERNELS: [&str; 2] = [TILED, PER_PIXEL];
 
 /// One wave of resident 256-thread blocks per SM for the per-pixel kernel; threads then stride over the
 /// remaining pixels.
@@ -19,21 +23,14 @@ const TILE_BYTES_TARGET: usize = 48 * 1024;
 /// ...else the narrowest tile, whatever the device allows a block (opt-in).
 const NARROWEST_TILE: usize = 32;
 
-/// The kernel a call runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kernel {
-    /// `pixel_kd_tiled` with `dynamic_smem` bytes of staged values per block.
-    Tiled { dynamic_smem: u32 },
-    /// `pixel_kd`.
-    PerPixel,
-}
-
 /// Everything a pixel-KD launch needs besides the buffers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PixelKdPlan {
     pub params: KdPixelKdParams,
-    pub kernel: Kernel,
-    pub blocks: u32,
+    /// [`PixelKdPath::Tiled`] or [`PixelKdPath::PerPixel`], never `Auto`.
+    pub path: PixelKdPath,
+    /// The one launch: `pixel_kd_tiled` with its tile's dynamic shared memory, or `pixel_kd`.
+    pub launch: Launch,
     /// Workspace floats: one partial sum per block.
     pub workspace_floats: usize,
 }
@@ -45,6 +42,12 @@ pub(crate) struct Device {
     /// The most dynamic shared memory one block of the tiled kernel may have (opt-in limit less its static
     /// shared memory).
     pub max_dynamic_smem: usize,
+}
+
+impl Device {
+    pub(crate) fn of(info: &dyn DeviceInfo) -> Self {
+        Device { sm_count: info.sm_count(), max_dynamic_smem: info.max_dynamic_smem(TILED) }
+    }
 }
 
 /// The tile of the tiled kernel for `channels` channels of `dtype` on planes of `plane` pixels: pixels per
@@ -63,6 +66,7 @@ pub(crate) fn tile(channels: usize, plane: usize, dtype: DType, max_dynamic_smem
 /// Plans a call on `device`: the tiled kernel where `path` allows it and a tile fits, else the per-pixel
 /// kernel. `tiled_resident(bytes)` is how many blocks of the tiled kernel with `bytes` of dynamic shared
 /// memory the device holds at once (its grid).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plan(
     config: &PixelKdConfig,
     shape: &Nchw,
@@ -70,15 +74,16 @@ pub(crate) fn plan(
     device: Device,
     path: PixelKdPath,
     outputs: OutputSet,
-    tiled_resident: impl FnOnce(usize) -> usize,
+    grad_factor: f64,
+    tiled_resident: impl FnOnce(usize) -> Result<usize>,
 ) -> Result<PixelKdPlan> {
     if shape.c > i32::MAX as usize {
         return Err(KdError::TooLarge { what: "student", detail: format!("{} channels; at most 2^31 - 1", shape.c) });
     }
     let loss_scale = config.loss_scale(shape);
-    let grad_scale = config.grad_scale(shape);
+    let grad_scale = config.grad_scale(shape) * grad_factor;
     validate::representable_f32("loss_weight * [tau^2] / divisor", loss_scale)?;
-    validate::representable_f32("loss_weight * [tau^2] / divisor / tau", grad_scale)?;
+    validate::representable_f32("loss_weight * [tau^2] / divisor / tau * GradOptions::scale", grad_scale)?;
     let pixels = shape.n * shape.plane();
     let mut params = KdPixelKdParams {
         pixels: pixels as i64,
@@ -106,20 +111,19 @@ pub(crate) fn plan(
             })?)
         }
     };
-    let (kernel, blocks) = match tile {
+    let (path, launch) = match tile {
         Some((tile_pixels, bytes)) => {
             params.tile_pixels = tile_pixels as i32;
             let tiles = shape.n * shape.plane().div_ceil(tile_pixels);
-            let blocks = tiles.clamp(1, tiled_resident(bytes).max(1));
-            (Kernel::Tiled { dynamic_smem: bytes as u32 }, blocks)
+            let blocks = launch::grid_blocks("student", tiles.clamp(1, tiled_resident(bytes)?.max(1)))?;
+            (PixelKdPath::Tiled, Launch { dynamic_smem: bytes as u32, ..Launch::new(TILED, blocks) })
         }
         None => {
             let blocks = pixels.div_ceil(BLOCK_THREADS as usize).clamp(1, device.sm_count.max(1) * BLOCKS_PER_SM);
-            (Kernel::PerPixel, blocks)
+            (PixelKdPath::PerPixel, Launch::new(PER_PIXEL, launch::grid_blocks("student", blocks)?))
         }
     };
-    let grid = cuda::grid_blocks("student", blocks)?;
-    Ok(PixelKdPlan { params, kernel, blocks: grid, workspace_floats: blocks })
+    Ok(PixelKdPlan { params, path, launch, workspace_floats: launch.grid as usize })
 }
 
 #[cfg(test)]
@@ -154,22 +158,24 @@ mod tests {
     fn kernels_follow_the_path() {
         let config = PixelKdConfig::default();
         let device = Device { sm_count: 132, max_dynamic_smem: H100_SMEM };
-        let outputs = OutputSet { loss: true, grad_student: true, grad_teacher: false, upstream: false };
+        let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
         let shape = Nchw { n: 8, c: 19, h: 64, w: 128 };
-        let auto = plan(&config, &shape, DType::F32, device, PixelKdPath::Auto, outputs, |_| 660).unwrap();
-        assert_eq!(auto.kernel, Kernel::Tiled { dynamic_smem: 2 * 19 * 256 * 4 });
+        let auto = plan(&config, &shape, DType::F32, device, PixelKdPath::Auto, outputs, 1.0, |_| Ok(660)).unwrap();
+        assert_eq!(auto.path, PixelKdPath::Tiled);
+        assert_eq!(auto.launch.dynamic_smem, 2 * 19 * 256 * 4);
         assert_eq!(auto.params.tile_pixels, 256);
-        assert_eq!(auto.blocks, 256); // 8 images x 32 tiles, fewer than the resident blocks
-        let per_pixel = plan(&config, &shape, DType::F32, device, PixelKdPath::PerPixel, outputs, |_| 660).unwrap();
-        assert_eq!(per_pixel.kernel, Kernel::PerPixel);
+        assert_eq!(auto.launch.grid, 256); // 8 images x 32 tiles, fewer than the resident blocks
+        let per_pixel =
+            plan(&config, &shape, DType::F32, device, PixelKdPath::PerPixel, outputs, 1.0, |_| Ok(660)).unwrap();
+        assert_eq!(per_pixel.path, PixelKdPath::PerPixel);
         let wide = Nchw { n: 2, c: 1000, h: 8, w: 8 };
-        let fallback = plan(&config, &wide, DType::F32, device, PixelKdPath::Auto, outputs, |_| 660).unwrap();
-        assert_eq!(fallback.kernel, Kernel::PerPixel);
-        let forced = plan(&config, &wide, DType::F32, device, PixelKdPath::Tiled, outputs, |_| 660);
+        let fallback = plan(&config, &wide, DType::F32, device, PixelKdPath::Auto, outputs, 1.0, |_| Ok(660)).unwrap();
+        assert_eq!(fallback.path, PixelKdPath::PerPixel);
+        let forced = plan(&config, &wide, DType::F32, device, PixelKdPath::Tiled, outputs, 1.0, |_| Ok(660));
         assert!(matches!(forced, Err(KdError::Unsupported { .. })), "{forced:?}");
         let big = Nchw { n: 8, c: 19, h: 512, w: 1024 };
-        let grid = plan(&config, &big, DType::BF16, device, PixelKdPath::Auto, outputs, |_| 660).unwrap();
-        assert_eq!(grid.blocks, 660, "as many blocks as are resident, striding over the tiles");
+        let grid = plan(&config, &big, DType::BF16, device, PixelKdPath::Auto, outputs, 1.0, |_| Ok(660)).unwrap();
+        assert_eq!(grid.launch.grid, 660, "as many blocks as are resident, striding over the tiles");
         assert_eq!(grid.workspace_floats, 660);
     }
 }

@@ -1,0 +1,125 @@
+//! What a loss family's host code needs from the machine it runs on, as three small traits, so that one
+//! planner and one driver per family serve the CUDA wrappers, the raw-pointer layer and the host emulation
+//! of the kernels alike:
+//!
+//! * [`DeviceInfo`]: the facts a planner reads (SMs, cooperative launch, occupancy, shared memory);
+//! * [`Scratch`]: the family's device workspace, sized by the plan;
+//! * [`Launcher`]: runs a [`Launch`] of `{kernel}_{dtype}` with the kernel's argument block.
+//!
+//! Every kernel takes exactly one argument, its family's `Kd*Args` block of `kernels/params.h` (device
+//! addresses, then the parameter block), so a launch is a name, a geometry and a pointer to that block.
+
+use std::ffi::c_void;
+
+use crate::dtype::DType;
+use crate::error::{KdError, Result};
+use crate::ffi;
+
+/// Threads per block of every kernel (`KD_BLOCK_THREADS` in `kernels/params.h`).
+pub(crate) const BLOCK_THREADS: u32 = ffi::KD_BLOCK_THREADS;
+
+/// One kernel launch of a plan: the entry point `{kernel}_{dtype}` on a 1-D grid of
+/// [`BLOCK_THREADS`]-thread blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Launch {
+    /// The entry point without its dtype suffix, e.g. `cwd_fused`.
+    pub kernel: &'static str,
+    pub grid: u32,
+    pub dynamic_smem: u32,
+    /// Launched cooperatively: every block resident at once (blocks wait for each other).
+    pub cooperative: bool,
+}
+
+impl Launch {
+    pub(crate) fn new(kernel: &'static str, grid: u32) -> Self {
+        Launch { kernel, grid, dynamic_smem: 0, cooperative: false }
+    }
+}
+
+/// Why a launch did not happen.
+#[derive(Debug)]
+pub(crate) enum LaunchError {
+    /// The driver would not keep a cooperative grid resident (e.g. MPS with fewer SMs than reported).
+    CooperativeRefused(KdError),
+    /// Anything else.
+    Failed(KdError),
+}
+
+impl LaunchError {
+    pub(crate) fn into_error(self) -> KdError {
+        match self {
+            LaunchError::CooperativeRefused(e) | LaunchError::Failed(e) => e,
+        }
+    }
+}
+
+/// The device facts a planner reads.
+pub(crate) trait DeviceInfo {
+    fn sm_count(&self) -> usize;
+    /// Whether grids whose blocks wait for each other can be launched (cooperative launch).
+    fn cooperative(&self) -> bool;
+    /// Blocks of `{kernel}_{dtype}` with `dynamic_smem` bytes of dynamic shared memory resident at once.
+    fn resident_blocks(&self, kernel: &'static str, dtype: DType, dynamic_smem: usize) -> Result<usize>;
+    /// The most dynamic shared memory a block of `kernel` may have (opt-in limit less its static memory).
+    fn max_dynamic_smem(&self, kernel: &'static str) -> usize;
+    /// Remembers that the driver refused a cooperative grid, so that later plans avoid them.
+    fn refuse_cooperative(&self) {}
+}
+
+/// A family's workspace: `floats` f32 words (8-byte aligned, so doubles fit) and `counters` u32 counters that
+/// start at zero and that every kernel leaves at zero. Returns their addresses.
+pub(crate) trait Scratch {
+    fn prepare(&mut self, floats: usize, counters: usize) -> Result<(u64, u64)>;
+}
+
+/// Runs kernels.
+pub(crate) trait Launcher {
+    /// Queues `launch` of `{launch.kernel}_{dtype}` with the argument block at `args`.
+    ///
+    /// # Safety
+    /// `args` points to the argument block type the kernel takes, whose addresses hold what the kernel
+    /// touches for its parameters.
+    unsafe fn launch(&mut self, launch: &Launch, dtype: DType, args: *const c_void) -> Result<(), LaunchError>;
+}
+
+/// The outputs one call writes and how its gradients are scaled: the flags of `kernels/params.h`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct OutputSet {
+    pub loss: bool,
+    pub grad_student: bool,
+    pub grad_teacher: bool,
+    /// Gradients are multiplied by the device scalar d total / d loss.
+    pub device_upstream: bool,
+    /// Gradients are added into their buffers.
+    pub accumulate: bool,
+}
+
+impl OutputSet {
+    pub(crate) fn any_grad(&self) -> bool {
+        self.grad_student || self.grad_teacher
+    }
+
+    pub(crate) fn flags(&self) -> i32 {
+        let mut flags = 0;
+        for (on, flag) in [
+            (self.loss, ffi::KdOutputFlags_KD_WANT_LOSS),
+            (self.grad_student, ffi::KdOutputFlags_KD_WANT_GRAD_STUDENT),
+            (self.grad_teacher, ffi::KdOutputFlags_KD_WANT_GRAD_TEACHER),
+            (self.device_upstream, ffi::KdOutputFlags_KD_SCALE_BY_UPSTREAM),
+            (self.accumulate && self.any_grad(), ffi::KdOutputFlags_KD_ACCUMULATE_GRAD),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        flags as i32
+    }
+}
+
+/// Blocks of a 1-D grid, checked against the hardware limit.
+pub(crate) fn grid_blocks(what: &'static str, blocks: usize) -> Result<u32> {
+    if blocks == 0 || blocks > i32::MAX as usize {
+        return Err(KdError::TooLarge { what, detail: format!("needs {blocks} thread blocks; the limit is 2^31 - 1") });
+    }
+    Ok(blocks as u32)
+}
