@@ -65,7 +65,7 @@ impl DeviceInfo for EmulatedGpu {
 }
 
 /// Runs the registered entry points; a cooperative launch runs every block at once.
-struct EmulatedLauncher;
+pub(crate) struct EmulatedLauncher;
 
 impl Launcher for EmulatedLauncher {
     unsafe fn launch(&mut self, launch: &Launch, dtype: DType, args: *const c_void) -> Result<(), LaunchError> {
@@ -85,7 +85,7 @@ impl Launcher for EmulatedLauncher {
 
 /// Host workspace: floats start as NaN (a read before a write shows), counters at zero.
 #[derive(Default)]
-struct HostScratch {
+pub(crate) struct HostScratch {
     /// f32 words, allocated as f64 so that they are 8-byte aligned like the GPU's (CWD keeps doubles there).
     floats: Vec<f64>,
     counters: Vec<u32>,
@@ -101,7 +101,7 @@ impl Scratch for HostScratch {
 
 impl HostScratch {
     /// Every kernel leaves its counters at zero; anything else is a kernel bug.
-    fn check_counters(&self, what: &'static str) -> Result<()> {
+    pub(crate) fn check_counters(&self, what: &'static str) -> Result<()> {
         if self.counters.iter().any(|&c| c != 0) {
             return Err(KdError::Cuda { op: what, error: format!("counters left non-zero: {:?}", self.counters) });
         }
