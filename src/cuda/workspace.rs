@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUstreamCaptureStatus;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
+use cudarc::driver::sys::{CUstream, CUstreamCaptureStatus};
+use cudarc::driver::{result, CudaSlice, CudaStream, DevicePtrMut};
 
 use crate::error::{KdError, Result};
 use crate::launch::Scratch;
@@ -18,6 +18,9 @@ use crate::launch::Scratch;
 #[derive(Debug)]
 pub(crate) struct Workspace {
     stream: Arc<CudaStream>,
+    /// The stream of the call being prepared (the loss's own, or the raw layer's): the one whose capture
+    /// status matters.
+    launch_stream: CUstream,
     floats: Option<(CudaSlice<f32>, u64)>,
     counters: (CudaSlice<u32>, u64),
 }
@@ -33,12 +36,22 @@ impl Workspace {
     pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Self> {
         let mut counters = stream.alloc_zeros::<u32>(1).map_err(|e| KdError::cuda("cuMemAlloc (workspace)", e))?;
         let at = address(&mut counters, stream);
-        Ok(Workspace { stream: stream.clone(), floats: None, counters: (counters, at) })
+        Ok(Workspace { stream: stream.clone(), launch_stream: stream.cu_stream(), floats: None, counters: (counters, at) })
+    }
+
+    /// Sets the stream the next calls launch on.
+    pub(crate) fn launch_on(&mut self, stream: CUstream) {
+        self.launch_stream = stream;
     }
 
     fn capturing(&self) -> Result<bool> {
-        let status = self.stream.capture_status().map_err(|e| KdError::cuda("cuStreamIsCapturing", e))?;
-        Ok(status != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+        let capturing = |s: CUstream| -> Result<bool> {
+            self.stream.context().bind_to_thread().map_err(|e| KdError::cuda("cuCtxSetCurrent", e))?;
+            // SAFETY: both streams belong to the loss's context (the raw layer's contract).
+            let status = unsafe { result::stream::is_capturing(s) }.map_err(|e| KdError::cuda("cuStreamIsCapturing", e))?;
+            Ok(status != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+        };
+        Ok(capturing(self.launch_stream)? || capturing(self.stream.cu_stream())?)
     }
 
     /// Grows to at least `floats` floats and `counters` zeroed counters (no-op when large enough).

@@ -194,6 +194,7 @@ impl CwdCuda {
         options: GradOptions,
     ) -> Result<CwdPath> {
         let shape = Nchw::from_dims("student", shape)?;
+        self.workspace.launch_on(stream);
         let mut launcher = CudaLauncher { module: &self.module, stream };
         // SAFETY: forwarded from the caller.
         unsafe {

@@ -159,6 +159,7 @@ impl PixelKdCuda {
         options: GradOptions,
     ) -> Result<PixelKdPath> {
         let shape = Nchw::from_dims("student", shape)?;
+        self.workspace.launch_on(stream);
         let mut launcher = CudaLauncher { module: &self.module, stream };
         // SAFETY: forwarded from the caller.
         unsafe {

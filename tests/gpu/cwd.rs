@@ -1,0 +1,285 @@
+//! CWD on the GPU: every kernel against the CPU reference, the paths, long rows, many calls, misaligned
+//! views, errors that need a device, the raw layer, gradient accumulation and scaling.
+
+use half::{bf16, f16};
+use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath};
+use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::{DType, KdError, KdFloat};
+
+use crate::common;
+use crate::harness::{download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::pair::{compare, cwd_gpu, same_bits, weight_for, Case, GpuOut, CWD_PATHS, OFFSETS, SHAPES};
+
+pub(crate) const TESTS: &[(&str, TestFn)] = &[
+    ("cwd_paths_on_this_device", cwd_paths_on_this_device),
+    ("cwd_matches_cpu_f32", cwd_matches_cpu::<f32>),
+    ("cwd_matches_cpu_f16", cwd_matches_cpu::<f16>),
+    ("cwd_matches_cpu_bf16", cwd_matches_cpu::<bf16>),
+    ("cwd_long_rows_take_two_passes", cwd_long_rows_take_two_passes),
+    ("cwd_many_calls_in_a_row", cwd_many_calls_in_a_row),
+    ("misaligned_views_cwd", misaligned_views_cwd),
+    ("error_paths_cwd", error_paths_cwd),
+];
+
+pub(crate) fn cwd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
+    let mut failures = Vec::new();
+    for (i, dims) in SHAPES.into_iter().enumerate() {
+        let case = Case::<T>::random(1000 + i as u64, dims);
+        for tau in [1.0, 4.0] {
+            let rows = (dims[0] * dims[1]) as f64;
+            let loss_weight = weight_for::<T>(3.0, tau / rows);
+            // One CPU run (with the teacher gradient) serves both GPU configurations.
+            let config = CwdConfig { tau, loss_weight, teacher_grad: true };
+            let (s, t) = case.views()?;
+            let cpu = CwdCpu::new(config).or_msg("CwdCpu::new")?.forward_backward(s, t).or_msg("CwdCpu")?;
+            for teacher_grad in [false, true] {
+                for path in CWD_PATHS {
+                    let mut cwd = CwdCuda::new(stream.clone(), CwdConfig { teacher_grad, ..config })
+                        .or_msg("CwdCuda::new")?
+                        .with_path(path);
+                    let gpu = cwd_gpu(stream, &mut cwd, &case)?;
+                    if gpu.gt.is_some() != teacher_grad {
+                        failures.push(format!("{}: teacher gradient presence", case.name()));
+                    }
+                    let what =
+                        format!("cwd {path:?} {} tau={tau} lw={loss_weight} teacher_grad={teacher_grad}", case.name());
+                    compare(&what, &gpu, &cpu, &mut failures);
+                }
+            }
+        }
+    }
+    verdict(failures)
+}
+
+/// On a data-centre GPU the single pass applies to every benchmarked shape; `Auto` takes it there, and the
+/// two paths agree with each other as well as with the CPU reference.
+pub(crate) fn cwd_paths_on_this_device(stream: &Stream) -> TestResult {
+    let cwd = CwdCuda::new(stream.clone(), CwdConfig::default()).or_msg("CwdCuda::new")?;
+    let mut failures = Vec::new();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let max = cwd.single_pass_max_row_len(dtype);
+        println!("    single pass: rows of up to {max} {dtype} elements on this device");
+        for dims in [[8, 19, 64, 128], [8, 19, 512, 1024], [8, 256, 64, 128]] {
+            match cwd.resolved_path(&dims, dtype) {
+                Ok(CwdPath::SinglePass) => {}
+                other => failures.push(format!("{dtype} {dims:?}: Auto resolves to {other:?}, not the single pass")),
+            }
+        }
+    }
+    let config = CwdConfig { tau: 2.0, loss_weight: 1.0, teacher_grad: true };
+    let case = Case::<bf16>::random(4500, [2, 19, 97, 101]);
+    let mut one = CwdCuda::new(stream.clone(), config).or_msg("new")?.with_path(CwdPath::SinglePass);
+    let mut two = CwdCuda::new(stream.clone(), config).or_msg("new")?.with_path(CwdPath::TwoPass);
+    let (a, b) = (cwd_gpu(stream, &mut one, &case)?, cwd_gpu(stream, &mut two, &case)?);
+    let loss = Comparison::of([a.loss as f64], [b.loss as f64]);
+    if !loss.passes(tolerance(DType::BF16, OutputKind::Loss)) {
+        failures.push(format!("single vs two passes: loss {:e} vs {:e}", a.loss, b.loss));
+    }
+    let grad = Comparison::of(common::widen(&a.gs), common::widen(&b.gs));
+    if !grad.passes(tolerance(DType::BF16, OutputKind::Tensor)) {
+        failures.push(format!("single vs two passes: grad.student {grad:?}"));
+    }
+    verdict(failures)
+}
+
+/// Rows longer than the single pass takes on this device: `Auto` runs the two passes and matches the CPU
+/// reference, a forced single pass is a typed error.
+pub(crate) fn cwd_long_rows_take_two_passes(stream: &Stream) -> TestResult {
+    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false };
+    let mut auto = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
+    let row = auto.single_pass_max_row_len(DType::F32) + 4099;
+    let dims = [1, 2, 1, row];
+    ensure(auto.resolved_path(&dims, DType::F32) == Ok(CwdPath::TwoPass), || format!("{dims:?}: not two passes"))?;
+    let case = Case::<f32>::random(4600, dims);
+    let (s, t) = case.views()?;
+    let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(s, t).or_msg("cpu")?;
+    let gpu = cwd_gpu(stream, &mut auto, &case)?;
+    let mut failures = Vec::new();
+    compare(&format!("cwd Auto {}", case.name()), &gpu, &cpu, &mut failures);
+    let mut forced = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(CwdPath::SinglePass);
+    match cwd_gpu(stream, &mut forced, &case) {
+        Err(e) if e.contains("Unsupported") => {}
+        other => failures.push(format!("forced single pass on rows of {row}: {:?}", other.map(|o| o.loss))),
+    }
+    verdict(failures)
+}
+
+/// Hundreds of calls in a row on one object, shapes and entry points interleaved: the single pass's per-row
+/// counters and the loss ticket must return to zero after every launch, or a later call would compute
+/// from stale counts (or hang). Every repeat of a case must give the first result's bits.
+pub(crate) fn cwd_many_calls_in_a_row(stream: &Stream) -> TestResult {
+    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
+    let cases = [
+        Case::<f32>::random(4700, [2, 19, 64, 128]),
+        Case::<f32>::random(4701, [1, 3, 129, 257]),
+        Case::<f32>::random(4702, [8, 19, 8, 8]),
+    ];
+    for path in CWD_PATHS {
+        let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
+        let firsts: Vec<GpuOut<f32>> = cases.iter().map(|c| cwd_gpu(stream, &mut cwd, c)).collect::<Result<_, _>>()?;
+        let case = &cases[0];
+        let s = upload(stream, &case.s)?;
+        let t = upload(stream, &case.t)?;
+        let up = upload(stream, &[1.0f32])?;
+        let mut loss = upload(stream, &[0.0f32])?;
+        let mut gs = nan_buffer::<f32>(stream, case.numel())?;
+        let mut gt = nan_buffer::<f32>(stream, case.numel())?;
+        for _ in 0..100 {
+            cwd.forward(&case.dims, &s, &t, &mut loss).or_msg("forward")?;
+            cwd.backward(&case.dims, &s, &t, &up, &mut gs, Some(&mut gt)).or_msg("backward")?;
+            cwd.forward_backward(&case.dims, &s, &t, &mut loss, &mut gs, Some(&mut gt)).or_msg("forward_backward")?;
+        }
+        stream.synchronize().or_msg("synchronize")?;
+        for (i, c) in cases.iter().enumerate() {
+            let again = cwd_gpu(stream, &mut cwd, c)?;
+            same_bits(&format!("cwd {path:?} {} after 300 calls", c.name()), &firsts[i], &again)?;
+        }
+        let last =
+            GpuOut { loss: download(stream, &loss)?[0], gs: download(stream, &gs)?, gt: Some(download(stream, &gt)?) };
+        same_bits(&format!("cwd {path:?} {} the 300th call", case.name()), &firsts[0], &last)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn misaligned_cwd_case<T: KdFloat>(stream: &Stream, dims: [usize; 4], failures: &mut Vec<String>) -> TestResult {
+    let case = Case::<T>::random(8000, dims);
+    let n = case.numel();
+    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
+    let (sv, tv) = case.views()?;
+    let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
+    for (path, [os, ot, ogs, ogt]) in CWD_PATHS.into_iter().flat_map(|p| OFFSETS.map(|o| (p, o))) {
+        let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
+        let s = upload_at(stream, &case.s, os)?;
+        let t = upload_at(stream, &case.t, ot)?;
+        let mut gs = nan_buffer::<T>(stream, n + ogs + 3)?;
+        let mut gt = nan_buffer::<T>(stream, n + ogt + 3)?;
+        let mut loss = upload(stream, &[f32::NAN])?;
+        cwd.forward_backward(
+            &dims,
+            &s.slice(os..os + n),
+            &t.slice(ot..ot + n),
+            &mut loss,
+            &mut gs.slice_mut(ogs..ogs + n),
+            Some(&mut gt.slice_mut(ogt..ogt + n)),
+        )
+        .or_msg("CwdCuda::forward_backward on views")?;
+        let gs_all = download(stream, &gs)?;
+        let gt_all = download(stream, &gt)?;
+        let outside_untouched = |all: &[T], o: usize| all[..o].iter().chain(&all[o + n..]).all(|v| v.to_f64().is_nan());
+        let what = format!("cwd {path:?} {} offsets {:?}", case.name(), [os, ot, ogs, ogt]);
+        if !outside_untouched(&gs_all, ogs) || !outside_untouched(&gt_all, ogt) {
+            failures.push(format!("{what}: wrote outside the gradient views"));
+        }
+        let gpu = GpuOut {
+            loss: download(stream, &loss)?[0],
+            gs: gs_all[ogs..ogs + n].to_vec(),
+            gt: Some(gt_all[ogt..ogt + n].to_vec()),
+        };
+        compare(&what, &gpu, &cpu, failures);
+    }
+    Ok(())
+}
+
+pub(crate) fn misaligned_views_cwd(stream: &Stream) -> TestResult {
+    let mut failures = Vec::new();
+    for dims in [[1, 3, 129, 257], [2, 5, 9, 11], [1, 1, 1, 37]] {
+        misaligned_cwd_case::<f32>(stream, dims, &mut failures)?;
+        misaligned_cwd_case::<f16>(stream, dims, &mut failures)?;
+        misaligned_cwd_case::<bf16>(stream, dims, &mut failures)?;
+    }
+    verdict(failures)
+}
+
+pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
+    let dims = [2, 3, 4, 5];
+    let n = 120;
+    let case = Case::<f32>::random(9000, dims);
+    let s = upload(stream, &case.s)?;
+    let t = upload(stream, &case.t)?;
+    let short = upload(stream, &case.s[..n - 1])?;
+    let sentinel = 7.0f32;
+    let mut loss = upload(stream, &[sentinel])?;
+    let mut gs = upload(stream, &vec![sentinel; n])?;
+    let mut gt = upload(stream, &vec![sentinel; n])?;
+    let mut gs_short = upload(stream, &vec![sentinel; n - 1])?;
+
+    // Bad configurations are rejected by the GPU constructor too.
+    for tau in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let r = CwdCuda::new(stream.clone(), CwdConfig { tau, ..CwdConfig::default() }).map(|_| ());
+        expect_err(&format!("CwdCuda::new tau={tau}"), r, |e| {
+            matches!(e, KdError::InvalidParameter { name: "tau", .. })
+        })?;
+    }
+    let r = CwdCuda::new(stream.clone(), CwdConfig { loss_weight: f64::NAN, ..CwdConfig::default() }).map(|_| ());
+    expect_err("CwdCuda::new lw=NaN", r, |e| matches!(e, KdError::InvalidParameter { name: "loss_weight", .. }))?;
+
+    let mut off =
+        CwdCuda::new(stream.clone(), CwdConfig { teacher_grad: false, ..CwdConfig::default() }).or_msg("new")?;
+    let mut on =
+        CwdCuda::new(stream.clone(), CwdConfig { teacher_grad: true, ..CwdConfig::default() }).or_msg("new")?;
+    let up = upload(stream, &[1.0f32])?;
+
+    let r = off.forward_backward(&dims, &s, &t, &mut loss, &mut gs_short, None);
+    expect_err("grad_student too short", r, |e| {
+        *e == KdError::BufferTooSmall { what: "grad_student", needed: n, len: n - 1 }
+    })?;
+    let r = on.forward_backward(&dims, &s, &t, &mut loss, &mut gs, Some(&mut gs_short));
+    expect_err("grad_teacher too short", r, |e| {
+        *e == KdError::BufferTooSmall { what: "grad_teacher", needed: n, len: n - 1 }
+    })?;
+    let r = off.forward_backward(&dims, &short, &t, &mut loss, &mut gs, None);
+    expect_err("student too short", r, |e| *e == KdError::BufferTooSmall { what: "student", needed: n, len: n - 1 })?;
+    let r = off.forward(&dims, &s, &short, &mut loss);
+    expect_err("teacher too short", r, |e| *e == KdError::BufferTooSmall { what: "teacher", needed: n, len: n - 1 })?;
+    let r = off.forward(&dims, &s, &t, &mut loss.slice_mut(0..0));
+    expect_err("loss of length 0", r, |e| *e == KdError::BufferTooSmall { what: "loss", needed: 1, len: 0 })?;
+    let r = off.forward_backward(&dims, &s, &t, &mut loss.slice_mut(0..0), &mut gs, None);
+    expect_err("loss of length 0 (forward_backward)", r, |e| {
+        matches!(e, KdError::BufferTooSmall { what: "loss", .. })
+    })?;
+    let r = off.backward(&dims, &s, &t, &up.slice(0..0), &mut gs, None);
+    expect_err("upstream of length 0", r, |e| matches!(e, KdError::BufferTooSmall { what: "upstream", .. }))?;
+
+    let r = on.forward_backward(&dims, &s, &t, &mut loss, &mut gs, None);
+    expect_err("teacher_grad on, None", r, |e| matches!(e, KdError::OutputMismatch { what: "grad_teacher", .. }))?;
+    let r = on.backward(&dims, &s, &t, &up, &mut gs, None);
+    expect_err("teacher_grad on, None (backward)", r, |e| matches!(e, KdError::OutputMismatch { .. }))?;
+    let r = off.forward_backward(&dims, &s, &t, &mut loss, &mut gs, Some(&mut gt));
+    expect_err("teacher_grad off, Some", r, |e| matches!(e, KdError::OutputMismatch { what: "grad_teacher", .. }))?;
+    let r = off.backward(&dims, &s, &t, &up, &mut gs, Some(&mut gt));
+    expect_err("teacher_grad off, Some (backward)", r, |e| matches!(e, KdError::OutputMismatch { .. }))?;
+
+    for bad in [&[2usize, 3, 20][..], &[1, 2, 3, 4, 5], &[]] {
+        let r = off.forward_backward(bad, &s, &t, &mut loss, &mut gs, None);
+        expect_err(&format!("shape {bad:?}"), r, |e| {
+            *e == KdError::WrongRank { what: "student", expected: 4, got: bad.len() }
+        })?;
+    }
+    let r = off.forward(&[2, 0, 4, 5], &s, &t, &mut loss);
+    expect_err("zero dimension", r, |e| matches!(e, KdError::EmptyInput { .. }))?;
+    let r = off.forward(&[2, 3, 4, 6], &s, &t, &mut loss);
+    expect_err("shape larger than the buffers", r, |e| matches!(e, KdError::BufferTooSmall { what: "student", .. }))?;
+
+    // A weight whose scale is not representable in f32 is refused at launch.
+    for lw in [1e-300, 1e300] {
+        let mut tiny =
+            CwdCuda::new(stream.clone(), CwdConfig { loss_weight: lw, ..CwdConfig::default() }).or_msg("new")?;
+        let r = tiny.forward(&dims, &s, &t, &mut loss);
+        expect_err(&format!("loss_weight {lw}"), r, |e| matches!(e, KdError::InvalidParameter { .. }))?;
+    }
+
+    // Nothing was written by any failed call.
+    stream.synchronize().or_msg("synchronize")?;
+    ensure(download(stream, &loss)? == [sentinel], || "a failed call wrote the loss".into())?;
+    for (name, buf) in [("grad_student", &gs), ("grad_teacher", &gt)] {
+        ensure(download(stream, buf)?.iter().all(|&v| v == sentinel), || format!("a failed call wrote {name}"))?;
+    }
+
+    // The objects still work after the errors.
+    let (sv, tv) = case.views()?;
+    let cpu = CwdCpu::new(*on.config()).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
+    let gpu = cwd_gpu(stream, &mut on, &case)?;
+    let mut failures = Vec::new();
+    compare("cwd after errors", &gpu, &cpu, &mut failures);
+    verdict(failures)
+}

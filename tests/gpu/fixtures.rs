@@ -1,0 +1,43 @@
+//! Every recorded fixture on the GPU, and the verifier with both backends: generic over the families (a
+//! family registered for fixtures is covered here without a line of its own).
+
+use kd_kernels::fixture::{verify, Backend, Fixture};
+
+use crate::common;
+use crate::harness::{ensure, verdict, OrMsg, Stream, TestFn, TestResult};
+
+pub(crate) const TESTS: &[(&str, TestFn)] = &[
+    ("fixtures_pass_on_cuda", fixtures_pass_on_cuda),
+    ("verify_runs_both_backends", verify_runs_both_backends),
+];
+
+pub(crate) fn fixtures_pass_on_cuda(stream: &Stream) -> TestResult {
+    let backend = Backend::Cuda(stream.clone());
+    let mut failures = Vec::new();
+    for path in common::fixture_files() {
+        let fixture = Fixture::load(&path).or_msg(&path.display().to_string())?;
+        match fixture.check(&backend) {
+            Ok(checks) if checks.is_empty() => failures.push(format!("{}: nothing checked", path.display())),
+            Ok(checks) => {
+                for c in checks.iter().filter(|c| !c.pass()) {
+                    failures.push(format!("{} {}: {:?} > {}", path.display(), c.output, c.comparison, c.tolerance));
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", path.display())),
+        }
+    }
+    verdict(failures)
+}
+
+pub(crate) fn verify_runs_both_backends(stream: &Stream) -> TestResult {
+    let dir = common::fixture_dir().display().to_string();
+    let mut out = Vec::new();
+    let code = verify::run(&[dir], &[Backend::Cpu, Backend::Cuda(stream.clone())], &mut out);
+    let text = String::from_utf8(out).or_msg("utf-8")?;
+    let cuda_lines = text.lines().filter(|l| l.contains("\"backend\": \"cuda\"")).count();
+    let cpu_lines = text.lines().filter(|l| l.contains("\"backend\": \"cpu\"")).count();
+    ensure(code == 0, || format!("verify exited {code}:\n{text}"))?;
+    ensure(cuda_lines > 0 && cuda_lines == cpu_lines, || format!("{cpu_lines} cpu lines, {cuda_lines} cuda lines"))?;
+    let (backends, skipped) = verify::available_backends();
+    ensure(skipped.is_none() && backends.len() == 2, || format!("available_backends: skipped {skipped:?}"))
+}

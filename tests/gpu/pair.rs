@@ -1,0 +1,423 @@
+//! What the two same-shape NCHW softmax losses (CWD, pixel KD) share in the GPU tests: random cases with
+//! outliers, one call downloaded, the comparison with the CPU reference, and the properties stated once
+//! over both (exact zeros, close students, determinism, entry points, device upstream, CUDA graphs).
+
+use half::{bf16, f16};
+use kd_kernels::cpu::CpuOutput;
+use kd_kernels::cudarc::driver::{CudaSlice, DevicePtrMut};
+use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath};
+use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, Reduction};
+use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::{DType, KdError, KdFloat};
+use ndarray::ArrayView4;
+
+use crate::common::{self, SplitMix64};
+use crate::harness::{bits, download, ensure, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+
+pub(crate) const TESTS: &[(&str, TestFn)] = &[
+    ("trivial_softmax_gives_exact_zero", trivial_softmax_gives_exact_zero),
+    ("identical_inputs_give_zero", identical_inputs_give_zero),
+    ("close_student_loss_within_tolerance", close_student_loss_within_tolerance),
+    ("deterministic_bitwise", deterministic_bitwise),
+    ("forward_loss_equals_forward_backward_loss", forward_loss_equals_forward_backward_loss),
+    ("backward_scales_by_device_upstream", backward_scales_by_device_upstream),
+];
+
+/// Last of the whole suite: it turns off cudarc's event tracking and adds a second stream to the context.
+pub(crate) const LAST: &[(&str, TestFn)] = &[("graph_capture_replays", graph_capture_replays)];
+
+/// Inputs of one case, already in the storage dtype; the CPU reference gets exactly these values.
+pub(crate) struct Case<T> {
+    pub(crate) dims: [usize; 4],
+    pub(crate) s: Vec<T>,
+    pub(crate) t: Vec<T>,
+}
+
+impl<T: KdFloat> Case<T> {
+    /// Logits ~ N(0, 4) rounded to `T`, with a few +-30 outliers (at least 2, ~1 per 20k elements).
+    pub(crate) fn random(seed: u64, dims: [usize; 4]) -> Self {
+        let numel: usize = dims.iter().product();
+        let mut rng = SplitMix64::new(seed);
+        let outliers = (numel / 20_000).max(2);
+        let s = common::to_dtype(&common::logits(&mut rng, numel, 2.0, outliers));
+        let t = common::to_dtype(&common::logits(&mut rng, numel, 2.0, outliers));
+        Case { dims, s, t }
+    }
+
+    pub(crate) fn numel(&self) -> usize {
+        self.s.len()
+    }
+
+    pub(crate) fn views(&self) -> Result<(ArrayView4<'_, T>, ArrayView4<'_, T>), String> {
+        Ok((
+            ArrayView4::from_shape(self.dims, &self.s).or_msg("student view")?,
+            ArrayView4::from_shape(self.dims, &self.t).or_msg("teacher view")?,
+        ))
+    }
+
+    pub(crate) fn name(&self) -> String {
+        let [n, c, h, w] = self.dims;
+        format!("{}[{n}x{c}x{h}x{w}]", T::DTYPE)
+    }
+}
+
+/// What one GPU call produced, downloaded.
+pub(crate) struct GpuOut<T> {
+    pub(crate) loss: f32,
+    pub(crate) gs: Vec<T>,
+    pub(crate) gt: Option<Vec<T>>,
+}
+
+pub(crate) fn cwd_gpu<T: KdFloat>(stream: &Stream, cwd: &mut CwdCuda, case: &Case<T>) -> Result<GpuOut<T>, String> {
+    let s = upload(stream, &case.s)?;
+    let t = upload(stream, &case.t)?;
+    let mut loss = upload(stream, &[f32::NAN])?;
+    let mut gs = nan_buffer::<T>(stream, case.numel())?;
+    let mut gt = if cwd.config().teacher_grad { Some(nan_buffer::<T>(stream, case.numel())?) } else { None };
+    cwd.forward_backward(&case.dims, &s, &t, &mut loss, &mut gs, gt.as_mut().map(|g| g as &mut dyn DevicePtrMut<T>))
+        .or_msg("CwdCuda::forward_backward")?;
+    Ok(GpuOut {
+        loss: download(stream, &loss)?[0],
+        gs: download(stream, &gs)?,
+        gt: gt.map(|g| download(stream, &g)).transpose()?,
+    })
+}
+
+pub(crate) fn pixel_kd_gpu<T: KdFloat>(stream: &Stream, pkd: &mut PixelKdCuda, case: &Case<T>) -> Result<GpuOut<T>, String> {
+    let s = upload(stream, &case.s)?;
+    let t = upload(stream, &case.t)?;
+    let mut loss = upload(stream, &[f32::NAN])?;
+    let mut gs = nan_buffer::<T>(stream, case.numel())?;
+    pkd.forward_backward(&case.dims, &s, &t, &mut loss, &mut gs).or_msg("PixelKdCuda::forward_backward")?;
+    Ok(GpuOut { loss: download(stream, &loss)?[0], gs: download(stream, &gs)?, gt: None })
+}
+
+/// Compares a GPU result with the CPU reference under the tolerance table; failures go to `failures`.
+pub(crate) fn compare<T: KdFloat>(what: &str, gpu: &GpuOut<T>, cpu: &CpuOutput, failures: &mut Vec<String>) {
+    let dtype = T::DTYPE;
+    let loss = Comparison::of([gpu.loss as f64], [cpu.loss]);
+    let tol = tolerance(dtype, OutputKind::Loss);
+    if !loss.passes(tol) {
+        failures.push(format!("{what}: loss gpu {:e} cpu {:e}: {loss:?} > {tol}", gpu.loss, cpu.loss));
+    }
+    let mut tensor = |name: &str, got: &[T], reference: Option<&ndarray::Array4<f64>>| {
+        let Some(reference) = reference else {
+            failures.push(format!("{what}: {name}: the CPU reference has none"));
+            return;
+        };
+        if got.len() != reference.len() {
+            failures.push(format!("{what}: {name}: {} elements, reference {}", got.len(), reference.len()));
+            return;
+        }
+        let c = Comparison::of(common::widen(got), reference.iter().copied());
+        let tol = tolerance(dtype, OutputKind::Tensor);
+        if !c.passes(tol) {
+            failures.push(format!("{what}: {name}: {c:?} > {tol}"));
+        }
+    };
+    tensor("grad.student", &gpu.gs, Some(&cpu.grad_student));
+    if let Some(gt) = &gpu.gt {
+        tensor("grad.teacher", gt, cpu.grad_teacher.as_ref());
+    }
+}
+
+/// f16 has no normal numbers below 6.1e-5: where the gradient scale would put most of the gradient there, a
+/// larger weight keeps it in f16's normal range (the comparison is about the kernels, not f16's range).
+/// Other dtypes keep the weight as given.
+pub(crate) fn weight_for<T: KdFloat>(loss_weight: f64, grad_scale_per_unit_weight: f64) -> f64 {
+    let floor = 2f64.powi(-6);
+    if T::DTYPE == DType::F16 && loss_weight * grad_scale_per_unit_weight < floor {
+        floor / grad_scale_per_unit_weight
+    } else {
+        loss_weight
+    }
+}
+
+/// Shapes of the random comparisons: odd sizes, long rows (CWD row splitting: 1x2x512x1024 rows of 2^19
+/// split into chunks; 1x3x129x257 rows of odd length split with a ragged last chunk and unaligned row
+/// starts), many channels, width-1 and height-1 planes, and more pixels than one wave of threads.
+pub(crate) const SHAPES: [[usize; 4]; 7] = [
+    [1, 3, 5, 7],
+    [2, 19, 17, 33],
+    [3, 7, 1, 1001],
+    [2, 5, 33, 1],
+    [4, 256, 9, 9],
+    [1, 3, 129, 257],
+    [1, 2, 512, 1024],
+];
+
+pub(crate) const BIG: [usize; 4] = [1, 2, 512, 1024];
+
+/// Both CWD kernels, forced (every shape of [`SHAPES`] fits the single pass on a data-centre GPU).
+pub(crate) const CWD_PATHS: [CwdPath; 2] = [CwdPath::SinglePass, CwdPath::TwoPass];
+
+/// Both pixel-KD kernels, forced (every channel count of [`SHAPES`] fits a tile).
+pub(crate) const PIXEL_PATHS: [PixelKdPath; 2] = [PixelKdPath::Tiled, PixelKdPath::PerPixel];
+
+pub(crate) const REDUCTIONS: [Reduction; 4] = [Reduction::Mean, Reduction::BatchMean, Reduction::Sum, Reduction::PixelMean];
+
+/// Element offsets of (student, teacher, grad_student, grad_teacher): equal offsets keep a common
+/// alignment (vector path after a scalar head and before a scalar tail), unequal ones force the scalar path.
+pub(crate) const OFFSETS: [[usize; 4]; 4] = [[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 3, 0], [3, 2, 1, 5]];
+
+pub(crate) fn same_bits<T: KdFloat>(what: &str, a: &GpuOut<T>, b: &GpuOut<T>) -> TestResult {
+    ensure(a.loss.to_bits() == b.loss.to_bits(), || format!("{what}: loss {:e} vs {:e}", a.loss, b.loss))?;
+    ensure(bits(&a.gs) == bits(&b.gs), || format!("{what}: student gradients differ"))?;
+    let gt = |o: &GpuOut<T>| o.gt.as_ref().map(|g| bits(g));
+    ensure(gt(a) == gt(b), || format!("{what}: teacher gradients differ"))
+}
+
+/// Softmaxes over one element (CWD with H*W = 1, pixel KD with C = 1) are exactly 1, so the reference loss
+/// and gradients are exactly 0; with an all-zero reference the relative error is absolute (over `TINY`), so
+/// the GPU must produce exact zeros too.
+pub(crate) fn trivial_softmax_gives_exact_zero(stream: &Stream) -> TestResult {
+    let mut failures = Vec::new();
+    for (seed, dims) in [(1u64, [1, 1, 1, 1]), (2, [2, 5, 1, 1]), (3, [3, 7, 1, 1]), (4, [1, 1, 1, 1])] {
+        let case = Case::<f32>::random(3000 + seed, dims);
+        for tau in [1.0, 4.0] {
+            let config = CwdConfig { tau, loss_weight: 3.0, teacher_grad: true };
+            let (s, t) = case.views()?;
+            let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(s, t).or_msg("cpu")?;
+            let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
+            let gpu = cwd_gpu(stream, &mut cwd, &case)?;
+            compare(&format!("cwd {} tau={tau}", case.name()), &gpu, &cpu, &mut failures);
+        }
+    }
+    for (seed, dims) in [(5u64, [1, 1, 1, 1]), (6, [2, 1, 3, 5]), (7, [1, 1, 1, 1])] {
+        let case = Case::<f32>::random(3000 + seed, dims);
+        for tau in [1.0, 4.0] {
+            for reduction in REDUCTIONS {
+                let config = PixelKdConfig { tau, loss_weight: 1.0, reduction, scale_tau2: false };
+                let (s, t) = case.views()?;
+                let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(s, t).or_msg("cpu")?;
+                let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
+                let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
+                compare(&format!("pixel_kd {} tau={tau} {reduction:?}", case.name()), &gpu, &cpu, &mut failures);
+            }
+        }
+    }
+    verdict(failures)
+}
+
+pub(crate) fn identical_inputs_give_zero(stream: &Stream) -> TestResult {
+    let mut failures = Vec::new();
+    for dims in [[2, 19, 17, 33], [1, 3, 129, 257]] {
+        let mut case = Case::<bf16>::random(3100, dims);
+        case.t = case.s.clone();
+        let mut cwd = CwdCuda::new(stream.clone(), CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true })
+            .or_msg("CwdCuda::new")?;
+        let gpu = cwd_gpu(stream, &mut cwd, &case)?;
+        let all_zero = |v: &[bf16]| v.iter().all(|x| x.to_f32() == 0.0);
+        if gpu.loss != 0.0 || !all_zero(&gpu.gs) || !all_zero(gpu.gt.as_deref().unwrap_or(&[])) {
+            failures.push(format!("cwd {}: loss {:e} or a gradient is not exactly 0", case.name(), gpu.loss));
+        }
+        let mut pkd = PixelKdCuda::new(stream.clone(), PixelKdConfig::default()).or_msg("PixelKdCuda::new")?;
+        let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
+        if gpu.loss != 0.0 || !all_zero(&gpu.gs) {
+            failures.push(format!("pixel_kd {}: loss {:e} or the gradient is not exactly 0", case.name(), gpu.loss));
+        }
+    }
+    verdict(failures)
+}
+
+/// A student close to its teacher (late in distillation): student = teacher + N(0, 0.1^2) on logits of
+/// standard deviation 2. The KL is then small (~1e-3 per row at tau = 4) while the row statistics it is
+/// derived from are O(log2(H*W)), so the loss must not be computed as a difference of two large fp32 terms
+/// (e.g. log2(sum_S) - log2(sum_T)); the f32 row of the tolerance table (1e-4) applies as everywhere else.
+pub(crate) fn close_student_loss_within_tolerance(stream: &Stream) -> TestResult {
+    let mut failures = Vec::new();
+    for (seed, dims) in [(3200u64, [2, 19, 17, 33]), (3201, [1, 3, 129, 257]), (3202, [4, 19, 16, 16])] {
+        let numel: usize = dims.iter().product();
+        let mut rng = SplitMix64::new(seed);
+        let t = common::logits(&mut rng, numel, 2.0, 0);
+        let s: Vec<f32> = t.iter().map(|&v| (v as f64 + 0.1 * rng.normal()) as f32).collect();
+        let case = Case::<f32> { dims, s, t };
+        for tau in [1.0, 4.0] {
+            let config = CwdConfig { tau, loss_weight: 3.0, teacher_grad: false };
+            let (sv, tv) = case.views()?;
+            let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
+            let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
+            let gpu = cwd_gpu(stream, &mut cwd, &case)?;
+            compare(&format!("cwd {} tau={tau}", case.name()), &gpu, &cpu, &mut failures);
+
+            let config = PixelKdConfig { tau, loss_weight: 10.0, reduction: Reduction::Mean, scale_tau2: true };
+            let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
+            let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
+            let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
+            compare(&format!("pixel_kd {} tau={tau}", case.name()), &gpu, &cpu, &mut failures);
+        }
+    }
+    verdict(failures)
+}
+
+pub(crate) fn deterministic_bitwise(stream: &Stream) -> TestResult {
+    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
+    let small = Case::<f32>::random(4000, [2, 19, 17, 33]);
+    for (dims, path) in [BIG, [1, 3, 129, 257]].into_iter().flat_map(|d| CWD_PATHS.map(|p| (d, p))) {
+        let case = Case::<f32>::random(4001, dims);
+        let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
+        let first = cwd_gpu(stream, &mut cwd, &case)?;
+        let again = cwd_gpu(stream, &mut cwd, &case)?;
+        same_bits(&format!("cwd {path:?} {} twice", case.name()), &first, &again)?;
+        // A smaller shape in between (the workspace keeps its size) and a fresh object.
+        cwd_gpu(stream, &mut cwd, &small)?;
+        let after = cwd_gpu(stream, &mut cwd, &case)?;
+        same_bits(&format!("cwd {path:?} {} after another shape", case.name()), &first, &after)?;
+        let mut fresh = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
+        cwd_gpu(stream, &mut fresh, &small)?; // the workspace grows on the next call
+        let grown = cwd_gpu(stream, &mut fresh, &case)?;
+        same_bits(&format!("cwd {path:?} {} fresh object", case.name()), &first, &grown)?;
+    }
+    let config = PixelKdConfig { tau: 4.0, loss_weight: 10.0, reduction: Reduction::Mean, scale_tau2: true };
+    for (dims, path) in [BIG, [2, 19, 64, 64], [2, 256, 33, 17]].into_iter().flat_map(|d| PIXEL_PATHS.map(|p| (d, p))) {
+        let case = Case::<bf16>::random(4002, dims);
+        let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
+        let first = pixel_kd_gpu(stream, &mut pkd, &case)?;
+        let again = pixel_kd_gpu(stream, &mut pkd, &case)?;
+        same_bits(&format!("pixel_kd {path:?} {} twice", case.name()), &first, &again)?;
+        let mut fresh = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
+        let other = pixel_kd_gpu(stream, &mut fresh, &Case::<bf16>::random(4003, [1, 3, 5, 7]))?;
+        ensure(other.loss.is_finite(), || "pixel_kd small case".into())?;
+        let fresh_out = pixel_kd_gpu(stream, &mut fresh, &case)?;
+        same_bits(&format!("pixel_kd {path:?} {} fresh object", case.name()), &first, &fresh_out)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn forward_loss_equals_forward_backward_loss(stream: &Stream) -> TestResult {
+    fn run<T: KdFloat>(stream: &Stream, dims: [usize; 4], seed: u64) -> TestResult {
+        let case = Case::<T>::random(seed, dims);
+        let s = upload(stream, &case.s)?;
+        let t = upload(stream, &case.t)?;
+        for teacher_grad in [false, true] {
+            let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad };
+            let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
+            let fb = cwd_gpu(stream, &mut cwd, &case)?;
+            let mut loss = upload(stream, &[f32::NAN])?;
+            cwd.forward(&case.dims, &s, &t, &mut loss).or_msg("CwdCuda::forward")?;
+            let f = download(stream, &loss)?[0];
+            ensure(f.to_bits() == fb.loss.to_bits(), || {
+                format!(
+                    "cwd {} teacher_grad={teacher_grad}: forward {f:e} vs forward_backward {:e}",
+                    case.name(),
+                    fb.loss
+                )
+            })?;
+        }
+        for reduction in REDUCTIONS {
+            let config = PixelKdConfig { tau: 2.0, loss_weight: 10.0, reduction, scale_tau2: true };
+            let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
+            let fb = pixel_kd_gpu(stream, &mut pkd, &case)?;
+            let mut loss = upload(stream, &[f32::NAN])?;
+            pkd.forward(&case.dims, &s, &t, &mut loss).or_msg("PixelKdCuda::forward")?;
+            let f = download(stream, &loss)?[0];
+            ensure(f.to_bits() == fb.loss.to_bits(), || {
+                format!("pixel_kd {} {reduction:?}: forward {f:e} vs forward_backward {:e}", case.name(), fb.loss)
+            })?;
+        }
+        Ok(())
+    }
+    run::<f32>(stream, BIG, 5000)?;
+    run::<f32>(stream, [2, 19, 17, 33], 5001)?;
+    run::<f16>(stream, [1, 3, 129, 257], 5002)?;
+    run::<bf16>(stream, [4, 256, 9, 9], 5003)
+}
+
+/// `backward` with a device upstream `u` gives `u` times the `forward_backward` gradient, up to one rounding
+/// of the product in the storage dtype (`eps_rel` of the gradient's max), and leaves the loss alone.
+pub(crate) fn backward_scales_by_device_upstream(stream: &Stream) -> TestResult {
+    fn run<T: KdFloat>(stream: &Stream, dims: [usize; 4], eps_rel: f64) -> TestResult {
+        let case = Case::<T>::random(6000, dims);
+        let s = upload(stream, &case.s)?;
+        let t = upload(stream, &case.t)?;
+        let check = |what: &str, got: &[T], base: &[T], u: f64| -> TestResult {
+            let reference: Vec<f64> = base.iter().map(|v| u * v.to_f64()).collect();
+            let c = Comparison::of(common::widen(got), reference.iter().copied());
+            let ok = if u == 0.0 { got.iter().all(|v| v.to_f64() == 0.0) } else { c.passes(eps_rel) };
+            ensure(ok, || format!("{what} {} upstream={u}: {c:?} (allowed {eps_rel:e})", case.name()))
+        };
+        for u in [2.5f32, -0.5, 0.0] {
+            let up = upload(stream, &[u])?;
+            // CWD, with the teacher gradient.
+            let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
+            let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
+            let fb = cwd_gpu(stream, &mut cwd, &case)?;
+            let loss = upload(stream, &[fb.loss])?;
+            let mut gs = nan_buffer::<T>(stream, case.numel())?;
+            let mut gt = nan_buffer::<T>(stream, case.numel())?;
+            cwd.backward(&case.dims, &s, &t, &up, &mut gs, Some(&mut gt)).or_msg("CwdCuda::backward")?;
+            check("cwd grad.student", &download(stream, &gs)?, &fb.gs, u as f64)?;
+            check("cwd grad.teacher", &download(stream, &gt)?, fb.gt.as_ref().unwrap(), u as f64)?;
+            // The loss buffer (not passed to backward) keeps its value, and a forward_backward after a
+            // backward gives the same bits (the kernels' last-block counter is left consistent).
+            let kept = download(stream, &loss)?[0];
+            ensure(kept.to_bits() == fb.loss.to_bits(), || format!("cwd: loss buffer changed to {kept:e}"))?;
+            let after = cwd_gpu(stream, &mut cwd, &case)?;
+            same_bits("cwd forward_backward after backward", &fb, &after)?;
+
+            // Pixel KD.
+            let config = PixelKdConfig { tau: 1.0, loss_weight: 10.0, reduction: Reduction::Sum, scale_tau2: false };
+            let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
+            let fb = pixel_kd_gpu(stream, &mut pkd, &case)?;
+            let mut gs = nan_buffer::<T>(stream, case.numel())?;
+            pkd.backward(&case.dims, &s, &t, &up, &mut gs).or_msg("PixelKdCuda::backward")?;
+            check("pixel_kd grad.student", &download(stream, &gs)?, &fb.gs, u as f64)?;
+            let after = pixel_kd_gpu(stream, &mut pkd, &case)?;
+            same_bits("pixel_kd forward_backward after backward", &fb, &after)?;
+        }
+        Ok(())
+    }
+    run::<f32>(stream, [2, 19, 17, 33], 4.0 * f32::EPSILON as f64)?;
+    run::<f32>(stream, [1, 3, 129, 257], 4.0 * f32::EPSILON as f64)?;
+    run::<f16>(stream, [2, 19, 17, 33], 2f64.powi(-9))?;
+    run::<bf16>(stream, [4, 256, 9, 9], 2f64.powi(-6))
+}
+
+/// One loss call on (loss, grad_student) buffers, as captured into a graph.
+pub(crate) type LossCall<'a> = dyn FnMut(&mut CudaSlice<f32>, &mut CudaSlice<bf16>) -> Result<(), KdError> + 'a;
+
+pub(crate) fn graph_capture_replays(stream: &Stream) -> TestResult {
+    use kd_kernels::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let ctx = stream.context().clone();
+    // SAFETY: the buffers of this test are used on one stream; cudarc's cross-stream events are not needed, and
+    // waits on events recorded before a capture began are not allowed inside it.
+    unsafe { ctx.disable_event_tracking() };
+    let capture = ctx.new_stream().or_msg("new_stream")?; // the legacy default stream cannot be captured
+    let case = Case::<bf16>::random(9500, [2, 19, 64, 96]);
+    let s = upload(&capture, &case.s)?;
+    let t = upload(&capture, &case.t)?;
+    let mut loss = upload(&capture, &[f32::NAN])?;
+    let mut gs = nan_buffer::<bf16>(&capture, case.numel())?;
+
+    let mut replay = |what: String, call: &mut LossCall<'_>| -> TestResult {
+        // Outside the capture first: the workspace grows on the first call, and allocations cannot be captured.
+        call(&mut loss, &mut gs).or_msg(&format!("{what}: first call"))?;
+        capture.synchronize().or_msg("synchronize")?;
+        let expected = GpuOut { loss: download(&capture, &loss)?[0], gs: download(&capture, &gs)?, gt: None };
+        capture.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).or_msg("begin_capture")?;
+        let captured = call(&mut loss, &mut gs);
+        let graph = capture.end_capture(CUgraphInstantiate_flags(0)).or_msg(&format!("{what}: end_capture"));
+        captured.or_msg(&format!("{what}: the call under capture"))?;
+        let graph = graph?.ok_or_else(|| format!("{what}: the capture recorded nothing"))?;
+        for i in 0..5 {
+            capture.memset_zeros(&mut loss).or_msg("memset")?;
+            capture.memset_zeros(&mut gs).or_msg("memset")?;
+            graph.launch().or_msg("graph launch")?;
+            capture.synchronize().or_msg("synchronize")?;
+            let got = GpuOut { loss: download(&capture, &loss)?[0], gs: download(&capture, &gs)?, gt: None };
+            same_bits(&format!("{what}: replay {i}"), &expected, &got)?;
+        }
+        Ok(())
+    };
+    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false };
+    for path in CWD_PATHS {
+        let mut cwd = CwdCuda::new(capture.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
+        replay(format!("cwd {path:?}"), &mut |loss, gs| cwd.forward_backward(&case.dims, &s, &t, loss, gs, None))?;
+    }
+    for path in PIXEL_PATHS {
+        let mut pkd =
+            PixelKdCuda::new(capture.clone(), PixelKdConfig::default()).or_msg("PixelKdCuda::new")?.with_path(path);
+        replay(format!("pixel_kd {path:?}"), &mut |loss, gs| pkd.forward_backward(&case.dims, &s, &t, loss, gs))?;
+    }
+    Ok(())
+}
