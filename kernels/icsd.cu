@@ -25,6 +25,12 @@
  *   5. icsd_grad:     the gradient, in one more pass, honouring the upstream scalar (folded into the
  *                     coefficients by the epilogue), GradOptions::scale and KD_ACCUMULATE_GRAD.
  * Deterministic: every reduction has a fixed order for a given plan.
+ *
+ * Traffic per forward+backward: the teacher is read twice (stats, gram); the student four times (stats, gram,
+ * dot, grad), one more than the minimum of three: the softmax-along-H backward needs, per column, the dot
+ * sum_h P_k Q_k, and Q_k depends on the epilogue's coefficients, so it cannot be formed during the gram pass
+ * without C x C statistics per column. Known limits: C <= 2048 (256 * KD_ICSD_MAX_ENTRIES); the epilogue is a
+ * single block (C x C work, microseconds for C ~ 20).
  */
 #include "common.cuh"
 

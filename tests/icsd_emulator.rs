@@ -160,3 +160,69 @@ fn aicsd_one_call() {
         check_close(&format!("aicsd grad @{epoch}"), &widen(&grad), &reference, 1e-4);
     }
 }
+
+/// The recorded fixtures through the emulated kernels, against the PyTorch reference, with the GPU rows of the
+/// tolerance table (the kernels store gradients in the input dtype).
+#[test]
+fn fixtures_through_the_kernels() {
+    use safetensors::{Dtype, SafeTensors};
+    let files: Vec<_> = common::fixture_files()
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("icsd_"))
+        .collect();
+    assert_eq!(files.len(), 11);
+    for path in files {
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let config = IcsdConfig {
+            tau: meta.get("tau").map_or(1.0, |v| v.parse().unwrap()),
+            loss_weight: meta.get("loss_weight").map_or(9500.0, |v| v.parse().unwrap()),
+            variant: meta.get("variant").map_or(IcsdVariant::Official, |v| IcsdVariant::parse(v).unwrap()),
+        };
+        let f32s = |name: &str| -> Vec<f64> {
+            let t = st.tensor(name).unwrap();
+            assert_eq!(t.dtype(), Dtype::F32, "{name}");
+            t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect()
+        };
+        let student = st.tensor("student").unwrap();
+        let dims: [usize; 4] = student.shape().try_into().unwrap();
+        let what = path.file_name().unwrap().to_string_lossy().to_string();
+        fn run<T: KdFloat>(
+            config: IcsdConfig,
+            dims: [usize; 4],
+            s: &[u8],
+            t: &[u8],
+            decode: impl Fn(&[u8]) -> T,
+        ) -> (f64, Vec<f64>, Vec<f64>) {
+            let size = std::mem::size_of::<T>();
+            let s: Vec<T> = s.chunks_exact(size).map(&decode).collect();
+            let t: Vec<T> = t.chunks_exact(size).map(&decode).collect();
+            let r = emulate::icsd(&config, &dims, &s, &t, Mode::ForwardBackward, SMALL, GradOptions::OVERWRITE, None)
+                .unwrap();
+            let sims = r.sim_student.iter().chain(&r.sim_teacher).map(|&v| v as f64).collect();
+            (r.out.loss.unwrap() as f64, widen(r.out.grad_student.as_ref().unwrap()), sims)
+        }
+        let (s, t) = (student.data(), st.tensor("teacher").unwrap().data());
+        let (dtype, (loss, grad, sims)) = match student.dtype() {
+            Dtype::F32 => (
+                kd_kernels::DType::F32,
+                run::<f32>(config, dims, s, t, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+            Dtype::F16 => {
+                (kd_kernels::DType::F16, run::<f16>(config, dims, s, t, |c| f16::from_le_bytes([c[0], c[1]])))
+            }
+            Dtype::BF16 => {
+                (kd_kernels::DType::BF16, run::<bf16>(config, dims, s, t, |c| bf16::from_le_bytes([c[0], c[1]])))
+            }
+            other => panic!("{what}: dtype {other:?}"),
+        };
+        check_close(&format!("{what} loss"), &[loss], &f32s("loss"), tolerance(dtype, OutputKind::Loss));
+        check_close(&format!("{what} grad"), &grad, &f32s("grad.student"), tolerance(dtype, OutputKind::Tensor));
+        if st.names().iter().any(|n| *n == "sim.student") {
+            let want: Vec<f64> = f32s("sim.student").into_iter().chain(f32s("sim.teacher")).collect();
+            check_close(&format!("{what} sims"), &sims, &want, tolerance(dtype, OutputKind::Tensor));
+        }
+    }
+}
