@@ -220,7 +220,7 @@ fn fixtures_through_the_kernels() {
         };
         check_close(&format!("{what} loss"), &[loss], &f32s("loss"), tolerance(dtype, OutputKind::Loss));
         check_close(&format!("{what} grad"), &grad, &f32s("grad.student"), tolerance(dtype, OutputKind::Tensor));
-        if st.names().iter().any(|n| *n == "sim.student") {
+        if st.names().contains(&"sim.student") {
             let want: Vec<f64> = f32s("sim.student").into_iter().chain(f32s("sim.teacher")).collect();
             check_close(&format!("{what} sims"), &sims, &want, tolerance(dtype, OutputKind::Tensor));
         }
