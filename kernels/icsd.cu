@@ -120,10 +120,11 @@ template <typename T> __device__ void icsd_gram(const KdIcsdArgs& args) {
     const float* stats = kd::ptr<const float>(args.stats) + which * 2 * segments(p);
     double* partial = kd::ptr<double>(args.partials) + (which * p.gram_blocks + blk) * (p.classes * p.classes + p.classes);
     const int C = p.classes, TP = p.tile_pixels;
+    const int RS = TP + 1;  // row stride: a warp reading one pixel of many classes hits distinct banks
     const int64_t E = static_cast<int64_t>(C) * C + C;
     const int64_t pixels = p.batch * p.plane;
-    float* tp = tile;              // P[c][q]
-    float* tl = tile + C * TP;     // log P[c][q]
+    float* tp = tile;              // P[c][q] at c * RS + q
+    float* tl = tile + C * RS;     // log P[c][q]
     for (int64_t e = threadIdx.x; e < E; e += kBlockThreads) partial[e] = 0.0;
     for (int64_t tix = 0; tix < p.tiles_per_block; ++tix) {
         const int64_t first = (blk * p.tiles_per_block + tix) * TP;
@@ -138,20 +139,20 @@ template <typename T> __device__ void icsd_gram(const KdIcsdArgs& args) {
                 lp = log_prob(stats, segment(p, b, c, l), v, p.inv_tau);
                 pr = expf(lp);
             }
-            tp[f] = pr;
-            tl[f] = px < pixels ? lp : 0.f;
+            tp[c * RS + q] = pr;
+            tl[c * RS + q] = px < pixels ? lp : 0.f;
         }
         __syncthreads();
         for (int64_t e = threadIdx.x; e < E; e += kBlockThreads) {
             float acc = 0.f;
             if (e < static_cast<int64_t>(C) * C) {
                 const int i = static_cast<int>(e / C), j = static_cast<int>(e % C);
-                const float* li = (p.paper ? tl : tp) + i * TP;
-                const float* pj = tp + j * TP;
+                const float* li = (p.paper ? tl : tp) + i * RS;
+                const float* pj = tp + j * RS;
                 for (int q = 0; q < TP; ++q) acc = fmaf(li[q], pj[q], acc);
             } else {
                 const int k = static_cast<int>(e - static_cast<int64_t>(C) * C);
-                for (int q = 0; q < TP; ++q) acc = fmaf(tp[k * TP + q], tl[k * TP + q], acc);
+                for (int q = 0; q < TP; ++q) acc = fmaf(tp[k * RS + q], tl[k * RS + q], acc);
             }
             partial[e] += acc;
         }

@@ -145,7 +145,7 @@ typedef struct KdIcsdArgs {
 
 /* The most (class, position) pairs one thread of icsd_dot/icsd_grad holds: C * grad_cols <= 256 * this. */
 #define KD_ICSD_MAX_ENTRIES 8
-/* Floats of the shared tile of icsd_gram (P and log P of tile_pixels pixels): 2 * C * tile_pixels <= this. */
+/* Floats of the shared tile of icsd_gram (P and log P, rows padded by one): 2 * C * (tile_pixels + 1) <= this. */
 #define KD_ICSD_TILE_FLOATS 8192
 
 /* AICSD: out = wa * a + wb * b on one device float each (the two weighted loss terms). */

@@ -65,8 +65,8 @@ pub(crate) fn plan(
     let entries = c * c + c;
     let target = 2 * sm_count.max(1);
 
-    // icsd_gram: tiles of P and log P in shared memory.
-    let tile_pixels = prev_pow2((ffi::KD_ICSD_TILE_FLOATS as usize / (2 * c)).min(THREADS)).max(1);
+    // icsd_gram: tiles of P and log P in shared memory, rows padded by one float (bank conflicts).
+    let tile_pixels = prev_pow2((ffi::KD_ICSD_TILE_FLOATS as usize / (2 * c)).saturating_sub(1).min(THREADS)).max(1);
     let tiles = pixels.div_ceil(tile_pixels);
     let tiles_per_block = tiles.div_ceil(tiles.min(target));
     let gram_blocks = tiles.div_ceil(tiles_per_block);
@@ -158,7 +158,7 @@ mod tests {
                 let shape = Nchw::from_dims("student", &dims).unwrap();
                 let p = plan(&config, &shape, 132, ALL, 1.0).unwrap().params;
                 let c = dims[1] as i64;
-                assert!(2 * c * p.tile_pixels as i64 <= ffi::KD_ICSD_TILE_FLOATS as i64);
+                assert!(2 * c * (p.tile_pixels as i64 + 1) <= ffi::KD_ICSD_TILE_FLOATS as i64);
                 assert!(c * p.grad_cols as i64 <= MAX_CLASSES as i64);
                 assert!(p.gram_blocks as i64 * p.tiles_per_block * p.tile_pixels as i64 >= p.batch * p.plane);
                 if variant == IcsdVariant::Paper {
