@@ -207,14 +207,15 @@ template <typename T> __device__ void icsd_epilogue(const KdIcsdArgs& args) {
         norm[r] = sqrt(s);
     }
     __syncthreads();
-    float* sims[2] = {kd::ptr<float>(args.sim_student), kd::ptr<float>(args.sim_teacher)};
+    float* const sim_s = kd::ptr<float>(args.sim_student);
+    float* const sim_t = kd::ptr<float>(args.sim_teacher);
     for (int64_t f = threadIdx.x; f < 2 * CC; f += kBlockThreads) {
         const int64_t r = f / C;
         const double n = norm[r];
         const double v = m[f] / (n > eps ? n : eps);
         mh[f] = v;
-        const int which = f >= CC;
-        if (sims[which]) sims[which][f - which * CC] = static_cast<float>(v);
+        float* const sim = f >= CC ? sim_t : sim_s;
+        if (sim) sim[f >= CC ? f - CC : f] = static_cast<float>(v);
     }
     __syncthreads();
     if (p.flags & KD_WANT_LOSS) {
