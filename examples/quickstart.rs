@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use kd_kernels::cudarc::driver::CudaStream;
 use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda};
+use kd_kernels::icsd::{IcsdConfig, IcsdCpu, IcsdCuda};
 use kd_kernels::ndarray::Array4;
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda};
 use kd_kernels::{CpuOutput, DType};
@@ -29,6 +30,7 @@ const GPU_CALLS: u32 = 20;
 enum Loss {
     Cwd(CwdConfig),
     PixelKd(PixelKdConfig),
+    Icsd(IcsdConfig),
 }
 
 struct Case {
@@ -50,6 +52,8 @@ fn main() -> Res<()> {
         },
         // The official pixel-wise KD: tau 1, mean over all elements, weight 10.
         Case { label: "pixel_kd, tau 1, w 10", loss: Loss::PixelKd(PixelKdConfig::default()), shape: [8, 19, 64, 128] },
+        // ICSD, official variant (softmax along H, weight 9500), on Pascal-like logits (21 classes), small.
+        Case { label: "icsd official, w 9500", loss: Loss::Icsd(IcsdConfig::default()), shape: [6, 21, 65, 65] },
     ];
 
     // `default_stream` checks for compiled kernels, a driver and a device, and says which is missing instead
@@ -135,6 +139,10 @@ fn run_cpu(loss: Loss, student: &Array4<f32>, teacher: &Array4<f32>) -> Res<CpuO
     Ok(match loss {
         Loss::Cwd(config) => CwdCpu::new(config)?.forward_backward(student.view(), teacher.view())?,
         Loss::PixelKd(config) => PixelKdCpu::new(config)?.forward_backward(student.view(), teacher.view())?,
+        Loss::Icsd(config) => {
+            let r = IcsdCpu::new(config)?.forward_backward(student.view(), teacher.view())?;
+            CpuOutput { loss: r.loss, grad_student: r.grad_student, grad_teacher: None }
+        }
     })
 }
 
@@ -168,6 +176,10 @@ fn run_gpu(stream: &Arc<CudaStream>, case: &Case, student: &Array4<f32>, teacher
             let mut kd = PixelKdCuda::new(stream.clone(), config)?;
             let kernel = format!("{:?}", kd.resolved_path(&shape, DType::F32)?);
             (time_gpu(stream, || kd.forward_backward(&shape, &s, &t, &mut loss, &mut grad))?, kernel)
+        }
+        Loss::Icsd(config) => {
+            let mut icsd = IcsdCuda::new(stream.clone(), config)?;
+            (time_gpu(stream, || icsd.forward_backward(&shape, &s, &t, &mut loss, &mut grad))?, "icsd".to_string())
         }
     };
 

@@ -192,10 +192,13 @@ fn assert_check_line(line: &BTreeMap<String, Json>) {
     for key in ["file", "loss", "backend", "dtype", "output"] {
         assert!(line[key].str().is_some(), "`{key}` is not a string: {line:?}");
     }
-    assert!(["cwd", "pixel_kd"].contains(&line["loss"].str().unwrap()), "{line:?}");
+    assert!(["cwd", "pixel_kd", "icsd"].contains(&line["loss"].str().unwrap()), "{line:?}");
     assert!(["cpu", "cuda"].contains(&line["backend"].str().unwrap()), "{line:?}");
     assert!(["f32", "f16", "bf16"].contains(&line["dtype"].str().unwrap()), "{line:?}");
-    assert!(["loss", "grad.student", "grad.teacher"].contains(&line["output"].str().unwrap()), "{line:?}");
+    assert!(
+        ["loss", "grad.student", "grad.teacher", "sim.student", "sim.teacher"].contains(&line["output"].str().unwrap()),
+        "{line:?}"
+    );
     let Json::Bool(pass) = line["pass"] else { panic!("`pass` is not a boolean: {line:?}") };
     let (abs, rel, refmax) = (line["max_abs_err"].num(), line["max_rel_err"].num(), line["ref_max_abs"].num());
     let refmax = refmax.unwrap_or_else(|| panic!("`ref_max_abs` is not a number: {line:?}"));
@@ -324,6 +327,7 @@ fn every_fixture_passes_on_the_cpu_reference() {
         // Every reference output the file holds is checked, and nothing else.
         let candidates: &[&str] = match fixture.loss {
             LossKind::Cwd => &["loss", "grad.student", "grad.teacher"],
+            LossKind::Icsd => &["loss", "grad.student", "sim.student", "sim.teacher"],
             _ => &["loss", "grad.student"],
         };
         let present: Vec<&str> = candidates.iter().copied().filter(|n| fixture.tensors.contains_key(*n)).collect();
@@ -406,8 +410,10 @@ fn verify_fixture_dir_on_cpu_exits_0_with_one_line_per_output() {
     let mut files_seen = std::collections::BTreeSet::new();
     for path in common::fixture_files() {
         let f = Fixture::load(&path).unwrap();
-        expected_lines +=
-            ["loss", "grad.student", "grad.teacher"].iter().filter(|n| f.tensors.contains_key(**n)).count();
+        expected_lines += ["loss", "grad.student", "grad.teacher", "sim.student", "sim.teacher"]
+            .iter()
+            .filter(|n| f.tensors.contains_key(**n))
+            .count();
         files_seen.insert(path.display().to_string());
     }
     assert_eq!(lines.len(), expected_lines, "{text}");
@@ -477,7 +483,7 @@ fn verify_exit_2_for_every_unusable_file() {
         ("loss_weight empty", f(cwd.clone().set_meta("loss_weight", "")), "loss_weight"),
         ("reduction bogus", f(pkd.clone().set_meta("reduction", "average")), "reduction"),
         ("scale_tau2 yes", f(pkd.clone().set_meta("scale_tau2", "yes")), "scale_tau2"),
-        ("icsd", f(cwd.clone().set_meta("loss", "icsd")), "not implemented yet"),
+        ("icsd variant bogus", f(cwd.clone().set_meta("loss", "icsd").set_meta("variant", "loop")), "variant"),
         ("semckd", f(cwd.clone().set_meta("loss", "semckd")), "not implemented yet"),
         ("cwt", f(pkd.clone().set_meta("loss", "cwt")), "not implemented yet"),
         ("teacher shape differs", f(cwd.clone().with_tensor("teacher", f32_tensor(&[numel], &zeros))), "teacher"),

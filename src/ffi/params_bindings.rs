@@ -5,6 +5,8 @@
 pub const KD_BLOCK_THREADS: u32 = 256;
 pub const KD_CWD_FUSED_VECS: u32 = 4;
 pub const KD_CWD_STAT_DOUBLES: u32 = 5;
+pub const KD_ICSD_MAX_ENTRIES: u32 = 8;
+pub const KD_ICSD_TILE_FLOATS: u32 = 8192;
 pub const KdOutputFlags_KD_WANT_LOSS: KdOutputFlags = 1;
 pub const KdOutputFlags_KD_WANT_GRAD_STUDENT: KdOutputFlags = 2;
 pub const KdOutputFlags_KD_WANT_GRAD_TEACHER: KdOutputFlags = 4;
@@ -190,4 +192,165 @@ const _: () = {
     [
         "Offset of field: KdPixelKdArgs::p",
     ][::core::mem::offset_of!(KdPixelKdArgs, p) - 56usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdIcsdParams {
+    pub batch: i64,
+    pub plane: i64,
+    pub height: i64,
+    pub width: i64,
+    pub tiles_per_block: i64,
+    pub steps_per_block: i64,
+    pub classes: i32,
+    pub flags: i32,
+    pub paper: i32,
+    pub gram_blocks: i32,
+    pub tile_pixels: i32,
+    pub grad_cols: i32,
+    pub grad_groups: i32,
+    pub inv_tau: f32,
+    pub loss_scale: f32,
+    pub grad_scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdIcsdParams"][::core::mem::size_of::<KdIcsdParams>() - 88usize];
+    ["Alignment of KdIcsdParams"][::core::mem::align_of::<KdIcsdParams>() - 8usize];
+    [
+        "Offset of field: KdIcsdParams::batch",
+    ][::core::mem::offset_of!(KdIcsdParams, batch) - 0usize];
+    [
+        "Offset of field: KdIcsdParams::plane",
+    ][::core::mem::offset_of!(KdIcsdParams, plane) - 8usize];
+    [
+        "Offset of field: KdIcsdParams::height",
+    ][::core::mem::offset_of!(KdIcsdParams, height) - 16usize];
+    [
+        "Offset of field: KdIcsdParams::width",
+    ][::core::mem::offset_of!(KdIcsdParams, width) - 24usize];
+    [
+        "Offset of field: KdIcsdParams::tiles_per_block",
+    ][::core::mem::offset_of!(KdIcsdParams, tiles_per_block) - 32usize];
+    [
+        "Offset of field: KdIcsdParams::steps_per_block",
+    ][::core::mem::offset_of!(KdIcsdParams, steps_per_block) - 40usize];
+    [
+        "Offset of field: KdIcsdParams::classes",
+    ][::core::mem::offset_of!(KdIcsdParams, classes) - 48usize];
+    [
+        "Offset of field: KdIcsdParams::flags",
+    ][::core::mem::offset_of!(KdIcsdParams, flags) - 52usize];
+    [
+        "Offset of field: KdIcsdParams::paper",
+    ][::core::mem::offset_of!(KdIcsdParams, paper) - 56usize];
+    [
+        "Offset of field: KdIcsdParams::gram_blocks",
+    ][::core::mem::offset_of!(KdIcsdParams, gram_blocks) - 60usize];
+    [
+        "Offset of field: KdIcsdParams::tile_pixels",
+    ][::core::mem::offset_of!(KdIcsdParams, tile_pixels) - 64usize];
+    [
+        "Offset of field: KdIcsdParams::grad_cols",
+    ][::core::mem::offset_of!(KdIcsdParams, grad_cols) - 68usize];
+    [
+        "Offset of field: KdIcsdParams::grad_groups",
+    ][::core::mem::offset_of!(KdIcsdParams, grad_groups) - 72usize];
+    [
+        "Offset of field: KdIcsdParams::inv_tau",
+    ][::core::mem::offset_of!(KdIcsdParams, inv_tau) - 76usize];
+    [
+        "Offset of field: KdIcsdParams::loss_scale",
+    ][::core::mem::offset_of!(KdIcsdParams, loss_scale) - 80usize];
+    [
+        "Offset of field: KdIcsdParams::grad_scale",
+    ][::core::mem::offset_of!(KdIcsdParams, grad_scale) - 84usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdIcsdArgs {
+    pub student: u64,
+    pub teacher: u64,
+    pub grad_student: u64,
+    pub loss: u64,
+    pub upstream: u64,
+    pub sim_student: u64,
+    pub sim_teacher: u64,
+    pub stats: u64,
+    pub partials: u64,
+    pub mats: u64,
+    pub coef: u64,
+    pub dots: u64,
+    pub p: KdIcsdParams,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdIcsdArgs"][::core::mem::size_of::<KdIcsdArgs>() - 184usize];
+    ["Alignment of KdIcsdArgs"][::core::mem::align_of::<KdIcsdArgs>() - 8usize];
+    [
+        "Offset of field: KdIcsdArgs::student",
+    ][::core::mem::offset_of!(KdIcsdArgs, student) - 0usize];
+    [
+        "Offset of field: KdIcsdArgs::teacher",
+    ][::core::mem::offset_of!(KdIcsdArgs, teacher) - 8usize];
+    [
+        "Offset of field: KdIcsdArgs::grad_student",
+    ][::core::mem::offset_of!(KdIcsdArgs, grad_student) - 16usize];
+    [
+        "Offset of field: KdIcsdArgs::loss",
+    ][::core::mem::offset_of!(KdIcsdArgs, loss) - 24usize];
+    [
+        "Offset of field: KdIcsdArgs::upstream",
+    ][::core::mem::offset_of!(KdIcsdArgs, upstream) - 32usize];
+    [
+        "Offset of field: KdIcsdArgs::sim_student",
+    ][::core::mem::offset_of!(KdIcsdArgs, sim_student) - 40usize];
+    [
+        "Offset of field: KdIcsdArgs::sim_teacher",
+    ][::core::mem::offset_of!(KdIcsdArgs, sim_teacher) - 48usize];
+    [
+        "Offset of field: KdIcsdArgs::stats",
+    ][::core::mem::offset_of!(KdIcsdArgs, stats) - 56usize];
+    [
+        "Offset of field: KdIcsdArgs::partials",
+    ][::core::mem::offset_of!(KdIcsdArgs, partials) - 64usize];
+    [
+        "Offset of field: KdIcsdArgs::mats",
+    ][::core::mem::offset_of!(KdIcsdArgs, mats) - 72usize];
+    [
+        "Offset of field: KdIcsdArgs::coef",
+    ][::core::mem::offset_of!(KdIcsdArgs, coef) - 80usize];
+    [
+        "Offset of field: KdIcsdArgs::dots",
+    ][::core::mem::offset_of!(KdIcsdArgs, dots) - 88usize];
+    ["Offset of field: KdIcsdArgs::p"][::core::mem::offset_of!(KdIcsdArgs, p) - 96usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdIcsdMixArgs {
+    pub a: u64,
+    pub b: u64,
+    pub out: u64,
+    pub wa: f32,
+    pub wb: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdIcsdMixArgs"][::core::mem::size_of::<KdIcsdMixArgs>() - 32usize];
+    ["Alignment of KdIcsdMixArgs"][::core::mem::align_of::<KdIcsdMixArgs>() - 8usize];
+    [
+        "Offset of field: KdIcsdMixArgs::a",
+    ][::core::mem::offset_of!(KdIcsdMixArgs, a) - 0usize];
+    [
+        "Offset of field: KdIcsdMixArgs::b",
+    ][::core::mem::offset_of!(KdIcsdMixArgs, b) - 8usize];
+    [
+        "Offset of field: KdIcsdMixArgs::out",
+    ][::core::mem::offset_of!(KdIcsdMixArgs, out) - 16usize];
+    [
+        "Offset of field: KdIcsdMixArgs::wa",
+    ][::core::mem::offset_of!(KdIcsdMixArgs, wa) - 24usize];
+    [
+        "Offset of field: KdIcsdMixArgs::wb",
+    ][::core::mem::offset_of!(KdIcsdMixArgs, wb) - 28usize];
 };

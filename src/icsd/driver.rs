@@ -1,0 +1,133 @@
+//! One ICSD call from device addresses: checks, plan, workspace, argument block, launches. Shared by the
+//! typed CUDA API, the raw layer and the host emulation.
+
+use std::ffi::c_void;
+
+use super::plan;
+use super::IcsdConfig;
+use crate::dtype::DType;
+use crate::error::{KdError, Result};
+use crate::ffi::{KdIcsdArgs, KdIcsdMixArgs};
+use crate::grad::GradOptions;
+use crate::launch::{DeviceInfo, Launch, Launcher, OutputSet, Scratch};
+use crate::shape::Nchw;
+
+/// The device addresses of one ICSD call (`CUdeviceptr`s; 0 for an absent output). The call writes the loss
+/// where `loss` is set, d loss / d student where `grad_student` is (times the device scalar at `upstream`
+/// where that is set), and the row-normalised `C x C` matrices (f32) where `sim_student` / `sim_teacher` are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IcsdRawBuffers {
+    /// `[B, C, H, W]` student logits.
+    pub student: u64,
+    /// `[B, C, H, W]` teacher logits.
+    pub teacher: u64,
+    /// One f32: the loss.
+    pub loss: u64,
+    /// `[B, C, H, W]`: d loss / d student.
+    pub grad_student: u64,
+    /// One f32 read by the kernels: d total / d loss.
+    pub upstream: u64,
+    /// `C * C` f32: `Mh_S`.
+    pub sim_student: u64,
+    /// `C * C` f32: `Mh_T`.
+    pub sim_teacher: u64,
+}
+
+impl IcsdRawBuffers {
+    fn outputs(&self, options: GradOptions) -> Result<OutputSet> {
+        if self.student == 0 || self.teacher == 0 {
+            return Err(KdError::OutputMismatch { what: "student/teacher", fix: "both inputs need a device address" });
+        }
+        let grad_student = self.grad_student != 0;
+        if !grad_student && self.loss == 0 && self.sim_student == 0 && self.sim_teacher == 0 {
+            return Err(KdError::OutputMismatch {
+                what: "loss/grad_student",
+                fix: "nothing to compute: give the loss, the student gradient or a matrix an address",
+            });
+        }
+        if !grad_student && self.upstream != 0 {
+            return Err(KdError::OutputMismatch {
+                what: "upstream",
+                fix: "an upstream scalar needs the student gradient too",
+            });
+        }
+        Ok(OutputSet {
+            loss: self.loss != 0,
+            grad_student,
+            grad_teacher: false,
+            device_upstream: self.upstream != 0,
+            accumulate: options.accumulate,
+        })
+    }
+}
+
+/// The workspace floats any call on `shape` may need.
+pub(crate) fn workspace_bound(config: &IcsdConfig, shape: &Nchw, sm_count: usize) -> Result<usize> {
+    let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
+    Ok(plan::plan(config, shape, sm_count, outputs, 1.0)?.workspace_floats)
+}
+
+/// Runs one call.
+///
+/// # Safety
+/// Every non-zero address of `buffers` holds what [`IcsdRawBuffers`] says for `shape` and `dtype`, where
+/// `launcher`'s kernels can reach it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn run(
+    config: &IcsdConfig,
+    shape: &Nchw,
+    dtype: DType,
+    buffers: &IcsdRawBuffers,
+    options: GradOptions,
+    device: &dyn DeviceInfo,
+    scratch: &mut dyn Scratch,
+    launcher: &mut dyn Launcher,
+) -> Result<()> {
+    config.validate()?;
+    options.validate()?;
+    let outputs = buffers.outputs(options)?;
+    let plan = plan::plan(config, shape, device.sm_count(), outputs, options.scale)?;
+    let (floats, _) = scratch.prepare(plan.workspace_floats, 1)?;
+    let [mats, stats, coef, dots] = plan.offsets;
+    let args = KdIcsdArgs {
+        student: buffers.student,
+        teacher: buffers.teacher,
+        grad_student: buffers.grad_student,
+        loss: buffers.loss,
+        upstream: buffers.upstream,
+        sim_student: buffers.sim_student,
+        sim_teacher: buffers.sim_teacher,
+        stats: floats + stats,
+        partials: floats,
+        mats: floats + mats,
+        coef: floats + coef,
+        dots: floats + dots,
+        p: plan.params,
+    };
+    for launch in &plan.launches {
+        // SAFETY: `args` is the block icsd.cu's kernels take; its addresses come from the caller (who vouches
+        // for them) and from the workspace, sized by the plan.
+        unsafe { launcher.launch(launch, dtype, (&args as *const KdIcsdArgs).cast::<c_void>()) }
+            .map_err(|e| e.into_error())?;
+    }
+    Ok(())
+}
+
+/// Queues `out = wa * a + wb * b` on three device f32 (AICSD's loss terms).
+///
+/// # Safety
+/// `a`, `b`, `out` are device f32 the launcher's kernels can reach.
+pub(crate) unsafe fn mix(
+    launcher: &mut dyn Launcher,
+    dtype: DType,
+    a: u64,
+    b: u64,
+    out: u64,
+    wa: f64,
+    wb: f64,
+) -> Result<()> {
+    let args = KdIcsdMixArgs { a, b, out, wa: wa as f32, wb: wb as f32 };
+    // SAFETY: forwarded from the caller; `args` is icsd_mix's block.
+    unsafe { launcher.launch(&Launch::new(plan::MIX, 1), dtype, (&args as *const KdIcsdMixArgs).cast::<c_void>()) }
+        .map_err(|e| e.into_error())
+}

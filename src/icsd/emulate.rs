@@ -1,0 +1,152 @@
+//! ICSD and AICSD through the emulated kernels (feature `emulator`): the very driver [`super::IcsdCuda`]
+//! uses, on host buffers, with [`EmulatedGpu`] device facts.
+
+use super::{driver, AicsdConfig, IcsdConfig, IcsdRawBuffers};
+use crate::dtype::KdFloat;
+use crate::emulator::{EmulatedGpu, EmulatedLauncher, EmulatedOutput, HostScratch, Mode};
+use crate::error::{KdError, Result};
+use crate::grad::GradOptions;
+use crate::pixel_kd::{PixelKdPath, PixelKdRawBuffers};
+use crate::shape::Nchw;
+
+/// What an emulated ICSD call wrote: the loss, the gradient, and the two matrices (f32, `C * C`).
+#[derive(Debug, Clone)]
+pub struct IcsdEmulated<T> {
+    /// Loss and gradient, as [`crate::emulator`] reports them (`grad_teacher` is always `None`).
+    pub out: EmulatedOutput<T>,
+    /// `Mh_S`.
+    pub sim_student: Vec<f32>,
+    /// `Mh_T`.
+    pub sim_teacher: Vec<f32>,
+}
+
+fn check<T>(shape: &[usize], student: &[T], teacher: &[T]) -> Result<Nchw> {
+    let shape = Nchw::from_dims("student", shape)?;
+    for (what, len) in [("student", student.len()), ("teacher", teacher.len())] {
+        if len < shape.numel() {
+            return Err(KdError::BufferTooSmall { what, needed: shape.numel(), len });
+        }
+    }
+    Ok(shape)
+}
+
+fn start_grad<T: KdFloat>(numel: usize, mode: Mode, initial: Option<&[T]>) -> Result<Vec<T>> {
+    if mode == Mode::Forward {
+        return Ok(Vec::new());
+    }
+    match initial {
+        Some(v) if v.len() >= numel => Ok(v[..numel].to_vec()),
+        Some(v) => Err(KdError::BufferTooSmall { what: "initial gradient", needed: numel, len: v.len() }),
+        None => Ok(vec![T::from_f32(f32::NAN); numel]),
+    }
+}
+
+/// Runs ICSD through the emulated kernels, as [`super::IcsdCuda`] plans it for `gpu`.
+#[allow(clippy::too_many_arguments)]
+pub fn icsd<T: KdFloat>(
+    config: &IcsdConfig,
+    shape: &[usize],
+    student: &[T],
+    teacher: &[T],
+    mode: Mode,
+    gpu: EmulatedGpu,
+    options: GradOptions,
+    initial_grad: Option<&[T]>,
+) -> Result<IcsdEmulated<T>> {
+    let shape = check(shape, student, teacher)?;
+    let cc = shape.c * shape.c;
+    let mut grad = start_grad(shape.numel(), mode, initial_grad)?;
+    let mut loss = f32::NAN;
+    let upstream = match mode {
+        Mode::Backward { upstream } => upstream,
+        _ => 1.0,
+    };
+    let mut sim_s = vec![f32::NAN; cc];
+    let mut sim_t = vec![f32::NAN; cc];
+    let backward = matches!(mode, Mode::Backward { .. });
+    let buffers = IcsdRawBuffers {
+        student: student.as_ptr() as u64,
+        teacher: teacher.as_ptr() as u64,
+        loss: if backward { 0 } else { &mut loss as *mut f32 as u64 },
+        grad_student: if grad.is_empty() { 0 } else { grad.as_mut_ptr() as u64 },
+        upstream: if backward { &upstream as *const f32 as u64 } else { 0 },
+        sim_student: sim_s.as_mut_ptr() as u64,
+        sim_teacher: sim_t.as_mut_ptr() as u64,
+    };
+    let mut scratch = HostScratch::default();
+    // SAFETY: every address is a live host buffer of the size the shape needs; the emulated kernels run on
+    // the host and return before this does.
+    unsafe { driver::run(config, &shape, T::DTYPE, &buffers, options, &gpu, &mut scratch, &mut EmulatedLauncher)? };
+    scratch.check_counters("emulated icsd")?;
+    Ok(IcsdEmulated {
+        out: EmulatedOutput {
+            loss: (!backward).then_some(loss),
+            grad_student: (!grad.is_empty()).then_some(grad),
+            grad_teacher: None,
+        },
+        sim_student: sim_s,
+        sim_teacher: sim_t,
+    })
+}
+
+/// Runs the AICSD objective at `epoch` as [`super::AicsdCuda::forward_backward_with`] does: ICSD writes its
+/// gradient scaled by `alpha`, pixel KD adds `1 - alpha` times its own, and the mixing kernel writes
+/// `alpha * L_ICS + (1 - alpha) * L_KD`. Returns (loss, gradient).
+#[allow(clippy::too_many_arguments)]
+pub fn aicsd<T: KdFloat>(
+    config: &AicsdConfig,
+    epoch: f64,
+    shape: &[usize],
+    student: &[T],
+    teacher: &[T],
+    gpu: EmulatedGpu,
+    options: GradOptions,
+    initial_grad: Option<&[T]>,
+) -> Result<(f32, Vec<T>)> {
+    config.validate()?;
+    let alpha = config.alpha(epoch)?;
+    let shape = check(shape, student, teacher)?;
+    let mut grad = start_grad(shape.numel(), Mode::ForwardBackward, initial_grad)?;
+    let (mut l_ics, mut l_kd, mut total) = (f32::NAN, f32::NAN, f32::NAN);
+    let ics = IcsdRawBuffers {
+        student: student.as_ptr() as u64,
+        teacher: teacher.as_ptr() as u64,
+        loss: &mut l_ics as *mut f32 as u64,
+        grad_student: grad.as_mut_ptr() as u64,
+        ..IcsdRawBuffers::default()
+    };
+    let kd = PixelKdRawBuffers {
+        student: student.as_ptr() as u64,
+        teacher: teacher.as_ptr() as u64,
+        loss: &mut l_kd as *mut f32 as u64,
+        grad_student: grad.as_mut_ptr() as u64,
+        upstream: 0,
+    };
+    let (ics_options, kd_options) = config.grad_options(alpha, options);
+    let mut scratch = HostScratch::default();
+    // SAFETY: as in `icsd`.
+    unsafe {
+        driver::run(&config.icsd, &shape, T::DTYPE, &ics, ics_options, &gpu, &mut scratch, &mut EmulatedLauncher)?;
+        crate::pixel_kd::driver::run(
+            &config.kd,
+            PixelKdPath::Auto,
+            &shape,
+            T::DTYPE,
+            &kd,
+            kd_options,
+            &gpu,
+            &mut scratch,
+            &mut EmulatedLauncher,
+        )?;
+        driver::mix(
+            &mut EmulatedLauncher,
+            T::DTYPE,
+            &l_ics as *const f32 as u64,
+            &l_kd as *const f32 as u64,
+            &mut total as *mut f32 as u64,
+            alpha,
+            1.0 - alpha,
+        )?;
+    }
+    Ok((total, grad))
+}

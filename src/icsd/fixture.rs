@@ -1,0 +1,102 @@
+//! ICSD fixtures: parameters `tau`, `loss_weight`, `variant`; inputs `student`, `teacher`; outputs `loss`,
+//! `grad.student` and the optional `sim.student`, `sim.teacher` (`docs/fixtures.md`).
+
+use super::{IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
+use crate::dtype::{self, DType, KdFloat, PerDtype};
+use crate::error::KdError;
+use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, LossKind, Output};
+use crate::shape::Nchw;
+
+pub(crate) struct IcsdFixtures;
+
+impl FixtureFamily for IcsdFixtures {
+    fn loss(&self) -> LossKind {
+        LossKind::Icsd
+    }
+
+    fn extra_outputs(&self) -> &'static [&'static str] {
+        &["sim.student", "sim.teacher"]
+    }
+
+    fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
+        let (shape, dtype) = fixture.input_pair()?;
+        let d = IcsdConfig::default();
+        let variant = match fixture.param_word("variant") {
+            None => d.variant,
+            Some(word) => IcsdVariant::parse(word)?,
+        };
+        let config = IcsdConfig {
+            tau: fixture.param_f64("tau", d.tau)?,
+            loss_weight: fixture.param_f64("loss_weight", d.loss_weight)?,
+            variant,
+        };
+        config.validate()?;
+        Ok(Box::new(IcsdCase { config, shape, dtype }))
+    }
+}
+
+struct IcsdCase {
+    config: IcsdConfig,
+    shape: Nchw,
+    dtype: DType,
+}
+
+impl FixtureCase for IcsdCase {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn run(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
+        dtype::dispatch(self.dtype, Run { case: self, fixture, backend })
+    }
+}
+
+struct Run<'a> {
+    case: &'a IcsdCase,
+    fixture: &'a Fixture,
+    backend: &'a Backend,
+}
+
+impl PerDtype for Run<'_> {
+    type Out = Result<Computed, FixtureError>;
+
+    fn run<T: KdFloat>(self) -> Self::Out {
+        let IcsdCase { config, shape, .. } = self.case;
+        let (_, student) = self.fixture.input::<T>("student")?;
+        let (_, teacher) = self.fixture.input::<T>("teacher")?;
+        let dims = shape.dims();
+        let cc = [shape.c, shape.c];
+        let mut out = Computed::new();
+        match self.backend {
+            Backend::Cpu => {
+                let s = fixture::view4(shape, &student, "student")?;
+                let t = fixture::view4(shape, &teacher, "teacher")?;
+                let r = IcsdCpu::new(*config)?.forward_backward(s, t)?;
+                out.insert("loss".into(), Output::scalar(r.loss));
+                out.insert("grad.student".into(), Output::tensor(&dims, r.grad_student.iter().copied().collect()));
+                out.insert("sim.student".into(), Output::tensor(&cc, r.sim_student.iter().copied().collect()));
+                out.insert("sim.teacher".into(), Output::tensor(&cc, r.sim_teacher.iter().copied().collect()));
+            }
+            Backend::Cuda(stream) => {
+                let dev = |e| KdError::cuda("fixture transfer", e);
+                let s = stream.clone_htod(&student).map_err(dev)?;
+                let t = stream.clone_htod(&teacher).map_err(dev)?;
+                let mut loss = stream.alloc_zeros::<f32>(1).map_err(dev)?;
+                let mut gs = stream.alloc_zeros::<T>(shape.numel()).map_err(dev)?;
+                let mut ms = stream.alloc_zeros::<f32>(shape.c * shape.c).map_err(dev)?;
+                let mut mt = stream.alloc_zeros::<f32>(shape.c * shape.c).map_err(dev)?;
+                let mut icsd = IcsdCuda::new(stream.clone(), *config)?;
+                icsd.forward_backward(&dims, &s, &t, &mut loss, &mut gs)?;
+                let mut loss2 = stream.alloc_zeros::<f32>(1).map_err(dev)?;
+                icsd.forward_matrices(&dims, &s, &t, &mut loss2, &mut ms, &mut mt)?;
+                out.insert("loss".into(), Output::scalar(stream.clone_dtoh(&loss).map_err(dev)?[0] as f64));
+                let gs = fixture::to_f64(&stream.clone_dtoh(&gs).map_err(dev)?);
+                out.insert("grad.student".into(), Output::tensor(&dims, gs));
+                let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+                out.insert("sim.student".into(), Output::tensor(&cc, widen(stream.clone_dtoh(&ms).map_err(dev)?)));
+                out.insert("sim.teacher".into(), Output::tensor(&cc, widen(stream.clone_dtoh(&mt).map_err(dev)?)));
+            }
+        }
+        Ok(out)
+    }
+}
