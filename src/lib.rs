@@ -43,6 +43,7 @@ pub mod fixture;
 pub mod grad;
 mod launch;
 pub mod pixel_kd;
+pub mod semckd;
 pub mod shape;
 pub mod tolerance;
 mod validate;
