@@ -24,6 +24,8 @@
 //! more is [`crate::KdError::TooLarge`].
 
 mod cpu;
+#[cfg(feature = "emulator")]
+pub mod emulate;
 pub(crate) mod driver;
 pub(crate) mod fixture;
 mod layers;
