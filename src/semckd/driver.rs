@@ -126,7 +126,13 @@ pub(crate) struct SemckdPlan {
 }
 
 /// Plans a call on `layers`.
-pub(crate) fn plan(config: &SemckdConfig, layers: &SemckdLayers, want_grad: bool, flags: i32, scale: f64) -> Result<SemckdPlan> {
+pub(crate) fn plan(
+    config: &SemckdConfig,
+    layers: &SemckdLayers,
+    want_grad: bool,
+    flags: i32,
+    scale: f64,
+) -> Result<SemckdPlan> {
     layers.validate()?;
     let (b, d, s, t) = (layers.batch, layers.embed_dim, layers.students(), layers.teachers());
     let loss_scale = config.loss_weight / (b * s) as f64;
@@ -173,7 +179,19 @@ pub(crate) fn plan(config: &SemckdConfig, layers: &SemckdLayers, want_grad: bool
     }
     p.back_first[s] = i32::try_from(back_blocks).map_err(|_| too_large("gram_back blocks"))?;
     let nl = s + t;
-    let sizes = [partial_floats, nl * b * b, nl * b * 2 * d, nl * b * d, nl * b, b * s * t, b * s * t, nl * b * d, nl * b * d, nl * b * 2 * d, s * b * b];
+    let sizes = [
+        partial_floats,
+        nl * b * b,
+        nl * b * 2 * d,
+        nl * b * d,
+        nl * b,
+        b * s * t,
+        b * s * t,
+        nl * b * d,
+        nl * b * d,
+        nl * b * 2 * d,
+        s * b * b,
+    ];
     let mut offsets = [0usize; 11];
     let mut at = 0usize;
     for (o, size) in offsets.iter_mut().zip(sizes) {

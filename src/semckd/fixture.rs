@@ -6,9 +6,14 @@
 use ndarray::{ArrayView1, ArrayView2, ArrayView4};
 
 use super::cpu::{EmbedGrads, EmbedWeights};
-use super::{SemckdConfig, SemckdCpu, SemckdCpuInputs};
+use super::{
+    EmbedParamGrads, EmbedParams, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdCuda, SemckdGrads, SemckdInputs,
+    SemckdLayers,
+};
 use crate::dtype::{self, DType, KdFloat, PerDtype};
+use crate::error::KdError;
 use crate::fixture::{err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, LossKind, Output};
+use crate::grad::GradOptions;
 
 pub(crate) struct SemckdFixtures;
 
@@ -225,10 +230,105 @@ impl PerDtype for Run<'_> {
                     insert_mlp(&mut out, &format!("key.{j}"), g);
                 }
             }
-            Backend::Cuda(_) => {
-                return err("semckd on CUDA is not wired into the fixture verifier yet (CPU reference only)");
+            Backend::Cuda(stream) => {
+                let dev = |e| KdError::cuda("fixture transfer", e);
+                let shapes = |v: &[Tensor<T>]| v.iter().map(|t| t.shape.clone()).collect::<Vec<_>>();
+                let (ss, ts) = (shapes(&student), shapes(&teacher));
+                let s_refs: Vec<&[usize]> = ss.iter().map(|v| v.as_slice()).collect();
+                let t_refs: Vec<&[usize]> = ts.iter().map(|v| v.as_slice()).collect();
+                let mut layers = SemckdLayers::from_shapes(&s_refs, &t_refs)?;
+                layers.embed_dim = query[0].shapes[3].first().copied().unwrap_or(0);
+                layers.validate()?;
+                let up = |v: &[T]| stream.clone_htod(v).map_err(dev);
+                let upf = |v: &[f32]| stream.clone_htod(v).map_err(dev);
+                let s_dev = student.iter().map(|t| up(&t.values)).collect::<Result<Vec<_>, _>>()?;
+                let t_dev = teacher.iter().map(|t| up(&t.values)).collect::<Result<Vec<_>, _>>()?;
+                let p_dev = proj.iter().flatten().map(|t| up(&t.values)).collect::<Result<Vec<_>, _>>()?;
+                let mlp_dev = |m: &MlpTensors| -> Result<Vec<_>, KdError> { m.values.iter().map(|v| upf(v)).collect() };
+                let q_dev = query.iter().map(mlp_dev).collect::<Result<Vec<_>, _>>()?;
+                let k_dev = key.iter().map(mlp_dev).collect::<Result<Vec<_>, _>>()?;
+                let params = embed_params;
+                let sr: Vec<&dyn cudarc::driver::DevicePtr<T>> = s_dev.iter().map(|x| x as _).collect();
+                let tr: Vec<&dyn cudarc::driver::DevicePtr<T>> = t_dev.iter().map(|x| x as _).collect();
+                let pr: Vec<&dyn cudarc::driver::DevicePtr<T>> = p_dev.iter().map(|x| x as _).collect();
+                let qp: Vec<EmbedParams<'_>> = q_dev.iter().map(params).collect();
+                let kp: Vec<EmbedParams<'_>> = k_dev.iter().map(params).collect();
+                let inputs = SemckdInputs { student: &sr, teacher: &tr, proj: &pr, query: &qp, key: &kp };
+                let zeros_t = |n: usize| stream.alloc_zeros::<T>(n).map_err(dev);
+                let zeros_f = |n: usize| stream.alloc_zeros::<f32>(n).map_err(dev);
+                let numels = layers.embed_numels();
+                let mut gs = (0..students)
+                    .map(|i| zeros_t(layers.student_shape(i).iter().product()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut gp = (0..students * teachers)
+                    .map(|p| zeros_t(layers.pair_numel(p / teachers, p % teachers)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut gq = (0..students)
+                    .map(|_| numels.iter().map(|&n| zeros_f(n)).collect::<Result<Vec<_>, _>>())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut gk = (0..teachers)
+                    .map(|_| numels.iter().map(|&n| zeros_f(n)).collect::<Result<Vec<_>, _>>())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut loss = zeros_f(1)?;
+                let mut attention = zeros_f(layers.batch * students * teachers)?;
+                {
+                    let grads_of = embed_grads;
+                    let mut grads = SemckdGrads {
+                        student: gs.iter_mut().map(|x| x as &mut dyn cudarc::driver::DevicePtrMut<T>).collect(),
+                        proj: gp.iter_mut().map(|x| x as &mut dyn cudarc::driver::DevicePtrMut<T>).collect(),
+                        query: gq.iter_mut().map(grads_of).collect(),
+                        key: gk.iter_mut().map(grads_of).collect(),
+                    };
+                    let mut cuda = SemckdCuda::new(stream.clone(), config)?;
+                    cuda.forward_backward(
+                        &layers,
+                        &inputs,
+                        &mut loss,
+                        Some(&mut attention),
+                        Some(&mut grads),
+                        GradOptions::OVERWRITE,
+                    )?;
+                }
+                let down_t = |x: &cudarc::driver::CudaSlice<T>| {
+                    stream.clone_dtoh(x).map_err(dev).map(|v| crate::fixture::to_f64(&v))
+                };
+                let down_f = |x: &cudarc::driver::CudaSlice<f32>| {
+                    stream.clone_dtoh(x).map_err(dev).map(|v| v.into_iter().map(f64::from).collect::<Vec<_>>())
+                };
+                out.insert("loss".into(), Output::scalar(down_f(&loss)?[0]));
+                out.insert(
+                    "attention".into(),
+                    Output::tensor(&[layers.batch, students, teachers], down_f(&attention)?),
+                );
+                for (i, g) in gs.iter().enumerate() {
+                    out.insert(format!("grad.student.{i}"), Output::tensor(&layers.student_shape(i), down_t(g)?));
+                }
+                for (p, g) in gp.iter().enumerate() {
+                    let (i, j) = (p / teachers, p % teachers);
+                    out.insert(
+                        format!("grad.student_proj.{i}.{j}"),
+                        Output::tensor(&layers.pair_shape(i, j), down_t(g)?),
+                    );
+                }
+                let shapes4 = layers.embed_shapes();
+                for (side, list) in [("query", &gq), ("key", &gk)] {
+                    for (l, m) in list.iter().enumerate() {
+                        for (k, name) in PARAMS.iter().enumerate() {
+                            out.insert(format!("grad.{side}.{l}.{name}"), Output::tensor(&shapes4[k], down_f(&m[k])?));
+                        }
+                    }
+                }
             }
         }
         Ok(out)
     }
+}
+
+fn embed_params(v: &Vec<cudarc::driver::CudaSlice<f32>>) -> EmbedParams<'_> {
+    EmbedParams { linear1_weight: &v[0], linear1_bias: &v[1], linear2_weight: &v[2], linear2_bias: &v[3] }
+}
+
+fn embed_grads(v: &mut Vec<cudarc::driver::CudaSlice<f32>>) -> EmbedParamGrads<'_> {
+    let [a, b, c, d] = &mut v[..] else { unreachable!("four parameters") };
+    EmbedParamGrads { linear1_weight: a, linear1_bias: b, linear2_weight: c, linear2_bias: d }
 }

@@ -24,14 +24,16 @@
 //! more is [`crate::KdError::TooLarge`].
 
 mod cpu;
+mod cuda;
+pub(crate) mod driver;
 #[cfg(feature = "emulator")]
 pub mod emulate;
-pub(crate) mod driver;
 pub(crate) mod fixture;
 mod layers;
 mod pool;
 
 pub use cpu::{EmbedWeights, SemckdCpu, SemckdCpuInputs, SemckdCpuOutput};
+pub use cuda::{EmbedParamGrads, EmbedParams, SemckdCuda, SemckdGrads, SemckdInputs};
 pub use driver::SemckdRawBuffers;
 pub use layers::{SemckdLayers, MAX_LAYERS};
 pub use pool::{adaptive_avg_pool, adaptive_avg_pool_backward, pool_window};
