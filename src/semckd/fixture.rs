@@ -251,8 +251,8 @@ impl PerDtype for Run<'_> {
                 let sr: Vec<&dyn cudarc::driver::DevicePtr<T>> = s_dev.iter().map(|x| x as _).collect();
                 let tr: Vec<&dyn cudarc::driver::DevicePtr<T>> = t_dev.iter().map(|x| x as _).collect();
                 let pr: Vec<&dyn cudarc::driver::DevicePtr<T>> = p_dev.iter().map(|x| x as _).collect();
-                let qp: Vec<EmbedParams<'_>> = q_dev.iter().map(params).collect();
-                let kp: Vec<EmbedParams<'_>> = k_dev.iter().map(params).collect();
+                let qp: Vec<EmbedParams<'_>> = q_dev.iter().map(|v| params(v)).collect();
+                let kp: Vec<EmbedParams<'_>> = k_dev.iter().map(|v| params(v)).collect();
                 let inputs = SemckdInputs { student: &sr, teacher: &tr, proj: &pr, query: &qp, key: &kp };
                 let zeros_t = |n: usize| stream.alloc_zeros::<T>(n).map_err(dev);
                 let zeros_f = |n: usize| stream.alloc_zeros::<f32>(n).map_err(dev);
@@ -276,8 +276,8 @@ impl PerDtype for Run<'_> {
                     let mut grads = SemckdGrads {
                         student: gs.iter_mut().map(|x| x as &mut dyn cudarc::driver::DevicePtrMut<T>).collect(),
                         proj: gp.iter_mut().map(|x| x as &mut dyn cudarc::driver::DevicePtrMut<T>).collect(),
-                        query: gq.iter_mut().map(grads_of).collect(),
-                        key: gk.iter_mut().map(grads_of).collect(),
+                        query: gq.iter_mut().map(|v| grads_of(v)).collect(),
+                        key: gk.iter_mut().map(|v| grads_of(v)).collect(),
                     };
                     let mut cuda = SemckdCuda::new(stream.clone(), config)?;
                     cuda.forward_backward(
@@ -324,11 +324,11 @@ impl PerDtype for Run<'_> {
     }
 }
 
-fn embed_params(v: &Vec<cudarc::driver::CudaSlice<f32>>) -> EmbedParams<'_> {
+fn embed_params(v: &[cudarc::driver::CudaSlice<f32>]) -> EmbedParams<'_> {
     EmbedParams { linear1_weight: &v[0], linear1_bias: &v[1], linear2_weight: &v[2], linear2_bias: &v[3] }
 }
 
-fn embed_grads(v: &mut Vec<cudarc::driver::CudaSlice<f32>>) -> EmbedParamGrads<'_> {
-    let [a, b, c, d] = &mut v[..] else { unreachable!("four parameters") };
+fn embed_grads(v: &mut [cudarc::driver::CudaSlice<f32>]) -> EmbedParamGrads<'_> {
+    let [a, b, c, d] = v else { unreachable!("four parameters") };
     EmbedParamGrads { linear1_weight: a, linear1_bias: b, linear2_weight: c, linear2_bias: d }
 }
