@@ -8,6 +8,7 @@
 //! |---|---|---|---|
 //! | channel-wise distillation (CWD) | [`cwd::CwdCuda`] | [`cwd::CwdCpu`] | `losses.md` 1 |
 //! | pixel-wise KD | [`pixel_kd::PixelKdCuda`] | [`pixel_kd::PixelKdCpu`] | `losses.md` 1.7, 2.5 |
+//! | SemCKD | [`semckd::SemckdCuda`] | [`semckd::SemckdCpu`] | `losses.md` 4 |
 //!
 //! GPU entry points work on caller-owned device buffers (`f32`, `half::f16`, `half::bf16`) in NCHW layout,
 //! on the caller's stream, write the loss as a device f32 scalar and the gradients in the input dtype,
