@@ -23,14 +23,26 @@ fn host<T: KdFloat>(case: &Case<T>) -> SemckdHostInputs<'_, T> {
     }
 }
 
-fn close(what: &str, dtype: DType, kind: OutputKind, got: impl IntoIterator<Item = f64>, want: impl IntoIterator<Item = f64>) {
+fn close(
+    what: &str,
+    dtype: DType,
+    kind: OutputKind,
+    got: impl IntoIterator<Item = f64>,
+    want: impl IntoIterator<Item = f64>,
+) {
     let c = Comparison::of(got, want);
     let tol = tolerance(dtype, kind);
     assert!(c.passes(tol), "{what} ({dtype}): {c:?} > {tol}");
 }
 
 /// Compares every output; gradients of the emulated call are `factor * reference + base`.
-fn compare<T: KdFloat>(got: &SemckdHostOutputs<T>, r: &SemckdCpuOutput, t: usize, factor: f64, base: Option<&SemckdHostOutputs<T>>) {
+fn compare<T: KdFloat>(
+    got: &SemckdHostOutputs<T>,
+    r: &SemckdCpuOutput,
+    t: usize,
+    factor: f64,
+    base: Option<&SemckdHostOutputs<T>>,
+) {
     let dtype = T::DTYPE;
     let w = |v: &[T]| v.iter().map(|x| x.to_f64()).collect::<Vec<_>>();
     let wf = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();

@@ -26,8 +26,7 @@ impl<T: KdFloat> Case<T> {
     /// `student`, `teacher`: `[C, H, W]` per layer.
     pub fn new(seed: u64, batch: usize, student: &[[usize; 3]], teacher: &[[usize; 3]]) -> Self {
         let mut rng = SplitMix64::new(seed);
-        let layers =
-            SemckdLayers { batch, embed_dim: batch / 4, student: student.to_vec(), teacher: teacher.to_vec() };
+        let layers = SemckdLayers { batch, embed_dim: batch / 4, student: student.to_vec(), teacher: teacher.to_vec() };
         let s: Vec<Vec<T>> =
             (0..student.len()).map(|i| values(&mut rng, layers.student_shape(i).iter().product(), 1.0)).collect();
         let t: Vec<Vec<T>> =
