@@ -161,4 +161,14 @@ typedef struct KdSemckdArgs {
     KdSemckdParams p;
 } KdSemckdArgs;
 
+/* Adaptive average pooling of [planes, in_h, in_w] to [planes, out_h, out_w] (semckd_pool, semckd_pool_back). */
+typedef struct KdPoolArgs {
+    uint64_t input;         /* forward: const T* x; backward: const T* grad_out */
+    uint64_t output;        /* forward: T* y; backward: T* grad_in */
+    int64_t planes;         /* N*C */
+    int32_t in_h, in_w, out_h, out_w;
+    int32_t flags;          /* KD_ACCUMULATE_GRAD for the backward */
+    float scale;            /* backward: factor on the gradient */
+} KdPoolArgs;
+
 #endif /* KD_KERNELS_PARAMS_H */

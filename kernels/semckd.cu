@@ -352,6 +352,54 @@ template <typename T> __device__ void semckd_gram_back(const KdSemckdArgs& a) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Adaptive average pooling (the caller's student side, §4.3): one thread per output element, and for the
+// backward one thread per input element gathering the windows that contain it (no atomics).
+__device__ __forceinline__ int pool_start(int o, int in, int out) { return static_cast<int>((static_cast<int64_t>(o) * in) / out); }
+__device__ __forceinline__ int pool_end(int o, int in, int out) {
+    return static_cast<int>((static_cast<int64_t>(o + 1) * in + out - 1) / out);
+}
+
+template <typename T> __device__ void semckd_pool(const KdPoolArgs& a) {
+    const int64_t plane = static_cast<int64_t>(a.out_h) * a.out_w;
+    const int64_t e = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
+    if (e >= a.planes * plane) return;
+    const int64_t pl = e / plane;
+    const int oy = static_cast<int>((e % plane) / a.out_w), ox = static_cast<int>(e % a.out_w);
+    const int y0 = pool_start(oy, a.in_h, a.out_h), y1 = pool_end(oy, a.in_h, a.out_h);
+    const int x0 = pool_start(ox, a.in_w, a.out_w), x1 = pool_end(ox, a.in_w, a.out_w);
+    const T* x = kd::ptr<const T>(a.input) + pl * a.in_h * a.in_w;
+    float s = 0.f;
+    for (int yy = y0; yy < y1; ++yy)
+        for (int xx = x0; xx < x1; ++xx) s += kd::to_float(x[yy * a.in_w + xx]);
+    kd::ptr<T>(a.output)[e] = kd::from_float<T>(s / static_cast<float>((y1 - y0) * (x1 - x0)));
+}
+
+template <typename T> __device__ void semckd_pool_back(const KdPoolArgs& a) {
+    const int64_t plane = static_cast<int64_t>(a.in_h) * a.in_w;
+    const int64_t e = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
+    if (e >= a.planes * plane) return;
+    const int64_t pl = e / plane;
+    const int y = static_cast<int>((e % plane) / a.in_w), x = static_cast<int>(e % a.in_w);
+    const T* g = kd::ptr<const T>(a.input) + pl * a.out_h * a.out_w;
+    // Output rows whose window holds y: start(oy) <= y < end(oy); the candidates lie around y * out / in.
+    const int oy_lo = max(0, static_cast<int>(static_cast<int64_t>(y) * a.out_h / a.in_h) - 1);
+    const int oy_hi = min(a.out_h - 1, static_cast<int>(static_cast<int64_t>(y + 1) * a.out_h / a.in_h) + 1);
+    const int ox_lo = max(0, static_cast<int>(static_cast<int64_t>(x) * a.out_w / a.in_w) - 1);
+    const int ox_hi = min(a.out_w - 1, static_cast<int>(static_cast<int64_t>(x + 1) * a.out_w / a.in_w) + 1);
+    float s = 0.f;
+    for (int oy = oy_lo; oy <= oy_hi; ++oy) {
+        const int y0 = pool_start(oy, a.in_h, a.out_h), y1 = pool_end(oy, a.in_h, a.out_h);
+        if (y < y0 || y >= y1) continue;
+        for (int ox = ox_lo; ox <= ox_hi; ++ox) {
+            const int x0 = pool_start(ox, a.in_w, a.out_w), x1 = pool_end(ox, a.in_w, a.out_w);
+            if (x < x0 || x >= x1) continue;
+            s += kd::to_float(g[oy * a.out_w + ox]) / static_cast<float>((y1 - y0) * (x1 - x0));
+        }
+    }
+    kd::store_grad(kd::ptr<T>(a.output) + e, a.scale * s, (a.flags & KD_ACCUMULATE_GRAD) != 0);
+}
+
 }  // namespace
 
 #define SEMCKD_ENTRIES(T, NAME)                                                                        \
@@ -360,5 +408,7 @@ template <typename T> __device__ void semckd_gram_back(const KdSemckdArgs& a) {
     KD_ENTRY(semckd_attend_##NAME, KdSemckdArgs, kBlockThreads) { semckd_attend<T>(a); }               \
     KD_ENTRY(semckd_pairs_##NAME, KdSemckdArgs, kBlockThreads) { semckd_pairs<T>(a); }                 \
     KD_ENTRY(semckd_finish_##NAME, KdSemckdArgs, kBlockThreads) { semckd_finish<T>(a); }               \
-    KD_ENTRY(semckd_gram_back_##NAME, KdSemckdArgs, kBlockThreads) { semckd_gram_back<T>(a); }
+    KD_ENTRY(semckd_gram_back_##NAME, KdSemckdArgs, kBlockThreads) { semckd_gram_back<T>(a); }        \
+    KD_ENTRY(semckd_pool_##NAME, KdPoolArgs, kBlockThreads) { semckd_pool<T>(a); }                      \
+    KD_ENTRY(semckd_pool_back_##NAME, KdPoolArgs, kBlockThreads) { semckd_pool_back<T>(a); }
 KD_FOR_EACH_DTYPE(SEMCKD_ENTRIES)

@@ -159,3 +159,31 @@ fn too_many_layers_is_typed() {
     let err = semckd(&config, &case.layers, &host(&case), true, None, GradOptions::OVERWRITE, None, GPU).unwrap_err();
     assert!(matches!(err, kd_kernels::KdError::TooLarge { .. }), "{err:?}");
 }
+
+#[test]
+fn adaptive_pooling_kernels_match_the_reference() {
+    use kd_kernels::ndarray::{Array4, ArrayView4};
+    use kd_kernels::semckd::{adaptive_avg_pool, adaptive_avg_pool_backward};
+    let mut rng = common::SplitMix64::new(21);
+    for (h, w, oh, ow) in [(7, 7, 3, 3), (6, 9, 4, 4), (32, 32, 8, 8), (2, 3, 3, 5), (5, 5, 5, 5)] {
+        let shape = [2, 3, h, w];
+        let x: Vec<f32> = (0..2 * 3 * h * w).map(|_| common::quantize(rng.uniform() - 0.5) as f32).collect();
+        let got = kd_kernels::semckd::emulate::adaptive_avg_pool(&shape, [oh, ow], &x).unwrap();
+        let want = adaptive_avg_pool(ArrayView4::from_shape(shape, &x).unwrap(), oh, ow).unwrap();
+        close("pool", DType::F32, OutputKind::Tensor, got.iter().map(|&v| v as f64), want.iter().copied());
+        let g: Vec<f32> = (0..2 * 3 * oh * ow).map(|_| common::quantize(rng.uniform() - 0.5) as f32).collect();
+        let options = GradOptions { scale: 2.0, accumulate: true };
+        let base = vec![1.0f32; x.len()];
+        let got = kd_kernels::semckd::emulate::adaptive_avg_pool_backward(&shape, [oh, ow], &g, options, Some(&base))
+            .unwrap();
+        let g64 = Array4::from_shape_vec((2, 3, oh, ow), g.iter().map(|&v| v as f64).collect()).unwrap();
+        let want = adaptive_avg_pool_backward(g64.view(), h, w).unwrap();
+        close(
+            "pool backward",
+            DType::F32,
+            OutputKind::Tensor,
+            got.iter().map(|&v| v as f64),
+            want.iter().map(|v| 1.0 + 2.0 * v),
+        );
+    }
+}

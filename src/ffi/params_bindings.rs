@@ -383,3 +383,48 @@ impl Default for KdSemckdArgs {
         }
     }
 }
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdPoolArgs {
+    pub input: u64,
+    pub output: u64,
+    pub planes: i64,
+    pub in_h: i32,
+    pub in_w: i32,
+    pub out_h: i32,
+    pub out_w: i32,
+    pub flags: i32,
+    pub scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdPoolArgs"][::core::mem::size_of::<KdPoolArgs>() - 48usize];
+    ["Alignment of KdPoolArgs"][::core::mem::align_of::<KdPoolArgs>() - 8usize];
+    [
+        "Offset of field: KdPoolArgs::input",
+    ][::core::mem::offset_of!(KdPoolArgs, input) - 0usize];
+    [
+        "Offset of field: KdPoolArgs::output",
+    ][::core::mem::offset_of!(KdPoolArgs, output) - 8usize];
+    [
+        "Offset of field: KdPoolArgs::planes",
+    ][::core::mem::offset_of!(KdPoolArgs, planes) - 16usize];
+    [
+        "Offset of field: KdPoolArgs::in_h",
+    ][::core::mem::offset_of!(KdPoolArgs, in_h) - 24usize];
+    [
+        "Offset of field: KdPoolArgs::in_w",
+    ][::core::mem::offset_of!(KdPoolArgs, in_w) - 28usize];
+    [
+        "Offset of field: KdPoolArgs::out_h",
+    ][::core::mem::offset_of!(KdPoolArgs, out_h) - 32usize];
+    [
+        "Offset of field: KdPoolArgs::out_w",
+    ][::core::mem::offset_of!(KdPoolArgs, out_w) - 36usize];
+    [
+        "Offset of field: KdPoolArgs::flags",
+    ][::core::mem::offset_of!(KdPoolArgs, flags) - 40usize];
+    [
+        "Offset of field: KdPoolArgs::scale",
+    ][::core::mem::offset_of!(KdPoolArgs, scale) - 44usize];
+};

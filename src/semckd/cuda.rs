@@ -222,3 +222,62 @@ impl SemckdCuda {
         }
     }
 }
+
+/// Adaptive average pooling (PyTorch's `adaptive_avg_pool2d`, `docs/losses.md §4.3`) and its backward on the
+/// GPU, for the caller's student side when `Hs_i > Ht_j` (pool before the regressor, then add the pooling
+/// backward of the regressor's input gradient). One launch each; the backward gathers (no atomics).
+#[derive(Debug)]
+pub struct AdaptivePoolCuda {
+    stream: Arc<CudaStream>,
+    module: KernelModule,
+}
+
+impl AdaptivePoolCuda {
+    /// Loads the pooling kernels into `stream`'s context.
+    pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        let module = KernelModule::load(&stream, "semckd", &driver::POOL_KERNELS, &[])?;
+        Ok(AdaptivePoolCuda { stream, module })
+    }
+
+    /// `output [N, C, out_h, out_w] = adaptive_avg_pool2d(input [N, C, H, W], out_hw)`.
+    pub fn forward<T: KdFloat>(
+        &self,
+        shape: &[usize],
+        out_hw: [usize; 2],
+        input: &dyn DevicePtr<T>,
+        output: &mut dyn DevicePtrMut<T>,
+    ) -> Result<()> {
+        let n: usize = shape.iter().product();
+        let out_n = shape.first().copied().unwrap_or(0) * shape.get(1).copied().unwrap_or(0) * out_hw[0] * out_hw[1];
+        let stream = self.stream.clone();
+        let mut guards: Guards<'_> = Vec::new();
+        let i = cuda::input("pool input", input, n, &stream, &mut guards)?;
+        let o = cuda::optional_output("pool output", Some(output), out_n, &stream, &mut guards)?;
+        let mut launcher = CudaLauncher { module: &self.module, stream: stream.cu_stream() };
+        // SAFETY: both buffers were checked against the shapes and the context.
+        unsafe { driver::run_pool(T::DTYPE, shape, out_hw, i, o, None, &mut launcher) }
+    }
+
+    /// `grad_input [N, C, H, W]` from `grad_output [N, C, out_h, out_w]`, with [`GradOptions`].
+    pub fn backward<T: KdFloat>(
+        &self,
+        input_shape: &[usize],
+        out_hw: [usize; 2],
+        grad_output: &dyn DevicePtr<T>,
+        grad_input: &mut dyn DevicePtrMut<T>,
+        options: GradOptions,
+    ) -> Result<()> {
+        let n: usize = input_shape.iter().product();
+        let out_n = input_shape.first().copied().unwrap_or(0)
+            * input_shape.get(1).copied().unwrap_or(0)
+            * out_hw[0]
+            * out_hw[1];
+        let stream = self.stream.clone();
+        let mut guards: Guards<'_> = Vec::new();
+        let g = cuda::input("pool grad_output", grad_output, out_n, &stream, &mut guards)?;
+        let gi = cuda::optional_output("pool grad_input", Some(grad_input), n, &stream, &mut guards)?;
+        let mut launcher = CudaLauncher { module: &self.module, stream: stream.cu_stream() };
+        // SAFETY: both buffers were checked against the shapes and the context.
+        unsafe { driver::run_pool(T::DTYPE, input_shape, out_hw, g, gi, Some(options), &mut launcher) }
+    }
+}

@@ -299,3 +299,64 @@ pub(crate) unsafe fn run(
     }
     Ok(())
 }
+
+pub(crate) const POOL: &str = "semckd_pool";
+pub(crate) const POOL_BACK: &str = "semckd_pool_back";
+/// The pooling entry points of kernels/semckd.cu.
+pub(crate) const POOL_KERNELS: [&str; 2] = [POOL, POOL_BACK];
+
+/// Adaptive average pooling of an NCHW tensor `input_shape` to `out_hw` (`backward` = `None`), or its
+/// backward (`Some(options)`: `input` is the gradient of the pooled tensor, `output` the gradient of the input,
+/// of shape `input_shape`).
+///
+/// # Safety
+/// `input` and `output` hold the tensors the shapes say, in `dtype`, where `launcher`'s kernels reach them.
+pub(crate) unsafe fn run_pool(
+    dtype: DType,
+    input_shape: &[usize],
+    out_hw: [usize; 2],
+    input: u64,
+    output: u64,
+    backward: Option<GradOptions>,
+    launcher: &mut dyn Launcher,
+) -> Result<()> {
+    let shape = crate::shape::Nchw::from_dims("adaptive_avg_pool input", input_shape)?;
+    if out_hw.contains(&0) {
+        return Err(KdError::EmptyInput {
+            what: "adaptive_avg_pool output",
+            shape: vec![shape.n, shape.c, out_hw[0], out_hw[1]],
+        });
+    }
+    let big = |v: usize| v > i32::MAX as usize / 2;
+    if big(shape.h) || big(shape.w) || big(out_hw[0]) || big(out_hw[1]) {
+        return Err(KdError::TooLarge { what: "adaptive_avg_pool", detail: "a spatial size beyond 2^30".into() });
+    }
+    if input == 0 || output == 0 {
+        return Err(KdError::OutputMismatch { what: "adaptive_avg_pool", fix: "both buffers need an address" });
+    }
+    let planes = shape.n * shape.c;
+    let (kernel, elements, flags, scale) = match backward {
+        None => (POOL, planes * out_hw[0] * out_hw[1], 0, 1.0),
+        Some(options) => {
+            options.validate()?;
+            validate::representable_f32("GradOptions::scale", options.scale)?;
+            let flags = if options.accumulate { ffi::KdOutputFlags_KD_ACCUMULATE_GRAD as i32 } else { 0 };
+            (POOL_BACK, shape.numel(), flags, options.scale)
+        }
+    };
+    let args = ffi::KdPoolArgs {
+        input,
+        output,
+        planes: planes as i64,
+        in_h: shape.h as i32,
+        in_w: shape.w as i32,
+        out_h: out_hw[0] as i32,
+        out_w: out_hw[1] as i32,
+        flags,
+        scale: scale as f32,
+    };
+    let blocks = launch::grid_blocks("adaptive_avg_pool", elements.div_ceil(BLOCK_THREADS as usize))?;
+    // SAFETY: `args` is the block the pooling kernels take; the caller vouches for the addresses.
+    unsafe { launcher.launch(&Launch::new(kernel, blocks), dtype, (&args as *const ffi::KdPoolArgs).cast::<c_void>()) }
+        .map_err(|e| e.into_error())
+}

@@ -138,3 +138,56 @@ pub fn semckd<T: KdFloat>(
     scratch.check_counters("emulated semckd")?;
     Ok(out)
 }
+
+/// Adaptive average pooling through the emulated kernel: `input` of NCHW `shape` to `out_hw`.
+pub fn adaptive_avg_pool<T: KdFloat>(shape: &[usize], out_hw: [usize; 2], input: &[T]) -> Result<Vec<T>> {
+    let n: usize = shape.iter().product();
+    check_len("pool input", input, n)?;
+    let planes = shape.first().copied().unwrap_or(0) * shape.get(1).copied().unwrap_or(0);
+    let mut out = vec![T::from_f32(f32::NAN); planes * out_hw[0] * out_hw[1]];
+    // SAFETY: host buffers of the sizes the shapes need.
+    unsafe {
+        driver::run_pool(
+            T::DTYPE,
+            shape,
+            out_hw,
+            input.as_ptr() as u64,
+            out.as_mut_ptr() as u64,
+            None,
+            &mut EmulatedLauncher,
+        )?
+    };
+    Ok(out)
+}
+
+/// The pooling backward through the emulated kernel: the gradient of an input of NCHW `input_shape`, starting
+/// from `initial` (for accumulation) or NaN sentinels.
+pub fn adaptive_avg_pool_backward<T: KdFloat>(
+    input_shape: &[usize],
+    out_hw: [usize; 2],
+    grad_output: &[T],
+    options: GradOptions,
+    initial: Option<&[T]>,
+) -> Result<Vec<T>> {
+    let n: usize = input_shape.iter().product();
+    let planes = input_shape.first().copied().unwrap_or(0) * input_shape.get(1).copied().unwrap_or(0);
+    check_len("pool grad_output", grad_output, planes * out_hw[0] * out_hw[1])?;
+    let mut grad = match initial {
+        Some(v) => v.to_vec(),
+        None => vec![T::from_f32(f32::NAN); n],
+    };
+    check_len("pool initial gradient", &grad, n)?;
+    // SAFETY: host buffers of the sizes the shapes need.
+    unsafe {
+        driver::run_pool(
+            T::DTYPE,
+            input_shape,
+            out_hw,
+            grad_output.as_ptr() as u64,
+            grad.as_mut_ptr() as u64,
+            Some(options),
+            &mut EmulatedLauncher,
+        )?
+    };
+    Ok(grad)
+}

@@ -33,7 +33,7 @@ mod layers;
 mod pool;
 
 pub use cpu::{EmbedWeights, SemckdCpu, SemckdCpuInputs, SemckdCpuOutput};
-pub use cuda::{EmbedParamGrads, EmbedParams, SemckdCuda, SemckdGrads, SemckdInputs};
+pub use cuda::{AdaptivePoolCuda, EmbedParamGrads, EmbedParams, SemckdCuda, SemckdGrads, SemckdInputs};
 pub use driver::SemckdRawBuffers;
 pub use layers::{SemckdLayers, MAX_LAYERS};
 pub use pool::{adaptive_avg_pool, adaptive_avg_pool_backward, pool_window};
