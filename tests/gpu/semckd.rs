@@ -18,6 +18,9 @@ pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("semckd_errors", errors),
 ];
 
+/// Batch, student maps, teacher maps.
+type Layout = (usize, Vec<[usize; 3]>, Vec<[usize; 3]>);
+
 struct Case {
     layers: SemckdLayers,
     student: Vec<Vec<f32>>,
@@ -62,12 +65,21 @@ struct GpuOut {
     grads: Vec<Vec<f64>>, // student, proj, then every MLP parameter
 }
 
-fn run_gpu<T: KdFloat>(stream: &Stream, c: &Case, options: GradOptions, initial: Option<&GpuOut>) -> TestResult<GpuOut> {
+fn run_gpu<T: KdFloat>(
+    stream: &Stream,
+    c: &Case,
+    options: GradOptions,
+    initial: Option<&GpuOut>,
+) -> Result<GpuOut, String> {
     let l = &c.layers;
     let s = c.student.iter().map(|v| upload(stream, &rounded::<T>(v))).collect::<Result<Vec<_>, _>>()?;
     let t = c.teacher.iter().map(|v| upload(stream, &rounded::<T>(v))).collect::<Result<Vec<_>, _>>()?;
     let p = c.proj.iter().map(|v| upload(stream, &rounded::<T>(v))).collect::<Result<Vec<_>, _>>()?;
-    let m = c.mlps.iter().map(|m| m.iter().map(|v| upload(stream, v)).collect::<Result<Vec<_>, _>>()).collect::<Result<Vec<_>, _>>()?;
+    let m = c
+        .mlps
+        .iter()
+        .map(|m| m.iter().map(|v| upload(stream, v)).collect::<Result<Vec<_>, _>>())
+        .collect::<Result<Vec<_>, _>>()?;
     let init = |k: usize, n: usize| -> Vec<f64> { initial.map_or(vec![0.0; n], |i| i.grads[k].clone()) };
     let mut k = 0;
     let mut gs = Vec::new();
@@ -91,7 +103,7 @@ fn run_gpu<T: KdFloat>(stream: &Stream, c: &Case, options: GradOptions, initial:
     }
     let mut loss = upload(stream, &[0f32])?;
     let mut attention = upload(stream, &vec![0f32; l.batch * l.students() * l.teachers()])?;
-    
+
     let sr: Vec<&dyn kd_kernels::cudarc::driver::DevicePtr<T>> = s.iter().map(|x| x as _).collect();
     let tr: Vec<&dyn kd_kernels::cudarc::driver::DevicePtr<T>> = t.iter().map(|x| x as _).collect();
     let pr: Vec<&dyn kd_kernels::cudarc::driver::DevicePtr<T>> = p.iter().map(|x| x as _).collect();
@@ -99,10 +111,7 @@ fn run_gpu<T: KdFloat>(stream: &Stream, c: &Case, options: GradOptions, initial:
     let (qp, kp) = mp.split_at(l.students());
     let inputs = SemckdInputs { student: &sr, teacher: &tr, proj: &pr, query: qp, key: kp };
     {
-        let mut mlp_grads: Vec<EmbedParamGrads<'_>> = gm
-            .iter_mut()
-            .map(|v| embed_grads(v))
-            .collect();
+        let mut mlp_grads: Vec<EmbedParamGrads<'_>> = gm.iter_mut().map(|v| embed_grads(v)).collect();
         let key = mlp_grads.split_off(l.students());
         let mut grads = SemckdGrads {
             student: gs.iter_mut().map(|x| x as &mut dyn kd_kernels::cudarc::driver::DevicePtrMut<T>).collect(),
@@ -133,15 +142,8 @@ fn reference(c: &Case, dtype_round: impl Fn(&[f32]) -> Vec<f32>) -> (f64, Vec<f6
     let s: Vec<Vec<f32>> = c.student.iter().map(|v| dtype_round(v)).collect();
     let te: Vec<Vec<f32>> = c.teacher.iter().map(|v| dtype_round(v)).collect();
     let p: Vec<Vec<f32>> = c.proj.iter().map(|v| dtype_round(v)).collect();
-    let w = |m: &'_ [Vec<f32>; 4]| {
-        let [w1, b1, w2, b2] = l.embed_shapes();
-        EmbedWeights {
-            linear1_weight: ArrayView2::from_shape((w1[0], w1[1]), &m[0][..]).unwrap(),
-            linear1_bias: ArrayView1::from_shape(b1[0], &m[1][..]).unwrap(),
-            linear2_weight: ArrayView2::from_shape((w2[0], w2[1]), &m[2][..]).unwrap(),
-            linear2_bias: ArrayView1::from_shape(b2[0], &m[3][..]).unwrap(),
-        }
-    };
+    let w = |m| weights(l, m);
+
     let inputs = SemckdCpuInputs {
         student: (0..l.students()).map(|i| ArrayView4::from_shape(l.student_shape(i), &s[i][..]).unwrap()).collect(),
         teacher: (0..t).map(|j| ArrayView4::from_shape(l.teacher_shape(j), &te[j][..]).unwrap()).collect(),
@@ -167,22 +169,22 @@ fn reference(c: &Case, dtype_round: impl Fn(&[f32]) -> Vec<f32>) -> (f64, Vec<f6
     (r.loss, r.attention.iter().copied().collect(), grads)
 }
 
-fn check<T: KdFloat>(stream: &Stream, c: &Case) -> TestResult<()> {
+fn check<T: KdFloat>(stream: &Stream, c: &Case) -> TestResult {
     let got = run_gpu::<T>(stream, c, GradOptions::OVERWRITE, None)?;
     let (loss, attention, grads) = reference(c, |v| rounded::<T>(v).iter().map(|x| x.to_f64() as f32).collect());
     let cmp = Comparison::of([got.loss as f64], [loss]);
-    ensure(cmp.passes(tolerance(T::DTYPE, OutputKind::Loss)), format!("{}: loss {cmp:?}", T::DTYPE))?;
+    ensure(cmp.passes(tolerance(T::DTYPE, OutputKind::Loss)), || format!("{}: loss {cmp:?}", T::DTYPE))?;
     let cmp = Comparison::of(got.attention.iter().map(|&x| x as f64), attention);
-    ensure(cmp.passes(1e-4), format!("{}: attention {cmp:?}", T::DTYPE))?;
+    ensure(cmp.passes(1e-4), || format!("{}: attention {cmp:?}", T::DTYPE))?;
     for (k, (g, r)) in got.grads.iter().zip(&grads).enumerate() {
         let cmp = Comparison::of(g.iter().copied(), r.iter().copied());
-        ensure(cmp.passes(tolerance(T::DTYPE, OutputKind::Tensor)), format!("{}: gradient {k} {cmp:?}", T::DTYPE))?;
+        ensure(cmp.passes(tolerance(T::DTYPE, OutputKind::Tensor)), || format!("{}: gradient {k} {cmp:?}", T::DTYPE))?;
     }
     Ok(())
 }
 
-fn matches_cpu_every_dtype(stream: &Stream) -> TestResult<()> {
-    let layouts: [(usize, Vec<[usize; 3]>, Vec<[usize; 3]>); 3] = [
+fn matches_cpu_every_dtype(stream: &Stream) -> TestResult {
+    let layouts: [Layout; 3] = [
         (64, vec![[16, 32, 32], [32, 16, 16], [64, 8, 8]], vec![[16, 32, 32], [32, 16, 16], [64, 8, 8]]),
         (8, vec![[3, 6, 6], [5, 3, 5]], vec![[6, 7, 7], [4, 5, 9], [8, 2, 2]]),
         (70, vec![[2, 48, 48]], vec![[3, 16, 16], [1, 4, 4]]),
@@ -196,29 +198,33 @@ fn matches_cpu_every_dtype(stream: &Stream) -> TestResult<()> {
     Ok(())
 }
 
-fn deterministic_and_accumulates(stream: &Stream) -> TestResult<()> {
+fn deterministic_and_accumulates(stream: &Stream) -> TestResult {
     let c = case(9, 32, &[[8, 16, 16], [16, 8, 8]], &[[8, 16, 16], [16, 8, 8], [32, 4, 4]]);
     let a = run_gpu::<f32>(stream, &c, GradOptions::OVERWRITE, None)?;
     let b = run_gpu::<f32>(stream, &c, GradOptions::OVERWRITE, None)?;
-    ensure(a.loss.to_bits() == b.loss.to_bits(), "loss differs between runs")?;
+    ensure(a.loss.to_bits() == b.loss.to_bits(), || "loss differs between runs".to_string())?;
     for (x, y) in a.grads.iter().zip(&b.grads) {
-        ensure(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "gradients differ between runs")?;
+        ensure(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), || {
+            "gradients differ between runs".to_string()
+        })?;
     }
     let acc = run_gpu::<f32>(stream, &c, GradOptions { scale: 2.0, accumulate: true }, Some(&a))?;
     for (k, (x, y)) in a.grads.iter().zip(&acc.grads).enumerate() {
         let want: Vec<f64> = x.iter().map(|v| 3.0 * v).collect();
         let cmp = Comparison::of(y.iter().copied(), want);
-        ensure(cmp.passes(1e-4), format!("accumulate + scale, gradient {k}: {cmp:?}"))?;
+        ensure(cmp.passes(1e-4), || format!("accumulate + scale, gradient {k}: {cmp:?}"))?;
     }
     Ok(())
 }
 
-fn errors(stream: &Stream) -> TestResult<()> {
+fn errors(stream: &Stream) -> TestResult {
     let mut semckd = SemckdCuda::new(stream.clone(), SemckdConfig::default()).or_msg("SemckdCuda::new")?;
     let too_many = SemckdLayers { batch: 8, embed_dim: 2, student: vec![[1, 2, 2]; 9], teacher: vec![[1, 2, 2]] };
-    ensure(matches!(semckd.reserve(&too_many), Err(KdError::TooLarge { .. })), "9 student layers: TooLarge")?;
+    ensure(matches!(semckd.reserve(&too_many), Err(KdError::TooLarge { .. })), || {
+        "9 student layers: TooLarge".to_string()
+    })?;
     let no_embed = SemckdLayers { batch: 3, embed_dim: 0, student: vec![[1, 2, 2]], teacher: vec![[1, 2, 2]] };
-    ensure(semckd.reserve(&no_embed).is_err(), "B = 3: no embedding width")?;
+    ensure(semckd.reserve(&no_embed).is_err(), || "B = 3: no embedding width".to_string())?;
     Ok(())
 }
 
@@ -229,4 +235,14 @@ fn embed_params(v: &[kd_kernels::cudarc::driver::CudaSlice<f32>]) -> EmbedParams
 fn embed_grads(v: &mut [kd_kernels::cudarc::driver::CudaSlice<f32>]) -> EmbedParamGrads<'_> {
     let [a, b, c, d] = v else { unreachable!("four parameters") };
     EmbedParamGrads { linear1_weight: a, linear1_bias: b, linear2_weight: c, linear2_bias: d }
+}
+
+fn weights<'a>(l: &SemckdLayers, m: &'a [Vec<f32>; 4]) -> EmbedWeights<'a> {
+    let [w1, b1, w2, b2] = l.embed_shapes();
+    EmbedWeights {
+        linear1_weight: ArrayView2::from_shape((w1[0], w1[1]), &m[0][..]).unwrap(),
+        linear1_bias: ArrayView1::from_shape(b1[0], &m[1][..]).unwrap(),
+        linear2_weight: ArrayView2::from_shape((w2[0], w2[1]), &m[2][..]).unwrap(),
+        linear2_bias: ArrayView1::from_shape(b2[0], &m[3][..]).unwrap(),
+    }
 }
