@@ -360,3 +360,44 @@ pub(crate) unsafe fn run_pool(
     unsafe { launcher.launch(&Launch::new(kernel, blocks), dtype, (&args as *const ffi::KdPoolArgs).cast::<c_void>()) }
         .map_err(|e| e.into_error())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers(s: usize, t: usize, batch: usize) -> SemckdLayers {
+        SemckdLayers { batch, embed_dim: batch / 4, student: vec![[64, 32, 32]; s], teacher: vec![[256, 8, 8]; t] }
+    }
+
+    #[test]
+    fn launch_count_does_not_grow_with_pairs() {
+        let config = SemckdConfig::default();
+        for (s, t) in [(1, 1), (3, 3), (2, 3), (8, 8)] {
+            let p = plan(&config, &layers(s, t, 64), true, 0, 1.0).unwrap();
+            assert_eq!(p.launches.len(), 6, "{s} x {t}");
+            assert_eq!(plan(&config, &layers(s, t, 64), false, 0, 1.0).unwrap().launches.len(), 5);
+        }
+    }
+
+    #[test]
+    fn argument_block_fits_the_portable_limit() {
+        assert!(std::mem::size_of::<KdSemckdArgs>() <= 4096, "{}", std::mem::size_of::<KdSemckdArgs>());
+    }
+
+    #[test]
+    fn more_than_eight_layers_is_too_large() {
+        let r = plan(&SemckdConfig::default(), &layers(9, 1, 8), true, 0, 1.0);
+        assert!(matches!(r, Err(KdError::TooLarge { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn gram_chunks_cover_every_column() {
+        let p = plan(&SemckdConfig::default(), &layers(3, 2, 70), true, 0, 1.0).unwrap().params;
+        for l in 0..5 {
+            let (dim, len, chunks) = (p.dim[l], p.chunk_len[l], p.chunks[l] as i64);
+            assert!(chunks * len >= dim && (chunks - 1) * len < dim, "layer {l}");
+            assert_eq!(len % ffi::KD_SEMCKD_GRAM_K as i64, 0);
+        }
+        assert_eq!(p.gram_tiles, 2);
+    }
+}
