@@ -9,6 +9,7 @@
 //! | channel-wise distillation (CWD) | [`cwd::CwdCuda`] | [`cwd::CwdCpu`] | `losses.md` 1 |
 //! | pixel-wise KD | [`pixel_kd::PixelKdCuda`] | [`pixel_kd::PixelKdCpu`] | `losses.md` 1.7, 2.5 |
 //! | ICSD / AICSD | [`icsd::IcsdCuda`], [`icsd::AicsdCuda`] | [`icsd::IcsdCpu`], [`icsd::AicsdCpu`] | `losses.md` 3 |
+//! | SemCKD | [`semckd::SemckdCuda`] | [`semckd::SemckdCpu`] | `losses.md` 4 |
 //!
 //! GPU entry points work on caller-owned device buffers (`f32`, `half::f16`, `half::bf16`) in NCHW layout,
 //! on the caller's stream, write the loss as a device f32 scalar and the gradients in the input dtype,
@@ -45,6 +46,7 @@ pub mod grad;
 pub mod icsd;
 mod launch;
 pub mod pixel_kd;
+pub mod semckd;
 pub mod shape;
 pub mod tolerance;
 mod validate;

@@ -192,13 +192,11 @@ fn assert_check_line(line: &BTreeMap<String, Json>) {
     for key in ["file", "loss", "backend", "dtype", "output"] {
         assert!(line[key].str().is_some(), "`{key}` is not a string: {line:?}");
     }
-    assert!(["cwd", "pixel_kd", "icsd"].contains(&line["loss"].str().unwrap()), "{line:?}");
+    assert!(["cwd", "pixel_kd", "icsd", "semckd", "cwt"].contains(&line["loss"].str().unwrap()), "{line:?}");
     assert!(["cpu", "cuda"].contains(&line["backend"].str().unwrap()), "{line:?}");
     assert!(["f32", "f16", "bf16"].contains(&line["dtype"].str().unwrap()), "{line:?}");
-    assert!(
-        ["loss", "grad.student", "grad.teacher", "sim.student", "sim.teacher"].contains(&line["output"].str().unwrap()),
-        "{line:?}"
-    );
+    let output = line["output"].str().unwrap();
+    assert!(output == "loss" || output == "attention" || output.starts_with("sim.") || output.starts_with("grad."), "{line:?}");
     let Json::Bool(pass) = line["pass"] else { panic!("`pass` is not a boolean: {line:?}") };
     let (abs, rel, refmax) = (line["max_abs_err"].num(), line["max_rel_err"].num(), line["ref_max_abs"].num());
     let refmax = refmax.unwrap_or_else(|| panic!("`ref_max_abs` is not a number: {line:?}"));
@@ -330,7 +328,12 @@ fn every_fixture_passes_on_the_cpu_reference() {
             LossKind::Icsd => &["loss", "grad.student", "sim.student", "sim.teacher"],
             _ => &["loss", "grad.student"],
         };
-        let present: Vec<&str> = candidates.iter().copied().filter(|n| fixture.tensors.contains_key(*n)).collect();
+        let mut present: Vec<&str> = candidates.iter().copied().filter(|n| fixture.tensors.contains_key(*n)).collect();
+        if fixture.loss == LossKind::Semckd {
+            // `loss` first, then every `grad.*` and the attention, in name order.
+            present = fixture.tensors.keys().map(String::as_str).filter(|n| reference_output(n)).collect();
+            present.sort_by_key(|n| *n != "loss");
+        }
         let checked: Vec<&str> = checks.iter().map(|c| c.output.as_str()).collect();
         assert_eq!(checked, present, "{}: outputs checked", path.display());
         for c in &checks {
@@ -354,7 +357,8 @@ fn fixtures_cover_both_losses_all_dtypes_and_the_teacher_gradient() {
     let mut combos = Vec::new();
     for path in common::fixture_files() {
         let f = Fixture::load(&path).unwrap();
-        let dtype = f.tensors["student"].dtype.expect("a float student");
+        let student = f.tensors.get("student").or_else(|| f.tensors.get("student.0")).expect("a student");
+        let dtype = student.dtype.expect("a float student");
         losses.push(f.loss);
         dtypes.push(dtype);
         combos.push((f.loss, dtype));
@@ -410,10 +414,7 @@ fn verify_fixture_dir_on_cpu_exits_0_with_one_line_per_output() {
     let mut files_seen = std::collections::BTreeSet::new();
     for path in common::fixture_files() {
         let f = Fixture::load(&path).unwrap();
-        expected_lines += ["loss", "grad.student", "grad.teacher", "sim.student", "sim.teacher"]
-            .iter()
-            .filter(|n| f.tensors.contains_key(**n))
-            .count();
+        expected_lines += f.tensors.keys().filter(|n| reference_output(n)).count();
         files_seen.insert(path.display().to_string());
     }
     assert_eq!(lines.len(), expected_lines, "{text}");
@@ -484,7 +485,6 @@ fn verify_exit_2_for_every_unusable_file() {
         ("reduction bogus", f(pkd.clone().set_meta("reduction", "average")), "reduction"),
         ("scale_tau2 yes", f(pkd.clone().set_meta("scale_tau2", "yes")), "scale_tau2"),
         ("icsd variant bogus", f(cwd.clone().set_meta("loss", "icsd").set_meta("variant", "loop")), "variant"),
-        ("semckd", f(cwd.clone().set_meta("loss", "semckd")), "not implemented yet"),
         ("cwt", f(pkd.clone().set_meta("loss", "cwt")), "not implemented yet"),
         ("teacher shape differs", f(cwd.clone().with_tensor("teacher", f32_tensor(&[numel], &zeros))), "teacher"),
         ("student rank 3", f(cwd.clone().with_tensor("student", f32_tensor(&[1, 3, 35], &zeros))), "rank"),
@@ -627,4 +627,9 @@ fn verify_skip_line_and_available_backends() {
         }
         None => assert_eq!(backends.iter().map(Backend::name).collect::<Vec<_>>(), ["cpu", "cuda"]),
     }
+}
+
+/// The outputs the verifier checks: `loss`, every `grad.*`, and SemCKD's `attention`.
+fn reference_output(name: &str) -> bool {
+    name == "loss" || name == "attention" || name.starts_with("sim.") || name.starts_with("grad.")
 }

@@ -7,6 +7,11 @@ pub const KD_CWD_FUSED_VECS: u32 = 4;
 pub const KD_CWD_STAT_DOUBLES: u32 = 5;
 pub const KD_ICSD_MAX_ENTRIES: u32 = 8;
 pub const KD_ICSD_TILE_FLOATS: u32 = 8192;
+pub const KD_SEMCKD_MAX_LAYERS: u32 = 8;
+pub const KD_SEMCKD_MAX_PAIRS: u32 = 64;
+pub const KD_SEMCKD_GRAM_TILE: u32 = 64;
+pub const KD_SEMCKD_GRAM_K: u32 = 32;
+pub const KD_SEMCKD_BACK_ROWS: u32 = 16;
 pub const KdOutputFlags_KD_WANT_LOSS: KdOutputFlags = 1;
 pub const KdOutputFlags_KD_WANT_GRAD_STUDENT: KdOutputFlags = 2;
 pub const KdOutputFlags_KD_WANT_GRAD_TEACHER: KdOutputFlags = 4;
@@ -353,4 +358,236 @@ const _: () = {
     [
         "Offset of field: KdIcsdMixArgs::wb",
     ][::core::mem::offset_of!(KdIcsdMixArgs, wb) - 28usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdSemckdParams {
+    pub dim: [i64; 16usize],
+    pub chunk_len: [i64; 16usize],
+    pub gram_offset: [i64; 16usize],
+    pub gram_first: [i32; 17usize],
+    pub back_first: [i32; 9usize],
+    pub chunks: [i32; 16usize],
+    pub channels: [i32; 16usize],
+    pub height: [i32; 16usize],
+    pub width: [i32; 16usize],
+    pub batch: i32,
+    pub embed: i32,
+    pub students: i32,
+    pub teachers: i32,
+    pub gram_tiles: i32,
+    pub flags: i32,
+    pub loss_scale: f32,
+    pub grad_scale: f32,
+    pub eps: f32,
+    pub reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdSemckdParams"][::core::mem::size_of::<KdSemckdParams>() - 784usize];
+    ["Alignment of KdSemckdParams"][::core::mem::align_of::<KdSemckdParams>() - 8usize];
+    [
+        "Offset of field: KdSemckdParams::dim",
+    ][::core::mem::offset_of!(KdSemckdParams, dim) - 0usize];
+    [
+        "Offset of field: KdSemckdParams::chunk_len",
+    ][::core::mem::offset_of!(KdSemckdParams, chunk_len) - 128usize];
+    [
+        "Offset of field: KdSemckdParams::gram_offset",
+    ][::core::mem::offset_of!(KdSemckdParams, gram_offset) - 256usize];
+    [
+        "Offset of field: KdSemckdParams::gram_first",
+    ][::core::mem::offset_of!(KdSemckdParams, gram_first) - 384usize];
+    [
+        "Offset of field: KdSemckdParams::back_first",
+    ][::core::mem::offset_of!(KdSemckdParams, back_first) - 452usize];
+    [
+        "Offset of field: KdSemckdParams::chunks",
+    ][::core::mem::offset_of!(KdSemckdParams, chunks) - 488usize];
+    [
+        "Offset of field: KdSemckdParams::channels",
+    ][::core::mem::offset_of!(KdSemckdParams, channels) - 552usize];
+    [
+        "Offset of field: KdSemckdParams::height",
+    ][::core::mem::offset_of!(KdSemckdParams, height) - 616usize];
+    [
+        "Offset of field: KdSemckdParams::width",
+    ][::core::mem::offset_of!(KdSemckdParams, width) - 680usize];
+    [
+        "Offset of field: KdSemckdParams::batch",
+    ][::core::mem::offset_of!(KdSemckdParams, batch) - 744usize];
+    [
+        "Offset of field: KdSemckdParams::embed",
+    ][::core::mem::offset_of!(KdSemckdParams, embed) - 748usize];
+    [
+        "Offset of field: KdSemckdParams::students",
+    ][::core::mem::offset_of!(KdSemckdParams, students) - 752usize];
+    [
+        "Offset of field: KdSemckdParams::teachers",
+    ][::core::mem::offset_of!(KdSemckdParams, teachers) - 756usize];
+    [
+        "Offset of field: KdSemckdParams::gram_tiles",
+    ][::core::mem::offset_of!(KdSemckdParams, gram_tiles) - 760usize];
+    [
+        "Offset of field: KdSemckdParams::flags",
+    ][::core::mem::offset_of!(KdSemckdParams, flags) - 764usize];
+    [
+        "Offset of field: KdSemckdParams::loss_scale",
+    ][::core::mem::offset_of!(KdSemckdParams, loss_scale) - 768usize];
+    [
+        "Offset of field: KdSemckdParams::grad_scale",
+    ][::core::mem::offset_of!(KdSemckdParams, grad_scale) - 772usize];
+    [
+        "Offset of field: KdSemckdParams::eps",
+    ][::core::mem::offset_of!(KdSemckdParams, eps) - 776usize];
+    [
+        "Offset of field: KdSemckdParams::reserved",
+    ][::core::mem::offset_of!(KdSemckdParams, reserved) - 780usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct KdSemckdArgs {
+    pub features: [u64; 16usize],
+    pub grad_student: [u64; 8usize],
+    pub proj: [u64; 64usize],
+    pub grad_proj: [u64; 64usize],
+    pub mlp: [u64; 64usize],
+    pub grad_mlp: [u64; 64usize],
+    pub loss: u64,
+    pub attention: u64,
+    pub upstream: u64,
+    pub gram_partials: u64,
+    pub gram: u64,
+    pub hidden: u64,
+    pub embedding: u64,
+    pub norm: u64,
+    pub alpha: u64,
+    pub mse: u64,
+    pub dy: u64,
+    pub dz: u64,
+    pub du: u64,
+    pub dgram: u64,
+    pub p: KdSemckdParams,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdSemckdArgs"][::core::mem::size_of::<KdSemckdArgs>() - 3136usize];
+    ["Alignment of KdSemckdArgs"][::core::mem::align_of::<KdSemckdArgs>() - 8usize];
+    [
+        "Offset of field: KdSemckdArgs::features",
+    ][::core::mem::offset_of!(KdSemckdArgs, features) - 0usize];
+    [
+        "Offset of field: KdSemckdArgs::grad_student",
+    ][::core::mem::offset_of!(KdSemckdArgs, grad_student) - 128usize];
+    [
+        "Offset of field: KdSemckdArgs::proj",
+    ][::core::mem::offset_of!(KdSemckdArgs, proj) - 192usize];
+    [
+        "Offset of field: KdSemckdArgs::grad_proj",
+    ][::core::mem::offset_of!(KdSemckdArgs, grad_proj) - 704usize];
+    [
+        "Offset of field: KdSemckdArgs::mlp",
+    ][::core::mem::offset_of!(KdSemckdArgs, mlp) - 1216usize];
+    [
+        "Offset of field: KdSemckdArgs::grad_mlp",
+    ][::core::mem::offset_of!(KdSemckdArgs, grad_mlp) - 1728usize];
+    [
+        "Offset of field: KdSemckdArgs::loss",
+    ][::core::mem::offset_of!(KdSemckdArgs, loss) - 2240usize];
+    [
+        "Offset of field: KdSemckdArgs::attention",
+    ][::core::mem::offset_of!(KdSemckdArgs, attention) - 2248usize];
+    [
+        "Offset of field: KdSemckdArgs::upstream",
+    ][::core::mem::offset_of!(KdSemckdArgs, upstream) - 2256usize];
+    [
+        "Offset of field: KdSemckdArgs::gram_partials",
+    ][::core::mem::offset_of!(KdSemckdArgs, gram_partials) - 2264usize];
+    [
+        "Offset of field: KdSemckdArgs::gram",
+    ][::core::mem::offset_of!(KdSemckdArgs, gram) - 2272usize];
+    [
+        "Offset of field: KdSemckdArgs::hidden",
+    ][::core::mem::offset_of!(KdSemckdArgs, hidden) - 2280usize];
+    [
+        "Offset of field: KdSemckdArgs::embedding",
+    ][::core::mem::offset_of!(KdSemckdArgs, embedding) - 2288usize];
+    [
+        "Offset of field: KdSemckdArgs::norm",
+    ][::core::mem::offset_of!(KdSemckdArgs, norm) - 2296usize];
+    [
+        "Offset of field: KdSemckdArgs::alpha",
+    ][::core::mem::offset_of!(KdSemckdArgs, alpha) - 2304usize];
+    [
+        "Offset of field: KdSemckdArgs::mse",
+    ][::core::mem::offset_of!(KdSemckdArgs, mse) - 2312usize];
+    [
+        "Offset of field: KdSemckdArgs::dy",
+    ][::core::mem::offset_of!(KdSemckdArgs, dy) - 2320usize];
+    [
+        "Offset of field: KdSemckdArgs::dz",
+    ][::core::mem::offset_of!(KdSemckdArgs, dz) - 2328usize];
+    [
+        "Offset of field: KdSemckdArgs::du",
+    ][::core::mem::offset_of!(KdSemckdArgs, du) - 2336usize];
+    [
+        "Offset of field: KdSemckdArgs::dgram",
+    ][::core::mem::offset_of!(KdSemckdArgs, dgram) - 2344usize];
+    [
+        "Offset of field: KdSemckdArgs::p",
+    ][::core::mem::offset_of!(KdSemckdArgs, p) - 2352usize];
+};
+impl Default for KdSemckdArgs {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdPoolArgs {
+    pub input: u64,
+    pub output: u64,
+    pub planes: i64,
+    pub in_h: i32,
+    pub in_w: i32,
+    pub out_h: i32,
+    pub out_w: i32,
+    pub flags: i32,
+    pub scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdPoolArgs"][::core::mem::size_of::<KdPoolArgs>() - 48usize];
+    ["Alignment of KdPoolArgs"][::core::mem::align_of::<KdPoolArgs>() - 8usize];
+    [
+        "Offset of field: KdPoolArgs::input",
+    ][::core::mem::offset_of!(KdPoolArgs, input) - 0usize];
+    [
+        "Offset of field: KdPoolArgs::output",
+    ][::core::mem::offset_of!(KdPoolArgs, output) - 8usize];
+    [
+        "Offset of field: KdPoolArgs::planes",
+    ][::core::mem::offset_of!(KdPoolArgs, planes) - 16usize];
+    [
+        "Offset of field: KdPoolArgs::in_h",
+    ][::core::mem::offset_of!(KdPoolArgs, in_h) - 24usize];
+    [
+        "Offset of field: KdPoolArgs::in_w",
+    ][::core::mem::offset_of!(KdPoolArgs, in_w) - 28usize];
+    [
+        "Offset of field: KdPoolArgs::out_h",
+    ][::core::mem::offset_of!(KdPoolArgs, out_h) - 32usize];
+    [
+        "Offset of field: KdPoolArgs::out_w",
+    ][::core::mem::offset_of!(KdPoolArgs, out_w) - 36usize];
+    [
+        "Offset of field: KdPoolArgs::flags",
+    ][::core::mem::offset_of!(KdPoolArgs, flags) - 40usize];
+    [
+        "Offset of field: KdPoolArgs::scale",
+    ][::core::mem::offset_of!(KdPoolArgs, scale) - 44usize];
 };
