@@ -324,6 +324,14 @@ fn every_fixture_passes_on_the_cpu_reference() {
         // Every reference output the file holds is checked, and nothing else.
         let candidates: &[&str] = match fixture.loss {
             LossKind::Cwd => &["loss", "grad.student", "grad.teacher"],
+            LossKind::Cwt => &[
+                "loss",
+                "grad.mlp.linear1.bias",
+                "grad.mlp.linear1.weight",
+                "grad.mlp.linear2.bias",
+                "grad.mlp.linear2.weight",
+                "grad.student",
+            ],
             _ => &["loss", "grad.student"],
         };
         let present: Vec<&str> = candidates.iter().copied().filter(|n| fixture.tensors.contains_key(*n)).collect();

@@ -1,0 +1,163 @@
+//! Launch geometry of the CWT kernels: pixel chunks, weight-gradient splits, grids, workspace layout.
+//! Pure; shared by the CUDA wrapper and the host emulation.
+
+use super::{CwtConfig, CwtShapes};
+use crate::error::{KdError, Result};
+use crate::ffi::KdCwtParams;
+use crate::launch::{self, Launch, OutputSet, BLOCK_THREADS};
+use crate::shape::Nchw;
+use crate::validate;
+
+pub(crate) const HIDDEN: &str = "cwt_hidden";
+pub(crate) const OUTPUT: &str = "cwt_output";
+pub(crate) const GRAD_W2: &str = "cwt_grad_w2";
+pub(crate) const GRAD_HIDDEN: &str = "cwt_grad_hidden";
+pub(crate) const GRAD_W1: &str = "cwt_grad_w1";
+pub(crate) const GRAD_STUDENT: &str = "cwt_grad_student";
+pub(crate) const COMBINE: &str = "cwt_combine";
+pub(crate) const KERNELS: [&str; 7] = [HIDDEN, OUTPUT, GRAD_W2, GRAD_HIDDEN, GRAD_W1, GRAD_STUDENT, COMBINE];
+
+/// The output tile of every CWT kernel (`kTile` in cwt.cu).
+const TILE: usize = 64;
+/// Weight-gradient blocks per SM the splits aim for.
+const BLOCKS_PER_SM: usize = 2;
+
+fn tiles(len: usize) -> usize {
+    len.div_ceil(TILE)
+}
+
+/// One chunk of pixels: its parameter block and its launches, in order.
+#[derive(Debug, Clone)]
+pub(crate) struct Chunk {
+    pub params: KdCwtParams,
+    pub launches: Vec<Launch>,
+}
+
+/// Everything a CWT call needs besides the buffers.
+#[derive(Debug, Clone)]
+pub(crate) struct CwtPlan {
+    pub chunks: Vec<Chunk>,
+    /// `cwt_combine`, after every chunk (gradients only).
+    pub combine: Option<Launch>,
+    /// Workspace floats, and the byte offsets of its parts: hidden at 0, then these.
+    pub workspace_floats: usize,
+    pub out_grad_offset: u64,
+    pub partials_offset: u64,
+    pub loss_partials_offset: u64,
+}
+
+/// The pixels of one chunk: everything at once for a forward (the workspace holds `A` only), else as many as
+/// keep `A` and `dY` of the chunk within one hidden-activation tensor (`P * Ch` floats), in whole tiles.
+/// `limit` caps it (tests force several chunks with it).
+pub(crate) fn chunk_pixels(pixels: usize, shapes: &CwtShapes, grads: bool, limit: Option<usize>) -> usize {
+    let natural = if grads {
+        let fit = (pixels as u128 * shapes.ch as u128 / (shapes.ch + shapes.ct) as u128) as usize;
+        (fit / TILE * TILE).max(TILE)
+    } else {
+        pixels
+    };
+    natural.min(limit.unwrap_or(usize::MAX).max(1)).min(pixels)
+}
+
+/// Plans a call on student shape `student` (the teacher is checked by the caller).
+pub(crate) fn plan(
+    config: &CwtConfig,
+    shapes: &CwtShapes,
+    student: &Nchw,
+    teacher: &Nchw,
+    sm_count: usize,
+    outputs: OutputSet,
+    grad_factor: f64,
+    chunk_limit: Option<usize>,
+) -> Result<CwtPlan> {
+    let (cs, ch, ct) = (shapes.cs, shapes.ch, shapes.ct);
+    let d = config.divisor(teacher);
+    let loss_scale = config.loss_weight / d;
+    let grad_scale = 2.0 * config.loss_weight / d * grad_factor;
+    validate::representable_f32("loss_weight / D", loss_scale)?;
+    validate::representable_f32("2 * loss_weight / D * GradOptions::scale", grad_scale)?;
+    let grads = outputs.grad_student;
+    let pixels = student.n * student.plane();
+    let pc = chunk_pixels(pixels, shapes, grads, chunk_limit);
+    let chunk_count = pixels.div_ceil(pc);
+    let w2_part = ct * (ch + 1);
+    let w1_part = ch * (cs + 1);
+    let part = w2_part + w1_part;
+    let too_large = |what: &'static str, detail: String| KdError::TooLarge { what, detail };
+
+    // Splits per chunk: enough weight-gradient blocks to fill the device, partial slots within one hidden
+    // tensor (at least one slot per chunk), no split shorter than a tile.
+    let weight_tiles = tiles(ct) * tiles(ch + 1);
+    let wanted = (sm_count * BLOCKS_PER_SM).div_ceil(weight_tiles).max(1);
+    let memory = ((pixels * ch) / (chunk_count * part)).max(1);
+    let splits_target = wanted.min(memory).min(tiles(pc)).max(1);
+    let split_len = pc.div_ceil(splits_target).next_multiple_of(16);
+    let splits = if grads { pc.div_ceil(split_len) } else { 0 };
+    let slots = splits * chunk_count;
+    let slots_i32 = i32::try_from(slots).map_err(|_| too_large("student", format!("{slots} gradient slots")))?;
+
+    let mut chunks = Vec::with_capacity(chunk_count);
+    let mut loss_blocks = 0usize;
+    for k in 0..chunk_count {
+        let begin = k * pc;
+        let len = pc.min(pixels - begin);
+        let grid = |blocks: usize| launch::grid_blocks("student", blocks);
+        let mut launches = vec![Launch::new(HIDDEN, grid(tiles(ch) * tiles(len))?)];
+        let output_blocks = tiles(ct) * tiles(len);
+        launches.push(Launch::new(OUTPUT, grid(output_blocks)?));
+        // Every chunk has `splits` splits (a short last chunk's trailing ones are empty and write zeros), so every
+        // slot the combine reads is written.
+        let chunk_splits = splits;
+        if grads {
+            launches.push(Launch::new(GRAD_W2, grid(chunk_splits * weight_tiles)?));
+            launches.push(Launch::new(GRAD_HIDDEN, grid(tiles(ch) * tiles(len))?));
+            launches.push(Launch::new(GRAD_W1, grid(chunk_splits * tiles(ch) * tiles(cs + 1))?));
+            launches.push(Launch::new(GRAD_STUDENT, grid(tiles(cs) * tiles(len))?));
+        }
+        let params = KdCwtParams {
+            plane: student.plane() as i64,
+            pixel_begin: begin as i64,
+            chunk_pixels: len as i64,
+            split_len: split_len as i64,
+            cs: cs as i32,
+            ch: ch as i32,
+            ct: ct as i32,
+            splits: chunk_splits as i32,
+            slot_base: (k * splits) as i32,
+            slots: slots_i32,
+            loss_block_base: loss_blocks as i32,
+            loss_blocks: 0, // set below
+            flags: outputs.flags(),
+            loss_scale: loss_scale as f32,
+            grad_scale: grad_scale as f32,
+            reserved: 0,
+        };
+        loss_blocks += output_blocks;
+        chunks.push(Chunk { params, launches });
+    }
+    let loss_blocks_i32 =
+        i32::try_from(loss_blocks).map_err(|_| too_large("student", format!("{loss_blocks} loss blocks")))?;
+    for c in &mut chunks {
+        c.params.loss_blocks = loss_blocks_i32;
+        if !outputs.loss {
+            c.params.loss_blocks = 0;
+        }
+    }
+    let combine = if grads {
+        Some(Launch::new(COMBINE, launch::grid_blocks("student", part.div_ceil(BLOCK_THREADS as usize))?))
+    } else {
+        None
+    };
+    let hidden = ch * pc;
+    let out_grad = if grads { ct * pc } else { 0 };
+    let partial_floats = slots * part;
+    let f = std::mem::size_of::<f32>() as u64;
+    Ok(CwtPlan {
+        chunks,
+        combine,
+        workspace_floats: hidden + out_grad + partial_floats + loss_blocks,
+        out_grad_offset: hidden as u64 * f,
+        partials_offset: (hidden + out_grad) as u64 * f,
+        loss_partials_offset: (hidden + out_grad + partial_floats) as u64 * f,
+    })
+}
