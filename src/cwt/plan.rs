@@ -161,3 +161,53 @@ pub(crate) fn plan(
         loss_partials_offset: (hidden + out_grad + partial_floats) as u64 * f,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRADS: OutputSet =
+        OutputSet { loss: true, grad_student: true, grad_teacher: false, device_upstream: false, accumulate: false };
+
+    fn plan_for(dims: [usize; 4], shapes: CwtShapes, outputs: OutputSet) -> CwtPlan {
+        let s = Nchw::from_dims("student", &dims).unwrap();
+        let t = Nchw { c: shapes.ct, ..s };
+        plan(&CwtConfig::default(), &shapes, &s, &t, 132, outputs, 1.0, None).unwrap()
+    }
+
+    #[test]
+    fn workspace_stays_near_one_hidden_tensor() {
+        for (dims, shapes) in [
+            ([8, 512, 64, 64], CwtShapes::new(512, 2048)),
+            ([2, 256, 100, 152], CwtShapes::new(256, 256)),
+            ([64, 512, 7, 7], CwtShapes::new(512, 512)),
+            ([1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 }),
+        ] {
+            let p = plan_for(dims, shapes, GRADS);
+            let pixels = dims[0] * dims[2] * dims[3];
+            let hidden_tensor = pixels * shapes.ch;
+            let part = shapes.ct * (shapes.ch + 1) + shapes.ch * (shapes.cs + 1);
+            // A and dY of a chunk within one hidden tensor (a tile's worth of rounding), the partial slots
+            // within another (at least one slot per chunk).
+            let chunk = p.chunks[0].params.chunk_pixels as usize;
+            assert!(chunk * (shapes.ch + shapes.ct) <= hidden_tensor + 64 * (shapes.ch + shapes.ct), "{dims:?}");
+            let slots = p.chunks[0].params.slots as usize;
+            assert!(slots * part <= hidden_tensor.max(p.chunks.len() * part), "{dims:?}");
+            assert!(p.combine.is_some());
+            let covered: i64 = p.chunks.iter().map(|c| c.params.chunk_pixels).sum();
+            assert_eq!(covered as usize, pixels);
+            // A forward keeps A only, in one chunk.
+            let f = plan_for(dims, shapes, OutputSet { loss: true, ..OutputSet::default() });
+            assert_eq!(f.chunks.len(), 1);
+            assert_eq!(f.workspace_floats, hidden_tensor + f.chunks[0].launches[1].grid as usize);
+        }
+    }
+
+    #[test]
+    fn few_channels_many_pixels_split_the_weight_gradients() {
+        let p = plan_for([1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 }, GRADS);
+        assert_eq!(p.chunks.len(), 2);
+        assert!(p.chunks[0].params.splits > 1);
+        assert_eq!(p.chunks[1].params.slot_base, p.chunks[0].params.splits);
+    }
+}
