@@ -24,7 +24,8 @@ struct Case {
 impl Case {
     fn random(seed: u64, dims: [usize; 4], ch: usize, ct: usize) -> Case {
         let mut rng = SplitMix64::new(seed);
-        let mut v = |n: usize, scale: f64| -> Vec<f32> { (0..n).map(|_| quantize(rng.normal() * scale) as f32).collect() };
+        let mut v =
+            |n: usize, scale: f64| -> Vec<f32> { (0..n).map(|_| quantize(rng.normal() * scale) as f32).collect() };
         let [n, cs, h, w] = dims;
         Case {
             student: Array4::from_shape_vec(dims, v(n * cs * h * w, 1.0)).unwrap(),
@@ -116,7 +117,9 @@ fn check_gradients(case: &Case, config: CwtConfig, kinked: &[usize]) {
         with(&|c, v| c.student.as_slice_mut().unwrap().copy_from_slice(v), v)
     });
     assert_close("grad.student", &gs, &flat(r.grad_student.view().into_dyn()));
-    let gw2 = numeric(to_vec(case.w2.view().into_dyn()), |v| with(&|c, v| c.w2.as_slice_mut().unwrap().copy_from_slice(v), v));
+    let gw2 = numeric(to_vec(case.w2.view().into_dyn()), |v| {
+        with(&|c, v| c.w2.as_slice_mut().unwrap().copy_from_slice(v), v)
+    });
     assert_close("grad.w2", &gw2, &flat(r.grad_w2.view().into_dyn()));
     let gb2 = numeric(case.b2.to_vec(), |v| with(&|c, v| c.b2.as_slice_mut().unwrap().copy_from_slice(v), v));
     assert_close("grad.b2", &gb2, &r.grad_b2.to_vec());

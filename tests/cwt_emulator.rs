@@ -97,7 +97,12 @@ fn f32s(v: &[f32]) -> Vec<f64> {
 fn compare<T: KdFloat>(what: &str, got: &CwtEmulated<T>, reference: &CwtOutput, mode: Mode, base: Option<&CwtOutput>) {
     let dtype = T::DTYPE;
     if !matches!(mode, Mode::Backward { .. }) {
-        check(&format!("{what} loss"), &[got.loss.unwrap() as f64], &[reference.loss], tolerance(dtype, OutputKind::Loss));
+        check(
+            &format!("{what} loss"),
+            &[got.loss.unwrap() as f64],
+            &[reference.loss],
+            tolerance(dtype, OutputKind::Loss),
+        );
     } else {
         assert!(got.loss.is_none());
     }
@@ -113,13 +118,38 @@ fn compare<T: KdFloat>(what: &str, got: &CwtEmulated<T>, reference: &CwtOutput, 
     let tensor = tolerance(dtype, OutputKind::Tensor);
     let f32_row = tolerance(DType::F32, OutputKind::Tensor);
     let rs: Vec<f64> = reference.grad_student.iter().copied().collect();
-    check(&format!("{what} grad.student"), &widen(&g.student), &plus(rs, base.map(|b| b.grad_student.iter().copied().collect())), tensor);
+    check(
+        &format!("{what} grad.student"),
+        &widen(&g.student),
+        &plus(rs, base.map(|b| b.grad_student.iter().copied().collect())),
+        tensor,
+    );
     let rw1: Vec<f64> = reference.grad_w1.iter().copied().collect();
-    check(&format!("{what} grad.w1"), &f32s(&g.w1), &plus(rw1, base.map(|b| b.grad_w1.iter().copied().collect())), f32_row);
-    check(&format!("{what} grad.b1"), &f32s(&g.b1), &plus(reference.grad_b1.to_vec(), base.map(|b| b.grad_b1.to_vec())), f32_row);
+    check(
+        &format!("{what} grad.w1"),
+        &f32s(&g.w1),
+        &plus(rw1, base.map(|b| b.grad_w1.iter().copied().collect())),
+        f32_row,
+    );
+    check(
+        &format!("{what} grad.b1"),
+        &f32s(&g.b1),
+        &plus(reference.grad_b1.to_vec(), base.map(|b| b.grad_b1.to_vec())),
+        f32_row,
+    );
     let rw2: Vec<f64> = reference.grad_w2.iter().copied().collect();
-    check(&format!("{what} grad.w2"), &f32s(&g.w2), &plus(rw2, base.map(|b| b.grad_w2.iter().copied().collect())), f32_row);
-    check(&format!("{what} grad.b2"), &f32s(&g.b2), &plus(reference.grad_b2.to_vec(), base.map(|b| b.grad_b2.to_vec())), f32_row);
+    check(
+        &format!("{what} grad.w2"),
+        &f32s(&g.w2),
+        &plus(rw2, base.map(|b| b.grad_w2.iter().copied().collect())),
+        f32_row,
+    );
+    check(
+        &format!("{what} grad.b2"),
+        &f32s(&g.b2),
+        &plus(reference.grad_b2.to_vec(), base.map(|b| b.grad_b2.to_vec())),
+        f32_row,
+    );
 }
 
 fn every_mode<T: KdFloat>(inputs: &Inputs, config: CwtConfig, chunk_limit: Option<usize>) {
@@ -219,7 +249,18 @@ fn errors_before_any_launch() {
     let s = inputs.student.clone();
     let t = inputs.teacher.clone();
     let run = |shapes: CwtShapes, dims: &[usize], params: HostParams<'_>| {
-        emulate::cwt::<f32>(&config, &shapes, dims, &s, &t, params, Mode::ForwardBackward, GPU, CwtEmulation::default(), None)
+        emulate::cwt::<f32>(
+            &config,
+            &shapes,
+            dims,
+            &s,
+            &t,
+            params,
+            Mode::ForwardBackward,
+            GPU,
+            CwtEmulation::default(),
+            None,
+        )
     };
     // Student channels that do not match W1.
     assert!(matches!(
@@ -228,14 +269,28 @@ fn errors_before_any_launch() {
     ));
     // A zero dimension.
     assert!(matches!(run(inputs.shapes, &[2, 4, 0, 3], inputs.host()), Err(KdError::EmptyInput { .. })));
-    assert!(matches!(run(CwtShapes { cs: 4, ch: 0, ct: 3 }, &[2, 4, 3, 3], inputs.host()), Err(KdError::EmptyInput { .. })));
+    assert!(matches!(
+        run(CwtShapes { cs: 4, ch: 0, ct: 3 }, &[2, 4, 3, 3], inputs.host()),
+        Err(KdError::EmptyInput { .. })
+    ));
     // Parameter buffers too small for the shapes.
     let short = HostParams { w1: &inputs.w1[..10], ..inputs.host() };
     assert!(matches!(run(inputs.shapes, &[2, 4, 3, 3], short), Err(KdError::BufferTooSmall { .. })));
     // A bad GradOptions::scale.
     let bad = CwtEmulation { options: GradOptions { scale: f64::INFINITY, accumulate: false }, chunk_limit: None };
     assert!(matches!(
-        emulate::cwt::<f32>(&config, &inputs.shapes, &[2, 4, 3, 3], &s, &t, inputs.host(), Mode::ForwardBackward, GPU, bad, None),
+        emulate::cwt::<f32>(
+            &config,
+            &inputs.shapes,
+            &[2, 4, 3, 3],
+            &s,
+            &t,
+            inputs.host(),
+            Mode::ForwardBackward,
+            GPU,
+            bad,
+            None
+        ),
         Err(KdError::InvalidParameter { .. })
     ));
 }

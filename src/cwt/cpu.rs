@@ -73,6 +73,8 @@ impl CwtCpu {
         self.compute(student, teacher, params, upstream, true)
     }
 
+    // Index loops read as the formulas of docs/losses.md §5.4.
+    #[allow(clippy::needless_range_loop)]
     fn compute<T: KdFloat>(
         &self,
         student: ArrayView4<'_, T>,

@@ -175,7 +175,16 @@ impl CwtCuda {
         grad_student: &mut dyn DevicePtrMut<T>,
         grads: CwtParamGrads<'_>,
     ) -> Result<()> {
-        self.backward_with(student_shape, student, teacher, params, upstream, grad_student, grads, GradOptions::OVERWRITE)
+        self.backward_with(
+            student_shape,
+            student,
+            teacher,
+            params,
+            upstream,
+            grad_student,
+            grads,
+            GradOptions::OVERWRITE,
+        )
     }
 
     /// [`Self::backward`] with [`GradOptions`].
@@ -191,7 +200,17 @@ impl CwtCuda {
         grads: CwtParamGrads<'_>,
         options: GradOptions,
     ) -> Result<()> {
-        self.launch(student_shape, student, teacher, params, None, Some(grad_student), Some(grads), Some(upstream), options)
+        self.launch(
+            student_shape,
+            student,
+            teacher,
+            params,
+            None,
+            Some(grad_student),
+            Some(grads),
+            Some(upstream),
+            options,
+        )
     }
 
     /// The raw layer under the typed calls: one call on device addresses, launched on `stream`. What it

@@ -101,9 +101,15 @@ impl PerDtype for Run<'_> {
                 let r = CwtCpu::new(*config)?.forward_backward(sv, tv, &params)?;
                 out.insert("loss".into(), Output::scalar(r.loss));
                 out.insert("grad.student".into(), Output::tensor(&sd, r.grad_student.iter().copied().collect()));
-                out.insert("grad.mlp.linear1.weight".into(), Output::tensor(&[ch, cs], r.grad_w1.iter().copied().collect()));
+                out.insert(
+                    "grad.mlp.linear1.weight".into(),
+                    Output::tensor(&[ch, cs], r.grad_w1.iter().copied().collect()),
+                );
                 out.insert("grad.mlp.linear1.bias".into(), Output::tensor(&[ch], r.grad_b1.to_vec()));
-                out.insert("grad.mlp.linear2.weight".into(), Output::tensor(&[ct, ch], r.grad_w2.iter().copied().collect()));
+                out.insert(
+                    "grad.mlp.linear2.weight".into(),
+                    Output::tensor(&[ct, ch], r.grad_w2.iter().copied().collect()),
+                );
                 out.insert("grad.mlp.linear2.bias".into(), Output::tensor(&[ct], r.grad_b2.to_vec()));
             }
             Backend::Cuda(stream) => {

@@ -111,7 +111,9 @@ impl CwtShapes {
 
     /// Every count at least 1 and at most `i32::MAX - 1` (the kernels' channel type, with the bias column).
     pub fn validate(&self) -> Result<()> {
-        for (what, v) in [("mlp.linear1.weight", self.cs), ("mlp.linear1.weight", self.ch), ("mlp.linear2.weight", self.ct)] {
+        for (what, v) in
+            [("mlp.linear1.weight", self.cs), ("mlp.linear1.weight", self.ch), ("mlp.linear2.weight", self.ct)]
+        {
             if v == 0 {
                 return Err(KdError::EmptyInput { what, shape: vec![self.ch, self.cs, self.ct] });
             }
@@ -174,13 +176,25 @@ impl MlpParams<'_> {
             return Err(KdError::EmptyInput { what: "mlp.linear2.weight", shape: vec![ct, ch2] });
         }
         if self.b1.len() != ch {
-            return Err(KdError::ShapeMismatch { what: "mlp.linear1.bias", expected: vec![ch], got: vec![self.b1.len()] });
+            return Err(KdError::ShapeMismatch {
+                what: "mlp.linear1.bias",
+                expected: vec![ch],
+                got: vec![self.b1.len()],
+            });
         }
         if ch2 != ch {
-            return Err(KdError::ShapeMismatch { what: "mlp.linear2.weight", expected: vec![ct, ch], got: vec![ct, ch2] });
+            return Err(KdError::ShapeMismatch {
+                what: "mlp.linear2.weight",
+                expected: vec![ct, ch],
+                got: vec![ct, ch2],
+            });
         }
         if self.b2.len() != ct {
-            return Err(KdError::ShapeMismatch { what: "mlp.linear2.bias", expected: vec![ct], got: vec![self.b2.len()] });
+            return Err(KdError::ShapeMismatch {
+                what: "mlp.linear2.bias",
+                expected: vec![ct],
+                got: vec![self.b2.len()],
+            });
         }
         shapes.validate()?;
         Ok(shapes)

@@ -60,6 +60,7 @@ pub(crate) fn chunk_pixels(pixels: usize, shapes: &CwtShapes, grads: bool, limit
 }
 
 /// Plans a call on student shape `student` (the teacher is checked by the caller).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plan(
     config: &CwtConfig,
     shapes: &CwtShapes,
