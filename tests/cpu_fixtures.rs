@@ -192,10 +192,10 @@ fn assert_check_line(line: &BTreeMap<String, Json>) {
     for key in ["file", "loss", "backend", "dtype", "output"] {
         assert!(line[key].str().is_some(), "`{key}` is not a string: {line:?}");
     }
-    assert!(["cwd", "pixel_kd"].contains(&line["loss"].str().unwrap()), "{line:?}");
+    assert!(["cwd", "pixel_kd", "cwt"].contains(&line["loss"].str().unwrap()), "{line:?}");
     assert!(["cpu", "cuda"].contains(&line["backend"].str().unwrap()), "{line:?}");
     assert!(["f32", "f16", "bf16"].contains(&line["dtype"].str().unwrap()), "{line:?}");
-    assert!(["loss", "grad.student", "grad.teacher"].contains(&line["output"].str().unwrap()), "{line:?}");
+    assert!(OUTPUTS.contains(&line["output"].str().unwrap()), "{line:?}");
     let Json::Bool(pass) = line["pass"] else { panic!("`pass` is not a boolean: {line:?}") };
     let (abs, rel, refmax) = (line["max_abs_err"].num(), line["max_rel_err"].num(), line["ref_max_abs"].num());
     let refmax = refmax.unwrap_or_else(|| panic!("`ref_max_abs` is not a number: {line:?}"));
@@ -210,6 +210,17 @@ fn assert_check_line(line: &BTreeMap<String, Json>) {
         _ => assert!(!pass, "a NaN error (null) must not pass: {line:?}"),
     }
 }
+
+/// Every output name a check line may carry.
+const OUTPUTS: [&str; 7] = [
+    "loss",
+    "grad.student",
+    "grad.teacher",
+    "grad.mlp.linear1.weight",
+    "grad.mlp.linear1.bias",
+    "grad.mlp.linear2.weight",
+    "grad.mlp.linear2.bias",
+];
 
 /// Asserts the lines are exactly one error line about `file`, whose message contains `needle`.
 fn assert_single_error(case: &str, code: u8, lines: &[BTreeMap<String, Json>], file: &Path, needle: &str) {
@@ -414,8 +425,7 @@ fn verify_fixture_dir_on_cpu_exits_0_with_one_line_per_output() {
     let mut files_seen = std::collections::BTreeSet::new();
     for path in common::fixture_files() {
         let f = Fixture::load(&path).unwrap();
-        expected_lines +=
-            ["loss", "grad.student", "grad.teacher"].iter().filter(|n| f.tensors.contains_key(**n)).count();
+        expected_lines += OUTPUTS.iter().filter(|n| f.tensors.contains_key(**n)).count();
         files_seen.insert(path.display().to_string());
     }
     assert_eq!(lines.len(), expected_lines, "{text}");
@@ -487,7 +497,8 @@ fn verify_exit_2_for_every_unusable_file() {
         ("scale_tau2 yes", f(pkd.clone().set_meta("scale_tau2", "yes")), "scale_tau2"),
         ("icsd", f(cwd.clone().set_meta("loss", "icsd")), "not implemented yet"),
         ("semckd", f(cwd.clone().set_meta("loss", "semckd")), "not implemented yet"),
-        ("cwt", f(pkd.clone().set_meta("loss", "cwt")), "not implemented yet"),
+        // A pixel-KD file relabelled `cwt` lacks the MLP's parameters.
+        ("cwt", f(pkd.clone().set_meta("loss", "cwt")), "missing tensor"),
         ("teacher shape differs", f(cwd.clone().with_tensor("teacher", f32_tensor(&[numel], &zeros))), "teacher"),
         ("student rank 3", f(cwd.clone().with_tensor("student", f32_tensor(&[1, 3, 35], &zeros))), "rank"),
         ("teacher f16, student f32", f(cwd.clone().with_tensor("teacher", student_f16)), "teacher"),
