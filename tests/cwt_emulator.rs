@@ -294,3 +294,94 @@ fn errors_before_any_launch() {
         Err(KdError::InvalidParameter { .. })
     ));
 }
+
+/// The recorded fixtures (PyTorch's values) through the emulated kernels: the GPU path against the
+/// reference implementation itself, not only against the crate's CPU reference.
+#[test]
+fn fixtures_through_the_emulated_kernels() {
+    use safetensors::{Dtype, SafeTensors};
+    let mut seen = 0;
+    for path in common::fixture_files() {
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if !name.starts_with("cwt_") {
+            continue;
+        }
+        seen += 1;
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = header.metadata().clone().unwrap_or_default();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let f64s = |n: &str| -> (Vec<usize>, Vec<f64>) {
+            let t = st.tensor(n).unwrap();
+            let d = t.data();
+            let v = match t.dtype() {
+                Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                Dtype::F16 => d.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+                Dtype::BF16 => d.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+                other => panic!("{name}: {n} is {other:?}"),
+            };
+            (t.shape().to_vec(), v)
+        };
+        let f32s = |n: &str| f64s(n).1.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+        let (sdims, student) = f64s("student");
+        let (_, teacher) = f64s("teacher");
+        let (w1_shape, _) = f64s("mlp.linear1.weight");
+        let (w2_shape, _) = f64s("mlp.linear2.weight");
+        let shapes = CwtShapes { cs: w1_shape[1], ch: w1_shape[0], ct: w2_shape[0] };
+        let normalize = CwtNormalize::parse(meta.get("normalize").map_or("batch", |s| s.as_str())).unwrap();
+        let loss_weight: f64 = meta.get("loss_weight").map_or(2e-5, |s| s.parse().unwrap());
+        let config = CwtConfig { loss_weight, normalize };
+        let (w1, b1, w2, b2) = (
+            f32s("mlp.linear1.weight"),
+            f32s("mlp.linear1.bias"),
+            f32s("mlp.linear2.weight"),
+            f32s("mlp.linear2.bias"),
+        );
+        let params = HostParams { w1: &w1, b1: &b1, w2: &w2, b2: &b2 };
+        let dtype = st.tensor("student").unwrap().dtype();
+        let got: (f32, Vec<f64>, [Vec<f32>; 4]) = match dtype {
+            Dtype::F32 => run_fixture::<f32>(&config, &shapes, &sdims, &student, &teacher, params),
+            Dtype::F16 => run_fixture::<f16>(&config, &shapes, &sdims, &student, &teacher, params),
+            Dtype::BF16 => run_fixture::<bf16>(&config, &shapes, &sdims, &student, &teacher, params),
+            other => panic!("{name}: student is {other:?}"),
+        };
+        let kd_dtype = match dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            _ => DType::BF16,
+        };
+        check(&format!("{name} loss"), &[got.0 as f64], &f64s("loss").1, tolerance(kd_dtype, OutputKind::Loss));
+        check(
+            &format!("{name} grad.student"),
+            &got.1,
+            &f64s("grad.student").1,
+            tolerance(kd_dtype, OutputKind::Tensor),
+        );
+        for (i, n) in
+            ["grad.mlp.linear1.weight", "grad.mlp.linear1.bias", "grad.mlp.linear2.weight", "grad.mlp.linear2.bias"]
+                .into_iter()
+                .enumerate()
+        {
+            let g: Vec<f64> = got.2[i].iter().map(|&v| v as f64).collect();
+            check(&format!("{name} {n}"), &g, &f64s(n).1, tolerance(DType::F32, OutputKind::Tensor));
+        }
+    }
+    assert!(seen > 0, "no cwt fixture");
+}
+
+fn run_fixture<T: KdFloat>(
+    config: &CwtConfig,
+    shapes: &CwtShapes,
+    dims: &[usize],
+    student: &[f64],
+    teacher: &[f64],
+    params: HostParams<'_>,
+) -> (f32, Vec<f64>, [Vec<f32>; 4]) {
+    let s: Vec<T> = student.iter().map(|&v| T::from_f64(v)).collect();
+    let t: Vec<T> = teacher.iter().map(|&v| T::from_f64(v)).collect();
+    let out =
+        emulate::cwt(config, shapes, dims, &s, &t, params, Mode::ForwardBackward, GPU, CwtEmulation::default(), None)
+            .unwrap();
+    let g = out.grads.unwrap();
+    (out.loss.unwrap(), widen(&g.student), [g.w1, g.b1, g.w2, g.b2])
+}
