@@ -22,6 +22,11 @@
  *   cwt_grad_student  dX = W1^T dA, written in the input dtype (KD_ACCUMULATE_GRAD honoured)
  *   cwt_combine       the parameter gradients: each element sums its partial slots in slot order.
  *
+ * A forward (loss only) runs in one pass where the hidden tile fits in shared memory: `cwt_forward_fused`
+ * takes `tile_pixels` pixels a block, computes their ReLU(W1 x + b1) for every hidden unit into shared memory
+ * (Ch x tile_pixels floats), then W2 Z + b2 tile by tile of outputs, the squared error and its block sum:
+ * nothing but the loss leaves the chip. Elsewhere (Ch too wide) a forward is cwt_hidden + cwt_output.
+ *
  * The driver runs the first six per chunk of pixels, sized so that `hidden` and `out_grad` together hold no
  * more than one hidden-activation tensor (N*H*W*Ch floats), then cwt_combine once. Bias gradients are the
  * GEMMs' extra "ones" column. Deterministic: fixed tiles, fixed K order, fixed slot order, the loss summed
@@ -269,6 +274,46 @@ template <typename T> __device__ void cwt_combine(const KdCwtArgs& args) {
     }
 }
 
+// The whole forward of `tile_pixels` pixels per block: Z = ReLU(W1 X + b1) into shared memory, then
+// Y = W2 Z + b2 and sum (Y - T)^2, one 64-output tile at a time; the block's sum goes into the loss.
+template <typename T> __device__ void cwt_forward_fused(const KdCwtArgs& args) {
+    const KdCwtParams& p = args.p;
+    const T* __restrict__ x = kd::ptr<const T>(args.student);
+    const T* __restrict__ teacher = kd::ptr<const T>(args.teacher);
+    const float* __restrict__ w1 = kd::ptr<const float>(args.w1);
+    const float* __restrict__ b1 = kd::ptr<const float>(args.b1);
+    const float* __restrict__ w2 = kd::ptr<const float>(args.w2);
+    const float* __restrict__ b2 = kd::ptr<const float>(args.b2);
+    KD_DYNAMIC_SHARED(smem);
+    float* z = reinterpret_cast<float*>(smem);  // [Ch][tile_pixels]
+    const int64_t tp = p.tile_pixels;
+    const int64_t q0 = static_cast<int64_t>(blockIdx.x) * tp;
+    const int64_t q_end = min(q0 + tp, p.chunk_pixels);
+    float acc[kPer][kPer];
+    for (int64_t h0 = 0; h0 < p.ch; h0 += kTile) {
+        gemm_tile(
+            h0, p.ch, q0, q_end, 0, p.cs, [&](int64_t h, int64_t c) { return w1[h * p.cs + c]; },
+            [&](int64_t c, int64_t q) { return kd::to_float(x[nchw(c, p.pixel_begin + q, p.cs, p.plane)]); }, acc);
+        for_each_output(h0, p.ch, q0, q_end, acc,
+                        [&](int64_t h, int64_t q, float v) { z[h * tp + (q - q0)] = fmaxf(v + b1[h], 0.f); });
+    }
+    __syncthreads();  // Z complete before any thread reads it
+    double squares = 0.0;
+    for (int64_t o0 = 0; o0 < p.ct; o0 += kTile) {
+        gemm_tile(
+            o0, p.ct, q0, q_end, 0, p.ch, [&](int64_t o, int64_t h) { return w2[o * p.ch + h]; },
+            [&](int64_t h, int64_t q) { return z[h * tp + (q - q0)]; }, acc);
+        for_each_output(o0, p.ct, q0, q_end, acc, [&](int64_t o, int64_t q, float v) {
+            const float e = (v + b2[o]) - kd::to_float(teacher[nchw(o, p.pixel_begin + q, p.ct, p.plane)]);
+            squares += static_cast<double>(e) * e;
+        });
+    }
+    const double total = kd::block_sum(squares);
+    kd::sum_into_loss(static_cast<float>(total), blockIdx.x, static_cast<unsigned int>(p.loss_blocks),
+                      kd::ptr<float>(args.loss_partials), kd::ptr<unsigned int>(args.counter), kd::ptr<float>(args.loss),
+                      p.loss_scale);
+}
+
 }  // namespace
 
 #define KD_CWT_ENTRY_POINTS(T, NAME)                                                                   \
@@ -278,6 +323,7 @@ template <typename T> __device__ void cwt_combine(const KdCwtArgs& args) {
     KD_ENTRY(cwt_grad_hidden_##NAME, KdCwtArgs, kBlockThreads) { cwt_grad_hidden<T>(a); }             \
     KD_ENTRY(cwt_grad_w1_##NAME, KdCwtArgs, kBlockThreads) { cwt_grad_w1<T>(a); }                     \
     KD_ENTRY(cwt_grad_student_##NAME, KdCwtArgs, kBlockThreads) { cwt_grad_student<T>(a); }           \
-    KD_ENTRY(cwt_combine_##NAME, KdCwtArgs, kBlockThreads) { cwt_combine<T>(a); }
+    KD_ENTRY(cwt_combine_##NAME, KdCwtArgs, kBlockThreads) { cwt_combine<T>(a); }                     \
+    KD_ENTRY(cwt_forward_fused_##NAME, KdCwtArgs, kBlockThreads) { cwt_forward_fused<T>(a); }
 
 KD_FOR_EACH_DTYPE(KD_CWT_ENTRY_POINTS)

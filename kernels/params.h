@@ -127,7 +127,7 @@ typedef struct KdCwtParams {
     int32_t flags;          /* KdOutputFlags (KD_WANT_GRAD_STUDENT: every gradient) */
     float loss_scale;       /* loss_weight / D */
     float grad_scale;       /* 2 * loss_weight / D * GradOptions::scale: dL/dY per (Y - F_t) */
-    int32_t reserved;       /* keeps the struct a multiple of 8 bytes */
+    int32_t tile_pixels;    /* cwt_forward_fused: pixels per block (64, 32 or 16), its hidden tile in shared memory */
 } KdCwtParams;
 
 /* The argument block of every CWT kernel (each reads the fields it needs). */

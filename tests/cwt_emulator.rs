@@ -76,9 +76,20 @@ impl Inputs {
         emulation: CwtEmulation,
         initial: Option<&CwtGrads<T>>,
     ) -> CwtEmulated<T> {
+        self.emulate_on(GPU, config, mode, emulation, initial)
+    }
+
+    fn emulate_on<T: KdFloat>(
+        &self,
+        gpu: EmulatedGpu,
+        config: CwtConfig,
+        mode: Mode,
+        emulation: CwtEmulation,
+        initial: Option<&CwtGrads<T>>,
+    ) -> CwtEmulated<T> {
         let s: Vec<T> = to_dtype(&self.student);
         let t: Vec<T> = to_dtype(&self.teacher);
-        emulate::cwt(&config, &self.shapes, &self.dims, &s, &t, self.host(), mode, GPU, emulation, initial).unwrap()
+        emulate::cwt(&config, &self.shapes, &self.dims, &s, &t, self.host(), mode, gpu, emulation, initial).unwrap()
     }
 }
 
@@ -160,6 +171,21 @@ fn every_mode<T: KdFloat>(inputs: &Inputs, config: CwtConfig, chunk_limit: Optio
         let got = inputs.emulate::<T>(config, mode, emulation, None);
         let what = format!("{} {:?} {:?} {mode:?} chunk {chunk_limit:?}", T::DTYPE, inputs.dims, inputs.shapes);
         compare(&what, &got, &reference, mode, None);
+    }
+    // The forward on the other kernels: the one-pass kernel with narrower pixel tiles (less shared memory),
+    // and the two-kernel forward (a hidden tile that fits nowhere).
+    let reference = inputs.reference::<T>(config, 1.0);
+    let ch = inputs.shapes.ch;
+    for smem in [ch * 32 * 4, ch * 16 * 4, 0] {
+        let gpu = EmulatedGpu { max_dynamic_smem: smem, ..GPU };
+        let got = inputs.emulate_on::<T>(gpu, config, Mode::Forward, emulation, None);
+        compare(
+            &format!("{} {:?} forward, {smem} B shared", T::DTYPE, inputs.dims),
+            &got,
+            &reference,
+            Mode::Forward,
+            None,
+        );
     }
 }
 

@@ -13,7 +13,6 @@ use crate::cuda::{self, CudaLauncher, Guards, KernelModule, Workspace};
 use crate::dtype::{DType, KdFloat};
 use crate::error::Result;
 use crate::grad::GradOptions;
-use crate::launch::DeviceInfo;
 
 /// The MLP's parameters on the device (f32): `W1` `[Ch, Cs]`, `b1` `[Ch]`, `W2` `[Ct, Ch]`, `b2` `[Ct]`.
 pub struct CwtParamBuffers<'a> {
@@ -73,7 +72,7 @@ impl CwtCuda {
     pub fn new(stream: Arc<CudaStream>, config: CwtConfig, shapes: CwtShapes) -> Result<Self> {
         config.validate()?;
         shapes.validate()?;
-        let module = KernelModule::load(&stream, "cwt", &plan::KERNELS, &[])?;
+        let module = KernelModule::load(&stream, "cwt", &plan::KERNELS, &[plan::FORWARD_FUSED])?;
         let workspace = Workspace::new(&stream)?;
         Ok(CwtCuda { config, shapes, stream, module, workspace })
     }
@@ -105,7 +104,7 @@ impl CwtCuda {
     /// allocate nothing (call it before capturing the stream into a CUDA graph).
     pub fn reserve(&mut self, student: &[usize], _dtype: DType) -> Result<()> {
         let (s, t) = self.shapes.check_features(student, &self.teacher_dims(student))?;
-        let floats = driver::workspace_bound(&self.config, &self.shapes, &s, &t, self.module.sm_count())?;
+        let floats = driver::workspace_bound(&self.config, &self.shapes, &s, &t, plan::Device::of(&self.module))?;
         self.workspace.reserve(floats, 1)
     }
 

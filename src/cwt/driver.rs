@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 
-use super::plan;
+use super::plan::{self, Device};
 use super::{CwtConfig, CwtShapes};
 use crate::dtype::DType;
 use crate::error::{KdError, Result};
@@ -86,12 +86,12 @@ pub(crate) fn workspace_bound(
     shapes: &CwtShapes,
     student: &Nchw,
     teacher: &Nchw,
-    sm_count: usize,
+    device: Device,
 ) -> Result<usize> {
     let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
     let forward = OutputSet { loss: true, ..OutputSet::default() };
-    let a = plan::plan(config, shapes, student, teacher, sm_count, outputs, 1.0, None)?.workspace_floats;
-    let b = plan::plan(config, shapes, student, teacher, sm_count, forward, 1.0, None)?.workspace_floats;
+    let a = plan::plan(config, shapes, student, teacher, device, outputs, 1.0, None)?.workspace_floats;
+    let b = plan::plan(config, shapes, student, teacher, device, forward, 1.0, None)?.workspace_floats;
     Ok(a.max(b))
 }
 
@@ -118,7 +118,7 @@ pub(crate) unsafe fn run(
     options.validate()?;
     let (s, t) = shapes.check_features(student, teacher)?;
     let outputs = buffers.outputs(options)?;
-    let plan = plan::plan(config, shapes, &s, &t, device.sm_count(), outputs, options.scale, chunk_limit)?;
+    let plan = plan::plan(config, shapes, &s, &t, Device::of(device), outputs, options.scale, chunk_limit)?;
     let (floats, counters) = scratch.prepare(plan.workspace_floats, 1)?;
     let mut args = KdCwtArgs {
         student: buffers.student,

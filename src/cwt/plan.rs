@@ -15,7 +15,31 @@ pub(crate) const GRAD_HIDDEN: &str = "cwt_grad_hidden";
 pub(crate) const GRAD_W1: &str = "cwt_grad_w1";
 pub(crate) const GRAD_STUDENT: &str = "cwt_grad_student";
 pub(crate) const COMBINE: &str = "cwt_combine";
-pub(crate) const KERNELS: [&str; 7] = [HIDDEN, OUTPUT, GRAD_W2, GRAD_HIDDEN, GRAD_W1, GRAD_STUDENT, COMBINE];
+pub(crate) const FORWARD_FUSED: &str = "cwt_forward_fused";
+pub(crate) const KERNELS: [&str; 8] =
+    [HIDDEN, OUTPUT, GRAD_W2, GRAD_HIDDEN, GRAD_W1, GRAD_STUDENT, COMBINE, FORWARD_FUSED];
+/// Pixels per block of `cwt_forward_fused`, widest first: its hidden tile is `Ch x tile` floats of shared
+/// memory.
+const FUSED_TILES: [usize; 3] = [64, 32, 16];
+
+/// What the device offers the planner.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Device {
+    pub sm_count: usize,
+    /// The dynamic shared memory `cwt_forward_fused` may have.
+    pub max_dynamic_smem: usize,
+}
+
+impl Device {
+    pub(crate) fn of(info: &dyn crate::launch::DeviceInfo) -> Self {
+        Device { sm_count: info.sm_count(), max_dynamic_smem: info.max_dynamic_smem(FORWARD_FUSED) }
+    }
+}
+
+/// The pixels per block of the one-pass forward for hidden width `ch`, if its hidden tile fits.
+pub(crate) fn fused_tile(ch: usize, max_dynamic_smem: usize) -> Option<usize> {
+    FUSED_TILES.into_iter().find(|&t| ch.saturating_mul(t).saturating_mul(4) <= max_dynamic_smem)
+}
 
 /// The output tile of every CWT kernel (`kTile` in cwt.cu).
 const TILE: usize = 64;
@@ -66,7 +90,7 @@ pub(crate) fn plan(
     shapes: &CwtShapes,
     student: &Nchw,
     teacher: &Nchw,
-    sm_count: usize,
+    device: Device,
     outputs: OutputSet,
     grad_factor: f64,
     chunk_limit: Option<usize>,
@@ -78,7 +102,40 @@ pub(crate) fn plan(
     validate::representable_f32("loss_weight / D", loss_scale)?;
     validate::representable_f32("2 * loss_weight / D * GradOptions::scale", grad_scale)?;
     let grads = outputs.grad_student;
+    let sm_count = device.sm_count;
     let pixels = student.n * student.plane();
+    if !grads {
+        if let Some(tile) = fused_tile(ch, device.max_dynamic_smem) {
+            let blocks = launch::grid_blocks("student", pixels.div_ceil(tile))?;
+            let params = KdCwtParams {
+                plane: student.plane() as i64,
+                pixel_begin: 0,
+                chunk_pixels: pixels as i64,
+                split_len: 0,
+                cs: cs as i32,
+                ch: ch as i32,
+                ct: ct as i32,
+                splits: 0,
+                slot_base: 0,
+                slots: 0,
+                loss_block_base: 0,
+                loss_blocks: blocks as i32,
+                flags: outputs.flags(),
+                loss_scale: loss_scale as f32,
+                grad_scale: grad_scale as f32,
+                tile_pixels: tile as i32,
+            };
+            let launch = Launch { dynamic_smem: (ch * tile * 4) as u32, ..Launch::new(FORWARD_FUSED, blocks) };
+            return Ok(CwtPlan {
+                chunks: vec![Chunk { params, launches: vec![launch] }],
+                combine: None,
+                workspace_floats: blocks as usize,
+                out_grad_offset: 0,
+                partials_offset: 0,
+                loss_partials_offset: 0,
+            });
+        }
+    }
     let pc = chunk_pixels(pixels, shapes, grads, chunk_limit);
     let chunk_count = pixels.div_ceil(pc);
     let w2_part = ct * (ch + 1);
@@ -131,7 +188,7 @@ pub(crate) fn plan(
             flags: outputs.flags(),
             loss_scale: loss_scale as f32,
             grad_scale: grad_scale as f32,
-            reserved: 0,
+            tile_pixels: 0,
         };
         loss_blocks += output_blocks;
         chunks.push(Chunk { params, launches });
@@ -173,7 +230,8 @@ mod tests {
     fn plan_for(dims: [usize; 4], shapes: CwtShapes, outputs: OutputSet) -> CwtPlan {
         let s = Nchw::from_dims("student", &dims).unwrap();
         let t = Nchw { c: shapes.ct, ..s };
-        plan(&CwtConfig::default(), &shapes, &s, &t, 132, outputs, 1.0, None).unwrap()
+        plan(&CwtConfig::default(), &shapes, &s, &t, Device { sm_count: 132, max_dynamic_smem: 0 }, outputs, 1.0, None)
+            .unwrap()
     }
 
     #[test]
@@ -202,6 +260,23 @@ mod tests {
             assert_eq!(f.chunks.len(), 1);
             assert_eq!(f.workspace_floats, hidden_tensor + f.chunks[0].launches[1].grid as usize);
         }
+    }
+
+    #[test]
+    fn forward_takes_one_pass_where_the_hidden_tile_fits() {
+        assert_eq!(fused_tile(512, 227 * 1024), Some(64));
+        assert_eq!(fused_tile(2048, 227 * 1024), Some(16));
+        assert_eq!(fused_tile(8192, 227 * 1024), None);
+        let s = Nchw::from_dims("student", &[2, 256, 100, 152]).unwrap();
+        let shapes = CwtShapes::new(256, 256);
+        let t = Nchw { c: 256, ..s };
+        let forward = OutputSet { loss: true, ..OutputSet::default() };
+        let device = Device { sm_count: 132, max_dynamic_smem: 227 * 1024 };
+        let p = plan(&CwtConfig::default(), &shapes, &s, &t, device, forward, 1.0, None).unwrap();
+        assert_eq!(p.chunks.len(), 1);
+        assert_eq!(p.chunks[0].launches.len(), 1);
+        assert_eq!(p.chunks[0].launches[0].kernel, FORWARD_FUSED);
+        assert_eq!(p.chunks[0].params.tile_pixels, 64);
     }
 
     #[test]

@@ -209,7 +209,7 @@ pub struct KdCwtParams {
     pub flags: i32,
     pub loss_scale: f32,
     pub grad_scale: f32,
-    pub reserved: i32,
+    pub tile_pixels: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -261,8 +261,8 @@ const _: () = {
         "Offset of field: KdCwtParams::grad_scale",
     ][::core::mem::offset_of!(KdCwtParams, grad_scale) - 72usize];
     [
-        "Offset of field: KdCwtParams::reserved",
-    ][::core::mem::offset_of!(KdCwtParams, reserved) - 76usize];
+        "Offset of field: KdCwtParams::tile_pixels",
+    ][::core::mem::offset_of!(KdCwtParams, tile_pixels) - 76usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
