@@ -10,7 +10,10 @@
 //! cargo bench --bench cwt -- gpu_forward_backward
 //! ```
 //!
-//! Not here (see the report of issue 8): a cuBLAS-backed unfused baseline.
+//! Baseline: `cublas_gemms_*` times only the GEMMs an unfused cuBLAS implementation must run (2 for a
+//! forward, 6 for a forward and backward, strided-batched over the images, weight gradients accumulated
+//! image by image with beta = 1), without its elementwise passes (bias, ReLU, the error, its reduction) and
+//! their extra traffic: a lower bound for any cuBLAS-based CWT, loaded at run time through cudarc's `cublas`.
 
 use std::time::Duration;
 
@@ -85,6 +88,12 @@ fn main() {
             if let Err(e) = gpu::<bf16>(&mut c, stream, config, name, dims, shapes, &data) {
                 println!("cwt bf16 {name}: GPU bench failed: {e}");
             }
+            if let Err(e) = cublas_gemms::<f32>(&mut c, stream, name, dims, shapes) {
+                println!("cwt f32 {name}: cuBLAS baseline failed: {e}");
+            }
+            if let Err(e) = cublas_gemms::<bf16>(&mut c, stream, name, dims, shapes) {
+                println!("cwt bf16 {name}: cuBLAS baseline failed: {e}");
+            }
         }
         if name == "classification" {
             cpu(&mut c, config, name, dims, shapes, &data);
@@ -152,4 +161,128 @@ fn cpu(c: &mut Criterion, config: CwtConfig, name: &str, dims: [usize; 4], shape
         b.iter(|| cpu.forward_backward(s.view(), t.view(), &params).expect("CPU reference"))
     });
     group.finish();
+}
+
+/// The GEMMs of an unfused forward (2) and forward + backward (6) through cuBLAS, column-major views of the
+/// NCHW tensors: per image, a `[C, H*W]` row-major matrix is the column-major `(H*W x C)` with ld = H*W, and a
+/// weight `[out, in]` row-major is the column-major `(in x out)`, i.e. its transpose.
+fn cublas_gemms<T: KdFloat>(
+    c: &mut Criterion,
+    stream: &std::sync::Arc<kd_kernels::cudarc::driver::CudaStream>,
+    name: &str,
+    dims: [usize; 4],
+    shapes: CwtShapes,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+    use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
+
+    let blas = CudaBlas::new(stream.clone())?;
+    let [n, cs, h, w] = dims;
+    let CwtShapes { ch, ct, .. } = shapes;
+    let hw = h * w;
+    let buf = |len: usize| stream.alloc_zeros::<T>(len);
+    let (x, mut a, mut y) = (buf(n * cs * hw)?, buf(n * ch * hw)?, buf(n * ct * hw)?);
+    let (w1, w2) = (buf(ch * cs)?, buf(ct * ch)?);
+    let (mut gx, mut gw1, mut gw2) = (buf(n * cs * hw)?, buf(ch * cs)?, buf(ct * ch)?);
+    let (one, zero) = (T::from_f32(1.0), T::from_f32(0.0));
+    let i = |v: usize| v as i32;
+    // C_n (hw x cols) = A_n (hw x k) * op(B) for every image n.
+    let batched =
+        |m_cols: usize, k: usize, ldb: usize, transb, stride_a: usize, stride_c: usize| StridedBatchedConfig {
+            gemm: GemmConfig {
+                transa: CUBLAS_OP_N,
+                transb,
+                m: i(hw),
+                n: i(m_cols),
+                k: i(k),
+                alpha: one,
+                lda: i(hw),
+                ldb: i(ldb),
+                beta: zero,
+                ldc: i(hw),
+            },
+            batch_size: i(n),
+            stride_a: stride_a as i64,
+            stride_b: 0,
+            stride_c: stride_c as i64,
+        };
+    let forward = |a: &mut kd_kernels::cudarc::driver::CudaSlice<T>,
+                   y: &mut kd_kernels::cudarc::driver::CudaSlice<T>|
+     -> Result<(), cudarc::cublas::result::CublasError> {
+        // SAFETY: every buffer holds the elements the configurations address.
+        unsafe {
+            blas.gemm_strided_batched(batched(ch, cs, cs, CUBLAS_OP_N, cs * hw, ch * hw), &x, &w1, a)?;
+            blas.gemm_strided_batched(batched(ct, ch, ch, CUBLAS_OP_N, ch * hw, ct * hw), &*a, &w2, y)
+        }
+    };
+    let backward = |a: &mut kd_kernels::cudarc::driver::CudaSlice<T>,
+                    y: &kd_kernels::cudarc::driver::CudaSlice<T>,
+                    gx: &mut kd_kernels::cudarc::driver::CudaSlice<T>,
+                    gw1: &mut kd_kernels::cudarc::driver::CudaSlice<T>,
+                    gw2: &mut kd_kernels::cudarc::driver::CudaSlice<T>|
+     -> Result<(), cudarc::cublas::result::CublasError> {
+        // SAFETY: as above; `y` stands for dY and `a` for Z, then dA (the values do not matter here).
+        unsafe {
+            // dW2, column-major (ch x ct), summed over the images: op_T(Z_n (hw x ch)) * dY_n (hw x ct).
+            for img in 0..n {
+                let cfg = |rows: usize, cols: usize, beta| GemmConfig {
+                    transa: CUBLAS_OP_T,
+                    transb: CUBLAS_OP_N,
+                    m: i(rows),
+                    n: i(cols),
+                    k: i(hw),
+                    alpha: one,
+                    lda: i(hw),
+                    ldb: i(hw),
+                    beta,
+                    ldc: i(rows),
+                };
+                let beta = if img == 0 { zero } else { one };
+                let z = a.slice(img * ch * hw..(img + 1) * ch * hw);
+                let dy = y.slice(img * ct * hw..(img + 1) * ct * hw);
+                blas.gemm(cfg(ch, ct, beta), &z, &dy, gw2)?;
+            }
+            // dZ^T (hw x ch) = dY^T (hw x ct) * W2 (ct x ch): op_T of W2's column-major (ch x ct).
+            blas.gemm_strided_batched(batched(ch, ct, ch, CUBLAS_OP_T, ct * hw, ch * hw), y, &w2, a)?;
+            for img in 0..n {
+                let cfg = GemmConfig {
+                    transa: CUBLAS_OP_T,
+                    transb: CUBLAS_OP_N,
+                    m: i(cs),
+                    n: i(ch),
+                    k: i(hw),
+                    alpha: one,
+                    lda: i(hw),
+                    ldb: i(hw),
+                    beta: if img == 0 { zero } else { one },
+                    ldc: i(cs),
+                };
+                let xs = x.slice(img * cs * hw..(img + 1) * cs * hw);
+                let da = a.slice(img * ch * hw..(img + 1) * ch * hw);
+                blas.gemm(cfg, &xs, &da, gw1)?;
+            }
+            // dX^T (hw x cs) = dA^T (hw x ch) * W1 (ch x cs): op_T of W1's column-major (cs x ch).
+            blas.gemm_strided_batched(batched(cs, ch, cs, CUBLAS_OP_T, ch * hw, cs * hw), &*a, &w1, gx)
+        }
+    };
+    let mut group = c.benchmark_group(format!("cwt_{}", T::DTYPE));
+    group.measurement_time(Duration::from_secs(3)).sample_size(10);
+    group.bench_function(BenchmarkId::new("cublas_gemms_forward", name), |b| {
+        b.iter(|| {
+            forward(&mut a, &mut y).expect("cuBLAS");
+            stream.synchronize().expect("synchronize");
+        })
+    });
+    group.bench_function(BenchmarkId::new("cublas_gemms_forward_backward", name), |b| {
+        b.iter(|| {
+            forward(&mut a, &mut y).expect("cuBLAS");
+            backward(&mut a, &y, &mut gx, &mut gw1, &mut gw2).expect("cuBLAS");
+            stream.synchronize().expect("synchronize");
+        })
+    });
+    group.finish();
+    Ok(())
 }
