@@ -10,6 +10,7 @@
 //! | pixel-wise KD | [`pixel_kd::PixelKdCuda`] | [`pixel_kd::PixelKdCpu`] | `losses.md` 1.7, 2.5 |
 //! | ICSD / AICSD | [`icsd::IcsdCuda`], [`icsd::AicsdCuda`] | [`icsd::IcsdCpu`], [`icsd::AicsdCpu`] | `losses.md` 3 |
 //! | SemCKD | [`semckd::SemckdCuda`] | [`semckd::SemckdCpu`] | `losses.md` 4 |
+//! | channel-wise transformation (CWT) | [`cwt::CwtCuda`] | [`cwt::CwtCpu`] | `losses.md` 5 |
 //!
 //! GPU entry points work on caller-owned device buffers (`f32`, `half::f16`, `half::bf16`) in NCHW layout,
 //! on the caller's stream, write the loss as a device f32 scalar and the gradients in the input dtype,
@@ -36,6 +37,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod cwd;
+pub mod cwt;
 pub mod dtype;
 #[cfg(feature = "emulator")]
 pub mod emulator;

@@ -36,7 +36,12 @@ impl Workspace {
     pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Self> {
         let mut counters = stream.alloc_zeros::<u32>(1).map_err(|e| KdError::cuda("cuMemAlloc (workspace)", e))?;
         let at = address(&mut counters, stream);
-        Ok(Workspace { stream: stream.clone(), launch_stream: stream.cu_stream(), floats: None, counters: (counters, at) })
+        Ok(Workspace {
+            stream: stream.clone(),
+            launch_stream: stream.cu_stream(),
+            floats: None,
+            counters: (counters, at),
+        })
     }
 
     /// Sets the stream the next calls launch on.
@@ -48,7 +53,8 @@ impl Workspace {
         let capturing = |s: CUstream| -> Result<bool> {
             self.stream.context().bind_to_thread().map_err(|e| KdError::cuda("cuCtxSetCurrent", e))?;
             // SAFETY: both streams belong to the loss's context (the raw layer's contract).
-            let status = unsafe { result::stream::is_capturing(s) }.map_err(|e| KdError::cuda("cuStreamIsCapturing", e))?;
+            let status =
+                unsafe { result::stream::is_capturing(s) }.map_err(|e| KdError::cuda("cuStreamIsCapturing", e))?;
             Ok(status != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
         };
         Ok(capturing(self.launch_stream)? || capturing(self.stream.cu_stream())?)

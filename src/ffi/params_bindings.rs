@@ -591,3 +591,151 @@ const _: () = {
         "Offset of field: KdPoolArgs::scale",
     ][::core::mem::offset_of!(KdPoolArgs, scale) - 44usize];
 };
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdCwtParams {
+    pub plane: i64,
+    pub pixel_begin: i64,
+    pub chunk_pixels: i64,
+    pub split_len: i64,
+    pub cs: i32,
+    pub ch: i32,
+    pub ct: i32,
+    pub splits: i32,
+    pub slot_base: i32,
+    pub slots: i32,
+    pub loss_block_base: i32,
+    pub loss_blocks: i32,
+    pub flags: i32,
+    pub loss_scale: f32,
+    pub grad_scale: f32,
+    pub tile_pixels: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdCwtParams"][::core::mem::size_of::<KdCwtParams>() - 80usize];
+    ["Alignment of KdCwtParams"][::core::mem::align_of::<KdCwtParams>() - 8usize];
+    [
+        "Offset of field: KdCwtParams::plane",
+    ][::core::mem::offset_of!(KdCwtParams, plane) - 0usize];
+    [
+        "Offset of field: KdCwtParams::pixel_begin",
+    ][::core::mem::offset_of!(KdCwtParams, pixel_begin) - 8usize];
+    [
+        "Offset of field: KdCwtParams::chunk_pixels",
+    ][::core::mem::offset_of!(KdCwtParams, chunk_pixels) - 16usize];
+    [
+        "Offset of field: KdCwtParams::split_len",
+    ][::core::mem::offset_of!(KdCwtParams, split_len) - 24usize];
+    [
+        "Offset of field: KdCwtParams::cs",
+    ][::core::mem::offset_of!(KdCwtParams, cs) - 32usize];
+    [
+        "Offset of field: KdCwtParams::ch",
+    ][::core::mem::offset_of!(KdCwtParams, ch) - 36usize];
+    [
+        "Offset of field: KdCwtParams::ct",
+    ][::core::mem::offset_of!(KdCwtParams, ct) - 40usize];
+    [
+        "Offset of field: KdCwtParams::splits",
+    ][::core::mem::offset_of!(KdCwtParams, splits) - 44usize];
+    [
+        "Offset of field: KdCwtParams::slot_base",
+    ][::core::mem::offset_of!(KdCwtParams, slot_base) - 48usize];
+    [
+        "Offset of field: KdCwtParams::slots",
+    ][::core::mem::offset_of!(KdCwtParams, slots) - 52usize];
+    [
+        "Offset of field: KdCwtParams::loss_block_base",
+    ][::core::mem::offset_of!(KdCwtParams, loss_block_base) - 56usize];
+    [
+        "Offset of field: KdCwtParams::loss_blocks",
+    ][::core::mem::offset_of!(KdCwtParams, loss_blocks) - 60usize];
+    [
+        "Offset of field: KdCwtParams::flags",
+    ][::core::mem::offset_of!(KdCwtParams, flags) - 64usize];
+    [
+        "Offset of field: KdCwtParams::loss_scale",
+    ][::core::mem::offset_of!(KdCwtParams, loss_scale) - 68usize];
+    [
+        "Offset of field: KdCwtParams::grad_scale",
+    ][::core::mem::offset_of!(KdCwtParams, grad_scale) - 72usize];
+    [
+        "Offset of field: KdCwtParams::tile_pixels",
+    ][::core::mem::offset_of!(KdCwtParams, tile_pixels) - 76usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdCwtArgs {
+    pub student: u64,
+    pub teacher: u64,
+    pub w1: u64,
+    pub b1: u64,
+    pub w2: u64,
+    pub b2: u64,
+    pub loss: u64,
+    pub upstream: u64,
+    pub grad_student: u64,
+    pub grad_w1: u64,
+    pub grad_b1: u64,
+    pub grad_w2: u64,
+    pub grad_b2: u64,
+    pub hidden: u64,
+    pub out_grad: u64,
+    pub partials: u64,
+    pub loss_partials: u64,
+    pub counter: u64,
+    pub p: KdCwtParams,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdCwtArgs"][::core::mem::size_of::<KdCwtArgs>() - 224usize];
+    ["Alignment of KdCwtArgs"][::core::mem::align_of::<KdCwtArgs>() - 8usize];
+    [
+        "Offset of field: KdCwtArgs::student",
+    ][::core::mem::offset_of!(KdCwtArgs, student) - 0usize];
+    [
+        "Offset of field: KdCwtArgs::teacher",
+    ][::core::mem::offset_of!(KdCwtArgs, teacher) - 8usize];
+    ["Offset of field: KdCwtArgs::w1"][::core::mem::offset_of!(KdCwtArgs, w1) - 16usize];
+    ["Offset of field: KdCwtArgs::b1"][::core::mem::offset_of!(KdCwtArgs, b1) - 24usize];
+    ["Offset of field: KdCwtArgs::w2"][::core::mem::offset_of!(KdCwtArgs, w2) - 32usize];
+    ["Offset of field: KdCwtArgs::b2"][::core::mem::offset_of!(KdCwtArgs, b2) - 40usize];
+    [
+        "Offset of field: KdCwtArgs::loss",
+    ][::core::mem::offset_of!(KdCwtArgs, loss) - 48usize];
+    [
+        "Offset of field: KdCwtArgs::upstream",
+    ][::core::mem::offset_of!(KdCwtArgs, upstream) - 56usize];
+    [
+        "Offset of field: KdCwtArgs::grad_student",
+    ][::core::mem::offset_of!(KdCwtArgs, grad_student) - 64usize];
+    [
+        "Offset of field: KdCwtArgs::grad_w1",
+    ][::core::mem::offset_of!(KdCwtArgs, grad_w1) - 72usize];
+    [
+        "Offset of field: KdCwtArgs::grad_b1",
+    ][::core::mem::offset_of!(KdCwtArgs, grad_b1) - 80usize];
+    [
+        "Offset of field: KdCwtArgs::grad_w2",
+    ][::core::mem::offset_of!(KdCwtArgs, grad_w2) - 88usize];
+    [
+        "Offset of field: KdCwtArgs::grad_b2",
+    ][::core::mem::offset_of!(KdCwtArgs, grad_b2) - 96usize];
+    [
+        "Offset of field: KdCwtArgs::hidden",
+    ][::core::mem::offset_of!(KdCwtArgs, hidden) - 104usize];
+    [
+        "Offset of field: KdCwtArgs::out_grad",
+    ][::core::mem::offset_of!(KdCwtArgs, out_grad) - 112usize];
+    [
+        "Offset of field: KdCwtArgs::partials",
+    ][::core::mem::offset_of!(KdCwtArgs, partials) - 120usize];
+    [
+        "Offset of field: KdCwtArgs::loss_partials",
+    ][::core::mem::offset_of!(KdCwtArgs, loss_partials) - 128usize];
+    [
+        "Offset of field: KdCwtArgs::counter",
+    ][::core::mem::offset_of!(KdCwtArgs, counter) - 136usize];
+    ["Offset of field: KdCwtArgs::p"][::core::mem::offset_of!(KdCwtArgs, p) - 144usize];
+};

@@ -169,6 +169,7 @@ impl IcsdCuda {
         options: GradOptions,
     ) -> Result<()> {
         let shape = Nchw::from_dims("student", shape)?;
+        self.workspace.launch_on(stream);
         let mut launcher = CudaLauncher { module: &self.module, stream };
         // SAFETY: forwarded from the caller.
         unsafe {

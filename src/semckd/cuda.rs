@@ -215,6 +215,7 @@ impl SemckdCuda {
         buffers: &SemckdRawBuffers,
         options: GradOptions,
     ) -> Result<()> {
+        self.workspace.launch_on(stream);
         let mut launcher = CudaLauncher { module: &self.module, stream };
         // SAFETY: forwarded from the caller.
         unsafe {

@@ -7,7 +7,9 @@ use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, KdError, KdFloat};
 
 use crate::common;
-use crate::harness::{download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{
+    download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
+};
 use crate::pair::{compare, cwd_gpu, same_bits, weight_for, Case, GpuOut, CWD_PATHS, OFFSETS, SHAPES};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
@@ -141,7 +143,11 @@ pub(crate) fn cwd_many_calls_in_a_row(stream: &Stream) -> TestResult {
     Ok(())
 }
 
-pub(crate) fn misaligned_cwd_case<T: KdFloat>(stream: &Stream, dims: [usize; 4], failures: &mut Vec<String>) -> TestResult {
+pub(crate) fn misaligned_cwd_case<T: KdFloat>(
+    stream: &Stream,
+    dims: [usize; 4],
+    failures: &mut Vec<String>,
+) -> TestResult {
     let case = Case::<T>::random(8000, dims);
     let n = case.numel();
     let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };

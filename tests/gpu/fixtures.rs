@@ -6,10 +6,8 @@ use kd_kernels::fixture::{verify, Backend, Fixture};
 use crate::common;
 use crate::harness::{ensure, verdict, OrMsg, Stream, TestFn, TestResult};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("fixtures_pass_on_cuda", fixtures_pass_on_cuda),
-    ("verify_runs_both_backends", verify_runs_both_backends),
-];
+pub(crate) const TESTS: &[(&str, TestFn)] =
+    &[("fixtures_pass_on_cuda", fixtures_pass_on_cuda), ("verify_runs_both_backends", verify_runs_both_backends)];
 
 pub(crate) fn fixtures_pass_on_cuda(stream: &Stream) -> TestResult {
     let backend = Backend::Cuda(stream.clone());

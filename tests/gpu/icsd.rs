@@ -76,7 +76,10 @@ fn one_case<T: KdFloat>(
     let t = random::<T>(seed + 1, numel);
     let reference = IcsdCpu::new(config)
         .or_msg("IcsdCpu::new")?
-        .forward_backward(ArrayView4::from_shape(dims, &s[..]).or_msg("view")?, ArrayView4::from_shape(dims, &t[..]).or_msg("view")?)
+        .forward_backward(
+            ArrayView4::from_shape(dims, &s[..]).or_msg("view")?,
+            ArrayView4::from_shape(dims, &t[..]).or_msg("view")?,
+        )
         .or_msg("cpu")?;
     let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
     let mut loss = nan_buffer::<f32>(stream, 1)?;
@@ -119,7 +122,13 @@ fn icsd_large_official(stream: &Stream) -> TestResult {
     // Pascal-like classes at a modest resolution: many blocks in every kernel.
     let mut failures = Vec::new();
     one_case::<f32>(stream, IcsdConfig::default(), [2, 21, 129, 129], 77, &mut failures)?;
-    one_case::<f32>(stream, IcsdConfig { variant: IcsdVariant::Paper, ..IcsdConfig::default() }, [2, 21, 65, 97], 78, &mut failures)?;
+    one_case::<f32>(
+        stream,
+        IcsdConfig { variant: IcsdVariant::Paper, ..IcsdConfig::default() },
+        [2, 21, 65, 97],
+        78,
+        &mut failures,
+    )?;
     verdict(failures)
 }
 
@@ -152,7 +161,10 @@ fn icsd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
         let config = IcsdConfig { variant, ..IcsdConfig::default() };
         let r = IcsdCpu::new(config)
             .or_msg("cpu")?
-            .forward_backward(ArrayView4::from_shape(dims, &s[..]).or_msg("view")?, ArrayView4::from_shape(dims, &t[..]).or_msg("view")?)
+            .forward_backward(
+                ArrayView4::from_shape(dims, &s[..]).or_msg("view")?,
+                ArrayView4::from_shape(dims, &t[..]).or_msg("view")?,
+            )
             .or_msg("cpu")?;
         let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
         let upstream = upload(stream, &[-2.0f32])?;
@@ -161,7 +173,13 @@ fn icsd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
         let options = GradOptions { scale: 0.5, accumulate: true };
         icsd.backward_with(&dims, &ds, &dt, &upstream, &mut grad, options).or_msg("backward_with")?;
         let want: Vec<f64> = r.grad_student.iter().zip(&initial).map(|(g, &i)| i as f64 - g).collect();
-        close(&format!("{variant:?} upstream+accumulate"), &widen(&download(stream, &grad)?), &want, 1e-4, &mut failures);
+        close(
+            &format!("{variant:?} upstream+accumulate"),
+            &widen(&download(stream, &grad)?),
+            &want,
+            1e-4,
+            &mut failures,
+        );
     }
     verdict(failures)
 }
@@ -178,7 +196,11 @@ fn aicsd_one_call_matches_cpu(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
     for epoch in [0.0, 37.0, 120.0] {
         let r = cpu
-            .forward_backward(ArrayView4::from_shape(dims, &s[..]).or_msg("view")?, ArrayView4::from_shape(dims, &t[..]).or_msg("view")?, epoch)
+            .forward_backward(
+                ArrayView4::from_shape(dims, &s[..]).or_msg("view")?,
+                ArrayView4::from_shape(dims, &t[..]).or_msg("view")?,
+                epoch,
+            )
             .or_msg("cpu")?;
         let mut loss = nan_buffer::<f32>(stream, 1)?;
         let mut grad = nan_buffer::<f32>(stream, numel)?;

@@ -83,7 +83,11 @@ pub(crate) fn cwd_gpu<T: KdFloat>(stream: &Stream, cwd: &mut CwdCuda, case: &Cas
     })
 }
 
-pub(crate) fn pixel_kd_gpu<T: KdFloat>(stream: &Stream, pkd: &mut PixelKdCuda, case: &Case<T>) -> Result<GpuOut<T>, String> {
+pub(crate) fn pixel_kd_gpu<T: KdFloat>(
+    stream: &Stream,
+    pkd: &mut PixelKdCuda,
+    case: &Case<T>,
+) -> Result<GpuOut<T>, String> {
     let s = upload(stream, &case.s)?;
     let t = upload(stream, &case.t)?;
     let mut loss = upload(stream, &[f32::NAN])?;
@@ -154,7 +158,8 @@ pub(crate) const CWD_PATHS: [CwdPath; 2] = [CwdPath::SinglePass, CwdPath::TwoPas
 /// Both pixel-KD kernels, forced (every channel count of [`SHAPES`] fits a tile).
 pub(crate) const PIXEL_PATHS: [PixelKdPath; 2] = [PixelKdPath::Tiled, PixelKdPath::PerPixel];
 
-pub(crate) const REDUCTIONS: [Reduction; 4] = [Reduction::Mean, Reduction::BatchMean, Reduction::Sum, Reduction::PixelMean];
+pub(crate) const REDUCTIONS: [Reduction; 4] =
+    [Reduction::Mean, Reduction::BatchMean, Reduction::Sum, Reduction::PixelMean];
 
 /// Element offsets of (student, teacher, grad_student, grad_teacher): equal offsets keep a common
 /// alignment (vector path after a scalar head and before a scalar tail), unequal ones force the scalar path.

@@ -7,7 +7,9 @@ use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, KdError, KdFloat};
 
 use crate::common;
-use crate::harness::{download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{
+    download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
+};
 use crate::pair::{compare, pixel_kd_gpu, weight_for, Case, GpuOut, BIG, OFFSETS, PIXEL_PATHS, REDUCTIONS, SHAPES};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
@@ -106,7 +108,11 @@ pub(crate) fn f16_gradients_with_amp_loss_scale(stream: &Stream) -> TestResult {
     ensure(c.passes(tol), || format!("{c:?} > {tol}"))
 }
 
-pub(crate) fn misaligned_pixel_kd_case<T: KdFloat>(stream: &Stream, dims: [usize; 4], failures: &mut Vec<String>) -> TestResult {
+pub(crate) fn misaligned_pixel_kd_case<T: KdFloat>(
+    stream: &Stream,
+    dims: [usize; 4],
+    failures: &mut Vec<String>,
+) -> TestResult {
     let case = Case::<T>::random(8100, dims);
     let n = case.numel();
     let config = PixelKdConfig { tau: 2.0, loss_weight: 1.0, reduction: Reduction::Sum, scale_tau2: true };

@@ -1,0 +1,159 @@
+//! One CWT call from device addresses: checks, plan, workspace, argument blocks, launches. Shared by the
+//! typed CUDA API, the raw layer and the host emulation.
+
+use std::ffi::c_void;
+
+use super::plan::{self, Device};
+use super::{CwtConfig, CwtShapes};
+use crate::dtype::DType;
+use crate::error::{KdError, Result};
+use crate::ffi::KdCwtArgs;
+use crate::grad::GradOptions;
+use crate::launch::{DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::shape::Nchw;
+
+/// The device addresses of one CWT call (`CUdeviceptr`s; 0 for an absent output). The loss is computed
+/// where `loss` is set; the gradients where `grad_student` is set, and then every parameter gradient must be
+/// set too (the five come from one backward pass); times the device scalar at `upstream` where that is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CwtRawBuffers {
+    /// `[N, Cs, H, W]` student features (the call's dtype).
+    pub student: u64,
+    /// `[N, Ct, H, W]` teacher features (the call's dtype).
+    pub teacher: u64,
+    /// `[Ch, Cs]` f32.
+    pub w1: u64,
+    /// `[Ch]` f32.
+    pub b1: u64,
+    /// `[Ct, Ch]` f32.
+    pub w2: u64,
+    /// `[Ct]` f32.
+    pub b2: u64,
+    /// One f32: the loss.
+    pub loss: u64,
+    /// `[N, Cs, H, W]` (the call's dtype): d loss / d student.
+    pub grad_student: u64,
+    /// `[Ch, Cs]` f32.
+    pub grad_w1: u64,
+    /// `[Ch]` f32.
+    pub grad_b1: u64,
+    /// `[Ct, Ch]` f32.
+    pub grad_w2: u64,
+    /// `[Ct]` f32.
+    pub grad_b2: u64,
+    /// One f32 read by the kernels: d total / d loss.
+    pub upstream: u64,
+}
+
+impl CwtRawBuffers {
+    fn outputs(&self, options: GradOptions) -> Result<OutputSet> {
+        if [self.student, self.teacher, self.w1, self.b1, self.w2, self.b2].contains(&0) {
+            return Err(KdError::OutputMismatch {
+                what: "student/teacher/w1/b1/w2/b2",
+                fix: "every input needs a device address",
+            });
+        }
+        let grads = [self.grad_student, self.grad_w1, self.grad_b1, self.grad_w2, self.grad_b2];
+        let any = grads.iter().any(|&a| a != 0);
+        if any && grads.contains(&0) {
+            return Err(KdError::OutputMismatch {
+                what: "grad_student/grad_w1/grad_b1/grad_w2/grad_b2",
+                fix: "the gradients come from one backward pass: give all five an address, or none",
+            });
+        }
+        if !any && self.loss == 0 {
+            return Err(KdError::OutputMismatch {
+                what: "loss/gradients",
+                fix: "nothing to compute: give the loss or the gradients addresses",
+            });
+        }
+        if !any && self.upstream != 0 {
+            return Err(KdError::OutputMismatch { what: "upstream", fix: "an upstream scalar needs the gradients" });
+        }
+        Ok(OutputSet {
+            loss: self.loss != 0,
+            grad_student: any,
+            grad_teacher: false,
+            device_upstream: self.upstream != 0,
+            accumulate: options.accumulate,
+        })
+    }
+}
+
+/// The workspace floats any call on these shapes may need (counters: 1).
+pub(crate) fn workspace_bound(
+    config: &CwtConfig,
+    shapes: &CwtShapes,
+    student: &Nchw,
+    teacher: &Nchw,
+    device: Device,
+) -> Result<usize> {
+    let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
+    let forward = OutputSet { loss: true, ..OutputSet::default() };
+    let a = plan::plan(config, shapes, student, teacher, device, outputs, 1.0, None)?.workspace_floats;
+    let b = plan::plan(config, shapes, student, teacher, device, forward, 1.0, None)?.workspace_floats;
+    Ok(a.max(b))
+}
+
+/// Runs one call.
+///
+/// # Safety
+/// Every non-zero address of `buffers` holds what [`CwtRawBuffers`] says for the shapes and `dtype`, where
+/// `launcher`'s kernels can reach it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn run(
+    config: &CwtConfig,
+    shapes: &CwtShapes,
+    student: &[usize],
+    teacher: &[usize],
+    dtype: DType,
+    buffers: &CwtRawBuffers,
+    options: GradOptions,
+    chunk_limit: Option<usize>,
+    device: &dyn DeviceInfo,
+    scratch: &mut dyn Scratch,
+    launcher: &mut dyn Launcher,
+) -> Result<()> {
+    config.validate()?;
+    options.validate()?;
+    let (s, t) = shapes.check_features(student, teacher)?;
+    let outputs = buffers.outputs(options)?;
+    let plan = plan::plan(config, shapes, &s, &t, Device::of(device), outputs, options.scale, chunk_limit)?;
+    let (floats, counters) = scratch.prepare(plan.workspace_floats, 1)?;
+    let mut args = KdCwtArgs {
+        student: buffers.student,
+        teacher: buffers.teacher,
+        w1: buffers.w1,
+        b1: buffers.b1,
+        w2: buffers.w2,
+        b2: buffers.b2,
+        loss: buffers.loss,
+        upstream: buffers.upstream,
+        grad_student: buffers.grad_student,
+        grad_w1: buffers.grad_w1,
+        grad_b1: buffers.grad_b1,
+        grad_w2: buffers.grad_w2,
+        grad_b2: buffers.grad_b2,
+        hidden: floats,
+        out_grad: floats + plan.out_grad_offset,
+        partials: floats + plan.partials_offset,
+        loss_partials: floats + plan.loss_partials_offset,
+        counter: counters,
+        p: plan.chunks[0].params,
+    };
+    for chunk in &plan.chunks {
+        args.p = chunk.params;
+        for launch in &chunk.launches {
+            // SAFETY: `args` is the block cwt.cu's kernels take; its addresses come from the caller (who
+            // vouches for them) and from the workspace, sized by the plan.
+            unsafe { launcher.launch(launch, dtype, (&args as *const KdCwtArgs).cast::<c_void>()) }
+                .map_err(|e| e.into_error())?;
+        }
+    }
+    if let Some(combine) = &plan.combine {
+        // SAFETY: as above.
+        unsafe { launcher.launch(combine, dtype, (&args as *const KdCwtArgs).cast::<c_void>()) }
+            .map_err(|e| e.into_error())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! CWT on the GPU: the kernels against the f64 CPU reference on random shapes in every dtype (forward,
+//! forward_backward, backward with the device upstream scalar, accumulate + scale), bitwise determinism,
+//! and typed errors. Registered by the lead in `tests/gpu/main.rs` (`mod cwt;`, `cwt::TESTS`).
+
+use half::{bf16, f16};
+use kd_kernels::cudarc::driver::CudaSlice;
+use kd_kernels::cwt::{
+    CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtOutput, CwtParamBuffers, CwtParamGrads, CwtShapes, MlpParams,
+};
+use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::{DType, GradOptions, KdError, KdFloat};
+use ndarray::{ArrayView1, ArrayView2, ArrayView4};
+
+use crate::common::SplitMix64;
+use crate::harness::{download, ensure, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+
+pub(crate) const TESTS: &[(&str, TestFn)] = &[
+    ("cwt_matches_cpu_f32", cwt_matches_cpu::<f32>),
+    ("cwt_matches_cpu_f16", cwt_matches_cpu::<f16>),
+    ("cwt_matches_cpu_bf16", cwt_matches_cpu::<bf16>),
+    ("cwt_deterministic_bitwise", cwt_deterministic_bitwise),
+    ("cwt_error_paths", cwt_error_paths),
+];
+
+/// (student [N, Cs, H, W], Ch, Ct): odd channels, tile edges, a shape with several pixel chunks.
+const SHAPES: [([usize; 4], usize, usize); 5] = [
+    ([2, 7, 5, 6], 13, 5),
+    ([1, 64, 8, 8], 65, 63),
+    ([3, 17, 13, 11], 32, 130),
+    ([2, 256, 10, 15], 256, 256),
+    ([1, 3, 40, 50], 4, 2),
+];
+
+struct Host {
+    dims: [usize; 4],
+    shapes: CwtShapes,
+    student: Vec<f32>,
+    teacher: Vec<f32>,
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+}
+
+impl Host {
+    fn random(seed: u64, dims: [usize; 4], ch: usize, ct: usize) -> Host {
+        let mut rng = SplitMix64::new(seed);
+        let mut v = |n: usize, s: f64| -> Vec<f32> { (0..n).map(|_| (rng.normal() * s) as f32).collect() };
+        let [n, cs, h, w] = dims;
+        Host {
+            dims,
+            shapes: CwtShapes { cs, ch, ct },
+            student: v(n * cs * h * w, 1.0),
+            teacher: v(n * ct * h * w, 1.0),
+            w1: v(ch * cs, 1.0 / (cs as f64).sqrt()),
+            b1: v(ch, 0.3),
+            w2: v(ct * ch, 1.0 / (ch as f64).sqrt()),
+            b2: v(ct, 0.3),
+        }
+    }
+
+    fn reference<T: KdFloat>(&self, config: CwtConfig, upstream: f64) -> CwtOutput {
+        let s: Vec<T> = self.student.iter().map(|&x| T::from_f32(x)).collect();
+        let t: Vec<T> = self.teacher.iter().map(|&x| T::from_f32(x)).collect();
+        let CwtShapes { cs, ch, ct } = self.shapes;
+        let params = MlpParams {
+            w1: ArrayView2::from_shape((ch, cs), &self.w1).unwrap(),
+            b1: ArrayView1::from(&self.b1),
+            w2: ArrayView2::from_shape((ct, ch), &self.w2).unwrap(),
+            b2: ArrayView1::from(&self.b2),
+        };
+        let [n, _, h, w] = self.dims;
+        let sv = ArrayView4::from_shape(self.dims, &s).unwrap();
+        let tv = ArrayView4::from_shape([n, ct, h, w], &t).unwrap();
+        CwtCpu::new(config).unwrap().backward(sv, tv, &params, upstream).unwrap()
+    }
+}
+
+struct Device<T> {
+    s: CudaSlice<T>,
+    t: CudaSlice<T>,
+    w1: CudaSlice<f32>,
+    b1: CudaSlice<f32>,
+    w2: CudaSlice<f32>,
+    b2: CudaSlice<f32>,
+}
+
+fn device<T: KdFloat>(stream: &Stream, h: &Host) -> Result<Device<T>, String> {
+    let s: Vec<T> = h.student.iter().map(|&x| T::from_f32(x)).collect();
+    let t: Vec<T> = h.teacher.iter().map(|&x| T::from_f32(x)).collect();
+    Ok(Device {
+        s: upload(stream, &s)?,
+        t: upload(stream, &t)?,
+        w1: upload(stream, &h.w1)?,
+        b1: upload(stream, &h.b1)?,
+        w2: upload(stream, &h.w2)?,
+        b2: upload(stream, &h.b2)?,
+    })
+}
+
+struct Grads<T> {
+    s: CudaSlice<T>,
+    w1: CudaSlice<f32>,
+    b1: CudaSlice<f32>,
+    w2: CudaSlice<f32>,
+    b2: CudaSlice<f32>,
+}
+
+fn nan_grads<T: KdFloat>(stream: &Stream, h: &Host) -> Result<Grads<T>, String> {
+    Ok(Grads {
+        s: nan_buffer(stream, h.student.len())?,
+        w1: nan_buffer(stream, h.w1.len())?,
+        b1: nan_buffer(stream, h.b1.len())?,
+        w2: nan_buffer(stream, h.w2.len())?,
+        b2: nan_buffer(stream, h.b2.len())?,
+    })
+}
+
+fn close(failures: &mut Vec<String>, what: String, got: &[f64], reference: &[f64], tol: f64) {
+    let c = Comparison::of(got.iter().copied(), reference.iter().copied());
+    if got.len() != reference.len() || !c.passes(tol) {
+        failures.push(format!("{what}: {c:?} (tolerance {tol:e})"));
+    }
+}
+
+fn widen<T: KdFloat>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}
+
+/// Compares downloaded gradients with `reference` (+ `base` when accumulating). Parameter gradients are f32,
+/// computed in fp32 from exactly the stored inputs: the f32 row of the table.
+fn compare_grads<T: KdFloat>(
+    failures: &mut Vec<String>,
+    what: &str,
+    stream: &Stream,
+    g: &Grads<T>,
+    reference: &CwtOutput,
+    base: f64,
+) -> Result<(), String> {
+    let f32_row = tolerance(DType::F32, OutputKind::Tensor);
+    let add = |v: Vec<f64>| v.into_iter().map(|x| x + base).collect::<Vec<f64>>();
+    let gs = widen(&download(stream, &g.s)?);
+    close(
+        failures,
+        format!("{what} grad.student"),
+        &gs,
+        &add(reference.grad_student.iter().copied().collect()),
+        tolerance(T::DTYPE, OutputKind::Tensor),
+    );
+    for (name, buf, r) in [
+        ("grad.w1", &g.w1, reference.grad_w1.iter().copied().collect::<Vec<f64>>()),
+        ("grad.b1", &g.b1, reference.grad_b1.to_vec()),
+        ("grad.w2", &g.w2, reference.grad_w2.iter().copied().collect()),
+        ("grad.b2", &g.b2, reference.grad_b2.to_vec()),
+    ] {
+        let got = widen(&download(stream, buf)?);
+        close(failures, format!("{what} {name}"), &got, &add(r), f32_row);
+    }
+    Ok(())
+}
+
+fn cwt_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
+    let mut failures = Vec::new();
+    for (i, (dims, ch, ct)) in SHAPES.into_iter().enumerate() {
+        let h = Host::random(8000 + i as u64, dims, ch, ct);
+        let normalize = if i % 2 == 0 { CwtNormalize::Batch } else { CwtNormalize::Mean };
+        let config = CwtConfig { loss_weight: 0.5, normalize };
+        let d = device::<T>(stream, &h)?;
+        let params = CwtParamBuffers { w1: &d.w1, b1: &d.b1, w2: &d.w2, b2: &d.b2 };
+        let mut cwt = CwtCuda::new(stream.clone(), config, h.shapes).or_msg("CwtCuda::new")?;
+        let what = format!("{} {dims:?} Ch {ch} Ct {ct}", T::DTYPE);
+        let reference = h.reference::<T>(config, 1.0);
+
+        // forward
+        let mut loss = nan_buffer::<f32>(stream, 1)?;
+        cwt.forward(&dims, &d.s, &d.t, &params, &mut loss).or_msg("forward")?;
+        let l = download(stream, &loss)?[0] as f64;
+        close(
+            &mut failures,
+            format!("{what} forward loss"),
+            &[l],
+            &[reference.loss],
+            tolerance(T::DTYPE, OutputKind::Loss),
+        );
+
+        // forward_backward
+        let mut g = nan_grads::<T>(stream, &h)?;
+        let mut loss = nan_buffer::<f32>(stream, 1)?;
+        let grads = CwtParamGrads { w1: &mut g.w1, b1: &mut g.b1, w2: &mut g.w2, b2: &mut g.b2 };
+        cwt.forward_backward(&dims, &d.s, &d.t, &params, &mut loss, &mut g.s, grads).or_msg("forward_backward")?;
+        let l = download(stream, &loss)?[0] as f64;
+        close(&mut failures, format!("{what} loss"), &[l], &[reference.loss], tolerance(T::DTYPE, OutputKind::Loss));
+        compare_grads(&mut failures, &format!("{what} forward_backward"), stream, &g, &reference, 0.0)?;
+
+        // backward with the device upstream scalar, accumulating onto ones, scaled by 2.
+        let upstream = upload(stream, &[-0.75f32])?;
+        let mut g = Grads {
+            s: upload(stream, &vec![T::from_f32(1.0); h.student.len()])?,
+            w1: upload(stream, &vec![1f32; h.w1.len()])?,
+            b1: upload(stream, &vec![1f32; h.b1.len()])?,
+            w2: upload(stream, &vec![1f32; h.w2.len()])?,
+            b2: upload(stream, &vec![1f32; h.b2.len()])?,
+        };
+        let grads = CwtParamGrads { w1: &mut g.w1, b1: &mut g.b1, w2: &mut g.w2, b2: &mut g.b2 };
+        let options = GradOptions { scale: 2.0, accumulate: true };
+        cwt.backward_with(&dims, &d.s, &d.t, &params, &upstream, &mut g.s, grads, options).or_msg("backward_with")?;
+        let scaled = h.reference::<T>(config, -1.5);
+        compare_grads(&mut failures, &format!("{what} backward accumulate"), stream, &g, &scaled, 1.0)?;
+    }
+    verdict(failures)
+}
+
+fn cwt_deterministic_bitwise(stream: &Stream) -> TestResult {
+    let h = Host::random(9001, [2, 96, 33, 17], 130, 70);
+    let d = device::<bf16>(stream, &h)?;
+    let params = CwtParamBuffers { w1: &d.w1, b1: &d.b1, w2: &d.w2, b2: &d.b2 };
+    let mut cwt = CwtCuda::new(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let mut g = nan_grads::<bf16>(stream, &h)?;
+        let mut loss = nan_buffer::<f32>(stream, 1)?;
+        let grads = CwtParamGrads { w1: &mut g.w1, b1: &mut g.b1, w2: &mut g.w2, b2: &mut g.b2 };
+        cwt.forward_backward(&h.dims, &d.s, &d.t, &params, &mut loss, &mut g.s, grads).or_msg("forward_backward")?;
+        let mut bits: Vec<u64> = download(stream, &loss)?.iter().map(|v| v.to_bits() as u64).collect();
+        bits.extend(download(stream, &g.s)?.iter().map(|v| v.to_bits() as u64));
+        for b in [&g.w1, &g.b1, &g.w2, &g.b2] {
+            bits.extend(download(stream, b)?.iter().map(|v| v.to_bits() as u64));
+        }
+        runs.push(bits);
+    }
+    ensure(runs[0] == runs[1] && runs[1] == runs[2], || "results differ between runs".into())
+}
+
+fn cwt_error_paths(stream: &Stream) -> TestResult {
+    let h = Host::random(9100, [2, 4, 3, 3], 5, 6);
+    let d = device::<f32>(stream, &h)?;
+    let params = CwtParamBuffers { w1: &d.w1, b1: &d.b1, w2: &d.w2, b2: &d.b2 };
+    let mut cwt = CwtCuda::new(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;
+    let mut loss = nan_buffer::<f32>(stream, 1)?;
+    let mut failures = Vec::new();
+    // Student channels other than Cs.
+    match cwt.forward(&[2, 5, 3, 3], &d.s, &d.t, &params, &mut loss) {
+        Err(KdError::ShapeMismatch { what: "student", .. }) => {}
+        other => failures.push(format!("wrong channels: {other:?}")),
+    }
+    // A zero dimension.
+    match cwt.forward(&[2, 4, 0, 3], &d.s, &d.t, &params, &mut loss) {
+        Err(KdError::EmptyInput { .. }) => {}
+        other => failures.push(format!("zero dimension: {other:?}")),
+    }
+    // A parameter buffer too small for the shapes.
+    let short = upload(stream, &h.w1[..7])?;
+    let bad = CwtParamBuffers { w1: &short, ..params };
+    match cwt.forward(&h.dims, &d.s, &d.t, &bad, &mut loss) {
+        Err(KdError::BufferTooSmall { .. }) => {}
+        other => failures.push(format!("short W1: {other:?}")),
+    }
+    // Zero channels at construction.
+    match CwtCuda::new(stream.clone(), CwtConfig::default(), CwtShapes { cs: 4, ch: 0, ct: 6 }) {
+        Err(KdError::EmptyInput { .. }) => {}
+        other => failures.push(format!("zero hidden width: {:?}", other.map(|_| ()))),
+    }
+    verdict(failures)
+}
