@@ -64,6 +64,12 @@ fn main() -> Res<()> {
             Some(stream)
         }
         Err(e) => {
+            if !kd_kernels::cuda::KERNELS_COMPILED && kd_kernels::cuda::gpu_present() {
+                println!(
+                    "a GPU is present, but this build has no GPU kernels (nvcc was not found when it was built): \
+                     run scripts/quickstart, or scripts/install-nvcc and rebuild"
+                );
+            }
             println!("no GPU: {e}");
             println!("running the CPU reference (f64) only");
             None

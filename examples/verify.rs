@@ -1,4 +1,4 @@
-//! The fixture verifier of `shared/spec/fixtures.md`.
+//! The fixture verifier of `docs/fixtures.md`.
 //!
 //! ```text
 //! cargo run --release --example verify -- FILE_OR_DIR...

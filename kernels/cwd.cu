@@ -15,7 +15,7 @@
  * accuracy, and a one-element row or S == T gives exactly 0. Statistics of two parts of a row merge exactly
  * (rescale sums and A by 2^(k (m_part - m_merged))), so a row can be split across blocks. log p is always
  * k (x - m) - log2(s) (times ln2), never log(softmax(z)): finite where a probability underflows to 0 in
- * fp32 (TorchDistiller's form gives NaN there, losses.md 1.5).
+ * fp32 (TorchDistiller's form gives NaN there, docs/losses.md §1.6).
  *
  * Two implementations of the same arithmetic:
  *

@@ -45,10 +45,23 @@ template <typename T> __device__ void semckd_gram(const KdSemckdArgs& a) {
     const int tiles = p.gram_tiles * p.gram_tiles;
     const int chunk = local / tiles, tile = local % tiles;
     const int tr = tile / p.gram_tiles, tc = tile % p.gram_tiles;
-    const int64_t B = p.batch, D = p.dim[l];
-    const int64_t k_begin = chunk * p.chunk_len[l];
-    const int64_t k_end = min(D, k_begin + p.chunk_len[l]);
-    const T* x = kd::ptr<const T>(a.features[l]);
+    // The layer's entries read with constant indices: a run-time index into the parameter block makes some
+    // compilers (sm_80, 16-bit instances) copy it to local memory.
+    int64_t D = 0, chunk_len = 0, gram_offset = 0;
+    uint64_t features = 0;
+#pragma unroll
+    for (int i = 0; i < 2 * KD_SEMCKD_MAX_LAYERS; ++i) {
+        if (i == l) {
+            D = p.dim[i];
+            chunk_len = p.chunk_len[i];
+            gram_offset = p.gram_offset[i];
+            features = a.features[i];
+        }
+    }
+    const int64_t B = p.batch;
+    const int64_t k_begin = chunk * chunk_len;
+    const int64_t k_end = min(D, k_begin + chunk_len);
+    const T* x = kd::ptr<const T>(features);
     KD_SHARED_ARRAY(float, xr, kTile * (kK + 1));
     KD_SHARED_ARRAY(float, xc, kTile * (kK + 1));
     const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
@@ -79,7 +92,7 @@ template <typename T> __device__ void semckd_gram(const KdSemckdArgs& a) {
         }
         __syncthreads();
     }
-    float* out = kd::ptr<float>(a.gram_partials) + p.gram_offset[l] + chunk * B * B;
+    float* out = kd::ptr<float>(a.gram_partials) + gram_offset + chunk * B * B;
 #pragma unroll
     for (int r = 0; r < 4; ++r)
 #pragma unroll

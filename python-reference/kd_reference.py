@@ -3,7 +3,7 @@
 These functions are the ground truth the `kd-kernels` crate is checked against (through the
 recorded fixtures in `tests/fixtures/`). They reproduce the official PyTorch code's semantics
 in fp32, operation by operation, so that a fixture says "this is what the official code
-computes" and not "this is what we think the paper means". See `/work/shared/spec/losses.md`
+computes" and not "this is what we think the paper means". See `docs/losses.md`
 sections 1.3-1.7 and 2.5 for the maths; the official sources are quoted next to each function.
 
 Nothing here is used at run time by the crate; CI never needs torch.

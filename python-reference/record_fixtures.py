@@ -1,6 +1,6 @@
 """Record the CWD and pixel-KD reference fixtures in `tests/fixtures/`.
 
-Each case becomes one `*.safetensors` file in the format of `/work/shared/spec/fixtures.md`:
+Each case becomes one `*.safetensors` file in the format of `docs/fixtures.md`:
 inputs `student`, `teacher` in the case's dtype (contiguous NCHW), reference outputs `loss`
 (shape [], F32), `grad.student` (F32) and optionally `grad.teacher` (F32), computed by PyTorch
 in fp32 from the stored inputs after upcasting them (so a f16/bf16 case checks fp32

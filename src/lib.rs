@@ -6,11 +6,11 @@
 //!
 //! | loss | GPU | CPU reference | spec |
 //! |---|---|---|---|
-//! | channel-wise distillation (CWD) | [`cwd::CwdCuda`] | [`cwd::CwdCpu`] | `losses.md` 1 |
-//! | pixel-wise KD | [`pixel_kd::PixelKdCuda`] | [`pixel_kd::PixelKdCpu`] | `losses.md` 1.7, 2.5 |
-//! | ICSD / AICSD | [`icsd::IcsdCuda`], [`icsd::AicsdCuda`] | [`icsd::IcsdCpu`], [`icsd::AicsdCpu`] | `losses.md` 3 |
-//! | SemCKD | [`semckd::SemckdCuda`] | [`semckd::SemckdCpu`] | `losses.md` 4 |
-//! | channel-wise transformation (CWT) | [`cwt::CwtCuda`] | [`cwt::CwtCpu`] | `losses.md` 5 |
+//! | channel-wise distillation (CWD) | [`cwd::CwdCuda`] | [`cwd::CwdCpu`] | `docs/losses.md` §1 |
+//! | pixel-wise KD | [`pixel_kd::PixelKdCuda`] | [`pixel_kd::PixelKdCpu`] | `docs/losses.md` §2 |
+//! | ICSD / AICSD | [`icsd::IcsdCuda`], [`icsd::AicsdCuda`] | [`icsd::IcsdCpu`], [`icsd::AicsdCpu`] | `docs/losses.md` §3 |
+//! | SemCKD | [`semckd::SemckdCuda`] | [`semckd::SemckdCpu`] | `docs/losses.md` §4 |
+//! | channel-wise transformation (CWT) | [`cwt::CwtCuda`] | [`cwt::CwtCpu`] | `docs/losses.md` §5 |
 //!
 //! GPU entry points work on caller-owned device buffers (`f32`, `half::f16`, `half::bf16`) in NCHW layout,
 //! on the caller's stream, write the loss as a device f32 scalar and the gradients in the input dtype,
@@ -33,6 +33,11 @@
 //! # Ok::<(), kd_kernels::KdError>(())
 //! ```
 #![warn(missing_docs)]
+
+// The README's examples are compiled (and its `no_run` blocks type-checked) with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
 
 pub mod cpu;
 pub mod cuda;

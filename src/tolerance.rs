@@ -1,7 +1,7 @@
 //! The tolerance table: how far a backend's output may be from a reference, per storage dtype.
 //!
 //! An output passes when `max_rel_err = max_abs_err / max(ref_max_abs, TINY) <= tolerance`, the error
-//! measure of `shared/spec/fixtures.md`: the largest absolute error, relative to the largest reference
+//! measure of `docs/fixtures.md`: the largest absolute error, relative to the largest reference
 //! magnitude of that output. Reference outputs are fp32 (PyTorch) or f64 (our CPU reference) computed from
 //! the stored (already rounded) inputs, so the input dtype does not enter the loss's tolerance. Gradients
 //! on the GPU are stored in the input dtype, so their tolerance is the dtype's rounding (half an ulp

@@ -272,7 +272,7 @@ fn extreme_logits_match_two_way_closed_forms() {
 
 #[test]
 fn underflowing_student_probability_stays_finite() {
-    // losses.md 1.5: a student row [200, 0, 0, 0] against a teacher row [0, 200, 0, 0] at tau = 1 is NaN in
+    // docs/losses.md §1.6: a student row [200, 0, 0, 0] against a teacher row [0, 200, 0, 0] at tau = 1 is NaN in
     // TorchDistiller's fp32 log(softmax); the log-softmax form gives 200.
     let s = Array4::from_shape_vec((1, 1, 2, 2), vec![200.0f32, 0.0, 0.0, 0.0]).unwrap();
     let t = Array4::from_shape_vec((1, 1, 2, 2), vec![0.0f32, 200.0, 0.0, 0.0]).unwrap();
@@ -305,7 +305,7 @@ fn naive_log_softmax(z: &[f64]) -> Vec<f64> {
 }
 
 /// Naive CWD: KL of each row via `sum pT zT - sum pT zS - LSE_T + LSE_S` (another algebraic form than
-/// the reference's), then the normalisation of losses.md 1.3 applied explicitly.
+/// the reference's), then the normalisation of docs/losses.md §1.3 applied explicitly.
 fn naive_cwd(s: &Array4<f32>, t: &Array4<f32>, tau: f64, lw: f64) -> (f64, Array4<f64>, Array4<f64>) {
     let [n_, c_, _, _] = [s.shape()[0], s.shape()[1], s.shape()[2], s.shape()[3]];
     let mut gs = Array4::<f64>::zeros(s.raw_dim());

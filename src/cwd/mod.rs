@@ -13,7 +13,7 @@
 //! This is mmrazor's `ChannelWiseDivergence` and, wherever it is finite, the official TorchDistiller
 //! `CriterionCWD` (`norm_type='channel'`, `divergence='kl'`). `log p` is computed as `z - LSE(z)`, so the loss
 //! stays finite where a student probability underflows in fp32 (TorchDistiller's `log(softmax)` gives NaN
-//! there). See `shared/spec/losses.md` section 1.
+//! there). See `docs/losses.md` §1.
 //!
 //! [`CwdCpu`] is the f64 reference; [`CwdCuda`] runs the kernels of `kernels/cwd.cu`: by default a single
 //! pass that reads the logits once (see [`CwdPath`]).

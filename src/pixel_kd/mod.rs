@@ -11,7 +11,7 @@
 //!
 //! with `divisor` from [`Reduction`] and `tau^2` applied when `scale_tau2` is set. The official
 //! `CriterionKD` is `tau = 1`, reduction `mean` (over all N*C*H*W elements, PyTorch's `KLDivLoss()`
-//! default), no `tau^2`, weight 10. See `shared/spec/losses.md` sections 1.7 and 2.5.
+//! default), no `tau^2`, weight 10. See `docs/losses.md` §2.
 
 mod cpu;
 mod cuda;
