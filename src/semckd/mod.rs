@@ -19,7 +19,7 @@
 //! `adaptive_avg_pool2d` (§4.3), for the caller's student-side pooling when `Hs_i > Ht_j`.
 //!
 //! [`SemckdCpu`] is the f64 reference; the kernels of `kernels/semckd.cu` run the same computation through
-//! [`SemckdRawBuffers`] (see [`driver`]): at most [`MAX_LAYERS`] student and as many teacher layers, whose
+//! [`SemckdRawBuffers`] (see `driver.rs`): at most [`MAX_LAYERS`] student and as many teacher layers, whose
 //! addresses and sizes travel inside the kernels' parameter block (no table upload, graph-capture friendly);
 //! more is [`crate::KdError::TooLarge`].
 
