@@ -63,7 +63,9 @@ __device__ __forceinline__ void grad_point(const kd::SoftmaxKlValues& r, float k
 // =========================================================================================================
 // 1. Single pass.
 
-template <typename T> struct Fused {
+// The single pass's chunk geometry: how many elements a thread and a block hold, and which elements of a
+// vector lie in the row.
+template <typename T> struct ChunkSizes {
     static constexpr int V = kd::Vec<T>::kLen;                // elements per 16-byte vector
     static constexpr int kVecs = KD_CWD_FUSED_VECS;           // vectors per thread and tensor
     static constexpr int kStride = kBlockThreads * V;         // between a thread's consecutive vectors
@@ -114,8 +116,8 @@ template <typename T> __device__ void cwd_fused(const KdCwdArgs& args) {
     double* __restrict__ partials = kd::ptr<double>(args.partials);
     unsigned int* __restrict__ row_sync = kd::ptr<unsigned int>(args.row_sync);
     const KdCwdParams& p = args.p;
-    using F = Fused<T>;
-    constexpr int V = F::V;
+    using Sizes = ChunkSizes<T>;
+    constexpr int V = Sizes::V;
     // The waits below end only for a grid of whole rows (see the top of this file): stop rather than hang.
     if (gridDim.x % p.chunks != 0) __trap();
     const float k = p.log2e_over_tau;
@@ -134,18 +136,18 @@ template <typename T> __device__ void cwd_fused(const KdCwdArgs& args) {
         // vector of every thread is aligned: `lead` padding positions precede the row. Chunk position q is
         // row element chunk * kChunk - lead + q; the row occupies the positions [begin, end) of this chunk.
         const int lead = vector_ok ? static_cast<int>((reinterpret_cast<uintptr_t>(student + offset) & 15u) / sizeof(T)) : 0;
-        const int64_t chunk_first = chunk * F::kChunk - lead;  // row element at chunk position 0
+        const int64_t chunk_first = chunk * Sizes::kChunk - lead;  // row element at chunk position 0
         const int begin = chunk == 0 ? lead : 0;
-        const int end = static_cast<int>(min(static_cast<int64_t>(F::kChunk), p.row_len - chunk_first));
+        const int end = static_cast<int>(min(static_cast<int64_t>(Sizes::kChunk), p.row_len - chunk_first));
         const int64_t base = offset + chunk_first;  // tensor element at chunk position 0
         const int q_thread = static_cast<int>(threadIdx.x) * V;
 
         // Load the chunk once; it stays in registers until its gradient is written.
-        kd::Packed<T> xs[F::kVecs], xt[F::kVecs];
+        kd::Packed<T> xs[Sizes::kVecs], xt[Sizes::kVecs];
 #pragma unroll
-        for (int g = 0; g < F::kVecs; ++g) {
-            const int q0 = q_thread + g * F::kStride;
-            const int lo = F::lo(begin, q0), hi = F::hi(end, q0);
+        for (int g = 0; g < Sizes::kVecs; ++g) {
+            const int q0 = q_thread + g * Sizes::kStride;
+            const int lo = Sizes::lo(begin, q0), hi = Sizes::hi(end, q0);
             xs[g] = load_group(student + base + q0, lo, hi, vector_ok);
             xt[g] = load_group(teacher + base + q0, lo, hi, vector_ok);
         }
@@ -153,9 +155,9 @@ template <typename T> __device__ void cwd_fused(const KdCwdArgs& args) {
         // Calls f(s, t) on every element of the chunk this thread holds that lies in the row.
         const auto for_each_held = [&](auto&& f) {
 #pragma unroll
-            for (int g = 0; g < F::kVecs; ++g) {
-                const int q0 = q_thread + g * F::kStride;
-                const int lo = F::lo(begin, q0), hi = F::hi(end, q0);
+            for (int g = 0; g < Sizes::kVecs; ++g) {
+                const int q0 = q_thread + g * Sizes::kStride;
+                const int lo = Sizes::lo(begin, q0), hi = Sizes::hi(end, q0);
 #pragma unroll
                 for (int i = 0; i < V; ++i) {
                     if (i >= lo && i < hi) f(xs[g].get(i), xt[g].get(i));
@@ -221,9 +223,9 @@ template <typename T> __device__ void cwd_fused(const KdCwdArgs& args) {
         if (want_gs || want_gt) {
             const float scale = kd::grad_factor(p.grad_scale, p.flags, args.upstream);
 #pragma unroll
-            for (int g = 0; g < F::kVecs; ++g) {
-                const int q0 = q_thread + g * F::kStride;
-                const int lo = F::lo(begin, q0), hi = F::hi(end, q0);
+            for (int g = 0; g < Sizes::kVecs; ++g) {
+                const int q0 = q_thread + g * Sizes::kStride;
+                const int lo = Sizes::lo(begin, q0), hi = Sizes::hi(end, q0);
                 float g_s[V], g_t[V];
 #pragma unroll
                 for (int i = 0; i < V; ++i) grad_point(rv, k, scale, xs[g].get(i), xt[g].get(i), g_s[i], g_t[i]);
