@@ -15,75 +15,54 @@
 
 mod common;
 
-use common::{Harness, Inputs, Pass};
+use common::{Harness, PairLoss, Pass};
+use kd_kernels::cudarc::driver::CudaSlice;
 use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath};
-use kd_kernels::half::bf16;
-use kd_kernels::ndarray::Array4;
-use kd_kernels::KdFloat;
+use kd_kernels::ndarray::ArrayView4;
+use kd_kernels::{CpuOutput, KdFloat};
 
-const GPU_PASSES: [Pass; 3] = [Pass::ForwardBackward, Pass::TwoPassForwardBackward, Pass::Forward];
+struct Cwd(CwdCpu);
+
+/// The default path and the two-pass kernels.
+struct CwdGpu {
+    default: CwdCuda,
+    two_pass: CwdCuda,
+}
+
+impl PairLoss for Cwd {
+    type Gpu = CwdGpu;
+    const GPU_PASSES: &'static [Pass] = &[Pass::ForwardBackward, Pass::TwoPassForwardBackward, Pass::Forward];
+
+    fn gpu_call<T: KdFloat>(
+        gpu: &mut CwdGpu,
+        pass: Pass,
+        shape: &[usize; 4],
+        s: &CudaSlice<T>,
+        t: &CudaSlice<T>,
+        loss: &mut CudaSlice<f32>,
+        grad: &mut CudaSlice<T>,
+    ) -> kd_kernels::Result<()> {
+        match pass {
+            Pass::ForwardBackward => gpu.default.forward_backward(shape, s, t, loss, grad, None),
+            Pass::TwoPassForwardBackward => gpu.two_pass.forward_backward(shape, s, t, loss, grad, None),
+            Pass::Forward => gpu.default.forward(shape, s, t, loss),
+            Pass::PerPixelForwardBackward => unreachable!("not in GPU_PASSES"),
+        }
+    }
+
+    fn cpu_call<T: KdFloat>(&self, s: ArrayView4<'_, T>, t: ArrayView4<'_, T>) -> kd_kernels::Result<CpuOutput> {
+        self.0.forward_backward(s, t)
+    }
+}
 
 fn main() {
     // tau 4, loss weight 3: the paper's Cityscapes setting, and bench_torch.py's.
     let config = CwdConfig::default();
     let mut h = Harness::new("cwd");
-    let mut cuda = h.open_gpu(|stream| CwdCuda::new(stream, config));
-    let mut two_pass = h.open_gpu(|stream| Ok(CwdCuda::new(stream, config)?.with_path(CwdPath::TwoPass)));
+    let gpu = h.open_gpu(|stream| {
+        let two_pass = CwdCuda::new(stream.clone(), config)?.with_path(CwdPath::TwoPass);
+        Ok(CwdGpu { default: CwdCuda::new(stream, config)?, two_pass })
+    });
     let cpu = CwdCpu::new(config).expect("the default configuration is valid");
-    for &shape in h.args.shapes() {
-        if !h.wants_shape(&shape, &GPU_PASSES) {
-            continue;
-        }
-        let inputs = Inputs::generate(shape);
-        let (student, teacher) = (&inputs.student, &inputs.teacher);
-        run::<f32>(&mut h, cuda.as_mut(), two_pass.as_mut(), &cpu, shape, student, teacher);
-        let (student, teacher) = inputs.to_dtype::<bf16>();
-        drop(inputs);
-        run::<bf16>(&mut h, cuda.as_mut(), two_pass.as_mut(), &cpu, shape, &student, &teacher);
-    }
-    h.finish();
-}
-
-fn run<T: KdFloat>(
-    h: &mut Harness,
-    cuda: Option<&mut CwdCuda>,
-    two_pass: Option<&mut CwdCuda>,
-    cpu: &CwdCpu,
-    shape: [usize; 4],
-    student: &Array4<T>,
-    teacher: &Array4<T>,
-) {
-    if let (Some(cuda), Some(two_pass)) = (cuda, two_pass) {
-        if let Err(e) = run_gpu(h, cuda, two_pass, shape, student, teacher) {
-            println!("cwd {} {}: GPU benches failed: {e}", T::DTYPE, common::shape_name(&shape));
-        }
-    }
-    h.cpu_bench(shape, student, teacher, |s, t| cpu.forward_backward(s, t));
-}
-
-fn run_gpu<T: KdFloat>(
-    h: &mut Harness,
-    cuda: &mut CwdCuda,
-    two_pass: &mut CwdCuda,
-    shape: [usize; 4],
-    student: &Array4<T>,
-    teacher: &Array4<T>,
-) -> common::Res<()> {
-    if !GPU_PASSES.iter().any(|&p| h.wants("gpu", p, &shape, T::DTYPE)) {
-        return Ok(());
-    }
-    let stream = h.stream().expect("a CwdCuda exists only with a GPU").clone();
-    let s = stream.clone_htod(student.as_slice().expect("standard layout"))?;
-    let t = stream.clone_htod(teacher.as_slice().expect("standard layout"))?;
-    let mut grad = stream.alloc_zeros::<T>(s.len())?;
-    let mut loss = stream.alloc_zeros::<f32>(1)?;
-    h.gpu_bench::<T>(Pass::ForwardBackward, shape, || {
-        cuda.forward_backward(&shape, &s, &t, &mut loss, &mut grad, None)
-    });
-    h.gpu_bench::<T>(Pass::TwoPassForwardBackward, shape, || {
-        two_pass.forward_backward(&shape, &s, &t, &mut loss, &mut grad, None)
-    });
-    h.gpu_bench::<T>(Pass::Forward, shape, || cuda.forward(&shape, &s, &t, &mut loss));
-    stream.synchronize()?;
-    Ok(())
+    common::bench_pair_loss(h, &Cwd(cpu), gpu);
 }

@@ -21,6 +21,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use kd_kernels::cwt::{CwtConfig, CwtCpu, CwtCuda, CwtParamBuffers, CwtParamGrads, CwtShapes, MlpParams};
 use kd_kernels::half::bf16;
 use kd_kernels::ndarray::{Array1, Array2, Array4};
+use kd_kernels::testing::SplitMix64;
 use kd_kernels::KdFloat;
 
 /// (name, student [N, Cs, H, W], teacher channels).
@@ -30,19 +31,9 @@ const SHAPES: [(&str, [usize; 4], usize); 3] = [
     ("classification", [64, 512, 7, 7], 512),
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.next() * scale).collect()
-    }
+/// Uniform in [-1, 1) with 24 random bits, times `scale`.
+fn uniform_vec(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale).collect()
 }
 
 struct Inputs {
@@ -55,16 +46,16 @@ struct Inputs {
 }
 
 fn inputs(dims: [usize; 4], shapes: CwtShapes) -> Inputs {
-    let mut r = Rng(8);
+    let mut r = SplitMix64::new(8);
     let [n, cs, h, w] = dims;
     let CwtShapes { ch, ct, .. } = shapes;
     Inputs {
-        student: r.vec(n * cs * h * w, 1.0),
-        teacher: r.vec(n * ct * h * w, 1.0),
-        w1: r.vec(ch * cs, 1.0 / (cs as f32).sqrt()),
-        b1: r.vec(ch, 0.1),
-        w2: r.vec(ct * ch, 1.0 / (ch as f32).sqrt()),
-        b2: r.vec(ct, 0.1),
+        student: uniform_vec(&mut r, n * cs * h * w, 1.0),
+        teacher: uniform_vec(&mut r, n * ct * h * w, 1.0),
+        w1: uniform_vec(&mut r, ch * cs, 1.0 / (cs as f32).sqrt()),
+        b1: uniform_vec(&mut r, ch, 0.1),
+        w2: uniform_vec(&mut r, ct * ch, 1.0 / (ch as f32).sqrt()),
+        b2: uniform_vec(&mut r, ct, 0.1),
     }
 }
 

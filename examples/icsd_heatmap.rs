@@ -18,19 +18,14 @@ use std::path::PathBuf;
 use heatmap::{write_png, Panel};
 use kd_kernels::icsd::{IcsdConfig, IcsdCpu, IcsdCuda};
 use kd_kernels::ndarray::Array4;
+use kd_kernels::testing::SplitMix64;
 
 const SHAPE: [usize; 4] = [2, 21, 33, 33];
 
 fn synthetic() -> (Array4<f32>, Array4<f32>) {
     let [n, c, h, w] = SHAPE;
-    let mut seed = 0x5eed_u64;
-    let mut noise = move || {
-        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    };
+    let mut rng = SplitMix64::new(0x5eed);
+    let mut noise = move || rng.uniform() - 0.5;
     let teacher = Array4::from_shape_fn((n, c, h, w), |(b, k, y, x)| {
         // Class k peaks around a point that moves with k; nearby classes overlap.
         let cy = ((k * 7 + b * 3) % h) as f64;

@@ -17,6 +17,7 @@ use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda};
 use kd_kernels::icsd::{IcsdConfig, IcsdCpu, IcsdCuda};
 use kd_kernels::ndarray::Array4;
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda};
+use kd_kernels::testing::SplitMix64;
 use kd_kernels::{CpuOutput, DType};
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -134,9 +135,9 @@ fn main() -> Res<()> {
 /// Student logits `2 * N(0, 1)`, teacher = student + `N(0, 1)`: related like a trained pair, so the loss is
 /// neither 0 nor the loss of unrelated maps.
 fn inputs(shape: [usize; 4], seed: u64) -> (Array4<f32>, Array4<f32>) {
-    let mut rng = SplitMix64(seed);
-    let student = Array4::from_shape_simple_fn(shape, || 2.0 * rng.normal() as f32);
-    let teacher = student.mapv(|s| s + rng.normal() as f32);
+    let mut rng = SplitMix64::new(seed);
+    let student = Array4::from_shape_simple_fn(shape, || 2.0 * rng.normal_pair().0 as f32);
+    let teacher = student.mapv(|s| s + rng.normal_pair().0 as f32);
     (student, teacher)
 }
 
@@ -209,26 +210,4 @@ fn time_gpu(stream: &CudaStream, mut call: impl FnMut() -> kd_kernels::Result<()
     }
     stream.synchronize()?;
     Ok(start.elapsed().as_secs_f64() / f64::from(GPU_CALLS))
-}
-
-/// SplitMix64 with Box-Muller normals: enough randomness for an example, without a dependency.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        (-2.0 * self.unit().ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos()
-    }
 }

@@ -55,6 +55,8 @@ mod launch;
 pub mod pixel_kd;
 pub mod semckd;
 pub mod shape;
+#[doc(hidden)]
+pub mod testing;
 pub mod tolerance;
 mod validate;
 

@@ -10,157 +10,30 @@ use kd_kernels::fixture::{verify, Backend, Fixture, LossKind};
 use kd_kernels::DType;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use serde_json::{json, Map, Value};
 
 // ---------------------------------------------------------------------------------------------------------
-// A minimal JSON reader for the verifier's flat objects (strings, numbers, booleans, null).
+// Reading the verifier's lines: serde_json, which is strict where the contract is (no NaN, no inf, one value).
 
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Str(String),
-    Num(f64),
-    Bool(bool),
-    Null,
-}
+type Line = Map<String, Value>;
 
-impl Json {
-    fn str(&self) -> Option<&str> {
-        match self {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
+/// Parses one line holding a JSON object.
+fn parse_object(line: &str) -> Result<Line, String> {
+    match serde_json::from_str::<Value>(line).map_err(|e| e.to_string())? {
+        Value::Object(map) => Ok(map),
+        other => Err(format!("not an object: {other}")),
     }
-    fn num(&self) -> Option<f64> {
-        match self {
-            Json::Num(x) => Some(*x),
-            _ => None,
-        }
-    }
-}
-
-struct Reader<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Reader<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
-        }
-    }
-    fn expect(&mut self, c: u8) -> Result<(), String> {
-        self.ws();
-        if self.s.get(self.i) == Some(&c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(format!("expected `{}` at byte {}", c as char, self.i))
-        }
-    }
-    fn string(&mut self) -> Result<String, String> {
-        self.expect(b'"')?;
-        let mut out = Vec::new();
-        loop {
-            let c = *self.s.get(self.i).ok_or("unterminated string")?;
-            self.i += 1;
-            match c {
-                b'"' => break,
-                b'\\' => {
-                    let e = *self.s.get(self.i).ok_or("unterminated escape")?;
-                    self.i += 1;
-                    match e {
-                        b'"' | b'\\' | b'/' => out.push(e),
-                        b'n' => out.push(b'\n'),
-                        b'r' => out.push(b'\r'),
-                        b't' => out.push(b'\t'),
-                        b'b' => out.push(8),
-                        b'f' => out.push(12),
-                        b'u' => {
-                            let hex = std::str::from_utf8(self.s.get(self.i..self.i + 4).ok_or("short \\u escape")?)
-                                .map_err(|e| e.to_string())?;
-                            let code = u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
-                            let ch = char::from_u32(code).ok_or("bad \\u escape")?;
-                            out.extend(ch.to_string().as_bytes());
-                            self.i += 4;
-                        }
-                        other => return Err(format!("bad escape \\{}", other as char)),
-                    }
-                }
-                c if c < 0x20 => return Err("raw control character in a string".into()),
-                c => out.push(c),
-            }
-        }
-        String::from_utf8(out).map_err(|e| e.to_string())
-    }
-    fn value(&mut self) -> Result<Json, String> {
-        self.ws();
-        let rest = &self.s[self.i..];
-        if rest.starts_with(b"\"") {
-            return self.string().map(Json::Str);
-        }
-        for (word, v) in [("true", Json::Bool(true)), ("false", Json::Bool(false)), ("null", Json::Null)] {
-            if rest.starts_with(word.as_bytes()) {
-                self.i += word.len();
-                return Ok(v);
-            }
-        }
-        let len = rest.iter().take_while(|c| c.is_ascii_digit() || b"+-.eE".contains(c)).count();
-        let text = std::str::from_utf8(&rest[..len]).map_err(|e| e.to_string())?;
-        // JSON numbers: optional '-', then a digit (no '+', no leading '.', no "inf"/"NaN").
-        let digits = text.strip_prefix('-').unwrap_or(text);
-        if !digits.starts_with(|c: char| c.is_ascii_digit()) || digits.ends_with('.') || digits.contains(".e") {
-            return Err(format!("not a JSON value at byte {}: {text:?}", self.i));
-        }
-        let x = text.parse::<f64>().map_err(|e| format!("bad number {text:?}: {e}"))?;
-        self.i += len;
-        Ok(Json::Num(x))
-    }
-}
-
-/// Parses one line holding a flat JSON object.
-fn parse_object(line: &str) -> Result<BTreeMap<String, Json>, String> {
-    let mut r = Reader { s: line.as_bytes(), i: 0 };
-    r.expect(b'{')?;
-    let mut map = BTreeMap::new();
-    r.ws();
-    if r.s.get(r.i) == Some(&b'}') {
-        r.i += 1;
-    } else {
-        loop {
-            r.ws();
-            let key = r.string()?;
-            r.expect(b':')?;
-            let v = r.value()?;
-            if map.insert(key.clone(), v).is_some() {
-                return Err(format!("duplicate key {key}"));
-            }
-            r.ws();
-            match r.s.get(r.i) {
-                Some(b',') => r.i += 1,
-                Some(b'}') => {
-                    r.i += 1;
-                    break;
-                }
-                _ => return Err(format!("expected `,` or `}}` at byte {}", r.i)),
-            }
-        }
-    }
-    r.ws();
-    if r.i != r.s.len() {
-        return Err(format!("trailing characters after the object at byte {}", r.i));
-    }
-    Ok(map)
 }
 
 #[test]
 fn json_reader_accepts_json_and_rejects_garbage() {
     let m = parse_object(r#"{"a": "x\"y", "b": 1.5e-3, "c": true, "d": null, "e": -2e0}"#).unwrap();
-    assert_eq!(m["a"], Json::Str("x\"y".into()));
-    assert_eq!(m["b"], Json::Num(1.5e-3));
-    assert_eq!(m["c"], Json::Bool(true));
-    assert_eq!(m["d"], Json::Null);
-    assert_eq!(m["e"], Json::Num(-2.0));
-    for bad in [r#"{"a": NaN}"#, r#"{"a": inf}"#, r#"{"a": 1} x"#, r#"{"a" 1}"#, r#"{"a": .5}"#, "", "{"] {
+    assert_eq!(m["a"], json!("x\"y"));
+    assert_eq!(m["b"].as_f64(), Some(1.5e-3));
+    assert_eq!(m["c"], json!(true));
+    assert_eq!(m["d"], Value::Null);
+    assert_eq!(m["e"].as_f64(), Some(-2.0));
+    for bad in [r#"{"a": NaN}"#, r#"{"a": inf}"#, r#"{"a": 1} x"#, r#"{"a" 1}"#, r#"{"a": .5}"#, "", "{", "[1]"] {
         assert!(parse_object(bad).is_err(), "accepted {bad:?}");
     }
 }
@@ -169,7 +42,7 @@ fn json_reader_accepts_json_and_rejects_garbage() {
 // Running the verifier.
 
 /// Runs the verifier on the CPU backend only; returns the exit status and every output line, parsed.
-fn run_verify(args: &[&Path]) -> (u8, Vec<BTreeMap<String, Json>>, String) {
+fn run_verify(args: &[&Path]) -> (u8, Vec<Line>, String) {
     let args: Vec<String> = args.iter().map(|p| p.display().to_string()).collect();
     let mut out = Vec::new();
     let code = verify::run(&args, &[Backend::Cpu], &mut out);
@@ -185,29 +58,29 @@ const CHECK_KEYS: [&str; 9] =
     ["file", "loss", "backend", "dtype", "output", "max_abs_err", "max_rel_err", "ref_max_abs", "pass"];
 
 /// Asserts a check line has every key of fixtures.md with the right JSON type and consistent values.
-fn assert_check_line(line: &BTreeMap<String, Json>) {
+fn assert_check_line(line: &Line) {
     for key in CHECK_KEYS {
         assert!(line.contains_key(key), "check line lacks `{key}`: {line:?}");
     }
     for key in ["file", "loss", "backend", "dtype", "output"] {
-        assert!(line[key].str().is_some(), "`{key}` is not a string: {line:?}");
+        assert!(line[key].as_str().is_some(), "`{key}` is not a string: {line:?}");
     }
-    assert!(["cwd", "pixel_kd", "icsd", "semckd", "cwt"].contains(&line["loss"].str().unwrap()), "{line:?}");
-    assert!(["cpu", "cuda"].contains(&line["backend"].str().unwrap()), "{line:?}");
-    assert!(["f32", "f16", "bf16"].contains(&line["dtype"].str().unwrap()), "{line:?}");
-    let output = line["output"].str().unwrap();
+    assert!(["cwd", "pixel_kd", "icsd", "semckd", "cwt"].contains(&line["loss"].as_str().unwrap()), "{line:?}");
+    assert!(["cpu", "cuda"].contains(&line["backend"].as_str().unwrap()), "{line:?}");
+    assert!(["f32", "f16", "bf16"].contains(&line["dtype"].as_str().unwrap()), "{line:?}");
+    let output = line["output"].as_str().unwrap();
     assert!(
         output == "loss" || output == "attention" || output.starts_with("sim.") || output.starts_with("grad."),
         "{line:?}"
     );
-    let Json::Bool(pass) = line["pass"] else { panic!("`pass` is not a boolean: {line:?}") };
-    let (abs, rel, refmax) = (line["max_abs_err"].num(), line["max_rel_err"].num(), line["ref_max_abs"].num());
+    let Some(pass) = line["pass"].as_bool() else { panic!("`pass` is not a boolean: {line:?}") };
+    let (abs, rel, refmax) = (line["max_abs_err"].as_f64(), line["max_rel_err"].as_f64(), line["ref_max_abs"].as_f64());
     let refmax = refmax.unwrap_or_else(|| panic!("`ref_max_abs` is not a number: {line:?}"));
     match (abs, rel) {
         (Some(abs), Some(rel)) => {
             let expect = abs / refmax.max(kd_kernels::tolerance::TINY);
             assert!((rel - expect).abs() <= 1e-12 * expect.abs().max(1e-300), "max_rel_err != abs/ref: {line:?}");
-            if let Some(tol) = line.get("tolerance").and_then(Json::num) {
+            if let Some(tol) = line.get("tolerance").and_then(Value::as_f64) {
                 assert_eq!(pass, rel <= tol, "`pass` disagrees with max_rel_err <= tolerance: {line:?}");
             }
         }
@@ -216,12 +89,12 @@ fn assert_check_line(line: &BTreeMap<String, Json>) {
 }
 
 /// Asserts the lines are exactly one error line about `file`, whose message contains `needle`.
-fn assert_single_error(case: &str, code: u8, lines: &[BTreeMap<String, Json>], file: &Path, needle: &str) {
+fn assert_single_error(case: &str, code: u8, lines: &[Line], file: &Path, needle: &str) {
     assert_eq!(code, 2, "{case}: exit status");
     assert_eq!(lines.len(), 1, "{case}: expected exactly one line, got {lines:?}");
     let line = &lines[0];
-    assert_eq!(line.get("file").and_then(Json::str), Some(file.display().to_string().as_str()), "{case}: {line:?}");
-    let msg = line.get("error").and_then(Json::str).unwrap_or_else(|| panic!("{case}: no `error`: {line:?}"));
+    assert_eq!(line.get("file").and_then(Value::as_str), Some(file.display().to_string().as_str()), "{case}: {line:?}");
+    let msg = line.get("error").and_then(Value::as_str).unwrap_or_else(|| panic!("{case}: no `error`: {line:?}"));
     assert!(!msg.trim().is_empty(), "{case}: empty error message");
     assert!(msg.contains(needle), "{case}: error {msg:?} does not mention {needle:?}");
     assert!(!line.contains_key("pass"), "{case}: an error line is not a check: {line:?}");
@@ -416,13 +289,13 @@ fn verify_fixture_dir_on_cpu_exits_0_with_one_line_per_output() {
     assert_eq!(lines.len(), expected_lines, "{text}");
     for line in &lines {
         assert_check_line(line);
-        assert_eq!(line["backend"], Json::Str("cpu".into()));
-        assert_eq!(line["pass"], Json::Bool(true), "{line:?}");
-        assert!(files_seen.contains(line["file"].str().unwrap()), "unknown file in {line:?}");
+        assert_eq!(line["backend"], json!("cpu"));
+        assert_eq!(line["pass"], json!(true), "{line:?}");
+        assert!(files_seen.contains(line["file"].as_str().unwrap()), "unknown file in {line:?}");
         // The dtype reported is the one in the file name.
-        let file = line["file"].str().unwrap();
-        assert!(file.contains(&format!("_{}_", line["dtype"].str().unwrap())), "{line:?}");
-        assert!(Path::new(file).file_name().unwrap().to_str().unwrap().starts_with(line["loss"].str().unwrap()));
+        let file = line["file"].as_str().unwrap();
+        assert!(file.contains(&format!("_{}_", line["dtype"].as_str().unwrap())), "{line:?}");
+        assert!(Path::new(file).file_name().unwrap().to_str().unwrap().starts_with(line["loss"].as_str().unwrap()));
     }
 }
 
@@ -523,7 +396,7 @@ fn verify_exit_2_for_every_unusable_file() {
     assert_eq!(code, 2);
     assert_eq!(lines.len(), every_bad.len(), "{text}");
     for (line, path) in lines.iter().zip(&every_bad) {
-        assert_eq!(line["file"].str(), Some(path.display().to_string().as_str()));
+        assert_eq!(line["file"].as_str(), Some(path.display().to_string().as_str()));
         assert!(line.contains_key("error"));
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -541,7 +414,7 @@ fn verify_exit_2_without_arguments_or_with_an_empty_directory() {
     let (code, lines, text) = run_verify(&[&dir]);
     assert_eq!(code, 2, "{text}");
     assert_eq!(lines.len(), 1);
-    assert!(lines[0]["error"].str().unwrap().contains("no *.safetensors"), "{text}");
+    assert!(lines[0]["error"].as_str().unwrap().contains("no *.safetensors"), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -559,9 +432,9 @@ fn verify_exit_1_when_a_reference_is_perturbed() {
     assert_eq!(code, 1, "{text}");
     assert_eq!(lines.len(), 2, "{text}");
     lines.iter().for_each(assert_check_line);
-    let by_output: HashMap<&str, &Json> = lines.iter().map(|l| (l["output"].str().unwrap(), &l["pass"])).collect();
-    assert_eq!(by_output["loss"], &Json::Bool(false), "{text}");
-    assert_eq!(by_output["grad.student"], &Json::Bool(true), "{text}");
+    let by_output: HashMap<&str, &Value> = lines.iter().map(|l| (l["output"].as_str().unwrap(), &l["pass"])).collect();
+    assert_eq!(by_output["loss"], &json!(false), "{text}");
+    assert_eq!(by_output["grad.student"], &json!(true), "{text}");
 
     // One gradient element off by 1e-3 of the gradient's max: a relative error the f32 row (1e-4) rejects.
     let mut bad_grad = base_pixel_kd();
@@ -575,7 +448,7 @@ fn verify_exit_1_when_a_reference_is_perturbed() {
     let (code, lines, text) = run_verify(&[&p2]);
     assert_eq!(code, 1, "{text}");
     let failing: Vec<&str> =
-        lines.iter().filter(|l| l["pass"] == Json::Bool(false)).map(|l| l["output"].str().unwrap()).collect();
+        lines.iter().filter(|l| l["pass"] == json!(false)).map(|l| l["output"].as_str().unwrap()).collect();
     assert_eq!(failing, ["grad.student"], "{text}");
 
     // A NaN in the reference never passes.
@@ -587,10 +460,7 @@ fn verify_exit_1_when_a_reference_is_perturbed() {
     nan_grad.write(&p3);
     let (code, lines, text) = run_verify(&[&p3]);
     assert_eq!(code, 1, "{text}");
-    assert!(
-        lines.iter().any(|l| l["output"].str() == Some("grad.student") && l["pass"] == Json::Bool(false)),
-        "{text}"
-    );
+    assert!(lines.iter().any(|l| l["output"].as_str() == Some("grad.student") && l["pass"] == json!(false)), "{text}");
 
     // A good file next to a failing one: 1; next to an unusable one as well: 2 wins, and the good and
     // failing files are still checked.
@@ -603,17 +473,17 @@ fn verify_exit_1_when_a_reference_is_perturbed() {
     assert_eq!(code, 2, "{text}");
     assert_eq!(lines.len(), 2 + 1 + 2, "{text}");
     assert!(lines[2].contains_key("error"), "{text}");
-    assert_eq!(lines[3]["output"], Json::Str("loss".into()), "{text}");
-    assert_eq!(lines[3]["pass"], Json::Bool(false), "{text}");
+    assert_eq!(lines[3]["output"], json!("loss"), "{text}");
+    assert_eq!(lines[3]["pass"], json!(false), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn verify_skip_line_and_available_backends() {
     let line = parse_object(&verify::skip_line("cuda", "no \"driver\"\nhere")).unwrap();
-    assert_eq!(line["backend"], Json::Str("cuda".into()));
-    assert_eq!(line["skipped"], Json::Bool(true));
-    assert_eq!(line["reason"], Json::Str("no \"driver\"\nhere".into()));
+    assert_eq!(line["backend"], json!("cuda"));
+    assert_eq!(line["skipped"], json!(true));
+    assert_eq!(line["reason"], json!("no \"driver\"\nhere"));
 
     let (backends, skipped) = verify::available_backends();
     assert_eq!(backends[0].name(), "cpu");

@@ -12,9 +12,6 @@
 #![allow(dead_code)]
 
 use std::error::Error;
-use std::fmt::Write as _;
-
-use kd_kernels::fixture::verify::json_string;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use kd_kernels::cudarc::driver::sys::CUevent_flags;
 use kd_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
+use kd_kernels::half::bf16;
 use kd_kernels::ndarray::{Array4, ArrayView4};
+use kd_kernels::testing::SplitMix64;
 use kd_kernels::{CpuOutput, DType, KdFloat};
 
 /// Errors of the set-up code: driver errors and [`kd_kernels::KdError`]s alike.
@@ -82,35 +81,6 @@ impl Pass {
             Pass::Forward => 2,
         };
         (tensors * numel * dtype.size()) as u64
-    }
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, seedable, good-enough generator for benchmark inputs.
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1]: never 0, so its logarithm is finite.
-    pub fn next_unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// A pair of independent standard normals (Box-Muller).
-    pub fn normal_pair(&mut self) -> (f64, f64) {
-        let r = (-2.0 * self.next_unit().ln()).sqrt();
-        let (sin, cos) = (std::f64::consts::TAU * self.next_unit()).sin_cos();
-        (r * cos, r * sin)
     }
 }
 
@@ -357,38 +327,26 @@ impl GpuRecord {
     /// `forward_backward` only), `bytes` (the minimal traffic `gbps` counts), `copy_ms`, `copy_share`
     /// (`gbps / copy_gbps`), `queued_ahead` (see [`EventTiming`]) and the crate version.
     pub fn json(&self, date: &str) -> String {
-        let shape = self.shape.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
-        let mut out = String::new();
-        let _ = write!(
-            out,
-            "{{\"loss\": {}, \"shape\": [{shape}], \"dtype\": {}, \"impl\": \"kd-kernels\", \"pass\": {}, \
-             \"median_ms\": {}, \"gbps\": {}, \"bytes\": {}, \"copy_ms\": {}, \"copy_gbps\": {}, \
-             \"copy_share\": {}, \"iters\": {}, \"queued_ahead\": {}, \"device\": {}, \"kd_kernels\": {}, \
-             \"date\": {}}}",
-            json_string(self.loss),
-            json_string(self.dtype.name()),
-            json_string(self.pass.name()),
-            json_number(self.timing.median_ms),
-            json_number(self.gbps),
-            self.bytes,
-            json_number(self.copy.median_ms),
-            json_number(self.copy_gbps),
-            json_number(self.copy_share()),
-            self.timing.iters,
-            self.timing.queued_ahead && self.copy.queued_ahead,
-            json_string(&self.device),
-            json_string(env!("CARGO_PKG_VERSION")),
-            json_string(date),
-        );
-        out
-    }
-}
-
-fn json_number(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x}")
-    } else {
-        "null".into()
+        // A non-finite number becomes null (JSON has no NaN).
+        serde_json::json!({
+            "loss": self.loss,
+            "shape": self.shape,
+            "dtype": self.dtype.name(),
+            "impl": "kd-kernels",
+            "pass": self.pass.name(),
+            "median_ms": self.timing.median_ms,
+            "gbps": self.gbps,
+            "bytes": self.bytes,
+            "copy_ms": self.copy.median_ms,
+            "copy_gbps": self.copy_gbps,
+            "copy_share": self.copy_share(),
+            "iters": self.timing.iters,
+            "queued_ahead": self.timing.queued_ahead && self.copy.queued_ahead,
+            "device": self.device,
+            "kd_kernels": env!("CARGO_PKG_VERSION"),
+            "date": date,
+        })
+        .to_string()
     }
 }
 
@@ -676,4 +634,83 @@ impl Harness {
         }
         self.criterion.final_summary();
     }
+}
+
+/// A loss on a same-shape pair of logits (CWD, pixel KD), as [`bench_pair_loss`] runs it.
+pub trait PairLoss {
+    /// The GPU objects the passes run on (one per kernel path benchmarked).
+    type Gpu;
+    /// The GPU passes benchmarked, in this order.
+    const GPU_PASSES: &'static [Pass];
+    /// Queues one call of `pass` (one of [`Self::GPU_PASSES`]).
+    #[allow(clippy::too_many_arguments)]
+    fn gpu_call<T: KdFloat>(
+        gpu: &mut Self::Gpu,
+        pass: Pass,
+        shape: &[usize; 4],
+        student: &CudaSlice<T>,
+        teacher: &CudaSlice<T>,
+        loss: &mut CudaSlice<f32>,
+        grad: &mut CudaSlice<T>,
+    ) -> kd_kernels::Result<()>;
+    /// The CPU reference's `forward_backward`.
+    fn cpu_call<T: KdFloat>(
+        &self,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+    ) -> kd_kernels::Result<CpuOutput>;
+}
+
+/// Benchmarks `loss` on every shape of the run mode, in f32 then bf16: the GPU passes (where `gpu` is
+/// present), then the CPU reference; prints the results.
+pub fn bench_pair_loss<L: PairLoss>(mut h: Harness, loss: &L, mut gpu: Option<L::Gpu>) {
+    for &shape in h.args.shapes() {
+        if !h.wants_shape(&shape, L::GPU_PASSES) {
+            continue;
+        }
+        let inputs = Inputs::generate(shape);
+        bench_pair_dtype(&mut h, loss, gpu.as_mut(), shape, &inputs.student, &inputs.teacher);
+        let (student, teacher) = inputs.to_dtype::<bf16>();
+        drop(inputs);
+        bench_pair_dtype(&mut h, loss, gpu.as_mut(), shape, &student, &teacher);
+    }
+    h.finish();
+}
+
+fn bench_pair_dtype<L: PairLoss, T: KdFloat>(
+    h: &mut Harness,
+    loss: &L,
+    gpu: Option<&mut L::Gpu>,
+    shape: [usize; 4],
+    student: &Array4<T>,
+    teacher: &Array4<T>,
+) {
+    if let Some(gpu) = gpu {
+        if let Err(e) = bench_pair_gpu::<L, T>(h, gpu, shape, student, teacher) {
+            println!("{} {} {}: GPU benches failed: {e}", h.loss, T::DTYPE, shape_name(&shape));
+        }
+    }
+    h.cpu_bench(shape, student, teacher, |s, t| loss.cpu_call(s, t));
+}
+
+fn bench_pair_gpu<L: PairLoss, T: KdFloat>(
+    h: &mut Harness,
+    gpu: &mut L::Gpu,
+    shape: [usize; 4],
+    student: &Array4<T>,
+    teacher: &Array4<T>,
+) -> Res<()> {
+    if !L::GPU_PASSES.iter().any(|&p| h.wants("gpu", p, &shape, T::DTYPE)) {
+        return Ok(());
+    }
+    let stream = h.stream().expect("the GPU objects exist only with a GPU").clone();
+    let s = stream.clone_htod(student.as_slice().expect("standard layout"))?;
+    let t = stream.clone_htod(teacher.as_slice().expect("standard layout"))?;
+    let mut grad = stream.alloc_zeros::<T>(s.len())?;
+    let mut loss = stream.alloc_zeros::<f32>(1)?;
+    for &pass in L::GPU_PASSES {
+        h.gpu_bench::<T>(pass, shape, || L::gpu_call(gpu, pass, &shape, &s, &t, &mut loss, &mut grad));
+    }
+    stream.synchronize()?;
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests: a deterministic PRNG (no `rand` crate), random logits with
+//! Helpers shared by the integration tests: the deterministic PRNG, random logits with
 //! injected outliers, dtype rounding, and where the recorded fixtures live.
 //!
 //! Every test file includes this with `mod common;` and uses only part of it.
@@ -10,40 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use kd_kernels::KdFloat;
 use ndarray::Array4;
 
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, full-period, good enough for test data.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1), 53 random bits.
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform integer in [0, n).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.uniform() * n as f64) as usize % n.max(1)
-    }
-
-    /// Standard normal (Box-Muller; the second value is thrown away for simplicity).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.uniform(); // (0, 1]: ln is finite
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
+/// The crate's one seeded generator (tests, benches and examples share it).
+pub use kd_kernels::testing::SplitMix64;
 
 /// Rounds to a multiple of 2^-10: with |x| < 64 the value then has at most 16 significant bits, so it is
 /// exact in f32 and so are `x +- 2^-14` (finite differences without input rounding).
