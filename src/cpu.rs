@@ -1,4 +1,5 @@
-//! Pieces the CPU references share: the output type, input checks, and a stable log-softmax.
+//! Pieces the CPU references share: the output type, the calls of a same-shape pair loss, input checks, and a
+//! stable log-softmax.
 
 use ndarray::{Array4, ArrayView4};
 
@@ -31,3 +32,53 @@ pub(crate) fn log_softmax(z: &[f64]) -> Vec<f64> {
     let lse = max + z.iter().map(|&v| (v - max).exp()).sum::<f64>().ln();
     z.iter().map(|&v| v - lse).collect()
 }
+
+/// The constructor and the calls of a same-shape pair loss's CPU reference (`CwdCpu`, `PixelKdCpu`): a struct
+/// `{ config }` whose config has `validate()` and which has `compute(student, teacher, upstream, want_grad)`.
+/// `$forward_backward_doc` says which gradients it returns.
+macro_rules! pair_reference_calls {
+    ($cpu:ident, $config:ty, $forward_backward_doc:literal) => {
+        impl $cpu {
+            /// Validates `config`.
+            pub fn new(config: $config) -> $crate::error::Result<Self> {
+                config.validate()?;
+                Ok($cpu { config })
+            }
+
+            /// The configuration.
+            pub fn config(&self) -> &$config {
+                &self.config
+            }
+
+            /// The loss alone.
+            pub fn forward<T: $crate::dtype::KdFloat>(
+                &self,
+                student: ndarray::ArrayView4<'_, T>,
+                teacher: ndarray::ArrayView4<'_, T>,
+            ) -> $crate::error::Result<f64> {
+                Ok(self.compute(student, teacher, 1.0, false)?.loss)
+            }
+
+            #[doc = $forward_backward_doc]
+            pub fn forward_backward<T: $crate::dtype::KdFloat>(
+                &self,
+                student: ndarray::ArrayView4<'_, T>,
+                teacher: ndarray::ArrayView4<'_, T>,
+            ) -> $crate::error::Result<$crate::cpu::CpuOutput> {
+                self.compute(student, teacher, 1.0, true)
+            }
+
+            /// The gradients of [`Self::forward_backward`] times the upstream gradient `upstream` (d total /
+            /// d loss); `loss` is filled too.
+            pub fn backward<T: $crate::dtype::KdFloat>(
+                &self,
+                student: ndarray::ArrayView4<'_, T>,
+                teacher: ndarray::ArrayView4<'_, T>,
+                upstream: f64,
+            ) -> $crate::error::Result<$crate::cpu::CpuOutput> {
+                self.compute(student, teacher, upstream, true)
+            }
+        }
+    };
+}
+pub(crate) use pair_reference_calls;

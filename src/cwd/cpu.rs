@@ -13,42 +13,13 @@ pub struct CwdCpu {
     config: CwdConfig,
 }
 
+crate::cpu::pair_reference_calls!(
+    CwdCpu,
+    CwdConfig,
+    "Loss and gradients (the teacher's only when `config.teacher_grad`)."
+);
+
 impl CwdCpu {
-    /// Validates `config`.
-    pub fn new(config: CwdConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(CwdCpu { config })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &CwdConfig {
-        &self.config
-    }
-
-    /// The loss alone.
-    pub fn forward<T: KdFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<f64> {
-        Ok(self.compute(student, teacher, 1.0, false)?.loss)
-    }
-
-    /// Loss and gradients (the teacher's only when `config.teacher_grad`).
-    pub fn forward_backward<T: KdFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-    ) -> Result<CpuOutput> {
-        self.compute(student, teacher, 1.0, true)
-    }
-
-    /// Gradients scaled by the upstream gradient `upstream` (d total / d loss); `loss` is filled too.
-    pub fn backward<T: KdFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        upstream: f64,
-    ) -> Result<CpuOutput> {
-        self.compute(student, teacher, upstream, true)
-    }
-
     fn compute<T: KdFloat>(
         &self,
         student: ArrayView4<'_, T>,

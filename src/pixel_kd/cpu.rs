@@ -13,42 +13,9 @@ pub struct PixelKdCpu {
     config: PixelKdConfig,
 }
 
+crate::cpu::pair_reference_calls!(PixelKdCpu, PixelKdConfig, "Loss and d loss / d student.");
+
 impl PixelKdCpu {
-    /// Validates `config`.
-    pub fn new(config: PixelKdConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(PixelKdCpu { config })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &PixelKdConfig {
-        &self.config
-    }
-
-    /// The loss alone.
-    pub fn forward<T: KdFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<f64> {
-        Ok(self.compute(student, teacher, 1.0, false)?.loss)
-    }
-
-    /// Loss and d loss / d student.
-    pub fn forward_backward<T: KdFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-    ) -> Result<CpuOutput> {
-        self.compute(student, teacher, 1.0, true)
-    }
-
-    /// The gradient times the upstream gradient `upstream`; `loss` is filled too.
-    pub fn backward<T: KdFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        upstream: f64,
-    ) -> Result<CpuOutput> {
-        self.compute(student, teacher, upstream, true)
-    }
-
     fn compute<T: KdFloat>(
         &self,
         student: ArrayView4<'_, T>,
