@@ -38,10 +38,7 @@ upcasts); parameters stay f32, as the crate keeps them. `gbps` counts minimal tr
 
 import argparse
 import json
-import platform
-import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -51,6 +48,8 @@ import torch
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cwt_reference as cwt_ref  # noqa: E402
+# The same clocks as bench_torch.py's tables: CUDA events per call on the GPU, perf_counter on the CPU.
+from bench_torch import device_name, median_ms  # noqa: E402
 import semckd_reference as sem_ref  # noqa: E402
 
 
@@ -75,42 +74,6 @@ CWT_SHAPES = {
 QUICK_SEMCKD, QUICK_CWT = ["tiny"], ["tiny"]
 DEFAULT_SEMCKD = ["cifar", "imagenet"]
 DEFAULT_CWT = ["seg", "fpn", "cls"]
-
-
-# sync, median_ms and device_name: the same clocks as bench_torch.py (copied, so that the two
-# scripts stay independent).
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(step, device, warmup, iters):
-    """Median wall time of `step` in milliseconds (CUDA events per iteration on CUDA,
-    perf_counter on the CPU)."""
-    for _ in range(warmup):
-        step()
-    sync(device)
-    if device.type == "cuda":
-        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-        for start, end in pairs:
-            start.record()
-            step()
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [start.elapsed_time(end) for start, end in pairs]
-    else:
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def semckd_problem(layout, dtype, device, scope):
