@@ -278,6 +278,69 @@ mod tests {
         assert_eq!(plan.launches, vec![Launch { cooperative: true, ..Launch::new(FUSED, 384) }]);
     }
 
+    /// `cwd_fused` stops with `__trap()` (which kills the context) unless its grid is a whole number of rows'
+    /// chunks, since a row's blocks wait for each other and must all be resident. Over random shapes, dtypes,
+    /// alignments, outputs and device facts (SM count, resident blocks; MPS-like limits and no cooperative
+    /// launch included), no single-pass plan the planner returns can reach it.
+    #[test]
+    fn single_pass_grid_is_whole_rows_for_random_shapes_and_devices() {
+        let mut rng = crate::testing::SplitMix64::new(0xc0d);
+        let mut single_passes = 0;
+        for _ in 0..20_000 {
+            let dtype = [DType::F32, DType::F16, DType::BF16][rng.below(3)];
+            // Row lengths log-uniform from 1 to ~4M elements, rows from 1 to ~600.
+            let row_len = (2f64.powf(rng.uniform() * 22.0) as usize).max(1);
+            let (h, w) = if rng.below(2) == 0 { (1, row_len) } else { (row_len.div_ceil(64), 64) };
+            let dims = [1 + rng.below(8), 1 + rng.below(80), h, w];
+            let shape = Nchw::from_dims("student", &dims).unwrap();
+            let sm_count = 1 + rng.below(200);
+            let single_pass_resident = match rng.below(3) {
+                0 => 0,                             // no cooperative launch
+                1 => sm_count * (1 + rng.below(4)), // blocks per SM times SMs
+                _ => rng.below(3000),               // any limit (MPS)
+            };
+            let device = Device { sm_count, single_pass_resident };
+            let lead = rng.below(16 / dtype.size());
+            let path = [CwdPath::Auto, CwdPath::SinglePass, CwdPath::TwoPass][rng.below(3)];
+            let outputs = OutputSet {
+                loss: rng.below(2) == 0,
+                grad_student: rng.below(2) == 0,
+                grad_teacher: rng.below(2) == 0,
+                device_upstream: false,
+                accumulate: rng.below(2) == 0,
+            };
+            let case = format!("{dims:?} {dtype} lead {lead} {device:?} {path:?}");
+            let chunks = single_pass_chunks(shape.plane(), lead, dtype);
+            let fits = chunks <= single_pass_resident;
+            let planned = plan(&CwdConfig::default(), &shape, dtype, device, path, outputs, 1.0, lead);
+            let planned = match (path, fits) {
+                (CwdPath::SinglePass, false) => {
+                    assert!(matches!(planned, Err(KdError::Unsupported { .. })), "{case}: {planned:?}");
+                    continue;
+                }
+                _ => planned.unwrap_or_else(|e| panic!("{case}: {e}")),
+            };
+            let expect_single = fits && path != CwdPath::TwoPass;
+            assert_eq!(planned.path == CwdPath::SinglePass, expect_single, "{case}");
+            if !expect_single {
+                assert!(planned.launches.iter().all(|l| !l.cooperative), "{case}");
+                continue;
+            }
+            single_passes += 1;
+            let [fused] = &planned.launches[..] else { panic!("{case}: {:?}", planned.launches) };
+            assert!(fused.cooperative && fused.kernel == FUSED, "{case}: {fused:?}");
+            let grid = fused.grid as usize;
+            let plan_chunks = planned.params.chunks as usize;
+            assert_eq!(plan_chunks, chunks, "{case}");
+            // The kernel's condition for `__trap()`: `gridDim.x % p.chunks != 0`.
+            assert_eq!(grid % plan_chunks, 0, "{case}: grid {grid} is not whole rows of {plan_chunks} chunks");
+            assert!(grid >= plan_chunks && grid <= single_pass_resident, "{case}: grid {grid}");
+            assert!(grid / plan_chunks <= shape.n * shape.c, "{case}: more rows per round than rows");
+            assert!(plan_chunks * single_pass_chunk_len(dtype) >= shape.plane() + lead, "{case}: row not covered");
+        }
+        assert!(single_passes > 1000, "too few single-pass plans drawn: {single_passes}");
+    }
+
     #[test]
     fn rows_too_long_for_the_resident_grid_take_two_passes() {
         let config = CwdConfig::default();
