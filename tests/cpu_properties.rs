@@ -6,7 +6,7 @@
 mod common;
 
 use approx::assert_relative_eq;
-use common::SplitMix64;
+use common::{SplitMix64, PAIR_SCENARIOS};
 use half::{bf16, f16};
 use kd_kernels::cwd::{CwdConfig, CwdCpu};
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, Reduction};
@@ -393,6 +393,38 @@ fn pixel_kd_matches_a_naive_computation() {
                 }
             }
         }
+    }
+}
+
+/// The shared scenarios (`common::PAIR_SCENARIOS`, which the emulated kernels and the GPU run too): both
+/// references against this file's naive computations, and a KL that is never negative.
+#[test]
+fn every_shared_scenario_matches_the_naive_computations() {
+    for scenario in &PAIR_SCENARIOS {
+        let (s, t) = scenario.logits();
+        let s = Array4::from_shape_vec(scenario.dims, s).unwrap();
+        let t = Array4::from_shape_vec(scenario.dims, t).unwrap();
+        let (tau, lw) = (scenario.tau, scenario.loss_weight);
+        let what = format!("{} {:?}", scenario.name, scenario.dims);
+
+        let out = cwd(tau, lw).forward_backward(s.view(), t.view()).unwrap();
+        if scenario.dims[2] * scenario.dims[3] == 1 {
+            // Softmaxes of one value: exactly zero (the naive form, a difference of terms, is not exact).
+            assert_eq!(out.loss, 0.0, "cwd {what}");
+            assert_eq!(max_abs(&out.grad_student).max(max_abs(out.grad_teacher.as_ref().unwrap())), 0.0);
+        } else {
+            let (loss, gs, gt) = naive_cwd(&s, &t, tau, lw);
+            let naive = CpuOutput { loss, grad_student: gs, grad_teacher: Some(gt) };
+            assert_same_output(&format!("cwd {what}"), &out, &naive, 1e-11);
+        }
+        assert!(out.loss >= 0.0, "cwd {what}: loss {}", out.loss);
+
+        let (reduction, tau2) = (scenario.reduction, scenario.scale_tau2);
+        let out = pkd(tau, lw, reduction, tau2).forward_backward(s.view(), t.view()).unwrap();
+        let (loss, g) = naive_pixel_kd(&s, &t, tau, lw, reduction, tau2);
+        let naive = CpuOutput { loss, grad_student: g, grad_teacher: None };
+        assert_same_output(&format!("pixel_kd {what}"), &out, &naive, 1e-11);
+        assert!(out.loss >= 0.0, "pixel_kd {what}: loss {}", out.loss);
     }
 }
 

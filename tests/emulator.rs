@@ -6,14 +6,14 @@
 
 mod common;
 
-use common::{logits, to_dtype, widen, SplitMix64};
+use common::{logits, to_dtype, widen, SplitMix64, PAIR_SCENARIOS};
 use half::{bf16, f16};
 use kd_kernels::cpu::CpuOutput;
 use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdPath};
 use kd_kernels::emulator::{self, EmulatedGpu, EmulatedOutput, Mode};
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdPath, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
-use kd_kernels::{KdError, KdFloat};
+use kd_kernels::{GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
 const H100: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
@@ -91,7 +91,11 @@ fn cwd_case<T: KdFloat>(dims: [usize; 4], config: CwdConfig, scale: f64, run: Cw
     let [os, ot] = run.offsets;
     let student: Vec<T> = to_dtype(&logits(&mut rng, numel + os, scale, numel / 50 + 1));
     let teacher: Vec<T> = to_dtype(&logits(&mut rng, numel + ot, scale, numel / 50 + 1));
-    let (s, t) = (&student[os..], &teacher[ot..]);
+    cwd_every_mode(dims, config, &student[os..], &teacher[ot..], run);
+}
+
+/// Every entry point ([`MODES`]) through the emulated kernels against the CPU reference.
+fn cwd_every_mode<T: KdFloat>(dims: [usize; 4], config: CwdConfig, s: &[T], t: &[T], run: CwdRun) {
     let cpu = CwdCpu::new(config).unwrap();
     for mode in MODES {
         let emulated = emulator::cwd(&config, run.path, &dims, s, t, mode, run.gpu).unwrap();
@@ -118,33 +122,30 @@ fn cwd_forward_backward_matches(
     compare(what, &emulated, &reference, Mode::ForwardBackward);
 }
 
-const SHAPES: [[usize; 4]; 6] =
-    [[1, 1, 1, 1], [1, 3, 5, 7], [2, 4, 17, 33], [3, 2, 1, 1001], [2, 19, 8, 16], [1, 2, 64, 129]];
-
-fn cwd_all_shapes<T: KdFloat>() {
-    for (i, dims) in SHAPES.into_iter().enumerate() {
-        for (tau, teacher_grad) in [(1.0, false), (4.0, true)] {
-            let config = CwdConfig { tau, loss_weight: 3.0, teacher_grad };
-            for path in CWD_PATHS {
-                cwd_case::<T>(dims, config, 3.0, CwdRun::on(path), 10 + i as u64);
-            }
+/// The shared scenarios (`common::PAIR_SCENARIOS`) small enough for the emulation, on both CWD paths.
+fn cwd_all_scenarios<T: KdFloat>() {
+    for scenario in PAIR_SCENARIOS.iter().filter(|s| s.on_emulator()) {
+        let (s, t) = scenario.logits();
+        let (s, t): (Vec<T>, Vec<T>) = (to_dtype(&s), to_dtype(&t));
+        for path in CWD_PATHS {
+            cwd_every_mode(scenario.dims, scenario.cwd_config(T::DTYPE), &s, &t, CwdRun::on(path));
         }
     }
 }
 
 #[test]
 fn cwd_matches_the_reference_f32() {
-    cwd_all_shapes::<f32>();
+    cwd_all_scenarios::<f32>();
 }
 
 #[test]
 fn cwd_matches_the_reference_f16() {
-    cwd_all_shapes::<f16>();
+    cwd_all_scenarios::<f16>();
 }
 
 #[test]
 fn cwd_matches_the_reference_bf16() {
-    cwd_all_shapes::<bf16>();
+    cwd_all_scenarios::<bf16>();
 }
 
 #[test]
@@ -277,43 +278,51 @@ fn pixel_case<T: KdFloat>(
     let mut rng = SplitMix64::new(seed);
     let student: Vec<T> = to_dtype(&logits(&mut rng, numel, scale, numel / 50 + 1));
     let teacher: Vec<T> = to_dtype(&logits(&mut rng, numel, scale, numel / 50 + 1));
+    pixel_every_mode(dims, config, &student, &teacher, path, gpu);
+}
+
+/// Every entry point ([`MODES`]) through the emulated kernels against the CPU reference.
+fn pixel_every_mode<T: KdFloat>(
+    dims: [usize; 4],
+    config: PixelKdConfig,
+    student: &[T],
+    teacher: &[T],
+    path: PixelKdPath,
+    gpu: EmulatedGpu,
+) {
     let cpu = PixelKdCpu::new(config).unwrap();
     for mode in MODES {
-        let emulated = emulator::pixel_kd(&config, path, &dims, &student, &teacher, mode, gpu).unwrap();
-        let reference = cpu_reference(|s, t, up| cpu.backward(s, t, up).unwrap(), dims, &student, &teacher, mode);
+        let emulated = emulator::pixel_kd(&config, path, &dims, student, teacher, mode, gpu).unwrap();
+        let reference = cpu_reference(|s, t, up| cpu.backward(s, t, up).unwrap(), dims, student, teacher, mode);
         let what = format!("pixel_kd {:?} {dims:?} {config:?} {path:?} {gpu:?} {mode:?}", T::DTYPE);
         compare(&what, &emulated, &reference, mode);
     }
 }
 
-fn pixel_all_shapes<T: KdFloat>() {
-    let reductions = [Reduction::Mean, Reduction::BatchMean, Reduction::Sum, Reduction::PixelMean];
-    for (i, dims) in SHAPES.into_iter().enumerate() {
-        let config = PixelKdConfig {
-            tau: 1.0 + i as f64,
-            loss_weight: 2.0,
-            reduction: reductions[i % 4],
-            scale_tau2: i % 2 == 0,
-        };
+/// The shared scenarios small enough for the emulation, on both pixel-KD kernels.
+fn pixel_all_scenarios<T: KdFloat>() {
+    for scenario in PAIR_SCENARIOS.iter().filter(|s| s.on_emulator()) {
+        let (s, t) = scenario.logits();
+        let (s, t): (Vec<T>, Vec<T>) = (to_dtype(&s), to_dtype(&t));
         for path in PIXEL_PATHS {
-            pixel_case::<T>(dims, config, 3.0, path, H100, 40 + i as u64);
+            pixel_every_mode(scenario.dims, scenario.pixel_kd_config(T::DTYPE), &s, &t, path, H100);
         }
     }
 }
 
 #[test]
 fn pixel_kd_matches_the_reference_f32() {
-    pixel_all_shapes::<f32>();
+    pixel_all_scenarios::<f32>();
 }
 
 #[test]
 fn pixel_kd_matches_the_reference_f16() {
-    pixel_all_shapes::<f16>();
+    pixel_all_scenarios::<f16>();
 }
 
 #[test]
 fn pixel_kd_matches_the_reference_bf16() {
-    pixel_all_shapes::<bf16>();
+    pixel_all_scenarios::<bf16>();
 }
 
 #[test]
@@ -422,4 +431,99 @@ fn pixel_kd_close_student_loss_is_accurate() {
         );
         compare(&format!("pixel_kd close student {path:?}"), &emulated, &reference, Mode::ForwardBackward);
     }
+}
+
+/// What [`GradOptions`] promise, on one loss: with `accumulate` the gradients are added into what the buffers
+/// held, `scale` multiplies the gradients (on top of a device upstream) and never the loss.
+fn grad_options_follow_the_reference<T: KdFloat>(
+    what: &str,
+    numel: usize,
+    emulate: impl Fn(Mode, GradOptions, &[T]) -> EmulatedOutput<T>,
+    reference: impl Fn(f64) -> CpuOutput,
+) {
+    let mut rng = SplitMix64::new(numel as u64);
+    // Of the gradients' magnitude, so that a kernel that dropped the buffer's values would fail.
+    let initial: Vec<T> = to_dtype(&logits(&mut rng, numel, 1e-3, 0));
+    let tol = tolerance(T::DTYPE, OutputKind::Tensor);
+    let options =
+        [(-0.75, true), (1.0, true), (4.0, false)].map(|(scale, accumulate)| GradOptions { scale, accumulate });
+    for mode in [Mode::ForwardBackward, Mode::Backward { upstream: 2.5 }] {
+        let upstream = match mode {
+            Mode::Backward { upstream } => upstream as f64,
+            _ => 1.0,
+        };
+        let r = reference(upstream);
+        for option in options {
+            let got = emulate(mode, option, &initial);
+            let case = format!("{what} {:?} {mode:?} {option:?}", T::DTYPE);
+            let expect = |grad: &ndarray::Array4<f64>| -> Vec<f64> {
+                let start = |i: usize| if option.accumulate { initial[i].to_f64() } else { 0.0 };
+                grad.iter().enumerate().map(|(i, g)| start(i) + option.scale * g).collect()
+            };
+            let gs = widen(got.grad_student.as_ref().expect("grad_student"));
+            check_close(&format!("{case} grad.student"), &gs, &expect(&r.grad_student), tol);
+            if let Some(reference_teacher) = &r.grad_teacher {
+                let gt = widen(got.grad_teacher.as_ref().expect("grad_teacher"));
+                check_close(&format!("{case} grad.teacher"), &gt, &expect(reference_teacher), tol);
+            }
+            if mode == Mode::ForwardBackward {
+                let loss = got.loss.expect("loss") as f64;
+                check_close(&format!("{case} loss"), &[loss], &[r.loss], tolerance(T::DTYPE, OutputKind::Loss));
+            }
+        }
+    }
+}
+
+fn cwd_grad_options<T: KdFloat>() {
+    let dims = [2, 3, 17, 33];
+    let numel: usize = dims.iter().product();
+    let mut rng = SplitMix64::new(310);
+    let s: Vec<T> = to_dtype(&logits(&mut rng, numel, 2.0, 3));
+    let t: Vec<T> = to_dtype(&logits(&mut rng, numel, 2.0, 3));
+    let config = CwdConfig { tau: 2.0, loss_weight: 3.0, teacher_grad: true };
+    let cpu = CwdCpu::new(config).unwrap();
+    let (sv, tv) = (ArrayView4::from_shape(dims, &s[..]).unwrap(), ArrayView4::from_shape(dims, &t[..]).unwrap());
+    for path in CWD_PATHS {
+        grad_options_follow_the_reference::<T>(
+            &format!("cwd {path:?}"),
+            numel,
+            |mode, options, initial| {
+                emulator::cwd_with(&config, path, &dims, &s, &t, mode, H100, options, Some(initial)).unwrap()
+            },
+            |upstream| cpu.backward(sv, tv, upstream).unwrap(),
+        );
+    }
+}
+
+fn pixel_kd_grad_options<T: KdFloat>() {
+    let dims = [2, 19, 9, 13];
+    let numel: usize = dims.iter().product();
+    let mut rng = SplitMix64::new(320);
+    let s: Vec<T> = to_dtype(&logits(&mut rng, numel, 2.0, 3));
+    let t: Vec<T> = to_dtype(&logits(&mut rng, numel, 2.0, 3));
+    let config = PixelKdConfig { tau: 2.0, loss_weight: 10.0, reduction: Reduction::BatchMean, scale_tau2: true };
+    let cpu = PixelKdCpu::new(config).unwrap();
+    let (sv, tv) = (ArrayView4::from_shape(dims, &s[..]).unwrap(), ArrayView4::from_shape(dims, &t[..]).unwrap());
+    for path in PIXEL_PATHS {
+        grad_options_follow_the_reference::<T>(
+            &format!("pixel_kd {path:?}"),
+            numel,
+            |mode, options, initial| {
+                emulator::pixel_kd_with(&config, path, &dims, &s, &t, mode, H100, options, Some(initial)).unwrap()
+            },
+            |upstream| cpu.backward(sv, tv, upstream).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn cwd_accumulate_and_scale() {
+    cwd_grad_options::<f32>();
+    cwd_grad_options::<bf16>();
+}
+
+#[test]
+fn pixel_kd_accumulate_and_scale() {
+    pixel_kd_grad_options::<f32>();
+    pixel_kd_grad_options::<bf16>();
 }

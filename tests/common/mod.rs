@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use kd_kernels::KdFloat;
+use kd_kernels::cwd::CwdConfig;
+use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
+use kd_kernels::{DType, KdFloat, Nchw};
 use ndarray::Array4;
 
 /// The crate's one seeded generator (tests, benches and examples share it).
@@ -90,4 +92,119 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 /// Max |a|.
 pub fn max_abs(a: &[f64]) -> f64 {
     a.iter().map(|x| x.abs()).fold(0.0, f64::max)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The scenarios of the same-shape pair losses (CWD, pixel KD): one table that every backend runs, the CPU
+// reference (tests/cpu_properties.rs), the kernels on the host emulation (tests/emulator.rs) and the GPU
+// (tests/gpu/cwd.rs, tests/gpu/pixel_kd.rs).
+
+/// One scenario: a shape, how its logits are drawn, and the parameters of both losses.
+#[derive(Debug, Clone, Copy)]
+pub struct PairScenario {
+    /// What the scenario exercises.
+    pub name: &'static str,
+    pub dims: [usize; 4],
+    /// Logits ~ N(0, spread^2), quantized (see [`logits`]).
+    pub spread: f64,
+    /// How many entries of each tensor are replaced by +-30.
+    pub outliers: usize,
+    pub seed: u64,
+    pub tau: f64,
+    pub loss_weight: f64,
+    /// CWD's `teacher_grad`.
+    pub teacher_grad: bool,
+    /// Pixel KD's reduction and `scale_tau2`.
+    pub reduction: Reduction,
+    pub scale_tau2: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn scenario(
+    name: &'static str,
+    dims: [usize; 4],
+    spread: f64,
+    outliers: usize,
+    seed: u64,
+    (tau, loss_weight, teacher_grad): (f64, f64, bool),
+    (reduction, scale_tau2): (Reduction, bool),
+) -> PairScenario {
+    PairScenario { name, dims, spread, outliers, seed, tau, loss_weight, teacher_grad, reduction, scale_tau2 }
+}
+
+/// Odd shapes, every kernel path's edge (CWD: rows over several chunks, ragged last chunks, unaligned row
+/// starts, rows of 2^19; pixel KD: 1 to 256 channels, planes of width or height 1), outliers, and every
+/// temperature, reduction and `tau^2` setting.
+pub const PAIR_SCENARIOS: [PairScenario; 12] = [
+    scenario(
+        "one element: softmaxes of one value",
+        [1, 1, 1, 1],
+        3.0,
+        0,
+        10,
+        (1.0, 3.0, true),
+        (Reduction::Mean, false),
+    ),
+    scenario("odd sizes", [1, 3, 5, 7], 3.0, 1, 11, (4.0, 3.0, true), (Reduction::BatchMean, true)),
+    scenario("odd plane, rows of 561", [2, 4, 17, 33], 3.0, 14, 12, (1.0, 1.0, false), (Reduction::Sum, false)),
+    scenario("height-1 rows of 1001", [3, 2, 1, 1001], 3.0, 121, 13, (2.0, 3.0, true), (Reduction::PixelMean, true)),
+    scenario("19 classes", [2, 19, 17, 33], 2.0, 2, 14, (4.0, 3.0, true), (Reduction::Mean, false)),
+    scenario("width-1 planes", [2, 5, 33, 1], 2.0, 2, 15, (1.0, 10.0, true), (Reduction::PixelMean, false)),
+    scenario("256 channels", [4, 256, 9, 9], 2.0, 4, 16, (4.0, 3.0, true), (Reduction::BatchMean, true)),
+    scenario("rows over several chunks", [1, 2, 64, 129], 3.0, 330, 17, (0.5, 2.0, true), (Reduction::Sum, true)),
+    scenario("ragged chunks, unaligned rows", [1, 3, 129, 257], 2.0, 5, 18, (4.0, 3.0, true), (Reduction::Mean, true)),
+    scenario("7 channels, rows of 1001", [3, 7, 1, 1001], 2.0, 2, 19, (1.0, 3.0, false), (Reduction::BatchMean, false)),
+    scenario("outliers everywhere", [2, 7, 13, 11], 1.0, 200, 20, (2.0, 5.0, true), (Reduction::Sum, true)),
+    scenario("rows of 2^19", [1, 2, 512, 1024], 2.0, 52, 21, (4.0, 3.0, true), (Reduction::Mean, false)),
+];
+
+/// Above this many elements a scenario is left to the CPU reference and the GPU: the host emulation runs
+/// every GPU thread as a fiber, and larger cases cost it seconds each (its own tests cover many channels,
+/// long rows and ragged chunks on shapes picked for it).
+pub const EMULATOR_MAX_NUMEL: usize = 25_000;
+
+impl PairScenario {
+    pub fn numel(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    pub fn on_emulator(&self) -> bool {
+        self.numel() <= EMULATOR_MAX_NUMEL
+    }
+
+    /// Student and teacher logits in f32 (round them to the storage dtype with [`to_dtype`]).
+    pub fn logits(&self) -> (Vec<f32>, Vec<f32>) {
+        let mut rng = SplitMix64::new(self.seed);
+        let student = logits(&mut rng, self.numel(), self.spread, self.outliers);
+        let teacher = logits(&mut rng, self.numel(), self.spread, self.outliers);
+        (student, teacher)
+    }
+
+    /// CWD's configuration, its weight raised where f16 gradients would be subnormal (see [`weight_for`]).
+    pub fn cwd_config(&self, dtype: DType) -> CwdConfig {
+        let rows = (self.dims[0] * self.dims[1]) as f64;
+        let loss_weight = weight_for(dtype, self.loss_weight, self.tau / rows);
+        CwdConfig { tau: self.tau, loss_weight, teacher_grad: self.teacher_grad }
+    }
+
+    /// Pixel KD's configuration, its weight raised where f16 gradients would be subnormal.
+    pub fn pixel_kd_config(&self, dtype: DType) -> PixelKdConfig {
+        let [n, c, h, w] = self.dims;
+        let tau2 = if self.scale_tau2 { self.tau * self.tau } else { 1.0 };
+        let per_unit_weight = tau2 / self.reduction.divisor(&Nchw { n, c, h, w }) / self.tau;
+        let loss_weight = weight_for(dtype, self.loss_weight, per_unit_weight);
+        PixelKdConfig { tau: self.tau, loss_weight, reduction: self.reduction, scale_tau2: self.scale_tau2 }
+    }
+}
+
+/// f16 has no normal numbers below 6.1e-5: where the gradient scale would put most of the gradient there, a
+/// larger weight keeps it in f16's normal range (the comparisons are about the kernels, not f16's range).
+/// Other dtypes keep the weight as given.
+pub fn weight_for(dtype: DType, loss_weight: f64, grad_scale_per_unit_weight: f64) -> f64 {
+    let floor = 2f64.powi(-6);
+    if dtype == DType::F16 && loss_weight * grad_scale_per_unit_weight < floor {
+        floor / grad_scale_per_unit_weight
+    } else {
+        loss_weight
+    }
 }

@@ -7,10 +7,11 @@ use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, KdError, KdFloat};
 
 use crate::common;
+use crate::common::PAIR_SCENARIOS;
 use crate::harness::{
     download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
 };
-use crate::pair::{compare, cwd_gpu, same_bits, weight_for, Case, GpuOut, CWD_PATHS, OFFSETS, SHAPES};
+use crate::pair::{compare, cwd_gpu, same_bits, Case, GpuOut, CWD_PATHS, OFFSETS};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("cwd_paths_on_this_device", cwd_paths_on_this_device),
@@ -23,30 +24,27 @@ pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("error_paths_cwd", error_paths_cwd),
 ];
 
+/// Every shared scenario (`common::PAIR_SCENARIOS`) on both kernels, with and without the teacher gradient.
 pub(crate) fn cwd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
-    for (i, dims) in SHAPES.into_iter().enumerate() {
-        let case = Case::<T>::random(1000 + i as u64, dims);
-        for tau in [1.0, 4.0] {
-            let rows = (dims[0] * dims[1]) as f64;
-            let loss_weight = weight_for::<T>(3.0, tau / rows);
-            // One CPU run (with the teacher gradient) serves both GPU configurations.
-            let config = CwdConfig { tau, loss_weight, teacher_grad: true };
-            let (s, t) = case.views()?;
-            let cpu = CwdCpu::new(config).or_msg("CwdCpu::new")?.forward_backward(s, t).or_msg("CwdCpu")?;
-            for teacher_grad in [false, true] {
-                for path in CWD_PATHS {
-                    let mut cwd = CwdCuda::new(stream.clone(), CwdConfig { teacher_grad, ..config })
-                        .or_msg("CwdCuda::new")?
-                        .with_path(path);
-                    let gpu = cwd_gpu(stream, &mut cwd, &case)?;
-                    if gpu.gt.is_some() != teacher_grad {
-                        failures.push(format!("{}: teacher gradient presence", case.name()));
-                    }
-                    let what =
-                        format!("cwd {path:?} {} tau={tau} lw={loss_weight} teacher_grad={teacher_grad}", case.name());
-                    compare(&what, &gpu, &cpu, &mut failures);
+    for scenario in &PAIR_SCENARIOS {
+        let case = Case::<T>::of(scenario);
+        // One CPU run (with the teacher gradient) serves both GPU configurations.
+        let config = CwdConfig { teacher_grad: true, ..scenario.cwd_config(T::DTYPE) };
+        let (s, t) = case.views()?;
+        let cpu = CwdCpu::new(config).or_msg("CwdCpu::new")?.forward_backward(s, t).or_msg("CwdCpu")?;
+        for teacher_grad in [false, true] {
+            for path in CWD_PATHS {
+                let mut cwd = CwdCuda::new(stream.clone(), CwdConfig { teacher_grad, ..config })
+                    .or_msg("CwdCuda::new")?
+                    .with_path(path);
+                let gpu = cwd_gpu(stream, &mut cwd, &case)?;
+                if gpu.gt.is_some() != teacher_grad {
+                    failures.push(format!("{}: teacher gradient presence", case.name()));
                 }
+                let what =
+                    format!("cwd {path:?} {} ({}) {config:?} teacher_grad={teacher_grad}", case.name(), scenario.name);
+                compare(&what, &gpu, &cpu, &mut failures);
             }
         }
     }

@@ -4,14 +4,16 @@
 
 use half::{bf16, f16};
 use kd_kernels::cpu::CpuOutput;
-use kd_kernels::cudarc::driver::{CudaSlice, DevicePtrMut};
-use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath};
-use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, Reduction};
+use std::cell::RefCell;
+
+use kd_kernels::cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, DevicePtrMut};
+use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath, CwdRawBuffers};
+use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, PixelKdRawBuffers, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
-use kd_kernels::{DType, KdError, KdFloat};
+use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
-use crate::common::{self, SplitMix64};
+use crate::common::{self, PairScenario, SplitMix64};
 use crate::harness::{bits, download, ensure, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
@@ -23,8 +25,12 @@ pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("backward_scales_by_device_upstream", backward_scales_by_device_upstream),
 ];
 
-/// Last of the whole suite: it turns off cudarc's event tracking and adds a second stream to the context.
-pub(crate) const LAST: &[(&str, TestFn)] = &[("graph_capture_replays", graph_capture_replays)];
+/// Last of the whole suite: they turn off cudarc's event tracking and add streams to the context.
+pub(crate) const LAST: &[(&str, TestFn)] = &[
+    ("graph_capture_replays", graph_capture_replays),
+    ("reserve_then_capture", reserve_then_capture),
+    ("launch_raw_on_a_second_stream", launch_raw_on_a_second_stream),
+];
 
 /// Inputs of one case, already in the storage dtype; the CPU reference gets exactly these values.
 pub(crate) struct Case<T> {
@@ -42,6 +48,12 @@ impl<T: KdFloat> Case<T> {
         let s = common::to_dtype(&common::logits(&mut rng, numel, 2.0, outliers));
         let t = common::to_dtype(&common::logits(&mut rng, numel, 2.0, outliers));
         Case { dims, s, t }
+    }
+
+    /// The inputs of one of the shared scenarios, in `T`.
+    pub(crate) fn of(scenario: &PairScenario) -> Self {
+        let (s, t) = scenario.logits();
+        Case { dims: scenario.dims, s: common::to_dtype(&s), t: common::to_dtype(&t) }
     }
 
     pub(crate) fn numel(&self) -> usize {
@@ -125,37 +137,14 @@ pub(crate) fn compare<T: KdFloat>(what: &str, gpu: &GpuOut<T>, cpu: &CpuOutput, 
     }
 }
 
-/// f16 has no normal numbers below 6.1e-5: where the gradient scale would put most of the gradient there, a
-/// larger weight keeps it in f16's normal range (the comparison is about the kernels, not f16's range).
-/// Other dtypes keep the weight as given.
-pub(crate) fn weight_for<T: KdFloat>(loss_weight: f64, grad_scale_per_unit_weight: f64) -> f64 {
-    let floor = 2f64.powi(-6);
-    if T::DTYPE == DType::F16 && loss_weight * grad_scale_per_unit_weight < floor {
-        floor / grad_scale_per_unit_weight
-    } else {
-        loss_weight
-    }
-}
-
-/// Shapes of the random comparisons: odd sizes, long rows (CWD row splitting: 1x2x512x1024 rows of 2^19
-/// split into chunks; 1x3x129x257 rows of odd length split with a ragged last chunk and unaligned row
-/// starts), many channels, width-1 and height-1 planes, and more pixels than one wave of threads.
-pub(crate) const SHAPES: [[usize; 4]; 7] = [
-    [1, 3, 5, 7],
-    [2, 19, 17, 33],
-    [3, 7, 1, 1001],
-    [2, 5, 33, 1],
-    [4, 256, 9, 9],
-    [1, 3, 129, 257],
-    [1, 2, 512, 1024],
-];
-
+/// The largest shape of the comparisons: CWD rows of 2^19 split into chunks, more pixels than one wave.
 pub(crate) const BIG: [usize; 4] = [1, 2, 512, 1024];
 
-/// Both CWD kernels, forced (every shape of [`SHAPES`] fits the single pass on a data-centre GPU).
+/// Both CWD kernels, forced (every shape of `common::PAIR_SCENARIOS` fits the single pass on a data-centre
+/// GPU).
 pub(crate) const CWD_PATHS: [CwdPath; 2] = [CwdPath::SinglePass, CwdPath::TwoPass];
 
-/// Both pixel-KD kernels, forced (every channel count of [`SHAPES`] fits a tile).
+/// Both pixel-KD kernels, forced (every channel count of `common::PAIR_SCENARIOS` fits a tile).
 pub(crate) const PIXEL_PATHS: [PixelKdPath; 2] = [PixelKdPath::Tiled, PixelKdPath::PerPixel];
 
 pub(crate) const REDUCTIONS: [Reduction; 4] =
@@ -425,4 +414,222 @@ pub(crate) fn graph_capture_replays(stream: &Stream) -> TestResult {
         replay(format!("pixel_kd {path:?}"), &mut |loss, gs| pkd.forward_backward(&case.dims, &s, &t, loss, gs))?;
     }
     Ok(())
+}
+
+/// Turns off cudarc's event tracking (see [`graph_capture_replays`]) and returns a new stream of the context.
+fn untracked_second_stream(stream: &Stream) -> Result<Stream, String> {
+    let ctx = stream.context().clone();
+    // SAFETY: the buffers of these tests are used on one stream at a time, with explicit synchronisation
+    // between streams; waits on events recorded before a capture began are not allowed inside it.
+    unsafe { ctx.disable_event_tracking() };
+    ctx.new_stream().or_msg("new_stream") // the legacy default stream cannot be captured
+}
+
+/// Captures `call` on `capture` into a graph: the call's result, and the graph where one was recorded and
+/// instantiated. The capture is ended whatever the call returned, and the stream left out of capture mode.
+fn capture_call(
+    capture: &Stream,
+    loss: &mut CudaSlice<f32>,
+    gs: &mut CudaSlice<bf16>,
+    call: &mut LossCall<'_>,
+) -> Result<(Result<(), KdError>, Option<CudaGraph>), String> {
+    use kd_kernels::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus};
+    capture.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).or_msg("begin_capture")?;
+    let result = call(loss, gs);
+    let graph = capture.end_capture(CUgraphInstantiate_flags(0));
+    let status = capture.capture_status().or_msg("capture_status")?;
+    ensure(status == CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE, || format!("still capturing: {status:?}"))?;
+    // A call refused before any launch leaves an empty graph, which a driver may decline to instantiate.
+    let graph = match (&result, graph) {
+        (Ok(()), graph) => graph.or_msg("end_capture")?,
+        (Err(_), graph) => graph.ok().flatten(),
+    };
+    Ok((result, graph))
+}
+
+/// A loss object's workspace cannot grow while its stream is captured: the call returns
+/// `KdError::WorkspaceTooSmall` (and the capture ends cleanly); after `reserve`, the first call the object
+/// ever makes is captured, and the graph replays to the bits of a direct call, which matches the CPU
+/// reference. The raw layer is held to the same rule on a captured stream that is not the loss's own.
+pub(crate) fn reserve_then_capture(stream: &Stream) -> TestResult {
+    let capture = untracked_second_stream(stream)?;
+    let case = Case::<bf16>::random(9600, [2, 19, 40, 56]);
+    let (sv, tv) = case.views()?;
+    let s = upload(&capture, &case.s)?;
+    let t = upload(&capture, &case.t)?;
+    let mut loss = upload(&capture, &[f32::NAN])?;
+    let mut gs = nan_buffer::<bf16>(&capture, case.numel())?;
+    let mut failures = Vec::new();
+
+    let mut check = |what: String,
+                     unreserved: &mut LossCall<'_>,
+                     reserve: &mut dyn FnMut() -> Result<(), KdError>,
+                     call: &mut LossCall<'_>,
+                     cpu: &CpuOutput,
+                     failures: &mut Vec<String>|
+     -> TestResult {
+        let (result, _) = capture_call(&capture, &mut loss, &mut gs, unreserved)?;
+        if !matches!(result, Err(KdError::WorkspaceTooSmall { .. })) {
+            failures.push(format!("{what}: growth under capture gave {result:?}, not WorkspaceTooSmall"));
+        }
+        reserve().or_msg(&format!("{what}: reserve"))?;
+        let (result, graph) = capture_call(&capture, &mut loss, &mut gs, call)?;
+        result.or_msg(&format!("{what}: the call under capture after reserve"))?;
+        let graph = graph.ok_or_else(|| format!("{what}: the capture recorded nothing"))?;
+        let mut replays = Vec::new();
+        for _ in 0..3 {
+            capture.memset_zeros(&mut loss).or_msg("memset")?;
+            capture.memset_zeros(&mut gs).or_msg("memset")?;
+            graph.launch().or_msg("graph launch")?;
+            capture.synchronize().or_msg("synchronize")?;
+            replays.push(GpuOut { loss: download(&capture, &loss)?[0], gs: download(&capture, &gs)?, gt: None });
+        }
+        call(&mut loss, &mut gs).or_msg(&format!("{what}: direct call"))?;
+        capture.synchronize().or_msg("synchronize")?;
+        let direct = GpuOut { loss: download(&capture, &loss)?[0], gs: download(&capture, &gs)?, gt: None };
+        for (i, replay) in replays.iter().enumerate() {
+            same_bits(&format!("{what}: replay {i} against a direct call"), &direct, replay)?;
+        }
+        compare(&what, &direct, cpu, failures);
+        Ok(())
+    };
+
+    let dims = case.dims;
+    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false };
+    let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
+    for path in CWD_PATHS {
+        let new = || CwdCuda::new(capture.clone(), config).or_msg("CwdCuda::new").map(|l| l.with_path(path));
+        let (mut unreserved, cwd) = (new()?, RefCell::new(new()?));
+        check(
+            format!("cwd {path:?}"),
+            &mut |loss, gs| unreserved.forward_backward(&dims, &s, &t, loss, gs, None),
+            &mut || cwd.borrow_mut().reserve(&dims, DType::BF16),
+            &mut |loss, gs| cwd.borrow_mut().forward_backward(&dims, &s, &t, loss, gs, None),
+            &cpu,
+            &mut failures,
+        )?;
+    }
+    let config = PixelKdConfig::default();
+    let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
+    for path in PIXEL_PATHS {
+        let new = || PixelKdCuda::new(capture.clone(), config).or_msg("PixelKdCuda::new").map(|l| l.with_path(path));
+        let (mut unreserved, pkd) = (new()?, RefCell::new(new()?));
+        check(
+            format!("pixel_kd {path:?}"),
+            &mut |loss, gs| unreserved.forward_backward(&dims, &s, &t, loss, gs),
+            &mut || pkd.borrow_mut().reserve(&dims, DType::BF16),
+            &mut |loss, gs| pkd.borrow_mut().forward_backward(&dims, &s, &t, loss, gs),
+            &cpu,
+            &mut failures,
+        )?;
+    }
+
+    // The raw layer on a captured stream that is not the loss's own: growth is refused there too.
+    let mut cwd = CwdCuda::new(stream.clone(), CwdConfig::default()).or_msg("CwdCuda::new")?;
+    let buffers = CwdRawBuffers {
+        student: raw_address(&s, &capture),
+        teacher: raw_address(&t, &capture),
+        loss: raw_address(&loss, &capture),
+        grad_student: raw_address(&gs, &capture),
+        ..CwdRawBuffers::default()
+    };
+    let (result, _) = capture_call(&capture, &mut loss, &mut gs, &mut |_, _| {
+        // SAFETY: `capture` belongs to the loss's context; the addresses are live buffers of that context of
+        // the sizes `dims` needs, used by no other stream meanwhile.
+        unsafe { cwd.launch_raw(capture.cu_stream(), &dims, DType::BF16, &buffers, GradOptions::OVERWRITE) }.map(drop)
+    })?;
+    if !matches!(result, Err(KdError::WorkspaceTooSmall { .. })) {
+        failures.push(format!("cwd launch_raw: growth under capture of its stream gave {result:?}"));
+    }
+    verdict(failures)
+}
+
+/// The device address of a buffer for the raw layer. cudarc's event tracking is off in [`LAST`]'s tests, so
+/// the guard it returns records nothing and can be dropped at once.
+fn raw_address<T>(buffer: &CudaSlice<T>, stream: &Stream) -> u64 {
+    let (address, _guard) = buffer.device_ptr(stream);
+    address
+}
+
+/// `launch_raw` on a stream other than the loss's own (as burn or a C caller would): the same bits as the
+/// typed call on the loss's stream, on every kernel, including the first call of an object (the workspace
+/// grows while the call's stream is another one) and a forward alone.
+pub(crate) fn launch_raw_on_a_second_stream(stream: &Stream) -> TestResult {
+    let other = untracked_second_stream(stream)?;
+    let case = Case::<f32>::random(9700, [2, 19, 33, 47]);
+    let s = upload(stream, &case.s)?;
+    let t = upload(stream, &case.t)?;
+    let mut failures = Vec::new();
+    let outputs = |teacher: bool| -> Result<_, String> {
+        let grad_teacher = if teacher { Some(nan_buffer::<f32>(stream, case.numel())?) } else { None };
+        Ok((upload(stream, &[f32::NAN])?, nan_buffer::<f32>(stream, case.numel())?, grad_teacher))
+    };
+    let fetch = |on: &Stream, (loss, gs, gt): &(CudaSlice<f32>, CudaSlice<f32>, Option<CudaSlice<f32>>)| {
+        on.synchronize().or_msg("synchronize")?;
+        Ok::<_, String>(GpuOut {
+            loss: download(on, loss)?[0],
+            gs: download(on, gs)?,
+            gt: gt.as_ref().map(|g| download(on, g)).transpose()?,
+        })
+    };
+
+    let config = CwdConfig { tau: 2.0, loss_weight: 3.0, teacher_grad: true };
+    for path in CWD_PATHS {
+        let mut typed = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
+        let expected = cwd_gpu(stream, &mut typed, &case)?;
+        let mut raw = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
+        let out = outputs(true)?;
+        stream.synchronize().or_msg("synchronize")?; // the uploads are on `stream`
+        let buffers = CwdRawBuffers {
+            student: raw_address(&s, &other),
+            teacher: raw_address(&t, &other),
+            loss: raw_address(&out.0, &other),
+            grad_student: raw_address(&out.1, &other),
+            grad_teacher: out.2.as_ref().map_or(0, |g| raw_address(g, &other)),
+            upstream: 0,
+        };
+        // SAFETY: `other` belongs to the loss's context; every address is a live buffer of that context of
+        // the size the shape needs, and `stream` is idle while `other` runs.
+        let resolved =
+            unsafe { raw.launch_raw(other.cu_stream(), &case.dims, DType::F32, &buffers, GradOptions::OVERWRITE) };
+        ensure(resolved.as_ref().is_ok_and(|&p| p == path), || format!("cwd {path:?} launch_raw: {resolved:?}"))?;
+        same_bits(&format!("cwd {path:?} launch_raw on a second stream"), &expected, &fetch(&other, &out)?)?;
+
+        // The loss alone, through the raw layer, against the typed forward.
+        let (mut loss, alone) = (upload(stream, &[f32::NAN])?, upload(stream, &[f32::NAN])?);
+        typed.forward(&case.dims, &s, &t, &mut loss).or_msg("CwdCuda::forward")?;
+        stream.synchronize().or_msg("synchronize")?;
+        let forward_only =
+            CwdRawBuffers { loss: raw_address(&alone, &other), grad_student: 0, grad_teacher: 0, ..buffers };
+        // SAFETY: as above.
+        unsafe { raw.launch_raw(other.cu_stream(), &case.dims, DType::F32, &forward_only, GradOptions::OVERWRITE) }
+            .or_msg("cwd launch_raw, loss alone")?;
+        other.synchronize().or_msg("synchronize")?;
+        let (a, b) = (download(stream, &loss)?[0], download(&other, &alone)?[0]);
+        if a.to_bits() != b.to_bits() {
+            failures.push(format!("cwd {path:?}: raw forward {b:e} vs typed {a:e}"));
+        }
+    }
+
+    let config = PixelKdConfig { tau: 2.0, loss_weight: 10.0, reduction: Reduction::PixelMean, scale_tau2: true };
+    for path in PIXEL_PATHS {
+        let mut typed = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
+        let expected = pixel_kd_gpu(stream, &mut typed, &case)?;
+        let mut raw = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
+        let out = outputs(false)?;
+        stream.synchronize().or_msg("synchronize")?;
+        let buffers = PixelKdRawBuffers {
+            student: raw_address(&s, &other),
+            teacher: raw_address(&t, &other),
+            loss: raw_address(&out.0, &other),
+            grad_student: raw_address(&out.1, &other),
+            upstream: 0,
+        };
+        // SAFETY: as for CWD above.
+        let resolved =
+            unsafe { raw.launch_raw(other.cu_stream(), &case.dims, DType::F32, &buffers, GradOptions::OVERWRITE) };
+        ensure(resolved.as_ref().is_ok_and(|&p| p == path), || format!("pixel_kd {path:?} launch_raw: {resolved:?}"))?;
+        same_bits(&format!("pixel_kd {path:?} launch_raw on a second stream"), &expected, &fetch(&other, &out)?)?;
+    }
+    verdict(failures)
 }

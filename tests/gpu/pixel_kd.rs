@@ -7,10 +7,11 @@ use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, KdError, KdFloat};
 
 use crate::common;
+use crate::common::PAIR_SCENARIOS;
 use crate::harness::{
     download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
 };
-use crate::pair::{compare, pixel_kd_gpu, weight_for, Case, GpuOut, BIG, OFFSETS, PIXEL_PATHS, REDUCTIONS, SHAPES};
+use crate::pair::{compare, pixel_kd_gpu, Case, GpuOut, OFFSETS, PIXEL_PATHS};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("pixel_kd_paths_on_this_device", pixel_kd_paths_on_this_device),
@@ -22,39 +23,19 @@ pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("error_paths_pixel_kd", error_paths_pixel_kd),
 ];
 
+/// Every shared scenario (`common::PAIR_SCENARIOS`) on both kernels.
 pub(crate) fn pixel_kd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
-    for (i, dims) in SHAPES.into_iter().enumerate() {
-        let case = Case::<T>::random(2000 + i as u64, dims);
-        let [n, c, h, w] = dims;
-        let shape = kd_kernels::Nchw { n, c, h, w };
-        let mut k = 0;
-        for tau in [1.0, 4.0] {
-            for reduction in REDUCTIONS {
-                k += 1;
-                // The largest shape once per dtype (its CPU reference is slow in a debug build): it still
-                // covers the grid-stride loop (more pixels than one wave of threads).
-                let big_pick = match T::DTYPE {
-                    DType::F32 => 1,
-                    DType::F16 => 3,
-                    DType::BF16 => 8,
-                };
-                if dims == BIG && k != big_pick {
-                    continue;
-                }
-                let scale_tau2 = k % 2 == 0;
-                let tau2 = if scale_tau2 { tau * tau } else { 1.0 };
-                let loss_weight = weight_for::<T>(10.0, tau2 / reduction.divisor(&shape) / tau);
-                let config = PixelKdConfig { tau, loss_weight, reduction, scale_tau2 };
-                let (s, t) = case.views()?;
-                let cpu = PixelKdCpu::new(config).or_msg("PixelKdCpu::new")?.forward_backward(s, t).or_msg("cpu")?;
-                for path in PIXEL_PATHS {
-                    let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
-                    let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
-                    let what = format!("pixel_kd {path:?} {} {config:?}", case.name());
-                    compare(&what, &gpu, &cpu, &mut failures);
-                }
-            }
+    for scenario in &PAIR_SCENARIOS {
+        let case = Case::<T>::of(scenario);
+        let config = scenario.pixel_kd_config(T::DTYPE);
+        let (s, t) = case.views()?;
+        let cpu = PixelKdCpu::new(config).or_msg("PixelKdCpu::new")?.forward_backward(s, t).or_msg("cpu")?;
+        for path in PIXEL_PATHS {
+            let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
+            let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
+            let what = format!("pixel_kd {path:?} {} ({}) {config:?}", case.name(), scenario.name);
+            compare(&what, &gpu, &cpu, &mut failures);
         }
     }
     verdict(failures)
