@@ -37,9 +37,7 @@ upcasts); parameters stay f32, as the crate keeps them. `gbps` counts minimal tr
 """
 
 import argparse
-import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -47,9 +45,10 @@ import torch
 # No __pycache__ next to the sources: the repo .gitignore does not cover this folder.
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The same clocks, iteration counts and JSON lines as bench_torch.py: CUDA events per call on the GPU,
+# perf_counter on the CPU.
+from bench_torch import JsonLines, iteration_counts, median_ms  # noqa: E402
 import cwt_reference as cwt_ref  # noqa: E402
-# The same clocks as bench_torch.py's tables: CUDA events per call on the GPU, perf_counter on the CPU.
-from bench_torch import device_name, median_ms  # noqa: E402
 import semckd_reference as sem_ref  # noqa: E402
 
 
@@ -155,31 +154,13 @@ def main():
     args = parser.parse_args()
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.quick:
-        warmup, iters = 1, 3
-    elif device.type == "cuda":
-        warmup, iters = 10, 50
-    else:
-        warmup, iters = 2, 10
-    warmup = args.warmup if args.warmup is not None else warmup
-    iters = args.iters if args.iters is not None else iters
+    warmup, iters = iteration_counts(args, device)
     layouts = args.semckd_layouts or (QUICK_SEMCKD if args.quick else DEFAULT_SEMCKD)
     cwt_shapes = args.cwt_shapes or (QUICK_CWT if args.quick else DEFAULT_CWT)
     scopes = args.semckd_scopes or (["loss"] if args.quick else ["loss", "full"])
 
-    common = {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    out_file = args.out.open("w") if args.out else None
-
-    def emit(record):
-        line = json.dumps({**record, **common})
-        print(line, flush=True)
-        if out_file:
-            out_file.write(line + "\n")
-            out_file.flush()
+    lines = JsonLines(device, args.out)
+    emit = lines.emit
 
     configs = []
     if "semckd" in args.losses:
@@ -234,8 +215,7 @@ def main():
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    if out_file:
-        out_file.close()
+    lines.close()
 
 
 if __name__ == "__main__":

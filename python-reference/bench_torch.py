@@ -127,6 +127,42 @@ def device_name(device):
     return f"cpu {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
+def iteration_counts(args, device):
+    """(warmup, iters): 1 and 3 with --quick, 10 and 50 on CUDA, 2 and 10 on the CPU; --warmup and --iters
+    override."""
+    if args.quick:
+        warmup, iters = 1, 3
+    elif device.type == "cuda":
+        warmup, iters = 10, 50
+    else:
+        warmup, iters = 2, 10
+    return (args.warmup if args.warmup is not None else warmup, args.iters if args.iters is not None else iters)
+
+
+class JsonLines:
+    """Prints each record as one JSON line, with the run's device, torch version and date, and appends it to
+    `path` when one is given."""
+
+    def __init__(self, device, path):
+        self.common = {
+            "device": device_name(device),
+            "torch": torch.__version__,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        self.file = path.open("w") if path else None
+
+    def emit(self, record):
+        line = json.dumps({**record, **self.common})
+        print(line, flush=True)
+        if self.file:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description="PyTorch eager / torch.compile baselines for CWD, pixel KD and ICSD.")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -170,28 +206,10 @@ def main():
         return usable
 
     skipped_impls = set()
-    if args.quick:
-        warmup, iters = 1, 3
-    elif device.type == "cuda":
-        warmup, iters = 10, 50
-    else:
-        warmup, iters = 2, 10
-    warmup = args.warmup if args.warmup is not None else warmup
-    iters = args.iters if args.iters is not None else iters
+    warmup, iters = iteration_counts(args, device)
 
-    common = {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    out_file = args.out.open("w") if args.out else None
-
-    def emit(record):
-        line = json.dumps({**record, **common})
-        print(line, flush=True)
-        if out_file:
-            out_file.write(line + "\n")
-            out_file.flush()
+    lines = JsonLines(device, args.out)
+    emit = lines.emit
 
     compile_broken = None  # first torch.compile failure; later attempts would fail the same way
     for shape, shape_losses in plan.items():
@@ -243,8 +261,7 @@ def main():
                           "copy_gbps": copy_gbps, "iters": iters})
             del student, teacher
 
-    if out_file:
-        out_file.close()
+    lines.close()
 
 
 if __name__ == "__main__":
