@@ -193,12 +193,13 @@ impl Args {
         }
     }
 
-    /// Every shape when benchmarking or listing; only the smallest in test mode (one unoptimised call each).
-    pub fn shapes(&self) -> &'static [[usize; 4]] {
+    /// Every shape of `all` (smallest first) when benchmarking or listing; only the smallest in test mode
+    /// (one unoptimised call each).
+    pub fn shapes<'a>(&self, all: &'a [[usize; 4]]) -> &'a [[usize; 4]] {
         if self.bench || self.list {
-            &SHAPES
+            all
         } else {
-            &SHAPES[..1]
+            &all[..1]
         }
     }
 }
@@ -606,7 +607,7 @@ impl Harness {
     /// Prints the table of CUDA-event results and criterion's summary.
     pub fn finish(self) {
         if !self.args.bench && !self.args.list {
-            println!("{}: test mode (no --bench): every bench ran once on {} only", self.loss, shape_name(&SHAPES[0]));
+            println!("{}: test mode (no --bench): every bench ran once, on its smallest shape only", self.loss);
         }
         if !self.records.is_empty() {
             println!();
@@ -636,12 +637,18 @@ impl Harness {
     }
 }
 
-/// A loss on a same-shape pair of logits (CWD, pixel KD), as [`bench_pair_loss`] runs it.
+/// A loss on a same-shape pair of logits (CWD, pixel KD, ICSD), as [`bench_pair_loss`] runs it.
 pub trait PairLoss {
     /// The GPU objects the passes run on (one per kernel path benchmarked).
     type Gpu;
     /// The GPU passes benchmarked, in this order.
     const GPU_PASSES: &'static [Pass];
+    /// The shapes, smallest first (test mode runs only the first).
+    const SHAPES: &'static [[usize; 4]] = &SHAPES;
+    /// Set-up before a shape's GPU calls are timed (e.g. sizing the workspace).
+    fn prepare_gpu(_gpu: &mut Self::Gpu, _shape: &[usize; 4], _dtype: DType) -> kd_kernels::Result<()> {
+        Ok(())
+    }
     /// Queues one call of `pass` (one of [`Self::GPU_PASSES`]).
     #[allow(clippy::too_many_arguments)]
     fn gpu_call<T: KdFloat>(
@@ -653,6 +660,10 @@ pub trait PairLoss {
         loss: &mut CudaSlice<f32>,
         grad: &mut CudaSlice<T>,
     ) -> kd_kernels::Result<()>;
+    /// Whether the CPU reference is benchmarked on `shape` (above the ten-second estimate it never is).
+    fn cpu_on(_shape: &[usize; 4]) -> bool {
+        true
+    }
     /// The CPU reference's `forward_backward`.
     fn cpu_call<T: KdFloat>(
         &self,
@@ -664,7 +675,7 @@ pub trait PairLoss {
 /// Benchmarks `loss` on every shape of the run mode, in f32 then bf16: the GPU passes (where `gpu` is
 /// present), then the CPU reference; prints the results.
 pub fn bench_pair_loss<L: PairLoss>(mut h: Harness, loss: &L, mut gpu: Option<L::Gpu>) {
-    for &shape in h.args.shapes() {
+    for &shape in h.args.shapes(L::SHAPES) {
         if !h.wants_shape(&shape, L::GPU_PASSES) {
             continue;
         }
@@ -690,7 +701,9 @@ fn bench_pair_dtype<L: PairLoss, T: KdFloat>(
             println!("{} {} {}: GPU benches failed: {e}", h.loss, T::DTYPE, shape_name(&shape));
         }
     }
-    h.cpu_bench(shape, student, teacher, |s, t| loss.cpu_call(s, t));
+    if L::cpu_on(&shape) {
+        h.cpu_bench(shape, student, teacher, |s, t| loss.cpu_call(s, t));
+    }
 }
 
 fn bench_pair_gpu<L: PairLoss, T: KdFloat>(
@@ -708,6 +721,7 @@ fn bench_pair_gpu<L: PairLoss, T: KdFloat>(
     let t = stream.clone_htod(teacher.as_slice().expect("standard layout"))?;
     let mut grad = stream.alloc_zeros::<T>(s.len())?;
     let mut loss = stream.alloc_zeros::<f32>(1)?;
+    L::prepare_gpu(gpu, &shape, T::DTYPE)?;
     for &pass in L::GPU_PASSES {
         h.gpu_bench::<T>(pass, shape, || L::gpu_call(gpu, pass, &shape, &s, &t, &mut loss, &mut grad));
     }
