@@ -2,7 +2,7 @@
 
 use ndarray::{Array4, ArrayView4};
 
-use crate::dtype::KdFloat;
+use crate::dtype::HostFloat;
 use crate::error::Result;
 use crate::shape::Nchw;
 
@@ -19,7 +19,7 @@ pub struct CpuOutput {
 }
 
 /// Checks that the pair has one non-empty NCHW shape, and returns it.
-pub(crate) fn check_pair<T: KdFloat>(student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<Nchw> {
+pub(crate) fn check_pair<T: HostFloat>(student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<Nchw> {
     let shape = Nchw::from_dims("student", student.shape())?;
     shape.expect_same("teacher", teacher.shape())?;
     Ok(shape)

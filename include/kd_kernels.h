@@ -1,0 +1,161 @@
+/*
+ * kd_kernels.h: the C ABI of kd-kernels (the `capi` crate: libkd_kernels.so / libkd_kernels.a).
+ *
+ * Knowledge-distillation losses of dense prediction, on raw pointers: device addresses for the CUDA
+ * kernels (the caller's buffers and stream, e.g. libtorch's `tensor.data_ptr()` and
+ * `at::cuda::getCurrentCUDAStream().stream()`), host pointers for the CPU reference. What each loss
+ * computes is in docs/losses.md; the parameters and their defaults are those of the Rust crate.
+ *
+ * Conventions
+ *  - Tensors are contiguous NCHW; `shape` points to `ndim` dimensions (4 for these losses).
+ *  - Every function returns a kd_status; on anything but KD_OK, kd_last_error_message() (per thread) says
+ *    what went wrong and what to fix. No function aborts the process on bad input; a Rust panic is caught
+ *    at the boundary and returned as KD_ERR_PANIC.
+ *  - CUDA calls queue work on `stream` (a CUstream; NULL is the legacy default stream) and never
+ *    synchronise with the host. The loss is written as one f32 at the `loss` device address, the gradients
+ *    in the input dtype. A device address of 0 means "absent": what a call computes follows from which
+ *    outputs are given (the loss, the student gradient, the teacher gradient for CWD, the gradients times
+ *    the device f32 at `upstream`).
+ *  - CPU calls compute in double: the loss into `*loss` (may be NULL), the gradients (NULL: not computed)
+ *    rounded once to the input dtype. KD_DTYPE_F64 is accepted on the CPU only.
+ *  - kd_grad_options: `scale` multiplies every gradient (never the loss); `accumulate` != 0 adds into
+ *    the gradient buffers instead of overwriting them.
+ */
+#ifndef KD_KERNELS_H
+#define KD_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum kd_status {
+    KD_OK = 0,
+    /** A required pointer (context, parameters, shape, input) is NULL. */
+    KD_ERR_NULL_POINTER = 1,
+    /** Wrong rank, shapes that do not match, a zero or negative dimension, a buffer too small. */
+    KD_ERR_SHAPE = 2,
+    /** A tensor too large for the kernels' launch geometry or index arithmetic. */
+    KD_ERR_TOO_LARGE = 3,
+    /** A parameter out of its domain (tau not finite and > 0, a non-finite weight or scale, an unknown
+     *  reduction). */
+    KD_ERR_PARAMETER = 4,
+    /** The set of outputs given does not make a call (nothing to compute, a teacher gradient without the
+     *  student's, a teacher gradient a loss does not have). */
+    KD_ERR_OUTPUT = 5,
+    /** An unknown dtype, or one the call does not take (f64 on the GPU). */
+    KD_ERR_DTYPE = 6,
+    /** A buffer or stream of another CUDA context than the kd_context's device. */
+    KD_ERR_CONTEXT = 7,
+    /** A requested way of computing does not apply here. */
+    KD_ERR_UNSUPPORTED = 8,
+    /** The call would grow its workspace while its stream is being captured into a CUDA graph. */
+    KD_ERR_WORKSPACE = 9,
+    /** This library was built without nvcc: it has no GPU kernels (the CPU entry points work). */
+    KD_ERR_KERNELS_UNAVAILABLE = 10,
+    /** No usable CUDA driver or device. */
+    KD_ERR_CUDA_UNAVAILABLE = 11,
+    /** The CUDA driver returned an error. */
+    KD_ERR_CUDA = 12,
+    /** A Rust panic was caught at the boundary (a bug: please report it with the message). */
+    KD_ERR_PANIC = 13,
+    /** An error of a kind this version of the header does not name. */
+    KD_ERR_OTHER = 14
+} kd_status;
+
+typedef enum kd_dtype {
+    KD_DTYPE_F32 = 0,
+    KD_DTYPE_F16 = 1,
+    KD_DTYPE_BF16 = 2,
+    /** CPU reference only. */
+    KD_DTYPE_F64 = 3
+} kd_dtype;
+
+/** Pixel KD's divisor of the summed per-pixel KL. */
+typedef enum kd_reduction {
+    /** N*C*H*W (PyTorch KLDivLoss's default, the official one). */
+    KD_REDUCTION_MEAN = 0,
+    /** N. */
+    KD_REDUCTION_BATCHMEAN = 1,
+    /** 1. */
+    KD_REDUCTION_SUM = 2,
+    /** N*H*W. */
+    KD_REDUCTION_PIXELMEAN = 3
+} kd_reduction;
+
+typedef struct kd_grad_options {
+    /** Factor on every gradient; finite. 1 for none. */
+    double scale;
+    /** Non-zero: add into the gradient buffers. */
+    int32_t accumulate;
+} kd_grad_options;
+
+/** Channel-wise distillation (docs/losses.md §1). The paper's setting: tau 4, loss_weight 3. */
+typedef struct kd_cwd_params {
+    double tau;
+    double loss_weight;
+} kd_cwd_params;
+
+/** Pixel-wise KD (docs/losses.md §2). Official defaults: tau 1, loss_weight 10, KD_REDUCTION_MEAN,
+ *  scale_tau2 0. */
+typedef struct kd_pixel_kd_params {
+    double tau;
+    double loss_weight;
+    /** A kd_reduction. */
+    int32_t reduction;
+    /** Non-zero: multiply by tau^2. */
+    int32_t scale_tau2;
+} kd_pixel_kd_params;
+
+/** Owns one device's loaded kernels and workspaces, so repeated calls neither reload nor reallocate.
+ *  Calls through one context are serialised (a lock); use one context per device. */
+typedef struct kd_context kd_context;
+
+/** The message of the last failed call on this thread ("" after a successful one). Valid until the next
+ *  call on this thread; never NULL. */
+const char *kd_last_error_message(void);
+
+/** 1 when this library carries GPU kernels (it was built with nvcc), else 0. */
+int32_t kd_kernels_compiled(void);
+
+/** KD_OK when the kernels are compiled and a CUDA driver with a device is present; else the reason. */
+kd_status kd_cuda_probe(void);
+
+/** Opens device `device_ordinal` (its primary context, the one the CUDA runtime and PyTorch use). */
+kd_status kd_context_create(int32_t device_ordinal, kd_context **out);
+
+/** Frees the context and its workspaces (NULL is a no-op). Work queued through it must have finished. */
+void kd_context_destroy(kd_context *ctx);
+
+/* ---- CWD ---------------------------------------------------------------------------------------- */
+
+/** CWD on the GPU. The teacher gradient is computed exactly when `grad_teacher` != 0. */
+kd_status kd_cwd_cuda(kd_context *ctx, const kd_cwd_params *params, const int64_t *shape, size_t ndim,
+                      kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss, uint64_t grad_student,
+                      uint64_t grad_teacher, uint64_t upstream, kd_grad_options options, void *stream);
+
+/** CWD on the CPU reference (host pointers). The teacher gradient is computed exactly when
+ *  `grad_teacher` != NULL, which needs `grad_student` too. */
+kd_status kd_cwd_cpu(const kd_cwd_params *params, const int64_t *shape, size_t ndim, kd_dtype dtype,
+                     const void *student, const void *teacher, double *loss, void *grad_student,
+                     void *grad_teacher, kd_grad_options options);
+
+/* ---- pixel KD ----------------------------------------------------------------------------------- */
+
+/** Pixel KD on the GPU (no teacher gradient: the teacher is a constant). */
+kd_status kd_pixel_kd_cuda(kd_context *ctx, const kd_pixel_kd_params *params, const int64_t *shape,
+                           size_t ndim, kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss,
+                           uint64_t grad_student, uint64_t upstream, kd_grad_options options, void *stream);
+
+/** Pixel KD on the CPU reference (host pointers). */
+kd_status kd_pixel_kd_cpu(const kd_pixel_kd_params *params, const int64_t *shape, size_t ndim,
+                          kd_dtype dtype, const void *student, const void *teacher, double *loss,
+                          void *grad_student, kd_grad_options options);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KD_KERNELS_H */
