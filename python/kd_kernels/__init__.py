@@ -1,0 +1,36 @@
+"""kd_kernels: fused CUDA kernels, with a CPU reference, for knowledge-distillation losses of dense
+prediction, with autograd.
+
+    import kd_kernels
+    loss = kd_kernels.cwd_loss(student_logits, teacher_logits, tau=4.0, loss_weight=3.0)
+    loss.backward()
+
+CUDA tensors run the kernels on ``torch.cuda.current_stream()`` without synchronising with the host; CPU
+tensors run the crate's f64 reference. Bad input raises :class:`KdKernelsError` (:class:`KdInputError`, a
+``ValueError``, for shapes, dtypes, devices, parameters) with the crate's message.
+"""
+
+from ._lib import (
+    CudaUnavailableError,
+    KdInputError,
+    KdKernelsError,
+    KernelsUnavailableError,
+    kernels_compiled,
+)
+from .functional import cwd_loss, pixel_kd_loss
+from .modules import ChannelWiseDivergence, KLDivergence, PixelKD
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "cwd_loss",
+    "pixel_kd_loss",
+    "ChannelWiseDivergence",
+    "KLDivergence",
+    "PixelKD",
+    "KdKernelsError",
+    "KdInputError",
+    "KernelsUnavailableError",
+    "CudaUnavailableError",
+    "kernels_compiled",
+]

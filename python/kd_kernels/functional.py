@@ -1,0 +1,183 @@
+"""The losses as functions with autograd, on CUDA tensors (the kernels, on the current stream, no host
+synchronisation) and CPU tensors (the crate's f64 reference)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _lib
+from ._lib import KdInputError
+
+__all__ = ["cwd_loss", "pixel_kd_loss"]
+
+_DTYPE_CODES = {
+    torch.float32: _lib.DTYPE_F32,
+    torch.float16: _lib.DTYPE_F16,
+    torch.bfloat16: _lib.DTYPE_BF16,
+    torch.float64: _lib.DTYPE_F64,  # the CPU reference only; the kernels refuse it with the crate's message
+}
+_DTYPE_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64"}
+_REDUCTIONS = {"mean": 0, "batchmean": 1, "sum": 2, "pixelmean": 3}
+
+
+def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the C ABI cannot see (it takes one dtype, one shape and one device for both tensors), checked
+    here with the crate's wording; the rest (rank, empty dimensions, sizes, parameters) is the crate's.
+    Returns contiguous tensors: a non-contiguous one (a slice, a permuted view) is copied, since the kernels
+    read dense NCHW."""
+    for name, tensor in (("student", student), ("teacher", teacher)):
+        if not isinstance(tensor, torch.Tensor):
+            raise KdInputError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if student.dtype not in _DTYPE_CODES:
+        raise KdInputError(
+            f"student: dtype {student.dtype} is not supported; use float32, float16 or bfloat16 "
+            "(or float64 on the CPU)"
+        )
+    if teacher.dtype != student.dtype:
+        raise KdInputError(
+            f"teacher: dtype {_DTYPE_NAMES.get(teacher.dtype, teacher.dtype)} where "
+            f"{_DTYPE_NAMES[student.dtype]} is needed"
+        )
+    if teacher.device != student.device:
+        raise KdInputError(
+            f"teacher: on {teacher.device} while the student is on {student.device}; put both on one device"
+        )
+    if student.device.type not in ("cpu", "cuda"):
+        raise KdInputError(f"student: device {student.device} is not supported; use a CUDA or a CPU tensor")
+    if student.dim() == 4 and teacher.shape != student.shape:
+        raise KdInputError(f"teacher: shape {list(teacher.shape)} does not match the expected {list(student.shape)}")
+    return student.detach().contiguous(), teacher.detach().contiguous()
+
+
+def _address(tensor: torch.Tensor | None) -> int:
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _scaled(grad: torch.Tensor | None, grad_loss: torch.Tensor) -> torch.Tensor | None:
+    # On the device, without reading grad_loss on the host (usually 1, or an AMP scale).
+    return None if grad is None else grad * grad_loss.to(grad.dtype)
+
+
+def _run(student, teacher, want_student, want_teacher, cuda_call, cpu_call):
+    """One call of a loss: the loss (a 0-d tensor) and the requested gradients, in the input dtype."""
+    dims, ndim = _lib.shape_array(student.shape)
+    code = _DTYPE_CODES[student.dtype]
+    grad_s = torch.empty_like(student) if want_student else None
+    grad_t = torch.empty_like(teacher) if want_teacher else None
+    if student.device.type == "cuda":
+        device = student.device
+        loss = torch.empty((), dtype=torch.float32, device=device)
+        stream = torch.cuda.current_stream(device).cuda_stream
+        _lib.check(cuda_call(_lib.context(device.index), dims, ndim, code, loss, grad_s, grad_t, stream))
+    else:
+        value = ctypes.c_double()
+        _lib.check(cpu_call(dims, ndim, code, ctypes.byref(value), grad_s, grad_t))
+        loss = torch.tensor(value.value, dtype=_loss_dtype(student.dtype))
+    return loss, grad_s, grad_t
+
+
+def _cwd(student, teacher, tau, loss_weight, want_student, want_teacher):
+    student, teacher = _check_pair(student, teacher)
+    params = _lib.CwdParams(float(tau), float(loss_weight))
+    # The crate's teacher gradient comes with the student's.
+    want_student = want_student or want_teacher
+
+    def cuda_call(ctx, dims, ndim, code, loss, grad_s, grad_t, stream):
+        return _lib.lib.kd_cwd_cuda(ctx, ctypes.byref(params), dims, ndim, code, _address(student),
+                                    _address(teacher), _address(loss), _address(grad_s), _address(grad_t), 0,
+                                    _lib.options(), stream)
+
+    def cpu_call(dims, ndim, code, loss, grad_s, grad_t):
+        return _lib.lib.kd_cwd_cpu(ctypes.byref(params), dims, ndim, code, _address(student), _address(teacher),
+                                   loss, _address(grad_s) or None, _address(grad_t) or None, _lib.options())
+
+    return _run(student, teacher, want_student, want_teacher, cuda_call, cpu_call)
+
+
+def _pixel_kd(student, teacher, tau, loss_weight, reduction, scale_tau2, want_student):
+    if reduction not in _REDUCTIONS:
+        # The crate's `Reduction::from_str` message.
+        raise KdInputError(
+            f"parameter `reduction` = {reduction!r} is invalid: it must be one of mean, batchmean, sum, pixelmean"
+        )
+    student, teacher = _check_pair(student, teacher)
+    params = _lib.PixelKdParams(float(tau), float(loss_weight), _REDUCTIONS[reduction], 1 if scale_tau2 else 0)
+
+    def cuda_call(ctx, dims, ndim, code, loss, grad_s, _grad_t, stream):
+        return _lib.lib.kd_pixel_kd_cuda(ctx, ctypes.byref(params), dims, ndim, code, _address(student),
+                                         _address(teacher), _address(loss), _address(grad_s), 0, _lib.options(),
+                                         stream)
+
+    def cpu_call(dims, ndim, code, loss, grad_s, _grad_t):
+        return _lib.lib.kd_pixel_kd_cpu(ctypes.byref(params), dims, ndim, code, _address(student),
+                                        _address(teacher), loss, _address(grad_s) or None, _lib.options())
+
+    return _run(student, teacher, want_student, False, cuda_call, cpu_call)
+
+
+class _CwdFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher, tau, loss_weight):
+        want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # One fused call: the gradients are computed with the loss (the logits are read once) and scaled by
+        # the upstream gradient in backward.
+        loss, grad_s, grad_t = _cwd(student, teacher, tau, loss_weight, want_s, want_t)
+        ctx.grads = (grad_s if want_s else None, grad_t)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        grad_s, grad_t = ctx.grads
+        return _scaled(grad_s, grad_loss), _scaled(grad_t, grad_loss), None, None
+
+
+class _PixelKdFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher, tau, loss_weight, reduction, scale_tau2):
+        want_s = ctx.needs_input_grad[0]
+        loss, grad_s, _ = _pixel_kd(student, teacher, tau, loss_weight, reduction, scale_tau2, want_s)
+        ctx.grad_s = grad_s
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        grad_s = ctx.grad_s
+        return _scaled(grad_s, grad_loss), None, None, None, None, None
+
+
+def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0, loss_weight: float = 3.0) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al., ICCV 2021; docs/losses.md §1): per (n, c), a softmax over the
+    H*W positions of ``x / tau``; ``loss_weight * tau^2 / (N*C) * sum KL(pT || pS)``.
+
+    ``student`` and ``teacher`` are NCHW logits of one shape, dtype (float32, float16, bfloat16; float64 on
+    the CPU) and device. Returns a 0-d float32 tensor (float64 for float64 inputs) on that device;
+    ``backward()`` fills ``student.grad``, and ``teacher.grad`` when the teacher requires grad. Defaults:
+    the paper's (tau 4, weight 3). Non-contiguous inputs are copied to contiguous ones."""
+    return _CwdFunction.apply(student, teacher, tau, loss_weight)
+
+
+def pixel_kd_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    tau: float = 1.0,
+    loss_weight: float = 10.0,
+    reduction: str = "mean",
+    scale_tau2: bool = False,
+) -> torch.Tensor:
+    """Pixel-wise KD (docs/losses.md §2): per pixel, a softmax over the C channels of ``x / tau``;
+    ``loss_weight * [tau^2] / divisor * sum KL(pT || pS)`` with divisor N*C*H*W (``mean``), N
+    (``batchmean``), 1 (``sum``) or N*H*W (``pixelmean``), and tau^2 when ``scale_tau2``.
+
+    Defaults: the official TorchDistiller ``CriterionKD`` / AICSD ``pi_loss`` (tau 1, weight 10, ``mean``).
+    The teacher is a constant (no gradient flows into it, as in every official config). Otherwise as
+    :func:`cwd_loss`."""
+    return _PixelKdFunction.apply(student, teacher, tau, loss_weight, reduction, scale_tau2)
