@@ -38,7 +38,10 @@ impl<L> LossCache<L> {
             None => {
                 let loss = create()?;
                 if self.losses.len() >= LOSSES_PER_FAMILY {
-                    stream.context().synchronize().map_err(|e| KdError::Cuda { op: "cuCtxSynchronize", error: e.to_string() })?;
+                    stream
+                        .context()
+                        .synchronize()
+                        .map_err(|e| KdError::Cuda { op: "cuCtxSynchronize", error: e.to_string() })?;
                     self.losses.remove(0);
                 }
                 self.losses.push(loss);
@@ -64,7 +67,10 @@ pub struct KdContext {
 ///
 /// # Safety
 /// `ctx` is null or a pointer returned by [`kd_context_create`] and not yet destroyed.
-pub(crate) unsafe fn with_context(ctx: *mut KdContext, body: impl FnOnce(&mut Inner) -> crate::Outcome) -> crate::Outcome {
+pub(crate) unsafe fn with_context(
+    ctx: *mut KdContext,
+    body: impl FnOnce(&mut Inner) -> crate::Outcome,
+) -> crate::Outcome {
     if ctx.is_null() {
         return Err(Failure::new(KD_ERR_NULL_POINTER, "ctx: a null kd_context; create one with kd_context_create"));
     }

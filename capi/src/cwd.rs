@@ -10,7 +10,9 @@ use kd::GradOptions;
 
 use crate::context::{with_context, KdContext};
 use crate::cpu::{self, Element, PerElement};
-use crate::{guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdGradOptions, KdStatus, KD_ERR_OUTPUT};
+use crate::{
+    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdGradOptions, KdStatus, KD_ERR_OUTPUT,
+};
 
 /// `kd_cwd_params`.
 #[repr(C)]
@@ -62,9 +64,9 @@ pub unsafe extern "C" fn kd_cwd_cuda(
         // SAFETY: forwarded from the caller.
         unsafe {
             with_context(ctx, |inner| {
-                let loss_object = inner.cwd.get(&inner.stream, &config, CwdCuda::config, || {
-                    CwdCuda::new(inner.stream.clone(), config)
-                })?;
+                let loss_object = inner
+                    .cwd
+                    .get(&inner.stream, &config, CwdCuda::config, || CwdCuda::new(inner.stream.clone(), config))?;
                 loss_object.launch_raw(stream as CUstream, &shape, dtype, &buffers, options)?;
                 Ok(())
             })

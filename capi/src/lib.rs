@@ -3,7 +3,7 @@
 //! per-thread error message. One ABI serves C/C++ (libtorch) callers and the `kd_kernels` Python package,
 //! which loads this library with ctypes.
 //!
-//! Every entry point catches panics at the boundary ([`guard`]) and turns every [`KdError`] into a status
+//! Every entry point catches panics at the boundary (`guard`) and turns every [`KdError`] into a status
 //! code and [`kd_last_error_message`]; nothing unwinds into C.
 
 mod context;
@@ -212,7 +212,10 @@ pub(crate) unsafe fn read_shape(shape: *const i64, ndim: usize) -> Result<Vec<us
     dims.iter()
         .map(|&d| {
             usize::try_from(d).map_err(|_| {
-                Failure::new(KD_ERR_SHAPE, format!("shape {dims:?} has a negative dimension; every dimension must be at least 1"))
+                Failure::new(
+                    KD_ERR_SHAPE,
+                    format!("shape {dims:?} has a negative dimension; every dimension must be at least 1"),
+                )
             })
         })
         .collect()
