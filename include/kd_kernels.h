@@ -109,6 +109,24 @@ typedef struct kd_pixel_kd_params {
     int32_t scale_tau2;
 } kd_pixel_kd_params;
 
+/** CWT's divisor of the summed squared error. */
+typedef enum kd_cwt_normalize {
+    /** D = N (MGD's normaliser, the default). */
+    KD_CWT_NORMALIZE_BATCH = 0,
+    /** D = N*Ct*H*W. */
+    KD_CWT_NORMALIZE_MEAN = 1
+} kd_cwt_normalize;
+
+/** Channel-wise transformation (docs/losses.md §5): Y = W2 ReLU(W1 x + b1) + b2 per pixel (Cs -> Ch -> Ct),
+ *  loss = loss_weight * sum (Y - F_t)^2 / D. Default loss_weight 2e-5, KD_CWT_NORMALIZE_BATCH, Ch = Ct. */
+typedef struct kd_cwt_params {
+    double loss_weight;
+    /** A kd_cwt_normalize. */
+    int32_t normalize;
+    /** The hidden width Ch. */
+    int64_t hidden_channels;
+} kd_cwt_params;
+
 /** Owns one device's loaded kernels and workspaces, so repeated calls neither reload nor reallocate.
  *  Calls through one context are serialised (a lock); use one context per device. */
 typedef struct kd_context kd_context;
@@ -153,6 +171,25 @@ kd_status kd_pixel_kd_cuda(kd_context *ctx, const kd_pixel_kd_params *params, co
 kd_status kd_pixel_kd_cpu(const kd_pixel_kd_params *params, const int64_t *shape, size_t ndim,
                           kd_dtype dtype, const void *student, const void *teacher, double *loss,
                           void *grad_student, kd_grad_options options);
+
+/* ---- CWT ---------------------------------------------------------------------------------------- */
+
+/** CWT on the GPU. Student [N, Cs, H, W] and teacher [N, Ct, H, W] in `dtype`; `weights` points to the
+ *  device addresses of W1 [Ch, Cs], b1 [Ch], W2 [Ct, Ch], b2 [Ct] (f32). With `grad_student` != 0,
+ *  `grad_weights` points to the addresses of their four f32 gradients (all five gradients or none). The
+ *  teacher gets no gradient. */
+kd_status kd_cwt_cuda(kd_context *ctx, const kd_cwt_params *params, const int64_t *student_shape,
+                      size_t student_ndim, const int64_t *teacher_shape, size_t teacher_ndim, kd_dtype dtype,
+                      uint64_t student, uint64_t teacher, const uint64_t weights[4], uint64_t loss,
+                      uint64_t grad_student, const uint64_t grad_weights[4], uint64_t upstream,
+                      kd_grad_options options, void *stream);
+
+/** CWT on the CPU reference: `weights` are the four f32 host arrays; with `grad_student` != NULL (in
+ *  `dtype`), `grad_weights` are four f64 host arrays for the parameter gradients (all needed). */
+kd_status kd_cwt_cpu(const kd_cwt_params *params, const int64_t *student_shape, size_t student_ndim,
+                     const int64_t *teacher_shape, size_t teacher_ndim, kd_dtype dtype, const void *student,
+                     const void *teacher, const float *const weights[4], double *loss, void *grad_student,
+                     double *const grad_weights[4], kd_grad_options options);
 
 #ifdef __cplusplus
 }

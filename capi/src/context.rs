@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) cwd: LossCache<kd::cwd::CwdCuda>,
     pub(crate) pixel_kd: LossCache<kd::pixel_kd::PixelKdCuda>,
+    /// Keyed by configuration and channel counts (a CWT loss object is made for one MLP shape).
+    pub(crate) cwt: LossCache<((kd::cwt::CwtConfig, kd::cwt::CwtShapes), kd::cwt::CwtCuda)>,
 }
 
 /// `kd_context`. Calls through one context are serialised by its lock.
@@ -96,7 +98,12 @@ pub unsafe extern "C" fn kd_context_create(device_ordinal: i32, out: *mut *mut K
         })?;
         let stream = kd::cuda::default_stream(ordinal)?;
         let context = KdContext {
-            inner: Mutex::new(Inner { stream, cwd: LossCache::default(), pixel_kd: LossCache::default() }),
+            inner: Mutex::new(Inner {
+                stream,
+                cwd: LossCache::default(),
+                pixel_kd: LossCache::default(),
+                cwt: LossCache::default(),
+            }),
         };
         // SAFETY: `out` is writable (the caller's contract) and not null (checked).
         unsafe { *out = Box::into_raw(Box::new(context)) };

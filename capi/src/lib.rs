@@ -9,6 +9,7 @@
 mod context;
 mod cpu;
 mod cwd;
+mod cwt;
 mod pixel_kd;
 
 use std::any::Any;
@@ -20,6 +21,7 @@ use kd::{DType, GradOptions, KdError};
 
 pub use context::{kd_context_create, kd_context_destroy, KdContext};
 pub use cwd::{kd_cwd_cpu, kd_cwd_cuda, KdCwdParams};
+pub use cwt::{kd_cwt_cpu, kd_cwt_cuda, KdCwtParams};
 pub use pixel_kd::{kd_pixel_kd_cpu, kd_pixel_kd_cuda, KdPixelKdParams};
 
 /// `kd_status` (the header's enum): what a call returns.

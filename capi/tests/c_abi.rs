@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kd::cwd::{CwdConfig, CwdCpu};
-use kd::ndarray::Array4;
+use kd::cwt::{CwtConfig, CwtCpu, CwtNormalize, MlpParams};
+use kd::ndarray::{Array1, Array2, Array4};
 use kd::pixel_kd::{PixelKdConfig, PixelKdCpu};
 use kd::KdError;
 
@@ -124,6 +125,27 @@ fn c_program_gets_the_reference_results_and_the_crates_errors() {
     let got = numbers(&lines["pixel_kd_loss"])[0];
     assert_eq!(got, pixel);
     assert!((got - formula).abs() <= 1e-12 * formula, "{got} vs the formula's {formula}");
+
+    // CWT, checked against the Rust reference on the same values.
+    assert_eq!(status(&lines, "cwt_cpu"), (0, String::new()));
+    let cwt_teacher =
+        Array4::from_shape_vec([2, 2, 4, 5], (0..80).map(|i| ((i * 29) % 31) as f32 / 8.0 - 15.0 / 8.0).collect())
+            .expect("shape");
+    let w1 = Array2::from_shape_vec((4, 3), (0..12).map(|i| ((i * 7) % 13) as f32 / 4.0 - 1.5).collect()).expect("w1");
+    let b1 = Array1::from_iter((0..4).map(|i| (i as f32 - 1.0) / 2.0));
+    let w2 = Array2::from_shape_vec((2, 4), (0..8).map(|i| ((i * 5) % 11) as f32 / 4.0 - 1.25).collect()).expect("w2");
+    let b2 = Array1::from_iter((0..2).map(|i| i as f32 / 4.0));
+    let mlp = MlpParams { w1: w1.view(), b1: b1.view(), w2: w2.view(), b2: b2.view() };
+    let cwt = CwtCpu::new(CwtConfig { loss_weight: 0.5, normalize: CwtNormalize::Batch })
+        .unwrap()
+        .forward_backward(student.view(), cwt_teacher.view(), &mlp)
+        .unwrap();
+    assert!(cwt.loss > 0.0);
+    assert_eq!(numbers(&lines["cwt_loss"])[0], cwt.loss);
+    assert_eq!(numbers(&lines["cwt_grad_w1"]), cwt.grad_w1.iter().copied().collect::<Vec<_>>());
+    let teacher_mismatch =
+        KdError::ShapeMismatch { what: "teacher", expected: vec![2, 2, 4, 5], got: vec![2, 2, 4, 6] };
+    assert_eq!(status(&lines, "bad_cwt_teacher"), (2, teacher_mismatch.to_string()));
 
     // Bad inputs: the code of the error's kind and the crate's own message.
     let rank = KdError::WrongRank { what: "student", expected: 4, got: 3 };

@@ -54,6 +54,30 @@ int main(void) {
     print_status("pixel_kd_cpu", kd_pixel_kd_cpu(&pixel, shape, 4, KD_DTYPE_F32, student, teacher, &loss, NULL, overwrite));
     printf("pixel_kd_loss %.17g\n", loss);
 
+    /* CWT: student [2, 3, 4, 5] -> hidden 4 -> teacher [2, 2, 4, 5]. */
+    {
+        static float cwt_teacher[N * 2 * H * W], w1[4 * 3], b1[4], w2[2 * 4], b2[2];
+        static double gw1[4 * 3], gb1[4], gw2[2 * 4], gb2[2];
+        const int64_t teacher_shape[4] = {N, 2, H, W};
+        const int64_t wrong_teacher[4] = {N, 2, H, W + 1};
+        const kd_cwt_params cwt = {0.5, KD_CWT_NORMALIZE_BATCH, 4};
+        const float *const weights[4] = {w1, b1, w2, b2};
+        double *const grad_weights[4] = {gw1, gb1, gw2, gb2};
+        for (i = 0; i < N * 2 * H * W; i++) cwt_teacher[i] = (float)((i * 29) % 31 - 15) / 8.0f;
+        for (i = 0; i < 12; i++) w1[i] = (float)((i * 7) % 13 - 6) / 4.0f;
+        for (i = 0; i < 4; i++) b1[i] = (float)(i - 1) / 2.0f;
+        for (i = 0; i < 8; i++) w2[i] = (float)((i * 5) % 11 - 5) / 4.0f;
+        for (i = 0; i < 2; i++) b2[i] = (float)i / 4.0f;
+        print_status("cwt_cpu", kd_cwt_cpu(&cwt, shape, 4, teacher_shape, 4, KD_DTYPE_F32, student, cwt_teacher,
+                                           weights, &loss, grad, grad_weights, overwrite));
+        printf("cwt_loss %.17g\n", loss);
+        printf("cwt_grad_w1");
+        for (i = 0; i < 12; i++) printf(" %.17g", gw1[i]);
+        printf("\n");
+        print_status("bad_cwt_teacher", kd_cwt_cpu(&cwt, shape, 4, wrong_teacher, 4, KD_DTYPE_F32, student,
+                                                   cwt_teacher, weights, &loss, grad, grad_weights, overwrite));
+    }
+
     /* Bad inputs: each must come back as its code and the crate's message. */
     print_status("bad_rank", kd_cwd_cpu(&cwd, shape, 3, KD_DTYPE_F32, student, teacher, &loss, grad, NULL, overwrite));
     {

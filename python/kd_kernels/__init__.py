@@ -17,14 +17,16 @@ from ._lib import (
     KernelsUnavailableError,
     kernels_compiled,
 )
-from .functional import cwd_loss, pixel_kd_loss
-from .modules import ChannelWiseDivergence, KLDivergence, PixelKD
+from .functional import cwd_loss, cwt_loss, pixel_kd_loss
+from .modules import ChannelWiseDivergence, ChannelWiseTransformation, KLDivergence, PixelKD
 
 __version__ = "0.1.0"
 
 __all__ = [
     "cwd_loss",
     "pixel_kd_loss",
+    "cwt_loss",
+    "ChannelWiseTransformation",
     "ChannelWiseDivergence",
     "KLDivergence",
     "PixelKD",

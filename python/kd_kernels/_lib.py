@@ -65,6 +65,10 @@ class PixelKdParams(ctypes.Structure):
     ]
 
 
+class CwtParams(ctypes.Structure):
+    _fields_ = [("loss_weight", ctypes.c_double), ("normalize", ctypes.c_int32), ("hidden_channels", ctypes.c_int64)]
+
+
 def _library_path() -> Path:
     override = os.environ.get("KD_KERNELS_LIB")
     if override:
@@ -96,6 +100,10 @@ def _load() -> ctypes.CDLL:
         "kd_pixel_kd_cuda": (i32, [vp, ctypes.POINTER(PixelKdParams), i64p, size_t, i32, u64, u64, u64, u64, u64,
                                    GradOptions, vp]),
         "kd_pixel_kd_cpu": (i32, [ctypes.POINTER(PixelKdParams), i64p, size_t, i32, vp, vp, dp, vp, GradOptions]),
+        "kd_cwt_cuda": (i32, [vp, ctypes.POINTER(CwtParams), i64p, size_t, i64p, size_t, i32, u64, u64,
+                              ctypes.POINTER(u64), u64, u64, ctypes.POINTER(u64), u64, GradOptions, vp]),
+        "kd_cwt_cpu": (i32, [ctypes.POINTER(CwtParams), i64p, size_t, i64p, size_t, i32, vp, vp,
+                             ctypes.POINTER(vp), dp, vp, ctypes.POINTER(vp), GradOptions]),
     }
     for name, (restype, argtypes) in protos.items():
         fn = getattr(lib, name)

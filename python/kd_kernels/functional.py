@@ -11,7 +11,7 @@ from torch.autograd.function import once_differentiable
 from . import _lib
 from ._lib import KdInputError
 
-__all__ = ["cwd_loss", "pixel_kd_loss"]
+__all__ = ["cwd_loss", "pixel_kd_loss", "cwt_loss"]
 
 _DTYPE_CODES = {
     torch.float32: _lib.DTYPE_F32,
@@ -21,6 +21,13 @@ _DTYPE_CODES = {
 }
 _DTYPE_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64"}
 _REDUCTIONS = {"mean": 0, "batchmean": 1, "sum": 2, "pixelmean": 3}
+_CWT_NORMALIZE = {"batch": 0, "mean": 1}
+_CWT_PARAM_NAMES = ("mlp.linear1.weight", "mlp.linear1.bias", "mlp.linear2.weight", "mlp.linear2.bias")
+
+
+def _check_tensors(student: torch.Tensor, teacher: torch.Tensor) -> None:
+    """Types, dtypes and devices of a student/teacher pair, in the crate's wording."""
+    _check_tensors(student, teacher)
 
 
 def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,25 +35,7 @@ def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Ten
     here with the crate's wording; the rest (rank, empty dimensions, sizes, parameters) is the crate's.
     Returns contiguous tensors: a non-contiguous one (a slice, a permuted view) is copied, since the kernels
     read dense NCHW."""
-    for name, tensor in (("student", student), ("teacher", teacher)):
-        if not isinstance(tensor, torch.Tensor):
-            raise KdInputError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
-    if student.dtype not in _DTYPE_CODES:
-        raise KdInputError(
-            f"student: dtype {student.dtype} is not supported; use float32, float16 or bfloat16 "
-            "(or float64 on the CPU)"
-        )
-    if teacher.dtype != student.dtype:
-        raise KdInputError(
-            f"teacher: dtype {_DTYPE_NAMES.get(teacher.dtype, teacher.dtype)} where "
-            f"{_DTYPE_NAMES[student.dtype]} is needed"
-        )
-    if teacher.device != student.device:
-        raise KdInputError(
-            f"teacher: on {teacher.device} while the student is on {student.device}; put both on one device"
-        )
-    if student.device.type not in ("cpu", "cuda"):
-        raise KdInputError(f"student: device {student.device} is not supported; use a CUDA or a CPU tensor")
+    _check_tensors(student, teacher)
     if student.dim() == 4 and teacher.shape != student.shape:
         raise KdInputError(f"teacher: shape {list(teacher.shape)} does not match the expected {list(student.shape)}")
     return student.detach().contiguous(), teacher.detach().contiguous()
@@ -122,6 +111,66 @@ def _pixel_kd(student, teacher, tau, loss_weight, reduction, scale_tau2, want_st
     return _run(student, teacher, want_student, False, cuda_call, cpu_call)
 
 
+def _cwt_params(student, teacher, weights):
+    """The four MLP parameters as contiguous f32 2-D/1-D tensors on the student's device (a 1x1 convolution's
+    [out, in, 1, 1] weight is read as [out, in]), checked against the channel counts in the crate's words."""
+    cs = student.shape[1] if student.dim() == 4 else 0
+    ct = teacher.shape[1] if teacher.dim() == 4 else 0
+    w1 = weights[0]
+    ch = w1.shape[0] if isinstance(w1, torch.Tensor) and w1.dim() >= 1 else 0
+    expected = ([ch, cs], [ch], [ct, ch], [ct])
+    prepared = []
+    for name, tensor, want in zip(_CWT_PARAM_NAMES, weights, expected):
+        if not isinstance(tensor, torch.Tensor):
+            raise KdInputError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.device != student.device:
+            raise KdInputError(f"{name}: on {tensor.device} while the student is on {student.device}; put both on one device")
+        if not tensor.is_floating_point():
+            raise KdInputError(f"{name}: dtype {tensor.dtype} is not supported; use a floating-point tensor (read as f32)")
+        shape = list(tensor.shape)
+        if len(want) == 2 and len(shape) == 4 and shape[2:] == [1, 1]:
+            shape = shape[:2]
+        # With a feature map of the wrong rank the crate's rank error comes first (the counts are unknown).
+        if shape != want and student.dim() == 4 and teacher.dim() == 4:
+            raise KdInputError(f"{name}: shape {list(tensor.shape)} does not match the expected {want}")
+        prepared.append(tensor.detach().reshape(shape).to(torch.float32).contiguous())
+    return prepared
+
+
+def _cwt(student, teacher, weights, loss_weight, normalize, want_grads):
+    if normalize not in _CWT_NORMALIZE:
+        raise KdInputError(f"parameter `normalize` = {normalize!r} is invalid: it must be one of batch, mean")
+    _check_tensors(student, teacher)
+    student, teacher = student.detach().contiguous(), teacher.detach().contiguous()
+    params32 = _cwt_params(student, teacher, weights)
+    ch = params32[0].shape[0]
+    params = _lib.CwtParams(float(loss_weight), _CWT_NORMALIZE[normalize], ch)
+    s_dims, s_ndim = _lib.shape_array(student.shape)
+    t_dims, t_ndim = _lib.shape_array(teacher.shape)
+    code = _DTYPE_CODES[student.dtype]
+    grad_s = torch.empty_like(student) if want_grads else None
+    if student.device.type == "cuda":
+        device = student.device
+        loss = torch.empty((), dtype=torch.float32, device=device)
+        grad_w = [torch.empty_like(p) for p in params32] if want_grads else None
+        w_addr = (ctypes.c_uint64 * 4)(*[p.data_ptr() for p in params32])
+        g_addr = (ctypes.c_uint64 * 4)(*[g.data_ptr() for g in grad_w]) if want_grads else None
+        stream = torch.cuda.current_stream(device).cuda_stream
+        _lib.check(_lib.lib.kd_cwt_cuda(_lib.context(device.index), ctypes.byref(params), s_dims, s_ndim, t_dims,
+                                        t_ndim, code, _address(student), _address(teacher), w_addr, _address(loss),
+                                        _address(grad_s), g_addr, 0, _lib.options(), stream))
+    else:
+        grad_w = [torch.empty(p.shape, dtype=torch.float64) for p in params32] if want_grads else None
+        w_ptrs = (ctypes.c_void_p * 4)(*[p.data_ptr() for p in params32])
+        g_ptrs = (ctypes.c_void_p * 4)(*[g.data_ptr() for g in grad_w]) if want_grads else None
+        value = ctypes.c_double()
+        _lib.check(_lib.lib.kd_cwt_cpu(ctypes.byref(params), s_dims, s_ndim, t_dims, t_ndim, code,
+                                       _address(student), _address(teacher), w_ptrs, ctypes.byref(value),
+                                       _address(grad_s) or None, g_ptrs, _lib.options()))
+        loss = torch.tensor(value.value, dtype=_loss_dtype(student.dtype))
+    return loss, grad_s, grad_w
+
+
 class _CwdFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, tau, loss_weight):
@@ -154,6 +203,28 @@ class _PixelKdFunction(torch.autograd.Function):
         return _scaled(grad_s, grad_loss), None, None, None, None, None
 
 
+class _CwtFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher, w1, b1, w2, b2, loss_weight, normalize):
+        weights = (w1, b1, w2, b2)
+        want = any(ctx.needs_input_grad[i] for i in (0, 2, 3, 4, 5))
+        loss, grad_s, grad_w = _cwt(student, teacher, weights, loss_weight, normalize, want)
+        needs = ctx.needs_input_grad
+        ctx.grads = (
+            grad_s if needs[0] else None,
+            # Back to each parameter's own shape and dtype ([out, in, 1, 1] for a convolution's weight).
+            [g.reshape(w.shape).to(w.dtype) if needs[2 + i] else None for i, (g, w) in enumerate(zip(grad_w, weights))]
+            if want else [None] * 4,
+        )
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        grad_s, grad_w = ctx.grads
+        return (_scaled(grad_s, grad_loss), None, *[_scaled(g, grad_loss) for g in grad_w], None, None)
+
+
 def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0, loss_weight: float = 3.0) -> torch.Tensor:
     """Channel-wise distillation (Shu et al., ICCV 2021; docs/losses.md §1): per (n, c), a softmax over the
     H*W positions of ``x / tau``; ``loss_weight * tau^2 / (N*C) * sum KL(pT || pS)``.
@@ -181,3 +252,24 @@ def pixel_kd_loss(
     The teacher is a constant (no gradient flows into it, as in every official config). Otherwise as
     :func:`cwd_loss`."""
     return _PixelKdFunction.apply(student, teacher, tau, loss_weight, reduction, scale_tau2)
+
+
+def cwt_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    loss_weight: float = 2e-5,
+    normalize: str = "batch",
+) -> torch.Tensor:
+    """Channel-wise transformation (CWT, Liu et al. 2023; docs/losses.md §5, no official code exists): per
+    pixel ``Y = W2 ReLU(W1 x + b1) + b2`` (1x1 convolutions ``Cs -> Ch -> Ct``), ``loss = loss_weight *
+    sum (Y - teacher)^2 / D`` with ``D = N`` (``batch``, MGD's normaliser) or ``N*Ct*H*W`` (``mean``).
+
+    ``student`` ``[N, Cs, H, W]`` and ``teacher`` ``[N, Ct, H, W]`` features (one dtype and device);
+    ``w1`` ``[Ch, Cs]`` (or a 1x1 convolution's ``[Ch, Cs, 1, 1]``), ``b1`` ``[Ch]``, ``w2`` ``[Ct, Ch]`` (or
+    ``[Ct, Ch, 1, 1]``), ``b2`` ``[Ct]``, read as f32 (the crate keeps the MLP in f32). ``backward()`` fills
+    the gradients of the student and of the four parameters; the teacher is a constant."""
+    return _CwtFunction.apply(student, teacher, w1, b1, w2, b2, loss_weight, normalize)

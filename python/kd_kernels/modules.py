@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from ._lib import KdInputError
-from .functional import cwd_loss, pixel_kd_loss
+from .functional import cwd_loss, cwt_loss, pixel_kd_loss
 
-__all__ = ["ChannelWiseDivergence", "KLDivergence", "PixelKD"]
+__all__ = ["ChannelWiseDivergence", "KLDivergence", "PixelKD", "ChannelWiseTransformation"]
 
 
 class ChannelWiseDivergence(nn.Module):
@@ -77,3 +77,33 @@ class PixelKD(nn.Module):
     def extra_repr(self) -> str:
         return (f"tau={self.tau}, loss_weight={self.loss_weight}, reduction={self.reduction!r}, "
                 f"scale_tau2={self.scale_tau2}")
+
+
+class _Mlp(nn.Module):
+    def __init__(self, cs: int, ch: int, ct: int):
+        super().__init__()
+        self.linear1 = nn.Conv2d(cs, ch, kernel_size=1)
+        self.linear2 = nn.Conv2d(ch, ct, kernel_size=1)
+
+
+class ChannelWiseTransformation(nn.Module):
+    """CWT's learnable transformation and loss (:func:`kd_kernels.cwt_loss`): owns the MLP (two 1x1
+    convolutions ``mlp.linear1`` ``Cs -> Ch`` and ``mlp.linear2`` ``Ch -> Ct``, PyTorch's default
+    initialisation) and returns the loss of ``forward(student, teacher)``. ``hidden_channels`` defaults to
+    ``teacher_channels``; ``loss_weight`` 2e-5 and ``normalize='batch'`` are the crate's defaults."""
+
+    def __init__(self, student_channels: int, teacher_channels: int, hidden_channels: int | None = None,
+                 loss_weight: float = 2e-5, normalize: str = "batch"):
+        super().__init__()
+        hidden = teacher_channels if hidden_channels is None else hidden_channels
+        self.mlp = _Mlp(student_channels, hidden, teacher_channels)
+        self.loss_weight = loss_weight
+        self.normalize = normalize
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        m = self.mlp
+        return cwt_loss(student, teacher, m.linear1.weight, m.linear1.bias, m.linear2.weight, m.linear2.bias,
+                        loss_weight=self.loss_weight, normalize=self.normalize)
+
+    def extra_repr(self) -> str:
+        return f"loss_weight={self.loss_weight}, normalize={self.normalize!r}"

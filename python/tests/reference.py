@@ -36,3 +36,18 @@ def mmrazor_kl_divergence(preds_s, preds_t, tau, reduction, loss_weight):
     logsoftmax_preds_s = F.log_softmax(preds_s / tau, dim=1)
     loss = (tau**2) * F.kl_div(logsoftmax_preds_s, softmax_pred_t, reduction=reduction)
     return loss_weight * loss
+
+
+def cwt_reference(student, teacher, w1, b1, w2, b2, loss_weight, normalize):
+    """CWT as docs/losses.md §5.3 states it (no official code exists; python-reference/cwt_reference.py):
+    1x1 conv, ReLU, 1x1 conv, then MGD's ``MSELoss(reduction='sum') / N`` (``batch``) or the mean."""
+    ch, cs = w1.shape[0], w1.shape[1]
+    ct = w2.shape[0]
+    hidden = F.relu(F.conv2d(student, w1.reshape(ch, cs, 1, 1), b1))
+    y = F.conv2d(hidden, w2.reshape(ct, ch, 1, 1), b2)
+    t = teacher.detach()
+    if normalize == "batch":
+        loss = F.mse_loss(y, t, reduction="sum") / t.shape[0]
+    else:
+        loss = F.mse_loss(y, t, reduction="mean")
+    return loss_weight * loss

@@ -4,7 +4,7 @@ reason, where there is no GPU."""
 
 import pytest
 import torch
-from reference import cwd_official, pixel_kd_official
+from reference import cwd_official, cwt_reference, pixel_kd_official
 
 import kd_kernels
 from kd_kernels import KdInputError
@@ -105,3 +105,26 @@ def test_cuda_bad_inputs():
         kd_kernels.cwd_loss(s, s.cpu())
     with pytest.raises(KdInputError, match="does not match the expected"):
         kd_kernels.pixel_kd_loss(s, s[:, :2].contiguous())
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("dims", [(1, 1, 1, 1, 1, 1), (2, 17, 9, 5, 13, 11), (3, 64, 48, 96, 32, 40)])
+@pytest.mark.parametrize("normalize", ["batch", "mean"])
+def test_cwt_kernels_match_the_formula_on_cuda(dtype, tolerance, dims, normalize):
+    n, cs, ch, ct, h, w = dims
+    g = torch.Generator(device="cuda").manual_seed(sum(dims))
+    student = torch.randn((n, cs, h, w), generator=g, device="cuda").to(dtype)
+    teacher = torch.randn((n, ct, h, w), generator=g, device="cuda").to(dtype)
+    params = [torch.randn(shape, generator=g, device="cuda") * 0.3 for shape in ((ch, cs), (ch,), (ct, ch), (ct,))]
+    s = student.clone().requires_grad_(True)
+    p32 = [p.clone().requires_grad_(True) for p in params]
+    loss = kd_kernels.cwt_loss(s, teacher, *p32, loss_weight=0.01, normalize=normalize)
+    loss.backward()
+    s64 = student.double().requires_grad_(True)
+    p64 = [p.double().requires_grad_(True) for p in params]
+    ref = cwt_reference(s64, teacher.double(), *p64, 0.01, normalize)
+    ref.backward()
+    assert rel_err(loss, ref) <= LOSS_TOLERANCE
+    assert rel_err(s.grad, s64.grad) <= tolerance
+    for a, b in zip(p32, p64):
+        assert rel_err(a.grad, b.grad) <= 1e-4
