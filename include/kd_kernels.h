@@ -127,6 +127,24 @@ typedef struct kd_cwt_params {
     int64_t hidden_channels;
 } kd_cwt_params;
 
+/** ICSD's similarity matrix (docs/losses.md §3.4, §3.7). */
+typedef enum kd_icsd_variant {
+    /** The official code: softmax along H, M = A_max(i,j) - G. */
+    KD_ICSD_OFFICIAL = 0,
+    /** The paper's prose: softmax over H*W, pairwise KL. */
+    KD_ICSD_PAPER = 1
+} kd_icsd_variant;
+
+/** ICSD (docs/losses.md §3): L_ICS = loss_weight / (C^2 B) * sum (Mh_S - Mh_T)^2. Defaults: tau 1,
+ *  loss_weight 9500, KD_ICSD_OFFICIAL. AICSD = alpha * L_ICS + (1 - alpha) * pixel KD, alpha =
+ *  clamp(epoch / 120, 0, 1): two calls, the second with `accumulate` and the scales alpha, 1 - alpha. */
+typedef struct kd_icsd_params {
+    double tau;
+    double loss_weight;
+    /** A kd_icsd_variant. */
+    int32_t variant;
+} kd_icsd_params;
+
 /** Owns one device's loaded kernels and workspaces, so repeated calls neither reload nor reallocate.
  *  Calls through one context are serialised (a lock); use one context per device. */
 typedef struct kd_context kd_context;
@@ -190,6 +208,20 @@ kd_status kd_cwt_cpu(const kd_cwt_params *params, const int64_t *student_shape, 
                      const int64_t *teacher_shape, size_t teacher_ndim, kd_dtype dtype, const void *student,
                      const void *teacher, const float *const weights[4], double *loss, void *grad_student,
                      double *const grad_weights[4], kd_grad_options options);
+
+/* ---- ICSD --------------------------------------------------------------------------------------- */
+
+/** ICSD on the GPU (no teacher gradient); the row-normalised C x C matrices (f32) into `sim_student` and
+ *  `sim_teacher` where those addresses are non-zero. */
+kd_status kd_icsd_cuda(kd_context *ctx, const kd_icsd_params *params, const int64_t *shape, size_t ndim,
+                       kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss, uint64_t grad_student,
+                       uint64_t upstream, uint64_t sim_student, uint64_t sim_teacher, kd_grad_options options,
+                       void *stream);
+
+/** ICSD on the CPU reference; the matrices (C*C f64, row-major) where the pointers are not NULL. */
+kd_status kd_icsd_cpu(const kd_icsd_params *params, const int64_t *shape, size_t ndim, kd_dtype dtype,
+                      const void *student, const void *teacher, double *loss, void *grad_student,
+                      double *sim_student, double *sim_teacher, kd_grad_options options);
 
 #ifdef __cplusplus
 }

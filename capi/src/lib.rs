@@ -10,6 +10,7 @@ mod context;
 mod cpu;
 mod cwd;
 mod cwt;
+mod icsd;
 mod pixel_kd;
 
 use std::any::Any;
@@ -22,6 +23,7 @@ use kd::{DType, GradOptions, KdError};
 pub use context::{kd_context_create, kd_context_destroy, KdContext};
 pub use cwd::{kd_cwd_cpu, kd_cwd_cuda, KdCwdParams};
 pub use cwt::{kd_cwt_cpu, kd_cwt_cuda, KdCwtParams};
+pub use icsd::{kd_icsd_cpu, kd_icsd_cuda, KdIcsdParams};
 pub use pixel_kd::{kd_pixel_kd_cpu, kd_pixel_kd_cuda, KdPixelKdParams};
 
 /// `kd_status` (the header's enum): what a call returns.

@@ -17,7 +17,7 @@ from ._lib import (
     KernelsUnavailableError,
     kernels_compiled,
 )
-from .functional import cwd_loss, cwt_loss, pixel_kd_loss
+from .functional import aicsd_loss, alw_alpha, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss
 from .modules import ChannelWiseDivergence, ChannelWiseTransformation, KLDivergence, PixelKD
 
 __version__ = "0.1.0"
@@ -26,6 +26,9 @@ __all__ = [
     "cwd_loss",
     "pixel_kd_loss",
     "cwt_loss",
+    "icsd_loss",
+    "aicsd_loss",
+    "alw_alpha",
     "ChannelWiseTransformation",
     "ChannelWiseDivergence",
     "KLDivergence",

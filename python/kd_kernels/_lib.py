@@ -69,6 +69,10 @@ class CwtParams(ctypes.Structure):
     _fields_ = [("loss_weight", ctypes.c_double), ("normalize", ctypes.c_int32), ("hidden_channels", ctypes.c_int64)]
 
 
+class IcsdParams(ctypes.Structure):
+    _fields_ = [("tau", ctypes.c_double), ("loss_weight", ctypes.c_double), ("variant", ctypes.c_int32)]
+
+
 def _library_path() -> Path:
     override = os.environ.get("KD_KERNELS_LIB")
     if override:
@@ -104,6 +108,9 @@ def _load() -> ctypes.CDLL:
                               ctypes.POINTER(u64), u64, u64, ctypes.POINTER(u64), u64, GradOptions, vp]),
         "kd_cwt_cpu": (i32, [ctypes.POINTER(CwtParams), i64p, size_t, i64p, size_t, i32, vp, vp,
                              ctypes.POINTER(vp), dp, vp, ctypes.POINTER(vp), GradOptions]),
+        "kd_icsd_cuda": (i32, [vp, ctypes.POINTER(IcsdParams), i64p, size_t, i32, u64, u64, u64, u64, u64, u64, u64,
+                               GradOptions, vp]),
+        "kd_icsd_cpu": (i32, [ctypes.POINTER(IcsdParams), i64p, size_t, i32, vp, vp, dp, vp, dp, dp, GradOptions]),
     }
     for name, (restype, argtypes) in protos.items():
         fn = getattr(lib, name)

@@ -4,6 +4,7 @@ synchronisation) and CPU tensors (the crate's f64 reference)."""
 from __future__ import annotations
 
 import ctypes
+import math
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -11,7 +12,7 @@ from torch.autograd.function import once_differentiable
 from . import _lib
 from ._lib import KdInputError
 
-__all__ = ["cwd_loss", "pixel_kd_loss", "cwt_loss"]
+__all__ = ["cwd_loss", "pixel_kd_loss", "cwt_loss", "icsd_loss", "aicsd_loss", "alw_alpha"]
 
 _DTYPE_CODES = {
     torch.float32: _lib.DTYPE_F32,
@@ -22,12 +23,31 @@ _DTYPE_CODES = {
 _DTYPE_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64"}
 _REDUCTIONS = {"mean": 0, "batchmean": 1, "sum": 2, "pixelmean": 3}
 _CWT_NORMALIZE = {"batch": 0, "mean": 1}
+_ICSD_VARIANTS = {"official": 0, "paper": 1}
 _CWT_PARAM_NAMES = ("mlp.linear1.weight", "mlp.linear1.bias", "mlp.linear2.weight", "mlp.linear2.bias")
 
 
 def _check_tensors(student: torch.Tensor, teacher: torch.Tensor) -> None:
     """Types, dtypes and devices of a student/teacher pair, in the crate's wording."""
-    _check_tensors(student, teacher)
+    for name, tensor in (("student", student), ("teacher", teacher)):
+        if not isinstance(tensor, torch.Tensor):
+            raise KdInputError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if student.dtype not in _DTYPE_CODES:
+        raise KdInputError(
+            f"student: dtype {student.dtype} is not supported; use float32, float16 or bfloat16 "
+            "(or float64 on the CPU)"
+        )
+    if teacher.dtype != student.dtype:
+        raise KdInputError(
+            f"teacher: dtype {_DTYPE_NAMES.get(teacher.dtype, teacher.dtype)} where "
+            f"{_DTYPE_NAMES[student.dtype]} is needed"
+        )
+    if teacher.device != student.device:
+        raise KdInputError(
+            f"teacher: on {teacher.device} while the student is on {student.device}; put both on one device"
+        )
+    if student.device.type not in ("cpu", "cuda"):
+        raise KdInputError(f"student: device {student.device} is not supported; use a CUDA or a CPU tensor")
 
 
 def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,6 +191,38 @@ def _cwt(student, teacher, weights, loss_weight, normalize, want_grads):
     return loss, grad_s, grad_w
 
 
+def _icsd(student, teacher, tau, loss_weight, variant, want_student):
+    if variant not in _ICSD_VARIANTS:
+        # The crate's `IcsdVariant::parse` message.
+        raise KdInputError(f"parameter `variant` = {variant} is invalid: it must be `official` or `paper`")
+    student, teacher = _check_pair(student, teacher)
+    params = _lib.IcsdParams(float(tau), float(loss_weight), _ICSD_VARIANTS[variant])
+
+    def cuda_call(ctx, dims, ndim, code, loss, grad_s, _grad_t, stream):
+        return _lib.lib.kd_icsd_cuda(ctx, ctypes.byref(params), dims, ndim, code, _address(student),
+                                     _address(teacher), _address(loss), _address(grad_s), 0, 0, 0, _lib.options(),
+                                     stream)
+
+    def cpu_call(dims, ndim, code, loss, grad_s, _grad_t):
+        return _lib.lib.kd_icsd_cpu(ctypes.byref(params), dims, ndim, code, _address(student), _address(teacher),
+                                    loss, _address(grad_s) or None, None, None, _lib.options())
+
+    return _run(student, teacher, want_student, False, cuda_call, cpu_call)
+
+
+class _IcsdFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher, tau, loss_weight, variant):
+        loss, grad_s, _ = _icsd(student, teacher, tau, loss_weight, variant, ctx.needs_input_grad[0])
+        ctx.grad_s = grad_s
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        return _scaled(ctx.grad_s, grad_loss), None, None, None, None
+
+
 class _CwdFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, tau, loss_weight):
@@ -273,3 +325,47 @@ def cwt_loss(
     ``[Ct, Ch, 1, 1]``), ``b2`` ``[Ct]``, read as f32 (the crate keeps the MLP in f32). ``backward()`` fills
     the gradients of the student and of the four parameters; the teacher is a constant."""
     return _CwtFunction.apply(student, teacher, w1, b1, w2, b2, loss_weight, normalize)
+
+
+def icsd_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    tau: float = 1.0,
+    loss_weight: float = 9500.0,
+    variant: str = "official",
+) -> torch.Tensor:
+    """Inter-class similarity distillation ``L_ICS`` (Mansourian et al. 2023; docs/losses.md §3): per class a
+    softmax of the logits (``official``: along H, per column, as the official code; ``paper``: over H*W), a
+    C x C similarity matrix per network, rows L2-normalised, ``loss_weight / (C^2 B) * sum (Mh_S - Mh_T)^2``.
+    Defaults: the official code's (tau 1, ``lo_lambda`` 9500). The teacher is a constant. Otherwise as
+    :func:`cwd_loss`."""
+    return _IcsdFunction.apply(student, teacher, tau, loss_weight, variant)
+
+
+def alw_alpha(epoch: float, total_epochs: float = 120.0) -> float:
+    """AICSD's adaptive loss weighting ``alpha = clamp(epoch / total_epochs, 0, 1)`` (docs/losses.md §3.10)."""
+    if not (math.isfinite(total_epochs) and total_epochs > 0):
+        raise KdInputError(f"parameter `total_epochs` = {total_epochs} is invalid: it must be finite and > 0")
+    if not math.isfinite(epoch):
+        raise KdInputError(f"parameter `epoch` = {epoch} is invalid: it must be finite")
+    return min(max(epoch / total_epochs, 0.0), 1.0)
+
+
+def aicsd_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    epoch: float,
+    tau: float = 1.0,
+    ics_weight: float = 9500.0,
+    kd_weight: float = 10.0,
+    variant: str = "official",
+    total_epochs: float = 120.0,
+) -> torch.Tensor:
+    """AICSD without the task loss: ``alpha * L_ICS + (1 - alpha) * L_KD`` with ``alpha = alw_alpha(epoch,
+    total_epochs)`` (docs/losses.md §3.10; officially ``alpha * (L_CE + L_ICS) + (1 - alpha) * L_KD``, so
+    weigh your cross-entropy by :func:`alw_alpha` too). ``L_KD`` is :func:`pixel_kd_loss` with ``kd_weight``
+    and the official ``mean`` reduction, at the same ``tau``."""
+    alpha = alw_alpha(epoch, total_epochs)
+    ics = icsd_loss(student, teacher, tau, ics_weight, variant)
+    kd = pixel_kd_loss(student, teacher, tau, kd_weight, "mean", False)
+    return alpha * ics + (1.0 - alpha) * kd
