@@ -22,7 +22,11 @@ import kd_kernels
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 from reference import cwd_official, pixel_kd_official  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python-reference"))
+from icsd_reference import icsd_official_vectorized  # noqa: E402
+
 SHAPES = ["8x19x64x128", "8x19x512x1024", "8x256x64x128"]
+ICSD_SHAPES = ["2x21x65x65", "6x21x513x513", "8x19x512x1024"]
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -34,7 +38,12 @@ def torch_pixel_kd(s, t):
     return pixel_kd_official(s.float(), t.float(), 1.0, 10.0, "mean", False)
 
 
+def torch_icsd(s, t):
+    return icsd_official_vectorized(s.float(), t.float(), 1.0, 9500.0)
+
+
 LOSSES = {
+    "icsd": (lambda s, t: kd_kernels.icsd_loss(s, t), torch_icsd),
     "cwd": (lambda s, t: kd_kernels.cwd_loss(s, t, 4.0, 3.0), torch_cwd),
     "pixel_kd": (lambda s, t: kd_kernels.pixel_kd_loss(s, t, 1.0, 10.0, "mean", False), torch_pixel_kd),
 }
@@ -59,9 +68,10 @@ def time_ms(step, student, iters, warmup):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=SHAPES)
+    parser.add_argument("--shapes", nargs="+", default=None,
+                        help=f"default {' '.join(SHAPES)}; for icsd {' '.join(ICSD_SHAPES)}")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
+    parser.add_argument("--losses", nargs="+", default=["cwd", "pixel_kd", "icsd"], choices=list(LOSSES))
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     args = parser.parse_args()
@@ -77,7 +87,7 @@ def main():
     for loss_name in args.losses:
         ours, reference = LOSSES[loss_name]
         compiled = None if args.no_compile else torch.compile(reference)
-        for shape_text in args.shapes:
+        for shape_text in args.shapes or (ICSD_SHAPES if loss_name == "icsd" else SHAPES):
             shape = tuple(int(d) for d in shape_text.split("x"))
             for dtype_name in args.dtypes:
                 dtype = DTYPES[dtype_name]

@@ -28,17 +28,18 @@ pub struct KdIcsdParams {
 }
 
 fn config(params: KdIcsdParams) -> Result<IcsdConfig, Failure> {
-    let variant =
-        match params.variant {
-            0 => IcsdVariant::Official,
-            1 => IcsdVariant::Paper,
-            other => return Err(Failure::new(
+    let variant = match params.variant {
+        0 => IcsdVariant::Official,
+        1 => IcsdVariant::Paper,
+        other => {
+            return Err(Failure::new(
                 KD_ERR_PARAMETER,
                 format!(
                     "parameter `variant` = {other} is invalid: it must be KD_ICSD_OFFICIAL (0) or KD_ICSD_PAPER (1)"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let config = IcsdConfig { tau: params.tau, loss_weight: params.loss_weight, variant };
     config.validate()?;
     Ok(config)

@@ -9,6 +9,7 @@ use std::process::Command;
 
 use kd::cwd::{CwdConfig, CwdCpu};
 use kd::cwt::{CwtConfig, CwtCpu, CwtNormalize, MlpParams};
+use kd::icsd::{IcsdConfig, IcsdCpu};
 use kd::ndarray::{Array1, Array2, Array4};
 use kd::pixel_kd::{PixelKdConfig, PixelKdCpu};
 use kd::KdError;
@@ -146,6 +147,13 @@ fn c_program_gets_the_reference_results_and_the_crates_errors() {
     let teacher_mismatch =
         KdError::ShapeMismatch { what: "teacher", expected: vec![2, 2, 4, 5], got: vec![2, 2, 4, 6] };
     assert_eq!(status(&lines, "bad_cwt_teacher"), (2, teacher_mismatch.to_string()));
+
+    // ICSD: the loss and the student's matrix of the Rust reference.
+    assert_eq!(status(&lines, "icsd_cpu"), (0, String::new()));
+    let icsd = IcsdCpu::new(IcsdConfig::default()).unwrap().forward_backward(student.view(), teacher.view()).unwrap();
+    assert!(icsd.loss > 0.0);
+    assert_eq!(numbers(&lines["icsd_loss"])[0], icsd.loss);
+    assert_eq!(numbers(&lines["icsd_sim_student"]), icsd.sim_student.iter().copied().collect::<Vec<_>>());
 
     // Bad inputs: the code of the error's kind and the crate's own message.
     let rank = KdError::WrongRank { what: "student", expected: 4, got: 3 };

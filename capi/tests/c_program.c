@@ -78,6 +78,18 @@ int main(void) {
                                                    cwt_teacher, weights, &loss, grad, grad_weights, overwrite));
     }
 
+    /* ICSD, official variant, with the row-normalised matrices. */
+    {
+        static double sim_s[C * C], sim_t[C * C];
+        const kd_icsd_params icsd = {1.0, 9500.0, KD_ICSD_OFFICIAL};
+        print_status("icsd_cpu", kd_icsd_cpu(&icsd, shape, 4, KD_DTYPE_F32, student, teacher, &loss, grad, sim_s,
+                                             sim_t, overwrite));
+        printf("icsd_loss %.17g\n", loss);
+        printf("icsd_sim_student");
+        for (i = 0; i < C * C; i++) printf(" %.17g", sim_s[i]);
+        printf("\n");
+    }
+
     /* Bad inputs: each must come back as its code and the crate's message. */
     print_status("bad_rank", kd_cwd_cpu(&cwd, shape, 3, KD_DTYPE_F32, student, teacher, &loss, grad, NULL, overwrite));
     {
