@@ -145,6 +145,17 @@ typedef struct kd_icsd_params {
     int32_t variant;
 } kd_icsd_params;
 
+/** SemCKD (docs/losses.md §4) without the regressors: loss = loss_weight * sum(alpha * mse) / (B * S).
+ *  Default loss_weight 400 (CIFAR-100; 50 on ImageNet), eps 0 (the official normalisation, no epsilon),
+ *  embed_dim 0 (the official d = B / 4). */
+typedef struct kd_semckd_params {
+    double loss_weight;
+    /** The L2 normalisation's epsilon; 0 for none. */
+    double eps;
+    /** The embedding width d; 0 for floor(B / 4). */
+    int64_t embed_dim;
+} kd_semckd_params;
+
 /** Owns one device's loaded kernels and workspaces, so repeated calls neither reload nor reallocate.
  *  Calls through one context are serialised (a lock); use one context per device. */
 typedef struct kd_context kd_context;
@@ -222,6 +233,30 @@ kd_status kd_icsd_cuda(kd_context *ctx, const kd_icsd_params *params, const int6
 kd_status kd_icsd_cpu(const kd_icsd_params *params, const int64_t *shape, size_t ndim, kd_dtype dtype,
                       const void *student, const void *teacher, double *loss, void *grad_student,
                       double *sim_student, double *sim_teacher, kd_grad_options options);
+
+/* ---- SemCKD ------------------------------------------------------------------------------------- */
+
+/** SemCKD on the GPU. `student_shapes` / `teacher_shapes`: S and T rank-4 shapes (4 values each, S and T
+ *  at most 8). Address lists: `student` S, `teacher` T, `proj` S*T (the regressor outputs [B, Ct_j, h, h],
+ *  h = min(Hs_i, Ht_j), pair (i, j) at i*T + j), `query` 4*S and `key` 4*T (each MLP's linear1.weight
+ *  [2d, B], linear1.bias [2d], linear2.weight [d, 2d], linear2.bias [d], f32). `attention` ([B, S, T] f32)
+ *  where non-zero. With `grad_student` != NULL, the gradient lists (same lengths: the maps' through the
+ *  Gram/attention path, the regressor outputs', the MLPs' in f32) must all be given. */
+kd_status kd_semckd_cuda(kd_context *ctx, const kd_semckd_params *params, size_t num_student,
+                         const int64_t *student_shapes, size_t num_teacher, const int64_t *teacher_shapes,
+                         kd_dtype dtype, const uint64_t *student, const uint64_t *teacher, const uint64_t *proj,
+                         const uint64_t *query, const uint64_t *key, uint64_t loss, uint64_t attention,
+                         const uint64_t *grad_student, const uint64_t *grad_proj, const uint64_t *grad_query,
+                         const uint64_t *grad_key, uint64_t upstream, kd_grad_options options, void *stream);
+
+/** SemCKD on the CPU reference: the same lists of host pointers; the attention ([B, S, T] f64) where not
+ *  NULL; the MLP gradients in f64. */
+kd_status kd_semckd_cpu(const kd_semckd_params *params, size_t num_student, const int64_t *student_shapes,
+                        size_t num_teacher, const int64_t *teacher_shapes, kd_dtype dtype,
+                        const void *const *student, const void *const *teacher, const void *const *proj,
+                        const float *const *query, const float *const *key, double *loss, double *attention,
+                        void *const *grad_student, void *const *grad_proj, double *const *grad_query,
+                        double *const *grad_key, kd_grad_options options);
 
 #ifdef __cplusplus
 }

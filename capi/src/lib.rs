@@ -12,6 +12,7 @@ mod cwd;
 mod cwt;
 mod icsd;
 mod pixel_kd;
+mod semckd;
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -25,6 +26,7 @@ pub use cwd::{kd_cwd_cpu, kd_cwd_cuda, KdCwdParams};
 pub use cwt::{kd_cwt_cpu, kd_cwt_cuda, KdCwtParams};
 pub use icsd::{kd_icsd_cpu, kd_icsd_cuda, KdIcsdParams};
 pub use pixel_kd::{kd_pixel_kd_cpu, kd_pixel_kd_cuda, KdPixelKdParams};
+pub use semckd::{kd_semckd_cpu, kd_semckd_cuda, KdSemckdParams};
 
 /// `kd_status` (the header's enum): what a call returns.
 pub type KdStatus = i32;

@@ -17,7 +17,7 @@ from ._lib import (
     KernelsUnavailableError,
     kernels_compiled,
 )
-from .functional import aicsd_loss, alw_alpha, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss
+from .functional import aicsd_loss, alw_alpha, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, semckd_loss
 from .modules import ChannelWiseDivergence, ChannelWiseTransformation, KLDivergence, PixelKD
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __all__ = [
     "icsd_loss",
     "aicsd_loss",
     "alw_alpha",
+    "semckd_loss",
     "ChannelWiseTransformation",
     "ChannelWiseDivergence",
     "KLDivergence",

@@ -73,6 +73,10 @@ class IcsdParams(ctypes.Structure):
     _fields_ = [("tau", ctypes.c_double), ("loss_weight", ctypes.c_double), ("variant", ctypes.c_int32)]
 
 
+class SemckdParams(ctypes.Structure):
+    _fields_ = [("loss_weight", ctypes.c_double), ("eps", ctypes.c_double), ("embed_dim", ctypes.c_int64)]
+
+
 def _library_path() -> Path:
     override = os.environ.get("KD_KERNELS_LIB")
     if override:
@@ -111,6 +115,11 @@ def _load() -> ctypes.CDLL:
         "kd_icsd_cuda": (i32, [vp, ctypes.POINTER(IcsdParams), i64p, size_t, i32, u64, u64, u64, u64, u64, u64, u64,
                                GradOptions, vp]),
         "kd_icsd_cpu": (i32, [ctypes.POINTER(IcsdParams), i64p, size_t, i32, vp, vp, dp, vp, dp, dp, GradOptions]),
+        "kd_semckd_cuda": (i32, [vp, ctypes.POINTER(SemckdParams), size_t, i64p, size_t, i64p, i32]
+                           + [ctypes.POINTER(u64)] * 5 + [u64, u64] + [ctypes.POINTER(u64)] * 4
+                           + [u64, GradOptions, vp]),
+        "kd_semckd_cpu": (i32, [ctypes.POINTER(SemckdParams), size_t, i64p, size_t, i64p, i32]
+                          + [ctypes.POINTER(vp)] * 5 + [dp, vp] + [ctypes.POINTER(vp)] * 4 + [GradOptions]),
     }
     for name, (restype, argtypes) in protos.items():
         fn = getattr(lib, name)

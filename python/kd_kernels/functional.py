@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 from . import _lib
 from ._lib import KdInputError
 
-__all__ = ["cwd_loss", "pixel_kd_loss", "cwt_loss", "icsd_loss", "aicsd_loss", "alw_alpha"]
+__all__ = ["cwd_loss", "pixel_kd_loss", "cwt_loss", "icsd_loss", "aicsd_loss", "alw_alpha", "semckd_loss"]
 
 _DTYPE_CODES = {
     torch.float32: _lib.DTYPE_F32,
@@ -369,3 +369,145 @@ def aicsd_loss(
     ics = icsd_loss(student, teacher, tau, ics_weight, variant)
     kd = pixel_kd_loss(student, teacher, tau, kd_weight, "mean", False)
     return alpha * ics + (1.0 - alpha) * kd
+
+
+_SEMCKD_MLP_NAMES = ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias")
+
+
+def _semckd(student, teacher, proj, query, key, loss_weight, eps, want_grads):
+    """One SemCKD call; returns the loss, the attention and (with ``want_grads``) the gradients of the student
+    maps, the regressor outputs and the MLP parameters (f32; f64 on the CPU)."""
+    s_n, t_n = len(student), len(teacher)
+    if s_n == 0 or t_n == 0:
+        raise KdInputError("student/teacher: give at least one feature map on each side")
+    for i, s in enumerate(student):
+        _check_tensors(s, teacher[0])
+        if s.device != student[0].device:
+            raise KdInputError(f"student[{i}]: on {s.device} while student[0] is on {student[0].device}")
+    for j, t in enumerate(teacher):
+        _check_tensors(student[0], t)
+    if len(proj) != s_n or any(len(row) != t_n for row in proj):
+        raise KdInputError(f"proj: expected {s_n} rows (one per student map) of {t_n} tensors (one per teacher map)")
+    if len(query) != s_n or len(key) != t_n or any(len(m) != 4 for m in list(query) + list(key)):
+        raise KdInputError(f"query/key: expected {s_n} query and {t_n} key MLPs of 4 tensors "
+                           "(linear1.weight, linear1.bias, linear2.weight, linear2.bias)")
+    for s in list(student) + list(teacher):
+        if s.dim() != 4:
+            raise KdInputError(f"student: expected a rank-4 tensor (NCHW), got rank {s.dim()}; reshape it to [N, C, H, W]")
+    batch = student[0].shape[0]
+    d = query[0][3].shape[0] if query[0][3].dim() == 1 else 0
+    device = student[0].device
+    # The regressor outputs at the compared size h = min(Hs_i, Ht_j), in the crate's words.
+    for i in range(s_n):
+        for j in range(t_n):
+            h = min(student[i].shape[2], teacher[j].shape[2])
+            want = [batch, teacher[j].shape[1], h, h]
+            p = proj[i][j]
+            _check_tensors(student[0], p)
+            if list(p.shape) != want:
+                raise KdInputError(f"proj[i][j]: shape {list(p.shape)} does not match the expected {want} (i = {i}, j = {j})")
+    mlp_shapes = ([2 * d, batch], [2 * d], [d, 2 * d], [d])
+    mlps = []
+    for side, lst in (("query", query), ("key", key)):
+        for k, m in enumerate(lst):
+            for name, tensor, want in zip(_SEMCKD_MLP_NAMES, m, mlp_shapes):
+                if not isinstance(tensor, torch.Tensor) or tensor.device != device:
+                    raise KdInputError(f"{side}[{k}].{name}: expected a tensor on {device}")
+                if list(tensor.shape) != want:
+                    raise KdInputError(f"{side}[{k}].{name}: shape {list(tensor.shape)} does not match the expected {want}")
+                mlps.append(tensor.detach().to(torch.float32).contiguous())
+    student = [x.detach().contiguous() for x in student]
+    teacher = [x.detach().contiguous() for x in teacher]
+    proj_flat = [proj[i][j].detach().contiguous() for i in range(s_n) for j in range(t_n)]
+    params = _lib.SemckdParams(float(loss_weight), 0.0 if eps is None else float(eps), d)
+    s_shapes = (ctypes.c_int64 * (4 * s_n))(*[v for x in student for v in x.shape])
+    t_shapes = (ctypes.c_int64 * (4 * t_n))(*[v for x in teacher for v in x.shape])
+    code = _DTYPE_CODES[student[0].dtype]
+    grad_student = [torch.empty_like(x) for x in student] if want_grads else None
+    grad_proj = [torch.empty_like(x) for x in proj_flat] if want_grads else None
+    attention = torch.empty((batch, s_n, t_n), dtype=torch.float32 if device.type == "cuda" else torch.float64,
+                            device=device)
+    if device.type == "cuda":
+        u64 = ctypes.c_uint64
+
+        def addr(tensors):
+            return None if tensors is None else (u64 * len(tensors))(*[x.data_ptr() for x in tensors])
+
+        loss = torch.empty((), dtype=torch.float32, device=device)
+        grad_mlps = [torch.empty_like(m) for m in mlps] if want_grads else None
+        n_q = 4 * s_n
+        stream = torch.cuda.current_stream(device).cuda_stream
+        _lib.check(_lib.lib.kd_semckd_cuda(
+            _lib.context(device.index), ctypes.byref(params), s_n, s_shapes, t_n, t_shapes, code, addr(student),
+            addr(teacher), addr(proj_flat), addr(mlps[:n_q]), addr(mlps[n_q:]), loss.data_ptr(), attention.data_ptr(),
+            addr(grad_student), addr(grad_proj), addr(grad_mlps[:n_q] if want_grads else None),
+            addr(grad_mlps[n_q:] if want_grads else None), 0, _lib.options(), stream))
+    else:
+        vp = ctypes.c_void_p
+
+        def ptrs(tensors):
+            return None if tensors is None else (vp * len(tensors))(*[x.data_ptr() for x in tensors])
+
+        grad_mlps = [torch.empty(m.shape, dtype=torch.float64) for m in mlps] if want_grads else None
+        n_q = 4 * s_n
+        value = ctypes.c_double()
+        _lib.check(_lib.lib.kd_semckd_cpu(
+            ctypes.byref(params), s_n, s_shapes, t_n, t_shapes, code, ptrs(student), ptrs(teacher), ptrs(proj_flat),
+            ptrs(mlps[:n_q]), ptrs(mlps[n_q:]), ctypes.byref(value), attention.data_ptr(), ptrs(grad_student),
+            ptrs(grad_proj), ptrs(grad_mlps[:n_q] if want_grads else None),
+            ptrs(grad_mlps[n_q:] if want_grads else None), _lib.options()))
+        loss = torch.tensor(value.value, dtype=_loss_dtype(student[0].dtype))
+    return loss, attention, grad_student, grad_proj, grad_mlps
+
+
+class _SemckdFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, layout, loss_weight, eps, *tensors):
+        s_n, t_n = layout
+        student = tensors[:s_n]
+        teacher = tensors[s_n:s_n + t_n]
+        flat_proj = tensors[s_n + t_n:s_n + t_n + s_n * t_n]
+        proj = [flat_proj[i * t_n:(i + 1) * t_n] for i in range(s_n)]
+        mlps = tensors[s_n + t_n + s_n * t_n:]
+        query = [mlps[4 * i:4 * i + 4] for i in range(s_n)]
+        key = [mlps[4 * s_n + 4 * j:4 * s_n + 4 * j + 4] for j in range(t_n)]
+        want = any(ctx.needs_input_grad[3:])
+        loss, attention, g_s, g_p, g_m = _semckd(student, teacher, proj, query, key, loss_weight, eps, want)
+        ctx.mark_non_differentiable(attention)
+        if want:
+            grads = [None] * len(tensors)
+            for k, g in enumerate(g_s):
+                grads[k] = g
+            for k, g in enumerate(g_p):
+                grads[s_n + t_n + k] = g
+            for k, (g, m) in enumerate(zip(g_m, mlps)):
+                grads[s_n + t_n + s_n * t_n + k] = g.to(m.dtype)
+            ctx.grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[3:])]
+        else:
+            ctx.grads = [None] * len(tensors)
+        return loss, attention
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, _grad_attention):
+        return (None, None, None, *[_scaled(g, grad_loss) for g in ctx.grads])
+
+
+def semckd_loss(student, teacher, proj, query, key, loss_weight: float = 400.0, eps: float | None = None,
+                return_attention: bool = False):
+    """SemCKD (Chen et al., AAAI 2021; docs/losses.md §4) without the regressors, which stay yours.
+
+    ``student``: S maps ``[B, Cs_i, Hs_i, Ws_i]``; ``teacher``: T maps ``[B, Ct_j, Ht_j, Wt_j]`` (a constant);
+    ``proj[i][j]``: your regressor's output for the pair, ``[B, Ct_j, h, h]`` with ``h = min(Hs_i, Ht_j)``;
+    ``query[i]`` / ``key[j]``: the ``MLPEmbed`` parameters ``(linear1.weight [2d, B], linear1.bias [2d],
+    linear2.weight [d, 2d], linear2.bias [d])`` (read as f32; officially ``d = B // 4``). Returns
+    ``loss_weight * sum(alpha * mse) / (B * S)`` (and the attention ``[B, S, T]`` with ``return_attention``);
+    ``backward()`` fills the gradients of the student maps (the Gram/attention path), of ``proj`` (run your
+    regressors' backward from there: autograd does it when ``proj`` came from them) and of the MLPs. Default
+    weight 400 (CIFAR-100; 50 on ImageNet); ``eps=None`` is the official normalisation without epsilon."""
+    s_n, t_n = len(student), len(teacher)
+    flat = list(student) + list(teacher) + [p for row in proj for p in row] + [p for m in list(query) + list(key) for p in m]
+    if len(proj) != s_n or any(len(row) != t_n for row in proj):
+        raise KdInputError(f"proj: expected {s_n} rows (one per student map) of {t_n} tensors (one per teacher map)")
+    loss, attention = _SemckdFunction.apply((s_n, t_n), loss_weight, eps, *flat)
+    return (loss, attention) if return_attention else loss

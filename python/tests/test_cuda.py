@@ -128,3 +128,42 @@ def test_cwt_kernels_match_the_formula_on_cuda(dtype, tolerance, dims, normalize
     assert rel_err(s.grad, s64.grad) <= tolerance
     for a, b in zip(p32, p64):
         assert rel_err(a.grad, b.grad) <= 1e-4
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_semckd_kernels_match_the_official_code_on_cuda(dtype, tolerance):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-reference"))
+    from semckd_reference import init_params, semckd
+
+    batch, s_dims, t_dims = 8, [(16, 8, 8), (32, 4, 4)], [(24, 8, 8), (48, 4, 4), (64, 2, 2)]
+    g = torch.Generator(device="cuda").manual_seed(0)
+    student = [torch.randn((batch, *d), generator=g, device="cuda").to(dtype) for d in s_dims]
+    teacher = [torch.randn((batch, *d), generator=g, device="cuda").to(dtype) for d in t_dims]
+    proj = [[torch.randn((batch, t[0], min(s[1], t[1]), min(s[1], t[1])), generator=g, device="cuda").to(dtype)
+             for t in t_dims] for s in s_dims]
+    params = {k: v.cuda() for k, v in init_params(len(s_dims), len(t_dims), batch, torch.Generator().manual_seed(1)).items()}
+    names = ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias")
+    query = [[params[f"query.{i}.{n}"].clone().requires_grad_(True) for n in names] for i in range(len(s_dims))]
+    key = [[params[f"key.{j}.{n}"].clone().requires_grad_(True) for n in names] for j in range(len(t_dims))]
+    s_leaves = [x.clone().requires_grad_(True) for x in student]
+    p_leaves = [[x.clone().requires_grad_(True) for x in row] for row in proj]
+    loss = kd_kernels.semckd_loss(s_leaves, teacher, p_leaves, query, key)
+    loss.backward()
+    s64 = [x.double().requires_grad_(True) for x in student]
+    p64 = [[x.double().requires_grad_(True) for x in row] for row in proj]
+    params64 = {k: v.double().requires_grad_(True) for k, v in params.items()}
+    ref, _ = semckd(s64, [t.double() for t in teacher], p64, params64, 400.0)
+    ref.backward()
+    assert rel_err(loss, ref) <= LOSS_TOLERANCE
+    for a, b in zip(s_leaves, s64):
+        assert rel_err(a.grad, b.grad) <= tolerance
+    for ra, rb in zip(p_leaves, p64):
+        for a, b in zip(ra, rb):
+            assert rel_err(a.grad, b.grad) <= tolerance
+    # The MLP gradients (f32) against the same table row, as tests/gpu/semckd.rs holds them.
+    for side, mlps in (("query", query), ("key", key)):
+        for k, m in enumerate(mlps):
+            for n, a in zip(names, m):
+                assert rel_err(a.grad, params64[f"{side}.{k}.{n}"].grad) <= tolerance
