@@ -3,7 +3,7 @@
 
 use ndarray::{Array4, ArrayView4};
 
-use crate::dtype::KdFloat;
+use crate::dtype::HostFloat;
 use crate::error::Result;
 use crate::shape::Nchw;
 
@@ -20,7 +20,7 @@ pub struct CpuOutput {
 }
 
 /// Checks that the pair has one non-empty NCHW shape, and returns it.
-pub(crate) fn check_pair<T: KdFloat>(student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<Nchw> {
+pub(crate) fn check_pair<T: HostFloat>(student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<Nchw> {
     let shape = Nchw::from_dims("student", student.shape())?;
     shape.expect_same("teacher", teacher.shape())?;
     Ok(shape)
@@ -51,7 +51,7 @@ macro_rules! pair_reference_calls {
             }
 
             /// The loss alone.
-            pub fn forward<T: $crate::dtype::KdFloat>(
+            pub fn forward<T: $crate::dtype::HostFloat>(
                 &self,
                 student: ndarray::ArrayView4<'_, T>,
                 teacher: ndarray::ArrayView4<'_, T>,
@@ -60,7 +60,7 @@ macro_rules! pair_reference_calls {
             }
 
             #[doc = $forward_backward_doc]
-            pub fn forward_backward<T: $crate::dtype::KdFloat>(
+            pub fn forward_backward<T: $crate::dtype::HostFloat>(
                 &self,
                 student: ndarray::ArrayView4<'_, T>,
                 teacher: ndarray::ArrayView4<'_, T>,
@@ -70,7 +70,7 @@ macro_rules! pair_reference_calls {
 
             /// The gradients of [`Self::forward_backward`] times the upstream gradient `upstream` (d total /
             /// d loss); `loss` is filled too.
-            pub fn backward<T: $crate::dtype::KdFloat>(
+            pub fn backward<T: $crate::dtype::HostFloat>(
                 &self,
                 student: ndarray::ArrayView4<'_, T>,
                 teacher: ndarray::ArrayView4<'_, T>,

@@ -99,6 +99,26 @@ impl KdFloat for bf16 {
     }
 }
 
+/// An element type the CPU references read: every [`KdFloat`] type, and `f64`, so that a caller holding
+/// double-precision tensors (a finite-difference gradient check, PyTorch's `gradcheck`) gets the reference's
+/// f64 arithmetic without a rounding to f32 on the way in. The GPU kernels take only [`KdFloat`] types.
+pub trait HostFloat: Copy + Send + Sync + 'static {
+    /// Widens exactly.
+    fn to_f64(self) -> f64;
+}
+
+impl<T: KdFloat> HostFloat for T {
+    fn to_f64(self) -> f64 {
+        KdFloat::to_f64(self)
+    }
+}
+
+impl HostFloat for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
 /// Code generic over the element type, run for a dtype known only at run time: [`dispatch`] calls
 /// `run::<f32>`, `run::<f16>` or `run::<bf16>`.
 pub(crate) trait PerDtype {

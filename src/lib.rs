@@ -61,7 +61,7 @@ pub mod tolerance;
 mod validate;
 
 pub use cpu::CpuOutput;
-pub use dtype::{DType, KdFloat};
+pub use dtype::{DType, HostFloat, KdFloat};
 pub use error::{KdError, Result};
 pub use grad::GradOptions;
 pub use shape::Nchw;

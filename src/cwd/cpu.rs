@@ -4,7 +4,7 @@ use ndarray::{s, Array4, ArrayView4};
 
 use super::CwdConfig;
 use crate::cpu::{check_pair, log_softmax, CpuOutput};
-use crate::dtype::KdFloat;
+use crate::dtype::HostFloat;
 use crate::error::Result;
 
 /// CWD on the CPU, with the same surface as [`super::CwdCuda`].
@@ -20,7 +20,7 @@ crate::cpu::pair_reference_calls!(
 );
 
 impl CwdCpu {
-    fn compute<T: KdFloat>(
+    fn compute<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,

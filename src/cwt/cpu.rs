@@ -4,7 +4,7 @@
 use ndarray::{Array1, Array2, Array4, ArrayView4};
 
 use super::{CwtConfig, MlpParams};
-use crate::dtype::KdFloat;
+use crate::dtype::HostFloat;
 use crate::error::Result;
 
 /// What [`CwtCpu`] returns: the loss and every gradient, in f64.
@@ -43,7 +43,7 @@ impl CwtCpu {
     }
 
     /// The loss alone.
-    pub fn forward<T: KdFloat>(
+    pub fn forward<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
@@ -53,7 +53,7 @@ impl CwtCpu {
     }
 
     /// Loss and every gradient.
-    pub fn forward_backward<T: KdFloat>(
+    pub fn forward_backward<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
@@ -63,7 +63,7 @@ impl CwtCpu {
     }
 
     /// Gradients times the upstream gradient `upstream` (d total / d loss); `loss` is filled too, unscaled.
-    pub fn backward<T: KdFloat>(
+    pub fn backward<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
@@ -75,7 +75,7 @@ impl CwtCpu {
 
     // Index loops read as the formulas of docs/losses.md §5.4.
     #[allow(clippy::needless_range_loop)]
-    fn compute<T: KdFloat>(
+    fn compute<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,

@@ -4,7 +4,7 @@ use ndarray::{Array4, ArrayView4};
 
 use super::PixelKdConfig;
 use crate::cpu::{check_pair, log_softmax, CpuOutput};
-use crate::dtype::KdFloat;
+use crate::dtype::HostFloat;
 use crate::error::Result;
 
 /// Pixel KD on the CPU, with the same surface as [`super::PixelKdCuda`].
@@ -16,7 +16,7 @@ pub struct PixelKdCpu {
 crate::cpu::pair_reference_calls!(PixelKdCpu, PixelKdConfig, "Loss and d loss / d student.");
 
 impl PixelKdCpu {
-    fn compute<T: KdFloat>(
+    fn compute<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,

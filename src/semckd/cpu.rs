@@ -5,7 +5,7 @@ use ndarray::{Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView4
 use super::layers::SemckdLayers;
 use super::pool::pool_window;
 use super::SemckdConfig;
-use crate::dtype::KdFloat;
+use crate::dtype::HostFloat;
 use crate::error::{KdError, Result};
 
 /// One embedding MLP's parameters (`MLPEmbed`: Linear B -> 2d, ReLU, Linear 2d -> d, L2 normalisation), f32.
@@ -124,21 +124,21 @@ impl SemckdCpu {
     }
 
     /// Loss, attention and MSE.
-    pub fn forward<T: KdFloat>(&self, inputs: &SemckdCpuInputs<'_, T>) -> Result<SemckdCpuOutput> {
+    pub fn forward<T: HostFloat>(&self, inputs: &SemckdCpuInputs<'_, T>) -> Result<SemckdCpuOutput> {
         self.compute(inputs, 1.0, false)
     }
 
     /// Loss, attention and every gradient.
-    pub fn forward_backward<T: KdFloat>(&self, inputs: &SemckdCpuInputs<'_, T>) -> Result<SemckdCpuOutput> {
+    pub fn forward_backward<T: HostFloat>(&self, inputs: &SemckdCpuInputs<'_, T>) -> Result<SemckdCpuOutput> {
         self.compute(inputs, 1.0, true)
     }
 
     /// Every gradient times `upstream` (d total / d loss); the loss is filled too.
-    pub fn backward<T: KdFloat>(&self, inputs: &SemckdCpuInputs<'_, T>, upstream: f64) -> Result<SemckdCpuOutput> {
+    pub fn backward<T: HostFloat>(&self, inputs: &SemckdCpuInputs<'_, T>, upstream: f64) -> Result<SemckdCpuOutput> {
         self.compute(inputs, upstream, true)
     }
 
-    fn compute<T: KdFloat>(
+    fn compute<T: HostFloat>(
         &self,
         inputs: &SemckdCpuInputs<'_, T>,
         upstream: f64,
@@ -289,7 +289,7 @@ fn check_mlps<'a>(layers: &SemckdLayers, query: &[EmbedWeights<'a>], key: &[Embe
 }
 
 /// `X X^T` for `X = reshape(F, [B, D])`.
-fn gram<T: KdFloat>(x: ArrayView4<'_, T>) -> Array2<f64> {
+fn gram<T: HostFloat>(x: ArrayView4<'_, T>) -> Array2<f64> {
     let b = x.shape()[0];
     let xm = Array2::from_shape_vec((b, x.len() / b), x.iter().map(|v| v.to_f64()).collect()).expect("sizes");
     xm.dot(&xm.t())

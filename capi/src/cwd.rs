@@ -1,0 +1,150 @@
+//! CWD's entry points: `kd_cwd_cuda` (device addresses, the caller's stream) and `kd_cwd_cpu` (host
+//! pointers, the f64 reference).
+
+use std::ffi::c_void;
+
+use kd::cudarc::driver::sys::CUstream;
+use kd::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdRawBuffers};
+use kd::shape::Nchw;
+use kd::GradOptions;
+
+use crate::context::{with_context, KdContext};
+use crate::cpu::{self, Element, PerElement};
+use crate::{
+    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdGradOptions, KdStatus, KD_ERR_OUTPUT,
+};
+
+/// `kd_cwd_params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KdCwdParams {
+    /// Softmax temperature; finite and > 0.
+    pub tau: f64,
+    /// Weight of the loss; finite.
+    pub loss_weight: f64,
+}
+
+fn config(params: KdCwdParams, teacher_grad: bool) -> Result<CwdConfig, Failure> {
+    let config = CwdConfig { tau: params.tau, loss_weight: params.loss_weight, teacher_grad };
+    config.validate()?;
+    Ok(config)
+}
+
+/// CWD on the GPU, queued on `stream`; the teacher gradient exactly when `grad_teacher` is non-zero.
+///
+/// # Safety
+/// `ctx` comes from `kd_context_create`; `params` and `shape` (`ndim` entries) are readable; `stream` is a
+/// live stream of the context's device (its primary context), or null; every non-zero address is device
+/// memory of that context holding what `shape` and `dtype` need (`CwdCuda::launch_raw`'s contract).
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kd_cwd_cuda(
+    ctx: *mut KdContext,
+    params: *const KdCwdParams,
+    shape: *const i64,
+    ndim: usize,
+    dtype: i32,
+    student: u64,
+    teacher: u64,
+    loss: u64,
+    grad_student: u64,
+    grad_teacher: u64,
+    upstream: u64,
+    options: KdGradOptions,
+    stream: *mut c_void,
+) -> KdStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let params = unsafe { read_params(params, "params")? };
+        let shape = unsafe { read_shape(shape, ndim)? };
+        let dtype = kernel_dtype(dtype)?;
+        let options = options.to_crate()?;
+        let config = config(params, grad_teacher != 0)?;
+        let buffers = CwdRawBuffers { student, teacher, loss, grad_student, grad_teacher, upstream };
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            with_context(ctx, |inner| {
+                let loss_object = inner
+                    .cwd
+                    .get(&inner.stream, &config, CwdCuda::config, || CwdCuda::new(inner.stream.clone(), config))?;
+                loss_object.launch_raw(stream as CUstream, &shape, dtype, &buffers, options)?;
+                Ok(())
+            })
+        }
+    })
+}
+
+struct CpuCall {
+    cwd: CwdCpu,
+    shape: Nchw,
+    student: *const c_void,
+    teacher: *const c_void,
+    loss: *mut f64,
+    grad_student: *mut c_void,
+    grad_teacher: *mut c_void,
+    options: GradOptions,
+}
+
+impl PerElement for CpuCall {
+    fn run<T: Element>(self) -> crate::Outcome {
+        // SAFETY: the entry point's contract: host tensors of `shape` in this dtype.
+        let student = unsafe { cpu::view::<T>("student", self.student, &self.shape)? };
+        let teacher = unsafe { cpu::view::<T>("teacher", self.teacher, &self.shape)? };
+        let loss = if self.grad_student.is_null() {
+            self.cwd.forward(student, teacher)?
+        } else {
+            let out = self.cwd.forward_backward(student, teacher)?;
+            // SAFETY: the entry point's contract: writable gradients of `shape` in this dtype.
+            unsafe { cpu::store::<T>(self.grad_student, &out.grad_student, self.options) };
+            if let Some(grad_teacher) = &out.grad_teacher {
+                unsafe { cpu::store::<T>(self.grad_teacher, grad_teacher, self.options) };
+            }
+            out.loss
+        };
+        if !self.loss.is_null() {
+            // SAFETY: the entry point's contract.
+            unsafe { *self.loss = loss };
+        }
+        Ok(())
+    }
+}
+
+/// CWD on the CPU reference: the loss into `*loss` (when not null), the gradients (when not null) in
+/// `dtype`; the teacher gradient exactly when `grad_teacher` is not null, which needs `grad_student`.
+///
+/// # Safety
+/// `params` and `shape` (`ndim` entries) are readable; `student` and `teacher` point to contiguous NCHW
+/// tensors of `shape` in `dtype`; `loss` is null or writable; `grad_student` and `grad_teacher` are null or
+/// point to writable tensors of `shape` in `dtype` (initialised, with `options.accumulate`).
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kd_cwd_cpu(
+    params: *const KdCwdParams,
+    shape: *const i64,
+    ndim: usize,
+    dtype: i32,
+    student: *const c_void,
+    teacher: *const c_void,
+    loss: *mut f64,
+    grad_student: *mut c_void,
+    grad_teacher: *mut c_void,
+    options: KdGradOptions,
+) -> KdStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let params = unsafe { read_params(params, "params")? };
+        let dims = unsafe { read_shape(shape, ndim)? };
+        let shape = Nchw::from_dims("student", &dims)?;
+        let dtype = host_dtype(dtype)?;
+        let options = options.to_crate()?;
+        if grad_student.is_null() && !grad_teacher.is_null() {
+            return Err(Failure::new(
+                KD_ERR_OUTPUT,
+                "grad_teacher: a teacher gradient needs the student gradient too; pass grad_student",
+            ));
+        }
+        let cwd = CwdCpu::new(config(params, !grad_teacher.is_null())?)?;
+        let call = CpuCall { cwd, shape, student, teacher, loss, grad_student, grad_teacher, options };
+        cpu::dispatch(dtype, call)
+    })
+}

@@ -1,0 +1,279 @@
+//! CWT's entry points: `kd_cwt_cuda` (device addresses, the caller's stream) and `kd_cwt_cpu` (host
+//! pointers, the f64 reference). The MLP parameters are f32 (`W1 [Ch, Cs]`, `b1 [Ch]`, `W2 [Ct, Ch]`,
+//! `b2 [Ct]`), as the crate keeps them.
+
+use std::ffi::c_void;
+
+use kd::cudarc::driver::sys::CUstream;
+use kd::cwt::{CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtRawBuffers, CwtShapes, MlpParams};
+use kd::ndarray::{ArrayView1, ArrayView2};
+use kd::shape::Nchw;
+use kd::GradOptions;
+
+use crate::context::{with_context, KdContext};
+use crate::cpu::{self, Element, PerElement};
+use crate::{
+    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdGradOptions, KdStatus, KD_ERR_NULL_POINTER,
+    KD_ERR_OUTPUT, KD_ERR_PARAMETER,
+};
+
+/// `kd_cwt_params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KdCwtParams {
+    /// The loss weight; finite.
+    pub loss_weight: f64,
+    /// `kd_cwt_normalize`: 0 batch (`D = N`), 1 mean (`D = N*Ct*H*W`).
+    pub normalize: i32,
+    /// The hidden width `Ch`.
+    pub hidden_channels: i64,
+}
+
+/// The configuration, and the channel counts with both feature shapes checked by the crate.
+fn config(params: KdCwtParams, student: &[usize], teacher: &[usize]) -> Result<(CwtConfig, CwtShapes), Failure> {
+    let normalize = match params.normalize {
+        0 => CwtNormalize::Batch,
+        1 => CwtNormalize::Mean,
+        other => {
+            return Err(Failure::new(
+                KD_ERR_PARAMETER,
+                format!("parameter `normalize` = {other} is invalid: it must be KD_CWT_NORMALIZE_BATCH (0) or KD_CWT_NORMALIZE_MEAN (1)"),
+            ))
+        }
+    };
+    let config = CwtConfig { loss_weight: params.loss_weight, normalize };
+    config.validate()?;
+    let ch = usize::try_from(params.hidden_channels).map_err(|_| {
+        Failure::new(
+            KD_ERR_PARAMETER,
+            format!("parameter `hidden_channels` = {} is invalid: it must be at least 1", params.hidden_channels),
+        )
+    })?;
+    let dim = |shape: &[usize], i: usize| shape.get(i).copied().unwrap_or(0);
+    let shapes = CwtShapes { cs: dim(student, 1), ch, ct: dim(teacher, 1) };
+    // Rank and shape errors first, in the crate's words (a missing dimension reads as rank, not as 0).
+    Nchw::from_dims("student", student)?;
+    Nchw::from_dims("teacher", teacher)?;
+    shapes.check_features(student, teacher)?;
+    Ok((config, shapes))
+}
+
+/// CWT on the GPU, queued on `stream`. The gradients (student and the four parameters, all five or none)
+/// where `grad_student` is non-zero.
+///
+/// # Safety
+/// As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the
+/// context's device or null; non-zero addresses are device memory of that context sized for the shapes
+/// (features in `dtype`, parameters and their gradients f32).
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kd_cwt_cuda(
+    ctx: *mut KdContext,
+    params: *const KdCwtParams,
+    student_shape: *const i64,
+    student_ndim: usize,
+    teacher_shape: *const i64,
+    teacher_ndim: usize,
+    dtype: i32,
+    student: u64,
+    teacher: u64,
+    weights: *const u64,
+    loss: u64,
+    grad_student: u64,
+    grad_weights: *const u64,
+    upstream: u64,
+    options: KdGradOptions,
+    stream: *mut c_void,
+) -> KdStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let params = unsafe { read_params(params, "params")? };
+        let student_dims = unsafe { read_shape(student_shape, student_ndim)? };
+        let teacher_dims = unsafe { read_shape(teacher_shape, teacher_ndim)? };
+        let dtype = kernel_dtype(dtype)?;
+        let options = options.to_crate()?;
+        let (config, shapes) = config(params, &student_dims, &teacher_dims)?;
+        let [w1, b1, w2, b2] = unsafe { read_addresses(weights)? }.ok_or_else(|| {
+            Failure::new(KD_ERR_NULL_POINTER, "weights: a null pointer; pass the 4 parameter addresses")
+        })?;
+        let [grad_w1, grad_b1, grad_w2, grad_b2] = unsafe { read_addresses(grad_weights)? }.unwrap_or_default();
+        let buffers = CwtRawBuffers {
+            student,
+            teacher,
+            w1,
+            b1,
+            w2,
+            b2,
+            loss,
+            grad_student,
+            grad_w1,
+            grad_b1,
+            grad_w2,
+            grad_b2,
+            upstream,
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            with_context(ctx, |inner| {
+                let key = (config, shapes);
+                let stream_of_context = inner.stream.clone();
+                let loss_object = inner.cwt.get(
+                    &inner.stream,
+                    &key,
+                    |l: &((CwtConfig, CwtShapes), CwtCuda)| &l.0,
+                    || Ok((key, CwtCuda::new(stream_of_context, config, shapes)?)),
+                )?;
+                loss_object.1.launch_raw(stream as CUstream, &student_dims, dtype, &buffers, options)?;
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Four addresses (w1, b1, w2, b2), or `None` for a null pointer.
+///
+/// # Safety
+/// `at` is null or points to 4 readable `u64`s.
+unsafe fn read_addresses(at: *const u64) -> Result<Option<[u64; 4]>, Failure> {
+    if at.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: forwarded from the caller.
+    Ok(Some(unsafe { *at.cast::<[u64; 4]>() }))
+}
+
+struct CpuCall {
+    cwt: CwtCpu,
+    student_shape: Nchw,
+    teacher_shape: Nchw,
+    shapes: CwtShapes,
+    student: *const c_void,
+    teacher: *const c_void,
+    weights: [*const f32; 4],
+    loss: *mut f64,
+    grad_student: *mut c_void,
+    grad_weights: [*mut f64; 4],
+    options: GradOptions,
+}
+
+impl PerElement for CpuCall {
+    fn run<T: Element>(self) -> crate::Outcome {
+        let CwtShapes { cs, ch, ct } = self.shapes;
+        // SAFETY: the entry point's contract: host tensors of these shapes.
+        let student = unsafe { cpu::view::<T>("student", self.student, &self.student_shape)? };
+        let teacher = unsafe { cpu::view::<T>("teacher", self.teacher, &self.teacher_shape)? };
+        let [w1, b1, w2, b2] = self.weights;
+        let mlp = unsafe {
+            MlpParams {
+                w1: ArrayView2::from_shape_ptr((ch, cs), w1),
+                b1: ArrayView1::from_shape_ptr(ch, b1),
+                w2: ArrayView2::from_shape_ptr((ct, ch), w2),
+                b2: ArrayView1::from_shape_ptr(ct, b2),
+            }
+        };
+        let loss = if self.grad_student.is_null() {
+            self.cwt.forward(student, teacher, &mlp)?
+        } else {
+            let out = self.cwt.forward_backward(student, teacher, &mlp)?;
+            // SAFETY: the entry point's contract: writable gradients of these shapes.
+            unsafe {
+                cpu::store::<T>(self.grad_student, &out.grad_student, self.options);
+                let [gw1, gb1, gw2, gb2] = self.grad_weights;
+                store_f64(gw1, out.grad_w1.iter(), self.options);
+                store_f64(gb1, out.grad_b1.iter(), self.options);
+                store_f64(gw2, out.grad_w2.iter(), self.options);
+                store_f64(gb2, out.grad_b2.iter(), self.options);
+            }
+            out.loss
+        };
+        if !self.loss.is_null() {
+            // SAFETY: the entry point's contract.
+            unsafe { *self.loss = loss };
+        }
+        Ok(())
+    }
+}
+
+/// # Safety
+/// `out` points to as many writable f64 as `values` yields.
+unsafe fn store_f64<'a>(out: *mut f64, values: impl ExactSizeIterator<Item = &'a f64>, options: GradOptions) {
+    // SAFETY: forwarded from the caller.
+    let out = unsafe { std::slice::from_raw_parts_mut(out, values.len()) };
+    for (o, &v) in out.iter_mut().zip(values) {
+        *o = options.scale * v + if options.accumulate { *o } else { 0.0 };
+    }
+}
+
+/// CWT on the CPU reference: the loss into `*loss` (when not null); with `grad_student` not null, the
+/// student gradient (in `dtype`) and the four parameter gradients (f64, into `grad_weights[0..4]`, all
+/// needed).
+///
+/// # Safety
+/// `params` and the shapes are readable; `student`/`teacher` point to contiguous NCHW tensors of their
+/// shapes in `dtype`; `weights` points to the four f32 parameter arrays; `loss` is null or writable;
+/// `grad_student` is null or a writable tensor of the student's shape, and then `grad_weights` points to four
+/// writable f64 arrays of the parameters' sizes (initialised, with `options.accumulate`).
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kd_cwt_cpu(
+    params: *const KdCwtParams,
+    student_shape: *const i64,
+    student_ndim: usize,
+    teacher_shape: *const i64,
+    teacher_ndim: usize,
+    dtype: i32,
+    student: *const c_void,
+    teacher: *const c_void,
+    weights: *const *const f32,
+    loss: *mut f64,
+    grad_student: *mut c_void,
+    grad_weights: *const *mut f64,
+    options: KdGradOptions,
+) -> KdStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let params = unsafe { read_params(params, "params")? };
+        let student_dims = unsafe { read_shape(student_shape, student_ndim)? };
+        let teacher_dims = unsafe { read_shape(teacher_shape, teacher_ndim)? };
+        let dtype = host_dtype(dtype)?;
+        let options = options.to_crate()?;
+        let (config, shapes) = config(params, &student_dims, &teacher_dims)?;
+        let (student_shape, teacher_shape) = shapes.check_features(&student_dims, &teacher_dims)?;
+        if weights.is_null() {
+            return Err(Failure::new(KD_ERR_NULL_POINTER, "weights: a null pointer; pass the 4 parameter arrays"));
+        }
+        // SAFETY: forwarded from the caller.
+        let weights = unsafe { *weights.cast::<[*const f32; 4]>() };
+        if weights.iter().any(|w| w.is_null()) {
+            return Err(Failure::new(KD_ERR_NULL_POINTER, "weights: a null parameter array (w1, b1, w2, b2)"));
+        }
+        let grad_weights = if grad_student.is_null() {
+            [std::ptr::null_mut(); 4]
+        } else {
+            let missing =
+                grad_weights.is_null() || unsafe { *grad_weights.cast::<[*mut f64; 4]>() }.iter().any(|g| g.is_null());
+            if missing {
+                return Err(Failure::new(
+                    KD_ERR_OUTPUT,
+                    "grad_weights: the student gradient comes with the four parameter gradients; pass all four",
+                ));
+            }
+            unsafe { *grad_weights.cast::<[*mut f64; 4]>() }
+        };
+        let cwt = CwtCpu::new(config)?;
+        let call = CpuCall {
+            cwt,
+            student_shape,
+            teacher_shape,
+            shapes,
+            student,
+            teacher,
+            weights,
+            loss,
+            grad_student,
+            grad_weights,
+            options,
+        };
+        cpu::dispatch(dtype, call)
+    })
+}

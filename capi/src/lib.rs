@@ -1,0 +1,240 @@
+//! The C ABI of kd-kernels (`include/kd_kernels.h`): the losses on raw device pointers and a caller's
+//! `CUstream` (the CUDA kernels), or on host pointers (the CPU reference), with status codes and a
+//! per-thread error message. One ABI serves C/C++ (libtorch) callers and the `kd_kernels` Python package,
+//! which loads this library with ctypes.
+//!
+//! Every entry point catches panics at the boundary (`guard`) and turns every [`KdError`] into a status
+//! code and [`kd_last_error_message`]; nothing unwinds into C.
+
+mod context;
+mod cpu;
+mod cwd;
+mod cwt;
+mod icsd;
+mod pixel_kd;
+mod semckd;
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::ffi::{c_char, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use kd::{DType, GradOptions, KdError};
+
+pub use context::{kd_context_create, kd_context_destroy, KdContext};
+pub use cwd::{kd_cwd_cpu, kd_cwd_cuda, KdCwdParams};
+pub use cwt::{kd_cwt_cpu, kd_cwt_cuda, KdCwtParams};
+pub use icsd::{kd_icsd_cpu, kd_icsd_cuda, KdIcsdParams};
+pub use pixel_kd::{kd_pixel_kd_cpu, kd_pixel_kd_cuda, KdPixelKdParams};
+pub use semckd::{kd_semckd_cpu, kd_semckd_cuda, KdSemckdParams};
+
+/// `kd_status` (the header's enum): what a call returns.
+pub type KdStatus = i32;
+
+/// Success.
+pub const KD_OK: KdStatus = 0;
+/// A required pointer is null.
+pub const KD_ERR_NULL_POINTER: KdStatus = 1;
+/// Wrong rank, mismatched shapes, a zero or negative dimension, a buffer too small.
+pub const KD_ERR_SHAPE: KdStatus = 2;
+/// A tensor too large for the kernels.
+pub const KD_ERR_TOO_LARGE: KdStatus = 3;
+/// A parameter out of its domain.
+pub const KD_ERR_PARAMETER: KdStatus = 4;
+/// The outputs given do not make a call.
+pub const KD_ERR_OUTPUT: KdStatus = 5;
+/// An unknown dtype, or one the call does not take.
+pub const KD_ERR_DTYPE: KdStatus = 6;
+/// A buffer or stream of another CUDA context.
+pub const KD_ERR_CONTEXT: KdStatus = 7;
+/// A requested way of computing does not apply.
+pub const KD_ERR_UNSUPPORTED: KdStatus = 8;
+/// The workspace would grow during a CUDA graph capture.
+pub const KD_ERR_WORKSPACE: KdStatus = 9;
+/// Built without nvcc: no GPU kernels.
+pub const KD_ERR_KERNELS_UNAVAILABLE: KdStatus = 10;
+/// No usable CUDA driver or device.
+pub const KD_ERR_CUDA_UNAVAILABLE: KdStatus = 11;
+/// The CUDA driver returned an error.
+pub const KD_ERR_CUDA: KdStatus = 12;
+/// A panic was caught at the boundary.
+pub const KD_ERR_PANIC: KdStatus = 13;
+/// An error kind this header does not name.
+pub const KD_ERR_OTHER: KdStatus = 14;
+
+/// A failed call: its status code and its message.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    status: KdStatus,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(status: KdStatus, message: impl Into<String>) -> Self {
+        Failure { status, message: message.into() }
+    }
+}
+
+impl From<KdError> for Failure {
+    fn from(error: KdError) -> Self {
+        let status = match &error {
+            KdError::WrongRank { .. }
+            | KdError::ShapeMismatch { .. }
+            | KdError::EmptyInput { .. }
+            | KdError::BufferTooSmall { .. } => KD_ERR_SHAPE,
+            KdError::TooLarge { .. } => KD_ERR_TOO_LARGE,
+            KdError::InvalidParameter { .. } => KD_ERR_PARAMETER,
+            KdError::OutputMismatch { .. } => KD_ERR_OUTPUT,
+            KdError::DTypeMismatch { .. } => KD_ERR_DTYPE,
+            KdError::ContextMismatch { .. } => KD_ERR_CONTEXT,
+            KdError::Unsupported { .. } => KD_ERR_UNSUPPORTED,
+            KdError::WorkspaceTooSmall { .. } => KD_ERR_WORKSPACE,
+            KdError::KernelsUnavailable => KD_ERR_KERNELS_UNAVAILABLE,
+            KdError::CudaUnavailable { .. } => KD_ERR_CUDA_UNAVAILABLE,
+            KdError::Cuda { .. } => KD_ERR_CUDA,
+            _ => KD_ERR_OTHER,
+        };
+        Failure { status, message: error.to_string() }
+    }
+}
+
+pub(crate) type Outcome = Result<(), Failure>;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: &str) {
+    // An interior NUL cannot come from the crate's messages; drop it rather than lose the message.
+    let message = CString::new(message.replace('\0', "")).unwrap_or_default();
+    LAST_ERROR.with(|last| *last.borrow_mut() = message);
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    format!("internal error (a panic caught at the C boundary; please report it): {what}")
+}
+
+/// Runs one entry point's body: its status, with the message recorded for [`kd_last_error_message`], and
+/// any panic caught and returned as [`KD_ERR_PANIC`].
+pub(crate) fn guard(body: impl FnOnce() -> Outcome) -> KdStatus {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => {
+            set_last_error("");
+            KD_OK
+        }
+        Ok(Err(failure)) => {
+            set_last_error(&failure.message);
+            failure.status
+        }
+        Err(payload) => {
+            set_last_error(&panic_message(payload.as_ref()));
+            KD_ERR_PANIC
+        }
+    }
+}
+
+/// The message of the last failed call on this thread (`""` after a successful one); never null, valid
+/// until the next call on this thread.
+#[no_mangle]
+pub extern "C" fn kd_last_error_message() -> *const c_char {
+    LAST_ERROR.with(|last| last.borrow().as_ptr())
+}
+
+/// 1 when this library carries GPU kernels (it was built with nvcc), else 0.
+#[no_mangle]
+pub extern "C" fn kd_kernels_compiled() -> i32 {
+    i32::from(kd::cuda::KERNELS_COMPILED)
+}
+
+/// [`KD_OK`] when the kernels are compiled and a CUDA driver with a device is present; else the reason.
+#[no_mangle]
+pub extern "C" fn kd_cuda_probe() -> KdStatus {
+    guard(|| Ok(kd::cuda::probe()?))
+}
+
+/// `kd_grad_options`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KdGradOptions {
+    /// Factor on every gradient.
+    pub scale: f64,
+    /// Non-zero: add into the gradient buffers.
+    pub accumulate: i32,
+}
+
+impl KdGradOptions {
+    pub(crate) fn to_crate(self) -> Result<GradOptions, Failure> {
+        let options = GradOptions { scale: self.scale, accumulate: self.accumulate != 0 };
+        options.validate()?;
+        Ok(options)
+    }
+}
+
+/// The dtypes of `kd_dtype`: the kernels' three and f64 (CPU reference only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostDtype {
+    Kernel(DType),
+    F64,
+}
+
+pub(crate) fn host_dtype(raw: i32) -> Result<HostDtype, Failure> {
+    match raw {
+        0 => Ok(HostDtype::Kernel(DType::F32)),
+        1 => Ok(HostDtype::Kernel(DType::F16)),
+        2 => Ok(HostDtype::Kernel(DType::BF16)),
+        3 => Ok(HostDtype::F64),
+        other => Err(Failure::new(
+            KD_ERR_DTYPE,
+            format!("dtype: unknown kd_dtype {other}; use KD_DTYPE_F32 (0), KD_DTYPE_F16 (1), KD_DTYPE_BF16 (2) or, on the CPU, KD_DTYPE_F64 (3)"),
+        )),
+    }
+}
+
+pub(crate) fn kernel_dtype(raw: i32) -> Result<DType, Failure> {
+    match host_dtype(raw)? {
+        HostDtype::Kernel(dtype) => Ok(dtype),
+        HostDtype::F64 => Err(Failure::new(
+            KD_ERR_DTYPE,
+            "dtype: the GPU kernels take f32, f16 or bf16 logits, not f64 (f64 is for the CPU reference); convert the tensors",
+        )),
+    }
+}
+
+/// Reads `ndim` dimensions; negative ones are a shape error (the crate checks the rest: rank, zeros, size).
+///
+/// # Safety
+/// `shape` is null or points to `ndim` readable `i64`s.
+pub(crate) unsafe fn read_shape(shape: *const i64, ndim: usize) -> Result<Vec<usize>, Failure> {
+    if shape.is_null() {
+        return Err(Failure::new(KD_ERR_NULL_POINTER, "shape: a null pointer; pass the NCHW dimensions"));
+    }
+    // SAFETY: forwarded from the caller.
+    let dims = unsafe { std::slice::from_raw_parts(shape, ndim) };
+    dims.iter()
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| {
+                Failure::new(
+                    KD_ERR_SHAPE,
+                    format!("shape {dims:?} has a negative dimension; every dimension must be at least 1"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Reads a parameter block.
+///
+/// # Safety
+/// `params` is null or points to a readable `T`.
+pub(crate) unsafe fn read_params<T: Copy>(params: *const T, what: &str) -> Result<T, Failure> {
+    if params.is_null() {
+        return Err(Failure::new(KD_ERR_NULL_POINTER, format!("{what}: a null pointer; pass the loss's parameters")));
+    }
+    // SAFETY: forwarded from the caller.
+    Ok(unsafe { *params })
+}

@@ -1,0 +1,155 @@
+//! Pixel KD's entry points: `kd_pixel_kd_cuda` (device addresses, the caller's stream) and
+//! `kd_pixel_kd_cpu` (host pointers, the f64 reference).
+
+use std::ffi::c_void;
+
+use kd::cudarc::driver::sys::CUstream;
+use kd::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdRawBuffers, Reduction};
+use kd::shape::Nchw;
+use kd::GradOptions;
+
+use crate::context::{with_context, KdContext};
+use crate::cpu::{self, Element, PerElement};
+use crate::{
+    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdGradOptions, KdStatus, KD_ERR_PARAMETER,
+};
+
+/// `kd_pixel_kd_params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KdPixelKdParams {
+    /// Softmax temperature; finite and > 0.
+    pub tau: f64,
+    /// Weight of the loss; finite.
+    pub loss_weight: f64,
+    /// `kd_reduction`: 0 mean, 1 batchmean, 2 sum, 3 pixelmean.
+    pub reduction: i32,
+    /// Non-zero: multiply by tau^2.
+    pub scale_tau2: i32,
+}
+
+fn config(params: KdPixelKdParams) -> Result<PixelKdConfig, Failure> {
+    let reduction = match params.reduction {
+        0 => Reduction::Mean,
+        1 => Reduction::BatchMean,
+        2 => Reduction::Sum,
+        3 => Reduction::PixelMean,
+        other => {
+            return Err(Failure::new(
+                KD_ERR_PARAMETER,
+                format!("parameter `reduction` = {other} is invalid: it must be one of KD_REDUCTION_MEAN (0), KD_REDUCTION_BATCHMEAN (1), KD_REDUCTION_SUM (2), KD_REDUCTION_PIXELMEAN (3)"),
+            ))
+        }
+    };
+    let config = PixelKdConfig {
+        tau: params.tau,
+        loss_weight: params.loss_weight,
+        reduction,
+        scale_tau2: params.scale_tau2 != 0,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Pixel KD on the GPU, queued on `stream`.
+///
+/// # Safety
+/// As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and `shape`; `stream` of the
+/// context's device or null; non-zero addresses are device memory of that context sized for `shape`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kd_pixel_kd_cuda(
+    ctx: *mut KdContext,
+    params: *const KdPixelKdParams,
+    shape: *const i64,
+    ndim: usize,
+    dtype: i32,
+    student: u64,
+    teacher: u64,
+    loss: u64,
+    grad_student: u64,
+    upstream: u64,
+    options: KdGradOptions,
+    stream: *mut c_void,
+) -> KdStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let params = unsafe { read_params(params, "params")? };
+        let shape = unsafe { read_shape(shape, ndim)? };
+        let dtype = kernel_dtype(dtype)?;
+        let options = options.to_crate()?;
+        let config = config(params)?;
+        let buffers = PixelKdRawBuffers { student, teacher, loss, grad_student, upstream };
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            with_context(ctx, |inner| {
+                let loss_object = inner.pixel_kd.get(&inner.stream, &config, PixelKdCuda::config, || {
+                    PixelKdCuda::new(inner.stream.clone(), config)
+                })?;
+                loss_object.launch_raw(stream as CUstream, &shape, dtype, &buffers, options)?;
+                Ok(())
+            })
+        }
+    })
+}
+
+struct CpuCall {
+    kd: PixelKdCpu,
+    shape: Nchw,
+    student: *const c_void,
+    teacher: *const c_void,
+    loss: *mut f64,
+    grad_student: *mut c_void,
+    options: GradOptions,
+}
+
+impl PerElement for CpuCall {
+    fn run<T: Element>(self) -> crate::Outcome {
+        // SAFETY: the entry point's contract: host tensors of `shape` in this dtype.
+        let student = unsafe { cpu::view::<T>("student", self.student, &self.shape)? };
+        let teacher = unsafe { cpu::view::<T>("teacher", self.teacher, &self.shape)? };
+        let loss = if self.grad_student.is_null() {
+            self.kd.forward(student, teacher)?
+        } else {
+            let out = self.kd.forward_backward(student, teacher)?;
+            // SAFETY: the entry point's contract: a writable gradient of `shape` in this dtype.
+            unsafe { cpu::store::<T>(self.grad_student, &out.grad_student, self.options) };
+            out.loss
+        };
+        if !self.loss.is_null() {
+            // SAFETY: the entry point's contract.
+            unsafe { *self.loss = loss };
+        }
+        Ok(())
+    }
+}
+
+/// Pixel KD on the CPU reference: the loss into `*loss` (when not null), the student gradient (when not
+/// null) in `dtype`.
+///
+/// # Safety
+/// As `kd_cwd_cpu`, without a teacher gradient.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kd_pixel_kd_cpu(
+    params: *const KdPixelKdParams,
+    shape: *const i64,
+    ndim: usize,
+    dtype: i32,
+    student: *const c_void,
+    teacher: *const c_void,
+    loss: *mut f64,
+    grad_student: *mut c_void,
+    options: KdGradOptions,
+) -> KdStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let params = unsafe { read_params(params, "params")? };
+        let dims = unsafe { read_shape(shape, ndim)? };
+        let shape = Nchw::from_dims("student", &dims)?;
+        let dtype = host_dtype(dtype)?;
+        let options = options.to_crate()?;
+        let kd = PixelKdCpu::new(config(params)?)?;
+        cpu::dispatch(dtype, CpuCall { kd, shape, student, teacher, loss, grad_student, options })
+    })
+}

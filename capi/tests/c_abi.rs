@@ -1,0 +1,200 @@
+//! The C ABI as a C user sees it: `include/kd_kernels.h` compiles under `gcc -Wall -Wextra -Werror
+//! -pedantic`, a C program (`tests/c_program.c`) links against the built `libkd_kernels.so`, calls the CPU
+//! entry points, and gets the losses and gradients of the Rust reference, and for bad inputs the status
+//! codes and the crate's messages.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kd::cwd::{CwdConfig, CwdCpu};
+use kd::cwt::{CwtConfig, CwtCpu, CwtNormalize, MlpParams};
+use kd::icsd::{IcsdConfig, IcsdCpu};
+use kd::ndarray::{Array1, Array2, Array4};
+use kd::pixel_kd::{PixelKdConfig, PixelKdCpu};
+use kd::KdError;
+
+const SHAPE: [usize; 4] = [2, 3, 4, 5];
+
+fn inputs() -> (Array4<f32>, Array4<f32>) {
+    let at = |f: &dyn Fn(usize) -> f32| {
+        Array4::from_shape_vec(SHAPE, (0..SHAPE.iter().product()).map(f).collect()).expect("shape")
+    };
+    let student = at(&|i| (((i * 37) % 101) as f32 - 50.0) / 16.0);
+    let teacher = at(&|i| (((i * 53) % 89) as f32 - 44.0) / 8.0);
+    (student, teacher)
+}
+
+/// `target/<profile>`, where cargo puts the cdylib; the test binary is in its `deps/`.
+fn artifact_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
+}
+
+/// Compiles and runs the C program; returns its lines keyed by their first word.
+fn run_c_program() -> HashMap<String, String> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib_dir = artifact_dir();
+    assert!(
+        lib_dir.join("libkd_kernels.so").is_file(),
+        "libkd_kernels.so not found in {} (cargo builds it with the tests)",
+        lib_dir.display()
+    );
+    let out_dir = std::env::temp_dir().join(format!("kd_kernels_c_abi_{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).expect("temp dir");
+    let program = out_dir.join("c_program");
+    let compiler = std::env::var("CC").unwrap_or_else(|_| "gcc".to_string());
+    let status = Command::new(&compiler)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
+        .arg(manifest.join("../include"))
+        .arg(manifest.join("tests/c_program.c"))
+        .arg("-L")
+        .arg(&lib_dir)
+        .arg("-lkd_kernels")
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .arg("-o")
+        .arg(&program)
+        .status()
+        .unwrap_or_else(|e| panic!("could not run the C compiler `{compiler}`: {e}"));
+    assert!(status.success(), "the C program did not compile against include/kd_kernels.h");
+    let output = Command::new(&program).output().expect("run the C program");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    assert!(output.status.success(), "the C program failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .lines()
+        .filter_map(|line| line.split_once(' ').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+fn numbers(line: &str) -> Vec<f64> {
+    line.split_whitespace().map(|v| v.parse().expect("a number")).collect()
+}
+
+/// `(status, message)` of a `print_status` line.
+fn status(lines: &HashMap<String, String>, key: &str) -> (i32, String) {
+    let line = lines.get(key).unwrap_or_else(|| panic!("no `{key}` line"));
+    let (code, message) = line.split_once(' ').unwrap_or((line, ""));
+    (code.parse().expect("status code"), message.to_string())
+}
+
+#[test]
+fn c_program_gets_the_reference_results_and_the_crates_errors() {
+    let lines = run_c_program();
+    let (student, teacher) = inputs();
+
+    // CWD, f32 in, the paper's setting: the loss and the gradient of the Rust reference.
+    let reference =
+        CwdCpu::new(CwdConfig::default()).unwrap().forward_backward(student.view(), teacher.view()).unwrap();
+    assert_eq!(status(&lines, "cwd_cpu"), (0, String::new()));
+    let loss = numbers(&lines["cwd_loss"])[0];
+    assert!(reference.loss > 0.0);
+    assert_eq!(loss, reference.loss, "the C ABI returns the reference's f64 loss unchanged");
+    // Printed with 9 significant digits, which round-trip an f32 exactly.
+    let grad: Vec<f32> = lines["cwd_grad"].split_whitespace().map(|v| v.parse().expect("an f32")).collect();
+    assert_eq!(grad.len(), reference.grad_student.len());
+    for (got, want) in grad.iter().zip(reference.grad_student.iter()) {
+        assert_eq!(*got, *want as f32, "f32 gradient = the reference's, rounded once");
+    }
+
+    // f64 in: same loss to rounding of the inputs (they are exact in f32), gradient 0.5 + 0.5 accumulated.
+    assert_eq!(status(&lines, "cwd_cpu_f64_a").0, 0);
+    assert_eq!(status(&lines, "cwd_cpu_f64_b").0, 0);
+    assert_eq!(numbers(&lines["cwd_loss_f64"])[0], reference.loss);
+    for (got, want) in numbers(&lines["cwd_grad_f64"]).iter().zip(reference.grad_student.iter()) {
+        assert!((got - want).abs() <= 1e-15 * want.abs().max(1e-300), "{got} vs {want}");
+    }
+
+    // Pixel KD, official defaults, checked against the formula written out here.
+    assert_eq!(status(&lines, "pixel_kd_cpu").0, 0);
+    let pixel = PixelKdCpu::new(PixelKdConfig::default()).unwrap().forward(student.view(), teacher.view()).unwrap();
+    let mut kl = 0.0;
+    for n in 0..SHAPE[0] {
+        for h in 0..SHAPE[2] {
+            for w in 0..SHAPE[3] {
+                let logp = |x: &Array4<f32>| {
+                    let z: Vec<f64> = (0..SHAPE[1]).map(|c| f64::from(x[[n, c, h, w]])).collect();
+                    let lse = z.iter().map(|v| v.exp()).sum::<f64>().ln();
+                    z.into_iter().map(move |v| v - lse).collect::<Vec<_>>()
+                };
+                let (ls, lt) = (logp(&student), logp(&teacher));
+                kl += lt.iter().zip(&ls).map(|(t, s)| t.exp() * (t - s)).sum::<f64>();
+            }
+        }
+    }
+    let formula = 10.0 * kl / SHAPE.iter().product::<usize>() as f64;
+    let got = numbers(&lines["pixel_kd_loss"])[0];
+    assert_eq!(got, pixel);
+    assert!((got - formula).abs() <= 1e-12 * formula, "{got} vs the formula's {formula}");
+
+    // CWT, checked against the Rust reference on the same values.
+    assert_eq!(status(&lines, "cwt_cpu"), (0, String::new()));
+    let cwt_teacher =
+        Array4::from_shape_vec([2, 2, 4, 5], (0..80).map(|i| ((i * 29) % 31) as f32 / 8.0 - 15.0 / 8.0).collect())
+            .expect("shape");
+    let w1 = Array2::from_shape_vec((4, 3), (0..12).map(|i| ((i * 7) % 13) as f32 / 4.0 - 1.5).collect()).expect("w1");
+    let b1 = Array1::from_iter((0..4).map(|i| (i as f32 - 1.0) / 2.0));
+    let w2 = Array2::from_shape_vec((2, 4), (0..8).map(|i| ((i * 5) % 11) as f32 / 4.0 - 1.25).collect()).expect("w2");
+    let b2 = Array1::from_iter((0..2).map(|i| i as f32 / 4.0));
+    let mlp = MlpParams { w1: w1.view(), b1: b1.view(), w2: w2.view(), b2: b2.view() };
+    let cwt = CwtCpu::new(CwtConfig { loss_weight: 0.5, normalize: CwtNormalize::Batch })
+        .unwrap()
+        .forward_backward(student.view(), cwt_teacher.view(), &mlp)
+        .unwrap();
+    assert!(cwt.loss > 0.0);
+    assert_eq!(numbers(&lines["cwt_loss"])[0], cwt.loss);
+    assert_eq!(numbers(&lines["cwt_grad_w1"]), cwt.grad_w1.iter().copied().collect::<Vec<_>>());
+    let teacher_mismatch =
+        KdError::ShapeMismatch { what: "teacher", expected: vec![2, 2, 4, 5], got: vec![2, 2, 4, 6] };
+    assert_eq!(status(&lines, "bad_cwt_teacher"), (2, teacher_mismatch.to_string()));
+
+    // ICSD: the loss and the student's matrix of the Rust reference.
+    assert_eq!(status(&lines, "icsd_cpu"), (0, String::new()));
+    let icsd = IcsdCpu::new(IcsdConfig::default()).unwrap().forward_backward(student.view(), teacher.view()).unwrap();
+    assert!(icsd.loss > 0.0);
+    assert_eq!(numbers(&lines["icsd_loss"])[0], icsd.loss);
+    assert_eq!(numbers(&lines["icsd_sim_student"]), icsd.sim_student.iter().copied().collect::<Vec<_>>());
+
+    // Bad inputs: the code of the error's kind and the crate's own message.
+    let rank = KdError::WrongRank { what: "student", expected: 4, got: 3 };
+    assert_eq!(status(&lines, "bad_rank"), (2, rank.to_string()));
+    let zero = KdError::EmptyInput { what: "student", shape: vec![2, 0, 4, 5] };
+    assert_eq!(status(&lines, "bad_zero"), (2, zero.to_string()));
+    let (code, message) = status(&lines, "bad_negative");
+    assert_eq!(code, 2);
+    assert!(message.contains("negative dimension"), "{message}");
+    let tau = KdError::InvalidParameter { name: "tau", value: "0".into(), requirement: "finite and > 0" };
+    assert_eq!(status(&lines, "bad_tau"), (4, tau.to_string()));
+    let (code, message) = status(&lines, "bad_dtype");
+    assert_eq!(code, 6);
+    assert!(message.contains("unknown kd_dtype 7"), "{message}");
+    let (code, message) = status(&lines, "bad_null");
+    assert_eq!(code, 1);
+    assert!(message.starts_with("student: a null pointer"), "{message}");
+    assert_eq!(status(&lines, "bad_teacher_only").0, 5);
+    assert_eq!(status(&lines, "ok_again"), (0, String::new()), "a success clears the last message");
+    assert_eq!(status(&lines, "cuda_null_ctx").0, 1);
+
+    // The GPU side as far as this machine allows: the context and the probe report what the crate's probe
+    // reports (no kernels, no driver), or work.
+    let compiled = numbers(&lines["compiled"])[0] as i32;
+    assert_eq!(compiled, i32::from(kd::cuda::KERNELS_COMPILED));
+    let (probe_code, probe_message) = status(&lines, "probe");
+    match kd::cuda::probe() {
+        Ok(()) => {
+            assert_eq!(probe_code, 0);
+            assert_eq!(status(&lines, "context_create").0, 0);
+            let (code, message) = status(&lines, "cuda_f64");
+            assert_eq!(code, 6, "{message}");
+        }
+        Err(error) => {
+            eprintln!("GPU part of the C ABI test skipped: {error}");
+            let expected = match error {
+                KdError::KernelsUnavailable => 10,
+                _ => 11,
+            };
+            assert_eq!((probe_code, probe_message.as_str()), (expected, error.to_string().as_str()));
+            assert_eq!(status(&lines, "context_create"), (expected, error.to_string()));
+        }
+    }
+}

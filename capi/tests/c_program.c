@@ -1,0 +1,121 @@
+/* Compiled and run by capi/tests/c_abi.rs against libkd_kernels: calls the C ABI as a C user would and
+ * prints what it got, one "key value..." line each, for the test to compare with the Rust reference. */
+#include <stdio.h>
+#include <string.h>
+
+#include "kd_kernels.h"
+
+enum { N = 2, C = 3, H = 4, W = 5, NUMEL = N * C * H * W };
+
+/* Exactly representable values, so the Rust side builds the same tensors. */
+static float student_value(int i) { return (float)((i * 37) % 101 - 50) / 16.0f; }
+static float teacher_value(int i) { return (float)((i * 53) % 89 - 44) / 8.0f; }
+
+static void print_status(const char *what, kd_status status) {
+    printf("%s %d %s\n", what, (int)status, kd_last_error_message());
+}
+
+int main(void) {
+    static float student[NUMEL], teacher[NUMEL], grad[NUMEL];
+    static double student64[NUMEL], teacher64[NUMEL], grad64[NUMEL];
+    const int64_t shape[4] = {N, C, H, W};
+    const kd_grad_options overwrite = {1.0, 0};
+    const kd_cwd_params cwd = {4.0, 3.0};
+    const kd_pixel_kd_params pixel = {1.0, 10.0, KD_REDUCTION_MEAN, 0};
+    double loss = -1.0;
+    int i;
+
+    for (i = 0; i < NUMEL; i++) {
+        student[i] = student_value(i);
+        teacher[i] = teacher_value(i);
+        student64[i] = student[i];
+        teacher64[i] = teacher[i];
+    }
+    printf("compiled %d\n", (int)kd_kernels_compiled());
+
+    print_status("cwd_cpu", kd_cwd_cpu(&cwd, shape, 4, KD_DTYPE_F32, student, teacher, &loss, grad, NULL, overwrite));
+    printf("cwd_loss %.17g\n", loss);
+    printf("cwd_grad");
+    for (i = 0; i < NUMEL; i++) printf(" %.9g", grad[i]);
+    printf("\n");
+
+    /* The same loss in double, and the gradient accumulated twice with a scale: 2 * 0.5 * g. */
+    memset(grad64, 0, sizeof grad64);
+    {
+        const kd_grad_options half_accumulate = {0.5, 1};
+        print_status("cwd_cpu_f64_a", kd_cwd_cpu(&cwd, shape, 4, KD_DTYPE_F64, student64, teacher64, &loss, grad64, NULL, half_accumulate));
+        print_status("cwd_cpu_f64_b", kd_cwd_cpu(&cwd, shape, 4, KD_DTYPE_F64, student64, teacher64, &loss, grad64, NULL, half_accumulate));
+    }
+    printf("cwd_loss_f64 %.17g\n", loss);
+    printf("cwd_grad_f64");
+    for (i = 0; i < NUMEL; i++) printf(" %.17g", grad64[i]);
+    printf("\n");
+
+    print_status("pixel_kd_cpu", kd_pixel_kd_cpu(&pixel, shape, 4, KD_DTYPE_F32, student, teacher, &loss, NULL, overwrite));
+    printf("pixel_kd_loss %.17g\n", loss);
+
+    /* CWT: student [2, 3, 4, 5] -> hidden 4 -> teacher [2, 2, 4, 5]. */
+    {
+        static float cwt_teacher[N * 2 * H * W], w1[4 * 3], b1[4], w2[2 * 4], b2[2];
+        static double gw1[4 * 3], gb1[4], gw2[2 * 4], gb2[2];
+        const int64_t teacher_shape[4] = {N, 2, H, W};
+        const int64_t wrong_teacher[4] = {N, 2, H, W + 1};
+        const kd_cwt_params cwt = {0.5, KD_CWT_NORMALIZE_BATCH, 4};
+        const float *const weights[4] = {w1, b1, w2, b2};
+        double *const grad_weights[4] = {gw1, gb1, gw2, gb2};
+        for (i = 0; i < N * 2 * H * W; i++) cwt_teacher[i] = (float)((i * 29) % 31 - 15) / 8.0f;
+        for (i = 0; i < 12; i++) w1[i] = (float)((i * 7) % 13 - 6) / 4.0f;
+        for (i = 0; i < 4; i++) b1[i] = (float)(i - 1) / 2.0f;
+        for (i = 0; i < 8; i++) w2[i] = (float)((i * 5) % 11 - 5) / 4.0f;
+        for (i = 0; i < 2; i++) b2[i] = (float)i / 4.0f;
+        print_status("cwt_cpu", kd_cwt_cpu(&cwt, shape, 4, teacher_shape, 4, KD_DTYPE_F32, student, cwt_teacher,
+                                           weights, &loss, grad, grad_weights, overwrite));
+        printf("cwt_loss %.17g\n", loss);
+        printf("cwt_grad_w1");
+        for (i = 0; i < 12; i++) printf(" %.17g", gw1[i]);
+        printf("\n");
+        print_status("bad_cwt_teacher", kd_cwt_cpu(&cwt, shape, 4, wrong_teacher, 4, KD_DTYPE_F32, student,
+                                                   cwt_teacher, weights, &loss, grad, grad_weights, overwrite));
+    }
+
+    /* ICSD, official variant, with the row-normalised matrices. */
+    {
+        static double sim_s[C * C], sim_t[C * C];
+        const kd_icsd_params icsd = {1.0, 9500.0, KD_ICSD_OFFICIAL};
+        print_status("icsd_cpu", kd_icsd_cpu(&icsd, shape, 4, KD_DTYPE_F32, student, teacher, &loss, grad, sim_s,
+                                             sim_t, overwrite));
+        printf("icsd_loss %.17g\n", loss);
+        printf("icsd_sim_student");
+        for (i = 0; i < C * C; i++) printf(" %.17g", sim_s[i]);
+        printf("\n");
+    }
+
+    /* Bad inputs: each must come back as its code and the crate's message. */
+    print_status("bad_rank", kd_cwd_cpu(&cwd, shape, 3, KD_DTYPE_F32, student, teacher, &loss, grad, NULL, overwrite));
+    {
+        const int64_t zero[4] = {N, 0, H, W};
+        const int64_t negative[4] = {N, -3, H, W};
+        print_status("bad_zero", kd_cwd_cpu(&cwd, zero, 4, KD_DTYPE_F32, student, teacher, &loss, grad, NULL, overwrite));
+        print_status("bad_negative", kd_cwd_cpu(&cwd, negative, 4, KD_DTYPE_F32, student, teacher, &loss, grad, NULL, overwrite));
+    }
+    {
+        const kd_cwd_params bad_tau = {0.0, 3.0};
+        print_status("bad_tau", kd_cwd_cpu(&bad_tau, shape, 4, KD_DTYPE_F32, student, teacher, &loss, grad, NULL, overwrite));
+    }
+    print_status("bad_dtype", kd_cwd_cpu(&cwd, shape, 4, (kd_dtype)7, student, teacher, &loss, grad, NULL, overwrite));
+    print_status("bad_null", kd_cwd_cpu(&cwd, shape, 4, KD_DTYPE_F32, NULL, teacher, &loss, grad, NULL, overwrite));
+    print_status("bad_teacher_only", kd_cwd_cpu(&cwd, shape, 4, KD_DTYPE_F32, student, teacher, &loss, NULL, grad, overwrite));
+    print_status("ok_again", kd_pixel_kd_cpu(&pixel, shape, 4, KD_DTYPE_F32, student, teacher, &loss, NULL, overwrite));
+    print_status("cuda_null_ctx", kd_cwd_cuda(NULL, &cwd, shape, 4, KD_DTYPE_F32, 1, 1, 1, 0, 0, 0, overwrite, NULL));
+    {
+        kd_context *ctx = NULL;
+        kd_status status = kd_context_create(0, &ctx);
+        print_status("context_create", status);
+        if (status == KD_OK) {
+            print_status("cuda_f64", kd_cwd_cuda(ctx, &cwd, shape, 4, KD_DTYPE_F64, 1, 1, 1, 0, 0, 0, overwrite, NULL));
+        }
+        kd_context_destroy(ctx);
+    }
+    print_status("probe", kd_cuda_probe());
+    return 0;
+}

@@ -1,0 +1,42 @@
+"""kd_kernels: fused CUDA kernels, with a CPU reference, for knowledge-distillation losses of dense
+prediction, with autograd.
+
+    import kd_kernels
+    loss = kd_kernels.cwd_loss(student_logits, teacher_logits, tau=4.0, loss_weight=3.0)
+    loss.backward()
+
+CUDA tensors run the kernels on ``torch.cuda.current_stream()`` without synchronising with the host; CPU
+tensors run the crate's f64 reference. Bad input raises :class:`KdKernelsError` (:class:`KdInputError`, a
+``ValueError``, for shapes, dtypes, devices, parameters) with the crate's message.
+"""
+
+from ._lib import (
+    CudaUnavailableError,
+    KdInputError,
+    KdKernelsError,
+    KernelsUnavailableError,
+    kernels_compiled,
+)
+from .functional import aicsd_loss, alw_alpha, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, semckd_loss
+from .modules import ChannelWiseDivergence, ChannelWiseTransformation, KLDivergence, PixelKD
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "cwd_loss",
+    "pixel_kd_loss",
+    "cwt_loss",
+    "icsd_loss",
+    "aicsd_loss",
+    "alw_alpha",
+    "semckd_loss",
+    "ChannelWiseTransformation",
+    "ChannelWiseDivergence",
+    "KLDivergence",
+    "PixelKD",
+    "KdKernelsError",
+    "KdInputError",
+    "KernelsUnavailableError",
+    "CudaUnavailableError",
+    "kernels_compiled",
+]

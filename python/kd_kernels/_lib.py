@@ -1,0 +1,180 @@
+"""The C ABI (include/kd_kernels.h) loaded with ctypes: prototypes, status codes into exceptions, and one
+``kd_context`` per CUDA device."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from pathlib import Path
+
+__all__ = [
+    "KdKernelsError",
+    "KdInputError",
+    "KernelsUnavailableError",
+    "CudaUnavailableError",
+]
+
+
+class KdKernelsError(RuntimeError):
+    """An error reported by kd-kernels; ``status`` is the C ABI's ``kd_status`` code, the message the
+    crate's."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+class KdInputError(KdKernelsError, ValueError):
+    """Bad input: shapes, dtypes, devices, parameters. Fix the call."""
+
+
+class KernelsUnavailableError(KdKernelsError):
+    """The library was built without nvcc, so it has no GPU kernels (CPU tensors still work)."""
+
+
+class CudaUnavailableError(KdKernelsError):
+    """No usable CUDA driver or device."""
+
+
+# kd_status values (include/kd_kernels.h).
+KD_OK = 0
+_INPUT_ERRORS = {1, 2, 3, 4, 5, 6, 7}  # null pointer, shape, too large, parameter, output, dtype, context
+KD_ERR_KERNELS_UNAVAILABLE = 10
+KD_ERR_CUDA_UNAVAILABLE = 11
+
+# kd_dtype values.
+DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_F64 = 0, 1, 2, 3
+
+
+class GradOptions(ctypes.Structure):
+    _fields_ = [("scale", ctypes.c_double), ("accumulate", ctypes.c_int32)]
+
+
+class CwdParams(ctypes.Structure):
+    _fields_ = [("tau", ctypes.c_double), ("loss_weight", ctypes.c_double)]
+
+
+class PixelKdParams(ctypes.Structure):
+    _fields_ = [
+        ("tau", ctypes.c_double),
+        ("loss_weight", ctypes.c_double),
+        ("reduction", ctypes.c_int32),
+        ("scale_tau2", ctypes.c_int32),
+    ]
+
+
+class CwtParams(ctypes.Structure):
+    _fields_ = [("loss_weight", ctypes.c_double), ("normalize", ctypes.c_int32), ("hidden_channels", ctypes.c_int64)]
+
+
+class IcsdParams(ctypes.Structure):
+    _fields_ = [("tau", ctypes.c_double), ("loss_weight", ctypes.c_double), ("variant", ctypes.c_int32)]
+
+
+class SemckdParams(ctypes.Structure):
+    _fields_ = [("loss_weight", ctypes.c_double), ("eps", ctypes.c_double), ("embed_dim", ctypes.c_int64)]
+
+
+def _library_path() -> Path:
+    override = os.environ.get("KD_KERNELS_LIB")
+    if override:
+        return Path(override)
+    name = {"darwin": "libkd_kernels.dylib", "win32": "kd_kernels.dll"}.get(sys.platform, "libkd_kernels.so")
+    return Path(__file__).resolve().parent / name
+
+
+def _load() -> ctypes.CDLL:
+    path = _library_path()
+    if not path.is_file():
+        raise ImportError(
+            f"kd_kernels: the native library {path} is missing; install the package with "
+            "`pip install <path to the kd-kernels repository>`, or point KD_KERNELS_LIB at a built "
+            "libkd_kernels.so (cargo build --release -p kd-kernels-capi)"
+        )
+    lib = ctypes.CDLL(str(path))
+    u64, i32, i64p, size_t = ctypes.c_uint64, ctypes.c_int32, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t
+    vp, dp = ctypes.c_void_p, ctypes.POINTER(ctypes.c_double)
+    protos = {
+        "kd_last_error_message": (ctypes.c_char_p, []),
+        "kd_kernels_compiled": (i32, []),
+        "kd_cuda_probe": (i32, []),
+        "kd_context_create": (i32, [i32, ctypes.POINTER(vp)]),
+        "kd_context_destroy": (None, [vp]),
+        "kd_cwd_cuda": (i32, [vp, ctypes.POINTER(CwdParams), i64p, size_t, i32, u64, u64, u64, u64, u64, u64,
+                              GradOptions, vp]),
+        "kd_cwd_cpu": (i32, [ctypes.POINTER(CwdParams), i64p, size_t, i32, vp, vp, dp, vp, vp, GradOptions]),
+        "kd_pixel_kd_cuda": (i32, [vp, ctypes.POINTER(PixelKdParams), i64p, size_t, i32, u64, u64, u64, u64, u64,
+                                   GradOptions, vp]),
+        "kd_pixel_kd_cpu": (i32, [ctypes.POINTER(PixelKdParams), i64p, size_t, i32, vp, vp, dp, vp, GradOptions]),
+        "kd_cwt_cuda": (i32, [vp, ctypes.POINTER(CwtParams), i64p, size_t, i64p, size_t, i32, u64, u64,
+                              ctypes.POINTER(u64), u64, u64, ctypes.POINTER(u64), u64, GradOptions, vp]),
+        "kd_cwt_cpu": (i32, [ctypes.POINTER(CwtParams), i64p, size_t, i64p, size_t, i32, vp, vp,
+                             ctypes.POINTER(vp), dp, vp, ctypes.POINTER(vp), GradOptions]),
+        "kd_icsd_cuda": (i32, [vp, ctypes.POINTER(IcsdParams), i64p, size_t, i32, u64, u64, u64, u64, u64, u64, u64,
+                               GradOptions, vp]),
+        "kd_icsd_cpu": (i32, [ctypes.POINTER(IcsdParams), i64p, size_t, i32, vp, vp, dp, vp, dp, dp, GradOptions]),
+        "kd_semckd_cuda": (i32, [vp, ctypes.POINTER(SemckdParams), size_t, i64p, size_t, i64p, i32]
+                           + [ctypes.POINTER(u64)] * 5 + [u64, u64] + [ctypes.POINTER(u64)] * 4
+                           + [u64, GradOptions, vp]),
+        "kd_semckd_cpu": (i32, [ctypes.POINTER(SemckdParams), size_t, i64p, size_t, i64p, i32]
+                          + [ctypes.POINTER(vp)] * 5 + [dp, vp] + [ctypes.POINTER(vp)] * 4 + [GradOptions]),
+    }
+    for name, (restype, argtypes) in protos.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    return lib
+
+
+lib = _load()
+
+
+def last_error() -> str:
+    message = lib.kd_last_error_message()
+    return message.decode("utf-8", "replace") if message else ""
+
+
+def check(status: int) -> None:
+    """Raises the exception of a non-OK status, with the crate's message."""
+    if status == KD_OK:
+        return
+    message = last_error()
+    if status in _INPUT_ERRORS:
+        raise KdInputError(message, status)
+    if status == KD_ERR_KERNELS_UNAVAILABLE:
+        raise KernelsUnavailableError(message, status)
+    if status == KD_ERR_CUDA_UNAVAILABLE:
+        raise CudaUnavailableError(message, status)
+    raise KdKernelsError(message, status)
+
+
+def kernels_compiled() -> bool:
+    """Whether this build carries the GPU kernels (nvcc was found when the package was built)."""
+    return bool(lib.kd_kernels_compiled())
+
+
+_contexts: dict[int, int] = {}
+_contexts_lock = threading.Lock()
+
+
+def context(device_index: int) -> int:
+    """The ``kd_context`` of a CUDA device, created on first use and kept for the process (it owns the
+    loaded kernels and their workspaces, so later calls neither reload nor reallocate)."""
+    with _contexts_lock:
+        ctx = _contexts.get(device_index)
+        if ctx is None:
+            handle = ctypes.c_void_p()
+            check(lib.kd_context_create(device_index, ctypes.byref(handle)))
+            ctx = _contexts[device_index] = handle.value
+        return ctx
+
+
+def shape_array(shape) -> tuple[ctypes.Array, int]:
+    dims = (ctypes.c_int64 * len(shape))(*shape)
+    return dims, len(shape)
+
+
+def options(scale: float = 1.0, accumulate: bool = False) -> GradOptions:
+    return GradOptions(scale, 1 if accumulate else 0)

@@ -1,0 +1,92 @@
+"""ICSD / AICSD on CPU tensors (the crate's f64 reference through the C ABI) against the official
+formulas in PyTorch (python-reference/icsd_reference.py: the official `lo_loss` pair loop, the paper
+variant, the AICSD objective), gradcheck in double precision, dtypes, bad inputs."""
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kd_kernels
+from kd_kernels import KdInputError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-reference"))
+from icsd_reference import aicsd_objective, icsd_official_loop, icsd_paper  # noqa: E402
+
+OFFICIAL = {"official": icsd_official_loop, "paper": icsd_paper}
+
+
+def logits(shape, seed, dtype=torch.float64, spread=2.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * spread).to(dtype)
+
+
+def shapes():
+    rng = random.Random(3)
+    return [(1, 2, 1, 1), (2, 3, 4, 5), (1, 5, 7, 3)] + [
+        (rng.randint(1, 3), rng.randint(2, 6), rng.randint(1, 6), rng.randint(1, 6)) for _ in range(4)]
+
+
+@pytest.mark.parametrize("shape", shapes())
+@pytest.mark.parametrize("variant", ["official", "paper"])
+@pytest.mark.parametrize("tau,weight", [(1.0, 9500.0), (2.0, 3.0)])
+def test_icsd_matches_the_official_code(shape, variant, tau, weight):
+    student, teacher = logits(shape, 1), logits(shape, 2)
+    s = student.clone().requires_grad_(True)
+    s_ref = student.clone().requires_grad_(True)
+    loss = kd_kernels.icsd_loss(s, teacher, tau, weight, variant)
+    ref = OFFICIAL[variant](s_ref, teacher, tau, weight)
+    loss.backward()
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-9, abs=1e-12 * weight)
+    assert torch.allclose(s.grad, s_ref.grad, rtol=1e-8, atol=1e-11 * weight)
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_icsd_gradcheck_double(variant):
+    student = logits((2, 3, 4, 3), 3).requires_grad_(True)
+    teacher = logits((2, 3, 4, 3), 4)
+    assert torch.autograd.gradcheck(lambda s: kd_kernels.icsd_loss(s, teacher, 1.5, 7.0, variant), (student,))
+
+
+@pytest.mark.parametrize("epoch", [0, 30, 119.5, 200])
+def test_aicsd_is_the_official_objective(epoch):
+    student, teacher = logits((2, 4, 5, 3), 5), logits((2, 4, 5, 3), 6)
+    s = student.clone().requires_grad_(True)
+    s_ref = student.clone().requires_grad_(True)
+    loss = kd_kernels.aicsd_loss(s, teacher, epoch)
+    ref = aicsd_objective(s_ref, teacher, epoch)
+    loss.backward()
+    ref.backward()
+    assert kd_kernels.alw_alpha(epoch) == min(max(epoch / 120, 0.0), 1.0)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-9)
+    assert torch.allclose(s.grad, s_ref.grad, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_icsd_low_precision(dtype, tolerance):
+    student, teacher = logits((2, 5, 6, 4), 7, dtype), logits((2, 5, 6, 4), 8, dtype)
+    s = student.clone().requires_grad_(True)
+    loss = kd_kernels.icsd_loss(s, teacher)
+    loss.backward()
+    s64 = student.double().requires_grad_(True)
+    ref = icsd_official_loop(s64, teacher.double())
+    ref.backward()
+    assert loss.dtype == torch.float32 and s.grad.dtype == dtype
+    assert abs(loss.item() - ref.item()) <= 1e-6 * abs(ref.item())
+    assert (s.grad.double() - s64.grad).abs().max() <= tolerance * s64.grad.abs().max()
+
+
+def test_icsd_bad_inputs():
+    s, t = logits((2, 3, 4, 5), 9), logits((2, 3, 4, 5), 10)
+    with pytest.raises(KdInputError) as err:
+        kd_kernels.icsd_loss(s, t, variant="prose")
+    assert str(err.value) == "parameter `variant` = prose is invalid: it must be `official` or `paper`"
+    with pytest.raises(KdInputError, match="parameter `tau` = -1 is invalid"):
+        kd_kernels.icsd_loss(s, t, tau=-1.0)
+    with pytest.raises(KdInputError, match="does not match the expected"):
+        kd_kernels.icsd_loss(s, t[:, :2])
+    with pytest.raises(KdInputError, match="parameter `total_epochs` = 0 is invalid"):
+        kd_kernels.aicsd_loss(s, t, 3, total_epochs=0)
