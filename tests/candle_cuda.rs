@@ -17,6 +17,7 @@ const TESTS: &[(&str, fn(&Device) -> support::TestResult)] = &[
     ("cwt_matches_candle_autograd_into_every_parameter", support::check_cwt),
     ("strided_and_offset_inputs_are_handled", support::check_layouts),
     ("misuse_is_an_error_that_says_what_to_fix", support::check_errors),
+    ("training_lowers_the_loss_and_starts_at_the_formula", support::check_training),
 ];
 
 /// The CUDA device, or why the tests cannot run.
@@ -45,7 +46,11 @@ fn main() {
     let mut failed = 0;
     for (name, test) in TESTS {
         let outcome = std::panic::catch_unwind(|| test(&device)).unwrap_or_else(|p| {
-            Err(p.downcast_ref::<String>().cloned().or(p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
+            Err(p
+                .downcast_ref::<String>()
+                .cloned()
+                .or(p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default())
         });
         match outcome {
             Ok(()) => println!("test candle_cuda::{name} ... ok"),

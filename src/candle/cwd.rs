@@ -25,7 +25,11 @@ impl Cwd {
     }
 
     /// The loss of `student` against `teacher` (`[N, C, H, W]`, one dtype, one device).
-    pub fn loss(&self, student: &candle_core::Tensor, teacher: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    pub fn loss(
+        &self,
+        student: &candle_core::Tensor,
+        teacher: &candle_core::Tensor,
+    ) -> candle_core::Result<candle_core::Tensor> {
         self.inner.loss(student, teacher)
     }
 }

@@ -87,11 +87,7 @@ impl Cwt {
             }
             let dims = p.dims();
             let bias = cols == 1;
-            let ok = if bias {
-                dims == [rows]
-            } else {
-                dims == [rows, cols] || dims == [rows, cols, 1, 1]
-            };
+            let ok = if bias { dims == [rows] } else { dims == [rows, cols] || dims == [rows, cols, 1, 1] };
             if !ok {
                 let expected = if bias { vec![rows] } else { vec![rows, cols] };
                 return Err(candle_error(KdError::ShapeMismatch { what, expected, got: dims.to_vec() }));
@@ -128,7 +124,8 @@ fn param_count(s: &CwtShapes) -> usize {
 /// The flat parameter vector as the CPU reference's views.
 fn mlp_params<'a>(flat: &'a [f32], s: &CwtShapes) -> candle_core::Result<MlpParams<'a>> {
     let [w1, b1, w2, b2] = param_ranges(s);
-    let bad = |e: ndarray::ShapeError| candle_error(KdError::TooLarge { what: "CWT parameters", detail: e.to_string() });
+    let bad =
+        |e: ndarray::ShapeError| candle_error(KdError::TooLarge { what: "CWT parameters", detail: e.to_string() });
     Ok(MlpParams {
         w1: ArrayView2::from_shape((s.ch, s.cs), &flat[w1]).map_err(bad)?,
         b1: ArrayView1::from(&flat[b1]),
@@ -359,7 +356,12 @@ mod cuda {
 
     type Arg<'a> = (&'a CudaStorage, &'a Layout);
 
-    pub(super) fn forward(shared: &Shared, s: Arg<'_>, t: Arg<'_>, p: Arg<'_>) -> candle_core::Result<(CudaStorage, Shape)> {
+    pub(super) fn forward(
+        shared: &Shared,
+        s: Arg<'_>,
+        t: Arg<'_>,
+        p: Arg<'_>,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         struct Job<'a> {
             shared: &'a Shared,
             s: Arg<'a>,
@@ -390,7 +392,12 @@ mod cuda {
         dispatch(s.0.dtype(), NAME, Job { shared, s, t, p })
     }
 
-    pub(super) fn backward(op: &GradOp, s: Arg<'_>, t: Arg<'_>, p: Arg<'_>) -> candle_core::Result<(CudaStorage, Shape)> {
+    pub(super) fn backward(
+        op: &GradOp,
+        s: Arg<'_>,
+        t: Arg<'_>,
+        p: Arg<'_>,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         struct Job<'a> {
             op: &'a GradOp,
             s: Arg<'a>,

@@ -265,7 +265,13 @@ impl<L: PairLoss> candle_core::CustomOp2 for ForwardOp<L> {
         L::NAME
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         struct Job<'a, L> {
             loss: &'a L,
             s: (&'a CpuStorage, &'a Layout),
@@ -457,9 +463,11 @@ pub(crate) mod cuda {
         let student = view::<T>(s.0, s.1, L::NAME)?;
         let teacher = view::<T>(t.0, t.1, L::NAME)?;
         let mut loss: CudaSlice<f32> = device.alloc_zeros(1)?;
-        shared.cuda.with(&stream, |s| shared.loss.cuda_new(s), |cuda| {
-            L::cuda_forward(cuda, &dims, &student, &teacher, &mut loss)
-        })?;
+        shared.cuda.with(
+            &stream,
+            |s| shared.loss.cuda_new(s),
+            |cuda| L::cuda_forward(cuda, &dims, &student, &teacher, &mut loss),
+        )?;
         Ok((CudaStorage::wrap_cuda_slice(loss, device), Shape::from(())))
     }
 
@@ -507,9 +515,11 @@ pub(crate) mod cuda {
         {
             let (mut gs, mut rest) = grads.split_at_mut(numel);
             let gt = (k == 2).then_some(&mut rest);
-            shared.cuda.with(&stream, |s| shared.loss.cuda_new(s), |cuda| {
-                L::cuda_backward(cuda, &dims, &student, &teacher, &upstream, &mut gs, gt)
-            })?;
+            shared.cuda.with(
+                &stream,
+                |s| shared.loss.cuda_new(s),
+                |cuda| L::cuda_backward(cuda, &dims, &student, &teacher, &upstream, &mut gs, gt),
+            )?;
         }
         Ok((CudaStorage::wrap_cuda_slice(grads, device), Shape::from((k, dims[0], dims[1], dims[2], dims[3]))))
     }

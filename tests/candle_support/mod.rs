@@ -14,6 +14,10 @@ use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
 use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 
+#[path = "../../examples/train_candle.rs"]
+pub mod train_candle;
+use train_candle as train;
+
 pub type TestResult = Result<(), String>;
 
 pub trait OrMsg<T> {
@@ -230,11 +234,14 @@ pub fn check_cwd(device: &Device) -> TestResult {
 
 pub fn check_pixel_kd(device: &Device) -> TestResult {
     let mut failures = Vec::new();
-    for (reduction, scale_tau2) in [(Reduction::Mean, false), (Reduction::BatchMean, true), (Reduction::PixelMean, false)] {
+    for (reduction, scale_tau2) in
+        [(Reduction::Mean, false), (Reduction::BatchMean, true), (Reduction::PixelMean, false)]
+    {
         let cfg = PixelKdConfig { tau: 2.0, loss_weight: 10.0, reduction, scale_tau2 };
         let kd = PixelKd::new(cfg).or_msg("PixelKd::new")?;
         let name = format!("pixel_kd {}", reduction.name());
-        if let Err(e) = check_pair(device, &name, false, &|s, t| kd.loss(s, t), &|s, t| pixel_kd_reference(s, t, &cfg)) {
+        if let Err(e) = check_pair(device, &name, false, &|s, t| kd.loss(s, t), &|s, t| pixel_kd_reference(s, t, &cfg))
+        {
             failures.push(e);
         }
     }
@@ -253,7 +260,8 @@ pub fn check_aicsd(device: &Device) -> TestResult {
     let epoch = 30.0;
     let alpha = cfg.alpha(epoch).or_msg("alpha")?;
     check_pair(device, "aicsd", false, &|s, t| aicsd.loss(s, t, epoch), &|s, t| {
-        icsd_reference(s, t, &cfg.icsd)?.affine(alpha, 0.0)? + pixel_kd_reference(s, t, &cfg.kd)?.affine(1.0 - alpha, 0.0)?
+        icsd_reference(s, t, &cfg.icsd)?.affine(alpha, 0.0)?
+            + pixel_kd_reference(s, t, &cfg.kd)?.affine(1.0 - alpha, 0.0)?
     })
 }
 
@@ -268,7 +276,8 @@ pub fn check_cwt(device: &Device) -> TestResult {
         let cwt = Cwt::new(cfg, shapes).or_msg("Cwt::new")?;
         for dtype in DTYPES {
             let what = format!("cwt {normalize:?} {dtype:?}");
-            let s = Var::from_tensor(&logits(&[n, cs, h, w], 3, device).to_dtype(dtype).or_msg(&what)?).or_msg(&what)?;
+            let s =
+                Var::from_tensor(&logits(&[n, cs, h, w], 3, device).to_dtype(dtype).or_msg(&what)?).or_msg(&what)?;
             let t = logits(&[n, ct, h, w], 4, device).to_dtype(dtype).or_msg(&what)?;
             let param = |shape: &[usize], seed| Var::from_tensor(&logits(shape, seed, device).affine(0.3, 0.0)?);
             let w1 = param(&[ch, cs, 1, 1], 5).or_msg(&what)?;
@@ -287,9 +296,9 @@ pub fn check_cwt(device: &Device) -> TestResult {
             }
             let g_got = got.affine(2.0, 0.0).and_then(|l| l.backward()).or_msg(&what)?;
             let g_want = want.affine(2.0, 0.0).and_then(|l| l.backward()).or_msg(&what)?;
-            let pairs = [("student", s.as_tensor(), dtype)]
-                .into_iter()
-                .chain(["w1", "b1", "w2", "b2"].into_iter().zip(vars).map(|(name, v)| (name, v.as_tensor(), DType::F32)));
+            let pairs = [("student", s.as_tensor(), dtype)].into_iter().chain(
+                ["w1", "b1", "w2", "b2"].into_iter().zip(vars).map(|(name, v)| (name, v.as_tensor(), DType::F32)),
+            );
             for (name, var, dt) in pairs {
                 match (g_got.get(var), g_want.get(var)) {
                     (Some(a), Some(b)) => {
@@ -328,8 +337,9 @@ pub fn check_layouts(device: &Device) -> TestResult {
         if view.is_contiguous() {
             failures.push(format!("{what}: the transposed view is contiguous; the test tests nothing"));
         }
-        let loss = step(&view, &t.transpose(2, 3).and_then(|x| x.contiguous()).and_then(|x| x.transpose(2, 3)).or_msg(&what)?)
-            .or_msg(&what)?;
+        let loss =
+            step(&view, &t.transpose(2, 3).and_then(|x| x.contiguous()).and_then(|x| x.transpose(2, 3)).or_msg(&what)?)
+                .or_msg(&what)?;
         let grad = loss.backward().or_msg(&what)?.get(stored.as_tensor()).cloned().ok_or("no grad (strided)")?;
         failures.extend(compare(&format!("{what} strided loss"), &loss, &base, dtype, OutputKind::Loss).err());
         let grad = grad.transpose(1, 2).or_msg(&what)?;
@@ -390,4 +400,54 @@ pub fn check_errors(device: &Device) -> TestResult {
     expect("cwt f16 weight", cwt.loss(&s, &t, &w1_16, &b, &w2, &b), "F32");
     expect("cwt teacher channels", cwt.loss(&s, &s, &w1, &b, &w2, &b), "teacher");
     verdict(failures)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The training example (`examples/train_candle.rs`): the loss falls, and step 0 is the formula.
+
+/// Step 0's four losses from the references of `candle_support`, for the example's initial student.
+fn step0_reference(device: &Device) -> candle_core::Result<[f64; 4]> {
+    let (cwd, kd, icsd, cwt) = train::configs();
+    let run = train::setup(device)?;
+    let (features, logits) = run.student.forward(&run.input)?;
+    let t = &run.teacher_logits;
+    let [w1, b1, w2, b2] = &run.mlp;
+    let params = [w1.as_tensor(), b1.as_tensor(), w2.as_tensor(), b2.as_tensor()];
+    let value = |x: candle_core::Tensor| x.to_dtype(DType::F64)?.to_scalar::<f64>();
+    Ok([
+        value(cwd_reference(&logits, t, &cwd)?)?,
+        value(pixel_kd_reference(&logits, t, &kd)?)?,
+        value(icsd_reference(&logits, t, &icsd)?)?,
+        value(cwt_reference(&features, &run.teacher_features, params, &cwt)?)?,
+    ])
+}
+
+pub fn check_training(device: &Device) -> Result<(), String> {
+    let steps = 30;
+    let log =
+        train::train(device, DType::F32, steps, train::LEARNING_RATE).map_err(|e| format!("training failed: {e}"))?;
+    let first = &log[0];
+    let got = [first.cwd, first.pixel_kd, first.icsd, first.cwt];
+    let want = step0_reference(device).map_err(|e| format!("reference failed: {e}"))?;
+    for (name, (g, w)) in ["cwd", "pixel kd", "icsd", "cwt"].iter().zip(got.iter().zip(want)) {
+        let c = Comparison::of([*g], [w]);
+        if !c.passes(tolerance(kd_kernels::DType::F32, OutputKind::Loss)) || w <= 0.0 {
+            return Err(format!("step 0 {name}: op {g}, candle ops {w} (max_rel_err {:e})", c.max_rel_err));
+        }
+    }
+    let total0 = got.iter().sum::<f64>();
+    if (first.total - total0).abs() > 1e-5 * total0 {
+        return Err(format!("step 0 total {} is not the sum of its terms {total0}", first.total));
+    }
+    let last = log[steps - 1].total;
+    // A real decrease, not noise: at least 20% over the run, and the last steps below the first ones.
+    if !(last < 0.8 * first.total) {
+        return Err(format!("the loss did not fall: {} -> {last}", first.total));
+    }
+    let head: f64 = log[..5].iter().map(|s| s.total).sum();
+    let tail: f64 = log[steps - 5..].iter().map(|s| s.total).sum();
+    if !(tail < head) {
+        return Err(format!("the last five steps ({tail}) are not below the first five ({head})"));
+    }
+    Ok(())
 }
