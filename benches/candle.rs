@@ -95,7 +95,7 @@ fn bench_device(
                     }
                     let mut group = c.benchmark_group(&group_name);
                     group.sample_size(10).warm_up_time(Duration::from_millis(500));
-                    group.bench_function(BenchmarkId::new(*impl_name, common::shape_name(shape)), |b| {
+                    group.bench_function(BenchmarkId::new(impl_name, common::shape_name(shape)), |b| {
                         b.iter(|| step(f, &student, &teacher, device).expect("succeeded once"))
                     });
                     group.finish();

@@ -9,7 +9,9 @@ mod candle_support;
 use candle_core::Device;
 use candle_support as support;
 
-const TESTS: &[(&str, fn(&Device) -> support::TestResult)] = &[
+type Check = fn(&Device) -> support::TestResult;
+
+const TESTS: &[(&str, Check)] = &[
     ("cwd_matches_candle_autograd", support::check_cwd),
     ("pixel_kd_matches_candle_autograd", support::check_pixel_kd),
     ("icsd_matches_candle_autograd", support::check_icsd),

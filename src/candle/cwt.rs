@@ -198,6 +198,14 @@ impl candle_core::CustomOp3 for ForwardOp {
             }
         }
         let params = cpu_slice::<f32>(s3, l3, NAME)?;
+        let count = param_count(&self.shared.shapes);
+        if params.len() != count {
+            return Err(candle_error(KdError::BufferTooSmall {
+                what: "CWT parameters",
+                needed: count,
+                len: params.len(),
+            }));
+        }
         dispatch(s1.dtype(), NAME, Job { shared: &self.shared, s: (s1, l1), t: (s2, l2), params })
     }
 
@@ -350,9 +358,10 @@ mod cuda {
     use cudarc::driver::CudaSlice;
 
     use super::super::cuda::view;
-    use super::super::{dispatch, nchw, Float, PerDtype};
+    use super::super::{candle_error, dispatch, nchw, Float, PerDtype};
     use super::{param_count, param_ranges, GradOp, ParamGrads, Shared, GRAD_NAME, NAME};
     use crate::cwt::{CwtCuda, CwtParamBuffers, CwtParamGrads};
+    use crate::error::KdError;
 
     type Arg<'a> = (&'a CudaStorage, &'a Layout);
 
@@ -377,6 +386,14 @@ mod cuda {
                 let student = view::<T>(self.s.0, self.s.1, NAME)?;
                 let teacher = view::<T>(self.t.0, self.t.1, NAME)?;
                 let flat = view::<f32>(self.p.0, self.p.1, NAME)?;
+                let count = param_count(&self.shared.shapes);
+                if flat.len() != count {
+                    return Err(candle_error(KdError::BufferTooSmall {
+                        what: "CWT parameters",
+                        needed: count,
+                        len: flat.len(),
+                    }));
+                }
                 let [w1, b1, w2, b2] = param_ranges(&self.shared.shapes);
                 let (w1, b1, w2, b2) = (flat.slice(w1), flat.slice(b1), flat.slice(w2), flat.slice(b2));
                 let params = CwtParamBuffers { w1: &w1, b1: &b1, w2: &w2, b2: &b2 };
@@ -416,6 +433,13 @@ mod cuda {
                 let teacher = view::<T>(self.t.0, self.t.1, GRAD_NAME)?;
                 let packed = view::<f32>(self.p.0, self.p.1, GRAD_NAME)?;
                 let count = param_count(&shared.shapes);
+                if packed.len() != count + 1 {
+                    return Err(candle_error(KdError::BufferTooSmall {
+                        what: "CWT parameters",
+                        needed: count + 1,
+                        len: packed.len(),
+                    }));
+                }
                 let [w1, b1, w2, b2] = param_ranges(&shared.shapes);
                 let upstream = packed.slice(count..count + 1);
                 let (w1, b1, w2, b2) = (packed.slice(w1), packed.slice(b1), packed.slice(w2), packed.slice(b2));

@@ -111,6 +111,14 @@ pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// The upstream gradient d total / d loss, the one element of `values`.
+pub(crate) fn upstream_scalar(values: &[f32], op: &'static str) -> candle_core::Result<f64> {
+    match values {
+        [v] => Ok(f64::from(*v)),
+        _ => Err(candle_error(KdError::ShapeMismatch { what: op, expected: vec![1], got: vec![values.len()] })),
+    }
+}
+
 /// `dims` as `[N, C, H, W]`, or the crate's rank error.
 pub(crate) fn nchw(dims: &[usize], what: &'static str) -> candle_core::Result<[usize; 4]> {
     <[usize; 4]>::try_from(dims).map_err(|_| candle_error(KdError::WrongRank { what, expected: 4, got: dims.len() }))
@@ -194,7 +202,7 @@ impl<L: PairLoss> Clone for PairLossFn<L> {
     }
 }
 
-struct Shared<L: PairLoss> {
+pub(crate) struct Shared<L: PairLoss> {
     loss: L,
     #[cfg(feature = "candle-cuda")]
     cuda: cuda::CudaSlot<L::Cuda>,
@@ -331,7 +339,7 @@ impl<L: PairLoss> candle_core::CustomOp3 for GradOp<L> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let upstream = cpu_slice::<f32>(s3, l3, L::GRAD_NAME)?[0] as f64;
+        let upstream = upstream_scalar(cpu_slice::<f32>(s3, l3, L::GRAD_NAME)?, L::GRAD_NAME)?;
         struct Job<'a, L> {
             loss: &'a L,
             s: (&'a CpuStorage, &'a Layout),

@@ -441,12 +441,13 @@ pub fn check_training(device: &Device) -> Result<(), String> {
     }
     let last = log[steps - 1].total;
     // A real decrease, not noise: at least 20% over the run, and the last steps below the first ones.
-    if !(last < 0.8 * first.total) {
+    // NaN fails too.
+    if last.partial_cmp(&(0.8 * first.total)) != Some(std::cmp::Ordering::Less) {
         return Err(format!("the loss did not fall: {} -> {last}", first.total));
     }
     let head: f64 = log[..5].iter().map(|s| s.total).sum();
     let tail: f64 = log[steps - 5..].iter().map(|s| s.total).sum();
-    if !(tail < head) {
+    if tail.partial_cmp(&head) != Some(std::cmp::Ordering::Less) {
         return Err(format!("the last five steps ({tail}) are not below the first five ({head})"));
     }
     Ok(())
