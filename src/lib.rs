@@ -21,6 +21,9 @@
 //! [`KdError::KernelsUnavailable`]; without a driver at run time they return [`KdError::CudaUnavailable`].
 //! Nothing panics on bad input: see [`KdError`].
 //!
+//! With the feature `candle`, the module `candle` has the losses as candle ops with a backward pass
+//! (`candle-cuda`: on candle's CUDA device too).
+//!
 //! ```
 //! use kd_kernels::cwd::{CwdConfig, CwdCpu};
 //! use ndarray::Array4;
@@ -39,6 +42,8 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeExamples;
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod cpu;
 pub mod cuda;
 pub mod cwd;

@@ -25,6 +25,12 @@ pub(crate) struct Workspace {
     counters: (CudaSlice<u32>, u64),
 }
 
+// SAFETY: `launch_stream` is the handle of a stream of the workspace's context (the raw layer's contract), and
+// every driver call on it is preceded by binding that context to the calling thread (`capturing` here, the
+// launcher in `module.rs`); a CUDA stream handle may be used from any thread. The other fields are `Send`. So a
+// loss object can move to another thread (a framework's op, kept behind a `Mutex`, runs on the caller's).
+unsafe impl Send for Workspace {}
+
 fn address<T>(slice: &mut CudaSlice<T>, stream: &CudaStream) -> u64 {
     // The workspace is used only by this crate's kernels, in the order of the calls, so cudarc's event
     // tracking is not needed for it: take the address once.

@@ -1,0 +1,115 @@
+//! The candle ops against the same losses written in candle's own tensor ops: the time of one training
+//! step of the loss (forward, `backward()`, a device synchronisation), for CWD and pixel KD.
+//!
+//! On the GPU (feature `candle-cuda`, a GPU present) on `common::SHAPES`, the other benches' shapes, in f32
+//! and bf16; on candle's CPU device on one small shape in f32 (the crate's CPU path is the f64 reference, a
+//! correctness tool, not a fast path). Without a GPU the GPU cases are skipped with a message.
+//!
+//! ```text
+//! cargo bench --bench candle --features candle-cuda
+//! cargo bench --bench candle --features candle -- cpu    # the CPU cases only
+//! ```
+
+#[path = "../tests/candle_support/mod.rs"]
+mod candle_support;
+mod common;
+
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor, Var};
+use criterion::{BenchmarkId, Criterion};
+use kd_kernels::candle::{Cwd, PixelKd};
+use kd_kernels::cwd::CwdConfig;
+use kd_kernels::pixel_kd::PixelKdConfig;
+
+const CPU_SHAPE: [usize; 4] = [2, 19, 32, 64];
+
+type LossFn<'a> = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + 'a>;
+
+fn main() {
+    let args = common::Args::from_env();
+    let mut c = Criterion::default().configure_from_args();
+    let cwd_cfg = CwdConfig::default();
+    let kd_cfg = PixelKdConfig::default();
+    let cwd = Cwd::new(cwd_cfg).expect("the default configuration is valid");
+    let kd = PixelKd::new(kd_cfg).expect("the default configuration is valid");
+    let losses: Vec<(&str, LossFn<'_>, LossFn<'_>)> = vec![
+        ("cwd", Box::new(|s, t| cwd.loss(s, t)), Box::new(move |s, t| candle_support::cwd_reference(s, t, &cwd_cfg))),
+        (
+            "pixel_kd",
+            Box::new(|s, t| kd.loss(s, t)),
+            Box::new(move |s, t| candle_support::pixel_kd_reference(s, t, &kd_cfg)),
+        ),
+    ];
+
+    bench_device(&mut c, &args, "cpu", &Device::Cpu, &[CPU_SHAPE], &[DType::F32], &losses);
+    match gpu() {
+        Ok(device) => {
+            let shapes: &[[usize; 4]] = if args.bench { &common::SHAPES } else { &common::SHAPES[..1] };
+            bench_device(&mut c, &args, "gpu", &device, shapes, &[DType::F32, DType::BF16], &losses);
+        }
+        Err(reason) => println!("candle bench: GPU cases skipped: {reason}"),
+    }
+    c.final_summary();
+}
+
+fn gpu() -> Result<Device, String> {
+    if !cfg!(feature = "candle-cuda") {
+        return Err("built without the `candle-cuda` feature".into());
+    }
+    kd_kernels::cuda::probe().map_err(|e| e.to_string())?;
+    Device::new_cuda(0).map_err(|e| format!("candle could not open CUDA device 0: {e}"))
+}
+
+fn bench_device(
+    c: &mut Criterion,
+    args: &common::Args,
+    where_: &str,
+    device: &Device,
+    shapes: &[[usize; 4]],
+    dtypes: &[DType],
+    losses: &[(&str, LossFn<'_>, LossFn<'_>)],
+) {
+    for shape in shapes {
+        for &dtype in dtypes {
+            let student = candle_support::logits(shape, 1, device).to_dtype(dtype).and_then(|t| Var::from_tensor(&t));
+            let teacher = candle_support::logits(shape, 2, device).to_dtype(dtype);
+            let (student, teacher) = match (student, teacher) {
+                (Ok(s), Ok(t)) => (s, t),
+                (Err(e), _) | (_, Err(e)) => {
+                    println!("candle bench {where_} {}: inputs failed: {e}", common::shape_name(shape));
+                    continue;
+                }
+            };
+            for (name, op, reference) in losses {
+                let group_name = format!("candle/{name}/{where_}/{dtype:?}");
+                for (impl_name, f) in [("kd_kernels_op", op), ("candle_ops", reference)] {
+                    let id = format!("{group_name}/{impl_name}/{}", common::shape_name(shape));
+                    if !args.wants(&id) {
+                        continue;
+                    }
+                    // One step up front: a failure is reported instead of benchmarked.
+                    if let Err(e) = step(f, &student, &teacher, device) {
+                        println!("{id}: failed: {e}");
+                        continue;
+                    }
+                    let mut group = c.benchmark_group(&group_name);
+                    group.sample_size(10).warm_up_time(Duration::from_millis(500));
+                    group.bench_function(BenchmarkId::new(impl_name, common::shape_name(shape)), |b| {
+                        b.iter(|| step(f, &student, &teacher, device).expect("succeeded once"))
+                    });
+                    group.finish();
+                }
+            }
+        }
+    }
+}
+
+/// One training step of the loss: forward, backward to the student, wait for the device.
+fn step(f: &LossFn<'_>, student: &Var, teacher: &Tensor, device: &Device) -> candle_core::Result<Tensor> {
+    let loss = f(student.as_tensor(), teacher)?;
+    let grads = loss.backward()?;
+    let grad = grads.get(student.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
+    device.synchronize()?;
+    Ok(grad)
+}

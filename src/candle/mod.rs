@@ -1,0 +1,534 @@
+//! The losses as [candle](https://crates.io/crates/candle-core) ops with forward and backward (feature
+//! `candle`), so that `loss.backward()` in a candle graph reaches the student's logits (and, for CWT, the
+//! MLP's parameters).
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use kd_kernels::candle::Cwd;
+//! use kd_kernels::cwd::CwdConfig;
+//!
+//! let student = Var::randn(0f32, 1.0, (2, 3, 4, 5), &Device::Cpu)?;
+//! let teacher = Tensor::randn(0f32, 1.0, (2, 3, 4, 5), &Device::Cpu)?;
+//! let cwd = Cwd::new(CwdConfig::default())?;              // once
+//! let loss = cwd.loss(student.as_tensor(), &teacher)?;    // every step: a candle scalar (f32)
+//! let grads = loss.backward()?;                           // reaches the student
+//! assert!(grads.get(student.as_tensor()).is_some());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! On candle's CPU device an op runs the crate's f64 CPU reference; on its CUDA device (feature
+//! `candle-cuda`) it runs the kernels on candle's own stream, on candle's `CudaSlice`s, with no host
+//! synchronisation. Inputs are `f32`, `f16` or `bf16` (`f64` is refused: the kernels and the reference take
+//! 16- and 32-bit storage); the loss is an `f32` scalar whatever the input dtype (the crate's convention: the
+//! loss is summed in fp32), and the gradients have the input's dtype. Strided inputs (a transpose, a
+//! permutation) are made contiguous by candle first (a differentiable copy); inputs that start at an offset
+//! in their storage (a `narrow` along the batch) are read in place.
+//!
+//! Errors are candle errors: a wrong dtype is `candle_core::Error::UnsupportedDTypeForOp`, every check of
+//! the crate (shapes, configuration, device) is a wrapped [`KdError`] whose message says what to fix.
+//!
+//! Each op is the forward (the loss) plus a gradient op that the backward pass applies to
+//! `(student, teacher, d total / d loss)`: the kernels' `backward` with the upstream gradient read on the
+//! device, so a training step queues two launches that each read the logits once (as the unfused
+//! forward + backward of the typed API) and nothing waits for the host.
+
+mod cwd;
+mod cwt;
+mod icsd;
+mod pixel_kd;
+
+pub use cwd::Cwd;
+pub use cwt::Cwt;
+pub use icsd::{Aicsd, Icsd};
+pub use pixel_kd::PixelKd;
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType as CandleDType, Layout, Shape, Tensor};
+use ndarray::{Array4, ArrayView4};
+
+use crate::dtype::KdFloat;
+use crate::error::KdError;
+
+/// A crate error as a candle error (its message is the crate's, which says what to fix).
+pub(crate) fn candle_error(e: KdError) -> candle_core::Error {
+    candle_core::Error::wrap(e)
+}
+
+/// Element types the ops take: the crate's input types, as candle knows them.
+#[cfg(not(feature = "candle-cuda"))]
+pub(crate) trait Float: KdFloat + candle_core::WithDType {}
+/// Element types the ops take: the crate's input types, as candle knows them.
+#[cfg(feature = "candle-cuda")]
+pub(crate) trait Float: KdFloat + candle_core::WithDType + candle_core::cuda::CudaDType {}
+impl Float for f32 {}
+impl Float for half::f16 {}
+impl Float for half::bf16 {}
+
+/// Code generic over the element type, run for a candle dtype known only at run time.
+pub(crate) trait PerDtype {
+    type Out;
+    fn run<T: Float>(self) -> candle_core::Result<Self::Out>;
+}
+
+/// Runs `job` for the element type of `dtype`; `f64` and the integer types are refused.
+pub(crate) fn dispatch<P: PerDtype>(dtype: CandleDType, op: &'static str, job: P) -> candle_core::Result<P::Out> {
+    match dtype {
+        CandleDType::F32 => job.run::<f32>(),
+        CandleDType::F16 => job.run::<half::f16>(),
+        CandleDType::BF16 => job.run::<half::bf16>(),
+        other => Err(candle_core::Error::UnsupportedDTypeForOp(other, op)),
+    }
+}
+
+/// The `(start, end)` of a layout's elements in its storage; a strided layout is refused (the public entry
+/// points make their inputs contiguous first, so this only fires on an op applied by hand).
+pub(crate) fn contiguous_range(layout: &Layout, op: &'static str) -> candle_core::Result<(usize, usize)> {
+    layout.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op })
+}
+
+/// A CPU tensor as an ndarray view of rank 4 (the layout's offset honoured).
+pub(crate) fn cpu_view4<'a, T: Float>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &'static str,
+    op: &'static str,
+) -> candle_core::Result<ArrayView4<'a, T>> {
+    let dims = nchw(layout.dims(), what)?;
+    let (start, end) = contiguous_range(layout, op)?;
+    let data = &storage.as_slice::<T>()?[start..end];
+    ArrayView4::from_shape(dims, data).map_err(|e| candle_error(KdError::TooLarge { what, detail: e.to_string() }))
+}
+
+/// A CPU tensor as a flat slice (the layout's offset honoured).
+pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [T]> {
+    let (start, end) = contiguous_range(layout, op)?;
+    Ok(&storage.as_slice::<T>()?[start..end])
+}
+
+/// The upstream gradient d total / d loss, the one element of `values`.
+pub(crate) fn upstream_scalar(values: &[f32], op: &'static str) -> candle_core::Result<f64> {
+    match values {
+        [v] => Ok(f64::from(*v)),
+        _ => Err(candle_error(KdError::ShapeMismatch { what: op, expected: vec![1], got: vec![values.len()] })),
+    }
+}
+
+/// `dims` as `[N, C, H, W]`, or the crate's rank error.
+pub(crate) fn nchw(dims: &[usize], what: &'static str) -> candle_core::Result<[usize; 4]> {
+    <[usize; 4]>::try_from(dims).map_err(|_| candle_error(KdError::WrongRank { what, expected: 4, got: dims.len() }))
+}
+
+/// The loss as a candle CPU scalar: `f32`, shape `[]`.
+pub(crate) fn cpu_scalar(loss: f64) -> (CpuStorage, Shape) {
+    (CpuStorage::F32(vec![loss as f32]), Shape::from(()))
+}
+
+/// An f64 gradient rounded to `T`, as candle CPU storage.
+pub(crate) fn cpu_grad<T: Float>(grad: &Array4<f64>) -> CpuStorage {
+    T::to_cpu_storage_owned(grad.iter().map(|&g| <T as KdFloat>::from_f64(g)).collect())
+}
+
+/// The gradients of a `(student, teacher)` loss; the teacher's only when the configuration asks for it.
+pub(crate) struct PairGrads {
+    pub(crate) student: Array4<f64>,
+    pub(crate) teacher: Option<Array4<f64>>,
+}
+
+/// One loss family of the form `loss(student, teacher)`, both `[N, C, H, W]` of one dtype: what its
+/// candle ops need. A family's adapter is this impl plus a public newtype over [`PairLossFn`].
+pub(crate) trait PairLoss: Send + Sync + 'static {
+    /// The forward op's name in candle's graph.
+    const NAME: &'static str;
+    /// The gradient op's name.
+    const GRAD_NAME: &'static str;
+    /// Whether the configuration asks for the teacher's gradient too.
+    fn teacher_grad(&self) -> bool {
+        false
+    }
+    /// The loss on the CPU reference.
+    fn cpu_loss<T: KdFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> crate::Result<f64>;
+    /// The gradients times `upstream` on the CPU reference.
+    fn cpu_grads<T: KdFloat>(
+        &self,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+        upstream: f64,
+    ) -> crate::Result<PairGrads>;
+
+    /// The family's GPU loss object, created once per candle stream.
+    #[cfg(feature = "candle-cuda")]
+    type Cuda: Send + 'static;
+    /// Creates the GPU loss object on `stream`.
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_new(&self, stream: Arc<cudarc::driver::CudaStream>) -> crate::Result<Self::Cuda>;
+    /// The loss into `loss[0]`.
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_forward<T: KdFloat>(
+        cuda: &mut Self::Cuda,
+        shape: &[usize],
+        student: &cudarc::driver::CudaView<'_, T>,
+        teacher: &cudarc::driver::CudaView<'_, T>,
+        loss: &mut cudarc::driver::CudaSlice<f32>,
+    ) -> crate::Result<()>;
+    /// The gradients times the device scalar `upstream[0]`.
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_backward<T: KdFloat>(
+        cuda: &mut Self::Cuda,
+        shape: &[usize],
+        student: &cudarc::driver::CudaView<'_, T>,
+        teacher: &cudarc::driver::CudaView<'_, T>,
+        upstream: &cudarc::driver::CudaView<'_, f32>,
+        grad_student: &mut cudarc::driver::CudaViewMut<'_, T>,
+        grad_teacher: Option<&mut cudarc::driver::CudaViewMut<'_, T>>,
+    ) -> crate::Result<()>;
+}
+
+/// A `(student, teacher)` loss with its candle ops: the configuration plus, with `candle-cuda`, the GPU loss
+/// object of the last stream used (kernels loaded and workspace kept between steps). Cheap to clone; clones
+/// share the GPU object.
+pub(crate) struct PairLossFn<L: PairLoss> {
+    shared: Arc<Shared<L>>,
+}
+
+impl<L: PairLoss> Clone for PairLossFn<L> {
+    fn clone(&self) -> Self {
+        PairLossFn { shared: self.shared.clone() }
+    }
+}
+
+pub(crate) struct Shared<L: PairLoss> {
+    loss: L,
+    #[cfg(feature = "candle-cuda")]
+    cuda: cuda::CudaSlot<L::Cuda>,
+}
+
+impl<L: PairLoss> PairLossFn<L> {
+    pub(crate) fn new(loss: L) -> Self {
+        PairLossFn {
+            shared: Arc::new(Shared {
+                loss,
+                #[cfg(feature = "candle-cuda")]
+                cuda: cuda::CudaSlot::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn family(&self) -> &L {
+        &self.shared.loss
+    }
+
+    /// The loss of `student` against `teacher` as a candle scalar (f32) with a backward pass.
+    pub(crate) fn loss(&self, student: &Tensor, teacher: &Tensor) -> candle_core::Result<Tensor> {
+        check_pair_tensors(student, teacher, L::NAME)?;
+        let student = student.contiguous()?;
+        let teacher = teacher.contiguous()?;
+        student.apply_op2(&teacher, ForwardOp { shared: self.shared.clone() })
+    }
+}
+
+/// Checks what candle's op machinery would not say in the crate's words: dtypes and devices.
+pub(crate) fn check_pair_tensors(student: &Tensor, teacher: &Tensor, op: &'static str) -> candle_core::Result<()> {
+    dispatch(student.dtype(), op, NoJob)?;
+    if teacher.dtype() != student.dtype() {
+        return Err(candle_error(KdError::DTypeMismatch {
+            what: "teacher".into(),
+            expected: format!("{:?} (the student's)", student.dtype()),
+            got: format!("{:?}", teacher.dtype()),
+        }));
+    }
+    if !student.device().same_device(teacher.device()) {
+        return Err(candle_core::Error::DeviceMismatchBinaryOp {
+            lhs: student.device().location(),
+            rhs: teacher.device().location(),
+            op,
+        });
+    }
+    Ok(())
+}
+
+struct NoJob;
+impl PerDtype for NoJob {
+    type Out = ();
+    fn run<T: Float>(self) -> candle_core::Result<()> {
+        Ok(())
+    }
+}
+
+struct ForwardOp<L: PairLoss> {
+    shared: Arc<Shared<L>>,
+}
+
+struct GradOp<L: PairLoss> {
+    shared: Arc<Shared<L>>,
+}
+
+impl<L: PairLoss> candle_core::CustomOp2 for ForwardOp<L> {
+    fn name(&self) -> &'static str {
+        L::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        struct Job<'a, L> {
+            loss: &'a L,
+            s: (&'a CpuStorage, &'a Layout),
+            t: (&'a CpuStorage, &'a Layout),
+        }
+        impl<L: PairLoss> PerDtype for Job<'_, L> {
+            type Out = (CpuStorage, Shape);
+            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
+                let student = cpu_view4::<T>(self.s.0, self.s.1, "student", L::NAME)?;
+                let teacher = cpu_view4::<T>(self.t.0, self.t.1, "teacher", L::NAME)?;
+                let loss = self.loss.cpu_loss(student, teacher).map_err(candle_error)?;
+                Ok(cpu_scalar(loss))
+            }
+        }
+        dispatch(s1.dtype(), L::NAME, Job { loss: &self.shared.loss, s: (s1, l1), t: (s2, l2) })
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::forward(&self.shared, s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        student: &Tensor,
+        teacher: &Tensor,
+        _loss: &Tensor,
+        grad_loss: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let upstream = grad_loss.to_dtype(CandleDType::F32)?.reshape(1)?;
+        let grads = student.apply_op3_no_bwd(teacher, &upstream, &GradOp { shared: self.shared.clone() })?;
+        let grad_student = grads.get(0)?;
+        let grad_teacher = if self.shared.loss.teacher_grad() { Some(grads.get(1)?) } else { None };
+        Ok((Some(grad_student), grad_teacher))
+    }
+}
+
+/// The gradient op: `(student, teacher, [d total / d loss])` to the student's gradient stacked with the
+/// teacher's when the configuration asks for it (`[1 or 2, N, C, H, W]`, the input dtype).
+impl<L: PairLoss> candle_core::CustomOp3 for GradOp<L> {
+    fn name(&self) -> &'static str {
+        L::GRAD_NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let upstream = upstream_scalar(cpu_slice::<f32>(s3, l3, L::GRAD_NAME)?, L::GRAD_NAME)?;
+        struct Job<'a, L> {
+            loss: &'a L,
+            s: (&'a CpuStorage, &'a Layout),
+            t: (&'a CpuStorage, &'a Layout),
+            upstream: f64,
+        }
+        impl<L: PairLoss> PerDtype for Job<'_, L> {
+            type Out = (CpuStorage, Shape);
+            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
+                let student = cpu_view4::<T>(self.s.0, self.s.1, "student", L::GRAD_NAME)?;
+                let teacher = cpu_view4::<T>(self.t.0, self.t.1, "teacher", L::GRAD_NAME)?;
+                let dims = student.dim();
+                let grads = self.loss.cpu_grads(student, teacher, self.upstream).map_err(candle_error)?;
+                let mut out: Vec<T> = grads.student.iter().map(|&g| <T as KdFloat>::from_f64(g)).collect();
+                let mut k = 1;
+                if let Some(teacher) = grads.teacher {
+                    out.extend(teacher.iter().map(|&g| <T as KdFloat>::from_f64(g)));
+                    k = 2;
+                }
+                Ok((T::to_cpu_storage_owned(out), Shape::from((k, dims.0, dims.1, dims.2, dims.3))))
+            }
+        }
+        dispatch(s1.dtype(), L::GRAD_NAME, Job { loss: &self.shared.loss, s: (s1, l1), t: (s2, l2), upstream })
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::backward(&self.shared, s1, l1, s2, l2, s3, l3)
+    }
+}
+
+#[cfg(feature = "candle-cuda")]
+pub(crate) mod cuda {
+    //! The CUDA side: candle's `CudaSlice`s and stream handed to the typed API.
+
+    use std::sync::Arc;
+
+    use std::sync::Mutex;
+
+    use candle_core::backend::BackendStorage;
+    use candle_core::{CudaStorage, Layout, Shape};
+    use cudarc::driver::{CudaSlice, CudaStream, CudaView};
+
+    use super::{candle_error, contiguous_range, dispatch, nchw, Float, PairLoss, PerDtype, Shared};
+    use crate::error::KdError;
+
+    /// A family's GPU loss object for the candle stream it was last used on (kernels loaded, workspace
+    /// kept between steps); replaced when the tensors come from another stream.
+    pub(crate) struct CudaSlot<C> {
+        slot: Mutex<Option<(Arc<CudaStream>, C)>>,
+    }
+
+    impl<C> CudaSlot<C> {
+        pub(crate) fn new() -> Self {
+            CudaSlot { slot: Mutex::new(None) }
+        }
+
+        /// Runs `f` on the object for `stream`, creating it with `create` on first use.
+        pub(crate) fn with<R>(
+            &self,
+            stream: &Arc<CudaStream>,
+            create: impl FnOnce(Arc<CudaStream>) -> crate::Result<C>,
+            f: impl FnOnce(&mut C) -> crate::Result<R>,
+        ) -> candle_core::Result<R> {
+            let mut slot = self.slot.lock().map_err(|_| {
+                candle_error(KdError::Unsupported {
+                    what: "candle op",
+                    detail: "a previous call panicked while holding this loss's GPU state; create the loss again"
+                        .into(),
+                })
+            })?;
+            match &mut *slot {
+                Some((s, cuda)) if Arc::ptr_eq(s, stream) => f(cuda).map_err(candle_error),
+                _ => {
+                    let (_, cuda) = slot.insert((stream.clone(), create(stream.clone()).map_err(candle_error)?));
+                    f(cuda).map_err(candle_error)
+                }
+            }
+        }
+    }
+
+    /// A candle CUDA tensor as a view of its elements (the layout's offset honoured).
+    pub(crate) fn view<'a, T: candle_core::cuda::CudaDType>(
+        storage: &'a CudaStorage,
+        layout: &Layout,
+        op: &'static str,
+    ) -> candle_core::Result<CudaView<'a, T>> {
+        let (start, end) = contiguous_range(layout, op)?;
+        Ok(storage.as_cuda_slice::<T>()?.slice(start..end))
+    }
+
+    pub(crate) fn forward<L: PairLoss>(
+        shared: &Shared<L>,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        struct Job<'a, L: PairLoss> {
+            shared: &'a Shared<L>,
+            s: (&'a CudaStorage, &'a Layout),
+            t: (&'a CudaStorage, &'a Layout),
+        }
+        impl<L: PairLoss> PerDtype for Job<'_, L> {
+            type Out = (CudaStorage, Shape);
+            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
+                run_forward::<L, T>(self.shared, self.s, self.t)
+            }
+        }
+        dispatch(s1.dtype(), L::NAME, Job { shared, s: (s1, l1), t: (s2, l2) })
+    }
+
+    fn run_forward<L: PairLoss, T: Float>(
+        shared: &Shared<L>,
+        s: (&CudaStorage, &Layout),
+        t: (&CudaStorage, &Layout),
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dims = nchw(s.1.dims(), "student")?;
+        let device = s.0.device().clone();
+        let stream = device.cuda_stream();
+        let student = view::<T>(s.0, s.1, L::NAME)?;
+        let teacher = view::<T>(t.0, t.1, L::NAME)?;
+        let mut loss: CudaSlice<f32> = device.alloc_zeros(1)?;
+        shared.cuda.with(
+            &stream,
+            |s| shared.loss.cuda_new(s),
+            |cuda| L::cuda_forward(cuda, &dims, &student, &teacher, &mut loss),
+        )?;
+        Ok((CudaStorage::wrap_cuda_slice(loss, device), Shape::from(())))
+    }
+
+    pub(crate) fn backward<L: PairLoss>(
+        shared: &Shared<L>,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        struct Job<'a, L: PairLoss> {
+            shared: &'a Shared<L>,
+            s: (&'a CudaStorage, &'a Layout),
+            t: (&'a CudaStorage, &'a Layout),
+            u: (&'a CudaStorage, &'a Layout),
+        }
+        impl<L: PairLoss> PerDtype for Job<'_, L> {
+            type Out = (CudaStorage, Shape);
+            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
+                run_backward::<L, T>(self.shared, self.s, self.t, self.u)
+            }
+        }
+        dispatch(s1.dtype(), L::GRAD_NAME, Job { shared, s: (s1, l1), t: (s2, l2), u: (s3, l3) })
+    }
+
+    fn run_backward<L: PairLoss, T: Float>(
+        shared: &Shared<L>,
+        s: (&CudaStorage, &Layout),
+        t: (&CudaStorage, &Layout),
+        u: (&CudaStorage, &Layout),
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dims = nchw(s.1.dims(), "student")?;
+        let numel: usize = dims.iter().product();
+        let device = s.0.device().clone();
+        let stream = device.cuda_stream();
+        let student = view::<T>(s.0, s.1, L::GRAD_NAME)?;
+        let teacher = view::<T>(t.0, t.1, L::GRAD_NAME)?;
+        let upstream = view::<f32>(u.0, u.1, L::GRAD_NAME)?;
+        let k = if shared.loss.teacher_grad() { 2 } else { 1 };
+        // SAFETY: every element is written by the kernels before the tensor is read (the gradients are
+        // written in full, not accumulated).
+        let mut grads: CudaSlice<T> = unsafe { device.alloc::<T>(k * numel)? };
+        {
+            let (mut gs, mut rest) = grads.split_at_mut(numel);
+            let gt = (k == 2).then_some(&mut rest);
+            shared.cuda.with(
+                &stream,
+                |s| shared.loss.cuda_new(s),
+                |cuda| L::cuda_backward(cuda, &dims, &student, &teacher, &upstream, &mut gs, gt),
+            )?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(grads, device), Shape::from((k, dims[0], dims[1], dims[2], dims[3]))))
+    }
+}

@@ -1,0 +1,69 @@
+//! The candle tests of `tests/candle_ops.rs` on candle's CUDA device (feature `candle-cuda`), under a small
+//! harness of its own (`harness = false`): where the crate was built without `candle-cuda`, without
+//! kernels, or where no GPU is present, every test is reported as `skipped` with the reason and the binary
+//! exits 0; otherwise every test runs and the binary exits 1 if any failed.
+#![cfg(feature = "candle")]
+
+mod candle_support;
+
+use candle_core::Device;
+use candle_support as support;
+
+type Check = fn(&Device) -> support::TestResult;
+
+const TESTS: &[(&str, Check)] = &[
+    ("cwd_matches_candle_autograd", support::check_cwd),
+    ("pixel_kd_matches_candle_autograd", support::check_pixel_kd),
+    ("icsd_matches_candle_autograd", support::check_icsd),
+    ("aicsd_matches_candle_autograd", support::check_aicsd),
+    ("cwt_matches_candle_autograd_into_every_parameter", support::check_cwt),
+    ("strided_and_offset_inputs_are_handled", support::check_layouts),
+    ("misuse_is_an_error_that_says_what_to_fix", support::check_errors),
+    ("training_lowers_the_loss_and_starts_at_the_formula", support::check_training),
+];
+
+/// The CUDA device, or why the tests cannot run.
+fn device() -> Result<Device, String> {
+    if !cfg!(feature = "candle-cuda") {
+        return Err("built without the `candle-cuda` feature".into());
+    }
+    if !kd_kernels::cuda::KERNELS_COMPILED {
+        return Err("the crate was built without nvcc, so it has no kernels".into());
+    }
+    kd_kernels::cuda::probe().map_err(|e| e.to_string())?;
+    Device::new_cuda(0).map_err(|e| format!("candle could not open CUDA device 0: {e}"))
+}
+
+fn main() {
+    let device = match device() {
+        Ok(d) => d,
+        Err(reason) => {
+            for (name, _) in TESTS {
+                println!("test candle_cuda::{name} ... skipped: {reason}");
+            }
+            println!("candle_cuda: {} skipped, 0 run ({reason})", TESTS.len());
+            return;
+        }
+    };
+    let mut failed = 0;
+    for (name, test) in TESTS {
+        let outcome = std::panic::catch_unwind(|| test(&device)).unwrap_or_else(|p| {
+            Err(p
+                .downcast_ref::<String>()
+                .cloned()
+                .or(p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default())
+        });
+        match outcome {
+            Ok(()) => println!("test candle_cuda::{name} ... ok"),
+            Err(e) => {
+                failed += 1;
+                println!("test candle_cuda::{name} ... FAILED: {e}");
+            }
+        }
+    }
+    println!("candle_cuda: {} passed, {failed} failed", TESTS.len() - failed);
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

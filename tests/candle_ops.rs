@@ -1,0 +1,49 @@
+//! The candle ops on candle's CPU device (the crate's f64 reference behind them) against the same losses
+//! written in candle's own ops and their autograd. The same checks run on a GPU in `tests/candle_cuda.rs`.
+#![cfg(feature = "candle")]
+
+mod candle_support;
+
+use candle_core::Device;
+use candle_support as support;
+
+fn run(check: fn(&Device) -> support::TestResult) {
+    if let Err(e) = check(&Device::Cpu) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn cwd_matches_candle_autograd() {
+    run(support::check_cwd);
+}
+
+#[test]
+fn pixel_kd_matches_candle_autograd() {
+    run(support::check_pixel_kd);
+}
+
+#[test]
+fn icsd_matches_candle_autograd() {
+    run(support::check_icsd);
+}
+
+#[test]
+fn aicsd_matches_candle_autograd() {
+    run(support::check_aicsd);
+}
+
+#[test]
+fn cwt_matches_candle_autograd_into_every_parameter() {
+    run(support::check_cwt);
+}
+
+#[test]
+fn strided_and_offset_inputs_are_handled() {
+    run(support::check_layouts);
+}
+
+#[test]
+fn misuse_is_an_error_that_says_what_to_fix() {
+    run(support::check_errors);
+}
