@@ -102,9 +102,10 @@ impl CwtCuda {
 
     /// Sizes the workspace for calls on student shape `student` (`[N, Cs, H, W]`), so that later calls
     /// allocate nothing (call it before capturing the stream into a CUDA graph).
-    pub fn reserve(&mut self, student: &[usize], _dtype: DType) -> Result<()> {
+    pub fn reserve(&mut self, student: &[usize], dtype: DType) -> Result<()> {
         let (s, t) = self.shapes.check_features(student, &self.teacher_dims(student))?;
-        let floats = driver::workspace_bound(&self.config, &self.shapes, &s, &t, plan::Device::of(&self.module))?;
+        let floats =
+            driver::workspace_bound(&self.config, &self.shapes, &s, &t, dtype, plan::Device::of(&self.module))?;
         self.workspace.reserve(floats, 1)
     }
 
