@@ -120,6 +120,10 @@ pub(crate) fn plan(
     let sm_count = device.sm_count;
     let pixels = student.n * student.plane();
     let too_large = |what: &'static str, detail: String| KdError::TooLarge { what, detail };
+    // The kernels split a pixel index into image and offset with a 32-bit division (cwt.cu, `nchw`).
+    if u32::try_from(pixels).is_err() {
+        return Err(too_large("student", format!("{pixels} pixels (N*H*W); at most 2^32 - 1, split the batch")));
+    }
     let base_params = KdCwtParams {
         plane: student.plane() as i64,
         pixel_begin: 0,
@@ -348,6 +352,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn more_pixels_than_32_bits_index_is_a_typed_error() {
+        let s = Nchw::from_dims("student", &[1 << 16, 1, 1 << 8, 1 << 8]).unwrap();
+        let shapes = CwtShapes::new(1, 1);
+        let t = Nchw { c: 1, ..s };
+        let r = plan(&CwtConfig::default(), &shapes, &s, &t, DType::BF16, H100, GRADS, 1.0, None);
+        assert!(matches!(r, Err(KdError::TooLarge { what: "student", .. })), "{r:?}");
     }
 
     #[test]
