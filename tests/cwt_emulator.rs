@@ -73,16 +73,6 @@ impl Inputs {
         CwtCpu::new(config).unwrap().backward(sv, tv, &params, upstream).unwrap()
     }
 
-    fn emulate<T: KdFloat>(
-        &self,
-        config: CwtConfig,
-        mode: Mode,
-        emulation: CwtEmulation,
-        initial: Option<&CwtGrads<T>>,
-    ) -> CwtEmulated<T> {
-        self.emulate_on(GPU, config, mode, emulation, initial)
-    }
-
     fn emulate_on<T: KdFloat>(
         &self,
         gpu: EmulatedGpu,
@@ -173,6 +163,14 @@ fn compare<T: KdFloat>(what: &str, got: &CwtEmulated<T>, reference: &CwtOutput, 
 fn every_mode<T: KdFloat>(inputs: &Inputs, config: CwtConfig, chunk_limit: Option<usize>) {
     let emulation = CwtEmulation { chunk_limit, ..CwtEmulation::default() };
     for gpu in [GPU, FUSED_GPU] {
+        every_entry_point::<T>(inputs, config, gpu, emulation);
+    }
+    forward_on_every_kernel::<T>(inputs, config, emulation);
+}
+
+fn every_entry_point<T: KdFloat>(inputs: &Inputs, config: CwtConfig, gpu: EmulatedGpu, emulation: CwtEmulation) {
+    let chunk_limit = emulation.chunk_limit;
+    {
         for mode in [Mode::Forward, Mode::ForwardBackward, Mode::Backward { upstream: -1.5 }] {
             let upstream = if let Mode::Backward { upstream } = mode { upstream as f64 } else { 1.0 };
             let reference = inputs.reference::<T>(config, upstream);
@@ -187,8 +185,11 @@ fn every_mode<T: KdFloat>(inputs: &Inputs, config: CwtConfig, chunk_limit: Optio
             compare(&what, &got, &reference, mode, None);
         }
     }
-    // The forward on the other kernels: the one-pass kernel with narrower pixel tiles (less shared memory),
-    // and the forward of a hidden tile that fits nowhere (two kernels, or cwt_forward_store on one SM).
+}
+
+/// The forward on the other kernels: the one-pass kernel with narrower pixel tiles (less shared memory), and
+/// the forward of a hidden tile that fits nowhere (two kernels, or cwt_forward_store on one SM).
+fn forward_on_every_kernel<T: KdFloat>(inputs: &Inputs, config: CwtConfig, emulation: CwtEmulation) {
     let reference = inputs.reference::<T>(config, 1.0);
     let ch = inputs.shapes.ch;
     for (smem, sm_count) in [(ch * 32 * 4, GPU.sm_count), (ch * 16 * 4, GPU.sm_count), (0, GPU.sm_count), (0, 1)] {
@@ -240,6 +241,21 @@ fn tile_boundaries_and_chunks() {
     every_mode::<bf16>(&c, config, None);
 }
 
+/// The fused backward with several weight-gradient splits (partial slots added chunk after chunk, then the
+/// combine kernel): two SMs make 5-tile chunks "fill the device" while asking for 4 splits.
+#[test]
+fn fused_backward_with_split_slots() {
+    let config = CwtConfig { loss_weight: 1.0, normalize: CwtNormalize::Batch };
+    let d = Inputs::random(9, [1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 });
+    let two_sms = EmulatedGpu { sm_count: 2, ..GPU };
+    let emulation = CwtEmulation::default();
+    every_entry_point::<f32>(&d, config, two_sms, emulation);
+    every_entry_point::<f16>(&d, config, two_sms, emulation);
+    every_entry_point::<bf16>(&d, config, two_sms, emulation);
+    let limited = CwtEmulation { chunk_limit: Some(128), ..emulation };
+    every_entry_point::<bf16>(&d, config, two_sms, limited);
+}
+
 #[test]
 fn accumulate_and_scale() {
     let inputs = Inputs::random(5, [2, 7, 3, 5], CwtShapes { cs: 7, ch: 13, ct: 5 });
@@ -266,10 +282,12 @@ fn accumulate_and_scale() {
     for mode in [Mode::ForwardBackward, Mode::Backward { upstream: 0.5 }] {
         let up = if let Mode::Backward { upstream } = mode { upstream as f64 } else { 1.0 };
         let reference = inputs.reference::<f32>(config, up * scale);
-        let got = inputs.emulate::<f32>(config, mode, emulation, Some(&initial));
         // The loss is never scaled.
         let reference = CwtOutput { loss: inputs.reference::<f32>(config, 1.0).loss, ..reference };
-        compare(&format!("accumulate {mode:?}"), &got, &reference, mode, Some(&base));
+        for gpu in [GPU, FUSED_GPU] {
+            let got = inputs.emulate_on::<f32>(gpu, config, mode, emulation, Some(&initial));
+            compare(&format!("accumulate {mode:?} sms {}", gpu.sm_count), &got, &reference, mode, Some(&base));
+        }
     }
 }
 

@@ -100,8 +100,10 @@ impl CwtCuda {
         t
     }
 
-    /// Sizes the workspace for calls on student shape `student` (`[N, Cs, H, W]`), so that later calls
-    /// allocate nothing (call it before capturing the stream into a CUDA graph).
+    /// Sizes the workspace for calls on student shape `student` (`[N, Cs, H, W]`) in `dtype`, so that later
+    /// calls allocate nothing (call it before capturing the stream into a CUDA graph). The workspace is planned
+    /// within one hidden-activation tensor in `dtype` (`docs/losses.md §5.8`), so a call in f32 may need more
+    /// than a reservation for bf16.
     pub fn reserve(&mut self, student: &[usize], dtype: DType) -> Result<()> {
         let (s, t) = self.shapes.check_features(student, &self.teacher_dims(student))?;
         let floats =

@@ -389,6 +389,18 @@ mod tests {
         assert!(fused_backward(64 * 132, 132) && !fused_backward(64 * 131, 132));
     }
 
+    /// What `tests/cwt_emulator.rs` (`fused_backward_with_split_slots`) relies on.
+    #[test]
+    fn two_sms_fuse_and_split_the_emulator_shape() {
+        for dtype in DTYPES {
+            let device = Device { sm_count: 2, ..H100 };
+            let p = plan_on([1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 }, dtype, device, GRADS);
+            assert!(p.chunks.len() >= 2, "{dtype}");
+            assert_eq!(p.chunks[0].launches[0].kernel, FORWARD_STORE, "{dtype}");
+            assert!(p.chunks[0].params.slots > 1 && p.combine.is_some(), "{dtype}");
+        }
+    }
+
     #[test]
     fn few_channels_many_pixels_split_the_weight_gradients() {
         let p = plan_on([1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 }, DType::F32, H100, GRADS);
