@@ -10,6 +10,11 @@
 //! cargo bench --bench cwt -- gpu_forward_backward
 //! ```
 //!
+//! Paths: bf16 runs the tensor-core tiles (bf16 operand pairs, three products per product), f32 the exact SIMT
+//! tiles; a forward + backward takes the fused kernels (`cwt_forward_store`, `cwt_grad_input`) on chunks with
+//! at least as many 64-pixel tiles as SMs, else a block per tile (`docs/losses.md §5.8` lists which shape takes
+//! which on a 132-SM GPU; the workspace is one hidden-activation tensor at most, so bf16 runs in more chunks).
+//!
 //! Baseline: `cublas_gemms_*` times only the GEMMs an unfused cuBLAS implementation must run (2 for a
 //! forward, 6 for a forward and backward, strided-batched over the images, weight gradients accumulated
 //! image by image with beta = 1), without its elementwise passes (bias, ReLU, the error, its reduction) and

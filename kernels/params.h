@@ -229,9 +229,10 @@ typedef struct KdPoolArgs {
  * CWT (channel-wise transformation, losses.md 5): a per-pixel MLP Y = W2 ReLU(W1 x + b1) + b2 (Cs -> Ch -> Ct)
  * and the squared error against the teacher. Pixels are p = n*H*W + y*W + x over the N*H*W of the call; a
  * call is processed in chunks of `chunk_pixels` consecutive pixels (one argument block per chunk), so that
- * the workspace rows of the hidden layer and of dL/dY stay within one hidden-activation tensor. Weight
- * gradients are reduced over pixels in `splits` ranges per chunk, each writing its own partial slot; a
- * combine kernel sums the slots in order.
+ * the workspace (the hidden layer and dL/dY of a chunk, the slots) stays within one hidden-activation tensor.
+ * Weight gradients are reduced over pixels in `splits` ranges per chunk; with one split they go straight
+ * into the gradients, else split s of every chunk adds into partial slot s and a combine kernel sums the
+ * slots in order.
  */
 typedef struct KdCwtParams {
     int64_t plane;          /* H*W: the stride between two channels of one pixel */
@@ -242,8 +243,8 @@ typedef struct KdCwtParams {
     int32_t ch;             /* hidden width */
     int32_t ct;             /* teacher channels */
     int32_t splits;         /* weight-gradient splits of this chunk */
-    int32_t slot_base;      /* partial slot of this chunk's split 0 */
-    int32_t slots;          /* partial slots of the whole call (the combine kernel sums them) */
+    int32_t accumulate_slots; /* 1 after the first chunk: weight gradients add into what earlier chunks put */
+    int32_t slots;          /* partial slots (= splits; the combine kernel sums them), 0: splits write the gradients */
     int32_t loss_block_base; /* index of this chunk's first loss partial */
     int32_t loss_blocks;    /* loss partials of the whole call */
     int32_t flags;          /* KdOutputFlags (KD_WANT_GRAD_STUDENT: every gradient) */

@@ -15,6 +15,10 @@ use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::{ArrayView1, ArrayView2, ArrayView4};
 
 const GPU: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
+/// A device of one SM: every chunk fills it, so a backward takes the fused kernels (`cwt_forward_store`,
+/// `cwt_grad_input`) and the weight gradients take one split (written straight into the gradients), where
+/// [`GPU`]'s 132 SMs take one block per tile and several splits on these small inputs.
+const FUSED_GPU: EmulatedGpu = EmulatedGpu { sm_count: 1, ..GPU };
 
 struct Inputs {
     dims: [usize; 4],
@@ -67,16 +71,6 @@ impl Inputs {
         let sv = ArrayView4::from_shape(self.dims, &s).unwrap();
         let tv = ArrayView4::from_shape(self.teacher_dims(), &t).unwrap();
         CwtCpu::new(config).unwrap().backward(sv, tv, &params, upstream).unwrap()
-    }
-
-    fn emulate<T: KdFloat>(
-        &self,
-        config: CwtConfig,
-        mode: Mode,
-        emulation: CwtEmulation,
-        initial: Option<&CwtGrads<T>>,
-    ) -> CwtEmulated<T> {
-        self.emulate_on(GPU, config, mode, emulation, initial)
     }
 
     fn emulate_on<T: KdFloat>(
@@ -163,21 +157,43 @@ fn compare<T: KdFloat>(what: &str, got: &CwtEmulated<T>, reference: &CwtOutput, 
     );
 }
 
+/// Every entry point on both backward structures ([`GPU`]: a block per tile, several splits; [`FUSED_GPU`]: the
+/// fused kernels, one split), and the forward on every kernel that computes it. f16 and bf16 run the
+/// tensor-core tiles, f32 the SIMT ones.
 fn every_mode<T: KdFloat>(inputs: &Inputs, config: CwtConfig, chunk_limit: Option<usize>) {
     let emulation = CwtEmulation { chunk_limit, ..CwtEmulation::default() };
-    for mode in [Mode::Forward, Mode::ForwardBackward, Mode::Backward { upstream: -1.5 }] {
-        let upstream = if let Mode::Backward { upstream } = mode { upstream as f64 } else { 1.0 };
-        let reference = inputs.reference::<T>(config, upstream);
-        let got = inputs.emulate::<T>(config, mode, emulation, None);
-        let what = format!("{} {:?} {:?} {mode:?} chunk {chunk_limit:?}", T::DTYPE, inputs.dims, inputs.shapes);
-        compare(&what, &got, &reference, mode, None);
+    for gpu in [GPU, FUSED_GPU] {
+        every_entry_point::<T>(inputs, config, gpu, emulation);
     }
-    // The forward on the other kernels: the one-pass kernel with narrower pixel tiles (less shared memory),
-    // and the two-kernel forward (a hidden tile that fits nowhere).
+    forward_on_every_kernel::<T>(inputs, config, emulation);
+}
+
+fn every_entry_point<T: KdFloat>(inputs: &Inputs, config: CwtConfig, gpu: EmulatedGpu, emulation: CwtEmulation) {
+    let chunk_limit = emulation.chunk_limit;
+    {
+        for mode in [Mode::Forward, Mode::ForwardBackward, Mode::Backward { upstream: -1.5 }] {
+            let upstream = if let Mode::Backward { upstream } = mode { upstream as f64 } else { 1.0 };
+            let reference = inputs.reference::<T>(config, upstream);
+            let got = inputs.emulate_on::<T>(gpu, config, mode, emulation, None);
+            let what = format!(
+                "{} {:?} {:?} {mode:?} chunk {chunk_limit:?} sms {}",
+                T::DTYPE,
+                inputs.dims,
+                inputs.shapes,
+                gpu.sm_count
+            );
+            compare(&what, &got, &reference, mode, None);
+        }
+    }
+}
+
+/// The forward on the other kernels: the one-pass kernel with narrower pixel tiles (less shared memory), and
+/// the forward of a hidden tile that fits nowhere (two kernels, or cwt_forward_store on one SM).
+fn forward_on_every_kernel<T: KdFloat>(inputs: &Inputs, config: CwtConfig, emulation: CwtEmulation) {
     let reference = inputs.reference::<T>(config, 1.0);
     let ch = inputs.shapes.ch;
-    for smem in [ch * 32 * 4, ch * 16 * 4, 0] {
-        let gpu = EmulatedGpu { max_dynamic_smem: smem, ..GPU };
+    for (smem, sm_count) in [(ch * 32 * 4, GPU.sm_count), (ch * 16 * 4, GPU.sm_count), (0, GPU.sm_count), (0, 1)] {
+        let gpu = EmulatedGpu { max_dynamic_smem: smem, sm_count, ..GPU };
         let got = inputs.emulate_on::<T>(gpu, config, Mode::Forward, emulation, None);
         compare(
             &format!("{} {:?} forward, {smem} B shared", T::DTYPE, inputs.dims),
@@ -206,8 +222,11 @@ fn tile_boundaries_and_chunks() {
     let config = CwtConfig { loss_weight: 1.0, normalize: CwtNormalize::Batch };
     let a = Inputs::random(2, [2, 17, 5, 13], CwtShapes { cs: 17, ch: 65, ct: 64 });
     every_mode::<f32>(&a, config, None);
+    every_mode::<f16>(&a, config, None);
+    every_mode::<bf16>(&a, config, None);
     // Several chunks of pixels, the last one short, chunks that straddle images.
     every_mode::<f32>(&a, config, Some(48));
+    every_mode::<f16>(&a, config, Some(64));
     every_mode::<bf16>(&a, config, Some(100));
     let b = Inputs::random(3, [1, 66, 1, 70], CwtShapes { cs: 66, ch: 3, ct: 1 });
     every_mode::<f16>(&b, config, None);
@@ -216,8 +235,25 @@ fn tile_boundaries_and_chunks() {
     let d = Inputs::random(8, [1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 });
     every_mode::<f32>(&d, config, None);
     every_mode::<f16>(&d, config, None);
+    every_mode::<bf16>(&d, config, None);
     let c = Inputs::random(4, [3, 1, 1, 1], CwtShapes { cs: 1, ch: 1, ct: 2 });
     every_mode::<f32>(&c, config, None);
+    every_mode::<bf16>(&c, config, None);
+}
+
+/// The fused backward with several weight-gradient splits (partial slots added chunk after chunk, then the
+/// combine kernel): two SMs make 5-tile chunks "fill the device" while asking for 4 splits.
+#[test]
+fn fused_backward_with_split_slots() {
+    let config = CwtConfig { loss_weight: 1.0, normalize: CwtNormalize::Batch };
+    let d = Inputs::random(9, [1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 });
+    let two_sms = EmulatedGpu { sm_count: 2, ..GPU };
+    let emulation = CwtEmulation::default();
+    every_entry_point::<f32>(&d, config, two_sms, emulation);
+    every_entry_point::<f16>(&d, config, two_sms, emulation);
+    every_entry_point::<bf16>(&d, config, two_sms, emulation);
+    let limited = CwtEmulation { chunk_limit: Some(128), ..emulation };
+    every_entry_point::<bf16>(&d, config, two_sms, limited);
 }
 
 #[test]
@@ -246,10 +282,12 @@ fn accumulate_and_scale() {
     for mode in [Mode::ForwardBackward, Mode::Backward { upstream: 0.5 }] {
         let up = if let Mode::Backward { upstream } = mode { upstream as f64 } else { 1.0 };
         let reference = inputs.reference::<f32>(config, up * scale);
-        let got = inputs.emulate::<f32>(config, mode, emulation, Some(&initial));
         // The loss is never scaled.
         let reference = CwtOutput { loss: inputs.reference::<f32>(config, 1.0).loss, ..reference };
-        compare(&format!("accumulate {mode:?}"), &got, &reference, mode, Some(&base));
+        for gpu in [GPU, FUSED_GPU] {
+            let got = inputs.emulate_on::<f32>(gpu, config, mode, emulation, Some(&initial));
+            compare(&format!("accumulate {mode:?} sms {}", gpu.sm_count), &got, &reference, mode, Some(&base));
+        }
     }
 }
 
@@ -258,13 +296,73 @@ fn bitwise_deterministic() {
     let inputs = Inputs::random(6, [2, 9, 7, 11], CwtShapes { cs: 9, ch: 20, ct: 6 });
     let config = CwtConfig { loss_weight: 1.0, normalize: CwtNormalize::Batch };
     let emulation = CwtEmulation { chunk_limit: Some(50), ..CwtEmulation::default() };
-    let a = inputs.emulate::<bf16>(config, Mode::ForwardBackward, emulation, None);
-    let b = inputs.emulate::<bf16>(config, Mode::ForwardBackward, emulation, None);
-    assert_eq!(a.loss.unwrap().to_bits(), b.loss.unwrap().to_bits());
-    let (ga, gb) = (a.grads.unwrap(), b.grads.unwrap());
-    assert!(ga.student.iter().zip(&gb.student).all(|(x, y)| x.to_bits() == y.to_bits()));
-    for (x, y) in [(&ga.w1, &gb.w1), (&ga.b1, &gb.b1), (&ga.w2, &gb.w2), (&ga.b2, &gb.b2)] {
-        assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()));
+    fn same<T: KdFloat>(a: CwtEmulated<T>, b: CwtEmulated<T>) {
+        assert_eq!(a.loss.unwrap().to_bits(), b.loss.unwrap().to_bits());
+        let (ga, gb) = (a.grads.unwrap(), b.grads.unwrap());
+        assert!(ga.student.iter().zip(&gb.student).all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()));
+        for (x, y) in [(&ga.w1, &gb.w1), (&ga.b1, &gb.b1), (&ga.w2, &gb.w2), (&ga.b2, &gb.b2)] {
+            assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()));
+        }
+    }
+    for gpu in [GPU, FUSED_GPU] {
+        let run = |g| inputs.emulate_on::<bf16>(g, config, Mode::ForwardBackward, emulation, None);
+        same(run(gpu), run(gpu));
+        let run = |g| inputs.emulate_on::<f32>(g, config, Mode::ForwardBackward, emulation, None);
+        same(run(gpu), run(gpu));
+    }
+}
+
+/// The 16-bit paths keep fp32 accuracy (the bf16 pairs of cwt.cu) where a single bf16 rounding of the
+/// weights and the hidden layer would not: the loss of a student close to its teacher is a small difference,
+/// checked against the f64 reference at the loss tolerance on several seeds.
+#[test]
+fn tensor_core_tiles_keep_fp32_accuracy() {
+    let config = CwtConfig { loss_weight: 1.0, normalize: CwtNormalize::Mean };
+    for seed in 20..24 {
+        let mut inputs = Inputs::random(seed, [1, 33, 3, 29], CwtShapes { cs: 33, ch: 70, ct: 31 });
+        // The teacher = the MLP's own output (on the student as bf16 reads it), plus a little: (Y - T) is small
+        // against Y, so the loss is sensitive to every rounding of Y.
+        let s: Vec<f64> = widen(&to_dtype::<bf16>(&inputs.student));
+        let CwtShapes { cs, ch, ct } = inputs.shapes;
+        let [n, _, h, w] = inputs.dims;
+        let plane = h * w;
+        let mut teacher = inputs.teacher.clone();
+        for b in 0..n {
+            for q in 0..plane {
+                let z: Vec<f64> = (0..ch)
+                    .map(|j| {
+                        let a: f64 = (0..cs).map(|c| inputs.w1[j * cs + c] as f64 * s[(b * cs + c) * plane + q]).sum();
+                        (a + inputs.b1[j] as f64).max(0.0)
+                    })
+                    .collect();
+                for o in 0..ct {
+                    let y: f64 =
+                        (0..ch).map(|j| inputs.w2[o * ch + j] as f64 * z[j]).sum::<f64>() + inputs.b2[o] as f64;
+                    let t = &mut teacher[(b * ct + o) * plane + q];
+                    *t = (y + 0.05 * *t as f64) as f32;
+                }
+            }
+        }
+        inputs.teacher = teacher;
+        for gpu in [GPU, FUSED_GPU] {
+            let reference = inputs.reference::<bf16>(config, 1.0);
+            let got = inputs.emulate_on::<bf16>(gpu, config, Mode::ForwardBackward, CwtEmulation::default(), None);
+            compare(
+                &format!("close teacher seed {seed} sms {}", gpu.sm_count),
+                &got,
+                &reference,
+                Mode::ForwardBackward,
+                None,
+            );
+            let got = inputs.emulate_on::<f16>(gpu, config, Mode::Forward, CwtEmulation::default(), None);
+            compare(
+                &format!("close teacher f16 seed {seed}"),
+                &got,
+                &inputs.reference::<f16>(config, 1.0),
+                Mode::Forward,
+                None,
+            );
+        }
     }
 }
 

@@ -39,6 +39,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -188,7 +189,7 @@ inline void run_block(BlockContext& b, unsigned block) {
 // The block's copy of the shared variable declared at `site` (see KD_SHARED below).
 template <typename T> inline T& block_shared(const void* site) {
     std::unique_ptr<unsigned char[]>& storage = context->shared[site];
-    constexpr size_t bytes = sizeof(T) + alignof(std::max_align_t);
+    constexpr size_t bytes = sizeof(T) + std::max(alignof(T), alignof(std::max_align_t));
     if (!storage) {
         storage = std::make_unique<unsigned char[]>(bytes);
         std::memset(storage.get(), 0xff, bytes);
@@ -296,6 +297,87 @@ inline unsigned short __half_as_ushort(__half h) { return kd_emu_bit_cast<unsign
 inline __half __ushort_as_half(unsigned short u) { return kd_emu_bit_cast<__half>(u); }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat16{u}; }
+
+
+// ---- WMMA (nvcuda::wmma), the tensor-core tiles of cwt.cu ----
+// On a GPU a fragment is spread over the warp's 32 lanes in an unspecified layout. Here every lane holds the
+// whole tile, and the collective operations compute all of it in every lane: a kernel that only loads,
+// multiplies and stores fragments (never indexes their elements) computes the same tile either way. Loads
+// and stores are warp meetings, as on the GPU, so a lane that skips one while its warp calls it fails here.
+// mma_sync adds the products in k order in fp32; a tensor core adds them in its own order, so results agree
+// with the GPU to rounding, not bitwise.
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K> struct FragmentShape;
+template <int M, int N, int K> struct FragmentShape<matrix_a, M, N, K> {
+    static constexpr int rows = M, cols = K;
+};
+template <int M, int N, int K> struct FragmentShape<matrix_b, M, N, K> {
+    static constexpr int rows = K, cols = N;
+};
+template <int M, int N, int K> struct FragmentShape<accumulator, M, N, K> {
+    static constexpr int rows = M, cols = N;
+};
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void> struct fragment {
+    static constexpr int rows = FragmentShape<Use, M, N, K>::rows, cols = FragmentShape<Use, M, N, K>::cols;
+    float v[rows * cols];  // row-major; 16-bit elements are exact in float
+};
+
+inline float element_to_float(float x) { return x; }
+inline float element_to_float(__half x) { return __half2float(x); }
+inline float element_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+inline void warp_meeting() {
+    kd_emu::BlockContext& b = *kd_emu::context;
+    kd_emu::barrier_wait(b.warp_barriers[threadIdx.x >> 5]);
+}
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, float value) {
+    for (float& x : f.v) x = value;
+}
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
+    using F = fragment<Use, M, N, K, T, Layout>;
+    constexpr bool column_major = std::is_same_v<Layout, col_major>;
+    for (int r = 0; r < F::rows; ++r)
+        for (int c = 0; c < F::cols; ++c)
+            f.v[r * F::cols + c] = element_to_float(column_major ? p[c * ldm + r] : p[r * ldm + c]);
+    warp_meeting();
+}
+
+template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+                     const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+    float out[M * N];
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            float s = c.v[i * N + j];
+            // A product of two 16-bit floats is exact in float, so this is the fused multiply-add a tensor
+            // core does, without the cost of a software fmaf on hosts built without FMA.
+            for (int k = 0; k < K; ++k) s += a.v[i * K + k] * b.v[k * N + j];
+            out[i * N + j] = s;
+        }
+    std::memcpy(d.v, out, sizeof out);
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
+    for (int r = 0; r < M; ++r)
+        for (int c = 0; c < N; ++c) (layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c]) = f.v[r * N + c];
+    warp_meeting();
+}
+}  // namespace wmma
+}  // namespace nvcuda
 
 namespace kd_emu {
 

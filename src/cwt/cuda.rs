@@ -100,11 +100,14 @@ impl CwtCuda {
         t
     }
 
-    /// Sizes the workspace for calls on student shape `student` (`[N, Cs, H, W]`), so that later calls
-    /// allocate nothing (call it before capturing the stream into a CUDA graph).
-    pub fn reserve(&mut self, student: &[usize], _dtype: DType) -> Result<()> {
+    /// Sizes the workspace for calls on student shape `student` (`[N, Cs, H, W]`) in `dtype`, so that later
+    /// calls allocate nothing (call it before capturing the stream into a CUDA graph). The workspace is planned
+    /// within one hidden-activation tensor in `dtype` (`docs/losses.md §5.8`), so a call in f32 may need more
+    /// than a reservation for bf16.
+    pub fn reserve(&mut self, student: &[usize], dtype: DType) -> Result<()> {
         let (s, t) = self.shapes.check_features(student, &self.teacher_dims(student))?;
-        let floats = driver::workspace_bound(&self.config, &self.shapes, &s, &t, plan::Device::of(&self.module))?;
+        let floats =
+            driver::workspace_bound(&self.config, &self.shapes, &s, &t, dtype, plan::Device::of(&self.module))?;
         self.workspace.reserve(floats, 1)
     }
 

@@ -86,12 +86,13 @@ pub(crate) fn workspace_bound(
     shapes: &CwtShapes,
     student: &Nchw,
     teacher: &Nchw,
+    dtype: DType,
     device: Device,
 ) -> Result<usize> {
     let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
     let forward = OutputSet { loss: true, ..OutputSet::default() };
-    let a = plan::plan(config, shapes, student, teacher, device, outputs, 1.0, None)?.workspace_floats;
-    let b = plan::plan(config, shapes, student, teacher, device, forward, 1.0, None)?.workspace_floats;
+    let a = plan::plan(config, shapes, student, teacher, dtype, device, outputs, 1.0, None)?.workspace_floats;
+    let b = plan::plan(config, shapes, student, teacher, dtype, device, forward, 1.0, None)?.workspace_floats;
     Ok(a.max(b))
 }
 
@@ -118,7 +119,7 @@ pub(crate) unsafe fn run(
     options.validate()?;
     let (s, t) = shapes.check_features(student, teacher)?;
     let outputs = buffers.outputs(options)?;
-    let plan = plan::plan(config, shapes, &s, &t, Device::of(device), outputs, options.scale, chunk_limit)?;
+    let plan = plan::plan(config, shapes, &s, &t, dtype, Device::of(device), outputs, options.scale, chunk_limit)?;
     let (floats, counters) = scratch.prepare(plan.workspace_floats, 1)?;
     let mut args = KdCwtArgs {
         student: buffers.student,

@@ -15,8 +15,9 @@
 //! (`W1` `[Ch, Cs]`, `b1` `[Ch]`, `W2` `[Ct, Ch]`, `b2` `[Ct]`, f32; the teacher is constant; ReLU'(0) = 0 as in
 //! PyTorch). Defaults (`docs/losses.md §5.6`): `loss_weight` 2e-5, normalize `batch`, hidden width `Ct`.
 //!
-//! [`CwtCpu`] is the f64 reference; [`CwtCuda`] runs the kernels of `kernels/cwt.cu` (tiled SIMT GEMMs with
-//! the loss fused into the output GEMM's epilogue; see that file).
+//! [`CwtCpu`] is the f64 reference; [`CwtCuda`] runs the kernels of `kernels/cwt.cu` (tiled GEMMs with the loss
+//! fused into the output GEMM's epilogue: fp32 SIMT for f32 inputs, tensor cores on bf16 operand pairs for f16
+//! and bf16, a workspace within one hidden-activation tensor; `docs/losses.md §5.8`).
 
 mod cpu;
 mod cuda;

@@ -1,7 +1,13 @@
-//! Launch geometry of the CWT kernels: pixel chunks, weight-gradient splits, grids, workspace layout.
-//! Pure; shared by the CUDA wrapper and the host emulation.
+//! Launch geometry of the CWT kernels: pixel chunks, weight-gradient splits, fused or per-tile kernels, grids,
+//! workspace layout. Pure; shared by the CUDA wrapper and the host emulation.
+//!
+//! The workspace (the hidden layer `A` and `dY` of one chunk, the weight-gradient slots, the loss partials) is
+//! planned within one hidden-activation tensor, `N*H*W*Ch` elements of the input dtype ([`budget_floats`]);
+//! the chunk never drops below one 64-pixel tile, so inputs of fewer than about `64 * (Ch + Ct) / Ch` pixels
+//! (under a megabyte of workspace) may exceed it.
 
 use super::{CwtConfig, CwtShapes};
+use crate::dtype::DType;
 use crate::error::{KdError, Result};
 use crate::ffi::KdCwtParams;
 use crate::launch::{self, Launch, OutputSet, BLOCK_THREADS};
@@ -10,14 +16,16 @@ use crate::validate;
 
 pub(crate) const HIDDEN: &str = "cwt_hidden";
 pub(crate) const OUTPUT: &str = "cwt_output";
+pub(crate) const FORWARD_STORE: &str = "cwt_forward_store";
 pub(crate) const GRAD_W2: &str = "cwt_grad_w2";
 pub(crate) const GRAD_HIDDEN: &str = "cwt_grad_hidden";
+pub(crate) const GRAD_INPUT: &str = "cwt_grad_input";
 pub(crate) const GRAD_W1: &str = "cwt_grad_w1";
 pub(crate) const GRAD_STUDENT: &str = "cwt_grad_student";
 pub(crate) const COMBINE: &str = "cwt_combine";
 pub(crate) const FORWARD_FUSED: &str = "cwt_forward_fused";
-pub(crate) const KERNELS: [&str; 8] =
-    [HIDDEN, OUTPUT, GRAD_W2, GRAD_HIDDEN, GRAD_W1, GRAD_STUDENT, COMBINE, FORWARD_FUSED];
+pub(crate) const KERNELS: [&str; 10] =
+    [HIDDEN, OUTPUT, FORWARD_STORE, GRAD_W2, GRAD_HIDDEN, GRAD_INPUT, GRAD_W1, GRAD_STUDENT, COMBINE, FORWARD_FUSED];
 /// Pixels per block of `cwt_forward_fused`, widest first: its hidden tile is `Ch x tile` floats of shared
 /// memory.
 const FUSED_TILES: [usize; 3] = [64, 32, 16];
@@ -50,6 +58,17 @@ fn tiles(len: usize) -> usize {
     len.div_ceil(TILE)
 }
 
+/// The workspace budget in f32 words: one hidden-activation tensor, `pixels * ch` elements of `dtype`.
+pub(crate) fn budget_floats(pixels: usize, ch: usize, dtype: DType) -> usize {
+    (pixels as u128 * ch as u128 * dtype.size() as u128 / 4).min(usize::MAX as u128) as usize
+}
+
+/// Whether a chunk of `chunk_pixels` takes the fused kernels (`cwt_forward_store`, `cwt_grad_input`: a block
+/// per 64 pixels) rather than one block per 64 x 64 tile: where their grid fills the device at least once.
+pub(crate) fn fused_backward(chunk_pixels: usize, sm_count: usize) -> bool {
+    tiles(chunk_pixels) >= sm_count.max(1)
+}
+
 /// One chunk of pixels: its parameter block and its launches, in order.
 #[derive(Debug, Clone)]
 pub(crate) struct Chunk {
@@ -61,7 +80,7 @@ pub(crate) struct Chunk {
 #[derive(Debug, Clone)]
 pub(crate) struct CwtPlan {
     pub chunks: Vec<Chunk>,
-    /// `cwt_combine`, after every chunk (gradients only).
+    /// `cwt_combine`, after every chunk (gradients with several splits only).
     pub combine: Option<Launch>,
     /// Workspace floats, and the byte offsets of its parts: hidden at 0, then these.
     pub workspace_floats: usize,
@@ -70,26 +89,22 @@ pub(crate) struct CwtPlan {
     pub loss_partials_offset: u64,
 }
 
-/// The pixels of one chunk: everything at once for a forward (the workspace holds `A` only), else as many as
-/// keep `A` and `dY` of the chunk within one hidden-activation tensor (`P * Ch` floats), in whole tiles.
-/// `limit` caps it (tests force several chunks with it).
-pub(crate) fn chunk_pixels(pixels: usize, shapes: &CwtShapes, grads: bool, limit: Option<usize>) -> usize {
-    let natural = if grads {
-        let fit = (pixels as u128 * shapes.ch as u128 / (shapes.ch + shapes.ct) as u128) as usize;
-        (fit / TILE * TILE).max(TILE)
-    } else {
-        pixels
-    };
-    natural.min(limit.unwrap_or(usize::MAX).max(1)).min(pixels)
+/// The loss partials of a call in chunks of `chunk` pixels: one per block of the kernel that sums the loss.
+fn loss_blocks(pixels: usize, chunk: usize, ct: usize, fused: bool) -> usize {
+    let per = |len: usize| if fused { tiles(len) } else { tiles(ct) * tiles(len) };
+    let rest = pixels % chunk;
+    pixels / chunk * per(chunk) + if rest > 0 { per(rest) } else { 0 }
 }
 
-/// Plans a call on student shape `student` (the teacher is checked by the caller).
+/// Plans a call on student shape `student` in `dtype` (the teacher is checked by the caller). `chunk_limit`
+/// caps the pixels of a chunk (tests force several chunks with it).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn plan(
     config: &CwtConfig,
     shapes: &CwtShapes,
     student: &Nchw,
     teacher: &Nchw,
+    dtype: DType,
     device: Device,
     outputs: OutputSet,
     grad_factor: f64,
@@ -104,27 +119,33 @@ pub(crate) fn plan(
     let grads = outputs.grad_student;
     let sm_count = device.sm_count;
     let pixels = student.n * student.plane();
+    let too_large = |what: &'static str, detail: String| KdError::TooLarge { what, detail };
+    // The kernels split a pixel index into image and offset with a 32-bit division (cwt.cu, `nchw`).
+    if u32::try_from(pixels).is_err() {
+        return Err(too_large("student", format!("{pixels} pixels (N*H*W); at most 2^32 - 1, split the batch")));
+    }
+    let base_params = KdCwtParams {
+        plane: student.plane() as i64,
+        pixel_begin: 0,
+        chunk_pixels: pixels as i64,
+        split_len: 0,
+        cs: cs as i32,
+        ch: ch as i32,
+        ct: ct as i32,
+        splits: 0,
+        accumulate_slots: 0,
+        slots: 0,
+        loss_block_base: 0,
+        loss_blocks: 0,
+        flags: outputs.flags(),
+        loss_scale: loss_scale as f32,
+        grad_scale: grad_scale as f32,
+        tile_pixels: 0,
+    };
     if !grads {
         if let Some(tile) = fused_tile(ch, device.max_dynamic_smem) {
             let blocks = launch::grid_blocks("student", pixels.div_ceil(tile))?;
-            let params = KdCwtParams {
-                plane: student.plane() as i64,
-                pixel_begin: 0,
-                chunk_pixels: pixels as i64,
-                split_len: 0,
-                cs: cs as i32,
-                ch: ch as i32,
-                ct: ct as i32,
-                splits: 0,
-                slot_base: 0,
-                slots: 0,
-                loss_block_base: 0,
-                loss_blocks: blocks as i32,
-                flags: outputs.flags(),
-                loss_scale: loss_scale as f32,
-                grad_scale: grad_scale as f32,
-                tile_pixels: tile as i32,
-            };
+            let params = KdCwtParams { loss_blocks: blocks as i32, tile_pixels: tile as i32, ..base_params };
             let launch = Launch { dynamic_smem: (ch * tile * 4) as u32, ..Launch::new(FORWARD_FUSED, blocks) };
             return Ok(CwtPlan {
                 chunks: vec![Chunk { params, launches: vec![launch] }],
@@ -136,72 +157,98 @@ pub(crate) fn plan(
             });
         }
     }
-    let pc = chunk_pixels(pixels, shapes, grads, chunk_limit);
-    let chunk_count = pixels.div_ceil(pc);
-    let w2_part = ct * (ch + 1);
-    let w1_part = ch * (cs + 1);
-    let part = w2_part + w1_part;
-    let too_large = |what: &'static str, detail: String| KdError::TooLarge { what, detail };
 
-    // Splits per chunk: enough weight-gradient blocks to fill the device, partial slots within one hidden
-    // tensor (at least one slot per chunk), no split shorter than a tile.
+    // Splits: enough weight-gradient blocks to fill the device, their slots within a quarter of the budget.
+    // One split needs no slot: it writes the gradients.
+    let budget = budget_floats(pixels, ch, dtype);
+    let per_pixel = ch + if grads { ct } else { 0 };
+    let part = ct * (ch + 1) + ch * (cs + 1);
+    let slots_of = |splits: usize| if splits > 1 { splits } else { 0 };
     let weight_tiles = tiles(ct) * tiles(ch + 1);
     let wanted = (sm_count * BLOCKS_PER_SM).div_ceil(weight_tiles).max(1);
-    let memory = ((pixels * ch) / (chunk_count * part)).max(1);
-    let splits_target = wanted.min(memory).min(tiles(pc)).max(1);
-    let split_len = pc.div_ceil(splits_target).next_multiple_of(16);
-    let splits = if grads { pc.div_ceil(split_len) } else { 0 };
-    let slots = splits * chunk_count;
-    let slots_i32 = i32::try_from(slots).map_err(|_| too_large("student", format!("{slots} gradient slots")))?;
+    let mut splits = if grads { wanted.min(budget / 4 / part.max(1)).max(1) } else { 0 };
 
+    // The chunk: what the budget leaves for A and dY, in whole tiles, then smaller while the loss partials
+    // push the total over; never below one tile.
+    let limit = chunk_limit.unwrap_or(usize::MAX).max(1);
+    let room = budget.saturating_sub(slots_of(splits) * part) / per_pixel;
+    let mut pc = if room >= TILE { room / TILE * TILE } else { TILE };
+    pc = pc.min(pixels).min(limit);
+    loop {
+        splits = splits.min(tiles(pc));
+        let fused = fused_backward(pc, sm_count);
+        let total = pc * per_pixel + slots_of(splits) * part + loss_blocks(pixels, pc, ct, fused);
+        if total <= budget || pc <= TILE {
+            break;
+        }
+        let over = (total - budget).div_ceil(per_pixel).next_multiple_of(TILE);
+        pc = pc.saturating_sub(over).max(TILE);
+    }
+    // Chunks of equal size (in whole tiles) rather than full ones and a short last one: no more memory, and no
+    // chunk too short to fill the device.
+    let balanced = pixels.div_ceil(pixels.div_ceil(pc)).next_multiple_of(TILE).min(pc);
+    if balanced < pc {
+        let fused = fused_backward(balanced, sm_count);
+        let total = balanced * per_pixel + slots_of(splits) * part + loss_blocks(pixels, balanced, ct, fused);
+        if total <= budget {
+            pc = balanced;
+        }
+    }
+    let split_len = if grads { pc.div_ceil(splits).next_multiple_of(16) } else { 0 };
+    let splits = if grads { pc.div_ceil(split_len) } else { 0 };
+    let slots = slots_of(splits);
+    let slots_i32 = i32::try_from(slots).map_err(|_| too_large("student", format!("{slots} gradient slots")))?;
+    let fused = fused_backward(pc, sm_count);
+    let chunk_count = pixels.div_ceil(pc);
+
+    let grid = |blocks: usize| launch::grid_blocks("student", blocks);
     let mut chunks = Vec::with_capacity(chunk_count);
-    let mut loss_blocks = 0usize;
+    let mut loss_base = 0usize;
     for k in 0..chunk_count {
         let begin = k * pc;
         let len = pc.min(pixels - begin);
-        let grid = |blocks: usize| launch::grid_blocks("student", blocks);
-        let mut launches = vec![Launch::new(HIDDEN, grid(tiles(ch) * tiles(len))?)];
-        let output_blocks = tiles(ct) * tiles(len);
-        launches.push(Launch::new(OUTPUT, grid(output_blocks)?));
-        // Every chunk has `splits` splits (a short last chunk's trailing ones are empty and write zeros), so every
-        // slot the combine reads is written.
-        let chunk_splits = splits;
+        let mut launches = Vec::with_capacity(6);
+        let chunk_loss_blocks = if fused {
+            launches.push(Launch::new(FORWARD_STORE, grid(tiles(len))?));
+            tiles(len)
+        } else {
+            launches.push(Launch::new(HIDDEN, grid(tiles(ch) * tiles(len))?));
+            launches.push(Launch::new(OUTPUT, grid(tiles(ct) * tiles(len))?));
+            tiles(ct) * tiles(len)
+        };
         if grads {
-            launches.push(Launch::new(GRAD_W2, grid(chunk_splits * weight_tiles)?));
-            launches.push(Launch::new(GRAD_HIDDEN, grid(tiles(ch) * tiles(len))?));
-            launches.push(Launch::new(GRAD_W1, grid(chunk_splits * tiles(ch) * tiles(cs + 1))?));
-            launches.push(Launch::new(GRAD_STUDENT, grid(tiles(cs) * tiles(len))?));
+            // Every chunk has `splits` splits (a short last chunk's trailing ones are empty and add zeros), so
+            // every slot the combine reads is written.
+            launches.push(Launch::new(GRAD_W2, grid(splits * weight_tiles)?));
+            if fused {
+                launches.push(Launch::new(GRAD_INPUT, grid(tiles(len))?));
+            } else {
+                launches.push(Launch::new(GRAD_HIDDEN, grid(tiles(ch) * tiles(len))?));
+            }
+            launches.push(Launch::new(GRAD_W1, grid(splits * tiles(ch) * tiles(cs + 1))?));
+            if !fused {
+                launches.push(Launch::new(GRAD_STUDENT, grid(tiles(cs) * tiles(len))?));
+            }
         }
         let params = KdCwtParams {
-            plane: student.plane() as i64,
             pixel_begin: begin as i64,
             chunk_pixels: len as i64,
             split_len: split_len as i64,
-            cs: cs as i32,
-            ch: ch as i32,
-            ct: ct as i32,
-            splits: chunk_splits as i32,
-            slot_base: (k * splits) as i32,
+            splits: splits as i32,
+            accumulate_slots: i32::from(k > 0),
             slots: slots_i32,
-            loss_block_base: loss_blocks as i32,
-            loss_blocks: 0, // set below
-            flags: outputs.flags(),
-            loss_scale: loss_scale as f32,
-            grad_scale: grad_scale as f32,
-            tile_pixels: 0,
+            loss_block_base: loss_base as i32,
+            ..base_params
         };
-        loss_blocks += output_blocks;
+        loss_base += chunk_loss_blocks;
         chunks.push(Chunk { params, launches });
     }
     let loss_blocks_i32 =
-        i32::try_from(loss_blocks).map_err(|_| too_large("student", format!("{loss_blocks} loss blocks")))?;
+        i32::try_from(loss_base).map_err(|_| too_large("student", format!("{loss_base} loss blocks")))?;
     for c in &mut chunks {
-        c.params.loss_blocks = loss_blocks_i32;
-        if !outputs.loss {
-            c.params.loss_blocks = 0;
-        }
+        c.params.loss_blocks = if outputs.loss { loss_blocks_i32 } else { 0 };
     }
-    let combine = if grads {
+    let combine = if slots > 0 {
         Some(Launch::new(COMBINE, launch::grid_blocks("student", part.div_ceil(BLOCK_THREADS as usize))?))
     } else {
         None
@@ -213,7 +260,7 @@ pub(crate) fn plan(
     Ok(CwtPlan {
         chunks,
         combine,
-        workspace_floats: hidden + out_grad + partial_floats + loss_blocks,
+        workspace_floats: hidden + out_grad + partial_floats + loss_base,
         out_grad_offset: hidden as u64 * f,
         partials_offset: (hidden + out_grad) as u64 * f,
         loss_partials_offset: (hidden + out_grad + partial_floats) as u64 * f,
@@ -226,40 +273,94 @@ mod tests {
 
     const GRADS: OutputSet =
         OutputSet { loss: true, grad_student: true, grad_teacher: false, device_upstream: false, accumulate: false };
+    const FORWARD: OutputSet =
+        OutputSet { loss: true, grad_student: false, grad_teacher: false, device_upstream: false, accumulate: false };
+    const H100: Device = Device { sm_count: 132, max_dynamic_smem: 227 * 1024 - 20 * 1024 };
+    const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
-    fn plan_for(dims: [usize; 4], shapes: CwtShapes, outputs: OutputSet) -> CwtPlan {
+    fn plan_on(dims: [usize; 4], shapes: CwtShapes, dtype: DType, device: Device, outputs: OutputSet) -> CwtPlan {
         let s = Nchw::from_dims("student", &dims).unwrap();
         let t = Nchw { c: shapes.ct, ..s };
-        plan(&CwtConfig::default(), &shapes, &s, &t, Device { sm_count: 132, max_dynamic_smem: 0 }, outputs, 1.0, None)
-            .unwrap()
+        plan(&CwtConfig::default(), &shapes, &s, &t, dtype, device, outputs, 1.0, None).unwrap()
+    }
+
+    fn check_cover(p: &CwtPlan, pixels: usize) {
+        let mut next = 0;
+        for c in &p.chunks {
+            assert_eq!(c.params.pixel_begin as usize, next);
+            next += c.params.chunk_pixels as usize;
+        }
+        assert_eq!(next, pixels);
+    }
+
+    /// The bound, on the benchmarked shapes: forward + backward in every dtype asks for no more
+    /// workspace than one hidden-activation tensor (`N*H*W*Ch` elements of the input dtype).
+    #[test]
+    fn bench_shapes_need_at_most_one_hidden_tensor() {
+        for (dims, shapes) in [
+            ([8, 512, 64, 64], CwtShapes::new(512, 2048)),  // segmentation, hidden 2048
+            ([2, 256, 100, 152], CwtShapes::new(256, 256)), // detection FPN
+            ([64, 512, 7, 7], CwtShapes::new(512, 512)),    // classification
+        ] {
+            let pixels = dims[0] * dims[2] * dims[3];
+            for dtype in DTYPES {
+                let hidden_bytes = pixels * shapes.ch * dtype.size();
+                for (device, outputs) in
+                    [(H100, GRADS), (H100, FORWARD), (Device { max_dynamic_smem: 0, ..H100 }, FORWARD)]
+                {
+                    let p = plan_on(dims, shapes, dtype, device, outputs);
+                    let bytes = p.workspace_floats * 4;
+                    assert!(bytes <= hidden_bytes, "{dims:?} {dtype}: {bytes} B of workspace > {hidden_bytes} B");
+                    check_cover(&p, pixels);
+                    if outputs.grad_student {
+                        // The table of docs/losses.md 5.8 (`cargo test --lib bench_shapes -- --nocapture`).
+                        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+                        let c = &p.chunks[0];
+                        let kernels: Vec<_> = c.launches.iter().map(|l| l.kernel).collect();
+                        println!(
+                            "| {dims:?} -> {} ({}) | {dtype} | {:.1} MiB | {:.1} MiB | {} x {} | {} |",
+                            shapes.ct,
+                            shapes.ch,
+                            mib(hidden_bytes),
+                            mib(bytes),
+                            p.chunks.len(),
+                            c.params.chunk_pixels,
+                            kernels.join(", ")
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
-    fn workspace_stays_near_one_hidden_tensor() {
+    fn small_inputs_exceed_the_bound_by_at_most_one_tile() {
         for (dims, shapes) in [
-            ([8, 512, 64, 64], CwtShapes::new(512, 2048)),
-            ([2, 256, 100, 152], CwtShapes::new(256, 256)),
-            ([64, 512, 7, 7], CwtShapes::new(512, 512)),
             ([1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 }),
+            ([2, 7, 5, 6], CwtShapes { cs: 7, ch: 13, ct: 5 }),
+            ([3, 1, 1, 1], CwtShapes { cs: 1, ch: 1, ct: 2 }),
+            ([1, 64, 7, 7], CwtShapes::new(64, 2048)),
         ] {
-            let p = plan_for(dims, shapes, GRADS);
             let pixels = dims[0] * dims[2] * dims[3];
-            let hidden_tensor = pixels * shapes.ch;
-            let part = shapes.ct * (shapes.ch + 1) + shapes.ch * (shapes.cs + 1);
-            // A and dY of a chunk within one hidden tensor (a tile's worth of rounding), the partial slots
-            // within another (at least one slot per chunk).
-            let chunk = p.chunks[0].params.chunk_pixels as usize;
-            assert!(chunk * (shapes.ch + shapes.ct) <= hidden_tensor + 64 * (shapes.ch + shapes.ct), "{dims:?}");
-            let slots = p.chunks[0].params.slots as usize;
-            assert!(slots * part <= hidden_tensor.max(p.chunks.len() * part), "{dims:?}");
-            assert!(p.combine.is_some());
-            let covered: i64 = p.chunks.iter().map(|c| c.params.chunk_pixels).sum();
-            assert_eq!(covered as usize, pixels);
-            // A forward keeps A only, in one chunk.
-            let f = plan_for(dims, shapes, OutputSet { loss: true, ..OutputSet::default() });
-            assert_eq!(f.chunks.len(), 1);
-            assert_eq!(f.workspace_floats, hidden_tensor + f.chunks[0].launches[1].grid as usize);
+            for dtype in DTYPES {
+                let p = plan_on(dims, shapes, dtype, H100, GRADS);
+                check_cover(&p, pixels);
+                let chunk = p.chunks[0].params.chunk_pixels as usize;
+                assert!(
+                    p.workspace_floats <= budget_floats(pixels, shapes.ch, dtype) || chunk == TILE.min(pixels),
+                    "{dims:?} {dtype}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn more_pixels_than_32_bits_index_is_a_typed_error() {
+        let s = Nchw::from_dims("student", &[1 << 16, 1, 1 << 8, 1 << 8]).unwrap();
+        let shapes = CwtShapes::new(1, 1);
+        let t = Nchw { c: 1, ..s };
+        let r = plan(&CwtConfig::default(), &shapes, &s, &t, DType::BF16, H100, GRADS, 1.0, None);
+        assert!(matches!(r, Err(KdError::TooLarge { what: "student", .. })), "{r:?}");
     }
 
     #[test]
@@ -267,12 +368,7 @@ mod tests {
         assert_eq!(fused_tile(512, 227 * 1024), Some(64));
         assert_eq!(fused_tile(2048, 227 * 1024), Some(16));
         assert_eq!(fused_tile(8192, 227 * 1024), None);
-        let s = Nchw::from_dims("student", &[2, 256, 100, 152]).unwrap();
-        let shapes = CwtShapes::new(256, 256);
-        let t = Nchw { c: 256, ..s };
-        let forward = OutputSet { loss: true, ..OutputSet::default() };
-        let device = Device { sm_count: 132, max_dynamic_smem: 227 * 1024 };
-        let p = plan(&CwtConfig::default(), &shapes, &s, &t, device, forward, 1.0, None).unwrap();
+        let p = plan_on([2, 256, 100, 152], CwtShapes::new(256, 256), DType::BF16, H100, FORWARD);
         assert_eq!(p.chunks.len(), 1);
         assert_eq!(p.chunks[0].launches.len(), 1);
         assert_eq!(p.chunks[0].launches[0].kernel, FORWARD_FUSED);
@@ -280,10 +376,39 @@ mod tests {
     }
 
     #[test]
+    fn backward_fuses_where_the_pixel_tiles_fill_the_device() {
+        let kernels = |p: &CwtPlan| p.chunks[0].launches.iter().map(|l| l.kernel).collect::<Vec<_>>();
+        // Segmentation in f32: chunks of 16384 pixels, 256 tiles >= 132 SMs.
+        let p = plan_on([8, 512, 64, 64], CwtShapes::new(512, 2048), DType::F32, H100, GRADS);
+        assert_eq!(kernels(&p), [FORWARD_STORE, GRAD_W2, GRAD_INPUT, GRAD_W1]);
+        assert!(p.combine.is_none(), "one split per chunk writes the gradients");
+        assert_eq!(p.chunks[1].params.accumulate_slots, 1);
+        // Classification: chunks of a few tiles take one block per tile.
+        let p = plan_on([64, 512, 7, 7], CwtShapes::new(512, 512), DType::BF16, H100, GRADS);
+        assert_eq!(kernels(&p), [HIDDEN, OUTPUT, GRAD_W2, GRAD_HIDDEN, GRAD_W1, GRAD_STUDENT]);
+        assert!(fused_backward(64 * 132, 132) && !fused_backward(64 * 131, 132));
+    }
+
+    /// What `tests/cwt_emulator.rs` (`fused_backward_with_split_slots`) relies on.
+    #[test]
+    fn two_sms_fuse_and_split_the_emulator_shape() {
+        for dtype in DTYPES {
+            let device = Device { sm_count: 2, ..H100 };
+            let p = plan_on([1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 }, dtype, device, GRADS);
+            assert!(p.chunks.len() >= 2, "{dtype}");
+            assert_eq!(p.chunks[0].launches[0].kernel, FORWARD_STORE, "{dtype}");
+            assert!(p.chunks[0].params.slots > 1 && p.combine.is_some(), "{dtype}");
+        }
+    }
+
+    #[test]
     fn few_channels_many_pixels_split_the_weight_gradients() {
-        let p = plan_for([1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 }, GRADS);
-        assert_eq!(p.chunks.len(), 2);
+        let p = plan_on([1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 }, DType::F32, H100, GRADS);
+        assert!(p.chunks.len() >= 2);
         assert!(p.chunks[0].params.splits > 1);
-        assert_eq!(p.chunks[1].params.slot_base, p.chunks[0].params.splits);
+        assert_eq!(p.chunks[0].params.slots, p.chunks[0].params.splits);
+        assert_eq!(p.chunks[0].params.accumulate_slots, 0);
+        assert_eq!(p.chunks[1].params.accumulate_slots, 1);
+        assert!(p.combine.is_some());
     }
 }

@@ -602,7 +602,7 @@ pub struct KdCwtParams {
     pub ch: i32,
     pub ct: i32,
     pub splits: i32,
-    pub slot_base: i32,
+    pub accumulate_slots: i32,
     pub slots: i32,
     pub loss_block_base: i32,
     pub loss_blocks: i32,
@@ -640,8 +640,8 @@ const _: () = {
         "Offset of field: KdCwtParams::splits",
     ][::core::mem::offset_of!(KdCwtParams, splits) - 44usize];
     [
-        "Offset of field: KdCwtParams::slot_base",
-    ][::core::mem::offset_of!(KdCwtParams, slot_base) - 48usize];
+        "Offset of field: KdCwtParams::accumulate_slots",
+    ][::core::mem::offset_of!(KdCwtParams, accumulate_slots) - 48usize];
     [
         "Offset of field: KdCwtParams::slots",
     ][::core::mem::offset_of!(KdCwtParams, slots) - 52usize];

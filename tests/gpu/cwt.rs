@@ -22,13 +22,17 @@ pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("cwt_error_paths", cwt_error_paths),
 ];
 
-/// (student [N, Cs, H, W], Ch, Ct): odd channels, tile edges, a shape with several pixel chunks.
-const SHAPES: [([usize; 4], usize, usize); 5] = [
+/// (student [N, Cs, H, W], Ch, Ct): odd channels, tile edges, a shape with several pixel chunks. The small
+/// shapes take a block per 64 x 64 tile and several weight-gradient splits; the last has chunks of more 64-pixel
+/// tiles than a 132-SM device has SMs in every dtype, so it takes the fused backward there (`cwt_forward_store`,
+/// `cwt_grad_input`; `src/cwt/plan.rs`). f16 and bf16 run the tensor-core tiles.
+const SHAPES: [([usize; 4], usize, usize); 6] = [
     ([2, 7, 5, 6], 13, 5),
     ([1, 64, 8, 8], 65, 63),
     ([3, 17, 13, 11], 32, 130),
     ([2, 256, 10, 15], 256, 256),
     ([1, 3, 40, 50], 4, 2),
+    ([2, 9, 120, 120], 33, 7),
 ];
 
 struct Host {
