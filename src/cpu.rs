@@ -18,8 +18,28 @@ pub struct CpuOutput {
     pub grad_teacher: Option<Array4<f64>>,
 }
 
+/// An element type the CPU references read: the kernels' three ([`KdFloat`]) and `f64`, which CPU
+/// training stacks (burn's NdArray backend, candle's CPU device) use. Every reference computes in f64
+/// whatever it reads.
+pub trait HostFloat: Copy + Send + Sync + 'static {
+    /// Widens exactly.
+    fn to_f64(self) -> f64;
+}
+
+impl<T: KdFloat> HostFloat for T {
+    fn to_f64(self) -> f64 {
+        KdFloat::to_f64(self)
+    }
+}
+
+impl HostFloat for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
 /// Checks that the pair has one non-empty NCHW shape, and returns it.
-pub(crate) fn check_pair<T: KdFloat>(student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<Nchw> {
+pub(crate) fn check_pair<T: HostFloat>(student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<Nchw> {
     let shape = Nchw::from_dims("student", student.shape())?;
     shape.expect_same("teacher", teacher.shape())?;
     Ok(shape)

@@ -39,6 +39,8 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeExamples;
 
+#[cfg(feature = "burn")]
+pub mod burn;
 pub mod cpu;
 pub mod cuda;
 pub mod cwd;
@@ -58,7 +60,7 @@ pub mod shape;
 pub mod tolerance;
 mod validate;
 
-pub use cpu::CpuOutput;
+pub use cpu::{CpuOutput, HostFloat};
 pub use dtype::{DType, KdFloat};
 pub use error::{KdError, Result};
 pub use grad::GradOptions;

@@ -3,8 +3,7 @@
 use ndarray::{s, Array4, ArrayView4};
 
 use super::CwdConfig;
-use crate::cpu::{check_pair, log_softmax, CpuOutput};
-use crate::dtype::KdFloat;
+use crate::cpu::{check_pair, log_softmax, CpuOutput, HostFloat};
 use crate::error::Result;
 
 /// CWD on the CPU, with the same surface as [`super::CwdCuda`].
@@ -26,12 +25,12 @@ impl CwdCpu {
     }
 
     /// The loss alone.
-    pub fn forward<T: KdFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<f64> {
+    pub fn forward<T: HostFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<f64> {
         Ok(self.compute(student, teacher, 1.0, false)?.loss)
     }
 
     /// Loss and gradients (the teacher's only when `config.teacher_grad`).
-    pub fn forward_backward<T: KdFloat>(
+    pub fn forward_backward<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
@@ -40,7 +39,7 @@ impl CwdCpu {
     }
 
     /// Gradients scaled by the upstream gradient `upstream` (d total / d loss); `loss` is filled too.
-    pub fn backward<T: KdFloat>(
+    pub fn backward<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
@@ -49,7 +48,7 @@ impl CwdCpu {
         self.compute(student, teacher, upstream, true)
     }
 
-    fn compute<T: KdFloat>(
+    fn compute<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,

@@ -3,8 +3,7 @@
 use ndarray::{Array4, ArrayView4};
 
 use super::PixelKdConfig;
-use crate::cpu::{check_pair, log_softmax, CpuOutput};
-use crate::dtype::KdFloat;
+use crate::cpu::{check_pair, log_softmax, CpuOutput, HostFloat};
 use crate::error::Result;
 
 /// Pixel KD on the CPU, with the same surface as [`super::PixelKdCuda`].
@@ -26,12 +25,12 @@ impl PixelKdCpu {
     }
 
     /// The loss alone.
-    pub fn forward<T: KdFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<f64> {
+    pub fn forward<T: HostFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<f64> {
         Ok(self.compute(student, teacher, 1.0, false)?.loss)
     }
 
     /// Loss and d loss / d student.
-    pub fn forward_backward<T: KdFloat>(
+    pub fn forward_backward<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
@@ -40,7 +39,7 @@ impl PixelKdCpu {
     }
 
     /// The gradient times the upstream gradient `upstream`; `loss` is filled too.
-    pub fn backward<T: KdFloat>(
+    pub fn backward<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
@@ -49,7 +48,7 @@ impl PixelKdCpu {
         self.compute(student, teacher, upstream, true)
     }
 
-    fn compute<T: KdFloat>(
+    fn compute<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,

@@ -1,0 +1,219 @@
+//! The losses as [burn](https://burn.dev) operations (feature `burn`): `loss.backward()` in a burn graph
+//! reaches the student through the crate's fused forward-and-backward.
+//!
+//! ```no_run
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use kd_kernels::burn::{cwd_loss, pixel_kd_loss};
+//! use kd_kernels::{cwd::CwdConfig, pixel_kd::PixelKdConfig};
+//!
+//! # fn main() -> Result<(), kd_kernels::KdError> {
+//! let device = Device::ndarray().autodiff();
+//! let student = Tensor::<4>::random([2, 19, 16, 32], Distribution::Default, &device).require_grad();
+//! let teacher = Tensor::<4>::random([2, 19, 16, 32], Distribution::Default, &device);
+//! let loss = cwd_loss(student.clone(), teacher.clone(), &CwdConfig::default())?
+//!     + pixel_kd_loss(student.clone(), teacher, &PixelKdConfig::default())?;
+//! let grads = loss.backward();
+//! let d_student = student.grad(&grads);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it is built
+//!
+//! [`KdBackend`] is a burn backend extension: one pair of primitives per loss, the loss alone and the loss
+//! with its gradients in one pass (what [`crate::cwd::CwdCuda::forward_backward`] computes). It is
+//! implemented for
+//!
+//! * burn's `NdArray` backend, through the crate's CPU reference (f64 arithmetic, inputs `f32` or `f64`,
+//!   the float types NdArray stores);
+//! * `Autodiff<B>` for any `B: KdBackend`: the forward runs `B`'s fused primitive when the student is
+//!   tracked and keeps the gradient; the backward step multiplies it by the upstream gradient (burn's custom
+//!   backward pattern, [`Backward`](::burn::backend::autodiff::ops::Backward)). When nothing is tracked
+//!   it runs the loss alone.
+//!
+//! The functions of this module ([`cwd_loss`], [`pixel_kd_loss`], [`cwt_loss`]) check their inputs and return a typed
+//! [`KdError`](crate::KdError) (shapes, dtypes, configuration, a tracked teacher the loss has no
+//! gradient for) before anything runs; they are what a training step calls. The trait's primitives take
+//! checked inputs.
+//!
+//! Adding a family is its two primitives in [`KdBackend`], one line in each implementation (the helpers
+//! [`ndarray::cpu_pair`] and [`autodiff::fused`] do the work) and a checked function here.
+
+pub mod autodiff;
+// burn 0.22 deprecates NdArray in favour of its Flex backend; NdArray is the CPU backend this feature covers.
+mod backend;
+#[allow(deprecated)]
+pub mod ndarray;
+pub mod reference;
+
+pub use backend::KdBackend;
+
+use ::burn::backend::Dispatch;
+use ::burn::tensor::{DType, Device, Tensor};
+
+use crate::cwd::CwdConfig;
+use crate::cwt::{CwtConfig, CwtShapes};
+use crate::error::{KdError, Result};
+use crate::pixel_kd::PixelKdConfig;
+use crate::shape::Nchw;
+
+/// CWD between `student` and `teacher` logits (NCHW), as a differentiable one-element tensor.
+///
+/// On an autodiff device the gradient reaches `student` (and `teacher`, with `config.teacher_grad`).
+/// A tracked teacher without `teacher_grad` is refused: detach it (`teacher.detach()`) or ask for its
+/// gradient.
+pub fn cwd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &CwdConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    check_pair(&student, &teacher)?;
+    if teacher_is_tracked(&teacher) && !config.teacher_grad {
+        return Err(KdError::OutputMismatch {
+            what: "teacher",
+            fix: "the teacher is tracked by autodiff but CwdConfig::teacher_grad is off, so it would get no \
+                  gradient; pass teacher.detach(), or set teacher_grad",
+        });
+    }
+    Ok(Tensor::from_dispatch(Dispatch::cwd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
+}
+
+/// Pixel-wise KD between `student` and `teacher` logits (NCHW), as a differentiable one-element tensor.
+///
+/// On an autodiff device the gradient reaches `student`. Pixel KD has no teacher gradient: a tracked
+/// teacher is refused (pass `teacher.detach()`).
+pub fn pixel_kd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &PixelKdConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    check_pair(&student, &teacher)?;
+    if teacher_is_tracked(&teacher) {
+        return Err(KdError::OutputMismatch {
+            what: "teacher",
+            fix: "the teacher is tracked by autodiff, but pixel KD has no teacher gradient; pass teacher.detach()",
+        });
+    }
+    Ok(Tensor::from_dispatch(Dispatch::pixel_kd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
+}
+
+/// CWT's MLP (`docs/losses.md` §5), the two 1x1 convolutions as matrices: `w1` `[Ch, Cs]`, `b1` `[Ch]`,
+/// `w2` `[Ct, Ch]`, `b2` `[Ct]`, in f32 (the crate keeps learnable parameters in f32). Mark them
+/// `require_grad` (or take them from a module) and their gradients come out of `loss.backward()`.
+#[derive(Debug, Clone)]
+pub struct CwtMlp {
+    /// `mlp.linear1.weight`, `[Ch, Cs]`.
+    pub w1: Tensor<2>,
+    /// `mlp.linear1.bias`, `[Ch]`.
+    pub b1: Tensor<1>,
+    /// `mlp.linear2.weight`, `[Ct, Ch]`.
+    pub w2: Tensor<2>,
+    /// `mlp.linear2.bias`, `[Ct]`.
+    pub b2: Tensor<1>,
+}
+
+/// Channel-wise transformation (CWT) between student features `[N, Cs, H, W]` and teacher features
+/// `[N, Ct, H, W]` through `mlp`, as a differentiable one-element tensor.
+///
+/// On an autodiff device the gradient reaches the student and the four parameters. The features are f32
+/// (NdArray; the kernels' f16 and bf16 have no NdArray storage), and so are the parameters. CWT has no
+/// teacher gradient: a tracked teacher is refused (pass `teacher.detach()`).
+pub fn cwt_loss(student: Tensor<4>, teacher: Tensor<4>, mlp: &CwtMlp, config: &CwtConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    let [ch, cs] = mlp.w1.dims();
+    let [ct, ch2] = mlp.w2.dims();
+    let shapes = CwtShapes { cs, ch, ct };
+    shapes.validate()?;
+    for (what, got, expected) in [
+        ("mlp.linear1.bias", mlp.b1.dims().to_vec(), vec![ch]),
+        ("mlp.linear2.weight", vec![ct, ch2], vec![ct, ch]),
+        ("mlp.linear2.bias", mlp.b2.dims().to_vec(), vec![ct]),
+    ] {
+        if got != expected {
+            return Err(KdError::ShapeMismatch { what, expected, got });
+        }
+    }
+    shapes.check_features(student.shape().as_slice(), teacher.shape().as_slice())?;
+    for (what, dtype) in [
+        ("student", student.dtype()),
+        ("teacher", teacher.dtype()),
+        ("mlp.linear1.weight", mlp.w1.dtype()),
+        ("mlp.linear1.bias", mlp.b1.dtype()),
+        ("mlp.linear2.weight", mlp.w2.dtype()),
+        ("mlp.linear2.bias", mlp.b2.dtype()),
+    ] {
+        if !matches!(dtype, DType::F32 | DType::Flex32) {
+            return Err(KdError::DTypeMismatch {
+                what: what.into(),
+                expected: "f32 (CWT's parameters are f32, and so are its features on NdArray)".into(),
+                got: format!("{dtype:?}"),
+            });
+        }
+    }
+    let device = student.device();
+    for (what, other) in [
+        ("teacher", teacher.device()),
+        ("mlp.linear1.weight", mlp.w1.device()),
+        ("mlp.linear1.bias", mlp.b1.device()),
+        ("mlp.linear2.weight", mlp.w2.device()),
+        ("mlp.linear2.bias", mlp.b2.device()),
+    ] {
+        if other != device {
+            return Err(other_device(what, &device, &other));
+        }
+    }
+    if teacher_is_tracked(&teacher) {
+        return Err(KdError::OutputMismatch {
+            what: "teacher",
+            fix: "the teacher is tracked by autodiff, but CWT has no teacher gradient; pass teacher.detach()",
+        });
+    }
+    let mlp = mlp.clone();
+    Ok(Tensor::from_dispatch(Dispatch::cwt_forward(
+        student.into_dispatch(),
+        teacher.into_dispatch(),
+        mlp.w1.into_dispatch(),
+        mlp.b1.into_dispatch(),
+        mlp.w2.into_dispatch(),
+        mlp.b2.into_dispatch(),
+        *config,
+    )))
+}
+
+fn other_device(what: &'static str, expected: &Device, got: &Device) -> KdError {
+    KdError::Unsupported {
+        what,
+        detail: format!(
+            "it is on {got:?} but the student is on {expected:?}; move it with .to_device(&student.device())"
+        ),
+    }
+}
+
+fn teacher_is_tracked(teacher: &Tensor<4>) -> bool {
+    teacher.is_autodiff() && teacher.is_tracked()
+}
+
+/// The float dtypes the losses read: NdArray stores `f32` and `f64`; GPU backends add `f16` and `bf16`.
+fn supported_dtype(dtype: DType) -> bool {
+    matches!(dtype, DType::F64 | DType::F32 | DType::Flex32 | DType::F16 | DType::BF16)
+}
+
+/// One non-empty NCHW shape and one supported float dtype for the pair; the same device.
+pub(crate) fn check_pair(student: &Tensor<4>, teacher: &Tensor<4>) -> Result<Nchw> {
+    let shape = Nchw::from_dims("student", student.shape().as_slice())?;
+    shape.expect_same("teacher", teacher.shape().as_slice())?;
+    let (ds, dt) = (student.dtype(), teacher.dtype());
+    if !supported_dtype(ds) {
+        return Err(KdError::DTypeMismatch {
+            what: "student".into(),
+            expected: "a float dtype (f64, f32, f16, bf16)".into(),
+            got: format!("{ds:?}"),
+        });
+    }
+    if dt != ds {
+        return Err(KdError::DTypeMismatch {
+            what: "teacher".into(),
+            expected: format!("{ds:?} (the student's dtype)"),
+            got: format!("{dt:?}"),
+        });
+    }
+    let (device, other) = (student.device(), teacher.device());
+    if other != device {
+        return Err(other_device("teacher", &device, &other));
+    }
+    Ok(shape)
+}
