@@ -6,9 +6,10 @@
 #![allow(deprecated)]
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use kd_kernels::burn::{cwd_loss, cwt_loss, pixel_kd_loss, reference, CwtMlp};
+use kd_kernels::burn::{aicsd_loss, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, reference, CwtMlp};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtNormalize};
+use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
 use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::KdError;
@@ -259,7 +260,7 @@ fn bad_inputs_are_typed_errors() {
     // A tracked teacher would silently get no gradient: refused, with the fix in the message.
     let tracked = t.clone().require_grad();
     let err = pixel_kd_loss(s.clone(), tracked.clone(), &kd).unwrap_err();
-    assert!(matches!(err, KdError::OutputMismatch { what: "teacher", .. }));
+    assert!(matches!(err, KdError::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("detach"), "{err}");
     assert!(matches!(cwd_loss(s.clone(), tracked.clone(), &cwd), Err(KdError::OutputMismatch { what: "teacher", .. })));
     let with_teacher = CwdConfig { teacher_grad: true, ..cwd };
@@ -352,5 +353,48 @@ fn cwt_bad_inputs_are_typed_errors() {
     let s64 = s.clone().cast(DType::F64);
     assert!(matches!(cwt_loss(s64, t.clone(), &mlp, &config), Err(KdError::DTypeMismatch { .. })));
     let err = cwt_loss(s, t.require_grad(), &mlp, &config).unwrap_err();
-    assert!(matches!(err, KdError::OutputMismatch { what: "teacher", .. }), "{err}");
+    assert!(matches!(err, KdError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("detach"), "{err}");
+}
+
+#[test]
+fn icsd_matches_burn_autograd_in_both_variants() {
+    for variant in [IcsdVariant::Official, IcsdVariant::Paper] {
+        for (shape, tau) in [([2, 3, 4, 5], 1.0), ([1, 5, 6, 3], 2.0), ([3, 2, 1, 4], 0.5)] {
+            let config = IcsdConfig { tau, loss_weight: 9500.0, variant };
+            compare_pair(
+                &format!("icsd {variant:?}"),
+                shape,
+                3.0,
+                false,
+                |s, t| icsd_loss(s, t, &config).expect("valid input"),
+                |s, t| reference::icsd_loss(s, t, &config),
+            );
+        }
+    }
+}
+
+#[test]
+fn aicsd_is_the_alpha_mix_of_its_terms() {
+    let config = AicsdConfig::default();
+    for epoch in [0.0, 30.0, 200.0] {
+        let alpha = config.alpha(epoch).unwrap();
+        compare_pair(
+            &format!("aicsd epoch {epoch}"),
+            [2, 4, 5, 3],
+            3.0,
+            false,
+            |s, t| aicsd_loss(s, t, epoch, &config).expect("valid input"),
+            |s, t| {
+                reference::icsd_loss(s.clone(), t.clone(), &config.icsd) * alpha
+                    + reference::pixel_kd_loss(s, t, &config.kd) * (1.0 - alpha)
+            },
+        );
+    }
+    let device = ndarray_autodiff();
+    let s = tensor(logits([1, 2, 3, 3], 1, 1.0), [1, 2, 3, 3], &device, DType::F32);
+    assert!(matches!(
+        aicsd_loss(s.clone(), s, f64::NAN, &config),
+        Err(KdError::InvalidParameter { name: "epoch", .. })
+    ));
 }

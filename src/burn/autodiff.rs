@@ -15,6 +15,7 @@ use ::burn::tensor::Shape;
 use super::KdBackend;
 use crate::cwd::CwdConfig;
 use crate::cwt::CwtConfig;
+use crate::icsd::IcsdConfig;
 use crate::pixel_kd::PixelKdConfig;
 
 /// The backward step of a fused loss: the gradients computed in the forward, times the upstream
@@ -121,6 +122,26 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         config: PixelKdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (loss, grad) = B::pixel_kd_forward_backward(inner::<B, C>(student), inner::<B, C>(teacher), config);
+        (constant::<B, C>(loss), constant::<B, C>(grad))
+    }
+
+    fn icsd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: IcsdConfig) -> FloatTensor<Self> {
+        fused::<B, C, 2>(
+            [student, teacher],
+            |[s, t]| B::icsd_forward(s, t, config),
+            |[s, t]| {
+                let (loss, grad) = B::icsd_forward_backward(s, t, config);
+                (loss, [Some(grad), None])
+            },
+        )
+    }
+
+    fn icsd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: IcsdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (loss, grad) = B::icsd_forward_backward(inner::<B, C>(student), inner::<B, C>(teacher), config);
         (constant::<B, C>(loss), constant::<B, C>(grad))
     }
 

@@ -31,8 +31,8 @@
 //!   backward pattern, [`Backward`](::burn::backend::autodiff::ops::Backward)). When nothing is tracked
 //!   it runs the loss alone.
 //!
-//! The functions of this module ([`cwd_loss`], [`pixel_kd_loss`], [`cwt_loss`]) check their inputs and return a typed
-//! [`KdError`](crate::KdError) (shapes, dtypes, configuration, a tracked teacher the loss has no
+//! The functions of this module ([`cwd_loss`], [`pixel_kd_loss`], [`icsd_loss`], [`aicsd_loss`], [`cwt_loss`]) check their inputs and return a typed
+//! [`crate::KdError`] (shapes, dtypes, configuration, a tracked teacher the loss has no
 //! gradient for) before anything runs; they are what a training step calls. The trait's primitives take
 //! checked inputs.
 //!
@@ -54,6 +54,7 @@ use ::burn::tensor::{DType, Device, Tensor};
 use crate::cwd::CwdConfig;
 use crate::cwt::{CwtConfig, CwtShapes};
 use crate::error::{KdError, Result};
+use crate::icsd::{AicsdConfig, IcsdConfig};
 use crate::pixel_kd::PixelKdConfig;
 use crate::shape::Nchw;
 
@@ -82,13 +83,31 @@ pub fn cwd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &CwdConfig) -> R
 pub fn pixel_kd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &PixelKdConfig) -> Result<Tensor<1>> {
     config.validate()?;
     check_pair(&student, &teacher)?;
-    if teacher_is_tracked(&teacher) {
-        return Err(KdError::OutputMismatch {
-            what: "teacher",
-            fix: "the teacher is tracked by autodiff, but pixel KD has no teacher gradient; pass teacher.detach()",
-        });
-    }
+    refuse_tracked_teacher(&teacher, "pixel KD")?;
     Ok(Tensor::from_dispatch(Dispatch::pixel_kd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
+}
+
+/// ICSD's inter-class similarity loss `L_ICS` (`docs/losses.md` §3) between `student` and `teacher` logits
+/// (NCHW), as a differentiable one-element tensor.
+///
+/// On an autodiff device the gradient reaches `student`. ICSD has no teacher gradient: a tracked teacher
+/// is refused (pass `teacher.detach()`).
+pub fn icsd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &IcsdConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    check_pair(&student, &teacher)?;
+    refuse_tracked_teacher(&teacher, "ICSD")?;
+    Ok(Tensor::from_dispatch(Dispatch::icsd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
+}
+
+/// AICSD's distillation terms at `epoch` (`docs/losses.md` §3.10): `alpha * L_ICS + (1 - alpha) * L_KD`,
+/// `alpha = config.alpha(epoch)`, composed of [`icsd_loss`] and [`pixel_kd_loss`] in the burn graph. The
+/// task loss is the caller's: officially `alpha * L_CE` is added to this.
+pub fn aicsd_loss(student: Tensor<4>, teacher: Tensor<4>, epoch: f64, config: &AicsdConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    let alpha = config.alpha(epoch)?;
+    let ics = icsd_loss(student.clone(), teacher.clone(), &config.icsd)?;
+    let kd = pixel_kd_loss(student, teacher, &config.kd)?;
+    Ok(ics * alpha + kd * (1.0 - alpha))
 }
 
 /// CWT's MLP (`docs/losses.md` §5), the two 1x1 convolutions as matrices: `w1` `[Ch, Cs]`, `b1` `[Ch]`,
@@ -156,12 +175,7 @@ pub fn cwt_loss(student: Tensor<4>, teacher: Tensor<4>, mlp: &CwtMlp, config: &C
             return Err(other_device(what, &device, &other));
         }
     }
-    if teacher_is_tracked(&teacher) {
-        return Err(KdError::OutputMismatch {
-            what: "teacher",
-            fix: "the teacher is tracked by autodiff, but CWT has no teacher gradient; pass teacher.detach()",
-        });
-    }
+    refuse_tracked_teacher(&teacher, "CWT")?;
     let mlp = mlp.clone();
     Ok(Tensor::from_dispatch(Dispatch::cwt_forward(
         student.into_dispatch(),
@@ -181,6 +195,17 @@ fn other_device(what: &'static str, expected: &Device, got: &Device) -> KdError 
             "it is on {got:?} but the student is on {expected:?}; move it with .to_device(&student.device())"
         ),
     }
+}
+
+/// A loss without a teacher gradient refuses a tracked teacher, which would silently get none.
+fn refuse_tracked_teacher(teacher: &Tensor<4>, loss: &str) -> Result<()> {
+    if teacher_is_tracked(teacher) {
+        return Err(KdError::Unsupported {
+            what: "a teacher tracked by autodiff",
+            detail: format!("{loss} has no teacher gradient, so the teacher would get none; pass teacher.detach()"),
+        });
+    }
+    Ok(())
 }
 
 fn teacher_is_tracked(teacher: &Tensor<4>) -> bool {

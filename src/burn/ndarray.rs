@@ -12,6 +12,7 @@ use crate::cpu::{CpuOutput, HostFloat};
 use crate::cwd::{CwdConfig, CwdCpu};
 use crate::cwt::{CwtConfig, CwtCpu, MlpParams};
 use crate::error::Result;
+use crate::icsd::{IcsdConfig, IcsdCpu};
 use crate::pixel_kd::{PixelKdConfig, PixelKdCpu};
 
 /// A CPU reference of a loss over a (student, teacher) pair, for [`cpu_pair`].
@@ -58,6 +59,18 @@ impl CpuPairLoss for PixelKdCpu {
     }
 }
 
+impl CpuPairLoss for IcsdCpu {
+    fn run<T: HostFloat>(
+        &self,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+        want_grad: bool,
+    ) -> Result<CpuOutput> {
+        let out = if want_grad { self.forward_backward(student, teacher)? } else { self.forward(student, teacher)? };
+        Ok(CpuOutput { loss: out.loss, grad_student: out.grad_student, grad_teacher: None })
+    }
+}
+
 /// What [`cpu_pair`] returns: the loss (shape `[1]`), and with `want_grad` the student's gradient and,
 /// where the loss produced one, the teacher's; all in the input's float type.
 pub struct CpuPairOutput {
@@ -73,8 +86,8 @@ pub struct CpuPairOutput {
 ///
 /// # Panics
 ///
-/// On inputs [`super::check_pair`] refuses (not rank 4, different shapes or float types, an empty
-/// dimension): the checked functions of [`super`] never pass them.
+/// On inputs the checked functions of [`crate::burn`] refuse (not rank 4, different shapes or float types,
+/// an empty dimension); they never pass them.
 pub fn cpu_pair<L: CpuPairLoss>(
     loss: &L,
     student: NdArrayTensor,
@@ -212,6 +225,19 @@ impl KdBackend for NdArray {
         config: PixelKdConfig,
     ) -> (NdArrayTensor, NdArrayTensor) {
         let out = cpu_pair(&cpu(PixelKdCpu::new(config)), student, teacher, true);
+        (out.loss, expect_grad(out.grad_student))
+    }
+
+    fn icsd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: IcsdConfig) -> NdArrayTensor {
+        cpu_pair(&cpu(IcsdCpu::new(config)), student, teacher, false).loss
+    }
+
+    fn icsd_forward_backward(
+        student: NdArrayTensor,
+        teacher: NdArrayTensor,
+        config: IcsdConfig,
+    ) -> (NdArrayTensor, NdArrayTensor) {
+        let out = cpu_pair(&cpu(IcsdCpu::new(config)), student, teacher, true);
         (out.loss, expect_grad(out.grad_student))
     }
 

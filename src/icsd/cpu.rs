@@ -3,8 +3,8 @@
 use ndarray::{Array2, Array4, ArrayView4};
 
 use super::{IcsdConfig, IcsdVariant};
+use crate::cpu::HostFloat;
 use crate::cpu::{check_pair, log_softmax};
-use crate::dtype::KdFloat;
 use crate::error::Result;
 use crate::shape::Nchw;
 
@@ -30,7 +30,7 @@ pub struct IcsdCpu {
 }
 
 /// `log P` of every element, per softmax group of the variant.
-fn log_probs<T: KdFloat>(x: ArrayView4<'_, T>, shape: &Nchw, config: &IcsdConfig) -> Array4<f64> {
+fn log_probs<T: HostFloat>(x: ArrayView4<'_, T>, shape: &Nchw, config: &IcsdConfig) -> Array4<f64> {
     let mut out = Array4::<f64>::zeros(shape.dims());
     for b in 0..shape.n {
         for c in 0..shape.c {
@@ -106,12 +106,16 @@ impl IcsdCpu {
     }
 
     /// The loss and the two matrices, no gradient.
-    pub fn forward<T: KdFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<IcsdCpuOutput> {
+    pub fn forward<T: HostFloat>(
+        &self,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+    ) -> Result<IcsdCpuOutput> {
         self.compute(student, teacher, 1.0, false)
     }
 
     /// Loss, matrices and d loss / d student.
-    pub fn forward_backward<T: KdFloat>(
+    pub fn forward_backward<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
@@ -120,7 +124,7 @@ impl IcsdCpu {
     }
 
     /// The gradient times `upstream` (d total / d loss); the loss is filled too.
-    pub fn backward<T: KdFloat>(
+    pub fn backward<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
@@ -130,12 +134,12 @@ impl IcsdCpu {
     }
 
     /// The unnormalised matrix `M` of `x` (§3.5 or §3.7), for tests and plots.
-    pub fn raw_matrix<T: KdFloat>(&self, x: ArrayView4<'_, T>) -> Result<Array2<f64>> {
+    pub fn raw_matrix<T: HostFloat>(&self, x: ArrayView4<'_, T>) -> Result<Array2<f64>> {
         let shape = check_pair(x, x)?;
         Ok(matrix(&log_probs(x, &shape, &self.config), &shape, self.config.variant))
     }
 
-    fn compute<T: KdFloat>(
+    fn compute<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
