@@ -14,7 +14,7 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{PaddingConfig2d, Relu};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
 use kd_kernels::burn::{cwd_loss, pixel_kd_loss, reference};
 use kd_kernels::cwd::CwdConfig;

@@ -1,7 +1,8 @@
 //! The losses as [burn](https://burn.dev) operations (feature `burn`): `loss.backward()` in a burn graph
 //! reaches the student through the crate's fused forward-and-backward.
 //!
-//! ```no_run
+//! ```
+//! # #![allow(deprecated)] // burn 0.22's NdArray
 //! use burn::tensor::{Device, Distribution, Tensor};
 //! use kd_kernels::burn::{cwd_loss, pixel_kd_loss};
 //! use kd_kernels::{cwd::CwdConfig, pixel_kd::PixelKdConfig};
@@ -13,7 +14,8 @@
 //! let loss = cwd_loss(student.clone(), teacher.clone(), &CwdConfig::default())?
 //!     + pixel_kd_loss(student.clone(), teacher, &PixelKdConfig::default())?;
 //! let grads = loss.backward();
-//! let d_student = student.grad(&grads);
+//! let d_student = student.grad(&grads).expect("the gradient reaches the student");
+//! assert_eq!(d_student.dims(), [2, 19, 16, 32]);
 //! # Ok(())
 //! # }
 //! ```
