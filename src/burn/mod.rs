@@ -72,7 +72,8 @@ pub fn cwd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &CwdConfig) -> R
         return Err(KdError::OutputMismatch {
             what: "teacher",
             fix: "the teacher is tracked by autodiff but CwdConfig::teacher_grad is off, so it would get no \
-                  gradient; pass teacher.detach(), or set teacher_grad",
+                  gradient; pass teacher.detach() (a leaf marked require_grad: set_require_grad(false)), or set \
+                  teacher_grad",
         });
     }
     Ok(Tensor::from_dispatch(Dispatch::cwd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
@@ -204,7 +205,10 @@ fn refuse_tracked_teacher(teacher: &Tensor<4>, loss: &str) -> Result<()> {
     if teacher_is_tracked(teacher) {
         return Err(KdError::Unsupported {
             what: "a teacher tracked by autodiff",
-            detail: format!("{loss} has no teacher gradient, so the teacher would get none; pass teacher.detach()"),
+            detail: format!(
+                "{loss} has no teacher gradient, so the teacher would get none; pass teacher.detach() (a leaf \
+                 marked require_grad: set_require_grad(false))"
+            ),
         });
     }
     Ok(())

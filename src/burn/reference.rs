@@ -4,6 +4,10 @@
 //! They follow `docs/losses.md` as the CPU reference does (`log p = z - LSE(z)` through burn's
 //! `log_softmax`), take already checked configurations, and are as fast as burn makes them: several
 //! passes over the logits, each materialised.
+//!
+//! Temperatures multiply by `1 / tau` rather than divide by `tau`: burn 0.22's autodiff rounds the
+//! reciprocal of a scalar divisor to f32 in the backward of `div_scalar`, which would leave f64 gradients
+//! with f32 accuracy.
 
 use ::burn::tensor::activation::{log_softmax, relu};
 use ::burn::tensor::{Tensor, TensorData};
@@ -19,7 +23,7 @@ use crate::shape::Nchw;
 /// `loss_weight * tau^2 / (N*C) * sum_rows KL(pT || pS)`.
 pub fn cwd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &CwdConfig) -> Tensor<1> {
     let [n, c, h, w] = student.dims();
-    let rows = |x: Tensor<4>| log_softmax(x.reshape([n * c, h * w]) / config.tau, 1);
+    let rows = |x: Tensor<4>| log_softmax(x.reshape([n * c, h * w]) * (1.0 / config.tau), 1);
     let (log_ps, log_pt) = (rows(student), rows(teacher));
     let kl = (log_pt.clone().exp() * (log_pt - log_ps)).sum();
     kl * (config.loss_weight * config.tau * config.tau / (n * c) as f64)
@@ -30,8 +34,8 @@ pub fn cwd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &CwdConfig) -> T
 pub fn pixel_kd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &PixelKdConfig) -> Tensor<1> {
     let [n, c, h, w] = student.dims();
     let shape = Nchw { n, c, h, w };
-    let log_ps = log_softmax(student / config.tau, 1);
-    let log_pt = log_softmax(teacher / config.tau, 1);
+    let log_ps = log_softmax(student * (1.0 / config.tau), 1);
+    let log_pt = log_softmax(teacher * (1.0 / config.tau), 1);
     let kl = (log_pt.clone().exp() * (log_pt - log_ps)).sum();
     let tau2 = if config.scale_tau2 { config.tau * config.tau } else { 1.0 };
     kl * (config.loss_weight * tau2 / config.reduction.divisor(&shape))
@@ -72,7 +76,7 @@ fn icsd_matrix(x: Tensor<4>, config: &IcsdConfig) -> Tensor<2> {
     let rows = |t: Tensor<4>| t.permute([1, 0, 2, 3]).reshape([c, b * h * w]);
     let m = match config.variant {
         IcsdVariant::Official => {
-            let log_p = log_softmax(x / config.tau, 2);
+            let log_p = log_softmax(x * (1.0 / config.tau), 2);
             let p = log_p.clone().exp();
             let a = rows(p.clone() * log_p).sum_dim(1) * inv_b; // [C, 1]: A_k
             let pm = rows(p);
@@ -84,7 +88,7 @@ fn icsd_matrix(x: Tensor<4>, config: &IcsdConfig) -> Tensor<2> {
             upper.clone() * a_j + (upper.neg() + 1.0) * a_i - g
         }
         IcsdVariant::Paper => {
-            let log_p = log_softmax((x / config.tau).reshape([b, c, h * w]), 2).reshape([b, c, h, w]);
+            let log_p = log_softmax((x * (1.0 / config.tau)).reshape([b, c, h * w]), 2).reshape([b, c, h, w]);
             let p = log_p.clone().exp();
             // M[i, j] = (1/B) sum P_j log P_j - (1/B) sum log P_i P_j.
             let e = rows(p.clone() * log_p.clone()).sum_dim(1).transpose() * inv_b; // [1, C]: E_j
