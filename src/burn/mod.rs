@@ -27,23 +27,25 @@
 //! implemented for
 //!
 //! * burn's `NdArray` backend, through the crate's CPU reference (f64 arithmetic, inputs `f32` or `f64`,
-//!   the float types NdArray stores);
-//! * `Autodiff<B>` for any `B: KdBackend`: the forward runs `B`'s fused primitive when the student is
-//!   tracked and keeps the gradient; the backward step multiplies it by the upstream gradient (burn's custom
+//!   the float types NdArray stores; CWT in `f32`, as its parameters);
+//! * `Autodiff<B>` for any `B: KdBackend`: the forward runs `B`'s fused primitive when an input is
+//!   tracked and keeps the gradients; the backward step multiplies it by the upstream gradient (burn's custom
 //!   backward pattern, [`Backward`](::burn::backend::autodiff::ops::Backward)). When nothing is tracked
 //!   it runs the loss alone.
 //!
-//! The functions of this module ([`cwd_loss`], [`pixel_kd_loss`], [`icsd_loss`], [`aicsd_loss`], [`cwt_loss`]) check their inputs and return a typed
-//! [`crate::KdError`] (shapes, dtypes, configuration, a tracked teacher the loss has no
-//! gradient for) before anything runs; they are what a training step calls. The trait's primitives take
-//! checked inputs.
+//! The functions of this module ([`cwd_loss`], [`pixel_kd_loss`], [`icsd_loss`], [`aicsd_loss`],
+//! [`cwt_loss`]) check their inputs and return a typed [`crate::KdError`] (shapes, dtypes, devices,
+//! configuration, a tracked teacher the loss has no gradient for) before anything runs; they are what a
+//! training step calls. The trait's primitives take checked inputs.
+//!
+//! Not covered: burn's CUDA backend (the README's burn section says what blocks it) and SemCKD.
 //!
 //! Adding a family is its two primitives in [`KdBackend`], one line in each implementation (the helpers
 //! [`ndarray::cpu_pair`] and [`autodiff::fused`] do the work) and a checked function here.
 
 pub mod autodiff;
-// burn 0.22 deprecates NdArray in favour of its Flex backend; NdArray is the CPU backend this feature covers.
 mod backend;
+// burn 0.22 deprecates NdArray in favour of its Flex backend; NdArray is the CPU backend this feature covers.
 #[allow(deprecated)]
 pub mod ndarray;
 pub mod reference;
