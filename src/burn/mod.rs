@@ -52,7 +52,7 @@ pub mod reference;
 
 pub use backend::KdBackend;
 
-use ::burn::backend::Dispatch;
+use ::burn::backend::{Dispatch, DispatchDevice};
 use ::burn::tensor::{DType, Device, Tensor};
 
 use crate::cwd::CwdConfig;
@@ -169,6 +169,7 @@ pub fn cwt_loss(student: Tensor<4>, teacher: Tensor<4>, mlp: &CwtMlp, config: &C
         }
     }
     let device = student.device();
+    covered_backend(&device)?;
     for (what, other) in [
         ("teacher", teacher.device()),
         ("mlp.linear1.weight", mlp.w1.device()),
@@ -191,6 +192,23 @@ pub fn cwt_loss(student: Tensor<4>, teacher: Tensor<4>, mlp: &CwtMlp, config: &C
         mlp.b2.into_dispatch(),
         *config,
     )))
+}
+
+/// The backends [`KdBackend`] is implemented for: burn routes the others to a panic, so they are refused
+/// here first.
+fn covered_backend(device: &Device) -> Result<()> {
+    #[allow(deprecated)] // burn 0.22's NdArray
+    match device.clone().inner().as_dispatch() {
+        DispatchDevice::NdArray(_) => Ok(()),
+        #[allow(unreachable_patterns)]
+        other => Err(KdError::Unsupported {
+            what: "this burn backend",
+            detail: format!(
+                "kd_kernels::burn runs on burn's NdArray backend (with or without autodiff), not on {other:?} \
+                 yet; kd_kernels::burn::reference has the same losses in burn's tensor operations"
+            ),
+        }),
+    }
 }
 
 fn other_device(what: &'static str, expected: &Device, got: &Device) -> KdError {
@@ -248,5 +266,6 @@ pub(crate) fn check_pair(student: &Tensor<4>, teacher: &Tensor<4>) -> Result<Nch
     if other != device {
         return Err(other_device("teacher", &device, &other));
     }
+    covered_backend(&device)?;
     Ok(shape)
 }
