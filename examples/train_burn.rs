@@ -2,7 +2,7 @@
 //! CWD plus pixel-wise KD (`kd_kernels::burn`), with Adam, on burn's NdArray CPU backend.
 //!
 //! ```sh
-//! cargo run --release --features burn --example train_burn            # 40 steps
+//! cargo run --release --features burn --example train_burn            # 30 steps
 //! cargo run --release --features burn --example train_burn -- 100     # 100 steps
 //! ```
 //!
@@ -24,7 +24,7 @@ use kd_kernels::KdError;
 /// Classes of the toy segmentation task (channels of the logits).
 pub const CLASSES: usize = 6;
 /// Images per batch, channels, height, width.
-pub const INPUT: [usize; 4] = [4, 3, 16, 16];
+pub const INPUT: [usize; 4] = [2, 3, 12, 12];
 
 /// Two convolutions: 3x3 to a hidden width, ReLU, 1x1 to the class logits.
 #[derive(Module, Debug)]
@@ -100,7 +100,7 @@ pub fn train(steps: usize, device: &Device, verbose: bool) -> Result<TrainReport
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps = match std::env::args().nth(1) {
         Some(arg) => arg.parse().map_err(|e| format!("the step count {arg:?} is not a number: {e}"))?,
-        None => 40,
+        None => 30,
     };
     let device = Device::ndarray().autodiff();
     println!("distilling a {CLASSES}-class teacher into a small conv student on {device:?}, CWD + pixel KD");
