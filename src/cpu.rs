@@ -3,7 +3,8 @@
 
 use ndarray::{Array4, ArrayView4};
 
-use crate::dtype::HostFloat;
+/// Re-exported here because every CPU reference is generic over it.
+pub use crate::dtype::HostFloat;
 use crate::error::Result;
 use crate::shape::Nchw;
 

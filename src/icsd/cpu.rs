@@ -3,8 +3,8 @@
 use ndarray::{Array2, Array4, ArrayView4};
 
 use super::{IcsdConfig, IcsdVariant};
+use crate::cpu::HostFloat;
 use crate::cpu::{check_pair, log_softmax};
-use crate::dtype::HostFloat;
 use crate::error::Result;
 use crate::shape::Nchw;
 

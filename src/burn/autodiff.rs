@@ -1,0 +1,188 @@
+//! [`KdBackend`] for burn's `Autodiff<B>` wrapper: the forward runs `B`'s fused loss-and-gradient
+//! primitive and keeps the gradients; the backward step scales them by the upstream gradient.
+//!
+//! Keeping the gradient from the forward costs one tensor of the student's size until the backward, and
+//! saves reading the logits again there: the fused kernels read them once for both.
+
+use ::burn::backend::autodiff::checkpoint::base::Checkpointer;
+use ::burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use ::burn::backend::autodiff::grads::Gradients;
+use ::burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use ::burn::backend::tensor::FloatTensor;
+use ::burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata};
+use ::burn::tensor::Shape;
+
+use super::KdBackend;
+use crate::cwd::CwdConfig;
+use crate::cwt::CwtConfig;
+use crate::icsd::IcsdConfig;
+use crate::pixel_kd::PixelKdConfig;
+
+/// The backward step of a fused loss: the gradients computed in the forward, times the upstream
+/// gradient, for every input that is tracked and has one.
+#[derive(Debug)]
+struct StoredGradients;
+
+impl<B: Backend, const N: usize> Backward<B, N> for StoredGradients {
+    /// d loss / d input, per input, where the loss computed it.
+    type State = [Option<FloatTensor<B>>; N];
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let upstream = grads.consume::<B>(&ops.node);
+        for (node, grad) in ops.parents.into_iter().zip(ops.state) {
+            // A tracked input without a gradient (a tracked teacher) is refused by the checked functions.
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, times_upstream::<B>(grad, upstream.clone()));
+            }
+        }
+    }
+}
+
+/// `grad * upstream`, the one-element upstream broadcast over `grad`.
+fn times_upstream<B: Backend>(grad: FloatTensor<B>, upstream: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = grad.shape();
+    let ones = Shape::from(vec![1; shape.num_dims()]);
+    let upstream = B::float_expand(B::float_reshape(upstream, ones), shape);
+    B::float_mul(grad, upstream)
+}
+
+/// A loss of `N` inputs on `Autodiff<B, C>`: `forward_backward` (the loss and a gradient per input, where
+/// the loss has one) when an input is tracked, `forward` (the loss alone) when none is.
+pub fn fused<B, C, const N: usize>(
+    inputs: [FloatTensor<Autodiff<B, C>>; N],
+    forward: impl FnOnce([FloatTensor<B>; N]) -> FloatTensor<B>,
+    forward_backward: impl FnOnce([FloatTensor<B>; N]) -> (FloatTensor<B>, [Option<FloatTensor<B>>; N]),
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend,
+    C: CheckpointStrategy,
+{
+    let (primitives, nodes): (Vec<_>, Vec<_>) = inputs.into_iter().map(|t| t.into_parts()).unzip();
+    let (Ok(primitives), Ok(nodes)) = (<[_; N]>::try_from(primitives), <[_; N]>::try_from(nodes)) else {
+        unreachable!("N inputs give N primitives and N nodes")
+    };
+    match StoredGradients.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let (loss, grads) = forward_backward(primitives);
+            prep.finish(grads, loss)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(primitives)),
+    }
+}
+
+/// The inner backend's primitive of an autodiff tensor.
+fn inner<B: Backend, C: CheckpointStrategy>(tensor: FloatTensor<Autodiff<B, C>>) -> FloatTensor<B> {
+    Autodiff::<B, C>::inner(tensor)
+}
+
+/// An untracked autodiff tensor around an inner primitive (gradients returned as values, not graph nodes).
+fn constant<B: Backend, C: CheckpointStrategy>(tensor: FloatTensor<B>) -> FloatTensor<Autodiff<B, C>> {
+    Autodiff::<B, C>::from_inner(tensor)
+}
+
+impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
+    fn cwd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: CwdConfig) -> FloatTensor<Self> {
+        fused::<B, C, 2>(
+            [student, teacher],
+            |[s, t]| B::cwd_forward(s, t, config),
+            |[s, t]| {
+                let (loss, gs, gt) = B::cwd_forward_backward(s, t, config);
+                (loss, [Some(gs), gt])
+            },
+        )
+    }
+
+    fn cwd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: CwdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (loss, gs, gt) = B::cwd_forward_backward(inner::<B, C>(student), inner::<B, C>(teacher), config);
+        (constant::<B, C>(loss), constant::<B, C>(gs), gt.map(constant::<B, C>))
+    }
+
+    fn pixel_kd_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: PixelKdConfig,
+    ) -> FloatTensor<Self> {
+        fused::<B, C, 2>(
+            [student, teacher],
+            |[s, t]| B::pixel_kd_forward(s, t, config),
+            |[s, t]| {
+                let (loss, grad) = B::pixel_kd_forward_backward(s, t, config);
+                (loss, [Some(grad), None])
+            },
+        )
+    }
+
+    fn pixel_kd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: PixelKdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (loss, grad) = B::pixel_kd_forward_backward(inner::<B, C>(student), inner::<B, C>(teacher), config);
+        (constant::<B, C>(loss), constant::<B, C>(grad))
+    }
+
+    fn icsd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: IcsdConfig) -> FloatTensor<Self> {
+        fused::<B, C, 2>(
+            [student, teacher],
+            |[s, t]| B::icsd_forward(s, t, config),
+            |[s, t]| {
+                let (loss, grad) = B::icsd_forward_backward(s, t, config);
+                (loss, [Some(grad), None])
+            },
+        )
+    }
+
+    fn icsd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: IcsdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (loss, grad) = B::icsd_forward_backward(inner::<B, C>(student), inner::<B, C>(teacher), config);
+        (constant::<B, C>(loss), constant::<B, C>(grad))
+    }
+
+    fn cwt_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        b1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        b2: FloatTensor<Self>,
+        config: CwtConfig,
+    ) -> FloatTensor<Self> {
+        fused::<B, C, 6>(
+            [student, teacher, w1, b1, w2, b2],
+            |[s, t, w1, b1, w2, b2]| B::cwt_forward(s, t, w1, b1, w2, b2, config),
+            |[s, t, w1, b1, w2, b2]| {
+                let (loss, gs, gw1, gb1, gw2, gb2) = B::cwt_forward_backward(s, t, w1, b1, w2, b2, config);
+                (loss, [Some(gs), None, Some(gw1), Some(gb1), Some(gw2), Some(gb2)])
+            },
+        )
+    }
+
+    fn cwt_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        b1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        b2: FloatTensor<Self>,
+        config: CwtConfig,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let [s, t, w1, b1, w2, b2] = [student, teacher, w1, b1, w2, b2].map(inner::<B, C>);
+        let (loss, gs, gw1, gb1, gw2, gb2) = B::cwt_forward_backward(s, t, w1, b1, w2, b2, config);
+        let c = constant::<B, C>;
+        (c(loss), c(gs), c(gw1), c(gb1), c(gw2), c(gb2))
+    }
+}

@@ -1,0 +1,271 @@
+//! The losses as [burn](https://burn.dev) operations (feature `burn`): `loss.backward()` in a burn graph
+//! reaches the student through the crate's fused forward-and-backward.
+//!
+//! ```
+//! # #![allow(deprecated)] // burn 0.22's NdArray
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use kd_kernels::burn::{cwd_loss, pixel_kd_loss};
+//! use kd_kernels::{cwd::CwdConfig, pixel_kd::PixelKdConfig};
+//!
+//! # fn main() -> Result<(), kd_kernels::KdError> {
+//! let device = Device::ndarray().autodiff();
+//! let student = Tensor::<4>::random([2, 19, 16, 32], Distribution::Default, &device).require_grad();
+//! let teacher = Tensor::<4>::random([2, 19, 16, 32], Distribution::Default, &device);
+//! let loss = cwd_loss(student.clone(), teacher.clone(), &CwdConfig::default())?
+//!     + pixel_kd_loss(student.clone(), teacher, &PixelKdConfig::default())?;
+//! let grads = loss.backward();
+//! let d_student = student.grad(&grads).expect("the gradient reaches the student");
+//! assert_eq!(d_student.dims(), [2, 19, 16, 32]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it is built
+//!
+//! [`KdBackend`] is a burn backend extension: one pair of primitives per loss, the loss alone and the loss
+//! with its gradients in one pass (what [`crate::cwd::CwdCuda::forward_backward`] computes). It is
+//! implemented for
+//!
+//! * burn's `NdArray` backend, through the crate's CPU reference (f64 arithmetic, inputs `f32` or `f64`,
+//!   the float types NdArray stores; CWT in `f32`, as its parameters);
+//! * `Autodiff<B>` for any `B: KdBackend`: the forward runs `B`'s fused primitive when an input is
+//!   tracked and keeps the gradients; the backward step multiplies it by the upstream gradient (burn's custom
+//!   backward pattern, [`Backward`](::burn::backend::autodiff::ops::Backward)). When nothing is tracked
+//!   it runs the loss alone.
+//!
+//! The functions of this module ([`cwd_loss`], [`pixel_kd_loss`], [`icsd_loss`], [`aicsd_loss`],
+//! [`cwt_loss`]) check their inputs and return a typed [`crate::KdError`] (shapes, dtypes, devices,
+//! configuration, a tracked teacher the loss has no gradient for) before anything runs; they are what a
+//! training step calls. The trait's primitives take checked inputs.
+//!
+//! Not covered: burn's CUDA backend (the README's burn section says what blocks it) and SemCKD.
+//!
+//! Adding a family is its two primitives in [`KdBackend`], one line in each implementation (the helpers
+//! [`ndarray::cpu_pair`] and [`autodiff::fused`] do the work) and a checked function here.
+
+pub mod autodiff;
+mod backend;
+// burn 0.22 deprecates NdArray in favour of its Flex backend; NdArray is the CPU backend this feature covers.
+#[allow(deprecated)]
+pub mod ndarray;
+pub mod reference;
+
+pub use backend::KdBackend;
+
+use ::burn::backend::{Dispatch, DispatchDevice};
+use ::burn::tensor::{DType, Device, Tensor};
+
+use crate::cwd::CwdConfig;
+use crate::cwt::{CwtConfig, CwtShapes};
+use crate::error::{KdError, Result};
+use crate::icsd::{AicsdConfig, IcsdConfig};
+use crate::pixel_kd::PixelKdConfig;
+use crate::shape::Nchw;
+
+/// CWD between `student` and `teacher` logits (NCHW), as a differentiable one-element tensor.
+///
+/// On an autodiff device the gradient reaches `student` (and `teacher`, with `config.teacher_grad`).
+/// A tracked teacher without `teacher_grad` is refused: detach it (`teacher.detach()`) or ask for its
+/// gradient.
+pub fn cwd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &CwdConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    check_pair(&student, &teacher)?;
+    if teacher_is_tracked(&teacher) && !config.teacher_grad {
+        return Err(KdError::OutputMismatch {
+            what: "teacher",
+            fix: "the teacher is tracked by autodiff but CwdConfig::teacher_grad is off, so it would get no \
+                  gradient; pass teacher.detach() (a leaf marked require_grad: set_require_grad(false)), or set \
+                  teacher_grad",
+        });
+    }
+    Ok(Tensor::from_dispatch(Dispatch::cwd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
+}
+
+/// Pixel-wise KD between `student` and `teacher` logits (NCHW), as a differentiable one-element tensor.
+///
+/// On an autodiff device the gradient reaches `student`. Pixel KD has no teacher gradient: a tracked
+/// teacher is refused (pass `teacher.detach()`).
+pub fn pixel_kd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &PixelKdConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    check_pair(&student, &teacher)?;
+    refuse_tracked_teacher(&teacher, "pixel KD")?;
+    Ok(Tensor::from_dispatch(Dispatch::pixel_kd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
+}
+
+/// ICSD's inter-class similarity loss `L_ICS` (`docs/losses.md` §3) between `student` and `teacher` logits
+/// (NCHW), as a differentiable one-element tensor.
+///
+/// On an autodiff device the gradient reaches `student`. ICSD has no teacher gradient: a tracked teacher
+/// is refused (pass `teacher.detach()`).
+pub fn icsd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &IcsdConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    check_pair(&student, &teacher)?;
+    refuse_tracked_teacher(&teacher, "ICSD")?;
+    Ok(Tensor::from_dispatch(Dispatch::icsd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
+}
+
+/// AICSD's distillation terms at `epoch` (`docs/losses.md` §3.10): `alpha * L_ICS + (1 - alpha) * L_KD`,
+/// `alpha = config.alpha(epoch)`, composed of [`icsd_loss`] and [`pixel_kd_loss`] in the burn graph. The
+/// task loss is the caller's: officially `alpha * L_CE` is added to this.
+pub fn aicsd_loss(student: Tensor<4>, teacher: Tensor<4>, epoch: f64, config: &AicsdConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    let alpha = config.alpha(epoch)?;
+    let ics = icsd_loss(student.clone(), teacher.clone(), &config.icsd)?;
+    let kd = pixel_kd_loss(student, teacher, &config.kd)?;
+    Ok(ics * alpha + kd * (1.0 - alpha))
+}
+
+/// CWT's MLP (`docs/losses.md` §5), the two 1x1 convolutions as matrices: `w1` `[Ch, Cs]`, `b1` `[Ch]`,
+/// `w2` `[Ct, Ch]`, `b2` `[Ct]`, in f32 (the crate keeps learnable parameters in f32). Mark them
+/// `require_grad` (or take them from a module) and their gradients come out of `loss.backward()`.
+#[derive(Debug, Clone)]
+pub struct CwtMlp {
+    /// `mlp.linear1.weight`, `[Ch, Cs]`.
+    pub w1: Tensor<2>,
+    /// `mlp.linear1.bias`, `[Ch]`.
+    pub b1: Tensor<1>,
+    /// `mlp.linear2.weight`, `[Ct, Ch]`.
+    pub w2: Tensor<2>,
+    /// `mlp.linear2.bias`, `[Ct]`.
+    pub b2: Tensor<1>,
+}
+
+/// Channel-wise transformation (CWT) between student features `[N, Cs, H, W]` and teacher features
+/// `[N, Ct, H, W]` through `mlp`, as a differentiable one-element tensor.
+///
+/// On an autodiff device the gradient reaches the student and the four parameters. The features are f32
+/// (NdArray; the kernels' f16 and bf16 have no NdArray storage), and so are the parameters. CWT has no
+/// teacher gradient: a tracked teacher is refused (pass `teacher.detach()`).
+pub fn cwt_loss(student: Tensor<4>, teacher: Tensor<4>, mlp: &CwtMlp, config: &CwtConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    let [ch, cs] = mlp.w1.dims();
+    let [ct, ch2] = mlp.w2.dims();
+    let shapes = CwtShapes { cs, ch, ct };
+    shapes.validate()?;
+    for (what, got, expected) in [
+        ("mlp.linear1.bias", mlp.b1.dims().to_vec(), vec![ch]),
+        ("mlp.linear2.weight", vec![ct, ch2], vec![ct, ch]),
+        ("mlp.linear2.bias", mlp.b2.dims().to_vec(), vec![ct]),
+    ] {
+        if got != expected {
+            return Err(KdError::ShapeMismatch { what, expected, got });
+        }
+    }
+    shapes.check_features(student.shape().as_slice(), teacher.shape().as_slice())?;
+    for (what, dtype) in [
+        ("student", student.dtype()),
+        ("teacher", teacher.dtype()),
+        ("mlp.linear1.weight", mlp.w1.dtype()),
+        ("mlp.linear1.bias", mlp.b1.dtype()),
+        ("mlp.linear2.weight", mlp.w2.dtype()),
+        ("mlp.linear2.bias", mlp.b2.dtype()),
+    ] {
+        if !matches!(dtype, DType::F32 | DType::Flex32) {
+            return Err(KdError::DTypeMismatch {
+                what: what.into(),
+                expected: "f32 (CWT's parameters are f32, and so are its features on NdArray)".into(),
+                got: format!("{dtype:?}"),
+            });
+        }
+    }
+    let device = student.device();
+    covered_backend(&device)?;
+    for (what, other) in [
+        ("teacher", teacher.device()),
+        ("mlp.linear1.weight", mlp.w1.device()),
+        ("mlp.linear1.bias", mlp.b1.device()),
+        ("mlp.linear2.weight", mlp.w2.device()),
+        ("mlp.linear2.bias", mlp.b2.device()),
+    ] {
+        if other != device {
+            return Err(other_device(what, &device, &other));
+        }
+    }
+    refuse_tracked_teacher(&teacher, "CWT")?;
+    let mlp = mlp.clone();
+    Ok(Tensor::from_dispatch(Dispatch::cwt_forward(
+        student.into_dispatch(),
+        teacher.into_dispatch(),
+        mlp.w1.into_dispatch(),
+        mlp.b1.into_dispatch(),
+        mlp.w2.into_dispatch(),
+        mlp.b2.into_dispatch(),
+        *config,
+    )))
+}
+
+/// The backends [`KdBackend`] is implemented for: burn routes the others to a panic, so they are refused
+/// here first.
+fn covered_backend(device: &Device) -> Result<()> {
+    #[allow(deprecated)] // burn 0.22's NdArray
+    match device.clone().inner().as_dispatch() {
+        DispatchDevice::NdArray(_) => Ok(()),
+        #[allow(unreachable_patterns)]
+        other => Err(KdError::Unsupported {
+            what: "this burn backend",
+            detail: format!(
+                "kd_kernels::burn runs on burn's NdArray backend (with or without autodiff), not on {other:?} \
+                 yet; kd_kernels::burn::reference has the same losses in burn's tensor operations"
+            ),
+        }),
+    }
+}
+
+fn other_device(what: &'static str, expected: &Device, got: &Device) -> KdError {
+    KdError::Unsupported {
+        what,
+        detail: format!(
+            "it is on {got:?} but the student is on {expected:?}; move it with .to_device(&student.device())"
+        ),
+    }
+}
+
+/// A loss without a teacher gradient refuses a tracked teacher, which would silently get none.
+fn refuse_tracked_teacher(teacher: &Tensor<4>, loss: &str) -> Result<()> {
+    if teacher_is_tracked(teacher) {
+        return Err(KdError::Unsupported {
+            what: "a teacher tracked by autodiff",
+            detail: format!(
+                "{loss} has no teacher gradient, so the teacher would get none; pass teacher.detach() (a leaf \
+                 marked require_grad: set_require_grad(false))"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn teacher_is_tracked(teacher: &Tensor<4>) -> bool {
+    teacher.is_autodiff() && teacher.is_tracked()
+}
+
+/// The float dtypes the losses read: NdArray stores `f32` and `f64`; GPU backends add `f16` and `bf16`.
+fn supported_dtype(dtype: DType) -> bool {
+    matches!(dtype, DType::F64 | DType::F32 | DType::Flex32 | DType::F16 | DType::BF16)
+}
+
+/// One non-empty NCHW shape and one supported float dtype for the pair; the same device.
+pub(crate) fn check_pair(student: &Tensor<4>, teacher: &Tensor<4>) -> Result<Nchw> {
+    let shape = Nchw::from_dims("student", student.shape().as_slice())?;
+    shape.expect_same("teacher", teacher.shape().as_slice())?;
+    let (ds, dt) = (student.dtype(), teacher.dtype());
+    if !supported_dtype(ds) {
+        return Err(KdError::DTypeMismatch {
+            what: "student".into(),
+            expected: "a float dtype (f64, f32, f16, bf16)".into(),
+            got: format!("{ds:?}"),
+        });
+    }
+    if dt != ds {
+        return Err(KdError::DTypeMismatch {
+            what: "teacher".into(),
+            expected: format!("{ds:?} (the student's dtype)"),
+            got: format!("{dt:?}"),
+        });
+    }
+    let (device, other) = (student.device(), teacher.device());
+    if other != device {
+        return Err(other_device("teacher", &device, &other));
+    }
+    covered_backend(&device)?;
+    Ok(shape)
+}

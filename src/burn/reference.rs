@@ -1,0 +1,101 @@
+//! The same losses written in burn's own tensor operations, differentiated by burn's autograd: the oracle
+//! the tests hold [`super::cwd_loss`] and [`super::pixel_kd_loss`] to, and the baseline of the bench.
+//!
+//! They follow `docs/losses.md` as the CPU reference does (`log p = z - LSE(z)` through burn's
+//! `log_softmax`), take already checked configurations, and are as fast as burn makes them: several
+//! passes over the logits, each materialised.
+//!
+//! Temperatures multiply by `1 / tau` rather than divide by `tau`: burn 0.22's autodiff rounds the
+//! reciprocal of a scalar divisor to f32 in the backward of `div_scalar`, which would leave f64 gradients
+//! with f32 accuracy.
+
+use ::burn::tensor::activation::{log_softmax, relu};
+use ::burn::tensor::{Tensor, TensorData};
+
+use super::CwtMlp;
+use crate::cwd::CwdConfig;
+use crate::cwt::{CwtConfig, CwtNormalize};
+use crate::icsd::{IcsdConfig, IcsdVariant};
+use crate::pixel_kd::PixelKdConfig;
+use crate::shape::Nchw;
+
+/// CWD (`docs/losses.md` §1.3): a softmax over the H·W positions of each (n, c) row of `x / tau`;
+/// `loss_weight * tau^2 / (N*C) * sum_rows KL(pT || pS)`.
+pub fn cwd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &CwdConfig) -> Tensor<1> {
+    let [n, c, h, w] = student.dims();
+    let rows = |x: Tensor<4>| log_softmax(x.reshape([n * c, h * w]) * (1.0 / config.tau), 1);
+    let (log_ps, log_pt) = (rows(student), rows(teacher));
+    let kl = (log_pt.clone().exp() * (log_pt - log_ps)).sum();
+    kl * (config.loss_weight * config.tau * config.tau / (n * c) as f64)
+}
+
+/// Pixel KD (`docs/losses.md` §2): a softmax over the C channels of each pixel of `x / tau`;
+/// `loss_weight * [tau^2] / divisor * sum_pixels KL(pT || pS)`.
+pub fn pixel_kd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &PixelKdConfig) -> Tensor<1> {
+    let [n, c, h, w] = student.dims();
+    let shape = Nchw { n, c, h, w };
+    let log_ps = log_softmax(student * (1.0 / config.tau), 1);
+    let log_pt = log_softmax(teacher * (1.0 / config.tau), 1);
+    let kl = (log_pt.clone().exp() * (log_pt - log_ps)).sum();
+    let tau2 = if config.scale_tau2 { config.tau * config.tau } else { 1.0 };
+    kl * (config.loss_weight * tau2 / config.reduction.divisor(&shape))
+}
+
+/// CWT (`docs/losses.md` §5): per pixel `Y = W2 ReLU(W1 x + b1) + b2`;
+/// `loss_weight * sum (Y - F_t)^2 / D`, `D = N` or `N*Ct*H*W`.
+pub fn cwt_loss(student: Tensor<4>, teacher: Tensor<4>, mlp: &CwtMlp, config: &CwtConfig) -> Tensor<1> {
+    let [n, cs, h, w] = student.dims();
+    let ct = teacher.dims()[1];
+    let pixels = |x: Tensor<4>, c: usize| x.permute([0, 2, 3, 1]).reshape([n * h * w, c]);
+    let hidden = relu(pixels(student, cs).matmul(mlp.w1.clone().transpose()) + mlp.b1.clone().unsqueeze::<2>());
+    let y = hidden.matmul(mlp.w2.clone().transpose()) + mlp.b2.clone().unsqueeze::<2>();
+    let e = y - pixels(teacher, ct);
+    let divisor = match config.normalize {
+        CwtNormalize::Batch => n,
+        CwtNormalize::Mean => n * ct * h * w,
+    } as f64;
+    (e.clone() * e).sum() * (config.loss_weight / divisor)
+}
+
+/// ICSD's `L_ICS` (`docs/losses.md` §3.4 to §3.7): per class map a softmax (official: along H, per column;
+/// paper: over H·W), the `C x C` matrix `M` (official: `A_max(i,j) - G`; paper: the pairwise KL), rows L2
+/// normalised (eps 1e-12), `loss_weight / (C^2 B) * sum (Mh_S - Mh_T)^2`.
+pub fn icsd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &IcsdConfig) -> Tensor<1> {
+    let [b, c, _, _] = student.dims();
+    let (mh_s, mh_t) = (icsd_matrix(student, config), icsd_matrix(teacher, config));
+    let d = mh_s - mh_t;
+    (d.clone() * d).sum() * (config.loss_weight / ((c * c) as f64 * b as f64))
+}
+
+/// The row-normalised matrix `Mh` of one side.
+fn icsd_matrix(x: Tensor<4>, config: &IcsdConfig) -> Tensor<2> {
+    let [b, c, h, w] = x.dims();
+    let device = x.device();
+    let inv_b = 1.0 / b as f64;
+    // Class maps as rows: [C, B*H*W].
+    let rows = |t: Tensor<4>| t.permute([1, 0, 2, 3]).reshape([c, b * h * w]);
+    let m = match config.variant {
+        IcsdVariant::Official => {
+            let log_p = log_softmax(x * (1.0 / config.tau), 2);
+            let p = log_p.clone().exp();
+            let a = rows(p.clone() * log_p).sum_dim(1) * inv_b; // [C, 1]: A_k
+            let pm = rows(p);
+            let g = pm.clone().matmul(pm.transpose()) * inv_b;
+            // A_max(i,j): A_j on and above the diagonal (j >= i), A_i below.
+            let upper: Vec<f64> = (0..c * c).map(|k| if k % c >= k / c { 1.0 } else { 0.0 }).collect();
+            let upper = Tensor::<2>::from_data(TensorData::new(upper, [c, c]), (&device, a.dtype()));
+            let (a_i, a_j) = (a.clone().expand([c, c]), a.transpose().expand([c, c]));
+            upper.clone() * a_j + (upper.neg() + 1.0) * a_i - g
+        }
+        IcsdVariant::Paper => {
+            let log_p = log_softmax((x * (1.0 / config.tau)).reshape([b, c, h * w]), 2).reshape([b, c, h, w]);
+            let p = log_p.clone().exp();
+            // M[i, j] = (1/B) sum P_j log P_j - (1/B) sum log P_i P_j.
+            let e = rows(p.clone() * log_p.clone()).sum_dim(1).transpose() * inv_b; // [1, C]: E_j
+            let cross = rows(log_p).matmul(rows(p).transpose()) * inv_b;
+            e.expand([c, c]) - cross
+        }
+    };
+    let norms = (m.clone() * m.clone()).sum_dim(1).sqrt().clamp_min(1e-12);
+    m / norms
+}

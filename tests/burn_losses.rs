@@ -1,0 +1,403 @@
+//! The burn ops against burn's own autograd of the same losses written in burn tensor ops
+//! (`kd_kernels::burn::reference`), on burn's NdArray backend, in every float type it stores (f32, f64;
+//! CWT, whose parameters are f32, in f32).
+#![cfg(feature = "burn")]
+// burn 0.22 deprecates its NdArray backend in favour of Flex; NdArray is the CPU backend this feature covers.
+#![allow(deprecated)]
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use kd_kernels::burn::{aicsd_loss, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, reference, CwtMlp};
+use kd_kernels::cwd::CwdConfig;
+use kd_kernels::cwt::{CwtConfig, CwtNormalize};
+use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
+use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
+use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::KdError;
+
+/// Both sides compute in f64 for f64 tensors; they differ only in the order of their sums.
+const F64_TOLERANCE: f64 = 1e-12;
+
+fn tolerance_for(dtype: DType, kind: OutputKind) -> f64 {
+    match dtype {
+        DType::F64 => F64_TOLERANCE,
+        _ => tolerance(kd_kernels::DType::F32, kind),
+    }
+}
+
+/// Deterministic logits spread over about ±`spread`, from a fixed LCG (no RNG crate, reproducible).
+fn logits(shape: [usize; 4], seed: u64, spread: f64) -> Vec<f64> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..shape.iter().product::<usize>())
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * spread
+        })
+        .collect()
+}
+
+fn tensor(values: Vec<f64>, shape: [usize; 4], device: &Device, dtype: DType) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(values, shape), (device, dtype))
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data().convert::<f64>().to_vec::<f64>().expect("f64 data")
+}
+
+fn assert_close(what: &str, got: Vec<f64>, want: Vec<f64>, limit: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let cmp = Comparison::of(got, want);
+    assert!(cmp.max_rel_err <= limit, "{what}: max_rel_err {} > {limit} ({cmp:?})", cmp.max_rel_err);
+}
+
+fn ndarray_autodiff() -> Device {
+    Device::ndarray().autodiff()
+}
+
+const DTYPES: [DType; 2] = [DType::F32, DType::F64];
+
+/// Loss and d loss / d student (and d / d teacher when asked) of `ours` and `theirs` on the same inputs.
+fn compare_pair(
+    name: &str,
+    shape: [usize; 4],
+    spread: f64,
+    teacher_grad: bool,
+    ours: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<1>,
+    theirs: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<1>,
+) {
+    let device = ndarray_autodiff();
+    for dtype in DTYPES {
+        let (s, t) = (logits(shape, 1, spread), logits(shape, 2, spread));
+        let run = |f: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<1>| {
+            let student = tensor(s.clone(), shape, &device, dtype).require_grad();
+            let mut teacher = tensor(t.clone(), shape, &device, dtype);
+            if teacher_grad {
+                teacher = teacher.require_grad();
+            }
+            let loss = f(student.clone(), teacher.clone());
+            assert_eq!(loss.dtype(), dtype, "{name}: the loss keeps the input dtype");
+            let grads = loss.backward();
+            let gs = student.grad(&grads).expect("the student has a gradient");
+            assert_eq!(gs.dtype(), dtype, "{name}: the gradient keeps the input dtype");
+            let gt = teacher_grad.then(|| values(teacher.grad(&grads).expect("the teacher has a gradient")));
+            (values(loss), values(gs), gt)
+        };
+        let (loss, gs, gt) = run(&ours);
+        let (ref_loss, ref_gs, ref_gt) = run(&theirs);
+        let tag = format!("{name} {dtype:?} {shape:?}");
+        assert_close(&format!("{tag} loss"), loss, ref_loss, tolerance_for(dtype, OutputKind::Loss));
+        assert_close(&format!("{tag} d/d student"), gs, ref_gs, tolerance_for(dtype, OutputKind::Tensor));
+        if let (Some(gt), Some(ref_gt)) = (gt, ref_gt) {
+            assert_close(&format!("{tag} d/d teacher"), gt, ref_gt, tolerance_for(dtype, OutputKind::Tensor));
+        }
+    }
+}
+
+const SHAPES: [[usize; 4]; 3] = [[2, 3, 4, 5], [1, 19, 7, 9], [3, 1, 1, 6]];
+
+#[test]
+fn cwd_matches_burn_autograd() {
+    for (shape, config) in SHAPES.into_iter().zip([
+        CwdConfig::default(),
+        CwdConfig { tau: 1.0, loss_weight: 5.0, teacher_grad: false },
+        CwdConfig { tau: 2.5, loss_weight: 0.5, teacher_grad: false },
+    ]) {
+        compare_pair(
+            "cwd",
+            shape,
+            6.0,
+            false,
+            |s, t| cwd_loss(s, t, &config).expect("valid input"),
+            |s, t| reference::cwd_loss(s, t, &config),
+        );
+    }
+}
+
+#[test]
+fn cwd_teacher_gradient_matches_burn_autograd() {
+    let config = CwdConfig { tau: 2.0, loss_weight: 3.0, teacher_grad: true };
+    compare_pair(
+        "cwd teacher_grad",
+        [2, 3, 5, 4],
+        4.0,
+        true,
+        |s, t| cwd_loss(s, t, &config).expect("valid input"),
+        |s, t| reference::cwd_loss(s, t, &config),
+    );
+}
+
+#[test]
+fn pixel_kd_matches_burn_autograd_for_every_reduction() {
+    for (i, reduction) in
+        [Reduction::Mean, Reduction::BatchMean, Reduction::Sum, Reduction::PixelMean].into_iter().enumerate()
+    {
+        let config = PixelKdConfig { tau: 1.0 + i as f64, loss_weight: 10.0, reduction, scale_tau2: i % 2 == 1 };
+        for shape in SHAPES {
+            compare_pair(
+                "pixel_kd",
+                shape,
+                6.0,
+                false,
+                |s, t| pixel_kd_loss(s, t, &config).expect("valid input"),
+                |s, t| reference::pixel_kd_loss(s, t, &config),
+            );
+        }
+    }
+}
+
+/// The upstream gradient reaches the stored gradients: a weighted sum of both losses and a second use of
+/// the student give burn's own gradient.
+#[test]
+fn combined_losses_scale_by_the_upstream_gradient() {
+    let cwd = CwdConfig::default();
+    let kd = PixelKdConfig::default();
+    compare_pair(
+        "0.25 cwd + 3 kd + sum(s^2)",
+        [2, 4, 3, 5],
+        3.0,
+        false,
+        |s, t| {
+            cwd_loss(s.clone(), t.clone(), &cwd).unwrap() * 0.25
+                + pixel_kd_loss(s.clone(), t, &kd).unwrap() * 3.0
+                + (s.clone() * s).sum()
+        },
+        |s, t| {
+            reference::cwd_loss(s.clone(), t.clone(), &cwd) * 0.25
+                + reference::pixel_kd_loss(s.clone(), t, &kd) * 3.0
+                + (s.clone() * s).sum()
+        },
+    );
+}
+
+/// A student computed from a parameter: the gradient flows on through burn's own ops.
+#[test]
+fn gradient_flows_into_upstream_parameters() {
+    let device = ndarray_autodiff();
+    let shape = [2, 3, 4, 4];
+    for dtype in DTYPES {
+        let run = |f: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<1>| {
+            let weight = tensor(logits(shape, 7, 1.0), shape, &device, dtype).require_grad();
+            let x = tensor(logits(shape, 8, 2.0), shape, &device, dtype);
+            let teacher = tensor(logits(shape, 9, 2.0), shape, &device, dtype);
+            let student = (x * weight.clone()).tanh() * 4.0;
+            let grads = f(student, teacher).backward();
+            values(weight.grad(&grads).expect("the parameter has a gradient"))
+        };
+        let config = CwdConfig { tau: 1.0, loss_weight: 1.0, teacher_grad: false };
+        let ours = run(&|s, t| cwd_loss(s, t, &config).unwrap());
+        let theirs = run(&|s, t| reference::cwd_loss(s, t, &config));
+        assert_close(&format!("parameter gradient {dtype:?}"), ours, theirs, tolerance_for(dtype, OutputKind::Tensor));
+    }
+}
+
+/// Without autodiff (and with nothing tracked) the loss alone runs.
+#[test]
+fn untracked_losses_match_the_formula() {
+    for device in [Device::ndarray(), ndarray_autodiff()] {
+        for dtype in DTYPES {
+            let shape = [2, 5, 3, 3];
+            let s = tensor(logits(shape, 3, 5.0), shape, &device, dtype);
+            let t = tensor(logits(shape, 4, 5.0), shape, &device, dtype);
+            let cwd = CwdConfig::default();
+            let kd = PixelKdConfig { reduction: Reduction::PixelMean, ..Default::default() };
+            let limit = tolerance_for(dtype, OutputKind::Loss);
+            assert_close(
+                "cwd forward",
+                values(cwd_loss(s.clone(), t.clone(), &cwd).unwrap()),
+                values(reference::cwd_loss(s.clone(), t.clone(), &cwd)),
+                limit,
+            );
+            assert_close(
+                "pixel kd forward",
+                values(pixel_kd_loss(s.clone(), t.clone(), &kd).unwrap()),
+                values(reference::pixel_kd_loss(s, t, &kd)),
+                limit,
+            );
+        }
+    }
+}
+
+/// Strided (transposed) inputs are read as they are.
+#[test]
+fn strided_inputs() {
+    let device = ndarray_autodiff();
+    let shape = [2, 3, 5, 4];
+    let s = tensor(logits(shape, 5, 4.0), shape, &device, DType::F64).swap_dims(2, 3).require_grad();
+    let t = tensor(logits(shape, 6, 4.0), shape, &device, DType::F64).swap_dims(2, 3);
+    let config = PixelKdConfig::default();
+    let grads = pixel_kd_loss(s.clone(), t.clone(), &config).unwrap().backward();
+    let ours = values(s.grad(&grads).unwrap());
+    let s2 = s.clone().detach().require_grad();
+    let grads = reference::pixel_kd_loss(s2.clone(), t, &config).backward();
+    assert_close("strided d/d student", ours, values(s2.grad(&grads).unwrap()), F64_TOLERANCE);
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let device = ndarray_autodiff();
+    let s = tensor(logits([2, 3, 4, 5], 1, 1.0), [2, 3, 4, 5], &device, DType::F32);
+    let t = tensor(logits([2, 3, 4, 5], 2, 1.0), [2, 3, 4, 5], &device, DType::F32);
+    let cwd = CwdConfig::default();
+    let kd = PixelKdConfig::default();
+
+    let other = tensor(logits([2, 3, 5, 4], 2, 1.0), [2, 3, 5, 4], &device, DType::F32);
+    assert!(matches!(cwd_loss(s.clone(), other.clone(), &cwd), Err(KdError::ShapeMismatch { what: "teacher", .. })));
+    assert!(matches!(pixel_kd_loss(s.clone(), other, &kd), Err(KdError::ShapeMismatch { what: "teacher", .. })));
+
+    let empty = Tensor::<4>::zeros([2, 0, 4, 5], &device);
+    assert!(matches!(cwd_loss(empty.clone(), empty, &cwd), Err(KdError::EmptyInput { what: "student", .. })));
+
+    let t64 = t.clone().cast(DType::F64);
+    assert!(matches!(cwd_loss(s.clone(), t64, &cwd), Err(KdError::DTypeMismatch { .. })));
+
+    let bad_tau = CwdConfig { tau: 0.0, ..cwd };
+    assert!(matches!(cwd_loss(s.clone(), t.clone(), &bad_tau), Err(KdError::InvalidParameter { name: "tau", .. })));
+    let bad_weight = PixelKdConfig { loss_weight: f64::NAN, ..kd };
+    assert!(matches!(
+        pixel_kd_loss(s.clone(), t.clone(), &bad_weight),
+        Err(KdError::InvalidParameter { name: "loss_weight", .. })
+    ));
+
+    // A tracked teacher would silently get no gradient: refused, with the fix in the message. (A teacher
+    // computed from tracked tensors; detaching it gives an untracked leaf.)
+    let tracked = t.clone().require_grad() * 1.5;
+    let err = pixel_kd_loss(s.clone(), tracked.clone(), &kd).unwrap_err();
+    assert!(matches!(err, KdError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("detach"), "{err}");
+    assert!(matches!(cwd_loss(s.clone(), tracked.clone(), &cwd), Err(KdError::OutputMismatch { what: "teacher", .. })));
+    let with_teacher = CwdConfig { teacher_grad: true, ..cwd };
+    assert!(cwd_loss(s.clone(), tracked.clone(), &with_teacher).is_ok());
+    assert!(pixel_kd_loss(s, tracked.detach(), &kd).is_ok());
+}
+
+fn matrix(rows: usize, cols: usize, seed: u64, device: &Device) -> Tensor<2> {
+    let v = logits([1, 1, rows, cols], seed, 0.5);
+    Tensor::from_data(TensorData::new(v, [rows, cols]), (device, DType::F32))
+}
+
+fn vector(len: usize, seed: u64, device: &Device) -> Tensor<1> {
+    let v = logits([1, 1, 1, len], seed, 0.5);
+    Tensor::from_data(TensorData::new(v, [len]), (device, DType::F32))
+}
+
+/// CWT: the gradients into the student features and every MLP parameter, against burn's autograd.
+#[test]
+fn cwt_matches_burn_autograd() {
+    let device = ndarray_autodiff();
+    for (n, cs, ch, ct, h, w, normalize) in [
+        (2, 5, 4, 3, 3, 4, CwtNormalize::Batch),
+        (1, 3, 7, 6, 5, 2, CwtNormalize::Mean),
+        (3, 1, 1, 1, 1, 1, CwtNormalize::Batch),
+    ] {
+        let config = CwtConfig { loss_weight: 0.3, normalize };
+        let run = |f: &dyn Fn(Tensor<4>, Tensor<4>, &CwtMlp) -> Tensor<1>| {
+            let student = tensor(logits([n, cs, h, w], 11, 2.0), [n, cs, h, w], &device, DType::F32).require_grad();
+            let teacher = tensor(logits([n, ct, h, w], 12, 2.0), [n, ct, h, w], &device, DType::F32);
+            let mlp = CwtMlp {
+                w1: matrix(ch, cs, 13, &device).require_grad(),
+                b1: vector(ch, 14, &device).require_grad(),
+                w2: matrix(ct, ch, 15, &device).require_grad(),
+                b2: vector(ct, 16, &device).require_grad(),
+            };
+            let loss = f(student.clone(), teacher, &mlp);
+            let grads = loss.backward();
+            vec![
+                values(loss),
+                values(student.grad(&grads).unwrap()),
+                values(mlp.w1.grad(&grads).unwrap()),
+                values(mlp.b1.grad(&grads).unwrap()),
+                values(mlp.w2.grad(&grads).unwrap()),
+                values(mlp.b2.grad(&grads).unwrap()),
+            ]
+        };
+        let ours = run(&|s, t, mlp| cwt_loss(s, t, mlp, &config).expect("valid input"));
+        let theirs = run(&|s, t, mlp| reference::cwt_loss(s, t, mlp, &config));
+        for ((name, got), want) in ["loss", "student", "w1", "b1", "w2", "b2"].into_iter().zip(ours).zip(theirs) {
+            let kind = if name == "loss" { OutputKind::Loss } else { OutputKind::Tensor };
+            assert_close(
+                &format!("cwt {name} [{n},{cs},{h},{w}] ch {ch} ct {ct}"),
+                got,
+                want,
+                tolerance_for(DType::F32, kind),
+            );
+        }
+    }
+}
+
+#[test]
+fn cwt_bad_inputs_are_typed_errors() {
+    let device = ndarray_autodiff();
+    let s = tensor(logits([2, 3, 4, 4], 1, 1.0), [2, 3, 4, 4], &device, DType::F32);
+    let t = tensor(logits([2, 5, 4, 4], 2, 1.0), [2, 5, 4, 4], &device, DType::F32);
+    let mlp = CwtMlp {
+        w1: matrix(4, 3, 3, &device),
+        b1: vector(4, 4, &device),
+        w2: matrix(5, 4, 5, &device),
+        b2: vector(5, 6, &device),
+    };
+    let config = CwtConfig::default();
+    assert!(cwt_loss(s.clone(), t.clone(), &mlp, &config).is_ok());
+    let wrong_bias = CwtMlp { b1: vector(3, 4, &device), ..mlp.clone() };
+    assert!(matches!(
+        cwt_loss(s.clone(), t.clone(), &wrong_bias, &config),
+        Err(KdError::ShapeMismatch { what: "mlp.linear1.bias", .. })
+    ));
+    let wrong_w2 = CwtMlp { w2: matrix(5, 3, 5, &device), ..mlp.clone() };
+    assert!(matches!(
+        cwt_loss(s.clone(), t.clone(), &wrong_w2, &config),
+        Err(KdError::ShapeMismatch { what: "mlp.linear2.weight", .. })
+    ));
+    let narrow_teacher = tensor(logits([2, 4, 4, 4], 2, 1.0), [2, 4, 4, 4], &device, DType::F32);
+    assert!(matches!(
+        cwt_loss(s.clone(), narrow_teacher, &mlp, &config),
+        Err(KdError::ShapeMismatch { what: "teacher", .. })
+    ));
+    let s64 = s.clone().cast(DType::F64);
+    assert!(matches!(cwt_loss(s64, t.clone(), &mlp, &config), Err(KdError::DTypeMismatch { .. })));
+    let err = cwt_loss(s, t.require_grad(), &mlp, &config).unwrap_err();
+    assert!(matches!(err, KdError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("detach"), "{err}");
+}
+
+#[test]
+fn icsd_matches_burn_autograd_in_both_variants() {
+    for variant in [IcsdVariant::Official, IcsdVariant::Paper] {
+        // At least 3 classes: with 2, the paper variant's normalised rows are (0, ±1) and the loss is 0 up to
+        // rounding on both sides, which a relative error cannot compare.
+        for (shape, tau) in [([2, 3, 4, 5], 1.0), ([1, 5, 6, 3], 2.0), ([3, 3, 2, 4], 0.7)] {
+            let config = IcsdConfig { tau, loss_weight: 9500.0, variant };
+            compare_pair(
+                &format!("icsd {variant:?}"),
+                shape,
+                3.0,
+                false,
+                |s, t| icsd_loss(s, t, &config).expect("valid input"),
+                |s, t| reference::icsd_loss(s, t, &config),
+            );
+        }
+    }
+}
+
+#[test]
+fn aicsd_is_the_alpha_mix_of_its_terms() {
+    let config = AicsdConfig::default();
+    for epoch in [0.0, 30.0, 200.0] {
+        let alpha = config.alpha(epoch).unwrap();
+        compare_pair(
+            &format!("aicsd epoch {epoch}"),
+            [2, 4, 5, 3],
+            3.0,
+            false,
+            |s, t| aicsd_loss(s, t, epoch, &config).expect("valid input"),
+            |s, t| {
+                reference::icsd_loss(s.clone(), t.clone(), &config.icsd) * alpha
+                    + reference::pixel_kd_loss(s, t, &config.kd) * (1.0 - alpha)
+            },
+        );
+    }
+    let device = ndarray_autodiff();
+    let s = tensor(logits([1, 2, 3, 3], 1, 1.0), [1, 2, 3, 3], &device, DType::F32);
+    assert!(matches!(
+        aicsd_loss(s.clone(), s, f64::NAN, &config),
+        Err(KdError::InvalidParameter { name: "epoch", .. })
+    ));
+}
