@@ -22,7 +22,9 @@
 //! Nothing panics on bad input: see [`KdError`].
 //!
 //! With the feature `candle`, the module `candle` has the losses as candle ops with a backward pass
-//! (`candle-cuda`: on candle's CUDA device too).
+//! (`candle-cuda`: on candle's CUDA device too); with the feature `burn`, the module `burn` has them as a burn
+//! backend extension (NdArray and its `Autodiff` wrapper). C, C++ and Python reach the crate through the C ABI
+//! of the workspace member `capi` (`include/kd_kernels.h`) and the `kd_kernels` Python package over it.
 //!
 //! ```
 //! use kd_kernels::cwd::{CwdConfig, CwdCpu};
