@@ -35,10 +35,26 @@ fn artifact_dir() -> PathBuf {
 fn run_c_program() -> HashMap<String, String> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib_dir = artifact_dir();
+    // `cargo test` does not build a cdylib-only library for integration tests, and cargo holds its build lock
+    // while tests run, so the library is built beforehand (scripts/test does) and checked for staleness here.
+    let library = lib_dir.join("libkd_kernels.so");
+    let built = std::fs::metadata(&library).and_then(|m| m.modified()).unwrap_or_else(|_| {
+        panic!(
+            "{} not found: run `cargo build --release -p kd-kernels-capi` (or without --release for a debug \
+             test run) before this test",
+            library.display()
+        )
+    });
+    let newest_source = ["capi/src", "src", "kernels"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(manifest.join("..").join(dir)).into_iter().flatten().flatten())
+        .filter_map(|entry| entry.metadata().and_then(|m| m.modified()).ok())
+        .max()
+        .expect("source files");
     assert!(
-        lib_dir.join("libkd_kernels.so").is_file(),
-        "libkd_kernels.so not found in {} (cargo builds it with the tests)",
-        lib_dir.display()
+        built >= newest_source,
+        "{} is older than the sources: run `cargo build --release -p kd-kernels-capi` again",
+        library.display()
     );
     let out_dir = std::env::temp_dir().join(format!("kd_kernels_c_abi_{}", std::process::id()));
     std::fs::create_dir_all(&out_dir).expect("temp dir");
