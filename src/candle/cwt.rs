@@ -121,6 +121,15 @@ fn param_count(s: &CwtShapes) -> usize {
     param_ranges(s)[3].end
 }
 
+/// Checks the length of the flat parameter vector (plus the upstream gradient in the gradient op).
+fn expect_params(len: usize, needed: usize) -> candle_core::Result<()> {
+    if len == needed {
+        Ok(())
+    } else {
+        Err(candle_error(KdError::BufferTooSmall { what: "CWT parameters", needed, len }))
+    }
+}
+
 /// The flat parameter vector as the CPU reference's views.
 fn mlp_params<'a>(flat: &'a [f32], s: &CwtShapes) -> candle_core::Result<MlpParams<'a>> {
     let [w1, b1, w2, b2] = param_ranges(s);
@@ -198,14 +207,7 @@ impl candle_core::CustomOp3 for ForwardOp {
             }
         }
         let params = cpu_slice::<f32>(s3, l3, NAME)?;
-        let count = param_count(&self.shared.shapes);
-        if params.len() != count {
-            return Err(candle_error(KdError::BufferTooSmall {
-                what: "CWT parameters",
-                needed: count,
-                len: params.len(),
-            }));
-        }
+        expect_params(params.len(), param_count(&self.shared.shapes))?;
         dispatch(s1.dtype(), NAME, Job { shared: &self.shared, s: (s1, l1), t: (s2, l2), params })
     }
 
@@ -284,13 +286,7 @@ impl candle_core::CustomOp3 for GradOp {
             }
         }
         let packed = cpu_slice::<f32>(s3, l3, GRAD_NAME)?;
-        if packed.len() != param_count(&self.shared.shapes) + 1 {
-            return Err(candle_error(KdError::BufferTooSmall {
-                what: "CWT parameters",
-                needed: param_count(&self.shared.shapes) + 1,
-                len: packed.len(),
-            }));
-        }
+        expect_params(packed.len(), param_count(&self.shared.shapes) + 1)?;
         dispatch(s1.dtype(), GRAD_NAME, Job { op: self, s: (s1, l1), t: (s2, l2), packed })
     }
 
@@ -355,15 +351,19 @@ mod cuda {
 
     use candle_core::backend::BackendStorage;
     use candle_core::{CudaStorage, Layout, Shape};
-    use cudarc::driver::CudaSlice;
+    use cudarc::driver::{CudaSlice, CudaView};
 
     use super::super::cuda::view;
-    use super::super::{candle_error, dispatch, nchw, Float, PerDtype};
-    use super::{param_count, param_ranges, GradOp, ParamGrads, Shared, GRAD_NAME, NAME};
-    use crate::cwt::{CwtCuda, CwtParamBuffers, CwtParamGrads};
-    use crate::error::KdError;
+    use super::super::{dispatch, nchw, Float, PerDtype};
+    use super::{expect_params, param_count, param_ranges, GradOp, ParamGrads, Shared, GRAD_NAME, NAME};
+    use crate::cwt::{CwtCuda, CwtParamBuffers, CwtParamGrads, CwtShapes};
 
     type Arg<'a> = (&'a CudaStorage, &'a Layout);
+
+    /// The four parameters' views in the flat vector.
+    fn param_views<'a>(flat: &CudaView<'a, f32>, shapes: &CwtShapes) -> [CudaView<'a, f32>; 4] {
+        param_ranges(shapes).map(|r| flat.slice(r))
+    }
 
     pub(super) fn forward(
         shared: &Shared,
@@ -386,16 +386,8 @@ mod cuda {
                 let student = view::<T>(self.s.0, self.s.1, NAME)?;
                 let teacher = view::<T>(self.t.0, self.t.1, NAME)?;
                 let flat = view::<f32>(self.p.0, self.p.1, NAME)?;
-                let count = param_count(&self.shared.shapes);
-                if flat.len() != count {
-                    return Err(candle_error(KdError::BufferTooSmall {
-                        what: "CWT parameters",
-                        needed: count,
-                        len: flat.len(),
-                    }));
-                }
-                let [w1, b1, w2, b2] = param_ranges(&self.shared.shapes);
-                let (w1, b1, w2, b2) = (flat.slice(w1), flat.slice(b1), flat.slice(w2), flat.slice(b2));
+                expect_params(flat.len(), param_count(&self.shared.shapes))?;
+                let [w1, b1, w2, b2] = param_views(&flat, &self.shared.shapes);
                 let params = CwtParamBuffers { w1: &w1, b1: &b1, w2: &w2, b2: &b2 };
                 let mut loss: CudaSlice<f32> = device.alloc_zeros(1)?;
                 self.shared.cuda.with(
@@ -433,16 +425,9 @@ mod cuda {
                 let teacher = view::<T>(self.t.0, self.t.1, GRAD_NAME)?;
                 let packed = view::<f32>(self.p.0, self.p.1, GRAD_NAME)?;
                 let count = param_count(&shared.shapes);
-                if packed.len() != count + 1 {
-                    return Err(candle_error(KdError::BufferTooSmall {
-                        what: "CWT parameters",
-                        needed: count + 1,
-                        len: packed.len(),
-                    }));
-                }
-                let [w1, b1, w2, b2] = param_ranges(&shared.shapes);
+                expect_params(packed.len(), count + 1)?;
                 let upstream = packed.slice(count..count + 1);
-                let (w1, b1, w2, b2) = (packed.slice(w1), packed.slice(b1), packed.slice(w2), packed.slice(b2));
+                let [w1, b1, w2, b2] = param_views(&packed, &shared.shapes);
                 let params = CwtParamBuffers { w1: &w1, b1: &b1, w2: &w2, b2: &b2 };
                 // SAFETY: the kernels write every element (gradients overwritten, not accumulated).
                 let mut grad_student: CudaSlice<T> = unsafe { device.alloc::<T>(numel)? };

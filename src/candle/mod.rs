@@ -32,6 +32,123 @@
 //! device, so a training step queues two launches that each read the logits once (as the unfused
 //! forward + backward of the typed API) and nothing waits for the host.
 
+/// A `(student, teacher)` family's whole candle adapter: the public op type (`new`, `config`, `loss`) and
+/// its [`PairLoss`] impl, for a CPU reference whose `forward` gives the loss (an `f64`, or an output with a
+/// `loss`; see [`ForwardLoss`]) and whose `backward` gives its gradients (see [`PairGrads`]'s `From` impls),
+/// and a GPU type with `new(stream, config)`, `forward(shape, s, t, loss)` and `backward(shape, s, t,
+/// upstream, grad_student)`, plus `grad_teacher` last when `teacher_grad_if` names the configuration's flag.
+macro_rules! pair_loss_adapter {
+    (
+        $(#[$doc:meta])*
+        $name:ident {
+            cpu: $cpu:ty,
+            config: $config:ty,
+            cuda: $cuda:ty,
+            op: $op:literal
+            $(, teacher_grad_if: $flag:ident)? $(,)?
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name {
+            inner: $crate::candle::PairLossFn<$cpu>,
+        }
+
+        impl $name {
+            /// Validates `config`.
+            pub fn new(config: $config) -> candle_core::Result<Self> {
+                let cpu = <$cpu>::new(config).map_err($crate::candle::candle_error)?;
+                Ok($name { inner: $crate::candle::PairLossFn::new(cpu) })
+            }
+
+            /// The configuration.
+            pub fn config(&self) -> &$config {
+                self.inner.family().config()
+            }
+
+            /// The loss of `student` against `teacher` (`[N, C, H, W]`, one dtype, one device).
+            pub fn loss(
+                &self,
+                student: &candle_core::Tensor,
+                teacher: &candle_core::Tensor,
+            ) -> candle_core::Result<candle_core::Tensor> {
+                self.inner.loss(student, teacher)
+            }
+        }
+
+        impl $crate::candle::PairLoss for $cpu {
+            const NAME: &'static str = $op;
+            const GRAD_NAME: &'static str = concat!($op, "-grad");
+
+            fn teacher_grad(&self) -> bool {
+                false $(|| self.config().$flag)?
+            }
+
+            fn cpu_loss<T: $crate::dtype::HostFloat>(
+                &self,
+                student: ndarray::ArrayView4<'_, T>,
+                teacher: ndarray::ArrayView4<'_, T>,
+            ) -> $crate::Result<f64> {
+                self.forward(student, teacher).map($crate::candle::ForwardLoss::loss_value)
+            }
+
+            fn cpu_grads<T: $crate::dtype::HostFloat>(
+                &self,
+                student: ndarray::ArrayView4<'_, T>,
+                teacher: ndarray::ArrayView4<'_, T>,
+                upstream: f64,
+            ) -> $crate::Result<$crate::candle::PairGrads> {
+                self.backward(student, teacher, upstream).map($crate::candle::PairGrads::from)
+            }
+
+            #[cfg(feature = "candle-cuda")]
+            type Cuda = $cuda;
+
+            #[cfg(feature = "candle-cuda")]
+            fn cuda_new(&self, stream: std::sync::Arc<cudarc::driver::CudaStream>) -> $crate::Result<$cuda> {
+                <$cuda>::new(stream, *self.config())
+            }
+
+            #[cfg(feature = "candle-cuda")]
+            fn cuda_forward<T: $crate::dtype::KdFloat>(
+                cuda: &mut $cuda,
+                shape: &[usize],
+                student: &cudarc::driver::CudaView<'_, T>,
+                teacher: &cudarc::driver::CudaView<'_, T>,
+                loss: &mut cudarc::driver::CudaSlice<f32>,
+            ) -> $crate::Result<()> {
+                cuda.forward(shape, student, teacher, loss)
+            }
+
+            #[cfg(feature = "candle-cuda")]
+            fn cuda_backward<T: $crate::dtype::KdFloat>(
+                cuda: &mut $cuda,
+                shape: &[usize],
+                student: &cudarc::driver::CudaView<'_, T>,
+                teacher: &cudarc::driver::CudaView<'_, T>,
+                upstream: &cudarc::driver::CudaView<'_, f32>,
+                grad_student: &mut cudarc::driver::CudaViewMut<'_, T>,
+                grad_teacher: Option<&mut cudarc::driver::CudaViewMut<'_, T>>,
+            ) -> $crate::Result<()> {
+                $crate::candle::pair_loss_adapter!(
+                    @backward [$($flag)?] cuda, shape, student, teacher, upstream, grad_student, grad_teacher
+                )
+            }
+        }
+    };
+    // The family's GPU backward writes the student's gradient only (the op never asks it for the teacher's).
+    (@backward [] $cuda:ident, $shape:ident, $s:ident, $t:ident, $up:ident, $gs:ident, $gt:ident) => {{
+        let _ = $gt;
+        $cuda.backward($shape, $s, $t, $up, $gs)
+    }};
+    // It also writes the teacher's when the configuration asks for it.
+    (@backward [$flag:ident] $cuda:ident, $shape:ident, $s:ident, $t:ident, $up:ident, $gs:ident, $gt:ident) => {{
+        let $gt = $gt.map(|g| g as &mut dyn cudarc::driver::DevicePtrMut<T>);
+        $cuda.backward($shape, $s, $t, $up, $gs, $gt)
+    }};
+}
+pub(crate) use pair_loss_adapter;
+
 mod cwd;
 mod cwt;
 mod icsd;
@@ -48,7 +165,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType as CandleDType, Layout, Shape, Tensor};
 use ndarray::{Array4, ArrayView4};
 
-use crate::dtype::KdFloat;
+use crate::dtype::{HostFloat, KdFloat};
 use crate::error::KdError;
 
 /// A crate error as a candle error (its message is the crate's, which says what to fix).
@@ -140,8 +257,38 @@ pub(crate) struct PairGrads {
     pub(crate) teacher: Option<Array4<f64>>,
 }
 
+impl From<crate::cpu::CpuOutput> for PairGrads {
+    fn from(out: crate::cpu::CpuOutput) -> Self {
+        PairGrads { student: out.grad_student, teacher: out.grad_teacher }
+    }
+}
+
+impl From<crate::icsd::IcsdCpuOutput> for PairGrads {
+    fn from(out: crate::icsd::IcsdCpuOutput) -> Self {
+        PairGrads { student: out.grad_student, teacher: None }
+    }
+}
+
+/// What a CPU reference's `forward` returns, reduced to the loss.
+pub(crate) trait ForwardLoss {
+    fn loss_value(self) -> f64;
+}
+
+impl ForwardLoss for f64 {
+    fn loss_value(self) -> f64 {
+        self
+    }
+}
+
+impl ForwardLoss for crate::icsd::IcsdCpuOutput {
+    fn loss_value(self) -> f64 {
+        self.loss
+    }
+}
+
 /// One loss family of the form `loss(student, teacher)`, both `[N, C, H, W]` of one dtype: what its
-/// candle ops need. A family's adapter is this impl plus a public newtype over [`PairLossFn`].
+/// candle ops need. A family's adapter is one [`pair_loss_adapter!`] call, which writes this impl and the
+/// public newtype over [`PairLossFn`].
 pub(crate) trait PairLoss: Send + Sync + 'static {
     /// The forward op's name in candle's graph.
     const NAME: &'static str;
@@ -152,9 +299,9 @@ pub(crate) trait PairLoss: Send + Sync + 'static {
         false
     }
     /// The loss on the CPU reference.
-    fn cpu_loss<T: KdFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> crate::Result<f64>;
+    fn cpu_loss<T: HostFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> crate::Result<f64>;
     /// The gradients times `upstream` on the CPU reference.
-    fn cpu_grads<T: KdFloat>(
+    fn cpu_grads<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
