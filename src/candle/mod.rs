@@ -153,11 +153,13 @@ mod cwd;
 mod cwt;
 mod icsd;
 mod pixel_kd;
+mod semckd;
 
 pub use cwd::Cwd;
 pub use cwt::Cwt;
 pub use icsd::{Aicsd, Icsd};
 pub use pixel_kd::PixelKd;
+pub use semckd::{Semckd, SemckdTensors};
 
 use std::sync::Arc;
 
@@ -192,6 +194,35 @@ pub(crate) trait PerDtype {
 /// Runs `job` for the element type of `dtype`; `f64` and the integer types are refused.
 pub(crate) fn dispatch<P: PerDtype>(dtype: CandleDType, op: &'static str, job: P) -> candle_core::Result<P::Out> {
     match dtype {
+        CandleDType::F32 => job.run::<f32>(),
+        CandleDType::F16 => job.run::<half::f16>(),
+        CandleDType::BF16 => job.run::<half::bf16>(),
+        other => Err(candle_core::Error::UnsupportedDTypeForOp(other, op)),
+    }
+}
+
+/// Element types candle's CPU device runs through the crate's f64 CPU reference: the kernels' types and
+/// `f64` (the reference reads any [`HostFloat`]).
+pub(crate) trait HostElem: HostFloat + candle_core::WithDType {}
+impl HostElem for f64 {}
+impl HostElem for f32 {}
+impl HostElem for half::f16 {}
+impl HostElem for half::bf16 {}
+
+/// [`PerDtype`] for candle's CPU device, where `f64` is taken too.
+pub(crate) trait PerHostDtype {
+    type Out;
+    fn run<T: HostElem>(self) -> candle_core::Result<Self::Out>;
+}
+
+/// Runs `job` for the element type of `dtype` on the CPU; the integer types are refused.
+pub(crate) fn dispatch_host<P: PerHostDtype>(
+    dtype: CandleDType,
+    op: &'static str,
+    job: P,
+) -> candle_core::Result<P::Out> {
+    match dtype {
+        CandleDType::F64 => job.run::<f64>(),
         CandleDType::F32 => job.run::<f32>(),
         CandleDType::F16 => job.run::<half::f16>(),
         CandleDType::BF16 => job.run::<half::bf16>(),

@@ -14,6 +14,9 @@ use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
 use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 
+pub mod semckd;
+pub use semckd::{check_semckd, check_semckd_errors, check_semckd_layouts};
+
 #[path = "../../examples/train_candle.rs"]
 pub mod train_candle;
 use train_candle as train;
@@ -37,6 +40,8 @@ pub fn kd_dtype(dtype: DType) -> kd_kernels::DType {
         DType::F32 => kd_kernels::DType::F32,
         DType::F16 => kd_kernels::DType::F16,
         DType::BF16 => kd_kernels::DType::BF16,
+        // f64 on the CPU: the table's tightest row (the op's gradients are the f64 reference's, unrounded).
+        DType::F64 => kd_kernels::DType::F32,
         other => panic!("no tolerance row for {other:?}"),
     }
 }
