@@ -1,6 +1,8 @@
 //! A training step in candle with the crate's losses as candle ops: a small convolutional student learns
-//! from a fixed teacher's logits (CWD + pixel KD + ICSD) and from its features (CWT, whose MLP trains
-//! with the student), by plain SGD, for a few dozen steps; the loss falls.
+//! from a fixed teacher's logits (CWD + pixel KD + ICSD), from its features (CWT, whose MLP trains with the
+//! student) and across layers (SemCKD: the student's two layers against the teacher's two, through 1x1
+//! regressors and query / key embeddings that train with it), by plain SGD, for a few dozen steps; the loss
+//! falls.
 //!
 //! ```sh
 //! cargo run --release --example train_candle --features candle            # candle's CPU device
@@ -8,11 +10,12 @@
 //! ```
 
 use candle_core::{DType, Device, Tensor, Var};
-use kd_kernels::candle::{Cwd, Cwt, Icsd, PixelKd};
+use kd_kernels::candle::{Cwd, Cwt, Icsd, PixelKd, Semckd, SemckdTensors};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtNormalize, CwtShapes};
 use kd_kernels::icsd::IcsdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
+use kd_kernels::semckd::SemckdConfig;
 
 /// Batch, input channels, classes, student and teacher feature channels, height, width.
 pub const N: usize = 4;
@@ -23,18 +26,29 @@ pub const C_TEACHER: usize = 12;
 pub const H: usize = 12;
 pub const W: usize = 16;
 
+/// SemCKD's embedding width `d`: officially `N / 4` = 1, whose unit "embeddings" are +-1; 2 gives the
+/// attention something to choose.
+pub const EMBED: usize = 2;
+
+/// SemCKD compares square maps (`docs/losses.md` §4.2 step 4): the left `H x H` square of every map.
+pub const SQUARE: usize = H;
+
 /// Plain SGD's step size (steady descent on this problem; 1.0 already oscillates).
 pub const LEARNING_RATE: f64 = 0.3;
 
 /// The loss configurations of the step (also what a test recomputes step 0 with).
-pub fn configs() -> (CwdConfig, PixelKdConfig, IcsdConfig, CwtConfig) {
+pub fn configs() -> (CwdConfig, PixelKdConfig, IcsdConfig, CwtConfig, SemckdConfig) {
     (
         CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false },
         PixelKdConfig { loss_weight: 10.0, ..PixelKdConfig::default() },
         IcsdConfig::default(),
         CwtConfig { loss_weight: 2.0, normalize: CwtNormalize::Mean },
+        SemckdConfig { loss_weight: SEMCKD_WEIGHT, eps: None },
     )
 }
+
+/// SemCKD's `w`.
+pub const SEMCKD_WEIGHT: f64 = 1.0;
 
 fn seeded(shape: &[usize], seed: u64, scale: f64, device: &Device) -> candle_core::Result<Tensor> {
     let n: usize = shape.iter().product();
@@ -90,6 +104,7 @@ pub struct StepLog {
     pub pixel_kd: f64,
     pub icsd: f64,
     pub cwt: f64,
+    pub semckd: f64,
 }
 
 /// Everything the run needs: data, the fixed teacher's outputs, the student, the CWT MLP, the losses.
@@ -99,6 +114,54 @@ pub struct Setup {
     pub teacher_logits: Tensor,
     pub student: ConvNet,
     pub mlp: [Var; 4],
+    /// SemCKD's 1x1 regressors `[Ct_j, Cs_i, 1, 1]`, student layer `i` (features, logits) to teacher layer
+    /// `j` (features, logits).
+    pub regressors: Vec<Vec<Var>>,
+    /// SemCKD's query (one per student layer) and key (one per teacher layer) embeddings.
+    pub query: Vec<[Var; 4]>,
+    pub key: Vec<[Var; 4]>,
+}
+
+/// SemCKD's inputs at one step, owned.
+pub struct SemckdStep {
+    pub student: Vec<Tensor>,
+    pub teacher: Vec<Tensor>,
+    pub proj: Vec<Vec<Tensor>>,
+    pub query: Vec<[Tensor; 4]>,
+    pub key: Vec<[Tensor; 4]>,
+}
+
+impl SemckdStep {
+    /// The student's two layers (features, logits) and the teacher's, cut to their left squares, the
+    /// regressors' outputs, and the embeddings' parameters.
+    pub fn new(run: &Setup, features: &Tensor, logits: &Tensor) -> candle_core::Result<Self> {
+        let square = |x: &Tensor| x.narrow(3, 0, SQUARE);
+        let student = vec![square(features)?, square(logits)?];
+        let teacher = vec![square(&run.teacher_features)?, square(&run.teacher_logits)?];
+        let proj = student
+            .iter()
+            .zip(&run.regressors)
+            .map(|(s, row)| row.iter().map(|r| s.conv2d(r.as_tensor(), 0, 1, 1, 1)).collect())
+            .collect::<candle_core::Result<Vec<Vec<_>>>>()?;
+        let params = |m: &[Var; 4]| [0, 1, 2, 3].map(|k| m[k].as_tensor().clone());
+        Ok(SemckdStep {
+            student,
+            teacher,
+            proj,
+            query: run.query.iter().map(params).collect(),
+            key: run.key.iter().map(params).collect(),
+        })
+    }
+
+    pub fn view(&self) -> SemckdTensors<'_> {
+        SemckdTensors {
+            student: &self.student,
+            teacher: &self.teacher,
+            proj: &self.proj,
+            query: &self.query,
+            key: &self.key,
+        }
+    }
 }
 
 pub fn setup(device: &Device) -> candle_core::Result<Setup> {
@@ -114,16 +177,50 @@ pub fn setup(device: &Device) -> candle_core::Result<Setup> {
         Var::from_tensor(&seeded(&[C_TEACHER, C_TEACHER], 301, 0.3, device)?)?,
         Var::zeros(C_TEACHER, DType::F32, device)?,
     ];
-    Ok(Setup { input, teacher_features: tf.detach(), teacher_logits, student, mlp })
+    let (c_s, c_t) = ([C_STUDENT, CLASSES], [C_TEACHER, CLASSES]);
+    let mut regressors = Vec::new();
+    for (i, cs) in c_s.iter().enumerate() {
+        let row = c_t.iter().enumerate().map(|(j, ct)| {
+            Var::from_tensor(&seeded(
+                &[*ct, *cs, 1, 1],
+                400 + 10 * i as u64 + j as u64,
+                1.0 / (*cs as f64).sqrt(),
+                device,
+            )?)
+        });
+        regressors.push(row.collect::<candle_core::Result<Vec<_>>>()?);
+    }
+    let embed = |seed: u64| -> candle_core::Result<[Var; 4]> {
+        Ok([
+            // Random biases, as `nn.Linear`'s: with zero ones, a sample whose hidden units are all off embeds
+            // to z = 0, and the official normalisation (no epsilon) makes that NaN.
+            Var::from_tensor(&seeded(&[2 * EMBED, N], seed, 0.5, device)?)?,
+            Var::from_tensor(&seeded(&[2 * EMBED], seed + 1, 0.5, device)?)?,
+            Var::from_tensor(&seeded(&[EMBED, 2 * EMBED], seed + 2, 0.5, device)?)?,
+            Var::from_tensor(&seeded(&[EMBED], seed + 3, 0.5, device)?)?,
+        ])
+    };
+    let query = vec![embed(500)?, embed(510)?];
+    let key = vec![embed(520)?, embed(530)?];
+    Ok(Setup { input, teacher_features: tf.detach(), teacher_logits, student, mlp, regressors, query, key })
+}
+
+impl Setup {
+    /// Everything SGD updates: the student, the CWT MLP, SemCKD's regressors and embeddings.
+    pub fn vars(&self) -> Vec<&Var> {
+        let semckd = self.regressors.iter().flatten().chain(self.query.iter().chain(&self.key).flatten());
+        self.student.vars().into_iter().chain(self.mlp.iter()).chain(semckd).collect()
+    }
 }
 
 /// `steps` SGD steps of the student (and the CWT MLP) on the sum of the four losses, logits in `dtype`.
 pub fn train(device: &Device, dtype: DType, steps: usize, lr: f64) -> candle_core::Result<Vec<StepLog>> {
-    let (cwd_cfg, kd_cfg, icsd_cfg, cwt_cfg) = configs();
+    let (cwd_cfg, kd_cfg, icsd_cfg, cwt_cfg, semckd_cfg) = configs();
     let cwd = Cwd::new(cwd_cfg)?;
     let kd = PixelKd::new(kd_cfg)?;
     let icsd = Icsd::new(icsd_cfg)?;
     let cwt = Cwt::new(cwt_cfg, CwtShapes::new(C_STUDENT, C_TEACHER))?;
+    let semckd = Semckd::new(semckd_cfg)?;
     let run = setup(device)?;
     let teacher_logits = run.teacher_logits.to_dtype(dtype)?;
     let teacher_features = run.teacher_features.to_dtype(dtype)?;
@@ -143,9 +240,10 @@ pub fn train(device: &Device, dtype: DType, steps: usize, lr: f64) -> candle_cor
             w2.as_tensor(),
             b2.as_tensor(),
         )?;
-        let total = (((&l_cwd + &l_kd)? + &l_icsd)? + &l_cwt)?;
+        let l_semckd = semckd.loss(&SemckdStep::new(&run, &features, &logits.to_dtype(DType::F32)?)?.view())?;
+        let total = ((((&l_cwd + &l_kd)? + &l_icsd)? + &l_cwt)? + &l_semckd)?;
         let grads = total.backward()?;
-        for var in run.student.vars().into_iter().chain(run.mlp.iter()) {
+        for var in run.vars() {
             if let Some(g) = grads.get(var.as_tensor()) {
                 var.set(&(var.as_tensor() - g.affine(lr, 0.0)?)?)?;
             }
@@ -157,6 +255,7 @@ pub fn train(device: &Device, dtype: DType, steps: usize, lr: f64) -> candle_cor
             pixel_kd: value(&l_kd)?,
             icsd: value(&l_icsd)?,
             cwt: value(&l_cwt)?,
+            semckd: value(&l_semckd)?,
         });
     }
     Ok(log)
@@ -181,8 +280,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (step, s) in log.iter().enumerate() {
         if step % 5 == 0 || step + 1 == log.len() {
             println!(
-                "step {step:3}  loss {:9.5}  (cwd {:.5}, pixel kd {:.5}, icsd {:.5}, cwt {:.5})",
-                s.total, s.cwd, s.pixel_kd, s.icsd, s.cwt
+                "step {step:3}  loss {:9.5}  (cwd {:.5}, pixel kd {:.5}, icsd {:.5}, cwt {:.5}, semckd {:.5})",
+                s.total, s.cwd, s.pixel_kd, s.icsd, s.cwt, s.semckd
             );
         }
     }

@@ -40,17 +40,17 @@ fn cwt_matches_candle_autograd_into_every_parameter() {
 
 #[test]
 fn semckd_matches_candle_autograd_into_every_input() {
-    run(support::check_semckd);
+    run(support::semckd::check_semckd);
 }
 
 #[test]
 fn semckd_strided_and_offset_inputs_are_handled() {
-    run(support::check_semckd_layouts);
+    run(support::semckd::check_semckd_layouts);
 }
 
 #[test]
 fn semckd_misuse_is_an_error_that_says_what_to_fix() {
-    run(support::check_semckd_errors);
+    run(support::semckd::check_semckd_errors);
 }
 
 #[test]

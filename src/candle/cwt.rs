@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType as CandleDType, Layout, Shape, Tensor};
 use ndarray::{ArrayView1, ArrayView2};
 
-use super::{candle_error, cpu_slice, cpu_view4, dispatch, Float, PerDtype};
+use super::{candle_error, cpu_slice, cpu_view4, dispatch_host, HostElem, PerHostDtype};
 use crate::cwt::{CwtConfig, CwtCpu, CwtShapes, MlpParams};
 use crate::error::KdError;
 
@@ -196,9 +196,9 @@ impl candle_core::CustomOp3 for ForwardOp {
             t: (&'a CpuStorage, &'a Layout),
             params: &'a [f32],
         }
-        impl PerDtype for Job<'_> {
+        impl PerHostDtype for Job<'_> {
             type Out = (CpuStorage, Shape);
-            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
+            fn run<T: HostElem>(self) -> candle_core::Result<Self::Out> {
                 let student = cpu_view4::<T>(self.s.0, self.s.1, "student", NAME)?;
                 let teacher = cpu_view4::<T>(self.t.0, self.t.1, "teacher", NAME)?;
                 let params = mlp_params(self.params, &self.shared.shapes)?;
@@ -208,7 +208,7 @@ impl candle_core::CustomOp3 for ForwardOp {
         }
         let params = cpu_slice::<f32>(s3, l3, NAME)?;
         expect_params(params.len(), param_count(&self.shared.shapes))?;
-        dispatch(s1.dtype(), NAME, Job { shared: &self.shared, s: (s1, l1), t: (s2, l2), params })
+        dispatch_host(s1.dtype(), NAME, Job { shared: &self.shared, s: (s1, l1), t: (s2, l2), params })
     }
 
     #[cfg(feature = "candle-cuda")]
@@ -262,9 +262,9 @@ impl candle_core::CustomOp3 for GradOp {
             t: (&'a CpuStorage, &'a Layout),
             packed: &'a [f32],
         }
-        impl PerDtype for Job<'_> {
+        impl PerHostDtype for Job<'_> {
             type Out = (CpuStorage, Shape);
-            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
+            fn run<T: HostElem>(self) -> candle_core::Result<Self::Out> {
                 let shared = &self.op.shared;
                 let student = cpu_view4::<T>(self.s.0, self.s.1, "student", GRAD_NAME)?;
                 let teacher = cpu_view4::<T>(self.t.0, self.t.1, "teacher", GRAD_NAME)?;
@@ -287,7 +287,7 @@ impl candle_core::CustomOp3 for GradOp {
         }
         let packed = cpu_slice::<f32>(s3, l3, GRAD_NAME)?;
         expect_params(packed.len(), param_count(&self.shared.shapes) + 1)?;
-        dispatch(s1.dtype(), GRAD_NAME, Job { op: self, s: (s1, l1), t: (s2, l2), packed })
+        dispatch_host(s1.dtype(), GRAD_NAME, Job { op: self, s: (s1, l1), t: (s2, l2), packed })
     }
 
     #[cfg(feature = "candle-cuda")]

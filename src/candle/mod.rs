@@ -1,6 +1,6 @@
 //! The losses as [candle](https://crates.io/crates/candle-core) ops with forward and backward (feature
 //! `candle`), so that `loss.backward()` in a candle graph reaches the student's logits (and, for CWT, the
-//! MLP's parameters).
+//! MLP's parameters; for SemCKD, the regressor outputs and the embeddings: [`Semckd`]).
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -18,9 +18,10 @@
 //!
 //! On candle's CPU device an op runs the crate's f64 CPU reference; on its CUDA device (feature
 //! `candle-cuda`) it runs the kernels on candle's own stream, on candle's `CudaSlice`s, with no host
-//! synchronisation. Inputs are `f32`, `f16` or `bf16` (`f64` is refused: the kernels and the reference take
-//! 16- and 32-bit storage); the loss is an `f32` scalar whatever the input dtype (the crate's convention: the
-//! loss is summed in fp32), and the gradients have the input's dtype. Strided inputs (a transpose, a
+//! synchronisation. Inputs are `f32`, `f16` or `bf16`, and on the CPU also `f64` (the reference reads it
+//! without a rounding; the kernels refuse it); the loss is an `f32` scalar whatever the input dtype (the
+//! crate's convention: the loss is summed in fp32; the upstream gradient is read as f32 too), and the
+//! gradients have the input's dtype. Strided inputs (a transpose, a
 //! permutation) are made contiguous by candle first (a differentiable copy); inputs that start at an offset
 //! in their storage (a `narrow` along the batch) are read in place.
 //!
@@ -191,7 +192,7 @@ pub(crate) trait PerDtype {
     fn run<T: Float>(self) -> candle_core::Result<Self::Out>;
 }
 
-/// Runs `job` for the element type of `dtype`; `f64` and the integer types are refused.
+/// Runs `job` for the element type of `dtype` (the kernels' types); `f64` and the integer types are refused.
 pub(crate) fn dispatch<P: PerDtype>(dtype: CandleDType, op: &'static str, job: P) -> candle_core::Result<P::Out> {
     match dtype {
         CandleDType::F32 => job.run::<f32>(),
@@ -237,7 +238,7 @@ pub(crate) fn contiguous_range(layout: &Layout, op: &'static str) -> candle_core
 }
 
 /// A CPU tensor as an ndarray view of rank 4 (the layout's offset honoured).
-pub(crate) fn cpu_view4<'a, T: Float>(
+pub(crate) fn cpu_view4<'a, T: HostElem>(
     storage: &'a CpuStorage,
     layout: &Layout,
     what: &'static str,
@@ -278,8 +279,8 @@ pub(crate) fn cpu_scalar(loss: f64) -> (CpuStorage, Shape) {
 }
 
 /// An f64 gradient rounded to `T`, as candle CPU storage.
-pub(crate) fn cpu_grad<T: Float>(grad: &Array4<f64>) -> CpuStorage {
-    T::to_cpu_storage_owned(grad.iter().map(|&g| <T as KdFloat>::from_f64(g)).collect())
+pub(crate) fn cpu_grad<T: HostElem>(grad: &Array4<f64>) -> CpuStorage {
+    T::to_cpu_storage_owned(grad.iter().map(|&g| T::from_f64(g)).collect())
 }
 
 /// The gradients of a `(student, teacher)` loss; the teacher's only when the configuration asks for it.
@@ -412,7 +413,11 @@ impl<L: PairLoss> PairLossFn<L> {
 
 /// Checks what candle's op machinery would not say in the crate's words: dtypes and devices.
 pub(crate) fn check_pair_tensors(student: &Tensor, teacher: &Tensor, op: &'static str) -> candle_core::Result<()> {
-    dispatch(student.dtype(), op, NoJob)?;
+    if student.device().is_cpu() {
+        dispatch_host(student.dtype(), op, NoJob)?;
+    } else {
+        dispatch(student.dtype(), op, NoJob)?;
+    }
     if teacher.dtype() != student.dtype() {
         return Err(candle_error(KdError::DTypeMismatch {
             what: "teacher".into(),
@@ -434,6 +439,12 @@ struct NoJob;
 impl PerDtype for NoJob {
     type Out = ();
     fn run<T: Float>(self) -> candle_core::Result<()> {
+        Ok(())
+    }
+}
+impl PerHostDtype for NoJob {
+    type Out = ();
+    fn run<T: HostElem>(self) -> candle_core::Result<()> {
         Ok(())
     }
 }
@@ -463,16 +474,16 @@ impl<L: PairLoss> candle_core::CustomOp2 for ForwardOp<L> {
             s: (&'a CpuStorage, &'a Layout),
             t: (&'a CpuStorage, &'a Layout),
         }
-        impl<L: PairLoss> PerDtype for Job<'_, L> {
+        impl<L: PairLoss> PerHostDtype for Job<'_, L> {
             type Out = (CpuStorage, Shape);
-            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
+            fn run<T: HostElem>(self) -> candle_core::Result<Self::Out> {
                 let student = cpu_view4::<T>(self.s.0, self.s.1, "student", L::NAME)?;
                 let teacher = cpu_view4::<T>(self.t.0, self.t.1, "teacher", L::NAME)?;
                 let loss = self.loss.cpu_loss(student, teacher).map_err(candle_error)?;
                 Ok(cpu_scalar(loss))
             }
         }
-        dispatch(s1.dtype(), L::NAME, Job { loss: &self.shared.loss, s: (s1, l1), t: (s2, l2) })
+        dispatch_host(s1.dtype(), L::NAME, Job { loss: &self.shared.loss, s: (s1, l1), t: (s2, l2) })
     }
 
     #[cfg(feature = "candle-cuda")]
@@ -524,23 +535,23 @@ impl<L: PairLoss> candle_core::CustomOp3 for GradOp<L> {
             t: (&'a CpuStorage, &'a Layout),
             upstream: f64,
         }
-        impl<L: PairLoss> PerDtype for Job<'_, L> {
+        impl<L: PairLoss> PerHostDtype for Job<'_, L> {
             type Out = (CpuStorage, Shape);
-            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
+            fn run<T: HostElem>(self) -> candle_core::Result<Self::Out> {
                 let student = cpu_view4::<T>(self.s.0, self.s.1, "student", L::GRAD_NAME)?;
                 let teacher = cpu_view4::<T>(self.t.0, self.t.1, "teacher", L::GRAD_NAME)?;
                 let dims = student.dim();
                 let grads = self.loss.cpu_grads(student, teacher, self.upstream).map_err(candle_error)?;
-                let mut out: Vec<T> = grads.student.iter().map(|&g| <T as KdFloat>::from_f64(g)).collect();
+                let mut out: Vec<T> = grads.student.iter().map(|&g| T::from_f64(g)).collect();
                 let mut k = 1;
                 if let Some(teacher) = grads.teacher {
-                    out.extend(teacher.iter().map(|&g| <T as KdFloat>::from_f64(g)));
+                    out.extend(teacher.iter().map(|&g| T::from_f64(g)));
                     k = 2;
                 }
                 Ok((T::to_cpu_storage_owned(out), Shape::from((k, dims.0, dims.1, dims.2, dims.3))))
             }
         }
-        dispatch(s1.dtype(), L::GRAD_NAME, Job { loss: &self.shared.loss, s: (s1, l1), t: (s2, l2), upstream })
+        dispatch_host(s1.dtype(), L::GRAD_NAME, Job { loss: &self.shared.loss, s: (s1, l1), t: (s2, l2), upstream })
     }
 
     #[cfg(feature = "candle-cuda")]

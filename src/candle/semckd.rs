@@ -395,7 +395,7 @@ mod cuda {
         want_grads: bool,
     }
 
-    fn cuda_storage<'a>(storage: &'a Storage) -> candle_core::Result<&'a CudaStorage> {
+    fn cuda_storage(storage: &Storage) -> candle_core::Result<&CudaStorage> {
         match storage {
             Storage::Cuda(s) => Ok(s),
             other => Err(candle_core::Error::DeviceMismatchBinaryOp {
@@ -471,7 +471,8 @@ mod cuda {
                 }
             }
             {
-                let (grad_student, grad_proj) = grad_features.split_at_mut(s_n.min(grad_features.len()));
+                let students = s_n.min(grad_features.len());
+                let (grad_student, grad_proj) = grad_features.split_at_mut(students);
                 let mut mlp_grads: Vec<EmbedParamGrads<'_>> = Vec::new();
                 let mut four = grad_params.iter_mut();
                 while let (Some(w1), Some(b1), Some(w2), Some(b2)) =
@@ -484,7 +485,8 @@ mod cuda {
                         linear2_bias: b2,
                     });
                 }
-                let key = mlp_grads.split_off(s_n.min(mlp_grads.len()));
+                let queries = s_n.min(mlp_grads.len());
+                let key = mlp_grads.split_off(queries);
                 let mut grads = SemckdGrads {
                     student: grad_student.iter_mut().map(|g| g as &mut dyn DevicePtrMut<T>).collect(),
                     proj: grad_proj.iter_mut().map(|g| g as &mut dyn DevicePtrMut<T>).collect(),

@@ -8,7 +8,7 @@ use kd_kernels::candle::{Semckd, SemckdTensors};
 use kd_kernels::semckd::SemckdConfig;
 use kd_kernels::tolerance::OutputKind;
 
-use super::{compare, log_softmax, logits, scalar, verdict, OrMsg, TestResult, DTYPES};
+use super::{compare, dtypes, log_softmax, logits, scalar, verdict, OrMsg, TestResult, DTYPES};
 
 /// PyTorch's adaptive-average-pooling windows as a `[out, inp]` averaging matrix (§4.3:
 /// `start = floor(o * In / Out)`, `end = ceil((o + 1) * In / Out)`).
@@ -171,15 +171,6 @@ impl Tensors {
             key: &self.key,
         }
     }
-}
-
-/// The dtypes the op takes on `device`: the kernels' three, and f64 on the CPU (the reference's arithmetic).
-fn dtypes(device: &Device) -> Vec<DType> {
-    let mut d = DTYPES.to_vec();
-    if device.is_cpu() {
-        d.push(DType::F64);
-    }
-    d
 }
 
 /// Loss and gradients of `got` against `want`, both losses of `case`, under an upstream gradient of 3.
