@@ -1,5 +1,6 @@
 //! The candle ops against the same losses written in candle's own tensor ops: the time of one training
-//! step of the loss (forward, `backward()`, a device synchronisation), for CWD and pixel KD.
+//! step of the loss (forward, `backward()`, a device synchronisation), for CWD and pixel KD, and for SemCKD
+//! (every gradient: student maps, regressor outputs, embeddings) on CIFAR resnet32x4 -> resnet8x4's layers.
 //!
 //! On the GPU (feature `candle-cuda`, a GPU present) on `common::SHAPES`, the other benches' shapes, in f32
 //! and bf16; on candle's CPU device on one small shape in f32 (the crate's CPU path is the f64 reference, a
@@ -18,9 +19,10 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{BenchmarkId, Criterion};
-use kd_kernels::candle::{Cwd, PixelKd};
+use kd_kernels::candle::{Cwd, PixelKd, Semckd};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
+use kd_kernels::semckd::SemckdConfig;
 
 const CPU_SHAPE: [usize; 4] = [2, 19, 32, 64];
 
@@ -43,10 +45,14 @@ fn main() {
     ];
 
     bench_device(&mut c, &args, "cpu", &Device::Cpu, &[CPU_SHAPE], &[DType::F32], &losses);
+    let small = (&candle_support::semckd::STUDENT[..], &candle_support::semckd::TEACHER[..]);
+    bench_semckd(&mut c, &args, "cpu", &Device::Cpu, small, &[DType::F32]);
     match gpu() {
         Ok(device) => {
             let shapes: &[[usize; 4]] = if args.bench { &common::SHAPES } else { &common::SHAPES[..1] };
             bench_device(&mut c, &args, "gpu", &device, shapes, &[DType::F32, DType::BF16], &losses);
+            let cifar = (&SEMCKD_CIFAR[..], &SEMCKD_CIFAR[..]);
+            bench_semckd(&mut c, &args, "gpu", &device, cifar, &[DType::F32, DType::BF16]);
         }
         Err(reason) => println!("candle bench: GPU cases skipped: {reason}"),
     }
@@ -101,6 +107,59 @@ fn bench_device(
                     group.finish();
                 }
             }
+        }
+    }
+}
+
+/// resnet32x4 -> resnet8x4 (`docs/losses.md` §4.1): both sides' layers, B = 64.
+const SEMCKD_CIFAR: [[usize; 4]; 3] = [[64, 64, 32, 32], [64, 128, 16, 16], [64, 256, 8, 8]];
+
+/// SemCKD's training step (forward, `backward()` to every input, a device synchronisation), the op against
+/// the same loss in candle ops.
+fn bench_semckd(
+    c: &mut Criterion,
+    args: &common::Args,
+    where_: &str,
+    device: &Device,
+    (student, teacher): (&[[usize; 4]], &[[usize; 4]]),
+    dtypes: &[DType],
+) {
+    let cfg = SemckdConfig::default();
+    let op = match Semckd::new(cfg) {
+        Ok(op) => op,
+        Err(e) => return println!("candle bench semckd: {e}"),
+    };
+    let layers = format!("{}x{}_b{}", student.len(), teacher.len(), student[0][0]);
+    for &dtype in dtypes {
+        let case = match candle_support::semckd::Case::new(student, teacher, dtype, device) {
+            Ok(case) => case,
+            Err(e) => {
+                println!("candle bench semckd {where_} {dtype:?}: inputs failed: {e}");
+                continue;
+            }
+        };
+        let tensors = case.tensors();
+        let group_name = format!("candle/semckd/{where_}/{dtype:?}");
+        let reference = |t: &kd_kernels::candle::SemckdTensors<'_>| candle_support::semckd::semckd_reference(t, &cfg);
+        let impls: [(&str, &dyn Fn(&kd_kernels::candle::SemckdTensors<'_>) -> candle_core::Result<Tensor>); 2] =
+            [("kd_kernels_op", &|t| op.loss(t)), ("candle_ops", &reference)];
+        for (impl_name, f) in impls {
+            let id = format!("{group_name}/{impl_name}/{layers}");
+            if !args.wants(&id) {
+                continue;
+            }
+            let run = || -> candle_core::Result<()> {
+                f(&tensors.view())?.backward()?;
+                device.synchronize()
+            };
+            if let Err(e) = run() {
+                println!("{id}: failed: {e}");
+                continue;
+            }
+            let mut group = c.benchmark_group(&group_name);
+            group.sample_size(10).warm_up_time(Duration::from_millis(500));
+            group.bench_function(BenchmarkId::new(impl_name, &layers), |b| b.iter(|| run().expect("succeeded once")));
+            group.finish();
         }
     }
 }
