@@ -152,26 +152,8 @@ impl Case {
     }
 }
 
-/// Owned tensors behind a [`SemckdTensors`].
-pub struct Tensors {
-    pub student: Vec<Tensor>,
-    pub teacher: Vec<Tensor>,
-    pub proj: Vec<Vec<Tensor>>,
-    pub query: Vec<[Tensor; 4]>,
-    pub key: Vec<[Tensor; 4]>,
-}
-
-impl Tensors {
-    pub fn view(&self) -> SemckdTensors<'_> {
-        SemckdTensors {
-            student: &self.student,
-            teacher: &self.teacher,
-            proj: &self.proj,
-            query: &self.query,
-            key: &self.key,
-        }
-    }
-}
+/// Owned tensors behind a [`SemckdTensors`] (the training example's type).
+pub type Tensors = super::train::SemckdStep;
 
 /// Loss and gradients of `got` against `want`, both losses of `case`, under an upstream gradient of 3.
 fn compare_all(what: &str, case: &Case, dtype: DType, got: &Tensor, want: &Tensor) -> Result<Vec<String>, String> {
