@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{BenchmarkId, Criterion};
-use kd_kernels::candle::{Cwd, PixelKd, Semckd};
+use kd_kernels::candle::{Cwd, PixelKd, Semckd, SemckdTensors};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::semckd::SemckdConfig;
@@ -27,6 +27,7 @@ use kd_kernels::semckd::SemckdConfig;
 const CPU_SHAPE: [usize; 4] = [2, 19, 32, 64];
 
 type LossFn<'a> = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + 'a>;
+type SemckdFn<'a> = &'a dyn Fn(&SemckdTensors<'_>) -> candle_core::Result<Tensor>;
 
 fn main() {
     let args = common::Args::from_env();
@@ -140,9 +141,8 @@ fn bench_semckd(
         };
         let tensors = case.tensors();
         let group_name = format!("candle/semckd/{where_}/{dtype:?}");
-        let reference = |t: &kd_kernels::candle::SemckdTensors<'_>| candle_support::semckd::semckd_reference(t, &cfg);
-        let impls: [(&str, &dyn Fn(&kd_kernels::candle::SemckdTensors<'_>) -> candle_core::Result<Tensor>); 2] =
-            [("kd_kernels_op", &|t| op.loss(t)), ("candle_ops", &reference)];
+        let reference = |t: &SemckdTensors<'_>| candle_support::semckd::semckd_reference(t, &cfg);
+        let impls: [(&str, SemckdFn<'_>); 2] = [("kd_kernels_op", &|t| op.loss(t)), ("candle_ops", &reference)];
         for (impl_name, f) in impls {
             let id = format!("{group_name}/{impl_name}/{layers}");
             if !args.wants(&id) {
