@@ -200,6 +200,25 @@ pub fn check_semckd(device: &Device) -> TestResult {
                     failures.push(format!("{what}: the epsilon clamps no embedding; the case tests nothing"));
                 }
             }
+            // The graph nodes that hand out the gradients pass the loss through bit for bit: the loss of the
+            // same values with no input tracking a gradient (one call of the forward alone) is the same number.
+            let detach = |m: &[Tensor; 4]| m.clone().map(|t| t.detach());
+            let constant = Tensors {
+                student: tensors.student.iter().map(Tensor::detach).collect(),
+                teacher: tensors.teacher.clone(),
+                proj: tensors.proj.iter().map(|r| r.iter().map(Tensor::detach).collect()).collect(),
+                query: tensors.query.iter().map(detach).collect(),
+                key: tensors.key.iter().map(detach).collect(),
+            };
+            let constant = op.loss(&constant.view()).or_msg(&what)?;
+            if device.is_cpu() && scalar(&constant)? != scalar(&got)? {
+                failures.push(format!("{what}: loss {} with gradients, {} without", scalar(&got)?, scalar(&constant)?));
+            }
+            // On the GPU the forward alone and the forward + backward are different launches; equal to the
+            // loss's tolerance.
+            failures.extend(
+                compare(&format!("{what} loss without gradients"), &constant, &got, dtype, OutputKind::Loss).err(),
+            );
             failures.extend(compare_all(&what, &case, dtype, &got, &want)?);
         }
     }
