@@ -70,6 +70,34 @@ where
     }
 }
 
+/// A (student, teacher) loss whose only gradient is the student's, through [`fused`].
+fn student_gradient_only<B: Backend, C: CheckpointStrategy>(
+    student: FloatTensor<Autodiff<B, C>>,
+    teacher: FloatTensor<Autodiff<B, C>>,
+    forward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+    forward_backward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>),
+) -> FloatTensor<Autodiff<B, C>> {
+    fused::<B, C, 2>(
+        [student, teacher],
+        |[s, t]| forward(s, t),
+        |[s, t]| {
+            let (loss, grad) = forward_backward(s, t);
+            (loss, [Some(grad), None])
+        },
+    )
+}
+
+/// A (student, teacher) loss's fused primitive called directly on autodiff tensors: `B`'s, on their inner
+/// primitives, its outputs untracked values.
+fn on_inner<B: Backend, C: CheckpointStrategy>(
+    student: FloatTensor<Autodiff<B, C>>,
+    teacher: FloatTensor<Autodiff<B, C>>,
+    forward_backward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>),
+) -> (FloatTensor<Autodiff<B, C>>, FloatTensor<Autodiff<B, C>>) {
+    let (loss, grad) = forward_backward(inner::<B, C>(student), inner::<B, C>(teacher));
+    (constant::<B, C>(loss), constant::<B, C>(grad))
+}
+
 /// The inner backend's primitive of an autodiff tensor.
 fn inner<B: Backend, C: CheckpointStrategy>(tensor: FloatTensor<Autodiff<B, C>>) -> FloatTensor<B> {
     Autodiff::<B, C>::inner(tensor)
@@ -106,13 +134,11 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         teacher: FloatTensor<Self>,
         config: PixelKdConfig,
     ) -> FloatTensor<Self> {
-        fused::<B, C, 2>(
-            [student, teacher],
-            |[s, t]| B::pixel_kd_forward(s, t, config),
-            |[s, t]| {
-                let (loss, grad) = B::pixel_kd_forward_backward(s, t, config);
-                (loss, [Some(grad), None])
-            },
+        student_gradient_only::<B, C>(
+            student,
+            teacher,
+            |s, t| B::pixel_kd_forward(s, t, config),
+            |s, t| B::pixel_kd_forward_backward(s, t, config),
         )
     }
 
@@ -121,18 +147,15 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         teacher: FloatTensor<Self>,
         config: PixelKdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (loss, grad) = B::pixel_kd_forward_backward(inner::<B, C>(student), inner::<B, C>(teacher), config);
-        (constant::<B, C>(loss), constant::<B, C>(grad))
+        on_inner::<B, C>(student, teacher, |s, t| B::pixel_kd_forward_backward(s, t, config))
     }
 
     fn icsd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: IcsdConfig) -> FloatTensor<Self> {
-        fused::<B, C, 2>(
-            [student, teacher],
-            |[s, t]| B::icsd_forward(s, t, config),
-            |[s, t]| {
-                let (loss, grad) = B::icsd_forward_backward(s, t, config);
-                (loss, [Some(grad), None])
-            },
+        student_gradient_only::<B, C>(
+            student,
+            teacher,
+            |s, t| B::icsd_forward(s, t, config),
+            |s, t| B::icsd_forward_backward(s, t, config),
         )
     }
 
@@ -141,8 +164,7 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         teacher: FloatTensor<Self>,
         config: IcsdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (loss, grad) = B::icsd_forward_backward(inner::<B, C>(student), inner::<B, C>(teacher), config);
-        (constant::<B, C>(loss), constant::<B, C>(grad))
+        on_inner::<B, C>(student, teacher, |s, t| B::icsd_forward_backward(s, t, config))
     }
 
     fn cwt_forward(

@@ -12,11 +12,17 @@ use crate::cpu::{CpuOutput, HostFloat};
 use crate::cwd::{CwdConfig, CwdCpu};
 use crate::cwt::{CwtConfig, CwtCpu, MlpParams};
 use crate::error::Result;
-use crate::icsd::{IcsdConfig, IcsdCpu};
+use crate::icsd::{IcsdConfig, IcsdCpu, IcsdCpuOutput};
 use crate::pixel_kd::{PixelKdConfig, PixelKdCpu};
 
-/// A CPU reference of a loss over a (student, teacher) pair, for [`cpu_pair`].
-pub trait CpuPairLoss {
+/// A CPU reference of a loss over a (student, teacher) pair of one shape, for [`cpu_pair`].
+pub trait CpuPairLoss: Sized {
+    /// The loss's configuration.
+    type Config;
+
+    /// The reference for `config`, which it validates.
+    fn new(config: Self::Config) -> Result<Self>;
+
     /// The loss alone (`want_grad` false, the gradients of the output are then empty) or the loss and its
     /// gradients.
     fn run<T: HostFloat>(
@@ -27,49 +33,58 @@ pub trait CpuPairLoss {
     ) -> Result<CpuOutput>;
 }
 
-impl CpuPairLoss for CwdCpu {
-    fn run<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        want_grad: bool,
-    ) -> Result<CpuOutput> {
-        if want_grad {
-            self.forward_backward(student, teacher)
-        } else {
-            let loss = self.forward(student, teacher)?;
-            Ok(CpuOutput { loss, grad_student: Default::default(), grad_teacher: None })
-        }
+/// What a reference's `forward` or `forward_backward` returns (the loss alone, [`CpuOutput`], or a
+/// family's own output), read as a [`CpuOutput`].
+trait IntoCpuOutput {
+    fn into_cpu_output(self) -> CpuOutput;
+}
+
+impl IntoCpuOutput for f64 {
+    fn into_cpu_output(self) -> CpuOutput {
+        CpuOutput { loss: self, grad_student: Default::default(), grad_teacher: None }
     }
 }
 
-impl CpuPairLoss for PixelKdCpu {
-    fn run<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        want_grad: bool,
-    ) -> Result<CpuOutput> {
-        if want_grad {
-            self.forward_backward(student, teacher)
-        } else {
-            let loss = self.forward(student, teacher)?;
-            Ok(CpuOutput { loss, grad_student: Default::default(), grad_teacher: None })
-        }
+impl IntoCpuOutput for CpuOutput {
+    fn into_cpu_output(self) -> CpuOutput {
+        self
     }
 }
 
-impl CpuPairLoss for IcsdCpu {
-    fn run<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        want_grad: bool,
-    ) -> Result<CpuOutput> {
-        let out = if want_grad { self.forward_backward(student, teacher)? } else { self.forward(student, teacher)? };
-        Ok(CpuOutput { loss: out.loss, grad_student: out.grad_student, grad_teacher: None })
+impl IntoCpuOutput for IcsdCpuOutput {
+    fn into_cpu_output(self) -> CpuOutput {
+        CpuOutput { loss: self.loss, grad_student: self.grad_student, grad_teacher: None }
     }
 }
+
+/// [`CpuPairLoss`] for references with `new(config)`, `forward(student, teacher)` and
+/// `forward_backward(student, teacher)`.
+macro_rules! cpu_pair_loss {
+    ($($cpu:ident($config:ty)),* $(,)?) => {$(
+        impl CpuPairLoss for $cpu {
+            type Config = $config;
+
+            fn new(config: $config) -> Result<Self> {
+                $cpu::new(config)
+            }
+
+            fn run<T: HostFloat>(
+                &self,
+                student: ArrayView4<'_, T>,
+                teacher: ArrayView4<'_, T>,
+                want_grad: bool,
+            ) -> Result<CpuOutput> {
+                Ok(if want_grad {
+                    self.forward_backward(student, teacher)?.into_cpu_output()
+                } else {
+                    self.forward(student, teacher)?.into_cpu_output()
+                })
+            }
+        }
+    )*};
+}
+
+cpu_pair_loss!(CwdCpu(CwdConfig), PixelKdCpu(PixelKdConfig), IcsdCpu(IcsdConfig));
 
 /// What [`cpu_pair`] returns: the loss (shape `[1]`), and with `want_grad` the student's gradient and,
 /// where the loss produced one, the teacher's; all in the input's float type.
@@ -203,7 +218,7 @@ impl FromF64 for f64 {
 
 impl KdBackend for NdArray {
     fn cwd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: CwdConfig) -> NdArrayTensor {
-        cpu_pair(&cpu(CwdCpu::new(config)), student, teacher, false).loss
+        pair_loss::<CwdCpu>(config, student, teacher)
     }
 
     fn cwd_forward_backward(
@@ -216,7 +231,7 @@ impl KdBackend for NdArray {
     }
 
     fn pixel_kd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: PixelKdConfig) -> NdArrayTensor {
-        cpu_pair(&cpu(PixelKdCpu::new(config)), student, teacher, false).loss
+        pair_loss::<PixelKdCpu>(config, student, teacher)
     }
 
     fn pixel_kd_forward_backward(
@@ -224,12 +239,11 @@ impl KdBackend for NdArray {
         teacher: NdArrayTensor,
         config: PixelKdConfig,
     ) -> (NdArrayTensor, NdArrayTensor) {
-        let out = cpu_pair(&cpu(PixelKdCpu::new(config)), student, teacher, true);
-        (out.loss, expect_grad(out.grad_student))
+        pair_loss_and_student_grad::<PixelKdCpu>(config, student, teacher)
     }
 
     fn icsd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: IcsdConfig) -> NdArrayTensor {
-        cpu_pair(&cpu(IcsdCpu::new(config)), student, teacher, false).loss
+        pair_loss::<IcsdCpu>(config, student, teacher)
     }
 
     fn icsd_forward_backward(
@@ -237,8 +251,7 @@ impl KdBackend for NdArray {
         teacher: NdArrayTensor,
         config: IcsdConfig,
     ) -> (NdArrayTensor, NdArrayTensor) {
-        let out = cpu_pair(&cpu(IcsdCpu::new(config)), student, teacher, true);
-        (out.loss, expect_grad(out.grad_student))
+        pair_loss_and_student_grad::<IcsdCpu>(config, student, teacher)
     }
 
     fn cwt_forward(
@@ -273,6 +286,21 @@ impl KdBackend for NdArray {
             f32_tensor(out.grad_b2),
         )
     }
+}
+
+/// A pair loss alone, through its CPU reference.
+fn pair_loss<L: CpuPairLoss>(config: L::Config, student: NdArrayTensor, teacher: NdArrayTensor) -> NdArrayTensor {
+    cpu_pair(&cpu(L::new(config)), student, teacher, false).loss
+}
+
+/// A pair loss and d loss / d student, through its CPU reference.
+fn pair_loss_and_student_grad<L: CpuPairLoss>(
+    config: L::Config,
+    student: NdArrayTensor,
+    teacher: NdArrayTensor,
+) -> (NdArrayTensor, NdArrayTensor) {
+    let out = cpu_pair(&cpu(L::new(config)), student, teacher, true);
+    (out.loss, expect_grad(out.grad_student))
 }
 
 fn cpu<L>(loss: Result<L>) -> L {
