@@ -17,6 +17,7 @@ use crate::cwd::CwdConfig;
 use crate::cwt::CwtConfig;
 use crate::icsd::IcsdConfig;
 use crate::pixel_kd::PixelKdConfig;
+use crate::semckd::{SemckdConfig, SemckdLayers};
 
 /// The backward step of a fused loss: the gradients computed in the forward, times the upstream
 /// gradient, for every input that is tracked and has one.
@@ -38,8 +39,11 @@ impl<B: Backend, const N: usize> Backward<B, N> for StoredGradients {
     }
 }
 
-/// `grad * upstream`, the one-element upstream broadcast over `grad`.
+/// `grad * upstream`, the one-element upstream broadcast over `grad` and cast to its dtype (SemCKD's f32
+/// parameters get their gradients under an f64 loss when its maps are f64).
 fn times_upstream<B: Backend>(grad: FloatTensor<B>, upstream: FloatTensor<B>) -> FloatTensor<B> {
+    let upstream =
+        if upstream.dtype() == grad.dtype() { upstream } else { B::float_cast(upstream, grad.dtype().into()) };
     let shape = grad.shape();
     let ones = Shape::from(vec![1; shape.num_dims()]);
     let upstream = B::float_expand(B::float_reshape(upstream, ones), shape);
@@ -206,5 +210,34 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         let (loss, gs, gw1, gb1, gw2, gb2) = B::cwt_forward_backward(s, t, w1, b1, w2, b2, config);
         let c = constant::<B, C>;
         (c(loss), c(gs), c(gw1), c(gb1), c(gw2), c(gb2))
+    }
+
+    fn semckd_forward(
+        maps: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> FloatTensor<Self> {
+        fused::<B, C, 3>(
+            [maps, teacher, params],
+            |[m, t, p]| B::semckd_forward(m, t, p, layers.clone(), config),
+            |[m, t, p]| {
+                let (loss, gm, gp) = B::semckd_forward_backward(m, t, p, layers.clone(), config);
+                (loss, [Some(gm), None, Some(gp)])
+            },
+        )
+    }
+
+    fn semckd_forward_backward(
+        maps: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [m, t, p] = [maps, teacher, params].map(inner::<B, C>);
+        let (loss, gm, gp) = B::semckd_forward_backward(m, t, p, layers, config);
+        (constant::<B, C>(loss), constant::<B, C>(gm), constant::<B, C>(gp))
     }
 }

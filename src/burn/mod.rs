@@ -49,8 +49,10 @@ mod backend;
 #[allow(deprecated)]
 pub mod ndarray;
 pub mod reference;
+mod semckd;
 
 pub use backend::KdBackend;
+pub use semckd::{semckd_loss, SemckdMlp, SemckdPacking};
 
 use ::burn::backend::{Dispatch, DispatchDevice};
 use ::burn::tensor::{DType, Device, Tensor};

@@ -3,17 +3,20 @@
 //! NdArray stores floats as `f32` or `f64`; the reference reads either without a copy (strided views are
 //! fine) and the results are rounded to the input's type.
 
-use ::burn::backend::ndarray::{NdArrayTensor, SharedArray};
+use ::burn::backend::ndarray::NdArrayTensor;
 use ::burn::backend::NdArray;
-use ::ndarray::{ArrayView1, ArrayView2, ArrayView4, ArrayViewD, Dimension, Ix4};
+use ::ndarray::{ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView4, ArrayViewD, Dimension, Ix4, IxDyn};
 
 use super::KdBackend;
+use super::SemckdPacking;
 use crate::cpu::{CpuOutput, HostFloat};
 use crate::cwd::{CwdConfig, CwdCpu};
 use crate::cwt::{CwtConfig, CwtCpu, MlpParams};
 use crate::error::Result;
 use crate::icsd::{IcsdConfig, IcsdCpu, IcsdCpuOutput};
 use crate::pixel_kd::{PixelKdConfig, PixelKdCpu};
+use crate::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers};
+use std::ops::Range;
 
 /// A CPU reference of a loss over a (student, teacher) pair of one shape, for [`cpu_pair`].
 pub trait CpuPairLoss: Sized {
@@ -109,32 +112,25 @@ pub fn cpu_pair<L: CpuPairLoss>(
     teacher: NdArrayTensor,
     want_grad: bool,
 ) -> CpuPairOutput {
-    fn go<T, L>(loss: &L, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>, want_grad: bool) -> CpuPairOutput
-    where
-        T: HostFloat + FromF64,
-        L: CpuPairLoss,
-        NdArrayTensor: From<SharedArray<T>>,
-    {
+    fn go<T: NdArrayFloat, L: CpuPairLoss>(
+        loss: &L,
+        student: &NdArrayTensor,
+        teacher: &NdArrayTensor,
+        want_grad: bool,
+    ) -> CpuPairOutput {
+        let (s, t) = (view4(T::storage("student", student)), view4(T::storage("teacher", teacher)));
         let out = loss
-            .run(student, teacher, want_grad)
+            .run(s, t, want_grad)
             .unwrap_or_else(|e| panic!("kd_kernels::burn: input the checked functions refuse: {e}"));
-        let to_tensor =
-            |a: ::ndarray::Array4<f64>| -> NdArrayTensor { a.mapv(T::from_f64).into_dyn().into_shared().into() };
-        let loss = ::ndarray::Array1::from_elem(1, T::from_f64(out.loss)).into_dyn().into_shared().into();
         CpuPairOutput {
-            loss,
-            grad_student: want_grad.then(|| to_tensor(out.grad_student)),
-            grad_teacher: out.grad_teacher.map(to_tensor),
+            loss: float_tensor::<T, _>(::ndarray::Array1::from_elem(1, out.loss)),
+            grad_student: want_grad.then(|| float_tensor::<T, _>(out.grad_student)),
+            grad_teacher: out.grad_teacher.map(float_tensor::<T, _>),
         }
     }
-    match (&student, &teacher) {
-        (NdArrayTensor::F32(s), NdArrayTensor::F32(t)) => go(loss, view4(s.view()), view4(t.view()), want_grad),
-        (NdArrayTensor::F64(s), NdArrayTensor::F64(t)) => go(loss, view4(s.view()), view4(t.view()), want_grad),
-        (s, t) => panic!(
-            "kd_kernels::burn: NdArray student {:?} and teacher {:?}: the losses read two f32 or two f64 tensors",
-            burn_dtype(s),
-            burn_dtype(t)
-        ),
+    match student {
+        NdArrayTensor::F64(_) => go::<f64, L>(loss, &student, &teacher, want_grad),
+        _ => go::<f32, L>(loss, &student, &teacher, want_grad),
     }
 }
 
@@ -155,14 +151,16 @@ fn view_as<T, D: Dimension>(view: ArrayViewD<'_, T>) -> ::ndarray::ArrayView<'_,
 }
 
 fn f32_storage<'a>(what: &str, t: &'a NdArrayTensor) -> ArrayViewD<'a, f32> {
-    match t {
-        NdArrayTensor::F32(s) => s.view(),
-        other => panic!("kd_kernels::burn: CWT's {what} must be f32, got {:?}", burn_dtype(other)),
-    }
+    f32::storage(what, t)
 }
 
 fn f32_tensor<D: Dimension>(a: ::ndarray::Array<f64, D>) -> NdArrayTensor {
-    a.mapv(|v| v as f32).into_dyn().into_shared().into()
+    float_tensor::<f32, D>(a)
+}
+
+/// `a` rounded to `T`, as an NdArray tensor.
+fn float_tensor<T: NdArrayFloat, D: Dimension>(a: ::ndarray::Array<f64, D>) -> NdArrayTensor {
+    T::tensor(a.mapv(T::from_f64).into_dyn())
 }
 
 /// CWT through its CPU reference: every tensor f32 (the checked function refuses others on NdArray).
@@ -199,21 +197,131 @@ fn cwt_cpu(
     out.unwrap_or_else(|e| panic!("kd_kernels::burn: input the checked functions refuse: {e}"))
 }
 
-/// Rounding from the reference's f64 to the tensor's float type.
-trait FromF64 {
+/// The float types NdArray stores, as the CPU references read and write them.
+trait NdArrayFloat: HostFloat {
+    /// Rounds from the reference's f64.
     fn from_f64(v: f64) -> Self;
+    /// The elements of `t`, the input `what`, which stores this type.
+    fn storage<'a>(what: &str, t: &'a NdArrayTensor) -> ArrayViewD<'a, Self>;
+    /// A tensor owning `a`.
+    fn tensor(a: ArrayD<Self>) -> NdArrayTensor;
 }
 
-impl FromF64 for f32 {
-    fn from_f64(v: f64) -> Self {
-        v as f32
+macro_rules! ndarray_float {
+    ($($t:ident: $variant:ident),*) => {$(
+        impl NdArrayFloat for $t {
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+
+            fn storage<'a>(what: &str, t: &'a NdArrayTensor) -> ArrayViewD<'a, Self> {
+                match t {
+                    NdArrayTensor::$variant(s) => s.view(),
+                    other => panic!(
+                        "kd_kernels::burn: {what} must be {}, got {:?} (the checked functions refuse this)",
+                        stringify!($t),
+                        burn_dtype(other)
+                    ),
+                }
+            }
+
+            fn tensor(a: ArrayD<Self>) -> NdArrayTensor {
+                a.into_shared().into()
+            }
+        }
+    )*};
+}
+
+ndarray_float!(f32: F32, f64: F64);
+
+/// Runs SemCKD's CPU reference on the packed NdArray tensors of [`KdBackend::semckd_forward`]: the loss
+/// (shape `[1]`, in the maps' float type) and, with `want_grad`, d loss / d `maps` (in that type) and
+/// d loss / d `params` (f32), packed as the inputs.
+///
+/// # Panics
+///
+/// On inputs [`crate::burn::semckd_loss`] refuses (sizes, float types); it never passes them.
+pub fn semckd_cpu(
+    maps: &NdArrayTensor,
+    teacher: &NdArrayTensor,
+    params: &NdArrayTensor,
+    layers: &SemckdLayers,
+    config: SemckdConfig,
+    want_grad: bool,
+) -> (NdArrayTensor, Option<(NdArrayTensor, NdArrayTensor)>) {
+    fn go<T: NdArrayFloat>(
+        maps: &NdArrayTensor,
+        teacher: &NdArrayTensor,
+        params: &NdArrayTensor,
+        layers: &SemckdLayers,
+        config: SemckdConfig,
+        want_grad: bool,
+    ) -> (NdArrayTensor, Option<(NdArrayTensor, NdArrayTensor)>) {
+        let packing = SemckdPacking::new(layers);
+        let (maps, teacher) = (contiguous(T::storage("maps", maps)), contiguous(T::storage("teacher", teacher)));
+        let params = contiguous(f32::storage("params", params));
+        let (s_n, t_n) = (layers.students(), layers.teachers());
+        let map_views = unpack::<T, Ix4>(&maps, &packing.maps);
+        let param_views = unpack::<f32, IxDyn>(&params, &packing.params);
+        let mlps: Vec<EmbedWeights<'_>> = param_views
+            .chunks(4)
+            .map(|p| EmbedWeights {
+                linear1_weight: into_dim(p[0].clone()),
+                linear1_bias: into_dim(p[1].clone()),
+                linear2_weight: into_dim(p[2].clone()),
+                linear2_bias: into_dim(p[3].clone()),
+            })
+            .collect();
+        let inputs = SemckdCpuInputs {
+            student: map_views[..s_n].to_vec(),
+            teacher: unpack::<T, Ix4>(&teacher, &packing.teacher),
+            proj: map_views[s_n..].chunks(t_n).map(<[_]>::to_vec).collect(),
+            query: mlps[..s_n].to_vec(),
+            key: mlps[s_n..].to_vec(),
+        };
+        let semckd = cpu(SemckdCpu::new(config));
+        let out = if want_grad { semckd.forward_backward(&inputs) } else { semckd.forward(&inputs) };
+        let out = out.unwrap_or_else(|e| panic!("kd_kernels::burn: input the checked functions refuse: {e}"));
+        let loss = float_tensor::<T, _>(::ndarray::Array1::from_elem(1, out.loss));
+        if !want_grad {
+            return (loss, None);
+        }
+        let grad_maps = out.grad_student.iter().chain(out.grad_proj.iter().flatten()).flat_map(|g| g.iter().copied());
+        let grad_params = out.grad_query.iter().chain(&out.grad_key).flat_map(|g| {
+            g.linear1_weight.iter().chain(&g.linear1_bias).chain(&g.linear2_weight).chain(&g.linear2_bias).copied()
+        });
+        let packed = |values: Vec<f64>| ::ndarray::Array1::from_vec(values);
+        let grads = (float_tensor::<T, _>(packed(grad_maps.collect())), f32_tensor(packed(grad_params.collect())));
+        (loss, Some(grads))
+    }
+    match maps {
+        NdArrayTensor::F64(_) => go::<f64>(maps, teacher, params, layers, config, want_grad),
+        _ => go::<f32>(maps, teacher, params, layers, config, want_grad),
     }
 }
 
-impl FromF64 for f64 {
-    fn from_f64(v: f64) -> Self {
-        v
+/// A 1-D packed tensor's elements in order, borrowed when they are contiguous.
+fn contiguous<T: Clone>(view: ArrayViewD<'_, T>) -> std::borrow::Cow<'_, [T]> {
+    match view.to_slice() {
+        Some(slice) => std::borrow::Cow::Borrowed(slice),
+        None => std::borrow::Cow::Owned(view.iter().cloned().collect()),
     }
+}
+
+/// The tensors packed in `data` at `layout` (shape, range), as views.
+fn unpack<'a, T, D: Dimension>(data: &'a [T], layout: &[(Vec<usize>, Range<usize>)]) -> Vec<ArrayView<'a, T, D>> {
+    layout
+        .iter()
+        .map(|(shape, range)| {
+            let view = ArrayView::from_shape(IxDyn(shape), &data[range.clone()])
+                .unwrap_or_else(|e| panic!("kd_kernels::burn: a packed tensor of shape {shape:?}: {e}"));
+            into_dim(view)
+        })
+        .collect()
+}
+
+fn into_dim<'a, T, D: Dimension>(view: ArrayViewD<'a, T>) -> ArrayView<'a, T, D> {
+    view_as::<T, D>(view)
 }
 
 impl KdBackend for NdArray {
@@ -285,6 +393,28 @@ impl KdBackend for NdArray {
             f32_tensor(out.grad_w2),
             f32_tensor(out.grad_b2),
         )
+    }
+
+    fn semckd_forward(
+        maps: NdArrayTensor,
+        teacher: NdArrayTensor,
+        params: NdArrayTensor,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> NdArrayTensor {
+        semckd_cpu(&maps, &teacher, &params, &layers, config, false).0
+    }
+
+    fn semckd_forward_backward(
+        maps: NdArrayTensor,
+        teacher: NdArrayTensor,
+        params: NdArrayTensor,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> (NdArrayTensor, NdArrayTensor, NdArrayTensor) {
+        let (loss, grads) = semckd_cpu(&maps, &teacher, &params, &layers, config, true);
+        let (grad_maps, grad_params) = grads.expect("semckd_cpu returns the gradients when asked for them");
+        (loss, grad_maps, grad_params)
     }
 }
 
