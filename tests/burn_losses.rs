@@ -538,6 +538,9 @@ fn semckd_tolerance(name: &str, dtype: DType) -> f64 {
     }
 }
 
+/// Student map sizes `[C, H, W]`, teacher map sizes, the batch, the configuration.
+type SemckdLayout = (&'static [[usize; 3]], &'static [[usize; 3]], usize, SemckdConfig);
+
 /// The loss and every gradient (student maps, regressor outputs, every query and key parameter) against
 /// burn's autograd of the same SemCKD in burn ops, on odd layouts: non-integer pooling ratios, students
 /// larger and smaller than teachers, `d` from 1 to 3, the optional epsilon clamping every norm or none.
@@ -546,7 +549,7 @@ fn semckd_matches_burn_autograd() {
     let device = ndarray_autodiff();
     // B >= 8: with d = B / 4 = 1 the embeddings are +-1 and the attention path's gradient is zero (rounding
     // noise on burn's side), which a relative error cannot compare; the clamped epsilon keeps d = 1 alive.
-    let layouts: [(&[[usize; 3]], &[[usize; 3]], usize, SemckdConfig); 4] = [
+    let layouts: [SemckdLayout; 4] = [
         (&[[3, 5, 5], [2, 3, 4]], &[[2, 4, 6], [3, 3, 3], [1, 6, 5]], 8, SemckdConfig::default()),
         (&[[2, 2, 3]], &[[3, 5, 2]], 9, SemckdConfig { loss_weight: 50.0, eps: None }),
         (

@@ -91,13 +91,16 @@ fn student_gradient_only<B: Backend, C: CheckpointStrategy>(
     )
 }
 
+/// A float tensor of `Autodiff<B, C>`.
+type AutodiffFloat<B, C> = FloatTensor<Autodiff<B, C>>;
+
 /// A (student, teacher) loss's fused primitive called directly on autodiff tensors: `B`'s, on their inner
 /// primitives, its outputs untracked values.
 fn on_inner<B: Backend, C: CheckpointStrategy>(
     student: FloatTensor<Autodiff<B, C>>,
     teacher: FloatTensor<Autodiff<B, C>>,
     forward_backward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>),
-) -> (FloatTensor<Autodiff<B, C>>, FloatTensor<Autodiff<B, C>>) {
+) -> (AutodiffFloat<B, C>, AutodiffFloat<B, C>) {
     let (loss, grad) = forward_backward(inner::<B, C>(student), inner::<B, C>(teacher));
     (constant::<B, C>(loss), constant::<B, C>(grad))
 }
