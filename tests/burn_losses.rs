@@ -709,3 +709,26 @@ fn semckd_bad_inputs_are_typed_errors() {
         Err(KdError::InvalidParameter { name: "eps", .. })
     ));
 }
+
+/// Strided maps, regressor outputs and parameters (transposed views) are read as they are: the gradients
+/// equal burn's autograd on the same views.
+#[test]
+fn semckd_strided_inputs() {
+    let device = ndarray_autodiff();
+    let config = SemckdConfig::default();
+    for dtype in DTYPES {
+        let run = |f: &SemckdFn| {
+            let mut case = semckd_case(&[[3, 4, 4], [2, 5, 5]], &[[2, 4, 4]], 8, dtype, &device);
+            // Square maps: swapping H and W keeps the shape and makes the view strided.
+            case.student = case.student.into_iter().map(|m| m.swap_dims(2, 3)).collect();
+            case.teacher = case.teacher.into_iter().map(|m| m.swap_dims(2, 3)).collect();
+            case.proj = case.proj.into_iter().map(|row| row.into_iter().map(|p| p.swap_dims(2, 3)).collect()).collect();
+            // A [2d, B] = [4, 8] parameter stored as the transpose of a [8, 4] one (burn's Linear layout).
+            case.query[0].linear1_weight = matrix(8, 4, 500, &device).transpose();
+            case.tracked().loss_and_gradients(f, &config)
+        };
+        for ((name, got), (_, want)) in run(&semckd_ours).into_iter().zip(run(&reference::semckd_loss)) {
+            assert_close(&format!("semckd strided {dtype:?}: {name}"), got, want, semckd_tolerance(&name, dtype));
+        }
+    }
+}
