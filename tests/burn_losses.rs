@@ -702,6 +702,12 @@ fn semckd_bad_inputs_are_typed_errors() {
     let err = call(&c).unwrap_err();
     assert!(matches!(err, KdError::Unsupported { .. }) && err.to_string().contains("detach"), "{err}");
 
+    // A teacher computed on the plain NdArray device (no autodiff) beside autodiff maps is the same device to
+    // burn, and a constant: accepted.
+    let mut c = ok();
+    c.teacher[0] = tensor(logits([4, 2, 3, 3], 40, 1.0), [4, 2, 3, 3], &Device::ndarray(), DType::F32);
+    assert!(call(&c).is_ok());
+
     let bad = SemckdConfig { eps: Some(-1.0), ..config };
     let c = ok();
     assert!(matches!(
