@@ -72,31 +72,14 @@ impl SemckdMlp {
 
     /// Shape, dtype and device of each parameter, with its name.
     fn describe(&self) -> [(&'static str, Vec<usize>, DType, Device); 4] {
+        fn describe<const D: usize>(name: &'static str, t: &Tensor<D>) -> (&'static str, Vec<usize>, DType, Device) {
+            (name, t.dims().to_vec(), t.dtype(), t.device())
+        }
         [
-            (
-                "linear1.weight [2d, B]",
-                self.linear1_weight.dims().to_vec(),
-                self.linear1_weight.dtype(),
-                self.linear1_weight.device(),
-            ),
-            (
-                "linear1.bias [2d]",
-                self.linear1_bias.dims().to_vec(),
-                self.linear1_bias.dtype(),
-                self.linear1_bias.device(),
-            ),
-            (
-                "linear2.weight [d, 2d]",
-                self.linear2_weight.dims().to_vec(),
-                self.linear2_weight.dtype(),
-                self.linear2_weight.device(),
-            ),
-            (
-                "linear2.bias [d]",
-                self.linear2_bias.dims().to_vec(),
-                self.linear2_bias.dtype(),
-                self.linear2_bias.device(),
-            ),
+            describe("linear1.weight [2d, B]", &self.linear1_weight),
+            describe("linear1.bias [2d]", &self.linear1_bias),
+            describe("linear2.weight [d, 2d]", &self.linear2_weight),
+            describe("linear2.bias [d]", &self.linear2_bias),
         ]
     }
 }
