@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
 }
 
 /// SemCKD's inputs: two student and two teacher stages of a batch of 16 (`d = 4`), the regressor outputs and
-/// the embeddings, every one but the teacher tracked.
+/// the embeddings (untracked; each step tracks all but the teacher).
 struct SemckdInputs {
     student: Vec<Tensor<4>>,
     teacher: Vec<Tensor<4>>,
@@ -110,16 +110,10 @@ type SemckdLoss =
 /// outputs and the embeddings.
 fn semckd_step(inputs: &SemckdInputs, loss: SemckdLoss) -> f32 {
     let track = |maps: &[Tensor<4>]| maps.iter().map(|m| m.clone().require_grad()).collect::<Vec<_>>();
-    let track_mlp = |m: &SemckdMlp| SemckdMlp {
-        linear1_weight: m.linear1_weight.clone().require_grad(),
-        linear1_bias: m.linear1_bias.clone().require_grad(),
-        linear2_weight: m.linear2_weight.clone().require_grad(),
-        linear2_bias: m.linear2_bias.clone().require_grad(),
-    };
     let student = track(&inputs.student);
     let proj: Vec<Vec<Tensor<4>>> = inputs.proj.iter().map(|row| track(row)).collect();
-    let query: Vec<SemckdMlp> = inputs.query.iter().map(track_mlp).collect();
-    let key: Vec<SemckdMlp> = inputs.key.iter().map(track_mlp).collect();
+    let query: Vec<SemckdMlp> = inputs.query.iter().cloned().map(SemckdMlp::require_grad).collect();
+    let key: Vec<SemckdMlp> = inputs.key.iter().cloned().map(SemckdMlp::require_grad).collect();
     let grads = loss(&student, &inputs.teacher, &proj, &query, &key, &SemckdConfig::default()).backward();
     // Reading one value forces the backward to finish on lazy backends.
     student[0].grad(&grads).expect("a gradient").sum().into_scalar::<f32>()

@@ -462,18 +462,12 @@ fn semckd_case(
 impl SemckdCase {
     /// Every input but the teacher, marked `require_grad`.
     fn tracked(self) -> Self {
-        let track_mlp = |m: SemckdMlp| SemckdMlp {
-            linear1_weight: m.linear1_weight.require_grad(),
-            linear1_bias: m.linear1_bias.require_grad(),
-            linear2_weight: m.linear2_weight.require_grad(),
-            linear2_bias: m.linear2_bias.require_grad(),
-        };
         SemckdCase {
             student: self.student.into_iter().map(Tensor::require_grad).collect(),
             teacher: self.teacher,
             proj: self.proj.into_iter().map(|row| row.into_iter().map(Tensor::require_grad).collect()).collect(),
-            query: self.query.into_iter().map(track_mlp).collect(),
-            key: self.key.into_iter().map(track_mlp).collect(),
+            query: self.query.into_iter().map(SemckdMlp::require_grad).collect(),
+            key: self.key.into_iter().map(SemckdMlp::require_grad).collect(),
         }
     }
 

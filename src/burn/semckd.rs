@@ -64,6 +64,16 @@ pub struct SemckdMlp {
 }
 
 impl SemckdMlp {
+    /// The same parameters, each marked `require_grad` (leaves whose gradients `loss.backward()` returns).
+    pub fn require_grad(self) -> Self {
+        SemckdMlp {
+            linear1_weight: self.linear1_weight.require_grad(),
+            linear1_bias: self.linear1_bias.require_grad(),
+            linear2_weight: self.linear2_weight.require_grad(),
+            linear2_bias: self.linear2_bias.require_grad(),
+        }
+    }
+
     /// The four parameters flattened, in [`KdBackend::semckd_forward`]'s order.
     fn flat(&self) -> [Tensor<1>; 4] {
         let flat2 = |t: &Tensor<2>| t.clone().reshape([t.shape().num_elements()]);
