@@ -17,6 +17,7 @@ use crate::cwd::CwdConfig;
 use crate::cwt::CwtConfig;
 use crate::icsd::IcsdConfig;
 use crate::pixel_kd::PixelKdConfig;
+use crate::semckd::{SemckdConfig, SemckdLayers};
 
 /// The backward step of a fused loss: the gradients computed in the forward, times the upstream
 /// gradient, for every input that is tracked and has one.
@@ -38,8 +39,11 @@ impl<B: Backend, const N: usize> Backward<B, N> for StoredGradients {
     }
 }
 
-/// `grad * upstream`, the one-element upstream broadcast over `grad`.
+/// `grad * upstream`, the one-element upstream broadcast over `grad` and cast to its dtype (SemCKD's f32
+/// parameters get their gradients under an f64 loss when its maps are f64).
 fn times_upstream<B: Backend>(grad: FloatTensor<B>, upstream: FloatTensor<B>) -> FloatTensor<B> {
+    let upstream =
+        if upstream.dtype() == grad.dtype() { upstream } else { B::float_cast(upstream, grad.dtype().into()) };
     let shape = grad.shape();
     let ones = Shape::from(vec![1; shape.num_dims()]);
     let upstream = B::float_expand(B::float_reshape(upstream, ones), shape);
@@ -68,6 +72,37 @@ where
         }
         OpsKind::UnTracked(prep) => prep.finish(forward(primitives)),
     }
+}
+
+/// A (student, teacher) loss whose only gradient is the student's, through [`fused`].
+fn student_gradient_only<B: Backend, C: CheckpointStrategy>(
+    student: FloatTensor<Autodiff<B, C>>,
+    teacher: FloatTensor<Autodiff<B, C>>,
+    forward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+    forward_backward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>),
+) -> FloatTensor<Autodiff<B, C>> {
+    fused::<B, C, 2>(
+        [student, teacher],
+        |[s, t]| forward(s, t),
+        |[s, t]| {
+            let (loss, grad) = forward_backward(s, t);
+            (loss, [Some(grad), None])
+        },
+    )
+}
+
+/// A float tensor of `Autodiff<B, C>`.
+type AutodiffFloat<B, C> = FloatTensor<Autodiff<B, C>>;
+
+/// A (student, teacher) loss's fused primitive called directly on autodiff tensors: `B`'s, on their inner
+/// primitives, its outputs untracked values.
+fn on_inner<B: Backend, C: CheckpointStrategy>(
+    student: FloatTensor<Autodiff<B, C>>,
+    teacher: FloatTensor<Autodiff<B, C>>,
+    forward_backward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>),
+) -> (AutodiffFloat<B, C>, AutodiffFloat<B, C>) {
+    let (loss, grad) = forward_backward(inner::<B, C>(student), inner::<B, C>(teacher));
+    (constant::<B, C>(loss), constant::<B, C>(grad))
 }
 
 /// The inner backend's primitive of an autodiff tensor.
@@ -106,13 +141,11 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         teacher: FloatTensor<Self>,
         config: PixelKdConfig,
     ) -> FloatTensor<Self> {
-        fused::<B, C, 2>(
-            [student, teacher],
-            |[s, t]| B::pixel_kd_forward(s, t, config),
-            |[s, t]| {
-                let (loss, grad) = B::pixel_kd_forward_backward(s, t, config);
-                (loss, [Some(grad), None])
-            },
+        student_gradient_only::<B, C>(
+            student,
+            teacher,
+            |s, t| B::pixel_kd_forward(s, t, config),
+            |s, t| B::pixel_kd_forward_backward(s, t, config),
         )
     }
 
@@ -121,18 +154,15 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         teacher: FloatTensor<Self>,
         config: PixelKdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (loss, grad) = B::pixel_kd_forward_backward(inner::<B, C>(student), inner::<B, C>(teacher), config);
-        (constant::<B, C>(loss), constant::<B, C>(grad))
+        on_inner::<B, C>(student, teacher, |s, t| B::pixel_kd_forward_backward(s, t, config))
     }
 
     fn icsd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: IcsdConfig) -> FloatTensor<Self> {
-        fused::<B, C, 2>(
-            [student, teacher],
-            |[s, t]| B::icsd_forward(s, t, config),
-            |[s, t]| {
-                let (loss, grad) = B::icsd_forward_backward(s, t, config);
-                (loss, [Some(grad), None])
-            },
+        student_gradient_only::<B, C>(
+            student,
+            teacher,
+            |s, t| B::icsd_forward(s, t, config),
+            |s, t| B::icsd_forward_backward(s, t, config),
         )
     }
 
@@ -141,8 +171,7 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         teacher: FloatTensor<Self>,
         config: IcsdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (loss, grad) = B::icsd_forward_backward(inner::<B, C>(student), inner::<B, C>(teacher), config);
-        (constant::<B, C>(loss), constant::<B, C>(grad))
+        on_inner::<B, C>(student, teacher, |s, t| B::icsd_forward_backward(s, t, config))
     }
 
     fn cwt_forward(
@@ -184,5 +213,34 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         let (loss, gs, gw1, gb1, gw2, gb2) = B::cwt_forward_backward(s, t, w1, b1, w2, b2, config);
         let c = constant::<B, C>;
         (c(loss), c(gs), c(gw1), c(gb1), c(gw2), c(gb2))
+    }
+
+    fn semckd_forward(
+        maps: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> FloatTensor<Self> {
+        fused::<B, C, 3>(
+            [maps, teacher, params],
+            |[m, t, p]| B::semckd_forward(m, t, p, layers.clone(), config),
+            |[m, t, p]| {
+                let (loss, gm, gp) = B::semckd_forward_backward(m, t, p, layers.clone(), config);
+                (loss, [Some(gm), None, Some(gp)])
+            },
+        )
+    }
+
+    fn semckd_forward_backward(
+        maps: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [m, t, p] = [maps, teacher, params].map(inner::<B, C>);
+        let (loss, gm, gp) = B::semckd_forward_backward(m, t, p, layers, config);
+        (constant::<B, C>(loss), constant::<B, C>(gm), constant::<B, C>(gp))
     }
 }

@@ -8,6 +8,7 @@ use crate::cwd::CwdConfig;
 use crate::cwt::CwtConfig;
 use crate::icsd::IcsdConfig;
 use crate::pixel_kd::PixelKdConfig;
+use crate::semckd::{SemckdConfig, SemckdLayers};
 
 /// The losses as backend primitives. Each takes contiguous or strided NCHW float tensors of one shape and
 /// dtype, and returns the loss as a one-element tensor (shape `[1]`) in the input dtype; gradients have
@@ -85,4 +86,36 @@ pub trait KdBackend: Backend {
         FloatTensor<Self>,
         FloatTensor<Self>,
     );
+
+    /// SemCKD's loss (`docs/losses.md` §4) for the layers `layers` (batch, `d`, every map's shape), its
+    /// tensors packed into three 1-D tensors as [`SemckdPacking`](super::SemckdPacking) lays them out:
+    ///
+    /// * `maps`: every student map (`[B, Cs_i, Hs_i, Ws_i]`, `i = 0..S`), then every regressor output
+    ///   `proj[i][j]` (`[B, Ct_j, h, h]`, `h = min(Hs_i, Ht_j)`, row-major over `(i, j)`), each flattened
+    ///   row-major, in one float dtype;
+    /// * `teacher`: every teacher map `[B, Ct_j, Ht_j, Wt_j]`, flattened, in that dtype;
+    /// * `params`: the query MLPs' then the key MLPs' parameters, four per MLP (`linear1.weight [2d, B]`,
+    ///   `linear1.bias [2d]`, `linear2.weight [d, 2d]`, `linear2.bias [d]`), flattened, f32.
+    ///
+    /// Packed because burn 0.22's `backend_extension` routes single tensors only (a `Vec` of tensors is not
+    /// an input it can route) and SemCKD takes `S + T + S*T + 4(S + T)` of them; burn's autograd of the
+    /// packing (a `cat` of reshapes) carries the gradients back to each tensor.
+    fn semckd_forward(
+        maps: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> FloatTensor<Self>;
+
+    /// SemCKD's loss, d loss / d `maps` (the student maps' part is the Gram / attention path of
+    /// `docs/losses.md` §4.4; the regressor path is the caller's autograd, from the `proj` part) and
+    /// d loss / d `params` (f32), packed as the inputs. The teacher gets none.
+    fn semckd_forward_backward(
+        maps: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }

@@ -34,11 +34,16 @@
 //!   it runs the loss alone.
 //!
 //! The functions of this module ([`cwd_loss`], [`pixel_kd_loss`], [`icsd_loss`], [`aicsd_loss`],
-//! [`cwt_loss`]) check their inputs and return a typed [`crate::KdError`] (shapes, dtypes, devices,
-//! configuration, a tracked teacher the loss has no gradient for) before anything runs; they are what a
-//! training step calls. The trait's primitives take checked inputs.
+//! [`cwt_loss`], [`semckd_loss`]) check their inputs and return a typed [`crate::KdError`] (shapes, dtypes,
+//! devices, configuration, a tracked teacher the loss has no gradient for) before anything runs; they are
+//! what a training step calls. The trait's primitives take checked inputs.
 //!
-//! Not covered: burn's CUDA backend (the README's burn section says what blocks it) and SemCKD.
+//! SemCKD takes `S + T + S*T` maps and `4(S + T)` parameters; burn 0.22's `backend_extension` routes single
+//! tensors only, so [`semckd_loss`] packs them into three 1-D tensors ([`SemckdPacking`]) and burn's own
+//! autograd of the packing carries the gradients back to each. Its gradients, like every family's, are
+//! computed in the forward: first order only.
+//!
+//! Not covered: burn's CUDA backend (the README's burn section says what blocks it).
 //!
 //! Adding a family is its two primitives in [`KdBackend`], one line in each implementation (the helpers
 //! [`ndarray::cpu_pair`] and [`autodiff::fused`] do the work) and a checked function here.
@@ -49,8 +54,10 @@ mod backend;
 #[allow(deprecated)]
 pub mod ndarray;
 pub mod reference;
+mod semckd;
 
 pub use backend::KdBackend;
+pub use semckd::{semckd_loss, SemckdMlp, SemckdPacking};
 
 use ::burn::backend::{Dispatch, DispatchDevice};
 use ::burn::tensor::{DType, Device, Tensor};

@@ -3,20 +3,29 @@
 //! NdArray stores floats as `f32` or `f64`; the reference reads either without a copy (strided views are
 //! fine) and the results are rounded to the input's type.
 
-use ::burn::backend::ndarray::{NdArrayTensor, SharedArray};
+use ::burn::backend::ndarray::NdArrayTensor;
 use ::burn::backend::NdArray;
-use ::ndarray::{ArrayView1, ArrayView2, ArrayView4, ArrayViewD, Dimension, Ix4};
+use ::ndarray::{ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView4, ArrayViewD, Dimension, Ix4, IxDyn};
 
 use super::KdBackend;
+use super::SemckdPacking;
 use crate::cpu::{CpuOutput, HostFloat};
 use crate::cwd::{CwdConfig, CwdCpu};
 use crate::cwt::{CwtConfig, CwtCpu, MlpParams};
 use crate::error::Result;
-use crate::icsd::{IcsdConfig, IcsdCpu};
+use crate::icsd::{IcsdConfig, IcsdCpu, IcsdCpuOutput};
 use crate::pixel_kd::{PixelKdConfig, PixelKdCpu};
+use crate::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers};
+use std::ops::Range;
 
-/// A CPU reference of a loss over a (student, teacher) pair, for [`cpu_pair`].
-pub trait CpuPairLoss {
+/// A CPU reference of a loss over a (student, teacher) pair of one shape, for [`cpu_pair`].
+pub trait CpuPairLoss: Sized {
+    /// The loss's configuration.
+    type Config;
+
+    /// The reference for `config`, which it validates.
+    fn new(config: Self::Config) -> Result<Self>;
+
     /// The loss alone (`want_grad` false, the gradients of the output are then empty) or the loss and its
     /// gradients.
     fn run<T: HostFloat>(
@@ -27,49 +36,58 @@ pub trait CpuPairLoss {
     ) -> Result<CpuOutput>;
 }
 
-impl CpuPairLoss for CwdCpu {
-    fn run<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        want_grad: bool,
-    ) -> Result<CpuOutput> {
-        if want_grad {
-            self.forward_backward(student, teacher)
-        } else {
-            let loss = self.forward(student, teacher)?;
-            Ok(CpuOutput { loss, grad_student: Default::default(), grad_teacher: None })
-        }
+/// What a reference's `forward` or `forward_backward` returns (the loss alone, [`CpuOutput`], or a
+/// family's own output), read as a [`CpuOutput`].
+trait IntoCpuOutput {
+    fn into_cpu_output(self) -> CpuOutput;
+}
+
+impl IntoCpuOutput for f64 {
+    fn into_cpu_output(self) -> CpuOutput {
+        CpuOutput { loss: self, grad_student: Default::default(), grad_teacher: None }
     }
 }
 
-impl CpuPairLoss for PixelKdCpu {
-    fn run<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        want_grad: bool,
-    ) -> Result<CpuOutput> {
-        if want_grad {
-            self.forward_backward(student, teacher)
-        } else {
-            let loss = self.forward(student, teacher)?;
-            Ok(CpuOutput { loss, grad_student: Default::default(), grad_teacher: None })
-        }
+impl IntoCpuOutput for CpuOutput {
+    fn into_cpu_output(self) -> CpuOutput {
+        self
     }
 }
 
-impl CpuPairLoss for IcsdCpu {
-    fn run<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        want_grad: bool,
-    ) -> Result<CpuOutput> {
-        let out = if want_grad { self.forward_backward(student, teacher)? } else { self.forward(student, teacher)? };
-        Ok(CpuOutput { loss: out.loss, grad_student: out.grad_student, grad_teacher: None })
+impl IntoCpuOutput for IcsdCpuOutput {
+    fn into_cpu_output(self) -> CpuOutput {
+        CpuOutput { loss: self.loss, grad_student: self.grad_student, grad_teacher: None }
     }
 }
+
+/// [`CpuPairLoss`] for references with `new(config)`, `forward(student, teacher)` and
+/// `forward_backward(student, teacher)`.
+macro_rules! cpu_pair_loss {
+    ($($cpu:ident($config:ty)),* $(,)?) => {$(
+        impl CpuPairLoss for $cpu {
+            type Config = $config;
+
+            fn new(config: $config) -> Result<Self> {
+                $cpu::new(config)
+            }
+
+            fn run<T: HostFloat>(
+                &self,
+                student: ArrayView4<'_, T>,
+                teacher: ArrayView4<'_, T>,
+                want_grad: bool,
+            ) -> Result<CpuOutput> {
+                Ok(if want_grad {
+                    self.forward_backward(student, teacher)?.into_cpu_output()
+                } else {
+                    self.forward(student, teacher)?.into_cpu_output()
+                })
+            }
+        }
+    )*};
+}
+
+cpu_pair_loss!(CwdCpu(CwdConfig), PixelKdCpu(PixelKdConfig), IcsdCpu(IcsdConfig));
 
 /// What [`cpu_pair`] returns: the loss (shape `[1]`), and with `want_grad` the student's gradient and,
 /// where the loss produced one, the teacher's; all in the input's float type.
@@ -94,32 +112,25 @@ pub fn cpu_pair<L: CpuPairLoss>(
     teacher: NdArrayTensor,
     want_grad: bool,
 ) -> CpuPairOutput {
-    fn go<T, L>(loss: &L, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>, want_grad: bool) -> CpuPairOutput
-    where
-        T: HostFloat + FromF64,
-        L: CpuPairLoss,
-        NdArrayTensor: From<SharedArray<T>>,
-    {
+    fn go<T: NdArrayFloat, L: CpuPairLoss>(
+        loss: &L,
+        student: &NdArrayTensor,
+        teacher: &NdArrayTensor,
+        want_grad: bool,
+    ) -> CpuPairOutput {
+        let (s, t) = (view4(T::storage("student", student)), view4(T::storage("teacher", teacher)));
         let out = loss
-            .run(student, teacher, want_grad)
+            .run(s, t, want_grad)
             .unwrap_or_else(|e| panic!("kd_kernels::burn: input the checked functions refuse: {e}"));
-        let to_tensor =
-            |a: ::ndarray::Array4<f64>| -> NdArrayTensor { a.mapv(T::from_f64).into_dyn().into_shared().into() };
-        let loss = ::ndarray::Array1::from_elem(1, T::from_f64(out.loss)).into_dyn().into_shared().into();
         CpuPairOutput {
-            loss,
-            grad_student: want_grad.then(|| to_tensor(out.grad_student)),
-            grad_teacher: out.grad_teacher.map(to_tensor),
+            loss: float_tensor::<T, _>(::ndarray::Array1::from_elem(1, out.loss)),
+            grad_student: want_grad.then(|| float_tensor::<T, _>(out.grad_student)),
+            grad_teacher: out.grad_teacher.map(float_tensor::<T, _>),
         }
     }
-    match (&student, &teacher) {
-        (NdArrayTensor::F32(s), NdArrayTensor::F32(t)) => go(loss, view4(s.view()), view4(t.view()), want_grad),
-        (NdArrayTensor::F64(s), NdArrayTensor::F64(t)) => go(loss, view4(s.view()), view4(t.view()), want_grad),
-        (s, t) => panic!(
-            "kd_kernels::burn: NdArray student {:?} and teacher {:?}: the losses read two f32 or two f64 tensors",
-            burn_dtype(s),
-            burn_dtype(t)
-        ),
+    match student {
+        NdArrayTensor::F64(_) => go::<f64, L>(loss, &student, &teacher, want_grad),
+        _ => go::<f32, L>(loss, &student, &teacher, want_grad),
     }
 }
 
@@ -140,14 +151,16 @@ fn view_as<T, D: Dimension>(view: ArrayViewD<'_, T>) -> ::ndarray::ArrayView<'_,
 }
 
 fn f32_storage<'a>(what: &str, t: &'a NdArrayTensor) -> ArrayViewD<'a, f32> {
-    match t {
-        NdArrayTensor::F32(s) => s.view(),
-        other => panic!("kd_kernels::burn: CWT's {what} must be f32, got {:?}", burn_dtype(other)),
-    }
+    f32::storage(what, t)
 }
 
 fn f32_tensor<D: Dimension>(a: ::ndarray::Array<f64, D>) -> NdArrayTensor {
-    a.mapv(|v| v as f32).into_dyn().into_shared().into()
+    float_tensor::<f32, D>(a)
+}
+
+/// `a` rounded to `T`, as an NdArray tensor.
+fn float_tensor<T: NdArrayFloat, D: Dimension>(a: ::ndarray::Array<f64, D>) -> NdArrayTensor {
+    T::tensor(a.mapv(T::from_f64).into_dyn())
 }
 
 /// CWT through its CPU reference: every tensor f32 (the checked function refuses others on NdArray).
@@ -184,26 +197,136 @@ fn cwt_cpu(
     out.unwrap_or_else(|e| panic!("kd_kernels::burn: input the checked functions refuse: {e}"))
 }
 
-/// Rounding from the reference's f64 to the tensor's float type.
-trait FromF64 {
+/// The float types NdArray stores, as the CPU references read and write them.
+trait NdArrayFloat: HostFloat {
+    /// Rounds from the reference's f64.
     fn from_f64(v: f64) -> Self;
+    /// The elements of `t`, the input `what`, which stores this type.
+    fn storage<'a>(what: &str, t: &'a NdArrayTensor) -> ArrayViewD<'a, Self>;
+    /// A tensor owning `a`.
+    fn tensor(a: ArrayD<Self>) -> NdArrayTensor;
 }
 
-impl FromF64 for f32 {
-    fn from_f64(v: f64) -> Self {
-        v as f32
+macro_rules! ndarray_float {
+    ($($t:ident: $variant:ident),*) => {$(
+        impl NdArrayFloat for $t {
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+
+            fn storage<'a>(what: &str, t: &'a NdArrayTensor) -> ArrayViewD<'a, Self> {
+                match t {
+                    NdArrayTensor::$variant(s) => s.view(),
+                    other => panic!(
+                        "kd_kernels::burn: {what} must be {}, got {:?} (the checked functions refuse this)",
+                        stringify!($t),
+                        burn_dtype(other)
+                    ),
+                }
+            }
+
+            fn tensor(a: ArrayD<Self>) -> NdArrayTensor {
+                a.into_shared().into()
+            }
+        }
+    )*};
+}
+
+ndarray_float!(f32: F32, f64: F64);
+
+/// Runs SemCKD's CPU reference on the packed NdArray tensors of [`KdBackend::semckd_forward`]: the loss
+/// (shape `[1]`, in the maps' float type) and, with `want_grad`, d loss / d `maps` (in that type) and
+/// d loss / d `params` (f32), packed as the inputs.
+///
+/// # Panics
+///
+/// On inputs [`crate::burn::semckd_loss`] refuses (sizes, float types); it never passes them.
+pub fn semckd_cpu(
+    maps: &NdArrayTensor,
+    teacher: &NdArrayTensor,
+    params: &NdArrayTensor,
+    layers: &SemckdLayers,
+    config: SemckdConfig,
+    want_grad: bool,
+) -> (NdArrayTensor, Option<(NdArrayTensor, NdArrayTensor)>) {
+    fn go<T: NdArrayFloat>(
+        maps: &NdArrayTensor,
+        teacher: &NdArrayTensor,
+        params: &NdArrayTensor,
+        layers: &SemckdLayers,
+        config: SemckdConfig,
+        want_grad: bool,
+    ) -> (NdArrayTensor, Option<(NdArrayTensor, NdArrayTensor)>) {
+        let packing = SemckdPacking::new(layers);
+        let (maps, teacher) = (contiguous(T::storage("maps", maps)), contiguous(T::storage("teacher", teacher)));
+        let params = contiguous(f32::storage("params", params));
+        let (s_n, t_n) = (layers.students(), layers.teachers());
+        let map_views = unpack::<T, Ix4>(&maps, &packing.maps);
+        let param_views = unpack::<f32, IxDyn>(&params, &packing.params);
+        let mlps: Vec<EmbedWeights<'_>> = param_views
+            .chunks(4)
+            .map(|p| EmbedWeights {
+                linear1_weight: into_dim(p[0].clone()),
+                linear1_bias: into_dim(p[1].clone()),
+                linear2_weight: into_dim(p[2].clone()),
+                linear2_bias: into_dim(p[3].clone()),
+            })
+            .collect();
+        let inputs = SemckdCpuInputs {
+            student: map_views[..s_n].to_vec(),
+            teacher: unpack::<T, Ix4>(&teacher, &packing.teacher),
+            proj: map_views[s_n..].chunks(t_n).map(<[_]>::to_vec).collect(),
+            query: mlps[..s_n].to_vec(),
+            key: mlps[s_n..].to_vec(),
+        };
+        let semckd = cpu(SemckdCpu::new(config));
+        let out = if want_grad { semckd.forward_backward(&inputs) } else { semckd.forward(&inputs) };
+        let out = out.unwrap_or_else(|e| panic!("kd_kernels::burn: input the checked functions refuse: {e}"));
+        let loss = float_tensor::<T, _>(::ndarray::Array1::from_elem(1, out.loss));
+        if !want_grad {
+            return (loss, None);
+        }
+        let grad_maps = out.grad_student.iter().chain(out.grad_proj.iter().flatten()).flat_map(|g| g.iter().copied());
+        let grad_params = out.grad_query.iter().chain(&out.grad_key).flat_map(|g| {
+            g.linear1_weight.iter().chain(&g.linear1_bias).chain(&g.linear2_weight).chain(&g.linear2_bias).copied()
+        });
+        let packed = |values: Vec<f64>| ::ndarray::Array1::from_vec(values);
+        let grads = (float_tensor::<T, _>(packed(grad_maps.collect())), f32_tensor(packed(grad_params.collect())));
+        (loss, Some(grads))
+    }
+    match maps {
+        NdArrayTensor::F64(_) => go::<f64>(maps, teacher, params, layers, config, want_grad),
+        _ => go::<f32>(maps, teacher, params, layers, config, want_grad),
     }
 }
 
-impl FromF64 for f64 {
-    fn from_f64(v: f64) -> Self {
-        v
+/// A 1-D packed tensor's elements in order, borrowed when they are contiguous.
+fn contiguous<T: Clone>(view: ArrayViewD<'_, T>) -> std::borrow::Cow<'_, [T]> {
+    match view.to_slice() {
+        Some(slice) => std::borrow::Cow::Borrowed(slice),
+        None => std::borrow::Cow::Owned(view.iter().cloned().collect()),
     }
+}
+
+/// The tensors packed in `data` at `layout` (shape, range), as views.
+fn unpack<'a, T, D: Dimension>(data: &'a [T], layout: &[(Vec<usize>, Range<usize>)]) -> Vec<ArrayView<'a, T, D>> {
+    layout
+        .iter()
+        .map(|(shape, range)| {
+            let view = ArrayView::from_shape(IxDyn(shape), &data[range.clone()])
+                .unwrap_or_else(|e| panic!("kd_kernels::burn: a packed tensor of shape {shape:?}: {e}"));
+            into_dim(view)
+        })
+        .collect()
+}
+
+fn into_dim<'a, T, D: Dimension>(view: ArrayViewD<'a, T>) -> ArrayView<'a, T, D> {
+    view_as::<T, D>(view)
 }
 
 impl KdBackend for NdArray {
     fn cwd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: CwdConfig) -> NdArrayTensor {
-        cpu_pair(&cpu(CwdCpu::new(config)), student, teacher, false).loss
+        pair_loss::<CwdCpu>(config, student, teacher)
     }
 
     fn cwd_forward_backward(
@@ -216,7 +339,7 @@ impl KdBackend for NdArray {
     }
 
     fn pixel_kd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: PixelKdConfig) -> NdArrayTensor {
-        cpu_pair(&cpu(PixelKdCpu::new(config)), student, teacher, false).loss
+        pair_loss::<PixelKdCpu>(config, student, teacher)
     }
 
     fn pixel_kd_forward_backward(
@@ -224,12 +347,11 @@ impl KdBackend for NdArray {
         teacher: NdArrayTensor,
         config: PixelKdConfig,
     ) -> (NdArrayTensor, NdArrayTensor) {
-        let out = cpu_pair(&cpu(PixelKdCpu::new(config)), student, teacher, true);
-        (out.loss, expect_grad(out.grad_student))
+        pair_loss_and_student_grad::<PixelKdCpu>(config, student, teacher)
     }
 
     fn icsd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: IcsdConfig) -> NdArrayTensor {
-        cpu_pair(&cpu(IcsdCpu::new(config)), student, teacher, false).loss
+        pair_loss::<IcsdCpu>(config, student, teacher)
     }
 
     fn icsd_forward_backward(
@@ -237,8 +359,7 @@ impl KdBackend for NdArray {
         teacher: NdArrayTensor,
         config: IcsdConfig,
     ) -> (NdArrayTensor, NdArrayTensor) {
-        let out = cpu_pair(&cpu(IcsdCpu::new(config)), student, teacher, true);
-        (out.loss, expect_grad(out.grad_student))
+        pair_loss_and_student_grad::<IcsdCpu>(config, student, teacher)
     }
 
     fn cwt_forward(
@@ -273,6 +394,43 @@ impl KdBackend for NdArray {
             f32_tensor(out.grad_b2),
         )
     }
+
+    fn semckd_forward(
+        maps: NdArrayTensor,
+        teacher: NdArrayTensor,
+        params: NdArrayTensor,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> NdArrayTensor {
+        semckd_cpu(&maps, &teacher, &params, &layers, config, false).0
+    }
+
+    fn semckd_forward_backward(
+        maps: NdArrayTensor,
+        teacher: NdArrayTensor,
+        params: NdArrayTensor,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> (NdArrayTensor, NdArrayTensor, NdArrayTensor) {
+        let (loss, grads) = semckd_cpu(&maps, &teacher, &params, &layers, config, true);
+        let (grad_maps, grad_params) = grads.expect("semckd_cpu returns the gradients when asked for them");
+        (loss, grad_maps, grad_params)
+    }
+}
+
+/// A pair loss alone, through its CPU reference.
+fn pair_loss<L: CpuPairLoss>(config: L::Config, student: NdArrayTensor, teacher: NdArrayTensor) -> NdArrayTensor {
+    cpu_pair(&cpu(L::new(config)), student, teacher, false).loss
+}
+
+/// A pair loss and d loss / d student, through its CPU reference.
+fn pair_loss_and_student_grad<L: CpuPairLoss>(
+    config: L::Config,
+    student: NdArrayTensor,
+    teacher: NdArrayTensor,
+) -> (NdArrayTensor, NdArrayTensor) {
+    let out = cpu_pair(&cpu(L::new(config)), student, teacher, true);
+    (out.loss, expect_grad(out.grad_student))
 }
 
 fn cpu<L>(loss: Result<L>) -> L {

@@ -1,0 +1,249 @@
+//! SemCKD as a burn operation: [`semckd_loss`], its embedding MLPs ([`SemckdMlp`]), and how its many
+//! tensors travel to the backend packed in three ([`SemckdPacking`]).
+
+use std::ops::Range;
+
+use ::burn::backend::Dispatch;
+use ::burn::tensor::{DType, Device, Tensor};
+
+use super::{covered_backend, refuse_tracked_teacher, supported_dtype, KdBackend};
+use crate::error::{KdError, Result};
+use crate::semckd::{SemckdConfig, SemckdLayers};
+
+/// Where each tensor of a SemCKD call lies in the packed 1-D tensors of [`KdBackend::semckd_forward`]:
+/// per tensor its shape and its range of elements, each tensor flattened row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SemckdPacking {
+    /// `maps`: the `S` student maps, then the `S * T` regressor outputs `proj[i][j]`, row-major over `(i, j)`.
+    pub maps: Vec<(Vec<usize>, Range<usize>)>,
+    /// `teacher`: the `T` teacher maps.
+    pub teacher: Vec<(Vec<usize>, Range<usize>)>,
+    /// `params`: the `S` query MLPs then the `T` key MLPs, four parameters each (`linear1.weight [2d, B]`,
+    /// `linear1.bias [2d]`, `linear2.weight [d, 2d]`, `linear2.bias [d]`).
+    pub params: Vec<(Vec<usize>, Range<usize>)>,
+}
+
+impl SemckdPacking {
+    /// The packing of a call with `layers`.
+    pub fn new(layers: &SemckdLayers) -> Self {
+        fn lay_out(shapes: impl Iterator<Item = Vec<usize>>) -> Vec<(Vec<usize>, Range<usize>)> {
+            let mut start = 0;
+            shapes
+                .map(|shape| {
+                    let range = start..start + shape.iter().product::<usize>();
+                    start = range.end;
+                    (shape, range)
+                })
+                .collect()
+        }
+        let (s, t) = (layers.students(), layers.teachers());
+        let students = (0..s).map(|i| layers.student_shape(i).to_vec());
+        let proj = (0..s).flat_map(|i| (0..t).map(move |j| layers.pair_shape(i, j).to_vec()));
+        SemckdPacking {
+            maps: lay_out(students.chain(proj)),
+            teacher: lay_out((0..t).map(|j| layers.teacher_shape(j).to_vec())),
+            params: lay_out((0..s + t).flat_map(|_| layers.embed_shapes())),
+        }
+    }
+}
+
+/// One SemCKD embedding MLP (`MLPEmbed`, `docs/losses.md` §4.2 step 2: Linear `B -> 2d`, ReLU, Linear
+/// `2d -> d`, L2 normalisation), in f32 (the crate keeps learnable parameters in f32): a query MLP per
+/// student layer, a key MLP per teacher layer. Mark them `require_grad` (or take them from a module) and
+/// their gradients come out of `loss.backward()`.
+#[derive(Debug, Clone)]
+pub struct SemckdMlp {
+    /// `linear1.weight`, `[2d, B]`.
+    pub linear1_weight: Tensor<2>,
+    /// `linear1.bias`, `[2d]`.
+    pub linear1_bias: Tensor<1>,
+    /// `linear2.weight`, `[d, 2d]`.
+    pub linear2_weight: Tensor<2>,
+    /// `linear2.bias`, `[d]`.
+    pub linear2_bias: Tensor<1>,
+}
+
+impl SemckdMlp {
+    /// The same parameters, each marked `require_grad` (leaves whose gradients `loss.backward()` returns).
+    pub fn require_grad(self) -> Self {
+        SemckdMlp {
+            linear1_weight: self.linear1_weight.require_grad(),
+            linear1_bias: self.linear1_bias.require_grad(),
+            linear2_weight: self.linear2_weight.require_grad(),
+            linear2_bias: self.linear2_bias.require_grad(),
+        }
+    }
+
+    /// The four parameters flattened, in [`KdBackend::semckd_forward`]'s order.
+    fn flat(&self) -> [Tensor<1>; 4] {
+        let flat2 = |t: &Tensor<2>| t.clone().reshape([t.shape().num_elements()]);
+        [flat2(&self.linear1_weight), self.linear1_bias.clone(), flat2(&self.linear2_weight), self.linear2_bias.clone()]
+    }
+
+    /// Shape, dtype and device of each parameter, with its name.
+    fn describe(&self) -> [(&'static str, Vec<usize>, DType, Device); 4] {
+        fn describe<const D: usize>(name: &'static str, t: &Tensor<D>) -> (&'static str, Vec<usize>, DType, Device) {
+            (name, t.dims().to_vec(), t.dtype(), t.device())
+        }
+        [
+            describe("linear1.weight [2d, B]", &self.linear1_weight),
+            describe("linear1.bias [2d]", &self.linear1_bias),
+            describe("linear2.weight [d, 2d]", &self.linear2_weight),
+            describe("linear2.bias [d]", &self.linear2_bias),
+        ]
+    }
+}
+
+/// SemCKD (`docs/losses.md` §4) without its regressors, which stay the caller's burn modules, as a
+/// differentiable one-element tensor: `loss_weight / (B * S) * sum_{b,i,j} alpha[b, i, j] * l[b, i, j]`.
+///
+/// * `student`: `S` maps `[B, Cs_i, Hs_i, Ws_i]`; `teacher`: `T` maps `[B, Ct_j, Ht_j, Wt_j]` (constants:
+///   a tracked teacher map is refused, pass `.detach()`);
+/// * `proj[i][j]`: the output of the caller's regressor `R_ij`, `[B, Ct_j, h, h]` with
+///   `h = min(Hs_i, Ht_j)` (the caller pools the student first when `Hs_i > Ht_j`);
+/// * `query[i]` / `key[j]`: the embedding MLPs, `d` (officially `B / 4`) read from `linear2.bias`.
+///
+/// The maps and `proj` share one float dtype (f32 or f64 on NdArray); the MLPs are f32. On an autodiff
+/// device the gradient reaches the student maps (the Gram / attention path; the regressor path reaches
+/// them through `proj` by burn's own autograd), every `proj` and every MLP parameter. First-order
+/// gradients only (the backward is the crate's, not a graph burn could differentiate again).
+pub fn semckd_loss(
+    student: &[Tensor<4>],
+    teacher: &[Tensor<4>],
+    proj: &[Vec<Tensor<4>>],
+    query: &[SemckdMlp],
+    key: &[SemckdMlp],
+    config: &SemckdConfig,
+) -> Result<Tensor<1>> {
+    config.validate()?;
+    let layers = check_semckd(student, teacher, proj, query, key)?;
+    let flat = |t: &Tensor<4>| t.clone().reshape([t.shape().num_elements()]);
+    let maps = Tensor::cat(student.iter().chain(proj.iter().flatten()).map(flat).collect(), 0);
+    let teacher = Tensor::cat(teacher.iter().map(flat).collect(), 0);
+    let params = Tensor::cat(query.iter().chain(key).flat_map(SemckdMlp::flat).collect(), 0);
+    Ok(Tensor::from_dispatch(Dispatch::semckd_forward(
+        maps.into_dispatch(),
+        teacher.into_dispatch(),
+        params.into_dispatch(),
+        layers,
+        *config,
+    )))
+}
+
+/// Every check [`semckd_loss`] makes before anything runs.
+fn check_semckd<'a>(
+    student: &'a [Tensor<4>],
+    teacher: &'a [Tensor<4>],
+    proj: &[Vec<Tensor<4>>],
+    query: &[SemckdMlp],
+    key: &[SemckdMlp],
+) -> Result<SemckdLayers> {
+    let dims = |maps: &[Tensor<4>]| maps.iter().map(|m| m.dims().to_vec()).collect::<Vec<_>>();
+    let (student_dims, teacher_dims) = (dims(student), dims(teacher));
+    fn slices(dims: &[Vec<usize>]) -> Vec<&[usize]> {
+        dims.iter().map(Vec::as_slice).collect()
+    }
+    let mut layers = SemckdLayers::from_shapes(&slices(&student_dims), &slices(&teacher_dims))?;
+    let counts = [
+        ("query MLPs (one per student layer)", layers.students(), query.len()),
+        ("key MLPs (one per teacher layer)", layers.teachers(), key.len()),
+        ("proj (rows, one per student layer)", layers.students(), proj.len()),
+    ];
+    for (what, expected, got) in counts {
+        if got != expected {
+            return Err(KdError::ShapeMismatch { what, expected: vec![expected], got: vec![got] });
+        }
+    }
+    layers.embed_dim = query[0].linear2_bias.dims()[0];
+    layers.validate()?;
+    let want = layers.embed_shapes();
+    for mlp in query.iter().chain(key) {
+        for ((what, got, _, _), expected) in mlp.describe().into_iter().zip(&want) {
+            if got != *expected {
+                return Err(KdError::ShapeMismatch { what, expected: expected.clone(), got });
+            }
+        }
+    }
+    for (i, row) in proj.iter().enumerate() {
+        if row.len() != layers.teachers() {
+            return Err(KdError::ShapeMismatch {
+                what: "proj (pairs per student layer)",
+                expected: vec![layers.teachers()],
+                got: vec![row.len()],
+            });
+        }
+        for (j, p) in row.iter().enumerate() {
+            let expected = layers.pair_shape(i, j).to_vec();
+            if p.dims().to_vec() != expected {
+                return Err(KdError::ShapeMismatch {
+                    what: "proj[i][j] [B, Ct_j, h, h]",
+                    expected,
+                    got: p.dims().to_vec(),
+                });
+            }
+        }
+    }
+    // One float dtype and one device for every map and regressor output; f32 parameters on that device.
+    let device = student[0].device();
+    covered_backend(&device)?;
+    let dtype = student[0].dtype();
+    if !supported_dtype(dtype) {
+        return Err(KdError::DTypeMismatch {
+            what: "student[0]".into(),
+            expected: "a float dtype (f64, f32, f16, bf16)".into(),
+            got: format!("{dtype:?}"),
+        });
+    }
+    let named = |side: &'static str, maps: &'a [Tensor<4>]| {
+        maps.iter().enumerate().map(move |(k, m)| (format!("{side}[{k}]"), m))
+    };
+    let pairs = proj
+        .iter()
+        .enumerate()
+        .flat_map(|(i, row)| row.iter().enumerate().map(move |(j, m)| (format!("proj[{i}][{j}]"), m)));
+    for (what, map) in named("student", student).chain(named("teacher", teacher)).chain(pairs) {
+        if map.dtype() != dtype {
+            return Err(KdError::DTypeMismatch {
+                what,
+                expected: format!("{dtype:?} (student[0]'s dtype)"),
+                got: format!("{:?}", map.dtype()),
+            });
+        }
+        check_same_device(&what, &map.device(), &device)?;
+    }
+    let mlps = query
+        .iter()
+        .enumerate()
+        .map(|(k, m)| ("query", k, m))
+        .chain(key.iter().enumerate().map(|(k, m)| ("key", k, m)));
+    for (side, k, mlp) in mlps {
+        for (name, _, param_dtype, param_device) in mlp.describe() {
+            let what = format!("{side}[{k}].{name}");
+            if !matches!(param_dtype, DType::F32 | DType::Flex32) {
+                return Err(KdError::DTypeMismatch {
+                    what,
+                    expected: "f32 (the crate keeps learnable parameters in f32)".into(),
+                    got: format!("{param_dtype:?}"),
+                });
+            }
+            check_same_device(&what, &param_device, &device)?;
+        }
+    }
+    for map in teacher {
+        refuse_tracked_teacher(map, "SemCKD")?;
+    }
+    Ok(layers)
+}
+
+/// Every input of a many-tensor loss on the first student's device.
+fn check_same_device(what: &str, got: &Device, expected: &Device) -> Result<()> {
+    if got != expected {
+        return Err(KdError::Unsupported {
+            what: "an input on another device",
+            detail: format!(
+                "{what} is on {got:?} but student[0] is on {expected:?}; move it with .to_device(&student[0].device())"
+            ),
+        });
+    }
+    Ok(())
+}
