@@ -63,7 +63,7 @@ mod gpu {
     }
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-        t.into_data().convert::<f64>().to_vec::<f64>().expect("f64 data")
+        t.into_data().convert::<f64>().try_to_vec::<f64>().expect("f64 data")
     }
 
     fn check_close(what: &str, got: Vec<f64>, want: Vec<f64>, limit: f64) -> TestResult {
@@ -80,6 +80,9 @@ mod gpu {
 
     type PairFn<'a> = &'a dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<1>;
 
+    /// A run's loss, student gradient and (where asked) teacher gradient.
+    type PairRun = (Vec<f64>, Vec<f64>, Option<Vec<f64>>);
+
     /// Loss and gradients (student; teacher when `teacher_grad`) of ours and of the reference, each dtype.
     fn compare_pair(
         device: &Device,
@@ -91,7 +94,7 @@ mod gpu {
     ) -> TestResult {
         for dtype in DTYPES {
             let (s, t) = (logits(shape, 1, 6.0), logits(shape, 2, 6.0));
-            let run = |f: PairFn<'_>, upcast: bool| -> Result<(Vec<f64>, Vec<f64>, Option<Vec<f64>>), String> {
+            let run = |f: PairFn<'_>, upcast: bool| -> Result<PairRun, String> {
                 let student = tensor(s.clone(), shape, device, dtype).require_grad();
                 let mut teacher = tensor(t.clone(), shape, device, dtype);
                 if teacher_grad {
