@@ -69,8 +69,8 @@ fn bench(c: &mut Criterion) {
 
 /// The GPU case: one training step at the GPU bench shape of the families' own benches.
 mod cuda {
-    use super::{step, Loss};
-    use criterion::{BenchmarkId, Criterion};
+    use super::Loss;
+    use criterion::Criterion;
 
     /// Why the GPU case cannot run here, if it cannot.
     fn unavailable() -> Option<String> {
@@ -85,7 +85,9 @@ mod cuda {
 
     #[cfg(feature = "burn-cuda")]
     pub fn bench(c: &mut Criterion, name: &str, ours: Loss, theirs: Loss) {
+        use super::step;
         use burn::tensor::{DType, Device, Distribution, Tensor};
+        use criterion::BenchmarkId;
         if let Some(reason) = unavailable() {
             println!("burn_{name}_cuda: skipped: {reason}");
             return;
