@@ -32,8 +32,9 @@
 //!
 //! # Adding a family
 //!
-//! Its GPU object implements [`GpuLoss`] (how to create it and its cache key), and each primitive is one
-//! call of [`run`] with a closure that fills the family's raw buffers from the addresses.
+//! Its GPU object implements [`GpuLoss`] (how to create it and its cache key; SemCKD's already does), and
+//! each primitive is one call of [`run`] (or [`run_dyn`], for a list of layers) with a closure that fills
+//! the family's raw buffers from the addresses.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,7 @@ use crate::error::{KdError, Result};
 use crate::grad::GradOptions;
 use crate::icsd::{IcsdConfig, IcsdCuda, IcsdRawBuffers};
 use crate::pixel_kd::{PixelKdConfig, PixelKdCuda, PixelKdRawBuffers};
+use crate::semckd::{SemckdConfig, SemckdCuda};
 
 /// The cubecl server of the CUDA runtime, whose storage hands out device addresses.
 type CudaServer = <CudaRuntime as Runtime>::Server;
@@ -90,6 +92,13 @@ impl GpuLoss for IcsdCuda {
     type Key = IcsdConfig;
     fn create(stream: Arc<CudaStream>, key: IcsdConfig) -> Result<Self> {
         IcsdCuda::new(stream, key)
+    }
+}
+
+impl GpuLoss for SemckdCuda {
+    type Key = SemckdConfig;
+    fn create(stream: Arc<CudaStream>, key: SemckdConfig) -> Result<Self> {
+        SemckdCuda::new(stream, key)
     }
 }
 
@@ -133,6 +142,18 @@ pub struct RawCall<'a, L, const N: usize> {
     pub outputs: &'a [u64],
 }
 
+/// [`RawCall`] for a call whose number of inputs is known only at run time (a list of layers).
+pub struct RawCallDyn<'a, L> {
+    /// The family's loss object for this device and key.
+    pub loss: &'a mut L,
+    /// The stream to pass to `launch_raw`.
+    pub stream: CUstream,
+    /// The inputs' device addresses, in order.
+    pub inputs: &'a [u64],
+    /// The outputs' device addresses, in the order of the specs.
+    pub outputs: &'a [u64],
+}
+
 /// Runs one call of a family on cubecl's buffers, ordered against cubecl's queue by the two host waits of
 /// the module docs. `call` fills the family's raw buffers and calls `launch_raw`.
 ///
@@ -147,19 +168,37 @@ pub fn run<L: GpuLoss, const N: usize>(
     outputs: Vec<OutputSpec>,
     call: impl FnOnce(RawCall<'_, L, N>) -> Result<()>,
 ) -> Vec<CubeTensor> {
+    run_dyn::<L>(key, inputs.into(), outputs, |c| {
+        let inputs: [u64; N] = c.inputs.try_into().expect("one address per input");
+        call(RawCall { loss: c.loss, stream: c.stream, inputs, outputs: c.outputs })
+    })
+}
+
+/// [`run`] for a number of inputs known only at run time (at least one).
+///
+/// # Panics
+///
+/// As [`run`], and without inputs.
+pub fn run_dyn<L: GpuLoss>(
+    key: L::Key,
+    inputs: Vec<CubeTensor>,
+    outputs: Vec<OutputSpec>,
+    call: impl FnOnce(RawCallDyn<'_, L>) -> Result<()>,
+) -> Vec<CubeTensor> {
     try_run(key, inputs, outputs, call).unwrap_or_else(|e| panic!("kd_kernels::burn on CUDA: {e}"))
 }
 
-fn try_run<L: GpuLoss, const N: usize>(
+fn try_run<L: GpuLoss>(
     key: L::Key,
-    inputs: [CubeTensor; N],
+    inputs: Vec<CubeTensor>,
     outputs: Vec<OutputSpec>,
-    call: impl FnOnce(RawCall<'_, L, N>) -> Result<()>,
+    call: impl FnOnce(RawCallDyn<'_, L>) -> Result<()>,
 ) -> Result<Vec<CubeTensor>> {
-    let device = inputs[0].device.clone();
+    let first = inputs.first().expect("a call has inputs");
+    let device = first.device.clone();
     let ordinal = cuda_ordinal(&device)?;
-    let client = inputs[0].client.clone();
-    let inputs = inputs.map(into_contiguous);
+    let client = first.client.clone();
+    let inputs: Vec<CubeTensor> = inputs.into_iter().map(into_contiguous).collect();
     let outputs: Vec<CubeTensor> = outputs
         .into_iter()
         .map(|spec| {
@@ -181,12 +220,11 @@ fn try_run<L: GpuLoss, const N: usize>(
         what: "burn's CUDA device",
         detail: format!("waiting for cubecl's queue before the loss failed: {e}"),
     })?;
-    let addresses: Vec<u64> = input_guards.iter().map(|g| g.resource().ptr).collect();
-    let inputs_addr: [u64; N] = addresses.try_into().expect("one address per input");
+    let inputs_addr: Vec<u64> = input_guards.iter().map(|g| g.resource().ptr).collect();
     let outputs_addr: Vec<u64> = output_guards.iter().map(|g| g.resource().ptr).collect();
     let stream = kd_stream(ordinal)?;
     with_loss::<L, _>(ordinal, &stream, key, |loss| {
-        call(RawCall { loss, stream: stream.cu_stream(), inputs: inputs_addr, outputs: &outputs_addr })
+        call(RawCallDyn { loss, stream: stream.cu_stream(), inputs: &inputs_addr, outputs: &outputs_addr })
     })?;
     stream.synchronize().map_err(|e| KdError::cuda("cuStreamSynchronize", e))?;
     drop((input_guards, output_guards));

@@ -4,7 +4,7 @@
 //! runs `B`'s primitive when fusion executes its queue. Fusion orders it with the operations around it;
 //! `B` (cubecl, [`super::cuda`]) orders it against cubecl's own queue.
 //!
-//! Adding a family is one [`lazy`] call per primitive.
+//! Adding a family is one [`lazy`] call per primitive ([`lazy_dyn`] for a list of layers).
 
 use ::burn::backend::fusion::custom::{
     CustomOpIr, HandleContainer, OperationFn, OperationIr, StreamId, TensorId, TensorIr, TensorSpec,
@@ -36,16 +36,35 @@ pub fn lazy<B: FusionBackend, const N: usize>(
     outputs: Vec<TensorSpec>,
     execute: impl Fn([FloatTensor<B>; N]) -> Vec<FloatTensor<B>> + Send + Sync + 'static,
 ) -> Vec<Lazy<B>> {
-    let client = inputs[0].client.clone();
-    let inputs: [TensorIr; N] = inputs.map(|t| t.into_ir());
+    lazy_dyn::<B>(id, inputs.into(), outputs, move |tensors| {
+        let Ok(tensors) = <[FloatTensor<B>; N]>::try_from(tensors) else {
+            unreachable!("N inputs registered, N resolved")
+        };
+        execute(tensors)
+    })
+}
+
+/// [`lazy`] for a number of inputs known only at run time (at least one; a list of layers).
+///
+/// # Panics
+///
+/// Without inputs; when executed, as [`lazy`].
+pub fn lazy_dyn<B: FusionBackend>(
+    id: &'static str,
+    inputs: Vec<Lazy<B>>,
+    outputs: Vec<TensorSpec>,
+    execute: impl Fn(Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> + Send + Sync + 'static,
+) -> Vec<Lazy<B>> {
+    let client = inputs.first().expect("a custom operation has inputs").client.clone();
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
     let outputs: Vec<TensorIr> = outputs
         .into_iter()
         .map(|spec| TensorIr::uninit(client.create_empty_handle(), spec.shape, spec.dtype))
         .collect();
     let ids: Vec<TensorId> = outputs.iter().map(|t| t.id).collect();
-    let desc = CustomOpIr { id: id.into(), inputs: inputs.to_vec(), outputs, scalars: Vec::new() };
+    let desc = CustomOpIr { id: id.into(), inputs: inputs.clone(), outputs, scalars: Vec::new() };
     let op = OperationFn(move |handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>| {
-        let tensors = inputs.clone().map(|ir| handles.get_float_tensor::<B>(&ir));
+        let tensors = inputs.iter().map(|ir| handles.get_float_tensor::<B>(ir)).collect();
         let results = execute(tensors);
         assert_eq!(results.len(), ids.len(), "kd_kernels::burn: {id} returned another number of outputs");
         for (id, tensor) in ids.iter().zip(results) {
