@@ -144,8 +144,9 @@ pub struct CwtMlp {
 /// `[N, Ct, H, W]` through `mlp`, as a differentiable one-element tensor.
 ///
 /// On an autodiff device the gradient reaches the student and the four parameters. The features are f32
-/// (NdArray; the kernels' f16 and bf16 have no NdArray storage), and so are the parameters. CWT has no
-/// teacher gradient: a tracked teacher is refused (pass `teacher.detach()`).
+/// (NdArray has no f16 or bf16 storage; on CUDA the burn adapter keeps CWT in f32 too, one dtype for the
+/// loss, the features and the parameters), and so are the parameters. CWT has no teacher gradient: a
+/// tracked teacher is refused (pass `teacher.detach()`).
 pub fn cwt_loss(student: Tensor<4>, teacher: Tensor<4>, mlp: &CwtMlp, config: &CwtConfig) -> Result<Tensor<1>> {
     config.validate()?;
     let [ch, cs] = mlp.w1.dims();
