@@ -223,11 +223,14 @@ fn try_run<L: GpuLoss>(
     let inputs_addr: Vec<u64> = input_guards.iter().map(|g| g.resource().ptr).collect();
     let outputs_addr: Vec<u64> = output_guards.iter().map(|g| g.resource().ptr).collect();
     let stream = kd_stream(ordinal)?;
-    with_loss::<L, _>(ordinal, &stream, key, |loss| {
+    let launched = with_loss::<L, _>(ordinal, &stream, key, |loss| {
         call(RawCallDyn { loss, stream: stream.cu_stream(), inputs: &inputs_addr, outputs: &outputs_addr })
-    })?;
-    stream.synchronize().map_err(|e| KdError::cuda("cuStreamSynchronize", e))?;
+    });
+    // Waited for even when a launch failed: kernels queued before it must not outlive the guards.
+    let finished = stream.synchronize().map_err(|e| KdError::cuda("cuStreamSynchronize", e));
     drop((input_guards, output_guards));
+    launched?;
+    finished?;
     Ok(outputs)
 }
 
