@@ -7,8 +7,12 @@
 //! cargo bench --features burn --bench burn -- cwd --quick
 //! ```
 //!
-//! CPU shapes only: the `burn` feature covers NdArray and Autodiff; burn's CUDA backend is not wired to
-//! the kernels yet (see the README's burn section), so there is no GPU case to time.
+//! With feature `burn-cuda` and a GPU, the same step on burn's CUDA backend (fusion and autodiff, f32 and
+//! bf16) at the GPU bench shape; without them that case prints why it is skipped.
+//!
+//! ```text
+//! cargo bench --features burn-cuda --bench burn -- cuda
+//! ```
 // burn 0.22 deprecates NdArray in favour of Flex; NdArray is the CPU backend the `burn` feature covers.
 #![allow(deprecated)]
 
@@ -47,6 +51,7 @@ fn bench(c: &mut Criterion) {
         ),
     ];
     for (name, ours, theirs) in cases {
+        cuda::bench(c, name, ours, theirs);
         let mut group = c.benchmark_group(format!("burn_{name}_ndarray_f32"));
         for shape in SHAPES {
             let student = Tensor::<4>::random(shape, Distribution::Normal(0.0, 3.0), &device);
@@ -132,6 +137,56 @@ fn bench_semckd(c: &mut Criterion) {
         b.iter(|| semckd_step(&inputs, reference::semckd_loss))
     });
     group.finish();
+}
+
+/// The GPU case: one training step at the GPU bench shape of the families' own benches.
+mod cuda {
+    use super::Loss;
+    use criterion::Criterion;
+
+    /// Why the GPU case cannot run here, if it cannot.
+    fn unavailable() -> Option<String> {
+        if !cfg!(feature = "burn-cuda") {
+            return Some("built without the `burn-cuda` feature".into());
+        }
+        if !kd_kernels::cuda::KERNELS_COMPILED {
+            return Some("the crate was built without nvcc, so it has no kernels".into());
+        }
+        kd_kernels::cuda::probe().err().map(|e| e.to_string())
+    }
+
+    #[cfg(feature = "burn-cuda")]
+    pub fn bench(c: &mut Criterion, name: &str, ours: Loss, theirs: Loss) {
+        use super::step;
+        use burn::tensor::{DType, Device, Distribution, Tensor};
+        use criterion::BenchmarkId;
+        if let Some(reason) = unavailable() {
+            println!("burn_{name}_cuda: skipped: {reason}");
+            return;
+        }
+        let device = Device::cuda(0).autodiff();
+        let shape = [8, 19, 64, 128];
+        for dtype in [DType::F32, DType::BF16] {
+            let mut group = c.benchmark_group(format!("burn_{name}_cuda_{dtype:?}"));
+            let random = || Tensor::<4>::random(shape, Distribution::Normal(0.0, 3.0), &device).cast(dtype);
+            let (student, teacher) = (random(), random());
+            let id = format!("{}x{}x{}x{}", shape[0], shape[1], shape[2], shape[3]);
+            group.bench_with_input(BenchmarkId::new("kd_kernels", &id), &(), |b, _| {
+                b.iter(|| step(&student, &teacher, ours))
+            });
+            group.bench_with_input(BenchmarkId::new("burn_ops", &id), &(), |b, _| {
+                b.iter(|| step(&student, &teacher, theirs))
+            });
+            group.finish();
+        }
+    }
+
+    #[cfg(not(feature = "burn-cuda"))]
+    pub fn bench(_: &mut Criterion, name: &str, _: Loss, _: Loss) {
+        if let Some(reason) = unavailable() {
+            println!("burn_{name}_cuda: skipped: {reason}");
+        }
+    }
 }
 
 criterion_group!(benches, bench, bench_semckd);

@@ -31,7 +31,11 @@
 //! * `Autodiff<B>` for any `B: KdBackend`: the forward runs `B`'s fused primitive when an input is
 //!   tracked and keeps the gradients; the backward step multiplies it by the upstream gradient (burn's custom
 //!   backward pattern, [`Backward`](::burn::backend::autodiff::ops::Backward)). When nothing is tracked
-//!   it runs the loss alone.
+//!   it runs the loss alone;
+//! * with feature `burn-cuda`, burn's cubecl backend on CUDA devices (`Device::cuda(..)`), through the
+//!   kernels' raw layer on cubecl's buffers (module `cuda`: f32, f16 and bf16; CWT in f32; two host
+//!   synchronisations per call, because cubecl does not expose its stream), and burn's `Fusion<B>`
+//!   wrapper, which queues each primitive as a fusion custom operation (module `fusion`).
 //!
 //! The functions of this module ([`cwd_loss`], [`pixel_kd_loss`], [`icsd_loss`], [`aicsd_loss`],
 //! [`cwt_loss`], [`semckd_loss`]) check their inputs and return a typed [`crate::KdError`] (shapes, dtypes,
@@ -43,13 +47,16 @@
 //! autograd of the packing carries the gradients back to each. Its gradients, like every family's, are
 //! computed in the forward: first order only.
 //!
-//! Not covered: burn's CUDA backend (the README's burn section says what blocks it).
-//!
 //! Adding a family is its two primitives in [`KdBackend`], one line in each implementation (the helpers
-//! [`ndarray::cpu_pair`] and [`autodiff::fused`] do the work) and a checked function here.
+//! [`ndarray::cpu_pair`], [`autodiff::fused`], `cuda::run` and `fusion::lazy` do the work) and a checked
+//! function here.
 
 pub mod autodiff;
 mod backend;
+#[cfg(feature = "burn-cuda")]
+pub mod cuda;
+#[cfg(feature = "burn-cuda")]
+pub mod fusion;
 // burn 0.22 deprecates NdArray in favour of its Flex backend; NdArray is the CPU backend this feature covers.
 #[allow(deprecated)]
 pub mod ndarray;
@@ -141,8 +148,9 @@ pub struct CwtMlp {
 /// `[N, Ct, H, W]` through `mlp`, as a differentiable one-element tensor.
 ///
 /// On an autodiff device the gradient reaches the student and the four parameters. The features are f32
-/// (NdArray; the kernels' f16 and bf16 have no NdArray storage), and so are the parameters. CWT has no
-/// teacher gradient: a tracked teacher is refused (pass `teacher.detach()`).
+/// (NdArray has no f16 or bf16 storage; on CUDA the burn adapter keeps CWT in f32 too, one dtype for the
+/// loss, the features and the parameters), and so are the parameters. CWT has no teacher gradient: a
+/// tracked teacher is refused (pass `teacher.detach()`).
 pub fn cwt_loss(student: Tensor<4>, teacher: Tensor<4>, mlp: &CwtMlp, config: &CwtConfig) -> Result<Tensor<1>> {
     config.validate()?;
     let [ch, cs] = mlp.w1.dims();
@@ -207,14 +215,30 @@ fn covered_backend(device: &Device) -> Result<()> {
     #[allow(deprecated)] // burn 0.22's NdArray
     match device.clone().inner().as_dispatch() {
         DispatchDevice::NdArray(_) => Ok(()),
+        #[cfg(feature = "burn-cuda")]
+        DispatchDevice::Cube(burn_cubecl::CubeDevice::Cuda(_)) => Ok(()),
         #[allow(unreachable_patterns)]
         other => Err(KdError::Unsupported {
             what: "this burn backend",
             detail: format!(
-                "kd_kernels::burn runs on burn's NdArray backend (with or without autodiff), not on {other:?} \
-                 yet; kd_kernels::burn::reference has the same losses in burn's tensor operations"
+                "kd_kernels::burn runs on burn's NdArray backend and, with feature burn-cuda, on its CUDA devices \
+                 (with or without autodiff), not on {other:?}; kd_kernels::burn::reference has the same losses \
+                 in burn's tensor operations"
             ),
         }),
+    }
+}
+
+/// Whether `device` is a CUDA device of burn's cubecl backend (where the kernels have no f64).
+fn is_cuda(device: &Device) -> bool {
+    #[cfg(feature = "burn-cuda")]
+    {
+        matches!(device.clone().inner().as_dispatch(), DispatchDevice::Cube(burn_cubecl::CubeDevice::Cuda(_)))
+    }
+    #[cfg(not(feature = "burn-cuda"))]
+    {
+        let _ = device;
+        false
     }
 }
 
@@ -274,5 +298,12 @@ pub(crate) fn check_pair(student: &Tensor<4>, teacher: &Tensor<4>) -> Result<Nch
         return Err(other_device("teacher", &device, &other));
     }
     covered_backend(&device)?;
+    if ds == DType::F64 && is_cuda(&device) {
+        return Err(KdError::DTypeMismatch {
+            what: "student".into(),
+            expected: "f32, f16 or bf16 (the kernels' dtypes on a CUDA device)".into(),
+            got: "F64".into(),
+        });
+    }
     Ok(shape)
 }

@@ -6,7 +6,7 @@ use std::ops::Range;
 use ::burn::backend::Dispatch;
 use ::burn::tensor::{DType, Device, Tensor};
 
-use super::{covered_backend, refuse_tracked_teacher, supported_dtype, KdBackend};
+use super::{covered_backend, is_cuda, refuse_tracked_teacher, supported_dtype, KdBackend};
 use crate::error::{KdError, Result};
 use crate::semckd::{SemckdConfig, SemckdLayers};
 
@@ -192,6 +192,13 @@ fn check_semckd<'a>(
             what: "student[0]".into(),
             expected: "a float dtype (f64, f32, f16, bf16)".into(),
             got: format!("{dtype:?}"),
+        });
+    }
+    if dtype == DType::F64 && is_cuda(&device) {
+        return Err(KdError::DTypeMismatch {
+            what: "student[0]".into(),
+            expected: "f32, f16 or bf16 (the kernels' dtypes on a CUDA device)".into(),
+            got: "F64".into(),
         });
     }
     let named = |side: &'static str, maps: &'a [Tensor<4>]| {

@@ -1,0 +1,250 @@
+//! [`KdBackend`] for burn's `Fusion<B>` wrapper (feature `burn-cuda`, which turns burn's fusion on, as
+//! burn's default `Cuda` backend has it): each primitive is registered as one opaque fusion custom
+//! operation whose outputs are described up front (shapes and dtypes follow from the inputs), and which
+//! runs `B`'s primitive when fusion executes its queue. Fusion orders it with the operations around it;
+//! `B` (cubecl, [`super::cuda`]) orders it against cubecl's own queue.
+//!
+//! Adding a family is one [`lazy`] call per primitive ([`lazy_dyn`] for a list of layers).
+
+use ::burn::backend::fusion::custom::{
+    CustomOpIr, HandleContainer, OperationFn, OperationIr, StreamId, TensorId, TensorIr, TensorSpec,
+};
+use ::burn::backend::fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
+use ::burn::backend::tensor::FloatTensor;
+use ::burn::backend::ExecutionError;
+use ::burn::tensor::Shape;
+
+use super::KdBackend;
+use crate::cwd::CwdConfig;
+use crate::cwt::CwtConfig;
+use crate::icsd::IcsdConfig;
+use crate::pixel_kd::PixelKdConfig;
+use crate::semckd::{SemckdConfig, SemckdLayers};
+
+/// A float tensor of `Fusion<B>`.
+type Lazy<B> = FusionTensor<<B as FusionBackend>::FusionRuntime>;
+
+/// Registers one custom operation of `N` float inputs on their fusion stream: `outputs` describes what
+/// `execute` returns (the same count, shapes and dtypes, in order), and `execute` runs `B`'s primitive on
+/// the inputs when fusion executes it. Returns the lazy outputs.
+///
+/// # Panics
+///
+/// When executed, if `execute` returns another number of tensors than `outputs` describes.
+pub fn lazy<B: FusionBackend, const N: usize>(
+    id: &'static str,
+    inputs: [Lazy<B>; N],
+    outputs: Vec<TensorSpec>,
+    execute: impl Fn([FloatTensor<B>; N]) -> Vec<FloatTensor<B>> + Send + Sync + 'static,
+) -> Vec<Lazy<B>> {
+    lazy_dyn::<B>(id, inputs.into(), outputs, move |tensors| {
+        let Ok(tensors) = <[FloatTensor<B>; N]>::try_from(tensors) else {
+            unreachable!("N inputs registered, N resolved")
+        };
+        execute(tensors)
+    })
+}
+
+/// [`lazy`] for a number of inputs known only at run time (at least one; a list of layers).
+///
+/// # Panics
+///
+/// Without inputs; when executed, as [`lazy`].
+pub fn lazy_dyn<B: FusionBackend>(
+    id: &'static str,
+    inputs: Vec<Lazy<B>>,
+    outputs: Vec<TensorSpec>,
+    execute: impl Fn(Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> + Send + Sync + 'static,
+) -> Vec<Lazy<B>> {
+    let client = inputs.first().expect("a custom operation has inputs").client.clone();
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let outputs: Vec<TensorIr> = outputs
+        .into_iter()
+        .map(|spec| TensorIr::uninit(client.create_empty_handle(), spec.shape, spec.dtype))
+        .collect();
+    let ids: Vec<TensorId> = outputs.iter().map(|t| t.id).collect();
+    let desc = CustomOpIr { id: id.into(), inputs: inputs.clone(), outputs, scalars: Vec::new() };
+    let op = OperationFn(move |handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>| {
+        let tensors = inputs.iter().map(|ir| handles.get_float_tensor::<B>(ir)).collect();
+        let results = execute(tensors);
+        assert_eq!(results.len(), ids.len(), "kd_kernels::burn: {id} returned another number of outputs");
+        for (id, tensor) in ids.iter().zip(results) {
+            handles.register_float_tensor::<B>(id, tensor);
+        }
+        Ok::<(), ExecutionError>(())
+    });
+    client.register(StreamId::current(), OperationIr::Custom(desc), op)
+}
+
+/// The loss: one element of the input's dtype.
+fn loss<B: FusionBackend>(like: &Lazy<B>) -> TensorSpec {
+    TensorSpec::new(Shape::from(vec![1]), like.dtype)
+}
+
+/// A gradient: the input's shape and dtype.
+fn grad<B: FusionBackend>(like: &Lazy<B>) -> TensorSpec {
+    TensorSpec::new(like.shape.clone(), like.dtype)
+}
+
+/// The only output of a call.
+fn single<T>(outputs: Vec<T>) -> T {
+    outputs.into_iter().next().expect("one output registered")
+}
+
+/// The two outputs of a call.
+fn two<T>(outputs: Vec<T>) -> (T, T) {
+    let mut it = outputs.into_iter();
+    (it.next().expect("two outputs registered"), it.next().expect("two outputs registered"))
+}
+
+impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
+    fn cwd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: CwdConfig) -> FloatTensor<Self> {
+        let specs = vec![loss::<B>(&student)];
+        single(lazy::<B, 2>("kd_cwd_forward", [student, teacher], specs, move |[s, t]| {
+            vec![B::cwd_forward(s, t, config)]
+        }))
+    }
+
+    fn cwd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: CwdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let mut specs = vec![loss::<B>(&student), grad::<B>(&student)];
+        if config.teacher_grad {
+            specs.push(grad::<B>(&teacher));
+        }
+        let out = lazy::<B, 2>("kd_cwd_forward_backward", [student, teacher], specs, move |[s, t]| {
+            let (loss, gs, gt) = B::cwd_forward_backward(s, t, config);
+            [loss, gs].into_iter().chain(gt).collect()
+        });
+        let mut out = out.into_iter();
+        let (loss, gs) = (out.next().expect("loss"), out.next().expect("student gradient"));
+        (loss, gs, out.next())
+    }
+
+    fn pixel_kd_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: PixelKdConfig,
+    ) -> FloatTensor<Self> {
+        let specs = vec![loss::<B>(&student)];
+        single(lazy::<B, 2>("kd_pixel_kd_forward", [student, teacher], specs, move |[s, t]| {
+            vec![B::pixel_kd_forward(s, t, config)]
+        }))
+    }
+
+    fn pixel_kd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: PixelKdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
+        two(lazy::<B, 2>("kd_pixel_kd_forward_backward", [student, teacher], specs, move |[s, t]| {
+            let (loss, gs) = B::pixel_kd_forward_backward(s, t, config);
+            vec![loss, gs]
+        }))
+    }
+
+    fn icsd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: IcsdConfig) -> FloatTensor<Self> {
+        let specs = vec![loss::<B>(&student)];
+        single(lazy::<B, 2>("kd_icsd_forward", [student, teacher], specs, move |[s, t]| {
+            vec![B::icsd_forward(s, t, config)]
+        }))
+    }
+
+    fn icsd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: IcsdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
+        two(lazy::<B, 2>("kd_icsd_forward_backward", [student, teacher], specs, move |[s, t]| {
+            let (loss, gs) = B::icsd_forward_backward(s, t, config);
+            vec![loss, gs]
+        }))
+    }
+
+    fn cwt_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        b1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        b2: FloatTensor<Self>,
+        config: CwtConfig,
+    ) -> FloatTensor<Self> {
+        let specs = vec![loss::<B>(&student)];
+        single(lazy::<B, 6>(
+            "kd_cwt_forward",
+            [student, teacher, w1, b1, w2, b2],
+            specs,
+            move |[s, t, w1, b1, w2, b2]| vec![B::cwt_forward(s, t, w1, b1, w2, b2, config)],
+        ))
+    }
+
+    fn cwt_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        b1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        b2: FloatTensor<Self>,
+        config: CwtConfig,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let specs = [&student, &student, &w1, &b1, &w2, &b2]
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| if i == 0 { loss::<B>(t) } else { grad::<B>(t) })
+            .collect();
+        let out = lazy::<B, 6>(
+            "kd_cwt_forward_backward",
+            [student, teacher, w1, b1, w2, b2],
+            specs,
+            move |[s, t, w1, b1, w2, b2]| {
+                let (loss, gs, gw1, gb1, gw2, gb2) = B::cwt_forward_backward(s, t, w1, b1, w2, b2, config);
+                vec![loss, gs, gw1, gb1, gw2, gb2]
+            },
+        );
+        let mut out = out.into_iter();
+        let mut next = || out.next().expect("CWT registers the loss and five gradients");
+        (next(), next(), next(), next(), next(), next())
+    }
+
+    fn semckd_forward(
+        maps: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> FloatTensor<Self> {
+        let specs = vec![loss::<B>(&maps)];
+        single(lazy::<B, 3>("kd_semckd_forward", [maps, teacher, params], specs, move |[m, t, p]| {
+            vec![B::semckd_forward(m, t, p, layers.clone(), config)]
+        }))
+    }
+
+    fn semckd_forward_backward(
+        maps: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        layers: SemckdLayers,
+        config: SemckdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let specs = vec![loss::<B>(&maps), grad::<B>(&maps), grad::<B>(&params)];
+        let out = lazy::<B, 3>("kd_semckd_forward_backward", [maps, teacher, params], specs, move |[m, t, p]| {
+            let (loss, grad_maps, grad_params) = B::semckd_forward_backward(m, t, p, layers.clone(), config);
+            vec![loss, grad_maps, grad_params]
+        });
+        let mut out = out.into_iter();
+        let mut next = || out.next().expect("SemCKD registers the loss and two packed gradients");
+        (next(), next(), next())
+    }
+}

@@ -1,0 +1,380 @@
+//! The burn ops on burn's CUDA backend (feature `burn-cuda`; burn's `Cuda` with fusion, with and without
+//! autodiff) against burn's own autograd of the same losses written in burn ops
+//! (`kd_kernels::burn::reference`) on the same device, in f32, f16 and bf16 (CWT in f32), plus the ordering
+//! against cubecl's lazy queue. Under a small harness of its own (`harness = false`): built without
+//! `burn-cuda`, without kernels, or with no GPU, every test is reported `skipped` with the reason and the
+//! binary exits 0; otherwise every test runs and the binary exits 1 if any failed.
+//!
+//! The reference runs in f32 on the f16/bf16 inputs cast up (burn's own f16 ops would be the less
+//! accurate side); ours returns the loss rounded to the input dtype, so the loss is held to the crate's
+//! loss tolerance or that dtype's rounding, whichever is larger.
+#![cfg(feature = "burn")]
+
+#[cfg(feature = "burn-cuda")]
+mod gpu {
+    use burn::tensor::{DType, Device, Tensor, TensorData};
+    use kd_kernels::burn::{aicsd_loss, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, reference, CwtMlp};
+    use kd_kernels::cwd::CwdConfig;
+    use kd_kernels::cwt::{CwtConfig, CwtNormalize};
+    use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
+    use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
+    use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+
+    pub type TestResult = Result<(), String>;
+
+    const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+    fn kernel_dtype(dtype: DType) -> kd_kernels::DType {
+        match dtype {
+            DType::F16 => kd_kernels::DType::F16,
+            DType::BF16 => kd_kernels::DType::BF16,
+            _ => kd_kernels::DType::F32,
+        }
+    }
+
+    /// The crate's tolerance; a loss stored in a 16-bit dtype also carries that dtype's rounding.
+    fn limit(dtype: DType, kind: OutputKind) -> f64 {
+        let rounding = match dtype {
+            DType::F16 => 2f64.powi(-10),
+            DType::BF16 => 2f64.powi(-7),
+            _ => 0.0,
+        };
+        let base = tolerance(kernel_dtype(dtype), kind);
+        if kind == OutputKind::Loss {
+            base.max(rounding)
+        } else {
+            base
+        }
+    }
+
+    /// Deterministic logits spread over about ±`spread`, from a fixed LCG.
+    fn logits(shape: [usize; 4], seed: u64, spread: f64) -> Vec<f64> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..shape.iter().product::<usize>())
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * spread
+            })
+            .collect()
+    }
+
+    fn tensor(values: Vec<f64>, shape: [usize; 4], device: &Device, dtype: DType) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(values, shape), (device, dtype))
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+        t.into_data().convert::<f64>().try_to_vec::<f64>().expect("f64 data")
+    }
+
+    fn check_close(what: &str, got: Vec<f64>, want: Vec<f64>, limit: f64) -> TestResult {
+        if got.len() != want.len() {
+            return Err(format!("{what}: {} values, want {}", got.len(), want.len()));
+        }
+        let cmp = Comparison::of(got, want);
+        if cmp.max_rel_err <= limit {
+            Ok(())
+        } else {
+            Err(format!("{what}: max_rel_err {} > {limit} ({cmp:?})", cmp.max_rel_err))
+        }
+    }
+
+    type PairFn<'a> = &'a dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<1>;
+
+    /// A run's loss, student gradient and (where asked) teacher gradient.
+    type PairRun = (Vec<f64>, Vec<f64>, Option<Vec<f64>>);
+
+    /// Loss and gradients (student; teacher when `teacher_grad`) of ours and of the reference, each dtype.
+    fn compare_pair(
+        device: &Device,
+        name: &str,
+        shape: [usize; 4],
+        teacher_grad: bool,
+        ours: PairFn<'_>,
+        theirs: PairFn<'_>,
+    ) -> TestResult {
+        for dtype in DTYPES {
+            let (s, t) = (logits(shape, 1, 6.0), logits(shape, 2, 6.0));
+            let run = |f: PairFn<'_>, upcast: bool| -> Result<PairRun, String> {
+                let student = tensor(s.clone(), shape, device, dtype).require_grad();
+                let mut teacher = tensor(t.clone(), shape, device, dtype);
+                if teacher_grad {
+                    teacher = teacher.require_grad();
+                }
+                let (s_in, t_in) = if upcast {
+                    (student.clone().cast(DType::F32), teacher.clone().cast(DType::F32))
+                } else {
+                    (student.clone(), teacher.clone())
+                };
+                let loss = f(s_in, t_in);
+                if !upcast && loss.dtype() != dtype {
+                    return Err(format!("{name}: loss is {:?}, the input {dtype:?}", loss.dtype()));
+                }
+                let grads = loss.backward();
+                let gs = student.grad(&grads).ok_or("the student has no gradient")?;
+                if gs.dtype() != dtype {
+                    return Err(format!("{name}: gradient is {:?}, the input {dtype:?}", gs.dtype()));
+                }
+                let gt = match teacher_grad {
+                    true => Some(values(teacher.grad(&grads).ok_or("the teacher has no gradient")?)),
+                    false => None,
+                };
+                Ok((values(loss), values(gs), gt))
+            };
+            let (loss, gs, gt) = run(ours, false)?;
+            let (ref_loss, ref_gs, ref_gt) = run(theirs, dtype != DType::F32)?;
+            let tag = format!("{name} {dtype:?} {shape:?}");
+            check_close(&format!("{tag} loss"), loss, ref_loss, limit(dtype, OutputKind::Loss))?;
+            check_close(&format!("{tag} d/d student"), gs, ref_gs, limit(dtype, OutputKind::Tensor))?;
+            if let (Some(gt), Some(ref_gt)) = (gt, ref_gt) {
+                check_close(&format!("{tag} d/d teacher"), gt, ref_gt, limit(dtype, OutputKind::Tensor))?;
+            }
+        }
+        Ok(())
+    }
+
+    const SHAPES: [[usize; 4]; 3] = [[2, 19, 16, 32], [1, 7, 33, 65], [3, 1, 1, 6]];
+
+    pub fn check_cwd(device: &Device) -> TestResult {
+        for (shape, config) in SHAPES.into_iter().zip([
+            CwdConfig::default(),
+            CwdConfig { tau: 1.0, loss_weight: 5.0, teacher_grad: false },
+            CwdConfig { tau: 2.5, loss_weight: 0.5, teacher_grad: false },
+        ]) {
+            compare_pair(
+                device,
+                "cwd",
+                shape,
+                false,
+                &|s, t| cwd_loss(s, t, &config).expect("valid input"),
+                &|s, t| reference::cwd_loss(s, t, &config),
+            )?;
+        }
+        let config = CwdConfig { tau: 2.0, loss_weight: 3.0, teacher_grad: true };
+        compare_pair(
+            device,
+            "cwd teacher_grad",
+            [2, 3, 5, 4],
+            true,
+            &|s, t| cwd_loss(s, t, &config).expect("valid input"),
+            &|s, t| reference::cwd_loss(s, t, &config),
+        )
+    }
+
+    pub fn check_pixel_kd(device: &Device) -> TestResult {
+        for (i, reduction) in
+            [Reduction::Mean, Reduction::BatchMean, Reduction::Sum, Reduction::PixelMean].into_iter().enumerate()
+        {
+            let config = PixelKdConfig { tau: 1.0 + i as f64, loss_weight: 10.0, reduction, scale_tau2: i % 2 == 1 };
+            compare_pair(
+                device,
+                "pixel_kd",
+                SHAPES[i % SHAPES.len()],
+                false,
+                &|s, t| pixel_kd_loss(s, t, &config).expect("valid input"),
+                &|s, t| reference::pixel_kd_loss(s, t, &config),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn check_icsd(device: &Device) -> TestResult {
+        for variant in [IcsdVariant::Official, IcsdVariant::Paper] {
+            let config = IcsdConfig { variant, ..IcsdConfig::default() };
+            compare_pair(
+                device,
+                &format!("icsd {variant:?}"),
+                [2, 5, 9, 11],
+                false,
+                &|s, t| icsd_loss(s, t, &config).expect("valid input"),
+                &|s, t| reference::icsd_loss(s, t, &config),
+            )?;
+        }
+        let config = AicsdConfig::default();
+        let alpha = config.alpha(3.0).map_err(|e| e.to_string())?;
+        compare_pair(
+            device,
+            "aicsd epoch 3",
+            [2, 4, 6, 5],
+            false,
+            &|s, t| aicsd_loss(s, t, 3.0, &config).expect("valid input"),
+            &|s, t| {
+                reference::icsd_loss(s.clone(), t.clone(), &config.icsd) * alpha
+                    + reference::pixel_kd_loss(s, t, &config.kd) * (1.0 - alpha)
+            },
+        )
+    }
+
+    fn param<const D: usize>(values: Vec<f64>, shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values, shape), (device, DType::F32)).require_grad()
+    }
+
+    pub fn check_cwt(device: &Device) -> TestResult {
+        for (n, cs, ch, ct, h, w, normalize) in
+            [(2, 5, 4, 3, 3, 4, CwtNormalize::Batch), (2, 16, 32, 19, 9, 17, CwtNormalize::Mean)]
+        {
+            let config = CwtConfig { loss_weight: 0.3, normalize };
+            let run = |f: &dyn Fn(Tensor<4>, Tensor<4>, &CwtMlp) -> Tensor<1>| {
+                let student = tensor(logits([n, cs, h, w], 11, 2.0), [n, cs, h, w], device, DType::F32).require_grad();
+                let teacher = tensor(logits([n, ct, h, w], 12, 2.0), [n, ct, h, w], device, DType::F32);
+                let small = |len: usize, seed| logits([1, 1, 1, len], seed, 0.5);
+                let mlp = CwtMlp {
+                    w1: param(small(ch * cs, 13), [ch, cs], device),
+                    b1: param(small(ch, 14), [ch], device),
+                    w2: param(small(ct * ch, 15), [ct, ch], device),
+                    b2: param(small(ct, 16), [ct], device),
+                };
+                let loss = f(student.clone(), teacher, &mlp);
+                let grads = loss.backward();
+                vec![
+                    values(loss),
+                    values(student.grad(&grads).unwrap()),
+                    values(mlp.w1.grad(&grads).unwrap()),
+                    values(mlp.b1.grad(&grads).unwrap()),
+                    values(mlp.w2.grad(&grads).unwrap()),
+                    values(mlp.b2.grad(&grads).unwrap()),
+                ]
+            };
+            let ours = run(&|s, t, mlp| cwt_loss(s, t, mlp, &config).expect("valid input"));
+            let theirs = run(&|s, t, mlp| reference::cwt_loss(s, t, mlp, &config));
+            for ((name, got), want) in ["loss", "student", "w1", "b1", "w2", "b2"].into_iter().zip(ours).zip(theirs) {
+                let kind = if name == "loss" { OutputKind::Loss } else { OutputKind::Tensor };
+                check_close(&format!("cwt {name} n{n} cs{cs} ch{ch} ct{ct}"), got, want, limit(DType::F32, kind))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A cubecl op writes the student right before the loss and the loss and its gradient are consumed by
+    /// cubecl ops right after, in a loop over buffers large enough that a missing wait would read stale or
+    /// half-written data: every step must equal the reference, and the untracked (no autodiff) path too.
+    pub fn check_ordering(device: &Device) -> TestResult {
+        let shape = [8, 19, 64, 128];
+        let config = CwdConfig::default();
+        let base = tensor(logits(shape, 5, 3.0), shape, device, DType::F32);
+        let teacher = tensor(logits(shape, 6, 3.0), shape, device, DType::F32);
+        for step in 0..6 {
+            let scale = 0.5 + step as f64 * 0.25;
+            let run = |f: PairFn<'_>| -> (Vec<f64>, Vec<f64>) {
+                let weight = base.clone().require_grad();
+                // Written by cubecl just before the loss reads it (queued, not yet run).
+                let student = (weight.clone() * scale).tanh() * 4.0 + step as f64;
+                let loss = f(student, teacher.clone());
+                // Consumed by cubecl right after.
+                let total = loss * 3.0 + 1.0;
+                let grads = total.backward();
+                let g = weight.grad(&grads).expect("the parameter has a gradient");
+                (values(total), values(g))
+            };
+            let (ours, ours_g) = run(&|s, t| cwd_loss(s, t, &config).expect("valid input"));
+            let (theirs, theirs_g) = run(&|s, t| reference::cwd_loss(s, t, &config));
+            check_close(&format!("ordering step {step} loss"), ours, theirs, limit(DType::F32, OutputKind::Loss))?;
+            check_close(
+                &format!("ordering step {step} grad"),
+                ours_g,
+                theirs_g,
+                limit(DType::F32, OutputKind::Tensor),
+            )?;
+        }
+        let plain = device.clone().inner();
+        let s = tensor(logits(shape, 7, 3.0), shape, &plain, DType::F32);
+        let t = tensor(logits(shape, 8, 3.0), shape, &plain, DType::F32);
+        let kd = PixelKdConfig::default();
+        let ours = values(pixel_kd_loss((s.clone() * 2.0).exp().log(), t.clone(), &kd).expect("valid") * 2.0);
+        let theirs = values(reference::pixel_kd_loss((s * 2.0).exp().log(), t, &kd) * 2.0);
+        check_close("untracked pixel kd", ours, theirs, limit(DType::F32, OutputKind::Loss))
+    }
+
+    /// Inputs the kernels cannot take on CUDA are typed errors before anything runs.
+    pub fn check_errors(device: &Device) -> TestResult {
+        let shape = [2, 3, 4, 4];
+        let s = tensor(logits(shape, 1, 1.0), shape, device, DType::F32);
+        let t = tensor(logits(shape, 2, 1.0), shape, device, DType::F32);
+        if cwd_loss(s.clone(), t.clone().require_grad(), &CwdConfig::default()).is_ok() {
+            return Err("a tracked teacher without teacher_grad was accepted".into());
+        }
+        if pixel_kd_loss(s, t.cast(DType::F16), &PixelKdConfig::default()).is_ok() {
+            return Err("a teacher of another dtype was accepted".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "burn-cuda")]
+type Check = fn(&burn::tensor::Device) -> gpu::TestResult;
+
+#[cfg(feature = "burn-cuda")]
+const TESTS: &[(&str, Check)] = &[
+    ("cwd_matches_burn_autograd", gpu::check_cwd),
+    ("pixel_kd_matches_burn_autograd", gpu::check_pixel_kd),
+    ("icsd_and_aicsd_match_burn_autograd", gpu::check_icsd),
+    ("cwt_matches_burn_autograd_into_every_parameter", gpu::check_cwt),
+    ("ordered_against_cubecl_lazy_queue", gpu::check_ordering),
+    ("misuse_is_an_error", gpu::check_errors),
+];
+
+#[cfg(not(feature = "burn-cuda"))]
+const TESTS: &[(&str, ())] = &[
+    ("cwd_matches_burn_autograd", ()),
+    ("pixel_kd_matches_burn_autograd", ()),
+    ("icsd_and_aicsd_match_burn_autograd", ()),
+    ("cwt_matches_burn_autograd_into_every_parameter", ()),
+    ("ordered_against_cubecl_lazy_queue", ()),
+    ("misuse_is_an_error", ()),
+];
+
+/// The autodiff CUDA device, or why the tests cannot run.
+fn device() -> Result<burn::tensor::Device, String> {
+    if !cfg!(feature = "burn-cuda") {
+        return Err("built without the `burn-cuda` feature".into());
+    }
+    if !kd_kernels::cuda::KERNELS_COMPILED {
+        return Err("the crate was built without nvcc, so it has no kernels".into());
+    }
+    kd_kernels::cuda::probe().map_err(|e| e.to_string())?;
+    #[cfg(feature = "burn-cuda")]
+    {
+        std::panic::catch_unwind(|| burn::tensor::Device::cuda(0).autodiff())
+            .map_err(|_| "burn could not open CUDA device 0".to_string())
+    }
+    #[cfg(not(feature = "burn-cuda"))]
+    unreachable!("returned above")
+}
+
+fn main() {
+    let device = match device() {
+        Ok(d) => d,
+        Err(reason) => {
+            for (name, _) in TESTS {
+                println!("test burn_cuda::{name} ... skipped: {reason}");
+            }
+            println!("burn_cuda: {} skipped, 0 run ({reason})", TESTS.len());
+            return;
+        }
+    };
+    #[cfg(feature = "burn-cuda")]
+    {
+        let mut failed = 0;
+        for (name, test) in TESTS {
+            let outcome = std::panic::catch_unwind(|| test(&device)).unwrap_or_else(|p| {
+                Err(p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or(p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default())
+            });
+            match outcome {
+                Ok(()) => println!("test burn_cuda::{name} ... ok"),
+                Err(e) => {
+                    failed += 1;
+                    println!("test burn_cuda::{name} ... FAILED: {e}");
+                }
+            }
+        }
+        println!("burn_cuda: {} passed, {failed} failed", TESTS.len() - failed);
+        if failed > 0 {
+            std::process::exit(1);
+        }
+    }
+    #[cfg(not(feature = "burn-cuda"))]
+    let _ = device;
+}
