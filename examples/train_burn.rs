@@ -1,11 +1,12 @@
 //! A real training step with burn: a small convolutional student learns a fixed teacher's logits through
-//! CWD plus pixel-wise KD (`kd_kernels::burn`), with Adam, on burn's NdArray CPU backend; then a student
-//! with two feature layers learns a teacher's two through SemCKD, its regressors and embeddings trained
-//! with it.
+//! CWD plus pixel-wise KD (`kd_kernels::burn`), with Adam, on burn's NdArray CPU backend (on its CUDA
+//! backend with `burn-cuda` and a GPU); then a student with two feature layers learns a teacher's two
+//! through SemCKD, its regressors and embeddings trained with it.
 //!
 //! ```sh
 //! cargo run --release --features burn --example train_burn            # 30 steps
 //! cargo run --release --features burn --example train_burn -- 100     # 100 steps
+//! cargo run --release --features burn-cuda --example train_burn       # on burn's CUDA backend, with a GPU
 //! ```
 //!
 //! It prints the loss at every step, and at step 0 the same loss written in burn's own tensor operations
@@ -258,12 +259,23 @@ pub fn train_semckd(steps: usize, device: &Device, verbose: bool) -> Result<Trai
     Ok(TrainReport { losses, step0_burn_formula })
 }
 
+/// burn's CUDA device (fusion and autodiff) where this build has `burn-cuda` and a GPU answers, else
+/// NdArray's, with the reason printed.
+fn training_device() -> Device {
+    #[cfg(feature = "burn-cuda")]
+    match kd_kernels::cuda::probe() {
+        Ok(()) => return Device::cuda(0).autodiff(),
+        Err(e) => println!("no CUDA device for burn ({e}); training on the CPU"),
+    }
+    Device::ndarray().autodiff()
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps = match std::env::args().nth(1) {
         Some(arg) => arg.parse().map_err(|e| format!("the step count {arg:?} is not a number: {e}"))?,
         None => 30,
     };
-    let device = Device::ndarray().autodiff();
+    let device = training_device();
     println!("distilling a {CLASSES}-class teacher into a small conv student on {device:?}, CWD + pixel KD");
     let report = train(steps, &device, true)?;
     if let (Some(first), Some(last)) = (report.losses.first(), report.losses.last()) {
