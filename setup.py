@@ -1,5 +1,6 @@
-"""Builds the native part of the `kd_kernels` Python package: the `capi` crate's cdylib (libkd_kernels.so),
-copied into the package, which loads it with ctypes. The metadata is in pyproject.toml.
+"""Builds the native part of the `kd_kernels` Python package: the cdylib (libkd_kernels.so) of the
+`kd-kernels-capi` crate (crates/kd-kernels-capi), copied into the package, which loads it with ctypes. The
+metadata is in pyproject.toml.
 
 Why a few lines of setuptools rather than setuptools-rust or maturin: the library is a plain C ABI (no
 Python extension module), so the only job is `cargo build` and a copy; doing it here adds no build

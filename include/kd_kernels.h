@@ -1,5 +1,5 @@
 /*
- * kd_kernels.h: the C ABI of kd-kernels (the `capi` crate: libkd_kernels.so / libkd_kernels.a).
+ * kd_kernels.h: the C ABI of kd-kernels (crates/kd-kernels-capi: libkd_kernels.so / libkd_kernels.a).
  *
  * Knowledge-distillation losses of dense prediction, on raw pointers: device addresses for the CUDA
  * kernels (the caller's buffers and stream, e.g. libtorch's `tensor.data_ptr()` and

@@ -165,7 +165,9 @@ impl std::error::Error for KdError {}
 pub type Result<T, E = KdError> = std::result::Result<T, E>;
 
 impl KdError {
-    pub(crate) fn cuda(op: &'static str, error: cudarc::driver::DriverError) -> Self {
+    /// [`KdError::Cuda`] for a failed driver call `op`: public for the adapter crates, whose own driver calls
+    /// (a context, a stream) report their errors as this crate's.
+    pub fn cuda(op: &'static str, error: cudarc::driver::DriverError) -> Self {
         KdError::Cuda { op, error: error.to_string() }
     }
 }

@@ -21,10 +21,12 @@
 //! [`KdError::KernelsUnavailable`]; without a driver at run time they return [`KdError::CudaUnavailable`].
 //! Nothing panics on bad input: see [`KdError`].
 //!
-//! With the feature `candle`, the module `candle` has the losses as candle ops with a backward pass
-//! (`candle-cuda`: on candle's CUDA device too); with the feature `burn`, the module `burn` has them as a burn
-//! backend extension (NdArray and its `Autodiff` wrapper). C, C++ and Python reach the crate through the C ABI
-//! of the workspace member `capi` (`include/kd_kernels.h`) and the `kd_kernels` Python package over it.
+//! Adapters are crates of their own in this workspace: `kd-kernels-candle` has the losses as candle ops with a
+//! backward pass (feature `cuda`: on candle's CUDA device too), `kd-kernels-burn` as a burn backend extension
+//! (NdArray, its `Autodiff` wrapper, and with feature `cuda` burn's CUDA backend). C, C++ and Python reach the
+//! crate through the C ABI of `kd-kernels-capi` (`include/kd_kernels.h`) and the `kd_kernels` Python package
+//! over it. What the adapters need beyond the typed API is public too (the raw-pointer layers and
+//! [`cuda::probe`]), documented for them.
 //!
 //! ```
 //! use kd_kernels::cwd::{CwdConfig, CwdCpu};
@@ -44,10 +46,6 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeExamples;
 
-#[cfg(feature = "burn")]
-pub mod burn;
-#[cfg(feature = "candle")]
-pub mod candle;
 pub mod cpu;
 pub mod cuda;
 pub mod cwd;

@@ -1,27 +1,27 @@
 //! burn: the time of one training step of the loss (the forward and the backward into the student
-//! logits) through `kd_kernels::burn` against the same loss written in burn's tensor operations
-//! (`kd_kernels::burn::reference`, differentiated by burn's autograd), on burn's NdArray CPU backend.
+//! logits) through `kd_kernels_burn` against the same loss written in burn's tensor operations
+//! (`kd_kernels_burn::reference`, differentiated by burn's autograd), on burn's NdArray CPU backend.
 //!
 //! ```text
-//! cargo bench --features burn --bench burn
-//! cargo bench --features burn --bench burn -- cwd --quick
+//! cargo bench -p kd-kernels-burn --bench burn
+//! cargo bench -p kd-kernels-burn --bench burn -- cwd --quick
 //! ```
 //!
-//! With feature `burn-cuda` and a GPU, the same step on burn's CUDA backend (fusion and autodiff, f32 and
+//! With feature `cuda` and a GPU, the same step on burn's CUDA backend (fusion and autodiff, f32 and
 //! bf16) at the GPU bench shape; without them that case prints why it is skipped.
 //!
 //! ```text
-//! cargo bench --features burn-cuda --bench burn -- cuda
+//! cargo bench -p kd-kernels-burn --features cuda --bench burn -- cuda
 //! ```
-// burn 0.22 deprecates NdArray in favour of Flex; NdArray is the CPU backend the `burn` feature covers.
+// burn 0.22 deprecates NdArray in favour of Flex; NdArray is the CPU backend this crate covers.
 #![allow(deprecated)]
 
 use burn::tensor::{Device, Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use kd_kernels::burn::{cwd_loss, pixel_kd_loss, reference, semckd_loss, SemckdMlp};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::semckd::{default_embed_dim, SemckdConfig};
+use kd_kernels_burn::{cwd_loss, pixel_kd_loss, reference, semckd_loss, SemckdMlp};
 
 /// Segmentation logits at 1/8 of a small crop (19 Cityscapes classes), and a batch of 8 at 1/16.
 const SHAPES: [[usize; 4]; 2] = [[2, 19, 32, 64], [8, 19, 16, 32]];
@@ -146,8 +146,8 @@ mod cuda {
 
     /// Why the GPU case cannot run here, if it cannot.
     fn unavailable() -> Option<String> {
-        if !cfg!(feature = "burn-cuda") {
-            return Some("built without the `burn-cuda` feature".into());
+        if !cfg!(feature = "cuda") {
+            return Some("built without the `cuda` feature".into());
         }
         if !kd_kernels::cuda::KERNELS_COMPILED {
             return Some("the crate was built without nvcc, so it has no kernels".into());
@@ -155,7 +155,7 @@ mod cuda {
         kd_kernels::cuda::probe().err().map(|e| e.to_string())
     }
 
-    #[cfg(feature = "burn-cuda")]
+    #[cfg(feature = "cuda")]
     pub fn bench(c: &mut Criterion, name: &str, ours: Loss, theirs: Loss) {
         use super::step;
         use burn::tensor::{DType, Device, Distribution, Tensor};
@@ -181,7 +181,7 @@ mod cuda {
         }
     }
 
-    #[cfg(not(feature = "burn-cuda"))]
+    #[cfg(not(feature = "cuda"))]
     pub fn bench(_: &mut Criterion, name: &str, _: Loss, _: Loss) {
         if let Some(reason) = unavailable() {
             println!("burn_{name}_cuda: skipped: {reason}");

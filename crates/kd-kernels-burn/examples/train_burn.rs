@@ -1,18 +1,18 @@
 //! A real training step with burn: a small convolutional student learns a fixed teacher's logits through
-//! CWD plus pixel-wise KD (`kd_kernels::burn`), with Adam, on burn's NdArray CPU backend (on its CUDA
-//! backend with `burn-cuda` and a GPU); then a student with two feature layers learns a teacher's two
+//! CWD plus pixel-wise KD (`kd_kernels_burn`), with Adam, on burn's NdArray CPU backend (on its CUDA
+//! backend with `cuda` and a GPU); then a student with two feature layers learns a teacher's two
 //! through SemCKD, its regressors and embeddings trained with it.
 //!
 //! ```sh
-//! cargo run --release --features burn --example train_burn            # 30 steps
-//! cargo run --release --features burn --example train_burn -- 100     # 100 steps
-//! cargo run --release --features burn-cuda --example train_burn       # on burn's CUDA backend, with a GPU
+//! cargo run --release -p kd-kernels-burn --example train_burn            # 30 steps
+//! cargo run --release -p kd-kernels-burn --example train_burn -- 100     # 100 steps
+//! cargo run --release -p kd-kernels-burn --features cuda --example train_burn       # on burn's CUDA backend, with a GPU
 //! ```
 //!
 //! It prints the loss at every step, and at step 0 the same loss written in burn's own tensor operations
-//! (`kd_kernels::burn::reference`), which must agree. `tests/burn_train.rs` runs `train` and
+//! (`kd_kernels_burn::reference`), which must agree. `tests/burn_train.rs` runs `train` and
 //! `train_semckd` and asserts both.
-// burn 0.22 deprecates NdArray in favour of Flex; NdArray is the CPU backend the `burn` feature covers.
+// burn 0.22 deprecates NdArray in favour of Flex; NdArray is the CPU backend this crate covers.
 #![allow(deprecated)]
 
 use burn::module::Module;
@@ -21,11 +21,11 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Distribution, Tensor};
-use kd_kernels::burn::{cwd_loss, pixel_kd_loss, reference, semckd_loss, SemckdMlp};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::semckd::{default_embed_dim, SemckdConfig};
 use kd_kernels::KdError;
+use kd_kernels_burn::{cwd_loss, pixel_kd_loss, reference, semckd_loss, SemckdMlp};
 
 /// Classes of the toy segmentation task (channels of the logits).
 pub const CLASSES: usize = 6;
@@ -259,10 +259,10 @@ pub fn train_semckd(steps: usize, device: &Device, verbose: bool) -> Result<Trai
     Ok(TrainReport { losses, step0_burn_formula })
 }
 
-/// burn's CUDA device (fusion and autodiff) where this build has `burn-cuda` and a GPU answers, else
+/// burn's CUDA device (fusion and autodiff) where this build has the `cuda` feature and a GPU answers, else
 /// NdArray's, with the reason printed.
 fn training_device() -> Device {
-    #[cfg(feature = "burn-cuda")]
+    #[cfg(feature = "cuda")]
     match kd_kernels::cuda::probe() {
         Ok(()) => return Device::cuda(0).autodiff(),
         Err(e) => println!("no CUDA device for burn ({e}); training on the CPU"),

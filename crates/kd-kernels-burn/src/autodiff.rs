@@ -13,11 +13,11 @@ use ::burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata};
 use ::burn::tensor::Shape;
 
 use super::KdBackend;
-use crate::cwd::CwdConfig;
-use crate::cwt::CwtConfig;
-use crate::icsd::IcsdConfig;
-use crate::pixel_kd::PixelKdConfig;
-use crate::semckd::{SemckdConfig, SemckdLayers};
+use kd_kernels::cwd::CwdConfig;
+use kd_kernels::cwt::CwtConfig;
+use kd_kernels::icsd::IcsdConfig;
+use kd_kernels::pixel_kd::PixelKdConfig;
+use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
 
 /// The backward step of a fused loss: the gradients computed in the forward, times the upstream
 /// gradient, for every input that is tracked and has one.

@@ -1,4 +1,4 @@
-//! [`KdBackend`] for burn's cubecl backend on CUDA devices (feature `burn-cuda`): the crate's kernels,
+//! [`KdBackend`] for burn's cubecl backend on CUDA devices (feature `cuda`): the crate's kernels,
 //! through each family's raw layer (`launch_raw`), on the device addresses of cubecl's buffers.
 //!
 //! # Ordering against cubecl, and what it costs
@@ -53,14 +53,14 @@ use cudarc::driver::{CudaContext, CudaStream};
 
 use super::KdBackend;
 use super::SemckdPacking;
-use crate::cwd::{CwdConfig, CwdCuda, CwdRawBuffers};
-use crate::cwt::{CwtConfig, CwtCuda, CwtRawBuffers, CwtShapes};
-use crate::dtype::DType;
-use crate::error::{KdError, Result};
-use crate::grad::GradOptions;
-use crate::icsd::{IcsdConfig, IcsdCuda, IcsdRawBuffers};
-use crate::pixel_kd::{PixelKdConfig, PixelKdCuda, PixelKdRawBuffers};
-use crate::semckd::{SemckdConfig, SemckdCuda, SemckdLayers, SemckdRawBuffers};
+use kd_kernels::cwd::{CwdConfig, CwdCuda, CwdRawBuffers};
+use kd_kernels::cwt::{CwtConfig, CwtCuda, CwtRawBuffers, CwtShapes};
+use kd_kernels::dtype::DType;
+use kd_kernels::error::{KdError, Result};
+use kd_kernels::grad::GradOptions;
+use kd_kernels::icsd::{IcsdConfig, IcsdCuda, IcsdRawBuffers};
+use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCuda, PixelKdRawBuffers};
+use kd_kernels::semckd::{SemckdConfig, SemckdCuda, SemckdLayers, SemckdRawBuffers};
 
 /// The cubecl server of the CUDA runtime, whose storage hands out device addresses.
 type CudaServer = <CudaRuntime as Runtime>::Server;
@@ -161,7 +161,7 @@ pub struct RawCallDyn<'a, L> {
 /// # Panics
 ///
 /// On a tensor that is not on a CUDA device, and on any error of the driver or the kernels (the
-/// primitives of [`KdBackend`] return tensors; the checked functions of [`crate::burn`] refuse bad inputs
+/// primitives of [`KdBackend`] return tensors; the checked functions of [this crate](crate) refuse bad inputs
 /// before anything runs, so what is left is a failing device).
 pub fn run<L: GpuLoss, const N: usize>(
     key: L::Key,
@@ -186,7 +186,7 @@ pub fn run_dyn<L: GpuLoss>(
     outputs: Vec<OutputSpec>,
     call: impl FnOnce(RawCallDyn<'_, L>) -> Result<()>,
 ) -> Vec<CubeTensor> {
-    try_run(key, inputs, outputs, call).unwrap_or_else(|e| panic!("kd_kernels::burn on CUDA: {e}"))
+    try_run(key, inputs, outputs, call).unwrap_or_else(|e| panic!("kd_kernels_burn on CUDA: {e}"))
 }
 
 fn try_run<L: GpuLoss>(
@@ -255,7 +255,7 @@ fn kd_stream(ordinal: usize) -> Result<Arc<CudaStream>> {
     if let Some((_, stream)) = streams.iter().find(|(o, _)| *o == ordinal) {
         return Ok(stream.clone());
     }
-    crate::cuda::probe()?;
+    kd_kernels::cuda::probe()?;
     let ctx = CudaContext::new(ordinal).map_err(|e| KdError::cuda("cuDevicePrimaryCtxRetain", e))?;
     let stream = ctx.new_stream().map_err(|e| KdError::cuda("cuStreamCreate", e))?;
     streams.push((ordinal, stream.clone()));
@@ -299,7 +299,7 @@ fn kernel_dtype(dtype: BurnDType) -> DType {
         BurnDType::F32 | BurnDType::Flex32 => DType::F32,
         BurnDType::F16 => DType::F16,
         BurnDType::BF16 => DType::BF16,
-        other => panic!("kd_kernels::burn on CUDA: the kernels read f32, f16 or bf16, not {other:?}"),
+        other => panic!("kd_kernels_burn on CUDA: the kernels read f32, f16 or bf16, not {other:?}"),
     }
 }
 

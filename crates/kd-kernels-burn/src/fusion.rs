@@ -1,4 +1,4 @@
-//! [`KdBackend`] for burn's `Fusion<B>` wrapper (feature `burn-cuda`, which turns burn's fusion on, as
+//! [`KdBackend`] for burn's `Fusion<B>` wrapper (feature `cuda`, which turns burn's fusion on, as
 //! burn's default `Cuda` backend has it): each primitive is registered as one opaque fusion custom
 //! operation whose outputs are described up front (shapes and dtypes follow from the inputs), and which
 //! runs `B`'s primitive when fusion executes its queue. Fusion orders it with the operations around it;
@@ -15,11 +15,11 @@ use ::burn::backend::ExecutionError;
 use ::burn::tensor::Shape;
 
 use super::KdBackend;
-use crate::cwd::CwdConfig;
-use crate::cwt::CwtConfig;
-use crate::icsd::IcsdConfig;
-use crate::pixel_kd::PixelKdConfig;
-use crate::semckd::{SemckdConfig, SemckdLayers};
+use kd_kernels::cwd::CwdConfig;
+use kd_kernels::cwt::CwtConfig;
+use kd_kernels::icsd::IcsdConfig;
+use kd_kernels::pixel_kd::PixelKdConfig;
+use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
 
 /// A float tensor of `Fusion<B>`.
 type Lazy<B> = FusionTensor<<B as FusionBackend>::FusionRuntime>;
@@ -67,7 +67,7 @@ pub fn lazy_dyn<B: FusionBackend>(
     let op = OperationFn(move |handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>| {
         let tensors = inputs.iter().map(|ir| handles.get_float_tensor::<B>(ir)).collect();
         let results = execute(tensors);
-        assert_eq!(results.len(), ids.len(), "kd_kernels::burn: {id} returned another number of outputs");
+        assert_eq!(results.len(), ids.len(), "kd_kernels_burn: {id} returned another number of outputs");
         for (id, tensor) in ids.iter().zip(results) {
             handles.register_float_tensor::<B>(id, tensor);
         }

@@ -1,10 +1,10 @@
-//! The losses as [burn](https://burn.dev) operations (feature `burn`): `loss.backward()` in a burn graph
+//! The losses of [kd-kernels](kd_kernels) as [burn](https://burn.dev) operations: `loss.backward()` in a burn graph
 //! reaches the student through the crate's fused forward-and-backward.
 //!
 //! ```
 //! # #![allow(deprecated)] // burn 0.22's NdArray
 //! use burn::tensor::{Device, Distribution, Tensor};
-//! use kd_kernels::burn::{cwd_loss, pixel_kd_loss};
+//! use kd_kernels_burn::{cwd_loss, pixel_kd_loss};
 //! use kd_kernels::{cwd::CwdConfig, pixel_kd::PixelKdConfig};
 //!
 //! # fn main() -> Result<(), kd_kernels::KdError> {
@@ -23,7 +23,7 @@
 //! # How it is built
 //!
 //! [`KdBackend`] is a burn backend extension: one pair of primitives per loss, the loss alone and the loss
-//! with its gradients in one pass (what [`crate::cwd::CwdCuda::forward_backward`] computes). It is
+//! with its gradients in one pass (what [`kd_kernels::cwd::CwdCuda::forward_backward`] computes). It is
 //! implemented for
 //!
 //! * burn's `NdArray` backend, through the crate's CPU reference (f64 arithmetic, inputs `f32` or `f64`,
@@ -32,13 +32,13 @@
 //!   tracked and keeps the gradients; the backward step multiplies it by the upstream gradient (burn's custom
 //!   backward pattern, [`Backward`](::burn::backend::autodiff::ops::Backward)). When nothing is tracked
 //!   it runs the loss alone;
-//! * with feature `burn-cuda`, burn's cubecl backend on CUDA devices (`Device::cuda(..)`), through the
+//! * with feature `cuda`, burn's cubecl backend on CUDA devices (`Device::cuda(..)`), through the
 //!   kernels' raw layer on cubecl's buffers (module `cuda`: f32, f16 and bf16; CWT in f32; two host
 //!   synchronisations per call, because cubecl does not expose its stream), and burn's `Fusion<B>`
 //!   wrapper, which queues each primitive as a fusion custom operation (module `fusion`).
 //!
 //! The functions of this module ([`cwd_loss`], [`pixel_kd_loss`], [`icsd_loss`], [`aicsd_loss`],
-//! [`cwt_loss`], [`semckd_loss`]) check their inputs and return a typed [`crate::KdError`] (shapes, dtypes,
+//! [`cwt_loss`], [`semckd_loss`]) check their inputs and return a typed [`kd_kernels::KdError`] (shapes, dtypes,
 //! devices, configuration, a tracked teacher the loss has no gradient for) before anything runs; they are
 //! what a training step calls. The trait's primitives take checked inputs.
 //!
@@ -53,11 +53,11 @@
 
 pub mod autodiff;
 mod backend;
-#[cfg(feature = "burn-cuda")]
+#[cfg(feature = "cuda")]
 pub mod cuda;
-#[cfg(feature = "burn-cuda")]
+#[cfg(feature = "cuda")]
 pub mod fusion;
-// burn 0.22 deprecates NdArray in favour of its Flex backend; NdArray is the CPU backend this feature covers.
+// burn 0.22 deprecates NdArray in favour of its Flex backend; NdArray is the CPU backend this crate covers.
 #[allow(deprecated)]
 pub mod ndarray;
 pub mod reference;
@@ -69,12 +69,12 @@ pub use semckd::{semckd_loss, SemckdMlp, SemckdPacking};
 use ::burn::backend::{Dispatch, DispatchDevice};
 use ::burn::tensor::{DType, Device, Tensor};
 
-use crate::cwd::CwdConfig;
-use crate::cwt::{CwtConfig, CwtShapes};
-use crate::error::{KdError, Result};
-use crate::icsd::{AicsdConfig, IcsdConfig};
-use crate::pixel_kd::PixelKdConfig;
-use crate::shape::Nchw;
+use kd_kernels::cwd::CwdConfig;
+use kd_kernels::cwt::{CwtConfig, CwtShapes};
+use kd_kernels::error::{KdError, Result};
+use kd_kernels::icsd::{AicsdConfig, IcsdConfig};
+use kd_kernels::pixel_kd::PixelKdConfig;
+use kd_kernels::shape::Nchw;
 
 /// CWD between `student` and `teacher` logits (NCHW), as a differentiable one-element tensor.
 ///
@@ -215,14 +215,14 @@ fn covered_backend(device: &Device) -> Result<()> {
     #[allow(deprecated)] // burn 0.22's NdArray
     match device.clone().inner().as_dispatch() {
         DispatchDevice::NdArray(_) => Ok(()),
-        #[cfg(feature = "burn-cuda")]
+        #[cfg(feature = "cuda")]
         DispatchDevice::Cube(burn_cubecl::CubeDevice::Cuda(_)) => Ok(()),
         #[allow(unreachable_patterns)]
         other => Err(KdError::Unsupported {
             what: "this burn backend",
             detail: format!(
-                "kd_kernels::burn runs on burn's NdArray backend and, with feature burn-cuda, on its CUDA devices \
-                 (with or without autodiff), not on {other:?}; kd_kernels::burn::reference has the same losses \
+                "kd_kernels_burn runs on burn's NdArray backend and, with feature cuda, on its CUDA devices \
+                 (with or without autodiff), not on {other:?}; kd_kernels_burn::reference has the same losses \
                  in burn's tensor operations"
             ),
         }),
@@ -231,11 +231,11 @@ fn covered_backend(device: &Device) -> Result<()> {
 
 /// Whether `device` is a CUDA device of burn's cubecl backend (where the kernels have no f64).
 fn is_cuda(device: &Device) -> bool {
-    #[cfg(feature = "burn-cuda")]
+    #[cfg(feature = "cuda")]
     {
         matches!(device.clone().inner().as_dispatch(), DispatchDevice::Cube(burn_cubecl::CubeDevice::Cuda(_)))
     }
-    #[cfg(not(feature = "burn-cuda"))]
+    #[cfg(not(feature = "cuda"))]
     {
         let _ = device;
         false

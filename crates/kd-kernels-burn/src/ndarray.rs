@@ -9,13 +9,13 @@ use ::ndarray::{ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView4, ArrayView
 
 use super::KdBackend;
 use super::SemckdPacking;
-use crate::cpu::{CpuOutput, HostFloat};
-use crate::cwd::{CwdConfig, CwdCpu};
-use crate::cwt::{CwtConfig, CwtCpu, MlpParams};
-use crate::error::Result;
-use crate::icsd::{IcsdConfig, IcsdCpu, IcsdCpuOutput};
-use crate::pixel_kd::{PixelKdConfig, PixelKdCpu};
-use crate::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers};
+use kd_kernels::cpu::{CpuOutput, HostFloat};
+use kd_kernels::cwd::{CwdConfig, CwdCpu};
+use kd_kernels::cwt::{CwtConfig, CwtCpu, MlpParams};
+use kd_kernels::error::Result;
+use kd_kernels::icsd::{IcsdConfig, IcsdCpu, IcsdCpuOutput};
+use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu};
+use kd_kernels::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers};
 use std::ops::Range;
 
 /// A CPU reference of a loss over a (student, teacher) pair of one shape, for [`cpu_pair`].
@@ -104,7 +104,7 @@ pub struct CpuPairOutput {
 ///
 /// # Panics
 ///
-/// On inputs the checked functions of [`crate::burn`] refuse (not rank 4, different shapes or float types,
+/// On inputs the checked functions of [this crate](crate) refuse (not rank 4, different shapes or float types,
 /// an empty dimension); they never pass them.
 pub fn cpu_pair<L: CpuPairLoss>(
     loss: &L,
@@ -121,7 +121,7 @@ pub fn cpu_pair<L: CpuPairLoss>(
         let (s, t) = (view4(T::storage("student", student)), view4(T::storage("teacher", teacher)));
         let out = loss
             .run(s, t, want_grad)
-            .unwrap_or_else(|e| panic!("kd_kernels::burn: input the checked functions refuse: {e}"));
+            .unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
         CpuPairOutput {
             loss: float_tensor::<T, _>(::ndarray::Array1::from_elem(1, out.loss)),
             grad_student: want_grad.then(|| float_tensor::<T, _>(out.grad_student)),
@@ -146,7 +146,7 @@ fn view4<T>(view: ArrayViewD<'_, T>) -> ArrayView4<'_, T> {
 fn view_as<T, D: Dimension>(view: ArrayViewD<'_, T>) -> ::ndarray::ArrayView<'_, T, D> {
     let shape = view.shape().to_vec();
     view.into_dimensionality::<D>().unwrap_or_else(|e| {
-        panic!("kd_kernels::burn: a tensor of shape {shape:?} where rank {:?} is needed: {e}", D::NDIM)
+        panic!("kd_kernels_burn: a tensor of shape {shape:?} where rank {:?} is needed: {e}", D::NDIM)
     })
 }
 
@@ -174,7 +174,7 @@ fn cwt_cpu(
     b2: &NdArrayTensor,
     config: CwtConfig,
     want_grad: bool,
-) -> crate::cwt::CwtOutput {
+) -> kd_kernels::cwt::CwtOutput {
     let w1: ArrayView2<'_, f32> = view_as(f32_storage("w1", w1));
     let b1: ArrayView1<'_, f32> = view_as(f32_storage("b1", b1));
     let w2: ArrayView2<'_, f32> = view_as(f32_storage("w2", w2));
@@ -185,7 +185,7 @@ fn cwt_cpu(
     let out = if want_grad {
         cwt.forward_backward(s, t, &params)
     } else {
-        cwt.forward(s, t, &params).map(|loss| crate::cwt::CwtOutput {
+        cwt.forward(s, t, &params).map(|loss| kd_kernels::cwt::CwtOutput {
             loss,
             grad_student: Default::default(),
             grad_w1: Default::default(),
@@ -194,7 +194,7 @@ fn cwt_cpu(
             grad_b2: Default::default(),
         })
     };
-    out.unwrap_or_else(|e| panic!("kd_kernels::burn: input the checked functions refuse: {e}"))
+    out.unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"))
 }
 
 /// The float types NdArray stores, as the CPU references read and write them.
@@ -218,7 +218,7 @@ macro_rules! ndarray_float {
                 match t {
                     NdArrayTensor::$variant(s) => s.view(),
                     other => panic!(
-                        "kd_kernels::burn: {what} must be {}, got {:?} (the checked functions refuse this)",
+                        "kd_kernels_burn: {what} must be {}, got {:?} (the checked functions refuse this)",
                         stringify!($t),
                         burn_dtype(other)
                     ),
@@ -240,7 +240,7 @@ ndarray_float!(f32: F32, f64: F64);
 ///
 /// # Panics
 ///
-/// On inputs [`crate::burn::semckd_loss`] refuses (sizes, float types); it never passes them.
+/// On inputs [`crate::semckd_loss`] refuses (sizes, float types); it never passes them.
 pub fn semckd_cpu(
     maps: &NdArrayTensor,
     teacher: &NdArrayTensor,
@@ -281,7 +281,7 @@ pub fn semckd_cpu(
         };
         let semckd = cpu(SemckdCpu::new(config));
         let out = if want_grad { semckd.forward_backward(&inputs) } else { semckd.forward(&inputs) };
-        let out = out.unwrap_or_else(|e| panic!("kd_kernels::burn: input the checked functions refuse: {e}"));
+        let out = out.unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
         let loss = float_tensor::<T, _>(::ndarray::Array1::from_elem(1, out.loss));
         if !want_grad {
             return (loss, None);
@@ -314,7 +314,7 @@ fn unpack<'a, T, D: Dimension>(data: &'a [T], layout: &[(Vec<usize>, Range<usize
         .iter()
         .map(|(shape, range)| {
             let view = ArrayView::from_shape(IxDyn(shape), &data[range.clone()])
-                .unwrap_or_else(|e| panic!("kd_kernels::burn: a packed tensor of shape {shape:?}: {e}"));
+                .unwrap_or_else(|e| panic!("kd_kernels_burn: a packed tensor of shape {shape:?}: {e}"));
             into_dim(view)
         })
         .collect()
@@ -434,7 +434,7 @@ fn pair_loss_and_student_grad<L: CpuPairLoss>(
 }
 
 fn cpu<L>(loss: Result<L>) -> L {
-    loss.unwrap_or_else(|e| panic!("kd_kernels::burn: a configuration the checked functions refuse: {e}"))
+    loss.unwrap_or_else(|e| panic!("kd_kernels_burn: a configuration the checked functions refuse: {e}"))
 }
 
 fn expect_grad(grad: Option<NdArrayTensor>) -> NdArrayTensor {

@@ -14,12 +14,12 @@ use ::burn::tensor::module::adaptive_avg_pool2d;
 use ::burn::tensor::{Tensor, TensorData};
 
 use super::{CwtMlp, SemckdMlp};
-use crate::cwd::CwdConfig;
-use crate::cwt::{CwtConfig, CwtNormalize};
-use crate::icsd::{IcsdConfig, IcsdVariant};
-use crate::pixel_kd::PixelKdConfig;
-use crate::semckd::SemckdConfig;
-use crate::shape::Nchw;
+use kd_kernels::cwd::CwdConfig;
+use kd_kernels::cwt::{CwtConfig, CwtNormalize};
+use kd_kernels::icsd::{IcsdConfig, IcsdVariant};
+use kd_kernels::pixel_kd::PixelKdConfig;
+use kd_kernels::semckd::SemckdConfig;
+use kd_kernels::shape::Nchw;
 
 /// CWD (`docs/losses.md` §1.3): a softmax over the H·W positions of each (n, c) row of `x / tau`;
 /// `loss_weight * tau^2 / (N*C) * sum_rows KL(pT || pS)`.

@@ -7,8 +7,8 @@ use ::burn::backend::Dispatch;
 use ::burn::tensor::{DType, Device, Tensor};
 
 use super::{covered_backend, is_cuda, refuse_tracked_teacher, supported_dtype, KdBackend};
-use crate::error::{KdError, Result};
-use crate::semckd::{SemckdConfig, SemckdLayers};
+use kd_kernels::error::{KdError, Result};
+use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
 
 /// Where each tensor of a SemCKD call lies in the packed 1-D tensors of [`KdBackend::semckd_forward`]:
 /// per tensor its shape and its range of elements, each tensor flattened row-major.

@@ -1,28 +1,27 @@
-//! The burn ops on burn's CUDA backend (feature `burn-cuda`; burn's `Cuda` with fusion, with and without
+//! The burn ops on burn's CUDA backend (feature `cuda`; burn's `Cuda` with fusion, with and without
 //! autodiff) against burn's own autograd of the same losses written in burn ops
-//! (`kd_kernels::burn::reference`) on the same device, in f32, f16 and bf16 (CWT in f32; SemCKD's maps in
+//! (`kd_kernels_burn::reference`) on the same device, in f32, f16 and bf16 (CWT in f32; SemCKD's maps in
 //! each, its MLPs in f32), plus the ordering
 //! against cubecl's lazy queue. Under a small harness of its own (`harness = false`): built without
-//! `burn-cuda`, without kernels, or with no GPU, every test is reported `skipped` with the reason and the
+//! `cuda`, without kernels, or with no GPU, every test is reported `skipped` with the reason and the
 //! binary exits 0; otherwise every test runs and the binary exits 1 if any failed.
 //!
 //! The reference runs in f32 on the f16/bf16 inputs cast up (burn's own f16 ops would be the less
 //! accurate side); ours returns the loss rounded to the input dtype, so the loss is held to the crate's
 //! loss tolerance or that dtype's rounding, whichever is larger.
-#![cfg(feature = "burn")]
 
-#[cfg(feature = "burn-cuda")]
+#[cfg(feature = "cuda")]
 mod gpu {
     use burn::tensor::{DType, Device, Tensor, TensorData};
-    use kd_kernels::burn::{
-        aicsd_loss, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, reference, semckd_loss, CwtMlp, SemckdMlp,
-    };
     use kd_kernels::cwd::CwdConfig;
     use kd_kernels::cwt::{CwtConfig, CwtNormalize};
     use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
     use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
     use kd_kernels::semckd::SemckdConfig;
     use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+    use kd_kernels_burn::{
+        aicsd_loss, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, reference, semckd_loss, CwtMlp, SemckdMlp,
+    };
 
     pub type TestResult = Result<(), String>;
 
@@ -384,10 +383,10 @@ mod gpu {
     }
 }
 
-#[cfg(feature = "burn-cuda")]
+#[cfg(feature = "cuda")]
 type Check = fn(&burn::tensor::Device) -> gpu::TestResult;
 
-#[cfg(feature = "burn-cuda")]
+#[cfg(feature = "cuda")]
 const TESTS: &[(&str, Check)] = &[
     ("cwd_matches_burn_autograd", gpu::check_cwd),
     ("pixel_kd_matches_burn_autograd", gpu::check_pixel_kd),
@@ -398,7 +397,7 @@ const TESTS: &[(&str, Check)] = &[
     ("misuse_is_an_error", gpu::check_errors),
 ];
 
-#[cfg(not(feature = "burn-cuda"))]
+#[cfg(not(feature = "cuda"))]
 const TESTS: &[(&str, ())] = &[
     ("cwd_matches_burn_autograd", ()),
     ("pixel_kd_matches_burn_autograd", ()),
@@ -411,19 +410,19 @@ const TESTS: &[(&str, ())] = &[
 
 /// The autodiff CUDA device, or why the tests cannot run.
 fn device() -> Result<burn::tensor::Device, String> {
-    if !cfg!(feature = "burn-cuda") {
-        return Err("built without the `burn-cuda` feature".into());
+    if !cfg!(feature = "cuda") {
+        return Err("built without the `cuda` feature".into());
     }
     if !kd_kernels::cuda::KERNELS_COMPILED {
         return Err("the crate was built without nvcc, so it has no kernels".into());
     }
     kd_kernels::cuda::probe().map_err(|e| e.to_string())?;
-    #[cfg(feature = "burn-cuda")]
+    #[cfg(feature = "cuda")]
     {
         std::panic::catch_unwind(|| burn::tensor::Device::cuda(0).autodiff())
             .map_err(|_| "burn could not open CUDA device 0".to_string())
     }
-    #[cfg(not(feature = "burn-cuda"))]
+    #[cfg(not(feature = "cuda"))]
     unreachable!("returned above")
 }
 
@@ -438,7 +437,7 @@ fn main() {
             return;
         }
     };
-    #[cfg(feature = "burn-cuda")]
+    #[cfg(feature = "cuda")]
     {
         let mut failed = 0;
         for (name, test) in TESTS {
@@ -462,6 +461,6 @@ fn main() {
             std::process::exit(1);
         }
     }
-    #[cfg(not(feature = "burn-cuda"))]
+    #[cfg(not(feature = "cuda"))]
     let _ = device;
 }

@@ -1,15 +1,11 @@
 //! The burn ops against burn's own autograd of the same losses written in burn tensor ops
-//! (`kd_kernels::burn::reference`), on burn's NdArray backend, in every float type it stores (f32, f64;
+//! (`kd_kernels_burn::reference`), on burn's NdArray backend, in every float type it stores (f32, f64;
 //! CWT, whose parameters are f32, in f32; SemCKD's f32 MLPs beside f32 or f64 maps).
-#![cfg(feature = "burn")]
 // burn 0.22 deprecates its NdArray backend in favour of Flex; NdArray is the CPU backend this feature covers.
 #![allow(deprecated)]
 
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use kd_kernels::burn::{
-    aicsd_loss, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, reference, semckd_loss, CwtMlp, SemckdMlp,
-};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtNormalize};
 use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
@@ -17,6 +13,9 @@ use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
 use kd_kernels::semckd::SemckdConfig;
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::KdError;
+use kd_kernels_burn::{
+    aicsd_loss, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, reference, semckd_loss, CwtMlp, SemckdMlp,
+};
 
 /// Both sides compute in f64 for f64 tensors; they differ only in the order of their sums.
 const F64_TOLERANCE: f64 = 1e-12;

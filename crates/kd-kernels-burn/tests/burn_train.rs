@@ -1,6 +1,5 @@
 //! `examples/train_burn.rs` as a test: the distillation loss (CWD plus pixel KD; SemCKD) falls over a few
 //! dozen Adam steps, and step 0's loss equals the same loss written in burn's own tensor operations.
-#![cfg(feature = "burn")]
 #![allow(deprecated)] // burn 0.22's NdArray
 
 #[allow(dead_code)] // the example's `main`

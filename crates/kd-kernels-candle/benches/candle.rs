@@ -2,27 +2,29 @@
 //! step of the loss (forward, `backward()`, a device synchronisation), for CWD and pixel KD, and for SemCKD
 //! (every gradient: student maps, regressor outputs, embeddings) on CIFAR resnet32x4 -> resnet8x4's layers.
 //!
-//! On the GPU (feature `candle-cuda`, a GPU present) on `common::SHAPES`, the other benches' shapes, in f32
+//! On the GPU (feature `cuda`, a GPU present) on `common::SHAPES`, the other benches' shapes, in f32
 //! and bf16; on candle's CPU device on one small shape in f32 (the crate's CPU path is the f64 reference, a
 //! correctness tool, not a fast path). Without a GPU the GPU cases are skipped with a message.
 //!
 //! ```text
-//! cargo bench --bench candle --features candle-cuda
-//! cargo bench --bench candle --features candle -- cpu    # the CPU cases only
+//! cargo bench --bench candle -p kd-kernels-candle --features cuda
+//! cargo bench --bench candle -p kd-kernels-candle -- cpu    # the CPU cases only
 //! ```
 
 #[path = "../tests/candle_support/mod.rs"]
 mod candle_support;
+// The loss benches' shared harness, in the core crate's benches.
+#[path = "../../../benches/common/mod.rs"]
 mod common;
 
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{BenchmarkId, Criterion};
-use kd_kernels::candle::{Cwd, PixelKd, Semckd, SemckdTensors};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::semckd::SemckdConfig;
+use kd_kernels_candle::{Cwd, PixelKd, Semckd, SemckdTensors};
 
 const CPU_SHAPE: [usize; 4] = [2, 19, 32, 64];
 
@@ -61,8 +63,8 @@ fn main() {
 }
 
 fn gpu() -> Result<Device, String> {
-    if !cfg!(feature = "candle-cuda") {
-        return Err("built without the `candle-cuda` feature".into());
+    if !cfg!(feature = "cuda") {
+        return Err("built without the `cuda` feature".into());
     }
     kd_kernels::cuda::probe().map_err(|e| e.to_string())?;
     Device::new_cuda(0).map_err(|e| format!("candle could not open CUDA device 0: {e}"))

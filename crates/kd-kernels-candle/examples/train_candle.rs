@@ -5,17 +5,17 @@
 //! falls.
 //!
 //! ```sh
-//! cargo run --release --example train_candle --features candle            # candle's CPU device
-//! cargo run --release --example train_candle --features candle-cuda       # the GPU, where one is present
+//! cargo run --release --example train_candle -p kd-kernels-candle            # candle's CPU device
+//! cargo run --release --example train_candle -p kd-kernels-candle --features cuda       # the GPU, where one is present
 //! ```
 
 use candle_core::{DType, Device, Tensor, Var};
-use kd_kernels::candle::{Cwd, Cwt, Icsd, PixelKd, Semckd, SemckdTensors};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtNormalize, CwtShapes};
 use kd_kernels::icsd::IcsdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::semckd::SemckdConfig;
+use kd_kernels_candle::{Cwd, Cwt, Icsd, PixelKd, Semckd, SemckdTensors};
 
 /// Batch, input channels, classes, student and teacher feature channels, height, width.
 pub const N: usize = 4;
@@ -263,7 +263,7 @@ pub fn train(device: &Device, dtype: DType, steps: usize, lr: f64) -> candle_cor
 
 /// candle's CUDA device where this build can use it, else its CPU.
 pub fn pick_device() -> Device {
-    if cfg!(feature = "candle-cuda") && kd_kernels::cuda::probe().is_ok() {
+    if cfg!(feature = "cuda") && kd_kernels::cuda::probe().is_ok() {
         if let Ok(d) = Device::new_cuda(0) {
             return d;
         }

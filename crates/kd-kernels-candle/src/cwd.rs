@@ -1,14 +1,14 @@
 //! CWD as a candle op.
 
-use crate::cwd::{CwdConfig, CwdCpu};
+use kd_kernels::cwd::{CwdConfig, CwdCpu};
 
 super::pair_loss_adapter! {
-    /// Channel-wise distillation ([`crate::cwd`]) as a candle op: `loss(student, teacher)` is an f32 scalar
+    /// Channel-wise distillation ([`kd_kernels::cwd`]) as a candle op: `loss(student, teacher)` is an f32 scalar
     /// whose backward pass writes d loss / d student (and d loss / d teacher with `config.teacher_grad`).
     Cwd {
         cpu: CwdCpu,
         config: CwdConfig,
-        cuda: crate::cwd::CwdCuda,
+        cuda: kd_kernels::cwd::CwdCuda,
         op: "kd-kernels-cwd",
         teacher_grad_if: teacher_grad,
     }

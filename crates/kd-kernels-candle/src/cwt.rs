@@ -7,14 +7,14 @@ use candle_core::{CpuStorage, DType as CandleDType, Layout, Shape, Tensor};
 use ndarray::{ArrayView1, ArrayView2};
 
 use super::{candle_error, cpu_slice, cpu_view4, dispatch_host, HostElem, PerHostDtype};
-use crate::cwt::{CwtConfig, CwtCpu, CwtShapes, MlpParams};
-use crate::error::KdError;
+use kd_kernels::cwt::{CwtConfig, CwtCpu, CwtShapes, MlpParams};
+use kd_kernels::error::KdError;
 
 const NAME: &str = "kd-kernels-cwt";
 const GRAD_NAME: &str = "kd-kernels-cwt-grad";
 const PARAM_GRAD_NAME: &str = "kd-kernels-cwt-param-grad";
 
-/// Channel-wise transformation ([`crate::cwt`]) as a candle op: `loss(student, teacher, w1, b1, w2, b2)`
+/// Channel-wise transformation ([`kd_kernels::cwt`]) as a candle op: `loss(student, teacher, w1, b1, w2, b2)`
 /// is an f32 scalar whose backward pass writes the gradients of the student features (`[N, Cs, H, W]`) and
 /// of the MLP's f32 parameters: `w1` `[Ch, Cs]` (or `[Ch, Cs, 1, 1]`, a 1x1 convolution's weight), `b1`
 /// `[Ch]`, `w2` `[Ct, Ch]` (or `[Ct, Ch, 1, 1]`), `b2` `[Ct]`.
@@ -29,8 +29,8 @@ pub struct Cwt {
 struct Shared {
     cpu: CwtCpu,
     shapes: CwtShapes,
-    #[cfg(feature = "candle-cuda")]
-    cuda: super::cuda::CudaSlot<crate::cwt::CwtCuda>,
+    #[cfg(feature = "cuda")]
+    cuda: super::cuda::CudaSlot<kd_kernels::cwt::CwtCuda>,
 }
 
 impl Cwt {
@@ -41,7 +41,7 @@ impl Cwt {
             shared: Arc::new(Shared {
                 cpu: CwtCpu::new(config).map_err(candle_error)?,
                 shapes,
-                #[cfg(feature = "candle-cuda")]
+                #[cfg(feature = "cuda")]
                 cuda: super::cuda::CudaSlot::new(),
             }),
         })
@@ -156,7 +156,7 @@ struct GradOp {
 
 enum ParamGrads {
     Cpu(Vec<f32>),
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     Cuda(candle_core::CudaStorage),
 }
 
@@ -211,7 +211,7 @@ impl candle_core::CustomOp3 for ForwardOp {
         dispatch_host(s1.dtype(), NAME, Job { shared: &self.shared, s: (s1, l1), t: (s2, l2), params })
     }
 
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,
@@ -290,7 +290,7 @@ impl candle_core::CustomOp3 for GradOp {
         dispatch_host(s1.dtype(), GRAD_NAME, Job { op: self, s: (s1, l1), t: (s2, l2), packed })
     }
 
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,
@@ -319,7 +319,7 @@ impl candle_core::CustomOp1 for TakeParamGrads {
     fn cpu_fwd(&self, _: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         match self.take()? {
             ParamGrads::Cpu(g) => Ok((CpuStorage::F32(g), layout.shape().clone())),
-            #[cfg(feature = "candle-cuda")]
+            #[cfg(feature = "cuda")]
             ParamGrads::Cuda(_) => Err(candle_core::Error::DeviceMismatchBinaryOp {
                 lhs: candle_core::DeviceLocation::Cpu,
                 rhs: candle_core::DeviceLocation::Cuda { gpu_id: 0 },
@@ -328,7 +328,7 @@ impl candle_core::CustomOp1 for TakeParamGrads {
         }
     }
 
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         _: &candle_core::CudaStorage,
@@ -345,7 +345,7 @@ impl candle_core::CustomOp1 for TakeParamGrads {
     }
 }
 
-#[cfg(feature = "candle-cuda")]
+#[cfg(feature = "cuda")]
 mod cuda {
     //! CWT on candle's CUDA device: the typed API on candle's slices and stream.
 
@@ -356,7 +356,7 @@ mod cuda {
     use super::super::cuda::view;
     use super::super::{dispatch, nchw, Float, PerDtype};
     use super::{expect_params, param_count, param_ranges, GradOp, ParamGrads, Shared, GRAD_NAME, NAME};
-    use crate::cwt::{CwtCuda, CwtParamBuffers, CwtParamGrads, CwtShapes};
+    use kd_kernels::cwt::{CwtCuda, CwtParamBuffers, CwtParamGrads, CwtShapes};
 
     type Arg<'a> = (&'a CudaStorage, &'a Layout);
 

@@ -3,12 +3,12 @@
 use candle_core::Tensor;
 
 use super::PixelKd;
-use crate::icsd::{AicsdConfig, IcsdConfig, IcsdCpu};
+use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdCpu};
 
 super::pair_loss_adapter! {
-    /// ICSD's inter-class similarity loss ([`crate::icsd`]) as a candle op: `loss(student, teacher)` is an f32
+    /// ICSD's inter-class similarity loss ([`kd_kernels::icsd`]) as a candle op: `loss(student, teacher)` is an f32
     /// scalar whose backward pass writes d loss / d student.
-    Icsd { cpu: IcsdCpu, config: IcsdConfig, cuda: crate::icsd::IcsdCuda, op: "kd-kernels-icsd" }
+    Icsd { cpu: IcsdCpu, config: IcsdConfig, cuda: kd_kernels::icsd::IcsdCuda, op: "kd-kernels-icsd" }
 }
 
 /// AICSD without the task loss, `alpha * L_ICS + (1 - alpha) * L_KD` with ALW's `alpha(epoch)`

@@ -1,10 +1,10 @@
-//! The losses as [candle](https://crates.io/crates/candle-core) ops with forward and backward (feature
-//! `candle`), so that `loss.backward()` in a candle graph reaches the student's logits (and, for CWT, the
+//! The losses of [kd-kernels](kd_kernels) as [candle](https://crates.io/crates/candle-core) ops with forward
+//! and backward, so that `loss.backward()` in a candle graph reaches the student's logits (and, for CWT, the
 //! MLP's parameters; for SemCKD, the regressor outputs and the embeddings: [`Semckd`]).
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
-//! use kd_kernels::candle::Cwd;
+//! use kd_kernels_candle::Cwd;
 //! use kd_kernels::cwd::CwdConfig;
 //!
 //! let student = Var::randn(0f32, 1.0, (2, 3, 4, 5), &Device::Cpu)?;
@@ -17,7 +17,7 @@
 //! ```
 //!
 //! On candle's CPU device an op runs the crate's f64 CPU reference; on its CUDA device (feature
-//! `candle-cuda`) it runs the kernels on candle's own stream, on candle's `CudaSlice`s, with no host
+//! `cuda`) it runs the kernels on candle's own stream, on candle's `CudaSlice`s, with no host
 //! synchronisation. Inputs are `f32`, `f16` or `bf16`, and on the CPU also `f64` (the reference reads it
 //! without a rounding; the kernels refuse it); the loss is an `f32` scalar whatever the input dtype (the
 //! crate's convention: the loss is summed in fp32; the upstream gradient is read as f32 too), and the
@@ -52,14 +52,14 @@ macro_rules! pair_loss_adapter {
         $(#[$doc])*
         #[derive(Clone)]
         pub struct $name {
-            inner: $crate::candle::PairLossFn<$cpu>,
+            inner: $crate::PairLossFn<$cpu>,
         }
 
         impl $name {
             /// Validates `config`.
             pub fn new(config: $config) -> candle_core::Result<Self> {
-                let cpu = <$cpu>::new(config).map_err($crate::candle::candle_error)?;
-                Ok($name { inner: $crate::candle::PairLossFn::new(cpu) })
+                let cpu = <$cpu>::new(config).map_err($crate::candle_error)?;
+                Ok($name { inner: $crate::PairLossFn::new(cpu) })
             }
 
             /// The configuration.
@@ -77,7 +77,7 @@ macro_rules! pair_loss_adapter {
             }
         }
 
-        impl $crate::candle::PairLoss for $cpu {
+        impl $crate::PairLoss for $cpu {
             const NAME: &'static str = $op;
             const GRAD_NAME: &'static str = concat!($op, "-grad");
 
@@ -85,44 +85,44 @@ macro_rules! pair_loss_adapter {
                 false $(|| self.config().$flag)?
             }
 
-            fn cpu_loss<T: $crate::dtype::HostFloat>(
+            fn cpu_loss<T: kd_kernels::dtype::HostFloat>(
                 &self,
                 student: ndarray::ArrayView4<'_, T>,
                 teacher: ndarray::ArrayView4<'_, T>,
-            ) -> $crate::Result<f64> {
-                self.forward(student, teacher).map($crate::candle::ForwardLoss::loss_value)
+            ) -> kd_kernels::Result<f64> {
+                self.forward(student, teacher).map($crate::ForwardLoss::loss_value)
             }
 
-            fn cpu_grads<T: $crate::dtype::HostFloat>(
+            fn cpu_grads<T: kd_kernels::dtype::HostFloat>(
                 &self,
                 student: ndarray::ArrayView4<'_, T>,
                 teacher: ndarray::ArrayView4<'_, T>,
                 upstream: f64,
-            ) -> $crate::Result<$crate::candle::PairGrads> {
-                self.backward(student, teacher, upstream).map($crate::candle::PairGrads::from)
+            ) -> kd_kernels::Result<$crate::PairGrads> {
+                self.backward(student, teacher, upstream).map($crate::PairGrads::from)
             }
 
-            #[cfg(feature = "candle-cuda")]
+            #[cfg(feature = "cuda")]
             type Cuda = $cuda;
 
-            #[cfg(feature = "candle-cuda")]
-            fn cuda_new(&self, stream: std::sync::Arc<cudarc::driver::CudaStream>) -> $crate::Result<$cuda> {
+            #[cfg(feature = "cuda")]
+            fn cuda_new(&self, stream: std::sync::Arc<cudarc::driver::CudaStream>) -> kd_kernels::Result<$cuda> {
                 <$cuda>::new(stream, *self.config())
             }
 
-            #[cfg(feature = "candle-cuda")]
-            fn cuda_forward<T: $crate::dtype::KdFloat>(
+            #[cfg(feature = "cuda")]
+            fn cuda_forward<T: kd_kernels::dtype::KdFloat>(
                 cuda: &mut $cuda,
                 shape: &[usize],
                 student: &cudarc::driver::CudaView<'_, T>,
                 teacher: &cudarc::driver::CudaView<'_, T>,
                 loss: &mut cudarc::driver::CudaSlice<f32>,
-            ) -> $crate::Result<()> {
+            ) -> kd_kernels::Result<()> {
                 cuda.forward(shape, student, teacher, loss)
             }
 
-            #[cfg(feature = "candle-cuda")]
-            fn cuda_backward<T: $crate::dtype::KdFloat>(
+            #[cfg(feature = "cuda")]
+            fn cuda_backward<T: kd_kernels::dtype::KdFloat>(
                 cuda: &mut $cuda,
                 shape: &[usize],
                 student: &cudarc::driver::CudaView<'_, T>,
@@ -130,8 +130,8 @@ macro_rules! pair_loss_adapter {
                 upstream: &cudarc::driver::CudaView<'_, f32>,
                 grad_student: &mut cudarc::driver::CudaViewMut<'_, T>,
                 grad_teacher: Option<&mut cudarc::driver::CudaViewMut<'_, T>>,
-            ) -> $crate::Result<()> {
-                $crate::candle::pair_loss_adapter!(
+            ) -> kd_kernels::Result<()> {
+                $crate::pair_loss_adapter!(
                     @backward [$($flag)?] cuda, shape, student, teacher, upstream, grad_student, grad_teacher
                 )
             }
@@ -168,8 +168,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType as CandleDType, Layout, Shape, Tensor};
 use ndarray::{Array4, ArrayView4};
 
-use crate::dtype::{HostFloat, KdFloat};
-use crate::error::KdError;
+use kd_kernels::dtype::{HostFloat, KdFloat};
+use kd_kernels::error::KdError;
 
 /// A crate error as a candle error (its message is the crate's, which says what to fix).
 pub(crate) fn candle_error(e: KdError) -> candle_core::Error {
@@ -177,10 +177,10 @@ pub(crate) fn candle_error(e: KdError) -> candle_core::Error {
 }
 
 /// Element types the ops take: the crate's input types, as candle knows them.
-#[cfg(not(feature = "candle-cuda"))]
+#[cfg(not(feature = "cuda"))]
 pub(crate) trait Float: KdFloat + candle_core::WithDType {}
 /// Element types the ops take: the crate's input types, as candle knows them.
-#[cfg(feature = "candle-cuda")]
+#[cfg(feature = "cuda")]
 pub(crate) trait Float: KdFloat + candle_core::WithDType + candle_core::cuda::CudaDType {}
 impl Float for f32 {}
 impl Float for half::f16 {}
@@ -289,14 +289,14 @@ pub(crate) struct PairGrads {
     pub(crate) teacher: Option<Array4<f64>>,
 }
 
-impl From<crate::cpu::CpuOutput> for PairGrads {
-    fn from(out: crate::cpu::CpuOutput) -> Self {
+impl From<kd_kernels::cpu::CpuOutput> for PairGrads {
+    fn from(out: kd_kernels::cpu::CpuOutput) -> Self {
         PairGrads { student: out.grad_student, teacher: out.grad_teacher }
     }
 }
 
-impl From<crate::icsd::IcsdCpuOutput> for PairGrads {
-    fn from(out: crate::icsd::IcsdCpuOutput) -> Self {
+impl From<kd_kernels::icsd::IcsdCpuOutput> for PairGrads {
+    fn from(out: kd_kernels::icsd::IcsdCpuOutput) -> Self {
         PairGrads { student: out.grad_student, teacher: None }
     }
 }
@@ -312,7 +312,7 @@ impl ForwardLoss for f64 {
     }
 }
 
-impl ForwardLoss for crate::icsd::IcsdCpuOutput {
+impl ForwardLoss for kd_kernels::icsd::IcsdCpuOutput {
     fn loss_value(self) -> f64 {
         self.loss
     }
@@ -331,32 +331,33 @@ pub(crate) trait PairLoss: Send + Sync + 'static {
         false
     }
     /// The loss on the CPU reference.
-    fn cpu_loss<T: HostFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> crate::Result<f64>;
+    fn cpu_loss<T: HostFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>)
+        -> kd_kernels::Result<f64>;
     /// The gradients times `upstream` on the CPU reference.
     fn cpu_grads<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
         upstream: f64,
-    ) -> crate::Result<PairGrads>;
+    ) -> kd_kernels::Result<PairGrads>;
 
     /// The family's GPU loss object, created once per candle stream.
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     type Cuda: Send + 'static;
     /// Creates the GPU loss object on `stream`.
-    #[cfg(feature = "candle-cuda")]
-    fn cuda_new(&self, stream: Arc<cudarc::driver::CudaStream>) -> crate::Result<Self::Cuda>;
+    #[cfg(feature = "cuda")]
+    fn cuda_new(&self, stream: Arc<cudarc::driver::CudaStream>) -> kd_kernels::Result<Self::Cuda>;
     /// The loss into `loss[0]`.
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     fn cuda_forward<T: KdFloat>(
         cuda: &mut Self::Cuda,
         shape: &[usize],
         student: &cudarc::driver::CudaView<'_, T>,
         teacher: &cudarc::driver::CudaView<'_, T>,
         loss: &mut cudarc::driver::CudaSlice<f32>,
-    ) -> crate::Result<()>;
+    ) -> kd_kernels::Result<()>;
     /// The gradients times the device scalar `upstream[0]`.
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     fn cuda_backward<T: KdFloat>(
         cuda: &mut Self::Cuda,
         shape: &[usize],
@@ -365,10 +366,10 @@ pub(crate) trait PairLoss: Send + Sync + 'static {
         upstream: &cudarc::driver::CudaView<'_, f32>,
         grad_student: &mut cudarc::driver::CudaViewMut<'_, T>,
         grad_teacher: Option<&mut cudarc::driver::CudaViewMut<'_, T>>,
-    ) -> crate::Result<()>;
+    ) -> kd_kernels::Result<()>;
 }
 
-/// A `(student, teacher)` loss with its candle ops: the configuration plus, with `candle-cuda`, the GPU loss
+/// A `(student, teacher)` loss with its candle ops: the configuration plus, with `cuda`, the GPU loss
 /// object of the last stream used (kernels loaded and workspace kept between steps). Cheap to clone; clones
 /// share the GPU object.
 pub(crate) struct PairLossFn<L: PairLoss> {
@@ -383,7 +384,7 @@ impl<L: PairLoss> Clone for PairLossFn<L> {
 
 pub(crate) struct Shared<L: PairLoss> {
     loss: L,
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     cuda: cuda::CudaSlot<L::Cuda>,
 }
 
@@ -392,7 +393,7 @@ impl<L: PairLoss> PairLossFn<L> {
         PairLossFn {
             shared: Arc::new(Shared {
                 loss,
-                #[cfg(feature = "candle-cuda")]
+                #[cfg(feature = "cuda")]
                 cuda: cuda::CudaSlot::new(),
             }),
         }
@@ -486,7 +487,7 @@ impl<L: PairLoss> candle_core::CustomOp2 for ForwardOp<L> {
         dispatch_host(s1.dtype(), L::NAME, Job { loss: &self.shared.loss, s: (s1, l1), t: (s2, l2) })
     }
 
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,
@@ -554,7 +555,7 @@ impl<L: PairLoss> candle_core::CustomOp3 for GradOp<L> {
         dispatch_host(s1.dtype(), L::GRAD_NAME, Job { loss: &self.shared.loss, s: (s1, l1), t: (s2, l2), upstream })
     }
 
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,
@@ -568,7 +569,7 @@ impl<L: PairLoss> candle_core::CustomOp3 for GradOp<L> {
     }
 }
 
-#[cfg(feature = "candle-cuda")]
+#[cfg(feature = "cuda")]
 pub(crate) mod cuda {
     //! The CUDA side: candle's `CudaSlice`s and stream handed to the typed API.
 
@@ -581,7 +582,7 @@ pub(crate) mod cuda {
     use cudarc::driver::{CudaSlice, CudaStream, CudaView};
 
     use super::{candle_error, contiguous_range, dispatch, nchw, Float, PairLoss, PerDtype, Shared};
-    use crate::error::KdError;
+    use kd_kernels::error::KdError;
 
     /// A family's GPU loss object for the candle stream it was last used on (kernels loaded, workspace
     /// kept between steps); replaced when the tensors come from another stream.
@@ -598,8 +599,8 @@ pub(crate) mod cuda {
         pub(crate) fn with<R>(
             &self,
             stream: &Arc<CudaStream>,
-            create: impl FnOnce(Arc<CudaStream>) -> crate::Result<C>,
-            f: impl FnOnce(&mut C) -> crate::Result<R>,
+            create: impl FnOnce(Arc<CudaStream>) -> kd_kernels::Result<C>,
+            f: impl FnOnce(&mut C) -> kd_kernels::Result<R>,
         ) -> candle_core::Result<R> {
             let mut slot = self.slot.lock().map_err(|_| {
                 candle_error(KdError::Unsupported {

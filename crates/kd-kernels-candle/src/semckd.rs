@@ -17,14 +17,14 @@
 
 use std::sync::Arc;
 
-#[cfg(feature = "candle-cuda")]
+#[cfg(feature = "cuda")]
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType as CandleDType, Device, Layout, Shape, Storage, Tensor};
 use ndarray::{ArrayView1, ArrayView2, ArrayView4};
 
 use super::{candle_error, cpu_slice, dispatch_host, HostElem, PerHostDtype};
-use crate::error::KdError;
-use crate::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers};
+use kd_kernels::error::KdError;
+use kd_kernels::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers};
 
 const NAME: &str = "kd-kernels-semckd";
 const ATTACH_NAME: &str = "kd-kernels-semckd-grad";
@@ -51,7 +51,7 @@ pub struct SemckdTensors<'a> {
     pub key: &'a [[Tensor; 4]],
 }
 
-/// SemCKD ([`crate::semckd`]) as a candle op: `loss(&tensors)` is an f32 scalar whose backward pass writes
+/// SemCKD ([`kd_kernels::semckd`]) as a candle op: `loss(&tensors)` is an f32 scalar whose backward pass writes
 /// the gradients of the student maps (the Gram / attention path; the regressor path reaches them through
 /// `proj`), of every `proj[i][j]`, and of every query and key MLP parameter. First-order only (see the
 /// module's source for why and how).
@@ -62,8 +62,8 @@ pub struct Semckd {
 
 struct Shared {
     cpu: SemckdCpu,
-    #[cfg(feature = "candle-cuda")]
-    cuda: super::cuda::CudaSlot<crate::semckd::SemckdCuda>,
+    #[cfg(feature = "cuda")]
+    cuda: super::cuda::CudaSlot<kd_kernels::semckd::SemckdCuda>,
 }
 
 /// The loss and, when asked for, the gradients of `student`, `proj` (row-major) and the MLPs' parameters
@@ -95,7 +95,7 @@ impl Semckd {
         Ok(Semckd {
             shared: Arc::new(Shared {
                 cpu: SemckdCpu::new(config).map_err(candle_error)?,
-                #[cfg(feature = "candle-cuda")]
+                #[cfg(feature = "cuda")]
                 cuda: super::cuda::CudaSlot::new(),
             }),
         })
@@ -118,14 +118,14 @@ impl Semckd {
                 NAME,
                 CpuJob { cpu: &self.shared.cpu, flat: &flat, layers: &layers, want_grads },
             )?,
-            #[cfg(feature = "candle-cuda")]
+            #[cfg(feature = "cuda")]
             Device::Cuda(_) => cuda::run(&self.shared, &flat, &layers, want_grads)?,
             _ => {
                 return Err(candle_error(KdError::Unsupported {
                     what: NAME,
                     detail: format!(
                         "tensors on {:?}: SemCKD runs on candle's CPU device, and on its CUDA device with the \
-                         `candle-cuda` feature",
+                         `cuda` feature",
                         device.location()
                     ),
                 }))
@@ -258,7 +258,7 @@ impl candle_core::CustomOp2 for AttachGrad {
         Ok((CpuStorage::F32(cpu_slice::<f32>(s1, l1, ATTACH_NAME)?.to_vec()), l1.shape().clone()))
     }
 
-    #[cfg(feature = "candle-cuda")]
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,
@@ -363,7 +363,7 @@ impl PerHostDtype for CpuJob<'_> {
     }
 }
 
-#[cfg(feature = "candle-cuda")]
+#[cfg(feature = "cuda")]
 mod cuda {
     //! SemCKD on candle's CUDA device: the typed API on candle's slices and stream, the loss and every
     //! gradient left on the device (no host synchronisation).
@@ -376,8 +376,8 @@ mod cuda {
     use super::super::cuda::view;
     use super::super::{dispatch, Float, PerDtype};
     use super::{Flat, Outputs, Shared, NAME};
-    use crate::grad::GradOptions;
-    use crate::semckd::{EmbedParamGrads, EmbedParams, SemckdCuda, SemckdGrads, SemckdInputs, SemckdLayers};
+    use kd_kernels::grad::GradOptions;
+    use kd_kernels::semckd::{EmbedParamGrads, EmbedParams, SemckdCuda, SemckdGrads, SemckdInputs, SemckdLayers};
 
     pub(super) fn run(
         shared: &Shared,

@@ -1,8 +1,7 @@
-//! The candle tests of `tests/candle_ops.rs` on candle's CUDA device (feature `candle-cuda`), under a small
-//! harness of its own (`harness = false`): where the crate was built without `candle-cuda`, without
+//! The candle tests of `tests/candle_ops.rs` on candle's CUDA device (feature `cuda`), under a small
+//! harness of its own (`harness = false`): where the crate was built without `cuda`, without
 //! kernels, or where no GPU is present, every test is reported as `skipped` with the reason and the binary
 //! exits 0; otherwise every test runs and the binary exits 1 if any failed.
-#![cfg(feature = "candle")]
 
 mod candle_support;
 
@@ -27,8 +26,8 @@ const TESTS: &[(&str, Check)] = &[
 
 /// The CUDA device, or why the tests cannot run.
 fn device() -> Result<Device, String> {
-    if !cfg!(feature = "candle-cuda") {
-        return Err("built without the `candle-cuda` feature".into());
+    if !cfg!(feature = "cuda") {
+        return Err("built without the `cuda` feature".into());
     }
     if !kd_kernels::cuda::KERNELS_COMPILED {
         return Err("the crate was built without nvcc, so it has no kernels".into());

@@ -1,6 +1,5 @@
 //! The candle ops on candle's CPU device (the crate's f64 reference behind them) against the same losses
 //! written in candle's own ops and their autograd. The same checks run on a GPU in `tests/candle_cuda.rs`.
-#![cfg(feature = "candle")]
 
 mod candle_support;
 

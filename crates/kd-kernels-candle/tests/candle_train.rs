@@ -1,7 +1,6 @@
 //! `examples/train_candle.rs` as a test: the loss falls over the run, and step 0's loss is what the same
 //! losses written in candle's own ops give for the same student and teacher (`candle_support::check_training`;
 //! on a GPU in `tests/candle_cuda.rs`).
-#![cfg(feature = "candle")]
 
 mod candle_support;
 

@@ -45,9 +45,10 @@ fn run_c_program() -> HashMap<String, String> {
             library.display()
         )
     });
-    let newest_source = ["capi/src", "src", "kernels"]
+    // This crate's sources and the core's, from the workspace root.
+    let newest_source = ["crates/kd-kernels-capi/src", "src", "kernels"]
         .iter()
-        .flat_map(|dir| std::fs::read_dir(manifest.join("..").join(dir)).into_iter().flatten().flatten())
+        .flat_map(|dir| std::fs::read_dir(manifest.join("../..").join(dir)).into_iter().flatten().flatten())
         .filter_map(|entry| entry.metadata().and_then(|m| m.modified()).ok())
         .max()
         .expect("source files");
@@ -62,7 +63,7 @@ fn run_c_program() -> HashMap<String, String> {
     let compiler = std::env::var("CC").unwrap_or_else(|_| "gcc".to_string());
     let status = Command::new(&compiler)
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
-        .arg(manifest.join("../include"))
+        .arg(manifest.join("../../include"))
         .arg(manifest.join("tests/c_program.c"))
         .arg("-L")
         .arg(&lib_dir)

@@ -7,12 +7,12 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor, Var};
-use kd_kernels::candle::{Aicsd, Cwd, Cwt, Icsd, PixelKd};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtNormalize, CwtShapes};
 use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
 use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels_candle::{Aicsd, Cwd, Cwt, Icsd, PixelKd};
 
 pub mod semckd;
 

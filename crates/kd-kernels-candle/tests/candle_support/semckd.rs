@@ -1,12 +1,12 @@
 //! SemCKD for the candle tests: the loss written in candle's own ops (`docs/losses.md` §4.2: batch Grams,
 //! the query / key embeddings, the attention softmax over teacher layers, the attention-weighted per-sample
-//! MSE against the adaptively pooled teacher), and the checks of `kd_kernels::candle::Semckd` against its
+//! MSE against the adaptively pooled teacher), and the checks of `kd_kernels_candle::Semckd` against its
 //! autograd.
 
 use candle_core::{DType, Device, Tensor, Var};
-use kd_kernels::candle::{Semckd, SemckdTensors};
 use kd_kernels::semckd::SemckdConfig;
 use kd_kernels::tolerance::OutputKind;
+use kd_kernels_candle::{Semckd, SemckdTensors};
 
 use super::{compare, dtypes, log_softmax, logits, scalar, verdict, OrMsg, TestResult, DTYPES};
 
