@@ -20,246 +20,573 @@
  *    rounded once to the input dtype. KD_DTYPE_F64 is accepted on the CPU only.
  *  - kd_grad_options: `scale` multiplies every gradient (never the loss); `accumulate` != 0 adds into
  *    the gradient buffers instead of overwriting them.
+ *  - The enumerations (kd_status, kd_dtype, kd_reduction, kd_cwt_normalize, kd_icsd_variant) are int32_t
+ *    with named constants, so a value this header does not know is refused with a status, never undefined.
  */
+
 #ifndef KD_KERNELS_H
 #define KD_KERNELS_H
+
+/* Generated from crates/kd-kernels-capi/src by cbindgen (crates/kd-kernels-capi/cbindgen.toml); do not
+ * edit: `KD_KERNELS_BLESS_HEADER=1 cargo test -p kd-kernels-capi --test header` regenerates it. */
 
 #include <stddef.h>
 #include <stdint.h>
 
-#ifdef __cplusplus
-extern "C" {
-#endif
-
-typedef enum kd_status {
-    KD_OK = 0,
-    /** A required pointer (context, parameters, shape, input) is NULL. */
-    KD_ERR_NULL_POINTER = 1,
-    /** Wrong rank, shapes that do not match, a zero or negative dimension, a buffer too small. */
-    KD_ERR_SHAPE = 2,
-    /** A tensor too large for the kernels' launch geometry or index arithmetic. */
-    KD_ERR_TOO_LARGE = 3,
-    /** A parameter out of its domain (tau not finite and > 0, a non-finite weight or scale, an unknown
-     *  reduction). */
-    KD_ERR_PARAMETER = 4,
-    /** The set of outputs given does not make a call (nothing to compute, a teacher gradient without the
-     *  student's, a teacher gradient a loss does not have). */
-    KD_ERR_OUTPUT = 5,
-    /** An unknown dtype, or one the call does not take (f64 on the GPU). */
-    KD_ERR_DTYPE = 6,
-    /** A buffer or stream of another CUDA context than the kd_context's device. */
-    KD_ERR_CONTEXT = 7,
-    /** A requested way of computing does not apply here. */
-    KD_ERR_UNSUPPORTED = 8,
-    /** The call would grow its workspace while its stream is being captured into a CUDA graph. */
-    KD_ERR_WORKSPACE = 9,
-    /** This library was built without nvcc: it has no GPU kernels (the CPU entry points work). */
-    KD_ERR_KERNELS_UNAVAILABLE = 10,
-    /** No usable CUDA driver or device. */
-    KD_ERR_CUDA_UNAVAILABLE = 11,
-    /** The CUDA driver returned an error. */
-    KD_ERR_CUDA = 12,
-    /** A Rust panic was caught at the boundary (a bug: please report it with the message). */
-    KD_ERR_PANIC = 13,
-    /** An error of a kind this version of the header does not name. */
-    KD_ERR_OTHER = 14
-} kd_status;
-
-typedef enum kd_dtype {
-    KD_DTYPE_F32 = 0,
-    KD_DTYPE_F16 = 1,
-    KD_DTYPE_BF16 = 2,
-    /** CPU reference only. */
-    KD_DTYPE_F64 = 3
-} kd_dtype;
-
-/** Pixel KD's divisor of the summed per-pixel KL. */
-typedef enum kd_reduction {
-    /** N*C*H*W (PyTorch KLDivLoss's default, the official one). */
-    KD_REDUCTION_MEAN = 0,
-    /** N. */
-    KD_REDUCTION_BATCHMEAN = 1,
-    /** 1. */
-    KD_REDUCTION_SUM = 2,
-    /** N*H*W. */
-    KD_REDUCTION_PIXELMEAN = 3
-} kd_reduction;
-
-typedef struct kd_grad_options {
-    /** Factor on every gradient; finite. 1 for none. */
-    double scale;
-    /** Non-zero: add into the gradient buffers. */
-    int32_t accumulate;
-} kd_grad_options;
-
-/** Channel-wise distillation (docs/losses.md §1). The paper's setting: tau 4, loss_weight 3. */
-typedef struct kd_cwd_params {
-    double tau;
-    double loss_weight;
-} kd_cwd_params;
-
-/** Pixel-wise KD (docs/losses.md §2). Official defaults: tau 1, loss_weight 10, KD_REDUCTION_MEAN,
- *  scale_tau2 0. */
-typedef struct kd_pixel_kd_params {
-    double tau;
-    double loss_weight;
-    /** A kd_reduction. */
-    int32_t reduction;
-    /** Non-zero: multiply by tau^2. */
-    int32_t scale_tau2;
-} kd_pixel_kd_params;
-
-/** CWT's divisor of the summed squared error. */
-typedef enum kd_cwt_normalize {
-    /** D = N (MGD's normaliser, the default). */
-    KD_CWT_NORMALIZE_BATCH = 0,
-    /** D = N*Ct*H*W. */
-    KD_CWT_NORMALIZE_MEAN = 1
-} kd_cwt_normalize;
-
-/** Channel-wise transformation (docs/losses.md §5): Y = W2 ReLU(W1 x + b1) + b2 per pixel (Cs -> Ch -> Ct),
- *  loss = loss_weight * sum (Y - F_t)^2 / D. Default loss_weight 2e-5, KD_CWT_NORMALIZE_BATCH, Ch = Ct. */
-typedef struct kd_cwt_params {
-    double loss_weight;
-    /** A kd_cwt_normalize. */
-    int32_t normalize;
-    /** The hidden width Ch. */
-    int64_t hidden_channels;
-} kd_cwt_params;
-
-/** ICSD's similarity matrix (docs/losses.md §3.4, §3.7). */
-typedef enum kd_icsd_variant {
-    /** The official code: softmax along H, M = A_max(i,j) - G. */
-    KD_ICSD_OFFICIAL = 0,
-    /** The paper's prose: softmax over H*W, pairwise KL. */
-    KD_ICSD_PAPER = 1
-} kd_icsd_variant;
-
-/** ICSD (docs/losses.md §3): L_ICS = loss_weight / (C^2 B) * sum (Mh_S - Mh_T)^2. Defaults: tau 1,
- *  loss_weight 9500, KD_ICSD_OFFICIAL. AICSD = alpha * L_ICS + (1 - alpha) * pixel KD, alpha =
- *  clamp(epoch / 120, 0, 1): two calls, the second with `accumulate` and the scales alpha, 1 - alpha. */
-typedef struct kd_icsd_params {
-    double tau;
-    double loss_weight;
-    /** A kd_icsd_variant. */
-    int32_t variant;
-} kd_icsd_params;
-
-/** SemCKD (docs/losses.md §4) without the regressors: loss = loss_weight * sum(alpha * mse) / (B * S).
- *  Default loss_weight 400 (CIFAR-100; 50 on ImageNet), eps 0 (the official normalisation, no epsilon),
- *  embed_dim 0 (the official d = B / 4). */
-typedef struct kd_semckd_params {
-    double loss_weight;
-    /** The L2 normalisation's epsilon; 0 for none. */
-    double eps;
-    /** The embedding width d; 0 for floor(B / 4). */
-    int64_t embed_dim;
-} kd_semckd_params;
-
-/** Owns one device's loaded kernels and workspaces, so repeated calls neither reload nor reallocate.
- *  Calls through one context are serialised (a lock); use one context per device. */
+/**
+ * Owns one device's loaded kernels and workspaces, so repeated calls neither reload nor reallocate.
+ * Calls through one context are serialised (a lock); use one context per device.
+ */
 typedef struct kd_context kd_context;
 
-/** The message of the last failed call on this thread ("" after a successful one). Valid until the next
- *  call on this thread; never NULL. */
-const char *kd_last_error_message(void);
+/**
+ * What every call returns: `KD_OK`, or the kind of failure (`kd_last_error_message()` has the details).
+ */
+typedef int32_t kd_status;
 
-/** 1 when this library carries GPU kernels (it was built with nvcc), else 0. */
-int32_t kd_kernels_compiled(void);
+/**
+ * Channel-wise distillation (docs/losses.md §1). The paper's setting: tau 4, loss_weight 3.
+ */
+typedef struct kd_cwd_config {
+  /**
+   * Softmax temperature; finite and > 0.
+   */
+  double tau;
+  /**
+   * Weight of the loss; finite.
+   */
+  double loss_weight;
+} kd_cwd_config;
 
-/** KD_OK when the kernels are compiled and a CUDA driver with a device is present; else the reason. */
-kd_status kd_cuda_probe(void);
+/**
+ * The element type of the tensors of a call.
+ */
+typedef int32_t kd_dtype;
 
-/** Opens device `device_ordinal` (its primary context, the one the CUDA runtime and PyTorch use). */
-kd_status kd_context_create(int32_t device_ordinal, kd_context **out);
+/**
+ * How a call writes its gradients (every call that writes gradients takes one).
+ */
+typedef struct kd_grad_options {
+  /**
+   * Factor on every gradient; finite. 1 for none.
+   */
+  double scale;
+  /**
+   * Non-zero: add into the gradient buffers.
+   */
+  int32_t accumulate;
+} kd_grad_options;
 
-/** Frees the context and its workspaces (NULL is a no-op). Work queued through it must have finished. */
-void kd_context_destroy(kd_context *ctx);
+/**
+ * CWT's divisor of the summed squared error.
+ */
+typedef int32_t kd_cwt_normalize;
 
-/* ---- CWD ---------------------------------------------------------------------------------------- */
+/**
+ * Channel-wise transformation (docs/losses.md §5): Y = W2 ReLU(W1 x + b1) + b2 per pixel (Cs -> Ch -> Ct),
+ * loss = loss_weight * sum (Y - F_t)^2 / D. Default loss_weight 2e-5, KD_CWT_NORMALIZE_BATCH, Ch = Ct.
+ */
+typedef struct kd_cwt_config {
+  /**
+   * The loss weight; finite.
+   */
+  double loss_weight;
+  /**
+   * A kd_cwt_normalize.
+   */
+  kd_cwt_normalize normalize;
+  /**
+   * The hidden width `Ch`.
+   */
+  int64_t hidden_channels;
+} kd_cwt_config;
 
-/** CWD on the GPU. The teacher gradient is computed exactly when `grad_teacher` != 0. */
-kd_status kd_cwd_cuda(kd_context *ctx, const kd_cwd_params *params, const int64_t *shape, size_t ndim,
-                      kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss, uint64_t grad_student,
-                      uint64_t grad_teacher, uint64_t upstream, kd_grad_options options, void *stream);
+/**
+ * ICSD's similarity matrix (docs/losses.md §3.4, §3.7).
+ */
+typedef int32_t kd_icsd_variant;
 
-/** CWD on the CPU reference (host pointers). The teacher gradient is computed exactly when
- *  `grad_teacher` != NULL, which needs `grad_student` too. */
-kd_status kd_cwd_cpu(const kd_cwd_params *params, const int64_t *shape, size_t ndim, kd_dtype dtype,
-                     const void *student, const void *teacher, double *loss, void *grad_student,
-                     void *grad_teacher, kd_grad_options options);
+/**
+ * ICSD (docs/losses.md §3): L_ICS = loss_weight / (C^2 B) * sum (Mh_S - Mh_T)^2. Defaults: tau 1,
+ * loss_weight 9500, KD_ICSD_OFFICIAL. AICSD = alpha * L_ICS + (1 - alpha) * pixel KD, alpha =
+ * clamp(epoch / 120, 0, 1): two calls, the second with `accumulate` and the scales alpha, 1 - alpha.
+ */
+typedef struct kd_icsd_config {
+  /**
+   * Softmax temperature; finite and > 0.
+   */
+  double tau;
+  /**
+   * The weight of `L_ICS`; finite.
+   */
+  double loss_weight;
+  /**
+   * A kd_icsd_variant.
+   */
+  kd_icsd_variant variant;
+} kd_icsd_config;
 
-/* ---- pixel KD ----------------------------------------------------------------------------------- */
+/**
+ * Pixel KD's divisor of the summed per-pixel KL.
+ */
+typedef int32_t kd_reduction;
 
-/** Pixel KD on the GPU (no teacher gradient: the teacher is a constant). */
-kd_status kd_pixel_kd_cuda(kd_context *ctx, const kd_pixel_kd_params *params, const int64_t *shape,
-                           size_t ndim, kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss,
-                           uint64_t grad_student, uint64_t upstream, kd_grad_options options, void *stream);
+/**
+ * Pixel-wise KD (docs/losses.md §2). Official defaults: tau 1, loss_weight 10, KD_REDUCTION_MEAN,
+ * scale_tau2 0.
+ */
+typedef struct kd_pixel_kd_config {
+  /**
+   * Softmax temperature; finite and > 0.
+   */
+  double tau;
+  /**
+   * Weight of the loss; finite.
+   */
+  double loss_weight;
+  /**
+   * A kd_reduction.
+   */
+  kd_reduction reduction;
+  /**
+   * Non-zero: multiply by tau^2.
+   */
+  int32_t scale_tau2;
+} kd_pixel_kd_config;
 
-/** Pixel KD on the CPU reference (host pointers). */
-kd_status kd_pixel_kd_cpu(const kd_pixel_kd_params *params, const int64_t *shape, size_t ndim,
-                          kd_dtype dtype, const void *student, const void *teacher, double *loss,
-                          void *grad_student, kd_grad_options options);
+/**
+ * SemCKD (docs/losses.md §4) without the regressors: loss = loss_weight * sum(alpha * mse) / (B * S).
+ * Default loss_weight 400 (CIFAR-100; 50 on ImageNet), eps 0 (the official normalisation, no epsilon),
+ * embed_dim 0 (the official d = B / 4).
+ */
+typedef struct kd_semckd_config {
+  /**
+   * `w` (`beta`); finite.
+   */
+  double loss_weight;
+  /**
+   * The L2 normalisation's epsilon; 0 for none (the official `x / ||x||`).
+   */
+  double eps;
+  /**
+   * The embedding width `d`; 0 for the official `floor(B / 4)`.
+   */
+  int64_t embed_dim;
+} kd_semckd_config;
 
-/* ---- CWT ---------------------------------------------------------------------------------------- */
+/**
+ * Success.
+ */
+#define KD_OK 0
 
-/** CWT on the GPU. Student [N, Cs, H, W] and teacher [N, Ct, H, W] in `dtype`; `weights` points to the
- *  device addresses of W1 [Ch, Cs], b1 [Ch], W2 [Ct, Ch], b2 [Ct] (f32). With `grad_student` != 0,
- *  `grad_weights` points to the addresses of their four f32 gradients (all five gradients or none). The
- *  teacher gets no gradient. */
-kd_status kd_cwt_cuda(kd_context *ctx, const kd_cwt_params *params, const int64_t *student_shape,
-                      size_t student_ndim, const int64_t *teacher_shape, size_t teacher_ndim, kd_dtype dtype,
-                      uint64_t student, uint64_t teacher, const uint64_t weights[4], uint64_t loss,
-                      uint64_t grad_student, const uint64_t grad_weights[4], uint64_t upstream,
-                      kd_grad_options options, void *stream);
+/**
+ * A required pointer (context, parameters, shape, input) is NULL.
+ */
+#define KD_ERR_NULL_POINTER 1
 
-/** CWT on the CPU reference: `weights` are the four f32 host arrays; with `grad_student` != NULL (in
- *  `dtype`), `grad_weights` are four f64 host arrays for the parameter gradients (all needed). */
-kd_status kd_cwt_cpu(const kd_cwt_params *params, const int64_t *student_shape, size_t student_ndim,
-                     const int64_t *teacher_shape, size_t teacher_ndim, kd_dtype dtype, const void *student,
-                     const void *teacher, const float *const weights[4], double *loss, void *grad_student,
-                     double *const grad_weights[4], kd_grad_options options);
+/**
+ * Wrong rank, shapes that do not match, a zero or negative dimension, a buffer too small.
+ */
+#define KD_ERR_SHAPE 2
 
-/* ---- ICSD --------------------------------------------------------------------------------------- */
+/**
+ * A tensor too large for the kernels' launch geometry or index arithmetic.
+ */
+#define KD_ERR_TOO_LARGE 3
 
-/** ICSD on the GPU (no teacher gradient); the row-normalised C x C matrices (f32) into `sim_student` and
- *  `sim_teacher` where those addresses are non-zero. */
-kd_status kd_icsd_cuda(kd_context *ctx, const kd_icsd_params *params, const int64_t *shape, size_t ndim,
-                       kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss, uint64_t grad_student,
-                       uint64_t upstream, uint64_t sim_student, uint64_t sim_teacher, kd_grad_options options,
-                       void *stream);
+/**
+ * A parameter out of its domain (tau not finite and > 0, a non-finite weight or scale, an unknown
+ * reduction).
+ */
+#define KD_ERR_PARAMETER 4
 
-/** ICSD on the CPU reference; the matrices (C*C f64, row-major) where the pointers are not NULL. */
-kd_status kd_icsd_cpu(const kd_icsd_params *params, const int64_t *shape, size_t ndim, kd_dtype dtype,
-                      const void *student, const void *teacher, double *loss, void *grad_student,
-                      double *sim_student, double *sim_teacher, kd_grad_options options);
+/**
+ * The set of outputs given does not make a call (nothing to compute, a teacher gradient without the
+ * student's, a teacher gradient a loss does not have).
+ */
+#define KD_ERR_OUTPUT 5
 
-/* ---- SemCKD ------------------------------------------------------------------------------------- */
+/**
+ * An unknown dtype, or one the call does not take (f64 on the GPU).
+ */
+#define KD_ERR_DTYPE 6
 
-/** SemCKD on the GPU. `student_shapes` / `teacher_shapes`: S and T rank-4 shapes (4 values each, S and T
- *  at most 8). Address lists: `student` S, `teacher` T, `proj` S*T (the regressor outputs [B, Ct_j, h, h],
- *  h = min(Hs_i, Ht_j), pair (i, j) at i*T + j), `query` 4*S and `key` 4*T (each MLP's linear1.weight
- *  [2d, B], linear1.bias [2d], linear2.weight [d, 2d], linear2.bias [d], f32). `attention` ([B, S, T] f32)
- *  where non-zero. With `grad_student` != NULL, the gradient lists (same lengths: the maps' through the
- *  Gram/attention path, the regressor outputs', the MLPs' in f32) must all be given. */
-kd_status kd_semckd_cuda(kd_context *ctx, const kd_semckd_params *params, size_t num_student,
-                         const int64_t *student_shapes, size_t num_teacher, const int64_t *teacher_shapes,
-                         kd_dtype dtype, const uint64_t *student, const uint64_t *teacher, const uint64_t *proj,
-                         const uint64_t *query, const uint64_t *key, uint64_t loss, uint64_t attention,
-                         const uint64_t *grad_student, const uint64_t *grad_proj, const uint64_t *grad_query,
-                         const uint64_t *grad_key, uint64_t upstream, kd_grad_options options, void *stream);
+/**
+ * A buffer or stream of another CUDA context than the kd_context's device.
+ */
+#define KD_ERR_CONTEXT 7
 
-/** SemCKD on the CPU reference: the same lists of host pointers; the attention ([B, S, T] f64) where not
- *  NULL; the MLP gradients in f64. */
-kd_status kd_semckd_cpu(const kd_semckd_params *params, size_t num_student, const int64_t *student_shapes,
-                        size_t num_teacher, const int64_t *teacher_shapes, kd_dtype dtype,
-                        const void *const *student, const void *const *teacher, const void *const *proj,
-                        const float *const *query, const float *const *key, double *loss, double *attention,
-                        void *const *grad_student, void *const *grad_proj, double *const *grad_query,
-                        double *const *grad_key, kd_grad_options options);
+/**
+ * A requested way of computing does not apply here.
+ */
+#define KD_ERR_UNSUPPORTED 8
+
+/**
+ * The call would grow its workspace while its stream is being captured into a CUDA graph.
+ */
+#define KD_ERR_WORKSPACE 9
+
+/**
+ * This library was built without nvcc: it has no GPU kernels (the CPU entry points work).
+ */
+#define KD_ERR_KERNELS_UNAVAILABLE 10
+
+/**
+ * No usable CUDA driver or device.
+ */
+#define KD_ERR_CUDA_UNAVAILABLE 11
+
+/**
+ * The CUDA driver returned an error.
+ */
+#define KD_ERR_CUDA 12
+
+/**
+ * A Rust panic was caught at the boundary (a bug: please report it with the message).
+ */
+#define KD_ERR_PANIC 13
+
+/**
+ * An error of a kind this version of the header does not name.
+ */
+#define KD_ERR_OTHER 14
+
+/**
+ * 32-bit float.
+ */
+#define KD_DTYPE_F32 0
+
+/**
+ * IEEE half.
+ */
+#define KD_DTYPE_F16 1
+
+/**
+ * bfloat16.
+ */
+#define KD_DTYPE_BF16 2
+
+/**
+ * 64-bit float: CPU reference only.
+ */
+#define KD_DTYPE_F64 3
+
+/**
+ * D = N (MGD's normaliser, the default).
+ */
+#define KD_CWT_NORMALIZE_BATCH 0
+
+/**
+ * D = N*Ct*H*W.
+ */
+#define KD_CWT_NORMALIZE_MEAN 1
+
+/**
+ * The official code: softmax along H, M = A_max(i,j) - G.
+ */
+#define KD_ICSD_OFFICIAL 0
+
+/**
+ * The paper's prose: softmax over H*W, pairwise KL.
+ */
+#define KD_ICSD_PAPER 1
+
+/**
+ * N*C*H*W (PyTorch KLDivLoss's default, the official one).
+ */
+#define KD_REDUCTION_MEAN 0
+
+/**
+ * N.
+ */
+#define KD_REDUCTION_BATCHMEAN 1
+
+/**
+ * 1.
+ */
+#define KD_REDUCTION_SUM 2
+
+/**
+ * N*H*W.
+ */
+#define KD_REDUCTION_PIXELMEAN 3
 
 #ifdef __cplusplus
-}
-#endif
+extern "C" {
+#endif // __cplusplus
 
-#endif /* KD_KERNELS_H */
+/**
+ * The message of the last failed call on this thread (`""` after a successful one); never null, valid
+ * until the next call on this thread.
+ */
+const char *kd_last_error_message(void);
+
+/**
+ * 1 when this library carries GPU kernels (it was built with nvcc), else 0.
+ */
+int32_t kd_kernels_compiled(void);
+
+/**
+ * KD_OK when the kernels are compiled and a CUDA driver with a device is present; else the reason.
+ */
+kd_status kd_cuda_probe(void);
+
+/**
+ * Opens device `device_ordinal` (its primary context, the one the CUDA runtime and PyTorch use) and writes a
+ * new context to `*out`.
+ *
+ * # Safety
+ * `out` is null or points to writable storage for one pointer.
+ */
+kd_status kd_context_create(int32_t device_ordinal, struct kd_context **out);
+
+/**
+ * Frees the context and its workspaces (NULL is a no-op). Work queued through it must have finished.
+ *
+ * # Safety
+ * `ctx` is null or a pointer returned by `kd_context_create`, not used again afterwards.
+ */
+void kd_context_destroy(struct kd_context *ctx);
+
+/**
+ * CWD on the GPU, queued on `stream`. The teacher gradient is computed exactly when `grad_teacher` != 0.
+ *
+ * # Safety
+ * `ctx` comes from `kd_context_create`; `params` and `shape` (`ndim` entries) are readable; `stream` is a
+ * live stream of the context's device (its primary context), or null; every non-zero address is device
+ * memory of that context holding what `shape` and `dtype` need (`CwdCuda::launch_raw`'s contract).
+ */
+kd_status kd_cwd_cuda(struct kd_context *ctx,
+                      const struct kd_cwd_config *params,
+                      const int64_t *shape,
+                      size_t ndim,
+                      kd_dtype dtype,
+                      uint64_t student,
+                      uint64_t teacher,
+                      uint64_t loss,
+                      uint64_t grad_student,
+                      uint64_t grad_teacher,
+                      uint64_t upstream,
+                      struct kd_grad_options options,
+                      void *stream);
+
+/**
+ * CWD on the CPU reference: the loss into `*loss` (when not null), the gradients (when not null) in
+ * `dtype`; the teacher gradient exactly when `grad_teacher` is not null, which needs `grad_student`.
+ *
+ * # Safety
+ * `params` and `shape` (`ndim` entries) are readable; `student` and `teacher` point to contiguous NCHW
+ * tensors of `shape` in `dtype`; `loss` is null or writable; `grad_student` and `grad_teacher` are null or
+ * point to writable tensors of `shape` in `dtype` (initialised, with `options.accumulate`).
+ */
+kd_status kd_cwd_cpu(const struct kd_cwd_config *params,
+                     const int64_t *shape,
+                     size_t ndim,
+                     kd_dtype dtype,
+                     const void *student,
+                     const void *teacher,
+                     double *loss,
+                     void *grad_student,
+                     void *grad_teacher,
+                     struct kd_grad_options options);
+
+/**
+ * CWT on the GPU, queued on `stream`. Student [N, Cs, H, W] and teacher [N, Ct, H, W] in `dtype`;
+ * `weights` points to the device addresses of W1 [Ch, Cs], b1 [Ch], W2 [Ct, Ch], b2 [Ct] (f32). With
+ * `grad_student` != 0, `grad_weights` points to the addresses of their four f32 gradients (all five
+ * gradients or none). The teacher gets no gradient.
+ *
+ * # Safety
+ * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the
+ * context's device or null; non-zero addresses are device memory of that context sized for the shapes
+ * (features in `dtype`, parameters and their gradients f32).
+ */
+kd_status kd_cwt_cuda(struct kd_context *ctx,
+                      const struct kd_cwt_config *params,
+                      const int64_t *student_shape,
+                      size_t student_ndim,
+                      const int64_t *teacher_shape,
+                      size_t teacher_ndim,
+                      kd_dtype dtype,
+                      uint64_t student,
+                      uint64_t teacher,
+                      const uint64_t *weights,
+                      uint64_t loss,
+                      uint64_t grad_student,
+                      const uint64_t *grad_weights,
+                      uint64_t upstream,
+                      struct kd_grad_options options,
+                      void *stream);
+
+/**
+ * CWT on the CPU reference: `weights` are the four f32 host arrays W1 [Ch, Cs], b1 [Ch], W2 [Ct, Ch],
+ * b2 [Ct]; the loss into `*loss` (when not null); with `grad_student` != NULL, the student gradient (in
+ * `dtype`) and the four parameter gradients (f64 host arrays, into `grad_weights[0..4]`, all needed).
+ *
+ * # Safety
+ * `params` and the shapes are readable; `student`/`teacher` point to contiguous NCHW tensors of their
+ * shapes in `dtype`; `weights` points to the four f32 parameter arrays; `loss` is null or writable;
+ * `grad_student` is null or a writable tensor of the student's shape, and then `grad_weights` points to four
+ * writable f64 arrays of the parameters' sizes (initialised, with `options.accumulate`).
+ */
+kd_status kd_cwt_cpu(const struct kd_cwt_config *params,
+                     const int64_t *student_shape,
+                     size_t student_ndim,
+                     const int64_t *teacher_shape,
+                     size_t teacher_ndim,
+                     kd_dtype dtype,
+                     const void *student,
+                     const void *teacher,
+                     const float *const *weights,
+                     double *loss,
+                     void *grad_student,
+                     double *const *grad_weights,
+                     struct kd_grad_options options);
+
+/**
+ * ICSD on the GPU, queued on `stream` (no teacher gradient); the row-normalised C x C matrices (f32) into
+ * `sim_student` and `sim_teacher` where those addresses are non-zero.
+ *
+ * # Safety
+ * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and `shape`; `stream` of the
+ * context's device or null; non-zero addresses are device memory of that context sized for `shape`.
+ */
+kd_status kd_icsd_cuda(struct kd_context *ctx,
+                       const struct kd_icsd_config *params,
+                       const int64_t *shape,
+                       size_t ndim,
+                       kd_dtype dtype,
+                       uint64_t student,
+                       uint64_t teacher,
+                       uint64_t loss,
+                       uint64_t grad_student,
+                       uint64_t upstream,
+                       uint64_t sim_student,
+                       uint64_t sim_teacher,
+                       struct kd_grad_options options,
+                       void *stream);
+
+/**
+ * ICSD on the CPU reference: the loss into `*loss`, the student gradient (in `dtype`), and the
+ * row-normalised matrices (C*C f64, row-major) where the pointers are not null.
+ *
+ * # Safety
+ * As `kd_cwd_cpu`; `sim_student` and `sim_teacher` are null or point to C*C writable f64.
+ */
+kd_status kd_icsd_cpu(const struct kd_icsd_config *params,
+                      const int64_t *shape,
+                      size_t ndim,
+                      kd_dtype dtype,
+                      const void *student,
+                      const void *teacher,
+                      double *loss,
+                      void *grad_student,
+                      double *sim_student,
+                      double *sim_teacher,
+                      struct kd_grad_options options);
+
+/**
+ * Pixel KD on the GPU, queued on `stream` (no teacher gradient: the teacher is a constant).
+ *
+ * # Safety
+ * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and `shape`; `stream` of the
+ * context's device or null; non-zero addresses are device memory of that context sized for `shape`.
+ */
+kd_status kd_pixel_kd_cuda(struct kd_context *ctx,
+                           const struct kd_pixel_kd_config *params,
+                           const int64_t *shape,
+                           size_t ndim,
+                           kd_dtype dtype,
+                           uint64_t student,
+                           uint64_t teacher,
+                           uint64_t loss,
+                           uint64_t grad_student,
+                           uint64_t upstream,
+                           struct kd_grad_options options,
+                           void *stream);
+
+/**
+ * Pixel KD on the CPU reference: the loss into `*loss` (when not null), the student gradient (when not
+ * null) in `dtype`.
+ *
+ * # Safety
+ * As `kd_cwd_cpu`, without a teacher gradient.
+ */
+kd_status kd_pixel_kd_cpu(const struct kd_pixel_kd_config *params,
+                          const int64_t *shape,
+                          size_t ndim,
+                          kd_dtype dtype,
+                          const void *student,
+                          const void *teacher,
+                          double *loss,
+                          void *grad_student,
+                          struct kd_grad_options options);
+
+/**
+ * SemCKD on the GPU, queued on `stream`. `student_shapes` / `teacher_shapes`: S and T rank-4 shapes (4
+ * values each, S and T at most 8). Address lists: `student` S, `teacher` T, `proj` S*T (the regressor
+ * outputs [B, Ct_j, h, h], h = min(Hs_i, Ht_j), pair (i, j) at i*T + j), `query` 4*S and `key` 4*T (each
+ * MLP's linear1.weight [2d, B], linear1.bias [2d], linear2.weight [d, 2d], linear2.bias [d], f32).
+ * `attention` ([B, S, T] f32) where non-zero. With `grad_student` != NULL, the gradient lists (same
+ * lengths: the maps' through the Gram/attention path, the regressor outputs', the MLPs' in f32) must all
+ * be given.
+ *
+ * # Safety
+ * As `kd_cwd_cuda`; the address lists hold S, T, S*T, 4*S and 4*T entries (the gradient lists likewise, or
+ * are all null), every address device memory of the context's device sized for its shape.
+ */
+kd_status kd_semckd_cuda(struct kd_context *ctx,
+                         const struct kd_semckd_config *params,
+                         size_t num_student,
+                         const int64_t *student_shapes,
+                         size_t num_teacher,
+                         const int64_t *teacher_shapes,
+                         kd_dtype dtype,
+                         const uint64_t *student,
+                         const uint64_t *teacher,
+                         const uint64_t *proj,
+                         const uint64_t *query,
+                         const uint64_t *key,
+                         uint64_t loss,
+                         uint64_t attention,
+                         const uint64_t *grad_student,
+                         const uint64_t *grad_proj,
+                         const uint64_t *grad_query,
+                         const uint64_t *grad_key,
+                         uint64_t upstream,
+                         struct kd_grad_options options,
+                         void *stream);
+
+/**
+ * SemCKD on the CPU reference (host pointers; lists as in `kd_semckd_cuda`): the loss, the attention
+ * (`[B, S, T]` f64) where not null, and with `grad_student` not null every gradient: the maps' and the
+ * regressor outputs' in `dtype`, the MLPs' in f64.
+ *
+ * # Safety
+ * As `kd_semckd_cuda`, with host pointers: every list holds its count of valid pointers (or the gradient
+ * lists are all null), each to a contiguous array of its shape.
+ */
+kd_status kd_semckd_cpu(const struct kd_semckd_config *params,
+                        size_t num_student,
+                        const int64_t *student_shapes,
+                        size_t num_teacher,
+                        const int64_t *teacher_shapes,
+                        kd_dtype dtype,
+                        const void *const *student,
+                        const void *const *teacher,
+                        const void *const *proj,
+                        const float *const *query,
+                        const float *const *key,
+                        double *loss,
+                        double *attention,
+                        void *const *grad_student,
+                        void *const *grad_proj,
+                        double *const *grad_query,
+                        double *const *grad_key,
+                        struct kd_grad_options options);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+#endif  /* KD_KERNELS_H */

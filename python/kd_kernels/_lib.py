@@ -48,15 +48,20 @@ KD_ERR_CUDA_UNAVAILABLE = 11
 DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_F64 = 0, 1, 2, 3
 
 
+# The C structs, each naming its declaration in include/kd_kernels.h (generated from the Rust source), which
+# python/tests/test_abi_layout.py checks field for field.
 class GradOptions(ctypes.Structure):
+    _c_name_ = "kd_grad_options"
     _fields_ = [("scale", ctypes.c_double), ("accumulate", ctypes.c_int32)]
 
 
 class CwdParams(ctypes.Structure):
+    _c_name_ = "kd_cwd_config"
     _fields_ = [("tau", ctypes.c_double), ("loss_weight", ctypes.c_double)]
 
 
 class PixelKdParams(ctypes.Structure):
+    _c_name_ = "kd_pixel_kd_config"
     _fields_ = [
         ("tau", ctypes.c_double),
         ("loss_weight", ctypes.c_double),
@@ -66,14 +71,17 @@ class PixelKdParams(ctypes.Structure):
 
 
 class CwtParams(ctypes.Structure):
+    _c_name_ = "kd_cwt_config"
     _fields_ = [("loss_weight", ctypes.c_double), ("normalize", ctypes.c_int32), ("hidden_channels", ctypes.c_int64)]
 
 
 class IcsdParams(ctypes.Structure):
+    _c_name_ = "kd_icsd_config"
     _fields_ = [("tau", ctypes.c_double), ("loss_weight", ctypes.c_double), ("variant", ctypes.c_int32)]
 
 
 class SemckdParams(ctypes.Structure):
+    _c_name_ = "kd_semckd_config"
     _fields_ = [("loss_weight", ctypes.c_double), ("eps", ctypes.c_double), ("embed_dim", ctypes.c_int64)]
 
 

@@ -62,7 +62,8 @@ pub(crate) struct Inner {
     pub(crate) cwt: LossCache<((kd::cwt::CwtConfig, kd::cwt::CwtShapes), kd::cwt::CwtCuda)>,
 }
 
-/// `kd_context`. Calls through one context are serialised by its lock.
+/// Owns one device's loaded kernels and workspaces, so repeated calls neither reload nor reallocate.
+/// Calls through one context are serialised (a lock); use one context per device.
 pub struct KdContext {
     inner: Mutex<Inner>,
 }
@@ -85,7 +86,8 @@ pub(crate) unsafe fn with_context(
     body(&mut inner)
 }
 
-/// Opens device `device_ordinal` (its primary context) and writes a new context to `*out`.
+/// Opens device `device_ordinal` (its primary context, the one the CUDA runtime and PyTorch use) and writes a
+/// new context to `*out`.
 ///
 /// # Safety
 /// `out` is null or points to writable storage for one pointer.
@@ -115,10 +117,10 @@ pub unsafe extern "C" fn kd_context_create(device_ordinal: i32, out: *mut *mut K
     })
 }
 
-/// Frees a context (null is a no-op). Work queued through it must have finished.
+/// Frees the context and its workspaces (NULL is a no-op). Work queued through it must have finished.
 ///
 /// # Safety
-/// `ctx` is null or a pointer returned by [`kd_context_create`], not used again afterwards.
+/// `ctx` is null or a pointer returned by `kd_context_create`, not used again afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn kd_context_destroy(ctx: *mut KdContext) {
     if ctx.is_null() {

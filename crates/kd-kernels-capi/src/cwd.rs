@@ -11,26 +11,26 @@ use kd::GradOptions;
 use crate::context::{with_context, KdContext};
 use crate::cpu::{self, Element, PerElement};
 use crate::{
-    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdGradOptions, KdStatus, KD_ERR_OUTPUT,
+    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_OUTPUT,
 };
 
-/// `kd_cwd_params`.
+/// Channel-wise distillation (docs/losses.md §1). The paper's setting: tau 4, loss_weight 3.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct KdCwdParams {
+pub struct KdCwdConfig {
     /// Softmax temperature; finite and > 0.
     pub tau: f64,
     /// Weight of the loss; finite.
     pub loss_weight: f64,
 }
 
-fn config(params: KdCwdParams, teacher_grad: bool) -> Result<CwdConfig, Failure> {
+fn config(params: KdCwdConfig, teacher_grad: bool) -> Result<CwdConfig, Failure> {
     let config = CwdConfig { tau: params.tau, loss_weight: params.loss_weight, teacher_grad };
     config.validate()?;
     Ok(config)
 }
 
-/// CWD on the GPU, queued on `stream`; the teacher gradient exactly when `grad_teacher` is non-zero.
+/// CWD on the GPU, queued on `stream`. The teacher gradient is computed exactly when `grad_teacher` != 0.
 ///
 /// # Safety
 /// `ctx` comes from `kd_context_create`; `params` and `shape` (`ndim` entries) are readable; `stream` is a
@@ -40,10 +40,10 @@ fn config(params: KdCwdParams, teacher_grad: bool) -> Result<CwdConfig, Failure>
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_cwd_cuda(
     ctx: *mut KdContext,
-    params: *const KdCwdParams,
+    params: *const KdCwdConfig,
     shape: *const i64,
     ndim: usize,
-    dtype: i32,
+    dtype: KdDtype,
     student: u64,
     teacher: u64,
     loss: u64,
@@ -119,10 +119,10 @@ impl PerElement for CpuCall {
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_cwd_cpu(
-    params: *const KdCwdParams,
+    params: *const KdCwdConfig,
     shape: *const i64,
     ndim: usize,
-    dtype: i32,
+    dtype: KdDtype,
     student: *const c_void,
     teacher: *const c_void,
     loss: *mut f64,

@@ -13,27 +13,36 @@ use kd::GradOptions;
 use crate::context::{with_context, KdContext};
 use crate::cpu::{self, Element, PerElement};
 use crate::{
-    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdGradOptions, KdStatus, KD_ERR_NULL_POINTER,
-    KD_ERR_OUTPUT, KD_ERR_PARAMETER,
+    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
+    KD_ERR_NULL_POINTER, KD_ERR_OUTPUT, KD_ERR_PARAMETER,
 };
 
-/// `kd_cwt_params`.
+/// CWT's divisor of the summed squared error.
+pub type KdCwtNormalize = i32;
+
+/// D = N (MGD's normaliser, the default).
+pub const KD_CWT_NORMALIZE_BATCH: KdCwtNormalize = 0;
+/// D = N*Ct*H*W.
+pub const KD_CWT_NORMALIZE_MEAN: KdCwtNormalize = 1;
+
+/// Channel-wise transformation (docs/losses.md §5): Y = W2 ReLU(W1 x + b1) + b2 per pixel (Cs -> Ch -> Ct),
+/// loss = loss_weight * sum (Y - F_t)^2 / D. Default loss_weight 2e-5, KD_CWT_NORMALIZE_BATCH, Ch = Ct.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct KdCwtParams {
+pub struct KdCwtConfig {
     /// The loss weight; finite.
     pub loss_weight: f64,
-    /// `kd_cwt_normalize`: 0 batch (`D = N`), 1 mean (`D = N*Ct*H*W`).
-    pub normalize: i32,
+    /// A kd_cwt_normalize.
+    pub normalize: KdCwtNormalize,
     /// The hidden width `Ch`.
     pub hidden_channels: i64,
 }
 
 /// The configuration, and the channel counts with both feature shapes checked by the crate.
-fn config(params: KdCwtParams, student: &[usize], teacher: &[usize]) -> Result<(CwtConfig, CwtShapes), Failure> {
+fn config(params: KdCwtConfig, student: &[usize], teacher: &[usize]) -> Result<(CwtConfig, CwtShapes), Failure> {
     let normalize = match params.normalize {
-        0 => CwtNormalize::Batch,
-        1 => CwtNormalize::Mean,
+        KD_CWT_NORMALIZE_BATCH => CwtNormalize::Batch,
+        KD_CWT_NORMALIZE_MEAN => CwtNormalize::Mean,
         other => {
             return Err(Failure::new(
                 KD_ERR_PARAMETER,
@@ -58,8 +67,10 @@ fn config(params: KdCwtParams, student: &[usize], teacher: &[usize]) -> Result<(
     Ok((config, shapes))
 }
 
-/// CWT on the GPU, queued on `stream`. The gradients (student and the four parameters, all five or none)
-/// where `grad_student` is non-zero.
+/// CWT on the GPU, queued on `stream`. Student [N, Cs, H, W] and teacher [N, Ct, H, W] in `dtype`;
+/// `weights` points to the device addresses of W1 [Ch, Cs], b1 [Ch], W2 [Ct, Ch], b2 [Ct] (f32). With
+/// `grad_student` != 0, `grad_weights` points to the addresses of their four f32 gradients (all five
+/// gradients or none). The teacher gets no gradient.
 ///
 /// # Safety
 /// As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the
@@ -69,12 +80,12 @@ fn config(params: KdCwtParams, student: &[usize], teacher: &[usize]) -> Result<(
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_cwt_cuda(
     ctx: *mut KdContext,
-    params: *const KdCwtParams,
+    params: *const KdCwtConfig,
     student_shape: *const i64,
     student_ndim: usize,
     teacher_shape: *const i64,
     teacher_ndim: usize,
-    dtype: i32,
+    dtype: KdDtype,
     student: u64,
     teacher: u64,
     weights: *const u64,
@@ -204,9 +215,9 @@ unsafe fn store_f64<'a>(out: *mut f64, values: impl ExactSizeIterator<Item = &'a
     }
 }
 
-/// CWT on the CPU reference: the loss into `*loss` (when not null); with `grad_student` not null, the
-/// student gradient (in `dtype`) and the four parameter gradients (f64, into `grad_weights[0..4]`, all
-/// needed).
+/// CWT on the CPU reference: `weights` are the four f32 host arrays W1 [Ch, Cs], b1 [Ch], W2 [Ct, Ch],
+/// b2 [Ct]; the loss into `*loss` (when not null); with `grad_student` != NULL, the student gradient (in
+/// `dtype`) and the four parameter gradients (f64 host arrays, into `grad_weights[0..4]`, all needed).
 ///
 /// # Safety
 /// `params` and the shapes are readable; `student`/`teacher` point to contiguous NCHW tensors of their
@@ -216,12 +227,12 @@ unsafe fn store_f64<'a>(out: *mut f64, values: impl ExactSizeIterator<Item = &'a
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_cwt_cpu(
-    params: *const KdCwtParams,
+    params: *const KdCwtConfig,
     student_shape: *const i64,
     student_ndim: usize,
     teacher_shape: *const i64,
     teacher_ndim: usize,
-    dtype: i32,
+    dtype: KdDtype,
     student: *const c_void,
     teacher: *const c_void,
     weights: *const *const f32,

@@ -12,25 +12,36 @@ use kd::GradOptions;
 use crate::context::{with_context, KdContext};
 use crate::cpu::{self, Element, PerElement};
 use crate::{
-    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdGradOptions, KdStatus, KD_ERR_PARAMETER,
+    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
+    KD_ERR_PARAMETER,
 };
 
-/// `kd_icsd_params`.
+/// ICSD's similarity matrix (docs/losses.md §3.4, §3.7).
+pub type KdIcsdVariant = i32;
+
+/// The official code: softmax along H, M = A_max(i,j) - G.
+pub const KD_ICSD_OFFICIAL: KdIcsdVariant = 0;
+/// The paper's prose: softmax over H*W, pairwise KL.
+pub const KD_ICSD_PAPER: KdIcsdVariant = 1;
+
+/// ICSD (docs/losses.md §3): L_ICS = loss_weight / (C^2 B) * sum (Mh_S - Mh_T)^2. Defaults: tau 1,
+/// loss_weight 9500, KD_ICSD_OFFICIAL. AICSD = alpha * L_ICS + (1 - alpha) * pixel KD, alpha =
+/// clamp(epoch / 120, 0, 1): two calls, the second with `accumulate` and the scales alpha, 1 - alpha.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct KdIcsdParams {
+pub struct KdIcsdConfig {
     /// Softmax temperature; finite and > 0.
     pub tau: f64,
     /// The weight of `L_ICS`; finite.
     pub loss_weight: f64,
-    /// `kd_icsd_variant`: 0 official, 1 paper.
-    pub variant: i32,
+    /// A kd_icsd_variant.
+    pub variant: KdIcsdVariant,
 }
 
-fn config(params: KdIcsdParams) -> Result<IcsdConfig, Failure> {
+fn config(params: KdIcsdConfig) -> Result<IcsdConfig, Failure> {
     let variant = match params.variant {
-        0 => IcsdVariant::Official,
-        1 => IcsdVariant::Paper,
+        KD_ICSD_OFFICIAL => IcsdVariant::Official,
+        KD_ICSD_PAPER => IcsdVariant::Paper,
         other => {
             return Err(Failure::new(
                 KD_ERR_PARAMETER,
@@ -45,8 +56,8 @@ fn config(params: KdIcsdParams) -> Result<IcsdConfig, Failure> {
     Ok(config)
 }
 
-/// ICSD on the GPU, queued on `stream`; the row-normalised matrices (C*C f32 each) where their addresses are
-/// non-zero.
+/// ICSD on the GPU, queued on `stream` (no teacher gradient); the row-normalised C x C matrices (f32) into
+/// `sim_student` and `sim_teacher` where those addresses are non-zero.
 ///
 /// # Safety
 /// As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and `shape`; `stream` of the
@@ -55,10 +66,10 @@ fn config(params: KdIcsdParams) -> Result<IcsdConfig, Failure> {
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_icsd_cuda(
     ctx: *mut KdContext,
-    params: *const KdIcsdParams,
+    params: *const KdIcsdConfig,
     shape: *const i64,
     ndim: usize,
-    dtype: i32,
+    dtype: KdDtype,
     student: u64,
     teacher: u64,
     loss: u64,
@@ -141,10 +152,10 @@ impl PerElement for CpuCall {
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_icsd_cpu(
-    params: *const KdIcsdParams,
+    params: *const KdIcsdConfig,
     shape: *const i64,
     ndim: usize,
-    dtype: i32,
+    dtype: KdDtype,
     student: *const c_void,
     teacher: *const c_void,
     loss: *mut f64,

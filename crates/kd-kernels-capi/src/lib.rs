@@ -5,6 +5,10 @@
 //!
 //! Every entry point catches panics at the boundary (`guard`) and turns every [`KdError`] into a status
 //! code and [`kd_last_error_message`]; nothing unwinds into C.
+//!
+//! `include/kd_kernels.h` is generated from this source by cbindgen (`cbindgen.toml` beside the manifest):
+//! the items, their C names and these doc comments. `tests/header.rs` fails when the committed header
+//! differs; `KD_KERNELS_BLESS_HEADER=1 cargo test -p kd-kernels-capi --test header` rewrites it.
 
 mod context;
 mod cpu;
@@ -22,45 +26,62 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use kd::{DType, GradOptions, KdError};
 
 pub use context::{kd_context_create, kd_context_destroy, KdContext};
-pub use cwd::{kd_cwd_cpu, kd_cwd_cuda, KdCwdParams};
-pub use cwt::{kd_cwt_cpu, kd_cwt_cuda, KdCwtParams};
-pub use icsd::{kd_icsd_cpu, kd_icsd_cuda, KdIcsdParams};
-pub use pixel_kd::{kd_pixel_kd_cpu, kd_pixel_kd_cuda, KdPixelKdParams};
-pub use semckd::{kd_semckd_cpu, kd_semckd_cuda, KdSemckdParams};
+pub use cwd::{kd_cwd_cpu, kd_cwd_cuda, KdCwdConfig};
+pub use cwt::{kd_cwt_cpu, kd_cwt_cuda, KdCwtConfig, KdCwtNormalize, KD_CWT_NORMALIZE_BATCH, KD_CWT_NORMALIZE_MEAN};
+pub use icsd::{kd_icsd_cpu, kd_icsd_cuda, KdIcsdConfig, KdIcsdVariant, KD_ICSD_OFFICIAL, KD_ICSD_PAPER};
+pub use pixel_kd::{
+    kd_pixel_kd_cpu, kd_pixel_kd_cuda, KdPixelKdConfig, KdReduction, KD_REDUCTION_BATCHMEAN, KD_REDUCTION_MEAN,
+    KD_REDUCTION_PIXELMEAN, KD_REDUCTION_SUM,
+};
+pub use semckd::{kd_semckd_cpu, kd_semckd_cuda, KdSemckdConfig};
 
-/// `kd_status` (the header's enum): what a call returns.
+/// What every call returns: `KD_OK`, or the kind of failure (`kd_last_error_message()` has the details).
 pub type KdStatus = i32;
 
 /// Success.
 pub const KD_OK: KdStatus = 0;
-/// A required pointer is null.
+/// A required pointer (context, parameters, shape, input) is NULL.
 pub const KD_ERR_NULL_POINTER: KdStatus = 1;
-/// Wrong rank, mismatched shapes, a zero or negative dimension, a buffer too small.
+/// Wrong rank, shapes that do not match, a zero or negative dimension, a buffer too small.
 pub const KD_ERR_SHAPE: KdStatus = 2;
-/// A tensor too large for the kernels.
+/// A tensor too large for the kernels' launch geometry or index arithmetic.
 pub const KD_ERR_TOO_LARGE: KdStatus = 3;
-/// A parameter out of its domain.
+/// A parameter out of its domain (tau not finite and > 0, a non-finite weight or scale, an unknown
+/// reduction).
 pub const KD_ERR_PARAMETER: KdStatus = 4;
-/// The outputs given do not make a call.
+/// The set of outputs given does not make a call (nothing to compute, a teacher gradient without the
+/// student's, a teacher gradient a loss does not have).
 pub const KD_ERR_OUTPUT: KdStatus = 5;
-/// An unknown dtype, or one the call does not take.
+/// An unknown dtype, or one the call does not take (f64 on the GPU).
 pub const KD_ERR_DTYPE: KdStatus = 6;
-/// A buffer or stream of another CUDA context.
+/// A buffer or stream of another CUDA context than the kd_context's device.
 pub const KD_ERR_CONTEXT: KdStatus = 7;
-/// A requested way of computing does not apply.
+/// A requested way of computing does not apply here.
 pub const KD_ERR_UNSUPPORTED: KdStatus = 8;
-/// The workspace would grow during a CUDA graph capture.
+/// The call would grow its workspace while its stream is being captured into a CUDA graph.
 pub const KD_ERR_WORKSPACE: KdStatus = 9;
-/// Built without nvcc: no GPU kernels.
+/// This library was built without nvcc: it has no GPU kernels (the CPU entry points work).
 pub const KD_ERR_KERNELS_UNAVAILABLE: KdStatus = 10;
 /// No usable CUDA driver or device.
 pub const KD_ERR_CUDA_UNAVAILABLE: KdStatus = 11;
 /// The CUDA driver returned an error.
 pub const KD_ERR_CUDA: KdStatus = 12;
-/// A panic was caught at the boundary.
+/// A Rust panic was caught at the boundary (a bug: please report it with the message).
 pub const KD_ERR_PANIC: KdStatus = 13;
-/// An error kind this header does not name.
+/// An error of a kind this version of the header does not name.
 pub const KD_ERR_OTHER: KdStatus = 14;
+
+/// The element type of the tensors of a call.
+pub type KdDtype = i32;
+
+/// 32-bit float.
+pub const KD_DTYPE_F32: KdDtype = 0;
+/// IEEE half.
+pub const KD_DTYPE_F16: KdDtype = 1;
+/// bfloat16.
+pub const KD_DTYPE_BF16: KdDtype = 2;
+/// 64-bit float: CPU reference only.
+pub const KD_DTYPE_F64: KdDtype = 3;
 
 /// A failed call: its status code and its message.
 #[derive(Debug)]
@@ -151,17 +172,17 @@ pub extern "C" fn kd_kernels_compiled() -> i32 {
     i32::from(kd::cuda::KERNELS_COMPILED)
 }
 
-/// [`KD_OK`] when the kernels are compiled and a CUDA driver with a device is present; else the reason.
+/// KD_OK when the kernels are compiled and a CUDA driver with a device is present; else the reason.
 #[no_mangle]
 pub extern "C" fn kd_cuda_probe() -> KdStatus {
     guard(|| Ok(kd::cuda::probe()?))
 }
 
-/// `kd_grad_options`.
+/// How a call writes its gradients (every call that writes gradients takes one).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct KdGradOptions {
-    /// Factor on every gradient.
+    /// Factor on every gradient; finite. 1 for none.
     pub scale: f64,
     /// Non-zero: add into the gradient buffers.
     pub accumulate: i32,
@@ -182,12 +203,12 @@ pub(crate) enum HostDtype {
     F64,
 }
 
-pub(crate) fn host_dtype(raw: i32) -> Result<HostDtype, Failure> {
+pub(crate) fn host_dtype(raw: KdDtype) -> Result<HostDtype, Failure> {
     match raw {
-        0 => Ok(HostDtype::Kernel(DType::F32)),
-        1 => Ok(HostDtype::Kernel(DType::F16)),
-        2 => Ok(HostDtype::Kernel(DType::BF16)),
-        3 => Ok(HostDtype::F64),
+        KD_DTYPE_F32 => Ok(HostDtype::Kernel(DType::F32)),
+        KD_DTYPE_F16 => Ok(HostDtype::Kernel(DType::F16)),
+        KD_DTYPE_BF16 => Ok(HostDtype::Kernel(DType::BF16)),
+        KD_DTYPE_F64 => Ok(HostDtype::F64),
         other => Err(Failure::new(
             KD_ERR_DTYPE,
             format!("dtype: unknown kd_dtype {other}; use KD_DTYPE_F32 (0), KD_DTYPE_F16 (1), KD_DTYPE_BF16 (2) or, on the CPU, KD_DTYPE_F64 (3)"),
@@ -195,7 +216,7 @@ pub(crate) fn host_dtype(raw: i32) -> Result<HostDtype, Failure> {
     }
 }
 
-pub(crate) fn kernel_dtype(raw: i32) -> Result<DType, Failure> {
+pub(crate) fn kernel_dtype(raw: KdDtype) -> Result<DType, Failure> {
     match host_dtype(raw)? {
         HostDtype::Kernel(dtype) => Ok(dtype),
         HostDtype::F64 => Err(Failure::new(

@@ -11,29 +11,43 @@ use kd::GradOptions;
 use crate::context::{with_context, KdContext};
 use crate::cpu::{self, Element, PerElement};
 use crate::{
-    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdGradOptions, KdStatus, KD_ERR_PARAMETER,
+    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
+    KD_ERR_PARAMETER,
 };
 
-/// `kd_pixel_kd_params`.
+/// Pixel KD's divisor of the summed per-pixel KL.
+pub type KdReduction = i32;
+
+/// N*C*H*W (PyTorch KLDivLoss's default, the official one).
+pub const KD_REDUCTION_MEAN: KdReduction = 0;
+/// N.
+pub const KD_REDUCTION_BATCHMEAN: KdReduction = 1;
+/// 1.
+pub const KD_REDUCTION_SUM: KdReduction = 2;
+/// N*H*W.
+pub const KD_REDUCTION_PIXELMEAN: KdReduction = 3;
+
+/// Pixel-wise KD (docs/losses.md §2). Official defaults: tau 1, loss_weight 10, KD_REDUCTION_MEAN,
+/// scale_tau2 0.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct KdPixelKdParams {
+pub struct KdPixelKdConfig {
     /// Softmax temperature; finite and > 0.
     pub tau: f64,
     /// Weight of the loss; finite.
     pub loss_weight: f64,
-    /// `kd_reduction`: 0 mean, 1 batchmean, 2 sum, 3 pixelmean.
-    pub reduction: i32,
+    /// A kd_reduction.
+    pub reduction: KdReduction,
     /// Non-zero: multiply by tau^2.
     pub scale_tau2: i32,
 }
 
-fn config(params: KdPixelKdParams) -> Result<PixelKdConfig, Failure> {
+fn config(params: KdPixelKdConfig) -> Result<PixelKdConfig, Failure> {
     let reduction = match params.reduction {
-        0 => Reduction::Mean,
-        1 => Reduction::BatchMean,
-        2 => Reduction::Sum,
-        3 => Reduction::PixelMean,
+        KD_REDUCTION_MEAN => Reduction::Mean,
+        KD_REDUCTION_BATCHMEAN => Reduction::BatchMean,
+        KD_REDUCTION_SUM => Reduction::Sum,
+        KD_REDUCTION_PIXELMEAN => Reduction::PixelMean,
         other => {
             return Err(Failure::new(
                 KD_ERR_PARAMETER,
@@ -51,7 +65,7 @@ fn config(params: KdPixelKdParams) -> Result<PixelKdConfig, Failure> {
     Ok(config)
 }
 
-/// Pixel KD on the GPU, queued on `stream`.
+/// Pixel KD on the GPU, queued on `stream` (no teacher gradient: the teacher is a constant).
 ///
 /// # Safety
 /// As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and `shape`; `stream` of the
@@ -60,10 +74,10 @@ fn config(params: KdPixelKdParams) -> Result<PixelKdConfig, Failure> {
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_pixel_kd_cuda(
     ctx: *mut KdContext,
-    params: *const KdPixelKdParams,
+    params: *const KdPixelKdConfig,
     shape: *const i64,
     ndim: usize,
-    dtype: i32,
+    dtype: KdDtype,
     student: u64,
     teacher: u64,
     loss: u64,
@@ -132,10 +146,10 @@ impl PerElement for CpuCall {
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_pixel_kd_cpu(
-    params: *const KdPixelKdParams,
+    params: *const KdPixelKdConfig,
     shape: *const i64,
     ndim: usize,
-    dtype: i32,
+    dtype: KdDtype,
     student: *const c_void,
     teacher: *const c_void,
     loss: *mut f64,

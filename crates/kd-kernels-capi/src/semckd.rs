@@ -15,14 +15,16 @@ use kd::GradOptions;
 use crate::context::{with_context, KdContext};
 use crate::cpu::{self, Element, PerElement};
 use crate::{
-    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdGradOptions, KdStatus, KD_ERR_NULL_POINTER,
-    KD_ERR_PARAMETER,
+    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
+    KD_ERR_NULL_POINTER, KD_ERR_PARAMETER,
 };
 
-/// `kd_semckd_params`.
+/// SemCKD (docs/losses.md §4) without the regressors: loss = loss_weight * sum(alpha * mse) / (B * S).
+/// Default loss_weight 400 (CIFAR-100; 50 on ImageNet), eps 0 (the official normalisation, no epsilon),
+/// embed_dim 0 (the official d = B / 4).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct KdSemckdParams {
+pub struct KdSemckdConfig {
     /// `w` (`beta`); finite.
     pub loss_weight: f64,
     /// The L2 normalisation's epsilon; 0 for none (the official `x / ||x||`).
@@ -31,7 +33,7 @@ pub struct KdSemckdParams {
     pub embed_dim: i64,
 }
 
-fn config(params: KdSemckdParams) -> Result<SemckdConfig, Failure> {
+fn config(params: KdSemckdConfig) -> Result<SemckdConfig, Failure> {
     let config = SemckdConfig { loss_weight: params.loss_weight, eps: (params.eps != 0.0).then_some(params.eps) };
     config.validate()?;
     Ok(config)
@@ -46,7 +48,7 @@ unsafe fn read_shapes(shapes: *const i64, count: usize) -> Result<Vec<Vec<usize>
     Ok(flat.chunks(4).map(<[usize]>::to_vec).collect())
 }
 
-fn layers(params: KdSemckdParams, student: &[Vec<usize>], teacher: &[Vec<usize>]) -> Result<SemckdLayers, Failure> {
+fn layers(params: KdSemckdConfig, student: &[Vec<usize>], teacher: &[Vec<usize>]) -> Result<SemckdLayers, Failure> {
     let s: Vec<&[usize]> = student.iter().map(Vec::as_slice).collect();
     let t: Vec<&[usize]> = teacher.iter().map(Vec::as_slice).collect();
     let mut layers = SemckdLayers::from_shapes(&s, &t).or_else(|e| {
@@ -86,9 +88,13 @@ fn quads(flat: Vec<u64>) -> Vec<[u64; 4]> {
     flat.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
 }
 
-/// SemCKD on the GPU, queued on `stream`: the loss, the attention `[B, S, T]` (f32) where its address is
-/// non-zero, and with `grad_student` not null every gradient (student maps, Gram path; regressor outputs;
-/// query and key MLPs, f32) or none.
+/// SemCKD on the GPU, queued on `stream`. `student_shapes` / `teacher_shapes`: S and T rank-4 shapes (4
+/// values each, S and T at most 8). Address lists: `student` S, `teacher` T, `proj` S*T (the regressor
+/// outputs [B, Ct_j, h, h], h = min(Hs_i, Ht_j), pair (i, j) at i*T + j), `query` 4*S and `key` 4*T (each
+/// MLP's linear1.weight [2d, B], linear1.bias [2d], linear2.weight [d, 2d], linear2.bias [d], f32).
+/// `attention` ([B, S, T] f32) where non-zero. With `grad_student` != NULL, the gradient lists (same
+/// lengths: the maps' through the Gram/attention path, the regressor outputs', the MLPs' in f32) must all
+/// be given.
 ///
 /// # Safety
 /// As `kd_cwd_cuda`; the address lists hold S, T, S*T, 4*S and 4*T entries (the gradient lists likewise, or
@@ -97,12 +103,12 @@ fn quads(flat: Vec<u64>) -> Vec<[u64; 4]> {
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_semckd_cuda(
     ctx: *mut KdContext,
-    params: *const KdSemckdParams,
+    params: *const KdSemckdConfig,
     num_student: usize,
     student_shapes: *const i64,
     num_teacher: usize,
     teacher_shapes: *const i64,
-    dtype: i32,
+    dtype: KdDtype,
     student: *const u64,
     teacher: *const u64,
     proj: *const u64,
@@ -300,12 +306,12 @@ unsafe fn pointers<P: Copy>(
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_semckd_cpu(
-    params: *const KdSemckdParams,
+    params: *const KdSemckdConfig,
     num_student: usize,
     student_shapes: *const i64,
     num_teacher: usize,
     teacher_shapes: *const i64,
-    dtype: i32,
+    dtype: KdDtype,
     student: *const *const c_void,
     teacher: *const *const c_void,
     proj: *const *const c_void,

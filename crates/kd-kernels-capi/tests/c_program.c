@@ -20,8 +20,8 @@ int main(void) {
     static double student64[NUMEL], teacher64[NUMEL], grad64[NUMEL];
     const int64_t shape[4] = {N, C, H, W};
     const kd_grad_options overwrite = {1.0, 0};
-    const kd_cwd_params cwd = {4.0, 3.0};
-    const kd_pixel_kd_params pixel = {1.0, 10.0, KD_REDUCTION_MEAN, 0};
+    const kd_cwd_config cwd = {4.0, 3.0};
+    const kd_pixel_kd_config pixel = {1.0, 10.0, KD_REDUCTION_MEAN, 0};
     double loss = -1.0;
     int i;
 
@@ -60,7 +60,7 @@ int main(void) {
         static double gw1[4 * 3], gb1[4], gw2[2 * 4], gb2[2];
         const int64_t teacher_shape[4] = {N, 2, H, W};
         const int64_t wrong_teacher[4] = {N, 2, H, W + 1};
-        const kd_cwt_params cwt = {0.5, KD_CWT_NORMALIZE_BATCH, 4};
+        const kd_cwt_config cwt = {0.5, KD_CWT_NORMALIZE_BATCH, 4};
         const float *const weights[4] = {w1, b1, w2, b2};
         double *const grad_weights[4] = {gw1, gb1, gw2, gb2};
         for (i = 0; i < N * 2 * H * W; i++) cwt_teacher[i] = (float)((i * 29) % 31 - 15) / 8.0f;
@@ -81,7 +81,7 @@ int main(void) {
     /* ICSD, official variant, with the row-normalised matrices. */
     {
         static double sim_s[C * C], sim_t[C * C];
-        const kd_icsd_params icsd = {1.0, 9500.0, KD_ICSD_OFFICIAL};
+        const kd_icsd_config icsd = {1.0, 9500.0, KD_ICSD_OFFICIAL};
         print_status("icsd_cpu", kd_icsd_cpu(&icsd, shape, 4, KD_DTYPE_F32, student, teacher, &loss, grad, sim_s,
                                              sim_t, overwrite));
         printf("icsd_loss %.17g\n", loss);
@@ -99,7 +99,7 @@ int main(void) {
         print_status("bad_negative", kd_cwd_cpu(&cwd, negative, 4, KD_DTYPE_F32, student, teacher, &loss, grad, NULL, overwrite));
     }
     {
-        const kd_cwd_params bad_tau = {0.0, 3.0};
+        const kd_cwd_config bad_tau = {0.0, 3.0};
         print_status("bad_tau", kd_cwd_cpu(&bad_tau, shape, 4, KD_DTYPE_F32, student, teacher, &loss, grad, NULL, overwrite));
     }
     print_status("bad_dtype", kd_cwd_cpu(&cwd, shape, 4, (kd_dtype)7, student, teacher, &loss, grad, NULL, overwrite));
