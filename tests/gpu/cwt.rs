@@ -171,7 +171,7 @@ fn cwt_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
         let config = CwtConfig { loss_weight: 0.5, normalize };
         let d = device::<T>(stream, &h)?;
         let params = CwtParamBuffers { w1: &d.w1, b1: &d.b1, w2: &d.w2, b2: &d.b2 };
-        let mut cwt = CwtCuda::new(stream.clone(), config, h.shapes).or_msg("CwtCuda::new")?;
+        let mut cwt = CwtCuda::with_shapes(stream.clone(), config, h.shapes).or_msg("CwtCuda::new")?;
         let what = format!("{} {dims:?} Ch {ch} Ct {ct}", T::DTYPE);
         let reference = h.reference::<T>(config, 1.0);
 
@@ -218,7 +218,7 @@ fn cwt_deterministic_bitwise(stream: &Stream) -> TestResult {
     let h = Host::random(9001, [2, 96, 33, 17], 130, 70);
     let d = device::<bf16>(stream, &h)?;
     let params = CwtParamBuffers { w1: &d.w1, b1: &d.b1, w2: &d.w2, b2: &d.b2 };
-    let mut cwt = CwtCuda::new(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;
+    let mut cwt = CwtCuda::with_shapes(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;
     let mut runs = Vec::new();
     for _ in 0..3 {
         let mut g = nan_grads::<bf16>(stream, &h)?;
@@ -239,7 +239,7 @@ fn cwt_error_paths(stream: &Stream) -> TestResult {
     let h = Host::random(9100, [2, 4, 3, 3], 5, 6);
     let d = device::<f32>(stream, &h)?;
     let params = CwtParamBuffers { w1: &d.w1, b1: &d.b1, w2: &d.w2, b2: &d.b2 };
-    let mut cwt = CwtCuda::new(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;
+    let mut cwt = CwtCuda::with_shapes(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;
     let mut loss = nan_buffer::<f32>(stream, 1)?;
     let mut failures = Vec::new();
     // Student channels other than Cs.
@@ -260,7 +260,7 @@ fn cwt_error_paths(stream: &Stream) -> TestResult {
         other => failures.push(format!("short W1: {other:?}")),
     }
     // Zero channels at construction.
-    match CwtCuda::new(stream.clone(), CwtConfig::default(), CwtShapes { cs: 4, ch: 0, ct: 6 }) {
+    match CwtCuda::with_shapes(stream.clone(), CwtConfig::default(), CwtShapes { cs: 4, ch: 0, ct: 6 }) {
         Err(KdError::EmptyInput { .. }) => {}
         other => failures.push(format!("zero hidden width: {:?}", other.map(|_| ()))),
     }
