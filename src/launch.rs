@@ -59,6 +59,7 @@ impl LaunchError {
 
 /// The device facts a planner reads.
 pub trait DeviceInfo {
+    /// Streaming multiprocessors.
     fn sm_count(&self) -> usize;
     /// Whether grids whose blocks wait for each other can be launched (cooperative launch).
     fn cooperative(&self) -> bool;
@@ -73,6 +74,7 @@ pub trait DeviceInfo {
 /// A family's workspace: `floats` f32 words (8-byte aligned, so doubles fit) and `counters` u32 counters that
 /// start at zero and that every kernel leaves at zero. Returns their addresses.
 pub trait Scratch {
+    /// Grows to at least `floats` f32 words and `counters` zeroed counters; returns their addresses.
     fn prepare(&mut self, floats: usize, counters: usize) -> Result<(u64, u64)>;
 }
 

@@ -133,9 +133,9 @@ impl<F: PairFamily> LossCuda<F> {
         student: &dyn DevicePtr<T>,
         teacher: &dyn DevicePtr<T>,
         loss: &mut dyn DevicePtrMut<f32>,
-    ) -> Result<F::Report> {
+    ) -> Result<()> {
         let buffers = PairBuffers { loss: Some(loss), ..PairBuffers::new(student, teacher) };
-        self.call(shape, F::pair_buffers(buffers))
+        self.call(shape, F::pair_buffers(buffers)).map(drop)
     }
 
     /// The training-step call: the loss into `loss[0]` and d loss / d student into `grad_student`.
@@ -146,10 +146,10 @@ impl<F: PairFamily> LossCuda<F> {
         teacher: &dyn DevicePtr<T>,
         loss: &mut dyn DevicePtrMut<f32>,
         grad_student: &mut dyn DevicePtrMut<T>,
-    ) -> Result<F::Report> {
+    ) -> Result<()> {
         let buffers =
             PairBuffers { loss: Some(loss), grad_student: Some(grad_student), ..PairBuffers::new(student, teacher) };
-        self.call(shape, F::pair_buffers(buffers))
+        self.call(shape, F::pair_buffers(buffers)).map(drop)
     }
 
     /// d loss / d student times the upstream gradient `upstream[0]` (a device f32, d total / d loss), without
@@ -161,12 +161,12 @@ impl<F: PairFamily> LossCuda<F> {
         teacher: &dyn DevicePtr<T>,
         upstream: &dyn DevicePtr<f32>,
         grad_student: &mut dyn DevicePtrMut<T>,
-    ) -> Result<F::Report> {
+    ) -> Result<()> {
         let buffers = PairBuffers {
             upstream: Some(upstream),
             grad_student: Some(grad_student),
             ..PairBuffers::new(student, teacher)
         };
-        self.call(shape, F::pair_buffers(buffers))
+        self.call(shape, F::pair_buffers(buffers)).map(drop)
     }
 }

@@ -6,17 +6,17 @@ use std::ffi::c_void;
 
 use super::plan::{self, Device};
 use super::{Cwd, CwdConfig, CwdPath};
+use crate::cpu::CpuOutput;
+use crate::cuda::Binder;
 use crate::dtype::DType;
+use crate::dtype::{HostFloat, KdFloat};
 use crate::error::Result;
+use crate::family::{Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
 use crate::ffi::KdCwdArgs;
 use crate::grad::GradOptions;
-use crate::family::{Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
 use crate::launch::{DeviceInfo, LaunchError, Launcher, OutputSet, Scratch};
-use crate::cuda::Binder;
-use crate::cpu::CpuOutput;
-use crate::dtype::{HostFloat, KdFloat};
-use ndarray::ArrayView4;
 use crate::shape::Nchw;
+use ndarray::ArrayView4;
 
 /// The workspace (floats, counters) any call on `shape` in `dtype` may need, whichever path it takes and
 /// however its buffers are aligned.

@@ -3,14 +3,14 @@
 
 use std::ffi::c_void;
 
-use super::plan::{self, Device};
 use super::cuda::CwtBuffers;
+use super::plan::{self, Device};
 use super::{Cwt, CwtConfig, CwtSetup, CwtShapes};
 use crate::cuda::Binder;
-use crate::dtype::KdFloat;
-use crate::family::{Family, RawCall, TypedFamily};
 use crate::dtype::DType;
+use crate::dtype::KdFloat;
 use crate::error::{KdError, Result};
+use crate::family::{Family, RawCall, TypedFamily};
 use crate::ffi::KdCwtArgs;
 use crate::grad::GradOptions;
 use crate::launch::{DeviceInfo, Launcher, OutputSet, Scratch};

@@ -7,9 +7,9 @@ use ndarray::ArrayView4;
 use super::{alw_alpha, driver, IcsdConfig, IcsdCpu, IcsdCuda, IcsdRawBuffers, ALW_TOTAL_EPOCHS};
 use crate::cpu::CpuOutput;
 use crate::cuda::{Binder, CudaLauncher};
-use crate::family::PairRawBuffers;
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
+use crate::family::PairRawBuffers;
 use crate::grad::GradOptions;
 use crate::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda};
 use crate::shape::Nchw;
@@ -158,7 +158,8 @@ impl AicsdCuda {
         let out = binder.output("loss", Some(loss), 1)?;
         let g = binder.output("grad_student", Some(grad_student), numel)?;
         let ics = IcsdRawBuffers { student: s, teacher: t, loss: terms, grad_student: g, ..IcsdRawBuffers::default() };
-        let kd = PairRawBuffers { student: s, teacher: t, loss: terms + 4, grad_student: g, ..PairRawBuffers::default() };
+        let kd =
+            PairRawBuffers { student: s, teacher: t, loss: terms + 4, grad_student: g, ..PairRawBuffers::default() };
         // SAFETY: every address was checked against this stream's context and the shape; the terms buffer is
         // this object's own.
         unsafe {

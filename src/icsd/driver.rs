@@ -5,18 +5,18 @@ use std::ffi::c_void;
 
 use super::plan;
 use super::{Icsd, IcsdConfig};
-use crate::dtype::DType;
-use crate::cuda::Binder;
 use crate::cpu::CpuOutput;
+use crate::cuda::Binder;
+use crate::dtype::DType;
 use crate::dtype::{HostFloat, KdFloat};
-use ndarray::ArrayView4;
 use crate::error::{KdError, Result};
 use crate::family::{bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
 use crate::ffi::{KdIcsdArgs, KdIcsdMixArgs};
 use crate::grad::GradOptions;
 use crate::launch::{DeviceInfo, Launch, Launcher, OutputSet, Scratch};
-use cudarc::driver::DevicePtrMut;
 use crate::shape::Nchw;
+use cudarc::driver::DevicePtrMut;
+use ndarray::ArrayView4;
 
 /// The device addresses of one ICSD call (`CUdeviceptr`s; 0 for an absent output). The call writes the loss
 /// where `loss` is set, d loss / d student where `grad_student` is (times the device scalar at `upstream`

@@ -4,8 +4,8 @@
 use super::{driver, AicsdConfig, Icsd, IcsdConfig, IcsdRawBuffers};
 use crate::dtype::KdFloat;
 use crate::emulator::{self, EmulatedGpu, EmulatedLauncher, EmulatedOutput, HostScratch, Mode};
-use crate::family::{PairRawBuffers, RawCall};
 use crate::error::{KdError, Result};
+use crate::family::{PairRawBuffers, RawCall};
 use crate::grad::GradOptions;
 use crate::pixel_kd::PixelKdPath;
 use crate::shape::Nchw;

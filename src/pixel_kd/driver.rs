@@ -5,17 +5,17 @@ use std::ffi::c_void;
 
 use super::plan::{self, Device, PixelKdPlan};
 use super::{PixelKd, PixelKdConfig, PixelKdPath};
-use crate::dtype::DType;
-use crate::cuda::Binder;
 use crate::cpu::CpuOutput;
+use crate::cuda::Binder;
+use crate::dtype::DType;
 use crate::dtype::{HostFloat, KdFloat};
-use ndarray::ArrayView4;
 use crate::error::Result;
 use crate::family::{bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
 use crate::ffi::KdPixelKdArgs;
 use crate::grad::GradOptions;
 use crate::launch::{DeviceInfo, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
+use ndarray::ArrayView4;
 
 /// Plans a call on `device` (the tiled kernel's grid from its occupancy with the tile's shared memory).
 pub(crate) fn plan_on(
@@ -72,12 +72,7 @@ pub(crate) unsafe fn run(
 }
 
 /// The workspace any call on `shape` may need, on either path.
-pub(crate) fn workspace_bound(
-    config: &PixelKdConfig,
-    shape: &Nchw,
-    dtype: DType,
-    device: &dyn DeviceInfo,
-) -> usize {
+pub(crate) fn workspace_bound(config: &PixelKdConfig, shape: &Nchw, dtype: DType, device: &dyn DeviceInfo) -> usize {
     let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
     let mut floats = 0;
     for path in [PixelKdPath::Tiled, PixelKdPath::PerPixel] {

@@ -6,9 +6,9 @@ use std::ffi::c_void;
 
 use super::layers::{SemckdLayers, MAX_LAYERS};
 use super::{Semckd, SemckdConfig};
-use crate::family::{Family, RawCall};
 use crate::dtype::DType;
 use crate::error::{KdError, Result};
+use crate::family::{Family, RawCall};
 use crate::ffi::{self, KdSemckdArgs, KdSemckdParams};
 use crate::grad::GradOptions;
 use crate::launch::{self, DeviceInfo, Launch, Launcher, Scratch, BLOCK_THREADS};

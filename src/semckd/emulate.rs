@@ -5,8 +5,8 @@ use super::driver::{self, SemckdRawBuffers};
 use super::{Semckd, SemckdConfig, SemckdLayers};
 use crate::dtype::KdFloat;
 use crate::emulator::{self, EmulatedGpu, EmulatedLauncher};
-use crate::family::RawCall;
 use crate::error::{KdError, Result};
+use crate::family::RawCall;
 use crate::grad::GradOptions;
 
 /// Host inputs of one emulated call (contiguous NCHW slices; MLP parameters in f32, in the order

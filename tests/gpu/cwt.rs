@@ -5,7 +5,8 @@
 use half::{bf16, f16};
 use kd_kernels::cudarc::driver::CudaSlice;
 use kd_kernels::cwt::{
-    CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtOutput, CwtParamBuffers, CwtParamGrads, CwtShapes, MlpParams,
+    CwtBuffers, CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtOutput, CwtParamBuffers, CwtParamGrads, CwtShapes,
+    MlpParams,
 };
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
@@ -207,7 +208,14 @@ fn cwt_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
         };
         let grads = CwtParamGrads { w1: &mut g.w1, b1: &mut g.b1, w2: &mut g.w2, b2: &mut g.b2 };
         let options = GradOptions { scale: 2.0, accumulate: true };
-        cwt.backward_with(&dims, &d.s, &d.t, &params, &upstream, &mut g.s, grads, options).or_msg("backward_with")?;
+        let buffers = CwtBuffers {
+            upstream: Some(&upstream),
+            grad_student: Some(&mut g.s),
+            grads: Some(grads),
+            options,
+            ..CwtBuffers::new(&d.s, &d.t, params)
+        };
+        cwt.call(&dims, buffers).or_msg("backward, accumulating")?;
         let scaled = h.reference::<T>(config, -1.5);
         compare_grads(&mut failures, &format!("{what} backward accumulate"), stream, &g, &scaled, 1.0)?;
     }
