@@ -43,8 +43,8 @@ impl PairLoss for Cwd {
         grad: &mut CudaSlice<T>,
     ) -> kd_kernels::Result<()> {
         match pass {
-            Pass::ForwardBackward => gpu.default.forward_backward(shape, s, t, loss, grad, None),
-            Pass::TwoPassForwardBackward => gpu.two_pass.forward_backward(shape, s, t, loss, grad, None),
+            Pass::ForwardBackward => gpu.default.forward_backward(shape, s, t, loss, grad),
+            Pass::TwoPassForwardBackward => gpu.two_pass.forward_backward(shape, s, t, loss, grad),
             Pass::Forward => gpu.default.forward(shape, s, t, loss),
             Pass::PerPixelForwardBackward => unreachable!("not in GPU_PASSES"),
         }

@@ -116,7 +116,7 @@ fn gpu<T: KdFloat>(
     let (mut gw1, mut gb1) = (stream.alloc_zeros::<f32>(w1.len())?, stream.alloc_zeros::<f32>(b1.len())?);
     let (mut gw2, mut gb2) = (stream.alloc_zeros::<f32>(w2.len())?, stream.alloc_zeros::<f32>(b2.len())?);
     let mut loss = stream.alloc_zeros::<f32>(1)?;
-    let mut cwt = CwtCuda::new(stream.clone(), config, shapes)?;
+    let mut cwt = CwtCuda::with_shapes(stream.clone(), config, shapes)?;
     cwt.reserve(&dims, T::DTYPE)?;
     let params = CwtParamBuffers { w1: &w1, b1: &b1, w2: &w2, b2: &b2 };
     let pixels = (dims[0] * dims[2] * dims[3]) as u64;

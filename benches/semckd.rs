@@ -133,7 +133,7 @@ fn gpu<T: KdFloat>(name: &str, l: &SemckdLayers, d: &Data) -> Result<(), Box<dyn
         key: gk.iter_mut().map(|v| embed_grads(v)).collect(),
     };
     let mut semckd = SemckdCuda::new(stream.clone(), SemckdConfig::default())?;
-    semckd.reserve(l)?;
+    semckd.reserve(l, T::DTYPE)?;
     let iters = 50;
     semckd.forward_backward(l, &inputs, &mut loss, None, Some(&mut grads), GradOptions::OVERWRITE)?;
     stream.synchronize()?;

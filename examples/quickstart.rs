@@ -177,7 +177,7 @@ fn run_gpu(stream: &Arc<CudaStream>, case: &Case, student: &Array4<f32>, teacher
             let mut cwd = CwdCuda::new(stream.clone(), config)?;
             let kernel = format!("{:?}", cwd.resolved_path(&shape, DType::F32)?);
             // `None`: no teacher gradient, as `config.teacher_grad` is off (a frozen teacher).
-            (time_gpu(stream, || cwd.forward_backward(&shape, &s, &t, &mut loss, &mut grad, None))?, kernel)
+            (time_gpu(stream, || cwd.forward_backward(&shape, &s, &t, &mut loss, &mut grad))?, kernel)
         }
         Loss::PixelKd(config) => {
             let mut kd = PixelKdCuda::new(stream.clone(), config)?;

@@ -11,7 +11,7 @@
 
 use std::process::ExitCode;
 
-use kd_kernels::fixture::verify;
+use kd_kernels::verify;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -12,12 +12,11 @@
 
 use std::ffi::{c_char, c_void, CString};
 
-use crate::cwd::{CwdConfig, CwdPath, CwdRawBuffers};
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
+use crate::family::{Family, PairFamily, PairRawBuffers, RawCall};
 use crate::grad::GradOptions;
 use crate::launch::{DeviceInfo, Launch, LaunchError, Launcher, Scratch};
-use crate::pixel_kd::{PixelKdConfig, PixelKdPath, PixelKdRawBuffers};
 use crate::shape::Nchw;
 
 /// Blocks the emulation runs at once for ordinary (non-cooperative) launches: enough for blocks to race
@@ -101,9 +100,12 @@ impl Scratch for HostScratch {
 
 impl HostScratch {
     /// Every kernel leaves its counters at zero; anything else is a kernel bug.
-    pub(crate) fn check_counters(&self, what: &'static str) -> Result<()> {
+    pub(crate) fn check_counters(&self, what: &str) -> Result<()> {
         if self.counters.iter().any(|&c| c != 0) {
-            return Err(KdError::Cuda { op: what, error: format!("counters left non-zero: {:?}", self.counters) });
+            return Err(KdError::Cuda {
+                op: "emulated launch",
+                error: format!("{what}: counters left non-zero: {:?}", self.counters),
+            });
         }
         Ok(())
     }
@@ -210,24 +212,40 @@ fn ptr_or_zero<T>(v: &mut [T]) -> u64 {
     }
 }
 
-/// Runs CWD through the emulated kernels, planned as [`crate::cwd::CwdCuda`] plans for `gpu` and `path`.
-pub fn cwd<T: KdFloat>(
-    config: &CwdConfig,
-    path: CwdPath,
+/// Runs one call of family `F` through the emulated kernels, as its CUDA loss object plans it for `gpu`:
+/// the family's own driver, host scratch, the registered entry points. Checks that the kernels left their
+/// counters at zero.
+///
+/// # Safety
+/// Every non-zero address of `call.buffers` is a live host buffer holding what the family's raw buffers
+/// document for `call.shape` and `call.dtype`.
+pub(crate) unsafe fn run<F: Family>(call: RawCall<'_, F>, gpu: EmulatedGpu) -> Result<F::Report> {
+    let mut scratch = HostScratch::default();
+    // SAFETY: forwarded from the caller; the emulated kernels run on the host and return before this does.
+    let report = unsafe { F::run(call, &gpu, &mut scratch, &mut EmulatedLauncher)? };
+    scratch.check_counters(F::NAME)?;
+    Ok(report)
+}
+
+/// Runs a pair family (CWD, pixel KD, ICSD) through the emulated kernels, planned as its CUDA loss object
+/// plans for `gpu` and `path`.
+pub fn pair<F: PairFamily, T: KdFloat>(
+    config: &F::Config,
+    path: F::Path,
     shape: &[usize],
     student: &[T],
     teacher: &[T],
     mode: Mode,
     gpu: EmulatedGpu,
 ) -> Result<EmulatedOutput<T>> {
-    cwd_with(config, path, shape, student, teacher, mode, gpu, GradOptions::OVERWRITE, None)
+    pair_with::<F, T>(config, path, shape, student, teacher, mode, gpu, GradOptions::OVERWRITE, None)
 }
 
-/// [`cwd`] with [`GradOptions`], the gradient buffers starting as `initial_grad` (for accumulation).
+/// [`pair`] with [`GradOptions`], the gradient buffers starting as `initial_grad` (for accumulation).
 #[allow(clippy::too_many_arguments)]
-pub fn cwd_with<T: KdFloat>(
-    config: &CwdConfig,
-    path: CwdPath,
+pub fn pair_with<F: PairFamily, T: KdFloat>(
+    config: &F::Config,
+    path: F::Path,
     shape: &[usize],
     student: &[T],
     teacher: &[T],
@@ -236,87 +254,18 @@ pub fn cwd_with<T: KdFloat>(
     options: GradOptions,
     initial_grad: Option<&[T]>,
 ) -> Result<EmulatedOutput<T>> {
-    let shape = check_inputs(shape, student, teacher)?;
-    let mut out = Outputs::new(shape.numel(), mode, config.teacher_grad, initial_grad)?;
-    let buffers = CwdRawBuffers {
+    let nchw = check_inputs(shape, student, teacher)?;
+    let mut out = Outputs::new(nchw.numel(), mode, F::teacher_grad(config), initial_grad)?;
+    let buffers = F::pair_raw(PairRawBuffers {
         student: student.as_ptr() as u64,
         teacher: teacher.as_ptr() as u64,
         loss: out.loss_ptr(mode),
         grad_student: ptr_or_zero(&mut out.grad_student),
         grad_teacher: ptr_or_zero(&mut out.grad_teacher),
         upstream: out.upstream_ptr(mode),
-    };
-    let mut scratch = HostScratch::default();
-    // SAFETY: every address is a live host buffer of the size the shape needs; the emulated kernels run on
-    // the host and return before this does.
-    unsafe {
-        crate::cwd::driver::run(
-            config,
-            path,
-            &shape,
-            T::DTYPE,
-            &buffers,
-            options,
-            &gpu,
-            &mut scratch,
-            &mut EmulatedLauncher,
-        )?
-    };
-    scratch.check_counters("emulated cwd")?;
-    Ok(out.finish(mode))
-}
-
-/// Runs pixel KD through the emulated kernels, planned as [`crate::pixel_kd::PixelKdCuda`] plans for `gpu`
-/// and `path`.
-pub fn pixel_kd<T: KdFloat>(
-    config: &PixelKdConfig,
-    path: PixelKdPath,
-    shape: &[usize],
-    student: &[T],
-    teacher: &[T],
-    mode: Mode,
-    gpu: EmulatedGpu,
-) -> Result<EmulatedOutput<T>> {
-    pixel_kd_with(config, path, shape, student, teacher, mode, gpu, GradOptions::OVERWRITE, None)
-}
-
-/// [`pixel_kd`] with [`GradOptions`], the gradient buffer starting as `initial_grad` (for accumulation).
-#[allow(clippy::too_many_arguments)]
-pub fn pixel_kd_with<T: KdFloat>(
-    config: &PixelKdConfig,
-    path: PixelKdPath,
-    shape: &[usize],
-    student: &[T],
-    teacher: &[T],
-    mode: Mode,
-    gpu: EmulatedGpu,
-    options: GradOptions,
-    initial_grad: Option<&[T]>,
-) -> Result<EmulatedOutput<T>> {
-    let shape = check_inputs(shape, student, teacher)?;
-    let mut out = Outputs::new(shape.numel(), mode, false, initial_grad)?;
-    let buffers = PixelKdRawBuffers {
-        student: student.as_ptr() as u64,
-        teacher: teacher.as_ptr() as u64,
-        loss: out.loss_ptr(mode),
-        grad_student: ptr_or_zero(&mut out.grad_student),
-        upstream: out.upstream_ptr(mode),
-    };
-    let mut scratch = HostScratch::default();
-    // SAFETY: as for `cwd_with`.
-    unsafe {
-        crate::pixel_kd::driver::run(
-            config,
-            path,
-            &shape,
-            T::DTYPE,
-            &buffers,
-            options,
-            &gpu,
-            &mut scratch,
-            &mut EmulatedLauncher,
-        )?
-    };
-    scratch.check_counters("emulated pixel_kd")?;
+    })?;
+    let call = RawCall::<F> { config, path, shape, dtype: T::DTYPE, buffers: &buffers, options };
+    // SAFETY: every address is a live host buffer of the size the shape needs.
+    unsafe { run(call, gpu)? };
     Ok(out.finish(mode))
 }

@@ -16,29 +16,32 @@ use crate::error::{KdError, Result};
 use crate::ffi;
 
 /// Threads per block of every kernel (`KD_BLOCK_THREADS` in `kernels/params.h`).
-pub(crate) const BLOCK_THREADS: u32 = ffi::KD_BLOCK_THREADS;
+pub const BLOCK_THREADS: u32 = ffi::KD_BLOCK_THREADS;
 
 /// One kernel launch of a plan: the entry point `{kernel}_{dtype}` on a 1-D grid of
 /// [`BLOCK_THREADS`]-thread blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Launch {
+pub struct Launch {
     /// The entry point without its dtype suffix, e.g. `cwd_fused`.
     pub kernel: &'static str,
+    /// Blocks of the 1-D grid.
     pub grid: u32,
+    /// Bytes of dynamic shared memory per block.
     pub dynamic_smem: u32,
     /// Launched cooperatively: every block resident at once (blocks wait for each other).
     pub cooperative: bool,
 }
 
 impl Launch {
-    pub(crate) fn new(kernel: &'static str, grid: u32) -> Self {
+    /// A launch of `grid` blocks, no dynamic shared memory, not cooperative.
+    pub fn new(kernel: &'static str, grid: u32) -> Self {
         Launch { kernel, grid, dynamic_smem: 0, cooperative: false }
     }
 }
 
 /// Why a launch did not happen.
 #[derive(Debug)]
-pub(crate) enum LaunchError {
+pub enum LaunchError {
     /// The driver would not keep a cooperative grid resident (e.g. MPS with fewer SMs than reported).
     CooperativeRefused(KdError),
     /// Anything else.
@@ -46,7 +49,8 @@ pub(crate) enum LaunchError {
 }
 
 impl LaunchError {
-    pub(crate) fn into_error(self) -> KdError {
+    /// The error, whatever its kind.
+    pub fn into_error(self) -> KdError {
         match self {
             LaunchError::CooperativeRefused(e) | LaunchError::Failed(e) => e,
         }
@@ -54,7 +58,8 @@ impl LaunchError {
 }
 
 /// The device facts a planner reads.
-pub(crate) trait DeviceInfo {
+pub trait DeviceInfo {
+    /// Streaming multiprocessors.
     fn sm_count(&self) -> usize;
     /// Whether grids whose blocks wait for each other can be launched (cooperative launch).
     fn cooperative(&self) -> bool;
@@ -68,12 +73,13 @@ pub(crate) trait DeviceInfo {
 
 /// A family's workspace: `floats` f32 words (8-byte aligned, so doubles fit) and `counters` u32 counters that
 /// start at zero and that every kernel leaves at zero. Returns their addresses.
-pub(crate) trait Scratch {
+pub trait Scratch {
+    /// Grows to at least `floats` f32 words and `counters` zeroed counters; returns their addresses.
     fn prepare(&mut self, floats: usize, counters: usize) -> Result<(u64, u64)>;
 }
 
 /// Runs kernels.
-pub(crate) trait Launcher {
+pub trait Launcher {
     /// Queues `launch` of `{launch.kernel}_{dtype}` with the argument block at `args`.
     ///
     /// # Safety

@@ -54,11 +54,13 @@ pub mod dtype;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod error;
+mod families;
+pub mod family;
 mod ffi;
 pub mod fixture;
 pub mod grad;
 pub mod icsd;
-mod launch;
+pub mod launch;
 pub mod pixel_kd;
 pub mod semckd;
 pub mod shape;
@@ -66,6 +68,7 @@ pub mod shape;
 pub mod testing;
 pub mod tolerance;
 mod validate;
+pub mod verify;
 
 pub use cpu::CpuOutput;
 pub use dtype::{DType, HostFloat, KdFloat};

@@ -7,6 +7,7 @@ mod common;
 use common::{quantize, SplitMix64};
 use kd_kernels::cwt::{CwtConfig, CwtCpu, CwtNormalize, CwtShapes, MlpParams};
 use kd_kernels::fixture::{Backend, Fixture, LossKind};
+use kd_kernels::verify;
 use kd_kernels::KdError;
 use ndarray::{Array1, Array2, Array4};
 
@@ -163,7 +164,7 @@ fn fixtures_pass_on_the_cpu_reference() {
             continue;
         }
         seen += 1;
-        let checks = fixture.check(&Backend::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let checks = verify::check(&fixture, &Backend::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(checks.len(), 6, "{}: loss and five gradients", path.display());
         for c in &checks {
             assert!(c.pass(), "{} {}: {:?} (tolerance {})", path.display(), c.output, c.comparison, c.tolerance);

@@ -9,9 +9,9 @@ mod common;
 use common::{logits, to_dtype, widen, SplitMix64, PAIR_SCENARIOS};
 use half::{bf16, f16};
 use kd_kernels::cpu::CpuOutput;
-use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdPath};
+use kd_kernels::cwd::{Cwd, CwdConfig, CwdCpu, CwdPath};
 use kd_kernels::emulator::{self, EmulatedGpu, EmulatedOutput, Mode};
-use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdPath, Reduction};
+use kd_kernels::pixel_kd::{PixelKd, PixelKdConfig, PixelKdCpu, PixelKdPath, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
@@ -98,7 +98,7 @@ fn cwd_case<T: KdFloat>(dims: [usize; 4], config: CwdConfig, scale: f64, run: Cw
 fn cwd_every_mode<T: KdFloat>(dims: [usize; 4], config: CwdConfig, s: &[T], t: &[T], run: CwdRun) {
     let cpu = CwdCpu::new(config).unwrap();
     for mode in MODES {
-        let emulated = emulator::cwd(&config, run.path, &dims, s, t, mode, run.gpu).unwrap();
+        let emulated = emulator::pair::<Cwd, _>(&config, run.path, &dims, s, t, mode, run.gpu).unwrap();
         let reference = cpu_reference(|s, t, up| cpu.backward(s, t, up).unwrap(), dims, s, t, mode);
         let what = format!("cwd {:?} {dims:?} {config:?} {run:?} {mode:?}", T::DTYPE);
         compare(&what, &emulated, &reference, mode);
@@ -115,7 +115,8 @@ fn cwd_forward_backward_matches(
     teacher: &[f32],
     gpu: EmulatedGpu,
 ) {
-    let emulated = emulator::cwd(&config, path, &dims, student, teacher, Mode::ForwardBackward, gpu).unwrap();
+    let emulated =
+        emulator::pair::<Cwd, _>(&config, path, &dims, student, teacher, Mode::ForwardBackward, gpu).unwrap();
     let cpu = CwdCpu::new(config).unwrap();
     let reference =
         cpu_reference(|s, t, up| cpu.backward(s, t, up).unwrap(), dims, student, teacher, Mode::ForwardBackward);
@@ -206,7 +207,7 @@ fn cwd_auto_takes_two_passes_where_rows_outgrow_the_resident_grid() {
     let gpu = EmulatedGpu { sm_count: 4, resident_blocks: 3, ..H100 };
     cwd_case::<f32>([2, 2, 100, 150], config, 3.0, CwdRun { gpu, ..CwdRun::on(CwdPath::Auto) }, 50);
     let x = vec![0.0f32; 2 * 2 * 100 * 150];
-    let forced = emulator::cwd(&config, CwdPath::SinglePass, &[2, 2, 100, 150], &x, &x, Mode::Forward, gpu);
+    let forced = emulator::pair::<Cwd, _>(&config, CwdPath::SinglePass, &[2, 2, 100, 150], &x, &x, Mode::Forward, gpu);
     assert!(matches!(forced, Err(KdError::Unsupported { .. })), "{forced:?}");
 }
 
@@ -240,7 +241,7 @@ fn cwd_identical_inputs_give_exactly_zero() {
     let x: Vec<f32> = logits(&mut rng, 210, 5.0, 3);
     let config = CwdConfig::default();
     for path in CWD_PATHS {
-        let out = emulator::cwd(&config, path, &dims, &x, &x, Mode::ForwardBackward, H100).unwrap();
+        let out = emulator::pair::<Cwd, _>(&config, path, &dims, &x, &x, Mode::ForwardBackward, H100).unwrap();
         assert_eq!(out.loss, Some(0.0), "{path:?}");
         assert!(out.grad_student.unwrap().iter().all(|&g| g == 0.0), "{path:?}");
     }
@@ -256,8 +257,8 @@ fn cwd_is_bitwise_deterministic() {
     let config = CwdConfig { tau: 1.0, loss_weight: 1.0, teacher_grad: true };
     let gpu = EmulatedGpu { sm_count: 64, resident_blocks: 9, ..H100 };
     for path in CWD_PATHS {
-        let a = emulator::cwd(&config, path, &dims, &s, &t, Mode::ForwardBackward, gpu).unwrap();
-        let b = emulator::cwd(&config, path, &dims, &s, &t, Mode::ForwardBackward, gpu).unwrap();
+        let a = emulator::pair::<Cwd, _>(&config, path, &dims, &s, &t, Mode::ForwardBackward, gpu).unwrap();
+        let b = emulator::pair::<Cwd, _>(&config, path, &dims, &s, &t, Mode::ForwardBackward, gpu).unwrap();
         assert_eq!(a.loss.unwrap().to_bits(), b.loss.unwrap().to_bits(), "{path:?}");
         assert_eq!(a.grad_student, b.grad_student, "{path:?}");
         assert_eq!(a.grad_teacher, b.grad_teacher, "{path:?}");
@@ -292,7 +293,7 @@ fn pixel_every_mode<T: KdFloat>(
 ) {
     let cpu = PixelKdCpu::new(config).unwrap();
     for mode in MODES {
-        let emulated = emulator::pixel_kd(&config, path, &dims, student, teacher, mode, gpu).unwrap();
+        let emulated = emulator::pair::<PixelKd, _>(&config, path, &dims, student, teacher, mode, gpu).unwrap();
         let reference = cpu_reference(|s, t, up| cpu.backward(s, t, up).unwrap(), dims, student, teacher, mode);
         let what = format!("pixel_kd {:?} {dims:?} {config:?} {path:?} {gpu:?} {mode:?}", T::DTYPE);
         compare(&what, &emulated, &reference, mode);
@@ -351,7 +352,8 @@ fn pixel_kd_auto_falls_back_to_the_per_pixel_kernel_for_many_channels() {
     let config = PixelKdConfig::default();
     pixel_case::<f32>([1, 1000, 3, 5], config, 3.0, PixelKdPath::Auto, H100, 90);
     let x = vec![0.0f32; 1000 * 15];
-    let forced = emulator::pixel_kd(&config, PixelKdPath::Tiled, &[1, 1000, 3, 5], &x, &x, Mode::Forward, H100);
+    let forced =
+        emulator::pair::<PixelKd, _>(&config, PixelKdPath::Tiled, &[1, 1000, 3, 5], &x, &x, Mode::Forward, H100);
     assert!(matches!(forced, Err(KdError::Unsupported { .. })), "{forced:?}");
 }
 
@@ -362,7 +364,8 @@ fn pixel_kd_identical_inputs_give_exactly_zero() {
     let x: Vec<bf16> = to_dtype(&logits(&mut rng, 210, 5.0, 3));
     for path in PIXEL_PATHS {
         let out =
-            emulator::pixel_kd(&PixelKdConfig::default(), path, &dims, &x, &x, Mode::ForwardBackward, H100).unwrap();
+            emulator::pair::<PixelKd, _>(&PixelKdConfig::default(), path, &dims, &x, &x, Mode::ForwardBackward, H100)
+                .unwrap();
         assert_eq!(out.loss, Some(0.0), "{path:?}");
         assert!(out.grad_student.unwrap().iter().all(|&g| g.to_f64() == 0.0), "{path:?}");
     }
@@ -377,8 +380,8 @@ fn pixel_kd_is_bitwise_deterministic() {
     let t: Vec<f16> = to_dtype(&logits(&mut rng, numel, 3.0, 10));
     let config = PixelKdConfig { tau: 2.0, ..PixelKdConfig::default() };
     for path in PIXEL_PATHS {
-        let a = emulator::pixel_kd(&config, path, &dims, &s, &t, Mode::ForwardBackward, H100).unwrap();
-        let b = emulator::pixel_kd(&config, path, &dims, &s, &t, Mode::ForwardBackward, H100).unwrap();
+        let a = emulator::pair::<PixelKd, _>(&config, path, &dims, &s, &t, Mode::ForwardBackward, H100).unwrap();
+        let b = emulator::pair::<PixelKd, _>(&config, path, &dims, &s, &t, Mode::ForwardBackward, H100).unwrap();
         assert_eq!(a.loss.unwrap().to_bits(), b.loss.unwrap().to_bits(), "{path:?}");
         assert_eq!(a.grad_student, b.grad_student, "{path:?}");
     }
@@ -421,7 +424,7 @@ fn pixel_kd_close_student_loss_is_accurate() {
     let (s, t) = close_student(dims.iter().product(), 12, 0.03);
     let config = PixelKdConfig { tau: 4.0, ..PixelKdConfig::default() };
     for path in PIXEL_PATHS {
-        let emulated = emulator::pixel_kd(&config, path, &dims, &s, &t, Mode::ForwardBackward, H100).unwrap();
+        let emulated = emulator::pair::<PixelKd, _>(&config, path, &dims, &s, &t, Mode::ForwardBackward, H100).unwrap();
         let reference = cpu_reference(
             |s, t, up| PixelKdCpu::new(config).unwrap().backward(s, t, up).unwrap(),
             dims,
@@ -488,7 +491,7 @@ fn cwd_grad_options<T: KdFloat>() {
             &format!("cwd {path:?}"),
             numel,
             |mode, options, initial| {
-                emulator::cwd_with(&config, path, &dims, &s, &t, mode, H100, options, Some(initial)).unwrap()
+                emulator::pair_with::<Cwd, _>(&config, path, &dims, &s, &t, mode, H100, options, Some(initial)).unwrap()
             },
             |upstream| cpu.backward(sv, tv, upstream).unwrap(),
         );
@@ -509,7 +512,8 @@ fn pixel_kd_grad_options<T: KdFloat>() {
             &format!("pixel_kd {path:?}"),
             numel,
             |mode, options, initial| {
-                emulator::pixel_kd_with(&config, path, &dims, &s, &t, mode, H100, options, Some(initial)).unwrap()
+                emulator::pair_with::<PixelKd, _>(&config, path, &dims, &s, &t, mode, H100, options, Some(initial))
+                    .unwrap()
             },
             |upstream| cpu.backward(sv, tv, upstream).unwrap(),
         );

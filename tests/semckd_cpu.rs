@@ -10,6 +10,7 @@ use kd_kernels::fixture::{Backend, Fixture};
 use kd_kernels::semckd::{
     adaptive_avg_pool, adaptive_avg_pool_backward, pool_window, SemckdConfig, SemckdCpu, SemckdCpuOutput,
 };
+use kd_kernels::verify;
 use kd_kernels::KdError;
 use ndarray::{Array4, ArrayView4};
 use semckd_support::Case;
@@ -31,7 +32,7 @@ fn fixtures_match_on_the_cpu() {
         if !name.starts_with("semckd_") {
             continue;
         }
-        let checks = Fixture::load(&path).unwrap().check(&Backend::Cpu).unwrap();
+        let checks = verify::check(&Fixture::load(&path).unwrap(), &Backend::Cpu).unwrap();
         assert!(checks.iter().any(|c| c.output == "attention"), "{name}: attention is checked");
         for c in checks {
             assert!(c.pass(), "{name} {}: {:?}", c.output, c.comparison);

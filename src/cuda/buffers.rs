@@ -68,3 +68,47 @@ pub(crate) fn optional_input<'a, 'b: 'a, T>(
 ) -> Result<u64> {
     buffer.map_or(Ok(0), |b| input(what, b, needed, stream, guards))
 }
+
+/// Turns the typed buffers of one call into checked device addresses on the loss object's stream, holding
+/// cudarc's guards (which order other streams' use of the buffers after this call) until the call is queued.
+/// `'s` is the borrow of the stream; the buffers may live longer.
+pub struct Binder<'s> {
+    stream: &'s CudaStream,
+    guards: Guards<'s>,
+}
+
+impl<'s> Binder<'s> {
+    pub(crate) fn new(stream: &'s CudaStream) -> Self {
+        Binder { stream, guards: Vec::with_capacity(8) }
+    }
+
+    /// A required input of at least `needed` elements.
+    pub(crate) fn input<'a: 's, T>(
+        &mut self,
+        what: &'static str,
+        buffer: &'a dyn DevicePtr<T>,
+        needed: usize,
+    ) -> Result<u64> {
+        input(what, buffer, needed, self.stream, &mut self.guards)
+    }
+
+    /// An optional input (the null address when absent).
+    pub(crate) fn optional_input<'a: 's, T>(
+        &mut self,
+        what: &'static str,
+        buffer: Option<&'a dyn DevicePtr<T>>,
+        needed: usize,
+    ) -> Result<u64> {
+        optional_input(what, buffer, needed, self.stream, &mut self.guards)
+    }
+
+    /// An optional output (the null address when absent, which tells the kernels not to write it).
+    pub(crate) fn output<'a: 's, T>(
+        &mut self,
+        what: &'static str,
+        buffer: Option<&'a mut dyn DevicePtrMut<T>>,
+        needed: usize,
+    ) -> Result<u64> {
+        optional_output(what, buffer, needed, self.stream, &mut self.guards)
+    }
+}

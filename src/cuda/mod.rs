@@ -2,6 +2,7 @@
 //! the checked conversion of caller buffers into device addresses, and the launcher on a raw `CUstream`.
 
 mod buffers;
+mod loss;
 mod module;
 mod workspace;
 
@@ -11,7 +12,8 @@ use cudarc::driver::{CudaContext, CudaStream};
 
 use crate::error::{KdError, Result};
 
-pub(crate) use buffers::{input, optional_input, optional_output, Guards};
+pub use buffers::Binder;
+pub use loss::LossCuda;
 pub(crate) use module::{CudaLauncher, KernelModule};
 pub(crate) use workspace::Workspace;
 

@@ -5,74 +5,18 @@
 use std::ffi::c_void;
 
 use super::plan::{self, Device};
-use super::{CwdConfig, CwdPath};
+use super::{Cwd, CwdConfig, CwdPath};
+use crate::cpu::CpuOutput;
+use crate::cuda::Binder;
 use crate::dtype::DType;
-use crate::error::{KdError, Result};
+use crate::dtype::{HostFloat, KdFloat};
+use crate::error::Result;
+use crate::family::{Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
 use crate::ffi::KdCwdArgs;
 use crate::grad::GradOptions;
 use crate::launch::{DeviceInfo, LaunchError, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
-
-/// The device addresses of one CWD call (`CUdeviceptr`s; 0 for an absent output). What a call computes
-/// follows from which are set: the loss where `loss` is, d loss / d student where `grad_student` is (and
-/// then d loss / d teacher into `grad_teacher`, which must be set exactly when `config.teacher_grad` is),
-/// and the gradients times the device scalar at `upstream` where that is set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CwdRawBuffers {
-    /// `[N, C, H, W]` student logits.
-    pub student: u64,
-    /// `[N, C, H, W]` teacher logits.
-    pub teacher: u64,
-    /// One f32: the loss.
-    pub loss: u64,
-    /// `[N, C, H, W]`: d loss / d student.
-    pub grad_student: u64,
-    /// `[N, C, H, W]`: d loss / d teacher.
-    pub grad_teacher: u64,
-    /// One f32 read by the kernels: d total / d loss.
-    pub upstream: u64,
-}
-
-impl CwdRawBuffers {
-    fn outputs(&self, config: &CwdConfig, options: GradOptions) -> Result<OutputSet> {
-        if self.student == 0 || self.teacher == 0 {
-            return Err(KdError::OutputMismatch { what: "student/teacher", fix: "both inputs need a device address" });
-        }
-        let grad_student = self.grad_student != 0;
-        if !grad_student && self.loss == 0 {
-            return Err(KdError::OutputMismatch {
-                what: "loss/grad_student",
-                fix: "nothing to compute: give the loss or the student gradient an address",
-            });
-        }
-        if !grad_student && (self.grad_teacher != 0 || self.upstream != 0) {
-            return Err(KdError::OutputMismatch {
-                what: "grad_teacher/upstream",
-                fix: "a teacher gradient or an upstream scalar needs the student gradient too",
-            });
-        }
-        if grad_student && (self.grad_teacher != 0) != config.teacher_grad {
-            return Err(if config.teacher_grad {
-                KdError::OutputMismatch {
-                    what: "grad_teacher",
-                    fix: "config.teacher_grad is set: pass a buffer for the teacher's gradient",
-                }
-            } else {
-                KdError::OutputMismatch {
-                    what: "grad_teacher",
-                    fix: "a buffer was passed but config.teacher_grad is off: set it, or pass None",
-                }
-            });
-        }
-        Ok(OutputSet {
-            loss: self.loss != 0,
-            grad_student,
-            grad_teacher: self.grad_teacher != 0,
-            device_upstream: self.upstream != 0,
-            accumulate: options.accumulate,
-        })
-    }
-}
+use ndarray::ArrayView4;
 
 /// The workspace (floats, counters) any call on `shape` in `dtype` may need, whichever path it takes and
 /// however its buffers are aligned.
@@ -96,7 +40,7 @@ pub(crate) fn workspace_bound(
 /// Runs one call; returns the path it took.
 ///
 /// # Safety
-/// Every non-zero address of `buffers` holds what [`CwdRawBuffers`] says for `shape` and `dtype`, where
+/// Every non-zero address of `buffers` holds what [`PairRawBuffers`] says for `shape` and `dtype`, where
 /// `launcher`'s kernels can reach it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run(
@@ -104,7 +48,7 @@ pub(crate) unsafe fn run(
     path: CwdPath,
     shape: &Nchw,
     dtype: DType,
-    buffers: &CwdRawBuffers,
+    buffers: &PairRawBuffers,
     options: GradOptions,
     device: &dyn DeviceInfo,
     scratch: &mut dyn Scratch,
@@ -112,7 +56,7 @@ pub(crate) unsafe fn run(
 ) -> Result<CwdPath> {
     config.validate()?;
     options.validate()?;
-    let outputs = buffers.outputs(config, options)?;
+    let outputs = buffers.outputs(config.teacher_grad, options)?;
     let addresses: Vec<u64> = [buffers.student, buffers.teacher, buffers.grad_student, buffers.grad_teacher]
         .into_iter()
         .filter(|&a| a != 0)
@@ -162,5 +106,77 @@ pub(crate) unsafe fn run(
                 cooperative_ok = false;
             }
         }
+    }
+}
+
+impl Family for Cwd {
+    const NAME: &'static str = "cwd";
+    const KERNELS: &'static [&'static str] = &plan::KERNELS;
+    type Config = CwdConfig;
+    type Shape = [usize];
+    type RawBuffers = PairRawBuffers;
+    type Path = CwdPath;
+    type Report = CwdPath;
+
+    fn validate(config: &CwdConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn workspace_bound(
+        config: &CwdConfig,
+        shape: &[usize],
+        dtype: DType,
+        device: &dyn DeviceInfo,
+    ) -> Result<(usize, usize)> {
+        let shape = Nchw::from_dims("student", shape)?;
+        workspace_bound(config, &shape, dtype, Device::of(device, dtype)?)
+    }
+
+    unsafe fn run(
+        call: RawCall<'_, Self>,
+        device: &dyn DeviceInfo,
+        scratch: &mut dyn Scratch,
+        launcher: &mut dyn Launcher,
+    ) -> Result<CwdPath> {
+        let shape = Nchw::from_dims("student", call.shape)?;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            run(call.config, call.path, &shape, call.dtype, call.buffers, call.options, device, scratch, launcher)
+        }
+    }
+}
+
+impl TypedFamily for Cwd {
+    type Buffers<'a, T: KdFloat + 'a> = PairBuffers<'a, T>;
+
+    fn bind<'a: 's, 's, T: KdFloat>(
+        _config: &CwdConfig,
+        shape: &[usize],
+        buffers: PairBuffers<'a, T>,
+        binder: &mut Binder<'s>,
+    ) -> Result<(PairRawBuffers, GradOptions)> {
+        crate::family::bind_pair(Nchw::from_dims("student", shape)?.numel(), buffers, binder)
+    }
+}
+
+impl PairFamily for Cwd {
+    fn cpu<T: HostFloat>(
+        config: &CwdConfig,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+    ) -> Result<CpuOutput> {
+        super::CwdCpu::new(*config)?.forward_backward(student, teacher)
+    }
+
+    fn teacher_grad(config: &CwdConfig) -> bool {
+        config.teacher_grad
+    }
+
+    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
+        pair
+    }
+
+    fn pair_raw(pair: PairRawBuffers) -> Result<PairRawBuffers> {
+        Ok(pair)
     }
 }

@@ -25,8 +25,18 @@ pub(crate) mod fixture;
 pub(crate) mod plan;
 
 pub use cpu::CwdCpu;
-pub use cuda::CwdCuda;
-pub use driver::CwdRawBuffers;
+
+/// The CWD family ([`crate::family::Family`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cwd;
+
+/// CWD on the GPU, with the same surface as [`CwdCpu`]: by default one cooperative launch of
+/// `cwd_fused_{dtype}`, else `cwd_stats_{dtype}` then `cwd_finish_{dtype}` (see [`CwdPath`]).
+pub type CwdCuda = crate::cuda::LossCuda<Cwd>;
+
+/// The device addresses of one CWD call: a pair call, whose teacher gradient is written where
+/// `grad_teacher` is set, which it must be exactly when `config.teacher_grad` is.
+pub type CwdRawBuffers = crate::family::PairRawBuffers;
 
 /// Which kernels [`CwdCuda`] runs. The results agree to the tolerance table either way; only speed differs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -3,10 +3,14 @@
 
 use std::ffi::c_void;
 
+use super::cuda::CwtBuffers;
 use super::plan::{self, Device};
-use super::{CwtConfig, CwtShapes};
+use super::{Cwt, CwtConfig, CwtSetup, CwtShapes};
+use crate::cuda::Binder;
 use crate::dtype::DType;
+use crate::dtype::KdFloat;
 use crate::error::{KdError, Result};
+use crate::family::{Family, RawCall, TypedFamily};
 use crate::ffi::KdCwtArgs;
 use crate::grad::GradOptions;
 use crate::launch::{DeviceInfo, Launcher, OutputSet, Scratch};
@@ -157,4 +161,99 @@ pub(crate) unsafe fn run(
             .map_err(|e| e.into_error())?;
     }
     Ok(())
+}
+
+/// The teacher's dims for a student of `student` dims: the same with `Ct` channels.
+fn teacher_dims(shapes: &CwtShapes, student: &[usize]) -> Vec<usize> {
+    let mut t = student.to_vec();
+    if t.len() == 4 {
+        t[1] = shapes.ct;
+    }
+    t
+}
+
+impl Family for Cwt {
+    const NAME: &'static str = "cwt";
+    const KERNELS: &'static [&'static str] = &plan::KERNELS;
+    const LARGE_SMEM_KERNELS: &'static [&'static str] = &[plan::FORWARD_FUSED];
+    type Config = CwtSetup;
+    /// The student's `[N, Cs, H, W]`; the teacher is `[N, Ct, H, W]`.
+    type Shape = [usize];
+    type RawBuffers = CwtRawBuffers;
+    type Path = ();
+    type Report = ();
+
+    fn validate(setup: &CwtSetup) -> Result<()> {
+        setup.validate()
+    }
+
+    fn workspace_bound(
+        setup: &CwtSetup,
+        student: &[usize],
+        dtype: DType,
+        device: &dyn DeviceInfo,
+    ) -> Result<(usize, usize)> {
+        let (s, t) = setup.shapes.check_features(student, &teacher_dims(&setup.shapes, student))?;
+        Ok((workspace_bound(&setup.config, &setup.shapes, &s, &t, dtype, Device::of(device))?, 1))
+    }
+
+    unsafe fn run(
+        call: RawCall<'_, Self>,
+        device: &dyn DeviceInfo,
+        scratch: &mut dyn Scratch,
+        launcher: &mut dyn Launcher,
+    ) -> Result<()> {
+        let CwtSetup { config, shapes } = call.config;
+        let teacher = teacher_dims(shapes, call.shape);
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            run(
+                config,
+                shapes,
+                call.shape,
+                &teacher,
+                call.dtype,
+                call.buffers,
+                call.options,
+                None,
+                device,
+                scratch,
+                launcher,
+            )
+        }
+    }
+}
+
+impl TypedFamily for Cwt {
+    type Buffers<'a, T: KdFloat + 'a> = CwtBuffers<'a, T>;
+
+    fn bind<'a: 's, 's, T: KdFloat>(
+        setup: &CwtSetup,
+        student_shape: &[usize],
+        buffers: CwtBuffers<'a, T>,
+        binder: &mut Binder<'s>,
+    ) -> Result<(CwtRawBuffers, GradOptions)> {
+        let (s, t) = setup.shapes.check_features(student_shape, &teacher_dims(&setup.shapes, student_shape))?;
+        let CwtShapes { cs, ch, ct } = setup.shapes;
+        let params = buffers.params;
+        let mut raw = CwtRawBuffers {
+            student: binder.input("student", buffers.student, s.numel())?,
+            teacher: binder.input("teacher", buffers.teacher, t.numel())?,
+            w1: binder.input("mlp.linear1.weight", params.w1, ch * cs)?,
+            b1: binder.input("mlp.linear1.bias", params.b1, ch)?,
+            w2: binder.input("mlp.linear2.weight", params.w2, ct * ch)?,
+            b2: binder.input("mlp.linear2.bias", params.b2, ct)?,
+            loss: binder.output("loss", buffers.loss, 1)?,
+            grad_student: binder.output("grad_student", buffers.grad_student, s.numel())?,
+            upstream: binder.optional_input("upstream", buffers.upstream, 1)?,
+            ..CwtRawBuffers::default()
+        };
+        if let Some(g) = buffers.grads {
+            raw.grad_w1 = binder.output("grad_w1", Some(g.w1), ch * cs)?;
+            raw.grad_b1 = binder.output("grad_b1", Some(g.b1), ch)?;
+            raw.grad_w2 = binder.output("grad_w2", Some(g.w2), ct * ch)?;
+            raw.grad_b2 = binder.output("grad_b2", Some(g.b2), ct)?;
+        }
+        Ok((raw, buffers.options))
+    }
 }

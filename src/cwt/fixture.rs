@@ -6,7 +6,7 @@ use ndarray::{ArrayView1, ArrayView2};
 use super::{CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtParamBuffers, CwtParamGrads, CwtShapes, MlpParams};
 use crate::dtype::{self, DType, KdFloat, PerDtype};
 use crate::error::KdError;
-use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, LossKind, Output};
+use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
 use crate::shape::Nchw;
 
 pub(crate) struct CwtFixtures;
@@ -14,10 +14,6 @@ pub(crate) struct CwtFixtures;
 const PARAMS: [&str; 4] = ["mlp.linear1.weight", "mlp.linear1.bias", "mlp.linear2.weight", "mlp.linear2.bias"];
 
 impl FixtureFamily for CwtFixtures {
-    fn loss(&self) -> LossKind {
-        LossKind::Cwt
-    }
-
     fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
         let d = CwtConfig::default();
         let normalize = match fixture.param_word("normalize") {
@@ -122,7 +118,7 @@ impl PerDtype for Run<'_> {
                 let mut loss = zeros(1)?;
                 let (mut gw1, mut gb1, mut gw2, mut gb2) = (zeros(ch * cs)?, zeros(ch)?, zeros(ct * ch)?, zeros(ct)?);
                 let mut gs = stream.alloc_zeros::<T>(s_shape.numel()).map_err(dev)?;
-                let mut cwt = CwtCuda::new(stream.clone(), *config, *shapes)?;
+                let mut cwt = CwtCuda::with_shapes(stream.clone(), *config, *shapes)?;
                 let params = CwtParamBuffers { w1: &w1, b1: &b1, w2: &w2, b2: &b2 };
                 let grads = CwtParamGrads { w1: &mut gw1, b1: &mut gb1, w2: &mut gw2, b2: &mut gb2 };
                 cwt.forward_backward(&sd, &s, &t, &params, &mut loss, &mut gs, grads)?;

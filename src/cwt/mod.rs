@@ -28,7 +28,7 @@ pub(crate) mod fixture;
 pub(crate) mod plan;
 
 pub use cpu::{CwtCpu, CwtOutput};
-pub use cuda::{CwtCuda, CwtParamBuffers, CwtParamGrads};
+pub use cuda::{CwtBuffers, CwtParamBuffers, CwtParamGrads};
 pub use driver::CwtRawBuffers;
 
 use ndarray::{ArrayView1, ArrayView2};
@@ -149,6 +149,31 @@ impl CwtShapes {
         Ok((s, t))
     }
 }
+
+/// What a CWT loss object on the GPU is made for: the loss's parameters and the MLP's channel counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CwtSetup {
+    /// The loss's parameters.
+    pub config: CwtConfig,
+    /// The channel counts.
+    pub shapes: CwtShapes,
+}
+
+impl CwtSetup {
+    /// Checks both.
+    pub fn validate(&self) -> Result<()> {
+        self.config.validate()?;
+        self.shapes.validate()
+    }
+}
+
+/// The CWT family ([`crate::family::Family`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cwt;
+
+/// CWT on the GPU, with the same surface as [`CwtCpu`]: the tiled kernels of `kernels/cwt.cu`. Made with
+/// [`CwtCuda::with_shapes`] (or `new` with a [`CwtSetup`]).
+pub type CwtCuda = crate::cuda::LossCuda<Cwt>;
 
 /// The MLP's parameters as host arrays (f32, as the 1x1 convolutions store them): `W1` `[Ch, Cs]`,
 /// `b1` `[Ch]`, `W2` `[Ct, Ch]`, `b2` `[Ct]`.

@@ -6,11 +6,12 @@ use ndarray::ArrayView4;
 
 use super::{alw_alpha, driver, IcsdConfig, IcsdCpu, IcsdCuda, IcsdRawBuffers, ALW_TOTAL_EPOCHS};
 use crate::cpu::CpuOutput;
-use crate::cuda::{self, CudaLauncher, Guards};
+use crate::cuda::{Binder, CudaLauncher};
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
+use crate::family::PairRawBuffers;
 use crate::grad::GradOptions;
-use crate::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdRawBuffers};
+use crate::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda};
 use crate::shape::Nchw;
 
 /// AICSD's parameters: the ICS term, the pixel-KD term (§3.9: `PixelKdConfig::default()`, weight 10, `mean`)
@@ -148,25 +149,26 @@ impl AicsdCuda {
         let alpha = self.config.alpha(epoch)?;
         let nchw = Nchw::from_dims("student", shape)?;
         let numel = nchw.numel();
-        let stream = self.icsd.stream.clone();
+        let stream = self.icsd.stream().clone();
         let (ics_options, kd_options) = self.config.grad_options(alpha, options);
         let (terms, terms_guard) = self.terms.device_ptr_mut(&stream);
-        let mut guards: Guards<'_> = Vec::with_capacity(4);
-        let s = cuda::input("student", student, numel, &stream, &mut guards)?;
-        let t = cuda::input("teacher", teacher, numel, &stream, &mut guards)?;
-        let out = cuda::optional_output("loss", Some(loss), 1, &stream, &mut guards)?;
-        let g = cuda::optional_output("grad_student", Some(grad_student), numel, &stream, &mut guards)?;
+        let mut binder = Binder::new(&stream);
+        let s = binder.input("student", student, numel)?;
+        let t = binder.input("teacher", teacher, numel)?;
+        let out = binder.output("loss", Some(loss), 1)?;
+        let g = binder.output("grad_student", Some(grad_student), numel)?;
         let ics = IcsdRawBuffers { student: s, teacher: t, loss: terms, grad_student: g, ..IcsdRawBuffers::default() };
-        let kd = PixelKdRawBuffers { student: s, teacher: t, loss: terms + 4, grad_student: g, upstream: 0 };
+        let kd =
+            PairRawBuffers { student: s, teacher: t, loss: terms + 4, grad_student: g, ..PairRawBuffers::default() };
         // SAFETY: every address was checked against this stream's context and the shape; the terms buffer is
         // this object's own.
         unsafe {
             self.icsd.launch_raw(stream.cu_stream(), shape, T::DTYPE, &ics, ics_options)?;
             self.kd.launch_raw(stream.cu_stream(), shape, T::DTYPE, &kd, kd_options)?;
-            let mut launcher = CudaLauncher { module: &self.icsd.module, stream: stream.cu_stream() };
+            let mut launcher = CudaLauncher { module: self.icsd.module(), stream: stream.cu_stream() };
             driver::mix(&mut launcher, T::DTYPE, terms, terms + 4, out, alpha, 1.0 - alpha)?;
         }
-        drop(guards);
+        drop(binder);
         drop(terms_guard);
         Ok(())
     }

@@ -4,13 +4,19 @@
 use std::ffi::c_void;
 
 use super::plan;
-use super::IcsdConfig;
+use super::{Icsd, IcsdConfig};
+use crate::cpu::CpuOutput;
+use crate::cuda::Binder;
 use crate::dtype::DType;
+use crate::dtype::{HostFloat, KdFloat};
 use crate::error::{KdError, Result};
+use crate::family::{bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
 use crate::ffi::{KdIcsdArgs, KdIcsdMixArgs};
 use crate::grad::GradOptions;
 use crate::launch::{DeviceInfo, Launch, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
+use cudarc::driver::DevicePtrMut;
+use ndarray::ArrayView4;
 
 /// The device addresses of one ICSD call (`CUdeviceptr`s; 0 for an absent output). The call writes the loss
 /// where `loss` is set, d loss / d student where `grad_student` is (times the device scalar at `upstream`
@@ -130,4 +136,114 @@ pub(crate) unsafe fn mix(
     // SAFETY: forwarded from the caller; `args` is icsd_mix's block.
     unsafe { launcher.launch(&Launch::new(plan::MIX, 1), dtype, (&args as *const KdIcsdMixArgs).cast::<c_void>()) }
         .map_err(|e| e.into_error())
+}
+
+/// The typed buffers of one ICSD call: a pair call, and the two row-normalised `C x C` matrices (f32,
+/// row-major) where given.
+pub struct IcsdBuffers<'a, T> {
+    /// Inputs, loss, student gradient, upstream scalar, options (ICSD gives no teacher gradient).
+    pub pair: PairBuffers<'a, T>,
+    /// `Mh_S`.
+    pub sim_student: Option<&'a mut dyn DevicePtrMut<f32>>,
+    /// `Mh_T`.
+    pub sim_teacher: Option<&'a mut dyn DevicePtrMut<f32>>,
+}
+
+fn no_teacher_grad(grad_teacher: bool) -> Result<()> {
+    if grad_teacher {
+        return Err(KdError::OutputMismatch {
+            what: "grad_teacher",
+            fix: "ICSD gives no teacher gradient (the teacher is a constant): pass None",
+        });
+    }
+    Ok(())
+}
+
+impl Family for Icsd {
+    const NAME: &'static str = "icsd";
+    const KERNELS: &'static [&'static str] = &plan::KERNELS;
+    type Config = IcsdConfig;
+    type Shape = [usize];
+    type RawBuffers = IcsdRawBuffers;
+    type Path = ();
+    type Report = ();
+
+    fn validate(config: &IcsdConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn workspace_bound(
+        config: &IcsdConfig,
+        shape: &[usize],
+        _dtype: DType,
+        device: &dyn DeviceInfo,
+    ) -> Result<(usize, usize)> {
+        let shape = Nchw::from_dims("student", shape)?;
+        Ok((workspace_bound(config, &shape, device.sm_count())?, 1))
+    }
+
+    unsafe fn run(
+        call: RawCall<'_, Self>,
+        device: &dyn DeviceInfo,
+        scratch: &mut dyn Scratch,
+        launcher: &mut dyn Launcher,
+    ) -> Result<()> {
+        let shape = Nchw::from_dims("student", call.shape)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { run(call.config, &shape, call.dtype, call.buffers, call.options, device, scratch, launcher) }
+    }
+}
+
+impl TypedFamily for Icsd {
+    type Buffers<'a, T: KdFloat + 'a> = IcsdBuffers<'a, T>;
+
+    fn bind<'a: 's, 's, T: KdFloat>(
+        _config: &IcsdConfig,
+        shape: &[usize],
+        buffers: IcsdBuffers<'a, T>,
+        binder: &mut Binder<'s>,
+    ) -> Result<(IcsdRawBuffers, GradOptions)> {
+        let nchw = Nchw::from_dims("student", shape)?;
+        no_teacher_grad(buffers.pair.grad_teacher.is_some())?;
+        let (pair, options) = bind_pair(nchw.numel(), buffers.pair, binder)?;
+        let cc = nchw.c * nchw.c;
+        let raw = IcsdRawBuffers {
+            sim_student: binder.output("sim_student", buffers.sim_student, cc)?,
+            sim_teacher: binder.output("sim_teacher", buffers.sim_teacher, cc)?,
+            ..Self::pair_raw(pair)?
+        };
+        Ok((raw, options))
+    }
+}
+
+impl PairFamily for Icsd {
+    fn cpu<T: HostFloat>(
+        config: &IcsdConfig,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+    ) -> Result<CpuOutput> {
+        let out = super::IcsdCpu::new(*config)?.forward_backward(student, teacher)?;
+        Ok(CpuOutput { loss: out.loss, grad_student: out.grad_student, grad_teacher: None })
+    }
+
+    fn teacher_grad(_config: &IcsdConfig) -> bool {
+        false
+    }
+
+    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> IcsdBuffers<'a, T> {
+        IcsdBuffers { pair, sim_student: None, sim_teacher: None }
+    }
+
+    fn pair_raw(pair: PairRawBuffers) -> Result<IcsdRawBuffers> {
+        no_teacher_grad(pair.grad_teacher != 0)?;
+        Ok(IcsdRawBuffers {
+            student: pair.student,
+            teacher: pair.teacher,
+            loss: pair.loss,
+            grad_student: pair.grad_student,
+            upstream: pair.upstream,
+            sim_student: 0,
+            sim_teacher: 0,
+        })
+    }
 }

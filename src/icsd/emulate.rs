@@ -1,12 +1,13 @@
 //! ICSD and AICSD through the emulated kernels (feature `emulator`): the very driver [`super::IcsdCuda`]
 //! uses, on host buffers, with [`EmulatedGpu`] device facts.
 
-use super::{driver, AicsdConfig, IcsdConfig, IcsdRawBuffers};
+use super::{driver, AicsdConfig, Icsd, IcsdConfig, IcsdRawBuffers};
 use crate::dtype::KdFloat;
-use crate::emulator::{EmulatedGpu, EmulatedLauncher, EmulatedOutput, HostScratch, Mode};
+use crate::emulator::{self, EmulatedGpu, EmulatedLauncher, EmulatedOutput, HostScratch, Mode};
 use crate::error::{KdError, Result};
+use crate::family::{PairRawBuffers, RawCall};
 use crate::grad::GradOptions;
-use crate::pixel_kd::{PixelKdPath, PixelKdRawBuffers};
+use crate::pixel_kd::PixelKdPath;
 use crate::shape::Nchw;
 
 /// What an emulated ICSD call wrote: the loss, the gradient, and the two matrices (f32, `C * C`).
@@ -73,11 +74,9 @@ pub fn icsd<T: KdFloat>(
         sim_student: sim_s.as_mut_ptr() as u64,
         sim_teacher: sim_t.as_mut_ptr() as u64,
     };
-    let mut scratch = HostScratch::default();
-    // SAFETY: every address is a live host buffer of the size the shape needs; the emulated kernels run on
-    // the host and return before this does.
-    unsafe { driver::run(config, &shape, T::DTYPE, &buffers, options, &gpu, &mut scratch, &mut EmulatedLauncher)? };
-    scratch.check_counters("emulated icsd")?;
+    let call = RawCall::<Icsd> { config, path: (), shape: &shape.dims(), dtype: T::DTYPE, buffers: &buffers, options };
+    // SAFETY: every address is a live host buffer of the size the shape needs.
+    unsafe { emulator::run(call, gpu)? };
     Ok(IcsdEmulated {
         out: EmulatedOutput {
             loss: (!backward).then_some(loss),
@@ -115,12 +114,12 @@ pub fn aicsd<T: KdFloat>(
         grad_student: grad.as_mut_ptr() as u64,
         ..IcsdRawBuffers::default()
     };
-    let kd = PixelKdRawBuffers {
+    let kd = PairRawBuffers {
         student: student.as_ptr() as u64,
         teacher: teacher.as_ptr() as u64,
         loss: &mut l_kd as *mut f32 as u64,
         grad_student: grad.as_mut_ptr() as u64,
-        upstream: 0,
+        ..PairRawBuffers::default()
     };
     let (ics_options, kd_options) = config.grad_options(alpha, options);
     let mut scratch = HostScratch::default();

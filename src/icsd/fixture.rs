@@ -4,16 +4,12 @@
 use super::{IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
 use crate::dtype::{self, DType, KdFloat, PerDtype};
 use crate::error::KdError;
-use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, LossKind, Output};
+use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
 use crate::shape::Nchw;
 
 pub(crate) struct IcsdFixtures;
 
 impl FixtureFamily for IcsdFixtures {
-    fn loss(&self) -> LossKind {
-        LossKind::Icsd
-    }
-
     fn extra_outputs(&self) -> &'static [&'static str] {
         &["sim.student", "sim.teacher"]
     }

@@ -35,8 +35,15 @@ pub(crate) mod plan;
 
 pub use aicsd::{AicsdConfig, AicsdCpu, AicsdCuda};
 pub use cpu::{IcsdCpu, IcsdCpuOutput};
-pub use cuda::IcsdCuda;
-pub use driver::IcsdRawBuffers;
+pub use driver::{IcsdBuffers, IcsdRawBuffers};
+
+/// The ICSD family ([`crate::family::Family`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Icsd;
+
+/// ICSD on the GPU, with the same surface as [`IcsdCpu`]: `icsd_stats`, `icsd_gram`, `icsd_epilogue`, then
+/// for a gradient `icsd_dot` and `icsd_grad` (`kernels/icsd.cu`), on the caller's stream.
+pub type IcsdCuda = crate::cuda::LossCuda<Icsd>;
 
 use crate::error::{KdError, Result};
 use crate::validate;

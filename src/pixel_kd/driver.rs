@@ -4,57 +4,18 @@
 use std::ffi::c_void;
 
 use super::plan::{self, Device, PixelKdPlan};
-use super::{PixelKdConfig, PixelKdPath};
+use super::{PixelKd, PixelKdConfig, PixelKdPath};
+use crate::cpu::CpuOutput;
+use crate::cuda::Binder;
 use crate::dtype::DType;
-use crate::error::{KdError, Result};
+use crate::dtype::{HostFloat, KdFloat};
+use crate::error::Result;
+use crate::family::{bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
 use crate::ffi::KdPixelKdArgs;
 use crate::grad::GradOptions;
 use crate::launch::{DeviceInfo, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
-
-/// The device addresses of one pixel-KD call (`CUdeviceptr`s; 0 for an absent output). The call computes
-/// the loss where `loss` is set, d loss / d student where `grad_student` is, and scales that gradient by
-/// the device scalar at `upstream` where that is set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PixelKdRawBuffers {
-    /// `[N, C, H, W]` student logits.
-    pub student: u64,
-    /// `[N, C, H, W]` teacher logits.
-    pub teacher: u64,
-    /// One f32: the loss.
-    pub loss: u64,
-    /// `[N, C, H, W]`: d loss / d student.
-    pub grad_student: u64,
-    /// One f32 read by the kernel: d total / d loss.
-    pub upstream: u64,
-}
-
-impl PixelKdRawBuffers {
-    fn outputs(&self, options: GradOptions) -> Result<OutputSet> {
-        if self.student == 0 || self.teacher == 0 {
-            return Err(KdError::OutputMismatch { what: "student/teacher", fix: "both inputs need a device address" });
-        }
-        if self.grad_student == 0 && self.loss == 0 {
-            return Err(KdError::OutputMismatch {
-                what: "loss/grad_student",
-                fix: "nothing to compute: give the loss or the student gradient an address",
-            });
-        }
-        if self.grad_student == 0 && self.upstream != 0 {
-            return Err(KdError::OutputMismatch {
-                what: "upstream",
-                fix: "an upstream scalar needs the student gradient too",
-            });
-        }
-        Ok(OutputSet {
-            loss: self.loss != 0,
-            grad_student: self.grad_student != 0,
-            grad_teacher: false,
-            device_upstream: self.upstream != 0,
-            accumulate: options.accumulate,
-        })
-    }
-}
+use ndarray::ArrayView4;
 
 /// Plans a call on `device` (the tiled kernel's grid from its occupancy with the tile's shared memory).
 pub(crate) fn plan_on(
@@ -74,7 +35,7 @@ pub(crate) fn plan_on(
 /// Runs one call; returns the path it took.
 ///
 /// # Safety
-/// Every non-zero address of `buffers` holds what [`PixelKdRawBuffers`] says for `shape` and `dtype`, where
+/// Every non-zero address of `buffers` holds what [`PairRawBuffers`] says for `shape` and `dtype`, where
 /// `launcher`'s kernels can reach it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run(
@@ -82,7 +43,7 @@ pub(crate) unsafe fn run(
     path: PixelKdPath,
     shape: &Nchw,
     dtype: DType,
-    buffers: &PixelKdRawBuffers,
+    buffers: &PairRawBuffers,
     options: GradOptions,
     device: &dyn DeviceInfo,
     scratch: &mut dyn Scratch,
@@ -90,7 +51,7 @@ pub(crate) unsafe fn run(
 ) -> Result<PixelKdPath> {
     config.validate()?;
     options.validate()?;
-    let outputs = buffers.outputs(options)?;
+    let outputs = buffers.outputs(false, options)?;
     let plan = plan_on(config, path, shape, dtype, outputs, options.scale, device)?;
     let (floats, counters) = scratch.prepare(plan.workspace_floats, 1)?;
     let args = KdPixelKdArgs {
@@ -108,4 +69,89 @@ pub(crate) unsafe fn run(
     unsafe { launcher.launch(&plan.launch, dtype, (&args as *const KdPixelKdArgs).cast::<c_void>()) }
         .map_err(|e| e.into_error())?;
     Ok(plan.path)
+}
+
+/// The workspace any call on `shape` may need, on either path.
+pub(crate) fn workspace_bound(config: &PixelKdConfig, shape: &Nchw, dtype: DType, device: &dyn DeviceInfo) -> usize {
+    let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
+    let mut floats = 0;
+    for path in [PixelKdPath::Tiled, PixelKdPath::PerPixel] {
+        if let Ok(p) = plan_on(config, path, shape, dtype, outputs, 1.0, device) {
+            floats = floats.max(p.workspace_floats);
+        }
+    }
+    floats
+}
+
+impl Family for PixelKd {
+    const NAME: &'static str = "pixel_kd";
+    const KERNELS: &'static [&'static str] = &plan::KERNELS;
+    const LARGE_SMEM_KERNELS: &'static [&'static str] = &[plan::TILED];
+    type Config = PixelKdConfig;
+    type Shape = [usize];
+    type RawBuffers = PairRawBuffers;
+    type Path = PixelKdPath;
+    type Report = PixelKdPath;
+
+    fn validate(config: &PixelKdConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn workspace_bound(
+        config: &PixelKdConfig,
+        shape: &[usize],
+        dtype: DType,
+        device: &dyn DeviceInfo,
+    ) -> Result<(usize, usize)> {
+        let shape = Nchw::from_dims("student", shape)?;
+        Ok((workspace_bound(config, &shape, dtype, device), 1))
+    }
+
+    unsafe fn run(
+        call: RawCall<'_, Self>,
+        device: &dyn DeviceInfo,
+        scratch: &mut dyn Scratch,
+        launcher: &mut dyn Launcher,
+    ) -> Result<PixelKdPath> {
+        let shape = Nchw::from_dims("student", call.shape)?;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            run(call.config, call.path, &shape, call.dtype, call.buffers, call.options, device, scratch, launcher)
+        }
+    }
+}
+
+impl TypedFamily for PixelKd {
+    type Buffers<'a, T: KdFloat + 'a> = PairBuffers<'a, T>;
+
+    fn bind<'a: 's, 's, T: KdFloat>(
+        _config: &PixelKdConfig,
+        shape: &[usize],
+        buffers: PairBuffers<'a, T>,
+        binder: &mut Binder<'s>,
+    ) -> Result<(PairRawBuffers, GradOptions)> {
+        bind_pair(Nchw::from_dims("student", shape)?.numel(), buffers, binder)
+    }
+}
+
+impl PairFamily for PixelKd {
+    fn cpu<T: HostFloat>(
+        config: &PixelKdConfig,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+    ) -> Result<CpuOutput> {
+        super::PixelKdCpu::new(*config)?.forward_backward(student, teacher)
+    }
+
+    fn teacher_grad(_config: &PixelKdConfig) -> bool {
+        false
+    }
+
+    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
+        pair
+    }
+
+    fn pair_raw(pair: PairRawBuffers) -> Result<PairRawBuffers> {
+        Ok(pair)
+    }
 }

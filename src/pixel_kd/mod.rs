@@ -20,8 +20,18 @@ pub(crate) mod fixture;
 pub(crate) mod plan;
 
 pub use cpu::PixelKdCpu;
-pub use cuda::PixelKdCuda;
-pub use driver::PixelKdRawBuffers;
+
+/// The pixel-KD family ([`crate::family::Family`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PixelKd;
+
+/// Pixel KD on the GPU, with the same surface as [`PixelKdCpu`]: one launch of `pixel_kd_tiled_{dtype}` or
+/// `pixel_kd_{dtype}` (see [`PixelKdPath`]).
+pub type PixelKdCuda = crate::cuda::LossCuda<PixelKd>;
+
+/// The device addresses of one pixel-KD call: a pair call (`grad_teacher` must be 0: the teacher is a
+/// constant here).
+pub type PixelKdRawBuffers = crate::family::PairRawBuffers;
 
 /// Which kernel [`PixelKdCuda`] runs. The results agree to the tolerance table either way; only speed
 /// differs.

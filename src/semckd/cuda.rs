@@ -1,15 +1,14 @@
-//! SemCKD on the GPU: the six launches of `kernels/semckd.cu` through [`super::driver`]. The typed API checks
-//! cudarc buffers and calls the raw layer ([`SemckdCuda::launch_raw`]).
+//! SemCKD's typed call on the GPU, on its layer table ([`crate::cuda::LossCuda`] gives the rest), and the
+//! adaptive pooling kernels a caller runs beside it.
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUstream;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 
 use super::driver::{self, SemckdRawBuffers};
-use super::{SemckdConfig, SemckdLayers};
-use crate::cuda::{self, CudaLauncher, Guards, KernelModule, Workspace};
-use crate::dtype::{DType, KdFloat};
+use super::{Semckd, SemckdLayers};
+use crate::cuda::{Binder, CudaLauncher, KernelModule, LossCuda};
+use crate::dtype::KdFloat;
 use crate::error::{KdError, Result};
 use crate::grad::GradOptions;
 
@@ -64,63 +63,29 @@ pub struct SemckdGrads<'a, T> {
     pub key: Vec<EmbedParamGrads<'a>>,
 }
 
-/// SemCKD on the GPU, with the same computation as [`super::SemckdCpu`].
-#[derive(Debug)]
-pub struct SemckdCuda {
-    config: SemckdConfig,
-    stream: Arc<CudaStream>,
-    module: KernelModule,
-    workspace: Workspace,
-}
-
-fn mlp_in<'a>(
-    m: &'a EmbedParams<'a>,
-    numels: [usize; 4],
-    stream: &'a CudaStream,
-    guards: &mut Guards<'a>,
-) -> Result<[u64; 4]> {
+fn mlp_in<'a: 's, 's>(m: &'a EmbedParams<'a>, numels: [usize; 4], binder: &mut Binder<'s>) -> Result<[u64; 4]> {
     Ok([
-        cuda::input("linear1.weight", m.linear1_weight, numels[0], stream, guards)?,
-        cuda::input("linear1.bias", m.linear1_bias, numels[1], stream, guards)?,
-        cuda::input("linear2.weight", m.linear2_weight, numels[2], stream, guards)?,
-        cuda::input("linear2.bias", m.linear2_bias, numels[3], stream, guards)?,
+        binder.input("linear1.weight", m.linear1_weight, numels[0])?,
+        binder.input("linear1.bias", m.linear1_bias, numels[1])?,
+        binder.input("linear2.weight", m.linear2_weight, numels[2])?,
+        binder.input("linear2.bias", m.linear2_bias, numels[3])?,
     ])
 }
 
-fn mlp_out<'a>(
+fn mlp_out<'a: 's, 's>(
     m: &'a mut EmbedParamGrads<'_>,
     numels: [usize; 4],
-    stream: &'a CudaStream,
-    guards: &mut Guards<'a>,
+    binder: &mut Binder<'s>,
 ) -> Result<[u64; 4]> {
     Ok([
-        cuda::optional_output("grad linear1.weight", Some(&mut *m.linear1_weight), numels[0], stream, guards)?,
-        cuda::optional_output("grad linear1.bias", Some(&mut *m.linear1_bias), numels[1], stream, guards)?,
-        cuda::optional_output("grad linear2.weight", Some(&mut *m.linear2_weight), numels[2], stream, guards)?,
-        cuda::optional_output("grad linear2.bias", Some(&mut *m.linear2_bias), numels[3], stream, guards)?,
+        binder.output("grad linear1.weight", Some(&mut *m.linear1_weight), numels[0])?,
+        binder.output("grad linear1.bias", Some(&mut *m.linear1_bias), numels[1])?,
+        binder.output("grad linear2.weight", Some(&mut *m.linear2_weight), numels[2])?,
+        binder.output("grad linear2.bias", Some(&mut *m.linear2_bias), numels[3])?,
     ])
 }
 
-impl SemckdCuda {
-    /// Validates `config` and loads the kernels into `stream`'s context.
-    pub fn new(stream: Arc<CudaStream>, config: SemckdConfig) -> Result<Self> {
-        config.validate()?;
-        let module = KernelModule::load(&stream, "semckd", &driver::KERNELS, &[])?;
-        let workspace = Workspace::new(&stream)?;
-        Ok(SemckdCuda { config, stream, module, workspace })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &SemckdConfig {
-        &self.config
-    }
-
-    /// Sizes the workspace for calls on `layers` (call before capturing a CUDA graph).
-    pub fn reserve(&mut self, layers: &SemckdLayers) -> Result<()> {
-        let floats = driver::workspace_bound(&self.config, layers)?;
-        self.workspace.reserve(floats, 1)
-    }
-
+impl LossCuda<Semckd> {
     /// The training-step call: the loss into `loss[0]`, the attention `[B, S, T]` (f32) into `attention`
     /// when given, and every gradient of `grads` (when given; with `options`), on this loss's stream.
     pub fn forward_backward<T: KdFloat>(
@@ -141,30 +106,30 @@ impl SemckdCuda {
                 got: vec![inputs.student.len(), inputs.teacher.len(), inputs.proj.len()],
             });
         }
-        let stream = self.stream.clone();
-        let mut guards: Guards<'_> = Vec::new();
+        let stream = self.stream().clone();
+        let mut binder = Binder::new(&stream);
         let numels = layers.embed_numels();
         let mut buffers = SemckdRawBuffers::default();
         for (i, x) in inputs.student.iter().enumerate() {
             let n = layers.student_shape(i).iter().product();
-            buffers.student.push(cuda::input("student", *x, n, &stream, &mut guards)?);
+            buffers.student.push(binder.input("student", *x, n)?);
         }
         for (j, x) in inputs.teacher.iter().enumerate() {
             let n = layers.teacher_shape(j).iter().product();
-            buffers.teacher.push(cuda::input("teacher", *x, n, &stream, &mut guards)?);
+            buffers.teacher.push(binder.input("teacher", *x, n)?);
         }
         for (p, x) in inputs.proj.iter().enumerate() {
             let n = layers.pair_numel(p / t, p % t);
-            buffers.proj.push(cuda::input("proj", *x, n, &stream, &mut guards)?);
+            buffers.proj.push(binder.input("proj", *x, n)?);
         }
         for m in inputs.query {
-            buffers.query.push(mlp_in(m, numels, &stream, &mut guards)?);
+            buffers.query.push(mlp_in(m, numels, &mut binder)?);
         }
         for m in inputs.key {
-            buffers.key.push(mlp_in(m, numels, &stream, &mut guards)?);
+            buffers.key.push(mlp_in(m, numels, &mut binder)?);
         }
-        buffers.loss = cuda::optional_output("loss", Some(loss), 1, &stream, &mut guards)?;
-        buffers.attention = cuda::optional_output("attention", attention, layers.batch * s * t, &stream, &mut guards)?;
+        buffers.loss = binder.output("loss", Some(loss), 1)?;
+        buffers.attention = binder.output("attention", attention, layers.batch * s * t)?;
         if let Some(g) = grads {
             if g.student.len() != s || g.proj.len() != s * t || g.query.len() != s || g.key.len() != t {
                 return Err(KdError::ShapeMismatch {
@@ -175,52 +140,23 @@ impl SemckdCuda {
             }
             for (i, x) in g.student.iter_mut().enumerate() {
                 let n = layers.student_shape(i).iter().product();
-                buffers.grad_student.push(cuda::optional_output(
-                    "grad student",
-                    Some(&mut **x),
-                    n,
-                    &stream,
-                    &mut guards,
-                )?);
+                buffers.grad_student.push(binder.output("grad student", Some(&mut **x), n)?);
             }
             for (p, x) in g.proj.iter_mut().enumerate() {
                 let n = layers.pair_numel(p / t, p % t);
-                buffers.grad_proj.push(cuda::optional_output("grad proj", Some(&mut **x), n, &stream, &mut guards)?);
+                buffers.grad_proj.push(binder.output("grad proj", Some(&mut **x), n)?);
             }
             for m in g.query.iter_mut() {
-                buffers.grad_query.push(mlp_out(m, numels, &stream, &mut guards)?);
+                buffers.grad_query.push(mlp_out(m, numels, &mut binder)?);
             }
             for m in g.key.iter_mut() {
-                buffers.grad_key.push(mlp_out(m, numels, &stream, &mut guards)?);
+                buffers.grad_key.push(mlp_out(m, numels, &mut binder)?);
             }
         }
         // SAFETY: every buffer was checked to live in this stream's context and to hold what the layout needs.
         unsafe { self.launch_raw(stream.cu_stream(), layers, T::DTYPE, &buffers, options)? };
-        drop(guards);
+        drop(binder);
         Ok(())
-    }
-
-    /// The raw layer: one call on device addresses (see [`SemckdRawBuffers`]), launched on `stream`. The
-    /// layer and pair tables travel inside the kernels' argument block, so nothing is uploaded and the call
-    /// is graph-capture friendly once [`Self::reserve`] has sized the workspace.
-    ///
-    /// # Safety
-    /// `stream` is a live stream of this loss's context; every non-zero address holds, for `layers` and
-    /// `dtype`, the contiguous NCHW tensor (or f32 MLP parameter, loss, attention, upstream) it names.
-    pub unsafe fn launch_raw(
-        &mut self,
-        stream: CUstream,
-        layers: &SemckdLayers,
-        dtype: DType,
-        buffers: &SemckdRawBuffers,
-        options: GradOptions,
-    ) -> Result<()> {
-        self.workspace.launch_on(stream);
-        let mut launcher = CudaLauncher { module: &self.module, stream };
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            driver::run(&self.config, layers, dtype, buffers, options, &self.module, &mut self.workspace, &mut launcher)
-        }
     }
 }
 
@@ -251,9 +187,9 @@ impl AdaptivePoolCuda {
         let n: usize = shape.iter().product();
         let out_n = shape.first().copied().unwrap_or(0) * shape.get(1).copied().unwrap_or(0) * out_hw[0] * out_hw[1];
         let stream = self.stream.clone();
-        let mut guards: Guards<'_> = Vec::new();
-        let i = cuda::input("pool input", input, n, &stream, &mut guards)?;
-        let o = cuda::optional_output("pool output", Some(output), out_n, &stream, &mut guards)?;
+        let mut binder = Binder::new(&stream);
+        let i = binder.input("pool input", input, n)?;
+        let o = binder.output("pool output", Some(output), out_n)?;
         let mut launcher = CudaLauncher { module: &self.module, stream: stream.cu_stream() };
         // SAFETY: both buffers were checked against the shapes and the context.
         unsafe { driver::run_pool(T::DTYPE, shape, out_hw, i, o, None, &mut launcher) }
@@ -274,9 +210,9 @@ impl AdaptivePoolCuda {
             * out_hw[0]
             * out_hw[1];
         let stream = self.stream.clone();
-        let mut guards: Guards<'_> = Vec::new();
-        let g = cuda::input("pool grad_output", grad_output, out_n, &stream, &mut guards)?;
-        let gi = cuda::optional_output("pool grad_input", Some(grad_input), n, &stream, &mut guards)?;
+        let mut binder = Binder::new(&stream);
+        let g = binder.input("pool grad_output", grad_output, out_n)?;
+        let gi = binder.output("pool grad_input", Some(grad_input), n)?;
         let mut launcher = CudaLauncher { module: &self.module, stream: stream.cu_stream() };
         // SAFETY: both buffers were checked against the shapes and the context.
         unsafe { driver::run_pool(T::DTYPE, input_shape, out_hw, g, gi, Some(options), &mut launcher) }

@@ -2,10 +2,11 @@
 //! buffers, [`EmulatedGpu`] facts and the kernels' own source compiled for the host.
 
 use super::driver::{self, SemckdRawBuffers};
-use super::{SemckdConfig, SemckdLayers};
+use super::{Semckd, SemckdConfig, SemckdLayers};
 use crate::dtype::KdFloat;
-use crate::emulator::{EmulatedGpu, EmulatedLauncher, HostScratch};
+use crate::emulator::{self, EmulatedGpu, EmulatedLauncher};
 use crate::error::{KdError, Result};
+use crate::family::RawCall;
 use crate::grad::GradOptions;
 
 /// Host inputs of one emulated call (contiguous NCHW slices; MLP parameters in f32, in the order
@@ -129,13 +130,9 @@ pub fn semckd<T: KdFloat>(
         grad_key: out.grad_key.iter_mut().map(mut_mlp).collect(),
         upstream: if upstream.is_some() { &up as *const f32 as u64 } else { 0 },
     };
-    let mut scratch = HostScratch::default();
-    // SAFETY: every address is a live host buffer of the size the layout needs (checked above); the emulated
-    // kernels run on the host and return before this does.
-    unsafe {
-        driver::run(config, layers, T::DTYPE, &buffers, options, &gpu, &mut scratch, &mut EmulatedLauncher)?;
-    }
-    scratch.check_counters("emulated semckd")?;
+    let call = RawCall::<Semckd> { config, path: (), shape: layers, dtype: T::DTYPE, buffers: &buffers, options };
+    // SAFETY: every address is a live host buffer of the size the layout needs (checked above).
+    unsafe { emulator::run(call, gpu)? };
     Ok(out)
 }
 

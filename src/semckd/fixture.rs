@@ -12,7 +12,7 @@ use super::{
 };
 use crate::dtype::{self, DType, KdFloat, PerDtype};
 use crate::error::KdError;
-use crate::fixture::{err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, LossKind, Output};
+use crate::fixture::{err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
 use crate::grad::GradOptions;
 
 pub(crate) struct SemckdFixtures;
@@ -32,10 +32,6 @@ fn count(fixture: &Fixture, param: &str, prefix: &str) -> Result<usize, FixtureE
 }
 
 impl FixtureFamily for SemckdFixtures {
-    fn loss(&self) -> LossKind {
-        LossKind::Semckd
-    }
-
     fn extra_outputs(&self) -> &'static [&'static str] {
         &["attention"]
     }

@@ -33,7 +33,16 @@ mod layers;
 mod pool;
 
 pub use cpu::{EmbedWeights, SemckdCpu, SemckdCpuInputs, SemckdCpuOutput};
-pub use cuda::{AdaptivePoolCuda, EmbedParamGrads, EmbedParams, SemckdCuda, SemckdGrads, SemckdInputs};
+pub use cuda::{AdaptivePoolCuda, EmbedParamGrads, EmbedParams, SemckdGrads, SemckdInputs};
+
+/// The SemCKD family ([`crate::family::Family`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Semckd;
+
+/// SemCKD on the GPU, with the same computation as [`SemckdCpu`]: the six launches of `kernels/semckd.cu`,
+/// its layer and pair tables inside the kernels' argument block (nothing uploaded, graph-capture friendly
+/// once `reserve` has sized the workspace).
+pub type SemckdCuda = crate::cuda::LossCuda<Semckd>;
 pub use driver::SemckdRawBuffers;
 pub use layers::{SemckdLayers, MAX_LAYERS};
 pub use pool::{adaptive_avg_pool, adaptive_avg_pool_backward, pool_window};

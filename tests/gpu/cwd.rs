@@ -3,6 +3,7 @@
 
 use half::{bf16, f16};
 use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath};
+use kd_kernels::family::PairBuffers;
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, KdError, KdFloat};
 
@@ -11,7 +12,7 @@ use crate::common::PAIR_SCENARIOS;
 use crate::harness::{
     download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
 };
-use crate::pair::{compare, cwd_gpu, same_bits, Case, GpuOut, CWD_PATHS, OFFSETS};
+use crate::pair::{compare, pair, pair_gpu, same_bits, Case, GpuOut, CWD_PATHS, OFFSETS};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("cwd_paths_on_this_device", cwd_paths_on_this_device),
@@ -38,7 +39,7 @@ pub(crate) fn cwd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
                 let mut cwd = CwdCuda::new(stream.clone(), CwdConfig { teacher_grad, ..config })
                     .or_msg("CwdCuda::new")?
                     .with_path(path);
-                let gpu = cwd_gpu(stream, &mut cwd, &case)?;
+                let gpu = pair_gpu(stream, &mut cwd, &case)?;
                 if gpu.gt.is_some() != teacher_grad {
                     failures.push(format!("{}: teacher gradient presence", case.name()));
                 }
@@ -70,7 +71,7 @@ pub(crate) fn cwd_paths_on_this_device(stream: &Stream) -> TestResult {
     let case = Case::<bf16>::random(4500, [2, 19, 97, 101]);
     let mut one = CwdCuda::new(stream.clone(), config).or_msg("new")?.with_path(CwdPath::SinglePass);
     let mut two = CwdCuda::new(stream.clone(), config).or_msg("new")?.with_path(CwdPath::TwoPass);
-    let (a, b) = (cwd_gpu(stream, &mut one, &case)?, cwd_gpu(stream, &mut two, &case)?);
+    let (a, b) = (pair_gpu(stream, &mut one, &case)?, pair_gpu(stream, &mut two, &case)?);
     let loss = Comparison::of([a.loss as f64], [b.loss as f64]);
     if !loss.passes(tolerance(DType::BF16, OutputKind::Loss)) {
         failures.push(format!("single vs two passes: loss {:e} vs {:e}", a.loss, b.loss));
@@ -93,11 +94,11 @@ pub(crate) fn cwd_long_rows_take_two_passes(stream: &Stream) -> TestResult {
     let case = Case::<f32>::random(4600, dims);
     let (s, t) = case.views()?;
     let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(s, t).or_msg("cpu")?;
-    let gpu = cwd_gpu(stream, &mut auto, &case)?;
+    let gpu = pair_gpu(stream, &mut auto, &case)?;
     let mut failures = Vec::new();
     compare(&format!("cwd Auto {}", case.name()), &gpu, &cpu, &mut failures);
     let mut forced = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(CwdPath::SinglePass);
-    match cwd_gpu(stream, &mut forced, &case) {
+    match pair_gpu(stream, &mut forced, &case) {
         Err(e) if e.contains("Unsupported") => {}
         other => failures.push(format!("forced single pass on rows of {row}: {:?}", other.map(|o| o.loss))),
     }
@@ -116,7 +117,7 @@ pub(crate) fn cwd_many_calls_in_a_row(stream: &Stream) -> TestResult {
     ];
     for path in CWD_PATHS {
         let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
-        let firsts: Vec<GpuOut<f32>> = cases.iter().map(|c| cwd_gpu(stream, &mut cwd, c)).collect::<Result<_, _>>()?;
+        let firsts: Vec<GpuOut<f32>> = cases.iter().map(|c| pair_gpu(stream, &mut cwd, c)).collect::<Result<_, _>>()?;
         let case = &cases[0];
         let s = upload(stream, &case.s)?;
         let t = upload(stream, &case.t)?;
@@ -126,12 +127,24 @@ pub(crate) fn cwd_many_calls_in_a_row(stream: &Stream) -> TestResult {
         let mut gt = nan_buffer::<f32>(stream, case.numel())?;
         for _ in 0..100 {
             cwd.forward(&case.dims, &s, &t, &mut loss).or_msg("forward")?;
-            cwd.backward(&case.dims, &s, &t, &up, &mut gs, Some(&mut gt)).or_msg("backward")?;
-            cwd.forward_backward(&case.dims, &s, &t, &mut loss, &mut gs, Some(&mut gt)).or_msg("forward_backward")?;
+            let backward = PairBuffers {
+                upstream: Some(&up),
+                grad_student: Some(&mut gs),
+                grad_teacher: Some(&mut gt),
+                ..pair(&s, &t)
+            };
+            cwd.call(&case.dims, backward).or_msg("backward")?;
+            let both = PairBuffers {
+                loss: Some(&mut loss),
+                grad_student: Some(&mut gs),
+                grad_teacher: Some(&mut gt),
+                ..pair(&s, &t)
+            };
+            cwd.call(&case.dims, both).or_msg("forward_backward")?;
         }
         stream.synchronize().or_msg("synchronize")?;
         for (i, c) in cases.iter().enumerate() {
-            let again = cwd_gpu(stream, &mut cwd, c)?;
+            let again = pair_gpu(stream, &mut cwd, c)?;
             same_bits(&format!("cwd {path:?} {} after 300 calls", c.name()), &firsts[i], &again)?;
         }
         let last =
@@ -158,15 +171,15 @@ pub(crate) fn misaligned_cwd_case<T: KdFloat>(
         let mut gs = nan_buffer::<T>(stream, n + ogs + 3)?;
         let mut gt = nan_buffer::<T>(stream, n + ogt + 3)?;
         let mut loss = upload(stream, &[f32::NAN])?;
-        cwd.forward_backward(
-            &dims,
-            &s.slice(os..os + n),
-            &t.slice(ot..ot + n),
-            &mut loss,
-            &mut gs.slice_mut(ogs..ogs + n),
-            Some(&mut gt.slice_mut(ogt..ogt + n)),
-        )
-        .or_msg("CwdCuda::forward_backward on views")?;
+        let (sv, tv) = (s.slice(os..os + n), t.slice(ot..ot + n));
+        let (mut gsv, mut gtv) = (gs.slice_mut(ogs..ogs + n), gt.slice_mut(ogt..ogt + n));
+        let buffers = PairBuffers {
+            loss: Some(&mut loss),
+            grad_student: Some(&mut gsv),
+            grad_teacher: Some(&mut gtv),
+            ..pair(&sv, &tv)
+        };
+        cwd.call(&dims, buffers).or_msg("CwdCuda::forward_backward on views")?;
         let gs_all = download(stream, &gs)?;
         let gt_all = download(stream, &gt)?;
         let outside_untouched = |all: &[T], o: usize| all[..o].iter().chain(&all[o + n..]).all(|v| v.to_f64().is_nan());
@@ -223,38 +236,68 @@ pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
         CwdCuda::new(stream.clone(), CwdConfig { teacher_grad: true, ..CwdConfig::default() }).or_msg("new")?;
     let up = upload(stream, &[1.0f32])?;
 
-    let r = off.forward_backward(&dims, &s, &t, &mut loss, &mut gs_short, None);
+    let r = off.forward_backward(&dims, &s, &t, &mut loss, &mut gs_short);
     expect_err("grad_student too short", r, |e| {
         *e == KdError::BufferTooSmall { what: "grad_student", needed: n, len: n - 1 }
     })?;
-    let r = on.forward_backward(&dims, &s, &t, &mut loss, &mut gs, Some(&mut gs_short));
+    let r = on
+        .call(
+            &dims,
+            PairBuffers {
+                loss: Some(&mut loss),
+                grad_student: Some(&mut gs),
+                grad_teacher: Some(&mut gs_short),
+                ..pair(&s, &t)
+            },
+        )
+        .map(drop);
     expect_err("grad_teacher too short", r, |e| {
         *e == KdError::BufferTooSmall { what: "grad_teacher", needed: n, len: n - 1 }
     })?;
-    let r = off.forward_backward(&dims, &short, &t, &mut loss, &mut gs, None);
+    let r = off.forward_backward(&dims, &short, &t, &mut loss, &mut gs);
     expect_err("student too short", r, |e| *e == KdError::BufferTooSmall { what: "student", needed: n, len: n - 1 })?;
     let r = off.forward(&dims, &s, &short, &mut loss);
     expect_err("teacher too short", r, |e| *e == KdError::BufferTooSmall { what: "teacher", needed: n, len: n - 1 })?;
     let r = off.forward(&dims, &s, &t, &mut loss.slice_mut(0..0));
     expect_err("loss of length 0", r, |e| *e == KdError::BufferTooSmall { what: "loss", needed: 1, len: 0 })?;
-    let r = off.forward_backward(&dims, &s, &t, &mut loss.slice_mut(0..0), &mut gs, None);
+    let r = off.forward_backward(&dims, &s, &t, &mut loss.slice_mut(0..0), &mut gs);
     expect_err("loss of length 0 (forward_backward)", r, |e| {
         matches!(e, KdError::BufferTooSmall { what: "loss", .. })
     })?;
-    let r = off.backward(&dims, &s, &t, &up.slice(0..0), &mut gs, None);
+    let r = off.backward(&dims, &s, &t, &up.slice(0..0), &mut gs);
     expect_err("upstream of length 0", r, |e| matches!(e, KdError::BufferTooSmall { what: "upstream", .. }))?;
 
-    let r = on.forward_backward(&dims, &s, &t, &mut loss, &mut gs, None);
+    let r = on.forward_backward(&dims, &s, &t, &mut loss, &mut gs);
     expect_err("teacher_grad on, None", r, |e| matches!(e, KdError::OutputMismatch { what: "grad_teacher", .. }))?;
-    let r = on.backward(&dims, &s, &t, &up, &mut gs, None);
+    let r = on.backward(&dims, &s, &t, &up, &mut gs);
     expect_err("teacher_grad on, None (backward)", r, |e| matches!(e, KdError::OutputMismatch { .. }))?;
-    let r = off.forward_backward(&dims, &s, &t, &mut loss, &mut gs, Some(&mut gt));
+    let r = off
+        .call(
+            &dims,
+            PairBuffers {
+                loss: Some(&mut loss),
+                grad_student: Some(&mut gs),
+                grad_teacher: Some(&mut gt),
+                ..pair(&s, &t)
+            },
+        )
+        .map(drop);
     expect_err("teacher_grad off, Some", r, |e| matches!(e, KdError::OutputMismatch { what: "grad_teacher", .. }))?;
-    let r = off.backward(&dims, &s, &t, &up, &mut gs, Some(&mut gt));
+    let r = off
+        .call(
+            &dims,
+            PairBuffers {
+                upstream: Some(&up),
+                grad_student: Some(&mut gs),
+                grad_teacher: Some(&mut gt),
+                ..pair(&s, &t)
+            },
+        )
+        .map(drop);
     expect_err("teacher_grad off, Some (backward)", r, |e| matches!(e, KdError::OutputMismatch { .. }))?;
 
     for bad in [&[2usize, 3, 20][..], &[1, 2, 3, 4, 5], &[]] {
-        let r = off.forward_backward(bad, &s, &t, &mut loss, &mut gs, None);
+        let r = off.forward_backward(bad, &s, &t, &mut loss, &mut gs);
         expect_err(&format!("shape {bad:?}"), r, |e| {
             *e == KdError::WrongRank { what: "student", expected: 4, got: bad.len() }
         })?;
@@ -282,7 +325,7 @@ pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
     // The objects still work after the errors.
     let (sv, tv) = case.views()?;
     let cpu = CwdCpu::new(*on.config()).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    let gpu = cwd_gpu(stream, &mut on, &case)?;
+    let gpu = pair_gpu(stream, &mut on, &case)?;
     let mut failures = Vec::new();
     compare("cwd after errors", &gpu, &cpu, &mut failures);
     verdict(failures)

@@ -5,7 +5,8 @@
 use half::{bf16, f16};
 use kd_kernels::cudarc::driver::CudaSlice;
 use kd_kernels::cwt::{
-    CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtOutput, CwtParamBuffers, CwtParamGrads, CwtShapes, MlpParams,
+    CwtBuffers, CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtOutput, CwtParamBuffers, CwtParamGrads, CwtShapes,
+    MlpParams,
 };
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
@@ -171,7 +172,7 @@ fn cwt_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
         let config = CwtConfig { loss_weight: 0.5, normalize };
         let d = device::<T>(stream, &h)?;
         let params = CwtParamBuffers { w1: &d.w1, b1: &d.b1, w2: &d.w2, b2: &d.b2 };
-        let mut cwt = CwtCuda::new(stream.clone(), config, h.shapes).or_msg("CwtCuda::new")?;
+        let mut cwt = CwtCuda::with_shapes(stream.clone(), config, h.shapes).or_msg("CwtCuda::new")?;
         let what = format!("{} {dims:?} Ch {ch} Ct {ct}", T::DTYPE);
         let reference = h.reference::<T>(config, 1.0);
 
@@ -207,7 +208,14 @@ fn cwt_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
         };
         let grads = CwtParamGrads { w1: &mut g.w1, b1: &mut g.b1, w2: &mut g.w2, b2: &mut g.b2 };
         let options = GradOptions { scale: 2.0, accumulate: true };
-        cwt.backward_with(&dims, &d.s, &d.t, &params, &upstream, &mut g.s, grads, options).or_msg("backward_with")?;
+        let buffers = CwtBuffers {
+            upstream: Some(&upstream),
+            grad_student: Some(&mut g.s),
+            grads: Some(grads),
+            options,
+            ..CwtBuffers::new(&d.s, &d.t, params)
+        };
+        cwt.call(&dims, buffers).or_msg("backward, accumulating")?;
         let scaled = h.reference::<T>(config, -1.5);
         compare_grads(&mut failures, &format!("{what} backward accumulate"), stream, &g, &scaled, 1.0)?;
     }
@@ -218,7 +226,7 @@ fn cwt_deterministic_bitwise(stream: &Stream) -> TestResult {
     let h = Host::random(9001, [2, 96, 33, 17], 130, 70);
     let d = device::<bf16>(stream, &h)?;
     let params = CwtParamBuffers { w1: &d.w1, b1: &d.b1, w2: &d.w2, b2: &d.b2 };
-    let mut cwt = CwtCuda::new(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;
+    let mut cwt = CwtCuda::with_shapes(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;
     let mut runs = Vec::new();
     for _ in 0..3 {
         let mut g = nan_grads::<bf16>(stream, &h)?;
@@ -239,7 +247,7 @@ fn cwt_error_paths(stream: &Stream) -> TestResult {
     let h = Host::random(9100, [2, 4, 3, 3], 5, 6);
     let d = device::<f32>(stream, &h)?;
     let params = CwtParamBuffers { w1: &d.w1, b1: &d.b1, w2: &d.w2, b2: &d.b2 };
-    let mut cwt = CwtCuda::new(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;
+    let mut cwt = CwtCuda::with_shapes(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;
     let mut loss = nan_buffer::<f32>(stream, 1)?;
     let mut failures = Vec::new();
     // Student channels other than Cs.
@@ -260,7 +268,7 @@ fn cwt_error_paths(stream: &Stream) -> TestResult {
         other => failures.push(format!("short W1: {other:?}")),
     }
     // Zero channels at construction.
-    match CwtCuda::new(stream.clone(), CwtConfig::default(), CwtShapes { cs: 4, ch: 0, ct: 6 }) {
+    match CwtCuda::with_shapes(stream.clone(), CwtConfig::default(), CwtShapes { cs: 4, ch: 0, ct: 6 }) {
         Err(KdError::EmptyInput { .. }) => {}
         other => failures.push(format!("zero hidden width: {:?}", other.map(|_| ()))),
     }

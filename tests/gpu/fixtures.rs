@@ -1,7 +1,8 @@
 //! Every recorded fixture on the GPU, and the verifier with both backends: generic over the families (a
 //! family registered for fixtures is covered here without a line of its own).
 
-use kd_kernels::fixture::{verify, Backend, Fixture};
+use kd_kernels::fixture::{Backend, Fixture};
+use kd_kernels::verify;
 
 use crate::common;
 use crate::harness::{ensure, verdict, OrMsg, Stream, TestFn, TestResult};
@@ -14,7 +15,7 @@ pub(crate) fn fixtures_pass_on_cuda(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
     for path in common::fixture_files() {
         let fixture = Fixture::load(&path).or_msg(&path.display().to_string())?;
-        match fixture.check(&backend) {
+        match verify::check(&fixture, &backend) {
             Ok(checks) if checks.is_empty() => failures.push(format!("{}: nothing checked", path.display())),
             Ok(checks) => {
                 for c in checks.iter().filter(|c| !c.pass()) {

@@ -3,9 +3,11 @@
 //! AICSD objective, and error paths. Registered by the lead in the table of `tests/gpu/main.rs`.
 
 use half::{bf16, f16};
+use kd_kernels::family::PairBuffers;
 use kd_kernels::fixture::{Backend, Fixture};
-use kd_kernels::icsd::{AicsdConfig, AicsdCpu, AicsdCuda, IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
+use kd_kernels::icsd::{AicsdConfig, AicsdCpu, AicsdCuda, IcsdBuffers, IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::verify;
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
@@ -50,7 +52,7 @@ fn icsd_fixtures_pass_on_cuda(stream: &Stream) -> TestResult {
             continue;
         }
         let fixture = Fixture::load(&path).or_msg(&path.display().to_string())?;
-        match fixture.check(&backend) {
+        match verify::check(&fixture, &backend) {
             Ok(checks) => {
                 for c in checks.iter().filter(|c| !c.pass()) {
                     failures.push(format!("{} {}: {:?} > {}", path.display(), c.output, c.comparison, c.tolerance));
@@ -171,7 +173,14 @@ fn icsd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
         let mut grad = upload(stream, &initial)?;
         let mut icsd = IcsdCuda::new(stream.clone(), config).or_msg("new")?;
         let options = GradOptions { scale: 0.5, accumulate: true };
-        icsd.backward_with(&dims, &ds, &dt, &upstream, &mut grad, options).or_msg("backward_with")?;
+        let pair = PairBuffers {
+            upstream: Some(&upstream),
+            grad_student: Some(&mut grad),
+            options,
+            ..PairBuffers::new(&ds, &dt)
+        };
+        icsd.call(&dims, IcsdBuffers { pair, sim_student: None, sim_teacher: None })
+            .or_msg("backward, accumulating")?;
         let want: Vec<f64> = r.grad_student.iter().zip(&initial).map(|(g, &i)| i as f64 - g).collect();
         close(
             &format!("{variant:?} upstream+accumulate"),

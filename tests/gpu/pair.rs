@@ -6,8 +6,10 @@ use half::{bf16, f16};
 use kd_kernels::cpu::CpuOutput;
 use std::cell::RefCell;
 
+use kd_kernels::cuda::LossCuda;
 use kd_kernels::cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, DevicePtrMut};
 use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath, CwdRawBuffers};
+use kd_kernels::family::{PairBuffers, PairFamily};
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, PixelKdRawBuffers, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
@@ -80,32 +82,36 @@ pub(crate) struct GpuOut<T> {
     pub(crate) gt: Option<Vec<T>>,
 }
 
-pub(crate) fn cwd_gpu<T: KdFloat>(stream: &Stream, cwd: &mut CwdCuda, case: &Case<T>) -> Result<GpuOut<T>, String> {
-    let s = upload(stream, &case.s)?;
-    let t = upload(stream, &case.t)?;
-    let mut loss = upload(stream, &[f32::NAN])?;
-    let mut gs = nan_buffer::<T>(stream, case.numel())?;
-    let mut gt = if cwd.config().teacher_grad { Some(nan_buffer::<T>(stream, case.numel())?) } else { None };
-    cwd.forward_backward(&case.dims, &s, &t, &mut loss, &mut gs, gt.as_mut().map(|g| g as &mut dyn DevicePtrMut<T>))
-        .or_msg("CwdCuda::forward_backward")?;
-    Ok(GpuOut {
-        loss: download(stream, &loss)?[0],
-        gs: download(stream, &gs)?,
-        gt: gt.map(|g| download(stream, &g)).transpose()?,
-    })
+/// The inputs of a pair call, no output yet.
+pub(crate) fn pair<'a, T>(s: &'a dyn DevicePtr<T>, t: &'a dyn DevicePtr<T>) -> PairBuffers<'a, T> {
+    PairBuffers::new(s, t)
 }
 
-pub(crate) fn pixel_kd_gpu<T: KdFloat>(
+/// One `forward_backward` of any pair family on `case`, with the teacher gradient where the configuration
+/// gives it, downloaded.
+pub(crate) fn pair_gpu<F: PairFamily, T: KdFloat>(
     stream: &Stream,
-    pkd: &mut PixelKdCuda,
+    loss_object: &mut LossCuda<F>,
     case: &Case<T>,
 ) -> Result<GpuOut<T>, String> {
     let s = upload(stream, &case.s)?;
     let t = upload(stream, &case.t)?;
     let mut loss = upload(stream, &[f32::NAN])?;
     let mut gs = nan_buffer::<T>(stream, case.numel())?;
-    pkd.forward_backward(&case.dims, &s, &t, &mut loss, &mut gs).or_msg("PixelKdCuda::forward_backward")?;
-    Ok(GpuOut { loss: download(stream, &loss)?[0], gs: download(stream, &gs)?, gt: None })
+    let mut gt =
+        if F::teacher_grad(loss_object.config()) { Some(nan_buffer::<T>(stream, case.numel())?) } else { None };
+    let buffers = PairBuffers {
+        loss: Some(&mut loss),
+        grad_student: Some(&mut gs),
+        grad_teacher: gt.as_mut().map(|g| g as &mut dyn DevicePtrMut<T>),
+        ..pair(&s, &t)
+    };
+    loss_object.call(&case.dims, F::pair_buffers(buffers)).or_msg(&format!("{}: forward_backward", F::NAME))?;
+    Ok(GpuOut {
+        loss: download(stream, &loss)?[0],
+        gs: download(stream, &gs)?,
+        gt: gt.map(|g| download(stream, &g)).transpose()?,
+    })
 }
 
 /// Compares a GPU result with the CPU reference under the tolerance table; failures go to `failures`.
@@ -173,7 +179,7 @@ pub(crate) fn trivial_softmax_gives_exact_zero(stream: &Stream) -> TestResult {
             let (s, t) = case.views()?;
             let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(s, t).or_msg("cpu")?;
             let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
-            let gpu = cwd_gpu(stream, &mut cwd, &case)?;
+            let gpu = pair_gpu(stream, &mut cwd, &case)?;
             compare(&format!("cwd {} tau={tau}", case.name()), &gpu, &cpu, &mut failures);
         }
     }
@@ -185,7 +191,7 @@ pub(crate) fn trivial_softmax_gives_exact_zero(stream: &Stream) -> TestResult {
                 let (s, t) = case.views()?;
                 let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(s, t).or_msg("cpu")?;
                 let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
-                let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
+                let gpu = pair_gpu(stream, &mut pkd, &case)?;
                 compare(&format!("pixel_kd {} tau={tau} {reduction:?}", case.name()), &gpu, &cpu, &mut failures);
             }
         }
@@ -200,13 +206,13 @@ pub(crate) fn identical_inputs_give_zero(stream: &Stream) -> TestResult {
         case.t = case.s.clone();
         let mut cwd = CwdCuda::new(stream.clone(), CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true })
             .or_msg("CwdCuda::new")?;
-        let gpu = cwd_gpu(stream, &mut cwd, &case)?;
+        let gpu = pair_gpu(stream, &mut cwd, &case)?;
         let all_zero = |v: &[bf16]| v.iter().all(|x| x.to_f32() == 0.0);
         if gpu.loss != 0.0 || !all_zero(&gpu.gs) || !all_zero(gpu.gt.as_deref().unwrap_or(&[])) {
             failures.push(format!("cwd {}: loss {:e} or a gradient is not exactly 0", case.name(), gpu.loss));
         }
         let mut pkd = PixelKdCuda::new(stream.clone(), PixelKdConfig::default()).or_msg("PixelKdCuda::new")?;
-        let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
+        let gpu = pair_gpu(stream, &mut pkd, &case)?;
         if gpu.loss != 0.0 || !all_zero(&gpu.gs) {
             failures.push(format!("pixel_kd {}: loss {:e} or the gradient is not exactly 0", case.name(), gpu.loss));
         }
@@ -231,13 +237,13 @@ pub(crate) fn close_student_loss_within_tolerance(stream: &Stream) -> TestResult
             let (sv, tv) = case.views()?;
             let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
             let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
-            let gpu = cwd_gpu(stream, &mut cwd, &case)?;
+            let gpu = pair_gpu(stream, &mut cwd, &case)?;
             compare(&format!("cwd {} tau={tau}", case.name()), &gpu, &cpu, &mut failures);
 
             let config = PixelKdConfig { tau, loss_weight: 10.0, reduction: Reduction::Mean, scale_tau2: true };
             let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
             let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
-            let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
+            let gpu = pair_gpu(stream, &mut pkd, &case)?;
             compare(&format!("pixel_kd {} tau={tau}", case.name()), &gpu, &cpu, &mut failures);
         }
     }
@@ -250,29 +256,29 @@ pub(crate) fn deterministic_bitwise(stream: &Stream) -> TestResult {
     for (dims, path) in [BIG, [1, 3, 129, 257]].into_iter().flat_map(|d| CWD_PATHS.map(|p| (d, p))) {
         let case = Case::<f32>::random(4001, dims);
         let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
-        let first = cwd_gpu(stream, &mut cwd, &case)?;
-        let again = cwd_gpu(stream, &mut cwd, &case)?;
+        let first = pair_gpu(stream, &mut cwd, &case)?;
+        let again = pair_gpu(stream, &mut cwd, &case)?;
         same_bits(&format!("cwd {path:?} {} twice", case.name()), &first, &again)?;
         // A smaller shape in between (the workspace keeps its size) and a fresh object.
-        cwd_gpu(stream, &mut cwd, &small)?;
-        let after = cwd_gpu(stream, &mut cwd, &case)?;
+        pair_gpu(stream, &mut cwd, &small)?;
+        let after = pair_gpu(stream, &mut cwd, &case)?;
         same_bits(&format!("cwd {path:?} {} after another shape", case.name()), &first, &after)?;
         let mut fresh = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
-        cwd_gpu(stream, &mut fresh, &small)?; // the workspace grows on the next call
-        let grown = cwd_gpu(stream, &mut fresh, &case)?;
+        pair_gpu(stream, &mut fresh, &small)?; // the workspace grows on the next call
+        let grown = pair_gpu(stream, &mut fresh, &case)?;
         same_bits(&format!("cwd {path:?} {} fresh object", case.name()), &first, &grown)?;
     }
     let config = PixelKdConfig { tau: 4.0, loss_weight: 10.0, reduction: Reduction::Mean, scale_tau2: true };
     for (dims, path) in [BIG, [2, 19, 64, 64], [2, 256, 33, 17]].into_iter().flat_map(|d| PIXEL_PATHS.map(|p| (d, p))) {
         let case = Case::<bf16>::random(4002, dims);
         let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
-        let first = pixel_kd_gpu(stream, &mut pkd, &case)?;
-        let again = pixel_kd_gpu(stream, &mut pkd, &case)?;
+        let first = pair_gpu(stream, &mut pkd, &case)?;
+        let again = pair_gpu(stream, &mut pkd, &case)?;
         same_bits(&format!("pixel_kd {path:?} {} twice", case.name()), &first, &again)?;
         let mut fresh = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
-        let other = pixel_kd_gpu(stream, &mut fresh, &Case::<bf16>::random(4003, [1, 3, 5, 7]))?;
+        let other = pair_gpu(stream, &mut fresh, &Case::<bf16>::random(4003, [1, 3, 5, 7]))?;
         ensure(other.loss.is_finite(), || "pixel_kd small case".into())?;
-        let fresh_out = pixel_kd_gpu(stream, &mut fresh, &case)?;
+        let fresh_out = pair_gpu(stream, &mut fresh, &case)?;
         same_bits(&format!("pixel_kd {path:?} {} fresh object", case.name()), &first, &fresh_out)?;
     }
     Ok(())
@@ -286,7 +292,7 @@ pub(crate) fn forward_loss_equals_forward_backward_loss(stream: &Stream) -> Test
         for teacher_grad in [false, true] {
             let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad };
             let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
-            let fb = cwd_gpu(stream, &mut cwd, &case)?;
+            let fb = pair_gpu(stream, &mut cwd, &case)?;
             let mut loss = upload(stream, &[f32::NAN])?;
             cwd.forward(&case.dims, &s, &t, &mut loss).or_msg("CwdCuda::forward")?;
             let f = download(stream, &loss)?[0];
@@ -301,7 +307,7 @@ pub(crate) fn forward_loss_equals_forward_backward_loss(stream: &Stream) -> Test
         for reduction in REDUCTIONS {
             let config = PixelKdConfig { tau: 2.0, loss_weight: 10.0, reduction, scale_tau2: true };
             let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
-            let fb = pixel_kd_gpu(stream, &mut pkd, &case)?;
+            let fb = pair_gpu(stream, &mut pkd, &case)?;
             let mut loss = upload(stream, &[f32::NAN])?;
             pkd.forward(&case.dims, &s, &t, &mut loss).or_msg("PixelKdCuda::forward")?;
             let f = download(stream, &loss)?[0];
@@ -335,28 +341,34 @@ pub(crate) fn backward_scales_by_device_upstream(stream: &Stream) -> TestResult 
             // CWD, with the teacher gradient.
             let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
             let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?;
-            let fb = cwd_gpu(stream, &mut cwd, &case)?;
+            let fb = pair_gpu(stream, &mut cwd, &case)?;
             let loss = upload(stream, &[fb.loss])?;
             let mut gs = nan_buffer::<T>(stream, case.numel())?;
             let mut gt = nan_buffer::<T>(stream, case.numel())?;
-            cwd.backward(&case.dims, &s, &t, &up, &mut gs, Some(&mut gt)).or_msg("CwdCuda::backward")?;
+            let backward = PairBuffers {
+                upstream: Some(&up),
+                grad_student: Some(&mut gs),
+                grad_teacher: Some(&mut gt),
+                ..pair(&s, &t)
+            };
+            cwd.call(&case.dims, backward).or_msg("CwdCuda::backward")?;
             check("cwd grad.student", &download(stream, &gs)?, &fb.gs, u as f64)?;
             check("cwd grad.teacher", &download(stream, &gt)?, fb.gt.as_ref().unwrap(), u as f64)?;
             // The loss buffer (not passed to backward) keeps its value, and a forward_backward after a
             // backward gives the same bits (the kernels' last-block counter is left consistent).
             let kept = download(stream, &loss)?[0];
             ensure(kept.to_bits() == fb.loss.to_bits(), || format!("cwd: loss buffer changed to {kept:e}"))?;
-            let after = cwd_gpu(stream, &mut cwd, &case)?;
+            let after = pair_gpu(stream, &mut cwd, &case)?;
             same_bits("cwd forward_backward after backward", &fb, &after)?;
 
             // Pixel KD.
             let config = PixelKdConfig { tau: 1.0, loss_weight: 10.0, reduction: Reduction::Sum, scale_tau2: false };
             let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
-            let fb = pixel_kd_gpu(stream, &mut pkd, &case)?;
+            let fb = pair_gpu(stream, &mut pkd, &case)?;
             let mut gs = nan_buffer::<T>(stream, case.numel())?;
             pkd.backward(&case.dims, &s, &t, &up, &mut gs).or_msg("PixelKdCuda::backward")?;
             check("pixel_kd grad.student", &download(stream, &gs)?, &fb.gs, u as f64)?;
-            let after = pixel_kd_gpu(stream, &mut pkd, &case)?;
+            let after = pair_gpu(stream, &mut pkd, &case)?;
             same_bits("pixel_kd forward_backward after backward", &fb, &after)?;
         }
         Ok(())
@@ -406,7 +418,7 @@ pub(crate) fn graph_capture_replays(stream: &Stream) -> TestResult {
     let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false };
     for path in CWD_PATHS {
         let mut cwd = CwdCuda::new(capture.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
-        replay(format!("cwd {path:?}"), &mut |loss, gs| cwd.forward_backward(&case.dims, &s, &t, loss, gs, None))?;
+        replay(format!("cwd {path:?}"), &mut |loss, gs| cwd.forward_backward(&case.dims, &s, &t, loss, gs))?;
     }
     for path in PIXEL_PATHS {
         let mut pkd =
@@ -502,9 +514,9 @@ pub(crate) fn reserve_then_capture(stream: &Stream) -> TestResult {
         let (mut unreserved, cwd) = (new()?, RefCell::new(new()?));
         check(
             format!("cwd {path:?}"),
-            &mut |loss, gs| unreserved.forward_backward(&dims, &s, &t, loss, gs, None),
+            &mut |loss, gs| unreserved.forward_backward(&dims, &s, &t, loss, gs),
             &mut || cwd.borrow_mut().reserve(&dims, DType::BF16),
-            &mut |loss, gs| cwd.borrow_mut().forward_backward(&dims, &s, &t, loss, gs, None),
+            &mut |loss, gs| cwd.borrow_mut().forward_backward(&dims, &s, &t, loss, gs),
             &cpu,
             &mut failures,
         )?;
@@ -576,7 +588,7 @@ pub(crate) fn launch_raw_on_a_second_stream(stream: &Stream) -> TestResult {
     let config = CwdConfig { tau: 2.0, loss_weight: 3.0, teacher_grad: true };
     for path in CWD_PATHS {
         let mut typed = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
-        let expected = cwd_gpu(stream, &mut typed, &case)?;
+        let expected = pair_gpu(stream, &mut typed, &case)?;
         let mut raw = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
         let out = outputs(true)?;
         stream.synchronize().or_msg("synchronize")?; // the uploads are on `stream`
@@ -614,7 +626,7 @@ pub(crate) fn launch_raw_on_a_second_stream(stream: &Stream) -> TestResult {
     let config = PixelKdConfig { tau: 2.0, loss_weight: 10.0, reduction: Reduction::PixelMean, scale_tau2: true };
     for path in PIXEL_PATHS {
         let mut typed = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
-        let expected = pixel_kd_gpu(stream, &mut typed, &case)?;
+        let expected = pair_gpu(stream, &mut typed, &case)?;
         let mut raw = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
         let out = outputs(false)?;
         stream.synchronize().or_msg("synchronize")?;
@@ -623,7 +635,7 @@ pub(crate) fn launch_raw_on_a_second_stream(stream: &Stream) -> TestResult {
             teacher: raw_address(&t, &other),
             loss: raw_address(&out.0, &other),
             grad_student: raw_address(&out.1, &other),
-            upstream: 0,
+            ..PixelKdRawBuffers::default()
         };
         // SAFETY: as for CWD above.
         let resolved =

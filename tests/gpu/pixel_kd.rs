@@ -11,7 +11,7 @@ use crate::common::PAIR_SCENARIOS;
 use crate::harness::{
     download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
 };
-use crate::pair::{compare, pixel_kd_gpu, Case, GpuOut, OFFSETS, PIXEL_PATHS};
+use crate::pair::{compare, pair_gpu, Case, GpuOut, OFFSETS, PIXEL_PATHS};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("pixel_kd_paths_on_this_device", pixel_kd_paths_on_this_device),
@@ -33,7 +33,7 @@ pub(crate) fn pixel_kd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
         let cpu = PixelKdCpu::new(config).or_msg("PixelKdCpu::new")?.forward_backward(s, t).or_msg("cpu")?;
         for path in PIXEL_PATHS {
             let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
-            let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
+            let gpu = pair_gpu(stream, &mut pkd, &case)?;
             let what = format!("pixel_kd {path:?} {} ({}) {config:?}", case.name(), scenario.name);
             compare(&what, &gpu, &cpu, &mut failures);
         }
@@ -63,7 +63,7 @@ pub(crate) fn pixel_kd_paths_on_this_device(stream: &Stream) -> TestResult {
     let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(s, t).or_msg("cpu")?;
     let mut auto = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?;
     println!("    1000 f32 channels: Auto takes {:?}", auto.resolved_path(&case.dims, DType::F32));
-    let gpu = pixel_kd_gpu(stream, &mut auto, &case)?;
+    let gpu = pair_gpu(stream, &mut auto, &case)?;
     compare(&format!("pixel_kd Auto {}", case.name()), &gpu, &cpu, &mut failures);
     verdict(failures)
 }
@@ -183,7 +183,7 @@ pub(crate) fn error_paths_pixel_kd(stream: &Stream) -> TestResult {
     // The object still works after the errors.
     let (sv, tv) = case.views()?;
     let cpu = PixelKdCpu::new(*pkd.config()).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    let gpu = pixel_kd_gpu(stream, &mut pkd, &case)?;
+    let gpu = pair_gpu(stream, &mut pkd, &case)?;
     let mut failures = Vec::new();
     compare("pixel_kd after errors", &gpu, &cpu, &mut failures);
     verdict(failures)

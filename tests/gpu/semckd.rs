@@ -8,7 +8,7 @@ use kd_kernels::semckd::{
     SemckdInputs, SemckdLayers,
 };
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
-use kd_kernels::{GradOptions, KdError, KdFloat};
+use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 
 use crate::harness::{download, ensure, upload, OrMsg, Stream, TestFn, TestResult};
 
@@ -220,11 +220,11 @@ fn deterministic_and_accumulates(stream: &Stream) -> TestResult {
 fn errors(stream: &Stream) -> TestResult {
     let mut semckd = SemckdCuda::new(stream.clone(), SemckdConfig::default()).or_msg("SemckdCuda::new")?;
     let too_many = SemckdLayers { batch: 8, embed_dim: 2, student: vec![[1, 2, 2]; 9], teacher: vec![[1, 2, 2]] };
-    ensure(matches!(semckd.reserve(&too_many), Err(KdError::TooLarge { .. })), || {
+    ensure(matches!(semckd.reserve(&too_many, DType::F32), Err(KdError::TooLarge { .. })), || {
         "9 student layers: TooLarge".to_string()
     })?;
     let no_embed = SemckdLayers { batch: 3, embed_dim: 0, student: vec![[1, 2, 2]], teacher: vec![[1, 2, 2]] };
-    ensure(semckd.reserve(&no_embed).is_err(), || "B = 3: no embedding width".to_string())?;
+    ensure(semckd.reserve(&no_embed, DType::F32).is_err(), || "B = 3: no embedding width".to_string())?;
     Ok(())
 }
 

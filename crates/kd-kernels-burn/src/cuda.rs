@@ -106,7 +106,7 @@ impl GpuLoss for SemckdCuda {
 impl GpuLoss for CwtCuda {
     type Key = (CwtConfig, CwtShapes);
     fn create(stream: Arc<CudaStream>, (config, shapes): (CwtConfig, CwtShapes)) -> Result<Self> {
-        CwtCuda::new(stream, config, shapes)
+        CwtCuda::with_shapes(stream, config, shapes)
     }
 }
 

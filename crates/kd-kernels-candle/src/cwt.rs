@@ -392,7 +392,7 @@ mod cuda {
                 let mut loss: CudaSlice<f32> = device.alloc_zeros(1)?;
                 self.shared.cuda.with(
                     &stream,
-                    |st| CwtCuda::new(st, *self.shared.cpu.config(), self.shared.shapes),
+                    |st| CwtCuda::with_shapes(st, *self.shared.cpu.config(), self.shared.shapes),
                     |cuda| cuda.forward(&dims, &student, &teacher, &params, &mut loss),
                 )?;
                 Ok((CudaStorage::wrap_cuda_slice(loss, device), Shape::from(())))
@@ -442,7 +442,7 @@ mod cuda {
                     let grads = CwtParamGrads { w1: &mut gw1, b1: &mut gb1, w2: &mut gw2, b2: &mut gb2 };
                     shared.cuda.with(
                         &stream,
-                        |st| CwtCuda::new(st, *shared.cpu.config(), shared.shapes),
+                        |st| CwtCuda::with_shapes(st, *shared.cpu.config(), shared.shapes),
                         |cuda| cuda.backward(&dims, &student, &teacher, &params, &upstream, &mut grad_student, grads),
                     )?;
                 }

@@ -132,7 +132,7 @@ pub unsafe extern "C" fn kd_cwt_cuda(
                     &inner.stream,
                     &key,
                     |l: &((CwtConfig, CwtShapes), CwtCuda)| &l.0,
-                    || Ok((key, CwtCuda::new(stream_of_context, config, shapes)?)),
+                    || Ok((key, CwtCuda::with_shapes(stream_of_context, config, shapes)?)),
                 )?;
                 loss_object.1.launch_raw(stream as CUstream, &student_dims, dtype, &buffers, options)?;
                 Ok(())
