@@ -144,8 +144,13 @@ macro_rules! pair_loss_adapter {
     }};
     // It also writes the teacher's when the configuration asks for it.
     (@backward [$flag:ident] $cuda:ident, $shape:ident, $s:ident, $t:ident, $up:ident, $gs:ident, $gt:ident) => {{
-        let $gt = $gt.map(|g| g as &mut dyn cudarc::driver::DevicePtrMut<T>);
-        $cuda.backward($shape, $s, $t, $up, $gs, $gt)
+        let buffers = kd_kernels::family::PairBuffers {
+            upstream: Some($up),
+            grad_student: Some($gs),
+            grad_teacher: $gt.map(|g| g as &mut dyn cudarc::driver::DevicePtrMut<T>),
+            ..kd_kernels::family::PairBuffers::new($s, $t)
+        };
+        $cuda.call($shape, buffers).map(drop)
     }};
 }
 pub(crate) use pair_loss_adapter;

@@ -93,7 +93,7 @@ pub unsafe extern "C" fn kd_pixel_kd_cuda(
         let dtype = kernel_dtype(dtype)?;
         let options = options.to_crate()?;
         let config = config(params)?;
-        let buffers = PixelKdRawBuffers { student, teacher, loss, grad_student, upstream };
+        let buffers = PixelKdRawBuffers { student, teacher, loss, grad_student, grad_teacher: 0, upstream };
         // SAFETY: forwarded from the caller.
         unsafe {
             with_context(ctx, |inner| {
