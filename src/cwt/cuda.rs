@@ -72,7 +72,7 @@ impl CwtCuda {
     pub fn new(stream: Arc<CudaStream>, config: CwtConfig, shapes: CwtShapes) -> Result<Self> {
         config.validate()?;
         shapes.validate()?;
-        let module = KernelModule::load(&stream, "cwt", &plan::KERNELS, &[plan::FORWARD_FUSED])?;
+        let module = KernelModule::load(&stream, "cwt", &plan::KERNELS, &plan::OPT_IN_SMEM)?;
         let workspace = Workspace::new(&stream)?;
         Ok(CwtCuda { config, shapes, stream, module, workspace })
     }

@@ -30,7 +30,7 @@ impl PixelKdCuda {
     /// Validates `config`, probes for a driver, and loads the kernels into `stream`'s context.
     pub fn new(stream: Arc<CudaStream>, config: PixelKdConfig) -> Result<Self> {
         config.validate()?;
-        let module = KernelModule::load(&stream, "pixel_kd", &plan::KERNELS, &[plan::TILED])?;
+        let module = KernelModule::load(&stream, "pixel_kd", &plan::KERNELS, &plan::OPT_IN_SMEM)?;
         let workspace = Workspace::new(&stream)?;
         Ok(PixelKdCuda { config, path: PixelKdPath::Auto, stream, module, workspace })
     }
