@@ -59,8 +59,11 @@ pub mod family;
 mod ffi;
 pub mod fixture;
 pub mod grad;
+mod hw;
 pub mod icsd;
 pub mod launch;
+#[cfg(test)]
+mod launch_limits;
 pub mod pixel_kd;
 pub mod semckd;
 pub mod shape;

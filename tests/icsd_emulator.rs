@@ -93,6 +93,20 @@ fn twenty_one_classes_and_tau() {
     case::<f32>(variant(IcsdVariant::Paper), [1, 21, 17, 40], 302, EmulatedGpu::H100_SMALL_GRID);
 }
 
+/// The most classes ICSD takes, on a shape whose gram tiles (8 pixels at C = 256) outnumber the partial
+/// slots the workspace bound allows (63 at C = 256): fewer gram blocks, each over several tiles. One more
+/// class is a typed error.
+#[test]
+fn the_most_classes_with_bounded_partials() {
+    for v in [IcsdVariant::Official, IcsdVariant::Paper] {
+        case::<f32>(variant(v), [1, 256, 24, 24], 303, EmulatedGpu::H100_SMALL_GRID);
+    }
+    let dims = [1, 257, 2, 2];
+    let x = vec![0.0f32; dims.iter().product()];
+    let r = emulate::icsd(&IcsdConfig::default(), &dims, &x, &x, Mode::Forward, SMALL, GradOptions::OVERWRITE, None);
+    assert!(matches!(r, Err(kd_kernels::KdError::TooLarge { .. })), "{r:?}");
+}
+
 #[test]
 fn accumulate_and_scale() {
     let dims = [2, 5, 6, 7];

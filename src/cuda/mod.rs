@@ -2,6 +2,7 @@
 //! the checked conversion of caller buffers into device addresses, and the launcher on a raw `CUstream`.
 
 mod buffers;
+mod growth;
 mod loss;
 mod module;
 mod workspace;

@@ -18,7 +18,7 @@ type OccupancyCache = Vec<((&'static str, DType, usize), usize)>;
 #[derive(Debug)]
 pub(crate) struct KernelModule {
     functions: Vec<(&'static str, [CudaFunction; 3])>,
-    /// The most dynamic shared memory a block of each kernel may have, once allowed (see [`Self::load`]).
+    /// The most dynamic shared memory a block of each kernel may have (see [`Self::load`]).
     max_dynamic_smem: Vec<(&'static str, usize)>,
     sm_count: usize,
     cooperative: bool,
@@ -67,17 +67,25 @@ impl KernelModule {
             functions.push((kernel, [load(DType::F32)?, load(DType::F16)?, load(DType::BF16)?]));
         }
         let mut max_dynamic_smem = Vec::new();
-        for (kernel, fs) in functions.iter().filter(|(k, _)| big_smem.contains(k)) {
-            // Beyond the default 48 KiB, CUDA needs this opt-in per function: the opt-in limit less the
-            // function's static shared memory, the smallest over the dtypes.
-            let mut allowed = optin;
+        for (kernel, fs) in &functions {
+            // Static and dynamic shared memory share one per-block limit: the default 48 KiB, or beyond it,
+            // for the kernels in `big_smem`, the opt-in limit CUDA grants per function once asked
+            // (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`). The dtypes' largest static memory counts.
+            let mut fixed = 0;
             for f in fs {
-                let fixed = f.shared_size_bytes().map_err(|e| KdError::cuda("cuFuncGetAttribute", e))?.max(0) as usize;
-                allowed = allowed.min(optin.saturating_sub(fixed));
+                fixed = fixed
+                    .max(f.shared_size_bytes().map_err(|e| KdError::cuda("cuFuncGetAttribute", e))?.max(0) as usize);
             }
-            for f in fs {
-                f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, allowed as i32)
+            let opted_in = big_smem.contains(kernel);
+            let allowed = crate::hw::dynamic_smem_limit(optin, fixed, opted_in);
+            if opted_in {
+                for f in fs {
+                    f.set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        allowed as i32,
+                    )
                     .map_err(|e| KdError::cuda("cuFuncSetAttribute", e))?;
+                }
             }
             max_dynamic_smem.push((*kernel, allowed));
         }
@@ -132,7 +140,8 @@ impl DeviceInfo for KernelModule {
     }
 
     fn max_dynamic_smem(&self, kernel: &'static str) -> usize {
-        self.max_dynamic_smem.iter().find(|(k, _)| *k == kernel).map_or(48 * 1024, |&(_, bytes)| bytes)
+        // Every loaded kernel has its entry; one not loaded cannot be launched at all.
+        self.max_dynamic_smem.iter().find(|(k, _)| *k == kernel).map_or(0, |&(_, bytes)| bytes)
     }
 }
 

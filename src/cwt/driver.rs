@@ -175,7 +175,7 @@ fn teacher_dims(shapes: &CwtShapes, student: &[usize]) -> Vec<usize> {
 impl Family for Cwt {
     const NAME: &'static str = "cwt";
     const KERNELS: &'static [&'static str] = &plan::KERNELS;
-    const LARGE_SMEM_KERNELS: &'static [&'static str] = &[plan::FORWARD_FUSED];
+    const LARGE_SMEM_KERNELS: &'static [&'static str] = &plan::OPT_IN_SMEM;
     type Config = CwtSetup;
     /// The student's `[N, Cs, H, W]`; the teacher is `[N, Ct, H, W]`.
     type Shape = [usize];

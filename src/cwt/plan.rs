@@ -26,6 +26,8 @@ pub(crate) const COMBINE: &str = "cwt_combine";
 pub(crate) const FORWARD_FUSED: &str = "cwt_forward_fused";
 pub(crate) const KERNELS: [&str; 10] =
     [HIDDEN, OUTPUT, FORWARD_STORE, GRAD_W2, GRAD_HIDDEN, GRAD_INPUT, GRAD_W1, GRAD_STUDENT, COMBINE, FORWARD_FUSED];
+/// The kernels whose blocks may have more than 48 KiB of shared memory (the launcher opts them in).
+pub(crate) const OPT_IN_SMEM: [&str; 1] = [FORWARD_FUSED];
 /// Pixels per block of `cwt_forward_fused`, widest first: its hidden tile is `Ch x tile` floats of shared
 /// memory.
 const FUSED_TILES: [usize; 3] = [64, 32, 16];

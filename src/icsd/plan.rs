@@ -17,8 +17,17 @@ pub(crate) const MIX: &str = "icsd_mix";
 pub(crate) const KERNELS: [&str; 6] = [STATS, GRAM, EPILOGUE, DOT, GRAD, MIX];
 
 const THREADS: usize = BLOCK_THREADS as usize;
-/// The most classes the kernels take: a gradient tile holds `C * grad_cols <= 256 * KD_ICSD_MAX_ENTRIES`.
-pub(crate) const MAX_CLASSES: usize = THREADS * ffi::KD_ICSD_MAX_ENTRIES as usize;
+/// The most classes ICSD takes (every segmentation benchmark's: VOC 21, Cityscapes 19, ADE20K 150,
+/// COCO-Stuff 171, Mapillary 124). `icsd_gram` stages tiles of about `4096 / C` pixels and adds each tile's
+/// `C^2 + C` class statistics into its block's double partials, so its memory traffic a pixel grows as `C^3`:
+/// about 130 KB at 256 classes (0.3 s on an H100 for both inputs at 8 x 512 x 1024), 1 MB at
+/// 512, 64 MB at 2048 (hours). Beyond this, a call is `KdError::TooLarge` (docs/losses.md §3.3).
+pub(crate) const MAX_CLASSES: usize = 256;
+/// Entries of a gradient tile at most: `C * grad_cols <= 256 * KD_ICSD_MAX_ENTRIES`.
+const GRAD_TILE_ENTRIES: usize = THREADS * ffi::KD_ICSD_MAX_ENTRIES as usize;
+/// The most doubles `icsd_gram`'s partials take (64 MiB): with many classes, fewer blocks, each over more
+/// tiles, so that the workspace stays bounded and `icsd_epilogue`'s one block sums few partials.
+pub(crate) const MAX_PARTIAL_DOUBLES: usize = 8 << 20;
 /// Blocks per image of the paper variant's gradient kernels at most (their partials are summed serially).
 const MAX_PAPER_GROUPS: usize = 32;
 
@@ -52,7 +61,10 @@ pub(crate) fn plan(
     if c > MAX_CLASSES {
         return Err(KdError::TooLarge {
             what: "student",
-            detail: format!("{c} classes; the ICSD kernels take at most {MAX_CLASSES}"),
+            detail: format!(
+                "{c} classes; ICSD takes at most {MAX_CLASSES} (its class statistics cost C^3 memory traffic a \
+                 pixel; see docs/losses.md §3.3)"
+            ),
         });
     }
     let paper = config.variant == IcsdVariant::Paper;
@@ -68,11 +80,12 @@ pub(crate) fn plan(
     // icsd_gram: tiles of P and log P in shared memory, rows padded by one float (bank conflicts).
     let tile_pixels = prev_pow2((ffi::KD_ICSD_TILE_FLOATS as usize / (2 * c)).saturating_sub(1).min(THREADS)).max(1);
     let tiles = pixels.div_ceil(tile_pixels);
-    let tiles_per_block = tiles.div_ceil(tiles.min(target));
+    let partial_slots = (MAX_PARTIAL_DOUBLES / (2 * entries)).max(1);
+    let tiles_per_block = tiles.div_ceil(tiles.min(target).min(partial_slots));
     let gram_blocks = tiles.div_ceil(tiles_per_block);
 
     // icsd_dot / icsd_grad.
-    let max_cols = prev_pow2((MAX_CLASSES / c).min(32));
+    let max_cols = prev_pow2((GRAD_TILE_ENTRIES / c).min(32));
     let (grad_cols, grad_groups, steps_per_block) = if paper {
         let cols = max_cols;
         let tiles = plane.div_ceil(cols);
@@ -154,18 +167,36 @@ mod tests {
     fn tiles_cover_the_work() {
         for variant in [IcsdVariant::Official, IcsdVariant::Paper] {
             let config = IcsdConfig { variant, ..IcsdConfig::default() };
-            for dims in [[6, 21, 513, 513], [8, 19, 512, 1024], [1, 3, 1, 8], [2, 2048, 3, 5], [3, 1, 7, 1]] {
+            for dims in
+                [[6, 21, 513, 513], [8, 19, 512, 1024], [1, 3, 1, 8], [2, 256, 3, 5], [8, 256, 512, 1024], [3, 1, 7, 1]]
+            {
                 let shape = Nchw::from_dims("student", &dims).unwrap();
                 let p = plan(&config, &shape, 132, ALL, 1.0).unwrap().params;
                 let c = dims[1] as i64;
                 assert!(2 * c * (p.tile_pixels as i64 + 1) <= ffi::KD_ICSD_TILE_FLOATS as i64);
-                assert!(c * p.grad_cols as i64 <= MAX_CLASSES as i64);
+                assert!(c * p.grad_cols as i64 <= GRAD_TILE_ENTRIES as i64);
                 assert!(p.gram_blocks as i64 * p.tiles_per_block * p.tile_pixels as i64 >= p.batch * p.plane);
                 if variant == IcsdVariant::Paper {
                     assert!(p.grad_groups as i64 * p.steps_per_block * p.grad_cols as i64 >= p.plane);
                 } else {
                     assert!(p.grad_groups as i64 * p.grad_cols as i64 >= p.width);
                 }
+            }
+        }
+    }
+
+    /// The partials stay within their bound at every class count and SM count, and the whole workspace
+    /// within it plus the matrices: 64 MiB and a few at 256 classes, where unbounded it took 2 x 2 SMs x
+    /// (C^2 + C) doubles.
+    #[test]
+    fn the_workspace_is_bounded() {
+        for c in [1, 19, 150, 181, 255, MAX_CLASSES] {
+            for sms in [1, 132, 1024] {
+                let shape = Nchw::from_dims("student", &[8, c, 512, 1024]).unwrap();
+                let p = plan(&IcsdConfig::default(), &shape, sms, ALL, 1.0).unwrap();
+                let partial_doubles = 2 * p.params.gram_blocks as usize * (c * c + c);
+                assert!(partial_doubles <= MAX_PARTIAL_DOUBLES.max(2 * (c * c + c)), "C = {c}, {sms} SMs");
+                assert!(p.workspace_floats * 4 <= 80 << 20, "C = {c}, {sms} SMs: {} floats", p.workspace_floats);
             }
         }
     }

@@ -86,7 +86,7 @@ pub(crate) fn workspace_bound(config: &PixelKdConfig, shape: &Nchw, dtype: DType
 impl Family for PixelKd {
     const NAME: &'static str = "pixel_kd";
     const KERNELS: &'static [&'static str] = &plan::KERNELS;
-    const LARGE_SMEM_KERNELS: &'static [&'static str] = &[plan::TILED];
+    const LARGE_SMEM_KERNELS: &'static [&'static str] = &plan::OPT_IN_SMEM;
     type Config = PixelKdConfig;
     type Shape = [usize];
     type RawBuffers = PairRawBuffers;

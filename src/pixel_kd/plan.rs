@@ -13,6 +13,8 @@ use crate::validate;
 pub(crate) const TILED: &str = "pixel_kd_tiled";
 pub(crate) const PER_PIXEL: &str = "pixel_kd";
 pub(crate) const KERNELS: [&str; 2] = [TILED, PER_PIXEL];
+/// The kernels whose blocks may have more than 48 KiB of shared memory (the launcher opts them in).
+pub(crate) const OPT_IN_SMEM: [&str; 1] = [TILED];
 
 /// One wave of resident 256-thread blocks per SM for the per-pixel kernel; threads then stride over the
 /// remaining pixels.

@@ -33,7 +33,10 @@ fn artifact_dir() -> PathBuf {
 
 /// Compiles and runs the C program; returns its lines keyed by their first word.
 fn run_c_program() -> HashMap<String, String> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // `KD_KERNELS_CAPI_DIR`: this crate's folder where the sources are not where they were built (the GPU
+    // bundle of scripts/gpu-bundle runs this binary in another copy of the repository).
+    let manifest = std::env::var_os("KD_KERNELS_CAPI_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     let lib_dir = artifact_dir();
     // `cargo test` does not build a cdylib-only library for integration tests, and cargo holds its build lock
     // while tests run, so the library is built beforehand (scripts/test does) and checked for staleness here.
