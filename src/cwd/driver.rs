@@ -10,7 +10,7 @@ use crate::dtype::DType;
 use crate::error::{KdError, Result};
 use crate::ffi::KdCwdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{DeviceInfo, LaunchError, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_or_reset, DeviceInfo, LaunchError, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
 
 /// The device addresses of one CWD call (`CUdeviceptr`s; 0 for an absent output). What a call computes
@@ -143,7 +143,7 @@ pub(crate) unsafe fn run(
         for launch in &plan.launches {
             // SAFETY: `args` is the block cwd.cu's kernels take; its addresses come from the caller (who
             // vouches for them) and from the workspace, sized by the plan.
-            match unsafe { launcher.launch(launch, dtype, (&args as *const KdCwdArgs).cast::<c_void>()) } {
+            match unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdCwdArgs).cast::<c_void>()) } {
                 Ok(()) => {}
                 Err(LaunchError::CooperativeRefused(e)) => {
                     refused = Some(e);

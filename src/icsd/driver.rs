@@ -9,7 +9,7 @@ use crate::dtype::DType;
 use crate::error::{KdError, Result};
 use crate::ffi::{KdIcsdArgs, KdIcsdMixArgs};
 use crate::grad::GradOptions;
-use crate::launch::{DeviceInfo, Launch, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_or_reset, DeviceInfo, Launch, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
 
 /// The device addresses of one ICSD call (`CUdeviceptr`s; 0 for an absent output). The call writes the loss
@@ -107,7 +107,7 @@ pub(crate) unsafe fn run(
     for launch in &plan.launches {
         // SAFETY: `args` is the block icsd.cu's kernels take; its addresses come from the caller (who vouches
         // for them) and from the workspace, sized by the plan.
-        unsafe { launcher.launch(launch, dtype, (&args as *const KdIcsdArgs).cast::<c_void>()) }
+        unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdIcsdArgs).cast::<c_void>()) }
             .map_err(|e| e.into_error())?;
     }
     Ok(())

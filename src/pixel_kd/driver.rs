@@ -9,7 +9,7 @@ use crate::dtype::DType;
 use crate::error::{KdError, Result};
 use crate::ffi::KdPixelKdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
 
 /// The device addresses of one pixel-KD call (`CUdeviceptr`s; 0 for an absent output). The call computes
@@ -105,7 +105,7 @@ pub(crate) unsafe fn run(
     };
     // SAFETY: `args` is the block pixel_kd.cu's kernels take; its addresses come from the caller (who vouches
     // for them) and from the workspace, sized by the plan.
-    unsafe { launcher.launch(&plan.launch, dtype, (&args as *const KdPixelKdArgs).cast::<c_void>()) }
+    unsafe { launch_or_reset(launcher, scratch, &plan.launch, dtype, (&args as *const KdPixelKdArgs).cast::<c_void>()) }
         .map_err(|e| e.into_error())?;
     Ok(plan.path)
 }
