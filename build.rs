@@ -392,31 +392,62 @@ fn run_bindgen(header: &Path) -> Option<String> {
 /// to) are kept.
 #[cfg(feature = "emulator")]
 fn build_emulator(manifest: &Path, sources: &[PathBuf]) {
+    println!("cargo::rerun-if-env-changed=KD_EMU_SANITIZE");
+    // KD_EMU_SANITIZE=1 (scripts/test-sanitizers): UndefinedBehaviorSanitizer over everything emulated, and
+    // AddressSanitizer over the emulator's runtime (the kernels' own accesses go through the checks' hooks).
+    let sanitize = env::var("KD_EMU_SANITIZE").is_ok_and(|v| v == "1");
     let dir = manifest.join("kernels/emulator");
-    let mut build = cc::Build::new();
-    build
-        .cpp(true)
-        .std("c++20")
-        .opt_level(2)
-        .warnings_into_errors(true)
-        .flag_if_supported("-Wno-unknown-pragmas")
-        // CUDA code reinterprets 128-bit loads as arrays of elements; nvcc allows it, g++ -O2 needs this.
-        .flag("-fno-strict-aliasing")
-        .define("KD_EMULATE", "1")
-        .include(manifest.join("kernels"))
-        .link_lib_modifier("+whole-archive");
+    let base = || {
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .std("c++20")
+            .opt_level(2)
+            .warnings_into_errors(true)
+            .flag_if_supported("-Wno-unknown-pragmas")
+            // CUDA code reinterprets 128-bit loads as arrays of elements; nvcc allows it, g++ -O2 needs this.
+            .flag("-fno-strict-aliasing")
+            .define("KD_EMULATE", "1")
+            .include(manifest.join("kernels"));
+        if sanitize {
+            build.flag("-fsanitize=undefined").flag("-fno-sanitize-recover=undefined").flag("-fno-omit-frame-pointer");
+        }
+        build
+    };
+    // The runtime (launcher, fibers, the checks' hooks): not instrumented, or the hooks would call themselves.
+    let mut runtime = base();
     for entry in fs::read_dir(&dir).expect("kernels/emulator is missing").flatten() {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "cpp") {
             println!("cargo::rerun-if-changed={}", path.display());
-            build.file(path);
+            runtime.file(path);
         }
     }
+    runtime.link_lib_modifier("+whole-archive").compile("kd_kernels_emulator_runtime");
+    // The kernels: every load and store calls the checks' hooks (kernels/emulator/checks.h).
+    let mut kernels = base();
+    kernels
+        .flag("-fsanitize=kernel-address")
+        .flag("--param=asan-instrumentation-with-call-threshold=0")
+        .flag("--param=asan-stack=0")
+        .flag("--param=asan-globals=0")
+        .flag("--param=asan-use-after-return=0")
+        .link_lib_modifier("+whole-archive");
     // g++ does not know the .cu extension: `-x c++` names the language of the files that follow.
-    build.flag("-x").flag("c++");
+    kernels.flag("-x").flag("c++");
     for src in sources.iter().filter(|p| p.extension().is_some_and(|e| e == "cu")) {
-        build.file(src);
+        kernels.file(src);
     }
-    build.compile("kd_kernels_emulator");
+    // The checks' deliberately broken kernels (tests/emulator_checks.rs): in the emulation only.
+    for src in kernel_sources(&dir.join("selftest")) {
+        println!("cargo::rerun-if-changed={}", src.display());
+        if src.extension().is_some_and(|e| e == "cu") {
+            kernels.file(src);
+        }
+    }
+    kernels.compile("kd_kernels_emulator");
     println!("cargo::rustc-link-lib=pthread");
+    if sanitize {
+        println!("cargo::rustc-link-lib=ubsan");
+    }
 }

@@ -135,6 +135,9 @@ template <typename T> __device__ __forceinline__ void store_grad(T* p, float g, 
 template <typename T>
 __device__ __forceinline__ void store_grad_vec(T* __restrict__ p, float (&g)[Vec<T>::kLen], bool accumulate) {
     if (accumulate) {
+#ifdef KD_EMULATE
+        kd_emu::check_alignment(p, 16, "16-byte vector load (uint4)");
+#endif
         const uint4 raw = *reinterpret_cast<const uint4*>(p);
         const Packed<T> old{{raw.x, raw.y, raw.z, raw.w}};
 #pragma unroll
@@ -330,7 +333,8 @@ __device__ __forceinline__ void block_wait_at_least(const unsigned int* counter,
 #define KD_ENTRY(NAME, ARGS, ...)                                                                     \
     static void NAME(const ARGS& a);                                                                  \
     static const kd_emu::Registration NAME##_registration(                                            \
-        #NAME, [](const void* args) { NAME(*static_cast<const ARGS*>(args)); });                      \
+        #NAME, [](const void* args) { NAME(*static_cast<const ARGS*>(args)); }, sizeof(ARGS),         \
+        kd_emu::address_words<ARGS>());                                                               \
     static void NAME(const ARGS& a)
 #else
 #define KD_ENTRY(NAME, ARGS, ...) extern "C" __global__ void __launch_bounds__(__VA_ARGS__) NAME(const ARGS a)

@@ -9,8 +9,14 @@
 //! GPU tests the kernels' indexing, splitting, vector/scalar paths, reductions, blocks waiting for each
 //! other, and output flags against the CPU reference. What only a GPU shows (its memory model, occupancy,
 //! speed) is left to the GPU tests.
+//!
+//! Every emulated launch also checks what compute-sanitizer would on a GPU (docs/emulation.md): each load and
+//! store against the buffers registered for the call ([`checks::HostBuffers`]; out of bounds, misaligned
+//! vector and WMMA access, stores to inputs), block-shared memory races between barriers, reads of workspace or
+//! shared memory nothing wrote, barriers and warp-collective calls not reached by every thread or lane, and
+//! the shared memory of every block within the per-block limit. A failed check is the launch's error.
 
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void, CStr, CString};
 
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
@@ -19,14 +25,44 @@ use crate::grad::GradOptions;
 use crate::launch::{DeviceInfo, Launch, LaunchError, Launcher, Scratch};
 use crate::shape::Nchw;
 
+pub(crate) mod checks;
+pub(crate) use checks::HostBuffers;
+#[doc(hidden)]
+pub use checks::{selftest, Selftest};
+use checks::BufferKind;
+
 /// Blocks the emulation runs at once for ordinary (non-cooperative) launches: enough for blocks to race
 /// for the "last block done" ticket, few enough to keep the thread count small. Results do not depend on it.
 const CONCURRENT_BLOCKS: u32 = 3;
 
 extern "C" {
-    /// kernels/emulator/launch.cpp: runs the registered entry point `name`; -1 when there is none.
-    fn kd_emu_launch(name: *const c_char, grid: u32, resident: u32, dynamic_smem: u32, args: *const c_void) -> i32;
+    /// kernels/emulator/launch.cpp: runs the registered entry point `name`; -1 when there is none, 1 when a
+    /// check failed (its message in `error`).
+    fn kd_emu_launch(
+        name: *const c_char,
+        grid: u32,
+        resident: u32,
+        dynamic_smem: u32,
+        shared_limit: u32,
+        args: *const c_void,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> i32;
 }
+
+/// The static shared memory of every kernel launched with dynamic shared memory, as the host build of the
+/// kernel uses it (the GPU build's, in ptxas's report, is within a few bytes of it). The planners give these
+/// kernels the per-block limit less this ([`EmulatedGpu::max_dynamic_smem`]); an emulated launch of one of
+/// them fails when the kernel's static shared memory exceeds the value here, so it cannot go stale unseen.
+const STATIC_SMEM: &[(&str, usize)] = &[("pixel_kd_tiled", 8272), ("cwt_forward_fused", 80)];
+
+/// The static shared memory [`STATIC_SMEM`] declares for `kernel` (0 for kernels without dynamic memory).
+pub fn static_smem(kernel: &str) -> usize {
+    STATIC_SMEM.iter().find(|(k, _)| *k == kernel).map_or(0, |&(_, bytes)| bytes)
+}
+
+/// Static shared memory a kernel without dynamic shared memory may use: the limit of every CUDA GPU.
+const STATIC_SMEM_LIMIT: usize = 48 * 1024;
 
 /// The GPU an emulated call is planned for: what the CUDA wrappers would read from the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,16 +72,17 @@ pub struct EmulatedGpu {
     /// Blocks resident at once (occupancy times SMs), for every kernel: the grids of the persistent kernels
     /// (CWD's single pass, tiled pixel KD). 0 means no cooperative launch.
     pub resident_blocks: usize,
-    /// The most dynamic shared memory a block may have (sets the pixel-KD tile).
+    /// The most shared memory a block may have, static and dynamic together (the opt-in limit): a kernel's
+    /// dynamic shared memory may be this less its static shared memory ([`static_smem`]); it sets the
+    /// pixel-KD tile and CWT's fused forward.
     pub max_dynamic_smem: usize,
 }
 
 impl EmulatedGpu {
-    /// An H100's 132 SMs and shared memory (227 KiB a block, less the tiled kernel's static 8 KiB), with a
-    /// small resident grid (the emulation's cost, not the H100's hundreds of blocks): the two-pass plans
-    /// the H100 would use, single-pass CWD rows of up to 6 chunks, pixel-KD tiles striding over 6 blocks.
-    pub const H100_SMALL_GRID: EmulatedGpu =
-        EmulatedGpu { sm_count: 132, resident_blocks: 6, max_dynamic_smem: 227 * 1024 - 8272 };
+    /// An H100's 132 SMs and shared memory (227 KiB a block), with a small resident grid (the emulation's
+    /// cost, not the H100's hundreds of blocks): the two-pass plans the H100 would use, single-pass CWD rows
+    /// of up to 6 chunks, pixel-KD tiles striding over 6 blocks.
+    pub const H100_SMALL_GRID: EmulatedGpu = EmulatedGpu { sm_count: 132, resident_blocks: 6, max_dynamic_smem: 227 * 1024 };
 }
 
 impl DeviceInfo for EmulatedGpu {
@@ -58,43 +95,79 @@ impl DeviceInfo for EmulatedGpu {
     fn resident_blocks(&self, _kernel: &'static str, _dtype: DType, _dynamic_smem: usize) -> Result<usize> {
         Ok(self.resident_blocks)
     }
-    fn max_dynamic_smem(&self, _kernel: &'static str) -> usize {
-        self.max_dynamic_smem
+    fn max_dynamic_smem(&self, kernel: &'static str) -> usize {
+        self.max_dynamic_smem.saturating_sub(static_smem(kernel))
     }
 }
 
-/// Runs the registered entry points; a cooperative launch runs every block at once.
+/// Runs the registered entry points under the checks; a cooperative launch runs every block at once.
 pub(crate) struct EmulatedLauncher;
 
 impl Launcher for EmulatedLauncher {
     unsafe fn launch(&mut self, launch: &Launch, dtype: DType, args: *const c_void) -> Result<(), LaunchError> {
         let name = CString::new(format!("{}_{}", launch.kernel, dtype.name())).expect("kernel names have no NUL");
         let resident = if launch.cooperative { launch.grid } else { CONCURRENT_BLOCKS };
+        let failed = |error: String| Err(LaunchError::Failed(KdError::Cuda { op: "emulated launch", error }));
+        let dynamic = launch.dynamic_smem as usize;
+        let shared_limit = match (dynamic, STATIC_SMEM.iter().find(|(k, _)| *k == launch.kernel)) {
+            (0, _) => STATIC_SMEM_LIMIT,
+            (_, Some(&(_, declared))) => dynamic + declared,
+            (_, None) => {
+                return failed(format!("{name:?} has dynamic shared memory but no entry in emulator::STATIC_SMEM"))
+            }
+        };
+        let mut error = vec![0 as c_char; 2048];
         // SAFETY: the caller vouches for the argument block; the entry point reads it as its own type.
-        let status = unsafe { kd_emu_launch(name.as_ptr(), launch.grid, resident, launch.dynamic_smem, args) };
-        if status != 0 {
-            return Err(LaunchError::Failed(KdError::Cuda {
-                op: "emulated launch",
-                error: format!("no emulated entry point {name:?} (is its kernels/*.cu compiled in?)"),
-            }));
+        let status = unsafe {
+            kd_emu_launch(
+                name.as_ptr(),
+                launch.grid,
+                resident,
+                launch.dynamic_smem,
+                shared_limit as u32,
+                args,
+                error.as_mut_ptr(),
+                error.len(),
+            )
+        };
+        match status {
+            0 => Ok(()),
+            -1 => failed(format!("no emulated entry point {name:?} (is its kernels/*.cu compiled in?)")),
+            _ => {
+                // SAFETY: the launcher wrote a NUL-terminated message into `error`.
+                let message = unsafe { CStr::from_ptr(error.as_ptr()) };
+                failed(message.to_string_lossy().into_owned())
+            }
         }
-        Ok(())
     }
 }
 
-/// Host workspace: floats start as NaN (a read before a write shows), counters at zero.
+/// Host workspace: floats start as NaN (and unwritten for the initcheck), counters at zero. Registered with
+/// the checks as the workspace of the call.
 #[derive(Default)]
 pub(crate) struct HostScratch {
     /// f32 words, allocated as f64 so that they are 8-byte aligned like the GPU's (CWD keeps doubles there).
     floats: Vec<f64>,
     counters: Vec<u32>,
+    registered: HostBuffers,
 }
 
 impl Scratch for HostScratch {
     fn prepare(&mut self, floats: usize, counters: usize) -> Result<(u64, u64)> {
+        // Forget the previous call's buffers first: the new ones may reuse their addresses.
+        self.registered = HostBuffers::new();
         self.floats = vec![f64::NAN; floats.div_ceil(2).max(1)];
         self.counters = vec![0; counters.max(1)];
+        let mut registered = HostBuffers::new();
+        registered.add("workspace", self.floats.as_ptr().cast(), floats * 4, BufferKind::Workspace);
+        registered.add("counters", self.counters.as_ptr().cast(), counters * 4, BufferKind::Counters);
+        self.registered = registered;
         Ok((self.floats.as_mut_ptr() as u64, self.counters.as_mut_ptr() as u64))
+    }
+
+    fn reset_counters(&mut self) -> Result<()> {
+        self.counters.fill(0);
+        Ok(())
     }
 }
 
@@ -264,6 +337,13 @@ pub fn pair_with<F: PairFamily, T: KdFloat>(
         grad_teacher: ptr_or_zero(&mut out.grad_teacher),
         upstream: out.upstream_ptr(mode),
     })?;
+    let _registered = HostBuffers::new()
+        .input("student", &student[..nchw.numel()])
+        .input("teacher", &teacher[..nchw.numel()])
+        .output("loss", std::slice::from_ref(&out.loss))
+        .input("upstream", std::slice::from_ref(&out.upstream))
+        .output("grad_student", &out.grad_student)
+        .output("grad_teacher", &out.grad_teacher);
     let call = RawCall::<F> { config, path, shape, dtype: T::DTYPE, buffers: &buffers, options };
     // SAFETY: every address is a live host buffer of the size the shape needs.
     unsafe { run(call, gpu)? };

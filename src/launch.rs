@@ -76,6 +76,8 @@ pub trait DeviceInfo {
 pub trait Scratch {
     /// Grows to at least `floats` f32 words and `counters` zeroed counters; returns their addresses.
     fn prepare(&mut self, floats: usize, counters: usize) -> Result<(u64, u64)>;
+    /// Zeroes the counters (queued after the work already queued for the call), after a launch failed.
+    fn reset_counters(&mut self) -> Result<()>;
 }
 
 /// Runs kernels.
@@ -86,6 +88,33 @@ pub trait Launcher {
     /// `args` points to the argument block type the kernel takes, whose addresses hold what the kernel
     /// touches for its parameters.
     unsafe fn launch(&mut self, launch: &Launch, dtype: DType, args: *const c_void) -> Result<(), LaunchError>;
+}
+
+/// Queues `launch` like [`Launcher::launch`]; when it fails, zeroes the counters first. The launches of a call
+/// before it may have taken "last block done" tickets that only a later launch would have returned to zero
+/// (CWT's loss ticket spans every chunk of a call), and a counter left non-zero would elect the wrong last
+/// block in every later call on the same workspace.
+///
+/// # Safety
+/// As for [`Launcher::launch`].
+pub(crate) unsafe fn launch_or_reset(
+    launcher: &mut dyn Launcher,
+    scratch: &mut dyn Scratch,
+    launch: &Launch,
+    dtype: DType,
+    args: *const c_void,
+) -> Result<(), LaunchError> {
+    // SAFETY: the caller's contract.
+    let result = unsafe { launcher.launch(launch, dtype, args) };
+    if let Err(e) = result {
+        return Err(match scratch.reset_counters() {
+            Ok(()) => e,
+            // The launch's error says what went wrong first; the reset's failure is what the caller must know
+            // (the workspace is no longer usable).
+            Err(reset) => LaunchError::Failed(reset),
+        });
+    }
+    Ok(())
 }
 
 /// The outputs one call writes and how its gradients are scaled: the flags of `kernels/params.h`.
@@ -128,4 +157,62 @@ pub(crate) fn grid_blocks(what: &'static str, blocks: usize) -> Result<u32> {
         return Err(KdError::TooLarge { what, detail: format!("needs {blocks} thread blocks; the limit is 2^31 - 1") });
     }
     Ok(blocks as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counters in host memory, as the kernels see them through the argument block.
+    struct HostCounters(Vec<u32>);
+
+    impl Scratch for HostCounters {
+        fn prepare(&mut self, _floats: usize, counters: usize) -> Result<(u64, u64)> {
+            self.0 = vec![0; counters];
+            Ok((0, self.0.as_mut_ptr() as u64))
+        }
+        fn reset_counters(&mut self) -> Result<()> {
+            self.0.fill(0);
+            Ok(())
+        }
+    }
+
+    /// Each launch takes a ticket of the call's counter (as a chunk of CWT's loss does: the last ticket, which
+    /// returns it to zero, belongs to the last chunk), until launch `fail_at`, which fails to launch.
+    struct TicketTaker {
+        launched: usize,
+        fail_at: usize,
+    }
+
+    impl Launcher for TicketTaker {
+        unsafe fn launch(&mut self, _launch: &Launch, _dtype: DType, args: *const c_void) -> Result<(), LaunchError> {
+            if self.launched == self.fail_at {
+                return Err(LaunchError::Failed(KdError::Cuda { op: "cuLaunchKernel", error: "refused".into() }));
+            }
+            self.launched += 1;
+            // SAFETY: the test passes the counter's address as the argument block.
+            unsafe { **args.cast::<*mut u32>() += 1 };
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_launch_leaves_the_counters_at_zero() {
+        let mut scratch = HostCounters(Vec::new());
+        let (_, counters) = scratch.prepare(0, 1).unwrap();
+        let mut launcher = TicketTaker { launched: 0, fail_at: 2 };
+        let counter = counters as *mut u32;
+        let launch = Launch::new("chunk", 1);
+        for _ in 0..2 {
+            // SAFETY: the argument block is the counter's address, which TicketTaker increments.
+            unsafe { launch_or_reset(&mut launcher, &mut scratch, &launch, DType::F32, (&counter as *const *mut u32).cast()) }
+                .unwrap();
+        }
+        assert_eq!(scratch.0, [2], "the chunks before the failure took their tickets");
+        // SAFETY: as above.
+        let failed =
+            unsafe { launch_or_reset(&mut launcher, &mut scratch, &launch, DType::F32, (&counter as *const *mut u32).cast()) };
+        assert!(matches!(failed, Err(LaunchError::Failed(KdError::Cuda { op: "cuLaunchKernel", .. }))));
+        assert_eq!(scratch.0, [0], "a failed launch resets the counters for the next call");
+    }
 }

@@ -9,7 +9,7 @@ use common::{quantize, to_dtype, widen, SplitMix64};
 use half::{bf16, f16};
 use kd_kernels::cwt::emulate::{self, CwtEmulated, CwtEmulation, CwtGrads, HostParams};
 use kd_kernels::cwt::{CwtConfig, CwtCpu, CwtNormalize, CwtOutput, CwtShapes, MlpParams};
-use kd_kernels::emulator::{EmulatedGpu, Mode};
+use kd_kernels::emulator::{self, EmulatedGpu, Mode};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::{ArrayView1, ArrayView2, ArrayView4};
@@ -193,7 +193,9 @@ fn forward_on_every_kernel<T: KdFloat>(inputs: &Inputs, config: CwtConfig, emula
     let reference = inputs.reference::<T>(config, 1.0);
     let ch = inputs.shapes.ch;
     for (smem, sm_count) in [(ch * 32 * 4, GPU.sm_count), (ch * 16 * 4, GPU.sm_count), (0, GPU.sm_count), (0, 1)] {
-        let gpu = EmulatedGpu { max_dynamic_smem: smem, sm_count, ..GPU };
+        // The per-block limit that leaves the fused kernel `smem` bytes of dynamic shared memory.
+        let limit = if smem == 0 { 0 } else { smem + emulator::static_smem("cwt_forward_fused") };
+        let gpu = EmulatedGpu { max_dynamic_smem: limit, sm_count, ..GPU };
         let got = inputs.emulate_on::<T>(gpu, config, Mode::Forward, emulation, None);
         compare(
             &format!("{} {:?} forward, {smem} B shared", T::DTYPE, inputs.dims),

@@ -40,9 +40,11 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <source_location>
 #include <unordered_map>
 #include <vector>
 
+#include "checks.h"
 #include "fibers.h"
 
 #define __global__
@@ -67,37 +69,45 @@ inline dim3 gridDim;
 
 namespace kd_emu {
 
+// Failures of the emulator itself (not of a kernel): nothing sensible can go on.
 [[noreturn]] inline void fail(const char* what) {
     std::fprintf(stderr, "kd-kernels emulator: %s\n", what);
     std::abort();
 }
 
-// A barrier of `expected` fibers of one block.
+// A barrier of `expected` fibers of one block. The first arrival of a round records where it was called
+// from (`kind` at `site`); every other arrival of that round must come from the same call, or the threads
+// disagree about which barrier they are at (divergent __syncthreads, a shuffle skipped by some lanes).
 struct FiberBarrier {
     unsigned expected = 0, arrived = 0, generation = 0;
+    const char* kind = nullptr;
+    std::source_location site;
 };
 
-// One block slot: the fibers of the block it runs, their barriers, the warp shuffle slots and the
-// block-shared variables. Used by the slot's OS thread alone.
+// Shadow of one byte of block-shared memory (checks.cpp): the epoch (barrier interval) and thread of its last
+// write and of its reads in the last epoch it was read; kMany readers when more than one thread read it.
+struct ShadowCell {
+    uint32_t write_epoch = 0, read_epoch = 0;
+    uint16_t writer = 0, reader = 0;
+    static constexpr uint16_t kMany = 0xffff;
+};
+
+// A block-shared variable's place in its slot's shared memory (for messages and bounds).
+struct SharedVariable {
+    const char* name;
+    size_t offset, bytes;
+};
+
+// One block slot: the fibers of the block it runs, their barriers, the warp shuffle slots and the block's
+// shared memory with its shadow. Used by the slot's OS thread alone.
 struct BlockContext {
     static constexpr size_t kStack = 64 * 1024;  // per fiber; kernels need a few KiB
     static constexpr size_t kGuard = 4096;        // an inaccessible page below each stack catches overflow
+    static constexpr size_t kStaticShared = 48 * 1024;  // the static __shared__ limit of every CUDA GPU
 
-    BlockContext(unsigned threads, size_t dynamic_shared_bytes, const std::function<void()>* kernel)
-        : threads(threads), fibers(threads), shuffle_count(threads), done(threads),
-          dynamic_shared(dynamic_shared_bytes + 16, 0xff), kernel(kernel) {
-        stacks_bytes = threads * (kStack + kGuard);
-        void* p = mmap(nullptr, stacks_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) fail("mmap of the fiber stacks failed");
-        stacks = static_cast<unsigned char*>(p);
-        for (unsigned t = 0; t < threads; ++t) {
-            if (mprotect(stacks + t * (kStack + kGuard), kGuard, PROT_NONE) != 0) fail("mprotect of a guard page failed");
-        }
-        block_barrier.expected = threads;
-        for (unsigned first = 0; first < threads; first += 32) warp_barriers.push_back({std::min(32u, threads - first), 0, 0});
-        for (auto& set : shuffle_slots) set.resize(warp_barriers.size());
-    }
-    ~BlockContext() { munmap(stacks, stacks_bytes); }
+    BlockContext(unsigned threads, unsigned char* shared_memory, size_t dynamic_shared_bytes, size_t shared_limit,
+                 const std::function<void()>* kernel);
+    ~BlockContext();
     BlockContext(const BlockContext&) = delete;
     BlockContext& operator=(const BlockContext&) = delete;
 
@@ -107,21 +117,43 @@ struct BlockContext {
     std::vector<FiberContext> fibers;
     std::vector<unsigned> shuffle_count;  // per fiber: which of the two shuffle slot sets it uses next
     std::vector<char> done;
+    std::vector<FiberBarrier*> waiting;   // per fiber: the barrier it waits at, or null
+    std::vector<unsigned> waiting_generation;
     FiberContext home;                    // the slot's OS thread, between blocks
     unsigned current = 0, live = 0;
     uint64_t rng = 0;                     // xorshift state of the fiber scheduler
     FiberBarrier block_barrier;
     std::vector<FiberBarrier> warp_barriers;
     std::vector<std::array<double, 32>> shuffle_slots[2];  // two sets of one exchange slot per lane, per warp
-    std::unordered_map<const void*, std::unique_ptr<unsigned char[]>> shared;  // by declaration site
-    std::vector<unsigned char> dynamic_shared;
+    // Shared memory: [0, kStaticShared) for the static variables, by declaration site, then the dynamic part.
+    unsigned char* shared = nullptr;
+    size_t static_used = 0, dynamic_bytes = 0, shared_limit = 0;
+    std::unordered_map<const void*, size_t> static_offsets;
+    std::vector<SharedVariable> static_variables;
+    ShadowCell* shadow = nullptr;         // one per byte of `shared`
+    uint32_t epoch = 0, block_first_epoch = 0;
     const std::function<void()>* kernel;
 };
 
 inline thread_local BlockContext* context = nullptr;
 
-// Switches from the running fiber to another one not done, chosen pseudo-randomly: the kernels must be
-// right in any order their threads reach and leave barriers, and a fixed round robin would try only one.
+// Leaves the running block: back to the slot's thread, never to resume its fibers (checks.cpp, after a report).
+[[noreturn]] inline void abandon_block() {
+    BlockContext& b = *context;
+    fiber_switch(b.fibers[b.current], b.home);
+    fail("an abandoned block was resumed");
+}
+
+inline bool runnable(const BlockContext& b, unsigned fiber) {
+    return !b.done[fiber] && (b.waiting[fiber] == nullptr || b.waiting[fiber]->generation != b.waiting_generation[fiber]);
+}
+
+// The threads of a block that cannot go on: every one waits at a barrier that cannot complete.
+std::string describe_deadlock(const BlockContext& b);
+
+// Switches from the running fiber, which waits or is done, to another runnable one chosen pseudo-randomly
+// (seeded, see schedule_seed): the kernels must be right in any order their threads reach and leave
+// barriers, and a fixed round robin would try only one. With none runnable the block is deadlocked.
 inline void switch_to_next_fiber() {
     BlockContext& b = *context;
     const unsigned from = b.current;
@@ -131,29 +163,41 @@ inline void switch_to_next_fiber() {
     const unsigned start = static_cast<unsigned>(b.rng % b.threads);
     for (unsigned step = 0; step < b.threads; ++step) {
         const unsigned next = (start + step) % b.threads;
-        if (next == from) continue;
-        if (!b.done[next]) {
-            b.current = next;
-            threadIdx.x = next;
-            fiber_switch(b.fibers[from], b.fibers[next]);
-            return;  // resumed: whoever switched back set current and threadIdx to this fiber
-        }
+        if (next == from || !runnable(b, next)) continue;
+        b.current = next;
+        threadIdx.x = next;
+        fiber_switch(b.fibers[from], b.fibers[next]);
+        return;  // resumed: whoever switched back set current and threadIdx to this fiber
     }
-    fail("a thread waits at a barrier that every other thread of its block has left: divergent __syncthreads?");
+    if (runnable(b, from)) return;
+    report_and_abandon(describe_deadlock(b));
 }
 
-inline void barrier_wait(FiberBarrier& barrier) {
+inline void barrier_wait(FiberBarrier& barrier, const char* kind, const std::source_location& site) {
+    if (launch_state != nullptr && launch_state->failed.load(std::memory_order_relaxed)) abandon_block();
+    BlockContext& b = *context;
+    if (barrier.arrived == 0) {
+        barrier.kind = kind;
+        barrier.site = site;
+    } else if (barrier.kind != kind || barrier.site.line() != site.line() || barrier.site.column() != site.column() ||
+               std::strcmp(barrier.site.file_name(), site.file_name()) != 0) {
+        report_and_abandon(std::string("threads that must meet reached different calls: ") + barrier.kind + " at " +
+                           barrier.site.file_name() + ":" + std::to_string(barrier.site.line()) + " and " + kind +
+                           " at " + site.file_name() + ":" + std::to_string(site.line()) +
+                           (&barrier == &b.block_barrier ? " (a __syncthreads not reached by every thread of the block)"
+                                                         : " (a warp-collective call not reached by every lane of the warp)"));
+    }
     const unsigned generation = barrier.generation;
     if (++barrier.arrived == barrier.expected) {
         barrier.arrived = 0;
         ++barrier.generation;
+        if (&barrier == &b.block_barrier) ++b.epoch;  // a new barrier interval for the race checks
         return;
     }
-    uint64_t switches = 0;
-    while (barrier.generation == generation) {
-        switch_to_next_fiber();
-        if (++switches > (uint64_t{1} << 32)) fail("a block is stuck at a barrier");
-    }
+    b.waiting[b.current] = &barrier;
+    b.waiting_generation[b.current] = generation;
+    while (barrier.generation == generation) switch_to_next_fiber();
+    b.waiting[b.current] = nullptr;
 }
 
 // Runs the kernel in one fiber, then hands over to the next fiber not done, or back to the slot's thread.
@@ -170,39 +214,40 @@ inline void fiber_main(void* arg) {
     fail("a finished fiber was resumed");
 }
 
+// Prepares the slot's shared memory and shadow for a new block: poisoned (0xff bytes, NaN as floats) and
+// unwritten, as a fresh block finds it on a GPU (checks.cpp).
+void begin_block_shared(BlockContext& b);
+
 // Runs block `block` on the calling OS thread's slot.
-inline void run_block(BlockContext& b, unsigned block) {
+inline void run_block(BlockContext& b, unsigned block, uint64_t seed) {
     blockIdx = dim3{block, 1, 1};
     for (unsigned t = 0; t < b.threads; ++t) {
         fiber_init(b.fibers[t], b.stacks + t * (BlockContext::kStack + BlockContext::kGuard) + BlockContext::kGuard,
                    BlockContext::kStack, &fiber_main, &b);
         b.done[t] = 0;
         b.shuffle_count[t] = 0;
+        b.waiting[t] = nullptr;
     }
+    b.block_barrier.arrived = 0;
+    for (FiberBarrier& w : b.warp_barriers) w.arrived = 0;
+    begin_block_shared(b);
     b.live = b.threads;
     b.current = 0;
-    b.rng = 0x9e3779b97f4a7c15ull * (block + 1) ^ 0xd1b54a32d192ed03ull;  // a fixed schedule per block
+    b.rng = (0x9e3779b97f4a7c15ull * (block + 1)) ^ seed ^ 0xd1b54a32d192ed03ull;
+    if (b.rng == 0) b.rng = 1;
     threadIdx = dim3{0, 1, 1};
     fiber_switch(b.home, b.fibers[0]);
 }
 
-// The block's copy of the shared variable declared at `site` (see KD_SHARED below).
-template <typename T> inline T& block_shared(const void* site) {
-    std::unique_ptr<unsigned char[]>& storage = context->shared[site];
-    constexpr size_t bytes = sizeof(T) + std::max(alignof(T), alignof(std::max_align_t));
-    if (!storage) {
-        storage = std::make_unique<unsigned char[]>(bytes);
-        std::memset(storage.get(), 0xff, bytes);
-    }
-    void* p = storage.get();
-    size_t space = bytes;
-    return *static_cast<T*>(std::align(alignof(T), sizeof(T), p, space));
+// The block's copy of the shared variable declared at `site` (see KD_SHARED below), placed in the slot's
+// static shared memory at the first use (checks.cpp): beyond kStaticShared bytes, or beyond the per-block
+// limit with the dynamic part, the launch fails as it would on a GPU.
+void* static_shared(const void* site, const char* name, size_t bytes, size_t align);
+template <typename T> inline T& block_shared(const void* site, const char* name) {
+    return *static_cast<T*>(static_shared(site, name, sizeof(T), alignof(T)));
 }
 
-inline unsigned char* dynamic_shared() {
-    unsigned char* base = context->dynamic_shared.data();
-    return base + (16 - reinterpret_cast<uintptr_t>(base) % 16) % 16;
-}
+inline unsigned char* dynamic_shared() { return context->shared + BlockContext::kStaticShared; }
 
 inline unsigned int load_acquire(const unsigned int* p) {
     return std::atomic_ref<unsigned int>(*const_cast<unsigned int*>(p)).load(std::memory_order_acquire);
@@ -213,28 +258,44 @@ inline unsigned int load_acquire(const unsigned int* p) {
 // Block-shared variables: one copy per running block, as on a GPU (a plain `static` would be one per process).
 #define KD_SHARED(type, name)    \
     static char name##_site = 0; \
-    type& name = kd_emu::block_shared<type>(&name##_site)
+    type& name = kd_emu::block_shared<type>(&name##_site, #name)
 #define KD_SHARED_ARRAY(type, name, len) \
     static char name##_site = 0;         \
-    type(&name)[len] = kd_emu::block_shared<type[len]>(&name##_site)
+    type(&name)[len] = kd_emu::block_shared<type[len]>(&name##_site, #name)
 #define KD_DYNAMIC_SHARED(name) unsigned char* name = kd_emu::dynamic_shared()
 
 template <typename T> inline T min(T a, T b) { return std::min(a, b); }
 template <typename T> inline T max(T a, T b) { return std::max(a, b); }
 
-inline void __syncthreads() { kd_emu::barrier_wait(kd_emu::context->block_barrier); }
+inline void __syncthreads(const std::source_location site = std::source_location::current()) {
+    kd_emu::barrier_wait(kd_emu::context->block_barrier, "__syncthreads", site);
+}
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 // Only thread 0 of a block waiting for other blocks sleeps: let the other slots' OS threads run.
-inline void __nanosleep(unsigned int) { std::this_thread::yield(); }
+// A failed launch ends the wait: the blocks waited for may have been abandoned.
+inline void __nanosleep(unsigned int) {
+    if (kd_emu::launch_state != nullptr && kd_emu::launch_state->failed.load(std::memory_order_relaxed)) {
+        kd_emu::abandon_block();
+    }
+    std::this_thread::yield();
+}
 
 inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
     return std::atomic_ref<unsigned int>(*address).fetch_add(value);
 }
 
 template <typename T> inline T __ldg(const T* p) { return *p; }
+// 128-bit accesses fault on a GPU unless 16-byte aligned (x86 would not mind).
+inline uint4 __ldg(const uint4* p) {
+    kd_emu::check_alignment(p, 16, "16-byte vector load (uint4)");
+    return *p;
+}
 inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return uint4{x, y, z, w}; }
-inline void __stwb(uint4* p, uint4 v) { *p = v; }
-[[noreturn]] inline void __trap() { kd_emu::fail("__trap() in a kernel"); }
+inline void __stwb(uint4* p, uint4 v) {
+    kd_emu::check_alignment(p, 16, "16-byte vector store (uint4)");
+    *p = v;
+}
+inline void __trap() { kd_emu::report_and_abandon("__trap() in a kernel"); }
 
 // Loads of values other blocks wrote: atomic here, so that the emulation has no data race where the GPU
 // relies on its memory model (a fence before the writer's ticket, an acquiring read of the ticket).
@@ -245,13 +306,16 @@ template <typename T> inline T __ldcg(const T* p) {
 // Every lane writes its value, the warp meets, every lane reads its partner's. Consecutive shuffles use
 // alternate slot sets, so a lane cannot overwrite a value its partner has yet to read: before writing the
 // same set again it passes the next shuffle's meeting, which its partner reaches only after reading.
-template <typename T> inline T __shfl_xor_sync(unsigned int /*mask*/, T value, int lane_mask) {
+template <typename T>
+inline T __shfl_xor_sync(unsigned int mask, T value, int lane_mask,
+                         const std::source_location site = std::source_location::current()) {
     static_assert(sizeof(T) <= sizeof(double), "slot too small");
+    if (mask != 0xffffffffu) kd_emu::report_and_abandon("__shfl_xor_sync with a partial mask: every lane must take part");
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     kd_emu::BlockContext& b = *kd_emu::context;
     auto& slots = b.shuffle_slots[b.shuffle_count[threadIdx.x]++ & 1u][warp];
     std::memcpy(&slots[lane], &value, sizeof(T));
-    kd_emu::barrier_wait(b.warp_barriers[warp]);
+    kd_emu::barrier_wait(b.warp_barriers[warp], "__shfl_xor_sync", site);
     T other;
     std::memcpy(&other, &slots[lane ^ static_cast<unsigned>(lane_mask)], sizeof(T));
     return other;
@@ -302,10 +366,9 @@ inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat
 // ---- WMMA (nvcuda::wmma), the tensor-core tiles of cwt.cu ----
 // On a GPU a fragment is spread over the warp's 32 lanes in an unspecified layout. Here every lane holds the
 // whole tile, and the collective operations compute all of it in every lane: a kernel that only loads,
-// multiplies and stores fragments (never indexes their elements) computes the same tile either way. Loads
-// and stores are warp meetings, as on the GPU, so a lane that skips one while its warp calls it fails here.
-// mma_sync adds the products in k order in fp32; a tensor core adds them in its own order, so results agree
-// with the GPU to rounding, not bitwise.
+// multiplies and stores fragments (never indexes their elements) computes the same tile either way. Loads,
+// products and stores are warp meetings, as on the GPU, so a lane that skips one while its warp calls it
+// fails here. mma_sync models the tensor cores' truncating group sums (see mma_sync).
 namespace nvcuda {
 namespace wmma {
 struct matrix_a {};
@@ -335,9 +398,19 @@ inline float element_to_float(float x) { return x; }
 inline float element_to_float(__half x) { return __half2float(x); }
 inline float element_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-inline void warp_meeting() {
+inline void warp_meeting(const char* kind, const std::source_location& site) {
     kd_emu::BlockContext& b = *kd_emu::context;
-    kd_emu::barrier_wait(b.warp_barriers[threadIdx.x >> 5]);
+    kd_emu::barrier_wait(b.warp_barriers[threadIdx.x >> 5], kind, site);
+}
+
+// WMMA's memory operands: 256-bit aligned, and a leading dimension that is a multiple of 16 bytes (8
+// 16-bit elements, 4 floats), or the instruction faults (CUDA C++ Programming Guide, "Warp Matrix Functions").
+template <typename T> inline void check_wmma_operand(const T* p, unsigned ldm, const char* what) {
+    kd_emu::check_alignment(p, 32, what);
+    if ((static_cast<size_t>(ldm) * sizeof(T)) % 16 != 0) {
+        kd_emu::report_and_abandon(std::string(what) + ": leading dimension " + std::to_string(ldm) +
+                                   " is not a multiple of 16 bytes");
+    }
 }
 
 template <typename Use, int M, int N, int K, typename T, typename Layout>
@@ -346,35 +419,79 @@ inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, float value) {
 }
 
 template <typename Use, int M, int N, int K, typename T, typename Layout>
-inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm,
+                             const std::source_location site = std::source_location::current()) {
     using F = fragment<Use, M, N, K, T, Layout>;
+    check_wmma_operand(p, ldm, "wmma::load_matrix_sync");
     constexpr bool column_major = std::is_same_v<Layout, col_major>;
     for (int r = 0; r < F::rows; ++r)
         for (int c = 0; c < F::cols; ++c)
             f.v[r * F::cols + c] = element_to_float(column_major ? p[c * ldm + r] : p[r * ldm + c]);
-    warp_meeting();
+    warp_meeting("wmma::load_matrix_sync", site);
 }
+
+// c + the products of one group, rounded toward zero to fp32 (see mma_sync). The products of 16-bit floats
+// are exact in double and the group's sum nearly so (exact up to 2^-53 relative).
+inline float add_group_truncated(float c, const double* products, int count) {
+    double s = c;
+    for (int k = 0; k < count; ++k) s += products[k];
+    float r = static_cast<float>(s);
+    if (std::fabs(static_cast<double>(r)) > std::fabs(s)) r = std::nextafter(r, 0.f);
+    return r;
+}
+
+// D = A B + C. Two rounding models (docs/emulation.md):
+//  * truncate (default, KD_EMU_MMA unset or `truncate`): the products are added to the accumulator in groups
+//    of kMmaGroup, in k order, each group's sum with the accumulator rounded toward zero to fp32. This is the
+//    behaviour measured on V100/T4/A100 tensor cores by Fasi, Higham, Mikaitis and Pranesh, "Numerical
+//    behavior of NVIDIA tensor cores", PeerJ Computer Science 7:e330 (2021): products exact, the addends of a
+//    group aligned and added without rounding, the result truncated (their groups are 4 products on V100 and
+//    8 on A100; 4 truncates more often, so it is the stricter test of a kernel's tolerance).
+//  * exact (KD_EMU_MMA=exact): every product added in k order, rounded to nearest (fp32 FMA chain).
+inline constexpr int kMmaGroup = 4;
 
 template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB>
 inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
-                     const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+                     const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float>& c,
+                     const std::source_location site = std::source_location::current()) {
     float out[M * N];
+    const bool truncate = kd_emu::mma_truncates();
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) {
             float s = c.v[i * N + j];
-            // A product of two 16-bit floats is exact in float, so this is the fused multiply-add a tensor
-            // core does, without the cost of a software fmaf on hosts built without FMA.
-            for (int k = 0; k < K; ++k) s += a.v[i * K + k] * b.v[k * N + j];
+            if (truncate) {
+                for (int k0 = 0; k0 < K; k0 += kMmaGroup) {
+                    double products[kMmaGroup];
+                    const int count = std::min(kMmaGroup, K - k0);
+                    for (int k = 0; k < count; ++k)
+                        products[k] = static_cast<double>(a.v[i * K + k0 + k]) * b.v[(k0 + k) * N + j];
+                    s = add_group_truncated(s, products, count);
+                }
+            } else {
+                // A product of two 16-bit floats is exact in float, so this is a chain of fused multiply-adds.
+                for (int k = 0; k < K; ++k) s += a.v[i * K + k] * b.v[k * N + j];
+            }
             out[i * N + j] = s;
         }
     std::memcpy(d.v, out, sizeof out);
+    warp_meeting("wmma::mma_sync", site);
 }
 
+// Each lane stores its own share of the tile (M * N / 32 consecutive elements in row-major order), as the
+// lanes of a GPU warp store the elements their registers hold: the race checks see each element written
+// once, by one lane.
 template <int M, int N, int K>
-inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
-    for (int r = 0; r < M; ++r)
-        for (int c = 0; c < N; ++c) (layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c]) = f.v[r * N + c];
-    warp_meeting();
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout,
+                              const std::source_location site = std::source_location::current()) {
+    static_assert((M * N) % 32 == 0, "a tile is shared evenly by the lanes");
+    check_wmma_operand(p, ldm, "wmma::store_matrix_sync");
+    constexpr int share = M * N / 32;
+    const int lane = static_cast<int>(threadIdx.x & 31u);
+    for (int e = lane * share; e < (lane + 1) * share; ++e) {
+        const int r = e / N, c = e % N;
+        (layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c]) = f.v[e];
+    }
+    warp_meeting("wmma::store_matrix_sync", site);
 }
 }  // namespace wmma
 }  // namespace nvcuda
@@ -383,43 +500,40 @@ namespace kd_emu {
 
 // Every entry point of every kernel file registers itself here under the name the CUDA driver would use
 // (`cwd_fused_f32`, ...): KD_ENTRY (common.cuh) declares the registration, so no launcher is written by hand.
+// With it go the size of the argument block and how many of its leading 8-byte words are device addresses
+// (the launch rewrites those to the buffers' copies, see checks.h).
 using EntryPoint = void (*)(const void* args);
 
-inline std::unordered_map<std::string, EntryPoint>& registry() {
-    static std::unordered_map<std::string, EntryPoint> entries;  // built before main, by static initialisers
+struct Entry {
+    EntryPoint run;
+    size_t args_bytes;
+    size_t address_words;
+};
+
+inline std::unordered_map<std::string, Entry>& registry() {
+    static std::unordered_map<std::string, Entry> entries;  // built before main, by static initialisers
     return entries;
 }
 
+// The leading device addresses of an argument block: params.h puts them first, before the parameter block
+// `p`; the two blocks without one are all addresses up to their first non-address field.
+template <typename Args> constexpr size_t address_words() {
+    if constexpr (requires(Args a) { a.p; }) {
+        return offsetof(Args, p) / sizeof(uint64_t);
+    } else if constexpr (requires(Args a) { a.planes; }) {
+        return offsetof(Args, planes) / sizeof(uint64_t);  // KdPoolArgs
+    } else {
+        return offsetof(Args, wa) / sizeof(uint64_t);  // KdIcsdMixArgs
+    }
+}
+
 struct Registration {
-    Registration(const char* name, EntryPoint entry) {
-        if (!registry().emplace(name, entry).second) fail("an entry point is registered twice");
+    Registration(const char* name, EntryPoint run, size_t args_bytes, size_t address_words) {
+        if (!registry().emplace(name, Entry{run, args_bytes, address_words}).second) {
+            fail("an entry point is registered twice");
+        }
     }
 };
-
-// One launch at a time in the whole process: gridDim and blockDim are process-wide, and the test harness
-// calls from several threads.
-inline std::mutex launch_mutex;
-
-// Runs `kernel` on a grid of `grid` blocks of `block` threads (1-D), `resident` blocks at a time (see the
-// model above), each block with `dynamic_shared_bytes` of KD_DYNAMIC_SHARED memory.
-inline void launch(unsigned int grid, unsigned int block, unsigned int resident, size_t dynamic_shared_bytes,
-                   const std::function<void()>& kernel) {
-    const std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
-    gridDim = dim3{grid, 1, 1};
-    blockDim = dim3{block, 1, 1};
-    const unsigned slots = std::max(1u, std::min(resident, grid));
-    std::vector<std::thread> threads;
-    threads.reserve(slots);
-    for (unsigned s = 0; s < slots; ++s) {
-        threads.emplace_back([=, &kernel] {
-            BlockContext slot(block, dynamic_shared_bytes, &kernel);
-            context = &slot;
-            for (unsigned b = s; b < grid; b += slots) run_block(slot, b);
-            context = nullptr;
-        });
-    }
-    for (auto& t : threads) t.join();
-}
 
 }  // namespace kd_emu
 

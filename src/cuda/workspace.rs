@@ -170,4 +170,13 @@ impl Scratch for Workspace {
         }
         self.growth.prepare(floats, counters, self.launch_stream as StreamId)
     }
+
+    fn reset_counters(&mut self) -> Result<()> {
+        self.stream.context().bind_to_thread().map_err(|e| KdError::cuda("cuCtxSetCurrent", e))?;
+        let bytes = self.counters.0.len() * std::mem::size_of::<u32>();
+        // SAFETY: the counters are this workspace's allocation; on the launch stream, the memset follows the
+        // call's launches that did queue.
+        unsafe { result::memset_d8_async(self.counters.1, 0, bytes, self.launch_stream) }
+            .map_err(|e| KdError::cuda("cuMemsetD8Async (workspace counters)", e))
+    }
 }

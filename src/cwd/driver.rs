@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::family::{Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
 use crate::ffi::KdCwdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{DeviceInfo, LaunchError, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_or_reset, DeviceInfo, LaunchError, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
 use ndarray::ArrayView4;
 
@@ -87,7 +87,7 @@ pub(crate) unsafe fn run(
         for launch in &plan.launches {
             // SAFETY: `args` is the block cwd.cu's kernels take; its addresses come from the caller (who
             // vouches for them) and from the workspace, sized by the plan.
-            match unsafe { launcher.launch(launch, dtype, (&args as *const KdCwdArgs).cast::<c_void>()) } {
+            match unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdCwdArgs).cast::<c_void>()) } {
                 Ok(()) => {}
                 Err(LaunchError::CooperativeRefused(e)) => {
                     refused = Some(e);

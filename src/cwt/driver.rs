@@ -13,7 +13,7 @@ use crate::error::{KdError, Result};
 use crate::family::{Family, RawCall, TypedFamily};
 use crate::ffi::KdCwtArgs;
 use crate::grad::GradOptions;
-use crate::launch::{DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
 
 /// The device addresses of one CWT call (`CUdeviceptr`s; 0 for an absent output). The loss is computed
@@ -151,13 +151,13 @@ pub(crate) unsafe fn run(
         for launch in &chunk.launches {
             // SAFETY: `args` is the block cwt.cu's kernels take; its addresses come from the caller (who
             // vouches for them) and from the workspace, sized by the plan.
-            unsafe { launcher.launch(launch, dtype, (&args as *const KdCwtArgs).cast::<c_void>()) }
+            unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdCwtArgs).cast::<c_void>()) }
                 .map_err(|e| e.into_error())?;
         }
     }
     if let Some(combine) = &plan.combine {
         // SAFETY: as above.
-        unsafe { launcher.launch(combine, dtype, (&args as *const KdCwtArgs).cast::<c_void>()) }
+        unsafe { launch_or_reset(launcher, scratch, combine, dtype, (&args as *const KdCwtArgs).cast::<c_void>()) }
             .map_err(|e| e.into_error())?;
     }
     Ok(())

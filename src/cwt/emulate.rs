@@ -3,7 +3,7 @@
 
 use super::{driver, CwtConfig, CwtRawBuffers, CwtShapes};
 use crate::dtype::KdFloat;
-use crate::emulator::{EmulatedGpu, EmulatedLauncher, HostScratch, Mode};
+use crate::emulator::{EmulatedGpu, EmulatedLauncher, HostBuffers, HostScratch, Mode};
 use crate::error::{KdError, Result};
 use crate::grad::GradOptions;
 
@@ -135,6 +135,20 @@ pub fn cwt<T: KdFloat>(
         grad_b2: addr(&mut grads.b2),
         upstream: if matches!(mode, Mode::Backward { .. }) { &upstream as *const f32 as u64 } else { 0 },
     };
+    let _registered = HostBuffers::new()
+        .input("student", &student[..s.numel()])
+        .input("teacher", &teacher[..t.numel()])
+        .input("w1", &params.w1[..ch * cs])
+        .input("b1", &params.b1[..ch])
+        .input("w2", &params.w2[..ct * ch])
+        .input("b2", &params.b2[..ct])
+        .output("loss", std::slice::from_ref(&loss))
+        .input("upstream", std::slice::from_ref(&upstream))
+        .output("grad_student", &grads.student)
+        .output("grad_w1", &grads.w1)
+        .output("grad_b1", &grads.b1)
+        .output("grad_w2", &grads.w2)
+        .output("grad_b2", &grads.b2);
     let mut scratch = HostScratch::default();
     // SAFETY: every address is a live host buffer of the size the shapes need; the emulated kernels run on
     // the host and return before this does.

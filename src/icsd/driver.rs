@@ -13,7 +13,7 @@ use crate::error::{KdError, Result};
 use crate::family::{bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
 use crate::ffi::{KdIcsdArgs, KdIcsdMixArgs};
 use crate::grad::GradOptions;
-use crate::launch::{DeviceInfo, Launch, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_or_reset, DeviceInfo, Launch, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
 use cudarc::driver::DevicePtrMut;
 use ndarray::ArrayView4;
@@ -113,7 +113,7 @@ pub(crate) unsafe fn run(
     for launch in &plan.launches {
         // SAFETY: `args` is the block icsd.cu's kernels take; its addresses come from the caller (who vouches
         // for them) and from the workspace, sized by the plan.
-        unsafe { launcher.launch(launch, dtype, (&args as *const KdIcsdArgs).cast::<c_void>()) }
+        unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdIcsdArgs).cast::<c_void>()) }
             .map_err(|e| e.into_error())?;
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 use super::{driver, AicsdConfig, Icsd, IcsdConfig, IcsdRawBuffers};
 use crate::dtype::KdFloat;
-use crate::emulator::{self, EmulatedGpu, EmulatedLauncher, EmulatedOutput, HostScratch, Mode};
+use crate::emulator::{self, EmulatedGpu, EmulatedLauncher, EmulatedOutput, HostBuffers, HostScratch, Mode};
 use crate::error::{KdError, Result};
 use crate::family::{PairRawBuffers, RawCall};
 use crate::grad::GradOptions;
@@ -74,6 +74,14 @@ pub fn icsd<T: KdFloat>(
         sim_student: sim_s.as_mut_ptr() as u64,
         sim_teacher: sim_t.as_mut_ptr() as u64,
     };
+    let _registered = HostBuffers::new()
+        .input("student", &student[..shape.numel()])
+        .input("teacher", &teacher[..shape.numel()])
+        .output("loss", std::slice::from_ref(&loss))
+        .input("upstream", std::slice::from_ref(&upstream))
+        .output("grad_student", &grad)
+        .output("sim_student", &sim_s)
+        .output("sim_teacher", &sim_t);
     let call = RawCall::<Icsd> { config, path: (), shape: &shape.dims(), dtype: T::DTYPE, buffers: &buffers, options };
     // SAFETY: every address is a live host buffer of the size the shape needs.
     unsafe { emulator::run(call, gpu)? };
@@ -122,6 +130,13 @@ pub fn aicsd<T: KdFloat>(
         ..PairRawBuffers::default()
     };
     let (ics_options, kd_options) = config.grad_options(alpha, options);
+    let _registered = HostBuffers::new()
+        .input("student", &student[..shape.numel()])
+        .input("teacher", &teacher[..shape.numel()])
+        .output("loss (ICS)", std::slice::from_ref(&l_ics))
+        .output("loss (KD)", std::slice::from_ref(&l_kd))
+        .output("loss", std::slice::from_ref(&total))
+        .output("grad_student", &grad);
     let mut scratch = HostScratch::default();
     // SAFETY: as in `icsd`.
     unsafe {

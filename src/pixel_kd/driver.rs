@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::family::{bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
 use crate::ffi::KdPixelKdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
 use ndarray::ArrayView4;
 
@@ -66,7 +66,7 @@ pub(crate) unsafe fn run(
     };
     // SAFETY: `args` is the block pixel_kd.cu's kernels take; its addresses come from the caller (who vouches
     // for them) and from the workspace, sized by the plan.
-    unsafe { launcher.launch(&plan.launch, dtype, (&args as *const KdPixelKdArgs).cast::<c_void>()) }
+    unsafe { launch_or_reset(launcher, scratch, &plan.launch, dtype, (&args as *const KdPixelKdArgs).cast::<c_void>()) }
         .map_err(|e| e.into_error())?;
     Ok(plan.path)
 }

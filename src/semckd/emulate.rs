@@ -4,7 +4,7 @@
 use super::driver::{self, SemckdRawBuffers};
 use super::{Semckd, SemckdConfig, SemckdLayers};
 use crate::dtype::KdFloat;
-use crate::emulator::{self, EmulatedGpu, EmulatedLauncher};
+use crate::emulator::{self, EmulatedGpu, EmulatedLauncher, HostBuffers};
 use crate::error::{KdError, Result};
 use crate::family::RawCall;
 use crate::grad::GradOptions;
@@ -130,6 +130,35 @@ pub fn semckd<T: KdFloat>(
         grad_key: out.grad_key.iter_mut().map(mut_mlp).collect(),
         upstream: if upstream.is_some() { &up as *const f32 as u64 } else { 0 },
     };
+    let mut registered = HostBuffers::new()
+        .output("loss", std::slice::from_ref(&out.loss))
+        .output("attention", &out.attention)
+        .input("upstream", std::slice::from_ref(&up));
+    const MLP: [&str; 4] = ["w1", "b1", "w2", "b2"];
+    for (side, features) in [("student", &inputs.student), ("teacher", &inputs.teacher), ("proj", &inputs.proj)] {
+        for (i, x) in features.iter().enumerate() {
+            registered = registered.input(&format!("{side}[{i}]"), x);
+        }
+    }
+    for (side, mlps) in [("query", &inputs.query), ("key", &inputs.key)] {
+        for (i, m) in mlps.iter().enumerate() {
+            for (k, x) in m.iter().enumerate() {
+                registered = registered.input(&format!("{side}[{i}].{}", MLP[k]), x);
+            }
+        }
+    }
+    for (side, grads) in [("grad_student", &out.grad_student), ("grad_proj", &out.grad_proj)] {
+        for (i, g) in grads.iter().enumerate() {
+            registered = registered.output(&format!("{side}[{i}]"), g);
+        }
+    }
+    for (side, mlps) in [("grad_query", &out.grad_query), ("grad_key", &out.grad_key)] {
+        for (i, m) in mlps.iter().enumerate() {
+            for (k, g) in m.iter().enumerate() {
+                registered = registered.output(&format!("{side}[{i}].{}", MLP[k]), g);
+            }
+        }
+    }
     let call = RawCall::<Semckd> { config, path: (), shape: layers, dtype: T::DTYPE, buffers: &buffers, options };
     // SAFETY: every address is a live host buffer of the size the layout needs (checked above).
     unsafe { emulator::run(call, gpu)? };
@@ -142,6 +171,7 @@ pub fn adaptive_avg_pool<T: KdFloat>(shape: &[usize], out_hw: [usize; 2], input:
     check_len("pool input", input, n)?;
     let planes = shape.first().copied().unwrap_or(0) * shape.get(1).copied().unwrap_or(0);
     let mut out = vec![T::from_f32(f32::NAN); planes * out_hw[0] * out_hw[1]];
+    let _registered = HostBuffers::new().input("input", &input[..n]).output("output", &out);
     // SAFETY: host buffers of the sizes the shapes need.
     unsafe {
         driver::run_pool(
@@ -174,6 +204,9 @@ pub fn adaptive_avg_pool_backward<T: KdFloat>(
         None => vec![T::from_f32(f32::NAN); n],
     };
     check_len("pool initial gradient", &grad, n)?;
+    let _registered = HostBuffers::new()
+        .input("grad_output", &grad_output[..planes * out_hw[0] * out_hw[1]])
+        .output("grad_input", &grad);
     // SAFETY: host buffers of the sizes the shapes need.
     unsafe {
         driver::run_pool(

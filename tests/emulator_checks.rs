@@ -1,0 +1,125 @@
+//! The emulation's checks (docs/emulation.md), each proven by a deliberately broken kernel
+//! (`kernels/emulator/selftest/broken.cu`) that must fail with the check's message, and a correct kernel
+//! using every checked feature that must pass.
+#![cfg(feature = "emulator")]
+
+use kd_kernels::emulator::{selftest, Selftest};
+
+const BASE: Selftest = Selftest { kernel: "selftest_correct", grid: 1, n: 1024, mode: 0, register_output: true };
+
+/// Runs `t` and returns the launch's error message; panics when it passes.
+fn error_of(t: Selftest) -> String {
+    match selftest(t) {
+        Ok(_) => panic!("{} (mode {}) passed the checks", t.kernel, t.mode),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_has(message: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(message.contains(part), "missing {part:?} in: {message}");
+    }
+}
+
+#[test]
+fn correct_kernel_passes_every_check() {
+    for grid in [1u32, 3, 7] {
+        let n = grid as usize * 1024;
+        let out = selftest(Selftest { grid, n, ..BASE }).unwrap();
+        let expected: f64 = (0..n).map(|i| i as f64).sum();
+        assert_eq!(out[0] as f64, expected as f32 as f64, "grid {grid}");
+    }
+}
+
+#[test]
+fn memcheck_out_of_bounds_load() {
+    let m = error_of(Selftest { kernel: "selftest_oob_load", n: 100, ..BASE });
+    assert_has(&m, &["kernel selftest_oob_load_f32", "block 0, thread 0", "memcheck: out-of-bounds load of 4 bytes"]);
+    assert_has(&m, &["offset 400 of buffer 'input' (400 bytes), 0 bytes past its end"]);
+}
+
+#[test]
+fn memcheck_out_of_bounds_store() {
+    let m = error_of(Selftest { kernel: "selftest_oob_store", n: 100, ..BASE });
+    assert_has(&m, &["memcheck: out-of-bounds store of 4 bytes", "offset 408 of buffer 'output' (400 bytes)"]);
+}
+
+#[test]
+fn memcheck_store_to_input() {
+    let m = error_of(Selftest { kernel: "selftest_store_input", ..BASE });
+    assert_has(&m, &["memcheck: store of 4 bytes to the input buffer 'input' at offset 4"]);
+}
+
+#[test]
+fn memcheck_misaligned_vector_access() {
+    let m = error_of(Selftest { kernel: "selftest_misaligned_vector", ..BASE });
+    assert_has(&m, &["memcheck: misaligned 16-byte vector load (uint4) at offset 4 of buffer 'input'", "16-byte"]);
+}
+
+#[test]
+fn memcheck_wmma_operands() {
+    let m = error_of(Selftest { kernel: "selftest_wmma_operand", mode: 0, ..BASE });
+    assert_has(&m, &["misaligned wmma::load_matrix_sync", "shared variable 'tile'", "needs 32-byte alignment"]);
+    let m = error_of(Selftest { kernel: "selftest_wmma_operand", mode: 1, ..BASE });
+    assert_has(&m, &["wmma::load_matrix_sync: leading dimension 12 is not a multiple of 16 bytes"]);
+}
+
+#[test]
+fn memcheck_unregistered_buffer() {
+    let m = error_of(Selftest { kernel: "selftest_oob_store", register_output: false, ..BASE });
+    assert_has(&m, &["argument word 1 holds an address in no registered buffer"]);
+}
+
+#[test]
+fn racecheck_shared_read_and_write() {
+    let m = error_of(Selftest { kernel: "selftest_shared_write_read", ..BASE });
+    // Which of the two accesses comes first depends on the schedule (the seed).
+    assert!(m.contains("racecheck: write-read hazard") || m.contains("racecheck: read-write hazard"), "{m}");
+    assert_has(&m, &["of shared variable 'words'", "no __syncthreads between them"]);
+}
+
+#[test]
+fn racecheck_shared_write_write() {
+    let m = error_of(Selftest { kernel: "selftest_shared_write_write", ..BASE });
+    assert_has(&m, &["racecheck: write-write hazard on byte 0 of shared variable 'word' (4 bytes)"]);
+}
+
+#[test]
+fn initcheck_shared() {
+    let m = error_of(Selftest { kernel: "selftest_shared_uninitialised", ..BASE });
+    assert_has(&m, &["thread 1", "initcheck: load of 4 bytes at byte 0 of shared variable 'words'", "no thread of this block wrote"]);
+}
+
+#[test]
+fn initcheck_workspace() {
+    let m = error_of(Selftest { kernel: "selftest_workspace_uninitialised", n: 100, ..BASE });
+    assert_has(&m, &["initcheck: load of 4 bytes at offset 396 of workspace buffer 'workspace'", "no kernel of this call wrote"]);
+}
+
+#[test]
+fn synccheck_divergent_syncthreads() {
+    let m = error_of(Selftest { kernel: "selftest_divergent_syncthreads", mode: 0, ..BASE });
+    assert_has(&m, &["deadlock", "128 thread(s) from 0 __syncthreads (", "128 thread(s) from 128 exited"]);
+    let m = error_of(Selftest { kernel: "selftest_divergent_syncthreads", mode: 1, ..BASE });
+    assert_has(&m, &["reached different calls: __syncthreads at", "a __syncthreads not reached by every thread"]);
+}
+
+#[test]
+fn synccheck_partial_warp() {
+    let m = error_of(Selftest { kernel: "selftest_partial_warp", mode: 0, ..BASE });
+    assert_has(&m, &["__shfl_xor_sync", "common.cuh"]);
+    let m = error_of(Selftest { kernel: "selftest_partial_warp", mode: 1, ..BASE });
+    assert_has(&m, &["wmma::store_matrix_sync"]);
+}
+
+#[test]
+fn static_shared_memory_limit() {
+    let m = error_of(Selftest { kernel: "selftest_static_shared_too_large", ..BASE });
+    assert_has(&m, &["static shared memory exceeds the 48 KiB limit at variable 'big'"]);
+}
+
+#[test]
+fn every_message_names_the_schedule_seed() {
+    let m = error_of(Selftest { kernel: "selftest_oob_load", ..BASE });
+    assert_has(&m, &["schedule seed ", "KD_EMU_SEED="]);
+}
