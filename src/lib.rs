@@ -52,6 +52,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod cwd;
 pub mod cwt;
+pub mod dist;
 pub mod dtype;
 #[cfg(feature = "emulator")]
 pub mod emulator;
@@ -62,6 +63,7 @@ pub mod grad;
 pub mod icsd;
 mod launch;
 pub mod pixel_kd;
+pub mod pkd;
 pub mod semckd;
 pub mod shape;
 #[doc(hidden)]
