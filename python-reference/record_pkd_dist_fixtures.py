@@ -168,6 +168,7 @@ class DistCase:
     seed: int
     description: str
     suffix: str = ""
+    const_row: tuple = None  # (n, h, w, value): a student pixel whose logits are all equal
 
     @property
     def name(self):
@@ -213,6 +214,11 @@ DIST_CASES = [
     DistCase("f32", (1, 3, 1, 4), 1.0, 1.0, 1.0, 1.0, 805,
              "One image, three classes, four pixels: the smallest intra-class correlation "
              "(over 4 values)."),
+    DistCase("f32", (2, 4, 3, 5), 1.0, 1.0, 1.0, 1.0, 806,
+             "Student pixel (0, 1, 2) has four equal logits: its centred probabilities are exactly 0, "
+             "where the norm's derivative is 0/0; torch's norm backward is 0 there, so the official "
+             "gradient is finite, b'/(0 + 1e-8) through the softmax (about 1e6, the largest entries).",
+             suffix="constrow", const_row=(0, 1, 2, 0.75)),
 ]
 
 
@@ -328,7 +334,11 @@ def record_dist(case, out_dir):
     dtype = DTYPES[case.dtype]
     g = torch.Generator().manual_seed(case.seed)
     outliers = case.suffix == "outliers"
-    s_stored = draw_logits(case.shape, g, outliers).to(dtype).contiguous()
+    s_raw = draw_logits(case.shape, g, outliers)
+    if case.const_row:
+        n, h, w, v = case.const_row
+        s_raw[n, :, h, w] = v
+    s_stored = s_raw.to(dtype).contiguous()
     t_stored = draw_logits(case.shape, g, outliers).to(dtype).contiguous()
     s32, t32 = s_stored.float(), t_stored.float()
     s64, t64 = s32.double(), t32.double()

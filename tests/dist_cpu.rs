@@ -17,7 +17,7 @@ fn dist_files() -> Vec<std::path::PathBuf> {
 #[test]
 fn fixtures_pass_on_the_cpu_reference() {
     let files = dist_files();
-    assert_eq!(files.len(), 5, "expected the 5 recorded dist fixtures");
+    assert_eq!(files.len(), 6, "expected the 6 recorded dist fixtures");
     for path in files {
         let fixture = Fixture::load(&path).unwrap();
         let checks = fixture.check(&Backend::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -59,9 +59,9 @@ fn assert_close(what: &str, got: &Array4<f64>, want: &Array4<f64>, rtol: f64) {
 fn numeric_grads(cpu: &PkdCpu, student: &[Array4<f64>], teacher: &[Array4<f64>]) -> Vec<Array4<f64>> {
     let mut work: Vec<Array4<f64>> = student.to_vec();
     let mut out = Vec::new();
-    for l in 0..student.len() {
-        let mut g = Array4::<f64>::zeros(student[l].raw_dim());
-        for (idx, &v) in student[l].indexed_iter() {
+    for (l, level) in student.iter().enumerate() {
+        let mut g = Array4::<f64>::zeros(level.raw_dim());
+        for (idx, &v) in level.indexed_iter() {
             let h = 1e-6 * v.abs().max(1.0);
             work[l][idx] = v + h;
             let plus = cpu.forward(&views(&work), &views(teacher)).unwrap();
@@ -90,8 +90,19 @@ fn finite_differences_over_several_levels() {
             let cpu = PkdCpu::new(PkdConfig { loss_weight }).unwrap();
             let r = cpu.forward_backward(&views(&s), &views(&t)).unwrap();
             let numeric = numeric_grads(&cpu, &s, &t);
+            let overall = numeric.iter().flat_map(|g| g.iter()).fold(0.0f64, |m, v| m.max(v.abs()));
             for (l, (a, n)) in r.grad_student.iter().zip(&numeric).enumerate() {
-                assert_close(&format!("layout {i} w {loss_weight} level {l}"), a, n, 1e-6);
+                let what = format!("layout {i} w {loss_weight} level {l}");
+                if layout[l][0] * layout[l][2] * layout[l][3] == 2 {
+                    // Two values per channel standardise to +-1/sqrt(2) whatever they are: the gradient is of
+                    // the order of the eps, below the differences' rounding noise. Hold it to the other levels'
+                    // scale, and check that it is that small.
+                    let worst = a.iter().zip(n).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+                    assert!(worst <= 1e-6 * overall, "{what}: max err {worst:e} against {overall:e}");
+                    assert!(a.iter().all(|v| v.abs() <= 1e-4 * overall), "{what}: not about 0");
+                } else {
+                    assert_close(&what, a, n, 1e-6);
+                }
             }
             // `backward` scales by the upstream gradient and fills the same loss.
             let b = cpu.backward(&views(&s), &views(&t), -2.5).unwrap();
@@ -212,8 +223,8 @@ fn constant_teacher_channel_is_smooth() {
 fn inputs_in_every_dtype_widen_exactly() {
     let mut rng = SplitMix64::new(77);
     let dims = [2, 3, 3, 2];
-    let s = features(&mut rng, dims).mapv(|v| half::bf16::from_f64(v));
-    let t = features(&mut rng, dims).mapv(|v| half::bf16::from_f64(v));
+    let s = features(&mut rng, dims).mapv(half::bf16::from_f64);
+    let t = features(&mut rng, dims).mapv(half::bf16::from_f64);
     let cpu = PkdCpu::new(PkdConfig::default()).unwrap();
     let low = cpu.forward_backward(&[s.view()], &[t.view()]).unwrap();
     let (s64, t64) = (s.mapv(|v| v.to_f64()), t.mapv(|v| v.to_f64()));
@@ -250,4 +261,68 @@ fn bad_inputs_give_typed_errors() {
     for w in [f64::NAN, f64::INFINITY] {
         assert!(matches!(PkdCpu::new(PkdConfig { loss_weight: w }), Err(KdError::InvalidParameter { .. })));
     }
+}
+
+/// A recorded PKD file, rewritten with some tensors replaced or removed and some metadata changed.
+fn edited(
+    path: &std::path::Path,
+    replace: &[(&str, Vec<usize>)],
+    remove: &[&str],
+    meta: &[(&str, &str)],
+) -> Result<Vec<(String, String)>, String> {
+    use safetensors::tensor::TensorView;
+    let bytes = std::fs::read(path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    for (k, v) in meta {
+        metadata.insert(k.to_string(), v.to_string());
+    }
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let zeros: Vec<Vec<u8>> = replace.iter().map(|(_, dims)| vec![0u8; 4 * dims.iter().product::<usize>()]).collect();
+    let mut views = Vec::new();
+    for (name, view) in st.tensors() {
+        if remove.contains(&name.as_str()) {
+            continue;
+        }
+        match replace.iter().position(|(n, _)| *n == name) {
+            Some(i) => views.push((
+                name.clone(),
+                TensorView::new(safetensors::Dtype::F32, replace[i].1.clone(), &zeros[i]).unwrap(),
+            )),
+            None => views.push((name.clone(), TensorView::new(view.dtype(), view.shape().to_vec(), view.data()).unwrap())),
+        }
+    }
+    let out = safetensors::serialize(views, Some(metadata)).unwrap();
+    let fixture = Fixture::from_bytes(&out).map_err(|e| e.to_string())?;
+    let checks = fixture.check(&Backend::Cpu).map_err(|e| e.to_string())?;
+    Ok(checks.iter().map(|c| (c.output.clone(), c.pass().to_string())).collect())
+}
+
+#[test]
+fn bad_fixture_files_are_reported_not_panicked() {
+    let path = pkd_files().into_iter().find(|p| p.to_string_lossy().contains("_f32_n2_5x9x11")).unwrap();
+    assert!(edited(&path, &[], &[], &[]).unwrap().iter().all(|(_, pass)| pass == "true"));
+    let cases: [(&[(&str, Vec<usize>)], &[&str], &[(&str, &str)], &str); 6] = [
+        (&[("student.1", vec![2, 3, 4, 6])], &[], &[], "resize"),
+        (&[], &["teacher.2"], &[], "missing tensor `teacher.2`"),
+        (&[], &[], &[("num_levels", "0")], "num_levels"),
+        (&[], &[], &[("num_levels", "two")], "num_levels"),
+        (&[], &[], &[("num_levels", "2")], "student.2"),
+        (&[], &[], &[("loss_weight", "nan")], "loss_weight"),
+    ];
+    for (replace, remove, meta, needle) in cases {
+        match edited(&path, replace, remove, meta) {
+            Err(e) => assert!(e.contains(needle), "{e:?} does not mention {needle:?}"),
+            Ok(checks) => panic!("accepted ({needle}): {checks:?}"),
+        }
+    }
+    // Without `num_levels`, the levels are counted.
+    let path = pkd_files().into_iter().find(|p| p.to_string_lossy().contains("_bf16_")).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let fixture = Fixture::from_bytes(&bytes).unwrap();
+    let mut without = fixture.clone();
+    without.metadata.remove("num_levels");
+    let checks = without.check(&Backend::Cpu).unwrap();
+    assert_eq!(checks.len(), 3, "{checks:?}");
+    assert!(checks.iter().all(|c| c.pass()));
 }

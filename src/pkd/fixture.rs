@@ -4,7 +4,9 @@
 
 use super::{check_levels, PkdConfig, PkdCpu};
 use crate::dtype::{self, DType, KdFloat, PerDtype};
-use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, LossKind, Output};
+use crate::fixture::{
+    self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, LossKind, Output,
+};
 use crate::shape::Nchw;
 
 pub(crate) struct PkdFixtures;
