@@ -42,6 +42,24 @@ pub enum KdError {
         /// Elements the buffer holds.
         len: usize,
     },
+    /// A student level and its teacher level differ in shape (a loss over a list of levels, such as PKD).
+    LevelShapeMismatch {
+        /// The level's index, from 0.
+        level: usize,
+        /// The student's shape at that level.
+        student: Vec<usize>,
+        /// The teacher's shape at that level.
+        teacher: Vec<usize>,
+    },
+    /// A reduction has fewer values than its statistic needs (e.g. an unbiased standard deviation of one value).
+    TooFewValues {
+        /// What is reduced, e.g. `"student level 2 (per channel: N*H*W)"`.
+        what: String,
+        /// How many values it has.
+        got: usize,
+        /// How many it needs.
+        needed: usize,
+    },
     /// A tensor is too large for the kernels' launch geometry or index arithmetic.
     TooLarge {
         /// Which argument.
@@ -129,6 +147,15 @@ impl fmt::Display for KdError {
                 f,
                 "{what}: the buffer holds {len} elements but the shape needs {needed}; allocate at least {needed}"
             ),
+            KdError::LevelShapeMismatch { level, student, teacher } => write!(
+                f,
+                "level {level}: the student is {student:?} but the teacher is {teacher:?}; every level needs one \
+                 shape: resize the student to the teacher's H x W first (mmrazor's PKDLoss does it bilinearly), \
+                 and project it first where N or C differ"
+            ),
+            KdError::TooFewValues { what, got, needed } => {
+                write!(f, "{what}: {got} value(s), but the statistic needs at least {needed}")
+            }
             KdError::TooLarge { what, detail } => write!(f, "{what}: too large: {detail}"),
             KdError::InvalidParameter { name, value, requirement } => {
                 write!(f, "parameter `{name}` = {value} is invalid: it must be {requirement}")

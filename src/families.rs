@@ -20,6 +20,8 @@ macro_rules! for_each_family {
             Icsd => icsd::Icsd, "icsd", IcsdFixtures;
             Semckd => semckd::Semckd, "semckd", SemckdFixtures;
             Cwt => cwt::Cwt, "cwt", CwtFixtures;
+            Pkd => pkd::Pkd, "pkd", PkdFixtures;
+            Dist => dist::Dist, "dist", DistFixtures;
         }
     };
 }

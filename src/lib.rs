@@ -50,6 +50,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod cwd;
 pub mod cwt;
+pub mod dist;
 pub mod dtype;
 #[cfg(feature = "emulator")]
 pub mod emulator;
@@ -65,6 +66,7 @@ pub mod launch;
 #[cfg(test)]
 mod launch_limits;
 pub mod pixel_kd;
+pub mod pkd;
 pub mod semckd;
 pub mod shape;
 #[doc(hidden)]

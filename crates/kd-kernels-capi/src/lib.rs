@@ -102,6 +102,8 @@ impl From<KdError> for Failure {
             KdError::WrongRank { .. }
             | KdError::ShapeMismatch { .. }
             | KdError::EmptyInput { .. }
+            | KdError::LevelShapeMismatch { .. }
+            | KdError::TooFewValues { .. }
             | KdError::BufferTooSmall { .. } => KD_ERR_SHAPE,
             KdError::TooLarge { .. } => KD_ERR_TOO_LARGE,
             KdError::InvalidParameter { .. } => KD_ERR_PARAMETER,

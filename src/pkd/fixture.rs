@@ -1,0 +1,106 @@
+//! PKD fixtures: parameters `loss_weight`, `num_levels` L; inputs `student.{l}`, `teacher.{l}`; outputs
+//! `loss` and `grad.student.{l}` (`docs/fixtures.md`). A file may leave out a level's gradient (where an
+//! official gradient was not finite): the verifier checks what is there.
+
+use super::{check_levels, PkdConfig, PkdCpu};
+use crate::dtype::{self, DType, KdFloat, PerDtype};
+use crate::fixture::{
+    self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output,
+};
+use crate::shape::Nchw;
+
+pub(crate) struct PkdFixtures;
+
+/// The number of levels: the `num_levels` parameter, or the count of consecutive `student.{l}` tensors.
+fn num_levels(fixture: &Fixture) -> Result<usize, FixtureError> {
+    match fixture.param_word("num_levels") {
+        Some(word) => match word.parse::<usize>() {
+            Ok(l) if l >= 1 => Ok(l),
+            _ => err(format!("parameter `num_levels` = `{word}` is not an integer >= 1")),
+        },
+        None => Ok((0..).take_while(|l| fixture.has(&format!("student.{l}"))).count()),
+    }
+}
+
+impl FixtureFamily for PkdFixtures {
+    fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
+        let levels = num_levels(fixture)?;
+        if levels == 0 {
+            return err("missing tensor `student.0`: a PKD case needs at least one level");
+        }
+        let dtype = fixture.input_dtype("student.0")?;
+        let mut s_dims = Vec::with_capacity(levels);
+        let mut t_dims = Vec::with_capacity(levels);
+        for l in 0..levels {
+            for (side, dims) in [("student", &mut s_dims), ("teacher", &mut t_dims)] {
+                let name = format!("{side}.{l}");
+                let t = fixture.tensor(&name)?;
+                if t.dtype != Some(dtype) {
+                    return err(format!("input `{name}` is {} but `student.0` is {dtype}", t.dtype_name));
+                }
+                dims.push(t.shape.clone());
+            }
+        }
+        if fixture.has(&format!("student.{levels}")) {
+            return err(format!("the file holds `student.{levels}` but `num_levels` is {levels}"));
+        }
+        let s: Vec<&[usize]> = s_dims.iter().map(Vec::as_slice).collect();
+        let t: Vec<&[usize]> = t_dims.iter().map(Vec::as_slice).collect();
+        let shapes = check_levels(&s, &t)?;
+        let config = PkdConfig { loss_weight: fixture.param_f64("loss_weight", PkdConfig::default().loss_weight)? };
+        config.validate()?;
+        Ok(Box::new(PkdCase { config, shapes, dtype }))
+    }
+}
+
+struct PkdCase {
+    config: PkdConfig,
+    shapes: Vec<Nchw>,
+    dtype: DType,
+}
+
+impl FixtureCase for PkdCase {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn run(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
+        dtype::dispatch(self.dtype, Run { case: self, fixture, backend })
+    }
+}
+
+struct Run<'a> {
+    case: &'a PkdCase,
+    fixture: &'a Fixture,
+    backend: &'a Backend,
+}
+
+impl PerDtype for Run<'_> {
+    type Out = Result<Computed, FixtureError>;
+
+    fn run<T: KdFloat>(self) -> Self::Out {
+        let PkdCase { config, shapes, .. } = self.case;
+        if let Backend::Cuda(_) = self.backend {
+            return err("pkd has no CUDA kernel in kd-kernels yet; verify it on the CPU backend");
+        }
+        let mut students = Vec::with_capacity(shapes.len());
+        let mut teachers = Vec::with_capacity(shapes.len());
+        for l in 0..shapes.len() {
+            students.push(self.fixture.input::<T>(&format!("student.{l}"))?.1);
+            teachers.push(self.fixture.input::<T>(&format!("teacher.{l}"))?.1);
+        }
+        let mut s_views = Vec::with_capacity(shapes.len());
+        let mut t_views = Vec::with_capacity(shapes.len());
+        for (l, shape) in shapes.iter().enumerate() {
+            s_views.push(fixture::view4(shape, &students[l], "student")?);
+            t_views.push(fixture::view4(shape, &teachers[l], "teacher")?);
+        }
+        let r = PkdCpu::new(*config)?.forward_backward(&s_views, &t_views)?;
+        let mut out = Computed::new();
+        out.insert("loss".into(), Output::scalar(r.loss));
+        for (l, (g, shape)) in r.grad_student.iter().zip(shapes).enumerate() {
+            out.insert(format!("grad.student.{l}"), Output::tensor(&shape.dims(), g.iter().copied().collect()));
+        }
+        Ok(out)
+    }
+}
