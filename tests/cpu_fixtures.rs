@@ -65,7 +65,7 @@ fn assert_check_line(line: &Line) {
     for key in ["file", "loss", "backend", "dtype", "output"] {
         assert!(line[key].as_str().is_some(), "`{key}` is not a string: {line:?}");
     }
-    assert!(["cwd", "pixel_kd", "icsd", "semckd", "cwt"].contains(&line["loss"].as_str().unwrap()), "{line:?}");
+    assert!(["cwd", "pixel_kd", "icsd", "semckd", "cwt", "ifvd"].contains(&line["loss"].as_str().unwrap()), "{line:?}");
     assert!(["cpu", "cuda"].contains(&line["backend"].as_str().unwrap()), "{line:?}");
     assert!(["f32", "f16", "bf16"].contains(&line["dtype"].as_str().unwrap()), "{line:?}");
     let output = line["output"].as_str().unwrap();
