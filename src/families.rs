@@ -22,6 +22,7 @@ macro_rules! for_each_family {
             Cwt => cwt::Cwt, "cwt", CwtFixtures;
             Pkd => pkd::Pkd, "pkd", PkdFixtures;
             Dist => dist::Dist, "dist", DistFixtures;
+            Ifvd => ifvd::Ifvd, "ifvd", IfvdFixtures;
         }
     };
 }

@@ -1,0 +1,86 @@
+//! IFVD fixtures: parameters `num_classes` (required: there is no default class count) and `loss_weight`;
+//! inputs `student` [N,Cs,H,W], `teacher` [N,Ct,H,W] in the case's dtype and `labels` [N,Hl,Wl] as stored
+//! (I64, I32 or U8); outputs `loss`, `grad.student` (`docs/fixtures.md`).
+
+use ndarray::{ArrayView3, ArrayView4};
+
+use super::{check_shapes, IfvdConfig, IfvdCpu, IfvdShapes};
+use crate::dtype::{self, DType, KdFloat, PerDtype};
+use crate::fixture::{err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+
+pub(crate) struct IfvdFixtures;
+
+impl FixtureFamily for IfvdFixtures {
+    fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
+        let Some(classes) = fixture.param_word("num_classes") else {
+            return err("metadata has no `num_classes` entry (IFVD has no default class count)");
+        };
+        let num_classes = classes
+            .parse::<usize>()
+            .map_err(|_| FixtureError(format!("parameter `num_classes` = `{classes}` is not a whole number")))?;
+        let config = IfvdConfig { num_classes, loss_weight: fixture.param_f64("loss_weight", 1.0)? };
+        config.validate()?;
+        let s = fixture.tensor("student")?;
+        let t = fixture.tensor("teacher")?;
+        let labels = fixture.tensor("labels")?;
+        let shapes = check_shapes(&s.shape, &t.shape, &labels.shape)?;
+        let dtype = fixture.input_dtype("student")?;
+        if t.dtype != Some(dtype) {
+            return err(format!("input `teacher` is {} but `student` is {}", t.dtype_name, s.dtype_name));
+        }
+        if labels.label_dtype().is_none() {
+            return err(format!("input `labels` has dtype {}; expected I64, I32 or U8", labels.dtype_name));
+        }
+        Ok(Box::new(IfvdCase { config, shapes, dtype }))
+    }
+}
+
+struct IfvdCase {
+    config: IfvdConfig,
+    shapes: IfvdShapes,
+    dtype: DType,
+}
+
+impl FixtureCase for IfvdCase {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn run(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
+        dtype::dispatch(self.dtype, Run { case: self, fixture, backend })
+    }
+}
+
+struct Run<'a> {
+    case: &'a IfvdCase,
+    fixture: &'a Fixture,
+    backend: &'a Backend,
+}
+
+impl PerDtype for Run<'_> {
+    type Out = Result<Computed, FixtureError>;
+
+    fn run<T: KdFloat>(self) -> Self::Out {
+        let IfvdCase { config, shapes, .. } = self.case;
+        if let Backend::Cuda(_) = self.backend {
+            return err("IFVD has no GPU kernels yet: only the CPU reference runs it");
+        }
+        let (_, student) = self.fixture.input::<T>("student")?;
+        let (_, teacher) = self.fixture.input::<T>("teacher")?;
+        let (_, labels) = self.fixture.input_i64("labels")?;
+        let bad = |name: &'static str| {
+            move |e: ndarray::ShapeError| FixtureError(format!("tensor `{name}` does not fit its shape: {e}"))
+        };
+        let s = ArrayView4::from_shape(shapes.student.dims(), &student).map_err(bad("student"))?;
+        let t = ArrayView4::from_shape(shapes.teacher().dims(), &teacher).map_err(bad("teacher"))?;
+        let l = ArrayView3::from_shape(shapes.label_dims(), &labels).map_err(bad("labels"))?;
+        let r = IfvdCpu::new(*config)?.forward_backward(s, t, l)?;
+        let mut out = Computed::new();
+        out.insert("loss".into(), Output::scalar(r.loss));
+        out.insert(
+            "grad.student".into(),
+            Output::tensor(&shapes.student.dims(), r.grad_student.iter().copied().collect()),
+        );
+        Ok(out)
+    }
+}
