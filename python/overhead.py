@@ -4,6 +4,9 @@ time of small calls on a GPU too (the CPU reference's arithmetic at this shape i
     python python/overhead.py            # a table of microseconds per call (median of repeats)
     python python/overhead.py --json
 
+Times are the calling thread's CPU time (``time.thread_time_ns``, one intra-op thread), not wall time: on a
+shared machine other processes then do not count, and the figure is the host work a call costs.
+
 Rows: ``cwd_loss`` without gradients (``torch.no_grad``), with the student's gradient asked for (the op
 computes it with the loss), forward + ``backward()``; the same under ``torch.compile(fullgraph=True)``
 (inductor); PyTorch's own ``kl_div`` forward + backward at the same shape for scale.
@@ -27,10 +30,10 @@ def per_call_us(fn, calls, repeats):
         fn()
     samples = []
     for _ in range(repeats):
-        start = time.perf_counter_ns()
+        start = time.thread_time_ns()
         for _ in range(calls):
             fn()
-        samples.append((time.perf_counter_ns() - start) / calls / 1e3)
+        samples.append((time.thread_time_ns() - start) / calls / 1e3)
     return statistics.median(samples)
 
 

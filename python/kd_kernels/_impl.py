@@ -2,12 +2,13 @@
 
 Each returns the loss (a 0-d tensor: f32, or f64 for f64 inputs on the CPU) and the gradients the call was
 asked for, computed in the same pass as the loss (the logits are read once); a gradient that was not asked
-for is an empty tensor (an op returns tensors, never None). What the C ABI cannot see (one dtype and one
+for is None (the op kernels in _ops.py return an empty tensor in its place: an op returns tensors). What the C ABI cannot see (one dtype and one
 device for a pair, the MLPs' shapes) is checked before the op is called, in functional.py.
 
 Host cost matters here: at small shapes this path, not the kernel, sets the time of a call, so it avoids
-per-call ctypes objects (shape arrays are cached, parameter structs are passed by value-to-pointer
-conversion, addresses are plain integers)."""
+per-call objects: shape arrays are cached, a parameter struct goes to its pointer argument by ctypes'
+automatic byref, addresses are plain integers, the CPU loss comes back as one C double made into a 0-d
+tensor (cheaper than allocating a tensor for the crate to write and converting it)."""
 
 from __future__ import annotations
 
@@ -44,20 +45,20 @@ def loss_dtype(dtype: torch.dtype) -> torch.dtype:
     return _F64 if dtype == _F64 else _F32
 
 
-def absent(like: torch.Tensor) -> torch.Tensor:
-    """What an op returns for a gradient it was not asked for."""
-    return like.new_empty(0)
-
-
 def _stream(device: torch.device) -> int:
     if _raw_stream is not None:
         return _raw_stream(device.index)
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def _cpu_loss(cpu_loss: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+_byref = ctypes.byref
+_c_double = ctypes.c_double
+_scalar_tensor = torch.scalar_tensor
+
+
+def _cpu_loss(value: ctypes.c_double, dtype: torch.dtype) -> torch.Tensor:
     # The crate writes one double; rounded once to f32 unless the inputs are f64.
-    return cpu_loss if dtype == _F64 else cpu_loss.to(_F32)
+    return _scalar_tensor(value.value, dtype=_F64 if dtype == _F64 else _F32)
 
 
 def _pair(student, teacher):
@@ -65,7 +66,12 @@ def _pair(student, teacher):
 
 
 def _grad(student, want):
-    return student.new_empty(student.shape) if want else None
+    # `student` is contiguous here, so its empty_like is too (as the fake kernels state).
+    return torch.empty_like(student) if want else None
+
+
+def _ptr(tensor):
+    return 0 if tensor is None else tensor.data_ptr()
 
 
 # ---- CWD -------------------------------------------------------------------------------------------------
@@ -74,12 +80,11 @@ def cwd_cpu(student, teacher, tau, loss_weight, want_student, want_teacher):
     student, teacher = _pair(student, teacher)
     # The crate computes the teacher's gradient with the student's.
     gs, gt = _grad(student, want_student or want_teacher), _grad(teacher, want_teacher)
-    loss = torch.empty((), dtype=_F64)
+    value = _c_double()
     _lib.check(_C.kd_cwd_cpu(_lib.CwdParams(tau, loss_weight), _lib.shape_array(student.shape), student.dim(),
-                             DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(), loss.data_ptr(),
-                             0 if gs is None else gs.data_ptr(), 0 if gt is None else gt.data_ptr(), _OPTIONS))
-    return (_cpu_loss(loss, student.dtype), absent(student) if gs is None else gs,
-            absent(teacher) if gt is None else gt)
+                             DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(), _byref(value),
+                             _ptr(gs), _ptr(gt), _OPTIONS))
+    return _cpu_loss(value, student.dtype), gs, gt
 
 
 def cwd_cuda(student, teacher, tau, loss_weight, want_student, want_teacher):
@@ -89,10 +94,9 @@ def cwd_cuda(student, teacher, tau, loss_weight, want_student, want_teacher):
     loss = torch.empty((), dtype=_F32, device=device)
     _lib.check(_C.kd_cwd_cuda(_lib.context(device.index), _lib.CwdParams(tau, loss_weight),
                               _lib.shape_array(student.shape), student.dim(), DTYPE_CODES[student.dtype],
-                              student.data_ptr(), teacher.data_ptr(), loss.data_ptr(),
-                              0 if gs is None else gs.data_ptr(), 0 if gt is None else gt.data_ptr(), 0, _OPTIONS,
-                              _stream(device)))
-    return loss, absent(student) if gs is None else gs, absent(teacher) if gt is None else gt
+                              student.data_ptr(), teacher.data_ptr(), loss.data_ptr(), _ptr(gs), _ptr(gt), 0,
+                              _OPTIONS, _stream(device)))
+    return loss, gs, gt
 
 
 # ---- pixel KD --------------------------------------------------------------------------------------------
@@ -100,12 +104,11 @@ def cwd_cuda(student, teacher, tau, loss_weight, want_student, want_teacher):
 def pixel_kd_cpu(student, teacher, tau, loss_weight, reduction, scale_tau2, want_student):
     student, teacher = _pair(student, teacher)
     gs = _grad(student, want_student)
-    loss = torch.empty((), dtype=_F64)
+    value = _c_double()
     params = _lib.PixelKdParams(tau, loss_weight, REDUCTIONS[reduction], 1 if scale_tau2 else 0)
     _lib.check(_C.kd_pixel_kd_cpu(params, _lib.shape_array(student.shape), student.dim(), DTYPE_CODES[student.dtype],
-                                  student.data_ptr(), teacher.data_ptr(), loss.data_ptr(),
-                                  0 if gs is None else gs.data_ptr(), _OPTIONS))
-    return _cpu_loss(loss, student.dtype), absent(student) if gs is None else gs
+                                  student.data_ptr(), teacher.data_ptr(), _byref(value), _ptr(gs), _OPTIONS))
+    return _cpu_loss(value, student.dtype), gs
 
 
 def pixel_kd_cuda(student, teacher, tau, loss_weight, reduction, scale_tau2, want_student):
@@ -116,9 +119,8 @@ def pixel_kd_cuda(student, teacher, tau, loss_weight, reduction, scale_tau2, wan
     params = _lib.PixelKdParams(tau, loss_weight, REDUCTIONS[reduction], 1 if scale_tau2 else 0)
     _lib.check(_C.kd_pixel_kd_cuda(_lib.context(device.index), params, _lib.shape_array(student.shape),
                                    student.dim(), DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(),
-                                   loss.data_ptr(), 0 if gs is None else gs.data_ptr(), 0, _OPTIONS,
-                                   _stream(device)))
-    return loss, absent(student) if gs is None else gs
+                                   loss.data_ptr(), _ptr(gs), 0, _OPTIONS, _stream(device)))
+    return loss, gs
 
 
 # ---- ICSD ------------------------------------------------------------------------------------------------
@@ -126,12 +128,12 @@ def pixel_kd_cuda(student, teacher, tau, loss_weight, reduction, scale_tau2, wan
 def icsd_cpu(student, teacher, tau, loss_weight, variant, want_student):
     student, teacher = _pair(student, teacher)
     gs = _grad(student, want_student)
-    loss = torch.empty((), dtype=_F64)
+    value = _c_double()
     params = _lib.IcsdParams(tau, loss_weight, ICSD_VARIANTS[variant])
     _lib.check(_C.kd_icsd_cpu(params, _lib.shape_array(student.shape), student.dim(), DTYPE_CODES[student.dtype],
-                              student.data_ptr(), teacher.data_ptr(), loss.data_ptr(),
-                              0 if gs is None else gs.data_ptr(), None, None, _OPTIONS))
-    return _cpu_loss(loss, student.dtype), absent(student) if gs is None else gs
+                              student.data_ptr(), teacher.data_ptr(), _byref(value), _ptr(gs), None, None,
+                              _OPTIONS))
+    return _cpu_loss(value, student.dtype), gs
 
 
 def icsd_cuda(student, teacher, tau, loss_weight, variant, want_student):
@@ -142,8 +144,8 @@ def icsd_cuda(student, teacher, tau, loss_weight, variant, want_student):
     params = _lib.IcsdParams(tau, loss_weight, ICSD_VARIANTS[variant])
     _lib.check(_C.kd_icsd_cuda(_lib.context(device.index), params, _lib.shape_array(student.shape), student.dim(),
                                DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(), loss.data_ptr(),
-                               0 if gs is None else gs.data_ptr(), 0, 0, 0, _OPTIONS, _stream(device)))
-    return loss, absent(student) if gs is None else gs
+                               _ptr(gs), 0, 0, 0, _OPTIONS, _stream(device)))
+    return loss, gs
 
 
 # ---- CWT -------------------------------------------------------------------------------------------------
@@ -171,15 +173,14 @@ def cwt_cpu(student, teacher, w1, b1, w2, b2, loss_weight, normalize, want_grads
     params = _lib.CwtParams(loss_weight, CWT_NORMALIZE[normalize], mlp[0].shape[0])
     gs = _grad(student, want_grads)
     grad_w = [torch.empty(m.shape, dtype=_F64) for m in mlp] if want_grads else None
-    loss = torch.empty((), dtype=_F64)
+    value = _c_double()
     _lib.check(_C.kd_cwt_cpu(params, _lib.shape_array(student.shape), student.dim(), _lib.shape_array(teacher.shape),
                              teacher.dim(), DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(),
-                             (_VP * 4)(*[m.data_ptr() for m in mlp]), loss.data_ptr(),
-                             0 if gs is None else gs.data_ptr(),
+                             (_VP * 4)(*[m.data_ptr() for m in mlp]), _byref(value), _ptr(gs),
                              None if grad_w is None else (_VP * 4)(*[g.data_ptr() for g in grad_w]), _OPTIONS))
     if gs is None:
-        return (_cpu_loss(loss, student.dtype), absent(student), *[absent(w) for w in weights])
-    return (_cpu_loss(loss, student.dtype), gs, *_cwt_grads(grad_w, weights))
+        return (_cpu_loss(value, student.dtype), None, None, None, None, None)
+    return (_cpu_loss(value, student.dtype), gs, *_cwt_grads(grad_w, weights))
 
 
 def cwt_cuda(student, teacher, w1, b1, w2, b2, loss_weight, normalize, want_grads):
@@ -194,11 +195,11 @@ def cwt_cuda(student, teacher, w1, b1, w2, b2, loss_weight, normalize, want_grad
     _lib.check(_C.kd_cwt_cuda(_lib.context(device.index), params, _lib.shape_array(student.shape), student.dim(),
                               _lib.shape_array(teacher.shape), teacher.dim(), DTYPE_CODES[student.dtype],
                               student.data_ptr(), teacher.data_ptr(), (_U64 * 4)(*[m.data_ptr() for m in mlp]),
-                              loss.data_ptr(), 0 if gs is None else gs.data_ptr(),
+                              loss.data_ptr(), _ptr(gs),
                               None if grad_w is None else (_U64 * 4)(*[g.data_ptr() for g in grad_w]), 0, _OPTIONS,
                               _stream(device)))
     if gs is None:
-        return (loss, absent(student), *[absent(w) for w in weights])
+        return (loss, None, None, None, None, None)
     return (loss, gs, *_cwt_grads(grad_w, weights))
 
 
@@ -218,8 +219,8 @@ def _semckd(student, teacher, proj, query, key, loss_weight, eps, want_grads, cu
     s_shapes = _lib.shape_array([v for x in student for v in x.shape])
     t_shapes = _lib.shape_array([v for x in teacher for v in x.shape])
     code = DTYPE_CODES[student[0].dtype]
-    grad_student = [x.new_empty(x.shape) for x in student] if want_grads else None
-    grad_proj = [x.new_empty(x.shape) for x in proj] if want_grads else None
+    grad_student = [torch.empty_like(x) for x in student] if want_grads else None
+    grad_proj = [torch.empty_like(x) for x in proj] if want_grads else None
     n_q = 4 * s_n
     if cuda:
         def addr(tensors):
@@ -238,13 +239,13 @@ def _semckd(student, teacher, proj, query, key, loss_weight, eps, want_grads, cu
             return None if tensors is None else (_VP * len(tensors))(*[x.data_ptr() for x in tensors])
 
         attention = torch.empty((batch, s_n, t_n), dtype=_F64)
-        loss = torch.empty((), dtype=_F64)
+        value = _c_double()
         grad_mlps = [torch.empty(m.shape, dtype=_F64) for m in mlps] if want_grads else None
         _lib.check(_C.kd_semckd_cpu(
             params, s_n, s_shapes, t_n, t_shapes, code, addr(student), addr(teacher), addr(proj), addr(mlps[:n_q]),
-            addr(mlps[n_q:]), loss.data_ptr(), attention.data_ptr(), addr(grad_student), addr(grad_proj),
+            addr(mlps[n_q:]), _byref(value), attention.data_ptr(), addr(grad_student), addr(grad_proj),
             addr(grad_mlps[:n_q] if want_grads else None), addr(grad_mlps[n_q:] if want_grads else None), _OPTIONS))
-        loss = _cpu_loss(loss, student[0].dtype)
+        loss = _cpu_loss(value, student[0].dtype)
     if not want_grads:
         return loss, attention, []
     originals = list(query) + list(key)

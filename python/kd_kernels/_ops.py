@@ -19,10 +19,20 @@ import torch
 
 from . import _impl
 
-__all__ = ["cwd", "pixel_kd", "icsd", "cwt", "semckd"]
+__all__ = ["cwd", "pixel_kd", "icsd", "cwt", "semckd", "scaled"]
 
 
-def _define(name, schema, cpu, cuda, fake, setup_context, backward):
+def _filled(impl, like):
+    """The op kernel of ``impl``: an empty tensor (like input ``like[k]``) for each gradient not computed."""
+    def kernel(*args):
+        loss, *grads = impl(*args)
+        return (loss, *[args[i].new_empty(0) if g is None else g for i, g in zip(like, grads)])
+    return kernel
+
+
+def _define(name, schema, cpu, cuda, fake, setup_context, backward, like=None):
+    if like is not None:
+        cpu, cuda = _filled(cpu, like), _filled(cuda, like)
     op = torch.library.custom_op(f"kd_kernels::{name}", cpu, mutates_args=(), device_types="cpu", schema=schema)
     op.register_kernel("cuda")(cuda)
     op.register_fake(fake)
@@ -30,7 +40,7 @@ def _define(name, schema, cpu, cuda, fake, setup_context, backward):
     return op
 
 
-def _scaled(grad, grad_loss, needed):
+def scaled(grad, grad_loss, needed):
     # On the device, without reading grad_loss on the host (usually 1, or an AMP scale), in the gradient's
     # dtype as the crate's own `upstream` scaling does.
     return grad * grad_loss.to(grad.dtype) if needed else None
@@ -41,7 +51,7 @@ def _loss_like(x):
 
 
 def _grad_like(x, want):
-    return x.new_empty(x.shape) if want else _impl.absent(x)
+    return x.new_empty(x.shape) if want else x.new_empty(0)
 
 
 # ---- CWD: the teacher may have a gradient -------------------------------------------------------------
@@ -59,14 +69,14 @@ def _cwd_setup(ctx, inputs, output):
 def _cwd_backward(ctx, grad_loss, _grad_gs, _grad_gt):
     gs, gt = ctx.saved_tensors
     need = ctx.needs_input_grad
-    return _scaled(gs, grad_loss, need[0]), _scaled(gt, grad_loss, need[1]), None, None, None, None
+    return scaled(gs, grad_loss, need[0]), scaled(gt, grad_loss, need[1]), None, None, None, None
 
 
 cwd = _define(
     "cwd",
     "(Tensor student, Tensor teacher, float tau, float loss_weight, bool want_student, bool want_teacher)"
     " -> (Tensor, Tensor, Tensor)",
-    _impl.cwd_cpu, _impl.cwd_cuda, _cwd_fake, _cwd_setup, _cwd_backward)
+    _impl.cwd_cpu, _impl.cwd_cuda, _cwd_fake, _cwd_setup, _cwd_backward, like=(0, 1))
 
 
 # ---- pixel KD and ICSD: the teacher is a constant --------------------------------------------------------
@@ -83,14 +93,14 @@ def _pixel_kd_fake(student, teacher, tau, loss_weight, reduction, scale_tau2, wa
 
 def _pixel_kd_backward(ctx, grad_loss, _grad_gs):
     (gs,) = ctx.saved_tensors
-    return _scaled(gs, grad_loss, ctx.needs_input_grad[0]), None, None, None, None, None, None
+    return scaled(gs, grad_loss, ctx.needs_input_grad[0]), None, None, None, None, None, None
 
 
 pixel_kd = _define(
     "pixel_kd",
     "(Tensor student, Tensor teacher, float tau, float loss_weight, str reduction, bool scale_tau2,"
     " bool want_student) -> (Tensor, Tensor)",
-    _impl.pixel_kd_cpu, _impl.pixel_kd_cuda, _pixel_kd_fake, _student_only_setup, _pixel_kd_backward)
+    _impl.pixel_kd_cpu, _impl.pixel_kd_cuda, _pixel_kd_fake, _student_only_setup, _pixel_kd_backward, like=(0,))
 
 
 def _icsd_fake(student, teacher, tau, loss_weight, variant, want_student):
@@ -99,14 +109,14 @@ def _icsd_fake(student, teacher, tau, loss_weight, variant, want_student):
 
 def _icsd_backward(ctx, grad_loss, _grad_gs):
     (gs,) = ctx.saved_tensors
-    return _scaled(gs, grad_loss, ctx.needs_input_grad[0]), None, None, None, None, None
+    return scaled(gs, grad_loss, ctx.needs_input_grad[0]), None, None, None, None, None
 
 
 icsd = _define(
     "icsd",
     "(Tensor student, Tensor teacher, float tau, float loss_weight, str variant, bool want_student)"
     " -> (Tensor, Tensor)",
-    _impl.icsd_cpu, _impl.icsd_cuda, _icsd_fake, _student_only_setup, _icsd_backward)
+    _impl.icsd_cpu, _impl.icsd_cuda, _icsd_fake, _student_only_setup, _icsd_backward, like=(0,))
 
 
 # ---- CWT: the student and the four MLP parameters --------------------------------------------------------
@@ -125,8 +135,8 @@ def _cwt_setup(ctx, inputs, output):
 def _cwt_backward(ctx, grad_loss, *_grad_grads):
     gs, g1, gb1, g2, gb2 = ctx.saved_tensors
     need = ctx.needs_input_grad
-    return (_scaled(gs, grad_loss, need[0]), None, _scaled(g1, grad_loss, need[2]),
-            _scaled(gb1, grad_loss, need[3]), _scaled(g2, grad_loss, need[4]), _scaled(gb2, grad_loss, need[5]),
+    return (scaled(gs, grad_loss, need[0]), None, scaled(g1, grad_loss, need[2]),
+            scaled(gb1, grad_loss, need[3]), scaled(g2, grad_loss, need[4]), scaled(gb2, grad_loss, need[5]),
             None, None, None)
 
 
@@ -134,7 +144,7 @@ cwt = _define(
     "cwt",
     "(Tensor student, Tensor teacher, Tensor w1, Tensor b1, Tensor w2, Tensor b2, float loss_weight,"
     " str normalize, bool want_grads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
-    _impl.cwt_cpu, _impl.cwt_cuda, _cwt_fake, _cwt_setup, _cwt_backward)
+    _impl.cwt_cpu, _impl.cwt_cuda, _cwt_fake, _cwt_setup, _cwt_backward, like=(0, 2, 3, 4, 5))
 
 
 # ---- SemCKD: lists of maps, regressor outputs and MLPs ---------------------------------------------------
@@ -159,11 +169,12 @@ def _semckd_setup(ctx, inputs, output):
 def _semckd_backward(ctx, grad_loss, _grad_attention, _grad_grads):
     s_n, t_n, p_n, q_n, k_n = ctx.counts
     grads = ctx.saved_tensors
-    if not grads:  # no gradient was asked for: nothing required one
-        return None, None, None, None, None, None, None, None
-    scaled = [g * grad_loss.to(g.dtype) for g in grads]
+    if grads:
+        grads = [g * grad_loss.to(g.dtype) for g in grads]
+    else:  # none was asked for (only the teacher requires grad): lists of None, as the inputs are lists
+        grads = [None] * (s_n + p_n + q_n + k_n)
     at = [0, s_n, s_n + p_n, s_n + p_n + q_n, s_n + p_n + q_n + k_n]
-    return (scaled[at[0]:at[1]], [None] * t_n, scaled[at[1]:at[2]], scaled[at[2]:at[3]], scaled[at[3]:at[4]],
+    return (grads[at[0]:at[1]], [None] * t_n, grads[at[1]:at[2]], grads[at[2]:at[3]], grads[at[3]:at[4]],
             None, None, None)
 
 

@@ -2,9 +2,10 @@
 synchronisation) and CPU tensors (the crate's f64 reference).
 
 Each function checks what the C ABI cannot see (_checks.py) and calls its custom op
-(``torch.ops.kd_kernels.*``, _ops.py), asking for the gradients autograd will need: so the same call runs in
-eager mode, under ``torch.compile(fullgraph=True)`` (one node per call, no graph break) and under
-``torch.autocast`` (the op has no autocast rule: the logits stay in their own dtype, the loss is f32)."""
+(``torch.ops.kd_kernels.*``, _ops.py), asking for the gradients autograd will need: so the same call runs
+under ``torch.compile(fullgraph=True)`` (one node per call, no graph break), under ``torch.autocast`` (the op
+has no autocast rule: the logits stay in their own dtype, the loss is f32) and in eager mode, where plain
+tensors skip the dispatcher's Python layers and call the op's kernel directly (_eager.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import math
 
 import torch
 
-from . import _checks, _ops  # noqa: F401 (_ops registers the ops)
+from . import _checks, _impl, _ops  # noqa: F401 (_ops registers the ops)
+from ._eager import Fused, plain
 from ._lib import KdInputError
 
 __all__ = ["cwd_loss", "pixel_kd_loss", "cwt_loss", "icsd_loss", "aicsd_loss", "alw_alpha", "semckd_loss"]
@@ -25,6 +27,14 @@ _SEMCKD = torch.ops.kd_kernels.semckd.default
 _grad_enabled = torch.is_grad_enabled
 
 
+def _loss(op, cpu, cuda, slots, tensors, args, want):
+    """The loss of ``op(*args)``: through the op, or its kernel directly where :func:`plain` allows."""
+    if plain(tensors):
+        kernel = cuda if tensors[0].is_cuda else cpu
+        return Fused.apply(kernel, slots, *args) if want else kernel(*args)[0]
+    return op(*args)[0]
+
+
 def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0, loss_weight: float = 3.0) -> torch.Tensor:
     """Channel-wise distillation (Shu et al., ICCV 2021; docs/losses.md §1): per (n, c), a softmax over the
     H*W positions of ``x / tau``; ``loss_weight * tau^2 / (N*C) * sum KL(pT || pS)``.
@@ -35,8 +45,9 @@ def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0, los
     the paper's (tau 4, weight 3). Non-contiguous inputs are copied to contiguous ones."""
     _checks.pair(student, teacher)
     grad = _grad_enabled()
-    return _CWD(student, teacher, float(tau), float(loss_weight), grad and student.requires_grad,
-                grad and teacher.requires_grad)[0]
+    want_s, want_t = grad and student.requires_grad, grad and teacher.requires_grad
+    return _loss(_CWD, _impl.cwd_cpu, _impl.cwd_cuda, (0, 1), (student, teacher),
+                 (student, teacher, float(tau), float(loss_weight), want_s, want_t), want_s or want_t)
 
 
 def pixel_kd_loss(
@@ -56,8 +67,9 @@ def pixel_kd_loss(
     :func:`cwd_loss`."""
     _checks.reduction(reduction)
     _checks.pair(student, teacher)
-    return _PIXEL_KD(student, teacher, float(tau), float(loss_weight), reduction, bool(scale_tau2),
-                     _grad_enabled() and student.requires_grad)[0]
+    want = _grad_enabled() and student.requires_grad
+    return _loss(_PIXEL_KD, _impl.pixel_kd_cpu, _impl.pixel_kd_cuda, (0,), (student, teacher),
+                 (student, teacher, float(tau), float(loss_weight), reduction, bool(scale_tau2), want), want)
 
 
 def cwt_loss(
@@ -83,7 +95,8 @@ def cwt_loss(
     weights = (w1, b1, w2, b2)
     _checks.cwt_params(student, teacher, weights)
     want = _grad_enabled() and (student.requires_grad or any(w.requires_grad for w in weights))
-    return _CWT(student, teacher, w1, b1, w2, b2, float(loss_weight), normalize, want)[0]
+    return _loss(_CWT, _impl.cwt_cpu, _impl.cwt_cuda, (0, 2, 3, 4, 5), (student, teacher, *weights),
+                 (student, teacher, w1, b1, w2, b2, float(loss_weight), normalize, want), want)
 
 
 def icsd_loss(
@@ -100,7 +113,9 @@ def icsd_loss(
     :func:`cwd_loss`."""
     _checks.variant(variant)
     _checks.pair(student, teacher)
-    return _ICSD(student, teacher, float(tau), float(loss_weight), variant, _grad_enabled() and student.requires_grad)[0]
+    want = _grad_enabled() and student.requires_grad
+    return _loss(_ICSD, _impl.icsd_cpu, _impl.icsd_cuda, (0,), (student, teacher),
+                 (student, teacher, float(tau), float(loss_weight), variant, want), want)
 
 
 def alw_alpha(epoch: float, total_epochs: float = 120.0) -> float:

@@ -7,6 +7,7 @@ import torch
 from ops_cases import LOSSES, Step, pair_loss, randn, step_inputs
 from reference import cwd_official, pixel_kd_official
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import kd_kernels
 
@@ -75,11 +76,43 @@ def test_fake_kernels_state_shapes_and_dtypes_only():
         assert kd_kernels.icsd_loss(s, s).dtype == torch.float32
 
 
-def test_public_functions_record_the_ops():
+class OpLog(TorchDispatchMode):
+    """Records the ops that reach the dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_under_a_dispatch_mode_the_public_functions_call_the_ops():
     s, t = leaf((2, 3, 4, 5), 1), leaf((2, 3, 4, 5), 2, grad=False)
-    for name, call in (("cwd", pair_loss("cwd")), ("pixel_kd", pair_loss("pixel_kd")), ("icsd", pair_loss("icsd"))):
-        loss = call(s, t)
-        assert name in loss.grad_fn.name().lower(), loss.grad_fn.name()
+    for name in ("cwd", "pixel_kd", "icsd"):
+        with OpLog() as log:
+            pair_loss(name)(s, t).backward()
+        assert getattr(OPS, name).default in log.seen, (name, log.seen)
+
+
+@pytest.mark.parametrize("name", ["cwd", "pixel_kd", "icsd"])
+def test_eager_fast_path_equals_the_op(name):
+    """In eager mode with plain tensors the public functions call the op's kernel directly (_eager.py): the
+    loss and gradients are those of the op through the dispatcher, bit for bit."""
+    args = {"cwd": (2.0, 3.0), "pixel_kd": (1.5, 10.0, "batchmean", True), "icsd": (1.0, 95.0, "official")}[name]
+    s1, s2 = leaf((2, 3, 4, 5), 1), leaf((2, 3, 4, 5), 1)
+    t = leaf((2, 3, 4, 5), 2, grad=False)
+    fast = pair_loss(name)(s1, t)
+    assert type(fast.grad_fn).__name__ == "FusedBackward"
+    want = [True, False] if name == "cwd" else [True]
+    through_op = getattr(OPS, name)(s2, t, *args, *want)[0]
+    assert "kd_kernels" in type(through_op.grad_fn).__name__
+    (fast * 2.5).backward()
+    (through_op * 2.5).backward()
+    assert torch.equal(fast, through_op) and torch.equal(s1.grad, s2.grad)
+    with torch.no_grad():
+        assert pair_loss(name)(s1, t).grad_fn is None
 
 
 def test_gradient_outputs_are_constants_to_autograd():
