@@ -38,13 +38,13 @@ def plain(tensors) -> bool:
 
 
 class Fused(torch.autograd.Function):
-    """``kernel(*args)`` returns the loss and the gradients it computed with it (None where not asked);
-    ``slots[k]`` is the position in ``args`` of the input whose gradient is the k-th. Backward multiplies
-    them by the upstream gradient, as the ops' registered autograd does."""
+    """``kernel(*tensors, *params)`` returns the loss and the gradients it computed with it (None where not
+    asked), the k-th for ``tensors[slots[k]]``. Backward multiplies them by the upstream gradient, as the ops'
+    registered autograd does. The parameters travel as one tuple: ``apply`` costs per argument."""
 
     @staticmethod
-    def forward(ctx, kernel, slots, *args):
-        loss, *grads = kernel(*args)
+    def forward(ctx, kernel, params, slots, *tensors):
+        loss, *grads = kernel(*tensors, *params)
         ctx.slots, ctx.grads = slots, grads
         return loss
 
@@ -53,6 +53,6 @@ class Fused(torch.autograd.Function):
         need = ctx.needs_input_grad
         out = [None] * len(need)
         for slot, grad in zip(ctx.slots, ctx.grads):
-            if grad is not None and need[2 + slot]:
-                out[2 + slot] = grad * grad_loss.to(grad.dtype)
+            if grad is not None and need[3 + slot]:
+                out[3 + slot] = grad * grad_loss.to(grad.dtype)
         return tuple(out)

@@ -27,12 +27,13 @@ _SEMCKD = torch.ops.kd_kernels.semckd.default
 _grad_enabled = torch.is_grad_enabled
 
 
-def _loss(op, cpu, cuda, slots, tensors, args, want):
-    """The loss of ``op(*args)``: through the op, or its kernel directly where :func:`plain` allows."""
+def _loss(op, cpu, cuda, slots, tensors, params, want):
+    """The loss of ``op(*tensors, *params)``: through the op, or its kernel directly where :func:`plain`
+    allows."""
     if plain(tensors):
         kernel = cuda if tensors[0].is_cuda else cpu
-        return Fused.apply(kernel, slots, *args) if want else kernel(*args)[0]
-    return op(*args)[0]
+        return Fused.apply(kernel, params, slots, *tensors) if want else kernel(*tensors, *params)[0]
+    return op(*tensors, *params)[0]
 
 
 def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0, loss_weight: float = 3.0) -> torch.Tensor:
@@ -47,7 +48,7 @@ def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0, los
     grad = _grad_enabled()
     want_s, want_t = grad and student.requires_grad, grad and teacher.requires_grad
     return _loss(_CWD, _impl.cwd_cpu, _impl.cwd_cuda, (0, 1), (student, teacher),
-                 (student, teacher, float(tau), float(loss_weight), want_s, want_t), want_s or want_t)
+                 (float(tau), float(loss_weight), want_s, want_t), want_s or want_t)
 
 
 def pixel_kd_loss(
@@ -69,7 +70,7 @@ def pixel_kd_loss(
     _checks.pair(student, teacher)
     want = _grad_enabled() and student.requires_grad
     return _loss(_PIXEL_KD, _impl.pixel_kd_cpu, _impl.pixel_kd_cuda, (0,), (student, teacher),
-                 (student, teacher, float(tau), float(loss_weight), reduction, bool(scale_tau2), want), want)
+                 (float(tau), float(loss_weight), reduction, bool(scale_tau2), want), want)
 
 
 def cwt_loss(
@@ -95,8 +96,8 @@ def cwt_loss(
     weights = (w1, b1, w2, b2)
     _checks.cwt_params(student, teacher, weights)
     want = _grad_enabled() and (student.requires_grad or any(w.requires_grad for w in weights))
-    return _loss(_CWT, _impl.cwt_cpu, _impl.cwt_cuda, (0, 2, 3, 4, 5), (student, teacher, *weights),
-                 (student, teacher, w1, b1, w2, b2, float(loss_weight), normalize, want), want)
+    return _loss(_CWT, _impl.cwt_cpu, _impl.cwt_cuda, (0, 2, 3, 4, 5), (student, teacher, w1, b1, w2, b2),
+                 (float(loss_weight), normalize, want), want)
 
 
 def icsd_loss(
@@ -115,7 +116,7 @@ def icsd_loss(
     _checks.pair(student, teacher)
     want = _grad_enabled() and student.requires_grad
     return _loss(_ICSD, _impl.icsd_cpu, _impl.icsd_cuda, (0,), (student, teacher),
-                 (student, teacher, float(tau), float(loss_weight), variant, want), want)
+                 (float(tau), float(loss_weight), variant, want), want)
 
 
 def alw_alpha(epoch: float, total_epochs: float = 120.0) -> float:
