@@ -8,6 +8,10 @@ prediction, with autograd.
 CUDA tensors run the kernels on ``torch.cuda.current_stream()`` without synchronising with the host; CPU
 tensors run the crate's f64 reference. Bad input raises :class:`KdKernelsError` (:class:`KdInputError`, a
 ``ValueError``, for shapes, dtypes, devices, parameters) with the crate's message.
+
+Every loss is a ``torch.library`` custom op (``torch.ops.kd_kernels.*``), so ``torch.compile(fullgraph=True)``
+traces each call as one node; ``import kd_kernels.mmrazor`` registers the modules into mmrazor's ``MODELS``.
+docs/pytorch.md has the details (autocast, CUDA graphs, DDP, host cost).
 """
 
 from ._lib import (

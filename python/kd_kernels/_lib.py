@@ -1,5 +1,8 @@
-"""The C ABI (include/kd_kernels.h) loaded with ctypes: prototypes, status codes into exceptions, and one
-``kd_context`` per CUDA device."""
+"""The C ABI (include/kd_kernels.h) loaded with ctypes: prototypes, status codes into exceptions, one
+``kd_context`` per CUDA device, and the small caches that keep a call's host path short.
+
+Host pointers are declared ``c_void_p`` here even where the header says ``double *``: the package passes
+``tensor.data_ptr()`` integers, which ctypes turns into a ``void *`` without building a pointer object."""
 
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ class CudaUnavailableError(KdKernelsError):
 # kd_status values (include/kd_kernels.h).
 KD_OK = 0
 _INPUT_ERRORS = {1, 2, 3, 4, 5, 6, 7}  # null pointer, shape, too large, parameter, output, dtype, context
+KD_ERR_WORKSPACE = 9  # the workspace would grow during a CUDA graph capture (docs/pytorch.md)
 KD_ERR_KERNELS_UNAVAILABLE = 10
 KD_ERR_CUDA_UNAVAILABLE = 11
 
@@ -103,7 +107,7 @@ def _load() -> ctypes.CDLL:
         )
     lib = ctypes.CDLL(str(path))
     u64, i32, i64p, size_t = ctypes.c_uint64, ctypes.c_int32, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t
-    vp, dp = ctypes.c_void_p, ctypes.POINTER(ctypes.c_double)
+    vp = dp = ctypes.c_void_p
     protos = {
         "kd_last_error_message": (ctypes.c_char_p, []),
         "kd_kernels_compiled": (i32, []),
@@ -170,6 +174,9 @@ _contexts_lock = threading.Lock()
 def context(device_index: int) -> int:
     """The ``kd_context`` of a CUDA device, created on first use and kept for the process (it owns the
     loaded kernels and their workspaces, so later calls neither reload nor reallocate)."""
+    ctx = _contexts.get(device_index)  # a dict read is atomic: the lock is only for the first call
+    if ctx is not None:
+        return ctx
     with _contexts_lock:
         ctx = _contexts.get(device_index)
         if ctx is None:
@@ -179,10 +186,24 @@ def context(device_index: int) -> int:
         return ctx
 
 
-def shape_array(shape) -> tuple[ctypes.Array, int]:
-    dims = (ctypes.c_int64 * len(shape))(*shape)
-    return dims, len(shape)
+_shape_arrays: dict[tuple, ctypes.Array] = {}
+
+
+def shape_array(shape) -> ctypes.Array:
+    """The ``int64_t[]`` of a shape, built once per distinct shape (a training run sees a handful); the C ABI
+    only reads it during the call."""
+    key = tuple(shape)
+    dims = _shape_arrays.get(key)
+    if dims is None:
+        if len(_shape_arrays) > 4096:  # ever-changing shapes must not grow this without bound
+            _shape_arrays.clear()
+        dims = _shape_arrays[key] = (ctypes.c_int64 * len(key))(*key)
+    return dims
 
 
 def options(scale: float = 1.0, accumulate: bool = False) -> GradOptions:
     return GradOptions(scale, 1 if accumulate else 0)
+
+
+# Every call of the package passes these: the upstream gradient is applied in PyTorch, after the call.
+DEFAULT_OPTIONS = options()

@@ -1,6 +1,14 @@
-"""``nn.Module`` wrappers, named and parametrised like mmrazor's losses so a config can swap them in."""
+"""``nn.Module`` wrappers, named and parametrised like mmrazor's losses so a config can swap them in
+(kd_kernels.mmrazor registers them into mmrazor's ``MODELS``).
+
+The pair losses also take a tuple (or list) of levels for ``preds_S`` and ``preds_T``, as detection configs
+pass FPN outputs: one call returns the sum of the per-level losses, which is what mmrazor computes from one
+loss entry per level (its distiller sums every loss it returns), and what mmrazor's ``PKDLoss`` does with
+a tuple. Each level is one op call (the C ABI takes one shape per call)."""
 
 from __future__ import annotations
+
+from typing import Sequence, Union
 
 import torch
 from torch import nn
@@ -10,18 +18,38 @@ from .functional import cwd_loss, cwt_loss, pixel_kd_loss
 
 __all__ = ["ChannelWiseDivergence", "KLDivergence", "PixelKD", "ChannelWiseTransformation"]
 
+Levels = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def over_levels(loss, preds_S, preds_T, **kwargs) -> torch.Tensor:  # noqa: N803 (mmrazor's names)
+    """``loss`` of a pair of tensors, or the sum over a tuple/list of levels (one pair per level)."""
+    if isinstance(preds_S, torch.Tensor) or isinstance(preds_T, torch.Tensor):
+        return loss(preds_S, preds_T, **kwargs)
+    if not isinstance(preds_S, (tuple, list)) or not isinstance(preds_T, (tuple, list)):
+        raise KdInputError(
+            f"preds_S/preds_T: expected tensors or tuples of levels, got {type(preds_S).__name__} and "
+            f"{type(preds_T).__name__}")
+    if len(preds_S) != len(preds_T) or len(preds_S) == 0:
+        raise KdInputError(
+            f"preds_S/preds_T: {len(preds_S)} student and {len(preds_T)} teacher levels; give one pair per level")
+    total = loss(preds_S[0], preds_T[0], **kwargs)
+    for s, t in zip(preds_S[1:], preds_T[1:]):
+        total = total + loss(s, t, **kwargs)
+    return total
+
 
 class ChannelWiseDivergence(nn.Module):
     """mmrazor's ``ChannelWiseDivergence(tau=1.0, loss_weight=1.0)``: :func:`kd_kernels.cwd_loss` with
-    mmrazor's defaults (the paper's setting is tau 4, loss_weight 3). ``forward(preds_S, preds_T)``."""
+    mmrazor's defaults (the paper's setting is tau 4, loss_weight 3). ``forward(preds_S, preds_T)`` takes
+    two NCHW tensors or two tuples of levels (the sum of the per-level losses)."""
 
     def __init__(self, tau: float = 1.0, loss_weight: float = 1.0):
         super().__init__()
         self.tau = tau
         self.loss_weight = loss_weight
 
-    def forward(self, preds_S: torch.Tensor, preds_T: torch.Tensor) -> torch.Tensor:  # noqa: N803 (mmrazor's names)
-        return cwd_loss(preds_S, preds_T, tau=self.tau, loss_weight=self.loss_weight)
+    def forward(self, preds_S: Levels, preds_T: Levels) -> torch.Tensor:  # noqa: N803 (mmrazor's names)
+        return over_levels(cwd_loss, preds_S, preds_T, tau=self.tau, loss_weight=self.loss_weight)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, loss_weight={self.loss_weight}"
@@ -31,7 +59,8 @@ class KLDivergence(nn.Module):
     """mmrazor's ``KLDivergence(tau=1.0, reduction='batchmean', teacher_detach=True, loss_weight=1.0)`` on
     NCHW logits: the KL over the channel dimension, times ``tau^2`` and ``loss_weight``, which is
     :func:`kd_kernels.pixel_kd_loss` with ``scale_tau2=True``. ``reduction`` is ``batchmean``, ``sum`` or
-    ``mean`` (``none`` is not supported); the teacher is always detached (``teacher_detach=False`` raises)."""
+    ``mean`` (``none`` is not supported); the teacher is always detached (``teacher_detach=False`` raises).
+    Tuples of levels as :class:`ChannelWiseDivergence`."""
 
     def __init__(self, tau: float = 1.0, reduction: str = "batchmean", teacher_detach: bool = True,
                  loss_weight: float = 1.0):
@@ -50,9 +79,9 @@ class KLDivergence(nn.Module):
         self.teacher_detach = teacher_detach
         self.loss_weight = loss_weight
 
-    def forward(self, preds_S: torch.Tensor, preds_T: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        return pixel_kd_loss(preds_S, preds_T, tau=self.tau, loss_weight=self.loss_weight,
-                             reduction=self.reduction, scale_tau2=True)
+    def forward(self, preds_S: Levels, preds_T: Levels) -> torch.Tensor:  # noqa: N803
+        return over_levels(pixel_kd_loss, preds_S, preds_T, tau=self.tau, loss_weight=self.loss_weight,
+                           reduction=self.reduction, scale_tau2=True)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
@@ -60,7 +89,7 @@ class KLDivergence(nn.Module):
 
 class PixelKD(nn.Module):
     """:func:`kd_kernels.pixel_kd_loss` as a module, with the crate's (the official code's) defaults:
-    tau 1, loss_weight 10, ``mean``, no ``tau^2``."""
+    tau 1, loss_weight 10, ``mean``, no ``tau^2``. Tuples of levels as :class:`ChannelWiseDivergence`."""
 
     def __init__(self, tau: float = 1.0, loss_weight: float = 10.0, reduction: str = "mean",
                  scale_tau2: bool = False):
@@ -70,9 +99,9 @@ class PixelKD(nn.Module):
         self.reduction = reduction
         self.scale_tau2 = scale_tau2
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        return pixel_kd_loss(student, teacher, tau=self.tau, loss_weight=self.loss_weight,
-                             reduction=self.reduction, scale_tau2=self.scale_tau2)
+    def forward(self, student: Levels, teacher: Levels) -> torch.Tensor:
+        return over_levels(pixel_kd_loss, student, teacher, tau=self.tau, loss_weight=self.loss_weight,
+                           reduction=self.reduction, scale_tau2=self.scale_tau2)
 
     def extra_repr(self) -> str:
         return (f"tau={self.tau}, loss_weight={self.loss_weight}, reduction={self.reduction!r}, "
