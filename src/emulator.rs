@@ -26,10 +26,10 @@ use crate::launch::{DeviceInfo, Launch, LaunchError, Launcher, Scratch};
 use crate::shape::Nchw;
 
 pub(crate) mod checks;
+use checks::BufferKind;
 pub(crate) use checks::HostBuffers;
 #[doc(hidden)]
 pub use checks::{selftest, Selftest};
-use checks::BufferKind;
 
 /// Blocks the emulation runs at once for ordinary (non-cooperative) launches: enough for blocks to race
 /// for the "last block done" ticket, few enough to keep the thread count small. Results do not depend on it.
@@ -82,7 +82,8 @@ impl EmulatedGpu {
     /// An H100's 132 SMs and shared memory (227 KiB a block), with a small resident grid (the emulation's
     /// cost, not the H100's hundreds of blocks): the two-pass plans the H100 would use, single-pass CWD rows
     /// of up to 6 chunks, pixel-KD tiles striding over 6 blocks.
-    pub const H100_SMALL_GRID: EmulatedGpu = EmulatedGpu { sm_count: 132, resident_blocks: 6, max_dynamic_smem: 227 * 1024 };
+    pub const H100_SMALL_GRID: EmulatedGpu =
+        EmulatedGpu { sm_count: 132, resident_blocks: 6, max_dynamic_smem: 227 * 1024 };
 }
 
 impl DeviceInfo for EmulatedGpu {

@@ -6,8 +6,8 @@ mod common;
 
 use common::{fixture_files, max_abs, max_abs_diff, SplitMix64};
 use kd_kernels::fixture::{Backend, Fixture};
-use kd_kernels::verify;
 use kd_kernels::ifvd::{check_shapes, nearest_source, IfvdConfig, IfvdCpu, LabelDType, MAX_CLASSES};
+use kd_kernels::verify;
 use kd_kernels::KdError;
 use ndarray::{Array3, Array4, ArrayView4, Axis};
 

@@ -6,8 +6,8 @@ mod common;
 
 use common::{fixture_files, SplitMix64};
 use kd_kernels::fixture::{Backend, Fixture};
-use kd_kernels::verify;
 use kd_kernels::pkd::{PkdConfig, PkdCpu};
+use kd_kernels::verify;
 use kd_kernels::KdError;
 use ndarray::{Array4, ArrayView4};
 
@@ -290,7 +290,9 @@ fn edited(
                 name.clone(),
                 TensorView::new(safetensors::Dtype::F32, replace[i].1.clone(), &zeros[i]).unwrap(),
             )),
-            None => views.push((name.clone(), TensorView::new(view.dtype(), view.shape().to_vec(), view.data()).unwrap())),
+            None => {
+                views.push((name.clone(), TensorView::new(view.dtype(), view.shape().to_vec(), view.data()).unwrap()))
+            }
         }
     }
     let out = safetensors::serialize(views, Some(metadata)).unwrap();

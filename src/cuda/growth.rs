@@ -72,6 +72,11 @@ impl<M: Memory> Growth<M> {
         (self.floats.as_ref().map_or(0, |h| h.len), self.counters.as_ref().map_or(0, |h| h.len))
     }
 
+    /// The counters' address and length, once allocated.
+    pub(crate) fn counters(&self) -> Option<(u64, usize)> {
+        self.counters.as_ref().map(|h| (h.address, h.len))
+    }
+
     /// Whether a call needing `floats` and `counters` would allocate.
     pub(crate) fn must_grow(&self, floats: usize, counters: usize) -> bool {
         let (have_floats, have_counters) = self.lens();

@@ -172,11 +172,14 @@ impl Scratch for Workspace {
     }
 
     fn reset_counters(&mut self) -> Result<()> {
-        self.stream.context().bind_to_thread().map_err(|e| KdError::cuda("cuCtxSetCurrent", e))?;
-        let bytes = self.counters.0.len() * std::mem::size_of::<u32>();
+        let Some((address, len)) = self.growth.counters() else {
+            return Ok(());
+        };
+        self.growth.memory().bind()?;
+        let bytes = len * std::mem::size_of::<u32>();
         // SAFETY: the counters are this workspace's allocation; on the launch stream, the memset follows the
         // call's launches that did queue.
-        unsafe { result::memset_d8_async(self.counters.1, 0, bytes, self.launch_stream) }
+        unsafe { result::memset_d8_async(address, 0, bytes, self.launch_stream) }
             .map_err(|e| KdError::cuda("cuMemsetD8Async (workspace counters)", e))
     }
 }

@@ -10,7 +10,7 @@ use super::{DistConfig, DistCpu};
 use crate::cpu::CpuOutput;
 use crate::dtype::KdFloat;
 use crate::error::KdError;
-use crate::fixture::pair::{PairCase, PairLoss};
+use crate::fixture::pair::{PairCase, PairReference};
 use crate::fixture::{Fixture, FixtureCase, FixtureError, FixtureFamily};
 
 pub(crate) struct DistFixtures;
@@ -26,21 +26,30 @@ impl FixtureFamily for DistFixtures {
             loss_weight: fixture.param_f64("loss_weight", d.loss_weight)?,
         };
         config.validate()?;
-        Ok(Box::new(PairCase { loss: config, shape, dtype }))
+        Ok(Box::new(PairCase::<DistReference> { config, shape, dtype }))
     }
 }
 
-impl PairLoss for DistConfig {
-    fn teacher_grad(&self) -> bool {
+/// DIST's CPU reference as the fixtures run it (no kernels yet).
+pub(crate) struct DistReference;
+
+impl PairReference for DistReference {
+    type Config = DistConfig;
+
+    fn teacher_grad(_config: &DistConfig) -> bool {
         false
     }
 
-    fn cpu<T: KdFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<CpuOutput, KdError> {
-        DistCpu::new(*self)?.forward_backward(student, teacher)
+    fn cpu<T: KdFloat>(
+        config: &DistConfig,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+    ) -> Result<CpuOutput, KdError> {
+        DistCpu::new(*config)?.forward_backward(student, teacher)
     }
 
     fn cuda<T: KdFloat>(
-        &self,
+        _config: &DistConfig,
         _stream: &Arc<CudaStream>,
         _dims: &[usize],
         _student: &CudaSlice<T>,

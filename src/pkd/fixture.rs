@@ -4,9 +4,7 @@
 
 use super::{check_levels, PkdConfig, PkdCpu};
 use crate::dtype::{self, DType, KdFloat, PerDtype};
-use crate::fixture::{
-    self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output,
-};
+use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
 use crate::shape::Nchw;
 
 pub(crate) struct PkdFixtures;

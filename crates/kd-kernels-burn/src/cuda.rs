@@ -388,7 +388,8 @@ impl KdBackend for CubeBackend {
         config: PixelKdConfig,
     ) -> (CubeTensor, CubeTensor) {
         let mut out = pair::<PixelKdCuda>(config, student, teacher, 1, |kd, stream, shape, dtype, [s, t], o| {
-            let buffers = PixelKdRawBuffers { student: s, teacher: t, loss: o[0], grad_student: o[1], ..Default::default() };
+            let buffers =
+                PixelKdRawBuffers { student: s, teacher: t, loss: o[0], grad_student: o[1], ..Default::default() };
             // SAFETY: as in `cwd_forward`.
             unsafe { kd.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
         });
