@@ -27,10 +27,10 @@ use crate::pixel_kd::{PixelKdConfig, PixelKdPath, PixelKdRawBuffers};
 use crate::shape::Nchw;
 
 pub(crate) mod checks;
+use checks::BufferKind;
 pub(crate) use checks::HostBuffers;
 #[doc(hidden)]
 pub use checks::{selftest, Selftest};
-use checks::BufferKind;
 
 /// Blocks the emulation runs at once for ordinary (non-cooperative) launches: enough for blocks to race
 /// for the "last block done" ticket, few enough to keep the thread count small. Results do not depend on it.
@@ -55,7 +55,9 @@ extern "C" {
 /// kernel uses it (the GPU build's, in ptxas's report, is within a few bytes of it). The planners give these
 /// kernels the per-block limit less this ([`EmulatedGpu::max_dynamic_smem`]); an emulated launch of one of
 /// them fails when the kernel's static shared memory exceeds the value here, so it cannot go stale unseen.
-const STATIC_SMEM: &[(&str, usize)] = &[("pixel_kd_tiled", 8272), ("cwt_forward_fused", 80)];
+/// `cwt_forward_fused`: its f16/bf16 instances' (the tensor-core tile and the loss's block sum, 19521 bytes);
+/// the f32 instance's SIMT tile needs 8257.
+const STATIC_SMEM: &[(&str, usize)] = &[("pixel_kd_tiled", 8272), ("cwt_forward_fused", 19536)];
 
 /// The static shared memory [`STATIC_SMEM`] declares for `kernel` (0 for kernels without dynamic memory).
 pub fn static_smem(kernel: &str) -> usize {
@@ -83,7 +85,8 @@ impl EmulatedGpu {
     /// An H100's 132 SMs and shared memory (227 KiB a block), with a small resident grid (the emulation's
     /// cost, not the H100's hundreds of blocks): the two-pass plans the H100 would use, single-pass CWD rows
     /// of up to 6 chunks, pixel-KD tiles striding over 6 blocks.
-    pub const H100_SMALL_GRID: EmulatedGpu = EmulatedGpu { sm_count: 132, resident_blocks: 6, max_dynamic_smem: 227 * 1024 };
+    pub const H100_SMALL_GRID: EmulatedGpu =
+        EmulatedGpu { sm_count: 132, resident_blocks: 6, max_dynamic_smem: 227 * 1024 };
 }
 
 impl DeviceInfo for EmulatedGpu {

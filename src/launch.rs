@@ -199,13 +199,16 @@ mod tests {
         let launch = Launch::new("chunk", 1);
         for _ in 0..2 {
             // SAFETY: the argument block is the counter's address, which TicketTaker increments.
-            unsafe { launch_or_reset(&mut launcher, &mut scratch, &launch, DType::F32, (&counter as *const *mut u32).cast()) }
-                .unwrap();
+            unsafe {
+                launch_or_reset(&mut launcher, &mut scratch, &launch, DType::F32, (&counter as *const *mut u32).cast())
+            }
+            .unwrap();
         }
         assert_eq!(scratch.0, [2], "the chunks before the failure took their tickets");
         // SAFETY: as above.
-        let failed =
-            unsafe { launch_or_reset(&mut launcher, &mut scratch, &launch, DType::F32, (&counter as *const *mut u32).cast()) };
+        let failed = unsafe {
+            launch_or_reset(&mut launcher, &mut scratch, &launch, DType::F32, (&counter as *const *mut u32).cast())
+        };
         assert!(matches!(failed, Err(LaunchError::Failed(KdError::Cuda { op: "cuLaunchKernel", .. }))));
         assert_eq!(scratch.0, [0], "a failed launch resets the counters for the next call");
     }

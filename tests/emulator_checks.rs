@@ -87,13 +87,23 @@ fn racecheck_shared_write_write() {
 #[test]
 fn initcheck_shared() {
     let m = error_of(Selftest { kernel: "selftest_shared_uninitialised", ..BASE });
-    assert_has(&m, &["thread 1", "initcheck: load of 4 bytes at byte 0 of shared variable 'words'", "no thread of this block wrote"]);
+    assert_has(
+        &m,
+        &[
+            "thread 1",
+            "initcheck: load of 4 bytes at byte 0 of shared variable 'words'",
+            "no thread of this block wrote",
+        ],
+    );
 }
 
 #[test]
 fn initcheck_workspace() {
     let m = error_of(Selftest { kernel: "selftest_workspace_uninitialised", n: 100, ..BASE });
-    assert_has(&m, &["initcheck: load of 4 bytes at offset 396 of workspace buffer 'workspace'", "no kernel of this call wrote"]);
+    assert_has(
+        &m,
+        &["initcheck: load of 4 bytes at offset 396 of workspace buffer 'workspace'", "no kernel of this call wrote"],
+    );
 }
 
 #[test]

@@ -143,7 +143,9 @@ pub(crate) unsafe fn run(
         for launch in &plan.launches {
             // SAFETY: `args` is the block cwd.cu's kernels take; its addresses come from the caller (who
             // vouches for them) and from the workspace, sized by the plan.
-            match unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdCwdArgs).cast::<c_void>()) } {
+            match unsafe {
+                launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdCwdArgs).cast::<c_void>())
+            } {
                 Ok(()) => {}
                 Err(LaunchError::CooperativeRefused(e)) => {
                     refused = Some(e);

@@ -105,7 +105,9 @@ pub(crate) unsafe fn run(
     };
     // SAFETY: `args` is the block pixel_kd.cu's kernels take; its addresses come from the caller (who vouches
     // for them) and from the workspace, sized by the plan.
-    unsafe { launch_or_reset(launcher, scratch, &plan.launch, dtype, (&args as *const KdPixelKdArgs).cast::<c_void>()) }
-        .map_err(|e| e.into_error())?;
+    unsafe {
+        launch_or_reset(launcher, scratch, &plan.launch, dtype, (&args as *const KdPixelKdArgs).cast::<c_void>())
+    }
+    .map_err(|e| e.into_error())?;
     Ok(plan.path)
 }
