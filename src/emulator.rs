@@ -54,7 +54,9 @@ extern "C" {
 /// kernel uses it (the GPU build's, in ptxas's report, is within a few bytes of it). The planners give these
 /// kernels the per-block limit less this ([`EmulatedGpu::max_dynamic_smem`]); an emulated launch of one of
 /// them fails when the kernel's static shared memory exceeds the value here, so it cannot go stale unseen.
-const STATIC_SMEM: &[(&str, usize)] = &[("pixel_kd_tiled", 8272), ("cwt_forward_fused", 80)];
+/// `cwt_forward_fused`: its f16/bf16 instances' (two instances of the tensor-core tile, 19456 bytes each, one
+/// per operand combination, and the loss's block sum: 38977 bytes); the f32 instance's SIMT tile needs 8257.
+const STATIC_SMEM: &[(&str, usize)] = &[("pixel_kd_tiled", 8272), ("cwt_forward_fused", 38992)];
 
 /// The static shared memory [`STATIC_SMEM`] declares for `kernel` (0 for kernels without dynamic memory).
 pub fn static_smem(kernel: &str) -> usize {
