@@ -253,7 +253,10 @@ fn kernel_resources(stem: &str, report: &str, keep: &Path) -> Vec<Resources> {
         a
     };
     for arch in archs {
-        let ptx_path = keep.join(format!("{stem}.compute_{arch}.ptx"));
+        // nvcc names the kept PTX `{stem}.compute_NN.ptx` when it compiles for several virtual architectures,
+        // and `{stem}.ptx` when for one.
+        let named = keep.join(format!("{stem}.compute_{arch}.ptx"));
+        let ptx_path = if named.exists() { named } else { keep.join(format!("{stem}.ptx")) };
         let ptx = fs::read_to_string(&ptx_path)
             .unwrap_or_else(|e| panic!("kd-kernels: cannot read the kept PTX {}: {e}", ptx_path.display()));
         let mut entry: Option<String> = None;

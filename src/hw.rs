@@ -8,6 +8,10 @@
 //! file, the shared memory per block (with the opt-in beyond 48 KiB), the blocks a cooperative grid may
 //! have, the grid's dimensions. [`dynamic_smem_limit`] is also what the CUDA launcher allows each kernel.
 
+// Outside the tests only `dynamic_smem_limit` is used (by the CUDA launcher); the rest serves the launch-limit
+// tests, which are what this module is for.
+#![cfg_attr(not(test), allow(dead_code))]
+
 use crate::launch::Launch;
 
 /// One compiled entry point (`{kernel}_{dtype}`) on one architecture.
@@ -47,8 +51,8 @@ pub(crate) struct ArchLimits {
     pub smem_per_block_optin: usize,
     /// Shared memory the system keeps per resident block (counted against the SM, not the block's limit).
     pub reserved_smem_per_block: usize,
+    /// Blocks of a grid along x (the kernels' grids are 1-D).
     pub max_grid_x: usize,
-    pub max_grid_yz: usize,
 }
 
 const KIB: usize = 1024;
@@ -72,7 +76,6 @@ const fn ampere_or_later(
         smem_per_block_optin,
         reserved_smem_per_block: KIB,
         max_grid_x: (1 << 31) - 1,
-        max_grid_yz: 65535,
     }
 }
 
