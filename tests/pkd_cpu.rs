@@ -108,8 +108,10 @@ fn finite_differences_over_several_levels() {
             // `backward` scales by the upstream gradient and fills the same loss.
             let b = cpu.backward(&views(&s), &views(&t), -2.5).unwrap();
             assert_eq!(b.loss, r.loss);
+            // Held to the largest gradient of all levels (an M = 2 level's is rounding-sized).
             for (gb, g) in b.grad_student.iter().zip(&r.grad_student) {
-                assert_close("backward", gb, &g.mapv(|v| -2.5 * v), 1e-14);
+                let worst = gb.iter().zip(g).map(|(x, y)| (x + 2.5 * y).abs()).fold(0.0, f64::max);
+                assert!(worst <= 1e-14 * 2.5 * overall, "backward: max err {worst:e} against {overall:e}");
             }
         }
     }
