@@ -94,6 +94,10 @@ impl Scratch for FakeScratch {
     fn prepare(&mut self, _floats: usize, _counters: usize) -> Result<(u64, u64)> {
         Ok((0x7000_0000_0000, 0x7800_0000_0000))
     }
+
+    fn reset_counters(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Distinct fake addresses, 256-byte aligned, for a call's buffers.
@@ -238,6 +242,7 @@ fn pixel_kd_launches_fit() {
                         loss: if loss { addr(3) } else { 0 },
                         grad_student: if grad { addr(4) } else { 0 },
                         upstream: if upstream { addr(6) } else { 0 },
+                        grad_teacher: 0,
                     };
                     let opt_in = &crate::pixel_kd::plan::OPT_IN_SMEM;
                     checked += check_everywhere("pixel_kd", opt_in, required, &|gpu, rec| {
@@ -381,13 +386,15 @@ fn cwt_launches_fit() {
     );
 }
 
+/// A SemCKD layout: batch, student layers, teacher layers, whether gradients are asked for.
+type SemckdCase = (usize, Vec<[usize; 3]>, Vec<[usize; 3]>, bool);
+
 /// SemCKD: the benches' layer sets (CIFAR-like and ImageNet-like) and random ones, and the pooling kernels.
 #[test]
 fn semckd_launches_fit() {
     let cifar = vec![[64, 32, 32], [128, 16, 16], [256, 8, 8]];
     let imagenet = vec![[64, 56, 56], [128, 28, 28], [256, 14, 14], [512, 7, 7]];
-    let mut cases: Vec<(usize, Vec<[usize; 3]>, Vec<[usize; 3]>, bool)> =
-        vec![(64, cifar.clone(), cifar, true), (32, imagenet.clone(), imagenet, true)];
+    let mut cases: Vec<SemckdCase> = vec![(64, cifar.clone(), cifar, true), (32, imagenet.clone(), imagenet, true)];
     let mut rng = SplitMix64::new(5);
     for _ in 0..20 {
         let layers = |rng: &mut SplitMix64| -> Vec<[usize; 3]> {
@@ -469,8 +476,13 @@ fn a_wrong_limit_fails_the_sweep() {
         panic!("this build has no compiled kernels: the launch limits cannot be checked");
     };
     let shape = Nchw::from_dims("student", &[8, 19, 64, 128]).unwrap();
-    let buffers =
-        PixelKdRawBuffers { student: addr(1), teacher: addr(2), loss: addr(3), grad_student: addr(4), upstream: 0 };
+    let buffers = PixelKdRawBuffers {
+        student: addr(1),
+        teacher: addr(2),
+        loss: addr(3),
+        grad_student: addr(4),
+        ..Default::default()
+    };
     let run = |limits: &'static ArchLimits| {
         let gpu =
             TableGpu { limits: real, sm_count: 132, cooperative: true, opt_in: &crate::pixel_kd::plan::OPT_IN_SMEM };

@@ -303,11 +303,14 @@ fn edited(
     Ok(checks.iter().map(|c| (c.output.clone(), c.pass().to_string())).collect())
 }
 
+/// One edit of a fixture file: tensors reshaped, tensors removed, metadata set, and what the error must say.
+type Edit<'a> = (&'a [(&'a str, Vec<usize>)], &'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn bad_fixture_files_are_reported_not_panicked() {
     let path = pkd_files().into_iter().find(|p| p.to_string_lossy().contains("_f32_n2_5x9x11")).unwrap();
     assert!(edited(&path, &[], &[], &[]).unwrap().iter().all(|(_, pass)| pass == "true"));
-    let cases: [(&[(&str, Vec<usize>)], &[&str], &[(&str, &str)], &str); 6] = [
+    let cases: [Edit<'_>; 6] = [
         (&[("student.1", vec![2, 3, 4, 6])], &[], &[], "resize"),
         (&[], &["teacher.2"], &[], "missing tensor `teacher.2`"),
         (&[], &[], &[("num_levels", "0")], "num_levels"),

@@ -362,6 +362,39 @@ pub(crate) unsafe fn run_pool(
         .map_err(|e| e.into_error())
 }
 
+impl Family for Semckd {
+    const NAME: &'static str = "semckd";
+    const KERNELS: &'static [&'static str] = &KERNELS;
+    type Config = SemckdConfig;
+    type Shape = SemckdLayers;
+    type RawBuffers = SemckdRawBuffers;
+    type Path = ();
+    type Report = ();
+
+    fn validate(config: &SemckdConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn workspace_bound(
+        config: &SemckdConfig,
+        layers: &SemckdLayers,
+        _dtype: DType,
+        _device: &dyn DeviceInfo,
+    ) -> Result<(usize, usize)> {
+        Ok((workspace_bound(config, layers)?, 1))
+    }
+
+    unsafe fn run(
+        call: RawCall<'_, Self>,
+        device: &dyn DeviceInfo,
+        scratch: &mut dyn Scratch,
+        launcher: &mut dyn Launcher,
+    ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { run(call.config, call.shape, call.dtype, call.buffers, call.options, device, scratch, launcher) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,38 +433,5 @@ mod tests {
             assert_eq!(len % ffi::KD_SEMCKD_GRAM_K as i64, 0);
         }
         assert_eq!(p.gram_tiles, 2);
-    }
-}
-
-impl Family for Semckd {
-    const NAME: &'static str = "semckd";
-    const KERNELS: &'static [&'static str] = &KERNELS;
-    type Config = SemckdConfig;
-    type Shape = SemckdLayers;
-    type RawBuffers = SemckdRawBuffers;
-    type Path = ();
-    type Report = ();
-
-    fn validate(config: &SemckdConfig) -> Result<()> {
-        config.validate()
-    }
-
-    fn workspace_bound(
-        config: &SemckdConfig,
-        layers: &SemckdLayers,
-        _dtype: DType,
-        _device: &dyn DeviceInfo,
-    ) -> Result<(usize, usize)> {
-        Ok((workspace_bound(config, layers)?, 1))
-    }
-
-    unsafe fn run(
-        call: RawCall<'_, Self>,
-        device: &dyn DeviceInfo,
-        scratch: &mut dyn Scratch,
-        launcher: &mut dyn Launcher,
-    ) -> Result<()> {
-        // SAFETY: forwarded from the caller.
-        unsafe { run(call.config, call.shape, call.dtype, call.buffers, call.options, device, scratch, launcher) }
     }
 }
