@@ -9,6 +9,9 @@
 //! `include/kd_kernels.h` is generated from this source by cbindgen (`cbindgen.toml` beside the manifest):
 //! the items, their C names and these doc comments. `tests/header.rs` fails when the committed header
 //! differs; `KD_KERNELS_BLESS_HEADER=1 cargo test -p kd-kernels-capi --test header` rewrites it.
+// The doc comments are also the C header's (cbindgen copies them), written for C readers: shape notation
+// such as `W1 [Ch, Cs]` is not an intra-doc link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 mod context;
 mod cpu;
