@@ -173,7 +173,10 @@ fn compile_kernels(nvcc: &Path, manifest: &Path, sources: &[PathBuf], out: &Path
                         String::from_utf8_lossy(&output.stdout),
                         String::from_utf8_lossy(&output.stderr)
                     );
-                    let resources = kernel_resources(&stem, &report, &keep);
+                    // The check-only stub (scripts/nvcc-check-stub) writes empty outputs and reports nothing:
+                    // there is nothing to measure, and its build never runs a kernel.
+                    let stubbed = !fs::metadata(&fatbin).is_ok_and(|m| m.len() > 0);
+                    let resources = if stubbed { Vec::new() } else { kernel_resources(&stem, &report, &keep) };
                     let _ = fs::remove_dir_all(&keep);
                     (stem, resources)
                 })
