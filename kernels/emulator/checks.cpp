@@ -180,6 +180,8 @@ void report_and_abandon(const std::string& message) {
     if (context != nullptr && context->live > 0) abandon_block();
 }
 
+void copy_unchecked(void* to, const void* from, size_t bytes) { std::memcpy(to, from, bytes); }
+
 uint64_t schedule_seed() {
     static const uint64_t seed = [] {
         if (const char* text = std::getenv("KD_EMU_SEED"); text != nullptr && *text != '\0') {
@@ -249,6 +251,7 @@ BlockContext::BlockContext(unsigned threads, unsigned char* shared_memory, size_
         warp_barriers.push_back(warp);
     }
     for (auto& set : shuffle_slots) set.resize(warp_barriers.size());
+    mma_memo.resize(warp_barriers.size());
     // calloc: the pages of a large shadow stay untouched until used.
     shadow = static_cast<ShadowCell*>(std::calloc(kStaticShared + dynamic_shared_bytes, sizeof(ShadowCell)));
     if (shadow == nullptr) fail("allocation of the shared-memory shadow failed");

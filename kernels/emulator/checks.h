@@ -79,6 +79,10 @@ uint64_t schedule_seed();
 // Fails the access unless `address` is a multiple of `align` (vector and WMMA accesses).
 void check_alignment(const void* address, size_t align, const char* what);
 
+// memcpy with no check (this file is compiled without the hooks): for the emulation's own copies of data whose
+// accesses it checks another way (wmma::load_matrix_sync: each lane checks its share of the tile).
+void copy_unchecked(void* to, const void* from, size_t bytes);
+
 // Tensor-core rounding of the emulated mma_sync (docs/emulation.md): KD_EMU_MMA=exact or truncate (default).
 bool mma_truncates();
 

@@ -125,6 +125,10 @@ struct BlockContext {
     FiberBarrier block_barrier;
     std::vector<FiberBarrier> warp_barriers;
     std::vector<std::array<double, 32>> shuffle_slots[2];  // two sets of one exchange slot per lane, per warp
+    // Per warp: the operands and result of the warp's last wmma::mma_sync. Every lane holds the whole tile
+    // (see WMMA below), so the other 31 lanes of a warp whose fragments are uniform reuse the first lane's
+    // product instead of recomputing it: the same bits, a 32nd of the work.
+    std::vector<std::vector<float>> mma_memo;
     // Shared memory: [0, kStaticShared) for the static variables, by declaration site, then the dynamic part.
     unsigned char* shared = nullptr;
     size_t static_used = 0, dynamic_bytes = 0, shared_limit = 0;
@@ -422,11 +426,21 @@ template <typename Use, int M, int N, int K, typename T, typename Layout>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm,
                              const std::source_location site = std::source_location::current()) {
     using F = fragment<Use, M, N, K, T, Layout>;
+    static_assert((F::rows * F::cols) % 32 == 0, "a tile is shared evenly by the lanes");
     check_wmma_operand(p, ldm, "wmma::load_matrix_sync");
     constexpr bool column_major = std::is_same_v<Layout, col_major>;
+    // Every lane needs the whole tile, but on a GPU each lane reads only the elements its registers hold: the
+    // checks (bounds, initcheck, racecheck) see this lane read its share (as store_matrix_sync writes it),
+    // and the rest arrives unchecked, a 32nd of the checking work (the shares cover the tile between them).
+    constexpr int lines = column_major ? F::cols : F::rows, line = column_major ? F::rows : F::cols;
+    T tile[F::rows * F::cols];
+    for (int l = 0; l < lines; ++l) kd_emu::copy_unchecked(tile + l * line, p + l * ldm, sizeof(T) * line);
+    constexpr int share = F::rows * F::cols / 32;
+    const int lane = static_cast<int>(threadIdx.x & 31u);
+    for (int e = lane * share; e < (lane + 1) * share; ++e) tile[e] = p[(e / line) * ldm + e % line];
     for (int r = 0; r < F::rows; ++r)
         for (int c = 0; c < F::cols; ++c)
-            f.v[r * F::cols + c] = element_to_float(column_major ? p[c * ldm + r] : p[r * ldm + c]);
+            f.v[r * F::cols + c] = element_to_float(column_major ? tile[c * line + r] : tile[r * line + c]);
     warp_meeting("wmma::load_matrix_sync", site);
 }
 
@@ -454,6 +468,20 @@ template <int M, int N, int K, typename TA, typename LA, typename TB, typename L
 inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
                      const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float>& c,
                      const std::source_location site = std::source_location::current()) {
+    // The memo holds [A | B | C | D] of the warp's last product; a lane whose operands equal them bit for bit
+    // gets the same D (mma_sync is a function of those bits), any other lane computes its own.
+    constexpr size_t na = M * K, nb = K * N, nc = M * N;
+    std::vector<float>& memo = kd_emu::context->mma_memo[threadIdx.x >> 5];
+    if (memo.size() == na + nb + 2 * nc && std::memcmp(memo.data(), a.v, sizeof a.v) == 0 &&
+        std::memcmp(memo.data() + na, b.v, sizeof b.v) == 0 && std::memcmp(memo.data() + na + nb, c.v, sizeof c.v) == 0) {
+        std::memcpy(d.v, memo.data() + na + nb + nc, sizeof d.v);
+        warp_meeting("wmma::mma_sync", site);
+        return;
+    }
+    memo.resize(na + nb + 2 * nc);
+    std::memcpy(memo.data(), a.v, sizeof a.v);
+    std::memcpy(memo.data() + na, b.v, sizeof b.v);
+    std::memcpy(memo.data() + na + nb, c.v, sizeof c.v);
     float out[M * N];
     const bool truncate = kd_emu::mma_truncates();
     for (int i = 0; i < M; ++i)
@@ -474,6 +502,7 @@ inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<ma
             out[i * N + j] = s;
         }
     std::memcpy(d.v, out, sizeof out);
+    std::memcpy(memo.data() + na + nb + nc, out, sizeof out);
     warp_meeting("wmma::mma_sync", site);
 }
 
