@@ -10,6 +10,9 @@
 //!   ptxas's `--resource-usage` report, the block size from its PTX's `.maxntid`) go into
 //!   `OUT_DIR/kernel_resources.rs`, which `src/hw.rs` includes (an empty table without nvcc); the launch-limit
 //!   tests check every planned launch against them.
+//! * Compiled units are cached in `<target>/kd-kernels-nvcc-cache`, keyed by the sources, flags, architectures
+//!   and nvcc, so the other profiles and feature sets of one target directory reuse them ([`KernelCache`];
+//!   `KD_KERNELS_NVCC_CACHE=0` turns it off).
 //! * bindgen needs libclang. Where none is found (`LIBCLANG_PATH`, the tools venv, the system), the committed
 //!   snapshot `src/ffi/params_bindings.rs` is used as is; where it is found, the fresh bindings are used, and
 //!   with `KD_KERNELS_CHECK_BINDINGS=1` (set by `scripts/test`, which always has the pinned libclang) they must
@@ -128,11 +131,25 @@ fn find_in_tools_venv(manifest: &Path, tail: &[&str]) -> Option<PathBuf> {
     None
 }
 
+/// nvcc's flags besides the architectures and the files.
+const NVCC_FLAGS: &[&str] = &[
+    "-fatbin",
+    "-O3",
+    "-std=c++17",
+    "-lineinfo",
+    "--Werror",
+    "all-warnings",
+    "-Xptxas",
+    "-warn-spills",
+    "--resource-usage",
+];
+
 fn compile_kernels(nvcc: &Path, manifest: &Path, sources: &[PathBuf], out: &Path) {
     let archs = env::var("KD_KERNELS_CUDA_ARCHS").unwrap_or_else(|_| DEFAULT_ARCHS.to_string());
     let gencode = gencode_flags(&archs);
     let kernels_dir = manifest.join("kernels");
     let units: Vec<&PathBuf> = sources.iter().filter(|p| p.extension().is_some_and(|e| e == "cu")).collect();
+    let cache = KernelCache::new(nvcc, sources, &gencode, out);
     // One nvcc per translation unit, in parallel: each is a few seconds per architecture.
     std::thread::scope(|scope| {
         let handles: Vec<_> = units
@@ -140,17 +157,21 @@ fn compile_kernels(nvcc: &Path, manifest: &Path, sources: &[PathBuf], out: &Path
             .map(|src| {
                 let gencode = &gencode;
                 let kernels_dir = &kernels_dir;
+                let cache = &cache;
                 scope.spawn(move || {
                     let stem = src.file_stem().unwrap().to_str().unwrap().to_string();
                     let fatbin = out.join(format!("{stem}.fatbin"));
+                    if let Some(resources) = cache.fetch(&stem, &fatbin) {
+                        return (stem, resources);
+                    }
                     // nvcc keeps each architecture's PTX here, which has the entry points' `.maxntid`.
                     let keep = out.join(format!("keep-{stem}"));
                     let _ = fs::remove_dir_all(&keep);
                     fs::create_dir_all(&keep).unwrap();
                     let output = Command::new(nvcc)
-                        .arg("-fatbin")
-                        .args(["-O3", "-std=c++17", "-lineinfo", "--Werror", "all-warnings"])
-                        .args(["-Xptxas", "-warn-spills", "--resource-usage", "-keep", "-keep-dir"])
+                        .args(NVCC_FLAGS)
+                        .arg("-keep")
+                        .arg("-keep-dir")
                         .arg(&keep)
                         .arg("-I")
                         .arg(kernels_dir)
@@ -174,9 +195,12 @@ fn compile_kernels(nvcc: &Path, manifest: &Path, sources: &[PathBuf], out: &Path
                         String::from_utf8_lossy(&output.stderr)
                     );
                     // The check-only stub (scripts/nvcc-check-stub) writes empty outputs and reports nothing:
-                    // there is nothing to measure, and its build never runs a kernel.
+                    // there is nothing to measure or keep, and its build never runs a kernel.
                     let stubbed = !fs::metadata(&fatbin).is_ok_and(|m| m.len() > 0);
                     let resources = if stubbed { Vec::new() } else { kernel_resources(&stem, &report, &keep) };
+                    if !stubbed {
+                        cache.store(&stem, &fatbin, &resources);
+                    }
                     let _ = fs::remove_dir_all(&keep);
                     (stem, resources)
                 })
@@ -199,6 +223,69 @@ fn compile_kernels(nvcc: &Path, manifest: &Path, sources: &[PathBuf], out: &Path
     });
 }
 
+/// Compiled fatbins and their resource reports, shared by every build of the crate in one target directory.
+///
+/// Cargo runs this script once per profile and feature set (the clippy, release, test and adapter builds of
+/// `scripts/test` are four), and each run used to compile every kernel for every architecture again: minutes
+/// of nvcc on two cores for identical outputs. The cache key is everything nvcc's output depends on: the
+/// kernel sources (every file of `kernels/` the units include), the flags and architectures, and the nvcc
+/// binary itself (its path, size and modification time). Entries are written whole and renamed into place,
+/// so builds running side by side never read a partial one. `KD_KERNELS_NVCC_CACHE=0` turns it off.
+struct KernelCache {
+    dir: Option<PathBuf>,
+}
+
+impl KernelCache {
+    fn new(nvcc: &Path, sources: &[PathBuf], gencode: &[String], out: &Path) -> Self {
+        println!("cargo::rerun-if-env-changed=KD_KERNELS_NVCC_CACHE");
+        if env::var("KD_KERNELS_NVCC_CACHE").is_ok_and(|v| v == "0") {
+            return KernelCache { dir: None };
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for src in sources {
+            src.file_name().hash(&mut h);
+            fs::read(src).unwrap_or_default().hash(&mut h);
+        }
+        NVCC_FLAGS.hash(&mut h);
+        gencode.hash(&mut h);
+        nvcc.hash(&mut h);
+        if let Ok(meta) = fs::metadata(nvcc) {
+            meta.len().hash(&mut h);
+            meta.modified().ok().hash(&mut h);
+        }
+        // OUT_DIR is <target>/[<triple>/]<profile>/build/<package>-<hash>/out: the cache sits beside the profiles.
+        let root = out.ancestors().nth(4).map(|t| t.join("kd-kernels-nvcc-cache"));
+        KernelCache { dir: root.map(|r| r.join(format!("{:016x}", h.finish()))) }
+    }
+
+    /// Copies a cached unit's fatbin to `fatbin` and returns its resources, if the cache has it.
+    fn fetch(&self, stem: &str, fatbin: &Path) -> Option<Vec<Resources>> {
+        let dir = self.dir.as_ref()?.join(stem);
+        let table = fs::read_to_string(dir.join("resources.txt")).ok()?;
+        let resources: Option<Vec<Resources>> = table.lines().map(Resources::parse).collect();
+        fs::copy(dir.join("unit.fatbin"), fatbin).ok()?;
+        resources
+    }
+
+    fn store(&self, stem: &str, fatbin: &Path, resources: &[Resources]) {
+        let Some(dir) = &self.dir else { return };
+        let staging = dir.join(format!(".{stem}.{}", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        let written = fs::create_dir_all(&staging)
+            .and_then(|_| fs::copy(fatbin, staging.join("unit.fatbin")))
+            .and_then(|_| {
+                let table: String = resources.iter().map(|r| r.line() + "\n").collect();
+                fs::write(staging.join("resources.txt"), table)
+            })
+            .and_then(|_| fs::rename(&staging, dir.join(stem)));
+        if written.is_err() {
+            // Another build stored the same unit first, or the disk refused: the cache is only a shortcut.
+            let _ = fs::remove_dir_all(&staging);
+        }
+    }
+}
+
 /// One entry point's resources on one SASS architecture.
 #[derive(Debug, Clone, PartialEq)]
 struct Resources {
@@ -208,6 +295,23 @@ struct Resources {
     static_smem: u32,
     max_threads: u32,
     spill_bytes: u32,
+}
+
+impl Resources {
+    /// One line of the kernel cache's table.
+    fn line(&self) -> String {
+        let Resources { kernel, arch, registers, static_smem, max_threads, spill_bytes } = self;
+        format!("{kernel} {arch} {registers} {static_smem} {max_threads} {spill_bytes}")
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let mut f = line.split(' ');
+        let kernel = f.next()?.to_string();
+        let mut n = || f.next()?.parse::<u32>().ok();
+        let r =
+            Resources { kernel, arch: n()?, registers: n()?, static_smem: n()?, max_threads: n()?, spill_bytes: n()? };
+        Some(r)
+    }
 }
 
 /// Joins ptxas's report (registers, static shared memory, spills per entry point and `sm_NN`) with the
