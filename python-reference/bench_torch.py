@@ -6,13 +6,18 @@ Times forward + backward (`loss.backward()` with respect to the student) of
   * ICSD (`--losses icsd`, not run by default), official variant, tau 1, loss_weight 9500:
     impl `official_loop` is the official AICSD `lo_loss` pair loop (eager), `eager` and
     `compile` are the closed form `icsd_official_vectorized`,
-in PyTorch eager mode and under `torch.compile` (default mode), for f32 and bf16 inputs
+in PyTorch eager mode, eager replayed as a CUDA graph (`cuda_graph`, CUDA only), and under `torch.compile`
+(`compile`: default mode; `max_autotune`: mode max-autotune, not run by default: its autotuning takes minutes
+per shape), for f32 and bf16 inputs
 (bf16 is upcast inside the loss with `.float()`, as the crate upcasts in its kernels).
 
 Without `--shapes`, CWD and pixel KD run on 8x19x64x128, 8x19x512x1024 and 8x256x64x128, and
 ICSD on 2x21x65x65, 6x21x513x513 (the official Pascal VOC setting) and 8x19x512x1024 (only
-2x21x65x65 with `--device cpu --quick`). Without `--impls`, CWD and pixel KD run `eager` and
-`compile`, ICSD also `official_loop`; `official_loop` exists only for ICSD.
+2x21x65x65 with `--device cpu --quick`). Without `--impls`, CWD and pixel KD run `eager`, `cuda_graph`
+(on CUDA) and `compile`, ICSD also `official_loop`; `official_loop` exists only for ICSD.
+
+On CUDA every record also has `peak_mib`: the most memory the step allocated beyond what was allocated before
+it (inputs, outputs of earlier steps), from `torch.cuda.max_memory_allocated`.
 
 In the same run it times a device-to-device copy of a buffer the size of student + teacher,
 so every result can be read against the copy bandwidth actually reachable on that machine.
@@ -53,8 +58,8 @@ DEFAULT_SHAPES = ["8x19x64x128", "8x19x512x1024", "8x256x64x128"]
 ICSD_DEFAULT_SHAPES = ["2x21x65x65", "6x21x513x513", "8x19x512x1024"]
 ICSD_QUICK_CPU_SHAPES = ["2x21x65x65"]
 DEFAULT_LOSSES = ["cwd", "pixel_kd"]
-DEFAULT_IMPLS = ["eager", "compile"]
-ICSD_DEFAULT_IMPLS = ["official_loop", "eager", "compile"]
+DEFAULT_IMPLS = ["eager", "cuda_graph", "compile"]
+ICSD_DEFAULT_IMPLS = ["official_loop", "eager", "cuda_graph", "compile"]
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -80,7 +85,11 @@ def icsd_official_loop_bench_loss(s, t):
 LOSSES = {"cwd": cwd_bench_loss, "pixel_kd": pixel_kd_bench_loss, "icsd": icsd_bench_loss}
 # Implementations other than eager/compile of LOSSES[name], by loss.
 EXTRA_IMPLS = {"icsd": {"official_loop": icsd_official_loop_bench_loss}}
-ALL_IMPLS = ["official_loop", "eager", "compile"]
+# eager, the eager step replayed as a CUDA graph (CUDA only), torch.compile's default and max-autotune modes:
+# the best PyTorch a user can get, side by side.
+GENERIC_IMPLS = ["eager", "cuda_graph", "compile", "max_autotune"]
+ALL_IMPLS = ["official_loop", *GENERIC_IMPLS]
+COMPILE_MODES = {"compile": "default", "max_autotune": "max-autotune"}
 
 
 def parse_shape(text):
@@ -119,6 +128,35 @@ def median_ms(step, device, warmup, iters):
             step()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def cuda_graph_step(fn, s, teacher):
+    """The eager forward + backward captured once into a CUDA graph; the returned step replays it (the
+    gradient lands in the same buffer every replay, as the graph allocated it at capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture (lazy inits, cuBLAS workspaces)
+        for _ in range(3):
+            s.grad = None
+            fn(s, teacher).backward()
+    torch.cuda.current_stream().wait_stream(side)
+    s.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(s, teacher).backward()
+    return graph.replay
+
+
+def peak_mib(step, device):
+    """Memory one call of `step` allocates beyond what is allocated already, in MiB (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def device_name(device):
@@ -172,7 +210,8 @@ def main():
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=DEFAULT_LOSSES)
     parser.add_argument("--impls", nargs="+", choices=ALL_IMPLS, default=None,
-                        help="default: eager compile (ICSD also official_loop); official_loop is ICSD only")
+                        help="default: eager cuda_graph compile (ICSD also official_loop); official_loop is "
+                             "ICSD only; cuda_graph needs CUDA")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
@@ -197,12 +236,15 @@ def main():
         wanted = args.impls
         if wanted is None:
             wanted = ICSD_DEFAULT_IMPLS if loss_name == "icsd" else DEFAULT_IMPLS
-        usable = [i for i in wanted if i in ("eager", "compile") or i in EXTRA_IMPLS.get(loss_name, {})]
+        usable = [i for i in wanted if i in GENERIC_IMPLS or i in EXTRA_IMPLS.get(loss_name, {})]
+        if device.type != "cuda":
+            usable = [i for i in usable if i != "cuda_graph"]
         for i in wanted:
             if i not in usable and (loss_name, i) not in skipped_impls:
                 skipped_impls.add((loss_name, i))
-                print(f"skipping impl {i} for {loss_name}: it exists only for "
-                      f"{', '.join(k for k, v in EXTRA_IMPLS.items() if i in v)}", file=sys.stderr)
+                why = ("it needs CUDA" if i == "cuda_graph" else
+                       f"it exists only for {', '.join(k for k, v in EXTRA_IMPLS.items() if i in v)}")
+                print(f"skipping impl {i} for {loss_name}: {why}", file=sys.stderr)
         return usable
 
     skipped_impls = set()
@@ -235,30 +277,32 @@ def main():
             for loss_name in shape_losses:
                 for impl in impls_for(loss_name):
                     fn = EXTRA_IMPLS.get(loss_name, {}).get(impl, LOSSES[loss_name])
-                    if impl == "compile":
+                    if impl in COMPILE_MODES:
                         if compile_broken:
                             continue
                         # Start from a clean cache so each configuration gets its own static-shape
                         # compile, instead of dynamo switching to dynamic shapes on the 2nd shape.
                         torch._dynamo.reset()
-                        fn = torch.compile(fn)
+                        fn = torch.compile(fn, mode=COMPILE_MODES[impl])
                     s = student.detach().clone().requires_grad_(True)
 
-                    def step():
+                    def eager_step(fn=fn, s=s):
                         s.grad = None  # a fresh gradient each time: the kernel writes it once
                         fn(s, teacher).backward()
 
                     try:
+                        step = cuda_graph_step(fn, s, teacher) if impl == "cuda_graph" else eager_step
                         ms = median_ms(step, device, warmup, iters)
+                        peak = peak_mib(step, device)
                     except Exception as exc:  # noqa: BLE001 - any compile failure means "skip"
-                        if impl != "compile":
+                        if impl not in COMPILE_MODES:
                             raise
                         compile_broken = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                         print(f"skipping torch.compile on {device.type}: {compile_broken}", file=sys.stderr)
                         continue
                     emit({"loss": loss_name, "shape": list(shape), "dtype": dtype_name, "impl": impl,
                           "median_ms": ms, "gbps": minimal_bytes / (ms * 1e-3) / 1e9,
-                          "copy_gbps": copy_gbps, "iters": iters})
+                          "copy_gbps": copy_gbps, "peak_mib": peak, "iters": iters})
             del student, teacher
 
     lines.close()
