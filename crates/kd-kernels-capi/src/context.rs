@@ -1,9 +1,13 @@
 //! `kd_context`: one device's loss objects (loaded kernels, workspaces), kept across calls so repeated
 //! calls neither reload modules nor reallocate.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use kd::cuda::LossCuda;
 use kd::cudarc::driver::CudaStream;
+use kd::family::Family;
 use kd::KdError;
 
 use crate::{guard, Failure, KdStatus, KD_ERR_NULL_POINTER, KD_ERR_PARAMETER};
@@ -14,52 +18,50 @@ use crate::{guard, Failure, KdStatus, KD_ERR_NULL_POINTER, KD_ERR_PARAMETER};
 const LOSSES_PER_FAMILY: usize = 16;
 
 /// Loss objects of one family, one per configuration.
-pub(crate) struct LossCache<L> {
-    losses: Vec<L>,
-}
-
-impl<L> Default for LossCache<L> {
-    fn default() -> Self {
-        LossCache { losses: Vec::new() }
-    }
-}
-
-impl<L> LossCache<L> {
-    /// The loss object whose configuration is `config`, created on first use.
-    pub(crate) fn get<C: PartialEq>(
-        &mut self,
-        stream: &Arc<CudaStream>,
-        config: &C,
-        config_of: impl Fn(&L) -> &C,
-        create: impl FnOnce() -> kd::Result<L>,
-    ) -> Result<&mut L, Failure> {
-        let index = match self.losses.iter().position(|loss| config_of(loss) == config) {
-            Some(index) => index,
-            None => {
-                let loss = create()?;
-                if self.losses.len() >= LOSSES_PER_FAMILY {
-                    stream
-                        .context()
-                        .synchronize()
-                        .map_err(|e| KdError::Cuda { op: "cuCtxSynchronize", error: e.to_string() })?;
-                    self.losses.remove(0);
-                }
-                self.losses.push(loss);
-                self.losses.len() - 1
-            }
-        };
-        Ok(&mut self.losses[index])
-    }
+struct LossCache<F: Family> {
+    losses: Vec<LossCuda<F>>,
 }
 
 pub(crate) struct Inner {
     pub(crate) stream: Arc<CudaStream>,
-    pub(crate) cwd: LossCache<kd::cwd::CwdCuda>,
-    pub(crate) pixel_kd: LossCache<kd::pixel_kd::PixelKdCuda>,
-    pub(crate) icsd: LossCache<kd::icsd::IcsdCuda>,
-    pub(crate) semckd: LossCache<kd::semckd::SemckdCuda>,
-    /// Keyed by configuration and channel counts (a CWT loss object is made for one MLP shape).
-    pub(crate) cwt: LossCache<((kd::cwt::CwtConfig, kd::cwt::CwtShapes), kd::cwt::CwtCuda)>,
+    /// One [`LossCache`] per family that has been called, by the family's type: a registered family gets its
+    /// cache by being called, with nothing to list here.
+    caches: HashMap<TypeId, Box<dyn Any + Send>>,
+}
+
+impl Inner {
+    fn new(stream: Arc<CudaStream>) -> Self {
+        Inner { stream, caches: HashMap::new() }
+    }
+
+    /// The loss object of family `F` made for `config` (loaded kernels, grown workspace), created on first use.
+    pub(crate) fn loss<F: Family>(&mut self, config: &F::Config) -> Result<&mut LossCuda<F>, Failure>
+    where
+        LossCuda<F>: Send,
+    {
+        let cache = self
+            .caches
+            .entry(TypeId::of::<F>())
+            .or_insert_with(|| Box::new(LossCache::<F> { losses: Vec::new() }))
+            .downcast_mut::<LossCache<F>>()
+            .expect("the caches are keyed by their family's type");
+        let index = match cache.losses.iter().position(|loss| loss.config() == config) {
+            Some(index) => index,
+            None => {
+                let loss = LossCuda::<F>::new(self.stream.clone(), config.clone())?;
+                if cache.losses.len() >= LOSSES_PER_FAMILY {
+                    self.stream
+                        .context()
+                        .synchronize()
+                        .map_err(|e| KdError::Cuda { op: "cuCtxSynchronize", error: e.to_string() })?;
+                    cache.losses.remove(0);
+                }
+                cache.losses.push(loss);
+                cache.losses.len() - 1
+            }
+        };
+        Ok(&mut cache.losses[index])
+    }
 }
 
 /// Owns one device's loaded kernels and workspaces, so repeated calls neither reload nor reallocate.
@@ -102,14 +104,7 @@ pub unsafe extern "C" fn kd_context_create(device_ordinal: i32, out: *mut *mut K
         })?;
         let stream = kd::cuda::default_stream(ordinal)?;
         let context = KdContext {
-            inner: Mutex::new(Inner {
-                stream,
-                cwd: LossCache::default(),
-                pixel_kd: LossCache::default(),
-                cwt: LossCache::default(),
-                icsd: LossCache::default(),
-                semckd: LossCache::default(),
-            }),
+            inner: Mutex::new(Inner::new(stream)),
         };
         // SAFETY: `out` is writable (the caller's contract) and not null (checked).
         unsafe { *out = Box::into_raw(Box::new(context)) };

@@ -4,7 +4,7 @@
 use std::ffi::c_void;
 
 use kd::cudarc::driver::sys::CUstream;
-use kd::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdRawBuffers};
+use kd::cwd::{Cwd, CwdConfig, CwdCpu, CwdRawBuffers};
 use kd::shape::Nchw;
 use kd::GradOptions;
 
@@ -64,9 +64,7 @@ pub unsafe extern "C" fn kd_cwd_cuda(
         // SAFETY: forwarded from the caller.
         unsafe {
             with_context(ctx, |inner| {
-                let loss_object = inner
-                    .cwd
-                    .get(&inner.stream, &config, CwdCuda::config, || CwdCuda::new(inner.stream.clone(), config))?;
+                let loss_object = inner.loss::<Cwd>(&config)?;
                 loss_object.launch_raw(stream as CUstream, &shape, dtype, &buffers, options)?;
                 Ok(())
             })

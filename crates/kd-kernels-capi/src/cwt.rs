@@ -5,7 +5,7 @@
 use std::ffi::c_void;
 
 use kd::cudarc::driver::sys::CUstream;
-use kd::cwt::{CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtRawBuffers, CwtShapes, MlpParams};
+use kd::cwt::{Cwt, CwtConfig, CwtCpu, CwtNormalize, CwtRawBuffers, CwtSetup, CwtShapes, MlpParams};
 use kd::ndarray::{ArrayView1, ArrayView2};
 use kd::shape::Nchw;
 use kd::GradOptions;
@@ -126,15 +126,8 @@ pub unsafe extern "C" fn kd_cwt_cuda(
         // SAFETY: forwarded from the caller.
         unsafe {
             with_context(ctx, |inner| {
-                let key = (config, shapes);
-                let stream_of_context = inner.stream.clone();
-                let loss_object = inner.cwt.get(
-                    &inner.stream,
-                    &key,
-                    |l: &((CwtConfig, CwtShapes), CwtCuda)| &l.0,
-                    || Ok((key, CwtCuda::with_shapes(stream_of_context, config, shapes)?)),
-                )?;
-                loss_object.1.launch_raw(stream as CUstream, &student_dims, dtype, &buffers, options)?;
+                let loss_object = inner.loss::<Cwt>(&CwtSetup { config, shapes })?;
+                loss_object.launch_raw(stream as CUstream, &student_dims, dtype, &buffers, options)?;
                 Ok(())
             })
         }

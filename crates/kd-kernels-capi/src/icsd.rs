@@ -5,7 +5,7 @@
 use std::ffi::c_void;
 
 use kd::cudarc::driver::sys::CUstream;
-use kd::icsd::{IcsdConfig, IcsdCpu, IcsdCuda, IcsdRawBuffers, IcsdVariant};
+use kd::icsd::{Icsd, IcsdConfig, IcsdCpu, IcsdRawBuffers, IcsdVariant};
 use kd::shape::Nchw;
 use kd::GradOptions;
 
@@ -91,9 +91,7 @@ pub unsafe extern "C" fn kd_icsd_cuda(
         // SAFETY: forwarded from the caller.
         unsafe {
             with_context(ctx, |inner| {
-                let loss_object = inner
-                    .icsd
-                    .get(&inner.stream, &config, IcsdCuda::config, || IcsdCuda::new(inner.stream.clone(), config))?;
+                let loss_object = inner.loss::<Icsd>(&config)?;
                 loss_object.launch_raw(stream as CUstream, &shape, dtype, &buffers, options)?;
                 Ok(())
             })

@@ -4,7 +4,7 @@
 use std::ffi::c_void;
 
 use kd::cudarc::driver::sys::CUstream;
-use kd::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdRawBuffers, Reduction};
+use kd::pixel_kd::{PixelKd, PixelKdConfig, PixelKdCpu, PixelKdRawBuffers, Reduction};
 use kd::shape::Nchw;
 use kd::GradOptions;
 
@@ -97,9 +97,7 @@ pub unsafe extern "C" fn kd_pixel_kd_cuda(
         // SAFETY: forwarded from the caller.
         unsafe {
             with_context(ctx, |inner| {
-                let loss_object = inner.pixel_kd.get(&inner.stream, &config, PixelKdCuda::config, || {
-                    PixelKdCuda::new(inner.stream.clone(), config)
-                })?;
+                let loss_object = inner.loss::<PixelKd>(&config)?;
                 loss_object.launch_raw(stream as CUstream, &shape, dtype, &buffers, options)?;
                 Ok(())
             })

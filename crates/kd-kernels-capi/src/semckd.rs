@@ -8,7 +8,7 @@ use std::ffi::c_void;
 
 use kd::cudarc::driver::sys::CUstream;
 use kd::ndarray::{Array4, ArrayView1, ArrayView2, ArrayView4};
-use kd::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdCuda, SemckdLayers, SemckdRawBuffers};
+use kd::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, Semckd, SemckdLayers, SemckdRawBuffers};
 use kd::shape::Nchw;
 use kd::GradOptions;
 
@@ -153,9 +153,7 @@ pub unsafe extern "C" fn kd_semckd_cuda(
         // SAFETY: forwarded from the caller.
         unsafe {
             with_context(ctx, |inner| {
-                let loss_object = inner.semckd.get(&inner.stream, &config, SemckdCuda::config, || {
-                    SemckdCuda::new(inner.stream.clone(), config)
-                })?;
+                let loss_object = inner.loss::<Semckd>(&config)?;
                 loss_object.launch_raw(stream as CUstream, &layers, dtype, &buffers, options)?;
                 Ok(())
             })
