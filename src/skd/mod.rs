@@ -16,7 +16,11 @@
 //! `C x C` Gram matrices `G_SS = F_S F_S^T`, `G_ST = F_S F_T^T`, `G_TT = F_T F_T^T`, and
 //! `dL/dF_S = 4 loss_weight / (N P^2) (G_SS F_S - G_ST F_T)`, so its memory beyond the inputs and the gradient
 //! is `O(C^2 + C * P)` for one image at a time, and full resolution (no pooling) is as affordable as the
-//! pooled official. The teacher is a constant (no teacher gradient).
+//! pooled official. Those three terms are large and nearly cancel when the student is close to its teacher;
+//! with `Cs = Ct` the reference writes them through `D = F_S - F_T` instead (`A_S - A_T = D^T F_S + F_T^T D`:
+//! `|A_S - A_T|^2 = <G_DD, G_SS + G_TT> + 2 <G_DT, G_SD>`, `dL/dF_S ∝ G_SD F_S + G_ST D`), where every term is
+//! of the size of the difference and identical inputs give exactly 0. The teacher is a constant (no teacher
+//! gradient).
 
 mod cpu;
 pub(crate) mod fixture;
