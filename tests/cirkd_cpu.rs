@@ -229,7 +229,8 @@ fn gradient_matches_central_differences() {
         // The tiled map's gradient entries are ~1/P of the loss: a larger step keeps the differences' rounding
         // (~1e-16 * loss / h) below them.
         let h = if at.is_some() { 3e-5 } else { 1e-6 };
-        let numeric = central_differences(&sc.student, at.as_deref(), h, |s| cpu.forward(s, sc.teacher.view()).unwrap());
+        let numeric =
+            central_differences(&sc.student, at.as_deref(), h, |s| cpu.forward(s, sc.teacher.view()).unwrap());
         let analytic: Vec<f64> = match &at {
             Some(at) => at.iter().map(|&i| out.grad_student[i]).collect(),
             None => out.grad_student.iter().copied().collect(),
@@ -242,11 +243,15 @@ fn gradient_matches_central_differences() {
 #[test]
 fn identical_inputs_give_exactly_zero() {
     let mut rng = SplitMix64::new(12);
-    for (dims, pool) in [([2, 5, 7, 9], CirkdPool::None), ([3, 3, 6, 5], CirkdPool::Avg(2)), ([1, 2, 17, 17], CirkdPool::None)] {
+    for (dims, pool) in
+        [([2, 5, 7, 9], CirkdPool::None), ([3, 3, 6, 5], CirkdPool::Avg(2)), ([1, 2, 17, 17], CirkdPool::None)]
+    {
         let x = normal4(&mut rng, dims);
-        let x16 = x.mapv(|v| half::bf16::from_f64(v));
+        let x16 = x.mapv(half::bf16::from_f64);
         let cpu = CirkdCpu::new(CirkdConfig { pool, ..CirkdConfig::default() }).unwrap();
-        for out in [cpu.forward_backward(x.view(), x.view()).unwrap(), cpu.forward_backward(x16.view(), x16.view()).unwrap()] {
+        for out in
+            [cpu.forward_backward(x.view(), x.view()).unwrap(), cpu.forward_backward(x16.view(), x16.view()).unwrap()]
+        {
             assert_eq!(out.loss, 0.0, "{dims:?}");
             assert!(out.grad_student.iter().all(|&g| g == 0.0), "{dims:?}");
         }
@@ -326,7 +331,12 @@ fn pooling_rule() {
     assert_eq!(CirkdPool::parse("4"), Ok(CirkdPool::Avg(4)));
     // A 1x1 pool is no pooling, and auto below 256 is none: bitwise the same outputs.
     let sc = &scenarios()[0];
-    let run = |pool| CirkdCpu::new(CirkdConfig { pool, ..sc.config }).unwrap().forward_backward(sc.student.view(), sc.teacher.view()).unwrap();
+    let run = |pool| {
+        CirkdCpu::new(CirkdConfig { pool, ..sc.config })
+            .unwrap()
+            .forward_backward(sc.student.view(), sc.teacher.view())
+            .unwrap()
+    };
     let none = run(CirkdPool::None);
     for pool in [CirkdPool::Avg(1), CirkdPool::Auto] {
         let other = run(pool);
@@ -372,7 +382,9 @@ fn bad_input_gives_typed_errors() {
     let e = cpu.forward_backward(empty.view(), empty.view()).unwrap_err();
     assert!(matches!(e, KdError::EmptyInput { what: "student", .. }), "{e}");
     let t = Array4::<f32>::zeros((2, 6, 4, 5));
-    for (pair, rows) in [((2, 0), 0..1), ((0, 2), 0..1), ((0, 1), 0..21), ((1, 1), 5..4)] {
+    for (pair, rows) in
+        [((2, 0), 0..1), ((0, 2), 0..1), ((0, 1), 0..21), ((1, 1), std::ops::Range { start: 5, end: 4 })]
+    {
         let e = cpu.row_divergences(s.view(), t.view(), pair, rows.clone()).unwrap_err();
         assert!(matches!(e, KdError::InvalidParameter { .. }), "{pair:?} {rows:?}: {e}");
     }
@@ -402,21 +414,30 @@ fn unpooled_200x200_rows_in_tens_of_mb() {
         for i in 0..b {
             for j in 0..b {
                 for block in &blocks {
-                    rows.push(((i, j), block.clone(), cpu.row_divergences(student.view(), teacher.view(), (i, j), block.clone()).unwrap()));
+                    rows.push((
+                        (i, j),
+                        block.clone(),
+                        cpu.row_divergences(student.view(), teacher.view(), (i, j), block.clone()).unwrap(),
+                    ));
                 }
             }
         }
         rows
     });
     let official_student_bytes = (b * b * p * p * 4) as f64;
-    eprintln!("peak heap {:.1} MB (the official's student logits: {:.1} GB)", peak as f64 / 1e6, official_student_bytes / 1e9);
+    eprintln!(
+        "peak heap {:.1} MB (the official's student logits: {:.1} GB)",
+        peak as f64 / 1e6,
+        official_student_bytes / 1e9
+    );
     assert!(peak < 64 << 20, "peak heap {peak} bytes");
     let (s64, t64) = (student.mapv(f64::from), teacher.mapv(f64::from));
     let fs: Vec<_> = (0..b).map(|n| pixels(&s64, n, 1, false)).collect();
     let ft: Vec<_> = (0..b).map(|n| pixels(&t64, n, 1, false)).collect();
     for ((i, j), block, got) in rows {
         assert_eq!(got.len(), block.len());
-        let want: Vec<f64> = block.clone().map(|row| direct_row((&fs[i], &fs[j]), (&ft[i], &ft[j]), row, config.tau)).collect();
+        let want: Vec<f64> =
+            block.clone().map(|row| direct_row((&fs[i], &fs[j]), (&ft[i], &ft[j]), row, config.tau)).collect();
         assert!(want.iter().all(|&v| v > 0.0));
         assert!(rel_err(&got, &want) <= 1e-12, "pair ({i}, {j}) rows {block:?}: {got:?} vs {want:?}");
     }

@@ -111,11 +111,14 @@ fn gradient_matches_central_differences() {
 #[test]
 fn identical_inputs_give_exactly_zero() {
     let mut rng = SplitMix64::new(77);
-    for (dims, pool) in [([2, 5, 7, 9], SkdPool::Max2x2), ([1, 3, 6, 4], SkdPool::None), ([3, 1, 2, 3], SkdPool::None)] {
+    for (dims, pool) in [([2, 5, 7, 9], SkdPool::Max2x2), ([1, 3, 6, 4], SkdPool::None), ([3, 1, 2, 3], SkdPool::None)]
+    {
         let x = normal4(&mut rng, dims);
         let x32 = x.mapv(|v| v as f32);
         let cpu = SkdCpu::new(SkdConfig { loss_weight: 2.5, pool }).unwrap();
-        for out in [cpu.forward_backward(x.view(), x.view()).unwrap(), cpu.forward_backward(x32.view(), x32.view()).unwrap()] {
+        for out in
+            [cpu.forward_backward(x.view(), x.view()).unwrap(), cpu.forward_backward(x32.view(), x32.view()).unwrap()]
+        {
             assert_eq!(out.loss, 0.0, "{dims:?}");
             assert!(out.grad_student.iter().all(|&g| g == 0.0), "{dims:?}");
         }
@@ -188,7 +191,10 @@ fn pixel_scale_channel_order_and_batch_order_do_not_matter() {
     assert!((swapped.loss - base.loss).abs() <= 1e-13 * base.loss);
     let mut g = swapped.grad_student.clone();
     g.invert_axis(Axis(0));
-    assert!(rel_err(&g.iter().copied().collect::<Vec<_>>(), &base.grad_student.iter().copied().collect::<Vec<_>>()) <= 1e-13);
+    assert!(
+        rel_err(&g.iter().copied().collect::<Vec<_>>(), &base.grad_student.iter().copied().collect::<Vec<_>>())
+            <= 1e-13
+    );
     // A spatial shift of the teacher alone is not a symmetry (a check that the comparisons above can fail).
     let mut shifted = t.clone();
     shifted.invert_axis(Axis(3));

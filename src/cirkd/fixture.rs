@@ -31,11 +31,7 @@ impl RelationReference for CirkdReference {
     const NAME: &'static str = "cirkd";
     type Config = CirkdConfig;
 
-    fn cpu<T: KdFloat>(
-        config: &CirkdConfig,
-        s: ArrayView4<'_, T>,
-        t: ArrayView4<'_, T>,
-    ) -> Result<CpuOutput, KdError> {
+    fn cpu<T: KdFloat>(config: &CirkdConfig, s: ArrayView4<'_, T>, t: ArrayView4<'_, T>) -> Result<CpuOutput, KdError> {
         CirkdCpu::new(*config)?.forward_backward(s, t)
     }
 }
