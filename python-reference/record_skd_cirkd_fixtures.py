@@ -50,7 +50,6 @@ Usage (from the repository root; the venv needs torch and safetensors):
 
 import argparse
 import contextlib
-import hashlib
 import subprocess
 import sys
 import types
@@ -74,6 +73,7 @@ from record_fixtures import (  # noqa: E402
     fmt_short,
     rel_err,
 )
+from record_ifvd_fixtures import git_blob_id  # noqa: E402
 
 CIRKD_COMMIT = "dab64dbb5e4172141166cf8434a80ce55d9d3aa7"
 # loss -> (path in CIRKD, git blob id at CIRKD_COMMIT, class name)
@@ -88,10 +88,6 @@ AUTO_POOL = 4
 # Tolerances of the recorder's own consistency checks (not the crate's verifier tolerances).
 OFFICIAL_VS_CLOSED_RTOL_F32 = 1e-4
 OFFICIAL_VS_CLOSED_RTOL_F64 = 1e-11
-
-
-def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def load_official(args):

@@ -8,7 +8,9 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use common::relation::{central_differences, dot, fixtures_pass, normal4, pixels, rel_err};
+use common::relation::{
+    assert_calls_agree, assert_exactly_zero, central_differences, dot, fixtures_pass, normal4, pixels, rel_err,
+};
 use common::SplitMix64;
 use kd_kernels::cirkd::{CirkdConfig, CirkdCpu, CirkdPool, AUTO_POOL_MIN_SIDE, AUTO_POOL_WINDOW};
 use kd_kernels::{half, DType, KdError};
@@ -252,8 +254,7 @@ fn identical_inputs_give_exactly_zero() {
         for out in
             [cpu.forward_backward(x.view(), x.view()).unwrap(), cpu.forward_backward(x16.view(), x16.view()).unwrap()]
         {
-            assert_eq!(out.loss, 0.0, "{dims:?}");
-            assert!(out.grad_student.iter().all(|&g| g == 0.0), "{dims:?}");
+            assert_exactly_zero(&format!("{dims:?}"), &out);
         }
     }
 }
@@ -263,13 +264,9 @@ fn forward_backward_and_backward_agree() {
     for sc in scenarios() {
         let cpu = CirkdCpu::new(sc.config).unwrap();
         let (s, t) = (sc.student.view(), sc.teacher.view());
-        let fb = cpu.forward_backward(s, t).unwrap();
-        assert_eq!(cpu.forward(s, t).unwrap().to_bits(), fb.loss.to_bits(), "{}", sc.name);
-        let b = cpu.backward(s, t, 0.25).unwrap();
-        assert_eq!(b.loss, fb.loss);
-        let scaled: Vec<f64> = fb.grad_student.iter().map(|g| 0.25 * g).collect();
-        let got: Vec<f64> = b.grad_student.iter().copied().collect();
-        assert!(rel_err(&got, &scaled) <= 1e-15, "{}", sc.name);
+        let (f, fb, b) =
+            (cpu.forward(s, t).unwrap(), cpu.forward_backward(s, t).unwrap(), cpu.backward(s, t, 0.25).unwrap());
+        assert_calls_agree(sc.name, f, &fb, &b, 0.25);
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use kd_kernels::fixture::{Backend, Fixture};
 use kd_kernels::verify;
+use kd_kernels::CpuOutput;
 use ndarray::{Array4, ArrayView4};
 
 use super::fixture_files;
@@ -101,4 +102,20 @@ pub fn normal4(rng: &mut super::SplitMix64, dims: [usize; 4]) -> Array4<f64> {
 /// The relative max-abs error of `got` against `want` (the verifier's measure).
 pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
     super::max_abs_diff(got, want) / super::max_abs(want).max(1e-300)
+}
+
+/// `forward` (the loss) and `fb` (`forward_backward`) agree bit for bit, and `b` (`backward(upstream)`) has the
+/// same loss and `upstream` times the gradient.
+pub fn assert_calls_agree(what: &str, forward: f64, fb: &CpuOutput, b: &CpuOutput, upstream: f64) {
+    assert_eq!(forward.to_bits(), fb.loss.to_bits(), "{what}");
+    assert_eq!(b.loss.to_bits(), fb.loss.to_bits(), "{what}");
+    let scaled: Vec<f64> = fb.grad_student.iter().map(|g| upstream * g).collect();
+    let got: Vec<f64> = b.grad_student.iter().copied().collect();
+    assert!(rel_err(&got, &scaled) <= 1e-15, "{what}");
+}
+
+/// The loss and every gradient element are exactly 0.
+pub fn assert_exactly_zero(what: &str, out: &CpuOutput) {
+    assert_eq!(out.loss, 0.0, "{what}");
+    assert!(out.grad_student.iter().all(|&g| g == 0.0), "{what}");
 }
