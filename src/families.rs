@@ -23,6 +23,8 @@ macro_rules! for_each_family {
             Pkd => pkd::Pkd, "pkd", PkdFixtures;
             Dist => dist::Dist, "dist", DistFixtures;
             Ifvd => ifvd::Ifvd, "ifvd", IfvdFixtures;
+            Skd => skd::Skd, "skd", SkdFixtures;
+            Cirkd => cirkd::Cirkd, "cirkd", CirkdFixtures;
         }
     };
 }

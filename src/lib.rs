@@ -12,6 +12,8 @@
 //! | SemCKD | [`semckd::SemckdCuda`] | [`semckd::SemckdCpu`] | `docs/losses.md` §4 |
 //! | channel-wise transformation (CWT) | [`cwt::CwtCuda`] | [`cwt::CwtCpu`] | `docs/losses.md` §5 |
 //! | intra-class feature variation distillation (IFVD) | (not yet) | [`ifvd::IfvdCpu`] | `docs/losses.md` §11 |
+//! | pair-wise similarity distillation (SKD) | (not yet) | [`skd::SkdCpu`] | `docs/losses.md` §9 |
+//! | cross-image pixel relations (CIRKD, mini-batch) | (not yet) | [`cirkd::CirkdCpu`] | `docs/losses.md` §10 |
 //!
 //! GPU entry points work on caller-owned device buffers (`f32`, `half::f16`, `half::bf16`) in NCHW layout,
 //! on the caller's stream, write the loss as a device f32 scalar and the gradients in the input dtype,
@@ -47,6 +49,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeExamples;
 
+pub mod cirkd;
 pub mod cpu;
 pub mod cuda;
 pub mod cwd;
@@ -69,8 +72,10 @@ pub mod launch;
 mod launch_limits;
 pub mod pixel_kd;
 pub mod pkd;
+mod relation;
 pub mod semckd;
 pub mod shape;
+pub mod skd;
 #[doc(hidden)]
 pub mod testing;
 pub mod tolerance;

@@ -67,7 +67,8 @@ fn assert_check_line(line: &Line) {
         assert!(line[key].as_str().is_some(), "`{key}` is not a string: {line:?}");
     }
     assert!(
-        ["cwd", "pixel_kd", "icsd", "semckd", "cwt", "pkd", "dist", "ifvd"].contains(&line["loss"].as_str().unwrap()),
+        ["cwd", "pixel_kd", "icsd", "semckd", "cwt", "pkd", "dist", "ifvd", "skd", "cirkd"]
+            .contains(&line["loss"].as_str().unwrap()),
         "{line:?}"
     );
     assert!(["cpu", "cuda"].contains(&line["backend"].as_str().unwrap()), "{line:?}");

@@ -4,6 +4,8 @@
 //! Every test file includes this with `mod common;` and uses only part of it.
 #![allow(dead_code)]
 
+pub mod relation;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,0 +1,37 @@
+//! CIRKD fixtures: parameters `tau`, `loss_weight` and `pool` (`auto`, `none` or an integer K); inputs
+//! `student` [B,Cs,H,W], `teacher` [B,Ct,H,W]; outputs `loss`, `grad.student` (`docs/fixtures.md`).
+
+use ndarray::ArrayView4;
+
+use super::{CirkdConfig, CirkdCpu, CirkdPool};
+use crate::cpu::CpuOutput;
+use crate::dtype::KdFloat;
+use crate::error::KdError;
+use crate::fixture::{Fixture, FixtureCase, FixtureError, FixtureFamily};
+use crate::relation::fixture::{RelationCase, RelationReference};
+
+pub(crate) struct CirkdFixtures;
+
+impl FixtureFamily for CirkdFixtures {
+    fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
+        let d = CirkdConfig::default();
+        let config = CirkdConfig {
+            tau: fixture.param_f64("tau", d.tau)?,
+            loss_weight: fixture.param_f64("loss_weight", d.loss_weight)?,
+            pool: fixture.param_word("pool").map(CirkdPool::parse).transpose()?.unwrap_or(d.pool),
+        };
+        config.validate()?;
+        Ok(Box::new(RelationCase::<CirkdReference>::new(config, fixture)?))
+    }
+}
+
+struct CirkdReference;
+
+impl RelationReference for CirkdReference {
+    const NAME: &'static str = "cirkd";
+    type Config = CirkdConfig;
+
+    fn cpu<T: KdFloat>(config: &CirkdConfig, s: ArrayView4<'_, T>, t: ArrayView4<'_, T>) -> Result<CpuOutput, KdError> {
+        CirkdCpu::new(*config)?.forward_backward(s, t)
+    }
+}

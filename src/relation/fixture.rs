@@ -1,0 +1,82 @@
+//! The fixture case of a pixel-relation loss (SKD, CIRKD): inputs `student` [N,Cs,H,W] and `teacher`
+//! [N,Ct,H,W] in the case's dtype, outputs `loss` and `grad.student`. Written once over [`RelationReference`];
+//! each family parses its own parameters.
+
+use ndarray::ArrayView4;
+
+use super::{check_shapes, RelationShapes};
+use crate::cpu::CpuOutput;
+use crate::dtype::{self, DType, KdFloat, PerDtype};
+use crate::error::KdError;
+use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, Output};
+
+/// A relation loss as the fixtures run it.
+pub(crate) trait RelationReference: 'static {
+    /// The family's name in messages.
+    const NAME: &'static str;
+    /// Its configuration.
+    type Config;
+    /// The CPU reference's `forward_backward`.
+    fn cpu<T: KdFloat>(config: &Self::Config, s: ArrayView4<'_, T>, t: ArrayView4<'_, T>)
+        -> Result<CpuOutput, KdError>;
+}
+
+/// A parsed case.
+pub(crate) struct RelationCase<R: RelationReference> {
+    pub config: R::Config,
+    pub shapes: RelationShapes,
+    pub dtype: DType,
+}
+
+impl<R: RelationReference> RelationCase<R> {
+    /// Checks the file's `student` and `teacher` (present, rank 4, the same `N`, `H`, `W`, one float dtype).
+    pub(crate) fn new(config: R::Config, fixture: &Fixture) -> Result<Self, FixtureError> {
+        let s = fixture.tensor("student")?;
+        let t = fixture.tensor("teacher")?;
+        let shapes = check_shapes(&s.shape, &t.shape)?;
+        let dtype = fixture.input_dtype("student")?;
+        if t.dtype != Some(dtype) {
+            return err(format!("input `teacher` is {} but `student` is {}", t.dtype_name, s.dtype_name));
+        }
+        Ok(RelationCase { config, shapes, dtype })
+    }
+}
+
+impl<R: RelationReference> FixtureCase for RelationCase<R> {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn run(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
+        dtype::dispatch(self.dtype, Run { case: self, fixture, backend })
+    }
+}
+
+struct Run<'a, R: RelationReference> {
+    case: &'a RelationCase<R>,
+    fixture: &'a Fixture,
+    backend: &'a Backend,
+}
+
+impl<R: RelationReference> PerDtype for Run<'_, R> {
+    type Out = Result<Computed, FixtureError>;
+
+    fn run<T: KdFloat>(self) -> Self::Out {
+        let RelationCase { config, shapes, .. } = self.case;
+        if let Backend::Cuda(_) = self.backend {
+            return err(format!("{} has no CUDA kernel in kd-kernels yet; verify it on the CPU backend", R::NAME));
+        }
+        let (_, student) = self.fixture.input::<T>("student")?;
+        let (_, teacher) = self.fixture.input::<T>("teacher")?;
+        let s = fixture::view4(&shapes.student, &student, "student")?;
+        let t = fixture::view4(&shapes.teacher(), &teacher, "teacher")?;
+        let r = R::cpu(config, s, t)?;
+        let mut out = Computed::new();
+        out.insert("loss".into(), Output::scalar(r.loss));
+        out.insert(
+            "grad.student".into(),
+            Output::tensor(&shapes.student.dims(), r.grad_student.iter().copied().collect()),
+        );
+        Ok(out)
+    }
+}

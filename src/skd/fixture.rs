@@ -1,0 +1,42 @@
+//! SKD fixtures: parameters `loss_weight` and `pool` (`2` or `1`); inputs `student` [N,Cs,H,W], `teacher`
+//! [N,Ct,H,W]; outputs `loss`, `grad.student` (`docs/fixtures.md`).
+
+use ndarray::ArrayView4;
+
+use super::{SkdConfig, SkdCpu, SkdPool};
+use crate::cpu::CpuOutput;
+use crate::dtype::KdFloat;
+use crate::error::KdError;
+use crate::fixture::{Fixture, FixtureCase, FixtureError, FixtureFamily};
+use crate::relation::fixture::{RelationCase, RelationReference};
+
+pub(crate) struct SkdFixtures;
+
+impl FixtureFamily for SkdFixtures {
+    fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
+        let d = SkdConfig::default();
+        let pool = match fixture.param_word("pool") {
+            None => d.pool,
+            Some(word) => match word.parse::<usize>() {
+                Ok(k) => SkdPool::from_window(k)?,
+                Err(_) => {
+                    return Err(FixtureError(format!("parameter `pool` = `{word}` is not `2` or `1`")));
+                }
+            },
+        };
+        let config = SkdConfig { loss_weight: fixture.param_f64("loss_weight", d.loss_weight)?, pool };
+        config.validate()?;
+        Ok(Box::new(RelationCase::<SkdReference>::new(config, fixture)?))
+    }
+}
+
+struct SkdReference;
+
+impl RelationReference for SkdReference {
+    const NAME: &'static str = "skd";
+    type Config = SkdConfig;
+
+    fn cpu<T: KdFloat>(config: &SkdConfig, s: ArrayView4<'_, T>, t: ArrayView4<'_, T>) -> Result<CpuOutput, KdError> {
+        SkdCpu::new(*config)?.forward_backward(s, t)
+    }
+}
