@@ -13,6 +13,10 @@ use crate::relation::fixture::{RelationCase, RelationReference};
 pub(crate) struct CirkdFixtures;
 
 impl FixtureFamily for CirkdFixtures {
+    fn has_kernels(&self) -> bool {
+        false
+    }
+
     fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
         let d = CirkdConfig::default();
         let config = CirkdConfig {

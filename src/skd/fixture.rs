@@ -13,6 +13,10 @@ use crate::relation::fixture::{RelationCase, RelationReference};
 pub(crate) struct SkdFixtures;
 
 impl FixtureFamily for SkdFixtures {
+    fn has_kernels(&self) -> bool {
+        false
+    }
+
     fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
         let d = SkdConfig::default();
         let pool = match fixture.param_word("pool") {

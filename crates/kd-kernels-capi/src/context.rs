@@ -103,9 +103,7 @@ pub unsafe extern "C" fn kd_context_create(device_ordinal: i32, out: *mut *mut K
             Failure::new(KD_ERR_PARAMETER, format!("device_ordinal = {device_ordinal} is invalid: it must be >= 0"))
         })?;
         let stream = kd::cuda::default_stream(ordinal)?;
-        let context = KdContext {
-            inner: Mutex::new(Inner::new(stream)),
-        };
+        let context = KdContext { inner: Mutex::new(Inner::new(stream)) };
         // SAFETY: `out` is writable (the caller's contract) and not null (checked).
         unsafe { *out = Box::into_raw(Box::new(context)) };
         Ok(())

@@ -8,7 +8,7 @@ use std::ffi::c_void;
 
 use kd::cudarc::driver::sys::CUstream;
 use kd::ndarray::{Array4, ArrayView1, ArrayView2, ArrayView4};
-use kd::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, Semckd, SemckdLayers, SemckdRawBuffers};
+use kd::semckd::{EmbedWeights, Semckd, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers, SemckdRawBuffers};
 use kd::shape::Nchw;
 use kd::GradOptions;
 
