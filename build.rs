@@ -548,7 +548,7 @@ fn build_emulator(manifest: &Path, sources: &[PathBuf]) {
     for src in sources.iter().filter(|p| p.extension().is_some_and(|e| e == "cu")) {
         kernels.file(src);
     }
-    // The checks' deliberately broken kernels (tests/emulator_checks.rs): in the emulation only.
+    // The checks' deliberately broken kernels (tests/emulator/checks.rs): in the emulation only.
     for src in kernel_sources(&dir.join("selftest")) {
         println!("cargo::rerun-if-changed={}", src.display());
         if src.extension().is_some_and(|e| e == "cu") {

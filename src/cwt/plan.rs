@@ -391,7 +391,7 @@ mod tests {
         assert!(fused_backward(64 * 132, 132) && !fused_backward(64 * 131, 132));
     }
 
-    /// What `tests/cwt_emulator.rs` (`fused_backward_with_split_slots`) relies on.
+    /// What `tests/emulator/cwt.rs` (`fused_backward_with_split_slots`) relies on.
     #[test]
     fn two_sms_fuse_and_split_the_emulator_shape() {
         for dtype in DTYPES {

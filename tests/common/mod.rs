@@ -98,7 +98,7 @@ pub fn max_abs(a: &[f64]) -> f64 {
 
 // ---------------------------------------------------------------------------------------------------------
 // The scenarios of the same-shape pair losses (CWD, pixel KD): one table that every backend runs, the CPU
-// reference (tests/cpu_properties.rs), the kernels on the host emulation (tests/emulator.rs) and the GPU
+// reference (tests/cpu/properties.rs), the kernels on the host emulation (tests/emulator/pair.rs) and the GPU
 // (tests/gpu/cwd.rs, tests/gpu/pixel_kd.rs).
 
 /// One scenario: a shape, how its logits are drawn, and the parameters of both losses.

@@ -2,7 +2,7 @@
 //! properties (identical inputs, shifts of a pixel's logits, pixel order, a constant pixel row) and typed
 //! errors on bad inputs.
 
-mod common;
+use crate::common;
 
 use common::{fixture_files, SplitMix64};
 use kd_kernels::dist::{DistConfig, DistCpu};

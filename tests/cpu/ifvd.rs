@@ -2,7 +2,7 @@
 //! loss (the gradient through the prototypes included), properties that hold exactly in exact arithmetic,
 //! and typed errors on bad input.
 
-mod common;
+use crate::common;
 
 use common::{fixture_files, max_abs, max_abs_diff, SplitMix64};
 use kd_kernels::fixture::{Backend, Fixture};

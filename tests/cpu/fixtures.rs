@@ -1,7 +1,7 @@
 //! The recorded PyTorch fixtures on the CPU reference, and the verifier's contract (`docs/fixtures.md`):
 //! JSON lines with the documented keys, exit 0 / 1 / 2, a clear `"error"` line for every unusable file.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! extreme logits, the normalisation of CWD (`loss_weight * tau^2 / (N*C) * sum KL`) against a naive
 //! computation of this file's own, the exact relations between pixel-KD reductions, and temperature scaling.
 
-mod common;
+use crate::common;
 
 use approx::assert_relative_eq;
 use common::{SplitMix64, PAIR_SCENARIOS};

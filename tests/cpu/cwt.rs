@@ -2,7 +2,7 @@
 //! analytic gradient (dead ReLU units included), `backward`'s upstream scaling, and typed errors for bad
 //! inputs.
 
-mod common;
+use crate::common;
 
 use common::{quantize, SplitMix64};
 use kd_kernels::cwt::{CwtConfig, CwtCpu, CwtNormalize, CwtShapes, MlpParams};

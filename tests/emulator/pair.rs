@@ -2,9 +2,8 @@
 //! the f64 CPU reference: every dtype, every entry point, both CWD paths, odd shapes, rows split into many
 //! chunks, misaligned buffers, extreme logits. This is how the kernels' logic is tested on machines without
 //! a GPU; `tests/gpu` runs the same comparisons on a real device.
-#![cfg(feature = "emulator")]
 
-mod common;
+use crate::common;
 
 use common::{logits, to_dtype, widen, SplitMix64, PAIR_SCENARIOS};
 use half::{bf16, f16};

@@ -3,7 +3,7 @@
 //! pooling rule, symmetries, typed errors, and its memory: unpooled at B = 2, C = 8, 200x200 (where the
 //! official code's similarity matrices alone would take 25.6 GB) it stays within tens of MB.
 
-mod common;
+use crate::common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

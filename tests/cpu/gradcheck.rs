@@ -5,7 +5,7 @@
 //! `x +- h` is exact in f32: the difference quotient sees exactly the step it divides by, and the loss is
 //! evaluated in f64. The truncation error is O(h^2) ~ 1e-9 relative, far below the 1e-6 tolerance.
 
-mod common;
+use crate::common;
 
 use common::SplitMix64;
 use kd_kernels::cwd::{CwdConfig, CwdCpu};

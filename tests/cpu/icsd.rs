@@ -1,7 +1,7 @@
 //! The ICSD / AICSD CPU reference (`docs/losses.md §3`): the recorded fixtures, central finite differences of
 //! the loss for both variants, properties, and typed errors on bad inputs.
 
-mod common;
+use crate::common;
 
 use common::{fixture_files, logits4, SplitMix64};
 use kd_kernels::fixture::{Backend, Fixture};

@@ -2,7 +2,7 @@
 //! several levels, properties (identical inputs, affine maps of the teacher, constant channels, levels add up)
 //! and typed errors on bad inputs.
 
-mod common;
+use crate::common;
 
 use common::{fixture_files, SplitMix64};
 use kd_kernels::fixture::{Backend, Fixture};

@@ -1,8 +1,7 @@
 //! The SemCKD kernels, run on the host through the emulator, against the f64 CPU reference.
-#![cfg(feature = "emulator")]
 
-mod common;
-mod semckd_support;
+use crate::common;
+use crate::semckd_support;
 
 use kd_kernels::emulator::EmulatedGpu;
 use kd_kernels::semckd::emulate::{semckd, SemckdHostInputs, SemckdHostOutputs};

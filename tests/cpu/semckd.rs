@@ -1,8 +1,8 @@
 //! The SemCKD CPU reference: recorded fixtures, finite differences of every gradient, properties, bad
 //! inputs, and adaptive pooling against a direct formula.
 
-mod common;
-mod semckd_support;
+use crate::common;
+use crate::semckd_support;
 
 use std::path::Path;
 

@@ -1,7 +1,6 @@
 //! The emulation's checks (docs/emulation.md), each proven by a deliberately broken kernel
 //! (`kernels/emulator/selftest/broken.cu`) that must fail with the check's message, and a correct kernel
 //! using every checked feature that must pass.
-#![cfg(feature = "emulator")]
 
 use kd_kernels::emulator::{selftest, Selftest};
 

@@ -1,9 +1,8 @@
 //! The ICSD kernels (kernels/icsd.cu) run on the host through the emulator, against the f64 CPU reference:
 //! every dtype and mode, both variants, odd shapes (C = 19, 21, H = 1, odd W, several tile and block
 //! boundaries), accumulate + scale, bitwise determinism, and the one-call AICSD objective.
-#![cfg(feature = "emulator")]
 
-mod common;
+use crate::common;
 
 use common::{logits, to_dtype, widen, SplitMix64};
 use half::{bf16, f16};

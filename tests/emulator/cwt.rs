@@ -1,9 +1,8 @@
 //! The CWT kernels (kernels/cwt.cu) run on the host through the emulation, against the f64 CPU reference:
 //! every dtype, odd channel counts (7 -> 13 -> 5), tile boundaries, several pixel chunks, forward / backward
 //! modes, accumulate + scale, bitwise determinism, errors.
-#![cfg(feature = "emulator")]
 
-mod common;
+use crate::common;
 
 use common::{quantize, to_dtype, widen, SplitMix64};
 use half::{bf16, f16};

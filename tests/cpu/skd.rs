@@ -2,7 +2,7 @@
 //! Gram form against the `P x P` similarities built directly, exact zeros for identical inputs, the max pool's
 //! tie rule, symmetries, and typed errors.
 
-mod common;
+use crate::common;
 
 use common::relation::{
     assert_calls_agree, assert_exactly_zero, central_differences, dot, fixtures_pass, normal4, pixels, rel_err,
