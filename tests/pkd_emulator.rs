@@ -294,39 +294,20 @@ fn typed_errors() {
     let levels = PkdLevels::same(&dims).unwrap();
     let v = vec![1.0f32, 2.0];
     let inputs: Vec<&[f32]> = vec![&v; MAX_LEVELS + 1];
-    let e = pkd(&PkdConfig::default(), &levels, &inputs, &inputs, Mode::Forward, GradOptions::OVERWRITE, None, GPU)
-        .unwrap_err();
+    let forward_error = |config: PkdConfig, levels: &PkdLevels, s: &[&[f32]], t: &[&[f32]]| {
+        pkd(&config, levels, s, t, Mode::Forward, GradOptions::OVERWRITE, None, GPU).unwrap_err()
+    };
+    let e = forward_error(PkdConfig::default(), &levels, &inputs, &inputs);
     assert!(matches!(e, KdError::TooLarge { .. }), "{e:?}");
     // Buffers: one per level, each large enough.
     let levels = PkdLevels::same(&[[1, 1, 1, 2], [1, 1, 1, 2]]).unwrap();
-    let e = pkd(
-        &PkdConfig::default(),
-        &levels,
-        &inputs[..1],
-        &inputs[..2],
-        Mode::Forward,
-        GradOptions::OVERWRITE,
-        None,
-        GPU,
-    )
-    .unwrap_err();
+    let e = forward_error(PkdConfig::default(), &levels, &inputs[..1], &inputs[..2]);
     assert!(matches!(e, KdError::ShapeMismatch { .. }), "{e:?}");
     let short: Vec<&[f32]> = vec![&v[..1], &v];
-    let e = pkd(&PkdConfig::default(), &levels, &short, &inputs[..2], Mode::Forward, GradOptions::OVERWRITE, None, GPU)
-        .unwrap_err();
+    let e = forward_error(PkdConfig::default(), &levels, &short, &inputs[..2]);
     assert!(matches!(e, KdError::BufferTooSmall { .. }), "{e:?}");
     // A configuration that is not finite.
-    let e = pkd(
-        &PkdConfig { loss_weight: f64::NAN },
-        &levels,
-        &inputs[..2],
-        &inputs[..2],
-        Mode::Forward,
-        GradOptions::OVERWRITE,
-        None,
-        GPU,
-    )
-    .unwrap_err();
+    let e = forward_error(PkdConfig { loss_weight: f64::NAN }, &levels, &inputs[..2], &inputs[..2]);
     assert!(matches!(e, KdError::InvalidParameter { .. }), "{e:?}");
 }
 
