@@ -155,6 +155,18 @@ typedef struct kd_pixel_kd_config {
 } kd_pixel_kd_config;
 
 /**
+ * PKD (docs/losses.md §7): per level and channel, student and teacher standardised over the whole batch
+ * (unbiased std + 1e-6), loss = loss_weight * sum over levels of 0.5 * mean (S_hat - T_hat)^2. mmrazor's
+ * default loss_weight is 1 (its detection configs use 6).
+ */
+typedef struct kd_pkd_config {
+  /**
+   * Weight of the summed level losses; finite.
+   */
+  double loss_weight;
+} kd_pkd_config;
+
+/**
  * SemCKD (docs/losses.md §4) without the regressors: loss = loss_weight * sum(alpha * mse) / (B * S).
  * Default loss_weight 400 (CIFAR-100; 50 on ImageNet), eps 0 (the official normalisation, no epsilon),
  * embed_dim 0 (the official d = B / 4).
@@ -521,6 +533,52 @@ kd_status kd_pixel_kd_cpu(const struct kd_pixel_kd_config *params,
                           double *loss,
                           void *grad_student,
                           struct kd_grad_options options);
+
+/**
+ * PKD on the GPU, queued on `stream`, every level in the same launches. `student_shapes` and
+ * `teacher_shapes`: `num_levels` rank-4 shapes (4 values each, at most 8 levels), equal level by level
+ * (resize the student to the teacher's H x W first, as mmrazor does). `student`, `teacher`: one device
+ * address per level. The loss is written where `loss` != 0; with `grad_student` != NULL (one address per
+ * level) the gradients, times the device f32 at `upstream` where that is != 0.
+ *
+ * # Safety
+ * As `kd_cwd_cuda`; the shape lists hold `num_levels * 4` values and the address lists `num_levels`
+ * entries (or `grad_student` is null), every address device memory of the context's device holding what its
+ * level's shape and `dtype` need.
+ */
+kd_status kd_pkd_cuda(struct kd_context *ctx,
+                      const struct kd_pkd_config *params,
+                      size_t num_levels,
+                      const int64_t *student_shapes,
+                      const int64_t *teacher_shapes,
+                      kd_dtype dtype,
+                      const uint64_t *student,
+                      const uint64_t *teacher,
+                      uint64_t loss,
+                      const uint64_t *grad_student,
+                      uint64_t upstream,
+                      struct kd_grad_options options,
+                      void *stream);
+
+/**
+ * PKD on the CPU reference (host pointers; shapes as in `kd_pkd_cuda`): the loss into `*loss` (when not
+ * null) and, with `grad_student` not null (one pointer per level), the gradients in `dtype`.
+ *
+ * # Safety
+ * The shape lists hold `num_levels * 4` values; `student` and `teacher` hold `num_levels` pointers to
+ * contiguous NCHW tensors of their level's shape in `dtype`; `loss` is null or writable; `grad_student` is
+ * null or holds `num_levels` pointers to writable tensors (initialised, with `options.accumulate`).
+ */
+kd_status kd_pkd_cpu(const struct kd_pkd_config *params,
+                     size_t num_levels,
+                     const int64_t *student_shapes,
+                     const int64_t *teacher_shapes,
+                     kd_dtype dtype,
+                     const void *const *student,
+                     const void *const *teacher,
+                     double *loss,
+                     void *const *grad_student,
+                     struct kd_grad_options options);
 
 /**
  * SemCKD on the GPU, queued on `stream`. `student_shapes` / `teacher_shapes`: S and T rank-4 shapes (4

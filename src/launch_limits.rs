@@ -468,6 +468,60 @@ fn semckd_launches_fit() {
     );
 }
 
+/// PKD: the benches' feature pyramid (RetinaNet / RTMDet, 8 x 256 channels, strides 8 to 128 of 800 x 1216) and
+/// random level lists of up to the most levels a call takes.
+#[test]
+fn pkd_launches_fit() {
+    use crate::pkd::{PkdConfig, PkdLevels, PkdRawBuffers, MAX_LEVELS};
+    let fpn: Vec<[usize; 4]> =
+        [[100, 152], [50, 76], [25, 38], [13, 19], [7, 10]].map(|[h, w]| [8, 256, h, w]).to_vec();
+    let mut cases: Vec<(Vec<[usize; 4]>, bool)> = vec![(fpn, true), (vec![[1, 1, 1, 2]], true)];
+    let mut rng = SplitMix64::new(9);
+    for _ in 0..20 {
+        let count = 1 + rng.below(MAX_LEVELS);
+        cases.push(((0..count).map(|_| random_nchw(&mut rng, 1024, 1 << 18)).collect(), false));
+    }
+    let mut checked = 0;
+    for (dims, required) in cases {
+        let levels = match PkdLevels::same(&dims) {
+            Ok(l) => l,
+            Err(_) if !required => continue,
+            Err(e) => panic!("{e}"),
+        };
+        let n = levels.len() as u64;
+        for dtype in DTYPES {
+            for (loss, grad, upstream) in MODES {
+                let buffers = PkdRawBuffers {
+                    student: (0..n).map(|l| addr(100 + l)).collect(),
+                    teacher: (0..n).map(|l| addr(200 + l)).collect(),
+                    loss: if loss { addr(1) } else { 0 },
+                    grad_student: if grad { (0..n).map(|l| addr(300 + l)).collect() } else { vec![] },
+                    upstream: if upstream { addr(2) } else { 0 },
+                };
+                checked += check_everywhere("pkd", &[], required, &|_, rec| {
+                    // SAFETY: as in `cwd_launches_fit`.
+                    unsafe {
+                        crate::pkd::driver::run(
+                            &PkdConfig::default(),
+                            &levels,
+                            dtype,
+                            &buffers,
+                            GradOptions::OVERWRITE,
+                            &mut FakeScratch,
+                            rec,
+                        )
+                    }
+                });
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked} launches checked");
+    println!(
+        "{checked} launches checked; random calls refused so far: {}",
+        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
 /// The check can fail: the same sweep against a GPU whose limits are wrong (a register file of an eighth,
 /// shared memory per block of 1 KiB) reports the launches that would not fit.
 #[test]

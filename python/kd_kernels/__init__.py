@@ -21,8 +21,8 @@ from ._lib import (
     KernelsUnavailableError,
     kernels_compiled,
 )
-from .functional import aicsd_loss, alw_alpha, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, semckd_loss
-from .modules import ChannelWiseDivergence, ChannelWiseTransformation, KLDivergence, PixelKD
+from .functional import aicsd_loss, alw_alpha, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, pkd_loss, semckd_loss
+from .modules import ChannelWiseDivergence, ChannelWiseTransformation, KLDivergence, PixelKD, PKDLoss
 
 __version__ = "0.1.0"
 
@@ -34,10 +34,12 @@ __all__ = [
     "aicsd_loss",
     "alw_alpha",
     "semckd_loss",
+    "pkd_loss",
     "ChannelWiseTransformation",
     "ChannelWiseDivergence",
     "KLDivergence",
     "PixelKD",
+    "PKDLoss",
     "KdKernelsError",
     "KdInputError",
     "KernelsUnavailableError",

@@ -131,3 +131,18 @@ def semckd(student, teacher, proj, query, key) -> None:
                     raise KdInputError(f"{side}[{k}].{name}: expected a tensor on {device}")
                 if list(tensor.shape) != want:
                     raise KdInputError(f"{side}[{k}].{name}: shape {list(tensor.shape)} does not match the expected {want}")
+
+
+def pkd(student, teacher) -> None:
+    """PKD's levels: as many on each side, at least one, one dtype and one device for all of them (the C ABI
+    takes one dtype per call). The shapes are the crate's to check (it says to resize a mismatched level)."""
+    if len(student) != len(teacher) or len(student) == 0:
+        raise KdInputError(
+            f"preds_S/preds_T: {len(student)} student and {len(teacher)} teacher levels; give one pair per level")
+    for level, (s, t) in enumerate(zip(student, teacher)):
+        tensors(s, t)
+        first = student[0]
+        if s.dtype != first.dtype or s.device != first.device:
+            raise KdInputError(
+                f"student level {level}: {_DTYPE_NAMES.get(s.dtype, s.dtype)} on {s.device} while level 0 is "
+                f"{_DTYPE_NAMES.get(first.dtype, first.dtype)} on {first.device}; give every level one dtype and device")

@@ -258,3 +258,43 @@ def semckd_cpu(student, teacher, proj, query, key, loss_weight, eps, want_grads)
 
 def semckd_cuda(student, teacher, proj, query, key, loss_weight, eps, want_grads):
     return _semckd(student, teacher, proj, query, key, loss_weight, eps, want_grads, cuda=True)
+
+
+# ---- PKD -------------------------------------------------------------------------------------------------
+
+def _pkd(student, teacher, loss_weight, want_student, cuda):
+    """PKD's loss over a list of levels (every level in one call) and, with ``want_student``, each level's
+    gradient in its dtype. Student and teacher levels have one shape each (resized before, in modules.py)."""
+    student = [x.contiguous() for x in student]
+    teacher = [x.contiguous() for x in teacher]
+    n = len(student)
+    params = _lib.PkdParams(loss_weight)
+    s_shapes = _lib.shape_array([v for x in student for v in x.shape])
+    t_shapes = _lib.shape_array([v for x in teacher for v in x.shape])
+    code = DTYPE_CODES[student[0].dtype]
+    grads = [torch.empty_like(x) for x in student] if want_student else None
+    if cuda:
+        def addr(tensors):
+            return None if tensors is None else (_U64 * len(tensors))(*[x.data_ptr() for x in tensors])
+
+        device = student[0].device
+        loss = torch.empty((), dtype=_F32, device=device)
+        _lib.check(_C.kd_pkd_cuda(_lib.context(device.index), params, n, s_shapes, t_shapes, code, addr(student),
+                                  addr(teacher), loss.data_ptr(), addr(grads), 0, _OPTIONS, _stream(device)))
+    else:
+        def addr(tensors):
+            return None if tensors is None else (_VP * len(tensors))(*[x.data_ptr() for x in tensors])
+
+        value = _c_double()
+        _lib.check(_C.kd_pkd_cpu(params, n, s_shapes, t_shapes, code, addr(student), addr(teacher), _byref(value),
+                                 addr(grads), _OPTIONS))
+        loss = _cpu_loss(value, student[0].dtype)
+    return loss, grads if want_student else []
+
+
+def pkd_cpu(student, teacher, loss_weight, want_student):
+    return _pkd(student, teacher, loss_weight, want_student, cuda=False)
+
+
+def pkd_cuda(student, teacher, loss_weight, want_student):
+    return _pkd(student, teacher, loss_weight, want_student, cuda=True)

@@ -89,6 +89,11 @@ class SemckdParams(ctypes.Structure):
     _fields_ = [("loss_weight", ctypes.c_double), ("eps", ctypes.c_double), ("embed_dim", ctypes.c_int64)]
 
 
+class PkdParams(ctypes.Structure):
+    _c_name_ = "kd_pkd_config"
+    _fields_ = [("loss_weight", ctypes.c_double)]
+
+
 def _library_path() -> Path:
     override = os.environ.get("KD_KERNELS_LIB")
     if override:
@@ -132,6 +137,10 @@ def _load() -> ctypes.CDLL:
                            + [u64, GradOptions, vp]),
         "kd_semckd_cpu": (i32, [ctypes.POINTER(SemckdParams), size_t, i64p, size_t, i64p, i32]
                           + [ctypes.POINTER(vp)] * 5 + [dp, vp] + [ctypes.POINTER(vp)] * 4 + [GradOptions]),
+        "kd_pkd_cuda": (i32, [vp, ctypes.POINTER(PkdParams), size_t, i64p, i64p, i32, ctypes.POINTER(u64),
+                              ctypes.POINTER(u64), u64, ctypes.POINTER(u64), u64, GradOptions, vp]),
+        "kd_pkd_cpu": (i32, [ctypes.POINTER(PkdParams), size_t, i64p, i64p, i32, ctypes.POINTER(vp),
+                             ctypes.POINTER(vp), dp, ctypes.POINTER(vp), GradOptions]),
     }
     for name, (restype, argtypes) in protos.items():
         fn = getattr(lib, name)

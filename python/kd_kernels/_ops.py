@@ -19,7 +19,7 @@ import torch
 
 from . import _impl
 
-__all__ = ["cwd", "pixel_kd", "icsd", "cwt", "semckd", "scaled"]
+__all__ = ["cwd", "pixel_kd", "icsd", "cwt", "semckd", "pkd", "scaled"]
 
 
 def _filled(impl, like):
@@ -183,3 +183,32 @@ semckd = _define(
     "(Tensor[] student, Tensor[] teacher, Tensor[] proj, Tensor[] query, Tensor[] key, float loss_weight,"
     " float eps, bool want_grads) -> (Tensor, Tensor, Tensor[])",
     _impl.semckd_cpu, _impl.semckd_cuda, _semckd_fake, _semckd_setup, _semckd_backward)
+
+
+# ---- PKD: a list of levels, the teacher a constant -----------------------------------------------------
+
+def _pkd_fake(student, teacher, loss_weight, want_student):
+    grads = [x.new_empty(x.shape) for x in student] if want_student else []
+    return _loss_like(student[0]), grads
+
+
+def _pkd_setup(ctx, inputs, output):
+    student, teacher = inputs[:2]
+    _, grads = output
+    ctx.mark_non_differentiable(*grads)
+    ctx.save_for_backward(*grads)
+    ctx.counts = (len(student), len(teacher))
+
+
+def _pkd_backward(ctx, grad_loss, _grad_grads):
+    s_n, t_n = ctx.counts
+    grads = ctx.saved_tensors
+    # None per level when no gradient was asked for (only the teacher requires grad), as the inputs are lists.
+    student = [g * grad_loss.to(g.dtype) for g in grads] if grads else [None] * s_n
+    return student, [None] * t_n, None, None
+
+
+pkd = _define(
+    "pkd",
+    "(Tensor[] student, Tensor[] teacher, float loss_weight, bool want_student) -> (Tensor, Tensor[])",
+    _impl.pkd_cpu, _impl.pkd_cuda, _pkd_fake, _pkd_setup, _pkd_backward)

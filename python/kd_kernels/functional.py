@@ -17,13 +17,14 @@ from . import _checks, _impl, _ops  # noqa: F401 (_ops registers the ops)
 from ._eager import Fused, plain
 from ._lib import KdInputError
 
-__all__ = ["cwd_loss", "pixel_kd_loss", "cwt_loss", "icsd_loss", "aicsd_loss", "alw_alpha", "semckd_loss"]
+__all__ = ["cwd_loss", "pixel_kd_loss", "cwt_loss", "icsd_loss", "aicsd_loss", "alw_alpha", "semckd_loss", "pkd_loss"]
 
 _CWD = torch.ops.kd_kernels.cwd.default
 _PIXEL_KD = torch.ops.kd_kernels.pixel_kd.default
 _ICSD = torch.ops.kd_kernels.icsd.default
 _CWT = torch.ops.kd_kernels.cwt.default
 _SEMCKD = torch.ops.kd_kernels.semckd.default
+_PKD = torch.ops.kd_kernels.pkd.default
 _grad_enabled = torch.is_grad_enabled
 
 
@@ -168,3 +169,22 @@ def semckd_loss(student, teacher, proj, query, key, loss_weight: float = 400.0, 
     loss, attention, _ = _SEMCKD(list(student), list(teacher), flat_proj, query, key, float(loss_weight),
                                  0.0 if eps is None else float(eps), want)
     return (loss, attention) if return_attention else loss
+
+
+def pkd_loss(student, teacher, loss_weight: float = 1.0) -> torch.Tensor:
+    """PKD (Cao et al., NeurIPS 2022; docs/losses.md §7), mmrazor's ``PKDLoss`` on levels of equal shapes:
+    per level and channel, student and teacher standardised over the whole batch (unbiased std, plus 1e-6),
+    ``loss_weight * sum_l 0.5 * mse(S_hat_l, T_hat_l)``. ``student`` and ``teacher``: one tensor, or a
+    tuple/list of levels ``[N, C_l, H_l, W_l]`` (every level in one call, on CUDA in the same kernel
+    launches); a level whose shapes differ is an error that says to resize (:class:`kd_kernels.PKDLoss` resizes
+    the student first, as mmrazor does). The teacher is a constant (no gradient)."""
+    if isinstance(student, torch.Tensor) and isinstance(teacher, torch.Tensor):
+        student, teacher = [student], [teacher]
+    elif not isinstance(student, (tuple, list)) or not isinstance(teacher, (tuple, list)):
+        raise KdInputError(
+            f"preds_S/preds_T: expected tensors or tuples of levels, got {type(student).__name__} and "
+            f"{type(teacher).__name__}")
+    _checks.pkd(student, teacher)
+    want = _grad_enabled() and any(x.requires_grad for x in student)
+    loss, _ = _PKD(list(student), list(teacher), float(loss_weight), want)
+    return loss

@@ -9,12 +9,13 @@ mmrazor the import does nothing and :func:`register` says why. Names (``type=`` 
 ``KDKLDivergence``              :class:`kd_kernels.KLDivergence` (mmrazor's arguments)
 ``KDPixelKD``                   :class:`kd_kernels.PixelKD`
 ``KDChannelWiseTransformation`` :class:`kd_kernels.ChannelWiseTransformation`
+``KDPKDLoss``                   :class:`kd_kernels.PKDLoss` (mmrazor's arguments)
 =============================== ==============================================================
 
 Every registered class has mmrazor's ``forward(preds_S, preds_T)``, which its distillers check
 ``loss_forward_mappings`` against, and takes a tuple of levels where it compares maps level by level (see
 kd_kernels.modules). ``register(replace_mmrazor=True)`` also puts the two with an mmrazor counterpart under
-mmrazor's own names (``ChannelWiseDivergence``, ``KLDivergence``, with ``force=True``), so existing configs
+mmrazor's own names (``ChannelWiseDivergence``, ``KLDivergence``, ``PKDLoss``, with ``force=True``), so existing configs
 switch without edits; it is never done unasked.
 """
 
@@ -46,9 +47,11 @@ KD_MODULES = {
     "KDKLDivergence": modules.KLDivergence,
     "KDPixelKD": KDPixelKD,
     "KDChannelWiseTransformation": KDChannelWiseTransformation,
+    "KDPKDLoss": modules.PKDLoss,
 }
 # The modules whose arguments and results are those of an mmrazor loss of this name.
-MMRAZOR_NAMES = {"ChannelWiseDivergence": modules.ChannelWiseDivergence, "KLDivergence": modules.KLDivergence}
+MMRAZOR_NAMES = {"ChannelWiseDivergence": modules.ChannelWiseDivergence, "KLDivergence": modules.KLDivergence,
+                 "PKDLoss": modules.PKDLoss}
 
 _import_error: BaseException | None = None
 

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ._lib import KdInputError
-from .functional import cwd_loss, cwt_loss, pixel_kd_loss
+from .functional import cwd_loss, cwt_loss, pixel_kd_loss, pkd_loss
 
-__all__ = ["ChannelWiseDivergence", "KLDivergence", "PixelKD", "ChannelWiseTransformation"]
+__all__ = ["ChannelWiseDivergence", "KLDivergence", "PixelKD", "ChannelWiseTransformation", "PKDLoss"]
 
 Levels = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -136,3 +136,42 @@ class ChannelWiseTransformation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"loss_weight={self.loss_weight}, normalize={self.normalize!r}"
+
+
+class PKDLoss(nn.Module):
+    """mmrazor's ``PKDLoss(loss_weight=1.0, resize_stu=True)`` (:func:`kd_kernels.pkd_loss`): ``forward`` takes
+    one student and one teacher map, or tuples of levels. A level whose height differs is resized bilinearly
+    first, in PyTorch, as mmrazor does (the student to the teacher's size, or with ``resize_stu=False`` the
+    teacher to the student's); then every level goes to the kernels in one call."""
+
+    def __init__(self, loss_weight: float = 1.0, resize_stu: bool = True):
+        super().__init__()
+        self.loss_weight = loss_weight
+        self.resize_stu = resize_stu
+
+    def forward(self, preds_S: Levels, preds_T: Levels) -> torch.Tensor:  # noqa: N803 (mmrazor's names)
+        if isinstance(preds_S, torch.Tensor) and isinstance(preds_T, torch.Tensor):
+            preds_S, preds_T = (preds_S,), (preds_T,)  # noqa: N806
+        if not isinstance(preds_S, (tuple, list)) or not isinstance(preds_T, (tuple, list)):
+            raise KdInputError(
+                f"preds_S/preds_T: expected tensors or tuples of levels, got {type(preds_S).__name__} and "
+                f"{type(preds_T).__name__}")
+        if len(preds_S) != len(preds_T):
+            raise KdInputError(
+                f"preds_S/preds_T: {len(preds_S)} student and {len(preds_T)} teacher levels; give one pair per level")
+        student, teacher = [], []
+        for s, t in zip(preds_S, preds_T):
+            # mmrazor compares the heights only (a width that differs alone then fails its shape assert; here,
+            # the crate's error, which says to resize).
+            four_d = isinstance(s, torch.Tensor) and isinstance(t, torch.Tensor) and s.dim() == 4 and t.dim() == 4
+            if four_d and s.shape[2] != t.shape[2]:
+                if self.resize_stu:
+                    s = nn.functional.interpolate(s, t.shape[2:], mode="bilinear")
+                else:
+                    t = nn.functional.interpolate(t, s.shape[2:], mode="bilinear")
+            student.append(s)
+            teacher.append(t)
+        return pkd_loss(student, teacher, loss_weight=self.loss_weight)
+
+    def extra_repr(self) -> str:
+        return f"loss_weight={self.loss_weight}, resize_stu={self.resize_stu}"

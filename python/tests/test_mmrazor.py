@@ -64,7 +64,7 @@ def test_registers_every_module_under_its_own_name():
     for name, cls in kd_mmrazor.KD_MODULES.items():
         assert MODELS.get(name) is cls
     assert set(kd_mmrazor.KD_MODULES) == {
-        "KDChannelWiseDivergence", "KDKLDivergence", "KDPixelKD", "KDChannelWiseTransformation"}
+        "KDChannelWiseDivergence", "KDKLDivergence", "KDPixelKD", "KDChannelWiseTransformation", "KDPKDLoss"}
     # mmrazor's own name is left alone unless asked.
     if KIND == "mmengine":
         assert MODELS.get("ChannelWiseDivergence") is MmrazorChannelWiseDivergence
@@ -85,6 +85,10 @@ def test_a_config_builds_the_losses():
                       kd_kernels.ChannelWiseDivergence)
     cwt = MODELS.build(dict(type="KDChannelWiseTransformation", student_channels=4, teacher_channels=3))
     assert cwt(s, logits((2, 3, 5, 6), 3)).dim() == 0
+    # mmrazor's PKD detection configs: one PKDLoss on the FPN levels, loss_weight 6.
+    pkd = MODELS.build(dict(type="KDPKDLoss", loss_weight=6.0, resize_stu=True))
+    assert isinstance(pkd, kd_kernels.PKDLoss) and pkd.loss_weight == 6.0 and pkd.resize_stu
+    assert pkd((s, s[:, :, :3]), (t, t[:, :, :3])).dim() == 0
 
 
 def test_the_docs_config_snippet_builds():
@@ -132,9 +136,11 @@ def test_replacing_mmrazors_names_only_when_asked():
     try:
         assert MODELS.get("ChannelWiseDivergence") is kd_kernels.ChannelWiseDivergence
         assert MODELS.get("KLDivergence") is kd_kernels.KLDivergence
+        assert MODELS.get("PKDLoss") is kd_kernels.PKDLoss
     finally:
         MODELS.register_module(name="ChannelWiseDivergence", module=MmrazorChannelWiseDivergence, force=True)
         MODELS.module_dict.pop("KLDivergence")
+        MODELS.module_dict.pop("PKDLoss")
 
 
 def test_without_mmrazor_the_import_registers_nothing_and_register_says_why():

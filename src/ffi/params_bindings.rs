@@ -12,6 +12,10 @@ pub const KD_SEMCKD_MAX_PAIRS: u32 = 64;
 pub const KD_SEMCKD_GRAM_TILE: u32 = 64;
 pub const KD_SEMCKD_GRAM_K: u32 = 32;
 pub const KD_SEMCKD_BACK_ROWS: u32 = 16;
+pub const KD_PKD_MAX_LEVELS: u32 = 8;
+pub const KD_PKD_CHUNK: u32 = 4096;
+pub const KD_PKD_STAT_DOUBLES: u32 = 7;
+pub const KD_PKD_COEF_FLOATS: u32 = 12;
 pub const KdOutputFlags_KD_WANT_LOSS: KdOutputFlags = 1;
 pub const KdOutputFlags_KD_WANT_GRAD_STUDENT: KdOutputFlags = 2;
 pub const KdOutputFlags_KD_WANT_GRAD_TEACHER: KdOutputFlags = 4;
@@ -738,4 +742,129 @@ const _: () = {
         "Offset of field: KdCwtArgs::counter",
     ][::core::mem::offset_of!(KdCwtArgs, counter) - 136usize];
     ["Offset of field: KdCwtArgs::p"][::core::mem::offset_of!(KdCwtArgs, p) - 144usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdPkdLevel {
+    pub plane: i64,
+    pub values: i64,
+    pub channels: i32,
+    pub chunks: i32,
+    pub block_first: i32,
+    pub channel_first: i32,
+    pub loss_scale: f32,
+    pub grad_scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdPkdLevel"][::core::mem::size_of::<KdPkdLevel>() - 40usize];
+    ["Alignment of KdPkdLevel"][::core::mem::align_of::<KdPkdLevel>() - 8usize];
+    [
+        "Offset of field: KdPkdLevel::plane",
+    ][::core::mem::offset_of!(KdPkdLevel, plane) - 0usize];
+    [
+        "Offset of field: KdPkdLevel::values",
+    ][::core::mem::offset_of!(KdPkdLevel, values) - 8usize];
+    [
+        "Offset of field: KdPkdLevel::channels",
+    ][::core::mem::offset_of!(KdPkdLevel, channels) - 16usize];
+    [
+        "Offset of field: KdPkdLevel::chunks",
+    ][::core::mem::offset_of!(KdPkdLevel, chunks) - 20usize];
+    [
+        "Offset of field: KdPkdLevel::block_first",
+    ][::core::mem::offset_of!(KdPkdLevel, block_first) - 24usize];
+    [
+        "Offset of field: KdPkdLevel::channel_first",
+    ][::core::mem::offset_of!(KdPkdLevel, channel_first) - 28usize];
+    [
+        "Offset of field: KdPkdLevel::loss_scale",
+    ][::core::mem::offset_of!(KdPkdLevel, loss_scale) - 32usize];
+    [
+        "Offset of field: KdPkdLevel::grad_scale",
+    ][::core::mem::offset_of!(KdPkdLevel, grad_scale) - 36usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdPkdParams {
+    pub level: [KdPkdLevel; 8usize],
+    pub levels: i32,
+    pub channels: i32,
+    pub flags: i32,
+    pub loss_weight: f32,
+    pub eps: f32,
+    pub reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdPkdParams"][::core::mem::size_of::<KdPkdParams>() - 344usize];
+    ["Alignment of KdPkdParams"][::core::mem::align_of::<KdPkdParams>() - 8usize];
+    [
+        "Offset of field: KdPkdParams::level",
+    ][::core::mem::offset_of!(KdPkdParams, level) - 0usize];
+    [
+        "Offset of field: KdPkdParams::levels",
+    ][::core::mem::offset_of!(KdPkdParams, levels) - 320usize];
+    [
+        "Offset of field: KdPkdParams::channels",
+    ][::core::mem::offset_of!(KdPkdParams, channels) - 324usize];
+    [
+        "Offset of field: KdPkdParams::flags",
+    ][::core::mem::offset_of!(KdPkdParams, flags) - 328usize];
+    [
+        "Offset of field: KdPkdParams::loss_weight",
+    ][::core::mem::offset_of!(KdPkdParams, loss_weight) - 332usize];
+    [
+        "Offset of field: KdPkdParams::eps",
+    ][::core::mem::offset_of!(KdPkdParams, eps) - 336usize];
+    [
+        "Offset of field: KdPkdParams::reserved",
+    ][::core::mem::offset_of!(KdPkdParams, reserved) - 340usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdPkdArgs {
+    pub student: [u64; 8usize],
+    pub teacher: [u64; 8usize],
+    pub grad_student: [u64; 8usize],
+    pub loss: u64,
+    pub upstream: u64,
+    pub partials: u64,
+    pub coef: u64,
+    pub loss_partials: u64,
+    pub counter: u64,
+    pub p: KdPkdParams,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdPkdArgs"][::core::mem::size_of::<KdPkdArgs>() - 584usize];
+    ["Alignment of KdPkdArgs"][::core::mem::align_of::<KdPkdArgs>() - 8usize];
+    [
+        "Offset of field: KdPkdArgs::student",
+    ][::core::mem::offset_of!(KdPkdArgs, student) - 0usize];
+    [
+        "Offset of field: KdPkdArgs::teacher",
+    ][::core::mem::offset_of!(KdPkdArgs, teacher) - 64usize];
+    [
+        "Offset of field: KdPkdArgs::grad_student",
+    ][::core::mem::offset_of!(KdPkdArgs, grad_student) - 128usize];
+    [
+        "Offset of field: KdPkdArgs::loss",
+    ][::core::mem::offset_of!(KdPkdArgs, loss) - 192usize];
+    [
+        "Offset of field: KdPkdArgs::upstream",
+    ][::core::mem::offset_of!(KdPkdArgs, upstream) - 200usize];
+    [
+        "Offset of field: KdPkdArgs::partials",
+    ][::core::mem::offset_of!(KdPkdArgs, partials) - 208usize];
+    [
+        "Offset of field: KdPkdArgs::coef",
+    ][::core::mem::offset_of!(KdPkdArgs, coef) - 216usize];
+    [
+        "Offset of field: KdPkdArgs::loss_partials",
+    ][::core::mem::offset_of!(KdPkdArgs, loss_partials) - 224usize];
+    [
+        "Offset of field: KdPkdArgs::counter",
+    ][::core::mem::offset_of!(KdPkdArgs, counter) - 232usize];
+    ["Offset of field: KdPkdArgs::p"][::core::mem::offset_of!(KdPkdArgs, p) - 240usize];
 };

@@ -2,8 +2,11 @@
 //! `loss` and `grad.student.{l}` (`docs/fixtures.md`). A file may leave out a level's gradient (where an
 //! official gradient was not finite): the verifier checks what is there.
 
-use super::{check_levels, PkdConfig, PkdCpu};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+use super::{check_levels, PkdConfig, PkdCpu, PkdCuda, PkdLevels};
 use crate::dtype::{self, DType, KdFloat, PerDtype};
+use crate::error::KdError;
 use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
 use crate::shape::Nchw;
 
@@ -78,26 +81,52 @@ impl PerDtype for Run<'_> {
 
     fn run<T: KdFloat>(self) -> Self::Out {
         let PkdCase { config, shapes, .. } = self.case;
-        if let Backend::Cuda(_) = self.backend {
-            return err("pkd has no CUDA kernel in kd-kernels yet; verify it on the CPU backend");
-        }
         let mut students = Vec::with_capacity(shapes.len());
         let mut teachers = Vec::with_capacity(shapes.len());
         for l in 0..shapes.len() {
             students.push(self.fixture.input::<T>(&format!("student.{l}"))?.1);
             teachers.push(self.fixture.input::<T>(&format!("teacher.{l}"))?.1);
         }
-        let mut s_views = Vec::with_capacity(shapes.len());
-        let mut t_views = Vec::with_capacity(shapes.len());
-        for (l, shape) in shapes.iter().enumerate() {
-            s_views.push(fixture::view4(shape, &students[l], "student")?);
-            t_views.push(fixture::view4(shape, &teachers[l], "teacher")?);
-        }
-        let r = PkdCpu::new(*config)?.forward_backward(&s_views, &t_views)?;
         let mut out = Computed::new();
-        out.insert("loss".into(), Output::scalar(r.loss));
-        for (l, (g, shape)) in r.grad_student.iter().zip(shapes).enumerate() {
-            out.insert(format!("grad.student.{l}"), Output::tensor(&shape.dims(), g.iter().copied().collect()));
+        match self.backend {
+            Backend::Cpu => {
+                let mut s_views = Vec::with_capacity(shapes.len());
+                let mut t_views = Vec::with_capacity(shapes.len());
+                for (l, shape) in shapes.iter().enumerate() {
+                    s_views.push(fixture::view4(shape, &students[l], "student")?);
+                    t_views.push(fixture::view4(shape, &teachers[l], "teacher")?);
+                }
+                let r = PkdCpu::new(*config)?.forward_backward(&s_views, &t_views)?;
+                out.insert("loss".into(), Output::scalar(r.loss));
+                for (l, (g, shape)) in r.grad_student.iter().zip(shapes).enumerate() {
+                    out.insert(format!("grad.student.{l}"), Output::tensor(&shape.dims(), g.iter().copied().collect()));
+                }
+            }
+            Backend::Cuda(stream) => {
+                let dev = |e| KdError::cuda("fixture transfer", e);
+                let dims: Vec<[usize; 4]> = shapes.iter().map(Nchw::dims).collect();
+                let levels = PkdLevels::same(&dims)?;
+                let s_dev =
+                    students.iter().map(|v| stream.clone_htod(v).map_err(dev)).collect::<Result<Vec<_>, _>>()?;
+                let t_dev =
+                    teachers.iter().map(|v| stream.clone_htod(v).map_err(dev)).collect::<Result<Vec<_>, _>>()?;
+                let mut g_dev = shapes
+                    .iter()
+                    .map(|s| stream.alloc_zeros::<T>(s.numel()).map_err(dev))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut loss = stream.alloc_zeros::<f32>(1).map_err(dev)?;
+                {
+                    let sr: Vec<&dyn DevicePtr<T>> = s_dev.iter().map(|x| x as _).collect();
+                    let tr: Vec<&dyn DevicePtr<T>> = t_dev.iter().map(|x| x as _).collect();
+                    let grads: Vec<&mut dyn DevicePtrMut<T>> = g_dev.iter_mut().map(|x| x as _).collect();
+                    PkdCuda::new(stream.clone(), *config)?.forward_backward(&levels, &sr, &tr, &mut loss, grads)?;
+                }
+                out.insert("loss".into(), Output::scalar(stream.clone_dtoh(&loss).map_err(dev)?[0] as f64));
+                for (l, (g, shape)) in g_dev.iter().zip(shapes).enumerate() {
+                    let values = fixture::to_f64(&stream.clone_dtoh(g).map_err(dev)?);
+                    out.insert(format!("grad.student.{l}"), Output::tensor(&shape.dims(), values));
+                }
+            }
         }
         Ok(out)
     }

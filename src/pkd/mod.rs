@@ -13,11 +13,33 @@
 //! bilinearly when the sizes differ; this crate takes equal shapes and its error says to resize first. A
 //! constant student channel (`std = 0`) has `x_hat = 0`; its gradient keeps only the term through `x - mean`,
 //! as torch's autograd of `Tensor.std` does (§7.3). The teacher is a constant (no teacher gradient).
+//!
+//! [`PkdCpu`] is the f64 reference; [`PkdCuda`] runs the same computation with the kernels of
+//! `kernels/pkd.cu`: every level of a call in the same three launches (per-chunk moments, per-channel
+//! coefficients, loss and gradient), the level table inside the kernels' argument block (at most
+//! [`MAX_LEVELS`] levels).
 
 mod cpu;
+mod cuda;
+pub(crate) mod driver;
+#[cfg(feature = "emulator")]
+pub mod emulate;
 pub(crate) mod fixture;
+pub(crate) mod plan;
 
 pub use cpu::{PkdCpu, PkdCpuOutput};
+pub use cuda::PkdBuffers;
+pub use driver::PkdRawBuffers;
+
+/// The PKD family ([`crate::family::Family`]); its shape is a [`PkdLevels`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pkd;
+
+/// PKD on the GPU, with the same computation as [`PkdCpu`]: every level of a call in three launches.
+pub type PkdCuda = crate::cuda::LossCuda<Pkd>;
+
+/// The most levels one GPU call takes: their addresses and sizes travel inside the kernels' argument block.
+pub const MAX_LEVELS: usize = crate::ffi::KD_PKD_MAX_LEVELS as usize;
 
 use crate::error::{KdError, Result};
 use crate::shape::Nchw;
@@ -43,6 +65,42 @@ impl PkdConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
         validate::finite("loss_weight", self.loss_weight)
+    }
+}
+
+/// The level shapes of one call, checked by [`check_levels`]: one `[N, C, H, W]` per level, the same for the
+/// student and the teacher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkdLevels {
+    shapes: Vec<Nchw>,
+}
+
+impl PkdLevels {
+    /// The levels of a call from the student's and the teacher's shapes; a level whose two shapes differ is
+    /// [`KdError::LevelShapeMismatch`] (resize the student first).
+    pub fn new(student: &[&[usize]], teacher: &[&[usize]]) -> Result<Self> {
+        Ok(PkdLevels { shapes: check_levels(student, teacher)? })
+    }
+
+    /// Levels whose student and teacher both have `shapes`.
+    pub fn same(shapes: &[[usize; 4]]) -> Result<Self> {
+        let dims: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
+        Self::new(&dims, &dims)
+    }
+
+    /// The level shapes.
+    pub fn shapes(&self) -> &[Nchw] {
+        &self.shapes
+    }
+
+    /// The number of levels (at least one).
+    pub fn len(&self) -> usize {
+        self.shapes.len()
+    }
+
+    /// Always false: a call has at least one level.
+    pub fn is_empty(&self) -> bool {
+        self.shapes.is_empty()
     }
 }
 

@@ -11,4 +11,5 @@ mod checks;
 mod cwt;
 mod icsd;
 mod pair;
+mod pkd;
 mod semckd;

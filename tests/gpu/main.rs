@@ -17,11 +17,21 @@ mod harness;
 mod icsd;
 mod pair;
 mod pixel_kd;
+mod pkd;
 mod semckd;
 
 /// Every family's tests, in order; `pair::LAST` goes last (see there).
-const FAMILIES: &[&[(&str, harness::TestFn)]] =
-    &[fixtures::TESTS, cwd::TESTS, pixel_kd::TESTS, pair::TESTS, icsd::TESTS, semckd::TESTS, cwt::TESTS, pair::LAST];
+const FAMILIES: &[&[(&str, harness::TestFn)]] = &[
+    fixtures::TESTS,
+    cwd::TESTS,
+    pixel_kd::TESTS,
+    pair::TESTS,
+    icsd::TESTS,
+    semckd::TESTS,
+    cwt::TESTS,
+    pkd::TESTS,
+    pair::LAST,
+];
 
 fn main() {
     // Arguments are ignored on purpose (see the module docs).

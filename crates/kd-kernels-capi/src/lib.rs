@@ -19,6 +19,7 @@ mod cwd;
 mod cwt;
 mod icsd;
 mod pixel_kd;
+mod pkd;
 mod semckd;
 
 use std::any::Any;
@@ -36,6 +37,7 @@ pub use pixel_kd::{
     kd_pixel_kd_cpu, kd_pixel_kd_cuda, KdPixelKdConfig, KdReduction, KD_REDUCTION_BATCHMEAN, KD_REDUCTION_MEAN,
     KD_REDUCTION_PIXELMEAN, KD_REDUCTION_SUM,
 };
+pub use pkd::{kd_pkd_cpu, kd_pkd_cuda, KdPkdConfig};
 pub use semckd::{kd_semckd_cpu, kd_semckd_cuda, KdSemckdConfig};
 
 /// What every call returns: `KD_OK`, or the kind of failure (`kd_last_error_message()` has the details).

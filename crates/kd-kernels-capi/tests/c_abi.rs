@@ -12,6 +12,7 @@ use kd::cwt::{CwtConfig, CwtCpu, CwtNormalize, MlpParams};
 use kd::icsd::{IcsdConfig, IcsdCpu};
 use kd::ndarray::{Array1, Array2, Array4};
 use kd::pixel_kd::{PixelKdConfig, PixelKdCpu};
+use kd::pkd::{PkdConfig, PkdCpu};
 use kd::KdError;
 
 const SHAPE: [usize; 4] = [2, 3, 4, 5];
@@ -174,6 +175,22 @@ fn c_program_gets_the_reference_results_and_the_crates_errors() {
     assert!(icsd.loss > 0.0);
     assert_eq!(numbers(&lines["icsd_loss"])[0], icsd.loss);
     assert_eq!(numbers(&lines["icsd_sim_student"]), icsd.sim_student.iter().copied().collect::<Vec<_>>());
+
+    // PKD on two levels: the loss and the second level's gradient of the Rust reference; a level whose
+    // teacher has another shape is the crate's error, which says to resize.
+    assert_eq!(status(&lines, "pkd_cpu"), (0, String::new()));
+    let small_s = Array4::from_shape_vec([2, 3, 2, 2], student.iter().take(24).copied().collect()).expect("shape");
+    let small_t = Array4::from_shape_vec([2, 3, 2, 2], teacher.iter().take(24).copied().collect()).expect("shape");
+    let pkd = PkdCpu::new(PkdConfig { loss_weight: 6.0 })
+        .unwrap()
+        .forward_backward(&[student.view(), small_s.view()], &[teacher.view(), small_t.view()])
+        .unwrap();
+    assert!(pkd.loss > 0.0);
+    assert_eq!(numbers(&lines["pkd_loss"])[0], pkd.loss);
+    let grad1: Vec<f32> = lines["pkd_grad1"].split_whitespace().map(|v| v.parse().expect("an f32")).collect();
+    assert_eq!(grad1, pkd.grad_student[1].iter().map(|&g| g as f32).collect::<Vec<_>>());
+    let mismatch = KdError::LevelShapeMismatch { level: 1, student: vec![2, 3, 2, 2], teacher: vec![2, 3, 1, 4] };
+    assert_eq!(status(&lines, "bad_pkd_level"), (2, mismatch.to_string()));
 
     // Bad inputs: the code of the error's kind and the crate's own message.
     let rank = KdError::WrongRank { what: "student", expected: 4, got: 3 };

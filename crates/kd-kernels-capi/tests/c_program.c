@@ -90,6 +90,23 @@ int main(void) {
         printf("\n");
     }
 
+    /* PKD on two levels in one call: the whole tensors, and their first 24 values as a [2, 3, 2, 2] level. */
+    {
+        static float grad1[24];
+        const kd_pkd_config pkd = {6.0};
+        const int64_t levels[8] = {N, C, H, W, 2, 3, 2, 2};
+        const int64_t resized[8] = {N, C, H, W, 2, 3, 1, 4};
+        const void *s[2] = {student, student};
+        const void *t[2] = {teacher, teacher};
+        void *g[2] = {grad, grad1};
+        print_status("pkd_cpu", kd_pkd_cpu(&pkd, 2, levels, levels, KD_DTYPE_F32, s, t, &loss, g, overwrite));
+        printf("pkd_loss %.17g\n", loss);
+        printf("pkd_grad1");
+        for (i = 0; i < 24; i++) printf(" %.9g", grad1[i]);
+        printf("\n");
+        print_status("bad_pkd_level", kd_pkd_cpu(&pkd, 2, levels, resized, KD_DTYPE_F32, s, t, &loss, g, overwrite));
+    }
+
     /* Bad inputs: each must come back as its code and the crate's message. */
     print_status("bad_rank", kd_cwd_cpu(&cwd, shape, 3, KD_DTYPE_F32, student, teacher, &loss, grad, NULL, overwrite));
     {
