@@ -335,8 +335,12 @@ fn fixtures_through_the_kernels() {
         // The labels go to the kernels in their stored dtype.
         let labels = match l.dtype() {
             Dtype::U8 => Labels::U8(l.data().to_vec()),
-            Dtype::I32 => Labels::I32(l.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()),
-            Dtype::I64 => Labels::I64(l.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+            Dtype::I32 => {
+                Labels::I32(l.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect())
+            }
+            Dtype::I64 => {
+                Labels::I64(l.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+            }
             other => panic!("{what}: labels {other:?}"),
         };
         enum Labels {
@@ -344,7 +348,13 @@ fn fixtures_through_the_kernels() {
             I32(Vec<i32>),
             I64(Vec<i64>),
         }
-        fn call<T: KdFloat, L: LabelInt>(config: IfvdConfig, dims: [&[usize]; 3], s: &[T], t: &[T], labels: &[L]) -> (f64, Vec<f64>) {
+        fn call<T: KdFloat, L: LabelInt>(
+            config: IfvdConfig,
+            dims: [&[usize]; 3],
+            s: &[T],
+            t: &[T],
+            labels: &[L],
+        ) -> (f64, Vec<f64>) {
             let inputs = IfvdHostInputs {
                 student_dims: dims[0],
                 student: s,
@@ -379,9 +389,7 @@ fn fixtures_through_the_kernels() {
             Dtype::F32 => {
                 (DType::F32, go::<f32>(config, dims, sd, td, &labels, |c| f32::from_le_bytes(c.try_into().unwrap())))
             }
-            Dtype::F16 => {
-                (DType::F16, go::<f16>(config, dims, sd, td, &labels, |c| f16::from_le_bytes([c[0], c[1]])))
-            }
+            Dtype::F16 => (DType::F16, go::<f16>(config, dims, sd, td, &labels, |c| f16::from_le_bytes([c[0], c[1]]))),
             Dtype::BF16 => {
                 (DType::BF16, go::<bf16>(config, dims, sd, td, &labels, |c| bf16::from_le_bytes([c[0], c[1]])))
             }

@@ -32,8 +32,11 @@ impl LossCuda<Ifvd> {
         loss: &mut dyn DevicePtrMut<f32>,
         grad_student: &mut dyn DevicePtrMut<T>,
     ) -> Result<()> {
-        let buffers =
-            IfvdBuffers { loss: Some(loss), grad_student: Some(grad_student), ..IfvdBuffers::new(student, teacher, labels) };
+        let buffers = IfvdBuffers {
+            loss: Some(loss),
+            grad_student: Some(grad_student),
+            ..IfvdBuffers::new(student, teacher, labels)
+        };
         self.call(shapes, buffers)
     }
 

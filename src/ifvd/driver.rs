@@ -98,7 +98,15 @@ pub struct IfvdBuffers<'a, T> {
 impl<'a, T> IfvdBuffers<'a, T> {
     /// The inputs, with no output yet and [`GradOptions::OVERWRITE`].
     pub fn new(student: &'a dyn DevicePtr<T>, teacher: &'a dyn DevicePtr<T>, labels: IfvdLabels<'a>) -> Self {
-        IfvdBuffers { student, teacher, labels, loss: None, grad_student: None, upstream: None, options: GradOptions::OVERWRITE }
+        IfvdBuffers {
+            student,
+            teacher,
+            labels,
+            loss: None,
+            grad_student: None,
+            upstream: None,
+            options: GradOptions::OVERWRITE,
+        }
     }
 }
 
@@ -142,7 +150,8 @@ impl Family for Ifvd {
         let shapes = checked(call.shape)?;
         let buffers = call.buffers;
         let outputs = buffers.outputs(call.options)?;
-        let plan = plan::plan(call.config, &shapes, buffers.label_dtype, device.sm_count(), outputs, call.options.scale)?;
+        let plan =
+            plan::plan(call.config, &shapes, buffers.label_dtype, device.sm_count(), outputs, call.options.scale)?;
         let (floats, counters) = scratch.prepare(plan.workspace_floats, 1)?;
         let [pixel_class, counts, sums, protos, proto_norms, moments, coef, proto_grad, loss_partials] =
             plan.offsets.map(|offset| floats + offset);

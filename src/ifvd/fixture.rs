@@ -95,7 +95,8 @@ impl PerDtype for Run<'_> {
                         ifvd.forward_backward(shapes, &s, &t, IfvdLabels::U8(&l), &mut loss, &mut gs)?;
                     }
                     Some(LabelDType::I32) => {
-                        let l = stream.clone_htod(&labels.iter().map(|&v| v as i32).collect::<Vec<_>>()).map_err(dev)?;
+                        let l =
+                            stream.clone_htod(&labels.iter().map(|&v| v as i32).collect::<Vec<_>>()).map_err(dev)?;
                         ifvd.forward_backward(shapes, &s, &t, IfvdLabels::I32(&l), &mut loss, &mut gs)?;
                     }
                     _ => {

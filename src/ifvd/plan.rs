@@ -81,15 +81,15 @@ pub(crate) fn plan(
     };
     let slots = product("num_classes", &[n, chunks, k])?;
     let sizes = [
-        product("student", &[n, plane])?,            // pixel classes
-        slots,                                       // counts
-        product("num_classes", &[slots, width])?,    // sums (the gradient's [.., Cs] sums reuse them)
-        product("num_classes", &[n, k, width])?,     // prototypes
-        product("num_classes", &[n, k, 2])?,         // prototype norms
-        slots,                                       // moments
-        product("student", &[2, n, plane])?,         // coefficients
-        product("num_classes", &[n, k, cs])?,        // prototype gradients
-        n * chunks,                                  // loss partials
+        product("student", &[n, plane])?,         // pixel classes
+        slots,                                    // counts
+        product("num_classes", &[slots, width])?, // sums (the gradient's [.., Cs] sums reuse them)
+        product("num_classes", &[n, k, width])?,  // prototypes
+        product("num_classes", &[n, k, 2])?,      // prototype norms
+        slots,                                    // moments
+        product("student", &[2, n, plane])?,      // coefficients
+        product("num_classes", &[n, k, cs])?,     // prototype gradients
+        n * chunks,                               // loss partials
     ];
     let mut offsets = [0u64; 9];
     let mut total = 0usize;

@@ -15,13 +15,23 @@ mod cwt;
 mod fixtures;
 mod harness;
 mod icsd;
+mod ifvd;
 mod pair;
 mod pixel_kd;
 mod semckd;
 
 /// Every family's tests, in order; `pair::LAST` goes last (see there).
-const FAMILIES: &[&[(&str, harness::TestFn)]] =
-    &[fixtures::TESTS, cwd::TESTS, pixel_kd::TESTS, pair::TESTS, icsd::TESTS, semckd::TESTS, cwt::TESTS, pair::LAST];
+const FAMILIES: &[&[(&str, harness::TestFn)]] = &[
+    fixtures::TESTS,
+    cwd::TESTS,
+    pixel_kd::TESTS,
+    pair::TESTS,
+    icsd::TESTS,
+    semckd::TESTS,
+    cwt::TESTS,
+    ifvd::TESTS,
+    pair::LAST,
+];
 
 fn main() {
     // Arguments are ignored on purpose (see the module docs).
