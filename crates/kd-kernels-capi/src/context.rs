@@ -60,6 +60,7 @@ pub(crate) struct Inner {
     pub(crate) semckd: LossCache<kd::semckd::SemckdCuda>,
     /// Keyed by configuration and channel counts (a CWT loss object is made for one MLP shape).
     pub(crate) cwt: LossCache<((kd::cwt::CwtConfig, kd::cwt::CwtShapes), kd::cwt::CwtCuda)>,
+    pub(crate) ifvd: LossCache<kd::ifvd::IfvdCuda>,
 }
 
 /// Owns one device's loaded kernels and workspaces, so repeated calls neither reload nor reallocate.
@@ -109,6 +110,7 @@ pub unsafe extern "C" fn kd_context_create(device_ordinal: i32, out: *mut *mut K
                 cwt: LossCache::default(),
                 icsd: LossCache::default(),
                 semckd: LossCache::default(),
+                ifvd: LossCache::default(),
             }),
         };
         // SAFETY: `out` is writable (the caller's contract) and not null (checked).
