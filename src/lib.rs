@@ -11,7 +11,7 @@
 //! | ICSD / AICSD | [`icsd::IcsdCuda`], [`icsd::AicsdCuda`] | [`icsd::IcsdCpu`], [`icsd::AicsdCpu`] | `docs/losses.md` §3 |
 //! | SemCKD | [`semckd::SemckdCuda`] | [`semckd::SemckdCpu`] | `docs/losses.md` §4 |
 //! | channel-wise transformation (CWT) | [`cwt::CwtCuda`] | [`cwt::CwtCpu`] | `docs/losses.md` §5 |
-//! | intra-class feature variation distillation (IFVD) | (not yet) | [`ifvd::IfvdCpu`] | `docs/losses.md` §11 |
+//! | intra-class feature variation distillation (IFVD) | [`ifvd::IfvdCuda`] | [`ifvd::IfvdCpu`] | `docs/losses.md` §11 |
 //!
 //! GPU entry points work on caller-owned device buffers (`f32`, `half::f16`, `half::bf16`) in NCHW layout,
 //! on the caller's stream, write the loss as a device f32 scalar and the gradients in the input dtype,
