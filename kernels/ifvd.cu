@@ -315,7 +315,8 @@ template <typename T> __device__ void ifvd_cosines(const KdIfvdArgs& a) {
             for (int w = 0; w < kWarps; ++w) acc[i] += partial[(w * kTile + lane) * 4 + i];
         }
         const bool ignored = cls < 0;
-        const float nb_s = ignored ? 0.f : norms[cls * 2], nb_t = ignored ? 0.f : norms[cls * 2 + 1];
+        const int64_t slot = ignored ? 0 : 2 * static_cast<int64_t>(cls);
+        const float nb_s = ignored ? 0.f : norms[slot], nb_t = ignored ? 0.f : norms[slot + 1];
         const Cosine s = cosine(acc[0], acc[1], ignored, nb_s);
         const Cosine tc = cosine(acc[2], acc[3], ignored, nb_t);
         const float diff = valid ? s.value - tc.value : 0.f;
@@ -413,7 +414,7 @@ template <typename T> __device__ void ifvd_grad(const KdIfvdArgs& a) {
     for (int64_t px = begin + threadIdx.x; px < end; px += kBlockThreads) {
         const int cls = pixel_class[px];
         float g = beta[px] * kd::to_float(x[px]);
-        if (cls >= 0) g += alpha[px] * protos[cls * width] + proto_grad[cls * cs];
+        if (cls >= 0) g += alpha[px] * protos[cls * width] + proto_grad[static_cast<int64_t>(cls) * cs];
         kd::store_grad(grad + px, g, accumulate);
     }
 }
