@@ -20,7 +20,8 @@
  *    rounded once to the input dtype. KD_DTYPE_F64 is accepted on the CPU only.
  *  - kd_grad_options: `scale` multiplies every gradient (never the loss); `accumulate` != 0 adds into
  *    the gradient buffers instead of overwriting them.
- *  - The enumerations (kd_status, kd_dtype, kd_reduction, kd_cwt_normalize, kd_icsd_variant) are int32_t
+ *  - The enumerations (kd_status, kd_dtype, kd_reduction, kd_cwt_normalize, kd_icsd_variant,
+ *    kd_label_dtype) are int32_t
  *    with named constants, so a value this header does not know is refused with a status, never undefined.
  */
 
@@ -125,6 +126,27 @@ typedef struct kd_icsd_config {
    */
   kd_icsd_variant variant;
 } kd_icsd_config;
+
+/**
+ * IFVD (docs/losses.md §11): per image and class a prototype (the mean feature of the pixels labelled k),
+ * each pixel's cosine with its class's prototype (its own feature where its label is not in
+ * [0, num_classes)), L = loss_weight * mean over N*H*W of (cos_S - cos_T)^2.
+ */
+typedef struct kd_ifvd_config {
+  /**
+   * The class count K (19 on Cityscapes, 150 on ADE20K); 1 to 2^24.
+   */
+  int64_t num_classes;
+  /**
+   * The factor on the mean; finite (CIRKD's scripts use 20).
+   */
+  double loss_weight;
+} kd_ifvd_config;
+
+/**
+ * The integer type of a label tensor.
+ */
+typedef int32_t kd_label_dtype;
 
 /**
  * Pixel KD's divisor of the summed per-pixel KL.
@@ -302,6 +324,21 @@ typedef struct kd_semckd_config {
  * The paper's prose: softmax over H*W, pairwise KL.
  */
 #define KD_ICSD_PAPER 1
+
+/**
+ * uint8 (raw PNG label maps, 255 ignored).
+ */
+#define KD_LABEL_U8 0
+
+/**
+ * int32.
+ */
+#define KD_LABEL_I32 1
+
+/**
+ * int64 (PyTorch's long).
+ */
+#define KD_LABEL_I64 2
 
 /**
  * N*C*H*W (PyTorch KLDivLoss's default, the official one).
@@ -495,6 +532,58 @@ kd_status kd_icsd_cpu(const struct kd_icsd_config *params,
                       void *grad_student,
                       double *sim_student,
                       double *sim_teacher,
+                      struct kd_grad_options options);
+
+/**
+ * IFVD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in
+ * `dtype`, times the device f32 at `upstream` where that is non-zero) where `grad_student` is. Student
+ * [N, Cs, H, W], teacher [N, Ct, H, W], labels [N, Hl, Wl] of `label_dtype` at any resolution (resized by
+ * PyTorch's nearest rule).
+ *
+ * # Safety
+ * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the context's
+ * device or null; non-zero addresses are device memory of that context sized for the shapes.
+ */
+kd_status kd_ifvd_cuda(struct kd_context *ctx,
+                       const struct kd_ifvd_config *params,
+                       const int64_t *student_shape,
+                       size_t student_ndim,
+                       const int64_t *teacher_shape,
+                       size_t teacher_ndim,
+                       const int64_t *label_shape,
+                       size_t label_ndim,
+                       kd_dtype dtype,
+                       kd_label_dtype label_dtype,
+                       uint64_t student,
+                       uint64_t teacher,
+                       uint64_t labels,
+                       uint64_t loss,
+                       uint64_t grad_student,
+                       uint64_t upstream,
+                       struct kd_grad_options options,
+                       void *stream);
+
+/**
+ * IFVD on the CPU reference: the loss into `*loss` (where not null) and the student gradient (in `dtype`)
+ * where `grad_student` is not null.
+ *
+ * # Safety
+ * As `kd_cwd_cpu`, with the three shapes; `labels` points to the label map in `label_dtype`.
+ */
+kd_status kd_ifvd_cpu(const struct kd_ifvd_config *params,
+                      const int64_t *student_shape,
+                      size_t student_ndim,
+                      const int64_t *teacher_shape,
+                      size_t teacher_ndim,
+                      const int64_t *label_shape,
+                      size_t label_ndim,
+                      kd_dtype dtype,
+                      kd_label_dtype label_dtype,
+                      const void *student,
+                      const void *teacher,
+                      const void *labels,
+                      double *loss,
+                      void *grad_student,
                       struct kd_grad_options options);
 
 /**

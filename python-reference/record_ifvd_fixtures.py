@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ifvd_reference import cos_map, ifvd_closed_form, nearest_index, resized_labels  # noqa: E402,F401
 from record_fixtures import (  # noqa: E402
     DTYPES,
     FORMAT_VERSION,
@@ -61,7 +61,6 @@ CIRKD_PATH = "losses/ifvd.py"
 CIRKD_BLOB = "6efa31a32d4b09414207c8a728964c7eb6aad165"  # git blob id of CIRKD_PATH at CIRKD_COMMIT
 
 LABEL_DTYPES = {"i64": torch.int64, "i32": torch.int32, "u8": torch.uint8}
-COUNT_EPS = 1e-6  # the official `mask.sum() + 1e-6`
 
 # Tolerances of the recorder's own consistency checks (not the crate's verifier tolerances).
 OFFICIAL_VS_CLOSED_RTOL_F32 = 1e-5
@@ -92,46 +91,6 @@ def load_official(args):
 # --------------------------------------------------------------------------------------------
 # The crate's reading, vectorised (an independent check of the official loop)
 # --------------------------------------------------------------------------------------------
-
-
-def f32(x):
-    return torch.tensor(x, dtype=torch.float32)
-
-
-def nearest_index(inp, out):
-    """PyTorch's `nearest` source index for each output index, computed as ATen does in f32."""
-    dst = torch.arange(out)
-    if out == inp:
-        return dst
-    if out == 2 * inp:
-        return dst // 2
-    scale = f32(float(inp)) / f32(float(out))
-    return torch.clamp(torch.floor(dst.to(torch.float32) * scale).to(torch.int64), max=inp - 1)
-
-
-def resized_labels(labels, h, w):
-    _, hl, wl = labels.shape
-    return labels.long()[:, nearest_index(hl, h)][:, :, nearest_index(wl, w)]
-
-
-def cos_map(feat, classes, num_classes):
-    """Per-pixel cosine to the class prototype (own feature where ignored), [N, H*W]."""
-    n, c, h, w = feat.shape
-    x = feat.reshape(n, c, h * w)
-    valid = (classes >= 0) & (classes < num_classes)
-    slot = torch.where(valid, classes, torch.full_like(classes, num_classes)).reshape(n, 1, h * w)
-    index = slot.expand(n, c, h * w)
-    sums = torch.zeros(n, c, num_classes + 1, dtype=x.dtype).scatter_add(2, index, x)
-    counts = torch.zeros(n, 1, num_classes + 1, dtype=x.dtype).scatter_add(2, slot, torch.ones_like(x[:, :1]))
-    protos = sums / (counts + COUNT_EPS)
-    partner = torch.where(valid.reshape(n, 1, h * w), torch.gather(protos, 2, index), x)
-    return F.cosine_similarity(x, partner, dim=1)
-
-
-def ifvd_closed_form(s, t, labels, num_classes, loss_weight):
-    classes = resized_labels(labels, s.shape[2], s.shape[3])
-    d = cos_map(s, classes, num_classes) - cos_map(t.detach(), classes, num_classes)
-    return loss_weight * (d * d).mean()
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,6 +45,10 @@ mod sealed {
     impl Sealed for f32 {}
     impl Sealed for half::f16 {}
     impl Sealed for half::bf16 {}
+    pub trait SealedLabel {}
+    impl SealedLabel for u8 {}
+    impl SealedLabel for i32 {}
+    impl SealedLabel for i64 {}
 }
 
 /// An element type the kernels are instantiated for. Computation is always fp32 (GPU) or f64 (CPU
@@ -133,4 +137,85 @@ pub(crate) fn dispatch<P: PerDtype>(dtype: DType, job: P) -> P::Out {
         DType::F16 => job.run::<f16>(),
         DType::BF16 => job.run::<bf16>(),
     }
+}
+
+/// The integer dtypes labels may have (a segmentation loader's `long`, an `int32` copy, or raw `uint8` PNG
+/// values with 255 as ignore).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LabelDType {
+    /// `uint8`.
+    U8,
+    /// `int32`.
+    I32,
+    /// `int64` (PyTorch's `long`, what segmentation data loaders return).
+    I64,
+}
+
+impl LabelDType {
+    /// Parses the safetensors spelling (`U8`, `I32`, `I64`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "U8" => Some(LabelDType::U8),
+            "I32" => Some(LabelDType::I32),
+            "I64" => Some(LabelDType::I64),
+            _ => None,
+        }
+    }
+
+    /// The safetensors spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            LabelDType::U8 => "U8",
+            LabelDType::I32 => "I32",
+            LabelDType::I64 => "I64",
+        }
+    }
+
+    /// Bytes per element (also what the IFVD kernels are told).
+    pub fn size(self) -> usize {
+        match self {
+            LabelDType::U8 => 1,
+            LabelDType::I32 => 4,
+            LabelDType::I64 => 8,
+        }
+    }
+
+    /// Little-endian bytes to `i64`, exactly; `None` when the length is not a whole number of elements.
+    pub fn decode_le(self, bytes: &[u8]) -> Option<Vec<i64>> {
+        if bytes.len() % self.size() != 0 {
+            return None;
+        }
+        Some(match self {
+            LabelDType::U8 => bytes.iter().map(|&b| i64::from(b)).collect(),
+            LabelDType::I32 => {
+                bytes.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
+            }
+            LabelDType::I64 => bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+        })
+    }
+}
+
+impl fmt::Display for LabelDType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A host integer type labels may have ([`LabelDType`]): `u8`, `i32`, `i64`.
+pub trait LabelInt: sealed::SealedLabel + DeviceRepr + Copy + Send + Sync + 'static {
+    /// The label dtype.
+    const LABEL_DTYPE: LabelDType;
+}
+
+impl LabelInt for u8 {
+    const LABEL_DTYPE: LabelDType = LabelDType::U8;
+}
+impl LabelInt for i32 {
+    const LABEL_DTYPE: LabelDType = LabelDType::I32;
+}
+impl LabelInt for i64 {
+    const LABEL_DTYPE: LabelDType = LabelDType::I64;
 }

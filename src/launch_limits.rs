@@ -512,6 +512,54 @@ fn pkd_launches_fit() {
                         )
                     }
                 });
+/// IFVD: the bench's features with Cityscapes' 19 and ADE20K's 150 classes, edge cases, and random shapes,
+/// channel counts, label resolutions and class counts, every label dtype.
+#[test]
+fn ifvd_launches_fit() {
+    use crate::family::{Family, RawCall};
+    use crate::ifvd::{check_shapes, Ifvd, IfvdConfig, IfvdRawBuffers, LabelDType};
+    let mut cases: Vec<([usize; 4], usize, [usize; 2], usize, bool)> = vec![
+        ([8, 256, 64, 128], 256, [512, 1024], 19, true),
+        ([8, 256, 64, 128], 512, [512, 512], 150, true),
+        ([16, 512, 128, 128], 2048, [512, 512], 150, true),
+        ([1, 1, 1, 1], 1, [1, 1], 1, true),
+        ([2, 3, 5, 7], 9, [10, 14], 4096, true),
+    ];
+    let mut rng = SplitMix64::new(6);
+    for _ in 0..30 {
+        let s = random_nchw(&mut rng, 2048, 1 << 16);
+        let labels = [1 + rng.below(2 * s[2]), 1 + rng.below(2 * s[3])];
+        cases.push((s, 1 + rng.below(2048), labels, 1 + rng.below(1024), false));
+    }
+    let mut checked = 0;
+    for (dims, ct, [hl, wl], classes, required) in cases {
+        let shapes = check_shapes(&dims, &[dims[0], ct, dims[2], dims[3]], &[dims[0], hl, wl]).unwrap();
+        let config = IfvdConfig::new(classes);
+        for dtype in DTYPES {
+            for label_dtype in [LabelDType::U8, LabelDType::I32, LabelDType::I64] {
+                for (loss, grad, upstream) in MODES {
+                    let buffers = IfvdRawBuffers {
+                        student: addr(1),
+                        teacher: addr(2),
+                        labels: addr(3),
+                        label_dtype,
+                        loss: if loss { addr(4) } else { 0 },
+                        grad_student: if grad { addr(5) } else { 0 },
+                        upstream: if upstream { addr(6) } else { 0 },
+                    };
+                    checked += check_everywhere("ifvd", &[], required, &|gpu, rec| {
+                        let call = RawCall::<Ifvd> {
+                            config: &config,
+                            path: (),
+                            shape: &shapes,
+                            dtype,
+                            buffers: &buffers,
+                            options: GradOptions::OVERWRITE,
+                        };
+                        // SAFETY: as in `cwd_launches_fit`.
+                        unsafe { Ifvd::run(call, gpu, &mut FakeScratch, rec) }
+                    });
+                }
             }
         }
     }

@@ -11,7 +11,7 @@
 //! | ICSD / AICSD | [`icsd::IcsdCuda`], [`icsd::AicsdCuda`] | [`icsd::IcsdCpu`], [`icsd::AicsdCpu`] | `docs/losses.md` §3 |
 //! | SemCKD | [`semckd::SemckdCuda`] | [`semckd::SemckdCpu`] | `docs/losses.md` §4 |
 //! | channel-wise transformation (CWT) | [`cwt::CwtCuda`] | [`cwt::CwtCpu`] | `docs/losses.md` §5 |
-//! | intra-class feature variation distillation (IFVD) | (not yet) | [`ifvd::IfvdCpu`] | `docs/losses.md` §11 |
+//! | intra-class feature variation distillation (IFVD) | [`ifvd::IfvdCuda`] | [`ifvd::IfvdCpu`] | `docs/losses.md` §11 |
 //! | pair-wise similarity distillation (SKD) | (not yet) | [`skd::SkdCpu`] | `docs/losses.md` §9 |
 //! | cross-image pixel relations (CIRKD, mini-batch) | (not yet) | [`cirkd::CirkdCpu`] | `docs/losses.md` §10 |
 //!

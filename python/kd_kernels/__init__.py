@@ -21,8 +21,18 @@ from ._lib import (
     KernelsUnavailableError,
     kernels_compiled,
 )
-from .functional import aicsd_loss, alw_alpha, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, pkd_loss, semckd_loss
-from .modules import ChannelWiseDivergence, ChannelWiseTransformation, KLDivergence, PixelKD, PKDLoss
+from .functional import (
+    aicsd_loss,
+    alw_alpha,
+    cwd_loss,
+    cwt_loss,
+    icsd_loss,
+    ifvd_loss,
+    pixel_kd_loss,
+    pkd_loss,
+    semckd_loss,
+)
+from .modules import ChannelWiseDivergence, ChannelWiseTransformation, CriterionIFV, KLDivergence, PixelKD, PKDLoss
 
 __version__ = "0.1.0"
 
@@ -35,6 +45,8 @@ __all__ = [
     "alw_alpha",
     "semckd_loss",
     "pkd_loss",
+    "ifvd_loss",
+    "CriterionIFV",
     "ChannelWiseTransformation",
     "ChannelWiseDivergence",
     "KLDivergence",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._impl import CWT_NORMALIZE, DTYPE_CODES, ICSD_VARIANTS, REDUCTIONS
+from ._impl import CWT_NORMALIZE, DTYPE_CODES, ICSD_VARIANTS, LABEL_CODES, REDUCTIONS
 from ._lib import KdInputError
 
 _DTYPE_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64"}
@@ -47,6 +47,27 @@ def pair(student, teacher) -> None:
     tensors(student, teacher)
     if student.dim() == 4 and teacher.shape != student.shape:
         raise KdInputError(f"teacher: shape {list(teacher.shape)} does not match the expected {list(student.shape)}")
+
+
+def labels(student, value) -> None:
+    """IFVD's labels: an integer tensor on the features' device (its shape is the crate's to check)."""
+    if not isinstance(value, _Tensor):
+        raise KdInputError(f"labels: expected a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in LABEL_CODES:
+        raise KdInputError(
+            f"labels: dtype {value.dtype} is not supported; labels are integers: use torch.long, torch.int32 or "
+            "torch.uint8 (class indices, not one-hot or float maps)"
+        )
+    if value.device != student.device:
+        raise KdInputError(f"labels: on {value.device} while the student is on {student.device}; put both on one device")
+
+
+def num_classes(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise KdInputError(
+            f"parameter `num_classes` = {value!r} is invalid: it must be an integer between 1 and 2^24 "
+            "(the dataset's class count)"
+        )
 
 
 def reduction(value) -> None:

@@ -27,6 +27,7 @@ DTYPE_CODES = {
 REDUCTIONS = {"mean": 0, "batchmean": 1, "sum": 2, "pixelmean": 3}
 CWT_NORMALIZE = {"batch": 0, "mean": 1}
 ICSD_VARIANTS = {"official": 0, "paper": 1}
+LABEL_CODES = {torch.uint8: _lib.LABEL_U8, torch.int32: _lib.LABEL_I32, torch.int64: _lib.LABEL_I64}
 
 _F32, _F64 = torch.float32, torch.float64
 _C = _lib.lib
@@ -145,6 +146,36 @@ def icsd_cuda(student, teacher, tau, loss_weight, variant, want_student):
     _lib.check(_C.kd_icsd_cuda(_lib.context(device.index), params, _lib.shape_array(student.shape), student.dim(),
                                DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(), loss.data_ptr(),
                                _ptr(gs), 0, 0, 0, _OPTIONS, _stream(device)))
+    return loss, gs
+
+
+# ---- IFVD ------------------------------------------------------------------------------------------------
+
+def _ifvd_args(student, teacher, labels):
+    student, teacher = _pair(student, teacher)
+    labels = labels.contiguous()
+    return student, teacher, labels, (_lib.shape_array(student.shape), student.dim(), _lib.shape_array(teacher.shape),
+                                      teacher.dim(), _lib.shape_array(labels.shape), labels.dim(),
+                                      DTYPE_CODES[student.dtype], LABEL_CODES[labels.dtype])
+
+
+def ifvd_cpu(student, teacher, labels, num_classes, loss_weight, want_student):
+    student, teacher, labels, shapes = _ifvd_args(student, teacher, labels)
+    gs = _grad(student, want_student)
+    value = _c_double()
+    _lib.check(_C.kd_ifvd_cpu(_lib.IfvdParams(num_classes, loss_weight), *shapes, student.data_ptr(),
+                              teacher.data_ptr(), labels.data_ptr(), _byref(value), _ptr(gs), _OPTIONS))
+    return _cpu_loss(value, student.dtype), gs
+
+
+def ifvd_cuda(student, teacher, labels, num_classes, loss_weight, want_student):
+    student, teacher, labels, shapes = _ifvd_args(student, teacher, labels)
+    gs = _grad(student, want_student)
+    device = student.device
+    loss = torch.empty((), dtype=_F32, device=device)
+    _lib.check(_C.kd_ifvd_cuda(_lib.context(device.index), _lib.IfvdParams(num_classes, loss_weight), *shapes,
+                               student.data_ptr(), teacher.data_ptr(), labels.data_ptr(), loss.data_ptr(), _ptr(gs),
+                               0, _OPTIONS, _stream(device)))
     return loss, gs
 
 

@@ -50,6 +50,8 @@ KD_ERR_CUDA_UNAVAILABLE = 11
 
 # kd_dtype values.
 DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_F64 = 0, 1, 2, 3
+# kd_label_dtype values.
+LABEL_U8, LABEL_I32, LABEL_I64 = 0, 1, 2
 
 
 # The C structs, each naming its declaration in include/kd_kernels.h (generated from the Rust source), which
@@ -82,6 +84,11 @@ class CwtParams(ctypes.Structure):
 class IcsdParams(ctypes.Structure):
     _c_name_ = "kd_icsd_config"
     _fields_ = [("tau", ctypes.c_double), ("loss_weight", ctypes.c_double), ("variant", ctypes.c_int32)]
+
+
+class IfvdParams(ctypes.Structure):
+    _c_name_ = "kd_ifvd_config"
+    _fields_ = [("num_classes", ctypes.c_int64), ("loss_weight", ctypes.c_double)]
 
 
 class SemckdParams(ctypes.Structure):
@@ -132,6 +139,10 @@ def _load() -> ctypes.CDLL:
         "kd_icsd_cuda": (i32, [vp, ctypes.POINTER(IcsdParams), i64p, size_t, i32, u64, u64, u64, u64, u64, u64, u64,
                                GradOptions, vp]),
         "kd_icsd_cpu": (i32, [ctypes.POINTER(IcsdParams), i64p, size_t, i32, vp, vp, dp, vp, dp, dp, GradOptions]),
+        "kd_ifvd_cuda": (i32, [vp, ctypes.POINTER(IfvdParams), i64p, size_t, i64p, size_t, i64p, size_t, i32, i32,
+                               u64, u64, u64, u64, u64, u64, GradOptions, vp]),
+        "kd_ifvd_cpu": (i32, [ctypes.POINTER(IfvdParams), i64p, size_t, i64p, size_t, i64p, size_t, i32, i32, vp, vp,
+                              vp, dp, vp, GradOptions]),
         "kd_semckd_cuda": (i32, [vp, ctypes.POINTER(SemckdParams), size_t, i64p, size_t, i64p, i32]
                            + [ctypes.POINTER(u64)] * 5 + [u64, u64] + [ctypes.POINTER(u64)] * 4
                            + [u64, GradOptions, vp]),

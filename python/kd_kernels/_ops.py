@@ -19,7 +19,7 @@ import torch
 
 from . import _impl
 
-__all__ = ["cwd", "pixel_kd", "icsd", "cwt", "semckd", "pkd", "scaled"]
+__all__ = ["cwd", "pixel_kd", "icsd", "ifvd", "cwt", "semckd", "pkd", "scaled"]
 
 
 def _filled(impl, like):
@@ -117,6 +117,24 @@ icsd = _define(
     "(Tensor student, Tensor teacher, float tau, float loss_weight, str variant, bool want_student)"
     " -> (Tensor, Tensor)",
     _impl.icsd_cpu, _impl.icsd_cuda, _icsd_fake, _student_only_setup, _icsd_backward, like=(0,))
+
+
+# ---- IFVD: features of two channel counts and integer labels; the teacher and the labels are constants ------
+
+def _ifvd_fake(student, teacher, labels, num_classes, loss_weight, want_student):
+    return _loss_like(student), _grad_like(student, want_student)
+
+
+def _ifvd_backward(ctx, grad_loss, _grad_gs):
+    (gs,) = ctx.saved_tensors
+    return scaled(gs, grad_loss, ctx.needs_input_grad[0]), None, None, None, None, None
+
+
+ifvd = _define(
+    "ifvd",
+    "(Tensor student, Tensor teacher, Tensor labels, int num_classes, float loss_weight, bool want_student)"
+    " -> (Tensor, Tensor)",
+    _impl.ifvd_cpu, _impl.ifvd_cuda, _ifvd_fake, _student_only_setup, _ifvd_backward, like=(0,))
 
 
 # ---- CWT: the student and the four MLP parameters --------------------------------------------------------

@@ -17,7 +17,9 @@ from . import _checks, _impl, _ops  # noqa: F401 (_ops registers the ops)
 from ._eager import Fused, plain
 from ._lib import KdInputError
 
-__all__ = ["cwd_loss", "pixel_kd_loss", "cwt_loss", "icsd_loss", "aicsd_loss", "alw_alpha", "semckd_loss", "pkd_loss"]
+__all__ = [
+    "cwd_loss", "pixel_kd_loss", "cwt_loss", "icsd_loss", "aicsd_loss", "alw_alpha", "semckd_loss", "pkd_loss", "ifvd_loss",
+]
 
 _CWD = torch.ops.kd_kernels.cwd.default
 _PIXEL_KD = torch.ops.kd_kernels.pixel_kd.default
@@ -25,6 +27,7 @@ _ICSD = torch.ops.kd_kernels.icsd.default
 _CWT = torch.ops.kd_kernels.cwt.default
 _SEMCKD = torch.ops.kd_kernels.semckd.default
 _PKD = torch.ops.kd_kernels.pkd.default
+_IFVD = torch.ops.kd_kernels.ifvd.default
 _grad_enabled = torch.is_grad_enabled
 
 
@@ -188,3 +191,22 @@ def pkd_loss(student, teacher, loss_weight: float = 1.0) -> torch.Tensor:
     want = _grad_enabled() and any(x.requires_grad for x in student)
     loss, _ = _PKD(list(student), list(teacher), float(loss_weight), want)
     return loss
+def ifvd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, num_classes: int,
+              loss_weight: float = 1.0) -> torch.Tensor:
+    """Intra-class feature variation distillation (Wang et al., ECCV 2020; CIRKD's ``CriterionIFV``;
+    docs/losses.md §11): per image and class a prototype (the mean feature of the pixels labelled k), each
+    pixel's cosine with its class's prototype (with its own feature where its label is not in
+    ``[0, num_classes)``: 255 or -1, "ignore"), for the student and the teacher;
+    ``loss_weight * mean over N*H*W of (cos_S - cos_T)^2``.
+
+    ``student`` ``[N, Cs, H, W]`` and ``teacher`` ``[N, Ct, H, W]`` features (one dtype and device; the
+    channel counts may differ), ``labels`` ``[N, Hl, Wl]`` integers (long, int32 or uint8) at any resolution,
+    resized by PyTorch's ``nearest`` rule. The gradient reaches the student directly and through its
+    prototypes; the teacher and the labels are constants. The official module has no weight (CIRKD's scripts
+    multiply by 20)."""
+    _checks.tensors(student, teacher)
+    _checks.labels(student, labels)
+    _checks.num_classes(num_classes)
+    want = _grad_enabled() and student.requires_grad
+    return _loss(_IFVD, _impl.ifvd_cpu, _impl.ifvd_cuda, (0,), (student, teacher, labels),
+                 (int(num_classes), float(loss_weight), want), want)

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ._lib import KdInputError
-from .functional import cwd_loss, cwt_loss, pixel_kd_loss, pkd_loss
+from .functional import cwd_loss, cwt_loss, ifvd_loss, pixel_kd_loss, pkd_loss
 
-__all__ = ["ChannelWiseDivergence", "KLDivergence", "PixelKD", "ChannelWiseTransformation", "PKDLoss"]
+__all__ = ["ChannelWiseDivergence", "KLDivergence", "PixelKD", "ChannelWiseTransformation", "PKDLoss", "CriterionIFV"]
 
 Levels = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -175,3 +175,19 @@ class PKDLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"loss_weight={self.loss_weight}, resize_stu={self.resize_stu}"
+class CriterionIFV(nn.Module):
+    """CIRKD's ``CriterionIFV(classes)`` (IFVD, docs/losses.md §11): :func:`kd_kernels.ifvd_loss` with
+    ``num_classes`` classes and a ``loss_weight`` (1 as the official module; CIRKD's scripts multiply the
+    loss by 20). ``forward(feat_S, feat_T, target)`` takes ``[N, Cs, H, W]`` and ``[N, Ct, H, W]`` features and
+    ``[N, Hl, Wl]`` integer labels (255 or -1: ignored)."""
+
+    def __init__(self, num_classes: int, loss_weight: float = 1.0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.loss_weight = loss_weight
+
+    def forward(self, feat_S: torch.Tensor, feat_T: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        return ifvd_loss(feat_S, feat_T, target, self.num_classes, self.loss_weight)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, loss_weight={self.loss_weight}"

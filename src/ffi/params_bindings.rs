@@ -868,3 +868,165 @@ const _: () = {
     ][::core::mem::offset_of!(KdPkdArgs, counter) - 232usize];
     ["Offset of field: KdPkdArgs::p"][::core::mem::offset_of!(KdPkdArgs, p) - 240usize];
 };
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdIfvdParams {
+    pub plane: i64,
+    pub chunk_pixels: i64,
+    pub grad_pixels: i64,
+    pub batch: i32,
+    pub student_channels: i32,
+    pub teacher_channels: i32,
+    pub classes: i32,
+    pub chunks: i32,
+    pub grad_blocks: i32,
+    pub height: i32,
+    pub width: i32,
+    pub label_height: i32,
+    pub label_width: i32,
+    pub label_bytes: i32,
+    pub flags: i32,
+    pub scale_h: f32,
+    pub scale_w: f32,
+    pub loss_scale: f32,
+    pub grad_scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdIfvdParams"][::core::mem::size_of::<KdIfvdParams>() - 88usize];
+    ["Alignment of KdIfvdParams"][::core::mem::align_of::<KdIfvdParams>() - 8usize];
+    [
+        "Offset of field: KdIfvdParams::plane",
+    ][::core::mem::offset_of!(KdIfvdParams, plane) - 0usize];
+    [
+        "Offset of field: KdIfvdParams::chunk_pixels",
+    ][::core::mem::offset_of!(KdIfvdParams, chunk_pixels) - 8usize];
+    [
+        "Offset of field: KdIfvdParams::grad_pixels",
+    ][::core::mem::offset_of!(KdIfvdParams, grad_pixels) - 16usize];
+    [
+        "Offset of field: KdIfvdParams::batch",
+    ][::core::mem::offset_of!(KdIfvdParams, batch) - 24usize];
+    [
+        "Offset of field: KdIfvdParams::student_channels",
+    ][::core::mem::offset_of!(KdIfvdParams, student_channels) - 28usize];
+    [
+        "Offset of field: KdIfvdParams::teacher_channels",
+    ][::core::mem::offset_of!(KdIfvdParams, teacher_channels) - 32usize];
+    [
+        "Offset of field: KdIfvdParams::classes",
+    ][::core::mem::offset_of!(KdIfvdParams, classes) - 36usize];
+    [
+        "Offset of field: KdIfvdParams::chunks",
+    ][::core::mem::offset_of!(KdIfvdParams, chunks) - 40usize];
+    [
+        "Offset of field: KdIfvdParams::grad_blocks",
+    ][::core::mem::offset_of!(KdIfvdParams, grad_blocks) - 44usize];
+    [
+        "Offset of field: KdIfvdParams::height",
+    ][::core::mem::offset_of!(KdIfvdParams, height) - 48usize];
+    [
+        "Offset of field: KdIfvdParams::width",
+    ][::core::mem::offset_of!(KdIfvdParams, width) - 52usize];
+    [
+        "Offset of field: KdIfvdParams::label_height",
+    ][::core::mem::offset_of!(KdIfvdParams, label_height) - 56usize];
+    [
+        "Offset of field: KdIfvdParams::label_width",
+    ][::core::mem::offset_of!(KdIfvdParams, label_width) - 60usize];
+    [
+        "Offset of field: KdIfvdParams::label_bytes",
+    ][::core::mem::offset_of!(KdIfvdParams, label_bytes) - 64usize];
+    [
+        "Offset of field: KdIfvdParams::flags",
+    ][::core::mem::offset_of!(KdIfvdParams, flags) - 68usize];
+    [
+        "Offset of field: KdIfvdParams::scale_h",
+    ][::core::mem::offset_of!(KdIfvdParams, scale_h) - 72usize];
+    [
+        "Offset of field: KdIfvdParams::scale_w",
+    ][::core::mem::offset_of!(KdIfvdParams, scale_w) - 76usize];
+    [
+        "Offset of field: KdIfvdParams::loss_scale",
+    ][::core::mem::offset_of!(KdIfvdParams, loss_scale) - 80usize];
+    [
+        "Offset of field: KdIfvdParams::grad_scale",
+    ][::core::mem::offset_of!(KdIfvdParams, grad_scale) - 84usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdIfvdArgs {
+    pub student: u64,
+    pub teacher: u64,
+    pub labels: u64,
+    pub loss: u64,
+    pub grad_student: u64,
+    pub upstream: u64,
+    pub pixel_class: u64,
+    pub counts: u64,
+    pub sums: u64,
+    pub protos: u64,
+    pub proto_norms: u64,
+    pub moments: u64,
+    pub coef: u64,
+    pub proto_grad: u64,
+    pub loss_partials: u64,
+    pub counter: u64,
+    pub p: KdIfvdParams,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdIfvdArgs"][::core::mem::size_of::<KdIfvdArgs>() - 216usize];
+    ["Alignment of KdIfvdArgs"][::core::mem::align_of::<KdIfvdArgs>() - 8usize];
+    [
+        "Offset of field: KdIfvdArgs::student",
+    ][::core::mem::offset_of!(KdIfvdArgs, student) - 0usize];
+    [
+        "Offset of field: KdIfvdArgs::teacher",
+    ][::core::mem::offset_of!(KdIfvdArgs, teacher) - 8usize];
+    [
+        "Offset of field: KdIfvdArgs::labels",
+    ][::core::mem::offset_of!(KdIfvdArgs, labels) - 16usize];
+    [
+        "Offset of field: KdIfvdArgs::loss",
+    ][::core::mem::offset_of!(KdIfvdArgs, loss) - 24usize];
+    [
+        "Offset of field: KdIfvdArgs::grad_student",
+    ][::core::mem::offset_of!(KdIfvdArgs, grad_student) - 32usize];
+    [
+        "Offset of field: KdIfvdArgs::upstream",
+    ][::core::mem::offset_of!(KdIfvdArgs, upstream) - 40usize];
+    [
+        "Offset of field: KdIfvdArgs::pixel_class",
+    ][::core::mem::offset_of!(KdIfvdArgs, pixel_class) - 48usize];
+    [
+        "Offset of field: KdIfvdArgs::counts",
+    ][::core::mem::offset_of!(KdIfvdArgs, counts) - 56usize];
+    [
+        "Offset of field: KdIfvdArgs::sums",
+    ][::core::mem::offset_of!(KdIfvdArgs, sums) - 64usize];
+    [
+        "Offset of field: KdIfvdArgs::protos",
+    ][::core::mem::offset_of!(KdIfvdArgs, protos) - 72usize];
+    [
+        "Offset of field: KdIfvdArgs::proto_norms",
+    ][::core::mem::offset_of!(KdIfvdArgs, proto_norms) - 80usize];
+    [
+        "Offset of field: KdIfvdArgs::moments",
+    ][::core::mem::offset_of!(KdIfvdArgs, moments) - 88usize];
+    [
+        "Offset of field: KdIfvdArgs::coef",
+    ][::core::mem::offset_of!(KdIfvdArgs, coef) - 96usize];
+    [
+        "Offset of field: KdIfvdArgs::proto_grad",
+    ][::core::mem::offset_of!(KdIfvdArgs, proto_grad) - 104usize];
+    [
+        "Offset of field: KdIfvdArgs::loss_partials",
+    ][::core::mem::offset_of!(KdIfvdArgs, loss_partials) - 112usize];
+    [
+        "Offset of field: KdIfvdArgs::counter",
+    ][::core::mem::offset_of!(KdIfvdArgs, counter) - 120usize];
+    [
+        "Offset of field: KdIfvdArgs::p",
+    ][::core::mem::offset_of!(KdIfvdArgs, p) - 128usize];
+};

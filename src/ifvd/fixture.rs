@@ -4,9 +4,10 @@
 
 use ndarray::{ArrayView3, ArrayView4};
 
-use super::{check_shapes, IfvdConfig, IfvdCpu, IfvdShapes};
+use super::{check_shapes, IfvdConfig, IfvdCpu, IfvdCuda, IfvdLabels, IfvdShapes, LabelDType};
 use crate::dtype::{self, DType, KdFloat, PerDtype};
-use crate::fixture::{err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::KdError;
 
 pub(crate) struct IfvdFixtures;
 
@@ -62,25 +63,52 @@ impl PerDtype for Run<'_> {
 
     fn run<T: KdFloat>(self) -> Self::Out {
         let IfvdCase { config, shapes, .. } = self.case;
-        if let Backend::Cuda(_) = self.backend {
-            return err("IFVD has no GPU kernels yet: only the CPU reference runs it");
-        }
         let (_, student) = self.fixture.input::<T>("student")?;
         let (_, teacher) = self.fixture.input::<T>("teacher")?;
         let (_, labels) = self.fixture.input_i64("labels")?;
-        let bad = |name: &'static str| {
-            move |e: ndarray::ShapeError| FixtureError(format!("tensor `{name}` does not fit its shape: {e}"))
-        };
-        let s = ArrayView4::from_shape(shapes.student.dims(), &student).map_err(bad("student"))?;
-        let t = ArrayView4::from_shape(shapes.teacher().dims(), &teacher).map_err(bad("teacher"))?;
-        let l = ArrayView3::from_shape(shapes.label_dims(), &labels).map_err(bad("labels"))?;
-        let r = IfvdCpu::new(*config)?.forward_backward(s, t, l)?;
+        let dims = shapes.student.dims();
         let mut out = Computed::new();
-        out.insert("loss".into(), Output::scalar(r.loss));
-        out.insert(
-            "grad.student".into(),
-            Output::tensor(&shapes.student.dims(), r.grad_student.iter().copied().collect()),
-        );
+        match self.backend {
+            Backend::Cpu => {
+                let bad = |name: &'static str| {
+                    move |e: ndarray::ShapeError| FixtureError(format!("tensor `{name}` does not fit its shape: {e}"))
+                };
+                let s = ArrayView4::from_shape(dims, &student).map_err(bad("student"))?;
+                let t = ArrayView4::from_shape(shapes.teacher().dims(), &teacher).map_err(bad("teacher"))?;
+                let l = ArrayView3::from_shape(shapes.label_dims(), &labels).map_err(bad("labels"))?;
+                let r = IfvdCpu::new(*config)?.forward_backward(s, t, l)?;
+                out.insert("loss".into(), Output::scalar(r.loss));
+                out.insert("grad.student".into(), Output::tensor(&dims, r.grad_student.iter().copied().collect()));
+            }
+            Backend::Cuda(stream) => {
+                let dev = |e| KdError::cuda("fixture transfer", e);
+                let s = stream.clone_htod(&student).map_err(dev)?;
+                let t = stream.clone_htod(&teacher).map_err(dev)?;
+                let mut loss = stream.alloc_zeros::<f32>(1).map_err(dev)?;
+                let mut gs = stream.alloc_zeros::<T>(shapes.student.numel()).map_err(dev)?;
+                let mut ifvd = IfvdCuda::new(stream.clone(), *config)?;
+                // The labels go up in their stored dtype (the values were widened from it, so narrowing is exact).
+                let stored = self.fixture.tensor("labels")?.label_dtype();
+                match stored {
+                    Some(LabelDType::U8) => {
+                        let l = stream.clone_htod(&labels.iter().map(|&v| v as u8).collect::<Vec<_>>()).map_err(dev)?;
+                        ifvd.forward_backward(shapes, &s, &t, IfvdLabels::U8(&l), &mut loss, &mut gs)?;
+                    }
+                    Some(LabelDType::I32) => {
+                        let l =
+                            stream.clone_htod(&labels.iter().map(|&v| v as i32).collect::<Vec<_>>()).map_err(dev)?;
+                        ifvd.forward_backward(shapes, &s, &t, IfvdLabels::I32(&l), &mut loss, &mut gs)?;
+                    }
+                    _ => {
+                        let l = stream.clone_htod(&labels).map_err(dev)?;
+                        ifvd.forward_backward(shapes, &s, &t, IfvdLabels::I64(&l), &mut loss, &mut gs)?;
+                    }
+                }
+                out.insert("loss".into(), Output::scalar(stream.clone_dtoh(&loss).map_err(dev)?[0] as f64));
+                let gs = fixture::to_f64(&stream.clone_dtoh(&gs).map_err(dev)?);
+                out.insert("grad.student".into(), Output::tensor(&dims, gs));
+            }
+        }
         Ok(out)
     }
 }

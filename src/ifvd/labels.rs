@@ -1,75 +1,9 @@
 //! IFVD's shapes and labels: the three input shapes and their checks, the label dtypes, and PyTorch's
 //! `nearest` resize of the labels to the feature resolution.
 
-use std::fmt;
-
+pub use crate::dtype::LabelDType;
 use crate::error::{KdError, Result};
 use crate::shape::Nchw;
-
-/// The integer dtypes labels may have (a segmentation loader's `long`, an `int32` copy, or raw `uint8` PNG
-/// values with 255 as ignore).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LabelDType {
-    /// `uint8`.
-    U8,
-    /// `int32`.
-    I32,
-    /// `int64` (PyTorch's `long`, what segmentation data loaders return).
-    I64,
-}
-
-impl LabelDType {
-    /// Parses the safetensors spelling (`U8`, `I32`, `I64`).
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "U8" => Some(LabelDType::U8),
-            "I32" => Some(LabelDType::I32),
-            "I64" => Some(LabelDType::I64),
-            _ => None,
-        }
-    }
-
-    /// The safetensors spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            LabelDType::U8 => "U8",
-            LabelDType::I32 => "I32",
-            LabelDType::I64 => "I64",
-        }
-    }
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            LabelDType::U8 => 1,
-            LabelDType::I32 => 4,
-            LabelDType::I64 => 8,
-        }
-    }
-
-    /// Little-endian bytes to `i64`, exactly; `None` when the length is not a whole number of elements.
-    pub fn decode_le(self, bytes: &[u8]) -> Option<Vec<i64>> {
-        if bytes.len() % self.size() != 0 {
-            return None;
-        }
-        Some(match self {
-            LabelDType::U8 => bytes.iter().map(|&b| i64::from(b)).collect(),
-            LabelDType::I32 => {
-                bytes.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
-            }
-            LabelDType::I64 => bytes
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect(),
-        })
-    }
-}
-
-impl fmt::Display for LabelDType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// The checked shapes of one IFVD call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -16,14 +16,30 @@
 //! are `[N, Hl, Wl]` integers of any resolution. The gradient flows into the student directly and through
 //! its prototypes (the official code does not detach them); the teacher is constant.
 //!
-//! [`IfvdCpu`] is the f64 reference.
+//! [`IfvdCpu`] is the f64 reference; [`IfvdCuda`] runs the kernels of `kernels/ifvd.cu` (the segmented class
+//! sums per image and chunk of pixels, the prototypes, the cosines with the loss, then for a gradient the
+//! prototypes' gradients and the student's).
 
 mod cpu;
+mod cuda;
+pub(crate) mod driver;
+#[cfg(feature = "emulator")]
+pub mod emulate;
 pub(crate) mod fixture;
 mod labels;
+pub(crate) mod plan;
 
 pub use cpu::{IfvdCpu, IfvdCpuOutput};
+pub use driver::{IfvdBuffers, IfvdLabels, IfvdRawBuffers};
 pub use labels::{check_shapes, nearest_source, IfvdShapes, LabelDType};
+
+/// The IFVD family ([`crate::family::Family`]); its shape is the checked [`IfvdShapes`] of a call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ifvd;
+
+/// IFVD on the GPU, with the surface of [`IfvdCpu`]: `ifvd_sums`, `ifvd_protos`, `ifvd_cosines`, then for a
+/// gradient `ifvd_proto_grad` and `ifvd_grad` (`kernels/ifvd.cu`), on the caller's stream.
+pub type IfvdCuda = crate::cuda::LossCuda<Ifvd>;
 
 use crate::error::{KdError, Result};
 use crate::validate;

@@ -10,6 +10,7 @@ mod semckd_support;
 mod checks;
 mod cwt;
 mod icsd;
+mod ifvd;
 mod pair;
 mod pkd;
 mod semckd;

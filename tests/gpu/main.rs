@@ -15,6 +15,7 @@ mod cwt;
 mod fixtures;
 mod harness;
 mod icsd;
+mod ifvd;
 mod pair;
 mod pixel_kd;
 mod pkd;
@@ -30,6 +31,7 @@ const FAMILIES: &[&[(&str, harness::TestFn)]] = &[
     semckd::TESTS,
     cwt::TESTS,
     pkd::TESTS,
+    ifvd::TESTS,
     pair::LAST,
 ];
 

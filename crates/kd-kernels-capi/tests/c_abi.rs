@@ -10,7 +10,8 @@ use std::process::Command;
 use kd::cwd::{CwdConfig, CwdCpu};
 use kd::cwt::{CwtConfig, CwtCpu, CwtNormalize, MlpParams};
 use kd::icsd::{IcsdConfig, IcsdCpu};
-use kd::ndarray::{Array1, Array2, Array4};
+use kd::ifvd::{IfvdConfig, IfvdCpu};
+use kd::ndarray::{Array1, Array2, Array3, Array4};
 use kd::pixel_kd::{PixelKdConfig, PixelKdCpu};
 use kd::pkd::{PkdConfig, PkdCpu};
 use kd::KdError;
@@ -191,6 +192,23 @@ fn c_program_gets_the_reference_results_and_the_crates_errors() {
     assert_eq!(grad1, pkd.grad_student[1].iter().map(|&g| g as f32).collect::<Vec<_>>());
     let mismatch = KdError::LevelShapeMismatch { level: 1, student: vec![2, 3, 2, 2], teacher: vec![2, 3, 1, 4] };
     assert_eq!(status(&lines, "bad_pkd_level"), (2, mismatch.to_string()));
+    // IFVD with uint8 labels: the loss of the Rust reference; an unknown label dtype is a dtype error.
+    assert_eq!(status(&lines, "ifvd_cpu"), (0, String::new()));
+    let labels = Array3::from_shape_fn((2, 4, 5), |(n, h, w)| {
+        let i = (n * 4 + h) * 5 + w;
+        if i % 7 == 0 {
+            255
+        } else {
+            ((i / 3) % 3) as i64
+        }
+    });
+    let config = IfvdConfig { num_classes: 3, loss_weight: 20.0 };
+    let ifvd = IfvdCpu::new(config).unwrap().forward_backward(student.view(), teacher.view(), labels.view()).unwrap();
+    assert!(ifvd.loss > 0.0);
+    assert_eq!(numbers(&lines["ifvd_loss"])[0], ifvd.loss);
+    let (code, message) = status(&lines, "bad_label_dtype");
+    assert_eq!(code, 6);
+    assert!(message.contains("unknown kd_label_dtype 5"), "{message}");
 
     // Bad inputs: the code of the error's kind and the crate's own message.
     let rank = KdError::WrongRank { what: "student", expected: 4, got: 3 };

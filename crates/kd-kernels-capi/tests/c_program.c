@@ -105,6 +105,18 @@ int main(void) {
         for (i = 0; i < 24; i++) printf(" %.9g", grad1[i]);
         printf("\n");
         print_status("bad_pkd_level", kd_pkd_cpu(&pkd, 2, levels, resized, KD_DTYPE_F32, s, t, &loss, g, overwrite));
+    /* IFVD with uint8 labels (255 ignored); an unknown label dtype. */
+    {
+        static uint8_t labels[N * H * W];
+        const int64_t label_shape[3] = {N, H, W};
+        const kd_ifvd_config ifvd = {3, 20.0};
+        for (i = 0; i < N * H * W; i++) labels[i] = (uint8_t)(i % 7 == 0 ? 255 : (i / 3) % 3);
+        print_status("ifvd_cpu", kd_ifvd_cpu(&ifvd, shape, 4, shape, 4, label_shape, 3, KD_DTYPE_F32, KD_LABEL_U8,
+                                             student, teacher, labels, &loss, grad, overwrite));
+        printf("ifvd_loss %.17g\n", loss);
+        print_status("bad_label_dtype", kd_ifvd_cpu(&ifvd, shape, 4, shape, 4, label_shape, 3, KD_DTYPE_F32,
+                                                    (kd_label_dtype)5, student, teacher, labels, &loss, grad,
+                                                    overwrite));
     }
 
     /* Bad inputs: each must come back as its code and the crate's message. */
