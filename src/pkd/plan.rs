@@ -58,7 +58,7 @@ pub(crate) fn plan(config: &PkdConfig, levels: &PkdLevels, outputs: OutputSet, s
         let numel = shape.numel() as f64;
         let grad_scale = config.loss_weight / numel * scale;
         validate::representable_f32("loss_weight / (N*C*H*W) * GradOptions::scale", grad_scale)?;
-        let level_blocks = shape.c.checked_mul(chunks).unwrap_or(usize::MAX);
+        let level_blocks = shape.c.saturating_mul(chunks);
         let fits = |v: usize| i32::try_from(v).is_ok();
         if !fits(shape.c) || !fits(chunks) || !fits(blocks.saturating_add(level_blocks)) {
             return Err(too_large(

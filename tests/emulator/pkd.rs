@@ -156,9 +156,9 @@ fn levels_are_independent() {
     let config = PkdConfig::default();
     let all = case.emulate::<f32>(config, Mode::ForwardBackward, GradOptions::OVERWRITE, None, GPU);
     let reference = case.reference::<f32>(config, 1.0);
-    for l in 0..3 {
+    for (l, &dims) in LEVELS[..3].iter().enumerate() {
         let one = Case {
-            levels: PkdLevels::same(&[LEVELS[l]]).unwrap(),
+            levels: PkdLevels::same(&[dims]).unwrap(),
             student: vec![case.student[l].clone()],
             teacher: vec![case.teacher[l].clone()],
         };
