@@ -159,9 +159,8 @@ fn accumulate_and_scale<T: KdFloat>() {
         let r = cpu.backward(sv, tv, upstream).unwrap();
         for (scale, accumulate) in [(-0.75, true), (1.0, true), (4.0, false)] {
             let options = GradOptions { scale, accumulate };
-            let got =
-                emulator::pair_with::<Dist, T>(&config, (), &dims, &s, &t, mode, ONE_SM, options, Some(&initial))
-                    .unwrap();
+            let got = emulator::pair_with::<Dist, T>(&config, (), &dims, &s, &t, mode, ONE_SM, options, Some(&initial))
+                .unwrap();
             let what = format!("{} {mode:?} {options:?}", T::DTYPE);
             let want: Vec<f64> = r
                 .grad_student
@@ -218,7 +217,8 @@ fn bad_calls_give_typed_errors() {
     assert!(matches!(run(DistConfig::default(), &[2, 3, 2, 3], &ok), Err(KdError::BufferTooSmall { .. })));
     assert!(matches!(run(DistConfig::default(), &[2, 3, 0, 2], &ok), Err(KdError::EmptyInput { .. })));
     let many = vec![0.0f32; 2049];
-    let r = emulator::pair::<Dist, f32>(&DistConfig::default(), (), &[1, 2049, 1, 1], &many, &many, Mode::Forward, ONE_SM);
+    let r =
+        emulator::pair::<Dist, f32>(&DistConfig::default(), (), &[1, 2049, 1, 1], &many, &many, Mode::Forward, ONE_SM);
     match r {
         Err(KdError::TooLarge { detail, .. }) => assert!(detail.contains("2048"), "{detail}"),
         other => panic!("{other:?}"),
@@ -241,8 +241,12 @@ fn fixtures_through_the_kernels() {
         let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
         let meta = header.metadata().clone().unwrap_or_default();
         let param = |name: &str| meta.get(name).map_or(1.0, |v| v.parse::<f64>().unwrap());
-        let config =
-            DistConfig { tau: param("tau"), beta: param("beta"), gamma: param("gamma"), loss_weight: param("loss_weight") };
+        let config = DistConfig {
+            tau: param("tau"),
+            beta: param("beta"),
+            gamma: param("gamma"),
+            loss_weight: param("loss_weight"),
+        };
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let f32s = |name: &str| -> Vec<f64> {
             let t = st.tensor(name).unwrap();
@@ -252,7 +256,13 @@ fn fixtures_through_the_kernels() {
         let student = st.tensor("student").unwrap();
         let teacher = st.tensor("teacher").unwrap();
         let dims: [usize; 4] = student.shape().try_into().unwrap();
-        fn run<T: KdFloat>(config: DistConfig, dims: [usize; 4], s: &[u8], t: &[u8], decode: fn(&[u8]) -> T) -> (f64, Vec<f64>) {
+        fn run<T: KdFloat>(
+            config: DistConfig,
+            dims: [usize; 4],
+            s: &[u8],
+            t: &[u8],
+            decode: fn(&[u8]) -> T,
+        ) -> (f64, Vec<f64>) {
             let size = std::mem::size_of::<T>();
             let s: Vec<T> = s.chunks_exact(size).map(decode).collect();
             let t: Vec<T> = t.chunks_exact(size).map(decode).collect();
@@ -261,7 +271,9 @@ fn fixtures_through_the_kernels() {
         }
         let (s, t) = (student.data(), teacher.data());
         let (dtype, (loss, grad)) = match student.dtype() {
-            Dtype::F32 => (DType::F32, run::<f32>(config, dims, s, t, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            Dtype::F32 => {
+                (DType::F32, run::<f32>(config, dims, s, t, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            }
             Dtype::F16 => (DType::F16, run::<f16>(config, dims, s, t, |c| f16::from_le_bytes([c[0], c[1]]))),
             Dtype::BF16 => (DType::BF16, run::<bf16>(config, dims, s, t, |c| bf16::from_le_bytes([c[0], c[1]]))),
             other => panic!("{what}: dtype {other:?}"),

@@ -48,7 +48,9 @@ pub(crate) fn plan(
     if c > MAX_CLASSES {
         return Err(KdError::TooLarge {
             what: "student",
-            detail: format!("{c} classes; DIST takes at most {MAX_CLASSES} (its kernels keep per-class shifts in shared memory)"),
+            detail: format!(
+                "{c} classes; DIST takes at most {MAX_CLASSES} (its kernels keep per-class shifts in shared memory)"
+            ),
         });
     }
     let pixels = shape.n * shape.plane();

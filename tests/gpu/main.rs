@@ -12,6 +12,7 @@
 mod common;
 mod cwd;
 mod cwt;
+mod dist;
 mod fixtures;
 mod harness;
 mod icsd;
@@ -20,8 +21,17 @@ mod pixel_kd;
 mod semckd;
 
 /// Every family's tests, in order; `pair::LAST` goes last (see there).
-const FAMILIES: &[&[(&str, harness::TestFn)]] =
-    &[fixtures::TESTS, cwd::TESTS, pixel_kd::TESTS, pair::TESTS, icsd::TESTS, semckd::TESTS, cwt::TESTS, pair::LAST];
+const FAMILIES: &[&[(&str, harness::TestFn)]] = &[
+    fixtures::TESTS,
+    cwd::TESTS,
+    pixel_kd::TESTS,
+    pair::TESTS,
+    icsd::TESTS,
+    semckd::TESTS,
+    cwt::TESTS,
+    dist::TESTS,
+    pair::LAST,
+];
 
 fn main() {
     // Arguments are ignored on purpose (see the module docs).
