@@ -58,6 +58,7 @@ pub(crate) struct Inner {
     pub(crate) pixel_kd: LossCache<kd::pixel_kd::PixelKdCuda>,
     pub(crate) icsd: LossCache<kd::icsd::IcsdCuda>,
     pub(crate) semckd: LossCache<kd::semckd::SemckdCuda>,
+    pub(crate) dist: LossCache<kd::dist::DistCuda>,
     /// Keyed by configuration and channel counts (a CWT loss object is made for one MLP shape).
     pub(crate) cwt: LossCache<((kd::cwt::CwtConfig, kd::cwt::CwtShapes), kd::cwt::CwtCuda)>,
 }
@@ -109,6 +110,7 @@ pub unsafe extern "C" fn kd_context_create(device_ordinal: i32, out: *mut *mut K
                 cwt: LossCache::default(),
                 icsd: LossCache::default(),
                 semckd: LossCache::default(),
+                dist: LossCache::default(),
             }),
         };
         // SAFETY: `out` is writable (the caller's contract) and not null (checked).

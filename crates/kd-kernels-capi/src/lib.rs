@@ -17,6 +17,7 @@ mod context;
 mod cpu;
 mod cwd;
 mod cwt;
+mod dist;
 mod icsd;
 mod pixel_kd;
 mod semckd;
@@ -31,6 +32,7 @@ use kd::{DType, GradOptions, KdError};
 pub use context::{kd_context_create, kd_context_destroy, KdContext};
 pub use cwd::{kd_cwd_cpu, kd_cwd_cuda, KdCwdConfig};
 pub use cwt::{kd_cwt_cpu, kd_cwt_cuda, KdCwtConfig, KdCwtNormalize, KD_CWT_NORMALIZE_BATCH, KD_CWT_NORMALIZE_MEAN};
+pub use dist::{kd_dist_cpu, kd_dist_cuda, KdDistConfig};
 pub use icsd::{kd_icsd_cpu, kd_icsd_cuda, KdIcsdConfig, KdIcsdVariant, KD_ICSD_OFFICIAL, KD_ICSD_PAPER};
 pub use pixel_kd::{
     kd_pixel_kd_cpu, kd_pixel_kd_cuda, KdPixelKdConfig, KdReduction, KD_REDUCTION_BATCHMEAN, KD_REDUCTION_MEAN,
