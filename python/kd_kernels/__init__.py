@@ -21,8 +21,8 @@ from ._lib import (
     KernelsUnavailableError,
     kernels_compiled,
 )
-from .functional import aicsd_loss, alw_alpha, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, semckd_loss
-from .modules import ChannelWiseDivergence, ChannelWiseTransformation, KLDivergence, PixelKD
+from .functional import aicsd_loss, alw_alpha, cwd_loss, cwt_loss, dist_loss, icsd_loss, pixel_kd_loss, semckd_loss
+from .modules import ChannelWiseDivergence, ChannelWiseTransformation, DISTLoss, KLDivergence, PixelKD
 
 __version__ = "0.1.0"
 
@@ -34,10 +34,12 @@ __all__ = [
     "aicsd_loss",
     "alw_alpha",
     "semckd_loss",
+    "dist_loss",
     "ChannelWiseTransformation",
     "ChannelWiseDivergence",
     "KLDivergence",
     "PixelKD",
+    "DISTLoss",
     "KdKernelsError",
     "KdInputError",
     "KernelsUnavailableError",
