@@ -103,6 +103,31 @@ typedef struct kd_cwt_config {
 } kd_cwt_config;
 
 /**
+ * DIST, segmentation form (docs/losses.md §8): with p = softmax over C of x / tau per pixel,
+ * L = loss_weight * tau^2 * (inter_loss_weight * (1 - mean over pixels of the Pearson correlation of p_S and
+ * p_T across classes) + intra_loss_weight * (1 - mean over classes of their correlation across all
+ * N*H*W pixels)). Defaults (DIST_KD's, mmrazor's DISTLoss): all 1.
+ */
+typedef struct kd_dist_config {
+  /**
+   * Softmax temperature; finite and > 0.
+   */
+  double tau;
+  /**
+   * Weight of the inter-class term (DIST's beta); finite.
+   */
+  double inter_loss_weight;
+  /**
+   * Weight of the intra-class term (DIST's gamma); finite.
+   */
+  double intra_loss_weight;
+  /**
+   * Factor on the whole loss; finite.
+   */
+  double loss_weight;
+} kd_dist_config;
+
+/**
  * ICSD's similarity matrix (docs/losses.md §3.4, §3.7).
  */
 typedef int32_t kd_icsd_variant;
@@ -491,6 +516,43 @@ kd_status kd_cwt_cpu(const struct kd_cwt_config *params,
                      void *grad_student,
                      double *const *grad_weights,
                      struct kd_grad_options options);
+
+/**
+ * DIST on the GPU, queued on `stream` (no teacher gradient: the teacher is a constant).
+ *
+ * # Safety
+ * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and `shape`; `stream` of the
+ * context's device or null; non-zero addresses are device memory of that context sized for `shape`.
+ */
+kd_status kd_dist_cuda(struct kd_context *ctx,
+                       const struct kd_dist_config *params,
+                       const int64_t *shape,
+                       size_t ndim,
+                       kd_dtype dtype,
+                       uint64_t student,
+                       uint64_t teacher,
+                       uint64_t loss,
+                       uint64_t grad_student,
+                       uint64_t upstream,
+                       struct kd_grad_options options,
+                       void *stream);
+
+/**
+ * DIST on the CPU reference: the loss into `*loss` (when not null), the student gradient (when not null)
+ * in `dtype`.
+ *
+ * # Safety
+ * As `kd_cwd_cpu`, without a teacher gradient.
+ */
+kd_status kd_dist_cpu(const struct kd_dist_config *params,
+                      const int64_t *shape,
+                      size_t ndim,
+                      kd_dtype dtype,
+                      const void *student,
+                      const void *teacher,
+                      double *loss,
+                      void *grad_student,
+                      struct kd_grad_options options);
 
 /**
  * ICSD on the GPU, queued on `stream` (no teacher gradient); the row-normalised C x C matrices (f32) into

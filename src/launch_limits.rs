@@ -322,6 +322,52 @@ fn icsd_launches_fit() {
     );
 }
 
+#[test]
+fn dist_launches_fit() {
+    // DIST takes at most MAX_CLASSES classes (a typed error beyond, tested in its plan).
+    let max = crate::dist::plan::MAX_CLASSES;
+    let mut shapes: Vec<([usize; 4], bool)> = LOGIT_SHAPES.iter().map(|&s| (s, s[1] <= max)).collect();
+    shapes.push(([8, 19, 128, 256], true));
+    shapes.push(([16, max, 64, 64], true));
+    shapes.extend(random_shapes(6, 40, 4096, 1 << 22).into_iter().map(|s| (s, false)));
+    let mut checked = 0;
+    for (dims, required) in shapes {
+        let shape = Nchw::from_dims("student", &dims).unwrap();
+        for dtype in DTYPES {
+            for (loss, grad, upstream) in MODES {
+                let buffers = crate::family::PairRawBuffers {
+                    student: addr(1),
+                    teacher: addr(2),
+                    loss: if loss { addr(3) } else { 0 },
+                    grad_student: if grad { addr(4) } else { 0 },
+                    grad_teacher: 0,
+                    upstream: if upstream { addr(6) } else { 0 },
+                };
+                checked += check_everywhere("dist", &[], required, &|gpu, rec| {
+                    // SAFETY: as in `cwd_launches_fit`.
+                    unsafe {
+                        crate::dist::driver::run(
+                            &crate::dist::DistConfig::default(),
+                            &shape,
+                            dtype,
+                            &buffers,
+                            GradOptions::OVERWRITE,
+                            gpu,
+                            &mut FakeScratch,
+                            rec,
+                        )
+                    }
+                });
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked} launches checked");
+    println!(
+        "{checked} launches checked; random calls refused so far: {}",
+        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
 /// CWT: the benches' (student, teacher channels) and random ones.
 #[test]
 fn cwt_launches_fit() {
@@ -512,6 +558,16 @@ fn pkd_launches_fit() {
                         )
                     }
                 });
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked} launches checked");
+    println!(
+        "{checked} launches checked; random calls refused so far: {}",
+        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
 /// IFVD: the bench's features with Cityscapes' 19 and ADE20K's 150 classes, edge cases, and random shapes,
 /// channel counts, label resolutions and class counts, every label dtype.
 #[test]

@@ -26,13 +26,22 @@ from .functional import (
     alw_alpha,
     cwd_loss,
     cwt_loss,
+    dist_loss,
     icsd_loss,
     ifvd_loss,
     pixel_kd_loss,
     pkd_loss,
     semckd_loss,
 )
-from .modules import ChannelWiseDivergence, ChannelWiseTransformation, CriterionIFV, KLDivergence, PixelKD, PKDLoss
+from .modules import (
+    ChannelWiseDivergence,
+    ChannelWiseTransformation,
+    CriterionIFV,
+    DISTLoss,
+    KLDivergence,
+    PixelKD,
+    PKDLoss,
+)
 
 __version__ = "0.1.0"
 
@@ -46,12 +55,14 @@ __all__ = [
     "semckd_loss",
     "pkd_loss",
     "ifvd_loss",
+    "dist_loss",
     "CriterionIFV",
     "ChannelWiseTransformation",
     "ChannelWiseDivergence",
     "KLDivergence",
     "PixelKD",
     "PKDLoss",
+    "DISTLoss",
     "KdKernelsError",
     "KdInputError",
     "KernelsUnavailableError",

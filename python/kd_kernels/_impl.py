@@ -124,6 +124,30 @@ def pixel_kd_cuda(student, teacher, tau, loss_weight, reduction, scale_tau2, wan
     return loss, gs
 
 
+# ---- DIST ------------------------------------------------------------------------------------------------
+
+def dist_cpu(student, teacher, tau, inter_loss_weight, intra_loss_weight, loss_weight, want_student):
+    student, teacher = _pair(student, teacher)
+    gs = _grad(student, want_student)
+    value = _c_double()
+    params = _lib.DistParams(tau, inter_loss_weight, intra_loss_weight, loss_weight)
+    _lib.check(_C.kd_dist_cpu(params, _lib.shape_array(student.shape), student.dim(), DTYPE_CODES[student.dtype],
+                              student.data_ptr(), teacher.data_ptr(), _byref(value), _ptr(gs), _OPTIONS))
+    return _cpu_loss(value, student.dtype), gs
+
+
+def dist_cuda(student, teacher, tau, inter_loss_weight, intra_loss_weight, loss_weight, want_student):
+    student, teacher = _pair(student, teacher)
+    gs = _grad(student, want_student)
+    device = student.device
+    loss = torch.empty((), dtype=_F32, device=device)
+    params = _lib.DistParams(tau, inter_loss_weight, intra_loss_weight, loss_weight)
+    _lib.check(_C.kd_dist_cuda(_lib.context(device.index), params, _lib.shape_array(student.shape), student.dim(),
+                               DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(), loss.data_ptr(),
+                               _ptr(gs), 0, _OPTIONS, _stream(device)))
+    return loss, gs
+
+
 # ---- ICSD ------------------------------------------------------------------------------------------------
 
 def icsd_cpu(student, teacher, tau, loss_weight, variant, want_student):

@@ -89,6 +89,14 @@ class IcsdParams(ctypes.Structure):
 class IfvdParams(ctypes.Structure):
     _c_name_ = "kd_ifvd_config"
     _fields_ = [("num_classes", ctypes.c_int64), ("loss_weight", ctypes.c_double)]
+class DistParams(ctypes.Structure):
+    _c_name_ = "kd_dist_config"
+    _fields_ = [
+        ("tau", ctypes.c_double),
+        ("inter_loss_weight", ctypes.c_double),
+        ("intra_loss_weight", ctypes.c_double),
+        ("loss_weight", ctypes.c_double),
+    ]
 
 
 class SemckdParams(ctypes.Structure):
@@ -136,6 +144,9 @@ def _load() -> ctypes.CDLL:
                               ctypes.POINTER(u64), u64, u64, ctypes.POINTER(u64), u64, GradOptions, vp]),
         "kd_cwt_cpu": (i32, [ctypes.POINTER(CwtParams), i64p, size_t, i64p, size_t, i32, vp, vp,
                              ctypes.POINTER(vp), dp, vp, ctypes.POINTER(vp), GradOptions]),
+        "kd_dist_cuda": (i32, [vp, ctypes.POINTER(DistParams), i64p, size_t, i32, u64, u64, u64, u64, u64,
+                               GradOptions, vp]),
+        "kd_dist_cpu": (i32, [ctypes.POINTER(DistParams), i64p, size_t, i32, vp, vp, dp, vp, GradOptions]),
         "kd_icsd_cuda": (i32, [vp, ctypes.POINTER(IcsdParams), i64p, size_t, i32, u64, u64, u64, u64, u64, u64, u64,
                                GradOptions, vp]),
         "kd_icsd_cpu": (i32, [ctypes.POINTER(IcsdParams), i64p, size_t, i32, vp, vp, dp, vp, dp, dp, GradOptions]),

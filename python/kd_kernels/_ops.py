@@ -19,7 +19,7 @@ import torch
 
 from . import _impl
 
-__all__ = ["cwd", "pixel_kd", "icsd", "ifvd", "cwt", "semckd", "pkd", "scaled"]
+__all__ = ["cwd", "pixel_kd", "icsd", "dist", "ifvd", "cwt", "semckd", "pkd", "scaled"]
 
 
 def _filled(impl, like):
@@ -135,6 +135,20 @@ ifvd = _define(
     "(Tensor student, Tensor teacher, Tensor labels, int num_classes, float loss_weight, bool want_student)"
     " -> (Tensor, Tensor)",
     _impl.ifvd_cpu, _impl.ifvd_cuda, _ifvd_fake, _student_only_setup, _ifvd_backward, like=(0,))
+def _dist_fake(student, teacher, tau, inter_loss_weight, intra_loss_weight, loss_weight, want_student):
+    return _loss_like(student), _grad_like(student, want_student)
+
+
+def _dist_backward(ctx, grad_loss, _grad_gs):
+    (gs,) = ctx.saved_tensors
+    return scaled(gs, grad_loss, ctx.needs_input_grad[0]), None, None, None, None, None, None
+
+
+dist = _define(
+    "dist",
+    "(Tensor student, Tensor teacher, float tau, float inter_loss_weight, float intra_loss_weight,"
+    " float loss_weight, bool want_student) -> (Tensor, Tensor)",
+    _impl.dist_cpu, _impl.dist_cuda, _dist_fake, _student_only_setup, _dist_backward, like=(0,))
 
 
 # ---- CWT: the student and the four MLP parameters --------------------------------------------------------

@@ -18,12 +18,14 @@ from ._eager import Fused, plain
 from ._lib import KdInputError
 
 __all__ = [
-    "cwd_loss", "pixel_kd_loss", "cwt_loss", "icsd_loss", "aicsd_loss", "alw_alpha", "semckd_loss", "pkd_loss", "ifvd_loss",
+    "cwd_loss", "pixel_kd_loss", "cwt_loss", "icsd_loss", "aicsd_loss", "alw_alpha", "semckd_loss", "pkd_loss",
+    "ifvd_loss", "dist_loss",
 ]
 
 _CWD = torch.ops.kd_kernels.cwd.default
 _PIXEL_KD = torch.ops.kd_kernels.pixel_kd.default
 _ICSD = torch.ops.kd_kernels.icsd.default
+_DIST = torch.ops.kd_kernels.dist.default
 _CWT = torch.ops.kd_kernels.cwt.default
 _SEMCKD = torch.ops.kd_kernels.semckd.default
 _PKD = torch.ops.kd_kernels.pkd.default
@@ -75,6 +77,28 @@ def pixel_kd_loss(
     want = _grad_enabled() and student.requires_grad
     return _loss(_PIXEL_KD, _impl.pixel_kd_cpu, _impl.pixel_kd_cuda, (0,), (student, teacher),
                  (float(tau), float(loss_weight), reduction, bool(scale_tau2), want), want)
+
+
+def dist_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    tau: float = 1.0,
+    inter_loss_weight: float = 1.0,
+    intra_loss_weight: float = 1.0,
+    loss_weight: float = 1.0,
+) -> torch.Tensor:
+    """DIST, segmentation form (Huang et al., NeurIPS 2022; docs/losses.md §8): per pixel, ``p = softmax`` over
+    the C classes of ``x / tau``; with ``rho`` the Pearson correlation (eps 1e-8 added to the product of the
+    norms), ``loss_weight * tau^2 * (inter_loss_weight * (1 - mean over the N*H*W pixels of rho(pS, pT)
+    across classes) + intra_loss_weight * (1 - mean over the C classes of rho(pS, pT) across all pixels))``.
+
+    With the defaults (all 1) this is DIST_KD's segmentation loss; ``tau`` and ``loss_weight`` act as in
+    mmrazor's ``DISTLoss``. ``[N, C]`` classification logits are ``[N, C, 1, 1]``. The teacher is a constant
+    (no gradient flows into it). Otherwise as :func:`cwd_loss`."""
+    _checks.pair(student, teacher)
+    want = _grad_enabled() and student.requires_grad
+    return _loss(_DIST, _impl.dist_cpu, _impl.dist_cuda, (0,), (student, teacher),
+                 (float(tau), float(inter_loss_weight), float(intra_loss_weight), float(loss_weight), want), want)
 
 
 def cwt_loss(

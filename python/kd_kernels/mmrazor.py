@@ -10,9 +10,11 @@ mmrazor the import does nothing and :func:`register` says why. Names (``type=`` 
 ``KDPixelKD``                   :class:`kd_kernels.PixelKD`
 ``KDChannelWiseTransformation`` :class:`kd_kernels.ChannelWiseTransformation`
 ``KDPKDLoss``                   :class:`kd_kernels.PKDLoss` (mmrazor's arguments)
+``KDDISTLoss``                  :class:`kd_kernels.DISTLoss` (mmrazor's arguments; DIST_KD's form on 4-D logits)
 =============================== ==============================================================
 
-Every registered class has mmrazor's ``forward(preds_S, preds_T)``, which its distillers check
+Every registered class has mmrazor's ``forward(preds_S, preds_T)`` (``KDDISTLoss``: mmrazor's ``DISTLoss``'s
+``forward(logits_S, logits_T)``), which its distillers check
 ``loss_forward_mappings`` against, and takes a tuple of levels where it compares maps level by level (see
 kd_kernels.modules). ``register(replace_mmrazor=True)`` also puts the two with an mmrazor counterpart under
 mmrazor's own names (``ChannelWiseDivergence``, ``KLDivergence``, ``PKDLoss``, with ``force=True``), so existing configs
@@ -48,6 +50,7 @@ KD_MODULES = {
     "KDPixelKD": KDPixelKD,
     "KDChannelWiseTransformation": KDChannelWiseTransformation,
     "KDPKDLoss": modules.PKDLoss,
+    "KDDISTLoss": modules.DISTLoss,
 }
 # The modules whose arguments and results are those of an mmrazor loss of this name.
 MMRAZOR_NAMES = {"ChannelWiseDivergence": modules.ChannelWiseDivergence, "KLDivergence": modules.KLDivergence,

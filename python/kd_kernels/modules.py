@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from ._lib import KdInputError
-from .functional import cwd_loss, cwt_loss, ifvd_loss, pixel_kd_loss, pkd_loss
+from .functional import cwd_loss, cwt_loss, dist_loss, ifvd_loss, pixel_kd_loss, pkd_loss
 
-__all__ = ["ChannelWiseDivergence", "KLDivergence", "PixelKD", "ChannelWiseTransformation", "PKDLoss", "CriterionIFV"]
+__all__ = [
+    "ChannelWiseDivergence", "KLDivergence", "PixelKD", "ChannelWiseTransformation", "PKDLoss", "CriterionIFV", "DISTLoss",
+]
 
 Levels = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -106,6 +108,39 @@ class PixelKD(nn.Module):
     def extra_repr(self) -> str:
         return (f"tau={self.tau}, loss_weight={self.loss_weight}, reduction={self.reduction!r}, "
                 f"scale_tau2={self.scale_tau2}")
+
+
+class DISTLoss(nn.Module):
+    """mmrazor's ``DISTLoss(inter_loss_weight=1.0, intra_loss_weight=1.0, tau=1.0, loss_weight=1.0)``:
+    :func:`kd_kernels.dist_loss`, DIST_KD's segmentation form. ``forward(logits_S, logits_T)`` takes
+    ``[N, C]`` classification logits (then it is mmrazor's loss exactly), ``[N, C, H, W]`` segmentation logits
+    (every pixel a sample, as DIST_KD flattens them: mmrazor's module fed 4-D logits as they are correlates
+    over the batch per (class, pixel) instead, another loss), or tuples of levels (the sum). The teacher is
+    always detached (mmrazor's ``teacher_detach=True``; ``False`` is refused: there is no teacher gradient)."""
+
+    def __init__(self, inter_loss_weight: float = 1.0, intra_loss_weight: float = 1.0, tau: float = 1.0,
+                 loss_weight: float = 1.0, teacher_detach: bool = True):
+        super().__init__()
+        if not teacher_detach:
+            raise KdInputError("teacher_detach=False: kd_kernels' DIST has no teacher gradient; keep the teacher "
+                               "detached")
+        self.inter_loss_weight = inter_loss_weight
+        self.intra_loss_weight = intra_loss_weight
+        self.tau = tau
+        self.loss_weight = loss_weight
+
+    def _loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if student.dim() == 2 and teacher.dim() == 2:
+            student, teacher = student[:, :, None, None], teacher[:, :, None, None]
+        return dist_loss(student, teacher.detach(), tau=self.tau, inter_loss_weight=self.inter_loss_weight,
+                         intra_loss_weight=self.intra_loss_weight, loss_weight=self.loss_weight)
+
+    def forward(self, logits_S: Levels, logits_T: Levels) -> torch.Tensor:  # noqa: N803 (mmrazor's names)
+        return over_levels(self._loss, logits_S, logits_T)
+
+    def extra_repr(self) -> str:
+        return (f"inter_loss_weight={self.inter_loss_weight}, intra_loss_weight={self.intra_loss_weight}, "
+                f"tau={self.tau}, loss_weight={self.loss_weight}")
 
 
 class _Mlp(nn.Module):

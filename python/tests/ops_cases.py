@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-reference")
 from semckd_reference import init_params  # noqa: E402
 
 MLP_NAMES = ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias")
-PAIR_LOSSES = ("cwd", "pixel_kd", "icsd", "aicsd")
+PAIR_LOSSES = ("cwd", "pixel_kd", "icsd", "aicsd", "dist")
 LOSSES = PAIR_LOSSES + ("cwt", "semckd")
 
 
@@ -28,6 +28,7 @@ def pair_loss(name):
         "pixel_kd": lambda s, t: kd_kernels.pixel_kd_loss(s, t, 1.5, 10.0, "batchmean", True),
         "icsd": lambda s, t: kd_kernels.icsd_loss(s, t, 1.0, 95.0, "official"),
         "aicsd": lambda s, t: kd_kernels.aicsd_loss(s, t, 30.0, 1.0, 95.0, 10.0),
+        "dist": lambda s, t: kd_kernels.dist_loss(s, t, 2.0, 1.5, 0.5, 3.0),
     }[name]
 
 

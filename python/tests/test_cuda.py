@@ -2,6 +2,9 @@
 gradients, odd shapes, every dtype), on the current stream, without host synchronisation. Skipped, with the
 reason, where there is no GPU."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from reference import cwd_official, cwt_reference, pixel_kd_official
@@ -20,6 +23,9 @@ if not kd_kernels.kernels_compiled():
 
     pytest.skip("a GPU is present but this build has no kernels (nvcc was not found when it was built)",
                 allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-reference" / "official"))
+from dist_kd_dist import DIST  # noqa: E402
 
 # The repository's tolerance table (src/tolerance.rs): loss, GPU gradients.
 LOSS_TOLERANCE = 1e-4
@@ -43,6 +49,8 @@ CASES = [
      lambda s, t: pixel_kd_official(s, t, 1.0, 10.0, "mean", False), False),
     ("pixel_kd_batchmean_tau4", lambda s, t: kd_kernels.pixel_kd_loss(s, t, 4.0, 1.0, "batchmean", True),
      lambda s, t: pixel_kd_official(s, t, 4.0, 1.0, "batchmean", True), False),
+    ("dist", lambda s, t: kd_kernels.dist_loss(s, t, 2.0, 1.5, 0.5, 3.0),
+     lambda s, t: 3.0 * 2.0**2 * DIST(1.5, 0.5)(s / 2.0, t / 2.0), False),
 ]
 
 

@@ -64,7 +64,8 @@ def test_registers_every_module_under_its_own_name():
     for name, cls in kd_mmrazor.KD_MODULES.items():
         assert MODELS.get(name) is cls
     assert set(kd_mmrazor.KD_MODULES) == {
-        "KDChannelWiseDivergence", "KDKLDivergence", "KDPixelKD", "KDChannelWiseTransformation", "KDPKDLoss"}
+        "KDChannelWiseDivergence", "KDKLDivergence", "KDPixelKD", "KDChannelWiseTransformation", "KDPKDLoss",
+        "KDDISTLoss"}
     # mmrazor's own name is left alone unless asked.
     if KIND == "mmengine":
         assert MODELS.get("ChannelWiseDivergence") is MmrazorChannelWiseDivergence
@@ -104,10 +105,12 @@ def test_the_docs_config_snippet_builds():
 
 def test_forward_signature_is_mmrazors():
     """mmrazor's ConfigurableDistiller checks each ``loss_forward_mappings`` key against the loss's forward
-    parameters: every registered class takes ``preds_S`` and ``preds_T``."""
+    parameters: every registered class takes mmrazor's names, ``preds_S`` and ``preds_T`` (``logits_S`` and
+    ``logits_T`` for DIST, as mmrazor's ``DISTLoss``)."""
     for name, cls in kd_mmrazor.KD_MODULES.items():
         params = list(inspect.signature(cls.forward).parameters)
-        assert params == ["self", "preds_S", "preds_T"], (name, params)
+        want = ["self", "logits_S", "logits_T"] if name == "KDDISTLoss" else ["self", "preds_S", "preds_T"]
+        assert params == want, (name, params)
 
 
 def test_fpn_levels_in_one_call_sum_as_mmrazor_does():

@@ -40,6 +40,8 @@ def op_cases():
             cases.append((f"pixel_kd-{dtype}-{want}", OPS.pixel_kd,
                           (leaf(shape, 3, dtype, want), leaf(shape, 4, dtype, False), 1.5, 10.0, "pixelmean", True,
                            want)))
+            cases.append((f"dist-{dtype}-{want}", OPS.dist,
+                          (leaf(shape, 9, dtype, want), leaf(shape, 10, dtype, False), 2.0, 1.5, 0.5, 3.0, want)))
             cases.append((f"icsd-{dtype}-{want}", OPS.icsd,
                           (leaf(shape, 5, dtype, want), leaf(shape, 6, dtype, False), 1.0, 9500.0, "paper", want)))
             w = [leaf(s, 10 + k, torch.float32, want) for k, s in enumerate(((4, 3, 1, 1), (4,), (2, 4), (2,)))]
@@ -58,7 +60,7 @@ def test_opcheck(op, args):
 
 
 def test_every_loss_is_an_op_with_cpu_and_cuda_kernels():
-    for name in ("cwd", "pixel_kd", "icsd", "cwt", "semckd"):
+    for name in ("cwd", "pixel_kd", "icsd", "dist", "cwt", "semckd"):
         op = getattr(OPS, name).default
         for key in ("CPU", "CUDA", "Meta", "Autograd"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), key), (name, key)
@@ -90,17 +92,18 @@ class OpLog(TorchDispatchMode):
 
 def test_under_a_dispatch_mode_the_public_functions_call_the_ops():
     s, t = leaf((2, 3, 4, 5), 1), leaf((2, 3, 4, 5), 2, grad=False)
-    for name in ("cwd", "pixel_kd", "icsd"):
+    for name in ("cwd", "pixel_kd", "icsd", "dist"):
         with OpLog() as log:
             pair_loss(name)(s, t).backward()
         assert getattr(OPS, name).default in log.seen, (name, log.seen)
 
 
-@pytest.mark.parametrize("name", ["cwd", "pixel_kd", "icsd"])
+@pytest.mark.parametrize("name", ["cwd", "pixel_kd", "icsd", "dist"])
 def test_eager_fast_path_equals_the_op(name):
     """In eager mode with plain tensors the public functions call the op's kernel directly (_eager.py): the
     loss and gradients are those of the op through the dispatcher, bit for bit."""
-    args = {"cwd": (2.0, 3.0), "pixel_kd": (1.5, 10.0, "batchmean", True), "icsd": (1.0, 95.0, "official")}[name]
+    args = {"cwd": (2.0, 3.0), "pixel_kd": (1.5, 10.0, "batchmean", True), "icsd": (1.0, 95.0, "official"),
+            "dist": (2.0, 1.5, 0.5, 3.0)}[name]
     s1, s2 = leaf((2, 3, 4, 5), 1), leaf((2, 3, 4, 5), 1)
     t = leaf((2, 3, 4, 5), 2, grad=False)
     fast = pair_loss(name)(s1, t)

@@ -16,9 +16,21 @@
 //! constant (no teacher gradient).
 
 mod cpu;
+pub(crate) mod driver;
 pub(crate) mod fixture;
+pub(crate) mod plan;
 
 pub use cpu::DistCpu;
+
+/// The DIST family ([`crate::family::Family`]), a pair family: [`DistCuda`] and the host emulation
+/// (`crate::emulator::pair`) take it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dist;
+
+/// DIST on the GPU, with the same surface as [`DistCpu`]: `dist_stats` (per-pixel softmaxes, inter-class
+/// correlations, per-class moments), `dist_finish` (intra-class correlations, loss), then for a gradient
+/// `dist_grad` (`kernels/dist.cu`), on the caller's stream.
+pub type DistCuda = crate::cuda::LossCuda<Dist>;
 
 use crate::error::Result;
 use crate::validate;

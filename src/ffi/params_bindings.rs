@@ -16,6 +16,10 @@ pub const KD_PKD_MAX_LEVELS: u32 = 8;
 pub const KD_PKD_CHUNK: u32 = 4096;
 pub const KD_PKD_STAT_DOUBLES: u32 = 7;
 pub const KD_PKD_COEF_FLOATS: u32 = 12;
+pub const KD_DIST_MAX_CLASSES: u32 = 2048;
+pub const KD_DIST_PIXELS_PER_THREAD: u32 = 2;
+pub const KD_DIST_TILE_PIXELS: u32 = 512;
+pub const KD_DIST_COEFS: u32 = 6;
 pub const KdOutputFlags_KD_WANT_LOSS: KdOutputFlags = 1;
 pub const KdOutputFlags_KD_WANT_GRAD_STUDENT: KdOutputFlags = 2;
 pub const KdOutputFlags_KD_WANT_GRAD_TEACHER: KdOutputFlags = 4;
@@ -1029,4 +1033,104 @@ const _: () = {
     [
         "Offset of field: KdIfvdArgs::p",
     ][::core::mem::offset_of!(KdIfvdArgs, p) - 128usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdDistParams {
+    pub pixels: i64,
+    pub plane: i64,
+    pub classes: i32,
+    pub flags: i32,
+    pub stats_blocks: i32,
+    pub inv_tau: f32,
+    pub inter_loss_weight: f32,
+    pub intra_loss_weight: f32,
+    pub inter_grad_scale: f32,
+    pub intra_grad_scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdDistParams"][::core::mem::size_of::<KdDistParams>() - 48usize];
+    ["Alignment of KdDistParams"][::core::mem::align_of::<KdDistParams>() - 8usize];
+    [
+        "Offset of field: KdDistParams::pixels",
+    ][::core::mem::offset_of!(KdDistParams, pixels) - 0usize];
+    [
+        "Offset of field: KdDistParams::plane",
+    ][::core::mem::offset_of!(KdDistParams, plane) - 8usize];
+    [
+        "Offset of field: KdDistParams::classes",
+    ][::core::mem::offset_of!(KdDistParams, classes) - 16usize];
+    [
+        "Offset of field: KdDistParams::flags",
+    ][::core::mem::offset_of!(KdDistParams, flags) - 20usize];
+    [
+        "Offset of field: KdDistParams::stats_blocks",
+    ][::core::mem::offset_of!(KdDistParams, stats_blocks) - 24usize];
+    [
+        "Offset of field: KdDistParams::inv_tau",
+    ][::core::mem::offset_of!(KdDistParams, inv_tau) - 28usize];
+    [
+        "Offset of field: KdDistParams::inter_loss_weight",
+    ][::core::mem::offset_of!(KdDistParams, inter_loss_weight) - 32usize];
+    [
+        "Offset of field: KdDistParams::intra_loss_weight",
+    ][::core::mem::offset_of!(KdDistParams, intra_loss_weight) - 36usize];
+    [
+        "Offset of field: KdDistParams::inter_grad_scale",
+    ][::core::mem::offset_of!(KdDistParams, inter_grad_scale) - 40usize];
+    [
+        "Offset of field: KdDistParams::intra_grad_scale",
+    ][::core::mem::offset_of!(KdDistParams, intra_grad_scale) - 44usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdDistArgs {
+    pub student: u64,
+    pub teacher: u64,
+    pub grad_student: u64,
+    pub loss: u64,
+    pub upstream: u64,
+    pub moments: u64,
+    pub pixel_rho: u64,
+    pub class_rho: u64,
+    pub coefs: u64,
+    pub counter: u64,
+    pub p: KdDistParams,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdDistArgs"][::core::mem::size_of::<KdDistArgs>() - 128usize];
+    ["Alignment of KdDistArgs"][::core::mem::align_of::<KdDistArgs>() - 8usize];
+    [
+        "Offset of field: KdDistArgs::student",
+    ][::core::mem::offset_of!(KdDistArgs, student) - 0usize];
+    [
+        "Offset of field: KdDistArgs::teacher",
+    ][::core::mem::offset_of!(KdDistArgs, teacher) - 8usize];
+    [
+        "Offset of field: KdDistArgs::grad_student",
+    ][::core::mem::offset_of!(KdDistArgs, grad_student) - 16usize];
+    [
+        "Offset of field: KdDistArgs::loss",
+    ][::core::mem::offset_of!(KdDistArgs, loss) - 24usize];
+    [
+        "Offset of field: KdDistArgs::upstream",
+    ][::core::mem::offset_of!(KdDistArgs, upstream) - 32usize];
+    [
+        "Offset of field: KdDistArgs::moments",
+    ][::core::mem::offset_of!(KdDistArgs, moments) - 40usize];
+    [
+        "Offset of field: KdDistArgs::pixel_rho",
+    ][::core::mem::offset_of!(KdDistArgs, pixel_rho) - 48usize];
+    [
+        "Offset of field: KdDistArgs::class_rho",
+    ][::core::mem::offset_of!(KdDistArgs, class_rho) - 56usize];
+    [
+        "Offset of field: KdDistArgs::coefs",
+    ][::core::mem::offset_of!(KdDistArgs, coefs) - 64usize];
+    [
+        "Offset of field: KdDistArgs::counter",
+    ][::core::mem::offset_of!(KdDistArgs, counter) - 72usize];
+    ["Offset of field: KdDistArgs::p"][::core::mem::offset_of!(KdDistArgs, p) - 80usize];
 };

@@ -9,6 +9,7 @@ mod semckd_support;
 
 mod checks;
 mod cwt;
+mod dist;
 mod icsd;
 mod ifvd;
 mod pair;

@@ -12,6 +12,7 @@
 mod common;
 mod cwd;
 mod cwt;
+mod dist;
 mod fixtures;
 mod harness;
 mod icsd;
@@ -32,6 +33,7 @@ const FAMILIES: &[&[(&str, harness::TestFn)]] = &[
     cwt::TESTS,
     pkd::TESTS,
     ifvd::TESTS,
+    dist::TESTS,
     pair::LAST,
 ];
 

@@ -157,12 +157,14 @@ pub(crate) use pair_loss_adapter;
 
 mod cwd;
 mod cwt;
+mod dist;
 mod icsd;
 mod pixel_kd;
 mod semckd;
 
 pub use cwd::Cwd;
 pub use cwt::Cwt;
+pub use dist::Dist;
 pub use icsd::{Aicsd, Icsd};
 pub use pixel_kd::PixelKd;
 pub use semckd::{Semckd, SemckdTensors};

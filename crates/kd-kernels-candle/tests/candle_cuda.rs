@@ -14,6 +14,7 @@ const TESTS: &[(&str, Check)] = &[
     ("cwd_matches_candle_autograd", support::check_cwd),
     ("pixel_kd_matches_candle_autograd", support::check_pixel_kd),
     ("icsd_matches_candle_autograd", support::check_icsd),
+    ("dist_matches_candle_autograd", support::check_dist),
     ("aicsd_matches_candle_autograd", support::check_aicsd),
     ("cwt_matches_candle_autograd_into_every_parameter", support::check_cwt),
     ("semckd_matches_candle_autograd_into_every_input", support::semckd::check_semckd),

@@ -28,6 +28,11 @@ fn icsd_matches_candle_autograd() {
 }
 
 #[test]
+fn dist_matches_candle_autograd() {
+    run(support::check_dist);
+}
+
+#[test]
 fn aicsd_matches_candle_autograd() {
     run(support::check_aicsd);
 }

@@ -2,6 +2,7 @@
 
 use std::ffi::c_void;
 
+use kd::family::PairFamily;
 use kd::half::{bf16, f16};
 use kd::ndarray::{Array4, ArrayView4};
 use kd::shape::Nchw;
@@ -77,5 +78,35 @@ pub(crate) unsafe fn store<T: Element>(out: *mut c_void, grad: &Array4<f64>, opt
     for (o, &g) in out.iter_mut().zip(grad.iter()) {
         let value = options.scale * g;
         *o = T::round_from(if options.accumulate { o.to_f64() + value } else { value });
+    }
+}
+
+/// A CPU call of a pair family (its f64 reference's `forward_backward`): the loss into `*loss` when not
+/// null, the student gradient into `grad_student` when not null.
+pub(crate) struct PairCall<F: PairFamily> {
+    pub(crate) config: F::Config,
+    pub(crate) shape: Nchw,
+    pub(crate) student: *const c_void,
+    pub(crate) teacher: *const c_void,
+    pub(crate) loss: *mut f64,
+    pub(crate) grad_student: *mut c_void,
+    pub(crate) options: GradOptions,
+}
+
+impl<F: PairFamily> PerElement for PairCall<F> {
+    fn run<T: Element>(self) -> crate::Outcome {
+        // SAFETY: the entry point's contract: host tensors of `shape` in this dtype.
+        let student = unsafe { view::<T>("student", self.student, &self.shape)? };
+        let teacher = unsafe { view::<T>("teacher", self.teacher, &self.shape)? };
+        let out = F::cpu(&self.config, student, teacher)?;
+        if !self.grad_student.is_null() {
+            // SAFETY: the entry point's contract: a writable gradient of `shape` in this dtype.
+            unsafe { store::<T>(self.grad_student, &out.grad_student, self.options) };
+        }
+        if !self.loss.is_null() {
+            // SAFETY: the entry point's contract.
+            unsafe { *self.loss = out.loss };
+        }
+        Ok(())
     }
 }

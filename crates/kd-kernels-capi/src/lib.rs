@@ -17,6 +17,7 @@ mod context;
 mod cpu;
 mod cwd;
 mod cwt;
+mod dist;
 mod icsd;
 mod ifvd;
 mod pixel_kd;
@@ -33,6 +34,7 @@ use kd::{DType, GradOptions, KdError};
 pub use context::{kd_context_create, kd_context_destroy, KdContext};
 pub use cwd::{kd_cwd_cpu, kd_cwd_cuda, KdCwdConfig};
 pub use cwt::{kd_cwt_cpu, kd_cwt_cuda, KdCwtConfig, KdCwtNormalize, KD_CWT_NORMALIZE_BATCH, KD_CWT_NORMALIZE_MEAN};
+pub use dist::{kd_dist_cpu, kd_dist_cuda, KdDistConfig};
 pub use icsd::{kd_icsd_cpu, kd_icsd_cuda, KdIcsdConfig, KdIcsdVariant, KD_ICSD_OFFICIAL, KD_ICSD_PAPER};
 pub use ifvd::{kd_ifvd_cpu, kd_ifvd_cuda, KdIfvdConfig, KdLabelDtype, KD_LABEL_I32, KD_LABEL_I64, KD_LABEL_U8};
 pub use pixel_kd::{

@@ -9,6 +9,7 @@ use std::process::Command;
 
 use kd::cwd::{CwdConfig, CwdCpu};
 use kd::cwt::{CwtConfig, CwtCpu, CwtNormalize, MlpParams};
+use kd::dist::{DistConfig, DistCpu};
 use kd::icsd::{IcsdConfig, IcsdCpu};
 use kd::ifvd::{IfvdConfig, IfvdCpu};
 use kd::ndarray::{Array1, Array2, Array3, Array4};
@@ -148,6 +149,17 @@ fn c_program_gets_the_reference_results_and_the_crates_errors() {
     let got = numbers(&lines["pixel_kd_loss"])[0];
     assert_eq!(got, pixel);
     assert!((got - formula).abs() <= 1e-12 * formula, "{got} vs the formula's {formula}");
+
+    // DIST, f32 in: the reference's loss unchanged and its gradient rounded once.
+    assert_eq!(status(&lines, "dist_cpu"), (0, String::new()));
+    let config = DistConfig { tau: 2.0, beta: 1.5, gamma: 0.5, loss_weight: 3.0 };
+    let dist = DistCpu::new(config).unwrap().forward_backward(student.view(), teacher.view()).unwrap();
+    assert_eq!(numbers(&lines["dist_loss"])[0], dist.loss);
+    let grad: Vec<f32> = lines["dist_grad"].split_whitespace().map(|v| v.parse().expect("an f32")).collect();
+    assert_eq!(grad.len(), dist.grad_student.len());
+    for (got, want) in grad.iter().zip(dist.grad_student.iter()) {
+        assert_eq!(*got, *want as f32);
+    }
 
     // CWT, checked against the Rust reference on the same values.
     assert_eq!(status(&lines, "cwt_cpu"), (0, String::new()));

@@ -54,6 +54,15 @@ int main(void) {
     print_status("pixel_kd_cpu", kd_pixel_kd_cpu(&pixel, shape, 4, KD_DTYPE_F32, student, teacher, &loss, NULL, overwrite));
     printf("pixel_kd_loss %.17g\n", loss);
 
+    {
+        const kd_dist_config dist = {2.0, 1.5, 0.5, 3.0};
+        print_status("dist_cpu", kd_dist_cpu(&dist, shape, 4, KD_DTYPE_F32, student, teacher, &loss, grad, overwrite));
+        printf("dist_loss %.17g\n", loss);
+        printf("dist_grad");
+        for (i = 0; i < NUMEL; i++) printf(" %.9g", grad[i]);
+        printf("\n");
+    }
+
     /* CWT: student [2, 3, 4, 5] -> hidden 4 -> teacher [2, 2, 4, 5]. */
     {
         static float cwt_teacher[N * 2 * H * W], w1[4 * 3], b1[4], w2[2 * 4], b2[2];
@@ -105,6 +114,8 @@ int main(void) {
         for (i = 0; i < 24; i++) printf(" %.9g", grad1[i]);
         printf("\n");
         print_status("bad_pkd_level", kd_pkd_cpu(&pkd, 2, levels, resized, KD_DTYPE_F32, s, t, &loss, g, overwrite));
+    }
+
     /* IFVD with uint8 labels (255 ignored); an unknown label dtype. */
     {
         static uint8_t labels[N * H * W];
