@@ -42,6 +42,15 @@ constexpr int kTilePixels = KD_DIST_TILE_PIXELS;
 constexpr int kMoments = 5;
 constexpr double kEps = 1e-8;  // added to the product of the norms, as the official code does
 
+// 1 / x in double for x within the normal float range, without a division: the IEEE double division's
+// out-of-line slow path spills registers on sm_80 (the build refuses spills). A float seed from exp2/log2
+// (relative error about 1e-7) and two Newton steps give the double result to about 1e-15.
+__device__ __forceinline__ double recip(double x) {
+    double r = static_cast<double>(exp2f(-log2f(static_cast<float>(x))));
+    r = r * (2.0 - x * r);
+    return r * (2.0 - x * r);
+}
+
 // The softmax of one pixel, enough to give q_c and p_c of any of its classes.
 struct PixelSoftmax {
     float m;        // max of the logits (input units)
@@ -69,7 +78,7 @@ __device__ __forceinline__ PixelSoftmax pixel_softmax(const T* __restrict__ x, i
         sum += expf(d);
         sum_u += expm1f(d);
     }
-    return {m, static_cast<float>(1.0 / sum), static_cast<float>(sum_u / classes)};
+    return {m, static_cast<float>(recip(sum)), static_cast<float>(sum_u * recip(classes))};
 }
 
 // The same softmax, computed by the whole block (threads stride over the classes), identical in every
@@ -95,22 +104,24 @@ __device__ __forceinline__ PixelSoftmax block_pixel_softmax2(const T* __restrict
     }
     kd::block_sum3(ss, us, unused);
     kd::block_sum3(st, ut, unused);
-    soft_t = {mt, static_cast<float>(1.0 / st), static_cast<float>(ut / classes)};
-    return {ms, static_cast<float>(1.0 / ss), static_cast<float>(us / classes)};
+    const double inv_classes = recip(classes);
+    soft_t = {mt, static_cast<float>(recip(st)), static_cast<float>(ut * inv_classes)};
+    return {ms, static_cast<float>(recip(ss)), static_cast<float>(us * inv_classes)};
 }
 
 // The Pearson correlation of two centred vectors from their dot product and squared norms, and the two
 // coefficients of its derivative with respect to the first, d rho / d a_i = b_i * inv_den - second * a_i.
 // Where a is constant (|a| = 0) the second term, which vanishes as a approaches a constant, is left out
-// rather than evaluated as 0/0 (PyTorch's norm backward does the same).
+// rather than evaluated as 0/0 (PyTorch's norm backward does the same); it is left out as well below
+// |a| = 1e-30, where it is at most |a| |b|^2 / eps^2 < 1e-13, against the first term's |b| / eps.
 struct Correlation {
     double rho, inv_den, second;
 };
 
 __device__ __forceinline__ Correlation correlation(double dot, double na2, double nb2) {
     const double na = sqrt(fmax(na2, 0.0)), nb = sqrt(fmax(nb2, 0.0));
-    const double den = na * nb + kEps;
-    return {dot / den, 1.0 / den, na > 0.0 ? dot * nb / (na * den * den) : 0.0};
+    const double inv_den = recip(na * nb + kEps);
+    return {dot * inv_den, inv_den, na > 1e-30 ? dot * nb * recip(na) * inv_den * inv_den : 0.0};
 }
 
 // Element (n, 0, h, w) of pixel `pix` = n * plane + hw.
@@ -247,8 +258,8 @@ template <typename T> __device__ void dist_finish(const KdDistArgs& args) {
         for (int k = 0; k < kMoments; ++k) m[k] = acc[k];
     }
     if (threadIdx.x == 0) {
-        const double count = static_cast<double>(p.pixels);
-        const double mean_x = m[0] / count, mean_y = m[1] / count;
+        const double inv_count = recip(static_cast<double>(p.pixels));
+        const double mean_x = m[0] * inv_count, mean_y = m[1] * inv_count;
         const Correlation r =
             correlation(m[4] - m[0] * mean_y, m[2] - m[0] * mean_x, m[3] - m[1] * mean_y);
         float* coefs = kd::ptr<float>(args.coefs) + static_cast<int64_t>(c) * KD_DIST_COEFS;
@@ -263,8 +274,8 @@ template <typename T> __device__ void dist_finish(const KdDistArgs& args) {
         const double pixel_rho = block_sum_of_doubles(kd::ptr<const double>(args.pixel_rho), blocks);
         const double class_rho = block_sum_of_doubles(kd::ptr<const double>(args.class_rho), p.classes);
         if (threadIdx.x == 0) {
-            const double inter = 1.0 - pixel_rho / static_cast<double>(p.pixels);
-            const double intra = 1.0 - class_rho / static_cast<double>(p.classes);
+            const double inter = 1.0 - pixel_rho * recip(static_cast<double>(p.pixels));
+            const double intra = 1.0 - class_rho * recip(static_cast<double>(p.classes));
             *kd::ptr<float>(args.loss) = static_cast<float>(static_cast<double>(p.inter_loss_weight) * inter +
                                                             static_cast<double>(p.intra_loss_weight) * intra);
         }
