@@ -21,7 +21,8 @@ use kd_kernels::testing::SplitMix64;
 use kd_kernels::KdFloat;
 
 /// (name, student [N, Cs, H, W], teacher channels, labels [Hl, Wl], classes).
-const SHAPES: [(&str, [usize; 4], usize, [usize; 2], usize); 2] = [
+type Shape = (&'static str, [usize; 4], usize, [usize; 2], usize);
+const SHAPES: [Shape; 2] = [
     ("cityscapes_8x256x64x128_k19", [8, 256, 64, 128], 256, [512, 1024], 19),
     ("ade20k_8x256x64x128_k150", [8, 256, 64, 128], 256, [512, 1024], 150),
 ];

@@ -574,7 +574,9 @@ fn pkd_launches_fit() {
 fn ifvd_launches_fit() {
     use crate::family::{Family, RawCall};
     use crate::ifvd::{check_shapes, Ifvd, IfvdConfig, IfvdRawBuffers, LabelDType};
-    let mut cases: Vec<([usize; 4], usize, [usize; 2], usize, bool)> = vec![
+    /// (student dims, teacher channels, label plane, classes, required).
+    type Case = ([usize; 4], usize, [usize; 2], usize, bool);
+    let mut cases: Vec<Case> = vec![
         ([8, 256, 64, 128], 256, [512, 1024], 19, true),
         ([8, 256, 64, 128], 512, [512, 512], 150, true),
         ([16, 512, 128, 128], 2048, [512, 512], 150, true),
