@@ -203,42 +203,55 @@ template <typename T> __device__ void ifvd_sums(const KdIfvdArgs& a) {
     }
 }
 
-// The pixels of class k in image n over every chunk (0: the class is absent and nothing reads its slots).
-__device__ __forceinline__ uint64_t class_count(const KdIfvdArgs& a, int64_t n, int64_t k) {
-    const unsigned* counts = kd::ptr<const unsigned>(a.counts) + n * a.p.chunks * a.p.classes + k;
-    uint64_t total = 0;
-    for (int64_t q = 0; q < a.p.chunks; ++q) total += counts[q * a.p.classes];
-    return total;
-}
+// The (image, class) of a finisher block: where its chunk slots start (the chunks of one image are
+// `classes` slots apart), its pixel count over every chunk and that count + 1e-6. An absent class (count 0)
+// has nothing to finish: no pixel reads its slots.
+struct ClassBlock {
+    int64_t n, k, slot0, cls;  // image, class, first chunk slot, the (image, class) index
+    uint64_t count;
+    double denom;
+    __device__ __forceinline__ explicit ClassBlock(const KdIfvdArgs& a) {
+        const KdIfvdParams& p = a.p;
+        n = blockIdx.x / p.classes;
+        k = blockIdx.x % p.classes;
+        slot0 = n * p.chunks * p.classes + k;
+        cls = n * p.classes + k;
+        const unsigned* counts = kd::ptr<const unsigned>(a.counts) + slot0;
+        count = 0;
+        for (int64_t q = 0; q < p.chunks; ++q) count += counts[q * p.classes];
+        denom = static_cast<double>(count) + kCountEps;
+    }
+    // Whether chunk q holds pixels of the class (only then were its partials written).
+    __device__ __forceinline__ bool in_chunk(const KdIfvdArgs& a, int64_t q) const {
+        return kd::ptr<const unsigned>(a.counts)[slot0 + q * a.p.classes] != 0;
+    }
+};
 
 // =========================================================================================================
 // 2. Prototypes and their norms.
 
 template <typename T> __device__ void ifvd_protos(const KdIfvdArgs& a) {
     const KdIfvdParams& p = a.p;
-    const int64_t n = blockIdx.x / p.classes, k = blockIdx.x % p.classes;
-    const uint64_t count = class_count(a, n, k);
-    if (count == 0) return;
-    const double denom = static_cast<double>(count) + kCountEps;
+    const ClassBlock b(a);
+    if (b.count == 0) return;
     const int cs = p.student_channels;
     const int64_t width = static_cast<int64_t>(cs) + p.teacher_channels;
-    const unsigned* counts = kd::ptr<const unsigned>(a.counts) + n * p.chunks * p.classes + k;
-    const float* sums = kd::ptr<const float>(a.sums) + (n * p.chunks * p.classes + k) * width;
-    float* proto = kd::ptr<float>(a.protos) + (n * p.classes + k) * width;
+    const float* sums = kd::ptr<const float>(a.sums) + b.slot0 * width;
+    float* proto = kd::ptr<float>(a.protos) + b.cls * width;
     double sq_s = 0.0, sq_t = 0.0;
     for (int64_t c = threadIdx.x; c < width; c += kBlockThreads) {
         double s = 0.0;
         for (int64_t q = 0; q < p.chunks; ++q) {
-            if (counts[q * p.classes] != 0) s += sums[q * p.classes * width + c];
+            if (b.in_chunk(a, q)) s += sums[q * p.classes * width + c];
         }
-        const float v = static_cast<float>(s / denom);
+        const float v = static_cast<float>(s / b.denom);
         proto[c] = v;
         (c < cs ? sq_s : sq_t) += static_cast<double>(v) * v;
     }
     sq_s = kd::block_sum(sq_s);
     sq_t = kd::block_sum(sq_t);
     if (threadIdx.x == 0) {
-        float* norms = kd::ptr<float>(a.proto_norms) + (n * p.classes + k) * 2;
+        float* norms = kd::ptr<float>(a.proto_norms) + b.cls * 2;
         norms[0] = static_cast<float>(sqrt(sq_s));
         norms[1] = static_cast<float>(sqrt(sq_t));
     }
@@ -364,31 +377,27 @@ template <typename T> __device__ void ifvd_cosines(const KdIfvdArgs& a) {
 
 template <typename T> __device__ void ifvd_proto_grad(const KdIfvdArgs& a) {
     const KdIfvdParams& p = a.p;
-    const int64_t n = blockIdx.x / p.classes, k = blockIdx.x % p.classes;
-    const uint64_t count = class_count(a, n, k);
-    if (count == 0) return;
-    const double denom = static_cast<double>(count) + kCountEps;
+    const ClassBlock b(a);
+    if (b.count == 0) return;
     const int cs = p.student_channels;
     const int64_t width = static_cast<int64_t>(cs) + p.teacher_channels;
-    const int64_t slot0 = n * p.chunks * p.classes + k;
-    const unsigned* counts = kd::ptr<const unsigned>(a.counts) + slot0;
-    const float* moments = kd::ptr<const float>(a.moments) + slot0;
-    const float* wsums = kd::ptr<const float>(a.sums) + slot0 * cs;
+    const float* moments = kd::ptr<const float>(a.moments) + b.slot0;
+    const float* wsums = kd::ptr<const float>(a.sums) + b.slot0 * cs;
     double moment = 0.0;
     for (int64_t q = 0; q < p.chunks; ++q) {
-        if (counts[q * p.classes] != 0) moment += moments[q * p.classes];
+        if (b.in_chunk(a, q)) moment += moments[q * p.classes];
     }
-    const double nb = kd::ptr<const float>(a.proto_norms)[(n * p.classes + k) * 2];
+    const double nb = kd::ptr<const float>(a.proto_norms)[b.cls * 2];
     const double cb = nb > kCosEps ? nb : kCosEps;
     const double radial = nb > 0.0 ? moment / (cb * nb) : 0.0;
-    const float* proto = kd::ptr<const float>(a.protos) + (n * p.classes + k) * width;
-    float* out = kd::ptr<float>(a.proto_grad) + (n * p.classes + k) * cs;
+    const float* proto = kd::ptr<const float>(a.protos) + b.cls * width;
+    float* out = kd::ptr<float>(a.proto_grad) + b.cls * cs;
     for (int64_t c = threadIdx.x; c < cs; c += kBlockThreads) {
         double s = 0.0;
         for (int64_t q = 0; q < p.chunks; ++q) {
-            if (counts[q * p.classes] != 0) s += wsums[q * p.classes * cs + c];
+            if (b.in_chunk(a, q)) s += wsums[q * p.classes * cs + c];
         }
-        out[c] = static_cast<float>((s / cb - radial * proto[c]) / denom);
+        out[c] = static_cast<float>((s / cb - radial * proto[c]) / b.denom);
     }
 }
 
