@@ -7,12 +7,18 @@ use super::{CirkdConfig, CirkdCpu, CirkdPool};
 use crate::cpu::CpuOutput;
 use crate::dtype::KdFloat;
 use crate::error::KdError;
+use crate::fixture::ExampleSpec;
 use crate::fixture::{Fixture, FixtureCase, FixtureError, FixtureFamily};
 use crate::relation::fixture::{RelationCase, RelationReference};
 
 pub(crate) struct CirkdFixtures;
 
 impl FixtureFamily for CirkdFixtures {
+    fn example(&self, small: bool) -> ExampleSpec {
+        let ([n, h, w], [cs, ct]) = if small { ([2, 5, 7], [3, 4]) } else { ([2, 32, 64], [32, 64]) };
+        ExampleSpec::student_teacher("feature maps, every image pair", [n, cs, h, w], [n, ct, h, w])
+    }
+
     fn has_kernels(&self) -> bool {
         false
     }

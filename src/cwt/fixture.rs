@@ -7,6 +7,7 @@ use super::{CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtParamBuffers, CwtParamG
 use crate::dtype::{self, DType, KdFloat, PerDtype};
 use crate::error::KdError;
 use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::fixture::{ExampleInput, ExampleSpec};
 use crate::shape::Nchw;
 
 pub(crate) struct CwtFixtures;
@@ -14,6 +15,15 @@ pub(crate) struct CwtFixtures;
 const PARAMS: [&str; 4] = ["mlp.linear1.weight", "mlp.linear1.bias", "mlp.linear2.weight", "mlp.linear2.bias"];
 
 impl FixtureFamily for CwtFixtures {
+    fn example(&self, small: bool) -> ExampleSpec {
+        let ([n, h, w], [cs, ch, ct]) = if small { ([2, 3, 5], [3, 4, 5]) } else { ([4, 32, 64], [64, 128, 128]) };
+        ExampleSpec::student_teacher("feature maps, 64 -> 128 channels", [n, cs, h, w], [n, ct, h, w])
+            .input(PARAMS[0], ExampleInput::Float { shape: vec![ch, cs], scale: (cs as f64).recip().sqrt() })
+            .input(PARAMS[1], ExampleInput::float(&[ch]))
+            .input(PARAMS[2], ExampleInput::Float { shape: vec![ct, ch], scale: (ch as f64).recip().sqrt() })
+            .input(PARAMS[3], ExampleInput::float(&[ct]))
+    }
+
     fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
         let d = CwtConfig::default();
         let normalize = match fixture.param_word("normalize") {

@@ -3,11 +3,17 @@
 
 use super::{Dist, DistConfig};
 use crate::fixture::pair::PairCase;
+use crate::fixture::ExampleSpec;
 use crate::fixture::{Fixture, FixtureCase, FixtureError, FixtureFamily};
 
 pub(crate) struct DistFixtures;
 
 impl FixtureFamily for DistFixtures {
+    fn example(&self, small: bool) -> ExampleSpec {
+        let shape = if small { [2, 3, 5, 7] } else { [8, 19, 64, 128] };
+        ExampleSpec::student_teacher("cityscapes logits at 1/8", shape, shape)
+    }
+
     fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
         let (shape, dtype) = fixture.input_pair()?;
         let d = DistConfig::default();

@@ -4,12 +4,18 @@
 use super::{IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
 use crate::dtype::{self, DType, KdFloat, PerDtype};
 use crate::error::KdError;
+use crate::fixture::ExampleSpec;
 use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
 use crate::shape::Nchw;
 
 pub(crate) struct IcsdFixtures;
 
 impl FixtureFamily for IcsdFixtures {
+    fn example(&self, small: bool) -> ExampleSpec {
+        let shape = if small { [2, 3, 5, 7] } else { [6, 21, 65, 65] };
+        ExampleSpec::student_teacher("pascal logits (21 classes), official", shape, shape)
+    }
+
     fn extra_outputs(&self) -> &'static [&'static str] {
         &["sim.student", "sim.teacher"]
     }

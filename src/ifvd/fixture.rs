@@ -7,11 +7,20 @@ use ndarray::{ArrayView3, ArrayView4};
 use super::{check_shapes, IfvdConfig, IfvdCpu, IfvdCuda, IfvdLabels, IfvdShapes, LabelDType};
 use crate::dtype::{self, DType, KdFloat, PerDtype};
 use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::fixture::{ExampleInput, ExampleSpec};
 use crate::KdError;
 
 pub(crate) struct IfvdFixtures;
 
 impl FixtureFamily for IfvdFixtures {
+    fn example(&self, small: bool) -> ExampleSpec {
+        let ([n, c, h, w], labels, classes) =
+            if small { ([2, 3, 5, 7], [9, 13], 4) } else { ([4, 256, 64, 128], [512, 1024], 19) };
+        ExampleSpec::student_teacher("cityscapes features, 19 classes", [n, c, h, w], [n, c, h, w])
+            .input("labels", ExampleInput::Labels { shape: vec![n, labels[0], labels[1]], classes })
+            .param("num_classes", classes)
+    }
+
     fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
         let Some(classes) = fixture.param_word("num_classes") else {
             return err("metadata has no `num_classes` entry (IFVD has no default class count)");

@@ -3,11 +3,17 @@
 
 use super::{PixelKd, PixelKdConfig, Reduction};
 use crate::fixture::pair::PairCase;
+use crate::fixture::ExampleSpec;
 use crate::fixture::{Fixture, FixtureCase, FixtureError, FixtureFamily};
 
 pub(crate) struct PixelKdFixtures;
 
 impl FixtureFamily for PixelKdFixtures {
+    fn example(&self, small: bool) -> ExampleSpec {
+        let shape = if small { [2, 3, 5, 7] } else { [8, 19, 64, 128] };
+        ExampleSpec::student_teacher("cityscapes logits at 1/8", shape, shape)
+    }
+
     fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
         let (shape, dtype) = fixture.input_pair()?;
         let d = PixelKdConfig::default();

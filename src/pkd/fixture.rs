@@ -8,6 +8,7 @@ use super::{check_levels, PkdConfig, PkdCpu, PkdCuda, PkdLevels};
 use crate::dtype::{self, DType, KdFloat, PerDtype};
 use crate::error::KdError;
 use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::fixture::{ExampleInput, ExampleSpec};
 use crate::shape::Nchw;
 
 pub(crate) struct PkdFixtures;
@@ -24,6 +25,22 @@ fn num_levels(fixture: &Fixture) -> Result<usize, FixtureError> {
 }
 
 impl FixtureFamily for PkdFixtures {
+    fn example(&self, small: bool) -> ExampleSpec {
+        // RetinaNet's FPN on 800 x 1216 images (strides 8 to 128), or three small odd levels.
+        let (n, c, levels): (usize, usize, &[[usize; 2]]) = if small {
+            (2, 3, &[[5, 7], [3, 4], [1, 2]])
+        } else {
+            (2, 256, &[[100, 152], [50, 76], [25, 38], [13, 19], [7, 10]])
+        };
+        let mut spec = ExampleSpec::new("detector FPN, 5 levels");
+        for (l, [h, w]) in levels.iter().enumerate() {
+            spec = spec
+                .input(format!("student.{l}"), ExampleInput::float(&[n, c, *h, *w]))
+                .input(format!("teacher.{l}"), ExampleInput::float(&[n, c, *h, *w]));
+        }
+        spec
+    }
+
     fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
         let levels = num_levels(fixture)?;
         if levels == 0 {

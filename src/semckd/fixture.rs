@@ -13,6 +13,7 @@ use super::{
 use crate::dtype::{self, DType, KdFloat, PerDtype};
 use crate::error::KdError;
 use crate::fixture::{err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::fixture::{ExampleInput, ExampleSpec};
 use crate::grad::GradOptions;
 
 pub(crate) struct SemckdFixtures;
@@ -32,6 +33,35 @@ fn count(fixture: &Fixture, param: &str, prefix: &str) -> Result<usize, FixtureE
 }
 
 impl FixtureFamily for SemckdFixtures {
+    fn example(&self, small: bool) -> ExampleSpec {
+        // A CIFAR-style ResNet pair: three stages, the teacher four times as wide.
+        let (batch, student, teacher) = if small {
+            (4, vec![[3, 5, 5], [4, 3, 3]], vec![[5, 5, 5], [2, 2, 2]])
+        } else {
+            (16, vec![[64, 32, 32], [128, 16, 16], [256, 8, 8]], vec![[256, 32, 32], [512, 16, 16], [1024, 8, 8]])
+        };
+        let layers = SemckdLayers { batch, embed_dim: batch / 4, student, teacher };
+        let (s, t) = (layers.students(), layers.teachers());
+        let mut spec = ExampleSpec::new("resnet stages, batch 16");
+        for i in 0..s {
+            spec = spec.input(format!("student.{i}"), ExampleInput::float(&layers.student_shape(i)));
+            for j in 0..t {
+                spec = spec.input(format!("student_proj.{i}.{j}"), ExampleInput::float(&layers.pair_shape(i, j)));
+            }
+        }
+        for j in 0..t {
+            spec = spec.input(format!("teacher.{j}"), ExampleInput::float(&layers.teacher_shape(j)));
+        }
+        let mlps = (0..s).map(|i| format!("query.{i}")).chain((0..t).map(|j| format!("key.{j}")));
+        for mlp in mlps {
+            for (param, shape) in PARAMS.iter().zip(layers.embed_shapes()) {
+                let scale = if shape.len() == 2 { (shape[1] as f64).recip().sqrt() } else { 0.1 };
+                spec = spec.input(format!("{mlp}.{param}"), ExampleInput::Float { shape, scale });
+            }
+        }
+        spec
+    }
+
     fn extra_outputs(&self) -> &'static [&'static str] {
         &["attention"]
     }

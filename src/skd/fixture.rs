@@ -7,12 +7,18 @@ use super::{SkdConfig, SkdCpu, SkdPool};
 use crate::cpu::CpuOutput;
 use crate::dtype::KdFloat;
 use crate::error::KdError;
+use crate::fixture::ExampleSpec;
 use crate::fixture::{Fixture, FixtureCase, FixtureError, FixtureFamily};
 use crate::relation::fixture::{RelationCase, RelationReference};
 
 pub(crate) struct SkdFixtures;
 
 impl FixtureFamily for SkdFixtures {
+    fn example(&self, small: bool) -> ExampleSpec {
+        let ([n, h, w], [cs, ct]) = if small { ([2, 5, 7], [3, 4]) } else { ([4, 64, 128], [64, 128]) };
+        ExampleSpec::student_teacher("feature maps at 1/8, pooled 2x2", [n, cs, h, w], [n, ct, h, w])
+    }
+
     fn has_kernels(&self) -> bool {
         false
     }

@@ -505,3 +505,33 @@ fn verify_skip_line_and_available_backends() {
 fn reference_output(name: &str) -> bool {
     name == "loss" || name == "attention" || name.starts_with("sim.") || name.starts_with("grad.")
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The synthetic cases of the quickstart: one per registered family, from the registry.
+
+#[test]
+fn every_family_has_an_example_that_runs_on_the_cpu() {
+    for &kind in LossKind::ALL {
+        let case = kd_kernels::fixture::example(kind, true, 5);
+        assert_eq!(case.fixture.loss, kind);
+        let out = verify::compute(&case.fixture, &Backend::Cpu).unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+        let loss = out.get("loss").unwrap_or_else(|| panic!("{}: no loss", kind.name()));
+        assert!(loss.values.len() == 1 && loss.values[0].is_finite(), "{}: loss {:?}", kind.name(), loss.values);
+        let grads: Vec<f64> =
+            out.iter().filter(|(n, _)| n.starts_with("grad.student")).flat_map(|(_, o)| o.values.clone()).collect();
+        assert!(!grads.is_empty(), "{}: no student gradient", kind.name());
+        assert!(grads.iter().all(|g| g.is_finite()), "{}: a non-finite gradient", kind.name());
+        assert!(grads.iter().any(|&g| g != 0.0), "{}: the student gradient is all zero", kind.name());
+        let again = kd_kernels::fixture::example(kind, true, 5);
+        let other = kd_kernels::fixture::example(kind, true, 6);
+        let values =
+            |c: &kd_kernels::fixture::Example| verify::compute(&c.fixture, &Backend::Cpu).unwrap()["loss"].values[0];
+        assert_eq!(
+            values(&again).to_bits(),
+            loss.values[0].to_bits(),
+            "{}: the seed does not fix the case",
+            kind.name()
+        );
+        assert_ne!(values(&other), loss.values[0], "{}: the seed does not change the case", kind.name());
+    }
+}

@@ -1,14 +1,18 @@
 //! Every recorded fixture on the GPU, and the verifier with both backends: generic over the families (a
 //! family registered for fixtures is covered here without a line of its own).
 
-use kd_kernels::fixture::{Backend, Fixture};
+use kd_kernels::fixture::{example, Backend, Fixture, LossKind};
 use kd_kernels::verify;
+use kd_kernels::DType;
 
 use crate::common;
 use crate::harness::{ensure, verdict, OrMsg, Stream, TestFn, TestResult};
 
-pub(crate) const TESTS: &[(&str, TestFn)] =
-    &[("fixtures_pass_on_cuda", fixtures_pass_on_cuda), ("verify_runs_both_backends", verify_runs_both_backends)];
+pub(crate) const TESTS: &[(&str, TestFn)] = &[
+    ("fixtures_pass_on_cuda", fixtures_pass_on_cuda),
+    ("verify_runs_both_backends", verify_runs_both_backends),
+    ("examples_match_cpu", examples_match_cpu),
+];
 
 pub(crate) fn fixtures_pass_on_cuda(stream: &Stream) -> TestResult {
     let backend = Backend::Cuda(stream.clone());
@@ -51,4 +55,25 @@ fn kernels_for(line: &str) -> bool {
         .iter()
         .find(|kind| line.contains(&format!("\"loss\": \"{}\"", kind.name())))
         .is_some_and(|&kind| verify::has_kernels(kind))
+}
+
+/// The quickstart's cases (every family with kernels, at the sizes its users run) against the CPU reference.
+pub(crate) fn examples_match_cpu(stream: &Stream) -> TestResult {
+    let backend = Backend::Cuda(stream.clone());
+    let mut failures = Vec::new();
+    for &kind in LossKind::ALL.iter().filter(|&&kind| verify::has_kernels(kind)) {
+        let case = example(kind, false, 3);
+        let reference = verify::compute(&case.fixture, &Backend::Cpu).or_msg(kind.name())?;
+        let got = match verify::compute(&case.fixture, &backend) {
+            Ok(got) => got,
+            Err(e) => {
+                failures.push(format!("{}: {e}", kind.name()));
+                continue;
+            }
+        };
+        for c in verify::compare(&got, &reference, DType::F32).iter().filter(|c| !c.pass()) {
+            failures.push(format!("{} {}: {:?} > {}", kind.name(), c.output, c.comparison, c.tolerance));
+        }
+    }
+    verdict(failures)
 }
