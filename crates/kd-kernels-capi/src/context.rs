@@ -3,12 +3,14 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use kd::cuda::LossCuda;
+use kd::cudarc::driver::sys::CUstream;
 use kd::cudarc::driver::CudaStream;
 use kd::family::Family;
-use kd::KdError;
+use kd::{DType, GradOptions, KdError};
 
 use crate::{guard, Failure, KdStatus, KD_ERR_NULL_POINTER, KD_ERR_PARAMETER};
 
@@ -86,6 +88,30 @@ pub(crate) unsafe fn with_context(
     // A panic under the lock was already reported as KD_ERR_PANIC; the objects themselves stay usable.
     let mut inner = context.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     body(&mut inner)
+}
+
+/// One call of family `F` on device addresses, queued on the caller's `stream` by the context's loss object for
+/// `config` (made on first use): the body every `kd_*_cuda` entry point shares.
+///
+/// # Safety
+/// As [`with_context`]; `stream` is null or a stream of the context's device; the non-zero addresses of
+/// `buffers` are device memory of that context holding what `F`'s raw buffers document for `shape` and `dtype`.
+pub(crate) unsafe fn launch<F: Family>(
+    ctx: *mut KdContext,
+    config: &F::Config,
+    shape: &F::Shape,
+    dtype: DType,
+    buffers: &F::RawBuffers,
+    options: GradOptions,
+    stream: *mut c_void,
+) -> crate::Outcome {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_context(ctx, |inner| {
+            inner.loss::<F>(config)?.launch_raw(stream as CUstream, shape, dtype, buffers, options)?;
+            Ok(())
+        })
+    }
 }
 
 /// Opens device `device_ordinal` (its primary context, the one the CUDA runtime and PyTorch use) and writes a

@@ -82,7 +82,8 @@ pub(crate) unsafe fn store<T: Element>(out: *mut c_void, grad: &Array4<f64>, opt
 }
 
 /// A CPU call of a pair family (its f64 reference's `forward_backward`): the loss into `*loss` when not
-/// null, the student gradient into `grad_student` when not null.
+/// null, the student gradient into `grad_student` when not null, and the teacher's into `grad_teacher` when
+/// the reference gives one (CWD with `teacher_grad`).
 pub(crate) struct PairCall<F: PairFamily> {
     pub(crate) config: F::Config,
     pub(crate) shape: Nchw,
@@ -90,6 +91,7 @@ pub(crate) struct PairCall<F: PairFamily> {
     pub(crate) teacher: *const c_void,
     pub(crate) loss: *mut f64,
     pub(crate) grad_student: *mut c_void,
+    pub(crate) grad_teacher: *mut c_void,
     pub(crate) options: GradOptions,
 }
 
@@ -102,6 +104,10 @@ impl<F: PairFamily> PerElement for PairCall<F> {
         if !self.grad_student.is_null() {
             // SAFETY: the entry point's contract: a writable gradient of `shape` in this dtype.
             unsafe { store::<T>(self.grad_student, &out.grad_student, self.options) };
+        }
+        if let (Some(grad), false) = (&out.grad_teacher, self.grad_teacher.is_null()) {
+            // SAFETY: as the student's.
+            unsafe { store::<T>(self.grad_teacher, grad, self.options) };
         }
         if !self.loss.is_null() {
             // SAFETY: the entry point's contract.

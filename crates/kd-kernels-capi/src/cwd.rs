@@ -3,13 +3,11 @@
 
 use std::ffi::c_void;
 
-use kd::cudarc::driver::sys::CUstream;
-use kd::cwd::{Cwd, CwdConfig, CwdCpu, CwdRawBuffers};
+use kd::cwd::{Cwd, CwdConfig, CwdRawBuffers};
 use kd::shape::Nchw;
-use kd::GradOptions;
 
-use crate::context::{with_context, KdContext};
-use crate::cpu::{self, Element, PerElement};
+use crate::context::{launch, KdContext};
+use crate::cpu::{self, PairCall};
 use crate::{
     guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_OUTPUT,
 };
@@ -62,49 +60,8 @@ pub unsafe extern "C" fn kd_cwd_cuda(
         let config = config(params, grad_teacher != 0)?;
         let buffers = CwdRawBuffers { student, teacher, loss, grad_student, grad_teacher, upstream };
         // SAFETY: forwarded from the caller.
-        unsafe {
-            with_context(ctx, |inner| {
-                let loss_object = inner.loss::<Cwd>(&config)?;
-                loss_object.launch_raw(stream as CUstream, &shape, dtype, &buffers, options)?;
-                Ok(())
-            })
-        }
+        unsafe { launch::<Cwd>(ctx, &config, &shape, dtype, &buffers, options, stream) }
     })
-}
-
-struct CpuCall {
-    cwd: CwdCpu,
-    shape: Nchw,
-    student: *const c_void,
-    teacher: *const c_void,
-    loss: *mut f64,
-    grad_student: *mut c_void,
-    grad_teacher: *mut c_void,
-    options: GradOptions,
-}
-
-impl PerElement for CpuCall {
-    fn run<T: Element>(self) -> crate::Outcome {
-        // SAFETY: the entry point's contract: host tensors of `shape` in this dtype.
-        let student = unsafe { cpu::view::<T>("student", self.student, &self.shape)? };
-        let teacher = unsafe { cpu::view::<T>("teacher", self.teacher, &self.shape)? };
-        let loss = if self.grad_student.is_null() {
-            self.cwd.forward(student, teacher)?
-        } else {
-            let out = self.cwd.forward_backward(student, teacher)?;
-            // SAFETY: the entry point's contract: writable gradients of `shape` in this dtype.
-            unsafe { cpu::store::<T>(self.grad_student, &out.grad_student, self.options) };
-            if let Some(grad_teacher) = &out.grad_teacher {
-                unsafe { cpu::store::<T>(self.grad_teacher, grad_teacher, self.options) };
-            }
-            out.loss
-        };
-        if !self.loss.is_null() {
-            // SAFETY: the entry point's contract.
-            unsafe { *self.loss = loss };
-        }
-        Ok(())
-    }
 }
 
 /// CWD on the CPU reference: the loss into `*loss` (when not null), the gradients (when not null) in
@@ -141,8 +98,10 @@ pub unsafe extern "C" fn kd_cwd_cpu(
                 "grad_teacher: a teacher gradient needs the student gradient too; pass grad_student",
             ));
         }
-        let cwd = CwdCpu::new(config(params, !grad_teacher.is_null())?)?;
-        let call = CpuCall { cwd, shape, student, teacher, loss, grad_student, grad_teacher, options };
-        cpu::dispatch(dtype, call)
+        let config = config(params, !grad_teacher.is_null())?;
+        cpu::dispatch(
+            dtype,
+            PairCall::<Cwd> { config, shape, student, teacher, loss, grad_student, grad_teacher, options },
+        )
     })
 }

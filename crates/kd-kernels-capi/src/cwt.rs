@@ -4,13 +4,12 @@
 
 use std::ffi::c_void;
 
-use kd::cudarc::driver::sys::CUstream;
 use kd::cwt::{Cwt, CwtConfig, CwtCpu, CwtNormalize, CwtRawBuffers, CwtSetup, CwtShapes, MlpParams};
 use kd::ndarray::{ArrayView1, ArrayView2};
 use kd::shape::Nchw;
 use kd::GradOptions;
 
-use crate::context::{with_context, KdContext};
+use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
 use crate::{
     guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
@@ -124,13 +123,7 @@ pub unsafe extern "C" fn kd_cwt_cuda(
             upstream,
         };
         // SAFETY: forwarded from the caller.
-        unsafe {
-            with_context(ctx, |inner| {
-                let loss_object = inner.loss::<Cwt>(&CwtSetup { config, shapes })?;
-                loss_object.launch_raw(stream as CUstream, &student_dims, dtype, &buffers, options)?;
-                Ok(())
-            })
-        }
+        unsafe { launch::<Cwt>(ctx, &CwtSetup { config, shapes }, &student_dims, dtype, &buffers, options, stream) }
     })
 }
 

@@ -2,13 +2,13 @@
 //! pointers, the f64 reference).
 
 use std::ffi::c_void;
+use std::ptr::null_mut;
 
-use kd::cudarc::driver::sys::CUstream;
 use kd::dist::{Dist, DistConfig};
 use kd::family::PairRawBuffers;
 use kd::shape::Nchw;
 
-use crate::context::{with_context, KdContext};
+use crate::context::{launch, KdContext};
 use crate::cpu::{self, PairCall};
 use crate::{guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus};
 
@@ -70,13 +70,7 @@ pub unsafe extern "C" fn kd_dist_cuda(
         let config = config(params)?;
         let buffers = PairRawBuffers { student, teacher, loss, grad_student, grad_teacher: 0, upstream };
         // SAFETY: forwarded from the caller.
-        unsafe {
-            with_context(ctx, |inner| {
-                let loss_object = inner.loss::<Dist>(&config)?;
-                loss_object.launch_raw(stream as CUstream, &shape, dtype, &buffers, options)?;
-                Ok(())
-            })
-        }
+        unsafe { launch::<Dist>(ctx, &config, &shape, dtype, &buffers, options, stream) }
     })
 }
 
@@ -106,6 +100,9 @@ pub unsafe extern "C" fn kd_dist_cpu(
         let dtype = host_dtype(dtype)?;
         let options = options.to_crate()?;
         let config = config(params)?;
-        cpu::dispatch(dtype, PairCall::<Dist> { config, shape, student, teacher, loss, grad_student, options })
+        cpu::dispatch(
+            dtype,
+            PairCall::<Dist> { config, shape, student, teacher, loss, grad_student, grad_teacher: null_mut(), options },
+        )
     })
 }

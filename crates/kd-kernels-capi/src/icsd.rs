@@ -4,12 +4,11 @@
 
 use std::ffi::c_void;
 
-use kd::cudarc::driver::sys::CUstream;
 use kd::icsd::{Icsd, IcsdConfig, IcsdCpu, IcsdRawBuffers, IcsdVariant};
 use kd::shape::Nchw;
 use kd::GradOptions;
 
-use crate::context::{with_context, KdContext};
+use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
 use crate::{
     guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
@@ -89,13 +88,7 @@ pub unsafe extern "C" fn kd_icsd_cuda(
         let config = config(params)?;
         let buffers = IcsdRawBuffers { student, teacher, loss, grad_student, upstream, sim_student, sim_teacher };
         // SAFETY: forwarded from the caller.
-        unsafe {
-            with_context(ctx, |inner| {
-                let loss_object = inner.loss::<Icsd>(&config)?;
-                loss_object.launch_raw(stream as CUstream, &shape, dtype, &buffers, options)?;
-                Ok(())
-            })
-        }
+        unsafe { launch::<Icsd>(ctx, &config, &shape, dtype, &buffers, options, stream) }
     })
 }
 

@@ -3,13 +3,12 @@
 
 use std::ffi::c_void;
 
-use kd::cudarc::driver::sys::CUstream;
 use kd::dtype::LabelDType;
 use kd::ifvd::{check_shapes, Ifvd, IfvdConfig, IfvdCpu, IfvdRawBuffers, IfvdShapes};
 use kd::ndarray::ArrayView3;
 use kd::GradOptions;
 
-use crate::context::{with_context, KdContext};
+use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
 use crate::{
     guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_DTYPE,
@@ -121,13 +120,7 @@ pub unsafe extern "C" fn kd_ifvd_cuda(
         let config = config(params)?;
         let buffers = IfvdRawBuffers { student, teacher, labels, label_dtype, loss, grad_student, upstream };
         // SAFETY: forwarded from the caller.
-        unsafe {
-            with_context(ctx, |inner| {
-                let loss_object = inner.loss::<Ifvd>(&config)?;
-                loss_object.launch_raw(stream as CUstream, &shapes, dtype, &buffers, options)?;
-                Ok(())
-            })
-        }
+        unsafe { launch::<Ifvd>(ctx, &config, &shapes, dtype, &buffers, options, stream) }
     })
 }
 

@@ -2,14 +2,13 @@
 //! `kd_pixel_kd_cpu` (host pointers, the f64 reference).
 
 use std::ffi::c_void;
+use std::ptr::null_mut;
 
-use kd::cudarc::driver::sys::CUstream;
-use kd::pixel_kd::{PixelKd, PixelKdConfig, PixelKdCpu, PixelKdRawBuffers, Reduction};
+use kd::pixel_kd::{PixelKd, PixelKdConfig, PixelKdRawBuffers, Reduction};
 use kd::shape::Nchw;
-use kd::GradOptions;
 
-use crate::context::{with_context, KdContext};
-use crate::cpu::{self, Element, PerElement};
+use crate::context::{launch, KdContext};
+use crate::cpu::{self, PairCall};
 use crate::{
     guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
     KD_ERR_PARAMETER,
@@ -95,45 +94,8 @@ pub unsafe extern "C" fn kd_pixel_kd_cuda(
         let config = config(params)?;
         let buffers = PixelKdRawBuffers { student, teacher, loss, grad_student, grad_teacher: 0, upstream };
         // SAFETY: forwarded from the caller.
-        unsafe {
-            with_context(ctx, |inner| {
-                let loss_object = inner.loss::<PixelKd>(&config)?;
-                loss_object.launch_raw(stream as CUstream, &shape, dtype, &buffers, options)?;
-                Ok(())
-            })
-        }
+        unsafe { launch::<PixelKd>(ctx, &config, &shape, dtype, &buffers, options, stream) }
     })
-}
-
-struct CpuCall {
-    kd: PixelKdCpu,
-    shape: Nchw,
-    student: *const c_void,
-    teacher: *const c_void,
-    loss: *mut f64,
-    grad_student: *mut c_void,
-    options: GradOptions,
-}
-
-impl PerElement for CpuCall {
-    fn run<T: Element>(self) -> crate::Outcome {
-        // SAFETY: the entry point's contract: host tensors of `shape` in this dtype.
-        let student = unsafe { cpu::view::<T>("student", self.student, &self.shape)? };
-        let teacher = unsafe { cpu::view::<T>("teacher", self.teacher, &self.shape)? };
-        let loss = if self.grad_student.is_null() {
-            self.kd.forward(student, teacher)?
-        } else {
-            let out = self.kd.forward_backward(student, teacher)?;
-            // SAFETY: the entry point's contract: a writable gradient of `shape` in this dtype.
-            unsafe { cpu::store::<T>(self.grad_student, &out.grad_student, self.options) };
-            out.loss
-        };
-        if !self.loss.is_null() {
-            // SAFETY: the entry point's contract.
-            unsafe { *self.loss = loss };
-        }
-        Ok(())
-    }
 }
 
 /// Pixel KD on the CPU reference: the loss into `*loss` (when not null), the student gradient (when not
@@ -161,7 +123,11 @@ pub unsafe extern "C" fn kd_pixel_kd_cpu(
         let shape = Nchw::from_dims("student", &dims)?;
         let dtype = host_dtype(dtype)?;
         let options = options.to_crate()?;
-        let kd = PixelKdCpu::new(config(params)?)?;
-        cpu::dispatch(dtype, CpuCall { kd, shape, student, teacher, loss, grad_student, options })
+        let config = config(params)?;
+        let grad_teacher = null_mut();
+        cpu::dispatch(
+            dtype,
+            PairCall::<PixelKd> { config, shape, student, teacher, loss, grad_student, grad_teacher, options },
+        )
     })
 }

@@ -3,11 +3,10 @@
 
 use std::ffi::c_void;
 
-use kd::cudarc::driver::sys::CUstream;
 use kd::pkd::{Pkd, PkdConfig, PkdCpu, PkdLevels, PkdRawBuffers};
 use kd::GradOptions;
 
-use crate::context::{with_context, KdContext};
+use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
 use crate::{
     guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
@@ -101,13 +100,7 @@ pub unsafe extern "C" fn kd_pkd_cuda(
             }
         };
         // SAFETY: forwarded from the caller.
-        unsafe {
-            with_context(ctx, |inner| {
-                let loss_object = inner.loss::<Pkd>(&config)?;
-                loss_object.launch_raw(stream as CUstream, &levels, dtype, &buffers, options)?;
-                Ok(())
-            })
-        }
+        unsafe { launch::<Pkd>(ctx, &config, &levels, dtype, &buffers, options, stream) }
     })
 }
 

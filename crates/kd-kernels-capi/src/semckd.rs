@@ -6,13 +6,12 @@
 
 use std::ffi::c_void;
 
-use kd::cudarc::driver::sys::CUstream;
 use kd::ndarray::{Array4, ArrayView1, ArrayView2, ArrayView4};
 use kd::semckd::{EmbedWeights, Semckd, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers, SemckdRawBuffers};
 use kd::shape::Nchw;
 use kd::GradOptions;
 
-use crate::context::{with_context, KdContext};
+use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
 use crate::{
     guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
@@ -151,13 +150,7 @@ pub unsafe extern "C" fn kd_semckd_cuda(
             }
         };
         // SAFETY: forwarded from the caller.
-        unsafe {
-            with_context(ctx, |inner| {
-                let loss_object = inner.loss::<Semckd>(&config)?;
-                loss_object.launch_raw(stream as CUstream, &layers, dtype, &buffers, options)?;
-                Ok(())
-            })
-        }
+        unsafe { launch::<Semckd>(ctx, &config, &layers, dtype, &buffers, options, stream) }
     })
 }
 
