@@ -15,54 +15,16 @@
 
 mod common;
 
-use common::{Harness, PairLoss, Pass};
-use kd_kernels::cudarc::driver::CudaSlice;
-use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath};
-use kd_kernels::ndarray::ArrayView4;
-use kd_kernels::{CpuOutput, KdFloat};
-
-struct Cwd(CwdCpu);
-
-/// The default path and the two-pass kernels.
-struct CwdGpu {
-    default: CwdCuda,
-    two_pass: CwdCuda,
-}
-
-impl PairLoss for Cwd {
-    type Gpu = CwdGpu;
-    const GPU_PASSES: &'static [Pass] = &[Pass::ForwardBackward, Pass::TwoPassForwardBackward, Pass::Forward];
-
-    fn gpu_call<T: KdFloat>(
-        gpu: &mut CwdGpu,
-        pass: Pass,
-        shape: &[usize; 4],
-        s: &CudaSlice<T>,
-        t: &CudaSlice<T>,
-        loss: &mut CudaSlice<f32>,
-        grad: &mut CudaSlice<T>,
-    ) -> kd_kernels::Result<()> {
-        match pass {
-            Pass::ForwardBackward => gpu.default.forward_backward(shape, s, t, loss, grad),
-            Pass::TwoPassForwardBackward => gpu.two_pass.forward_backward(shape, s, t, loss, grad),
-            Pass::Forward => gpu.default.forward(shape, s, t, loss),
-            Pass::PerPixelForwardBackward => unreachable!("not in GPU_PASSES"),
-        }
-    }
-
-    fn cpu_call<T: KdFloat>(&self, s: ArrayView4<'_, T>, t: ArrayView4<'_, T>) -> kd_kernels::Result<CpuOutput> {
-        self.0.forward_backward(s, t)
-    }
-}
+use common::{PairBench, Pass};
+use kd_kernels::cwd::{Cwd, CwdConfig, CwdPath};
 
 fn main() {
-    // tau 4, loss weight 3: the paper's Cityscapes setting, and bench_torch.py's.
-    let config = CwdConfig::default();
-    let mut h = Harness::new("cwd");
-    let gpu = h.open_gpu(|stream| {
-        let two_pass = CwdCuda::new(stream.clone(), config)?.with_path(CwdPath::TwoPass);
-        Ok(CwdGpu { default: CwdCuda::new(stream, config)?, two_pass })
-    });
-    let cpu = CwdCpu::new(config).expect("the default configuration is valid");
-    common::bench_pair_loss(h, &Cwd(cpu), gpu);
+    // tau 4, loss weight 3: the paper's Cityscapes setting, and bench_torch.py's. The two-pass kernels are
+    // measured beside the default path.
+    let gpu_passes = vec![
+        (Pass::ForwardBackward, CwdPath::Auto),
+        (Pass::TwoPassForwardBackward, CwdPath::TwoPass),
+        (Pass::Forward, CwdPath::Auto),
+    ];
+    PairBench::<Cwd> { gpu_passes, ..PairBench::new(CwdConfig::default()) }.run();
 }

@@ -18,8 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use kd_kernels::cuda::LossCuda;
 use kd_kernels::cudarc::driver::sys::CUevent_flags;
 use kd_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
+use kd_kernels::family::PairFamily;
 use kd_kernels::half::bf16;
 use kd_kernels::ndarray::{Array4, ArrayView4};
 use kd_kernels::testing::SplitMix64;
@@ -637,94 +639,98 @@ impl Harness {
     }
 }
 
-/// A loss on a same-shape pair of logits (CWD, pixel KD, ICSD), as [`bench_pair_loss`] runs it.
-pub trait PairLoss {
-    /// The GPU objects the passes run on (one per kernel path benchmarked).
-    type Gpu;
-    /// The GPU passes benchmarked, in this order.
-    const GPU_PASSES: &'static [Pass];
+/// The benches of a loss on a same-shape pair of logits (CWD, pixel KD, ICSD, DIST), written once over the
+/// family contract: the loss object's `forward_backward` / `forward` on the GPU, one object per kernel path
+/// measured, and the f64 reference's `forward_backward` on the CPU.
+pub struct PairBench<F: PairFamily> {
+    /// The loss's configuration.
+    pub config: F::Config,
     /// The shapes, smallest first (test mode runs only the first).
-    const SHAPES: &'static [[usize; 4]] = &SHAPES;
-    /// Set-up before a shape's GPU calls are timed (e.g. sizing the workspace).
-    fn prepare_gpu(_gpu: &mut Self::Gpu, _shape: &[usize; 4], _dtype: DType) -> kd_kernels::Result<()> {
+    pub shapes: &'static [[usize; 4]],
+    /// The GPU passes, in this order, each with the kernel path it runs on.
+    pub gpu_passes: Vec<(Pass, F::Path)>,
+    /// Whether the CPU reference is benchmarked on a shape (above the ten-second estimate it never is).
+    pub cpu_on: fn(&[usize; 4]) -> bool,
+}
+
+impl<F: PairFamily> PairBench<F> {
+    /// The training call and the loss alone on the default path, on [`SHAPES`], the CPU on every shape.
+    pub fn new(config: F::Config) -> Self {
+        let path = F::Path::default();
+        PairBench {
+            config,
+            shapes: &SHAPES,
+            gpu_passes: vec![(Pass::ForwardBackward, path), (Pass::Forward, path)],
+            cpu_on: |_| true,
+        }
+    }
+
+    /// Benchmarks every shape of the run mode, in f32 then bf16: the GPU passes (where a GPU is present), then
+    /// the CPU reference; prints the results.
+    pub fn run(self) {
+        let mut h = Harness::new(F::NAME);
+        let mut gpu = h.open_gpu(|stream| {
+            let path_object = |&(_, path): &(Pass, F::Path)| {
+                LossCuda::<F>::new(stream.clone(), self.config.clone()).map(|l| l.with_path(path))
+            };
+            self.gpu_passes.iter().map(path_object).collect::<kd_kernels::Result<Vec<_>>>()
+        });
+        for &shape in h.args.shapes(self.shapes) {
+            let passes: Vec<Pass> = self.gpu_passes.iter().map(|&(pass, _)| pass).collect();
+            if !h.wants_shape(&shape, &passes) {
+                continue;
+            }
+            let inputs = Inputs::generate(shape);
+            self.bench_dtype(&mut h, gpu.as_deref_mut(), shape, &inputs.student, &inputs.teacher);
+            let (student, teacher) = inputs.to_dtype::<bf16>();
+            drop(inputs);
+            self.bench_dtype(&mut h, gpu.as_deref_mut(), shape, &student, &teacher);
+        }
+        h.finish();
+    }
+
+    fn bench_dtype<T: KdFloat>(
+        &self,
+        h: &mut Harness,
+        gpu: Option<&mut [LossCuda<F>]>,
+        shape: [usize; 4],
+        student: &Array4<T>,
+        teacher: &Array4<T>,
+    ) {
+        if let Some(gpu) = gpu {
+            if let Err(e) = self.bench_gpu::<T>(h, gpu, shape, student, teacher) {
+                println!("{} {} {}: GPU benches failed: {e}", h.loss, T::DTYPE, shape_name(&shape));
+            }
+        }
+        if (self.cpu_on)(&shape) {
+            h.cpu_bench(shape, student, teacher, |s, t| F::cpu(&self.config, s, t));
+        }
+    }
+
+    fn bench_gpu<T: KdFloat>(
+        &self,
+        h: &mut Harness,
+        gpu: &mut [LossCuda<F>],
+        shape: [usize; 4],
+        student: &Array4<T>,
+        teacher: &Array4<T>,
+    ) -> Res<()> {
+        if !self.gpu_passes.iter().any(|&(p, _)| h.wants("gpu", p, &shape, T::DTYPE)) {
+            return Ok(());
+        }
+        let stream = h.stream().expect("the GPU objects exist only with a GPU").clone();
+        let s = stream.clone_htod(student.as_slice().expect("standard layout"))?;
+        let t = stream.clone_htod(teacher.as_slice().expect("standard layout"))?;
+        let mut grad = stream.alloc_zeros::<T>(s.len())?;
+        let mut loss = stream.alloc_zeros::<f32>(1)?;
+        for (object, &(pass, _)) in gpu.iter_mut().zip(&self.gpu_passes) {
+            object.reserve(&shape, T::DTYPE)?;
+            h.gpu_bench::<T>(pass, shape, || match pass {
+                Pass::Forward => object.forward(&shape, &s, &t, &mut loss),
+                _ => object.forward_backward(&shape, &s, &t, &mut loss, &mut grad),
+            });
+        }
+        stream.synchronize()?;
         Ok(())
     }
-    /// Queues one call of `pass` (one of [`Self::GPU_PASSES`]).
-    #[allow(clippy::too_many_arguments)]
-    fn gpu_call<T: KdFloat>(
-        gpu: &mut Self::Gpu,
-        pass: Pass,
-        shape: &[usize; 4],
-        student: &CudaSlice<T>,
-        teacher: &CudaSlice<T>,
-        loss: &mut CudaSlice<f32>,
-        grad: &mut CudaSlice<T>,
-    ) -> kd_kernels::Result<()>;
-    /// Whether the CPU reference is benchmarked on `shape` (above the ten-second estimate it never is).
-    fn cpu_on(_shape: &[usize; 4]) -> bool {
-        true
-    }
-    /// The CPU reference's `forward_backward`.
-    fn cpu_call<T: KdFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-    ) -> kd_kernels::Result<CpuOutput>;
-}
-
-/// Benchmarks `loss` on every shape of the run mode, in f32 then bf16: the GPU passes (where `gpu` is
-/// present), then the CPU reference; prints the results.
-pub fn bench_pair_loss<L: PairLoss>(mut h: Harness, loss: &L, mut gpu: Option<L::Gpu>) {
-    for &shape in h.args.shapes(L::SHAPES) {
-        if !h.wants_shape(&shape, L::GPU_PASSES) {
-            continue;
-        }
-        let inputs = Inputs::generate(shape);
-        bench_pair_dtype(&mut h, loss, gpu.as_mut(), shape, &inputs.student, &inputs.teacher);
-        let (student, teacher) = inputs.to_dtype::<bf16>();
-        drop(inputs);
-        bench_pair_dtype(&mut h, loss, gpu.as_mut(), shape, &student, &teacher);
-    }
-    h.finish();
-}
-
-fn bench_pair_dtype<L: PairLoss, T: KdFloat>(
-    h: &mut Harness,
-    loss: &L,
-    gpu: Option<&mut L::Gpu>,
-    shape: [usize; 4],
-    student: &Array4<T>,
-    teacher: &Array4<T>,
-) {
-    if let Some(gpu) = gpu {
-        if let Err(e) = bench_pair_gpu::<L, T>(h, gpu, shape, student, teacher) {
-            println!("{} {} {}: GPU benches failed: {e}", h.loss, T::DTYPE, shape_name(&shape));
-        }
-    }
-    if L::cpu_on(&shape) {
-        h.cpu_bench(shape, student, teacher, |s, t| loss.cpu_call(s, t));
-    }
-}
-
-fn bench_pair_gpu<L: PairLoss, T: KdFloat>(
-    h: &mut Harness,
-    gpu: &mut L::Gpu,
-    shape: [usize; 4],
-    student: &Array4<T>,
-    teacher: &Array4<T>,
-) -> Res<()> {
-    if !L::GPU_PASSES.iter().any(|&p| h.wants("gpu", p, &shape, T::DTYPE)) {
-        return Ok(());
-    }
-    let stream = h.stream().expect("the GPU objects exist only with a GPU").clone();
-    let s = stream.clone_htod(student.as_slice().expect("standard layout"))?;
-    let t = stream.clone_htod(teacher.as_slice().expect("standard layout"))?;
-    let mut grad = stream.alloc_zeros::<T>(s.len())?;
-    let mut loss = stream.alloc_zeros::<f32>(1)?;
-    L::prepare_gpu(gpu, &shape, T::DTYPE)?;
-    for &pass in L::GPU_PASSES {
-        h.gpu_bench::<T>(pass, shape, || L::gpu_call(gpu, pass, &shape, &s, &t, &mut loss, &mut grad));
-    }
-    stream.synchronize()?;
-    Ok(())
 }
