@@ -14,6 +14,7 @@ use std::ffi::c_void;
 use crate::dtype::DType;
 use crate::error::{KdError, Result};
 use crate::ffi;
+use crate::grad::GradOptions;
 
 /// Threads per block of every kernel (`KD_BLOCK_THREADS` in `kernels/params.h`).
 pub const BLOCK_THREADS: u32 = ffi::KD_BLOCK_THREADS;
@@ -130,6 +131,35 @@ pub(crate) struct OutputSet {
 }
 
 impl OutputSet {
+    /// The outputs of a call that writes the loss and d loss / d student, given which of their addresses (and
+    /// the upstream scalar's) are set; `other` says whether the call writes an output of its own besides, and
+    /// `nothing` is the fix to give when it would write nothing at all.
+    pub(crate) fn student(
+        loss: bool,
+        grad_student: bool,
+        upstream: bool,
+        other: bool,
+        nothing: &'static str,
+        options: GradOptions,
+    ) -> Result<Self> {
+        if !grad_student && upstream {
+            return Err(KdError::OutputMismatch {
+                what: "upstream",
+                fix: "an upstream scalar needs the student gradient too",
+            });
+        }
+        if !grad_student && !loss && !other {
+            return Err(KdError::OutputMismatch { what: "loss/grad_student", fix: nothing });
+        }
+        Ok(OutputSet {
+            loss,
+            grad_student,
+            grad_teacher: false,
+            device_upstream: upstream,
+            accumulate: options.accumulate,
+        })
+    }
+
     pub(crate) fn any_grad(&self) -> bool {
         self.grad_student || self.grad_teacher
     }

@@ -44,26 +44,14 @@ impl IcsdRawBuffers {
         if self.student == 0 || self.teacher == 0 {
             return Err(KdError::OutputMismatch { what: "student/teacher", fix: "both inputs need a device address" });
         }
-        let grad_student = self.grad_student != 0;
-        if !grad_student && self.loss == 0 && self.sim_student == 0 && self.sim_teacher == 0 {
-            return Err(KdError::OutputMismatch {
-                what: "loss/grad_student",
-                fix: "nothing to compute: give the loss, the student gradient or a matrix an address",
-            });
-        }
-        if !grad_student && self.upstream != 0 {
-            return Err(KdError::OutputMismatch {
-                what: "upstream",
-                fix: "an upstream scalar needs the student gradient too",
-            });
-        }
-        Ok(OutputSet {
-            loss: self.loss != 0,
-            grad_student,
-            grad_teacher: false,
-            device_upstream: self.upstream != 0,
-            accumulate: options.accumulate,
-        })
+        OutputSet::student(
+            self.loss != 0,
+            self.grad_student != 0,
+            self.upstream != 0,
+            self.sim_student != 0 || self.sim_teacher != 0,
+            "nothing to compute: give the loss, the student gradient or a matrix an address",
+            options,
+        )
     }
 }
 

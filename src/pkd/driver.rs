@@ -62,24 +62,15 @@ impl PkdRawBuffers {
                     fix: "gradients come for every level: give each level's gradient an address, or none",
                 });
             }
-        } else if self.upstream != 0 {
-            return Err(KdError::OutputMismatch {
-                what: "upstream",
-                fix: "an upstream scalar needs the student gradient too",
-            });
-        } else if self.loss == 0 {
-            return Err(KdError::OutputMismatch {
-                what: "loss/grad_student",
-                fix: "nothing to compute: give the loss or the student gradients an address",
-            });
         }
-        Ok(OutputSet {
-            loss: self.loss != 0,
+        OutputSet::student(
+            self.loss != 0,
             grad_student,
-            grad_teacher: false,
-            device_upstream: self.upstream != 0,
-            accumulate: options.accumulate,
-        })
+            self.upstream != 0,
+            false,
+            "nothing to compute: give the loss or the student gradients an address",
+            options,
+        )
     }
 }
 

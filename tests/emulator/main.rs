@@ -8,10 +8,12 @@ mod common;
 mod semckd_support;
 
 mod checks;
+mod cwd;
 mod cwt;
 mod dist;
 mod icsd;
 mod ifvd;
 mod pair;
+mod pixel_kd;
 mod pkd;
 mod semckd;
