@@ -33,14 +33,13 @@ def parse_shape(text):
 
 
 def bench_parser(description, quick_help="few iterations, for a smoke test", impls=("eager", "compile"),
-                 impls_default=None, impls_help=None):
-    """The options every bench takes; `impls_default` None means all of `impls`."""
+                 impls_help=None):
+    """The options every bench takes; `--impls` defaults to all of `impls`."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
-    parser.add_argument("--impls", nargs="+", choices=list(impls),
-                        default=list(impls) if impls_default is None else impls_default, help=impls_help)
+    parser.add_argument("--impls", nargs="+", choices=list(impls), default=list(impls), help=impls_help)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
