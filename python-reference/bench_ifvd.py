@@ -17,7 +17,6 @@ a buffer as large as student + teacher measured in the same run.
     .venv-torch/bin/python python-reference/bench_ifvd.py --device cpu --quick --shapes 2x64x16x32 --impls eager closed_form
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,13 +24,14 @@ import torch
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_torch import JsonLines, iteration_counts, median_ms, parse_shape  # noqa: E402
+from bench_common import (  # noqa: E402
+    DTYPES, JsonLines, bench_device, bench_parser, fresh_compile, iteration_counts, median_ms, parse_shape,
+    time_copy)
 from ifvd_reference import ifvd_class_loop, ifvd_closed_form  # noqa: E402
 
 DEFAULT_SHAPES = ["8x256x64x128"]
 DEFAULT_CLASSES = [19, 150]
 IMPLS = {"eager": ifvd_class_loop, "compile": ifvd_class_loop, "closed_form": ifvd_closed_form}
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
 
 def patch_labels(n, h, w, classes, generator):
@@ -42,18 +42,11 @@ def patch_labels(n, h, w, classes, generator):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="PyTorch baselines of IFVD.")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = bench_parser("PyTorch baselines of IFVD.", impls=list(IMPLS))
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES])
     parser.add_argument("--classes", nargs="+", type=int, default=DEFAULT_CLASSES)
-    parser.add_argument("--impls", nargs="+", choices=list(IMPLS), default=list(IMPLS))
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--warmup", type=int)
-    parser.add_argument("--iters", type=int)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = bench_device(args)
     warmup, iters = iteration_counts(args, device)
     lines = JsonLines(device, args.out)
     g = torch.Generator().manual_seed(19)
@@ -64,20 +57,11 @@ def main():
             student = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
             teacher = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
             itemsize = student.element_size()
-            src = torch.cat([student.reshape(-1), teacher.reshape(-1)])
-            dst = torch.empty_like(src)
-            copy_ms = median_ms(lambda: dst.copy_(src), device, warmup, iters)
-            copy_gbps = 2 * src.numel() * itemsize / (copy_ms * 1e-3) / 1e9
-            lines.emit({"loss": "copy", "shape": list(shape), "dtype": dtype_name, "impl": "copy",
-                        "median_ms": copy_ms, "gbps": copy_gbps, "iters": iters})
-            del src, dst
+            copy_gbps = time_copy(lines, (student, teacher), list(shape), dtype_name, device, warmup, iters)
             for classes in args.classes:
                 labels = patch_labels(n, 8 * h, 8 * w, classes, g).to(device)
                 for impl in args.impls:
-                    fn = IMPLS[impl]
-                    if impl == "compile":
-                        torch._dynamo.reset()
-                        fn = torch.compile(fn)
+                    fn = fresh_compile(IMPLS[impl]) if impl == "compile" else IMPLS[impl]
                     s = student.detach().clone().requires_grad_(True)
 
                     def step():

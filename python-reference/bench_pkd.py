@@ -5,7 +5,8 @@ detection configs and mmyolo's RTMDet `pkdv2` apply it: 8 images of 800 x 1216, 
 `permute`, a `reshape` copy, two reductions and an MSE, for the student and for the teacher.
 
 Times forward + backward (`loss.backward()` with respect to the student levels), with the same clocks, JSON
-fields and copy-bandwidth line as `bench_torch.py`; `benches/pkd.rs` times the crate on the same shapes.
+fields and copy-bandwidth line as `bench_torch.py` (all from `bench_common.py`); `benches/pkd.rs` times the
+crate on the same shapes.
 f32 and bf16 features (bf16 upcast inside the loss with `.float()`, as the crate upcasts in its kernels).
 `gbps` counts minimal traffic only: student and teacher read once, the gradient written once.
 
@@ -13,7 +14,6 @@ f32 and bf16 features (bf16 upcast inside the loss with `.float()`, as the crate
     .venv-torch/bin/python python-reference/bench_pkd.py --device cpu --quick   # smoke test
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,10 +23,10 @@ import torch
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "official"))
-from bench_torch import JsonLines, iteration_counts, median_ms  # noqa: E402
+from bench_common import (  # noqa: E402
+    DTYPES, CompileGuard, JsonLines, bench_device, bench_parser, iteration_counts, time_copy, time_impls)
 from mmrazor_pkd_loss import PKDLoss  # noqa: E402
 
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 PLANES = [(100, 152), (50, 76), (25, 38), (13, 19), (7, 10)]
 PYRAMIDS = {"fpn": (8, 256), "tiny": (2, 8)}  # (images, channels)
 
@@ -50,54 +50,22 @@ def problem(name, dtype, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="PyTorch eager / torch.compile baseline for PKD.")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--quick", action="store_true", help="a tiny pyramid and few iterations, for a smoke test")
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
-    parser.add_argument("--impls", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
+    parser = bench_parser("PyTorch eager / torch.compile baseline for PKD.",
+                          quick_help="a tiny pyramid and few iterations, for a smoke test")
     args = parser.parse_args()
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = bench_device(args)
     warmup, iters = iteration_counts(args, device)
     name = "tiny" if args.quick else "fpn"
     images, channels = PYRAMIDS[name]
     shape = [[images, channels, h, w] for h, w in PLANES]
     lines = JsonLines(device, args.out)
-    compile_broken = None
+    guard = CompileGuard(device)
     for dtype_name in args.dtypes:
         fn, student, teacher, numel = problem(name, DTYPES[dtype_name], device)
         itemsize = student[0].element_size()
-        src = torch.cat([x.detach().reshape(-1) for x in student + teacher])
-        dst = torch.empty_like(src)
-        copy_ms = median_ms(lambda: dst.copy_(src), device, warmup, iters)
-        copy_gbps = 2 * 2 * numel * itemsize / (copy_ms * 1e-3) / 1e9
-        lines.emit({"loss": "copy", "shape": shape, "dtype": dtype_name, "impl": "copy", "median_ms": copy_ms,
-                    "gbps": copy_gbps, "iters": iters})
-        del src, dst
-        for impl in args.impls:
-            step_fn = fn
-            if impl == "compile":
-                if compile_broken:
-                    continue
-                torch._dynamo.reset()
-                step_fn = torch.compile(fn)
-
-            def step():
-                for x in student:
-                    x.grad = None
-                step_fn().backward()
-
-            try:
-                ms = median_ms(step, device, warmup, iters)
-            except Exception as exc:  # noqa: BLE001 - any compile failure means "skip"
-                if impl != "compile":
-                    raise
-                compile_broken = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                print(f"skipping torch.compile on {device.type}: {compile_broken}", file=sys.stderr)
-                continue
+        copy_gbps = time_copy(lines, student + teacher, shape, dtype_name, device, warmup, iters)
+        for impl, ms in time_impls(args.impls, fn, student, guard, device, warmup, iters):
             minimal = 3 * numel * itemsize
             lines.emit({"loss": "pkd", "shape": shape, "dtype": dtype_name, "impl": impl, "median_ms": ms,
                         "gbps": minimal / (ms * 1e-3) / 1e9, "copy_gbps": copy_gbps, "iters": iters,

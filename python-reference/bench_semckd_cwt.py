@@ -36,7 +36,6 @@ upcasts); parameters stay f32, as the crate keeps them. `gbps` counts minimal tr
     .venv-torch/bin/python python-reference/bench_semckd_cwt.py --device cpu --quick  # smoke test
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -45,14 +44,13 @@ import torch
 # No __pycache__ next to the sources: the repo .gitignore does not cover this folder.
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The same clocks, iteration counts and JSON lines as bench_torch.py: CUDA events per call on the GPU,
+# The same clocks, iteration counts and JSON lines as every bench: CUDA events per call on the GPU,
 # perf_counter on the CPU.
-from bench_torch import JsonLines, iteration_counts, median_ms  # noqa: E402
+from bench_common import (  # noqa: E402
+    DTYPES, CompileGuard, JsonLines, bench_device, bench_parser, iteration_counts, time_copy, time_impls)
 import cwt_reference as cwt_ref  # noqa: E402
 import semckd_reference as sem_ref  # noqa: E402
 
-
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
 CIFAR_STAGES = [(64, 32, 32), (128, 16, 16), (256, 8, 8)]
 IMAGENET_STAGES = [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]
@@ -116,8 +114,7 @@ def semckd_problem(layout, dtype, device, scope):
         minimal = None
     record = {"shape": [[B, *s] for s in layout["student"]], "teacher_shape": [[B, *t] for t in layout["teacher"]],
               "scope": scope}
-    copy_numel = sum(x.numel() for x in fs) + sum(x.numel() for x in ft)
-    return fn, leaves, minimal, record, copy_numel, fs + ft
+    return fn, leaves, minimal, record, fs + ft
 
 
 def cwt_problem(spec, dtype, device):
@@ -134,34 +131,26 @@ def cwt_problem(spec, dtype, device):
 
     minimal = s.element_size() * (2 * s.numel() + t.numel())
     record = {"shape": list(shape), "teacher_shape": [n, ct, h, w], "hidden": hidden}
-    return fn, [s] + ordered, minimal, record, s.numel() + t.numel(), [s, t]
+    return fn, [s] + ordered, minimal, record, [s, t]
 
 
 def main():
-    parser = argparse.ArgumentParser(description="PyTorch eager / torch.compile baselines for SemCKD and CWT.")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes and few iterations, for a smoke test")
+    parser = bench_parser("PyTorch eager / torch.compile baselines for SemCKD and CWT.",
+                          quick_help="tiny shapes and few iterations, for a smoke test")
     parser.add_argument("--losses", nargs="+", choices=["semckd", "cwt"], default=["semckd", "cwt"])
     parser.add_argument("--semckd-layouts", nargs="+", choices=list(SEMCKD_LAYOUTS), default=None)
     parser.add_argument("--semckd-scopes", nargs="+", choices=["loss", "full"], default=None,
                         help="default: loss and full (--quick: loss only)")
     parser.add_argument("--cwt-shapes", nargs="+", choices=list(CWT_SHAPES), default=None)
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
-    parser.add_argument("--impls", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
     args = parser.parse_args()
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = bench_device(args)
     warmup, iters = iteration_counts(args, device)
     layouts = args.semckd_layouts or (QUICK_SEMCKD if args.quick else DEFAULT_SEMCKD)
     cwt_shapes = args.cwt_shapes or (QUICK_CWT if args.quick else DEFAULT_CWT)
     scopes = args.semckd_scopes or (["loss"] if args.quick else ["loss", "full"])
 
     lines = JsonLines(device, args.out)
-    emit = lines.emit
-
     configs = []
     if "semckd" in args.losses:
         for name in layouts:
@@ -172,45 +161,18 @@ def main():
         for name in cwt_shapes:
             configs.append(("cwt", name, lambda dt, n=name: cwt_problem(CWT_SHAPES[n], dt, device)))
 
-    compile_broken = None  # first torch.compile failure; later attempts would fail the same way
+    guard = CompileGuard(device)
     for loss_name, config_name, build in configs:
         for dtype_name in args.dtypes:
-            fn, leaves, minimal, record, copy_numel, inputs = build(DTYPES[dtype_name])
-            itemsize = inputs[0].element_size()
-            src = torch.cat([x.detach().reshape(-1) for x in inputs])
-            dst = torch.empty_like(src)
-            copy_ms = median_ms(lambda: dst.copy_(src), device, warmup, iters)
-            copy_gbps = 2 * copy_numel * itemsize / (copy_ms * 1e-3) / 1e9
-            emit({"loss": "copy", "shape": record["shape"], "dtype": dtype_name, "impl": "copy",
-                  "median_ms": copy_ms, "gbps": copy_gbps, "iters": iters})
-            del src, dst
-            for impl in args.impls:
-                step_fn = fn
-                if impl == "compile":
-                    if compile_broken:
-                        continue
-                    torch._dynamo.reset()  # a static-shape compile per configuration
-                    step_fn = torch.compile(fn)
-
-                def step():
-                    for x in leaves:
-                        x.grad = None
-                    step_fn().backward()
-
-                try:
-                    ms = median_ms(step, device, warmup, iters)
-                except Exception as exc:  # noqa: BLE001 - any compile failure means "skip"
-                    if impl != "compile":
-                        raise
-                    compile_broken = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    print(f"skipping torch.compile on {device.type}: {compile_broken}", file=sys.stderr)
-                    continue
+            fn, leaves, minimal, record, inputs = build(DTYPES[dtype_name])
+            copy_gbps = time_copy(lines, inputs, record["shape"], dtype_name, device, warmup, iters)
+            for impl, ms in time_impls(args.impls, fn, leaves, guard, device, warmup, iters):
                 line = {"loss": loss_name, **record, "dtype": dtype_name, "impl": impl, "median_ms": ms,
                         "iters": iters, "layout": config_name}
                 if minimal is not None:
                     line["gbps"] = minimal / (ms * 1e-3) / 1e9
                     line["copy_gbps"] = copy_gbps
-                emit(line)
+                lines.emit(line)
             del fn, leaves, inputs
             if device.type == "cuda":
                 torch.cuda.empty_cache()

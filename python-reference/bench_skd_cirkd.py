@@ -21,7 +21,6 @@ Dtypes: f32 and bf16 inputs; bf16 is upcast inside the step (`.float()`), as the
     .venv-torch/bin/python python-reference/bench_skd_cirkd.py --cirkd-git /tmp/CIRKD/.git --device cpu --quick
 """
 
-import argparse
 import contextlib
 import sys
 from pathlib import Path
@@ -31,10 +30,12 @@ import torch.nn as nn
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_torch import JsonLines, iteration_counts, median_ms  # noqa: E402
+from bench_common import (  # noqa: E402
+    DTYPES, JsonLines, bench_device, bench_parser, compile_error, fresh_compile, iteration_counts, median_ms,
+    peak_mib)
+from record_common import add_cirkd_source  # noqa: E402
 from record_skd_cirkd_fixtures import load_official  # noqa: E402
 
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 CIRKD_TAU = 0.1
 
 # name -> (loss, student shape, teacher channels, pool)
@@ -89,33 +90,14 @@ def problem(classes, case, dtype, device):
     return fn, s, record
 
 
-def peak_mib(step, device):
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    step()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-
-
 def main():
-    parser = argparse.ArgumentParser(description="PyTorch eager / torch.compile baselines for SKD and CIRKD.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--cirkd-git", type=Path, help="a winycg/CIRKD git directory holding the pinned commit")
-    source.add_argument("--cirkd-dir", type=Path, help="a winycg/CIRKD checkout at the pinned commit")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes and few iterations, for a smoke test")
+    parser = bench_parser("PyTorch eager / torch.compile baselines for SKD and CIRKD.",
+                          quick_help="tiny shapes and few iterations, for a smoke test")
+    add_cirkd_source(parser, "--cirkd-dir", "a winycg/CIRKD checkout at the pinned commit")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
-    parser.add_argument("--impls", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
     args = parser.parse_args()
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = bench_device(args)
     warmup, iters = iteration_counts(args, device)
     classes = load_official(args)
     cases = QUICK_CASES if args.quick else CASES
@@ -127,10 +109,7 @@ def main():
             for dtype_name in args.dtypes:
                 fn, s, record = problem(classes, case, DTYPES[dtype_name], device)
                 for impl in args.impls:
-                    step_fn = fn
-                    if impl == "compile":
-                        torch._dynamo.reset()  # a static-shape compile per configuration
-                        step_fn = torch.compile(fn)
+                    step_fn = fresh_compile(fn) if impl == "compile" else fn
 
                     def step():
                         s.grad = None
@@ -149,7 +128,7 @@ def main():
                         if impl != "compile":
                             raise
                         line["status"] = "compile_failed"
-                        line["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                        line["error"] = compile_error(exc)
                     finally:
                         s.grad = None
                         if device.type == "cuda":

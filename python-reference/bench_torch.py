@@ -32,14 +32,8 @@ Output: one JSON object per line on stdout (and in `--out FILE` if given).
     .venv-torch/bin/python python-reference/bench_torch.py --device cpu --quick   # smoke test
 """
 
-import argparse
-import json
-import platform
-import statistics
 import sys
-import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -47,6 +41,9 @@ import torch
 # No __pycache__ next to the sources: the repo .gitignore does not cover this folder.
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (  # noqa: E402
+    DTYPES, CompileGuard, JsonLines, bench_device, bench_parser, fresh_compile, iteration_counts, median_ms,
+    parse_shape, peak_mib, random_pair, time_copy)
 from icsd_reference import icsd_official_loop, icsd_official_vectorized  # noqa: E402
 from kd_reference import cwd_mmrazor, pixel_kd  # noqa: E402
 
@@ -60,7 +57,6 @@ ICSD_QUICK_CPU_SHAPES = ["2x21x65x65"]
 DEFAULT_LOSSES = ["cwd", "pixel_kd"]
 DEFAULT_IMPLS = ["eager", "cuda_graph", "compile"]
 ICSD_DEFAULT_IMPLS = ["official_loop", "eager", "cuda_graph", "compile"]
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
 
 def cwd_bench_loss(s, t):
@@ -92,44 +88,6 @@ ALL_IMPLS = ["official_loop", *GENERIC_IMPLS]
 COMPILE_MODES = {"compile": "default", "max_autotune": "max-autotune"}
 
 
-def parse_shape(text):
-    dims = tuple(int(d) for d in text.lower().split("x"))
-    if len(dims) != 4:
-        raise argparse.ArgumentTypeError(f"shape must be NxCxHxW, got {text!r}")
-    return dims
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(step, device, warmup, iters):
-    """Median wall time of `step` in milliseconds.
-
-    On CUDA each iteration is bracketed by its own pair of events (device time, not
-    Python time); on CPU perf_counter is the only clock and the work is synchronous anyway.
-    """
-    for _ in range(warmup):
-        step()
-    sync(device)
-    if device.type == "cuda":
-        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-        for start, end in pairs:
-            start.record()
-            step()
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [start.elapsed_time(end) for start, end in pairs]
-    else:
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def cuda_graph_step(fn, s, teacher):
     """The eager forward + backward captured once into a CUDA graph; the returned step replays it (the
     gradient lands in the same buffer every replay, as the graph allocated it at capture)."""
@@ -147,77 +105,17 @@ def cuda_graph_step(fn, s, teacher):
     return graph.replay
 
 
-def peak_mib(step, device):
-    """Memory one call of `step` allocates beyond what is allocated already, in MiB (CUDA only)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    step()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def iteration_counts(args, device):
-    """(warmup, iters): 1 and 3 with --quick, 10 and 50 on CUDA, 2 and 10 on the CPU; --warmup and --iters
-    override."""
-    if args.quick:
-        warmup, iters = 1, 3
-    elif device.type == "cuda":
-        warmup, iters = 10, 50
-    else:
-        warmup, iters = 2, 10
-    return (args.warmup if args.warmup is not None else warmup, args.iters if args.iters is not None else iters)
-
-
-class JsonLines:
-    """Prints each record as one JSON line, with the run's device, torch version and date, and appends it to
-    `path` when one is given."""
-
-    def __init__(self, device, path):
-        self.common = {
-            "device": device_name(device),
-            "torch": torch.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        self.file = path.open("w") if path else None
-
-    def emit(self, record):
-        line = json.dumps({**record, **self.common})
-        print(line, flush=True)
-        if self.file:
-            self.file.write(line + "\n")
-            self.file.flush()
-
-    def close(self):
-        if self.file:
-            self.file.close()
-
-
 def main():
-    parser = argparse.ArgumentParser(description="PyTorch eager / torch.compile baselines for CWD, pixel KD and ICSD.")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--quick", action="store_true", help="few iterations, for a smoke test")
+    parser = bench_parser("PyTorch eager / torch.compile baselines for CWD, pixel KD and ICSD.", impls=ALL_IMPLS,
+                          impls_help="default: eager cuda_graph compile (ICSD also official_loop); official_loop "
+                                     "is ICSD only; cuda_graph needs CUDA")
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=None,
                         help="NxCxHxW for every loss (default: each loss's own shapes)")
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     parser.add_argument("--losses", nargs="+", choices=list(LOSSES), default=DEFAULT_LOSSES)
-    parser.add_argument("--impls", nargs="+", choices=ALL_IMPLS, default=None,
-                        help="default: eager cuda_graph compile (ICSD also official_loop); official_loop is "
-                             "ICSD only; cuda_graph needs CUDA")
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
+    parser.set_defaults(impls=None)  # each loss has its own default impls, see impls_for
     args = parser.parse_args()
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = bench_device(args)
 
     def default_shapes(loss_name):
         if loss_name != "icsd":
@@ -249,60 +147,39 @@ def main():
 
     skipped_impls = set()
     warmup, iters = iteration_counts(args, device)
-
     lines = JsonLines(device, args.out)
-    emit = lines.emit
-
-    compile_broken = None  # first torch.compile failure; later attempts would fail the same way
+    guard = CompileGuard(device)
     for shape, shape_losses in plan.items():
         numel = shape[0] * shape[1] * shape[2] * shape[3]
         for dtype_name in args.dtypes:
-            dtype = DTYPES[dtype_name]
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            # Generate on the CPU with a fixed seed so every device times the same values.
-            student = (torch.randn(shape, generator=gen) * 3).to(device=device, dtype=dtype)
-            teacher = (torch.randn(shape, generator=gen) * 3).to(device=device, dtype=dtype)
-
-            # Copy bandwidth: read + write of a buffer as large as student + teacher.
-            src = torch.cat([student.reshape(-1), teacher.reshape(-1)])
-            dst = torch.empty_like(src)
-            copy_ms = median_ms(lambda: dst.copy_(src), device, warmup, iters)
-            copy_gbps = 2 * src.numel() * itemsize / (copy_ms * 1e-3) / 1e9
-            emit({"loss": "copy", "shape": list(shape), "dtype": dtype_name, "impl": "copy",
-                  "median_ms": copy_ms, "gbps": copy_gbps, "iters": iters})
-            del src, dst
-
+            student, teacher = random_pair(shape, DTYPES[dtype_name], device)
+            itemsize = student.element_size()
+            copy_gbps = time_copy(lines, (student, teacher), list(shape), dtype_name, device, warmup, iters)
             minimal_bytes = 3 * numel * itemsize
             for loss_name in shape_losses:
                 for impl in impls_for(loss_name):
                     fn = EXTRA_IMPLS.get(loss_name, {}).get(impl, LOSSES[loss_name])
                     if impl in COMPILE_MODES:
-                        if compile_broken:
+                        if guard.broken:
                             continue
-                        # Start from a clean cache so each configuration gets its own static-shape
-                        # compile, instead of dynamo switching to dynamic shapes on the 2nd shape.
-                        torch._dynamo.reset()
-                        fn = torch.compile(fn, mode=COMPILE_MODES[impl])
+                        fn = fresh_compile(fn, mode=COMPILE_MODES[impl])
                     s = student.detach().clone().requires_grad_(True)
 
                     def eager_step(fn=fn, s=s):
                         s.grad = None  # a fresh gradient each time: the kernel writes it once
                         fn(s, teacher).backward()
 
-                    try:
+                    def measure(fn=fn, s=s, impl=impl):
                         step = cuda_graph_step(fn, s, teacher) if impl == "cuda_graph" else eager_step
-                        ms = median_ms(step, device, warmup, iters)
-                        peak = peak_mib(step, device)
-                    except Exception as exc:  # noqa: BLE001 - any compile failure means "skip"
-                        if impl not in COMPILE_MODES:
-                            raise
-                        compile_broken = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                        print(f"skipping torch.compile on {device.type}: {compile_broken}", file=sys.stderr)
+                        return median_ms(step, device, warmup, iters), peak_mib(step, device)
+
+                    timed = guard.measure(impl in COMPILE_MODES, measure)
+                    if timed is None:
                         continue
-                    emit({"loss": loss_name, "shape": list(shape), "dtype": dtype_name, "impl": impl,
-                          "median_ms": ms, "gbps": minimal_bytes / (ms * 1e-3) / 1e9,
-                          "copy_gbps": copy_gbps, "peak_mib": peak, "iters": iters})
+                    ms, peak = timed
+                    lines.emit({"loss": loss_name, "shape": list(shape), "dtype": dtype_name, "impl": impl,
+                                "median_ms": ms, "gbps": minimal_bytes / (ms * 1e-3) / 1e9,
+                                "copy_gbps": copy_gbps, "peak_mib": peak, "iters": iters})
             del student, teacher
 
     lines.close()

@@ -19,38 +19,28 @@ Usage (from the repository root):
     .venv-torch/bin/python python-reference/record_fixtures.py [--out tests/fixtures]
 """
 
-import argparse
-import json
-import struct
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 # No __pycache__ next to the sources: the repo .gitignore does not cover this folder.
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kd_reference import (  # noqa: E402
-    cwd_mmrazor,
-    cwd_teacher_grad_closed_form,
-    cwd_torchdistiller,
-    pixel_kd,
-    pixel_kd_torchdistiller_official,
-)
+from kd_reference import cwd_mmrazor, cwd_teacher_grad_closed_form, cwd_torchdistiller, pixel_kd  # noqa: E402
+from kd_reference import pixel_kd_torchdistiller_official  # noqa: E402
+from record_common import DTYPES, FP64_RTOL, all_finite, fmt_param, fmt_short, rel_err  # noqa: E402
+from record_common import add_outliers, check_unique_names, fixture_metadata, recorder_args, warn_stale  # noqa: E402
+from record_common import stored_inputs, write_fixture  # noqa: E402
 
 # `KLDivLoss(reduction='mean')` warns that it is not the mathematical KL mean; dividing by
 # numel is exactly the official behaviour we are recording, so the warning is noise here.
 warnings.filterwarnings("ignore", message=".*reduction: 'mean' divides the total loss.*")
 
-FORMAT_VERSION = "1"
-DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-
-# Tolerances of the recorder's own consistency checks (not the crate's verifier tolerances).
+# Tolerance of the recorder's own consistency check (not the crate's verifier tolerances).
 FORM_AGREEMENT_RTOL = 1e-5  # TorchDistiller vs mmrazor CWD, as required by the task
-FP64_RTOL = 1e-4  # fp32 reference vs float64 recomputation; typical observed error is ~1e-7
 
 REF_CWD_TORCHDISTILLER = "torchdistiller.CriterionCWD"
 REF_CWD_MMRAZOR = "mmrazor.ChannelWiseDivergence"
@@ -86,16 +76,6 @@ class Case:
         if self.suffix:
             parts.append(self.suffix)
         return "_".join(parts)
-
-
-def fmt_short(x):
-    """Compact number for file names: 4.0 -> '4', 0.5 -> '0p5'."""
-    return ("%g" % x).replace(".", "p")
-
-
-def fmt_param(x):
-    """Metadata parameter string: a decimal that Rust's `str::parse::<f32>` accepts."""
-    return repr(float(x))
 
 
 def cwd(dtype, shape, tau, w, init, seed, impl, description, suffix="", **kw):
@@ -199,14 +179,7 @@ def make_inputs(case):
         if case.init == "normal15clip50":
             return (torch.randn(shape, generator=g) * 15.0).clamp(-50.0, 50.0)
         if case.init == "outliers":
-            x = torch.randn(shape, generator=g)
-            flat = x.view(-1)
-            # A few per tensor (about 1 %), so most rows stay ordinary and some rows are dominated.
-            count = max(2, flat.numel() // 100)
-            idx = torch.randperm(flat.numel(), generator=g)[:count]
-            signs = torch.randint(0, 2, (count,), generator=g).float() * 2 - 1
-            flat[idx] = 40.0 * signs
-            return x
+            return add_outliers(torch.randn(shape, generator=g), g, 40.0)
         raise ValueError(case.init)
 
     s, t = draw(), draw()
@@ -247,17 +220,6 @@ def evaluate(fn, s_in, t_in, dtype, teacher_grad):
     return loss.detach(), s.grad, (t.grad if teacher_grad else None)
 
 
-def all_finite(*tensors):
-    return all(x is None or bool(torch.isfinite(x).all()) for x in tensors)
-
-
-def rel_err(a, b):
-    """Max abs difference relative to the reference's max magnitude (the verifier's metric)."""
-    a, b = a.double(), b.double()
-    scale = b.abs().max().item()
-    return (a - b).abs().max().item() / max(scale, 1e-30)
-
-
 def run_extra_checks(case, s32, t32, loss, metadata):
     p = case.params
     for check in case.checks:
@@ -278,44 +240,13 @@ def run_extra_checks(case, s32, t32, loss, metadata):
             raise ValueError(check)
 
 
-def canonicalize_header(path):
-    """Rewrite a safetensors header with its metadata keys sorted, in place.
-
-    The safetensors writer keeps metadata in a hash map, so the key order (and the file's
-    bytes) changes from run to run. Sorting makes re-recording byte-identical, so a rerun
-    shows up in `git status` only when a value really changed. The header keeps its length,
-    so the data offsets stay valid.
-    """
-    raw = path.read_bytes()
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + header_len])
-    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    assert len(text) <= header_len, "canonical header longer than the original"
-    text += b" " * (header_len - len(text))  # the format allows trailing spaces in the header
-    path.write_bytes(raw[:8] + text + raw[8 + header_len:])
-
-
 def record_case(case, out_dir):
-    dtype = DTYPES[case.dtype]
-    s_raw, t_raw = make_inputs(case)
-    # Round to the case's dtype first: the stored values are what the reference sees.
-    s_stored = s_raw.to(dtype).contiguous()
-    t_stored = t_raw.to(dtype).contiguous()
-    s32, t32 = s_stored.float(), t_stored.float()
+    (s_stored, t_stored), (s32, t32) = stored_inputs(DTYPES[case.dtype], *make_inputs(case))
 
     fn = reference_fn(case, case.impl)
     loss, grad_s, grad_t = evaluate(fn, s32, t32, torch.float32, case.teacher_grad)
-    metadata = {
-        "loss": case.loss,
-        "format_version": FORMAT_VERSION,
-        "tau": fmt_param(case.params["tau"]),
-        "loss_weight": fmt_param(case.params["loss_weight"]),
-        "reference_impl": case.impl,
-        "description": case.description,
-        "seed": str(case.seed),
-        "torch_version": torch.__version__.split("+")[0],
-    }
+    metadata = fixture_metadata(case.loss, case.seed, case.description, tau=fmt_param(case.params["tau"]),
+                                loss_weight=fmt_param(case.params["loss_weight"]), reference_impl=case.impl)
     if case.loss == "pixel_kd":
         metadata["reduction"] = case.params["reduction"]
         metadata["scale_tau2"] = "true" if case.params["scale_tau2"] else "false"
@@ -380,10 +311,7 @@ def record_case(case, out_dir):
     if grad_t is not None:
         tensors["grad.teacher"] = grad_t.float().contiguous()
     path = out_dir / f"{case.name}.safetensors"
-    save_file(tensors, str(path), metadata=metadata)
-    canonicalize_header(path)
-    reloaded = load_file(str(path))
-    assert all(torch.equal(reloaded[k], v) for k, v in tensors.items()), f"{path.name}: reload mismatch"
+    write_fixture(path, tensors, metadata)
 
     max_grad = grad_s.abs().max().item()
     extra = f"  max|grad.teacher| {grad_t.abs().max().item():.6e}" if grad_t is not None else ""
@@ -393,21 +321,10 @@ def record_case(case, out_dir):
 
 
 def main():
-    repo_root = Path(__file__).resolve().parent.parent
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=repo_root / "tests" / "fixtures")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    torch.use_deterministic_algorithms(True)
-    names = [c.name for c in CASES]
-    assert len(names) == len(set(names)), "duplicate case names"
+    args = recorder_args(__doc__)
+    check_unique_names(CASES)
     written = {record_case(case, args.out).name for case in CASES}
-
-    # This recorder owns the cwd_* and pixel_kd_* files; flag leftovers from renamed cases.
-    for stale in sorted(args.out.glob("*.safetensors")):
-        if stale.name.startswith(("cwd_", "pixel_kd_")) and stale.name not in written:
-            print(f"warning: {stale.name} was not produced by this run (stale?)", file=sys.stderr)
+    warn_stale(args.out, ("cwd_", "pixel_kd_"), written)
     total = sum(p.stat().st_size for p in args.out.glob("*.safetensors"))
     print(f"{len(written)} files written to {args.out} ({total / 1024:.1f} KiB of fixtures in the folder)")
 

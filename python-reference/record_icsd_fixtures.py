@@ -31,7 +31,6 @@ Usage (from the repository root):
     .venv-torch/bin/python python-reference/record_icsd_fixtures.py [--out tests/fixtures]
 """
 
-import argparse
 import math
 import sys
 import warnings
@@ -39,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 # No __pycache__ next to the sources: the repo .gitignore does not cover this folder.
 sys.dont_write_bytecode = True
@@ -59,16 +57,9 @@ from icsd_reference import (  # noqa: E402
     icsd_similarity_matrices,
 )
 from kd_reference import pixel_kd  # noqa: E402
-from record_fixtures import (  # noqa: E402
-    DTYPES,
-    FORMAT_VERSION,
-    FP64_RTOL,
-    all_finite,
-    canonicalize_header,
-    fmt_param,
-    fmt_short,
-    rel_err,
-)
+from record_common import DTYPES, FP64_RTOL, all_finite, fmt_param, fmt_short, rel_err  # noqa: E402
+from record_common import add_outliers, check_unique_names, finish_run, fixture_metadata  # noqa: E402
+from record_common import loss_and_grad, recorder_args, stored_inputs, write_case  # noqa: E402
 
 # `KLDivLoss(reduction='mean')` (the official pixel-KD term in the AICSD self-check) warns that
 # it is not the mathematical KL mean; dividing by numel is the official behaviour.
@@ -158,13 +149,7 @@ def make_inputs(case):
 
     def draw():
         x = torch.randn(shape, generator=g) * 2.0
-        if case.init.endswith("_outliers30"):
-            flat = x.view(-1)
-            count = max(2, flat.numel() // 100)  # about 1 %: most columns stay ordinary
-            idx = torch.randperm(flat.numel(), generator=g)[:count]
-            signs = torch.randint(0, 2, (count,), generator=g).float() * 2 - 1
-            flat[idx] = 30.0 * signs
-        return x
+        return add_outliers(x, g, 30.0) if case.init.endswith("_outliers30") else x
 
     if case.init not in ("normal2", "normal2_outliers30", "identical", "official_underflow"):
         raise ValueError(case.init)
@@ -181,25 +166,25 @@ def make_inputs(case):
     return s, t
 
 
-def official_outputs(s, t, tau, w, impl):
-    """(loss, grad.student, sim.student, sim.teacher) of the official variant by autograd."""
-    s = s.detach().clone().requires_grad_(True)
-    fn = icsd_official_loop if impl == "loop" else icsd_official_vectorized
-    loss = fn(s, t, tau, w)
-    (grad,) = torch.autograd.grad(loss, s)
+# variant -> impl ("loop" or "vectorized") -> the loss
+FORMS = {"official": {"loop": icsd_official_loop, "vectorized": icsd_official_vectorized},
+         "paper": {"loop": icsd_paper, "vectorized": icsd_paper_vectorized}}
+
+
+def variant_outputs(variant, s, t, tau, w, impl):
+    """(loss, grad.student, sim.student, sim.teacher) of `variant` in form `impl`, by autograd."""
+    loss, grad = loss_and_grad(FORMS[variant][impl], s, t, tau, w)
     with torch.no_grad():
-        sim_s, sim_t = icsd_similarity_matrices(s, t, tau, "official", impl)
-    return loss.detach(), grad, sim_s.detach(), sim_t.detach()
+        sim_s, sim_t = icsd_similarity_matrices(s, t, tau, variant, impl)
+    return loss, grad, sim_s.detach(), sim_t.detach()
+
+
+def official_outputs(s, t, tau, w, impl):
+    return variant_outputs("official", s, t, tau, w, impl)
 
 
 def paper_outputs(s, t, tau, w, impl):
-    s = s.detach().clone().requires_grad_(True)
-    fn = icsd_paper if impl == "loop" else icsd_paper_vectorized
-    loss = fn(s, t, tau, w)
-    (grad,) = torch.autograd.grad(loss, s)
-    with torch.no_grad():
-        sim_s, sim_t = icsd_similarity_matrices(s, t, tau, "paper", impl)
-    return loss.detach(), grad, sim_s.detach(), sim_t.detach()
+    return variant_outputs("paper", s, t, tau, w, impl)
 
 
 OUTPUT_NAMES = ("loss", "grad.student", "sim.student", "sim.teacher")
@@ -259,26 +244,13 @@ def run_checks(case, s32, t32, outs32, loop_outs32, metadata):
 
 
 def record_case(case, out_dir):
-    dtype = DTYPES[case.dtype]
-    s_raw, t_raw = make_inputs(case)
-    # Round to the case's dtype first: the stored values are what the reference sees.
-    s_stored = s_raw.to(dtype).contiguous()
-    t_stored = t_raw.to(dtype).contiguous()
-    s32, t32 = s_stored.float(), t_stored.float()
+    (s_stored, t_stored), (s32, t32) = stored_inputs(DTYPES[case.dtype], *make_inputs(case))
     s64, t64 = s32.double(), t32.double()
     tau, w = case.tau, case.loss_weight
     notes = []
 
-    metadata = {
-        "loss": "icsd",
-        "format_version": FORMAT_VERSION,
-        "tau": fmt_param(tau),
-        "loss_weight": fmt_param(w),
-        "variant": case.variant,
-        "description": case.description,
-        "seed": str(case.seed),
-        "torch_version": torch.__version__.split("+")[0],
-    }
+    metadata = fixture_metadata("icsd", case.seed, case.description, tau=fmt_param(tau), loss_weight=fmt_param(w),
+                                variant=case.variant)
 
     loop_outs32 = None
     if case.variant == "official":
@@ -347,16 +319,7 @@ def record_case(case, out_dir):
         "sim.student": sim_s.float().contiguous(),
         "sim.teacher": sim_t.float().contiguous(),
     }
-    path = out_dir / f"{case.name}.safetensors"
-    save_file(tensors, str(path), metadata=metadata)
-    canonicalize_header(path)
-    reloaded = load_file(str(path))
-    assert all(torch.equal(reloaded[k], v) for k, v in tensors.items()), f"{path.name}: reload mismatch"
-
-    print(f"{path.name}: loss {loss.item():.9g}  max|grad.student| {grad.abs().max().item():.6e}  "
-          f"({path.stat().st_size} bytes)")
-    print(f"    [{impl}; {'; '.join(notes)}]")
-    return path
+    return write_case(out_dir, case.name, tensors, metadata, loss, grad, "; ".join([impl, *notes]))
 
 
 def aicsd_self_check():
@@ -393,26 +356,11 @@ def aicsd_self_check():
 
 
 def main():
-    repo_root = Path(__file__).resolve().parent.parent
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=repo_root / "tests" / "fixtures")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    torch.use_deterministic_algorithms(True)
-    names = [c.name for c in CASES]
-    assert len(names) == len(set(names)), "duplicate case names"
+    args = recorder_args(__doc__)
+    check_unique_names(CASES)
     paths = [record_case(case, args.out) for case in CASES]
-    written = {p.name for p in paths}
-
-    # This recorder owns the icsd_* files; flag leftovers from renamed cases.
-    for stale in sorted(args.out.glob("icsd_*.safetensors")):
-        if stale.name not in written:
-            print(f"warning: {stale.name} was not produced by this run (stale?)", file=sys.stderr)
-    print("largest errors over all cases: " + ", ".join(f"{k} {v:.1e}" for k, v in STATS.items()))
+    finish_run(args.out, ("icsd_",), paths, STATS)
     aicsd_self_check()
-    total = sum(p.stat().st_size for p in paths)
-    print(f"{len(paths)} files written to {args.out} ({total / 1024:.1f} KiB)")
 
 
 if __name__ == "__main__":

@@ -31,32 +31,19 @@ Usage (from the repository root):
         [--out tests/fixtures]
 """
 
-import argparse
-import hashlib
-import subprocess
 import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ifvd_reference import cos_map, ifvd_closed_form, nearest_index, resized_labels  # noqa: E402,F401
-from record_fixtures import (  # noqa: E402
-    DTYPES,
-    FORMAT_VERSION,
-    FP64_RTOL,
-    all_finite,
-    canonicalize_header,
-    fmt_param,
-    fmt_short,
-    rel_err,
-)
+from record_common import CIRKD_COMMIT, DTYPES, all_finite, fmt_param, fmt_short, rel_err  # noqa: E402
+from record_common import add_cirkd_source, check_official_vs_closed, check_unique_names, finish_run  # noqa: E402
+from record_common import fixture_metadata, load_cirkd_class, loss_and_grad, recorder_args, write_case  # noqa: E402
 
-CIRKD_COMMIT = "dab64dbb5e4172141166cf8434a80ce55d9d3aa7"
 CIRKD_PATH = "losses/ifvd.py"
 CIRKD_BLOB = "6efa31a32d4b09414207c8a728964c7eb6aad165"  # git blob id of CIRKD_PATH at CIRKD_COMMIT
 
@@ -67,25 +54,9 @@ OFFICIAL_VS_CLOSED_RTOL_F32 = 1e-5
 OFFICIAL_VS_CLOSED_RTOL_F64 = 1e-12
 
 
-def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def load_official(args):
     """The official `CriterionIFV` class, from the pinned blob only."""
-    if args.cirkd_file is not None:
-        source = args.cirkd_file.read_bytes()
-        origin = str(args.cirkd_file)
-    else:
-        source = subprocess.run(["git", "--git-dir", str(args.cirkd_git), "show", f"{CIRKD_COMMIT}:{CIRKD_PATH}"],
-                                check=True, capture_output=True).stdout
-        origin = f"{args.cirkd_git} @ {CIRKD_COMMIT}"
-    blob = git_blob_id(source)
-    if blob != CIRKD_BLOB:
-        sys.exit(f"{origin}: blob {blob} is not winycg/CIRKD {CIRKD_PATH} @ {CIRKD_COMMIT} ({CIRKD_BLOB})")
-    module = types.ModuleType("cirkd_ifvd")
-    exec(compile(source, f"CIRKD/{CIRKD_PATH}", "exec"), module.__dict__)
-    return module.CriterionIFV
+    return load_cirkd_class(args, CIRKD_PATH, CIRKD_BLOB, "CriterionIFV")
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,17 +160,11 @@ def zero_feature_pixel(case, s, labels):
 
 
 def official_outputs(criterion_cls, s, t, labels, case):
-    s = s.detach().clone().requires_grad_(True)
-    loss = case.loss_weight * criterion_cls(case.num_classes)(s, t, labels)
-    (grad,) = torch.autograd.grad(loss, s)
-    return loss.detach(), grad
+    return loss_and_grad(lambda x: case.loss_weight * criterion_cls(case.num_classes)(x, t, labels), s)
 
 
 def closed_outputs(s, t, labels, case):
-    s = s.detach().clone().requires_grad_(True)
-    loss = ifvd_closed_form(s, t, labels, case.num_classes, case.loss_weight)
-    (grad,) = torch.autograd.grad(loss, s)
-    return loss.detach(), grad
+    return loss_and_grad(ifvd_closed_form, s, t, labels, case.num_classes, case.loss_weight)
 
 
 STATS = {"official~closed fp32": 0.0, "official~closed f64": 0.0, "fp32~f64": 0.0}
@@ -258,26 +223,14 @@ def record_case(criterion_cls, case, out_dir):
     closed32 = closed_outputs(s32, t32, labels, case)
     closed64 = closed_outputs(s64, t64, labels, case)
     assert all_finite(*outs32), f"{case.name}: the official output is not finite"
-    e32, e64, e_ref = max_rel(closed32, outs32), max_rel(closed64, outs64), max_rel(outs32, outs64)
-    assert e32 <= OFFICIAL_VS_CLOSED_RTOL_F32, f"{case.name}: official vs closed form fp32 {e32:.2e}"
-    assert e64 <= OFFICIAL_VS_CLOSED_RTOL_F64, f"{case.name}: official vs closed form f64 {e64:.2e}"
-    assert e_ref <= FP64_RTOL, f"{case.name}: fp32 vs float64 {e_ref:.2e}"
-    for key, v in zip(STATS, (e32, e64, e_ref)):
-        STATS[key] = max(STATS[key], v)
+    errors = max_rel(closed32, outs32), max_rel(closed64, outs64), max_rel(outs32, outs64)
+    note = check_official_vs_closed(case.name, errors, OFFICIAL_VS_CLOSED_RTOL_F32, OFFICIAL_VS_CLOSED_RTOL_F64, STATS)
     loss, grad = outs32
     run_checks(case, labels, classes, loss, grad, zero_pix)
 
-    metadata = {
-        "loss": "ifvd",
-        "format_version": FORMAT_VERSION,
-        "num_classes": str(case.num_classes),
-        "loss_weight": fmt_param(case.loss_weight),
-        "description": case.description,
-        "reference_impl": "cirkd.CriterionIFV",
-        "official_source": f"winycg/CIRKD {CIRKD_PATH} @ {CIRKD_COMMIT}",
-        "seed": str(case.seed),
-        "torch_version": torch.__version__.split("+")[0],
-    }
+    metadata = fixture_metadata("ifvd", case.seed, case.description, num_classes=str(case.num_classes),
+                                loss_weight=fmt_param(case.loss_weight), reference_impl="cirkd.CriterionIFV",
+                                official_source=f"winycg/CIRKD {CIRKD_PATH} @ {CIRKD_COMMIT}")
     tensors = {
         "student": s_stored,
         "teacher": t_stored,
@@ -285,39 +238,16 @@ def record_case(criterion_cls, case, out_dir):
         "loss": loss.float().reshape([]).contiguous(),
         "grad.student": grad.float().contiguous(),
     }
-    path = out_dir / f"{case.name}.safetensors"
-    save_file(tensors, str(path), metadata=metadata)
-    canonicalize_header(path)
-    reloaded = load_file(str(path))
-    assert all(torch.equal(reloaded[k], v) for k, v in tensors.items()), f"{path.name}: reload mismatch"
-    print(f"{path.name}: loss {loss.item():.9g}  max|grad.student| {grad.abs().max().item():.6e}  "
-          f"({path.stat().st_size} bytes)")
-    print(f"    [official~closed fp32 {e32:.1e}, f64 {e64:.1e}; fp32~f64 {e_ref:.1e}]")
-    return path
+    return write_case(out_dir, case.name, tensors, metadata, loss, grad, note)
 
 
 def main():
-    repo_root = Path(__file__).resolve().parent.parent
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=repo_root / "tests" / "fixtures")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--cirkd-git", type=Path, help="a winycg/CIRKD git directory holding the pinned commit")
-    source.add_argument("--cirkd-file", type=Path, help="a copy of CIRKD's losses/ifvd.py at the pinned commit")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = recorder_args(__doc__, lambda parser: add_cirkd_source(
+        parser, "--cirkd-file", "a copy of CIRKD's losses/ifvd.py at the pinned commit"))
     criterion_cls = load_official(args)
-
-    torch.use_deterministic_algorithms(True)
-    names = [c.name for c in CASES]
-    assert len(names) == len(set(names)), "duplicate case names"
+    check_unique_names(CASES)
     paths = [record_case(criterion_cls, case, args.out) for case in CASES]
-    written = {p.name for p in paths}
-    for stale in sorted(args.out.glob("ifvd_*.safetensors")):
-        if stale.name not in written:
-            print(f"warning: {stale.name} was not produced by this run (stale?)", file=sys.stderr)
-    print("largest errors over all cases: " + ", ".join(f"{k} {v:.1e}" for k, v in STATS.items()))
-    total = sum(p.stat().st_size for p in paths)
-    print(f"{len(paths)} files written to {args.out} ({total / 1024:.1f} KiB)")
+    finish_run(args.out, ("ifvd_",), paths, STATS)
 
 
 if __name__ == "__main__":

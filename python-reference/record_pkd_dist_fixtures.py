@@ -30,13 +30,11 @@ Usage (from the repository root):
     .venv-torch/bin/python python-reference/record_pkd_dist_fixtures.py [--out tests/fixtures]
 """
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 # No __pycache__ next to the sources: the repo .gitignore does not cover this folder.
 sys.dont_write_bytecode = True
@@ -46,16 +44,8 @@ sys.path.insert(0, str(HERE / "official"))
 from dist_kd_dist import DIST  # noqa: E402
 from mmrazor_dist_loss import DISTLoss  # noqa: E402
 from mmrazor_pkd_loss import PKDLoss  # noqa: E402
-from record_fixtures import (  # noqa: E402
-    DTYPES,
-    FORMAT_VERSION,
-    FP64_RTOL,
-    all_finite,
-    canonicalize_header,
-    fmt_param,
-    fmt_short,
-    rel_err,
-)
+from record_common import DTYPES, FP64_RTOL, add_outliers, all_finite, fmt_param, fmt_short, rel_err  # noqa: E402
+from record_common import check_unique_names, finish_run, fixture_metadata, recorder_args, write_fixture  # noqa: E402
 
 GRAD_ANALYTIC_RTOL_F64 = 1e-10  # the crate's closed-form gradient vs official autograd, float64
 MMRAZOR_FLAT_RTOL = 1e-5  # mmrazor DISTLoss on flattened pixels vs DIST_KD's DIST, fp32
@@ -232,20 +222,7 @@ def draw_features(shape, g):
 
 def draw_logits(shape, g, outliers):
     x = torch.randn(shape, generator=g) * 2.0
-    if outliers:
-        flat = x.view(-1)
-        count = max(2, flat.numel() // 100)
-        idx = torch.randperm(flat.numel(), generator=g)[:count]
-        signs = torch.randint(0, 2, (count,), generator=g).float() * 2 - 1
-        flat[idx] = 30.0 * signs
-    return x
-
-
-def finish_file(path, tensors, metadata):
-    save_file(tensors, str(path), metadata=metadata)
-    canonicalize_header(path)
-    reloaded = load_file(str(path))
-    assert all(torch.equal(reloaded[k], v) for k, v in tensors.items()), f"{path.name}: reload mismatch"
+    return add_outliers(x, g, 30.0) if outliers else x
 
 
 def record_pkd(case, out_dir):
@@ -303,16 +280,8 @@ def record_pkd(case, out_dir):
     e = rel_err(loss32, loss64)
     assert e <= FP64_RTOL, f"{case.name}: loss fp32 vs float64 {e:.2e}"
 
-    metadata = {
-        "loss": "pkd",
-        "format_version": FORMAT_VERSION,
-        "loss_weight": fmt_param(w),
-        "num_levels": str(len(case.shapes)),
-        "description": case.description,
-        "seed": str(case.seed),
-        "torch_version": torch.__version__.split("+")[0],
-        "reference_impl": REF_PKD,
-    }
+    metadata = fixture_metadata("pkd", case.seed, case.description, loss_weight=fmt_param(w),
+                                num_levels=str(len(case.shapes)), reference_impl=REF_PKD)
     if metadata_notes:
         metadata["notes"] = "; ".join(metadata_notes)
     if nan_levels:
@@ -324,8 +293,8 @@ def record_pkd(case, out_dir):
         if lv not in nan_levels:
             tensors[f"grad.student.{lv}"] = grads32[lv].float().contiguous()
     path = out_dir / f"{case.name}.safetensors"
-    finish_file(path, tensors, metadata)
-    print(f"{path.name}: loss {loss32.item():.9g}  ({path.stat().st_size} bytes)"
+    size = write_fixture(path, tensors, metadata)
+    print(f"{path.name}: loss {loss32.item():.9g}  ({size} bytes)"
           + (f"  [official grad NaN in level(s) {nan_levels}: not recorded]" if nan_levels else ""))
     return path
 
@@ -362,19 +331,10 @@ def record_dist(case, out_dir):
     as_is = mm(s32, t32)
     assert rel_err(as_is, loss32) > 1e-3, f"{case.name}: mmrazor's 4-D DISTLoss unexpectedly equals DIST"
 
-    metadata = {
-        "loss": "dist",
-        "format_version": FORMAT_VERSION,
-        "tau": fmt_param(case.tau),
-        "beta": fmt_param(case.beta),
-        "gamma": fmt_param(case.gamma),
-        "loss_weight": fmt_param(case.loss_weight),
-        "description": case.description,
-        "seed": str(case.seed),
-        "torch_version": torch.__version__.split("+")[0],
-        "reference_impl": REF_DIST,
-        "mmrazor_distloss_4d": repr(as_is.item()),
-    }
+    metadata = fixture_metadata("dist", case.seed, case.description, tau=fmt_param(case.tau),
+                                beta=fmt_param(case.beta), gamma=fmt_param(case.gamma),
+                                loss_weight=fmt_param(case.loss_weight), reference_impl=REF_DIST,
+                                mmrazor_distloss_4d=repr(as_is.item()))
     tensors = {
         "student": s_stored,
         "teacher": t_stored,
@@ -382,30 +342,18 @@ def record_dist(case, out_dir):
         "grad.student": grad32.float().contiguous(),
     }
     path = out_dir / f"{case.name}.safetensors"
-    finish_file(path, tensors, metadata)
+    size = write_fixture(path, tensors, metadata)
     print(f"{path.name}: loss {loss32.item():.9g}  max|grad| {grad32.abs().max().item():.6e}  "
           f"(fp32~f64 {max(e_loss, e_grad):.1e}, analytic~autograd f64 {e_an:.1e}, mmrazor flat {e_flat:.1e}, "
-          f"mmrazor 4-D {as_is.item():.6g}; {path.stat().st_size} bytes)")
+          f"mmrazor 4-D {as_is.item():.6g}; {size} bytes)")
     return path
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE.parent / "tests" / "fixtures")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    torch.use_deterministic_algorithms(True)
-    names = [c.name for c in PKD_CASES + DIST_CASES]
-    assert len(names) == len(set(names)), "duplicate case names"
+    args = recorder_args(__doc__)
+    check_unique_names(PKD_CASES + DIST_CASES)
     paths = [record_pkd(c, args.out) for c in PKD_CASES] + [record_dist(c, args.out) for c in DIST_CASES]
-    written = {p.name for p in paths}
-    for prefix in ("pkd_", "dist_"):
-        for stale in sorted(args.out.glob(f"{prefix}*.safetensors")):
-            if stale.name not in written:
-                print(f"warning: {stale.name} was not produced by this run (stale?)", file=sys.stderr)
-    total = sum(p.stat().st_size for p in paths)
-    print(f"{len(paths)} files written to {args.out} ({total / 1024:.1f} KiB)")
+    finish_run(args.out, ("pkd_", "dist_"), paths)
 
 
 if __name__ == "__main__":

@@ -40,21 +40,20 @@ Usage (from the repository root):
     .venv-torch/bin/python python-reference/record_semckd_cwt_fixtures.py [--out tests/fixtures]
 """
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 # No __pycache__ next to the sources: the repo .gitignore does not cover this folder.
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cwt_reference as cwt_ref  # noqa: E402
 import semckd_reference as sem_ref  # noqa: E402
-from record_fixtures import DTYPES, FORMAT_VERSION, canonicalize_header, fmt_param, fmt_short  # noqa: E402
+from record_common import DTYPES, check_unique_names, fixture_metadata, fmt_param, fmt_short  # noqa: E402
+from record_common import recorder_args, warn_stale, write_fixture  # noqa: E402
 
 FP64_RTOL = 1e-4  # fp32 reference vs float64 recomputation: the verifier's f32 tolerance
 FP64_WARN = 1e-5  # above this the crate would have less than 10x headroom: warn
@@ -80,14 +79,7 @@ def check_close(label, got, ref, tol, errors, name):
 
 
 def save_fixture(path, tensors, metadata):
-    tensors = {k: v.contiguous() for k, v in sorted(tensors.items())}
-    save_file(tensors, str(path), metadata=metadata)
-    canonicalize_header(path)
-    reloaded = load_file(str(path))
-    assert sorted(reloaded) == sorted(tensors), f"{path.name}: reload names differ"
-    assert all(reloaded[k].dtype == v.dtype and torch.equal(reloaded[k], v) for k, v in tensors.items()), (
-        f"{path.name}: reload mismatch")
-    size = path.stat().st_size
+    size = write_fixture(path, {k: v.contiguous() for k, v in sorted(tensors.items())}, metadata)
     assert size < MAX_FILE_BYTES, f"{path.name}: {size} bytes, over the {MAX_FILE_BYTES} limit"
     return size
 
@@ -262,19 +254,10 @@ def record_semckd(case, out_dir):
     assert relu_margin > RELU_MARGIN, f"{case.name}: MLP pre-activation too close to 0 ({relu_margin:.1e})"
     assert norm_margin > NORM_MARGIN, f"{case.name}: embedding norm too small ({norm_margin:.1e})"
 
-    metadata = {
-        "loss": "semckd",
-        "format_version": FORMAT_VERSION,
-        "loss_weight": fmt_param(case.loss_weight),
-        "num_student_layers": str(S),
-        "num_teacher_layers": str(T),
-        "embed_dim": str(B // sem_ref.FACTOR),
-        "reference_impl": REF_SEMCKD,
-        "description": case.description,
-        "seed": str(case.seed),
-        "student_proj_source": f"official AAEmbed regressors, train-mode BN, torch.manual_seed({case.seed + 10000})",
-        "torch_version": torch.__version__.split("+")[0],
-    }
+    metadata = fixture_metadata(
+        "semckd", case.seed, case.description, loss_weight=fmt_param(case.loss_weight), num_student_layers=str(S),
+        num_teacher_layers=str(T), embed_dim=str(B // sem_ref.FACTOR), reference_impl=REF_SEMCKD,
+        student_proj_source=f"official AAEmbed regressors, train-mode BN, torch.manual_seed({case.seed + 10000})")
     tensors = {}
     for i, x in enumerate(fs_st):
         tensors[f"student.{i}"] = x
@@ -394,16 +377,8 @@ def record_cwt(case, out_dir):
         assert bool(exact_zero_rows[0]) and not bool((a[1] > 0).any()) and active < 0.2, active
         assert bool((ref["grad.mlp.linear1.weight"][:2] == 0).all()), "dead units must get exactly 0 gradient"
 
-    metadata = {
-        "loss": "cwt",
-        "format_version": FORMAT_VERSION,
-        "loss_weight": fmt_param(case.loss_weight),
-        "normalize": case.normalize,
-        "reference_impl": REF_CWT,
-        "description": case.description,
-        "seed": str(case.seed),
-        "torch_version": torch.__version__.split("+")[0],
-    }
+    metadata = fixture_metadata("cwt", case.seed, case.description, loss_weight=fmt_param(case.loss_weight),
+                                normalize=case.normalize, reference_impl=REF_CWT)
     tensors = {"student": s_st, "teacher": t_st}
     tensors.update({k: v.float() for k, v in params.items()})  # parameters always F32
     for k, v in ref.items():
@@ -416,21 +391,14 @@ def record_cwt(case, out_dir):
 
 
 def main():
-    repo_root = Path(__file__).resolve().parent.parent
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=repo_root / "tests" / "fixtures")
-    parser.add_argument("--losses", nargs="+", choices=["semckd", "cwt"], default=["semckd", "cwt"])
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    torch.use_deterministic_algorithms(True)
+    args = recorder_args(__doc__, lambda parser: parser.add_argument(
+        "--losses", nargs="+", choices=["semckd", "cwt"], default=["semckd", "cwt"]))
     jobs = []
     if "semckd" in args.losses:
         jobs += [(record_semckd, c) for c in SEMCKD_CASES]
     if "cwt" in args.losses:
         jobs += [(record_cwt, c) for c in CWT_CASES]
-    names = [c.name for _, c in jobs]
-    assert len(names) == len(set(names)), "duplicate case names"
+    check_unique_names([c for _, c in jobs])
 
     written, worst = set(), {}
     for fn, case in jobs:
@@ -444,9 +412,7 @@ def main():
         for k, v in errors.items():
             worst[(loss, k)] = max(worst.get((loss, k), 0.0), v)
 
-    for stale in sorted(args.out.glob("*.safetensors")):
-        if stale.name.startswith(tuple(f"{loss}_" for loss in args.losses)) and stale.name not in written:
-            print(f"warning: {stale.name} was not produced by this run (stale?)", file=sys.stderr)
+    warn_stale(args.out, [f"{loss}_" for loss in args.losses], written)
     print("worst errors: " + "; ".join(f"{loss} {k} {v:.1e}" for (loss, k), v in sorted(worst.items())))
     total = sum((args.out / n).stat().st_size for n in written)
     print(f"{len(written)} files written to {args.out} ({total / 1024:.1f} KiB)")

@@ -48,34 +48,21 @@ Usage (from the repository root; the venv needs torch and safetensors):
         [--out tests/fixtures]
 """
 
-import argparse
 import contextlib
-import subprocess
 import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_fixtures import (  # noqa: E402
-    DTYPES,
-    FORMAT_VERSION,
-    FP64_RTOL,
-    all_finite,
-    canonicalize_header,
-    fmt_param,
-    fmt_short,
-    rel_err,
-)
-from record_ifvd_fixtures import git_blob_id  # noqa: E402
+from record_common import CIRKD_COMMIT, DTYPES, all_finite, fmt_param, fmt_short, rel_err, stored_inputs  # noqa: E402
+from record_common import add_cirkd_source, check_official_vs_closed, check_unique_names, finish_run  # noqa: E402
+from record_common import fixture_metadata, load_cirkd_class, loss_and_grad, recorder_args, write_case  # noqa: E402
 
-CIRKD_COMMIT = "dab64dbb5e4172141166cf8434a80ce55d9d3aa7"
 # loss -> (path in CIRKD, git blob id at CIRKD_COMMIT, class name)
 OFFICIAL = {
     "skd": ("losses/skd.py", "bca84477cde558a66e43196aa562db0d4da43f50", "CriterionStructuralKD"),
@@ -92,22 +79,7 @@ OFFICIAL_VS_CLOSED_RTOL_F64 = 1e-11
 
 def load_official(args):
     """The official classes by loss, from the pinned blobs only."""
-    classes = {}
-    for loss, (path, blob, cls) in OFFICIAL.items():
-        if args.cirkd_dir is not None:
-            source = (args.cirkd_dir / path).read_bytes()
-            origin = str(args.cirkd_dir / path)
-        else:
-            source = subprocess.run(["git", "--git-dir", str(args.cirkd_git), "show", f"{CIRKD_COMMIT}:{path}"],
-                                    check=True, capture_output=True).stdout
-            origin = f"{args.cirkd_git} @ {CIRKD_COMMIT}:{path}"
-        got = git_blob_id(source)
-        if got != blob:
-            sys.exit(f"{origin}: blob {got} is not winycg/CIRKD {path} @ {CIRKD_COMMIT} ({blob})")
-        module = types.ModuleType(f"cirkd_{loss}")
-        exec(compile(source, f"CIRKD/{path}", "exec"), module.__dict__)
-        classes[loss] = getattr(module, cls)
-    return classes
+    return {loss: load_cirkd_class(args, path, blob, cls) for loss, (path, blob, cls) in OFFICIAL.items()}
 
 
 @contextlib.contextmanager
@@ -297,18 +269,11 @@ def make_inputs(case):
 
 def official_outputs(classes, s, t, case):
     fn = official_skd if case.loss == "skd" else official_cirkd
-    s = s.detach().clone().requires_grad_(True)
-    loss = fn(classes, s, t, case)
-    (grad,) = torch.autograd.grad(loss, s)
-    return loss.detach(), grad
+    return loss_and_grad(lambda x: fn(classes, x, t, case), s)
 
 
 def closed_outputs(s, t, case):
-    fn = skd_gram if case.loss == "skd" else cirkd_einsum
-    s = s.detach().clone().requires_grad_(True)
-    loss = fn(s, t, case)
-    (grad,) = torch.autograd.grad(loss, s)
-    return loss.detach(), grad
+    return loss_and_grad(skd_gram if case.loss == "skd" else cirkd_einsum, s, t, case)
 
 
 STATS = {"official~closed fp32": 0.0, "official~closed f64": 0.0, "fp32~f64": 0.0}
@@ -337,11 +302,7 @@ def run_checks(case, s32, loss, grad):
 
 
 def record_case(classes, case, out_dir):
-    dtype = DTYPES[case.dtype]
-    s_raw, t_raw = make_inputs(case)
-    s_stored = s_raw.to(dtype).contiguous()
-    t_stored = t_raw.to(dtype).contiguous()
-    s32, t32 = s_stored.float(), t_stored.float()
+    (s_stored, t_stored), (s32, t32) = stored_inputs(DTYPES[case.dtype], *make_inputs(case))
     s64, t64 = s32.double(), t32.double()
 
     outs32 = official_outputs(classes, s32, t32, case)
@@ -351,19 +312,15 @@ def record_case(classes, case, out_dir):
     assert all_finite(*outs32), f"{case.name}: the official output is not finite"
     if case.init == "identical":
         # Both are zero: the relative error is 0/0.
-        e32 = e64 = e_ref = 0.0
+        errors = (0.0, 0.0, 0.0)
         assert all(bool((x == 0).all()) for x in (*outs64, *closed64)), case.name
     else:
-        e32, e64, e_ref = max_rel(closed32, outs32), max_rel(closed64, outs64), max_rel(outs32, outs64)
+        errors = max_rel(closed32, outs32), max_rel(closed64, outs64), max_rel(outs32, outs64)
     if case.init == "close" and case.loss == "skd":
         # The Gram form's three terms nearly cancel here: in fp32 it keeps only a few digits (the reason the
         # crate accumulates them carefully); float64 still checks it.
-        e32 = 0.0
-    assert e32 <= OFFICIAL_VS_CLOSED_RTOL_F32, f"{case.name}: official vs closed form fp32 {e32:.2e}"
-    assert e64 <= OFFICIAL_VS_CLOSED_RTOL_F64, f"{case.name}: official vs closed form f64 {e64:.2e}"
-    assert e_ref <= FP64_RTOL, f"{case.name}: fp32 vs float64 {e_ref:.2e}"
-    for key, v in zip(STATS, (e32, e64, e_ref)):
-        STATS[key] = max(STATS[key], v)
+        errors = (0.0, *errors[1:])
+    note = check_official_vs_closed(case.name, errors, OFFICIAL_VS_CLOSED_RTOL_F32, OFFICIAL_VS_CLOSED_RTOL_F64, STATS)
     loss, grad = outs32
     run_checks(case, s32, loss, grad)
 
@@ -377,16 +334,8 @@ def record_case(classes, case, out_dir):
         if case.pool not in ("auto", "none"):
             impl = f"nn.AvgPool2d({case.pool}, ceil_mode=True) then " + impl
         params = {"loss_weight": fmt_param(case.loss_weight), "pool": str(case.pool), "tau": fmt_param(case.tau)}
-    metadata = {
-        "loss": case.loss,
-        "format_version": FORMAT_VERSION,
-        **params,
-        "description": case.description,
-        "reference_impl": impl,
-        "official_source": f"winycg/CIRKD {OFFICIAL[case.loss][0]} @ {CIRKD_COMMIT}",
-        "seed": str(case.seed),
-        "torch_version": torch.__version__.split("+")[0],
-    }
+    metadata = fixture_metadata(case.loss, case.seed, case.description, **params, reference_impl=impl,
+                                official_source=f"winycg/CIRKD {OFFICIAL[case.loss][0]} @ {CIRKD_COMMIT}")
     tensors = {
         "student": s_stored,
         "teacher": t_stored,
@@ -394,40 +343,16 @@ def record_case(classes, case, out_dir):
     }
     if case.grad:
         tensors["grad.student"] = grad.float().contiguous()
-    path = out_dir / f"{case.name}.safetensors"
-    save_file(tensors, str(path), metadata=metadata)
-    canonicalize_header(path)
-    reloaded = load_file(str(path))
-    assert all(torch.equal(reloaded[k], v) for k, v in tensors.items()), f"{path.name}: reload mismatch"
-    print(f"{path.name}: loss {loss.item():.9g}  max|grad.student| {grad.abs().max().item():.6e}  "
-          f"({path.stat().st_size} bytes)")
-    print(f"    [official~closed fp32 {e32:.1e}, f64 {e64:.1e}; fp32~f64 {e_ref:.1e}]")
-    return path
+    return write_case(out_dir, case.name, tensors, metadata, loss, grad, note)
 
 
 def main():
-    repo_root = Path(__file__).resolve().parent.parent
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=repo_root / "tests" / "fixtures")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--cirkd-git", type=Path, help="a winycg/CIRKD git directory holding the pinned commit")
-    source.add_argument("--cirkd-dir", type=Path, help="a winycg/CIRKD checkout at the pinned commit")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = recorder_args(__doc__, lambda parser: add_cirkd_source(
+        parser, "--cirkd-dir", "a winycg/CIRKD checkout at the pinned commit"))
     classes = load_official(args)
-
-    torch.use_deterministic_algorithms(True)
-    names = [c.name for c in CASES]
-    assert len(names) == len(set(names)), "duplicate case names"
+    check_unique_names(CASES)
     paths = [record_case(classes, case, args.out) for case in CASES]
-    written = {p.name for p in paths}
-    for prefix in ("skd_", "cirkd_"):
-        for stale in sorted(args.out.glob(f"{prefix}*.safetensors")):
-            if stale.name not in written:
-                print(f"warning: {stale.name} was not produced by this run (stale?)", file=sys.stderr)
-    print("largest errors over all cases: " + ", ".join(f"{k} {v:.1e}" for k, v in STATS.items()))
-    total = sum(p.stat().st_size for p in paths)
-    print(f"{len(paths)} files written to {args.out} ({total / 1024:.1f} KiB)")
+    finish_run(args.out, ("skd_", "cirkd_"), paths, STATS)
 
 
 if __name__ == "__main__":

@@ -231,28 +231,21 @@ class SelfA(nn.Module):
 
     def forward(self, feat_s, feat_t, student_proj):
         attention = _gram_embed_attention(self, feat_s, feat_t)
-
-        proj_value_stu = []
-        value_tea = []
-        for i in range(len(feat_s)):
-            proj_value_stu.append([])
-            value_tea.append([])
-            for j in range(len(feat_t)):
-                s_H, t_H = feat_s[i].shape[2], feat_t[j].shape[2]
-                proj = student_proj[i][j]
-                if s_H > t_H:
-                    # Official: regressor(adaptive_avg_pool2d(feat_s[i], (t_H, t_H))); the pooling and
-                    # the regressor are the caller's, the teacher is used as is.
-                    target = feat_t[j]
-                else:
-                    target = F.adaptive_avg_pool2d(feat_t[j], (s_H, s_H))
-                if proj.shape != target.shape:
-                    raise ValueError(f"student_proj.{i}.{j} has shape {tuple(proj.shape)}, "
-                                     f"the official target has {tuple(target.shape)}")
-                proj_value_stu[i].append(proj)
-                value_tea[i].append(target)
-
+        value_tea = [[_compared_teacher(fs, ft, student_proj[i][j], f"student_proj.{i}.{j}")
+                      for j, ft in enumerate(feat_t)] for i, fs in enumerate(feat_s)]
+        proj_value_stu = [[student_proj[i][j] for j in range(len(feat_t))] for i in range(len(feat_s))]
         return proj_value_stu, value_tea, attention
+
+
+def _compared_teacher(fs, ft, proj, name):
+    """The teacher map the regressor output `proj` is compared with (official lines 111-117)."""
+    s_H, t_H = fs.shape[2], ft.shape[2]
+    # Official for s_H > t_H: regressor(adaptive_avg_pool2d(feat_s[i], (t_H, t_H))); the pooling and the
+    # regressor are the caller's, the teacher is used as is.
+    target = ft if s_H > t_H else F.adaptive_avg_pool2d(ft, (s_H, s_H))
+    if proj.shape != target.shape:
+        raise ValueError(f"{name} has shape {tuple(proj.shape)}, the official target has {tuple(target.shape)}")
+    return target
 
 
 class SemCKDLoss(nn.Module):

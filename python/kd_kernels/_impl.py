@@ -100,77 +100,65 @@ def cwd_cuda(student, teacher, tau, loss_weight, want_student, want_teacher):
     return loss, gs, gt
 
 
-# ---- pixel KD --------------------------------------------------------------------------------------------
+# ---- pixel KD, DIST and ICSD: the student's gradient only, one shape for the pair ---------------------------
 
-def pixel_kd_cpu(student, teacher, tau, loss_weight, reduction, scale_tau2, want_student):
+def _student_only_cpu(entry, params, student, teacher, want_student, *outputs):
+    """``entry(params, shape, ndim, dtype, student, teacher, &loss, grad_student, *outputs, options)``, the
+    CPU reference; ``outputs`` are a loss's extra outputs (null: not wanted)."""
     student, teacher = _pair(student, teacher)
     gs = _grad(student, want_student)
     value = _c_double()
-    params = _lib.PixelKdParams(tau, loss_weight, REDUCTIONS[reduction], 1 if scale_tau2 else 0)
-    _lib.check(_C.kd_pixel_kd_cpu(params, _lib.shape_array(student.shape), student.dim(), DTYPE_CODES[student.dtype],
-                                  student.data_ptr(), teacher.data_ptr(), _byref(value), _ptr(gs), _OPTIONS))
+    _lib.check(entry(params, _lib.shape_array(student.shape), student.dim(), DTYPE_CODES[student.dtype],
+                     student.data_ptr(), teacher.data_ptr(), _byref(value), _ptr(gs), *outputs, _OPTIONS))
     return _cpu_loss(value, student.dtype), gs
+
+
+def _student_only_cuda(entry, params, student, teacher, want_student, *outputs):
+    """``entry(ctx, params, shape, ndim, dtype, student, teacher, loss, grad_student, upstream, *outputs,
+    options, stream)``, the kernels on the current stream (no upstream gradient: the op scales in backward)."""
+    student, teacher = _pair(student, teacher)
+    gs = _grad(student, want_student)
+    device = student.device
+    loss = torch.empty((), dtype=_F32, device=device)
+    _lib.check(entry(_lib.context(device.index), params, _lib.shape_array(student.shape), student.dim(),
+                     DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(), loss.data_ptr(), _ptr(gs),
+                     0, *outputs, _OPTIONS, _stream(device)))
+    return loss, gs
+
+
+def _pixel_kd_params(tau, loss_weight, reduction, scale_tau2):
+    return _lib.PixelKdParams(tau, loss_weight, REDUCTIONS[reduction], 1 if scale_tau2 else 0)
+
+
+def pixel_kd_cpu(student, teacher, tau, loss_weight, reduction, scale_tau2, want_student):
+    params = _pixel_kd_params(tau, loss_weight, reduction, scale_tau2)
+    return _student_only_cpu(_C.kd_pixel_kd_cpu, params, student, teacher, want_student)
 
 
 def pixel_kd_cuda(student, teacher, tau, loss_weight, reduction, scale_tau2, want_student):
-    student, teacher = _pair(student, teacher)
-    gs = _grad(student, want_student)
-    device = student.device
-    loss = torch.empty((), dtype=_F32, device=device)
-    params = _lib.PixelKdParams(tau, loss_weight, REDUCTIONS[reduction], 1 if scale_tau2 else 0)
-    _lib.check(_C.kd_pixel_kd_cuda(_lib.context(device.index), params, _lib.shape_array(student.shape),
-                                   student.dim(), DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(),
-                                   loss.data_ptr(), _ptr(gs), 0, _OPTIONS, _stream(device)))
-    return loss, gs
+    params = _pixel_kd_params(tau, loss_weight, reduction, scale_tau2)
+    return _student_only_cuda(_C.kd_pixel_kd_cuda, params, student, teacher, want_student)
 
-
-# ---- DIST ------------------------------------------------------------------------------------------------
 
 def dist_cpu(student, teacher, tau, inter_loss_weight, intra_loss_weight, loss_weight, want_student):
-    student, teacher = _pair(student, teacher)
-    gs = _grad(student, want_student)
-    value = _c_double()
     params = _lib.DistParams(tau, inter_loss_weight, intra_loss_weight, loss_weight)
-    _lib.check(_C.kd_dist_cpu(params, _lib.shape_array(student.shape), student.dim(), DTYPE_CODES[student.dtype],
-                              student.data_ptr(), teacher.data_ptr(), _byref(value), _ptr(gs), _OPTIONS))
-    return _cpu_loss(value, student.dtype), gs
+    return _student_only_cpu(_C.kd_dist_cpu, params, student, teacher, want_student)
 
 
 def dist_cuda(student, teacher, tau, inter_loss_weight, intra_loss_weight, loss_weight, want_student):
-    student, teacher = _pair(student, teacher)
-    gs = _grad(student, want_student)
-    device = student.device
-    loss = torch.empty((), dtype=_F32, device=device)
     params = _lib.DistParams(tau, inter_loss_weight, intra_loss_weight, loss_weight)
-    _lib.check(_C.kd_dist_cuda(_lib.context(device.index), params, _lib.shape_array(student.shape), student.dim(),
-                               DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(), loss.data_ptr(),
-                               _ptr(gs), 0, _OPTIONS, _stream(device)))
-    return loss, gs
+    return _student_only_cuda(_C.kd_dist_cuda, params, student, teacher, want_student)
 
-
-# ---- ICSD ------------------------------------------------------------------------------------------------
 
 def icsd_cpu(student, teacher, tau, loss_weight, variant, want_student):
-    student, teacher = _pair(student, teacher)
-    gs = _grad(student, want_student)
-    value = _c_double()
     params = _lib.IcsdParams(tau, loss_weight, ICSD_VARIANTS[variant])
-    _lib.check(_C.kd_icsd_cpu(params, _lib.shape_array(student.shape), student.dim(), DTYPE_CODES[student.dtype],
-                              student.data_ptr(), teacher.data_ptr(), _byref(value), _ptr(gs), None, None,
-                              _OPTIONS))
-    return _cpu_loss(value, student.dtype), gs
+    # The similarity matrices (sim_student, sim_teacher) are not an op output.
+    return _student_only_cpu(_C.kd_icsd_cpu, params, student, teacher, want_student, None, None)
 
 
 def icsd_cuda(student, teacher, tau, loss_weight, variant, want_student):
-    student, teacher = _pair(student, teacher)
-    gs = _grad(student, want_student)
-    device = student.device
-    loss = torch.empty((), dtype=_F32, device=device)
     params = _lib.IcsdParams(tau, loss_weight, ICSD_VARIANTS[variant])
-    _lib.check(_C.kd_icsd_cuda(_lib.context(device.index), params, _lib.shape_array(student.shape), student.dim(),
-                               DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(), loss.data_ptr(),
-                               _ptr(gs), 0, 0, 0, _OPTIONS, _stream(device)))
-    return loss, gs
+    return _student_only_cuda(_C.kd_icsd_cuda, params, student, teacher, want_student, 0, 0)
 
 
 # ---- IFVD ------------------------------------------------------------------------------------------------

@@ -79,7 +79,12 @@ cwd = _define(
     _impl.cwd_cpu, _impl.cwd_cuda, _cwd_fake, _cwd_setup, _cwd_backward, like=(0, 1))
 
 
-# ---- pixel KD and ICSD: the teacher is a constant --------------------------------------------------------
+# ---- pixel KD, ICSD, IFVD and DIST: only the student has a gradient; the teacher (and IFVD's labels) are constants
+
+def _student_only_fake(student, *args):
+    # The op's last argument is ``want_student``.
+    return _loss_like(student), _grad_like(student, args[-1])
+
 
 def _student_only_setup(ctx, inputs, output):
     _, gs = output
@@ -87,68 +92,41 @@ def _student_only_setup(ctx, inputs, output):
     ctx.save_for_backward(gs)
 
 
-def _pixel_kd_fake(student, teacher, tau, loss_weight, reduction, scale_tau2, want_student):
-    return _loss_like(student), _grad_like(student, want_student)
-
-
-def _pixel_kd_backward(ctx, grad_loss, _grad_gs):
+def _student_only_backward(ctx, grad_loss, _grad_gs):
     (gs,) = ctx.saved_tensors
-    return scaled(gs, grad_loss, ctx.needs_input_grad[0]), None, None, None, None, None, None
+    need = ctx.needs_input_grad  # one per input of the op: None for every input but the student
+    return (scaled(gs, grad_loss, need[0]), *[None] * (len(need) - 1))
 
 
-pixel_kd = _define(
+def _define_student_only(name, schema, cpu, cuda):
+    return _define(name, schema, cpu, cuda, _student_only_fake, _student_only_setup, _student_only_backward,
+                   like=(0,))
+
+
+pixel_kd = _define_student_only(
     "pixel_kd",
     "(Tensor student, Tensor teacher, float tau, float loss_weight, str reduction, bool scale_tau2,"
     " bool want_student) -> (Tensor, Tensor)",
-    _impl.pixel_kd_cpu, _impl.pixel_kd_cuda, _pixel_kd_fake, _student_only_setup, _pixel_kd_backward, like=(0,))
+    _impl.pixel_kd_cpu, _impl.pixel_kd_cuda)
 
-
-def _icsd_fake(student, teacher, tau, loss_weight, variant, want_student):
-    return _loss_like(student), _grad_like(student, want_student)
-
-
-def _icsd_backward(ctx, grad_loss, _grad_gs):
-    (gs,) = ctx.saved_tensors
-    return scaled(gs, grad_loss, ctx.needs_input_grad[0]), None, None, None, None, None
-
-
-icsd = _define(
+icsd = _define_student_only(
     "icsd",
     "(Tensor student, Tensor teacher, float tau, float loss_weight, str variant, bool want_student)"
     " -> (Tensor, Tensor)",
-    _impl.icsd_cpu, _impl.icsd_cuda, _icsd_fake, _student_only_setup, _icsd_backward, like=(0,))
+    _impl.icsd_cpu, _impl.icsd_cuda)
 
-
-# ---- IFVD: features of two channel counts and integer labels; the teacher and the labels are constants ------
-
-def _ifvd_fake(student, teacher, labels, num_classes, loss_weight, want_student):
-    return _loss_like(student), _grad_like(student, want_student)
-
-
-def _ifvd_backward(ctx, grad_loss, _grad_gs):
-    (gs,) = ctx.saved_tensors
-    return scaled(gs, grad_loss, ctx.needs_input_grad[0]), None, None, None, None, None
-
-
-ifvd = _define(
+# IFVD: features of two channel counts and integer labels.
+ifvd = _define_student_only(
     "ifvd",
     "(Tensor student, Tensor teacher, Tensor labels, int num_classes, float loss_weight, bool want_student)"
     " -> (Tensor, Tensor)",
-    _impl.ifvd_cpu, _impl.ifvd_cuda, _ifvd_fake, _student_only_setup, _ifvd_backward, like=(0,))
-def _dist_fake(student, teacher, tau, inter_loss_weight, intra_loss_weight, loss_weight, want_student):
-    return _loss_like(student), _grad_like(student, want_student)
+    _impl.ifvd_cpu, _impl.ifvd_cuda)
 
-
-def _dist_backward(ctx, grad_loss, _grad_gs):
-    (gs,) = ctx.saved_tensors
-    return scaled(gs, grad_loss, ctx.needs_input_grad[0]), None, None, None, None, None, None
-
-
-dist = _define(
+dist = _define_student_only(
     "dist",
     "(Tensor student, Tensor teacher, float tau, float inter_loss_weight, float intra_loss_weight,"
     " float loss_weight, bool want_student) -> (Tensor, Tensor)",
-    _impl.dist_cpu, _impl.dist_cuda, _dist_fake, _student_only_setup, _dist_backward, like=(0,))
+    _impl.dist_cpu, _impl.dist_cuda)
 
 
 # ---- CWT: the student and the four MLP parameters --------------------------------------------------------

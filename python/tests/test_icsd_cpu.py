@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import kd_kernels
+from compare import loss_and_grad
 from kd_kernels import KdInputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-reference"))
@@ -34,14 +35,10 @@ def shapes():
 @pytest.mark.parametrize("tau,weight", [(1.0, 9500.0), (2.0, 3.0)])
 def test_icsd_matches_the_official_code(shape, variant, tau, weight):
     student, teacher = logits(shape, 1), logits(shape, 2)
-    s = student.clone().requires_grad_(True)
-    s_ref = student.clone().requires_grad_(True)
-    loss = kd_kernels.icsd_loss(s, teacher, tau, weight, variant)
-    ref = OFFICIAL[variant](s_ref, teacher, tau, weight)
-    loss.backward()
-    ref.backward()
+    loss, grad = loss_and_grad(lambda s: kd_kernels.icsd_loss(s, teacher, tau, weight, variant), student)
+    ref, ref_grad = loss_and_grad(lambda s: OFFICIAL[variant](s, teacher, tau, weight), student)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-9, abs=1e-12 * weight)
-    assert torch.allclose(s.grad, s_ref.grad, rtol=1e-8, atol=1e-11 * weight)
+    assert torch.allclose(grad, ref_grad, rtol=1e-8, atol=1e-11 * weight)
 
 
 @pytest.mark.parametrize("variant", ["official", "paper"])
@@ -54,29 +51,21 @@ def test_icsd_gradcheck_double(variant):
 @pytest.mark.parametrize("epoch", [0, 30, 119.5, 200])
 def test_aicsd_is_the_official_objective(epoch):
     student, teacher = logits((2, 4, 5, 3), 5), logits((2, 4, 5, 3), 6)
-    s = student.clone().requires_grad_(True)
-    s_ref = student.clone().requires_grad_(True)
-    loss = kd_kernels.aicsd_loss(s, teacher, epoch)
-    ref = aicsd_objective(s_ref, teacher, epoch)
-    loss.backward()
-    ref.backward()
+    loss, grad = loss_and_grad(lambda s: kd_kernels.aicsd_loss(s, teacher, epoch), student)
+    ref, ref_grad = loss_and_grad(lambda s: aicsd_objective(s, teacher, epoch), student)
     assert kd_kernels.alw_alpha(epoch) == min(max(epoch / 120, 0.0), 1.0)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-9)
-    assert torch.allclose(s.grad, s_ref.grad, rtol=1e-8, atol=1e-12)
+    assert torch.allclose(grad, ref_grad, rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
 def test_icsd_low_precision(dtype, tolerance):
     student, teacher = logits((2, 5, 6, 4), 7, dtype), logits((2, 5, 6, 4), 8, dtype)
-    s = student.clone().requires_grad_(True)
-    loss = kd_kernels.icsd_loss(s, teacher)
-    loss.backward()
-    s64 = student.double().requires_grad_(True)
-    ref = icsd_official_loop(s64, teacher.double())
-    ref.backward()
-    assert loss.dtype == torch.float32 and s.grad.dtype == dtype
+    loss, grad = loss_and_grad(lambda s: kd_kernels.icsd_loss(s, teacher), student)
+    ref, ref_grad = loss_and_grad(lambda s: icsd_official_loop(s, teacher.double()), student.double())
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
     assert abs(loss.item() - ref.item()) <= 1e-6 * abs(ref.item())
-    assert (s.grad.double() - s64.grad).abs().max() <= tolerance * s64.grad.abs().max()
+    assert (grad.double() - ref_grad).abs().max() <= tolerance * ref_grad.abs().max()
 
 
 def test_icsd_bad_inputs():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import kd_kernels
+from compare import loss_and_grad
 from kd_kernels import KdInputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-reference"))
@@ -43,15 +44,11 @@ def test_ifvd_matches_the_pytorch_forms(case, reference):
     student = features(s_shape, 1)
     teacher = features((s_shape[0], ct, *s_shape[2:]), 2)
     lab = labels((s_shape[0], hl, wl), 3, top, ignore)
-    s = student.clone().requires_grad_(True)
-    s_ref = student.clone().requires_grad_(True)
-    loss = kd_kernels.ifvd_loss(s, teacher, lab, k, 2.5)
-    ref = reference(s_ref, teacher, lab, k, 2.5)
-    loss.backward()
-    ref.backward()
+    loss, grad = loss_and_grad(lambda s: kd_kernels.ifvd_loss(s, teacher, lab, k, 2.5), student)
+    ref, ref_grad = loss_and_grad(lambda s: reference(s, teacher, lab, k, 2.5), student)
     assert loss.dtype == torch.float64
     assert loss.item() == pytest.approx(ref.item(), rel=1e-9, abs=1e-15)
-    assert torch.allclose(s.grad, s_ref.grad, rtol=1e-7, atol=1e-12)
+    assert torch.allclose(grad, ref_grad, rtol=1e-7, atol=1e-12)
 
 
 def test_ifvd_gradcheck_double():
@@ -66,15 +63,11 @@ def test_ifvd_gradcheck_double():
 def test_ifvd_dtypes(dtype, tolerance, label_dtype):
     student, teacher = features((2, 5, 6, 4), 7, dtype), features((2, 3, 6, 4), 8, dtype)
     lab = labels((2, 6, 4), 9, 4, 255, label_dtype)
-    s = student.clone().requires_grad_(True)
-    loss = kd_kernels.ifvd_loss(s, teacher, lab, 4)
-    loss.backward()
-    s64 = student.double().requires_grad_(True)
-    ref = ifvd_closed_form(s64, teacher.double(), lab, 4)
-    ref.backward()
-    assert loss.dtype == torch.float32 and s.grad.dtype == dtype
+    loss, grad = loss_and_grad(lambda s: kd_kernels.ifvd_loss(s, teacher, lab, 4), student)
+    ref, ref_grad = loss_and_grad(lambda s: ifvd_closed_form(s, teacher.double(), lab, 4), student.double())
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
     assert abs(loss.item() - ref.item()) <= 1e-6 * abs(ref.item())
-    assert (s.grad.double() - s64.grad).abs().max() <= tolerance * s64.grad.abs().max()
+    assert (grad.double() - ref_grad).abs().max() <= tolerance * ref_grad.abs().max()
 
 
 def test_criterion_ifv_module():
