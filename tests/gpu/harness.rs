@@ -137,3 +137,12 @@ pub(crate) fn run(tests: &[(&str, TestFn)]) {
         std::process::exit(1);
     }
 }
+
+/// Records a failure when `got` is not within `tol` of `reference` under the tolerance table's measure
+/// (`max_rel_err`), or when their lengths differ.
+pub(crate) fn close(what: &str, got: &[f64], reference: &[f64], tol: f64, failures: &mut Vec<String>) {
+    let c = kd_kernels::tolerance::Comparison::of(got.iter().copied(), reference.iter().copied());
+    if got.len() != reference.len() || !c.passes(tol) {
+        failures.push(format!("{what}: {c:?} > {tol:e} (lengths {} / {})", got.len(), reference.len()));
+    }
+}

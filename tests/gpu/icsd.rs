@@ -4,18 +4,15 @@
 
 use half::{bf16, f16};
 use kd_kernels::family::PairBuffers;
-use kd_kernels::fixture::{Backend, Fixture};
 use kd_kernels::icsd::{AicsdConfig, AicsdCpu, AicsdCuda, IcsdBuffers, IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
-use kd_kernels::verify;
+use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
-use crate::common::SplitMix64;
-use crate::harness::{download, ensure, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::common::{widen, SplitMix64};
+use crate::harness::{close, download, ensure, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("icsd_fixtures_pass_on_cuda", icsd_fixtures_pass_on_cuda),
     ("icsd_matches_cpu_f32", icsd_matches_cpu::<f32>),
     ("icsd_matches_cpu_f16", icsd_matches_cpu::<f16>),
     ("icsd_matches_cpu_bf16", icsd_matches_cpu::<bf16>),
@@ -31,37 +28,6 @@ const VARIANTS: [IcsdVariant; 2] = [IcsdVariant::Official, IcsdVariant::Paper];
 fn random<T: KdFloat>(seed: u64, numel: usize) -> Vec<T> {
     let mut rng = SplitMix64::new(seed);
     (0..numel).map(|_| T::from_f32(((rng.normal() * 2.0 * 1024.0).round() / 1024.0) as f32)).collect()
-}
-
-fn close(what: &str, got: &[f64], reference: &[f64], tol: f64, failures: &mut Vec<String>) {
-    let c = Comparison::of(got.iter().copied(), reference.iter().copied());
-    if got.len() != reference.len() || !c.passes(tol) {
-        failures.push(format!("{what}: {c:?} > {tol:e} (lengths {} / {})", got.len(), reference.len()));
-    }
-}
-
-fn widen<T: KdFloat>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
-
-fn icsd_fixtures_pass_on_cuda(stream: &Stream) -> TestResult {
-    let backend = Backend::Cuda(stream.clone());
-    let mut failures = Vec::new();
-    for path in crate::common::fixture_files() {
-        if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("icsd_")) {
-            continue;
-        }
-        let fixture = Fixture::load(&path).or_msg(&path.display().to_string())?;
-        match verify::check(&fixture, &backend) {
-            Ok(checks) => {
-                for c in checks.iter().filter(|c| !c.pass()) {
-                    failures.push(format!("{} {}: {:?} > {}", path.display(), c.output, c.comparison, c.tolerance));
-                }
-            }
-            Err(e) => failures.push(format!("{}: {e}", path.display())),
-        }
-    }
-    verdict(failures)
 }
 
 /// One forward_backward + forward_matrices call against the CPU reference.

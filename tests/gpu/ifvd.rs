@@ -3,18 +3,15 @@
 //! accumulate + scale, and error paths.
 
 use half::{bf16, f16};
-use kd_kernels::fixture::{Backend, Fixture};
 use kd_kernels::ifvd::{check_shapes, IfvdBuffers, IfvdConfig, IfvdCpu, IfvdCuda, IfvdLabels, IfvdShapes};
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
-use kd_kernels::verify;
+use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{GradOptions, KdError, KdFloat};
 use ndarray::{ArrayView3, ArrayView4};
 
-use crate::common::SplitMix64;
-use crate::harness::{bits, download, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::common::{widen, SplitMix64};
+use crate::harness::{close, bits, download, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("ifvd_fixtures_pass_on_cuda", ifvd_fixtures_pass_on_cuda),
     ("ifvd_matches_cpu_f32", ifvd_matches_cpu::<f32>),
     ("ifvd_matches_cpu_f16", ifvd_matches_cpu::<f16>),
     ("ifvd_matches_cpu_bf16", ifvd_matches_cpu::<bf16>),
@@ -37,37 +34,6 @@ fn labels(seed: u64, dims: [usize; 3], range: usize) -> Vec<i64> {
     let patches: Vec<i64> =
         (0..n * rows * cols).map(|_| if rng.below(6) == 0 { 255 } else { rng.below(range) as i64 }).collect();
     (0..n * h * w).map(|i| patches[((i / (h * w)) * rows + (i / w) % h / 4) * cols + i % w / 8]).collect()
-}
-
-fn close(what: &str, got: &[f64], reference: &[f64], tol: f64, failures: &mut Vec<String>) {
-    let c = Comparison::of(got.iter().copied(), reference.iter().copied());
-    if got.len() != reference.len() || !c.passes(tol) {
-        failures.push(format!("{what}: {c:?} > {tol:e} (lengths {} / {})", got.len(), reference.len()));
-    }
-}
-
-fn widen<T: KdFloat>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
-
-fn ifvd_fixtures_pass_on_cuda(stream: &Stream) -> TestResult {
-    let backend = Backend::Cuda(stream.clone());
-    let mut failures = Vec::new();
-    for path in crate::common::fixture_files() {
-        if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ifvd_")) {
-            continue;
-        }
-        let fixture = Fixture::load(&path).or_msg(&path.display().to_string())?;
-        match verify::check(&fixture, &backend) {
-            Ok(checks) => {
-                for c in checks.iter().filter(|c| !c.pass()) {
-                    failures.push(format!("{} {}: {:?} > {}", path.display(), c.output, c.comparison, c.tolerance));
-                }
-            }
-            Err(e) => failures.push(format!("{}: {e}", path.display())),
-        }
-    }
-    verdict(failures)
 }
 
 /// The device labels of one call, in one of the three dtypes.
