@@ -15,6 +15,7 @@ use ::burn::tensor::Shape;
 use super::KdBackend;
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::CwtConfig;
+use kd_kernels::dist::DistConfig;
 use kd_kernels::icsd::IcsdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
@@ -172,6 +173,23 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         config: IcsdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         on_inner::<B, C>(student, teacher, |s, t| B::icsd_forward_backward(s, t, config))
+    }
+
+    fn dist_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: DistConfig) -> FloatTensor<Self> {
+        student_gradient_only::<B, C>(
+            student,
+            teacher,
+            |s, t| B::dist_forward(s, t, config),
+            |s, t| B::dist_forward_backward(s, t, config),
+        )
+    }
+
+    fn dist_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: DistConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        on_inner::<B, C>(student, teacher, |s, t| B::dist_forward_backward(s, t, config))
     }
 
     fn cwt_forward(

@@ -6,6 +6,7 @@ use ::burn::backend::{backend_extension, tensor::FloatTensor, Backend};
 
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::CwtConfig;
+use kd_kernels::dist::DistConfig;
 use kd_kernels::icsd::IcsdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
@@ -55,6 +56,16 @@ pub trait KdBackend: Backend {
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
         config: IcsdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// DIST's loss (`docs/losses.md` §8).
+    fn dist_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: DistConfig) -> FloatTensor<Self>;
+
+    /// DIST's loss and d loss / d student.
+    fn dist_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: DistConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// CWT's loss (`docs/losses.md` §5): student `[N, Cs, H, W]`, teacher `[N, Ct, H, W]`, the MLP's `w1`

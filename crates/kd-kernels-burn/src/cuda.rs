@@ -58,6 +58,8 @@ use kd_kernels::cwt::{CwtConfig, CwtCuda, CwtRawBuffers, CwtShapes};
 use kd_kernels::dtype::DType;
 use kd_kernels::error::{KdError, Result};
 use kd_kernels::grad::GradOptions;
+use kd_kernels::dist::{DistConfig, DistCuda};
+use kd_kernels::family::PairRawBuffers;
 use kd_kernels::icsd::{IcsdConfig, IcsdCuda, IcsdRawBuffers};
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCuda, PixelKdRawBuffers};
 use kd_kernels::semckd::{SemckdConfig, SemckdCuda, SemckdLayers, SemckdRawBuffers};
@@ -93,6 +95,13 @@ impl GpuLoss for IcsdCuda {
     type Key = IcsdConfig;
     fn create(stream: Arc<CudaStream>, key: IcsdConfig) -> Result<Self> {
         IcsdCuda::new(stream, key)
+    }
+}
+
+impl GpuLoss for DistCuda {
+    type Key = DistConfig;
+    fn create(stream: Arc<CudaStream>, key: DistConfig) -> Result<Self> {
+        DistCuda::new(stream, key)
     }
 }
 
@@ -412,6 +421,26 @@ impl KdBackend for CubeBackend {
                 IcsdRawBuffers { student: s, teacher: t, loss: o[0], grad_student: o[1], ..Default::default() };
             // SAFETY: as in `cwd_forward`.
             unsafe { icsd.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }
+        });
+        let gs = out.pop().expect("student gradient");
+        (out.remove(0), gs)
+    }
+
+    fn dist_forward(student: CubeTensor, teacher: CubeTensor, config: DistConfig) -> CubeTensor {
+        let mut out = pair::<DistCuda>(config, student, teacher, 0, |dist, stream, shape, dtype, [s, t], o| {
+            let buffers = PairRawBuffers { student: s, teacher: t, loss: o[0], ..Default::default() };
+            // SAFETY: as in `cwd_forward`.
+            unsafe { dist.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }
+        });
+        out.remove(0)
+    }
+
+    fn dist_forward_backward(student: CubeTensor, teacher: CubeTensor, config: DistConfig) -> (CubeTensor, CubeTensor) {
+        let mut out = pair::<DistCuda>(config, student, teacher, 1, |dist, stream, shape, dtype, [s, t], o| {
+            let buffers =
+                PairRawBuffers { student: s, teacher: t, loss: o[0], grad_student: o[1], ..Default::default() };
+            // SAFETY: as in `cwd_forward`.
+            unsafe { dist.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }
         });
         let gs = out.pop().expect("student gradient");
         (out.remove(0), gs)

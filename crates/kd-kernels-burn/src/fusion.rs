@@ -17,6 +17,7 @@ use ::burn::tensor::Shape;
 use super::KdBackend;
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::CwtConfig;
+use kd_kernels::dist::DistConfig;
 use kd_kernels::icsd::IcsdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
@@ -161,6 +162,25 @@ impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
         let specs = vec![loss::<B>(&student), grad::<B>(&student)];
         two(lazy::<B, 2>("kd_icsd_forward_backward", [student, teacher], specs, move |[s, t]| {
             let (loss, gs) = B::icsd_forward_backward(s, t, config);
+            vec![loss, gs]
+        }))
+    }
+
+    fn dist_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: DistConfig) -> FloatTensor<Self> {
+        let specs = vec![loss::<B>(&student)];
+        single(lazy::<B, 2>("kd_dist_forward", [student, teacher], specs, move |[s, t]| {
+            vec![B::dist_forward(s, t, config)]
+        }))
+    }
+
+    fn dist_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: DistConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
+        two(lazy::<B, 2>("kd_dist_forward_backward", [student, teacher], specs, move |[s, t]| {
+            let (loss, gs) = B::dist_forward_backward(s, t, config);
             vec![loss, gs]
         }))
     }

@@ -71,6 +71,7 @@ use ::burn::tensor::{DType, Device, Tensor};
 
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtShapes};
+use kd_kernels::dist::DistConfig;
 use kd_kernels::error::{KdError, Result};
 use kd_kernels::icsd::{AicsdConfig, IcsdConfig};
 use kd_kernels::pixel_kd::PixelKdConfig;
@@ -116,6 +117,18 @@ pub fn icsd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &IcsdConfig) ->
     check_pair(&student, &teacher)?;
     refuse_tracked_teacher(&teacher, "ICSD")?;
     Ok(Tensor::from_dispatch(Dispatch::icsd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
+}
+
+/// DIST (`docs/losses.md` §8) between `student` and `teacher` logits (NCHW), as a differentiable one-element
+/// tensor.
+///
+/// On an autodiff device the gradient reaches `student`. DIST has no teacher gradient: a tracked teacher is
+/// refused (pass `teacher.detach()`).
+pub fn dist_loss(student: Tensor<4>, teacher: Tensor<4>, config: &DistConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    check_pair(&student, &teacher)?;
+    refuse_tracked_teacher(&teacher, "DIST")?;
+    Ok(Tensor::from_dispatch(Dispatch::dist_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
 }
 
 /// AICSD's distillation terms at `epoch` (`docs/losses.md` §3.10): `alpha * L_ICS + (1 - alpha) * L_KD`,

@@ -13,6 +13,7 @@ use kd_kernels::cpu::{CpuOutput, HostFloat};
 use kd_kernels::cwd::{CwdConfig, CwdCpu};
 use kd_kernels::cwt::{CwtConfig, CwtCpu, MlpParams};
 use kd_kernels::error::Result;
+use kd_kernels::dist::{DistConfig, DistCpu};
 use kd_kernels::icsd::{IcsdConfig, IcsdCpu, IcsdCpuOutput};
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu};
 use kd_kernels::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers};
@@ -87,7 +88,7 @@ macro_rules! cpu_pair_loss {
     )*};
 }
 
-cpu_pair_loss!(CwdCpu(CwdConfig), PixelKdCpu(PixelKdConfig), IcsdCpu(IcsdConfig));
+cpu_pair_loss!(CwdCpu(CwdConfig), PixelKdCpu(PixelKdConfig), IcsdCpu(IcsdConfig), DistCpu(DistConfig));
 
 /// What [`cpu_pair`] returns: the loss (shape `[1]`), and with `want_grad` the student's gradient and,
 /// where the loss produced one, the teacher's; all in the input's float type.
@@ -360,6 +361,18 @@ impl KdBackend for NdArray {
         config: IcsdConfig,
     ) -> (NdArrayTensor, NdArrayTensor) {
         pair_loss_and_student_grad::<IcsdCpu>(config, student, teacher)
+    }
+
+    fn dist_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: DistConfig) -> NdArrayTensor {
+        pair_loss::<DistCpu>(config, student, teacher)
+    }
+
+    fn dist_forward_backward(
+        student: NdArrayTensor,
+        teacher: NdArrayTensor,
+        config: DistConfig,
+    ) -> (NdArrayTensor, NdArrayTensor) {
+        pair_loss_and_student_grad::<DistCpu>(config, student, teacher)
     }
 
     fn cwt_forward(

@@ -15,12 +15,14 @@ mod gpu {
     use burn::tensor::{DType, Device, Tensor, TensorData};
     use kd_kernels::cwd::CwdConfig;
     use kd_kernels::cwt::{CwtConfig, CwtNormalize};
+    use kd_kernels::dist::DistConfig;
     use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
     use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
     use kd_kernels::semckd::SemckdConfig;
     use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
     use kd_kernels_burn::{
-        aicsd_loss, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, reference, semckd_loss, CwtMlp, SemckdMlp,
+        aicsd_loss, cwd_loss, cwt_loss, dist_loss, icsd_loss, pixel_kd_loss, reference, semckd_loss, CwtMlp,
+        SemckdMlp,
     };
 
     pub type TestResult = Result<(), String>;
@@ -178,6 +180,18 @@ mod gpu {
             )?;
         }
         Ok(())
+    }
+
+    pub fn check_dist(device: &Device) -> TestResult {
+        let config = DistConfig { tau: 2.0, beta: 1.5, gamma: 0.5, loss_weight: 3.0 };
+        compare_pair(
+            device,
+            "dist",
+            [2, 19, 9, 11],
+            false,
+            &|s, t| dist_loss(s, t, &config).expect("valid input"),
+            &|s, t| reference::dist_loss(s, t, &config),
+        )
     }
 
     pub fn check_icsd(device: &Device) -> TestResult {
@@ -391,6 +405,7 @@ const TESTS: &[(&str, Check)] = &[
     ("cwd_matches_burn_autograd", gpu::check_cwd),
     ("pixel_kd_matches_burn_autograd", gpu::check_pixel_kd),
     ("icsd_and_aicsd_match_burn_autograd", gpu::check_icsd),
+        ("dist_matches_burn_autograd", gpu::check_dist),
     ("cwt_matches_burn_autograd_into_every_parameter", gpu::check_cwt),
     ("semckd_matches_burn_autograd_into_every_input", gpu::check_semckd),
     ("ordered_against_cubecl_lazy_queue", gpu::check_ordering),
