@@ -94,7 +94,7 @@ pub fn pkd_loss(student: &[Tensor<4>], teacher: &[Tensor<4>], config: &PkdConfig
 pub fn ifvd_loss(student: Tensor<4>, teacher: Tensor<4>, labels: Tensor<3, Int>, config: &IfvdConfig) -> Tensor<1> {
     let [n, _, h, w] = student.dims();
     let [_, hl, wl] = labels.dims();
-    let values = labels.into_data().convert::<i64>().to_vec::<i64>().expect("integer labels");
+    let values = labels.into_data().convert::<i64>().try_to_vec::<i64>().expect("integer labels");
     let class_of = |b: usize, y: usize, x: usize| {
         let v = values[(b * hl + nearest_source(y, hl, h)) * wl + nearest_source(x, wl, w)];
         usize::try_from(v).ok().filter(|&k| k < config.num_classes)
