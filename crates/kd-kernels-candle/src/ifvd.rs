@@ -58,7 +58,7 @@ impl Ifvd {
 
     /// `loss_weight * mean_{n,p} (cos_S - cos_T)^2`.
     pub fn loss(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
-        let (shapes, label_dtype) = check(student, teacher, labels)?;
+        let shapes = check(student, teacher, labels)?;
         let (student, teacher, labels) = (student.contiguous()?, teacher.contiguous()?, labels.contiguous()?);
         let want_grad = student.track_op();
         let device = student.device().clone();
@@ -67,7 +67,6 @@ impl Ifvd {
             student: &student,
             teacher: &teacher,
             labels: &labels,
-            label_dtype,
             shapes: &shapes,
             want_grad,
         };
@@ -82,7 +81,7 @@ impl Ifvd {
 }
 
 /// Shapes, dtypes and devices in the crate's words.
-fn check(student: &Tensor, teacher: &Tensor, labels: &Tensor) -> candle_core::Result<(IfvdShapes, LabelDType)> {
+fn check(student: &Tensor, teacher: &Tensor, labels: &Tensor) -> candle_core::Result<IfvdShapes> {
     let shapes = check_shapes(student.dims(), teacher.dims(), labels.dims()).map_err(candle_error)?;
     check_float(student.device(), student.dtype(), NAME)?;
     if teacher.dtype() != student.dtype() {
@@ -92,21 +91,24 @@ fn check(student: &Tensor, teacher: &Tensor, labels: &Tensor) -> candle_core::Re
             got: format!("{:?}", teacher.dtype()),
         }));
     }
-    let label_dtype = match labels.dtype() {
-        CandleDType::U8 => LabelDType::U8,
-        CandleDType::I32 => LabelDType::I32,
-        CandleDType::I64 => LabelDType::I64,
-        other => {
-            return Err(candle_error(KdError::DTypeMismatch {
-                what: "labels".into(),
-                expected: "U8, I32 or I64 (convert with labels.to_dtype(DType::I64))".into(),
-                got: format!("{other:?}"),
-            }))
-        }
-    };
+    label_dtype(labels.dtype())?;
     same_device(student, teacher, NAME)?;
     same_device(student, labels, NAME)?;
-    Ok((shapes, label_dtype))
+    Ok(shapes)
+}
+
+/// The kernels' label type for a candle dtype; the others are refused.
+fn label_dtype(dtype: CandleDType) -> candle_core::Result<LabelDType> {
+    match dtype {
+        CandleDType::U8 => Ok(LabelDType::U8),
+        CandleDType::I32 => Ok(LabelDType::I32),
+        CandleDType::I64 => Ok(LabelDType::I64),
+        other => Err(candle_error(KdError::DTypeMismatch {
+            what: "labels".into(),
+            expected: "U8, I32 or I64 (convert with labels.to_dtype(DType::I64))".into(),
+            got: format!("{other:?}"),
+        })),
+    }
 }
 
 /// One call in the element type of the features.
@@ -115,7 +117,6 @@ struct Job<'a> {
     student: &'a Tensor,
     teacher: &'a Tensor,
     labels: &'a Tensor,
-    label_dtype: LabelDType,
     shapes: &'a IfvdShapes,
     want_grad: bool,
 }
@@ -165,7 +166,7 @@ impl super::PerDtype for Job<'_> {
         let s = view::<T>(s_storage, guards[0].1, NAME)?;
         let t = view::<T>(t_storage, guards[1].1, NAME)?;
         let (y_u8, y_i32, y_i64);
-        let labels = match self.label_dtype {
+        let labels = match label_dtype(self.labels.dtype())? {
             LabelDType::U8 => {
                 y_u8 = view::<u8>(y_storage, guards[2].1, NAME)?;
                 IfvdLabels::U8(&y_u8)
