@@ -5,6 +5,8 @@
 // burn 0.22 deprecates its NdArray backend in favour of Flex; NdArray is the CPU backend this crate covers.
 #![allow(deprecated)]
 
+use std::slice::from_ref;
+
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use kd_kernels::ifvd::{IfvdConfig, IfvdCpu};
 use kd_kernels::pkd::{PkdConfig, PkdCpu};
@@ -167,21 +169,21 @@ fn pkd_bad_inputs_are_typed_errors() {
     let f = |shape: [usize; 4], seed| features(shape, seed, &device, DType::F32);
     let (a, b) = (f([2, 3, 4, 5], 1), f([2, 3, 4, 5], 2));
 
-    let err = pkd_loss(&[a.clone()], &[f([2, 3, 5, 4], 2)], &config).unwrap_err();
+    let err = pkd_loss(from_ref(&a), &[f([2, 3, 5, 4], 2)], &config).unwrap_err();
     assert!(matches!(err, KdError::LevelShapeMismatch { level: 0, .. }), "{err}");
     assert!(err.to_string().contains("resize"), "{err}");
     assert!(matches!(pkd_loss(&[], &[], &config), Err(KdError::EmptyInput { .. })));
-    assert!(matches!(pkd_loss(&[a.clone()], &[], &config), Err(KdError::ShapeMismatch { .. })));
+    assert!(matches!(pkd_loss(from_ref(&a), &[], &config), Err(KdError::ShapeMismatch { .. })));
     let one = f([1, 2, 1, 1], 3);
-    assert!(matches!(pkd_loss(&[one.clone()], &[one], &config), Err(KdError::TooFewValues { needed: 2, .. })));
+    assert!(matches!(pkd_loss(from_ref(&one), from_ref(&one), &config), Err(KdError::TooFewValues { needed: 2, .. })));
     let wide = b.clone().cast(DType::F64);
-    assert!(matches!(pkd_loss(&[a.clone()], &[wide.clone()], &config), Err(KdError::DTypeMismatch { .. })));
+    assert!(matches!(pkd_loss(from_ref(&a), from_ref(&wide), &config), Err(KdError::DTypeMismatch { .. })));
     let mixed = pkd_loss(&[a.clone(), wide.clone()], &[b.clone(), wide], &config);
     assert!(matches!(mixed, Err(KdError::DTypeMismatch { .. })), "levels of two dtypes");
     let bad = PkdConfig { loss_weight: f64::INFINITY };
-    assert!(matches!(pkd_loss(&[a.clone()], &[b.clone()], &bad), Err(KdError::InvalidParameter { .. })));
+    assert!(matches!(pkd_loss(from_ref(&a), from_ref(&b), &bad), Err(KdError::InvalidParameter { .. })));
     let tracked = b.require_grad() * 2.0;
-    let err = pkd_loss(&[a.clone()], &[tracked.clone()], &config).unwrap_err();
+    let err = pkd_loss(from_ref(&a), from_ref(&tracked), &config).unwrap_err();
     assert!(matches!(err, KdError::Unsupported { .. }) && err.to_string().contains("detach"), "{err}");
     assert!(pkd_loss(&[a], &[tracked.detach()], &config).is_ok());
 }
