@@ -1,6 +1,6 @@
 //! IFVD as a candle op: features and an integer label tensor; the gradient reaches the student. One fused
 //! call of the crate (the CPU reference, or the kernels on candle's stream), attached to candle's graph by
-//! [`crate::fused::attach`] (first-order only): the backward pass would need four inputs (the features, the
+//! `fused::attach` (first-order only): the backward pass would need four inputs (the features, the
 //! labels and the upstream gradient), one more than candle's custom ops take.
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! PKD as a candle op over a list of levels: gradients reach every student level. One fused call of the
 //! crate (the CPU reference, or every level in the same launches of the kernels on candle's stream) on the
-//! levels' own storage, attached to candle's graph by [`crate::fused::attach`] (first-order only).
+//! levels' own storage, attached to candle's graph by `fused::attach` (first-order only).
 
 use std::sync::Arc;
 
@@ -19,7 +19,8 @@ const ATTACH_NAME: &str = "kd-kernels-pkd-grad";
 /// `teacher[l]` (one `[N, C_l, H_l, W_l]` shape per level for both: resize the student first where they
 /// differ, as mmrazor's `PKDLoss` does), one dtype (`f32`, `f16`, `bf16`; also `f64` on the CPU) and one
 /// device, is an f32 scalar whose backward pass writes every student level's gradient. The teacher is a
-/// constant (no gradient is computed for it). First-order only ([`crate::fused`]).
+/// constant (no gradient is computed for it). First-order gradients only: they are computed in the
+/// forward and attached to the loss.
 #[derive(Clone)]
 pub struct Pkd {
     shared: Arc<Shared>,

@@ -6,7 +6,7 @@
 //! 3 x 3 layers, 39). Packing them into three tensors would copy every feature map on every step, so the
 //! loss is instead one fused forward + backward call of the crate (the CPU reference, or the kernels on
 //! candle's stream) on the tensors' own storage, which returns the loss and every gradient at once, and
-//! enters candle's graph through [`crate::fused::attach`] (first-order gradients only).
+//! enters candle's graph through `fused::attach` (first-order gradients only).
 
 use std::sync::Arc;
 
