@@ -8,15 +8,18 @@ use ::burn::backend::autodiff::checkpoint::base::Checkpointer;
 use ::burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use ::burn::backend::autodiff::grads::Gradients;
 use ::burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use ::burn::backend::tensor::FloatTensor;
+use ::burn::backend::tensor::{FloatTensor, IntTensor};
 use ::burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata};
 use ::burn::tensor::Shape;
 
 use super::KdBackend;
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::CwtConfig;
+use kd_kernels::dist::DistConfig;
 use kd_kernels::icsd::IcsdConfig;
+use kd_kernels::ifvd::IfvdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
+use kd_kernels::pkd::{PkdConfig, PkdLevels};
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
 
 /// The backward step of a fused loss: the gradients computed in the forward, times the upstream
@@ -172,6 +175,72 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         config: IcsdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         on_inner::<B, C>(student, teacher, |s, t| B::icsd_forward_backward(s, t, config))
+    }
+
+    fn dist_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: DistConfig) -> FloatTensor<Self> {
+        student_gradient_only::<B, C>(
+            student,
+            teacher,
+            |s, t| B::dist_forward(s, t, config),
+            |s, t| B::dist_forward_backward(s, t, config),
+        )
+    }
+
+    fn dist_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: DistConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        on_inner::<B, C>(student, teacher, |s, t| B::dist_forward_backward(s, t, config))
+    }
+
+    fn pkd_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        levels: PkdLevels,
+        config: PkdConfig,
+    ) -> FloatTensor<Self> {
+        let again = levels.clone();
+        student_gradient_only::<B, C>(
+            student,
+            teacher,
+            |s, t| B::pkd_forward(s, t, levels, config),
+            |s, t| B::pkd_forward_backward(s, t, again, config),
+        )
+    }
+
+    fn pkd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        levels: PkdLevels,
+        config: PkdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        on_inner::<B, C>(student, teacher, |s, t| B::pkd_forward_backward(s, t, levels, config))
+    }
+
+    // The labels are integers: burn's autodiff tracks none, so they travel beside the float inputs.
+    fn ifvd_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        config: IfvdConfig,
+    ) -> FloatTensor<Self> {
+        let again = labels.clone();
+        student_gradient_only::<B, C>(
+            student,
+            teacher,
+            |s, t| B::ifvd_forward(s, t, labels, config),
+            |s, t| B::ifvd_forward_backward(s, t, again, config),
+        )
+    }
+
+    fn ifvd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        config: IfvdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        on_inner::<B, C>(student, teacher, |s, t| B::ifvd_forward_backward(s, t, labels, config))
     }
 
     fn cwt_forward(

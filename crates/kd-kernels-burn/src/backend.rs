@@ -2,12 +2,16 @@
 // burn 0.22 deprecates NdArray in favour of its Flex backend; the generated routing names NdArray.
 #![allow(deprecated)]
 
-use ::burn::backend::{backend_extension, tensor::FloatTensor, Backend};
+use ::burn::backend::tensor::{FloatTensor, IntTensor};
+use ::burn::backend::{backend_extension, Backend};
 
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::CwtConfig;
+use kd_kernels::dist::DistConfig;
 use kd_kernels::icsd::IcsdConfig;
+use kd_kernels::ifvd::IfvdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
+use kd_kernels::pkd::{PkdConfig, PkdLevels};
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
 
 /// The losses as backend primitives. Each takes contiguous or strided NCHW float tensors of one shape and
@@ -55,6 +59,52 @@ pub trait KdBackend: Backend {
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
         config: IcsdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// DIST's loss (`docs/losses.md` §8).
+    fn dist_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: DistConfig) -> FloatTensor<Self>;
+
+    /// DIST's loss and d loss / d student.
+    fn dist_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: DistConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// PKD's loss (`docs/losses.md` §7) over the levels `levels`, every level's student (and teacher)
+    /// flattened row-major and concatenated in level order into one 1-D tensor, as
+    /// [`pkd_loss`](super::pkd_loss) packs them ([`PkdPacking`](super::PkdPacking)): packed because
+    /// `backend_extension` routes single tensors only.
+    fn pkd_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        levels: PkdLevels,
+        config: PkdConfig,
+    ) -> FloatTensor<Self>;
+
+    /// PKD's loss and d loss / d student, packed as the student.
+    fn pkd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        levels: PkdLevels,
+        config: PkdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// IFVD's loss (`docs/losses.md` §11): student `[N, Cs, H, W]`, teacher `[N, Ct, H, W]` of one float
+    /// dtype, labels `[N, Hl, Wl]` (`i64`, `i32` or `u8`; any resolution, resized by `nearest`).
+    fn ifvd_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        config: IfvdConfig,
+    ) -> FloatTensor<Self>;
+
+    /// IFVD's loss and d loss / d student.
+    fn ifvd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        config: IfvdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// CWT's loss (`docs/losses.md` §5): student `[N, Cs, H, W]`, teacher `[N, Ct, H, W]`, the MLP's `w1`

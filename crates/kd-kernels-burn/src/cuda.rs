@@ -32,8 +32,8 @@
 //!
 //! # Adding a family
 //!
-//! Its GPU object implements [`GpuLoss`] (how to create it and its cache key; SemCKD's already does), and
-//! each primitive is one call of [`run`] (or [`run_dyn`], for a list of layers) with a closure that fills
+//! Its GPU object, the family's `LossCuda<F>`, is a [`GpuLoss`] through the family contract (created from
+//! its configuration, which is the cache key), and each primitive is one call of [`run`] (or [`run_dyn`], for a list of layers) with a closure that fills
 //! the family's raw buffers from the addresses.
 
 use std::any::Any;
@@ -52,61 +52,41 @@ use cudarc::driver::sys::CUstream;
 use cudarc::driver::{CudaContext, CudaStream};
 
 use super::KdBackend;
-use super::SemckdPacking;
+use super::{PkdPacking, SemckdPacking};
+use kd_kernels::cuda::LossCuda;
 use kd_kernels::cwd::{CwdConfig, CwdCuda, CwdRawBuffers};
-use kd_kernels::cwt::{CwtConfig, CwtCuda, CwtRawBuffers, CwtShapes};
+use kd_kernels::cwt::{CwtConfig, CwtCuda, CwtRawBuffers, CwtSetup, CwtShapes};
+use kd_kernels::dist::{DistConfig, DistCuda};
 use kd_kernels::dtype::DType;
 use kd_kernels::error::{KdError, Result};
+use kd_kernels::family::{Family, PairRawBuffers};
 use kd_kernels::grad::GradOptions;
 use kd_kernels::icsd::{IcsdConfig, IcsdCuda, IcsdRawBuffers};
+use kd_kernels::ifvd::{check_shapes, IfvdConfig, IfvdCuda, IfvdRawBuffers};
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCuda, PixelKdRawBuffers};
+use kd_kernels::pkd::{PkdConfig, PkdCuda, PkdLevels, PkdRawBuffers};
 use kd_kernels::semckd::{SemckdConfig, SemckdCuda, SemckdLayers, SemckdRawBuffers};
 
 /// The cubecl server of the CUDA runtime, whose storage hands out device addresses.
 type CudaServer = <CudaRuntime as Runtime>::Server;
 
 /// A family's GPU loss object, created once per device and key and kept (kernels loaded, workspace sized)
-/// for the calls after.
+/// for the calls after: every family's [`LossCuda`], keyed by its configuration.
 pub trait GpuLoss: Sized + Send + 'static {
-    /// What an object is created from (the configuration; CWT adds its channel counts).
-    type Key: Copy + PartialEq + Send + 'static;
+    /// What an object is created from (the family's configuration; CWT's adds its channel counts).
+    type Key: Clone + PartialEq + Send + 'static;
 
     /// Loads the kernels into `stream`'s context.
     fn create(stream: Arc<CudaStream>, key: Self::Key) -> Result<Self>;
 }
 
-impl GpuLoss for CwdCuda {
-    type Key = CwdConfig;
-    fn create(stream: Arc<CudaStream>, key: CwdConfig) -> Result<Self> {
-        CwdCuda::new(stream, key)
-    }
-}
-
-impl GpuLoss for PixelKdCuda {
-    type Key = PixelKdConfig;
-    fn create(stream: Arc<CudaStream>, key: PixelKdConfig) -> Result<Self> {
-        PixelKdCuda::new(stream, key)
-    }
-}
-
-impl GpuLoss for IcsdCuda {
-    type Key = IcsdConfig;
-    fn create(stream: Arc<CudaStream>, key: IcsdConfig) -> Result<Self> {
-        IcsdCuda::new(stream, key)
-    }
-}
-
-impl GpuLoss for SemckdCuda {
-    type Key = SemckdConfig;
-    fn create(stream: Arc<CudaStream>, key: SemckdConfig) -> Result<Self> {
-        SemckdCuda::new(stream, key)
-    }
-}
-
-impl GpuLoss for CwtCuda {
-    type Key = (CwtConfig, CwtShapes);
-    fn create(stream: Arc<CudaStream>, (config, shapes): (CwtConfig, CwtShapes)) -> Result<Self> {
-        CwtCuda::with_shapes(stream, config, shapes)
+impl<F: Family> GpuLoss for LossCuda<F>
+where
+    LossCuda<F>: Send,
+{
+    type Key = F::Config;
+    fn create(stream: Arc<CudaStream>, key: F::Config) -> Result<Self> {
+        LossCuda::new(stream, key)
     }
 }
 
@@ -285,7 +265,7 @@ fn with_loss<L: GpuLoss, R>(
     let index = match found {
         Some(index) => index,
         None => {
-            losses.push(Box::new(Cached::<L> { ordinal, key, loss: L::create(stream.clone(), key)? }));
+            losses.push(Box::new(Cached::<L> { ordinal, key: key.clone(), loss: L::create(stream.clone(), key)? }));
             losses.len() - 1
         }
     };
@@ -417,6 +397,56 @@ impl KdBackend for CubeBackend {
         (out.remove(0), gs)
     }
 
+    fn dist_forward(student: CubeTensor, teacher: CubeTensor, config: DistConfig) -> CubeTensor {
+        let mut out = pair::<DistCuda>(config, student, teacher, 0, |dist, stream, shape, dtype, [s, t], o| {
+            let buffers = PairRawBuffers { student: s, teacher: t, loss: o[0], ..Default::default() };
+            // SAFETY: as in `cwd_forward`.
+            unsafe { dist.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }
+        });
+        out.remove(0)
+    }
+
+    fn dist_forward_backward(student: CubeTensor, teacher: CubeTensor, config: DistConfig) -> (CubeTensor, CubeTensor) {
+        let mut out = pair::<DistCuda>(config, student, teacher, 1, |dist, stream, shape, dtype, [s, t], o| {
+            let buffers =
+                PairRawBuffers { student: s, teacher: t, loss: o[0], grad_student: o[1], ..Default::default() };
+            // SAFETY: as in `cwd_forward`.
+            unsafe { dist.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }
+        });
+        let gs = out.pop().expect("student gradient");
+        (out.remove(0), gs)
+    }
+
+    fn pkd_forward(student: CubeTensor, teacher: CubeTensor, levels: PkdLevels, config: PkdConfig) -> CubeTensor {
+        pkd(student, teacher, &levels, config, false).remove(0)
+    }
+
+    fn pkd_forward_backward(
+        student: CubeTensor,
+        teacher: CubeTensor,
+        levels: PkdLevels,
+        config: PkdConfig,
+    ) -> (CubeTensor, CubeTensor) {
+        let mut out = pkd(student, teacher, &levels, config, true);
+        let gs = out.pop().expect("student gradient");
+        (out.remove(0), gs)
+    }
+
+    fn ifvd_forward(student: CubeTensor, teacher: CubeTensor, labels: CubeTensor, config: IfvdConfig) -> CubeTensor {
+        ifvd(student, teacher, labels, config, false).remove(0)
+    }
+
+    fn ifvd_forward_backward(
+        student: CubeTensor,
+        teacher: CubeTensor,
+        labels: CubeTensor,
+        config: IfvdConfig,
+    ) -> (CubeTensor, CubeTensor) {
+        let mut out = ifvd(student, teacher, labels, config, true);
+        let gs = out.pop().expect("student gradient");
+        (out.remove(0), gs)
+    }
+
     fn cwt_forward(
         student: CubeTensor,
         teacher: CubeTensor,
@@ -521,6 +551,80 @@ fn semckd(
     out
 }
 
+/// PKD on the packed tensors of [`KdBackend::pkd_forward`]: the loss (the student's dtype) and, with
+/// `want_grad`, d loss / d student packed as the student. Each level's address is the packed buffer's plus
+/// its offset ([`PkdPacking`]); the PKD kernels read element by element, so the offsets need no alignment
+/// beyond the element's.
+fn pkd(
+    student: CubeTensor,
+    teacher: CubeTensor,
+    levels: &PkdLevels,
+    config: PkdConfig,
+    want_grad: bool,
+) -> Vec<CubeTensor> {
+    let loss_dtype = student.dtype;
+    let dtype = kernel_dtype(student.dtype);
+    let packing = PkdPacking::new(levels);
+    let mut outputs = vec![OutputSpec::loss()];
+    if want_grad {
+        outputs.push(OutputSpec::like(&student));
+    }
+    let mut out = run::<PkdCuda, 2>(config, [student, teacher], outputs, |c| {
+        let at = |base: u64| -> Vec<u64> {
+            packing.levels.iter().map(|(_, range)| base + (range.start * dtype.size()) as u64).collect()
+        };
+        let [s, t] = c.inputs;
+        let buffers = PkdRawBuffers {
+            student: at(s),
+            teacher: at(t),
+            loss: c.outputs[0],
+            grad_student: if want_grad { at(c.outputs[1]) } else { Vec::new() },
+            upstream: 0,
+        };
+        // SAFETY: as in `cwd_forward`; each address is a packed buffer's plus the offset of a level of the
+        // shape `levels` gives it (the checked function packed them so).
+        unsafe { c.loss.launch_raw(c.stream, levels, dtype, &buffers, GradOptions::OVERWRITE) }
+    });
+    out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
+    out
+}
+
+/// IFVD: the loss (the student's dtype) and, with `want_grad`, d loss / d student.
+fn ifvd(
+    student: CubeTensor,
+    teacher: CubeTensor,
+    labels: CubeTensor,
+    config: IfvdConfig,
+    want_grad: bool,
+) -> Vec<CubeTensor> {
+    let shapes = check_shapes(&dims(&student), &dims(&teacher), &dims(&labels))
+        .unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
+    let label_dtype = super::ifvd::label_dtype(labels.dtype)
+        .unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
+    let loss_dtype = student.dtype;
+    let dtype = kernel_dtype(student.dtype);
+    let mut outputs = vec![OutputSpec::loss()];
+    if want_grad {
+        outputs.push(OutputSpec::like(&student));
+    }
+    let mut out = run::<IfvdCuda, 3>(config, [student, teacher, labels], outputs, |c| {
+        let [student, teacher, labels] = c.inputs;
+        let buffers = IfvdRawBuffers {
+            student,
+            teacher,
+            labels,
+            label_dtype,
+            loss: c.outputs[0],
+            grad_student: out(c.outputs, 1),
+            upstream: 0,
+        };
+        // SAFETY: as in `cwd_forward`; the labels are integers of `label_dtype`, `[N, Hl, Wl]`.
+        unsafe { c.loss.launch_raw(c.stream, &shapes, dtype, &buffers, GradOptions::OVERWRITE) }
+    });
+    out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
+    out
+}
+
 /// CWT: the loss (f32, as its parameters), and with `want_grad` the gradients of the student (its dtype)
 /// and of `w1`, `b1`, `w2`, `b2` (f32).
 fn cwt(
@@ -541,7 +645,8 @@ fn cwt(
     }
     let [w1, b1, w2, b2] = params;
     let loss_dtype = student.dtype;
-    let mut out = run::<CwtCuda, 6>((config, shapes), [student, teacher, w1, b1, w2, b2], outputs, |c| {
+    let setup = CwtSetup { config, shapes };
+    let mut out = run::<CwtCuda, 6>(setup, [student, teacher, w1, b1, w2, b2], outputs, |c| {
         let [student, teacher, w1, b1, w2, b2] = c.inputs;
         let o = c.outputs;
         let buffers = CwtRawBuffers {

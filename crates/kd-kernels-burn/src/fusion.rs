@@ -4,21 +4,25 @@
 //! runs `B`'s primitive when fusion executes its queue. Fusion orders it with the operations around it;
 //! `B` (cubecl, [`super::cuda`]) orders it against cubecl's own queue.
 //!
-//! Adding a family is one [`lazy`] call per primitive ([`lazy_dyn`] for a list of layers).
+//! Adding a family is one [`lazy`] call per primitive ([`lazy_dyn`] for a list of layers; IFVD's labels, an
+//! integer input, go through `lazy_labelled`).
 
 use ::burn::backend::fusion::custom::{
     CustomOpIr, HandleContainer, OperationFn, OperationIr, StreamId, TensorId, TensorIr, TensorSpec,
 };
 use ::burn::backend::fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
-use ::burn::backend::tensor::FloatTensor;
+use ::burn::backend::tensor::{FloatTensor, IntTensor};
 use ::burn::backend::ExecutionError;
 use ::burn::tensor::Shape;
 
 use super::KdBackend;
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::CwtConfig;
+use kd_kernels::dist::DistConfig;
 use kd_kernels::icsd::IcsdConfig;
+use kd_kernels::ifvd::IfvdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
+use kd_kernels::pkd::{PkdConfig, PkdLevels};
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
 
 /// A float tensor of `Fusion<B>`.
@@ -56,6 +60,22 @@ pub fn lazy_dyn<B: FusionBackend>(
     outputs: Vec<TensorSpec>,
     execute: impl Fn(Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> + Send + Sync + 'static,
 ) -> Vec<Lazy<B>> {
+    register::<B>(id, inputs, outputs, move |irs, handles| {
+        execute(irs.iter().map(|ir| handles.get_float_tensor::<B>(ir)).collect())
+    })
+}
+
+/// The resolved handles of a fusion stream's tensors.
+type Handles<B> = HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
+
+/// Registers one custom operation on `inputs` (float or int: `execute` resolves each input from its IR as
+/// its kind asks); as [`lazy_dyn`] otherwise.
+fn register<B: FusionBackend>(
+    id: &'static str,
+    inputs: Vec<Lazy<B>>,
+    outputs: Vec<TensorSpec>,
+    execute: impl Fn(&[TensorIr], &mut Handles<B>) -> Vec<FloatTensor<B>> + Send + Sync + 'static,
+) -> Vec<Lazy<B>> {
     let client = inputs.first().expect("a custom operation has inputs").client.clone();
     let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
     let outputs: Vec<TensorIr> = outputs
@@ -64,9 +84,8 @@ pub fn lazy_dyn<B: FusionBackend>(
         .collect();
     let ids: Vec<TensorId> = outputs.iter().map(|t| t.id).collect();
     let desc = CustomOpIr { id: id.into(), inputs: inputs.clone(), outputs, scalars: Vec::new() };
-    let op = OperationFn(move |handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>| {
-        let tensors = inputs.iter().map(|ir| handles.get_float_tensor::<B>(ir)).collect();
-        let results = execute(tensors);
+    let op = OperationFn(move |handles: &mut Handles<B>| {
+        let results = execute(&inputs, handles);
         assert_eq!(results.len(), ids.len(), "kd_kernels_burn: {id} returned another number of outputs");
         for (id, tensor) in ids.iter().zip(results) {
             handles.register_float_tensor::<B>(id, tensor);
@@ -74,6 +93,21 @@ pub fn lazy_dyn<B: FusionBackend>(
         Ok::<(), ExecutionError>(())
     });
     client.register(StreamId::current(), OperationIr::Custom(desc), op)
+}
+
+/// [`lazy`] for a (student, teacher) loss that also reads an integer tensor (IFVD's labels).
+fn lazy_labelled<B: FusionBackend>(
+    id: &'static str,
+    student: Lazy<B>,
+    teacher: Lazy<B>,
+    labels: Lazy<B>,
+    outputs: Vec<TensorSpec>,
+    execute: impl Fn(FloatTensor<B>, FloatTensor<B>, IntTensor<B>) -> Vec<FloatTensor<B>> + Send + Sync + 'static,
+) -> Vec<Lazy<B>> {
+    register::<B>(id, vec![student, teacher, labels], outputs, move |irs, handles| {
+        let [s, t, labels] = irs else { unreachable!("three inputs registered") };
+        execute(handles.get_float_tensor::<B>(s), handles.get_float_tensor::<B>(t), handles.get_int_tensor::<B>(labels))
+    })
 }
 
 /// The loss: one element of the input's dtype.
@@ -161,6 +195,75 @@ impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
         let specs = vec![loss::<B>(&student), grad::<B>(&student)];
         two(lazy::<B, 2>("kd_icsd_forward_backward", [student, teacher], specs, move |[s, t]| {
             let (loss, gs) = B::icsd_forward_backward(s, t, config);
+            vec![loss, gs]
+        }))
+    }
+
+    fn dist_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: DistConfig) -> FloatTensor<Self> {
+        let specs = vec![loss::<B>(&student)];
+        single(lazy::<B, 2>("kd_dist_forward", [student, teacher], specs, move |[s, t]| {
+            vec![B::dist_forward(s, t, config)]
+        }))
+    }
+
+    fn dist_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: DistConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
+        two(lazy::<B, 2>("kd_dist_forward_backward", [student, teacher], specs, move |[s, t]| {
+            let (loss, gs) = B::dist_forward_backward(s, t, config);
+            vec![loss, gs]
+        }))
+    }
+
+    fn pkd_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        levels: PkdLevels,
+        config: PkdConfig,
+    ) -> FloatTensor<Self> {
+        let specs = vec![loss::<B>(&student)];
+        single(lazy::<B, 2>("kd_pkd_forward", [student, teacher], specs, move |[s, t]| {
+            vec![B::pkd_forward(s, t, levels.clone(), config)]
+        }))
+    }
+
+    fn pkd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        levels: PkdLevels,
+        config: PkdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
+        two(lazy::<B, 2>("kd_pkd_forward_backward", [student, teacher], specs, move |[s, t]| {
+            let (loss, gs) = B::pkd_forward_backward(s, t, levels.clone(), config);
+            vec![loss, gs]
+        }))
+    }
+
+    fn ifvd_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        config: IfvdConfig,
+    ) -> FloatTensor<Self> {
+        let specs = vec![loss::<B>(&student)];
+        single(lazy_labelled::<B>("kd_ifvd_forward", student, teacher, labels, specs, move |s, t, labels| {
+            vec![B::ifvd_forward(s, t, labels, config)]
+        }))
+    }
+
+    fn ifvd_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        config: IfvdConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
+        two(lazy_labelled::<B>("kd_ifvd_forward_backward", student, teacher, labels, specs, move |s, t, labels| {
+            let (loss, gs) = B::ifvd_forward_backward(s, t, labels, config);
             vec![loss, gs]
         }))
     }

@@ -38,14 +38,16 @@
 //!   wrapper, which queues each primitive as a fusion custom operation (module `fusion`).
 //!
 //! The functions of this module ([`cwd_loss`], [`pixel_kd_loss`], [`icsd_loss`], [`aicsd_loss`],
-//! [`cwt_loss`], [`semckd_loss`]) check their inputs and return a typed [`kd_kernels::KdError`] (shapes, dtypes,
+//! [`dist_loss`], [`cwt_loss`], [`semckd_loss`], [`pkd_loss`], [`ifvd_loss`]) check their inputs and return a typed [`kd_kernels::KdError`] (shapes, dtypes,
 //! devices, configuration, a tracked teacher the loss has no gradient for) before anything runs; they are
 //! what a training step calls. The trait's primitives take checked inputs.
 //!
 //! SemCKD takes `S + T + S*T` maps and `4(S + T)` parameters; burn 0.22's `backend_extension` routes single
 //! tensors only, so [`semckd_loss`] packs them into three 1-D tensors ([`SemckdPacking`]) and burn's own
 //! autograd of the packing carries the gradients back to each. Its gradients, like every family's, are
-//! computed in the forward: first order only.
+//! computed in the forward: first order only. PKD's list of levels travels the same way, one packed tensor
+//! per side ([`PkdPacking`]); IFVD's labels are an integer tensor (`Tensor<3, Int>`, `i64`, `i32` or `u8`),
+//! which the primitives take as burn's `IntTensor`.
 //!
 //! Adding a family is its two primitives in [`KdBackend`], one line in each implementation (the helpers
 //! [`ndarray::cpu_pair`], [`autodiff::fused`], `cuda::run` and `fusion::lazy` do the work) and a checked
@@ -58,12 +60,16 @@ pub mod cuda;
 #[cfg(feature = "cuda")]
 pub mod fusion;
 // burn 0.22 deprecates NdArray in favour of its Flex backend; NdArray is the CPU backend this crate covers.
+mod ifvd;
 #[allow(deprecated)]
 pub mod ndarray;
+mod pkd;
 pub mod reference;
 mod semckd;
 
 pub use backend::KdBackend;
+pub use ifvd::ifvd_loss;
+pub use pkd::{pkd_loss, PkdPacking};
 pub use semckd::{semckd_loss, SemckdMlp, SemckdPacking};
 
 use ::burn::backend::{Dispatch, DispatchDevice};
@@ -71,6 +77,7 @@ use ::burn::tensor::{DType, Device, Tensor};
 
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtShapes};
+use kd_kernels::dist::DistConfig;
 use kd_kernels::error::{KdError, Result};
 use kd_kernels::icsd::{AicsdConfig, IcsdConfig};
 use kd_kernels::pixel_kd::PixelKdConfig;
@@ -116,6 +123,18 @@ pub fn icsd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &IcsdConfig) ->
     check_pair(&student, &teacher)?;
     refuse_tracked_teacher(&teacher, "ICSD")?;
     Ok(Tensor::from_dispatch(Dispatch::icsd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
+}
+
+/// DIST (`docs/losses.md` §8) between `student` and `teacher` logits (NCHW), as a differentiable one-element
+/// tensor.
+///
+/// On an autodiff device the gradient reaches `student`. DIST has no teacher gradient: a tracked teacher is
+/// refused (pass `teacher.detach()`).
+pub fn dist_loss(student: Tensor<4>, teacher: Tensor<4>, config: &DistConfig) -> Result<Tensor<1>> {
+    config.validate()?;
+    check_pair(&student, &teacher)?;
+    refuse_tracked_teacher(&teacher, "DIST")?;
+    Ok(Tensor::from_dispatch(Dispatch::dist_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
 }
 
 /// AICSD's distillation terms at `epoch` (`docs/losses.md` §3.10): `alpha * L_ICS + (1 - alpha) * L_KD`,
@@ -278,6 +297,12 @@ fn supported_dtype(dtype: DType) -> bool {
 pub(crate) fn check_pair(student: &Tensor<4>, teacher: &Tensor<4>) -> Result<Nchw> {
     let shape = Nchw::from_dims("student", student.shape().as_slice())?;
     shape.expect_same("teacher", teacher.shape().as_slice())?;
+    check_float_pair(student, teacher)?;
+    Ok(shape)
+}
+
+/// One supported float dtype and one covered device for `student` and `teacher`, whatever their shapes.
+pub(crate) fn check_float_pair(student: &Tensor<4>, teacher: &Tensor<4>) -> Result<()> {
     let (ds, dt) = (student.dtype(), teacher.dtype());
     if !supported_dtype(ds) {
         return Err(KdError::DTypeMismatch {
@@ -305,5 +330,5 @@ pub(crate) fn check_pair(student: &Tensor<4>, teacher: &Tensor<4>) -> Result<Nch
             got: "F64".into(),
         });
     }
-    Ok(shape)
+    Ok(())
 }

@@ -5,16 +5,19 @@
 
 use ::burn::backend::ndarray::NdArrayTensor;
 use ::burn::backend::NdArray;
-use ::ndarray::{ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView4, ArrayViewD, Dimension, Ix4, IxDyn};
+use ::ndarray::{ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView4, ArrayViewD, Dimension, Ix3, Ix4, IxDyn};
 
 use super::KdBackend;
-use super::SemckdPacking;
+use super::{PkdPacking, SemckdPacking};
 use kd_kernels::cpu::{CpuOutput, HostFloat};
 use kd_kernels::cwd::{CwdConfig, CwdCpu};
 use kd_kernels::cwt::{CwtConfig, CwtCpu, MlpParams};
+use kd_kernels::dist::{DistConfig, DistCpu};
 use kd_kernels::error::Result;
 use kd_kernels::icsd::{IcsdConfig, IcsdCpu, IcsdCpuOutput};
+use kd_kernels::ifvd::{IfvdConfig, IfvdCpu};
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu};
+use kd_kernels::pkd::{PkdConfig, PkdCpu, PkdLevels};
 use kd_kernels::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers};
 use std::ops::Range;
 
@@ -87,7 +90,7 @@ macro_rules! cpu_pair_loss {
     )*};
 }
 
-cpu_pair_loss!(CwdCpu(CwdConfig), PixelKdCpu(PixelKdConfig), IcsdCpu(IcsdConfig));
+cpu_pair_loss!(CwdCpu(CwdConfig), PixelKdCpu(PixelKdConfig), IcsdCpu(IcsdConfig), DistCpu(DistConfig));
 
 /// What [`cpu_pair`] returns: the loss (shape `[1]`), and with `want_grad` the student's gradient and,
 /// where the loss produced one, the teacher's; all in the input's float type.
@@ -300,6 +303,101 @@ pub fn semckd_cpu(
     }
 }
 
+/// Runs PKD's CPU reference on the packed NdArray tensors of [`KdBackend::pkd_forward`]: the loss (shape
+/// `[1]`) and, with `want_grad`, d loss / d student packed as the student; in the student's float type.
+///
+/// # Panics
+///
+/// On inputs [`crate::pkd_loss`] refuses; it never passes them.
+pub fn pkd_cpu(
+    student: &NdArrayTensor,
+    teacher: &NdArrayTensor,
+    levels: &PkdLevels,
+    config: PkdConfig,
+    want_grad: bool,
+) -> (NdArrayTensor, Option<NdArrayTensor>) {
+    fn go<T: NdArrayFloat>(
+        student: &NdArrayTensor,
+        teacher: &NdArrayTensor,
+        levels: &PkdLevels,
+        config: PkdConfig,
+        want_grad: bool,
+    ) -> (NdArrayTensor, Option<NdArrayTensor>) {
+        let packing = PkdPacking::new(levels);
+        let (s, t) = (contiguous(T::storage("student", student)), contiguous(T::storage("teacher", teacher)));
+        let (s, t) = (unpack::<T, Ix4>(&s, &packing.levels), unpack::<T, Ix4>(&t, &packing.levels));
+        let pkd = cpu(PkdCpu::new(config));
+        let out = if want_grad {
+            pkd.forward_backward(&s, &t)
+        } else {
+            pkd.forward(&s, &t).map(|loss| kd_kernels::pkd::PkdCpuOutput {
+                loss,
+                level_losses: Vec::new(),
+                grad_student: Vec::new(),
+            })
+        };
+        let out = out.unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
+        let loss = float_tensor::<T, _>(::ndarray::Array1::from_elem(1, out.loss));
+        let grad = want_grad.then(|| {
+            let packed: Vec<f64> = out.grad_student.iter().flat_map(|g| g.iter().copied()).collect();
+            float_tensor::<T, _>(::ndarray::Array1::from_vec(packed))
+        });
+        (loss, grad)
+    }
+    match student {
+        NdArrayTensor::F64(_) => go::<f64>(student, teacher, levels, config, want_grad),
+        _ => go::<f32>(student, teacher, levels, config, want_grad),
+    }
+}
+
+/// Runs IFVD's CPU reference on NdArray tensors: the loss (shape `[1]`) and, with `want_grad`, d loss /
+/// d student; in the student's float type. The labels may be any NdArray integer type.
+///
+/// # Panics
+///
+/// On inputs [`crate::ifvd_loss`] refuses; it never passes them.
+pub fn ifvd_cpu(
+    student: &NdArrayTensor,
+    teacher: &NdArrayTensor,
+    labels: &NdArrayTensor,
+    config: IfvdConfig,
+    want_grad: bool,
+) -> (NdArrayTensor, Option<NdArrayTensor>) {
+    fn go<T: NdArrayFloat>(
+        student: &NdArrayTensor,
+        teacher: &NdArrayTensor,
+        labels: ArrayView<'_, i64, Ix3>,
+        config: IfvdConfig,
+        want_grad: bool,
+    ) -> (NdArrayTensor, Option<NdArrayTensor>) {
+        let (s, t) = (view4(T::storage("student", student)), view4(T::storage("teacher", teacher)));
+        let ifvd = cpu(IfvdCpu::new(config));
+        let out = if want_grad { ifvd.forward_backward(s, t, labels) } else { ifvd.forward(s, t, labels) };
+        let out = out.unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
+        let loss = float_tensor::<T, _>(::ndarray::Array1::from_elem(1, out.loss));
+        (loss, want_grad.then(|| float_tensor::<T, _>(out.grad_student)))
+    }
+    let labels = int_labels(labels);
+    let labels = view_as::<i64, Ix3>(labels.view());
+    match student {
+        NdArrayTensor::F64(_) => go::<f64>(student, teacher, labels, config, want_grad),
+        _ => go::<f32>(student, teacher, labels, config, want_grad),
+    }
+}
+
+/// Integer labels widened to `i64`, as the CPU reference reads them (exactly, for every integer type).
+fn int_labels(labels: &NdArrayTensor) -> ArrayD<i64> {
+    macro_rules! widen {
+        ($($variant:ident),*) => {
+            match labels {
+                $(NdArrayTensor::$variant(s) => s.view().mapv(i64::from),)*
+                other => panic!("kd_kernels_burn: labels must be integers, got {:?}", burn_dtype(other)),
+            }
+        };
+    }
+    widen!(I64, I32, I16, I8, U32, U16, U8)
+}
+
 /// A 1-D packed tensor's elements in order, borrowed when they are contiguous.
 fn contiguous<T: Clone>(view: ArrayViewD<'_, T>) -> std::borrow::Cow<'_, [T]> {
     match view.to_slice() {
@@ -360,6 +458,56 @@ impl KdBackend for NdArray {
         config: IcsdConfig,
     ) -> (NdArrayTensor, NdArrayTensor) {
         pair_loss_and_student_grad::<IcsdCpu>(config, student, teacher)
+    }
+
+    fn dist_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: DistConfig) -> NdArrayTensor {
+        pair_loss::<DistCpu>(config, student, teacher)
+    }
+
+    fn dist_forward_backward(
+        student: NdArrayTensor,
+        teacher: NdArrayTensor,
+        config: DistConfig,
+    ) -> (NdArrayTensor, NdArrayTensor) {
+        pair_loss_and_student_grad::<DistCpu>(config, student, teacher)
+    }
+
+    fn pkd_forward(
+        student: NdArrayTensor,
+        teacher: NdArrayTensor,
+        levels: PkdLevels,
+        config: PkdConfig,
+    ) -> NdArrayTensor {
+        pkd_cpu(&student, &teacher, &levels, config, false).0
+    }
+
+    fn pkd_forward_backward(
+        student: NdArrayTensor,
+        teacher: NdArrayTensor,
+        levels: PkdLevels,
+        config: PkdConfig,
+    ) -> (NdArrayTensor, NdArrayTensor) {
+        let (loss, grad) = pkd_cpu(&student, &teacher, &levels, config, true);
+        (loss, expect_grad(grad))
+    }
+
+    fn ifvd_forward(
+        student: NdArrayTensor,
+        teacher: NdArrayTensor,
+        labels: NdArrayTensor,
+        config: IfvdConfig,
+    ) -> NdArrayTensor {
+        ifvd_cpu(&student, &teacher, &labels, config, false).0
+    }
+
+    fn ifvd_forward_backward(
+        student: NdArrayTensor,
+        teacher: NdArrayTensor,
+        labels: NdArrayTensor,
+        config: IfvdConfig,
+    ) -> (NdArrayTensor, NdArrayTensor) {
+        let (loss, grad) = ifvd_cpu(&student, &teacher, &labels, config, true);
+        (loss, expect_grad(grad))
     }
 
     fn cwt_forward(
@@ -438,5 +586,5 @@ fn cpu<L>(loss: Result<L>) -> L {
 }
 
 fn expect_grad(grad: Option<NdArrayTensor>) -> NdArrayTensor {
-    grad.expect("cpu_pair returns the student's gradient when asked for it")
+    grad.expect("the CPU references return the student's gradient when asked for it")
 }

@@ -11,13 +11,16 @@
 
 use ::burn::tensor::activation::{log_softmax, relu, softmax};
 use ::burn::tensor::module::adaptive_avg_pool2d;
-use ::burn::tensor::{Tensor, TensorData};
+use ::burn::tensor::{Int, Tensor, TensorData};
 
 use super::{CwtMlp, SemckdMlp};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtNormalize};
+use kd_kernels::dist::DistConfig;
 use kd_kernels::icsd::{IcsdConfig, IcsdVariant};
+use kd_kernels::ifvd::{nearest_source, IfvdConfig, COS_EPS, COUNT_EPS};
 use kd_kernels::pixel_kd::PixelKdConfig;
+use kd_kernels::pkd::{PkdConfig, PKD_EPS};
 use kd_kernels::semckd::SemckdConfig;
 use kd_kernels::shape::Nchw;
 
@@ -41,6 +44,87 @@ pub fn pixel_kd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &PixelKdCon
     let kl = (log_pt.clone().exp() * (log_pt - log_ps)).sum();
     let tau2 = if config.scale_tau2 { config.tau * config.tau } else { 1.0 };
     kl * (config.loss_weight * tau2 / config.reduction.divisor(&shape))
+}
+
+/// DIST (`docs/losses.md` §8): per pixel a softmax over the C classes of `x / tau`; `loss_weight * tau^2 *
+/// (beta * (1 - mean Pearson correlation across the classes of each pixel) + gamma * (1 - mean correlation
+/// across the pixels of each class))`, eps 1e-8 added to the product of the norms.
+pub fn dist_loss(student: Tensor<4>, teacher: Tensor<4>, config: &DistConfig) -> Tensor<1> {
+    let [n, c, h, w] = student.dims();
+    let rows = |x: Tensor<4>| softmax(x * (1.0 / config.tau), 1).permute([0, 2, 3, 1]).reshape([n * h * w, c]);
+    // 1 - the mean over the rows of the correlation of a's and b's rows.
+    let one_minus_pearson = |a: Tensor<2>, b: Tensor<2>| -> Tensor<1> {
+        let a = a.clone() - a.mean_dim(1);
+        let b = b.clone() - b.mean_dim(1);
+        let dot = (a.clone() * b.clone()).sum_dim(1);
+        let den = (a.clone() * a).sum_dim(1).sqrt() * (b.clone() * b).sum_dim(1).sqrt() + 1e-8;
+        (dot / den).mean().neg() + 1.0
+    };
+    let (ps, pt) = (rows(student), rows(teacher));
+    let inter = one_minus_pearson(ps.clone(), pt.clone());
+    let intra = one_minus_pearson(ps.transpose(), pt.transpose());
+    let scale = config.loss_weight * config.tau * config.tau;
+    inter * (scale * config.beta) + intra * (scale * config.gamma)
+}
+
+/// PKD (`docs/losses.md` §7): per level, each channel standardised over its `N*H*W` values (unbiased
+/// standard deviation, `+ 1e-6`); `loss_weight * sum_l 0.5 * mean (S_hat - T_hat)^2`. A constant channel's
+/// gradient is NaN here (burn's `sqrt` at 0), where the crate's is finite: compare on varying channels.
+pub fn pkd_loss(student: &[Tensor<4>], teacher: &[Tensor<4>], config: &PkdConfig) -> Tensor<1> {
+    let standardised = |x: Tensor<4>| -> Tensor<2> {
+        let [n, c, h, w] = x.dims();
+        let m = n * h * w;
+        let x = x.swap_dims(0, 1).reshape([c, m]);
+        let centred = x.clone() - x.mean_dim(1);
+        let std = ((centred.clone() * centred.clone()).sum_dim(1) * (1.0 / (m as f64 - 1.0))).sqrt();
+        centred / (std + PKD_EPS)
+    };
+    let level = |(s, t): (&Tensor<4>, &Tensor<4>)| {
+        let d = standardised(s.clone()) - standardised(t.clone());
+        (d.clone() * d).mean() * 0.5
+    };
+    let total = student.iter().zip(teacher).map(level).reduce(|a, b| a + b).expect("at least one level");
+    total * config.loss_weight
+}
+
+/// IFVD (`docs/losses.md` §11), as the official code computes it: the labels resized to `H x W` by
+/// `nearest`; per image and present class `k` the prototype `sum_{y = k} F / (count + 1e-6)`; each pixel's
+/// cosine with its class prototype (with itself where its label is not a class); `loss_weight * mean
+/// (cos_S - cos_T)^2`. The class masks are built on the host from the labels (they carry no gradient).
+pub fn ifvd_loss(student: Tensor<4>, teacher: Tensor<4>, labels: Tensor<3, Int>, config: &IfvdConfig) -> Tensor<1> {
+    let [n, _, h, w] = student.dims();
+    let [_, hl, wl] = labels.dims();
+    let values = labels.into_data().convert::<i64>().try_to_vec::<i64>().expect("integer labels");
+    let class_of = |b: usize, y: usize, x: usize| {
+        let v = values[(b * hl + nearest_source(y, hl, h)) * wl + nearest_source(x, wl, w)];
+        usize::try_from(v).ok().filter(|&k| k < config.num_classes)
+    };
+    let classes: Vec<Option<usize>> = (0..n)
+        .flat_map(|b| (0..h).flat_map(move |y| (0..w).map(move |x| (b, y, x))))
+        .map(|(b, y, x)| class_of(b, y, x))
+        .collect();
+    let mut present: Vec<usize> = classes.iter().flatten().copied().collect();
+    present.sort_unstable();
+    present.dedup();
+    let (device, dtype) = (student.device(), student.dtype());
+    let mask = |class: Option<usize>| -> Tensor<4> {
+        let ones: Vec<f64> = classes.iter().map(|&k| f64::from(u8::from(k == class))).collect();
+        Tensor::from_data(TensorData::new(ones, [n, 1, h, w]), (&device, dtype))
+    };
+    let masks: Vec<Tensor<4>> = present.iter().map(|&k| mask(Some(k))).collect();
+    let ignored = mask(None);
+    let cosines = |f: Tensor<4>| -> Tensor<4> {
+        let mut q = f.clone() * ignored.clone();
+        for m in &masks {
+            let count = m.clone().sum_dim(2).sum_dim(3);
+            let proto = (f.clone() * m.clone()).sum_dim(2).sum_dim(3) / (count + COUNT_EPS);
+            q = q + m.clone() * proto;
+        }
+        let norm = |x: Tensor<4>| (x.clone() * x).sum_dim(1).sqrt().clamp_min(COS_EPS);
+        (f.clone() * q.clone()).sum_dim(1) / (norm(f) * norm(q))
+    };
+    let d = cosines(student) - cosines(teacher);
+    (d.clone() * d).mean() * config.loss_weight
 }
 
 /// CWT (`docs/losses.md` §5): per pixel `Y = W2 ReLU(W1 x + b1) + b2`;

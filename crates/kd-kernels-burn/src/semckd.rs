@@ -26,16 +26,6 @@ pub struct SemckdPacking {
 impl SemckdPacking {
     /// The packing of a call with `layers`.
     pub fn new(layers: &SemckdLayers) -> Self {
-        fn lay_out(shapes: impl Iterator<Item = Vec<usize>>) -> Vec<(Vec<usize>, Range<usize>)> {
-            let mut start = 0;
-            shapes
-                .map(|shape| {
-                    let range = start..start + shape.iter().product::<usize>();
-                    start = range.end;
-                    (shape, range)
-                })
-                .collect()
-        }
         let (s, t) = (layers.students(), layers.teachers());
         let students = (0..s).map(|i| layers.student_shape(i).to_vec());
         let proj = (0..s).flat_map(|i| (0..t).map(move |j| layers.pair_shape(i, j).to_vec()));
@@ -45,6 +35,18 @@ impl SemckdPacking {
             params: lay_out((0..s + t).flat_map(|_| layers.embed_shapes())),
         }
     }
+}
+
+/// Tensors of `shapes` flattened row-major and laid end to end: each one's shape and range of elements.
+pub(crate) fn lay_out(shapes: impl Iterator<Item = Vec<usize>>) -> Vec<(Vec<usize>, Range<usize>)> {
+    let mut start = 0;
+    shapes
+        .map(|shape| {
+            let range = start..start + shape.iter().product::<usize>();
+            start = range.end;
+            (shape, range)
+        })
+        .collect()
 }
 
 /// One SemCKD embedding MLP (`MLPEmbed`, `docs/losses.md` §4.2 step 2: Linear `B -> 2d`, ReLU, Linear
@@ -243,7 +245,7 @@ fn check_semckd<'a>(
 }
 
 /// Every input of a many-tensor loss on the first student's device.
-fn check_same_device(what: &str, got: &Device, expected: &Device) -> Result<()> {
+pub(crate) fn check_same_device(what: &str, got: &Device, expected: &Device) -> Result<()> {
     if got != expected {
         return Err(KdError::Unsupported {
             what: "an input on another device",

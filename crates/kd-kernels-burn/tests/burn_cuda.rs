@@ -12,15 +12,19 @@
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use burn::tensor::{DType, Device, Tensor, TensorData};
+    use burn::tensor::{DType, Device, Int, Tensor, TensorData};
     use kd_kernels::cwd::CwdConfig;
     use kd_kernels::cwt::{CwtConfig, CwtNormalize};
+    use kd_kernels::dist::DistConfig;
     use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
+    use kd_kernels::ifvd::IfvdConfig;
     use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
+    use kd_kernels::pkd::PkdConfig;
     use kd_kernels::semckd::SemckdConfig;
     use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
     use kd_kernels_burn::{
-        aicsd_loss, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, reference, semckd_loss, CwtMlp, SemckdMlp,
+        aicsd_loss, cwd_loss, cwt_loss, dist_loss, icsd_loss, ifvd_loss, pixel_kd_loss, pkd_loss, reference,
+        semckd_loss, CwtMlp, SemckdMlp,
     };
 
     pub type TestResult = Result<(), String>;
@@ -178,6 +182,47 @@ mod gpu {
             )?;
         }
         Ok(())
+    }
+
+    pub fn check_dist(device: &Device) -> TestResult {
+        let config = DistConfig { tau: 2.0, beta: 1.5, gamma: 0.5, loss_weight: 3.0 };
+        compare_pair(
+            device,
+            "dist",
+            [2, 19, 9, 11],
+            false,
+            &|s, t| dist_loss(s, t, &config).expect("valid input"),
+            &|s, t| reference::dist_loss(s, t, &config),
+        )
+    }
+
+    /// One level through the pair comparison (the several-level packing is the NdArray tests').
+    pub fn check_pkd(device: &Device) -> TestResult {
+        let config = PkdConfig { loss_weight: 6.0 };
+        compare_pair(
+            device,
+            "pkd",
+            [2, 7, 9, 11],
+            false,
+            &|s, t| pkd_loss(&[s], &[t], &config).expect("valid input"),
+            &|s, t| reference::pkd_loss(&[s], &[t], &config),
+        )
+    }
+
+    /// Labels at another resolution, classes 0..5 and 255 (ignored).
+    pub fn check_ifvd(device: &Device) -> TestResult {
+        let config = IfvdConfig::new(5);
+        let dims = [2, 13, 17];
+        let values: Vec<i64> = (0..dims.iter().product::<usize>()).map(|k| [0, 3, 255, 1, 4, 2][k % 6]).collect();
+        let labels = Tensor::<3, Int>::from_data(TensorData::new(values, dims), device);
+        compare_pair(
+            device,
+            "ifvd",
+            [2, 6, 9, 11],
+            false,
+            &|s, t| ifvd_loss(s, t, labels.clone(), &config).expect("valid input"),
+            &|s, t| reference::ifvd_loss(s, t, labels.clone(), &config),
+        )
     }
 
     pub fn check_icsd(device: &Device) -> TestResult {
@@ -391,6 +436,9 @@ const TESTS: &[(&str, Check)] = &[
     ("cwd_matches_burn_autograd", gpu::check_cwd),
     ("pixel_kd_matches_burn_autograd", gpu::check_pixel_kd),
     ("icsd_and_aicsd_match_burn_autograd", gpu::check_icsd),
+    ("dist_matches_burn_autograd", gpu::check_dist),
+    ("pkd_matches_burn_autograd", gpu::check_pkd),
+    ("ifvd_matches_burn_autograd", gpu::check_ifvd),
     ("cwt_matches_burn_autograd_into_every_parameter", gpu::check_cwt),
     ("semckd_matches_burn_autograd_into_every_input", gpu::check_semckd),
     ("ordered_against_cubecl_lazy_queue", gpu::check_ordering),
@@ -402,6 +450,9 @@ const TESTS: &[(&str, ())] = &[
     ("cwd_matches_burn_autograd", ()),
     ("pixel_kd_matches_burn_autograd", ()),
     ("icsd_and_aicsd_match_burn_autograd", ()),
+    ("dist_matches_burn_autograd", ()),
+    ("pkd_matches_burn_autograd", ()),
+    ("ifvd_matches_burn_autograd", ()),
     ("cwt_matches_burn_autograd_into_every_parameter", ()),
     ("semckd_matches_burn_autograd_into_every_input", ()),
     ("ordered_against_cubecl_lazy_queue", ()),

@@ -8,13 +8,14 @@ use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtNormalize};
+use kd_kernels::dist::DistConfig;
 use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
 use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
 use kd_kernels::semckd::SemckdConfig;
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::KdError;
 use kd_kernels_burn::{
-    aicsd_loss, cwd_loss, cwt_loss, icsd_loss, pixel_kd_loss, reference, semckd_loss, CwtMlp, SemckdMlp,
+    aicsd_loss, cwd_loss, cwt_loss, dist_loss, icsd_loss, pixel_kd_loss, reference, semckd_loss, CwtMlp, SemckdMlp,
 };
 
 /// Both sides compute in f64 for f64 tensors; they differ only in the order of their sums.
@@ -377,6 +378,23 @@ fn icsd_matches_burn_autograd_in_both_variants() {
                 |s, t| reference::icsd_loss(s, t, &config),
             );
         }
+    }
+}
+
+#[test]
+fn dist_matches_burn_autograd() {
+    for (shape, config) in [
+        ([2, 5, 3, 4], DistConfig::default()),
+        ([1, 7, 5, 3], DistConfig { tau: 2.0, beta: 1.5, gamma: 0.5, loss_weight: 3.0 }),
+    ] {
+        compare_pair(
+            "dist",
+            shape,
+            3.0,
+            false,
+            |s, t| dist_loss(s, t, &config).expect("valid input"),
+            |s, t| reference::dist_loss(s, t, &config),
+        );
     }
 }
 

@@ -1,6 +1,8 @@
 //! The losses of [kd-kernels](kd_kernels) as [candle](https://crates.io/crates/candle-core) ops with forward
 //! and backward, so that `loss.backward()` in a candle graph reaches the student's logits (and, for CWT, the
-//! MLP's parameters; for SemCKD, the regressor outputs and the embeddings: [`Semckd`]).
+//! MLP's parameters; for SemCKD, the regressor outputs and the embeddings: [`Semckd`]). The ops: [`Cwd`],
+//! [`PixelKd`], [`Icsd`], [`Aicsd`], [`Dist`], [`Cwt`], [`Semckd`], [`Pkd`] (a list of levels) and [`Ifvd`]
+//! (features and integer labels).
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -158,15 +160,20 @@ pub(crate) use pair_loss_adapter;
 mod cwd;
 mod cwt;
 mod dist;
+mod fused;
 mod icsd;
+mod ifvd;
 mod pixel_kd;
+mod pkd;
 mod semckd;
 
 pub use cwd::Cwd;
 pub use cwt::Cwt;
 pub use dist::Dist;
 pub use icsd::{Aicsd, Icsd};
+pub use ifvd::Ifvd;
 pub use pixel_kd::PixelKd;
+pub use pkd::Pkd;
 pub use semckd::{Semckd, SemckdTensors};
 
 use std::sync::Arc;

@@ -5,23 +5,15 @@
 //! candle's custom ops take at most three tensors, and SemCKD has `S + T + S*T + 4 (S + T)` of them (for
 //! 3 x 3 layers, 39). Packing them into three tensors would copy every feature map on every step, so the
 //! loss is instead one fused forward + backward call of the crate (the CPU reference, or the kernels on
-//! candle's stream) on the tensors' own storage, which returns the loss and every gradient at once. The
-//! loss enters candle's graph through a chain of small [`AttachGrad`] nodes, one per input that tracks a
-//! gradient: node `k` passes the running loss scalar through unchanged and, in the backward pass, hands
-//! input `k` its precomputed gradient times the upstream gradient. This is the surrogate
-//! `loss.detach() + sum_k <g_k, x_k - x_k.detach()>` without its forward work: its value is the loss, and its
-//! gradient with respect to `x_k` is exactly `upstream * g_k` (the product rounded once to `x_k`'s dtype),
-//! which is all a first-order training step needs. The `g_k` are constants of the graph, so second-order
-//! gradients (a gradient of the gradient) are not supported: they come out as if the loss were linear in
-//! its inputs.
+//! candle's stream) on the tensors' own storage, which returns the loss and every gradient at once, and
+//! enters candle's graph through `fused::attach` (first-order gradients only).
 
 use std::sync::Arc;
 
-#[cfg(feature = "cuda")]
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType as CandleDType, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{DType as CandleDType, Device, Tensor};
 use ndarray::{ArrayView1, ArrayView2, ArrayView4};
 
+use super::fused::{attach, cpu_storage, unsupported_device};
 use super::{candle_error, cpu_slice, dispatch_host, HostElem, PerHostDtype};
 use kd_kernels::error::KdError;
 use kd_kernels::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers};
@@ -120,26 +112,9 @@ impl Semckd {
             )?,
             #[cfg(feature = "cuda")]
             Device::Cuda(_) => cuda::run(&self.shared, &flat, &layers, want_grads)?,
-            _ => {
-                return Err(candle_error(KdError::Unsupported {
-                    what: NAME,
-                    detail: format!(
-                        "tensors on {:?}: SemCKD runs on candle's CPU device, and on its CUDA device with the \
-                         `cuda` feature",
-                        device.location()
-                    ),
-                }))
-            }
+            _ => return Err(unsupported_device(NAME, &device)),
         };
-        let mut loss = out.loss;
-        if let Some(grads) = out.grads {
-            for (x, grad) in flat.with_grads().zip(grads) {
-                if x.track_op() {
-                    loss = loss.apply_op2(x, AttachGrad { grad })?;
-                }
-            }
-        }
-        Ok(loss)
+        attach(out.loss, ATTACH_NAME, flat.with_grads().zip(out.grads.into_iter().flatten()))
     }
 }
 
@@ -238,66 +213,11 @@ fn flatten(x: &SemckdTensors<'_>) -> candle_core::Result<Flat> {
     })
 }
 
-/// The graph node that hands one input its gradient; see the module's documentation.
-struct AttachGrad {
-    grad: Tensor,
-}
-
-impl candle_core::CustomOp2 for AttachGrad {
-    fn name(&self) -> &'static str {
-        ATTACH_NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((CpuStorage::F32(cpu_slice::<f32>(s1, l1, ATTACH_NAME)?.to_vec()), l1.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        // The running loss is a fresh one-element f32 storage (the op's own output), so a clone is the scalar.
-        Ok((s1.try_clone(l1)?, l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _loss: &Tensor,
-        _input: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let upstream = grad_res.to_dtype(self.grad.dtype())?;
-        Ok((Some(grad_res.clone()), Some(self.grad.broadcast_mul(&upstream)?)))
-    }
-}
-
 struct CpuJob<'a> {
     cpu: &'a SemckdCpu,
     flat: &'a Flat,
     layers: &'a SemckdLayers,
     want_grads: bool,
-}
-
-fn cpu_storage<'a>(storage: &'a Storage, op: &'static str) -> candle_core::Result<&'a CpuStorage> {
-    match storage {
-        Storage::Cpu(s) => Ok(s),
-        other => Err(candle_core::Error::DeviceMismatchBinaryOp {
-            lhs: candle_core::DeviceLocation::Cpu,
-            rhs: other.device().location(),
-            op,
-        }),
-    }
 }
 
 fn too_large(e: ndarray::ShapeError) -> candle_core::Error {
@@ -369,11 +289,11 @@ mod cuda {
     //! gradient left on the device (no host synchronisation).
 
     use candle_core::backend::BackendStorage;
-    use candle_core::op::BackpropOp;
-    use candle_core::{CudaStorage, Storage, Tensor};
+    use candle_core::Tensor;
     use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
 
     use super::super::cuda::view;
+    use super::super::fused::{cuda_storage, tensor};
     use super::super::{dispatch, Float, PerDtype};
     use super::{Flat, Outputs, Shared, NAME};
     use kd_kernels::grad::GradOptions;
@@ -395,30 +315,6 @@ mod cuda {
         want_grads: bool,
     }
 
-    fn cuda_storage(storage: &Storage) -> candle_core::Result<&CudaStorage> {
-        match storage {
-            Storage::Cuda(s) => Ok(s),
-            other => Err(candle_core::Error::DeviceMismatchBinaryOp {
-                lhs: candle_core::DeviceLocation::Cuda { gpu_id: 0 },
-                rhs: other.device().location(),
-                op: NAME,
-            }),
-        }
-    }
-
-    fn tensor<T: candle_core::cuda::CudaDType>(
-        slice: CudaSlice<T>,
-        device: &candle_core::CudaDevice,
-        dims: Vec<usize>,
-    ) -> Tensor {
-        Tensor::from_storage(
-            Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, device.clone())),
-            dims,
-            BackpropOp::none(),
-            false,
-        )
-    }
-
     impl PerDtype for Job<'_> {
         type Out = Outputs;
 
@@ -426,7 +322,8 @@ mod cuda {
             let l = self.layers;
             let (s_n, t_n) = (l.students(), l.teachers());
             let guards: Vec<_> = self.flat.tensors.iter().map(Tensor::storage_and_layout).collect();
-            let storages = guards.iter().map(|(s, _)| cuda_storage(s)).collect::<candle_core::Result<Vec<_>>>()?;
+            let storages =
+                guards.iter().map(|(s, _)| cuda_storage(s, NAME)).collect::<candle_core::Result<Vec<_>>>()?;
             let device = storages[0].device().clone();
             let stream = device.cuda_stream();
             let n_features = s_n + t_n + s_n * t_n;

@@ -58,6 +58,21 @@ fn semckd_misuse_is_an_error_that_says_what_to_fix() {
 }
 
 #[test]
+fn pkd_matches_the_cpu_reference_over_every_level() {
+    run(support::pkd_ifvd::check_pkd);
+}
+
+#[test]
+fn ifvd_matches_the_cpu_reference_for_every_label_type() {
+    run(support::pkd_ifvd::check_ifvd);
+}
+
+#[test]
+fn pkd_and_ifvd_misuse_is_an_error_that_says_what_to_fix() {
+    run(support::pkd_ifvd::check_pkd_ifvd_errors);
+}
+
+#[test]
 fn strided_and_offset_inputs_are_handled() {
     run(support::check_layouts);
 }

@@ -15,6 +15,7 @@ use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels_candle::{Aicsd, Cwd, Cwt, Dist, Icsd, PixelKd};
 
+pub mod pkd_ifvd;
 pub mod semckd;
 
 #[path = "../../examples/train_candle.rs"]
