@@ -191,7 +191,7 @@ fn bad_inputs_are_typed_errors() {
         tau(0.0, CirkdPool::None),
         CirkdConfig { loss_weight: f64::NAN, ..CirkdConfig::default() },
         tau(0.1, CirkdPool::Avg(0)),
-        CirkdConfig { loss_weight: 1e-42, ..CirkdConfig::default() },
+        CirkdConfig { loss_weight: 1e-60, ..CirkdConfig::default() },
     ] {
         let r = call(config, &sd, &td, &t);
         assert!(matches!(r, Err(KdError::InvalidParameter { .. })), "{config:?}: {r:?}");
@@ -199,7 +199,9 @@ fn bad_inputs_are_typed_errors() {
 }
 
 /// The recorded fixtures (CIRKD's official module) through the emulated kernels, with the tolerance table
-/// the verifier uses. The 256 x 256 file (the auto rule's 4 x 4 pool, P = 4096) is the slowest to emulate.
+/// the verifier uses. The two files of over a thousand pixels per image (the auto rule at 256 x 256, P =
+/// 4096, and the tall 257 x 5 map) would take the emulation minutes: the GPU runs them through `verify`
+/// (tests/gpu/fixtures.rs) and the CPU reference checks them (tests/cpu/cirkd.rs).
 #[test]
 fn fixtures_through_the_kernels() {
     use safetensors::{Dtype, SafeTensors};
@@ -208,8 +210,13 @@ fn fixtures_through_the_kernels() {
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("cirkd_"))
         .collect();
     assert_eq!(files.len(), 9);
+    let mut emulated = 0;
     for path in files {
         let what = path.file_name().unwrap().to_string_lossy().to_string();
+        if what.contains("_auto256") || what.contains("_tall") {
+            continue;
+        }
+        emulated += 1;
         let bytes = std::fs::read(&path).unwrap();
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
         let meta = meta.metadata().clone().unwrap_or_default();
@@ -251,4 +258,5 @@ fn fixtures_through_the_kernels() {
         check_close(&format!("{what} loss"), &[loss], &f32s("loss"), tolerance(dtype, OutputKind::Loss));
         check_close(&format!("{what} grad"), &grad, &f32s("grad.student"), tolerance(dtype, OutputKind::Tensor));
     }
+    assert_eq!(emulated, 7);
 }
