@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn scales_that_vanish_in_f32_are_refused() {
         let shapes = check_shapes(&[2, 3, 4, 5], &[2, 3, 4, 5]).unwrap();
-        let config = CirkdConfig { loss_weight: 1e-40, ..CirkdConfig::default() };
+        let config = CirkdConfig { loss_weight: 1e-60, ..CirkdConfig::default() };
         assert!(matches!(plan(&config, &shapes, both(), 1.0), Err(KdError::InvalidParameter { .. })));
     }
 

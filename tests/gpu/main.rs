@@ -10,6 +10,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod cirkd;
 mod cwd;
 mod cwt;
 mod dist;
@@ -34,6 +35,7 @@ const FAMILIES: &[&[(&str, harness::TestFn)]] = &[
     pkd::TESTS,
     ifvd::TESTS,
     dist::TESTS,
+    cirkd::TESTS,
     pair::LAST,
 ];
 
