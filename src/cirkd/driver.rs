@@ -79,7 +79,14 @@ pub struct CirkdBuffers<'a, T> {
 impl<'a, T> CirkdBuffers<'a, T> {
     /// The inputs, with no output yet and [`GradOptions::OVERWRITE`].
     pub fn new(student: &'a dyn DevicePtr<T>, teacher: &'a dyn DevicePtr<T>) -> Self {
-        CirkdBuffers { student, teacher, loss: None, grad_student: None, upstream: None, options: GradOptions::OVERWRITE }
+        CirkdBuffers {
+            student,
+            teacher,
+            loss: None,
+            grad_student: None,
+            upstream: None,
+            options: GradOptions::OVERWRITE,
+        }
     }
 }
 

@@ -93,7 +93,8 @@ pub(crate) fn plan(config: &CirkdConfig, shapes: &RelationShapes, outputs: Outpu
         logit_grad_scale: (loss_scale / tau) as f32,
         grad_scale: scale as f32,
     };
-    let per_thread = |what: &'static str, threads: usize| launch::grid_blocks(what, threads.div_ceil(BLOCK_THREADS as usize));
+    let per_thread =
+        |what: &'static str, threads: usize| launch::grid_blocks(what, threads.div_ceil(BLOCK_THREADS as usize));
     let mut launches = vec![
         Launch::new(NORMALIZE, per_thread("CIRKD pixels (both sides)", 2 * b * pixels)?),
         Launch::new(FORWARD, launch::grid_blocks("CIRKD row tiles of every image pair", forward_blocks)?),

@@ -66,8 +66,12 @@ impl Case {
     ) -> kd_kernels::Result<EmulatedOutput<T>> {
         let s: Vec<T> = to_dtype(&self.student);
         let t: Vec<T> = to_dtype(&self.teacher);
-        let inputs =
-            CirkdHostInputs { student_dims: &self.student_dims, student: &s, teacher_dims: &self.teacher_dims(), teacher: &t };
+        let inputs = CirkdHostInputs {
+            student_dims: &self.student_dims,
+            student: &s,
+            teacher_dims: &self.teacher_dims(),
+            teacher: &t,
+        };
         emulate::cirkd(&self.config, inputs, mode, GPU, options, initial)
     }
 }

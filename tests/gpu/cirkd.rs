@@ -12,7 +12,9 @@ use kd_kernels::{GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
 use crate::common::SplitMix64;
-use crate::harness::{bits, download, ensure, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{
+    bits, download, ensure, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
+};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("cirkd_fixtures_pass_on_cuda", cirkd_fixtures_pass_on_cuda),
@@ -156,8 +158,7 @@ fn cirkd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
         ..CirkdBuffers::new(&ds, &dt)
     };
     cirkd.call(&shapes, buffers).map_err(|e| e.to_string())?;
-    let want: Vec<f64> =
-        reference.grad_student.iter().zip(&initial).map(|(g, &i)| i as f64 - 1.25 * g).collect();
+    let want: Vec<f64> = reference.grad_student.iter().zip(&initial).map(|(g, &i)| i as f64 - 1.25 * g).collect();
     let mut failures = Vec::new();
     close("upstream + accumulate", &widen(&download(stream, &grad)?), &want, 1e-4, &mut failures);
     verdict(failures)
@@ -195,9 +196,7 @@ fn cirkd_large_unpooled(stream: &Stream) -> TestResult {
     // vectors[side][image][group] (raw, unnormalised) and each pixel's group.
     let vectors: Vec<Vec<Vec<f32>>> = (0..2)
         .map(|_| {
-            (0..b)
-                .map(|_| (0..GROUPS * c).map(|_| ((rng.normal() * 256.0).round() / 256.0) as f32).collect())
-                .collect()
+            (0..b).map(|_| (0..GROUPS * c).map(|_| ((rng.normal() * 256.0).round() / 256.0) as f32).collect()).collect()
         })
         .collect();
     let groups: Vec<Vec<usize>> = (0..b).map(|_| (0..p).map(|_| rng.below(GROUPS)).collect()).collect();
@@ -216,10 +215,8 @@ fn cirkd_large_unpooled(stream: &Stream) -> TestResult {
         let norm = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt().max(1e-12);
         v.iter().map(|&x| x as f64 / norm).collect()
     };
-    let hats: Vec<Vec<Vec<Vec<f64>>>> = vectors
-        .iter()
-        .map(|side| side.iter().map(|img| img.chunks(c).map(unit).collect()).collect())
-        .collect();
+    let hats: Vec<Vec<Vec<Vec<f64>>>> =
+        vectors.iter().map(|side| side.iter().map(|img| img.chunks(c).map(unit).collect()).collect()).collect();
     let counts: Vec<[f64; GROUPS]> = groups
         .iter()
         .map(|g| {

@@ -8,9 +8,9 @@
 //! GPU results are compared with the f64 CPU reference under `kd_kernels::tolerance::tolerance(dtype, kind)`,
 //! the same table the verifier uses, never loosened here.
 
+mod cirkd;
 #[path = "../common/mod.rs"]
 mod common;
-mod cirkd;
 mod cwd;
 mod cwt;
 mod dist;
