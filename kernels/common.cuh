@@ -172,6 +172,15 @@ template <typename T> __device__ __forceinline__ bool same_alignment(const T* a,
 // magnitude (|x| ~ 1e4) k * x would already have lost the low bits the softmax depends on; base 2 makes every
 // exponential one exp2f; sums of exponentials are accumulated in double (see cwd.cu).
 
+// 1 / x in double for x within the normal float range, without a division: the IEEE double division's
+// out-of-line slow path spills registers on sm_80 (the build refuses spills). A float seed from exp2/log2
+// (relative error about 1e-7) and two Newton steps give the double result to about 1e-15.
+__device__ __forceinline__ double recip(double x) {
+    double r = static_cast<double>(exp2f(-log2f(static_cast<float>(x))));
+    r = r * (2.0 - x * r);
+    return r * (2.0 - x * r);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Deterministic reductions.
 

@@ -42,14 +42,7 @@ constexpr int kTilePixels = KD_DIST_TILE_PIXELS;
 constexpr int kMoments = 5;
 constexpr double kEps = 1e-8;  // added to the product of the norms, as the official code does
 
-// 1 / x in double for x within the normal float range, without a division: the IEEE double division's
-// out-of-line slow path spills registers on sm_80 (the build refuses spills). A float seed from exp2/log2
-// (relative error about 1e-7) and two Newton steps give the double result to about 1e-15.
-__device__ __forceinline__ double recip(double x) {
-    double r = static_cast<double>(exp2f(-log2f(static_cast<float>(x))));
-    r = r * (2.0 - x * r);
-    return r * (2.0 - x * r);
-}
+using kd::recip;
 
 // The softmax of one pixel, enough to give q_c and p_c of any of its classes.
 struct PixelSoftmax {

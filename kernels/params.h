@@ -412,4 +412,50 @@ typedef struct KdDistArgs {
     KdDistParams p;
 } KdDistArgs;
 
+/*
+ * CIRKD (cirkd.cu, docs/losses.md section 10): mini-batch pixel relations without P x P matrices. Features are
+ * pooled and normalised per pixel into the workspace ([B, C, P] floats per side); a logit tile is
+ * KD_CIRKD_OWNED pixels of one image (the pixels a block owns) against KD_CIRKD_OTHERS pixels of another,
+ * the channels staged KD_CIRKD_CHANNEL_CHUNK at a time. cirkd_forward has a block per (i, j, tile of rows of
+ * image i), cirkd_grad_rows one per (i, tile of image i's pixels), cirkd_grad_columns one per (j, tile of
+ * image j's pixels); cirkd_normalize and cirkd_finish a thread per (image, pooled pixel).
+ */
+#define KD_CIRKD_OWNED 32
+#define KD_CIRKD_OTHERS 64
+#define KD_CIRKD_CHANNEL_CHUNK 32
+
+typedef struct KdCirkdParams {
+    int64_t pixels;           /* P = H' * W' after pooling */
+    int32_t batch;            /* B */
+    int32_t student_channels; /* Cs */
+    int32_t teacher_channels; /* Ct */
+    int32_t height;           /* H */
+    int32_t width;            /* W */
+    int32_t pool;             /* K: the pooling window's side and stride (1: none) */
+    int32_t pooled_height;    /* H' = ceil(H / K) */
+    int32_t pooled_width;     /* W' = ceil(W / K) */
+    int32_t tiles;            /* ceil(P / KD_CIRKD_OWNED) */
+    int32_t flags;            /* KdOutputFlags */
+    float inv_tau;            /* 1 / tau */
+    float loss_scale;         /* loss_weight / (P * B^2) */
+    float logit_grad_scale;   /* loss_weight / (P * B^2 * tau): d loss / d (S_hat_i . S_hat_j) per (ps - pt) */
+    float grad_scale;         /* GradOptions::scale */
+} KdCirkdParams;
+
+/* The argument block of every CIRKD kernel. */
+typedef struct KdCirkdArgs {
+    uint64_t student;       /* const T*: [B, Cs, H, W] */
+    uint64_t teacher;       /* const T*: [B, Ct, H, W] */
+    uint64_t loss;          /* float*: one value */
+    uint64_t grad_student;  /* T* */
+    uint64_t upstream;      /* const float*: one value, with KD_SCALE_BY_UPSTREAM */
+    uint64_t hat_student;   /* float*: workspace [B, Cs, P], the pooled, normalised student */
+    uint64_t hat_teacher;   /* float*: workspace [B, Ct, P] */
+    uint64_t lse;           /* float*: workspace [2, B, B, P], each row's LSE(t), then its LSE(s) - LSE(t) */
+    uint64_t d_hat;         /* float*: workspace [B, Cs, P], d loss / d S_hat */
+    uint64_t loss_partials; /* float*: workspace, one per cirkd_forward block */
+    uint64_t counter;       /* unsigned int*: the loss's ticket, 0 between launches */
+    KdCirkdParams p;
+} KdCirkdArgs;
+
 #endif /* KD_KERNELS_PARAMS_H */

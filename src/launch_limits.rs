@@ -628,6 +628,67 @@ fn ifvd_launches_fit() {
     );
 }
 
+/// CIRKD: the bench's features pooled and unpooled, the large-memory shape, the auto rule's switch,
+/// edge cases, and random shapes, channel counts (Cs != Ct) and pool windows.
+#[test]
+fn cirkd_launches_fit() {
+    use crate::cirkd::{check_shapes, Cirkd, CirkdConfig, CirkdPool, CirkdRawBuffers};
+    use crate::family::{Family, RawCall};
+    /// (student dims, teacher channels, pool, required).
+    type Case = ([usize; 4], usize, CirkdPool, bool);
+    let mut cases: Vec<Case> = vec![
+        ([8, 256, 64, 128], 256, CirkdPool::None, true),
+        ([8, 256, 64, 128], 256, CirkdPool::Avg(4), true),
+        ([8, 256, 128, 256], 256, CirkdPool::None, true),
+        ([2, 128, 512, 1024], 512, CirkdPool::Auto, true),
+        ([1, 1, 1, 1], 1, CirkdPool::Auto, true),
+        ([3, 37, 5, 7], 40, CirkdPool::Avg(3), true),
+    ];
+    let mut rng = SplitMix64::new(20);
+    for _ in 0..30 {
+        let s = random_nchw(&mut rng, 1024, 1 << 16);
+        let pool = match rng.below(3) {
+            0 => CirkdPool::Auto,
+            1 => CirkdPool::None,
+            _ => CirkdPool::Avg(1 + rng.below(8)),
+        };
+        cases.push((s, 1 + rng.below(1024), pool, false));
+    }
+    let mut checked = 0;
+    for (dims, ct, pool, required) in cases {
+        let shapes = check_shapes(&dims, &[dims[0], ct, dims[2], dims[3]]).unwrap();
+        let config = CirkdConfig { pool, ..CirkdConfig::default() };
+        for dtype in DTYPES {
+            for (loss, grad, upstream) in MODES {
+                let buffers = CirkdRawBuffers {
+                    student: addr(1),
+                    teacher: addr(2),
+                    loss: if loss { addr(3) } else { 0 },
+                    grad_student: if grad { addr(4) } else { 0 },
+                    upstream: if upstream { addr(5) } else { 0 },
+                };
+                checked += check_everywhere("cirkd", &[], required, &|gpu, rec| {
+                    let call = RawCall::<Cirkd> {
+                        config: &config,
+                        path: (),
+                        shape: &shapes,
+                        dtype,
+                        buffers: &buffers,
+                        options: GradOptions::OVERWRITE,
+                    };
+                    // SAFETY: as in `cwd_launches_fit`.
+                    unsafe { Cirkd::run(call, gpu, &mut FakeScratch, rec) }
+                });
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked} launches checked");
+    println!(
+        "{checked} launches checked; random calls refused so far: {}",
+        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
 /// The check can fail: the same sweep against a GPU whose limits are wrong (a register file of an eighth,
 /// shared memory per block of 1 KiB) reports the launches that would not fit.
 #[test]

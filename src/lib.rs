@@ -13,7 +13,7 @@
 //! | channel-wise transformation (CWT) | [`cwt::CwtCuda`] | [`cwt::CwtCpu`] | `docs/losses.md` §5 |
 //! | intra-class feature variation distillation (IFVD) | [`ifvd::IfvdCuda`] | [`ifvd::IfvdCpu`] | `docs/losses.md` §11 |
 //! | pair-wise similarity distillation (SKD) | (not yet) | [`skd::SkdCpu`] | `docs/losses.md` §9 |
-//! | cross-image pixel relations (CIRKD, mini-batch) | (not yet) | [`cirkd::CirkdCpu`] | `docs/losses.md` §10 |
+//! | cross-image pixel relations (CIRKD, mini-batch) | [`cirkd::CirkdCuda`] | [`cirkd::CirkdCpu`] | `docs/losses.md` §10 |
 //!
 //! GPU entry points work on caller-owned device buffers (`f32`, `half::f16`, `half::bf16`) in NCHW layout,
 //! on the caller's stream, write the loss as a device f32 scalar and the gradients in the input dtype,

@@ -21,12 +21,32 @@
 //! `dL/ds_ij[p, q] = loss_weight * (ps - pt)[p, q] / (P B^2)`. Its memory beyond the inputs and the gradient is
 //! the normalised features (the inputs' size), `O(P)` row statistics and one tile. The teacher is a constant
 //! (no teacher gradient).
+//!
+//! [`CirkdCuda`] runs the same computation with the kernels of `kernels/cirkd.cu`: the pooled, normalised
+//! features into the workspace, a forward streaming the column tiles of every row tile of every image pair
+//! with the same online statistics (each row's two log-sum-exps kept: `2 B^2 P` floats), and a backward
+//! recomputing the tiles in two passes, one owning the rows' gradient and one the columns', so that every
+//! gradient element is summed in a fixed order by one thread.
 
 mod cpu;
+mod cuda;
+pub(crate) mod driver;
+#[cfg(feature = "emulator")]
+pub mod emulate;
 pub(crate) mod fixture;
+pub(crate) mod plan;
 
 pub use crate::relation::{check_shapes, RelationShapes, NORM_EPS};
 pub use cpu::CirkdCpu;
+pub use driver::{CirkdBuffers, CirkdRawBuffers};
+
+/// The CIRKD family ([`crate::family::Family`]); its shape is the checked [`RelationShapes`] of a call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cirkd;
+
+/// CIRKD on the GPU, with the surface of [`CirkdCpu`]: `cirkd_normalize`, `cirkd_forward`, then for a gradient
+/// `cirkd_grad_rows`, `cirkd_grad_columns` and `cirkd_finish` (`kernels/cirkd.cu`), on the caller's stream.
+pub type CirkdCuda = crate::cuda::LossCuda<Cirkd>;
 
 use crate::error::{KdError, Result};
 use crate::relation::{Pooling, Window};

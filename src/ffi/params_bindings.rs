@@ -20,6 +20,9 @@ pub const KD_DIST_MAX_CLASSES: u32 = 2048;
 pub const KD_DIST_PIXELS_PER_THREAD: u32 = 2;
 pub const KD_DIST_TILE_PIXELS: u32 = 512;
 pub const KD_DIST_COEFS: u32 = 6;
+pub const KD_CIRKD_OWNED: u32 = 32;
+pub const KD_CIRKD_OTHERS: u32 = 64;
+pub const KD_CIRKD_CHANNEL_CHUNK: u32 = 32;
 pub const KdOutputFlags_KD_WANT_LOSS: KdOutputFlags = 1;
 pub const KdOutputFlags_KD_WANT_GRAD_STUDENT: KdOutputFlags = 2;
 pub const KdOutputFlags_KD_WANT_GRAD_TEACHER: KdOutputFlags = 4;
@@ -1133,4 +1136,130 @@ const _: () = {
         "Offset of field: KdDistArgs::counter",
     ][::core::mem::offset_of!(KdDistArgs, counter) - 72usize];
     ["Offset of field: KdDistArgs::p"][::core::mem::offset_of!(KdDistArgs, p) - 80usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdCirkdParams {
+    pub pixels: i64,
+    pub batch: i32,
+    pub student_channels: i32,
+    pub teacher_channels: i32,
+    pub height: i32,
+    pub width: i32,
+    pub pool: i32,
+    pub pooled_height: i32,
+    pub pooled_width: i32,
+    pub tiles: i32,
+    pub flags: i32,
+    pub inv_tau: f32,
+    pub loss_scale: f32,
+    pub logit_grad_scale: f32,
+    pub grad_scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdCirkdParams"][::core::mem::size_of::<KdCirkdParams>() - 64usize];
+    ["Alignment of KdCirkdParams"][::core::mem::align_of::<KdCirkdParams>() - 8usize];
+    [
+        "Offset of field: KdCirkdParams::pixels",
+    ][::core::mem::offset_of!(KdCirkdParams, pixels) - 0usize];
+    [
+        "Offset of field: KdCirkdParams::batch",
+    ][::core::mem::offset_of!(KdCirkdParams, batch) - 8usize];
+    [
+        "Offset of field: KdCirkdParams::student_channels",
+    ][::core::mem::offset_of!(KdCirkdParams, student_channels) - 12usize];
+    [
+        "Offset of field: KdCirkdParams::teacher_channels",
+    ][::core::mem::offset_of!(KdCirkdParams, teacher_channels) - 16usize];
+    [
+        "Offset of field: KdCirkdParams::height",
+    ][::core::mem::offset_of!(KdCirkdParams, height) - 20usize];
+    [
+        "Offset of field: KdCirkdParams::width",
+    ][::core::mem::offset_of!(KdCirkdParams, width) - 24usize];
+    [
+        "Offset of field: KdCirkdParams::pool",
+    ][::core::mem::offset_of!(KdCirkdParams, pool) - 28usize];
+    [
+        "Offset of field: KdCirkdParams::pooled_height",
+    ][::core::mem::offset_of!(KdCirkdParams, pooled_height) - 32usize];
+    [
+        "Offset of field: KdCirkdParams::pooled_width",
+    ][::core::mem::offset_of!(KdCirkdParams, pooled_width) - 36usize];
+    [
+        "Offset of field: KdCirkdParams::tiles",
+    ][::core::mem::offset_of!(KdCirkdParams, tiles) - 40usize];
+    [
+        "Offset of field: KdCirkdParams::flags",
+    ][::core::mem::offset_of!(KdCirkdParams, flags) - 44usize];
+    [
+        "Offset of field: KdCirkdParams::inv_tau",
+    ][::core::mem::offset_of!(KdCirkdParams, inv_tau) - 48usize];
+    [
+        "Offset of field: KdCirkdParams::loss_scale",
+    ][::core::mem::offset_of!(KdCirkdParams, loss_scale) - 52usize];
+    [
+        "Offset of field: KdCirkdParams::logit_grad_scale",
+    ][::core::mem::offset_of!(KdCirkdParams, logit_grad_scale) - 56usize];
+    [
+        "Offset of field: KdCirkdParams::grad_scale",
+    ][::core::mem::offset_of!(KdCirkdParams, grad_scale) - 60usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdCirkdArgs {
+    pub student: u64,
+    pub teacher: u64,
+    pub loss: u64,
+    pub grad_student: u64,
+    pub upstream: u64,
+    pub hat_student: u64,
+    pub hat_teacher: u64,
+    pub lse: u64,
+    pub d_hat: u64,
+    pub loss_partials: u64,
+    pub counter: u64,
+    pub p: KdCirkdParams,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdCirkdArgs"][::core::mem::size_of::<KdCirkdArgs>() - 152usize];
+    ["Alignment of KdCirkdArgs"][::core::mem::align_of::<KdCirkdArgs>() - 8usize];
+    [
+        "Offset of field: KdCirkdArgs::student",
+    ][::core::mem::offset_of!(KdCirkdArgs, student) - 0usize];
+    [
+        "Offset of field: KdCirkdArgs::teacher",
+    ][::core::mem::offset_of!(KdCirkdArgs, teacher) - 8usize];
+    [
+        "Offset of field: KdCirkdArgs::loss",
+    ][::core::mem::offset_of!(KdCirkdArgs, loss) - 16usize];
+    [
+        "Offset of field: KdCirkdArgs::grad_student",
+    ][::core::mem::offset_of!(KdCirkdArgs, grad_student) - 24usize];
+    [
+        "Offset of field: KdCirkdArgs::upstream",
+    ][::core::mem::offset_of!(KdCirkdArgs, upstream) - 32usize];
+    [
+        "Offset of field: KdCirkdArgs::hat_student",
+    ][::core::mem::offset_of!(KdCirkdArgs, hat_student) - 40usize];
+    [
+        "Offset of field: KdCirkdArgs::hat_teacher",
+    ][::core::mem::offset_of!(KdCirkdArgs, hat_teacher) - 48usize];
+    [
+        "Offset of field: KdCirkdArgs::lse",
+    ][::core::mem::offset_of!(KdCirkdArgs, lse) - 56usize];
+    [
+        "Offset of field: KdCirkdArgs::d_hat",
+    ][::core::mem::offset_of!(KdCirkdArgs, d_hat) - 64usize];
+    [
+        "Offset of field: KdCirkdArgs::loss_partials",
+    ][::core::mem::offset_of!(KdCirkdArgs, loss_partials) - 72usize];
+    [
+        "Offset of field: KdCirkdArgs::counter",
+    ][::core::mem::offset_of!(KdCirkdArgs, counter) - 80usize];
+    [
+        "Offset of field: KdCirkdArgs::p",
+    ][::core::mem::offset_of!(KdCirkdArgs, p) - 88usize];
 };

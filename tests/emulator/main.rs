@@ -8,6 +8,7 @@ mod common;
 mod semckd_support;
 
 mod checks;
+mod cirkd;
 mod cwd;
 mod cwt;
 mod dist;

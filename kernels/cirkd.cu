@@ -1,0 +1,375 @@
+/*
+ * CIRKD's mini-batch pixel relations (docs/losses.md §10) without a single P x P matrix: for every ordered
+ * pair of images (i, j), i = j included, the row softmaxes of s_ij = S_hat_i^T S_hat_j / tau and of t_ij
+ * (the teacher's), the KL of each row, and d loss / d student. Five launches:
+ *   1. cirkd_normalize     a thread per (side, image, pooled pixel): the K x K average pool (ceil rule) and
+ *                          the per-pixel L2 normalisation, into the workspace as [B, C, P] floats
+ *   2. cirkd_forward       a block per (i, j, tile of KD_CIRKD_OWNED rows): streams the columns in tiles of
+ *                          KD_CIRKD_OTHERS, keeping per row the running maxima and sums of exponentials of
+ *                          both rows and sum e^(t - max_t) (t - s) (FlashAttention's online softmax); writes
+ *                          each row's LSE(t) and LSE(s) - LSE(t) and sums the rows' KL into the loss
+ *   3. cirkd_grad_rows     a block per (i, tile of image i's pixels p): for every j, recomputes the tiles,
+ *                          g = (ps - pt) loss_weight / (P B^2 tau), and d_hat_i[:, p] = sum_j sum_q g S_hat_j[:, q]
+ *   4. cirkd_grad_columns  a block per (j, tile of image j's pixels q): for every i, the same tiles seen from
+ *                          the columns, d_hat_j[:, q] += sum_i sum_p g S_hat_i[:, p]
+ *   5. cirkd_finish        a thread per (image, pooled pixel): back through the normalisation and the pool
+ * (3 to 5 only for a gradient.)
+ * What is fused, and why it is legal: a row's KL, sum_q pt (t - s) - LSE(t) + LSE(s), needs only the row's
+ * running statistics, which merge exactly under a change of maximum (rescaling by e^(old max - new max)), so
+ * a tile of logits is used once and dropped. The gradient of a logit needs the final LSEs of its row, so the
+ * backward recomputes the tiles from the normalised features and the stored LSEs (2 B^2 P floats, the row
+ * statistics; the features' own copies are the inputs' size). Each gradient element has one owner: pass 3
+ * owns d_hat_i's rows, pass 4 then owns d_hat_j's columns and adds to what pass 3 wrote, so no two blocks
+ * write one element and no float atomic decides a result.
+ *
+ * Numerics. Dot products in fp32 over the channels in increasing order whichever side owns the tile, so the
+ * backward's logits are bitwise the forward's; sums of exponentials and the KL in double; the loss summed in
+ * block order by the last block done. With the student equal to the teacher (same channels) every operation
+ * on s and on t is the same, so each row's KL and every g are exactly 0.
+ */
+#include "common.cuh"
+
+namespace {
+
+using kd::kBlockThreads;
+using kd::kWarps;
+constexpr int kOwned = KD_CIRKD_OWNED;
+constexpr int kOthers = KD_CIRKD_OTHERS;
+constexpr int kChunk = KD_CIRKD_CHANNEL_CHUNK;
+constexpr int kOwnedPerWarp = kOwned / kWarps;
+constexpr int kOthersPerLane = kOthers / 32;
+// F.normalize's floor under each pixel's norm.
+constexpr float kNormEps = 1e-12f;
+static_assert(kOwnedPerWarp * kWarps == kOwned, "a tile's owned pixels split evenly over the warps");
+static_assert(kOthersPerLane * 32 == kOthers, "a tile's other pixels split evenly over the lanes");
+static_assert(kOwned == 32, "the gradient update gives each lane one owned pixel");
+
+// The input window of pooled pixel q: rows [h0, h1), columns [w0, w1) (ceil mode: edge windows are cut at
+// the border and average what lies inside).
+struct Window {
+    int64_t h0, h1, w0, w1;
+    float count;
+};
+
+__device__ __forceinline__ Window window_of(const KdCirkdParams& p, int64_t q) {
+    const int64_t oh = q / p.pooled_width, ow = q - oh * p.pooled_width;
+    Window w;
+    w.h0 = oh * p.pool;
+    w.h1 = min(static_cast<int64_t>(p.height), w.h0 + p.pool);
+    w.w0 = ow * p.pool;
+    w.w1 = min(static_cast<int64_t>(p.width), w.w0 + p.pool);
+    w.count = static_cast<float>((w.h1 - w.h0) * (w.w1 - w.w0));
+    return w;
+}
+
+// The pooled value of one channel plane.
+template <typename T> __device__ __forceinline__ float pooled(const T* plane, const Window& w, int64_t width) {
+    float sum = 0.f;
+    for (int64_t h = w.h0; h < w.h1; ++h)
+        for (int64_t x = w.w0; x < w.w1; ++x) sum += kd::to_float(plane[h * width + x]);
+    return sum / w.count;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 1. Pool and normalise.
+template <typename T> __device__ void cirkd_normalize(const KdCirkdArgs& a) {
+    const KdCirkdParams& p = a.p;
+    const int64_t per_side = static_cast<int64_t>(p.batch) * p.pixels;
+    const int64_t id = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
+    if (id >= 2 * per_side) return;
+    const bool teacher = id >= per_side;
+    const int64_t local = teacher ? id - per_side : id;
+    const int64_t n = local / p.pixels, q = local - n * p.pixels;
+    const int64_t channels = teacher ? p.teacher_channels : p.student_channels;
+    const int64_t plane = static_cast<int64_t>(p.height) * p.width;
+    const T* x = kd::ptr<const T>(teacher ? a.teacher : a.student) + n * channels * plane;
+    float* hat = kd::ptr<float>(teacher ? a.hat_teacher : a.hat_student) + n * channels * p.pixels + q;
+    const Window w = window_of(p, q);
+    float sq = 0.f;
+    for (int64_t c = 0; c < channels; ++c) {
+        const float v = pooled(x + c * plane, w, p.width);
+        sq += v * v;
+    }
+    const float norm = fmaxf(sqrtf(sq), kNormEps);
+    for (int64_t c = 0; c < channels; ++c) hat[c * p.pixels] = pooled(x + c * plane, w, p.width) / norm;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Logit tiles.
+
+// Shared staging of one channel chunk of a tile's features.
+struct Staging {
+    float* owned;   // [kChunk][kOwned]
+    float* others;  // [kChunk][kOthers]
+};
+
+// Dot products of the owned pixels [o0, o0 + kOwned) of `own` with the pixels [q0, q0 + kOthers) of `other`
+// (normalised features [channels, P] of one image each): acc[r][k] for owned pixel warp * kOwnedPerWarp + r
+// and other pixel lane + 32 k. Pixels past P count as zero vectors. Every thread of the block calls it.
+__device__ __forceinline__ void dot_tile(const float* own, const float* other, int64_t channels, int64_t pixels,
+                                         int64_t o0, int64_t q0, const Staging& st,
+                                         float (&acc)[kOwnedPerWarp][kOthersPerLane]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < kOwnedPerWarp; ++r)
+#pragma unroll
+        for (int k = 0; k < kOthersPerLane; ++k) acc[r][k] = 0.f;
+    for (int64_t c0 = 0; c0 < channels; c0 += kChunk) {
+        for (int e = threadIdx.x; e < kChunk * kOwned; e += kBlockThreads) {
+            const int64_t c = c0 + e / kOwned, pix = o0 + e % kOwned;
+            st.owned[e] = (c < channels && pix < pixels) ? own[c * pixels + pix] : 0.f;
+        }
+        for (int e = threadIdx.x; e < kChunk * kOthers; e += kBlockThreads) {
+            const int64_t c = c0 + e / kOthers, pix = q0 + e % kOthers;
+            st.others[e] = (c < channels && pix < pixels) ? other[c * pixels + pix] : 0.f;
+        }
+        __syncthreads();
+        const int chunk = static_cast<int>(min(static_cast<int64_t>(kChunk), channels - c0));
+        for (int c = 0; c < chunk; ++c) {
+            float x[kOwnedPerWarp], y[kOthersPerLane];
+#pragma unroll
+            for (int r = 0; r < kOwnedPerWarp; ++r) x[r] = st.owned[c * kOwned + warp * kOwnedPerWarp + r];
+#pragma unroll
+            for (int k = 0; k < kOthersPerLane; ++k) y[k] = st.others[c * kOthers + lane + 32 * k];
+#pragma unroll
+            for (int r = 0; r < kOwnedPerWarp; ++r)
+#pragma unroll
+                for (int k = 0; k < kOthersPerLane; ++k) acc[r][k] = fmaf(x[r], y[k], acc[r][k]);
+        }
+        __syncthreads();  // the staging is refilled next
+    }
+}
+
+// The running statistics of a row over the columns seen so far (see cirkd_forward).
+struct RowStats {
+    float max_s, max_t;
+    double sum_s, sum_t, cross;
+};
+
+__device__ __forceinline__ RowStats empty_stats() { return RowStats{-CUDART_INF_F, -CUDART_INF_F, 0.0, 0.0, 0.0}; }
+
+// e^(from - to) for a running maximum `from` replaced by `to >= from`; 0 for a row that had no value yet.
+__device__ __forceinline__ double rescale(float from, float to) {
+    return from == -CUDART_INF_F ? 0.0 : exp(static_cast<double>(from) - to);
+}
+
+// The statistics of the union of two sets of columns, `a` first.
+__device__ __forceinline__ RowStats merge(const RowStats& a, const RowStats& b) {
+    RowStats m;
+    m.max_s = fmaxf(a.max_s, b.max_s);
+    m.max_t = fmaxf(a.max_t, b.max_t);
+    if (m.max_s == -CUDART_INF_F) return a;  // both empty
+    const double as = rescale(a.max_s, m.max_s), bs = rescale(b.max_s, m.max_s);
+    const double at = rescale(a.max_t, m.max_t), bt = rescale(b.max_t, m.max_t);
+    m.sum_s = a.sum_s * as + b.sum_s * bs;
+    m.sum_t = a.sum_t * at + b.sum_t * bt;
+    m.cross = a.cross * at + b.cross * bt;
+    return m;
+}
+
+// Merges every lane's statistics in lane order (the lower lane's first at each step, so both partners get
+// the same bits); every lane ends with the warp's.
+__device__ __forceinline__ RowStats warp_merge(RowStats m) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        RowStats other;
+        other.max_s = __shfl_xor_sync(0xffffffffu, m.max_s, offset);
+        other.max_t = __shfl_xor_sync(0xffffffffu, m.max_t, offset);
+        other.sum_s = __shfl_xor_sync(0xffffffffu, m.sum_s, offset);
+        other.sum_t = __shfl_xor_sync(0xffffffffu, m.sum_t, offset);
+        other.cross = __shfl_xor_sync(0xffffffffu, m.cross, offset);
+        m = (lane & offset) ? merge(other, m) : merge(m, other);
+    }
+    return m;
+}
+
+// The block's image pair and tile: block b of cirkd_forward is (i, j, tile) with the tile fastest.
+struct PairTile {
+    int64_t i, j, o0;
+};
+
+__device__ __forceinline__ PairTile pair_tile(const KdCirkdParams& p) {
+    const int64_t tile = blockIdx.x % p.tiles, pair = blockIdx.x / p.tiles;
+    return PairTile{pair / p.batch, pair % p.batch, tile * kOwned};
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 2. Forward: each row's LSEs and KL, and the loss.
+template <typename T> __device__ void cirkd_forward(const KdCirkdArgs& a) {
+    const KdCirkdParams& p = a.p;
+    KD_SHARED_ARRAY(float, owned, kChunk * kOwned);
+    KD_SHARED_ARRAY(float, others, kChunk * kOthers);
+    const Staging st{owned, others};
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t P = p.pixels, cs = p.student_channels, ct = p.teacher_channels;
+    const PairTile pt = pair_tile(p);
+    const float* hs = kd::ptr<const float>(a.hat_student);
+    const float* ht = kd::ptr<const float>(a.hat_teacher);
+    RowStats row[kOwnedPerWarp];
+#pragma unroll
+    for (int r = 0; r < kOwnedPerWarp; ++r) row[r] = empty_stats();
+    for (int64_t q0 = 0; q0 < P; q0 += kOthers) {
+        float s[kOwnedPerWarp][kOthersPerLane], t[kOwnedPerWarp][kOthersPerLane];
+        dot_tile(hs + pt.i * cs * P, hs + pt.j * cs * P, cs, P, pt.o0, q0, st, s);
+        dot_tile(ht + pt.i * ct * P, ht + pt.j * ct * P, ct, P, pt.o0, q0, st, t);
+#pragma unroll
+        for (int r = 0; r < kOwnedPerWarp; ++r) {
+            // This lane's columns of the tile as one more set of columns of the row.
+            RowStats add = empty_stats();
+#pragma unroll
+            for (int k = 0; k < kOthersPerLane; ++k) {
+                if (q0 + lane + 32 * k < P) {
+                    add.max_s = fmaxf(add.max_s, s[r][k] * p.inv_tau);
+                    add.max_t = fmaxf(add.max_t, t[r][k] * p.inv_tau);
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < kOthersPerLane; ++k) {
+                if (q0 + lane + 32 * k < P) {
+                    const float sv = s[r][k] * p.inv_tau, tv = t[r][k] * p.inv_tau;
+                    // Exponentials in double: for a student close to its teacher the KL is the small
+                    // remainder of sum pt (t - s) and LSE(t) - LSE(s), which float sums would swamp.
+                    const double et = exp(static_cast<double>(tv) - add.max_t);
+                    add.sum_s += exp(static_cast<double>(sv) - add.max_s);
+                    add.sum_t += et;
+                    // t - s from the dot products (exact where they are close), then scaled.
+                    add.cross += et * static_cast<double>((t[r][k] - s[r][k]) * p.inv_tau);
+                }
+            }
+            row[r] = merge(row[r], add);
+        }
+    }
+    double kl_sum = 0.0;
+    float* lse = kd::ptr<float>(a.lse);
+    const int64_t pair_rows = (pt.i * p.batch + pt.j) * P, side = static_cast<int64_t>(p.batch) * p.batch * P;
+#pragma unroll
+    for (int r = 0; r < kOwnedPerWarp; ++r) {
+        const RowStats m = warp_merge(row[r]);
+        const int64_t pix = pt.o0 + warp * kOwnedPerWarp + r;
+        if (lane == 0 && pix < P) {
+            // LSE(s) - LSE(t) kept apart from LSE(t), so that the backward's ps / pt keeps its relative
+            // precision where the two are close. It is exactly 0 for equal rows.
+            const double lse_t = m.max_t + log(m.sum_t);
+            const double delta = (static_cast<double>(m.max_s) - m.max_t) + (log(m.sum_s) - log(m.sum_t));
+            lse[pair_rows + pix] = static_cast<float>(lse_t);
+            lse[side + pair_rows + pix] = static_cast<float>(delta);
+            kl_sum += m.cross * kd::recip(m.sum_t) + delta;
+        }
+    }
+    if (p.flags & KD_WANT_LOSS) {
+        const double block = kd::block_sum(kl_sum);
+        kd::sum_into_loss(static_cast<float>(block), blockIdx.x, gridDim.x, kd::ptr<float>(a.loss_partials),
+                          kd::ptr<unsigned int>(a.counter), kd::ptr<float>(a.loss), p.loss_scale);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 3 and 4. Gradient of the normalised student. kOwnerIsRow: the block owns rows p of image i and visits
+// every j (pass 3, which writes d_hat first); else it owns columns q of image j and visits every i (pass 4,
+// which adds). The LSEs are those of the rows, so of the owned pixels in pass 3 and of the others in pass 4.
+template <bool kOwnerIsRow> __device__ void grad_pass(const KdCirkdArgs& a) {
+    const KdCirkdParams& p = a.p;
+    KD_SHARED_ARRAY(float, owned, kChunk * kOwned);
+    KD_SHARED_ARRAY(float, others, kChunk * kOthers);
+    // One padding column, so that the lanes (the owned pixels) read g from distinct banks.
+    KD_SHARED_ARRAY(float, g_tile, kOwned * (kOthers + 1));
+    const Staging st{owned, others};
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t P = p.pixels, cs = p.student_channels, ct = p.teacher_channels;
+    const int64_t o = blockIdx.x / p.tiles, o0 = (blockIdx.x % p.tiles) * kOwned;
+    const float* hs = kd::ptr<const float>(a.hat_student);
+    const float* ht = kd::ptr<const float>(a.hat_teacher);
+    const float* lse = kd::ptr<const float>(a.lse);
+    const int64_t side = static_cast<int64_t>(p.batch) * p.batch * P;
+    float* d_hat = kd::ptr<float>(a.d_hat) + o * cs * P;
+    for (int64_t x = 0; x < p.batch; ++x) {
+        const int64_t i = kOwnerIsRow ? o : x, j = kOwnerIsRow ? x : o;
+        const float* lse_t = lse + (i * p.batch + j) * P;
+        const float* delta = lse_t + side;
+        for (int64_t q0 = 0; q0 < P; q0 += kOthers) {
+            float s[kOwnedPerWarp][kOthersPerLane], t[kOwnedPerWarp][kOthersPerLane];
+            dot_tile(hs + o * cs * P, hs + x * cs * P, cs, P, o0, q0, st, s);
+            dot_tile(ht + o * ct * P, ht + x * ct * P, ct, P, o0, q0, st, t);
+#pragma unroll
+            for (int r = 0; r < kOwnedPerWarp; ++r) {
+                const int64_t own = o0 + warp * kOwnedPerWarp + r;
+#pragma unroll
+                for (int k = 0; k < kOthersPerLane; ++k) {
+                    const int64_t oth = q0 + lane + 32 * k;
+                    float g = 0.f;
+                    if (own < P && oth < P) {
+                        const int64_t row = kOwnerIsRow ? own : oth;
+                        // ps - pt = pt (e^((s - t) - (LSE(s) - LSE(t))) - 1): relative precision where
+                        // the student is close to the teacher, and exactly 0 for equal rows.
+                        const float pt = expf(t[r][k] * p.inv_tau - lse_t[row]);
+                        const float log_ratio = (s[r][k] - t[r][k]) * p.inv_tau - delta[row];
+                        g = p.logit_grad_scale * (pt * expm1f(log_ratio));
+                    }
+                    g_tile[(warp * kOwnedPerWarp + r) * (kOthers + 1) + lane + 32 * k] = g;
+                }
+            }
+            __syncthreads();
+            // Lane = owned pixel, warps stride over the channels: every d_hat element of the tile has one
+            // thread, which adds the columns in order.
+            const int64_t own = o0 + lane;
+            const int64_t cols = min(static_cast<int64_t>(kOthers), P - q0);
+            const bool first = kOwnerIsRow && x == 0 && q0 == 0;
+            if (own < P) {
+                for (int64_t c = warp; c < cs; c += kWarps) {
+                    const float* y = hs + (x * cs + c) * P + q0;
+                    float acc = 0.f;
+                    for (int64_t k = 0; k < cols; ++k) acc = fmaf(g_tile[lane * (kOthers + 1) + k], y[k], acc);
+                    float* d = d_hat + c * P + own;
+                    *d = first ? acc : *d + acc;
+                }
+            }
+            __syncthreads();  // g_tile is rewritten next
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 5. Back through the normalisation (PyTorch's autograd of x / clamp_min(|x|, eps)) and the average pool.
+template <typename T> __device__ void cirkd_finish(const KdCirkdArgs& a) {
+    const KdCirkdParams& p = a.p;
+    const int64_t id = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
+    if (id >= static_cast<int64_t>(p.batch) * p.pixels) return;
+    const int64_t n = id / p.pixels, q = id - n * p.pixels;
+    const int64_t channels = p.student_channels, plane = static_cast<int64_t>(p.height) * p.width;
+    const T* x = kd::ptr<const T>(a.student) + n * channels * plane;
+    const float* d = kd::ptr<const float>(a.d_hat) + n * channels * p.pixels + q;
+    T* grad = kd::ptr<T>(a.grad_student) + n * channels * plane;
+    const Window w = window_of(p, q);
+    float sq = 0.f, dot = 0.f;
+    for (int64_t c = 0; c < channels; ++c) {
+        const float v = pooled(x + c * plane, w, p.width);
+        sq += v * v;
+        dot = fmaf(v, d[c * p.pixels], dot);
+    }
+    const float norm = sqrtf(sq);
+    const bool clamped = norm < kNormEps;
+    const float inv = 1.f / (clamped ? kNormEps : norm);
+    const float radial = clamped ? 0.f : dot * inv * inv * inv;
+    const float k = kd::grad_factor(p.grad_scale, p.flags, a.upstream) / w.count;
+    const bool accumulate = (p.flags & KD_ACCUMULATE_GRAD) != 0;
+    for (int64_t c = 0; c < channels; ++c) {
+        const float v = pooled(x + c * plane, w, p.width);
+        const float share = k * (d[c * p.pixels] * inv - v * radial);
+        for (int64_t h = w.h0; h < w.h1; ++h)
+            for (int64_t col = w.w0; col < w.w1; ++col)
+                kd::store_grad(grad + c * plane + h * p.width + col, share, accumulate);
+    }
+}
+
+}  // namespace
+
+// cirkd_forward asks for one resident block per SM only: its double-precision exponentials take about 140
+// registers a thread, which ptxas would otherwise squeeze into 128 and spill.
+#define CIRKD_ENTRIES(T, NAME)                                                                    \
+    KD_ENTRY(cirkd_normalize_##NAME, KdCirkdArgs, kBlockThreads) { cirkd_normalize<T>(a); }        \
+    KD_ENTRY(cirkd_forward_##NAME, KdCirkdArgs, kBlockThreads, 1) { cirkd_forward<T>(a); }            \
+    KD_ENTRY(cirkd_grad_rows_##NAME, KdCirkdArgs, kBlockThreads) { grad_pass<true>(a); }           \
+    KD_ENTRY(cirkd_grad_columns_##NAME, KdCirkdArgs, kBlockThreads) { grad_pass<false>(a); }       \
+    KD_ENTRY(cirkd_finish_##NAME, KdCirkdArgs, kBlockThreads) { cirkd_finish<T>(a); }
+KD_FOR_EACH_DTYPE(CIRKD_ENTRIES)

@@ -1,0 +1,180 @@
+//! One CIRKD call from device addresses: checks, plan, workspace, argument block, launches. Shared by the
+//! typed CUDA API, the raw layer and the host emulation.
+
+use std::ffi::c_void;
+
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+use super::{plan, Cirkd, CirkdConfig};
+use crate::cuda::Binder;
+use crate::dtype::{DType, KdFloat};
+use crate::error::{KdError, Result};
+use crate::family::{Family, RawCall, TypedFamily};
+use crate::ffi::KdCirkdArgs;
+use crate::grad::GradOptions;
+use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::relation::{check_shapes, RelationShapes};
+
+/// The device addresses of one CIRKD call (`CUdeviceptr`s; 0 for an absent output). The call writes the loss
+/// where `loss` is set and d loss / d student where `grad_student` is (times the device scalar at `upstream`
+/// where that is set). The teacher has no gradient.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CirkdRawBuffers {
+    /// `[B, Cs, H, W]` student features.
+    pub student: u64,
+    /// `[B, Ct, H, W]` teacher features.
+    pub teacher: u64,
+    /// One f32: the loss.
+    pub loss: u64,
+    /// `[B, Cs, H, W]`: d loss / d student, in the input dtype.
+    pub grad_student: u64,
+    /// One f32 read by the kernels: d total / d loss.
+    pub upstream: u64,
+}
+
+impl CirkdRawBuffers {
+    fn outputs(&self, options: GradOptions) -> Result<OutputSet> {
+        if self.student == 0 || self.teacher == 0 {
+            return Err(KdError::OutputMismatch { what: "student/teacher", fix: "both inputs need a device address" });
+        }
+        let grad_student = self.grad_student != 0;
+        if !grad_student && self.loss == 0 {
+            return Err(KdError::OutputMismatch {
+                what: "loss/grad_student",
+                fix: "nothing to compute: give the loss or the student gradient an address",
+            });
+        }
+        if !grad_student && self.upstream != 0 {
+            return Err(KdError::OutputMismatch {
+                what: "upstream",
+                fix: "an upstream scalar needs the student gradient too",
+            });
+        }
+        Ok(OutputSet {
+            loss: self.loss != 0,
+            grad_student,
+            grad_teacher: false,
+            device_upstream: self.upstream != 0,
+            accumulate: options.accumulate,
+        })
+    }
+}
+
+/// The typed buffers of one CIRKD call.
+pub struct CirkdBuffers<'a, T> {
+    /// The student's features `[B, Cs, H, W]`.
+    pub student: &'a dyn DevicePtr<T>,
+    /// The teacher's features `[B, Ct, H, W]`.
+    pub teacher: &'a dyn DevicePtr<T>,
+    /// One f32: the loss.
+    pub loss: Option<&'a mut dyn DevicePtrMut<f32>>,
+    /// d loss / d student, in the input dtype.
+    pub grad_student: Option<&'a mut dyn DevicePtrMut<T>>,
+    /// One f32 the kernels read, d total / d loss, scaling the gradient (a backward pass).
+    pub upstream: Option<&'a dyn DevicePtr<f32>>,
+    /// How the gradient is scaled and whether it is added into its buffer.
+    pub options: GradOptions,
+}
+
+impl<'a, T> CirkdBuffers<'a, T> {
+    /// The inputs, with no output yet and [`GradOptions::OVERWRITE`].
+    pub fn new(student: &'a dyn DevicePtr<T>, teacher: &'a dyn DevicePtr<T>) -> Self {
+        CirkdBuffers {
+            student,
+            teacher,
+            loss: None,
+            grad_student: None,
+            upstream: None,
+            options: GradOptions::OVERWRITE,
+        }
+    }
+}
+
+/// Re-checks a call's shapes (their fields are public, so a caller may have built them by hand).
+fn checked(shapes: &RelationShapes) -> Result<RelationShapes> {
+    check_shapes(&shapes.student.dims(), &shapes.teacher().dims())
+}
+
+impl Family for Cirkd {
+    const NAME: &'static str = "cirkd";
+    const KERNELS: &'static [&'static str] = &plan::KERNELS;
+    type Config = CirkdConfig;
+    type Shape = RelationShapes;
+    type RawBuffers = CirkdRawBuffers;
+    type Path = ();
+    type Report = ();
+
+    fn validate(config: &CirkdConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn workspace_bound(
+        config: &CirkdConfig,
+        shapes: &RelationShapes,
+        _dtype: DType,
+        _device: &dyn DeviceInfo,
+    ) -> Result<(usize, usize)> {
+        Ok((plan::workspace_bound(config, &checked(shapes)?)?, 1))
+    }
+
+    unsafe fn run(
+        call: RawCall<'_, Self>,
+        _device: &dyn DeviceInfo,
+        scratch: &mut dyn Scratch,
+        launcher: &mut dyn Launcher,
+    ) -> Result<()> {
+        call.options.validate()?;
+        let shapes = checked(call.shape)?;
+        let buffers = call.buffers;
+        let outputs = buffers.outputs(call.options)?;
+        let plan = plan::plan(call.config, &shapes, outputs, call.options.scale)?;
+        let (floats, counters) = scratch.prepare(plan.workspace_floats, 1)?;
+        let ws = |offset: usize| floats + 4 * offset as u64;
+        let o = plan.offsets;
+        let args = KdCirkdArgs {
+            student: buffers.student,
+            teacher: buffers.teacher,
+            loss: buffers.loss,
+            grad_student: buffers.grad_student,
+            upstream: buffers.upstream,
+            hat_student: ws(o.hat_student),
+            hat_teacher: ws(o.hat_teacher),
+            lse: ws(o.lse),
+            d_hat: ws(o.d_hat),
+            loss_partials: ws(o.loss_partials),
+            counter: counters,
+            p: plan.params,
+        };
+        for launch in &plan.launches {
+            // SAFETY: `args` is the block cirkd.cu's kernels take; its addresses come from the caller (who vouches
+            // for them) and from the workspace, sized by the plan.
+            unsafe {
+                launch_or_reset(launcher, scratch, launch, call.dtype, (&args as *const KdCirkdArgs).cast::<c_void>())
+            }
+            .map_err(|e| e.into_error())?;
+        }
+        Ok(())
+    }
+}
+
+impl TypedFamily for Cirkd {
+    type Buffers<'a, T: KdFloat + 'a> = CirkdBuffers<'a, T>;
+
+    fn bind<'a: 's, 's, T: KdFloat>(
+        _config: &CirkdConfig,
+        shape: &RelationShapes,
+        buffers: CirkdBuffers<'a, T>,
+        binder: &mut Binder<'s>,
+    ) -> Result<(CirkdRawBuffers, GradOptions)> {
+        let shapes = checked(shape)?;
+        let numel_s = shapes.student.numel();
+        let raw = CirkdRawBuffers {
+            student: binder.input("student", buffers.student, numel_s)?,
+            teacher: binder.input("teacher", buffers.teacher, shapes.teacher().numel())?,
+            loss: binder.output("loss", buffers.loss, 1)?,
+            grad_student: binder.output("grad_student", buffers.grad_student, numel_s)?,
+            upstream: binder.optional_input("upstream", buffers.upstream, 1)?,
+        };
+        Ok((raw, buffers.options))
+    }
+}
