@@ -2,6 +2,9 @@
 //! [N,Ct,H,W] in the case's dtype, outputs `loss` and `grad.student`. Written once over [`RelationReference`];
 //! each family parses its own parameters.
 
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
 use ndarray::ArrayView4;
 
 use super::{check_shapes, RelationShapes};
@@ -19,6 +22,17 @@ pub(crate) trait RelationReference: 'static {
     /// The CPU reference's `forward_backward`.
     fn cpu<T: KdFloat>(config: &Self::Config, s: ArrayView4<'_, T>, t: ArrayView4<'_, T>)
         -> Result<CpuOutput, KdError>;
+    /// The CUDA kernels' `forward_backward` on `stream`: the loss and d loss / d student (widened to f64);
+    /// `None` for a family without kernels.
+    fn cuda<T: KdFloat>(
+        _config: &Self::Config,
+        _shapes: &RelationShapes,
+        _stream: &Arc<CudaStream>,
+        _s: &[T],
+        _t: &[T],
+    ) -> Option<Result<(f64, Vec<f64>), KdError>> {
+        None
+    }
 }
 
 /// A parsed case.
@@ -63,11 +77,18 @@ impl<R: RelationReference> PerDtype for Run<'_, R> {
 
     fn run<T: KdFloat>(self) -> Self::Out {
         let RelationCase { config, shapes, .. } = self.case;
-        if let Backend::Cuda(_) = self.backend {
-            return err(format!("{} has no CUDA kernel in kd-kernels yet; verify it on the CPU backend", R::NAME));
-        }
         let (_, student) = self.fixture.input::<T>("student")?;
         let (_, teacher) = self.fixture.input::<T>("teacher")?;
+        if let Backend::Cuda(stream) = self.backend {
+            let Some(run) = R::cuda(config, shapes, stream, &student, &teacher) else {
+                return err(format!("{} has no CUDA kernel in kd-kernels yet; verify it on the CPU backend", R::NAME));
+            };
+            let (loss, grad) = run?;
+            let mut out = Computed::new();
+            out.insert("loss".into(), Output::scalar(loss));
+            out.insert("grad.student".into(), Output::tensor(&shapes.student.dims(), grad));
+            return Ok(out);
+        }
         let s = fixture::view4(&shapes.student, &student, "student")?;
         let t = fixture::view4(&shapes.teacher(), &teacher, "teacher")?;
         let r = R::cpu(config, s, t)?;

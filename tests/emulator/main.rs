@@ -15,3 +15,4 @@ mod ifvd;
 mod pair;
 mod pkd;
 mod semckd;
+mod skd;
