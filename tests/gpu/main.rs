@@ -21,6 +21,7 @@ mod pair;
 mod pixel_kd;
 mod pkd;
 mod semckd;
+mod skd;
 
 /// Every family's tests, in order; `pair::LAST` goes last (see there).
 const FAMILIES: &[&[(&str, harness::TestFn)]] = &[
@@ -34,6 +35,7 @@ const FAMILIES: &[&[(&str, harness::TestFn)]] = &[
     pkd::TESTS,
     ifvd::TESTS,
     dist::TESTS,
+    skd::TESTS,
     pair::LAST,
 ];
 
