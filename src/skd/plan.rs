@@ -78,7 +78,8 @@ pub(crate) fn plan(config: &SkdConfig, shapes: &RelationShapes, outputs: OutputS
     let gram = mul(mul(s.n, rows, "the Gram matrices")?, rows, "the Gram matrices")?;
     let partials = mul(gram, chunks, "the Gram partials")?;
     let loss_blocks = mul(s.n, loss_rows, "the loss blocks")?;
-    let pixel_grid = launch::grid_blocks("SKD pooled pixels", mul(s.n, pixels, "the pixels")?.div_ceil(BLOCK_THREADS as usize))?;
+    let pixel_grid =
+        launch::grid_blocks("SKD pooled pixels", mul(s.n, pixels, "the pixels")?.div_ceil(BLOCK_THREADS as usize))?;
     let gram_grid = launch::grid_blocks(
         "SKD Gram tiles",
         mul(mul(s.n, chunks, "the Gram tiles")?, tiles * tiles, "the Gram tiles")?,

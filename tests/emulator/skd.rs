@@ -61,7 +61,13 @@ impl Case {
     }
 }
 
-fn close(what: &str, dtype: DType, kind: OutputKind, got: impl IntoIterator<Item = f64>, want: impl IntoIterator<Item = f64>) {
+fn close(
+    what: &str,
+    dtype: DType,
+    kind: OutputKind,
+    got: impl IntoIterator<Item = f64>,
+    want: impl IntoIterator<Item = f64>,
+) {
     let c = Comparison::of(got, want);
     let tol = tolerance(dtype, kind);
     assert!(c.passes(tol), "{what} ({dtype}): {c:?} > {tol}");
@@ -250,7 +256,16 @@ fn typed_errors() {
         GPU,
     );
     assert!(matches!(r, Err(KdError::BufferTooSmall { what: "initial gradient", .. })), "{r:?}");
-    let r = skd(&SkdConfig::default(), &case.shapes, &s, &t, Mode::Forward, GradOptions { scale: f64::NAN, accumulate: false }, None, GPU);
+    let r = skd(
+        &SkdConfig::default(),
+        &case.shapes,
+        &s,
+        &t,
+        Mode::Forward,
+        GradOptions { scale: f64::NAN, accumulate: false },
+        None,
+        GPU,
+    );
     assert!(matches!(r, Err(KdError::InvalidParameter { .. })), "{r:?}");
 }
 

@@ -9,7 +9,9 @@ use kd_kernels::{CpuOutput, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
 use crate::common::SplitMix64;
-use crate::harness::{bits, download, ensure, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{
+    bits, download, ensure, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
+};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("skd_matches_cpu_f32", skd_matches_cpu::<f32>),
@@ -167,9 +169,11 @@ fn skd_error_paths(stream: &Stream) -> TestResult {
     expect_err("teacher too short", skd.forward(&shapes, &s, &s, &mut loss), |e| {
         matches!(e, KdError::BufferTooSmall { .. })
     })?;
-    expect_err("loss_weight NaN", SkdCuda::new(stream.clone(), SkdConfig { loss_weight: f64::NAN, ..SkdConfig::default() }).map(drop), |e| {
-        matches!(e, KdError::InvalidParameter { .. })
-    })?;
+    expect_err(
+        "loss_weight NaN",
+        SkdCuda::new(stream.clone(), SkdConfig { loss_weight: f64::NAN, ..SkdConfig::default() }).map(drop),
+        |e| matches!(e, KdError::InvalidParameter { .. }),
+    )?;
     let t = upload(stream, &random::<f32>(2, 90))?;
     let nothing = SkdBuffers::<f32>::new(&s, &t);
     expect_err("no output", skd.call(&shapes, nothing), |e| matches!(e, KdError::OutputMismatch { .. }))
