@@ -4,7 +4,8 @@
  * features, |A_S - A_T|_F^2 = |G_SS|^2 - 2 |G_ST|^2 + |G_TT|^2 with the C x C Gram matrices, and
  * dL/dS_hat = 4 w / (N P^2) (G_SS S_hat - G_ST T_hat). Five launches:
  *   1. skd_features  one thread per (image, pooled pixel): pools both inputs, normalises each pixel, writes the
- *                    stacked rows X = [S_hat; T_hat] (and D = S_hat - T_hat when Cs = Ct) to the workspace
+ *                    stacked rows X = [S_hat; T_hat] (and D = S_hat - T_hat when Cs = Ct) to the workspace,
+ *                    then each student pixel's norm and the reciprocal of its clamp
  *   2. skd_gram      one block per (image, chunk of pixels, 16 x 16 tile of X X^T): the chunk's partial Gram
  *   3. skd_merge     one thread per Gram entry: the chunks' partials summed in chunk order, in double
  *   4. skd_loss      one block per (image, row): the row's share of the Frobenius terms; the last block sums the
@@ -42,14 +43,27 @@ struct Window {
     int rows, cols;
 };
 
-__device__ __forceinline__ Window window_of(const KdSkdParams& p, int64_t q) {
-    const int64_t oh = q / p.pooled_width, ow = q - oh * p.pooled_width;
-    const int64_t h0 = oh * p.window, w0 = ow * p.window;
+// 32-bit index arithmetic (the planner keeps N*P, H and W under 2^31): a 64-bit division is an out-of-line
+// subroutine whose call made ptxas spill registers on sm_80 (the build refuses spills).
+__device__ __forceinline__ Window window_of(const KdSkdParams& p, int q) {
+    const int oh = q / p.pooled_width, ow = q - oh * p.pooled_width;
+    const int h0 = oh * p.window, w0 = ow * p.window;
     Window w;
-    w.offset = h0 * p.width + w0;
-    w.rows = static_cast<int>(min(static_cast<int64_t>(p.window), p.height - h0));
-    w.cols = static_cast<int>(min(static_cast<int64_t>(p.window), p.width - w0));
+    w.offset = static_cast<int64_t>(h0) * p.width + w0;
+    w.rows = min(p.window, p.height - h0);
+    w.cols = min(p.window, p.width - w0);
     return w;
+}
+
+// This thread's pooled pixel: its index over the batch, its image and its index in the image; false past the
+// last pixel.
+__device__ __forceinline__ bool pooled_pixel(const KdSkdParams& p, int& pixel, int& n, int& q) {
+    const int pixels = static_cast<int>(p.pixels);
+    pixel = static_cast<int>(blockIdx.x) * kBlockThreads + static_cast<int>(threadIdx.x);
+    if (pixel >= p.batch * pixels) return false;
+    n = pixel / pixels;
+    q = pixel - n * pixels;
+    return true;
 }
 
 // The window's maximum in one channel plane, and where it is (plane offset): strictly greater wins, so a tie
@@ -71,37 +85,60 @@ __device__ __forceinline__ float window_max(const T* plane, const Window& w, int
     return best;
 }
 
-// The pixel's norm over the channels of image `x` (pooled values), as F.normalize's denominator before the
-// clamp: squares summed in double, in channel order.
+// 1 / sqrt(x) for a finite x > 0, in double. CUDA's rsqrt rather than a square root and a division: their
+// IEEE out-of-line slow paths spill registers on sm_80 (the build refuses spills).
+__device__ __forceinline__ double rsqrt_positive(double x) {
+#ifdef KD_EMULATE
+    return 1.0 / sqrt(x);
+#else
+    return rsqrt(x);
+#endif
+}
+
+// A pixel's norm over the channels (pooled values), F.normalize's denominator before the clamp, and the
+// reciprocal of the clamped norm, 1 / max(|x|, eps).
+struct Norm {
+    float norm, inv;
+};
+
+// The norm of a pixel of image `x`: squares summed in double, in channel order.
 template <typename T>
-__device__ __forceinline__ float pixel_norm(const T* x, int channels, const Window& w, const KdSkdParams& p) {
+__device__ __forceinline__ Norm pixel_norm(const T* x, int channels, const Window& w, const KdSkdParams& p) {
     double sq = 0.0;
     int64_t at;
+#pragma unroll 1
     for (int c = 0; c < channels; ++c) {
         const double v = window_max(x + c * p.plane, w, p.width, at);
         sq += v * v;
     }
-    return static_cast<float>(sqrt(sq));
+    const double r = sq > 0.0 ? rsqrt_positive(sq) : 0.0;
+    Norm out;
+    out.norm = static_cast<float>(sq * r);
+    out.inv = out.norm < static_cast<float>(KD_SKD_NORM_EPS) ? static_cast<float>(1.0 / KD_SKD_NORM_EPS)
+                                                              : static_cast<float>(r);
+    return out;
 }
-
-__device__ __forceinline__ float clamped(float norm) { return fmaxf(norm, static_cast<float>(KD_SKD_NORM_EPS)); }
 
 // ---------------------------------------------------------------------------------------------------------
 // 1. Pooled, normalised features, stacked [S_hat; T_hat; D] per image.
 template <typename T> __device__ void skd_features(const KdSkdArgs& a) {
     const KdSkdParams& p = a.p;
-    const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
-    if (pixel >= static_cast<int64_t>(p.batch) * p.pixels) return;
-    const int64_t n = pixel / p.pixels, q = pixel - n * p.pixels;
+    int pixel, n, q;
+    if (!pooled_pixel(p, pixel, n, q)) return;
     const int cs = p.student_channels, ct = p.teacher_channels;
-    const T* s = kd::ptr<const T>(a.student) + n * cs * p.plane;
-    const T* t = kd::ptr<const T>(a.teacher) + n * ct * p.plane;
+    const T* s = kd::ptr<const T>(a.student) + static_cast<int64_t>(n) * cs * p.plane;
+    const T* t = kd::ptr<const T>(a.teacher) + static_cast<int64_t>(n) * ct * p.plane;
     const Window w = window_of(p, q);
-    const float inv_s = 1.f / clamped(pixel_norm(s, cs, w, p));
-    const float inv_t = 1.f / clamped(pixel_norm(t, ct, w, p));
-    float* x = kd::ptr<float>(a.features) + n * p.rows * p.pixels + q;
+    const Norm norm_s = pixel_norm(s, cs, w, p);
+    const float inv_s = norm_s.inv, inv_t = pixel_norm(t, ct, w, p).inv;
+    const int64_t all_pixels = static_cast<int64_t>(p.batch) * p.pixels;
+    float* student_norms = kd::ptr<float>(a.features) + all_pixels * p.rows;
+    student_norms[pixel] = norm_s.norm;
+    student_norms[all_pixels + pixel] = inv_s;
+    float* x = kd::ptr<float>(a.features) + static_cast<int64_t>(n) * p.rows * p.pixels + q;
     const bool with_difference = p.rows > cs + ct;
     int64_t at;
+#pragma unroll 1
     for (int c = 0; c < cs; ++c) {
         const float hs = window_max(s + c * p.plane, w, p.width, at) * inv_s;
         x[c * p.pixels] = hs;
@@ -112,6 +149,7 @@ template <typename T> __device__ void skd_features(const KdSkdArgs& a) {
         }
     }
     if (!with_difference) {
+#pragma unroll 1
         for (int c = 0; c < ct; ++c) x[(cs + c) * p.pixels] = window_max(t + c * p.plane, w, p.width, at) * inv_t;
     }
 }
@@ -213,7 +251,10 @@ __device__ __forceinline__ float d_hat(const KdSkdParams& p, const double* g, co
     const double* second = row + cs;
     const float* second_rows = x + static_cast<int64_t>(with_difference ? cs + ct : cs) * p.pixels;
     float u = 0.f, v = 0.f;
+    // Not unrolled (nor the channel loops): unrolled, their addresses made ptxas spill on sm_80 to sm_90.
+#pragma unroll 1
     for (int b = 0; b < cs; ++b) u += static_cast<float>(first[b]) * x[b * p.pixels + q];
+#pragma unroll 1
     for (int b = 0; b < ct; ++b) v += static_cast<float>(second[b]) * second_rows[b * p.pixels + q];
     return with_difference ? u + v : u - v;
 }
@@ -223,18 +264,21 @@ __device__ __forceinline__ float d_hat(const KdSkdParams& p, const double* g, co
 // exactly one window), the maximum's d loss / d x and the others' 0.
 template <typename T> __device__ void skd_grad(const KdSkdArgs& a) {
     const KdSkdParams& p = a.p;
-    const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
-    if (pixel >= static_cast<int64_t>(p.batch) * p.pixels) return;
-    const int64_t n = pixel / p.pixels, q = pixel - n * p.pixels;
+    int pixel, n, q;
+    if (!pooled_pixel(p, pixel, n, q)) return;
     const int cs = p.student_channels;
-    const T* s = kd::ptr<const T>(a.student) + n * cs * p.plane;
-    const double* g = kd::ptr<const double>(a.gram) + n * p.rows * p.rows;
-    const float* x = kd::ptr<const float>(a.features) + n * p.rows * p.pixels;
+    const T* s = kd::ptr<const T>(a.student) + static_cast<int64_t>(n) * cs * p.plane;
+    const double* g = kd::ptr<const double>(a.gram) + static_cast<int64_t>(n) * p.rows * p.rows;
+    const float* x = kd::ptr<const float>(a.features) + static_cast<int64_t>(n) * p.rows * p.pixels;
     const Window w = window_of(p, q);
-    const float norm = pixel_norm(s, cs, w, p);
+    // The norm and its clamp's reciprocal from skd_features: no square root or division here, whose
+    // out-of-line slow paths would spill registers on sm_80 (the build refuses spills).
+    const int64_t all_pixels = static_cast<int64_t>(p.batch) * p.pixels;
+    const float* student_norms = kd::ptr<const float>(a.features) + all_pixels * p.rows;
+    const float norm = student_norms[pixel], inv = student_norms[all_pixels + pixel];
     const bool accumulate = (p.flags & KD_ACCUMULATE_GRAD) != 0;
     const float k = kd::grad_factor(p.grad_scale, p.flags, a.upstream);
-    T* grad = kd::ptr<T>(a.grad_student) + n * cs * p.plane;
+    T* grad = kd::ptr<T>(a.grad_student) + static_cast<int64_t>(n) * cs * p.plane;
     int64_t at;
     // Through x / max(|x|, eps) as autograd differentiates it: g / |x| - x (x . g) / |x|^3 where |x| >= eps,
     // g / eps below (the clamp is constant there).
@@ -246,7 +290,6 @@ template <typename T> __device__ void skd_grad(const KdSkdArgs& a) {
             dot += static_cast<double>(v) * d_hat(p, g, x, c, q);
         }
     }
-    const float inv = 1.f / clamped(norm);
     const float radial = clamp ? 0.f : static_cast<float>(dot) * (inv * inv * inv);
     for (int c = 0; c < cs; ++c) {
         const float v = window_max(s + c * p.plane, w, p.width, at);

@@ -27,7 +27,7 @@ pub(crate) struct SkdPlan {
     pub params: KdSkdParams,
     /// The launches in order: features, Gram partials, merge, then the loss and the gradient where wanted.
     pub launches: Vec<Launch>,
-    /// Offsets in f32 words of the features, the Gram partials, the Gram matrices (doubles) and the loss
+    /// Offsets in f32 words of the features (and the student's norms), the Gram partials, the Gram matrices (doubles) and the loss
     /// partials.
     pub offsets: [usize; 4],
     pub workspace_floats: usize,
@@ -63,6 +63,14 @@ pub(crate) fn plan(config: &SkdConfig, shapes: &RelationShapes, outputs: OutputS
             s.dims()
         )));
     }
+    // The per-pixel kernels index the batch's pooled pixels in 32 bits.
+    if !fits_i32(mul(s.n, pixels, "the pooled pixels")?) {
+        return Err(too_large(format!(
+            "student {:?}: {} pooled pixels in the batch; at most 2^31 - 1: split the batch",
+            s.dims(),
+            s.n * pixels
+        )));
+    }
     let chunks = pixels.div_ceil(CHUNK_PIXELS).clamp(1, MAX_CHUNKS);
     let chunk_pixels = pixels.div_ceil(chunks).next_multiple_of(TILE);
     let chunks = pixels.div_ceil(chunk_pixels);
@@ -74,7 +82,8 @@ pub(crate) fn plan(config: &SkdConfig, shapes: &RelationShapes, outputs: OutputS
     validate::representable_f32("loss_weight / (N*P^2)", loss_scale)?;
     validate::representable_f32("4 * loss_weight / (N*P^2) * GradOptions::scale", grad_scale)?;
 
-    let features = mul(mul(s.n, rows, "the features")?, pixels, "the features")?;
+    // The stacked rows, then each student pixel's norm and the reciprocal of its clamp.
+    let features = mul(mul(s.n, rows + 2, "the features")?, pixels, "the features")?;
     let gram = mul(mul(s.n, rows, "the Gram matrices")?, rows, "the Gram matrices")?;
     let partials = mul(gram, chunks, "the Gram partials")?;
     let loss_blocks = mul(s.n, loss_rows, "the loss blocks")?;
