@@ -735,3 +735,60 @@ fn a_wrong_limit_fails_the_sweep() {
     let small = SMALL_SMEM.get_or_init(|| ArchLimits { smem_per_block_optin: 1024, ..*real });
     assert!(run(small).unwrap_err().contains("per-block limit"));
 }
+
+/// SKD: the bench's features (8 x 512 x 64 x 128, pooled and not), `Cs != Ct`, edge cases, and random shapes
+/// and channel counts, both pools.
+#[test]
+fn skd_launches_fit() {
+    use crate::family::{Family, RawCall};
+    use crate::skd::{check_shapes, Skd, SkdConfig, SkdPool, SkdRawBuffers};
+    // (student dims, teacher channels, required).
+    let mut cases: Vec<([usize; 4], usize, bool)> = vec![
+        ([8, 512, 64, 128], 512, true),
+        ([8, 256, 64, 128], 512, true),
+        ([1, 1, 1, 1], 1, true),
+        ([2, 3, 5, 7], 9, true),
+    ];
+    let mut rng = SplitMix64::new(20);
+    for _ in 0..20 {
+        let s = random_nchw(&mut rng, 1024, 1 << 16);
+        let ct = if rng.below(2) == 0 { s[1] } else { 1 + rng.below(1024) };
+        cases.push((s, ct, false));
+    }
+    let mut checked = 0;
+    for (dims, ct, required) in cases {
+        let shapes = check_shapes(&dims, &[dims[0], ct, dims[2], dims[3]]).unwrap();
+        for pool in [SkdPool::Max2x2, SkdPool::None] {
+            let config = SkdConfig { pool, ..SkdConfig::default() };
+            for dtype in DTYPES {
+                for (loss, grad, upstream) in MODES {
+                    let buffers = SkdRawBuffers {
+                        student: addr(1),
+                        teacher: addr(2),
+                        loss: if loss { addr(3) } else { 0 },
+                        grad_student: if grad { addr(4) } else { 0 },
+                        grad_teacher: 0,
+                        upstream: if upstream { addr(5) } else { 0 },
+                    };
+                    checked += check_everywhere("skd", &[], required, &|gpu, rec| {
+                        let call = RawCall::<Skd> {
+                            config: &config,
+                            path: (),
+                            shape: &shapes,
+                            dtype,
+                            buffers: &buffers,
+                            options: GradOptions::OVERWRITE,
+                        };
+                        // SAFETY: as in `cwd_launches_fit`.
+                        unsafe { Skd::run(call, gpu, &mut FakeScratch, rec) }
+                    });
+                }
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked} launches checked");
+    println!(
+        "{checked} launches checked; random calls refused so far: {}",
+        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}

@@ -23,6 +23,10 @@ pub const KD_DIST_COEFS: u32 = 6;
 pub const KD_CIRKD_OWNED: u32 = 32;
 pub const KD_CIRKD_OTHERS: u32 = 64;
 pub const KD_CIRKD_CHANNEL_CHUNK: u32 = 32;
+pub const KD_SKD_TILE: u32 = 16;
+pub const KD_SKD_NORM_EPS: f64 = 0.000000000001;
+pub const KD_SKD_CHUNK_PIXELS: u32 = 1024;
+pub const KD_SKD_MAX_CHUNKS: u32 = 8;
 pub const KdOutputFlags_KD_WANT_LOSS: KdOutputFlags = 1;
 pub const KdOutputFlags_KD_WANT_GRAD_STUDENT: KdOutputFlags = 2;
 pub const KdOutputFlags_KD_WANT_GRAD_TEACHER: KdOutputFlags = 4;
@@ -1262,4 +1266,137 @@ const _: () = {
     [
         "Offset of field: KdCirkdArgs::p",
     ][::core::mem::offset_of!(KdCirkdArgs, p) - 88usize];
+pub struct KdSkdParams {
+    pub plane: i64,
+    pub pixels: i64,
+    pub chunk_pixels: i64,
+    pub batch: i32,
+    pub student_channels: i32,
+    pub teacher_channels: i32,
+    pub rows: i32,
+    pub height: i32,
+    pub width: i32,
+    pub pooled_height: i32,
+    pub pooled_width: i32,
+    pub window: i32,
+    pub chunks: i32,
+    pub tiles: i32,
+    pub loss_rows: i32,
+    pub flags: i32,
+    pub loss_scale: f32,
+    pub grad_scale: f32,
+    pub reserved: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdSkdParams"][::core::mem::size_of::<KdSkdParams>() - 88usize];
+    ["Alignment of KdSkdParams"][::core::mem::align_of::<KdSkdParams>() - 8usize];
+    [
+        "Offset of field: KdSkdParams::plane",
+    ][::core::mem::offset_of!(KdSkdParams, plane) - 0usize];
+    [
+        "Offset of field: KdSkdParams::pixels",
+    ][::core::mem::offset_of!(KdSkdParams, pixels) - 8usize];
+    [
+        "Offset of field: KdSkdParams::chunk_pixels",
+    ][::core::mem::offset_of!(KdSkdParams, chunk_pixels) - 16usize];
+    [
+        "Offset of field: KdSkdParams::batch",
+    ][::core::mem::offset_of!(KdSkdParams, batch) - 24usize];
+    [
+        "Offset of field: KdSkdParams::student_channels",
+    ][::core::mem::offset_of!(KdSkdParams, student_channels) - 28usize];
+    [
+        "Offset of field: KdSkdParams::teacher_channels",
+    ][::core::mem::offset_of!(KdSkdParams, teacher_channels) - 32usize];
+    [
+        "Offset of field: KdSkdParams::rows",
+    ][::core::mem::offset_of!(KdSkdParams, rows) - 36usize];
+    [
+        "Offset of field: KdSkdParams::height",
+    ][::core::mem::offset_of!(KdSkdParams, height) - 40usize];
+    [
+        "Offset of field: KdSkdParams::width",
+    ][::core::mem::offset_of!(KdSkdParams, width) - 44usize];
+    [
+        "Offset of field: KdSkdParams::pooled_height",
+    ][::core::mem::offset_of!(KdSkdParams, pooled_height) - 48usize];
+    [
+        "Offset of field: KdSkdParams::pooled_width",
+    ][::core::mem::offset_of!(KdSkdParams, pooled_width) - 52usize];
+    [
+        "Offset of field: KdSkdParams::window",
+    ][::core::mem::offset_of!(KdSkdParams, window) - 56usize];
+    [
+        "Offset of field: KdSkdParams::chunks",
+    ][::core::mem::offset_of!(KdSkdParams, chunks) - 60usize];
+    [
+        "Offset of field: KdSkdParams::tiles",
+    ][::core::mem::offset_of!(KdSkdParams, tiles) - 64usize];
+    [
+        "Offset of field: KdSkdParams::loss_rows",
+    ][::core::mem::offset_of!(KdSkdParams, loss_rows) - 68usize];
+    [
+        "Offset of field: KdSkdParams::flags",
+    ][::core::mem::offset_of!(KdSkdParams, flags) - 72usize];
+    [
+        "Offset of field: KdSkdParams::loss_scale",
+    ][::core::mem::offset_of!(KdSkdParams, loss_scale) - 76usize];
+    [
+        "Offset of field: KdSkdParams::grad_scale",
+    ][::core::mem::offset_of!(KdSkdParams, grad_scale) - 80usize];
+    [
+        "Offset of field: KdSkdParams::reserved",
+    ][::core::mem::offset_of!(KdSkdParams, reserved) - 84usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct KdSkdArgs {
+    pub student: u64,
+    pub teacher: u64,
+    pub grad_student: u64,
+    pub loss: u64,
+    pub upstream: u64,
+    pub features: u64,
+    pub gram_partials: u64,
+    pub gram: u64,
+    pub loss_partials: u64,
+    pub counter: u64,
+    pub p: KdSkdParams,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KdSkdArgs"][::core::mem::size_of::<KdSkdArgs>() - 168usize];
+    ["Alignment of KdSkdArgs"][::core::mem::align_of::<KdSkdArgs>() - 8usize];
+    [
+        "Offset of field: KdSkdArgs::student",
+    ][::core::mem::offset_of!(KdSkdArgs, student) - 0usize];
+    [
+        "Offset of field: KdSkdArgs::teacher",
+    ][::core::mem::offset_of!(KdSkdArgs, teacher) - 8usize];
+    [
+        "Offset of field: KdSkdArgs::grad_student",
+    ][::core::mem::offset_of!(KdSkdArgs, grad_student) - 16usize];
+    [
+        "Offset of field: KdSkdArgs::loss",
+    ][::core::mem::offset_of!(KdSkdArgs, loss) - 24usize];
+    [
+        "Offset of field: KdSkdArgs::upstream",
+    ][::core::mem::offset_of!(KdSkdArgs, upstream) - 32usize];
+    [
+        "Offset of field: KdSkdArgs::features",
+    ][::core::mem::offset_of!(KdSkdArgs, features) - 40usize];
+    [
+        "Offset of field: KdSkdArgs::gram_partials",
+    ][::core::mem::offset_of!(KdSkdArgs, gram_partials) - 48usize];
+    [
+        "Offset of field: KdSkdArgs::gram",
+    ][::core::mem::offset_of!(KdSkdArgs, gram) - 56usize];
+    [
+        "Offset of field: KdSkdArgs::loss_partials",
+    ][::core::mem::offset_of!(KdSkdArgs, loss_partials) - 64usize];
+    [
+        "Offset of field: KdSkdArgs::counter",
+    ][::core::mem::offset_of!(KdSkdArgs, counter) - 72usize];
+    ["Offset of field: KdSkdArgs::p"][::core::mem::offset_of!(KdSkdArgs, p) - 80usize];
 };

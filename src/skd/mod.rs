@@ -21,12 +21,32 @@
 //! `|A_S - A_T|^2 = <G_DD, G_SS + G_TT> + 2 <G_DT, G_SD>`, `dL/dF_S ∝ G_SD F_S + G_ST D`), where every term is
 //! of the size of the difference and identical inputs give exactly 0. The teacher is a constant (no teacher
 //! gradient).
+//!
+//! [`SkdCuda`] computes the same with the kernels of `kernels/skd.cu` (the same Gram form and the same
+//! rearrangement through `D` for `Cs = Ct`): pooled, normalised features, the stacked Gram matrix of
+//! `[F_S; F_T]` (and `D`) split over pixel chunks and merged in a fixed order, then the loss and the gradient
+//! from its blocks. Its workspace is the pooled features (`[N, R, P]` f32, `R = Cs + Ct`, plus `Cs` when
+//! `Cs = Ct`) and `O(N R^2)` for the Grams; no `P x P` matrix exists.
 
 mod cpu;
+mod cuda;
+pub(crate) mod driver;
+#[cfg(feature = "emulator")]
+pub mod emulate;
 pub(crate) mod fixture;
+pub(crate) mod plan;
 
 pub use crate::relation::{check_shapes, RelationShapes, NORM_EPS};
 pub use cpu::SkdCpu;
+pub use driver::{SkdBuffers, SkdRawBuffers};
+
+/// The SKD family ([`crate::family::Family`]); its shape is a [`RelationShapes`] (student dims and the
+/// teacher's channel count).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skd;
+
+/// SKD on the GPU, with the same computation as [`SkdCpu`] (`kernels/skd.cu`).
+pub type SkdCuda = crate::cuda::LossCuda<Skd>;
 
 use crate::error::{KdError, Result};
 use crate::relation::{Pooling, Window};

@@ -1,5 +1,7 @@
-//! The kernels on the host (feature `emulator`) against the CPU reference, one module per family, and the
-//! emulation's own checks (`checks`): `cargo test --release --features emulator --test emulator [module::]`.
+//! The kernels on the host (feature `emulator`) against the CPU reference, one module per registered family
+//! (`tests/emulator/{module}.rs`, declared from the crate's registry: a family cannot be registered without
+//! its emulator tests), what the pair families share (`pair`), and the emulation's own checks (`checks`):
+//! `cargo test --release --features emulator --test emulator [module::]`.
 #![cfg(feature = "emulator")]
 
 #[path = "../common/mod.rs"]
@@ -8,13 +10,11 @@ mod common;
 mod semckd_support;
 
 mod checks;
-mod cirkd;
-mod cwd;
-mod cwt;
-mod dist;
-mod icsd;
-mod ifvd;
 mod pair;
-mod pixel_kd;
-mod pkd;
-mod semckd;
+
+macro_rules! family_modules {
+    ($($variant:ident => $module:ident :: $marker:ident, $name:literal, $fixtures:ident;)*) => {
+        $(mod $module;)*
+    };
+}
+kd_kernels::for_each_family!(family_modules);

@@ -1,0 +1,127 @@
+//! One SKD call from device addresses: checks, plan, workspace, argument block, the launches. Shared by the
+//! typed CUDA API, the raw layer and the host emulation.
+
+use std::ffi::c_void;
+
+use super::plan::{self, SkdPlan};
+use super::{RelationShapes, Skd, SkdConfig};
+use crate::cuda::Binder;
+use crate::dtype::{DType, KdFloat};
+use crate::error::{KdError, Result};
+use crate::family::{Family, PairBuffers, PairRawBuffers, RawCall, TypedFamily};
+use crate::ffi::KdSkdArgs;
+use crate::grad::GradOptions;
+use crate::launch::{launch_or_reset, DeviceInfo, Launcher, Scratch};
+
+/// The device addresses of one SKD call: [`PairRawBuffers`] with the student `[N, Cs, H, W]` and the teacher
+/// `[N, Ct, H, W]` (its channel count may differ) and no teacher gradient (`grad_teacher` is 0). The loss is
+/// written where `loss` is set, d loss / d student (the student's shape, in the input dtype) where
+/// `grad_student` is, times the device scalar at `upstream` where that is set.
+pub type SkdRawBuffers = PairRawBuffers;
+
+/// The typed buffers of one SKD call: [`PairBuffers`] whose teacher holds `N*Ct*H*W` elements (the student and
+/// its gradient `N*Cs*H*W`); `grad_teacher` stays `None` (the teacher is a constant).
+pub type SkdBuffers<'a, T> = PairBuffers<'a, T>;
+
+/// Runs one call.
+///
+/// # Safety
+/// Every non-zero address of `buffers` holds what [`SkdRawBuffers`] says for `shapes` and `dtype`, where
+/// `launcher`'s kernels can reach it.
+pub(crate) unsafe fn run(
+    config: &SkdConfig,
+    shapes: &RelationShapes,
+    dtype: DType,
+    buffers: &SkdRawBuffers,
+    options: GradOptions,
+    scratch: &mut dyn Scratch,
+    launcher: &mut dyn Launcher,
+) -> Result<()> {
+    config.validate()?;
+    options.validate()?;
+    let outputs = buffers.outputs(false, options)?;
+    let SkdPlan { params, launches, offsets, workspace_floats } = plan::plan(config, shapes, outputs, options.scale)?;
+    let (floats, counters) = scratch.prepare(workspace_floats, 1)?;
+    let ws = |k: usize| floats + 4 * offsets[k] as u64;
+    let args = KdSkdArgs {
+        student: buffers.student,
+        teacher: buffers.teacher,
+        grad_student: buffers.grad_student,
+        loss: buffers.loss,
+        upstream: buffers.upstream,
+        features: ws(0),
+        gram_partials: ws(1),
+        gram: ws(2),
+        loss_partials: ws(3),
+        counter: counters,
+        p: params,
+    };
+    for launch in &launches {
+        // SAFETY: `args` is the block skd.cu's kernels take; its addresses come from the caller (who vouches
+        // for them) and from the workspace, sized by the plan.
+        unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdSkdArgs).cast::<c_void>()) }
+            .map_err(|e| e.into_error())?;
+    }
+    Ok(())
+}
+
+impl Family for Skd {
+    const NAME: &'static str = "skd";
+    const KERNELS: &'static [&'static str] = &plan::KERNELS;
+    type Config = SkdConfig;
+    type Shape = RelationShapes;
+    type RawBuffers = SkdRawBuffers;
+    type Path = ();
+    type Report = ();
+
+    fn validate(config: &SkdConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn workspace_bound(
+        config: &SkdConfig,
+        shapes: &RelationShapes,
+        _dtype: DType,
+        _device: &dyn DeviceInfo,
+    ) -> Result<(usize, usize)> {
+        Ok((plan::workspace_bound(config, shapes)?, 1))
+    }
+
+    unsafe fn run(
+        call: RawCall<'_, Self>,
+        _device: &dyn DeviceInfo,
+        scratch: &mut dyn Scratch,
+        launcher: &mut dyn Launcher,
+    ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { run(call.config, call.shape, call.dtype, call.buffers, call.options, scratch, launcher) }
+    }
+}
+
+impl TypedFamily for Skd {
+    type Buffers<'a, T: KdFloat + 'a> = SkdBuffers<'a, T>;
+
+    fn bind<'a: 's, 's, T: KdFloat>(
+        _config: &SkdConfig,
+        shapes: &RelationShapes,
+        buffers: SkdBuffers<'a, T>,
+        binder: &mut Binder<'s>,
+    ) -> Result<(SkdRawBuffers, GradOptions)> {
+        if buffers.grad_teacher.is_some() {
+            return Err(KdError::OutputMismatch {
+                what: "grad_teacher",
+                fix: "SKD gives no teacher gradient (the teacher is a constant); pass None",
+            });
+        }
+        let (student, teacher) = (shapes.student.numel(), shapes.teacher().numel());
+        let raw = PairRawBuffers {
+            student: binder.input("student", buffers.student, student)?,
+            teacher: binder.input("teacher", buffers.teacher, teacher)?,
+            loss: binder.output("loss", buffers.loss, 1)?,
+            grad_student: binder.output("grad_student", buffers.grad_student, student)?,
+            grad_teacher: 0,
+            upstream: binder.optional_input("upstream", buffers.upstream, 1)?,
+        };
+        Ok((raw, buffers.options))
+    }
+}
