@@ -203,10 +203,18 @@ impl PairRawBuffers {
     }
 }
 
-/// A family on a same-shape `[N, C, H, W]` (student, teacher) pair: CWD, pixel KD, ICSD. Its loss objects get
-/// `forward`, `forward_backward` and `backward` (written once, on [`crate::cuda::LossCuda`]), and its CPU
-/// reference, emulation, fixtures and benches share the pair drivers.
-pub trait PairFamily: TypedFamily<Shape = [usize]> {
+/// A family whose calls take a (student, teacher) pair and write the loss and d loss / d student: the pair
+/// families below, and SKD and CIRKD (whose teacher may have other channels). Its loss objects get `forward`,
+/// `forward_backward` and `backward`, written once on [`crate::cuda::LossCuda`].
+pub trait StudentTeacherFamily: TypedFamily {
+    /// The family's typed buffers for a pair call (its own extra outputs absent).
+    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> Self::Buffers<'a, T>;
+}
+
+/// A family on a same-shape `[N, C, H, W]` (student, teacher) pair: CWD, pixel KD, ICSD, DIST. Besides the
+/// short calls of [`StudentTeacherFamily`], its CPU reference, emulation, fixtures, C calls and benches share the
+/// pair drivers.
+pub trait PairFamily: StudentTeacherFamily<Shape = [usize]> {
     /// Whether `config` asks for the teacher's gradient as well.
     fn teacher_grad(config: &Self::Config) -> bool;
     /// The CPU reference's loss and gradients (in f64).
@@ -215,8 +223,6 @@ pub trait PairFamily: TypedFamily<Shape = [usize]> {
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
     ) -> Result<CpuOutput>;
-    /// The family's typed buffers for a pair call (its own extra outputs absent).
-    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> Self::Buffers<'a, T>;
     /// The family's raw buffers for a pair call (its own extra outputs absent).
     fn pair_raw(pair: PairRawBuffers) -> Result<Self::RawBuffers>;
 }

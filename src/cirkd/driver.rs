@@ -3,13 +3,11 @@
 
 use std::ffi::c_void;
 
-use cudarc::driver::{DevicePtr, DevicePtrMut};
-
 use super::{plan, Cirkd, CirkdConfig};
 use crate::cuda::Binder;
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
-use crate::family::{Family, RawCall, TypedFamily};
+use crate::family::{Family, PairBuffers, RawCall, StudentTeacherFamily, TypedFamily};
 use crate::ffi::KdCirkdArgs;
 use crate::grad::GradOptions;
 use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
@@ -60,35 +58,8 @@ impl CirkdRawBuffers {
     }
 }
 
-/// The typed buffers of one CIRKD call.
-pub struct CirkdBuffers<'a, T> {
-    /// The student's features `[B, Cs, H, W]`.
-    pub student: &'a dyn DevicePtr<T>,
-    /// The teacher's features `[B, Ct, H, W]`.
-    pub teacher: &'a dyn DevicePtr<T>,
-    /// One f32: the loss.
-    pub loss: Option<&'a mut dyn DevicePtrMut<f32>>,
-    /// d loss / d student, in the input dtype.
-    pub grad_student: Option<&'a mut dyn DevicePtrMut<T>>,
-    /// One f32 the kernels read, d total / d loss, scaling the gradient (a backward pass).
-    pub upstream: Option<&'a dyn DevicePtr<f32>>,
-    /// How the gradient is scaled and whether it is added into its buffer.
-    pub options: GradOptions,
-}
-
-impl<'a, T> CirkdBuffers<'a, T> {
-    /// The inputs, with no output yet and [`GradOptions::OVERWRITE`].
-    pub fn new(student: &'a dyn DevicePtr<T>, teacher: &'a dyn DevicePtr<T>) -> Self {
-        CirkdBuffers {
-            student,
-            teacher,
-            loss: None,
-            grad_student: None,
-            upstream: None,
-            options: GradOptions::OVERWRITE,
-        }
-    }
-}
+/// The typed buffers of one CIRKD call: a (student, teacher) pair; the teacher gets no gradient.
+pub type CirkdBuffers<'a, T> = PairBuffers<'a, T>;
 
 /// Re-checks a call's shapes (their fields are public, so a caller may have built them by hand).
 fn checked(shapes: &RelationShapes) -> Result<RelationShapes> {
@@ -166,6 +137,12 @@ impl TypedFamily for Cirkd {
         buffers: CirkdBuffers<'a, T>,
         binder: &mut Binder<'s>,
     ) -> Result<(CirkdRawBuffers, GradOptions)> {
+        if buffers.grad_teacher.is_some() {
+            return Err(KdError::OutputMismatch {
+                what: "grad_teacher",
+                fix: "CIRKD gives no teacher gradient (the teacher is a constant); pass None",
+            });
+        }
         let shapes = checked(shape)?;
         let numel_s = shapes.student.numel();
         let raw = CirkdRawBuffers {
@@ -176,5 +153,11 @@ impl TypedFamily for Cirkd {
             upstream: binder.optional_input("upstream", buffers.upstream, 1)?,
         };
         Ok((raw, buffers.options))
+    }
+}
+
+impl StudentTeacherFamily for Cirkd {
+    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> CirkdBuffers<'a, T> {
+        pair
     }
 }

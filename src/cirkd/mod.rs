@@ -29,7 +29,6 @@
 //! gradient element is summed in a fixed order by one thread.
 
 mod cpu;
-mod cuda;
 pub(crate) mod driver;
 #[cfg(feature = "emulator")]
 pub mod emulate;

@@ -9,7 +9,7 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use super::{Binder, CudaLauncher, KernelModule, Workspace};
 use crate::dtype::{DType, KdFloat};
 use crate::error::Result;
-use crate::family::{Family, PairBuffers, PairFamily, RawCall, TypedFamily};
+use crate::family::{Family, PairBuffers, RawCall, StudentTeacherFamily, TypedFamily};
 
 /// A loss family `F` on the GPU: its kernels loaded into one context and a workspace that grows to the
 /// largest call seen, then is reused, so steady-state calls allocate nothing. Calls are queued on a stream
@@ -123,13 +123,13 @@ impl<F: TypedFamily> LossCuda<F> {
     }
 }
 
-/// The short calls of a pair loss; [`LossCuda::call`] with [`PairBuffers`] does the rest (the teacher's
-/// gradient, scaled or accumulated gradients).
-impl<F: PairFamily> LossCuda<F> {
+/// The short calls of a (student, teacher) loss; [`LossCuda::call`] with [`PairBuffers`] does the rest (the
+/// teacher's gradient, scaled or accumulated gradients).
+impl<F: StudentTeacherFamily> LossCuda<F> {
     /// Writes the loss into `loss[0]` (f32).
     pub fn forward<T: KdFloat>(
         &mut self,
-        shape: &[usize],
+        shape: &F::Shape,
         student: &dyn DevicePtr<T>,
         teacher: &dyn DevicePtr<T>,
         loss: &mut dyn DevicePtrMut<f32>,
@@ -141,7 +141,7 @@ impl<F: PairFamily> LossCuda<F> {
     /// The training-step call: the loss into `loss[0]` and d loss / d student into `grad_student`.
     pub fn forward_backward<T: KdFloat>(
         &mut self,
-        shape: &[usize],
+        shape: &F::Shape,
         student: &dyn DevicePtr<T>,
         teacher: &dyn DevicePtr<T>,
         loss: &mut dyn DevicePtrMut<f32>,
@@ -156,7 +156,7 @@ impl<F: PairFamily> LossCuda<F> {
     /// the loss.
     pub fn backward<T: KdFloat>(
         &mut self,
-        shape: &[usize],
+        shape: &F::Shape,
         student: &dyn DevicePtr<T>,
         teacher: &dyn DevicePtr<T>,
         upstream: &dyn DevicePtr<f32>,

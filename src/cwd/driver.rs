@@ -11,7 +11,7 @@ use crate::cuda::Binder;
 use crate::dtype::DType;
 use crate::dtype::{HostFloat, KdFloat};
 use crate::error::Result;
-use crate::family::{Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
+use crate::family::{Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentTeacherFamily, TypedFamily};
 use crate::ffi::KdCwdArgs;
 use crate::grad::GradOptions;
 use crate::launch::{launch_or_reset, DeviceInfo, LaunchError, Launcher, OutputSet, Scratch};
@@ -174,11 +174,13 @@ impl PairFamily for Cwd {
         config.teacher_grad
     }
 
-    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
-        pair
-    }
-
     fn pair_raw(pair: PairRawBuffers) -> Result<PairRawBuffers> {
         Ok(pair)
+    }
+}
+
+impl StudentTeacherFamily for Cwd {
+    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
+        pair
     }
 }

@@ -11,7 +11,9 @@ use crate::cpu::CpuOutput;
 use crate::cuda::Binder;
 use crate::dtype::{DType, HostFloat, KdFloat};
 use crate::error::Result;
-use crate::family::{bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
+use crate::family::{
+    bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentTeacherFamily, TypedFamily,
+};
 use crate::ffi::KdDistArgs;
 use crate::grad::GradOptions;
 use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
@@ -128,11 +130,13 @@ impl PairFamily for Dist {
         super::DistCpu::new(*config)?.forward_backward(student, teacher)
     }
 
-    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
-        pair
-    }
-
     fn pair_raw(pair: PairRawBuffers) -> Result<PairRawBuffers> {
         Ok(pair)
+    }
+}
+
+impl StudentTeacherFamily for Dist {
+    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
+        pair
     }
 }

@@ -1266,6 +1266,9 @@ const _: () = {
     [
         "Offset of field: KdCirkdArgs::p",
     ][::core::mem::offset_of!(KdCirkdArgs, p) - 88usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
 pub struct KdSkdParams {
     pub plane: i64,
     pub pixels: i64,

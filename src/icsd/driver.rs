@@ -10,7 +10,9 @@ use crate::cuda::Binder;
 use crate::dtype::DType;
 use crate::dtype::{HostFloat, KdFloat};
 use crate::error::{KdError, Result};
-use crate::family::{bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
+use crate::family::{
+    bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentTeacherFamily, TypedFamily,
+};
 use crate::ffi::{KdIcsdArgs, KdIcsdMixArgs};
 use crate::grad::GradOptions;
 use crate::launch::{launch_or_reset, DeviceInfo, Launch, Launcher, OutputSet, Scratch};
@@ -218,10 +220,6 @@ impl PairFamily for Icsd {
         false
     }
 
-    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> IcsdBuffers<'a, T> {
-        IcsdBuffers { pair, sim_student: None, sim_teacher: None }
-    }
-
     fn pair_raw(pair: PairRawBuffers) -> Result<IcsdRawBuffers> {
         no_teacher_grad(pair.grad_teacher != 0)?;
         Ok(IcsdRawBuffers {
@@ -233,5 +231,11 @@ impl PairFamily for Icsd {
             sim_student: 0,
             sim_teacher: 0,
         })
+    }
+}
+
+impl StudentTeacherFamily for Icsd {
+    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> IcsdBuffers<'a, T> {
+        IcsdBuffers { pair, sim_student: None, sim_teacher: None }
     }
 }

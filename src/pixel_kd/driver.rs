@@ -10,7 +10,9 @@ use crate::cuda::Binder;
 use crate::dtype::DType;
 use crate::dtype::{HostFloat, KdFloat};
 use crate::error::Result;
-use crate::family::{bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, TypedFamily};
+use crate::family::{
+    bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentTeacherFamily, TypedFamily,
+};
 use crate::ffi::KdPixelKdArgs;
 use crate::grad::GradOptions;
 use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
@@ -149,11 +151,13 @@ impl PairFamily for PixelKd {
         false
     }
 
-    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
-        pair
-    }
-
     fn pair_raw(pair: PairRawBuffers) -> Result<PairRawBuffers> {
         Ok(pair)
+    }
+}
+
+impl StudentTeacherFamily for PixelKd {
+    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
+        pair
     }
 }

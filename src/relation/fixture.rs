@@ -9,30 +9,21 @@ use ndarray::ArrayView4;
 
 use super::{check_shapes, RelationShapes};
 use crate::cpu::CpuOutput;
+use crate::cuda::LossCuda;
 use crate::dtype::{self, DType, KdFloat, PerDtype};
 use crate::error::KdError;
+use crate::family::StudentTeacherFamily;
 use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, Output};
 
 /// A relation loss as the fixtures run it.
 pub(crate) trait RelationReference: 'static {
-    /// The family's name in messages.
-    const NAME: &'static str;
     /// Its configuration.
-    type Config;
+    type Config: Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static;
     /// The CPU reference's `forward_backward`.
     fn cpu<T: KdFloat>(config: &Self::Config, s: ArrayView4<'_, T>, t: ArrayView4<'_, T>)
         -> Result<CpuOutput, KdError>;
-    /// The CUDA kernels' loss and student gradient on `stream` (f64, the gradient flattened); `None` for a
-    /// family without kernels.
-    fn cuda<T: KdFloat>(
-        _config: &Self::Config,
-        _stream: &Arc<CudaStream>,
-        _shapes: &RelationShapes,
-        _s: &[T],
-        _t: &[T],
-    ) -> Option<Result<(f64, Vec<f64>), KdError>> {
-        None
-    }
+    /// Its kernels.
+    type Family: StudentTeacherFamily<Config = Self::Config, Shape = RelationShapes>;
 }
 
 /// A parsed case.
@@ -80,10 +71,7 @@ impl<R: RelationReference> PerDtype for Run<'_, R> {
         let (_, student) = self.fixture.input::<T>("student")?;
         let (_, teacher) = self.fixture.input::<T>("teacher")?;
         if let Backend::Cuda(stream) = self.backend {
-            let Some(result) = R::cuda(config, stream, shapes, &student, &teacher) else {
-                return err(format!("{} has no CUDA kernel in kd-kernels yet; verify it on the CPU backend", R::NAME));
-            };
-            let (loss, grad) = result?;
+            let (loss, grad) = cuda::<R::Family, T>(config, stream, shapes, &student, &teacher)?;
             let mut out = Computed::new();
             out.insert("loss".into(), Output::scalar(loss));
             out.insert("grad.student".into(), Output::tensor(&shapes.student.dims(), grad));
@@ -100,4 +88,22 @@ impl<R: RelationReference> PerDtype for Run<'_, R> {
         );
         Ok(out)
     }
+}
+
+/// The kernels' loss and student gradient on `stream` (f64, the gradient flattened).
+fn cuda<F: StudentTeacherFamily<Shape = RelationShapes>, T: KdFloat>(
+    config: &F::Config,
+    stream: &Arc<CudaStream>,
+    shapes: &RelationShapes,
+    s: &[T],
+    t: &[T],
+) -> Result<(f64, Vec<f64>), KdError> {
+    let dev = |e| KdError::cuda("fixture transfer", e);
+    let s = stream.clone_htod(s).map_err(dev)?;
+    let t = stream.clone_htod(t).map_err(dev)?;
+    let mut loss = stream.alloc_zeros::<f32>(1).map_err(dev)?;
+    let mut grad = stream.alloc_zeros::<T>(shapes.student.numel()).map_err(dev)?;
+    LossCuda::<F>::new(stream.clone(), config.clone())?.forward_backward(shapes, &s, &t, &mut loss, &mut grad)?;
+    let loss = stream.clone_dtoh(&loss).map_err(dev)?[0] as f64;
+    Ok((loss, fixture::to_f64(&stream.clone_dtoh(&grad).map_err(dev)?)))
 }

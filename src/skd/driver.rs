@@ -8,7 +8,7 @@ use super::{RelationShapes, Skd, SkdConfig};
 use crate::cuda::Binder;
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
-use crate::family::{Family, PairBuffers, PairRawBuffers, RawCall, TypedFamily};
+use crate::family::{Family, PairBuffers, PairRawBuffers, RawCall, StudentTeacherFamily, TypedFamily};
 use crate::ffi::KdSkdArgs;
 use crate::grad::GradOptions;
 use crate::launch::{launch_or_reset, DeviceInfo, Launcher, Scratch};
@@ -123,5 +123,11 @@ impl TypedFamily for Skd {
             upstream: binder.optional_input("upstream", buffers.upstream, 1)?,
         };
         Ok((raw, buffers.options))
+    }
+}
+
+impl StudentTeacherFamily for Skd {
+    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> SkdBuffers<'a, T> {
+        pair
     }
 }

@@ -29,7 +29,6 @@
 //! `Cs = Ct`) and `O(N R^2)` for the Grams; no `P x P` matrix exists.
 
 mod cpu;
-mod cuda;
 pub(crate) mod driver;
 #[cfg(feature = "emulator")]
 pub mod emulate;
