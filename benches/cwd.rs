@@ -4,21 +4,19 @@
 //! loss weight 3) that `python-reference/bench_torch.py` times for PyTorch.
 //!
 //! ```text
-//! cargo bench --bench cwd                       # everything
-//! cargo bench --bench cwd -- 8x19x64x128 --quick
-//! bench-cwd --bench     # the compiled bench executable, as the GPU host runs it from the repo root
+//! cargo bench --bench losses -- cwd                       # everything
+//! cargo bench --bench losses -- cwd_f32/gpu_forward_backward/8x19x64x128 --quick
+//! bench-losses --bench cwd   # the compiled bench executable, as the GPU host runs it from the repo root
 //! ```
 //!
 //! Besides criterion's report, prints the CUDA-event kernel time, GB/s and share of the copy bandwidth of
 //! every GPU case, and appends them as JSON lines to `$OUT/bench_results.jsonl` (or
 //! `target/bench_results.jsonl`).
 
-mod common;
-
-use common::{PairBench, Pass};
+use crate::common::{PairBench, Pass};
 use kd_kernels::cwd::{Cwd, CwdConfig, CwdPath};
 
-fn main() {
+pub fn run() {
     // tau 4, loss weight 3: the paper's Cityscapes setting, and bench_torch.py's. The two-pass kernels are
     // measured beside the default path.
     let gpu_passes = vec![

@@ -6,8 +6,8 @@
 //! 64x512x7x7 -> 512.
 //!
 //! ```text
-//! cargo bench --bench cwt
-//! cargo bench --bench cwt -- gpu_forward_backward
+//! cargo bench --bench losses -- cwt
+//! cargo bench --bench losses -- cwt_bf16/gpu_forward_backward
 //! ```
 //!
 //! Paths: bf16 runs the tensor-core tiles (bf16 operand pairs, three products per product), f32 the exact SIMT
@@ -64,7 +64,7 @@ fn inputs(dims: [usize; 4], shapes: CwtShapes) -> Inputs {
     }
 }
 
-fn main() {
+pub fn run() {
     let mut c = Criterion::default().configure_from_args();
     let config = CwtConfig::default();
     let stream = match kd_kernels::cuda::default_stream(0) {

@@ -3,8 +3,8 @@
 //! classes on the same features; the f64 CPU reference's `forward_backward` on a small shape.
 //!
 //! ```text
-//! cargo bench --bench ifvd
-//! cargo bench --bench ifvd -- gpu_forward_backward
+//! cargo bench --bench losses -- ifvd
+//! cargo bench --bench losses -- ifvd_bf16/gpu_forward_backward
 //! ```
 //!
 //! Minimal traffic for a forward + backward is the student and the teacher read once and the gradient
@@ -39,7 +39,7 @@ fn labels(rng: &mut SplitMix64, [n, h, w]: [usize; 3], classes: usize) -> Vec<i6
     (0..n * h * w).map(|i| patch[((i / (h * w)) * rows + (i / w) % h / 16) * cols + i % w / 32]).collect()
 }
 
-fn main() {
+pub fn run() {
     let mut c = Criterion::default().configure_from_args();
     let stream = match kd_kernels::cuda::default_stream(0) {
         Ok(s) => Some(s),

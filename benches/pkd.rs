@@ -5,7 +5,7 @@
 //! `torch.compile`) on the same shapes.
 //!
 //! ```text
-//! cargo bench --bench pkd
+//! cargo bench --bench losses -- pkd
 //! ```
 //!
 //! `gbps` counts minimal traffic: student and teacher read once and the gradient written once (3 tensors);
@@ -101,7 +101,7 @@ fn cpu(name: &str, dims: &[[usize; 4]]) {
     println!("pkd/cpu/f64/forward_backward/{name}: {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
 }
 
-fn main() {
+pub fn run() {
     let name = "fpn_8x256_800x1216";
     let dims = pyramid(8, 256);
     if kd_kernels::cuda::gpu_present() {

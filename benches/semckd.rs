@@ -4,7 +4,7 @@
 //! the CIFAR layout. `python-reference/bench_semckd_cwt.py` times PyTorch on the same shapes.
 //!
 //! ```text
-//! cargo bench --bench semckd
+//! cargo bench --bench losses -- semckd
 //! ```
 
 use std::hint::black_box;
@@ -147,7 +147,7 @@ fn gpu<T: KdFloat>(name: &str, l: &SemckdLayers, d: &Data) -> Result<(), Box<dyn
     Ok(())
 }
 
-fn main() {
+pub fn run() {
     for (name, layers) in [("cifar_b64_3x3", cifar()), ("imagenet_b32_4x4", imagenet())] {
         let d = data(&layers);
         if kd_kernels::cuda::gpu_present() {

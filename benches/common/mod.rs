@@ -2,7 +2,7 @@
 //! batches with a stream synchronize, and CUDA-event kernel times outside criterion), the copy-bandwidth
 //! yardstick, and the JSON-lines report that sits next to `python-reference/bench_torch.py`'s.
 //!
-//! Each bench file is `mod common;` plus the calls of its loss; [`Harness`] does the rest.
+//! Each family's bench module holds the calls of its loss; [`Harness`] does the rest.
 //!
 //! Run modes follow criterion's: `--bench` (what `cargo bench` and the GPU host pass) benchmarks every shape
 //! and writes the JSON lines; without it (`cargo test --benches`) every bench runs once, on the smallest shape
@@ -183,6 +183,22 @@ impl Args {
         };
         let list = has("--list");
         Args { bench: has("--bench") && !has("--test") && !list, list, quick: has("--quick"), filter }
+    }
+
+    /// Whether the benches of the family `name` may run: every benchmark id starts with its family's name, so
+    /// a filter that names one family (`cwd`, or `cwd_bf16/...`) rules out every other family's set-up.
+    pub fn wants_family(&self, name: &str, families: &[&str]) -> bool {
+        let names = |f: &str, family: &str| f == family || f.starts_with(&format!("{family}_"));
+        match &self.filter {
+            Filter::Substring(f) | Filter::Exact(f) => {
+                match families.iter().filter(|&&n| names(f, n)).max_by_key(|n| n.len()) {
+                    Some(&named) => named == name,
+                    None => true,
+                }
+            }
+            Filter::None => false,
+            Filter::All => true,
+        }
     }
 
     /// Whether criterion would run the benchmark `id`.

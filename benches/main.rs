@@ -1,0 +1,45 @@
+//! The loss benches, one binary (`cargo bench --bench losses`): one module per family (`benches/{family}.rs`,
+//! its `run`) and the set-up they share (`common`).
+//!
+//! ```text
+//! cargo bench --bench losses                       # every family
+//! cargo bench --bench losses -- dist               # one family: its name as criterion's filter
+//! cargo bench --bench losses -- 8x19x64x128 --quick
+//! ```
+//!
+//! A filter that names a family (`dist`, `dist_bf16/gpu_forward`) runs that family's module alone; any other
+//! filter runs every family's, each skipping the benchmarks criterion would skip. One binary rather than one
+//! per family: each links every kernel's fatbin, so the GPU bundle carries them once.
+
+mod common;
+
+mod cwd;
+mod cwt;
+mod dist;
+mod icsd;
+mod ifvd;
+mod pixel_kd;
+mod pkd;
+mod semckd;
+
+/// Every family's benches, in the registry's order.
+const FAMILIES: &[(&str, fn())] = &[
+    ("cwd", cwd::run),
+    ("pixel_kd", pixel_kd::run),
+    ("icsd", icsd::run),
+    ("semckd", semckd::run),
+    ("cwt", cwt::run),
+    ("pkd", pkd::run),
+    ("dist", dist::run),
+    ("ifvd", ifvd::run),
+];
+
+fn main() {
+    let args = common::Args::from_env();
+    let names: Vec<&str> = FAMILIES.iter().map(|&(name, _)| name).collect();
+    for &(name, run) in FAMILIES {
+        if args.wants_family(name, &names) {
+            run();
+        }
+    }
+}
