@@ -114,6 +114,13 @@ impl SkdConfig {
         validate::finite("loss_weight", self.loss_weight)
     }
 
+    /// The device workspace, in bytes, that [`SkdCuda`] needs for a call on `shapes` (any dtype, any outputs):
+    /// what [`SkdCuda::reserve`](crate::cuda::LossCuda::reserve) allocates.
+    pub fn workspace_bytes(&self, shapes: &RelationShapes) -> Result<usize> {
+        let floats = plan::workspace_bound(self, shapes)?;
+        Ok(4 * floats + 4 * driver::COUNTERS)
+    }
+
     /// `(H', W')`, the feature map the similarities are taken on: `ceil(H / 2)`, `ceil(W / 2)` or `(H, W)`.
     pub fn pooled_dims(&self, h: usize, w: usize) -> (usize, usize) {
         self.pool.pooling().pooled(h, w)
