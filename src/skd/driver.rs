@@ -52,7 +52,7 @@ pub(crate) unsafe fn run(
         grad_student: buffers.grad_student,
         loss: buffers.loss,
         upstream: buffers.upstream,
-        features: ws(0),
+        inv_norms: ws(0),
         gram_partials: ws(1),
         gram: ws(2),
         loss_partials: ws(3),
