@@ -462,6 +462,7 @@ typedef struct KdCirkdArgs {
  * SKD (skd.cu, docs/losses.md section 9). Per image, the stacked rows X = [S_hat; T_hat] (and, when Cs = Ct,
  * the Cs rows of D = S_hat - T_hat after them), R rows of P = H'*W' pooled, normalised pixels, and their Gram
  * matrix X X^T (R x R), whose blocks are the C x C Gram matrices the loss and the gradient are written with.
+ * X is never stored: the kernels pool and normalise its entries from the inputs and skd_norms' reciprocals.
  * skd_gram block b is one (image, chunk of chunk_pixels pixels, tile row, tile column) of KD_SKD_TILE x
  * KD_SKD_TILE entries; skd_merge sums the chunks' partials in chunk order.
  */
@@ -499,7 +500,7 @@ typedef struct KdSkdArgs {
     uint64_t grad_student;  /* T* */
     uint64_t loss;          /* float*: one value */
     uint64_t upstream;      /* const float*: one value, with KD_SCALE_BY_UPSTREAM */
-    uint64_t features;      /* float*: workspace [N, R, P], the stacked rows X */
+    uint64_t inv_norms;     /* float*: workspace [2, N, P], 1 / max(|x|, eps) per pooled pixel: student, teacher */
     uint64_t gram_partials; /* float*: workspace [N, chunks, R, R] */
     uint64_t gram;          /* double*: workspace [N, R, R] */
     uint64_t loss_partials; /* float*: workspace, one per skd_loss block */

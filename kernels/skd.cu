@@ -3,22 +3,26 @@
  * with S_hat [Cs, P] and T_hat [Ct, P] the max-pooled (2x2, ceil mode; or not pooled), per-pixel normalised
  * features, |A_S - A_T|_F^2 = |G_SS|^2 - 2 |G_ST|^2 + |G_TT|^2 with the C x C Gram matrices, and
  * dL/dS_hat = 4 w / (N P^2) (G_SS S_hat - G_ST T_hat). Five launches:
- *   1. skd_features  one thread per (image, pooled pixel): pools both inputs, normalises each pixel, writes the
- *                    stacked rows X = [S_hat; T_hat] (and D = S_hat - T_hat when Cs = Ct) to the workspace,
- *                    then each student pixel's norm and the reciprocal of its clamp
- *   2. skd_gram      one block per (image, chunk of pixels, 16 x 16 tile of X X^T): the chunk's partial Gram
+ *   1. skd_norms     one thread per (image, pooled pixel): pools both inputs and writes the reciprocal of each
+ *                    side's clamped norm at the pixel (the student's negated where the clamp holds)
+ *   2. skd_gram      one block per (image, chunk of pixels, 16 x 16 tile of X X^T, X = [S_hat; T_hat], and
+ *                    D = S_hat - T_hat when Cs = Ct): the chunk's partial Gram, its rows pooled and normalised
+ *                    from the inputs as they are loaded
  *   3. skd_merge     one thread per Gram entry: the chunks' partials summed in chunk order, in double
  *   4. skd_loss      one block per (image, row): the row's share of the Frobenius terms; the last block sums the
  *                    blocks' shares in block order (only when the loss is wanted)
- *   5. skd_grad      one thread per (image, pooled pixel): d loss / d S_hat from the Gram rows, back through the
- *                    normalisation and the max pool (only when the gradient is wanted)
+ *   5. skd_grad      one thread per (image, pooled pixel): d loss / d S_hat from the Gram rows and the pixel's
+ *                    column of X (pooled and normalised again), back through the normalisation and the max
+ *                    pool (only when the gradient is wanted)
  * What is fused, and why it is legal: the similarity A = X^T X is bilinear, so every quantity the loss and its
  * gradient need is a contraction over the pixels of the C x C Gram matrices (an exact identity, not an
- * approximation), and the P x P matrices never exist: memory is the pooled features and O(N R^2) Grams. The
- * Grams need every pixel of an image, so the gradient waits for a grid-wide reduction (launches 2 and 3);
- * pooling and normalisation are per pixel, so they fuse into the kernels that read the inputs (1 and 5),
- * which recompute the window maxima rather than storing them (the same loads and comparisons give the same
- * bits and the same argmax).
+ * approximation), and the P x P matrices never exist. Pooling and normalisation are per pixel and cheap next
+ * to the contraction, so every kernel that needs an entry of X forms it from the inputs and the pixel's norm
+ * (one function, `stacked`: the same loads, comparisons and rounded products, hence the same bits and the same
+ * argmax everywhere) instead of reading a stored copy: memory beyond the inputs is O(N R^2) for the Grams and
+ * their chunk partials plus one float per pooled pixel and side. The Grams need every pixel of an image, so
+ * the gradient waits for a grid-wide reduction (launches 2 and 3); the norms need every channel of a pixel, so
+ * they come first (launch 1).
  *
  * Numerics. The three Frobenius terms are large and nearly cancel when the student is close to its teacher.
  * With Cs = Ct the kernels therefore write them through D = S_hat - T_hat (A_S - A_T = D^T S_hat + T_hat^T D):
@@ -95,10 +99,11 @@ __device__ __forceinline__ double rsqrt_positive(double x) {
 #endif
 }
 
-// A pixel's norm over the channels (pooled values), F.normalize's denominator before the clamp, and the
-// reciprocal of the clamped norm, 1 / max(|x|, eps).
+// The reciprocal of a pixel's clamped norm over the channels (pooled values), 1 / max(|x|, eps) (F.normalize's
+// denominator), and whether the clamp holds.
 struct Norm {
-    float norm, inv;
+    float inv;
+    bool clamped;
 };
 
 // The norm of a pixel of image `x`: squares summed in double, in channel order.
@@ -113,45 +118,72 @@ __device__ __forceinline__ Norm pixel_norm(const T* x, int channels, const Windo
     }
     const double r = sq > 0.0 ? rsqrt_positive(sq) : 0.0;
     Norm out;
-    out.norm = static_cast<float>(sq * r);
-    out.inv = out.norm < static_cast<float>(KD_SKD_NORM_EPS) ? static_cast<float>(1.0 / KD_SKD_NORM_EPS)
-                                                              : static_cast<float>(r);
+    out.clamped = static_cast<float>(sq * r) < static_cast<float>(KD_SKD_NORM_EPS);
+    out.inv = out.clamped ? static_cast<float>(1.0 / KD_SKD_NORM_EPS) : static_cast<float>(r);
     return out;
 }
 
+// A rounded product that nvcc must not fuse into the subtraction forming D: fma(a, b, -(a * b)) is the
+// rounding error of a * b, not 0, and a student equal to its teacher must give D = 0 exactly.
+__device__ __forceinline__ float product_rn(float a, float b) {
+#ifdef KD_EMULATE
+    return a * b;  // g++ in ISO C++ mode contracts nothing
+#else
+    return __fmul_rn(a, b);
+#endif
+}
+
+// One image's inputs and the reciprocals of its pixels' clamped norms (the student's signed, see skd_norms):
+// what forms any entry of its stacked rows X = [S_hat; T_hat; D].
+template <typename T> struct Image {
+    const T* student;
+    const T* teacher;
+    const float* inv_student;
+    const float* inv_teacher;
+};
+
+template <typename T> __device__ __forceinline__ Image<T> image_of(const KdSkdArgs& a, int64_t n) {
+    const KdSkdParams& p = a.p;
+    const int64_t all_pixels = static_cast<int64_t>(p.batch) * p.pixels;
+    const float* inv = kd::ptr<const float>(a.inv_norms) + n * p.pixels;
+    Image<T> im;
+    im.student = kd::ptr<const T>(a.student) + n * p.student_channels * p.plane;
+    im.teacher = kd::ptr<const T>(a.teacher) + n * p.teacher_channels * p.plane;
+    im.inv_student = inv;
+    im.inv_teacher = inv + all_pixels;
+    return im;
+}
+
+// Entry (row, pixel) of X, pooled and normalised from the inputs, given the pixel's window and the
+// reciprocals of its two norms: S_hat's rows, then T_hat's, then (Cs = Ct) D's, formed from the rounded S_hat
+// and T_hat so that equal inputs give exactly 0. Every kernel forms X here: the same bits everywhere.
+template <typename T>
+__device__ __forceinline__ float stacked(const KdSkdParams& p, const Image<T>& im, const Window& w, float inv_s,
+                                         float inv_t, int row) {
+    const int cs = p.student_channels, ct = p.teacher_channels;
+    int64_t at;
+    if (row < cs) return product_rn(window_max(im.student + row * p.plane, w, p.width, at), inv_s);
+    if (row < cs + ct) return product_rn(window_max(im.teacher + (row - cs) * p.plane, w, p.width, at), inv_t);
+    const int c = row - cs - ct;
+    return product_rn(window_max(im.student + c * p.plane, w, p.width, at), inv_s) -
+           product_rn(window_max(im.teacher + c * p.plane, w, p.width, at), inv_t);
+}
+
 // ---------------------------------------------------------------------------------------------------------
-// 1. Pooled, normalised features, stacked [S_hat; T_hat; D] per image.
-template <typename T> __device__ void skd_features(const KdSkdArgs& a) {
+// 1. The reciprocals of the clamped norms, [student; teacher] per pooled pixel of the batch. The student's is
+// negated where the clamp holds: the gradient differs there (the clamp is a constant), and one float per pixel
+// and side is all the workspace this family keeps per pixel.
+template <typename T> __device__ void skd_norms(const KdSkdArgs& a) {
     const KdSkdParams& p = a.p;
     int pixel, n, q;
     if (!pooled_pixel(p, pixel, n, q)) return;
-    const int cs = p.student_channels, ct = p.teacher_channels;
-    const T* s = kd::ptr<const T>(a.student) + static_cast<int64_t>(n) * cs * p.plane;
-    const T* t = kd::ptr<const T>(a.teacher) + static_cast<int64_t>(n) * ct * p.plane;
+    const Image<T> im = image_of<T>(a, n);
     const Window w = window_of(p, q);
-    const Norm norm_s = pixel_norm(s, cs, w, p);
-    const float inv_s = norm_s.inv, inv_t = pixel_norm(t, ct, w, p).inv;
-    const int64_t all_pixels = static_cast<int64_t>(p.batch) * p.pixels;
-    float* student_norms = kd::ptr<float>(a.features) + all_pixels * p.rows;
-    student_norms[pixel] = norm_s.norm;
-    student_norms[all_pixels + pixel] = inv_s;
-    float* x = kd::ptr<float>(a.features) + static_cast<int64_t>(n) * p.rows * p.pixels + q;
-    const bool with_difference = p.rows > cs + ct;
-    int64_t at;
-#pragma unroll 1
-    for (int c = 0; c < cs; ++c) {
-        const float hs = window_max(s + c * p.plane, w, p.width, at) * inv_s;
-        x[c * p.pixels] = hs;
-        if (with_difference) {
-            const float ht = window_max(t + c * p.plane, w, p.width, at) * inv_t;
-            x[(cs + c) * p.pixels] = ht;
-            x[(cs + ct + c) * p.pixels] = hs - ht;  // exactly 0 where the student equals its teacher
-        }
-    }
-    if (!with_difference) {
-#pragma unroll 1
-        for (int c = 0; c < ct; ++c) x[(cs + c) * p.pixels] = window_max(t + c * p.plane, w, p.width, at) * inv_t;
-    }
+    const Norm s = pixel_norm(im.student, p.student_channels, w, p);
+    const Norm t = pixel_norm(im.teacher, p.teacher_channels, w, p);
+    float* inv = kd::ptr<float>(a.inv_norms);
+    inv[pixel] = s.clamped ? -s.inv : s.inv;
+    inv[static_cast<int64_t>(p.batch) * p.pixels + pixel] = t.inv;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -168,14 +200,22 @@ template <typename T> __device__ void skd_gram(const KdSkdArgs& a) {
     // Rows of the two tiles, [row][pixel], padded against bank conflicts.
     KD_SHARED_ARRAY(float, rows_i, kTile * (kTile + 1));
     KD_SHARED_ARRAY(float, rows_j, kTile * (kTile + 1));
-    const float* x = kd::ptr<const float>(a.features) + n * p.rows * p.pixels;
+    const Image<T> im = image_of<T>(a, n);
     const int load_i = tile_i * kTile + ty, load_j = tile_j * kTile + ty;
-    const int64_t begin = chunk * p.chunk_pixels, end = min(p.pixels, begin + p.chunk_pixels);
+    const int begin = static_cast<int>(chunk * p.chunk_pixels);
+    const int end = static_cast<int>(min(p.pixels, chunk * p.chunk_pixels + p.chunk_pixels));
     float acc = 0.f;
-    for (int64_t k0 = begin; k0 < end; k0 += kTile) {
-        const int64_t k = k0 + tx;
-        rows_i[ty * (kTile + 1) + tx] = (load_i < p.rows && k < end) ? x[load_i * p.pixels + k] : 0.f;
-        rows_j[ty * (kTile + 1) + tx] = (load_j < p.rows && k < end) ? x[load_j * p.pixels + k] : 0.f;
+    for (int k0 = begin; k0 < end; k0 += kTile) {
+        const int k = k0 + tx;
+        float xi = 0.f, xj = 0.f;
+        if (k < end) {
+            const Window w = window_of(p, k);
+            const float inv_s = fabsf(im.inv_student[k]), inv_t = im.inv_teacher[k];
+            if (load_i < p.rows) xi = stacked(p, im, w, inv_s, inv_t, load_i);
+            if (load_j < p.rows) xj = stacked(p, im, w, inv_s, inv_t, load_j);
+        }
+        rows_i[ty * (kTile + 1) + tx] = xi;
+        rows_j[ty * (kTile + 1) + tx] = xj;
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < kTile; ++kk) acc += rows_i[ty * (kTile + 1) + kk] * rows_j[tx * (kTile + 1) + kk];
@@ -240,22 +280,26 @@ template <typename T> __device__ void skd_loss(const KdSkdArgs& a) {
                       kd::ptr<unsigned int>(a.counter), kd::ptr<float>(a.loss), p.loss_scale);
 }
 
-// d loss / d S_hat at (channel c, pixel q), before its factor: G_SS S_hat - G_ST T_hat, or, with the rows of D,
-// G_SD S_hat + G_ST D (exactly 0 where D = 0). fp32 accumulation over the Gram row, in row order.
-__device__ __forceinline__ float d_hat(const KdSkdParams& p, const double* g, const float* x, int c, int64_t q) {
+// d loss / d S_hat at (channel c, the pixel of window w), before its factor: G_SS S_hat - G_ST T_hat, or, with
+// the rows of D, G_SD S_hat + G_ST D (exactly 0 where D = 0). fp32 accumulation over the Gram row, in row order.
+template <typename T>
+__device__ __forceinline__ float d_hat(const KdSkdParams& p, const double* g, const Image<T>& im, const Window& w,
+                                       float inv_s, float inv_t, int c) {
     const int cs = p.student_channels, ct = p.teacher_channels, r = p.rows;
     const bool with_difference = r > cs + ct;
     const double* row = g + static_cast<int64_t>(c) * r;
     // First product: a Gram block against S_hat (G_SS, or G_SD); second: G_ST against T_hat, or D.
     const double* first = row + (with_difference ? cs + ct : 0);
     const double* second = row + cs;
-    const float* second_rows = x + static_cast<int64_t>(with_difference ? cs + ct : cs) * p.pixels;
+    const int second_rows = with_difference ? cs + ct : cs;
     float u = 0.f, v = 0.f;
     // Not unrolled (nor the channel loops): unrolled, their addresses made ptxas spill on sm_80 to sm_90.
 #pragma unroll 1
-    for (int b = 0; b < cs; ++b) u += static_cast<float>(first[b]) * x[b * p.pixels + q];
+    for (int b = 0; b < cs; ++b) u += static_cast<float>(first[b]) * stacked(p, im, w, inv_s, inv_t, b);
 #pragma unroll 1
-    for (int b = 0; b < ct; ++b) v += static_cast<float>(second[b]) * second_rows[b * p.pixels + q];
+    for (int b = 0; b < ct; ++b) {
+        v += static_cast<float>(second[b]) * stacked(p, im, w, inv_s, inv_t, second_rows + b);
+    }
     return with_difference ? u + v : u - v;
 }
 
@@ -267,33 +311,32 @@ template <typename T> __device__ void skd_grad(const KdSkdArgs& a) {
     int pixel, n, q;
     if (!pooled_pixel(p, pixel, n, q)) return;
     const int cs = p.student_channels;
-    const T* s = kd::ptr<const T>(a.student) + static_cast<int64_t>(n) * cs * p.plane;
+    const Image<T> im = image_of<T>(a, n);
+    const T* s = im.student;
     const double* g = kd::ptr<const double>(a.gram) + static_cast<int64_t>(n) * p.rows * p.rows;
-    const float* x = kd::ptr<const float>(a.features) + static_cast<int64_t>(n) * p.rows * p.pixels;
     const Window w = window_of(p, q);
-    // The norm and its clamp's reciprocal from skd_features: no square root or division here, whose
-    // out-of-line slow paths would spill registers on sm_80 (the build refuses spills).
-    const int64_t all_pixels = static_cast<int64_t>(p.batch) * p.pixels;
-    const float* student_norms = kd::ptr<const float>(a.features) + all_pixels * p.rows;
-    const float norm = student_norms[pixel], inv = student_norms[all_pixels + pixel];
+    // The reciprocals of the norms from skd_norms: no square root or division here, whose out-of-line slow
+    // paths would spill registers on sm_80 (the build refuses spills).
+    const float signed_inv = im.inv_student[q], inv_t = im.inv_teacher[q];
+    const float inv = fabsf(signed_inv);
     const bool accumulate = (p.flags & KD_ACCUMULATE_GRAD) != 0;
     const float k = kd::grad_factor(p.grad_scale, p.flags, a.upstream);
     T* grad = kd::ptr<T>(a.grad_student) + static_cast<int64_t>(n) * cs * p.plane;
     int64_t at;
     // Through x / max(|x|, eps) as autograd differentiates it: g / |x| - x (x . g) / |x|^3 where |x| >= eps,
     // g / eps below (the clamp is constant there).
-    const bool clamp = norm < static_cast<float>(KD_SKD_NORM_EPS);
+    const bool clamp = signed_inv < 0.f;
     double dot = 0.0;
     if (!clamp) {
         for (int c = 0; c < cs; ++c) {
             const float v = window_max(s + c * p.plane, w, p.width, at);
-            dot += static_cast<double>(v) * d_hat(p, g, x, c, q);
+            dot += static_cast<double>(v) * d_hat(p, g, im, w, inv, inv_t, c);
         }
     }
     const float radial = clamp ? 0.f : static_cast<float>(dot) * (inv * inv * inv);
     for (int c = 0; c < cs; ++c) {
         const float v = window_max(s + c * p.plane, w, p.width, at);
-        const float dx = k * (d_hat(p, g, x, c, q) * inv - v * radial);
+        const float dx = k * (d_hat(p, g, im, w, inv, inv_t, c) * inv - v * radial);
         T* plane = grad + c * p.plane;
         for (int rr = 0; rr < w.rows; ++rr) {
             for (int cc = 0; cc < w.cols; ++cc) {
@@ -307,7 +350,7 @@ template <typename T> __device__ void skd_grad(const KdSkdArgs& a) {
 }  // namespace
 
 #define SKD_ENTRIES(T, NAME)                                                               \
-    KD_ENTRY(skd_features_##NAME, KdSkdArgs, kBlockThreads) { skd_features<T>(a); }         \
+    KD_ENTRY(skd_norms_##NAME, KdSkdArgs, kBlockThreads) { skd_norms<T>(a); }               \
     KD_ENTRY(skd_gram_##NAME, KdSkdArgs, kBlockThreads) { skd_gram<T>(a); }                 \
     KD_ENTRY(skd_merge_##NAME, KdSkdArgs, kBlockThreads) { skd_merge<T>(a); }               \
     KD_ENTRY(skd_loss_##NAME, KdSkdArgs, kBlockThreads) { skd_loss<T>(a); }                 \

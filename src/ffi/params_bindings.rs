@@ -1360,7 +1360,7 @@ pub struct KdSkdArgs {
     pub grad_student: u64,
     pub loss: u64,
     pub upstream: u64,
-    pub features: u64,
+    pub inv_norms: u64,
     pub gram_partials: u64,
     pub gram: u64,
     pub loss_partials: u64,
@@ -1387,8 +1387,8 @@ const _: () = {
         "Offset of field: KdSkdArgs::upstream",
     ][::core::mem::offset_of!(KdSkdArgs, upstream) - 32usize];
     [
-        "Offset of field: KdSkdArgs::features",
-    ][::core::mem::offset_of!(KdSkdArgs, features) - 40usize];
+        "Offset of field: KdSkdArgs::inv_norms",
+    ][::core::mem::offset_of!(KdSkdArgs, inv_norms) - 40usize];
     [
         "Offset of field: KdSkdArgs::gram_partials",
     ][::core::mem::offset_of!(KdSkdArgs, gram_partials) - 48usize];

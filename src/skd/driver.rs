@@ -23,6 +23,9 @@ pub type SkdRawBuffers = PairRawBuffers;
 /// its gradient `N*Cs*H*W`); `grad_teacher` stays `None` (the teacher is a constant).
 pub type SkdBuffers<'a, T> = PairBuffers<'a, T>;
 
+/// The workspace's u32 counters: the loss's ticket.
+pub(crate) const COUNTERS: usize = 1;
+
 /// Runs one call.
 ///
 /// # Safety
@@ -41,7 +44,7 @@ pub(crate) unsafe fn run(
     options.validate()?;
     let outputs = buffers.outputs(false, options)?;
     let SkdPlan { params, launches, offsets, workspace_floats } = plan::plan(config, shapes, outputs, options.scale)?;
-    let (floats, counters) = scratch.prepare(workspace_floats, 1)?;
+    let (floats, counters) = scratch.prepare(workspace_floats, COUNTERS)?;
     let ws = |k: usize| floats + 4 * offsets[k] as u64;
     let args = KdSkdArgs {
         student: buffers.student,
@@ -49,7 +52,7 @@ pub(crate) unsafe fn run(
         grad_student: buffers.grad_student,
         loss: buffers.loss,
         upstream: buffers.upstream,
-        features: ws(0),
+        inv_norms: ws(0),
         gram_partials: ws(1),
         gram: ws(2),
         loss_partials: ws(3),
@@ -84,7 +87,7 @@ impl Family for Skd {
         _dtype: DType,
         _device: &dyn DeviceInfo,
     ) -> Result<(usize, usize)> {
-        Ok((plan::workspace_bound(config, shapes)?, 1))
+        Ok((plan::workspace_bound(config, shapes)?, COUNTERS))
     }
 
     unsafe fn run(

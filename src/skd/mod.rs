@@ -25,8 +25,13 @@
 //! [`SkdCuda`] computes the same with the kernels of `kernels/skd.cu` (the same Gram form and the same
 //! rearrangement through `D` for `Cs = Ct`): pooled, normalised features, the stacked Gram matrix of
 //! `[F_S; F_T]` (and `D`) split over pixel chunks and merged in a fixed order, then the loss and the gradient
-//! from its blocks. Its workspace is the pooled features (`[N, R, P]` f32, `R = Cs + Ct`, plus `Cs` when
-//! `Cs = Ct`) and `O(N R^2)` for the Grams; no `P x P` matrix exists.
+//! from its blocks. No `P x P` matrix exists, nor a copy of the pooled features: the kernels pool and
+//! normalise each entry of `[F_S; F_T; D]` from the inputs where they need it. The workspace
+//! ([`SkdConfig::workspace_bytes`]) is `O(N R^2)` for the Grams and their chunk partials (`R = Cs + Ct`, or
+//! `3 Cs` when `Cs = Ct`) plus `O(N P)`, one float per pooled pixel and side (the reciprocal of its clamped
+//! norm); exactly `4 (a(2 N P) + a(K N R^2) + a(2 N R^2) + a(N max(Cs, Ct))) + 4` bytes, `a(x)` being `x`
+//! rounded up to a multiple of 64 and `K <= 8` the Gram chunks of an image (`k = min(8, max(1, ceil(P /
+//! 1024)))`, `K = ceil(P / (16 ceil(ceil(P / k) / 16)))`; `docs/losses.md §9.5`).
 
 mod cpu;
 pub(crate) mod driver;
@@ -112,6 +117,13 @@ impl SkdConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
         validate::finite("loss_weight", self.loss_weight)
+    }
+
+    /// The device workspace, in bytes, that [`SkdCuda`] needs for a call on `shapes` (any dtype, any outputs):
+    /// what [`SkdCuda::reserve`](crate::cuda::LossCuda::reserve) allocates.
+    pub fn workspace_bytes(&self, shapes: &RelationShapes) -> Result<usize> {
+        let floats = plan::workspace_bound(self, shapes)?;
+        Ok(4 * floats + 4 * driver::COUNTERS)
     }
 
     /// `(H', W')`, the feature map the similarities are taken on: `ceil(H / 2)`, `ceil(W / 2)` or `(H, W)`.

@@ -9,12 +9,12 @@ use crate::launch::{self, Launch, OutputSet, BLOCK_THREADS};
 use crate::validate;
 
 /// The entry points of kernels/skd.cu, in launch order.
-pub(crate) const FEATURES: &str = "skd_features";
+pub(crate) const NORMS: &str = "skd_norms";
 pub(crate) const GRAM: &str = "skd_gram";
 pub(crate) const MERGE: &str = "skd_merge";
 pub(crate) const LOSS: &str = "skd_loss";
 pub(crate) const GRAD: &str = "skd_grad";
-pub(crate) const KERNELS: [&str; 5] = [FEATURES, GRAM, MERGE, LOSS, GRAD];
+pub(crate) const KERNELS: [&str; 5] = [NORMS, GRAM, MERGE, LOSS, GRAD];
 
 /// The Gram tile's side (one entry per thread).
 pub(crate) const TILE: usize = ffi::KD_SKD_TILE as usize;
@@ -25,10 +25,10 @@ const MAX_CHUNKS: usize = ffi::KD_SKD_MAX_CHUNKS as usize;
 #[derive(Debug, Clone)]
 pub(crate) struct SkdPlan {
     pub params: KdSkdParams,
-    /// The launches in order: features, Gram partials, merge, then the loss and the gradient where wanted.
+    /// The launches in order: norms, Gram partials, merge, then the loss and the gradient where wanted.
     pub launches: Vec<Launch>,
-    /// Offsets in f32 words of the features (and the student's norms), the Gram partials, the Gram matrices (doubles) and the loss
-    /// partials.
+    /// Offsets in f32 words of the pixels' inverse norms, the Gram partials, the Gram matrices (doubles) and the
+    /// loss partials.
     pub offsets: [usize; 4],
     pub workspace_floats: usize,
 }
@@ -82,8 +82,9 @@ pub(crate) fn plan(config: &SkdConfig, shapes: &RelationShapes, outputs: OutputS
     validate::representable_f32("loss_weight / (N*P^2)", loss_scale)?;
     validate::representable_f32("4 * loss_weight / (N*P^2) * GradOptions::scale", grad_scale)?;
 
-    // The stacked rows, then each student pixel's norm and the reciprocal of its clamp.
-    let features = mul(mul(s.n, rows + 2, "the features")?, pixels, "the features")?;
+    // One float per pooled pixel and side (the reciprocal of its clamped norm): the stacked rows themselves are
+    // formed from the inputs wherever they are needed.
+    let norms = mul(mul(s.n, 2, "the norms")?, pixels, "the norms")?;
     let gram = mul(mul(s.n, rows, "the Gram matrices")?, rows, "the Gram matrices")?;
     let partials = mul(gram, chunks, "the Gram partials")?;
     let loss_blocks = mul(s.n, loss_rows, "the loss blocks")?;
@@ -96,7 +97,7 @@ pub(crate) fn plan(config: &SkdConfig, shapes: &RelationShapes, outputs: OutputS
     let merge_grid = launch::grid_blocks("SKD Gram entries", gram.div_ceil(BLOCK_THREADS as usize))?;
     let loss_grid = launch::grid_blocks("SKD loss rows", loss_blocks)?;
 
-    let sizes = [features, partials, mul(gram, 2, "the Gram matrices")?, loss_blocks];
+    let sizes = [norms, partials, mul(gram, 2, "the Gram matrices")?, loss_blocks];
     let mut offsets = [0usize; 4];
     let mut at = 0usize;
     for (o, size) in offsets.iter_mut().zip(sizes) {
@@ -129,7 +130,7 @@ pub(crate) fn plan(config: &SkdConfig, shapes: &RelationShapes, outputs: OutputS
     debug_assert_eq!(ffi::KD_SKD_NORM_EPS, NORM_EPS);
 
     let mut launches =
-        vec![Launch::new(FEATURES, pixel_grid), Launch::new(GRAM, gram_grid), Launch::new(MERGE, merge_grid)];
+        vec![Launch::new(NORMS, pixel_grid), Launch::new(GRAM, gram_grid), Launch::new(MERGE, merge_grid)];
     if outputs.loss {
         launches.push(Launch::new(LOSS, loss_grid));
     }
@@ -189,8 +190,8 @@ mod tests {
             plan(&SkdConfig::default(), &s, outputs, 1.0).unwrap().launches.iter().map(|l| l.kernel).collect()
         };
         assert_eq!(kernels(both()), KERNELS);
-        assert_eq!(kernels(OutputSet { loss: true, ..OutputSet::default() }), [FEATURES, GRAM, MERGE, LOSS]);
-        assert_eq!(kernels(OutputSet { grad_student: true, ..OutputSet::default() }), [FEATURES, GRAM, MERGE, GRAD]);
+        assert_eq!(kernels(OutputSet { loss: true, ..OutputSet::default() }), [NORMS, GRAM, MERGE, LOSS]);
+        assert_eq!(kernels(OutputSet { grad_student: true, ..OutputSet::default() }), [NORMS, GRAM, MERGE, GRAD]);
     }
 
     #[test]
@@ -200,6 +201,41 @@ mod tests {
         let p2 = (4.0f64 * 5.0).powi(2);
         assert_eq!(p.loss_scale, (3.0 / (2.0 * p2)) as f32);
         assert_eq!(p.grad_scale, (4.0 * 3.0 / (2.0 * p2) * 0.5) as f32);
+    }
+
+    /// The workspace is docs/losses.md §9.5's formula: Grams and their chunk partials, `O(N R^2)`, and one float
+    /// per pooled pixel and side; between two spatial sizes with the same chunk count it grows by those floats
+    /// alone (no copy of the pooled features).
+    #[test]
+    fn workspace_is_the_grams_and_one_float_per_pooled_pixel_and_side() {
+        let a = |x: usize| x.next_multiple_of(64);
+        let documented = |n: usize, cs: usize, ct: usize, p: usize| {
+            let r = if cs == ct { 3 * cs } else { cs + ct };
+            let k = p.div_ceil(1024).clamp(1, 8);
+            let chunks = p.div_ceil(p.div_ceil(k).next_multiple_of(16));
+            4 * (a(2 * n * p) + a(chunks * n * r * r) + a(2 * n * r * r) + a(n * cs.max(ct))) + 4
+        };
+        let n = 2;
+        for pool in [SkdPool::Max2x2, SkdPool::None] {
+            for (cs, ct) in [(5, 5), (6, 9), (40, 17)] {
+                let config = SkdConfig { pool, ..SkdConfig::default() };
+                let bytes = |h: usize, w: usize| config.workspace_bytes(&shapes([n, cs, h, w], ct)).unwrap();
+                let pixels = |h: usize, w: usize| {
+                    let (ph, pw) = config.pooled_dims(h, w);
+                    ph * pw
+                };
+                for (h, w) in [(1, 1), (3, 5), (9, 7), (33, 65), (64, 128), (255, 257), (256, 512)] {
+                    assert_eq!(bytes(h, w), documented(n, cs, ct, pixels(h, w)), "{pool:?} {cs} {ct} {h}x{w}");
+                }
+                // 8 chunks at both sizes (their pooled pixels multiples of 64): the norms make the difference.
+                let (small, large) = ((128, 256), (256, 512));
+                assert_eq!(
+                    bytes(large.0, large.1) - bytes(small.0, small.1),
+                    4 * 2 * n * (pixels(large.0, large.1) - pixels(small.0, small.1)),
+                    "{pool:?} {cs} {ct}"
+                );
+            }
+        }
     }
 
     #[test]
