@@ -21,6 +21,7 @@ mod ifvd;
 mod pixel_kd;
 mod pkd;
 mod semckd;
+mod skd;
 
 /// Every family's benches, in the registry's order.
 const FAMILIES: &[(&str, fn())] = &[
@@ -32,6 +33,7 @@ const FAMILIES: &[(&str, fn())] = &[
     ("pkd", pkd::run),
     ("dist", dist::run),
     ("ifvd", ifvd::run),
+    ("skd", skd::run),
 ];
 
 fn main() {

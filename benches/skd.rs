@@ -7,22 +7,20 @@
 //! (`docs/losses.md §9.5`).
 //!
 //! ```text
-//! cargo bench --bench skd
-//! cargo bench --bench skd -- 8x512x64x128 --quick
+//! cargo bench --bench losses -- skd
+//! cargo bench --bench losses -- skd_f32/gpu_forward_backward/8x512x64x128 --quick
 //! ```
 //!
 //! Minimal traffic counts 3 tensors for the training call, as for the other losses. The Gram form reads the
 //! inputs several times (the norms, the Grams, then the gradient, which pools and normalises again).
 
-mod common;
-
-use common::{numel, shape_name, Harness, Inputs, Pass};
+use crate::common::{numel, shape_name, Harness, Inputs, Pass};
 use kd_kernels::half::bf16;
 use kd_kernels::ndarray::Array4;
 use kd_kernels::skd::{check_shapes, RelationShapes, SkdConfig, SkdCpu, SkdCuda, SkdPool};
 use kd_kernels::KdFloat;
 
-/// The issue's size: student and teacher `[8, 512, 64, 128]`.
+/// Student and teacher `[8, 512, 64, 128]`, the size `python-reference/bench_skd_cirkd.py` times PyTorch at.
 const GPU_SHAPE: [usize; 4] = [8, 512, 64, 128];
 /// The CPU reference's (test mode runs it once).
 const CPU_SHAPE: [usize; 4] = [2, 64, 32, 48];
@@ -91,7 +89,7 @@ fn bench(loss: &'static str, pool: SkdPool) {
     h.finish();
 }
 
-fn main() {
+pub fn run() {
     bench("skd", SkdPool::Max2x2);
     bench("skd_pool1", SkdPool::None);
 }
