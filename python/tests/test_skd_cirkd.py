@@ -7,6 +7,7 @@ GPU."""
 import pytest
 import torch
 from compare import loss_and_grad
+from ops_cases import RELATION_LOSSES, Step, step_inputs
 from reference import cirkd_pxp, skd_pxp
 
 import kd_kernels
@@ -156,6 +157,20 @@ def test_compiles_without_graph_break(name):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     for a, b in zip(got_grads, want_grads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", RELATION_LOSSES)
+def test_training_step_of_the_shared_cases(name):
+    """The step test_cuda_graphs.py captures on CUDA, here eagerly on the CPU: the loss of a 1x1 convolution's
+    features against a teacher of other channels, the reference's value and its gradient into the conv."""
+    step = Step(name)
+    image, teacher = step_inputs(name)
+    loss = step(image, teacher)
+    loss.backward()
+    student = step.conv(image).detach()
+    params = dict(loss_weight=10.0, pool=2) if name == "skd" else dict(tau=0.5, loss_weight=2.0, pool=3)
+    assert loss.item() == pytest.approx(reference(name, params)(student, teacher).item(), rel=1e-9)
+    assert step.conv.weight.grad.abs().sum() > 0
 
 
 # ---- CUDA: the kernels (skipped without a GPU, or without kernels in this build) -------------------------
