@@ -201,8 +201,8 @@ def test_cuda_matches_the_pxp_reference(case, dtype, tolerance):
     # The repository's tolerance table (src/tolerance.rs): loss 1e-4, gradients per dtype.
     assert abs(loss.item() - ref.item()) <= 1e-4 * abs(ref.item())
     assert (grad.double() - ref_grad).abs().max() <= tolerance * ref_grad.abs().max()
-    again = ours(name, params)(student, teacher)
-    assert torch.equal(again, loss.detach())  # deterministic: bitwise equal
+    again, grad_again = loss_and_grad(lambda s: ours(name, params)(s, teacher), student)
+    assert torch.equal(again, loss) and torch.equal(grad_again, grad)  # deterministic: bitwise equal
 
 
 @needs_kernels
