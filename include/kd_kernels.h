@@ -35,6 +35,16 @@
 #include <stdint.h>
 
 /**
+ * `kd_cirkd_config.pool`: the official rule, a 4x4 average pool when H >= 256 and W >= 256, else none.
+ */
+#define KD_CIRKD_POOL_AUTO 0
+
+/**
+ * `kd_cirkd_config.pool`: no pooling, whatever the size.
+ */
+#define KD_CIRKD_POOL_NONE 1
+
+/**
  * Owns one device's loaded kernels and workspaces, so repeated calls neither reload nor reallocate.
  * Calls through one context are serialised (a lock); use one context per device.
  */
@@ -46,18 +56,28 @@ typedef struct kd_context kd_context;
 typedef int32_t kd_status;
 
 /**
- * Channel-wise distillation (docs/losses.md §1). The paper's setting: tau 4, loss_weight 3.
+ * CIRKD, mini-batch cross-image pixel relations (docs/losses.md §10): the features pooled (`pool`) and
+ * normalised per pixel over the channels; for every ordered pair of images (i, j), i = j included, each
+ * pixel of image i gets a softmax over the pixels of image j of the similarities / tau, and the student's is
+ * pulled to the teacher's: L = loss_weight * sum over pairs of KL_ij / B^2 (KL_ij averaged over the rows).
+ * The defaults (the official CriterionMiniBatchCrossImagePair(0.1)): tau 0.1, loss_weight 1, pool
+ * KD_CIRKD_POOL_AUTO.
  */
-typedef struct kd_cwd_config {
+typedef struct kd_cirkd_config {
   /**
-   * Softmax temperature; finite and > 0.
+   * Temperature dividing the similarities; finite and > 0.
    */
   double tau;
   /**
-   * Weight of the loss; finite.
+   * Factor on the loss; finite.
    */
   double loss_weight;
-} kd_cwd_config;
+  /**
+   * KD_CIRKD_POOL_AUTO (0, the official rule), KD_CIRKD_POOL_NONE (1), or K >= 2: a K x K average pool,
+   * stride K, ceil_mode, whatever the size.
+   */
+  int64_t pool;
+} kd_cirkd_config;
 
 /**
  * The element type of the tensors of a call.
@@ -77,6 +97,20 @@ typedef struct kd_grad_options {
    */
   int32_t accumulate;
 } kd_grad_options;
+
+/**
+ * Channel-wise distillation (docs/losses.md §1). The paper's setting: tau 4, loss_weight 3.
+ */
+typedef struct kd_cwd_config {
+  /**
+   * Softmax temperature; finite and > 0.
+   */
+  double tau;
+  /**
+   * Weight of the loss; finite.
+   */
+  double loss_weight;
+} kd_cwd_config;
 
 /**
  * CWT's divisor of the summed squared error.
@@ -232,6 +266,23 @@ typedef struct kd_semckd_config {
    */
   int64_t embed_dim;
 } kd_semckd_config;
+
+/**
+ * SKD, pair-wise similarity distillation (docs/losses.md §9): per image, the features pooled (`pool`),
+ * normalised per pixel over the channels, every pixel's cosine similarity to every other pixel of its image
+ * (a P x P matrix, never formed); L = loss_weight * mean over N*P*P of (A_S - A_T)^2. The defaults (the
+ * official CriterionStructuralKD): loss_weight 1, pool 2.
+ */
+typedef struct kd_skd_config {
+  /**
+   * Factor on the mean; finite (CIRKD's scripts use 10).
+   */
+  double loss_weight;
+  /**
+   * 2: the official 2x2 max pool, stride 2, ceil_mode; 1: no pooling.
+   */
+  int64_t pool;
+} kd_skd_config;
 
 /**
  * Success.
@@ -404,6 +455,49 @@ int32_t kd_kernels_compiled(void);
  * KD_OK when the kernels are compiled and a CUDA driver with a device is present; else the reason.
  */
 kd_status kd_cuda_probe(void);
+
+/**
+ * CIRKD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in
+ * `dtype`, times the device f32 at `upstream` where that is non-zero) where `grad_student` is. Student
+ * [B, Cs, H, W], teacher [B, Ct, H, W] (the same B, H, W; the channel counts may differ). No teacher gradient.
+ *
+ * # Safety
+ * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the context's
+ * device or null; non-zero addresses are device memory of that context sized for the shapes.
+ */
+kd_status kd_cirkd_cuda(struct kd_context *ctx,
+                        const struct kd_cirkd_config *params,
+                        const int64_t *student_shape,
+                        size_t student_ndim,
+                        const int64_t *teacher_shape,
+                        size_t teacher_ndim,
+                        kd_dtype dtype,
+                        uint64_t student,
+                        uint64_t teacher,
+                        uint64_t loss,
+                        uint64_t grad_student,
+                        uint64_t upstream,
+                        struct kd_grad_options options,
+                        void *stream);
+
+/**
+ * CIRKD on the CPU reference: the loss into `*loss` (where not null) and the student gradient (in `dtype`)
+ * where `grad_student` is not null. Shapes as in `kd_cirkd_cuda`.
+ *
+ * # Safety
+ * As `kd_skd_cpu`.
+ */
+kd_status kd_cirkd_cpu(const struct kd_cirkd_config *params,
+                       const int64_t *student_shape,
+                       size_t student_ndim,
+                       const int64_t *teacher_shape,
+                       size_t teacher_ndim,
+                       kd_dtype dtype,
+                       const void *student,
+                       const void *teacher,
+                       double *loss,
+                       void *grad_student,
+                       struct kd_grad_options options);
 
 /**
  * Opens device `device_ordinal` (its primary context, the one the CUDA runtime and PyTorch use) and writes a
@@ -793,6 +887,51 @@ kd_status kd_semckd_cpu(const struct kd_semckd_config *params,
                         double *const *grad_query,
                         double *const *grad_key,
                         struct kd_grad_options options);
+
+/**
+ * SKD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in
+ * `dtype`, times the device f32 at `upstream` where that is non-zero) where `grad_student` is. Student
+ * [N, Cs, H, W], teacher [N, Ct, H, W] (the same N, H, W; the channel counts may differ). No teacher gradient.
+ *
+ * # Safety
+ * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the context's
+ * device or null; non-zero addresses are device memory of that context sized for the shapes.
+ */
+kd_status kd_skd_cuda(struct kd_context *ctx,
+                      const struct kd_skd_config *params,
+                      const int64_t *student_shape,
+                      size_t student_ndim,
+                      const int64_t *teacher_shape,
+                      size_t teacher_ndim,
+                      kd_dtype dtype,
+                      uint64_t student,
+                      uint64_t teacher,
+                      uint64_t loss,
+                      uint64_t grad_student,
+                      uint64_t upstream,
+                      struct kd_grad_options options,
+                      void *stream);
+
+/**
+ * SKD on the CPU reference: the loss into `*loss` (where not null) and the student gradient (in `dtype`)
+ * where `grad_student` is not null. Shapes as in `kd_skd_cuda`.
+ *
+ * # Safety
+ * Readable `params` and shapes; `student` and `teacher` point to contiguous NCHW tensors of their shapes in
+ * `dtype`; `loss` is null or writable; `grad_student` is null or a writable tensor of the student's shape
+ * (initialised, with `options.accumulate`).
+ */
+kd_status kd_skd_cpu(const struct kd_skd_config *params,
+                     const int64_t *student_shape,
+                     size_t student_ndim,
+                     const int64_t *teacher_shape,
+                     size_t teacher_ndim,
+                     kd_dtype dtype,
+                     const void *student,
+                     const void *teacher,
+                     double *loss,
+                     void *grad_student,
+                     struct kd_grad_options options);
 
 #ifdef __cplusplus
 }  // extern "C"

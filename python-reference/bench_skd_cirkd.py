@@ -1,4 +1,6 @@
-"""Benchmark the PyTorch baselines for SKD and CIRKD (the official modules, eager and torch.compile).
+"""Benchmark the PyTorch baselines for SKD and CIRKD (the official modules, eager and torch.compile) and the
+crate (`impl` `ours`: `kd_kernels.skd_loss` / `kd_kernels.cirkd_loss` of the installed package, the fused
+kernels on CUDA).
 
 Times forward + backward (into the student) and measures the peak memory of one step, with the JSON fields
 of `bench_torch.py` (`loss`, `shape`, `dtype`, `impl`, `median_ms`, `iters`, `device`, `torch`, `date`) plus
@@ -14,11 +16,15 @@ there is no time; `compile_failed` with the `error`: on the CPU torch.compile tr
     on 8x256x64x128 unpooled (the official rule pools only from 256x256 up: P = 8192, 64 pairs) and pooled
     (`nn.AvgPool2d(4, ceil_mode=True)` in front, the official pool: P = 512).
 
-Dtypes: f32 and bf16 inputs; bf16 is upcast inside the step (`.float()`), as the crate upcasts. With
-`--device cpu --quick` it runs tiny shapes (a smoke test, a few seconds plus torch.compile's first compile).
+Dtypes: f32 and bf16 inputs; bf16 is upcast inside the step (`.float()`), as the crate upcasts (`ours` takes
+the bf16 features as they are). `ours` runs the same pools as the official rows (`pool` 2 for SKD; `none` and
+`4` for CIRKD). On the CPU `ours` is the crate's f64 reference, not a baseline: it runs only when `--impls`
+names it. With `--device cpu --quick` it runs tiny shapes (a smoke test, a few seconds plus torch.compile's
+first compile).
 
     .venv-torch/bin/python python-reference/bench_skd_cirkd.py --cirkd-git /tmp/CIRKD/.git [--out bench.jsonl]
     .venv-torch/bin/python python-reference/bench_skd_cirkd.py --cirkd-git /tmp/CIRKD/.git --device cpu --quick
+    .venv-torch/bin/python python-reference/bench_skd_cirkd.py --cirkd-git /tmp/CIRKD/.git --impls ours
 """
 
 import contextlib
@@ -65,12 +71,18 @@ def cuda_as_identity(device):
         torch.Tensor.cuda = saved
 
 
-def problem(classes, case, dtype, device):
+def inputs(case, dtype, device):
     loss, shape, ct, pool = case
     n, cs, h, w = shape
     gen = torch.Generator(device="cpu").manual_seed(0)
     s = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_(True)
     t = torch.randn((n, ct, h, w), generator=gen).to(device=device, dtype=dtype)
+    return s, t
+
+
+def official(classes, case, s, t):
+    """The official module's step on `s`, `t` (upcast to f32), with the case's pool in front."""
+    loss, _, _, pool = case
     if loss == "skd":
         module = classes["skd"]()
 
@@ -85,19 +97,31 @@ def problem(classes, case, dtype, device):
             if pre is not None:
                 fs, ft = pre(fs), pre(ft)
             return module(fs, ft)
+    return fn
 
-    record = {"shape": list(shape), "teacher_shape": [n, ct, h, w], "pool": pool}
-    return fn, s, record
+
+def ours(case, s, t):
+    """The crate's step through the installed kd_kernels package, with the case's pool."""
+    import kd_kernels  # only where `ours` is asked for: the baselines need no build of the crate
+
+    loss, _, _, pool = case
+    if loss == "skd":
+        return lambda: kd_kernels.skd_loss(s, t, pool=int(pool))
+    return lambda: kd_kernels.cirkd_loss(s, t, CIRKD_TAU, pool=pool if pool == "none" else int(pool))
 
 
 def main():
-    parser = bench_parser("PyTorch eager / torch.compile baselines for SKD and CIRKD.",
-                          quick_help="tiny shapes and few iterations, for a smoke test")
+    parser = bench_parser("PyTorch eager / torch.compile baselines for SKD and CIRKD, and the crate (ours).",
+                          quick_help="tiny shapes and few iterations, for a smoke test",
+                          impls=("eager", "compile", "ours"),
+                          impls_help="default: all of them on CUDA; eager and compile on the CPU")
+    parser.set_defaults(impls=None)
     add_cirkd_source(parser, "--cirkd-dir", "a winycg/CIRKD checkout at the pinned commit")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     args = parser.parse_args()
 
     device = bench_device(args)
+    impls = args.impls or (["eager", "compile", "ours"] if device.type == "cuda" else ["eager", "compile"])
     warmup, iters = iteration_counts(args, device)
     classes = load_official(args)
     cases = QUICK_CASES if args.quick else CASES
@@ -106,9 +130,12 @@ def main():
     with cuda_as_identity(device):
         for name in args.cases:
             case = cases[name]
+            _, shape, ct, pool = case
+            record = {"shape": list(shape), "teacher_shape": [shape[0], ct, *shape[2:]], "pool": pool}
             for dtype_name in args.dtypes:
-                fn, s, record = problem(classes, case, DTYPES[dtype_name], device)
-                for impl in args.impls:
+                s, t = inputs(case, DTYPES[dtype_name], device)
+                for impl in impls:
+                    fn = ours(case, s, t) if impl == "ours" else official(classes, case, s, t)
                     step_fn = fresh_compile(fn) if impl == "compile" else fn
 
                     def step():
@@ -134,7 +161,7 @@ def main():
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                     lines.emit(line)
-                del fn, s
+                del s, t
     lines.close()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._impl import CWT_NORMALIZE, DTYPE_CODES, ICSD_VARIANTS, LABEL_CODES, REDUCTIONS
-from ._lib import KdInputError
+from ._lib import CIRKD_POOL_AUTO, CIRKD_POOL_NONE, KdInputError
 
 _DTYPE_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64"}
 _CWT_PARAM_NAMES = ("mlp.linear1.weight", "mlp.linear1.bias", "mlp.linear2.weight", "mlp.linear2.bias")
@@ -82,6 +82,27 @@ def variant(value) -> None:
     if value not in ICSD_VARIANTS:
         # The crate's `IcsdVariant::parse` message.
         raise KdInputError(f"parameter `variant` = {value} is invalid: it must be `official` or `paper`")
+
+
+def skd_pool(value) -> int:
+    """SKD's ``pool`` as kd_skd_config's code: the window side (the crate checks that it is 2 or 1)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise KdInputError(
+            f"parameter `pool` = {value!r} is invalid: it must be 2 (the official 2x2 max pool) or 1 (no pooling)")
+    return value
+
+
+def cirkd_pool(value) -> int:
+    """CIRKD's ``pool`` ("auto", "none" or a window side K >= 1) as kd_cirkd_config's code."""
+    if value == "auto":
+        return CIRKD_POOL_AUTO
+    if value == "none":
+        return CIRKD_POOL_NONE
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise KdInputError(
+            f"parameter `pool` = {value!r} is invalid: it must be \"auto\" (the official rule: 4x4 from 256x256 up), "
+            "\"none\" or a window side K >= 1")
+    return value
 
 
 def normalize(value) -> None:

@@ -341,3 +341,48 @@ def pkd_cpu(student, teacher, loss_weight, want_student):
 
 def pkd_cuda(student, teacher, loss_weight, want_student):
     return _pkd(student, teacher, loss_weight, want_student, cuda=True)
+
+
+# ---- SKD and CIRKD: a shape each (the channel counts may differ), the student's gradient only --------------
+
+def _relation_cpu(entry, params, student, teacher, want_student):
+    """``entry(params, student_shape, ndim, teacher_shape, ndim, dtype, student, teacher, &loss, grad_student,
+    options)``, the CPU reference."""
+    student, teacher = _pair(student, teacher)
+    gs = _grad(student, want_student)
+    value = _c_double()
+    _lib.check(entry(params, _lib.shape_array(student.shape), student.dim(), _lib.shape_array(teacher.shape),
+                     teacher.dim(), DTYPE_CODES[student.dtype], student.data_ptr(), teacher.data_ptr(),
+                     _byref(value), _ptr(gs), _OPTIONS))
+    return _cpu_loss(value, student.dtype), gs
+
+
+def _relation_cuda(entry, params, student, teacher, want_student):
+    """``entry(ctx, params, student_shape, ndim, teacher_shape, ndim, dtype, student, teacher, loss,
+    grad_student, upstream, options, stream)``, the kernels on the current stream (no upstream gradient: the op
+    scales in backward)."""
+    student, teacher = _pair(student, teacher)
+    gs = _grad(student, want_student)
+    device = student.device
+    loss = torch.empty((), dtype=_F32, device=device)
+    _lib.check(entry(_lib.context(device.index), params, _lib.shape_array(student.shape), student.dim(),
+                     _lib.shape_array(teacher.shape), teacher.dim(), DTYPE_CODES[student.dtype], student.data_ptr(),
+                     teacher.data_ptr(), loss.data_ptr(), _ptr(gs), 0, _OPTIONS, _stream(device)))
+    return loss, gs
+
+
+def skd_cpu(student, teacher, loss_weight, pool, want_student):
+    return _relation_cpu(_C.kd_skd_cpu, _lib.SkdParams(loss_weight, pool), student, teacher, want_student)
+
+
+def skd_cuda(student, teacher, loss_weight, pool, want_student):
+    return _relation_cuda(_C.kd_skd_cuda, _lib.SkdParams(loss_weight, pool), student, teacher, want_student)
+
+
+def cirkd_cpu(student, teacher, tau, loss_weight, pool, want_student):
+    # `pool` is kd_cirkd_config's code (functional.cirkd_loss translates "auto", "none" and K).
+    return _relation_cpu(_C.kd_cirkd_cpu, _lib.CirkdParams(tau, loss_weight, pool), student, teacher, want_student)
+
+
+def cirkd_cuda(student, teacher, tau, loss_weight, pool, want_student):
+    return _relation_cuda(_C.kd_cirkd_cuda, _lib.CirkdParams(tau, loss_weight, pool), student, teacher, want_student)

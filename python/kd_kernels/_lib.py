@@ -109,6 +109,20 @@ class PkdParams(ctypes.Structure):
     _fields_ = [("loss_weight", ctypes.c_double)]
 
 
+class SkdParams(ctypes.Structure):
+    _c_name_ = "kd_skd_config"
+    _fields_ = [("loss_weight", ctypes.c_double), ("pool", ctypes.c_int64)]
+
+
+class CirkdParams(ctypes.Structure):
+    _c_name_ = "kd_cirkd_config"
+    _fields_ = [("tau", ctypes.c_double), ("loss_weight", ctypes.c_double), ("pool", ctypes.c_int64)]
+
+
+# kd_cirkd_config.pool: the official rule, none; K >= 2 is a K x K average pool.
+CIRKD_POOL_AUTO, CIRKD_POOL_NONE = 0, 1
+
+
 def _library_path() -> Path:
     override = os.environ.get("KD_KERNELS_LIB")
     if override:
@@ -163,6 +177,13 @@ def _load() -> ctypes.CDLL:
                               ctypes.POINTER(u64), u64, ctypes.POINTER(u64), u64, GradOptions, vp]),
         "kd_pkd_cpu": (i32, [ctypes.POINTER(PkdParams), size_t, i64p, i64p, i32, ctypes.POINTER(vp),
                              ctypes.POINTER(vp), dp, ctypes.POINTER(vp), GradOptions]),
+        "kd_skd_cuda": (i32, [vp, ctypes.POINTER(SkdParams), i64p, size_t, i64p, size_t, i32, u64, u64, u64, u64, u64,
+                              GradOptions, vp]),
+        "kd_skd_cpu": (i32, [ctypes.POINTER(SkdParams), i64p, size_t, i64p, size_t, i32, vp, vp, dp, vp, GradOptions]),
+        "kd_cirkd_cuda": (i32, [vp, ctypes.POINTER(CirkdParams), i64p, size_t, i64p, size_t, i32, u64, u64, u64, u64,
+                                u64, GradOptions, vp]),
+        "kd_cirkd_cpu": (i32, [ctypes.POINTER(CirkdParams), i64p, size_t, i64p, size_t, i32, vp, vp, dp, vp,
+                               GradOptions]),
     }
     for name, (restype, argtypes) in protos.items():
         fn = getattr(lib, name)

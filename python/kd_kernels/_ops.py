@@ -19,7 +19,7 @@ import torch
 
 from . import _impl
 
-__all__ = ["cwd", "pixel_kd", "icsd", "dist", "ifvd", "cwt", "semckd", "pkd", "scaled"]
+__all__ = ["cwd", "pixel_kd", "icsd", "dist", "ifvd", "cwt", "semckd", "pkd", "skd", "cirkd", "scaled"]
 
 
 def _filled(impl, like):
@@ -79,7 +79,7 @@ cwd = _define(
     _impl.cwd_cpu, _impl.cwd_cuda, _cwd_fake, _cwd_setup, _cwd_backward, like=(0, 1))
 
 
-# ---- pixel KD, ICSD, IFVD and DIST: only the student has a gradient; the teacher (and IFVD's labels) are constants
+# ---- pixel KD, ICSD, IFVD, DIST, SKD, CIRKD: only the student has a gradient; the teacher (and labels) are constants
 
 def _student_only_fake(student, *args):
     # The op's last argument is ``want_student``.
@@ -127,6 +127,17 @@ dist = _define_student_only(
     "(Tensor student, Tensor teacher, float tau, float inter_loss_weight, float intra_loss_weight,"
     " float loss_weight, bool want_student) -> (Tensor, Tensor)",
     _impl.dist_cpu, _impl.dist_cuda)
+
+# SKD and CIRKD: features of two channel counts; `pool` is kd_skd_config's / kd_cirkd_config's code.
+skd = _define_student_only(
+    "skd",
+    "(Tensor student, Tensor teacher, float loss_weight, int pool, bool want_student) -> (Tensor, Tensor)",
+    _impl.skd_cpu, _impl.skd_cuda)
+
+cirkd = _define_student_only(
+    "cirkd",
+    "(Tensor student, Tensor teacher, float tau, float loss_weight, int pool, bool want_student) -> (Tensor, Tensor)",
+    _impl.cirkd_cpu, _impl.cirkd_cuda)
 
 
 # ---- CWT: the student and the four MLP parameters --------------------------------------------------------

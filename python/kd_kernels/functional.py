@@ -19,7 +19,7 @@ from ._lib import KdInputError
 
 __all__ = [
     "cwd_loss", "pixel_kd_loss", "cwt_loss", "icsd_loss", "aicsd_loss", "alw_alpha", "semckd_loss", "pkd_loss",
-    "ifvd_loss", "dist_loss",
+    "ifvd_loss", "dist_loss", "skd_loss", "cirkd_loss",
 ]
 
 _CWD = torch.ops.kd_kernels.cwd.default
@@ -30,6 +30,8 @@ _CWT = torch.ops.kd_kernels.cwt.default
 _SEMCKD = torch.ops.kd_kernels.semckd.default
 _PKD = torch.ops.kd_kernels.pkd.default
 _IFVD = torch.ops.kd_kernels.ifvd.default
+_SKD = torch.ops.kd_kernels.skd.default
+_CIRKD = torch.ops.kd_kernels.cirkd.default
 _grad_enabled = torch.is_grad_enabled
 
 
@@ -234,3 +236,40 @@ def ifvd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor
     want = _grad_enabled() and student.requires_grad
     return _loss(_IFVD, _impl.ifvd_cpu, _impl.ifvd_cuda, (0,), (student, teacher, labels),
                  (int(num_classes), float(loss_weight), want), want)
+
+
+def skd_loss(student: torch.Tensor, teacher: torch.Tensor, loss_weight: float = 1.0, pool: int = 2) -> torch.Tensor:
+    """Pair-wise similarity distillation (Liu et al., CVPR 2019, "Structured Knowledge Distillation"; CIRKD's
+    ``CriterionStructuralKD``; docs/losses.md §9): per image, the features max pooled 2x2 (stride 2,
+    ``ceil_mode``; ``pool=1``: not pooled), normalised per pixel over the channels, and every pixel's cosine
+    similarity to every other pixel of its image (``P x P``, never formed); ``loss_weight * mean over N*P*P of
+    (A_S - A_T)^2``.
+
+    ``student`` ``[N, Cs, H, W]`` and ``teacher`` ``[N, Ct, H, W]`` features (one dtype and device; the channel
+    counts may differ). The teacher is a constant (no gradient flows into it). The official module has no
+    weight (CIRKD's scripts multiply by 10). Otherwise as :func:`cwd_loss`."""
+    _checks.tensors(student, teacher)
+    code = _checks.skd_pool(pool)
+    want = _grad_enabled() and student.requires_grad
+    return _loss(_SKD, _impl.skd_cpu, _impl.skd_cuda, (0,), (student, teacher), (float(loss_weight), code, want),
+                 want)
+
+
+def cirkd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 0.1, loss_weight: float = 1.0,
+               pool="auto") -> torch.Tensor:
+    """Cross-image pixel-relation distillation, mini-batch form (Yang et al., CVPR 2022; CIRKD's
+    ``CriterionMiniBatchCrossImagePair(temperature)``; docs/losses.md §10): the features pooled, normalised per
+    pixel over the channels; for every ordered pair of images ``(i, j)`` of the batch, ``i = j`` included,
+    each pixel of image ``i`` gets a softmax over the pixels of image ``j`` of the similarities ``/ tau``, and
+    ``loss_weight * sum over pairs of KL(pT || pS) (averaged over the rows) / B^2``.
+
+    ``pool``: ``"auto"`` (the official rule: a 4x4 average pool, ``ceil_mode``, when ``H >= 256`` and
+    ``W >= 256``, else none), ``"none"``, or a window side ``K`` (``K x K`` average pool whatever the size).
+    ``student`` ``[B, Cs, H, W]`` and ``teacher`` ``[B, Ct, H, W]`` features (the channel counts may differ);
+    the teacher is a constant. Defaults: the official ``tau`` (0.1) and no weight. Otherwise as
+    :func:`cwd_loss`."""
+    _checks.tensors(student, teacher)
+    code = _checks.cirkd_pool(pool)
+    want = _grad_enabled() and student.requires_grad
+    return _loss(_CIRKD, _impl.cirkd_cpu, _impl.cirkd_cuda, (0,), (student, teacher),
+                 (float(tau), float(loss_weight), code, want), want)

@@ -27,7 +27,10 @@ import torch
 
 from . import modules
 
-__all__ = ["register", "KD_MODULES", "MMRAZOR_NAMES", "KDPixelKD", "KDChannelWiseTransformation"]
+__all__ = [
+    "register", "KD_MODULES", "MMRAZOR_NAMES", "KDPixelKD", "KDChannelWiseTransformation", "KDStructuralKD",
+    "KDMiniBatchCrossImagePair",
+]
 
 
 class KDPixelKD(modules.PixelKD):
@@ -44,6 +47,20 @@ class KDChannelWiseTransformation(modules.ChannelWiseTransformation):
         return super().forward(preds_S, preds_T)
 
 
+class KDStructuralKD(modules.CriterionStructuralKD):
+    """:class:`kd_kernels.CriterionStructuralKD` with mmrazor's ``forward(preds_S, preds_T)`` names."""
+
+    def forward(self, preds_S: torch.Tensor, preds_T: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        return super().forward(preds_S, preds_T)
+
+
+class KDMiniBatchCrossImagePair(modules.CriterionMiniBatchCrossImagePair):
+    """:class:`kd_kernels.CriterionMiniBatchCrossImagePair` with mmrazor's ``forward(preds_S, preds_T)`` names."""
+
+    def forward(self, preds_S: torch.Tensor, preds_T: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        return super().forward(preds_S, preds_T)
+
+
 KD_MODULES = {
     "KDChannelWiseDivergence": modules.ChannelWiseDivergence,
     "KDKLDivergence": modules.KLDivergence,
@@ -51,6 +68,8 @@ KD_MODULES = {
     "KDChannelWiseTransformation": KDChannelWiseTransformation,
     "KDPKDLoss": modules.PKDLoss,
     "KDDISTLoss": modules.DISTLoss,
+    "KDStructuralKD": KDStructuralKD,
+    "KDMiniBatchCrossImagePair": KDMiniBatchCrossImagePair,
 }
 # The modules whose arguments and results are those of an mmrazor loss of this name.
 MMRAZOR_NAMES = {"ChannelWiseDivergence": modules.ChannelWiseDivergence, "KLDivergence": modules.KLDivergence,

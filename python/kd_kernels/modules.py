@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from ._lib import KdInputError
-from .functional import cwd_loss, cwt_loss, dist_loss, ifvd_loss, pixel_kd_loss, pkd_loss
+from .functional import cirkd_loss, cwd_loss, cwt_loss, dist_loss, ifvd_loss, pixel_kd_loss, pkd_loss, skd_loss
 
 __all__ = [
     "ChannelWiseDivergence", "KLDivergence", "PixelKD", "ChannelWiseTransformation", "PKDLoss", "CriterionIFV", "DISTLoss",
+    "CriterionStructuralKD", "CriterionMiniBatchCrossImagePair",
 ]
 
 Levels = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -226,3 +227,41 @@ class CriterionIFV(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, loss_weight={self.loss_weight}"
+
+
+class CriterionStructuralKD(nn.Module):
+    """CIRKD's ``CriterionStructuralKD()`` (SKD, docs/losses.md §9): :func:`kd_kernels.skd_loss` with the
+    official 2x2 max pool (``pool=1``: none) and a ``loss_weight`` (1 as the official module; CIRKD's scripts
+    multiply the loss by 10). ``forward(feat_S, feat_T)`` takes ``[N, Cs, H, W]`` and ``[N, Ct, H, W]``
+    features; the teacher is a constant."""
+
+    def __init__(self, loss_weight: float = 1.0, pool: int = 2):
+        super().__init__()
+        self.loss_weight = loss_weight
+        self.pool = pool
+
+    def forward(self, feat_S: torch.Tensor, feat_T: torch.Tensor) -> torch.Tensor:  # noqa: N803 (CIRKD's names)
+        return skd_loss(feat_S, feat_T, self.loss_weight, self.pool)
+
+    def extra_repr(self) -> str:
+        return f"loss_weight={self.loss_weight}, pool={self.pool}"
+
+
+class CriterionMiniBatchCrossImagePair(nn.Module):
+    """CIRKD's ``CriterionMiniBatchCrossImagePair(temperature)`` (docs/losses.md §10):
+    :func:`kd_kernels.cirkd_loss` over the pairs of the local batch, with the official pooling rule
+    (``pool="auto"``; ``"none"`` or a window side ``K`` to choose) and a ``loss_weight`` (1 as the official
+    module). ``temperature`` defaults to CIRKD's ``--contrast-temperature`` (0.1). ``forward(feat_S, feat_T)``
+    takes ``[B, Cs, H, W]`` and ``[B, Ct, H, W]`` features; the teacher is a constant."""
+
+    def __init__(self, temperature: float = 0.1, loss_weight: float = 1.0, pool="auto"):
+        super().__init__()
+        self.temperature = temperature
+        self.loss_weight = loss_weight
+        self.pool = pool
+
+    def forward(self, feat_S: torch.Tensor, feat_T: torch.Tensor) -> torch.Tensor:  # noqa: N803 (CIRKD's names)
+        return cirkd_loss(feat_S, feat_T, self.temperature, self.loss_weight, self.pool)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, loss_weight={self.loss_weight}, pool={self.pool!r}"

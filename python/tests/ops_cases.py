@@ -14,6 +14,9 @@ from semckd_reference import init_params  # noqa: E402
 MLP_NAMES = ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias")
 PAIR_LOSSES = ("cwd", "pixel_kd", "icsd", "aicsd", "dist")
 LOSSES = PAIR_LOSSES + ("cwt", "semckd")
+# Features whose teacher has more channels than the student (6 against 5): not in LOSSES, whose inductor
+# compiles (test_compile.py) cost CI minutes; test_skd_cirkd.py compiles them with aot_eager.
+RELATION_LOSSES = ("skd", "cirkd")
 
 
 def randn(shape, seed, dtype=torch.float64, device="cpu", scale=2.0):
@@ -29,6 +32,8 @@ def pair_loss(name):
         "icsd": lambda s, t: kd_kernels.icsd_loss(s, t, 1.0, 95.0, "official"),
         "aicsd": lambda s, t: kd_kernels.aicsd_loss(s, t, 30.0, 1.0, 95.0, 10.0),
         "dist": lambda s, t: kd_kernels.dist_loss(s, t, 2.0, 1.5, 0.5, 3.0),
+        "skd": lambda s, t: kd_kernels.skd_loss(s, t, 10.0, 2),
+        "cirkd": lambda s, t: kd_kernels.cirkd_loss(s, t, 0.5, 2.0, 3),
     }[name]
 
 
@@ -39,7 +44,7 @@ class Step(torch.nn.Module):
     def __init__(self, name, dtype=torch.float64, device="cpu"):
         super().__init__()
         self.name = name
-        if name in PAIR_LOSSES:
+        if name in PAIR_LOSSES + RELATION_LOSSES:
             self.conv = torch.nn.Conv2d(3, 5, 1)
         elif name == "cwt":
             self.conv = torch.nn.Conv2d(3, 4, 1)
@@ -57,7 +62,7 @@ class Step(torch.nn.Module):
 
     def forward(self, image, teacher):
         s = self.conv(image)
-        if self.name in PAIR_LOSSES:
+        if self.name in PAIR_LOSSES + RELATION_LOSSES:
             return pair_loss(self.name)(s, teacher)
         if self.name == "cwt":
             return self.cwt(s, teacher)
@@ -71,5 +76,5 @@ class Step(torch.nn.Module):
 def step_inputs(name, dtype=torch.float64, device="cpu"):
     """The image and the teacher's map of a :class:`Step`."""
     image = randn((4, 3, 4, 4), 1, dtype, device)
-    channels = {"cwt": 6, "semckd": 2}.get(name, 5)
+    channels = {"cwt": 6, "semckd": 2, "skd": 6, "cirkd": 6}.get(name, 5)
     return image, randn((4, channels, 4, 4), 2, dtype, device)

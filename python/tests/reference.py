@@ -51,3 +51,43 @@ def cwt_reference(student, teacher, w1, b1, w2, b2, loss_weight, normalize):
     else:
         loss = F.mse_loss(y, t, reduction="mean")
     return loss_weight * loss
+
+
+def _pixels(x):
+    """``[N, C, H, W]`` features normalised per pixel over the channels, as ``[N, C, P]``."""
+    return F.normalize(x, p=2, dim=1).flatten(2)
+
+
+def skd_pxp(student, teacher, loss_weight=1.0, pool=2):
+    """SKD as CIRKD's ``CriterionStructuralKD`` computes it: 2x2 max pool (stride 2, ceil_mode) unless
+    ``pool = 1``, then every image's ``P x P`` cosine similarities, and the mean squared difference."""
+    if pool == 2:
+        student = F.max_pool2d(student, 2, 2, ceil_mode=True)
+        teacher = F.max_pool2d(teacher, 2, 2, ceil_mode=True)
+    fs, ft = _pixels(student), _pixels(teacher)
+    a_s = fs.transpose(1, 2) @ fs
+    a_t = ft.transpose(1, 2) @ ft
+    return loss_weight * ((a_s - a_t) ** 2).mean()
+
+
+def cirkd_window(pool, h, w):
+    """The average pool's window side: the official rule (4 from 256x256 up) for ``"auto"``."""
+    if pool == "auto":
+        return 4 if h >= 256 and w >= 256 else 1
+    return 1 if pool == "none" else pool
+
+
+def cirkd_pxp(student, teacher, tau=0.1, loss_weight=1.0, pool="auto"):
+    """CIRKD's ``CriterionMiniBatchCrossImagePair(tau)``: average pool (stride = window, ceil_mode), then for
+    every ordered pair of images ``(i, j)`` the ``P x P`` logits ``S_i^T S_j / tau``, the KL divergence of the
+    row softmaxes (teacher's || student's) summed over a row and averaged over the rows, averaged over the
+    ``B^2`` pairs."""
+    k = cirkd_window(pool, *student.shape[2:])
+    if k > 1:
+        student = F.avg_pool2d(student, k, k, ceil_mode=True)
+        teacher = F.avg_pool2d(teacher, k, k, ceil_mode=True)
+    fs, ft = _pixels(student), _pixels(teacher)
+    log_ps = F.log_softmax(torch.einsum("icp,jcq->ijpq", fs, fs) / tau, dim=-1)
+    log_pt = F.log_softmax(torch.einsum("icp,jcq->ijpq", ft, ft) / tau, dim=-1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean(-1)
+    return loss_weight * kl.mean()

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from ops_cases import LOSSES, Step, step_inputs
+from ops_cases import LOSSES, RELATION_LOSSES, Step, step_inputs
 
 import kd_kernels
 
@@ -26,7 +26,7 @@ def sgd_step(model, optimizer, image, teacher):
     return loss
 
 
-@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("name", LOSSES + RELATION_LOSSES)
 def test_captured_training_step_replays_bit_for_bit(name):
     torch.manual_seed(0)
     model = Step(name, dtype=torch.float32, device="cuda")

@@ -65,7 +65,7 @@ def test_registers_every_module_under_its_own_name():
         assert MODELS.get(name) is cls
     assert set(kd_mmrazor.KD_MODULES) == {
         "KDChannelWiseDivergence", "KDKLDivergence", "KDPixelKD", "KDChannelWiseTransformation", "KDPKDLoss",
-        "KDDISTLoss"}
+        "KDDISTLoss", "KDStructuralKD", "KDMiniBatchCrossImagePair"}
     # mmrazor's own name is left alone unless asked.
     if KIND == "mmengine":
         assert MODELS.get("ChannelWiseDivergence") is MmrazorChannelWiseDivergence
@@ -90,6 +90,14 @@ def test_a_config_builds_the_losses():
     pkd = MODELS.build(dict(type="KDPKDLoss", loss_weight=6.0, resize_stu=True))
     assert isinstance(pkd, kd_kernels.PKDLoss) and pkd.loss_weight == 6.0 and pkd.resize_stu
     assert pkd((s, s[:, :, :3]), (t, t[:, :, :3])).dim() == 0
+    # SKD and CIRKD on features of two channel counts, with CIRKD's scripts' weights.
+    t3 = logits((2, 3, 5, 6), 4)
+    skd = MODELS.build(dict(type="KDStructuralKD", loss_weight=10.0))
+    assert isinstance(skd, kd_kernels.CriterionStructuralKD) and skd.pool == 2
+    assert skd(s, t3).item() == pytest.approx(kd_kernels.skd_loss(s, t3, 10.0).item(), rel=1e-12)
+    cirkd = MODELS.build(dict(type="KDMiniBatchCrossImagePair", temperature=0.1, pool="none"))
+    assert isinstance(cirkd, kd_kernels.CriterionMiniBatchCrossImagePair) and cirkd.loss_weight == 1.0
+    assert cirkd(s, t3).item() == pytest.approx(kd_kernels.cirkd_loss(s, t3, 0.1, pool="none").item(), rel=1e-12)
 
 
 def test_the_docs_config_snippet_builds():

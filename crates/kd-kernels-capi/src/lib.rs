@@ -13,6 +13,7 @@
 // such as `W1 [Ch, Cs]` is not an intra-doc link.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+mod cirkd;
 mod context;
 mod cpu;
 mod cwd;
@@ -22,7 +23,9 @@ mod icsd;
 mod ifvd;
 mod pixel_kd;
 mod pkd;
+mod relation;
 mod semckd;
+mod skd;
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -31,6 +34,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use kd::{DType, GradOptions, KdError};
 
+pub use cirkd::{kd_cirkd_cpu, kd_cirkd_cuda, KdCirkdConfig, KD_CIRKD_POOL_AUTO, KD_CIRKD_POOL_NONE};
 pub use context::{kd_context_create, kd_context_destroy, KdContext};
 pub use cwd::{kd_cwd_cpu, kd_cwd_cuda, KdCwdConfig};
 pub use cwt::{kd_cwt_cpu, kd_cwt_cuda, KdCwtConfig, KdCwtNormalize, KD_CWT_NORMALIZE_BATCH, KD_CWT_NORMALIZE_MEAN};
@@ -43,6 +47,7 @@ pub use pixel_kd::{
 };
 pub use pkd::{kd_pkd_cpu, kd_pkd_cuda, KdPkdConfig};
 pub use semckd::{kd_semckd_cpu, kd_semckd_cuda, KdSemckdConfig};
+pub use skd::{kd_skd_cpu, kd_skd_cuda, KdSkdConfig};
 
 /// What every call returns: `KD_OK`, or the kind of failure (`kd_last_error_message()` has the details).
 pub type KdStatus = i32;

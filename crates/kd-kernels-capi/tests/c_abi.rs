@@ -7,14 +7,18 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kd::cirkd::{CirkdConfig, CirkdCpu, CirkdPool};
+use kd::cpu::CpuOutput;
 use kd::cwd::{CwdConfig, CwdCpu};
 use kd::cwt::{CwtConfig, CwtCpu, CwtNormalize, MlpParams};
 use kd::dist::{DistConfig, DistCpu};
+use kd::half::{bf16, f16};
 use kd::icsd::{IcsdConfig, IcsdCpu};
 use kd::ifvd::{IfvdConfig, IfvdCpu};
 use kd::ndarray::{Array1, Array2, Array3, Array4};
 use kd::pixel_kd::{PixelKdConfig, PixelKdCpu};
 use kd::pkd::{PkdConfig, PkdCpu};
+use kd::skd::{SkdConfig, SkdCpu, SkdPool};
 use kd::KdError;
 
 const SHAPE: [usize; 4] = [2, 3, 4, 5];
@@ -222,6 +226,8 @@ fn c_program_gets_the_reference_results_and_the_crates_errors() {
     assert_eq!(code, 6);
     assert!(message.contains("unknown kd_label_dtype 5"), "{message}");
 
+    relation_cases(&lines, &student);
+
     // Bad inputs: the code of the error's kind and the crate's own message.
     let rank = KdError::WrongRank { what: "student", expected: 4, got: 3 };
     assert_eq!(status(&lines, "bad_rank"), (2, rank.to_string()));
@@ -253,6 +259,8 @@ fn c_program_gets_the_reference_results_and_the_crates_errors() {
             assert_eq!(status(&lines, "context_create").0, 0);
             let (code, message) = status(&lines, "cuda_f64");
             assert_eq!(code, 6, "{message}");
+            let (code, message) = status(&lines, "cirkd_cuda_f64");
+            assert_eq!(code, 6, "{message}");
         }
         Err(error) => {
             eprintln!("GPU part of the C ABI test skipped: {error}");
@@ -264,4 +272,75 @@ fn c_program_gets_the_reference_results_and_the_crates_errors() {
             assert_eq!(status(&lines, "context_create"), (expected, error.to_string()));
         }
     }
+}
+
+/// `line`'s gradient against the reference's, rounded once to `dtype` (the 16-bit ones printed as their bits).
+fn assert_gradient(key: &str, line: &str, reference: &CpuOutput, dtype: &str) {
+    let got: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(got.len(), reference.grad_student.len(), "{key}");
+    for (got, &want) in got.iter().zip(reference.grad_student.iter()) {
+        let exact = match dtype {
+            "f32" => got.parse::<f32>().expect("an f32") == want as f32,
+            "f64" => got.parse::<f64>().expect("an f64") == want,
+            "f16" => got.parse::<u16>().expect("bits") == f16::from_f64(want).to_bits(),
+            _ => got.parse::<u16>().expect("bits") == bf16::from_f64(want).to_bits(),
+        };
+        assert!(exact, "{key}: gradient {got} vs the reference's {want} rounded once to {dtype}");
+    }
+}
+
+/// SKD and CIRKD through the C ABI (student [2, 3, 4, 5], teacher [2, 2, 4, 5]: odd pooled edges, Cs != Ct):
+/// every pool mode, every dtype (the same values, exact in each, so the f64 loss is the reference's in all of
+/// them), and the crate's errors.
+fn relation_cases(lines: &HashMap<String, String>, student: &Array4<f32>) {
+    let teacher =
+        Array4::from_shape_vec([2, 2, 4, 5], (0..80).map(|i| ((i * 29) % 31) as f32 / 8.0 - 15.0 / 8.0).collect())
+            .expect("shape");
+    let skd = |loss_weight, pool| {
+        SkdCpu::new(SkdConfig { loss_weight, pool }).unwrap().forward_backward(student.view(), teacher.view()).unwrap()
+    };
+    let cirkd = |tau, loss_weight, pool| {
+        let config = CirkdConfig { tau, loss_weight, pool };
+        CirkdCpu::new(config).unwrap().forward_backward(student.view(), teacher.view()).unwrap()
+    };
+    let mut cases = vec![
+        ("skd_p1".to_string(), skd(1.0, SkdPool::None), "f32"),
+        ("cirkd_auto".to_string(), cirkd(0.1, 1.0, CirkdPool::Auto), "f32"),
+        ("cirkd_none".to_string(), cirkd(0.5, 2.0, CirkdPool::None), "f32"),
+        ("cirkd_k3".to_string(), cirkd(0.5, 1.0, CirkdPool::Avg(3)), "f32"),
+    ];
+    for dtype in ["f32", "f16", "bf16", "f64"] {
+        cases.push((format!("skd_p2_{dtype}"), skd(10.0, SkdPool::Max2x2), dtype));
+        cases.push((format!("cirkd_k2_{dtype}"), cirkd(1.0, 1.0, CirkdPool::Avg(2)), dtype));
+    }
+    for (key, reference, dtype) in &cases {
+        assert_eq!(status(lines, key), (0, String::new()), "{key}");
+        assert!(reference.loss > 0.0, "{key}");
+        assert_eq!(numbers(&lines[&format!("{key}_loss")])[0], reference.loss, "{key}: the reference's f64 loss");
+        assert_gradient(key, &lines[&format!("{key}_grad")], reference, dtype);
+    }
+    // The pools are seen: each mode gives another loss.
+    assert_ne!(cases[0].1.loss, skd(1.0, SkdPool::Max2x2).loss);
+    assert_ne!(cases[3].1.loss, cirkd(0.5, 1.0, CirkdPool::None).loss);
+
+    let pool = KdError::InvalidParameter {
+        name: "pool",
+        value: "3".into(),
+        requirement: "2 (the official 2x2 max pool) or 1 (no pooling)",
+    };
+    assert_eq!(status(lines, "bad_skd_pool"), (4, pool.to_string()));
+    let (code, message) = status(lines, "bad_cirkd_pool");
+    assert_eq!(code, 4);
+    assert!(message.starts_with("parameter `pool` = -1 is invalid"), "{message}");
+    let tau = KdError::InvalidParameter { name: "tau", value: "0".into(), requirement: "finite and > 0" };
+    assert_eq!(status(lines, "bad_cirkd_tau"), (4, tau.to_string()));
+    let teacher_shape = kd::skd::check_shapes(&[2, 3, 4, 5], &[2, 2, 3, 5]).unwrap_err();
+    assert_eq!(status(lines, "bad_skd_teacher"), (2, teacher_shape.to_string()));
+    let rank = KdError::WrongRank { what: "teacher", expected: 4, got: 3 };
+    assert_eq!(status(lines, "bad_cirkd_rank"), (2, rank.to_string()));
+    let (code, message) = status(lines, "bad_skd_null");
+    assert_eq!(code, 1);
+    assert!(message.starts_with("teacher: a null pointer"), "{message}");
+    assert_eq!(status(lines, "bad_cirkd_params").0, 1);
+    assert_eq!(status(lines, "skd_cuda_null_ctx").0, 1);
 }

@@ -15,6 +15,61 @@ static void print_status(const char *what, kd_status status) {
     printf("%s %d %s\n", what, (int)status, kd_last_error_message());
 }
 
+/* The relation losses (SKD, CIRKD) on the student [2, 3, 4, 5] and a teacher [2, 2, 4, 5]: the same values in
+ * each dtype (all exact in f16 and bf16), the gradient printed exactly (16-bit ones as their bits). */
+enum { CT = 2, TEACHER_NUMEL = N * CT * H * W };
+static const int64_t relation_shape[4] = {N, C, H, W};
+static const int64_t relation_teacher_shape[4] = {N, CT, H, W};
+
+static float relation_teacher_value(int i) { return (float)((i * 29) % 31 - 15) / 8.0f; }
+
+/* f16 bits of x, exact for zero and the normal halves these values are. */
+static uint16_t half_bits(float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    if ((b & 0x7fffffffu) == 0) return (uint16_t)(b >> 16);
+    return (uint16_t)(((b >> 16) & 0x8000u) | ((((b >> 23) & 0xffu) - 127u + 15u) << 10) | ((b >> 13) & 0x3ffu));
+}
+
+/* bf16 bits of x, exact for values with at most 8 significant bits. */
+static uint16_t bf16_bits(float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    return (uint16_t)(b >> 16);
+}
+
+/* Fills `out` with `count` values of `value(i)` in `dtype`. */
+static void fill(void *out, kd_dtype dtype, int count, float (*value)(int)) {
+    int i;
+    for (i = 0; i < count; i++) {
+        float v = value(i);
+        if (dtype == KD_DTYPE_F32) ((float *)out)[i] = v;
+        if (dtype == KD_DTYPE_F64) ((double *)out)[i] = v;
+        if (dtype == KD_DTYPE_F16) ((uint16_t *)out)[i] = half_bits(v);
+        if (dtype == KD_DTYPE_BF16) ((uint16_t *)out)[i] = bf16_bits(v);
+    }
+}
+
+/* One CPU call of SKD (`skd` non-NULL) or CIRKD in `dtype`: "<key> status message", "<key>_loss", "<key>_grad". */
+static void relation_case(const char *key, const kd_skd_config *skd, const kd_cirkd_config *cirkd, kd_dtype dtype) {
+    static double s[N * C * H * W], t[TEACHER_NUMEL], g[N * C * H * W];
+    const kd_grad_options overwrite = {1.0, 0};
+    double loss = -1.0;
+    int i;
+    fill(s, dtype, N * C * H * W, student_value);
+    fill(t, dtype, TEACHER_NUMEL, relation_teacher_value);
+    print_status(key, skd ? kd_skd_cpu(skd, relation_shape, 4, relation_teacher_shape, 4, dtype, s, t, &loss, g, overwrite)
+                           : kd_cirkd_cpu(cirkd, relation_shape, 4, relation_teacher_shape, 4, dtype, s, t, &loss, g,
+                                          overwrite));
+    printf("%s_loss %.17g\n%s_grad", key, loss, key);
+    for (i = 0; i < N * C * H * W; i++) {
+        if (dtype == KD_DTYPE_F32) printf(" %.9g", ((float *)g)[i]);
+        if (dtype == KD_DTYPE_F64) printf(" %.17g", g[i]);
+        if (dtype == KD_DTYPE_F16 || dtype == KD_DTYPE_BF16) printf(" %u", (unsigned)((uint16_t *)g)[i]);
+    }
+    printf("\n");
+}
+
 int main(void) {
     static float student[NUMEL], teacher[NUMEL], grad[NUMEL];
     static double student64[NUMEL], teacher64[NUMEL], grad64[NUMEL];
@@ -130,6 +185,45 @@ int main(void) {
                                                     overwrite));
     }
 
+    /* SKD and CIRKD (teacher with 2 channels), every pool mode in f32, every dtype for one of each, bad inputs. */
+    {
+        static const char *const dtype_names[4] = {"f32", "f16", "bf16", "f64"};
+        const kd_skd_config skd_official = {10.0, 2}, skd_unpooled = {1.0, 1}, skd_bad_pool = {1.0, 3};
+        const kd_cirkd_config cirkd_auto = {0.1, 1.0, KD_CIRKD_POOL_AUTO}, cirkd_none = {0.5, 2.0, KD_CIRKD_POOL_NONE};
+        const kd_cirkd_config cirkd_k3 = {0.5, 1.0, 3}, cirkd_k2 = {1.0, 1.0, 2};
+        const kd_cirkd_config cirkd_bad_pool = {0.1, 1.0, -1}, cirkd_bad_tau = {0.0, 1.0, KD_CIRKD_POOL_AUTO};
+        const int64_t wrong_h[4] = {N, CT, H - 1, W};
+        const int64_t rank3[3] = {N, CT, H};
+        char key[32];
+        int d;
+        relation_case("skd_p1", &skd_unpooled, NULL, KD_DTYPE_F32);
+        relation_case("cirkd_auto", NULL, &cirkd_auto, KD_DTYPE_F32);
+        relation_case("cirkd_none", NULL, &cirkd_none, KD_DTYPE_F32);
+        relation_case("cirkd_k3", NULL, &cirkd_k3, KD_DTYPE_F32);
+        for (d = 0; d < 4; d++) {
+            snprintf(key, sizeof key, "skd_p2_%s", dtype_names[d]);
+            relation_case(key, &skd_official, NULL, (kd_dtype)d);
+            snprintf(key, sizeof key, "cirkd_k2_%s", dtype_names[d]);
+            relation_case(key, NULL, &cirkd_k2, (kd_dtype)d);
+        }
+        print_status("bad_skd_pool", kd_skd_cpu(&skd_bad_pool, relation_shape, 4, relation_teacher_shape, 4,
+                                                KD_DTYPE_F32, student, teacher, &loss, grad, overwrite));
+        print_status("bad_cirkd_pool", kd_cirkd_cpu(&cirkd_bad_pool, relation_shape, 4, relation_teacher_shape, 4,
+                                                    KD_DTYPE_F32, student, teacher, &loss, grad, overwrite));
+        print_status("bad_cirkd_tau", kd_cirkd_cpu(&cirkd_bad_tau, relation_shape, 4, relation_teacher_shape, 4,
+                                                   KD_DTYPE_F32, student, teacher, &loss, grad, overwrite));
+        print_status("bad_skd_teacher", kd_skd_cpu(&skd_official, relation_shape, 4, wrong_h, 4, KD_DTYPE_F32, student,
+                                                   teacher, &loss, grad, overwrite));
+        print_status("bad_cirkd_rank", kd_cirkd_cpu(&cirkd_auto, relation_shape, 4, rank3, 3, KD_DTYPE_F32, student,
+                                                    teacher, &loss, grad, overwrite));
+        print_status("bad_skd_null", kd_skd_cpu(&skd_official, relation_shape, 4, relation_teacher_shape, 4,
+                                                KD_DTYPE_F32, student, NULL, &loss, grad, overwrite));
+        print_status("bad_cirkd_params", kd_cirkd_cpu(NULL, relation_shape, 4, relation_teacher_shape, 4,
+                                                      KD_DTYPE_F32, student, teacher, &loss, grad, overwrite));
+        print_status("skd_cuda_null_ctx", kd_skd_cuda(NULL, &skd_official, relation_shape, 4, relation_teacher_shape, 4,
+                                                      KD_DTYPE_F32, 1, 1, 1, 0, 0, overwrite, NULL));
+    }
+
     /* Bad inputs: each must come back as its code and the crate's message. */
     print_status("bad_rank", kd_cwd_cpu(&cwd, shape, 3, KD_DTYPE_F32, student, teacher, &loss, grad, NULL, overwrite));
     {
@@ -153,6 +247,11 @@ int main(void) {
         print_status("context_create", status);
         if (status == KD_OK) {
             print_status("cuda_f64", kd_cwd_cuda(ctx, &cwd, shape, 4, KD_DTYPE_F64, 1, 1, 1, 0, 0, 0, overwrite, NULL));
+            {
+                const kd_cirkd_config cirkd = {0.1, 1.0, KD_CIRKD_POOL_AUTO};
+                print_status("cirkd_cuda_f64", kd_cirkd_cuda(ctx, &cirkd, relation_shape, 4, relation_teacher_shape, 4,
+                                                             KD_DTYPE_F64, 1, 1, 1, 0, 0, overwrite, NULL));
+            }
         }
         kd_context_destroy(ctx);
     }

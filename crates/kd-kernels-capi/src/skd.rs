@@ -1,0 +1,147 @@
+//! SKD's entry points: `kd_skd_cuda` (device addresses, the caller's stream) and `kd_skd_cpu` (host pointers,
+//! the f64 reference). Two shapes: the teacher's channel count may differ from the student's.
+
+use std::ffi::c_void;
+
+use kd::ndarray::{Array4, ArrayView4};
+use kd::skd::{Skd, SkdConfig, SkdCpu, SkdPool, SkdRawBuffers};
+use kd::{HostFloat, KdError};
+
+use crate::context::KdContext;
+use crate::relation::{self, DeviceCall, HostCall, RelationFamily};
+use crate::{guard, read_params, Failure, KdDtype, KdGradOptions, KdStatus};
+
+/// SKD, pair-wise similarity distillation (docs/losses.md §9): per image, the features pooled (`pool`),
+/// normalised per pixel over the channels, every pixel's cosine similarity to every other pixel of its image
+/// (a P x P matrix, never formed); L = loss_weight * mean over N*P*P of (A_S - A_T)^2. The defaults (the
+/// official CriterionStructuralKD): loss_weight 1, pool 2.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KdSkdConfig {
+    /// Factor on the mean; finite (CIRKD's scripts use 10).
+    pub loss_weight: f64,
+    /// 2: the official 2x2 max pool, stride 2, ceil_mode; 1: no pooling.
+    pub pool: i64,
+}
+
+fn config(params: KdSkdConfig) -> Result<SkdConfig, Failure> {
+    let pool = usize::try_from(params.pool).ok().map(SkdPool::from_window).unwrap_or_else(|| {
+        Err(KdError::InvalidParameter {
+            name: "pool",
+            value: params.pool.to_string(),
+            requirement: "2 (the official 2x2 max pool) or 1 (no pooling)",
+        })
+    })?;
+    let config = SkdConfig { loss_weight: params.loss_weight, pool };
+    config.validate()?;
+    Ok(config)
+}
+
+impl RelationFamily for Skd {
+    fn reference<T: HostFloat>(
+        config: &SkdConfig,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+        want_grad: bool,
+    ) -> Result<(f64, Option<Array4<f64>>), KdError> {
+        let skd = SkdCpu::new(*config)?;
+        if !want_grad {
+            return Ok((skd.forward(student, teacher)?, None));
+        }
+        let out = skd.forward_backward(student, teacher)?;
+        Ok((out.loss, Some(out.grad_student)))
+    }
+
+    fn raw_buffers(student: u64, teacher: u64, loss: u64, grad_student: u64, upstream: u64) -> SkdRawBuffers {
+        SkdRawBuffers { student, teacher, loss, grad_student, grad_teacher: 0, upstream }
+    }
+}
+
+/// SKD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in
+/// `dtype`, times the device f32 at `upstream` where that is non-zero) where `grad_student` is. Student
+/// [N, Cs, H, W], teacher [N, Ct, H, W] (the same N, H, W; the channel counts may differ). No teacher gradient.
+///
+/// # Safety
+/// As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the context's
+/// device or null; non-zero addresses are device memory of that context sized for the shapes.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kd_skd_cuda(
+    ctx: *mut KdContext,
+    params: *const KdSkdConfig,
+    student_shape: *const i64,
+    student_ndim: usize,
+    teacher_shape: *const i64,
+    teacher_ndim: usize,
+    dtype: KdDtype,
+    student: u64,
+    teacher: u64,
+    loss: u64,
+    grad_student: u64,
+    upstream: u64,
+    options: KdGradOptions,
+    stream: *mut c_void,
+) -> KdStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let config = config(unsafe { read_params(params, "params")? })?;
+        let call = DeviceCall {
+            student_shape,
+            student_ndim,
+            teacher_shape,
+            teacher_ndim,
+            dtype,
+            student,
+            teacher,
+            loss,
+            grad_student,
+            upstream,
+            options,
+            stream,
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { relation::cuda::<Skd>(ctx, &config, call) }
+    })
+}
+
+/// SKD on the CPU reference: the loss into `*loss` (where not null) and the student gradient (in `dtype`)
+/// where `grad_student` is not null. Shapes as in `kd_skd_cuda`.
+///
+/// # Safety
+/// Readable `params` and shapes; `student` and `teacher` point to contiguous NCHW tensors of their shapes in
+/// `dtype`; `loss` is null or writable; `grad_student` is null or a writable tensor of the student's shape
+/// (initialised, with `options.accumulate`).
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kd_skd_cpu(
+    params: *const KdSkdConfig,
+    student_shape: *const i64,
+    student_ndim: usize,
+    teacher_shape: *const i64,
+    teacher_ndim: usize,
+    dtype: KdDtype,
+    student: *const c_void,
+    teacher: *const c_void,
+    loss: *mut f64,
+    grad_student: *mut c_void,
+    options: KdGradOptions,
+) -> KdStatus {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let config = config(unsafe { read_params(params, "params")? })?;
+        let call = HostCall {
+            student_shape,
+            student_ndim,
+            teacher_shape,
+            teacher_ndim,
+            dtype,
+            student,
+            teacher,
+            loss,
+            grad_student,
+            options,
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { relation::cpu::<Skd>(config, call) }
+    })
+}
