@@ -49,7 +49,7 @@ fn bench_gpu<T: KdFloat>(h: &mut Harness, skd: &mut SkdCuda, student: &Array4<T>
     if !h.wants("gpu", Pass::ForwardBackward, &shape, T::DTYPE) {
         return;
     }
-    let run = |h: &mut Harness, skd: &mut SkdCuda| -> common::Res<()> {
+    let run = |h: &mut Harness, skd: &mut SkdCuda| -> crate::common::Res<()> {
         let stream = h.stream().expect("the GPU object exists only with a GPU").clone();
         let s = stream.clone_htod(student.as_slice().expect("standard layout"))?;
         let t = stream.clone_htod(teacher.as_slice().expect("standard layout"))?;
