@@ -167,11 +167,7 @@ impl StudentTeacherFamily for Cirkd {
 impl StudentGradFamily for Cirkd {
     type Reference = super::CirkdCpu;
 
-    fn with_shape<R>(
-        student: &[usize],
-        teacher: &[usize],
-        f: impl FnOnce(&RelationShapes) -> Result<R>,
-    ) -> Result<R> {
+    fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&RelationShapes) -> Result<R>) -> Result<R> {
         f(&check_shapes(student, teacher)?)
     }
 

@@ -12,8 +12,8 @@ use crate::cuda::Binder;
 use crate::dtype::{DType, HostFloat, KdFloat};
 use crate::error::Result;
 use crate::family::{
-    StudentGradFamily,
-    bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentTeacherFamily, TypedFamily,
+    bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentGradFamily, StudentTeacherFamily,
+    TypedFamily,
 };
 use crate::ffi::KdDistArgs;
 use crate::grad::GradOptions;

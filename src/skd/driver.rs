@@ -8,7 +8,9 @@ use super::{RelationShapes, Skd, SkdConfig};
 use crate::cuda::Binder;
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
-use crate::family::{Family, PairBuffers, PairRawBuffers, RawCall, StudentGradFamily, StudentTeacherFamily, TypedFamily};
+use crate::family::{
+    Family, PairBuffers, PairRawBuffers, RawCall, StudentGradFamily, StudentTeacherFamily, TypedFamily,
+};
 use crate::ffi::KdSkdArgs;
 use crate::grad::GradOptions;
 use crate::launch::{launch_or_reset, DeviceInfo, Launcher, Scratch};
@@ -135,11 +137,7 @@ impl StudentTeacherFamily for Skd {
 impl StudentGradFamily for Skd {
     type Reference = super::SkdCpu;
 
-    fn with_shape<R>(
-        student: &[usize],
-        teacher: &[usize],
-        f: impl FnOnce(&RelationShapes) -> Result<R>,
-    ) -> Result<R> {
+    fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&RelationShapes) -> Result<R>) -> Result<R> {
         f(&super::check_shapes(student, teacher)?)
     }
 
