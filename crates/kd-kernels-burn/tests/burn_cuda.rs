@@ -213,26 +213,17 @@ mod gpu {
     /// SKD and CIRKD, teacher channels other than the student's, odd sides.
     pub fn check_skd_cirkd(device: &Device) -> TestResult {
         let shapes = [[2, 5, 9, 11], [2, 3, 9, 11]];
+        let compare = |name: String, ours: PairFn<'_>, theirs: PairFn<'_>| {
+            compare_shapes(device, &name, shapes, false, ours, theirs)
+        };
         for config in [SkdConfig::default(), SkdConfig { loss_weight: 10.0, pool: SkdPool::None }] {
-            compare_shapes(
-                device,
-                &format!("skd {config:?}"),
-                shapes,
-                false,
-                &|s, t| skd_loss(s, t, &config).expect("valid input"),
-                &|s, t| reference::skd_loss(s, t, &config),
-            )?;
+            let ours = |s, t| skd_loss(s, t, &config).expect("valid input");
+            compare(format!("skd {config:?}"), &ours, &|s, t| reference::skd_loss(s, t, &config))?;
         }
         let base = CirkdConfig::default();
         for config in [base, CirkdConfig { tau: 0.5, loss_weight: 2.0, pool: CirkdPool::Avg(3) }] {
-            compare_shapes(
-                device,
-                &format!("cirkd {config:?}"),
-                shapes,
-                false,
-                &|s, t| cirkd_loss(s, t, &config).expect("valid input"),
-                &|s, t| reference::cirkd_loss(s, t, &config),
-            )?;
+            let ours = |s, t| cirkd_loss(s, t, &config).expect("valid input");
+            compare(format!("cirkd {config:?}"), &ours, &|s, t| reference::cirkd_loss(s, t, &config))?;
         }
         Ok(())
     }
