@@ -80,6 +80,50 @@ macro_rules! pair_reference_calls {
                 self.compute(student, teacher, upstream, true)
             }
         }
+
+        impl $crate::cpu::PairReference for $cpu {
+            type Config = $config;
+
+            fn new(config: $config) -> $crate::error::Result<Self> {
+                $cpu::new(config)
+            }
+
+            fn loss<T: $crate::dtype::HostFloat>(
+                &self,
+                student: ndarray::ArrayView4<'_, T>,
+                teacher: ndarray::ArrayView4<'_, T>,
+            ) -> $crate::error::Result<f64> {
+                self.forward(student, teacher)
+            }
+
+            fn gradients<T: $crate::dtype::HostFloat>(
+                &self,
+                student: ndarray::ArrayView4<'_, T>,
+                teacher: ndarray::ArrayView4<'_, T>,
+                upstream: f64,
+            ) -> $crate::error::Result<$crate::cpu::CpuOutput> {
+                self.backward(student, teacher, upstream)
+            }
+        }
     };
 }
 pub(crate) use pair_reference_calls;
+
+/// The calls of a (student, teacher) CPU reference that code generic over the family makes (the tensor
+/// adapters, through [`crate::family::StudentGradFamily`]); every reference written with the pair calls has
+/// them.
+pub trait PairReference: Sized + Send + Sync + 'static {
+    /// The loss's configuration.
+    type Config;
+    /// The reference for `config`, which it validates.
+    fn new(config: Self::Config) -> Result<Self>;
+    /// The loss alone.
+    fn loss<T: HostFloat>(&self, student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<f64>;
+    /// The loss and its gradients times `upstream` (d total / d loss).
+    fn gradients<T: HostFloat>(
+        &self,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+        upstream: f64,
+    ) -> Result<CpuOutput>;
+}

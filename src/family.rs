@@ -243,3 +243,17 @@ pub(crate) fn bind_pair<'a: 's, 's, T: KdFloat>(
     };
     Ok((raw, pair.options))
 }
+
+/// A (student, teacher) family whose only gradient is the student's (DIST, SKD, CIRKD), as the tensor adapters
+/// see one: the call's shape from the two tensors' dims, its raw buffers from the pair's device addresses, and
+/// its CPU reference. The candle op and the burn primitives are written once over it.
+pub trait StudentGradFamily: StudentTeacherFamily {
+    /// The CPU reference (f64) for the family's configuration.
+    type Reference: crate::cpu::PairReference<Config = Self::Config>;
+
+    /// Checks the student's and the teacher's dims and runs `f` on the call's shape.
+    fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&Self::Shape) -> Result<R>) -> Result<R>;
+
+    /// The family's raw buffers for a pair call (`grad_teacher` must be 0: there is no teacher gradient).
+    fn raw_buffers(pair: PairRawBuffers) -> Result<Self::RawBuffers>;
+}

@@ -7,7 +7,9 @@ use super::{plan, Cirkd, CirkdConfig};
 use crate::cuda::Binder;
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
-use crate::family::{Family, PairBuffers, RawCall, StudentTeacherFamily, TypedFamily};
+use crate::family::{
+    Family, PairBuffers, PairRawBuffers, RawCall, StudentGradFamily, StudentTeacherFamily, TypedFamily,
+};
 use crate::ffi::KdCirkdArgs;
 use crate::grad::GradOptions;
 use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
@@ -159,5 +161,24 @@ impl TypedFamily for Cirkd {
 impl StudentTeacherFamily for Cirkd {
     fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> CirkdBuffers<'a, T> {
         pair
+    }
+}
+
+impl StudentGradFamily for Cirkd {
+    type Reference = super::CirkdCpu;
+
+    fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&RelationShapes) -> Result<R>) -> Result<R> {
+        f(&check_shapes(student, teacher)?)
+    }
+
+    fn raw_buffers(pair: PairRawBuffers) -> Result<CirkdRawBuffers> {
+        if pair.grad_teacher != 0 {
+            return Err(KdError::OutputMismatch {
+                what: "grad_teacher",
+                fix: "CIRKD gives no teacher gradient (the teacher is a constant); pass 0",
+            });
+        }
+        let PairRawBuffers { student, teacher, loss, grad_student, upstream, .. } = pair;
+        Ok(CirkdRawBuffers { student, teacher, loss, grad_student, upstream })
     }
 }

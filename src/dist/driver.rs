@@ -12,7 +12,8 @@ use crate::cuda::Binder;
 use crate::dtype::{DType, HostFloat, KdFloat};
 use crate::error::Result;
 use crate::family::{
-    bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentTeacherFamily, TypedFamily,
+    bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentGradFamily, StudentTeacherFamily,
+    TypedFamily,
 };
 use crate::ffi::KdDistArgs;
 use crate::grad::GradOptions;
@@ -138,5 +139,18 @@ impl PairFamily for Dist {
 impl StudentTeacherFamily for Dist {
     fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
         pair
+    }
+}
+
+impl StudentGradFamily for Dist {
+    type Reference = super::DistCpu;
+
+    fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&[usize]) -> Result<R>) -> Result<R> {
+        Nchw::from_dims("student", student)?.expect_same("teacher", teacher)?;
+        f(student)
+    }
+
+    fn raw_buffers(pair: PairRawBuffers) -> Result<PairRawBuffers> {
+        Ok(pair)
     }
 }

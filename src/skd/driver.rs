@@ -8,7 +8,9 @@ use super::{RelationShapes, Skd, SkdConfig};
 use crate::cuda::Binder;
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
-use crate::family::{Family, PairBuffers, PairRawBuffers, RawCall, StudentTeacherFamily, TypedFamily};
+use crate::family::{
+    Family, PairBuffers, PairRawBuffers, RawCall, StudentGradFamily, StudentTeacherFamily, TypedFamily,
+};
 use crate::ffi::KdSkdArgs;
 use crate::grad::GradOptions;
 use crate::launch::{launch_or_reset, DeviceInfo, Launcher, Scratch};
@@ -132,5 +134,18 @@ impl TypedFamily for Skd {
 impl StudentTeacherFamily for Skd {
     fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> SkdBuffers<'a, T> {
         pair
+    }
+}
+
+impl StudentGradFamily for Skd {
+    type Reference = super::SkdCpu;
+
+    fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&RelationShapes) -> Result<R>) -> Result<R> {
+        f(&super::check_shapes(student, teacher)?)
+    }
+
+    /// The driver refuses a teacher gradient (its outputs are checked with none produced).
+    fn raw_buffers(pair: PairRawBuffers) -> Result<SkdRawBuffers> {
+        Ok(pair)
     }
 }

@@ -12,10 +12,9 @@ use ::burn::backend::tensor::{FloatTensor, IntTensor};
 use ::burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata};
 use ::burn::tensor::Shape;
 
-use super::KdBackend;
+use super::{KdBackend, StudentGradConfig};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::CwtConfig;
-use kd_kernels::dist::DistConfig;
 use kd_kernels::icsd::IcsdConfig;
 use kd_kernels::ifvd::IfvdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
@@ -177,21 +176,25 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         on_inner::<B, C>(student, teacher, |s, t| B::icsd_forward_backward(s, t, config))
     }
 
-    fn dist_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: DistConfig) -> FloatTensor<Self> {
+    fn student_grad_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: StudentGradConfig,
+    ) -> FloatTensor<Self> {
         student_gradient_only::<B, C>(
             student,
             teacher,
-            |s, t| B::dist_forward(s, t, config),
-            |s, t| B::dist_forward_backward(s, t, config),
+            |s, t| B::student_grad_forward(s, t, config),
+            |s, t| B::student_grad_forward_backward(s, t, config),
         )
     }
 
-    fn dist_forward_backward(
+    fn student_grad_forward_backward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        config: DistConfig,
+        config: StudentGradConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        on_inner::<B, C>(student, teacher, |s, t| B::dist_forward_backward(s, t, config))
+        on_inner::<B, C>(student, teacher, |s, t| B::student_grad_forward_backward(s, t, config))
     }
 
     fn pkd_forward(

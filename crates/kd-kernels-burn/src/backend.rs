@@ -5,9 +5,9 @@
 use ::burn::backend::tensor::{FloatTensor, IntTensor};
 use ::burn::backend::{backend_extension, Backend};
 
+use super::StudentGradConfig;
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::CwtConfig;
-use kd_kernels::dist::DistConfig;
 use kd_kernels::icsd::IcsdConfig;
 use kd_kernels::ifvd::IfvdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
@@ -61,14 +61,19 @@ pub trait KdBackend: Backend {
         config: IcsdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// DIST's loss (`docs/losses.md` §8).
-    fn dist_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: DistConfig) -> FloatTensor<Self>;
-
-    /// DIST's loss and d loss / d student.
-    fn dist_forward_backward(
+    /// The loss of a family whose only gradient is the student's (DIST `docs/losses.md` §8, SKD §9, CIRKD §10;
+    /// [`StudentGradConfig`] says which): student `[N, Cs, H, W]`, teacher `[N, Ct, H, W]` (`Ct = Cs` for DIST).
+    fn student_grad_forward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        config: DistConfig,
+        config: StudentGradConfig,
+    ) -> FloatTensor<Self>;
+
+    /// That loss and d loss / d student.
+    fn student_grad_forward_backward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: StudentGradConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// PKD's loss (`docs/losses.md` §7) over the levels `levels`, every level's student (and teacher)

@@ -51,15 +51,14 @@ use cubecl_runtime::runtime::Runtime;
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::{CudaContext, CudaStream};
 
-use super::KdBackend;
+use super::{KdBackend, StudentGradConfig, StudentGradJob};
 use super::{PkdPacking, SemckdPacking};
 use kd_kernels::cuda::LossCuda;
 use kd_kernels::cwd::{CwdConfig, CwdCuda, CwdRawBuffers};
 use kd_kernels::cwt::{CwtConfig, CwtCuda, CwtRawBuffers, CwtSetup, CwtShapes};
-use kd_kernels::dist::{DistConfig, DistCuda};
 use kd_kernels::dtype::DType;
 use kd_kernels::error::{KdError, Result};
-use kd_kernels::family::{Family, PairRawBuffers};
+use kd_kernels::family::{Family, PairRawBuffers, StudentGradFamily};
 use kd_kernels::grad::GradOptions;
 use kd_kernels::icsd::{IcsdConfig, IcsdCuda, IcsdRawBuffers};
 use kd_kernels::ifvd::{check_shapes, IfvdConfig, IfvdCuda, IfvdRawBuffers};
@@ -315,6 +314,29 @@ fn pair<L: GpuLoss>(
     out
 }
 
+/// A [`StudentGradConfig`]'s loss (and with `grads: 1` the student's gradient) through its family's raw layer.
+struct StudentGradOnGpu {
+    student: CubeTensor,
+    teacher: CubeTensor,
+    grads: usize,
+}
+
+impl StudentGradJob for StudentGradOnGpu {
+    type Out = Vec<CubeTensor>;
+    fn run<F: StudentGradFamily>(self, config: F::Config) -> Vec<CubeTensor> {
+        let teacher_dims = dims(&self.teacher);
+        pair::<LossCuda<F>>(config, self.student, self.teacher, self.grads, |loss, stream, shape, dtype, [s, t], o| {
+            let pair =
+                PairRawBuffers { student: s, teacher: t, loss: o[0], grad_student: out(o, 1), ..Default::default() };
+            let buffers = F::raw_buffers(pair)?;
+            F::with_shape(shape, &teacher_dims, |shape| {
+                // SAFETY: as in `cwd_forward` (the teacher sized for its own dims, checked against the student's).
+                unsafe { loss.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
+            })
+        })
+    }
+}
+
 /// The address of output `i`, 0 (absent) past the end.
 fn out(outputs: &[u64], i: usize) -> u64 {
     outputs.get(i).copied().unwrap_or(0)
@@ -397,22 +419,16 @@ impl KdBackend for CubeBackend {
         (out.remove(0), gs)
     }
 
-    fn dist_forward(student: CubeTensor, teacher: CubeTensor, config: DistConfig) -> CubeTensor {
-        let mut out = pair::<DistCuda>(config, student, teacher, 0, |dist, stream, shape, dtype, [s, t], o| {
-            let buffers = PairRawBuffers { student: s, teacher: t, loss: o[0], ..Default::default() };
-            // SAFETY: as in `cwd_forward`.
-            unsafe { dist.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }
-        });
-        out.remove(0)
+    fn student_grad_forward(student: CubeTensor, teacher: CubeTensor, config: StudentGradConfig) -> CubeTensor {
+        config.run(StudentGradOnGpu { student, teacher, grads: 0 }).remove(0)
     }
 
-    fn dist_forward_backward(student: CubeTensor, teacher: CubeTensor, config: DistConfig) -> (CubeTensor, CubeTensor) {
-        let mut out = pair::<DistCuda>(config, student, teacher, 1, |dist, stream, shape, dtype, [s, t], o| {
-            let buffers =
-                PairRawBuffers { student: s, teacher: t, loss: o[0], grad_student: o[1], ..Default::default() };
-            // SAFETY: as in `cwd_forward`.
-            unsafe { dist.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }
-        });
+    fn student_grad_forward_backward(
+        student: CubeTensor,
+        teacher: CubeTensor,
+        config: StudentGradConfig,
+    ) -> (CubeTensor, CubeTensor) {
+        let mut out = config.run(StudentGradOnGpu { student, teacher, grads: 1 });
         let gs = out.pop().expect("student gradient");
         (out.remove(0), gs)
     }

@@ -15,10 +15,9 @@ use ::burn::backend::tensor::{FloatTensor, IntTensor};
 use ::burn::backend::ExecutionError;
 use ::burn::tensor::Shape;
 
-use super::KdBackend;
+use super::{KdBackend, StudentGradConfig};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::CwtConfig;
-use kd_kernels::dist::DistConfig;
 use kd_kernels::icsd::IcsdConfig;
 use kd_kernels::ifvd::IfvdConfig;
 use kd_kernels::pixel_kd::PixelKdConfig;
@@ -199,21 +198,25 @@ impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
         }))
     }
 
-    fn dist_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: DistConfig) -> FloatTensor<Self> {
+    fn student_grad_forward(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        config: StudentGradConfig,
+    ) -> FloatTensor<Self> {
         let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 2>("kd_dist_forward", [student, teacher], specs, move |[s, t]| {
-            vec![B::dist_forward(s, t, config)]
+        single(lazy::<B, 2>("kd_student_grad_forward", [student, teacher], specs, move |[s, t]| {
+            vec![B::student_grad_forward(s, t, config)]
         }))
     }
 
-    fn dist_forward_backward(
+    fn student_grad_forward_backward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        config: DistConfig,
+        config: StudentGradConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        two(lazy::<B, 2>("kd_dist_forward_backward", [student, teacher], specs, move |[s, t]| {
-            let (loss, gs) = B::dist_forward_backward(s, t, config);
+        two(lazy::<B, 2>("kd_student_grad_forward_backward", [student, teacher], specs, move |[s, t]| {
+            let (loss, gs) = B::student_grad_forward_backward(s, t, config);
             vec![loss, gs]
         }))
     }

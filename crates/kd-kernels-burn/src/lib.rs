@@ -38,7 +38,7 @@
 //!   wrapper, which queues each primitive as a fusion custom operation (module `fusion`).
 //!
 //! The functions of this module ([`cwd_loss`], [`pixel_kd_loss`], [`icsd_loss`], [`aicsd_loss`],
-//! [`dist_loss`], [`cwt_loss`], [`semckd_loss`], [`pkd_loss`], [`ifvd_loss`]) check their inputs and return a typed [`kd_kernels::KdError`] (shapes, dtypes,
+//! [`dist_loss`], [`skd_loss`], [`cirkd_loss`], [`cwt_loss`], [`semckd_loss`], [`pkd_loss`], [`ifvd_loss`]) check their inputs and return a typed [`kd_kernels::KdError`] (shapes, dtypes,
 //! devices, configuration, a tracked teacher the loss has no gradient for) before anything runs; they are
 //! what a training step calls. The trait's primitives take checked inputs.
 //!
@@ -66,18 +66,19 @@ pub mod ndarray;
 mod pkd;
 pub mod reference;
 mod semckd;
+mod student_grad;
 
 pub use backend::KdBackend;
 pub use ifvd::ifvd_loss;
 pub use pkd::{pkd_loss, PkdPacking};
 pub use semckd::{semckd_loss, SemckdMlp, SemckdPacking};
+pub use student_grad::{cirkd_loss, dist_loss, skd_loss, student_grad_loss, StudentGradConfig, StudentGradJob};
 
 use ::burn::backend::{Dispatch, DispatchDevice};
 use ::burn::tensor::{DType, Device, Tensor};
 
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtShapes};
-use kd_kernels::dist::DistConfig;
 use kd_kernels::error::{KdError, Result};
 use kd_kernels::icsd::{AicsdConfig, IcsdConfig};
 use kd_kernels::pixel_kd::PixelKdConfig;
@@ -123,18 +124,6 @@ pub fn icsd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &IcsdConfig) ->
     check_pair(&student, &teacher)?;
     refuse_tracked_teacher(&teacher, "ICSD")?;
     Ok(Tensor::from_dispatch(Dispatch::icsd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
-}
-
-/// DIST (`docs/losses.md` §8) between `student` and `teacher` logits (NCHW), as a differentiable one-element
-/// tensor.
-///
-/// On an autodiff device the gradient reaches `student`. DIST has no teacher gradient: a tracked teacher is
-/// refused (pass `teacher.detach()`).
-pub fn dist_loss(student: Tensor<4>, teacher: Tensor<4>, config: &DistConfig) -> Result<Tensor<1>> {
-    config.validate()?;
-    check_pair(&student, &teacher)?;
-    refuse_tracked_teacher(&teacher, "DIST")?;
-    Ok(Tensor::from_dispatch(Dispatch::dist_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
 }
 
 /// AICSD's distillation terms at `epoch` (`docs/losses.md` §3.10): `alpha * L_ICS + (1 - alpha) * L_KD`,

@@ -7,13 +7,13 @@ use ::burn::backend::ndarray::NdArrayTensor;
 use ::burn::backend::NdArray;
 use ::ndarray::{ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView4, ArrayViewD, Dimension, Ix3, Ix4, IxDyn};
 
-use super::KdBackend;
+use super::{KdBackend, StudentGradConfig, StudentGradJob};
 use super::{PkdPacking, SemckdPacking};
-use kd_kernels::cpu::{CpuOutput, HostFloat};
+use kd_kernels::cpu::{CpuOutput, HostFloat, PairReference};
 use kd_kernels::cwd::{CwdConfig, CwdCpu};
 use kd_kernels::cwt::{CwtConfig, CwtCpu, MlpParams};
-use kd_kernels::dist::{DistConfig, DistCpu};
 use kd_kernels::error::Result;
+use kd_kernels::family::StudentGradFamily;
 use kd_kernels::icsd::{IcsdConfig, IcsdCpu, IcsdCpuOutput};
 use kd_kernels::ifvd::{IfvdConfig, IfvdCpu};
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu};
@@ -90,7 +90,47 @@ macro_rules! cpu_pair_loss {
     )*};
 }
 
-cpu_pair_loss!(CwdCpu(CwdConfig), PixelKdCpu(PixelKdConfig), IcsdCpu(IcsdConfig), DistCpu(DistConfig));
+cpu_pair_loss!(CwdCpu(CwdConfig), PixelKdCpu(PixelKdConfig), IcsdCpu(IcsdConfig));
+
+/// [`CpuPairLoss`] for the CPU reference of a [`StudentGradFamily`] (DIST, SKD, CIRKD), through the calls
+/// every such reference has.
+pub struct StudentGradCpu<F: StudentGradFamily>(F::Reference);
+
+impl<F: StudentGradFamily> CpuPairLoss for StudentGradCpu<F> {
+    type Config = F::Config;
+
+    fn new(config: F::Config) -> Result<Self> {
+        F::Reference::new(config).map(StudentGradCpu)
+    }
+
+    fn run<T: HostFloat>(
+        &self,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+        want_grad: bool,
+    ) -> Result<CpuOutput> {
+        if want_grad {
+            self.0.gradients(student, teacher, 1.0)
+        } else {
+            self.0.loss(student, teacher).map(IntoCpuOutput::into_cpu_output)
+        }
+    }
+}
+
+/// A [`StudentGradConfig`]'s loss (and with `want_grad` the student's gradient) through its family's CPU
+/// reference.
+struct StudentGradOnCpu {
+    student: NdArrayTensor,
+    teacher: NdArrayTensor,
+    want_grad: bool,
+}
+
+impl StudentGradJob for StudentGradOnCpu {
+    type Out = CpuPairOutput;
+    fn run<F: StudentGradFamily>(self, config: F::Config) -> CpuPairOutput {
+        cpu_pair(&cpu(StudentGradCpu::<F>::new(config)), self.student, self.teacher, self.want_grad)
+    }
+}
 
 /// What [`cpu_pair`] returns: the loss (shape `[1]`), and with `want_grad` the student's gradient and,
 /// where the loss produced one, the teacher's; all in the input's float type.
@@ -460,16 +500,21 @@ impl KdBackend for NdArray {
         pair_loss_and_student_grad::<IcsdCpu>(config, student, teacher)
     }
 
-    fn dist_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: DistConfig) -> NdArrayTensor {
-        pair_loss::<DistCpu>(config, student, teacher)
-    }
-
-    fn dist_forward_backward(
+    fn student_grad_forward(
         student: NdArrayTensor,
         teacher: NdArrayTensor,
-        config: DistConfig,
+        config: StudentGradConfig,
+    ) -> NdArrayTensor {
+        config.run(StudentGradOnCpu { student, teacher, want_grad: false }).loss
+    }
+
+    fn student_grad_forward_backward(
+        student: NdArrayTensor,
+        teacher: NdArrayTensor,
+        config: StudentGradConfig,
     ) -> (NdArrayTensor, NdArrayTensor) {
-        pair_loss_and_student_grad::<DistCpu>(config, student, teacher)
+        let out = config.run(StudentGradOnCpu { student, teacher, want_grad: true });
+        (out.loss, expect_grad(out.grad_student))
     }
 
     fn pkd_forward(

@@ -11,9 +11,11 @@
 
 use ::burn::tensor::activation::{log_softmax, relu, softmax};
 use ::burn::tensor::module::adaptive_avg_pool2d;
+use ::burn::tensor::ops::PadMode;
 use ::burn::tensor::{Int, Tensor, TensorData};
 
 use super::{CwtMlp, SemckdMlp};
+use kd_kernels::cirkd::{CirkdConfig, CirkdPool, AUTO_POOL_MIN_SIDE, AUTO_POOL_WINDOW};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtNormalize};
 use kd_kernels::dist::DistConfig;
@@ -23,6 +25,7 @@ use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::pkd::{PkdConfig, PKD_EPS};
 use kd_kernels::semckd::SemckdConfig;
 use kd_kernels::shape::Nchw;
+use kd_kernels::skd::{SkdConfig, NORM_EPS};
 
 /// CWD (`docs/losses.md` §1.3): a softmax over the H·W positions of each (n, c) row of `x / tau`;
 /// `loss_weight * tau^2 / (N*C) * sum_rows KL(pT || pS)`.
@@ -245,4 +248,68 @@ pub fn semckd_loss(
         1,
     );
     (alpha * mse).sum() * (config.loss_weight / (batch * student.len()) as f64)
+}
+
+/// A `k x k`, stride `k` pooling with `ceil_mode` (an edge window takes what lies inside the map): the map padded
+/// to whole windows, by repeating its edge for the max (which leaves every window's max and sends its gradient
+/// to the edge value it copies), by zeros for the average, whose sums are divided by each window's part inside.
+fn ceil_pool(x: Tensor<4>, k: usize, max: bool) -> Tensor<4> {
+    if k == 1 {
+        return x;
+    }
+    let [n, c, h, w] = x.dims();
+    let (ph, pw) = (h.div_ceil(k), w.div_ceil(k));
+    let pad = [(0, ph * k - h), (0, pw * k - w)];
+    let windows = |x: Tensor<4>| x.reshape([n, c, ph, k, pw, k]);
+    if max {
+        return windows(x.pad(pad, PadMode::Edge)).max_dim(5).max_dim(3).reshape([n, c, ph, pw]);
+    }
+    let inside = |o: usize, len: usize| (len.min((o + 1) * k) - o * k) as f64;
+    let counts: Vec<f64> = (0..ph * pw).map(|q| inside(q / pw, h) * inside(q % pw, w)).collect();
+    let counts = Tensor::<4>::from_data(TensorData::new(counts, [1, 1, ph, pw]), (&x.device(), x.dtype()));
+    windows(x.pad(pad, PadMode::Constant(0.0))).sum_dim(5).sum_dim(3).reshape([n, c, ph, pw]) / counts
+}
+
+/// Each pixel's channel vector `x / max(|x|, 1e-12)`, pixel-major: `[N, P, C]`.
+fn normalised_pixels(x: Tensor<4>) -> Tensor<3> {
+    let [n, c, h, w] = x.dims();
+    let f = x.reshape([n, c, h * w]).swap_dims(1, 2);
+    let norm = (f.clone() * f.clone()).sum_dim(2).sqrt().clamp_min(NORM_EPS);
+    f / norm
+}
+
+/// SKD (`docs/losses.md` §9.1), with the `P x P` similarities formed: the pool (2x2 max, `ceil_mode`, or none),
+/// per-pixel normalisation, `A = F^T F` per image and side, `loss_weight * mean (A_S - A_T)^2`.
+pub fn skd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &SkdConfig) -> Tensor<1> {
+    let k = config.pool.window();
+    let similarities = |x: Tensor<4>| {
+        let f = normalised_pixels(ceil_pool(x, k, true));
+        f.clone().matmul(f.swap_dims(1, 2))
+    };
+    let d = similarities(student) - similarities(teacher);
+    (d.clone() * d).mean() * config.loss_weight
+}
+
+/// CIRKD (`docs/losses.md` §10.1), with the `P x P` relations of every ordered pair of images formed: the pool
+/// (average, `ceil_mode`; `auto` pools 4x4 when both sides are at least 256), per-pixel normalisation, for
+/// images `(i, j)` the rows `F_i^T F_j / tau` of each side through a softmax, `KL(pt || ps)` summed over
+/// every row, `loss_weight / (P B^2)` times that sum.
+pub fn cirkd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &CirkdConfig) -> Tensor<1> {
+    let [b, _, h, w] = student.dims();
+    let k = match config.pool {
+        CirkdPool::Auto if h >= AUTO_POOL_MIN_SIDE && w >= AUTO_POOL_MIN_SIDE => AUTO_POOL_WINDOW,
+        CirkdPool::Auto | CirkdPool::None => 1,
+        CirkdPool::Avg(k) => k,
+    };
+    let p = h.div_ceil(k) * w.div_ceil(k);
+    let log_relations = |x: Tensor<4>| {
+        let f = normalised_pixels(ceil_pool(x, k, false));
+        let c = f.dims()[2];
+        let all = f.reshape([b * p, c]);
+        let logits = (all.clone().matmul(all.transpose()) * (1.0 / config.tau)).reshape([b, p, b, p]);
+        log_softmax(logits, 3)
+    };
+    let (log_ps, log_pt) = (log_relations(student), log_relations(teacher));
+    let kl = (log_pt.clone().exp() * (log_pt - log_ps)).sum();
+    kl * (config.loss_weight / (p * b * b) as f64)
 }

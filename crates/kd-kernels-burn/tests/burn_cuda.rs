@@ -13,6 +13,7 @@
 #[cfg(feature = "cuda")]
 mod gpu {
     use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+    use kd_kernels::cirkd::{CirkdConfig, CirkdPool};
     use kd_kernels::cwd::CwdConfig;
     use kd_kernels::cwt::{CwtConfig, CwtNormalize};
     use kd_kernels::dist::DistConfig;
@@ -21,10 +22,11 @@ mod gpu {
     use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
     use kd_kernels::pkd::PkdConfig;
     use kd_kernels::semckd::SemckdConfig;
+    use kd_kernels::skd::{SkdConfig, SkdPool};
     use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
     use kd_kernels_burn::{
-        aicsd_loss, cwd_loss, cwt_loss, dist_loss, icsd_loss, ifvd_loss, pixel_kd_loss, pkd_loss, reference,
-        semckd_loss, CwtMlp, SemckdMlp,
+        aicsd_loss, cirkd_loss, cwd_loss, cwt_loss, dist_loss, icsd_loss, ifvd_loss, pixel_kd_loss, pkd_loss,
+        reference, semckd_loss, skd_loss, CwtMlp, SemckdMlp,
     };
 
     pub type TestResult = Result<(), String>;
@@ -99,11 +101,23 @@ mod gpu {
         ours: PairFn<'_>,
         theirs: PairFn<'_>,
     ) -> TestResult {
+        compare_shapes(device, name, [shape, shape], teacher_grad, ours, theirs)
+    }
+
+    /// [`compare_pair`] with a teacher of its own shape.
+    fn compare_shapes(
+        device: &Device,
+        name: &str,
+        [shape, teacher_shape]: [[usize; 4]; 2],
+        teacher_grad: bool,
+        ours: PairFn<'_>,
+        theirs: PairFn<'_>,
+    ) -> TestResult {
         for dtype in DTYPES {
-            let (s, t) = (logits(shape, 1, 6.0), logits(shape, 2, 6.0));
+            let (s, t) = (logits(shape, 1, 6.0), logits(teacher_shape, 2, 6.0));
             let run = |f: PairFn<'_>, upcast: bool| -> Result<PairRun, String> {
                 let student = tensor(s.clone(), shape, device, dtype).require_grad();
-                let mut teacher = tensor(t.clone(), shape, device, dtype);
+                let mut teacher = tensor(t.clone(), teacher_shape, device, dtype);
                 if teacher_grad {
                     teacher = teacher.require_grad();
                 }
@@ -194,6 +208,24 @@ mod gpu {
             &|s, t| dist_loss(s, t, &config).expect("valid input"),
             &|s, t| reference::dist_loss(s, t, &config),
         )
+    }
+
+    /// SKD and CIRKD, teacher channels other than the student's, odd sides.
+    pub fn check_skd_cirkd(device: &Device) -> TestResult {
+        let shapes = [[2, 5, 9, 11], [2, 3, 9, 11]];
+        let compare = |name: String, ours: PairFn<'_>, theirs: PairFn<'_>| {
+            compare_shapes(device, &name, shapes, false, ours, theirs)
+        };
+        for config in [SkdConfig::default(), SkdConfig { loss_weight: 10.0, pool: SkdPool::None }] {
+            let ours = |s, t| skd_loss(s, t, &config).expect("valid input");
+            compare(format!("skd {config:?}"), &ours, &|s, t| reference::skd_loss(s, t, &config))?;
+        }
+        let base = CirkdConfig::default();
+        for config in [base, CirkdConfig { tau: 0.5, loss_weight: 2.0, pool: CirkdPool::Avg(3) }] {
+            let ours = |s, t| cirkd_loss(s, t, &config).expect("valid input");
+            compare(format!("cirkd {config:?}"), &ours, &|s, t| reference::cirkd_loss(s, t, &config))?;
+        }
+        Ok(())
     }
 
     /// One level through the pair comparison (the several-level packing is the NdArray tests').
@@ -437,6 +469,7 @@ const TESTS: &[(&str, Check)] = &[
     ("pixel_kd_matches_burn_autograd", gpu::check_pixel_kd),
     ("icsd_and_aicsd_match_burn_autograd", gpu::check_icsd),
     ("dist_matches_burn_autograd", gpu::check_dist),
+    ("skd_and_cirkd_match_burn_autograd", gpu::check_skd_cirkd),
     ("pkd_matches_burn_autograd", gpu::check_pkd),
     ("ifvd_matches_burn_autograd", gpu::check_ifvd),
     ("cwt_matches_burn_autograd_into_every_parameter", gpu::check_cwt),
@@ -451,6 +484,7 @@ const TESTS: &[(&str, ())] = &[
     ("pixel_kd_matches_burn_autograd", ()),
     ("icsd_and_aicsd_match_burn_autograd", ()),
     ("dist_matches_burn_autograd", ()),
+    ("skd_and_cirkd_match_burn_autograd", ()),
     ("pkd_matches_burn_autograd", ()),
     ("ifvd_matches_burn_autograd", ()),
     ("cwt_matches_burn_autograd_into_every_parameter", ()),

@@ -1,7 +1,7 @@
 //! The losses of [kd-kernels](kd_kernels) as [candle](https://crates.io/crates/candle-core) ops with forward
 //! and backward, so that `loss.backward()` in a candle graph reaches the student's logits (and, for CWT, the
 //! MLP's parameters; for SemCKD, the regressor outputs and the embeddings: [`Semckd`]). The ops: [`Cwd`],
-//! [`PixelKd`], [`Icsd`], [`Aicsd`], [`Dist`], [`Cwt`], [`Semckd`], [`Pkd`] (a list of levels) and [`Ifvd`]
+//! [`PixelKd`], [`Icsd`], [`Aicsd`], [`Dist`], [`Skd`] and [`Cirkd`] (whose teacher may have other channels), [`Cwt`], [`Semckd`], [`Pkd`] (a list of levels) and [`Ifvd`]
 //! (features and integer labels).
 //!
 //! ```
@@ -115,7 +115,7 @@ macro_rules! pair_loss_adapter {
             #[cfg(feature = "cuda")]
             fn cuda_forward<T: kd_kernels::dtype::KdFloat>(
                 cuda: &mut $cuda,
-                shape: &[usize],
+                [shape, _]: [&[usize]; 2],
                 student: &cudarc::driver::CudaView<'_, T>,
                 teacher: &cudarc::driver::CudaView<'_, T>,
                 loss: &mut cudarc::driver::CudaSlice<f32>,
@@ -126,7 +126,7 @@ macro_rules! pair_loss_adapter {
             #[cfg(feature = "cuda")]
             fn cuda_backward<T: kd_kernels::dtype::KdFloat>(
                 cuda: &mut $cuda,
-                shape: &[usize],
+                [shape, _]: [&[usize]; 2],
                 student: &cudarc::driver::CudaView<'_, T>,
                 teacher: &cudarc::driver::CudaView<'_, T>,
                 upstream: &cudarc::driver::CudaView<'_, f32>,
@@ -159,22 +159,32 @@ pub(crate) use pair_loss_adapter;
 
 mod cwd;
 mod cwt;
-mod dist;
 mod fused;
 mod icsd;
 mod ifvd;
 mod pixel_kd;
 mod pkd;
 mod semckd;
+mod student_grad;
 
 pub use cwd::Cwd;
 pub use cwt::Cwt;
-pub use dist::Dist;
 pub use icsd::{Aicsd, Icsd};
 pub use ifvd::Ifvd;
 pub use pixel_kd::PixelKd;
 pub use pkd::Pkd;
 pub use semckd::{Semckd, SemckdTensors};
+pub use student_grad::{CandleOp, StudentGradLoss};
+
+/// DIST, segmentation form ([`kd_kernels::dist`]), as a candle op: `loss(student, teacher)` is an f32 scalar
+/// whose backward pass writes d loss / d student.
+pub type Dist = StudentGradLoss<kd_kernels::dist::Dist>;
+/// SKD's pair-wise similarity loss ([`kd_kernels::skd`]) as a candle op: `loss(student, teacher)` (the teacher
+/// may have another channel count) is an f32 scalar whose backward pass writes d loss / d student.
+pub type Skd = StudentGradLoss<kd_kernels::skd::Skd>;
+/// CIRKD's mini-batch pixel-relation loss ([`kd_kernels::cirkd`]) as a candle op: `loss(student, teacher)` (the
+/// teacher may have another channel count) is an f32 scalar whose backward pass writes d loss / d student.
+pub type Cirkd = StudentGradLoss<kd_kernels::cirkd::Cirkd>;
 
 use std::sync::Arc;
 
@@ -365,7 +375,7 @@ pub(crate) trait PairLoss: Send + Sync + 'static {
     #[cfg(feature = "cuda")]
     fn cuda_forward<T: KdFloat>(
         cuda: &mut Self::Cuda,
-        shape: &[usize],
+        dims: [&[usize]; 2],
         student: &cudarc::driver::CudaView<'_, T>,
         teacher: &cudarc::driver::CudaView<'_, T>,
         loss: &mut cudarc::driver::CudaSlice<f32>,
@@ -374,7 +384,7 @@ pub(crate) trait PairLoss: Send + Sync + 'static {
     #[cfg(feature = "cuda")]
     fn cuda_backward<T: KdFloat>(
         cuda: &mut Self::Cuda,
-        shape: &[usize],
+        dims: [&[usize]; 2],
         student: &cudarc::driver::CudaView<'_, T>,
         teacher: &cudarc::driver::CudaView<'_, T>,
         upstream: &cudarc::driver::CudaView<'_, f32>,
@@ -678,7 +688,7 @@ pub(crate) mod cuda {
         shared.cuda.with(
             &stream,
             |s| shared.loss.cuda_new(s),
-            |cuda| L::cuda_forward(cuda, &dims, &student, &teacher, &mut loss),
+            |cuda| L::cuda_forward(cuda, [&dims, t.1.dims()], &student, &teacher, &mut loss),
         )?;
         Ok((CudaStorage::wrap_cuda_slice(loss, device), Shape::from(())))
     }
@@ -730,7 +740,7 @@ pub(crate) mod cuda {
             shared.cuda.with(
                 &stream,
                 |s| shared.loss.cuda_new(s),
-                |cuda| L::cuda_backward(cuda, &dims, &student, &teacher, &upstream, &mut gs, gt),
+                |cuda| L::cuda_backward(cuda, [&dims, t.1.dims()], &student, &teacher, &upstream, &mut gs, gt),
             )?;
         }
         Ok((CudaStorage::wrap_cuda_slice(grads, device), Shape::from((k, dims[0], dims[1], dims[2], dims[3]))))

@@ -73,6 +73,21 @@ fn pkd_and_ifvd_misuse_is_an_error_that_says_what_to_fix() {
 }
 
 #[test]
+fn skd_matches_the_cpu_reference() {
+    run(support::skd_cirkd::check_skd);
+}
+
+#[test]
+fn cirkd_matches_the_cpu_reference() {
+    run(support::skd_cirkd::check_cirkd);
+}
+
+#[test]
+fn skd_and_cirkd_misuse_is_an_error_that_says_what_to_fix() {
+    run(support::skd_cirkd::check_skd_cirkd_errors);
+}
+
+#[test]
 fn strided_and_offset_inputs_are_handled() {
     run(support::check_layouts);
 }

@@ -17,6 +17,7 @@ use kd_kernels_candle::{Aicsd, Cwd, Cwt, Dist, Icsd, PixelKd};
 
 pub mod pkd_ifvd;
 pub mod semckd;
+pub mod skd_cirkd;
 
 #[path = "../../examples/train_candle.rs"]
 pub mod train_candle;

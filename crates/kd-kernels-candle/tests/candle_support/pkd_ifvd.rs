@@ -13,26 +13,26 @@ use ndarray::{ArrayView3, ArrayView4};
 use super::{compare, dtypes, logits, OrMsg, TestResult};
 
 /// The factor on the loss before `backward`: the gradients must come out times it.
-const UPSTREAM: f64 = 3.0;
+pub const UPSTREAM: f64 = 3.0;
 
 /// A tensor's values in f64 on the host, and its dims.
-fn host(t: &Tensor) -> Result<(Vec<f64>, Vec<usize>), String> {
+pub fn host(t: &Tensor) -> Result<(Vec<f64>, Vec<usize>), String> {
     let values =
         t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>()).or_msg("host")?;
     Ok((values, t.dims().to_vec()))
 }
 
-fn view4(values: &(Vec<f64>, Vec<usize>)) -> ArrayView4<'_, f64> {
+pub fn view4(values: &(Vec<f64>, Vec<usize>)) -> ArrayView4<'_, f64> {
     ArrayView4::from_shape(<[usize; 4]>::try_from(values.1.as_slice()).expect("rank 4"), &values.0).expect("shape")
 }
 
 /// `UPSTREAM * grad` in `dtype` on `device`, the expected gradient.
-fn expected(grad: &ndarray::Array4<f64>, dtype: DType, device: &Device) -> Result<Tensor, String> {
+pub fn expected(grad: &ndarray::Array4<f64>, dtype: DType, device: &Device) -> Result<Tensor, String> {
     let values: Vec<f64> = grad.iter().map(|g| g * UPSTREAM).collect();
     Tensor::from_vec(values, grad.shape(), device).and_then(|t| t.to_dtype(dtype)).or_msg("expected gradient")
 }
 
-fn features(shape: &[usize], seed: u64, dtype: DType, device: &Device) -> Result<Tensor, String> {
+pub fn features(shape: &[usize], seed: u64, dtype: DType, device: &Device) -> Result<Tensor, String> {
     logits(shape, seed, device).to_dtype(dtype).or_msg("features")
 }
 
@@ -121,14 +121,14 @@ pub fn check_ifvd(device: &Device) -> TestResult {
 }
 
 /// The error's message, or a failure when the call succeeded.
-fn message<T>(result: candle_core::Result<T>, what: &str) -> Result<String, String> {
+pub fn message<T>(result: candle_core::Result<T>, what: &str) -> Result<String, String> {
     match result {
         Ok(_) => Err(format!("{what}: accepted")),
         Err(e) => Ok(e.to_string()),
     }
 }
 
-fn expect_in(message: &str, needle: &str, what: &str) -> TestResult {
+pub fn expect_in(message: &str, needle: &str, what: &str) -> TestResult {
     if message.contains(needle) {
         Ok(())
     } else {
