@@ -3,12 +3,11 @@
 
 use std::ffi::c_void;
 
-use kd::cirkd::{Cirkd, CirkdConfig, CirkdCpu, CirkdPool, CirkdRawBuffers};
-use kd::ndarray::{Array4, ArrayView4};
-use kd::{HostFloat, KdError};
+use kd::cirkd::{Cirkd, CirkdConfig, CirkdPool};
+use kd::KdError;
 
 use crate::context::KdContext;
-use crate::relation::{self, DeviceCall, HostCall, RelationFamily};
+use crate::relation::{self, DeviceCall, HostCall};
 use crate::{guard, read_params, Failure, KdDtype, KdGradOptions, KdStatus};
 
 /// `kd_cirkd_config.pool`: the official rule, a 4x4 average pool when H >= 256 and W >= 256, else none.
@@ -52,26 +51,6 @@ fn config(params: KdCirkdConfig) -> Result<CirkdConfig, Failure> {
     let config = CirkdConfig { tau: params.tau, loss_weight: params.loss_weight, pool };
     config.validate()?;
     Ok(config)
-}
-
-impl RelationFamily for Cirkd {
-    fn reference<T: HostFloat>(
-        config: &CirkdConfig,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        want_grad: bool,
-    ) -> Result<(f64, Option<Array4<f64>>), KdError> {
-        let cirkd = CirkdCpu::new(*config)?;
-        if !want_grad {
-            return Ok((cirkd.forward(student, teacher)?, None));
-        }
-        let out = cirkd.forward_backward(student, teacher)?;
-        Ok((out.loss, Some(out.grad_student)))
-    }
-
-    fn raw_buffers(student: u64, teacher: u64, loss: u64, grad_student: u64, upstream: u64) -> CirkdRawBuffers {
-        CirkdRawBuffers { student, teacher, loss, grad_student, upstream }
-    }
 }
 
 /// CIRKD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in

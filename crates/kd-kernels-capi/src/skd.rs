@@ -3,12 +3,11 @@
 
 use std::ffi::c_void;
 
-use kd::ndarray::{Array4, ArrayView4};
-use kd::skd::{Skd, SkdConfig, SkdCpu, SkdPool, SkdRawBuffers};
-use kd::{HostFloat, KdError};
+use kd::skd::{Skd, SkdConfig, SkdPool};
+use kd::KdError;
 
 use crate::context::KdContext;
-use crate::relation::{self, DeviceCall, HostCall, RelationFamily};
+use crate::relation::{self, DeviceCall, HostCall};
 use crate::{guard, read_params, Failure, KdDtype, KdGradOptions, KdStatus};
 
 /// SKD, pair-wise similarity distillation (docs/losses.md §9): per image, the features pooled (`pool`),
@@ -35,26 +34,6 @@ fn config(params: KdSkdConfig) -> Result<SkdConfig, Failure> {
     let config = SkdConfig { loss_weight: params.loss_weight, pool };
     config.validate()?;
     Ok(config)
-}
-
-impl RelationFamily for Skd {
-    fn reference<T: HostFloat>(
-        config: &SkdConfig,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        want_grad: bool,
-    ) -> Result<(f64, Option<Array4<f64>>), KdError> {
-        let skd = SkdCpu::new(*config)?;
-        if !want_grad {
-            return Ok((skd.forward(student, teacher)?, None));
-        }
-        let out = skd.forward_backward(student, teacher)?;
-        Ok((out.loss, Some(out.grad_student)))
-    }
-
-    fn raw_buffers(student: u64, teacher: u64, loss: u64, grad_student: u64, upstream: u64) -> SkdRawBuffers {
-        SkdRawBuffers { student, teacher, loss, grad_student, grad_teacher: 0, upstream }
-    }
 }
 
 /// SKD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in
