@@ -1,26 +1,31 @@
 /*
  * CIRKD's mini-batch pixel relations (docs/losses.md §10) without a single P x P matrix: for every ordered
  * pair of images (i, j), i = j included, the row softmaxes of s_ij = S_hat_i^T S_hat_j / tau and of t_ij
- * (the teacher's), the KL of each row, and d loss / d student. Five launches:
+ * (the teacher's), the KL of each row, and d loss / d student. cirkd_normalize, then one launch group per
+ * anchor image i = 0, ..., B - 1 (the driver sets `anchor`), then cirkd_finish:
  *   1. cirkd_normalize     a thread per (side, image, pooled pixel): the K x K average pool (ceil rule) and
  *                          the per-pixel L2 normalisation, into the workspace as [B, C, P] floats
- *   2. cirkd_forward       a block per (i, j, tile of KD_CIRKD_OWNED rows): streams the columns in tiles of
- *                          KD_CIRKD_OTHERS, keeping per row the running maxima and sums of exponentials of
- *                          both rows and sum e^(t - max_t) (t - s) (FlashAttention's online softmax); writes
- *                          each row's LSE(t) and LSE(s) - LSE(t) and sums the rows' KL into the loss
- *   3. cirkd_grad_rows     a block per (i, tile of image i's pixels p): for every j, recomputes the tiles,
- *                          g = (ps - pt) loss_weight / (P B^2 tau), and d_hat_i[:, p] = sum_j sum_q g S_hat_j[:, q]
- *   4. cirkd_grad_columns  a block per (j, tile of image j's pixels q): for every i, the same tiles seen from
- *                          the columns, d_hat_j[:, q] += sum_i sum_p g S_hat_i[:, p]
+ *   2. cirkd_forward       a block per (j, tile of KD_CIRKD_OWNED rows of image i): streams the columns in
+ *                          tiles of KD_CIRKD_OTHERS, keeping per row the running maxima and sums of
+ *                          exponentials of both rows and sum e^(t - max_t) (t - s) (FlashAttention's online
+ *                          softmax); writes each row's LSE(t) and LSE(s) - LSE(t) and sums the rows' KL into
+ *                          the anchor's loss (the last anchor's last block sums the anchors into the loss)
+ *   3. cirkd_grad_rows     a block per tile of image i's pixels p: for every j, recomputes the tiles,
+ *                          g = (ps - pt) loss_weight / (P B^2 tau), and d_hat_i[:, p] += sum_j sum_q g S_hat_j[:, q]
+ *   4. cirkd_grad_columns  a block per (j, tile of image j's pixels q): the same tiles seen from the columns,
+ *                          d_hat_j[:, q] += sum_p g S_hat_i[:, p]
  *   5. cirkd_finish        a thread per (image, pooled pixel): back through the normalisation and the pool
  * (3 to 5 only for a gradient.)
  * What is fused, and why it is legal: a row's KL, sum_q pt (t - s) - LSE(t) + LSE(s), needs only the row's
  * running statistics, which merge exactly under a change of maximum (rescaling by e^(old max - new max)), so
  * a tile of logits is used once and dropped. The gradient of a logit needs the final LSEs of its row, so the
- * backward recomputes the tiles from the normalised features and the stored LSEs (2 B^2 P floats, the row
- * statistics; the features' own copies are the inputs' size). Each gradient element has one owner: pass 3
- * owns d_hat_i's rows, pass 4 then owns d_hat_j's columns and adds to what pass 3 wrote, so no two blocks
- * write one element and no float atomic decides a result.
+ * backward recomputes the tiles from the normalised features and the stored LSEs. Going one anchor at a time
+ * keeps those row statistics to the anchor's B pairs, 2 B P floats, reused by every group (stream order
+ * separates the groups); the features' own copies are the (pooled) inputs' size. Each gradient element has
+ * one owner per launch: pass 3 owns d_hat_i's rows, pass 4 then d_hat_j's columns, and the groups follow each
+ * other, so every element is summed in the fixed order (anchor, pass, tile) and no float atomic decides a
+ * result. The first contribution to d_hat_j overwrites: anchor 0's row pass for j = 0, anchor 0's column
+ * pass for the others.
  *
  * Numerics. Dot products in fp32 over the channels in increasing order whichever side owns the tile, so the
  * backward's logits are bitwise the forward's; sums of exponentials and the KL in double; the loss summed in
@@ -184,14 +189,34 @@ __device__ __forceinline__ RowStats warp_merge(RowStats m) {
     return m;
 }
 
-// The block's image pair and tile: block b of cirkd_forward is (i, j, tile) with the tile fastest.
+// The block's image pair and tile: block b of cirkd_forward is (j, tile) with the tile fastest, i the anchor.
 struct PairTile {
     int64_t i, j, o0;
 };
 
 __device__ __forceinline__ PairTile pair_tile(const KdCirkdParams& p) {
-    const int64_t tile = blockIdx.x % p.tiles, pair = blockIdx.x / p.tiles;
-    return PairTile{pair / p.batch, pair % p.batch, tile * kOwned};
+    const int64_t tile = blockIdx.x % p.tiles, j = blockIdx.x / p.tiles;
+    return PairTile{p.anchor, j, tile * kOwned};
+}
+
+// The loss of one anchor's launch group: the last block of the group sums the blocks' partials in block order
+// into the anchor's total, and the last anchor's then sums the anchors' totals in anchor order (earlier
+// groups finished before this launch began) into the loss. Every thread of the block calls it.
+__device__ __forceinline__ void sum_anchor_into_loss(const KdCirkdArgs& a, double kl_sum) {
+    const KdCirkdParams& p = a.p;
+    const double block = kd::block_sum(kl_sum);
+    float* partials = kd::ptr<float>(a.loss_partials);
+    if (threadIdx.x == 0) partials[blockIdx.x] = static_cast<float>(block);
+    if (!kd::is_last_block_done(kd::ptr<unsigned int>(a.counter), gridDim.x)) return;
+    const double anchor_total = kd::block_sum_of_partials(partials, gridDim.x);
+    if (threadIdx.x != 0) return;
+    double* totals = kd::ptr<double>(a.anchor_losses);
+    totals[p.anchor] = anchor_total;
+    if (p.anchor != p.batch - 1) return;
+    double total = 0.0;
+    for (int64_t i = 0; i + 1 < p.batch; ++i) total += __ldcg(totals + i);
+    total += anchor_total;
+    *kd::ptr<float>(a.loss) = static_cast<float>(static_cast<double>(p.loss_scale) * total);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -242,7 +267,7 @@ template <typename T> __device__ void cirkd_forward(const KdCirkdArgs& a) {
     }
     double kl_sum = 0.0;
     float* lse = kd::ptr<float>(a.lse);
-    const int64_t pair_rows = (pt.i * p.batch + pt.j) * P, side = static_cast<int64_t>(p.batch) * p.batch * P;
+    const int64_t pair_rows = pt.j * P, side = static_cast<int64_t>(p.batch) * P;
 #pragma unroll
     for (int r = 0; r < kOwnedPerWarp; ++r) {
         const RowStats m = warp_merge(row[r]);
@@ -257,17 +282,13 @@ template <typename T> __device__ void cirkd_forward(const KdCirkdArgs& a) {
             kl_sum += m.cross * kd::recip(m.sum_t) + delta;
         }
     }
-    if (p.flags & KD_WANT_LOSS) {
-        const double block = kd::block_sum(kl_sum);
-        kd::sum_into_loss(static_cast<float>(block), blockIdx.x, gridDim.x, kd::ptr<float>(a.loss_partials),
-                          kd::ptr<unsigned int>(a.counter), kd::ptr<float>(a.loss), p.loss_scale);
-    }
+    if (p.flags & KD_WANT_LOSS) sum_anchor_into_loss(a, kl_sum);
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// 3 and 4. Gradient of the normalised student. kOwnerIsRow: the block owns rows p of image i and visits
-// every j (pass 3, which writes d_hat first); else it owns columns q of image j and visits every i (pass 4,
-// which adds). The LSEs are those of the rows, so of the owned pixels in pass 3 and of the others in pass 4.
+// 3 and 4. Gradient of the normalised student, anchor i's share. kOwnerIsRow: the block owns rows p of image
+// i and visits every j (pass 3); else it owns columns q of image j and visits the anchor i only (pass 4). The
+// LSEs are those of the rows, so of the owned pixels in pass 3 and of the others in pass 4.
 template <bool kOwnerIsRow> __device__ void grad_pass(const KdCirkdArgs& a) {
     const KdCirkdParams& p = a.p;
     KD_SHARED_ARRAY(float, owned, kChunk * kOwned);
@@ -277,15 +298,16 @@ template <bool kOwnerIsRow> __device__ void grad_pass(const KdCirkdArgs& a) {
     const Staging st{owned, others};
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t P = p.pixels, cs = p.student_channels, ct = p.teacher_channels;
-    const int64_t o = blockIdx.x / p.tiles, o0 = (blockIdx.x % p.tiles) * kOwned;
+    const int64_t o = kOwnerIsRow ? p.anchor : blockIdx.x / p.tiles, o0 = (blockIdx.x % p.tiles) * kOwned;
     const float* hs = kd::ptr<const float>(a.hat_student);
     const float* ht = kd::ptr<const float>(a.hat_teacher);
     const float* lse = kd::ptr<const float>(a.lse);
-    const int64_t side = static_cast<int64_t>(p.batch) * p.batch * P;
+    const int64_t side = static_cast<int64_t>(p.batch) * P;
     float* d_hat = kd::ptr<float>(a.d_hat) + o * cs * P;
-    for (int64_t x = 0; x < p.batch; ++x) {
-        const int64_t i = kOwnerIsRow ? o : x, j = kOwnerIsRow ? x : o;
-        const float* lse_t = lse + (i * p.batch + j) * P;
+    // The other images: every j for the rows, the anchor alone for the columns.
+    for (int64_t x = kOwnerIsRow ? 0 : p.anchor; x < (kOwnerIsRow ? p.batch : p.anchor + 1); ++x) {
+        const int64_t j = kOwnerIsRow ? x : o;
+        const float* lse_t = lse + j * P;
         const float* delta = lse_t + side;
         for (int64_t q0 = 0; q0 < P; q0 += kOthers) {
             float s[kOwnedPerWarp][kOthersPerLane], t[kOwnedPerWarp][kOthersPerLane];
@@ -314,7 +336,8 @@ template <bool kOwnerIsRow> __device__ void grad_pass(const KdCirkdArgs& a) {
             // thread, which adds the columns in order.
             const int64_t own = o0 + lane;
             const int64_t cols = min(static_cast<int64_t>(kOthers), P - q0);
-            const bool first = kOwnerIsRow && x == 0 && q0 == 0;
+            // This launch's first contribution to the tile's d_hat elements overwrites (see the file's head).
+            const bool first = q0 == 0 && p.anchor == 0 && (kOwnerIsRow ? x == 0 : o != 0);
             if (own < P) {
                 for (int64_t c = warp; c < cs; c += kWarps) {
                     const float* y = hs + (x * cs + c) * P + q0;
@@ -365,11 +388,12 @@ template <typename T> __device__ void cirkd_finish(const KdCirkdArgs& a) {
 }  // namespace
 
 // cirkd_forward asks for one resident block per SM only: its double-precision exponentials take about 140
-// registers a thread, which ptxas would otherwise squeeze into 128 and spill.
+// registers a thread, which ptxas would otherwise squeeze into 128 and spill. The gradient passes ask for
+// two (up to 128 registers): left to itself ptxas gives cirkd_grad_rows 64 and spills its tiles.
 #define CIRKD_ENTRIES(T, NAME)                                                                    \
     KD_ENTRY(cirkd_normalize_##NAME, KdCirkdArgs, kBlockThreads) { cirkd_normalize<T>(a); }        \
     KD_ENTRY(cirkd_forward_##NAME, KdCirkdArgs, kBlockThreads, 1) { cirkd_forward<T>(a); }            \
-    KD_ENTRY(cirkd_grad_rows_##NAME, KdCirkdArgs, kBlockThreads) { grad_pass<true>(a); }           \
-    KD_ENTRY(cirkd_grad_columns_##NAME, KdCirkdArgs, kBlockThreads) { grad_pass<false>(a); }       \
+    KD_ENTRY(cirkd_grad_rows_##NAME, KdCirkdArgs, kBlockThreads, 2) { grad_pass<true>(a); }           \
+    KD_ENTRY(cirkd_grad_columns_##NAME, KdCirkdArgs, kBlockThreads, 2) { grad_pass<false>(a); }       \
     KD_ENTRY(cirkd_finish_##NAME, KdCirkdArgs, kBlockThreads) { cirkd_finish<T>(a); }
 KD_FOR_EACH_DTYPE(CIRKD_ENTRIES)

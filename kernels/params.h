@@ -416,9 +416,10 @@ typedef struct KdDistArgs {
  * CIRKD (cirkd.cu, docs/losses.md section 10): mini-batch pixel relations without P x P matrices. Features are
  * pooled and normalised per pixel into the workspace ([B, C, P] floats per side); a logit tile is
  * KD_CIRKD_OWNED pixels of one image (the pixels a block owns) against KD_CIRKD_OTHERS pixels of another,
- * the channels staged KD_CIRKD_CHANNEL_CHUNK at a time. cirkd_forward has a block per (i, j, tile of rows of
- * image i), cirkd_grad_rows one per (i, tile of image i's pixels), cirkd_grad_columns one per (j, tile of
- * image j's pixels); cirkd_normalize and cirkd_finish a thread per (image, pooled pixel).
+ * the channels staged KD_CIRKD_CHANNEL_CHUNK at a time. The relations are taken one anchor image i at a time
+ * (B launch groups, `anchor` = i): cirkd_forward has a block per (j, tile of rows of image i),
+ * cirkd_grad_rows one per tile of image i's pixels, cirkd_grad_columns one per (j, tile of image j's pixels);
+ * cirkd_normalize and cirkd_finish, launched once, a thread per (image, pooled pixel).
  */
 #define KD_CIRKD_OWNED 32
 #define KD_CIRKD_OTHERS 64
@@ -436,6 +437,7 @@ typedef struct KdCirkdParams {
     int32_t pooled_width;     /* W' = ceil(W / K) */
     int32_t tiles;            /* ceil(P / KD_CIRKD_OWNED) */
     int32_t flags;            /* KdOutputFlags */
+    int32_t anchor;           /* i: the anchor image of this launch group (forward and gradient passes) */
     float inv_tau;            /* 1 / tau */
     float loss_scale;         /* loss_weight / (P * B^2) */
     float logit_grad_scale;   /* loss_weight / (P * B^2 * tau): d loss / d (S_hat_i . S_hat_j) per (ps - pt) */
@@ -451,9 +453,10 @@ typedef struct KdCirkdArgs {
     uint64_t upstream;      /* const float*: one value, with KD_SCALE_BY_UPSTREAM */
     uint64_t hat_student;   /* float*: workspace [B, Cs, P], the pooled, normalised student */
     uint64_t hat_teacher;   /* float*: workspace [B, Ct, P] */
-    uint64_t lse;           /* float*: workspace [2, B, B, P], each row's LSE(t), then its LSE(s) - LSE(t) */
+    uint64_t lse;           /* float*: workspace [2, B, P], rows (anchor, j, p): LSE(t), then LSE(s) - LSE(t) */
     uint64_t d_hat;         /* float*: workspace [B, Cs, P], d loss / d S_hat */
-    uint64_t loss_partials; /* float*: workspace, one per cirkd_forward block */
+    uint64_t loss_partials; /* float*: workspace, one per cirkd_forward block of a launch group */
+    uint64_t anchor_losses; /* double*: workspace [B], the KL sum of each anchor's pairs */
     uint64_t counter;       /* unsigned int*: the loss's ticket, 0 between launches */
     KdCirkdParams p;
 } KdCirkdArgs;

@@ -104,7 +104,7 @@ impl Family for Cirkd {
         let (floats, counters) = scratch.prepare(plan.workspace_floats, 1)?;
         let ws = |offset: usize| floats + 4 * offset as u64;
         let o = plan.offsets;
-        let args = KdCirkdArgs {
+        let mut args = KdCirkdArgs {
             student: buffers.student,
             teacher: buffers.teacher,
             loss: buffers.loss,
@@ -115,10 +115,13 @@ impl Family for Cirkd {
             lse: ws(o.lse),
             d_hat: ws(o.d_hat),
             loss_partials: ws(o.loss_partials),
+            anchor_losses: ws(o.anchor_losses),
             counter: counters,
             p: plan.params,
         };
-        for launch in &plan.launches {
+        for (launch, anchor) in plan.launches() {
+            // A launch takes its argument block by value, so the next group's anchor does not touch this one's.
+            args.p.anchor = anchor;
             // SAFETY: `args` is the block cirkd.cu's kernels take; its addresses come from the caller (who vouches
             // for them) and from the workspace, sized by the plan.
             unsafe {

@@ -23,10 +23,27 @@
 //! (no teacher gradient).
 //!
 //! [`CirkdCuda`] runs the same computation with the kernels of `kernels/cirkd.cu`: the pooled, normalised
-//! features into the workspace, a forward streaming the column tiles of every row tile of every image pair
-//! with the same online statistics (each row's two log-sum-exps kept: `2 B^2 P` floats), and a backward
-//! recomputing the tiles in two passes, one owning the rows' gradient and one the columns', so that every
-//! gradient element is summed in a fixed order by one thread.
+//! features into the workspace, then one launch group per anchor image `i` (in order, on the stream, with no
+//! host synchronisation): a forward streaming the column tiles of every row tile of the pairs `(i, j)` with
+//! the same online statistics (each row's two log-sum-exps kept, for the anchor's pairs only), and a backward
+//! recomputing the tiles in two passes, one owning the anchor's rows' gradient and one the columns', so that
+//! every gradient element is summed in a fixed order by one thread at a time.
+//!
+//! Its workspace (device memory beyond the inputs, the loss and the gradient) is, in bytes per call, with
+//! `P = H' * W'` the pixels after pooling and `r(x) = 64 * ceil(x / 64)` (every array starts on 256 bytes):
+//!
+//! ```text
+//! 4 * ( r(B Cs P) + r(B Ct P)      the pooled, normalised student and teacher, f32
+//!     + r(2 B P)                   row statistics of one anchor's B pairs: LSE(t) and LSE(s) - LSE(t)
+//!     + r(B Cs P)                  d loss / d (normalised student), f32 (gradient calls only)
+//!     + r(B ceil(P / 32))          the forward's loss partials, one per block of an anchor's group
+//!     + r(2 B) )                   each anchor's KL sum, f64
+//! ```
+//!
+//! So `O(B * P)` besides the `O(B * (2 Cs + Ct) * P)` pooled features and their gradient, never `O(P^2)`
+//! nor `O(B^2 * P)`; [`crate::family::Family::workspace_bound`] returns exactly this (in f32 words) for a
+//! gradient call, and a loss-only call takes the same less `r(B Cs P)`. At `B = 8`, `Cs = Ct = 256`,
+//! `128 x 256` unpooled that is 807,436,544 bytes (770 MiB), 768 MiB of which the feature copies.
 
 mod cpu;
 pub(crate) mod driver;

@@ -9,7 +9,7 @@ use crate::launch::{self, Launch, OutputSet, BLOCK_THREADS};
 use crate::relation::RelationShapes;
 use crate::validate;
 
-/// The entry points of kernels/cirkd.cu, in launch order.
+/// The entry points of kernels/cirkd.cu, in launch order (the forward and the gradient passes once per anchor).
 pub(crate) const NORMALIZE: &str = "cirkd_normalize";
 pub(crate) const FORWARD: &str = "cirkd_forward";
 pub(crate) const GRAD_ROWS: &str = "cirkd_grad_rows";
@@ -28,14 +28,21 @@ pub(crate) struct Offsets {
     pub lse: usize,
     pub d_hat: usize,
     pub loss_partials: usize,
+    pub anchor_losses: usize,
 }
 
 /// Everything a CIRKD call needs besides the buffers.
 #[derive(Debug, Clone)]
 pub(crate) struct CirkdPlan {
+    /// The parameters of every launch but the anchor's (`anchor` is 0; the driver sets it per group).
     pub params: KdCirkdParams,
-    /// Normalisation and forward; then, for a gradient, the two gradient passes and the finish.
-    pub launches: Vec<Launch>,
+    /// The normalisation, launched once before the anchors' groups.
+    pub normalize: Launch,
+    /// One anchor's group, launched for every anchor in order: the forward; then, for a gradient, the two
+    /// gradient passes.
+    pub per_anchor: Vec<Launch>,
+    /// After the groups, for a gradient: the finish.
+    pub finish: Option<Launch>,
     pub offsets: Offsets,
     pub workspace_floats: usize,
 }
@@ -67,9 +74,11 @@ pub(crate) fn plan(config: &CirkdConfig, shapes: &RelationShapes, outputs: Outpu
     };
     let hat_student = words("student features", &[b, cs, pixels])?;
     let hat_teacher = words("teacher features", &[b, ct, pixels])?;
-    let lse = words("row statistics", &[2, pairs, pixels])?;
+    let lse = words("row statistics", &[2, b, pixels])?;
     let d_hat = if outputs.grad_student { hat_student } else { 0 };
-    let forward_blocks = words("loss partials", &[pairs, tiles])?;
+    let forward_blocks = words("loss partials", &[b, tiles])?;
+    // One f64 per anchor.
+    let anchor_losses = words("anchor losses", &[2, b])?;
     let tau = config.tau;
     let loss_scale = config.loss_weight / (pixels as f64 * pairs as f64);
     validate::representable_f32("1 / tau", 1.0 / tau)?;
@@ -88,6 +97,7 @@ pub(crate) fn plan(config: &CirkdConfig, shapes: &RelationShapes, outputs: Outpu
         pooled_width: int32("W after pooling", pw)?,
         tiles: int32("the pixel tiles per image", tiles)?,
         flags: outputs.flags(),
+        anchor: 0,
         inv_tau: (1.0 / tau) as f32,
         loss_scale: loss_scale as f32,
         logit_grad_scale: (loss_scale / tau) as f32,
@@ -95,19 +105,18 @@ pub(crate) fn plan(config: &CirkdConfig, shapes: &RelationShapes, outputs: Outpu
     };
     let per_thread =
         |what: &'static str, threads: usize| launch::grid_blocks(what, threads.div_ceil(BLOCK_THREADS as usize));
-    let mut launches = vec![
-        Launch::new(NORMALIZE, per_thread("CIRKD pixels (both sides)", 2 * b * pixels)?),
-        Launch::new(FORWARD, launch::grid_blocks("CIRKD row tiles of every image pair", forward_blocks)?),
-    ];
+    let normalize = Launch::new(NORMALIZE, per_thread("CIRKD pixels (both sides)", 2 * b * pixels)?);
+    let mut per_anchor =
+        vec![Launch::new(FORWARD, launch::grid_blocks("CIRKD row tiles of an anchor's image pairs", forward_blocks)?)];
+    let mut finish = None;
     if outputs.grad_student {
-        let owners = launch::grid_blocks("CIRKD pixel tiles", b * tiles)?;
-        launches.push(Launch::new(GRAD_ROWS, owners));
-        launches.push(Launch::new(GRAD_COLUMNS, owners));
-        launches.push(Launch::new(FINISH, per_thread("CIRKD pixels", b * pixels)?));
+        per_anchor.push(Launch::new(GRAD_ROWS, launch::grid_blocks("CIRKD pixel tiles of an image", tiles)?));
+        per_anchor.push(Launch::new(GRAD_COLUMNS, launch::grid_blocks("CIRKD pixel tiles", forward_blocks)?));
+        finish = Some(Launch::new(FINISH, per_thread("CIRKD pixels", b * pixels)?));
     }
-    let sizes = [hat_student, hat_teacher, lse, d_hat, forward_blocks];
+    let sizes = [hat_student, hat_teacher, lse, d_hat, forward_blocks, anchor_losses];
     let mut at = 0usize;
-    let mut starts = [0usize; 5];
+    let mut starts = [0usize; 6];
     for (start, size) in starts.iter_mut().zip(sizes) {
         *start = at;
         at = at
@@ -115,13 +124,25 @@ pub(crate) fn plan(config: &CirkdConfig, shapes: &RelationShapes, outputs: Outpu
             .filter(|&v| v <= (i64::MAX / 8) as usize)
             .ok_or_else(|| too_large("the workspace does not fit the address space".into()))?;
     }
-    let [hat_student, hat_teacher, lse, d_hat, loss_partials] = starts;
+    let [hat_student, hat_teacher, lse, d_hat, loss_partials, anchor_losses] = starts;
     Ok(CirkdPlan {
         params,
-        launches,
-        offsets: Offsets { hat_student, hat_teacher, lse, d_hat, loss_partials },
+        normalize,
+        per_anchor,
+        finish,
+        offsets: Offsets { hat_student, hat_teacher, lse, d_hat, loss_partials, anchor_losses },
         workspace_floats: at,
     })
+}
+
+impl CirkdPlan {
+    /// Every launch of the call with the anchor it runs for, in stream order.
+    pub(crate) fn launches(&self) -> impl Iterator<Item = (&Launch, i32)> + '_ {
+        let anchors = self.params.batch;
+        std::iter::once((&self.normalize, 0))
+            .chain((0..anchors).flat_map(move |i| self.per_anchor.iter().map(move |l| (l, i))))
+            .chain(self.finish.iter().map(|l| (l, 0)))
+    }
 }
 
 /// The workspace floats any call on `shapes` needs (the loss and the gradient).
@@ -140,6 +161,22 @@ mod tests {
         OutputSet { loss: true, grad_student: true, ..OutputSet::default() }
     }
 
+    /// Every launch's kernel and grid, in stream order.
+    fn launches(p: &CirkdPlan) -> Vec<(&'static str, u32, i32)> {
+        p.launches().map(|(l, anchor)| (l.kernel, l.grid, anchor)).collect()
+    }
+
+    /// The workspace the module docs state, in f32 words: each array rounded up to 64 words.
+    fn stated_floats(b: usize, cs: usize, ct: usize, pixels: usize) -> usize {
+        let r = |x: usize| x.next_multiple_of(64);
+        r(b * cs * pixels)
+            + r(b * ct * pixels)
+            + r(2 * b * pixels)
+            + r(b * cs * pixels)
+            + r(b * pixels.div_ceil(32))
+            + r(2 * b)
+    }
+
     #[test]
     fn the_issue_shape_needs_row_statistics_and_feature_copies_only() {
         // B = 8, C = 256, 128 x 256 unpooled (below the auto rule's 256 x 256): P = 32768.
@@ -147,11 +184,38 @@ mod tests {
         let p = plan(&CirkdConfig::default(), &shapes, both(), 1.0).unwrap();
         assert_eq!(p.params.pixels, 32768);
         assert_eq!(p.params.pool, 1);
-        let inputs = 2 * 8 * 256 * 32768usize;
-        // Three feature-sized arrays (both sides normalised, the student's gradient) and 2 B^2 P LSEs: about
-        // 1.6 GB, where the official's B^2 logit matrices alone would be 275 GB per side.
-        assert!(p.workspace_floats < inputs * 3 / 2 + 2 * 64 * 32768 + 64 * 1024 + 1024, "{}", p.workspace_floats);
-        assert_eq!(p.launches.iter().map(|l| l.grid).collect::<Vec<_>>(), [2048, 65536, 8192, 8192, 1024]);
+        // Three feature-sized arrays (both sides normalised, the student's gradient), 2 B P row statistics and
+        // B * 1024 loss partials: 770 MiB, where the official's B^2 logit matrices alone would be 275 GB per side.
+        assert_eq!(p.workspace_floats, stated_floats(8, 256, 256, 32768));
+        assert_eq!(4 * p.workspace_floats, 807_436_544);
+        let mut expected = vec![(NORMALIZE, 2048, 0)];
+        for i in 0..8 {
+            expected.extend([(FORWARD, 8192, i), (GRAD_ROWS, 1024, i), (GRAD_COLUMNS, 8192, i)]);
+        }
+        expected.push((FINISH, 1024, 0));
+        assert_eq!(launches(&p), expected);
+    }
+
+    #[test]
+    fn the_workspace_grows_like_b_times_p_not_b_squared() {
+        // A fixed map and channels, B = 2 and B = 8: every array is linear in B, so four times the images take
+        // four times the workspace, up to the 64-word rounding; with B^2 P row statistics it would be far more.
+        let bound = |b: usize, cs: usize, ct: usize, h: usize, w: usize| {
+            let shapes = check_shapes(&[b, cs, h, w], &[b, ct, h, w]).unwrap();
+            workspace_bound(&CirkdConfig { pool: CirkdPool::None, ..CirkdConfig::default() }, &shapes).unwrap()
+        };
+        // One channel per side, so that the row statistics are as large a share as they can be.
+        for (cs, ct, h, w) in [(1, 1, 128, 256), (3, 5, 97, 131), (256, 256, 64, 128)] {
+            let (two, eight) = (bound(2, cs, ct, h, w), bound(8, cs, ct, h, w));
+            assert_eq!(two, stated_floats(2, cs, ct, h * w), "B = 2, {cs} {ct} {h}x{w}");
+            assert_eq!(eight, stated_floats(8, cs, ct, h * w), "B = 8, {cs} {ct} {h}x{w}");
+            assert!(eight <= 4 * two, "B = 8 takes {eight} words, B = 2 {two}");
+            assert!(eight + 6 * 256 >= 4 * two, "B = 8 takes {eight} words, B = 2 {two}");
+        }
+        // Beyond the features and their gradient (2 Cs + Ct words a pixel), a few words a pixel and image.
+        let (b, p) = (8, 128 * 256);
+        let beyond = bound(b, 1, 1, 128, 256) - 3 * b * p;
+        assert!(beyond <= 3 * b * p, "{beyond} words beyond the features");
     }
 
     #[test]
@@ -173,13 +237,23 @@ mod tests {
         let shapes = check_shapes(&[2, 3, 9, 11], &[2, 5, 9, 11]).unwrap();
         let loss = OutputSet { loss: true, ..OutputSet::default() };
         let f = plan(&CirkdConfig::default(), &shapes, loss, 1.0).unwrap();
-        assert_eq!(f.launches.iter().map(|l| l.kernel).collect::<Vec<_>>(), [NORMALIZE, FORWARD]);
+        assert_eq!(launches(&f), [(NORMALIZE, 2, 0), (FORWARD, 8, 0), (FORWARD, 8, 1)]);
         let g = plan(&CirkdConfig::default(), &shapes, both(), 1.0).unwrap();
-        assert_eq!(g.launches.iter().map(|l| l.kernel).collect::<Vec<_>>(), KERNELS);
         assert!(f.workspace_floats < g.workspace_floats);
-        // 99 pixels: 4 tiles of 32 rows; 4 pairs.
-        assert_eq!(g.launches[1].grid, 16);
-        assert_eq!(g.launches[2].grid, 8);
+        // 99 pixels: 4 tiles of 32 rows; 2 pairs per anchor.
+        assert_eq!(
+            launches(&g),
+            [
+                (NORMALIZE, 2, 0),
+                (FORWARD, 8, 0),
+                (GRAD_ROWS, 4, 0),
+                (GRAD_COLUMNS, 8, 0),
+                (FORWARD, 8, 1),
+                (GRAD_ROWS, 4, 1),
+                (GRAD_COLUMNS, 8, 1),
+                (FINISH, 1, 0)
+            ]
+        );
     }
 
     #[test]

@@ -1155,6 +1155,7 @@ pub struct KdCirkdParams {
     pub pooled_width: i32,
     pub tiles: i32,
     pub flags: i32,
+    pub anchor: i32,
     pub inv_tau: f32,
     pub loss_scale: f32,
     pub logit_grad_scale: f32,
@@ -1162,7 +1163,7 @@ pub struct KdCirkdParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KdCirkdParams"][::core::mem::size_of::<KdCirkdParams>() - 64usize];
+    ["Size of KdCirkdParams"][::core::mem::size_of::<KdCirkdParams>() - 72usize];
     ["Alignment of KdCirkdParams"][::core::mem::align_of::<KdCirkdParams>() - 8usize];
     [
         "Offset of field: KdCirkdParams::pixels",
@@ -1198,17 +1199,20 @@ const _: () = {
         "Offset of field: KdCirkdParams::flags",
     ][::core::mem::offset_of!(KdCirkdParams, flags) - 44usize];
     [
+        "Offset of field: KdCirkdParams::anchor",
+    ][::core::mem::offset_of!(KdCirkdParams, anchor) - 48usize];
+    [
         "Offset of field: KdCirkdParams::inv_tau",
-    ][::core::mem::offset_of!(KdCirkdParams, inv_tau) - 48usize];
+    ][::core::mem::offset_of!(KdCirkdParams, inv_tau) - 52usize];
     [
         "Offset of field: KdCirkdParams::loss_scale",
-    ][::core::mem::offset_of!(KdCirkdParams, loss_scale) - 52usize];
+    ][::core::mem::offset_of!(KdCirkdParams, loss_scale) - 56usize];
     [
         "Offset of field: KdCirkdParams::logit_grad_scale",
-    ][::core::mem::offset_of!(KdCirkdParams, logit_grad_scale) - 56usize];
+    ][::core::mem::offset_of!(KdCirkdParams, logit_grad_scale) - 60usize];
     [
         "Offset of field: KdCirkdParams::grad_scale",
-    ][::core::mem::offset_of!(KdCirkdParams, grad_scale) - 60usize];
+    ][::core::mem::offset_of!(KdCirkdParams, grad_scale) - 64usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -1223,12 +1227,13 @@ pub struct KdCirkdArgs {
     pub lse: u64,
     pub d_hat: u64,
     pub loss_partials: u64,
+    pub anchor_losses: u64,
     pub counter: u64,
     pub p: KdCirkdParams,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KdCirkdArgs"][::core::mem::size_of::<KdCirkdArgs>() - 152usize];
+    ["Size of KdCirkdArgs"][::core::mem::size_of::<KdCirkdArgs>() - 168usize];
     ["Alignment of KdCirkdArgs"][::core::mem::align_of::<KdCirkdArgs>() - 8usize];
     [
         "Offset of field: KdCirkdArgs::student",
@@ -1261,11 +1266,14 @@ const _: () = {
         "Offset of field: KdCirkdArgs::loss_partials",
     ][::core::mem::offset_of!(KdCirkdArgs, loss_partials) - 72usize];
     [
+        "Offset of field: KdCirkdArgs::anchor_losses",
+    ][::core::mem::offset_of!(KdCirkdArgs, anchor_losses) - 80usize];
+    [
         "Offset of field: KdCirkdArgs::counter",
-    ][::core::mem::offset_of!(KdCirkdArgs, counter) - 80usize];
+    ][::core::mem::offset_of!(KdCirkdArgs, counter) - 88usize];
     [
         "Offset of field: KdCirkdArgs::p",
-    ][::core::mem::offset_of!(KdCirkdArgs, p) - 88usize];
+    ][::core::mem::offset_of!(KdCirkdArgs, p) - 96usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
