@@ -6,8 +6,8 @@
 //! `forward_backward` runs on the quick shape of that script, 2x8x16x12 (pooled and unpooled).
 //!
 //! ```text
-//! cargo bench --bench cirkd
-//! cargo bench --bench cirkd -- unpooled --quick
+//! cargo bench --bench losses -- cirkd
+//! cargo bench --bench losses -- cirkd_unpooled --quick
 //! ```
 //!
 //! Besides the time, each case prints its workspace: the bytes the loss object reserves for the call (its
@@ -16,11 +16,9 @@
 //! GPU. `gbps` counts the minimal traffic of the other benches (3 tensors); CIRKD is compute-bound (B^2 P^2 C
 //! multiply-adds), so that figure is only for the table.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{shape_name, Harness, Inputs, Pass};
+use crate::common::{shape_name, Harness, Inputs, Pass};
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use kd_kernels::cirkd::{check_shapes, Cirkd, CirkdConfig, CirkdCpu, CirkdCuda, CirkdPool};
 use kd_kernels::family::Family;
@@ -28,7 +26,7 @@ use kd_kernels::half::bf16;
 use kd_kernels::launch::DeviceInfo;
 use kd_kernels::{DType, KdFloat};
 
-/// The issue's features (student and teacher channels as in bench_skd_cirkd.py: 256 each).
+/// The features (student and teacher channels as in `bench_skd_cirkd.py`: 256 each).
 const GPU_SHAPE: [usize; 4] = [8, 256, 64, 128];
 /// bench_skd_cirkd.py's quick shape, for the CPU reference.
 const CPU_SHAPE: [usize; 4] = [2, 8, 16, 12];
@@ -66,7 +64,7 @@ fn workspace_bytes(pool: CirkdPool, shape: [usize; 4]) -> kd_kernels::Result<usi
     Ok(4 * floats)
 }
 
-fn gpu_case<T: KdFloat>(h: &mut Harness, cirkd: &mut CirkdCuda, inputs: &Inputs) -> common::Res<()> {
+fn gpu_case<T: KdFloat>(h: &mut Harness, cirkd: &mut CirkdCuda, inputs: &Inputs) -> crate::common::Res<()> {
     let shape = GPU_SHAPE;
     if !h.wants("gpu", Pass::ForwardBackward, &shape, T::DTYPE) {
         return Ok(());
@@ -139,7 +137,7 @@ fn cpu_benches() {
     criterion.final_summary();
 }
 
-fn main() {
+pub fn run() {
     gpu_benches();
     cpu_benches();
 }

@@ -13,28 +13,17 @@
 
 mod common;
 
-mod cwd;
-mod cwt;
-mod dist;
-mod icsd;
-mod ifvd;
-mod pixel_kd;
-mod pkd;
-mod semckd;
-mod skd;
+/// One module per registered family (`benches/{module}.rs`, its `run`), from the crate's registry: a family
+/// cannot be registered without its benches, and every registered family's run here.
+macro_rules! family_benches {
+    ($($variant:ident => $module:ident :: $marker:ident, $name:literal, $fixtures:ident;)*) => {
+        $(mod $module;)*
 
-/// Every family's benches, in the registry's order.
-const FAMILIES: &[(&str, fn())] = &[
-    ("cwd", cwd::run),
-    ("pixel_kd", pixel_kd::run),
-    ("icsd", icsd::run),
-    ("semckd", semckd::run),
-    ("cwt", cwt::run),
-    ("pkd", pkd::run),
-    ("dist", dist::run),
-    ("ifvd", ifvd::run),
-    ("skd", skd::run),
-];
+        /// Every family's benches, in the registry's order.
+        const FAMILIES: &[(&str, fn())] = &[$(($name, $module::run),)*];
+    };
+}
+kd_kernels::for_each_family!(family_benches);
 
 fn main() {
     let args = common::Args::from_env();
