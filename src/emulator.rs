@@ -29,7 +29,7 @@ pub(crate) mod checks;
 use checks::BufferKind;
 pub(crate) use checks::HostBuffers;
 #[doc(hidden)]
-pub use checks::{selftest, Selftest};
+pub use checks::{selftest, Selftest, UNDEFINED_BEHAVIOR_SANITIZER};
 
 /// Blocks the emulation runs at once for ordinary (non-cooperative) launches: enough for blocks to race
 /// for the "last block done" ticket, few enough to keep the thread count small. Results do not depend on it.

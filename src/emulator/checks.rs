@@ -87,6 +87,12 @@ struct SelftestArgs {
     reserved: i32,
 }
 
+/// Whether this build of the emulation runs under UndefinedBehaviorSanitizer (every build but one made with
+/// `KD_EMU_SANITIZE=0`): undefined behaviour in an emulated kernel or in the emulator aborts the process with
+/// the sanitizer's report.
+#[doc(hidden)]
+pub const UNDEFINED_BEHAVIOR_SANITIZER: bool = cfg!(kd_emulator_ubsan);
+
 /// How [`selftest`] sets up its launch.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]

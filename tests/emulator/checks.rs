@@ -2,7 +2,7 @@
 //! (`kernels/emulator/selftest/broken.cu`) that must fail with the check's message, and a correct kernel
 //! using every checked feature that must pass.
 
-use kd_kernels::emulator::{selftest, Selftest};
+use kd_kernels::emulator::{selftest, Selftest, UNDEFINED_BEHAVIOR_SANITIZER};
 
 const BASE: Selftest = Selftest { kernel: "selftest_correct", grid: 1, n: 1024, mode: 0, register_output: true };
 
@@ -131,4 +131,29 @@ fn static_shared_memory_limit() {
 fn every_message_names_the_schedule_seed() {
     let m = error_of(Selftest { kernel: "selftest_oob_load", ..BASE });
     assert_has(&m, &["schedule seed ", "KD_EMU_SEED="]);
+}
+
+/// UndefinedBehaviorSanitizer aborts the process, so the overflowing kernel runs in a child: this test binary
+/// again, running only this test, with `KD_EMU_UBSAN_CHILD` set.
+#[test]
+fn ubsan_signed_integer_overflow() {
+    const CHILD: &str = "KD_EMU_UBSAN_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        // Returns (and the child exits cleanly) only where the sanitizer let the overflow pass.
+        let _ = selftest(Selftest { kernel: "selftest_signed_overflow", n: 65536, ..BASE });
+        return;
+    }
+    assert!(
+        UNDEFINED_BEHAVIOR_SANITIZER,
+        "this emulation was built with KD_EMU_SANITIZE=0, without UndefinedBehaviorSanitizer: rebuild without it"
+    );
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let child = std::process::Command::new(exe)
+        .args(["--exact", "checks::ubsan_signed_integer_overflow", "--test-threads", "1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .expect("running the test binary again");
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(!child.status.success(), "the overflowing kernel ran to the end under UBSan; its stderr: {stderr}");
+    assert_has(&stderr, &["broken.cu", "runtime error: signed integer overflow", "65536 * 65536"]);
 }

@@ -1,7 +1,7 @@
 /*
- * Deliberately broken kernels, one per check of the emulation (kernels/emulator/checks.h), and one correct
- * kernel that uses every checked feature: tests/emulator_checks.rs runs each and wants the check's message
- * (or, for the correct one, none). Compiled into the host emulation only (build.rs), never into the fatbins.
+ * Deliberately broken kernels, one per check of the emulation (kernels/emulator/checks.h) and one for
+ * UndefinedBehaviorSanitizer, and one correct kernel that uses every checked feature: tests/emulator/checks.rs
+ * runs each and wants the check's message (or, for the correct one, none). Compiled into the host emulation only (build.rs), never into the fatbins.
  */
 #include "../../common.cuh"
 
@@ -146,6 +146,13 @@ void static_shared_too_large(const KdSelftestArgs& a) {
     if (threadIdx.x == 0) ptr<float>(a.output)[0] = big[1];
 }
 
+// Signed integer overflow (n * n, n from the launch's arguments so that no compiler folds it): undefined
+// behaviour, which UndefinedBehaviorSanitizer reports before aborting the process.
+void signed_overflow(const KdSelftestArgs& a) {
+    const int n = static_cast<int>(a.p.n);
+    if (threadIdx.x == 0) ptr<float>(a.output)[0] = static_cast<float>(n * n);
+}
+
 // Everything the checks watch, used correctly: vector loads and stores, shared memory between barriers,
 // warp sums, WMMA tiles, workspace written before it is read, the "last block done" ticket. Block b copies
 // floats [1024 b, 1024 b + 1024) of the input to the workspace and sums them; output[0] = the input's sum.
@@ -201,4 +208,5 @@ KD_ENTRY(selftest_workspace_uninitialised_f32, KdSelftestArgs, kBlockThreads) { 
 KD_ENTRY(selftest_divergent_syncthreads_f32, KdSelftestArgs, kBlockThreads) { divergent_syncthreads(a); }
 KD_ENTRY(selftest_partial_warp_f32, KdSelftestArgs, kBlockThreads) { partial_warp(a); }
 KD_ENTRY(selftest_static_shared_too_large_f32, KdSelftestArgs, kBlockThreads) { static_shared_too_large(a); }
+KD_ENTRY(selftest_signed_overflow_f32, KdSelftestArgs, kBlockThreads) { signed_overflow(a); }
 KD_ENTRY(selftest_correct_f32, KdSelftestArgs, kBlockThreads) { correct(a); }
