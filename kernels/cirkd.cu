@@ -86,16 +86,6 @@ template <typename T> __device__ __forceinline__ float pooled(const T* plane, co
     return sum / w.count;
 }
 
-// A rounded product that nvcc must not fuse into a later addition, so that a normalised feature has the same
-// bits wherever it is formed.
-__device__ __forceinline__ float product_rn(float a, float b) {
-#ifdef KD_EMULATE
-    return a * b;  // g++ in ISO C++ mode contracts nothing
-#else
-    return __fmul_rn(a, b);
-#endif
-}
-
 // One image's features on one side as every pass reads them: S_hat[c, p] = source[c * P + p] * inv[p], the
 // source being the input itself (unpooled: then P = H W and the layouts agree) or its pooled copy.
 template <typename T> struct Features {
@@ -120,10 +110,11 @@ template <typename T> __device__ __forceinline__ float raw(const Features<T>& f,
     return f.input != nullptr ? kd::to_float(f.input[e]) : f.pooled[e];
 }
 
-// S_hat[c, pixel]: the one place a normalised feature is formed.
+// S_hat[c, pixel]: the one place a normalised feature is formed. Its callers store the rounded product (to
+// the shared staging), so nvcc has no addition to fuse it into: the same bits wherever it is formed.
 template <typename T>
 __device__ __forceinline__ float feature_at(const Features<T>& f, int64_t pixels, int64_t c, int64_t pixel) {
-    return product_rn(raw(f, c * pixels + pixel), f.inv[pixel]);
+    return raw(f, c * pixels + pixel) * f.inv[pixel];
 }
 
 // The squared norm of a pixel's source vector, channels in increasing order (cirkd_norms and cirkd_finish

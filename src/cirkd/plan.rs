@@ -227,6 +227,12 @@ mod tests {
             assert_eq!(4 * p.workspace_floats, 272_662_784);
         }
         assert_eq!(workspace_bound(&config, &shapes, DType::F32).unwrap(), 272_662_784 / 4);
+        // The bench's 8x256x64x128 with the 4x4 pool (P = 512): pooled copies and the accumulator, in any dtype.
+        let bench = check_shapes(&[8, 256, 64, 128], &[8, 256, 64, 128]).unwrap();
+        let pooled = CirkdConfig { pool: CirkdPool::Avg(4), ..config };
+        for dtype in [DType::F32, DType::BF16] {
+            assert_eq!(4 * plan(&pooled, &bench, dtype, both(), 1.0).unwrap().workspace_floats, 12_649_216);
+        }
         let mut expected = vec![(NORMS, 2048, 0)];
         for i in 0..8 {
             expected.extend([(FORWARD, 8192, i), (GRAD_ROWS, 1024, i), (GRAD_COLUMNS, 8192, i)]);
@@ -253,10 +259,8 @@ mod tests {
         for (cs, ct, h, w) in [(1, 1, 128, 256), (3, 5, 97, 131), (256, 256, 64, 128)] {
             let p = h * w;
             for (dtype, accumulator) in [(DType::F32, false), (DType::BF16, true)] {
-                let (two, eight) = (
-                    floats(2, cs, ct, h, w, CirkdPool::None, dtype),
-                    floats(8, cs, ct, h, w, CirkdPool::None, dtype),
-                );
+                let (two, eight) =
+                    (floats(2, cs, ct, h, w, CirkdPool::None, dtype), floats(8, cs, ct, h, w, CirkdPool::None, dtype));
                 assert_eq!(two, stated_floats(2, cs, ct, p, false, accumulator), "B = 2, {cs} {ct} {h}x{w}");
                 assert_eq!(eight, stated_floats(8, cs, ct, p, false, accumulator), "B = 8, {cs} {ct} {h}x{w}");
                 assert!(eight <= 4 * two, "B = 8 takes {eight} words, B = 2 {two}");

@@ -159,7 +159,8 @@ fn accumulate_and_scale() {
 /// path sums and finishes exactly as the workspace path does.
 #[test]
 fn in_place_accumulator_matches_the_workspace_one() {
-    let case = &cases()[0];
+    // P = 42: two row tiles, one column tile cut short; Cs != Ct.
+    let case = &Case::new("in place", 6, [2, 3, 6, 7], 4, tau(0.1, CirkdPool::None));
     let zeros = vec![0f32; case.student.len()];
     let in_place = case.run::<f32>(Mode::ForwardBackward, GradOptions::OVERWRITE, None).unwrap();
     let options = GradOptions { scale: 1.0, accumulate: true };
