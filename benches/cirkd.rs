@@ -56,8 +56,9 @@ impl DeviceInfo for AnyDevice {
     }
 }
 
-/// The workspace bytes a training call on `shape` reserves (the plan's bound, the same for every dtype; the
-/// one u32 counter it also takes lives in a separate allocation).
+/// The workspace bytes a training call on `shape` reserves (the plan's bound: an accumulating call's, with
+/// the fp32 accumulator, which an overwriting f32 call without pooling does without; the one u32 counter it
+/// also takes lives in a separate allocation).
 fn workspace_bytes(pool: CirkdPool, shape: [usize; 4]) -> kd_kernels::Result<usize> {
     let shapes = check_shapes(&shape, &shape)?;
     let (floats, _counters) = Cirkd::workspace_bound(&config(pool), &shapes, DType::F32, &AnyDevice)?;

@@ -1,10 +1,11 @@
 /*
  * CIRKD's mini-batch pixel relations (docs/losses.md §10) without a single P x P matrix: for every ordered
  * pair of images (i, j), i = j included, the row softmaxes of s_ij = S_hat_i^T S_hat_j / tau and of t_ij
- * (the teacher's), the KL of each row, and d loss / d student. cirkd_normalize, then one launch group per
- * anchor image i = 0, ..., B - 1 (the driver sets `anchor`), then cirkd_finish:
- *   1. cirkd_normalize     a thread per (side, image, pooled pixel): the K x K average pool (ceil rule) and
- *                          the per-pixel L2 normalisation, into the workspace as [B, C, P] floats
+ * (the teacher's), the KL of each row, and d loss / d student. cirkd_norms, then one launch group per anchor
+ * image i = 0, ..., B - 1 (the driver sets `anchor`), then cirkd_finish:
+ *   1. cirkd_norms         a thread per (side, image, pooled pixel): the reciprocal of the pixel's clamped
+ *                          norm (F.normalize's 1 / max(|x|, eps)); with pooling, also the pixel's K x K
+ *                          average (ceil rule) per channel, the pooled copy [B, C, P] floats per side
  *   2. cirkd_forward       a block per (j, tile of KD_CIRKD_OWNED rows of image i): streams the columns in
  *                          tiles of KD_CIRKD_OTHERS, keeping per row the running maxima and sums of
  *                          exponentials of both rows and sum e^(t - max_t) (t - s) (FlashAttention's online
@@ -19,13 +20,23 @@
  * What is fused, and why it is legal: a row's KL, sum_q pt (t - s) - LSE(t) + LSE(s), needs only the row's
  * running statistics, which merge exactly under a change of maximum (rescaling by e^(old max - new max)), so
  * a tile of logits is used once and dropped. The gradient of a logit needs the final LSEs of its row, so the
- * backward recomputes the tiles from the normalised features and the stored LSEs. Going one anchor at a time
- * keeps those row statistics to the anchor's B pairs, 2 B P floats, reused by every group (stream order
- * separates the groups); the features' own copies are the (pooled) inputs' size. Each gradient element has
- * one owner per launch: pass 3 owns d_hat_i's rows, pass 4 then d_hat_j's columns, and the groups follow each
- * other, so every element is summed in the fixed order (anchor, pass, tile) and no float atomic decides a
- * result. The first contribution to d_hat_j overwrites: anchor 0's row pass for j = 0, anchor 0's column
- * pass for the others.
+ * backward recomputes the tiles from the features and the stored LSEs. Going one anchor at a time keeps those
+ * row statistics to the anchor's B pairs, 2 B P floats, reused by every group (stream order separates the
+ * groups). The normalised features are never stored: normalisation is a per-pixel scale, so every pass forms
+ * S_hat[c, p] as (the input, or its pooled copy)[c, p] times the pixel's reciprocal norm, through one function
+ * (`Features::at`, the same load, conversion and rounded product everywhere, hence the same logits in the
+ * forward and both gradient passes). Without pooling (the issue's large maps) that leaves the workspace at
+ * O(B P): the norms and the row statistics. With a K x K pool the pooled copy is kept (the inputs' size over
+ * K^2, as the official code materialises the pooled tensor too): pooling on the fly would cost K^2 loads and
+ * a division per feature element in every tile staging (16 at the auto rule's K = 4), in the passes that
+ * re-read each image's features B + 2 times per anchor, to save memory that is a sixteenth of the inputs'.
+ * Each gradient element has one owner per launch: pass 3 owns d_hat_i's rows, pass 4 then d_hat_j's
+ * columns, and the groups follow each other, so every element is summed in the fixed order (anchor, pass,
+ * tile) and no float atomic decides a result. The first contribution to d_hat_j overwrites: anchor 0's row
+ * pass for j = 0, anchor 0's column pass for the others. d_hat lives in the gradient buffer itself where that
+ * holds it (f32, unpooled, overwriting: the driver points d_hat there), else in an fp32 workspace array:
+ * cirkd_finish's thread per pixel reads its pixel's whole column of d_hat before it writes that column's
+ * gradient, and no other thread touches the column, so finishing in place is legal.
  *
  * Numerics. Dot products in fp32 over the channels in increasing order whichever side owns the tile, so the
  * backward's logits are bitwise the forward's; sums of exponentials and the KL in double; the loss summed in
@@ -75,9 +86,64 @@ template <typename T> __device__ __forceinline__ float pooled(const T* plane, co
     return sum / w.count;
 }
 
+// One image's features on one side as every pass reads them: S_hat[c, p] = source[c * P + p] * inv[p], the
+// source being the input itself (unpooled: then P = H W and the layouts agree) or its pooled copy.
+template <typename T> struct Features {
+    const T* input;       // [C, P], unpooled; null when pooled
+    const float* pooled;  // [C, P], the pooled copy; null when unpooled
+    const float* inv;     // [P]: the reciprocals of the pixels' clamped norms (cirkd_norms)
+};
+
+template <typename T>
+__device__ __forceinline__ Features<T> features_of(const KdCirkdArgs& a, bool teacher, int64_t n) {
+    const KdCirkdParams& p = a.p;
+    const int64_t offset = n * (teacher ? p.teacher_channels : p.student_channels) * p.pixels;
+    Features<T> f;
+    f.input = p.pool == 1 ? kd::ptr<const T>(teacher ? a.teacher : a.student) + offset : nullptr;
+    f.pooled = p.pool == 1 ? nullptr : kd::ptr<const float>(teacher ? a.pooled_teacher : a.pooled_student) + offset;
+    f.inv = kd::ptr<const float>(a.inv_norms) + ((teacher ? p.batch : 0) + n) * p.pixels;
+    return f;
+}
+
+// Element e = c * P + pixel of the source, before normalisation.
+template <typename T> __device__ __forceinline__ float raw(const Features<T>& f, int64_t e) {
+    return f.input != nullptr ? kd::to_float(f.input[e]) : f.pooled[e];
+}
+
+// S_hat[c, pixel]: the one place a normalised feature is formed. Its callers store the rounded product (to
+// the shared staging), so nvcc has no addition to fuse it into: the same bits wherever it is formed.
+template <typename T>
+__device__ __forceinline__ float feature_at(const Features<T>& f, int64_t pixels, int64_t c, int64_t pixel) {
+    return raw(f, c * pixels + pixel) * f.inv[pixel];
+}
+
+// The squared norm of a pixel's source vector, channels in increasing order (cirkd_norms and cirkd_finish
+// both call it, so both see the same clamp).
+template <typename T>
+__device__ __forceinline__ float squared_norm(const Features<T>& f, int64_t channels, int64_t pixels, int64_t pixel) {
+    float sq = 0.f;
+    for (int64_t c = 0; c < channels; ++c) {
+        const float v = raw(f, c * pixels + pixel);
+        sq = fmaf(v, v, sq);
+    }
+    return sq;
+}
+
+// F.normalize's denominator max(|x|, eps), as a reciprocal, and whether the clamp holds.
+struct Norm {
+    float inv;
+    bool clamped;
+};
+
+__device__ __forceinline__ Norm norm_of(float squared) {
+    const float norm = sqrtf(squared);
+    const bool clamped = norm < kNormEps;
+    return Norm{1.f / (clamped ? kNormEps : norm), clamped};
+}
+
 // ---------------------------------------------------------------------------------------------------------
-// 1. Pool and normalise.
-template <typename T> __device__ void cirkd_normalize(const KdCirkdArgs& a) {
+// 1. The reciprocal norms (and, with pooling, the pooled copy).
+template <typename T> __device__ void cirkd_norms(const KdCirkdArgs& a) {
     const KdCirkdParams& p = a.p;
     const int64_t per_side = static_cast<int64_t>(p.batch) * p.pixels;
     const int64_t id = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
@@ -86,17 +152,15 @@ template <typename T> __device__ void cirkd_normalize(const KdCirkdArgs& a) {
     const int64_t local = teacher ? id - per_side : id;
     const int64_t n = local / p.pixels, q = local - n * p.pixels;
     const int64_t channels = teacher ? p.teacher_channels : p.student_channels;
-    const int64_t plane = static_cast<int64_t>(p.height) * p.width;
-    const T* x = kd::ptr<const T>(teacher ? a.teacher : a.student) + n * channels * plane;
-    float* hat = kd::ptr<float>(teacher ? a.hat_teacher : a.hat_student) + n * channels * p.pixels + q;
-    const Window w = window_of(p, q);
-    float sq = 0.f;
-    for (int64_t c = 0; c < channels; ++c) {
-        const float v = pooled(x + c * plane, w, p.width);
-        sq += v * v;
+    const Features<T> f = features_of<T>(a, teacher, n);
+    if (p.pool != 1) {
+        const int64_t plane = static_cast<int64_t>(p.height) * p.width;
+        const T* x = kd::ptr<const T>(teacher ? a.teacher : a.student) + n * channels * plane;
+        float* copy = kd::ptr<float>(teacher ? a.pooled_teacher : a.pooled_student) + n * channels * p.pixels + q;
+        const Window w = window_of(p, q);
+        for (int64_t c = 0; c < channels; ++c) copy[c * p.pixels] = pooled(x + c * plane, w, p.width);
     }
-    const float norm = fmaxf(sqrtf(sq), kNormEps);
-    for (int64_t c = 0; c < channels; ++c) hat[c * p.pixels] = pooled(x + c * plane, w, p.width) / norm;
+    kd::ptr<float>(a.inv_norms)[id] = norm_of(squared_norm(f, channels, p.pixels, q)).inv;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -109,10 +173,11 @@ struct Staging {
 };
 
 // Dot products of the owned pixels [o0, o0 + kOwned) of `own` with the pixels [q0, q0 + kOthers) of `other`
-// (normalised features [channels, P] of one image each): acc[r][k] for owned pixel warp * kOwnedPerWarp + r
-// and other pixel lane + 32 k. Pixels past P count as zero vectors. Every thread of the block calls it.
-__device__ __forceinline__ void dot_tile(const float* own, const float* other, int64_t channels, int64_t pixels,
-                                         int64_t o0, int64_t q0, const Staging& st,
+// (one image each): acc[r][k] for owned pixel warp * kOwnedPerWarp + r and other pixel lane + 32 k. Pixels
+// past P count as zero vectors. Every thread of the block calls it.
+template <typename T>
+__device__ __forceinline__ void dot_tile(const Features<T>& own, const Features<T>& other, int64_t channels,
+                                         int64_t pixels, int64_t o0, int64_t q0, const Staging& st,
                                          float (&acc)[kOwnedPerWarp][kOthersPerLane]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -122,11 +187,11 @@ __device__ __forceinline__ void dot_tile(const float* own, const float* other, i
     for (int64_t c0 = 0; c0 < channels; c0 += kChunk) {
         for (int e = threadIdx.x; e < kChunk * kOwned; e += kBlockThreads) {
             const int64_t c = c0 + e / kOwned, pix = o0 + e % kOwned;
-            st.owned[e] = (c < channels && pix < pixels) ? own[c * pixels + pix] : 0.f;
+            st.owned[e] = (c < channels && pix < pixels) ? feature_at(own, pixels, c, pix) : 0.f;
         }
         for (int e = threadIdx.x; e < kChunk * kOthers; e += kBlockThreads) {
             const int64_t c = c0 + e / kOthers, pix = q0 + e % kOthers;
-            st.others[e] = (c < channels && pix < pixels) ? other[c * pixels + pix] : 0.f;
+            st.others[e] = (c < channels && pix < pixels) ? feature_at(other, pixels, c, pix) : 0.f;
         }
         __syncthreads();
         const int chunk = static_cast<int>(min(static_cast<int64_t>(kChunk), channels - c0));
@@ -229,15 +294,15 @@ template <typename T> __device__ void cirkd_forward(const KdCirkdArgs& a) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t P = p.pixels, cs = p.student_channels, ct = p.teacher_channels;
     const PairTile pt = pair_tile(p);
-    const float* hs = kd::ptr<const float>(a.hat_student);
-    const float* ht = kd::ptr<const float>(a.hat_teacher);
+    const Features<T> s_i = features_of<T>(a, false, pt.i), s_j = features_of<T>(a, false, pt.j);
+    const Features<T> t_i = features_of<T>(a, true, pt.i), t_j = features_of<T>(a, true, pt.j);
     RowStats row[kOwnedPerWarp];
 #pragma unroll
     for (int r = 0; r < kOwnedPerWarp; ++r) row[r] = empty_stats();
     for (int64_t q0 = 0; q0 < P; q0 += kOthers) {
         float s[kOwnedPerWarp][kOthersPerLane], t[kOwnedPerWarp][kOthersPerLane];
-        dot_tile(hs + pt.i * cs * P, hs + pt.j * cs * P, cs, P, pt.o0, q0, st, s);
-        dot_tile(ht + pt.i * ct * P, ht + pt.j * ct * P, ct, P, pt.o0, q0, st, t);
+        dot_tile(s_i, s_j, cs, P, pt.o0, q0, st, s);
+        dot_tile(t_i, t_j, ct, P, pt.o0, q0, st, t);
 #pragma unroll
         for (int r = 0; r < kOwnedPerWarp; ++r) {
             // This lane's columns of the tile as one more set of columns of the row.
@@ -289,7 +354,15 @@ template <typename T> __device__ void cirkd_forward(const KdCirkdArgs& a) {
 // 3 and 4. Gradient of the normalised student, anchor i's share. kOwnerIsRow: the block owns rows p of image
 // i and visits every j (pass 3); else it owns columns q of image j and visits the anchor i only (pass 4). The
 // LSEs are those of the rows, so of the owned pixels in pass 3 and of the others in pass 4.
-template <bool kOwnerIsRow> __device__ void grad_pass(const KdCirkdArgs& a) {
+
+// sum_k g[k] y[k] over one channel's run of the other image's source, in k order.
+template <typename S> __device__ __forceinline__ float weighted_sum(const float* g, const S* y, int64_t cols) {
+    float acc = 0.f;
+    for (int64_t k = 0; k < cols; ++k) acc = fmaf(g[k], kd::to_float(y[k]), acc);
+    return acc;
+}
+
+template <typename T, bool kOwnerIsRow> __device__ void grad_pass(const KdCirkdArgs& a) {
     const KdCirkdParams& p = a.p;
     KD_SHARED_ARRAY(float, owned, kChunk * kOwned);
     KD_SHARED_ARRAY(float, others, kChunk * kOthers);
@@ -299,8 +372,7 @@ template <bool kOwnerIsRow> __device__ void grad_pass(const KdCirkdArgs& a) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t P = p.pixels, cs = p.student_channels, ct = p.teacher_channels;
     const int64_t o = kOwnerIsRow ? p.anchor : blockIdx.x / p.tiles, o0 = (blockIdx.x % p.tiles) * kOwned;
-    const float* hs = kd::ptr<const float>(a.hat_student);
-    const float* ht = kd::ptr<const float>(a.hat_teacher);
+    const Features<T> s_o = features_of<T>(a, false, o), t_o = features_of<T>(a, true, o);
     const float* lse = kd::ptr<const float>(a.lse);
     const int64_t side = static_cast<int64_t>(p.batch) * P;
     float* d_hat = kd::ptr<float>(a.d_hat) + o * cs * P;
@@ -309,10 +381,11 @@ template <bool kOwnerIsRow> __device__ void grad_pass(const KdCirkdArgs& a) {
         const int64_t j = kOwnerIsRow ? x : o;
         const float* lse_t = lse + j * P;
         const float* delta = lse_t + side;
+        const Features<T> s_x = features_of<T>(a, false, x), t_x = features_of<T>(a, true, x);
         for (int64_t q0 = 0; q0 < P; q0 += kOthers) {
             float s[kOwnedPerWarp][kOthersPerLane], t[kOwnedPerWarp][kOthersPerLane];
-            dot_tile(hs + o * cs * P, hs + x * cs * P, cs, P, o0, q0, st, s);
-            dot_tile(ht + o * ct * P, ht + x * ct * P, ct, P, o0, q0, st, t);
+            dot_tile(s_o, s_x, cs, P, o0, q0, st, s);
+            dot_tile(t_o, t_x, ct, P, o0, q0, st, t);
 #pragma unroll
             for (int r = 0; r < kOwnedPerWarp; ++r) {
                 const int64_t own = o0 + warp * kOwnedPerWarp + r;
@@ -326,7 +399,9 @@ template <bool kOwnerIsRow> __device__ void grad_pass(const KdCirkdArgs& a) {
                         // the student is close to the teacher, and exactly 0 for equal rows.
                         const float pt = expf(t[r][k] * p.inv_tau - lse_t[row]);
                         const float log_ratio = (s[r][k] - t[r][k]) * p.inv_tau - delta[row];
-                        g = p.logit_grad_scale * (pt * expm1f(log_ratio));
+                        // Times the other pixel's reciprocal norm, so that the sum below runs over the
+                        // source values: g S_hat[c, q] = (g inv[q]) source[c, q], without a product per term.
+                        g = p.logit_grad_scale * (pt * expm1f(log_ratio)) * s_x.inv[oth];
                     }
                     g_tile[(warp * kOwnedPerWarp + r) * (kOthers + 1) + lane + 32 * k] = g;
                 }
@@ -339,10 +414,11 @@ template <bool kOwnerIsRow> __device__ void grad_pass(const KdCirkdArgs& a) {
             // This launch's first contribution to the tile's d_hat elements overwrites (see the file's head).
             const bool first = q0 == 0 && p.anchor == 0 && (kOwnerIsRow ? x == 0 : o != 0);
             if (own < P) {
+                const float* g = g_tile + lane * (kOthers + 1);
                 for (int64_t c = warp; c < cs; c += kWarps) {
-                    const float* y = hs + (x * cs + c) * P + q0;
-                    float acc = 0.f;
-                    for (int64_t k = 0; k < cols; ++k) acc = fmaf(g_tile[lane * (kOthers + 1) + k], y[k], acc);
+                    const int64_t e = c * P + q0;
+                    const float acc = s_x.input != nullptr ? weighted_sum(g, s_x.input + e, cols)
+                                                           : weighted_sum(g, s_x.pooled + e, cols);
                     float* d = d_hat + c * P + own;
                     *d = first ? acc : *d + acc;
                 }
@@ -353,31 +429,28 @@ template <bool kOwnerIsRow> __device__ void grad_pass(const KdCirkdArgs& a) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// 5. Back through the normalisation (PyTorch's autograd of x / clamp_min(|x|, eps)) and the average pool.
+// 5. Back through the normalisation (PyTorch's autograd of x / clamp_min(|x|, eps)) and the average pool. The
+// thread owns its pixel's column of d_hat and of the gradient: it reads the whole column (the dot product)
+// before its first store, which is what lets d_hat be the gradient buffer itself.
 template <typename T> __device__ void cirkd_finish(const KdCirkdArgs& a) {
     const KdCirkdParams& p = a.p;
     const int64_t id = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
     if (id >= static_cast<int64_t>(p.batch) * p.pixels) return;
     const int64_t n = id / p.pixels, q = id - n * p.pixels;
     const int64_t channels = p.student_channels, plane = static_cast<int64_t>(p.height) * p.width;
-    const T* x = kd::ptr<const T>(a.student) + n * channels * plane;
+    const Features<T> f = features_of<T>(a, false, n);
     const float* d = kd::ptr<const float>(a.d_hat) + n * channels * p.pixels + q;
     T* grad = kd::ptr<T>(a.grad_student) + n * channels * plane;
     const Window w = window_of(p, q);
-    float sq = 0.f, dot = 0.f;
-    for (int64_t c = 0; c < channels; ++c) {
-        const float v = pooled(x + c * plane, w, p.width);
-        sq += v * v;
-        dot = fmaf(v, d[c * p.pixels], dot);
-    }
-    const float norm = sqrtf(sq);
-    const bool clamped = norm < kNormEps;
-    const float inv = 1.f / (clamped ? kNormEps : norm);
-    const float radial = clamped ? 0.f : dot * inv * inv * inv;
+    const Norm norm = norm_of(squared_norm(f, channels, p.pixels, q));
+    float dot = 0.f;
+    for (int64_t c = 0; c < channels; ++c) dot = fmaf(raw(f, c * p.pixels + q), d[c * p.pixels], dot);
+    const float inv = norm.inv;
+    const float radial = norm.clamped ? 0.f : dot * inv * inv * inv;
     const float k = kd::grad_factor(p.grad_scale, p.flags, a.upstream) / w.count;
     const bool accumulate = (p.flags & KD_ACCUMULATE_GRAD) != 0;
     for (int64_t c = 0; c < channels; ++c) {
-        const float v = pooled(x + c * plane, w, p.width);
+        const float v = raw(f, c * p.pixels + q);
         const float share = k * (d[c * p.pixels] * inv - v * radial);
         for (int64_t h = w.h0; h < w.h1; ++h)
             for (int64_t col = w.w0; col < w.w1; ++col)
@@ -391,9 +464,9 @@ template <typename T> __device__ void cirkd_finish(const KdCirkdArgs& a) {
 // registers a thread, which ptxas would otherwise squeeze into 128 and spill. The gradient passes ask for
 // two (up to 128 registers): left to itself ptxas gives cirkd_grad_rows 64 and spills its tiles.
 #define CIRKD_ENTRIES(T, NAME)                                                                    \
-    KD_ENTRY(cirkd_normalize_##NAME, KdCirkdArgs, kBlockThreads) { cirkd_normalize<T>(a); }        \
+    KD_ENTRY(cirkd_norms_##NAME, KdCirkdArgs, kBlockThreads) { cirkd_norms<T>(a); }                \
     KD_ENTRY(cirkd_forward_##NAME, KdCirkdArgs, kBlockThreads, 1) { cirkd_forward<T>(a); }            \
-    KD_ENTRY(cirkd_grad_rows_##NAME, KdCirkdArgs, kBlockThreads, 2) { grad_pass<true>(a); }           \
-    KD_ENTRY(cirkd_grad_columns_##NAME, KdCirkdArgs, kBlockThreads, 2) { grad_pass<false>(a); }       \
+    KD_ENTRY(cirkd_grad_rows_##NAME, KdCirkdArgs, kBlockThreads, 2) { grad_pass<T, true>(a); }         \
+    KD_ENTRY(cirkd_grad_columns_##NAME, KdCirkdArgs, kBlockThreads, 2) { grad_pass<T, false>(a); }     \
     KD_ENTRY(cirkd_finish_##NAME, KdCirkdArgs, kBlockThreads) { cirkd_finish<T>(a); }
 KD_FOR_EACH_DTYPE(CIRKD_ENTRIES)

@@ -414,12 +414,13 @@ typedef struct KdDistArgs {
 
 /*
  * CIRKD (cirkd.cu, docs/losses.md section 10): mini-batch pixel relations without P x P matrices. Features are
- * pooled and normalised per pixel into the workspace ([B, C, P] floats per side); a logit tile is
+ * normalised where they are read, from the inputs (or, with pooling, their pooled copy in the workspace,
+ * [B, C, P] floats per side) and cirkd_norms' reciprocal norm per pixel and side; a logit tile is
  * KD_CIRKD_OWNED pixels of one image (the pixels a block owns) against KD_CIRKD_OTHERS pixels of another,
  * the channels staged KD_CIRKD_CHANNEL_CHUNK at a time. The relations are taken one anchor image i at a time
  * (B launch groups, `anchor` = i): cirkd_forward has a block per (j, tile of rows of image i),
  * cirkd_grad_rows one per tile of image i's pixels, cirkd_grad_columns one per (j, tile of image j's pixels);
- * cirkd_normalize and cirkd_finish, launched once, a thread per (image, pooled pixel).
+ * cirkd_norms and cirkd_finish, launched once, a thread per (side or image, pooled pixel).
  */
 #define KD_CIRKD_OWNED 32
 #define KD_CIRKD_OTHERS 64
@@ -451,10 +452,12 @@ typedef struct KdCirkdArgs {
     uint64_t loss;          /* float*: one value */
     uint64_t grad_student;  /* T* */
     uint64_t upstream;      /* const float*: one value, with KD_SCALE_BY_UPSTREAM */
-    uint64_t hat_student;   /* float*: workspace [B, Cs, P], the pooled, normalised student */
-    uint64_t hat_teacher;   /* float*: workspace [B, Ct, P] */
+    uint64_t inv_norms;      /* float*: workspace [2, B, P], 1 / max(|x|, eps) per pixel, student then teacher */
+    uint64_t pooled_student; /* float*: workspace [B, Cs, P], the pooled student (pool > 1 only) */
+    uint64_t pooled_teacher; /* float*: workspace [B, Ct, P] (pool > 1 only) */
     uint64_t lse;           /* float*: workspace [2, B, P], rows (anchor, j, p): LSE(t), then LSE(s) - LSE(t) */
-    uint64_t d_hat;         /* float*: workspace [B, Cs, P], d loss / d S_hat */
+    uint64_t d_hat;         /* float*: [B, Cs, P], d loss / d S_hat: grad_student itself when that is f32,
+                               unpooled and overwritten, else workspace */
     uint64_t loss_partials; /* float*: workspace, one per cirkd_forward block of a launch group */
     uint64_t anchor_losses; /* double*: workspace [B], the KL sum of each anchor's pairs */
     uint64_t counter;       /* unsigned int*: the loss's ticket, 0 between launches */

@@ -84,10 +84,10 @@ impl Family for Cirkd {
     fn workspace_bound(
         config: &CirkdConfig,
         shapes: &RelationShapes,
-        _dtype: DType,
+        dtype: DType,
         _device: &dyn DeviceInfo,
     ) -> Result<(usize, usize)> {
-        Ok((plan::workspace_bound(config, &checked(shapes)?)?, 1))
+        Ok((plan::workspace_bound(config, &checked(shapes)?, dtype)?, 1))
     }
 
     unsafe fn run(
@@ -100,9 +100,11 @@ impl Family for Cirkd {
         let shapes = checked(call.shape)?;
         let buffers = call.buffers;
         let outputs = buffers.outputs(call.options)?;
-        let plan = plan::plan(call.config, &shapes, outputs, call.options.scale)?;
+        let plan = plan::plan(call.config, &shapes, call.dtype, outputs, call.options.scale)?;
         let (floats, counters) = scratch.prepare(plan.workspace_floats, 1)?;
         let ws = |offset: usize| floats + 4 * offset as u64;
+        // 0 for an array the call does not keep in the workspace: the kernels never read those.
+        let kept = |offset: Option<usize>| offset.map_or(0, ws);
         let o = plan.offsets;
         let mut args = KdCirkdArgs {
             student: buffers.student,
@@ -110,10 +112,11 @@ impl Family for Cirkd {
             loss: buffers.loss,
             grad_student: buffers.grad_student,
             upstream: buffers.upstream,
-            hat_student: ws(o.hat_student),
-            hat_teacher: ws(o.hat_teacher),
+            inv_norms: ws(o.inv_norms),
+            pooled_student: kept(o.pooled_student),
+            pooled_teacher: kept(o.pooled_teacher),
             lse: ws(o.lse),
-            d_hat: ws(o.d_hat),
+            d_hat: if plan.d_hat_in_grad { buffers.grad_student } else { kept(o.d_hat) },
             loss_partials: ws(o.loss_partials),
             anchor_losses: ws(o.anchor_losses),
             counter: counters,

@@ -22,28 +22,36 @@
 //! the normalised features (the inputs' size), `O(P)` row statistics and one tile. The teacher is a constant
 //! (no teacher gradient).
 //!
-//! [`CirkdCuda`] runs the same computation with the kernels of `kernels/cirkd.cu`: the pooled, normalised
-//! features into the workspace, then one launch group per anchor image `i` (in order, on the stream, with no
-//! host synchronisation): a forward streaming the column tiles of every row tile of the pairs `(i, j)` with
-//! the same online statistics (each row's two log-sum-exps kept, for the anchor's pairs only), and a backward
-//! recomputing the tiles in two passes, one owning the anchor's rows' gradient and one the columns', so that
-//! every gradient element is summed in a fixed order by one thread at a time.
+//! [`CirkdCuda`] runs the same computation with the kernels of `kernels/cirkd.cu`: the reciprocal of every
+//! pixel's clamped norm (and, with pooling, the pooled features) into the workspace, then one launch group per
+//! anchor image `i` (in order, on the stream, with no host synchronisation): a forward streaming the column
+//! tiles of every row tile of the pairs `(i, j)` with the same online statistics (each row's two log-sum-exps
+//! kept, for the anchor's pairs only), and a backward recomputing the tiles in two passes, one owning the
+//! anchor's rows' gradient and one the columns', so that every gradient element is summed in a fixed order by
+//! one thread at a time. Every pass normalises the features where it reads them (the input, or its pooled
+//! copy, times the pixel's reciprocal norm), so no normalised copy exists.
 //!
 //! Its workspace (device memory beyond the inputs, the loss and the gradient) is, in bytes per call, with
 //! `P = H' * W'` the pixels after pooling and `r(x) = 64 * ceil(x / 64)` (every array starts on 256 bytes):
 //!
 //! ```text
-//! 4 * ( r(B Cs P) + r(B Ct P)      the pooled, normalised student and teacher, f32
+//! 4 * ( r(2 B P)                   the reciprocal norm of every pixel, student and teacher
+//!     + r(B Cs P) + r(B Ct P)      the pooled student and teacher, f32 (only when pooling: K > 1)
 //!     + r(2 B P)                   row statistics of one anchor's B pairs: LSE(t) and LSE(s) - LSE(t)
-//!     + r(B Cs P)                  d loss / d (normalised student), f32 (gradient calls only)
+//!     + r(B Cs P)                  d loss / d (normalised student), f32 (gradient calls whose gradient
+//!                                  buffer cannot hold it: f16 or bf16, pooled, or accumulating)
 //!     + r(B ceil(P / 32))          the forward's loss partials, one per block of an anchor's group
 //!     + r(2 B) )                   each anchor's KL sum, f64
 //! ```
 //!
-//! So `O(B * P)` besides the `O(B * (2 Cs + Ct) * P)` pooled features and their gradient, never `O(P^2)`
-//! nor `O(B^2 * P)`; [`crate::family::Family::workspace_bound`] returns exactly this (in f32 words) for a
-//! gradient call, and a loss-only call takes the same less `r(B Cs P)`. At `B = 8`, `Cs = Ct = 256`,
-//! `128 x 256` unpooled that is 807,436,544 bytes (770 MiB), 768 MiB of which the feature copies.
+//! Unpooled, with an f32 gradient that is overwritten, that is `O(B * P)`: d loss / d (normalised student) is
+//! summed in the gradient buffer itself and finished there pixel by pixel. Otherwise add the fp32 accumulator
+//! (the student's size in f32) and, with pooling, the pooled features (the inputs' size over `K^2`); never
+//! `O(P^2)` nor `O(B^2 * P)`. [`crate::family::Family::workspace_bound`] returns exactly this (in f32 words)
+//! for an accumulating gradient call in the given dtype (the most any call takes). At `B = 8`,
+//! `Cs = Ct = 256`, `128 x 256` unpooled that is 4,227,328 bytes (4 MiB) for an f32 gradient and
+//! 272,662,784 bytes (260 MiB, 256 MiB of which the accumulator) for a bf16 or f16 one or an accumulating
+//! call.
 
 mod cpu;
 pub(crate) mod driver;
@@ -60,7 +68,7 @@ pub use driver::{CirkdBuffers, CirkdRawBuffers};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cirkd;
 
-/// CIRKD on the GPU, with the surface of [`CirkdCpu`]: `cirkd_normalize`, `cirkd_forward`, then for a gradient
+/// CIRKD on the GPU, with the surface of [`CirkdCpu`]: `cirkd_norms`, `cirkd_forward`, then for a gradient
 /// `cirkd_grad_rows`, `cirkd_grad_columns` and `cirkd_finish` (`kernels/cirkd.cu`), on the caller's stream.
 pub type CirkdCuda = crate::cuda::LossCuda<Cirkd>;
 

@@ -1222,8 +1222,9 @@ pub struct KdCirkdArgs {
     pub loss: u64,
     pub grad_student: u64,
     pub upstream: u64,
-    pub hat_student: u64,
-    pub hat_teacher: u64,
+    pub inv_norms: u64,
+    pub pooled_student: u64,
+    pub pooled_teacher: u64,
     pub lse: u64,
     pub d_hat: u64,
     pub loss_partials: u64,
@@ -1233,7 +1234,7 @@ pub struct KdCirkdArgs {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KdCirkdArgs"][::core::mem::size_of::<KdCirkdArgs>() - 168usize];
+    ["Size of KdCirkdArgs"][::core::mem::size_of::<KdCirkdArgs>() - 176usize];
     ["Alignment of KdCirkdArgs"][::core::mem::align_of::<KdCirkdArgs>() - 8usize];
     [
         "Offset of field: KdCirkdArgs::student",
@@ -1251,29 +1252,32 @@ const _: () = {
         "Offset of field: KdCirkdArgs::upstream",
     ][::core::mem::offset_of!(KdCirkdArgs, upstream) - 32usize];
     [
-        "Offset of field: KdCirkdArgs::hat_student",
-    ][::core::mem::offset_of!(KdCirkdArgs, hat_student) - 40usize];
+        "Offset of field: KdCirkdArgs::inv_norms",
+    ][::core::mem::offset_of!(KdCirkdArgs, inv_norms) - 40usize];
     [
-        "Offset of field: KdCirkdArgs::hat_teacher",
-    ][::core::mem::offset_of!(KdCirkdArgs, hat_teacher) - 48usize];
+        "Offset of field: KdCirkdArgs::pooled_student",
+    ][::core::mem::offset_of!(KdCirkdArgs, pooled_student) - 48usize];
+    [
+        "Offset of field: KdCirkdArgs::pooled_teacher",
+    ][::core::mem::offset_of!(KdCirkdArgs, pooled_teacher) - 56usize];
     [
         "Offset of field: KdCirkdArgs::lse",
-    ][::core::mem::offset_of!(KdCirkdArgs, lse) - 56usize];
+    ][::core::mem::offset_of!(KdCirkdArgs, lse) - 64usize];
     [
         "Offset of field: KdCirkdArgs::d_hat",
-    ][::core::mem::offset_of!(KdCirkdArgs, d_hat) - 64usize];
+    ][::core::mem::offset_of!(KdCirkdArgs, d_hat) - 72usize];
     [
         "Offset of field: KdCirkdArgs::loss_partials",
-    ][::core::mem::offset_of!(KdCirkdArgs, loss_partials) - 72usize];
+    ][::core::mem::offset_of!(KdCirkdArgs, loss_partials) - 80usize];
     [
         "Offset of field: KdCirkdArgs::anchor_losses",
-    ][::core::mem::offset_of!(KdCirkdArgs, anchor_losses) - 80usize];
+    ][::core::mem::offset_of!(KdCirkdArgs, anchor_losses) - 88usize];
     [
         "Offset of field: KdCirkdArgs::counter",
-    ][::core::mem::offset_of!(KdCirkdArgs, counter) - 88usize];
+    ][::core::mem::offset_of!(KdCirkdArgs, counter) - 96usize];
     [
         "Offset of field: KdCirkdArgs::p",
-    ][::core::mem::offset_of!(KdCirkdArgs, p) - 96usize];
+    ][::core::mem::offset_of!(KdCirkdArgs, p) - 104usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

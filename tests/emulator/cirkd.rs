@@ -1,7 +1,8 @@
 //! The CIRKD kernels (kernels/cirkd.cu) run on the host through the emulator, against the f64 CPU reference:
 //! every dtype and mode on small odd shapes (Cs != Ct, channels over one staging chunk, several row tiles and
 //! column tiles per image pair, a last tile cut short), pooling none / auto / K with ceil edges, accumulate +
-//! scale, exact zeros for identical inputs, bitwise determinism, typed errors, and the recorded fixtures.
+//! scale, exact zeros for identical inputs, bitwise determinism, the gradient buffer as d_hat's accumulator
+//! against the workspace's, typed errors, and the recorded fixtures.
 
 use crate::common;
 
@@ -153,13 +154,35 @@ fn accumulate_and_scale() {
     check_close("accumulate", &widen(&got.grad_student.unwrap()), &expect, 1e-4);
 }
 
+/// An overwritten f32 gradient of an unpooled call holds d loss / d S_hat itself until the finish; an
+/// accumulating call keeps it in the workspace. Accumulating into zeros gives the same bits, so the in-place
+/// path sums and finishes exactly as the workspace path does.
+#[test]
+fn in_place_accumulator_matches_the_workspace_one() {
+    // P = 42: two row tiles, one column tile cut short; Cs != Ct.
+    let case = &Case::new("in place", 6, [2, 3, 6, 7], 4, tau(0.1, CirkdPool::None));
+    let zeros = vec![0f32; case.student.len()];
+    let in_place = case.run::<f32>(Mode::ForwardBackward, GradOptions::OVERWRITE, None).unwrap();
+    let options = GradOptions { scale: 1.0, accumulate: true };
+    let workspace = case.run::<f32>(Mode::ForwardBackward, options, Some(&zeros)).unwrap();
+    assert_eq!(in_place.loss.unwrap().to_bits(), workspace.loss.unwrap().to_bits());
+    let bits = |g: &[f32]| g.iter().map(|x| (x + 0.0).to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(in_place.grad_student.as_ref().unwrap()), bits(workspace.grad_student.as_ref().unwrap()));
+}
+
 #[test]
 fn identical_inputs_give_exact_zeros() {
-    let mut case = Case::new("identical", 5, [2, 6, 5, 9], 6, tau(0.1, CirkdPool::Avg(2)));
-    case.student = case.teacher.clone();
-    let got = case.run::<f32>(Mode::ForwardBackward, GradOptions::OVERWRITE, None).unwrap();
-    assert_eq!(got.loss.unwrap(), 0.0);
-    assert!(got.grad_student.unwrap().iter().all(|&g| g == 0.0));
+    // Pooled, and unpooled with the f32 gradient holding d_hat, and with the bf16 one.
+    for pool in [CirkdPool::Avg(2), CirkdPool::None] {
+        let mut case = Case::new("identical", 5, [2, 6, 5, 9], 6, tau(0.1, pool));
+        case.student = case.teacher.clone();
+        let got = case.run::<f32>(Mode::ForwardBackward, GradOptions::OVERWRITE, None).unwrap();
+        assert_eq!(got.loss.unwrap(), 0.0, "{pool:?}");
+        assert!(got.grad_student.unwrap().iter().all(|&g| g == 0.0), "{pool:?}");
+        let got = case.run::<bf16>(Mode::ForwardBackward, GradOptions::OVERWRITE, None).unwrap();
+        assert_eq!(got.loss.unwrap(), 0.0, "{pool:?} bf16");
+        assert!(got.grad_student.unwrap().iter().all(|&g| g.to_f32() == 0.0), "{pool:?} bf16");
+    }
 }
 
 #[test]
