@@ -9,14 +9,9 @@ use kd::KdError;
 use kd::family::PairRawBuffers;
 
 use crate::context::KdContext;
-use crate::entry::{AbiConfig, HostPair};
+use crate::entry::HostPair;
 use crate::relation;
-use crate::{Failure, KdDtype, KdGradOptions, KdStatus};
-
-/// `kd_cirkd_config.pool`: the official rule, a 4x4 average pool when H >= 256 and W >= 256, else none.
-pub const KD_CIRKD_POOL_AUTO: i64 = 0;
-/// `kd_cirkd_config.pool`: no pooling, whatever the size.
-pub const KD_CIRKD_POOL_NONE: i64 = 1;
+use crate::{KdDtype, KdGradOptions, KdStatus};
 
 /// CIRKD, mini-batch cross-image pixel relations (docs/losses.md §10): the features pooled (`pool`) and
 /// normalised per pixel over the channels; for every ordered pair of images (i, j), i = j included, each
@@ -36,27 +31,28 @@ pub struct KdCirkdConfig {
     pub pool: i64,
 }
 
-impl AbiConfig for KdCirkdConfig {
-    type Family = Cirkd;
-
-    fn to_config(self, _teacher_grad: bool) -> Result<CirkdConfig, Failure> {
-        let pool = match self.pool {
-            KD_CIRKD_POOL_AUTO => CirkdPool::Auto,
-            KD_CIRKD_POOL_NONE => CirkdPool::None,
-            k if k < 0 => {
-                return Err(KdError::InvalidParameter {
-                    name: "pool",
-                    value: k.to_string(),
-                    requirement: "KD_CIRKD_POOL_AUTO (0), KD_CIRKD_POOL_NONE (1) or a window side K >= 2",
-                }
-                .into())
+abi_config!(KdCirkdConfig => Cirkd, |params, _teacher_grad| {
+    let pool = match params.pool {
+        KD_CIRKD_POOL_AUTO => CirkdPool::Auto,
+        KD_CIRKD_POOL_NONE => CirkdPool::None,
+        k if k < 0 => {
+            return Err(KdError::InvalidParameter {
+                name: "pool",
+                value: k.to_string(),
+                requirement: "KD_CIRKD_POOL_AUTO (0), KD_CIRKD_POOL_NONE (1) or a window side K >= 2",
             }
-            // A side beyond usize (a 32-bit host) is beyond any window: the crate's check refuses it.
-            k => CirkdPool::Avg(usize::try_from(k).unwrap_or(usize::MAX)),
-        };
-        Ok(CirkdConfig { tau: self.tau, loss_weight: self.loss_weight, pool })
-    }
-}
+            .into())
+        }
+        // A side beyond usize (a 32-bit host) is beyond any window: the crate's check refuses it.
+        k => CirkdPool::Avg(usize::try_from(k).unwrap_or(usize::MAX)),
+    };
+    Ok(CirkdConfig { tau: params.tau, loss_weight: params.loss_weight, pool })
+});
+
+/// `kd_cirkd_config.pool`: the official rule, a 4x4 average pool when H >= 256 and W >= 256, else none.
+pub const KD_CIRKD_POOL_AUTO: i64 = 0;
+/// `kd_cirkd_config.pool`: no pooling, whatever the size.
+pub const KD_CIRKD_POOL_NONE: i64 = 1;
 
 /// CIRKD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in
 /// `dtype`, times the device f32 at `upstream` where that is non-zero) where `grad_student` is. Student

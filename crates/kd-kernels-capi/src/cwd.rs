@@ -6,8 +6,8 @@ use std::ffi::c_void;
 use kd::cwd::{Cwd, CwdConfig, CwdRawBuffers};
 
 use crate::context::KdContext;
-use crate::entry::{self, AbiConfig, HostPair};
-use crate::{Failure, KdDtype, KdGradOptions, KdStatus};
+use crate::entry::{self, HostPair};
+use crate::{KdDtype, KdGradOptions, KdStatus};
 
 /// Channel-wise distillation (docs/losses.md §1). The paper's setting: tau 4, loss_weight 3.
 #[repr(C)]
@@ -19,14 +19,10 @@ pub struct KdCwdConfig {
     pub loss_weight: f64,
 }
 
-impl AbiConfig for KdCwdConfig {
-    type Family = Cwd;
-
-    /// The teacher gradient is part of CWD's configuration (its kernels compute it in the same pass).
-    fn to_config(self, teacher_grad: bool) -> Result<CwdConfig, Failure> {
-        Ok(CwdConfig { tau: self.tau, loss_weight: self.loss_weight, teacher_grad })
-    }
-}
+// The teacher gradient is part of CWD's configuration (its kernels compute it in the same pass).
+abi_config!(KdCwdConfig => Cwd, |params, teacher_grad| {
+    Ok(CwdConfig { tau: params.tau, loss_weight: params.loss_weight, teacher_grad })
+});
 
 /// CWD on the GPU, queued on `stream`. The teacher gradient is computed exactly when `grad_teacher` != 0.
 ///

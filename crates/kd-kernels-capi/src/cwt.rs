@@ -11,7 +11,7 @@ use kd::GradOptions;
 
 use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
-use crate::entry::RawShape;
+use crate::entry::{self, RawShape};
 use crate::{
     guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
     KD_ERR_NULL_POINTER, KD_ERR_OUTPUT, KD_ERR_PARAMETER,
@@ -19,11 +19,6 @@ use crate::{
 
 /// CWT's divisor of the summed squared error.
 pub type KdCwtNormalize = i32;
-
-/// D = N (MGD's normaliser, the default).
-pub const KD_CWT_NORMALIZE_BATCH: KdCwtNormalize = 0;
-/// D = N*Ct*H*W.
-pub const KD_CWT_NORMALIZE_MEAN: KdCwtNormalize = 1;
 
 /// Channel-wise transformation (docs/losses.md §5): Y = W2 ReLU(W1 x + b1) + b2 per pixel (Cs -> Ch -> Ct),
 /// loss = loss_weight * sum (Y - F_t)^2 / D. Default loss_weight 2e-5, KD_CWT_NORMALIZE_BATCH, Ch = Ct.
@@ -38,18 +33,18 @@ pub struct KdCwtConfig {
     pub hidden_channels: i64,
 }
 
+/// D = N (MGD's normaliser, the default).
+pub const KD_CWT_NORMALIZE_BATCH: KdCwtNormalize = 0;
+/// D = N*Ct*H*W.
+pub const KD_CWT_NORMALIZE_MEAN: KdCwtNormalize = 1;
+
 /// The configuration, and the channel counts with both feature shapes checked by the crate.
 fn config(params: KdCwtConfig, student: &[usize], teacher: &[usize]) -> Result<(CwtConfig, CwtShapes), Failure> {
-    let normalize = match params.normalize {
-        KD_CWT_NORMALIZE_BATCH => CwtNormalize::Batch,
-        KD_CWT_NORMALIZE_MEAN => CwtNormalize::Mean,
-        other => {
-            return Err(Failure::new(
-                KD_ERR_PARAMETER,
-                format!("parameter `normalize` = {other} is invalid: it must be KD_CWT_NORMALIZE_BATCH (0) or KD_CWT_NORMALIZE_MEAN (1)"),
-            ))
-        }
-    };
+    let modes = [
+        ("KD_CWT_NORMALIZE_BATCH", KD_CWT_NORMALIZE_BATCH, CwtNormalize::Batch),
+        ("KD_CWT_NORMALIZE_MEAN", KD_CWT_NORMALIZE_MEAN, CwtNormalize::Mean),
+    ];
+    let normalize = entry::named("normalize", params.normalize, &modes)?;
     let config = CwtConfig { loss_weight: params.loss_weight, normalize };
     config.validate()?;
     let ch = usize::try_from(params.hidden_channels).map_err(|_| {

@@ -8,8 +8,8 @@ use kd::dist::{Dist, DistConfig};
 use kd::family::PairRawBuffers;
 
 use crate::context::KdContext;
-use crate::entry::{self, AbiConfig, HostPair};
-use crate::{Failure, KdDtype, KdGradOptions, KdStatus};
+use crate::entry::{self, HostPair};
+use crate::{KdDtype, KdGradOptions, KdStatus};
 
 /// DIST, segmentation form (docs/losses.md §8): with p = softmax over C of x / tau per pixel,
 /// L = loss_weight * tau^2 * (inter_loss_weight * (1 - mean over pixels of the Pearson correlation of p_S and
@@ -28,14 +28,10 @@ pub struct KdDistConfig {
     pub loss_weight: f64,
 }
 
-impl AbiConfig for KdDistConfig {
-    type Family = Dist;
-
-    fn to_config(self, _teacher_grad: bool) -> Result<DistConfig, Failure> {
-        let (beta, gamma) = (self.inter_loss_weight, self.intra_loss_weight);
-        Ok(DistConfig { tau: self.tau, beta, gamma, loss_weight: self.loss_weight })
-    }
-}
+abi_config!(KdDistConfig => Dist, |params, _teacher_grad| {
+    let (beta, gamma) = (params.inter_loss_weight, params.intra_loss_weight);
+    Ok(DistConfig { tau: params.tau, beta, gamma, loss_weight: params.loss_weight })
+});
 
 /// DIST on the GPU, queued on `stream` (no teacher gradient: the teacher is a constant).
 ///

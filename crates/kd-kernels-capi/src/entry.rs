@@ -16,7 +16,7 @@ use crate::context::{launch, KdContext};
 use crate::cpu::{self, PairCall, PerElement};
 use crate::{
     guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, HostDtype, KdDtype, KdGradOptions, KdStatus,
-    KD_ERR_OUTPUT,
+    KD_ERR_OUTPUT, KD_ERR_PARAMETER,
 };
 
 /// A family's C parameter block (`kd_*_config`).
@@ -26,6 +26,38 @@ pub(crate) trait AbiConfig: Copy {
     /// The core's configuration, before the family's own check (which [`read_config`] runs).
     /// `teacher_grad`: whether the call asks for the teacher's gradient (CWD's configuration says so).
     fn to_config(self, teacher_grad: bool) -> Result<<Self::Family as Family>::Config, Failure>;
+}
+
+/// Implements [`AbiConfig`] for a family's C parameter block: `kd_x_config => Family`, then the conversion,
+/// written as a closure of the block and the teacher-gradient flag. The impl's frame is every family's; only
+/// the conversion is its own.
+macro_rules! abi_config {
+    ($abi:ty => $family:ty, |$params:ident, $teacher_grad:ident| $convert:block) => {
+        impl $crate::entry::AbiConfig for $abi {
+            type Family = $family;
+
+            fn to_config(
+                self, $teacher_grad: bool,
+            ) -> Result<<$family as kd::family::Family>::Config, $crate::Failure> {
+                let $params = self;
+                $convert
+            }
+        }
+    };
+}
+
+/// The core's value of a C enumeration parameter: `choices` pairs each named constant (its name, its value)
+/// with what it means; an unknown value is refused with the names, so the caller sees what to pass.
+pub(crate) fn named<T: Copy>(parameter: &str, value: i32, choices: &[(&str, i32, T)]) -> Result<T, Failure> {
+    if let Some(&(_, _, meaning)) = choices.iter().find(|choice| choice.1 == value) {
+        return Ok(meaning);
+    }
+    let names: Vec<String> = choices.iter().map(|(name, v, _)| format!("{name} ({v})")).collect();
+    let allowed = match names.as_slice() {
+        [first, second] => format!("{first} or {second}"),
+        _ => format!("one of {}", names.join(", ")),
+    };
+    Err(Failure::new(KD_ERR_PARAMETER, format!("parameter `{parameter}` = {value} is invalid: it must be {allowed}")))
 }
 
 /// The core's configuration of the family of `P`, read from the caller's block and checked.

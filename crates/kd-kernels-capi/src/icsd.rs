@@ -10,16 +10,11 @@ use kd::GradOptions;
 
 use crate::context::KdContext;
 use crate::cpu::{self, Element, PerElement};
-use crate::entry::{self, AbiConfig, HostPair};
-use crate::{Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_PARAMETER};
+use crate::entry::{self, HostPair};
+use crate::{KdDtype, KdGradOptions, KdStatus};
 
 /// ICSD's similarity matrix (docs/losses.md §3.4, §3.7).
 pub type KdIcsdVariant = i32;
-
-/// The official code: softmax along H, M = A_max(i,j) - G.
-pub const KD_ICSD_OFFICIAL: KdIcsdVariant = 0;
-/// The paper's prose: softmax over H*W, pairwise KL.
-pub const KD_ICSD_PAPER: KdIcsdVariant = 1;
 
 /// ICSD (docs/losses.md §3): L_ICS = loss_weight / (C^2 B) * sum (Mh_S - Mh_T)^2. Defaults: tau 1,
 /// loss_weight 9500, KD_ICSD_OFFICIAL. AICSD = alpha * L_ICS + (1 - alpha) * pixel KD, alpha =
@@ -35,25 +30,16 @@ pub struct KdIcsdConfig {
     pub variant: KdIcsdVariant,
 }
 
-impl AbiConfig for KdIcsdConfig {
-    type Family = Icsd;
+abi_config!(KdIcsdConfig => Icsd, |params, _teacher_grad| {
+    let variants = [("KD_ICSD_OFFICIAL", KD_ICSD_OFFICIAL, IcsdVariant::Official), ("KD_ICSD_PAPER", KD_ICSD_PAPER, IcsdVariant::Paper)];
+    let variant = entry::named("variant", params.variant, &variants)?;
+    Ok(IcsdConfig { tau: params.tau, loss_weight: params.loss_weight, variant })
+});
 
-    fn to_config(self, _teacher_grad: bool) -> Result<IcsdConfig, Failure> {
-        let variant = match self.variant {
-            KD_ICSD_OFFICIAL => IcsdVariant::Official,
-            KD_ICSD_PAPER => IcsdVariant::Paper,
-            other => {
-                return Err(Failure::new(
-                    KD_ERR_PARAMETER,
-                    format!(
-                        "parameter `variant` = {other} is invalid: it must be KD_ICSD_OFFICIAL (0) or KD_ICSD_PAPER (1)"
-                    ),
-                ))
-            }
-        };
-        Ok(IcsdConfig { tau: self.tau, loss_weight: self.loss_weight, variant })
-    }
-}
+/// The official code: softmax along H, M = A_max(i,j) - G.
+pub const KD_ICSD_OFFICIAL: KdIcsdVariant = 0;
+/// The paper's prose: softmax over H*W, pairwise KL.
+pub const KD_ICSD_PAPER: KdIcsdVariant = 1;
 
 /// ICSD on the GPU, queued on `stream` (no teacher gradient); the row-normalised C x C matrices (f32) into
 /// `sim_student` and `sim_teacher` where those addresses are non-zero.

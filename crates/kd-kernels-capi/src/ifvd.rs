@@ -10,18 +10,11 @@ use kd::GradOptions;
 
 use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
-use crate::entry::{self, AbiConfig, RawShape};
+use crate::entry::{self, RawShape};
 use crate::{guard, read_shape, Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_DTYPE, KD_ERR_NULL_POINTER};
 
 /// The integer type of a label tensor.
 pub type KdLabelDtype = i32;
-
-/// uint8 (raw PNG label maps, 255 ignored).
-pub const KD_LABEL_U8: KdLabelDtype = 0;
-/// int32.
-pub const KD_LABEL_I32: KdLabelDtype = 1;
-/// int64 (PyTorch's long).
-pub const KD_LABEL_I64: KdLabelDtype = 2;
 
 /// IFVD (docs/losses.md §11): per image and class a prototype (the mean feature of the pixels labelled k),
 /// each pixel's cosine with its class's prototype (its own feature where its label is not in
@@ -35,15 +28,18 @@ pub struct KdIfvdConfig {
     pub loss_weight: f64,
 }
 
-impl AbiConfig for KdIfvdConfig {
-    type Family = Ifvd;
+abi_config!(KdIfvdConfig => Ifvd, |params, _teacher_grad| {
+    // A negative count becomes 0, which the crate's check refuses with its message.
+    let num_classes = usize::try_from(params.num_classes).unwrap_or(0);
+    Ok(IfvdConfig { num_classes, loss_weight: params.loss_weight })
+});
 
-    fn to_config(self, _teacher_grad: bool) -> Result<IfvdConfig, Failure> {
-        // A negative count becomes 0, which the crate's check refuses with its message.
-        let num_classes = usize::try_from(self.num_classes).unwrap_or(0);
-        Ok(IfvdConfig { num_classes, loss_weight: self.loss_weight })
-    }
-}
+/// uint8 (raw PNG label maps, 255 ignored).
+pub const KD_LABEL_U8: KdLabelDtype = 0;
+/// int32.
+pub const KD_LABEL_I32: KdLabelDtype = 1;
+/// int64 (PyTorch's long).
+pub const KD_LABEL_I64: KdLabelDtype = 2;
 
 fn label_dtype(raw: KdLabelDtype) -> Result<LabelDType, Failure> {
     match raw {

@@ -16,13 +16,15 @@
 // generic bodies they call take the same.
 #![allow(clippy::too_many_arguments)]
 
+// First: its `abi_config!` serves the family modules below.
+#[macro_use]
+mod entry;
 mod cirkd;
 mod context;
 mod cpu;
 mod cwd;
 mod cwt;
 mod dist;
-mod entry;
 mod icsd;
 mod ifvd;
 mod pixel_kd;

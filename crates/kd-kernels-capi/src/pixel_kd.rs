@@ -7,20 +7,11 @@ use std::ptr::null_mut;
 use kd::pixel_kd::{PixelKd, PixelKdConfig, PixelKdRawBuffers, Reduction};
 
 use crate::context::KdContext;
-use crate::entry::{self, AbiConfig, HostPair};
-use crate::{Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_PARAMETER};
+use crate::entry::{self, HostPair};
+use crate::{KdDtype, KdGradOptions, KdStatus};
 
 /// Pixel KD's divisor of the summed per-pixel KL.
 pub type KdReduction = i32;
-
-/// N*C*H*W (PyTorch KLDivLoss's default, the official one).
-pub const KD_REDUCTION_MEAN: KdReduction = 0;
-/// N.
-pub const KD_REDUCTION_BATCHMEAN: KdReduction = 1;
-/// 1.
-pub const KD_REDUCTION_SUM: KdReduction = 2;
-/// N*H*W.
-pub const KD_REDUCTION_PIXELMEAN: KdReduction = 3;
 
 /// Pixel-wise KD (docs/losses.md §2). Official defaults: tau 1, loss_weight 10, KD_REDUCTION_MEAN,
 /// scale_tau2 0.
@@ -37,26 +28,29 @@ pub struct KdPixelKdConfig {
     pub scale_tau2: i32,
 }
 
-impl AbiConfig for KdPixelKdConfig {
-    type Family = PixelKd;
+abi_config!(KdPixelKdConfig => PixelKd, |params, _teacher_grad| {
+    let reduction = entry::named(
+        "reduction",
+        params.reduction,
+        &[
+            ("KD_REDUCTION_MEAN", KD_REDUCTION_MEAN, Reduction::Mean),
+            ("KD_REDUCTION_BATCHMEAN", KD_REDUCTION_BATCHMEAN, Reduction::BatchMean),
+            ("KD_REDUCTION_SUM", KD_REDUCTION_SUM, Reduction::Sum),
+            ("KD_REDUCTION_PIXELMEAN", KD_REDUCTION_PIXELMEAN, Reduction::PixelMean),
+        ],
+    )?;
+    let scale_tau2 = params.scale_tau2 != 0;
+    Ok(PixelKdConfig { tau: params.tau, loss_weight: params.loss_weight, reduction, scale_tau2 })
+});
 
-    fn to_config(self, _teacher_grad: bool) -> Result<PixelKdConfig, Failure> {
-        let reduction = match self.reduction {
-            KD_REDUCTION_MEAN => Reduction::Mean,
-            KD_REDUCTION_BATCHMEAN => Reduction::BatchMean,
-            KD_REDUCTION_SUM => Reduction::Sum,
-            KD_REDUCTION_PIXELMEAN => Reduction::PixelMean,
-            other => {
-                return Err(Failure::new(
-                    KD_ERR_PARAMETER,
-                    format!("parameter `reduction` = {other} is invalid: it must be one of KD_REDUCTION_MEAN (0), KD_REDUCTION_BATCHMEAN (1), KD_REDUCTION_SUM (2), KD_REDUCTION_PIXELMEAN (3)"),
-                ))
-            }
-        };
-        let scale_tau2 = self.scale_tau2 != 0;
-        Ok(PixelKdConfig { tau: self.tau, loss_weight: self.loss_weight, reduction, scale_tau2 })
-    }
-}
+/// N*C*H*W (PyTorch KLDivLoss's default, the official one).
+pub const KD_REDUCTION_MEAN: KdReduction = 0;
+/// N.
+pub const KD_REDUCTION_BATCHMEAN: KdReduction = 1;
+/// 1.
+pub const KD_REDUCTION_SUM: KdReduction = 2;
+/// N*H*W.
+pub const KD_REDUCTION_PIXELMEAN: KdReduction = 3;
 
 /// Pixel KD on the GPU, queued on `stream` (no teacher gradient: the teacher is a constant).
 ///

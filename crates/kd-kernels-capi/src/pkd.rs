@@ -8,7 +8,7 @@ use kd::GradOptions;
 
 use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
-use crate::entry::{self, AbiConfig};
+use crate::entry;
 use crate::{guard, read_shape, Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_NULL_POINTER, KD_ERR_OUTPUT};
 
 /// PKD (docs/losses.md §7): per level and channel, student and teacher standardised over the whole batch
@@ -21,13 +21,9 @@ pub struct KdPkdConfig {
     pub loss_weight: f64,
 }
 
-impl AbiConfig for KdPkdConfig {
-    type Family = Pkd;
-
-    fn to_config(self, _teacher_grad: bool) -> Result<PkdConfig, Failure> {
-        Ok(PkdConfig { loss_weight: self.loss_weight })
-    }
-}
+abi_config!(KdPkdConfig => Pkd, |params, _teacher_grad| {
+    Ok(PkdConfig { loss_weight: params.loss_weight })
+});
 
 /// Reads `count` rank-4 shapes (`count * 4` values) and checks them as levels.
 ///

@@ -13,7 +13,7 @@ use kd::GradOptions;
 
 use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
-use crate::entry::{self, AbiConfig};
+use crate::entry;
 use crate::{
     guard, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_NULL_POINTER, KD_ERR_PARAMETER,
 };
@@ -32,13 +32,9 @@ pub struct KdSemckdConfig {
     pub embed_dim: i64,
 }
 
-impl AbiConfig for KdSemckdConfig {
-    type Family = Semckd;
-
-    fn to_config(self, _teacher_grad: bool) -> Result<SemckdConfig, Failure> {
-        Ok(SemckdConfig { loss_weight: self.loss_weight, eps: (self.eps != 0.0).then_some(self.eps) })
-    }
-}
+abi_config!(KdSemckdConfig => Semckd, |params, _teacher_grad| {
+    Ok(SemckdConfig { loss_weight: params.loss_weight, eps: (params.eps != 0.0).then_some(params.eps) })
+});
 
 /// Reads `count` rank-4 shapes (`count * 4` values).
 ///

@@ -9,9 +9,9 @@ use kd::KdError;
 use kd::family::PairRawBuffers;
 
 use crate::context::KdContext;
-use crate::entry::{AbiConfig, HostPair};
+use crate::entry::HostPair;
 use crate::relation;
-use crate::{Failure, KdDtype, KdGradOptions, KdStatus};
+use crate::{KdDtype, KdGradOptions, KdStatus};
 
 /// SKD, pair-wise similarity distillation (docs/losses.md §9): per image, the features pooled (`pool`),
 /// normalised per pixel over the channels, every pixel's cosine similarity to every other pixel of its image
@@ -26,20 +26,16 @@ pub struct KdSkdConfig {
     pub pool: i64,
 }
 
-impl AbiConfig for KdSkdConfig {
-    type Family = Skd;
-
-    fn to_config(self, _teacher_grad: bool) -> Result<SkdConfig, Failure> {
-        let pool = usize::try_from(self.pool).ok().map(SkdPool::from_window).unwrap_or_else(|| {
-            Err(KdError::InvalidParameter {
-                name: "pool",
-                value: self.pool.to_string(),
-                requirement: "2 (the official 2x2 max pool) or 1 (no pooling)",
-            })
-        })?;
-        Ok(SkdConfig { loss_weight: self.loss_weight, pool })
-    }
-}
+abi_config!(KdSkdConfig => Skd, |params, _teacher_grad| {
+    let pool = usize::try_from(params.pool).ok().map(SkdPool::from_window).unwrap_or_else(|| {
+        Err(KdError::InvalidParameter {
+            name: "pool",
+            value: params.pool.to_string(),
+            requirement: "2 (the official 2x2 max pool) or 1 (no pooling)",
+        })
+    })?;
+    Ok(SkdConfig { loss_weight: params.loss_weight, pool })
+});
 
 /// SKD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in
 /// `dtype`, times the device f32 at `upstream` where that is non-zero) where `grad_student` is. Student
