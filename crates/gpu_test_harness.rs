@@ -12,9 +12,12 @@ pub fn skip_all<'a>(suite: &str, names: impl ExactSizeIterator<Item = &'a str>, 
     println!("{suite}: {count} skipped, 0 run ({reason})");
 }
 
+/// One named check of a device: `Err` says what differed.
+pub type Test<D> = (&'static str, fn(&D) -> Result<(), String>);
+
 /// Runs every test of `suite` on `device`; exits 1 if any failed.
 #[allow(dead_code)] // burn's binary calls it only with its `cuda` feature
-pub fn run_all<D>(suite: &str, tests: &[(&str, fn(&D) -> Result<(), String>)], device: &D) {
+pub fn run_all<D>(suite: &str, tests: &[Test<D>], device: &D) {
     let mut failed = 0;
     for (name, test) in tests {
         // The device is only read by the checks; a panicking check cannot leave it half-updated.

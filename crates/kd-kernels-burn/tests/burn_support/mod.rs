@@ -23,7 +23,7 @@ pub fn tensor(values: Vec<f64>, shape: [usize; 4], device: &Device, dtype: DType
 
 /// A tensor's values as f64.
 pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data().convert::<f64>().to_vec::<f64>().expect("f64 data")
+    t.into_data().convert::<f64>().try_to_vec::<f64>().expect("f64 data")
 }
 
 /// CWT's outputs to compare, in the order of `CWT_OUTPUTS`: the loss, then the gradients of the student and
