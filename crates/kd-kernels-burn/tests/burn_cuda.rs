@@ -80,11 +80,10 @@ mod gpu {
     type PairRun = (Vec<f64>, Vec<f64>, Option<Vec<f64>>);
 
     /// Loss and gradients (student; teacher when `teacher_grad`) of ours and of the reference, each dtype.
+    /// `case`: the name, the shape of both inputs, whether the teacher gets a gradient too.
     fn compare_pair(
         device: &Device,
-        name: &str,
-        shape: [usize; 4],
-        teacher_grad: bool,
+        (name, shape, teacher_grad): (&str, [usize; 4], bool),
         ours: PairFn<'_>,
         theirs: PairFn<'_>,
     ) -> TestResult {
@@ -150,9 +149,7 @@ mod gpu {
         ]) {
             compare_pair(
                 device,
-                "cwd",
-                shape,
-                false,
+                ("cwd", shape, false),
                 &|s, t| cwd_loss(s, t, &config).expect("valid input"),
                 &|s, t| reference::cwd_loss(s, t, &config),
             )?;
@@ -160,9 +157,7 @@ mod gpu {
         let config = CwdConfig { tau: 2.0, loss_weight: 3.0, teacher_grad: true };
         compare_pair(
             device,
-            "cwd teacher_grad",
-            [2, 3, 5, 4],
-            true,
+            ("cwd teacher_grad", [2, 3, 5, 4], true),
             &|s, t| cwd_loss(s, t, &config).expect("valid input"),
             &|s, t| reference::cwd_loss(s, t, &config),
         )
@@ -175,9 +170,7 @@ mod gpu {
             let config = PixelKdConfig { tau: 1.0 + i as f64, loss_weight: 10.0, reduction, scale_tau2: i % 2 == 1 };
             compare_pair(
                 device,
-                "pixel_kd",
-                SHAPES[i % SHAPES.len()],
-                false,
+                ("pixel_kd", SHAPES[i % SHAPES.len()], false),
                 &|s, t| pixel_kd_loss(s, t, &config).expect("valid input"),
                 &|s, t| reference::pixel_kd_loss(s, t, &config),
             )?;
@@ -189,9 +182,7 @@ mod gpu {
         let config = DistConfig { tau: 2.0, beta: 1.5, gamma: 0.5, loss_weight: 3.0 };
         compare_pair(
             device,
-            "dist",
-            [2, 19, 9, 11],
-            false,
+            ("dist", [2, 19, 9, 11], false),
             &|s, t| dist_loss(s, t, &config).expect("valid input"),
             &|s, t| reference::dist_loss(s, t, &config),
         )
@@ -220,9 +211,7 @@ mod gpu {
         let config = PkdConfig { loss_weight: 6.0 };
         compare_pair(
             device,
-            "pkd",
-            [2, 7, 9, 11],
-            false,
+            ("pkd", [2, 7, 9, 11], false),
             &|s, t| pkd_loss(&[s], &[t], &config).expect("valid input"),
             &|s, t| reference::pkd_loss(&[s], &[t], &config),
         )
@@ -236,9 +225,7 @@ mod gpu {
         let labels = Tensor::<3, Int>::from_data(TensorData::new(values, dims), device);
         compare_pair(
             device,
-            "ifvd",
-            [2, 6, 9, 11],
-            false,
+            ("ifvd", [2, 6, 9, 11], false),
             &|s, t| ifvd_loss(s, t, labels.clone(), &config).expect("valid input"),
             &|s, t| reference::ifvd_loss(s, t, labels.clone(), &config),
         )
@@ -249,9 +236,7 @@ mod gpu {
             let config = IcsdConfig { variant, ..IcsdConfig::default() };
             compare_pair(
                 device,
-                &format!("icsd {variant:?}"),
-                [2, 5, 9, 11],
-                false,
+                (&format!("icsd {variant:?}"), [2, 5, 9, 11], false),
                 &|s, t| icsd_loss(s, t, &config).expect("valid input"),
                 &|s, t| reference::icsd_loss(s, t, &config),
             )?;
@@ -260,9 +245,7 @@ mod gpu {
         let alpha = config.alpha(3.0).map_err(|e| e.to_string())?;
         compare_pair(
             device,
-            "aicsd epoch 3",
-            [2, 4, 6, 5],
-            false,
+            ("aicsd epoch 3", [2, 4, 6, 5], false),
             &|s, t| aicsd_loss(s, t, 3.0, &config).expect("valid input"),
             &|s, t| {
                 reference::icsd_loss(s.clone(), t.clone(), &config.icsd) * alpha
