@@ -20,6 +20,13 @@
  *    rounded once to the input dtype. KD_DTYPE_F64 is accepted on the CPU only.
  *  - kd_grad_options: `scale` multiplies every gradient (never the loss); `accumulate` != 0 adds into
  *    the gradient buffers instead of overwriting them.
+ *  - Safety, every CUDA call: `ctx` comes from kd_context_create; `params` and each shape (`ndim`
+ *    entries) are readable; `stream` is a live stream of the context's device (its primary context), or
+ *    NULL; every non-zero address is device memory of that context holding what its shape and `dtype`
+ *    need.
+ *  - Safety, every CPU call: `params` and each shape are readable; the inputs point to contiguous NCHW
+ *    tensors of their shapes in `dtype`; `loss` is NULL or writable; each gradient is NULL or a writable
+ *    tensor of its input's shape in `dtype` (initialised, with `accumulate`).
  *  - The enumerations (kd_status, kd_dtype, kd_reduction, kd_cwt_normalize, kd_icsd_variant,
  *    kd_label_dtype) are int32_t
  *    with named constants, so a value this header does not know is refused with a status, never undefined.
@@ -462,42 +469,19 @@ kd_status kd_cuda_probe(void);
  * [B, Cs, H, W], teacher [B, Ct, H, W] (the same B, H, W; the channel counts may differ). No teacher gradient.
  *
  * # Safety
- * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the context's
- * device or null; non-zero addresses are device memory of that context sized for the shapes.
+ * The CUDA entry points' contract (the header's preamble), for the two shapes.
  */
-kd_status kd_cirkd_cuda(struct kd_context *ctx,
-                        const struct kd_cirkd_config *params,
-                        const int64_t *student_shape,
-                        size_t student_ndim,
-                        const int64_t *teacher_shape,
-                        size_t teacher_ndim,
-                        kd_dtype dtype,
-                        uint64_t student,
-                        uint64_t teacher,
-                        uint64_t loss,
-                        uint64_t grad_student,
-                        uint64_t upstream,
-                        struct kd_grad_options options,
-                        void *stream);
+kd_status kd_cirkd_cuda(struct kd_context *ctx, const struct kd_cirkd_config *params, const int64_t *student_shape, size_t student_ndim, const int64_t *teacher_shape, size_t teacher_ndim, kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss, uint64_t grad_student, uint64_t upstream, struct kd_grad_options options, void *stream);
 
 /**
  * CIRKD on the CPU reference: the loss into `*loss` (where not null) and the student gradient (in `dtype`)
  * where `grad_student` is not null. Shapes as in `kd_cirkd_cuda`.
  *
  * # Safety
- * As `kd_skd_cpu`.
+ * The CPU entry points' contract (the header's preamble), for the two shapes; `grad_student` of the
+ * student's.
  */
-kd_status kd_cirkd_cpu(const struct kd_cirkd_config *params,
-                       const int64_t *student_shape,
-                       size_t student_ndim,
-                       const int64_t *teacher_shape,
-                       size_t teacher_ndim,
-                       kd_dtype dtype,
-                       const void *student,
-                       const void *teacher,
-                       double *loss,
-                       void *grad_student,
-                       struct kd_grad_options options);
+kd_status kd_cirkd_cpu(const struct kd_cirkd_config *params, const int64_t *student_shape, size_t student_ndim, const int64_t *teacher_shape, size_t teacher_ndim, kd_dtype dtype, const void *student, const void *teacher, double *loss, void *grad_student, struct kd_grad_options options);
 
 /**
  * Opens device `device_ordinal` (its primary context, the one the CUDA runtime and PyTorch use) and writes a
@@ -520,43 +504,18 @@ void kd_context_destroy(struct kd_context *ctx);
  * CWD on the GPU, queued on `stream`. The teacher gradient is computed exactly when `grad_teacher` != 0.
  *
  * # Safety
- * `ctx` comes from `kd_context_create`; `params` and `shape` (`ndim` entries) are readable; `stream` is a
- * live stream of the context's device (its primary context), or null; every non-zero address is device
- * memory of that context holding what `shape` and `dtype` need (`CwdCuda::launch_raw`'s contract).
+ * The CUDA entry points' contract (the header's preamble), for `shape` (`CwdCuda::launch_raw`'s contract).
  */
-kd_status kd_cwd_cuda(struct kd_context *ctx,
-                      const struct kd_cwd_config *params,
-                      const int64_t *shape,
-                      size_t ndim,
-                      kd_dtype dtype,
-                      uint64_t student,
-                      uint64_t teacher,
-                      uint64_t loss,
-                      uint64_t grad_student,
-                      uint64_t grad_teacher,
-                      uint64_t upstream,
-                      struct kd_grad_options options,
-                      void *stream);
+kd_status kd_cwd_cuda(struct kd_context *ctx, const struct kd_cwd_config *params, const int64_t *shape, size_t ndim, kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss, uint64_t grad_student, uint64_t grad_teacher, uint64_t upstream, struct kd_grad_options options, void *stream);
 
 /**
  * CWD on the CPU reference: the loss into `*loss` (when not null), the gradients (when not null) in
  * `dtype`; the teacher gradient exactly when `grad_teacher` is not null, which needs `grad_student`.
  *
  * # Safety
- * `params` and `shape` (`ndim` entries) are readable; `student` and `teacher` point to contiguous NCHW
- * tensors of `shape` in `dtype`; `loss` is null or writable; `grad_student` and `grad_teacher` are null or
- * point to writable tensors of `shape` in `dtype` (initialised, with `options.accumulate`).
+ * The CPU entry points' contract (the header's preamble), for `shape`; `grad_teacher` as `grad_student`.
  */
-kd_status kd_cwd_cpu(const struct kd_cwd_config *params,
-                     const int64_t *shape,
-                     size_t ndim,
-                     kd_dtype dtype,
-                     const void *student,
-                     const void *teacher,
-                     double *loss,
-                     void *grad_student,
-                     void *grad_teacher,
-                     struct kd_grad_options options);
+kd_status kd_cwd_cpu(const struct kd_cwd_config *params, const int64_t *shape, size_t ndim, kd_dtype dtype, const void *student, const void *teacher, double *loss, void *grad_student, void *grad_teacher, struct kd_grad_options options);
 
 /**
  * CWT on the GPU, queued on `stream`. Student [N, Cs, H, W] and teacher [N, Ct, H, W] in `dtype`;
@@ -565,26 +524,10 @@ kd_status kd_cwd_cpu(const struct kd_cwd_config *params,
  * gradients or none). The teacher gets no gradient.
  *
  * # Safety
- * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the
- * context's device or null; non-zero addresses are device memory of that context sized for the shapes
- * (features in `dtype`, parameters and their gradients f32).
+ * The CUDA entry points' contract (the header's preamble), for the two shapes (features in `dtype`,
+ * parameters and their gradients f32).
  */
-kd_status kd_cwt_cuda(struct kd_context *ctx,
-                      const struct kd_cwt_config *params,
-                      const int64_t *student_shape,
-                      size_t student_ndim,
-                      const int64_t *teacher_shape,
-                      size_t teacher_ndim,
-                      kd_dtype dtype,
-                      uint64_t student,
-                      uint64_t teacher,
-                      const uint64_t *weights,
-                      uint64_t loss,
-                      uint64_t grad_student,
-                      const uint64_t *grad_weights,
-                      uint64_t upstream,
-                      struct kd_grad_options options,
-                      void *stream);
+kd_status kd_cwt_cuda(struct kd_context *ctx, const struct kd_cwt_config *params, const int64_t *student_shape, size_t student_ndim, const int64_t *teacher_shape, size_t teacher_ndim, kd_dtype dtype, uint64_t student, uint64_t teacher, const uint64_t *weights, uint64_t loss, uint64_t grad_student, const uint64_t *grad_weights, uint64_t upstream, struct kd_grad_options options, void *stream);
 
 /**
  * CWT on the CPU reference: `weights` are the four f32 host arrays W1 [Ch, Cs], b1 [Ch], W2 [Ct, Ch],
@@ -592,103 +535,47 @@ kd_status kd_cwt_cuda(struct kd_context *ctx,
  * `dtype`) and the four parameter gradients (f64 host arrays, into `grad_weights[0..4]`, all needed).
  *
  * # Safety
- * `params` and the shapes are readable; `student`/`teacher` point to contiguous NCHW tensors of their
- * shapes in `dtype`; `weights` points to the four f32 parameter arrays; `loss` is null or writable;
- * `grad_student` is null or a writable tensor of the student's shape, and then `grad_weights` points to four
- * writable f64 arrays of the parameters' sizes (initialised, with `options.accumulate`).
+ * The CPU entry points' contract (the header's preamble), for the two shapes; `weights` points to the four
+ * f32 parameter arrays; with `grad_student`, `grad_weights` points to four writable f64 arrays of the
+ * parameters' sizes (initialised, with `options.accumulate`).
  */
-kd_status kd_cwt_cpu(const struct kd_cwt_config *params,
-                     const int64_t *student_shape,
-                     size_t student_ndim,
-                     const int64_t *teacher_shape,
-                     size_t teacher_ndim,
-                     kd_dtype dtype,
-                     const void *student,
-                     const void *teacher,
-                     const float *const *weights,
-                     double *loss,
-                     void *grad_student,
-                     double *const *grad_weights,
-                     struct kd_grad_options options);
+kd_status kd_cwt_cpu(const struct kd_cwt_config *params, const int64_t *student_shape, size_t student_ndim, const int64_t *teacher_shape, size_t teacher_ndim, kd_dtype dtype, const void *student, const void *teacher, const float *const *weights, double *loss, void *grad_student, double *const *grad_weights, struct kd_grad_options options);
 
 /**
  * DIST on the GPU, queued on `stream` (no teacher gradient: the teacher is a constant).
  *
  * # Safety
- * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and `shape`; `stream` of the
- * context's device or null; non-zero addresses are device memory of that context sized for `shape`.
+ * The CUDA entry points' contract (the header's preamble), for `shape`.
  */
-kd_status kd_dist_cuda(struct kd_context *ctx,
-                       const struct kd_dist_config *params,
-                       const int64_t *shape,
-                       size_t ndim,
-                       kd_dtype dtype,
-                       uint64_t student,
-                       uint64_t teacher,
-                       uint64_t loss,
-                       uint64_t grad_student,
-                       uint64_t upstream,
-                       struct kd_grad_options options,
-                       void *stream);
+kd_status kd_dist_cuda(struct kd_context *ctx, const struct kd_dist_config *params, const int64_t *shape, size_t ndim, kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss, uint64_t grad_student, uint64_t upstream, struct kd_grad_options options, void *stream);
 
 /**
  * DIST on the CPU reference: the loss into `*loss` (when not null), the student gradient (when not null)
  * in `dtype`.
  *
  * # Safety
- * As `kd_cwd_cpu`, without a teacher gradient.
+ * The CPU entry points' contract (the header's preamble), for `shape`.
  */
-kd_status kd_dist_cpu(const struct kd_dist_config *params,
-                      const int64_t *shape,
-                      size_t ndim,
-                      kd_dtype dtype,
-                      const void *student,
-                      const void *teacher,
-                      double *loss,
-                      void *grad_student,
-                      struct kd_grad_options options);
+kd_status kd_dist_cpu(const struct kd_dist_config *params, const int64_t *shape, size_t ndim, kd_dtype dtype, const void *student, const void *teacher, double *loss, void *grad_student, struct kd_grad_options options);
 
 /**
  * ICSD on the GPU, queued on `stream` (no teacher gradient); the row-normalised C x C matrices (f32) into
  * `sim_student` and `sim_teacher` where those addresses are non-zero.
  *
  * # Safety
- * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and `shape`; `stream` of the
- * context's device or null; non-zero addresses are device memory of that context sized for `shape`.
+ * The CUDA entry points' contract (the header's preamble), for `shape`.
  */
-kd_status kd_icsd_cuda(struct kd_context *ctx,
-                       const struct kd_icsd_config *params,
-                       const int64_t *shape,
-                       size_t ndim,
-                       kd_dtype dtype,
-                       uint64_t student,
-                       uint64_t teacher,
-                       uint64_t loss,
-                       uint64_t grad_student,
-                       uint64_t upstream,
-                       uint64_t sim_student,
-                       uint64_t sim_teacher,
-                       struct kd_grad_options options,
-                       void *stream);
+kd_status kd_icsd_cuda(struct kd_context *ctx, const struct kd_icsd_config *params, const int64_t *shape, size_t ndim, kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss, uint64_t grad_student, uint64_t upstream, uint64_t sim_student, uint64_t sim_teacher, struct kd_grad_options options, void *stream);
 
 /**
  * ICSD on the CPU reference: the loss into `*loss`, the student gradient (in `dtype`), and the
  * row-normalised matrices (C*C f64, row-major) where the pointers are not null.
  *
  * # Safety
- * As `kd_cwd_cpu`; `sim_student` and `sim_teacher` are null or point to C*C writable f64.
+ * The CPU entry points' contract (the header's preamble), for `shape`; `sim_student` and `sim_teacher` are
+ * null or point to C*C writable f64.
  */
-kd_status kd_icsd_cpu(const struct kd_icsd_config *params,
-                      const int64_t *shape,
-                      size_t ndim,
-                      kd_dtype dtype,
-                      const void *student,
-                      const void *teacher,
-                      double *loss,
-                      void *grad_student,
-                      double *sim_student,
-                      double *sim_teacher,
-                      struct kd_grad_options options);
+kd_status kd_icsd_cpu(const struct kd_icsd_config *params, const int64_t *shape, size_t ndim, kd_dtype dtype, const void *student, const void *teacher, double *loss, void *grad_student, double *sim_student, double *sim_teacher, struct kd_grad_options options);
 
 /**
  * IFVD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in
@@ -697,87 +584,35 @@ kd_status kd_icsd_cpu(const struct kd_icsd_config *params,
  * PyTorch's nearest rule).
  *
  * # Safety
- * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the context's
- * device or null; non-zero addresses are device memory of that context sized for the shapes.
+ * The CUDA entry points' contract (the header's preamble), for the three shapes.
  */
-kd_status kd_ifvd_cuda(struct kd_context *ctx,
-                       const struct kd_ifvd_config *params,
-                       const int64_t *student_shape,
-                       size_t student_ndim,
-                       const int64_t *teacher_shape,
-                       size_t teacher_ndim,
-                       const int64_t *label_shape,
-                       size_t label_ndim,
-                       kd_dtype dtype,
-                       kd_label_dtype label_dtype,
-                       uint64_t student,
-                       uint64_t teacher,
-                       uint64_t labels,
-                       uint64_t loss,
-                       uint64_t grad_student,
-                       uint64_t upstream,
-                       struct kd_grad_options options,
-                       void *stream);
+kd_status kd_ifvd_cuda(struct kd_context *ctx, const struct kd_ifvd_config *params, const int64_t *student_shape, size_t student_ndim, const int64_t *teacher_shape, size_t teacher_ndim, const int64_t *label_shape, size_t label_ndim, kd_dtype dtype, kd_label_dtype label_dtype, uint64_t student, uint64_t teacher, uint64_t labels, uint64_t loss, uint64_t grad_student, uint64_t upstream, struct kd_grad_options options, void *stream);
 
 /**
  * IFVD on the CPU reference: the loss into `*loss` (where not null) and the student gradient (in `dtype`)
  * where `grad_student` is not null.
  *
  * # Safety
- * As `kd_cwd_cpu`, with the three shapes; `labels` points to the label map in `label_dtype`.
+ * The CPU entry points' contract (the header's preamble), for the three shapes; `labels` points to the label map in `label_dtype`.
  */
-kd_status kd_ifvd_cpu(const struct kd_ifvd_config *params,
-                      const int64_t *student_shape,
-                      size_t student_ndim,
-                      const int64_t *teacher_shape,
-                      size_t teacher_ndim,
-                      const int64_t *label_shape,
-                      size_t label_ndim,
-                      kd_dtype dtype,
-                      kd_label_dtype label_dtype,
-                      const void *student,
-                      const void *teacher,
-                      const void *labels,
-                      double *loss,
-                      void *grad_student,
-                      struct kd_grad_options options);
+kd_status kd_ifvd_cpu(const struct kd_ifvd_config *params, const int64_t *student_shape, size_t student_ndim, const int64_t *teacher_shape, size_t teacher_ndim, const int64_t *label_shape, size_t label_ndim, kd_dtype dtype, kd_label_dtype label_dtype, const void *student, const void *teacher, const void *labels, double *loss, void *grad_student, struct kd_grad_options options);
 
 /**
  * Pixel KD on the GPU, queued on `stream` (no teacher gradient: the teacher is a constant).
  *
  * # Safety
- * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and `shape`; `stream` of the
- * context's device or null; non-zero addresses are device memory of that context sized for `shape`.
+ * The CUDA entry points' contract (the header's preamble), for `shape`.
  */
-kd_status kd_pixel_kd_cuda(struct kd_context *ctx,
-                           const struct kd_pixel_kd_config *params,
-                           const int64_t *shape,
-                           size_t ndim,
-                           kd_dtype dtype,
-                           uint64_t student,
-                           uint64_t teacher,
-                           uint64_t loss,
-                           uint64_t grad_student,
-                           uint64_t upstream,
-                           struct kd_grad_options options,
-                           void *stream);
+kd_status kd_pixel_kd_cuda(struct kd_context *ctx, const struct kd_pixel_kd_config *params, const int64_t *shape, size_t ndim, kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss, uint64_t grad_student, uint64_t upstream, struct kd_grad_options options, void *stream);
 
 /**
  * Pixel KD on the CPU reference: the loss into `*loss` (when not null), the student gradient (when not
  * null) in `dtype`.
  *
  * # Safety
- * As `kd_cwd_cpu`, without a teacher gradient.
+ * The CPU entry points' contract (the header's preamble), for `shape`.
  */
-kd_status kd_pixel_kd_cpu(const struct kd_pixel_kd_config *params,
-                          const int64_t *shape,
-                          size_t ndim,
-                          kd_dtype dtype,
-                          const void *student,
-                          const void *teacher,
-                          double *loss,
-                          void *grad_student,
-                          struct kd_grad_options options);
+kd_status kd_pixel_kd_cpu(const struct kd_pixel_kd_config *params, const int64_t *shape, size_t ndim, kd_dtype dtype, const void *student, const void *teacher, double *loss, void *grad_student, struct kd_grad_options options);
 
 /**
  * PKD on the GPU, queued on `stream`, every level in the same launches. `student_shapes` and
@@ -787,23 +622,11 @@ kd_status kd_pixel_kd_cpu(const struct kd_pixel_kd_config *params,
  * level) the gradients, times the device f32 at `upstream` where that is != 0.
  *
  * # Safety
- * As `kd_cwd_cuda`; the shape lists hold `num_levels * 4` values and the address lists `num_levels`
+ * The CUDA entry points' contract (the header's preamble); the shape lists hold `num_levels * 4` values and the address lists `num_levels`
  * entries (or `grad_student` is null), every address device memory of the context's device holding what its
  * level's shape and `dtype` need.
  */
-kd_status kd_pkd_cuda(struct kd_context *ctx,
-                      const struct kd_pkd_config *params,
-                      size_t num_levels,
-                      const int64_t *student_shapes,
-                      const int64_t *teacher_shapes,
-                      kd_dtype dtype,
-                      const uint64_t *student,
-                      const uint64_t *teacher,
-                      uint64_t loss,
-                      const uint64_t *grad_student,
-                      uint64_t upstream,
-                      struct kd_grad_options options,
-                      void *stream);
+kd_status kd_pkd_cuda(struct kd_context *ctx, const struct kd_pkd_config *params, size_t num_levels, const int64_t *student_shapes, const int64_t *teacher_shapes, kd_dtype dtype, const uint64_t *student, const uint64_t *teacher, uint64_t loss, const uint64_t *grad_student, uint64_t upstream, struct kd_grad_options options, void *stream);
 
 /**
  * PKD on the CPU reference (host pointers; shapes as in `kd_pkd_cuda`): the loss into `*loss` (when not
@@ -814,16 +637,7 @@ kd_status kd_pkd_cuda(struct kd_context *ctx,
  * contiguous NCHW tensors of their level's shape in `dtype`; `loss` is null or writable; `grad_student` is
  * null or holds `num_levels` pointers to writable tensors (initialised, with `options.accumulate`).
  */
-kd_status kd_pkd_cpu(const struct kd_pkd_config *params,
-                     size_t num_levels,
-                     const int64_t *student_shapes,
-                     const int64_t *teacher_shapes,
-                     kd_dtype dtype,
-                     const void *const *student,
-                     const void *const *teacher,
-                     double *loss,
-                     void *const *grad_student,
-                     struct kd_grad_options options);
+kd_status kd_pkd_cpu(const struct kd_pkd_config *params, size_t num_levels, const int64_t *student_shapes, const int64_t *teacher_shapes, kd_dtype dtype, const void *const *student, const void *const *teacher, double *loss, void *const *grad_student, struct kd_grad_options options);
 
 /**
  * SemCKD on the GPU, queued on `stream`. `student_shapes` / `teacher_shapes`: S and T rank-4 shapes (4
@@ -835,30 +649,10 @@ kd_status kd_pkd_cpu(const struct kd_pkd_config *params,
  * be given.
  *
  * # Safety
- * As `kd_cwd_cuda`; the address lists hold S, T, S*T, 4*S and 4*T entries (the gradient lists likewise, or
+ * The CUDA entry points' contract (the header's preamble); the address lists hold S, T, S*T, 4*S and 4*T entries (the gradient lists likewise, or
  * are all null), every address device memory of the context's device sized for its shape.
  */
-kd_status kd_semckd_cuda(struct kd_context *ctx,
-                         const struct kd_semckd_config *params,
-                         size_t num_student,
-                         const int64_t *student_shapes,
-                         size_t num_teacher,
-                         const int64_t *teacher_shapes,
-                         kd_dtype dtype,
-                         const uint64_t *student,
-                         const uint64_t *teacher,
-                         const uint64_t *proj,
-                         const uint64_t *query,
-                         const uint64_t *key,
-                         uint64_t loss,
-                         uint64_t attention,
-                         const uint64_t *grad_student,
-                         const uint64_t *grad_proj,
-                         const uint64_t *grad_query,
-                         const uint64_t *grad_key,
-                         uint64_t upstream,
-                         struct kd_grad_options options,
-                         void *stream);
+kd_status kd_semckd_cuda(struct kd_context *ctx, const struct kd_semckd_config *params, size_t num_student, const int64_t *student_shapes, size_t num_teacher, const int64_t *teacher_shapes, kd_dtype dtype, const uint64_t *student, const uint64_t *teacher, const uint64_t *proj, const uint64_t *query, const uint64_t *key, uint64_t loss, uint64_t attention, const uint64_t *grad_student, const uint64_t *grad_proj, const uint64_t *grad_query, const uint64_t *grad_key, uint64_t upstream, struct kd_grad_options options, void *stream);
 
 /**
  * SemCKD on the CPU reference (host pointers; lists as in `kd_semckd_cuda`): the loss, the attention
@@ -869,24 +663,7 @@ kd_status kd_semckd_cuda(struct kd_context *ctx,
  * As `kd_semckd_cuda`, with host pointers: every list holds its count of valid pointers (or the gradient
  * lists are all null), each to a contiguous array of its shape.
  */
-kd_status kd_semckd_cpu(const struct kd_semckd_config *params,
-                        size_t num_student,
-                        const int64_t *student_shapes,
-                        size_t num_teacher,
-                        const int64_t *teacher_shapes,
-                        kd_dtype dtype,
-                        const void *const *student,
-                        const void *const *teacher,
-                        const void *const *proj,
-                        const float *const *query,
-                        const float *const *key,
-                        double *loss,
-                        double *attention,
-                        void *const *grad_student,
-                        void *const *grad_proj,
-                        double *const *grad_query,
-                        double *const *grad_key,
-                        struct kd_grad_options options);
+kd_status kd_semckd_cpu(const struct kd_semckd_config *params, size_t num_student, const int64_t *student_shapes, size_t num_teacher, const int64_t *teacher_shapes, kd_dtype dtype, const void *const *student, const void *const *teacher, const void *const *proj, const float *const *query, const float *const *key, double *loss, double *attention, void *const *grad_student, void *const *grad_proj, double *const *grad_query, double *const *grad_key, struct kd_grad_options options);
 
 /**
  * SKD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in
@@ -894,44 +671,19 @@ kd_status kd_semckd_cpu(const struct kd_semckd_config *params,
  * [N, Cs, H, W], teacher [N, Ct, H, W] (the same N, H, W; the channel counts may differ). No teacher gradient.
  *
  * # Safety
- * As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the context's
- * device or null; non-zero addresses are device memory of that context sized for the shapes.
+ * The CUDA entry points' contract (the header's preamble), for the two shapes.
  */
-kd_status kd_skd_cuda(struct kd_context *ctx,
-                      const struct kd_skd_config *params,
-                      const int64_t *student_shape,
-                      size_t student_ndim,
-                      const int64_t *teacher_shape,
-                      size_t teacher_ndim,
-                      kd_dtype dtype,
-                      uint64_t student,
-                      uint64_t teacher,
-                      uint64_t loss,
-                      uint64_t grad_student,
-                      uint64_t upstream,
-                      struct kd_grad_options options,
-                      void *stream);
+kd_status kd_skd_cuda(struct kd_context *ctx, const struct kd_skd_config *params, const int64_t *student_shape, size_t student_ndim, const int64_t *teacher_shape, size_t teacher_ndim, kd_dtype dtype, uint64_t student, uint64_t teacher, uint64_t loss, uint64_t grad_student, uint64_t upstream, struct kd_grad_options options, void *stream);
 
 /**
  * SKD on the CPU reference: the loss into `*loss` (where not null) and the student gradient (in `dtype`)
  * where `grad_student` is not null. Shapes as in `kd_skd_cuda`.
  *
  * # Safety
- * Readable `params` and shapes; `student` and `teacher` point to contiguous NCHW tensors of their shapes in
- * `dtype`; `loss` is null or writable; `grad_student` is null or a writable tensor of the student's shape
- * (initialised, with `options.accumulate`).
+ * The CPU entry points' contract (the header's preamble), for the two shapes; `grad_student` of the
+ * student's.
  */
-kd_status kd_skd_cpu(const struct kd_skd_config *params,
-                     const int64_t *student_shape,
-                     size_t student_ndim,
-                     const int64_t *teacher_shape,
-                     size_t teacher_ndim,
-                     kd_dtype dtype,
-                     const void *student,
-                     const void *teacher,
-                     double *loss,
-                     void *grad_student,
-                     struct kd_grad_options options);
+kd_status kd_skd_cpu(const struct kd_skd_config *params, const int64_t *student_shape, size_t student_ndim, const int64_t *teacher_shape, size_t teacher_ndim, kd_dtype dtype, const void *student, const void *teacher, double *loss, void *grad_student, struct kd_grad_options options);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -55,68 +55,30 @@ LABEL_U8, LABEL_I32, LABEL_I64 = 0, 1, 2
 
 
 # The C structs, each naming its declaration in include/kd_kernels.h (generated from the Rust source), which
-# python/tests/test_abi_layout.py checks field for field.
-class GradOptions(ctypes.Structure):
-    _c_name_ = "kd_grad_options"
-    _fields_ = [("scale", ctypes.c_double), ("accumulate", ctypes.c_int32)]
+# python/tests/test_abi_layout.py checks field for field. Declared from one table: the structs differ only in
+# their fields.
+def _struct(name: str, c_name: str, **fields) -> type:
+    """A ctypes Structure `name` for the header's `c_name`, with `fields` in declaration order."""
+    body = {"__module__": __name__, "_c_name_": c_name, "_fields_": list(fields.items())}
+    return type(name, (ctypes.Structure,), body)
 
 
-class CwdParams(ctypes.Structure):
-    _c_name_ = "kd_cwd_config"
-    _fields_ = [("tau", ctypes.c_double), ("loss_weight", ctypes.c_double)]
-
-
-class PixelKdParams(ctypes.Structure):
-    _c_name_ = "kd_pixel_kd_config"
-    _fields_ = [
-        ("tau", ctypes.c_double),
-        ("loss_weight", ctypes.c_double),
-        ("reduction", ctypes.c_int32),
-        ("scale_tau2", ctypes.c_int32),
-    ]
-
-
-class CwtParams(ctypes.Structure):
-    _c_name_ = "kd_cwt_config"
-    _fields_ = [("loss_weight", ctypes.c_double), ("normalize", ctypes.c_int32), ("hidden_channels", ctypes.c_int64)]
-
-
-class IcsdParams(ctypes.Structure):
-    _c_name_ = "kd_icsd_config"
-    _fields_ = [("tau", ctypes.c_double), ("loss_weight", ctypes.c_double), ("variant", ctypes.c_int32)]
-
-
-class IfvdParams(ctypes.Structure):
-    _c_name_ = "kd_ifvd_config"
-    _fields_ = [("num_classes", ctypes.c_int64), ("loss_weight", ctypes.c_double)]
-class DistParams(ctypes.Structure):
-    _c_name_ = "kd_dist_config"
-    _fields_ = [
-        ("tau", ctypes.c_double),
-        ("inter_loss_weight", ctypes.c_double),
-        ("intra_loss_weight", ctypes.c_double),
-        ("loss_weight", ctypes.c_double),
-    ]
-
-
-class SemckdParams(ctypes.Structure):
-    _c_name_ = "kd_semckd_config"
-    _fields_ = [("loss_weight", ctypes.c_double), ("eps", ctypes.c_double), ("embed_dim", ctypes.c_int64)]
-
-
-class PkdParams(ctypes.Structure):
-    _c_name_ = "kd_pkd_config"
-    _fields_ = [("loss_weight", ctypes.c_double)]
-
-
-class SkdParams(ctypes.Structure):
-    _c_name_ = "kd_skd_config"
-    _fields_ = [("loss_weight", ctypes.c_double), ("pool", ctypes.c_int64)]
-
-
-class CirkdParams(ctypes.Structure):
-    _c_name_ = "kd_cirkd_config"
-    _fields_ = [("tau", ctypes.c_double), ("loss_weight", ctypes.c_double), ("pool", ctypes.c_int64)]
+_F64, _I32, _I64 = ctypes.c_double, ctypes.c_int32, ctypes.c_int64
+GradOptions = _struct("GradOptions", "kd_grad_options", scale=_F64, accumulate=_I32)
+CwdParams = _struct("CwdParams", "kd_cwd_config", tau=_F64, loss_weight=_F64)
+PixelKdParams = _struct(
+    "PixelKdParams", "kd_pixel_kd_config", tau=_F64, loss_weight=_F64, reduction=_I32, scale_tau2=_I32
+)
+CwtParams = _struct("CwtParams", "kd_cwt_config", loss_weight=_F64, normalize=_I32, hidden_channels=_I64)
+IcsdParams = _struct("IcsdParams", "kd_icsd_config", tau=_F64, loss_weight=_F64, variant=_I32)
+IfvdParams = _struct("IfvdParams", "kd_ifvd_config", num_classes=_I64, loss_weight=_F64)
+DistParams = _struct(
+    "DistParams", "kd_dist_config", tau=_F64, inter_loss_weight=_F64, intra_loss_weight=_F64, loss_weight=_F64
+)
+SemckdParams = _struct("SemckdParams", "kd_semckd_config", loss_weight=_F64, eps=_F64, embed_dim=_I64)
+PkdParams = _struct("PkdParams", "kd_pkd_config", loss_weight=_F64)
+SkdParams = _struct("SkdParams", "kd_skd_config", loss_weight=_F64, pool=_I64)
+CirkdParams = _struct("CirkdParams", "kd_cirkd_config", tau=_F64, loss_weight=_F64, pool=_I64)
 
 
 # kd_cirkd_config.pool: the official rule, none; K >= 2 is a K x K average pool.

@@ -89,14 +89,7 @@ pub fn train(steps: usize, device: &Device, verbose: bool) -> Result<TrainReport
         let loss = cwd_loss(logits.clone(), teacher_logits.clone(), &cwd)?
             + pixel_kd_loss(logits, teacher_logits.clone(), &kd)?;
         let value = loss.clone().into_scalar::<f64>();
-        losses.push(value);
-        if verbose {
-            if step == 0 {
-                println!("step {step:3}  loss {value:.6}  (burn's own formula: {step0_burn_formula:.6})");
-            } else {
-                println!("step {step:3}  loss {value:.6}");
-            }
-        }
+        record(&mut losses, verbose, (step, "loss"), value, step0_burn_formula);
         let grads = GradientsParams::from_grads(loss.backward(), &student);
         student = optimizer.step(1e-2, student, grads);
     }
@@ -245,18 +238,24 @@ pub fn train_semckd(steps: usize, device: &Device, verbose: bool) -> Result<Trai
         }
         let loss = semckd_loss(&student, &teacher, &proj, &query, &key, &config)?;
         let value = loss.clone().into_scalar::<f64>();
-        losses.push(value);
-        if verbose {
-            if step == 0 {
-                println!("step {step:3}  SemCKD {value:.6}  (burn's own formula: {step0_burn_formula:.6})");
-            } else {
-                println!("step {step:3}  SemCKD {value:.6}");
-            }
-        }
+        record(&mut losses, verbose, (step, "SemCKD"), value, step0_burn_formula);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(1e-2, model, grads);
     }
     Ok(TrainReport { losses, step0_burn_formula })
+}
+
+/// Keeps a step's loss and, with `verbose`, prints it as `what` (with burn's own formula at step 0, where
+/// both must agree).
+fn record(losses: &mut Vec<f64>, verbose: bool, (step, what): (usize, &str), value: f64, step0_formula: f64) {
+    losses.push(value);
+    if verbose {
+        if step == 0 {
+            println!("step {step:3}  {what} {value:.6}  (burn's own formula: {step0_formula:.6})");
+        } else {
+            println!("step {step:3}  {what} {value:.6}");
+        }
+    }
 }
 
 /// burn's CUDA device (fusion and autodiff) where this build has the `cuda` feature and a GPU answers, else

@@ -54,15 +54,15 @@ use cudarc::driver::{CudaContext, CudaStream};
 use super::{KdBackend, StudentGradConfig, StudentGradJob};
 use super::{PkdPacking, SemckdPacking};
 use kd_kernels::cuda::LossCuda;
-use kd_kernels::cwd::{CwdConfig, CwdCuda, CwdRawBuffers};
+use kd_kernels::cwd::{Cwd, CwdConfig};
 use kd_kernels::cwt::{CwtConfig, CwtCuda, CwtRawBuffers, CwtSetup, CwtShapes};
 use kd_kernels::dtype::DType;
 use kd_kernels::error::{KdError, Result};
-use kd_kernels::family::{Family, PairRawBuffers, StudentGradFamily};
+use kd_kernels::family::{Family, PairFamily, PairRawBuffers, StudentGradFamily};
 use kd_kernels::grad::GradOptions;
-use kd_kernels::icsd::{IcsdConfig, IcsdCuda, IcsdRawBuffers};
+use kd_kernels::icsd::{Icsd, IcsdConfig};
 use kd_kernels::ifvd::{check_shapes, IfvdConfig, IfvdCuda, IfvdRawBuffers};
-use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCuda, PixelKdRawBuffers};
+use kd_kernels::pixel_kd::{PixelKd, PixelKdConfig};
 use kd_kernels::pkd::{PkdConfig, PkdCuda, PkdLevels, PkdRawBuffers};
 use kd_kernels::semckd::{SemckdConfig, SemckdCuda, SemckdLayers, SemckdRawBuffers};
 
@@ -330,11 +330,31 @@ impl StudentGradJob for StudentGradOnGpu {
                 PairRawBuffers { student: s, teacher: t, loss: o[0], grad_student: out(o, 1), ..Default::default() };
             let buffers = F::raw_buffers(pair)?;
             F::with_shape(shape, &teacher_dims, |shape| {
-                // SAFETY: as in `cwd_forward` (the teacher sized for its own dims, checked against the student's).
+                // SAFETY: as in `pair_family` (the teacher sized for its own dims, checked against the student's).
                 unsafe { loss.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
             })
         })
     }
+}
+
+/// A [`PairFamily`]'s loss and, with `grads`, its gradients (the student's, then the teacher's where the
+/// configuration asks for it) through the core's raw layer: one body for every pair family.
+fn pair_family<F: PairFamily>(
+    config: F::Config,
+    student: CubeTensor,
+    teacher: CubeTensor,
+    grads: usize,
+) -> Vec<CubeTensor>
+where
+    LossCuda<F>: Send,
+{
+    pair::<LossCuda<F>>(config, student, teacher, grads, |loss, stream, shape, dtype, [s, t], o| {
+        let (grad_student, grad_teacher) = (out(o, 1), out(o, 2));
+        let pair = PairRawBuffers { student: s, teacher: t, loss: o[0], grad_student, grad_teacher, upstream: 0 };
+        let buffers = F::pair_raw(pair)?;
+        // SAFETY: addresses of live, pinned cubecl buffers of the primary context, sized for `shape`.
+        unsafe { loss.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
+    })
 }
 
 /// The address of output `i`, 0 (absent) past the end.
@@ -344,12 +364,7 @@ fn out(outputs: &[u64], i: usize) -> u64 {
 
 impl KdBackend for CubeBackend {
     fn cwd_forward(student: CubeTensor, teacher: CubeTensor, config: CwdConfig) -> CubeTensor {
-        let mut out = pair::<CwdCuda>(config, student, teacher, 0, |cwd, stream, shape, dtype, [s, t], o| {
-            let buffers = CwdRawBuffers { student: s, teacher: t, loss: o[0], ..Default::default() };
-            // SAFETY: addresses of live, pinned cubecl buffers of the primary context, sized for `shape`.
-            unsafe { cwd.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
-        });
-        out.remove(0)
+        pair_family::<Cwd>(config, student, teacher, 0).remove(0)
     }
 
     fn cwd_forward_backward(
@@ -358,30 +373,13 @@ impl KdBackend for CubeBackend {
         config: CwdConfig,
     ) -> (CubeTensor, CubeTensor, Option<CubeTensor>) {
         let grads = 1 + usize::from(config.teacher_grad);
-        let mut out = pair::<CwdCuda>(config, student, teacher, grads, |cwd, stream, shape, dtype, [s, t], o| {
-            let buffers = CwdRawBuffers {
-                student: s,
-                teacher: t,
-                loss: o[0],
-                grad_student: o[1],
-                grad_teacher: out(o, 2),
-                upstream: 0,
-            };
-            // SAFETY: as in `cwd_forward`.
-            unsafe { cwd.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
-        })
-        .into_iter();
+        let mut out = pair_family::<Cwd>(config, student, teacher, grads).into_iter();
         let (loss, gs) = (out.next().expect("loss"), out.next().expect("student gradient"));
         (loss, gs, out.next())
     }
 
     fn pixel_kd_forward(student: CubeTensor, teacher: CubeTensor, config: PixelKdConfig) -> CubeTensor {
-        let mut out = pair::<PixelKdCuda>(config, student, teacher, 0, |kd, stream, shape, dtype, [s, t], o| {
-            let buffers = PixelKdRawBuffers { student: s, teacher: t, loss: o[0], ..Default::default() };
-            // SAFETY: as in `cwd_forward`.
-            unsafe { kd.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
-        });
-        out.remove(0)
+        pair_family::<PixelKd>(config, student, teacher, 0).remove(0)
     }
 
     fn pixel_kd_forward_backward(
@@ -389,32 +387,17 @@ impl KdBackend for CubeBackend {
         teacher: CubeTensor,
         config: PixelKdConfig,
     ) -> (CubeTensor, CubeTensor) {
-        let mut out = pair::<PixelKdCuda>(config, student, teacher, 1, |kd, stream, shape, dtype, [s, t], o| {
-            let buffers =
-                PixelKdRawBuffers { student: s, teacher: t, loss: o[0], grad_student: o[1], ..Default::default() };
-            // SAFETY: as in `cwd_forward`.
-            unsafe { kd.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
-        });
+        let mut out = pair_family::<PixelKd>(config, student, teacher, 1);
         let gs = out.pop().expect("student gradient");
         (out.remove(0), gs)
     }
 
     fn icsd_forward(student: CubeTensor, teacher: CubeTensor, config: IcsdConfig) -> CubeTensor {
-        let mut out = pair::<IcsdCuda>(config, student, teacher, 0, |icsd, stream, shape, dtype, [s, t], o| {
-            let buffers = IcsdRawBuffers { student: s, teacher: t, loss: o[0], ..Default::default() };
-            // SAFETY: as in `cwd_forward`.
-            unsafe { icsd.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }
-        });
-        out.remove(0)
+        pair_family::<Icsd>(config, student, teacher, 0).remove(0)
     }
 
     fn icsd_forward_backward(student: CubeTensor, teacher: CubeTensor, config: IcsdConfig) -> (CubeTensor, CubeTensor) {
-        let mut out = pair::<IcsdCuda>(config, student, teacher, 1, |icsd, stream, shape, dtype, [s, t], o| {
-            let buffers =
-                IcsdRawBuffers { student: s, teacher: t, loss: o[0], grad_student: o[1], ..Default::default() };
-            // SAFETY: as in `cwd_forward`.
-            unsafe { icsd.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }
-        });
+        let mut out = pair_family::<Icsd>(config, student, teacher, 1);
         let gs = out.pop().expect("student gradient");
         (out.remove(0), gs)
     }
@@ -559,7 +542,7 @@ fn semckd(
             buffers.grad_query = mlps(&grad_params[..4 * s]);
             buffers.grad_key = mlps(&grad_params[4 * s..]);
         }
-        // SAFETY: as in `cwd_forward`; each address is a packed buffer's plus the offset of a tensor of the
+        // SAFETY: as in `pair_family`; each address is a packed buffer's plus the offset of a tensor of the
         // shape `layers` gives it (the checked function packed them so), the parameters f32.
         unsafe { c.loss.launch_raw(c.stream, layers, dtype, &buffers, GradOptions::OVERWRITE) }
     });
@@ -597,7 +580,7 @@ fn pkd(
             grad_student: if want_grad { at(c.outputs[1]) } else { Vec::new() },
             upstream: 0,
         };
-        // SAFETY: as in `cwd_forward`; each address is a packed buffer's plus the offset of a level of the
+        // SAFETY: as in `pair_family`; each address is a packed buffer's plus the offset of a level of the
         // shape `levels` gives it (the checked function packed them so).
         unsafe { c.loss.launch_raw(c.stream, levels, dtype, &buffers, GradOptions::OVERWRITE) }
     });
@@ -634,7 +617,7 @@ fn ifvd(
             grad_student: out(c.outputs, 1),
             upstream: 0,
         };
-        // SAFETY: as in `cwd_forward`; the labels are integers of `label_dtype`, `[N, Hl, Wl]`.
+        // SAFETY: as in `pair_family`; the labels are integers of `label_dtype`, `[N, Hl, Wl]`.
         unsafe { c.loss.launch_raw(c.stream, &shapes, dtype, &buffers, GradOptions::OVERWRITE) }
     });
     out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
@@ -680,7 +663,7 @@ fn cwt(
             grad_b2: out(o, 5),
             upstream: 0,
         };
-        // SAFETY: as in `cwd_forward`; the parameters are f32 of the shapes `shapes` says.
+        // SAFETY: as in `pair_family`; the parameters are f32 of the shapes `shapes` says.
         unsafe { c.loss.launch_raw(c.stream, &shape, dtype, &buffers, GradOptions::OVERWRITE) }
     });
     out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);

@@ -11,7 +11,13 @@
 //! loss tolerance or that dtype's rounding, whichever is larger.
 
 #[cfg(feature = "cuda")]
+mod burn_support;
+#[path = "../../gpu_test_harness.rs"]
+mod gpu_test_harness;
+
+#[cfg(feature = "cuda")]
 mod gpu {
+    use super::burn_support::{cwt_outputs, logits, tensor, values, CWT_OUTPUTS};
     use burn::tensor::{DType, Device, Int, Tensor, TensorData};
     use kd_kernels::cirkd::{CirkdConfig, CirkdPool};
     use kd_kernels::cwd::CwdConfig;
@@ -56,25 +62,6 @@ mod gpu {
         }
     }
 
-    /// Deterministic logits spread over about ±`spread`, from a fixed LCG.
-    fn logits(shape: [usize; 4], seed: u64, spread: f64) -> Vec<f64> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..shape.iter().product::<usize>())
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * spread
-            })
-            .collect()
-    }
-
-    fn tensor(values: Vec<f64>, shape: [usize; 4], device: &Device, dtype: DType) -> Tensor<4> {
-        Tensor::from_data(TensorData::new(values, shape), (device, dtype))
-    }
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-        t.into_data().convert::<f64>().try_to_vec::<f64>().expect("f64 data")
-    }
-
     fn check_close(what: &str, got: Vec<f64>, want: Vec<f64>, limit: f64) -> TestResult {
         if got.len() != want.len() {
             return Err(format!("{what}: {} values, want {}", got.len(), want.len()));
@@ -93,11 +80,10 @@ mod gpu {
     type PairRun = (Vec<f64>, Vec<f64>, Option<Vec<f64>>);
 
     /// Loss and gradients (student; teacher when `teacher_grad`) of ours and of the reference, each dtype.
+    /// `case`: the name, the shape of both inputs, whether the teacher gets a gradient too.
     fn compare_pair(
         device: &Device,
-        name: &str,
-        shape: [usize; 4],
-        teacher_grad: bool,
+        (name, shape, teacher_grad): (&str, [usize; 4], bool),
         ours: PairFn<'_>,
         theirs: PairFn<'_>,
     ) -> TestResult {
@@ -163,9 +149,7 @@ mod gpu {
         ]) {
             compare_pair(
                 device,
-                "cwd",
-                shape,
-                false,
+                ("cwd", shape, false),
                 &|s, t| cwd_loss(s, t, &config).expect("valid input"),
                 &|s, t| reference::cwd_loss(s, t, &config),
             )?;
@@ -173,9 +157,7 @@ mod gpu {
         let config = CwdConfig { tau: 2.0, loss_weight: 3.0, teacher_grad: true };
         compare_pair(
             device,
-            "cwd teacher_grad",
-            [2, 3, 5, 4],
-            true,
+            ("cwd teacher_grad", [2, 3, 5, 4], true),
             &|s, t| cwd_loss(s, t, &config).expect("valid input"),
             &|s, t| reference::cwd_loss(s, t, &config),
         )
@@ -188,9 +170,7 @@ mod gpu {
             let config = PixelKdConfig { tau: 1.0 + i as f64, loss_weight: 10.0, reduction, scale_tau2: i % 2 == 1 };
             compare_pair(
                 device,
-                "pixel_kd",
-                SHAPES[i % SHAPES.len()],
-                false,
+                ("pixel_kd", SHAPES[i % SHAPES.len()], false),
                 &|s, t| pixel_kd_loss(s, t, &config).expect("valid input"),
                 &|s, t| reference::pixel_kd_loss(s, t, &config),
             )?;
@@ -202,9 +182,7 @@ mod gpu {
         let config = DistConfig { tau: 2.0, beta: 1.5, gamma: 0.5, loss_weight: 3.0 };
         compare_pair(
             device,
-            "dist",
-            [2, 19, 9, 11],
-            false,
+            ("dist", [2, 19, 9, 11], false),
             &|s, t| dist_loss(s, t, &config).expect("valid input"),
             &|s, t| reference::dist_loss(s, t, &config),
         )
@@ -233,9 +211,7 @@ mod gpu {
         let config = PkdConfig { loss_weight: 6.0 };
         compare_pair(
             device,
-            "pkd",
-            [2, 7, 9, 11],
-            false,
+            ("pkd", [2, 7, 9, 11], false),
             &|s, t| pkd_loss(&[s], &[t], &config).expect("valid input"),
             &|s, t| reference::pkd_loss(&[s], &[t], &config),
         )
@@ -249,9 +225,7 @@ mod gpu {
         let labels = Tensor::<3, Int>::from_data(TensorData::new(values, dims), device);
         compare_pair(
             device,
-            "ifvd",
-            [2, 6, 9, 11],
-            false,
+            ("ifvd", [2, 6, 9, 11], false),
             &|s, t| ifvd_loss(s, t, labels.clone(), &config).expect("valid input"),
             &|s, t| reference::ifvd_loss(s, t, labels.clone(), &config),
         )
@@ -262,9 +236,7 @@ mod gpu {
             let config = IcsdConfig { variant, ..IcsdConfig::default() };
             compare_pair(
                 device,
-                &format!("icsd {variant:?}"),
-                [2, 5, 9, 11],
-                false,
+                (&format!("icsd {variant:?}"), [2, 5, 9, 11], false),
                 &|s, t| icsd_loss(s, t, &config).expect("valid input"),
                 &|s, t| reference::icsd_loss(s, t, &config),
             )?;
@@ -273,9 +245,7 @@ mod gpu {
         let alpha = config.alpha(3.0).map_err(|e| e.to_string())?;
         compare_pair(
             device,
-            "aicsd epoch 3",
-            [2, 4, 6, 5],
-            false,
+            ("aicsd epoch 3", [2, 4, 6, 5], false),
             &|s, t| aicsd_loss(s, t, 3.0, &config).expect("valid input"),
             &|s, t| {
                 reference::icsd_loss(s.clone(), t.clone(), &config.icsd) * alpha
@@ -303,20 +273,11 @@ mod gpu {
                     w2: param(small(ct * ch, 15), [ct, ch], device),
                     b2: param(small(ct, 16), [ct], device),
                 };
-                let loss = f(student.clone(), teacher, &mlp);
-                let grads = loss.backward();
-                vec![
-                    values(loss),
-                    values(student.grad(&grads).unwrap()),
-                    values(mlp.w1.grad(&grads).unwrap()),
-                    values(mlp.b1.grad(&grads).unwrap()),
-                    values(mlp.w2.grad(&grads).unwrap()),
-                    values(mlp.b2.grad(&grads).unwrap()),
-                ]
+                cwt_outputs(f(student.clone(), teacher, &mlp), &student, &mlp)
             };
             let ours = run(&|s, t, mlp| cwt_loss(s, t, mlp, &config).expect("valid input"));
             let theirs = run(&|s, t, mlp| reference::cwt_loss(s, t, mlp, &config));
-            for ((name, got), want) in ["loss", "student", "w1", "b1", "w2", "b2"].into_iter().zip(ours).zip(theirs) {
+            for ((name, got), want) in CWT_OUTPUTS.into_iter().zip(ours).zip(theirs) {
                 let kind = if name == "loss" { OutputKind::Loss } else { OutputKind::Tensor };
                 check_close(&format!("cwt {name} n{n} cs{cs} ch{ch} ct{ct}"), got, want, limit(DType::F32, kind))?;
             }
@@ -512,40 +473,11 @@ fn device() -> Result<burn::tensor::Device, String> {
 }
 
 fn main() {
-    let device = match device() {
-        Ok(d) => d,
-        Err(reason) => {
-            for (name, _) in TESTS {
-                println!("test burn_cuda::{name} ... skipped: {reason}");
-            }
-            println!("burn_cuda: {} skipped, 0 run ({reason})", TESTS.len());
-            return;
-        }
-    };
-    #[cfg(feature = "cuda")]
-    {
-        let mut failed = 0;
-        for (name, test) in TESTS {
-            let outcome = std::panic::catch_unwind(|| test(&device)).unwrap_or_else(|p| {
-                Err(p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or(p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default())
-            });
-            match outcome {
-                Ok(()) => println!("test burn_cuda::{name} ... ok"),
-                Err(e) => {
-                    failed += 1;
-                    println!("test burn_cuda::{name} ... FAILED: {e}");
-                }
-            }
-        }
-        println!("burn_cuda: {} passed, {failed} failed", TESTS.len() - failed);
-        if failed > 0 {
-            std::process::exit(1);
-        }
+    match device() {
+        #[cfg(feature = "cuda")]
+        Ok(device) => gpu_test_harness::run_all("burn_cuda", TESTS, &device),
+        #[cfg(not(feature = "cuda"))]
+        Ok(_) => unreachable!("device() refuses a build without `cuda`"),
+        Err(reason) => gpu_test_harness::skip_all("burn_cuda", TESTS.iter().map(|t| t.0), &reason),
     }
-    #[cfg(not(feature = "cuda"))]
-    let _ = device;
 }

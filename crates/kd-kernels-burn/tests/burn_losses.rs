@@ -4,8 +4,11 @@
 // burn 0.22 deprecates its NdArray backend in favour of Flex; NdArray is the CPU backend this feature covers.
 #![allow(deprecated)]
 
+mod burn_support;
+
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn_support::{cwt_outputs, logits, tensor, values, CWT_OUTPUTS};
 use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtNormalize};
 use kd_kernels::dist::DistConfig;
@@ -28,25 +31,6 @@ fn tolerance_for(dtype: DType, kind: OutputKind) -> f64 {
     }
 }
 
-/// Deterministic logits spread over about ±`spread`, from a fixed LCG (no RNG crate, reproducible).
-fn logits(shape: [usize; 4], seed: u64, spread: f64) -> Vec<f64> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..shape.iter().product::<usize>())
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * spread
-        })
-        .collect()
-}
-
-fn tensor(values: Vec<f64>, shape: [usize; 4], device: &Device, dtype: DType) -> Tensor<4> {
-    Tensor::from_data(TensorData::new(values, shape), (device, dtype))
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data().convert::<f64>().to_vec::<f64>().expect("f64 data")
-}
-
 fn assert_close(what: &str, got: Vec<f64>, want: Vec<f64>, limit: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     let cmp = Comparison::of(got, want);
@@ -60,11 +44,9 @@ fn ndarray_autodiff() -> Device {
 const DTYPES: [DType; 2] = [DType::F32, DType::F64];
 
 /// Loss and d loss / d student (and d / d teacher when asked) of `ours` and `theirs` on the same inputs.
+/// `case`: the name, the shape, the logits' spread, whether the teacher gets a gradient too.
 fn compare_pair(
-    name: &str,
-    shape: [usize; 4],
-    spread: f64,
-    teacher_grad: bool,
+    (name, shape, spread, teacher_grad): (&str, [usize; 4], f64, bool),
     ours: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<1>,
     theirs: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<1>,
 ) {
@@ -106,10 +88,7 @@ fn cwd_matches_burn_autograd() {
         CwdConfig { tau: 2.5, loss_weight: 0.5, teacher_grad: false },
     ]) {
         compare_pair(
-            "cwd",
-            shape,
-            6.0,
-            false,
+            ("cwd", shape, 6.0, false),
             |s, t| cwd_loss(s, t, &config).expect("valid input"),
             |s, t| reference::cwd_loss(s, t, &config),
         );
@@ -120,10 +99,7 @@ fn cwd_matches_burn_autograd() {
 fn cwd_teacher_gradient_matches_burn_autograd() {
     let config = CwdConfig { tau: 2.0, loss_weight: 3.0, teacher_grad: true };
     compare_pair(
-        "cwd teacher_grad",
-        [2, 3, 5, 4],
-        4.0,
-        true,
+        ("cwd teacher_grad", [2, 3, 5, 4], 4.0, true),
         |s, t| cwd_loss(s, t, &config).expect("valid input"),
         |s, t| reference::cwd_loss(s, t, &config),
     );
@@ -137,10 +113,7 @@ fn pixel_kd_matches_burn_autograd_for_every_reduction() {
         let config = PixelKdConfig { tau: 1.0 + i as f64, loss_weight: 10.0, reduction, scale_tau2: i % 2 == 1 };
         for shape in SHAPES {
             compare_pair(
-                "pixel_kd",
-                shape,
-                6.0,
-                false,
+                ("pixel_kd", shape, 6.0, false),
                 |s, t| pixel_kd_loss(s, t, &config).expect("valid input"),
                 |s, t| reference::pixel_kd_loss(s, t, &config),
             );
@@ -155,10 +128,7 @@ fn combined_losses_scale_by_the_upstream_gradient() {
     let cwd = CwdConfig::default();
     let kd = PixelKdConfig::default();
     compare_pair(
-        "0.25 cwd + 3 kd + sum(s^2)",
-        [2, 4, 3, 5],
-        3.0,
-        false,
+        ("0.25 cwd + 3 kd + sum(s^2)", [2, 4, 3, 5], 3.0, false),
         |s, t| {
             cwd_loss(s.clone(), t.clone(), &cwd).unwrap() * 0.25
                 + pixel_kd_loss(s.clone(), t, &kd).unwrap() * 3.0
@@ -302,20 +272,11 @@ fn cwt_matches_burn_autograd() {
                 w2: matrix(ct, ch, 15, &device).require_grad(),
                 b2: vector(ct, 16, &device).require_grad(),
             };
-            let loss = f(student.clone(), teacher, &mlp);
-            let grads = loss.backward();
-            vec![
-                values(loss),
-                values(student.grad(&grads).unwrap()),
-                values(mlp.w1.grad(&grads).unwrap()),
-                values(mlp.b1.grad(&grads).unwrap()),
-                values(mlp.w2.grad(&grads).unwrap()),
-                values(mlp.b2.grad(&grads).unwrap()),
-            ]
+            cwt_outputs(f(student.clone(), teacher, &mlp), &student, &mlp)
         };
         let ours = run(&|s, t, mlp| cwt_loss(s, t, mlp, &config).expect("valid input"));
         let theirs = run(&|s, t, mlp| reference::cwt_loss(s, t, mlp, &config));
-        for ((name, got), want) in ["loss", "student", "w1", "b1", "w2", "b2"].into_iter().zip(ours).zip(theirs) {
+        for ((name, got), want) in CWT_OUTPUTS.into_iter().zip(ours).zip(theirs) {
             let kind = if name == "loss" { OutputKind::Loss } else { OutputKind::Tensor };
             assert_close(
                 &format!("cwt {name} [{n},{cs},{h},{w}] ch {ch} ct {ct}"),
@@ -370,10 +331,7 @@ fn icsd_matches_burn_autograd_in_both_variants() {
         for (shape, tau) in [([2, 3, 4, 5], 1.0), ([1, 5, 6, 3], 2.0), ([3, 3, 2, 4], 0.7)] {
             let config = IcsdConfig { tau, loss_weight: 9500.0, variant };
             compare_pair(
-                &format!("icsd {variant:?}"),
-                shape,
-                3.0,
-                false,
+                (&format!("icsd {variant:?}"), shape, 3.0, false),
                 |s, t| icsd_loss(s, t, &config).expect("valid input"),
                 |s, t| reference::icsd_loss(s, t, &config),
             );
@@ -388,10 +346,7 @@ fn dist_matches_burn_autograd() {
         ([1, 7, 5, 3], DistConfig { tau: 2.0, beta: 1.5, gamma: 0.5, loss_weight: 3.0 }),
     ] {
         compare_pair(
-            "dist",
-            shape,
-            3.0,
-            false,
+            ("dist", shape, 3.0, false),
             |s, t| dist_loss(s, t, &config).expect("valid input"),
             |s, t| reference::dist_loss(s, t, &config),
         );
@@ -404,10 +359,7 @@ fn aicsd_is_the_alpha_mix_of_its_terms() {
     for epoch in [0.0, 30.0, 200.0] {
         let alpha = config.alpha(epoch).unwrap();
         compare_pair(
-            &format!("aicsd epoch {epoch}"),
-            [2, 4, 5, 3],
-            3.0,
-            false,
+            (&format!("aicsd epoch {epoch}"), [2, 4, 5, 3], 3.0, false),
             |s, t| aicsd_loss(s, t, epoch, &config).expect("valid input"),
             |s, t| {
                 reference::icsd_loss(s.clone(), t.clone(), &config.icsd) * alpha

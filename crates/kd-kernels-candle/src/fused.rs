@@ -13,8 +13,41 @@
 
 use candle_core::{CpuStorage, Device, Layout, Shape, Storage, Tensor};
 
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use kd_kernels::family::Family;
+
 use super::{candle_error, cpu_slice};
 use kd_kernels::error::KdError;
+
+/// A fused op's engines, shared by its clones: the family's CPU reference `C` and, with `cuda`, the
+/// family's GPU loss object for the last stream used (the core's [`LossCuda`](kd_kernels::cuda::LossCuda) of
+/// `F`, kernels loaded and workspace kept between steps).
+pub(crate) struct Engines<C, F: Family> {
+    pub(crate) cpu: C,
+    #[cfg(feature = "cuda")]
+    pub(crate) cuda: super::cuda::CudaSlot<kd_kernels::cuda::LossCuda<F>>,
+    family: PhantomData<fn() -> F>,
+}
+
+impl<C, F: Family> Engines<C, F> {
+    /// The engines around a CPU reference that validated its configuration.
+    pub(crate) fn new(cpu: kd_kernels::Result<C>) -> candle_core::Result<Arc<Self>> {
+        Ok(Arc::new(Engines {
+            cpu: cpu.map_err(candle_error)?,
+            #[cfg(feature = "cuda")]
+            cuda: super::cuda::CudaSlot::new(),
+            family: PhantomData,
+        }))
+    }
+}
+
+/// What one fused call gives: the loss and, when asked for, the gradients of the inputs that have one.
+pub(crate) struct Outputs<G> {
+    pub(crate) loss: Tensor,
+    pub(crate) grads: Option<G>,
+}
 
 /// `loss` (an f32 scalar computed without a graph) with each `(input, gradient)` attached where the input
 /// tracks a gradient; `name` is the attaching nodes' name in candle's graph.

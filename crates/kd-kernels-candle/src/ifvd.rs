@@ -8,7 +8,9 @@ use std::sync::Arc;
 use candle_core::{DType as CandleDType, Device, Tensor};
 use ndarray::{ArrayView3, ArrayView4};
 
-use super::fused::{attach, check_float, cpu_storage, same_device, unsupported_device};
+use super::fused::{
+    attach, check_float, cpu_storage, same_device, unsupported_device, Engines, Outputs as FusedOutputs,
+};
 use super::{candle_error, cpu_slice, dispatch_host, HostElem, PerHostDtype};
 use kd_kernels::error::KdError;
 use kd_kernels::ifvd::{check_shapes, IfvdConfig, IfvdCpu, IfvdShapes, LabelDType};
@@ -27,28 +29,13 @@ pub struct Ifvd {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    cpu: IfvdCpu,
-    #[cfg(feature = "cuda")]
-    cuda: super::cuda::CudaSlot<kd_kernels::ifvd::IfvdCuda>,
-}
-
-/// The loss and, when asked for, the student's gradient.
-struct Outputs {
-    loss: Tensor,
-    grad: Option<Tensor>,
-}
+type Shared = Engines<IfvdCpu, kd_kernels::ifvd::Ifvd>;
+type Outputs = FusedOutputs<Tensor>;
 
 impl Ifvd {
     /// Validates `config` (`num_classes` at least 1).
     pub fn new(config: IfvdConfig) -> candle_core::Result<Self> {
-        Ok(Ifvd {
-            shared: Arc::new(Shared {
-                cpu: IfvdCpu::new(config).map_err(candle_error)?,
-                #[cfg(feature = "cuda")]
-                cuda: super::cuda::CudaSlot::new(),
-            }),
-        })
+        Ok(Ifvd { shared: Engines::new(IfvdCpu::new(config))? })
     }
 
     /// The configuration.
@@ -76,7 +63,7 @@ impl Ifvd {
             Device::Cuda(_) => super::dispatch(student.dtype(), NAME, job)?,
             _ => return Err(unsupported_device(NAME, &device)),
         };
-        attach(out.loss, ATTACH_NAME, out.grad.map(|g| (&student, g)))
+        attach(out.loss, ATTACH_NAME, out.grads.map(|g| (&student, g)))
     }
 }
 
@@ -144,7 +131,7 @@ impl PerHostDtype for Job<'_> {
                 Tensor::from_vec(values, out.grad_student.shape(), &Device::Cpu)
             })
             .transpose()?;
-        Ok(Outputs { loss: Tensor::new(out.loss as f32, &Device::Cpu)?, grad })
+        Ok(Outputs { loss: Tensor::new(out.loss as f32, &Device::Cpu)?, grads: grad })
     }
 }
 
@@ -197,6 +184,6 @@ impl super::PerDtype for Job<'_> {
             },
         )?;
         let grad = grad.map(|g| tensor(g, &device, dims.to_vec()));
-        Ok(Outputs { loss: tensor(loss, &device, Vec::new()), grad })
+        Ok(Outputs { loss: tensor(loss, &device, Vec::new()), grads: grad })
     }
 }

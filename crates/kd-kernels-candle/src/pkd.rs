@@ -7,7 +7,9 @@ use std::sync::Arc;
 use candle_core::{Device, Layout, StorageRef, Tensor};
 use ndarray::ArrayView4;
 
-use super::fused::{attach, check_float, cpu_storage, same_device, unsupported_device};
+use super::fused::{
+    attach, check_float, cpu_storage, same_device, unsupported_device, Engines, Outputs as FusedOutputs,
+};
 use super::{candle_error, cpu_slice, dispatch_host, HostElem, PerHostDtype};
 use kd_kernels::error::KdError;
 use kd_kernels::pkd::{PkdConfig, PkdCpu, PkdLevels};
@@ -26,28 +28,13 @@ pub struct Pkd {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    cpu: PkdCpu,
-    #[cfg(feature = "cuda")]
-    cuda: super::cuda::CudaSlot<kd_kernels::pkd::PkdCuda>,
-}
-
-/// The loss and, when asked for, every student level's gradient.
-struct Outputs {
-    loss: Tensor,
-    grads: Option<Vec<Tensor>>,
-}
+type Shared = Engines<PkdCpu, kd_kernels::pkd::Pkd>;
+type Outputs = FusedOutputs<Vec<Tensor>>;
 
 impl Pkd {
     /// Validates `config`.
     pub fn new(config: PkdConfig) -> candle_core::Result<Self> {
-        Ok(Pkd {
-            shared: Arc::new(Shared {
-                cpu: PkdCpu::new(config).map_err(candle_error)?,
-                #[cfg(feature = "cuda")]
-                cuda: super::cuda::CudaSlot::new(),
-            }),
-        })
+        Ok(Pkd { shared: Engines::new(PkdCpu::new(config))? })
     }
 
     /// The configuration.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use candle_core::{DType as CandleDType, Device, Tensor};
 use ndarray::{ArrayView1, ArrayView2, ArrayView4};
 
-use super::fused::{attach, cpu_storage, unsupported_device};
+use super::fused::{attach, cpu_storage, unsupported_device, Engines, Outputs as FusedOutputs};
 use super::{candle_error, cpu_slice, dispatch_host, HostElem, PerHostDtype};
 use kd_kernels::error::KdError;
 use kd_kernels::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers};
@@ -52,18 +52,8 @@ pub struct Semckd {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    cpu: SemckdCpu,
-    #[cfg(feature = "cuda")]
-    cuda: super::cuda::CudaSlot<kd_kernels::semckd::SemckdCuda>,
-}
-
-/// The loss and, when asked for, the gradients of `student`, `proj` (row-major) and the MLPs' parameters
-/// (query then key, four each): everything of [`Flat`] except the teacher.
-struct Outputs {
-    loss: Tensor,
-    grads: Option<Vec<Tensor>>,
-}
+type Shared = Engines<SemckdCpu, kd_kernels::semckd::Semckd>;
+type Outputs = FusedOutputs<Vec<Tensor>>;
 
 /// The inputs as one list, in the order the outputs' gradients follow: student, teacher, proj (row-major),
 /// query parameters, key parameters; each made contiguous (a differentiable copy where it was strided).
@@ -74,7 +64,7 @@ struct Flat {
 }
 
 impl Flat {
-    /// The tensors that have a gradient, in the order of [`Outputs::grads`].
+    /// The tensors that have a gradient, in the order of the outputs' gradients.
     fn with_grads(&self) -> impl Iterator<Item = &Tensor> {
         let (s, t) = (self.students, self.teachers);
         self.tensors[..s].iter().chain(&self.tensors[s + t..])
@@ -84,13 +74,7 @@ impl Flat {
 impl Semckd {
     /// Validates `config`.
     pub fn new(config: SemckdConfig) -> candle_core::Result<Self> {
-        Ok(Semckd {
-            shared: Arc::new(Shared {
-                cpu: SemckdCpu::new(config).map_err(candle_error)?,
-                #[cfg(feature = "cuda")]
-                cuda: super::cuda::CudaSlot::new(),
-            }),
-        })
+        Ok(Semckd { shared: Engines::new(SemckdCpu::new(config))? })
     }
 
     /// The configuration.

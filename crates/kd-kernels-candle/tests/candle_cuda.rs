@@ -4,6 +4,8 @@
 //! exits 0; otherwise every test runs and the binary exits 1 if any failed.
 
 mod candle_support;
+#[path = "../../gpu_test_harness.rs"]
+mod gpu_test_harness;
 
 use candle_core::Device;
 use candle_support as support;
@@ -44,35 +46,8 @@ fn device() -> Result<Device, String> {
 }
 
 fn main() {
-    let device = match device() {
-        Ok(d) => d,
-        Err(reason) => {
-            for (name, _) in TESTS {
-                println!("test candle_cuda::{name} ... skipped: {reason}");
-            }
-            println!("candle_cuda: {} skipped, 0 run ({reason})", TESTS.len());
-            return;
-        }
-    };
-    let mut failed = 0;
-    for (name, test) in TESTS {
-        let outcome = std::panic::catch_unwind(|| test(&device)).unwrap_or_else(|p| {
-            Err(p
-                .downcast_ref::<String>()
-                .cloned()
-                .or(p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default())
-        });
-        match outcome {
-            Ok(()) => println!("test candle_cuda::{name} ... ok"),
-            Err(e) => {
-                failed += 1;
-                println!("test candle_cuda::{name} ... FAILED: {e}");
-            }
-        }
-    }
-    println!("candle_cuda: {} passed, {failed} failed", TESTS.len() - failed);
-    if failed > 0 {
-        std::process::exit(1);
+    match device() {
+        Ok(device) => gpu_test_harness::run_all("candle_cuda", TESTS, &device),
+        Err(reason) => gpu_test_harness::skip_all("candle_cuda", TESTS.iter().map(|t| t.0), &reason),
     }
 }

@@ -6,14 +6,12 @@ use std::ffi::c_void;
 use kd::cirkd::{Cirkd, CirkdConfig, CirkdPool};
 use kd::KdError;
 
-use crate::context::KdContext;
-use crate::relation::{self, DeviceCall, HostCall};
-use crate::{guard, read_params, Failure, KdDtype, KdGradOptions, KdStatus};
+use kd::family::PairRawBuffers;
 
-/// `kd_cirkd_config.pool`: the official rule, a 4x4 average pool when H >= 256 and W >= 256, else none.
-pub const KD_CIRKD_POOL_AUTO: i64 = 0;
-/// `kd_cirkd_config.pool`: no pooling, whatever the size.
-pub const KD_CIRKD_POOL_NONE: i64 = 1;
+use crate::context::KdContext;
+use crate::entry::HostPair;
+use crate::relation;
+use crate::{KdDtype, KdGradOptions, KdStatus};
 
 /// CIRKD, mini-batch cross-image pixel relations (docs/losses.md §10): the features pooled (`pool`) and
 /// normalised per pixel over the channels; for every ordered pair of images (i, j), i = j included, each
@@ -33,7 +31,7 @@ pub struct KdCirkdConfig {
     pub pool: i64,
 }
 
-fn config(params: KdCirkdConfig) -> Result<CirkdConfig, Failure> {
+abi_config!(KdCirkdConfig => Cirkd, |params, _teacher_grad| {
     let pool = match params.pool {
         KD_CIRKD_POOL_AUTO => CirkdPool::Auto,
         KD_CIRKD_POOL_NONE => CirkdPool::None,
@@ -48,94 +46,46 @@ fn config(params: KdCirkdConfig) -> Result<CirkdConfig, Failure> {
         // A side beyond usize (a 32-bit host) is beyond any window: the crate's check refuses it.
         k => CirkdPool::Avg(usize::try_from(k).unwrap_or(usize::MAX)),
     };
-    let config = CirkdConfig { tau: params.tau, loss_weight: params.loss_weight, pool };
-    config.validate()?;
-    Ok(config)
-}
+    Ok(CirkdConfig { tau: params.tau, loss_weight: params.loss_weight, pool })
+});
+
+/// `kd_cirkd_config.pool`: the official rule, a 4x4 average pool when H >= 256 and W >= 256, else none.
+pub const KD_CIRKD_POOL_AUTO: i64 = 0;
+/// `kd_cirkd_config.pool`: no pooling, whatever the size.
+pub const KD_CIRKD_POOL_NONE: i64 = 1;
 
 /// CIRKD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in
 /// `dtype`, times the device f32 at `upstream` where that is non-zero) where `grad_student` is. Student
 /// [B, Cs, H, W], teacher [B, Ct, H, W] (the same B, H, W; the channel counts may differ). No teacher gradient.
 ///
 /// # Safety
-/// As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the context's
-/// device or null; non-zero addresses are device memory of that context sized for the shapes.
+/// The CUDA entry points' contract (the header's preamble), for the two shapes.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_cirkd_cuda(
-    ctx: *mut KdContext,
-    params: *const KdCirkdConfig,
-    student_shape: *const i64,
-    student_ndim: usize,
-    teacher_shape: *const i64,
-    teacher_ndim: usize,
-    dtype: KdDtype,
-    student: u64,
-    teacher: u64,
-    loss: u64,
-    grad_student: u64,
-    upstream: u64,
-    options: KdGradOptions,
-    stream: *mut c_void,
+    ctx: *mut KdContext, params: *const KdCirkdConfig, student_shape: *const i64, student_ndim: usize,
+    teacher_shape: *const i64, teacher_ndim: usize, dtype: KdDtype, student: u64, teacher: u64, loss: u64,
+    grad_student: u64, upstream: u64, options: KdGradOptions, stream: *mut c_void,
 ) -> KdStatus {
-    guard(|| {
-        // SAFETY: forwarded from the caller.
-        let config = config(unsafe { read_params(params, "params")? })?;
-        let call = DeviceCall {
-            student_shape,
-            student_ndim,
-            teacher_shape,
-            teacher_ndim,
-            dtype,
-            student,
-            teacher,
-            loss,
-            grad_student,
-            upstream,
-            options,
-            stream,
-        };
-        // SAFETY: forwarded from the caller.
-        unsafe { relation::cuda::<Cirkd>(ctx, &config, call) }
-    })
+    let shapes = [(student_shape, student_ndim), (teacher_shape, teacher_ndim)];
+    let pair = PairRawBuffers { student, teacher, loss, grad_student, grad_teacher: 0, upstream };
+    // SAFETY: forwarded from the caller.
+    unsafe { relation::cuda(ctx, params, shapes, dtype, pair, options, stream) }
 }
 
 /// CIRKD on the CPU reference: the loss into `*loss` (where not null) and the student gradient (in `dtype`)
 /// where `grad_student` is not null. Shapes as in `kd_cirkd_cuda`.
 ///
 /// # Safety
-/// As `kd_skd_cpu`.
+/// The CPU entry points' contract (the header's preamble), for the two shapes; `grad_student` of the
+/// student's.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_cirkd_cpu(
-    params: *const KdCirkdConfig,
-    student_shape: *const i64,
-    student_ndim: usize,
-    teacher_shape: *const i64,
-    teacher_ndim: usize,
-    dtype: KdDtype,
-    student: *const c_void,
-    teacher: *const c_void,
-    loss: *mut f64,
-    grad_student: *mut c_void,
-    options: KdGradOptions,
+    params: *const KdCirkdConfig, student_shape: *const i64, student_ndim: usize, teacher_shape: *const i64,
+    teacher_ndim: usize, dtype: KdDtype, student: *const c_void, teacher: *const c_void, loss: *mut f64,
+    grad_student: *mut c_void, options: KdGradOptions,
 ) -> KdStatus {
-    guard(|| {
-        // SAFETY: forwarded from the caller.
-        let config = config(unsafe { read_params(params, "params")? })?;
-        let call = HostCall {
-            student_shape,
-            student_ndim,
-            teacher_shape,
-            teacher_ndim,
-            dtype,
-            student,
-            teacher,
-            loss,
-            grad_student,
-            options,
-        };
-        // SAFETY: forwarded from the caller.
-        unsafe { relation::cpu::<Cirkd>(config, call) }
-    })
+    let shapes = [(student_shape, student_ndim), (teacher_shape, teacher_ndim)];
+    let io = HostPair { student, teacher, loss, grad_student, grad_teacher: std::ptr::null_mut() };
+    // SAFETY: forwarded from the caller.
+    unsafe { relation::cpu(params, shapes, dtype, io, options) }
 }

@@ -77,8 +77,7 @@ pub struct KdContext {
 /// # Safety
 /// `ctx` is null or a pointer returned by [`kd_context_create`] and not yet destroyed.
 pub(crate) unsafe fn with_context(
-    ctx: *mut KdContext,
-    body: impl FnOnce(&mut Inner) -> crate::Outcome,
+    ctx: *mut KdContext, body: impl FnOnce(&mut Inner) -> crate::Outcome,
 ) -> crate::Outcome {
     if ctx.is_null() {
         return Err(Failure::new(KD_ERR_NULL_POINTER, "ctx: a null kd_context; create one with kd_context_create"));
@@ -97,13 +96,8 @@ pub(crate) unsafe fn with_context(
 /// As [`with_context`]; `stream` is null or a stream of the context's device; the non-zero addresses of
 /// `buffers` are device memory of that context holding what `F`'s raw buffers document for `shape` and `dtype`.
 pub(crate) unsafe fn launch<F: Family>(
-    ctx: *mut KdContext,
-    config: &F::Config,
-    shape: &F::Shape,
-    dtype: DType,
-    buffers: &F::RawBuffers,
-    options: GradOptions,
-    stream: *mut c_void,
+    ctx: *mut KdContext, config: &F::Config, shape: &F::Shape, dtype: DType, buffers: &F::RawBuffers,
+    options: GradOptions, stream: *mut c_void,
 ) -> crate::Outcome {
     // SAFETY: forwarded from the caller.
     unsafe {

@@ -8,6 +8,7 @@ use kd::ndarray::{Array4, ArrayView4};
 use kd::shape::Nchw;
 use kd::{DType, GradOptions, HostFloat};
 
+use crate::entry::HostPair;
 use crate::{Failure, HostDtype, KD_ERR_NULL_POINTER};
 
 /// An element type the CPU entry points read and write.
@@ -81,37 +82,60 @@ pub(crate) unsafe fn store<T: Element>(out: *mut c_void, grad: &Array4<f64>, opt
     }
 }
 
+/// Writes f64 values (parameter gradients, matrices) with the options: `scale` times the value, added to
+/// what is there with `accumulate`.
+///
+/// # Safety
+/// `out` points to as many writable f64 as `values` yields.
+pub(crate) unsafe fn store_f64<'a>(
+    out: *mut f64, values: impl ExactSizeIterator<Item = &'a f64>, options: GradOptions,
+) {
+    // SAFETY: forwarded from the caller.
+    let out = unsafe { std::slice::from_raw_parts_mut(out, values.len()) };
+    for (o, &v) in out.iter_mut().zip(values) {
+        *o = options.scale * v + if options.accumulate { *o } else { 0.0 };
+    }
+}
+
+/// Writes what a CPU call computed: the loss where `loss_at` is not null, the student gradient where
+/// `grad_at` is not null and the call computed one.
+///
+/// # Safety
+/// `loss_at` is null or one writable f64; `grad_at` is null or as [`store`]'s `out` for `grad`.
+pub(crate) unsafe fn write_outputs<T: Element>(
+    (loss_at, loss): (*mut f64, f64), (grad_at, grad): (*mut c_void, Option<&Array4<f64>>), options: GradOptions,
+) {
+    if let (Some(grad), false) = (grad, grad_at.is_null()) {
+        // SAFETY: forwarded from the caller.
+        unsafe { store::<T>(grad_at, grad, options) };
+    }
+    if !loss_at.is_null() {
+        // SAFETY: forwarded from the caller.
+        unsafe { *loss_at = loss };
+    }
+}
+
 /// A CPU call of a pair family (its f64 reference's `forward_backward`): the loss into `*loss` when not
 /// null, the student gradient into `grad_student` when not null, and the teacher's into `grad_teacher` when
 /// the reference gives one (CWD with `teacher_grad`).
 pub(crate) struct PairCall<F: PairFamily> {
     pub(crate) config: F::Config,
     pub(crate) shape: Nchw,
-    pub(crate) student: *const c_void,
-    pub(crate) teacher: *const c_void,
-    pub(crate) loss: *mut f64,
-    pub(crate) grad_student: *mut c_void,
-    pub(crate) grad_teacher: *mut c_void,
+    pub(crate) io: HostPair,
     pub(crate) options: GradOptions,
 }
 
 impl<F: PairFamily> PerElement for PairCall<F> {
     fn run<T: Element>(self) -> crate::Outcome {
+        let io = self.io;
         // SAFETY: the entry point's contract: host tensors of `shape` in this dtype.
-        let student = unsafe { view::<T>("student", self.student, &self.shape)? };
-        let teacher = unsafe { view::<T>("teacher", self.teacher, &self.shape)? };
+        let student = unsafe { view::<T>("student", io.student, &self.shape)? };
+        let teacher = unsafe { view::<T>("teacher", io.teacher, &self.shape)? };
         let out = F::cpu(&self.config, student, teacher)?;
-        if !self.grad_student.is_null() {
-            // SAFETY: the entry point's contract: a writable gradient of `shape` in this dtype.
-            unsafe { store::<T>(self.grad_student, &out.grad_student, self.options) };
-        }
-        if let (Some(grad), false) = (&out.grad_teacher, self.grad_teacher.is_null()) {
-            // SAFETY: as the student's.
-            unsafe { store::<T>(self.grad_teacher, grad, self.options) };
-        }
-        if !self.loss.is_null() {
-            // SAFETY: the entry point's contract.
-            unsafe { *self.loss = out.loss };
+        // SAFETY: the entry point's contract: null or writable outputs of `shape` in this dtype.
+        unsafe {
+            write_outputs::<T>((io.loss, out.loss), (io.grad_student, Some(&out.grad_student)), self.options);
+            write_outputs::<T>((std::ptr::null_mut(), 0.0), (io.grad_teacher, out.grad_teacher.as_ref()), self.options);
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use kd::GradOptions;
 
 use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
+use crate::entry::{self, RawShape};
 use crate::{
     guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
     KD_ERR_NULL_POINTER, KD_ERR_OUTPUT, KD_ERR_PARAMETER,
@@ -18,11 +19,6 @@ use crate::{
 
 /// CWT's divisor of the summed squared error.
 pub type KdCwtNormalize = i32;
-
-/// D = N (MGD's normaliser, the default).
-pub const KD_CWT_NORMALIZE_BATCH: KdCwtNormalize = 0;
-/// D = N*Ct*H*W.
-pub const KD_CWT_NORMALIZE_MEAN: KdCwtNormalize = 1;
 
 /// Channel-wise transformation (docs/losses.md §5): Y = W2 ReLU(W1 x + b1) + b2 per pixel (Cs -> Ch -> Ct),
 /// loss = loss_weight * sum (Y - F_t)^2 / D. Default loss_weight 2e-5, KD_CWT_NORMALIZE_BATCH, Ch = Ct.
@@ -37,18 +33,18 @@ pub struct KdCwtConfig {
     pub hidden_channels: i64,
 }
 
+/// D = N (MGD's normaliser, the default).
+pub const KD_CWT_NORMALIZE_BATCH: KdCwtNormalize = 0;
+/// D = N*Ct*H*W.
+pub const KD_CWT_NORMALIZE_MEAN: KdCwtNormalize = 1;
+
 /// The configuration, and the channel counts with both feature shapes checked by the crate.
 fn config(params: KdCwtConfig, student: &[usize], teacher: &[usize]) -> Result<(CwtConfig, CwtShapes), Failure> {
-    let normalize = match params.normalize {
-        KD_CWT_NORMALIZE_BATCH => CwtNormalize::Batch,
-        KD_CWT_NORMALIZE_MEAN => CwtNormalize::Mean,
-        other => {
-            return Err(Failure::new(
-                KD_ERR_PARAMETER,
-                format!("parameter `normalize` = {other} is invalid: it must be KD_CWT_NORMALIZE_BATCH (0) or KD_CWT_NORMALIZE_MEAN (1)"),
-            ))
-        }
-    };
+    let modes = [
+        ("KD_CWT_NORMALIZE_BATCH", KD_CWT_NORMALIZE_BATCH, CwtNormalize::Batch),
+        ("KD_CWT_NORMALIZE_MEAN", KD_CWT_NORMALIZE_MEAN, CwtNormalize::Mean),
+    ];
+    let normalize = entry::named("normalize", params.normalize, &modes)?;
     let config = CwtConfig { loss_weight: params.loss_weight, normalize };
     config.validate()?;
     let ch = usize::try_from(params.hidden_channels).map_err(|_| {
@@ -66,43 +62,39 @@ fn config(params: KdCwtConfig, student: &[usize], teacher: &[usize]) -> Result<(
     Ok((config, shapes))
 }
 
+/// The parameter block and the two shapes, read and checked: what both entry points start from.
+///
+/// # Safety
+/// `params` and the shapes are null or readable.
+unsafe fn read_setup(
+    params: *const KdCwtConfig, [student, teacher]: [RawShape; 2],
+) -> Result<(CwtConfig, CwtShapes, [Vec<usize>; 2]), Failure> {
+    // SAFETY: forwarded from the caller.
+    let params = unsafe { read_params(params, "params")? };
+    let dims = unsafe { [read_shape(student.0, student.1)?, read_shape(teacher.0, teacher.1)?] };
+    let (config, shapes) = config(params, &dims[0], &dims[1])?;
+    Ok((config, shapes, dims))
+}
+
 /// CWT on the GPU, queued on `stream`. Student [N, Cs, H, W] and teacher [N, Ct, H, W] in `dtype`;
 /// `weights` points to the device addresses of W1 [Ch, Cs], b1 [Ch], W2 [Ct, Ch], b2 [Ct] (f32). With
 /// `grad_student` != 0, `grad_weights` points to the addresses of their four f32 gradients (all five
 /// gradients or none). The teacher gets no gradient.
 ///
 /// # Safety
-/// As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the
-/// context's device or null; non-zero addresses are device memory of that context sized for the shapes
-/// (features in `dtype`, parameters and their gradients f32).
+/// The CUDA entry points' contract (the header's preamble), for the two shapes (features in `dtype`,
+/// parameters and their gradients f32).
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_cwt_cuda(
-    ctx: *mut KdContext,
-    params: *const KdCwtConfig,
-    student_shape: *const i64,
-    student_ndim: usize,
-    teacher_shape: *const i64,
-    teacher_ndim: usize,
-    dtype: KdDtype,
-    student: u64,
-    teacher: u64,
-    weights: *const u64,
-    loss: u64,
-    grad_student: u64,
-    grad_weights: *const u64,
-    upstream: u64,
-    options: KdGradOptions,
-    stream: *mut c_void,
+    ctx: *mut KdContext, params: *const KdCwtConfig, student_shape: *const i64, student_ndim: usize,
+    teacher_shape: *const i64, teacher_ndim: usize, dtype: KdDtype, student: u64, teacher: u64, weights: *const u64,
+    loss: u64, grad_student: u64, grad_weights: *const u64, upstream: u64, options: KdGradOptions, stream: *mut c_void,
 ) -> KdStatus {
     guard(|| {
+        let shapes = [(student_shape, student_ndim), (teacher_shape, teacher_ndim)];
         // SAFETY: forwarded from the caller.
-        let params = unsafe { read_params(params, "params")? };
-        let student_dims = unsafe { read_shape(student_shape, student_ndim)? };
-        let teacher_dims = unsafe { read_shape(teacher_shape, teacher_ndim)? };
-        let dtype = kernel_dtype(dtype)?;
-        let options = options.to_crate()?;
-        let (config, shapes) = config(params, &student_dims, &teacher_dims)?;
+        let (config, shapes, [student_dims, _]) = unsafe { read_setup(params, shapes)? };
+        let (dtype, options) = (kernel_dtype(dtype)?, options.to_crate()?);
         let [w1, b1, w2, b2] = unsafe { read_addresses(weights)? }.ok_or_else(|| {
             Failure::new(KD_ERR_NULL_POINTER, "weights: a null pointer; pass the 4 parameter addresses")
         })?;
@@ -176,28 +168,16 @@ impl PerElement for CpuCall {
             unsafe {
                 cpu::store::<T>(self.grad_student, &out.grad_student, self.options);
                 let [gw1, gb1, gw2, gb2] = self.grad_weights;
-                store_f64(gw1, out.grad_w1.iter(), self.options);
-                store_f64(gb1, out.grad_b1.iter(), self.options);
-                store_f64(gw2, out.grad_w2.iter(), self.options);
-                store_f64(gb2, out.grad_b2.iter(), self.options);
+                cpu::store_f64(gw1, out.grad_w1.iter(), self.options);
+                cpu::store_f64(gb1, out.grad_b1.iter(), self.options);
+                cpu::store_f64(gw2, out.grad_w2.iter(), self.options);
+                cpu::store_f64(gb2, out.grad_b2.iter(), self.options);
             }
             out.loss
         };
-        if !self.loss.is_null() {
-            // SAFETY: the entry point's contract.
-            unsafe { *self.loss = loss };
-        }
+        // SAFETY: the entry point's contract: null or one writable f64.
+        unsafe { cpu::write_outputs::<T>((self.loss, loss), (std::ptr::null_mut(), None), self.options) };
         Ok(())
-    }
-}
-
-/// # Safety
-/// `out` points to as many writable f64 as `values` yields.
-unsafe fn store_f64<'a>(out: *mut f64, values: impl ExactSizeIterator<Item = &'a f64>, options: GradOptions) {
-    // SAFETY: forwarded from the caller.
-    let out = unsafe { std::slice::from_raw_parts_mut(out, values.len()) };
-    for (o, &v) in out.iter_mut().zip(values) {
-        *o = options.scale * v + if options.accumulate { *o } else { 0.0 };
     }
 }
 
@@ -206,35 +186,20 @@ unsafe fn store_f64<'a>(out: *mut f64, values: impl ExactSizeIterator<Item = &'a
 /// `dtype`) and the four parameter gradients (f64 host arrays, into `grad_weights[0..4]`, all needed).
 ///
 /// # Safety
-/// `params` and the shapes are readable; `student`/`teacher` point to contiguous NCHW tensors of their
-/// shapes in `dtype`; `weights` points to the four f32 parameter arrays; `loss` is null or writable;
-/// `grad_student` is null or a writable tensor of the student's shape, and then `grad_weights` points to four
-/// writable f64 arrays of the parameters' sizes (initialised, with `options.accumulate`).
+/// The CPU entry points' contract (the header's preamble), for the two shapes; `weights` points to the four
+/// f32 parameter arrays; with `grad_student`, `grad_weights` points to four writable f64 arrays of the
+/// parameters' sizes (initialised, with `options.accumulate`).
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_cwt_cpu(
-    params: *const KdCwtConfig,
-    student_shape: *const i64,
-    student_ndim: usize,
-    teacher_shape: *const i64,
-    teacher_ndim: usize,
-    dtype: KdDtype,
-    student: *const c_void,
-    teacher: *const c_void,
-    weights: *const *const f32,
-    loss: *mut f64,
-    grad_student: *mut c_void,
-    grad_weights: *const *mut f64,
-    options: KdGradOptions,
+    params: *const KdCwtConfig, student_shape: *const i64, student_ndim: usize, teacher_shape: *const i64,
+    teacher_ndim: usize, dtype: KdDtype, student: *const c_void, teacher: *const c_void, weights: *const *const f32,
+    loss: *mut f64, grad_student: *mut c_void, grad_weights: *const *mut f64, options: KdGradOptions,
 ) -> KdStatus {
     guard(|| {
+        let shapes = [(student_shape, student_ndim), (teacher_shape, teacher_ndim)];
         // SAFETY: forwarded from the caller.
-        let params = unsafe { read_params(params, "params")? };
-        let student_dims = unsafe { read_shape(student_shape, student_ndim)? };
-        let teacher_dims = unsafe { read_shape(teacher_shape, teacher_ndim)? };
-        let dtype = host_dtype(dtype)?;
-        let options = options.to_crate()?;
-        let (config, shapes) = config(params, &student_dims, &teacher_dims)?;
+        let (config, shapes, [student_dims, teacher_dims]) = unsafe { read_setup(params, shapes)? };
+        let (dtype, options) = (host_dtype(dtype)?, options.to_crate()?);
         let (student_shape, teacher_shape) = shapes.check_features(&student_dims, &teacher_dims)?;
         if weights.is_null() {
             return Err(Failure::new(KD_ERR_NULL_POINTER, "weights: a null pointer; pass the 4 parameter arrays"));

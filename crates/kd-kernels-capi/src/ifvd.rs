@@ -10,20 +10,11 @@ use kd::GradOptions;
 
 use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
-use crate::{
-    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_DTYPE,
-    KD_ERR_NULL_POINTER,
-};
+use crate::entry::{self, RawShape};
+use crate::{guard, read_shape, Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_DTYPE, KD_ERR_NULL_POINTER};
 
 /// The integer type of a label tensor.
 pub type KdLabelDtype = i32;
-
-/// uint8 (raw PNG label maps, 255 ignored).
-pub const KD_LABEL_U8: KdLabelDtype = 0;
-/// int32.
-pub const KD_LABEL_I32: KdLabelDtype = 1;
-/// int64 (PyTorch's long).
-pub const KD_LABEL_I64: KdLabelDtype = 2;
 
 /// IFVD (docs/losses.md §11): per image and class a prototype (the mean feature of the pixels labelled k),
 /// each pixel's cosine with its class's prototype (its own feature where its label is not in
@@ -37,13 +28,18 @@ pub struct KdIfvdConfig {
     pub loss_weight: f64,
 }
 
-fn config(params: KdIfvdConfig) -> Result<IfvdConfig, Failure> {
+abi_config!(KdIfvdConfig => Ifvd, |params, _teacher_grad| {
     // A negative count becomes 0, which the crate's check refuses with its message.
-    let config =
-        IfvdConfig { num_classes: usize::try_from(params.num_classes).unwrap_or(0), loss_weight: params.loss_weight };
-    config.validate()?;
-    Ok(config)
-}
+    let num_classes = usize::try_from(params.num_classes).unwrap_or(0);
+    Ok(IfvdConfig { num_classes, loss_weight: params.loss_weight })
+});
+
+/// uint8 (raw PNG label maps, 255 ignored).
+pub const KD_LABEL_U8: KdLabelDtype = 0;
+/// int32.
+pub const KD_LABEL_I32: KdLabelDtype = 1;
+/// int64 (PyTorch's long).
+pub const KD_LABEL_I64: KdLabelDtype = 2;
 
 fn label_dtype(raw: KdLabelDtype) -> Result<LabelDType, Failure> {
     match raw {
@@ -64,17 +60,10 @@ fn label_dtype(raw: KdLabelDtype) -> Result<LabelDType, Failure> {
 ///
 /// # Safety
 /// Each shape pointer is null or points to its `ndim` readable `i64`s.
-unsafe fn read_shapes(
-    student: *const i64,
-    student_ndim: usize,
-    teacher: *const i64,
-    teacher_ndim: usize,
-    labels: *const i64,
-    label_ndim: usize,
-) -> Result<IfvdShapes, Failure> {
+unsafe fn read_shapes([student, teacher, labels]: [RawShape; 3]) -> Result<IfvdShapes, Failure> {
     // SAFETY: forwarded from the caller.
     let (s, t, l) = unsafe {
-        (read_shape(student, student_ndim)?, read_shape(teacher, teacher_ndim)?, read_shape(labels, label_ndim)?)
+        (read_shape(student.0, student.1)?, read_shape(teacher.0, teacher.1)?, read_shape(labels.0, labels.1)?)
     };
     Ok(check_shapes(&s, &t, &l)?)
 }
@@ -85,42 +74,22 @@ unsafe fn read_shapes(
 /// PyTorch's nearest rule).
 ///
 /// # Safety
-/// As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the context's
-/// device or null; non-zero addresses are device memory of that context sized for the shapes.
+/// The CUDA entry points' contract (the header's preamble), for the three shapes.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_ifvd_cuda(
-    ctx: *mut KdContext,
-    params: *const KdIfvdConfig,
-    student_shape: *const i64,
-    student_ndim: usize,
-    teacher_shape: *const i64,
-    teacher_ndim: usize,
-    label_shape: *const i64,
-    label_ndim: usize,
-    dtype: KdDtype,
-    label_dtype: KdLabelDtype,
-    student: u64,
-    teacher: u64,
-    labels: u64,
-    loss: u64,
-    grad_student: u64,
-    upstream: u64,
-    options: KdGradOptions,
-    stream: *mut c_void,
+    ctx: *mut KdContext, params: *const KdIfvdConfig, student_shape: *const i64, student_ndim: usize,
+    teacher_shape: *const i64, teacher_ndim: usize, label_shape: *const i64, label_ndim: usize, dtype: KdDtype,
+    label_dtype: KdLabelDtype, student: u64, teacher: u64, labels: u64, loss: u64, grad_student: u64, upstream: u64,
+    options: KdGradOptions, stream: *mut c_void,
 ) -> KdStatus {
     guard(|| {
         // SAFETY: forwarded from the caller.
-        let params = unsafe { read_params(params, "params")? };
-        let shapes =
-            unsafe { read_shapes(student_shape, student_ndim, teacher_shape, teacher_ndim, label_shape, label_ndim)? };
-        let dtype = kernel_dtype(dtype)?;
-        let label_dtype = self::label_dtype(label_dtype)?;
-        let options = options.to_crate()?;
-        let config = config(params)?;
+        let call = unsafe { entry::device(params, dtype, options, false)? };
+        let shapes = [(student_shape, student_ndim), (teacher_shape, teacher_ndim), (label_shape, label_ndim)];
+        let (shapes, label_dtype) = (unsafe { read_shapes(shapes)? }, self::label_dtype(label_dtype)?);
         let buffers = IfvdRawBuffers { student, teacher, labels, label_dtype, loss, grad_student, upstream };
         // SAFETY: forwarded from the caller.
-        unsafe { launch::<Ifvd>(ctx, &config, &shapes, dtype, &buffers, options, stream) }
+        unsafe { launch::<Ifvd>(ctx, &call.config, &shapes, call.dtype, &buffers, call.options, stream) }
     })
 }
 
@@ -145,15 +114,11 @@ impl PerElement for CpuCall {
         let out = if self.grad_student.is_null() {
             self.ifvd.forward(student, teacher, labels)?
         } else {
-            let out = self.ifvd.forward_backward(student, teacher, labels)?;
-            // SAFETY: the entry point's contract: a writable gradient of the student's shape in this dtype.
-            unsafe { cpu::store::<T>(self.grad_student, &out.grad_student, self.options) };
-            out
+            self.ifvd.forward_backward(student, teacher, labels)?
         };
-        if !self.loss.is_null() {
-            // SAFETY: the entry point's contract: null or one writable f64.
-            unsafe { *self.loss = out.loss };
-        }
+        let grad = (!self.grad_student.is_null()).then_some(&out.grad_student);
+        // SAFETY: the entry point's contract: null or writable outputs, the gradient of the student's shape.
+        unsafe { cpu::write_outputs::<T>((self.loss, out.loss), (self.grad_student, grad), self.options) };
         Ok(())
     }
 }
@@ -184,39 +149,24 @@ unsafe fn read_labels(labels: *const c_void, dtype: LabelDType, len: usize) -> R
 /// where `grad_student` is not null.
 ///
 /// # Safety
-/// As `kd_cwd_cpu`, with the three shapes; `labels` points to the label map in `label_dtype`.
+/// The CPU entry points' contract (the header's preamble), for the three shapes; `labels` points to the label map in `label_dtype`.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_ifvd_cpu(
-    params: *const KdIfvdConfig,
-    student_shape: *const i64,
-    student_ndim: usize,
-    teacher_shape: *const i64,
-    teacher_ndim: usize,
-    label_shape: *const i64,
-    label_ndim: usize,
-    dtype: KdDtype,
-    label_dtype: KdLabelDtype,
-    student: *const c_void,
-    teacher: *const c_void,
-    labels: *const c_void,
-    loss: *mut f64,
-    grad_student: *mut c_void,
+    params: *const KdIfvdConfig, student_shape: *const i64, student_ndim: usize, teacher_shape: *const i64,
+    teacher_ndim: usize, label_shape: *const i64, label_ndim: usize, dtype: KdDtype, label_dtype: KdLabelDtype,
+    student: *const c_void, teacher: *const c_void, labels: *const c_void, loss: *mut f64, grad_student: *mut c_void,
     options: KdGradOptions,
 ) -> KdStatus {
     guard(|| {
         // SAFETY: forwarded from the caller.
-        let params = unsafe { read_params(params, "params")? };
-        let shapes =
-            unsafe { read_shapes(student_shape, student_ndim, teacher_shape, teacher_ndim, label_shape, label_ndim)? };
-        let dtype = host_dtype(dtype)?;
-        let label_dtype = self::label_dtype(label_dtype)?;
-        let options = options.to_crate()?;
-        let ifvd = IfvdCpu::new(config(params)?)?;
+        let prelude = unsafe { entry::host(params, dtype, options, false)? };
+        let shapes = [(student_shape, student_ndim), (teacher_shape, teacher_ndim), (label_shape, label_ndim)];
+        let (shapes, label_dtype) = (unsafe { read_shapes(shapes)? }, self::label_dtype(label_dtype)?);
+        let ifvd = IfvdCpu::new(prelude.config)?;
         let len = shapes.label_dims().iter().product();
         // SAFETY: forwarded from the caller.
         let labels = unsafe { read_labels(labels, label_dtype, len)? };
-        let call = CpuCall { ifvd, shapes, student, teacher, labels, loss, grad_student, options };
-        cpu::dispatch(dtype, call)
+        let call = CpuCall { ifvd, shapes, student, teacher, labels, loss, grad_student, options: prelude.options };
+        cpu::dispatch(prelude.dtype, call)
     })
 }

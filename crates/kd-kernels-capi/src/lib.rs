@@ -12,7 +12,13 @@
 // The doc comments are also the C header's (cbindgen copies them), written for C readers: shape notation
 // such as `W1 [Ch, Cs]` is not an intra-doc link.
 #![allow(rustdoc::broken_intra_doc_links)]
+// The entry points take their tensors, shapes and outputs one argument each, as C callers pass them; the
+// generic bodies they call take the same.
+#![allow(clippy::too_many_arguments)]
 
+// First: its `abi_config!` serves the family modules below.
+#[macro_use]
+mod entry;
 mod cirkd;
 mod context;
 mod cpu;

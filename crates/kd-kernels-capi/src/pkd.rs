@@ -8,10 +8,8 @@ use kd::GradOptions;
 
 use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
-use crate::{
-    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
-    KD_ERR_NULL_POINTER, KD_ERR_OUTPUT,
-};
+use crate::entry;
+use crate::{guard, read_shape, Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_NULL_POINTER, KD_ERR_OUTPUT};
 
 /// PKD (docs/losses.md §7): per level and channel, student and teacher standardised over the whole batch
 /// (unbiased std + 1e-6), loss = loss_weight * sum over levels of 0.5 * mean (S_hat - T_hat)^2. mmrazor's
@@ -23,11 +21,9 @@ pub struct KdPkdConfig {
     pub loss_weight: f64,
 }
 
-fn config(params: KdPkdConfig) -> Result<PkdConfig, Failure> {
-    let config = PkdConfig { loss_weight: params.loss_weight };
-    config.validate()?;
-    Ok(config)
-}
+abi_config!(KdPkdConfig => Pkd, |params, _teacher_grad| {
+    Ok(PkdConfig { loss_weight: params.loss_weight })
+});
 
 /// Reads `count` rank-4 shapes (`count * 4` values) and checks them as levels.
 ///
@@ -62,33 +58,19 @@ fn missing(what: &str) -> Failure {
 /// level) the gradients, times the device f32 at `upstream` where that is != 0.
 ///
 /// # Safety
-/// As `kd_cwd_cuda`; the shape lists hold `num_levels * 4` values and the address lists `num_levels`
+/// The CUDA entry points' contract (the header's preamble); the shape lists hold `num_levels * 4` values and the address lists `num_levels`
 /// entries (or `grad_student` is null), every address device memory of the context's device holding what its
 /// level's shape and `dtype` need.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_pkd_cuda(
-    ctx: *mut KdContext,
-    params: *const KdPkdConfig,
-    num_levels: usize,
-    student_shapes: *const i64,
-    teacher_shapes: *const i64,
-    dtype: KdDtype,
-    student: *const u64,
-    teacher: *const u64,
-    loss: u64,
-    grad_student: *const u64,
-    upstream: u64,
-    options: KdGradOptions,
-    stream: *mut c_void,
+    ctx: *mut KdContext, params: *const KdPkdConfig, num_levels: usize, student_shapes: *const i64,
+    teacher_shapes: *const i64, dtype: KdDtype, student: *const u64, teacher: *const u64, loss: u64,
+    grad_student: *const u64, upstream: u64, options: KdGradOptions, stream: *mut c_void,
 ) -> KdStatus {
     guard(|| {
         // SAFETY: forwarded from the caller (every list read below has the length the header states).
-        let params = unsafe { read_params(params, "params")? };
+        let call = unsafe { entry::device(params, dtype, options, false)? };
         let levels = unsafe { read_levels(num_levels, student_shapes, teacher_shapes)? };
-        let dtype = kernel_dtype(dtype)?;
-        let options = options.to_crate()?;
-        let config = config(params)?;
         let n = levels.len();
         let buffers = unsafe {
             PkdRawBuffers {
@@ -100,7 +82,7 @@ pub unsafe extern "C" fn kd_pkd_cuda(
             }
         };
         // SAFETY: forwarded from the caller.
-        unsafe { launch::<Pkd>(ctx, &config, &levels, dtype, &buffers, options, stream) }
+        unsafe { launch::<Pkd>(ctx, &call.config, &levels, call.dtype, &buffers, call.options, stream) }
     })
 }
 
@@ -134,10 +116,8 @@ impl PerElement for CpuCall {
             }
             out.loss
         };
-        if !self.loss.is_null() {
-            // SAFETY: the entry point's contract.
-            unsafe { *self.loss = loss };
-        }
+        // SAFETY: the entry point's contract: null or one writable f64.
+        unsafe { cpu::write_outputs::<T>((self.loss, loss), (std::ptr::null_mut(), None), self.options) };
         Ok(())
     }
 }
@@ -150,26 +130,16 @@ impl PerElement for CpuCall {
 /// contiguous NCHW tensors of their level's shape in `dtype`; `loss` is null or writable; `grad_student` is
 /// null or holds `num_levels` pointers to writable tensors (initialised, with `options.accumulate`).
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_pkd_cpu(
-    params: *const KdPkdConfig,
-    num_levels: usize,
-    student_shapes: *const i64,
-    teacher_shapes: *const i64,
-    dtype: KdDtype,
-    student: *const *const c_void,
-    teacher: *const *const c_void,
-    loss: *mut f64,
-    grad_student: *const *mut c_void,
-    options: KdGradOptions,
+    params: *const KdPkdConfig, num_levels: usize, student_shapes: *const i64, teacher_shapes: *const i64,
+    dtype: KdDtype, student: *const *const c_void, teacher: *const *const c_void, loss: *mut f64,
+    grad_student: *const *mut c_void, options: KdGradOptions,
 ) -> KdStatus {
     guard(|| {
         // SAFETY: forwarded from the caller.
-        let params = unsafe { read_params(params, "params")? };
+        let prelude = unsafe { entry::host(params, dtype, options, false)? };
         let levels = unsafe { read_levels(num_levels, student_shapes, teacher_shapes)? };
-        let dtype = host_dtype(dtype)?;
-        let options = options.to_crate()?;
-        let pkd = PkdCpu::new(config(params)?)?;
+        let pkd = PkdCpu::new(prelude.config)?;
         let n = levels.len();
         // SAFETY: forwarded from the caller.
         let (student, teacher, grads) = unsafe { (list(student, n), list(teacher, n), list(grad_student, n)) };
@@ -184,8 +154,8 @@ pub unsafe extern "C" fn kd_pkd_cpu(
             levels,
             loss,
             grad_student,
-            options,
+            options: prelude.options,
         };
-        cpu::dispatch(dtype, call)
+        cpu::dispatch(prelude.dtype, call)
     })
 }

@@ -13,9 +13,9 @@ use kd::GradOptions;
 
 use crate::context::{launch, KdContext};
 use crate::cpu::{self, Element, PerElement};
+use crate::entry;
 use crate::{
-    guard, host_dtype, kernel_dtype, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus,
-    KD_ERR_NULL_POINTER, KD_ERR_PARAMETER,
+    guard, read_params, read_shape, Failure, KdDtype, KdGradOptions, KdStatus, KD_ERR_NULL_POINTER, KD_ERR_PARAMETER,
 };
 
 /// SemCKD (docs/losses.md §4) without the regressors: loss = loss_weight * sum(alpha * mse) / (B * S).
@@ -32,11 +32,9 @@ pub struct KdSemckdConfig {
     pub embed_dim: i64,
 }
 
-fn config(params: KdSemckdConfig) -> Result<SemckdConfig, Failure> {
-    let config = SemckdConfig { loss_weight: params.loss_weight, eps: (params.eps != 0.0).then_some(params.eps) };
-    config.validate()?;
-    Ok(config)
-}
+abi_config!(KdSemckdConfig => Semckd, |params, _teacher_grad| {
+    Ok(SemckdConfig { loss_weight: params.loss_weight, eps: (params.eps != 0.0).then_some(params.eps) })
+});
 
 /// Reads `count` rank-4 shapes (`count * 4` values).
 ///
@@ -75,6 +73,19 @@ fn layers(params: KdSemckdConfig, student: &[Vec<usize>], teacher: &[Vec<usize>]
     Ok(layers)
 }
 
+/// The layers' shapes (`count` rank-4 shapes a list) checked against the parameter block's `embed_dim`.
+///
+/// # Safety
+/// `params` is null or readable; each list is null or holds `count * 4` readable `i64`s.
+unsafe fn read_layers(
+    params: *const KdSemckdConfig, [student, teacher]: [(*const i64, usize); 2],
+) -> Result<SemckdLayers, Failure> {
+    // SAFETY: forwarded from the caller.
+    let params = unsafe { read_params(params, "params")? };
+    let (s, t) = unsafe { (read_shapes(student.0, student.1)?, read_shapes(teacher.0, teacher.1)?) };
+    layers(params, &s, &t)
+}
+
 /// `n` addresses, or `None` for a null pointer.
 ///
 /// # Safety
@@ -96,41 +107,20 @@ fn quads(flat: Vec<u64>) -> Vec<[u64; 4]> {
 /// be given.
 ///
 /// # Safety
-/// As `kd_cwd_cuda`; the address lists hold S, T, S*T, 4*S and 4*T entries (the gradient lists likewise, or
+/// The CUDA entry points' contract (the header's preamble); the address lists hold S, T, S*T, 4*S and 4*T entries (the gradient lists likewise, or
 /// are all null), every address device memory of the context's device sized for its shape.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_semckd_cuda(
-    ctx: *mut KdContext,
-    params: *const KdSemckdConfig,
-    num_student: usize,
-    student_shapes: *const i64,
-    num_teacher: usize,
-    teacher_shapes: *const i64,
-    dtype: KdDtype,
-    student: *const u64,
-    teacher: *const u64,
-    proj: *const u64,
-    query: *const u64,
-    key: *const u64,
-    loss: u64,
-    attention: u64,
-    grad_student: *const u64,
-    grad_proj: *const u64,
-    grad_query: *const u64,
-    grad_key: *const u64,
-    upstream: u64,
-    options: KdGradOptions,
+    ctx: *mut KdContext, params: *const KdSemckdConfig, num_student: usize, student_shapes: *const i64,
+    num_teacher: usize, teacher_shapes: *const i64, dtype: KdDtype, student: *const u64, teacher: *const u64,
+    proj: *const u64, query: *const u64, key: *const u64, loss: u64, attention: u64, grad_student: *const u64,
+    grad_proj: *const u64, grad_query: *const u64, grad_key: *const u64, upstream: u64, options: KdGradOptions,
     stream: *mut c_void,
 ) -> KdStatus {
     guard(|| {
         // SAFETY: forwarded from the caller (every list read below has the length the header states).
-        let params = unsafe { read_params(params, "params")? };
-        let (s, t) = unsafe { (read_shapes(student_shapes, num_student)?, read_shapes(teacher_shapes, num_teacher)?) };
-        let layers = layers(params, &s, &t)?;
-        let dtype = kernel_dtype(dtype)?;
-        let options = options.to_crate()?;
-        let config = config(params)?;
+        let layers = unsafe { read_layers(params, [(student_shapes, num_student), (teacher_shapes, num_teacher)])? };
+        let call = unsafe { entry::device(params, dtype, options, false)? };
         let (sn, tn) = (layers.students(), layers.teachers());
         let missing = |what: &str| Failure::new(KD_ERR_NULL_POINTER, format!("{what}: a null address list"));
         let buffers = unsafe {
@@ -150,7 +140,7 @@ pub unsafe extern "C" fn kd_semckd_cuda(
             }
         };
         // SAFETY: forwarded from the caller.
-        unsafe { launch::<Semckd>(ctx, &config, &layers, dtype, &buffers, options, stream) }
+        unsafe { launch::<Semckd>(ctx, &call.config, &layers, call.dtype, &buffers, call.options, stream) }
     })
 }
 
@@ -186,16 +176,6 @@ unsafe fn embed<'a>(layers: &SemckdLayers, at: &[*const f32]) -> EmbedWeights<'a
     }
 }
 
-/// # Safety
-/// `out` points to as many writable f64 as `values` yields.
-unsafe fn store_f64<'a>(out: *mut f64, values: impl ExactSizeIterator<Item = &'a f64>, options: GradOptions) {
-    // SAFETY: forwarded from the caller.
-    let out = unsafe { std::slice::from_raw_parts_mut(out, values.len()) };
-    for (o, &v) in out.iter_mut().zip(values) {
-        *o = options.scale * v + if options.accumulate { *o } else { 0.0 };
-    }
-}
-
 impl PerElement for CpuCall {
     fn run<T: Element>(self) -> crate::Outcome {
         let l = &self.layers;
@@ -223,7 +203,7 @@ impl PerElement for CpuCall {
                 *self.loss = out.loss;
             }
             if !self.attention.is_null() {
-                store_f64(self.attention, out.attention.iter(), GradOptions::OVERWRITE);
+                cpu::store_f64(self.attention, out.attention.iter(), GradOptions::OVERWRITE);
             }
             if want_grad {
                 let store4 = |at: *mut c_void, g: &Array4<f64>| cpu::store::<T>(at, g, self.options);
@@ -237,10 +217,10 @@ impl PerElement for CpuCall {
                 }
                 for (grads, at) in [(&out.grad_query, &self.grad_query), (&out.grad_key, &self.grad_key)] {
                     for (k, g) in grads.iter().enumerate() {
-                        store_f64(at[4 * k], g.linear1_weight.iter(), self.options);
-                        store_f64(at[4 * k + 1], g.linear1_bias.iter(), self.options);
-                        store_f64(at[4 * k + 2], g.linear2_weight.iter(), self.options);
-                        store_f64(at[4 * k + 3], g.linear2_bias.iter(), self.options);
+                        cpu::store_f64(at[4 * k], g.linear1_weight.iter(), self.options);
+                        cpu::store_f64(at[4 * k + 1], g.linear1_bias.iter(), self.options);
+                        cpu::store_f64(at[4 * k + 2], g.linear2_weight.iter(), self.options);
+                        cpu::store_f64(at[4 * k + 3], g.linear2_bias.iter(), self.options);
                     }
                 }
             }
@@ -271,10 +251,7 @@ fn need<P>(list: Option<Vec<P>>, what: &str) -> Result<Vec<P>, Failure> {
 /// # Safety
 /// `at` is null or points to `n` readable pointers.
 unsafe fn pointers<P: Copy>(
-    at: *const P,
-    n: usize,
-    what: &str,
-    is_null: fn(P) -> bool,
+    at: *const P, n: usize, what: &str, is_null: fn(P) -> bool,
 ) -> Result<Option<Vec<P>>, Failure> {
     if at.is_null() {
         return Ok(None);
@@ -295,35 +272,18 @@ unsafe fn pointers<P: Copy>(
 /// As `kd_semckd_cuda`, with host pointers: every list holds its count of valid pointers (or the gradient
 /// lists are all null), each to a contiguous array of its shape.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_semckd_cpu(
-    params: *const KdSemckdConfig,
-    num_student: usize,
-    student_shapes: *const i64,
-    num_teacher: usize,
-    teacher_shapes: *const i64,
-    dtype: KdDtype,
-    student: *const *const c_void,
-    teacher: *const *const c_void,
-    proj: *const *const c_void,
-    query: *const *const f32,
-    key: *const *const f32,
-    loss: *mut f64,
-    attention: *mut f64,
-    grad_student: *const *mut c_void,
-    grad_proj: *const *mut c_void,
-    grad_query: *const *mut f64,
-    grad_key: *const *mut f64,
-    options: KdGradOptions,
+    params: *const KdSemckdConfig, num_student: usize, student_shapes: *const i64, num_teacher: usize,
+    teacher_shapes: *const i64, dtype: KdDtype, student: *const *const c_void, teacher: *const *const c_void,
+    proj: *const *const c_void, query: *const *const f32, key: *const *const f32, loss: *mut f64, attention: *mut f64,
+    grad_student: *const *mut c_void, grad_proj: *const *mut c_void, grad_query: *const *mut f64,
+    grad_key: *const *mut f64, options: KdGradOptions,
 ) -> KdStatus {
     guard(|| {
         // SAFETY: forwarded from the caller.
-        let params = unsafe { read_params(params, "params")? };
-        let (s, t) = unsafe { (read_shapes(student_shapes, num_student)?, read_shapes(teacher_shapes, num_teacher)?) };
-        let layers = layers(params, &s, &t)?;
-        let dtype = host_dtype(dtype)?;
-        let options = options.to_crate()?;
-        let semckd = SemckdCpu::new(config(params)?)?;
+        let layers = unsafe { read_layers(params, [(student_shapes, num_student), (teacher_shapes, num_teacher)])? };
+        let prelude = unsafe { entry::host(params, dtype, options, false)? };
+        let semckd = SemckdCpu::new(prelude.config)?;
         let (sn, tn) = (layers.students(), layers.teachers());
         // SAFETY: forwarded from the caller.
         let call = unsafe {
@@ -355,9 +315,9 @@ pub unsafe extern "C" fn kd_semckd_cpu(
                 grad_student: grad_student.unwrap_or_default(),
                 semckd,
                 layers,
-                options,
+                options: prelude.options,
             }
         };
-        cpu::dispatch(dtype, call)
+        cpu::dispatch(prelude.dtype, call)
     })
 }

@@ -6,9 +6,12 @@ use std::ffi::c_void;
 use kd::skd::{Skd, SkdConfig, SkdPool};
 use kd::KdError;
 
+use kd::family::PairRawBuffers;
+
 use crate::context::KdContext;
-use crate::relation::{self, DeviceCall, HostCall};
-use crate::{guard, read_params, Failure, KdDtype, KdGradOptions, KdStatus};
+use crate::entry::HostPair;
+use crate::relation;
+use crate::{KdDtype, KdGradOptions, KdStatus};
 
 /// SKD, pair-wise similarity distillation (docs/losses.md §9): per image, the features pooled (`pool`),
 /// normalised per pixel over the channels, every pixel's cosine similarity to every other pixel of its image
@@ -23,7 +26,7 @@ pub struct KdSkdConfig {
     pub pool: i64,
 }
 
-fn config(params: KdSkdConfig) -> Result<SkdConfig, Failure> {
+abi_config!(KdSkdConfig => Skd, |params, _teacher_grad| {
     let pool = usize::try_from(params.pool).ok().map(SkdPool::from_window).unwrap_or_else(|| {
         Err(KdError::InvalidParameter {
             name: "pool",
@@ -31,96 +34,41 @@ fn config(params: KdSkdConfig) -> Result<SkdConfig, Failure> {
             requirement: "2 (the official 2x2 max pool) or 1 (no pooling)",
         })
     })?;
-    let config = SkdConfig { loss_weight: params.loss_weight, pool };
-    config.validate()?;
-    Ok(config)
-}
+    Ok(SkdConfig { loss_weight: params.loss_weight, pool })
+});
 
 /// SKD on the GPU, queued on `stream`: the loss (one f32) where `loss` is non-zero, d loss / d student (in
 /// `dtype`, times the device f32 at `upstream` where that is non-zero) where `grad_student` is. Student
 /// [N, Cs, H, W], teacher [N, Ct, H, W] (the same N, H, W; the channel counts may differ). No teacher gradient.
 ///
 /// # Safety
-/// As `kd_cwd_cuda`: `ctx` from `kd_context_create`; readable `params` and shapes; `stream` of the context's
-/// device or null; non-zero addresses are device memory of that context sized for the shapes.
+/// The CUDA entry points' contract (the header's preamble), for the two shapes.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_skd_cuda(
-    ctx: *mut KdContext,
-    params: *const KdSkdConfig,
-    student_shape: *const i64,
-    student_ndim: usize,
-    teacher_shape: *const i64,
-    teacher_ndim: usize,
-    dtype: KdDtype,
-    student: u64,
-    teacher: u64,
-    loss: u64,
-    grad_student: u64,
-    upstream: u64,
-    options: KdGradOptions,
-    stream: *mut c_void,
+    ctx: *mut KdContext, params: *const KdSkdConfig, student_shape: *const i64, student_ndim: usize,
+    teacher_shape: *const i64, teacher_ndim: usize, dtype: KdDtype, student: u64, teacher: u64, loss: u64,
+    grad_student: u64, upstream: u64, options: KdGradOptions, stream: *mut c_void,
 ) -> KdStatus {
-    guard(|| {
-        // SAFETY: forwarded from the caller.
-        let config = config(unsafe { read_params(params, "params")? })?;
-        let call = DeviceCall {
-            student_shape,
-            student_ndim,
-            teacher_shape,
-            teacher_ndim,
-            dtype,
-            student,
-            teacher,
-            loss,
-            grad_student,
-            upstream,
-            options,
-            stream,
-        };
-        // SAFETY: forwarded from the caller.
-        unsafe { relation::cuda::<Skd>(ctx, &config, call) }
-    })
+    let shapes = [(student_shape, student_ndim), (teacher_shape, teacher_ndim)];
+    let pair = PairRawBuffers { student, teacher, loss, grad_student, grad_teacher: 0, upstream };
+    // SAFETY: forwarded from the caller.
+    unsafe { relation::cuda(ctx, params, shapes, dtype, pair, options, stream) }
 }
 
 /// SKD on the CPU reference: the loss into `*loss` (where not null) and the student gradient (in `dtype`)
 /// where `grad_student` is not null. Shapes as in `kd_skd_cuda`.
 ///
 /// # Safety
-/// Readable `params` and shapes; `student` and `teacher` point to contiguous NCHW tensors of their shapes in
-/// `dtype`; `loss` is null or writable; `grad_student` is null or a writable tensor of the student's shape
-/// (initialised, with `options.accumulate`).
+/// The CPU entry points' contract (the header's preamble), for the two shapes; `grad_student` of the
+/// student's.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kd_skd_cpu(
-    params: *const KdSkdConfig,
-    student_shape: *const i64,
-    student_ndim: usize,
-    teacher_shape: *const i64,
-    teacher_ndim: usize,
-    dtype: KdDtype,
-    student: *const c_void,
-    teacher: *const c_void,
-    loss: *mut f64,
-    grad_student: *mut c_void,
-    options: KdGradOptions,
+    params: *const KdSkdConfig, student_shape: *const i64, student_ndim: usize, teacher_shape: *const i64,
+    teacher_ndim: usize, dtype: KdDtype, student: *const c_void, teacher: *const c_void, loss: *mut f64,
+    grad_student: *mut c_void, options: KdGradOptions,
 ) -> KdStatus {
-    guard(|| {
-        // SAFETY: forwarded from the caller.
-        let config = config(unsafe { read_params(params, "params")? })?;
-        let call = HostCall {
-            student_shape,
-            student_ndim,
-            teacher_shape,
-            teacher_ndim,
-            dtype,
-            student,
-            teacher,
-            loss,
-            grad_student,
-            options,
-        };
-        // SAFETY: forwarded from the caller.
-        unsafe { relation::cpu::<Skd>(config, call) }
-    })
+    let shapes = [(student_shape, student_ndim), (teacher_shape, teacher_ndim)];
+    let io = HostPair { student, teacher, loss, grad_student, grad_teacher: std::ptr::null_mut() };
+    // SAFETY: forwarded from the caller.
+    unsafe { relation::cpu(params, shapes, dtype, io, options) }
 }
