@@ -251,7 +251,7 @@ pub(crate) fn bind_pair<'a: 's, 's, T: KdFloat>(
 /// that such a family writes none of them.
 pub trait PlainPairFamily: Family<Shape = [usize], RawBuffers = PairRawBuffers> {
     /// The CPU reference (f64) for the family's configuration.
-    type Reference: crate::cpu::PairReference<Config = Self::Config>;
+    type Reference: PairReference<Config = Self::Config>;
 
     /// Whether `config` asks for the teacher's gradient as well (none by default).
     fn teacher_grad(_config: &Self::Config) -> bool {
@@ -301,7 +301,7 @@ impl<F: PlainPairFamily> StudentTeacherFamily for F {
 /// its CPU reference. The candle op and the burn primitives are written once over it.
 pub trait StudentGradFamily: StudentTeacherFamily {
     /// The CPU reference (f64) for the family's configuration.
-    type Reference: crate::cpu::PairReference<Config = Self::Config>;
+    type Reference: PairReference<Config = Self::Config>;
 
     /// Checks the student's and the teacher's dims and runs `f` on the call's shape.
     fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&Self::Shape) -> Result<R>) -> Result<R>;

@@ -10,7 +10,7 @@ use kd_kernels::icsd::{alw_alpha, AicsdConfig, AicsdCpu, IcsdConfig, IcsdCpu, Ic
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu};
 use kd_kernels::verify;
 use kd_kernels::KdError;
-use ndarray::{Array4, ArrayView4};
+use ndarray::Array4;
 
 const VARIANTS: [IcsdVariant; 2] = [IcsdVariant::Official, IcsdVariant::Paper];
 
