@@ -9,13 +9,9 @@ use kd_kernels::dist::{DistConfig, DistCpu};
 use kd_kernels::KdError;
 use ndarray::{s, Array4};
 
-fn dist_files() -> Vec<std::path::PathBuf> {
-    common::family_fixtures("dist_")
-}
-
 #[test]
 fn fixtures_pass_on_the_cpu_reference() {
-    let files = dist_files();
+    let files = common::family_fixtures("dist_");
     assert_eq!(files.len(), 6, "expected the 6 recorded dist fixtures");
     for path in files {
         common::passes_on_cpu(&path, &["loss", "grad.student"]);

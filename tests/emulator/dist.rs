@@ -4,7 +4,7 @@
 //! determinism, typed errors, and the recorded fixtures (the official code's values) through the kernels.
 
 use crate::common;
-use crate::pair::{check_close, compare, per_dtype_tests};
+use crate::pair::{check_close, compare, per_dtype_tests, recorded_fixtures};
 
 use common::{logits, to_dtype, widen, SplitMix64};
 use half::{bf16, f16};
@@ -196,13 +196,7 @@ fn bad_calls_give_typed_errors() {
 #[test]
 fn fixtures_through_the_kernels() {
     use safetensors::{Dtype, SafeTensors};
-    let files = common::family_fixtures("dist_");
-    assert_eq!(files.len(), 6);
-    for path in files {
-        let what = path.file_name().unwrap().to_string_lossy().to_string();
-        let bytes = std::fs::read(&path).unwrap();
-        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = header.metadata().clone().unwrap_or_default();
+    for (what, bytes, meta) in recorded_fixtures("dist_", 6) {
         let param = |name: &str| meta.get(name).map_or(1.0, |v| v.parse::<f64>().unwrap());
         let config = DistConfig {
             tau: param("tau"),

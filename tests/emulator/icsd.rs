@@ -3,7 +3,7 @@
 //! boundaries), accumulate + scale, bitwise determinism, and the one-call AICSD objective.
 
 use crate::common;
-use crate::pair::{check_close, compare_student};
+use crate::pair::{check_close, compare_student, recorded_fixtures};
 
 use common::{logits, to_dtype, widen, SplitMix64};
 use half::{bf16, f16};
@@ -159,12 +159,7 @@ fn aicsd_one_call() {
 #[test]
 fn fixtures_through_the_kernels() {
     use safetensors::{Dtype, SafeTensors};
-    let files = common::family_fixtures("icsd_");
-    assert_eq!(files.len(), 11);
-    for path in files {
-        let bytes = std::fs::read(&path).unwrap();
-        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = meta.metadata().clone().unwrap_or_default();
+    for (what, bytes, meta) in recorded_fixtures("icsd_", 11) {
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let config = IcsdConfig {
             tau: meta.get("tau").map_or(1.0, |v| v.parse().unwrap()),
@@ -178,7 +173,6 @@ fn fixtures_through_the_kernels() {
         };
         let student = st.tensor("student").unwrap();
         let dims: [usize; 4] = student.shape().try_into().unwrap();
-        let what = path.file_name().unwrap().to_string_lossy().to_string();
         fn run<T: KdFloat>(
             config: IcsdConfig,
             dims: [usize; 4],

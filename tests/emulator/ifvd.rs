@@ -5,7 +5,7 @@
 //! the recorded fixtures.
 
 use crate::common;
-use crate::pair::{check_close, compare_student};
+use crate::pair::{check_close, compare_student, recorded_fixtures};
 
 use common::{logits, to_dtype, widen, SplitMix64};
 use half::{bf16, f16};
@@ -290,13 +290,7 @@ fn bad_inputs_are_typed_errors() {
 #[test]
 fn fixtures_through_the_kernels() {
     use safetensors::{Dtype, SafeTensors};
-    let files = common::family_fixtures("ifvd_");
-    assert_eq!(files.len(), 10);
-    for path in files {
-        let what = path.file_name().unwrap().to_string_lossy().to_string();
-        let bytes = std::fs::read(&path).unwrap();
-        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = meta.metadata().clone().unwrap_or_default();
+    for (what, bytes, meta) in recorded_fixtures("ifvd_", 10) {
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let config = IfvdConfig {
             num_classes: meta["num_classes"].parse().unwrap(),

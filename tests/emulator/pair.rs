@@ -2,12 +2,15 @@
 //! dtype, and for the pair families (`cwd`, `pixel_kd`) the inputs of a student close to its teacher and the
 //! `GradOptions` contract.
 
+use std::collections::HashMap;
+
 use crate::common::{logits, to_dtype, widen, SplitMix64};
 use kd_kernels::cpu::CpuOutput;
 use kd_kernels::emulator::{EmulatedGpu, EmulatedOutput, Mode};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdFloat};
 use ndarray::{Array4, ArrayView4};
+use safetensors::SafeTensors;
 
 pub(crate) const H100: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
 
@@ -57,6 +60,22 @@ pub(crate) fn compare<T: KdFloat>(what: &str, emulated: &EmulatedOutput<T>, refe
         let reference: Vec<f64> = reference_teacher.iter().copied().collect();
         check_close(&format!("{what} grad.teacher"), &got, &reference, tolerance(T::DTYPE, OutputKind::Tensor));
     }
+}
+
+/// The recorded fixtures of one family (file names starting with `prefix`, `count` of them), each as its file
+/// name, bytes and metadata: what the tests that feed the stored inputs to the emulated kernels read.
+pub(crate) fn recorded_fixtures(prefix: &str, count: usize) -> Vec<(String, Vec<u8>, HashMap<String, String>)> {
+    let files = crate::common::family_fixtures(prefix);
+    assert_eq!(files.len(), count, "expected the {count} recorded {prefix} fixtures");
+    files
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+            let meta = header.metadata().clone().unwrap_or_default();
+            (path.file_name().unwrap().to_string_lossy().to_string(), bytes, meta)
+        })
+        .collect()
 }
 
 /// `got` against `want` to the tolerance of `kind` in `dtype`.

@@ -5,7 +5,7 @@
 //! fixtures (mmrazor's values).
 
 use crate::common;
-use crate::pair::close;
+use crate::pair::{close, recorded_fixtures};
 
 use common::{quantize, widen, SplitMix64};
 use half::{bf16, f16};
@@ -304,13 +304,7 @@ fn typed_errors() {
 #[test]
 fn fixtures_through_the_emulated_kernels() {
     use safetensors::{Dtype, SafeTensors};
-    let files = common::family_fixtures("pkd_");
-    assert_eq!(files.len(), 5, "expected the 5 recorded pkd fixtures");
-    for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let bytes = std::fs::read(&path).unwrap();
-        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = header.metadata().clone().unwrap_or_default();
+    for (name, bytes, meta) in recorded_fixtures("pkd_", 5) {
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let f64s = |n: &str| -> (Vec<usize>, Vec<f64>, Dtype) {
             let t = st.tensor(n).unwrap();
