@@ -27,6 +27,30 @@ pub(crate) fn check_pair<T: HostFloat>(student: ArrayView4<'_, T>, teacher: Arra
     Ok(shape)
 }
 
+/// One call of a same-shape pair reference: the inputs, their checked shape, the upstream gradient (d total /
+/// d loss) and whether gradients are wanted. The references take it whole, so that their entry points share
+/// one signature and one input check.
+#[derive(Clone, Copy)]
+pub(crate) struct PairCall<'a, T> {
+    pub student: ArrayView4<'a, T>,
+    pub teacher: ArrayView4<'a, T>,
+    pub shape: Nchw,
+    pub upstream: f64,
+    pub want_grad: bool,
+}
+
+impl<'a, T: HostFloat> PairCall<'a, T> {
+    /// Checks the pair (see [`check_pair`]).
+    pub(crate) fn new(
+        student: ArrayView4<'a, T>,
+        teacher: ArrayView4<'a, T>,
+        upstream: f64,
+        want_grad: bool,
+    ) -> Result<Self> {
+        Ok(PairCall { student, teacher, shape: check_pair(student, teacher)?, upstream, want_grad })
+    }
+}
+
 /// `z - LSE(z)`, with the max subtracted first; finite for any finite input.
 pub(crate) fn log_softmax(z: &[f64]) -> Vec<f64> {
     let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -34,11 +58,10 @@ pub(crate) fn log_softmax(z: &[f64]) -> Vec<f64> {
     z.iter().map(|&v| v - lse).collect()
 }
 
-/// The constructor and the calls of a same-shape pair loss's CPU reference (`CwdCpu`, `PixelKdCpu`): a struct
-/// `{ config }` whose config has `validate()` and which has `compute(student, teacher, upstream, want_grad)`.
-/// `$forward_backward_doc` says which gradients it returns.
-macro_rules! pair_reference_calls {
-    ($cpu:ident, $config:ty, $forward_backward_doc:literal) => {
+/// The constructor and the accessor every CPU reference has: a struct `{ config }` whose config has
+/// `validate()`, checked on construction so that a reference never computes with an invalid configuration.
+macro_rules! reference_config {
+    ($cpu:ident, $config:ty) => {
         impl $cpu {
             /// Validates `config`.
             pub fn new(config: $config) -> $crate::error::Result<Self> {
@@ -50,7 +73,35 @@ macro_rules! pair_reference_calls {
             pub fn config(&self) -> &$config {
                 &self.config
             }
+        }
+    };
+}
+pub(crate) use reference_config;
 
+/// The constructor and the calls of a (student, teacher) loss's CPU reference: a struct `{ config }` whose
+/// config has `validate()` and which has `compute(student, teacher, upstream, want_grad)`.
+/// `$forward_backward_doc` says which gradients it returns. With `same_shape`, the reference of a same-shape
+/// pair (CWD, pixel KD, DIST) has `compute_pair(PairCall)` instead, given the pair checked by [`PairCall::new`].
+macro_rules! pair_reference_calls {
+    ($cpu:ident, $config:ty, $forward_backward_doc:literal, same_shape) => {
+        impl $cpu {
+            fn compute<T: $crate::dtype::HostFloat>(
+                &self,
+                student: ndarray::ArrayView4<'_, T>,
+                teacher: ndarray::ArrayView4<'_, T>,
+                upstream: f64,
+                want_grad: bool,
+            ) -> $crate::error::Result<$crate::cpu::CpuOutput> {
+                self.compute_pair($crate::cpu::PairCall::new(student, teacher, upstream, want_grad)?)
+            }
+        }
+
+        $crate::cpu::pair_reference_calls!($cpu, $config, $forward_backward_doc);
+    };
+    ($cpu:ident, $config:ty, $forward_backward_doc:literal) => {
+        $crate::cpu::reference_config!($cpu, $config);
+
+        impl $cpu {
             /// The loss alone.
             pub fn forward<T: $crate::dtype::HostFloat>(
                 &self,

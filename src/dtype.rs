@@ -77,31 +77,25 @@ impl KdFloat for f32 {
     }
 }
 
-impl KdFloat for f16 {
-    const DTYPE: DType = DType::F16;
-    fn to_f64(self) -> f64 {
-        f16::to_f64(self)
-    }
-    fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
-    }
-    fn from_f32(v: f32) -> Self {
-        f16::from_f32(v)
-    }
+/// The two 16-bit types convert through the `half` crate's own (round-to-nearest) conversions.
+macro_rules! half_float {
+    ($ty:ident, $dtype:ident) => {
+        impl KdFloat for $ty {
+            const DTYPE: DType = DType::$dtype;
+            fn to_f64(self) -> f64 {
+                $ty::to_f64(self)
+            }
+            fn from_f64(v: f64) -> Self {
+                $ty::from_f64(v)
+            }
+            fn from_f32(v: f32) -> Self {
+                $ty::from_f32(v)
+            }
+        }
+    };
 }
-
-impl KdFloat for bf16 {
-    const DTYPE: DType = DType::BF16;
-    fn to_f64(self) -> f64 {
-        bf16::to_f64(self)
-    }
-    fn from_f64(v: f64) -> Self {
-        bf16::from_f64(v)
-    }
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-}
+half_float!(f16, F16);
+half_float!(bf16, BF16);
 
 /// An element type the CPU references read: every [`KdFloat`] type, and `f64`, so that a caller holding
 /// double-precision tensors (a finite-difference gradient check, PyTorch's `gradcheck`) gets the reference's

@@ -212,9 +212,12 @@ pub struct EmulatedOutput<T> {
     pub grad_teacher: Option<Vec<T>>,
 }
 
-/// Host buffers of one call. Gradients start as `initial` (accumulation) or a NaN sentinel, so that an
-/// element a kernel fails to write shows.
-struct Outputs<T> {
+/// The outputs of one emulated call of a (student, teacher) family, in host memory: the loss, the upstream
+/// scalar the kernels read for [`Mode::Backward`], and the gradients. Gradients start as `initial`
+/// (accumulation) or a NaN sentinel, so that an element a kernel fails to write shows. Every such family's
+/// emulation makes its buffers here, so that the sentinel and the mode's outputs are the same for all.
+pub(crate) struct Outputs<T> {
+    mode: Mode,
     loss: f32,
     upstream: f32,
     grad_student: Vec<T>,
@@ -222,18 +225,13 @@ struct Outputs<T> {
 }
 
 impl<T: KdFloat> Outputs<T> {
-    fn new(numel: usize, mode: Mode, teacher_grad: bool, initial: Option<&[T]>) -> Result<Self> {
-        let start = |len: usize| -> Result<Vec<T>> {
-            match initial {
-                Some(values) if values.len() >= len => Ok(values[..len].to_vec()),
-                Some(values) => {
-                    Err(KdError::BufferTooSmall { what: "initial gradient", needed: len, len: values.len() })
-                }
-                None => Ok(vec![T::from_f32(f32::NAN); len]),
-            }
-        };
+    /// The outputs of a call in `mode` whose gradients have `numel` elements each; the teacher's only where
+    /// `teacher_grad`.
+    pub(crate) fn new(numel: usize, mode: Mode, teacher_grad: bool, initial: Option<&[T]>) -> Result<Self> {
+        let start = |len: usize| start_grad(len, initial);
         let grads = mode != Mode::Forward;
         Ok(Outputs {
+            mode,
             loss: f32::NAN,
             upstream: match mode {
                 Mode::Backward { upstream } => upstream,
@@ -244,39 +242,68 @@ impl<T: KdFloat> Outputs<T> {
         })
     }
 
-    fn loss_ptr(&mut self, mode: Mode) -> u64 {
-        if matches!(mode, Mode::Backward { .. }) {
-            0
-        } else {
-            &mut self.loss as *mut f32 as u64
+    fn backward(&self) -> bool {
+        matches!(self.mode, Mode::Backward { .. })
+    }
+
+    /// The addresses of a call on `student` and `teacher` that writes these outputs: no loss for
+    /// [`Mode::Backward`], which reads the upstream scalar instead.
+    pub(crate) fn pair_raw(&mut self, student: &[T], teacher: &[T]) -> PairRawBuffers {
+        let backward = self.backward();
+        PairRawBuffers {
+            student: student.as_ptr() as u64,
+            teacher: teacher.as_ptr() as u64,
+            loss: if backward { 0 } else { &mut self.loss as *mut f32 as u64 },
+            grad_student: ptr_or_zero(&mut self.grad_student),
+            grad_teacher: ptr_or_zero(&mut self.grad_teacher),
+            upstream: if backward { &self.upstream as *const f32 as u64 } else { 0 },
         }
     }
 
-    fn upstream_ptr(&self, mode: Mode) -> u64 {
-        if matches!(mode, Mode::Backward { .. }) {
-            &self.upstream as *const f32 as u64
-        } else {
-            0
-        }
+    /// `inputs` (the call's inputs) with these outputs and the upstream scalar registered too.
+    pub(crate) fn register(&self, inputs: HostBuffers) -> HostBuffers {
+        inputs
+            .output("loss", std::slice::from_ref(&self.loss))
+            .input("upstream", std::slice::from_ref(&self.upstream))
+            .output("grad_student", &self.grad_student)
+            .output("grad_teacher", &self.grad_teacher)
     }
 
-    fn finish(self, mode: Mode) -> EmulatedOutput<T> {
+    /// What the call wrote.
+    pub(crate) fn finish(self) -> EmulatedOutput<T> {
         let nonempty = |v: Vec<T>| (!v.is_empty()).then_some(v);
         EmulatedOutput {
-            loss: (!matches!(mode, Mode::Backward { .. })).then_some(self.loss),
+            loss: (!self.backward()).then_some(self.loss),
             grad_student: nonempty(self.grad_student),
             grad_teacher: nonempty(self.grad_teacher),
         }
     }
 }
 
-fn check_inputs<T>(shape: &[usize], student: &[T], teacher: &[T]) -> Result<Nchw> {
-    let shape = Nchw::from_dims("student", shape)?;
-    for (what, len) in [("student", student.len()), ("teacher", teacher.len())] {
-        if len < shape.numel() {
-            return Err(KdError::BufferTooSmall { what, needed: shape.numel(), len });
+/// A gradient buffer of `len` elements as a call finds it: `initial` (to accumulate into) or a NaN sentinel.
+pub(crate) fn start_grad<T: KdFloat>(len: usize, initial: Option<&[T]>) -> Result<Vec<T>> {
+    match initial {
+        Some(values) => {
+            check_len("initial gradient", values.len(), len)?;
+            Ok(values[..len].to_vec())
         }
+        None => Ok(vec![T::from_f32(f32::NAN); len]),
     }
+}
+
+/// A host buffer of `len` elements where `needed` are read or written.
+pub(crate) fn check_len(what: &'static str, len: usize, needed: usize) -> Result<()> {
+    if len < needed {
+        return Err(KdError::BufferTooSmall { what, needed, len });
+    }
+    Ok(())
+}
+
+/// The shape of a call on a same-shape pair, checked against the host inputs.
+pub(crate) fn check_inputs<T>(shape: &[usize], student: &[T], teacher: &[T]) -> Result<Nchw> {
+    let shape = Nchw::from_dims("student", shape)?;
+    check_len("student", student.len(), shape.numel())?;
+    check_len("teacher", teacher.len(), shape.numel())?;
     Ok(shape)
 }
 
@@ -330,25 +357,13 @@ pub fn pair_with<F: PairFamily, T: KdFloat>(
     options: GradOptions,
     initial_grad: Option<&[T]>,
 ) -> Result<EmulatedOutput<T>> {
-    let nchw = check_inputs(shape, student, teacher)?;
-    let mut out = Outputs::new(nchw.numel(), mode, F::teacher_grad(config), initial_grad)?;
-    let buffers = F::pair_raw(PairRawBuffers {
-        student: student.as_ptr() as u64,
-        teacher: teacher.as_ptr() as u64,
-        loss: out.loss_ptr(mode),
-        grad_student: ptr_or_zero(&mut out.grad_student),
-        grad_teacher: ptr_or_zero(&mut out.grad_teacher),
-        upstream: out.upstream_ptr(mode),
-    })?;
-    let _registered = HostBuffers::new()
-        .input("student", &student[..nchw.numel()])
-        .input("teacher", &teacher[..nchw.numel()])
-        .output("loss", std::slice::from_ref(&out.loss))
-        .input("upstream", std::slice::from_ref(&out.upstream))
-        .output("grad_student", &out.grad_student)
-        .output("grad_teacher", &out.grad_teacher);
+    let numel = check_inputs(shape, student, teacher)?.numel();
+    let mut out = Outputs::new(numel, mode, F::teacher_grad(config), initial_grad)?;
+    let buffers = F::pair_raw(out.pair_raw(student, teacher))?;
+    let _registered =
+        out.register(HostBuffers::new().input("student", &student[..numel]).input("teacher", &teacher[..numel]));
     let call = RawCall::<F> { config, path, shape, dtype: T::DTYPE, buffers: &buffers, options };
     // SAFETY: every address is a live host buffer of the size the shape needs.
     unsafe { run(call, gpu)? };
-    Ok(out.finish(mode))
+    Ok(out.finish())
 }

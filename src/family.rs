@@ -21,13 +21,14 @@ use std::fmt;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use ndarray::ArrayView4;
 
-use crate::cpu::CpuOutput;
+use crate::cpu::{CpuOutput, PairReference};
 
 use crate::cuda::Binder;
 use crate::dtype::{DType, HostFloat, KdFloat};
 use crate::error::{KdError, Result};
 use crate::grad::GradOptions;
 use crate::launch::{DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::shape::Nchw;
 
 /// One call on device addresses, as the driver receives it.
 #[derive(Debug)]
@@ -244,12 +245,63 @@ pub(crate) fn bind_pair<'a: 's, 's, T: KdFloat>(
     Ok((raw, pair.options))
 }
 
+/// A pair family whose calls take the pair's buffers and nothing else (CWD, pixel KD, DIST). Declaring it one
+/// gives it [`TypedFamily`] (its typed buffers are [`PairBuffers`], bound as `N*C*H*W` elements each),
+/// [`StudentTeacherFamily`] (a pair call is its call) and [`PairFamily`] (its CPU reference's gradients), so
+/// that such a family writes none of them.
+pub trait PlainPairFamily: Family<Shape = [usize], RawBuffers = PairRawBuffers> {
+    /// The CPU reference (f64) for the family's configuration.
+    type Reference: PairReference<Config = Self::Config>;
+
+    /// Whether `config` asks for the teacher's gradient as well (none by default).
+    fn teacher_grad(_config: &Self::Config) -> bool {
+        false
+    }
+}
+
+impl<F: PlainPairFamily> PairFamily for F {
+    fn teacher_grad(config: &F::Config) -> bool {
+        <F as PlainPairFamily>::teacher_grad(config)
+    }
+
+    fn cpu<T: HostFloat>(
+        config: &F::Config,
+        student: ArrayView4<'_, T>,
+        teacher: ArrayView4<'_, T>,
+    ) -> Result<CpuOutput> {
+        F::Reference::new(config.clone())?.gradients(student, teacher, 1.0)
+    }
+
+    fn pair_raw(pair: PairRawBuffers) -> Result<PairRawBuffers> {
+        Ok(pair)
+    }
+}
+
+impl<F: PlainPairFamily> TypedFamily for F {
+    type Buffers<'a, T: KdFloat + 'a> = PairBuffers<'a, T>;
+
+    fn bind<'a: 's, 's, T: KdFloat>(
+        _config: &F::Config,
+        shape: &[usize],
+        buffers: PairBuffers<'a, T>,
+        binder: &mut Binder<'s>,
+    ) -> Result<(PairRawBuffers, GradOptions)> {
+        bind_pair(Nchw::from_dims("student", shape)?.numel(), buffers, binder)
+    }
+}
+
+impl<F: PlainPairFamily> StudentTeacherFamily for F {
+    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
+        pair
+    }
+}
+
 /// A (student, teacher) family whose only gradient is the student's (DIST, SKD, CIRKD), as the tensor adapters
 /// see one: the call's shape from the two tensors' dims, its raw buffers from the pair's device addresses, and
 /// its CPU reference. The candle op and the burn primitives are written once over it.
 pub trait StudentGradFamily: StudentTeacherFamily {
     /// The CPU reference (f64) for the family's configuration.
-    type Reference: crate::cpu::PairReference<Config = Self::Config>;
+    type Reference: PairReference<Config = Self::Config>;
 
     /// Checks the student's and the teacher's dims and runs `f` on the call's shape.
     fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&Self::Shape) -> Result<R>) -> Result<R>;

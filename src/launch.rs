@@ -118,6 +118,28 @@ pub(crate) unsafe fn launch_or_reset(
     Ok(())
 }
 
+/// Queues a plan's `launches` in order, every one with the family's one argument block `args`, through
+/// [`launch_or_reset`]; stops at the first failure. Every driver whose launches all share one block ends here,
+/// so that the counter reset on failure cannot be forgotten by one of them.
+///
+/// # Safety
+/// `A` is the argument block type every kernel of `launches` takes, and its addresses hold what the kernels
+/// touch for its parameters (the caller's buffers and the workspace the plan sized).
+pub(crate) unsafe fn launch_all<A>(
+    launcher: &mut dyn Launcher,
+    scratch: &mut dyn Scratch,
+    launches: &[Launch],
+    dtype: DType,
+    args: &A,
+) -> Result<()> {
+    for launch in launches {
+        // SAFETY: the caller's contract.
+        unsafe { launch_or_reset(launcher, scratch, launch, dtype, (args as *const A).cast::<c_void>()) }
+            .map_err(LaunchError::into_error)?;
+    }
+    Ok(())
+}
+
 /// The outputs one call writes and how its gradients are scaled: the flags of `kernels/params.h`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct OutputSet {

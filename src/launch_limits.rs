@@ -11,17 +11,20 @@
 
 use std::ffi::c_void;
 
-use crate::cwd::{CwdConfig, CwdPath, CwdRawBuffers};
-use crate::cwt::{CwtConfig, CwtRawBuffers, CwtShapes};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use crate::cwd::{Cwd, CwdConfig, CwdPath};
+use crate::cwt::{Cwt, CwtConfig, CwtRawBuffers, CwtSetup, CwtShapes};
+use crate::dist::{Dist, DistConfig};
 use crate::dtype::DType;
 use crate::error::{KdError, Result};
+use crate::family::{Family, PairFamily, PairRawBuffers, RawCall};
 use crate::grad::GradOptions;
 use crate::hw::{self, ArchLimits};
-use crate::icsd::{IcsdConfig, IcsdRawBuffers, IcsdVariant};
+use crate::icsd::{Icsd, IcsdConfig, IcsdRawBuffers, IcsdVariant};
 use crate::launch::{DeviceInfo, Launch, LaunchError, Launcher, Scratch, BLOCK_THREADS};
-use crate::pixel_kd::{PixelKdConfig, PixelKdPath, PixelKdRawBuffers};
-use crate::semckd::{SemckdConfig, SemckdLayers, SemckdRawBuffers};
-use crate::shape::Nchw;
+use crate::pixel_kd::{PixelKd, PixelKdConfig, PixelKdPath};
+use crate::semckd::{Semckd, SemckdConfig, SemckdLayers, SemckdRawBuffers};
 use crate::testing::SplitMix64;
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
@@ -122,7 +125,7 @@ fn check_everywhere(what: &str, opt_in: &'static [&'static str], required: bool,
                 match call(&gpu, &mut recorder) {
                     Ok(()) => {}
                     Err(_) if !required => {
-                        REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        REFUSED.fetch_add(1, Relaxed);
                         continue;
                     }
                     Err(e) => panic!("{what} on sm_{} ({sm_count} SMs): {e}", limits.arch),
@@ -145,10 +148,72 @@ fn check_everywhere(what: &str, opt_in: &'static [&'static str], required: bool,
 }
 
 /// Random calls a family refused with a typed error (all tests together; a diagnostic for the runs' output).
-static REFUSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static REFUSED: AtomicUsize = AtomicUsize::new(0);
 
 /// (loss, gradient, upstream): the forward, forward-backward and backward calls of the wrappers.
-const MODES: [(bool, bool, bool); 3] = [(true, false, false), (true, true, false), (false, true, true)];
+type Mode = (bool, bool, bool);
+const MODES: [Mode; 3] = [(true, false, false), (true, true, false), (false, true, true)];
+
+/// Every dtype with every output set of [`MODES`].
+fn dtype_modes() -> impl Iterator<Item = (DType, Mode)> {
+    DTYPES.into_iter().flat_map(|dtype| MODES.map(|mode| (dtype, mode)))
+}
+
+/// Address `i` where the output is wanted, else 0 (absent).
+fn addr_if(wanted: bool, i: u64) -> u64 {
+    if wanted {
+        addr(i)
+    } else {
+        0
+    }
+}
+
+/// The pair buffers of one output set of [`MODES`]; the teacher's gradient with the student's where
+/// `grad_teacher`.
+fn pair_buffers((loss, grad, upstream): Mode, grad_teacher: bool) -> PairRawBuffers {
+    PairRawBuffers {
+        student: addr(1),
+        teacher: addr(2),
+        loss: addr_if(loss, 3),
+        grad_student: addr_if(grad, 4),
+        grad_teacher: addr_if(grad && grad_teacher, 5),
+        upstream: addr_if(upstream, 6),
+    }
+}
+
+/// One call of `F` as every surface makes it, with overwritten, unscaled gradients.
+fn raw_call<'a, F: Family>(
+    config: &'a F::Config,
+    path: F::Path,
+    shape: &'a F::Shape,
+    dtype: DType,
+    buffers: &'a F::RawBuffers,
+) -> RawCall<'a, F> {
+    RawCall { config, path, shape, dtype, buffers, options: GradOptions::OVERWRITE }
+}
+
+/// [`check_everywhere`] on one call of `F` through [`Family::run`], the driver every surface goes through,
+/// with the kernels `F` opts in to large shared memory.
+fn check_call<F: Family>(
+    config: &F::Config,
+    path: F::Path,
+    shape: &F::Shape,
+    dtype: DType,
+    buffers: &F::RawBuffers,
+    required: bool,
+) -> usize {
+    check_everywhere(F::NAME, F::LARGE_SMEM_KERNELS, required, &|gpu, rec| {
+        // SAFETY: nothing runs: the recorder takes the launches and touches no address.
+        unsafe { F::run(raw_call(config, path, shape, dtype, buffers), gpu, &mut FakeScratch, rec) }.map(|_| ())
+    })
+}
+
+/// Ends a family's sweep: it checked more than `at_least` launches, so that it cannot pass by refusing every
+/// call.
+fn enough(checked: usize, at_least: usize) {
+    assert!(checked > at_least, "{checked} launches checked");
+    println!("{checked} launches checked; random calls refused so far: {}", REFUSED.load(Relaxed));
+}
 
 fn random_nchw(rng: &mut SplitMix64, max_c: usize, max_plane: usize) -> [usize; 4] {
     let log = |rng: &mut SplitMix64, max: usize| {
@@ -177,100 +242,42 @@ const LOGIT_SHAPES: [[usize; 4]; 7] = [
     [3, 1000, 7, 9],
 ];
 
+/// The benches' logits shapes, marked required, and `n` random ones of the family's seed.
+fn logit_cases(seed: u64, n: usize, max_c: usize, max_plane: usize) -> Vec<([usize; 4], bool)> {
+    let mut shapes: Vec<([usize; 4], bool)> = LOGIT_SHAPES.iter().map(|&s| (s, true)).collect();
+    shapes.extend(random_shapes(seed, n, max_c, max_plane).into_iter().map(|s| (s, false)));
+    shapes
+}
+
 #[test]
 fn cwd_launches_fit() {
-    let mut shapes: Vec<([usize; 4], bool)> = LOGIT_SHAPES.iter().map(|&s| (s, true)).collect();
-    shapes.extend(random_shapes(1, 40, 2048, 1 << 22).into_iter().map(|s| (s, false)));
     let mut checked = 0;
-    for (dims, required) in shapes {
-        let shape = Nchw::from_dims("student", &dims).unwrap();
-        for dtype in DTYPES {
-            for (loss, grad, upstream) in MODES {
-                for teacher_grad in [false, true] {
-                    let config = CwdConfig { teacher_grad, ..CwdConfig::default() };
-                    for path in [CwdPath::Auto, CwdPath::TwoPass] {
-                        let buffers = CwdRawBuffers {
-                            student: addr(1),
-                            teacher: addr(2),
-                            loss: if loss { addr(3) } else { 0 },
-                            grad_student: if grad { addr(4) } else { 0 },
-                            grad_teacher: if grad && teacher_grad { addr(5) } else { 0 },
-                            upstream: if upstream { addr(6) } else { 0 },
-                        };
-                        checked += check_everywhere("cwd", &[], required, &|gpu, rec| {
-                            // SAFETY: nothing runs: the recorder takes the launches and touches no address.
-                            unsafe {
-                                crate::cwd::driver::run(
-                                    &config,
-                                    path,
-                                    &shape,
-                                    dtype,
-                                    &buffers,
-                                    GradOptions::OVERWRITE,
-                                    gpu,
-                                    &mut FakeScratch,
-                                    rec,
-                                )
-                            }
-                            .map(|_| ())
-                        });
-                    }
+    for (dims, required) in logit_cases(1, 40, 2048, 1 << 22) {
+        for (dtype, mode) in dtype_modes() {
+            for teacher_grad in [false, true] {
+                let config = CwdConfig { teacher_grad, ..CwdConfig::default() };
+                let buffers = pair_buffers(mode, teacher_grad);
+                for path in [CwdPath::Auto, CwdPath::TwoPass] {
+                    checked += check_call::<Cwd>(&config, path, &dims, dtype, &buffers, required);
                 }
             }
         }
     }
-    assert!(checked > 1000, "{checked} launches checked");
-    println!(
-        "{checked} launches checked; random calls refused so far: {}",
-        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    enough(checked, 1000);
 }
 
 #[test]
 fn pixel_kd_launches_fit() {
-    let mut shapes: Vec<([usize; 4], bool)> = LOGIT_SHAPES.iter().map(|&s| (s, true)).collect();
-    shapes.extend(random_shapes(2, 40, 4096, 1 << 22).into_iter().map(|s| (s, false)));
     let mut checked = 0;
-    for (dims, required) in shapes {
-        let shape = Nchw::from_dims("student", &dims).unwrap();
-        for dtype in DTYPES {
-            for (loss, grad, upstream) in MODES {
-                for path in [PixelKdPath::Auto, PixelKdPath::PerPixel] {
-                    let buffers = PixelKdRawBuffers {
-                        student: addr(1),
-                        teacher: addr(2),
-                        loss: if loss { addr(3) } else { 0 },
-                        grad_student: if grad { addr(4) } else { 0 },
-                        upstream: if upstream { addr(6) } else { 0 },
-                        grad_teacher: 0,
-                    };
-                    let opt_in = &crate::pixel_kd::plan::OPT_IN_SMEM;
-                    checked += check_everywhere("pixel_kd", opt_in, required, &|gpu, rec| {
-                        // SAFETY: as in `cwd_launches_fit`.
-                        unsafe {
-                            crate::pixel_kd::driver::run(
-                                &PixelKdConfig::default(),
-                                path,
-                                &shape,
-                                dtype,
-                                &buffers,
-                                GradOptions::OVERWRITE,
-                                gpu,
-                                &mut FakeScratch,
-                                rec,
-                            )
-                        }
-                        .map(|_| ())
-                    });
-                }
+    for (dims, required) in logit_cases(2, 40, 4096, 1 << 22) {
+        for (dtype, mode) in dtype_modes() {
+            for path in [PixelKdPath::Auto, PixelKdPath::PerPixel] {
+                let config = PixelKdConfig::default();
+                checked += check_call::<PixelKd>(&config, path, &dims, dtype, &pair_buffers(mode, false), required);
             }
         }
     }
-    assert!(checked > 1000, "{checked} launches checked");
-    println!(
-        "{checked} launches checked; random calls refused so far: {}",
-        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    enough(checked, 1000);
 }
 
 #[test]
@@ -281,45 +288,23 @@ fn icsd_launches_fit() {
     shapes.extend(random_shapes(3, 40, max, 1 << 20).into_iter().map(|s| (s, false)));
     let mut checked = 0;
     for (dims, required) in shapes {
-        let shape = Nchw::from_dims("student", &dims).unwrap();
-        for dtype in DTYPES {
-            for (loss, grad, upstream) in MODES {
-                for variant in [IcsdVariant::Official, IcsdVariant::Paper] {
-                    let config = IcsdConfig { variant, ..IcsdConfig::default() };
-                    let buffers = IcsdRawBuffers {
-                        student: addr(1),
-                        teacher: addr(2),
-                        loss: if loss { addr(3) } else { 0 },
-                        grad_student: if grad { addr(4) } else { 0 },
-                        upstream: if upstream { addr(6) } else { 0 },
-                        sim_student: addr(7),
-                        sim_teacher: addr(8),
-                    };
-                    checked += check_everywhere("icsd", &[], required, &|gpu, rec| {
-                        // SAFETY: as in `cwd_launches_fit`.
-                        unsafe {
-                            crate::icsd::driver::run(
-                                &config,
-                                &shape,
-                                dtype,
-                                &buffers,
-                                GradOptions::OVERWRITE,
-                                gpu,
-                                &mut FakeScratch,
-                                rec,
-                            )?;
-                            crate::icsd::driver::mix(rec, dtype, addr(3), addr(9), addr(10), 0.5, 0.5)
-                        }
-                    });
-                }
+        for (dtype, mode) in dtype_modes() {
+            for variant in [IcsdVariant::Official, IcsdVariant::Paper] {
+                let config = IcsdConfig { variant, ..IcsdConfig::default() };
+                let pair = Icsd::pair_raw(pair_buffers(mode, false)).unwrap();
+                let buffers = IcsdRawBuffers { sim_student: addr(7), sim_teacher: addr(8), ..pair };
+                // AICSD's mix follows the ICSD call.
+                checked += check_everywhere("icsd", &[], required, &|gpu, rec| {
+                    // SAFETY: as in `check_call`.
+                    unsafe {
+                        Icsd::run(raw_call(&config, (), &dims[..], dtype, &buffers), gpu, &mut FakeScratch, rec)?;
+                        crate::icsd::driver::mix(rec, dtype, addr(3), addr(9), addr(10), 0.5, 0.5)
+                    }
+                });
             }
         }
     }
-    assert!(checked > 1000, "{checked} launches checked");
-    println!(
-        "{checked} launches checked; random calls refused so far: {}",
-        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    enough(checked, 1000);
 }
 
 #[test]
@@ -332,40 +317,12 @@ fn dist_launches_fit() {
     shapes.extend(random_shapes(6, 40, 4096, 1 << 22).into_iter().map(|s| (s, false)));
     let mut checked = 0;
     for (dims, required) in shapes {
-        let shape = Nchw::from_dims("student", &dims).unwrap();
-        for dtype in DTYPES {
-            for (loss, grad, upstream) in MODES {
-                let buffers = crate::family::PairRawBuffers {
-                    student: addr(1),
-                    teacher: addr(2),
-                    loss: if loss { addr(3) } else { 0 },
-                    grad_student: if grad { addr(4) } else { 0 },
-                    grad_teacher: 0,
-                    upstream: if upstream { addr(6) } else { 0 },
-                };
-                checked += check_everywhere("dist", &[], required, &|gpu, rec| {
-                    // SAFETY: as in `cwd_launches_fit`.
-                    unsafe {
-                        crate::dist::driver::run(
-                            &crate::dist::DistConfig::default(),
-                            &shape,
-                            dtype,
-                            &buffers,
-                            GradOptions::OVERWRITE,
-                            gpu,
-                            &mut FakeScratch,
-                            rec,
-                        )
-                    }
-                });
-            }
+        for (dtype, mode) in dtype_modes() {
+            let config = DistConfig::default();
+            checked += check_call::<Dist>(&config, (), &dims, dtype, &pair_buffers(mode, false), required);
         }
     }
-    assert!(checked > 1000, "{checked} launches checked");
-    println!(
-        "{checked} launches checked; random calls refused so far: {}",
-        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    enough(checked, 1000);
 }
 
 /// CWT: the benches' (student, teacher channels) and random ones.
@@ -384,52 +341,27 @@ fn cwt_launches_fit() {
     }
     let mut checked = 0;
     for (dims, ct, required) in cases {
-        let shapes = CwtShapes::new(dims[1], ct);
-        let teacher = [dims[0], ct, dims[2], dims[3]];
-        for dtype in DTYPES {
-            for (loss, grad, upstream) in MODES {
-                let g = |i| if grad { addr(i) } else { 0 };
-                let buffers = CwtRawBuffers {
-                    student: addr(1),
-                    teacher: addr(2),
-                    w1: addr(3),
-                    b1: addr(4),
-                    w2: addr(5),
-                    b2: addr(6),
-                    loss: if loss { addr(7) } else { 0 },
-                    grad_student: g(8),
-                    grad_w1: g(9),
-                    grad_b1: g(10),
-                    grad_w2: g(11),
-                    grad_b2: g(12),
-                    upstream: if upstream { addr(13) } else { 0 },
-                };
-                checked += check_everywhere("cwt", &crate::cwt::plan::OPT_IN_SMEM, required, &|gpu, rec| {
-                    // SAFETY: as in `cwd_launches_fit`.
-                    unsafe {
-                        crate::cwt::driver::run(
-                            &CwtConfig::default(),
-                            &shapes,
-                            &dims,
-                            &teacher,
-                            dtype,
-                            &buffers,
-                            GradOptions::OVERWRITE,
-                            None,
-                            gpu,
-                            &mut FakeScratch,
-                            rec,
-                        )
-                    }
-                });
-            }
+        let setup = CwtSetup { config: CwtConfig::default(), shapes: CwtShapes::new(dims[1], ct) };
+        for (dtype, (loss, grad, upstream)) in dtype_modes() {
+            let buffers = CwtRawBuffers {
+                student: addr(1),
+                teacher: addr(2),
+                w1: addr(3),
+                b1: addr(4),
+                w2: addr(5),
+                b2: addr(6),
+                loss: addr_if(loss, 7),
+                grad_student: addr_if(grad, 8),
+                grad_w1: addr_if(grad, 9),
+                grad_b1: addr_if(grad, 10),
+                grad_w2: addr_if(grad, 11),
+                grad_b2: addr_if(grad, 12),
+                upstream: addr_if(upstream, 13),
+            };
+            checked += check_call::<Cwt>(&setup, (), &dims, dtype, &buffers, required);
         }
     }
-    assert!(checked > 1000, "{checked} launches checked");
-    println!(
-        "{checked} launches checked; random calls refused so far: {}",
-        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    enough(checked, 1000);
 }
 
 /// A SemCKD layout: batch, student layers, teacher layers, whether gradients are asked for.
@@ -479,26 +411,12 @@ fn semckd_launches_fit() {
                     grad_key: if grads { (0..nt as u64).map(|j| mlp(900 + 4 * j)).collect() } else { vec![] },
                     upstream: 0,
                 };
-                checked += check_everywhere("semckd", &[], required, &|gpu, rec| {
-                    // SAFETY: as in `cwd_launches_fit`.
-                    unsafe {
-                        crate::semckd::driver::run(
-                            &SemckdConfig::default(),
-                            &layers,
-                            dtype,
-                            &buffers,
-                            GradOptions::OVERWRITE,
-                            gpu,
-                            &mut FakeScratch,
-                            rec,
-                        )
-                    }
-                });
+                checked += check_call::<Semckd>(&SemckdConfig::default(), (), &layers, dtype, &buffers, required);
             }
             for (input, out_hw) in [(&s[0], [4usize, 4usize]), (&t[0], [1, 1]), (&s[0], [s[0][2], s[0][3]])] {
                 for backward in [None, Some(GradOptions::OVERWRITE)] {
                     checked += check_everywhere("semckd pool", &[], required, &|_, rec| {
-                        // SAFETY: as in `cwd_launches_fit`.
+                        // SAFETY: as in `check_call`.
                         unsafe {
                             crate::semckd::driver::run_pool(dtype, input, out_hw, addr(1), addr(2), backward, rec)
                         }
@@ -507,18 +425,14 @@ fn semckd_launches_fit() {
             }
         }
     }
-    assert!(checked > 500, "{checked} launches checked");
-    println!(
-        "{checked} launches checked; random calls refused so far: {}",
-        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    enough(checked, 500);
 }
 
 /// PKD: the benches' feature pyramid (RetinaNet / RTMDet, 8 x 256 channels, strides 8 to 128 of 800 x 1216) and
 /// random level lists of up to the most levels a call takes.
 #[test]
 fn pkd_launches_fit() {
-    use crate::pkd::{PkdConfig, PkdLevels, PkdRawBuffers, MAX_LEVELS};
+    use crate::pkd::{Pkd, PkdConfig, PkdLevels, PkdRawBuffers, MAX_LEVELS};
     let fpn: Vec<[usize; 4]> =
         [[100, 152], [50, 76], [25, 38], [13, 19], [7, 10]].map(|[h, w]| [8, 256, h, w]).to_vec();
     let mut cases: Vec<(Vec<[usize; 4]>, bool)> = vec![(fpn, true), (vec![[1, 1, 1, 2]], true)];
@@ -535,44 +449,24 @@ fn pkd_launches_fit() {
             Err(e) => panic!("{e}"),
         };
         let n = levels.len() as u64;
-        for dtype in DTYPES {
-            for (loss, grad, upstream) in MODES {
-                let buffers = PkdRawBuffers {
-                    student: (0..n).map(|l| addr(100 + l)).collect(),
-                    teacher: (0..n).map(|l| addr(200 + l)).collect(),
-                    loss: if loss { addr(1) } else { 0 },
-                    grad_student: if grad { (0..n).map(|l| addr(300 + l)).collect() } else { vec![] },
-                    upstream: if upstream { addr(2) } else { 0 },
-                };
-                checked += check_everywhere("pkd", &[], required, &|_, rec| {
-                    // SAFETY: as in `cwd_launches_fit`.
-                    unsafe {
-                        crate::pkd::driver::run(
-                            &PkdConfig::default(),
-                            &levels,
-                            dtype,
-                            &buffers,
-                            GradOptions::OVERWRITE,
-                            &mut FakeScratch,
-                            rec,
-                        )
-                    }
-                });
-            }
+        for (dtype, (loss, grad, upstream)) in dtype_modes() {
+            let buffers = PkdRawBuffers {
+                student: (0..n).map(|l| addr(100 + l)).collect(),
+                teacher: (0..n).map(|l| addr(200 + l)).collect(),
+                loss: addr_if(loss, 1),
+                grad_student: if grad { (0..n).map(|l| addr(300 + l)).collect() } else { vec![] },
+                upstream: addr_if(upstream, 2),
+            };
+            checked += check_call::<Pkd>(&PkdConfig::default(), (), &levels, dtype, &buffers, required);
         }
     }
-    assert!(checked > 1000, "{checked} launches checked");
-    println!(
-        "{checked} launches checked; random calls refused so far: {}",
-        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    enough(checked, 1000);
 }
 
 /// IFVD: the bench's features with Cityscapes' 19 and ADE20K's 150 classes, edge cases, and random shapes,
 /// channel counts, label resolutions and class counts, every label dtype.
 #[test]
 fn ifvd_launches_fit() {
-    use crate::family::{Family, RawCall};
     use crate::ifvd::{check_shapes, Ifvd, IfvdConfig, IfvdRawBuffers, LabelDType};
     /// (student dims, teacher channels, label plane, classes, required).
     type Case = ([usize; 4], usize, [usize; 2], usize, bool);
@@ -593,47 +487,31 @@ fn ifvd_launches_fit() {
     for (dims, ct, [hl, wl], classes, required) in cases {
         let shapes = check_shapes(&dims, &[dims[0], ct, dims[2], dims[3]], &[dims[0], hl, wl]).unwrap();
         let config = IfvdConfig::new(classes);
-        for dtype in DTYPES {
+        for (dtype, mode) in dtype_modes() {
             for label_dtype in [LabelDType::U8, LabelDType::I32, LabelDType::I64] {
-                for (loss, grad, upstream) in MODES {
-                    let buffers = IfvdRawBuffers {
-                        student: addr(1),
-                        teacher: addr(2),
-                        labels: addr(3),
-                        label_dtype,
-                        loss: if loss { addr(4) } else { 0 },
-                        grad_student: if grad { addr(5) } else { 0 },
-                        upstream: if upstream { addr(6) } else { 0 },
-                    };
-                    checked += check_everywhere("ifvd", &[], required, &|gpu, rec| {
-                        let call = RawCall::<Ifvd> {
-                            config: &config,
-                            path: (),
-                            shape: &shapes,
-                            dtype,
-                            buffers: &buffers,
-                            options: GradOptions::OVERWRITE,
-                        };
-                        // SAFETY: as in `cwd_launches_fit`.
-                        unsafe { Ifvd::run(call, gpu, &mut FakeScratch, rec) }
-                    });
-                }
+                let pair = pair_buffers(mode, false);
+                let buffers = IfvdRawBuffers {
+                    student: pair.student,
+                    teacher: pair.teacher,
+                    labels: addr(7),
+                    label_dtype,
+                    loss: pair.loss,
+                    grad_student: pair.grad_student,
+                    upstream: pair.upstream,
+                };
+                checked += check_call::<Ifvd>(&config, (), &shapes, dtype, &buffers, required);
             }
         }
     }
-    assert!(checked > 1000, "{checked} launches checked");
-    println!(
-        "{checked} launches checked; random calls refused so far: {}",
-        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    enough(checked, 1000);
 }
 
 /// CIRKD: the bench's features pooled and unpooled, the large-memory shape, the auto rule's switch,
 /// edge cases, and random shapes, channel counts (Cs != Ct) and pool windows.
 #[test]
 fn cirkd_launches_fit() {
-    use crate::cirkd::{check_shapes, Cirkd, CirkdConfig, CirkdPool, CirkdRawBuffers};
-    use crate::family::{Family, RawCall};
+    use crate::cirkd::{check_shapes, Cirkd, CirkdConfig, CirkdPool};
+    use crate::family::StudentGradFamily;
     /// (student dims, teacher channels, pool, required).
     type Case = ([usize; 4], usize, CirkdPool, bool);
     let mut cases: Vec<Case> = vec![
@@ -658,35 +536,12 @@ fn cirkd_launches_fit() {
     for (dims, ct, pool, required) in cases {
         let shapes = check_shapes(&dims, &[dims[0], ct, dims[2], dims[3]]).unwrap();
         let config = CirkdConfig { pool, ..CirkdConfig::default() };
-        for dtype in DTYPES {
-            for (loss, grad, upstream) in MODES {
-                let buffers = CirkdRawBuffers {
-                    student: addr(1),
-                    teacher: addr(2),
-                    loss: if loss { addr(3) } else { 0 },
-                    grad_student: if grad { addr(4) } else { 0 },
-                    upstream: if upstream { addr(5) } else { 0 },
-                };
-                checked += check_everywhere("cirkd", &[], required, &|gpu, rec| {
-                    let call = RawCall::<Cirkd> {
-                        config: &config,
-                        path: (),
-                        shape: &shapes,
-                        dtype,
-                        buffers: &buffers,
-                        options: GradOptions::OVERWRITE,
-                    };
-                    // SAFETY: as in `cwd_launches_fit`.
-                    unsafe { Cirkd::run(call, gpu, &mut FakeScratch, rec) }
-                });
-            }
+        for (dtype, mode) in dtype_modes() {
+            let buffers = Cirkd::raw_buffers(pair_buffers(mode, false)).unwrap();
+            checked += check_call::<Cirkd>(&config, (), &shapes, dtype, &buffers, required);
         }
     }
-    assert!(checked > 1000, "{checked} launches checked");
-    println!(
-        "{checked} launches checked; random calls refused so far: {}",
-        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    enough(checked, 1000);
 }
 
 /// The check can fail: the same sweep against a GPU whose limits are wrong (a register file of an eighth,
@@ -696,33 +551,16 @@ fn a_wrong_limit_fails_the_sweep() {
     let Some(real) = hw::ARCHS.iter().find(|l| hw::KERNEL_RESOURCES.iter().any(|r| r.arch == l.arch)) else {
         panic!("this build has no compiled kernels: the launch limits cannot be checked");
     };
-    let shape = Nchw::from_dims("student", &[8, 19, 64, 128]).unwrap();
-    let buffers = PixelKdRawBuffers {
-        student: addr(1),
-        teacher: addr(2),
-        loss: addr(3),
-        grad_student: addr(4),
-        ..Default::default()
-    };
+    let dims = [8, 19, 64, 128];
+    let buffers = pair_buffers((true, true, false), false);
     let run = |limits: &'static ArchLimits| {
         let gpu =
             TableGpu { limits: real, sm_count: 132, cooperative: true, opt_in: &crate::pixel_kd::plan::OPT_IN_SMEM };
         let mut rec = Recorder::default();
-        // SAFETY: as in `cwd_launches_fit`.
-        unsafe {
-            crate::pixel_kd::driver::run(
-                &PixelKdConfig::default(),
-                PixelKdPath::Auto,
-                &shape,
-                DType::F32,
-                &buffers,
-                GradOptions::OVERWRITE,
-                &gpu,
-                &mut FakeScratch,
-                &mut rec,
-            )
-        }
-        .unwrap();
+        let config = PixelKdConfig::default();
+        let call = raw_call::<PixelKd>(&config, PixelKdPath::Auto, &dims, DType::F32, &buffers);
+        // SAFETY: as in `check_call`.
+        unsafe { PixelKd::run(call, &gpu, &mut FakeScratch, &mut rec) }.unwrap();
         let (launch, dtype) = rec.launches[0];
         let res = gpu.resources(launch.kernel, dtype).unwrap();
         hw::check_launch(limits, res, &launch, BLOCK_THREADS as usize, true, 132)
@@ -740,8 +578,7 @@ fn a_wrong_limit_fails_the_sweep() {
 /// and channel counts, both pools.
 #[test]
 fn skd_launches_fit() {
-    use crate::family::{Family, RawCall};
-    use crate::skd::{check_shapes, Skd, SkdConfig, SkdPool, SkdRawBuffers};
+    use crate::skd::{check_shapes, Skd, SkdConfig, SkdPool};
     // (student dims, teacher channels, required).
     let mut cases: Vec<([usize; 4], usize, bool)> = vec![
         ([8, 512, 64, 128], 512, true),
@@ -760,35 +597,10 @@ fn skd_launches_fit() {
         let shapes = check_shapes(&dims, &[dims[0], ct, dims[2], dims[3]]).unwrap();
         for pool in [SkdPool::Max2x2, SkdPool::None] {
             let config = SkdConfig { pool, ..SkdConfig::default() };
-            for dtype in DTYPES {
-                for (loss, grad, upstream) in MODES {
-                    let buffers = SkdRawBuffers {
-                        student: addr(1),
-                        teacher: addr(2),
-                        loss: if loss { addr(3) } else { 0 },
-                        grad_student: if grad { addr(4) } else { 0 },
-                        grad_teacher: 0,
-                        upstream: if upstream { addr(5) } else { 0 },
-                    };
-                    checked += check_everywhere("skd", &[], required, &|gpu, rec| {
-                        let call = RawCall::<Skd> {
-                            config: &config,
-                            path: (),
-                            shape: &shapes,
-                            dtype,
-                            buffers: &buffers,
-                            options: GradOptions::OVERWRITE,
-                        };
-                        // SAFETY: as in `cwd_launches_fit`.
-                        unsafe { Skd::run(call, gpu, &mut FakeScratch, rec) }
-                    });
-                }
+            for (dtype, mode) in dtype_modes() {
+                checked += check_call::<Skd>(&config, (), &shapes, dtype, &pair_buffers(mode, false), required);
             }
         }
     }
-    assert!(checked > 1000, "{checked} launches checked");
-    println!(
-        "{checked} launches checked; random calls refused so far: {}",
-        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    enough(checked, 1000);
 }

@@ -3,7 +3,7 @@
 use ndarray::{s, Array4, ArrayView4};
 
 use super::CwdConfig;
-use crate::cpu::{check_pair, log_softmax, CpuOutput};
+use crate::cpu::{log_softmax, CpuOutput, PairCall};
 use crate::dtype::HostFloat;
 use crate::error::Result;
 
@@ -16,18 +16,13 @@ pub struct CwdCpu {
 crate::cpu::pair_reference_calls!(
     CwdCpu,
     CwdConfig,
-    "Loss and gradients (the teacher's only when `config.teacher_grad`)."
+    "Loss and gradients (the teacher's only when `config.teacher_grad`).",
+    same_shape
 );
 
 impl CwdCpu {
-    fn compute<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        upstream: f64,
-        want_grad: bool,
-    ) -> Result<CpuOutput> {
-        let shape = check_pair(student, teacher)?;
+    fn compute_pair<T: HostFloat>(&self, call: PairCall<'_, T>) -> Result<CpuOutput> {
+        let PairCall { student, teacher, shape, upstream, want_grad } = call;
         let cfg = &self.config;
         let rows = shape.n * shape.c;
         let grad_scale = upstream * cfg.grad_scale(rows);

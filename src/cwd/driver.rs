@@ -6,17 +6,13 @@ use std::ffi::c_void;
 
 use super::plan::{self, Device};
 use super::{Cwd, CwdConfig, CwdPath};
-use crate::cpu::CpuOutput;
-use crate::cuda::Binder;
 use crate::dtype::DType;
-use crate::dtype::{HostFloat, KdFloat};
 use crate::error::Result;
-use crate::family::{Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentTeacherFamily, TypedFamily};
+use crate::family::{Family, PairRawBuffers, PlainPairFamily, RawCall};
 use crate::ffi::KdCwdArgs;
 use crate::grad::GradOptions;
 use crate::launch::{launch_or_reset, DeviceInfo, LaunchError, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
-use ndarray::ArrayView4;
 
 /// The workspace (floats, counters) any call on `shape` in `dtype` may need, whichever path it takes and
 /// however its buffers are aligned.
@@ -148,39 +144,10 @@ impl Family for Cwd {
     }
 }
 
-impl TypedFamily for Cwd {
-    type Buffers<'a, T: KdFloat + 'a> = PairBuffers<'a, T>;
-
-    fn bind<'a: 's, 's, T: KdFloat>(
-        _config: &CwdConfig,
-        shape: &[usize],
-        buffers: PairBuffers<'a, T>,
-        binder: &mut Binder<'s>,
-    ) -> Result<(PairRawBuffers, GradOptions)> {
-        crate::family::bind_pair(Nchw::from_dims("student", shape)?.numel(), buffers, binder)
-    }
-}
-
-impl PairFamily for Cwd {
-    fn cpu<T: HostFloat>(
-        config: &CwdConfig,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-    ) -> Result<CpuOutput> {
-        super::CwdCpu::new(*config)?.forward_backward(student, teacher)
-    }
+impl PlainPairFamily for Cwd {
+    type Reference = super::CwdCpu;
 
     fn teacher_grad(config: &CwdConfig) -> bool {
         config.teacher_grad
-    }
-
-    fn pair_raw(pair: PairRawBuffers) -> Result<PairRawBuffers> {
-        Ok(pair)
-    }
-}
-
-impl StudentTeacherFamily for Cwd {
-    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
-        pair
     }
 }

@@ -30,18 +30,9 @@ pub struct CwtCpu {
     config: CwtConfig,
 }
 
+crate::cpu::reference_config!(CwtCpu, CwtConfig);
+
 impl CwtCpu {
-    /// Validates `config`.
-    pub fn new(config: CwtConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(CwtCpu { config })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &CwtConfig {
-        &self.config
-    }
-
     /// The loss alone.
     pub fn forward<T: HostFloat>(
         &self,

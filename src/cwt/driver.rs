@@ -1,8 +1,6 @@
 //! One CWT call from device addresses: checks, plan, workspace, argument blocks, launches. Shared by the
 //! typed CUDA API, the raw layer and the host emulation.
 
-use std::ffi::c_void;
-
 use super::cuda::CwtBuffers;
 use super::plan::{self, Device};
 use super::{Cwt, CwtConfig, CwtSetup, CwtShapes};
@@ -13,7 +11,7 @@ use crate::error::{KdError, Result};
 use crate::family::{Family, RawCall, TypedFamily};
 use crate::ffi::KdCwtArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_all, DeviceInfo, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
 
 /// The device addresses of one CWT call (`CUdeviceptr`s; 0 for an absent output). The loss is computed
@@ -148,19 +146,12 @@ pub(crate) unsafe fn run(
     };
     for chunk in &plan.chunks {
         args.p = chunk.params;
-        for launch in &chunk.launches {
-            // SAFETY: `args` is the block cwt.cu's kernels take; its addresses come from the caller (who
-            // vouches for them) and from the workspace, sized by the plan.
-            unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdCwtArgs).cast::<c_void>()) }
-                .map_err(|e| e.into_error())?;
-        }
+        // SAFETY: `args` is the block cwt.cu's kernels take; its addresses come from the caller (who vouches
+        // for them) and from the workspace, sized by the plan.
+        unsafe { launch_all(launcher, scratch, &chunk.launches, dtype, &args) }?;
     }
-    if let Some(combine) = &plan.combine {
-        // SAFETY: as above.
-        unsafe { launch_or_reset(launcher, scratch, combine, dtype, (&args as *const KdCwtArgs).cast::<c_void>()) }
-            .map_err(|e| e.into_error())?;
-    }
-    Ok(())
+    // SAFETY: as above.
+    unsafe { launch_all(launcher, scratch, plan.combine.as_slice(), dtype, &args) }
 }
 
 /// The teacher's dims for a student of `student` dims: the same with `Ct` channels.

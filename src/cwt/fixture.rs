@@ -4,9 +4,9 @@
 use ndarray::{ArrayView1, ArrayView2};
 
 use super::{CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtParamBuffers, CwtParamGrads, CwtShapes, MlpParams};
-use crate::dtype::{self, DType, KdFloat, PerDtype};
+use crate::dtype::{DType, KdFloat};
 use crate::error::KdError;
-use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output, TypedCase};
 use crate::fixture::{ExampleInput, ExampleSpec};
 use crate::shape::Nchw;
 
@@ -62,32 +62,18 @@ struct CwtCase {
     dtype: DType,
 }
 
-impl FixtureCase for CwtCase {
+impl TypedCase for CwtCase {
     fn dtype(&self) -> DType {
         self.dtype
     }
 
-    fn run(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        dtype::dispatch(self.dtype, Run { case: self, fixture, backend })
-    }
-}
-
-struct Run<'a> {
-    case: &'a CwtCase,
-    fixture: &'a Fixture,
-    backend: &'a Backend,
-}
-
-impl PerDtype for Run<'_> {
-    type Out = Result<Computed, FixtureError>;
-
-    fn run<T: KdFloat>(self) -> Self::Out {
-        let CwtCase { config, shapes, student: s_shape, teacher: t_shape, .. } = self.case;
-        let (_, student) = self.fixture.input::<T>("student")?;
-        let (_, teacher) = self.fixture.input::<T>("teacher")?;
+    fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
+        let CwtCase { config, shapes, student: s_shape, teacher: t_shape, .. } = self;
+        let (_, student) = fixture.input::<T>("student")?;
+        let (_, teacher) = fixture.input::<T>("teacher")?;
         let mut p = Vec::new();
         for name in PARAMS {
-            p.push(self.fixture.input::<f32>(name)?.1);
+            p.push(fixture.input::<f32>(name)?.1);
         }
         let CwtShapes { cs, ch, ct } = *shapes;
         let shape_err = |e: ndarray::ShapeError| FixtureError(format!("an MLP parameter does not fit its shape: {e}"));
@@ -100,7 +86,7 @@ impl PerDtype for Run<'_> {
         params.shapes()?;
         let sd = s_shape.dims();
         let mut out = Computed::new();
-        match self.backend {
+        match backend {
             Backend::Cpu => {
                 let sv = fixture::view4(s_shape, &student, "student")?;
                 let tv = fixture::view4(t_shape, &teacher, "teacher")?;

@@ -3,7 +3,7 @@
 use ndarray::{Array4, ArrayView4};
 
 use super::{DistConfig, DIST_EPS};
-use crate::cpu::{check_pair, log_softmax, CpuOutput, HostFloat};
+use crate::cpu::{log_softmax, CpuOutput, HostFloat, PairCall};
 use crate::error::Result;
 
 /// DIST (segmentation form) on the CPU.
@@ -12,7 +12,12 @@ pub struct DistCpu {
     config: DistConfig,
 }
 
-crate::cpu::pair_reference_calls!(DistCpu, DistConfig, "Loss and d loss / d student (`grad_teacher` is `None`).");
+crate::cpu::pair_reference_calls!(
+    DistCpu,
+    DistConfig,
+    "Loss and d loss / d student (`grad_teacher` is `None`).",
+    same_shape
+);
 
 /// `rho(a, b)` and `d rho / d a` (§8.2). Where `a` is constant (`||a - mean a|| = 0`) the second term of the
 /// derivative, which vanishes as `a` approaches a constant, is left out rather than evaluated as 0/0.
@@ -32,14 +37,8 @@ fn pearson(a: &[f64], b: &[f64]) -> (f64, Vec<f64>) {
 }
 
 impl DistCpu {
-    fn compute<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        upstream: f64,
-        want_grad: bool,
-    ) -> Result<CpuOutput> {
-        let shape = check_pair(student, teacher)?;
+    fn compute_pair<T: HostFloat>(&self, call: PairCall<'_, T>) -> Result<CpuOutput> {
+        let PairCall { student, teacher, shape, upstream, want_grad } = call;
         let cfg = &self.config;
         let (cn, m) = (shape.c, shape.n * shape.plane());
         // Rows of C probabilities, one per pixel, in (n, h, w) order (the order does not matter).

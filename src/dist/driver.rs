@@ -1,23 +1,14 @@
 //! One DIST call from device addresses: checks, plan, workspace, argument block, launches. Shared by the
 //! typed CUDA API, the raw layer and the host emulation.
 
-use std::ffi::c_void;
-
-use ndarray::ArrayView4;
-
 use super::plan;
 use super::{Dist, DistConfig};
-use crate::cpu::CpuOutput;
-use crate::cuda::Binder;
-use crate::dtype::{DType, HostFloat, KdFloat};
+use crate::dtype::DType;
 use crate::error::Result;
-use crate::family::{
-    bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentGradFamily, StudentTeacherFamily,
-    TypedFamily,
-};
+use crate::family::{Family, PairRawBuffers, PlainPairFamily, RawCall, StudentGradFamily};
 use crate::ffi::KdDistArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_all, DeviceInfo, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
 
 /// The workspace floats any call on `shape` may need.
@@ -61,13 +52,9 @@ pub(crate) unsafe fn run(
         counter: counters,
         p: plan.params,
     };
-    for launch in &plan.launches {
-        // SAFETY: `args` is the block dist.cu's kernels take; its addresses come from the caller (who vouches
-        // for them) and from the workspace, sized by the plan.
-        unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdDistArgs).cast::<c_void>()) }
-            .map_err(|e| e.into_error())?;
-    }
-    Ok(())
+    // SAFETY: `args` is the block dist.cu's kernels take; its addresses come from the caller (who vouches for
+    // them) and from the workspace, sized by the plan.
+    unsafe { launch_all(launcher, scratch, &plan.launches, dtype, &args) }
 }
 
 impl Family for Dist {
@@ -105,41 +92,8 @@ impl Family for Dist {
     }
 }
 
-impl TypedFamily for Dist {
-    type Buffers<'a, T: KdFloat + 'a> = PairBuffers<'a, T>;
-
-    fn bind<'a: 's, 's, T: KdFloat>(
-        _config: &DistConfig,
-        shape: &[usize],
-        buffers: PairBuffers<'a, T>,
-        binder: &mut Binder<'s>,
-    ) -> Result<(PairRawBuffers, GradOptions)> {
-        bind_pair(Nchw::from_dims("student", shape)?.numel(), buffers, binder)
-    }
-}
-
-impl PairFamily for Dist {
-    fn teacher_grad(_config: &DistConfig) -> bool {
-        false
-    }
-
-    fn cpu<T: HostFloat>(
-        config: &DistConfig,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-    ) -> Result<CpuOutput> {
-        super::DistCpu::new(*config)?.forward_backward(student, teacher)
-    }
-
-    fn pair_raw(pair: PairRawBuffers) -> Result<PairRawBuffers> {
-        Ok(pair)
-    }
-}
-
-impl StudentTeacherFamily for Dist {
-    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
-        pair
-    }
+impl PlainPairFamily for Dist {
+    type Reference = super::DistCpu;
 }
 
 impl StudentGradFamily for Dist {

@@ -4,7 +4,7 @@ use ndarray::{Array2, Array4, ArrayView4};
 
 use super::{IcsdConfig, IcsdVariant};
 use crate::cpu::HostFloat;
-use crate::cpu::{check_pair, log_softmax};
+use crate::cpu::{check_pair, log_softmax, PairCall};
 use crate::error::Result;
 use crate::shape::Nchw;
 
@@ -93,25 +93,16 @@ fn normalise(m: &Array2<f64>) -> Array2<f64> {
     Array2::from_shape_fn(m.dim(), |(i, j)| m[[i, j]] / norms[i].max(EPS))
 }
 
+crate::cpu::reference_config!(IcsdCpu, IcsdConfig);
+
 impl IcsdCpu {
-    /// Validates `config`.
-    pub fn new(config: IcsdConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(IcsdCpu { config })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &IcsdConfig {
-        &self.config
-    }
-
     /// The loss and the two matrices, no gradient.
     pub fn forward<T: HostFloat>(
         &self,
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
     ) -> Result<IcsdCpuOutput> {
-        self.compute(student, teacher, 1.0, false)
+        self.compute(PairCall::new(student, teacher, 1.0, false)?)
     }
 
     /// Loss, matrices and d loss / d student.
@@ -120,7 +111,7 @@ impl IcsdCpu {
         student: ArrayView4<'_, T>,
         teacher: ArrayView4<'_, T>,
     ) -> Result<IcsdCpuOutput> {
-        self.compute(student, teacher, 1.0, true)
+        self.compute(PairCall::new(student, teacher, 1.0, true)?)
     }
 
     /// The gradient times `upstream` (d total / d loss); the loss is filled too.
@@ -130,7 +121,7 @@ impl IcsdCpu {
         teacher: ArrayView4<'_, T>,
         upstream: f64,
     ) -> Result<IcsdCpuOutput> {
-        self.compute(student, teacher, upstream, true)
+        self.compute(PairCall::new(student, teacher, upstream, true)?)
     }
 
     /// The unnormalised matrix `M` of `x` (§3.5 or §3.7), for tests and plots.
@@ -139,14 +130,8 @@ impl IcsdCpu {
         Ok(matrix(&log_probs(x, &shape, &self.config), &shape, self.config.variant))
     }
 
-    fn compute<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        upstream: f64,
-        want_grad: bool,
-    ) -> Result<IcsdCpuOutput> {
-        let shape = check_pair(student, teacher)?;
+    fn compute<T: HostFloat>(&self, call: PairCall<'_, T>) -> Result<IcsdCpuOutput> {
+        let PairCall { student, teacher, shape, upstream, want_grad } = call;
         let cfg = &self.config;
         let (bn, cn) = (shape.n, shape.c);
         let logp_s = log_probs(student, &shape, cfg);

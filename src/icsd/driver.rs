@@ -15,7 +15,7 @@ use crate::family::{
 };
 use crate::ffi::{KdIcsdArgs, KdIcsdMixArgs};
 use crate::grad::GradOptions;
-use crate::launch::{launch_or_reset, DeviceInfo, Launch, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_all, DeviceInfo, Launch, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
 use cudarc::driver::DevicePtrMut;
 use ndarray::ArrayView4;
@@ -100,13 +100,9 @@ pub(crate) unsafe fn run(
         dots: floats + dots,
         p: plan.params,
     };
-    for launch in &plan.launches {
-        // SAFETY: `args` is the block icsd.cu's kernels take; its addresses come from the caller (who vouches
-        // for them) and from the workspace, sized by the plan.
-        unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdIcsdArgs).cast::<c_void>()) }
-            .map_err(|e| e.into_error())?;
-    }
-    Ok(())
+    // SAFETY: `args` is the block icsd.cu's kernels take; its addresses come from the caller (who vouches for
+    // them) and from the workspace, sized by the plan.
+    unsafe { launch_all(launcher, scratch, &plan.launches, dtype, &args) }
 }
 
 /// Queues `out = wa * a + wb * b` on three device f32 (AICSD's loss terms).

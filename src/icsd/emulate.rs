@@ -3,12 +3,14 @@
 
 use super::{driver, AicsdConfig, Icsd, IcsdConfig, IcsdRawBuffers};
 use crate::dtype::KdFloat;
-use crate::emulator::{self, EmulatedGpu, EmulatedLauncher, EmulatedOutput, HostBuffers, HostScratch, Mode};
-use crate::error::{KdError, Result};
-use crate::family::{PairRawBuffers, RawCall};
+use crate::emulator::{
+    self, check_inputs, start_grad, EmulatedGpu, EmulatedLauncher, EmulatedOutput, HostBuffers, HostScratch, Mode,
+    Outputs,
+};
+use crate::error::Result;
+use crate::family::{PairFamily, PairRawBuffers, RawCall};
 use crate::grad::GradOptions;
 use crate::pixel_kd::PixelKdPath;
-use crate::shape::Nchw;
 
 /// What an emulated ICSD call wrote: the loss, the gradient, and the two matrices (f32, `C * C`).
 #[derive(Debug, Clone)]
@@ -19,27 +21,6 @@ pub struct IcsdEmulated<T> {
     pub sim_student: Vec<f32>,
     /// `Mh_T`.
     pub sim_teacher: Vec<f32>,
-}
-
-fn check<T>(shape: &[usize], student: &[T], teacher: &[T]) -> Result<Nchw> {
-    let shape = Nchw::from_dims("student", shape)?;
-    for (what, len) in [("student", student.len()), ("teacher", teacher.len())] {
-        if len < shape.numel() {
-            return Err(KdError::BufferTooSmall { what, needed: shape.numel(), len });
-        }
-    }
-    Ok(shape)
-}
-
-fn start_grad<T: KdFloat>(numel: usize, mode: Mode, initial: Option<&[T]>) -> Result<Vec<T>> {
-    if mode == Mode::Forward {
-        return Ok(Vec::new());
-    }
-    match initial {
-        Some(v) if v.len() >= numel => Ok(v[..numel].to_vec()),
-        Some(v) => Err(KdError::BufferTooSmall { what: "initial gradient", needed: numel, len: v.len() }),
-        None => Ok(vec![T::from_f32(f32::NAN); numel]),
-    }
 }
 
 /// Runs ICSD through the emulated kernels, as [`super::IcsdCuda`] plans it for `gpu`.
@@ -54,46 +35,26 @@ pub fn icsd<T: KdFloat>(
     options: GradOptions,
     initial_grad: Option<&[T]>,
 ) -> Result<IcsdEmulated<T>> {
-    let shape = check(shape, student, teacher)?;
+    let shape = check_inputs(shape, student, teacher)?;
     let cc = shape.c * shape.c;
-    let mut grad = start_grad(shape.numel(), mode, initial_grad)?;
-    let mut loss = f32::NAN;
-    let upstream = match mode {
-        Mode::Backward { upstream } => upstream,
-        _ => 1.0,
-    };
+    let mut out = Outputs::new(shape.numel(), mode, false, initial_grad)?;
     let mut sim_s = vec![f32::NAN; cc];
     let mut sim_t = vec![f32::NAN; cc];
-    let backward = matches!(mode, Mode::Backward { .. });
     let buffers = IcsdRawBuffers {
-        student: student.as_ptr() as u64,
-        teacher: teacher.as_ptr() as u64,
-        loss: if backward { 0 } else { &mut loss as *mut f32 as u64 },
-        grad_student: if grad.is_empty() { 0 } else { grad.as_mut_ptr() as u64 },
-        upstream: if backward { &upstream as *const f32 as u64 } else { 0 },
         sim_student: sim_s.as_mut_ptr() as u64,
         sim_teacher: sim_t.as_mut_ptr() as u64,
+        ..Icsd::pair_raw(out.pair_raw(student, teacher))?
     };
-    let _registered = HostBuffers::new()
-        .input("student", &student[..shape.numel()])
-        .input("teacher", &teacher[..shape.numel()])
-        .output("loss", std::slice::from_ref(&loss))
-        .input("upstream", std::slice::from_ref(&upstream))
-        .output("grad_student", &grad)
+    let _registered = out
+        .register(
+            HostBuffers::new().input("student", &student[..shape.numel()]).input("teacher", &teacher[..shape.numel()]),
+        )
         .output("sim_student", &sim_s)
         .output("sim_teacher", &sim_t);
     let call = RawCall::<Icsd> { config, path: (), shape: &shape.dims(), dtype: T::DTYPE, buffers: &buffers, options };
     // SAFETY: every address is a live host buffer of the size the shape needs.
     unsafe { emulator::run(call, gpu)? };
-    Ok(IcsdEmulated {
-        out: EmulatedOutput {
-            loss: (!backward).then_some(loss),
-            grad_student: (!grad.is_empty()).then_some(grad),
-            grad_teacher: None,
-        },
-        sim_student: sim_s,
-        sim_teacher: sim_t,
-    })
+    Ok(IcsdEmulated { out: out.finish(), sim_student: sim_s, sim_teacher: sim_t })
 }
 
 /// Runs the AICSD objective at `epoch` as [`super::AicsdCuda::forward_backward_with`] does: ICSD writes its
@@ -112,8 +73,8 @@ pub fn aicsd<T: KdFloat>(
 ) -> Result<(f32, Vec<T>)> {
     config.validate()?;
     let alpha = config.alpha(epoch)?;
-    let shape = check(shape, student, teacher)?;
-    let mut grad = start_grad(shape.numel(), Mode::ForwardBackward, initial_grad)?;
+    let shape = check_inputs(shape, student, teacher)?;
+    let mut grad = start_grad(shape.numel(), initial_grad)?;
     let (mut l_ics, mut l_kd, mut total) = (f32::NAN, f32::NAN, f32::NAN);
     let ics = IcsdRawBuffers {
         student: student.as_ptr() as u64,

@@ -2,10 +2,10 @@
 //! `grad.student` and the optional `sim.student`, `sim.teacher` (`docs/fixtures.md`).
 
 use super::{IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
-use crate::dtype::{self, DType, KdFloat, PerDtype};
+use crate::dtype::{DType, KdFloat};
 use crate::error::KdError;
 use crate::fixture::ExampleSpec;
-use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output, TypedCase};
 use crate::shape::Nchw;
 
 pub(crate) struct IcsdFixtures;
@@ -43,33 +43,19 @@ struct IcsdCase {
     dtype: DType,
 }
 
-impl FixtureCase for IcsdCase {
+impl TypedCase for IcsdCase {
     fn dtype(&self) -> DType {
         self.dtype
     }
 
-    fn run(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        dtype::dispatch(self.dtype, Run { case: self, fixture, backend })
-    }
-}
-
-struct Run<'a> {
-    case: &'a IcsdCase,
-    fixture: &'a Fixture,
-    backend: &'a Backend,
-}
-
-impl PerDtype for Run<'_> {
-    type Out = Result<Computed, FixtureError>;
-
-    fn run<T: KdFloat>(self) -> Self::Out {
-        let IcsdCase { config, shape, .. } = self.case;
-        let (_, student) = self.fixture.input::<T>("student")?;
-        let (_, teacher) = self.fixture.input::<T>("teacher")?;
+    fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
+        let IcsdCase { config, shape, .. } = self;
+        let (_, student) = fixture.input::<T>("student")?;
+        let (_, teacher) = fixture.input::<T>("teacher")?;
         let dims = shape.dims();
         let cc = [shape.c, shape.c];
         let mut out = Computed::new();
-        match self.backend {
+        match backend {
             Backend::Cpu => {
                 let s = fixture::view4(shape, &student, "student")?;
                 let t = fixture::view4(shape, &teacher, "teacher")?;

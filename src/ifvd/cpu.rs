@@ -134,18 +134,9 @@ fn image<T: HostFloat>(x: &ArrayView4<'_, T>, n: usize, classes: &[Option<usize>
     Image::new(feat, c, h * w, classes)
 }
 
+crate::cpu::reference_config!(IfvdCpu, IfvdConfig);
+
 impl IfvdCpu {
-    /// Validates `config`.
-    pub fn new(config: IfvdConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(IfvdCpu { config })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &IfvdConfig {
-        &self.config
-    }
-
     /// The loss and the cosine maps, no gradient. `student` `[N, Cs, H, W]`, `teacher` `[N, Ct, H, W]`,
     /// `labels` `[N, Hl, Wl]` (any resolution; resized by `nearest`).
     pub fn forward<T: HostFloat>(

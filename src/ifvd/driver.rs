@@ -1,8 +1,6 @@
 //! One IFVD call from device addresses: checks, plan, workspace, argument block, launches. Shared by the
 //! typed CUDA API, the raw layer and the host emulation.
 
-use std::ffi::c_void;
-
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::labels::{check_shapes, IfvdShapes};
@@ -13,7 +11,7 @@ use crate::error::{KdError, Result};
 use crate::family::{Family, RawCall, TypedFamily};
 use crate::ffi::KdIfvdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_all, DeviceInfo, Launcher, OutputSet, Scratch};
 
 /// The device addresses of one IFVD call (`CUdeviceptr`s; 0 for an absent output). The call writes the loss
 /// where `loss` is set and d loss / d student where `grad_student` is (times the device scalar at `upstream`
@@ -162,15 +160,9 @@ impl Family for Ifvd {
             counter: counters,
             p: plan.params,
         };
-        for launch in &plan.launches {
-            // SAFETY: `args` is the block ifvd.cu's kernels take; its addresses come from the caller (who vouches
-            // for them) and from the workspace, sized by the plan.
-            unsafe {
-                launch_or_reset(launcher, scratch, launch, call.dtype, (&args as *const KdIfvdArgs).cast::<c_void>())
-            }
-            .map_err(|e| e.into_error())?;
-        }
-        Ok(())
+        // SAFETY: `args` is the block ifvd.cu's kernels take; its addresses come from the caller (who vouches
+        // for them) and from the workspace, sized by the plan.
+        unsafe { launch_all(launcher, scratch, &plan.launches, call.dtype, &args) }
     }
 }
 

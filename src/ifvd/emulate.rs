@@ -3,8 +3,8 @@
 
 use super::{check_shapes, Ifvd, IfvdConfig, IfvdRawBuffers};
 use crate::dtype::{KdFloat, LabelInt};
-use crate::emulator::{self, EmulatedGpu, EmulatedOutput, HostBuffers, Mode};
-use crate::error::{KdError, Result};
+use crate::emulator::{self, check_len, EmulatedGpu, EmulatedOutput, HostBuffers, Mode, Outputs};
+use crate::error::Result;
 use crate::family::RawCall;
 use crate::grad::GradOptions;
 
@@ -26,13 +26,6 @@ pub struct IfvdHostInputs<'a, T, L> {
     pub labels: &'a [L],
 }
 
-fn check_len(what: &'static str, len: usize, needed: usize) -> Result<()> {
-    if len < needed {
-        return Err(KdError::BufferTooSmall { what, needed, len });
-    }
-    Ok(())
-}
-
 /// Runs IFVD through the emulated kernels, as [`super::IfvdCuda`] plans it for `gpu`; the gradient starts as
 /// `initial_grad` (for accumulation) or NaN.
 pub fn ifvd<T: KdFloat, L: LabelInt>(
@@ -49,42 +42,25 @@ pub fn ifvd<T: KdFloat, L: LabelInt>(
     check_len("student", inputs.student.len(), numel)?;
     check_len("teacher", inputs.teacher.len(), shapes.teacher().numel())?;
     check_len("labels", inputs.labels.len(), label_numel)?;
-    let mut grad = match (mode, initial_grad) {
-        (Mode::Forward, _) => Vec::new(),
-        (_, Some(v)) => {
-            check_len("initial gradient", v.len(), numel)?;
-            v[..numel].to_vec()
-        }
-        (_, None) => vec![T::from_f32(f32::NAN); numel],
-    };
-    let mut loss = f32::NAN;
-    let backward = matches!(mode, Mode::Backward { .. });
-    let upstream = match mode {
-        Mode::Backward { upstream } => upstream,
-        _ => 1.0,
-    };
+    let mut out = Outputs::new(numel, mode, false, initial_grad)?;
+    let pair = out.pair_raw(inputs.student, inputs.teacher);
     let buffers = IfvdRawBuffers {
-        student: inputs.student.as_ptr() as u64,
-        teacher: inputs.teacher.as_ptr() as u64,
+        student: pair.student,
+        teacher: pair.teacher,
         labels: inputs.labels.as_ptr() as u64,
         label_dtype: L::LABEL_DTYPE,
-        loss: if backward { 0 } else { &mut loss as *mut f32 as u64 },
-        grad_student: if grad.is_empty() { 0 } else { grad.as_mut_ptr() as u64 },
-        upstream: if backward { &upstream as *const f32 as u64 } else { 0 },
+        loss: pair.loss,
+        grad_student: pair.grad_student,
+        upstream: pair.upstream,
     };
-    let _registered = HostBuffers::new()
-        .input("student", &inputs.student[..numel])
-        .input("teacher", &inputs.teacher[..shapes.teacher().numel()])
-        .input("labels", &inputs.labels[..label_numel])
-        .output("loss", std::slice::from_ref(&loss))
-        .input("upstream", std::slice::from_ref(&upstream))
-        .output("grad_student", &grad);
+    let _registered = out.register(
+        HostBuffers::new()
+            .input("student", &inputs.student[..numel])
+            .input("teacher", &inputs.teacher[..shapes.teacher().numel()])
+            .input("labels", &inputs.labels[..label_numel]),
+    );
     let call = RawCall::<Ifvd> { config, path: (), shape: &shapes, dtype: T::DTYPE, buffers: &buffers, options };
     // SAFETY: every address is a live host buffer of the size the shapes need.
     unsafe { emulator::run(call, gpu)? };
-    Ok(EmulatedOutput {
-        loss: (!backward).then_some(loss),
-        grad_student: (!grad.is_empty()).then_some(grad),
-        grad_teacher: None,
-    })
+    Ok(out.finish())
 }

@@ -5,8 +5,10 @@
 use ndarray::{ArrayView3, ArrayView4};
 
 use super::{check_shapes, IfvdConfig, IfvdCpu, IfvdCuda, IfvdLabels, IfvdShapes, LabelDType};
-use crate::dtype::{self, DType, KdFloat, PerDtype};
-use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::dtype::{DType, KdFloat};
+use crate::fixture::{
+    self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output, TypedCase,
+};
 use crate::fixture::{ExampleInput, ExampleSpec};
 use crate::KdError;
 
@@ -51,33 +53,19 @@ struct IfvdCase {
     dtype: DType,
 }
 
-impl FixtureCase for IfvdCase {
+impl TypedCase for IfvdCase {
     fn dtype(&self) -> DType {
         self.dtype
     }
 
-    fn run(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        dtype::dispatch(self.dtype, Run { case: self, fixture, backend })
-    }
-}
-
-struct Run<'a> {
-    case: &'a IfvdCase,
-    fixture: &'a Fixture,
-    backend: &'a Backend,
-}
-
-impl PerDtype for Run<'_> {
-    type Out = Result<Computed, FixtureError>;
-
-    fn run<T: KdFloat>(self) -> Self::Out {
-        let IfvdCase { config, shapes, .. } = self.case;
-        let (_, student) = self.fixture.input::<T>("student")?;
-        let (_, teacher) = self.fixture.input::<T>("teacher")?;
-        let (_, labels) = self.fixture.input_i64("labels")?;
+    fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
+        let IfvdCase { config, shapes, .. } = self;
+        let (_, student) = fixture.input::<T>("student")?;
+        let (_, teacher) = fixture.input::<T>("teacher")?;
+        let (_, labels) = fixture.input_i64("labels")?;
         let dims = shapes.student.dims();
         let mut out = Computed::new();
-        match self.backend {
+        match backend {
             Backend::Cpu => {
                 let bad = |name: &'static str| {
                     move |e: ndarray::ShapeError| FixtureError(format!("tensor `{name}` does not fit its shape: {e}"))
@@ -97,7 +85,7 @@ impl PerDtype for Run<'_> {
                 let mut gs = stream.alloc_zeros::<T>(shapes.student.numel()).map_err(dev)?;
                 let mut ifvd = IfvdCuda::new(stream.clone(), *config)?;
                 // The labels go up in their stored dtype (the values were widened from it, so narrowing is exact).
-                let stored = self.fixture.tensor("labels")?.label_dtype();
+                let stored = fixture.tensor("labels")?.label_dtype();
                 match stored {
                     Some(LabelDType::U8) => {
                         let l = stream.clone_htod(&labels.iter().map(|&v| v as u8).collect::<Vec<_>>()).map_err(dev)?;

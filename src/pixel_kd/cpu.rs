@@ -3,7 +3,7 @@
 use ndarray::{Array4, ArrayView4};
 
 use super::PixelKdConfig;
-use crate::cpu::{check_pair, log_softmax, CpuOutput};
+use crate::cpu::{log_softmax, CpuOutput, PairCall};
 use crate::dtype::HostFloat;
 use crate::error::Result;
 
@@ -13,17 +13,11 @@ pub struct PixelKdCpu {
     config: PixelKdConfig,
 }
 
-crate::cpu::pair_reference_calls!(PixelKdCpu, PixelKdConfig, "Loss and d loss / d student.");
+crate::cpu::pair_reference_calls!(PixelKdCpu, PixelKdConfig, "Loss and d loss / d student.", same_shape);
 
 impl PixelKdCpu {
-    fn compute<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        upstream: f64,
-        want_grad: bool,
-    ) -> Result<CpuOutput> {
-        let shape = check_pair(student, teacher)?;
+    fn compute_pair<T: HostFloat>(&self, call: PairCall<'_, T>) -> Result<CpuOutput> {
+        let PairCall { student, teacher, shape, upstream, want_grad } = call;
         let cfg = &self.config;
         let grad_scale = upstream * cfg.grad_scale(&shape);
         let mut grad_student = Array4::<f64>::zeros(if want_grad { shape.dims() } else { [0; 4] });

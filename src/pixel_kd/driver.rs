@@ -1,23 +1,15 @@
 //! One pixel-KD call from device addresses: checks, plan, workspace, argument block, launch. Shared by the
 //! typed CUDA API, the raw layer and the host emulation.
 
-use std::ffi::c_void;
-
 use super::plan::{self, Device, PixelKdPlan};
 use super::{PixelKd, PixelKdConfig, PixelKdPath};
-use crate::cpu::CpuOutput;
-use crate::cuda::Binder;
 use crate::dtype::DType;
-use crate::dtype::{HostFloat, KdFloat};
 use crate::error::Result;
-use crate::family::{
-    bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentTeacherFamily, TypedFamily,
-};
+use crate::family::{Family, PairRawBuffers, PlainPairFamily, RawCall};
 use crate::ffi::KdPixelKdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_all, DeviceInfo, Launcher, OutputSet, Scratch};
 use crate::shape::Nchw;
-use ndarray::ArrayView4;
 
 /// Plans a call on `device` (the tiled kernel's grid from its occupancy with the tile's shared memory).
 pub(crate) fn plan_on(
@@ -68,10 +60,7 @@ pub(crate) unsafe fn run(
     };
     // SAFETY: `args` is the block pixel_kd.cu's kernels take; its addresses come from the caller (who vouches
     // for them) and from the workspace, sized by the plan.
-    unsafe {
-        launch_or_reset(launcher, scratch, &plan.launch, dtype, (&args as *const KdPixelKdArgs).cast::<c_void>())
-    }
-    .map_err(|e| e.into_error())?;
+    unsafe { launch_all(launcher, scratch, std::slice::from_ref(&plan.launch), dtype, &args) }?;
     Ok(plan.path)
 }
 
@@ -125,39 +114,6 @@ impl Family for PixelKd {
     }
 }
 
-impl TypedFamily for PixelKd {
-    type Buffers<'a, T: KdFloat + 'a> = PairBuffers<'a, T>;
-
-    fn bind<'a: 's, 's, T: KdFloat>(
-        _config: &PixelKdConfig,
-        shape: &[usize],
-        buffers: PairBuffers<'a, T>,
-        binder: &mut Binder<'s>,
-    ) -> Result<(PairRawBuffers, GradOptions)> {
-        bind_pair(Nchw::from_dims("student", shape)?.numel(), buffers, binder)
-    }
-}
-
-impl PairFamily for PixelKd {
-    fn cpu<T: HostFloat>(
-        config: &PixelKdConfig,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-    ) -> Result<CpuOutput> {
-        super::PixelKdCpu::new(*config)?.forward_backward(student, teacher)
-    }
-
-    fn teacher_grad(_config: &PixelKdConfig) -> bool {
-        false
-    }
-
-    fn pair_raw(pair: PairRawBuffers) -> Result<PairRawBuffers> {
-        Ok(pair)
-    }
-}
-
-impl StudentTeacherFamily for PixelKd {
-    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> PairBuffers<'a, T> {
-        pair
-    }
+impl PlainPairFamily for PixelKd {
+    type Reference = super::PixelKdCpu;
 }

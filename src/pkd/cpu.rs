@@ -59,18 +59,9 @@ fn channel<T: HostFloat>(x: &ArrayView4<'_, T>, shape: &Nchw, c: usize) -> Vec<f
     out
 }
 
+crate::cpu::reference_config!(PkdCpu, PkdConfig);
+
 impl PkdCpu {
-    /// Validates `config`.
-    pub fn new(config: PkdConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(PkdCpu { config })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &PkdConfig {
-        &self.config
-    }
-
     /// The loss alone.
     pub fn forward<T: HostFloat>(&self, student: &[ArrayView4<'_, T>], teacher: &[ArrayView4<'_, T>]) -> Result<f64> {
         Ok(self.compute(student, teacher, 1.0, false)?.loss)

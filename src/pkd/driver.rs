@@ -1,8 +1,6 @@
 //! One PKD call from device addresses: checks, plan, workspace, argument block, the three launches. Shared by
 //! the typed CUDA API, the raw layer and the host emulation.
 
-use std::ffi::c_void;
-
 use super::plan::{self, PkdPlan};
 use super::{Pkd, PkdConfig, PkdLevels};
 use crate::cuda::Binder;
@@ -11,7 +9,7 @@ use crate::error::{KdError, Result};
 use crate::family::{Family, RawCall, TypedFamily};
 use crate::ffi::KdPkdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_all, DeviceInfo, Launcher, OutputSet, Scratch};
 
 /// The device addresses of one PKD call (`CUdeviceptr`s; 0 for an absent output), one per level for the
 /// tensors. The loss is written where `loss` is set; d loss / d student where `grad_student` holds an address
@@ -108,13 +106,9 @@ pub(crate) unsafe fn run(
     args.loss_partials = ws(2);
     args.counter = counters;
     args.p = params;
-    for launch in &launches {
-        // SAFETY: `args` is the block pkd.cu's kernels take; its addresses come from the caller (who vouches
-        // for them) and from the workspace, sized by the plan.
-        unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdPkdArgs).cast::<c_void>()) }
-            .map_err(|e| e.into_error())?;
-    }
-    Ok(())
+    // SAFETY: `args` is the block pkd.cu's kernels take; its addresses come from the caller (who vouches for
+    // them) and from the workspace, sized by the plan.
+    unsafe { launch_all(launcher, scratch, &launches, dtype, &args) }
 }
 
 impl Family for Pkd {

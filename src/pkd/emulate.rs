@@ -4,7 +4,7 @@
 use super::driver::PkdRawBuffers;
 use super::{Pkd, PkdConfig, PkdLevels};
 use crate::dtype::KdFloat;
-use crate::emulator::{self, EmulatedGpu, HostBuffers, Mode};
+use crate::emulator::{self, check_len, start_grad, EmulatedGpu, HostBuffers, Mode};
 use crate::error::{KdError, Result};
 use crate::family::RawCall;
 use crate::grad::GradOptions;
@@ -42,11 +42,8 @@ pub fn pkd<T: KdFloat>(
         });
     }
     for (shape, (s, t)) in levels.shapes().iter().zip(student.iter().zip(teacher)) {
-        for (what, len) in [("student", s.len()), ("teacher", t.len())] {
-            if len < shape.numel() {
-                return Err(KdError::BufferTooSmall { what, needed: shape.numel(), len });
-            }
-        }
+        check_len("student", s.len(), shape.numel())?;
+        check_len("teacher", t.len(), shape.numel())?;
     }
     let mut loss = f32::NAN;
     let upstream = match mode {
@@ -56,18 +53,7 @@ pub fn pkd<T: KdFloat>(
     let mut grads: Vec<Vec<T>> = Vec::new();
     if mode != Mode::Forward {
         for (i, shape) in levels.shapes().iter().enumerate() {
-            let g = match initial {
-                Some(init) if init[i].len() >= shape.numel() => init[i][..shape.numel()].to_vec(),
-                Some(init) => {
-                    return Err(KdError::BufferTooSmall {
-                        what: "initial gradient",
-                        needed: shape.numel(),
-                        len: init[i].len(),
-                    })
-                }
-                None => vec![T::from_f32(f32::NAN); shape.numel()],
-            };
-            grads.push(g);
+            grads.push(start_grad(shape.numel(), initial.map(|init| init[i].as_slice()))?);
         }
     }
     let backward = matches!(mode, Mode::Backward { .. });

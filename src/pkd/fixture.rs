@@ -5,9 +5,11 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::{check_levels, PkdConfig, PkdCpu, PkdCuda, PkdLevels};
-use crate::dtype::{self, DType, KdFloat, PerDtype};
+use crate::dtype::{DType, KdFloat};
 use crate::error::KdError;
-use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::fixture::{
+    self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output, TypedCase,
+};
 use crate::fixture::{ExampleInput, ExampleSpec};
 use crate::shape::Nchw;
 
@@ -77,35 +79,21 @@ struct PkdCase {
     dtype: DType,
 }
 
-impl FixtureCase for PkdCase {
+impl TypedCase for PkdCase {
     fn dtype(&self) -> DType {
         self.dtype
     }
 
-    fn run(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        dtype::dispatch(self.dtype, Run { case: self, fixture, backend })
-    }
-}
-
-struct Run<'a> {
-    case: &'a PkdCase,
-    fixture: &'a Fixture,
-    backend: &'a Backend,
-}
-
-impl PerDtype for Run<'_> {
-    type Out = Result<Computed, FixtureError>;
-
-    fn run<T: KdFloat>(self) -> Self::Out {
-        let PkdCase { config, shapes, .. } = self.case;
+    fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
+        let PkdCase { config, shapes, .. } = self;
         let mut students = Vec::with_capacity(shapes.len());
         let mut teachers = Vec::with_capacity(shapes.len());
         for l in 0..shapes.len() {
-            students.push(self.fixture.input::<T>(&format!("student.{l}"))?.1);
-            teachers.push(self.fixture.input::<T>(&format!("teacher.{l}"))?.1);
+            students.push(fixture.input::<T>(&format!("student.{l}"))?.1);
+            teachers.push(fixture.input::<T>(&format!("teacher.{l}"))?.1);
         }
         let mut out = Computed::new();
-        match self.backend {
+        match backend {
             Backend::Cpu => {
                 let mut s_views = Vec::with_capacity(shapes.len());
                 let mut t_views = Vec::with_capacity(shapes.len());

@@ -10,10 +10,10 @@ use ndarray::ArrayView4;
 use super::{check_shapes, RelationShapes};
 use crate::cpu::CpuOutput;
 use crate::cuda::LossCuda;
-use crate::dtype::{self, DType, KdFloat, PerDtype};
+use crate::dtype::{DType, KdFloat};
 use crate::error::KdError;
 use crate::family::StudentTeacherFamily;
-use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, Output};
+use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureError, Output, TypedCase};
 
 /// A relation loss as the fixtures run it.
 pub(crate) trait RelationReference: 'static {
@@ -47,30 +47,16 @@ impl<R: RelationReference> RelationCase<R> {
     }
 }
 
-impl<R: RelationReference> FixtureCase for RelationCase<R> {
+impl<R: RelationReference> TypedCase for RelationCase<R> {
     fn dtype(&self) -> DType {
         self.dtype
     }
 
-    fn run(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        dtype::dispatch(self.dtype, Run { case: self, fixture, backend })
-    }
-}
-
-struct Run<'a, R: RelationReference> {
-    case: &'a RelationCase<R>,
-    fixture: &'a Fixture,
-    backend: &'a Backend,
-}
-
-impl<R: RelationReference> PerDtype for Run<'_, R> {
-    type Out = Result<Computed, FixtureError>;
-
-    fn run<T: KdFloat>(self) -> Self::Out {
-        let RelationCase { config, shapes, .. } = self.case;
-        let (_, student) = self.fixture.input::<T>("student")?;
-        let (_, teacher) = self.fixture.input::<T>("teacher")?;
-        if let Backend::Cuda(stream) = self.backend {
+    fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
+        let RelationCase { config, shapes, .. } = self;
+        let (_, student) = fixture.input::<T>("student")?;
+        let (_, teacher) = fixture.input::<T>("teacher")?;
+        if let Backend::Cuda(stream) = backend {
             let (loss, grad) = cuda::<R::Family, T>(config, stream, shapes, &student, &teacher)?;
             let mut out = Computed::new();
             out.insert("loss".into(), Output::scalar(loss));

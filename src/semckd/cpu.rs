@@ -3,7 +3,7 @@
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView4};
 
 use super::layers::SemckdLayers;
-use super::pool::pool_window;
+use super::pool::adaptive_avg_pool;
 use super::SemckdConfig;
 use crate::dtype::HostFloat;
 use crate::error::{KdError, Result};
@@ -86,18 +86,9 @@ fn mismatch(what: &'static str, expected: &[usize], got: &[usize]) -> KdError {
     KdError::ShapeMismatch { what, expected: expected.to_vec(), got: got.to_vec() }
 }
 
+crate::cpu::reference_config!(SemckdCpu, SemckdConfig);
+
 impl SemckdCpu {
-    /// Validates `config`.
-    pub fn new(config: SemckdConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(SemckdCpu { config })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &SemckdConfig {
-        &self.config
-    }
-
     /// Checks every input's shape and returns the layout.
     pub fn layers<T>(&self, inputs: &SemckdCpuInputs<'_, T>) -> Result<SemckdLayers> {
         let s: Vec<&[usize]> = inputs.student.iter().map(|x| x.shape()).collect();
@@ -171,20 +162,9 @@ impl SemckdCpu {
             for j in 0..t_n {
                 let [_, c, h, _] = layers.pair_shape(i, j);
                 let t = inputs.teacher[j];
-                let (th, tw) = (t.shape()[2], t.shape()[3]);
                 let p = inputs.proj[i][j];
-                let mut diff = Array4::<f64>::zeros((b_n, c, h, h));
-                for ((b, ch, oy, ox), v) in diff.indexed_iter_mut() {
-                    let (y0, y1) = pool_window(oy, th, h);
-                    let (x0, x1) = pool_window(ox, tw, h);
-                    let mut sum = 0.0;
-                    for y in y0..y1 {
-                        for x in x0..x1 {
-                            sum += t[[b, ch, y, x]].to_f64();
-                        }
-                    }
-                    *v = p[[b, ch, oy, ox]].to_f64() - sum / ((y1 - y0) * (x1 - x0)) as f64;
-                }
+                let pooled = adaptive_avg_pool(t, h, h)?;
+                let diff = Array4::from_shape_fn((b_n, c, h, h), |at| p[at].to_f64() - pooled[at]);
                 let dij = (c * h * h) as f64;
                 for b in 0..b_n {
                     mse[[b, i, j]] = diff.index_axis(ndarray::Axis(0), b).iter().map(|v| v * v).sum::<f64>() / dij;

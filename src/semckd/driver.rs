@@ -11,7 +11,7 @@ use crate::error::{KdError, Result};
 use crate::family::{Family, RawCall};
 use crate::ffi::{self, KdSemckdArgs, KdSemckdParams};
 use crate::grad::GradOptions;
-use crate::launch::{self, launch_or_reset, DeviceInfo, Launch, Launcher, Scratch, BLOCK_THREADS};
+use crate::launch::{self, DeviceInfo, Launch, Launcher, Scratch, BLOCK_THREADS};
 use crate::validate;
 
 pub(crate) const GRAM: &str = "semckd_gram";
@@ -293,12 +293,8 @@ pub(crate) unsafe fn run(
     args.du = ws(9);
     args.dgram = ws(10);
     args.p = plan.params;
-    for l in &plan.launches {
-        // SAFETY: `args` is the block semckd.cu's kernels take; addresses from the caller and the workspace.
-        unsafe { launch_or_reset(launcher, scratch, l, dtype, (&args as *const KdSemckdArgs).cast::<c_void>()) }
-            .map_err(|e| e.into_error())?;
-    }
-    Ok(())
+    // SAFETY: `args` is the block semckd.cu's kernels take; addresses from the caller and the workspace.
+    unsafe { launch::launch_all(launcher, scratch, &plan.launches, dtype, &args) }
 }
 
 pub(crate) const POOL: &str = "semckd_pool";

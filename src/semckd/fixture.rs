@@ -10,9 +10,9 @@ use super::{
     EmbedParamGrads, EmbedParams, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdCuda, SemckdGrads, SemckdInputs,
     SemckdLayers,
 };
-use crate::dtype::{self, DType, KdFloat, PerDtype};
+use crate::dtype::{DType, KdFloat};
 use crate::error::KdError;
-use crate::fixture::{err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::fixture::{err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output, TypedCase};
 use crate::fixture::{ExampleInput, ExampleSpec};
 use crate::grad::GradOptions;
 
@@ -96,22 +96,6 @@ struct SemckdCase {
     dtype: DType,
 }
 
-impl FixtureCase for SemckdCase {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    fn run(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        dtype::dispatch(self.dtype, Run { case: self, fixture, backend })
-    }
-}
-
-struct Run<'a> {
-    case: &'a SemckdCase,
-    fixture: &'a Fixture,
-    backend: &'a Backend,
-}
-
 /// A fixture tensor as `T` (maps) with its shape.
 struct Tensor<T> {
     shape: Vec<usize>,
@@ -185,13 +169,15 @@ fn insert_mlp(out: &mut Computed, prefix: &str, g: &EmbedGrads) {
     out.insert(format!("grad.{prefix}.linear2.bias"), t(g.linear2_bias.shape(), g.linear2_bias.to_vec()));
 }
 
-impl PerDtype for Run<'_> {
-    type Out = Result<Computed, FixtureError>;
+impl TypedCase for SemckdCase {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
 
-    fn run<T: KdFloat>(self) -> Self::Out {
-        let SemckdCase { config, students, teachers, .. } = *self.case;
+    fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
+        let SemckdCase { config, students, teachers, .. } = *self;
         let load = |name: String| -> Result<Tensor<T>, FixtureError> {
-            let (shape, values) = self.fixture.input::<T>(&name)?;
+            let (shape, values) = fixture.input::<T>(&name)?;
             Ok(Tensor { shape, values })
         };
         let student: Vec<Tensor<T>> = (0..students).map(|i| load(format!("student.{i}"))).collect::<Result<_, _>>()?;
@@ -200,11 +186,11 @@ impl PerDtype for Run<'_> {
             .map(|i| (0..teachers).map(|j| load(format!("student_proj.{i}.{j}"))).collect::<Result<Vec<_>, _>>())
             .collect::<Result<_, _>>()?;
         let query: Vec<MlpTensors> =
-            (0..students).map(|i| MlpTensors::load(self.fixture, &format!("query.{i}"))).collect::<Result<_, _>>()?;
+            (0..students).map(|i| MlpTensors::load(fixture, &format!("query.{i}"))).collect::<Result<_, _>>()?;
         let key: Vec<MlpTensors> =
-            (0..teachers).map(|j| MlpTensors::load(self.fixture, &format!("key.{j}"))).collect::<Result<_, _>>()?;
+            (0..teachers).map(|j| MlpTensors::load(fixture, &format!("key.{j}"))).collect::<Result<_, _>>()?;
         let mut out = Computed::new();
-        match self.backend {
+        match backend {
             Backend::Cpu => {
                 let inputs = SemckdCpuInputs {
                     student: student

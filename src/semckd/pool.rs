@@ -2,7 +2,7 @@
 
 use ndarray::{Array4, ArrayView4};
 
-use crate::dtype::KdFloat;
+use crate::dtype::HostFloat;
 use crate::error::{KdError, Result};
 
 /// The input window `[start, end)` of output position `o` of `out` positions over `len` inputs:
@@ -19,7 +19,7 @@ fn check(x: &[usize], out_h: usize, out_w: usize) -> Result<()> {
 }
 
 /// `adaptive_avg_pool2d(x, (out_h, out_w))` for `x` of shape `[N, C, H, W]`.
-pub fn adaptive_avg_pool<T: KdFloat>(x: ArrayView4<'_, T>, out_h: usize, out_w: usize) -> Result<Array4<f64>> {
+pub fn adaptive_avg_pool<T: HostFloat>(x: ArrayView4<'_, T>, out_h: usize, out_w: usize) -> Result<Array4<f64>> {
     let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
     check(x.shape(), out_h, out_w)?;
     let mut out = Array4::<f64>::zeros((n, c, out_h, out_w));

@@ -6,11 +6,13 @@
 
 pub mod relation;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kd_kernels::cwd::CwdConfig;
+use kd_kernels::fixture::{Backend, Check, Fixture};
 use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
+use kd_kernels::verify;
 use kd_kernels::{DType, KdFloat, Nchw};
 use ndarray::Array4;
 
@@ -73,6 +75,26 @@ pub fn fixture_files() -> Vec<PathBuf> {
     files.sort();
     assert!(!files.is_empty(), "no fixture in tests/fixtures");
     files
+}
+
+/// The recorded fixtures of one family: the files of [`fixture_files`] whose name starts with `prefix`
+/// (`"dist_"`).
+pub fn family_fixtures(prefix: &str) -> Vec<PathBuf> {
+    fixture_files().into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix)).collect()
+}
+
+/// Runs the fixture at `path` through `verify` on the CPU reference: each of `outputs` is among the checks
+/// (a check left out would pass unseen) and every check passes. Returns the fixture and its checks.
+pub fn passes_on_cpu(path: &Path, outputs: &[&str]) -> (Fixture, Vec<Check>) {
+    let fixture = Fixture::load(path).unwrap();
+    let checks = verify::check(&fixture, &Backend::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for output in outputs {
+        assert!(checks.iter().any(|c| c.output == *output), "{}: {output} not checked", path.display());
+    }
+    for c in &checks {
+        assert!(c.pass(), "{}: {} {:?} > {:e}", path.display(), c.output, c.comparison, c.tolerance);
+    }
+    (fixture, checks)
 }
 
 /// A fresh, empty directory under the system temp dir, unique to this process and call.

@@ -3,32 +3,22 @@
 
 use std::path::PathBuf;
 
-use kd_kernels::fixture::{Backend, Fixture};
-use kd_kernels::verify;
+use kd_kernels::fixture::Fixture;
 use kd_kernels::CpuOutput;
 use ndarray::{Array4, ArrayView4};
 
-use super::fixture_files;
+use super::{family_fixtures, passes_on_cpu};
 
 /// Runs every fixture whose name starts with `prefix` through `verify` on the CPU; every output the file
 /// holds is checked and passes. Returns the loaded fixtures and their paths.
 pub fn fixtures_pass(prefix: &str) -> Vec<(PathBuf, Fixture)> {
     let mut out = Vec::new();
-    for path in fixture_files() {
-        if !path.file_name().unwrap().to_string_lossy().starts_with(prefix) {
-            continue;
-        }
+    for path in family_fixtures(prefix) {
         let fixture = Fixture::load(&path).unwrap();
-        let checks = verify::check(&fixture, &Backend::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let expected: Vec<&str> =
             ["loss", "grad.student"].into_iter().filter(|name| fixture.tensors.contains_key(*name)).collect();
         assert!(expected.contains(&"loss"), "{}: no loss", path.display());
-        for output in expected {
-            assert!(checks.iter().any(|c| c.output == output), "{}: {output} not checked", path.display());
-        }
-        for c in &checks {
-            assert!(c.pass(), "{}: {} {:?} > {:e}", path.display(), c.output, c.comparison, c.tolerance);
-        }
+        let (fixture, _) = passes_on_cpu(&path, &expected);
         out.push((path, fixture));
     }
     out

@@ -4,30 +4,17 @@
 
 use crate::common;
 
-use common::{fixture_files, SplitMix64};
+use common::SplitMix64;
 use kd_kernels::dist::{DistConfig, DistCpu};
-use kd_kernels::fixture::{Backend, Fixture};
-use kd_kernels::verify;
 use kd_kernels::KdError;
 use ndarray::{s, Array4};
 
-fn dist_files() -> Vec<std::path::PathBuf> {
-    fixture_files().into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("dist_")).collect()
-}
-
 #[test]
 fn fixtures_pass_on_the_cpu_reference() {
-    let files = dist_files();
+    let files = common::family_fixtures("dist_");
     assert_eq!(files.len(), 6, "expected the 6 recorded dist fixtures");
     for path in files {
-        let fixture = Fixture::load(&path).unwrap();
-        let checks = verify::check(&fixture, &Backend::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        for output in ["loss", "grad.student"] {
-            assert!(checks.iter().any(|c| c.output == output), "{}: {output} not checked", path.display());
-        }
-        for c in &checks {
-            assert!(c.pass(), "{}: {} {:?} > {:e}", path.display(), c.output, c.comparison, c.tolerance);
-        }
+        common::passes_on_cpu(&path, &["loss", "grad.student"]);
     }
 }
 

@@ -23,8 +23,9 @@ fn step(x: f32) -> f32 {
     2f32.powi(e - 14)
 }
 
-/// d f / d x by central differences, one element at a time.
-fn numeric_grad(x: &Array4<f32>, f: impl Fn(ArrayView4<'_, f32>) -> f64) -> Array4<f64> {
+/// d f / d x by central differences, one element at a time (on inputs exact under the step: see the module
+/// docs).
+pub(crate) fn numeric_grad(x: &Array4<f32>, f: impl Fn(ArrayView4<'_, f32>) -> f64) -> Array4<f64> {
     let mut work = x.clone();
     let mut grad = Array4::<f64>::zeros(x.raw_dim());
     for (idx, &v) in x.indexed_iter() {

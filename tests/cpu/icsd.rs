@@ -2,19 +2,20 @@
 //! the loss for both variants, properties, and typed errors on bad inputs.
 
 use crate::common;
+use crate::gradcheck::numeric_grad;
 
-use common::{fixture_files, logits4, SplitMix64};
+use common::{logits4, SplitMix64};
 use kd_kernels::fixture::{Backend, Fixture};
 use kd_kernels::icsd::{alw_alpha, AicsdConfig, AicsdCpu, IcsdConfig, IcsdCpu, IcsdVariant};
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu};
 use kd_kernels::verify;
 use kd_kernels::KdError;
-use ndarray::{Array4, ArrayView4};
+use ndarray::Array4;
 
 const VARIANTS: [IcsdVariant; 2] = [IcsdVariant::Official, IcsdVariant::Paper];
 
 fn icsd_files() -> Vec<std::path::PathBuf> {
-    fixture_files().into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("icsd_")).collect()
+    common::family_fixtures("icsd_")
 }
 
 #[test]
@@ -22,14 +23,7 @@ fn fixtures_pass_on_the_cpu_reference() {
     let files = icsd_files();
     assert_eq!(files.len(), 11, "expected the 11 recorded icsd fixtures");
     for path in files {
-        let fixture = Fixture::load(&path).unwrap();
-        let checks = verify::check(&fixture, &Backend::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        for output in ["loss", "grad.student"] {
-            assert!(checks.iter().any(|c| c.output == output), "{}: {output} not checked", path.display());
-        }
-        for c in &checks {
-            assert!(c.pass(), "{}: {} {:?} > {:e}", path.display(), c.output, c.comparison, c.tolerance);
-        }
+        common::passes_on_cpu(&path, &["loss", "grad.student"]);
     }
 }
 
@@ -39,26 +33,6 @@ fn underflow_fixture_stays_finite() {
     let fixture = Fixture::load(&path).unwrap();
     let checks = verify::check(&fixture, &Backend::Cpu).unwrap();
     assert!(checks.iter().all(|c| c.comparison.max_abs_err.is_finite() && c.pass()));
-}
-
-fn step(x: f32) -> f32 {
-    let e = (x.abs().max(1.0)).log2().floor() as i32;
-    2f32.powi(e - 14)
-}
-
-fn numeric_grad(x: &Array4<f32>, f: impl Fn(ArrayView4<'_, f32>) -> f64) -> Array4<f64> {
-    let mut work = x.clone();
-    let mut grad = Array4::<f64>::zeros(x.raw_dim());
-    for (idx, &v) in x.indexed_iter() {
-        let h = step(v);
-        work[idx] = v + h;
-        let plus = f(work.view());
-        work[idx] = v - h;
-        let minus = f(work.view());
-        work[idx] = v;
-        grad[idx] = (plus - minus) / (2.0 * h as f64);
-    }
-    grad
 }
 
 fn assert_grad_close(what: &str, numeric: &Array4<f64>, analytic: &Array4<f64>) {

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::{fixture_files, SplitMix64};
+use common::SplitMix64;
 use kd_kernels::fixture::{Backend, Fixture};
 use kd_kernels::pkd::{PkdConfig, PkdCpu};
 use kd_kernels::verify;
@@ -12,7 +12,7 @@ use kd_kernels::KdError;
 use ndarray::{Array4, ArrayView4};
 
 fn pkd_files() -> Vec<std::path::PathBuf> {
-    fixture_files().into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("pkd_")).collect()
+    common::family_fixtures("pkd_")
 }
 
 #[test]
@@ -20,20 +20,15 @@ fn fixtures_pass_on_the_cpu_reference() {
     let files = pkd_files();
     assert_eq!(files.len(), 5, "expected the 5 recorded pkd fixtures");
     for path in files {
-        let fixture = Fixture::load(&path).unwrap();
+        let (fixture, checks) = common::passes_on_cpu(&path, &["loss"]);
         let levels: usize = fixture.metadata["num_levels"].parse().unwrap();
         assert!(levels >= 2, "{}: one level only", path.display());
-        let checks = verify::check(&fixture, &Backend::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // Every level's gradient is checked, except where an official one was not finite (the file names those).
         let nan_levels = fixture.metadata.get("official_grad_nan_levels").cloned().unwrap_or_default();
         for l in 0..levels {
             let name = format!("grad.student.{l}");
             let skipped = nan_levels.split(',').any(|v| v == l.to_string());
             assert_eq!(checks.iter().any(|c| c.output == name), !skipped, "{}: {name}", path.display());
-        }
-        assert!(checks.iter().any(|c| c.output == "loss"), "{}: loss not checked", path.display());
-        for c in &checks {
-            assert!(c.pass(), "{}: {} {:?} > {:e}", path.display(), c.output, c.comparison, c.tolerance);
         }
     }
 }

@@ -4,7 +4,9 @@
 //! a GPU; `tests/gpu` runs the same comparisons on a real device.
 
 use crate::common::{logits, to_dtype, SplitMix64, PAIR_SCENARIOS};
-use crate::pair::{close_student, compare, cpu_reference, grad_options_follow_the_reference, H100, MODES};
+use crate::pair::{
+    close_student, compare, cpu_reference, grad_options_follow_the_reference, per_dtype_tests, H100, MODES,
+};
 use half::{bf16, f16};
 use kd_kernels::cwd::{Cwd, CwdConfig, CwdCpu, CwdPath};
 use kd_kernels::emulator::{self, EmulatedGpu, Mode};
@@ -78,20 +80,7 @@ fn cwd_all_scenarios<T: KdFloat>() {
     }
 }
 
-#[test]
-fn cwd_matches_the_reference_f32() {
-    cwd_all_scenarios::<f32>();
-}
-
-#[test]
-fn cwd_matches_the_reference_f16() {
-    cwd_all_scenarios::<f16>();
-}
-
-#[test]
-fn cwd_matches_the_reference_bf16() {
-    cwd_all_scenarios::<bf16>();
-}
+per_dtype_tests!(cwd_all_scenarios: cwd_matches_the_reference_f32, cwd_matches_the_reference_f16, cwd_matches_the_reference_bf16);
 
 #[test]
 fn cwd_two_pass_rows_split_into_many_chunks() {

@@ -4,12 +4,13 @@
 //! determinism, typed errors, and the recorded fixtures (the official code's values) through the kernels.
 
 use crate::common;
+use crate::pair::{check_close, compare, per_dtype_tests, recorded_fixtures};
 
 use common::{logits, to_dtype, widen, SplitMix64};
 use half::{bf16, f16};
 use kd_kernels::dist::{Dist, DistConfig, DistCpu};
 use kd_kernels::emulator::{self, EmulatedGpu, EmulatedOutput, Mode};
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
@@ -17,12 +18,6 @@ use ndarray::ArrayView4;
 /// every class several blocks' partials; `dist_grad`'s threads stride over the pixels.
 const ONE_SM: EmulatedGpu = EmulatedGpu { sm_count: 1, resident_blocks: 6, max_dynamic_smem: 48 * 1024 };
 const MODES: [Mode; 3] = [Mode::Forward, Mode::ForwardBackward, Mode::Backward { upstream: 2.5 }];
-
-fn check_close(what: &str, got: &[f64], reference: &[f64], tol: f64) {
-    assert_eq!(got.len(), reference.len(), "{what}: length");
-    let c = Comparison::of(got.iter().copied(), reference.iter().copied());
-    assert!(c.passes(tol), "{what}: max_rel_err {:e} > {tol:e} ({c:?})", c.max_rel_err);
-}
 
 fn emulate<T: KdFloat>(config: &DistConfig, dims: [usize; 4], s: &[T], t: &[T], mode: Mode) -> EmulatedOutput<T> {
     emulator::pair::<Dist, T>(config, (), &dims, s, t, mode, ONE_SM).unwrap()
@@ -38,23 +33,8 @@ fn check_modes<T: KdFloat>(what: &str, config: DistConfig, dims: [usize; 4], s: 
         let upstream = if let Mode::Backward { upstream } = mode { upstream as f64 } else { 1.0 };
         let reference = cpu.backward(sv, tv, upstream).unwrap();
         let got = emulate(&config, dims, s, t, mode);
-        match mode {
-            Mode::Backward { .. } => assert!(got.loss.is_none(), "{what}: backward wrote the loss"),
-            _ => check_close(
-                &format!("{what} loss"),
-                &[got.loss.unwrap() as f64],
-                &[reference.loss],
-                tolerance(T::DTYPE, OutputKind::Loss),
-            ),
-        }
         assert!(got.grad_teacher.is_none());
-        if mode == Mode::Forward {
-            assert!(got.grad_student.is_none());
-            continue;
-        }
-        let grad = widen(got.grad_student.as_ref().unwrap());
-        let want: Vec<f64> = reference.grad_student.iter().copied().collect();
-        check_close(&format!("{what} grad"), &grad, &want, tolerance(T::DTYPE, OutputKind::Tensor));
+        compare(&what, &got, &reference, mode);
     }
 }
 
@@ -76,20 +56,7 @@ fn every_shape<T: KdFloat>() {
     random_case::<T>(DistConfig { beta: 0.0, ..weighted }, [2, 5, 37, 31], 3.0, 4, 5);
 }
 
-#[test]
-fn matches_the_reference_f32() {
-    every_shape::<f32>();
-}
-
-#[test]
-fn matches_the_reference_f16() {
-    every_shape::<f16>();
-}
-
-#[test]
-fn matches_the_reference_bf16() {
-    every_shape::<bf16>();
-}
+per_dtype_tests!(every_shape: matches_the_reference_f32, matches_the_reference_f16, matches_the_reference_bf16);
 
 /// 9 tiles of 512 pixels on 8 blocks: block 0 adds two tiles into its partials.
 #[test]
@@ -229,16 +196,7 @@ fn bad_calls_give_typed_errors() {
 #[test]
 fn fixtures_through_the_kernels() {
     use safetensors::{Dtype, SafeTensors};
-    let files: Vec<_> = common::fixture_files()
-        .into_iter()
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("dist_"))
-        .collect();
-    assert_eq!(files.len(), 6);
-    for path in files {
-        let what = path.file_name().unwrap().to_string_lossy().to_string();
-        let bytes = std::fs::read(&path).unwrap();
-        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = header.metadata().clone().unwrap_or_default();
+    for (what, bytes, meta) in recorded_fixtures("dist_", 6) {
         let param = |name: &str| meta.get(name).map_or(1.0, |v| v.parse::<f64>().unwrap());
         let config = DistConfig {
             tau: param("tau"),

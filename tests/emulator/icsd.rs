@@ -3,25 +3,20 @@
 //! boundaries), accumulate + scale, bitwise determinism, and the one-call AICSD objective.
 
 use crate::common;
+use crate::pair::{check_close, compare_student, recorded_fixtures};
 
 use common::{logits, to_dtype, widen, SplitMix64};
 use half::{bf16, f16};
 use kd_kernels::emulator::{EmulatedGpu, Mode};
 use kd_kernels::icsd::emulate;
 use kd_kernels::icsd::{AicsdConfig, AicsdCpu, IcsdConfig, IcsdCpu, IcsdVariant};
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{GradOptions, KdFloat};
 use ndarray::ArrayView4;
 
 /// Few SMs, so that small shapes already span several blocks of every kernel.
 const SMALL: EmulatedGpu = EmulatedGpu { sm_count: 2, resident_blocks: 6, max_dynamic_smem: 48 * 1024 };
 const MODES: [Mode; 3] = [Mode::Forward, Mode::ForwardBackward, Mode::Backward { upstream: 2.5 }];
-
-fn check_close(what: &str, got: &[f64], reference: &[f64], tol: f64) {
-    assert_eq!(got.len(), reference.len(), "{what}: length");
-    let c = Comparison::of(got.iter().copied(), reference.iter().copied());
-    assert!(c.passes(tol), "{what}: max_rel_err {:e} > {tol:e} ({c:?})", c.max_rel_err);
-}
 
 fn case<T: KdFloat>(config: IcsdConfig, dims: [usize; 4], seed: u64, gpu: EmulatedGpu) {
     let numel: usize = dims.iter().product();
@@ -39,22 +34,7 @@ fn case<T: KdFloat>(config: IcsdConfig, dims: [usize; 4], seed: u64, gpu: Emulat
         let sims: Vec<f64> = reference.sim_student.iter().chain(reference.sim_teacher.iter()).copied().collect();
         let got_sims: Vec<f64> = got.sim_student.iter().chain(&got.sim_teacher).map(|&v| v as f64).collect();
         check_close(&format!("{what} sims"), &got_sims, &sims, tolerance(kd_kernels::DType::F32, OutputKind::Tensor));
-        match mode {
-            Mode::Backward { .. } => assert!(got.out.loss.is_none()),
-            _ => check_close(
-                &format!("{what} loss"),
-                &[got.out.loss.unwrap() as f64],
-                &[reference.loss],
-                tolerance(T::DTYPE, OutputKind::Loss),
-            ),
-        }
-        if mode == Mode::Forward {
-            assert!(got.out.grad_student.is_none());
-            continue;
-        }
-        let grad = widen(got.out.grad_student.as_ref().unwrap());
-        let reference: Vec<f64> = reference.grad_student.iter().copied().collect();
-        check_close(&format!("{what} grad"), &grad, &reference, tolerance(T::DTYPE, OutputKind::Tensor));
+        compare_student(&what, &got.out, reference.loss, &reference.grad_student, mode);
     }
 }
 
@@ -179,15 +159,7 @@ fn aicsd_one_call() {
 #[test]
 fn fixtures_through_the_kernels() {
     use safetensors::{Dtype, SafeTensors};
-    let files: Vec<_> = common::fixture_files()
-        .into_iter()
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("icsd_"))
-        .collect();
-    assert_eq!(files.len(), 11);
-    for path in files {
-        let bytes = std::fs::read(&path).unwrap();
-        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = meta.metadata().clone().unwrap_or_default();
+    for (what, bytes, meta) in recorded_fixtures("icsd_", 11) {
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let config = IcsdConfig {
             tau: meta.get("tau").map_or(1.0, |v| v.parse().unwrap()),
@@ -201,7 +173,6 @@ fn fixtures_through_the_kernels() {
         };
         let student = st.tensor("student").unwrap();
         let dims: [usize; 4] = student.shape().try_into().unwrap();
-        let what = path.file_name().unwrap().to_string_lossy().to_string();
         fn run<T: KdFloat>(
             config: IcsdConfig,
             dims: [usize; 4],

@@ -5,6 +5,7 @@
 //! the recorded fixtures.
 
 use crate::common;
+use crate::pair::{check_close, compare_student, recorded_fixtures};
 
 use common::{logits, to_dtype, widen, SplitMix64};
 use half::{bf16, f16};
@@ -12,19 +13,13 @@ use kd_kernels::dtype::LabelInt;
 use kd_kernels::emulator::{EmulatedGpu, Mode};
 use kd_kernels::ifvd::emulate::{self, IfvdHostInputs};
 use kd_kernels::ifvd::{IfvdConfig, IfvdCpu};
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::{ArrayView3, ArrayView4};
 
 /// Few SMs, so that small images already split into several chunks.
 const SMALL: EmulatedGpu = EmulatedGpu { sm_count: 2, resident_blocks: 6, max_dynamic_smem: 48 * 1024 };
 const MODES: [Mode; 3] = [Mode::Forward, Mode::ForwardBackward, Mode::Backward { upstream: 2.5 }];
-
-fn check_close(what: &str, got: &[f64], reference: &[f64], tol: f64) {
-    assert_eq!(got.len(), reference.len(), "{what}: length");
-    let c = Comparison::of(got.iter().copied(), reference.iter().copied());
-    assert!(c.passes(tol), "{what}: max_rel_err {:e} > {tol:e} ({c:?})", c.max_rel_err);
-}
 
 /// One call's inputs: features in f32 (rounded to the case's dtype before use) and labels as i64.
 struct Case {
@@ -166,22 +161,7 @@ fn check_modes<T: KdFloat, L: LabelInt>(case: &Case, convert: impl Fn(i64) -> L,
         let upstream = if let Mode::Backward { upstream } = mode { upstream as f64 } else { 1.0 };
         let reference = cpu.backward(sv, tv, lv, upstream).unwrap();
         let got = run::<T, L>(case, &labels, mode, SMALL, GradOptions::OVERWRITE, None).unwrap();
-        match mode {
-            Mode::Backward { .. } => assert!(got.loss.is_none()),
-            _ => check_close(
-                &format!("{what} loss"),
-                &[got.loss.unwrap() as f64],
-                &[reference.loss],
-                tolerance(T::DTYPE, OutputKind::Loss),
-            ),
-        }
-        if mode == Mode::Forward {
-            assert!(got.grad_student.is_none());
-            continue;
-        }
-        let grad = widen(got.grad_student.as_ref().unwrap());
-        let reference: Vec<f64> = reference.grad_student.iter().copied().collect();
-        check_close(&format!("{what} grad"), &grad, &reference, tolerance(T::DTYPE, OutputKind::Tensor));
+        compare_student(&what, &got, reference.loss, &reference.grad_student, mode);
     }
 }
 
@@ -310,16 +290,7 @@ fn bad_inputs_are_typed_errors() {
 #[test]
 fn fixtures_through_the_kernels() {
     use safetensors::{Dtype, SafeTensors};
-    let files: Vec<_> = common::fixture_files()
-        .into_iter()
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("ifvd_"))
-        .collect();
-    assert_eq!(files.len(), 10);
-    for path in files {
-        let what = path.file_name().unwrap().to_string_lossy().to_string();
-        let bytes = std::fs::read(&path).unwrap();
-        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = meta.metadata().clone().unwrap_or_default();
+    for (what, bytes, meta) in recorded_fixtures("ifvd_", 10) {
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let config = IfvdConfig {
             num_classes: meta["num_classes"].parse().unwrap(),

@@ -1,12 +1,16 @@
-//! What the pair families' emulator tests share (`cwd`, `pixel_kd`): the comparison with the CPU reference
-//! in every mode, the inputs of a student close to its teacher, and the `GradOptions` contract.
+//! What the families' emulator tests share: the comparison with the CPU reference in every mode, one test per
+//! dtype, and for the pair families (`cwd`, `pixel_kd`) the inputs of a student close to its teacher and the
+//! `GradOptions` contract.
+
+use std::collections::HashMap;
 
 use crate::common::{logits, to_dtype, widen, SplitMix64};
 use kd_kernels::cpu::CpuOutput;
 use kd_kernels::emulator::{EmulatedGpu, EmulatedOutput, Mode};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
-use kd_kernels::{GradOptions, KdFloat};
-use ndarray::ArrayView4;
+use kd_kernels::{DType, GradOptions, KdFloat};
+use ndarray::{Array4, ArrayView4};
+use safetensors::SafeTensors;
 
 pub(crate) const H100: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
 
@@ -16,30 +20,97 @@ pub(crate) fn check_close(what: &str, got: &[f64], reference: &[f64], tol: f64) 
     assert!(c.passes(tol), "{what}: max_rel_err {:e} > {tol:e} ({c:?})", c.max_rel_err);
 }
 
-pub(crate) fn compare<T: KdFloat>(what: &str, emulated: &EmulatedOutput<T>, reference: &CpuOutput, mode: Mode) {
+/// Compares an emulated call in `mode` with the reference: the loss (none for a backward call) and, unless
+/// the call is a forward one, d loss / d student, to the dtype's tolerances. Returns whether gradients were
+/// compared.
+pub(crate) fn compare_student<T: KdFloat>(
+    what: &str,
+    emulated: &EmulatedOutput<T>,
+    reference_loss: f64,
+    reference_grad: &Array4<f64>,
+    mode: Mode,
+) -> bool {
     let dtype = T::DTYPE;
     match mode {
         Mode::Backward { .. } => assert!(emulated.loss.is_none(), "{what}: backward must not write the loss"),
         _ => check_close(
             &format!("{what} loss"),
             &[emulated.loss.expect("loss") as f64],
-            &[reference.loss],
+            &[reference_loss],
             tolerance(dtype, OutputKind::Loss),
         ),
     }
     if mode == Mode::Forward {
-        assert!(emulated.grad_student.is_none());
-        return;
+        assert!(emulated.grad_student.is_none(), "{what}: forward must not write a gradient");
+        return false;
     }
     let grad = widen(emulated.grad_student.as_ref().expect("grad_student"));
-    let reference_grad: Vec<f64> = reference.grad_student.iter().copied().collect();
+    let reference_grad: Vec<f64> = reference_grad.iter().copied().collect();
     check_close(&format!("{what} grad.student"), &grad, &reference_grad, tolerance(dtype, OutputKind::Tensor));
+    true
+}
+
+/// [`compare_student`], and d loss / d teacher where the reference has it.
+pub(crate) fn compare<T: KdFloat>(what: &str, emulated: &EmulatedOutput<T>, reference: &CpuOutput, mode: Mode) {
+    if !compare_student(what, emulated, reference.loss, &reference.grad_student, mode) {
+        return;
+    }
     if let Some(reference_teacher) = &reference.grad_teacher {
         let got = widen(emulated.grad_teacher.as_ref().expect("grad_teacher"));
         let reference: Vec<f64> = reference_teacher.iter().copied().collect();
-        check_close(&format!("{what} grad.teacher"), &got, &reference, tolerance(dtype, OutputKind::Tensor));
+        check_close(&format!("{what} grad.teacher"), &got, &reference, tolerance(T::DTYPE, OutputKind::Tensor));
     }
 }
+
+/// The recorded fixtures of one family (file names starting with `prefix`, `count` of them), each as its file
+/// name, bytes and metadata: what the tests that feed the stored inputs to the emulated kernels read.
+pub(crate) fn recorded_fixtures(prefix: &str, count: usize) -> Vec<(String, Vec<u8>, HashMap<String, String>)> {
+    let files = crate::common::family_fixtures(prefix);
+    assert_eq!(files.len(), count, "expected the {count} recorded {prefix} fixtures");
+    files
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+            let meta = header.metadata().clone().unwrap_or_default();
+            (path.file_name().unwrap().to_string_lossy().to_string(), bytes, meta)
+        })
+        .collect()
+}
+
+/// `got` against `want` to the tolerance of `kind` in `dtype`.
+pub(crate) fn close(
+    what: &str,
+    dtype: DType,
+    kind: OutputKind,
+    got: impl IntoIterator<Item = f64>,
+    want: impl IntoIterator<Item = f64>,
+) {
+    let c = Comparison::of(got, want);
+    let tol = tolerance(dtype, kind);
+    assert!(c.passes(tol), "{what} ({dtype}): {c:?} > {tol}");
+}
+
+/// One `#[test]` per dtype, each running `$check::<T>()`: the three names are the f32, f16 and bf16 tests'.
+macro_rules! per_dtype_tests {
+    ($check:ident: $f32:ident, $f16:ident, $bf16:ident) => {
+        #[test]
+        fn $f32() {
+            $check::<f32>();
+        }
+
+        #[test]
+        fn $f16() {
+            $check::<half::f16>();
+        }
+
+        #[test]
+        fn $bf16() {
+            $check::<half::bf16>();
+        }
+    };
+}
+pub(crate) use per_dtype_tests;
 
 pub(crate) fn cpu_reference<T: KdFloat>(
     run: impl Fn(ArrayView4<'_, T>, ArrayView4<'_, T>, f64) -> CpuOutput,

@@ -4,7 +4,9 @@
 //! a GPU; `tests/gpu` runs the same comparisons on a real device.
 
 use crate::common::{logits, to_dtype, SplitMix64, PAIR_SCENARIOS};
-use crate::pair::{close_student, compare, cpu_reference, grad_options_follow_the_reference, H100, MODES};
+use crate::pair::{
+    close_student, compare, cpu_reference, grad_options_follow_the_reference, per_dtype_tests, H100, MODES,
+};
 use half::{bf16, f16};
 use kd_kernels::emulator::{self, EmulatedGpu, Mode};
 use kd_kernels::pixel_kd::{PixelKd, PixelKdConfig, PixelKdCpu, PixelKdPath, Reduction};
@@ -57,20 +59,11 @@ fn pixel_all_scenarios<T: KdFloat>() {
     }
 }
 
-#[test]
-fn pixel_kd_matches_the_reference_f32() {
-    pixel_all_scenarios::<f32>();
-}
-
-#[test]
-fn pixel_kd_matches_the_reference_f16() {
-    pixel_all_scenarios::<f16>();
-}
-
-#[test]
-fn pixel_kd_matches_the_reference_bf16() {
-    pixel_all_scenarios::<bf16>();
-}
+per_dtype_tests!(
+    pixel_all_scenarios: pixel_kd_matches_the_reference_f32,
+    pixel_kd_matches_the_reference_f16,
+    pixel_kd_matches_the_reference_bf16
+);
 
 #[test]
 fn pixel_kd_threads_stride_over_many_pixels() {

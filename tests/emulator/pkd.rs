@@ -5,13 +5,14 @@
 //! fixtures (mmrazor's values).
 
 use crate::common;
+use crate::pair::{close, recorded_fixtures};
 
-use common::{fixture_files, quantize, widen, SplitMix64};
+use common::{quantize, widen, SplitMix64};
 use half::{bf16, f16};
 use kd_kernels::emulator::{EmulatedGpu, Mode};
 use kd_kernels::pkd::emulate::{pkd, PkdEmulated};
 use kd_kernels::pkd::{PkdConfig, PkdCpu, PkdCpuOutput, PkdLevels, MAX_LEVELS};
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::tolerance::OutputKind;
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
@@ -87,18 +88,6 @@ impl Case {
         let tr: Vec<&[T]> = t.iter().map(|v| v.as_slice()).collect();
         pkd(&config, &self.levels, &sr, &tr, mode, options, initial, gpu).unwrap()
     }
-}
-
-fn close(
-    what: &str,
-    dtype: DType,
-    kind: OutputKind,
-    got: impl IntoIterator<Item = f64>,
-    want: impl IntoIterator<Item = f64>,
-) {
-    let c = Comparison::of(got, want);
-    let tol = tolerance(dtype, kind);
-    assert!(c.passes(tol), "{what} ({dtype}): {c:?} > {tol}");
 }
 
 /// Compares an emulated call with the reference: the loss, and each level's gradient as
@@ -315,14 +304,7 @@ fn typed_errors() {
 #[test]
 fn fixtures_through_the_emulated_kernels() {
     use safetensors::{Dtype, SafeTensors};
-    let files: Vec<_> =
-        fixture_files().into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("pkd_")).collect();
-    assert_eq!(files.len(), 5, "expected the 5 recorded pkd fixtures");
-    for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let bytes = std::fs::read(&path).unwrap();
-        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = header.metadata().clone().unwrap_or_default();
+    for (name, bytes, meta) in recorded_fixtures("pkd_", 5) {
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let f64s = |n: &str| -> (Vec<usize>, Vec<f64>, Dtype) {
             let t = st.tensor(n).unwrap();

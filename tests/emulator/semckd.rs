@@ -1,12 +1,13 @@
 //! The SemCKD kernels, run on the host through the emulator, against the f64 CPU reference.
 
 use crate::common;
+use crate::pair::close;
 use crate::semckd_support;
 
 use kd_kernels::emulator::EmulatedGpu;
 use kd_kernels::semckd::emulate::{semckd, SemckdHostInputs, SemckdHostOutputs};
 use kd_kernels::semckd::{SemckdConfig, SemckdCpu, SemckdCpuOutput};
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::tolerance::OutputKind;
 use kd_kernels::{DType, GradOptions, KdFloat};
 use semckd_support::Case;
 
@@ -20,18 +21,6 @@ fn host<T: KdFloat>(case: &Case<T>) -> SemckdHostInputs<'_, T> {
         query: case.query.iter().map(|m| [0, 1, 2, 3].map(|k| m[k].as_slice())).collect(),
         key: case.key.iter().map(|m| [0, 1, 2, 3].map(|k| m[k].as_slice())).collect(),
     }
-}
-
-fn close(
-    what: &str,
-    dtype: DType,
-    kind: OutputKind,
-    got: impl IntoIterator<Item = f64>,
-    want: impl IntoIterator<Item = f64>,
-) {
-    let c = Comparison::of(got, want);
-    let tol = tolerance(dtype, kind);
-    assert!(c.passes(tol), "{what} ({dtype}): {c:?} > {tol}");
 }
 
 /// Compares every output; gradients of the emulated call are `factor * reference + base`.
