@@ -1,8 +1,6 @@
 //! One CIRKD call from device addresses: checks, plan, workspace, argument block, launches. Shared by the
 //! typed CUDA API, the raw layer and the host emulation.
 
-use std::ffi::c_void;
-
 use super::{plan, Cirkd, CirkdConfig};
 use crate::cuda::Binder;
 use crate::dtype::{DType, KdFloat};
@@ -12,7 +10,7 @@ use crate::family::{
 };
 use crate::ffi::KdCirkdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_or_reset, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{launch_all, DeviceInfo, Launcher, OutputSet, Scratch};
 use crate::relation::{check_shapes, RelationShapes};
 
 /// The device addresses of one CIRKD call (`CUdeviceptr`s; 0 for an absent output). The call writes the loss
@@ -37,26 +35,14 @@ impl CirkdRawBuffers {
         if self.student == 0 || self.teacher == 0 {
             return Err(KdError::OutputMismatch { what: "student/teacher", fix: "both inputs need a device address" });
         }
-        let grad_student = self.grad_student != 0;
-        if !grad_student && self.loss == 0 {
-            return Err(KdError::OutputMismatch {
-                what: "loss/grad_student",
-                fix: "nothing to compute: give the loss or the student gradient an address",
-            });
-        }
-        if !grad_student && self.upstream != 0 {
-            return Err(KdError::OutputMismatch {
-                what: "upstream",
-                fix: "an upstream scalar needs the student gradient too",
-            });
-        }
-        Ok(OutputSet {
-            loss: self.loss != 0,
-            grad_student,
-            grad_teacher: false,
-            device_upstream: self.upstream != 0,
-            accumulate: options.accumulate,
-        })
+        OutputSet::student(
+            self.loss != 0,
+            self.grad_student != 0,
+            self.upstream != 0,
+            false,
+            "nothing to compute: give the loss or the student gradient an address",
+            options,
+        )
     }
 }
 
@@ -127,10 +113,7 @@ impl Family for Cirkd {
             args.p.anchor = anchor;
             // SAFETY: `args` is the block cirkd.cu's kernels take; its addresses come from the caller (who vouches
             // for them) and from the workspace, sized by the plan.
-            unsafe {
-                launch_or_reset(launcher, scratch, launch, call.dtype, (&args as *const KdCirkdArgs).cast::<c_void>())
-            }
-            .map_err(|e| e.into_error())?;
+            unsafe { launch_all(launcher, scratch, std::slice::from_ref(launch), call.dtype, &args) }?;
         }
         Ok(())
     }

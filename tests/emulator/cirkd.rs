@@ -5,24 +5,19 @@
 //! against the workspace's, typed errors, and the recorded fixtures.
 
 use crate::common;
+use crate::pair::{check_close, compare, recorded_fixtures};
 
 use common::{logits, to_dtype, widen, SplitMix64};
 use half::{bf16, f16};
 use kd_kernels::cirkd::emulate::{self, CirkdHostInputs};
 use kd_kernels::cirkd::{CirkdConfig, CirkdCpu, CirkdPool};
 use kd_kernels::emulator::{EmulatedGpu, EmulatedOutput, Mode};
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
 const GPU: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
 const MODES: [Mode; 3] = [Mode::Forward, Mode::ForwardBackward, Mode::Backward { upstream: 2.5 }];
-
-fn check_close(what: &str, got: &[f64], reference: &[f64], tol: f64) {
-    assert_eq!(got.len(), reference.len(), "{what}: length");
-    let c = Comparison::of(got.iter().copied(), reference.iter().copied());
-    assert!(c.passes(tol), "{what}: max_rel_err {:e} > {tol:e} ({c:?})", c.max_rel_err);
-}
 
 /// One call's inputs, in f32 (rounded to the case's dtype before use).
 struct Case {
@@ -112,22 +107,7 @@ fn check_modes<T: KdFloat>(case: &Case, modes: &[Mode]) {
         let upstream = if let Mode::Backward { upstream } = mode { upstream as f64 } else { 1.0 };
         let reference = cpu.backward(sv, tv, upstream).unwrap();
         let got = case.run::<T>(mode, GradOptions::OVERWRITE, None).unwrap();
-        match mode {
-            Mode::Backward { .. } => assert!(got.loss.is_none()),
-            _ => check_close(
-                &format!("{what} loss"),
-                &[got.loss.unwrap() as f64],
-                &[reference.loss],
-                tolerance(T::DTYPE, OutputKind::Loss),
-            ),
-        }
-        if mode == Mode::Forward {
-            assert!(got.grad_student.is_none());
-            continue;
-        }
-        let grad = widen(got.grad_student.as_ref().unwrap());
-        let reference: Vec<f64> = reference.grad_student.iter().copied().collect();
-        check_close(&format!("{what} grad"), &grad, &reference, tolerance(T::DTYPE, OutputKind::Tensor));
+        compare(&what, &got, &reference, mode);
     }
 }
 
@@ -232,21 +212,12 @@ fn bad_inputs_are_typed_errors() {
 #[test]
 fn fixtures_through_the_kernels() {
     use safetensors::{Dtype, SafeTensors};
-    let files: Vec<_> = common::fixture_files()
-        .into_iter()
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("cirkd_"))
-        .collect();
-    assert_eq!(files.len(), 9);
     let mut emulated = 0;
-    for path in files {
-        let what = path.file_name().unwrap().to_string_lossy().to_string();
+    for (what, bytes, meta) in recorded_fixtures("cirkd_", 9) {
         if what.contains("_auto256") || what.contains("_tall") {
             continue;
         }
         emulated += 1;
-        let bytes = std::fs::read(&path).unwrap();
-        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = meta.metadata().clone().unwrap_or_default();
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let d = CirkdConfig::default();
         let config = CirkdConfig {
