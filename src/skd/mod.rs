@@ -52,6 +52,22 @@ pub struct Skd;
 /// SKD on the GPU, with the same computation as [`SkdCpu`] (`kernels/skd.cu`).
 pub type SkdCuda = crate::cuda::LossCuda<Skd>;
 
+/// Which kernel computes the Gram partials of a call ([`gram_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GramPath {
+    /// fp32 FMAs, a 16 x 16 tile per block (`skd_gram`): f32 inputs, and `Cs != Ct`.
+    CudaCores,
+    /// Tensor cores on split-f16 operand pairs, a 64 x 64 tile per block (`skd_gram_tc`): f16 and bf16 inputs
+    /// with `Cs = Ct`, whose loss and gradient are written through `D = S_hat - T_hat`.
+    TensorCores,
+}
+
+/// The Gram path [`SkdCuda`] takes for a call on `shapes` in `dtype` (a function of those alone; any
+/// [`SkdConfig`]).
+pub fn gram_path(shapes: &RelationShapes, dtype: crate::DType) -> GramPath {
+    plan::gram_path(shapes, dtype)
+}
+
 use crate::error::{KdError, Result};
 use crate::relation::{Pooling, Window};
 use crate::validate;
