@@ -29,8 +29,6 @@ const MAX_CHUNKS: usize = ffi::KD_SKD_MAX_CHUNKS as usize;
 #[derive(Debug, Clone)]
 pub(crate) struct SkdPlan {
     pub params: KdSkdParams,
-    /// Which kernel computes the Gram partials.
-    pub gram_path: GramPath,
     /// The launches in order: norms, Gram partials, merge, then the loss and the gradient where wanted.
     pub launches: Vec<Launch>,
     /// Offsets in f32 words of the pixels' inverse norms, the Gram partials, the Gram matrices (doubles) and the
@@ -97,8 +95,8 @@ pub(crate) fn plan(
     let chunks = pixels.div_ceil(CHUNK_PIXELS).clamp(1, MAX_CHUNKS);
     let chunk_pixels = pixels.div_ceil(chunks).next_multiple_of(TILE);
     let chunks = pixels.div_ceil(chunk_pixels);
-    let gram_path = gram_path(shapes, dtype);
-    let (gram_kernel, tiles) = match gram_path {
+    // The Gram launch is the plan's record of its path.
+    let (gram_kernel, tiles) = match gram_path(shapes, dtype) {
         GramPath::CudaCores => (GRAM, rows.div_ceil(TILE)),
         GramPath::TensorCores => (GRAM_TC, rows.div_ceil(TC_TILE)),
     };
@@ -164,7 +162,7 @@ pub(crate) fn plan(
     if outputs.grad_student {
         launches.push(Launch::new(GRAD, pixel_grid));
     }
-    Ok(SkdPlan { params: p, gram_path, launches, offsets, workspace_floats: at })
+    Ok(SkdPlan { params: p, launches, offsets, workspace_floats: at })
 }
 
 /// The workspace floats any call on `shapes` needs (neither the outputs nor the dtype, hence the Gram path,
@@ -212,7 +210,7 @@ mod tests {
     }
 
     /// Tensor cores for f16 and bf16 with `Cs = Ct` (64-entry tiles, the same chunks and workspace), CUDA
-    /// cores for f32 and for `Cs != Ct`; the plan and its Gram launch say which.
+    /// cores for f32 and for `Cs != Ct`; the plan's Gram launch says which.
     #[test]
     fn sixteen_bit_inputs_with_equal_channels_take_the_tensor_cores() {
         for (cs, ct) in [(1, 1), (5, 5), (70, 70), (512, 512), (6, 9), (512, 256), (1, 2)] {
@@ -225,8 +223,7 @@ mod tests {
                 } else {
                     (GramPath::CudaCores, GRAM, TILE)
                 };
-                assert_eq!((p.gram_path, p.launches[1].kernel), (want_path, want_kernel), "{cs} {ct} {dtype}");
-                assert_eq!(gram_path(&s, dtype), want_path);
+                assert_eq!((gram_path(&s, dtype), p.launches[1].kernel), (want_path, want_kernel), "{cs} {ct} {dtype}");
                 assert_eq!(p.params.tiles as usize, (p.params.rows as usize).div_ceil(tile), "{cs} {ct} {dtype}");
                 let f32_plan = plan(&SkdConfig::default(), &s, DType::F32, both(), 1.0).unwrap();
                 assert_eq!(p.workspace_floats, f32_plan.workspace_floats);
