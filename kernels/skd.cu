@@ -7,7 +7,8 @@
  *                    side's clamped norm at the pixel (the student's negated where the clamp holds)
  *   2. skd_gram      one block per (image, chunk of pixels, 16 x 16 tile of X X^T, X = [S_hat; T_hat], and
  *                    D = S_hat - T_hat when Cs = Ct): the chunk's partial Gram, its rows pooled and normalised
- *                    from the inputs as they are loaded
+ *                    from the inputs as they are loaded, in fp32 on CUDA cores; or skd_gram_tc (16-bit inputs
+ *                    with Cs = Ct, the planner's choice): the same partials on tensor cores, 64 x 64 tiles
  *   3. skd_merge     one thread per Gram entry: the chunks' partials summed in chunk order, in double
  *   4. skd_loss      one block per (image, row): the row's share of the Frobenius terms; the last block sums the
  *                    blocks' shares in block order (only when the loss is wanted)
@@ -29,7 +30,11 @@
  * |A_S - A_T|^2 = <G_DD, G_SS + G_TT> + 2 <G_DT, G_SD> and dL/dS_hat ∝ G_SD S_hat + G_ST D, every term of the
  * size of the difference, and a student equal to its teacher gives D = 0 exactly, hence a loss and a gradient
  * of exactly 0. Gram entries accumulate in fp32 within a chunk (a fixed order: 16-pixel tiles in pixel order),
- * chunks and loss terms in double. Every reduction has a fixed order and the grid depends on the shapes only:
+ * chunks and loss terms in double. The tensor-core Gram stages each entry of X as a pair of f16 halves (hi and
+ * lo of 2^14 times it: 22 significant bits) and sums three MMA products per product in fp32 accumulators that
+ * restart every 128 pixels, against the tensor cores' truncated group sums; entries of the size of the
+ * difference keep their relative precision in every D-Gram, and D = 0 still gives exact zeros (skd_gram_tc).
+ * Only the D-form survives that rounding: with Cs != Ct, and for f32 inputs, the CUDA-core Gram runs. Every reduction has a fixed order and the grid depends on the shapes only:
  * bitwise reproducible on every device. Max-pool ties go to the first maximum in row-major order (PyTorch's).
  */
 #include "common.cuh"

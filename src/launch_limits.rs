@@ -737,7 +737,7 @@ fn a_wrong_limit_fails_the_sweep() {
 }
 
 /// SKD: the bench's features (8 x 512 x 64 x 128, pooled and not), `Cs != Ct`, edge cases, and random shapes
-/// and channel counts, both pools.
+/// and channel counts, both pools, both Gram paths (`skd_gram_tc` for 16-bit inputs with `Cs = Ct`).
 #[test]
 fn skd_launches_fit() {
     use crate::family::{Family, RawCall};
@@ -756,6 +756,7 @@ fn skd_launches_fit() {
         cases.push((s, ct, false));
     }
     let mut checked = 0;
+    let tensor_core_grams = std::cell::Cell::new(0usize);
     for (dims, ct, required) in cases {
         let shapes = check_shapes(&dims, &[dims[0], ct, dims[2], dims[3]]).unwrap();
         for pool in [SkdPool::Max2x2, SkdPool::None] {
@@ -780,15 +781,21 @@ fn skd_launches_fit() {
                             options: GradOptions::OVERWRITE,
                         };
                         // SAFETY: as in `cwd_launches_fit`.
-                        unsafe { Skd::run(call, gpu, &mut FakeScratch, rec) }
+                        let result = unsafe { Skd::run(call, gpu, &mut FakeScratch, rec) };
+                        let tc = rec.launches.iter().filter(|(l, _)| l.kernel == "skd_gram_tc").count();
+                        tensor_core_grams.set(tensor_core_grams.get() + tc);
+                        result
                     });
                 }
             }
         }
     }
     assert!(checked > 1000, "{checked} launches checked");
+    // Both Gram paths are checked: the tensor-core Gram of 16-bit calls with `Cs = Ct` among them.
+    assert!(tensor_core_grams.get() > 100, "{} tensor-core Gram launches checked", tensor_core_grams.get());
     println!(
-        "{checked} launches checked; random calls refused so far: {}",
+        "{checked} launches checked ({} tensor-core Grams); random calls refused so far: {}",
+        tensor_core_grams.get(),
         REFUSED.load(std::sync::atomic::Ordering::Relaxed)
     );
 }

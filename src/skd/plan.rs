@@ -227,7 +227,10 @@ mod tests {
                 assert_eq!(p.params.tiles as usize, (p.params.rows as usize).div_ceil(tile), "{cs} {ct} {dtype}");
                 let f32_plan = plan(&SkdConfig::default(), &s, DType::F32, both(), 1.0).unwrap();
                 assert_eq!(p.workspace_floats, f32_plan.workspace_floats);
-                assert_eq!((p.params.chunks, p.params.chunk_pixels), (f32_plan.params.chunks, f32_plan.params.chunk_pixels));
+                assert_eq!(
+                    (p.params.chunks, p.params.chunk_pixels),
+                    (f32_plan.params.chunks, f32_plan.params.chunk_pixels)
+                );
             }
         }
     }
@@ -236,7 +239,12 @@ mod tests {
     fn launches_follow_the_outputs() {
         let s = shapes([2, 4, 6, 5], 4);
         let kernels = |outputs: OutputSet| -> Vec<&str> {
-            plan(&SkdConfig::default(), &s, DType::F32, outputs, 1.0).unwrap().launches.iter().map(|l| l.kernel).collect()
+            plan(&SkdConfig::default(), &s, DType::F32, outputs, 1.0)
+                .unwrap()
+                .launches
+                .iter()
+                .map(|l| l.kernel)
+                .collect()
         };
         assert_eq!(kernels(both()), [NORMS, GRAM, MERGE, LOSS, GRAD]);
         assert_eq!(kernels(OutputSet { loss: true, ..OutputSet::default() }), [NORMS, GRAM, MERGE, LOSS]);
