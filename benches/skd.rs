@@ -13,11 +13,17 @@
 //!
 //! Minimal traffic counts 3 tensors for the training call, as for the other losses. The Gram form reads the
 //! inputs several times (the norms, the Grams, then the gradient, which pools and normalises again).
+//!
+//! Each GPU configuration prints its Gram path (`skd::gram_path`): f32 runs the CUDA-core Gram, bf16 (these
+//! shapes have `Cs = Ct`) the tensor-core Gram on split-f16 pairs, three MMA products per product. For the
+//! tensor-core path it also prints the MMA FLOPs per call, `3 * 2 * N * R^2 * P` (`R = 3 C` stacked rows,
+//! `P` pooled pixels), and that count over the whole call's median time: a lower bound on the Gram kernel's
+//! tensor-core rate, to be divided by the device's dense bf16/f16 peak (989 TFLOP/s on an H100 SXM).
 
 use crate::common::{numel, shape_name, Harness, Inputs, Pass};
 use kd_kernels::half::bf16;
 use kd_kernels::ndarray::Array4;
-use kd_kernels::skd::{check_shapes, RelationShapes, SkdConfig, SkdCpu, SkdCuda, SkdPool};
+use kd_kernels::skd::{check_shapes, gram_path, GramPath, RelationShapes, SkdConfig, SkdCpu, SkdCuda, SkdPool};
 use kd_kernels::KdFloat;
 
 /// Student and teacher `[8, 512, 64, 128]`, the size `python-reference/bench_skd_cirkd.py` times PyTorch at.
@@ -44,11 +50,26 @@ fn print_workspace(loss: &str, config: &SkdConfig, shape: &[usize; 4]) {
     }
 }
 
-fn bench_gpu<T: KdFloat>(h: &mut Harness, skd: &mut SkdCuda, student: &Array4<T>, teacher: &Array4<T>) {
+/// The tensor-core Gram's MMA FLOPs of one call: three products (lo*hi, hi*lo, hi*hi) of the stacked Gram.
+fn tensor_core_flops(config: &SkdConfig, shape: &[usize; 4]) -> f64 {
+    let (ph, pw) = config.pooled_dims(shape[2], shape[3]);
+    let rows = 3.0 * shape[1] as f64;
+    3.0 * 2.0 * shape[0] as f64 * rows * rows * (ph * pw) as f64
+}
+
+fn bench_gpu<T: KdFloat>(
+    h: &mut Harness,
+    config: &SkdConfig,
+    skd: &mut SkdCuda,
+    student: &Array4<T>,
+    teacher: &Array4<T>,
+) {
     let shape = GPU_SHAPE;
     if !h.wants("gpu", Pass::ForwardBackward, &shape, T::DTYPE) {
         return;
     }
+    let path = gram_path(&relation(&shape), T::DTYPE);
+    println!("{} {} {}: Gram path {path:?}", h.loss, T::DTYPE, shape_name(&shape));
     let run = |h: &mut Harness, skd: &mut SkdCuda| -> crate::common::Res<()> {
         let stream = h.stream().expect("the GPU object exists only with a GPU").clone();
         let s = stream.clone_htod(student.as_slice().expect("standard layout"))?;
@@ -63,6 +84,20 @@ fn bench_gpu<T: KdFloat>(h: &mut Harness, skd: &mut SkdCuda, student: &Array4<T>
     };
     if let Err(e) = run(h, skd) {
         println!("{} {} {}: GPU bench failed: {e}", h.loss, T::DTYPE, shape_name(&shape));
+        return;
+    }
+    if path == GramPath::TensorCores {
+        let flops = tensor_core_flops(config, &shape);
+        let record = h.last_record().filter(|r| r.dtype == T::DTYPE && r.shape == shape);
+        let rate = record.map(|r| flops / (r.timing.median_ms * 1e-3) / 1e12);
+        println!(
+            "{} {} {}: tensor-core Gram {:.3e} MMA FLOPs per call{}",
+            h.loss,
+            T::DTYPE,
+            shape_name(&shape),
+            flops,
+            rate.map_or(String::new(), |t| format!(", {t:.1} TFLOP/s over the whole call")),
+        );
     }
 }
 
@@ -75,10 +110,10 @@ fn bench(loss: &'static str, pool: SkdPool) {
     if let Some(skd) = gpu.as_mut() {
         if h.wants_shape(&GPU_SHAPE, &[Pass::ForwardBackward]) {
             let inputs = Inputs::generate(GPU_SHAPE);
-            bench_gpu::<f32>(&mut h, skd, &inputs.student, &inputs.teacher);
+            bench_gpu::<f32>(&mut h, &config, skd, &inputs.student, &inputs.teacher);
             let (student, teacher) = inputs.to_dtype::<bf16>();
             drop(inputs);
-            bench_gpu::<bf16>(&mut h, skd, &student, &teacher);
+            bench_gpu::<bf16>(&mut h, &config, skd, &student, &teacher);
         }
     }
     if h.wants_shape(&CPU_SHAPE, &[]) {

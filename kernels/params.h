@@ -470,9 +470,11 @@ typedef struct KdCirkdArgs {
  * matrix X X^T (R x R), whose blocks are the C x C Gram matrices the loss and the gradient are written with.
  * X is never stored: the kernels pool and normalise its entries from the inputs and skd_norms' reciprocals.
  * skd_gram block b is one (image, chunk of chunk_pixels pixels, tile row, tile column) of KD_SKD_TILE x
- * KD_SKD_TILE entries; skd_merge sums the chunks' partials in chunk order.
+ * KD_SKD_TILE entries (skd_gram_tc, the tensor-core Gram of 16-bit inputs with Cs = Ct: KD_SKD_TC_TILE x
+ * KD_SKD_TC_TILE); skd_merge sums the chunks' partials in chunk order.
  */
 #define KD_SKD_TILE 16
+#define KD_SKD_TC_TILE 64
 #define KD_SKD_NORM_EPS 1e-12 /* F.normalize's floor under each pixel's norm */
 #define KD_SKD_CHUNK_PIXELS 1024 /* pixels of a Gram partial, unless that makes more than KD_SKD_MAX_CHUNKS */
 #define KD_SKD_MAX_CHUNKS 8
@@ -491,7 +493,7 @@ typedef struct KdSkdParams {
     int32_t pooled_width;     /* W' = ceil(W / window) */
     int32_t window;           /* the max pool's side: 2, or 1 for none */
     int32_t chunks;           /* Gram partials per image */
-    int32_t tiles;            /* ceil(R / KD_SKD_TILE) */
+    int32_t tiles;            /* ceil(R / KD_SKD_TILE), or ceil(R / KD_SKD_TC_TILE) for skd_gram_tc */
     int32_t loss_rows;        /* skd_loss blocks per image: max(Cs, Ct) */
     int32_t flags;            /* KdOutputFlags */
     float loss_scale;         /* loss_weight / (N*P^2) */

@@ -7,7 +7,8 @@
  *                    side's clamped norm at the pixel (the student's negated where the clamp holds)
  *   2. skd_gram      one block per (image, chunk of pixels, 16 x 16 tile of X X^T, X = [S_hat; T_hat], and
  *                    D = S_hat - T_hat when Cs = Ct): the chunk's partial Gram, its rows pooled and normalised
- *                    from the inputs as they are loaded
+ *                    from the inputs as they are loaded, in fp32 on CUDA cores; or skd_gram_tc (16-bit inputs
+ *                    with Cs = Ct, the planner's choice): the same partials on tensor cores, 64 x 64 tiles
  *   3. skd_merge     one thread per Gram entry: the chunks' partials summed in chunk order, in double
  *   4. skd_loss      one block per (image, row): the row's share of the Frobenius terms; the last block sums the
  *                    blocks' shares in block order (only when the loss is wanted)
@@ -29,10 +30,17 @@
  * |A_S - A_T|^2 = <G_DD, G_SS + G_TT> + 2 <G_DT, G_SD> and dL/dS_hat ∝ G_SD S_hat + G_ST D, every term of the
  * size of the difference, and a student equal to its teacher gives D = 0 exactly, hence a loss and a gradient
  * of exactly 0. Gram entries accumulate in fp32 within a chunk (a fixed order: 16-pixel tiles in pixel order),
- * chunks and loss terms in double. Every reduction has a fixed order and the grid depends on the shapes only:
+ * chunks and loss terms in double. The tensor-core Gram stages each entry of X as a pair of f16 halves (hi and
+ * lo of 2^14 times it: 22 significant bits) and sums three MMA products per product in fp32 accumulators that
+ * restart every 128 pixels, against the tensor cores' truncated group sums; entries of the size of the
+ * difference keep their relative precision in every D-Gram, and D = 0 still gives exact zeros (skd_gram_tc).
+ * Only the D-form survives that rounding: with Cs != Ct, and for f32 inputs, the CUDA-core Gram runs. Every reduction has a fixed order and the grid depends on the shapes only:
  * bitwise reproducible on every device. Max-pool ties go to the first maximum in row-major order (PyTorch's).
  */
 #include "common.cuh"
+#ifndef KD_EMULATE
+#include <mma.h>
+#endif
 
 namespace {
 
@@ -229,6 +237,136 @@ template <typename T> __device__ void skd_gram(const KdSkdArgs& a) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// 2'. The same partials on tensor cores (16-bit inputs with Cs = Ct, the planner's GramPath::TensorCores): one
+// 64 x 64 tile per block, warp w computing the 16 x 32 entries at rows 16 (w / 2), columns 32 (w % 2).
+//
+// Precision. Every operand v (an entry of X, |v| <= 2) is staged as an f16 pair of x = 2^14 v: hi = f16(x),
+// lo = f16(x - hi) (x - hi is exact in fp32), and a product is lo*hi + hi*lo + hi*hi, accumulated in fp32 by
+// the MMA. The pair holds 22 significant bits, about fp32's, where a single 16-bit rounding (2^-11 or
+// 2^-8) fails the loss's tolerance in the D-form; the 2^14 lifts f16's subnormal floor (2^-24) to 2^-38 in
+// units of v, so the lo half of a small entry of D keeps its bits (bf16 pairs would keep 16 bits, f16 pairs
+// unscaled would lose lo below 2^-14). The tensor cores add each group of products to the accumulator
+// truncated toward zero, a bias of up to 2^-23 relative per group that grows with the pixels summed: the
+// accumulators therefore restart every kTcSpan pixels and each span's sum is added, rounded to nearest, to
+// fp32 registers (a fixed order). Entries of D are exact zeros when the student equals its teacher, so are
+// their pairs and every D-Gram entry: the loss and the gradient stay exactly 0. With Cs != Ct there is no D
+// and the loss is a difference of large Frobenius terms that this rounding does not survive: those calls,
+// and f32 inputs, take skd_gram. (Its f32 instance exists because every entry point has one; the planner
+// never launches it.)
+constexpr int kTcTile = KD_SKD_TC_TILE;
+constexpr int kTcStep = 32;           // pixels staged per step (two m16n16k16 steps)
+constexpr int kTcSpan = 128;          // pixels an accumulator sums before it is flushed (see above)
+constexpr int kTcLd = kTcStep + 8;    // staged rows padded (f16 elements; WMMA wants multiples of 8)
+constexpr int kTcLdC = kTcTile + 4;   // floats; multiples of 4
+constexpr float kTcScale = 16384.f;   // 2^14: see the precision note
+static_assert(kTcTile * kTcTile % kBlockThreads == 0 && kBlockThreads == 256, "8 warps of 16 x 32 entries");
+static_assert(kTcSpan % kTcStep == 0, "spans end on step boundaries");
+
+// The staged rows of both tiles as f16 pairs, [row][pixel] (matrix_b reads tile j's column-major), and the
+// accumulators on their way to the registers. Bits as unsigned short: __shared__ storage cannot have
+// constructors. 32-byte alignment: WMMA's loads and stores need it. Not a union: a flush's reads and the next
+// step's staging are not separated by a barrier.
+struct alignas(32) GramTcTile {
+    unsigned short i_hi[kTcTile * kTcLd], i_lo[kTcTile * kTcLd];
+    unsigned short j_hi[kTcTile * kTcLd], j_lo[kTcTile * kTcLd];
+    float c[kTcTile * kTcLdC];
+};
+
+__device__ __forceinline__ void split_f16(float v, unsigned short& hi, unsigned short& lo) {
+    const float x = v * kTcScale;  // exact: a power of 2, no overflow (|v| <= 2)
+    const __half h = __float2half_rn(x);
+    hi = __half_as_ushort(h);
+    lo = __half_as_ushort(__float2half_rn(x - __half2float(h)));
+}
+
+template <typename T> __device__ void skd_gram_tc(const KdSkdArgs& a) {
+    namespace wmma = nvcuda::wmma;
+    using Half = __half;
+    const KdSkdParams& p = a.p;
+    int64_t b = blockIdx.x;
+    const int tile_j = static_cast<int>(b % p.tiles);
+    b /= p.tiles;
+    const int tile_i = static_cast<int>(b % p.tiles);
+    b /= p.tiles;
+    const int64_t chunk = b % p.chunks, n = b / p.chunks;
+    KD_SHARED(GramTcTile, s);
+    const Image<T> im = image_of<T>(a, n);
+    const int tid = static_cast<int>(threadIdx.x), warp = tid / 32;
+    const int wm = (warp / 2) * 16, wn = (warp % 2) * 32;
+    // The staging: this thread's pixel of a step (256 is a multiple of kTcStep) and its rows tid / kTcStep + 8 r.
+    const int kk = tid % kTcStep, first_row = tid / kTcStep;
+    constexpr int kRowStride = kBlockThreads / kTcStep;
+    const int begin = static_cast<int>(chunk * p.chunk_pixels);
+    const int end = static_cast<int>(min(p.pixels, chunk * p.chunk_pixels + p.chunk_pixels));
+    constexpr int kPerThread = kTcTile * kTcTile / kBlockThreads;
+    float acc[kPerThread];
+#pragma unroll
+    for (int e = 0; e < kPerThread; ++e) acc[e] = 0.f;
+    for (int span = begin; span < end; span += kTcSpan) {
+        const int span_end = min(end, span + kTcSpan);
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
+        wmma::fill_fragment(c[0], 0.f);
+        wmma::fill_fragment(c[1], 0.f);
+        for (int k0 = span; k0 < span_end; k0 += kTcStep) {
+            const int k = k0 + kk;
+            Window w{};
+            float inv_s = 0.f, inv_t = 0.f;
+            if (k < span_end) {
+                w = window_of(p, k);
+                inv_s = fabsf(im.inv_student[k]);
+                inv_t = im.inv_teacher[k];
+            }
+#pragma unroll 2  // fully unrolled, the loads in flight would crowd the registers
+            for (int r = 0; r < kTcTile / kRowStride; ++r) {
+                const int row = first_row + r * kRowStride, at = row * kTcLd + kk;
+                const int gi = tile_i * kTcTile + row, gj = tile_j * kTcTile + row;
+                split_f16(k < span_end && gi < p.rows ? stacked(p, im, w, inv_s, inv_t, gi) : 0.f, s.i_hi[at],
+                          s.i_lo[at]);
+                split_f16(k < span_end && gj < p.rows ? stacked(p, im, w, inv_s, inv_t, gj) : 0.f, s.j_hi[at],
+                          s.j_lo[at]);
+            }
+            __syncthreads();
+#pragma unroll
+            for (int k16 = 0; k16 < kTcStep; k16 += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, Half, wmma::row_major> a_hi, a_lo;
+                const int at_a = wm * kTcLd + k16;
+                wmma::load_matrix_sync(a_hi, reinterpret_cast<const Half*>(s.i_hi + at_a), kTcLd);
+                wmma::load_matrix_sync(a_lo, reinterpret_cast<const Half*>(s.i_lo + at_a), kTcLd);
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    // (pixel, column) of X_j^T is X_j's [column][pixel]: column-major.
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, Half, wmma::col_major> b_hi, b_lo;
+                    const int at_b = (wn + 16 * j) * kTcLd + k16;
+                    wmma::load_matrix_sync(b_hi, reinterpret_cast<const Half*>(s.j_hi + at_b), kTcLd);
+                    wmma::load_matrix_sync(b_lo, reinterpret_cast<const Half*>(s.j_lo + at_b), kTcLd);
+                    wmma::mma_sync(c[j], a_lo, b_hi, c[j]);
+                    wmma::mma_sync(c[j], a_hi, b_lo, c[j]);
+                    wmma::mma_sync(c[j], a_hi, b_hi, c[j]);
+                }
+            }
+            __syncthreads();
+        }
+        wmma::store_matrix_sync(s.c + wm * kTcLdC + wn, c[0], kTcLdC, wmma::mem_row_major);
+        wmma::store_matrix_sync(s.c + wm * kTcLdC + wn + 16, c[1], kTcLdC, wmma::mem_row_major);
+        __syncthreads();
+#pragma unroll
+        for (int e = 0; e < kPerThread; ++e) {
+            const int entry = tid + e * kBlockThreads;
+            acc[e] += s.c[(entry / kTcTile) * kTcLdC + entry % kTcTile];
+        }
+    }
+    const int64_t r = p.rows;
+    float* out = kd::ptr<float>(a.gram_partials) + (n * p.chunks + chunk) * r * r;
+    constexpr float kUnscale = 1.f / (kTcScale * kTcScale);  // 2^-28, exact
+#pragma unroll
+    for (int e = 0; e < kPerThread; ++e) {
+        const int entry = tid + e * kBlockThreads;
+        const int i = tile_i * kTcTile + entry / kTcTile, j = tile_j * kTcTile + entry % kTcTile;
+        if (i < p.rows && j < p.rows) out[i * r + j] = acc[e] * kUnscale;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // 3. The Gram matrices: chunks summed in chunk order.
 template <typename T> __device__ void skd_merge(const KdSkdArgs& a) {
     const KdSkdParams& p = a.p;
@@ -352,6 +490,7 @@ template <typename T> __device__ void skd_grad(const KdSkdArgs& a) {
 #define SKD_ENTRIES(T, NAME)                                                               \
     KD_ENTRY(skd_norms_##NAME, KdSkdArgs, kBlockThreads) { skd_norms<T>(a); }               \
     KD_ENTRY(skd_gram_##NAME, KdSkdArgs, kBlockThreads) { skd_gram<T>(a); }                 \
+    KD_ENTRY(skd_gram_tc_##NAME, KdSkdArgs, kBlockThreads, 2) { skd_gram_tc<T>(a); }         \
     KD_ENTRY(skd_merge_##NAME, KdSkdArgs, kBlockThreads) { skd_merge<T>(a); }               \
     KD_ENTRY(skd_loss_##NAME, KdSkdArgs, kBlockThreads) { skd_loss<T>(a); }                 \
     KD_ENTRY(skd_grad_##NAME, KdSkdArgs, kBlockThreads) { skd_grad<T>(a); }

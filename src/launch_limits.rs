@@ -575,7 +575,7 @@ fn a_wrong_limit_fails_the_sweep() {
 }
 
 /// SKD: the bench's features (8 x 512 x 64 x 128, pooled and not), `Cs != Ct`, edge cases, and random shapes
-/// and channel counts, both pools.
+/// and channel counts, both pools, both Gram paths (`skd_gram_tc` for 16-bit inputs with `Cs = Ct`).
 #[test]
 fn skd_launches_fit() {
     use crate::skd::{check_shapes, Skd, SkdConfig, SkdPool};
@@ -593,14 +593,25 @@ fn skd_launches_fit() {
         cases.push((s, ct, false));
     }
     let mut checked = 0;
+    let tensor_core_grams = std::cell::Cell::new(0usize);
     for (dims, ct, required) in cases {
         let shapes = check_shapes(&dims, &[dims[0], ct, dims[2], dims[3]]).unwrap();
         for pool in [SkdPool::Max2x2, SkdPool::None] {
             let config = SkdConfig { pool, ..SkdConfig::default() };
             for (dtype, mode) in dtype_modes() {
-                checked += check_call::<Skd>(&config, (), &shapes, dtype, &pair_buffers(mode, false), required);
+                let buffers = pair_buffers(mode, false);
+                checked += check_everywhere(Skd::NAME, Skd::LARGE_SMEM_KERNELS, required, &|gpu, rec| {
+                    let call = raw_call::<Skd>(&config, (), &shapes, dtype, &buffers);
+                    // SAFETY: as in `check_call`.
+                    let result = unsafe { Skd::run(call, gpu, &mut FakeScratch, rec) };
+                    let tc = rec.launches.iter().filter(|(l, _)| l.kernel == "skd_gram_tc").count();
+                    tensor_core_grams.set(tensor_core_grams.get() + tc);
+                    result
+                });
             }
         }
     }
     enough(checked, 1000);
+    // Both Gram paths are checked: the tensor-core Gram of 16-bit calls with `Cs = Ct` among them.
+    assert!(tensor_core_grams.get() > 100, "{} tensor-core Gram launches checked", tensor_core_grams.get());
 }

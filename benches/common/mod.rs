@@ -420,6 +420,11 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// The last GPU measurement recorded (for a family's derived figures).
+    pub fn last_record(&self) -> Option<&GpuRecord> {
+        self.records.last()
+    }
+
     /// Parses the command line and opens GPU 0, printing one line on why the GPU benches are skipped if it
     /// cannot be used.
     pub fn new(loss: &'static str) -> Self {

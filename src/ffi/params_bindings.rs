@@ -24,6 +24,7 @@ pub const KD_CIRKD_OWNED: u32 = 32;
 pub const KD_CIRKD_OTHERS: u32 = 64;
 pub const KD_CIRKD_CHANNEL_CHUNK: u32 = 32;
 pub const KD_SKD_TILE: u32 = 16;
+pub const KD_SKD_TC_TILE: u32 = 64;
 pub const KD_SKD_NORM_EPS: f64 = 0.000000000001;
 pub const KD_SKD_CHUNK_PIXELS: u32 = 1024;
 pub const KD_SKD_MAX_CHUNKS: u32 = 8;

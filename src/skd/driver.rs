@@ -45,7 +45,8 @@ pub(crate) unsafe fn run(
     config.validate()?;
     options.validate()?;
     let outputs = buffers.outputs(false, options)?;
-    let SkdPlan { params, launches, offsets, workspace_floats } = plan::plan(config, shapes, outputs, options.scale)?;
+    let SkdPlan { params, launches, offsets, workspace_floats, .. } =
+        plan::plan(config, shapes, dtype, outputs, options.scale)?;
     let (floats, counters) = scratch.prepare(workspace_floats, COUNTERS)?;
     let ws = |k: usize| floats + 4 * offsets[k] as u64;
     let args = KdSkdArgs {

@@ -25,7 +25,9 @@
 //! [`SkdCuda`] computes the same with the kernels of `kernels/skd.cu` (the same Gram form and the same
 //! rearrangement through `D` for `Cs = Ct`): pooled, normalised features, the stacked Gram matrix of
 //! `[F_S; F_T]` (and `D`) split over pixel chunks and merged in a fixed order, then the loss and the gradient
-//! from its blocks. No `P x P` matrix exists, nor a copy of the pooled features: the kernels pool and
+//! from its blocks. For f16 and bf16 inputs with `Cs = Ct` the Gram matrices are computed on tensor cores
+//! (split-f16 operand pairs, three products per product: [`GramPath::TensorCores`]), otherwise on CUDA cores in
+//! fp32; [`gram_path`] says which (`docs/losses.md §9.6`). No `P x P` matrix exists, nor a copy of the pooled features: the kernels pool and
 //! normalise each entry of `[F_S; F_T; D]` from the inputs where they need it. The workspace
 //! ([`SkdConfig::workspace_bytes`]) is `O(N R^2)` for the Grams and their chunk partials (`R = Cs + Ct`, or
 //! `3 Cs` when `Cs = Ct`) plus `O(N P)`, one float per pooled pixel and side (the reciprocal of its clamped
@@ -51,6 +53,22 @@ pub struct Skd;
 
 /// SKD on the GPU, with the same computation as [`SkdCpu`] (`kernels/skd.cu`).
 pub type SkdCuda = crate::cuda::LossCuda<Skd>;
+
+/// Which kernel computes the Gram partials of a call ([`gram_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GramPath {
+    /// fp32 FMAs, a 16 x 16 tile per block (`skd_gram`): f32 inputs, and `Cs != Ct`.
+    CudaCores,
+    /// Tensor cores on split-f16 operand pairs, a 64 x 64 tile per block (`skd_gram_tc`): f16 and bf16 inputs
+    /// with `Cs = Ct`, whose loss and gradient are written through `D = S_hat - T_hat`.
+    TensorCores,
+}
+
+/// The Gram path [`SkdCuda`] takes for a call on `shapes` in `dtype` (a function of those alone; any
+/// [`SkdConfig`]).
+pub fn gram_path(shapes: &RelationShapes, dtype: crate::DType) -> GramPath {
+    plan::gram_path(shapes, dtype)
+}
 
 use crate::error::{KdError, Result};
 use crate::relation::{Pooling, Window};

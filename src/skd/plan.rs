@@ -1,8 +1,9 @@
-//! Launch geometry of the SKD kernels (`kernels/skd.cu`): the stacked rows, the Gram chunks and tiles, the
-//! grids and the workspace. Pure: it depends on the shapes and the outputs only (no device facts), so the
-//! blocks, and with them the results, are the same on every GPU.
+//! Launch geometry of the SKD kernels (`kernels/skd.cu`): the Gram path, the stacked rows, the Gram chunks and
+//! tiles, the grids and the workspace. Pure: it depends on the dtype, the shapes and the outputs only (no
+//! device facts), so the blocks, and with them the results, are the same on every GPU.
 
-use super::{RelationShapes, SkdConfig, NORM_EPS};
+use super::{GramPath, RelationShapes, SkdConfig, NORM_EPS};
+use crate::dtype::DType;
 use crate::error::{KdError, Result};
 use crate::ffi::{self, KdSkdParams};
 use crate::launch::{self, Launch, OutputSet, BLOCK_THREADS};
@@ -11,13 +12,16 @@ use crate::validate;
 /// The entry points of kernels/skd.cu, in launch order.
 pub(crate) const NORMS: &str = "skd_norms";
 pub(crate) const GRAM: &str = "skd_gram";
+pub(crate) const GRAM_TC: &str = "skd_gram_tc";
 pub(crate) const MERGE: &str = "skd_merge";
 pub(crate) const LOSS: &str = "skd_loss";
 pub(crate) const GRAD: &str = "skd_grad";
-pub(crate) const KERNELS: [&str; 5] = [NORMS, GRAM, MERGE, LOSS, GRAD];
+pub(crate) const KERNELS: [&str; 6] = [NORMS, GRAM, GRAM_TC, MERGE, LOSS, GRAD];
 
 /// The Gram tile's side (one entry per thread).
 pub(crate) const TILE: usize = ffi::KD_SKD_TILE as usize;
+/// The tensor-core Gram's tile side (a block's entries; eight warps of 16 x 32).
+const TC_TILE: usize = ffi::KD_SKD_TC_TILE as usize;
 const CHUNK_PIXELS: usize = ffi::KD_SKD_CHUNK_PIXELS as usize;
 const MAX_CHUNKS: usize = ffi::KD_SKD_MAX_CHUNKS as usize;
 
@@ -42,8 +46,25 @@ fn mul(a: usize, b: usize, what: &str) -> Result<usize> {
     a.checked_mul(b).ok_or_else(|| too_large(format!("{what} overflows the address space")))
 }
 
-/// Plans a call on `shapes` writing `outputs`, with the gradients scaled by `scale`.
-pub(crate) fn plan(config: &SkdConfig, shapes: &RelationShapes, outputs: OutputSet, scale: f64) -> Result<SkdPlan> {
+/// The Gram path of a call on `shapes` in `dtype`: tensor cores for 16-bit inputs with `Cs = Ct`, whose loss and
+/// gradient are written through `D` (every term of the size of the difference, so that the split-f16 products
+/// keep the tolerance, `kernels/skd.cu`); CUDA cores for f32 inputs and for `Cs != Ct`, where the loss is a
+/// difference of large Frobenius terms.
+pub(crate) fn gram_path(shapes: &RelationShapes, dtype: DType) -> GramPath {
+    match dtype {
+        DType::F16 | DType::BF16 if shapes.student.c == shapes.ct => GramPath::TensorCores,
+        _ => GramPath::CudaCores,
+    }
+}
+
+/// Plans a call on `shapes` in `dtype` writing `outputs`, with the gradients scaled by `scale`.
+pub(crate) fn plan(
+    config: &SkdConfig,
+    shapes: &RelationShapes,
+    dtype: DType,
+    outputs: OutputSet,
+    scale: f64,
+) -> Result<SkdPlan> {
     validate::representable_f32("loss_weight", config.loss_weight)?;
     let s = shapes.student;
     let (cs, ct) = (s.c, shapes.ct);
@@ -74,7 +95,11 @@ pub(crate) fn plan(config: &SkdConfig, shapes: &RelationShapes, outputs: OutputS
     let chunks = pixels.div_ceil(CHUNK_PIXELS).clamp(1, MAX_CHUNKS);
     let chunk_pixels = pixels.div_ceil(chunks).next_multiple_of(TILE);
     let chunks = pixels.div_ceil(chunk_pixels);
-    let tiles = rows.div_ceil(TILE);
+    // The Gram launch is the plan's record of its path.
+    let (gram_kernel, tiles) = match gram_path(shapes, dtype) {
+        GramPath::CudaCores => (GRAM, rows.div_ceil(TILE)),
+        GramPath::TensorCores => (GRAM_TC, rows.div_ceil(TC_TILE)),
+    };
     let loss_rows = cs.max(ct);
     let p2 = pixels as f64 * pixels as f64;
     let loss_scale = config.loss_weight / (s.n as f64 * p2);
@@ -130,7 +155,7 @@ pub(crate) fn plan(config: &SkdConfig, shapes: &RelationShapes, outputs: OutputS
     debug_assert_eq!(ffi::KD_SKD_NORM_EPS, NORM_EPS);
 
     let mut launches =
-        vec![Launch::new(NORMS, pixel_grid), Launch::new(GRAM, gram_grid), Launch::new(MERGE, merge_grid)];
+        vec![Launch::new(NORMS, pixel_grid), Launch::new(gram_kernel, gram_grid), Launch::new(MERGE, merge_grid)];
     if outputs.loss {
         launches.push(Launch::new(LOSS, loss_grid));
     }
@@ -140,10 +165,11 @@ pub(crate) fn plan(config: &SkdConfig, shapes: &RelationShapes, outputs: OutputS
     Ok(SkdPlan { params: p, launches, offsets, workspace_floats: at })
 }
 
-/// The workspace floats any call on `shapes` needs (the outputs do not change it).
+/// The workspace floats any call on `shapes` needs (neither the outputs nor the dtype, hence the Gram path,
+/// change it: both paths write the same partials).
 pub(crate) fn workspace_bound(config: &SkdConfig, shapes: &RelationShapes) -> Result<usize> {
     let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
-    Ok(plan(config, shapes, outputs, 1.0)?.workspace_floats)
+    Ok(plan(config, shapes, DType::F32, outputs, 1.0)?.workspace_floats)
 }
 
 #[cfg(test)]
@@ -164,7 +190,7 @@ mod tests {
         for (h, w) in [(1, 1), (3, 5), (64, 64), (65, 129), (128, 256), (512, 1024)] {
             for pool in [SkdPool::Max2x2, SkdPool::None] {
                 let config = SkdConfig { pool, ..SkdConfig::default() };
-                let p = plan(&config, &shapes([2, 3, h, w], 5), both(), 1.0).unwrap().params;
+                let p = plan(&config, &shapes([2, 3, h, w], 5), DType::F32, both(), 1.0).unwrap().params;
                 let (chunks, len) = (p.chunks as i64, p.chunk_pixels);
                 assert!(chunks >= 1 && chunks as usize <= MAX_CHUNKS, "{h}x{w}: {chunks}");
                 assert_eq!(len % TILE as i64, 0);
@@ -177,19 +203,50 @@ mod tests {
 
     #[test]
     fn rows_of_the_difference_only_for_equal_channels() {
-        let p = plan(&SkdConfig::default(), &shapes([2, 6, 9, 7], 8), both(), 1.0).unwrap();
+        let p = plan(&SkdConfig::default(), &shapes([2, 6, 9, 7], 8), DType::F32, both(), 1.0).unwrap();
         assert_eq!((p.params.rows, p.params.loss_rows, p.params.tiles), (14, 8, 1));
-        let p = plan(&SkdConfig::default(), &shapes([2, 6, 9, 7], 6), both(), 1.0).unwrap();
+        let p = plan(&SkdConfig::default(), &shapes([2, 6, 9, 7], 6), DType::F32, both(), 1.0).unwrap();
         assert_eq!((p.params.rows, p.params.loss_rows, p.params.tiles), (18, 6, 2));
+    }
+
+    /// Tensor cores for f16 and bf16 with `Cs = Ct` (64-entry tiles, the same chunks and workspace), CUDA
+    /// cores for f32 and for `Cs != Ct`; the plan's Gram launch says which.
+    #[test]
+    fn sixteen_bit_inputs_with_equal_channels_take_the_tensor_cores() {
+        for (cs, ct) in [(1, 1), (5, 5), (70, 70), (512, 512), (6, 9), (512, 256), (1, 2)] {
+            let s = shapes([2, cs, 9, 7], ct);
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let p = plan(&SkdConfig::default(), &s, dtype, both(), 1.0).unwrap();
+                let tensor_cores = cs == ct && dtype != DType::F32;
+                let (want_path, want_kernel, tile) = if tensor_cores {
+                    (GramPath::TensorCores, GRAM_TC, TC_TILE)
+                } else {
+                    (GramPath::CudaCores, GRAM, TILE)
+                };
+                assert_eq!((gram_path(&s, dtype), p.launches[1].kernel), (want_path, want_kernel), "{cs} {ct} {dtype}");
+                assert_eq!(p.params.tiles as usize, (p.params.rows as usize).div_ceil(tile), "{cs} {ct} {dtype}");
+                let f32_plan = plan(&SkdConfig::default(), &s, DType::F32, both(), 1.0).unwrap();
+                assert_eq!(p.workspace_floats, f32_plan.workspace_floats);
+                assert_eq!(
+                    (p.params.chunks, p.params.chunk_pixels),
+                    (f32_plan.params.chunks, f32_plan.params.chunk_pixels)
+                );
+            }
+        }
     }
 
     #[test]
     fn launches_follow_the_outputs() {
         let s = shapes([2, 4, 6, 5], 4);
         let kernels = |outputs: OutputSet| -> Vec<&str> {
-            plan(&SkdConfig::default(), &s, outputs, 1.0).unwrap().launches.iter().map(|l| l.kernel).collect()
+            plan(&SkdConfig::default(), &s, DType::F32, outputs, 1.0)
+                .unwrap()
+                .launches
+                .iter()
+                .map(|l| l.kernel)
+                .collect()
         };
-        assert_eq!(kernels(both()), KERNELS);
+        assert_eq!(kernels(both()), [NORMS, GRAM, MERGE, LOSS, GRAD]);
         assert_eq!(kernels(OutputSet { loss: true, ..OutputSet::default() }), [NORMS, GRAM, MERGE, LOSS]);
         assert_eq!(kernels(OutputSet { grad_student: true, ..OutputSet::default() }), [NORMS, GRAM, MERGE, GRAD]);
     }
@@ -197,7 +254,7 @@ mod tests {
     #[test]
     fn scales_fold_the_weight_the_mean_and_the_options() {
         let config = SkdConfig { loss_weight: 3.0, pool: SkdPool::Max2x2 };
-        let p = plan(&config, &shapes([2, 3, 7, 9], 5), both(), 0.5).unwrap().params;
+        let p = plan(&config, &shapes([2, 3, 7, 9], 5), DType::F32, both(), 0.5).unwrap().params;
         let p2 = (4.0f64 * 5.0).powi(2);
         assert_eq!(p.loss_scale, (3.0 / (2.0 * p2)) as f32);
         assert_eq!(p.grad_scale, (4.0 * 3.0 / (2.0 * p2) * 0.5) as f32);
@@ -240,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_gram_matrix_too_large_is_a_typed_error() {
-        let r = plan(&SkdConfig::default(), &shapes([1, 20_000, 2, 2], 20_000), both(), 1.0);
+        let r = plan(&SkdConfig::default(), &shapes([1, 20_000, 2, 2], 20_000), DType::F16, both(), 1.0);
         assert!(matches!(r, Err(KdError::TooLarge { .. })), "{r:?}");
     }
 }

@@ -10,7 +10,7 @@ use common::{fixture_files, quantize, widen, SplitMix64};
 use half::{bf16, f16};
 use kd_kernels::emulator::{EmulatedGpu, EmulatedOutput, Mode};
 use kd_kernels::skd::emulate::skd;
-use kd_kernels::skd::{check_shapes, RelationShapes, SkdConfig, SkdCpu, SkdPool};
+use kd_kernels::skd::{check_shapes, gram_path, GramPath, RelationShapes, SkdConfig, SkdCpu, SkdPool};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{CpuOutput, DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
@@ -208,6 +208,50 @@ fn a_student_close_to_its_teacher() {
         let reference = case.reference::<f32>(config);
         let got = case.emulate::<f32>(config, Mode::ForwardBackward, GradOptions::OVERWRITE, None);
         compare("close", &got, &reference, Mode::ForwardBackward, 1.0, None);
+    }
+}
+
+/// The tensor-core Gram (`GramPath::TensorCores`: f16 and bf16 with `Cs = Ct`, split-f16 operand pairs)
+/// under the emulator's default truncating MMA model, at the reference's tolerances: channels not a multiple
+/// of 16 and stacked rows over one 64-entry tile, a pooled plane over one Gram chunk whose chunks, spans and
+/// steps end part-way, and a student within 1e-3 of its teacher (a loss of order 1e-6 of the Frobenius
+/// terms). The other tests run this path too wherever they take 16-bit inputs with `Cs = Ct` (identical
+/// inputs, determinism, accumulation, the fixtures).
+#[test]
+fn tensor_core_gram_matches_the_reference() {
+    fn run<T: KdFloat>(what: &str, case: &Case, config: SkdConfig) {
+        assert_eq!(gram_path(&case.shapes, T::DTYPE), GramPath::TensorCores, "{what}");
+        let reference = case.reference::<T>(config);
+        let got = case.emulate::<T>(config, Mode::ForwardBackward, GradOptions::OVERWRITE, None);
+        let loss = Comparison::of([got.loss.unwrap() as f64], [reference.loss]);
+        let grad = Comparison::of(widen(got.grad_student.as_ref().unwrap()), reference.grad_student.iter().copied());
+        println!("{what} {}: loss {:.2e}, grad {:.2e} (relative)", T::DTYPE, loss.max_rel_err, grad.max_rel_err);
+        compare(what, &got, &reference, Mode::ForwardBackward, 1.0, None);
+    }
+    // (student dims, pool): 23 channels, 69 rows (2 x 2 tiles); 1189 pooled pixels, two chunks of 608 and 581;
+    // and a few pixels of few channels, where the loss averages few rounding errors (single f16 roundings of
+    // the entries, 2^-12 relative, would show there).
+    let cases = [
+        ([2, 23, 5, 7], SkdPool::Max2x2),
+        ([1, 5, 41, 29], SkdPool::None),
+        ([1, 2, 3, 3], SkdPool::Max2x2),
+        ([2, 3, 1, 5], SkdPool::None),
+    ];
+    for (seed, (dims, pool)) in cases.into_iter().enumerate() {
+        let case = Case::new(41 + seed as u64, dims, dims[1]);
+        let config = SkdConfig { loss_weight: 1.5, pool };
+        run::<f16>(&format!("{dims:?} {pool:?}"), &case, config);
+        run::<bf16>(&format!("{dims:?} {pool:?}"), &case, config);
+    }
+    for pool in [SkdPool::Max2x2, SkdPool::None] {
+        let mut case = Case::new(43, [2, 7, 9, 11], 7);
+        let mut rng = SplitMix64::new(47);
+        case.student = case.teacher.iter().map(|&v| v + (1e-3 * rng.normal()) as f32).collect();
+        // A weight that keeps the gradient (of order 1e-5 at weight 1) above f16's subnormals, whose spacing
+        // alone is 4e-3 of it: the tolerance is the Gram's to meet, not the output format's.
+        let config = SkdConfig { pool, loss_weight: 1000.0 };
+        run::<f16>(&format!("close {pool:?}"), &case, config);
+        run::<bf16>(&format!("close {pool:?}"), &case, config);
     }
 }
 

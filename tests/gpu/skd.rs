@@ -1,9 +1,12 @@
 //! SKD on the GPU against the f64 CPU reference: odd shapes in every dtype (`Cs != Ct` and `Cs = Ct`, pool 2
 //! and 1), the bench's shape, exact zeros for identical inputs, bitwise determinism, the device upstream
-//! scalar, accumulate + scale, and error paths. (The recorded fixtures run in `fixtures::fixtures_pass_on_cuda`.)
+//! scalar, accumulate + scale, error paths, and the tensor-core Gram of 16-bit inputs with `Cs = Ct` at sizes
+//! the emulator does not reach. (The recorded fixtures run in `fixtures::fixtures_pass_on_cuda`.)
 
 use half::{bf16, f16};
-use kd_kernels::skd::{check_shapes, RelationShapes, SkdBuffers, SkdConfig, SkdCpu, SkdCuda, SkdPool};
+use kd_kernels::skd::{
+    check_shapes, gram_path, GramPath, RelationShapes, SkdBuffers, SkdConfig, SkdCpu, SkdCuda, SkdPool,
+};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{CpuOutput, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
@@ -22,6 +25,8 @@ pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("skd_deterministic_bitwise", skd_deterministic_bitwise),
     ("skd_backward_upstream_and_accumulate", skd_backward_upstream_and_accumulate),
     ("skd_error_paths", skd_error_paths),
+    ("skd_tensor_core_gram_f16", skd_tensor_core_gram::<f16>),
+    ("skd_tensor_core_gram_bf16", skd_tensor_core_gram::<bf16>),
 ];
 
 fn random<T: KdFloat>(seed: u64, numel: usize) -> Vec<T> {
@@ -65,24 +70,57 @@ fn one_case<T: KdFloat>(
     let (numel_s, numel_t) = (shapes.student.numel(), shapes.teacher().numel());
     let s = random::<T>(seed, numel_s);
     let t = random::<T>(seed + 1, numel_t);
-    let reference = reference(config, &shapes, &s, &t)?;
-    let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
+    check_call(stream, config, &shapes, &s, &t, failures).map(|_| ())
+}
+
+/// One forward_backward call on `s` and `t` against the CPU reference; returns the loss's and the gradient's
+/// bits.
+fn check_call<T: KdFloat>(
+    stream: &Stream,
+    config: SkdConfig,
+    shapes: &RelationShapes,
+    s: &[T],
+    t: &[T],
+    failures: &mut Vec<String>,
+) -> Result<(u32, Vec<u64>), String> {
+    let numel_s = shapes.student.numel();
+    let reference = reference(config, shapes, s, t)?;
+    let (ds, dt) = (upload(stream, s)?, upload(stream, t)?);
     let mut loss = nan_buffer::<f32>(stream, 1)?;
     let mut grad = nan_buffer::<T>(stream, numel_s)?;
     let mut skd = SkdCuda::new(stream.clone(), config).or_msg("SkdCuda::new")?;
-    skd.forward_backward(&shapes, &ds, &dt, &mut loss, &mut grad).or_msg("forward_backward")?;
+    skd.forward_backward(shapes, &ds, &dt, &mut loss, &mut grad).or_msg("forward_backward")?;
     let what = format!("{} {:?} {:?}", T::DTYPE, shapes, config);
-    let got = download(stream, &loss)?[0] as f64;
-    close(&format!("{what} loss"), &[got], &[reference.loss], tolerance(T::DTYPE, OutputKind::Loss), failures);
+    let got = download(stream, &loss)?[0];
+    close(&format!("{what} loss"), &[got as f64], &[reference.loss], tolerance(T::DTYPE, OutputKind::Loss), failures);
     let want: Vec<f64> = reference.grad_student.iter().copied().collect();
-    close(
-        &format!("{what} grad"),
-        &widen(&download(stream, &grad)?),
-        &want,
-        tolerance(T::DTYPE, OutputKind::Tensor),
-        failures,
-    );
-    Ok(())
+    let grad = download(stream, &grad)?;
+    close(&format!("{what} grad"), &widen(&grad), &want, tolerance(T::DTYPE, OutputKind::Tensor), failures);
+    Ok((got.to_bits(), bits(&grad)))
+}
+
+/// The tensor-core Gram (`GramPath::TensorCores`) where the emulator tests do not reach: several 64-row tiles
+/// (the last one partial), 8 chunks of over 1024 pixels (several 128-pixel accumulator spans each, the last
+/// one partial), a student within 1e-3 of its teacher (weighted so that its gradient is not subnormal in f16),
+/// and the same bits twice.
+fn skd_tensor_core_gram<T: KdFloat>(stream: &Stream) -> TestResult {
+    let mut failures = Vec::new();
+    let cases = [([2, 96, 64, 128], SkdPool::Max2x2), ([1, 40, 130, 141], SkdPool::None)];
+    for (i, (dims, pool)) in cases.into_iter().enumerate() {
+        let shapes = shapes(dims, dims[1])?;
+        ensure(gram_path(&shapes, T::DTYPE) == GramPath::TensorCores, || format!("{shapes:?}: CUDA-core Gram"))?;
+        // A weight that keeps f16 gradients (which shrink as 1 / P) above the subnormals.
+        one_case::<T>(stream, SkdConfig { loss_weight: 100.0, pool }, shapes, 90 + i as u64, &mut failures)?;
+    }
+    let shapes = shapes([2, 24, 45, 67], 24)?;
+    let t = random::<T>(95, shapes.teacher().numel());
+    let mut rng = SplitMix64::new(96);
+    let s: Vec<T> = t.iter().map(|v| T::from_f64(v.to_f64() + 1e-3 * rng.normal())).collect();
+    let config = SkdConfig { loss_weight: 1000.0, pool: SkdPool::Max2x2 };
+    let first = check_call(stream, config, &shapes, &s, &t, &mut failures)?;
+    let again = check_call(stream, config, &shapes, &s, &t, &mut failures)?;
+    ensure(first == again, || "two runs differ".into())?;
+    verdict(failures)
 }
 
 fn skd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
