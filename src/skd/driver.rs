@@ -1,8 +1,6 @@
 //! One SKD call from device addresses: checks, plan, workspace, argument block, the launches. Shared by the
 //! typed CUDA API, the raw layer and the host emulation.
 
-use std::ffi::c_void;
-
 use super::plan::{self, SkdPlan};
 use super::{RelationShapes, Skd, SkdConfig};
 use crate::cuda::Binder;
@@ -13,7 +11,7 @@ use crate::family::{
 };
 use crate::ffi::KdSkdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_or_reset, DeviceInfo, Launcher, Scratch};
+use crate::launch::{launch_all, DeviceInfo, Launcher, Scratch};
 
 /// The device addresses of one SKD call: [`PairRawBuffers`] with the student `[N, Cs, H, W]` and the teacher
 /// `[N, Ct, H, W]` (its channel count may differ) and no teacher gradient (`grad_teacher` is 0). The loss is
@@ -62,13 +60,9 @@ pub(crate) unsafe fn run(
         counter: counters,
         p: params,
     };
-    for launch in &launches {
-        // SAFETY: `args` is the block skd.cu's kernels take; its addresses come from the caller (who vouches
-        // for them) and from the workspace, sized by the plan.
-        unsafe { launch_or_reset(launcher, scratch, launch, dtype, (&args as *const KdSkdArgs).cast::<c_void>()) }
-            .map_err(|e| e.into_error())?;
-    }
-    Ok(())
+    // SAFETY: `args` is the block skd.cu's kernels take; its addresses come from the caller (who vouches for
+    // them) and from the workspace, sized by the plan.
+    unsafe { launch_all(launcher, scratch, &launches, dtype, &args) }
 }
 
 impl Family for Skd {

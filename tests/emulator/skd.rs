@@ -5,13 +5,14 @@
 //! errors, and the recorded fixtures (CIRKD's official module's values).
 
 use crate::common;
+use crate::pair::{close, recorded_fixtures};
 
-use common::{fixture_files, quantize, widen, SplitMix64};
+use common::{quantize, widen, SplitMix64};
 use half::{bf16, f16};
 use kd_kernels::emulator::{EmulatedGpu, EmulatedOutput, Mode};
 use kd_kernels::skd::emulate::skd;
 use kd_kernels::skd::{check_shapes, gram_path, GramPath, RelationShapes, SkdConfig, SkdCpu, SkdPool};
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::tolerance::{Comparison, OutputKind};
 use kd_kernels::{CpuOutput, DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
@@ -59,18 +60,6 @@ impl Case {
         let (s, t) = self.inputs::<T>();
         skd(&config, &self.shapes, &s, &t, mode, options, initial, GPU).unwrap()
     }
-}
-
-fn close(
-    what: &str,
-    dtype: DType,
-    kind: OutputKind,
-    got: impl IntoIterator<Item = f64>,
-    want: impl IntoIterator<Item = f64>,
-) {
-    let c = Comparison::of(got, want);
-    let tol = tolerance(dtype, kind);
-    assert!(c.passes(tol), "{what} ({dtype}): {c:?} > {tol}");
 }
 
 /// Compares an emulated call with the reference: the loss, and the gradient as `factor * reference + initial`.
@@ -318,14 +307,7 @@ fn typed_errors() {
 #[test]
 fn fixtures_through_the_emulated_kernels() {
     use safetensors::{Dtype, SafeTensors};
-    let files: Vec<_> =
-        fixture_files().into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("skd_")).collect();
-    assert_eq!(files.len(), 9, "expected the 9 recorded skd fixtures");
-    for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let bytes = std::fs::read(&path).unwrap();
-        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = header.metadata().clone().unwrap_or_default();
+    for (name, bytes, meta) in recorded_fixtures("skd_", 9) {
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let read = |n: &str| -> (Vec<usize>, Vec<f64>, Dtype) {
             let t = st.tensor(n).unwrap();
