@@ -194,16 +194,27 @@ template <typename T> __device__ void skd_norms(const KdSkdArgs& a) {
     inv[static_cast<int64_t>(p.batch) * p.pixels + pixel] = t.inv;
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// 2. Per-chunk partial Gram matrices, one 16 x 16 tile per block.
-template <typename T> __device__ void skd_gram(const KdSkdArgs& a) {
-    const KdSkdParams& p = a.p;
+// The Gram block this block computes: grid = images x chunks x tiles x tiles, the tile column fastest (both
+// Gram kernels decode it so, which lets skd_merge read their partials alike).
+struct GramBlock {
+    int tile_i, tile_j;
+    int64_t chunk, n;
+};
+
+__device__ __forceinline__ GramBlock gram_block(const KdSkdParams& p) {
     int64_t b = blockIdx.x;
     const int tile_j = static_cast<int>(b % p.tiles);
     b /= p.tiles;
     const int tile_i = static_cast<int>(b % p.tiles);
     b /= p.tiles;
-    const int64_t chunk = b % p.chunks, n = b / p.chunks;
+    return GramBlock{tile_i, tile_j, b % p.chunks, b / p.chunks};
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 2. Per-chunk partial Gram matrices, one 16 x 16 tile per block.
+template <typename T> __device__ void skd_gram(const KdSkdArgs& a) {
+    const KdSkdParams& p = a.p;
+    const auto [tile_i, tile_j, chunk, n] = gram_block(p);
     const int ty = threadIdx.x / kTile, tx = threadIdx.x % kTile;
     // Rows of the two tiles, [row][pixel], padded against bank conflicts.
     KD_SHARED_ARRAY(float, rows_i, kTile * (kTile + 1));
@@ -283,12 +294,7 @@ template <typename T> __device__ void skd_gram_tc(const KdSkdArgs& a) {
     namespace wmma = nvcuda::wmma;
     using Half = __half;
     const KdSkdParams& p = a.p;
-    int64_t b = blockIdx.x;
-    const int tile_j = static_cast<int>(b % p.tiles);
-    b /= p.tiles;
-    const int tile_i = static_cast<int>(b % p.tiles);
-    b /= p.tiles;
-    const int64_t chunk = b % p.chunks, n = b / p.chunks;
+    const auto [tile_i, tile_j, chunk, n] = gram_block(p);
     KD_SHARED(GramTcTile, s);
     const Image<T> im = image_of<T>(a, n);
     const int tid = static_cast<int>(threadIdx.x), warp = tid / 32;
