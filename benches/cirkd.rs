@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::common::{shape_name, Harness, Inputs, Pass};
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use kd_kernels::cirkd::{check_shapes, Cirkd, CirkdConfig, CirkdCpu, CirkdCuda, CirkdPool};
-use kd_kernels::family::Family;
+use kd_kernels::family::{Family, Sizing};
 use kd_kernels::half::bf16;
 use kd_kernels::launch::DeviceInfo;
 use kd_kernels::{DType, KdFloat};
@@ -61,7 +61,8 @@ impl DeviceInfo for AnyDevice {
 /// also takes lives in a separate allocation).
 fn workspace_bytes(pool: CirkdPool, shape: [usize; 4]) -> kd_kernels::Result<usize> {
     let shapes = check_shapes(&shape, &shape)?;
-    let (floats, _counters) = Cirkd::workspace_bound(&config(pool), &shapes, DType::F32, &AnyDevice)?;
+    let at = Sizing { config: &config(pool), shape: &shapes, dtype: DType::F32, device: &AnyDevice };
+    let (floats, _counters) = Cirkd::workspace_bound(at)?;
     Ok(4 * floats)
 }
 

@@ -22,7 +22,7 @@ use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
 use crate::family::{Family, PairFamily, PairRawBuffers, RawCall};
 use crate::grad::GradOptions;
-use crate::launch::{DeviceInfo, Launch, LaunchError, Launcher, Scratch};
+use crate::launch::{DeviceInfo, Launch, LaunchError, Launcher, Machine, Scratch};
 use crate::shape::Nchw;
 
 pub(crate) mod checks;
@@ -322,10 +322,11 @@ fn ptr_or_zero<T>(v: &mut [T]) -> u64 {
 /// # Safety
 /// Every non-zero address of `call.buffers` is a live host buffer holding what the family's raw buffers
 /// document for `call.shape` and `call.dtype`.
-pub(crate) unsafe fn run<F: Family>(call: RawCall<'_, F>, gpu: EmulatedGpu) -> Result<F::Report> {
+pub(crate) unsafe fn run<F: Family>(call: RawCall<'_, F>, gpu: EmulatedGpu) -> Result<F::Path> {
     let mut scratch = HostScratch::default();
+    let on = Machine { device: &gpu, scratch: &mut scratch, launcher: &mut EmulatedLauncher };
     // SAFETY: forwarded from the caller; the emulated kernels run on the host and return before this does.
-    let report = unsafe { F::run(call, &gpu, &mut scratch, &mut EmulatedLauncher)? };
+    let report = unsafe { F::run(call, on)? };
     scratch.check_counters(F::NAME)?;
     Ok(report)
 }

@@ -27,18 +27,19 @@ use crate::cuda::Binder;
 use crate::dtype::{DType, HostFloat, KdFloat};
 use crate::error::{KdError, Result};
 use crate::grad::GradOptions;
-use crate::launch::{DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{DeviceInfo, Machine, OutputSet};
 use crate::shape::Nchw;
 
-/// One call on device addresses, as the driver receives it.
+/// One call on device addresses, as the driver receives it. `S` is the call's geometry: the family's
+/// [`Family::Shape`] as the caller gives it, or its checked form inside a driver ([`NchwFamily`]'s [`Nchw`]).
 #[derive(Debug)]
-pub struct RawCall<'a, F: Family + ?Sized> {
+pub struct RawCall<'a, F: Family + ?Sized, S: ?Sized = <F as Family>::Shape> {
     /// The loss object's configuration.
     pub config: &'a F::Config,
     /// Which kernels to run.
     pub path: F::Path,
     /// The call's geometry.
-    pub shape: &'a F::Shape,
+    pub shape: &'a S,
     /// The dtype of the float inputs.
     pub dtype: DType,
     /// The device addresses.
@@ -47,52 +48,172 @@ pub struct RawCall<'a, F: Family + ?Sized> {
     pub options: GradOptions,
 }
 
+impl<'a, F: Family + ?Sized, S: ?Sized> RawCall<'a, F, S> {
+    /// The same call on `shape`: the geometry a driver checked from the caller's.
+    pub(crate) fn on<'b, T: ?Sized>(&self, shape: &'b T) -> RawCall<'b, F, T>
+    where
+        'a: 'b,
+    {
+        let RawCall { config, path, dtype, buffers, options, .. } = *self;
+        RawCall { config, path, shape, dtype, buffers, options }
+    }
+
+    /// Checks the configuration (a raw call may come without a loss object that checked it) and the gradient
+    /// options: what every driver does before it reads the buffers.
+    pub(crate) fn check(&self) -> Result<()> {
+        self.config.validate()?;
+        self.options.validate()
+    }
+}
+
+impl<F: Family + ?Sized, S: ?Sized> Clone for RawCall<'_, F, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Family + ?Sized, S: ?Sized> Copy for RawCall<'_, F, S> {}
+
+/// What a family's workspace bound depends on: the loss object's configuration, and the geometry, dtype and
+/// device of the calls it is sized for. `S` as for [`RawCall`].
+#[derive(Clone, Copy)]
+pub struct Sizing<'a, F: Family + ?Sized, S: ?Sized = <F as Family>::Shape> {
+    /// The loss object's configuration.
+    pub config: &'a F::Config,
+    /// The calls' geometry.
+    pub shape: &'a S,
+    /// The dtype of the float inputs.
+    pub dtype: DType,
+    /// The device the calls run on.
+    pub device: &'a dyn DeviceInfo,
+}
+
+impl<'a, F: Family + ?Sized, S: ?Sized> Sizing<'a, F, S> {
+    /// The same sizing on `shape`, as [`RawCall::on`].
+    pub(crate) fn on<'b, T: ?Sized>(&self, shape: &'b T) -> Sizing<'b, F, T>
+    where
+        'a: 'b,
+    {
+        Sizing { config: self.config, shape, dtype: self.dtype, device: self.device }
+    }
+}
+
+/// A family's kernel file `kernels/{name}.cu`: its name (also the family's, and its fixtures' `loss` value),
+/// its entry points without the dtype suffix, and those that may take more than 48 KB of dynamic shared
+/// memory (the loader opts them in). One value, so that a family states its kernels in one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelFile {
+    /// The file's name, without `.cu`.
+    pub name: &'static str,
+    /// The entry points.
+    pub kernels: &'static [&'static str],
+    /// The entry points opted in to large dynamic shared memory.
+    pub large_smem: &'static [&'static str],
+}
+
+impl KernelFile {
+    /// `kernels/{name}.cu` with the entry points `kernels`, none with large shared memory.
+    pub const fn new(name: &'static str, kernels: &'static [&'static str]) -> Self {
+        KernelFile { name, kernels, large_smem: &[] }
+    }
+
+    /// The same file whose entry points `large_smem` may take more than 48 KB of dynamic shared memory.
+    pub const fn with_large_smem(self, large_smem: &'static [&'static str]) -> Self {
+        KernelFile { large_smem, ..self }
+    }
+}
+
+/// A family's configuration: what a loss object is made for, checked once on construction and again by the
+/// driver on every raw call. A trait so that [`Family`] checks it without a body per family.
+pub trait FamilyConfig: Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
+    /// Checks every field.
+    fn validate(&self) -> Result<()>;
+}
+
 /// A loss family: the one thing a family implements for every surface to derive its calls from.
 pub trait Family: 'static {
+    /// The family's kernel file.
+    const FILE: KernelFile;
     /// The family's name: its module, its kernel file `kernels/{NAME}.cu`, its fixtures' `loss` value.
-    const NAME: &'static str;
+    const NAME: &'static str = Self::FILE.name;
     /// The entry points of its kernel file, without the dtype suffix.
-    const KERNELS: &'static [&'static str];
+    const KERNELS: &'static [&'static str] = Self::FILE.kernels;
     /// The entry points that may take more than 48 KB of dynamic shared memory (the loader opts them in).
-    const LARGE_SMEM_KERNELS: &'static [&'static str] = &[];
+    const LARGE_SMEM_KERNELS: &'static [&'static str] = Self::FILE.large_smem;
 
     /// What a loss object is made for: the loss's parameters (CWT: and its channel counts).
-    type Config: Clone + PartialEq + fmt::Debug + Send + Sync + 'static;
+    type Config: FamilyConfig;
     /// The geometry of one call as the caller gives it: the `[N, C, H, W]` dims of the student for most
     /// families, the layer table for SemCKD.
     type Shape: ?Sized + fmt::Debug;
     /// The device addresses of one call (`CUdeviceptr`s, 0 for an absent output): what it writes follows
     /// from which are set.
     type RawBuffers: fmt::Debug;
-    /// Which kernels a loss object runs where the family has a choice (CWD, pixel KD); `()` elsewhere.
+    /// Which kernels a loss object runs where the family has a choice (CWD, pixel KD), and which a call ran
+    /// (what [`Family::run`] reports: never `Auto`); `()` elsewhere.
     type Path: Copy + Default + PartialEq + fmt::Debug + Send + Sync + 'static;
-    /// What a call reports back: the kernels it ran where the family has a choice, else `()`.
-    type Report: fmt::Debug;
 
     /// Checks every field of `config`; loss objects call it on construction.
-    fn validate(config: &Self::Config) -> Result<()>;
+    fn validate(config: &Self::Config) -> Result<()> {
+        config.validate()
+    }
 
-    /// The workspace (f32 words, counters) that any call on `shape` in `dtype` may need, whatever its buffers'
-    /// alignment and outputs, so that a reservation makes later calls allocation-free.
-    fn workspace_bound(
-        config: &Self::Config,
-        shape: &Self::Shape,
-        dtype: DType,
-        device: &dyn DeviceInfo,
-    ) -> Result<(usize, usize)>;
+    /// The workspace (f32 words, counters) that any call on `at.shape` in `at.dtype` may need, whatever its
+    /// buffers' alignment and outputs, so that a reservation makes later calls allocation-free.
+    fn workspace_bound(at: Sizing<'_, Self>) -> Result<(usize, usize)>;
 
-    /// Runs one call: checks, plan, workspace, argument blocks, launches. The CUDA loss objects, the raw
-    /// layer and the host emulation all come here, differing only in `device`, `scratch` and `launcher`.
+    /// Runs one call: checks, plan, workspace, argument blocks, launches; returns the path it took. The CUDA
+    /// loss objects, the raw layer and the host emulation all come here, differing only in `on`.
     ///
     /// # Safety
     /// Every non-zero address of `call.buffers` holds what the family's raw buffers document for
-    /// `call.shape` and `call.dtype`, where `launcher`'s kernels can reach it.
-    unsafe fn run(
-        call: RawCall<'_, Self>,
-        device: &dyn DeviceInfo,
-        scratch: &mut dyn Scratch,
-        launcher: &mut dyn Launcher,
-    ) -> Result<Self::Report>;
+    /// `call.shape` and `call.dtype`, where `on.launcher`'s kernels can reach it.
+    unsafe fn run(call: RawCall<'_, Self>, on: Machine<'_>) -> Result<Self::Path>;
+}
+
+/// A family whose calls' geometry is one `[N, C, H, W]` student (CWD, pixel KD, ICSD, DIST). Declaring it one
+/// gives it [`Family`]: the caller's dims are checked into an [`Nchw`] once, here, and the family's driver
+/// starts from that.
+pub trait NchwFamily: 'static {
+    /// As [`Family::FILE`].
+    const FILE: KernelFile;
+    /// As [`Family::Config`].
+    type Config: FamilyConfig;
+    /// As [`Family::RawBuffers`].
+    type RawBuffers: fmt::Debug;
+    /// As [`Family::Path`].
+    type Path: Copy + Default + PartialEq + fmt::Debug + Send + Sync + 'static;
+
+    /// [`Family::workspace_bound`] on the checked student shape.
+    fn workspace(at: Sizing<'_, Self, Nchw>) -> Result<(usize, usize)>
+    where
+        Self: Family;
+
+    /// [`Family::run`] on the checked student shape.
+    ///
+    /// # Safety
+    /// As for [`Family::run`].
+    unsafe fn run_nchw(call: RawCall<'_, Self, Nchw>, on: Machine<'_>) -> Result<<Self as Family>::Path>
+    where
+        Self: Family;
+}
+
+impl<F: NchwFamily> Family for F {
+    const FILE: KernelFile = <F as NchwFamily>::FILE;
+    type Config = <F as NchwFamily>::Config;
+    type Shape = [usize];
+    type RawBuffers = <F as NchwFamily>::RawBuffers;
+    type Path = <F as NchwFamily>::Path;
+
+    fn workspace_bound(at: Sizing<'_, F>) -> Result<(usize, usize)> {
+        F::workspace(at.on(&Nchw::from_dims("student", at.shape)?))
+    }
+
+    unsafe fn run(call: RawCall<'_, F>, on: Machine<'_>) -> Result<F::Path> {
+        let shape = Nchw::from_dims("student", call.shape)?;
+        // SAFETY: the caller's contract, on the same call.
+        unsafe { F::run_nchw(call.on(&shape), on) }
+    }
 }
 
 /// A family whose calls can also be made on typed cudarc buffers, checked for length and context.

@@ -118,26 +118,47 @@ pub(crate) unsafe fn launch_or_reset(
     Ok(())
 }
 
-/// Queues a plan's `launches` in order, every one with the family's one argument block `args`, through
-/// [`launch_or_reset`]; stops at the first failure. Every driver whose launches all share one block ends here,
-/// so that the counter reset on failure cannot be forgotten by one of them.
-///
-/// # Safety
-/// `A` is the argument block type every kernel of `launches` takes, and its addresses hold what the kernels
-/// touch for its parameters (the caller's buffers and the workspace the plan sized).
-pub(crate) unsafe fn launch_all<A>(
-    launcher: &mut dyn Launcher,
-    scratch: &mut dyn Scratch,
-    launches: &[Launch],
-    dtype: DType,
-    args: &A,
-) -> Result<()> {
-    for launch in launches {
+/// What a family's driver runs a call on: the device facts its planner reads, its workspace and the launcher
+/// of its kernels. The CUDA loss objects, the host emulation and the launch-limit checks differ only in it.
+pub struct Machine<'a> {
+    /// The facts the planner reads.
+    pub device: &'a dyn DeviceInfo,
+    /// The family's workspace.
+    pub scratch: &'a mut dyn Scratch,
+    /// Runs the kernels.
+    pub launcher: &'a mut dyn Launcher,
+}
+
+impl Machine<'_> {
+    /// [`launch_or_reset`] on this machine's launcher and workspace.
+    ///
+    /// # Safety
+    /// As for [`Launcher::launch`].
+    pub(crate) unsafe fn launch_or_reset(
+        &mut self,
+        launch: &Launch,
+        dtype: DType,
+        args: *const c_void,
+    ) -> Result<(), LaunchError> {
         // SAFETY: the caller's contract.
-        unsafe { launch_or_reset(launcher, scratch, launch, dtype, (args as *const A).cast::<c_void>()) }
-            .map_err(LaunchError::into_error)?;
+        unsafe { launch_or_reset(self.launcher, self.scratch, launch, dtype, args) }
     }
-    Ok(())
+
+    /// Queues a plan's `launches` in order, every one with the family's one argument block `args`, through
+    /// [`launch_or_reset`]; stops at the first failure. Every driver whose launches all share one block ends
+    /// here, so that the counter reset on failure cannot be forgotten by one of them.
+    ///
+    /// # Safety
+    /// `A` is the argument block type every kernel of `launches` takes, and its addresses hold what the
+    /// kernels touch for its parameters (the caller's buffers and the workspace the plan sized).
+    pub(crate) unsafe fn launch_all<A>(&mut self, launches: &[Launch], dtype: DType, args: &A) -> Result<()> {
+        for launch in launches {
+            // SAFETY: the caller's contract.
+            unsafe { self.launch_or_reset(launch, dtype, (args as *const A).cast::<c_void>()) }
+                .map_err(LaunchError::into_error)?;
+        }
+        Ok(())
+    }
 }
 
 /// The outputs one call writes and how its gradients are scaled: the flags of `kernels/params.h`.

@@ -22,7 +22,7 @@ use crate::family::{Family, PairFamily, PairRawBuffers, RawCall};
 use crate::grad::GradOptions;
 use crate::hw::{self, ArchLimits};
 use crate::icsd::{Icsd, IcsdConfig, IcsdRawBuffers, IcsdVariant};
-use crate::launch::{DeviceInfo, Launch, LaunchError, Launcher, Scratch, BLOCK_THREADS};
+use crate::launch::{DeviceInfo, Launch, LaunchError, Launcher, Machine, Scratch, BLOCK_THREADS};
 use crate::pixel_kd::{PixelKd, PixelKdConfig, PixelKdPath};
 use crate::semckd::{Semckd, SemckdConfig, SemckdLayers, SemckdRawBuffers};
 use crate::testing::SplitMix64;
@@ -204,7 +204,13 @@ fn check_call<F: Family>(
 ) -> usize {
     check_everywhere(F::NAME, F::LARGE_SMEM_KERNELS, required, &|gpu, rec| {
         // SAFETY: nothing runs: the recorder takes the launches and touches no address.
-        unsafe { F::run(raw_call(config, path, shape, dtype, buffers), gpu, &mut FakeScratch, rec) }.map(|_| ())
+        unsafe {
+            F::run(
+                raw_call(config, path, shape, dtype, buffers),
+                Machine { device: gpu, scratch: &mut FakeScratch, launcher: rec },
+            )
+        }
+        .map(|_| ())
     })
 }
 
@@ -297,7 +303,10 @@ fn icsd_launches_fit() {
                 checked += check_everywhere("icsd", &[], required, &|gpu, rec| {
                     // SAFETY: as in `check_call`.
                     unsafe {
-                        Icsd::run(raw_call(&config, (), &dims[..], dtype, &buffers), gpu, &mut FakeScratch, rec)?;
+                        Icsd::run(
+                            raw_call(&config, (), &dims[..], dtype, &buffers),
+                            Machine { device: gpu, scratch: &mut FakeScratch, launcher: rec },
+                        )?;
                         crate::icsd::driver::mix(rec, dtype, addr(3), addr(9), addr(10), 0.5, 0.5)
                     }
                 });
@@ -560,7 +569,7 @@ fn a_wrong_limit_fails_the_sweep() {
         let config = PixelKdConfig::default();
         let call = raw_call::<PixelKd>(&config, PixelKdPath::Auto, &dims, DType::F32, &buffers);
         // SAFETY: as in `check_call`.
-        unsafe { PixelKd::run(call, &gpu, &mut FakeScratch, &mut rec) }.unwrap();
+        unsafe { PixelKd::run(call, Machine { device: &gpu, scratch: &mut FakeScratch, launcher: &mut rec }) }.unwrap();
         let (launch, dtype) = rec.launches[0];
         let res = gpu.resources(launch.kernel, dtype).unwrap();
         hw::check_launch(limits, res, &launch, BLOCK_THREADS as usize, true, 132)
@@ -603,7 +612,8 @@ fn skd_launches_fit() {
                 checked += check_everywhere(Skd::NAME, Skd::LARGE_SMEM_KERNELS, required, &|gpu, rec| {
                     let call = raw_call::<Skd>(&config, (), &shapes, dtype, &buffers);
                     // SAFETY: as in `check_call`.
-                    let result = unsafe { Skd::run(call, gpu, &mut FakeScratch, rec) };
+                    let result =
+                        unsafe { Skd::run(call, Machine { device: gpu, scratch: &mut FakeScratch, launcher: rec }) };
                     let tc = rec.launches.iter().filter(|(l, _)| l.kernel == "skd_gram_tc").count();
                     tensor_core_grams.set(tensor_core_grams.get() + tc);
                     result

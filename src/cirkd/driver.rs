@@ -3,14 +3,15 @@
 
 use super::{plan, Cirkd, CirkdConfig};
 use crate::cuda::Binder;
-use crate::dtype::{DType, KdFloat};
+use crate::dtype::KdFloat;
 use crate::error::{KdError, Result};
 use crate::family::{
-    Family, PairBuffers, PairRawBuffers, RawCall, StudentGradFamily, StudentTeacherFamily, TypedFamily,
+    Family, KernelFile, PairBuffers, PairRawBuffers, RawCall, Sizing, StudentGradFamily, StudentTeacherFamily,
+    TypedFamily,
 };
 use crate::ffi::KdCirkdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_all, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{Machine, OutputSet};
 use crate::relation::{check_shapes, RelationShapes};
 
 /// The device addresses of one CIRKD call (`CUdeviceptr`s; 0 for an absent output). The call writes the loss
@@ -55,39 +56,23 @@ fn checked(shapes: &RelationShapes) -> Result<RelationShapes> {
 }
 
 impl Family for Cirkd {
-    const NAME: &'static str = "cirkd";
-    const KERNELS: &'static [&'static str] = &plan::KERNELS;
+    const FILE: KernelFile = KernelFile::new("cirkd", &plan::KERNELS);
     type Config = CirkdConfig;
     type Shape = RelationShapes;
     type RawBuffers = CirkdRawBuffers;
     type Path = ();
-    type Report = ();
 
-    fn validate(config: &CirkdConfig) -> Result<()> {
-        config.validate()
+    fn workspace_bound(at: Sizing<'_, Self>) -> Result<(usize, usize)> {
+        Ok((plan::workspace_bound(at.config, &checked(at.shape)?, at.dtype)?, 1))
     }
 
-    fn workspace_bound(
-        config: &CirkdConfig,
-        shapes: &RelationShapes,
-        dtype: DType,
-        _device: &dyn DeviceInfo,
-    ) -> Result<(usize, usize)> {
-        Ok((plan::workspace_bound(config, &checked(shapes)?, dtype)?, 1))
-    }
-
-    unsafe fn run(
-        call: RawCall<'_, Self>,
-        _device: &dyn DeviceInfo,
-        scratch: &mut dyn Scratch,
-        launcher: &mut dyn Launcher,
-    ) -> Result<()> {
-        call.options.validate()?;
+    unsafe fn run(call: RawCall<'_, Self>, mut on: Machine<'_>) -> Result<()> {
+        call.check()?;
         let shapes = checked(call.shape)?;
         let buffers = call.buffers;
         let outputs = buffers.outputs(call.options)?;
         let plan = plan::plan(call.config, &shapes, call.dtype, outputs, call.options.scale)?;
-        let (floats, counters) = scratch.prepare(plan.workspace_floats, 1)?;
+        let (floats, counters) = on.scratch.prepare(plan.workspace_floats, 1)?;
         let ws = |offset: usize| floats + 4 * offset as u64;
         // 0 for an array the call does not keep in the workspace: the kernels never read those.
         let kept = |offset: Option<usize>| offset.map_or(0, ws);
@@ -113,7 +98,7 @@ impl Family for Cirkd {
             args.p.anchor = anchor;
             // SAFETY: `args` is the block cirkd.cu's kernels take; its addresses come from the caller (who vouches
             // for them) and from the workspace, sized by the plan.
-            unsafe { launch_all(launcher, scratch, std::slice::from_ref(launch), call.dtype, &args) }?;
+            unsafe { on.launch_all(std::slice::from_ref(launch), call.dtype, &args) }?;
         }
         Ok(())
     }

@@ -164,3 +164,9 @@ impl CirkdConfig {
         self.pool.pooling(h, w).pooled(h, w)
     }
 }
+
+impl crate::family::FamilyConfig for CirkdConfig {
+    fn validate(&self) -> Result<()> {
+        CirkdConfig::validate(self)
+    }
+}

@@ -9,7 +9,8 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use super::{Binder, CudaLauncher, KernelModule, Workspace};
 use crate::dtype::{DType, KdFloat};
 use crate::error::Result;
-use crate::family::{Family, PairBuffers, RawCall, StudentTeacherFamily, TypedFamily};
+use crate::family::{Family, PairBuffers, RawCall, Sizing, StudentTeacherFamily, TypedFamily};
+use crate::launch::Machine;
 
 /// A loss family `F` on the GPU: its kernels loaded into one context and a workspace that grows to the
 /// largest call seen, then is reused, so steady-state calls allocate nothing. Calls are queued on a stream
@@ -76,7 +77,8 @@ impl<F: Family> LossCuda<F> {
     /// allocate nothing. Call it before capturing the stream into a CUDA graph: a call that would have to grow
     /// the workspace during a capture returns [`crate::KdError::WorkspaceTooSmall`] instead.
     pub fn reserve(&mut self, shape: &F::Shape, dtype: DType) -> Result<()> {
-        let (floats, counters) = F::workspace_bound(&self.config, shape, dtype, &self.module)?;
+        let (floats, counters) =
+            F::workspace_bound(Sizing { config: &self.config, shape, dtype, device: &self.module })?;
         self.workspace.reserve(floats, counters.max(1))
     }
 
@@ -99,19 +101,20 @@ impl<F: Family> LossCuda<F> {
         dtype: DType,
         buffers: &F::RawBuffers,
         options: crate::GradOptions,
-    ) -> Result<F::Report> {
+    ) -> Result<F::Path> {
         self.workspace.launch_on(stream);
         let mut launcher = CudaLauncher { module: &self.module, stream };
         let call = RawCall { config: &self.config, path: self.path, shape, dtype, buffers, options };
+        let on = Machine { device: &self.module, scratch: &mut self.workspace, launcher: &mut launcher };
         // SAFETY: forwarded from the caller.
-        unsafe { F::run(call, &self.module, &mut self.workspace, &mut launcher) }
+        unsafe { F::run(call, on) }
     }
 }
 
 impl<F: TypedFamily> LossCuda<F> {
     /// One call on cudarc buffers: each is checked (length, context) and the call is queued on this loss's
     /// stream. What it writes follows from which outputs `buffers` holds.
-    pub fn call<T: KdFloat>(&mut self, shape: &F::Shape, buffers: F::Buffers<'_, T>) -> Result<F::Report> {
+    pub fn call<T: KdFloat>(&mut self, shape: &F::Shape, buffers: F::Buffers<'_, T>) -> Result<F::Path> {
         let stream = self.stream.clone();
         let mut binder = Binder::new(&stream);
         let (raw, options) = F::bind(&self.config, shape, buffers, &mut binder)?;

@@ -92,3 +92,9 @@ impl CwdConfig {
         self.loss_weight * self.tau / rows as f64
     }
 }
+
+impl crate::family::FamilyConfig for CwdConfig {
+    fn validate(&self) -> Result<()> {
+        CwdConfig::validate(self)
+    }
+}

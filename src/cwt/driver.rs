@@ -8,10 +8,10 @@ use crate::cuda::Binder;
 use crate::dtype::DType;
 use crate::dtype::KdFloat;
 use crate::error::{KdError, Result};
-use crate::family::{Family, RawCall, TypedFamily};
+use crate::family::{Family, KernelFile, RawCall, Sizing, TypedFamily};
 use crate::ffi::KdCwtArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_all, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{DeviceInfo, Launcher, Machine, OutputSet, Scratch};
 use crate::shape::Nchw;
 
 /// The device addresses of one CWT call (`CUdeviceptr`s; 0 for an absent output). The loss is computed
@@ -144,14 +144,15 @@ pub(crate) unsafe fn run(
         counter: counters,
         p: plan.chunks[0].params,
     };
+    let mut on = Machine { device, scratch, launcher };
     for chunk in &plan.chunks {
         args.p = chunk.params;
         // SAFETY: `args` is the block cwt.cu's kernels take; its addresses come from the caller (who vouches
         // for them) and from the workspace, sized by the plan.
-        unsafe { launch_all(launcher, scratch, &chunk.launches, dtype, &args) }?;
+        unsafe { on.launch_all(&chunk.launches, dtype, &args) }?;
     }
     // SAFETY: as above.
-    unsafe { launch_all(launcher, scratch, plan.combine.as_slice(), dtype, &args) }
+    unsafe { on.launch_all(plan.combine.as_slice(), dtype, &args) }
 }
 
 /// The teacher's dims for a student of `student` dims: the same with `Ct` channels.
@@ -164,54 +165,26 @@ fn teacher_dims(shapes: &CwtShapes, student: &[usize]) -> Vec<usize> {
 }
 
 impl Family for Cwt {
-    const NAME: &'static str = "cwt";
-    const KERNELS: &'static [&'static str] = &plan::KERNELS;
-    const LARGE_SMEM_KERNELS: &'static [&'static str] = &plan::OPT_IN_SMEM;
+    const FILE: KernelFile = KernelFile::new("cwt", &plan::KERNELS).with_large_smem(&plan::OPT_IN_SMEM);
     type Config = CwtSetup;
     /// The student's `[N, Cs, H, W]`; the teacher is `[N, Ct, H, W]`.
     type Shape = [usize];
     type RawBuffers = CwtRawBuffers;
     type Path = ();
-    type Report = ();
 
-    fn validate(setup: &CwtSetup) -> Result<()> {
-        setup.validate()
+    fn workspace_bound(at: Sizing<'_, Self>) -> Result<(usize, usize)> {
+        let CwtSetup { config, shapes } = at.config;
+        let (s, t) = shapes.check_features(at.shape, &teacher_dims(shapes, at.shape))?;
+        Ok((workspace_bound(config, shapes, &s, &t, at.dtype, Device::of(at.device))?, 1))
     }
 
-    fn workspace_bound(
-        setup: &CwtSetup,
-        student: &[usize],
-        dtype: DType,
-        device: &dyn DeviceInfo,
-    ) -> Result<(usize, usize)> {
-        let (s, t) = setup.shapes.check_features(student, &teacher_dims(&setup.shapes, student))?;
-        Ok((workspace_bound(&setup.config, &setup.shapes, &s, &t, dtype, Device::of(device))?, 1))
-    }
-
-    unsafe fn run(
-        call: RawCall<'_, Self>,
-        device: &dyn DeviceInfo,
-        scratch: &mut dyn Scratch,
-        launcher: &mut dyn Launcher,
-    ) -> Result<()> {
+    unsafe fn run(call: RawCall<'_, Self>, on: Machine<'_>) -> Result<()> {
         let CwtSetup { config, shapes } = call.config;
-        let teacher = teacher_dims(shapes, call.shape);
+        let RawCall { shape: student, dtype, buffers, options, .. } = call;
+        let teacher = teacher_dims(shapes, student);
+        let Machine { device, scratch, launcher } = on;
         // SAFETY: forwarded from the caller.
-        unsafe {
-            run(
-                config,
-                shapes,
-                call.shape,
-                &teacher,
-                call.dtype,
-                call.buffers,
-                call.options,
-                None,
-                device,
-                scratch,
-                launcher,
-            )
-        }
+        unsafe { run(config, shapes, student, &teacher, dtype, buffers, options, None, device, scratch, launcher) }
     }
 }
 

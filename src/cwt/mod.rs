@@ -167,6 +167,12 @@ impl CwtSetup {
     }
 }
 
+impl crate::family::FamilyConfig for CwtSetup {
+    fn validate(&self) -> Result<()> {
+        CwtSetup::validate(self)
+    }
+}
+
 /// The CWT family ([`crate::family::Family`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cwt;

@@ -66,3 +66,9 @@ impl DistConfig {
         validate::finite("loss_weight", self.loss_weight)
     }
 }
+
+impl crate::family::FamilyConfig for DistConfig {
+    fn validate(&self) -> Result<()> {
+        DistConfig::validate(self)
+    }
+}

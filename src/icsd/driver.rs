@@ -11,11 +11,12 @@ use crate::dtype::DType;
 use crate::dtype::{HostFloat, KdFloat};
 use crate::error::{KdError, Result};
 use crate::family::{
-    bind_pair, Family, PairBuffers, PairFamily, PairRawBuffers, RawCall, StudentTeacherFamily, TypedFamily,
+    bind_pair, KernelFile, NchwFamily, PairBuffers, PairFamily, PairRawBuffers, RawCall, Sizing, StudentTeacherFamily,
+    TypedFamily,
 };
 use crate::ffi::{KdIcsdArgs, KdIcsdMixArgs};
 use crate::grad::GradOptions;
-use crate::launch::{launch_all, DeviceInfo, Launch, Launcher, OutputSet, Scratch};
+use crate::launch::{Launch, Launcher, Machine, OutputSet};
 use crate::shape::Nchw;
 use cudarc::driver::DevicePtrMut;
 use ndarray::ArrayView4;
@@ -55,54 +56,6 @@ impl IcsdRawBuffers {
             options,
         )
     }
-}
-
-/// The workspace floats any call on `shape` may need.
-pub(crate) fn workspace_bound(config: &IcsdConfig, shape: &Nchw, sm_count: usize) -> Result<usize> {
-    let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
-    Ok(plan::plan(config, shape, sm_count, outputs, 1.0)?.workspace_floats)
-}
-
-/// Runs one call.
-///
-/// # Safety
-/// Every non-zero address of `buffers` holds what [`IcsdRawBuffers`] says for `shape` and `dtype`, where
-/// `launcher`'s kernels can reach it.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn run(
-    config: &IcsdConfig,
-    shape: &Nchw,
-    dtype: DType,
-    buffers: &IcsdRawBuffers,
-    options: GradOptions,
-    device: &dyn DeviceInfo,
-    scratch: &mut dyn Scratch,
-    launcher: &mut dyn Launcher,
-) -> Result<()> {
-    config.validate()?;
-    options.validate()?;
-    let outputs = buffers.outputs(options)?;
-    let plan = plan::plan(config, shape, device.sm_count(), outputs, options.scale)?;
-    let (floats, _) = scratch.prepare(plan.workspace_floats, 1)?;
-    let [mats, stats, coef, dots] = plan.offsets;
-    let args = KdIcsdArgs {
-        student: buffers.student,
-        teacher: buffers.teacher,
-        grad_student: buffers.grad_student,
-        loss: buffers.loss,
-        upstream: buffers.upstream,
-        sim_student: buffers.sim_student,
-        sim_teacher: buffers.sim_teacher,
-        stats: floats + stats,
-        partials: floats,
-        mats: floats + mats,
-        coef: floats + coef,
-        dots: floats + dots,
-        p: plan.params,
-    };
-    // SAFETY: `args` is the block icsd.cu's kernels take; its addresses come from the caller (who vouches for
-    // them) and from the workspace, sized by the plan.
-    unsafe { launch_all(launcher, scratch, &plan.launches, dtype, &args) }
 }
 
 /// Queues `out = wa * a + wb * b` on three device f32 (AICSD's loss terms).
@@ -145,38 +98,42 @@ fn no_teacher_grad(grad_teacher: bool) -> Result<()> {
     Ok(())
 }
 
-impl Family for Icsd {
-    const NAME: &'static str = "icsd";
-    const KERNELS: &'static [&'static str] = &plan::KERNELS;
+impl NchwFamily for Icsd {
+    const FILE: KernelFile = KernelFile::new("icsd", &plan::KERNELS);
     type Config = IcsdConfig;
-    type Shape = [usize];
     type RawBuffers = IcsdRawBuffers;
     type Path = ();
-    type Report = ();
 
-    fn validate(config: &IcsdConfig) -> Result<()> {
-        config.validate()
+    fn workspace(at: Sizing<'_, Self, Nchw>) -> Result<(usize, usize)> {
+        let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
+        Ok((plan::plan(at.config, at.shape, at.device.sm_count(), outputs, 1.0)?.workspace_floats, 1))
     }
 
-    fn workspace_bound(
-        config: &IcsdConfig,
-        shape: &[usize],
-        _dtype: DType,
-        device: &dyn DeviceInfo,
-    ) -> Result<(usize, usize)> {
-        let shape = Nchw::from_dims("student", shape)?;
-        Ok((workspace_bound(config, &shape, device.sm_count())?, 1))
-    }
-
-    unsafe fn run(
-        call: RawCall<'_, Self>,
-        device: &dyn DeviceInfo,
-        scratch: &mut dyn Scratch,
-        launcher: &mut dyn Launcher,
-    ) -> Result<()> {
-        let shape = Nchw::from_dims("student", call.shape)?;
-        // SAFETY: forwarded from the caller.
-        unsafe { run(call.config, &shape, call.dtype, call.buffers, call.options, device, scratch, launcher) }
+    unsafe fn run_nchw(call: RawCall<'_, Self, Nchw>, mut on: Machine<'_>) -> Result<()> {
+        call.check()?;
+        let buffers = call.buffers;
+        let outputs = buffers.outputs(call.options)?;
+        let plan = plan::plan(call.config, call.shape, on.device.sm_count(), outputs, call.options.scale)?;
+        let (floats, _) = on.scratch.prepare(plan.workspace_floats, 1)?;
+        let [mats, stats, coef, dots] = plan.offsets;
+        let args = KdIcsdArgs {
+            student: buffers.student,
+            teacher: buffers.teacher,
+            grad_student: buffers.grad_student,
+            loss: buffers.loss,
+            upstream: buffers.upstream,
+            sim_student: buffers.sim_student,
+            sim_teacher: buffers.sim_teacher,
+            stats: floats + stats,
+            partials: floats,
+            mats: floats + mats,
+            coef: floats + coef,
+            dots: floats + dots,
+            p: plan.params,
+        };
+        // SAFETY: `args` is the block icsd.cu's kernels take; its addresses come from the caller (who vouches
+        // for them) and from the workspace, sized by the plan.
+        unsafe { on.launch_all(&plan.launches, call.dtype, &args) }
     }
 }
 

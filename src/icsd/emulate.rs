@@ -8,9 +8,10 @@ use crate::emulator::{
     Outputs,
 };
 use crate::error::Result;
-use crate::family::{PairFamily, PairRawBuffers, RawCall};
+use crate::family::{NchwFamily, PairFamily, PairRawBuffers, RawCall};
 use crate::grad::GradOptions;
-use crate::pixel_kd::PixelKdPath;
+use crate::launch::Machine;
+use crate::pixel_kd::{PixelKd, PixelKdPath};
 
 /// What an emulated ICSD call wrote: the loss, the gradient, and the two matrices (f32, `C * C`).
 #[derive(Debug, Clone)]
@@ -101,18 +102,24 @@ pub fn aicsd<T: KdFloat>(
     let mut scratch = HostScratch::default();
     // SAFETY: as in `icsd`.
     unsafe {
-        driver::run(&config.icsd, &shape, T::DTYPE, &ics, ics_options, &gpu, &mut scratch, &mut EmulatedLauncher)?;
-        crate::pixel_kd::driver::run(
-            &config.kd,
-            PixelKdPath::Auto,
-            &shape,
-            T::DTYPE,
-            &kd,
-            kd_options,
-            &gpu,
-            &mut scratch,
-            &mut EmulatedLauncher,
-        )?;
+        let icsd = RawCall {
+            config: &config.icsd,
+            path: (),
+            shape: &shape,
+            dtype: T::DTYPE,
+            buffers: &ics,
+            options: ics_options,
+        };
+        Icsd::run_nchw(icsd, Machine { device: &gpu, scratch: &mut scratch, launcher: &mut EmulatedLauncher })?;
+        let kd = RawCall {
+            config: &config.kd,
+            path: PixelKdPath::Auto,
+            shape: &shape,
+            dtype: T::DTYPE,
+            buffers: &kd,
+            options: kd_options,
+        };
+        PixelKd::run_nchw(kd, Machine { device: &gpu, scratch: &mut scratch, launcher: &mut EmulatedLauncher })?;
         driver::mix(
             &mut EmulatedLauncher,
             T::DTYPE,

@@ -111,6 +111,12 @@ impl IcsdConfig {
     }
 }
 
+impl crate::family::FamilyConfig for IcsdConfig {
+    fn validate(&self) -> Result<()> {
+        IcsdConfig::validate(self)
+    }
+}
+
 /// The official number of epochs of the ALW schedule (`docs/losses.md §3.10`).
 pub const ALW_TOTAL_EPOCHS: f64 = 120.0;
 

@@ -6,12 +6,12 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 use super::labels::{check_shapes, IfvdShapes};
 use super::{plan, Ifvd, IfvdConfig};
 use crate::cuda::Binder;
-use crate::dtype::{DType, KdFloat, LabelDType};
+use crate::dtype::{KdFloat, LabelDType};
 use crate::error::{KdError, Result};
-use crate::family::{Family, RawCall, TypedFamily};
+use crate::family::{Family, KernelFile, RawCall, Sizing, TypedFamily};
 use crate::ffi::KdIfvdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_all, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{Machine, OutputSet};
 
 /// The device addresses of one IFVD call (`CUdeviceptr`s; 0 for an absent output). The call writes the loss
 /// where `loss` is set and d loss / d student where `grad_student` is (times the device scalar at `upstream`
@@ -102,43 +102,26 @@ fn checked(shapes: &IfvdShapes) -> Result<IfvdShapes> {
 }
 
 impl Family for Ifvd {
-    const NAME: &'static str = "ifvd";
-    const KERNELS: &'static [&'static str] = &plan::KERNELS;
+    const FILE: KernelFile = KernelFile::new("ifvd", &plan::KERNELS);
     type Config = IfvdConfig;
     type Shape = IfvdShapes;
     type RawBuffers = IfvdRawBuffers;
     type Path = ();
-    type Report = ();
 
-    fn validate(config: &IfvdConfig) -> Result<()> {
-        config.validate()
-    }
-
-    fn workspace_bound(
-        config: &IfvdConfig,
-        shape: &IfvdShapes,
-        _dtype: DType,
-        device: &dyn DeviceInfo,
-    ) -> Result<(usize, usize)> {
+    fn workspace_bound(at: Sizing<'_, Self>) -> Result<(usize, usize)> {
         let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
-        let plan = plan::plan(config, &checked(shape)?, LabelDType::I64, device.sm_count(), outputs, 1.0)?;
+        let plan = plan::plan(at.config, &checked(at.shape)?, LabelDType::I64, at.device.sm_count(), outputs, 1.0)?;
         Ok((plan.workspace_floats, 1))
     }
 
-    unsafe fn run(
-        call: RawCall<'_, Self>,
-        device: &dyn DeviceInfo,
-        scratch: &mut dyn Scratch,
-        launcher: &mut dyn Launcher,
-    ) -> Result<()> {
-        call.config.validate()?;
-        call.options.validate()?;
+    unsafe fn run(call: RawCall<'_, Self>, mut on: Machine<'_>) -> Result<()> {
+        call.check()?;
         let shapes = checked(call.shape)?;
         let buffers = call.buffers;
         let outputs = buffers.outputs(call.options)?;
         let plan =
-            plan::plan(call.config, &shapes, buffers.label_dtype, device.sm_count(), outputs, call.options.scale)?;
-        let (floats, counters) = scratch.prepare(plan.workspace_floats, 1)?;
+            plan::plan(call.config, &shapes, buffers.label_dtype, on.device.sm_count(), outputs, call.options.scale)?;
+        let (floats, counters) = on.scratch.prepare(plan.workspace_floats, 1)?;
         let [pixel_class, counts, sums, protos, proto_norms, moments, coef, proto_grad, loss_partials] =
             plan.offsets.map(|offset| floats + offset);
         let args = KdIfvdArgs {
@@ -162,7 +145,7 @@ impl Family for Ifvd {
         };
         // SAFETY: `args` is the block ifvd.cu's kernels take; its addresses come from the caller (who vouches
         // for them) and from the workspace, sized by the plan.
-        unsafe { launch_all(launcher, scratch, &plan.launches, call.dtype, &args) }
+        unsafe { on.launch_all(&plan.launches, call.dtype, &args) }
     }
 }
 

@@ -88,3 +88,9 @@ impl IfvdConfig {
         self.loss_weight / pixels as f64
     }
 }
+
+impl crate::family::FamilyConfig for IfvdConfig {
+    fn validate(&self) -> Result<()> {
+        IfvdConfig::validate(self)
+    }
+}

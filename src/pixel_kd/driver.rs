@@ -5,10 +5,9 @@ use super::plan::{self, Device, PixelKdPlan};
 use super::{PixelKd, PixelKdConfig, PixelKdPath};
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::family::{Family, PairRawBuffers, PlainPairFamily, RawCall};
+use crate::family::{KernelFile, NchwFamily, PairRawBuffers, PlainPairFamily, RawCall, Sizing};
 use crate::ffi::KdPixelKdArgs;
-use crate::grad::GradOptions;
-use crate::launch::{launch_all, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{DeviceInfo, Machine, OutputSet};
 use crate::shape::Nchw;
 
 /// Plans a call on `device` (the tiled kernel's grid from its occupancy with the tile's shared memory).
@@ -26,91 +25,44 @@ pub(crate) fn plan_on(
     })
 }
 
-/// Runs one call; returns the path it took.
-///
-/// # Safety
-/// Every non-zero address of `buffers` holds what [`PairRawBuffers`] says for `shape` and `dtype`, where
-/// `launcher`'s kernels can reach it.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn run(
-    config: &PixelKdConfig,
-    path: PixelKdPath,
-    shape: &Nchw,
-    dtype: DType,
-    buffers: &PairRawBuffers,
-    options: GradOptions,
-    device: &dyn DeviceInfo,
-    scratch: &mut dyn Scratch,
-    launcher: &mut dyn Launcher,
-) -> Result<PixelKdPath> {
-    config.validate()?;
-    options.validate()?;
-    let outputs = buffers.outputs(false, options)?;
-    let plan = plan_on(config, path, shape, dtype, outputs, options.scale, device)?;
-    let (floats, counters) = scratch.prepare(plan.workspace_floats, 1)?;
-    let args = KdPixelKdArgs {
-        student: buffers.student,
-        teacher: buffers.teacher,
-        grad_student: buffers.grad_student,
-        loss: buffers.loss,
-        upstream: buffers.upstream,
-        block_totals: floats,
-        counter: counters,
-        p: plan.params,
-    };
-    // SAFETY: `args` is the block pixel_kd.cu's kernels take; its addresses come from the caller (who vouches
-    // for them) and from the workspace, sized by the plan.
-    unsafe { launch_all(launcher, scratch, std::slice::from_ref(&plan.launch), dtype, &args) }?;
-    Ok(plan.path)
-}
-
-/// The workspace any call on `shape` may need, on either path.
-pub(crate) fn workspace_bound(config: &PixelKdConfig, shape: &Nchw, dtype: DType, device: &dyn DeviceInfo) -> usize {
-    let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
-    let mut floats = 0;
-    for path in [PixelKdPath::Tiled, PixelKdPath::PerPixel] {
-        if let Ok(p) = plan_on(config, path, shape, dtype, outputs, 1.0, device) {
-            floats = floats.max(p.workspace_floats);
-        }
-    }
-    floats
-}
-
-impl Family for PixelKd {
-    const NAME: &'static str = "pixel_kd";
-    const KERNELS: &'static [&'static str] = &plan::KERNELS;
-    const LARGE_SMEM_KERNELS: &'static [&'static str] = &plan::OPT_IN_SMEM;
+impl NchwFamily for PixelKd {
+    const FILE: KernelFile = KernelFile::new("pixel_kd", &plan::KERNELS).with_large_smem(&plan::OPT_IN_SMEM);
     type Config = PixelKdConfig;
-    type Shape = [usize];
     type RawBuffers = PairRawBuffers;
     type Path = PixelKdPath;
-    type Report = PixelKdPath;
 
-    fn validate(config: &PixelKdConfig) -> Result<()> {
-        config.validate()
-    }
-
-    fn workspace_bound(
-        config: &PixelKdConfig,
-        shape: &[usize],
-        dtype: DType,
-        device: &dyn DeviceInfo,
-    ) -> Result<(usize, usize)> {
-        let shape = Nchw::from_dims("student", shape)?;
-        Ok((workspace_bound(config, &shape, dtype, device), 1))
-    }
-
-    unsafe fn run(
-        call: RawCall<'_, Self>,
-        device: &dyn DeviceInfo,
-        scratch: &mut dyn Scratch,
-        launcher: &mut dyn Launcher,
-    ) -> Result<PixelKdPath> {
-        let shape = Nchw::from_dims("student", call.shape)?;
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            run(call.config, call.path, &shape, call.dtype, call.buffers, call.options, device, scratch, launcher)
+    /// The workspace any call on the shape may need, on either path.
+    fn workspace(at: Sizing<'_, Self, Nchw>) -> Result<(usize, usize)> {
+        let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
+        let mut floats = 0;
+        for path in [PixelKdPath::Tiled, PixelKdPath::PerPixel] {
+            if let Ok(p) = plan_on(at.config, path, at.shape, at.dtype, outputs, 1.0, at.device) {
+                floats = floats.max(p.workspace_floats);
+            }
         }
+        Ok((floats, 1))
+    }
+
+    unsafe fn run_nchw(call: RawCall<'_, Self, Nchw>, mut on: Machine<'_>) -> Result<PixelKdPath> {
+        call.check()?;
+        let buffers = call.buffers;
+        let outputs = buffers.outputs(false, call.options)?;
+        let plan = plan_on(call.config, call.path, call.shape, call.dtype, outputs, call.options.scale, on.device)?;
+        let (floats, counters) = on.scratch.prepare(plan.workspace_floats, 1)?;
+        let args = KdPixelKdArgs {
+            student: buffers.student,
+            teacher: buffers.teacher,
+            grad_student: buffers.grad_student,
+            loss: buffers.loss,
+            upstream: buffers.upstream,
+            block_totals: floats,
+            counter: counters,
+            p: plan.params,
+        };
+        // SAFETY: `args` is the block pixel_kd.cu's kernels take; its addresses come from the caller (who
+        // vouches for them) and from the workspace, sized by the plan.
+        unsafe { on.launch_all(std::slice::from_ref(&plan.launch), call.dtype, &args) }?;
+        Ok(plan.path)
     }
 }
 

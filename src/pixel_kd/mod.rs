@@ -143,3 +143,9 @@ impl PixelKdConfig {
         self.loss_scale(shape) / self.tau
     }
 }
+
+impl crate::family::FamilyConfig for PixelKdConfig {
+    fn validate(&self) -> Result<()> {
+        PixelKdConfig::validate(self)
+    }
+}

@@ -4,12 +4,12 @@
 use super::plan::{self, PkdPlan};
 use super::{Pkd, PkdConfig, PkdLevels};
 use crate::cuda::Binder;
-use crate::dtype::{DType, KdFloat};
+use crate::dtype::KdFloat;
 use crate::error::{KdError, Result};
-use crate::family::{Family, RawCall, TypedFamily};
+use crate::family::{Family, KernelFile, RawCall, Sizing, TypedFamily};
 use crate::ffi::KdPkdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_all, DeviceInfo, Launcher, OutputSet, Scratch};
+use crate::launch::{Machine, OutputSet};
 
 /// The device addresses of one PKD call (`CUdeviceptr`s; 0 for an absent output), one per level for the
 /// tensors. The loss is written where `loss` is set; d loss / d student where `grad_student` holds an address
@@ -72,75 +72,42 @@ impl PkdRawBuffers {
     }
 }
 
-/// Runs one call.
-///
-/// # Safety
-/// Every non-zero address of `buffers` holds what [`PkdRawBuffers`] says for `levels` and `dtype`, where
-/// `launcher`'s kernels can reach it.
-pub(crate) unsafe fn run(
-    config: &PkdConfig,
-    levels: &PkdLevels,
-    dtype: DType,
-    buffers: &PkdRawBuffers,
-    options: GradOptions,
-    scratch: &mut dyn Scratch,
-    launcher: &mut dyn Launcher,
-) -> Result<()> {
-    config.validate()?;
-    options.validate()?;
-    let outputs = buffers.outputs(levels, options)?;
-    let PkdPlan { params, launches, offsets, workspace_floats } = plan::plan(config, levels, outputs, options.scale)?;
-    let (floats, counters) = scratch.prepare(workspace_floats, 1)?;
-    let ws = |k: usize| floats + 4 * offsets[k] as u64;
-    // SAFETY: plain old data; zero addresses are "absent".
-    let mut args: KdPkdArgs = unsafe { std::mem::zeroed() };
-    args.student[..levels.len()].copy_from_slice(&buffers.student);
-    args.teacher[..levels.len()].copy_from_slice(&buffers.teacher);
-    if outputs.grad_student {
-        args.grad_student[..levels.len()].copy_from_slice(&buffers.grad_student);
-    }
-    args.loss = buffers.loss;
-    args.upstream = buffers.upstream;
-    args.partials = ws(0);
-    args.coef = ws(1);
-    args.loss_partials = ws(2);
-    args.counter = counters;
-    args.p = params;
-    // SAFETY: `args` is the block pkd.cu's kernels take; its addresses come from the caller (who vouches for
-    // them) and from the workspace, sized by the plan.
-    unsafe { launch_all(launcher, scratch, &launches, dtype, &args) }
-}
-
 impl Family for Pkd {
-    const NAME: &'static str = "pkd";
-    const KERNELS: &'static [&'static str] = &plan::KERNELS;
+    const FILE: KernelFile = KernelFile::new("pkd", &plan::KERNELS);
     type Config = PkdConfig;
     type Shape = PkdLevels;
     type RawBuffers = PkdRawBuffers;
     type Path = ();
-    type Report = ();
 
-    fn validate(config: &PkdConfig) -> Result<()> {
-        config.validate()
+    fn workspace_bound(at: Sizing<'_, Self>) -> Result<(usize, usize)> {
+        Ok((plan::workspace_bound(at.config, at.shape)?, 1))
     }
 
-    fn workspace_bound(
-        config: &PkdConfig,
-        levels: &PkdLevels,
-        _dtype: DType,
-        _device: &dyn DeviceInfo,
-    ) -> Result<(usize, usize)> {
-        Ok((plan::workspace_bound(config, levels)?, 1))
-    }
-
-    unsafe fn run(
-        call: RawCall<'_, Self>,
-        _device: &dyn DeviceInfo,
-        scratch: &mut dyn Scratch,
-        launcher: &mut dyn Launcher,
-    ) -> Result<()> {
-        // SAFETY: forwarded from the caller.
-        unsafe { run(call.config, call.shape, call.dtype, call.buffers, call.options, scratch, launcher) }
+    unsafe fn run(call: RawCall<'_, Self>, mut on: Machine<'_>) -> Result<()> {
+        call.check()?;
+        let (levels, buffers) = (call.shape, call.buffers);
+        let outputs = buffers.outputs(levels, call.options)?;
+        let PkdPlan { params, launches, offsets, workspace_floats } =
+            plan::plan(call.config, levels, outputs, call.options.scale)?;
+        let (floats, counters) = on.scratch.prepare(workspace_floats, 1)?;
+        let ws = |k: usize| floats + 4 * offsets[k] as u64;
+        // SAFETY: plain old data; zero addresses are "absent".
+        let mut args: KdPkdArgs = unsafe { std::mem::zeroed() };
+        args.student[..levels.len()].copy_from_slice(&buffers.student);
+        args.teacher[..levels.len()].copy_from_slice(&buffers.teacher);
+        if outputs.grad_student {
+            args.grad_student[..levels.len()].copy_from_slice(&buffers.grad_student);
+        }
+        args.loss = buffers.loss;
+        args.upstream = buffers.upstream;
+        args.partials = ws(0);
+        args.coef = ws(1);
+        args.loss_partials = ws(2);
+        args.counter = counters;
+        args.p = params;
+        // SAFETY: `args` is the block pkd.cu's kernels take; its addresses come from the caller (who vouches for
+        // them) and from the workspace, sized by the plan.
+        unsafe { on.launch_all(&launches, call.dtype, &args) }
     }
 }
 

@@ -68,6 +68,12 @@ impl PkdConfig {
     }
 }
 
+impl crate::family::FamilyConfig for PkdConfig {
+    fn validate(&self) -> Result<()> {
+        PkdConfig::validate(self)
+    }
+}
+
 /// The level shapes of one call, checked by [`check_levels`]: one `[N, C, H, W]` per level, the same for the
 /// student and the teacher.
 #[derive(Debug, Clone, PartialEq, Eq)]

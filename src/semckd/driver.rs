@@ -8,10 +8,10 @@ use super::layers::{SemckdLayers, MAX_LAYERS};
 use super::{Semckd, SemckdConfig};
 use crate::dtype::DType;
 use crate::error::{KdError, Result};
-use crate::family::{Family, RawCall};
+use crate::family::{Family, KernelFile, RawCall, Sizing};
 use crate::ffi::{self, KdSemckdArgs, KdSemckdParams};
 use crate::grad::GradOptions;
-use crate::launch::{self, DeviceInfo, Launch, Launcher, Scratch, BLOCK_THREADS};
+use crate::launch::{self, Launch, Launcher, Machine, BLOCK_THREADS};
 use crate::validate;
 
 pub(crate) const GRAM: &str = "semckd_gram";
@@ -223,80 +223,6 @@ pub(crate) fn workspace_bound(config: &SemckdConfig, layers: &SemckdLayers) -> R
     Ok(plan(config, layers, true, 0, 1.0)?.workspace_floats)
 }
 
-/// Runs one call.
-///
-/// # Safety
-/// Every non-zero address of `buffers` holds what [`SemckdRawBuffers`] says for `layers` and `dtype`, where
-/// `launcher`'s kernels can reach it.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn run(
-    config: &SemckdConfig,
-    layers: &SemckdLayers,
-    dtype: DType,
-    buffers: &SemckdRawBuffers,
-    options: GradOptions,
-    _device: &dyn DeviceInfo,
-    scratch: &mut dyn Scratch,
-    launcher: &mut dyn Launcher,
-) -> Result<()> {
-    config.validate()?;
-    options.validate()?;
-    layers.validate()?;
-    debug_assert!(layers.students() <= MAX_LAYERS && layers.teachers() <= MAX_LAYERS);
-    let want_grad = buffers.check(layers)?;
-    let mut flags = 0u32;
-    if buffers.loss != 0 {
-        flags |= ffi::KdOutputFlags_KD_WANT_LOSS;
-    }
-    if want_grad {
-        flags |= ffi::KdOutputFlags_KD_WANT_GRAD_STUDENT;
-        if options.accumulate {
-            flags |= ffi::KdOutputFlags_KD_ACCUMULATE_GRAD;
-        }
-        if buffers.upstream != 0 {
-            flags |= ffi::KdOutputFlags_KD_SCALE_BY_UPSTREAM;
-        }
-    }
-    let plan = plan(config, layers, want_grad, flags as i32, options.scale)?;
-    let (floats, _) = scratch.prepare(plan.workspace_floats, 0)?;
-    let ws = |k: usize| floats + 4 * plan.offsets[k] as u64;
-    let s = layers.students();
-    let t = layers.teachers();
-    // SAFETY: plain old data; zero addresses are "absent".
-    let mut args: KdSemckdArgs = unsafe { std::mem::zeroed() };
-    for (l, &a) in buffers.student.iter().chain(&buffers.teacher).enumerate() {
-        args.features[l] = a;
-    }
-    for (l, m) in buffers.query.iter().chain(&buffers.key).enumerate() {
-        args.mlp[4 * l..4 * l + 4].copy_from_slice(m);
-    }
-    args.proj[..s * t].copy_from_slice(&buffers.proj);
-    if want_grad {
-        args.grad_student[..s].copy_from_slice(&buffers.grad_student);
-        args.grad_proj[..s * t].copy_from_slice(&buffers.grad_proj);
-        for (l, m) in buffers.grad_query.iter().chain(&buffers.grad_key).enumerate() {
-            args.grad_mlp[4 * l..4 * l + 4].copy_from_slice(m);
-        }
-    }
-    args.loss = buffers.loss;
-    args.attention = buffers.attention;
-    args.upstream = buffers.upstream;
-    args.gram_partials = ws(0);
-    args.gram = ws(1);
-    args.hidden = ws(2);
-    args.embedding = ws(3);
-    args.norm = ws(4);
-    args.alpha = ws(5);
-    args.mse = ws(6);
-    args.dy = ws(7);
-    args.dz = ws(8);
-    args.du = ws(9);
-    args.dgram = ws(10);
-    args.p = plan.params;
-    // SAFETY: `args` is the block semckd.cu's kernels take; addresses from the caller and the workspace.
-    unsafe { launch::launch_all(launcher, scratch, &plan.launches, dtype, &args) }
-}
-
 pub(crate) const POOL: &str = "semckd_pool";
 pub(crate) const POOL_BACK: &str = "semckd_pool_back";
 /// The pooling entry points of kernels/semckd.cu.
@@ -359,35 +285,73 @@ pub(crate) unsafe fn run_pool(
 }
 
 impl Family for Semckd {
-    const NAME: &'static str = "semckd";
-    const KERNELS: &'static [&'static str] = &KERNELS;
+    const FILE: KernelFile = KernelFile::new("semckd", &KERNELS);
     type Config = SemckdConfig;
     type Shape = SemckdLayers;
     type RawBuffers = SemckdRawBuffers;
     type Path = ();
-    type Report = ();
 
-    fn validate(config: &SemckdConfig) -> Result<()> {
-        config.validate()
+    fn workspace_bound(at: Sizing<'_, Self>) -> Result<(usize, usize)> {
+        Ok((workspace_bound(at.config, at.shape)?, 1))
     }
 
-    fn workspace_bound(
-        config: &SemckdConfig,
-        layers: &SemckdLayers,
-        _dtype: DType,
-        _device: &dyn DeviceInfo,
-    ) -> Result<(usize, usize)> {
-        Ok((workspace_bound(config, layers)?, 1))
-    }
-
-    unsafe fn run(
-        call: RawCall<'_, Self>,
-        device: &dyn DeviceInfo,
-        scratch: &mut dyn Scratch,
-        launcher: &mut dyn Launcher,
-    ) -> Result<()> {
-        // SAFETY: forwarded from the caller.
-        unsafe { run(call.config, call.shape, call.dtype, call.buffers, call.options, device, scratch, launcher) }
+    unsafe fn run(call: RawCall<'_, Self>, mut on: Machine<'_>) -> Result<()> {
+        call.check()?;
+        let RawCall { config, shape: layers, dtype, buffers, options, .. } = call;
+        layers.validate()?;
+        debug_assert!(layers.students() <= MAX_LAYERS && layers.teachers() <= MAX_LAYERS);
+        let want_grad = buffers.check(layers)?;
+        let mut flags = 0u32;
+        if buffers.loss != 0 {
+            flags |= ffi::KdOutputFlags_KD_WANT_LOSS;
+        }
+        if want_grad {
+            flags |= ffi::KdOutputFlags_KD_WANT_GRAD_STUDENT;
+            if options.accumulate {
+                flags |= ffi::KdOutputFlags_KD_ACCUMULATE_GRAD;
+            }
+            if buffers.upstream != 0 {
+                flags |= ffi::KdOutputFlags_KD_SCALE_BY_UPSTREAM;
+            }
+        }
+        let plan = plan(config, layers, want_grad, flags as i32, options.scale)?;
+        let (floats, _) = on.scratch.prepare(plan.workspace_floats, 0)?;
+        let ws = |k: usize| floats + 4 * plan.offsets[k] as u64;
+        let s = layers.students();
+        let t = layers.teachers();
+        // SAFETY: plain old data; zero addresses are "absent".
+        let mut args: KdSemckdArgs = unsafe { std::mem::zeroed() };
+        for (l, &a) in buffers.student.iter().chain(&buffers.teacher).enumerate() {
+            args.features[l] = a;
+        }
+        for (l, m) in buffers.query.iter().chain(&buffers.key).enumerate() {
+            args.mlp[4 * l..4 * l + 4].copy_from_slice(m);
+        }
+        args.proj[..s * t].copy_from_slice(&buffers.proj);
+        if want_grad {
+            args.grad_student[..s].copy_from_slice(&buffers.grad_student);
+            args.grad_proj[..s * t].copy_from_slice(&buffers.grad_proj);
+            for (l, m) in buffers.grad_query.iter().chain(&buffers.grad_key).enumerate() {
+                args.grad_mlp[4 * l..4 * l + 4].copy_from_slice(m);
+            }
+        }
+        args.loss = buffers.loss;
+        args.attention = buffers.attention;
+        args.upstream = buffers.upstream;
+        args.gram_partials = ws(0);
+        args.gram = ws(1);
+        args.hidden = ws(2);
+        args.embedding = ws(3);
+        args.norm = ws(4);
+        args.alpha = ws(5);
+        args.mse = ws(6);
+        args.dy = ws(7);
+        args.dz = ws(8);
+        args.du = ws(9);
+        args.dgram = ws(10);
+        args.p = plan.params;
+        // SAFETY: `args` is the block semckd.cu's kernels take; addresses from the caller and the workspace.
+        unsafe { on.launch_all(&plan.launches, dtype, &args) }
     }
 }
 

@@ -82,6 +82,12 @@ impl SemckdConfig {
     }
 }
 
+impl crate::family::FamilyConfig for SemckdConfig {
+    fn validate(&self) -> Result<()> {
+        SemckdConfig::validate(self)
+    }
+}
+
 /// The embedding width `d = floor(B / 4)` of the official `SelfA` (`factor = 4`).
 pub fn default_embed_dim(batch: usize) -> usize {
     batch / 4

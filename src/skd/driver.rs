@@ -4,14 +4,15 @@
 use super::plan::{self, SkdPlan};
 use super::{RelationShapes, Skd, SkdConfig};
 use crate::cuda::Binder;
-use crate::dtype::{DType, KdFloat};
+use crate::dtype::KdFloat;
 use crate::error::{KdError, Result};
 use crate::family::{
-    Family, PairBuffers, PairRawBuffers, RawCall, StudentGradFamily, StudentTeacherFamily, TypedFamily,
+    Family, KernelFile, PairBuffers, PairRawBuffers, RawCall, Sizing, StudentGradFamily, StudentTeacherFamily,
+    TypedFamily,
 };
 use crate::ffi::KdSkdArgs;
 use crate::grad::GradOptions;
-use crate::launch::{launch_all, DeviceInfo, Launcher, Scratch};
+use crate::launch::Machine;
 
 /// The device addresses of one SKD call: [`PairRawBuffers`] with the student `[N, Cs, H, W]` and the teacher
 /// `[N, Ct, H, W]` (its channel count may differ) and no teacher gradient (`grad_teacher` is 0). The loss is
@@ -26,75 +27,41 @@ pub type SkdBuffers<'a, T> = PairBuffers<'a, T>;
 /// The workspace's u32 counters: the loss's ticket.
 pub(crate) const COUNTERS: usize = 1;
 
-/// Runs one call.
-///
-/// # Safety
-/// Every non-zero address of `buffers` holds what [`SkdRawBuffers`] says for `shapes` and `dtype`, where
-/// `launcher`'s kernels can reach it.
-pub(crate) unsafe fn run(
-    config: &SkdConfig,
-    shapes: &RelationShapes,
-    dtype: DType,
-    buffers: &SkdRawBuffers,
-    options: GradOptions,
-    scratch: &mut dyn Scratch,
-    launcher: &mut dyn Launcher,
-) -> Result<()> {
-    config.validate()?;
-    options.validate()?;
-    let outputs = buffers.outputs(false, options)?;
-    let SkdPlan { params, launches, offsets, workspace_floats, .. } =
-        plan::plan(config, shapes, dtype, outputs, options.scale)?;
-    let (floats, counters) = scratch.prepare(workspace_floats, COUNTERS)?;
-    let ws = |k: usize| floats + 4 * offsets[k] as u64;
-    let args = KdSkdArgs {
-        student: buffers.student,
-        teacher: buffers.teacher,
-        grad_student: buffers.grad_student,
-        loss: buffers.loss,
-        upstream: buffers.upstream,
-        inv_norms: ws(0),
-        gram_partials: ws(1),
-        gram: ws(2),
-        loss_partials: ws(3),
-        counter: counters,
-        p: params,
-    };
-    // SAFETY: `args` is the block skd.cu's kernels take; its addresses come from the caller (who vouches for
-    // them) and from the workspace, sized by the plan.
-    unsafe { launch_all(launcher, scratch, &launches, dtype, &args) }
-}
-
 impl Family for Skd {
-    const NAME: &'static str = "skd";
-    const KERNELS: &'static [&'static str] = &plan::KERNELS;
+    const FILE: KernelFile = KernelFile::new("skd", &plan::KERNELS);
     type Config = SkdConfig;
     type Shape = RelationShapes;
     type RawBuffers = SkdRawBuffers;
     type Path = ();
-    type Report = ();
 
-    fn validate(config: &SkdConfig) -> Result<()> {
-        config.validate()
+    fn workspace_bound(at: Sizing<'_, Self>) -> Result<(usize, usize)> {
+        Ok((plan::workspace_bound(at.config, at.shape)?, COUNTERS))
     }
 
-    fn workspace_bound(
-        config: &SkdConfig,
-        shapes: &RelationShapes,
-        _dtype: DType,
-        _device: &dyn DeviceInfo,
-    ) -> Result<(usize, usize)> {
-        Ok((plan::workspace_bound(config, shapes)?, COUNTERS))
-    }
-
-    unsafe fn run(
-        call: RawCall<'_, Self>,
-        _device: &dyn DeviceInfo,
-        scratch: &mut dyn Scratch,
-        launcher: &mut dyn Launcher,
-    ) -> Result<()> {
-        // SAFETY: forwarded from the caller.
-        unsafe { run(call.config, call.shape, call.dtype, call.buffers, call.options, scratch, launcher) }
+    unsafe fn run(call: RawCall<'_, Self>, mut on: Machine<'_>) -> Result<()> {
+        call.check()?;
+        let buffers = call.buffers;
+        let outputs = buffers.outputs(false, call.options)?;
+        let SkdPlan { params, launches, offsets, workspace_floats, .. } =
+            plan::plan(call.config, call.shape, call.dtype, outputs, call.options.scale)?;
+        let (floats, counters) = on.scratch.prepare(workspace_floats, COUNTERS)?;
+        let ws = |k: usize| floats + 4 * offsets[k] as u64;
+        let args = KdSkdArgs {
+            student: buffers.student,
+            teacher: buffers.teacher,
+            grad_student: buffers.grad_student,
+            loss: buffers.loss,
+            upstream: buffers.upstream,
+            inv_norms: ws(0),
+            gram_partials: ws(1),
+            gram: ws(2),
+            loss_partials: ws(3),
+            counter: counters,
+            p: params,
+        };
+        // SAFETY: `args` is the block skd.cu's kernels take; its addresses come from the caller (who vouches for
+        // them) and from the workspace, sized by the plan.
+        unsafe { on.launch_all(&launches, call.dtype, &args) }
     }
 }
 

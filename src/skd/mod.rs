@@ -149,3 +149,9 @@ impl SkdConfig {
         self.pool.pooling().pooled(h, w)
     }
 }
+
+impl crate::family::FamilyConfig for SkdConfig {
+    fn validate(&self) -> Result<()> {
+        SkdConfig::validate(self)
+    }
+}
