@@ -349,28 +349,54 @@ pub trait PairFamily: StudentTeacherFamily<Shape = [usize]> {
     fn pair_raw(pair: PairRawBuffers) -> Result<Self::RawBuffers>;
 }
 
-/// Binds the pair part of a call: the inputs and the pair outputs, `N*C*H*W` elements each.
+/// The geometry of a call on a (student, teacher) pair, as [`PlainPairFamily`] and [`StudentGradFamily`] read
+/// it: a same-shape pair's student dims (`[usize]`), or a relation family's shapes, whose teacher may have
+/// other channels ([`crate::relation::RelationShapes`]).
+pub trait PairShape {
+    /// The elements of the student (and of its gradient) and of the teacher (and of its gradient), checked.
+    fn numels(&self) -> Result<(usize, usize)>;
+
+    /// Checks the student's and the teacher's dims and runs `f` on the call's geometry.
+    fn with_pair<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&Self) -> Result<R>) -> Result<R>;
+}
+
+impl PairShape for [usize] {
+    fn numels(&self) -> Result<(usize, usize)> {
+        let numel = Nchw::from_dims("student", self)?.numel();
+        Ok((numel, numel))
+    }
+
+    fn with_pair<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&[usize]) -> Result<R>) -> Result<R> {
+        Nchw::from_dims("student", student)?.expect_same("teacher", teacher)?;
+        f(student)
+    }
+}
+
+/// Binds the pair part of a call: the inputs and the pair outputs, the student's and its gradient's
+/// `student` elements each, the teacher's and its gradient's `teacher`.
 pub(crate) fn bind_pair<'a: 's, 's, T: KdFloat>(
-    numel: usize,
+    (student, teacher): (usize, usize),
     pair: PairBuffers<'a, T>,
     binder: &mut Binder<'s>,
 ) -> Result<(PairRawBuffers, GradOptions)> {
     let raw = PairRawBuffers {
-        student: binder.input("student", pair.student, numel)?,
-        teacher: binder.input("teacher", pair.teacher, numel)?,
+        student: binder.input("student", pair.student, student)?,
+        teacher: binder.input("teacher", pair.teacher, teacher)?,
         loss: binder.output("loss", pair.loss, 1)?,
-        grad_student: binder.output("grad_student", pair.grad_student, numel)?,
-        grad_teacher: binder.output("grad_teacher", pair.grad_teacher, numel)?,
+        grad_student: binder.output("grad_student", pair.grad_student, student)?,
+        grad_teacher: binder.output("grad_teacher", pair.grad_teacher, teacher)?,
         upstream: binder.optional_input("upstream", pair.upstream, 1)?,
     };
     Ok((raw, pair.options))
 }
 
-/// A pair family whose calls take the pair's buffers and nothing else (CWD, pixel KD, DIST). Declaring it one
-/// gives it [`TypedFamily`] (its typed buffers are [`PairBuffers`], bound as `N*C*H*W` elements each),
-/// [`StudentTeacherFamily`] (a pair call is its call) and [`PairFamily`] (its CPU reference's gradients), so
-/// that such a family writes none of them.
-pub trait PlainPairFamily: Family<Shape = [usize], RawBuffers = PairRawBuffers> {
+/// A (student, teacher) family whose calls take the pair's buffers and nothing else: CWD, pixel KD, DIST on a
+/// same-shape pair, SKD and CIRKD on a pair whose teacher may have other channels. Declaring it one gives it
+/// [`TypedFamily`] (its typed buffers are [`PairBuffers`], bound as its [`PairShape`] counts),
+/// [`StudentTeacherFamily`] (a pair call is its call) and, on a same-shape pair, [`PairFamily`] (its CPU
+/// reference's gradients), so that such a family writes none of them. Its driver refuses a teacher gradient
+/// unless [`PlainPairFamily::teacher_grad`] says it gives one.
+pub trait PlainPairFamily: Family<Shape: PairShape, RawBuffers = PairRawBuffers> {
     /// The CPU reference (f64) for the family's configuration.
     type Reference: PairReference<Config = Self::Config>;
 
@@ -380,7 +406,7 @@ pub trait PlainPairFamily: Family<Shape = [usize], RawBuffers = PairRawBuffers> 
     }
 }
 
-impl<F: PlainPairFamily> PairFamily for F {
+impl<F: PlainPairFamily<Shape = [usize]>> PairFamily for F {
     fn teacher_grad(config: &F::Config) -> bool {
         <F as PlainPairFamily>::teacher_grad(config)
     }
@@ -403,11 +429,11 @@ impl<F: PlainPairFamily> TypedFamily for F {
 
     fn bind<'a: 's, 's, T: KdFloat>(
         _config: &F::Config,
-        shape: &[usize],
+        shape: &F::Shape,
         buffers: PairBuffers<'a, T>,
         binder: &mut Binder<'s>,
     ) -> Result<(PairRawBuffers, GradOptions)> {
-        bind_pair(Nchw::from_dims("student", shape)?.numel(), buffers, binder)
+        bind_pair(shape.numels()?, buffers, binder)
     }
 }
 
@@ -419,14 +445,17 @@ impl<F: PlainPairFamily> StudentTeacherFamily for F {
 
 /// A (student, teacher) family whose only gradient is the student's (DIST, SKD, CIRKD), as the tensor adapters
 /// see one: the call's shape from the two tensors' dims, its raw buffers from the pair's device addresses, and
-/// its CPU reference. The candle op and the burn primitives are written once over it.
-pub trait StudentGradFamily: StudentTeacherFamily {
-    /// The CPU reference (f64) for the family's configuration.
-    type Reference: PairReference<Config = Self::Config>;
-
+/// its CPU reference ([`PlainPairFamily::Reference`]). The candle op and the burn primitives are written once
+/// over it.
+pub trait StudentGradFamily: PlainPairFamily {
     /// Checks the student's and the teacher's dims and runs `f` on the call's shape.
-    fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&Self::Shape) -> Result<R>) -> Result<R>;
+    fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&Self::Shape) -> Result<R>) -> Result<R> {
+        Self::Shape::with_pair(student, teacher, f)
+    }
 
-    /// The family's raw buffers for a pair call (`grad_teacher` must be 0: there is no teacher gradient).
-    fn raw_buffers(pair: PairRawBuffers) -> Result<Self::RawBuffers>;
+    /// The family's raw buffers for a pair call (`grad_teacher` must be 0: the driver refuses a teacher
+    /// gradient).
+    fn raw_buffers(pair: PairRawBuffers) -> Result<PairRawBuffers> {
+        Ok(pair)
+    }
 }

@@ -50,15 +50,4 @@ impl PlainPairFamily for Dist {
     type Reference = super::DistCpu;
 }
 
-impl StudentGradFamily for Dist {
-    type Reference = super::DistCpu;
-
-    fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&[usize]) -> Result<R>) -> Result<R> {
-        Nchw::from_dims("student", student)?.expect_same("teacher", teacher)?;
-        f(student)
-    }
-
-    fn raw_buffers(pair: PairRawBuffers) -> Result<PairRawBuffers> {
-        Ok(pair)
-    }
-}
+impl StudentGradFamily for Dist {}

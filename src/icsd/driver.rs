@@ -148,7 +148,7 @@ impl TypedFamily for Icsd {
     ) -> Result<(IcsdRawBuffers, GradOptions)> {
         let nchw = Nchw::from_dims("student", shape)?;
         no_teacher_grad(buffers.pair.grad_teacher.is_some())?;
-        let (pair, options) = bind_pair(nchw.numel(), buffers.pair, binder)?;
+        let (pair, options) = bind_pair((nchw.numel(), nchw.numel()), buffers.pair, binder)?;
         let cc = nchw.c * nchw.c;
         let raw = IcsdRawBuffers {
             sim_student: binder.output("sim_student", buffers.sim_student, cc)?,

@@ -13,6 +13,7 @@ use ndarray::ArrayView4;
 
 use crate::cpu::HostFloat;
 use crate::error::{KdError, Result};
+use crate::family::PairShape;
 use crate::shape::Nchw;
 
 /// `F.normalize`'s floor under each pixel's norm.
@@ -31,6 +32,22 @@ impl RelationShapes {
     /// The teacher `[N, Ct, H, W]`.
     pub fn teacher(&self) -> Nchw {
         Nchw { c: self.ct, ..self.student }
+    }
+
+    /// The same shapes, checked again (their fields are public, so a caller may have built them by hand).
+    pub(crate) fn checked(&self) -> Result<RelationShapes> {
+        check_shapes(&self.student.dims(), &self.teacher().dims())
+    }
+}
+
+impl PairShape for RelationShapes {
+    fn numels(&self) -> Result<(usize, usize)> {
+        let shapes = self.checked()?;
+        Ok((shapes.student.numel(), shapes.teacher().numel()))
+    }
+
+    fn with_pair<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&Self) -> Result<R>) -> Result<R> {
+        f(&check_shapes(student, teacher)?)
     }
 }
 

@@ -3,15 +3,11 @@
 
 use super::plan::{self, SkdPlan};
 use super::{RelationShapes, Skd, SkdConfig};
-use crate::cuda::Binder;
-use crate::dtype::KdFloat;
-use crate::error::{KdError, Result};
+use crate::error::Result;
 use crate::family::{
-    Family, KernelFile, PairBuffers, PairRawBuffers, RawCall, Sizing, StudentGradFamily, StudentTeacherFamily,
-    TypedFamily,
+    Family, KernelFile, PairBuffers, PairRawBuffers, PlainPairFamily, RawCall, Sizing, StudentGradFamily,
 };
 use crate::ffi::KdSkdArgs;
-use crate::grad::GradOptions;
 use crate::launch::Machine;
 
 /// The device addresses of one SKD call: [`PairRawBuffers`] with the student `[N, Cs, H, W]` and the teacher
@@ -65,49 +61,8 @@ impl Family for Skd {
     }
 }
 
-impl TypedFamily for Skd {
-    type Buffers<'a, T: KdFloat + 'a> = SkdBuffers<'a, T>;
-
-    fn bind<'a: 's, 's, T: KdFloat>(
-        _config: &SkdConfig,
-        shapes: &RelationShapes,
-        buffers: SkdBuffers<'a, T>,
-        binder: &mut Binder<'s>,
-    ) -> Result<(SkdRawBuffers, GradOptions)> {
-        if buffers.grad_teacher.is_some() {
-            return Err(KdError::OutputMismatch {
-                what: "grad_teacher",
-                fix: "SKD gives no teacher gradient (the teacher is a constant); pass None",
-            });
-        }
-        let (student, teacher) = (shapes.student.numel(), shapes.teacher().numel());
-        let raw = PairRawBuffers {
-            student: binder.input("student", buffers.student, student)?,
-            teacher: binder.input("teacher", buffers.teacher, teacher)?,
-            loss: binder.output("loss", buffers.loss, 1)?,
-            grad_student: binder.output("grad_student", buffers.grad_student, student)?,
-            grad_teacher: 0,
-            upstream: binder.optional_input("upstream", buffers.upstream, 1)?,
-        };
-        Ok((raw, buffers.options))
-    }
-}
-
-impl StudentTeacherFamily for Skd {
-    fn pair_buffers<'a, T: KdFloat>(pair: PairBuffers<'a, T>) -> SkdBuffers<'a, T> {
-        pair
-    }
-}
-
-impl StudentGradFamily for Skd {
+impl PlainPairFamily for Skd {
     type Reference = super::SkdCpu;
-
-    fn with_shape<R>(student: &[usize], teacher: &[usize], f: impl FnOnce(&RelationShapes) -> Result<R>) -> Result<R> {
-        f(&super::check_shapes(student, teacher)?)
-    }
-
-    /// The driver refuses a teacher gradient (its outputs are checked with none produced).
-    fn raw_buffers(pair: PairRawBuffers) -> Result<SkdRawBuffers> {
-        Ok(pair)
-    }
 }
+
+impl StudentGradFamily for Skd {}
