@@ -351,7 +351,7 @@ pub trait PairFamily: StudentTeacherFamily<Shape = [usize]> {
 
 /// The geometry of a call on a (student, teacher) pair, as [`PlainPairFamily`] and [`StudentGradFamily`] read
 /// it: a same-shape pair's student dims (`[usize]`), or a relation family's shapes, whose teacher may have
-/// other channels ([`crate::relation::RelationShapes`]).
+/// other channels ([`crate::skd::RelationShapes`]).
 pub trait PairShape {
     /// The elements of the student (and of its gradient) and of the teacher (and of its gradient), checked.
     fn numels(&self) -> Result<(usize, usize)>;
