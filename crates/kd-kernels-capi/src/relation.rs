@@ -7,7 +7,7 @@
 use std::ffi::c_void;
 
 use kd::cpu::PairReference;
-use kd::family::{PairRawBuffers, StudentGradFamily};
+use kd::family::{PairRawBuffers, PlainPairFamily, StudentGradFamily};
 use kd::shape::Nchw;
 use kd::GradOptions;
 
@@ -69,7 +69,7 @@ where
         let (student, teacher) = unsafe { read_pair(shapes)? };
         P::Family::with_shape(&student, &teacher, |_| Ok(()))?;
         let job = CpuCall::<P::Family> {
-            reference: <P::Family as StudentGradFamily>::Reference::new(call.config)?,
+            reference: <P::Family as PlainPairFamily>::Reference::new(call.config)?,
             shapes: (Nchw::from_dims("student", &student)?, Nchw::from_dims("teacher", &teacher)?),
             io,
             options: call.options,
