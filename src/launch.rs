@@ -174,6 +174,11 @@ pub(crate) struct OutputSet {
 }
 
 impl OutputSet {
+    /// A training step's outputs, the loss and d loss / d student, overwritten: the call the families'
+    /// workspace bounds plan for (the largest their workspaces get).
+    pub(crate) const TRAINING: OutputSet =
+        OutputSet { loss: true, grad_student: true, grad_teacher: false, device_upstream: false, accumulate: false };
+
     /// The outputs of a call that writes the loss and d loss / d student, given which of their addresses (and
     /// the upstream scalar's) are set; `other` says whether the call writes an output of its own besides, and
     /// `nothing` is the fix to give when it would write nothing at all.

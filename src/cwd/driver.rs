@@ -21,7 +21,7 @@ impl NchwFamily for Cwd {
     /// its buffers are aligned.
     fn workspace(at: Sizing<'_, Self, Nchw>) -> Result<(usize, usize)> {
         let device = Device::of(at.device, at.dtype)?;
-        let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
+        let outputs = OutputSet::TRAINING;
         let worst_lead = 16 / at.dtype.size() - 1;
         let mut bound = (0, 0);
         for path in [CwdPath::TwoPass, CwdPath::SinglePass] {

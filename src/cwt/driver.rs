@@ -91,7 +91,7 @@ pub(crate) fn workspace_bound(
     dtype: DType,
     device: Device,
 ) -> Result<usize> {
-    let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
+    let outputs = OutputSet::TRAINING;
     let forward = OutputSet { loss: true, ..OutputSet::default() };
     let a = plan::plan(config, shapes, student, teacher, dtype, device, outputs, 1.0, None)?.workspace_floats;
     let b = plan::plan(config, shapes, student, teacher, dtype, device, forward, 1.0, None)?.workspace_floats;

@@ -16,8 +16,7 @@ impl NchwFamily for Dist {
     type Path = ();
 
     fn workspace(at: Sizing<'_, Self, Nchw>) -> Result<(usize, usize)> {
-        let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
-        Ok((plan::plan(at.config, at.shape, at.device.sm_count(), outputs, 1.0)?.workspace_floats, 1))
+        Ok((plan::plan(at.config, at.shape, at.device.sm_count(), OutputSet::TRAINING, 1.0)?.workspace_floats, 1))
     }
 
     unsafe fn run_nchw(call: RawCall<'_, Self, Nchw>, mut on: Machine<'_>) -> Result<()> {

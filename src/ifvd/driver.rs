@@ -109,7 +109,7 @@ impl Family for Ifvd {
     type Path = ();
 
     fn workspace_bound(at: Sizing<'_, Self>) -> Result<(usize, usize)> {
-        let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
+        let outputs = OutputSet::TRAINING;
         let plan = plan::plan(at.config, &checked(at.shape)?, LabelDType::I64, at.device.sm_count(), outputs, 1.0)?;
         Ok((plan.workspace_floats, 1))
     }

@@ -13,7 +13,6 @@ impl LossCuda<PixelKd> {
     /// (never `Auto`), or the error such a call would return.
     pub fn resolved_path(&self, shape: &[usize], dtype: DType) -> Result<PixelKdPath> {
         let shape = Nchw::from_dims("student", shape)?;
-        let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
-        Ok(driver::plan_on(self.config(), self.path(), &shape, dtype, outputs, 1.0, self.module())?.path)
+        Ok(driver::plan_on(self.config(), self.path(), &shape, dtype, OutputSet::TRAINING, 1.0, self.module())?.path)
     }
 }

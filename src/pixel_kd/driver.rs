@@ -33,10 +33,9 @@ impl NchwFamily for PixelKd {
 
     /// The workspace any call on the shape may need, on either path.
     fn workspace(at: Sizing<'_, Self, Nchw>) -> Result<(usize, usize)> {
-        let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
         let mut floats = 0;
         for path in [PixelKdPath::Tiled, PixelKdPath::PerPixel] {
-            if let Ok(p) = plan_on(at.config, path, at.shape, at.dtype, outputs, 1.0, at.device) {
+            if let Ok(p) = plan_on(at.config, path, at.shape, at.dtype, OutputSet::TRAINING, 1.0, at.device) {
                 floats = floats.max(p.workspace_floats);
             }
         }

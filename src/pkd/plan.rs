@@ -106,8 +106,7 @@ pub(crate) fn plan(config: &PkdConfig, levels: &PkdLevels, outputs: OutputSet, s
 
 /// The workspace floats any call on `levels` needs (the outputs do not change it).
 pub(crate) fn workspace_bound(config: &PkdConfig, levels: &PkdLevels) -> Result<usize> {
-    let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
-    Ok(plan(config, levels, outputs, 1.0)?.workspace_floats)
+    Ok(plan(config, levels, OutputSet::TRAINING, 1.0)?.workspace_floats)
 }
 
 #[cfg(test)]

@@ -168,8 +168,7 @@ pub(crate) fn plan(
 /// The workspace floats any call on `shapes` needs (neither the outputs nor the dtype, hence the Gram path,
 /// change it: both paths write the same partials).
 pub(crate) fn workspace_bound(config: &SkdConfig, shapes: &RelationShapes) -> Result<usize> {
-    let outputs = OutputSet { loss: true, grad_student: true, ..OutputSet::default() };
-    Ok(plan(config, shapes, DType::F32, outputs, 1.0)?.workspace_floats)
+    Ok(plan(config, shapes, DType::F32, OutputSet::TRAINING, 1.0)?.workspace_floats)
 }
 
 #[cfg(test)]
