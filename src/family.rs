@@ -76,7 +76,6 @@ impl<F: Family + ?Sized, S: ?Sized> Copy for RawCall<'_, F, S> {}
 
 /// What a family's workspace bound depends on: the loss object's configuration, and the geometry, dtype and
 /// device of the calls it is sized for. `S` as for [`RawCall`].
-#[derive(Clone, Copy)]
 pub struct Sizing<'a, F: Family + ?Sized, S: ?Sized = <F as Family>::Shape> {
     /// The loss object's configuration.
     pub config: &'a F::Config,
@@ -97,6 +96,14 @@ impl<'a, F: Family + ?Sized, S: ?Sized> Sizing<'a, F, S> {
         Sizing { config: self.config, shape, dtype: self.dtype, device: self.device }
     }
 }
+
+impl<F: Family + ?Sized, S: ?Sized> Clone for Sizing<'_, F, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Family + ?Sized, S: ?Sized> Copy for Sizing<'_, F, S> {}
 
 /// A family's kernel file `kernels/{name}.cu`: its name (also the family's, and its fixtures' `loss` value),
 /// its entry points without the dtype suffix, and those that may take more than 48 KB of dynamic shared
