@@ -381,6 +381,12 @@ template <typename T> __device__ void cwd_finish(const KdCwdArgs& args) {
 // allow longer rows (a row's chunks must all be resident).
 constexpr int kFusedMinBlocksPerSm = 3;
 
+// What scripts/check-ptx requires of these kernels' PTX: the 128-bit accesses they are written for (nvcc once
+// split cwd_fused's vector stores silently), 4 vectors of S and T a thread and 4 of each gradient.
+// check-ptx: vectors cwd_fused loads=8 stores=8
+// check-ptx: vectors cwd_stats loads=2 stores=0
+// check-ptx: vectors cwd_finish loads=2 stores=2
+
 #define KD_CWD_ENTRY_POINTS(T, NAME)                                                                    \
     KD_ENTRY(cwd_fused_##NAME, KdCwdArgs, kBlockThreads, kFusedMinBlocksPerSm) { cwd_fused<T>(a); } \
     KD_ENTRY(cwd_stats_##NAME, KdCwdArgs, kBlockThreads) { cwd_stats<T>(a); }                       \

@@ -523,6 +523,10 @@ template <typename T> __device__ void cwt_forward_fused(const KdCwtArgs& args) {
 
 }  // namespace
 
+// The GEMMs of the 16-bit instances run on tensor cores in bf16, the f32 ones on CUDA cores (the exact path).
+// check-ptx: mma=bf16 on=f16,bf16 off=f32 cwt_hidden cwt_output cwt_forward_store cwt_grad_w2 cwt_grad_hidden
+// check-ptx: mma=bf16 on=f16,bf16 off=f32 cwt_grad_input cwt_grad_w1 cwt_grad_student cwt_forward_fused
+
 // At least two blocks an SM: a bound ptxas needs to spend its registers well on the tensor-core tiles (without
 // it, it squeezes some of them into 64 registers and spills).
 #define KD_CWT_ENTRY_POINTS(T, NAME)                                                                   \
