@@ -44,6 +44,7 @@
  * on s and on t is the same, so each row's KL and every g are exactly 0.
  */
 #include "common.cuh"
+#include "cirkd.h"
 
 namespace {
 

@@ -335,7 +335,7 @@ __device__ __forceinline__ void block_wait_at_least(const unsigned int* counter,
     MACRO(__half, f16)           \
     MACRO(__nv_bfloat16, bf16)
 
-// Declares an entry point NAME taking the argument block ARGS (params.h) as `a`; the rest are its
+// Declares an entry point NAME taking the argument block ARGS (its family's header) as `a`; the rest are its
 // __launch_bounds__. On the GPU it is an extern "C" kernel; in the host emulation the same body becomes a
 // function registered under NAME, which the emulator's launcher finds by the name the driver would use.
 #ifdef KD_EMULATE

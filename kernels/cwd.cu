@@ -42,6 +42,7 @@
  * float atomics) sums the N*C row values in a fixed order, in double. Deterministic: bitwise the same
  * results run to run for the same inputs, grid and path.
  */
+#include "cwd.h"  // before softmax_kl.cuh, whose statistic has KD_CWD_STAT_DOUBLES doubles
 #include "softmax_kl.cuh"
 
 namespace {

@@ -21,7 +21,7 @@
  *     exact in a bf16 pair. The accumulators leave through shared memory in the SIMT tile's layout, so
  *     every epilogue below is shared by both engines and touches no fragment element itself.
  *
- * Kernels (one argument block per chunk of pixels, see params.h):
+ * Kernels (one argument block per chunk of pixels, see cwt.h):
  *
  *   cwt_forward_fused   loss only: Z = ReLU(W1 X + b1) of a pixel tile into shared memory, then W2 Z + b2,
  *                       the squared error and its block sum: nothing but the loss leaves the chip.
@@ -48,6 +48,7 @@
  * one hidden-activation tensor (src/cwt/plan.rs).
  */
 #include "common.cuh"
+#include "cwt.h"
 #ifndef KD_EMULATE
 #include <mma.h>
 #endif

@@ -33,6 +33,7 @@
  * single block (C x C work, microseconds for C ~ 20).
  */
 #include "common.cuh"
+#include "icsd.h"
 
 namespace {
 

@@ -27,6 +27,7 @@
  * and, the grid depending on the shapes only, the same on every device.
  */
 #include "common.cuh"
+#include "pkd.h"
 
 namespace {
 

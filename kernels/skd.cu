@@ -38,6 +38,7 @@
  * bitwise reproducible on every device. Max-pool ties go to the first maximum in row-major order (PyTorch's).
  */
 #include "common.cuh"
+#include "skd.h"
 #ifndef KD_EMULATE
 #include <mma.h>
 #endif

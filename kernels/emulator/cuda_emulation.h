@@ -544,8 +544,8 @@ inline std::unordered_map<std::string, Entry>& registry() {
     return entries;
 }
 
-// The leading device addresses of an argument block: params.h puts them first, before the parameter block
-// `p`; the two blocks without one are all addresses up to their first non-address field.
+// The leading device addresses of an argument block: every family's header puts them first, before the
+// parameter block `p`; the two blocks without one are all addresses up to their first non-address field.
 template <typename Args> constexpr size_t address_words() {
     if constexpr (requires(Args a) { a.p; }) {
         return offsetof(Args, p) / sizeof(uint64_t);
