@@ -367,7 +367,7 @@ inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat16{u}; }
 
 
-// ---- WMMA (nvcuda::wmma), the tensor-core tiles of cwt.cu ----
+// ---- WMMA (nvcuda::wmma): the tensor-core tiles of the kernels that use them ----
 // On a GPU a fragment is spread over the warp's 32 lanes in an unspecified layout. Here every lane holds the
 // whole tile, and the collective operations compute all of it in every lane: a kernel that only loads,
 // multiplies and stores fragments (never indexes their elements) computes the same tile either way. Loads,
