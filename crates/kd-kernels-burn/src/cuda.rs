@@ -51,18 +51,15 @@ use cubecl_runtime::runtime::Runtime;
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::{CudaContext, CudaStream};
 
-use super::{KdBackend, StudentGradConfig, StudentGradJob};
+use super::{KdBackend, PairConfig, PairJob, PairLossFamily};
 use super::{PkdPacking, SemckdPacking};
 use kd_kernels::cuda::LossCuda;
-use kd_kernels::cwd::{Cwd, CwdConfig};
 use kd_kernels::cwt::{CwtConfig, CwtCuda, CwtRawBuffers, CwtSetup, CwtShapes};
 use kd_kernels::dtype::DType;
 use kd_kernels::error::{KdError, Result};
-use kd_kernels::family::{Family, PairFamily, PairRawBuffers, StudentGradFamily};
+use kd_kernels::family::{Family, PairRawBuffers};
 use kd_kernels::grad::GradOptions;
-use kd_kernels::icsd::{Icsd, IcsdConfig};
 use kd_kernels::ifvd::{check_shapes, IfvdConfig, IfvdCuda, IfvdRawBuffers};
-use kd_kernels::pixel_kd::{PixelKd, PixelKdConfig};
 use kd_kernels::pkd::{PkdConfig, PkdCuda, PkdLevels, PkdRawBuffers};
 use kd_kernels::semckd::{SemckdConfig, SemckdCuda, SemckdLayers, SemckdRawBuffers};
 
@@ -295,66 +292,36 @@ fn dims(t: &CubeTensor) -> Vec<usize> {
     t.shape().as_slice().to_vec()
 }
 
-/// A (student, teacher) loss: the loss alone, or the loss and its gradients (student, then teacher where
-/// `teacher_grad`), each of the student's shape and dtype.
-fn pair<L: GpuLoss>(
-    key: L::Key,
-    student: CubeTensor,
-    teacher: CubeTensor,
-    grads: usize,
-    launch: impl FnOnce(&mut L, CUstream, &[usize], DType, [u64; 2], &[u64]) -> Result<()>,
-) -> Vec<CubeTensor> {
-    let (shape, dtype) = (dims(&student), student.dtype);
-    let mut outputs = vec![OutputSpec::loss()];
-    outputs.extend((0..grads).map(|_| OutputSpec::like(&student)));
-    let mut out = run::<L, 2>(key, [student, teacher], outputs, |c| {
-        launch(c.loss, c.stream, &shape, kernel_dtype(dtype), c.inputs, c.outputs)
-    });
-    out[0] = loss_as::<CubeBackend>(out[0].clone(), dtype);
-    out
-}
-
-/// A [`StudentGradConfig`]'s loss (and with `grads: 1` the student's gradient) through its family's raw layer.
-struct StudentGradOnGpu {
+/// A [`PairConfig`]'s loss and, with `grads`, its gradients (the student's, then the teacher's where the
+/// configuration asks for it), each of the student's shape and dtype, through the family's raw layer: the pair
+/// primitives' one body.
+struct PairOnGpu {
     student: CubeTensor,
     teacher: CubeTensor,
     grads: usize,
 }
 
-impl StudentGradJob for StudentGradOnGpu {
+impl PairJob for PairOnGpu {
     type Out = Vec<CubeTensor>;
-    fn run<F: StudentGradFamily>(self, config: F::Config) -> Vec<CubeTensor> {
-        let teacher_dims = dims(&self.teacher);
-        pair::<LossCuda<F>>(config, self.student, self.teacher, self.grads, |loss, stream, shape, dtype, [s, t], o| {
-            let pair =
-                PairRawBuffers { student: s, teacher: t, loss: o[0], grad_student: out(o, 1), ..Default::default() };
+    fn run<F: PairLossFamily>(self, config: F::Config) -> Vec<CubeTensor> {
+        let (shape, teacher_dims, dtype) = (dims(&self.student), dims(&self.teacher), self.student.dtype);
+        let mut outputs = vec![OutputSpec::loss()];
+        outputs.extend((0..self.grads).map(|_| OutputSpec::like(&self.student)));
+        let mut out = run::<LossCuda<F>, 2>(config, [self.student, self.teacher], outputs, |c| {
+            let [student, teacher] = c.inputs;
+            let (loss, grad_student, grad_teacher) = (c.outputs[0], out(c.outputs, 1), out(c.outputs, 2));
+            let pair = PairRawBuffers { student, teacher, loss, grad_student, grad_teacher, upstream: 0 };
             let buffers = F::raw_buffers(pair)?;
-            F::with_shape(shape, &teacher_dims, |shape| {
-                // SAFETY: as in `pair_family` (the teacher sized for its own dims, checked against the student's).
-                unsafe { loss.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
+            F::with_shape(&shape, &teacher_dims, |shape| {
+                // SAFETY: addresses of live, pinned cubecl buffers of the primary context, sized for the
+                // student's and the teacher's dims, which the family checked.
+                unsafe { c.loss.launch_raw(c.stream, shape, kernel_dtype(dtype), &buffers, GradOptions::OVERWRITE) }
+                    .map(drop)
             })
-        })
+        });
+        out[0] = loss_as::<CubeBackend>(out[0].clone(), dtype);
+        out
     }
-}
-
-/// A [`PairFamily`]'s loss and, with `grads`, its gradients (the student's, then the teacher's where the
-/// configuration asks for it) through the core's raw layer: one body for every pair family.
-fn pair_family<F: PairFamily>(
-    config: F::Config,
-    student: CubeTensor,
-    teacher: CubeTensor,
-    grads: usize,
-) -> Vec<CubeTensor>
-where
-    LossCuda<F>: Send,
-{
-    pair::<LossCuda<F>>(config, student, teacher, grads, |loss, stream, shape, dtype, [s, t], o| {
-        let (grad_student, grad_teacher) = (out(o, 1), out(o, 2));
-        let pair = PairRawBuffers { student: s, teacher: t, loss: o[0], grad_student, grad_teacher, upstream: 0 };
-        let buffers = F::pair_raw(pair)?;
-        // SAFETY: addresses of live, pinned cubecl buffers of the primary context, sized for `shape`.
-        unsafe { loss.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
-    })
 }
 
 /// The address of output `i`, 0 (absent) past the end.
@@ -363,57 +330,19 @@ fn out(outputs: &[u64], i: usize) -> u64 {
 }
 
 impl KdBackend for CubeBackend {
-    fn cwd_forward(student: CubeTensor, teacher: CubeTensor, config: CwdConfig) -> CubeTensor {
-        pair_family::<Cwd>(config, student, teacher, 0).remove(0)
+    fn pair_forward(student: CubeTensor, teacher: CubeTensor, config: PairConfig) -> CubeTensor {
+        config.run(PairOnGpu { student, teacher, grads: 0 }).remove(0)
     }
 
-    fn cwd_forward_backward(
+    fn pair_forward_backward(
         student: CubeTensor,
         teacher: CubeTensor,
-        config: CwdConfig,
+        config: PairConfig,
     ) -> (CubeTensor, CubeTensor, Option<CubeTensor>) {
-        let grads = 1 + usize::from(config.teacher_grad);
-        let mut out = pair_family::<Cwd>(config, student, teacher, grads).into_iter();
+        let grads = 1 + usize::from(config.teacher_grad());
+        let mut out = config.run(PairOnGpu { student, teacher, grads }).into_iter();
         let (loss, gs) = (out.next().expect("loss"), out.next().expect("student gradient"));
         (loss, gs, out.next())
-    }
-
-    fn pixel_kd_forward(student: CubeTensor, teacher: CubeTensor, config: PixelKdConfig) -> CubeTensor {
-        pair_family::<PixelKd>(config, student, teacher, 0).remove(0)
-    }
-
-    fn pixel_kd_forward_backward(
-        student: CubeTensor,
-        teacher: CubeTensor,
-        config: PixelKdConfig,
-    ) -> (CubeTensor, CubeTensor) {
-        let mut out = pair_family::<PixelKd>(config, student, teacher, 1);
-        let gs = out.pop().expect("student gradient");
-        (out.remove(0), gs)
-    }
-
-    fn icsd_forward(student: CubeTensor, teacher: CubeTensor, config: IcsdConfig) -> CubeTensor {
-        pair_family::<Icsd>(config, student, teacher, 0).remove(0)
-    }
-
-    fn icsd_forward_backward(student: CubeTensor, teacher: CubeTensor, config: IcsdConfig) -> (CubeTensor, CubeTensor) {
-        let mut out = pair_family::<Icsd>(config, student, teacher, 1);
-        let gs = out.pop().expect("student gradient");
-        (out.remove(0), gs)
-    }
-
-    fn student_grad_forward(student: CubeTensor, teacher: CubeTensor, config: StudentGradConfig) -> CubeTensor {
-        config.run(StudentGradOnGpu { student, teacher, grads: 0 }).remove(0)
-    }
-
-    fn student_grad_forward_backward(
-        student: CubeTensor,
-        teacher: CubeTensor,
-        config: StudentGradConfig,
-    ) -> (CubeTensor, CubeTensor) {
-        let mut out = config.run(StudentGradOnGpu { student, teacher, grads: 1 });
-        let gs = out.pop().expect("student gradient");
-        (out.remove(0), gs)
     }
 
     fn pkd_forward(student: CubeTensor, teacher: CubeTensor, levels: PkdLevels, config: PkdConfig) -> CubeTensor {
@@ -542,7 +471,7 @@ fn semckd(
             buffers.grad_query = mlps(&grad_params[..4 * s]);
             buffers.grad_key = mlps(&grad_params[4 * s..]);
         }
-        // SAFETY: as in `pair_family`; each address is a packed buffer's plus the offset of a tensor of the
+        // SAFETY: as in `PairOnGpu`; each address is a packed buffer's plus the offset of a tensor of the
         // shape `layers` gives it (the checked function packed them so), the parameters f32.
         unsafe { c.loss.launch_raw(c.stream, layers, dtype, &buffers, GradOptions::OVERWRITE) }
     });
@@ -580,7 +509,7 @@ fn pkd(
             grad_student: if want_grad { at(c.outputs[1]) } else { Vec::new() },
             upstream: 0,
         };
-        // SAFETY: as in `pair_family`; each address is a packed buffer's plus the offset of a level of the
+        // SAFETY: as in `PairOnGpu`; each address is a packed buffer's plus the offset of a level of the
         // shape `levels` gives it (the checked function packed them so).
         unsafe { c.loss.launch_raw(c.stream, levels, dtype, &buffers, GradOptions::OVERWRITE) }
     });
@@ -617,7 +546,7 @@ fn ifvd(
             grad_student: out(c.outputs, 1),
             upstream: 0,
         };
-        // SAFETY: as in `pair_family`; the labels are integers of `label_dtype`, `[N, Hl, Wl]`.
+        // SAFETY: as in `PairOnGpu`; the labels are integers of `label_dtype`, `[N, Hl, Wl]`.
         unsafe { c.loss.launch_raw(c.stream, &shapes, dtype, &buffers, GradOptions::OVERWRITE) }
     });
     out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
@@ -663,7 +592,7 @@ fn cwt(
             grad_b2: out(o, 5),
             upstream: 0,
         };
-        // SAFETY: as in `pair_family`; the parameters are f32 of the shapes `shapes` says.
+        // SAFETY: as in `PairOnGpu`; the parameters are f32 of the shapes `shapes` says.
         unsafe { c.loss.launch_raw(c.stream, &shape, dtype, &buffers, GradOptions::OVERWRITE) }
     });
     out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);

@@ -15,12 +15,9 @@ use ::burn::backend::tensor::{FloatTensor, IntTensor};
 use ::burn::backend::ExecutionError;
 use ::burn::tensor::Shape;
 
-use super::{KdBackend, StudentGradConfig};
-use kd_kernels::cwd::CwdConfig;
+use super::{KdBackend, PairConfig};
 use kd_kernels::cwt::CwtConfig;
-use kd_kernels::icsd::IcsdConfig;
 use kd_kernels::ifvd::IfvdConfig;
-use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::pkd::{PkdConfig, PkdLevels};
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
 
@@ -131,94 +128,29 @@ fn two<T>(outputs: Vec<T>) -> (T, T) {
 }
 
 impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
-    fn cwd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: CwdConfig) -> FloatTensor<Self> {
+    fn pair_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: PairConfig) -> FloatTensor<Self> {
         let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 2>("kd_cwd_forward", [student, teacher], specs, move |[s, t]| {
-            vec![B::cwd_forward(s, t, config)]
+        single(lazy::<B, 2>("kd_pair_forward", [student, teacher], specs, move |[s, t]| {
+            vec![B::pair_forward(s, t, config)]
         }))
     }
 
-    fn cwd_forward_backward(
+    fn pair_forward_backward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        config: CwdConfig,
+        config: PairConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
         let mut specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        if config.teacher_grad {
+        if config.teacher_grad() {
             specs.push(grad::<B>(&teacher));
         }
-        let out = lazy::<B, 2>("kd_cwd_forward_backward", [student, teacher], specs, move |[s, t]| {
-            let (loss, gs, gt) = B::cwd_forward_backward(s, t, config);
+        let out = lazy::<B, 2>("kd_pair_forward_backward", [student, teacher], specs, move |[s, t]| {
+            let (loss, gs, gt) = B::pair_forward_backward(s, t, config);
             [loss, gs].into_iter().chain(gt).collect()
         });
         let mut out = out.into_iter();
         let (loss, gs) = (out.next().expect("loss"), out.next().expect("student gradient"));
         (loss, gs, out.next())
-    }
-
-    fn pixel_kd_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: PixelKdConfig,
-    ) -> FloatTensor<Self> {
-        let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 2>("kd_pixel_kd_forward", [student, teacher], specs, move |[s, t]| {
-            vec![B::pixel_kd_forward(s, t, config)]
-        }))
-    }
-
-    fn pixel_kd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: PixelKdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        two(lazy::<B, 2>("kd_pixel_kd_forward_backward", [student, teacher], specs, move |[s, t]| {
-            let (loss, gs) = B::pixel_kd_forward_backward(s, t, config);
-            vec![loss, gs]
-        }))
-    }
-
-    fn icsd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: IcsdConfig) -> FloatTensor<Self> {
-        let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 2>("kd_icsd_forward", [student, teacher], specs, move |[s, t]| {
-            vec![B::icsd_forward(s, t, config)]
-        }))
-    }
-
-    fn icsd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: IcsdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        two(lazy::<B, 2>("kd_icsd_forward_backward", [student, teacher], specs, move |[s, t]| {
-            let (loss, gs) = B::icsd_forward_backward(s, t, config);
-            vec![loss, gs]
-        }))
-    }
-
-    fn student_grad_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: StudentGradConfig,
-    ) -> FloatTensor<Self> {
-        let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 2>("kd_student_grad_forward", [student, teacher], specs, move |[s, t]| {
-            vec![B::student_grad_forward(s, t, config)]
-        }))
-    }
-
-    fn student_grad_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: StudentGradConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        two(lazy::<B, 2>("kd_student_grad_forward_backward", [student, teacher], specs, move |[s, t]| {
-            let (loss, gs) = B::student_grad_forward_backward(s, t, config);
-            vec![loss, gs]
-        }))
     }
 
     fn pkd_forward(

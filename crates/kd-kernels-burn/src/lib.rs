@@ -22,8 +22,10 @@
 //!
 //! # How it is built
 //!
-//! [`KdBackend`] is a burn backend extension: one pair of primitives per loss, the loss alone and the loss
-//! with its gradients in one pass (what [`kd_kernels::cwd::CwdCuda::forward_backward`] computes). It is
+//! [`KdBackend`] is a burn backend extension: one pair of primitives per kind of loss, the loss alone and the
+//! loss with its gradients in one pass (what [`kd_kernels::cwd::CwdCuda::forward_backward`] computes); the
+//! (student, teacher) losses (CWD, pixel KD, ICSD, DIST, SKD, CIRKD) share one pair, whose [`PairConfig`]
+//! names the family and which each backend implements once, generic over [`PairLossFamily`]. It is
 //! implemented for
 //!
 //! * burn's `NdArray` backend, through the crate's CPU reference (f64 arithmetic, inputs `f32` or `f64`,
@@ -49,9 +51,11 @@
 //! per side ([`PkdPacking`]); IFVD's labels are an integer tensor (`Tensor<3, Int>`, `i64`, `i32` or `u8`),
 //! which the primitives take as burn's `IntTensor`.
 //!
-//! Adding a family is its two primitives in [`KdBackend`], one line in each implementation (the helpers
+//! Adding a (student, teacher) family is one row of the table in `src/pair.rs` (its [`PairConfig`] variant,
+//! its CPU reference, its core contract: [`SameShapePair`] or [`StudentGradPair`]) and its checked function
+//! there. Another family adds its two primitives to [`KdBackend`], one line in each implementation (the helpers
 //! [`ndarray::cpu_pair`], [`autodiff::fused`], `cuda::run` and `fusion::lazy` do the work) and a checked
-//! function here.
+//! function.
 
 pub mod autodiff;
 mod backend;
@@ -63,68 +67,26 @@ pub mod fusion;
 mod ifvd;
 #[allow(deprecated)]
 pub mod ndarray;
+mod pair;
 mod pkd;
 pub mod reference;
 mod semckd;
-mod student_grad;
 
 pub use backend::KdBackend;
 pub use ifvd::ifvd_loss;
+pub use pair::{
+    cirkd_loss, cwd_loss, dist_loss, icsd_loss, pair_loss, pixel_kd_loss, skd_loss, PairConfig, PairContract, PairJob,
+    PairLossFamily, SameShapePair, StudentGradPair,
+};
 pub use pkd::{pkd_loss, PkdPacking};
 pub use semckd::{semckd_loss, SemckdMlp, SemckdPacking};
-pub use student_grad::{cirkd_loss, dist_loss, skd_loss, student_grad_loss, StudentGradConfig, StudentGradJob};
 
 use ::burn::backend::{Dispatch, DispatchDevice};
 use ::burn::tensor::{DType, Device, Tensor};
 
-use kd_kernels::cwd::CwdConfig;
 use kd_kernels::cwt::{CwtConfig, CwtShapes};
 use kd_kernels::error::{KdError, Result};
-use kd_kernels::icsd::{AicsdConfig, IcsdConfig};
-use kd_kernels::pixel_kd::PixelKdConfig;
-use kd_kernels::shape::Nchw;
-
-/// CWD between `student` and `teacher` logits (NCHW), as a differentiable one-element tensor.
-///
-/// On an autodiff device the gradient reaches `student` (and `teacher`, with `config.teacher_grad`).
-/// A tracked teacher without `teacher_grad` is refused: detach it (`teacher.detach()`) or ask for its
-/// gradient.
-pub fn cwd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &CwdConfig) -> Result<Tensor<1>> {
-    config.validate()?;
-    check_pair(&student, &teacher)?;
-    if teacher_is_tracked(&teacher) && !config.teacher_grad {
-        return Err(KdError::OutputMismatch {
-            what: "teacher",
-            fix: "the teacher is tracked by autodiff but CwdConfig::teacher_grad is off, so it would get no \
-                  gradient; pass teacher.detach() (a leaf marked require_grad: set_require_grad(false)), or set \
-                  teacher_grad",
-        });
-    }
-    Ok(Tensor::from_dispatch(Dispatch::cwd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
-}
-
-/// Pixel-wise KD between `student` and `teacher` logits (NCHW), as a differentiable one-element tensor.
-///
-/// On an autodiff device the gradient reaches `student`. Pixel KD has no teacher gradient: a tracked
-/// teacher is refused (pass `teacher.detach()`).
-pub fn pixel_kd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &PixelKdConfig) -> Result<Tensor<1>> {
-    config.validate()?;
-    check_pair(&student, &teacher)?;
-    refuse_tracked_teacher(&teacher, "pixel KD")?;
-    Ok(Tensor::from_dispatch(Dispatch::pixel_kd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
-}
-
-/// ICSD's inter-class similarity loss `L_ICS` (`docs/losses.md` §3) between `student` and `teacher` logits
-/// (NCHW), as a differentiable one-element tensor.
-///
-/// On an autodiff device the gradient reaches `student`. ICSD has no teacher gradient: a tracked teacher
-/// is refused (pass `teacher.detach()`).
-pub fn icsd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &IcsdConfig) -> Result<Tensor<1>> {
-    config.validate()?;
-    check_pair(&student, &teacher)?;
-    refuse_tracked_teacher(&teacher, "ICSD")?;
-    Ok(Tensor::from_dispatch(Dispatch::icsd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
-}
+use kd_kernels::icsd::AicsdConfig;
 
 /// AICSD's distillation terms at `epoch` (`docs/losses.md` §3.10): `alpha * L_ICS + (1 - alpha) * L_KD`,
 /// `alpha = config.alpha(epoch)`, composed of [`icsd_loss`] and [`pixel_kd_loss`] in the burn graph. The
@@ -280,14 +242,6 @@ fn teacher_is_tracked(teacher: &Tensor<4>) -> bool {
 /// The float dtypes the losses read: NdArray stores `f32` and `f64`; GPU backends add `f16` and `bf16`.
 fn supported_dtype(dtype: DType) -> bool {
     matches!(dtype, DType::F64 | DType::F32 | DType::Flex32 | DType::F16 | DType::BF16)
-}
-
-/// One non-empty NCHW shape and one supported float dtype for the pair; the same device.
-pub(crate) fn check_pair(student: &Tensor<4>, teacher: &Tensor<4>) -> Result<Nchw> {
-    let shape = Nchw::from_dims("student", student.shape().as_slice())?;
-    shape.expect_same("teacher", teacher.shape().as_slice())?;
-    check_float_pair(student, teacher)?;
-    Ok(shape)
 }
 
 /// One supported float dtype and one covered device for `student` and `teacher`, whatever their shapes.

@@ -7,7 +7,7 @@ use ::burn::backend::ndarray::NdArrayTensor;
 use ::burn::backend::NdArray;
 use ::ndarray::{ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView4, ArrayViewD, Dimension, Ix3, Ix4, IxDyn};
 
-use super::{KdBackend, StudentGradConfig, StudentGradJob};
+use super::{KdBackend, PairConfig, PairJob, PairLossFamily};
 use super::{PkdPacking, SemckdPacking};
 use kd_kernels::cpu::{CpuOutput, HostFloat, PairReference};
 use kd_kernels::cwd::{CwdConfig, CwdCpu};
@@ -117,18 +117,18 @@ impl<F: StudentGradFamily> CpuPairLoss for StudentGradCpu<F> {
     }
 }
 
-/// A [`StudentGradConfig`]'s loss (and with `want_grad` the student's gradient) through its family's CPU
-/// reference.
-struct StudentGradOnCpu {
+/// A [`PairConfig`]'s loss (and with `want_grad` its gradients) through its family's CPU reference: the pair
+/// primitives' one body.
+struct PairOnCpu {
     student: NdArrayTensor,
     teacher: NdArrayTensor,
     want_grad: bool,
 }
 
-impl StudentGradJob for StudentGradOnCpu {
+impl PairJob for PairOnCpu {
     type Out = CpuPairOutput;
-    fn run<F: StudentGradFamily>(self, config: F::Config) -> CpuPairOutput {
-        cpu_pair(&cpu(StudentGradCpu::<F>::new(config)), self.student, self.teacher, self.want_grad)
+    fn run<F: PairLossFamily>(self, config: F::Config) -> CpuPairOutput {
+        cpu_pair(&cpu(F::Cpu::new(config)), self.student, self.teacher, self.want_grad)
     }
 }
 
@@ -463,58 +463,17 @@ fn into_dim<'a, T, D: Dimension>(view: ArrayViewD<'a, T>) -> ArrayView<'a, T, D>
 }
 
 impl KdBackend for NdArray {
-    fn cwd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: CwdConfig) -> NdArrayTensor {
-        pair_loss::<CwdCpu>(config, student, teacher)
+    fn pair_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: PairConfig) -> NdArrayTensor {
+        config.run(PairOnCpu { student, teacher, want_grad: false }).loss
     }
 
-    fn cwd_forward_backward(
+    fn pair_forward_backward(
         student: NdArrayTensor,
         teacher: NdArrayTensor,
-        config: CwdConfig,
+        config: PairConfig,
     ) -> (NdArrayTensor, NdArrayTensor, Option<NdArrayTensor>) {
-        let out = cpu_pair(&cpu(CwdCpu::new(config)), student, teacher, true);
+        let out = config.run(PairOnCpu { student, teacher, want_grad: true });
         (out.loss, expect_grad(out.grad_student), out.grad_teacher)
-    }
-
-    fn pixel_kd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: PixelKdConfig) -> NdArrayTensor {
-        pair_loss::<PixelKdCpu>(config, student, teacher)
-    }
-
-    fn pixel_kd_forward_backward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        config: PixelKdConfig,
-    ) -> (NdArrayTensor, NdArrayTensor) {
-        pair_loss_and_student_grad::<PixelKdCpu>(config, student, teacher)
-    }
-
-    fn icsd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: IcsdConfig) -> NdArrayTensor {
-        pair_loss::<IcsdCpu>(config, student, teacher)
-    }
-
-    fn icsd_forward_backward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        config: IcsdConfig,
-    ) -> (NdArrayTensor, NdArrayTensor) {
-        pair_loss_and_student_grad::<IcsdCpu>(config, student, teacher)
-    }
-
-    fn student_grad_forward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        config: StudentGradConfig,
-    ) -> NdArrayTensor {
-        config.run(StudentGradOnCpu { student, teacher, want_grad: false }).loss
-    }
-
-    fn student_grad_forward_backward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        config: StudentGradConfig,
-    ) -> (NdArrayTensor, NdArrayTensor) {
-        let out = config.run(StudentGradOnCpu { student, teacher, want_grad: true });
-        (out.loss, expect_grad(out.grad_student))
     }
 
     fn pkd_forward(
@@ -609,21 +568,6 @@ impl KdBackend for NdArray {
         let (grad_maps, grad_params) = grads.expect("semckd_cpu returns the gradients when asked for them");
         (loss, grad_maps, grad_params)
     }
-}
-
-/// A pair loss alone, through its CPU reference.
-fn pair_loss<L: CpuPairLoss>(config: L::Config, student: NdArrayTensor, teacher: NdArrayTensor) -> NdArrayTensor {
-    cpu_pair(&cpu(L::new(config)), student, teacher, false).loss
-}
-
-/// A pair loss and d loss / d student, through its CPU reference.
-fn pair_loss_and_student_grad<L: CpuPairLoss>(
-    config: L::Config,
-    student: NdArrayTensor,
-    teacher: NdArrayTensor,
-) -> (NdArrayTensor, NdArrayTensor) {
-    let out = cpu_pair(&cpu(L::new(config)), student, teacher, true);
-    (out.loss, expect_grad(out.grad_student))
 }
 
 fn cpu<L>(loss: Result<L>) -> L {
