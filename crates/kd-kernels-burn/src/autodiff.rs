@@ -13,7 +13,7 @@ use ::burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata};
 use ::burn::tensor::Shape;
 
 use super::{KdBackend, PairConfig};
-use kd_kernels::cwt::CwtConfig;
+use kd_kernels::cwt::CwtSetup;
 use kd_kernels::ifvd::IfvdConfig;
 use kd_kernels::pkd::{PkdConfig, PkdLevels};
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
@@ -187,18 +187,15 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
     fn cwt_forward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        config: CwtConfig,
+        params: FloatTensor<Self>,
+        setup: CwtSetup,
     ) -> FloatTensor<Self> {
-        fused::<B, C, 6>(
-            [student, teacher, w1, b1, w2, b2],
-            |[s, t, w1, b1, w2, b2]| B::cwt_forward(s, t, w1, b1, w2, b2, config),
-            |[s, t, w1, b1, w2, b2]| {
-                let (loss, gs, gw1, gb1, gw2, gb2) = B::cwt_forward_backward(s, t, w1, b1, w2, b2, config);
-                (loss, [Some(gs), None, Some(gw1), Some(gb1), Some(gw2), Some(gb2)])
+        fused::<B, C, 3>(
+            [student, teacher, params],
+            |[s, t, p]| B::cwt_forward(s, t, p, setup),
+            |[s, t, p]| {
+                let (loss, gs, gp) = B::cwt_forward_backward(s, t, p, setup);
+                (loss, [Some(gs), None, Some(gp)])
             },
         )
     }
@@ -206,23 +203,12 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
     fn cwt_forward_backward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        config: CwtConfig,
-    ) -> (
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-    ) {
-        let [s, t, w1, b1, w2, b2] = [student, teacher, w1, b1, w2, b2].map(inner::<B, C>);
-        let (loss, gs, gw1, gb1, gw2, gb2) = B::cwt_forward_backward(s, t, w1, b1, w2, b2, config);
-        let c = constant::<B, C>;
-        (c(loss), c(gs), c(gw1), c(gb1), c(gw2), c(gb2))
+        params: FloatTensor<Self>,
+        setup: CwtSetup,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [s, t, p] = [student, teacher, params].map(inner::<B, C>);
+        let (loss, gs, gp) = B::cwt_forward_backward(s, t, p, setup);
+        (constant::<B, C>(loss), constant::<B, C>(gs), constant::<B, C>(gp))
     }
 
     fn semckd_forward(

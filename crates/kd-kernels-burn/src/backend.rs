@@ -6,7 +6,7 @@ use ::burn::backend::tensor::{FloatTensor, IntTensor};
 use ::burn::backend::{backend_extension, Backend};
 
 use super::PairConfig;
-use kd_kernels::cwt::CwtConfig;
+use kd_kernels::cwt::CwtSetup;
 use kd_kernels::ifvd::IfvdConfig;
 use kd_kernels::pkd::{PkdConfig, PkdLevels};
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
@@ -73,36 +73,23 @@ pub trait KdBackend: Backend {
         config: IfvdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// CWT's loss (`docs/losses.md` §5): student `[N, Cs, H, W]`, teacher `[N, Ct, H, W]`, the MLP's `w1`
-    /// `[Ch, Cs]`, `b1` `[Ch]`, `w2` `[Ct, Ch]`, `b2` `[Ct]`.
+    /// CWT's loss (`docs/losses.md` §5): student `[N, Cs, H, W]`, teacher `[N, Ct, H, W]`, and the MLP's four
+    /// f32 parameters (`w1` `[Ch, Cs]`, `b1` `[Ch]`, `w2` `[Ct, Ch]`, `b2` `[Ct]`, channel counts in `setup`)
+    /// packed into one 1-D tensor as [`CwtPacking`](super::CwtPacking) lays them out.
     fn cwt_forward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        config: CwtConfig,
+        params: FloatTensor<Self>,
+        setup: CwtSetup,
     ) -> FloatTensor<Self>;
 
-    /// CWT's loss and the gradients of the student, `w1`, `b1`, `w2` and `b2`, in that order.
-    #[allow(clippy::type_complexity)]
+    /// CWT's loss, d loss / d student and d loss / d `params`, packed as `params`.
     fn cwt_forward_backward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        config: CwtConfig,
-    ) -> (
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-    );
+        params: FloatTensor<Self>,
+        setup: CwtSetup,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// SemCKD's loss (`docs/losses.md` §4) for the layers `layers` (batch, `d`, every map's shape), its
     /// tensors packed into three 1-D tensors as [`SemckdPacking`](super::SemckdPacking) lays them out:

@@ -51,10 +51,10 @@ use cubecl_runtime::runtime::Runtime;
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::{CudaContext, CudaStream};
 
+use super::{CwtPacking, PkdPacking, SemckdPacking};
 use super::{KdBackend, PairConfig, PairJob, PairLossFamily};
-use super::{PkdPacking, SemckdPacking};
 use kd_kernels::cuda::LossCuda;
-use kd_kernels::cwt::{CwtConfig, CwtCuda, CwtRawBuffers, CwtSetup, CwtShapes};
+use kd_kernels::cwt::{CwtCuda, CwtRawBuffers, CwtSetup};
 use kd_kernels::dtype::DType;
 use kd_kernels::error::{KdError, Result};
 use kd_kernels::family::{Family, PairRawBuffers};
@@ -375,31 +375,19 @@ impl KdBackend for CubeBackend {
         (out.remove(0), gs)
     }
 
-    fn cwt_forward(
-        student: CubeTensor,
-        teacher: CubeTensor,
-        w1: CubeTensor,
-        b1: CubeTensor,
-        w2: CubeTensor,
-        b2: CubeTensor,
-        config: CwtConfig,
-    ) -> CubeTensor {
-        let mut out = cwt(student, teacher, [w1, b1, w2, b2], config, false);
-        out.remove(0)
+    fn cwt_forward(student: CubeTensor, teacher: CubeTensor, params: CubeTensor, setup: CwtSetup) -> CubeTensor {
+        cwt(student, teacher, params, setup, false).remove(0)
     }
 
     fn cwt_forward_backward(
         student: CubeTensor,
         teacher: CubeTensor,
-        w1: CubeTensor,
-        b1: CubeTensor,
-        w2: CubeTensor,
-        b2: CubeTensor,
-        config: CwtConfig,
-    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
-        let mut out = cwt(student, teacher, [w1, b1, w2, b2], config, true).into_iter();
-        let mut next = || out.next().expect("CWT returns the loss and five gradients");
-        (next(), next(), next(), next(), next(), next())
+        params: CubeTensor,
+        setup: CwtSetup,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let mut out = cwt(student, teacher, params, setup, true).into_iter();
+        let mut next = || out.next().expect("CWT returns the loss and two gradients");
+        (next(), next(), next())
     }
 
     fn semckd_forward(
@@ -553,30 +541,34 @@ fn ifvd(
     out
 }
 
-/// CWT: the loss (f32, as its parameters), and with `want_grad` the gradients of the student (its dtype)
-/// and of `w1`, `b1`, `w2`, `b2` (f32).
+/// CWT on the packed parameters of [`KdBackend::cwt_forward`]: the loss (f32, as its parameters), and with
+/// `want_grad` the gradients of the student (its dtype) and of `params` (f32, packed alike). Each parameter's
+/// address is the packed buffer's plus its offset ([`CwtPacking`]), as the candle op passes its views of one
+/// flat vector: the CWT kernels read the parameters element by element.
 fn cwt(
     student: CubeTensor,
     teacher: CubeTensor,
-    params: [CubeTensor; 4],
-    config: CwtConfig,
+    params: CubeTensor,
+    setup: CwtSetup,
     want_grad: bool,
 ) -> Vec<CubeTensor> {
     let shape = dims(&student);
-    let (w1, w2) = (dims(&params[0]), dims(&params[2]));
-    let shapes = CwtShapes { cs: w1[1], ch: w1[0], ct: w2[0] };
     let dtype = kernel_dtype(student.dtype);
+    let packing = CwtPacking::new(&setup.shapes);
     let mut outputs = vec![OutputSpec::loss()];
     if want_grad {
         outputs.push(OutputSpec::like(&student));
-        outputs.extend(params.iter().map(OutputSpec::like));
+        outputs.push(OutputSpec::like(&params));
     }
-    let [w1, b1, w2, b2] = params;
     let loss_dtype = student.dtype;
-    let setup = CwtSetup { config, shapes };
-    let mut out = run::<CwtCuda, 6>(setup, [student, teacher, w1, b1, w2, b2], outputs, |c| {
-        let [student, teacher, w1, b1, w2, b2] = c.inputs;
-        let o = c.outputs;
+    let mut out = run::<CwtCuda, 3>(setup, [student, teacher, params], outputs, |c| {
+        let [student, teacher, params] = c.inputs;
+        let at = |base: u64| -> [u64; 4] {
+            let mut at = packing.params.iter().map(|(_, range)| base + (range.start * 4) as u64);
+            [(); 4].map(|()| at.next().expect("CWT packs four parameters"))
+        };
+        let [w1, b1, w2, b2] = at(params);
+        let [grad_w1, grad_b1, grad_w2, grad_b2] = if want_grad { at(c.outputs[2]) } else { [0; 4] };
         let buffers = CwtRawBuffers {
             student,
             teacher,
@@ -584,15 +576,16 @@ fn cwt(
             b1,
             w2,
             b2,
-            loss: o[0],
-            grad_student: out(o, 1),
-            grad_w1: out(o, 2),
-            grad_b1: out(o, 3),
-            grad_w2: out(o, 4),
-            grad_b2: out(o, 5),
+            loss: c.outputs[0],
+            grad_student: out(c.outputs, 1),
+            grad_w1,
+            grad_b1,
+            grad_w2,
+            grad_b2,
             upstream: 0,
         };
-        // SAFETY: as in `PairOnGpu`; the parameters are f32 of the shapes `shapes` says.
+        // SAFETY: as in `PairOnGpu`; the parameters are f32 of the shapes `setup` says, at their offsets in the
+        // packed buffer (the checked function packed them so).
         unsafe { c.loss.launch_raw(c.stream, &shape, dtype, &buffers, GradOptions::OVERWRITE) }
     });
     out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);

@@ -16,7 +16,7 @@ use ::burn::backend::ExecutionError;
 use ::burn::tensor::Shape;
 
 use super::{KdBackend, PairConfig};
-use kd_kernels::cwt::CwtConfig;
+use kd_kernels::cwt::CwtSetup;
 use kd_kernels::ifvd::IfvdConfig;
 use kd_kernels::pkd::{PkdConfig, PkdLevels};
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
@@ -206,54 +206,29 @@ impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
     fn cwt_forward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        config: CwtConfig,
+        params: FloatTensor<Self>,
+        setup: CwtSetup,
     ) -> FloatTensor<Self> {
         let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 6>(
-            "kd_cwt_forward",
-            [student, teacher, w1, b1, w2, b2],
-            specs,
-            move |[s, t, w1, b1, w2, b2]| vec![B::cwt_forward(s, t, w1, b1, w2, b2, config)],
-        ))
+        single(lazy::<B, 3>("kd_cwt_forward", [student, teacher, params], specs, move |[s, t, p]| {
+            vec![B::cwt_forward(s, t, p, setup)]
+        }))
     }
 
     fn cwt_forward_backward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        config: CwtConfig,
-    ) -> (
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-    ) {
-        let specs = [&student, &student, &w1, &b1, &w2, &b2]
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| if i == 0 { loss::<B>(t) } else { grad::<B>(t) })
-            .collect();
-        let out = lazy::<B, 6>(
-            "kd_cwt_forward_backward",
-            [student, teacher, w1, b1, w2, b2],
-            specs,
-            move |[s, t, w1, b1, w2, b2]| {
-                let (loss, gs, gw1, gb1, gw2, gb2) = B::cwt_forward_backward(s, t, w1, b1, w2, b2, config);
-                vec![loss, gs, gw1, gb1, gw2, gb2]
-            },
-        );
+        params: FloatTensor<Self>,
+        setup: CwtSetup,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let specs = vec![loss::<B>(&student), grad::<B>(&student), grad::<B>(&params)];
+        let out = lazy::<B, 3>("kd_cwt_forward_backward", [student, teacher, params], specs, move |[s, t, p]| {
+            let (loss, grad_student, grad_params) = B::cwt_forward_backward(s, t, p, setup);
+            vec![loss, grad_student, grad_params]
+        });
         let mut out = out.into_iter();
-        let mut next = || out.next().expect("CWT registers the loss and five gradients");
-        (next(), next(), next(), next(), next(), next())
+        let mut next = || out.next().expect("CWT registers the loss and two gradients");
+        (next(), next(), next())
     }
 
     fn semckd_forward(

@@ -61,6 +61,7 @@ pub mod autodiff;
 mod backend;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod cwt;
 #[cfg(feature = "cuda")]
 pub mod fusion;
 // burn 0.22 deprecates NdArray in favour of its Flex backend; NdArray is the CPU backend this crate covers.
@@ -73,6 +74,7 @@ pub mod reference;
 mod semckd;
 
 pub use backend::KdBackend;
+pub use cwt::{cwt_loss, CwtMlp, CwtPacking};
 pub use ifvd::ifvd_loss;
 pub use pair::{
     cirkd_loss, cwd_loss, dist_loss, icsd_loss, pair_loss, pixel_kd_loss, skd_loss, PairConfig, PairContract, PairJob,
@@ -81,10 +83,9 @@ pub use pair::{
 pub use pkd::{pkd_loss, PkdPacking};
 pub use semckd::{semckd_loss, SemckdMlp, SemckdPacking};
 
-use ::burn::backend::{Dispatch, DispatchDevice};
+use ::burn::backend::DispatchDevice;
 use ::burn::tensor::{DType, Device, Tensor};
 
-use kd_kernels::cwt::{CwtConfig, CwtShapes};
 use kd_kernels::error::{KdError, Result};
 use kd_kernels::icsd::AicsdConfig;
 
@@ -97,86 +98,6 @@ pub fn aicsd_loss(student: Tensor<4>, teacher: Tensor<4>, epoch: f64, config: &A
     let ics = icsd_loss(student.clone(), teacher.clone(), &config.icsd)?;
     let kd = pixel_kd_loss(student, teacher, &config.kd)?;
     Ok(ics * alpha + kd * (1.0 - alpha))
-}
-
-/// CWT's MLP (`docs/losses.md` §5), the two 1x1 convolutions as matrices: `w1` `[Ch, Cs]`, `b1` `[Ch]`,
-/// `w2` `[Ct, Ch]`, `b2` `[Ct]`, in f32 (the crate keeps learnable parameters in f32). Mark them
-/// `require_grad` (or take them from a module) and their gradients come out of `loss.backward()`.
-#[derive(Debug, Clone)]
-pub struct CwtMlp {
-    /// `mlp.linear1.weight`, `[Ch, Cs]`.
-    pub w1: Tensor<2>,
-    /// `mlp.linear1.bias`, `[Ch]`.
-    pub b1: Tensor<1>,
-    /// `mlp.linear2.weight`, `[Ct, Ch]`.
-    pub w2: Tensor<2>,
-    /// `mlp.linear2.bias`, `[Ct]`.
-    pub b2: Tensor<1>,
-}
-
-/// Channel-wise transformation (CWT) between student features `[N, Cs, H, W]` and teacher features
-/// `[N, Ct, H, W]` through `mlp`, as a differentiable one-element tensor.
-///
-/// On an autodiff device the gradient reaches the student and the four parameters. The features are f32
-/// (NdArray has no f16 or bf16 storage; on CUDA the burn adapter keeps CWT in f32 too, one dtype for the
-/// loss, the features and the parameters), and so are the parameters. CWT has no teacher gradient: a
-/// tracked teacher is refused (pass `teacher.detach()`).
-pub fn cwt_loss(student: Tensor<4>, teacher: Tensor<4>, mlp: &CwtMlp, config: &CwtConfig) -> Result<Tensor<1>> {
-    config.validate()?;
-    let [ch, cs] = mlp.w1.dims();
-    let [ct, ch2] = mlp.w2.dims();
-    let shapes = CwtShapes { cs, ch, ct };
-    shapes.validate()?;
-    for (what, got, expected) in [
-        ("mlp.linear1.bias", mlp.b1.dims().to_vec(), vec![ch]),
-        ("mlp.linear2.weight", vec![ct, ch2], vec![ct, ch]),
-        ("mlp.linear2.bias", mlp.b2.dims().to_vec(), vec![ct]),
-    ] {
-        if got != expected {
-            return Err(KdError::ShapeMismatch { what, expected, got });
-        }
-    }
-    shapes.check_features(student.shape().as_slice(), teacher.shape().as_slice())?;
-    for (what, dtype) in [
-        ("student", student.dtype()),
-        ("teacher", teacher.dtype()),
-        ("mlp.linear1.weight", mlp.w1.dtype()),
-        ("mlp.linear1.bias", mlp.b1.dtype()),
-        ("mlp.linear2.weight", mlp.w2.dtype()),
-        ("mlp.linear2.bias", mlp.b2.dtype()),
-    ] {
-        if !matches!(dtype, DType::F32 | DType::Flex32) {
-            return Err(KdError::DTypeMismatch {
-                what: what.into(),
-                expected: "f32 (CWT's parameters are f32, and so are its features on NdArray)".into(),
-                got: format!("{dtype:?}"),
-            });
-        }
-    }
-    let device = student.device();
-    covered_backend(&device)?;
-    for (what, other) in [
-        ("teacher", teacher.device()),
-        ("mlp.linear1.weight", mlp.w1.device()),
-        ("mlp.linear1.bias", mlp.b1.device()),
-        ("mlp.linear2.weight", mlp.w2.device()),
-        ("mlp.linear2.bias", mlp.b2.device()),
-    ] {
-        if other != device {
-            return Err(other_device(what, &device, &other));
-        }
-    }
-    refuse_tracked_teacher(&teacher, "CWT")?;
-    let mlp = mlp.clone();
-    Ok(Tensor::from_dispatch(Dispatch::cwt_forward(
-        student.into_dispatch(),
-        teacher.into_dispatch(),
-        mlp.w1.into_dispatch(),
-        mlp.b1.into_dispatch(),
-        mlp.w2.into_dispatch(),
-        mlp.b2.into_dispatch(),
-        *config,
-    )))
 }
 
 /// The backends [`KdBackend`] is implemented for: burn routes the others to a panic, so they are refused
