@@ -51,8 +51,8 @@ use cubecl_runtime::runtime::Runtime;
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::{CudaContext, CudaStream};
 
+use super::{loss_and_grad, KdBackend, PairConfig, PairJob, PairLossFamily};
 use super::{CwtPacking, PkdPacking, SemckdPacking};
-use super::{KdBackend, PairConfig, PairJob, PairLossFamily};
 use kd_kernels::cuda::LossCuda;
 use kd_kernels::cwt::{CwtCuda, CwtRawBuffers, CwtSetup};
 use kd_kernels::dtype::DType;
@@ -279,6 +279,24 @@ fn kernel_dtype(dtype: BurnDType) -> DType {
     }
 }
 
+/// The dtype a call's loss is returned in (its first input's) and the kernels' dtype of that input.
+fn dtypes(first: &CubeTensor) -> (BurnDType, DType) {
+    (first.dtype, kernel_dtype(first.dtype))
+}
+
+/// The outputs of a call: the loss, then, with `want_grad`, one gradient shaped and typed like each of `like`.
+fn loss_then_grads(want_grad: bool, like: &[&CubeTensor]) -> Vec<OutputSpec> {
+    let grads = like.iter().filter(|_| want_grad).map(|t| OutputSpec::like(t));
+    std::iter::once(OutputSpec::loss()).chain(grads).collect()
+}
+
+/// The outputs of [`run`], the kernels' f32 loss first, with the loss cast to `dtype` (the inputs' dtype, as
+/// the primitives return it).
+fn loss_in(mut out: Vec<CubeTensor>, dtype: BurnDType) -> Vec<CubeTensor> {
+    out[0] = loss_as::<CubeBackend>(out[0].clone(), dtype);
+    out
+}
+
 /// The kernels' f32 loss in the inputs' dtype, as the primitives return it.
 fn loss_as<B: Backend>(loss: FloatTensor<B>, dtype: BurnDType) -> FloatTensor<B> {
     if loss.dtype() == dtype {
@@ -307,7 +325,7 @@ impl PairJob for PairOnGpu {
         let (shape, teacher_dims, dtype) = (dims(&self.student), dims(&self.teacher), self.student.dtype);
         let mut outputs = vec![OutputSpec::loss()];
         outputs.extend((0..self.grads).map(|_| OutputSpec::like(&self.student)));
-        let mut out = run::<LossCuda<F>, 2>(config, [self.student, self.teacher], outputs, |c| {
+        let out = run::<LossCuda<F>, 2>(config, [self.student, self.teacher], outputs, |c| {
             let [student, teacher] = c.inputs;
             let (loss, grad_student, grad_teacher) = (c.outputs[0], out(c.outputs, 1), out(c.outputs, 2));
             let pair = PairRawBuffers { student, teacher, loss, grad_student, grad_teacher, upstream: 0 };
@@ -319,8 +337,7 @@ impl PairJob for PairOnGpu {
                     .map(drop)
             })
         });
-        out[0] = loss_as::<CubeBackend>(out[0].clone(), dtype);
-        out
+        loss_in(out, dtype)
     }
 }
 
@@ -355,9 +372,7 @@ impl KdBackend for CubeBackend {
         levels: PkdLevels,
         config: PkdConfig,
     ) -> (CubeTensor, CubeTensor) {
-        let mut out = pkd(student, teacher, &levels, config, true);
-        let gs = out.pop().expect("student gradient");
-        (out.remove(0), gs)
+        loss_and_grad(pkd(student, teacher, &levels, config, true))
     }
 
     fn ifvd_forward(student: CubeTensor, teacher: CubeTensor, labels: CubeTensor, config: IfvdConfig) -> CubeTensor {
@@ -370,9 +385,7 @@ impl KdBackend for CubeBackend {
         labels: CubeTensor,
         config: IfvdConfig,
     ) -> (CubeTensor, CubeTensor) {
-        let mut out = ifvd(student, teacher, labels, config, true);
-        let gs = out.pop().expect("student gradient");
-        (out.remove(0), gs)
+        loss_and_grad(ifvd(student, teacher, labels, config, true))
     }
 
     fn cwt_forward(student: CubeTensor, teacher: CubeTensor, params: CubeTensor, setup: CwtSetup) -> CubeTensor {
@@ -425,15 +438,10 @@ fn semckd(
     config: SemckdConfig,
     want_grad: bool,
 ) -> Vec<CubeTensor> {
-    let loss_dtype = maps.dtype;
-    let dtype = kernel_dtype(maps.dtype);
-    let packing = SemckdPacking::new(layers);
-    let mut outputs = vec![OutputSpec::loss()];
-    if want_grad {
-        outputs.push(OutputSpec::like(&maps));
-        outputs.push(OutputSpec::like(&params));
-    }
-    let mut out = run::<SemckdCuda, 3>(config, [maps, teacher, params], outputs, |c| {
+    let (loss_dtype, dtype) = dtypes(&maps);
+    let outputs = loss_then_grads(want_grad, &[&maps, &params]);
+    let out = run::<SemckdCuda, 3>(config, [maps, teacher, params], outputs, |c| {
+        let packing = SemckdPacking::new(layers);
         let [maps, teacher, params] = c.inputs;
         let s = layers.students();
         let at = |base: u64, parts: &[(Vec<usize>, std::ops::Range<usize>)], size: usize| -> Vec<u64> {
@@ -463,8 +471,7 @@ fn semckd(
         // shape `layers` gives it (the checked function packed them so), the parameters f32.
         unsafe { c.loss.launch_raw(c.stream, layers, dtype, &buffers, GradOptions::OVERWRITE) }
     });
-    out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
-    out
+    loss_in(out, loss_dtype)
 }
 
 /// PKD on the packed tensors of [`KdBackend::pkd_forward`]: the loss (the student's dtype) and, with
@@ -478,14 +485,10 @@ fn pkd(
     config: PkdConfig,
     want_grad: bool,
 ) -> Vec<CubeTensor> {
-    let loss_dtype = student.dtype;
-    let dtype = kernel_dtype(student.dtype);
-    let packing = PkdPacking::new(levels);
-    let mut outputs = vec![OutputSpec::loss()];
-    if want_grad {
-        outputs.push(OutputSpec::like(&student));
-    }
-    let mut out = run::<PkdCuda, 2>(config, [student, teacher], outputs, |c| {
+    let (loss_dtype, dtype) = dtypes(&student);
+    let outputs = loss_then_grads(want_grad, &[&student]);
+    let out = run::<PkdCuda, 2>(config, [student, teacher], outputs, |c| {
+        let packing = PkdPacking::new(levels);
         let at = |base: u64| -> Vec<u64> {
             packing.levels.iter().map(|(_, range)| base + (range.start * dtype.size()) as u64).collect()
         };
@@ -501,8 +504,7 @@ fn pkd(
         // shape `levels` gives it (the checked function packed them so).
         unsafe { c.loss.launch_raw(c.stream, levels, dtype, &buffers, GradOptions::OVERWRITE) }
     });
-    out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
-    out
+    loss_in(out, loss_dtype)
 }
 
 /// IFVD: the loss (the student's dtype) and, with `want_grad`, d loss / d student.
@@ -517,13 +519,9 @@ fn ifvd(
         .unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
     let label_dtype = super::ifvd::label_dtype(labels.dtype)
         .unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
-    let loss_dtype = student.dtype;
-    let dtype = kernel_dtype(student.dtype);
-    let mut outputs = vec![OutputSpec::loss()];
-    if want_grad {
-        outputs.push(OutputSpec::like(&student));
-    }
-    let mut out = run::<IfvdCuda, 3>(config, [student, teacher, labels], outputs, |c| {
+    let (loss_dtype, dtype) = dtypes(&student);
+    let outputs = loss_then_grads(want_grad, &[&student]);
+    let out = run::<IfvdCuda, 3>(config, [student, teacher, labels], outputs, |c| {
         let [student, teacher, labels] = c.inputs;
         let buffers = IfvdRawBuffers {
             student,
@@ -537,8 +535,7 @@ fn ifvd(
         // SAFETY: as in `PairOnGpu`; the labels are integers of `label_dtype`, `[N, Hl, Wl]`.
         unsafe { c.loss.launch_raw(c.stream, &shapes, dtype, &buffers, GradOptions::OVERWRITE) }
     });
-    out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
-    out
+    loss_in(out, loss_dtype)
 }
 
 /// CWT on the packed parameters of [`KdBackend::cwt_forward`]: the loss (f32, as its parameters), and with
@@ -553,15 +550,10 @@ fn cwt(
     want_grad: bool,
 ) -> Vec<CubeTensor> {
     let shape = dims(&student);
-    let dtype = kernel_dtype(student.dtype);
+    let (loss_dtype, dtype) = dtypes(&student);
     let packing = CwtPacking::new(&setup.shapes);
-    let mut outputs = vec![OutputSpec::loss()];
-    if want_grad {
-        outputs.push(OutputSpec::like(&student));
-        outputs.push(OutputSpec::like(&params));
-    }
-    let loss_dtype = student.dtype;
-    let mut out = run::<CwtCuda, 3>(setup, [student, teacher, params], outputs, |c| {
+    let outputs = loss_then_grads(want_grad, &[&student, &params]);
+    let out = run::<CwtCuda, 3>(setup, [student, teacher, params], outputs, |c| {
         let [student, teacher, params] = c.inputs;
         let at = |base: u64| -> [u64; 4] {
             let mut at = packing.params.iter().map(|(_, range)| base + (range.start * 4) as u64);
@@ -588,6 +580,5 @@ fn cwt(
         // packed buffer (the checked function packed them so).
         unsafe { c.loss.launch_raw(c.stream, &shape, dtype, &buffers, GradOptions::OVERWRITE) }
     });
-    out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
-    out
+    loss_in(out, loss_dtype)
 }

@@ -15,7 +15,7 @@ use ::burn::backend::tensor::{FloatTensor, IntTensor};
 use ::burn::backend::ExecutionError;
 use ::burn::tensor::Shape;
 
-use super::{KdBackend, PairConfig};
+use super::{loss_and_grad, KdBackend, PairConfig};
 use kd_kernels::cwt::CwtSetup;
 use kd_kernels::ifvd::IfvdConfig;
 use kd_kernels::pkd::{PkdConfig, PkdLevels};
@@ -121,12 +121,6 @@ fn single<T>(outputs: Vec<T>) -> T {
     outputs.into_iter().next().expect("one output registered")
 }
 
-/// The two outputs of a call.
-fn two<T>(outputs: Vec<T>) -> (T, T) {
-    let mut it = outputs.into_iter();
-    (it.next().expect("two outputs registered"), it.next().expect("two outputs registered"))
-}
-
 impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
     fn pair_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: PairConfig) -> FloatTensor<Self> {
         let specs = vec![loss::<B>(&student)];
@@ -172,7 +166,7 @@ impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
         config: PkdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        two(lazy::<B, 2>("kd_pkd_forward_backward", [student, teacher], specs, move |[s, t]| {
+        loss_and_grad(lazy::<B, 2>("kd_pkd_forward_backward", [student, teacher], specs, move |[s, t]| {
             let (loss, gs) = B::pkd_forward_backward(s, t, levels.clone(), config);
             vec![loss, gs]
         }))
@@ -197,10 +191,17 @@ impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
         config: IfvdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        two(lazy_labelled::<B>("kd_ifvd_forward_backward", student, teacher, labels, specs, move |s, t, labels| {
-            let (loss, gs) = B::ifvd_forward_backward(s, t, labels, config);
-            vec![loss, gs]
-        }))
+        loss_and_grad(lazy_labelled::<B>(
+            "kd_ifvd_forward_backward",
+            student,
+            teacher,
+            labels,
+            specs,
+            move |s, t, labels| {
+                let (loss, gs) = B::ifvd_forward_backward(s, t, labels, config);
+                vec![loss, gs]
+            },
+        ))
     }
 
     fn cwt_forward(

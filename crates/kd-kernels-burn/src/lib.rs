@@ -100,6 +100,14 @@ pub fn aicsd_loss(student: Tensor<4>, teacher: Tensor<4>, epoch: f64, config: &A
     Ok(ics * alpha + kd * (1.0 - alpha))
 }
 
+/// The loss and the student's gradient, the two outputs of a call that returns them in that order (the
+/// backends' primitives for the families whose only gradient is the student's).
+#[cfg(feature = "cuda")]
+fn loss_and_grad<T>(outputs: Vec<T>) -> (T, T) {
+    let mut it = outputs.into_iter();
+    (it.next().expect("the loss"), it.next().expect("the student's gradient"))
+}
+
 /// The backends [`KdBackend`] is implemented for: burn routes the others to a panic, so they are refused
 /// here first.
 fn covered_backend(device: &Device) -> Result<()> {
