@@ -13,12 +13,12 @@
 //! * Compiled units are cached in `<target>/kd-kernels-nvcc-cache`, keyed by the sources, flags, architectures
 //!   and nvcc, so the other profiles and feature sets of one target directory reuse them ([`KernelCache`];
 //!   `KD_KERNELS_NVCC_CACHE=0` turns it off).
-//! * bindgen runs once per header of `kernels/`, on that header's own declarations, and each has a committed
-//!   snapshot `src/ffi/{header}.rs`; `OUT_DIR/params.rs`, which `src/ffi.rs` includes, is all of them. bindgen
-//!   needs libclang. Where none is found (`LIBCLANG_PATH`, the tools venv, the system), the snapshots are used
-//!   as they are; where it is found, the fresh bindings are used, and with `KD_KERNELS_CHECK_BINDINGS=1` (set
-//!   by `scripts/test`, which always has the pinned libclang) they must equal the snapshots or the build
-//!   fails. `KD_KERNELS_BLESS_BINDINGS=1` rewrites the snapshots (and removes those of deleted headers).
+//! * bindgen runs once per header of `kernels/`, on that header's own declarations; the committed snapshot
+//!   `src/ffi/params_bindings.rs` is all of them, `params.h` first. bindgen needs libclang. Where none is found
+//!   (`LIBCLANG_PATH`, the tools venv, the system), the snapshot is used as is; where it is found, the fresh
+//!   bindings are used, and with `KD_KERNELS_CHECK_BINDINGS=1` (set by `scripts/test`, which always has the
+//!   pinned libclang) they must equal the snapshot or the build fails. `KD_KERNELS_BLESS_BINDINGS=1` rewrites
+//!   the snapshot.
 
 use std::env;
 use std::fs;
@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const DEFAULT_ARCHS: &str = "sm_80,sm_86,sm_89,sm_90,compute_90";
-/// The committed bindings: `src/ffi/{stem}.rs` for `kernels/{stem}.h`.
-const BINDINGS_DIR: &str = "src/ffi";
+/// The committed bindings of every header of kernels/ (one file: generated code, never edited).
+const BINDINGS_SNAPSHOT: &str = "src/ffi/params_bindings.rs";
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -36,7 +36,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(kd_emulator_ubsan)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=kernels");
-    println!("cargo::rerun-if-changed={BINDINGS_DIR}");
+    println!("cargo::rerun-if-changed={BINDINGS_SNAPSHOT}");
     for var in [
         "NVCC",
         "CUDA_HOME",
@@ -431,8 +431,8 @@ fn gencode_flags(archs: &str) -> Vec<String> {
     flags
 }
 
-/// Runs bindgen on each header of kernels/ when libclang can be loaded, checks the results against the
-/// committed snapshots, and puts all of the bindings in OUT_DIR either way.
+/// Runs bindgen on each header of kernels/ when libclang can be loaded, checks the result (every header's
+/// bindings, `params.h` first) against the committed snapshot, and puts the bindings in OUT_DIR either way.
 fn generate_param_bindings(manifest: &Path, out: &Path) {
     if env::var_os("LIBCLANG_PATH").is_none() {
         if let Some(lib) = find_in_tools_venv(manifest, &["clang", "native", "libclang.so"]) {
@@ -440,76 +440,44 @@ fn generate_param_bindings(manifest: &Path, out: &Path) {
             env::set_var("LIBCLANG_PATH", lib.parent().unwrap());
         }
     }
-    let mut headers: Vec<PathBuf> = fs::read_dir(manifest.join("kernels"))
+    let kernels = manifest.join("kernels");
+    let mut headers: Vec<PathBuf> = fs::read_dir(&kernels)
         .expect("kernels/ is missing")
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "h"))
         .collect();
-    headers.sort();
-    let mut all = String::new();
-    let mut libclang = true;
-    for header in &headers {
-        let stem = header.file_stem().unwrap().to_str().unwrap();
-        let snapshot_name = format!("{BINDINGS_DIR}/{stem}.rs");
-        let snapshot_path = manifest.join(&snapshot_name);
-        let snapshot = fs::read_to_string(&snapshot_path).unwrap_or_default();
-        let fresh = if libclang { run_bindgen(header) } else { None };
-        let Some(fresh) = fresh else {
-            libclang = false;
-            assert!(
-                !snapshot.is_empty(),
-                "kd-kernels: libclang not found and {snapshot_name} is missing; run scripts/install-nvcc"
-            );
-            all.push_str(&snapshot);
-            continue;
-        };
-        if fresh != snapshot {
-            if env::var_os("KD_KERNELS_BLESS_BINDINGS").is_some() {
-                fs::write(&snapshot_path, &fresh).unwrap();
-            } else if env::var_os("KD_KERNELS_CHECK_BINDINGS").is_some() {
-                panic!(
-                    "kd-kernels: kernels/{stem}.h and {snapshot_name} disagree. \
-                     Rebuild with KD_KERNELS_BLESS_BINDINGS=1 to regenerate it, review the diff, and commit it."
-                );
-            } else {
-                // Another libclang may format the same declarations differently: the fresh bindings are right
-                // for this header either way; scripts/test checks the snapshot with the pinned libclang.
-                println!("cargo::warning=kd-kernels: {snapshot_name} differs from bindgen's output; using the fresh bindings");
-            }
-        }
-        all.push_str(&fresh);
-    }
-    if !libclang {
-        println!(
-            "cargo::warning=kd-kernels: libclang not found; using the committed bindings in {BINDINGS_DIR} \
-             (scripts/install-nvcc provides libclang so the build can check them against kernels/*.h)"
+    headers.sort_by_key(|p| (p.file_name() != Some("params.h".as_ref()), p.clone()));
+    let snapshot_path = manifest.join(BINDINGS_SNAPSHOT);
+    let snapshot = fs::read_to_string(&snapshot_path).unwrap_or_default();
+    let fresh: Option<String> = headers.iter().map(|h| run_bindgen(h)).collect();
+    let Some(fresh) = fresh else {
+        assert!(
+            !snapshot.is_empty(),
+            "kd-kernels: libclang not found and {BINDINGS_SNAPSHOT} is missing; run scripts/install-nvcc"
         );
-    }
-    check_no_stale_snapshots(manifest, &headers);
-    fs::write(out.join("params.rs"), all).unwrap();
-}
-
-/// A snapshot whose header is gone would be dead code that looks alive: blessing removes it, a check fails.
-fn check_no_stale_snapshots(manifest: &Path, headers: &[PathBuf]) {
-    let stems: Vec<_> = headers.iter().filter_map(|h| h.file_stem()).collect();
-    for entry in fs::read_dir(manifest.join(BINDINGS_DIR)).into_iter().flatten().flatten() {
-        let path = entry.path();
-        let stale = path.extension().is_some_and(|e| e == "rs") && !stems.iter().any(|s| Some(*s) == path.file_stem());
-        if !stale {
-            continue;
-        }
+        println!(
+            "cargo::warning=kd-kernels: libclang not found; using the committed {BINDINGS_SNAPSHOT} \
+             (scripts/install-nvcc provides libclang so the build can check it against kernels/*.h)"
+        );
+        fs::write(out.join("params.rs"), &snapshot).unwrap();
+        return;
+    };
+    if fresh != snapshot {
         if env::var_os("KD_KERNELS_BLESS_BINDINGS").is_some() {
-            fs::remove_file(&path).unwrap();
+            fs::write(&snapshot_path, &fresh).unwrap();
         } else if env::var_os("KD_KERNELS_CHECK_BINDINGS").is_some() {
             panic!(
-                "kd-kernels: {} has no header kernels/{}.h any more. Rebuild with KD_KERNELS_BLESS_BINDINGS=1 to \
-                 remove it.",
-                path.display(),
-                path.file_stem().unwrap().to_string_lossy()
+                "kd-kernels: kernels/*.h and {BINDINGS_SNAPSHOT} disagree. \
+                 Rebuild with KD_KERNELS_BLESS_BINDINGS=1 to regenerate it, review the diff, and commit it."
             );
+        } else {
+            // Another libclang may format the same declarations differently: the fresh bindings are right
+            // for these headers either way; scripts/test checks the snapshot with the pinned libclang.
+            println!("cargo::warning=kd-kernels: {BINDINGS_SNAPSHOT} differs from bindgen's output; using the fresh bindings");
         }
     }
+    fs::write(out.join("params.rs"), &fresh).unwrap();
 }
 
 fn run_bindgen(header: &Path) -> Option<String> {

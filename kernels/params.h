@@ -3,7 +3,7 @@
  * header beside its kernel file (kernels/{family}.h, included by kernels/{family}.cu), under the same rules.
  *
  * The kernels take these structs by value; build.rs runs bindgen on every header to generate the Rust
- * #[repr(C)] twins (committed as src/ffi/{header}.rs), so the two sides cannot drift: a field added here
+ * #[repr(C)] twins (committed as src/ffi/params_bindings.rs), so the two sides cannot drift: a field added here
  * without the Rust side following fails the build. Keep these headers plain C (no templates, no CUDA
  * qualifiers) so bindgen and nvcc read them the same way, and order fields from widest to narrowest so the
  * layout has no padding that could differ between compilers.
