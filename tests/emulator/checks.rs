@@ -20,6 +20,14 @@ fn assert_has(message: &str, parts: &[&str]) {
     }
 }
 
+/// Runs `kernel` in mode 0 and in mode 1 (two ways of breaking one rule), each of which must fail with a
+/// message holding its `parts`.
+fn both_modes_fail_with(kernel: &'static str, parts: [&[&str]; 2]) {
+    for (mode, parts) in (0..).zip(parts) {
+        assert_has(&error_of(Selftest { kernel, mode, ..BASE }), parts);
+    }
+}
+
 #[test]
 fn correct_kernel_passes_every_check() {
     for grid in [1u32, 3, 7] {
@@ -57,10 +65,13 @@ fn memcheck_misaligned_vector_access() {
 
 #[test]
 fn memcheck_wmma_operands() {
-    let m = error_of(Selftest { kernel: "selftest_wmma_operand", mode: 0, ..BASE });
-    assert_has(&m, &["misaligned wmma::load_matrix_sync", "shared variable 'tile'", "needs 32-byte alignment"]);
-    let m = error_of(Selftest { kernel: "selftest_wmma_operand", mode: 1, ..BASE });
-    assert_has(&m, &["wmma::load_matrix_sync: leading dimension 12 is not a multiple of 16 bytes"]);
+    both_modes_fail_with(
+        "selftest_wmma_operand",
+        [
+            &["misaligned wmma::load_matrix_sync", "shared variable 'tile'", "needs 32-byte alignment"],
+            &["wmma::load_matrix_sync: leading dimension 12 is not a multiple of 16 bytes"],
+        ],
+    );
 }
 
 #[test]
@@ -107,18 +118,18 @@ fn initcheck_workspace() {
 
 #[test]
 fn synccheck_divergent_syncthreads() {
-    let m = error_of(Selftest { kernel: "selftest_divergent_syncthreads", mode: 0, ..BASE });
-    assert_has(&m, &["deadlock", "128 thread(s) from 0 __syncthreads (", "128 thread(s) from 128 exited"]);
-    let m = error_of(Selftest { kernel: "selftest_divergent_syncthreads", mode: 1, ..BASE });
-    assert_has(&m, &["reached different calls: __syncthreads at", "a __syncthreads not reached by every thread"]);
+    both_modes_fail_with(
+        "selftest_divergent_syncthreads",
+        [
+            &["deadlock", "128 thread(s) from 0 __syncthreads (", "128 thread(s) from 128 exited"],
+            &["reached different calls: __syncthreads at", "a __syncthreads not reached by every thread"],
+        ],
+    );
 }
 
 #[test]
 fn synccheck_partial_warp() {
-    let m = error_of(Selftest { kernel: "selftest_partial_warp", mode: 0, ..BASE });
-    assert_has(&m, &["__shfl_xor_sync", "common.cuh"]);
-    let m = error_of(Selftest { kernel: "selftest_partial_warp", mode: 1, ..BASE });
-    assert_has(&m, &["wmma::store_matrix_sync"]);
+    both_modes_fail_with("selftest_partial_warp", [&["__shfl_xor_sync", "common.cuh"], &["wmma::store_matrix_sync"]]);
 }
 
 #[test]

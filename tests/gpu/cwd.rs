@@ -2,7 +2,8 @@
 //! views, errors that need a device, the raw layer, gradient accumulation and scaling.
 
 use half::{bf16, f16};
-use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath};
+use kd_kernels::cudarc::driver::{DevicePtr, DevicePtrMut};
+use kd_kernels::cwd::{Cwd, CwdConfig, CwdCpu, CwdCuda, CwdPath};
 use kd_kernels::family::PairBuffers;
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, KdError, KdFloat};
@@ -10,19 +11,19 @@ use kd_kernels::{DType, KdError, KdFloat};
 use crate::common;
 use crate::common::PAIR_SCENARIOS;
 use crate::harness::{
-    download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
+    download, ensure, expect_err, gpu_tests, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
 };
-use crate::pair::{compare, pair, pair_gpu, same_bits, Case, GpuOut, CWD_PATHS, OFFSETS};
+use crate::pair::{
+    bad_taus_rejected, compare, matches_cpu, pair, pair_gpu, same_bits, Case, GpuOut, CWD_PATHS, OFFSETS,
+};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("cwd_paths_on_this_device", cwd_paths_on_this_device),
-    ("cwd_matches_cpu_f32", cwd_matches_cpu::<f32>),
-    ("cwd_matches_cpu_f16", cwd_matches_cpu::<f16>),
-    ("cwd_matches_cpu_bf16", cwd_matches_cpu::<bf16>),
-    ("cwd_long_rows_take_two_passes", cwd_long_rows_take_two_passes),
-    ("cwd_many_calls_in_a_row", cwd_many_calls_in_a_row),
-    ("misaligned_views_cwd", misaligned_views_cwd),
-    ("error_paths_cwd", error_paths_cwd),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    cwd_paths_on_this_device,
+    cwd_matches_cpu::<f32, f16, bf16>,
+    cwd_long_rows_take_two_passes,
+    cwd_many_calls_in_a_row,
+    misaligned_views_cwd,
+    error_paths_cwd,
 ];
 
 /// Every shared scenario (`common::PAIR_SCENARIOS`) on both kernels, with and without the teacher gradient.
@@ -127,19 +128,9 @@ pub(crate) fn cwd_many_calls_in_a_row(stream: &Stream) -> TestResult {
         let mut gt = nan_buffer::<f32>(stream, case.numel())?;
         for _ in 0..100 {
             cwd.forward(&case.dims, &s, &t, &mut loss).or_msg("forward")?;
-            let backward = PairBuffers {
-                upstream: Some(&up),
-                grad_student: Some(&mut gs),
-                grad_teacher: Some(&mut gt),
-                ..pair(&s, &t)
-            };
+            let backward = both_gradients((&s, &t), None, Some(&up), (&mut gs, &mut gt));
             cwd.call(&case.dims, backward).or_msg("backward")?;
-            let both = PairBuffers {
-                loss: Some(&mut loss),
-                grad_student: Some(&mut gs),
-                grad_teacher: Some(&mut gt),
-                ..pair(&s, &t)
-            };
+            let both = both_gradients((&s, &t), Some(&mut loss), None, (&mut gs, &mut gt));
             cwd.call(&case.dims, both).or_msg("forward_backward")?;
         }
         stream.synchronize().or_msg("synchronize")?;
@@ -152,6 +143,16 @@ pub(crate) fn cwd_many_calls_in_a_row(stream: &Stream) -> TestResult {
         same_bits(&format!("cwd {path:?} {} the 300th call", case.name()), &firsts[0], &last)?;
     }
     Ok(())
+}
+
+/// The buffers of a call writing both gradients: with the loss, or (given `upstream`) a backward.
+fn both_gradients<'a, T>(
+    (s, t): (&'a dyn DevicePtr<T>, &'a dyn DevicePtr<T>),
+    loss: Option<&'a mut dyn DevicePtrMut<f32>>,
+    upstream: Option<&'a dyn DevicePtr<f32>>,
+    (gs, gt): (&'a mut dyn DevicePtrMut<T>, &'a mut dyn DevicePtrMut<T>),
+) -> PairBuffers<'a, T> {
+    PairBuffers { loss, upstream, grad_student: Some(gs), grad_teacher: Some(gt), ..PairBuffers::new(s, t) }
 }
 
 pub(crate) fn misaligned_cwd_case<T: KdFloat>(
@@ -221,12 +222,10 @@ pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
     let mut gs_short = upload(stream, &vec![sentinel; n - 1])?;
 
     // Bad configurations are rejected by the GPU constructor too.
-    for tau in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        let r = CwdCuda::new(stream.clone(), CwdConfig { tau, ..CwdConfig::default() }).map(|_| ());
-        expect_err(&format!("CwdCuda::new tau={tau}"), r, |e| {
-            matches!(e, KdError::InvalidParameter { name: "tau", .. })
-        })?;
-    }
+    bad_taus_rejected::<Cwd>(stream, [0.0, -1.0, f64::NAN, f64::INFINITY], |tau| CwdConfig {
+        tau,
+        ..CwdConfig::default()
+    })?;
     let r = CwdCuda::new(stream.clone(), CwdConfig { loss_weight: f64::NAN, ..CwdConfig::default() }).map(|_| ());
     expect_err("CwdCuda::new lw=NaN", r, |e| matches!(e, KdError::InvalidParameter { name: "loss_weight", .. }))?;
 
@@ -240,17 +239,7 @@ pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
     expect_err("grad_student too short", r, |e| {
         *e == KdError::BufferTooSmall { what: "grad_student", needed: n, len: n - 1 }
     })?;
-    let r = on
-        .call(
-            &dims,
-            PairBuffers {
-                loss: Some(&mut loss),
-                grad_student: Some(&mut gs),
-                grad_teacher: Some(&mut gs_short),
-                ..pair(&s, &t)
-            },
-        )
-        .map(drop);
+    let r = on.call(&dims, both_gradients((&s, &t), Some(&mut loss), None, (&mut gs, &mut gs_short))).map(drop);
     expect_err("grad_teacher too short", r, |e| {
         *e == KdError::BufferTooSmall { what: "grad_teacher", needed: n, len: n - 1 }
     })?;
@@ -271,29 +260,9 @@ pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
     expect_err("teacher_grad on, None", r, |e| matches!(e, KdError::OutputMismatch { what: "grad_teacher", .. }))?;
     let r = on.backward(&dims, &s, &t, &up, &mut gs);
     expect_err("teacher_grad on, None (backward)", r, |e| matches!(e, KdError::OutputMismatch { .. }))?;
-    let r = off
-        .call(
-            &dims,
-            PairBuffers {
-                loss: Some(&mut loss),
-                grad_student: Some(&mut gs),
-                grad_teacher: Some(&mut gt),
-                ..pair(&s, &t)
-            },
-        )
-        .map(drop);
+    let r = off.call(&dims, both_gradients((&s, &t), Some(&mut loss), None, (&mut gs, &mut gt))).map(drop);
     expect_err("teacher_grad off, Some", r, |e| matches!(e, KdError::OutputMismatch { what: "grad_teacher", .. }))?;
-    let r = off
-        .call(
-            &dims,
-            PairBuffers {
-                upstream: Some(&up),
-                grad_student: Some(&mut gs),
-                grad_teacher: Some(&mut gt),
-                ..pair(&s, &t)
-            },
-        )
-        .map(drop);
+    let r = off.call(&dims, both_gradients((&s, &t), None, Some(&up), (&mut gs, &mut gt))).map(drop);
     expect_err("teacher_grad off, Some (backward)", r, |e| matches!(e, KdError::OutputMismatch { .. }))?;
 
     for bad in [&[2usize, 3, 20][..], &[1, 2, 3, 4, 5], &[]] {
@@ -323,10 +292,7 @@ pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
     }
 
     // The objects still work after the errors.
-    let (sv, tv) = case.views()?;
-    let cpu = CwdCpu::new(*on.config()).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    let gpu = pair_gpu(stream, &mut on, &case)?;
     let mut failures = Vec::new();
-    compare("cwd after errors", &gpu, &cpu, &mut failures);
+    matches_cpu("cwd after errors", stream, &mut on, &case, &mut failures)?;
     verdict(failures)
 }

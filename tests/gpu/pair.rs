@@ -8,15 +8,19 @@ use std::cell::RefCell;
 
 use kd_kernels::cuda::LossCuda;
 use kd_kernels::cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, DevicePtrMut};
-use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath, CwdRawBuffers};
-use kd_kernels::family::{PairBuffers, PairFamily};
-use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, PixelKdRawBuffers, Reduction};
+use kd_kernels::cwd::{Cwd, CwdConfig, CwdCpu, CwdCuda, CwdPath, CwdRawBuffers};
+use kd_kernels::family::{Family, PairBuffers, PairFamily};
+use kd_kernels::pixel_kd::{
+    PixelKd, PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, PixelKdRawBuffers, Reduction,
+};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
 use crate::common::{self, PairScenario, SplitMix64};
-use crate::harness::{bits, download, ensure, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{
+    bits, download, ensure, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
+};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = &[
     ("trivial_softmax_gives_exact_zero", trivial_softmax_gives_exact_zero),
@@ -112,6 +116,38 @@ pub(crate) fn pair_gpu<F: PairFamily, T: KdFloat>(
         gs: download(stream, &gs)?,
         gt: gt.map(|g| download(stream, &g)).transpose()?,
     })
+}
+
+/// One `forward_backward` of `loss_object` on `case` against its family's CPU reference (with the object's
+/// configuration) under the tolerance table; failures go to `failures`.
+pub(crate) fn matches_cpu<F: PairFamily, T: KdFloat>(
+    what: &str,
+    stream: &Stream,
+    loss_object: &mut LossCuda<F>,
+    case: &Case<T>,
+    failures: &mut Vec<String>,
+) -> TestResult {
+    let (s, t) = case.views()?;
+    let cpu = F::cpu(loss_object.config(), s, t).or_msg(&format!("{what}: cpu"))?;
+    let gpu = pair_gpu(stream, loss_object, case)?;
+    compare(what, &gpu, &cpu, failures);
+    Ok(())
+}
+
+/// The GPU constructor of `F` refuses each temperature of `taus` (`with_tau` makes the configuration) with a
+/// typed error naming `tau`.
+pub(crate) fn bad_taus_rejected<F: Family>(
+    stream: &Stream,
+    taus: [f64; 4],
+    with_tau: impl Fn(f64) -> F::Config,
+) -> TestResult {
+    for tau in taus {
+        let r = LossCuda::<F>::new(stream.clone(), with_tau(tau)).map(drop);
+        expect_err(&format!("{} new tau={tau}", F::NAME), r, |e| {
+            matches!(e, KdError::InvalidParameter { name: "tau", .. })
+        })?;
+    }
+    Ok(())
 }
 
 /// Compares a GPU result with the CPU reference under the tolerance table; failures go to `failures`.
@@ -466,20 +502,13 @@ fn capture_call(
 pub(crate) fn reserve_then_capture(stream: &Stream) -> TestResult {
     let capture = untracked_second_stream(stream)?;
     let case = Case::<bf16>::random(9600, [2, 19, 40, 56]);
-    let (sv, tv) = case.views()?;
     let s = upload(&capture, &case.s)?;
     let t = upload(&capture, &case.t)?;
     let mut loss = upload(&capture, &[f32::NAN])?;
     let mut gs = nan_buffer::<bf16>(&capture, case.numel())?;
     let mut failures = Vec::new();
 
-    let mut check = |what: String,
-                     unreserved: &mut LossCall<'_>,
-                     reserve: &mut dyn FnMut() -> Result<(), KdError>,
-                     call: &mut LossCall<'_>,
-                     cpu: &CpuOutput,
-                     failures: &mut Vec<String>|
-     -> TestResult {
+    let check: &mut CaptureCheck<'_> = &mut |what, unreserved, reserve, call, cpu, failures| {
         let (result, _) = capture_call(&capture, &mut loss, &mut gs, unreserved)?;
         if !matches!(result, Err(KdError::WorkspaceTooSmall { .. })) {
             failures.push(format!("{what}: growth under capture gave {result:?}, not WorkspaceTooSmall"));
@@ -508,33 +537,9 @@ pub(crate) fn reserve_then_capture(stream: &Stream) -> TestResult {
 
     let dims = case.dims;
     let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false };
-    let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    for path in CWD_PATHS {
-        let new = || CwdCuda::new(capture.clone(), config).or_msg("CwdCuda::new").map(|l| l.with_path(path));
-        let (mut unreserved, cwd) = (new()?, RefCell::new(new()?));
-        check(
-            format!("cwd {path:?}"),
-            &mut |loss, gs| unreserved.forward_backward(&dims, &s, &t, loss, gs),
-            &mut || cwd.borrow_mut().reserve(&dims, DType::BF16),
-            &mut |loss, gs| cwd.borrow_mut().forward_backward(&dims, &s, &t, loss, gs),
-            &cpu,
-            &mut failures,
-        )?;
-    }
-    let config = PixelKdConfig::default();
-    let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    for path in PIXEL_PATHS {
-        let new = || PixelKdCuda::new(capture.clone(), config).or_msg("PixelKdCuda::new").map(|l| l.with_path(path));
-        let (mut unreserved, pkd) = (new()?, RefCell::new(new()?));
-        check(
-            format!("pixel_kd {path:?}"),
-            &mut |loss, gs| unreserved.forward_backward(&dims, &s, &t, loss, gs),
-            &mut || pkd.borrow_mut().reserve(&dims, DType::BF16),
-            &mut |loss, gs| pkd.borrow_mut().forward_backward(&dims, &s, &t, loss, gs),
-            &cpu,
-            &mut failures,
-        )?;
-    }
+    let inputs = (&capture, &case, &s, &t);
+    capture_on_every_path::<Cwd>(inputs, config, &CWD_PATHS, check, &mut failures)?;
+    capture_on_every_path::<PixelKd>(inputs, PixelKdConfig::default(), &PIXEL_PATHS, check, &mut failures)?;
 
     // The raw layer on a captured stream that is not the loss's own: growth is refused there too.
     let mut cwd = CwdCuda::new(stream.clone(), CwdConfig::default()).or_msg("CwdCuda::new")?;
@@ -554,6 +559,45 @@ pub(crate) fn reserve_then_capture(stream: &Stream) -> TestResult {
         failures.push(format!("cwd launch_raw: growth under capture of its stream gave {result:?}"));
     }
     verdict(failures)
+}
+
+/// What [`reserve_then_capture`] checks of one loss object: its name, a call of an unreserved object, the
+/// reservation, the call of the reserved object, and the CPU reference.
+type CaptureCheck<'a> = dyn FnMut(
+        String,
+        &mut LossCall<'_>,
+        &mut dyn FnMut() -> Result<(), KdError>,
+        &mut LossCall<'_>,
+        &CpuOutput,
+        &mut Vec<String>,
+    ) -> TestResult
+    + 'a;
+
+/// [`reserve_then_capture`]'s check on each of `paths` of the pair family `F`, on `case` (uploaded as `s`
+/// and `t`) on the stream `capture`.
+fn capture_on_every_path<F: PairFamily>(
+    (capture, case, s, t): (&Stream, &Case<bf16>, &CudaSlice<bf16>, &CudaSlice<bf16>),
+    config: F::Config,
+    paths: &[F::Path],
+    check: &mut CaptureCheck<'_>,
+    failures: &mut Vec<String>,
+) -> TestResult {
+    let (sv, tv) = case.views()?;
+    let cpu = F::cpu(&config, sv, tv).or_msg("cpu")?;
+    let dims = case.dims;
+    for &path in paths {
+        let new = || LossCuda::<F>::new(capture.clone(), config.clone()).or_msg("new").map(|l| l.with_path(path));
+        let (mut unreserved, reserved) = (new()?, RefCell::new(new()?));
+        check(
+            format!("{} {path:?}", F::NAME),
+            &mut |loss, gs| unreserved.forward_backward(&dims, s, t, loss, gs),
+            &mut || reserved.borrow_mut().reserve(&dims, DType::BF16),
+            &mut |loss, gs| reserved.borrow_mut().forward_backward(&dims, s, t, loss, gs),
+            &cpu,
+            failures,
+        )?;
+    }
+    Ok(())
 }
 
 /// The device address of a buffer for the raw layer. cudarc's event tracking is off in [`LAST`]'s tests, so

@@ -2,25 +2,23 @@
 //! views, errors that need a device, the raw layer, gradient accumulation and scaling.
 
 use half::{bf16, f16};
-use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, Reduction};
+use kd_kernels::pixel_kd::{PixelKd, PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, KdError, KdFloat};
 
 use crate::common;
 use crate::common::PAIR_SCENARIOS;
 use crate::harness::{
-    download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
+    download, ensure, expect_err, gpu_tests, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
 };
-use crate::pair::{compare, pair_gpu, Case, GpuOut, OFFSETS, PIXEL_PATHS};
+use crate::pair::{bad_taus_rejected, compare, matches_cpu, pair_gpu, Case, GpuOut, OFFSETS, PIXEL_PATHS};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("pixel_kd_paths_on_this_device", pixel_kd_paths_on_this_device),
-    ("pixel_kd_matches_cpu_f32", pixel_kd_matches_cpu::<f32>),
-    ("pixel_kd_matches_cpu_f16", pixel_kd_matches_cpu::<f16>),
-    ("pixel_kd_matches_cpu_bf16", pixel_kd_matches_cpu::<bf16>),
-    ("f16_gradients_with_amp_loss_scale", f16_gradients_with_amp_loss_scale),
-    ("misaligned_views_pixel_kd", misaligned_views_pixel_kd),
-    ("error_paths_pixel_kd", error_paths_pixel_kd),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    pixel_kd_paths_on_this_device,
+    pixel_kd_matches_cpu::<f32, f16, bf16>,
+    f16_gradients_with_amp_loss_scale,
+    misaligned_views_pixel_kd,
+    error_paths_pixel_kd,
 ];
 
 /// Every shared scenario (`common::PAIR_SCENARIOS`) on both kernels.
@@ -146,12 +144,8 @@ pub(crate) fn error_paths_pixel_kd(stream: &Stream) -> TestResult {
     let mut gs_short = upload(stream, &vec![sentinel; n - 1])?;
     let up = upload(stream, &[1.0f32])?;
 
-    for tau in [0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
-        let r = PixelKdCuda::new(stream.clone(), PixelKdConfig { tau, ..PixelKdConfig::default() }).map(|_| ());
-        expect_err(&format!("PixelKdCuda::new tau={tau}"), r, |e| {
-            matches!(e, KdError::InvalidParameter { name: "tau", .. })
-        })?;
-    }
+    let bad_taus = [0.0, -1.0, f64::NAN, f64::NEG_INFINITY];
+    bad_taus_rejected::<PixelKd>(stream, bad_taus, |tau| PixelKdConfig { tau, ..PixelKdConfig::default() })?;
     let mut pkd = PixelKdCuda::new(stream.clone(), PixelKdConfig::default()).or_msg("new")?;
     let r = pkd.forward_backward(&dims, &s, &t, &mut loss, &mut gs_short);
     expect_err("grad_student too short", r, |e| {
@@ -181,10 +175,7 @@ pub(crate) fn error_paths_pixel_kd(stream: &Stream) -> TestResult {
     ensure(download(stream, &gs)?.iter().all(|&v| v == sentinel), || "a failed call wrote grad_student".into())?;
 
     // The object still works after the errors.
-    let (sv, tv) = case.views()?;
-    let cpu = PixelKdCpu::new(*pkd.config()).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    let gpu = pair_gpu(stream, &mut pkd, &case)?;
     let mut failures = Vec::new();
-    compare("pixel_kd after errors", &gpu, &cpu, &mut failures);
+    matches_cpu("pixel_kd after errors", stream, &mut pkd, &case, &mut failures)?;
     verdict(failures)
 }
