@@ -14,7 +14,7 @@ use crate::harness::{
     download, ensure, expect_err, gpu_tests, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
 };
 use crate::pair::{
-    bad_taus_rejected, compare, matches_cpu, pair, pair_gpu, same_bits, Case, GpuOut, CWD_PATHS, OFFSETS,
+    bad_taus_rejected, compare, matches_cpu, misaligned_views, pair, pair_gpu, same_bits, Case, GpuOut, CWD_PATHS,
 };
 
 pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
@@ -155,57 +155,10 @@ fn both_gradients<'a, T>(
     PairBuffers { loss, upstream, grad_student: Some(gs), grad_teacher: Some(gt), ..PairBuffers::new(s, t) }
 }
 
-pub(crate) fn misaligned_cwd_case<T: KdFloat>(
-    stream: &Stream,
-    dims: [usize; 4],
-    failures: &mut Vec<String>,
-) -> TestResult {
-    let case = Case::<T>::random(8000, dims);
-    let n = case.numel();
-    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
-    let (sv, tv) = case.views()?;
-    let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    for (path, [os, ot, ogs, ogt]) in CWD_PATHS.into_iter().flat_map(|p| OFFSETS.map(|o| (p, o))) {
-        let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
-        let s = upload_at(stream, &case.s, os)?;
-        let t = upload_at(stream, &case.t, ot)?;
-        let mut gs = nan_buffer::<T>(stream, n + ogs + 3)?;
-        let mut gt = nan_buffer::<T>(stream, n + ogt + 3)?;
-        let mut loss = upload(stream, &[f32::NAN])?;
-        let (sv, tv) = (s.slice(os..os + n), t.slice(ot..ot + n));
-        let (mut gsv, mut gtv) = (gs.slice_mut(ogs..ogs + n), gt.slice_mut(ogt..ogt + n));
-        let buffers = PairBuffers {
-            loss: Some(&mut loss),
-            grad_student: Some(&mut gsv),
-            grad_teacher: Some(&mut gtv),
-            ..pair(&sv, &tv)
-        };
-        cwd.call(&dims, buffers).or_msg("CwdCuda::forward_backward on views")?;
-        let gs_all = download(stream, &gs)?;
-        let gt_all = download(stream, &gt)?;
-        let outside_untouched = |all: &[T], o: usize| all[..o].iter().chain(&all[o + n..]).all(|v| v.to_f64().is_nan());
-        let what = format!("cwd {path:?} {} offsets {:?}", case.name(), [os, ot, ogs, ogt]);
-        if !outside_untouched(&gs_all, ogs) || !outside_untouched(&gt_all, ogt) {
-            failures.push(format!("{what}: wrote outside the gradient views"));
-        }
-        let gpu = GpuOut {
-            loss: download(stream, &loss)?[0],
-            gs: gs_all[ogs..ogs + n].to_vec(),
-            gt: Some(gt_all[ogt..ogt + n].to_vec()),
-        };
-        compare(&what, &gpu, &cpu, failures);
-    }
-    Ok(())
-}
-
+/// Both kernels on misaligned sub-buffers (see `pair::misaligned_views`), in every dtype.
 pub(crate) fn misaligned_views_cwd(stream: &Stream) -> TestResult {
-    let mut failures = Vec::new();
-    for dims in [[1, 3, 129, 257], [2, 5, 9, 11], [1, 1, 1, 37]] {
-        misaligned_cwd_case::<f32>(stream, dims, &mut failures)?;
-        misaligned_cwd_case::<f16>(stream, dims, &mut failures)?;
-        misaligned_cwd_case::<bf16>(stream, dims, &mut failures)?;
-    }
-    verdict(failures)
+    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
+    misaligned_views::<Cwd>(stream, config, &CWD_PATHS, 8000, &[[1, 3, 129, 257], [2, 5, 9, 11], [1, 1, 1, 37]])
 }
 
 pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {

@@ -12,7 +12,9 @@ use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 
 use crate::common::cwt::{gradients, CwtInputs};
 use crate::common::widen;
-use crate::harness::{close, download, ensure, gpu_tests, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{
+    close, download, ensure, gpu_tests, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
+};
 
 pub(crate) const TESTS: &[(&str, TestFn)] =
     gpu_tests![cwt_matches_cpu::<f32, f16, bf16>, cwt_deterministic_bitwise, cwt_error_paths];

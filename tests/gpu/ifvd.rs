@@ -64,7 +64,13 @@ impl DeviceLabels {
 }
 
 /// The CPU reference on `s`, `t` and the labels `l`.
-fn reference<T: KdFloat>(config: IfvdConfig, shapes: &IfvdShapes, s: &[T], t: &[T], l: &[i64]) -> Result<IfvdCpuOutput, String> {
+fn reference<T: KdFloat>(
+    config: IfvdConfig,
+    shapes: &IfvdShapes,
+    s: &[T],
+    t: &[T],
+    l: &[i64],
+) -> Result<IfvdCpuOutput, String> {
     IfvdCpu::new(config)
         .or_msg("IfvdCpu::new")?
         .forward_backward(

@@ -19,24 +19,22 @@ use ndarray::ArrayView4;
 
 use crate::common::{self, PairScenario, SplitMix64};
 use crate::harness::{
-    bits, download, ensure, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
+    bits, download, ensure, expect_err, gpu_tests, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn,
+    TestResult,
 };
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("trivial_softmax_gives_exact_zero", trivial_softmax_gives_exact_zero),
-    ("identical_inputs_give_zero", identical_inputs_give_zero),
-    ("close_student_loss_within_tolerance", close_student_loss_within_tolerance),
-    ("deterministic_bitwise", deterministic_bitwise),
-    ("forward_loss_equals_forward_backward_loss", forward_loss_equals_forward_backward_loss),
-    ("backward_scales_by_device_upstream", backward_scales_by_device_upstream),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    trivial_softmax_gives_exact_zero,
+    identical_inputs_give_zero,
+    close_student_loss_within_tolerance,
+    deterministic_bitwise,
+    forward_loss_equals_forward_backward_loss,
+    backward_scales_by_device_upstream,
 ];
 
 /// Last of the whole suite: they turn off cudarc's event tracking and add streams to the context.
-pub(crate) const LAST: &[(&str, TestFn)] = &[
-    ("graph_capture_replays", graph_capture_replays),
-    ("reserve_then_capture", reserve_then_capture),
-    ("launch_raw_on_a_second_stream", launch_raw_on_a_second_stream),
-];
+pub(crate) const LAST: &[(&str, TestFn)] =
+    gpu_tests![graph_capture_replays, reserve_then_capture, launch_raw_on_a_second_stream];
 
 /// Inputs of one case, already in the storage dtype; the CPU reference gets exactly these values.
 pub(crate) struct Case<T> {
@@ -195,6 +193,70 @@ pub(crate) const REDUCTIONS: [Reduction; 4] =
 /// Element offsets of (student, teacher, grad_student, grad_teacher): equal offsets keep a common
 /// alignment (vector path after a scalar head and before a scalar tail), unequal ones force the scalar path.
 pub(crate) const OFFSETS: [[usize; 4]; 4] = [[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 3, 0], [3, 2, 1, 5]];
+
+/// Every path of `paths` on sub-buffers at the element offsets of [`OFFSETS`] (NaN around each), in every
+/// dtype, on random cases of each shape of `shapes` (from `seed`): the results match the CPU reference, and
+/// nothing is written outside the gradient views.
+pub(crate) fn misaligned_views<F: PairFamily>(
+    stream: &Stream,
+    config: F::Config,
+    paths: &[F::Path],
+    seed: u64,
+    shapes: &[[usize; 4]],
+) -> TestResult {
+    let mut failures = Vec::new();
+    for &dims in shapes {
+        misaligned_case::<F, f32>(stream, &config, paths, &Case::random(seed, dims), &mut failures)?;
+        misaligned_case::<F, f16>(stream, &config, paths, &Case::random(seed, dims), &mut failures)?;
+        misaligned_case::<F, bf16>(stream, &config, paths, &Case::random(seed, dims), &mut failures)?;
+    }
+    verdict(failures)
+}
+
+fn misaligned_case<F: PairFamily, T: KdFloat>(
+    stream: &Stream,
+    config: &F::Config,
+    paths: &[F::Path],
+    case: &Case<T>,
+    failures: &mut Vec<String>,
+) -> TestResult {
+    let (n, dims) = (case.numel(), case.dims);
+    let (sv, tv) = case.views()?;
+    let cpu = F::cpu(config, sv, tv).or_msg("cpu")?;
+    for (&path, offsets) in paths.iter().flat_map(|p| OFFSETS.map(|o| (p, o))) {
+        let [os, ot, ogs, ogt] = offsets;
+        let mut loss_object = LossCuda::<F>::new(stream.clone(), config.clone()).or_msg("new")?.with_path(path);
+        let s = upload_at(stream, &case.s, os)?;
+        let t = upload_at(stream, &case.t, ot)?;
+        let mut gs = nan_buffer::<T>(stream, n + ogs + 3)?;
+        let mut gt = if F::teacher_grad(config) { Some(nan_buffer::<T>(stream, n + ogt + 3)?) } else { None };
+        let mut loss = upload(stream, &[f32::NAN])?;
+        let (sv, tv) = (s.slice(os..os + n), t.slice(ot..ot + n));
+        let mut gsv = gs.slice_mut(ogs..ogs + n);
+        let mut gtv = gt.as_mut().map(|g| g.slice_mut(ogt..ogt + n));
+        let buffers = PairBuffers {
+            loss: Some(&mut loss),
+            grad_student: Some(&mut gsv),
+            grad_teacher: gtv.as_mut().map(|g| g as &mut dyn DevicePtrMut<T>),
+            ..pair(&sv, &tv)
+        };
+        loss_object.call(&dims, F::pair_buffers(buffers)).or_msg(&format!("{}: forward_backward on views", F::NAME))?;
+        let gs_all = download(stream, &gs)?;
+        let gt_all = gt.map(|g| download(stream, &g)).transpose()?;
+        let outside_untouched = |all: &[T], o: usize| all[..o].iter().chain(&all[o + n..]).all(|v| v.to_f64().is_nan());
+        let what = format!("{} {path:?} {} offsets {offsets:?}", F::NAME, case.name());
+        if !outside_untouched(&gs_all, ogs) || !gt_all.as_ref().is_none_or(|g| outside_untouched(g, ogt)) {
+            failures.push(format!("{what}: wrote outside the gradient views"));
+        }
+        let gpu = GpuOut {
+            loss: download(stream, &loss)?[0],
+            gs: gs_all[ogs..ogs + n].to_vec(),
+            gt: gt_all.map(|g| g[ogt..ogt + n].to_vec()),
+        };
+        compare(&what, &gpu, &cpu, failures);
+    }
+    Ok(())
+}
 
 pub(crate) fn same_bits<T: KdFloat>(what: &str, a: &GpuOut<T>, b: &GpuOut<T>) -> TestResult {
     ensure(a.loss.to_bits() == b.loss.to_bits(), || format!("{what}: loss {:e} vs {:e}", a.loss, b.loss))?;

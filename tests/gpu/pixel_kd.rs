@@ -11,7 +11,7 @@ use crate::common::PAIR_SCENARIOS;
 use crate::harness::{
     download, ensure, expect_err, gpu_tests, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
 };
-use crate::pair::{bad_taus_rejected, compare, matches_cpu, pair_gpu, Case, GpuOut, OFFSETS, PIXEL_PATHS};
+use crate::pair::{bad_taus_rejected, compare, matches_cpu, misaligned_views, pair_gpu, Case, PIXEL_PATHS};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
     pixel_kd_paths_on_this_device,
@@ -87,49 +87,10 @@ pub(crate) fn f16_gradients_with_amp_loss_scale(stream: &Stream) -> TestResult {
     ensure(c.passes(tol), || format!("{c:?} > {tol}"))
 }
 
-pub(crate) fn misaligned_pixel_kd_case<T: KdFloat>(
-    stream: &Stream,
-    dims: [usize; 4],
-    failures: &mut Vec<String>,
-) -> TestResult {
-    let case = Case::<T>::random(8100, dims);
-    let n = case.numel();
-    let config = PixelKdConfig { tau: 2.0, loss_weight: 1.0, reduction: Reduction::Sum, scale_tau2: true };
-    let (sv, tv) = case.views()?;
-    let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    for (path, [os, ot, ogs, _]) in PIXEL_PATHS.into_iter().flat_map(|p| OFFSETS.map(|o| (p, o))) {
-        let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
-        let s = upload_at(stream, &case.s, os)?;
-        let t = upload_at(stream, &case.t, ot)?;
-        let mut gs = nan_buffer::<T>(stream, n + ogs + 3)?;
-        let mut loss = upload(stream, &[f32::NAN])?;
-        pkd.forward_backward(
-            &dims,
-            &s.slice(os..os + n),
-            &t.slice(ot..ot + n),
-            &mut loss,
-            &mut gs.slice_mut(ogs..ogs + n),
-        )
-        .or_msg("PixelKdCuda::forward_backward on views")?;
-        let all = download(stream, &gs)?;
-        let what = format!("pixel_kd {path:?} {} offsets {:?}", case.name(), [os, ot, ogs]);
-        if !all[..ogs].iter().chain(&all[ogs + n..]).all(|v| v.to_f64().is_nan()) {
-            failures.push(format!("{what}: wrote outside the gradient view"));
-        }
-        let gpu = GpuOut { loss: download(stream, &loss)?[0], gs: all[ogs..ogs + n].to_vec(), gt: None };
-        compare(&what, &gpu, &cpu, failures);
-    }
-    Ok(())
-}
-
+/// Both kernels on misaligned sub-buffers (see `pair::misaligned_views`), in every dtype.
 pub(crate) fn misaligned_views_pixel_kd(stream: &Stream) -> TestResult {
-    let mut failures = Vec::new();
-    for dims in [[2, 19, 17, 33], [1, 7, 1, 9]] {
-        misaligned_pixel_kd_case::<f32>(stream, dims, &mut failures)?;
-        misaligned_pixel_kd_case::<f16>(stream, dims, &mut failures)?;
-        misaligned_pixel_kd_case::<bf16>(stream, dims, &mut failures)?;
-    }
-    verdict(failures)
+    let config = PixelKdConfig { tau: 2.0, loss_weight: 1.0, reduction: Reduction::Sum, scale_tau2: true };
+    misaligned_views::<PixelKd>(stream, config, &PIXEL_PATHS, 8100, &[[2, 19, 17, 33], [1, 7, 1, 9]])
 }
 
 pub(crate) fn error_paths_pixel_kd(stream: &Stream) -> TestResult {

@@ -4,7 +4,9 @@
 //! the emulator does not reach. (The recorded fixtures run in `fixtures::fixtures_pass_on_cuda`.)
 
 use half::{bf16, f16};
-use kd_kernels::skd::{check_shapes, gram_path, GramPath, RelationShapes, Skd, SkdBuffers, SkdConfig, SkdCuda, SkdPool};
+use kd_kernels::skd::{
+    check_shapes, gram_path, GramPath, RelationShapes, Skd, SkdBuffers, SkdConfig, SkdCuda, SkdPool,
+};
 use kd_kernels::{GradOptions, KdError, KdFloat};
 
 use crate::common::{widen, SplitMix64};
