@@ -3,14 +3,14 @@
 //! paths. The recorded fixtures run in `fixtures::fixtures_pass_on_cuda` (DIST is a pair family).
 
 use half::{bf16, f16};
-use kd_kernels::dist::{DistConfig, DistCpu, DistCuda};
+use kd_kernels::dist::{DistConfig, DistCuda};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{GradOptions, KdError, KdFloat};
 
 use crate::harness::{
     download, ensure, expect_err, gpu_tests, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
 };
-use crate::pair::{compare, pair, pair_gpu, same_bits, Case};
+use crate::pair::{matches_cpu, pair, pair_gpu, same_bits, Case};
 
 pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
     dist_matches_cpu::<f32, f16, bf16>,
@@ -23,12 +23,8 @@ pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
 const WEIGHTED: DistConfig = DistConfig { tau: 2.0, beta: 1.5, gamma: 0.5, loss_weight: 3.0 };
 
 fn one_case<T: KdFloat>(stream: &Stream, config: DistConfig, case: &Case<T>, failures: &mut Vec<String>) -> TestResult {
-    let (s, t) = case.views()?;
-    let cpu = DistCpu::new(config).or_msg("DistCpu::new")?.forward_backward(s, t).or_msg("cpu")?;
     let mut dist = DistCuda::new(stream.clone(), config).or_msg("DistCuda::new")?;
-    let gpu = pair_gpu(stream, &mut dist, case)?;
-    compare(&format!("dist {} {config:?}", case.name()), &gpu, &cpu, failures);
-    Ok(())
+    matches_cpu(&format!("dist {} {config:?}", case.name()), stream, &mut dist, case, failures)
 }
 
 fn dist_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
