@@ -11,10 +11,10 @@ use kd_kernels::{DType, KdError, KdFloat};
 use crate::common;
 use crate::common::PAIR_SCENARIOS;
 use crate::harness::{
-    download, ensure, expect_err, gpu_tests, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
+    download, ensure, expect_err, gpu_tests, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
 };
 use crate::pair::{
-    bad_taus_rejected, compare, matches_cpu, misaligned_views, pair, pair_gpu, same_bits, Case, GpuOut, CWD_PATHS,
+    bad_taus_rejected, compare, matches_cpu, misaligned_views, pair_gpu, same_bits, Case, GpuOut, CWD_PATHS,
 };
 
 pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![

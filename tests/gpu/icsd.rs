@@ -4,7 +4,9 @@
 
 use half::{bf16, f16};
 use kd_kernels::family::PairBuffers;
-use kd_kernels::icsd::{AicsdConfig, AicsdCpu, AicsdCuda, IcsdBuffers, IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
+use kd_kernels::icsd::{
+    AicsdConfig, AicsdCpu, AicsdCuda, IcsdBuffers, IcsdConfig, IcsdCpu, IcsdCpuOutput, IcsdCuda, IcsdVariant,
+};
 use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
@@ -30,6 +32,17 @@ fn random<T: KdFloat>(seed: u64, numel: usize) -> Vec<T> {
     crate::harness::random(seed, numel, 2.0)
 }
 
+/// The CPU reference's `forward_backward` on `s` and `t`.
+fn reference<T: KdFloat>(config: IcsdConfig, dims: [usize; 4], s: &[T], t: &[T]) -> Result<IcsdCpuOutput, String> {
+    IcsdCpu::new(config)
+        .or_msg("IcsdCpu::new")?
+        .forward_backward(
+            ArrayView4::from_shape(dims, s).or_msg("view")?,
+            ArrayView4::from_shape(dims, t).or_msg("view")?,
+        )
+        .or_msg("cpu")
+}
+
 /// One forward_backward + forward_matrices call against the CPU reference.
 fn one_case<T: KdFloat>(
     stream: &Stream,
@@ -42,13 +55,7 @@ fn one_case<T: KdFloat>(
     let cc = dims[1] * dims[1];
     let s = random::<T>(seed, numel);
     let t = random::<T>(seed + 1, numel);
-    let reference = IcsdCpu::new(config)
-        .or_msg("IcsdCpu::new")?
-        .forward_backward(
-            ArrayView4::from_shape(dims, &s[..]).or_msg("view")?,
-            ArrayView4::from_shape(dims, &t[..]).or_msg("view")?,
-        )
-        .or_msg("cpu")?;
+    let reference = reference(config, dims, &s, &t)?;
     let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
     let mut loss = nan_buffer::<f32>(stream, 1)?;
     let mut grad = nan_buffer::<T>(stream, numel)?;
@@ -127,13 +134,7 @@ fn icsd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
     for variant in VARIANTS {
         let config = IcsdConfig { variant, ..IcsdConfig::default() };
-        let r = IcsdCpu::new(config)
-            .or_msg("cpu")?
-            .forward_backward(
-                ArrayView4::from_shape(dims, &s[..]).or_msg("view")?,
-                ArrayView4::from_shape(dims, &t[..]).or_msg("view")?,
-            )
-            .or_msg("cpu")?;
+        let r = reference(config, dims, &s, &t)?;
         let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
         let upstream = upload(stream, &[-2.0f32])?;
         let mut grad = upload(stream, &initial)?;
