@@ -26,7 +26,7 @@ impl FixtureFamily for CirkdFixtures {
             pool: fixture.param_word("pool").map(CirkdPool::parse).transpose()?.unwrap_or(d.pool),
         };
         config.validate()?;
-        Ok(Box::new(RelationCase::<CirkdReference>::new(config, fixture)?))
+        RelationCase::<CirkdReference>::boxed(config, fixture)
     }
 }
 

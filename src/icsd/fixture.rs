@@ -2,10 +2,11 @@
 //! `grad.student` and the optional `sim.student`, `sim.teacher` (`docs/fixtures.md`).
 
 use super::{IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
-use crate::dtype::{DType, KdFloat};
+use crate::dtype::KdFloat;
 use crate::error::KdError;
 use crate::fixture::ExampleSpec;
-use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output, TypedCase};
+use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::fixture::{Typed, TypedCase};
 use crate::shape::Nchw;
 
 pub(crate) struct IcsdFixtures;
@@ -33,25 +34,19 @@ impl FixtureFamily for IcsdFixtures {
             variant,
         };
         config.validate()?;
-        Ok(Box::new(IcsdCase { config, shape, dtype }))
+        Ok(Typed::boxed(IcsdCase { config, shape }, dtype))
     }
 }
 
 struct IcsdCase {
     config: IcsdConfig,
     shape: Nchw,
-    dtype: DType,
 }
 
 impl TypedCase for IcsdCase {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-
     fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        let IcsdCase { config, shape, .. } = self;
-        let (_, student) = fixture.input::<T>("student")?;
-        let (_, teacher) = fixture.input::<T>("teacher")?;
+        let IcsdCase { config, shape } = self;
+        let (student, teacher) = fixture.student_teacher::<T>()?;
         let dims = shape.dims();
         let cc = [shape.c, shape.c];
         let mut out = Computed::new();
@@ -61,9 +56,9 @@ impl TypedCase for IcsdCase {
                 let t = fixture::view4(shape, &teacher, "teacher")?;
                 let r = IcsdCpu::new(*config)?.forward_backward(s, t)?;
                 out.insert("loss".into(), Output::scalar(r.loss));
-                out.insert("grad.student".into(), Output::tensor(&dims, r.grad_student.iter().copied().collect()));
-                out.insert("sim.student".into(), Output::tensor(&cc, r.sim_student.iter().copied().collect()));
-                out.insert("sim.teacher".into(), Output::tensor(&cc, r.sim_teacher.iter().copied().collect()));
+                out.insert("grad.student".into(), Output::array(&r.grad_student));
+                out.insert("sim.student".into(), Output::array(&r.sim_student));
+                out.insert("sim.teacher".into(), Output::array(&r.sim_teacher));
             }
             Backend::Cuda(stream) => {
                 let dev = |e| KdError::cuda("fixture transfer", e);

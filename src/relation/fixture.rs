@@ -10,10 +10,10 @@ use ndarray::ArrayView4;
 use super::{check_shapes, RelationShapes};
 use crate::cpu::CpuOutput;
 use crate::cuda::LossCuda;
-use crate::dtype::{DType, KdFloat};
+use crate::dtype::KdFloat;
 use crate::error::KdError;
 use crate::family::StudentTeacherFamily;
-use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureError, Output, TypedCase};
+use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, Output, Typed, TypedCase};
 
 /// A relation loss as the fixtures run it.
 pub(crate) trait RelationReference: 'static {
@@ -30,32 +30,21 @@ pub(crate) trait RelationReference: 'static {
 pub(crate) struct RelationCase<R: RelationReference> {
     pub config: R::Config,
     pub shapes: RelationShapes,
-    pub dtype: DType,
 }
 
 impl<R: RelationReference> RelationCase<R> {
-    /// Checks the file's `student` and `teacher` (present, rank 4, the same `N`, `H`, `W`, one float dtype).
-    pub(crate) fn new(config: R::Config, fixture: &Fixture) -> Result<Self, FixtureError> {
-        let s = fixture.tensor("student")?;
-        let t = fixture.tensor("teacher")?;
-        let shapes = check_shapes(&s.shape, &t.shape)?;
-        let dtype = fixture.input_dtype("student")?;
-        if t.dtype != Some(dtype) {
-            return err(format!("input `teacher` is {} but `student` is {}", t.dtype_name, s.dtype_name));
-        }
-        Ok(RelationCase { config, shapes, dtype })
+    /// The case of `config` on the file's `student` and `teacher`, which it checks (present, rank 4, the same
+    /// `N`, `H`, `W`, one float dtype).
+    pub(crate) fn boxed(config: R::Config, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
+        let shapes = check_shapes(&fixture.tensor("student")?.shape, &fixture.tensor("teacher")?.shape)?;
+        Ok(Typed::boxed(RelationCase::<R> { config, shapes }, fixture.pair_dtype()?))
     }
 }
 
 impl<R: RelationReference> TypedCase for RelationCase<R> {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-
     fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        let RelationCase { config, shapes, .. } = self;
-        let (_, student) = fixture.input::<T>("student")?;
-        let (_, teacher) = fixture.input::<T>("teacher")?;
+        let RelationCase { config, shapes } = self;
+        let (student, teacher) = fixture.student_teacher::<T>()?;
         if let Backend::Cuda(stream) = backend {
             let (loss, grad) = cuda::<R::Family, T>(config, stream, shapes, &student, &teacher)?;
             let mut out = Computed::new();
@@ -68,10 +57,7 @@ impl<R: RelationReference> TypedCase for RelationCase<R> {
         let r = R::cpu(config, s, t)?;
         let mut out = Computed::new();
         out.insert("loss".into(), Output::scalar(r.loss));
-        out.insert(
-            "grad.student".into(),
-            Output::tensor(&shapes.student.dims(), r.grad_student.iter().copied().collect()),
-        );
+        out.insert("grad.student".into(), Output::array(&r.grad_student));
         Ok(out)
     }
 }

@@ -31,7 +31,7 @@ impl FixtureFamily for SkdFixtures {
         };
         let config = SkdConfig { loss_weight: fixture.param_f64("loss_weight", d.loss_weight)?, pool };
         config.validate()?;
-        Ok(Box::new(RelationCase::<SkdReference>::new(config, fixture)?))
+        RelationCase::<SkdReference>::boxed(config, fixture)
     }
 }
 
