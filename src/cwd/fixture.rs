@@ -5,13 +5,13 @@ use super::{Cwd, CwdConfig};
 use crate::fixture::pair::PairFixture;
 use crate::fixture::{Fixture, FixtureError};
 
-pub(crate) struct CwdFixtures;
+/// The family is its own fixture handler ([`PairFixture`]).
+pub(crate) use super::Cwd as CwdFixtures;
 
-impl PairFixture for CwdFixtures {
-    type Family = Cwd;
+impl PairFixture for Cwd {
     const EXAMPLE: &'static str = "cityscapes logits at 1/8, tau 4";
 
-    fn config(fixture: &Fixture, d: CwdConfig) -> Result<CwdConfig, FixtureError> {
+    fn fixture_config(fixture: &Fixture, d: CwdConfig) -> Result<CwdConfig, FixtureError> {
         Ok(CwdConfig {
             tau: fixture.param_f64("tau", d.tau)?,
             loss_weight: fixture.param_f64("loss_weight", d.loss_weight)?,

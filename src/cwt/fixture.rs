@@ -7,8 +7,8 @@ use super::{CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtParamBuffers, CwtParamG
 use crate::dtype::{DType, KdFloat};
 use crate::error::KdError;
 use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
-use crate::fixture::{Typed, TypedCase};
 use crate::fixture::{ExampleInput, ExampleSpec};
+use crate::fixture::{Typed, TypedCase};
 use crate::shape::Nchw;
 
 pub(crate) struct CwtFixtures;

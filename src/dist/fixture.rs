@@ -5,13 +5,13 @@ use super::{Dist, DistConfig};
 use crate::fixture::pair::PairFixture;
 use crate::fixture::{Fixture, FixtureError};
 
-pub(crate) struct DistFixtures;
+/// The family is its own fixture handler ([`PairFixture`]).
+pub(crate) use super::Dist as DistFixtures;
 
-impl PairFixture for DistFixtures {
-    type Family = Dist;
+impl PairFixture for Dist {
     const EXAMPLE: &'static str = "cityscapes logits at 1/8";
 
-    fn config(fixture: &Fixture, d: DistConfig) -> Result<DistConfig, FixtureError> {
+    fn fixture_config(fixture: &Fixture, d: DistConfig) -> Result<DistConfig, FixtureError> {
         Ok(DistConfig {
             tau: fixture.param_f64("tau", d.tau)?,
             beta: fixture.param_f64("beta", d.beta)?,

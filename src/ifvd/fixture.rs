@@ -33,8 +33,7 @@ impl FixtureFamily for IfvdFixtures {
         let config = IfvdConfig { num_classes, loss_weight: fixture.param_f64("loss_weight", 1.0)? };
         config.validate()?;
         let labels = fixture.tensor("labels")?;
-        let shapes =
-            check_shapes(&fixture.tensor("student")?.shape, &fixture.tensor("teacher")?.shape, &labels.shape)?;
+        let shapes = check_shapes(&fixture.tensor("student")?.shape, &fixture.tensor("teacher")?.shape, &labels.shape)?;
         let dtype = fixture.pair_dtype()?;
         if labels.label_dtype().is_none() {
             return err(format!("input `labels` has dtype {}; expected I64, I32 or U8", labels.dtype_name));

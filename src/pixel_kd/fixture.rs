@@ -5,13 +5,13 @@ use super::{PixelKd, PixelKdConfig, Reduction};
 use crate::fixture::pair::PairFixture;
 use crate::fixture::{Fixture, FixtureError};
 
-pub(crate) struct PixelKdFixtures;
+/// The family is its own fixture handler ([`PairFixture`]).
+pub(crate) use super::PixelKd as PixelKdFixtures;
 
-impl PairFixture for PixelKdFixtures {
-    type Family = PixelKd;
+impl PairFixture for PixelKd {
     const EXAMPLE: &'static str = "cityscapes logits at 1/8";
 
-    fn config(fixture: &Fixture, d: PixelKdConfig) -> Result<PixelKdConfig, FixtureError> {
+    fn fixture_config(fixture: &Fixture, d: PixelKdConfig) -> Result<PixelKdConfig, FixtureError> {
         let reduction = match fixture.param_word("reduction") {
             None => d.reduction,
             Some(r) => r.parse::<Reduction>()?,

@@ -13,8 +13,8 @@ use super::{
 use crate::dtype::KdFloat;
 use crate::error::KdError;
 use crate::fixture::{err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
-use crate::fixture::{Typed, TypedCase};
 use crate::fixture::{ExampleInput, ExampleSpec};
+use crate::fixture::{Typed, TypedCase};
 use crate::grad::GradOptions;
 
 pub(crate) struct SemckdFixtures;
