@@ -1,5 +1,5 @@
 //! Build script: compiles `kernels/*.cu` to fatbins with nvcc, and generates the Rust twins of the
-//! kernels' parameter blocks (`kernels/params.h`) with bindgen.
+//! kernels' parameter blocks (`kernels/params.h` and each family's `kernels/{family}.h`) with bindgen.
 //!
 //! * nvcc is looked up in `NVCC`, `CUDA_HOME`/`CUDA_PATH`, `PATH`, and the git-ignored `.tools/cuda-venv`
 //!   that `scripts/install-nvcc` fills. Without one, the crate builds CPU-only (a cargo warning says so)
@@ -13,10 +13,12 @@
 //! * Compiled units are cached in `<target>/kd-kernels-nvcc-cache`, keyed by the sources, flags, architectures
 //!   and nvcc, so the other profiles and feature sets of one target directory reuse them ([`KernelCache`];
 //!   `KD_KERNELS_NVCC_CACHE=0` turns it off).
-//! * bindgen needs libclang. Where none is found (`LIBCLANG_PATH`, the tools venv, the system), the committed
-//!   snapshot `src/ffi/params_bindings.rs` is used as is; where it is found, the fresh bindings are used, and
-//!   with `KD_KERNELS_CHECK_BINDINGS=1` (set by `scripts/test`, which always has the pinned libclang) they must
-//!   equal the snapshot or the build fails. `KD_KERNELS_BLESS_BINDINGS=1` rewrites the snapshot.
+//! * bindgen runs once per header of `kernels/`, on that header's own declarations; the committed snapshot
+//!   `src/ffi/params_bindings.rs` is all of them, `params.h` first. bindgen needs libclang. Where none is found
+//!   (`LIBCLANG_PATH`, the tools venv, the system), the snapshot is used as is; where it is found, the fresh
+//!   bindings are used, and with `KD_KERNELS_CHECK_BINDINGS=1` (set by `scripts/test`, which always has the
+//!   pinned libclang) they must equal the snapshot or the build fails. `KD_KERNELS_BLESS_BINDINGS=1` rewrites
+//!   the snapshot.
 
 use std::env;
 use std::fs;
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const DEFAULT_ARCHS: &str = "sm_80,sm_86,sm_89,sm_90,compute_90";
+/// The committed bindings of every header of kernels/ (one file: generated code, never edited).
 const BINDINGS_SNAPSHOT: &str = "src/ffi/params_bindings.rs";
 
 fn main() {
@@ -428,44 +431,49 @@ fn gencode_flags(archs: &str) -> Vec<String> {
     flags
 }
 
-/// Runs bindgen on kernels/params.h when libclang can be loaded, checks the result against the committed
-/// snapshot, and puts the bindings in OUT_DIR either way.
+/// Runs bindgen on each header of kernels/ when libclang can be loaded, checks the result (every header's
+/// bindings, `params.h` first) against the committed snapshot, and puts the bindings in OUT_DIR either way.
 fn generate_param_bindings(manifest: &Path, out: &Path) {
-    let header = manifest.join("kernels/params.h");
-    let snapshot_path = manifest.join(BINDINGS_SNAPSHOT);
-    let snapshot = fs::read_to_string(&snapshot_path).unwrap_or_default();
     if env::var_os("LIBCLANG_PATH").is_none() {
         if let Some(lib) = find_in_tools_venv(manifest, &["clang", "native", "libclang.so"]) {
             // SAFETY: build scripts are single-threaded at this point; clang-sys reads the variable next.
             env::set_var("LIBCLANG_PATH", lib.parent().unwrap());
         }
     }
-    let fresh = match run_bindgen(&header) {
-        Some(fresh) => fresh,
-        None => {
-            assert!(
-                !snapshot.is_empty(),
-                "kd-kernels: libclang not found and {BINDINGS_SNAPSHOT} is missing; run scripts/install-nvcc"
-            );
-            println!(
-                "cargo::warning=kd-kernels: libclang not found; using the committed {BINDINGS_SNAPSHOT} \
-                 (scripts/install-nvcc provides libclang so the build can check it against kernels/params.h)"
-            );
-            fs::write(out.join("params.rs"), &snapshot).unwrap();
-            return;
-        }
+    let kernels = manifest.join("kernels");
+    let mut headers: Vec<PathBuf> = fs::read_dir(&kernels)
+        .expect("kernels/ is missing")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "h"))
+        .collect();
+    headers.sort_by_key(|p| (p.file_name() != Some("params.h".as_ref()), p.clone()));
+    let snapshot_path = manifest.join(BINDINGS_SNAPSHOT);
+    let snapshot = fs::read_to_string(&snapshot_path).unwrap_or_default();
+    let fresh: Option<String> = headers.iter().map(|h| run_bindgen(h)).collect();
+    let Some(fresh) = fresh else {
+        assert!(
+            !snapshot.is_empty(),
+            "kd-kernels: libclang not found and {BINDINGS_SNAPSHOT} is missing; run scripts/install-nvcc"
+        );
+        println!(
+            "cargo::warning=kd-kernels: libclang not found; using the committed {BINDINGS_SNAPSHOT} \
+             (scripts/install-nvcc provides libclang so the build can check it against kernels/*.h)"
+        );
+        fs::write(out.join("params.rs"), &snapshot).unwrap();
+        return;
     };
     if fresh != snapshot {
         if env::var_os("KD_KERNELS_BLESS_BINDINGS").is_some() {
             fs::write(&snapshot_path, &fresh).unwrap();
         } else if env::var_os("KD_KERNELS_CHECK_BINDINGS").is_some() {
             panic!(
-                "kd-kernels: kernels/params.h and {BINDINGS_SNAPSHOT} disagree. \
+                "kd-kernels: kernels/*.h and {BINDINGS_SNAPSHOT} disagree. \
                  Rebuild with KD_KERNELS_BLESS_BINDINGS=1 to regenerate it, review the diff, and commit it."
             );
         } else {
             // Another libclang may format the same declarations differently: the fresh bindings are right
-            // for this header either way; scripts/test checks the snapshot with the pinned libclang.
+            // for these headers either way; scripts/test checks the snapshot with the pinned libclang.
             println!("cargo::warning=kd-kernels: {BINDINGS_SNAPSHOT} differs from bindgen's output; using the fresh bindings");
         }
     }
@@ -478,23 +486,30 @@ fn run_bindgen(header: &Path) -> Option<String> {
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(move || {
+        let name = header.file_name().unwrap().to_str().unwrap().to_owned();
+        // Only the header's own declarations (not recursively those it includes): every header's bindings
+        // land in one module, where the shared ones are already declared once.
         bindgen::Builder::default()
             .header(header.to_str().unwrap())
-            .allowlist_type("Kd.*")
-            .allowlist_var("KD_.*")
+            .allowlist_file(format!(".*/kernels/{}", regex_escape(&name)))
+            .allowlist_recursively(false)
             .derive_default(true)
             .derive_debug(true)
             .derive_copy(true)
             .layout_tests(true)
             .use_core()
             .formatter(bindgen::Formatter::Prettyplease) // independent of the rustfmt installed
-            .raw_line("// Generated by bindgen from kernels/params.h; do not edit (see build.rs).")
+            .raw_line(format!("// Generated by bindgen from kernels/{name}; do not edit (see build.rs)."))
             .generate()
             .ok()
             .map(|b| b.to_string())
     });
     std::panic::set_hook(previous_hook);
     result.ok().flatten()
+}
+
+fn regex_escape(literal: &str) -> String {
+    literal.chars().flat_map(|c| if c.is_ascii_alphanumeric() || c == '_' { vec![c] } else { vec!['\\', c] }).collect()
 }
 
 /// Compiles every kernel file for the host with the CUDA emulation of kernels/emulator (tests only): each

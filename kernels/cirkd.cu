@@ -44,6 +44,7 @@
  * on s and on t is the same, so each row's KL and every g are exactly 0.
  */
 #include "common.cuh"
+#include "cirkd.h"
 
 namespace {
 
@@ -214,6 +215,12 @@ __device__ __forceinline__ void dot_tile(const Features<T>& own, const Features<
 struct RowStats {
     float max_s, max_t;
     double sum_s, sum_t, cross;
+
+    // Every field from lane `lane ^ offset` (for kd::warp_merge_in_lane_order).
+    __device__ __forceinline__ RowStats shfl_xor(int offset) const {
+        return {kd::shfl_xor(max_s, offset), kd::shfl_xor(max_t, offset), kd::shfl_xor(sum_s, offset),
+                kd::shfl_xor(sum_t, offset), kd::shfl_xor(cross, offset)};
+    }
 };
 
 __device__ __forceinline__ RowStats empty_stats() { return RowStats{-CUDART_INF_F, -CUDART_INF_F, 0.0, 0.0, 0.0}; }
@@ -237,22 +244,6 @@ __device__ __forceinline__ RowStats merge(const RowStats& a, const RowStats& b) 
     return m;
 }
 
-// Merges every lane's statistics in lane order (the lower lane's first at each step, so both partners get
-// the same bits); every lane ends with the warp's.
-__device__ __forceinline__ RowStats warp_merge(RowStats m) {
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int offset = 1; offset < 32; offset <<= 1) {
-        RowStats other;
-        other.max_s = __shfl_xor_sync(0xffffffffu, m.max_s, offset);
-        other.max_t = __shfl_xor_sync(0xffffffffu, m.max_t, offset);
-        other.sum_s = __shfl_xor_sync(0xffffffffu, m.sum_s, offset);
-        other.sum_t = __shfl_xor_sync(0xffffffffu, m.sum_t, offset);
-        other.cross = __shfl_xor_sync(0xffffffffu, m.cross, offset);
-        m = (lane & offset) ? merge(other, m) : merge(m, other);
-    }
-    return m;
-}
 
 // The block's image pair and tile: block b of cirkd_forward is (j, tile) with the tile fastest, i the anchor.
 struct PairTile {
@@ -335,7 +326,7 @@ template <typename T> __device__ void cirkd_forward(const KdCirkdArgs& a) {
     const int64_t pair_rows = pt.j * P, side = static_cast<int64_t>(p.batch) * P;
 #pragma unroll
     for (int r = 0; r < kOwnedPerWarp; ++r) {
-        const RowStats m = warp_merge(row[r]);
+        const RowStats m = kd::warp_merge_in_lane_order(row[r]);
         const int64_t pix = pt.o0 + warp * kOwnedPerWarp + r;
         if (lane == 0 && pix < P) {
             // LSE(s) - LSE(t) kept apart from LSE(t), so that the backward's ps / pt keeps its relative

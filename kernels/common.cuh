@@ -196,6 +196,25 @@ __device__ __forceinline__ double warp_sum(double v) {
     return v;
 }
 
+// `v` from lane `lane ^ offset`; every lane of the warp takes part.
+template <typename V> __device__ __forceinline__ V shfl_xor(V v, int offset) {
+    return __shfl_xor_sync(0xffffffffu, v, offset);
+}
+
+// Merges every lane's value of an order-sensitive combination (running statistics, moments) in lane order:
+// at each step the lower lane's value goes first, so both partners compute the same bits, and every lane ends
+// with the warp's. `S` shuffles itself (`m.shfl_xor(offset)`: each field from lane `lane ^ offset`);
+// `merge(a, b)`, found beside `S`, is the combination of `a` then `b`.
+template <typename S> __device__ __forceinline__ S warp_merge_in_lane_order(S m) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        const S other = m.shfl_xor(offset);
+        m = (lane & offset) ? merge(other, m) : merge(m, other);
+    }
+    return m;
+}
+
 // Sum over the block; the result is valid in thread 0. Fixed order: lanes, then warps.
 template <typename F> __device__ __forceinline__ F block_sum(F v) {
     KD_SHARED_ARRAY(F, warp_totals, kWarps);
@@ -335,7 +354,7 @@ __device__ __forceinline__ void block_wait_at_least(const unsigned int* counter,
     MACRO(__half, f16)           \
     MACRO(__nv_bfloat16, bf16)
 
-// Declares an entry point NAME taking the argument block ARGS (params.h) as `a`; the rest are its
+// Declares an entry point NAME taking the argument block ARGS (its family's header) as `a`; the rest are its
 // __launch_bounds__. On the GPU it is an extern "C" kernel; in the host emulation the same body becomes a
 // function registered under NAME, which the emulator's launcher finds by the name the driver would use.
 #ifdef KD_EMULATE

@@ -42,6 +42,7 @@
  * float atomics) sums the N*C row values in a fixed order, in double. Deterministic: bitwise the same
  * results run to run for the same inputs, grid and path.
  */
+#include "cwd.h"  // before softmax_kl.cuh, whose statistic has KD_CWD_STAT_DOUBLES doubles
 #include "softmax_kl.cuh"
 
 namespace {
@@ -380,6 +381,12 @@ template <typename T> __device__ void cwd_finish(const KdCwdArgs& args) {
 // in registers, and more resident blocks both hide the wait of one row behind the loads of another and
 // allow longer rows (a row's chunks must all be resident).
 constexpr int kFusedMinBlocksPerSm = 3;
+
+// What scripts/check-ptx requires of these kernels' PTX: the 128-bit accesses they are written for (nvcc once
+// split cwd_fused's vector stores silently), 4 vectors of S and T a thread and 4 of each gradient.
+// check-ptx: vectors cwd_fused loads=8 stores=8
+// check-ptx: vectors cwd_stats loads=2 stores=0
+// check-ptx: vectors cwd_finish loads=2 stores=2
 
 #define KD_CWD_ENTRY_POINTS(T, NAME)                                                                    \
     KD_ENTRY(cwd_fused_##NAME, KdCwdArgs, kBlockThreads, kFusedMinBlocksPerSm) { cwd_fused<T>(a); } \

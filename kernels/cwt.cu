@@ -21,7 +21,7 @@
  *     exact in a bf16 pair. The accumulators leave through shared memory in the SIMT tile's layout, so
  *     every epilogue below is shared by both engines and touches no fragment element itself.
  *
- * Kernels (one argument block per chunk of pixels, see params.h):
+ * Kernels (one argument block per chunk of pixels, see cwt.h):
  *
  *   cwt_forward_fused   loss only: Z = ReLU(W1 X + b1) of a pixel tile into shared memory, then W2 Z + b2,
  *                       the squared error and its block sum: nothing but the loss leaves the chip.
@@ -48,6 +48,7 @@
  * one hidden-activation tensor (src/cwt/plan.rs).
  */
 #include "common.cuh"
+#include "cwt.h"
 #ifndef KD_EMULATE
 #include <mma.h>
 #endif
@@ -522,6 +523,10 @@ template <typename T> __device__ void cwt_forward_fused(const KdCwtArgs& args) {
 }
 
 }  // namespace
+
+// The GEMMs of the 16-bit instances run on tensor cores in bf16, the f32 ones on CUDA cores (the exact path).
+// check-ptx: mma=bf16 on=f16,bf16 off=f32 cwt_hidden cwt_output cwt_forward_store cwt_grad_w2 cwt_grad_hidden
+// check-ptx: mma=bf16 on=f16,bf16 off=f32 cwt_grad_input cwt_grad_w1 cwt_grad_student cwt_forward_fused
 
 // At least two blocks an SM: a bound ptxas needs to spend its registers well on the tensor-core tiles (without
 // it, it squeezes some of them into 64 registers and spills).

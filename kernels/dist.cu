@@ -31,6 +31,7 @@
  * Deterministic: every sum has a fixed order (threads, warps, tiles, blocks), whatever the block scheduling.
  */
 #include "common.cuh"
+#include "dist.h"
 
 namespace {
 

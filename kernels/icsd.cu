@@ -33,6 +33,7 @@
  * single block (C x C work, microseconds for C ~ 20).
  */
 #include "common.cuh"
+#include "icsd.h"
 
 namespace {
 
@@ -301,6 +302,31 @@ __device__ __forceinline__ void stage(const KdIcsdParams& p, const T* x, const f
     }
 }
 
+// Calls `visit(r, n, k, q)` for each tile entry this thread owns: register slot r, entry n = k * TW + q of
+// class k and column q. Every pass over the tile walks it the same way, so its register arrays stay indexed by
+// the unrolled r.
+template <typename Visit> __device__ __forceinline__ void for_each_entry(const KdIcsdParams& p, Visit visit) {
+    const int TW = p.grad_cols;
+#pragma unroll
+    for (int r = 0; r < KD_ICSD_MAX_ENTRIES; ++r) {
+        const int n = threadIdx.x + r * kBlockThreads;
+        if (n < p.classes * TW) visit(r, n, n / TW, n % TW);
+    }
+}
+
+// Both backward kernels walk the block's positions step by step: stage the step's P and log P into the tile,
+// then `visit(s, r, n, k, q)` each of this thread's entries; the barriers keep the tile whole while it is read.
+template <typename T, typename Visit>
+__device__ __forceinline__ void for_each_staged_entry(const KdIcsdParams& p, const T* x, const float* stats, int64_t b,
+                                                      int64_t group, float* tp, float* tl, Visit visit) {
+    for (int64_t s = 0; s < grad_steps(p); ++s) {
+        stage(p, x, stats, b, group, s, tp, tl);
+        __syncthreads();
+        for_each_entry(p, [&](int r, int n, int k, int q) { visit(s, r, n, k, q); });
+        __syncthreads();
+    }
+}
+
 // The per-element quantity whose P-weighted sum is the softmax-backward dot: Q_k (official) or R_k (paper);
 // `extra` gets -V_k + r_k P_k (paper) or 0.
 __device__ __forceinline__ float grad_q(const KdIcsdParams& p, const float* coef, const float* tp, const float* tl, int k,
@@ -336,39 +362,20 @@ template <typename T> __device__ void icsd_dot(const KdIcsdArgs& args) {
     float acc[KD_ICSD_MAX_ENTRIES];
 #pragma unroll
     for (int r = 0; r < KD_ICSD_MAX_ENTRIES; ++r) acc[r] = 0.f;
-    for (int64_t s = 0; s < grad_steps(p); ++s) {
-        stage(p, x, stats, b, group, s, tp, tl);
-        __syncthreads();
-#pragma unroll
-        for (int r = 0; r < KD_ICSD_MAX_ENTRIES; ++r) {
-            const int n = threadIdx.x + r * kBlockThreads;
-            if (n < C * TW) {
-                const int k = n / TW, q = n % TW;
-                float extra;
-                const float qv = grad_q(p, coef, tp, tl, k, q, extra);
-                acc[r] = fmaf(tp[n], qv, acc[r]);
-            }
-        }
-        __syncthreads();
-    }
+    for_each_staged_entry(p, x, stats, b, group, tp, tl, [&](int64_t, int r, int n, int k, int q) {
+        float extra;
+        const float qv = grad_q(p, coef, tp, tl, k, q, extra);
+        acc[r] = fmaf(tp[n], qv, acc[r]);
+    });
     if (!p.paper) {
-#pragma unroll
-        for (int r = 0; r < KD_ICSD_MAX_ENTRIES; ++r) {
-            const int n = threadIdx.x + r * kBlockThreads;
-            if (n < C * TW) {
-                const int k = n / TW, q = n % TW;
-                const int64_t w = group * TW + q;
-                if (w < p.width) dots[(b * C + k) * p.width + w] = acc[r];
-            }
-        }
+        for_each_entry(p, [&](int r, int, int k, int q) {
+            const int64_t w = group * TW + q;
+            if (w < p.width) dots[(b * C + k) * p.width + w] = acc[r];
+        });
         return;
     }
     // Paper: the block's partial per class, summed over its positions in a fixed order.
-#pragma unroll
-    for (int r = 0; r < KD_ICSD_MAX_ENTRIES; ++r) {
-        const int n = threadIdx.x + r * kBlockThreads;
-        if (n < C * TW) tile[n] = acc[r];
-    }
+    for_each_entry(p, [&](int r, int n, int, int) { tile[n] = acc[r]; });
     __syncthreads();
     for (int k = threadIdx.x; k < C; k += kBlockThreads) {
         double s = 0.0;
@@ -415,25 +422,15 @@ template <typename T> __device__ void icsd_grad(const KdIcsdArgs& args) {
             }
         }
     }
-    for (int64_t s = 0; s < grad_steps(p); ++s) {
-        stage(p, x, stats, b, group, s, tp, tl);
-        __syncthreads();
-#pragma unroll
-        for (int r = 0; r < KD_ICSD_MAX_ENTRIES; ++r) {
-            const int n = threadIdx.x + r * kBlockThreads;
-            if (n < C * TW) {
-                const int k = n / TW, q = n % TW;
-                const int64_t l = grad_position(p, group, s, q);
-                if (l >= 0) {
-                    float extra;
-                    const float qv = grad_q(p, coef, tp, tl, k, q, extra);
-                    const float g = p.inv_tau * (tp[n] * (qv - dot[r]) + extra);
-                    kd::store_grad(grad + (b * C + k) * p.plane + l, g, accumulate);
-                }
-            }
+    for_each_staged_entry(p, x, stats, b, group, tp, tl, [&](int64_t s, int r, int n, int k, int q) {
+        const int64_t l = grad_position(p, group, s, q);
+        if (l >= 0) {
+            float extra;
+            const float qv = grad_q(p, coef, tp, tl, k, q, extra);
+            const float g = p.inv_tau * (tp[n] * (qv - dot[r]) + extra);
+            kd::store_grad(grad + (b * C + k) * p.plane + l, g, accumulate);
         }
-        __syncthreads();
-    }
+    });
 }
 
 }  // namespace

@@ -32,6 +32,7 @@
  * by the last block in block order. Counts are integers (u32 atomics are exact).
  */
 #include "common.cuh"
+#include "ifvd.h"
 
 namespace {
 

@@ -29,6 +29,7 @@
  *    (statistics, then gradient), the second read from L1/L2 when the pixel's values are still cached.
  */
 #include "common.cuh"
+#include "pixel_kd.h"
 
 namespace {
 

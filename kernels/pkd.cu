@@ -27,6 +27,7 @@
  * and, the grid depending on the shapes only, the same on every device.
  */
 #include "common.cuh"
+#include "pkd.h"
 
 namespace {
 
@@ -60,6 +61,13 @@ template <bool kByBlock> __device__ __forceinline__ Level level_of(const KdPkdAr
 // student is close to the teacher (D is small, not a difference of two large sums).
 struct Moments {
     double n, mean_s, m2_s, mean_t, m2_t, mean_u, d;
+
+    // Every field from lane `lane ^ offset` (for kd::warp_merge_in_lane_order).
+    __device__ __forceinline__ Moments shfl_xor(int offset) const {
+        return {kd::shfl_xor(n, offset),    kd::shfl_xor(mean_s, offset), kd::shfl_xor(m2_s, offset),
+                kd::shfl_xor(mean_t, offset), kd::shfl_xor(m2_t, offset), kd::shfl_xor(mean_u, offset),
+                kd::shfl_xor(d, offset)};
+    }
 };
 
 // Chan et al.'s pairwise update: the moments of the union of `a` and `b`, `a` first. The same operations on
@@ -82,24 +90,6 @@ __device__ __forceinline__ Moments merge(const Moments& a, const Moments& b) {
     return m;
 }
 
-// Merges every lane's moments in lane order (each step combines the lower lane's with the upper one's, so
-// both partners compute the same bits); every lane ends with the warp's.
-__device__ __forceinline__ Moments warp_merge(Moments m) {
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int offset = 1; offset < 32; offset <<= 1) {
-        Moments other;
-        other.n = __shfl_xor_sync(0xffffffffu, m.n, offset);
-        other.mean_s = __shfl_xor_sync(0xffffffffu, m.mean_s, offset);
-        other.m2_s = __shfl_xor_sync(0xffffffffu, m.m2_s, offset);
-        other.mean_t = __shfl_xor_sync(0xffffffffu, m.mean_t, offset);
-        other.m2_t = __shfl_xor_sync(0xffffffffu, m.m2_t, offset);
-        other.mean_u = __shfl_xor_sync(0xffffffffu, m.mean_u, offset);
-        other.d = __shfl_xor_sync(0xffffffffu, m.d, offset);
-        m = (lane & offset) ? merge(other, m) : merge(m, other);
-    }
-    return m;
-}
 
 // The position (image n, pixel p) of value j of a channel, and the step of kBlockThreads values, so that a
 // thread walks its values without a division per value.
@@ -193,7 +183,7 @@ template <typename T> __device__ void pkd_stats(const KdPkdArgs& a) {
         }
     }
     Moments m{static_cast<double>(count), mean_s, m2_s, mean_t, m2_t, mean_u, d};
-    m = warp_merge(m);
+    m = kd::warp_merge_in_lane_order(m);
     KD_SHARED_ARRAY(Moments, warp_moments, kd::kWarps);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) warp_moments[warp] = m;
@@ -228,7 +218,7 @@ template <typename T> __device__ void pkd_finish(const KdPkdArgs& a) {
         const double* q = partials + k * KD_PKD_STAT_DOUBLES;
         m = merge(m, Moments{q[0], q[1], q[2], q[3], q[4], q[5], q[6]});
     }
-    m = warp_merge(m);
+    m = kd::warp_merge_in_lane_order(m);
     if (lane != 0) return;
     const double ks = kd::to_float(kd::ptr<const T>(level.student)[c * d.plane]);
     const double kt = kd::to_float(kd::ptr<const T>(level.teacher)[c * d.plane]);

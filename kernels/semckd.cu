@@ -20,6 +20,7 @@
  * Grams are small (B x B) so the extra launch costs microseconds.
  */
 #include "common.cuh"
+#include "semckd.h"
 
 namespace {
 

@@ -38,6 +38,7 @@
  * bitwise reproducible on every device. Max-pool ties go to the first maximum in row-major order (PyTorch's).
  */
 #include "common.cuh"
+#include "skd.h"
 #ifndef KD_EMULATE
 #include <mma.h>
 #endif
@@ -492,6 +493,10 @@ template <typename T> __device__ void skd_grad(const KdSkdArgs& a) {
 }
 
 }  // namespace
+
+// The tensor-core Gram multiplies split f16 halves for either 16-bit input (the planner never launches its f32
+// instance).
+// check-ptx: mma=f16 on=f16,bf16 skd_gram_tc
 
 #define SKD_ENTRIES(T, NAME)                                                               \
     KD_ENTRY(skd_norms_##NAME, KdSkdArgs, kBlockThreads) { skd_norms<T>(a); }               \

@@ -22,19 +22,24 @@ pub struct CpuOutput {
 
 /// Checks that the pair has one non-empty NCHW shape, and returns it.
 pub(crate) fn check_pair<T: HostFloat>(student: ArrayView4<'_, T>, teacher: ArrayView4<'_, T>) -> Result<Nchw> {
-    let shape = Nchw::from_dims("student", student.shape())?;
-    shape.expect_same("teacher", teacher.shape())?;
+    check_pair_dims(student.shape(), teacher.shape())
+}
+
+/// [`check_pair`] on the dims.
+pub(crate) fn check_pair_dims(student: &[usize], teacher: &[usize]) -> Result<Nchw> {
+    let shape = Nchw::from_dims("student", student)?;
+    shape.expect_same("teacher", teacher)?;
     Ok(shape)
 }
 
-/// One call of a same-shape pair reference: the inputs, their checked shape, the upstream gradient (d total /
-/// d loss) and whether gradients are wanted. The references take it whole, so that their entry points share
-/// one signature and one input check.
+/// One call of a (student, teacher) reference: the inputs, their checked shape (`Nchw` for a same-shape pair,
+/// the relation losses' `RelationShapes`), the upstream gradient (d total / d loss) and whether gradients are
+/// wanted. The references take it whole, so that their entry points share one signature and one input check.
 #[derive(Clone, Copy)]
-pub(crate) struct PairCall<'a, T> {
+pub(crate) struct PairCall<'a, T, S = Nchw> {
     pub student: ArrayView4<'a, T>,
     pub teacher: ArrayView4<'a, T>,
-    pub shape: Nchw,
+    pub shape: S,
     pub upstream: f64,
     pub want_grad: bool,
 }
@@ -58,10 +63,17 @@ pub(crate) fn log_softmax(z: &[f64]) -> Vec<f64> {
     z.iter().map(|&v| v - lse).collect()
 }
 
-/// The constructor and the accessor every CPU reference has: a struct `{ config }` whose config has
-/// `validate()`, checked on construction so that a reference never computes with an invalid configuration.
+/// Declares a CPU reference, written as its struct `pub struct XCpu { config: XConfig }` (with its doc): the
+/// struct and the constructor and accessor every reference has. The config has `validate()`, checked on
+/// construction so that a reference never computes with an invalid configuration.
 macro_rules! reference_config {
-    ($cpu:ident, $config:ty) => {
+    ($(#[$attr:meta])* pub struct $cpu:ident { config: $config:ty }) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone)]
+        pub struct $cpu {
+            config: $config,
+        }
+
         impl $cpu {
             /// Validates `config`.
             pub fn new(config: $config) -> $crate::error::Result<Self> {
@@ -78,12 +90,25 @@ macro_rules! reference_config {
 }
 pub(crate) use reference_config;
 
-/// The constructor and the calls of a (student, teacher) loss's CPU reference: a struct `{ config }` whose
-/// config has `validate()` and which has `compute(student, teacher, upstream, want_grad)`.
-/// `$forward_backward_doc` says which gradients it returns. With `same_shape`, the reference of a same-shape
-/// pair (CWD, pixel KD, DIST) has `compute_pair(PairCall)` instead, given the pair checked by [`PairCall::new`].
+/// Declares the CPU reference of a (student, teacher) loss as [`reference_config!`] does, with its calls, which
+/// all come to its `compute(student, teacher, upstream, want_grad)`. The literal after the struct is the doc
+/// of `forward_backward` (which gradients it returns). With `same_shape` (CWD, pixel KD, DIST) or `relation`
+/// (SKD, CIRKD: the teacher may have other channels; the literal is implied), `compute` is written here: it
+/// checks the pair's shapes and hands the reference's `compute_pair` a [`PairCall`].
 macro_rules! pair_reference_calls {
-    ($cpu:ident, $config:ty, $forward_backward_doc:literal, same_shape) => {
+    ($(#[$attr:meta])* pub struct $cpu:ident { config: $config:ty } relation) => {
+        $crate::cpu::pair_reference_calls!(@checked $cpu, $crate::relation::check_shapes);
+        $crate::cpu::pair_reference_calls! {
+            $(#[$attr])* pub struct $cpu { config: $config }
+            "Loss and d loss / d student (`grad_teacher` is `None`). The teacher `[N, Ct, H, W]` may have another \
+             channel count than the student `[N, Cs, H, W]`."
+        }
+    };
+    ($(#[$attr:meta])* pub struct $cpu:ident { config: $config:ty } $forward_backward_doc:literal, same_shape) => {
+        $crate::cpu::pair_reference_calls!(@checked $cpu, $crate::cpu::check_pair_dims);
+        $crate::cpu::pair_reference_calls! { $(#[$attr])* pub struct $cpu { config: $config } $forward_backward_doc }
+    };
+    (@checked $cpu:ident, $check:path) => {
         impl $cpu {
             fn compute<T: $crate::dtype::HostFloat>(
                 &self,
@@ -92,14 +117,13 @@ macro_rules! pair_reference_calls {
                 upstream: f64,
                 want_grad: bool,
             ) -> $crate::error::Result<$crate::cpu::CpuOutput> {
-                self.compute_pair($crate::cpu::PairCall::new(student, teacher, upstream, want_grad)?)
+                let shape = $check(student.shape(), teacher.shape())?;
+                self.compute_pair($crate::cpu::PairCall { student, teacher, shape, upstream, want_grad })
             }
         }
-
-        $crate::cpu::pair_reference_calls!($cpu, $config, $forward_backward_doc);
     };
-    ($cpu:ident, $config:ty, $forward_backward_doc:literal) => {
-        $crate::cpu::reference_config!($cpu, $config);
+    ($(#[$attr:meta])* pub struct $cpu:ident { config: $config:ty } $forward_backward_doc:literal) => {
+        $crate::cpu::reference_config! { $(#[$attr])* pub struct $cpu { config: $config } }
 
         impl $cpu {
             /// The loss alone.

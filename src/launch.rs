@@ -6,7 +6,7 @@
 //! * [`Scratch`]: the family's device workspace, sized by the plan;
 //! * [`Launcher`]: runs a [`Launch`] of `{kernel}_{dtype}` with the kernel's argument block.
 //!
-//! Every kernel takes exactly one argument, its family's `Kd*Args` block of `kernels/params.h` (device
+//! Every kernel takes exactly one argument, its family's `Kd*Args` block of `kernels/{family}.h` (device
 //! addresses, then the parameter block), so a launch is a name, a geometry and a pointer to that block.
 
 use std::ffi::c_void;

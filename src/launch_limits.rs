@@ -232,9 +232,24 @@ fn random_nchw(rng: &mut SplitMix64, max_c: usize, max_plane: usize) -> [usize; 
     [1 + rng.below(8), c, h, w]
 }
 
-fn random_shapes(seed: u64, n: usize, max_c: usize, max_plane: usize) -> Vec<[usize; 4]> {
+/// The `fixed` cases (the benches' and edge cases) followed by `n` random ones, each drawn by `random` from one
+/// generator seeded with the family's `seed`: every sweep's list of cases.
+fn with_random<C>(fixed: Vec<C>, seed: u64, n: usize, mut random: impl FnMut(&mut SplitMix64) -> C) -> Vec<C> {
     let mut rng = SplitMix64::new(seed);
-    (0..n).map(|_| random_nchw(&mut rng, max_c, max_plane)).collect()
+    let mut cases = fixed;
+    cases.extend((0..n).map(|_| random(&mut rng)));
+    cases
+}
+
+/// `fixed` and `n` random shapes of up to `max_c` channels and `max_plane` pixels, these not required.
+fn random_shapes(
+    fixed: Vec<([usize; 4], bool)>,
+    seed: u64,
+    n: usize,
+    max_c: usize,
+    max_plane: usize,
+) -> Vec<([usize; 4], bool)> {
+    with_random(fixed, seed, n, |rng| (random_nchw(rng, max_c, max_plane), false))
 }
 
 /// The benches' logits shapes (`benches/common`, `benches/icsd.rs`) and edge cases.
@@ -250,9 +265,7 @@ const LOGIT_SHAPES: [[usize; 4]; 7] = [
 
 /// The benches' logits shapes, marked required, and `n` random ones of the family's seed.
 fn logit_cases(seed: u64, n: usize, max_c: usize, max_plane: usize) -> Vec<([usize; 4], bool)> {
-    let mut shapes: Vec<([usize; 4], bool)> = LOGIT_SHAPES.iter().map(|&s| (s, true)).collect();
-    shapes.extend(random_shapes(seed, n, max_c, max_plane).into_iter().map(|s| (s, false)));
-    shapes
+    random_shapes(LOGIT_SHAPES.iter().map(|&s| (s, true)).collect(), seed, n, max_c, max_plane)
 }
 
 #[test]
@@ -290,8 +303,7 @@ fn pixel_kd_launches_fit() {
 fn icsd_launches_fit() {
     // ICSD takes at most MAX_CLASSES classes (a typed error beyond, tested in its plan).
     let max = crate::icsd::plan::MAX_CLASSES;
-    let mut shapes: Vec<([usize; 4], bool)> = LOGIT_SHAPES.iter().map(|&s| (s, s[1] <= max)).collect();
-    shapes.extend(random_shapes(3, 40, max, 1 << 20).into_iter().map(|s| (s, false)));
+    let shapes = random_shapes(LOGIT_SHAPES.iter().map(|&s| (s, s[1] <= max)).collect(), 3, 40, max, 1 << 20);
     let mut checked = 0;
     for (dims, required) in shapes {
         for (dtype, mode) in dtype_modes() {
@@ -323,7 +335,7 @@ fn dist_launches_fit() {
     let mut shapes: Vec<([usize; 4], bool)> = LOGIT_SHAPES.iter().map(|&s| (s, s[1] <= max)).collect();
     shapes.push(([8, 19, 128, 256], true));
     shapes.push(([16, max, 64, 64], true));
-    shapes.extend(random_shapes(6, 40, 4096, 1 << 22).into_iter().map(|s| (s, false)));
+    let shapes = random_shapes(shapes, 6, 40, 4096, 1 << 22);
     let mut checked = 0;
     for (dims, required) in shapes {
         for (dtype, mode) in dtype_modes() {
@@ -337,17 +349,13 @@ fn dist_launches_fit() {
 /// CWT: the benches' (student, teacher channels) and random ones.
 #[test]
 fn cwt_launches_fit() {
-    let mut cases: Vec<([usize; 4], usize, bool)> = vec![
+    let fixed = vec![
         ([8, 512, 64, 64], 2048, true),
         ([2, 256, 100, 152], 256, true),
         ([64, 512, 7, 7], 512, true),
         ([1, 1, 1, 1], 1, true),
     ];
-    let mut rng = SplitMix64::new(4);
-    for _ in 0..30 {
-        let s = random_nchw(&mut rng, 2048, 1 << 16);
-        cases.push((s, 1 + rng.below(2048), false));
-    }
+    let cases = with_random(fixed, 4, 30, |rng| (random_nchw(rng, 2048, 1 << 16), 1 + rng.below(2048), false));
     let mut checked = 0;
     for (dims, ct, required) in cases {
         let setup = CwtSetup { config: CwtConfig::default(), shapes: CwtShapes::new(dims[1], ct) };
@@ -381,15 +389,14 @@ type SemckdCase = (usize, Vec<[usize; 3]>, Vec<[usize; 3]>, bool);
 fn semckd_launches_fit() {
     let cifar = vec![[64, 32, 32], [128, 16, 16], [256, 8, 8]];
     let imagenet = vec![[64, 56, 56], [128, 28, 28], [256, 14, 14], [512, 7, 7]];
-    let mut cases: Vec<SemckdCase> = vec![(64, cifar.clone(), cifar, true), (32, imagenet.clone(), imagenet, true)];
-    let mut rng = SplitMix64::new(5);
-    for _ in 0..20 {
-        let layers = |rng: &mut SplitMix64| -> Vec<[usize; 3]> {
-            (0..1 + rng.below(4)).map(|_| [1 + rng.below(512), 1 + rng.below(64), 1 + rng.below(64)]).collect()
-        };
-        let (s, t) = (layers(&mut rng), layers(&mut rng));
-        cases.push((4 + rng.below(128), s, t, false));
-    }
+    let fixed: Vec<SemckdCase> = vec![(64, cifar.clone(), cifar, true), (32, imagenet.clone(), imagenet, true)];
+    let layers = |rng: &mut SplitMix64| -> Vec<[usize; 3]> {
+        (0..1 + rng.below(4)).map(|_| [1 + rng.below(512), 1 + rng.below(64), 1 + rng.below(64)]).collect()
+    };
+    let cases = with_random(fixed, 5, 20, |rng| {
+        let (s, t) = (layers(rng), layers(rng));
+        (4 + rng.below(128), s, t, false)
+    });
     let mut checked = 0;
     for (batch, student, teacher, required) in cases {
         let dims = |l: &[usize; 3]| vec![batch, l[0], l[1], l[2]];
@@ -444,12 +451,10 @@ fn pkd_launches_fit() {
     use crate::pkd::{Pkd, PkdConfig, PkdLevels, PkdRawBuffers, MAX_LEVELS};
     let fpn: Vec<[usize; 4]> =
         [[100, 152], [50, 76], [25, 38], [13, 19], [7, 10]].map(|[h, w]| [8, 256, h, w]).to_vec();
-    let mut cases: Vec<(Vec<[usize; 4]>, bool)> = vec![(fpn, true), (vec![[1, 1, 1, 2]], true)];
-    let mut rng = SplitMix64::new(9);
-    for _ in 0..20 {
+    let cases = with_random(vec![(fpn, true), (vec![[1, 1, 1, 2]], true)], 9, 20, |rng| {
         let count = 1 + rng.below(MAX_LEVELS);
-        cases.push(((0..count).map(|_| random_nchw(&mut rng, 1024, 1 << 18)).collect(), false));
-    }
+        ((0..count).map(|_| random_nchw(rng, 1024, 1 << 18)).collect::<Vec<_>>(), false)
+    });
     let mut checked = 0;
     for (dims, required) in cases {
         let levels = match PkdLevels::same(&dims) {
@@ -479,19 +484,18 @@ fn ifvd_launches_fit() {
     use crate::ifvd::{check_shapes, Ifvd, IfvdConfig, IfvdRawBuffers, LabelDType};
     /// (student dims, teacher channels, label plane, classes, required).
     type Case = ([usize; 4], usize, [usize; 2], usize, bool);
-    let mut cases: Vec<Case> = vec![
+    let fixed: Vec<Case> = vec![
         ([8, 256, 64, 128], 256, [512, 1024], 19, true),
         ([8, 256, 64, 128], 512, [512, 512], 150, true),
         ([16, 512, 128, 128], 2048, [512, 512], 150, true),
         ([1, 1, 1, 1], 1, [1, 1], 1, true),
         ([2, 3, 5, 7], 9, [10, 14], 4096, true),
     ];
-    let mut rng = SplitMix64::new(6);
-    for _ in 0..30 {
-        let s = random_nchw(&mut rng, 2048, 1 << 16);
+    let cases = with_random(fixed, 6, 30, |rng| {
+        let s = random_nchw(rng, 2048, 1 << 16);
         let labels = [1 + rng.below(2 * s[2]), 1 + rng.below(2 * s[3])];
-        cases.push((s, 1 + rng.below(2048), labels, 1 + rng.below(1024), false));
-    }
+        (s, 1 + rng.below(2048), labels, 1 + rng.below(1024), false)
+    });
     let mut checked = 0;
     for (dims, ct, [hl, wl], classes, required) in cases {
         let shapes = check_shapes(&dims, &[dims[0], ct, dims[2], dims[3]], &[dims[0], hl, wl]).unwrap();
@@ -523,7 +527,7 @@ fn cirkd_launches_fit() {
     use crate::family::StudentGradFamily;
     /// (student dims, teacher channels, pool, required).
     type Case = ([usize; 4], usize, CirkdPool, bool);
-    let mut cases: Vec<Case> = vec![
+    let fixed: Vec<Case> = vec![
         ([8, 256, 64, 128], 256, CirkdPool::None, true),
         ([8, 256, 64, 128], 256, CirkdPool::Avg(4), true),
         ([8, 256, 128, 256], 256, CirkdPool::None, true),
@@ -531,16 +535,15 @@ fn cirkd_launches_fit() {
         ([1, 1, 1, 1], 1, CirkdPool::Auto, true),
         ([3, 37, 5, 7], 40, CirkdPool::Avg(3), true),
     ];
-    let mut rng = SplitMix64::new(20);
-    for _ in 0..30 {
-        let s = random_nchw(&mut rng, 1024, 1 << 16);
+    let cases = with_random(fixed, 20, 30, |rng| {
+        let s = random_nchw(rng, 1024, 1 << 16);
         let pool = match rng.below(3) {
             0 => CirkdPool::Auto,
             1 => CirkdPool::None,
             _ => CirkdPool::Avg(1 + rng.below(8)),
         };
-        cases.push((s, 1 + rng.below(1024), pool, false));
-    }
+        (s, 1 + rng.below(1024), pool, false)
+    });
     let mut checked = 0;
     for (dims, ct, pool, required) in cases {
         let shapes = check_shapes(&dims, &[dims[0], ct, dims[2], dims[3]]).unwrap();
@@ -589,18 +592,17 @@ fn a_wrong_limit_fails_the_sweep() {
 fn skd_launches_fit() {
     use crate::skd::{check_shapes, Skd, SkdConfig, SkdPool};
     // (student dims, teacher channels, required).
-    let mut cases: Vec<([usize; 4], usize, bool)> = vec![
+    let fixed = vec![
         ([8, 512, 64, 128], 512, true),
         ([8, 256, 64, 128], 512, true),
         ([1, 1, 1, 1], 1, true),
         ([2, 3, 5, 7], 9, true),
     ];
-    let mut rng = SplitMix64::new(20);
-    for _ in 0..20 {
-        let s = random_nchw(&mut rng, 1024, 1 << 16);
+    let cases = with_random(fixed, 20, 20, |rng| {
+        let s = random_nchw(rng, 1024, 1 << 16);
         let ct = if rng.below(2) == 0 { s[1] } else { 1 + rng.below(1024) };
-        cases.push((s, ct, false));
-    }
+        (s, ct, false)
+    });
     let mut checked = 0;
     let tensor_core_grams = std::cell::Cell::new(0usize);
     for (dims, ct, required) in cases {

@@ -367,7 +367,7 @@ inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat16{u}; }
 
 
-// ---- WMMA (nvcuda::wmma), the tensor-core tiles of cwt.cu ----
+// ---- WMMA (nvcuda::wmma): the tensor-core tiles of the kernels that use them ----
 // On a GPU a fragment is spread over the warp's 32 lanes in an unspecified layout. Here every lane holds the
 // whole tile, and the collective operations compute all of it in every lane: a kernel that only loads,
 // multiplies and stores fragments (never indexes their elements) computes the same tile either way. Loads,
@@ -544,8 +544,8 @@ inline std::unordered_map<std::string, Entry>& registry() {
     return entries;
 }
 
-// The leading device addresses of an argument block: params.h puts them first, before the parameter block
-// `p`; the two blocks without one are all addresses up to their first non-address field.
+// The leading device addresses of an argument block: every family's header puts them first, before the
+// parameter block `p`; the two blocks without one are all addresses up to their first non-address field.
 template <typename Args> constexpr size_t address_words() {
     if constexpr (requires(Args a) { a.p; }) {
         return offsetof(Args, p) / sizeof(uint64_t);

@@ -7,7 +7,7 @@ use std::ops::Range;
 use ndarray::{Array4, ArrayView4};
 
 use super::CirkdConfig;
-use crate::cpu::{CpuOutput, HostFloat};
+use crate::cpu::{CpuOutput, HostFloat, PairCall};
 use crate::error::{KdError, Result};
 use crate::relation::{check_shapes, PixelFeatures, RelationShapes};
 
@@ -16,18 +16,10 @@ const ROW_TILE: usize = 32;
 /// Columns of one logit tile.
 const COL_TILE: usize = 256;
 
-/// CIRKD (mini-batch pixel relations) on the CPU.
-#[derive(Debug, Clone)]
-pub struct CirkdCpu {
-    config: CirkdConfig,
+crate::cpu::pair_reference_calls! {
+    /// CIRKD (mini-batch pixel relations) on the CPU.
+    pub struct CirkdCpu { config: CirkdConfig } relation
 }
-
-crate::cpu::pair_reference_calls!(
-    CirkdCpu,
-    CirkdConfig,
-    "Loss and d loss / d student (`grad_teacher` is `None`). The teacher `[B, Ct, H, W]` may have another \
-     channel count than the student `[B, Cs, H, W]`."
-);
 
 /// One row's running statistics over the columns seen so far: for the student's and the teacher's logits,
 /// the largest value and the sum of `e^(x - max)`; and `sum e^(t - max_t) (t - s)`, which over the whole row,
@@ -233,14 +225,8 @@ impl CirkdCpu {
         Ok(stats.iter().map(RowStats::divergence).collect())
     }
 
-    fn compute<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        upstream: f64,
-        want_grad: bool,
-    ) -> Result<CpuOutput> {
-        let shapes = check_shapes(student.shape(), teacher.shape())?;
+    fn compute_pair<T: HostFloat>(&self, call: PairCall<'_, T, RelationShapes>) -> Result<CpuOutput> {
+        let PairCall { student, teacher, shape: shapes, upstream, want_grad } = call;
         let (b, cs) = (shapes.student.n, shapes.student.c);
         let images: Vec<Image> = (0..b).map(|n| self.image(&student, &teacher, &shapes, n)).collect();
         let p = images[0].s.p;

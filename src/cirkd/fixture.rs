@@ -1,14 +1,9 @@
 //! CIRKD fixtures: parameters `tau`, `loss_weight` and `pool` (`auto`, `none` or an integer K); inputs
 //! `student` [B,Cs,H,W], `teacher` [B,Ct,H,W]; outputs `loss`, `grad.student` (`docs/fixtures.md`).
 
-use ndarray::ArrayView4;
-
-use super::{Cirkd, CirkdConfig, CirkdCpu, CirkdPool};
-use crate::cpu::CpuOutput;
-use crate::dtype::KdFloat;
-use crate::error::KdError;
+use super::{Cirkd, CirkdConfig, CirkdPool};
 use crate::fixture::{ExampleSpec, Fixture, FixtureCase, FixtureError, FixtureFamily};
-use crate::relation::fixture::{RelationCase, RelationReference};
+use crate::relation::fixture::RelationCase;
 
 pub(crate) struct CirkdFixtures;
 
@@ -25,18 +20,6 @@ impl FixtureFamily for CirkdFixtures {
             loss_weight: fixture.param_f64("loss_weight", d.loss_weight)?,
             pool: fixture.param_word("pool").map(CirkdPool::parse).transpose()?.unwrap_or(d.pool),
         };
-        config.validate()?;
-        Ok(Box::new(RelationCase::<CirkdReference>::new(config, fixture)?))
-    }
-}
-
-struct CirkdReference;
-
-impl RelationReference for CirkdReference {
-    type Config = CirkdConfig;
-    type Family = Cirkd;
-
-    fn cpu<T: KdFloat>(config: &CirkdConfig, s: ArrayView4<'_, T>, t: ArrayView4<'_, T>) -> Result<CpuOutput, KdError> {
-        CirkdCpu::new(*config)?.forward_backward(s, t)
+        RelationCase::<Cirkd>::boxed(config, fixture)
     }
 }

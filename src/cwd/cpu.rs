@@ -7,18 +7,12 @@ use crate::cpu::{log_softmax, CpuOutput, PairCall};
 use crate::dtype::HostFloat;
 use crate::error::Result;
 
-/// CWD on the CPU, with the same surface as [`super::CwdCuda`].
-#[derive(Debug, Clone)]
-pub struct CwdCpu {
-    config: CwdConfig,
-}
-
-crate::cpu::pair_reference_calls!(
-    CwdCpu,
-    CwdConfig,
+crate::cpu::pair_reference_calls! {
+    /// CWD on the CPU, with the same surface as [`super::CwdCuda`].
+    pub struct CwdCpu { config: CwdConfig }
     "Loss and gradients (the teacher's only when `config.teacher_grad`).",
     same_shape
-);
+}
 
 impl CwdCpu {
     fn compute_pair<T: HostFloat>(&self, call: PairCall<'_, T>) -> Result<CpuOutput> {

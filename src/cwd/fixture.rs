@@ -2,27 +2,20 @@
 //! `grad.student` and, where the file holds `grad.teacher`, the teacher's gradient (`docs/fixtures.md`).
 
 use super::{Cwd, CwdConfig};
-use crate::fixture::pair::PairCase;
-use crate::fixture::ExampleSpec;
-use crate::fixture::{Fixture, FixtureCase, FixtureError, FixtureFamily};
+use crate::fixture::pair::PairFixture;
+use crate::fixture::{Fixture, FixtureError};
 
-pub(crate) struct CwdFixtures;
+/// The family is its own fixture handler ([`PairFixture`]).
+pub(crate) use super::Cwd as CwdFixtures;
 
-impl FixtureFamily for CwdFixtures {
-    fn example(&self, small: bool) -> ExampleSpec {
-        let shape = if small { [2, 3, 5, 7] } else { [8, 19, 64, 128] };
-        ExampleSpec::student_teacher("cityscapes logits at 1/8, tau 4", shape, shape)
-    }
+impl PairFixture for Cwd {
+    const EXAMPLE: &'static str = "cityscapes logits at 1/8, tau 4";
 
-    fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
-        let (shape, dtype) = fixture.input_pair()?;
-        let d = CwdConfig::default();
-        let config = CwdConfig {
+    fn fixture_config(fixture: &Fixture, d: CwdConfig) -> Result<CwdConfig, FixtureError> {
+        Ok(CwdConfig {
             tau: fixture.param_f64("tau", d.tau)?,
             loss_weight: fixture.param_f64("loss_weight", d.loss_weight)?,
             teacher_grad: fixture.has("grad.teacher"),
-        };
-        config.validate()?;
-        Ok(Box::new(PairCase::<Cwd> { config, shape, dtype }))
+        })
     }
 }

@@ -24,13 +24,10 @@ pub struct CwtOutput {
     pub grad_b2: Array1<f64>,
 }
 
-/// CWT on the CPU, with the same surface as [`super::CwtCuda`].
-#[derive(Debug, Clone)]
-pub struct CwtCpu {
-    config: CwtConfig,
+crate::cpu::reference_config! {
+    /// CWT on the CPU, with the same surface as [`super::CwtCuda`].
+    pub struct CwtCpu { config: CwtConfig }
 }
-
-crate::cpu::reference_config!(CwtCpu, CwtConfig);
 
 impl CwtCpu {
     /// The loss alone.

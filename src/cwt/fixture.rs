@@ -6,8 +6,9 @@ use ndarray::{ArrayView1, ArrayView2};
 use super::{CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtParamBuffers, CwtParamGrads, CwtShapes, MlpParams};
 use crate::dtype::{DType, KdFloat};
 use crate::error::KdError;
-use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output, TypedCase};
+use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
 use crate::fixture::{ExampleInput, ExampleSpec};
+use crate::fixture::{Typed, TypedCase};
 use crate::shape::Nchw;
 
 pub(crate) struct CwtFixtures;
@@ -50,7 +51,7 @@ impl FixtureFamily for CwtFixtures {
         let shapes = CwtShapes { cs: w1.shape[1], ch: w1.shape[0], ct: w2.shape[0] };
         let (student, teacher) =
             shapes.check_features(&fixture.tensor("student")?.shape, &fixture.tensor("teacher")?.shape)?;
-        Ok(Box::new(CwtCase { config, shapes, student, teacher, dtype }))
+        Ok(Typed::boxed(CwtCase { config, shapes, student, teacher }, dtype))
     }
 }
 
@@ -59,18 +60,12 @@ struct CwtCase {
     shapes: CwtShapes,
     student: Nchw,
     teacher: Nchw,
-    dtype: DType,
 }
 
 impl TypedCase for CwtCase {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-
     fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        let CwtCase { config, shapes, student: s_shape, teacher: t_shape, .. } = self;
-        let (_, student) = fixture.input::<T>("student")?;
-        let (_, teacher) = fixture.input::<T>("teacher")?;
+        let CwtCase { config, shapes, student: s_shape, teacher: t_shape } = self;
+        let (student, teacher) = fixture.student_teacher::<T>()?;
         let mut p = Vec::new();
         for name in PARAMS {
             p.push(fixture.input::<f32>(name)?.1);
@@ -92,17 +87,11 @@ impl TypedCase for CwtCase {
                 let tv = fixture::view4(t_shape, &teacher, "teacher")?;
                 let r = CwtCpu::new(*config)?.forward_backward(sv, tv, &params)?;
                 out.insert("loss".into(), Output::scalar(r.loss));
-                out.insert("grad.student".into(), Output::tensor(&sd, r.grad_student.iter().copied().collect()));
-                out.insert(
-                    "grad.mlp.linear1.weight".into(),
-                    Output::tensor(&[ch, cs], r.grad_w1.iter().copied().collect()),
-                );
-                out.insert("grad.mlp.linear1.bias".into(), Output::tensor(&[ch], r.grad_b1.to_vec()));
-                out.insert(
-                    "grad.mlp.linear2.weight".into(),
-                    Output::tensor(&[ct, ch], r.grad_w2.iter().copied().collect()),
-                );
-                out.insert("grad.mlp.linear2.bias".into(), Output::tensor(&[ct], r.grad_b2.to_vec()));
+                out.insert("grad.student".into(), Output::array(&r.grad_student));
+                out.insert("grad.mlp.linear1.weight".into(), Output::array(&r.grad_w1));
+                out.insert("grad.mlp.linear1.bias".into(), Output::array(&r.grad_b1));
+                out.insert("grad.mlp.linear2.weight".into(), Output::array(&r.grad_w2));
+                out.insert("grad.mlp.linear2.bias".into(), Output::array(&r.grad_b2));
             }
             Backend::Cuda(stream) => {
                 let dev = |e| KdError::cuda("fixture transfer", e);

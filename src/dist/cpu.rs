@@ -6,18 +6,11 @@ use super::{DistConfig, DIST_EPS};
 use crate::cpu::{log_softmax, CpuOutput, HostFloat, PairCall};
 use crate::error::Result;
 
-/// DIST (segmentation form) on the CPU.
-#[derive(Debug, Clone)]
-pub struct DistCpu {
-    config: DistConfig,
+crate::cpu::pair_reference_calls! {
+    /// DIST (segmentation form) on the CPU.
+    pub struct DistCpu { config: DistConfig }
+    "Loss and d loss / d student (`grad_teacher` is `None`).", same_shape
 }
-
-crate::cpu::pair_reference_calls!(
-    DistCpu,
-    DistConfig,
-    "Loss and d loss / d student (`grad_teacher` is `None`).",
-    same_shape
-);
 
 /// `rho(a, b)` and `d rho / d a` (§8.2). Where `a` is constant (`||a - mean a|| = 0`) the second term of the
 /// derivative, which vanishes as `a` approaches a constant, is left out rather than evaluated as 0/0.

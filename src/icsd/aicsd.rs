@@ -9,7 +9,7 @@ use crate::cpu::CpuOutput;
 use crate::cuda::{Binder, CudaLauncher};
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
-use crate::family::PairRawBuffers;
+use crate::family::{PairBuffers, PairRawBuffers};
 use crate::grad::GradOptions;
 use crate::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda};
 use crate::shape::Nchw;
@@ -129,22 +129,24 @@ impl AicsdCuda {
         loss: &mut dyn DevicePtrMut<f32>,
         grad_student: &mut dyn DevicePtrMut<T>,
     ) -> Result<()> {
-        self.forward_backward_with(shape, epoch, student, teacher, loss, grad_student, GradOptions::OVERWRITE)
+        let buffers =
+            PairBuffers { loss: Some(loss), grad_student: Some(grad_student), ..PairBuffers::new(student, teacher) };
+        self.call(shape, epoch, buffers)
     }
 
-    /// [`Self::forward_backward`] with [`GradOptions`] (`accumulate` adds the whole AICSD gradient into
-    /// `grad_student`, for instance on top of the caller's `alpha`-scaled cross-entropy gradient).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_backward_with<T: KdFloat>(
-        &mut self,
-        shape: &[usize],
-        epoch: f64,
-        student: &dyn DevicePtr<T>,
-        teacher: &dyn DevicePtr<T>,
-        loss: &mut dyn DevicePtrMut<f32>,
-        grad_student: &mut dyn DevicePtrMut<T>,
-        options: GradOptions,
-    ) -> Result<()> {
+    /// Loss and gradient at `epoch` on `buffers`, which must hold the loss and the student gradient (no teacher
+    /// gradient, no upstream scalar). Its `options` say how the gradient is written: `accumulate` adds the
+    /// whole AICSD gradient into `grad_student`, for instance on top of the caller's `alpha`-scaled
+    /// cross-entropy gradient.
+    pub fn call<T: KdFloat>(&mut self, shape: &[usize], epoch: f64, buffers: PairBuffers<'_, T>) -> Result<()> {
+        let PairBuffers { student, teacher, loss, grad_student, grad_teacher, upstream, options } = buffers;
+        let (Some(loss), Some(grad_student), None, None) = (loss, grad_student, grad_teacher, upstream) else {
+            return Err(KdError::OutputMismatch {
+                what: "loss/grad_student/grad_teacher/upstream",
+                fix: "AICSD writes the loss and the student gradient: give both a buffer, and no teacher gradient or \
+                      upstream scalar",
+            });
+        };
         options.validate()?;
         let alpha = self.config.alpha(epoch)?;
         let nchw = Nchw::from_dims("student", shape)?;

@@ -23,12 +23,6 @@ pub struct IcsdCpuOutput {
     pub sim_teacher: Array2<f64>,
 }
 
-/// ICSD on the CPU, with the same surface as [`super::IcsdCuda`].
-#[derive(Debug, Clone)]
-pub struct IcsdCpu {
-    config: IcsdConfig,
-}
-
 /// `log P` of every element, per softmax group of the variant.
 fn log_probs<T: HostFloat>(x: ArrayView4<'_, T>, shape: &Nchw, config: &IcsdConfig) -> Array4<f64> {
     let mut out = Array4::<f64>::zeros(shape.dims());
@@ -93,7 +87,10 @@ fn normalise(m: &Array2<f64>) -> Array2<f64> {
     Array2::from_shape_fn(m.dim(), |(i, j)| m[[i, j]] / norms[i].max(EPS))
 }
 
-crate::cpu::reference_config!(IcsdCpu, IcsdConfig);
+crate::cpu::reference_config! {
+    /// ICSD on the CPU, with the same surface as [`super::IcsdCuda`].
+    pub struct IcsdCpu { config: IcsdConfig }
+}
 
 impl IcsdCpu {
     /// The loss and the two matrices, no gradient.

@@ -58,7 +58,7 @@ pub fn icsd<T: KdFloat>(
     Ok(IcsdEmulated { out: out.finish(), sim_student: sim_s, sim_teacher: sim_t })
 }
 
-/// Runs the AICSD objective at `epoch` as [`super::AicsdCuda::forward_backward_with`] does: ICSD writes its
+/// Runs the AICSD objective at `epoch` as [`super::AicsdCuda::call`] does: ICSD writes its
 /// gradient scaled by `alpha`, pixel KD adds `1 - alpha` times its own, and the mixing kernel writes
 /// `alpha * L_ICS + (1 - alpha) * L_KD`. Returns (loss, gradient).
 #[allow(clippy::too_many_arguments)]

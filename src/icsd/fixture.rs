@@ -1,12 +1,13 @@
 //! ICSD fixtures: parameters `tau`, `loss_weight`, `variant`; inputs `student`, `teacher`; outputs `loss`,
 //! `grad.student` and the optional `sim.student`, `sim.teacher` (`docs/fixtures.md`).
 
-use super::{IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
-use crate::dtype::{DType, KdFloat};
+use super::{Icsd, IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
+use crate::dtype::KdFloat;
 use crate::error::KdError;
+use crate::fixture::pair::PairCase;
 use crate::fixture::ExampleSpec;
-use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output, TypedCase};
-use crate::shape::Nchw;
+use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
+use crate::fixture::{Typed, TypedCase};
 
 pub(crate) struct IcsdFixtures;
 
@@ -33,58 +34,42 @@ impl FixtureFamily for IcsdFixtures {
             variant,
         };
         config.validate()?;
-        Ok(Box::new(IcsdCase { config, shape, dtype }))
+        Ok(Typed::boxed(IcsdCase(PairCase { config, shape }), dtype))
     }
 }
 
-struct IcsdCase {
-    config: IcsdConfig,
-    shape: Nchw,
-    dtype: DType,
-}
+/// The pair case (loss, student gradient) and the two matrices.
+struct IcsdCase(PairCase<Icsd>);
 
 impl TypedCase for IcsdCase {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-
     fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        let IcsdCase { config, shape, .. } = self;
-        let (_, student) = fixture.input::<T>("student")?;
-        let (_, teacher) = fixture.input::<T>("teacher")?;
-        let dims = shape.dims();
-        let cc = [shape.c, shape.c];
-        let mut out = Computed::new();
-        match backend {
+        let mut out = self.0.run::<T>(fixture, backend)?;
+        let PairCase { config, shape } = &self.0;
+        let (student, teacher) = fixture.student_teacher::<T>()?;
+        let (sim_student, sim_teacher) = match backend {
             Backend::Cpu => {
                 let s = fixture::view4(shape, &student, "student")?;
                 let t = fixture::view4(shape, &teacher, "teacher")?;
-                let r = IcsdCpu::new(*config)?.forward_backward(s, t)?;
-                out.insert("loss".into(), Output::scalar(r.loss));
-                out.insert("grad.student".into(), Output::tensor(&dims, r.grad_student.iter().copied().collect()));
-                out.insert("sim.student".into(), Output::tensor(&cc, r.sim_student.iter().copied().collect()));
-                out.insert("sim.teacher".into(), Output::tensor(&cc, r.sim_teacher.iter().copied().collect()));
+                let r = IcsdCpu::new(*config)?.forward(s, t)?;
+                (Output::array(&r.sim_student), Output::array(&r.sim_teacher))
             }
             Backend::Cuda(stream) => {
                 let dev = |e| KdError::cuda("fixture transfer", e);
                 let s = stream.clone_htod(&student).map_err(dev)?;
                 let t = stream.clone_htod(&teacher).map_err(dev)?;
                 let mut loss = stream.alloc_zeros::<f32>(1).map_err(dev)?;
-                let mut gs = stream.alloc_zeros::<T>(shape.numel()).map_err(dev)?;
                 let mut ms = stream.alloc_zeros::<f32>(shape.c * shape.c).map_err(dev)?;
                 let mut mt = stream.alloc_zeros::<f32>(shape.c * shape.c).map_err(dev)?;
                 let mut icsd = IcsdCuda::new(stream.clone(), *config)?;
-                icsd.forward_backward(&dims, &s, &t, &mut loss, &mut gs)?;
-                let mut loss2 = stream.alloc_zeros::<f32>(1).map_err(dev)?;
-                icsd.forward_matrices(&dims, &s, &t, &mut loss2, &mut ms, &mut mt)?;
-                out.insert("loss".into(), Output::scalar(stream.clone_dtoh(&loss).map_err(dev)?[0] as f64));
-                let gs = fixture::to_f64(&stream.clone_dtoh(&gs).map_err(dev)?);
-                out.insert("grad.student".into(), Output::tensor(&dims, gs));
+                icsd.forward_matrices(&shape.dims(), &s, &t, &mut loss, &mut ms, &mut mt)?;
+                let cc = [shape.c, shape.c];
                 let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
-                out.insert("sim.student".into(), Output::tensor(&cc, widen(stream.clone_dtoh(&ms).map_err(dev)?)));
-                out.insert("sim.teacher".into(), Output::tensor(&cc, widen(stream.clone_dtoh(&mt).map_err(dev)?)));
+                let ms = Output::tensor(&cc, widen(stream.clone_dtoh(&ms).map_err(dev)?));
+                (ms, Output::tensor(&cc, widen(stream.clone_dtoh(&mt).map_err(dev)?)))
             }
-        }
+        };
+        out.insert("sim.student".into(), sim_student);
+        out.insert("sim.teacher".into(), sim_teacher);
         Ok(out)
     }
 }

@@ -22,12 +22,6 @@ pub struct IfvdCpuOutput {
     pub cos_teacher: Array3<f64>,
 }
 
-/// IFVD on the CPU.
-#[derive(Debug, Clone)]
-pub struct IfvdCpu {
-    config: IfvdConfig,
-}
-
 /// One image's features, channel-major (`[C, P]`), and what the forward pass derives from them.
 struct Image {
     c: usize,
@@ -134,7 +128,10 @@ fn image<T: HostFloat>(x: &ArrayView4<'_, T>, n: usize, classes: &[Option<usize>
     Image::new(feat, c, h * w, classes)
 }
 
-crate::cpu::reference_config!(IfvdCpu, IfvdConfig);
+crate::cpu::reference_config! {
+    /// IFVD on the CPU.
+    pub struct IfvdCpu { config: IfvdConfig }
+}
 
 impl IfvdCpu {
     /// The loss and the cosine maps, no gradient. `student` `[N, Cs, H, W]`, `teacher` `[N, Ct, H, W]`,

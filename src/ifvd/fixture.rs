@@ -5,9 +5,9 @@
 use ndarray::{ArrayView3, ArrayView4};
 
 use super::{check_shapes, IfvdConfig, IfvdCpu, IfvdCuda, IfvdLabels, IfvdShapes, LabelDType};
-use crate::dtype::{DType, KdFloat};
+use crate::dtype::KdFloat;
 use crate::fixture::{
-    self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output, TypedCase,
+    self, err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output, Typed, TypedCase,
 };
 use crate::fixture::{ExampleInput, ExampleSpec};
 use crate::KdError;
@@ -32,36 +32,25 @@ impl FixtureFamily for IfvdFixtures {
             .map_err(|_| FixtureError(format!("parameter `num_classes` = `{classes}` is not a whole number")))?;
         let config = IfvdConfig { num_classes, loss_weight: fixture.param_f64("loss_weight", 1.0)? };
         config.validate()?;
-        let s = fixture.tensor("student")?;
-        let t = fixture.tensor("teacher")?;
         let labels = fixture.tensor("labels")?;
-        let shapes = check_shapes(&s.shape, &t.shape, &labels.shape)?;
-        let dtype = fixture.input_dtype("student")?;
-        if t.dtype != Some(dtype) {
-            return err(format!("input `teacher` is {} but `student` is {}", t.dtype_name, s.dtype_name));
-        }
+        let shapes = check_shapes(&fixture.tensor("student")?.shape, &fixture.tensor("teacher")?.shape, &labels.shape)?;
+        let dtype = fixture.pair_dtype()?;
         if labels.label_dtype().is_none() {
             return err(format!("input `labels` has dtype {}; expected I64, I32 or U8", labels.dtype_name));
         }
-        Ok(Box::new(IfvdCase { config, shapes, dtype }))
+        Ok(Typed::boxed(IfvdCase { config, shapes }, dtype))
     }
 }
 
 struct IfvdCase {
     config: IfvdConfig,
     shapes: IfvdShapes,
-    dtype: DType,
 }
 
 impl TypedCase for IfvdCase {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-
     fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        let IfvdCase { config, shapes, .. } = self;
-        let (_, student) = fixture.input::<T>("student")?;
-        let (_, teacher) = fixture.input::<T>("teacher")?;
+        let IfvdCase { config, shapes } = self;
+        let (student, teacher) = fixture.student_teacher::<T>()?;
         let (_, labels) = fixture.input_i64("labels")?;
         let dims = shapes.student.dims();
         let mut out = Computed::new();
@@ -75,7 +64,7 @@ impl TypedCase for IfvdCase {
                 let l = ArrayView3::from_shape(shapes.label_dims(), &labels).map_err(bad("labels"))?;
                 let r = IfvdCpu::new(*config)?.forward_backward(s, t, l)?;
                 out.insert("loss".into(), Output::scalar(r.loss));
-                out.insert("grad.student".into(), Output::tensor(&dims, r.grad_student.iter().copied().collect()));
+                out.insert("grad.student".into(), Output::array(&r.grad_student));
             }
             Backend::Cuda(stream) => {
                 let dev = |e| KdError::cuda("fixture transfer", e);

@@ -7,13 +7,11 @@ use crate::cpu::{log_softmax, CpuOutput, PairCall};
 use crate::dtype::HostFloat;
 use crate::error::Result;
 
-/// Pixel KD on the CPU, with the same surface as [`super::PixelKdCuda`].
-#[derive(Debug, Clone)]
-pub struct PixelKdCpu {
-    config: PixelKdConfig,
+crate::cpu::pair_reference_calls! {
+    /// Pixel KD on the CPU, with the same surface as [`super::PixelKdCuda`].
+    pub struct PixelKdCpu { config: PixelKdConfig }
+    "Loss and d loss / d student.", same_shape
 }
-
-crate::cpu::pair_reference_calls!(PixelKdCpu, PixelKdConfig, "Loss and d loss / d student.", same_shape);
 
 impl PixelKdCpu {
     fn compute_pair<T: HostFloat>(&self, call: PairCall<'_, T>) -> Result<CpuOutput> {

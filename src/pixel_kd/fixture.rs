@@ -2,32 +2,25 @@
 //! outputs `loss`, `grad.student` (`docs/fixtures.md`).
 
 use super::{PixelKd, PixelKdConfig, Reduction};
-use crate::fixture::pair::PairCase;
-use crate::fixture::ExampleSpec;
-use crate::fixture::{Fixture, FixtureCase, FixtureError, FixtureFamily};
+use crate::fixture::pair::PairFixture;
+use crate::fixture::{Fixture, FixtureError};
 
-pub(crate) struct PixelKdFixtures;
+/// The family is its own fixture handler ([`PairFixture`]).
+pub(crate) use super::PixelKd as PixelKdFixtures;
 
-impl FixtureFamily for PixelKdFixtures {
-    fn example(&self, small: bool) -> ExampleSpec {
-        let shape = if small { [2, 3, 5, 7] } else { [8, 19, 64, 128] };
-        ExampleSpec::student_teacher("cityscapes logits at 1/8", shape, shape)
-    }
+impl PairFixture for PixelKd {
+    const EXAMPLE: &'static str = "cityscapes logits at 1/8";
 
-    fn case(&self, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
-        let (shape, dtype) = fixture.input_pair()?;
-        let d = PixelKdConfig::default();
+    fn fixture_config(fixture: &Fixture, d: PixelKdConfig) -> Result<PixelKdConfig, FixtureError> {
         let reduction = match fixture.param_word("reduction") {
             None => d.reduction,
             Some(r) => r.parse::<Reduction>()?,
         };
-        let config = PixelKdConfig {
+        Ok(PixelKdConfig {
             tau: fixture.param_f64("tau", d.tau)?,
             loss_weight: fixture.param_f64("loss_weight", d.loss_weight)?,
             reduction,
             scale_tau2: fixture.param_bool("scale_tau2", d.scale_tau2)?,
-        };
-        config.validate()?;
-        Ok(Box::new(PairCase::<PixelKd> { config, shape, dtype }))
+        })
     }
 }

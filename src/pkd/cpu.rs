@@ -18,12 +18,6 @@ pub struct PkdCpuOutput {
     pub grad_student: Vec<Array4<f64>>,
 }
 
-/// PKD on the CPU over a list of levels.
-#[derive(Debug, Clone)]
-pub struct PkdCpu {
-    config: PkdConfig,
-}
-
 /// One channel's statistics over its `M` values.
 struct ChannelStats {
     mean: f64,
@@ -59,7 +53,10 @@ fn channel<T: HostFloat>(x: &ArrayView4<'_, T>, shape: &Nchw, c: usize) -> Vec<f
     out
 }
 
-crate::cpu::reference_config!(PkdCpu, PkdConfig);
+crate::cpu::reference_config! {
+    /// PKD on the CPU over a list of levels.
+    pub struct PkdCpu { config: PkdConfig }
+}
 
 impl PkdCpu {
     /// The loss alone.

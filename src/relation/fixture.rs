@@ -1,63 +1,41 @@
 //! The fixture case of a pixel-relation loss (SKD, CIRKD): inputs `student` [N,Cs,H,W] and `teacher`
-//! [N,Ct,H,W] in the case's dtype, outputs `loss` and `grad.student`. Written once over [`RelationReference`];
-//! each family parses its own parameters.
+//! [N,Ct,H,W] in the case's dtype, outputs `loss` and `grad.student`. Written once over the family's
+//! [`StudentGradFamily`] contract (its CPU reference and its kernels); each family parses its own parameters.
 
 use std::sync::Arc;
 
 use cudarc::driver::CudaStream;
-use ndarray::ArrayView4;
 
 use super::{check_shapes, RelationShapes};
-use crate::cpu::CpuOutput;
+use crate::cpu::PairReference;
 use crate::cuda::LossCuda;
-use crate::dtype::{DType, KdFloat};
+use crate::dtype::KdFloat;
 use crate::error::KdError;
-use crate::family::StudentTeacherFamily;
-use crate::fixture::{self, err, Backend, Computed, Fixture, FixtureError, Output, TypedCase};
-
-/// A relation loss as the fixtures run it.
-pub(crate) trait RelationReference: 'static {
-    /// Its configuration.
-    type Config: Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static;
-    /// The CPU reference's `forward_backward`.
-    fn cpu<T: KdFloat>(config: &Self::Config, s: ArrayView4<'_, T>, t: ArrayView4<'_, T>)
-        -> Result<CpuOutput, KdError>;
-    /// Its kernels.
-    type Family: StudentTeacherFamily<Config = Self::Config, Shape = RelationShapes>;
-}
+use crate::family::{StudentGradFamily, StudentTeacherFamily};
+use crate::fixture::{self, Backend, Computed, Fixture, FixtureCase, FixtureError, Output, Typed, TypedCase};
 
 /// A parsed case.
-pub(crate) struct RelationCase<R: RelationReference> {
-    pub config: R::Config,
+pub(crate) struct RelationCase<F: StudentGradFamily<Shape = RelationShapes>> {
+    pub config: F::Config,
     pub shapes: RelationShapes,
-    pub dtype: DType,
 }
 
-impl<R: RelationReference> RelationCase<R> {
-    /// Checks the file's `student` and `teacher` (present, rank 4, the same `N`, `H`, `W`, one float dtype).
-    pub(crate) fn new(config: R::Config, fixture: &Fixture) -> Result<Self, FixtureError> {
-        let s = fixture.tensor("student")?;
-        let t = fixture.tensor("teacher")?;
-        let shapes = check_shapes(&s.shape, &t.shape)?;
-        let dtype = fixture.input_dtype("student")?;
-        if t.dtype != Some(dtype) {
-            return err(format!("input `teacher` is {} but `student` is {}", t.dtype_name, s.dtype_name));
-        }
-        Ok(RelationCase { config, shapes, dtype })
+impl<F: StudentGradFamily<Shape = RelationShapes>> RelationCase<F> {
+    /// The case of `config`, which it validates, on the file's `student` and `teacher`, which it checks
+    /// (present, rank 4, the same `N`, `H`, `W`, one float dtype).
+    pub(crate) fn boxed(config: F::Config, fixture: &Fixture) -> Result<Box<dyn FixtureCase>, FixtureError> {
+        F::validate(&config)?;
+        let shapes = check_shapes(&fixture.tensor("student")?.shape, &fixture.tensor("teacher")?.shape)?;
+        Ok(Typed::boxed(RelationCase::<F> { config, shapes }, fixture.pair_dtype()?))
     }
 }
 
-impl<R: RelationReference> TypedCase for RelationCase<R> {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-
+impl<F: StudentGradFamily<Shape = RelationShapes>> TypedCase for RelationCase<F> {
     fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        let RelationCase { config, shapes, .. } = self;
-        let (_, student) = fixture.input::<T>("student")?;
-        let (_, teacher) = fixture.input::<T>("teacher")?;
+        let RelationCase { config, shapes } = self;
+        let (student, teacher) = fixture.student_teacher::<T>()?;
         if let Backend::Cuda(stream) = backend {
-            let (loss, grad) = cuda::<R::Family, T>(config, stream, shapes, &student, &teacher)?;
+            let (loss, grad) = cuda::<F, T>(config, stream, shapes, &student, &teacher)?;
             let mut out = Computed::new();
             out.insert("loss".into(), Output::scalar(loss));
             out.insert("grad.student".into(), Output::tensor(&shapes.student.dims(), grad));
@@ -65,13 +43,11 @@ impl<R: RelationReference> TypedCase for RelationCase<R> {
         }
         let s = fixture::view4(&shapes.student, &student, "student")?;
         let t = fixture::view4(&shapes.teacher(), &teacher, "teacher")?;
-        let r = R::cpu(config, s, t)?;
+        // `gradients` with an upstream of 1 is the reference's `forward_backward`.
+        let r = F::Reference::new(config.clone())?.gradients(s, t, 1.0)?;
         let mut out = Computed::new();
         out.insert("loss".into(), Output::scalar(r.loss));
-        out.insert(
-            "grad.student".into(),
-            Output::tensor(&shapes.student.dims(), r.grad_student.iter().copied().collect()),
-        );
+        out.insert("grad.student".into(), Output::array(&r.grad_student));
         Ok(out)
     }
 }

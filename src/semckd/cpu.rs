@@ -69,12 +69,6 @@ pub struct SemckdCpuOutput {
     pub grad_key: Vec<EmbedGrads>,
 }
 
-/// SemCKD on the CPU.
-#[derive(Debug, Clone)]
-pub struct SemckdCpu {
-    config: SemckdConfig,
-}
-
 struct Mlp {
     u: Array2<f64>,     // [B, 2d] pre-ReLU
     y: Array2<f64>,     // [B, d] normalised
@@ -86,7 +80,10 @@ fn mismatch(what: &'static str, expected: &[usize], got: &[usize]) -> KdError {
     KdError::ShapeMismatch { what, expected: expected.to_vec(), got: got.to_vec() }
 }
 
-crate::cpu::reference_config!(SemckdCpu, SemckdConfig);
+crate::cpu::reference_config! {
+    /// SemCKD on the CPU.
+    pub struct SemckdCpu { config: SemckdConfig }
+}
 
 impl SemckdCpu {
     /// Checks every input's shape and returns the layout.

@@ -10,10 +10,11 @@ use super::{
     EmbedParamGrads, EmbedParams, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdCuda, SemckdGrads, SemckdInputs,
     SemckdLayers,
 };
-use crate::dtype::{DType, KdFloat};
+use crate::dtype::KdFloat;
 use crate::error::KdError;
-use crate::fixture::{err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output, TypedCase};
+use crate::fixture::{err, Backend, Computed, Fixture, FixtureCase, FixtureError, FixtureFamily, Output};
 use crate::fixture::{ExampleInput, ExampleSpec};
+use crate::fixture::{Typed, TypedCase};
 use crate::grad::GradOptions;
 
 pub(crate) struct SemckdFixtures;
@@ -85,7 +86,7 @@ impl FixtureFamily for SemckdFixtures {
                 return err(format!("input `{name}` is {got} but `student.0` is {dtype}"));
             }
         }
-        Ok(Box::new(SemckdCase { config, students, teachers, dtype }))
+        Ok(Typed::boxed(SemckdCase { config, students, teachers }, dtype))
     }
 }
 
@@ -93,7 +94,6 @@ struct SemckdCase {
     config: SemckdConfig,
     students: usize,
     teachers: usize,
-    dtype: DType,
 }
 
 /// A fixture tensor as `T` (maps) with its shape.
@@ -156,26 +156,24 @@ impl MlpTensors {
 }
 
 fn insert_mlp(out: &mut Computed, prefix: &str, g: &EmbedGrads) {
-    let t = |a: &[usize], v: Vec<f64>| Output::tensor(a, v);
-    out.insert(
-        format!("grad.{prefix}.linear1.weight"),
-        t(g.linear1_weight.shape(), g.linear1_weight.iter().copied().collect()),
-    );
-    out.insert(format!("grad.{prefix}.linear1.bias"), t(g.linear1_bias.shape(), g.linear1_bias.to_vec()));
-    out.insert(
-        format!("grad.{prefix}.linear2.weight"),
-        t(g.linear2_weight.shape(), g.linear2_weight.iter().copied().collect()),
-    );
-    out.insert(format!("grad.{prefix}.linear2.bias"), t(g.linear2_bias.shape(), g.linear2_bias.to_vec()));
+    out.insert(format!("grad.{prefix}.linear1.weight"), Output::array(&g.linear1_weight));
+    out.insert(format!("grad.{prefix}.linear1.bias"), Output::array(&g.linear1_bias));
+    out.insert(format!("grad.{prefix}.linear2.weight"), Output::array(&g.linear2_weight));
+    out.insert(format!("grad.{prefix}.linear2.bias"), Output::array(&g.linear2_bias));
+}
+
+/// `f` of each item with its name in the file, `{prefix}.{index}`.
+fn each_named<'a, X, Y>(
+    items: &'a [X],
+    prefix: &str,
+    f: impl Fn(&'a X, &str) -> Result<Y, FixtureError>,
+) -> Result<Vec<Y>, FixtureError> {
+    items.iter().enumerate().map(|(i, x)| f(x, &format!("{prefix}.{i}"))).collect()
 }
 
 impl TypedCase for SemckdCase {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-
     fn run<T: KdFloat>(&self, fixture: &Fixture, backend: &Backend) -> Result<Computed, FixtureError> {
-        let SemckdCase { config, students, teachers, .. } = *self;
+        let SemckdCase { config, students, teachers } = *self;
         let load = |name: String| -> Result<Tensor<T>, FixtureError> {
             let (shape, values) = fixture.input::<T>(&name)?;
             Ok(Tensor { shape, values })
@@ -193,46 +191,24 @@ impl TypedCase for SemckdCase {
         match backend {
             Backend::Cpu => {
                 let inputs = SemckdCpuInputs {
-                    student: student
-                        .iter()
-                        .enumerate()
-                        .map(|(i, t)| t.view4(&format!("student.{i}")))
-                        .collect::<Result<_, _>>()?,
-                    teacher: teacher
-                        .iter()
-                        .enumerate()
-                        .map(|(j, t)| t.view4(&format!("teacher.{j}")))
-                        .collect::<Result<_, _>>()?,
+                    student: each_named(&student, "student", Tensor::view4)?,
+                    teacher: each_named(&teacher, "teacher", Tensor::view4)?,
                     proj: proj
                         .iter()
                         .map(|row| row.iter().map(|t| t.view4("student_proj")).collect::<Result<Vec<_>, _>>())
                         .collect::<Result<_, _>>()?,
-                    query: query
-                        .iter()
-                        .enumerate()
-                        .map(|(i, m)| m.weights(&format!("query.{i}")))
-                        .collect::<Result<_, _>>()?,
-                    key: key
-                        .iter()
-                        .enumerate()
-                        .map(|(j, m)| m.weights(&format!("key.{j}")))
-                        .collect::<Result<_, _>>()?,
+                    query: each_named(&query, "query", MlpTensors::weights)?,
+                    key: each_named(&key, "key", MlpTensors::weights)?,
                 };
                 let r = SemckdCpu::new(config)?.forward_backward(&inputs)?;
                 out.insert("loss".into(), Output::scalar(r.loss));
-                out.insert(
-                    "attention".into(),
-                    Output::tensor(r.attention.shape(), r.attention.iter().copied().collect()),
-                );
+                out.insert("attention".into(), Output::array(&r.attention));
                 for (i, g) in r.grad_student.iter().enumerate() {
-                    out.insert(format!("grad.student.{i}"), Output::tensor(g.shape(), g.iter().copied().collect()));
+                    out.insert(format!("grad.student.{i}"), Output::array(g));
                 }
                 for (i, row) in r.grad_proj.iter().enumerate() {
                     for (j, g) in row.iter().enumerate() {
-                        out.insert(
-                            format!("grad.student_proj.{i}.{j}"),
-                            Output::tensor(g.shape(), g.iter().copied().collect()),
-                        );
+                        out.insert(format!("grad.student_proj.{i}.{j}"), Output::array(g));
                     }
                 }
                 for (i, g) in r.grad_query.iter().enumerate() {

@@ -1,25 +1,17 @@
 //! The CPU reference of SKD (`docs/losses.md §9`): f64, one image at a time, through the `C x C` Gram matrices
 //! (never the `P x P` similarities).
 
-use ndarray::{Array4, ArrayView4};
+use ndarray::Array4;
 
 use super::SkdConfig;
-use crate::cpu::{CpuOutput, HostFloat};
+use crate::cpu::{CpuOutput, HostFloat, PairCall};
 use crate::error::Result;
-use crate::relation::{check_shapes, PixelFeatures};
+use crate::relation::{PixelFeatures, RelationShapes};
 
-/// SKD on the CPU.
-#[derive(Debug, Clone)]
-pub struct SkdCpu {
-    config: SkdConfig,
+crate::cpu::pair_reference_calls! {
+    /// SKD on the CPU.
+    pub struct SkdCpu { config: SkdConfig } relation
 }
-
-crate::cpu::pair_reference_calls!(
-    SkdCpu,
-    SkdConfig,
-    "Loss and d loss / d student (`grad_teacher` is `None`). The teacher `[N, Ct, H, W]` may have another \
-     channel count than the student `[N, Cs, H, W]`."
-);
 
 /// `X Y^T` of `X` `[Cx, P]` and `Y` `[Cy, P]` (row-major): `[Cx, Cy]`.
 fn gram(x: &[f64], y: &[f64], p: usize) -> Vec<f64> {
@@ -81,14 +73,8 @@ fn image_term(s: &[f64], t: &[f64], p: usize, grad: Option<&mut [f64]>) -> f64 {
 }
 
 impl SkdCpu {
-    fn compute<T: HostFloat>(
-        &self,
-        student: ArrayView4<'_, T>,
-        teacher: ArrayView4<'_, T>,
-        upstream: f64,
-        want_grad: bool,
-    ) -> Result<CpuOutput> {
-        let shapes = check_shapes(student.shape(), teacher.shape())?;
+    fn compute_pair<T: HostFloat>(&self, call: PairCall<'_, T, RelationShapes>) -> Result<CpuOutput> {
+        let PairCall { student, teacher, shape: shapes, upstream, want_grad } = call;
         let s = shapes.student;
         let pooling = self.config.pool.pooling();
         let (ph, pw) = pooling.pooled(s.h, s.w);

@@ -1,14 +1,9 @@
 //! SKD fixtures: parameters `loss_weight` and `pool` (`2` or `1`); inputs `student` [N,Cs,H,W], `teacher`
 //! [N,Ct,H,W]; outputs `loss`, `grad.student` (`docs/fixtures.md`).
 
-use ndarray::ArrayView4;
-
-use super::{Skd, SkdConfig, SkdCpu, SkdPool};
-use crate::cpu::CpuOutput;
-use crate::dtype::KdFloat;
-use crate::error::KdError;
+use super::{Skd, SkdConfig, SkdPool};
 use crate::fixture::{ExampleSpec, Fixture, FixtureCase, FixtureError, FixtureFamily};
-use crate::relation::fixture::{RelationCase, RelationReference};
+use crate::relation::fixture::RelationCase;
 
 pub(crate) struct SkdFixtures;
 
@@ -30,18 +25,6 @@ impl FixtureFamily for SkdFixtures {
             },
         };
         let config = SkdConfig { loss_weight: fixture.param_f64("loss_weight", d.loss_weight)?, pool };
-        config.validate()?;
-        Ok(Box::new(RelationCase::<SkdReference>::new(config, fixture)?))
-    }
-}
-
-struct SkdReference;
-
-impl RelationReference for SkdReference {
-    type Config = SkdConfig;
-    type Family = Skd;
-
-    fn cpu<T: KdFloat>(config: &SkdConfig, s: ArrayView4<'_, T>, t: ArrayView4<'_, T>) -> Result<CpuOutput, KdError> {
-        SkdCpu::new(*config)?.forward_backward(s, t)
+        RelationCase::<Skd>::boxed(config, fixture)
     }
 }

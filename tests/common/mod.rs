@@ -4,6 +4,7 @@
 //! Every test file includes this with `mod common;` and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cwt;
 pub mod relation;
 
 use std::path::{Path, PathBuf};

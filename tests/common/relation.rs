@@ -84,6 +84,29 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// One case of a relation loss's CPU tests: a student, a teacher (each ~ N(0, 1) in f64 unless built
+/// otherwise) and the loss's configuration.
+pub struct Scenario<C> {
+    pub name: &'static str,
+    pub student: Array4<f64>,
+    pub teacher: Array4<f64>,
+    pub config: C,
+}
+
+/// The scenarios of `rows` (name, student dims, teacher dims, configuration), each row's student then its
+/// teacher drawn from `rng` ([`normal4`]), in the rows' order.
+pub fn scenarios<C, const N: usize>(
+    rng: &mut super::SplitMix64,
+    rows: [(&'static str, [usize; 4], [usize; 4], C); N],
+) -> Vec<Scenario<C>> {
+    rows.into_iter()
+        .map(|(name, student, teacher, config)| {
+            let student = normal4(rng, student);
+            Scenario { name, student, teacher: normal4(rng, teacher), config }
+        })
+        .collect()
+}
+
 /// An array ~ N(0, 1) in f64.
 pub fn normal4(rng: &mut super::SplitMix64, dims: [usize; 4]) -> Array4<f64> {
     Array4::from_shape_fn(dims, |_| rng.normal())

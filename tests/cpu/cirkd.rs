@@ -9,7 +9,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use common::relation::{
-    assert_calls_agree, assert_exactly_zero, central_differences, dot, fixtures_pass, normal4, pixels, rel_err,
+    self, assert_calls_agree, assert_exactly_zero, central_differences, dot, fixtures_pass, normal4, pixels, rel_err,
+    Scenario,
 };
 use common::SplitMix64;
 use kd_kernels::cirkd::{CirkdConfig, CirkdCpu, CirkdPool, AUTO_POOL_MIN_SIDE, AUTO_POOL_WINDOW};
@@ -140,41 +141,19 @@ fn fixtures_pass_on_the_cpu_reference() {
     }));
 }
 
-struct Scenario {
-    name: &'static str,
-    student: Array4<f64>,
-    teacher: Array4<f64>,
-    config: CirkdConfig,
-}
-
-fn scenarios() -> Vec<Scenario> {
-    let mut rng = SplitMix64::new(0xc1_4c);
-    vec![
-        Scenario {
-            name: "pool none, B 2, Cs 3 != Ct 4",
-            student: normal4(&mut rng, [2, 3, 4, 5]),
-            teacher: normal4(&mut rng, [2, 4, 4, 5]),
-            config: CirkdConfig { tau: 0.5, loss_weight: 1.0, pool: CirkdPool::None },
-        },
-        Scenario {
-            name: "3x3 average pool (ceil) on 5x4, B 3, negative weight",
-            student: normal4(&mut rng, [3, 2, 5, 4]),
-            teacher: normal4(&mut rng, [3, 3, 5, 4]),
-            config: CirkdConfig { tau: 0.2, loss_weight: -2.0, pool: CirkdPool::Avg(3) },
-        },
-        Scenario {
-            name: "the official tau 0.1 and pool auto (none below 256), B 1",
-            student: normal4(&mut rng, [1, 4, 3, 3]),
-            teacher: normal4(&mut rng, [1, 2, 3, 3]),
-            config: CirkdConfig::default(),
-        },
-        Scenario {
-            name: "P = 323: several row tiles and a partial second column tile",
-            student: normal4(&mut rng, [1, 2, 17, 19]),
-            teacher: normal4(&mut rng, [1, 3, 17, 19]),
-            config: CirkdConfig { tau: 0.3, loss_weight: 1.0, pool: CirkdPool::None },
-        },
-    ]
+fn scenarios() -> Vec<Scenario<CirkdConfig>> {
+    let unpooled = |tau| CirkdConfig { tau, loss_weight: 1.0, pool: CirkdPool::None };
+    let avg3 = CirkdConfig { tau: 0.2, loss_weight: -2.0, pool: CirkdPool::Avg(3) };
+    let (official, tiles) = (CirkdConfig::default(), unpooled(0.3));
+    relation::scenarios(
+        &mut SplitMix64::new(0xc1_4c),
+        [
+            ("pool none, B 2, Cs 3 != Ct 4", [2, 3, 4, 5], [2, 4, 4, 5], unpooled(0.5)),
+            ("3x3 average pool (ceil) on 5x4, B 3, negative weight", [3, 2, 5, 4], [3, 3, 5, 4], avg3),
+            ("the official tau 0.1 and pool auto (none below 256), B 1", [1, 4, 3, 3], [1, 2, 3, 3], official),
+            ("P = 323: several row tiles and a partial second column tile", [1, 2, 17, 19], [1, 3, 17, 19], tiles),
+        ],
+    )
 }
 
 #[test]

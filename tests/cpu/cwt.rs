@@ -4,7 +4,8 @@
 
 use crate::common;
 
-use common::{quantize, SplitMix64};
+use common::cwt::CwtInputs;
+use common::quantize;
 use kd_kernels::cwt::{CwtConfig, CwtCpu, CwtNormalize, CwtShapes, MlpParams};
 use kd_kernels::fixture::{Backend, Fixture, LossKind};
 use kd_kernels::verify;
@@ -23,18 +24,17 @@ struct Case {
 }
 
 impl Case {
+    /// The shared inputs (`common::cwt`), quantized, every parameter ~ N(0, 0.5^2).
     fn random(seed: u64, dims: [usize; 4], ch: usize, ct: usize) -> Case {
-        let mut rng = SplitMix64::new(seed);
-        let mut v =
-            |n: usize, scale: f64| -> Vec<f32> { (0..n).map(|_| quantize(rng.normal() * scale) as f32).collect() };
-        let [n, cs, h, w] = dims;
+        let shapes = CwtShapes { cs: dims[1], ch, ct };
+        let i = CwtInputs::draw(seed, dims, shapes, [1.0, 1.0, 0.5, 0.5, 0.5, 0.5], quantize);
         Case {
-            student: Array4::from_shape_vec(dims, v(n * cs * h * w, 1.0)).unwrap(),
-            teacher: Array4::from_shape_vec([n, ct, h, w], v(n * ct * h * w, 1.0)).unwrap(),
-            w1: Array2::from_shape_vec((ch, cs), v(ch * cs, 0.5)).unwrap(),
-            b1: Array1::from_vec(v(ch, 0.5)),
-            w2: Array2::from_shape_vec((ct, ch), v(ct * ch, 0.5)).unwrap(),
-            b2: Array1::from_vec(v(ct, 0.5)),
+            teacher: Array4::from_shape_vec(i.teacher_dims(), i.teacher).unwrap(),
+            student: Array4::from_shape_vec(dims, i.student).unwrap(),
+            w1: Array2::from_shape_vec((ch, dims[1]), i.w1).unwrap(),
+            b1: Array1::from_vec(i.b1),
+            w2: Array2::from_shape_vec((ct, ch), i.w2).unwrap(),
+            b2: Array1::from_vec(i.b2),
         }
     }
 

@@ -5,7 +5,8 @@
 use crate::common;
 
 use common::relation::{
-    assert_calls_agree, assert_exactly_zero, central_differences, dot, fixtures_pass, normal4, pixels, rel_err,
+    self, assert_calls_agree, assert_exactly_zero, central_differences, dot, fixtures_pass, normal4, pixels, rel_err,
+    Scenario,
 };
 use common::SplitMix64;
 use kd_kernels::skd::{check_shapes, SkdConfig, SkdCpu, SkdPool};
@@ -44,35 +45,18 @@ fn direct_loss(s: &Array4<f64>, t: &Array4<f64>, config: SkdConfig) -> f64 {
     config.loss_weight * sum / count as f64
 }
 
-struct Scenario {
-    name: &'static str,
-    student: Array4<f64>,
-    teacher: Array4<f64>,
-    config: SkdConfig,
-}
-
-fn scenarios() -> Vec<Scenario> {
+fn scenarios() -> Vec<Scenario<SkdConfig>> {
     let mut rng = SplitMix64::new(0x5cd9);
-    let mut out = vec![
-        Scenario {
-            name: "pool 2 on odd sizes, Cs 3 != Ct 4",
-            student: normal4(&mut rng, [2, 3, 5, 7]),
-            teacher: normal4(&mut rng, [2, 4, 5, 7]),
-            config: SkdConfig::default(),
-        },
-        Scenario {
-            name: "pool 1, Cs 4 != Ct 2, negative weight",
-            student: normal4(&mut rng, [1, 4, 3, 4]),
-            teacher: normal4(&mut rng, [1, 2, 3, 4]),
-            config: SkdConfig { loss_weight: -0.7, pool: SkdPool::None },
-        },
-        Scenario {
-            name: "pool 2 on H 1",
-            student: normal4(&mut rng, [2, 3, 1, 5]),
-            teacher: normal4(&mut rng, [2, 3, 1, 5]),
-            config: SkdConfig { loss_weight: 3.0, pool: SkdPool::Max2x2 },
-        },
-    ];
+    let negative = SkdConfig { loss_weight: -0.7, pool: SkdPool::None };
+    let weighted = SkdConfig { loss_weight: 3.0, pool: SkdPool::Max2x2 };
+    let mut out = relation::scenarios(
+        &mut rng,
+        [
+            ("pool 2 on odd sizes, Cs 3 != Ct 4", [2, 3, 5, 7], [2, 4, 5, 7], SkdConfig::default()),
+            ("pool 1, Cs 4 != Ct 2, negative weight", [1, 4, 3, 4], [1, 2, 3, 4], negative),
+            ("pool 2 on H 1", [2, 3, 1, 5], [2, 3, 1, 5], weighted),
+        ],
+    );
     let teacher = normal4(&mut rng, [2, 3, 4, 3]);
     let noise = normal4(&mut rng, [2, 3, 4, 3]);
     out.push(Scenario {

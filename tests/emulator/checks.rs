@@ -20,6 +20,19 @@ fn assert_has(message: &str, parts: &[&str]) {
     }
 }
 
+/// Runs `t`, which must fail with a message holding every one of `parts`.
+fn fails_with(t: Selftest, parts: &[&str]) {
+    assert_has(&error_of(t), parts);
+}
+
+/// Runs `kernel` in mode 0 and in mode 1 (two ways of breaking one rule), each of which must fail with a
+/// message holding its `parts`.
+fn both_modes_fail_with(kernel: &'static str, parts: [&[&str]; 2]) {
+    for (mode, parts) in (0..).zip(parts) {
+        fails_with(Selftest { kernel, mode, ..BASE }, parts);
+    }
+}
+
 #[test]
 fn correct_kernel_passes_every_check() {
     for grid in [1u32, 3, 7] {
@@ -31,42 +44,14 @@ fn correct_kernel_passes_every_check() {
 }
 
 #[test]
-fn memcheck_out_of_bounds_load() {
-    let m = error_of(Selftest { kernel: "selftest_oob_load", n: 100, ..BASE });
-    assert_has(&m, &["kernel selftest_oob_load_f32", "block 0, thread 0", "memcheck: out-of-bounds load of 4 bytes"]);
-    assert_has(&m, &["offset 400 of buffer 'input' (400 bytes), 0 bytes past its end"]);
-}
-
-#[test]
-fn memcheck_out_of_bounds_store() {
-    let m = error_of(Selftest { kernel: "selftest_oob_store", n: 100, ..BASE });
-    assert_has(&m, &["memcheck: out-of-bounds store of 4 bytes", "offset 408 of buffer 'output' (400 bytes)"]);
-}
-
-#[test]
-fn memcheck_store_to_input() {
-    let m = error_of(Selftest { kernel: "selftest_store_input", ..BASE });
-    assert_has(&m, &["memcheck: store of 4 bytes to the input buffer 'input' at offset 4"]);
-}
-
-#[test]
-fn memcheck_misaligned_vector_access() {
-    let m = error_of(Selftest { kernel: "selftest_misaligned_vector", ..BASE });
-    assert_has(&m, &["memcheck: misaligned 16-byte vector load (uint4) at offset 4 of buffer 'input'", "16-byte"]);
-}
-
-#[test]
 fn memcheck_wmma_operands() {
-    let m = error_of(Selftest { kernel: "selftest_wmma_operand", mode: 0, ..BASE });
-    assert_has(&m, &["misaligned wmma::load_matrix_sync", "shared variable 'tile'", "needs 32-byte alignment"]);
-    let m = error_of(Selftest { kernel: "selftest_wmma_operand", mode: 1, ..BASE });
-    assert_has(&m, &["wmma::load_matrix_sync: leading dimension 12 is not a multiple of 16 bytes"]);
-}
-
-#[test]
-fn memcheck_unregistered_buffer() {
-    let m = error_of(Selftest { kernel: "selftest_oob_store", register_output: false, ..BASE });
-    assert_has(&m, &["argument word 1 holds an address in no registered buffer"]);
+    both_modes_fail_with(
+        "selftest_wmma_operand",
+        [
+            &["misaligned wmma::load_matrix_sync", "shared variable 'tile'", "needs 32-byte alignment"],
+            &["wmma::load_matrix_sync: leading dimension 12 is not a multiple of 16 bytes"],
+        ],
+    );
 }
 
 #[test]
@@ -78,59 +63,58 @@ fn racecheck_shared_read_and_write() {
 }
 
 #[test]
-fn racecheck_shared_write_write() {
-    let m = error_of(Selftest { kernel: "selftest_shared_write_write", ..BASE });
-    assert_has(&m, &["racecheck: write-write hazard on byte 0 of shared variable 'word' (4 bytes)"]);
-}
-
-#[test]
-fn initcheck_shared() {
-    let m = error_of(Selftest { kernel: "selftest_shared_uninitialised", ..BASE });
-    assert_has(
-        &m,
-        &[
-            "thread 1",
-            "initcheck: load of 4 bytes at byte 0 of shared variable 'words'",
-            "no thread of this block wrote",
+fn synccheck_divergent_syncthreads() {
+    both_modes_fail_with(
+        "selftest_divergent_syncthreads",
+        [
+            &["deadlock", "128 thread(s) from 0 __syncthreads (", "128 thread(s) from 128 exited"],
+            &["reached different calls: __syncthreads at", "a __syncthreads not reached by every thread"],
         ],
     );
 }
 
 #[test]
-fn initcheck_workspace() {
-    let m = error_of(Selftest { kernel: "selftest_workspace_uninitialised", n: 100, ..BASE });
-    assert_has(
-        &m,
-        &["initcheck: load of 4 bytes at offset 396 of workspace buffer 'workspace'", "no kernel of this call wrote"],
-    );
-}
-
-#[test]
-fn synccheck_divergent_syncthreads() {
-    let m = error_of(Selftest { kernel: "selftest_divergent_syncthreads", mode: 0, ..BASE });
-    assert_has(&m, &["deadlock", "128 thread(s) from 0 __syncthreads (", "128 thread(s) from 128 exited"]);
-    let m = error_of(Selftest { kernel: "selftest_divergent_syncthreads", mode: 1, ..BASE });
-    assert_has(&m, &["reached different calls: __syncthreads at", "a __syncthreads not reached by every thread"]);
-}
-
-#[test]
 fn synccheck_partial_warp() {
-    let m = error_of(Selftest { kernel: "selftest_partial_warp", mode: 0, ..BASE });
-    assert_has(&m, &["__shfl_xor_sync", "common.cuh"]);
-    let m = error_of(Selftest { kernel: "selftest_partial_warp", mode: 1, ..BASE });
-    assert_has(&m, &["wmma::store_matrix_sync"]);
+    both_modes_fail_with("selftest_partial_warp", [&["__shfl_xor_sync", "common.cuh"], &["wmma::store_matrix_sync"]]);
 }
 
-#[test]
-fn static_shared_memory_limit() {
-    let m = error_of(Selftest { kernel: "selftest_static_shared_too_large", ..BASE });
-    assert_has(&m, &["static shared memory exceeds the 48 KiB limit at variable 'big'"]);
+/// One `#[test]` per row: the kernel launched with the row's `Selftest` fields (the others [`BASE`]'s) must
+/// fail with a message holding every one of the row's parts.
+macro_rules! fail_with {
+    ($($name:ident: { $($field:ident: $value:expr),* } => [$($part:expr),+ $(,)?];)*) => {
+        $(
+            #[test]
+            fn $name() {
+                fails_with(Selftest { $($field: $value,)* ..BASE }, &[$($part),+]);
+            }
+        )*
+    };
 }
 
-#[test]
-fn every_message_names_the_schedule_seed() {
-    let m = error_of(Selftest { kernel: "selftest_oob_load", ..BASE });
-    assert_has(&m, &["schedule seed ", "KD_EMU_SEED="]);
+fail_with! {
+    memcheck_out_of_bounds_load: { kernel: "selftest_oob_load", n: 100 } => [
+        "kernel selftest_oob_load_f32", "block 0, thread 0", "memcheck: out-of-bounds load of 4 bytes",
+        "offset 400 of buffer 'input' (400 bytes), 0 bytes past its end",
+    ];
+    memcheck_out_of_bounds_store: { kernel: "selftest_oob_store", n: 100 } =>
+        ["memcheck: out-of-bounds store of 4 bytes", "offset 408 of buffer 'output' (400 bytes)"];
+    memcheck_store_to_input: { kernel: "selftest_store_input" } =>
+        ["memcheck: store of 4 bytes to the input buffer 'input' at offset 4"];
+    memcheck_misaligned_vector_access: { kernel: "selftest_misaligned_vector" } =>
+        ["memcheck: misaligned 16-byte vector load (uint4) at offset 4 of buffer 'input'", "16-byte"];
+    memcheck_unregistered_buffer: { kernel: "selftest_oob_store", register_output: false } =>
+        ["argument word 1 holds an address in no registered buffer"];
+    racecheck_shared_write_write: { kernel: "selftest_shared_write_write" } =>
+        ["racecheck: write-write hazard on byte 0 of shared variable 'word' (4 bytes)"];
+    initcheck_shared: { kernel: "selftest_shared_uninitialised" } => [
+        "thread 1", "initcheck: load of 4 bytes at byte 0 of shared variable 'words'", "no thread of this block wrote",
+    ];
+    initcheck_workspace: { kernel: "selftest_workspace_uninitialised", n: 100 } => [
+        "initcheck: load of 4 bytes at offset 396 of workspace buffer 'workspace'", "no kernel of this call wrote",
+    ];
+    static_shared_memory_limit: { kernel: "selftest_static_shared_too_large" } =>
+        ["static shared memory exceeds the 48 KiB limit at variable 'big'"];
+    every_message_names_the_schedule_seed: { kernel: "selftest_oob_load" } => ["schedule seed ", "KD_EMU_SEED="];
 }
 
 /// UndefinedBehaviorSanitizer aborts the process, so the overflowing kernel runs in a child: this test binary

@@ -4,14 +4,14 @@
 
 use crate::common;
 
-use common::{quantize, to_dtype, widen, SplitMix64};
+use common::cwt::{gradients, CwtInputs as Inputs};
+use common::{to_dtype, widen};
 use half::{bf16, f16};
 use kd_kernels::cwt::emulate::{self, CwtEmulated, CwtEmulation, CwtGrads, HostParams};
-use kd_kernels::cwt::{CwtConfig, CwtCpu, CwtNormalize, CwtOutput, CwtShapes, MlpParams};
+use kd_kernels::cwt::{CwtConfig, CwtNormalize, CwtOutput, CwtShapes};
 use kd_kernels::emulator::{self, EmulatedGpu, Mode};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
-use ndarray::{ArrayView1, ArrayView2, ArrayView4};
 
 const GPU: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
 /// A device of one SM: every chunk fills it, so a backward takes the fused kernels (`cwt_forward_store`,
@@ -19,57 +19,10 @@ const GPU: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
 /// [`GPU`]'s 132 SMs take one block per tile and several splits on these small inputs.
 const FUSED_GPU: EmulatedGpu = EmulatedGpu { sm_count: 1, ..GPU };
 
-struct Inputs {
-    dims: [usize; 4],
-    shapes: CwtShapes,
-    student: Vec<f32>,
-    teacher: Vec<f32>,
-    w1: Vec<f32>,
-    b1: Vec<f32>,
-    w2: Vec<f32>,
-    b2: Vec<f32>,
-}
-
+/// The kernels' own calls on the shared inputs (`common::cwt`).
 impl Inputs {
-    fn random(seed: u64, dims: [usize; 4], shapes: CwtShapes) -> Self {
-        let mut rng = SplitMix64::new(seed);
-        let mut v = |n: usize, s: f64| -> Vec<f32> { (0..n).map(|_| quantize(rng.normal() * s) as f32).collect() };
-        let [n, _, h, w] = dims;
-        let CwtShapes { cs, ch, ct } = shapes;
-        Inputs {
-            dims,
-            shapes,
-            student: v(n * cs * h * w, 1.0),
-            teacher: v(n * ct * h * w, 1.0),
-            w1: v(ch * cs, 1.0 / (cs as f64).sqrt()),
-            b1: v(ch, 0.3),
-            w2: v(ct * ch, 1.0 / (ch as f64).sqrt()),
-            b2: v(ct, 0.3),
-        }
-    }
-
     fn host(&self) -> HostParams<'_> {
         HostParams { w1: &self.w1, b1: &self.b1, w2: &self.w2, b2: &self.b2 }
-    }
-
-    fn teacher_dims(&self) -> [usize; 4] {
-        [self.dims[0], self.shapes.ct, self.dims[2], self.dims[3]]
-    }
-
-    /// The CPU reference on the inputs rounded to T (what the kernels read).
-    fn reference<T: KdFloat>(&self, config: CwtConfig, upstream: f64) -> CwtOutput {
-        let s: Vec<T> = to_dtype(&self.student);
-        let t: Vec<T> = to_dtype(&self.teacher);
-        let CwtShapes { cs, ch, ct } = self.shapes;
-        let params = MlpParams {
-            w1: ArrayView2::from_shape((ch, cs), &self.w1).unwrap(),
-            b1: ArrayView1::from(&self.b1),
-            w2: ArrayView2::from_shape((ct, ch), &self.w2).unwrap(),
-            b2: ArrayView1::from(&self.b2),
-        };
-        let sv = ArrayView4::from_shape(self.dims, &s).unwrap();
-        let tv = ArrayView4::from_shape(self.teacher_dims(), &t).unwrap();
-        CwtCpu::new(config).unwrap().backward(sv, tv, &params, upstream).unwrap()
     }
 
     fn emulate_on<T: KdFloat>(
@@ -96,8 +49,9 @@ fn f32s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-/// Compares an emulated call with the reference. Parameter gradients are f32 outputs computed in fp32 from
-/// exactly the stored inputs (the student as read in its dtype), so the f32 row judges them in every dtype.
+/// Compares an emulated call with the reference (plus `base` where the call accumulated onto it). Parameter
+/// gradients are f32 outputs computed in fp32 from exactly the stored inputs (the student as read in its
+/// dtype), so the f32 row judges them in every dtype.
 fn compare<T: KdFloat>(what: &str, got: &CwtEmulated<T>, reference: &CwtOutput, mode: Mode, base: Option<&CwtOutput>) {
     let dtype = T::DTYPE;
     if !matches!(mode, Mode::Backward { .. }) {
@@ -115,45 +69,15 @@ fn compare<T: KdFloat>(what: &str, got: &CwtEmulated<T>, reference: &CwtOutput, 
         return;
     }
     let g = got.grads.as_ref().unwrap();
-    let plus = |r: Vec<f64>, b: Option<Vec<f64>>| match b {
-        Some(b) => r.iter().zip(&b).map(|(x, y)| x + y).collect(),
-        None => r,
-    };
-    let tensor = tolerance(dtype, OutputKind::Tensor);
-    let f32_row = tolerance(DType::F32, OutputKind::Tensor);
-    let rs: Vec<f64> = reference.grad_student.iter().copied().collect();
-    check(
-        &format!("{what} grad.student"),
-        &widen(&g.student),
-        &plus(rs, base.map(|b| b.grad_student.iter().copied().collect())),
-        tensor,
-    );
-    let rw1: Vec<f64> = reference.grad_w1.iter().copied().collect();
-    check(
-        &format!("{what} grad.w1"),
-        &f32s(&g.w1),
-        &plus(rw1, base.map(|b| b.grad_w1.iter().copied().collect())),
-        f32_row,
-    );
-    check(
-        &format!("{what} grad.b1"),
-        &f32s(&g.b1),
-        &plus(reference.grad_b1.to_vec(), base.map(|b| b.grad_b1.to_vec())),
-        f32_row,
-    );
-    let rw2: Vec<f64> = reference.grad_w2.iter().copied().collect();
-    check(
-        &format!("{what} grad.w2"),
-        &f32s(&g.w2),
-        &plus(rw2, base.map(|b| b.grad_w2.iter().copied().collect())),
-        f32_row,
-    );
-    check(
-        &format!("{what} grad.b2"),
-        &f32s(&g.b2),
-        &plus(reference.grad_b2.to_vec(), base.map(|b| b.grad_b2.to_vec())),
-        f32_row,
-    );
+    let got = [widen(&g.student), f32s(&g.w1), f32s(&g.b1), f32s(&g.w2), f32s(&g.b2)];
+    let base = base.map(gradients);
+    for (i, ((name, mut want), got)) in gradients(reference).into_iter().zip(got).enumerate() {
+        if let Some(base) = &base {
+            want.iter_mut().zip(&base[i].1).for_each(|(x, y)| *x += y);
+        }
+        let dtype = if name == "grad.student" { dtype } else { DType::F32 };
+        check(&format!("{what} {name}"), &got, &want, tolerance(dtype, OutputKind::Tensor));
+    }
 }
 
 /// Every entry point on both backward structures ([`GPU`]: a block per tile, several splits; [`FUSED_GPU`]: the
@@ -208,7 +132,7 @@ fn forward_on_every_kernel<T: KdFloat>(inputs: &Inputs, config: CwtConfig, emula
 
 #[test]
 fn odd_channels_every_dtype() {
-    let inputs = Inputs::random(1, [2, 7, 5, 6], CwtShapes { cs: 7, ch: 13, ct: 5 });
+    let inputs = Inputs::for_kernels(1, [2, 7, 5, 6], CwtShapes { cs: 7, ch: 13, ct: 5 }, true);
     for normalize in [CwtNormalize::Batch, CwtNormalize::Mean] {
         let config = CwtConfig { loss_weight: 0.7, normalize };
         every_mode::<f32>(&inputs, config, None);
@@ -221,7 +145,7 @@ fn odd_channels_every_dtype() {
 fn tile_boundaries_and_chunks() {
     // 65 and 130 pixels per image (tiles of 64 pixels), channel counts around the 64-wide tiles, K steps of 16.
     let config = CwtConfig { loss_weight: 1.0, normalize: CwtNormalize::Batch };
-    let a = Inputs::random(2, [2, 17, 5, 13], CwtShapes { cs: 17, ch: 65, ct: 64 });
+    let a = Inputs::for_kernels(2, [2, 17, 5, 13], CwtShapes { cs: 17, ch: 65, ct: 64 }, true);
     every_mode::<f32>(&a, config, None);
     every_mode::<f16>(&a, config, None);
     every_mode::<bf16>(&a, config, None);
@@ -229,15 +153,15 @@ fn tile_boundaries_and_chunks() {
     every_mode::<f32>(&a, config, Some(48));
     every_mode::<f16>(&a, config, Some(64));
     every_mode::<bf16>(&a, config, Some(100));
-    let b = Inputs::random(3, [1, 66, 1, 70], CwtShapes { cs: 66, ch: 3, ct: 1 });
+    let b = Inputs::for_kernels(3, [1, 66, 1, 70], CwtShapes { cs: 66, ch: 3, ct: 1 }, true);
     every_mode::<f16>(&b, config, None);
     // Many pixels for few channels: two chunks (the second short), each with several weight-gradient
     // splits, some of the last chunk's empty.
-    let d = Inputs::random(8, [1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 });
+    let d = Inputs::for_kernels(8, [1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 }, true);
     every_mode::<f32>(&d, config, None);
     every_mode::<f16>(&d, config, None);
     every_mode::<bf16>(&d, config, None);
-    let c = Inputs::random(4, [3, 1, 1, 1], CwtShapes { cs: 1, ch: 1, ct: 2 });
+    let c = Inputs::for_kernels(4, [3, 1, 1, 1], CwtShapes { cs: 1, ch: 1, ct: 2 }, true);
     every_mode::<f32>(&c, config, None);
     every_mode::<bf16>(&c, config, None);
 }
@@ -247,7 +171,7 @@ fn tile_boundaries_and_chunks() {
 #[test]
 fn fused_backward_with_split_slots() {
     let config = CwtConfig { loss_weight: 1.0, normalize: CwtNormalize::Batch };
-    let d = Inputs::random(9, [1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 });
+    let d = Inputs::for_kernels(9, [1, 3, 20, 30], CwtShapes { cs: 3, ch: 4, ct: 2 }, true);
     let two_sms = EmulatedGpu { sm_count: 2, ..GPU };
     let emulation = CwtEmulation::default();
     every_entry_point::<f32>(&d, config, two_sms, emulation);
@@ -259,7 +183,7 @@ fn fused_backward_with_split_slots() {
 
 #[test]
 fn accumulate_and_scale() {
-    let inputs = Inputs::random(5, [2, 7, 3, 5], CwtShapes { cs: 7, ch: 13, ct: 5 });
+    let inputs = Inputs::for_kernels(5, [2, 7, 3, 5], CwtShapes { cs: 7, ch: 13, ct: 5 }, true);
     let config = CwtConfig { loss_weight: 0.5, normalize: CwtNormalize::Batch };
     let scale = 4.0;
     // Start from the gradient of another call; expect start + scale * upstream * gradient.
@@ -294,7 +218,7 @@ fn accumulate_and_scale() {
 
 #[test]
 fn bitwise_deterministic() {
-    let inputs = Inputs::random(6, [2, 9, 7, 11], CwtShapes { cs: 9, ch: 20, ct: 6 });
+    let inputs = Inputs::for_kernels(6, [2, 9, 7, 11], CwtShapes { cs: 9, ch: 20, ct: 6 }, true);
     let config = CwtConfig { loss_weight: 1.0, normalize: CwtNormalize::Batch };
     let emulation = CwtEmulation { chunk_limit: Some(50), ..CwtEmulation::default() };
     fn same<T: KdFloat>(a: CwtEmulated<T>, b: CwtEmulated<T>) {
@@ -320,7 +244,7 @@ fn bitwise_deterministic() {
 fn tensor_core_tiles_keep_fp32_accuracy() {
     let config = CwtConfig { loss_weight: 1.0, normalize: CwtNormalize::Mean };
     for seed in 20..24 {
-        let mut inputs = Inputs::random(seed, [1, 33, 3, 29], CwtShapes { cs: 33, ch: 70, ct: 31 });
+        let mut inputs = Inputs::for_kernels(seed, [1, 33, 3, 29], CwtShapes { cs: 33, ch: 70, ct: 31 }, true);
         // The teacher = the MLP's own output (on the student as bf16 reads it), plus a little: (Y - T) is small
         // against Y, so the loss is sensitive to every rounding of Y.
         let s: Vec<f64> = widen(&to_dtype::<bf16>(&inputs.student));
@@ -369,7 +293,7 @@ fn tensor_core_tiles_keep_fp32_accuracy() {
 
 #[test]
 fn errors_before_any_launch() {
-    let inputs = Inputs::random(7, [2, 4, 3, 3], CwtShapes { cs: 4, ch: 5, ct: 3 });
+    let inputs = Inputs::for_kernels(7, [2, 4, 3, 3], CwtShapes { cs: 4, ch: 5, ct: 3 }, true);
     let config = CwtConfig::default();
     let s = inputs.student.clone();
     let t = inputs.teacher.clone();

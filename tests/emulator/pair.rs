@@ -10,7 +10,7 @@ use kd_kernels::emulator::{EmulatedGpu, EmulatedOutput, Mode};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdFloat};
 use ndarray::{Array4, ArrayView4};
-use safetensors::SafeTensors;
+use safetensors::{Dtype, SafeTensors};
 
 pub(crate) const H100: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
 
@@ -76,6 +76,20 @@ pub(crate) fn recorded_fixtures(prefix: &str, count: usize) -> Vec<(String, Vec<
             (path.file_name().unwrap().to_string_lossy().to_string(), bytes, meta)
         })
         .collect()
+}
+
+/// The tensor `name` of the recorded fixture `file` (deserialised as `st`): its shape, its values widened to
+/// f64 and its stored dtype (f32, f16 or bf16).
+pub(crate) fn stored_tensor(file: &str, st: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f64>, Dtype) {
+    let t = st.tensor(name).unwrap();
+    let d = t.data();
+    let v = match t.dtype() {
+        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+        Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+        other => panic!("{file}: {name} is {other:?}"),
+    };
+    (t.shape().to_vec(), v, t.dtype())
 }
 
 /// `got` against `want` to the tolerance of `kind` in `dtype`.

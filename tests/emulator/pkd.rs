@@ -5,7 +5,7 @@
 //! fixtures (mmrazor's values).
 
 use crate::common;
-use crate::pair::{close, recorded_fixtures};
+use crate::pair::{close, recorded_fixtures, stored_tensor};
 
 use common::{quantize, widen, SplitMix64};
 use half::{bf16, f16};
@@ -306,17 +306,7 @@ fn fixtures_through_the_emulated_kernels() {
     use safetensors::{Dtype, SafeTensors};
     for (name, bytes, meta) in recorded_fixtures("pkd_", 5) {
         let st = SafeTensors::deserialize(&bytes).unwrap();
-        let f64s = |n: &str| -> (Vec<usize>, Vec<f64>, Dtype) {
-            let t = st.tensor(n).unwrap();
-            let d = t.data();
-            let v = match t.dtype() {
-                Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                Dtype::F16 => d.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-                Dtype::BF16 => d.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-                other => panic!("{name}: {n} is {other:?}"),
-            };
-            (t.shape().to_vec(), v, t.dtype())
-        };
+        let f64s = |n: &str| stored_tensor(&name, &st, n);
         let levels: usize = meta["num_levels"].parse().unwrap();
         let config = PkdConfig { loss_weight: meta["loss_weight"].parse().unwrap() };
         let (mut dims, mut student, mut teacher) = (Vec::new(), Vec::new(), Vec::new());

@@ -5,7 +5,7 @@
 //! errors, and the recorded fixtures (CIRKD's official module's values).
 
 use crate::common;
-use crate::pair::{close, recorded_fixtures};
+use crate::pair::{close, recorded_fixtures, stored_tensor};
 
 use common::{quantize, widen, SplitMix64};
 use half::{bf16, f16};
@@ -309,17 +309,7 @@ fn fixtures_through_the_emulated_kernels() {
     use safetensors::{Dtype, SafeTensors};
     for (name, bytes, meta) in recorded_fixtures("skd_", 9) {
         let st = SafeTensors::deserialize(&bytes).unwrap();
-        let read = |n: &str| -> (Vec<usize>, Vec<f64>, Dtype) {
-            let t = st.tensor(n).unwrap();
-            let d = t.data();
-            let v = match t.dtype() {
-                Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                Dtype::F16 => d.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-                Dtype::BF16 => d.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-                other => panic!("{name}: {n} is {other:?}"),
-            };
-            (t.shape().to_vec(), v, t.dtype())
-        };
+        let read = |n: &str| stored_tensor(&name, &st, n);
         let config = SkdConfig {
             loss_weight: meta.get("loss_weight").map_or(1.0, |v| v.parse().unwrap()),
             pool: meta.get("pool").map_or(SkdPool::Max2x2, |v| SkdPool::from_window(v.parse().unwrap()).unwrap()),

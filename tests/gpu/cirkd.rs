@@ -1,105 +1,30 @@
-//! CIRKD on the GPU against the f64 CPU reference: the recorded fixtures through `verify`, odd shapes in every
-//! dtype and pooling, bitwise determinism, the device upstream scalar with accumulate + scale, error paths,
-//! and the large-memory shape (B = 8, C = 256, 128 x 256 unpooled: the official code's B^2 logit
-//! matrices would take about 1 TB) against a reference computed exactly from the inputs' structure.
+//! CIRKD on the GPU against the f64 CPU reference: odd shapes in every dtype and pooling, bitwise
+//! determinism, the device upstream scalar with accumulate + scale, error paths, and the large-memory
+//! shape (B = 8, C = 256, 128 x 256 unpooled: the official code's B^2 logit matrices would take about 1 TB)
+//! against a reference computed exactly from the inputs' structure. (The recorded fixtures run in
+//! `fixtures::fixtures_pass_on_cuda`.)
 
 use half::{bf16, f16};
-use kd_kernels::cirkd::{check_shapes, CirkdBuffers, CirkdConfig, CirkdCpu, CirkdCuda, CirkdPool, RelationShapes};
-use kd_kernels::fixture::{Backend, Fixture};
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
-use kd_kernels::verify;
+use kd_kernels::cirkd::{check_shapes, Cirkd, CirkdBuffers, CirkdConfig, CirkdCuda, CirkdPool, RelationShapes};
+use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{GradOptions, KdError, KdFloat};
-use ndarray::ArrayView4;
 
-use crate::common::SplitMix64;
+use crate::common::{widen, SplitMix64};
 use crate::harness::{
-    bits, download, ensure, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
+    close, download, expect_err, gpu_tests, nan_buffer, random, upload, verdict, Stream, TestFn, TestResult,
 };
+use crate::student_grad::{check_call, deterministic, reference, Inputs};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("cirkd_fixtures_pass_on_cuda", cirkd_fixtures_pass_on_cuda),
-    ("cirkd_matches_cpu_f32", cirkd_matches_cpu::<f32>),
-    ("cirkd_matches_cpu_f16", cirkd_matches_cpu::<f16>),
-    ("cirkd_matches_cpu_bf16", cirkd_matches_cpu::<bf16>),
-    ("cirkd_deterministic_bitwise", cirkd_deterministic_bitwise),
-    ("cirkd_backward_upstream_and_accumulate", cirkd_backward_upstream_and_accumulate),
-    ("cirkd_error_paths", cirkd_error_paths),
-    ("cirkd_large_unpooled_b8_c256_128x256", cirkd_large_unpooled),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    cirkd_matches_cpu::<f32, f16, bf16>,
+    cirkd_deterministic_bitwise,
+    cirkd_backward_upstream_and_accumulate,
+    cirkd_error_paths,
+    cirkd_large_unpooled_b8_c256_128x256,
 ];
-
-fn random<T: KdFloat>(seed: u64, numel: usize) -> Vec<T> {
-    let mut rng = SplitMix64::new(seed);
-    (0..numel).map(|_| T::from_f32(((rng.normal() * 1024.0).round() / 1024.0) as f32)).collect()
-}
-
-fn close(what: &str, got: &[f64], reference: &[f64], tol: f64, failures: &mut Vec<String>) {
-    let c = Comparison::of(got.iter().copied(), reference.iter().copied());
-    if got.len() != reference.len() || !c.passes(tol) {
-        failures.push(format!("{what}: {c:?} > {tol:e} (lengths {} / {})", got.len(), reference.len()));
-    }
-}
-
-fn widen<T: KdFloat>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
 
 fn shapes(s: [usize; 4], ct: usize) -> Result<RelationShapes, String> {
     check_shapes(&s, &[s[0], ct, s[2], s[3]]).map_err(|e| e.to_string())
-}
-
-fn cirkd_fixtures_pass_on_cuda(stream: &Stream) -> TestResult {
-    let backend = Backend::Cuda(stream.clone());
-    let mut failures = Vec::new();
-    for path in crate::common::fixture_files() {
-        if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cirkd_")) {
-            continue;
-        }
-        let fixture = Fixture::load(&path).or_msg(&path.display().to_string())?;
-        match verify::check(&fixture, &backend) {
-            Ok(checks) => {
-                for c in checks.iter().filter(|c| !c.pass()) {
-                    failures.push(format!("{} {}: {:?} > {}", path.display(), c.output, c.comparison, c.tolerance));
-                }
-            }
-            Err(e) => failures.push(format!("{}: {e}", path.display())),
-        }
-    }
-    verdict(failures)
-}
-
-/// One forward_backward against the CPU reference on the same (rounded) inputs.
-fn one_case<T: KdFloat>(
-    stream: &Stream,
-    seed: u64,
-    dims: [usize; 4],
-    ct: usize,
-    config: CirkdConfig,
-    failures: &mut Vec<String>,
-) -> TestResult {
-    let shapes = shapes(dims, ct)?;
-    let (numel_s, numel_t) = (shapes.student.numel(), shapes.teacher().numel());
-    let (s, t) = (random::<T>(seed, numel_s), random::<T>(seed + 1, numel_t));
-    let (sw, tw) = (widen(&s), widen(&t));
-    let reference = CirkdCpu::new(config)
-        .and_then(|cpu| {
-            cpu.forward_backward(
-                ArrayView4::from_shape(shapes.student.dims(), &sw[..]).unwrap(),
-                ArrayView4::from_shape(shapes.teacher().dims(), &tw[..]).unwrap(),
-            )
-        })
-        .map_err(|e| e.to_string())?;
-    let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
-    let mut loss = nan_buffer::<f32>(stream, 1)?;
-    let mut grad = nan_buffer::<T>(stream, numel_s)?;
-    let mut cirkd = CirkdCuda::new(stream.clone(), config).map_err(|e| e.to_string())?;
-    cirkd.forward_backward(&shapes, &ds, &dt, &mut loss, &mut grad).map_err(|e| e.to_string())?;
-    let what = format!("{dims:?} ct {ct} {config:?} {}", T::DTYPE);
-    let got = download(stream, &loss)?[0] as f64;
-    close(&format!("{what} loss"), &[got], &[reference.loss], tolerance(T::DTYPE, OutputKind::Loss), failures);
-    let want: Vec<f64> = reference.grad_student.iter().copied().collect();
-    let grad = widen(&download(stream, &grad)?);
-    close(&format!("{what} grad"), &grad, &want, tolerance(T::DTYPE, OutputKind::Tensor), failures);
-    Ok(())
 }
 
 fn cirkd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
@@ -112,42 +37,23 @@ fn cirkd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
         ([4, 64, 24, 40], 96, CirkdConfig::default()),
     ];
     for (i, (dims, ct, config)) in cases.into_iter().enumerate() {
-        one_case::<T>(stream, 10 * i as u64, dims, ct, config, &mut failures)?;
+        check_call::<Cirkd, T>(stream, config, &Inputs::random(10 * i as u64, dims, ct), &mut failures)?;
     }
     verdict(failures)
 }
 
 fn cirkd_deterministic_bitwise(stream: &Stream) -> TestResult {
-    let shapes = shapes([3, 19, 21, 23], 24)?;
-    let s = upload(stream, &random::<bf16>(5, shapes.student.numel()))?;
-    let t = upload(stream, &random::<bf16>(6, shapes.teacher().numel()))?;
-    let mut cirkd = CirkdCuda::new(stream.clone(), CirkdConfig::default()).map_err(|e| e.to_string())?;
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        let mut loss = nan_buffer::<f32>(stream, 1)?;
-        let mut grad = nan_buffer::<bf16>(stream, shapes.student.numel())?;
-        cirkd.forward_backward(&shapes, &s, &t, &mut loss, &mut grad).map_err(|e| e.to_string())?;
-        runs.push((download(stream, &loss)?[0].to_bits(), bits(&download(stream, &grad)?)));
-    }
-    ensure(runs.windows(2).all(|w| w[0] == w[1]), || "runs differ".into())
+    deterministic::<Cirkd, bf16>(stream, CirkdConfig::default(), &Inputs::random(5, [3, 19, 21, 23], 24))
 }
 
 fn cirkd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
-    let shapes = shapes([2, 6, 11, 9], 5)?;
+    let inputs = Inputs::<f32>::random(7, [2, 6, 11, 9], 5);
+    let shapes = shapes(inputs.student_dims, 5)?;
     let numel = shapes.student.numel();
-    let (s, t) = (random::<f32>(7, numel), random::<f32>(8, shapes.teacher().numel()));
-    let (sw, tw) = (widen(&s), widen(&t));
     let config = CirkdConfig::default();
-    let reference = CirkdCpu::new(config)
-        .and_then(|cpu| {
-            cpu.forward_backward(
-                ArrayView4::from_shape(shapes.student.dims(), &sw[..]).unwrap(),
-                ArrayView4::from_shape(shapes.teacher().dims(), &tw[..]).unwrap(),
-            )
-        })
-        .map_err(|e| e.to_string())?;
-    let initial = random::<f32>(9, numel);
-    let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
+    let reference = reference::<Cirkd, f32>(&config, &inputs)?;
+    let initial = random::<f32>(9, numel, 1.0);
+    let (ds, dt) = (upload(stream, &inputs.student)?, upload(stream, &inputs.teacher)?);
     let upstream = upload(stream, &[2.5f32])?;
     let mut grad = upload(stream, &initial)?;
     let mut cirkd = CirkdCuda::new(stream.clone(), config).map_err(|e| e.to_string())?;
@@ -166,9 +72,9 @@ fn cirkd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
 
 fn cirkd_error_paths(stream: &Stream) -> TestResult {
     let shapes = shapes([2, 3, 4, 5], 3)?;
-    let s = upload(stream, &random::<f32>(1, shapes.student.numel()))?;
-    let t = upload(stream, &random::<f32>(2, shapes.teacher().numel()))?;
-    let short = upload(stream, &random::<f32>(3, 7))?;
+    let s = upload(stream, &random::<f32>(1, shapes.student.numel(), 1.0))?;
+    let t = upload(stream, &random::<f32>(2, shapes.teacher().numel(), 1.0))?;
+    let short = upload(stream, &random::<f32>(3, 7, 1.0))?;
     let mut loss = nan_buffer::<f32>(stream, 1)?;
     let mut cirkd = CirkdCuda::new(stream.clone(), CirkdConfig::default()).map_err(|e| e.to_string())?;
     expect_err("short teacher", cirkd.forward(&shapes, &s, &short, &mut loss), |e| {
@@ -187,7 +93,7 @@ fn cirkd_error_paths(stream: &Stream) -> TestResult {
 /// the 32768 columns is an exact sum over 16 groups: the reference is computed in f64 from the vectors and
 /// the group counts, independently of the crate, at the full size. The device memory the call takes beyond
 /// its inputs and outputs (the workspace) is checked against the O(B P) norms and row statistics it needs.
-fn cirkd_large_unpooled(stream: &Stream) -> TestResult {
+fn cirkd_large_unpooled_b8_c256_128x256(stream: &Stream) -> TestResult {
     const GROUPS: usize = 16;
     let (b, c, h, w) = (8usize, 256usize, 128usize, 256usize);
     let p = h * w;

@@ -2,7 +2,8 @@
 //! views, errors that need a device, the raw layer, gradient accumulation and scaling.
 
 use half::{bf16, f16};
-use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath};
+use kd_kernels::cudarc::driver::{DevicePtr, DevicePtrMut};
+use kd_kernels::cwd::{Cwd, CwdConfig, CwdCpu, CwdCuda, CwdPath};
 use kd_kernels::family::PairBuffers;
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, KdError, KdFloat};
@@ -10,19 +11,19 @@ use kd_kernels::{DType, KdError, KdFloat};
 use crate::common;
 use crate::common::PAIR_SCENARIOS;
 use crate::harness::{
-    download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
+    download, ensure, expect_err, gpu_tests, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
 };
-use crate::pair::{compare, pair, pair_gpu, same_bits, Case, GpuOut, CWD_PATHS, OFFSETS};
+use crate::pair::{
+    bad_taus_rejected, compare, matches_cpu, misaligned_views, pair_gpu, same_bits, Case, GpuOut, CWD_PATHS,
+};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("cwd_paths_on_this_device", cwd_paths_on_this_device),
-    ("cwd_matches_cpu_f32", cwd_matches_cpu::<f32>),
-    ("cwd_matches_cpu_f16", cwd_matches_cpu::<f16>),
-    ("cwd_matches_cpu_bf16", cwd_matches_cpu::<bf16>),
-    ("cwd_long_rows_take_two_passes", cwd_long_rows_take_two_passes),
-    ("cwd_many_calls_in_a_row", cwd_many_calls_in_a_row),
-    ("misaligned_views_cwd", misaligned_views_cwd),
-    ("error_paths_cwd", error_paths_cwd),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    cwd_paths_on_this_device,
+    cwd_matches_cpu::<f32, f16, bf16>,
+    cwd_long_rows_take_two_passes,
+    cwd_many_calls_in_a_row,
+    misaligned_views_cwd,
+    error_paths_cwd,
 ];
 
 /// Every shared scenario (`common::PAIR_SCENARIOS`) on both kernels, with and without the teacher gradient.
@@ -127,19 +128,9 @@ pub(crate) fn cwd_many_calls_in_a_row(stream: &Stream) -> TestResult {
         let mut gt = nan_buffer::<f32>(stream, case.numel())?;
         for _ in 0..100 {
             cwd.forward(&case.dims, &s, &t, &mut loss).or_msg("forward")?;
-            let backward = PairBuffers {
-                upstream: Some(&up),
-                grad_student: Some(&mut gs),
-                grad_teacher: Some(&mut gt),
-                ..pair(&s, &t)
-            };
+            let backward = both_gradients((&s, &t), None, Some(&up), (&mut gs, &mut gt));
             cwd.call(&case.dims, backward).or_msg("backward")?;
-            let both = PairBuffers {
-                loss: Some(&mut loss),
-                grad_student: Some(&mut gs),
-                grad_teacher: Some(&mut gt),
-                ..pair(&s, &t)
-            };
+            let both = both_gradients((&s, &t), Some(&mut loss), None, (&mut gs, &mut gt));
             cwd.call(&case.dims, both).or_msg("forward_backward")?;
         }
         stream.synchronize().or_msg("synchronize")?;
@@ -154,57 +145,20 @@ pub(crate) fn cwd_many_calls_in_a_row(stream: &Stream) -> TestResult {
     Ok(())
 }
 
-pub(crate) fn misaligned_cwd_case<T: KdFloat>(
-    stream: &Stream,
-    dims: [usize; 4],
-    failures: &mut Vec<String>,
-) -> TestResult {
-    let case = Case::<T>::random(8000, dims);
-    let n = case.numel();
-    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
-    let (sv, tv) = case.views()?;
-    let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    for (path, [os, ot, ogs, ogt]) in CWD_PATHS.into_iter().flat_map(|p| OFFSETS.map(|o| (p, o))) {
-        let mut cwd = CwdCuda::new(stream.clone(), config).or_msg("CwdCuda::new")?.with_path(path);
-        let s = upload_at(stream, &case.s, os)?;
-        let t = upload_at(stream, &case.t, ot)?;
-        let mut gs = nan_buffer::<T>(stream, n + ogs + 3)?;
-        let mut gt = nan_buffer::<T>(stream, n + ogt + 3)?;
-        let mut loss = upload(stream, &[f32::NAN])?;
-        let (sv, tv) = (s.slice(os..os + n), t.slice(ot..ot + n));
-        let (mut gsv, mut gtv) = (gs.slice_mut(ogs..ogs + n), gt.slice_mut(ogt..ogt + n));
-        let buffers = PairBuffers {
-            loss: Some(&mut loss),
-            grad_student: Some(&mut gsv),
-            grad_teacher: Some(&mut gtv),
-            ..pair(&sv, &tv)
-        };
-        cwd.call(&dims, buffers).or_msg("CwdCuda::forward_backward on views")?;
-        let gs_all = download(stream, &gs)?;
-        let gt_all = download(stream, &gt)?;
-        let outside_untouched = |all: &[T], o: usize| all[..o].iter().chain(&all[o + n..]).all(|v| v.to_f64().is_nan());
-        let what = format!("cwd {path:?} {} offsets {:?}", case.name(), [os, ot, ogs, ogt]);
-        if !outside_untouched(&gs_all, ogs) || !outside_untouched(&gt_all, ogt) {
-            failures.push(format!("{what}: wrote outside the gradient views"));
-        }
-        let gpu = GpuOut {
-            loss: download(stream, &loss)?[0],
-            gs: gs_all[ogs..ogs + n].to_vec(),
-            gt: Some(gt_all[ogt..ogt + n].to_vec()),
-        };
-        compare(&what, &gpu, &cpu, failures);
-    }
-    Ok(())
+/// The buffers of a call writing both gradients: with the loss, or (given `upstream`) a backward.
+fn both_gradients<'a, T>(
+    (s, t): (&'a dyn DevicePtr<T>, &'a dyn DevicePtr<T>),
+    loss: Option<&'a mut dyn DevicePtrMut<f32>>,
+    upstream: Option<&'a dyn DevicePtr<f32>>,
+    (gs, gt): (&'a mut dyn DevicePtrMut<T>, &'a mut dyn DevicePtrMut<T>),
+) -> PairBuffers<'a, T> {
+    PairBuffers { loss, upstream, grad_student: Some(gs), grad_teacher: Some(gt), ..PairBuffers::new(s, t) }
 }
 
+/// Both kernels on misaligned sub-buffers (see `pair::misaligned_views`), in every dtype.
 pub(crate) fn misaligned_views_cwd(stream: &Stream) -> TestResult {
-    let mut failures = Vec::new();
-    for dims in [[1, 3, 129, 257], [2, 5, 9, 11], [1, 1, 1, 37]] {
-        misaligned_cwd_case::<f32>(stream, dims, &mut failures)?;
-        misaligned_cwd_case::<f16>(stream, dims, &mut failures)?;
-        misaligned_cwd_case::<bf16>(stream, dims, &mut failures)?;
-    }
-    verdict(failures)
+    let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: true };
+    misaligned_views::<Cwd>(stream, config, &CWD_PATHS, 8000, &[[1, 3, 129, 257], [2, 5, 9, 11], [1, 1, 1, 37]])
 }
 
 pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
@@ -221,12 +175,10 @@ pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
     let mut gs_short = upload(stream, &vec![sentinel; n - 1])?;
 
     // Bad configurations are rejected by the GPU constructor too.
-    for tau in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        let r = CwdCuda::new(stream.clone(), CwdConfig { tau, ..CwdConfig::default() }).map(|_| ());
-        expect_err(&format!("CwdCuda::new tau={tau}"), r, |e| {
-            matches!(e, KdError::InvalidParameter { name: "tau", .. })
-        })?;
-    }
+    bad_taus_rejected::<Cwd>(stream, [0.0, -1.0, f64::NAN, f64::INFINITY], |tau| CwdConfig {
+        tau,
+        ..CwdConfig::default()
+    })?;
     let r = CwdCuda::new(stream.clone(), CwdConfig { loss_weight: f64::NAN, ..CwdConfig::default() }).map(|_| ());
     expect_err("CwdCuda::new lw=NaN", r, |e| matches!(e, KdError::InvalidParameter { name: "loss_weight", .. }))?;
 
@@ -240,17 +192,7 @@ pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
     expect_err("grad_student too short", r, |e| {
         *e == KdError::BufferTooSmall { what: "grad_student", needed: n, len: n - 1 }
     })?;
-    let r = on
-        .call(
-            &dims,
-            PairBuffers {
-                loss: Some(&mut loss),
-                grad_student: Some(&mut gs),
-                grad_teacher: Some(&mut gs_short),
-                ..pair(&s, &t)
-            },
-        )
-        .map(drop);
+    let r = on.call(&dims, both_gradients((&s, &t), Some(&mut loss), None, (&mut gs, &mut gs_short))).map(drop);
     expect_err("grad_teacher too short", r, |e| {
         *e == KdError::BufferTooSmall { what: "grad_teacher", needed: n, len: n - 1 }
     })?;
@@ -271,29 +213,9 @@ pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
     expect_err("teacher_grad on, None", r, |e| matches!(e, KdError::OutputMismatch { what: "grad_teacher", .. }))?;
     let r = on.backward(&dims, &s, &t, &up, &mut gs);
     expect_err("teacher_grad on, None (backward)", r, |e| matches!(e, KdError::OutputMismatch { .. }))?;
-    let r = off
-        .call(
-            &dims,
-            PairBuffers {
-                loss: Some(&mut loss),
-                grad_student: Some(&mut gs),
-                grad_teacher: Some(&mut gt),
-                ..pair(&s, &t)
-            },
-        )
-        .map(drop);
+    let r = off.call(&dims, both_gradients((&s, &t), Some(&mut loss), None, (&mut gs, &mut gt))).map(drop);
     expect_err("teacher_grad off, Some", r, |e| matches!(e, KdError::OutputMismatch { what: "grad_teacher", .. }))?;
-    let r = off
-        .call(
-            &dims,
-            PairBuffers {
-                upstream: Some(&up),
-                grad_student: Some(&mut gs),
-                grad_teacher: Some(&mut gt),
-                ..pair(&s, &t)
-            },
-        )
-        .map(drop);
+    let r = off.call(&dims, both_gradients((&s, &t), None, Some(&up), (&mut gs, &mut gt))).map(drop);
     expect_err("teacher_grad off, Some (backward)", r, |e| matches!(e, KdError::OutputMismatch { .. }))?;
 
     for bad in [&[2usize, 3, 20][..], &[1, 2, 3, 4, 5], &[]] {
@@ -323,10 +245,7 @@ pub(crate) fn error_paths_cwd(stream: &Stream) -> TestResult {
     }
 
     // The objects still work after the errors.
-    let (sv, tv) = case.views()?;
-    let cpu = CwdCpu::new(*on.config()).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    let gpu = pair_gpu(stream, &mut on, &case)?;
     let mut failures = Vec::new();
-    compare("cwd after errors", &gpu, &cpu, &mut failures);
+    matches_cpu("cwd after errors", stream, &mut on, &case, &mut failures)?;
     verdict(failures)
 }

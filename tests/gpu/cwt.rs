@@ -5,23 +5,19 @@
 use half::{bf16, f16};
 use kd_kernels::cudarc::driver::CudaSlice;
 use kd_kernels::cwt::{
-    CwtBuffers, CwtConfig, CwtCpu, CwtCuda, CwtNormalize, CwtOutput, CwtParamBuffers, CwtParamGrads, CwtShapes,
-    MlpParams,
+    CwtBuffers, CwtConfig, CwtCuda, CwtNormalize, CwtOutput, CwtParamBuffers, CwtParamGrads, CwtShapes,
 };
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
+use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
-use ndarray::{ArrayView1, ArrayView2, ArrayView4};
 
-use crate::common::SplitMix64;
-use crate::harness::{download, ensure, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::common::cwt::{gradients, CwtInputs};
+use crate::common::widen;
+use crate::harness::{
+    close, download, ensure, gpu_tests, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
+};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("cwt_matches_cpu_f32", cwt_matches_cpu::<f32>),
-    ("cwt_matches_cpu_f16", cwt_matches_cpu::<f16>),
-    ("cwt_matches_cpu_bf16", cwt_matches_cpu::<bf16>),
-    ("cwt_deterministic_bitwise", cwt_deterministic_bitwise),
-    ("cwt_error_paths", cwt_error_paths),
-];
+pub(crate) const TESTS: &[(&str, TestFn)] =
+    gpu_tests![cwt_matches_cpu::<f32, f16, bf16>, cwt_deterministic_bitwise, cwt_error_paths];
 
 /// (student [N, Cs, H, W], Ch, Ct): odd channels, tile edges, a shape with several pixel chunks. The small
 /// shapes take a block per 64 x 64 tile and several weight-gradient splits; the last has chunks of more 64-pixel
@@ -36,49 +32,9 @@ const SHAPES: [([usize; 4], usize, usize); 6] = [
     ([2, 9, 120, 120], 33, 7),
 ];
 
-struct Host {
-    dims: [usize; 4],
-    shapes: CwtShapes,
-    student: Vec<f32>,
-    teacher: Vec<f32>,
-    w1: Vec<f32>,
-    b1: Vec<f32>,
-    w2: Vec<f32>,
-    b2: Vec<f32>,
-}
-
-impl Host {
-    fn random(seed: u64, dims: [usize; 4], ch: usize, ct: usize) -> Host {
-        let mut rng = SplitMix64::new(seed);
-        let mut v = |n: usize, s: f64| -> Vec<f32> { (0..n).map(|_| (rng.normal() * s) as f32).collect() };
-        let [n, cs, h, w] = dims;
-        Host {
-            dims,
-            shapes: CwtShapes { cs, ch, ct },
-            student: v(n * cs * h * w, 1.0),
-            teacher: v(n * ct * h * w, 1.0),
-            w1: v(ch * cs, 1.0 / (cs as f64).sqrt()),
-            b1: v(ch, 0.3),
-            w2: v(ct * ch, 1.0 / (ch as f64).sqrt()),
-            b2: v(ct, 0.3),
-        }
-    }
-
-    fn reference<T: KdFloat>(&self, config: CwtConfig, upstream: f64) -> CwtOutput {
-        let s: Vec<T> = self.student.iter().map(|&x| T::from_f32(x)).collect();
-        let t: Vec<T> = self.teacher.iter().map(|&x| T::from_f32(x)).collect();
-        let CwtShapes { cs, ch, ct } = self.shapes;
-        let params = MlpParams {
-            w1: ArrayView2::from_shape((ch, cs), &self.w1).unwrap(),
-            b1: ArrayView1::from(&self.b1),
-            w2: ArrayView2::from_shape((ct, ch), &self.w2).unwrap(),
-            b2: ArrayView1::from(&self.b2),
-        };
-        let [n, _, h, w] = self.dims;
-        let sv = ArrayView4::from_shape(self.dims, &s).unwrap();
-        let tv = ArrayView4::from_shape([n, ct, h, w], &t).unwrap();
-        CwtCpu::new(config).unwrap().backward(sv, tv, &params, upstream).unwrap()
-    }
+/// The shared kernel inputs (`common::cwt`), unquantized, of a student `dims` and an MLP `Cs -> ch -> ct`.
+fn inputs(seed: u64, dims: [usize; 4], ch: usize, ct: usize) -> CwtInputs {
+    CwtInputs::for_kernels(seed, dims, CwtShapes { cs: dims[1], ch, ct }, false)
 }
 
 struct Device<T> {
@@ -90,7 +46,7 @@ struct Device<T> {
     b2: CudaSlice<f32>,
 }
 
-fn device<T: KdFloat>(stream: &Stream, h: &Host) -> Result<Device<T>, String> {
+fn device<T: KdFloat>(stream: &Stream, h: &CwtInputs) -> Result<Device<T>, String> {
     let s: Vec<T> = h.student.iter().map(|&x| T::from_f32(x)).collect();
     let t: Vec<T> = h.teacher.iter().map(|&x| T::from_f32(x)).collect();
     Ok(Device {
@@ -111,7 +67,7 @@ struct Grads<T> {
     b2: CudaSlice<f32>,
 }
 
-fn nan_grads<T: KdFloat>(stream: &Stream, h: &Host) -> Result<Grads<T>, String> {
+fn nan_grads<T: KdFloat>(stream: &Stream, h: &CwtInputs) -> Result<Grads<T>, String> {
     Ok(Grads {
         s: nan_buffer(stream, h.student.len())?,
         w1: nan_buffer(stream, h.w1.len())?,
@@ -121,19 +77,8 @@ fn nan_grads<T: KdFloat>(stream: &Stream, h: &Host) -> Result<Grads<T>, String> 
     })
 }
 
-fn close(failures: &mut Vec<String>, what: String, got: &[f64], reference: &[f64], tol: f64) {
-    let c = Comparison::of(got.iter().copied(), reference.iter().copied());
-    if got.len() != reference.len() || !c.passes(tol) {
-        failures.push(format!("{what}: {c:?} (tolerance {tol:e})"));
-    }
-}
-
-fn widen<T: KdFloat>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
-
-/// Compares downloaded gradients with `reference` (+ `base` when accumulating). Parameter gradients are f32,
-/// computed in fp32 from exactly the stored inputs: the f32 row of the table.
+/// Compares downloaded gradients with `reference` (+ `base` when accumulating): the student's to the row of
+/// `T`, the parameters' (f32) to the f32 row (see `common::cwt::gradients`).
 fn compare_grads<T: KdFloat>(
     failures: &mut Vec<String>,
     what: &str,
@@ -142,24 +87,17 @@ fn compare_grads<T: KdFloat>(
     reference: &CwtOutput,
     base: f64,
 ) -> Result<(), String> {
-    let f32_row = tolerance(DType::F32, OutputKind::Tensor);
-    let add = |v: Vec<f64>| v.into_iter().map(|x| x + base).collect::<Vec<f64>>();
-    let gs = widen(&download(stream, &g.s)?);
-    close(
-        failures,
-        format!("{what} grad.student"),
-        &gs,
-        &add(reference.grad_student.iter().copied().collect()),
-        tolerance(T::DTYPE, OutputKind::Tensor),
-    );
-    for (name, buf, r) in [
-        ("grad.w1", &g.w1, reference.grad_w1.iter().copied().collect::<Vec<f64>>()),
-        ("grad.b1", &g.b1, reference.grad_b1.to_vec()),
-        ("grad.w2", &g.w2, reference.grad_w2.iter().copied().collect()),
-        ("grad.b2", &g.b2, reference.grad_b2.to_vec()),
-    ] {
-        let got = widen(&download(stream, buf)?);
-        close(failures, format!("{what} {name}"), &got, &add(r), f32_row);
+    let got = [
+        widen(&download(stream, &g.s)?),
+        widen(&download(stream, &g.w1)?),
+        widen(&download(stream, &g.b1)?),
+        widen(&download(stream, &g.w2)?),
+        widen(&download(stream, &g.b2)?),
+    ];
+    for ((name, want), got) in gradients(reference).into_iter().zip(got) {
+        let dtype = if name == "grad.student" { T::DTYPE } else { DType::F32 };
+        let want: Vec<f64> = want.into_iter().map(|x| x + base).collect();
+        close(&format!("{what} {name}"), &got, &want, tolerance(dtype, OutputKind::Tensor), failures);
     }
     Ok(())
 }
@@ -167,7 +105,7 @@ fn compare_grads<T: KdFloat>(
 fn cwt_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
     for (i, (dims, ch, ct)) in SHAPES.into_iter().enumerate() {
-        let h = Host::random(8000 + i as u64, dims, ch, ct);
+        let h = inputs(8000 + i as u64, dims, ch, ct);
         let normalize = if i % 2 == 0 { CwtNormalize::Batch } else { CwtNormalize::Mean };
         let config = CwtConfig { loss_weight: 0.5, normalize };
         let d = device::<T>(stream, &h)?;
@@ -180,13 +118,8 @@ fn cwt_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
         let mut loss = nan_buffer::<f32>(stream, 1)?;
         cwt.forward(&dims, &d.s, &d.t, &params, &mut loss).or_msg("forward")?;
         let l = download(stream, &loss)?[0] as f64;
-        close(
-            &mut failures,
-            format!("{what} forward loss"),
-            &[l],
-            &[reference.loss],
-            tolerance(T::DTYPE, OutputKind::Loss),
-        );
+        let loss_row = tolerance(T::DTYPE, OutputKind::Loss);
+        close(&format!("{what} forward loss"), &[l], &[reference.loss], loss_row, &mut failures);
 
         // forward_backward
         let mut g = nan_grads::<T>(stream, &h)?;
@@ -194,7 +127,7 @@ fn cwt_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
         let grads = CwtParamGrads { w1: &mut g.w1, b1: &mut g.b1, w2: &mut g.w2, b2: &mut g.b2 };
         cwt.forward_backward(&dims, &d.s, &d.t, &params, &mut loss, &mut g.s, grads).or_msg("forward_backward")?;
         let l = download(stream, &loss)?[0] as f64;
-        close(&mut failures, format!("{what} loss"), &[l], &[reference.loss], tolerance(T::DTYPE, OutputKind::Loss));
+        close(&format!("{what} loss"), &[l], &[reference.loss], loss_row, &mut failures);
         compare_grads(&mut failures, &format!("{what} forward_backward"), stream, &g, &reference, 0.0)?;
 
         // backward with the device upstream scalar, accumulating onto ones, scaled by 2.
@@ -223,7 +156,7 @@ fn cwt_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
 }
 
 fn cwt_deterministic_bitwise(stream: &Stream) -> TestResult {
-    let h = Host::random(9001, [2, 96, 33, 17], 130, 70);
+    let h = inputs(9001, [2, 96, 33, 17], 130, 70);
     let d = device::<bf16>(stream, &h)?;
     let params = CwtParamBuffers { w1: &d.w1, b1: &d.b1, w2: &d.w2, b2: &d.b2 };
     let mut cwt = CwtCuda::with_shapes(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;
@@ -244,7 +177,7 @@ fn cwt_deterministic_bitwise(stream: &Stream) -> TestResult {
 }
 
 fn cwt_error_paths(stream: &Stream) -> TestResult {
-    let h = Host::random(9100, [2, 4, 3, 3], 5, 6);
+    let h = inputs(9100, [2, 4, 3, 3], 5, 6);
     let d = device::<f32>(stream, &h)?;
     let params = CwtParamBuffers { w1: &d.w1, b1: &d.b1, w2: &d.w2, b2: &d.b2 };
     let mut cwt = CwtCuda::with_shapes(stream.clone(), CwtConfig::default(), h.shapes).or_msg("new")?;

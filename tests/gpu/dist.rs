@@ -3,32 +3,28 @@
 //! paths. The recorded fixtures run in `fixtures::fixtures_pass_on_cuda` (DIST is a pair family).
 
 use half::{bf16, f16};
-use kd_kernels::dist::{DistConfig, DistCpu, DistCuda};
+use kd_kernels::dist::{DistConfig, DistCuda};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{GradOptions, KdError, KdFloat};
 
-use crate::harness::{download, ensure, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
-use crate::pair::{compare, pair, pair_gpu, same_bits, Case};
+use crate::harness::{
+    download, ensure, expect_err, gpu_tests, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
+};
+use crate::pair::{matches_cpu, pair, pair_gpu, same_bits, Case};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("dist_matches_cpu_f32", dist_matches_cpu::<f32>),
-    ("dist_matches_cpu_f16", dist_matches_cpu::<f16>),
-    ("dist_matches_cpu_bf16", dist_matches_cpu::<bf16>),
-    ("dist_bench_shape_f32", dist_bench_shape),
-    ("dist_deterministic_bitwise", dist_deterministic_bitwise),
-    ("dist_backward_upstream_accumulate_scale", dist_backward_upstream_accumulate_scale),
-    ("dist_error_paths", dist_error_paths),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    dist_matches_cpu::<f32, f16, bf16>,
+    dist_bench_shape_f32,
+    dist_deterministic_bitwise,
+    dist_backward_upstream_accumulate_scale,
+    dist_error_paths,
 ];
 
 const WEIGHTED: DistConfig = DistConfig { tau: 2.0, beta: 1.5, gamma: 0.5, loss_weight: 3.0 };
 
 fn one_case<T: KdFloat>(stream: &Stream, config: DistConfig, case: &Case<T>, failures: &mut Vec<String>) -> TestResult {
-    let (s, t) = case.views()?;
-    let cpu = DistCpu::new(config).or_msg("DistCpu::new")?.forward_backward(s, t).or_msg("cpu")?;
     let mut dist = DistCuda::new(stream.clone(), config).or_msg("DistCuda::new")?;
-    let gpu = pair_gpu(stream, &mut dist, case)?;
-    compare(&format!("dist {} {config:?}", case.name()), &gpu, &cpu, failures);
-    Ok(())
+    matches_cpu(&format!("dist {} {config:?}", case.name()), stream, &mut dist, case, failures)
 }
 
 fn dist_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
@@ -44,7 +40,7 @@ fn dist_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
     verdict(failures)
 }
 
-fn dist_bench_shape(stream: &Stream) -> TestResult {
+fn dist_bench_shape_f32(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
     one_case(stream, DistConfig::default(), &Case::<f32>::random(7100, [8, 19, 128, 256]), &mut failures)?;
     verdict(failures)

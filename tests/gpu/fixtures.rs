@@ -6,13 +6,10 @@ use kd_kernels::verify;
 use kd_kernels::DType;
 
 use crate::common;
-use crate::harness::{ensure, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{ensure, gpu_tests, verdict, OrMsg, Stream, TestFn, TestResult};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("fixtures_pass_on_cuda", fixtures_pass_on_cuda),
-    ("verify_runs_both_backends", verify_runs_both_backends),
-    ("examples_match_cpu", examples_match_cpu),
-];
+pub(crate) const TESTS: &[(&str, TestFn)] =
+    gpu_tests![fixtures_pass_on_cuda, verify_runs_both_backends, examples_match_cpu];
 
 pub(crate) fn fixtures_pass_on_cuda(stream: &Stream) -> TestResult {
     let backend = Backend::Cuda(stream.clone());

@@ -9,11 +9,30 @@ use std::time::{Duration, Instant};
 use kd_kernels::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use kd_kernels::{KdError, KdFloat};
 
+use crate::common::{self, SplitMix64};
+
 pub(crate) type Stream = Arc<CudaStream>;
 
 pub(crate) type TestResult = Result<(), String>;
 
 pub(crate) type TestFn = fn(&Stream) -> TestResult;
+
+/// A family's table of tests, each named after its function: `name` is the test `name`, and
+/// `name::<f32, f16, bf16>` is one test per dtype, `name_f32`, `name_f16` and `name_bf16`. The name is never
+/// written twice, so a table cannot run one function under another's name.
+macro_rules! gpu_tests {
+    (@entries [$($out:tt)*]) => { &[$($out)*] };
+    (@entries [$($out:tt)*] $name:ident :: <$($t:ident),+> $(, $($rest:tt)*)?) => {
+        $crate::harness::gpu_tests!(@entries
+            [$($out)* $((concat!(stringify!($name), "_", stringify!($t)), $name::<$t> as $crate::harness::TestFn),)+]
+            $($($rest)*)?)
+    };
+    (@entries [$($out:tt)*] $name:ident $(, $($rest:tt)*)?) => {
+        $crate::harness::gpu_tests!(@entries [$($out)* (stringify!($name), $name as $crate::harness::TestFn),] $($($rest)*)?)
+    };
+    ($($entries:tt)*) => { $crate::harness::gpu_tests!(@entries [] $($entries)*) };
+}
+pub(crate) use gpu_tests;
 
 /// A test that runs longer than this has hung (a kernel whose blocks wait for each other would hang, not
 /// fail, if they were not all resident): the watchdog reports it and ends the run as a failure.
@@ -64,6 +83,12 @@ pub(crate) fn upload<T: KdFloat>(stream: &Stream, values: &[T]) -> Result<CudaSl
 
 pub(crate) fn download<T: KdFloat, S: DevicePtr<T>>(stream: &Stream, buffer: &S) -> Result<Vec<T>, String> {
     stream.clone_dtoh(buffer).or_msg("clone_dtoh")
+}
+
+/// `numel` values ~ N(0, scale^2), quantized (see `common::quantize`) and rounded to `T`: exact in every dtype
+/// up to the rounding, so the CPU reference reads what the kernels read.
+pub(crate) fn random<T: KdFloat>(seed: u64, numel: usize, scale: f64) -> Vec<T> {
+    common::to_dtype(&common::logits(&mut SplitMix64::new(seed), numel, scale, 0))
 }
 
 /// A device buffer filled with NaN, so that an element the kernel fails to write shows up.

@@ -4,30 +4,43 @@
 
 use half::{bf16, f16};
 use kd_kernels::family::PairBuffers;
-use kd_kernels::icsd::{AicsdConfig, AicsdCpu, AicsdCuda, IcsdBuffers, IcsdConfig, IcsdCpu, IcsdCuda, IcsdVariant};
+use kd_kernels::icsd::{
+    AicsdConfig, AicsdCpu, AicsdCuda, IcsdBuffers, IcsdConfig, IcsdCpu, IcsdCpuOutput, IcsdCuda, IcsdVariant,
+};
 use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
 use crate::common::{widen, SplitMix64};
-use crate::harness::{close, download, ensure, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{
+    close, download, ensure, gpu_tests, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
+};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("icsd_matches_cpu_f32", icsd_matches_cpu::<f32>),
-    ("icsd_matches_cpu_f16", icsd_matches_cpu::<f16>),
-    ("icsd_matches_cpu_bf16", icsd_matches_cpu::<bf16>),
-    ("icsd_large_official_f32", icsd_large_official),
-    ("icsd_deterministic_bitwise", icsd_deterministic_bitwise),
-    ("icsd_backward_upstream_and_accumulate", icsd_backward_upstream_and_accumulate),
-    ("aicsd_one_call_matches_cpu", aicsd_one_call_matches_cpu),
-    ("icsd_error_paths", icsd_error_paths),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    icsd_matches_cpu::<f32, f16, bf16>,
+    icsd_large_official_f32,
+    icsd_deterministic_bitwise,
+    icsd_backward_upstream_and_accumulate,
+    aicsd_one_call_matches_cpu,
+    icsd_error_paths,
 ];
 
 const VARIANTS: [IcsdVariant; 2] = [IcsdVariant::Official, IcsdVariant::Paper];
 
+/// ICSD's inputs: values ~ N(0, 2^2) (`harness::random`).
 fn random<T: KdFloat>(seed: u64, numel: usize) -> Vec<T> {
-    let mut rng = SplitMix64::new(seed);
-    (0..numel).map(|_| T::from_f32(((rng.normal() * 2.0 * 1024.0).round() / 1024.0) as f32)).collect()
+    crate::harness::random(seed, numel, 2.0)
+}
+
+/// The CPU reference's `forward_backward` on `s` and `t`.
+fn reference<T: KdFloat>(config: IcsdConfig, dims: [usize; 4], s: &[T], t: &[T]) -> Result<IcsdCpuOutput, String> {
+    IcsdCpu::new(config)
+        .or_msg("IcsdCpu::new")?
+        .forward_backward(
+            ArrayView4::from_shape(dims, s).or_msg("view")?,
+            ArrayView4::from_shape(dims, t).or_msg("view")?,
+        )
+        .or_msg("cpu")
 }
 
 /// One forward_backward + forward_matrices call against the CPU reference.
@@ -42,13 +55,7 @@ fn one_case<T: KdFloat>(
     let cc = dims[1] * dims[1];
     let s = random::<T>(seed, numel);
     let t = random::<T>(seed + 1, numel);
-    let reference = IcsdCpu::new(config)
-        .or_msg("IcsdCpu::new")?
-        .forward_backward(
-            ArrayView4::from_shape(dims, &s[..]).or_msg("view")?,
-            ArrayView4::from_shape(dims, &t[..]).or_msg("view")?,
-        )
-        .or_msg("cpu")?;
+    let reference = reference(config, dims, &s, &t)?;
     let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
     let mut loss = nan_buffer::<f32>(stream, 1)?;
     let mut grad = nan_buffer::<T>(stream, numel)?;
@@ -86,7 +93,7 @@ fn icsd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
     verdict(failures)
 }
 
-fn icsd_large_official(stream: &Stream) -> TestResult {
+fn icsd_large_official_f32(stream: &Stream) -> TestResult {
     // Pascal-like classes at a modest resolution: many blocks in every kernel.
     let mut failures = Vec::new();
     one_case::<f32>(stream, IcsdConfig::default(), [2, 21, 129, 129], 77, &mut failures)?;
@@ -127,13 +134,7 @@ fn icsd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
     for variant in VARIANTS {
         let config = IcsdConfig { variant, ..IcsdConfig::default() };
-        let r = IcsdCpu::new(config)
-            .or_msg("cpu")?
-            .forward_backward(
-                ArrayView4::from_shape(dims, &s[..]).or_msg("view")?,
-                ArrayView4::from_shape(dims, &t[..]).or_msg("view")?,
-            )
-            .or_msg("cpu")?;
+        let r = reference(config, dims, &s, &t)?;
         let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
         let upstream = upload(stream, &[-2.0f32])?;
         let mut grad = upload(stream, &initial)?;

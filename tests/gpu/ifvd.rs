@@ -3,28 +3,26 @@
 //! accumulate + scale, and error paths.
 
 use half::{bf16, f16};
-use kd_kernels::ifvd::{check_shapes, IfvdBuffers, IfvdConfig, IfvdCpu, IfvdCuda, IfvdLabels, IfvdShapes};
+use kd_kernels::ifvd::{
+    check_shapes, IfvdBuffers, IfvdConfig, IfvdCpu, IfvdCpuOutput, IfvdCuda, IfvdLabels, IfvdShapes,
+};
 use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{GradOptions, KdError, KdFloat};
 use ndarray::{ArrayView3, ArrayView4};
 
 use crate::common::{widen, SplitMix64};
-use crate::harness::{close, bits, download, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{
+    bits, close, download, ensure, expect_err, gpu_tests, nan_buffer, random, upload, verdict, OrMsg, Stream, TestFn,
+    TestResult,
+};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("ifvd_matches_cpu_f32", ifvd_matches_cpu::<f32>),
-    ("ifvd_matches_cpu_f16", ifvd_matches_cpu::<f16>),
-    ("ifvd_matches_cpu_bf16", ifvd_matches_cpu::<bf16>),
-    ("ifvd_bench_shape_f32", ifvd_bench_shape),
-    ("ifvd_deterministic_bitwise", ifvd_deterministic_bitwise),
-    ("ifvd_backward_upstream_and_accumulate", ifvd_backward_upstream_and_accumulate),
-    ("ifvd_error_paths", ifvd_error_paths),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    ifvd_matches_cpu::<f32, f16, bf16>,
+    ifvd_bench_shape_f32,
+    ifvd_deterministic_bitwise,
+    ifvd_backward_upstream_and_accumulate,
+    ifvd_error_paths,
 ];
-
-fn random<T: KdFloat>(seed: u64, numel: usize) -> Vec<T> {
-    let mut rng = SplitMix64::new(seed);
-    (0..numel).map(|_| T::from_f32(((rng.normal() * 1024.0).round() / 1024.0) as f32)).collect()
-}
 
 /// Labels in patches of 4 x 8, drawn from `[0, range)` with one patch in six 255.
 fn labels(seed: u64, dims: [usize; 3], range: usize) -> Vec<i64> {
@@ -65,6 +63,24 @@ impl DeviceLabels {
     }
 }
 
+/// The CPU reference on `s`, `t` and the labels `l`.
+fn reference<T: KdFloat>(
+    config: IfvdConfig,
+    shapes: &IfvdShapes,
+    s: &[T],
+    t: &[T],
+    l: &[i64],
+) -> Result<IfvdCpuOutput, String> {
+    IfvdCpu::new(config)
+        .or_msg("IfvdCpu::new")?
+        .forward_backward(
+            ArrayView4::from_shape(shapes.student.dims(), s).or_msg("view")?,
+            ArrayView4::from_shape(shapes.teacher().dims(), t).or_msg("view")?,
+            ArrayView3::from_shape(shapes.label_dims(), l).or_msg("view")?,
+        )
+        .or_msg("cpu")
+}
+
 /// One forward_backward call against the CPU reference.
 fn one_case<T: KdFloat>(
     stream: &Stream,
@@ -74,17 +90,10 @@ fn one_case<T: KdFloat>(
     failures: &mut Vec<String>,
 ) -> TestResult {
     let (numel_s, numel_t) = (shapes.student.numel(), shapes.teacher().numel());
-    let s = random::<T>(seed, numel_s);
-    let t = random::<T>(seed + 1, numel_t);
+    let s = random::<T>(seed, numel_s, 1.0);
+    let t = random::<T>(seed + 1, numel_t, 1.0);
     let l = labels(seed + 2, shapes.label_dims(), config.num_classes + 1);
-    let reference = IfvdCpu::new(config)
-        .or_msg("IfvdCpu::new")?
-        .forward_backward(
-            ArrayView4::from_shape(shapes.student.dims(), &s[..]).or_msg("view")?,
-            ArrayView4::from_shape(shapes.teacher().dims(), &t[..]).or_msg("view")?,
-            ArrayView3::from_shape(shapes.label_dims(), &l[..]).or_msg("view")?,
-        )
-        .or_msg("cpu")?;
+    let reference = reference(config, &shapes, &s, &t, &l)?;
     let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
     let dl = DeviceLabels::new(stream, &l, seed as usize)?;
     let mut loss = nan_buffer::<f32>(stream, 1)?;
@@ -129,7 +138,7 @@ fn ifvd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
     verdict(failures)
 }
 
-fn ifvd_bench_shape(stream: &Stream) -> TestResult {
+fn ifvd_bench_shape_f32(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
     one_case::<f32>(stream, IfvdConfig::new(19), shapes([8, 256, 64, 128], 256, [512, 1024])?, 77, &mut failures)?;
     one_case::<f32>(stream, IfvdConfig::new(150), shapes([2, 256, 64, 128], 512, [512, 512])?, 78, &mut failures)?;
@@ -138,8 +147,8 @@ fn ifvd_bench_shape(stream: &Stream) -> TestResult {
 
 fn ifvd_deterministic_bitwise(stream: &Stream) -> TestResult {
     let shapes = shapes([4, 128, 64, 96], 256, [128, 192])?;
-    let s = upload(stream, &random::<bf16>(5, shapes.student.numel()))?;
-    let t = upload(stream, &random::<bf16>(6, shapes.teacher().numel()))?;
+    let s = upload(stream, &random::<bf16>(5, shapes.student.numel(), 1.0))?;
+    let t = upload(stream, &random::<bf16>(6, shapes.teacher().numel(), 1.0))?;
     let l = DeviceLabels::new(stream, &labels(7, shapes.label_dims(), 19), 2)?;
     let mut ifvd = IfvdCuda::new(stream.clone(), IfvdConfig::new(19)).or_msg("IfvdCuda::new")?;
     let mut runs = Vec::new();
@@ -149,7 +158,7 @@ fn ifvd_deterministic_bitwise(stream: &Stream) -> TestResult {
         ifvd.forward_backward(&shapes, &s, &t, l.get(), &mut loss, &mut grad).or_msg("forward_backward")?;
         runs.push((download(stream, &loss)?[0].to_bits(), bits(&download(stream, &grad)?)));
     }
-    crate::harness::ensure(runs.windows(2).all(|w| w[0] == w[1]), || "runs differ".into())
+    ensure(runs.windows(2).all(|w| w[0] == w[1]), || "runs differ".into())
 }
 
 fn ifvd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
@@ -157,16 +166,9 @@ fn ifvd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
     let shapes = shapes([2, 40, 17, 23], 24, [34, 46])?;
     let config = IfvdConfig::new(7);
     let numel = shapes.student.numel();
-    let (s, t) = (random::<f32>(1, numel), random::<f32>(2, shapes.teacher().numel()));
+    let (s, t) = (random::<f32>(1, numel, 1.0), random::<f32>(2, shapes.teacher().numel(), 1.0));
     let l = labels(3, shapes.label_dims(), 8);
-    let reference = IfvdCpu::new(config)
-        .or_msg("cpu")?
-        .forward_backward(
-            ArrayView4::from_shape(shapes.student.dims(), &s[..]).or_msg("view")?,
-            ArrayView4::from_shape(shapes.teacher().dims(), &t[..]).or_msg("view")?,
-            ArrayView3::from_shape(shapes.label_dims(), &l[..]).or_msg("view")?,
-        )
-        .or_msg("cpu")?;
+    let reference = reference(config, &shapes, &s, &t, &l)?;
     let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
     let dl = DeviceLabels::new(stream, &l, 2)?;
     let mut ifvd = IfvdCuda::new(stream.clone(), config).or_msg("IfvdCuda::new")?;
@@ -175,7 +177,7 @@ fn ifvd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
     ifvd.backward(&shapes, &ds, &dt, dl.get(), &upstream, &mut grad).or_msg("backward")?;
     let want: Vec<f64> = reference.grad_student.iter().map(|g| -1.75 * g).collect();
     close("backward upstream", &widen(&download(stream, &grad)?), &want, 1e-4, &mut failures);
-    let initial = random::<f32>(9, numel);
+    let initial = random::<f32>(9, numel, 1.0);
     let mut grad = upload(stream, &initial)?;
     let buffers = IfvdBuffers {
         grad_student: Some(&mut grad),
@@ -190,7 +192,7 @@ fn ifvd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
 
 fn ifvd_error_paths(stream: &Stream) -> TestResult {
     let shapes = shapes([1, 4, 3, 5], 4, [3, 5])?;
-    let s = upload(stream, &random::<f32>(1, 60))?;
+    let s = upload(stream, &random::<f32>(1, 60, 1.0))?;
     let short = stream.clone_htod(&[0i64; 5]).or_msg("htod")?;
     let mut loss = nan_buffer::<f32>(stream, 1)?;
     let mut ifvd = IfvdCuda::new(stream.clone(), IfvdConfig::new(3)).or_msg("IfvdCuda::new")?;

@@ -13,6 +13,7 @@ mod common;
 mod fixtures;
 mod harness;
 mod pair;
+mod student_grad;
 
 /// One module per registered family (`tests/gpu/{module}.rs`, its `TESTS`), from the crate's registry: a
 /// family cannot be registered without its GPU tests, and every registered family's tests run.

@@ -8,31 +8,33 @@ use std::cell::RefCell;
 
 use kd_kernels::cuda::LossCuda;
 use kd_kernels::cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, DevicePtrMut};
-use kd_kernels::cwd::{CwdConfig, CwdCpu, CwdCuda, CwdPath, CwdRawBuffers};
-use kd_kernels::family::{PairBuffers, PairFamily};
-use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, PixelKdRawBuffers, Reduction};
+use kd_kernels::cwd::{Cwd, CwdConfig, CwdCpu, CwdCuda, CwdPath, CwdRawBuffers};
+use kd_kernels::family::{Family, PairBuffers, PairFamily};
+use kd_kernels::pixel_kd::{
+    PixelKd, PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, PixelKdRawBuffers, Reduction,
+};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 use ndarray::ArrayView4;
 
 use crate::common::{self, PairScenario, SplitMix64};
-use crate::harness::{bits, download, ensure, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{
+    bits, download, ensure, expect_err, gpu_tests, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn,
+    TestResult,
+};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("trivial_softmax_gives_exact_zero", trivial_softmax_gives_exact_zero),
-    ("identical_inputs_give_zero", identical_inputs_give_zero),
-    ("close_student_loss_within_tolerance", close_student_loss_within_tolerance),
-    ("deterministic_bitwise", deterministic_bitwise),
-    ("forward_loss_equals_forward_backward_loss", forward_loss_equals_forward_backward_loss),
-    ("backward_scales_by_device_upstream", backward_scales_by_device_upstream),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    trivial_softmax_gives_exact_zero,
+    identical_inputs_give_zero,
+    close_student_loss_within_tolerance,
+    deterministic_bitwise,
+    forward_loss_equals_forward_backward_loss,
+    backward_scales_by_device_upstream,
 ];
 
 /// Last of the whole suite: they turn off cudarc's event tracking and add streams to the context.
-pub(crate) const LAST: &[(&str, TestFn)] = &[
-    ("graph_capture_replays", graph_capture_replays),
-    ("reserve_then_capture", reserve_then_capture),
-    ("launch_raw_on_a_second_stream", launch_raw_on_a_second_stream),
-];
+pub(crate) const LAST: &[(&str, TestFn)] =
+    gpu_tests![graph_capture_replays, reserve_then_capture, launch_raw_on_a_second_stream];
 
 /// Inputs of one case, already in the storage dtype; the CPU reference gets exactly these values.
 pub(crate) struct Case<T> {
@@ -114,6 +116,38 @@ pub(crate) fn pair_gpu<F: PairFamily, T: KdFloat>(
     })
 }
 
+/// One `forward_backward` of `loss_object` on `case` against its family's CPU reference (with the object's
+/// configuration) under the tolerance table; failures go to `failures`.
+pub(crate) fn matches_cpu<F: PairFamily, T: KdFloat>(
+    what: &str,
+    stream: &Stream,
+    loss_object: &mut LossCuda<F>,
+    case: &Case<T>,
+    failures: &mut Vec<String>,
+) -> TestResult {
+    let (s, t) = case.views()?;
+    let cpu = F::cpu(loss_object.config(), s, t).or_msg(&format!("{what}: cpu"))?;
+    let gpu = pair_gpu(stream, loss_object, case)?;
+    compare(what, &gpu, &cpu, failures);
+    Ok(())
+}
+
+/// The GPU constructor of `F` refuses each temperature of `taus` (`with_tau` makes the configuration) with a
+/// typed error naming `tau`.
+pub(crate) fn bad_taus_rejected<F: Family>(
+    stream: &Stream,
+    taus: [f64; 4],
+    with_tau: impl Fn(f64) -> F::Config,
+) -> TestResult {
+    for tau in taus {
+        let r = LossCuda::<F>::new(stream.clone(), with_tau(tau)).map(drop);
+        expect_err(&format!("{} new tau={tau}", F::NAME), r, |e| {
+            matches!(e, KdError::InvalidParameter { name: "tau", .. })
+        })?;
+    }
+    Ok(())
+}
+
 /// Compares a GPU result with the CPU reference under the tolerance table; failures go to `failures`.
 pub(crate) fn compare<T: KdFloat>(what: &str, gpu: &GpuOut<T>, cpu: &CpuOutput, failures: &mut Vec<String>) {
     let dtype = T::DTYPE;
@@ -159,6 +193,70 @@ pub(crate) const REDUCTIONS: [Reduction; 4] =
 /// Element offsets of (student, teacher, grad_student, grad_teacher): equal offsets keep a common
 /// alignment (vector path after a scalar head and before a scalar tail), unequal ones force the scalar path.
 pub(crate) const OFFSETS: [[usize; 4]; 4] = [[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 3, 0], [3, 2, 1, 5]];
+
+/// Every path of `paths` on sub-buffers at the element offsets of [`OFFSETS`] (NaN around each), in every
+/// dtype, on random cases of each shape of `shapes` (from `seed`): the results match the CPU reference, and
+/// nothing is written outside the gradient views.
+pub(crate) fn misaligned_views<F: PairFamily>(
+    stream: &Stream,
+    config: F::Config,
+    paths: &[F::Path],
+    seed: u64,
+    shapes: &[[usize; 4]],
+) -> TestResult {
+    let mut failures = Vec::new();
+    for &dims in shapes {
+        misaligned_case::<F, f32>(stream, &config, paths, &Case::random(seed, dims), &mut failures)?;
+        misaligned_case::<F, f16>(stream, &config, paths, &Case::random(seed, dims), &mut failures)?;
+        misaligned_case::<F, bf16>(stream, &config, paths, &Case::random(seed, dims), &mut failures)?;
+    }
+    verdict(failures)
+}
+
+fn misaligned_case<F: PairFamily, T: KdFloat>(
+    stream: &Stream,
+    config: &F::Config,
+    paths: &[F::Path],
+    case: &Case<T>,
+    failures: &mut Vec<String>,
+) -> TestResult {
+    let (n, dims) = (case.numel(), case.dims);
+    let (sv, tv) = case.views()?;
+    let cpu = F::cpu(config, sv, tv).or_msg("cpu")?;
+    for (&path, offsets) in paths.iter().flat_map(|p| OFFSETS.map(|o| (p, o))) {
+        let [os, ot, ogs, ogt] = offsets;
+        let mut loss_object = LossCuda::<F>::new(stream.clone(), config.clone()).or_msg("new")?.with_path(path);
+        let s = upload_at(stream, &case.s, os)?;
+        let t = upload_at(stream, &case.t, ot)?;
+        let mut gs = nan_buffer::<T>(stream, n + ogs + 3)?;
+        let mut gt = if F::teacher_grad(config) { Some(nan_buffer::<T>(stream, n + ogt + 3)?) } else { None };
+        let mut loss = upload(stream, &[f32::NAN])?;
+        let (sv, tv) = (s.slice(os..os + n), t.slice(ot..ot + n));
+        let mut gsv = gs.slice_mut(ogs..ogs + n);
+        let mut gtv = gt.as_mut().map(|g| g.slice_mut(ogt..ogt + n));
+        let buffers = PairBuffers {
+            loss: Some(&mut loss),
+            grad_student: Some(&mut gsv),
+            grad_teacher: gtv.as_mut().map(|g| g as &mut dyn DevicePtrMut<T>),
+            ..pair(&sv, &tv)
+        };
+        loss_object.call(&dims, F::pair_buffers(buffers)).or_msg(&format!("{}: forward_backward on views", F::NAME))?;
+        let gs_all = download(stream, &gs)?;
+        let gt_all = gt.map(|g| download(stream, &g)).transpose()?;
+        let outside_untouched = |all: &[T], o: usize| all[..o].iter().chain(&all[o + n..]).all(|v| v.to_f64().is_nan());
+        let what = format!("{} {path:?} {} offsets {offsets:?}", F::NAME, case.name());
+        if !outside_untouched(&gs_all, ogs) || !gt_all.as_ref().is_none_or(|g| outside_untouched(g, ogt)) {
+            failures.push(format!("{what}: wrote outside the gradient views"));
+        }
+        let gpu = GpuOut {
+            loss: download(stream, &loss)?[0],
+            gs: gs_all[ogs..ogs + n].to_vec(),
+            gt: gt_all.map(|g| g[ogt..ogt + n].to_vec()),
+        };
+        compare(&what, &gpu, &cpu, failures);
+    }
+    Ok(())
+}
 
 pub(crate) fn same_bits<T: KdFloat>(what: &str, a: &GpuOut<T>, b: &GpuOut<T>) -> TestResult {
     ensure(a.loss.to_bits() == b.loss.to_bits(), || format!("{what}: loss {:e} vs {:e}", a.loss, b.loss))?;
@@ -466,20 +564,13 @@ fn capture_call(
 pub(crate) fn reserve_then_capture(stream: &Stream) -> TestResult {
     let capture = untracked_second_stream(stream)?;
     let case = Case::<bf16>::random(9600, [2, 19, 40, 56]);
-    let (sv, tv) = case.views()?;
     let s = upload(&capture, &case.s)?;
     let t = upload(&capture, &case.t)?;
     let mut loss = upload(&capture, &[f32::NAN])?;
     let mut gs = nan_buffer::<bf16>(&capture, case.numel())?;
     let mut failures = Vec::new();
 
-    let mut check = |what: String,
-                     unreserved: &mut LossCall<'_>,
-                     reserve: &mut dyn FnMut() -> Result<(), KdError>,
-                     call: &mut LossCall<'_>,
-                     cpu: &CpuOutput,
-                     failures: &mut Vec<String>|
-     -> TestResult {
+    let check: &mut CaptureCheck<'_> = &mut |what, unreserved, reserve, call, cpu, failures| {
         let (result, _) = capture_call(&capture, &mut loss, &mut gs, unreserved)?;
         if !matches!(result, Err(KdError::WorkspaceTooSmall { .. })) {
             failures.push(format!("{what}: growth under capture gave {result:?}, not WorkspaceTooSmall"));
@@ -508,33 +599,9 @@ pub(crate) fn reserve_then_capture(stream: &Stream) -> TestResult {
 
     let dims = case.dims;
     let config = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false };
-    let cpu = CwdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    for path in CWD_PATHS {
-        let new = || CwdCuda::new(capture.clone(), config).or_msg("CwdCuda::new").map(|l| l.with_path(path));
-        let (mut unreserved, cwd) = (new()?, RefCell::new(new()?));
-        check(
-            format!("cwd {path:?}"),
-            &mut |loss, gs| unreserved.forward_backward(&dims, &s, &t, loss, gs),
-            &mut || cwd.borrow_mut().reserve(&dims, DType::BF16),
-            &mut |loss, gs| cwd.borrow_mut().forward_backward(&dims, &s, &t, loss, gs),
-            &cpu,
-            &mut failures,
-        )?;
-    }
-    let config = PixelKdConfig::default();
-    let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    for path in PIXEL_PATHS {
-        let new = || PixelKdCuda::new(capture.clone(), config).or_msg("PixelKdCuda::new").map(|l| l.with_path(path));
-        let (mut unreserved, pkd) = (new()?, RefCell::new(new()?));
-        check(
-            format!("pixel_kd {path:?}"),
-            &mut |loss, gs| unreserved.forward_backward(&dims, &s, &t, loss, gs),
-            &mut || pkd.borrow_mut().reserve(&dims, DType::BF16),
-            &mut |loss, gs| pkd.borrow_mut().forward_backward(&dims, &s, &t, loss, gs),
-            &cpu,
-            &mut failures,
-        )?;
-    }
+    let inputs = (&capture, &case, &s, &t);
+    capture_on_every_path::<Cwd>(inputs, config, &CWD_PATHS, check, &mut failures)?;
+    capture_on_every_path::<PixelKd>(inputs, PixelKdConfig::default(), &PIXEL_PATHS, check, &mut failures)?;
 
     // The raw layer on a captured stream that is not the loss's own: growth is refused there too.
     let mut cwd = CwdCuda::new(stream.clone(), CwdConfig::default()).or_msg("CwdCuda::new")?;
@@ -554,6 +621,45 @@ pub(crate) fn reserve_then_capture(stream: &Stream) -> TestResult {
         failures.push(format!("cwd launch_raw: growth under capture of its stream gave {result:?}"));
     }
     verdict(failures)
+}
+
+/// What [`reserve_then_capture`] checks of one loss object: its name, a call of an unreserved object, the
+/// reservation, the call of the reserved object, and the CPU reference.
+type CaptureCheck<'a> = dyn FnMut(
+        String,
+        &mut LossCall<'_>,
+        &mut dyn FnMut() -> Result<(), KdError>,
+        &mut LossCall<'_>,
+        &CpuOutput,
+        &mut Vec<String>,
+    ) -> TestResult
+    + 'a;
+
+/// [`reserve_then_capture`]'s check on each of `paths` of the pair family `F`, on `case` (uploaded as `s`
+/// and `t`) on the stream `capture`.
+fn capture_on_every_path<F: PairFamily>(
+    (capture, case, s, t): (&Stream, &Case<bf16>, &CudaSlice<bf16>, &CudaSlice<bf16>),
+    config: F::Config,
+    paths: &[F::Path],
+    check: &mut CaptureCheck<'_>,
+    failures: &mut Vec<String>,
+) -> TestResult {
+    let (sv, tv) = case.views()?;
+    let cpu = F::cpu(&config, sv, tv).or_msg("cpu")?;
+    let dims = case.dims;
+    for &path in paths {
+        let new = || LossCuda::<F>::new(capture.clone(), config.clone()).or_msg("new").map(|l| l.with_path(path));
+        let (mut unreserved, reserved) = (new()?, RefCell::new(new()?));
+        check(
+            format!("{} {path:?}", F::NAME),
+            &mut |loss, gs| unreserved.forward_backward(&dims, s, t, loss, gs),
+            &mut || reserved.borrow_mut().reserve(&dims, DType::BF16),
+            &mut |loss, gs| reserved.borrow_mut().forward_backward(&dims, s, t, loss, gs),
+            &cpu,
+            failures,
+        )?;
+    }
+    Ok(())
 }
 
 /// The device address of a buffer for the raw layer. cudarc's event tracking is off in [`LAST`]'s tests, so

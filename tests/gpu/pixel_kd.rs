@@ -2,25 +2,23 @@
 //! views, errors that need a device, the raw layer, gradient accumulation and scaling.
 
 use half::{bf16, f16};
-use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, Reduction};
+use kd_kernels::pixel_kd::{PixelKd, PixelKdConfig, PixelKdCpu, PixelKdCuda, PixelKdPath, Reduction};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, KdError, KdFloat};
 
 use crate::common;
 use crate::common::PAIR_SCENARIOS;
 use crate::harness::{
-    download, ensure, expect_err, nan_buffer, upload, upload_at, verdict, OrMsg, Stream, TestFn, TestResult,
+    download, ensure, expect_err, gpu_tests, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
 };
-use crate::pair::{compare, pair_gpu, Case, GpuOut, OFFSETS, PIXEL_PATHS};
+use crate::pair::{bad_taus_rejected, compare, matches_cpu, misaligned_views, pair_gpu, Case, PIXEL_PATHS};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("pixel_kd_paths_on_this_device", pixel_kd_paths_on_this_device),
-    ("pixel_kd_matches_cpu_f32", pixel_kd_matches_cpu::<f32>),
-    ("pixel_kd_matches_cpu_f16", pixel_kd_matches_cpu::<f16>),
-    ("pixel_kd_matches_cpu_bf16", pixel_kd_matches_cpu::<bf16>),
-    ("f16_gradients_with_amp_loss_scale", f16_gradients_with_amp_loss_scale),
-    ("misaligned_views_pixel_kd", misaligned_views_pixel_kd),
-    ("error_paths_pixel_kd", error_paths_pixel_kd),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    pixel_kd_paths_on_this_device,
+    pixel_kd_matches_cpu::<f32, f16, bf16>,
+    f16_gradients_with_amp_loss_scale,
+    misaligned_views_pixel_kd,
+    error_paths_pixel_kd,
 ];
 
 /// Every shared scenario (`common::PAIR_SCENARIOS`) on both kernels.
@@ -89,49 +87,10 @@ pub(crate) fn f16_gradients_with_amp_loss_scale(stream: &Stream) -> TestResult {
     ensure(c.passes(tol), || format!("{c:?} > {tol}"))
 }
 
-pub(crate) fn misaligned_pixel_kd_case<T: KdFloat>(
-    stream: &Stream,
-    dims: [usize; 4],
-    failures: &mut Vec<String>,
-) -> TestResult {
-    let case = Case::<T>::random(8100, dims);
-    let n = case.numel();
-    let config = PixelKdConfig { tau: 2.0, loss_weight: 1.0, reduction: Reduction::Sum, scale_tau2: true };
-    let (sv, tv) = case.views()?;
-    let cpu = PixelKdCpu::new(config).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    for (path, [os, ot, ogs, _]) in PIXEL_PATHS.into_iter().flat_map(|p| OFFSETS.map(|o| (p, o))) {
-        let mut pkd = PixelKdCuda::new(stream.clone(), config).or_msg("PixelKdCuda::new")?.with_path(path);
-        let s = upload_at(stream, &case.s, os)?;
-        let t = upload_at(stream, &case.t, ot)?;
-        let mut gs = nan_buffer::<T>(stream, n + ogs + 3)?;
-        let mut loss = upload(stream, &[f32::NAN])?;
-        pkd.forward_backward(
-            &dims,
-            &s.slice(os..os + n),
-            &t.slice(ot..ot + n),
-            &mut loss,
-            &mut gs.slice_mut(ogs..ogs + n),
-        )
-        .or_msg("PixelKdCuda::forward_backward on views")?;
-        let all = download(stream, &gs)?;
-        let what = format!("pixel_kd {path:?} {} offsets {:?}", case.name(), [os, ot, ogs]);
-        if !all[..ogs].iter().chain(&all[ogs + n..]).all(|v| v.to_f64().is_nan()) {
-            failures.push(format!("{what}: wrote outside the gradient view"));
-        }
-        let gpu = GpuOut { loss: download(stream, &loss)?[0], gs: all[ogs..ogs + n].to_vec(), gt: None };
-        compare(&what, &gpu, &cpu, failures);
-    }
-    Ok(())
-}
-
+/// Both kernels on misaligned sub-buffers (see `pair::misaligned_views`), in every dtype.
 pub(crate) fn misaligned_views_pixel_kd(stream: &Stream) -> TestResult {
-    let mut failures = Vec::new();
-    for dims in [[2, 19, 17, 33], [1, 7, 1, 9]] {
-        misaligned_pixel_kd_case::<f32>(stream, dims, &mut failures)?;
-        misaligned_pixel_kd_case::<f16>(stream, dims, &mut failures)?;
-        misaligned_pixel_kd_case::<bf16>(stream, dims, &mut failures)?;
-    }
-    verdict(failures)
+    let config = PixelKdConfig { tau: 2.0, loss_weight: 1.0, reduction: Reduction::Sum, scale_tau2: true };
+    misaligned_views::<PixelKd>(stream, config, &PIXEL_PATHS, 8100, &[[2, 19, 17, 33], [1, 7, 1, 9]])
 }
 
 pub(crate) fn error_paths_pixel_kd(stream: &Stream) -> TestResult {
@@ -146,12 +105,8 @@ pub(crate) fn error_paths_pixel_kd(stream: &Stream) -> TestResult {
     let mut gs_short = upload(stream, &vec![sentinel; n - 1])?;
     let up = upload(stream, &[1.0f32])?;
 
-    for tau in [0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
-        let r = PixelKdCuda::new(stream.clone(), PixelKdConfig { tau, ..PixelKdConfig::default() }).map(|_| ());
-        expect_err(&format!("PixelKdCuda::new tau={tau}"), r, |e| {
-            matches!(e, KdError::InvalidParameter { name: "tau", .. })
-        })?;
-    }
+    let bad_taus = [0.0, -1.0, f64::NAN, f64::NEG_INFINITY];
+    bad_taus_rejected::<PixelKd>(stream, bad_taus, |tau| PixelKdConfig { tau, ..PixelKdConfig::default() })?;
     let mut pkd = PixelKdCuda::new(stream.clone(), PixelKdConfig::default()).or_msg("new")?;
     let r = pkd.forward_backward(&dims, &s, &t, &mut loss, &mut gs_short);
     expect_err("grad_student too short", r, |e| {
@@ -181,10 +136,7 @@ pub(crate) fn error_paths_pixel_kd(stream: &Stream) -> TestResult {
     ensure(download(stream, &gs)?.iter().all(|&v| v == sentinel), || "a failed call wrote grad_student".into())?;
 
     // The object still works after the errors.
-    let (sv, tv) = case.views()?;
-    let cpu = PixelKdCpu::new(*pkd.config()).or_msg("cpu")?.forward_backward(sv, tv).or_msg("cpu")?;
-    let gpu = pair_gpu(stream, &mut pkd, &case)?;
     let mut failures = Vec::new();
-    compare("pixel_kd after errors", &gpu, &cpu, &mut failures);
+    matches_cpu("pixel_kd after errors", stream, &mut pkd, &case, &mut failures)?;
     verdict(failures)
 }

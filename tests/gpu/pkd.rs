@@ -10,13 +10,13 @@ use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 
 use crate::common::{quantize, SplitMix64};
-use crate::harness::{bits, download, ensure, expect_err, upload, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{bits, download, ensure, expect_err, gpu_tests, upload, OrMsg, Stream, TestFn, TestResult};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("pkd_matches_cpu_every_dtype", matches_cpu_every_dtype),
-    ("pkd_backward_deterministic_and_accumulates", backward_deterministic_and_accumulates),
-    ("pkd_identical_inputs_give_zero", identical_inputs_give_zero),
-    ("pkd_errors", errors),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    pkd_matches_cpu_every_dtype,
+    pkd_backward_deterministic_and_accumulates,
+    pkd_identical_inputs_give_zero,
+    pkd_errors,
 ];
 
 /// Odd levels (several chunks a channel, planes shorter than a block), and the benches' pyramid at 2 images.
@@ -113,7 +113,7 @@ fn check<T: KdFloat>(stream: &Stream, c: &Case) -> TestResult {
     Ok(())
 }
 
-fn matches_cpu_every_dtype(stream: &Stream) -> TestResult {
+fn pkd_matches_cpu_every_dtype(stream: &Stream) -> TestResult {
     for (seed, dims) in layouts().iter().enumerate() {
         let c = case(seed as u64 + 1, dims);
         check::<f32>(stream, &c)?;
@@ -123,7 +123,7 @@ fn matches_cpu_every_dtype(stream: &Stream) -> TestResult {
     Ok(())
 }
 
-fn backward_deterministic_and_accumulates(stream: &Stream) -> TestResult {
+fn pkd_backward_deterministic_and_accumulates(stream: &Stream) -> TestResult {
     let c = case(9, &layouts()[0]);
     let r = reference::<f32>(&c, -1.5);
     let (_, a) = run_gpu::<f32>(stream, &c, Some(-1.5), GradOptions::OVERWRITE, None)?;
@@ -141,7 +141,7 @@ fn backward_deterministic_and_accumulates(stream: &Stream) -> TestResult {
     Ok(())
 }
 
-fn identical_inputs_give_zero(stream: &Stream) -> TestResult {
+fn pkd_identical_inputs_give_zero(stream: &Stream) -> TestResult {
     let mut c = case(11, &layouts()[0]);
     c.student = c.teacher.clone();
     let (loss, grads) = run_gpu::<bf16>(stream, &c, None, GradOptions::OVERWRITE, None)?;
@@ -149,7 +149,7 @@ fn identical_inputs_give_zero(stream: &Stream) -> TestResult {
     ensure(grads.iter().flatten().all(|g| g.to_f32() == 0.0), || "a non-zero gradient".to_string())
 }
 
-fn errors(stream: &Stream) -> TestResult {
+fn pkd_errors(stream: &Stream) -> TestResult {
     let mut pkd = PkdCuda::new(stream.clone(), PkdConfig::default()).or_msg("PkdCuda::new")?;
     let too_many = PkdLevels::same(&[[1, 1, 1, 2]; MAX_LEVELS + 1]).or_msg("levels")?;
     expect_err("9 levels", pkd.reserve(&too_many, DType::F32), |e| matches!(e, KdError::TooLarge { .. }))?;

@@ -10,13 +10,10 @@ use kd_kernels::semckd::{
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 
-use crate::harness::{download, ensure, upload, OrMsg, Stream, TestFn, TestResult};
+use crate::harness::{download, ensure, gpu_tests, upload, OrMsg, Stream, TestFn, TestResult};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("semckd_matches_cpu_every_dtype", matches_cpu_every_dtype),
-    ("semckd_deterministic_and_accumulates", deterministic_and_accumulates),
-    ("semckd_errors", errors),
-];
+pub(crate) const TESTS: &[(&str, TestFn)] =
+    gpu_tests![semckd_matches_cpu_every_dtype, semckd_deterministic_and_accumulates, semckd_errors,];
 
 /// Batch, student maps, teacher maps.
 type Layout = (usize, Vec<[usize; 3]>, Vec<[usize; 3]>);
@@ -183,7 +180,7 @@ fn check<T: KdFloat>(stream: &Stream, c: &Case) -> TestResult {
     Ok(())
 }
 
-fn matches_cpu_every_dtype(stream: &Stream) -> TestResult {
+fn semckd_matches_cpu_every_dtype(stream: &Stream) -> TestResult {
     let layouts: [Layout; 3] = [
         (64, vec![[16, 32, 32], [32, 16, 16], [64, 8, 8]], vec![[16, 32, 32], [32, 16, 16], [64, 8, 8]]),
         (8, vec![[3, 6, 6], [5, 3, 5]], vec![[6, 7, 7], [4, 5, 9], [8, 2, 2]]),
@@ -198,7 +195,7 @@ fn matches_cpu_every_dtype(stream: &Stream) -> TestResult {
     Ok(())
 }
 
-fn deterministic_and_accumulates(stream: &Stream) -> TestResult {
+fn semckd_deterministic_and_accumulates(stream: &Stream) -> TestResult {
     let c = case(9, 32, &[[8, 16, 16], [16, 8, 8]], &[[8, 16, 16], [16, 8, 8], [32, 4, 4]]);
     let a = run_gpu::<f32>(stream, &c, GradOptions::OVERWRITE, None)?;
     let b = run_gpu::<f32>(stream, &c, GradOptions::OVERWRITE, None)?;
@@ -217,7 +214,7 @@ fn deterministic_and_accumulates(stream: &Stream) -> TestResult {
     Ok(())
 }
 
-fn errors(stream: &Stream) -> TestResult {
+fn semckd_errors(stream: &Stream) -> TestResult {
     let mut semckd = SemckdCuda::new(stream.clone(), SemckdConfig::default()).or_msg("SemckdCuda::new")?;
     let too_many = SemckdLayers { batch: 8, embed_dim: 2, student: vec![[1, 2, 2]; 9], teacher: vec![[1, 2, 2]] };
     ensure(matches!(semckd.reserve(&too_many, DType::F32), Err(KdError::TooLarge { .. })), || {

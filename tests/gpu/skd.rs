@@ -5,98 +5,29 @@
 
 use half::{bf16, f16};
 use kd_kernels::skd::{
-    check_shapes, gram_path, GramPath, RelationShapes, SkdBuffers, SkdConfig, SkdCpu, SkdCuda, SkdPool,
+    check_shapes, gram_path, GramPath, RelationShapes, Skd, SkdBuffers, SkdConfig, SkdCuda, SkdPool,
 };
-use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
-use kd_kernels::{CpuOutput, GradOptions, KdError, KdFloat};
-use ndarray::ArrayView4;
+use kd_kernels::{GradOptions, KdError, KdFloat};
 
-use crate::common::SplitMix64;
+use crate::common::{widen, SplitMix64};
 use crate::harness::{
-    bits, download, ensure, expect_err, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
+    close, download, ensure, expect_err, gpu_tests, nan_buffer, random, upload, verdict, OrMsg, Stream, TestFn,
+    TestResult,
 };
+use crate::student_grad::{check_call, deterministic, reference, Inputs};
 
-pub(crate) const TESTS: &[(&str, TestFn)] = &[
-    ("skd_matches_cpu_f32", skd_matches_cpu::<f32>),
-    ("skd_matches_cpu_f16", skd_matches_cpu::<f16>),
-    ("skd_matches_cpu_bf16", skd_matches_cpu::<bf16>),
-    ("skd_bench_shape_f32", skd_bench_shape),
-    ("skd_identical_inputs_exactly_zero", skd_identical_inputs_exactly_zero),
-    ("skd_deterministic_bitwise", skd_deterministic_bitwise),
-    ("skd_backward_upstream_and_accumulate", skd_backward_upstream_and_accumulate),
-    ("skd_error_paths", skd_error_paths),
-    ("skd_tensor_core_gram_f16", skd_tensor_core_gram::<f16>),
-    ("skd_tensor_core_gram_bf16", skd_tensor_core_gram::<bf16>),
+pub(crate) const TESTS: &[(&str, TestFn)] = gpu_tests![
+    skd_matches_cpu::<f32, f16, bf16>,
+    skd_bench_shape_f32,
+    skd_identical_inputs_exactly_zero,
+    skd_deterministic_bitwise,
+    skd_backward_upstream_and_accumulate,
+    skd_error_paths,
+    skd_tensor_core_gram::<f16, bf16>,
 ];
-
-fn random<T: KdFloat>(seed: u64, numel: usize) -> Vec<T> {
-    let mut rng = SplitMix64::new(seed);
-    (0..numel).map(|_| T::from_f32(((rng.normal() * 1024.0).round() / 1024.0) as f32)).collect()
-}
-
-fn close(what: &str, got: &[f64], reference: &[f64], tol: f64, failures: &mut Vec<String>) {
-    let c = Comparison::of(got.iter().copied(), reference.iter().copied());
-    if got.len() != reference.len() || !c.passes(tol) {
-        failures.push(format!("{what}: {c:?} > {tol:e} (lengths {} / {})", got.len(), reference.len()));
-    }
-}
-
-fn widen<T: KdFloat>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
 
 fn shapes(s: [usize; 4], ct: usize) -> Result<RelationShapes, String> {
     check_shapes(&s, &[s[0], ct, s[2], s[3]]).or_msg("shapes")
-}
-
-fn reference<T: KdFloat>(config: SkdConfig, shapes: &RelationShapes, s: &[T], t: &[T]) -> Result<CpuOutput, String> {
-    SkdCpu::new(config)
-        .or_msg("SkdCpu::new")?
-        .forward_backward(
-            ArrayView4::from_shape(shapes.student.dims(), s).or_msg("view")?,
-            ArrayView4::from_shape(shapes.teacher().dims(), t).or_msg("view")?,
-        )
-        .or_msg("cpu")
-}
-
-/// One forward_backward call against the CPU reference.
-fn one_case<T: KdFloat>(
-    stream: &Stream,
-    config: SkdConfig,
-    shapes: RelationShapes,
-    seed: u64,
-    failures: &mut Vec<String>,
-) -> TestResult {
-    let (numel_s, numel_t) = (shapes.student.numel(), shapes.teacher().numel());
-    let s = random::<T>(seed, numel_s);
-    let t = random::<T>(seed + 1, numel_t);
-    check_call(stream, config, &shapes, &s, &t, failures).map(|_| ())
-}
-
-/// One forward_backward call on `s` and `t` against the CPU reference; returns the loss's and the gradient's
-/// bits.
-fn check_call<T: KdFloat>(
-    stream: &Stream,
-    config: SkdConfig,
-    shapes: &RelationShapes,
-    s: &[T],
-    t: &[T],
-    failures: &mut Vec<String>,
-) -> Result<(u32, Vec<u64>), String> {
-    let numel_s = shapes.student.numel();
-    let reference = reference(config, shapes, s, t)?;
-    let (ds, dt) = (upload(stream, s)?, upload(stream, t)?);
-    let mut loss = nan_buffer::<f32>(stream, 1)?;
-    let mut grad = nan_buffer::<T>(stream, numel_s)?;
-    let mut skd = SkdCuda::new(stream.clone(), config).or_msg("SkdCuda::new")?;
-    skd.forward_backward(shapes, &ds, &dt, &mut loss, &mut grad).or_msg("forward_backward")?;
-    let what = format!("{} {:?} {:?}", T::DTYPE, shapes, config);
-    let got = download(stream, &loss)?[0];
-    close(&format!("{what} loss"), &[got as f64], &[reference.loss], tolerance(T::DTYPE, OutputKind::Loss), failures);
-    let want: Vec<f64> = reference.grad_student.iter().copied().collect();
-    let grad = download(stream, &grad)?;
-    close(&format!("{what} grad"), &widen(&grad), &want, tolerance(T::DTYPE, OutputKind::Tensor), failures);
-    Ok((got.to_bits(), bits(&grad)))
 }
 
 /// The tensor-core Gram (`GramPath::TensorCores`) where the emulator tests do not reach: several 64-row tiles
@@ -110,15 +41,17 @@ fn skd_tensor_core_gram<T: KdFloat>(stream: &Stream) -> TestResult {
         let shapes = shapes(dims, dims[1])?;
         ensure(gram_path(&shapes, T::DTYPE) == GramPath::TensorCores, || format!("{shapes:?}: CUDA-core Gram"))?;
         // A weight that keeps f16 gradients (which shrink as 1 / P) above the subnormals.
-        one_case::<T>(stream, SkdConfig { loss_weight: 100.0, pool }, shapes, 90 + i as u64, &mut failures)?;
+        let config = SkdConfig { loss_weight: 100.0, pool };
+        check_call::<Skd, T>(stream, config, &Inputs::random(90 + i as u64, dims, dims[1]), &mut failures)?;
     }
-    let shapes = shapes([2, 24, 45, 67], 24)?;
-    let t = random::<T>(95, shapes.teacher().numel());
+    let dims = [2, 24, 45, 67];
+    let teacher = random::<T>(95, dims.iter().product(), 1.0);
     let mut rng = SplitMix64::new(96);
-    let s: Vec<T> = t.iter().map(|v| T::from_f64(v.to_f64() + 1e-3 * rng.normal())).collect();
+    let student: Vec<T> = teacher.iter().map(|v| T::from_f64(v.to_f64() + 1e-3 * rng.normal())).collect();
+    let close_student = Inputs { student_dims: dims, teacher_dims: dims, student, teacher };
     let config = SkdConfig { loss_weight: 1000.0, pool: SkdPool::Max2x2 };
-    let first = check_call(stream, config, &shapes, &s, &t, &mut failures)?;
-    let again = check_call(stream, config, &shapes, &s, &t, &mut failures)?;
+    let first = check_call::<Skd, T>(stream, config, &close_student, &mut failures)?;
+    let again = check_call::<Skd, T>(stream, config, &close_student, &mut failures)?;
     ensure(first == again, || "two runs differ".into())?;
     verdict(failures)
 }
@@ -134,20 +67,20 @@ fn skd_matches_cpu<T: KdFloat>(stream: &Stream) -> TestResult {
     ];
     for (i, (s, ct, pool)) in cases.into_iter().enumerate() {
         let config = SkdConfig { loss_weight: 2.0, pool };
-        one_case::<T>(stream, config, shapes(s, ct)?, 10 + i as u64, &mut failures)?;
+        check_call::<Skd, T>(stream, config, &Inputs::random(10 + i as u64, s, ct), &mut failures)?;
     }
     verdict(failures)
 }
 
-fn skd_bench_shape(stream: &Stream) -> TestResult {
+fn skd_bench_shape_f32(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
-    one_case::<f32>(stream, SkdConfig::default(), shapes([2, 128, 64, 128], 256)?, 77, &mut failures)?;
+    check_call::<Skd, f32>(stream, SkdConfig::default(), &Inputs::random(77, [2, 128, 64, 128], 256), &mut failures)?;
     verdict(failures)
 }
 
 fn skd_identical_inputs_exactly_zero(stream: &Stream) -> TestResult {
     let shapes = shapes([2, 48, 33, 31], 48)?;
-    let s = upload(stream, &random::<bf16>(3, shapes.student.numel()))?;
+    let s = upload(stream, &random::<bf16>(3, shapes.student.numel(), 1.0))?;
     let mut skd = SkdCuda::new(stream.clone(), SkdConfig::default()).or_msg("SkdCuda::new")?;
     let mut loss = nan_buffer::<f32>(stream, 1)?;
     let mut grad = nan_buffer::<bf16>(stream, shapes.student.numel())?;
@@ -158,35 +91,24 @@ fn skd_identical_inputs_exactly_zero(stream: &Stream) -> TestResult {
 }
 
 fn skd_deterministic_bitwise(stream: &Stream) -> TestResult {
-    let shapes = shapes([4, 128, 64, 96], 256)?;
-    let s = upload(stream, &random::<bf16>(5, shapes.student.numel()))?;
-    let t = upload(stream, &random::<bf16>(6, shapes.teacher().numel()))?;
-    let mut skd = SkdCuda::new(stream.clone(), SkdConfig::default()).or_msg("SkdCuda::new")?;
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        let mut loss = nan_buffer::<f32>(stream, 1)?;
-        let mut grad = nan_buffer::<bf16>(stream, shapes.student.numel())?;
-        skd.forward_backward(&shapes, &s, &t, &mut loss, &mut grad).or_msg("forward_backward")?;
-        runs.push((download(stream, &loss)?[0].to_bits(), bits(&download(stream, &grad)?)));
-    }
-    ensure(runs.windows(2).all(|w| w[0] == w[1]), || "runs differ".into())
+    deterministic::<Skd, bf16>(stream, SkdConfig::default(), &Inputs::random(5, [4, 128, 64, 96], 256))
 }
 
 fn skd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
     let mut failures = Vec::new();
-    let shapes = shapes([2, 40, 17, 23], 24)?;
+    let inputs = Inputs::<f32>::random(1, [2, 40, 17, 23], 24);
+    let shapes = shapes(inputs.student_dims, 24)?;
     let config = SkdConfig::default();
     let numel = shapes.student.numel();
-    let (s, t) = (random::<f32>(1, numel), random::<f32>(2, shapes.teacher().numel()));
-    let reference = reference(config, &shapes, &s, &t)?;
-    let (ds, dt) = (upload(stream, &s)?, upload(stream, &t)?);
+    let reference = reference::<Skd, f32>(&config, &inputs)?;
+    let (ds, dt) = (upload(stream, &inputs.student)?, upload(stream, &inputs.teacher)?);
     let mut skd = SkdCuda::new(stream.clone(), config).or_msg("SkdCuda::new")?;
     let upstream = upload(stream, &[-1.75f32])?;
     let mut grad = nan_buffer::<f32>(stream, numel)?;
     skd.backward(&shapes, &ds, &dt, &upstream, &mut grad).or_msg("backward")?;
     let want: Vec<f64> = reference.grad_student.iter().map(|g| -1.75 * g).collect();
     close("backward upstream", &widen(&download(stream, &grad)?), &want, 1e-4, &mut failures);
-    let initial = random::<f32>(9, numel);
+    let initial = random::<f32>(9, numel, 1.0);
     let mut grad = upload(stream, &initial)?;
     let buffers = SkdBuffers {
         grad_student: Some(&mut grad),
@@ -201,7 +123,7 @@ fn skd_backward_upstream_and_accumulate(stream: &Stream) -> TestResult {
 
 fn skd_error_paths(stream: &Stream) -> TestResult {
     let shapes = shapes([1, 4, 3, 5], 6)?;
-    let s = upload(stream, &random::<f32>(1, 60))?;
+    let s = upload(stream, &random::<f32>(1, 60, 1.0))?;
     let mut loss = nan_buffer::<f32>(stream, 1)?;
     let mut skd = SkdCuda::new(stream.clone(), SkdConfig::default()).or_msg("SkdCuda::new")?;
     expect_err("teacher too short", skd.forward(&shapes, &s, &s, &mut loss), |e| {
@@ -212,7 +134,7 @@ fn skd_error_paths(stream: &Stream) -> TestResult {
         SkdCuda::new(stream.clone(), SkdConfig { loss_weight: f64::NAN, ..SkdConfig::default() }).map(drop),
         |e| matches!(e, KdError::InvalidParameter { .. }),
     )?;
-    let t = upload(stream, &random::<f32>(2, 90))?;
+    let t = upload(stream, &random::<f32>(2, 90, 1.0))?;
     let nothing = SkdBuffers::<f32>::new(&s, &t);
     expect_err("no output", skd.call(&shapes, nothing), |e| matches!(e, KdError::OutputMismatch { .. }))
 }

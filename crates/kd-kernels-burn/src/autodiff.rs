@@ -12,12 +12,9 @@ use ::burn::backend::tensor::{FloatTensor, IntTensor};
 use ::burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata};
 use ::burn::tensor::Shape;
 
-use super::{KdBackend, StudentGradConfig};
-use kd_kernels::cwd::CwdConfig;
-use kd_kernels::cwt::CwtConfig;
-use kd_kernels::icsd::IcsdConfig;
+use super::{KdBackend, PairConfig};
+use kd_kernels::cwt::CwtSetup;
 use kd_kernels::ifvd::IfvdConfig;
-use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::pkd::{PkdConfig, PkdLevels};
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
 
@@ -118,83 +115,24 @@ fn constant<B: Backend, C: CheckpointStrategy>(tensor: FloatTensor<B>) -> FloatT
 }
 
 impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
-    fn cwd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: CwdConfig) -> FloatTensor<Self> {
+    fn pair_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: PairConfig) -> FloatTensor<Self> {
         fused::<B, C, 2>(
             [student, teacher],
-            |[s, t]| B::cwd_forward(s, t, config),
+            |[s, t]| B::pair_forward(s, t, config),
             |[s, t]| {
-                let (loss, gs, gt) = B::cwd_forward_backward(s, t, config);
+                let (loss, gs, gt) = B::pair_forward_backward(s, t, config);
                 (loss, [Some(gs), gt])
             },
         )
     }
 
-    fn cwd_forward_backward(
+    fn pair_forward_backward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        config: CwdConfig,
+        config: PairConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        let (loss, gs, gt) = B::cwd_forward_backward(inner::<B, C>(student), inner::<B, C>(teacher), config);
+        let (loss, gs, gt) = B::pair_forward_backward(inner::<B, C>(student), inner::<B, C>(teacher), config);
         (constant::<B, C>(loss), constant::<B, C>(gs), gt.map(constant::<B, C>))
-    }
-
-    fn pixel_kd_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: PixelKdConfig,
-    ) -> FloatTensor<Self> {
-        student_gradient_only::<B, C>(
-            student,
-            teacher,
-            |s, t| B::pixel_kd_forward(s, t, config),
-            |s, t| B::pixel_kd_forward_backward(s, t, config),
-        )
-    }
-
-    fn pixel_kd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: PixelKdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        on_inner::<B, C>(student, teacher, |s, t| B::pixel_kd_forward_backward(s, t, config))
-    }
-
-    fn icsd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: IcsdConfig) -> FloatTensor<Self> {
-        student_gradient_only::<B, C>(
-            student,
-            teacher,
-            |s, t| B::icsd_forward(s, t, config),
-            |s, t| B::icsd_forward_backward(s, t, config),
-        )
-    }
-
-    fn icsd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: IcsdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        on_inner::<B, C>(student, teacher, |s, t| B::icsd_forward_backward(s, t, config))
-    }
-
-    fn student_grad_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: StudentGradConfig,
-    ) -> FloatTensor<Self> {
-        student_gradient_only::<B, C>(
-            student,
-            teacher,
-            |s, t| B::student_grad_forward(s, t, config),
-            |s, t| B::student_grad_forward_backward(s, t, config),
-        )
-    }
-
-    fn student_grad_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: StudentGradConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        on_inner::<B, C>(student, teacher, |s, t| B::student_grad_forward_backward(s, t, config))
     }
 
     fn pkd_forward(
@@ -249,18 +187,15 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
     fn cwt_forward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        config: CwtConfig,
+        params: FloatTensor<Self>,
+        setup: CwtSetup,
     ) -> FloatTensor<Self> {
-        fused::<B, C, 6>(
-            [student, teacher, w1, b1, w2, b2],
-            |[s, t, w1, b1, w2, b2]| B::cwt_forward(s, t, w1, b1, w2, b2, config),
-            |[s, t, w1, b1, w2, b2]| {
-                let (loss, gs, gw1, gb1, gw2, gb2) = B::cwt_forward_backward(s, t, w1, b1, w2, b2, config);
-                (loss, [Some(gs), None, Some(gw1), Some(gb1), Some(gw2), Some(gb2)])
+        fused::<B, C, 3>(
+            [student, teacher, params],
+            |[s, t, p]| B::cwt_forward(s, t, p, setup),
+            |[s, t, p]| {
+                let (loss, gs, gp) = B::cwt_forward_backward(s, t, p, setup);
+                (loss, [Some(gs), None, Some(gp)])
             },
         )
     }
@@ -268,23 +203,12 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
     fn cwt_forward_backward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        config: CwtConfig,
-    ) -> (
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-    ) {
-        let [s, t, w1, b1, w2, b2] = [student, teacher, w1, b1, w2, b2].map(inner::<B, C>);
-        let (loss, gs, gw1, gb1, gw2, gb2) = B::cwt_forward_backward(s, t, w1, b1, w2, b2, config);
-        let c = constant::<B, C>;
-        (c(loss), c(gs), c(gw1), c(gb1), c(gw2), c(gb2))
+        params: FloatTensor<Self>,
+        setup: CwtSetup,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [s, t, p] = [student, teacher, params].map(inner::<B, C>);
+        let (loss, gs, gp) = B::cwt_forward_backward(s, t, p, setup);
+        (constant::<B, C>(loss), constant::<B, C>(gs), constant::<B, C>(gp))
     }
 
     fn semckd_forward(

@@ -51,18 +51,15 @@ use cubecl_runtime::runtime::Runtime;
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::{CudaContext, CudaStream};
 
-use super::{KdBackend, StudentGradConfig, StudentGradJob};
-use super::{PkdPacking, SemckdPacking};
+use super::{loss_and_grad, KdBackend, PairConfig, PairJob, PairLossFamily};
+use super::{CwtPacking, PkdPacking, SemckdPacking};
 use kd_kernels::cuda::LossCuda;
-use kd_kernels::cwd::{Cwd, CwdConfig};
-use kd_kernels::cwt::{CwtConfig, CwtCuda, CwtRawBuffers, CwtSetup, CwtShapes};
+use kd_kernels::cwt::{CwtCuda, CwtRawBuffers, CwtSetup};
 use kd_kernels::dtype::DType;
 use kd_kernels::error::{KdError, Result};
-use kd_kernels::family::{Family, PairFamily, PairRawBuffers, StudentGradFamily};
+use kd_kernels::family::{Family, PairRawBuffers};
 use kd_kernels::grad::GradOptions;
-use kd_kernels::icsd::{Icsd, IcsdConfig};
 use kd_kernels::ifvd::{check_shapes, IfvdConfig, IfvdCuda, IfvdRawBuffers};
-use kd_kernels::pixel_kd::{PixelKd, PixelKdConfig};
 use kd_kernels::pkd::{PkdConfig, PkdCuda, PkdLevels, PkdRawBuffers};
 use kd_kernels::semckd::{SemckdConfig, SemckdCuda, SemckdLayers, SemckdRawBuffers};
 
@@ -282,6 +279,24 @@ fn kernel_dtype(dtype: BurnDType) -> DType {
     }
 }
 
+/// The dtype a call's loss is returned in (its first input's) and the kernels' dtype of that input.
+fn dtypes(first: &CubeTensor) -> (BurnDType, DType) {
+    (first.dtype, kernel_dtype(first.dtype))
+}
+
+/// The outputs of a call: the loss, then, with `want_grad`, one gradient shaped and typed like each of `like`.
+fn loss_then_grads(want_grad: bool, like: &[&CubeTensor]) -> Vec<OutputSpec> {
+    let grads = like.iter().filter(|_| want_grad).map(|t| OutputSpec::like(t));
+    std::iter::once(OutputSpec::loss()).chain(grads).collect()
+}
+
+/// The outputs of [`run`], the kernels' f32 loss first, with the loss cast to `dtype` (the inputs' dtype, as
+/// the primitives return it).
+fn loss_in(mut out: Vec<CubeTensor>, dtype: BurnDType) -> Vec<CubeTensor> {
+    out[0] = loss_as::<CubeBackend>(out[0].clone(), dtype);
+    out
+}
+
 /// The kernels' f32 loss in the inputs' dtype, as the primitives return it.
 fn loss_as<B: Backend>(loss: FloatTensor<B>, dtype: BurnDType) -> FloatTensor<B> {
     if loss.dtype() == dtype {
@@ -295,66 +310,35 @@ fn dims(t: &CubeTensor) -> Vec<usize> {
     t.shape().as_slice().to_vec()
 }
 
-/// A (student, teacher) loss: the loss alone, or the loss and its gradients (student, then teacher where
-/// `teacher_grad`), each of the student's shape and dtype.
-fn pair<L: GpuLoss>(
-    key: L::Key,
-    student: CubeTensor,
-    teacher: CubeTensor,
-    grads: usize,
-    launch: impl FnOnce(&mut L, CUstream, &[usize], DType, [u64; 2], &[u64]) -> Result<()>,
-) -> Vec<CubeTensor> {
-    let (shape, dtype) = (dims(&student), student.dtype);
-    let mut outputs = vec![OutputSpec::loss()];
-    outputs.extend((0..grads).map(|_| OutputSpec::like(&student)));
-    let mut out = run::<L, 2>(key, [student, teacher], outputs, |c| {
-        launch(c.loss, c.stream, &shape, kernel_dtype(dtype), c.inputs, c.outputs)
-    });
-    out[0] = loss_as::<CubeBackend>(out[0].clone(), dtype);
-    out
-}
-
-/// A [`StudentGradConfig`]'s loss (and with `grads: 1` the student's gradient) through its family's raw layer.
-struct StudentGradOnGpu {
+/// A [`PairConfig`]'s loss and, with `grads`, its gradients (the student's, then the teacher's where the
+/// configuration asks for it), each of the student's shape and dtype, through the family's raw layer: the pair
+/// primitives' one body.
+struct PairOnGpu {
     student: CubeTensor,
     teacher: CubeTensor,
     grads: usize,
 }
 
-impl StudentGradJob for StudentGradOnGpu {
+impl PairJob for PairOnGpu {
     type Out = Vec<CubeTensor>;
-    fn run<F: StudentGradFamily>(self, config: F::Config) -> Vec<CubeTensor> {
-        let teacher_dims = dims(&self.teacher);
-        pair::<LossCuda<F>>(config, self.student, self.teacher, self.grads, |loss, stream, shape, dtype, [s, t], o| {
-            let pair =
-                PairRawBuffers { student: s, teacher: t, loss: o[0], grad_student: out(o, 1), ..Default::default() };
+    fn run<F: PairLossFamily>(self, config: F::Config) -> Vec<CubeTensor> {
+        let (shape, teacher_dims, dtype) = (dims(&self.student), dims(&self.teacher), self.student.dtype);
+        let mut outputs = vec![OutputSpec::loss()];
+        outputs.extend((0..self.grads).map(|_| OutputSpec::like(&self.student)));
+        let out = run::<LossCuda<F>, 2>(config, [self.student, self.teacher], outputs, |c| {
+            let [student, teacher] = c.inputs;
+            let (loss, grad_student, grad_teacher) = (c.outputs[0], out(c.outputs, 1), out(c.outputs, 2));
+            let pair = PairRawBuffers { student, teacher, loss, grad_student, grad_teacher, upstream: 0 };
             let buffers = F::raw_buffers(pair)?;
-            F::with_shape(shape, &teacher_dims, |shape| {
-                // SAFETY: as in `pair_family` (the teacher sized for its own dims, checked against the student's).
-                unsafe { loss.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
+            F::with_shape(&shape, &teacher_dims, |shape| {
+                // SAFETY: addresses of live, pinned cubecl buffers of the primary context, sized for the
+                // student's and the teacher's dims, which the family checked.
+                unsafe { c.loss.launch_raw(c.stream, shape, kernel_dtype(dtype), &buffers, GradOptions::OVERWRITE) }
+                    .map(drop)
             })
-        })
+        });
+        loss_in(out, dtype)
     }
-}
-
-/// A [`PairFamily`]'s loss and, with `grads`, its gradients (the student's, then the teacher's where the
-/// configuration asks for it) through the core's raw layer: one body for every pair family.
-fn pair_family<F: PairFamily>(
-    config: F::Config,
-    student: CubeTensor,
-    teacher: CubeTensor,
-    grads: usize,
-) -> Vec<CubeTensor>
-where
-    LossCuda<F>: Send,
-{
-    pair::<LossCuda<F>>(config, student, teacher, grads, |loss, stream, shape, dtype, [s, t], o| {
-        let (grad_student, grad_teacher) = (out(o, 1), out(o, 2));
-        let pair = PairRawBuffers { student: s, teacher: t, loss: o[0], grad_student, grad_teacher, upstream: 0 };
-        let buffers = F::pair_raw(pair)?;
-        // SAFETY: addresses of live, pinned cubecl buffers of the primary context, sized for `shape`.
-        unsafe { loss.launch_raw(stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
-    })
 }
 
 /// The address of output `i`, 0 (absent) past the end.
@@ -363,57 +347,19 @@ fn out(outputs: &[u64], i: usize) -> u64 {
 }
 
 impl KdBackend for CubeBackend {
-    fn cwd_forward(student: CubeTensor, teacher: CubeTensor, config: CwdConfig) -> CubeTensor {
-        pair_family::<Cwd>(config, student, teacher, 0).remove(0)
+    fn pair_forward(student: CubeTensor, teacher: CubeTensor, config: PairConfig) -> CubeTensor {
+        config.run(PairOnGpu { student, teacher, grads: 0 }).remove(0)
     }
 
-    fn cwd_forward_backward(
+    fn pair_forward_backward(
         student: CubeTensor,
         teacher: CubeTensor,
-        config: CwdConfig,
+        config: PairConfig,
     ) -> (CubeTensor, CubeTensor, Option<CubeTensor>) {
-        let grads = 1 + usize::from(config.teacher_grad);
-        let mut out = pair_family::<Cwd>(config, student, teacher, grads).into_iter();
+        let grads = 1 + usize::from(config.teacher_grad());
+        let mut out = config.run(PairOnGpu { student, teacher, grads }).into_iter();
         let (loss, gs) = (out.next().expect("loss"), out.next().expect("student gradient"));
         (loss, gs, out.next())
-    }
-
-    fn pixel_kd_forward(student: CubeTensor, teacher: CubeTensor, config: PixelKdConfig) -> CubeTensor {
-        pair_family::<PixelKd>(config, student, teacher, 0).remove(0)
-    }
-
-    fn pixel_kd_forward_backward(
-        student: CubeTensor,
-        teacher: CubeTensor,
-        config: PixelKdConfig,
-    ) -> (CubeTensor, CubeTensor) {
-        let mut out = pair_family::<PixelKd>(config, student, teacher, 1);
-        let gs = out.pop().expect("student gradient");
-        (out.remove(0), gs)
-    }
-
-    fn icsd_forward(student: CubeTensor, teacher: CubeTensor, config: IcsdConfig) -> CubeTensor {
-        pair_family::<Icsd>(config, student, teacher, 0).remove(0)
-    }
-
-    fn icsd_forward_backward(student: CubeTensor, teacher: CubeTensor, config: IcsdConfig) -> (CubeTensor, CubeTensor) {
-        let mut out = pair_family::<Icsd>(config, student, teacher, 1);
-        let gs = out.pop().expect("student gradient");
-        (out.remove(0), gs)
-    }
-
-    fn student_grad_forward(student: CubeTensor, teacher: CubeTensor, config: StudentGradConfig) -> CubeTensor {
-        config.run(StudentGradOnGpu { student, teacher, grads: 0 }).remove(0)
-    }
-
-    fn student_grad_forward_backward(
-        student: CubeTensor,
-        teacher: CubeTensor,
-        config: StudentGradConfig,
-    ) -> (CubeTensor, CubeTensor) {
-        let mut out = config.run(StudentGradOnGpu { student, teacher, grads: 1 });
-        let gs = out.pop().expect("student gradient");
-        (out.remove(0), gs)
     }
 
     fn pkd_forward(student: CubeTensor, teacher: CubeTensor, levels: PkdLevels, config: PkdConfig) -> CubeTensor {
@@ -426,9 +372,7 @@ impl KdBackend for CubeBackend {
         levels: PkdLevels,
         config: PkdConfig,
     ) -> (CubeTensor, CubeTensor) {
-        let mut out = pkd(student, teacher, &levels, config, true);
-        let gs = out.pop().expect("student gradient");
-        (out.remove(0), gs)
+        loss_and_grad(pkd(student, teacher, &levels, config, true))
     }
 
     fn ifvd_forward(student: CubeTensor, teacher: CubeTensor, labels: CubeTensor, config: IfvdConfig) -> CubeTensor {
@@ -441,36 +385,22 @@ impl KdBackend for CubeBackend {
         labels: CubeTensor,
         config: IfvdConfig,
     ) -> (CubeTensor, CubeTensor) {
-        let mut out = ifvd(student, teacher, labels, config, true);
-        let gs = out.pop().expect("student gradient");
-        (out.remove(0), gs)
+        loss_and_grad(ifvd(student, teacher, labels, config, true))
     }
 
-    fn cwt_forward(
-        student: CubeTensor,
-        teacher: CubeTensor,
-        w1: CubeTensor,
-        b1: CubeTensor,
-        w2: CubeTensor,
-        b2: CubeTensor,
-        config: CwtConfig,
-    ) -> CubeTensor {
-        let mut out = cwt(student, teacher, [w1, b1, w2, b2], config, false);
-        out.remove(0)
+    fn cwt_forward(student: CubeTensor, teacher: CubeTensor, params: CubeTensor, setup: CwtSetup) -> CubeTensor {
+        cwt(student, teacher, params, setup, false).remove(0)
     }
 
     fn cwt_forward_backward(
         student: CubeTensor,
         teacher: CubeTensor,
-        w1: CubeTensor,
-        b1: CubeTensor,
-        w2: CubeTensor,
-        b2: CubeTensor,
-        config: CwtConfig,
-    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
-        let mut out = cwt(student, teacher, [w1, b1, w2, b2], config, true).into_iter();
-        let mut next = || out.next().expect("CWT returns the loss and five gradients");
-        (next(), next(), next(), next(), next(), next())
+        params: CubeTensor,
+        setup: CwtSetup,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let mut out = cwt(student, teacher, params, setup, true).into_iter();
+        let mut next = || out.next().expect("CWT returns the loss and two gradients");
+        (next(), next(), next())
     }
 
     fn semckd_forward(
@@ -508,15 +438,10 @@ fn semckd(
     config: SemckdConfig,
     want_grad: bool,
 ) -> Vec<CubeTensor> {
-    let loss_dtype = maps.dtype;
-    let dtype = kernel_dtype(maps.dtype);
-    let packing = SemckdPacking::new(layers);
-    let mut outputs = vec![OutputSpec::loss()];
-    if want_grad {
-        outputs.push(OutputSpec::like(&maps));
-        outputs.push(OutputSpec::like(&params));
-    }
-    let mut out = run::<SemckdCuda, 3>(config, [maps, teacher, params], outputs, |c| {
+    let (loss_dtype, dtype) = dtypes(&maps);
+    let outputs = loss_then_grads(want_grad, &[&maps, &params]);
+    let out = run::<SemckdCuda, 3>(config, [maps, teacher, params], outputs, |c| {
+        let packing = SemckdPacking::new(layers);
         let [maps, teacher, params] = c.inputs;
         let s = layers.students();
         let at = |base: u64, parts: &[(Vec<usize>, std::ops::Range<usize>)], size: usize| -> Vec<u64> {
@@ -542,12 +467,11 @@ fn semckd(
             buffers.grad_query = mlps(&grad_params[..4 * s]);
             buffers.grad_key = mlps(&grad_params[4 * s..]);
         }
-        // SAFETY: as in `pair_family`; each address is a packed buffer's plus the offset of a tensor of the
+        // SAFETY: as in `PairOnGpu`; each address is a packed buffer's plus the offset of a tensor of the
         // shape `layers` gives it (the checked function packed them so), the parameters f32.
         unsafe { c.loss.launch_raw(c.stream, layers, dtype, &buffers, GradOptions::OVERWRITE) }
     });
-    out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
-    out
+    loss_in(out, loss_dtype)
 }
 
 /// PKD on the packed tensors of [`KdBackend::pkd_forward`]: the loss (the student's dtype) and, with
@@ -561,14 +485,10 @@ fn pkd(
     config: PkdConfig,
     want_grad: bool,
 ) -> Vec<CubeTensor> {
-    let loss_dtype = student.dtype;
-    let dtype = kernel_dtype(student.dtype);
-    let packing = PkdPacking::new(levels);
-    let mut outputs = vec![OutputSpec::loss()];
-    if want_grad {
-        outputs.push(OutputSpec::like(&student));
-    }
-    let mut out = run::<PkdCuda, 2>(config, [student, teacher], outputs, |c| {
+    let (loss_dtype, dtype) = dtypes(&student);
+    let outputs = loss_then_grads(want_grad, &[&student]);
+    let out = run::<PkdCuda, 2>(config, [student, teacher], outputs, |c| {
+        let packing = PkdPacking::new(levels);
         let at = |base: u64| -> Vec<u64> {
             packing.levels.iter().map(|(_, range)| base + (range.start * dtype.size()) as u64).collect()
         };
@@ -580,12 +500,11 @@ fn pkd(
             grad_student: if want_grad { at(c.outputs[1]) } else { Vec::new() },
             upstream: 0,
         };
-        // SAFETY: as in `pair_family`; each address is a packed buffer's plus the offset of a level of the
+        // SAFETY: as in `PairOnGpu`; each address is a packed buffer's plus the offset of a level of the
         // shape `levels` gives it (the checked function packed them so).
         unsafe { c.loss.launch_raw(c.stream, levels, dtype, &buffers, GradOptions::OVERWRITE) }
     });
-    out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
-    out
+    loss_in(out, loss_dtype)
 }
 
 /// IFVD: the loss (the student's dtype) and, with `want_grad`, d loss / d student.
@@ -600,13 +519,9 @@ fn ifvd(
         .unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
     let label_dtype = super::ifvd::label_dtype(labels.dtype)
         .unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
-    let loss_dtype = student.dtype;
-    let dtype = kernel_dtype(student.dtype);
-    let mut outputs = vec![OutputSpec::loss()];
-    if want_grad {
-        outputs.push(OutputSpec::like(&student));
-    }
-    let mut out = run::<IfvdCuda, 3>(config, [student, teacher, labels], outputs, |c| {
+    let (loss_dtype, dtype) = dtypes(&student);
+    let outputs = loss_then_grads(want_grad, &[&student]);
+    let out = run::<IfvdCuda, 3>(config, [student, teacher, labels], outputs, |c| {
         let [student, teacher, labels] = c.inputs;
         let buffers = IfvdRawBuffers {
             student,
@@ -617,37 +532,35 @@ fn ifvd(
             grad_student: out(c.outputs, 1),
             upstream: 0,
         };
-        // SAFETY: as in `pair_family`; the labels are integers of `label_dtype`, `[N, Hl, Wl]`.
+        // SAFETY: as in `PairOnGpu`; the labels are integers of `label_dtype`, `[N, Hl, Wl]`.
         unsafe { c.loss.launch_raw(c.stream, &shapes, dtype, &buffers, GradOptions::OVERWRITE) }
     });
-    out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
-    out
+    loss_in(out, loss_dtype)
 }
 
-/// CWT: the loss (f32, as its parameters), and with `want_grad` the gradients of the student (its dtype)
-/// and of `w1`, `b1`, `w2`, `b2` (f32).
+/// CWT on the packed parameters of [`KdBackend::cwt_forward`]: the loss (f32, as its parameters), and with
+/// `want_grad` the gradients of the student (its dtype) and of `params` (f32, packed alike). Each parameter's
+/// address is the packed buffer's plus its offset ([`CwtPacking`]), as the candle op passes its views of one
+/// flat vector: the CWT kernels read the parameters element by element.
 fn cwt(
     student: CubeTensor,
     teacher: CubeTensor,
-    params: [CubeTensor; 4],
-    config: CwtConfig,
+    params: CubeTensor,
+    setup: CwtSetup,
     want_grad: bool,
 ) -> Vec<CubeTensor> {
     let shape = dims(&student);
-    let (w1, w2) = (dims(&params[0]), dims(&params[2]));
-    let shapes = CwtShapes { cs: w1[1], ch: w1[0], ct: w2[0] };
-    let dtype = kernel_dtype(student.dtype);
-    let mut outputs = vec![OutputSpec::loss()];
-    if want_grad {
-        outputs.push(OutputSpec::like(&student));
-        outputs.extend(params.iter().map(OutputSpec::like));
-    }
-    let [w1, b1, w2, b2] = params;
-    let loss_dtype = student.dtype;
-    let setup = CwtSetup { config, shapes };
-    let mut out = run::<CwtCuda, 6>(setup, [student, teacher, w1, b1, w2, b2], outputs, |c| {
-        let [student, teacher, w1, b1, w2, b2] = c.inputs;
-        let o = c.outputs;
+    let (loss_dtype, dtype) = dtypes(&student);
+    let packing = CwtPacking::new(&setup.shapes);
+    let outputs = loss_then_grads(want_grad, &[&student, &params]);
+    let out = run::<CwtCuda, 3>(setup, [student, teacher, params], outputs, |c| {
+        let [student, teacher, params] = c.inputs;
+        let at = |base: u64| -> [u64; 4] {
+            let mut at = packing.params.iter().map(|(_, range)| base + (range.start * 4) as u64);
+            [(); 4].map(|()| at.next().expect("CWT packs four parameters"))
+        };
+        let [w1, b1, w2, b2] = at(params);
+        let [grad_w1, grad_b1, grad_w2, grad_b2] = if want_grad { at(c.outputs[2]) } else { [0; 4] };
         let buffers = CwtRawBuffers {
             student,
             teacher,
@@ -655,17 +568,17 @@ fn cwt(
             b1,
             w2,
             b2,
-            loss: o[0],
-            grad_student: out(o, 1),
-            grad_w1: out(o, 2),
-            grad_b1: out(o, 3),
-            grad_w2: out(o, 4),
-            grad_b2: out(o, 5),
+            loss: c.outputs[0],
+            grad_student: out(c.outputs, 1),
+            grad_w1,
+            grad_b1,
+            grad_w2,
+            grad_b2,
             upstream: 0,
         };
-        // SAFETY: as in `pair_family`; the parameters are f32 of the shapes `shapes` says.
+        // SAFETY: as in `PairOnGpu`; the parameters are f32 of the shapes `setup` says, at their offsets in the
+        // packed buffer (the checked function packed them so).
         unsafe { c.loss.launch_raw(c.stream, &shape, dtype, &buffers, GradOptions::OVERWRITE) }
     });
-    out[0] = loss_as::<CubeBackend>(out[0].clone(), loss_dtype);
-    out
+    loss_in(out, loss_dtype)
 }

@@ -15,12 +15,9 @@ use ::burn::backend::tensor::{FloatTensor, IntTensor};
 use ::burn::backend::ExecutionError;
 use ::burn::tensor::Shape;
 
-use super::{KdBackend, StudentGradConfig};
-use kd_kernels::cwd::CwdConfig;
-use kd_kernels::cwt::CwtConfig;
-use kd_kernels::icsd::IcsdConfig;
+use super::{loss_and_grad, KdBackend, PairConfig};
+use kd_kernels::cwt::CwtSetup;
 use kd_kernels::ifvd::IfvdConfig;
-use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::pkd::{PkdConfig, PkdLevels};
 use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
 
@@ -124,101 +121,30 @@ fn single<T>(outputs: Vec<T>) -> T {
     outputs.into_iter().next().expect("one output registered")
 }
 
-/// The two outputs of a call.
-fn two<T>(outputs: Vec<T>) -> (T, T) {
-    let mut it = outputs.into_iter();
-    (it.next().expect("two outputs registered"), it.next().expect("two outputs registered"))
-}
-
 impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
-    fn cwd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: CwdConfig) -> FloatTensor<Self> {
+    fn pair_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: PairConfig) -> FloatTensor<Self> {
         let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 2>("kd_cwd_forward", [student, teacher], specs, move |[s, t]| {
-            vec![B::cwd_forward(s, t, config)]
+        single(lazy::<B, 2>("kd_pair_forward", [student, teacher], specs, move |[s, t]| {
+            vec![B::pair_forward(s, t, config)]
         }))
     }
 
-    fn cwd_forward_backward(
+    fn pair_forward_backward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        config: CwdConfig,
+        config: PairConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
         let mut specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        if config.teacher_grad {
+        if config.teacher_grad() {
             specs.push(grad::<B>(&teacher));
         }
-        let out = lazy::<B, 2>("kd_cwd_forward_backward", [student, teacher], specs, move |[s, t]| {
-            let (loss, gs, gt) = B::cwd_forward_backward(s, t, config);
+        let out = lazy::<B, 2>("kd_pair_forward_backward", [student, teacher], specs, move |[s, t]| {
+            let (loss, gs, gt) = B::pair_forward_backward(s, t, config);
             [loss, gs].into_iter().chain(gt).collect()
         });
         let mut out = out.into_iter();
         let (loss, gs) = (out.next().expect("loss"), out.next().expect("student gradient"));
         (loss, gs, out.next())
-    }
-
-    fn pixel_kd_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: PixelKdConfig,
-    ) -> FloatTensor<Self> {
-        let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 2>("kd_pixel_kd_forward", [student, teacher], specs, move |[s, t]| {
-            vec![B::pixel_kd_forward(s, t, config)]
-        }))
-    }
-
-    fn pixel_kd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: PixelKdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        two(lazy::<B, 2>("kd_pixel_kd_forward_backward", [student, teacher], specs, move |[s, t]| {
-            let (loss, gs) = B::pixel_kd_forward_backward(s, t, config);
-            vec![loss, gs]
-        }))
-    }
-
-    fn icsd_forward(student: FloatTensor<Self>, teacher: FloatTensor<Self>, config: IcsdConfig) -> FloatTensor<Self> {
-        let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 2>("kd_icsd_forward", [student, teacher], specs, move |[s, t]| {
-            vec![B::icsd_forward(s, t, config)]
-        }))
-    }
-
-    fn icsd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: IcsdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        two(lazy::<B, 2>("kd_icsd_forward_backward", [student, teacher], specs, move |[s, t]| {
-            let (loss, gs) = B::icsd_forward_backward(s, t, config);
-            vec![loss, gs]
-        }))
-    }
-
-    fn student_grad_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: StudentGradConfig,
-    ) -> FloatTensor<Self> {
-        let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 2>("kd_student_grad_forward", [student, teacher], specs, move |[s, t]| {
-            vec![B::student_grad_forward(s, t, config)]
-        }))
-    }
-
-    fn student_grad_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        config: StudentGradConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        two(lazy::<B, 2>("kd_student_grad_forward_backward", [student, teacher], specs, move |[s, t]| {
-            let (loss, gs) = B::student_grad_forward_backward(s, t, config);
-            vec![loss, gs]
-        }))
     }
 
     fn pkd_forward(
@@ -240,7 +166,7 @@ impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
         config: PkdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        two(lazy::<B, 2>("kd_pkd_forward_backward", [student, teacher], specs, move |[s, t]| {
+        loss_and_grad(lazy::<B, 2>("kd_pkd_forward_backward", [student, teacher], specs, move |[s, t]| {
             let (loss, gs) = B::pkd_forward_backward(s, t, levels.clone(), config);
             vec![loss, gs]
         }))
@@ -265,63 +191,45 @@ impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
         config: IfvdConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        two(lazy_labelled::<B>("kd_ifvd_forward_backward", student, teacher, labels, specs, move |s, t, labels| {
-            let (loss, gs) = B::ifvd_forward_backward(s, t, labels, config);
-            vec![loss, gs]
-        }))
+        loss_and_grad(lazy_labelled::<B>(
+            "kd_ifvd_forward_backward",
+            student,
+            teacher,
+            labels,
+            specs,
+            move |s, t, labels| {
+                let (loss, gs) = B::ifvd_forward_backward(s, t, labels, config);
+                vec![loss, gs]
+            },
+        ))
     }
 
     fn cwt_forward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        config: CwtConfig,
+        params: FloatTensor<Self>,
+        setup: CwtSetup,
     ) -> FloatTensor<Self> {
         let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 6>(
-            "kd_cwt_forward",
-            [student, teacher, w1, b1, w2, b2],
-            specs,
-            move |[s, t, w1, b1, w2, b2]| vec![B::cwt_forward(s, t, w1, b1, w2, b2, config)],
-        ))
+        single(lazy::<B, 3>("kd_cwt_forward", [student, teacher, params], specs, move |[s, t, p]| {
+            vec![B::cwt_forward(s, t, p, setup)]
+        }))
     }
 
     fn cwt_forward_backward(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        config: CwtConfig,
-    ) -> (
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-    ) {
-        let specs = [&student, &student, &w1, &b1, &w2, &b2]
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| if i == 0 { loss::<B>(t) } else { grad::<B>(t) })
-            .collect();
-        let out = lazy::<B, 6>(
-            "kd_cwt_forward_backward",
-            [student, teacher, w1, b1, w2, b2],
-            specs,
-            move |[s, t, w1, b1, w2, b2]| {
-                let (loss, gs, gw1, gb1, gw2, gb2) = B::cwt_forward_backward(s, t, w1, b1, w2, b2, config);
-                vec![loss, gs, gw1, gb1, gw2, gb2]
-            },
-        );
+        params: FloatTensor<Self>,
+        setup: CwtSetup,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let specs = vec![loss::<B>(&student), grad::<B>(&student), grad::<B>(&params)];
+        let out = lazy::<B, 3>("kd_cwt_forward_backward", [student, teacher, params], specs, move |[s, t, p]| {
+            let (loss, grad_student, grad_params) = B::cwt_forward_backward(s, t, p, setup);
+            vec![loss, grad_student, grad_params]
+        });
         let mut out = out.into_iter();
-        let mut next = || out.next().expect("CWT registers the loss and five gradients");
-        (next(), next(), next(), next(), next(), next())
+        let mut next = || out.next().expect("CWT registers the loss and two gradients");
+        (next(), next(), next())
     }
 
     fn semckd_forward(

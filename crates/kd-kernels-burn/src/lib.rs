@@ -22,8 +22,10 @@
 //!
 //! # How it is built
 //!
-//! [`KdBackend`] is a burn backend extension: one pair of primitives per loss, the loss alone and the loss
-//! with its gradients in one pass (what [`kd_kernels::cwd::CwdCuda::forward_backward`] computes). It is
+//! [`KdBackend`] is a burn backend extension: one pair of primitives per kind of loss, the loss alone and the
+//! loss with its gradients in one pass (what [`kd_kernels::cwd::CwdCuda::forward_backward`] computes); the
+//! (student, teacher) losses (CWD, pixel KD, ICSD, DIST, SKD, CIRKD) share one pair, whose [`PairConfig`]
+//! names the family and which each backend implements once, generic over [`PairLossFamily`]. It is
 //! implemented for
 //!
 //! * burn's `NdArray` backend, through the crate's CPU reference (f64 arithmetic, inputs `f32` or `f64`,
@@ -49,82 +51,43 @@
 //! per side ([`PkdPacking`]); IFVD's labels are an integer tensor (`Tensor<3, Int>`, `i64`, `i32` or `u8`),
 //! which the primitives take as burn's `IntTensor`.
 //!
-//! Adding a family is its two primitives in [`KdBackend`], one line in each implementation (the helpers
+//! Adding a (student, teacher) family is one row of the table in `src/pair.rs` (its [`PairConfig`] variant,
+//! its CPU reference, its core contract: [`SameShapePair`] or [`StudentGradPair`]) and its checked function
+//! there. Another family adds its two primitives to [`KdBackend`], one line in each implementation (the helpers
 //! [`ndarray::cpu_pair`], [`autodiff::fused`], `cuda::run` and `fusion::lazy` do the work) and a checked
-//! function here.
+//! function.
 
 pub mod autodiff;
 mod backend;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod cwt;
 #[cfg(feature = "cuda")]
 pub mod fusion;
 // burn 0.22 deprecates NdArray in favour of its Flex backend; NdArray is the CPU backend this crate covers.
 mod ifvd;
 #[allow(deprecated)]
 pub mod ndarray;
+mod pair;
 mod pkd;
 pub mod reference;
 mod semckd;
-mod student_grad;
 
 pub use backend::KdBackend;
+pub use cwt::{cwt_loss, CwtMlp, CwtPacking};
 pub use ifvd::ifvd_loss;
+pub use pair::{
+    cirkd_loss, cwd_loss, dist_loss, icsd_loss, pair_loss, pixel_kd_loss, skd_loss, PairConfig, PairContract, PairJob,
+    PairLossFamily, SameShapePair, StudentGradPair,
+};
 pub use pkd::{pkd_loss, PkdPacking};
 pub use semckd::{semckd_loss, SemckdMlp, SemckdPacking};
-pub use student_grad::{cirkd_loss, dist_loss, skd_loss, student_grad_loss, StudentGradConfig, StudentGradJob};
 
-use ::burn::backend::{Dispatch, DispatchDevice};
+use ::burn::backend::DispatchDevice;
 use ::burn::tensor::{DType, Device, Tensor};
 
-use kd_kernels::cwd::CwdConfig;
-use kd_kernels::cwt::{CwtConfig, CwtShapes};
 use kd_kernels::error::{KdError, Result};
-use kd_kernels::icsd::{AicsdConfig, IcsdConfig};
-use kd_kernels::pixel_kd::PixelKdConfig;
-use kd_kernels::shape::Nchw;
-
-/// CWD between `student` and `teacher` logits (NCHW), as a differentiable one-element tensor.
-///
-/// On an autodiff device the gradient reaches `student` (and `teacher`, with `config.teacher_grad`).
-/// A tracked teacher without `teacher_grad` is refused: detach it (`teacher.detach()`) or ask for its
-/// gradient.
-pub fn cwd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &CwdConfig) -> Result<Tensor<1>> {
-    config.validate()?;
-    check_pair(&student, &teacher)?;
-    if teacher_is_tracked(&teacher) && !config.teacher_grad {
-        return Err(KdError::OutputMismatch {
-            what: "teacher",
-            fix: "the teacher is tracked by autodiff but CwdConfig::teacher_grad is off, so it would get no \
-                  gradient; pass teacher.detach() (a leaf marked require_grad: set_require_grad(false)), or set \
-                  teacher_grad",
-        });
-    }
-    Ok(Tensor::from_dispatch(Dispatch::cwd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
-}
-
-/// Pixel-wise KD between `student` and `teacher` logits (NCHW), as a differentiable one-element tensor.
-///
-/// On an autodiff device the gradient reaches `student`. Pixel KD has no teacher gradient: a tracked
-/// teacher is refused (pass `teacher.detach()`).
-pub fn pixel_kd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &PixelKdConfig) -> Result<Tensor<1>> {
-    config.validate()?;
-    check_pair(&student, &teacher)?;
-    refuse_tracked_teacher(&teacher, "pixel KD")?;
-    Ok(Tensor::from_dispatch(Dispatch::pixel_kd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
-}
-
-/// ICSD's inter-class similarity loss `L_ICS` (`docs/losses.md` §3) between `student` and `teacher` logits
-/// (NCHW), as a differentiable one-element tensor.
-///
-/// On an autodiff device the gradient reaches `student`. ICSD has no teacher gradient: a tracked teacher
-/// is refused (pass `teacher.detach()`).
-pub fn icsd_loss(student: Tensor<4>, teacher: Tensor<4>, config: &IcsdConfig) -> Result<Tensor<1>> {
-    config.validate()?;
-    check_pair(&student, &teacher)?;
-    refuse_tracked_teacher(&teacher, "ICSD")?;
-    Ok(Tensor::from_dispatch(Dispatch::icsd_forward(student.into_dispatch(), teacher.into_dispatch(), *config)))
-}
+use kd_kernels::icsd::AicsdConfig;
 
 /// AICSD's distillation terms at `epoch` (`docs/losses.md` §3.10): `alpha * L_ICS + (1 - alpha) * L_KD`,
 /// `alpha = config.alpha(epoch)`, composed of [`icsd_loss`] and [`pixel_kd_loss`] in the burn graph. The
@@ -137,84 +100,12 @@ pub fn aicsd_loss(student: Tensor<4>, teacher: Tensor<4>, epoch: f64, config: &A
     Ok(ics * alpha + kd * (1.0 - alpha))
 }
 
-/// CWT's MLP (`docs/losses.md` §5), the two 1x1 convolutions as matrices: `w1` `[Ch, Cs]`, `b1` `[Ch]`,
-/// `w2` `[Ct, Ch]`, `b2` `[Ct]`, in f32 (the crate keeps learnable parameters in f32). Mark them
-/// `require_grad` (or take them from a module) and their gradients come out of `loss.backward()`.
-#[derive(Debug, Clone)]
-pub struct CwtMlp {
-    /// `mlp.linear1.weight`, `[Ch, Cs]`.
-    pub w1: Tensor<2>,
-    /// `mlp.linear1.bias`, `[Ch]`.
-    pub b1: Tensor<1>,
-    /// `mlp.linear2.weight`, `[Ct, Ch]`.
-    pub w2: Tensor<2>,
-    /// `mlp.linear2.bias`, `[Ct]`.
-    pub b2: Tensor<1>,
-}
-
-/// Channel-wise transformation (CWT) between student features `[N, Cs, H, W]` and teacher features
-/// `[N, Ct, H, W]` through `mlp`, as a differentiable one-element tensor.
-///
-/// On an autodiff device the gradient reaches the student and the four parameters. The features are f32
-/// (NdArray has no f16 or bf16 storage; on CUDA the burn adapter keeps CWT in f32 too, one dtype for the
-/// loss, the features and the parameters), and so are the parameters. CWT has no teacher gradient: a
-/// tracked teacher is refused (pass `teacher.detach()`).
-pub fn cwt_loss(student: Tensor<4>, teacher: Tensor<4>, mlp: &CwtMlp, config: &CwtConfig) -> Result<Tensor<1>> {
-    config.validate()?;
-    let [ch, cs] = mlp.w1.dims();
-    let [ct, ch2] = mlp.w2.dims();
-    let shapes = CwtShapes { cs, ch, ct };
-    shapes.validate()?;
-    for (what, got, expected) in [
-        ("mlp.linear1.bias", mlp.b1.dims().to_vec(), vec![ch]),
-        ("mlp.linear2.weight", vec![ct, ch2], vec![ct, ch]),
-        ("mlp.linear2.bias", mlp.b2.dims().to_vec(), vec![ct]),
-    ] {
-        if got != expected {
-            return Err(KdError::ShapeMismatch { what, expected, got });
-        }
-    }
-    shapes.check_features(student.shape().as_slice(), teacher.shape().as_slice())?;
-    for (what, dtype) in [
-        ("student", student.dtype()),
-        ("teacher", teacher.dtype()),
-        ("mlp.linear1.weight", mlp.w1.dtype()),
-        ("mlp.linear1.bias", mlp.b1.dtype()),
-        ("mlp.linear2.weight", mlp.w2.dtype()),
-        ("mlp.linear2.bias", mlp.b2.dtype()),
-    ] {
-        if !matches!(dtype, DType::F32 | DType::Flex32) {
-            return Err(KdError::DTypeMismatch {
-                what: what.into(),
-                expected: "f32 (CWT's parameters are f32, and so are its features on NdArray)".into(),
-                got: format!("{dtype:?}"),
-            });
-        }
-    }
-    let device = student.device();
-    covered_backend(&device)?;
-    for (what, other) in [
-        ("teacher", teacher.device()),
-        ("mlp.linear1.weight", mlp.w1.device()),
-        ("mlp.linear1.bias", mlp.b1.device()),
-        ("mlp.linear2.weight", mlp.w2.device()),
-        ("mlp.linear2.bias", mlp.b2.device()),
-    ] {
-        if other != device {
-            return Err(other_device(what, &device, &other));
-        }
-    }
-    refuse_tracked_teacher(&teacher, "CWT")?;
-    let mlp = mlp.clone();
-    Ok(Tensor::from_dispatch(Dispatch::cwt_forward(
-        student.into_dispatch(),
-        teacher.into_dispatch(),
-        mlp.w1.into_dispatch(),
-        mlp.b1.into_dispatch(),
-        mlp.w2.into_dispatch(),
-        mlp.b2.into_dispatch(),
-        *config,
-    )))
+/// The loss and the student's gradient, the two outputs of a call that returns them in that order (the
+/// backends' primitives for the families whose only gradient is the student's).
+#[cfg(feature = "cuda")]
+fn loss_and_grad<T>(outputs: Vec<T>) -> (T, T) {
+    let mut it = outputs.into_iter();
+    (it.next().expect("the loss"), it.next().expect("the student's gradient"))
 }
 
 /// The backends [`KdBackend`] is implemented for: burn routes the others to a panic, so they are refused
@@ -280,14 +171,6 @@ fn teacher_is_tracked(teacher: &Tensor<4>) -> bool {
 /// The float dtypes the losses read: NdArray stores `f32` and `f64`; GPU backends add `f16` and `bf16`.
 fn supported_dtype(dtype: DType) -> bool {
     matches!(dtype, DType::F64 | DType::F32 | DType::Flex32 | DType::F16 | DType::BF16)
-}
-
-/// One non-empty NCHW shape and one supported float dtype for the pair; the same device.
-pub(crate) fn check_pair(student: &Tensor<4>, teacher: &Tensor<4>) -> Result<Nchw> {
-    let shape = Nchw::from_dims("student", student.shape().as_slice())?;
-    shape.expect_same("teacher", teacher.shape().as_slice())?;
-    check_float_pair(student, teacher)?;
-    Ok(shape)
 }
 
 /// One supported float dtype and one covered device for `student` and `teacher`, whatever their shapes.

@@ -5,13 +5,13 @@
 
 use ::burn::backend::ndarray::NdArrayTensor;
 use ::burn::backend::NdArray;
-use ::ndarray::{ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView4, ArrayViewD, Dimension, Ix3, Ix4, IxDyn};
+use ::ndarray::{ArrayD, ArrayView, ArrayView4, ArrayViewD, Dimension, Ix3, Ix4, IxDyn};
 
-use super::{KdBackend, StudentGradConfig, StudentGradJob};
-use super::{PkdPacking, SemckdPacking};
+use super::{CwtPacking, PkdPacking, SemckdPacking};
+use super::{KdBackend, PairConfig, PairJob, PairLossFamily};
 use kd_kernels::cpu::{CpuOutput, HostFloat, PairReference};
 use kd_kernels::cwd::{CwdConfig, CwdCpu};
-use kd_kernels::cwt::{CwtConfig, CwtCpu, MlpParams};
+use kd_kernels::cwt::{CwtCpu, CwtSetup, MlpParams};
 use kd_kernels::error::Result;
 use kd_kernels::family::StudentGradFamily;
 use kd_kernels::icsd::{IcsdConfig, IcsdCpu, IcsdCpuOutput};
@@ -117,18 +117,18 @@ impl<F: StudentGradFamily> CpuPairLoss for StudentGradCpu<F> {
     }
 }
 
-/// A [`StudentGradConfig`]'s loss (and with `want_grad` the student's gradient) through its family's CPU
-/// reference.
-struct StudentGradOnCpu {
+/// A [`PairConfig`]'s loss (and with `want_grad` its gradients) through its family's CPU reference: the pair
+/// primitives' one body.
+struct PairOnCpu {
     student: NdArrayTensor,
     teacher: NdArrayTensor,
     want_grad: bool,
 }
 
-impl StudentGradJob for StudentGradOnCpu {
+impl PairJob for PairOnCpu {
     type Out = CpuPairOutput;
-    fn run<F: StudentGradFamily>(self, config: F::Config) -> CpuPairOutput {
-        cpu_pair(&cpu(StudentGradCpu::<F>::new(config)), self.student, self.teacher, self.want_grad)
+    fn run<F: PairLossFamily>(self, config: F::Config) -> CpuPairOutput {
+        cpu_pair(&cpu(F::Cpu::new(config)), self.student, self.teacher, self.want_grad)
     }
 }
 
@@ -206,38 +206,38 @@ fn float_tensor<T: NdArrayFloat, D: Dimension>(a: ::ndarray::Array<f64, D>) -> N
     T::tensor(a.mapv(T::from_f64).into_dyn())
 }
 
-/// CWT through its CPU reference: every tensor f32 (the checked function refuses others on NdArray).
-#[allow(clippy::too_many_arguments)]
-fn cwt_cpu(
+/// Runs CWT's CPU reference on the NdArray tensors of [`KdBackend::cwt_forward`], every one f32 (the checked
+/// function refuses others on NdArray): the loss (shape `[1]`) and, with `want_grad`, d loss / d student and
+/// d loss / d `params`, packed as `params` ([`CwtPacking`]).
+///
+/// # Panics
+///
+/// On inputs [`crate::cwt_loss`] refuses; it never passes them.
+pub fn cwt_cpu(
     student: &NdArrayTensor,
     teacher: &NdArrayTensor,
-    w1: &NdArrayTensor,
-    b1: &NdArrayTensor,
-    w2: &NdArrayTensor,
-    b2: &NdArrayTensor,
-    config: CwtConfig,
+    params: &NdArrayTensor,
+    setup: CwtSetup,
     want_grad: bool,
-) -> kd_kernels::cwt::CwtOutput {
-    let w1: ArrayView2<'_, f32> = view_as(f32_storage("w1", w1));
-    let b1: ArrayView1<'_, f32> = view_as(f32_storage("b1", b1));
-    let w2: ArrayView2<'_, f32> = view_as(f32_storage("w2", w2));
-    let b2: ArrayView1<'_, f32> = view_as(f32_storage("b2", b2));
-    let params = MlpParams { w1, b1, w2, b2 };
+) -> (NdArrayTensor, Option<(NdArrayTensor, NdArrayTensor)>) {
+    let packing = CwtPacking::new(&setup.shapes);
+    let params = contiguous(f32_storage("params", params));
+    let [w1, b1, w2, b2] = <[_; 4]>::try_from(unpack::<f32, IxDyn>(&params, &packing.params))
+        .unwrap_or_else(|_| unreachable!("CWT packs four parameters"));
+    let params = MlpParams { w1: into_dim(w1), b1: into_dim(b1), w2: into_dim(w2), b2: into_dim(b2) };
     let (s, t) = (view4(f32_storage("student", student)), view4(f32_storage("teacher", teacher)));
-    let cwt = cpu(CwtCpu::new(config));
-    let out = if want_grad {
-        cwt.forward_backward(s, t, &params)
-    } else {
-        cwt.forward(s, t, &params).map(|loss| kd_kernels::cwt::CwtOutput {
-            loss,
-            grad_student: Default::default(),
-            grad_w1: Default::default(),
-            grad_b1: Default::default(),
-            grad_w2: Default::default(),
-            grad_b2: Default::default(),
-        })
-    };
-    out.unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"))
+    let cwt = cpu(CwtCpu::new(setup.config));
+    fn refused<T>(e: kd_kernels::KdError) -> T {
+        panic!("kd_kernels_burn: input the checked functions refuse: {e}")
+    }
+    if !want_grad {
+        let loss = cwt.forward(s, t, &params).unwrap_or_else(refused);
+        return (f32_tensor(::ndarray::Array1::from_elem(1, loss)), None);
+    }
+    let out = cwt.forward_backward(s, t, &params).unwrap_or_else(refused);
+    let grad_params = out.grad_w1.iter().chain(&out.grad_b1).chain(&out.grad_w2).chain(&out.grad_b2).copied();
+    let grads = (f32_tensor(out.grad_student), f32_tensor(::ndarray::Array1::from_iter(grad_params)));
+    (f32_tensor(::ndarray::Array1::from_elem(1, out.loss)), Some(grads))
 }
 
 /// The float types NdArray stores, as the CPU references read and write them.
@@ -463,58 +463,17 @@ fn into_dim<'a, T, D: Dimension>(view: ArrayViewD<'a, T>) -> ArrayView<'a, T, D>
 }
 
 impl KdBackend for NdArray {
-    fn cwd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: CwdConfig) -> NdArrayTensor {
-        pair_loss::<CwdCpu>(config, student, teacher)
+    fn pair_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: PairConfig) -> NdArrayTensor {
+        config.run(PairOnCpu { student, teacher, want_grad: false }).loss
     }
 
-    fn cwd_forward_backward(
+    fn pair_forward_backward(
         student: NdArrayTensor,
         teacher: NdArrayTensor,
-        config: CwdConfig,
+        config: PairConfig,
     ) -> (NdArrayTensor, NdArrayTensor, Option<NdArrayTensor>) {
-        let out = cpu_pair(&cpu(CwdCpu::new(config)), student, teacher, true);
+        let out = config.run(PairOnCpu { student, teacher, want_grad: true });
         (out.loss, expect_grad(out.grad_student), out.grad_teacher)
-    }
-
-    fn pixel_kd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: PixelKdConfig) -> NdArrayTensor {
-        pair_loss::<PixelKdCpu>(config, student, teacher)
-    }
-
-    fn pixel_kd_forward_backward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        config: PixelKdConfig,
-    ) -> (NdArrayTensor, NdArrayTensor) {
-        pair_loss_and_student_grad::<PixelKdCpu>(config, student, teacher)
-    }
-
-    fn icsd_forward(student: NdArrayTensor, teacher: NdArrayTensor, config: IcsdConfig) -> NdArrayTensor {
-        pair_loss::<IcsdCpu>(config, student, teacher)
-    }
-
-    fn icsd_forward_backward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        config: IcsdConfig,
-    ) -> (NdArrayTensor, NdArrayTensor) {
-        pair_loss_and_student_grad::<IcsdCpu>(config, student, teacher)
-    }
-
-    fn student_grad_forward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        config: StudentGradConfig,
-    ) -> NdArrayTensor {
-        config.run(StudentGradOnCpu { student, teacher, want_grad: false }).loss
-    }
-
-    fn student_grad_forward_backward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        config: StudentGradConfig,
-    ) -> (NdArrayTensor, NdArrayTensor) {
-        let out = config.run(StudentGradOnCpu { student, teacher, want_grad: true });
-        (out.loss, expect_grad(out.grad_student))
     }
 
     fn pkd_forward(
@@ -558,34 +517,21 @@ impl KdBackend for NdArray {
     fn cwt_forward(
         student: NdArrayTensor,
         teacher: NdArrayTensor,
-        w1: NdArrayTensor,
-        b1: NdArrayTensor,
-        w2: NdArrayTensor,
-        b2: NdArrayTensor,
-        config: CwtConfig,
+        params: NdArrayTensor,
+        setup: CwtSetup,
     ) -> NdArrayTensor {
-        let out = cwt_cpu(&student, &teacher, &w1, &b1, &w2, &b2, config, false);
-        f32_tensor(::ndarray::Array1::from_elem(1, out.loss))
+        cwt_cpu(&student, &teacher, &params, setup, false).0
     }
 
     fn cwt_forward_backward(
         student: NdArrayTensor,
         teacher: NdArrayTensor,
-        w1: NdArrayTensor,
-        b1: NdArrayTensor,
-        w2: NdArrayTensor,
-        b2: NdArrayTensor,
-        config: CwtConfig,
-    ) -> (NdArrayTensor, NdArrayTensor, NdArrayTensor, NdArrayTensor, NdArrayTensor, NdArrayTensor) {
-        let out = cwt_cpu(&student, &teacher, &w1, &b1, &w2, &b2, config, true);
-        (
-            f32_tensor(::ndarray::Array1::from_elem(1, out.loss)),
-            f32_tensor(out.grad_student),
-            f32_tensor(out.grad_w1),
-            f32_tensor(out.grad_b1),
-            f32_tensor(out.grad_w2),
-            f32_tensor(out.grad_b2),
-        )
+        params: NdArrayTensor,
+        setup: CwtSetup,
+    ) -> (NdArrayTensor, NdArrayTensor, NdArrayTensor) {
+        let (loss, grads) = cwt_cpu(&student, &teacher, &params, setup, true);
+        let (grad_student, grad_params) = grads.expect("cwt_cpu returns the gradients when asked for them");
+        (loss, grad_student, grad_params)
     }
 
     fn semckd_forward(
@@ -609,21 +555,6 @@ impl KdBackend for NdArray {
         let (grad_maps, grad_params) = grads.expect("semckd_cpu returns the gradients when asked for them");
         (loss, grad_maps, grad_params)
     }
-}
-
-/// A pair loss alone, through its CPU reference.
-fn pair_loss<L: CpuPairLoss>(config: L::Config, student: NdArrayTensor, teacher: NdArrayTensor) -> NdArrayTensor {
-    cpu_pair(&cpu(L::new(config)), student, teacher, false).loss
-}
-
-/// A pair loss and d loss / d student, through its CPU reference.
-fn pair_loss_and_student_grad<L: CpuPairLoss>(
-    config: L::Config,
-    student: NdArrayTensor,
-    teacher: NdArrayTensor,
-) -> (NdArrayTensor, NdArrayTensor) {
-    let out = cpu_pair(&cpu(L::new(config)), student, teacher, true);
-    (out.loss, expect_grad(out.grad_student))
 }
 
 fn cpu<L>(loss: Result<L>) -> L {

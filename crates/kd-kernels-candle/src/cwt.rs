@@ -2,11 +2,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType as CandleDType, Layout, Shape, Tensor};
 use ndarray::{ArrayView1, ArrayView2};
 
-use super::{candle_error, cpu_slice, cpu_view4, dispatch_host, HostElem, PerHostDtype};
+use super::op::{CpuArg, KdOp, Op};
+use super::{candle_error, cpu_slice, cpu_view4, HostElem};
 use kd_kernels::cwt::{CwtConfig, CwtCpu, CwtShapes, MlpParams};
 use kd_kernels::error::KdError;
 
@@ -104,7 +104,7 @@ impl Cwt {
         let params = Tensor::cat(&flat, 0)?;
         let student = student.contiguous()?;
         let teacher = teacher.contiguous()?;
-        student.apply_op3(&teacher, &params, ForwardOp { shared: self.shared.clone() })
+        student.apply_op3(&teacher, &params, Op(ForwardOp { shared: self.shared.clone() }))
     }
 }
 
@@ -176,131 +176,80 @@ impl TakeParamGrads {
     }
 }
 
-impl candle_core::CustomOp3 for ForwardOp {
+impl KdOp<3> for ForwardOp {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        struct Job<'a> {
-            shared: &'a Shared,
-            s: (&'a CpuStorage, &'a Layout),
-            t: (&'a CpuStorage, &'a Layout),
-            params: &'a [f32],
-        }
-        impl PerHostDtype for Job<'_> {
-            type Out = (CpuStorage, Shape);
-            fn run<T: HostElem>(self) -> candle_core::Result<Self::Out> {
-                let student = cpu_view4::<T>(self.s.0, self.s.1, "student", NAME)?;
-                let teacher = cpu_view4::<T>(self.t.0, self.t.1, "teacher", NAME)?;
-                let params = mlp_params(self.params, &self.shared.shapes)?;
-                let loss = self.shared.cpu.forward(student, teacher, &params).map_err(candle_error)?;
-                Ok(super::cpu_scalar(loss))
-            }
-        }
-        let params = cpu_slice::<f32>(s3, l3, NAME)?;
-        expect_params(params.len(), param_count(&self.shared.shapes))?;
-        dispatch_host(s1.dtype(), NAME, Job { shared: &self.shared, s: (s1, l1), t: (s2, l2), params })
+    fn cpu<T: HostElem>(&self, [s, t, p]: [CpuArg<'_>; 3]) -> candle_core::Result<(CpuStorage, Shape)> {
+        let shared = &self.shared;
+        let params = cpu_slice::<f32>(p.0, p.1, NAME)?;
+        expect_params(params.len(), param_count(&shared.shapes))?;
+        let student = cpu_view4::<T>(s.0, s.1, "student", NAME)?;
+        let teacher = cpu_view4::<T>(t.0, t.1, "teacher", NAME)?;
+        let params = mlp_params(params, &shared.shapes)?;
+        let loss = shared.cpu.forward(student, teacher, &params).map_err(candle_error)?;
+        Ok(super::cpu_scalar(loss))
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
+    fn cuda<T: super::Float>(
         &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
+        [s, t, p]: [super::op::CudaArg<'_>; 3],
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        cuda::forward(&self.shared, (s1, l1), (s2, l2), (s3, l3))
+        cuda::forward::<T>(&self.shared, s, t, p)
     }
 
     fn bwd(
         &self,
-        student: &Tensor,
-        teacher: &Tensor,
-        params: &Tensor,
+        [student, teacher, params]: [&Tensor; 3],
         _loss: &Tensor,
         grad_loss: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> candle_core::Result<[Option<Tensor>; 3]> {
         let upstream = grad_loss.to_dtype(CandleDType::F32)?.reshape(1)?;
         let packed = Tensor::cat(&[params, &upstream], 0)?;
         let param_grads = Arc::new(Mutex::new(None));
-        let grad_op = GradOp { shared: self.shared.clone(), param_grads: param_grads.clone() };
+        let grad_op = Op(GradOp { shared: self.shared.clone(), param_grads: param_grads.clone() });
         let grad_student = student.apply_op3_no_bwd(teacher, &packed, &grad_op)?;
         let grad_params = params.apply_op1_no_bwd(&TakeParamGrads { param_grads })?;
-        Ok((Some(grad_student), None, Some(grad_params)))
+        Ok([Some(grad_student), None, Some(grad_params)])
     }
 }
 
-impl candle_core::CustomOp3 for GradOp {
+impl KdOp<3> for GradOp {
     fn name(&self) -> &'static str {
         GRAD_NAME
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        struct Job<'a> {
-            op: &'a GradOp,
-            s: (&'a CpuStorage, &'a Layout),
-            t: (&'a CpuStorage, &'a Layout),
-            packed: &'a [f32],
-        }
-        impl PerHostDtype for Job<'_> {
-            type Out = (CpuStorage, Shape);
-            fn run<T: HostElem>(self) -> candle_core::Result<Self::Out> {
-                let shared = &self.op.shared;
-                let student = cpu_view4::<T>(self.s.0, self.s.1, "student", GRAD_NAME)?;
-                let teacher = cpu_view4::<T>(self.t.0, self.t.1, "teacher", GRAD_NAME)?;
-                let p = param_count(&shared.shapes);
-                let params = mlp_params(&self.packed[..p], &shared.shapes)?;
-                let upstream = self.packed[p] as f64;
-                let out = shared.cpu.backward(student, teacher, &params, upstream).map_err(candle_error)?;
-                let param_grads: Vec<f32> = out
-                    .grad_w1
-                    .iter()
-                    .chain(out.grad_b1.iter())
-                    .chain(out.grad_w2.iter())
-                    .chain(out.grad_b2.iter())
-                    .map(|&g| g as f32)
-                    .collect();
-                *self.op.param_grads.lock().map_err(|_| poisoned())? = Some(ParamGrads::Cpu(param_grads));
-                let shape = Shape::from(out.grad_student.dim());
-                Ok((super::cpu_grad::<T>(&out.grad_student), shape))
-            }
-        }
-        let packed = cpu_slice::<f32>(s3, l3, GRAD_NAME)?;
-        expect_params(packed.len(), param_count(&self.shared.shapes) + 1)?;
-        dispatch_host(s1.dtype(), GRAD_NAME, Job { op: self, s: (s1, l1), t: (s2, l2), packed })
+    fn cpu<T: HostElem>(&self, [s, t, p]: [CpuArg<'_>; 3]) -> candle_core::Result<(CpuStorage, Shape)> {
+        let shared = &self.shared;
+        let packed = cpu_slice::<f32>(p.0, p.1, GRAD_NAME)?;
+        let count = param_count(&shared.shapes);
+        expect_params(packed.len(), count + 1)?;
+        let student = cpu_view4::<T>(s.0, s.1, "student", GRAD_NAME)?;
+        let teacher = cpu_view4::<T>(t.0, t.1, "teacher", GRAD_NAME)?;
+        let params = mlp_params(&packed[..count], &shared.shapes)?;
+        let upstream = packed[count] as f64;
+        let out = shared.cpu.backward(student, teacher, &params, upstream).map_err(candle_error)?;
+        let param_grads: Vec<f32> = out
+            .grad_w1
+            .iter()
+            .chain(out.grad_b1.iter())
+            .chain(out.grad_w2.iter())
+            .chain(out.grad_b2.iter())
+            .map(|&g| g as f32)
+            .collect();
+        *self.param_grads.lock().map_err(|_| poisoned())? = Some(ParamGrads::Cpu(param_grads));
+        let shape = Shape::from(out.grad_student.dim());
+        Ok((super::cpu_grad::<T>(&out.grad_student), shape))
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
+    fn cuda<T: super::Float>(
         &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
+        [s, t, p]: [super::op::CudaArg<'_>; 3],
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        cuda::backward(self, (s1, l1), (s2, l2), (s3, l3))
+        cuda::backward::<T>(self, s, t, p)
     }
 }
 
@@ -350,107 +299,82 @@ mod cuda {
     //! CWT on candle's CUDA device: the typed API on candle's slices and stream.
 
     use candle_core::backend::BackendStorage;
-    use candle_core::{CudaStorage, Layout, Shape};
+    use candle_core::{CudaStorage, Shape};
     use cudarc::driver::{CudaSlice, CudaView};
 
     use super::super::cuda::view;
-    use super::super::{dispatch, nchw, Float, PerDtype};
+    use super::super::op::CudaArg;
+    use super::super::{nchw, Float};
     use super::{expect_params, param_count, param_ranges, GradOp, ParamGrads, Shared, GRAD_NAME, NAME};
     use kd_kernels::cwt::{CwtCuda, CwtParamBuffers, CwtParamGrads, CwtShapes};
-
-    type Arg<'a> = (&'a CudaStorage, &'a Layout);
 
     /// The four parameters' views in the flat vector.
     fn param_views<'a>(flat: &CudaView<'a, f32>, shapes: &CwtShapes) -> [CudaView<'a, f32>; 4] {
         param_ranges(shapes).map(|r| flat.slice(r))
     }
 
-    pub(super) fn forward(
+    pub(super) fn forward<T: Float>(
         shared: &Shared,
-        s: Arg<'_>,
-        t: Arg<'_>,
-        p: Arg<'_>,
+        s: CudaArg<'_>,
+        t: CudaArg<'_>,
+        p: CudaArg<'_>,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        struct Job<'a> {
-            shared: &'a Shared,
-            s: Arg<'a>,
-            t: Arg<'a>,
-            p: Arg<'a>,
-        }
-        impl PerDtype for Job<'_> {
-            type Out = (CudaStorage, Shape);
-            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
-                let dims = nchw(self.s.1.dims(), "student")?;
-                let device = self.s.0.device().clone();
-                let stream = device.cuda_stream();
-                let student = view::<T>(self.s.0, self.s.1, NAME)?;
-                let teacher = view::<T>(self.t.0, self.t.1, NAME)?;
-                let flat = view::<f32>(self.p.0, self.p.1, NAME)?;
-                expect_params(flat.len(), param_count(&self.shared.shapes))?;
-                let [w1, b1, w2, b2] = param_views(&flat, &self.shared.shapes);
-                let params = CwtParamBuffers { w1: &w1, b1: &b1, w2: &w2, b2: &b2 };
-                let mut loss: CudaSlice<f32> = device.alloc_zeros(1)?;
-                self.shared.cuda.with(
-                    &stream,
-                    |st| CwtCuda::with_shapes(st, *self.shared.cpu.config(), self.shared.shapes),
-                    |cuda| cuda.forward(&dims, &student, &teacher, &params, &mut loss),
-                )?;
-                Ok((CudaStorage::wrap_cuda_slice(loss, device), Shape::from(())))
-            }
-        }
-        dispatch(s.0.dtype(), NAME, Job { shared, s, t, p })
+        let dims = nchw(s.1.dims(), "student")?;
+        let device = s.0.device().clone();
+        let stream = device.cuda_stream();
+        let student = view::<T>(s.0, s.1, NAME)?;
+        let teacher = view::<T>(t.0, t.1, NAME)?;
+        let flat = view::<f32>(p.0, p.1, NAME)?;
+        expect_params(flat.len(), param_count(&shared.shapes))?;
+        let [w1, b1, w2, b2] = param_views(&flat, &shared.shapes);
+        let params = CwtParamBuffers { w1: &w1, b1: &b1, w2: &w2, b2: &b2 };
+        let mut loss: CudaSlice<f32> = device.alloc_zeros(1)?;
+        shared.cuda.with(
+            &stream,
+            |st| CwtCuda::with_shapes(st, *shared.cpu.config(), shared.shapes),
+            |cuda| cuda.forward(&dims, &student, &teacher, &params, &mut loss),
+        )?;
+        Ok((CudaStorage::wrap_cuda_slice(loss, device), Shape::from(())))
     }
 
-    pub(super) fn backward(
+    pub(super) fn backward<T: Float>(
         op: &GradOp,
-        s: Arg<'_>,
-        t: Arg<'_>,
-        p: Arg<'_>,
+        s: CudaArg<'_>,
+        t: CudaArg<'_>,
+        p: CudaArg<'_>,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        struct Job<'a> {
-            op: &'a GradOp,
-            s: Arg<'a>,
-            t: Arg<'a>,
-            p: Arg<'a>,
+        let shared = &op.shared;
+        let dims = nchw(s.1.dims(), "student")?;
+        let numel: usize = dims.iter().product();
+        let device = s.0.device().clone();
+        let stream = device.cuda_stream();
+        let student = view::<T>(s.0, s.1, GRAD_NAME)?;
+        let teacher = view::<T>(t.0, t.1, GRAD_NAME)?;
+        let packed = view::<f32>(p.0, p.1, GRAD_NAME)?;
+        let count = param_count(&shared.shapes);
+        expect_params(packed.len(), count + 1)?;
+        let upstream = packed.slice(count..count + 1);
+        let [w1, b1, w2, b2] = param_views(&packed, &shared.shapes);
+        let params = CwtParamBuffers { w1: &w1, b1: &b1, w2: &w2, b2: &b2 };
+        // SAFETY: the kernels write every element (gradients overwritten, not accumulated).
+        let mut grad_student: CudaSlice<T> = unsafe { device.alloc::<T>(numel)? };
+        let mut grad_params: CudaSlice<f32> = unsafe { device.alloc::<f32>(count)? };
+        {
+            let [r1, r2, r3, _] = param_ranges(&shared.shapes);
+            let (mut gw1, rest) = grad_params.split_at_mut(r1.end);
+            let mut rest = rest;
+            let (mut gb1, rest) = rest.split_at_mut(r2.len());
+            let mut rest = rest;
+            let (mut gw2, mut gb2) = rest.split_at_mut(r3.len());
+            let grads = CwtParamGrads { w1: &mut gw1, b1: &mut gb1, w2: &mut gw2, b2: &mut gb2 };
+            shared.cuda.with(
+                &stream,
+                |st| CwtCuda::with_shapes(st, *shared.cpu.config(), shared.shapes),
+                |cuda| cuda.backward(&dims, &student, &teacher, &params, &upstream, &mut grad_student, grads),
+            )?;
         }
-        impl PerDtype for Job<'_> {
-            type Out = (CudaStorage, Shape);
-            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
-                let shared = &self.op.shared;
-                let dims = nchw(self.s.1.dims(), "student")?;
-                let numel: usize = dims.iter().product();
-                let device = self.s.0.device().clone();
-                let stream = device.cuda_stream();
-                let student = view::<T>(self.s.0, self.s.1, GRAD_NAME)?;
-                let teacher = view::<T>(self.t.0, self.t.1, GRAD_NAME)?;
-                let packed = view::<f32>(self.p.0, self.p.1, GRAD_NAME)?;
-                let count = param_count(&shared.shapes);
-                expect_params(packed.len(), count + 1)?;
-                let upstream = packed.slice(count..count + 1);
-                let [w1, b1, w2, b2] = param_views(&packed, &shared.shapes);
-                let params = CwtParamBuffers { w1: &w1, b1: &b1, w2: &w2, b2: &b2 };
-                // SAFETY: the kernels write every element (gradients overwritten, not accumulated).
-                let mut grad_student: CudaSlice<T> = unsafe { device.alloc::<T>(numel)? };
-                let mut grad_params: CudaSlice<f32> = unsafe { device.alloc::<f32>(count)? };
-                {
-                    let [r1, r2, r3, _] = param_ranges(&shared.shapes);
-                    let (mut gw1, rest) = grad_params.split_at_mut(r1.end);
-                    let mut rest = rest;
-                    let (mut gb1, rest) = rest.split_at_mut(r2.len());
-                    let mut rest = rest;
-                    let (mut gw2, mut gb2) = rest.split_at_mut(r3.len());
-                    let grads = CwtParamGrads { w1: &mut gw1, b1: &mut gb1, w2: &mut gw2, b2: &mut gb2 };
-                    shared.cuda.with(
-                        &stream,
-                        |st| CwtCuda::with_shapes(st, *shared.cpu.config(), shared.shapes),
-                        |cuda| cuda.backward(&dims, &student, &teacher, &params, &upstream, &mut grad_student, grads),
-                    )?;
-                }
-                let param_storage = CudaStorage::wrap_cuda_slice(grad_params, device.clone());
-                *self.op.param_grads.lock().map_err(|_| super::poisoned())? = Some(ParamGrads::Cuda(param_storage));
-                Ok((CudaStorage::wrap_cuda_slice(grad_student, device), Shape::from(dims.to_vec())))
-            }
-        }
-        dispatch(s.0.dtype(), GRAD_NAME, Job { op, s, t, p })
+        let param_storage = CudaStorage::wrap_cuda_slice(grad_params, device.clone());
+        *op.param_grads.lock().map_err(|_| super::poisoned())? = Some(ParamGrads::Cuda(param_storage));
+        Ok((CudaStorage::wrap_cuda_slice(grad_student, device), Shape::from(dims.to_vec())))
     }
 }

@@ -11,14 +11,15 @@
 //! needs. The `g_k` are constants of the graph, so second-order gradients (a gradient of the gradient) are
 //! not supported: they come out as if the loss were linear in its inputs.
 
-use candle_core::{CpuStorage, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, Device, Shape, Storage, Tensor};
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use kd_kernels::family::Family;
 
-use super::{candle_error, cpu_slice};
+use super::op::{CpuArg, KdOp, Op};
+use super::{candle_error, cpu_slice, HostElem};
 use kd_kernels::error::KdError;
 
 /// A fused op's engines, shared by its clones: the family's CPU reference `C` and, with `cuda`, the
@@ -59,7 +60,7 @@ pub(crate) fn attach<'a>(
     let mut loss = loss;
     for (input, grad) in grads {
         if input.track_op() {
-            loss = loss.apply_op2(input, AttachGrad { name, grad })?;
+            loss = loss.apply_op2(input, Op(AttachGrad { name, grad }))?;
         }
     }
     Ok(loss)
@@ -71,43 +72,29 @@ struct AttachGrad {
     grad: Tensor,
 }
 
-impl candle_core::CustomOp2 for AttachGrad {
+impl KdOp<2> for AttachGrad {
     fn name(&self) -> &'static str {
         self.name
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((CpuStorage::F32(cpu_slice::<f32>(s1, l1, self.name)?.to_vec()), l1.shape().clone()))
+    // The running loss is f32 whatever the input's element type `T`.
+    fn cpu<T: HostElem>(&self, [(loss, layout), _]: [CpuArg<'_>; 2]) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(cpu_slice::<f32>(loss, layout, self.name)?.to_vec()), layout.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
+    fn cuda<T: super::Float>(
         &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
+        [(loss, layout), _]: [super::op::CudaArg<'_>; 2],
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
         // The running loss is a fresh one-element f32 storage (the op's own output), so a clone is the scalar.
-        Ok((s1.try_clone(l1)?, l1.shape().clone()))
+        Ok((loss.try_clone(layout)?, layout.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        _loss: &Tensor,
-        _input: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, _: [&Tensor; 2], _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<[Option<Tensor>; 2]> {
         let upstream = grad_res.to_dtype(self.grad.dtype())?;
-        Ok((Some(grad_res.clone()), Some(self.grad.broadcast_mul(&upstream)?)))
+        Ok([Some(grad_res.clone()), Some(self.grad.broadcast_mul(&upstream)?)])
     }
 }
 

@@ -162,6 +162,7 @@ mod cwt;
 mod fused;
 mod icsd;
 mod ifvd;
+mod op;
 mod pixel_kd;
 mod pkd;
 mod semckd;
@@ -188,12 +189,12 @@ pub type Cirkd = StudentGradLoss<kd_kernels::cirkd::Cirkd>;
 
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType as CandleDType, Layout, Shape, Tensor};
 use ndarray::{Array4, ArrayView4};
 
 use kd_kernels::dtype::{HostFloat, KdFloat};
 use kd_kernels::error::KdError;
+use op::{CpuArg, KdOp, Op};
 
 /// A crate error as a candle error (its message is the crate's, which says what to fix).
 pub(crate) fn candle_error(e: KdError) -> candle_core::Error {
@@ -432,7 +433,7 @@ impl<L: PairLoss> PairLossFn<L> {
         check_pair_tensors(student, teacher, L::NAME)?;
         let student = student.contiguous()?;
         let teacher = teacher.contiguous()?;
-        student.apply_op2(&teacher, ForwardOp { shared: self.shared.clone() })
+        student.apply_op2(&teacher, Op(ForwardOp { shared: self.shared.clone() }))
     }
 }
 
@@ -478,118 +479,69 @@ struct ForwardOp<L: PairLoss> {
     shared: Arc<Shared<L>>,
 }
 
+/// The gradient op: `(student, teacher, [d total / d loss])` to the student's gradient stacked with the
+/// teacher's when the configuration asks for it (`[1 or 2, N, C, H, W]`, the input dtype).
 struct GradOp<L: PairLoss> {
     shared: Arc<Shared<L>>,
 }
 
-impl<L: PairLoss> candle_core::CustomOp2 for ForwardOp<L> {
+impl<L: PairLoss> KdOp<2> for ForwardOp<L> {
     fn name(&self) -> &'static str {
         L::NAME
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        struct Job<'a, L> {
-            loss: &'a L,
-            s: (&'a CpuStorage, &'a Layout),
-            t: (&'a CpuStorage, &'a Layout),
-        }
-        impl<L: PairLoss> PerHostDtype for Job<'_, L> {
-            type Out = (CpuStorage, Shape);
-            fn run<T: HostElem>(self) -> candle_core::Result<Self::Out> {
-                let student = cpu_view4::<T>(self.s.0, self.s.1, "student", L::NAME)?;
-                let teacher = cpu_view4::<T>(self.t.0, self.t.1, "teacher", L::NAME)?;
-                let loss = self.loss.cpu_loss(student, teacher).map_err(candle_error)?;
-                Ok(cpu_scalar(loss))
-            }
-        }
-        dispatch_host(s1.dtype(), L::NAME, Job { loss: &self.shared.loss, s: (s1, l1), t: (s2, l2) })
+    fn cpu<T: HostElem>(&self, [s, t]: [CpuArg<'_>; 2]) -> candle_core::Result<(CpuStorage, Shape)> {
+        let student = cpu_view4::<T>(s.0, s.1, "student", L::NAME)?;
+        let teacher = cpu_view4::<T>(t.0, t.1, "teacher", L::NAME)?;
+        let loss = self.shared.loss.cpu_loss(student, teacher).map_err(candle_error)?;
+        Ok(cpu_scalar(loss))
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        cuda::forward(&self.shared, s1, l1, s2, l2)
+    fn cuda<T: Float>(&self, [s, t]: [op::CudaArg<'_>; 2]) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::forward::<L, T>(&self.shared, s, t)
     }
 
     fn bwd(
         &self,
-        student: &Tensor,
-        teacher: &Tensor,
+        [student, teacher]: [&Tensor; 2],
         _loss: &Tensor,
         grad_loss: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> candle_core::Result<[Option<Tensor>; 2]> {
         let upstream = grad_loss.to_dtype(CandleDType::F32)?.reshape(1)?;
-        let grads = student.apply_op3_no_bwd(teacher, &upstream, &GradOp { shared: self.shared.clone() })?;
+        let grads = student.apply_op3_no_bwd(teacher, &upstream, &Op(GradOp { shared: self.shared.clone() }))?;
         let grad_student = grads.get(0)?;
         let grad_teacher = if self.shared.loss.teacher_grad() { Some(grads.get(1)?) } else { None };
-        Ok((Some(grad_student), grad_teacher))
+        Ok([Some(grad_student), grad_teacher])
     }
 }
 
-/// The gradient op: `(student, teacher, [d total / d loss])` to the student's gradient stacked with the
-/// teacher's when the configuration asks for it (`[1 or 2, N, C, H, W]`, the input dtype).
-impl<L: PairLoss> candle_core::CustomOp3 for GradOp<L> {
+impl<L: PairLoss> KdOp<3> for GradOp<L> {
     fn name(&self) -> &'static str {
         L::GRAD_NAME
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let upstream = upstream_scalar(cpu_slice::<f32>(s3, l3, L::GRAD_NAME)?, L::GRAD_NAME)?;
-        struct Job<'a, L> {
-            loss: &'a L,
-            s: (&'a CpuStorage, &'a Layout),
-            t: (&'a CpuStorage, &'a Layout),
-            upstream: f64,
+    fn cpu<T: HostElem>(&self, [s, t, u]: [CpuArg<'_>; 3]) -> candle_core::Result<(CpuStorage, Shape)> {
+        let upstream = upstream_scalar(cpu_slice::<f32>(u.0, u.1, L::GRAD_NAME)?, L::GRAD_NAME)?;
+        let student = cpu_view4::<T>(s.0, s.1, "student", L::GRAD_NAME)?;
+        let teacher = cpu_view4::<T>(t.0, t.1, "teacher", L::GRAD_NAME)?;
+        let dims = student.dim();
+        let grads = self.shared.loss.cpu_grads(student, teacher, upstream).map_err(candle_error)?;
+        let mut out: Vec<T> = grads.student.iter().map(|&g| T::from_f64(g)).collect();
+        let mut k = 1;
+        if let Some(teacher) = grads.teacher {
+            out.extend(teacher.iter().map(|&g| T::from_f64(g)));
+            k = 2;
         }
-        impl<L: PairLoss> PerHostDtype for Job<'_, L> {
-            type Out = (CpuStorage, Shape);
-            fn run<T: HostElem>(self) -> candle_core::Result<Self::Out> {
-                let student = cpu_view4::<T>(self.s.0, self.s.1, "student", L::GRAD_NAME)?;
-                let teacher = cpu_view4::<T>(self.t.0, self.t.1, "teacher", L::GRAD_NAME)?;
-                let dims = student.dim();
-                let grads = self.loss.cpu_grads(student, teacher, self.upstream).map_err(candle_error)?;
-                let mut out: Vec<T> = grads.student.iter().map(|&g| T::from_f64(g)).collect();
-                let mut k = 1;
-                if let Some(teacher) = grads.teacher {
-                    out.extend(teacher.iter().map(|&g| T::from_f64(g)));
-                    k = 2;
-                }
-                Ok((T::to_cpu_storage_owned(out), Shape::from((k, dims.0, dims.1, dims.2, dims.3))))
-            }
-        }
-        dispatch_host(s1.dtype(), L::GRAD_NAME, Job { loss: &self.shared.loss, s: (s1, l1), t: (s2, l2), upstream })
+        Ok((T::to_cpu_storage_owned(out), Shape::from((k, dims.0, dims.1, dims.2, dims.3))))
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
+    fn cuda<T: Float>(
         &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
+        [s, t, u]: [op::CudaArg<'_>; 3],
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        cuda::backward(&self.shared, s1, l1, s2, l2, s3, l3)
+        cuda::backward::<L, T>(&self.shared, s, t, u)
     }
 }
 
@@ -605,7 +557,7 @@ pub(crate) mod cuda {
     use candle_core::{CudaStorage, Layout, Shape};
     use cudarc::driver::{CudaSlice, CudaStream, CudaView};
 
-    use super::{candle_error, contiguous_range, dispatch, nchw, Float, PairLoss, PerDtype, Shared};
+    use super::{candle_error, contiguous_range, nchw, Float, PairLoss, Shared};
     use kd_kernels::error::KdError;
 
     /// A family's GPU loss object for the candle stream it was last used on (kernels loaded, workspace
@@ -653,28 +605,7 @@ pub(crate) mod cuda {
         Ok(storage.as_cuda_slice::<T>()?.slice(start..end))
     }
 
-    pub(crate) fn forward<L: PairLoss>(
-        shared: &Shared<L>,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        struct Job<'a, L: PairLoss> {
-            shared: &'a Shared<L>,
-            s: (&'a CudaStorage, &'a Layout),
-            t: (&'a CudaStorage, &'a Layout),
-        }
-        impl<L: PairLoss> PerDtype for Job<'_, L> {
-            type Out = (CudaStorage, Shape);
-            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
-                run_forward::<L, T>(self.shared, self.s, self.t)
-            }
-        }
-        dispatch(s1.dtype(), L::NAME, Job { shared, s: (s1, l1), t: (s2, l2) })
-    }
-
-    fn run_forward<L: PairLoss, T: Float>(
+    pub(crate) fn forward<L: PairLoss, T: Float>(
         shared: &Shared<L>,
         s: (&CudaStorage, &Layout),
         t: (&CudaStorage, &Layout),
@@ -693,31 +624,7 @@ pub(crate) mod cuda {
         Ok((CudaStorage::wrap_cuda_slice(loss, device), Shape::from(())))
     }
 
-    pub(crate) fn backward<L: PairLoss>(
-        shared: &Shared<L>,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        struct Job<'a, L: PairLoss> {
-            shared: &'a Shared<L>,
-            s: (&'a CudaStorage, &'a Layout),
-            t: (&'a CudaStorage, &'a Layout),
-            u: (&'a CudaStorage, &'a Layout),
-        }
-        impl<L: PairLoss> PerDtype for Job<'_, L> {
-            type Out = (CudaStorage, Shape);
-            fn run<T: Float>(self) -> candle_core::Result<Self::Out> {
-                run_backward::<L, T>(self.shared, self.s, self.t, self.u)
-            }
-        }
-        dispatch(s1.dtype(), L::GRAD_NAME, Job { shared, s: (s1, l1), t: (s2, l2), u: (s3, l3) })
-    }
-
-    fn run_backward<L: PairLoss, T: Float>(
+    pub(crate) fn backward<L: PairLoss, T: Float>(
         shared: &Shared<L>,
         s: (&CudaStorage, &Layout),
         t: (&CudaStorage, &Layout),
