@@ -1,9 +1,9 @@
 //! The family contract: what a loss family implements once, and what every surface derives from it.
 //!
-//! A family (CWD, pixel KD, ICSD, SemCKD, CWT) is a marker type implementing [`Family`]: its name (which is
-//! also its kernel file `kernels/{name}.cu` and its fixtures' `loss` value), its kernels, its configuration,
-//! the geometry and the device addresses of one call, and one driver, [`Family::run`], that checks a call,
-//! plans it, sizes the workspace and launches through the three traits of the launch layer. From that alone,
+//! A family (each row of the registry, `src/families.rs`) is a marker type implementing [`Family`]: its name
+//! (which is also its kernel file `kernels/{name}.cu` and its fixtures' `loss` value), its kernels, its
+//! configuration, the geometry and the device addresses of one call, and one driver, [`Family::run`], that
+//! checks a call, plans it, sizes the workspace and launches through the three traits of the launch layer. From that alone,
 //! written once and generic:
 //!
 //! * the loss object on the GPU, [`crate::cuda::LossCuda`]: construction, `reserve`, the raw-pointer layer
