@@ -1,39 +1,30 @@
-//! Mathematical properties of the CPU reference, each checked against something computed independently:
-//! shift invariance, zero-sum gradients, non-negativity, the zero of identical inputs, closed forms at
-//! extreme logits, the normalisation of CWD (`loss_weight * tau^2 / (N*C) * sum KL`) against a naive
-//! computation of this file's own, the exact relations between pixel-KD reductions, and temperature scaling.
+//! Mathematical properties that CWD's and pixel KD's CPU references share (both are softmax KLs), each checked
+//! against something computed independently: zero-sum gradients, non-negativity, the zero of identical inputs,
+//! closed forms at extreme logits, the shared scenarios against both naive computations, temperature scaling
+//! and storage dtypes. Each family's own properties are in its module.
 
 use crate::common;
+use crate::cwd::{cwd, naive_cwd};
+use crate::pixel_kd::{naive_pixel_kd, pkd, REDUCTIONS};
 
 use approx::assert_relative_eq;
 use common::{SplitMix64, PAIR_SCENARIOS};
 use half::{bf16, f16};
-use kd_kernels::cwd::{CwdConfig, CwdCpu};
-use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu, Reduction};
+use kd_kernels::pixel_kd::Reduction;
 use kd_kernels::CpuOutput;
 use ndarray::{s, Array4};
 
-const REDUCTIONS: [Reduction; 4] = [Reduction::Mean, Reduction::BatchMean, Reduction::Sum, Reduction::PixelMean];
-
-fn cwd(tau: f64, loss_weight: f64) -> CwdCpu {
-    CwdCpu::new(CwdConfig { tau, loss_weight, teacher_grad: true }).unwrap()
-}
-
-fn pkd(tau: f64, loss_weight: f64, reduction: Reduction, scale_tau2: bool) -> PixelKdCpu {
-    PixelKdCpu::new(PixelKdConfig { tau, loss_weight, reduction, scale_tau2 }).unwrap()
-}
-
-fn pair(seed: u64, dims: [usize; 4], scale: f64, outliers: usize) -> (Array4<f32>, Array4<f32>) {
+pub(crate) fn pair(seed: u64, dims: [usize; 4], scale: f64, outliers: usize) -> (Array4<f32>, Array4<f32>) {
     let mut rng = SplitMix64::new(seed);
     (common::logits4(&mut rng, dims, scale, outliers), common::logits4(&mut rng, dims, scale, outliers))
 }
 
-fn max_abs(a: &Array4<f64>) -> f64 {
+pub(crate) fn max_abs(a: &Array4<f64>) -> f64 {
     a.iter().fold(0.0f64, |m, v| m.max(v.abs()))
 }
 
 /// Same loss (relative `rel`) and gradients (within `rel` of the larger gradient's max).
-fn assert_same_output(what: &str, a: &CpuOutput, b: &CpuOutput, rel: f64) {
+pub(crate) fn assert_same_output(what: &str, a: &CpuOutput, b: &CpuOutput, rel: f64) {
     assert!((a.loss - b.loss).abs() <= rel * a.loss.abs().max(b.loss.abs()), "{what}: loss {} vs {}", a.loss, b.loss);
     let pairs = [(Some(&a.grad_student), Some(&b.grad_student)), (a.grad_teacher.as_ref(), b.grad_teacher.as_ref())];
     for (x, y) in pairs {
@@ -51,58 +42,6 @@ fn assert_same_output(what: &str, a: &CpuOutput, b: &CpuOutput, rel: f64) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Invariances and structure.
-
-#[test]
-fn cwd_is_invariant_to_shifting_a_whole_row() {
-    let dims = [2, 3, 4, 5];
-    let (s, t) = pair(1, dims, 2.0, 3);
-    for tau in [1.0, 4.0] {
-        let loss = cwd(tau, 2.0);
-        let base = loss.forward_backward(s.view(), t.view()).unwrap();
-        for (n, c, shift) in [(0, 0, 3.5f32), (1, 2, -7.25), (1, 0, 40.0)] {
-            for which in ["student", "teacher"] {
-                let (mut s2, mut t2) = (s.clone(), t.clone());
-                let target = if which == "student" { &mut s2 } else { &mut t2 };
-                target.slice_mut(s![n, c, .., ..]).mapv_inplace(|v| v + shift);
-                let shifted = loss.forward_backward(s2.view(), t2.view()).unwrap();
-                assert_same_output(&format!("cwd tau={tau} {which} row ({n},{c}) + {shift}"), &base, &shifted, 1e-12);
-            }
-        }
-    }
-}
-
-#[test]
-fn pixel_kd_is_invariant_to_shifting_a_whole_pixel() {
-    let dims = [2, 5, 3, 4];
-    let (s, t) = pair(2, dims, 2.0, 3);
-    for reduction in REDUCTIONS {
-        let loss = pkd(2.0, 3.0, reduction, true);
-        let base = loss.forward_backward(s.view(), t.view()).unwrap();
-        for (n, h, w, shift) in [(0, 0, 0, 5.5f32), (1, 2, 3, -11.0)] {
-            for which in ["student", "teacher"] {
-                let (mut s2, mut t2) = (s.clone(), t.clone());
-                let target = if which == "student" { &mut s2 } else { &mut t2 };
-                target.slice_mut(s![n, .., h, w]).mapv_inplace(|v| v + shift);
-                let shifted = loss.forward_backward(s2.view(), t2.view()).unwrap();
-                let what = format!("pixel_kd {reduction:?} {which} pixel ({n},{h},{w}) + {shift}");
-                assert_same_output(&what, &base, &shifted, 1e-12);
-            }
-        }
-    }
-}
-
-#[test]
-fn cwd_is_not_invariant_to_shifting_one_position() {
-    // The invariance above is specific to whole rows; a single element moved must change the loss (so the
-    // test above could fail).
-    let (s, t) = pair(3, [1, 2, 3, 3], 1.0, 0);
-    let loss = cwd(1.0, 1.0);
-    let mut s2 = s.clone();
-    s2[[0, 1, 1, 1]] += 1.0;
-    let a = loss.forward(s.view(), t.view()).unwrap();
-    let b = loss.forward(s2.view(), t.view()).unwrap();
-    assert!((a - b).abs() > 1e-6, "{a} vs {b}");
-}
 
 #[test]
 fn gradients_sum_to_zero_over_each_softmax() {
@@ -298,102 +237,10 @@ fn underflowing_student_probability_stays_finite() {
 // Normalisation against a naive computation of our own.
 
 /// `log p = z - LSE(z)` from scratch: LSE computed with the max subtracted.
-fn naive_log_softmax(z: &[f64]) -> Vec<f64> {
+pub(crate) fn naive_log_softmax(z: &[f64]) -> Vec<f64> {
     let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
     z.iter().map(|v| v - lse).collect()
-}
-
-/// Naive CWD: KL of each row via `sum pT zT - sum pT zS - LSE_T + LSE_S` (another algebraic form than
-/// the reference's), then the normalisation of docs/losses.md §1.3 applied explicitly.
-fn naive_cwd(s: &Array4<f32>, t: &Array4<f32>, tau: f64, lw: f64) -> (f64, Array4<f64>, Array4<f64>) {
-    let [n_, c_, _, _] = [s.shape()[0], s.shape()[1], s.shape()[2], s.shape()[3]];
-    let mut gs = Array4::<f64>::zeros(s.raw_dim());
-    let mut gt = Array4::<f64>::zeros(s.raw_dim());
-    let mut kls = Vec::new();
-    for n in 0..n_ {
-        for c in 0..c_ {
-            let zs: Vec<f64> = s.slice(s![n, c, .., ..]).iter().map(|&v| v as f64 / tau).collect();
-            let zt: Vec<f64> = t.slice(s![n, c, .., ..]).iter().map(|&v| v as f64 / tau).collect();
-            let (ls, lt) = (naive_log_softmax(&zs), naive_log_softmax(&zt));
-            let lse_s = zs[0] - ls[0];
-            let lse_t = zt[0] - lt[0];
-            let pt: Vec<f64> = lt.iter().map(|v| v.exp()).collect();
-            let ps: Vec<f64> = ls.iter().map(|v| v.exp()).collect();
-            let cross: f64 = pt.iter().zip(zt.iter().zip(&zs)).map(|(p, (a, b))| p * (a - b)).sum();
-            let kl = cross - lse_t + lse_s;
-            kls.push(kl);
-            let g = lw * tau / (n_ * c_) as f64;
-            let mut gs_row = gs.slice_mut(s![n, c, .., ..]);
-            let mut gt_row = gt.slice_mut(s![n, c, .., ..]);
-            for (i, (e_s, e_t)) in gs_row.iter_mut().zip(gt_row.iter_mut()).enumerate() {
-                *e_s = g * (ps[i] - pt[i]);
-                *e_t = g * pt[i] * (lt[i] - ls[i] - kl);
-            }
-        }
-    }
-    let loss = lw * tau * tau / (n_ * c_) as f64 * kls.iter().sum::<f64>();
-    (loss, gs, gt)
-}
-
-/// Naive pixel KD with the divisor of each reduction written out.
-fn naive_pixel_kd(s: &Array4<f32>, t: &Array4<f32>, tau: f64, lw: f64, r: Reduction, tau2: bool) -> (f64, Array4<f64>) {
-    let [n_, c_, h_, w_] = [s.shape()[0], s.shape()[1], s.shape()[2], s.shape()[3]];
-    let divisor = match r {
-        Reduction::Mean => (n_ * c_ * h_ * w_) as f64,
-        Reduction::BatchMean => n_ as f64,
-        Reduction::Sum => 1.0,
-        Reduction::PixelMean => (n_ * h_ * w_) as f64,
-    };
-    let factor = lw * if tau2 { tau * tau } else { 1.0 } / divisor;
-    let mut g = Array4::<f64>::zeros(s.raw_dim());
-    let mut total = 0.0;
-    for n in 0..n_ {
-        for h in 0..h_ {
-            for w in 0..w_ {
-                let zs: Vec<f64> = (0..c_).map(|c| s[[n, c, h, w]] as f64 / tau).collect();
-                let zt: Vec<f64> = (0..c_).map(|c| t[[n, c, h, w]] as f64 / tau).collect();
-                let (ls, lt) = (naive_log_softmax(&zs), naive_log_softmax(&zt));
-                for c in 0..c_ {
-                    let (ps, pt) = (ls[c].exp(), lt[c].exp());
-                    total += pt * (lt[c] - ls[c]);
-                    g[[n, c, h, w]] = factor / tau * (ps - pt);
-                }
-            }
-        }
-    }
-    (factor * total, g)
-}
-
-#[test]
-fn cwd_matches_a_naive_computation_of_the_normalisation() {
-    for (seed, dims) in [(40, [2, 3, 4, 5]), (41, [3, 4, 1, 7]), (42, [1, 1, 6, 6])] {
-        let (s, t) = pair(seed, dims, 2.0, 2);
-        for (tau, lw) in [(1.0, 1.0), (4.0, 3.0), (0.5, 10.0), (2.0, -1.5)] {
-            let out = cwd(tau, lw).forward_backward(s.view(), t.view()).unwrap();
-            let (loss, gs, gt) = naive_cwd(&s, &t, tau, lw);
-            let naive = CpuOutput { loss, grad_student: gs, grad_teacher: Some(gt) };
-            assert_same_output(&format!("cwd {dims:?} tau={tau} lw={lw}"), &out, &naive, 1e-11);
-        }
-    }
-}
-
-#[test]
-fn pixel_kd_matches_a_naive_computation() {
-    for (seed, dims) in [(50, [2, 5, 3, 4]), (51, [1, 19, 2, 3]), (52, [3, 2, 1, 1])] {
-        let (s, t) = pair(seed, dims, 2.0, 2);
-        for (tau, lw) in [(1.0, 10.0), (4.0, 1.0), (0.5, -2.0)] {
-            for r in REDUCTIONS {
-                for tau2 in [false, true] {
-                    let out = pkd(tau, lw, r, tau2).forward_backward(s.view(), t.view()).unwrap();
-                    let (loss, g) = naive_pixel_kd(&s, &t, tau, lw, r, tau2);
-                    let naive = CpuOutput { loss, grad_student: g, grad_teacher: None };
-                    let what = format!("pixel_kd {dims:?} tau={tau} lw={lw} {r:?} tau2={tau2}");
-                    assert_same_output(&what, &out, &naive, 1e-11);
-                }
-            }
-        }
-    }
 }
 
 /// The shared scenarios (`common::PAIR_SCENARIOS`, which the emulated kernels and the GPU run too): both
@@ -425,27 +272,6 @@ fn every_shared_scenario_matches_the_naive_computations() {
         let naive = CpuOutput { loss, grad_student: g, grad_teacher: None };
         assert_same_output(&format!("pixel_kd {what}"), &out, &naive, 1e-11);
         assert!(out.loss >= 0.0, "pixel_kd {what}: loss {}", out.loss);
-    }
-}
-
-#[test]
-fn pixel_kd_reductions_relate_exactly() {
-    let dims = [3, 5, 4, 7];
-    let [n, c, h, w] = dims;
-    let (s, t) = pair(60, dims, 2.0, 3);
-    for (tau, tau2) in [(1.0, false), (4.0, true), (4.0, false)] {
-        let run = |r| pkd(tau, 2.0, r, tau2).forward_backward(s.view(), t.view()).unwrap();
-        let (sum, mean, batchmean, pixelmean) =
-            (run(Reduction::Sum), run(Reduction::Mean), run(Reduction::BatchMean), run(Reduction::PixelMean));
-        let rel = 1e-14;
-        assert_relative_eq!(sum.loss, mean.loss * (n * c * h * w) as f64, max_relative = rel);
-        assert_relative_eq!(sum.loss, batchmean.loss * n as f64, max_relative = rel);
-        assert_relative_eq!(sum.loss, pixelmean.loss * (n * h * w) as f64, max_relative = rel);
-        for (other, k) in [(&mean, n * c * h * w), (&batchmean, n), (&pixelmean, n * h * w)] {
-            for (a, b) in sum.grad_student.iter().zip(other.grad_student.iter()) {
-                assert!((a - b * k as f64).abs() <= rel * a.abs() + 1e-300, "gradient {a} vs {b} * {k}");
-            }
-        }
     }
 }
 
