@@ -11,9 +11,12 @@ tensors run the crate's f64 reference. Bad input raises :class:`KdKernelsError` 
 
 Every loss is a ``torch.library`` custom op (``torch.ops.kd_kernels.*``), so ``torch.compile(fullgraph=True)``
 traces each call as one node; ``import kd_kernels.mmrazor`` registers the modules into mmrazor's ``MODELS``.
-docs/pytorch.md has the details (autocast, CUDA graphs, DDP, host cost).
+Each family's functions and modules are in its own file (kd_kernels/families/), exported here through
+kd_kernels.functional and kd_kernels.modules. docs/pytorch.md has the details (autocast, CUDA graphs, DDP,
+host cost).
 """
 
+from . import functional, modules
 from ._lib import (
     CudaUnavailableError,
     KdInputError,
@@ -21,56 +24,14 @@ from ._lib import (
     KernelsUnavailableError,
     kernels_compiled,
 )
-from .functional import (
-    aicsd_loss,
-    alw_alpha,
-    cirkd_loss,
-    cwd_loss,
-    cwt_loss,
-    dist_loss,
-    icsd_loss,
-    ifvd_loss,
-    pixel_kd_loss,
-    pkd_loss,
-    semckd_loss,
-    skd_loss,
-)
-from .modules import (
-    ChannelWiseDivergence,
-    ChannelWiseTransformation,
-    CriterionIFV,
-    CriterionMiniBatchCrossImagePair,
-    CriterionStructuralKD,
-    DISTLoss,
-    KLDivergence,
-    PixelKD,
-    PKDLoss,
-)
+from .functional import *  # noqa: F401,F403 (every family's functions: functional.__all__)
+from .modules import *  # noqa: F401,F403 (every family's modules: modules.__all__)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "cwd_loss",
-    "pixel_kd_loss",
-    "cwt_loss",
-    "icsd_loss",
-    "aicsd_loss",
-    "alw_alpha",
-    "semckd_loss",
-    "pkd_loss",
-    "ifvd_loss",
-    "dist_loss",
-    "skd_loss",
-    "cirkd_loss",
-    "CriterionIFV",
-    "CriterionStructuralKD",
-    "CriterionMiniBatchCrossImagePair",
-    "ChannelWiseTransformation",
-    "ChannelWiseDivergence",
-    "KLDivergence",
-    "PixelKD",
-    "PKDLoss",
-    "DISTLoss",
+    *functional.__all__,
+    *modules.__all__,
     "KdKernelsError",
     "KdInputError",
     "KernelsUnavailableError",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["plain", "Fused"]
+__all__ = ["plain", "Fused", "loss"]
 
 _is_compiling = torch.compiler.is_compiling
 _dispatch_modes = torch._C._len_torch_dispatch_stack
@@ -56,3 +56,11 @@ class Fused(torch.autograd.Function):
             if grad is not None and need[3 + slot]:
                 out[3 + slot] = grad * grad_loss.to(grad.dtype)
         return tuple(out)
+
+
+def loss(op, kernel, slots, tensors, params, want):
+    """The loss of ``op(*tensors, *params)``: through the op, or its ``kernel`` directly where :func:`plain`
+    allows (``slots``: the input each gradient the kernel returns is for; ``want``: whether any is asked for)."""
+    if plain(tensors):
+        return Fused.apply(kernel, params, slots, *tensors) if want else kernel(*tensors, *params)[0]
+    return op(*tensors, *params)[0]

@@ -1,5 +1,6 @@
-"""The C ABI (include/kd_kernels.h) loaded with ctypes: prototypes, status codes into exceptions, one
-``kd_context`` per CUDA device, and the small caches that keep a call's host path short.
+"""The C ABI (include/kd_kernels.h) loaded with ctypes: the common prototypes (each family's file declares
+its own with :func:`declare`), status codes into exceptions, one ``kd_context`` per CUDA device, and the
+small caches that keep a call's host path short.
 
 Host pointers are declared ``c_void_p`` here even where the header says ``double *``: the package passes
 ``tensor.data_ptr()`` integers, which ctypes turns into a ``void *`` without building a pointer object."""
@@ -54,35 +55,20 @@ DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_F64 = 0, 1, 2, 3
 LABEL_U8, LABEL_I32, LABEL_I64 = 0, 1, 2
 
 
-# The C structs, each naming its declaration in include/kd_kernels.h (generated from the Rust source), which
-# python/tests/test_abi_layout.py checks field for field. Declared from one table: the structs differ only in
-# their fields.
-def _struct(name: str, c_name: str, **fields) -> type:
-    """A ctypes Structure `name` for the header's `c_name`, with `fields` in declaration order."""
-    body = {"__module__": __name__, "_c_name_": c_name, "_fields_": list(fields.items())}
-    return type(name, (ctypes.Structure,), body)
+# The C ABI's scalar types, as the families' files declare their structs and prototypes with them.
+F64, I32, I64, U64, SIZE_T = ctypes.c_double, ctypes.c_int32, ctypes.c_int64, ctypes.c_uint64, ctypes.c_size_t
+VP = ctypes.c_void_p  # a host pointer (passed as an integer address) or an opaque handle
+I64P = ctypes.POINTER(ctypes.c_int64)  # a shape
+U64P, VPP = ctypes.POINTER(U64), ctypes.POINTER(VP)  # arrays of device / host addresses
 
 
-_F64, _I32, _I64 = ctypes.c_double, ctypes.c_int32, ctypes.c_int64
-GradOptions = _struct("GradOptions", "kd_grad_options", scale=_F64, accumulate=_I32)
-CwdParams = _struct("CwdParams", "kd_cwd_config", tau=_F64, loss_weight=_F64)
-PixelKdParams = _struct(
-    "PixelKdParams", "kd_pixel_kd_config", tau=_F64, loss_weight=_F64, reduction=_I32, scale_tau2=_I32
-)
-CwtParams = _struct("CwtParams", "kd_cwt_config", loss_weight=_F64, normalize=_I32, hidden_channels=_I64)
-IcsdParams = _struct("IcsdParams", "kd_icsd_config", tau=_F64, loss_weight=_F64, variant=_I32)
-IfvdParams = _struct("IfvdParams", "kd_ifvd_config", num_classes=_I64, loss_weight=_F64)
-DistParams = _struct(
-    "DistParams", "kd_dist_config", tau=_F64, inter_loss_weight=_F64, intra_loss_weight=_F64, loss_weight=_F64
-)
-SemckdParams = _struct("SemckdParams", "kd_semckd_config", loss_weight=_F64, eps=_F64, embed_dim=_I64)
-PkdParams = _struct("PkdParams", "kd_pkd_config", loss_weight=_F64)
-SkdParams = _struct("SkdParams", "kd_skd_config", loss_weight=_F64, pool=_I64)
-CirkdParams = _struct("CirkdParams", "kd_cirkd_config", tau=_F64, loss_weight=_F64, pool=_I64)
+class GradOptions(ctypes.Structure):
+    """``kd_grad_options``. Every ctypes Structure names its declaration in include/kd_kernels.h (generated
+    from the Rust source) in ``_c_name_``; python/tests/test_abi_layout.py checks them field for field. A
+    family's configuration struct is in its own file (families/)."""
 
-
-# kd_cirkd_config.pool: the official rule, none; K >= 2 is a K x K average pool.
-CIRKD_POOL_AUTO, CIRKD_POOL_NONE = 0, 1
+    _c_name_ = "kd_grad_options"
+    _fields_ = [("scale", F64), ("accumulate", I32)]
 
 
 def _library_path() -> Path:
@@ -102,50 +88,12 @@ def _load() -> ctypes.CDLL:
             "libkd_kernels.so (cargo build --release -p kd-kernels-capi)"
         )
     lib = ctypes.CDLL(str(path))
-    u64, i32, i64p, size_t = ctypes.c_uint64, ctypes.c_int32, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t
-    vp = dp = ctypes.c_void_p
     protos = {
         "kd_last_error_message": (ctypes.c_char_p, []),
-        "kd_kernels_compiled": (i32, []),
-        "kd_cuda_probe": (i32, []),
-        "kd_context_create": (i32, [i32, ctypes.POINTER(vp)]),
-        "kd_context_destroy": (None, [vp]),
-        "kd_cwd_cuda": (i32, [vp, ctypes.POINTER(CwdParams), i64p, size_t, i32, u64, u64, u64, u64, u64, u64,
-                              GradOptions, vp]),
-        "kd_cwd_cpu": (i32, [ctypes.POINTER(CwdParams), i64p, size_t, i32, vp, vp, dp, vp, vp, GradOptions]),
-        "kd_pixel_kd_cuda": (i32, [vp, ctypes.POINTER(PixelKdParams), i64p, size_t, i32, u64, u64, u64, u64, u64,
-                                   GradOptions, vp]),
-        "kd_pixel_kd_cpu": (i32, [ctypes.POINTER(PixelKdParams), i64p, size_t, i32, vp, vp, dp, vp, GradOptions]),
-        "kd_cwt_cuda": (i32, [vp, ctypes.POINTER(CwtParams), i64p, size_t, i64p, size_t, i32, u64, u64,
-                              ctypes.POINTER(u64), u64, u64, ctypes.POINTER(u64), u64, GradOptions, vp]),
-        "kd_cwt_cpu": (i32, [ctypes.POINTER(CwtParams), i64p, size_t, i64p, size_t, i32, vp, vp,
-                             ctypes.POINTER(vp), dp, vp, ctypes.POINTER(vp), GradOptions]),
-        "kd_dist_cuda": (i32, [vp, ctypes.POINTER(DistParams), i64p, size_t, i32, u64, u64, u64, u64, u64,
-                               GradOptions, vp]),
-        "kd_dist_cpu": (i32, [ctypes.POINTER(DistParams), i64p, size_t, i32, vp, vp, dp, vp, GradOptions]),
-        "kd_icsd_cuda": (i32, [vp, ctypes.POINTER(IcsdParams), i64p, size_t, i32, u64, u64, u64, u64, u64, u64, u64,
-                               GradOptions, vp]),
-        "kd_icsd_cpu": (i32, [ctypes.POINTER(IcsdParams), i64p, size_t, i32, vp, vp, dp, vp, dp, dp, GradOptions]),
-        "kd_ifvd_cuda": (i32, [vp, ctypes.POINTER(IfvdParams), i64p, size_t, i64p, size_t, i64p, size_t, i32, i32,
-                               u64, u64, u64, u64, u64, u64, GradOptions, vp]),
-        "kd_ifvd_cpu": (i32, [ctypes.POINTER(IfvdParams), i64p, size_t, i64p, size_t, i64p, size_t, i32, i32, vp, vp,
-                              vp, dp, vp, GradOptions]),
-        "kd_semckd_cuda": (i32, [vp, ctypes.POINTER(SemckdParams), size_t, i64p, size_t, i64p, i32]
-                           + [ctypes.POINTER(u64)] * 5 + [u64, u64] + [ctypes.POINTER(u64)] * 4
-                           + [u64, GradOptions, vp]),
-        "kd_semckd_cpu": (i32, [ctypes.POINTER(SemckdParams), size_t, i64p, size_t, i64p, i32]
-                          + [ctypes.POINTER(vp)] * 5 + [dp, vp] + [ctypes.POINTER(vp)] * 4 + [GradOptions]),
-        "kd_pkd_cuda": (i32, [vp, ctypes.POINTER(PkdParams), size_t, i64p, i64p, i32, ctypes.POINTER(u64),
-                              ctypes.POINTER(u64), u64, ctypes.POINTER(u64), u64, GradOptions, vp]),
-        "kd_pkd_cpu": (i32, [ctypes.POINTER(PkdParams), size_t, i64p, i64p, i32, ctypes.POINTER(vp),
-                             ctypes.POINTER(vp), dp, ctypes.POINTER(vp), GradOptions]),
-        "kd_skd_cuda": (i32, [vp, ctypes.POINTER(SkdParams), i64p, size_t, i64p, size_t, i32, u64, u64, u64, u64, u64,
-                              GradOptions, vp]),
-        "kd_skd_cpu": (i32, [ctypes.POINTER(SkdParams), i64p, size_t, i64p, size_t, i32, vp, vp, dp, vp, GradOptions]),
-        "kd_cirkd_cuda": (i32, [vp, ctypes.POINTER(CirkdParams), i64p, size_t, i64p, size_t, i32, u64, u64, u64, u64,
-                                u64, GradOptions, vp]),
-        "kd_cirkd_cpu": (i32, [ctypes.POINTER(CirkdParams), i64p, size_t, i64p, size_t, i32, vp, vp, dp, vp,
-                               GradOptions]),
+        "kd_kernels_compiled": (I32, []),
+        "kd_cuda_probe": (I32, []),
+        "kd_context_create": (I32, [I32, VPP]),
+        "kd_context_destroy": (None, [VP]),
     }
     for name, (restype, argtypes) in protos.items():
         fn = getattr(lib, name)
@@ -155,6 +103,15 @@ def _load() -> ctypes.CDLL:
 
 
 lib = _load()
+
+
+def declare(name: str, argtypes: list):
+    """The library's entry point ``name`` (a family's ``kd_x_cpu`` / ``kd_x_cuda``), returning a ``kd_status``,
+    with its prototype: each family's file declares its own (test_abi_layout.py checks them all)."""
+    fn = getattr(lib, name)
+    fn.restype = I32
+    fn.argtypes = argtypes
+    return fn
 
 
 def last_error() -> str:

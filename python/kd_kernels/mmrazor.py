@@ -2,78 +2,32 @@
 
 Importing this module registers every loss module under its own name when mmrazor is importable (a config
 says ``custom_imports = dict(imports=['kd_kernels.mmrazor'], allow_failed_imports=False)``); without
-mmrazor the import does nothing and :func:`register` says why. Names (``type=`` in a config):
+mmrazor the import does nothing and :func:`register` says why. The names (``type=`` in a config) are each
+family's ``MMRAZOR_MODULES`` (its file in kd_kernels/families/; docs/pytorch.md lists them): its modules, or
+an adapter of one with mmrazor's ``forward`` argument names (``KD<Name>``, importable from here).
 
-=============================== ==============================================================
-``KDChannelWiseDivergence``     :class:`kd_kernels.ChannelWiseDivergence` (mmrazor's arguments)
-``KDKLDivergence``              :class:`kd_kernels.KLDivergence` (mmrazor's arguments)
-``KDPixelKD``                   :class:`kd_kernels.PixelKD`
-``KDChannelWiseTransformation`` :class:`kd_kernels.ChannelWiseTransformation`
-``KDPKDLoss``                   :class:`kd_kernels.PKDLoss` (mmrazor's arguments)
-``KDDISTLoss``                  :class:`kd_kernels.DISTLoss` (mmrazor's arguments; DIST_KD's form on 4-D logits)
-=============================== ==============================================================
-
-Every registered class has mmrazor's ``forward(preds_S, preds_T)`` (``KDDISTLoss``: mmrazor's ``DISTLoss``'s
-``forward(logits_S, logits_T)``), which its distillers check
-``loss_forward_mappings`` against, and takes a tuple of levels where it compares maps level by level (see
-kd_kernels.modules). ``register(replace_mmrazor=True)`` also puts the two with an mmrazor counterpart under
-mmrazor's own names (``ChannelWiseDivergence``, ``KLDivergence``, ``PKDLoss``, with ``force=True``), so existing configs
-switch without edits; it is never done unasked.
+Every registered class has mmrazor's ``forward(preds_S, preds_T)`` (or the argument names of the mmrazor
+loss it stands for), which its distillers check ``loss_forward_mappings`` against, and takes a tuple of
+levels where it compares maps level by level (see kd_kernels.modules). ``register(replace_mmrazor=True)``
+also puts those with an mmrazor counterpart (each family's ``MMRAZOR_REPLACES``) under mmrazor's own names,
+with ``force=True``, so existing configs switch without edits; it is never done unasked.
 """
 
 from __future__ import annotations
 
-import torch
+from .families import FAMILIES
 
-from . import modules
-
-__all__ = [
-    "register", "KD_MODULES", "MMRAZOR_NAMES", "KDPixelKD", "KDChannelWiseTransformation", "KDStructuralKD",
-    "KDMiniBatchCrossImagePair",
-]
-
-
-class KDPixelKD(modules.PixelKD):
-    """:class:`kd_kernels.PixelKD` with mmrazor's ``forward(preds_S, preds_T)`` argument names."""
-
-    def forward(self, preds_S: modules.Levels, preds_T: modules.Levels) -> torch.Tensor:  # noqa: N803
-        return super().forward(preds_S, preds_T)
-
-
-class KDChannelWiseTransformation(modules.ChannelWiseTransformation):
-    """:class:`kd_kernels.ChannelWiseTransformation` with mmrazor's ``forward(preds_S, preds_T)`` names."""
-
-    def forward(self, preds_S: torch.Tensor, preds_T: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        return super().forward(preds_S, preds_T)
-
-
-class KDStructuralKD(modules.CriterionStructuralKD):
-    """:class:`kd_kernels.CriterionStructuralKD` with mmrazor's ``forward(preds_S, preds_T)`` names."""
-
-    def forward(self, preds_S: torch.Tensor, preds_T: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        return super().forward(preds_S, preds_T)
-
-
-class KDMiniBatchCrossImagePair(modules.CriterionMiniBatchCrossImagePair):
-    """:class:`kd_kernels.CriterionMiniBatchCrossImagePair` with mmrazor's ``forward(preds_S, preds_T)`` names."""
-
-    def forward(self, preds_S: torch.Tensor, preds_T: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        return super().forward(preds_S, preds_T)
-
-
-KD_MODULES = {
-    "KDChannelWiseDivergence": modules.ChannelWiseDivergence,
-    "KDKLDivergence": modules.KLDivergence,
-    "KDPixelKD": KDPixelKD,
-    "KDChannelWiseTransformation": KDChannelWiseTransformation,
-    "KDPKDLoss": modules.PKDLoss,
-    "KDDISTLoss": modules.DISTLoss,
-    "KDStructuralKD": KDStructuralKD,
-    "KDMiniBatchCrossImagePair": KDMiniBatchCrossImagePair,
-}
+KD_MODULES = {}
 # The modules whose arguments and results are those of an mmrazor loss of this name.
-MMRAZOR_NAMES = {"ChannelWiseDivergence": modules.ChannelWiseDivergence, "KLDivergence": modules.KLDivergence,
-                 "PKDLoss": modules.PKDLoss}
+MMRAZOR_NAMES = {}
+for _family in FAMILIES:
+    KD_MODULES.update(getattr(_family, "MMRAZOR_MODULES", {}))
+    MMRAZOR_NAMES.update(getattr(_family, "MMRAZOR_REPLACES", {}))
+
+# The adapters written for mmrazor (a class named as it is registered, e.g. ``KDPixelKD``), importable from here.
+_ADAPTERS = {name: cls for name, cls in KD_MODULES.items() if cls.__name__ == name}
+globals().update(_ADAPTERS)
+__all__ = ["register", "KD_MODULES", "MMRAZOR_NAMES", *_ADAPTERS]
 
 _import_error: BaseException | None = None
 

@@ -1,8 +1,9 @@
 """The ctypes side of the C ABI against include/kd_kernels.h, which cbindgen generates from the Rust source
 (crates/kd-kernels-capi; its own test keeps the committed header equal to the generated one). Every
-ctypes Structure of `_lib` names its C struct (`_c_name_`) and must match it field for field (names, order,
-types, offsets, size), every struct of the header must have one, and every prototype `_lib` declares must
-take the header's arguments (count, and per argument a type of the same kind and size) and return its type.
+ctypes Structure of `_lib` and of each family's file (kd_kernels/families/) names its C struct (`_c_name_`)
+and must match it field for field (names, order, types, offsets, size), every struct of the header must have
+one, and every prototype of the library (`_lib`'s and each family's, `_lib.declare`) must take the header's
+arguments (count, and per argument a type of the same kind and size) and return its type.
 """
 
 import ctypes
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kd_kernels import _lib
+from kd_kernels.families import FAMILIES
 
 HEADER = Path(__file__).resolve().parents[2] / "include" / "kd_kernels.h"
 
@@ -61,14 +63,15 @@ ALIASES, STRUCTS, FUNCTIONS = _parse_header()
 
 
 def _structures():
-    """The ctypes Structures `_lib` defines, keyed by the C struct each names."""
+    """The ctypes Structures `_lib` and the families' files define, keyed by the C struct each names."""
     found = {}
-    for value in vars(_lib).values():
-        if isinstance(value, type) and issubclass(value, ctypes.Structure) and value.__module__ == _lib.__name__:
-            c_name = getattr(value, "_c_name_", None)
-            assert c_name, f"_lib.{value.__name__} does not name its C struct (_c_name_)"
-            assert c_name not in found, f"two ctypes Structures name {c_name}"
-            found[c_name] = value
+    for module in (_lib, *FAMILIES):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, ctypes.Structure) and value.__module__ == module.__name__:
+                c_name = getattr(value, "_c_name_", None)
+                assert c_name, f"{module.__name__}.{value.__name__} does not name its C struct (_c_name_)"
+                assert c_name not in found, f"two ctypes Structures name {c_name}"
+                found[c_name] = value
     return found
 
 
@@ -115,13 +118,13 @@ def test_the_header_has_structs_and_functions():
 
 @pytest.mark.parametrize("c_name", sorted(STRUCTS))
 def test_every_header_struct_has_its_ctypes_structure(c_name):
-    assert c_name in STRUCTURES, f"the header's {c_name} has no ctypes Structure in kd_kernels/_lib.py"
+    assert c_name in STRUCTURES, f"the header's {c_name} has no ctypes Structure in kd_kernels (_lib.py or its family's file)"
 
 
 @pytest.mark.parametrize("c_name", sorted(STRUCTURES))
 def test_ctypes_structure_matches_the_header(c_name):
     cls = STRUCTURES[c_name]
-    assert c_name in STRUCTS, f"_lib.{cls.__name__} names {c_name}, which the header does not define"
+    assert c_name in STRUCTS, f"{cls.__module__}.{cls.__name__} names {c_name}, which the header does not define"
     c_fields = STRUCTS[c_name]
     py_fields = [(name, ty) for name, ty in cls._fields_]
     assert [n for n, _ in py_fields] == [n for n, _ in c_fields], f"{c_name}: field names or order differ"
@@ -157,7 +160,7 @@ def _same_kind(py_type, c_type):
 def test_prototypes_match_the_header(name):
     ret, params = FUNCTIONS[name]
     fn = getattr(_lib.lib, name)
-    assert fn.argtypes is not None, f"_lib declares no prototype for {name}"
+    assert fn.argtypes is not None, f"kd_kernels declares no prototype for {name} (_lib.py or its family's file)"
     assert len(fn.argtypes) == len(params), f"{name}: {len(fn.argtypes)} ctypes arguments, header {len(params)}"
     for py_type, (param, c_type) in zip(fn.argtypes, params):
         assert _same_kind(py_type, c_type), f"{name}({param}): ctypes {py_type}, header {c_type}"
