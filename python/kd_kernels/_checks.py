@@ -50,3 +50,10 @@ def pair(student, teacher) -> None:
 
 def dtype_name(dtype) -> str:
     return _DTYPE_NAMES.get(dtype, dtype)
+
+
+def one_of(value, table, message: str) -> None:
+    """A parameter that names one of ``table``'s entries (its code for the C ABI); ``message`` (the crate's,
+    formatted with ``value``) where it does not."""
+    if value not in table:
+        raise KdInputError(message.format(value=value))

@@ -129,13 +129,25 @@ def relation_argtypes(config):
             [vp, cfg, i64p, size_t, i64p, size_t, _lib.I32, u64, u64, u64, u64, u64, _lib.GradOptions, vp])
 
 
-def student_grad(cpu, cuda, config, student, teacher, want_student, own_teacher_shape=False, after_upstream=()):
-    """The loss and the student's gradient of a pair through ``cpu`` / ``cuda`` (:func:`pair_argtypes`, or
-    :func:`relation_argtypes` with ``own_teacher_shape``)."""
-    student, teacher = contiguous(student, teacher)
-    gs = grad(student, want_student)
-    head = shape_head(student, teacher) if own_teacher_shape else shape_head(student)
-    device = student.device
-    loss = call(for_device(cpu, cuda, device), config, device, student.dtype, (*head, DTYPE_CODES[student.dtype]),
-                (student.data_ptr(), teacher.data_ptr()), (ptr(gs),), after_upstream)
-    return loss, gs
+def student_grad_kernel(cpu_name, cuda_name, config, make_config=None, outputs=0, own_teacher_shape=False):
+    """Declares the entry points ``cpu_name`` and ``cuda_name`` of a pair whose only gradient is the student's
+    (:func:`pair_argtypes` with ``outputs`` extra output buffers, passed null; :func:`relation_argtypes` with
+    ``own_teacher_shape``) and returns the op kernel ``(student, teacher, *params, want_student) -> (loss,
+    grad_student)``, whose configuration struct is ``make_config(*params)`` (default: ``config(*params)``)."""
+    cpu_args, cuda_args = relation_argtypes(config) if own_teacher_shape else pair_argtypes(config, outputs)
+    cpu, cuda = _lib.declare(cpu_name, cpu_args), _lib.declare(cuda_name, cuda_args)
+    make_config = make_config or config
+    unwanted = (0,) * outputs
+
+    def kernel(student, teacher, *args):
+        *params, want_student = args
+        student, teacher = contiguous(student, teacher)
+        gs = grad(student, want_student)
+        head = shape_head(student, teacher) if own_teacher_shape else shape_head(student)
+        device = student.device
+        loss = call(for_device(cpu, cuda, device), make_config(*params), device, student.dtype,
+                    (*head, DTYPE_CODES[student.dtype]), (student.data_ptr(), teacher.data_ptr()), (ptr(gs),),
+                    unwanted)
+        return loss, gs
+
+    return kernel

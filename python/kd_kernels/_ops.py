@@ -33,16 +33,16 @@ def _filled(kernel, like):
 
 
 def define(name, schema, kernel, fake, setup_context, backward, like=None):
-    """The op ``kd_kernels::name`` with ``kernel`` for the CPU and CUDA devices (it calls the C ABI's entry
-    point of its inputs' device); ``like``: the input each gradient output stands for, where ``kernel``
-    returns None for a gradient not asked for."""
+    """The op ``kd_kernels::name``, returned as ``torch.ops.kd_kernels.<name>.default``, with ``kernel`` for
+    the CPU and CUDA devices (it calls the C ABI's entry point of its inputs' device); ``like``: the input
+    each gradient output stands for, where ``kernel`` returns None for a gradient not asked for."""
     if like is not None:
         kernel = _filled(kernel, like)
     op = torch.library.custom_op(f"kd_kernels::{name}", kernel, mutates_args=(), device_types="cpu", schema=schema)
     op.register_kernel("cuda")(kernel)
     op.register_fake(fake)
     op.register_autograd(backward, setup_context=setup_context)
-    return op
+    return getattr(torch.ops.kd_kernels, name).default
 
 
 def scaled(grad, grad_loss, needed):

@@ -3,11 +3,11 @@
 families/), gathered here from the families' table.
 
 The pair losses also take a tuple (or list) of levels for ``preds_S`` and ``preds_T``, as detection configs
-pass FPN outputs (_levels.py: the sum of the per-level losses)."""
+pass FPN outputs (_nn.py: the sum of the per-level losses)."""
 
 from __future__ import annotations
 
-from ._levels import Levels, over_levels  # noqa: F401 (kept importable from here)
+from ._nn import Levels, over_levels  # noqa: F401 (kept importable from here)
 from .families import exports
 
 # Every name a family exports that is an nn.Module, bound here as if each family's file had been

@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import _checks, _eager, _impl, _lib, _ops
 from .._lib import KdInputError
+from .._nn import PredsForward
 
 __all__ = ["cirkd_loss", "CriterionMiniBatchCrossImagePair"]
 
@@ -22,22 +23,12 @@ class CirkdParams(ctypes.Structure):
     _fields_ = [("tau", _lib.F64), ("loss_weight", _lib.F64), ("pool", _lib.I64)]
 
 
-_CPU_ARGS, _CUDA_ARGS = _impl.relation_argtypes(CirkdParams)
-_CPU = _lib.declare("kd_cirkd_cpu", _CPU_ARGS)
-_CUDA = _lib.declare("kd_cirkd_cuda", _CUDA_ARGS)
-
-
-def cirkd_kernel(student, teacher, tau, loss_weight, pool, want_student):
-    # `pool` is kd_cirkd_config's code (cirkd_loss translates "auto", "none" and K).
-    return _impl.student_grad(_CPU, _CUDA, CirkdParams(tau, loss_weight, pool), student, teacher, want_student,
-                              own_teacher_shape=True)
-
-
-cirkd = _ops.define_student_only(
+cirkd_kernel = _impl.student_grad_kernel("kd_cirkd_cpu", "kd_cirkd_cuda", CirkdParams, own_teacher_shape=True)
+# `pool` is kd_cirkd_config's code (cirkd_loss translates "auto", "none" and K).
+_OP = _ops.define_student_only(
     "cirkd",
     "(Tensor student, Tensor teacher, float tau, float loss_weight, int pool, bool want_student) -> (Tensor, Tensor)",
     cirkd_kernel)
-_OP = torch.ops.kd_kernels.cirkd.default
 OPS = (_OP,)  # the ops this family defines
 
 
@@ -93,11 +84,8 @@ class CriterionMiniBatchCrossImagePair(nn.Module):
         return f"temperature={self.temperature}, loss_weight={self.loss_weight}, pool={self.pool!r}"
 
 
-class KDMiniBatchCrossImagePair(CriterionMiniBatchCrossImagePair):
+class KDMiniBatchCrossImagePair(PredsForward, CriterionMiniBatchCrossImagePair):
     """:class:`kd_kernels.CriterionMiniBatchCrossImagePair` with mmrazor's ``forward(preds_S, preds_T)`` names."""
-
-    def forward(self, preds_S: torch.Tensor, preds_T: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        return super().forward(preds_S, preds_T)
 
 
 MMRAZOR_MODULES = {"KDMiniBatchCrossImagePair": KDMiniBatchCrossImagePair}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import _checks, _eager, _impl, _lib, _ops
-from .._levels import Levels, over_levels
+from .._nn import Levels, over_levels
 
 __all__ = ["cwd_loss", "ChannelWiseDivergence"]
 
@@ -40,12 +40,11 @@ def _fake(student, teacher, tau, loss_weight, want_student, want_teacher):
             _ops.grad_like(teacher, want_teacher))
 
 
-cwd = _ops.define_saved_grads(
+_OP = _ops.define_saved_grads(
     "cwd",
     "(Tensor student, Tensor teacher, float tau, float loss_weight, bool want_student, bool want_teacher)"
     " -> (Tensor, Tensor, Tensor)",
     cwd_kernel, _fake, slots=(0, 1))
-_OP = torch.ops.kd_kernels.cwd.default
 OPS = (_OP,)  # the ops this family defines
 _grad_enabled = torch.is_grad_enabled
 

@@ -10,10 +10,12 @@ from torch import nn
 
 from .. import _checks, _eager, _impl, _lib, _ops
 from .._lib import KdInputError
+from .._nn import PredsForward
 
 __all__ = ["cwt_loss", "ChannelWiseTransformation"]
 
 CWT_NORMALIZE = {"batch": 0, "mean": 1}
+_BAD_NORMALIZE = "parameter `normalize` = {value!r} is invalid: it must be one of batch, mean"
 _PARAM_NAMES = ("mlp.linear1.weight", "mlp.linear1.bias", "mlp.linear2.weight", "mlp.linear2.bias")
 
 
@@ -68,18 +70,12 @@ def _fake(student, teacher, w1, b1, w2, b2, loss_weight, normalize, want_grads):
 
 
 # The student and the four MLP parameters have gradients; the teacher is a constant.
-cwt = _ops.define_saved_grads(
+_OP = _ops.define_saved_grads(
     "cwt",
     "(Tensor student, Tensor teacher, Tensor w1, Tensor b1, Tensor w2, Tensor b2, float loss_weight,"
     " str normalize, bool want_grads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     cwt_kernel, _fake, slots=(0, 2, 3, 4, 5))
-_OP = torch.ops.kd_kernels.cwt.default
 OPS = (_OP,)  # the ops this family defines
-
-
-def _check_normalize(value) -> None:
-    if value not in CWT_NORMALIZE:
-        raise KdInputError(f"parameter `normalize` = {value!r} is invalid: it must be one of batch, mean")
 
 
 def _check_params(student, teacher, weights) -> None:
@@ -124,7 +120,7 @@ def cwt_loss(
     ``w1`` ``[Ch, Cs]`` (or a 1x1 convolution's ``[Ch, Cs, 1, 1]``), ``b1`` ``[Ch]``, ``w2`` ``[Ct, Ch]`` (or
     ``[Ct, Ch, 1, 1]``), ``b2`` ``[Ct]``, read as f32 (the crate keeps the MLP in f32). ``backward()`` fills
     the gradients of the student and of the four parameters; the teacher is a constant."""
-    _check_normalize(normalize)
+    _checks.one_of(normalize, CWT_NORMALIZE, _BAD_NORMALIZE)
     _checks.tensors(student, teacher)
     weights = (w1, b1, w2, b2)
     _check_params(student, teacher, weights)
@@ -163,11 +159,8 @@ class ChannelWiseTransformation(nn.Module):
         return f"loss_weight={self.loss_weight}, normalize={self.normalize!r}"
 
 
-class KDChannelWiseTransformation(ChannelWiseTransformation):
+class KDChannelWiseTransformation(PredsForward, ChannelWiseTransformation):
     """:class:`kd_kernels.ChannelWiseTransformation` with mmrazor's ``forward(preds_S, preds_T)`` names."""
-
-    def forward(self, preds_S: torch.Tensor, preds_T: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        return super().forward(preds_S, preds_T)
 
 
 MMRAZOR_MODULES = {"KDChannelWiseTransformation": KDChannelWiseTransformation}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import _checks, _eager, _impl, _lib, _ops
-from .._levels import Levels, over_levels
+from .._nn import Levels, over_levels
 from .._lib import KdInputError
 
 __all__ = ["dist_loss", "DISTLoss"]
@@ -21,33 +21,17 @@ class DistParams(ctypes.Structure):
                 ("loss_weight", _lib.F64)]
 
 
-_CPU_ARGS, _CUDA_ARGS = _impl.pair_argtypes(DistParams)
-_CPU = _lib.declare("kd_dist_cpu", _CPU_ARGS)
-_CUDA = _lib.declare("kd_dist_cuda", _CUDA_ARGS)
-
-
-def dist_kernel(student, teacher, tau, inter_loss_weight, intra_loss_weight, loss_weight, want_student):
-    config = DistParams(tau, inter_loss_weight, intra_loss_weight, loss_weight)
-    return _impl.student_grad(_CPU, _CUDA, config, student, teacher, want_student)
-
-
-dist = _ops.define_student_only(
+dist_kernel = _impl.student_grad_kernel("kd_dist_cpu", "kd_dist_cuda", DistParams)
+_OP = _ops.define_student_only(
     "dist",
     "(Tensor student, Tensor teacher, float tau, float inter_loss_weight, float intra_loss_weight,"
     " float loss_weight, bool want_student) -> (Tensor, Tensor)",
     dist_kernel)
-_OP = torch.ops.kd_kernels.dist.default
 OPS = (_OP,)  # the ops this family defines
 
 
-def dist_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    tau: float = 1.0,
-    inter_loss_weight: float = 1.0,
-    intra_loss_weight: float = 1.0,
-    loss_weight: float = 1.0,
-) -> torch.Tensor:
+def dist_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0, inter_loss_weight: float = 1.0,
+              intra_loss_weight: float = 1.0, loss_weight: float = 1.0) -> torch.Tensor:
     """DIST, segmentation form (Huang et al., NeurIPS 2022; docs/losses.md §8): per pixel, ``p = softmax`` over
     the C classes of ``x / tau``; with ``rho`` the Pearson correlation (eps 1e-8 added to the product of the
     norms), ``loss_weight * tau^2 * (inter_loss_weight * (1 - mean over the N*H*W pixels of rho(pS, pT)

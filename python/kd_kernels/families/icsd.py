@@ -15,6 +15,8 @@ from .pixel_kd import pixel_kd_loss
 __all__ = ["icsd_loss", "aicsd_loss", "alw_alpha"]
 
 ICSD_VARIANTS = {"official": 0, "paper": 1}
+# The crate's `IcsdVariant::parse` message.
+_BAD_VARIANT = "parameter `variant` = {value} is invalid: it must be `official` or `paper`"
 
 
 class IcsdParams(ctypes.Structure):
@@ -22,46 +24,28 @@ class IcsdParams(ctypes.Structure):
     _fields_ = [("tau", _lib.F64), ("loss_weight", _lib.F64), ("variant", _lib.I32)]
 
 
-# Two more outputs after `upstream`: the similarity matrices (sim_student, sim_teacher), not an op output.
-_CPU_ARGS, _CUDA_ARGS = _impl.pair_argtypes(IcsdParams, outputs=2)
-_CPU = _lib.declare("kd_icsd_cpu", _CPU_ARGS)
-_CUDA = _lib.declare("kd_icsd_cuda", _CUDA_ARGS)
-_NO_SIMILARITIES = (0, 0)
+def _config(tau, loss_weight, variant):
+    return IcsdParams(tau, loss_weight, ICSD_VARIANTS[variant])
 
 
-def icsd_kernel(student, teacher, tau, loss_weight, variant, want_student):
-    config = IcsdParams(tau, loss_weight, ICSD_VARIANTS[variant])
-    return _impl.student_grad(_CPU, _CUDA, config, student, teacher, want_student, after_upstream=_NO_SIMILARITIES)
-
-
-icsd = _ops.define_student_only(
+# Two more outputs: the similarity matrices (sim_student, sim_teacher), not an op output.
+icsd_kernel = _impl.student_grad_kernel("kd_icsd_cpu", "kd_icsd_cuda", IcsdParams, _config, outputs=2)
+_OP = _ops.define_student_only(
     "icsd",
     "(Tensor student, Tensor teacher, float tau, float loss_weight, str variant, bool want_student)"
     " -> (Tensor, Tensor)",
     icsd_kernel)
-_OP = torch.ops.kd_kernels.icsd.default
 OPS = (_OP,)  # the ops this family defines
 
 
-def _check_variant(value) -> None:
-    if value not in ICSD_VARIANTS:
-        # The crate's `IcsdVariant::parse` message.
-        raise KdInputError(f"parameter `variant` = {value} is invalid: it must be `official` or `paper`")
-
-
-def icsd_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    tau: float = 1.0,
-    loss_weight: float = 9500.0,
-    variant: str = "official",
-) -> torch.Tensor:
+def icsd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0, loss_weight: float = 9500.0,
+              variant: str = "official") -> torch.Tensor:
     """Inter-class similarity distillation ``L_ICS`` (Mansourian et al. 2023; docs/losses.md §3): per class a
     softmax of the logits (``official``: along H, per column, as the official code; ``paper``: over H*W), a
     C x C similarity matrix per network, rows L2-normalised, ``loss_weight / (C^2 B) * sum (Mh_S - Mh_T)^2``.
     Defaults: the official code's (tau 1, ``lo_lambda`` 9500). The teacher is a constant. Otherwise as
     :func:`cwd_loss`."""
-    _check_variant(variant)
+    _checks.one_of(variant, ICSD_VARIANTS, _BAD_VARIANT)
     _checks.pair(student, teacher)
     want = torch.is_grad_enabled() and student.requires_grad
     return _eager.loss(_OP, icsd_kernel, (0,), (student, teacher), (float(tau), float(loss_weight), variant, want),

@@ -40,12 +40,11 @@ def ifvd_kernel(student, teacher, labels, num_classes, loss_weight, want_student
 
 
 # Features of two channel counts and integer labels.
-ifvd = _ops.define_student_only(
+_OP = _ops.define_student_only(
     "ifvd",
     "(Tensor student, Tensor teacher, Tensor labels, int num_classes, float loss_weight, bool want_student)"
     " -> (Tensor, Tensor)",
     ifvd_kernel)
-_OP = torch.ops.kd_kernels.ifvd.default
 OPS = (_OP,)  # the ops this family defines
 
 

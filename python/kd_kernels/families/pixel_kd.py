@@ -8,12 +8,14 @@ import torch
 from torch import nn
 
 from .. import _checks, _eager, _impl, _lib, _ops
-from .._levels import Levels, over_levels
+from .._nn import Levels, PredsForward, over_levels
 from .._lib import KdInputError
 
 __all__ = ["pixel_kd_loss", "KLDivergence", "PixelKD"]
 
 REDUCTIONS = {"mean": 0, "batchmean": 1, "sum": 2, "pixelmean": 3}
+# The crate's `Reduction::from_str` message.
+_BAD_REDUCTION = "parameter `reduction` = {value!r} is invalid: it must be one of mean, batchmean, sum, pixelmean"
 
 
 class PixelKdParams(ctypes.Structure):
@@ -21,41 +23,21 @@ class PixelKdParams(ctypes.Structure):
     _fields_ = [("tau", _lib.F64), ("loss_weight", _lib.F64), ("reduction", _lib.I32), ("scale_tau2", _lib.I32)]
 
 
-_CPU_ARGS, _CUDA_ARGS = _impl.pair_argtypes(PixelKdParams)
-_CPU = _lib.declare("kd_pixel_kd_cpu", _CPU_ARGS)
-_CUDA = _lib.declare("kd_pixel_kd_cuda", _CUDA_ARGS)
+def _config(tau, loss_weight, reduction, scale_tau2):
+    return PixelKdParams(tau, loss_weight, REDUCTIONS[reduction], 1 if scale_tau2 else 0)
 
 
-def pixel_kd_kernel(student, teacher, tau, loss_weight, reduction, scale_tau2, want_student):
-    config = PixelKdParams(tau, loss_weight, REDUCTIONS[reduction], 1 if scale_tau2 else 0)
-    return _impl.student_grad(_CPU, _CUDA, config, student, teacher, want_student)
-
-
-pixel_kd = _ops.define_student_only(
+pixel_kd_kernel = _impl.student_grad_kernel("kd_pixel_kd_cpu", "kd_pixel_kd_cuda", PixelKdParams, _config)
+_OP = _ops.define_student_only(
     "pixel_kd",
     "(Tensor student, Tensor teacher, float tau, float loss_weight, str reduction, bool scale_tau2,"
     " bool want_student) -> (Tensor, Tensor)",
     pixel_kd_kernel)
-_OP = torch.ops.kd_kernels.pixel_kd.default
 OPS = (_OP,)  # the ops this family defines
 
 
-def _check_reduction(value) -> None:
-    if value not in REDUCTIONS:
-        # The crate's `Reduction::from_str` message.
-        raise KdInputError(
-            f"parameter `reduction` = {value!r} is invalid: it must be one of mean, batchmean, sum, pixelmean"
-        )
-
-
-def pixel_kd_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    tau: float = 1.0,
-    loss_weight: float = 10.0,
-    reduction: str = "mean",
-    scale_tau2: bool = False,
-) -> torch.Tensor:
+def pixel_kd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0, loss_weight: float = 10.0,
+                  reduction: str = "mean", scale_tau2: bool = False) -> torch.Tensor:
     """Pixel-wise KD (docs/losses.md §2): per pixel, a softmax over the C channels of ``x / tau``;
     ``loss_weight * [tau^2] / divisor * sum KL(pT || pS)`` with divisor N*C*H*W (``mean``), N
     (``batchmean``), 1 (``sum``) or N*H*W (``pixelmean``), and tau^2 when ``scale_tau2``.
@@ -63,7 +45,7 @@ def pixel_kd_loss(
     Defaults: the official TorchDistiller ``CriterionKD`` / AICSD ``pi_loss`` (tau 1, weight 10, ``mean``).
     The teacher is a constant (no gradient flows into it, as in every official config). Otherwise as
     :func:`cwd_loss`."""
-    _check_reduction(reduction)
+    _checks.one_of(reduction, REDUCTIONS, _BAD_REDUCTION)
     _checks.pair(student, teacher)
     want = torch.is_grad_enabled() and student.requires_grad
     return _eager.loss(_OP, pixel_kd_kernel, (0,), (student, teacher),
@@ -123,11 +105,8 @@ class PixelKD(nn.Module):
                 f"scale_tau2={self.scale_tau2}")
 
 
-class KDPixelKD(PixelKD):
+class KDPixelKD(PredsForward, PixelKD):
     """:class:`kd_kernels.PixelKD` with mmrazor's ``forward(preds_S, preds_T)`` argument names."""
-
-    def forward(self, preds_S: Levels, preds_T: Levels) -> torch.Tensor:  # noqa: N803
-        return super().forward(preds_S, preds_T)
 
 
 MMRAZOR_MODULES = {"KDKLDivergence": KLDivergence, "KDPixelKD": KDPixelKD}

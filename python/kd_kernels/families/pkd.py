@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import _checks, _impl, _lib, _ops
-from .._levels import Levels
+from .._nn import Levels
 from .._lib import KdInputError
 
 __all__ = ["pkd_loss", "PKDLoss"]
@@ -65,11 +65,10 @@ def _backward(ctx, grad_loss, _grad_grads):
 
 
 # A list of levels, the teacher a constant.
-pkd = _ops.define(
+_OP = _ops.define(
     "pkd",
     "(Tensor[] student, Tensor[] teacher, float loss_weight, bool want_student) -> (Tensor, Tensor[])",
     pkd_kernel, _fake, _setup, _backward)
-_OP = torch.ops.kd_kernels.pkd.default
 OPS = (_OP,)  # the ops this family defines
 
 

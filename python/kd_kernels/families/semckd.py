@@ -95,12 +95,11 @@ def _backward(ctx, grad_loss, _grad_attention, _grad_grads):
             None, None, None)
 
 
-semckd = _ops.define(
+_OP = _ops.define(
     "semckd",
     "(Tensor[] student, Tensor[] teacher, Tensor[] proj, Tensor[] query, Tensor[] key, float loss_weight,"
     " float eps, bool want_grads) -> (Tensor, Tensor, Tensor[])",
     semckd_kernel, _fake, _setup, _backward)
-_OP = torch.ops.kd_kernels.semckd.default
 OPS = (_OP,)  # the ops this family defines
 
 

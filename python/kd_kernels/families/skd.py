@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import _checks, _eager, _impl, _lib, _ops
 from .._lib import KdInputError
+from .._nn import PredsForward
 
 __all__ = ["skd_loss", "CriterionStructuralKD"]
 
@@ -19,22 +20,12 @@ class SkdParams(ctypes.Structure):
     _fields_ = [("loss_weight", _lib.F64), ("pool", _lib.I64)]
 
 
-_CPU_ARGS, _CUDA_ARGS = _impl.relation_argtypes(SkdParams)
-_CPU = _lib.declare("kd_skd_cpu", _CPU_ARGS)
-_CUDA = _lib.declare("kd_skd_cuda", _CUDA_ARGS)
-
-
-def skd_kernel(student, teacher, loss_weight, pool, want_student):
-    return _impl.student_grad(_CPU, _CUDA, SkdParams(loss_weight, pool), student, teacher, want_student,
-                              own_teacher_shape=True)
-
-
+skd_kernel = _impl.student_grad_kernel("kd_skd_cpu", "kd_skd_cuda", SkdParams, own_teacher_shape=True)
 # `pool` is kd_skd_config's code.
-skd = _ops.define_student_only(
+_OP = _ops.define_student_only(
     "skd",
     "(Tensor student, Tensor teacher, float loss_weight, int pool, bool want_student) -> (Tensor, Tensor)",
     skd_kernel)
-_OP = torch.ops.kd_kernels.skd.default
 OPS = (_OP,)  # the ops this family defines
 
 
@@ -80,11 +71,8 @@ class CriterionStructuralKD(nn.Module):
         return f"loss_weight={self.loss_weight}, pool={self.pool}"
 
 
-class KDStructuralKD(CriterionStructuralKD):
+class KDStructuralKD(PredsForward, CriterionStructuralKD):
     """:class:`kd_kernels.CriterionStructuralKD` with mmrazor's ``forward(preds_S, preds_T)`` names."""
-
-    def forward(self, preds_S: torch.Tensor, preds_T: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        return super().forward(preds_S, preds_T)
 
 
 MMRAZOR_MODULES = {"KDStructuralKD": KDStructuralKD}

@@ -1,4 +1,6 @@
-"""Tuples of levels for the modules: detection configs pass FPN outputs as ``preds_S`` and ``preds_T``, and a
+"""What the families' ``nn.Module`` s share: tuples of levels, and mmrazor's ``forward`` argument names.
+
+Detection configs pass FPN outputs as ``preds_S`` and ``preds_T``, and a
 pair loss's module returns the sum of the per-level losses, which is what mmrazor computes from one loss entry
 per level (its distiller sums every loss it returns), and what mmrazor's ``PKDLoss`` does with a tuple. Each
 level is one op call (the C ABI takes one shape per call)."""
@@ -11,7 +13,7 @@ import torch
 
 from ._lib import KdInputError
 
-__all__ = ["Levels", "over_levels"]
+__all__ = ["Levels", "over_levels", "PredsForward"]
 
 Levels = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -31,3 +33,12 @@ def over_levels(loss, preds_S, preds_T, **kwargs) -> torch.Tensor:  # noqa: N803
     for s, t in zip(preds_S[1:], preds_T[1:]):
         total = total + loss(s, t, **kwargs)
     return total
+
+
+class PredsForward:
+    """Mixed in before a module class (``class KDX(PredsForward, X)``): that module with mmrazor's
+    ``forward(preds_S, preds_T)`` argument names, which mmrazor's distillers check ``loss_forward_mappings``
+    against (kd_kernels.mmrazor registers such adapters)."""
+
+    def forward(self, preds_S: Levels, preds_T: Levels) -> torch.Tensor:  # noqa: N803 (mmrazor's names)
+        return super().forward(preds_S, preds_T)
