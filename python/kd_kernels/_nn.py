@@ -1,9 +1,8 @@
 """What the families' ``nn.Module`` s share: tuples of levels, and mmrazor's ``forward`` argument names.
 
-Detection configs pass FPN outputs as ``preds_S`` and ``preds_T``, and a
-pair loss's module returns the sum of the per-level losses, which is what mmrazor computes from one loss entry
-per level (its distiller sums every loss it returns), and what mmrazor's ``PKDLoss`` does with a tuple. Each
-level is one op call (the C ABI takes one shape per call)."""
+Detection configs pass FPN outputs as ``preds_S`` and ``preds_T``, and a pair loss's module returns the sum of
+the per-level losses, which is what mmrazor computes from one loss entry per level (its distiller sums every
+loss it returns). Each level is one op call (the C ABI takes one shape per call)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,11 @@ op (``torch.ops.kd_kernels.*``, defined with _ops.py), asking for the gradients 
 same call runs under ``torch.compile(fullgraph=True)`` (one node per call, no graph break), under
 ``torch.autocast`` (the op has no autocast rule: the logits stay in their own dtype, the loss is f32) and in
 eager mode, where plain tensors skip the dispatcher's Python layers and call the op's kernel directly
-(_eager.py)."""
+(_eager.py).
+
+The pair losses share a contract: ``student`` and ``teacher`` are NCHW tensors of one dtype (float32, float16,
+bfloat16; float64 on the CPU) and device; the loss is a 0-d float32 tensor (float64 for float64 inputs) on
+that device; ``backward()`` fills ``student.grad``; non-contiguous inputs are copied to contiguous ones."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ STRUCTURES = _structures()
 
 
 def _resolve(ctype):
-    """A header type (`const struct kd_cwd_config *`, `kd_dtype`, `double`) as ('pointer', what it points to),
+    """A header type (`const struct kd_grad_options *`, `kd_dtype`, `double`) as ('pointer', what it points to),
     ('scalar', ctypes type or None for void), ('struct', name) or ('opaque', name)."""
     ctype = ctype.replace("const", " ").strip()
     if ctype.endswith("*"):

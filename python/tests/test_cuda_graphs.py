@@ -1,5 +1,6 @@
 """A whole training step (forward, the loss, backward, the optimizer) captured with ``torch.cuda.graph`` and
-replayed: bit for bit the eager step's parameters, for every loss. The capture follows PyTorch's recipe:
+replayed: bit for bit the eager step's parameters, for every loss (the steps each family's test file
+declares, families.py). The capture follows PyTorch's recipe:
 warm-up iterations on a side stream first, which also size the crate's workspace for these shapes
 (docs/pytorch.md, "CUDA graphs"). Skipped, with the reason, where there is no GPU or no kernels."""
 
@@ -7,7 +8,8 @@ import copy
 
 import pytest
 import torch
-from ops_cases import LOSSES, RELATION_LOSSES, Step, step_inputs
+from cases import Step, step_inputs
+from families import STEPS
 
 import kd_kernels
 
@@ -26,12 +28,12 @@ def sgd_step(model, optimizer, image, teacher):
     return loss
 
 
-@pytest.mark.parametrize("name", LOSSES + RELATION_LOSSES)
+@pytest.mark.parametrize("name", list(STEPS))
 def test_captured_training_step_replays_bit_for_bit(name):
     torch.manual_seed(0)
-    model = Step(name, dtype=torch.float32, device="cuda")
+    model = Step(STEPS[name], dtype=torch.float32, device="cuda")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    image, teacher = step_inputs(name, torch.float32, "cuda")
+    image, teacher = step_inputs(STEPS[name], torch.float32, "cuda")
     static_image, static_teacher = image.clone(), teacher.clone()
 
     side = torch.cuda.Stream()
@@ -48,7 +50,7 @@ def test_captured_training_step_replays_bit_for_bit(name):
         static_loss = sgd_step(model, optimizer, static_image, static_teacher)
 
     for k in range(3):
-        new_image, new_teacher = step_inputs(name, torch.float32, "cuda")
+        new_image, new_teacher = step_inputs(STEPS[name], torch.float32, "cuda")
         new_image = new_image * (1.0 + 0.1 * k)
         static_image.copy_(new_image)
         static_teacher.copy_(new_teacher)
@@ -58,19 +60,3 @@ def test_captured_training_step_replays_bit_for_bit(name):
         assert torch.equal(static_loss, want.detach()), (k, static_loss.item(), want.item())
         for (n, a), b in zip(model.named_parameters(), eager.parameters()):
             assert torch.equal(a, b), (k, n)
-
-
-def test_a_capture_that_would_grow_the_workspace_raises():
-    """A shape larger than any warm-up call needs a bigger workspace, which the crate refuses to allocate
-    during a capture (a graph keeps the addresses it was captured with): KD_ERR_WORKSPACE, not a corrupt
-    graph."""
-    small = torch.randn(1, 2, 3, 4, device="cuda")
-    kd_kernels.cwd_loss(small, small)
-    big = torch.randn(8, 64, 256, 256, device="cuda")
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with pytest.raises(Exception) as err:
-        with torch.cuda.graph(graph):
-            kd_kernels.cwd_loss(big, big.flip(0), 3.0, 1.0)
-    kd_errors = [e for e in (err.value, err.value.__context__) if isinstance(e, kd_kernels.KdKernelsError)]
-    assert kd_errors and kd_errors[0].status == 9, repr(err.value)

@@ -1,10 +1,10 @@
 """DistributedDataParallel: two CPU processes (gloo), each with half the batch, take the same SGD steps as one
 process with the whole batch.
 
-The losses are CWD and pixel KD with ``mean``: both divide by the batch (CWD by N*C, pixel KD by N*C*H*W), so
-the loss of a batch is the mean of the losses of its two equal halves, and DDP's average of the two ranks'
-gradients is the gradient of the whole batch's loss. (``sum`` or ``batchmean`` with a sum would be off by
-the world size.) The model and data are f64 and the two results differ only by the order of the sums, so
+The loss is the sum of the losses each family's test file declares as batch means (``BATCH_MEAN_LOSSES``,
+families.py): each divides by the batch, so the loss of a batch is the mean of the losses of its two equal
+halves, and DDP's average of the two ranks' gradients is the gradient of the whole batch's loss. (``sum`` or
+``batchmean`` with a sum would be off by the world size.) The model and data are f64 and the two results differ only by the order of the sums, so
 they are compared at f64 rounding (1e-12 relative)."""
 
 import os
@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from families import declared
 
-import kd_kernels
+BATCH_MEAN_LOSSES = declared("BATCH_MEAN_LOSSES")
 
 STEPS = 3
 
@@ -39,7 +40,7 @@ def model_and_data():
 
 def distillation_loss(student, teacher, images):
     s, t = student(images), teacher(images)
-    return kd_kernels.cwd_loss(s, t, 2.0, 3.0) + kd_kernels.pixel_kd_loss(s, t, 1.0, 10.0, "mean")
+    return sum(loss(s, t) for loss in BATCH_MEAN_LOSSES)
 
 
 def train(model, teacher, batches):
@@ -66,6 +67,7 @@ def worker(rank, world, port, out):
 
 
 def test_ddp_two_processes_equal_one_process_on_the_whole_batch():
+    assert len(BATCH_MEAN_LOSSES) >= 2
     student, teacher, images = model_and_data()
     train(student, teacher, list(images))
     with tempfile.TemporaryDirectory() as tmp:

@@ -145,3 +145,13 @@ def test_cuda_matches_the_cpu(dtype):
         assert a.grad.dtype == dtype
         err = (a.grad.double().cpu() - b.grad).abs().max() / b.grad.abs().max()
         assert err <= tol
+
+
+MMRAZOR_NAMES = ["KDPKDLoss"]
+# mmrazor's PKD detection configs: one PKDLoss on the FPN levels, loss_weight 6.
+MMRAZOR_BUILDS = [
+    (dict(type="KDPKDLoss", loss_weight=6.0, resize_stu=True),
+     lambda m, s, t: isinstance(m, kd_kernels.PKDLoss) and m.loss_weight == 6.0 and m.resize_stu
+     and m((s, s[:, :, :3]), (t, t[:, :, :3])).dim() == 0),
+]
+MMRAZOR_REPLACES = {"PKDLoss": kd_kernels.PKDLoss}

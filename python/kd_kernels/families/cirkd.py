@@ -56,8 +56,8 @@ def cirkd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 0.1, l
     ``pool``: ``"auto"`` (the official rule: a 4x4 average pool, ``ceil_mode``, when ``H >= 256`` and
     ``W >= 256``, else none), ``"none"``, or a window side ``K`` (``K x K`` average pool whatever the size).
     ``student`` ``[B, Cs, H, W]`` and ``teacher`` ``[B, Ct, H, W]`` features (the channel counts may differ);
-    the teacher is a constant. Defaults: the official ``tau`` (0.1) and no weight. Otherwise as
-    :func:`cwd_loss`."""
+    the teacher is a constant. Defaults: the official ``tau`` (0.1) and no weight. Otherwise as every
+    pair loss (:mod:`kd_kernels.functional`)."""
     _checks.tensors(student, teacher)
     code = _pool_code(pool)
     want = torch.is_grad_enabled() and student.requires_grad

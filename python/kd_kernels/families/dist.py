@@ -39,7 +39,8 @@ def dist_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0, in
 
     With the defaults (all 1) this is DIST_KD's segmentation loss; ``tau`` and ``loss_weight`` act as in
     mmrazor's ``DISTLoss``. ``[N, C]`` classification logits are ``[N, C, 1, 1]``. The teacher is a constant
-    (no gradient flows into it). Otherwise as :func:`cwd_loss`."""
+    (no gradient flows into it). Otherwise as every pair loss
+    (:mod:`kd_kernels.functional`)."""
     _checks.pair(student, teacher)
     want = torch.is_grad_enabled() and student.requires_grad
     return _eager.loss(_OP, dist_kernel, (0,), (student, teacher),

@@ -43,8 +43,8 @@ def icsd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0, lo
     """Inter-class similarity distillation ``L_ICS`` (Mansourian et al. 2023; docs/losses.md §3): per class a
     softmax of the logits (``official``: along H, per column, as the official code; ``paper``: over H*W), a
     C x C similarity matrix per network, rows L2-normalised, ``loss_weight / (C^2 B) * sum (Mh_S - Mh_T)^2``.
-    Defaults: the official code's (tau 1, ``lo_lambda`` 9500). The teacher is a constant. Otherwise as
-    :func:`cwd_loss`."""
+    Defaults: the official code's (tau 1, ``lo_lambda`` 9500). The teacher is a constant. Otherwise as every
+    pair loss (:mod:`kd_kernels.functional`)."""
     _checks.one_of(variant, ICSD_VARIANTS, _BAD_VARIANT)
     _checks.pair(student, teacher)
     want = torch.is_grad_enabled() and student.requires_grad

@@ -43,8 +43,8 @@ def pixel_kd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0
     (``batchmean``), 1 (``sum``) or N*H*W (``pixelmean``), and tau^2 when ``scale_tau2``.
 
     Defaults: the official TorchDistiller ``CriterionKD`` / AICSD ``pi_loss`` (tau 1, weight 10, ``mean``).
-    The teacher is a constant (no gradient flows into it, as in every official config). Otherwise as
-    :func:`cwd_loss`."""
+    The teacher is a constant (no gradient flows into it, as in every official config). Otherwise as every
+    pair loss (:mod:`kd_kernels.functional`)."""
     _checks.one_of(reduction, REDUCTIONS, _BAD_REDUCTION)
     _checks.pair(student, teacher)
     want = torch.is_grad_enabled() and student.requires_grad

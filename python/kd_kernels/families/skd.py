@@ -46,7 +46,8 @@ def skd_loss(student: torch.Tensor, teacher: torch.Tensor, loss_weight: float = 
 
     ``student`` ``[N, Cs, H, W]`` and ``teacher`` ``[N, Ct, H, W]`` features (one dtype and device; the channel
     counts may differ). The teacher is a constant (no gradient flows into it). The official module has no
-    weight (CIRKD's scripts multiply by 10). Otherwise as :func:`cwd_loss`."""
+    weight (CIRKD's scripts multiply by 10). Otherwise as every pair loss
+    (:mod:`kd_kernels.functional`)."""
     _checks.tensors(student, teacher)
     code = _pool_code(pool)
     want = torch.is_grad_enabled() and student.requires_grad

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cases import OPS, PairCase, PairStep, leaf
+from compare import loss_and_grad
 
 import kd_kernels
-from compare import loss_and_grad
 from kd_kernels import KdInputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-reference" / "official"))
@@ -96,3 +97,20 @@ def test_bad_inputs_raise_the_crates_messages():
         kd_kernels.dist_loss(s, logits((2, 3, 4, 4), 14))
     with pytest.raises(KdInputError):
         kd_kernels.dist_loss(s[0], s[0])
+
+
+# ---- its cases for the shared tests --------------------------------------------------------------------------
+
+def _call(s, t):
+    return kd_kernels.dist_loss(s, t, 2.0, 1.5, 0.5, 3.0)
+
+
+PAIR_CASES = [PairCase("dist", _call, OPS.dist, (2.0, 1.5, 0.5, 3.0, True))]
+STEPS = {"dist": PairStep(_call)}
+OP_CASES = [(f"dist-{dtype}-{want}", OPS.dist,
+             (leaf((2, 3, 4, 5), 9, dtype, want), leaf((2, 3, 4, 5), 10, dtype, False), 2.0, 1.5, 0.5, 3.0, want))
+            for dtype in (torch.float64, torch.float32) for want in (True, False)]
+CUDA_CASES = [("dist", _call, lambda s, t: 3.0 * 2.0**2 * DIST(1.5, 0.5)(s / 2.0, t / 2.0), False)]
+MMRAZOR_NAMES = ["KDDISTLoss"]
+# mmrazor's DISTLoss's forward argument names (test_mmrazor.py checks every registered module's).
+MMRAZOR_FORWARD = {"KDDISTLoss": ["self", "logits_S", "logits_T"]}

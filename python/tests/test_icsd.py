@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from cases import OPS, PairCase, PairStep, leaf
+from compare import loss_and_grad
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import kd_kernels
-from compare import loss_and_grad
 from kd_kernels import KdInputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-reference"))
@@ -79,3 +81,27 @@ def test_icsd_bad_inputs():
         kd_kernels.icsd_loss(s, t[:, :2])
     with pytest.raises(KdInputError, match="parameter `total_epochs` = 0 is invalid"):
         kd_kernels.aicsd_loss(s, t, 3, total_epochs=0)
+
+
+# ---- the op, and its cases for the shared tests --------------------------------------------------------------
+
+def test_public_function_under_fake_tensor_mode_reaches_the_fake_kernel():
+    """What torch.compile does: the public function under FakeTensorMode."""
+    with FakeTensorMode():
+        s = torch.empty((2, 3, 4, 5), dtype=torch.bfloat16)
+        assert kd_kernels.icsd_loss(s, s).dtype == torch.float32
+
+
+def _icsd(s, t):
+    return kd_kernels.icsd_loss(s, t, 1.0, 95.0, "official")
+
+
+def _aicsd(s, t):
+    return kd_kernels.aicsd_loss(s, t, 30.0, 1.0, 95.0, 10.0)
+
+
+PAIR_CASES = [PairCase("icsd", _icsd, OPS.icsd, (1.0, 95.0, "official", True))]
+STEPS = {"icsd": PairStep(_icsd, autocast_exact=True), "aicsd": PairStep(_aicsd, autocast_exact=True)}
+OP_CASES = [(f"icsd-{dtype}-{want}", OPS.icsd,
+             (leaf((2, 3, 4, 5), 5, dtype, want), leaf((2, 3, 4, 5), 6, dtype, False), 1.0, 9500.0, "paper", want))
+            for dtype in (torch.float64, torch.float32) for want in (True, False)]

@@ -1,15 +1,33 @@
 """CWT on CPU tensors (the crate's f64 reference through the C ABI): the loss and the gradients of the
 student and of the four MLP parameters against the formula of docs/losses.md §5 in PyTorch autograd, a
-gradcheck in double precision with respect to the student, dtypes, the module, and bad inputs."""
+gradcheck in double precision with respect to the student, dtypes, the module, and bad inputs; on CUDA
+tensors (skipped without a GPU) the kernels against the formula; its cases for the shared tests (cases.py)."""
 
 import random
 
 import pytest
 import torch
-from reference import cwt_reference
+import torch.nn.functional as F
+from cases import OPS, leaf, needs_kernels
+from compare import rel_err
 
 import kd_kernels
 from kd_kernels import KdInputError
+
+
+def cwt_reference(student, teacher, w1, b1, w2, b2, loss_weight, normalize):
+    """CWT as docs/losses.md §5.3 states it (no official code exists; python-reference/cwt_reference.py):
+    1x1 conv, ReLU, 1x1 conv, then MGD's ``MSELoss(reduction='sum') / N`` (``batch``) or the mean."""
+    ch, cs = w1.shape[0], w1.shape[1]
+    ct = w2.shape[0]
+    hidden = F.relu(F.conv2d(student, w1.reshape(ch, cs, 1, 1), b1))
+    y = F.conv2d(hidden, w2.reshape(ct, ch, 1, 1), b2)
+    t = teacher.detach()
+    if normalize == "batch":
+        loss = F.mse_loss(y, t, reduction="sum") / t.shape[0]
+    else:
+        loss = F.mse_loss(y, t, reduction="mean")
+    return loss_weight * loss
 
 
 def f32_exact(shape, seed, scale=1.0):
@@ -130,3 +148,63 @@ def test_cwt_bad_inputs():
         kd_kernels.cwt_loss(student, teacher.float(), *params)
     with pytest.raises(KdInputError, match="mlp.linear1.bias: on meta"):
         kd_kernels.cwt_loss(student, teacher, params[0], params[1].to("meta"), *params[2:])
+
+
+# ---- CUDA: the kernels (skipped without a GPU, or without kernels in this build) -------------------------
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("dims", [(1, 1, 1, 1, 1, 1), (2, 17, 9, 5, 13, 11), (3, 64, 48, 96, 32, 40)])
+@pytest.mark.parametrize("normalize", ["batch", "mean"])
+def test_cwt_kernels_match_the_formula_on_cuda(dtype, tolerance, dims, normalize):
+    n, cs, ch, ct, h, w = dims
+    g = torch.Generator(device="cuda").manual_seed(sum(dims))
+    student = torch.randn((n, cs, h, w), generator=g, device="cuda").to(dtype)
+    teacher = torch.randn((n, ct, h, w), generator=g, device="cuda").to(dtype)
+    params = [torch.randn(shape, generator=g, device="cuda") * 0.3 for shape in ((ch, cs), (ch,), (ct, ch), (ct,))]
+    s = student.clone().requires_grad_(True)
+    p32 = [p.clone().requires_grad_(True) for p in params]
+    loss = kd_kernels.cwt_loss(s, teacher, *p32, loss_weight=0.01, normalize=normalize)
+    loss.backward()
+    s64 = student.double().requires_grad_(True)
+    p64 = [p.double().requires_grad_(True) for p in params]
+    ref = cwt_reference(s64, teacher.double(), *p64, 0.01, normalize)
+    ref.backward()
+    assert rel_err(loss, ref) <= 1e-4  # the loss row of src/tolerance.rs
+    assert rel_err(s.grad, s64.grad) <= tolerance
+    for a, b in zip(p32, p64):
+        assert rel_err(a.grad, b.grad) <= 1e-4
+
+
+# ---- its cases for the shared tests ----------------------------------------------------------------------
+
+class CwtStep:
+    """The student's 4 channels through the module's MLP (hidden 5) against a teacher of 6."""
+
+    teacher_channels = 6
+    inductor = True
+    autocast_exact = False
+
+    def build(self, module):
+        module.conv = torch.nn.Conv2d(3, 4, 1)
+        module.cwt = kd_kernels.ChannelWiseTransformation(4, 6, hidden_channels=5, loss_weight=0.01)
+
+    def loss(self, module, student, teacher):
+        return module.cwt(student, teacher)
+
+
+STEPS = {"cwt": CwtStep()}
+
+
+def _op_case(dtype, want):
+    w = [leaf(s, 10 + k, torch.float32, want) for k, s in enumerate(((4, 3, 1, 1), (4,), (2, 4), (2,)))]
+    return (f"cwt-{dtype}-{want}", OPS.cwt,
+            (leaf((2, 3, 4, 5), 7, dtype, want), leaf((2, 2, 4, 5), 8, dtype, False), *w, 0.01, "mean", want))
+
+
+OP_CASES = [_op_case(dtype, want) for dtype in (torch.float64, torch.float32) for want in (True, False)]
+MMRAZOR_NAMES = ["KDChannelWiseTransformation"]
+MMRAZOR_BUILDS = [
+    (dict(type="KDChannelWiseTransformation", student_channels=4, teacher_channels=3),
+     lambda m, s, t: m(s, t[:, :3]).dim() == 0),
+]
