@@ -59,23 +59,24 @@ _check = _lib.check
 _context = _lib.context
 
 
-def call(entry, config, device, dtype, head, inputs, outputs, after_upstream=()):
-    """The loss of one call of ``entry`` (a family's ``kd_x_cuda`` for a CUDA ``device``, else its
-    ``kd_x_cpu``) with the argument order of the module's docs; ``dtype`` is the inputs' (the CPU loss is
-    rounded once to f32 unless it is f64)."""
-    if device.type == "cuda":
+def call(cpu, cuda, like, config, head, inputs, outputs, after_upstream=()):
+    """The loss of one call of a family's ``kd_x_cuda`` (``cuda``) for CUDA inputs, else its ``kd_x_cpu``
+    (``cpu``), with the argument order of the module's docs; ``like`` is the first input (its device, and its
+    dtype: the CPU loss is rounded once to f32 unless it is f64)."""
+    if like.is_cuda:  # not `device.type`: an attribute read is cheaper than building the device's type string
+        device = like.device
         loss = torch.empty((), dtype=_F32, device=device)
-        _check(entry(_context(device.index), config, *head, *inputs, loss.data_ptr(), *outputs, _NO_UPSTREAM,
-                     *after_upstream, _OPTIONS, _stream(device)))
+        _check(cuda(_context(device.index), config, *head, *inputs, loss.data_ptr(), *outputs, _NO_UPSTREAM,
+                    *after_upstream, _OPTIONS, _stream(device)))
         return loss
     value = _c_double()
-    _check(entry(config, *head, *inputs, _byref(value), *outputs, *after_upstream, _OPTIONS))
-    return _scalar_tensor(value.value, dtype=_F64 if dtype == _F64 else _F32)
+    _check(cpu(config, *head, *inputs, _byref(value), *outputs, *after_upstream, _OPTIONS))
+    return _scalar_tensor(value.value, dtype=_F64 if like.dtype == _F64 else _F32)
 
 
 def shape_head(*tensors):
     """``shape, ndim`` of each tensor, as the C ABI takes them."""
-    head = []
+    head = ()
     for t in tensors:
         head += (_shape_array(t.shape), t.dim())
     return head
@@ -94,16 +95,13 @@ def ptr(tensor):
     return 0 if tensor is None else tensor.data_ptr()
 
 
-def addresses(tensors, device):
-    """An array of the tensors' addresses (``uint64_t[]`` on CUDA, ``void *[]`` on the CPU), None for None."""
+def addresses(tensors, cuda):
+    """An array of the tensors' addresses (``uint64_t[]`` for ``cuda``, ``void *[]`` on the CPU), None for
+    None."""
     if tensors is None:
         return None
-    kind = _lib.U64 if device.type == "cuda" else _lib.VP
+    kind = _lib.U64 if cuda else _lib.VP
     return (kind * len(tensors))(*[t.data_ptr() for t in tensors])
-
-
-def for_device(cpu, cuda, device):
-    return cuda if device.type == "cuda" else cpu
 
 
 # ---- the (student, teacher) pairs whose only gradient is the student's ----------------------------------------
@@ -140,14 +138,11 @@ def student_grad_kernel(cpu_name, cuda_name, config, make_config=None, outputs=0
     unwanted = (0,) * outputs
 
     def kernel(student, teacher, *args):
-        *params, want_student = args
-        student, teacher = contiguous(student, teacher)
-        gs = grad(student, want_student)
+        student, teacher = student.contiguous(), teacher.contiguous()
+        gs = grad(student, args[-1])  # the last argument is want_student
         head = shape_head(student, teacher) if own_teacher_shape else shape_head(student)
-        device = student.device
-        loss = call(for_device(cpu, cuda, device), make_config(*params), device, student.dtype,
-                    (*head, DTYPE_CODES[student.dtype]), (student.data_ptr(), teacher.data_ptr()), (ptr(gs),),
-                    unwanted)
+        loss = call(cpu, cuda, student, make_config(*args[:-1]), (*head, DTYPE_CODES[student.dtype]),
+                    (student.data_ptr(), teacher.data_ptr()), (ptr(gs),), unwanted)
         return loss, gs
 
     return kernel

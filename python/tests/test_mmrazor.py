@@ -31,7 +31,7 @@ def build_razor_model_from_cfg(cfg, registry, default_args=None):
 
 
 class MmrazorChannelWiseDivergence(torch.nn.Module):
-    """Stands for mmrazor's own ``ChannelWiseDivergence`` (its forward is tests/reference.py's)."""
+    """Stands for mmrazor's own ``ChannelWiseDivergence`` (its forward is test_cwd.py's ``cwd_official``)."""
 
     def __init__(self, tau=1.0, loss_weight=1.0):
         super().__init__()

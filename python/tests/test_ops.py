@@ -9,7 +9,6 @@ from cases import Step, leaf, step_inputs
 from families import LOSSES, PAIR_CASES, STEPS, declared
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import kd_kernels
 from kd_kernels.families import FAMILIES
 
 OPS = torch.ops.kd_kernels

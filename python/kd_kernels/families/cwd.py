@@ -25,11 +25,10 @@ _CUDA = _lib.declare("kd_cwd_cuda", _CUDA_ARGS)
 
 
 def cwd_kernel(student, teacher, tau, loss_weight, want_student, want_teacher):
-    student, teacher = _impl.contiguous(student, teacher)
+    student, teacher = student.contiguous(), teacher.contiguous()
     # The crate computes the teacher's gradient with the student's.
     gs, gt = _impl.grad(student, want_student or want_teacher), _impl.grad(teacher, want_teacher)
-    device = student.device
-    loss = _impl.call(_impl.for_device(_CPU, _CUDA, device), CwdParams(tau, loss_weight), device, student.dtype,
+    loss = _impl.call(_CPU, _CUDA, student, CwdParams(tau, loss_weight),
                       (*_impl.shape_head(student), _impl.DTYPE_CODES[student.dtype]),
                       (student.data_ptr(), teacher.data_ptr()), (_impl.ptr(gs), _impl.ptr(gt)))
     return loss, gs, gt
@@ -46,7 +45,6 @@ _OP = _ops.define_saved_grads(
     " -> (Tensor, Tensor, Tensor)",
     cwd_kernel, _fake, slots=(0, 1))
 OPS = (_OP,)  # the ops this family defines
-_grad_enabled = torch.is_grad_enabled
 
 
 def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0, loss_weight: float = 3.0) -> torch.Tensor:
@@ -58,7 +56,7 @@ def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0, los
     ``backward()`` fills ``student.grad``, and ``teacher.grad`` when the teacher requires grad. Defaults:
     the paper's (tau 4, weight 3). Non-contiguous inputs are copied to contiguous ones."""
     _checks.pair(student, teacher)
-    grad = _grad_enabled()
+    grad = torch.is_grad_enabled()
     want_s, want_t = grad and student.requires_grad, grad and teacher.requires_grad
     return _eager.loss(_OP, cwd_kernel, (0, 1), (student, teacher), (float(tau), float(loss_weight), want_s, want_t),
                        want_s or want_t)

@@ -45,19 +45,19 @@ def _mlp32(weights):
 
 
 def cwt_kernel(student, teacher, w1, b1, w2, b2, loss_weight, normalize, want_grads):
-    student, teacher = _impl.contiguous(student, teacher)
+    student, teacher = student.contiguous(), teacher.contiguous()
     weights = (w1, b1, w2, b2)
     mlp = _mlp32(weights)
     config = CwtParams(loss_weight, CWT_NORMALIZE[normalize], mlp[0].shape[0])
-    device = student.device
+    cuda = student.is_cuda
     gs = _impl.grad(student, want_grads)
     # The MLP's gradients in f32 from the kernels, f64 from the CPU reference.
-    grad_dtype = torch.float32 if device.type == "cuda" else torch.float64
-    grad_w = [torch.empty(m.shape, dtype=grad_dtype, device=device) for m in mlp] if want_grads else None
+    grad_dtype = torch.float32 if cuda else torch.float64
+    grad_w = [torch.empty(m.shape, dtype=grad_dtype, device=student.device) for m in mlp] if want_grads else None
     head = (*_impl.shape_head(student, teacher), _impl.DTYPE_CODES[student.dtype])
-    loss = _impl.call(_impl.for_device(_CPU, _CUDA, device), config, device, student.dtype, head,
-                      (student.data_ptr(), teacher.data_ptr(), _impl.addresses(mlp, device)),
-                      (_impl.ptr(gs), _impl.addresses(grad_w, device)))
+    loss = _impl.call(_CPU, _CUDA, student, config, head,
+                      (student.data_ptr(), teacher.data_ptr(), _impl.addresses(mlp, cuda)),
+                      (_impl.ptr(gs), _impl.addresses(grad_w, cuda)))
     if gs is None:
         return (loss, None, None, None, None, None)
     # Back to each parameter's own shape and dtype ([out, in, 1, 1] for a convolution's weight).

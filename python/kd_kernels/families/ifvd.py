@@ -28,14 +28,12 @@ _CUDA = _lib.declare("kd_ifvd_cuda", [_lib.VP, ctypes.POINTER(IfvdParams), *_SHA
 
 
 def ifvd_kernel(student, teacher, labels, num_classes, loss_weight, want_student):
-    student, teacher, labels = _impl.contiguous(student, teacher, labels)
+    student, teacher, labels = student.contiguous(), teacher.contiguous(), labels.contiguous()
     gs = _impl.grad(student, want_student)
-    device = student.device
     head = (*_impl.shape_head(student, teacher, labels), _impl.DTYPE_CODES[student.dtype],
             _impl.LABEL_CODES[labels.dtype])
-    loss = _impl.call(_impl.for_device(_CPU, _CUDA, device), IfvdParams(num_classes, loss_weight), device,
-                      student.dtype, head, (student.data_ptr(), teacher.data_ptr(), labels.data_ptr()),
-                      (_impl.ptr(gs),))
+    loss = _impl.call(_CPU, _CUDA, student, IfvdParams(num_classes, loss_weight), head,
+                      (student.data_ptr(), teacher.data_ptr(), labels.data_ptr()), (_impl.ptr(gs),))
     return loss, gs
 
 

@@ -33,13 +33,12 @@ def pkd_kernel(student, teacher, loss_weight, want_student):
     gradient in its dtype. Student and teacher levels have one shape each (resized before, in PKDLoss)."""
     student = _impl.contiguous(*student)
     teacher = _impl.contiguous(*teacher)
-    device = student[0].device
+    cuda = student[0].is_cuda
     head = (len(student), _lib.shape_array([v for x in student for v in x.shape]),
             _lib.shape_array([v for x in teacher for v in x.shape]), _impl.DTYPE_CODES[student[0].dtype])
     grads = [torch.empty_like(x) for x in student] if want_student else None
-    loss = _impl.call(_impl.for_device(_CPU, _CUDA, device), PkdParams(loss_weight), device, student[0].dtype, head,
-                      (_impl.addresses(student, device), _impl.addresses(teacher, device)),
-                      (_impl.addresses(grads, device),))
+    loss = _impl.call(_CPU, _CUDA, student[0], PkdParams(loss_weight), head,
+                      (_impl.addresses(student, cuda), _impl.addresses(teacher, cuda)), (_impl.addresses(grads, cuda),))
     return loss, grads if want_student else []
 
 

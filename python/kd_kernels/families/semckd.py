@@ -38,11 +38,10 @@ def semckd_kernel(student, teacher, proj, query, key, loss_weight, eps, want_gra
     teacher = _impl.contiguous(*teacher)
     proj = _impl.contiguous(*proj)
     mlps = [m.to(torch.float32).contiguous() for m in list(query) + list(key)]
-    batch, device = student[0].shape[0], student[0].device
+    batch, device, cuda = student[0].shape[0], student[0].device, student[0].is_cuda
     config = SemckdParams(loss_weight, eps, mlps[3].shape[0])
     head = (s_n, _lib.shape_array([v for x in student for v in x.shape]), t_n,
             _lib.shape_array([v for x in teacher for v in x.shape]), _impl.DTYPE_CODES[student[0].dtype])
-    cuda = device.type == "cuda"
     attention = torch.empty((batch, s_n, t_n), dtype=torch.float32 if cuda else torch.float64, device=device)
     n_q = 4 * s_n
     if want_grads:
@@ -55,10 +54,10 @@ def semckd_kernel(student, teacher, proj, query, key, loss_weight, eps, want_gra
         grad_buffers = (None,) * 4
 
     def addr(tensors):
-        return _impl.addresses(tensors, device)
+        return _impl.addresses(tensors, cuda)
 
     inputs = (addr(student), addr(teacher), addr(proj), addr(mlps[:n_q]), addr(mlps[n_q:]))
-    loss = _impl.call(_impl.for_device(_CPU, _CUDA, device), config, device, student[0].dtype, head, inputs,
+    loss = _impl.call(_CPU, _CUDA, student[0], config, head, inputs,
                       (attention.data_ptr(), *[addr(g) for g in grad_buffers]))
     if not want_grads:
         return loss, attention, []
