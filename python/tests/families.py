@@ -1,6 +1,6 @@
 """The families' test files, in one table: the shared tests (test_ops.py, test_compile.py, test_cuda.py,
 test_cuda_graphs.py, test_ddp.py, test_mmrazor.py) take the cases each declares (cases.py says which) from
-here. A new family's test file is one entry of ``FAMILY_TESTS``."""
+here. A new family's test file is imported here and listed in ``FAMILY_TESTS``."""
 
 import test_cirkd
 import test_cwd

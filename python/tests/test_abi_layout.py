@@ -118,7 +118,8 @@ def test_the_header_has_structs_and_functions():
 
 @pytest.mark.parametrize("c_name", sorted(STRUCTS))
 def test_every_header_struct_has_its_ctypes_structure(c_name):
-    assert c_name in STRUCTURES, f"the header's {c_name} has no ctypes Structure in kd_kernels (_lib.py or its family's file)"
+    assert c_name in STRUCTURES, (
+        f"the header's {c_name} has no ctypes Structure in kd_kernels (_lib.py or its family's file)")
 
 
 @pytest.mark.parametrize("c_name", sorted(STRUCTURES))

@@ -4,8 +4,8 @@ process with the whole batch.
 The loss is the sum of the losses each family's test file declares as batch means (``BATCH_MEAN_LOSSES``,
 families.py): each divides by the batch, so the loss of a batch is the mean of the losses of its two equal
 halves, and DDP's average of the two ranks' gradients is the gradient of the whole batch's loss. (``sum`` or
-``batchmean`` with a sum would be off by the world size.) The model and data are f64 and the two results differ only by the order of the sums, so
-they are compared at f64 rounding (1e-12 relative)."""
+``batchmean`` with a sum would be off by the world size.) The model and data are f64 and the two results
+differ only by the order of the sums, so they are compared at f64 rounding (1e-12 relative)."""
 
 import os
 import socket

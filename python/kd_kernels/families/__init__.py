@@ -6,7 +6,7 @@ inputs' device, through ``_impl.call``), its input checks beyond the shared ones
 schema, fake kernel, autograd; ``_ops.define_student_only`` / ``define_saved_grads`` for the common formula),
 its public ``*_loss`` function(s) and its ``nn.Module`` s, the names ``kd_kernels`` exports in ``__all__``,
 and what ``kd_kernels.mmrazor`` registers (``MMRAZOR_MODULES``, and ``MMRAZOR_REPLACES`` under mmrazor's own
-names). A new family is a new file and one entry of ``FAMILIES``."""
+names). A new family is a new file, imported here and listed in ``FAMILIES``."""
 
 from torch import nn
 
