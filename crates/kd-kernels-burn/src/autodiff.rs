@@ -34,8 +34,8 @@ impl<B: Backend, const N: usize> Backward<B, N> for StoredGradients {
     }
 }
 
-/// `grad * upstream`, the one-element upstream broadcast over `grad` and cast to its dtype (SemCKD's f32
-/// parameters get their gradients under an f64 loss when its maps are f64).
+/// `grad * upstream`, the one-element upstream broadcast over `grad` and cast to its dtype (a packed loss's f32
+/// parameters get their gradients under an f64 loss when its features are f64).
 fn times_upstream<B: Backend>(grad: FloatTensor<B>, upstream: FloatTensor<B>) -> FloatTensor<B> {
     let upstream =
         if upstream.dtype() == grad.dtype() { upstream } else { B::float_cast(upstream, grad.dtype().into()) };

@@ -68,7 +68,8 @@ type CudaServer = <CudaRuntime as Runtime>::Server;
 /// A family's GPU loss object, created once per device and key and kept (kernels loaded, workspace sized)
 /// for the calls after: every family's [`LossCuda`], keyed by its configuration.
 pub trait GpuLoss: Sized + Send + 'static {
-    /// What an object is created from (the family's configuration; CWT's adds its channel counts).
+    /// What an object is created from (the family's configuration, with the channel counts where the kernels
+    /// are sized by them).
     type Key: Clone + PartialEq + Send + 'static;
 
     /// Loads the kernels into `stream`'s context.

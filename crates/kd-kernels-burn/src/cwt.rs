@@ -14,8 +14,7 @@ use kd_kernels::error::{KdError, Result};
 
 /// Where each of the MLP's parameters lies in the packed 1-D `params` tensor of CWT's packed call:
 /// `w1` `[Ch, Cs]`, `b1` `[Ch]`, `w2` `[Ct, Ch]`, `b2` `[Ct]`, each flattened row-major, end to end. The
-/// gradient of the parameters is packed alike. Packed as SemCKD's parameters are (one tensor where there were
-/// four), and as the candle op packs them.
+/// gradient of the parameters is packed alike: one tensor where there were four, as the candle op packs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CwtPacking {
     /// Per parameter, in the order above: its shape and its elements' range.
