@@ -2,7 +2,7 @@
 //! pair of primitives ([`KdBackend::packed_forward`] and [`KdBackend::packed_forward_backward`]) taking their
 //! tensors as [`PackedInputs`] and a [`PackedConfig`], and each backend implements them once, generic over the
 //! family ([`PackedLossFamily`], through a [`PackedJob`]). A family gets its burn operation from one row of
-//! [`packed_families!`] and its own file (`src/cwt.rs`, ...): how its tensors are packed, its checked function,
+//! `packed_families!` and its own file (`src/cwt.rs`, ...): how its tensors are packed, its checked function,
 //! and its [`PackedLossFamily`] implementation (its CPU reference call on NdArray, its raw buffers on CUDA).
 //!
 //! # Why this shape
@@ -21,7 +21,7 @@
 //!   would make PKD and IFVD allocate empty tensors on the device per call, and every backend tell real inputs
 //!   from placeholders), and the backends see the floats as a list ([`PackedInputs::into_parts`]), so their
 //!   code does not depend on the arity but where burn's autodiff needs it as a constant;
-//! * the gradients come back as one `Option` per float input, in order ([`PackedLossFamily::GRADS`] says which
+//! * the gradients come back as one `Option` per float input, in order ([`PackedFamilyRow::GRADS`] says which
 //!   inputs have one), each in its input's dtype (SemCKD's f32 parameters under f64 maps).
 //!
 //! The integer input (IFVD's labels) is what only IFVD has; it is a variant of [`PackedInputs`] rather than a
@@ -123,7 +123,7 @@ pub struct PackedAddresses<'a> {
 }
 
 /// What a family's CPU reference returns to [`PackedLossFamily::cpu`]'s caller: the loss, and with gradients
-/// asked for, one per float input [`PackedLossFamily::GRADS`] marks, in order, each packed as its input.
+/// asked for, one per float input [`PackedFamilyRow::GRADS`] marks, in order, each packed as its input.
 pub struct PackedCpuOutput {
     /// The loss.
     pub loss: f64,
@@ -131,7 +131,7 @@ pub struct PackedCpuOutput {
     pub grads: Vec<::ndarray::ArrayD<f64>>,
 }
 
-/// What a packed family's row of [`packed_families!`] gives it: its name, which inputs get gradients, what its
+/// What a packed family's row of `packed_families!` gives it: its name, which inputs get gradients, what its
 /// calls carry.
 pub trait PackedFamilyRow {
     /// The loss's name in messages.
