@@ -62,6 +62,27 @@
 //! [`ndarray::cpu_pair`], [`autodiff::fused`], `cuda::run` and `fusion::lazy` do the work) and a checked
 //! function.
 
+/// A configuration enum with a variant per family of a table (each row's doc comment documents its variant), and
+/// its `run`, which runs a job generic over the family the configuration belongs to: the common part of the
+/// tables in `src/pair.rs` and `src/packed.rs`.
+macro_rules! family_config_enum {
+    ($(#[$attr:meta])* $name:ident: $job:ident; $($(#[$doc:meta])* $variant:ident($config:ty) => $family:ty;)*) => {
+        $(#[$attr])*
+        pub enum $name {
+            $($(#[$doc])* $variant($config),)*
+        }
+
+        impl $name {
+            /// Runs `job` for the family this configuration belongs to.
+            pub fn run<J: $job>(self, job: J) -> J::Out {
+                match self {
+                    $($name::$variant(c) => job.run::<$family>(c),)*
+                }
+            }
+        }
+    };
+}
+
 pub mod autodiff;
 mod backend;
 #[cfg(feature = "cuda")]

@@ -184,19 +184,11 @@ pub trait PackedJob {
 /// [`PackedFamilyRow`]); its [`PackedLossFamily`] implementation is in the family's file.
 macro_rules! packed_families {
     ($($(#[$doc:meta])* $variant:ident($call:ty) => $family:ty, $label:literal, $grads:expr;)*) => {
-        /// Which packed loss a packed primitive computes, with what its call carries.
-        #[derive(Debug, Clone, PartialEq)]
-        pub enum PackedConfig {
-            $($(#[$doc])* $variant($call),)*
-        }
-
-        impl PackedConfig {
-            /// Runs `job` for the family this configuration belongs to.
-            pub fn run<J: PackedJob>(self, job: J) -> J::Out {
-                match self {
-                    $(PackedConfig::$variant(c) => job.run::<$family>(c),)*
-                }
-            }
+        family_config_enum! {
+            /// Which packed loss a packed primitive computes, with what its call carries.
+            #[derive(Debug, Clone, PartialEq)]
+            PackedConfig: PackedJob;
+            $($(#[$doc])* $variant($call) => $family;)*
         }
 
         $(impl PackedFamilyRow for $family {

@@ -1,8 +1,7 @@
-//! The feature losses whose student and teacher differ in shape, as burn ops: PKD (a list of levels), IFVD
-//! (features and integer labels), SKD and CIRKD (other teacher channels), on burn's NdArray backend in f32 and
-//! f64: loss and gradients against burn's own autograd of the same losses (`kd_kernels_burn::reference`, SKD's
-//! and CIRKD's with the `P x P` matrices formed) and against the crate's f64 CPU references (`PkdCpu`,
-//! `IfvdCpu`, `SkdCpu`, `CirkdCpu`; a module per family); bad inputs are typed errors.
+//! The feature losses whose student and teacher differ in shape (a list of levels, integer labels, other teacher
+//! channels), as burn ops on burn's NdArray backend in f32 and f64: loss and gradients against burn's own autograd
+//! of the same losses (`kd_kernels_burn::reference`) and against the crate's f64 CPU references; bad inputs are
+//! typed errors. A module per family (`relation`: the two pixel-relation losses, which share their checks).
 // burn 0.22 deprecates its NdArray backend in favour of Flex; NdArray is the CPU backend this crate covers.
 #![allow(deprecated)]
 
