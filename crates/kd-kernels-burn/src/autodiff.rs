@@ -8,15 +8,11 @@ use ::burn::backend::autodiff::checkpoint::base::Checkpointer;
 use ::burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use ::burn::backend::autodiff::grads::Gradients;
 use ::burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use ::burn::backend::tensor::{FloatTensor, IntTensor};
+use ::burn::backend::tensor::FloatTensor;
 use ::burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata};
 use ::burn::tensor::Shape;
 
-use super::{KdBackend, PairConfig};
-use kd_kernels::cwt::CwtSetup;
-use kd_kernels::ifvd::IfvdConfig;
-use kd_kernels::pkd::{PkdConfig, PkdLevels};
-use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
+use super::{KdBackend, PackedConfig, PackedInputs, PairConfig};
 
 /// The backward step of a fused loss: the gradients computed in the forward, times the upstream
 /// gradient, for every input that is tracked and has one.
@@ -38,8 +34,8 @@ impl<B: Backend, const N: usize> Backward<B, N> for StoredGradients {
     }
 }
 
-/// `grad * upstream`, the one-element upstream broadcast over `grad` and cast to its dtype (SemCKD's f32
-/// parameters get their gradients under an f64 loss when its maps are f64).
+/// `grad * upstream`, the one-element upstream broadcast over `grad` and cast to its dtype (a packed loss's f32
+/// parameters get their gradients under an f64 loss when its features are f64).
 fn times_upstream<B: Backend>(grad: FloatTensor<B>, upstream: FloatTensor<B>) -> FloatTensor<B> {
     let upstream =
         if upstream.dtype() == grad.dtype() { upstream } else { B::float_cast(upstream, grad.dtype().into()) };
@@ -73,35 +69,23 @@ where
     }
 }
 
-/// A (student, teacher) loss whose only gradient is the student's, through [`fused`].
-fn student_gradient_only<B: Backend, C: CheckpointStrategy>(
-    student: FloatTensor<Autodiff<B, C>>,
-    teacher: FloatTensor<Autodiff<B, C>>,
-    forward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
-    forward_backward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>),
+/// A packed loss of `N` float inputs through [`fused`]: `rebuild` puts the inner primitives back into the call's
+/// [`PackedInputs`] (with its integer input, which autodiff does not track).
+fn fused_packed<B: KdBackend, C: CheckpointStrategy, const N: usize>(
+    floats: [FloatTensor<Autodiff<B, C>>; N],
+    rebuild: impl Fn([FloatTensor<B>; N]) -> PackedInputs<B>,
+    config: PackedConfig,
 ) -> FloatTensor<Autodiff<B, C>> {
-    fused::<B, C, 2>(
-        [student, teacher],
-        |[s, t]| forward(s, t),
-        |[s, t]| {
-            let (loss, grad) = forward_backward(s, t);
-            (loss, [Some(grad), None])
+    let again = config.clone();
+    fused::<B, C, N>(
+        floats,
+        |floats| B::packed_forward(rebuild(floats), config),
+        |floats| {
+            let (loss, grads) = B::packed_forward_backward(rebuild(floats), again);
+            let Ok(grads) = <[_; N]>::try_from(grads) else { unreachable!("one gradient slot per float input") };
+            (loss, grads)
         },
     )
-}
-
-/// A float tensor of `Autodiff<B, C>`.
-type AutodiffFloat<B, C> = FloatTensor<Autodiff<B, C>>;
-
-/// A (student, teacher) loss's fused primitive called directly on autodiff tensors: `B`'s, on their inner
-/// primitives, its outputs untracked values.
-fn on_inner<B: Backend, C: CheckpointStrategy>(
-    student: FloatTensor<Autodiff<B, C>>,
-    teacher: FloatTensor<Autodiff<B, C>>,
-    forward_backward: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>),
-) -> (AutodiffFloat<B, C>, AutodiffFloat<B, C>) {
-    let (loss, grad) = forward_backward(inner::<B, C>(student), inner::<B, C>(teacher));
-    (constant::<B, C>(loss), constant::<B, C>(grad))
 }
 
 /// The inner backend's primitive of an autodiff tensor.
@@ -135,108 +119,27 @@ impl<B: KdBackend, C: CheckpointStrategy> KdBackend for Autodiff<B, C> {
         (constant::<B, C>(loss), constant::<B, C>(gs), gt.map(constant::<B, C>))
     }
 
-    fn pkd_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        levels: PkdLevels,
-        config: PkdConfig,
-    ) -> FloatTensor<Self> {
-        let again = levels.clone();
-        student_gradient_only::<B, C>(
-            student,
-            teacher,
-            |s, t| B::pkd_forward(s, t, levels, config),
-            |s, t| B::pkd_forward_backward(s, t, again, config),
-        )
+    // The arity is a constant for burn's autodiff (one parent node per float input), hence one line per
+    // variant; the labels are integers, which it does not track, so they travel beside the float inputs.
+    fn packed_forward(inputs: PackedInputs<Self>, config: PackedConfig) -> FloatTensor<Self> {
+        match inputs {
+            PackedInputs::Two(a, b) => fused_packed::<B, C, 2>([a, b], |[a, b]| PackedInputs::Two(a, b), config),
+            PackedInputs::Three(a, b, c) => {
+                fused_packed::<B, C, 3>([a, b, c], |[a, b, c]| PackedInputs::Three(a, b, c), config)
+            }
+            PackedInputs::TwoLabelled(a, b, labels) => {
+                fused_packed::<B, C, 2>([a, b], move |[a, b]| PackedInputs::TwoLabelled(a, b, labels.clone()), config)
+            }
+        }
     }
 
-    fn pkd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        levels: PkdLevels,
-        config: PkdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        on_inner::<B, C>(student, teacher, |s, t| B::pkd_forward_backward(s, t, levels, config))
-    }
-
-    // The labels are integers: burn's autodiff tracks none, so they travel beside the float inputs.
-    fn ifvd_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        labels: IntTensor<Self>,
-        config: IfvdConfig,
-    ) -> FloatTensor<Self> {
-        let again = labels.clone();
-        student_gradient_only::<B, C>(
-            student,
-            teacher,
-            |s, t| B::ifvd_forward(s, t, labels, config),
-            |s, t| B::ifvd_forward_backward(s, t, again, config),
-        )
-    }
-
-    fn ifvd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        labels: IntTensor<Self>,
-        config: IfvdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        on_inner::<B, C>(student, teacher, |s, t| B::ifvd_forward_backward(s, t, labels, config))
-    }
-
-    fn cwt_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        setup: CwtSetup,
-    ) -> FloatTensor<Self> {
-        fused::<B, C, 3>(
-            [student, teacher, params],
-            |[s, t, p]| B::cwt_forward(s, t, p, setup),
-            |[s, t, p]| {
-                let (loss, gs, gp) = B::cwt_forward_backward(s, t, p, setup);
-                (loss, [Some(gs), None, Some(gp)])
-            },
-        )
-    }
-
-    fn cwt_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        setup: CwtSetup,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let [s, t, p] = [student, teacher, params].map(inner::<B, C>);
-        let (loss, gs, gp) = B::cwt_forward_backward(s, t, p, setup);
-        (constant::<B, C>(loss), constant::<B, C>(gs), constant::<B, C>(gp))
-    }
-
-    fn semckd_forward(
-        maps: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        layers: SemckdLayers,
-        config: SemckdConfig,
-    ) -> FloatTensor<Self> {
-        fused::<B, C, 3>(
-            [maps, teacher, params],
-            |[m, t, p]| B::semckd_forward(m, t, p, layers.clone(), config),
-            |[m, t, p]| {
-                let (loss, gm, gp) = B::semckd_forward_backward(m, t, p, layers.clone(), config);
-                (loss, [Some(gm), None, Some(gp)])
-            },
-        )
-    }
-
-    fn semckd_forward_backward(
-        maps: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        layers: SemckdLayers,
-        config: SemckdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let [m, t, p] = [maps, teacher, params].map(inner::<B, C>);
-        let (loss, gm, gp) = B::semckd_forward_backward(m, t, p, layers, config);
-        (constant::<B, C>(loss), constant::<B, C>(gm), constant::<B, C>(gp))
+    fn packed_forward_backward(
+        inputs: PackedInputs<Self>,
+        config: PackedConfig,
+    ) -> (FloatTensor<Self>, Vec<Option<FloatTensor<Self>>>) {
+        let (floats, labels) = inputs.into_parts();
+        let inputs = PackedInputs::<B>::from_parts(floats.into_iter().map(inner::<B, C>).collect(), labels);
+        let (loss, grads) = B::packed_forward_backward(inputs, config);
+        (constant::<B, C>(loss), grads.into_iter().map(|g| g.map(constant::<B, C>)).collect())
     }
 }

@@ -2,14 +2,10 @@
 // burn 0.22 deprecates NdArray in favour of its Flex backend; the generated routing names NdArray.
 #![allow(deprecated)]
 
-use ::burn::backend::tensor::{FloatTensor, IntTensor};
+use ::burn::backend::tensor::FloatTensor;
 use ::burn::backend::{backend_extension, Backend};
 
-use super::PairConfig;
-use kd_kernels::cwt::CwtSetup;
-use kd_kernels::ifvd::IfvdConfig;
-use kd_kernels::pkd::{PkdConfig, PkdLevels};
-use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
+use super::{PackedConfig, PackedInputs, PairConfig};
 
 /// The losses as backend primitives. Each takes contiguous or strided NCHW float tensors of one shape and
 /// dtype, and returns the loss as a one-element tensor (shape `[1]`) in the input dtype; gradients have
@@ -37,89 +33,17 @@ pub trait KdBackend: Backend {
         config: PairConfig,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>);
 
-    /// PKD's loss (`docs/losses.md` §7) over the levels `levels`, every level's student (and teacher)
-    /// flattened row-major and concatenated in level order into one 1-D tensor, as
-    /// [`pkd_loss`](super::pkd_loss) packs them ([`PkdPacking`](super::PkdPacking)): packed because
-    /// `backend_extension` routes single tensors only.
-    fn pkd_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        levels: PkdLevels,
-        config: PkdConfig,
-    ) -> FloatTensor<Self>;
+    /// A loss over more tensors than a (student, teacher) pair, packed into a few by its checked function
+    /// ([`PackedConfig`] says which loss and carries the geometry of the packing; each family's file documents
+    /// its packing), with an integer tensor where the loss reads one (labels: `i64`, `i32` or `u8`). Packed
+    /// because burn 0.22's `backend_extension` routes single tensors (or structs and enums of them), not a
+    /// `Vec` of tensors; why [`PackedInputs`] has a variant per arity is in `src/packed.rs`.
+    fn packed_forward(#[extension_type] inputs: PackedInputs<Self>, config: PackedConfig) -> FloatTensor<Self>;
 
-    /// PKD's loss and d loss / d student, packed as the student.
-    fn pkd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        levels: PkdLevels,
-        config: PkdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
-
-    /// IFVD's loss (`docs/losses.md` §11): student `[N, Cs, H, W]`, teacher `[N, Ct, H, W]` of one float
-    /// dtype, labels `[N, Hl, Wl]` (`i64`, `i32` or `u8`; any resolution, resized by `nearest`).
-    fn ifvd_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        labels: IntTensor<Self>,
-        config: IfvdConfig,
-    ) -> FloatTensor<Self>;
-
-    /// IFVD's loss and d loss / d student.
-    fn ifvd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        labels: IntTensor<Self>,
-        config: IfvdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
-
-    /// CWT's loss (`docs/losses.md` §5): student `[N, Cs, H, W]`, teacher `[N, Ct, H, W]`, and the MLP's four
-    /// f32 parameters (`w1` `[Ch, Cs]`, `b1` `[Ch]`, `w2` `[Ct, Ch]`, `b2` `[Ct]`, channel counts in `setup`)
-    /// packed into one 1-D tensor as [`CwtPacking`](super::CwtPacking) lays them out.
-    fn cwt_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        setup: CwtSetup,
-    ) -> FloatTensor<Self>;
-
-    /// CWT's loss, d loss / d student and d loss / d `params`, packed as `params`.
-    fn cwt_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        setup: CwtSetup,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
-
-    /// SemCKD's loss (`docs/losses.md` §4) for the layers `layers` (batch, `d`, every map's shape), its
-    /// tensors packed into three 1-D tensors as [`SemckdPacking`](super::SemckdPacking) lays them out:
-    ///
-    /// * `maps`: every student map (`[B, Cs_i, Hs_i, Ws_i]`, `i = 0..S`), then every regressor output
-    ///   `proj[i][j]` (`[B, Ct_j, h, h]`, `h = min(Hs_i, Ht_j)`, row-major over `(i, j)`), each flattened
-    ///   row-major, in one float dtype;
-    /// * `teacher`: every teacher map `[B, Ct_j, Ht_j, Wt_j]`, flattened, in that dtype;
-    /// * `params`: the query MLPs' then the key MLPs' parameters, four per MLP (`linear1.weight [2d, B]`,
-    ///   `linear1.bias [2d]`, `linear2.weight [d, 2d]`, `linear2.bias [d]`), flattened, f32.
-    ///
-    /// Packed because burn 0.22's `backend_extension` routes single tensors only (a `Vec` of tensors is not
-    /// an input it can route) and SemCKD takes `S + T + S*T + 4(S + T)` of them; burn's autograd of the
-    /// packing (a `cat` of reshapes) carries the gradients back to each tensor.
-    fn semckd_forward(
-        maps: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        layers: SemckdLayers,
-        config: SemckdConfig,
-    ) -> FloatTensor<Self>;
-
-    /// SemCKD's loss, d loss / d `maps` (the student maps' part is the Gram / attention path of
-    /// `docs/losses.md` §4.4; the regressor path is the caller's autograd, from the `proj` part) and
-    /// d loss / d `params` (f32), packed as the inputs. The teacher gets none.
-    fn semckd_forward_backward(
-        maps: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        layers: SemckdLayers,
-        config: SemckdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// That loss and, per float input in order, its gradient where the loss has one
+    /// ([`PackedConfig::grads`]), packed and typed as the input.
+    fn packed_forward_backward(
+        #[extension_type] inputs: PackedInputs<Self>,
+        config: PackedConfig,
+    ) -> (FloatTensor<Self>, Vec<Option<FloatTensor<Self>>>);
 }

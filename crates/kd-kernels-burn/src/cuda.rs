@@ -33,8 +33,10 @@
 //! # Adding a family
 //!
 //! Its GPU object, the family's `LossCuda<F>`, is a [`GpuLoss`] through the family contract (created from
-//! its configuration, which is the cache key), and each primitive is one call of [`run`] (or [`run_dyn`], for a list of layers) with a closure that fills
-//! the family's raw buffers from the addresses.
+//! its configuration, which is the cache key). The pair and the packed primitives each have one body,
+//! generic over the family (`PairOnGpu`, `PackedOnGpu`), which calls [`run`] (or [`run_dyn`], for a number of
+//! inputs known at run time) with a closure that has the family fill its raw buffers from the addresses
+//! ([`PairLossFamily::raw_buffers`], [`PackedLossFamily::raw_buffers`]).
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
@@ -51,17 +53,14 @@ use cubecl_runtime::runtime::Runtime;
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::{CudaContext, CudaStream};
 
-use super::{loss_and_grad, KdBackend, PairConfig, PairJob, PairLossFamily};
-use super::{CwtPacking, PkdPacking, SemckdPacking};
+use super::packed::{label_dtype, scatter};
+use super::{KdBackend, PackedAddresses, PackedConfig, PackedInputs, PackedJob, PackedLossFamily};
+use super::{PairConfig, PairJob, PairLossFamily};
 use kd_kernels::cuda::LossCuda;
-use kd_kernels::cwt::{CwtCuda, CwtRawBuffers, CwtSetup};
 use kd_kernels::dtype::DType;
 use kd_kernels::error::{KdError, Result};
 use kd_kernels::family::{Family, PairRawBuffers};
 use kd_kernels::grad::GradOptions;
-use kd_kernels::ifvd::{check_shapes, IfvdConfig, IfvdCuda, IfvdRawBuffers};
-use kd_kernels::pkd::{PkdConfig, PkdCuda, PkdLevels, PkdRawBuffers};
-use kd_kernels::semckd::{SemckdConfig, SemckdCuda, SemckdLayers, SemckdRawBuffers};
 
 /// The cubecl server of the CUDA runtime, whose storage hands out device addresses.
 type CudaServer = <CudaRuntime as Runtime>::Server;
@@ -69,7 +68,8 @@ type CudaServer = <CudaRuntime as Runtime>::Server;
 /// A family's GPU loss object, created once per device and key and kept (kernels loaded, workspace sized)
 /// for the calls after: every family's [`LossCuda`], keyed by its configuration.
 pub trait GpuLoss: Sized + Send + 'static {
-    /// What an object is created from (the family's configuration; CWT's adds its channel counts).
+    /// What an object is created from (the family's configuration, with the channel counts where the kernels
+    /// are sized by them).
     type Key: Clone + PartialEq + Send + 'static;
 
     /// Loads the kernels into `stream`'s context.
@@ -284,12 +284,6 @@ fn dtypes(first: &CubeTensor) -> (BurnDType, DType) {
     (first.dtype, kernel_dtype(first.dtype))
 }
 
-/// The outputs of a call: the loss, then, with `want_grad`, one gradient shaped and typed like each of `like`.
-fn loss_then_grads(want_grad: bool, like: &[&CubeTensor]) -> Vec<OutputSpec> {
-    let grads = like.iter().filter(|_| want_grad).map(|t| OutputSpec::like(t));
-    std::iter::once(OutputSpec::loss()).chain(grads).collect()
-}
-
 /// The outputs of [`run`], the kernels' f32 loss first, with the loss cast to `dtype` (the inputs' dtype, as
 /// the primitives return it).
 fn loss_in(mut out: Vec<CubeTensor>, dtype: BurnDType) -> Vec<CubeTensor> {
@@ -362,223 +356,60 @@ impl KdBackend for CubeBackend {
         (loss, gs, out.next())
     }
 
-    fn pkd_forward(student: CubeTensor, teacher: CubeTensor, levels: PkdLevels, config: PkdConfig) -> CubeTensor {
-        pkd(student, teacher, &levels, config, false).remove(0)
+    fn packed_forward(inputs: PackedInputs<Self>, config: PackedConfig) -> CubeTensor {
+        config.run(PackedOnGpu { inputs, want_grad: false }).0
     }
 
-    fn pkd_forward_backward(
-        student: CubeTensor,
-        teacher: CubeTensor,
-        levels: PkdLevels,
-        config: PkdConfig,
-    ) -> (CubeTensor, CubeTensor) {
-        loss_and_grad(pkd(student, teacher, &levels, config, true))
-    }
-
-    fn ifvd_forward(student: CubeTensor, teacher: CubeTensor, labels: CubeTensor, config: IfvdConfig) -> CubeTensor {
-        ifvd(student, teacher, labels, config, false).remove(0)
-    }
-
-    fn ifvd_forward_backward(
-        student: CubeTensor,
-        teacher: CubeTensor,
-        labels: CubeTensor,
-        config: IfvdConfig,
-    ) -> (CubeTensor, CubeTensor) {
-        loss_and_grad(ifvd(student, teacher, labels, config, true))
-    }
-
-    fn cwt_forward(student: CubeTensor, teacher: CubeTensor, params: CubeTensor, setup: CwtSetup) -> CubeTensor {
-        cwt(student, teacher, params, setup, false).remove(0)
-    }
-
-    fn cwt_forward_backward(
-        student: CubeTensor,
-        teacher: CubeTensor,
-        params: CubeTensor,
-        setup: CwtSetup,
-    ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        let mut out = cwt(student, teacher, params, setup, true).into_iter();
-        let mut next = || out.next().expect("CWT returns the loss and two gradients");
-        (next(), next(), next())
-    }
-
-    fn semckd_forward(
-        maps: CubeTensor,
-        teacher: CubeTensor,
-        params: CubeTensor,
-        layers: SemckdLayers,
-        config: SemckdConfig,
-    ) -> CubeTensor {
-        semckd(maps, teacher, params, &layers, config, false).remove(0)
-    }
-
-    fn semckd_forward_backward(
-        maps: CubeTensor,
-        teacher: CubeTensor,
-        params: CubeTensor,
-        layers: SemckdLayers,
-        config: SemckdConfig,
-    ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        let mut out = semckd(maps, teacher, params, &layers, config, true).into_iter();
-        let mut next = || out.next().expect("SemCKD returns the loss and two packed gradients");
-        (next(), next(), next())
+    fn packed_forward_backward(
+        inputs: PackedInputs<Self>,
+        config: PackedConfig,
+    ) -> (CubeTensor, Vec<Option<CubeTensor>>) {
+        config.run(PackedOnGpu { inputs, want_grad: true })
     }
 }
 
-/// SemCKD on the packed tensors of [`KdBackend::semckd_forward`]: the loss (the maps' dtype) and, with
-/// `want_grad`, d loss / d `maps` and d loss / d `params` packed as the inputs. Each layer's address is
-/// the packed buffer's plus its offset ([`SemckdPacking`]); the SemCKD kernels read element by element, so
-/// the offsets need no alignment beyond the element's.
-fn semckd(
-    maps: CubeTensor,
-    teacher: CubeTensor,
-    params: CubeTensor,
-    layers: &SemckdLayers,
-    config: SemckdConfig,
+/// A [`PackedConfig`]'s loss and, with `want_grad`, the gradients its family has, through the family's raw
+/// layer: the packed primitives' one body. The loss is returned in the first input's dtype, each gradient
+/// shaped and typed as its input; the family makes its raw buffers from the addresses
+/// ([`PackedLossFamily::raw_buffers`], the packed tensors' offsets where it packs several in one).
+struct PackedOnGpu {
+    inputs: PackedInputs<CubeBackend>,
     want_grad: bool,
-) -> Vec<CubeTensor> {
-    let (loss_dtype, dtype) = dtypes(&maps);
-    let outputs = loss_then_grads(want_grad, &[&maps, &params]);
-    let out = run::<SemckdCuda, 3>(config, [maps, teacher, params], outputs, |c| {
-        let packing = SemckdPacking::new(layers);
-        let [maps, teacher, params] = c.inputs;
-        let s = layers.students();
-        let at = |base: u64, parts: &[(Vec<usize>, std::ops::Range<usize>)], size: usize| -> Vec<u64> {
-            parts.iter().map(|(_, range)| base + (range.start * size) as u64).collect()
-        };
-        let mlps =
-            |addresses: &[u64]| -> Vec<[u64; 4]> { addresses.chunks(4).map(|p| [p[0], p[1], p[2], p[3]]).collect() };
-        let (map_at, param_at) = (at(maps, &packing.maps, dtype.size()), at(params, &packing.params, 4));
-        let mut buffers = SemckdRawBuffers {
-            student: map_at[..s].to_vec(),
-            teacher: at(teacher, &packing.teacher, dtype.size()),
-            proj: map_at[s..].to_vec(),
-            query: mlps(&param_at[..4 * s]),
-            key: mlps(&param_at[4 * s..]),
-            loss: c.outputs[0],
-            ..Default::default()
-        };
-        if want_grad {
-            let grad_maps = at(c.outputs[1], &packing.maps, dtype.size());
-            let grad_params = at(c.outputs[2], &packing.params, 4);
-            buffers.grad_student = grad_maps[..s].to_vec();
-            buffers.grad_proj = grad_maps[s..].to_vec();
-            buffers.grad_query = mlps(&grad_params[..4 * s]);
-            buffers.grad_key = mlps(&grad_params[4 * s..]);
-        }
-        // SAFETY: as in `PairOnGpu`; each address is a packed buffer's plus the offset of a tensor of the
-        // shape `layers` gives it (the checked function packed them so), the parameters f32.
-        unsafe { c.loss.launch_raw(c.stream, layers, dtype, &buffers, GradOptions::OVERWRITE) }
-    });
-    loss_in(out, loss_dtype)
 }
 
-/// PKD on the packed tensors of [`KdBackend::pkd_forward`]: the loss (the student's dtype) and, with
-/// `want_grad`, d loss / d student packed as the student. Each level's address is the packed buffer's plus
-/// its offset ([`PkdPacking`]); the PKD kernels read element by element, so the offsets need no alignment
-/// beyond the element's.
-fn pkd(
-    student: CubeTensor,
-    teacher: CubeTensor,
-    levels: &PkdLevels,
-    config: PkdConfig,
-    want_grad: bool,
-) -> Vec<CubeTensor> {
-    let (loss_dtype, dtype) = dtypes(&student);
-    let outputs = loss_then_grads(want_grad, &[&student]);
-    let out = run::<PkdCuda, 2>(config, [student, teacher], outputs, |c| {
-        let packing = PkdPacking::new(levels);
-        let at = |base: u64| -> Vec<u64> {
-            packing.levels.iter().map(|(_, range)| base + (range.start * dtype.size()) as u64).collect()
-        };
-        let [s, t] = c.inputs;
-        let buffers = PkdRawBuffers {
-            student: at(s),
-            teacher: at(t),
-            loss: c.outputs[0],
-            grad_student: if want_grad { at(c.outputs[1]) } else { Vec::new() },
-            upstream: 0,
-        };
-        // SAFETY: as in `PairOnGpu`; each address is a packed buffer's plus the offset of a level of the
-        // shape `levels` gives it (the checked function packed them so).
-        unsafe { c.loss.launch_raw(c.stream, levels, dtype, &buffers, GradOptions::OVERWRITE) }
-    });
-    loss_in(out, loss_dtype)
-}
-
-/// IFVD: the loss (the student's dtype) and, with `want_grad`, d loss / d student.
-fn ifvd(
-    student: CubeTensor,
-    teacher: CubeTensor,
-    labels: CubeTensor,
-    config: IfvdConfig,
-    want_grad: bool,
-) -> Vec<CubeTensor> {
-    let shapes = check_shapes(&dims(&student), &dims(&teacher), &dims(&labels))
-        .unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
-    let label_dtype = super::ifvd::label_dtype(labels.dtype)
-        .unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
-    let (loss_dtype, dtype) = dtypes(&student);
-    let outputs = loss_then_grads(want_grad, &[&student]);
-    let out = run::<IfvdCuda, 3>(config, [student, teacher, labels], outputs, |c| {
-        let [student, teacher, labels] = c.inputs;
-        let buffers = IfvdRawBuffers {
-            student,
-            teacher,
-            labels,
-            label_dtype,
-            loss: c.outputs[0],
-            grad_student: out(c.outputs, 1),
-            upstream: 0,
-        };
-        // SAFETY: as in `PairOnGpu`; the labels are integers of `label_dtype`, `[N, Hl, Wl]`.
-        unsafe { c.loss.launch_raw(c.stream, &shapes, dtype, &buffers, GradOptions::OVERWRITE) }
-    });
-    loss_in(out, loss_dtype)
-}
-
-/// CWT on the packed parameters of [`KdBackend::cwt_forward`]: the loss (f32, as its parameters), and with
-/// `want_grad` the gradients of the student (its dtype) and of `params` (f32, packed alike). Each parameter's
-/// address is the packed buffer's plus its offset ([`CwtPacking`]), as the candle op passes its views of one
-/// flat vector: the CWT kernels read the parameters element by element.
-fn cwt(
-    student: CubeTensor,
-    teacher: CubeTensor,
-    params: CubeTensor,
-    setup: CwtSetup,
-    want_grad: bool,
-) -> Vec<CubeTensor> {
-    let shape = dims(&student);
-    let (loss_dtype, dtype) = dtypes(&student);
-    let packing = CwtPacking::new(&setup.shapes);
-    let outputs = loss_then_grads(want_grad, &[&student, &params]);
-    let out = run::<CwtCuda, 3>(setup, [student, teacher, params], outputs, |c| {
-        let [student, teacher, params] = c.inputs;
-        let at = |base: u64| -> [u64; 4] {
-            let mut at = packing.params.iter().map(|(_, range)| base + (range.start * 4) as u64);
-            [(); 4].map(|()| at.next().expect("CWT packs four parameters"))
-        };
-        let [w1, b1, w2, b2] = at(params);
-        let [grad_w1, grad_b1, grad_w2, grad_b2] = if want_grad { at(c.outputs[2]) } else { [0; 4] };
-        let buffers = CwtRawBuffers {
-            student,
-            teacher,
-            w1,
-            b1,
-            w2,
-            b2,
-            loss: c.outputs[0],
-            grad_student: out(c.outputs, 1),
-            grad_w1,
-            grad_b1,
-            grad_w2,
-            grad_b2,
-            upstream: 0,
-        };
-        // SAFETY: as in `PairOnGpu`; the parameters are f32 of the shapes `setup` says, at their offsets in the
-        // packed buffer (the checked function packed them so).
-        unsafe { c.loss.launch_raw(c.stream, &shape, dtype, &buffers, GradOptions::OVERWRITE) }
-    });
-    loss_in(out, loss_dtype)
+impl PackedJob for PackedOnGpu {
+    type Out = (CubeTensor, Vec<Option<CubeTensor>>);
+    fn run<F: PackedLossFamily>(self, call: F::Call) -> Self::Out {
+        let (floats, labels) = self.inputs.into_parts();
+        let refused = format!("kd_kernels_burn: {} input the checked functions refuse", F::LABEL);
+        let label_dtype = labels.as_ref().map(|l| label_dtype(l.dtype).unwrap_or_else(|e| panic!("{refused}: {e}")));
+        let all_dims: Vec<Vec<usize>> = floats.iter().chain(&labels).map(dims).collect();
+        let (loss_dtype, dtype) = dtypes(&floats[0]);
+        let want: Vec<bool> = F::GRADS.iter().map(|&g| g && self.want_grad).collect();
+        let grads = floats.iter().zip(&want).filter(|(_, &w)| w).map(|(input, _)| OutputSpec::like(input));
+        let outputs = std::iter::once(OutputSpec::loss()).chain(grads).collect();
+        let arity = floats.len();
+        let inputs = floats.into_iter().chain(labels).collect();
+        let out = run_dyn::<LossCuda<F>>(F::config(&call), inputs, outputs, |c| {
+            let mut written = c.outputs[1..].iter();
+            let grads: Vec<u64> = want.iter().map(|&w| if w { *written.next().expect("counted") } else { 0 }).collect();
+            let at = PackedAddresses {
+                floats: &c.inputs[..arity],
+                labels: label_dtype.map(|d| (c.inputs[arity], d)),
+                dtype,
+                loss: c.outputs[0],
+                grads: &grads,
+            };
+            let buffers = F::raw_buffers(&call, &at);
+            F::with_shape(&call, &all_dims, |shape| {
+                // SAFETY: addresses of live, pinned cubecl buffers of the primary context, each input's (or, in a
+                // packed buffer, each packed tensor's, at its offset) holding what the shape `call` and the dims
+                // give it needs (the checked function packed them so); the labels are integers of their dtype.
+                unsafe { c.loss.launch_raw(c.stream, shape, dtype, &buffers, GradOptions::OVERWRITE) }.map(drop)
+            })
+        });
+        let mut out = loss_in(out, loss_dtype).into_iter();
+        let loss = out.next().expect("the loss");
+        (loss, scatter(want, out))
+    }
 }

@@ -3,18 +3,18 @@
 
 use std::ops::Range;
 
-use ::burn::backend::Dispatch;
 use ::burn::tensor::{DType, Tensor};
+use ::ndarray::IxDyn;
 
-use super::semckd::lay_out;
-use super::{covered_backend, other_device, refuse_tracked_teacher, KdBackend};
-use kd_kernels::cwt::{CwtConfig, CwtSetup, CwtShapes};
+use super::ndarray::{contiguous, unpack, view4, view_as, NdArrayFloat};
+use super::packed::{addresses, fixed, lay_out, packed_loss, CpuCall, PackedAddresses, PackedCpuOutput, PackedInputs};
+use super::{covered_backend, other_device, refuse_tracked_teacher, PackedConfig, PackedFamilyRow, PackedLossFamily};
+use kd_kernels::cwt::{Cwt, CwtConfig, CwtCpu, CwtRawBuffers, CwtSetup, CwtShapes, MlpParams};
 use kd_kernels::error::{KdError, Result};
 
-/// Where each of the MLP's parameters lies in the packed 1-D `params` tensor of [`KdBackend::cwt_forward`]:
+/// Where each of the MLP's parameters lies in the packed 1-D `params` tensor of CWT's packed call:
 /// `w1` `[Ch, Cs]`, `b1` `[Ch]`, `w2` `[Ct, Ch]`, `b2` `[Ct]`, each flattened row-major, end to end. The
-/// gradient of the parameters is packed alike. Packed as SemCKD's parameters are (one tensor where there were
-/// four), and as the candle op packs them.
+/// gradient of the parameters is packed alike: one tensor where there were four, as the candle op packs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CwtPacking {
     /// Per parameter, in the order above: its shape and its elements' range.
@@ -96,14 +96,67 @@ pub fn cwt_loss(student: Tensor<4>, teacher: Tensor<4>, mlp: &CwtMlp, config: &C
             return Err(other_device(what, &device, &other));
         }
     }
-    refuse_tracked_teacher(&teacher, "CWT")?;
+    refuse_tracked_teacher(&teacher, Cwt::LABEL)?;
     let flat2 = |t: &Tensor<2>| t.clone().reshape([t.shape().num_elements()]);
     let params = Tensor::cat(vec![flat2(&mlp.w1), mlp.b1.clone(), flat2(&mlp.w2), mlp.b2.clone()], 0);
     let setup = CwtSetup { config: *config, shapes };
-    Ok(Tensor::from_dispatch(Dispatch::cwt_forward(
-        student.into_dispatch(),
-        teacher.into_dispatch(),
-        params.into_dispatch(),
-        setup,
-    )))
+    let inputs = PackedInputs::Three(student.into_dispatch(), teacher.into_dispatch(), params.into_dispatch());
+    Ok(packed_loss(inputs, PackedConfig::Cwt(setup)))
+}
+
+/// CWT's packed call: student `[N, Cs, H, W]`, teacher `[N, Ct, H, W]` and `params` ([`CwtPacking`]), f32
+/// every one (the checked function refuses others); gradients for the student and `params`.
+impl PackedLossFamily for Cwt {
+    fn config(setup: &CwtSetup) -> CwtSetup {
+        *setup
+    }
+
+    fn cpu<T: NdArrayFloat>(setup: &CwtSetup, tensors: CpuCall<'_>) -> Result<PackedCpuOutput> {
+        let CpuCall { floats, want_grad, .. } = tensors;
+        let packing = CwtPacking::new(&setup.shapes);
+        let params = contiguous(f32::storage("params", &floats[2]));
+        let [w1, b1, w2, b2] = <[_; 4]>::try_from(unpack::<f32, IxDyn>(&params, &packing.params))
+            .unwrap_or_else(|_| unreachable!("CWT packs four parameters"));
+        let params = MlpParams { w1: view_as(w1), b1: view_as(b1), w2: view_as(w2), b2: view_as(b2) };
+        let (s, t) = (view4(T::storage("student", &floats[0])), view4(T::storage("teacher", &floats[1])));
+        let cwt = CwtCpu::new(setup.config)?;
+        if !want_grad {
+            return Ok(PackedCpuOutput { loss: cwt.forward(s, t, &params)?, grads: Vec::new() });
+        }
+        let out = cwt.forward_backward(s, t, &params)?;
+        let grad_params = out.grad_w1.iter().chain(&out.grad_b1).chain(&out.grad_w2).chain(&out.grad_b2).copied();
+        let grad_params = ::ndarray::Array1::from_iter(grad_params).into_dyn();
+        Ok(PackedCpuOutput { loss: out.loss, grads: vec![out.grad_student.into_dyn(), grad_params] })
+    }
+
+    fn with_shape<R>(_setup: &CwtSetup, dims: &[Vec<usize>], f: impl FnOnce(&[usize]) -> Result<R>) -> Result<R> {
+        f(&dims[0])
+    }
+
+    /// Each parameter's address is the packed buffer's plus its offset ([`CwtPacking`]), as the candle op
+    /// passes its views of one flat vector: the CWT kernels read the parameters element by element.
+    fn raw_buffers(setup: &CwtSetup, at: &PackedAddresses<'_>) -> CwtRawBuffers {
+        let packing = CwtPacking::new(&setup.shapes);
+        let params = |base: u64| -> [u64; 4] {
+            let mut parts = addresses(base, &packing.params, 4).into_iter();
+            [(); 4].map(|()| parts.next().unwrap_or(0))
+        };
+        let ([student, teacher, packed], [grad_student, _, grad_packed]) = (fixed(at.floats), fixed(at.grads));
+        let ([w1, b1, w2, b2], [grad_w1, grad_b1, grad_w2, grad_b2]) = (params(packed), params(grad_packed));
+        CwtRawBuffers {
+            student,
+            teacher,
+            w1,
+            b1,
+            w2,
+            b2,
+            loss: at.loss,
+            grad_student,
+            grad_w1,
+            grad_b1,
+            grad_w2,
+            grad_b2,
+            upstream: 0,
+        }
+    }
 }

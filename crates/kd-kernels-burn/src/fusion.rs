@@ -4,22 +4,20 @@
 //! runs `B`'s primitive when fusion executes its queue. Fusion orders it with the operations around it;
 //! `B` (cubecl, [`super::cuda`]) orders it against cubecl's own queue.
 //!
-//! Adding a family is one [`lazy`] call per primitive ([`lazy_dyn`] for a list of layers; IFVD's labels, an
-//! integer input, go through `lazy_labelled`).
+//! The pair primitives go through [`lazy`], the packed ones through `lazy_packed`, each once for every family
+//! it serves; a new kind of primitive is one [`lazy`] call per primitive ([`lazy_dyn`] for a number of inputs
+//! known at run time).
 
 use ::burn::backend::fusion::custom::{
     CustomOpIr, HandleContainer, OperationFn, OperationIr, StreamId, TensorId, TensorIr, TensorSpec,
 };
 use ::burn::backend::fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
-use ::burn::backend::tensor::{FloatTensor, IntTensor};
+use ::burn::backend::tensor::FloatTensor;
 use ::burn::backend::ExecutionError;
 use ::burn::tensor::Shape;
 
-use super::{loss_and_grad, KdBackend, PairConfig};
-use kd_kernels::cwt::CwtSetup;
-use kd_kernels::ifvd::IfvdConfig;
-use kd_kernels::pkd::{PkdConfig, PkdLevels};
-use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
+use super::packed::scatter;
+use super::{KdBackend, PackedConfig, PackedInputs, PairConfig};
 
 /// A float tensor of `Fusion<B>`.
 type Lazy<B> = FusionTensor<<B as FusionBackend>::FusionRuntime>;
@@ -91,18 +89,20 @@ fn register<B: FusionBackend>(
     client.register(StreamId::current(), OperationIr::Custom(desc), op)
 }
 
-/// [`lazy`] for a (student, teacher) loss that also reads an integer tensor (IFVD's labels).
-fn lazy_labelled<B: FusionBackend>(
+/// [`lazy`] for a packed loss: its float inputs, then its integer one where it has one, each resolved as its kind
+/// asks and put back into the call's [`PackedInputs`] for `execute`.
+fn lazy_packed<B: FusionBackend>(
     id: &'static str,
-    student: Lazy<B>,
-    teacher: Lazy<B>,
-    labels: Lazy<B>,
+    inputs: PackedInputs<Fusion<B>>,
     outputs: Vec<TensorSpec>,
-    execute: impl Fn(FloatTensor<B>, FloatTensor<B>, IntTensor<B>) -> Vec<FloatTensor<B>> + Send + Sync + 'static,
+    execute: impl Fn(PackedInputs<B>) -> Vec<FloatTensor<B>> + Send + Sync + 'static,
 ) -> Vec<Lazy<B>> {
-    register::<B>(id, vec![student, teacher, labels], outputs, move |irs, handles| {
-        let [s, t, labels] = irs else { unreachable!("three inputs registered") };
-        execute(handles.get_float_tensor::<B>(s), handles.get_float_tensor::<B>(t), handles.get_int_tensor::<B>(labels))
+    let (floats, labels) = inputs.into_parts();
+    let arity = floats.len();
+    register::<B>(id, floats.into_iter().chain(labels).collect(), outputs, move |irs, handles| {
+        let floats = irs[..arity].iter().map(|ir| handles.get_float_tensor::<B>(ir)).collect();
+        let labels = irs.get(arity).map(|ir| handles.get_int_tensor::<B>(ir));
+        execute(PackedInputs::from_parts(floats, labels))
     })
 }
 
@@ -147,118 +147,27 @@ impl<B: FusionBackend + KdBackend> KdBackend for Fusion<B> {
         (loss, gs, out.next())
     }
 
-    fn pkd_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        levels: PkdLevels,
-        config: PkdConfig,
-    ) -> FloatTensor<Self> {
-        let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 2>("kd_pkd_forward", [student, teacher], specs, move |[s, t]| {
-            vec![B::pkd_forward(s, t, levels.clone(), config)]
+    fn packed_forward(inputs: PackedInputs<Self>, config: PackedConfig) -> FloatTensor<Self> {
+        let specs = vec![loss::<B>(inputs.floats()[0])];
+        single(lazy_packed::<B>("kd_packed_forward", inputs, specs, move |inputs| {
+            vec![B::packed_forward(inputs, config.clone())]
         }))
     }
 
-    fn pkd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        levels: PkdLevels,
-        config: PkdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        loss_and_grad(lazy::<B, 2>("kd_pkd_forward_backward", [student, teacher], specs, move |[s, t]| {
-            let (loss, gs) = B::pkd_forward_backward(s, t, levels.clone(), config);
-            vec![loss, gs]
-        }))
-    }
-
-    fn ifvd_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        labels: IntTensor<Self>,
-        config: IfvdConfig,
-    ) -> FloatTensor<Self> {
-        let specs = vec![loss::<B>(&student)];
-        single(lazy_labelled::<B>("kd_ifvd_forward", student, teacher, labels, specs, move |s, t, labels| {
-            vec![B::ifvd_forward(s, t, labels, config)]
-        }))
-    }
-
-    fn ifvd_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        labels: IntTensor<Self>,
-        config: IfvdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let specs = vec![loss::<B>(&student), grad::<B>(&student)];
-        loss_and_grad(lazy_labelled::<B>(
-            "kd_ifvd_forward_backward",
-            student,
-            teacher,
-            labels,
-            specs,
-            move |s, t, labels| {
-                let (loss, gs) = B::ifvd_forward_backward(s, t, labels, config);
-                vec![loss, gs]
-            },
-        ))
-    }
-
-    fn cwt_forward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        setup: CwtSetup,
-    ) -> FloatTensor<Self> {
-        let specs = vec![loss::<B>(&student)];
-        single(lazy::<B, 3>("kd_cwt_forward", [student, teacher, params], specs, move |[s, t, p]| {
-            vec![B::cwt_forward(s, t, p, setup)]
-        }))
-    }
-
-    fn cwt_forward_backward(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        setup: CwtSetup,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let specs = vec![loss::<B>(&student), grad::<B>(&student), grad::<B>(&params)];
-        let out = lazy::<B, 3>("kd_cwt_forward_backward", [student, teacher, params], specs, move |[s, t, p]| {
-            let (loss, grad_student, grad_params) = B::cwt_forward_backward(s, t, p, setup);
-            vec![loss, grad_student, grad_params]
+    fn packed_forward_backward(
+        inputs: PackedInputs<Self>,
+        config: PackedConfig,
+    ) -> (FloatTensor<Self>, Vec<Option<FloatTensor<Self>>>) {
+        let want = config.grads();
+        let floats = inputs.floats();
+        let grads = floats.iter().zip(want).filter(|(_, &w)| w).map(|(input, _)| grad::<B>(input));
+        let specs = std::iter::once(loss::<B>(floats[0])).chain(grads).collect();
+        let out = lazy_packed::<B>("kd_packed_forward_backward", inputs, specs, move |inputs| {
+            let (loss, grads) = B::packed_forward_backward(inputs, config.clone());
+            std::iter::once(loss).chain(grads.into_iter().flatten()).collect()
         });
         let mut out = out.into_iter();
-        let mut next = || out.next().expect("CWT registers the loss and two gradients");
-        (next(), next(), next())
-    }
-
-    fn semckd_forward(
-        maps: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        layers: SemckdLayers,
-        config: SemckdConfig,
-    ) -> FloatTensor<Self> {
-        let specs = vec![loss::<B>(&maps)];
-        single(lazy::<B, 3>("kd_semckd_forward", [maps, teacher, params], specs, move |[m, t, p]| {
-            vec![B::semckd_forward(m, t, p, layers.clone(), config)]
-        }))
-    }
-
-    fn semckd_forward_backward(
-        maps: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        layers: SemckdLayers,
-        config: SemckdConfig,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let specs = vec![loss::<B>(&maps), grad::<B>(&maps), grad::<B>(&params)];
-        let out = lazy::<B, 3>("kd_semckd_forward_backward", [maps, teacher, params], specs, move |[m, t, p]| {
-            let (loss, grad_maps, grad_params) = B::semckd_forward_backward(m, t, p, layers.clone(), config);
-            vec![loss, grad_maps, grad_params]
-        });
-        let mut out = out.into_iter();
-        let mut next = || out.next().expect("SemCKD registers the loss and two packed gradients");
-        (next(), next(), next())
+        let loss = out.next().expect("the loss registered first");
+        (loss, scatter(want.iter().copied(), out))
     }
 }

@@ -23,9 +23,11 @@
 //! # How it is built
 //!
 //! [`KdBackend`] is a burn backend extension: one pair of primitives per kind of loss, the loss alone and the
-//! loss with its gradients in one pass (what [`kd_kernels::cwd::CwdCuda::forward_backward`] computes); the
+//! loss with its gradients in one pass (what [`kd_kernels::cwd::CwdCuda::forward_backward`] computes). The
 //! (student, teacher) losses (CWD, pixel KD, ICSD, DIST, SKD, CIRKD) share one pair, whose [`PairConfig`]
-//! names the family and which each backend implements once, generic over [`PairLossFamily`]. It is
+//! names the family, implemented once per backend generic over [`PairLossFamily`]; the losses over more
+//! tensors (CWT, PKD, IFVD, SemCKD) share another, whose [`PackedConfig`] names the family and whose
+//! [`PackedInputs`] carry its tensors, implemented once per backend generic over [`PackedLossFamily`]. It is
 //! implemented for
 //!
 //! * burn's `NdArray` backend, through the crate's CPU reference (f64 arithmetic, inputs `f32` or `f64`,
@@ -44,18 +46,42 @@
 //! devices, configuration, a tracked teacher the loss has no gradient for) before anything runs; they are
 //! what a training step calls. The trait's primitives take checked inputs.
 //!
-//! SemCKD takes `S + T + S*T` maps and `4(S + T)` parameters; burn 0.22's `backend_extension` routes single
-//! tensors only, so [`semckd_loss`] packs them into three 1-D tensors ([`SemckdPacking`]) and burn's own
-//! autograd of the packing carries the gradients back to each. Its gradients, like every family's, are
-//! computed in the forward: first order only. PKD's list of levels travels the same way, one packed tensor
-//! per side ([`PkdPacking`]); IFVD's labels are an integer tensor (`Tensor<3, Int>`, `i64`, `i32` or `u8`),
-//! which the primitives take as burn's `IntTensor`.
+//! burn 0.22's `backend_extension` routes single tensors (or structs and enums of them), not `Vec`s, so the
+//! families with many tensors pack them into a few 1-D tensors ([`SemckdPacking`]: `S + T + S*T` maps and
+//! `4(S + T)` parameters in three; [`PkdPacking`]: a list of levels in one per side; [`CwtPacking`]: four
+//! parameters in one) and burn's own autograd of the packing carries the gradients back to each. IFVD's
+//! labels are an integer tensor (`Tensor<3, Int>`, `i64`, `i32` or `u8`), routed beside its float inputs.
+//! Gradients are computed in the forward: first order only.
 //!
 //! Adding a (student, teacher) family is one row of the table in `src/pair.rs` (its [`PairConfig`] variant,
 //! its CPU reference, its core contract: [`SameShapePair`] or [`StudentGradPair`]) and its checked function
-//! there. Another family adds its two primitives to [`KdBackend`], one line in each implementation (the helpers
+//! there. A family of more tensors is one row of the table in `src/packed.rs` (its [`PackedConfig`] variant,
+//! what its calls carry, its marker, its name, which inputs get gradients) and its own file: its packing, its checked function and its
+//! [`PackedLossFamily`] implementation (its CPU reference call, its raw buffers on CUDA). Another kind of
+//! primitive adds its pair to [`KdBackend`], one implementation in each backend (the helpers
 //! [`ndarray::cpu_pair`], [`autodiff::fused`], `cuda::run` and `fusion::lazy` do the work) and a checked
 //! function.
+
+/// A configuration enum with a variant per family of a table (each row's doc comment documents its variant), and
+/// its `run`, which runs a job generic over the family the configuration belongs to: the common part of the
+/// tables in `src/pair.rs` and `src/packed.rs`.
+macro_rules! family_config_enum {
+    ($(#[$attr:meta])* $name:ident: $job:ident; $($(#[$doc:meta])* $variant:ident($config:ty) => $family:ty;)*) => {
+        $(#[$attr])*
+        pub enum $name {
+            $($(#[$doc])* $variant($config),)*
+        }
+
+        impl $name {
+            /// Runs `job` for the family this configuration belongs to.
+            pub fn run<J: $job>(self, job: J) -> J::Out {
+                match self {
+                    $($name::$variant(c) => job.run::<$family>(c),)*
+                }
+            }
+        }
+    };
+}
 
 pub mod autodiff;
 mod backend;
@@ -68,6 +94,7 @@ pub mod fusion;
 mod ifvd;
 #[allow(deprecated)]
 pub mod ndarray;
+mod packed;
 mod pair;
 mod pkd;
 pub mod reference;
@@ -76,12 +103,16 @@ mod semckd;
 pub use backend::KdBackend;
 pub use cwt::{cwt_loss, CwtMlp, CwtPacking};
 pub use ifvd::ifvd_loss;
+pub use packed::{
+    CpuCall, PackedAddresses, PackedCall, PackedConfig, PackedCpuOutput, PackedFamilyRow, PackedInputs, PackedJob,
+    PackedLossFamily,
+};
 pub use pair::{
     cirkd_loss, cwd_loss, dist_loss, icsd_loss, pair_loss, pixel_kd_loss, skd_loss, PairConfig, PairContract, PairJob,
     PairLossFamily, SameShapePair, StudentGradPair,
 };
-pub use pkd::{pkd_loss, PkdPacking};
-pub use semckd::{semckd_loss, SemckdMlp, SemckdPacking};
+pub use pkd::{pkd_loss, PkdPacked, PkdPacking};
+pub use semckd::{semckd_loss, SemckdMlp, SemckdPacked, SemckdPacking};
 
 use ::burn::backend::DispatchDevice;
 use ::burn::tensor::{DType, Device, Tensor};
@@ -98,14 +129,6 @@ pub fn aicsd_loss(student: Tensor<4>, teacher: Tensor<4>, epoch: f64, config: &A
     let ics = icsd_loss(student.clone(), teacher.clone(), &config.icsd)?;
     let kd = pixel_kd_loss(student, teacher, &config.kd)?;
     Ok(ics * alpha + kd * (1.0 - alpha))
-}
-
-/// The loss and the student's gradient, the two outputs of a call that returns them in that order (the
-/// backends' primitives for the families whose only gradient is the student's).
-#[cfg(feature = "cuda")]
-fn loss_and_grad<T>(outputs: Vec<T>) -> (T, T) {
-    let mut it = outputs.into_iter();
-    (it.next().expect("the loss"), it.next().expect("the student's gradient"))
 }
 
 /// The backends [`KdBackend`] is implemented for: burn routes the others to a panic, so they are refused

@@ -5,21 +5,23 @@
 
 use ::burn::backend::ndarray::NdArrayTensor;
 use ::burn::backend::NdArray;
-use ::ndarray::{ArrayD, ArrayView, ArrayView4, ArrayViewD, Dimension, Ix3, Ix4, IxDyn};
+use ::ndarray::{ArrayD, ArrayView, ArrayView4, ArrayViewD, Dimension, Ix4, IxDyn};
 
-use super::{CwtPacking, PkdPacking, SemckdPacking};
-use super::{KdBackend, PairConfig, PairJob, PairLossFamily};
+use super::packed::scatter;
+use super::{
+    CpuCall, KdBackend, PackedConfig, PackedInputs, PackedJob, PackedLossFamily, PairConfig, PairJob, PairLossFamily,
+};
 use kd_kernels::cpu::{CpuOutput, HostFloat, PairReference};
 use kd_kernels::cwd::{CwdConfig, CwdCpu};
-use kd_kernels::cwt::{CwtCpu, CwtSetup, MlpParams};
 use kd_kernels::error::Result;
 use kd_kernels::family::StudentGradFamily;
 use kd_kernels::icsd::{IcsdConfig, IcsdCpu, IcsdCpuOutput};
-use kd_kernels::ifvd::{IfvdConfig, IfvdCpu};
 use kd_kernels::pixel_kd::{PixelKdConfig, PixelKdCpu};
-use kd_kernels::pkd::{PkdConfig, PkdCpu, PkdLevels};
-use kd_kernels::semckd::{EmbedWeights, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers};
 use std::ops::Range;
+
+/// A tensor of burn's NdArray backend, as the CPU references read and write it (named here, in the module that
+/// allows burn 0.22's deprecation of NdArray, for the families' own files).
+pub type CpuTensor = NdArrayTensor;
 
 /// A CPU reference of a loss over a (student, teacher) pair of one shape, for [`cpu_pair`].
 pub trait CpuPairLoss: Sized {
@@ -182,23 +184,17 @@ fn burn_dtype(t: &NdArrayTensor) -> ::burn::tensor::DType {
     t.dtype()
 }
 
-fn view4<T>(view: ArrayViewD<'_, T>) -> ArrayView4<'_, T> {
+/// A rank-4 view of a tensor the checked functions accepted as one.
+pub(crate) fn view4<T>(view: ArrayViewD<'_, T>) -> ArrayView4<'_, T> {
     view_as::<T, Ix4>(view)
 }
 
-fn view_as<T, D: Dimension>(view: ArrayViewD<'_, T>) -> ::ndarray::ArrayView<'_, T, D> {
+/// A view of the rank `D` the checked functions accepted.
+pub(crate) fn view_as<T, D: Dimension>(view: ArrayViewD<'_, T>) -> ::ndarray::ArrayView<'_, T, D> {
     let shape = view.shape().to_vec();
     view.into_dimensionality::<D>().unwrap_or_else(|e| {
         panic!("kd_kernels_burn: a tensor of shape {shape:?} where rank {:?} is needed: {e}", D::NDIM)
     })
-}
-
-fn f32_storage<'a>(what: &str, t: &'a NdArrayTensor) -> ArrayViewD<'a, f32> {
-    f32::storage(what, t)
-}
-
-fn f32_tensor<D: Dimension>(a: ::ndarray::Array<f64, D>) -> NdArrayTensor {
-    float_tensor::<f32, D>(a)
 }
 
 /// `a` rounded to `T`, as an NdArray tensor.
@@ -206,42 +202,8 @@ fn float_tensor<T: NdArrayFloat, D: Dimension>(a: ::ndarray::Array<f64, D>) -> N
     T::tensor(a.mapv(T::from_f64).into_dyn())
 }
 
-/// Runs CWT's CPU reference on the NdArray tensors of [`KdBackend::cwt_forward`], every one f32 (the checked
-/// function refuses others on NdArray): the loss (shape `[1]`) and, with `want_grad`, d loss / d student and
-/// d loss / d `params`, packed as `params` ([`CwtPacking`]).
-///
-/// # Panics
-///
-/// On inputs [`crate::cwt_loss`] refuses; it never passes them.
-pub fn cwt_cpu(
-    student: &NdArrayTensor,
-    teacher: &NdArrayTensor,
-    params: &NdArrayTensor,
-    setup: CwtSetup,
-    want_grad: bool,
-) -> (NdArrayTensor, Option<(NdArrayTensor, NdArrayTensor)>) {
-    let packing = CwtPacking::new(&setup.shapes);
-    let params = contiguous(f32_storage("params", params));
-    let [w1, b1, w2, b2] = <[_; 4]>::try_from(unpack::<f32, IxDyn>(&params, &packing.params))
-        .unwrap_or_else(|_| unreachable!("CWT packs four parameters"));
-    let params = MlpParams { w1: into_dim(w1), b1: into_dim(b1), w2: into_dim(w2), b2: into_dim(b2) };
-    let (s, t) = (view4(f32_storage("student", student)), view4(f32_storage("teacher", teacher)));
-    let cwt = cpu(CwtCpu::new(setup.config));
-    fn refused<T>(e: kd_kernels::KdError) -> T {
-        panic!("kd_kernels_burn: input the checked functions refuse: {e}")
-    }
-    if !want_grad {
-        let loss = cwt.forward(s, t, &params).unwrap_or_else(refused);
-        return (f32_tensor(::ndarray::Array1::from_elem(1, loss)), None);
-    }
-    let out = cwt.forward_backward(s, t, &params).unwrap_or_else(refused);
-    let grad_params = out.grad_w1.iter().chain(&out.grad_b1).chain(&out.grad_w2).chain(&out.grad_b2).copied();
-    let grads = (f32_tensor(out.grad_student), f32_tensor(::ndarray::Array1::from_iter(grad_params)));
-    (f32_tensor(::ndarray::Array1::from_elem(1, out.loss)), Some(grads))
-}
-
 /// The float types NdArray stores, as the CPU references read and write them.
-trait NdArrayFloat: HostFloat {
+pub trait NdArrayFloat: HostFloat {
     /// Rounds from the reference's f64.
     fn from_f64(v: f64) -> Self;
     /// The elements of `t`, the input `what`, which stores this type.
@@ -277,156 +239,8 @@ macro_rules! ndarray_float {
 
 ndarray_float!(f32: F32, f64: F64);
 
-/// Runs SemCKD's CPU reference on the packed NdArray tensors of [`KdBackend::semckd_forward`]: the loss
-/// (shape `[1]`, in the maps' float type) and, with `want_grad`, d loss / d `maps` (in that type) and
-/// d loss / d `params` (f32), packed as the inputs.
-///
-/// # Panics
-///
-/// On inputs [`crate::semckd_loss`] refuses (sizes, float types); it never passes them.
-pub fn semckd_cpu(
-    maps: &NdArrayTensor,
-    teacher: &NdArrayTensor,
-    params: &NdArrayTensor,
-    layers: &SemckdLayers,
-    config: SemckdConfig,
-    want_grad: bool,
-) -> (NdArrayTensor, Option<(NdArrayTensor, NdArrayTensor)>) {
-    fn go<T: NdArrayFloat>(
-        maps: &NdArrayTensor,
-        teacher: &NdArrayTensor,
-        params: &NdArrayTensor,
-        layers: &SemckdLayers,
-        config: SemckdConfig,
-        want_grad: bool,
-    ) -> (NdArrayTensor, Option<(NdArrayTensor, NdArrayTensor)>) {
-        let packing = SemckdPacking::new(layers);
-        let (maps, teacher) = (contiguous(T::storage("maps", maps)), contiguous(T::storage("teacher", teacher)));
-        let params = contiguous(f32::storage("params", params));
-        let (s_n, t_n) = (layers.students(), layers.teachers());
-        let map_views = unpack::<T, Ix4>(&maps, &packing.maps);
-        let param_views = unpack::<f32, IxDyn>(&params, &packing.params);
-        let mlps: Vec<EmbedWeights<'_>> = param_views
-            .chunks(4)
-            .map(|p| EmbedWeights {
-                linear1_weight: into_dim(p[0].clone()),
-                linear1_bias: into_dim(p[1].clone()),
-                linear2_weight: into_dim(p[2].clone()),
-                linear2_bias: into_dim(p[3].clone()),
-            })
-            .collect();
-        let inputs = SemckdCpuInputs {
-            student: map_views[..s_n].to_vec(),
-            teacher: unpack::<T, Ix4>(&teacher, &packing.teacher),
-            proj: map_views[s_n..].chunks(t_n).map(<[_]>::to_vec).collect(),
-            query: mlps[..s_n].to_vec(),
-            key: mlps[s_n..].to_vec(),
-        };
-        let semckd = cpu(SemckdCpu::new(config));
-        let out = if want_grad { semckd.forward_backward(&inputs) } else { semckd.forward(&inputs) };
-        let out = out.unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
-        let loss = float_tensor::<T, _>(::ndarray::Array1::from_elem(1, out.loss));
-        if !want_grad {
-            return (loss, None);
-        }
-        let grad_maps = out.grad_student.iter().chain(out.grad_proj.iter().flatten()).flat_map(|g| g.iter().copied());
-        let grad_params = out.grad_query.iter().chain(&out.grad_key).flat_map(|g| {
-            g.linear1_weight.iter().chain(&g.linear1_bias).chain(&g.linear2_weight).chain(&g.linear2_bias).copied()
-        });
-        let packed = |values: Vec<f64>| ::ndarray::Array1::from_vec(values);
-        let grads = (float_tensor::<T, _>(packed(grad_maps.collect())), f32_tensor(packed(grad_params.collect())));
-        (loss, Some(grads))
-    }
-    match maps {
-        NdArrayTensor::F64(_) => go::<f64>(maps, teacher, params, layers, config, want_grad),
-        _ => go::<f32>(maps, teacher, params, layers, config, want_grad),
-    }
-}
-
-/// Runs PKD's CPU reference on the packed NdArray tensors of [`KdBackend::pkd_forward`]: the loss (shape
-/// `[1]`) and, with `want_grad`, d loss / d student packed as the student; in the student's float type.
-///
-/// # Panics
-///
-/// On inputs [`crate::pkd_loss`] refuses; it never passes them.
-pub fn pkd_cpu(
-    student: &NdArrayTensor,
-    teacher: &NdArrayTensor,
-    levels: &PkdLevels,
-    config: PkdConfig,
-    want_grad: bool,
-) -> (NdArrayTensor, Option<NdArrayTensor>) {
-    fn go<T: NdArrayFloat>(
-        student: &NdArrayTensor,
-        teacher: &NdArrayTensor,
-        levels: &PkdLevels,
-        config: PkdConfig,
-        want_grad: bool,
-    ) -> (NdArrayTensor, Option<NdArrayTensor>) {
-        let packing = PkdPacking::new(levels);
-        let (s, t) = (contiguous(T::storage("student", student)), contiguous(T::storage("teacher", teacher)));
-        let (s, t) = (unpack::<T, Ix4>(&s, &packing.levels), unpack::<T, Ix4>(&t, &packing.levels));
-        let pkd = cpu(PkdCpu::new(config));
-        let out = if want_grad {
-            pkd.forward_backward(&s, &t)
-        } else {
-            pkd.forward(&s, &t).map(|loss| kd_kernels::pkd::PkdCpuOutput {
-                loss,
-                level_losses: Vec::new(),
-                grad_student: Vec::new(),
-            })
-        };
-        let out = out.unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
-        let loss = float_tensor::<T, _>(::ndarray::Array1::from_elem(1, out.loss));
-        let grad = want_grad.then(|| {
-            let packed: Vec<f64> = out.grad_student.iter().flat_map(|g| g.iter().copied()).collect();
-            float_tensor::<T, _>(::ndarray::Array1::from_vec(packed))
-        });
-        (loss, grad)
-    }
-    match student {
-        NdArrayTensor::F64(_) => go::<f64>(student, teacher, levels, config, want_grad),
-        _ => go::<f32>(student, teacher, levels, config, want_grad),
-    }
-}
-
-/// Runs IFVD's CPU reference on NdArray tensors: the loss (shape `[1]`) and, with `want_grad`, d loss /
-/// d student; in the student's float type. The labels may be any NdArray integer type.
-///
-/// # Panics
-///
-/// On inputs [`crate::ifvd_loss`] refuses; it never passes them.
-pub fn ifvd_cpu(
-    student: &NdArrayTensor,
-    teacher: &NdArrayTensor,
-    labels: &NdArrayTensor,
-    config: IfvdConfig,
-    want_grad: bool,
-) -> (NdArrayTensor, Option<NdArrayTensor>) {
-    fn go<T: NdArrayFloat>(
-        student: &NdArrayTensor,
-        teacher: &NdArrayTensor,
-        labels: ArrayView<'_, i64, Ix3>,
-        config: IfvdConfig,
-        want_grad: bool,
-    ) -> (NdArrayTensor, Option<NdArrayTensor>) {
-        let (s, t) = (view4(T::storage("student", student)), view4(T::storage("teacher", teacher)));
-        let ifvd = cpu(IfvdCpu::new(config));
-        let out = if want_grad { ifvd.forward_backward(s, t, labels) } else { ifvd.forward(s, t, labels) };
-        let out = out.unwrap_or_else(|e| panic!("kd_kernels_burn: input the checked functions refuse: {e}"));
-        let loss = float_tensor::<T, _>(::ndarray::Array1::from_elem(1, out.loss));
-        (loss, want_grad.then(|| float_tensor::<T, _>(out.grad_student)))
-    }
-    let labels = int_labels(labels);
-    let labels = view_as::<i64, Ix3>(labels.view());
-    match student {
-        NdArrayTensor::F64(_) => go::<f64>(student, teacher, labels, config, want_grad),
-        _ => go::<f32>(student, teacher, labels, config, want_grad),
-    }
-}
-
 /// Integer labels widened to `i64`, as the CPU reference reads them (exactly, for every integer type).
-fn int_labels(labels: &NdArrayTensor) -> ArrayD<i64> {
+pub(crate) fn int_labels(labels: &NdArrayTensor) -> ArrayD<i64> {
     macro_rules! widen {
         ($($variant:ident),*) => {
             match labels {
@@ -439,7 +253,7 @@ fn int_labels(labels: &NdArrayTensor) -> ArrayD<i64> {
 }
 
 /// A 1-D packed tensor's elements in order, borrowed when they are contiguous.
-fn contiguous<T: Clone>(view: ArrayViewD<'_, T>) -> std::borrow::Cow<'_, [T]> {
+pub(crate) fn contiguous<T: Clone>(view: ArrayViewD<'_, T>) -> std::borrow::Cow<'_, [T]> {
     match view.to_slice() {
         Some(slice) => std::borrow::Cow::Borrowed(slice),
         None => std::borrow::Cow::Owned(view.iter().cloned().collect()),
@@ -447,19 +261,18 @@ fn contiguous<T: Clone>(view: ArrayViewD<'_, T>) -> std::borrow::Cow<'_, [T]> {
 }
 
 /// The tensors packed in `data` at `layout` (shape, range), as views.
-fn unpack<'a, T, D: Dimension>(data: &'a [T], layout: &[(Vec<usize>, Range<usize>)]) -> Vec<ArrayView<'a, T, D>> {
+pub(crate) fn unpack<'a, T, D: Dimension>(
+    data: &'a [T],
+    layout: &[(Vec<usize>, Range<usize>)],
+) -> Vec<ArrayView<'a, T, D>> {
     layout
         .iter()
         .map(|(shape, range)| {
             let view = ArrayView::from_shape(IxDyn(shape), &data[range.clone()])
                 .unwrap_or_else(|e| panic!("kd_kernels_burn: a packed tensor of shape {shape:?}: {e}"));
-            into_dim(view)
+            view_as(view)
         })
         .collect()
-}
-
-fn into_dim<'a, T, D: Dimension>(view: ArrayViewD<'a, T>) -> ArrayView<'a, T, D> {
-    view_as::<T, D>(view)
 }
 
 impl KdBackend for NdArray {
@@ -476,84 +289,50 @@ impl KdBackend for NdArray {
         (out.loss, expect_grad(out.grad_student), out.grad_teacher)
     }
 
-    fn pkd_forward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        levels: PkdLevels,
-        config: PkdConfig,
-    ) -> NdArrayTensor {
-        pkd_cpu(&student, &teacher, &levels, config, false).0
+    fn packed_forward(inputs: PackedInputs<Self>, config: PackedConfig) -> NdArrayTensor {
+        config.run(PackedOnCpu { inputs, want_grad: false }).0
     }
 
-    fn pkd_forward_backward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        levels: PkdLevels,
-        config: PkdConfig,
-    ) -> (NdArrayTensor, NdArrayTensor) {
-        let (loss, grad) = pkd_cpu(&student, &teacher, &levels, config, true);
-        (loss, expect_grad(grad))
+    fn packed_forward_backward(
+        inputs: PackedInputs<Self>,
+        config: PackedConfig,
+    ) -> (NdArrayTensor, Vec<Option<NdArrayTensor>>) {
+        config.run(PackedOnCpu { inputs, want_grad: true })
     }
+}
 
-    fn ifvd_forward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        labels: NdArrayTensor,
-        config: IfvdConfig,
-    ) -> NdArrayTensor {
-        ifvd_cpu(&student, &teacher, &labels, config, false).0
+/// A [`PackedConfig`]'s loss (and with `want_grad` the gradients its family has) through the family's CPU
+/// reference: the packed primitives' one body. The loss is returned in the first input's float type, each
+/// gradient in its input's.
+struct PackedOnCpu {
+    inputs: PackedInputs<NdArray>,
+    want_grad: bool,
+}
+
+impl PackedJob for PackedOnCpu {
+    type Out = (NdArrayTensor, Vec<Option<NdArrayTensor>>);
+    fn run<F: PackedLossFamily>(self, call: F::Call) -> Self::Out {
+        let (floats, labels) = self.inputs.into_parts();
+        let tensors = CpuCall { floats: &floats, labels: labels.as_ref(), want_grad: self.want_grad };
+        let out = match floats[0] {
+            NdArrayTensor::F64(_) => F::cpu::<f64>(&call, tensors),
+            _ => F::cpu::<f32>(&call, tensors),
+        };
+        let out =
+            out.unwrap_or_else(|e| panic!("kd_kernels_burn: {} input the checked functions refuse: {e}", F::LABEL));
+        let loss = float_tensor_like(&floats[0], ::ndarray::Array1::from_elem(1, out.loss).into_dyn());
+        let want = F::GRADS.iter().map(|&g| g && self.want_grad);
+        let marked = floats.iter().zip(F::GRADS).filter(|(_, &g)| g).map(|(input, _)| input);
+        let grads = marked.zip(out.grads).map(|(input, grad)| float_tensor_like(input, grad));
+        (loss, scatter(want, grads))
     }
+}
 
-    fn ifvd_forward_backward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        labels: NdArrayTensor,
-        config: IfvdConfig,
-    ) -> (NdArrayTensor, NdArrayTensor) {
-        let (loss, grad) = ifvd_cpu(&student, &teacher, &labels, config, true);
-        (loss, expect_grad(grad))
-    }
-
-    fn cwt_forward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        params: NdArrayTensor,
-        setup: CwtSetup,
-    ) -> NdArrayTensor {
-        cwt_cpu(&student, &teacher, &params, setup, false).0
-    }
-
-    fn cwt_forward_backward(
-        student: NdArrayTensor,
-        teacher: NdArrayTensor,
-        params: NdArrayTensor,
-        setup: CwtSetup,
-    ) -> (NdArrayTensor, NdArrayTensor, NdArrayTensor) {
-        let (loss, grads) = cwt_cpu(&student, &teacher, &params, setup, true);
-        let (grad_student, grad_params) = grads.expect("cwt_cpu returns the gradients when asked for them");
-        (loss, grad_student, grad_params)
-    }
-
-    fn semckd_forward(
-        maps: NdArrayTensor,
-        teacher: NdArrayTensor,
-        params: NdArrayTensor,
-        layers: SemckdLayers,
-        config: SemckdConfig,
-    ) -> NdArrayTensor {
-        semckd_cpu(&maps, &teacher, &params, &layers, config, false).0
-    }
-
-    fn semckd_forward_backward(
-        maps: NdArrayTensor,
-        teacher: NdArrayTensor,
-        params: NdArrayTensor,
-        layers: SemckdLayers,
-        config: SemckdConfig,
-    ) -> (NdArrayTensor, NdArrayTensor, NdArrayTensor) {
-        let (loss, grads) = semckd_cpu(&maps, &teacher, &params, &layers, config, true);
-        let (grad_maps, grad_params) = grads.expect("semckd_cpu returns the gradients when asked for them");
-        (loss, grad_maps, grad_params)
+/// `a` rounded to the float type `like` stores.
+fn float_tensor_like(like: &NdArrayTensor, a: ArrayD<f64>) -> NdArrayTensor {
+    match like {
+        NdArrayTensor::F64(_) => float_tensor::<f64, _>(a),
+        _ => float_tensor::<f32, _>(a),
     }
 }
 

@@ -107,19 +107,11 @@ pub trait PairJob {
 /// row's doc comment), its marker, its name in messages, its CPU reference and its [`PairContract`].
 macro_rules! pair_families {
     ($($(#[$doc:meta])* $variant:ident($config:ty) => $family:ty, $label:literal, $cpu:ty, $contract:ty;)*) => {
-        /// Which (student, teacher) loss a pair primitive computes, with its configuration.
-        #[derive(Debug, Clone, Copy, PartialEq)]
-        pub enum PairConfig {
-            $($(#[$doc])* $variant($config),)*
-        }
-
-        impl PairConfig {
-            /// Runs `job` for the family this configuration belongs to.
-            pub fn run<J: PairJob>(self, job: J) -> J::Out {
-                match self {
-                    $(PairConfig::$variant(c) => job.run::<$family>(c),)*
-                }
-            }
+        family_config_enum! {
+            /// Which (student, teacher) loss a pair primitive computes, with its configuration.
+            #[derive(Debug, Clone, Copy, PartialEq)]
+            PairConfig: PairJob;
+            $($(#[$doc])* $variant($config) => $family;)*
         }
 
         $(impl PairLossFamily for $family {

@@ -3,15 +3,22 @@
 
 use std::ops::Range;
 
-use ::burn::backend::Dispatch;
 use ::burn::tensor::Tensor;
+use ::ndarray::Ix4;
 
-use super::semckd::{check_same_device, lay_out};
-use super::{check_float_pair, is_cuda, refuse_tracked_teacher, KdBackend};
+use super::ndarray::{contiguous, unpack, NdArrayFloat};
+use super::packed::{
+    addresses, check_same_device, lay_out, packed_loss, CpuCall, PackedAddresses, PackedCall, PackedCpuOutput,
+    PackedInputs,
+};
+use super::{check_float_pair, is_cuda, refuse_tracked_teacher, PackedConfig, PackedFamilyRow, PackedLossFamily};
 use kd_kernels::error::{KdError, Result};
-use kd_kernels::pkd::{PkdConfig, PkdLevels, MAX_LEVELS};
+use kd_kernels::pkd::{Pkd, PkdConfig, PkdCpu, PkdLevels, PkdRawBuffers, MAX_LEVELS};
 
-/// Where each level of a PKD call lies in the packed 1-D tensors of [`KdBackend::pkd_forward`]: per level
+/// What PKD's packed call carries: the levels' shapes and the configuration.
+pub type PkdPacked = PackedCall<PkdLevels, PkdConfig>;
+
+/// Where each level of a PKD call lies in the packed 1-D tensors of its packed call: per level
 /// its shape `[N, C_l, H_l, W_l]` and its range of elements, each level flattened row-major, in level order.
 /// The student, the teacher and the student's gradient are packed alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +50,8 @@ pub fn pkd_loss(student: &[Tensor<4>], teacher: &[Tensor<4>], config: &PkdConfig
     let levels = check_pkd(student, teacher)?;
     let flat = |t: &Tensor<4>| t.clone().reshape([t.shape().num_elements()]);
     let pack = |side: &[Tensor<4>]| Tensor::cat(side.iter().map(flat).collect(), 0).into_dispatch();
-    Ok(Tensor::from_dispatch(Dispatch::pkd_forward(pack(student), pack(teacher), levels, *config)))
+    let call = PkdPacked { geometry: levels, config: *config };
+    Ok(packed_loss(PackedInputs::Two(pack(student), pack(teacher)), PackedConfig::Pkd(call)))
 }
 
 /// Every check [`pkd_loss`] makes before anything runs.
@@ -66,7 +74,7 @@ fn check_pkd(student: &[Tensor<4>], teacher: &[Tensor<4>]) -> Result<PkdLevels> 
             });
         }
         check_same_device(&format!("student level {level}"), &s.device(), &device)?;
-        refuse_tracked_teacher(t, "PKD")?;
+        refuse_tracked_teacher(t, Pkd::LABEL)?;
     }
     if is_cuda(&device) && levels.len() > MAX_LEVELS {
         return Err(KdError::TooLarge {
@@ -79,4 +87,44 @@ fn check_pkd(student: &[Tensor<4>], teacher: &[Tensor<4>]) -> Result<PkdLevels> 
         });
     }
     Ok(levels)
+}
+
+/// PKD's packed call: the student's and the teacher's levels, each side packed into one tensor ([`PkdPacking`]);
+/// the student's gradient, packed alike.
+impl PackedLossFamily for Pkd {
+    fn config(call: &PkdPacked) -> PkdConfig {
+        call.config
+    }
+
+    fn cpu<T: NdArrayFloat>(call: &PkdPacked, tensors: CpuCall<'_>) -> Result<PackedCpuOutput> {
+        let CpuCall { floats, want_grad, .. } = tensors;
+        let packing = PkdPacking::new(&call.geometry);
+        let (s, t) = (contiguous(T::storage("student", &floats[0])), contiguous(T::storage("teacher", &floats[1])));
+        let (s, t) = (unpack::<T, Ix4>(&s, &packing.levels), unpack::<T, Ix4>(&t, &packing.levels));
+        let pkd = PkdCpu::new(call.config)?;
+        if !want_grad {
+            return Ok(PackedCpuOutput { loss: pkd.forward(&s, &t)?, grads: Vec::new() });
+        }
+        let out = pkd.forward_backward(&s, &t)?;
+        let packed: Vec<f64> = out.grad_student.iter().flat_map(|g| g.iter().copied()).collect();
+        Ok(PackedCpuOutput { loss: out.loss, grads: vec![::ndarray::Array1::from_vec(packed).into_dyn()] })
+    }
+
+    fn with_shape<R>(call: &PkdPacked, _dims: &[Vec<usize>], f: impl FnOnce(&PkdLevels) -> Result<R>) -> Result<R> {
+        f(&call.geometry)
+    }
+
+    /// Each level's address is the packed buffer's plus its offset ([`PkdPacking`]); the PKD kernels read
+    /// element by element, so the offsets need no alignment beyond the element's.
+    fn raw_buffers(call: &PkdPacked, at: &PackedAddresses<'_>) -> PkdRawBuffers {
+        let packing = PkdPacking::new(&call.geometry);
+        let levels = |base: u64| addresses(base, &packing.levels, at.dtype.size());
+        PkdRawBuffers {
+            student: levels(at.floats[0]),
+            teacher: levels(at.floats[1]),
+            loss: at.loss,
+            grad_student: levels(at.grads[0]),
+            upstream: 0,
+        }
+    }
 }

@@ -3,14 +3,27 @@
 
 use std::ops::Range;
 
-use ::burn::backend::Dispatch;
 use ::burn::tensor::{DType, Device, Tensor};
+use ::ndarray::{Ix4, IxDyn};
 
-use super::{covered_backend, is_cuda, refuse_tracked_teacher, supported_dtype, KdBackend};
+use super::ndarray::{contiguous, unpack, view_as, NdArrayFloat};
+use super::packed::{
+    addresses, check_same_device, lay_out, packed_loss, CpuCall, PackedAddresses, PackedCall, PackedCpuOutput,
+    PackedInputs,
+};
+use super::{
+    covered_backend, is_cuda, refuse_tracked_teacher, supported_dtype, PackedConfig, PackedFamilyRow, PackedLossFamily,
+};
 use kd_kernels::error::{KdError, Result};
-use kd_kernels::semckd::{SemckdConfig, SemckdLayers};
+use kd_kernels::semckd::{
+    EmbedWeights, Semckd, SemckdConfig, SemckdCpu, SemckdCpuInputs, SemckdLayers, SemckdRawBuffers,
+};
 
-/// Where each tensor of a SemCKD call lies in the packed 1-D tensors of [`KdBackend::semckd_forward`]:
+/// What SemCKD's packed call carries: the layer table and the configuration.
+pub type SemckdPacked = PackedCall<SemckdLayers, SemckdConfig>;
+
+/// Where each tensor of a SemCKD call lies in the packed 1-D tensors of its packed call (`maps`, `teacher`,
+/// `params`, in that order):
 /// per tensor its shape and its range of elements, each tensor flattened row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SemckdPacking {
@@ -35,18 +48,6 @@ impl SemckdPacking {
             params: lay_out((0..s + t).flat_map(|_| layers.embed_shapes())),
         }
     }
-}
-
-/// Tensors of `shapes` flattened row-major and laid end to end: each one's shape and range of elements.
-pub(crate) fn lay_out(shapes: impl Iterator<Item = Vec<usize>>) -> Vec<(Vec<usize>, Range<usize>)> {
-    let mut start = 0;
-    shapes
-        .map(|shape| {
-            let range = start..start + shape.iter().product::<usize>();
-            start = range.end;
-            (shape, range)
-        })
-        .collect()
 }
 
 /// One SemCKD embedding MLP (`MLPEmbed`, `docs/losses.md` §4.2 step 2: Linear `B -> 2d`, ReLU, Linear
@@ -76,7 +77,7 @@ impl SemckdMlp {
         }
     }
 
-    /// The four parameters flattened, in [`KdBackend::semckd_forward`]'s order.
+    /// The four parameters flattened, in [`SemckdPacking::params`]'s order.
     fn flat(&self) -> [Tensor<1>; 4] {
         let flat2 = |t: &Tensor<2>| t.clone().reshape([t.shape().num_elements()]);
         [flat2(&self.linear1_weight), self.linear1_bias.clone(), flat2(&self.linear2_weight), self.linear2_bias.clone()]
@@ -123,13 +124,8 @@ pub fn semckd_loss(
     let maps = Tensor::cat(student.iter().chain(proj.iter().flatten()).map(flat).collect(), 0);
     let teacher = Tensor::cat(teacher.iter().map(flat).collect(), 0);
     let params = Tensor::cat(query.iter().chain(key).flat_map(SemckdMlp::flat).collect(), 0);
-    Ok(Tensor::from_dispatch(Dispatch::semckd_forward(
-        maps.into_dispatch(),
-        teacher.into_dispatch(),
-        params.into_dispatch(),
-        layers,
-        *config,
-    )))
+    let inputs = PackedInputs::Three(maps.into_dispatch(), teacher.into_dispatch(), params.into_dispatch());
+    Ok(packed_loss(inputs, PackedConfig::Semckd(SemckdPacked { geometry: layers, config: *config })))
 }
 
 /// Every check [`semckd_loss`] makes before anything runs.
@@ -239,20 +235,92 @@ fn check_semckd<'a>(
         }
     }
     for map in teacher {
-        refuse_tracked_teacher(map, "SemCKD")?;
+        refuse_tracked_teacher(map, Semckd::LABEL)?;
     }
     Ok(layers)
 }
 
-/// Every input of a many-tensor loss on the first student's device.
-pub(crate) fn check_same_device(what: &str, got: &Device, expected: &Device) -> Result<()> {
-    if got != expected {
-        return Err(KdError::Unsupported {
-            what: "an input on another device",
-            detail: format!(
-                "{what} is on {got:?} but student[0] is on {expected:?}; move it with .to_device(&student[0].device())"
-            ),
-        });
+/// SemCKD's packed call: `maps`, `teacher` and `params` as [`SemckdPacking`] lays them out; the gradients of
+/// `maps` (the student maps' part is the Gram / attention path of `docs/losses.md` §4.4; the regressor path is
+/// the caller's autograd, from the `proj` part) and of `params` (f32), packed alike. The teacher gets none.
+impl PackedLossFamily for Semckd {
+    fn config(call: &SemckdPacked) -> SemckdConfig {
+        call.config
     }
-    Ok(())
+
+    fn cpu<T: NdArrayFloat>(call: &SemckdPacked, tensors: CpuCall<'_>) -> Result<PackedCpuOutput> {
+        let CpuCall { floats, want_grad, .. } = tensors;
+        let layers = &call.geometry;
+        let packing = SemckdPacking::new(layers);
+        let (maps, teacher) =
+            (contiguous(T::storage("maps", &floats[0])), contiguous(T::storage("teacher", &floats[1])));
+        let params = contiguous(f32::storage("params", &floats[2]));
+        let (s_n, t_n) = (layers.students(), layers.teachers());
+        let map_views = unpack::<T, Ix4>(&maps, &packing.maps);
+        let mlps: Vec<EmbedWeights<'_>> = unpack::<f32, IxDyn>(&params, &packing.params)
+            .chunks(4)
+            .map(|p| EmbedWeights {
+                linear1_weight: view_as(p[0].clone()),
+                linear1_bias: view_as(p[1].clone()),
+                linear2_weight: view_as(p[2].clone()),
+                linear2_bias: view_as(p[3].clone()),
+            })
+            .collect();
+        let inputs = SemckdCpuInputs {
+            student: map_views[..s_n].to_vec(),
+            teacher: unpack::<T, Ix4>(&teacher, &packing.teacher),
+            proj: map_views[s_n..].chunks(t_n).map(<[_]>::to_vec).collect(),
+            query: mlps[..s_n].to_vec(),
+            key: mlps[s_n..].to_vec(),
+        };
+        let semckd = SemckdCpu::new(call.config)?;
+        if !want_grad {
+            return Ok(PackedCpuOutput { loss: semckd.forward(&inputs)?.loss, grads: Vec::new() });
+        }
+        let out = semckd.forward_backward(&inputs)?;
+        let grad_maps = out.grad_student.iter().chain(out.grad_proj.iter().flatten()).flat_map(|g| g.iter().copied());
+        let grad_params = out.grad_query.iter().chain(&out.grad_key).flat_map(|g| {
+            g.linear1_weight.iter().chain(&g.linear1_bias).chain(&g.linear2_weight).chain(&g.linear2_bias).copied()
+        });
+        let packed = |values: Vec<f64>| ::ndarray::Array1::from_vec(values).into_dyn();
+        Ok(PackedCpuOutput { loss: out.loss, grads: vec![packed(grad_maps.collect()), packed(grad_params.collect())] })
+    }
+
+    fn with_shape<R>(
+        call: &SemckdPacked,
+        _dims: &[Vec<usize>],
+        f: impl FnOnce(&SemckdLayers) -> Result<R>,
+    ) -> Result<R> {
+        f(&call.geometry)
+    }
+
+    /// Each layer's address is the packed buffer's plus its offset ([`SemckdPacking`]); the SemCKD kernels
+    /// read element by element, so the offsets need no alignment beyond the element's.
+    fn raw_buffers(call: &SemckdPacked, at: &PackedAddresses<'_>) -> SemckdRawBuffers {
+        let layers = &call.geometry;
+        let packing = SemckdPacking::new(layers);
+        let s = layers.students();
+        let size = at.dtype.size();
+        let mlps = |list: &[u64]| -> Vec<[u64; 4]> { list.chunks(4).map(|p| [p[0], p[1], p[2], p[3]]).collect() };
+        let (map_at, param_at) =
+            (addresses(at.floats[0], &packing.maps, size), addresses(at.floats[2], &packing.params, 4));
+        let (grad_maps, grad_params) =
+            (addresses(at.grads[0], &packing.maps, size), addresses(at.grads[2], &packing.params, 4));
+        let split = |list: &[u64], k: usize| (list[..k.min(list.len())].to_vec(), list[k.min(list.len())..].to_vec());
+        let ((student, proj), (grad_student, grad_proj)) = (split(&map_at, s), split(&grad_maps, s));
+        let ((query, key), (grad_query, grad_key)) = (split(&param_at, 4 * s), split(&grad_params, 4 * s));
+        SemckdRawBuffers {
+            student,
+            teacher: addresses(at.floats[1], &packing.teacher, size),
+            proj,
+            query: mlps(&query),
+            key: mlps(&key),
+            loss: at.loss,
+            grad_student,
+            grad_proj,
+            grad_query: mlps(&grad_query),
+            grad_key: mlps(&grad_key),
+            ..Default::default()
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Inputs shared by the burn test binaries (`tests/burn_losses.rs` on NdArray, `tests/burn_cuda.rs` on a
+//! Inputs shared by the burn test binaries (`tests/burn_losses/` on NdArray, `tests/burn_cuda.rs` on a
 //! GPU), so every backend is checked on the same deterministic logits.
 #![allow(dead_code)] // each binary uses the part it needs
 
