@@ -277,3 +277,10 @@ fn bad_inputs_are_typed_errors() {
         Err(KdError::InvalidParameter { .. })
     ));
 }
+
+/// `verify` refuses a CWT file without the MLP's parameters (a pixel-KD file relabelled `cwt`).
+#[test]
+fn verify_refuses_a_file_without_the_mlp() {
+    let file = crate::fixtures::base_pixel_kd().set_meta("loss", "cwt");
+    crate::fixtures::assert_verify_refuses("cwt", file, "missing tensor");
+}
