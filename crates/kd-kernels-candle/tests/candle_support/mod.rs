@@ -103,7 +103,7 @@ pub fn scalar(t: &Tensor) -> Result<f64, String> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The losses in candle's own ops (fp32), straight from docs/losses.md.
+// What the losses in candle's own ops (fp32, straight from docs/losses.md, each in its family's module) share.
 
 /// `log_softmax` along `dim` as `z - LSE(z)`.
 pub fn log_softmax(z: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
@@ -174,6 +174,10 @@ pub fn verdict(failures: Vec<String>) -> TestResult {
         Err(format!("{} failure(s):\n    {}", failures.len(), failures.join("\n    ")))
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Checks against the crate's f64 CPU reference on the inputs' values (the families without a candle-ops
+// reference), and the relation ops' (student `[N, Cs, H, W]`, teacher `[N, Ct, H, W]`) shared checks.
 
 /// The factor on the loss before `backward`: the gradients must come out times it.
 pub const UPSTREAM: f64 = 3.0;
