@@ -20,7 +20,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 
 use crate::dtype::{DType, KdFloat};
 use crate::error::{KdError, Result};
-use crate::family::{Family, PairFamily, PairRawBuffers, RawCall};
+use crate::family::{Family, KernelFile, PairFamily, PairRawBuffers, RawCall};
 use crate::grad::GradOptions;
 use crate::launch::{DeviceInfo, Launch, LaunchError, Launcher, Machine, Scratch};
 use crate::shape::Nchw;
@@ -50,17 +50,26 @@ extern "C" {
     ) -> i32;
 }
 
-/// The static shared memory of every kernel launched with dynamic shared memory, as the host build of the
-/// kernel uses it (the GPU build's, in ptxas's report, is within a few bytes of it). The planners give these
-/// kernels the per-block limit less this ([`EmulatedGpu::max_dynamic_smem`]); an emulated launch of one of
-/// them fails when the kernel's static shared memory exceeds the value here, so it cannot go stale unseen.
-/// `cwt_forward_fused`: its f16/bf16 instances' (two instances of the tensor-core tile, 19456 bytes each, one
-/// per operand combination, and the loss's block sum: 38977 bytes); the f32 instance's SIMT tile needs 8257.
-const STATIC_SMEM: &[(&str, usize)] = &[("pixel_kd_tiled", 8272), ("cwt_forward_fused", 38992)];
+macro_rules! kernel_files {
+    ($($variant:ident => $module:ident :: $marker:ident, $name:literal, $fixtures:ident;)*) => {
+        /// Every registered family's kernel file (`crate::for_each_family!`).
+        const KERNEL_FILES: &[KernelFile] = &[$(<crate::$module::$marker as Family>::FILE,)*];
+    };
+}
+crate::for_each_family!(kernel_files);
 
-/// The static shared memory [`STATIC_SMEM`] declares for `kernel` (0 for kernels without dynamic memory).
+/// The static shared memory its kernel file declares for `kernel` ([`KernelFile::static_smem`]), for a
+/// kernel launched with dynamic shared memory. The planners give these kernels the per-block limit less this
+/// ([`EmulatedGpu::max_dynamic_smem`]); an emulated launch of one of them fails when the kernel's static
+/// shared memory exceeds the value declared, so it cannot go stale unseen.
+fn declared_static_smem(kernel: &str) -> Option<usize> {
+    KERNEL_FILES.iter().flat_map(|file| file.static_smem).find(|(k, _)| *k == kernel).map(|&(_, bytes)| bytes)
+}
+
+/// The static shared memory declared for `kernel` (0 for kernels without dynamic memory): see
+/// [`KernelFile::static_smem`].
 pub fn static_smem(kernel: &str) -> usize {
-    STATIC_SMEM.iter().find(|(k, _)| *k == kernel).map_or(0, |&(_, bytes)| bytes)
+    declared_static_smem(kernel).unwrap_or(0)
 }
 
 /// Static shared memory a kernel without dynamic shared memory may use: the limit of every CUDA GPU.
@@ -112,11 +121,14 @@ impl Launcher for EmulatedLauncher {
         let resident = if launch.cooperative { launch.grid } else { CONCURRENT_BLOCKS };
         let failed = |error: String| Err(LaunchError::Failed(KdError::Cuda { op: "emulated launch", error }));
         let dynamic = launch.dynamic_smem as usize;
-        let shared_limit = match (dynamic, STATIC_SMEM.iter().find(|(k, _)| *k == launch.kernel)) {
+        let shared_limit = match (dynamic, declared_static_smem(launch.kernel)) {
             (0, _) => STATIC_SMEM_LIMIT,
-            (_, Some(&(_, declared))) => dynamic + declared,
+            (_, Some(declared)) => dynamic + declared,
             (_, None) => {
-                return failed(format!("{name:?} has dynamic shared memory but no entry in emulator::STATIC_SMEM"))
+                return failed(format!(
+                    "{name:?} has dynamic shared memory but its kernel file declares no static shared memory for it \
+                     (KernelFile::with_static_smem)"
+                ))
             }
         };
         let mut error = vec![0 as c_char; 2048];

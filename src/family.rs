@@ -106,8 +106,9 @@ impl<F: Family + ?Sized, S: ?Sized> Clone for Sizing<'_, F, S> {
 impl<F: Family + ?Sized, S: ?Sized> Copy for Sizing<'_, F, S> {}
 
 /// A family's kernel file `kernels/{name}.cu`: its name (also the family's, and its fixtures' `loss` value),
-/// its entry points without the dtype suffix, and those that may take more than 48 KB of dynamic shared
-/// memory (the loader opts them in). One value, so that a family states its kernels in one line.
+/// its entry points without the dtype suffix, those that may take more than 48 KB of dynamic shared
+/// memory (the loader opts them in), and the static shared memory of those launched with dynamic shared
+/// memory. One value, so that a family states its kernels in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelFile {
     /// The file's name, without `.cu`.
@@ -116,17 +117,28 @@ pub struct KernelFile {
     pub kernels: &'static [&'static str],
     /// The entry points opted in to large dynamic shared memory.
     pub large_smem: &'static [&'static str],
+    /// `(entry point, bytes)`: the static shared memory of every entry point launched with dynamic shared
+    /// memory, as the host build of the kernel uses it (the GPU build's, in ptxas's report, is within a few
+    /// bytes of it). The emulator gives these kernels the per-block limit less this, and fails a launch whose
+    /// kernel's static shared memory exceeds it, so that it cannot go stale unseen.
+    pub static_smem: &'static [(&'static str, usize)],
 }
 
 impl KernelFile {
     /// `kernels/{name}.cu` with the entry points `kernels`, none with large shared memory.
     pub const fn new(name: &'static str, kernels: &'static [&'static str]) -> Self {
-        KernelFile { name, kernels, large_smem: &[] }
+        KernelFile { name, kernels, large_smem: &[], static_smem: &[] }
     }
 
     /// The same file whose entry points `large_smem` may take more than 48 KB of dynamic shared memory.
     pub const fn with_large_smem(self, large_smem: &'static [&'static str]) -> Self {
         KernelFile { large_smem, ..self }
+    }
+
+    /// The same file whose entry points launched with dynamic shared memory have `static_smem` (`(entry point,
+    /// bytes)`, see [`KernelFile::static_smem`]).
+    pub const fn with_static_smem(self, static_smem: &'static [(&'static str, usize)]) -> Self {
+        KernelFile { static_smem, ..self }
     }
 }
 

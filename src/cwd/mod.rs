@@ -22,6 +22,8 @@ mod cpu;
 mod cuda;
 pub(crate) mod driver;
 pub(crate) mod fixture;
+#[cfg(test)]
+pub(crate) mod launch_limits;
 pub(crate) mod plan;
 
 pub use cpu::CwdCpu;

@@ -165,7 +165,8 @@ fn teacher_dims(shapes: &CwtShapes, student: &[usize]) -> Vec<usize> {
 }
 
 impl Family for Cwt {
-    const FILE: KernelFile = KernelFile::new("cwt", &plan::KERNELS).with_large_smem(&plan::OPT_IN_SMEM);
+    const FILE: KernelFile =
+        KernelFile::new("cwt", &plan::KERNELS).with_large_smem(&plan::OPT_IN_SMEM).with_static_smem(&plan::STATIC_SMEM);
     type Config = CwtSetup;
     /// The student's `[N, Cs, H, W]`; the teacher is `[N, Ct, H, W]`.
     type Shape = [usize];

@@ -28,6 +28,10 @@ pub(crate) const KERNELS: [&str; 10] =
     [HIDDEN, OUTPUT, FORWARD_STORE, GRAD_W2, GRAD_HIDDEN, GRAD_INPUT, GRAD_W1, GRAD_STUDENT, COMBINE, FORWARD_FUSED];
 /// The kernels whose blocks may have more than 48 KiB of shared memory (the launcher opts them in).
 pub(crate) const OPT_IN_SMEM: [&str; 1] = [FORWARD_FUSED];
+/// The static shared memory of the kernels launched with dynamic shared memory (`KernelFile::static_smem`):
+/// `cwt_forward_fused`'s f16/bf16 instances' (two instances of the tensor-core tile, 19456 bytes each, one per
+/// operand combination, and the loss's block sum: 38977 bytes); the f32 instance's SIMT tile needs 8257.
+pub(crate) const STATIC_SMEM: [(&str, usize); 1] = [(FORWARD_FUSED, 38992)];
 /// Pixels per block of `cwt_forward_fused`, widest first: its hidden tile is `Ch x tile` floats of shared
 /// memory.
 const FUSED_TILES: [usize; 3] = [64, 32, 16];

@@ -18,6 +18,8 @@
 mod cpu;
 pub(crate) mod driver;
 pub(crate) mod fixture;
+#[cfg(test)]
+pub(crate) mod launch_limits;
 pub(crate) mod plan;
 
 pub use cpu::DistCpu;

@@ -27,6 +27,8 @@ pub(crate) mod driver;
 pub mod emulate;
 pub(crate) mod fixture;
 mod labels;
+#[cfg(test)]
+pub(crate) mod launch_limits;
 pub(crate) mod plan;
 
 pub use cpu::{IfvdCpu, IfvdCpuOutput};

@@ -26,7 +26,9 @@ pub(crate) fn plan_on(
 }
 
 impl NchwFamily for PixelKd {
-    const FILE: KernelFile = KernelFile::new("pixel_kd", &plan::KERNELS).with_large_smem(&plan::OPT_IN_SMEM);
+    const FILE: KernelFile = KernelFile::new("pixel_kd", &plan::KERNELS)
+        .with_large_smem(&plan::OPT_IN_SMEM)
+        .with_static_smem(&plan::STATIC_SMEM);
     type Config = PixelKdConfig;
     type RawBuffers = PairRawBuffers;
     type Path = PixelKdPath;

@@ -17,6 +17,8 @@ mod cpu;
 mod cuda;
 pub(crate) mod driver;
 pub(crate) mod fixture;
+#[cfg(test)]
+pub(crate) mod launch_limits;
 pub(crate) mod plan;
 
 pub use cpu::PixelKdCpu;

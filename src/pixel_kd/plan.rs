@@ -15,6 +15,8 @@ pub(crate) const PER_PIXEL: &str = "pixel_kd";
 pub(crate) const KERNELS: [&str; 2] = [TILED, PER_PIXEL];
 /// The kernels whose blocks may have more than 48 KiB of shared memory (the launcher opts them in).
 pub(crate) const OPT_IN_SMEM: [&str; 1] = [TILED];
+/// The static shared memory of the kernels launched with dynamic shared memory (`KernelFile::static_smem`).
+pub(crate) const STATIC_SMEM: [(&str, usize); 1] = [(TILED, 8272)];
 
 /// One wave of resident 256-thread blocks per SM for the per-pixel kernel; threads then stride over the
 /// remaining pixels.

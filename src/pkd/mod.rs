@@ -25,6 +25,8 @@ pub(crate) mod driver;
 #[cfg(feature = "emulator")]
 pub mod emulate;
 pub(crate) mod fixture;
+#[cfg(test)]
+pub(crate) mod launch_limits;
 pub(crate) mod plan;
 
 pub use cpu::{PkdCpu, PkdCpuOutput};

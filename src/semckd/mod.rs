@@ -29,6 +29,8 @@ pub(crate) mod driver;
 #[cfg(feature = "emulator")]
 pub mod emulate;
 pub(crate) mod fixture;
+#[cfg(test)]
+pub(crate) mod launch_limits;
 mod layers;
 mod pool;
 

@@ -1,12 +1,13 @@
 //! What the CWT tests of every harness (the CPU reference, the emulated kernels, the GPU) share: one call's
 //! inputs (a student, a teacher and the MLP's parameters, drawn in one order from one seed) and the f64
-//! CPU reference on them as the kernels read them.
+//! CPU reference on them as the kernels read them. Each harness's `cwt` module declares it and uses part of it.
+#![allow(dead_code)]
 
 use kd_kernels::cwt::{CwtConfig, CwtCpu, CwtOutput, CwtShapes, MlpParams};
 use kd_kernels::KdFloat;
 use ndarray::{ArrayView1, ArrayView2, ArrayView4};
 
-use super::{quantize, to_dtype, SplitMix64};
+use crate::common::{quantize, to_dtype, SplitMix64};
 
 /// One CWT call's inputs in f32: the student `[N, Cs, H, W]` (`dims`), the teacher `[N, Ct, H, W]` and the
 /// MLP `Cs -> Ch -> Ct`, in PyTorch's layouts.

@@ -4,7 +4,6 @@
 //! Every test file includes this with `mod common;` and uses only part of it.
 #![allow(dead_code)]
 
-pub mod cwt;
 pub mod relation;
 
 use std::path::{Path, PathBuf};

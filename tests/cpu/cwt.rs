@@ -4,13 +4,17 @@
 
 use crate::common;
 
-use common::cwt::CwtInputs;
+/// The inputs and reference every harness's CWT tests share.
+#[path = "../common/cwt.rs"]
+mod shared;
+
 use common::quantize;
 use kd_kernels::cwt::{CwtConfig, CwtCpu, CwtNormalize, CwtShapes, MlpParams};
 use kd_kernels::fixture::{Backend, Fixture, LossKind};
 use kd_kernels::verify;
 use kd_kernels::KdError;
 use ndarray::{Array1, Array2, Array4};
+use shared::CwtInputs;
 
 /// One set of inputs, all f32 multiples of 2^-10 (exact under the finite-difference steps).
 #[derive(Clone)]
@@ -24,7 +28,7 @@ struct Case {
 }
 
 impl Case {
-    /// The shared inputs (`common::cwt`), quantized, every parameter ~ N(0, 0.5^2).
+    /// The shared inputs (`shared`), quantized, every parameter ~ N(0, 0.5^2).
     fn random(seed: u64, dims: [usize; 4], ch: usize, ct: usize) -> Case {
         let shapes = CwtShapes { cs: dims[1], ch, ct };
         let i = CwtInputs::draw(seed, dims, shapes, [1.0, 1.0, 0.5, 0.5, 0.5, 0.5], quantize);
@@ -272,4 +276,11 @@ fn bad_inputs_are_typed_errors() {
         CwtCpu::new(CwtConfig { loss_weight: f64::NAN, ..CwtConfig::default() }),
         Err(KdError::InvalidParameter { .. })
     ));
+}
+
+/// `verify` refuses a CWT file without the MLP's parameters (a pixel-KD file relabelled `cwt`).
+#[test]
+fn verify_refuses_a_file_without_the_mlp() {
+    let file = crate::fixtures::base_pixel_kd().set_meta("loss", "cwt");
+    crate::fixtures::assert_verify_refuses("cwt", file, "missing tensor");
 }

@@ -149,3 +149,10 @@ fn bad_inputs_give_typed_errors() {
     // Wrong rank: the shape check every entry point starts with.
     assert!(matches!(kd_kernels::Nchw::from_dims("student", &[2, 3, 4]), Err(KdError::WrongRank { .. })));
 }
+
+/// `verify` refuses an ICSD file whose `variant` is neither `official` nor `paper` (a CWD file relabelled).
+#[test]
+fn verify_refuses_an_unknown_variant() {
+    let file = crate::fixtures::base_cwd().set_meta("loss", "icsd").set_meta("variant", "loop");
+    crate::fixtures::assert_verify_refuses("icsd variant bogus", file, "variant");
+}

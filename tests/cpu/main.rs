@@ -6,8 +6,6 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-#[path = "../semckd_support/mod.rs"]
-mod semckd_support;
 
 mod errors;
 mod fixtures;

@@ -2,7 +2,6 @@
 //! inputs, and adaptive pooling against a direct formula.
 
 use crate::common;
-use crate::semckd_support;
 
 use std::path::Path;
 
@@ -14,6 +13,10 @@ use kd_kernels::verify;
 use kd_kernels::KdError;
 use ndarray::{Array4, ArrayView4};
 use semckd_support::Case;
+
+/// The cases and reference the CPU and emulator SemCKD tests share.
+#[path = "../semckd_support/mod.rs"]
+mod semckd_support;
 
 fn config() -> SemckdConfig {
     SemckdConfig { loss_weight: 400.0, eps: None }

@@ -4,7 +4,10 @@
 
 use crate::common;
 
-use common::cwt::{gradients, CwtInputs as Inputs};
+/// The inputs and reference every harness's CWT tests share.
+#[path = "../common/cwt.rs"]
+mod shared;
+
 use common::{to_dtype, widen};
 use half::{bf16, f16};
 use kd_kernels::cwt::emulate::{self, CwtEmulated, CwtEmulation, CwtGrads, HostParams};
@@ -12,6 +15,7 @@ use kd_kernels::cwt::{CwtConfig, CwtNormalize, CwtOutput, CwtShapes};
 use kd_kernels::emulator::{self, EmulatedGpu, Mode};
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
+use shared::{gradients, CwtInputs as Inputs};
 
 const GPU: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
 /// A device of one SM: every chunk fills it, so a backward takes the fused kernels (`cwt_forward_store`,
@@ -19,7 +23,7 @@ const GPU: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
 /// [`GPU`]'s 132 SMs take one block per tile and several splits on these small inputs.
 const FUSED_GPU: EmulatedGpu = EmulatedGpu { sm_count: 1, ..GPU };
 
-/// The kernels' own calls on the shared inputs (`common::cwt`).
+/// The kernels' own calls on the shared inputs (`shared`).
 impl Inputs {
     fn host(&self) -> HostParams<'_> {
         HostParams { w1: &self.w1, b1: &self.b1, w2: &self.w2, b2: &self.b2 }

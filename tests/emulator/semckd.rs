@@ -2,7 +2,6 @@
 
 use crate::common;
 use crate::pair::close;
-use crate::semckd_support;
 
 use kd_kernels::emulator::EmulatedGpu;
 use kd_kernels::semckd::emulate::{semckd, SemckdHostInputs, SemckdHostOutputs};
@@ -10,6 +9,10 @@ use kd_kernels::semckd::{SemckdConfig, SemckdCpu, SemckdCpuOutput};
 use kd_kernels::tolerance::OutputKind;
 use kd_kernels::{DType, GradOptions, KdFloat};
 use semckd_support::Case;
+
+/// The cases and reference the CPU and emulator SemCKD tests share.
+#[path = "../semckd_support/mod.rs"]
+mod semckd_support;
 
 const GPU: EmulatedGpu = EmulatedGpu::H100_SMALL_GRID;
 

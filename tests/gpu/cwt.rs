@@ -10,11 +10,16 @@ use kd_kernels::cwt::{
 use kd_kernels::tolerance::{tolerance, OutputKind};
 use kd_kernels::{DType, GradOptions, KdError, KdFloat};
 
-use crate::common::cwt::{gradients, CwtInputs};
 use crate::common::widen;
 use crate::harness::{
     close, download, ensure, gpu_tests, nan_buffer, upload, verdict, OrMsg, Stream, TestFn, TestResult,
 };
+
+/// The inputs and reference every harness's CWT tests share.
+#[path = "../common/cwt.rs"]
+mod shared;
+
+use shared::{gradients, CwtInputs};
 
 pub(crate) const TESTS: &[(&str, TestFn)] =
     gpu_tests![cwt_matches_cpu::<f32, f16, bf16>, cwt_deterministic_bitwise, cwt_error_paths];
@@ -32,7 +37,7 @@ const SHAPES: [([usize; 4], usize, usize); 6] = [
     ([2, 9, 120, 120], 33, 7),
 ];
 
-/// The shared kernel inputs (`common::cwt`), unquantized, of a student `dims` and an MLP `Cs -> ch -> ct`.
+/// The shared kernel inputs (`shared`), unquantized, of a student `dims` and an MLP `Cs -> ch -> ct`.
 fn inputs(seed: u64, dims: [usize; 4], ch: usize, ct: usize) -> CwtInputs {
     CwtInputs::for_kernels(seed, dims, CwtShapes { cs: dims[1], ch, ct }, false)
 }
@@ -78,7 +83,7 @@ fn nan_grads<T: KdFloat>(stream: &Stream, h: &CwtInputs) -> Result<Grads<T>, Str
 }
 
 /// Compares downloaded gradients with `reference` (+ `base` when accumulating): the student's to the row of
-/// `T`, the parameters' (f32) to the f32 row (see `common::cwt::gradients`).
+/// `T`, the parameters' (f32) to the f32 row (see `shared::gradients`).
 fn compare_grads<T: KdFloat>(
     failures: &mut Vec<String>,
     what: &str,

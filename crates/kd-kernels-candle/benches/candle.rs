@@ -11,6 +11,11 @@
 //! cargo bench --bench candle -p kd-kernels-candle -- cpu    # the CPU cases only
 //! ```
 
+/// The checks `candle_support` lists are the tests'; the bench takes its references alone.
+macro_rules! candle_tests {
+    ($($name:ident => $check:path,)*) => {};
+}
+
 #[path = "../tests/candle_support/mod.rs"]
 mod candle_support;
 // The loss benches' shared harness, in the core crate's benches.
@@ -39,11 +44,15 @@ fn main() {
     let cwd = Cwd::new(cwd_cfg).expect("the default configuration is valid");
     let kd = PixelKd::new(kd_cfg).expect("the default configuration is valid");
     let losses: Vec<(&str, LossFn<'_>, LossFn<'_>)> = vec![
-        ("cwd", Box::new(|s, t| cwd.loss(s, t)), Box::new(move |s, t| candle_support::cwd_reference(s, t, &cwd_cfg))),
+        (
+            "cwd",
+            Box::new(|s, t| cwd.loss(s, t)),
+            Box::new(move |s, t| candle_support::cwd::cwd_reference(s, t, &cwd_cfg)),
+        ),
         (
             "pixel_kd",
             Box::new(|s, t| kd.loss(s, t)),
-            Box::new(move |s, t| candle_support::pixel_kd_reference(s, t, &kd_cfg)),
+            Box::new(move |s, t| candle_support::pixel_kd::pixel_kd_reference(s, t, &kd_cfg)),
         ),
     ];
 

@@ -2,6 +2,11 @@
 //! losses written in candle's own ops give for the same student and teacher (`candle_support::check_training`;
 //! on a GPU in `tests/candle_cuda.rs`).
 
+/// The op checks that `candle_support` lists are `tests/candle_ops.rs`'s; this binary runs the example alone.
+macro_rules! candle_tests {
+    ($($name:ident => $check:path,)*) => {};
+}
+
 mod candle_support;
 
 use candle_core::Device;

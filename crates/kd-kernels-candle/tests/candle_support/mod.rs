@@ -1,23 +1,31 @@
-//! Shared by the candle tests (`tests/candle_ops.rs` on the CPU, `tests/candle_cuda.rs` on a GPU): each
-//! loss written in candle's own tensor ops (the reference whose autograd the ops must match), and checks
-//! that take the device, so the CPU and the GPU run the same bodies.
+//! Shared by the candle tests (`tests/candle_ops.rs` on the CPU, `tests/candle_cuda.rs` on a GPU): a module per
+//! registered family (`{module}.rs`, declared from the crate's registry: a family cannot be registered without
+//! its candle tests) with its loss written in candle's own tensor ops or its CPU reference, and checks that
+//! take the device, so the CPU and the GPU run the same bodies; here, what the families' checks share, and the
+//! checks across families (layouts, misuse, the training example).
+//!
+//! Each module lists its checks in `candle_tests! { test_name => check, ... }`, a macro the including binary
+//! defines before `mod candle_support;`: `#[test]`s in `tests/candle_ops.rs`, a `TESTS` table for the GPU
+//! harness in `tests/candle_cuda.rs`.
 //!
 //! Every comparison uses `kd_kernels::tolerance`: the loss against the 1e-4 row, gradients against the
 //! row of their dtype (the ops write them in the input dtype, so a rounding to it is expected).
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor, Var};
+use kd_kernels::cpu::PairReference;
 use kd_kernels::cwd::CwdConfig;
-use kd_kernels::cwt::{CwtConfig, CwtNormalize, CwtShapes};
-use kd_kernels::dist::DistConfig;
-use kd_kernels::icsd::{AicsdConfig, IcsdConfig, IcsdVariant};
-use kd_kernels::pixel_kd::{PixelKdConfig, Reduction};
+use kd_kernels::pixel_kd::PixelKdConfig;
 use kd_kernels::tolerance::{tolerance, Comparison, OutputKind};
-use kd_kernels_candle::{Aicsd, Cwd, Cwt, Dist, Icsd, PixelKd};
+use kd_kernels_candle::{Cwd, PixelKd};
+use ndarray::ArrayView4;
 
-pub mod pkd_ifvd;
-pub mod semckd;
-pub mod skd_cirkd;
+macro_rules! family_modules {
+    ($($variant:ident => $module:ident :: $marker:ident, $name:literal, $fixtures:ident;)*) => {
+        $(pub mod $module;)*
+    };
+}
+kd_kernels::for_each_family!(family_modules);
 
 #[path = "../../examples/train_candle.rs"]
 pub mod train_candle;
@@ -95,109 +103,13 @@ pub fn scalar(t: &Tensor) -> Result<f64, String> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The losses in candle's own ops (fp32), straight from docs/losses.md.
+// What the losses in candle's own ops (fp32, straight from docs/losses.md, each in its family's module) share.
 
 /// `log_softmax` along `dim` as `z - LSE(z)`.
 pub fn log_softmax(z: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
     let max = z.max_keepdim(dim)?.detach();
     let shifted = z.broadcast_sub(&max)?;
     shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(dim)?.log()?)
-}
-
-/// CWD, §1.3: rows (n, c), a softmax over H*W of x / tau, `w tau^2 / (N C) sum_r KL(pT || pS)`.
-pub fn cwd_reference(s: &Tensor, t: &Tensor, cfg: &CwdConfig) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = s.dims4()?;
-    let rows = |x: &Tensor| x.to_dtype(DType::F32)?.reshape((n * c, h * w))?.affine(1.0 / cfg.tau, 0.0);
-    let log_ps = log_softmax(&rows(s)?, 1)?;
-    let log_pt = log_softmax(&rows(t)?, 1)?;
-    let kl = (log_pt.exp()? * (log_pt - log_ps)?)?.sum_all()?;
-    kl.affine(cfg.loss_weight * cfg.tau * cfg.tau / (n * c) as f64, 0.0)
-}
-
-/// Pixel KD, §2.2: a softmax over C of x / tau per pixel, the summed KL over the reduction's divisor.
-pub fn pixel_kd_reference(s: &Tensor, t: &Tensor, cfg: &PixelKdConfig) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = s.dims4()?;
-    let z = |x: &Tensor| x.to_dtype(DType::F32)?.affine(1.0 / cfg.tau, 0.0);
-    let log_ps = log_softmax(&z(s)?, 1)?;
-    let log_pt = log_softmax(&z(t)?, 1)?;
-    let kl = (log_pt.exp()? * (log_pt - log_ps)?)?.sum_all()?;
-    let divisor = match cfg.reduction {
-        Reduction::Mean => (n * c * h * w) as f64,
-        Reduction::BatchMean => n as f64,
-        Reduction::Sum => 1.0,
-        Reduction::PixelMean => (n * h * w) as f64,
-    };
-    let tau2 = if cfg.scale_tau2 { cfg.tau * cfg.tau } else { 1.0 };
-    kl.affine(cfg.loss_weight * tau2 / divisor, 0.0)
-}
-
-/// ICSD, official variant, §3.4/§3.5: softmax along H, `M = A_max(i,j) - G`, rows L2-normalised, the mean
-/// squared difference over the C^2 entries divided by B.
-pub fn icsd_reference(s: &Tensor, t: &Tensor, cfg: &IcsdConfig) -> candle_core::Result<Tensor> {
-    assert_eq!(cfg.variant, IcsdVariant::Official, "the reference covers the official variant");
-    let (b, c, _, _) = s.dims4()?;
-    let device = s.device();
-    // upper[i][j] = 1 where j >= i: there A_max(i,j) = A_j, else A_i.
-    let upper: Vec<u8> = (0..c * c).map(|k| u8::from(k % c >= k / c)).collect();
-    let upper = Tensor::from_vec(upper, (c, c), device)?;
-    let matrix = |x: &Tensor| -> candle_core::Result<Tensor> {
-        let log_p = log_softmax(&x.to_dtype(DType::F32)?.affine(1.0 / cfg.tau, 0.0)?, 2)?;
-        let p = log_p.exp()?;
-        let a = (&p * &log_p)?.sum((0, 2, 3))?.affine(1.0 / b as f64, 0.0)?; // [C]
-        let flat = p.transpose(0, 1)?.flatten_from(1)?; // [C, B*H*W]
-        let g = flat.matmul(&flat.t()?)?.affine(1.0 / b as f64, 0.0)?;
-        let a_j = a.reshape((1, c))?.broadcast_as((c, c))?;
-        let a_i = a.reshape((c, 1))?.broadcast_as((c, c))?;
-        let m = (upper.where_cond(&a_j, &a_i)? - g)?;
-        let norm = m.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
-        m.broadcast_div(&norm)
-    };
-    let diff = (matrix(s)? - matrix(t)?)?;
-    diff.sqr()?.sum_all()?.affine(cfg.loss_weight / (c * c * b) as f64, 0.0)
-}
-
-/// DIST, §8: Pearson correlations of the class distributions across the classes of each pixel and across
-/// the pixels of each class (eps 1e-8 added to the product of the norms).
-pub fn dist_reference(s: &Tensor, t: &Tensor, cfg: &DistConfig) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = s.dims4()?;
-    // Rows of C probabilities, one per pixel.
-    let probs = |x: &Tensor| -> candle_core::Result<Tensor> {
-        let p = log_softmax(&x.to_dtype(DType::F32)?.affine(1.0 / cfg.tau, 0.0)?, 1)?.exp()?;
-        p.permute((0, 2, 3, 1))?.reshape((n * h * w, c))
-    };
-    // 1 - the mean over rows of the correlation of a's and b's rows.
-    let one_minus_pearson = |a: &Tensor, b: &Tensor| -> candle_core::Result<Tensor> {
-        let ac = a.broadcast_sub(&a.mean_keepdim(1)?)?;
-        let bc = b.broadcast_sub(&b.mean_keepdim(1)?)?;
-        let dot = (&ac * &bc)?.sum(1)?;
-        let den = (ac.sqr()?.sum(1)?.sqrt()? * bc.sqr()?.sum(1)?.sqrt()?)?.affine(1.0, 1e-8)?;
-        (dot / den)?.mean_all()?.affine(-1.0, 1.0)
-    };
-    let (ps, pt) = (probs(s)?, probs(t)?);
-    let inter = one_minus_pearson(&ps, &pt)?;
-    let intra = one_minus_pearson(&ps.t()?.contiguous()?, &pt.t()?.contiguous()?)?;
-    let scale = cfg.loss_weight * cfg.tau * cfg.tau;
-    inter.affine(scale * cfg.beta, 0.0)? + intra.affine(scale * cfg.gamma, 0.0)?
-}
-
-/// CWT, §5.3: `Y = W2 ReLU(W1 x + b1) + b2` per pixel, `w sum (Y - F_t)^2 / D`.
-pub fn cwt_reference(
-    s: &Tensor,
-    t: &Tensor,
-    [w1, b1, w2, b2]: [&Tensor; 4],
-    cfg: &CwtConfig,
-) -> candle_core::Result<Tensor> {
-    let (n, cs, h, w) = s.dims4()?;
-    let ct = t.dim(1)?;
-    let x = s.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.reshape((n * h * w, cs))?;
-    let hidden = x.matmul(&w1.t()?)?.broadcast_add(b1)?.relu()?;
-    let y = hidden.matmul(&w2.t()?)?.broadcast_add(b2)?;
-    let target = t.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.reshape((n * h * w, ct))?;
-    let divisor = match cfg.normalize {
-        CwtNormalize::Batch => n as f64,
-        CwtNormalize::Mean => (n * ct * h * w) as f64,
-    };
-    (y - target)?.sqr()?.sum_all()?.affine(cfg.loss_weight / divisor, 0.0)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -263,101 +175,95 @@ pub fn verdict(failures: Vec<String>) -> TestResult {
     }
 }
 
-pub fn check_cwd(device: &Device) -> TestResult {
-    let cfg = CwdConfig { tau: 4.0, loss_weight: 3.0, teacher_grad: false };
-    let cwd = Cwd::new(cfg).or_msg("Cwd::new")?;
-    check_pair(device, "cwd", false, &|s, t| cwd.loss(s, t), &|s, t| cwd_reference(s, t, &cfg))?;
-    let cfg = CwdConfig { tau: 2.0, loss_weight: 5.0, teacher_grad: true };
-    let cwd = Cwd::new(cfg).or_msg("Cwd::new")?;
-    check_pair(device, "cwd teacher_grad", true, &|s, t| cwd.loss(s, t), &|s, t| cwd_reference(s, t, &cfg))
+// ---------------------------------------------------------------------------------------------------------
+// Checks against the crate's f64 CPU reference on the inputs' values (the families without a candle-ops
+// reference), and the relation ops' (student `[N, Cs, H, W]`, teacher `[N, Ct, H, W]`) shared checks.
+
+/// The factor on the loss before `backward`: the gradients must come out times it.
+pub const UPSTREAM: f64 = 3.0;
+
+/// A tensor's values in f64 on the host, and its dims.
+pub fn host(t: &Tensor) -> Result<(Vec<f64>, Vec<usize>), String> {
+    let values =
+        t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>()).or_msg("host")?;
+    Ok((values, t.dims().to_vec()))
 }
 
-pub fn check_pixel_kd(device: &Device) -> TestResult {
-    let mut failures = Vec::new();
-    for (reduction, scale_tau2) in
-        [(Reduction::Mean, false), (Reduction::BatchMean, true), (Reduction::PixelMean, false)]
-    {
-        let cfg = PixelKdConfig { tau: 2.0, loss_weight: 10.0, reduction, scale_tau2 };
-        let kd = PixelKd::new(cfg).or_msg("PixelKd::new")?;
-        let name = format!("pixel_kd {}", reduction.name());
-        if let Err(e) = check_pair(device, &name, false, &|s, t| kd.loss(s, t), &|s, t| pixel_kd_reference(s, t, &cfg))
-        {
-            failures.push(e);
-        }
+pub fn view4(values: &(Vec<f64>, Vec<usize>)) -> ArrayView4<'_, f64> {
+    ArrayView4::from_shape(<[usize; 4]>::try_from(values.1.as_slice()).expect("rank 4"), &values.0).expect("shape")
+}
+
+/// `UPSTREAM * grad` in `dtype` on `device`, the expected gradient.
+pub fn expected(grad: &ndarray::Array4<f64>, dtype: DType, device: &Device) -> Result<Tensor, String> {
+    let values: Vec<f64> = grad.iter().map(|g| g * UPSTREAM).collect();
+    Tensor::from_vec(values, grad.shape(), device).and_then(|t| t.to_dtype(dtype)).or_msg("expected gradient")
+}
+
+pub fn features(shape: &[usize], seed: u64, dtype: DType, device: &Device) -> Result<Tensor, String> {
+    logits(shape, seed, device).to_dtype(dtype).or_msg("features")
+}
+
+/// The error's message, or a failure when the call succeeded.
+pub fn message<T>(result: candle_core::Result<T>, what: &str) -> Result<String, String> {
+    match result {
+        Ok(_) => Err(format!("{what}: accepted")),
+        Err(e) => Ok(e.to_string()),
     }
-    verdict(failures)
 }
 
-pub fn check_icsd(device: &Device) -> TestResult {
-    let cfg = IcsdConfig::default();
-    let icsd = Icsd::new(cfg).or_msg("Icsd::new")?;
-    check_pair(device, "icsd", false, &|s, t| icsd.loss(s, t), &|s, t| icsd_reference(s, t, &cfg))
+pub fn expect_in(message: &str, needle: &str, what: &str) -> TestResult {
+    if message.contains(needle) {
+        Ok(())
+    } else {
+        Err(format!("{what}: the message does not say {needle:?}: {message}"))
+    }
 }
 
-pub fn check_dist(device: &Device) -> TestResult {
-    let cfg = DistConfig { tau: 2.0, beta: 1.5, gamma: 0.5, loss_weight: 3.0 };
-    let dist = Dist::new(cfg).or_msg("Dist::new")?;
-    check_pair(device, "dist", false, &|s, t| dist.loss(s, t), &|s, t| dist_reference(s, t, &cfg))
-}
+/// `(student, teacher)` dims: other channels with odd sides (ceil-mode edge windows), and the same channels.
+const SHAPES: [([usize; 4], [usize; 4]); 2] = [([2, 5, 5, 7], [2, 3, 5, 7]), ([1, 4, 7, 3], [1, 4, 7, 3])];
 
-pub fn check_aicsd(device: &Device) -> TestResult {
-    let cfg = AicsdConfig::default();
-    let aicsd = Aicsd::new(cfg).or_msg("Aicsd::new")?;
-    let epoch = 30.0;
-    let alpha = cfg.alpha(epoch).or_msg("alpha")?;
-    check_pair(device, "aicsd", false, &|s, t| aicsd.loss(s, t, epoch), &|s, t| {
-        icsd_reference(s, t, &cfg.icsd)?.affine(alpha, 0.0)?
-            + pixel_kd_reference(s, t, &cfg.kd)?.affine(1.0 - alpha, 0.0)?
-    })
-}
+type RelationOp<'a> = dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + 'a;
 
-/// CWT: loss, the student's gradient and the four parameters' gradients, every dtype, with the weights
-/// given as matrices and as 1x1 convolution weights.
-pub fn check_cwt(device: &Device) -> TestResult {
-    let (n, cs, ch, ct, h, w) = (2, 5, 6, 4, 3, 7);
-    let shapes = CwtShapes::new(cs, ct).with_hidden(ch);
-    let mut failures = Vec::new();
-    for normalize in [CwtNormalize::Batch, CwtNormalize::Mean] {
-        let cfg = CwtConfig { loss_weight: 0.5, normalize };
-        let cwt = Cwt::new(cfg, shapes).or_msg("Cwt::new")?;
+/// One op against the CPU reference `R` for its configuration, on every shape and dtype.
+pub fn check_relation<R: PairReference>(
+    device: &Device,
+    tag: &str,
+    config: R::Config,
+    op: &RelationOp<'_>,
+) -> TestResult {
+    let cpu = R::new(config).or_msg("cpu")?;
+    for (k, (s_dims, t_dims)) in SHAPES.iter().enumerate() {
         for dtype in dtypes(device) {
-            let what = format!("cwt {normalize:?} {dtype:?}");
-            let s =
-                Var::from_tensor(&logits(&[n, cs, h, w], 3, device).to_dtype(dtype).or_msg(&what)?).or_msg(&what)?;
-            let t = logits(&[n, ct, h, w], 4, device).to_dtype(dtype).or_msg(&what)?;
-            let param = |shape: &[usize], seed| Var::from_tensor(&logits(shape, seed, device).affine(0.3, 0.0)?);
-            let w1 = param(&[ch, cs, 1, 1], 5).or_msg(&what)?;
-            let b1 = param(&[ch], 6).or_msg(&what)?;
-            let w2 = param(&[ct, ch], 7).or_msg(&what)?;
-            let b2 = param(&[ct], 8).or_msg(&what)?;
-            let vars = [&w1, &b1, &w2, &b2];
-            let got = cwt
-                .loss(s.as_tensor(), &t, w1.as_tensor(), b1.as_tensor(), w2.as_tensor(), b2.as_tensor())
-                .or_msg(&what)?;
-            let w1m = w1.as_tensor().reshape((ch, cs)).or_msg(&what)?;
-            let want = cwt_reference(s.as_tensor(), &t, [&w1m, b1.as_tensor(), w2.as_tensor(), b2.as_tensor()], &cfg)
-                .or_msg(&what)?;
-            if let Err(e) = compare(&format!("{what} loss"), &got, &want, dtype, OutputKind::Loss) {
-                failures.push(e);
-            }
-            let g_got = got.affine(2.0, 0.0).and_then(|l| l.backward()).or_msg(&what)?;
-            let g_want = want.affine(2.0, 0.0).and_then(|l| l.backward()).or_msg(&what)?;
-            let pairs = [("student", s.as_tensor(), dtype)].into_iter().chain(
-                ["w1", "b1", "w2", "b2"].into_iter().zip(vars).map(|(name, v)| (name, v.as_tensor(), DType::F32)),
-            );
-            for (name, var, dt) in pairs {
-                match (g_got.get(var), g_want.get(var)) {
-                    (Some(a), Some(b)) => {
-                        if let Err(e) = compare(&format!("{what} grad {name}"), a, b, dt, OutputKind::Tensor) {
-                            failures.push(e);
-                        }
-                    }
-                    _ => failures.push(format!("{what}: no gradient for {name}")),
-                }
-            }
+            let tag = format!("{tag} {s_dims:?} vs {t_dims:?} {dtype:?}");
+            let student = Var::from_tensor(&features(s_dims, 30 + k as u64, dtype, device)?).or_msg("var")?;
+            let teacher = features(t_dims, 40 + k as u64, dtype, device)?;
+            let loss = op(student.as_tensor(), &teacher).or_msg(&tag)?;
+            let grads = loss.affine(UPSTREAM, 0.0).and_then(|l| l.backward()).or_msg("backward")?;
+            let (s_host, t_host) = (host(student.as_tensor())?, host(&teacher)?);
+            let want = cpu.gradients(view4(&s_host), view4(&t_host), 1.0).or_msg("cpu")?;
+            let want_loss = Tensor::new(want.loss as f32, device).or_msg("loss")?;
+            compare(&format!("{tag} loss"), &loss, &want_loss, dtype, OutputKind::Loss)?;
+            let got = grads.get(student.as_tensor()).ok_or(format!("{tag}: no gradient for the student"))?;
+            let want_grad = expected(&want.grad_student, dtype, device)?;
+            compare(&format!("{tag} d/d student"), got, &want_grad, dtype, OutputKind::Tensor)?;
         }
     }
-    verdict(failures)
+    Ok(())
+}
+
+/// A relation op's misuse (student `[2, 3, 4, 5]`, teacher `[2, 2, 4, 5]`): teachers of another plane, batch
+/// or dtype, a student of rank 3 or of integers: an error whose message says what to fix.
+pub fn check_relation_errors(device: &Device, name: &str, op: &RelationOp<'_>) -> TestResult {
+    let f = |shape: &[usize], seed| features(shape, seed, DType::F32, device);
+    let (s, t) = (f(&[2, 3, 4, 5], 1)?, f(&[2, 2, 4, 5], 2)?);
+    let m = message(op(&s, &f(&[2, 2, 5, 4], 2)?), &format!("{name} teacher of another H x W"))?;
+    expect_in(&m, "N, H and W", &format!("{name} teacher of another H x W"))?;
+    message(op(&s, &f(&[3, 2, 4, 5], 2)?), &format!("{name} teacher of another batch"))?;
+    message(op(&s.flatten_from(2).or_msg("rank 3")?, &t), &format!("{name} student of rank 3"))?;
+    let m = message(op(&s, &t.to_dtype(DType::F16).or_msg("f16")?), &format!("{name} teacher of another dtype"))?;
+    expect_in(&m, "teacher", &format!("{name} teacher of another dtype"))?;
+    message(op(&s.to_dtype(DType::U32).or_msg("u32")?, &t), &format!("{name} integer student"))?;
+    Ok(())
 }
 
 /// Strided (transposed) and offset (narrowed) inputs give the gradients of the same values laid out
@@ -439,15 +345,6 @@ pub fn check_errors(device: &Device) -> TestResult {
     if !matches!(&bad_tau, Err(e) if e.to_string().contains("tau")) {
         expect("tau 0", Err(candle_core::Error::Msg("tau 0 accepted or unexplained".into())), "never");
     }
-    let cwt = Cwt::new(CwtConfig::default(), CwtShapes::new(5, 4)).or_msg("Cwt::new")?;
-    let t = logits(&[2, 4, 6, 7], 2, device);
-    let w1 = logits(&[4, 5], 3, device);
-    let b = logits(&[4], 3, device);
-    let w2 = logits(&[4, 4], 3, device);
-    expect("cwt bias shape", cwt.loss(&s, &t, &w1, &w1, &w2, &b), "mlp.linear1.bias");
-    let w1_16 = w1.to_dtype(DType::F16).or_msg("f16")?;
-    expect("cwt f16 weight", cwt.loss(&s, &t, &w1_16, &b, &w2, &b), "F32");
-    expect("cwt teacher channels", cwt.loss(&s, &s, &w1, &b, &w2, &b), "teacher");
     verdict(failures)
 }
 
@@ -464,10 +361,10 @@ fn step0_reference(device: &Device) -> candle_core::Result<[f64; 5]> {
     let params = [w1.as_tensor(), b1.as_tensor(), w2.as_tensor(), b2.as_tensor()];
     let value = |x: candle_core::Tensor| x.to_dtype(DType::F64)?.to_scalar::<f64>();
     Ok([
-        value(cwd_reference(&logits, t, &cwd)?)?,
-        value(pixel_kd_reference(&logits, t, &kd)?)?,
-        value(icsd_reference(&logits, t, &icsd)?)?,
-        value(cwt_reference(&features, &run.teacher_features, params, &cwt)?)?,
+        value(cwd::cwd_reference(&logits, t, &cwd)?)?,
+        value(pixel_kd::pixel_kd_reference(&logits, t, &kd)?)?,
+        value(icsd::icsd_reference(&logits, t, &icsd)?)?,
+        value(cwt::cwt_reference(&features, &run.teacher_features, params, &cwt)?)?,
         value(semckd::semckd_reference(&train::SemckdStep::new(&run, &features, &logits)?.view(), &semckd)?)?,
     ])
 }
@@ -501,4 +398,9 @@ pub fn check_training(device: &Device) -> Result<(), String> {
         return Err(format!("the last five steps ({tail}) are not below the first five ({head})"));
     }
     Ok(())
+}
+
+candle_tests! {
+    strided_and_offset_inputs_are_handled => check_layouts,
+    misuse_is_an_error_that_says_what_to_fix => check_errors,
 }

@@ -385,3 +385,9 @@ pub fn check_semckd_errors(device: &Device) -> TestResult {
     }
     verdict(failures)
 }
+
+candle_tests! {
+    semckd_matches_candle_autograd_into_every_input => check_semckd,
+    semckd_strided_and_offset_inputs_are_handled => check_semckd_layouts,
+    semckd_misuse_is_an_error_that_says_what_to_fix => check_semckd_errors,
+}
