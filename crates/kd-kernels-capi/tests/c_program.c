@@ -1,4 +1,4 @@
-/* Compiled and run by capi/tests/c_abi.rs against libkd_kernels: calls the C ABI as a C user would and
+/* Compiled and run by tests/c_abi/ (support.rs) against libkd_kernels: calls the C ABI as a C user would and
  * prints what it got, one "key value..." line each, for the test to compare with the Rust reference. */
 #include <stdio.h>
 #include <string.h>
