@@ -110,3 +110,7 @@ pub fn compare_shapes(
 }
 
 pub const SHAPES: [[usize; 4]; 3] = [[2, 19, 16, 32], [1, 7, 33, 65], [3, 1, 1, 6]];
+
+/// Student and teacher shapes for the losses that take a teacher of other channels (the relation losses),
+/// with odd sides.
+pub const OTHER_TEACHER_CHANNELS: [[usize; 4]; 2] = [[2, 5, 9, 11], [2, 3, 9, 11]];
