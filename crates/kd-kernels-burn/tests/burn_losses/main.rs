@@ -1,8 +1,8 @@
 //! The burn ops against burn's own autograd of the same losses written in burn tensor ops
 //! (`kd_kernels_burn::reference`), on burn's NdArray backend, in every float type it stores (f32, f64; a
 //! family whose parameters are f32 in f32 or beside f32 or f64 features, as its module says), and, for the
-//! losses whose student and teacher differ in shape (PKD's list of levels, IFVD's integer labels, SKD's and
-//! CIRKD's other teacher channels), against the crate's f64 CPU references too; bad inputs are typed errors. A
+//! losses whose student and teacher differ in shape (a list of levels, integer labels, other teacher
+//! channels), against the crate's f64 CPU references too; bad inputs are typed errors. A
 //! module per family (`pair`: the (student, teacher) losses of one shape; `relation`: the two pixel-relation
 //! losses, which share their checks).
 // burn 0.22 deprecates its NdArray backend in favour of Flex; NdArray is the CPU backend this feature covers.
