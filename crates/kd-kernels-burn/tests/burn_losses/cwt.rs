@@ -1,7 +1,10 @@
 //! CWT: the gradients into the student features and every MLP parameter, and its typed errors.
 
-use super::burn_support::{cwt_outputs, CWT_OUTPUTS};
+#[path = "../burn_support/cwt.rs"]
+mod cwt_support;
+
 use super::*;
+use cwt_support::{cwt_outputs, CWT_OUTPUTS};
 use kd_kernels::cwt::{CwtConfig, CwtNormalize};
 use kd_kernels_burn::{cwt_loss, CwtMlp};
 

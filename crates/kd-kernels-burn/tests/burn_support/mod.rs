@@ -1,9 +1,8 @@
-//! Inputs shared by the burn test binaries (`tests/burn_losses/` on NdArray, `tests/burn_cuda.rs` on a
+//! Inputs shared by the burn test binaries (`tests/burn_losses/` on NdArray, `tests/burn_cuda/` on a
 //! GPU), so every backend is checked on the same deterministic logits.
 #![allow(dead_code)] // each binary uses the part it needs
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use kd_kernels_burn::CwtMlp;
 
 /// Deterministic logits spread over about ±`spread`, from a fixed LCG (no RNG crate, reproducible).
 pub fn logits(shape: [usize; 4], seed: u64, spread: f64) -> Vec<f64> {
@@ -25,20 +24,3 @@ pub fn tensor(values: Vec<f64>, shape: [usize; 4], device: &Device, dtype: DType
 pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
     t.into_data().convert::<f64>().try_to_vec::<f64>().expect("f64 data")
 }
-
-/// CWT's outputs to compare, in the order of `CWT_OUTPUTS`: the loss, then the gradients of the student and
-/// of the MLP's four parameters.
-pub fn cwt_outputs(loss: Tensor<1>, student: &Tensor<4>, mlp: &CwtMlp) -> Vec<Vec<f64>> {
-    let grads = loss.backward();
-    vec![
-        values(loss),
-        values(student.grad(&grads).unwrap()),
-        values(mlp.w1.grad(&grads).unwrap()),
-        values(mlp.b1.grad(&grads).unwrap()),
-        values(mlp.w2.grad(&grads).unwrap()),
-        values(mlp.b2.grad(&grads).unwrap()),
-    ]
-}
-
-/// The names of [`cwt_outputs`]' entries.
-pub const CWT_OUTPUTS: [&str; 6] = ["loss", "student", "w1", "b1", "w2", "b2"];

@@ -22,7 +22,7 @@ fn tracked(levels: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
 /// The CPU reference's loss and per-level gradients on the tensors' values (rounded to their dtype).
 fn pkd_cpu(config: &PkdConfig, student: &[Tensor<4>], teacher: &[Tensor<4>]) -> (Vec<f64>, Vec<Vec<f64>>) {
     let owned = |side: &[Tensor<4>]| -> Vec<(Vec<f64>, [usize; 4])> {
-        side.iter().map(|t| (data(t.clone().detach()), t.dims())).collect()
+        side.iter().map(|t| (values(t.clone().detach()), t.dims())).collect()
     };
     let (s, t) = (owned(student), owned(teacher));
     fn views(side: &[(Vec<f64>, [usize; 4])]) -> Vec<ArrayView4<'_, f64>> {
@@ -68,7 +68,7 @@ fn pkd_constant_channel_matches_the_cpu_reference() {
     let config = PkdConfig { loss_weight: 2.0 };
     for dtype in DTYPES {
         let shape = [2, 3, 2, 3];
-        let mut values = values_for(36, 3, 2.0);
+        let mut values = logits(shape, 3, 2.0);
         values[6..12].fill(0.75);
         values[24..30].fill(0.75);
         let student = vec![Tensor::from_data(TensorData::new(values, shape), (&device, dtype)).require_grad()];
@@ -85,8 +85,8 @@ fn pkd_untracked_forward_matches() {
     for device in [Device::ndarray(), Device::ndarray().autodiff()] {
         for dtype in DTYPES {
             let (student, teacher) = pkd_inputs(&PKD_LEVELS, &device, dtype, 11);
-            let ours = data(pkd_loss(&student, &teacher, &config).unwrap());
-            let oracle = data(reference::pkd_loss(&student, &teacher, &config));
+            let ours = values(pkd_loss(&student, &teacher, &config).unwrap());
+            let oracle = values(reference::pkd_loss(&student, &teacher, &config));
             assert_close("pkd forward", ours, oracle, limit(dtype, OutputKind::Loss));
         }
     }

@@ -9,7 +9,7 @@ use ndarray::ArrayView3;
 /// Labels `[N, Hl, Wl]` at another resolution than the features: classes 0..3 of 5 (3 and 4 absent),
 /// 255 (ignored) and -1 (ignored) among them.
 fn ifvd_label_values(dims: [usize; 3]) -> Vec<i64> {
-    values_for(dims.iter().product(), 9, 1.0)
+    logits([1, dims[0], dims[1], dims[2]], 9, 1.0)
         .into_iter()
         .map(|v| match ((v + 1.0) * 4.0) as i64 {
             0 => 255,
@@ -31,7 +31,7 @@ fn ifvd_cpu(
     labels: &[i64],
     dims: [usize; 3],
 ) -> (Vec<f64>, Vec<Vec<f64>>) {
-    let (s, t) = (data(student.clone().detach()), data(teacher.clone()));
+    let (s, t) = (values(student.clone().detach()), values(teacher.clone()));
     let s = ArrayView4::from_shape(student.dims(), &s).unwrap();
     let t = ArrayView4::from_shape(teacher.dims(), &t).unwrap();
     let y = ArrayView3::from_shape(dims, labels).unwrap();
@@ -69,14 +69,14 @@ fn ifvd_label_types_and_untracked_forward() {
     for device in [Device::ndarray(), Device::ndarray().autodiff()] {
         let student = features([1, 3, 6, 5], 3, &device, DType::F64);
         let teacher = features([1, 2, 6, 5], 4, &device, DType::F64);
-        let loss = |y: Tensor<3, Int>| data(ifvd_loss(student.clone(), teacher.clone(), y, &config).unwrap());
+        let loss = |y: Tensor<3, Int>| values(ifvd_loss(student.clone(), teacher.clone(), y, &config).unwrap());
         let wide = int_labels(labels.clone(), dims, &device);
         for dtype in [DType::I32, DType::U8] {
             let narrow = wide.clone().cast(dtype);
             assert_eq!(narrow.dtype(), dtype, "the labels are cast");
             assert_eq!(loss(narrow), loss(wide.clone()), "{dtype:?} labels give the i64 labels' loss");
         }
-        let oracle = data(reference::ifvd_loss(student.clone(), teacher.clone(), wide.clone(), &config));
+        let oracle = values(reference::ifvd_loss(student.clone(), teacher.clone(), wide.clone(), &config));
         assert_close("ifvd forward", loss(wide), oracle, limit(DType::F64, OutputKind::Loss));
     }
 }

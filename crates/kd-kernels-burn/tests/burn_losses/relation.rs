@@ -27,7 +27,7 @@ fn check_relation<R: PairReference>(what: &str, config: R::Config, ours: Relatio
             };
             let got = run(ours);
             compare(&format!("{what} vs burn autograd"), dtype, got.clone(), run(oracle));
-            let (s, t) = (data(student.clone().detach()), data(teacher.clone()));
+            let (s, t) = (values(student.clone().detach()), values(teacher.clone()));
             let (s, t) = (ArrayView4::from_shape(s_dims, &s).unwrap(), ArrayView4::from_shape(t_dims, &t).unwrap());
             let out = cpu.gradients(s, t, 1.0).unwrap();
             let want = (vec![out.loss * 2.5], vec![out.grad_student.iter().map(|g| g * 2.5).collect()]);
@@ -62,10 +62,10 @@ fn skd_and_cirkd_untracked_forward_matches() {
     let student = features([2, 3, 5, 4], 5, &device, DType::F64);
     let teacher = features([2, 6, 5, 4], 6, &device, DType::F64);
     let limit = limit(DType::F64, OutputKind::Loss);
-    let ours = data(skd_loss(student.clone(), teacher.clone(), &skd).unwrap());
-    assert_close("skd forward", ours, data(reference::skd_loss(student.clone(), teacher.clone(), &skd)), limit);
-    let ours = data(cirkd_loss(student.clone(), teacher.clone(), &cirkd).unwrap());
-    assert_close("cirkd forward", ours, data(reference::cirkd_loss(student, teacher, &cirkd)), limit);
+    let ours = values(skd_loss(student.clone(), teacher.clone(), &skd).unwrap());
+    assert_close("skd forward", ours, values(reference::skd_loss(student.clone(), teacher.clone(), &skd)), limit);
+    let ours = values(cirkd_loss(student.clone(), teacher.clone(), &cirkd).unwrap());
+    assert_close("cirkd forward", ours, values(reference::cirkd_loss(student, teacher, &cirkd)), limit);
 }
 
 #[test]
