@@ -1,5 +1,5 @@
 //! The runner of the adapters' GPU test binaries (`harness = false`): candle's `tests/candle_cuda.rs` and
-//! burn's `tests/burn_cuda.rs` include this file by path, so both report alike. Where no GPU run is
+//! burn's `tests/burn_cuda/` include this file by path, so both report alike. Where no GPU run is
 //! possible, every test is reported `skipped` with the reason and the binary exits 0 (a skip is never a
 //! pass); otherwise every test runs, a panic counting as a failure, and the binary exits 1 if any failed.
 
